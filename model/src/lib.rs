@@ -1,1 +1,34 @@
-//! placeholder
+//! Meridian's pure routing model, shared by the controller and the proxy.
+//!
+//! No Kubernetes, pingora or tokio types live here, so everything is tested with plain tables.
+//!
+//! 1. [`snapshot`] — the typed contract the controller sends and the proxy serves.
+//! 2. [`validate`] — why a snapshot is refused (the proxy keeps its last good one).
+//! 3. [`router`] — compiles a snapshot into an index and decides the rule for a request
+//!    (listener isolation, hostname buckets, Gateway API match precedence).
+//! 4. [`filters`] — header edits, redirects and rewrites as pure functions.
+//! 5. [`hostname`] — wildcard matching and listener/route hostname intersection.
+//! 6. [`locality`] — endpoint preference tiers (zone, region, failover order).
+
+pub mod filters;
+pub mod hostname;
+pub mod locality;
+pub mod router;
+pub mod snapshot;
+pub mod validate;
+
+pub use router::{Decision, Request, RouteMatch, Router};
+pub use snapshot::Snapshot;
+pub use validate::SnapshotError;
+
+/// Decodes a snapshot from JSON or YAML text and compiles it.
+pub fn load(text: &str) -> Result<Router, SnapshotError> {
+    let snapshot: Snapshot = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| SnapshotError::Decode(e.to_string()))?
+    } else {
+        return Err(SnapshotError::Decode(
+            "expected a JSON object (YAML snapshots are not supported)".to_string(),
+        ));
+    };
+    Router::compile(snapshot)
+}

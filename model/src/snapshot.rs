@@ -1,0 +1,471 @@
+//! The snapshot: the typed contract between the controller and the proxies.
+//!
+//! The controller translates Kubernetes objects of every member cluster into one [`Snapshot`] per
+//! proxy (a region of a cluster) and the proxy compiles it into a [`crate::router::Router`]. Nothing
+//! Kubernetes-specific lives here: every Gateway API default has already been applied, every
+//! reference resolved and every invalid backend marked, so the data plane never has to guess.
+//!
+//! The format is versioned twice: [`SNAPSHOT_SCHEMA`] names the shape (a proxy refuses a schema it
+//! does not know) and [`Snapshot::generation`] numbers the content (a proxy acknowledges the
+//! generation it serves).
+//!
+//! ```text
+//! Snapshot ─┬─ Gateway ─┬─ Listener (address, port, protocol, hostname, TLS)
+//!           │           │     └─ Route (hostnames already intersected with the listener's)
+//!           │           │           └─ Rule (matches, filters, timeouts, retry)
+//!           │           │                 └─ Backend (weight, filters, endpoints | invalid reason)
+//!           │           └─ …
+//!           └─ …
+//! ```
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The schema identifier every snapshot carries.
+pub const SNAPSHOT_SCHEMA: &str = "meridian.dev/snapshot/v1";
+
+/// Everything one proxy serves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Snapshot {
+    /// Must equal [`SNAPSHOT_SCHEMA`].
+    pub schema: String,
+    /// Monotonic content version; proxies acknowledge it.
+    pub generation: u64,
+    /// The Gateways this proxy serves.
+    #[serde(default)]
+    pub gateways: Vec<Gateway>,
+}
+
+impl Snapshot {
+    /// An empty snapshot of the given generation.
+    pub fn empty(generation: u64) -> Self {
+        Self {
+            schema: SNAPSHOT_SCHEMA.to_string(),
+            generation,
+            gateways: Vec::new(),
+        }
+    }
+}
+
+/// One Gateway as served by one proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Gateway {
+    /// Namespace of the Gateway object.
+    pub namespace: String,
+    /// Name of the Gateway object.
+    pub name: String,
+    /// Listeners, in spec order.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// Listener protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// Plain HTTP/1.1 and h2c (prior knowledge).
+    Http,
+    /// TLS-terminated HTTP/1.1 and HTTP/2.
+    Https,
+}
+
+/// One listener: a socket (address, port) plus an optional hostname.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// Listener name (`sectionName`).
+    pub name: String,
+    /// Address to bind (the Gateway's address in this region).
+    pub address: IpAddr,
+    /// Port to bind.
+    pub port: u16,
+    /// Protocol spoken on the port.
+    pub protocol: Protocol,
+    /// Listener hostname: exact (`a.example.com`) or wildcard (`*.example.com`); `None` matches all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// TLS material for HTTPS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Routes attached to this listener.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// TLS termination material of a listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates; the first one is the default for the listener.
+    pub certificates: Vec<Certificate>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM-encoded certificate chain, leaf first.
+    pub cert_pem: String,
+    /// PEM-encoded private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Certificate {
+    // Never print private keys into logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("cert_pem_len", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An HTTPRoute as attached to one listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Namespace of the HTTPRoute.
+    pub namespace: String,
+    /// Name of the HTTPRoute.
+    pub name: String,
+    /// Creation time in seconds since the epoch (precedence: older wins).
+    #[serde(default)]
+    pub created_at: i64,
+    /// Effective hostnames: the route's hostnames intersected with the listener's. Empty = all
+    /// hostnames the listener accepts.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Rules in spec order.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// One HTTPRoute rule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// Optional rule name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Matches, ORed. Empty means one match on `PathPrefix /`.
+    #[serde(default)]
+    pub matches: Vec<Match>,
+    /// Rule-level filters, applied in order.
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// Weighted backends. Empty with no redirect filter answers 500.
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// A request match; all its conditions must hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Match {
+    /// Path condition (defaults to `PathPrefix /`).
+    #[serde(default)]
+    pub path: PathMatch,
+    /// Header conditions; names are case-insensitive.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions; names and values are case-sensitive.
+    #[serde(default)]
+    pub query_params: Vec<QueryParamMatch>,
+    /// HTTP method, exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+impl Default for Match {
+    fn default() -> Self {
+        Self {
+            path: PathMatch::default(),
+            headers: Vec::new(),
+            query_params: Vec::new(),
+            method: None,
+        }
+    }
+}
+
+/// Path condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", content = "value")]
+pub enum PathMatch {
+    /// Whole path, case-sensitive.
+    Exact(String),
+    /// Segment-wise prefix; a trailing `/` in the value is ignored.
+    PathPrefix(String),
+    /// Regular expression that must match the whole path.
+    RegularExpression(String),
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        PathMatch::PathPrefix("/".to_string())
+    }
+}
+
+/// Exact or regular-expression value match.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValueMatchType {
+    /// Byte-for-byte equal.
+    #[default]
+    Exact,
+    /// Regular expression matching the whole value.
+    RegularExpression,
+}
+
+/// Header condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// Header name (case-insensitive).
+    pub name: String,
+    /// Expected value.
+    pub value: String,
+    /// Match type.
+    #[serde(default, rename = "type")]
+    pub kind: ValueMatchType,
+}
+
+/// Query parameter condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueryParamMatch {
+    /// Parameter name (case-sensitive).
+    pub name: String,
+    /// Expected value.
+    pub value: String,
+    /// Match type.
+    #[serde(default, rename = "type")]
+    pub kind: ValueMatchType,
+}
+
+/// Filters, at rule or backend level.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum Filter {
+    /// Edits request headers before they go upstream.
+    RequestHeaderModifier(HeaderModifier),
+    /// Edits response headers before they go downstream.
+    ResponseHeaderModifier(HeaderModifier),
+    /// Answers with a redirect instead of proxying.
+    RequestRedirect(RequestRedirect),
+    /// Rewrites host and/or path before proxying.
+    #[serde(rename = "urlRewrite")]
+    UrlRewrite(UrlRewrite),
+    /// Sends a fire-and-forget copy of the request to another backend.
+    RequestMirror(RequestMirror),
+}
+
+/// Header edits: `set` replaces, `add` appends (joined with `,`), `remove` deletes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderModifier {
+    /// Headers to set (replace).
+    #[serde(default)]
+    pub set: Vec<HeaderValue>,
+    /// Headers to append to.
+    #[serde(default)]
+    pub add: Vec<HeaderValue>,
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A header name and value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderValue {
+    /// Header name.
+    pub name: String,
+    /// Header value.
+    pub value: String,
+}
+
+/// Path modification used by redirects and rewrites.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type", content = "value")]
+pub enum PathModifier {
+    /// Replace the whole path.
+    ReplaceFullPath(String),
+    /// Replace the segments the rule's `PathPrefix` matched.
+    ReplacePrefixMatch(String),
+}
+
+/// RequestRedirect filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRedirect {
+    /// `http` or `https`; `None` keeps the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Replacement host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Path modification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    /// Explicit port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status_code: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// URLRewrite filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewrite {
+    /// Replacement Host header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Path modification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+/// RequestMirror filter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMirror {
+    /// Where copies go.
+    pub backend: Backend,
+    /// Share of requests mirrored, 0.0–100.0 (from `percent` or `fraction`).
+    #[serde(default = "default_mirror_percent")]
+    pub percent: f64,
+}
+
+fn default_mirror_percent() -> f64 {
+    100.0
+}
+
+/// Per-rule timeouts in milliseconds; `None` = no timeout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// Whole request, all tries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ms: Option<u64>,
+    /// One upstream try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request_ms: Option<u64>,
+}
+
+/// Retry policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Response codes that are retried (connection errors always are when attempts > 0).
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    /// Pause between tries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+}
+
+/// How to talk to a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BackendProtocol {
+    /// HTTP/1.1 (WebSocket upgrades pass through).
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (`kubernetes.io/h2c`).
+    H2c,
+}
+
+/// A weighted backend of a rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// Display name, e.g. `ns/name:port` (for logs, metrics and `explain`).
+    pub name: String,
+    /// Relative weight; 0 is never chosen.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Backend-level filters, applied only when this backend is chosen.
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// Endpoints, or why the reference is invalid.
+    pub target: BackendTarget,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// What a backend reference resolved to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum BackendTarget {
+    /// A resolved Service or ServiceImport.
+    Endpoints {
+        /// Wire protocol to the endpoints.
+        #[serde(default)]
+        protocol: BackendProtocol,
+        /// Endpoints; not-ready ones are kept so health can be reported.
+        #[serde(default)]
+        endpoints: Vec<Endpoint>,
+        /// Locality and failover policy (filled by the failover feature).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failover: Option<FailoverPolicy>,
+    },
+    /// The reference is invalid; requests for this backend get 500.
+    Invalid {
+        /// Why (BackendNotFound, RefNotPermitted, InvalidKind, …).
+        reason: String,
+    },
+}
+
+/// One endpoint of a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// IP address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Member cluster the endpoint lives in.
+    #[serde(default)]
+    pub cluster: String,
+    /// Region of that cluster.
+    #[serde(default)]
+    pub region: String,
+    /// Zone, from the EndpointSlice.
+    #[serde(default)]
+    pub zone: String,
+    /// EndpointSlice readiness.
+    #[serde(default = "default_true")]
+    pub ready: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Locality/failover policy for a backend. Reserved for the failover feature: today only the
+/// ordered region list is carried and the proxy ranks same zone, same region, then this order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailoverPolicy {
+    /// Regions to fail over to, in order, after the proxy's own region.
+    #[serde(default)]
+    pub region_order: Vec<String>,
+}

@@ -1,0 +1,316 @@
+//! Snapshot validation: a proxy refuses a snapshot that fails any of these checks and keeps
+//! serving its last good one, so every message names where the problem is.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use crate::hostname;
+use crate::snapshot::*;
+
+/// Why a snapshot was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Wrong or unknown schema.
+    #[error("unsupported snapshot schema {found:?}: this proxy understands {SNAPSHOT_SCHEMA:?}")]
+    Schema {
+        /// The schema found.
+        found: String,
+    },
+    /// The document is not a snapshot at all.
+    #[error("snapshot is not valid JSON/YAML for schema {SNAPSHOT_SCHEMA}: {0}")]
+    Decode(String),
+    /// Two listeners on one socket speak different protocols.
+    #[error("socket {socket}: listeners {a:?} and {b:?} use different protocols")]
+    ProtocolConflict {
+        /// Socket.
+        socket: SocketAddr,
+        /// One listener.
+        a: String,
+        /// The other listener.
+        b: String,
+    },
+    /// Two listeners on one socket have the same hostname.
+    #[error("socket {socket}: listeners {a:?} and {b:?} have the same hostname {hostname:?}")]
+    HostnameConflict {
+        /// Socket.
+        socket: SocketAddr,
+        /// One listener.
+        a: String,
+        /// The other listener.
+        b: String,
+        /// The hostname.
+        hostname: Option<String>,
+    },
+    /// A regular expression does not compile.
+    #[error("invalid regular expression {pattern:?}: {reason}")]
+    InvalidRegex {
+        /// The pattern.
+        pattern: String,
+        /// Compiler message.
+        reason: String,
+    },
+    /// Any other invalid field, with its location.
+    #[error("{location}: {message}")]
+    Invalid {
+        /// Where, e.g. `gateway default/gw listener http route default/r rule 0`.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(location: &str, message: impl Into<String>) -> SnapshotError {
+    SnapshotError::Invalid {
+        location: location.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Checks everything compilation does not check by construction.
+pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
+    if s.schema != SNAPSHOT_SCHEMA {
+        return Err(SnapshotError::Schema {
+            found: s.schema.clone(),
+        });
+    }
+    let mut sockets: HashMap<SocketAddr, Vec<(String, Protocol, Option<String>)>> = HashMap::new();
+    let mut gateways = HashSet::new();
+    for gw in &s.gateways {
+        let gw_loc = format!("gateway {}/{}", gw.namespace, gw.name);
+        if !gateways.insert((&gw.namespace, &gw.name)) {
+            return Err(invalid(&gw_loc, "appears twice"));
+        }
+        let mut names = HashSet::new();
+        for l in &gw.listeners {
+            let loc = format!("{gw_loc} listener {}", l.name);
+            if !names.insert(&l.name) {
+                return Err(invalid(&loc, "duplicate listener name"));
+            }
+            if l.port == 0 {
+                return Err(invalid(&loc, "port 0 is not a valid listener port"));
+            }
+            if let Some(h) = &l.hostname
+                && !hostname::is_valid_pattern(h)
+            {
+                return Err(invalid(&loc, format!("invalid hostname {h:?}")));
+            }
+            match (l.protocol, &l.tls) {
+                (Protocol::Https, None) => {
+                    return Err(invalid(&loc, "HTTPS listener without TLS certificates"));
+                }
+                (Protocol::Https, Some(t)) if t.certificates.is_empty() => {
+                    return Err(invalid(&loc, "HTTPS listener without TLS certificates"));
+                }
+                (Protocol::Https, Some(t)) => {
+                    for c in &t.certificates {
+                        if !c.cert_pem.contains("-----BEGIN") || !c.key_pem.contains("-----BEGIN") {
+                            return Err(invalid(&loc, "certificate or key is not PEM"));
+                        }
+                    }
+                }
+                (Protocol::Http, Some(_)) => {
+                    return Err(invalid(&loc, "HTTP listener must not carry TLS material"));
+                }
+                (Protocol::Http, None) => {}
+            }
+            let socket = SocketAddr::new(l.address, l.port);
+            let hn = l.hostname.as_ref().map(|h| h.to_ascii_lowercase());
+            let peers = sockets.entry(socket).or_default();
+            for (other, proto, other_host) in peers.iter() {
+                if *proto != l.protocol {
+                    return Err(SnapshotError::ProtocolConflict {
+                        socket,
+                        a: other.clone(),
+                        b: loc.clone(),
+                    });
+                }
+                if *other_host == hn {
+                    return Err(SnapshotError::HostnameConflict {
+                        socket,
+                        a: other.clone(),
+                        b: loc.clone(),
+                        hostname: hn,
+                    });
+                }
+            }
+            peers.push((loc.clone(), l.protocol, hn));
+            for r in &l.routes {
+                validate_route(&loc, r)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_route(listener_loc: &str, r: &Route) -> Result<(), SnapshotError> {
+    let loc = format!("{listener_loc} route {}/{}", r.namespace, r.name);
+    for h in &r.hostnames {
+        if !hostname::is_valid_pattern(h) {
+            return Err(invalid(&loc, format!("invalid hostname {h:?}")));
+        }
+    }
+    for (i, rule) in r.rules.iter().enumerate() {
+        let loc = format!("{loc} rule {i}");
+        for m in &rule.matches {
+            match &m.path {
+                PathMatch::Exact(p) | PathMatch::PathPrefix(p) if !p.starts_with('/') => {
+                    return Err(invalid(&loc, format!("path {p:?} must start with '/'")));
+                }
+                _ => {}
+            }
+            for h in &m.headers {
+                check_header_name(&loc, &h.name)?;
+            }
+            if let Some(method) = &m.method
+                && (method.is_empty() || !method.bytes().all(is_token_byte))
+            {
+                return Err(invalid(&loc, format!("invalid method {method:?}")));
+            }
+        }
+        validate_filters(&loc, &rule.filters, rule)?;
+        for b in &rule.backends {
+            validate_backend(&loc, b, rule)?;
+        }
+        if let Some(retry) = &rule.retry
+            && retry.attempts > 10
+        {
+            return Err(invalid(
+                &loc,
+                format!("retry attempts {} exceed the limit of 10", retry.attempts),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_backend(loc: &str, b: &Backend, rule: &Rule) -> Result<(), SnapshotError> {
+    let loc = format!("{loc} backend {}", b.name);
+    if b.weight > 1_000_000 {
+        return Err(invalid(&loc, "weight above 1000000"));
+    }
+    validate_filters(&loc, &b.filters, rule)?;
+    if let BackendTarget::Endpoints { endpoints, .. } = &b.target {
+        for e in endpoints {
+            if e.port == 0 {
+                return Err(invalid(&loc, format!("endpoint {} has port 0", e.address)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_filters(loc: &str, filters: &[Filter], rule: &Rule) -> Result<(), SnapshotError> {
+    for f in filters {
+        match f {
+            Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
+                for hv in m.set.iter().chain(&m.add) {
+                    check_header_name(loc, &hv.name)?;
+                    if hv.value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                        return Err(invalid(
+                            loc,
+                            format!("header {:?} value contains CR, LF or NUL", hv.name),
+                        ));
+                    }
+                }
+                for n in &m.remove {
+                    check_header_name(loc, n)?;
+                }
+            }
+            Filter::RequestRedirect(r) => {
+                if !matches!(r.status_code, 301 | 302 | 303 | 307 | 308) {
+                    return Err(invalid(
+                        loc,
+                        format!(
+                            "redirect status {} is not 301/302/303/307/308",
+                            r.status_code
+                        ),
+                    ));
+                }
+                if let Some(s) = &r.scheme
+                    && s != "http"
+                    && s != "https"
+                {
+                    return Err(invalid(
+                        loc,
+                        format!("redirect scheme {s:?} is not http/https"),
+                    ));
+                }
+                if let Some(h) = &r.hostname
+                    && !is_valid_host(h)
+                {
+                    return Err(invalid(loc, format!("redirect hostname {h:?} is invalid")));
+                }
+                check_path_modifier(loc, r.path.as_ref(), rule)?;
+            }
+            Filter::UrlRewrite(u) => {
+                if let Some(h) = &u.hostname
+                    && !is_valid_host(h)
+                {
+                    return Err(invalid(loc, format!("rewrite hostname {h:?} is invalid")));
+                }
+                check_path_modifier(loc, u.path.as_ref(), rule)?;
+            }
+            Filter::RequestMirror(m) => {
+                if !(0.0..=100.0).contains(&m.percent) || m.percent.is_nan() {
+                    return Err(invalid(
+                        loc,
+                        format!("mirror percent {} not in 0–100", m.percent),
+                    ));
+                }
+                validate_backend(loc, &m.backend, rule)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_path_modifier(
+    loc: &str,
+    p: Option<&PathModifier>,
+    rule: &Rule,
+) -> Result<(), SnapshotError> {
+    match p {
+        Some(PathModifier::ReplaceFullPath(v)) if !v.starts_with('/') => Err(invalid(
+            loc,
+            format!("replaceFullPath {v:?} must start with '/'"),
+        )),
+        Some(PathModifier::ReplacePrefixMatch(v)) => {
+            if !v.is_empty() && !v.starts_with('/') {
+                return Err(invalid(
+                    loc,
+                    format!("replacePrefixMatch {v:?} must start with '/'"),
+                ));
+            }
+            // The spec requires exactly one PathPrefix match for ReplacePrefixMatch.
+            let prefixes = rule
+                .matches
+                .iter()
+                .filter(|m| matches!(m.path, PathMatch::PathPrefix(_)))
+                .count();
+            if rule.matches.len() > 1 || (rule.matches.len() == 1 && prefixes != 1) {
+                return Err(invalid(
+                    loc,
+                    "replacePrefixMatch needs exactly one PathPrefix match in the rule",
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn is_valid_host(h: &str) -> bool {
+    !h.starts_with('*') && hostname::is_valid_pattern(h) || h.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn check_header_name(loc: &str, name: &str) -> Result<(), SnapshotError> {
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(invalid(loc, format!("invalid header name {name:?}")));
+    }
+    Ok(())
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}

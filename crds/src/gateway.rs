@@ -1,0 +1,140 @@
+//! Gateway API CRDs (standard channel) built from the `gateway-api` crate's types.
+//!
+//! Flow for each kind:
+//! 1. `Kind::crd()` gives a CRD with one served+storage version `v1`, the derived schema and (where
+//!    the type has one) the `status` subresource.
+//! 2. [`decorate`] adds what upstream expresses with kubebuilder markers and the derive cannot
+//!    know: short names, the `gateway-api` category, printer columns, the bundle annotations, the
+//!    extra served `v1beta1` version, and the SSA list markers our status writers rely on.
+
+use gateway_api::{
+    gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
+    referencegrants::ReferenceGrant,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition,
+};
+use kube::CustomResourceExt;
+
+use crate::schema::{
+    ListType, add_served_alias_version, age_column, column, set_list_type, set_printer_columns,
+};
+
+/// The Gateway API release whose field set the `gateway-api` 0.22 crate was generated from.
+pub const BUNDLE_VERSION: &str = "v1.5.1";
+/// The release channel of the types we install.
+pub const CHANNEL: &str = "standard";
+/// The category every Gateway API kind is listed under (`kubectl get gateway-api`).
+pub const CATEGORY: &str = "gateway-api";
+/// Older API version still served next to the `v1` storage version.
+pub const LEGACY_VERSION: &str = "v1beta1";
+
+/// Annotation keys upstream puts on every Gateway API CRD.
+pub const BUNDLE_VERSION_ANNOTATION: &str = "gateway.networking.k8s.io/bundle-version";
+/// See [`BUNDLE_VERSION_ANNOTATION`].
+pub const CHANNEL_ANNOTATION: &str = "gateway.networking.k8s.io/channel";
+/// A real API server refuses CRDs in a `*.k8s.io` group without this annotation (the group is
+/// protected); the value is the approval reference upstream's v1.5 CRDs carry.
+pub const API_APPROVED_ANNOTATION: &str = "api-approved.kubernetes.io";
+const API_APPROVED_VALUE: &str = "https://github.com/kubernetes-sigs/gateway-api/pull/4530";
+
+/// What one kind needs on top of its derived CRD.
+struct Decoration {
+    short_names: &'static [&'static str],
+    columns: Vec<CustomResourceColumnDefinition>,
+    lists: &'static [(&'static str, ListType)],
+}
+
+/// GatewayClass, Gateway, HTTPRoute and ReferenceGrant, in that order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        decorate(
+            GatewayClass::crd(),
+            Decoration {
+                short_names: &["gc"],
+                columns: vec![
+                    column("Controller", "string", ".spec.controllerName", 0),
+                    column(
+                        "Accepted",
+                        "string",
+                        r#".status.conditions[?(@.type=="Accepted")].status"#,
+                        0,
+                    ),
+                    age_column(),
+                    column("Description", "string", ".spec.description", 1),
+                ],
+                lists: &[
+                    ("status.conditions", ListType::Map(&["type"])),
+                    ("status.supportedFeatures", ListType::Map(&["name"])),
+                ],
+            },
+        ),
+        decorate(
+            Gateway::crd(),
+            Decoration {
+                short_names: &["gtw"],
+                columns: vec![
+                    column("Class", "string", ".spec.gatewayClassName", 0),
+                    column("Address", "string", ".status.addresses[*].value", 0),
+                    column(
+                        "Programmed",
+                        "string",
+                        r#".status.conditions[?(@.type=="Programmed")].status"#,
+                        0,
+                    ),
+                    age_column(),
+                ],
+                lists: &[
+                    ("spec.listeners", ListType::Map(&["name"])),
+                    ("status.conditions", ListType::Map(&["type"])),
+                    ("status.addresses", ListType::Atomic),
+                    ("status.listeners", ListType::Map(&["name"])),
+                    ("status.listeners[].conditions", ListType::Map(&["type"])),
+                    ("status.listeners[].supportedKinds", ListType::Atomic),
+                ],
+            },
+        ),
+        decorate(
+            HttpRoute::crd(),
+            Decoration {
+                short_names: &[],
+                columns: vec![
+                    column("Hostnames", "string", ".spec.hostnames", 0),
+                    age_column(),
+                ],
+                lists: &[
+                    ("status.parents", ListType::Atomic),
+                    ("status.parents[].conditions", ListType::Map(&["type"])),
+                ],
+            },
+        ),
+        decorate(
+            ReferenceGrant::crd(),
+            Decoration {
+                short_names: &["refgrant"],
+                columns: vec![age_column()],
+                lists: &[],
+            },
+        ),
+    ]
+}
+
+fn decorate(mut crd: CustomResourceDefinition, d: Decoration) -> CustomResourceDefinition {
+    let annotations = crd.metadata.annotations.get_or_insert_with(Default::default);
+    annotations.insert(API_APPROVED_ANNOTATION.into(), API_APPROVED_VALUE.into());
+    annotations.insert(BUNDLE_VERSION_ANNOTATION.into(), BUNDLE_VERSION.into());
+    annotations.insert(CHANNEL_ANNOTATION.into(), CHANNEL.into());
+
+    let names = &mut crd.spec.names;
+    names.short_names =
+        (!d.short_names.is_empty()).then(|| d.short_names.iter().map(|s| (*s).into()).collect());
+    names.categories = Some(vec![CATEGORY.into()]);
+
+    set_printer_columns(&mut crd, &d.columns);
+    for (path, list_type) in d.lists {
+        set_list_type(&mut crd, path, *list_type);
+    }
+    // Last, so the alias inherits columns and markers from the storage version.
+    add_served_alias_version(&mut crd, LEGACY_VERSION);
+    crd
+}

@@ -40,6 +40,8 @@ const API_APPROVED_VALUE: &str = "https://github.com/kubernetes-sigs/gateway-api
 
 /// What one kind needs on top of its derived CRD.
 struct Decoration {
+    /// Replaces the derive's placeholder root description ("Auto-generated derived type ...").
+    description: &'static str,
     short_names: &'static [&'static str],
     columns: Vec<CustomResourceColumnDefinition>,
     lists: &'static [(&'static str, ListType)],
@@ -51,6 +53,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         decorate(
             GatewayClass::crd(),
             Decoration {
+                description: "A class of Gateways, managed by the controller named in spec.controllerName.",
                 short_names: &["gc"],
                 columns: vec![
                     column("Controller", "string", ".spec.controllerName", 0),
@@ -72,6 +75,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         decorate(
             Gateway::crd(),
             Decoration {
+                description: "A request for traffic-handling infrastructure: listeners bound to addresses, to which routes attach.",
                 short_names: &["gtw"],
                 columns: vec![
                     column("Class", "string", ".spec.gatewayClassName", 0),
@@ -97,6 +101,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         decorate(
             HttpRoute::crd(),
             Decoration {
+                description: "Rules that match HTTP requests by host, path, method, headers and query, and send them to backends.",
                 short_names: &[],
                 columns: vec![
                     column("Hostnames", "string", ".spec.hostnames", 0),
@@ -111,6 +116,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         decorate(
             ReferenceGrant::crd(),
             Decoration {
+                description: "Allows objects in other namespaces to reference objects in this namespace.",
                 short_names: &["refgrant"],
                 columns: vec![age_column()],
                 lists: &[],
@@ -120,10 +126,23 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 }
 
 fn decorate(mut crd: CustomResourceDefinition, d: Decoration) -> CustomResourceDefinition {
-    let annotations = crd.metadata.annotations.get_or_insert_with(Default::default);
+    let annotations = crd
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
     annotations.insert(API_APPROVED_ANNOTATION.into(), API_APPROVED_VALUE.into());
     annotations.insert(BUNDLE_VERSION_ANNOTATION.into(), BUNDLE_VERSION.into());
     annotations.insert(CHANNEL_ANNOTATION.into(), CHANNEL.into());
+
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            root.description = Some(d.description.into());
+        }
+    }
 
     let names = &mut crd.spec.names;
     names.short_names =

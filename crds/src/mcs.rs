@@ -35,17 +35,17 @@ pub mod condition {
     pub const CONFLICT: &str = "Conflict";
 }
 
-/// Marks the Service with the same name and namespace as exported to the cluster set.
-///
-/// Upstream `ServiceExport` has no spec; this empty struct exists because the derive needs one.
-/// It serializes as `{}` and deserializes from `{}`, `null` or an absent `spec` field, so
-/// objects written by other MCS implementations (or `kubectl apply` of an upstream manifest)
-/// read back fine.
+/// Unused: a ServiceExport is configured by its name and namespace alone.
+//
+// Upstream `ServiceExport` has no spec; this empty struct exists because the derive needs one.
+// It serializes as `{}` and deserializes from `{}`, `null` or an absent `spec` field, so objects
+// written by other MCS implementations (or `kubectl apply` of an upstream manifest) read back.
 #[derive(CustomResource, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[kube(
     group = "multicluster.x-k8s.io",
     version = "v1alpha1",
     kind = "ServiceExport",
+    doc = "Exports the Service with the same name and namespace to every cluster of the cluster set.",
     plural = "serviceexports",
     namespaced,
     shortname = "svcex",
@@ -99,12 +99,13 @@ pub struct ServiceExportStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// A Service that is available across the cluster set, in the importing cluster.
+/// Desired state of a [`ServiceImport`].
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "multicluster.x-k8s.io",
     version = "v1alpha1",
     kind = "ServiceImport",
+    doc = "A Service exported somewhere in the cluster set, as seen from the importing cluster.",
     plural = "serviceimports",
     namespaced,
     shortname = "svcim",

@@ -173,12 +173,15 @@ mod tests {
                 Step::Prop("conditions")
             ]
         );
-        assert_eq!(parse_path("spec.matrix[][]"), vec![
-            Step::Prop("spec"),
-            Step::Prop("matrix"),
-            Step::Items,
-            Step::Items
-        ]);
+        assert_eq!(
+            parse_path("spec.matrix[][]"),
+            vec![
+                Step::Prop("spec"),
+                Step::Prop("matrix"),
+                Step::Items,
+                Step::Items
+            ]
+        );
     }
 
     #[test]

@@ -90,16 +90,16 @@ impl<'de> Deserialize<'de> for ServiceExportSpec {
     }
 }
 
-/// Observed state of a [`ServiceExport`].
+/// Observed state of a ServiceExport.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceExportStatus {
-    /// Current state of the export; a list-map keyed by `type` (see [`condition`]).
+    /// Current state of the export (Valid, Ready, Conflict), merged by `type`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
 
-/// Desired state of a [`ServiceImport`].
+/// Desired state of a ServiceImport.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "multicluster.x-k8s.io",
@@ -133,7 +133,7 @@ pub struct ServiceImportSpec {
     pub session_affinity_config: Option<SessionAffinityConfig>,
 }
 
-/// A port of a [`ServiceImport`].
+/// A port of a ServiceImport.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
@@ -170,16 +170,16 @@ pub enum SessionAffinity {
     None,
 }
 
-/// Observed state of a [`ServiceImport`].
+/// Observed state of a ServiceImport.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceImportStatus {
-    /// Clusters that currently export this Service; a list-map keyed by `cluster`.
+    /// Clusters that currently export this Service, merged by `cluster`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<ClusterStatus>,
 }
 
-/// One exporting cluster of a [`ServiceImport`].
+/// One exporting cluster of a ServiceImport.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {

@@ -82,16 +82,18 @@ pub struct RedirectContext<'a> {
 
 /// The status code and `Location` of a redirect.
 ///
-/// Port rules (Gateway API): an explicit port wins; otherwise a changed scheme takes its
-/// well-known port and an unchanged scheme keeps the listener's port; 80 for http and 443 for
-/// https are never written.
+/// Port rules (Gateway API): an explicit port wins; otherwise a filter that names a scheme takes
+/// that scheme's well-known port (even when it equals the listener's scheme: `http` on an
+/// HTTP :8080 listener redirects to port 80), and a filter without a scheme keeps the listener's
+/// port; 80 for http and 443 for https are never written.
 pub fn redirect(r: &RequestRedirect, ctx: &RedirectContext<'_>) -> (u16, String) {
     let scheme = r.scheme.as_deref().unwrap_or(ctx.scheme);
     let host = r.hostname.as_deref().unwrap_or(ctx.host);
-    let port = match r.port {
-        Some(p) => Some(p),
-        None if scheme != ctx.scheme => None,
-        None => Some(ctx.listener_port),
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        // Our only schemes are http and https, both with a well-known port that is not written.
+        (None, Some(_)) => None,
+        (None, None) => Some(ctx.listener_port),
     };
     let port =
         port.filter(|&p| !((scheme == "http" && p == 80) || (scheme == "https" && p == 443)));

@@ -61,6 +61,14 @@ impl HeaderSource for [(&str, &str)] {
     }
 }
 
+// A `&[(&str, &str)]` (or any other reference to a header source) can be passed as
+// `&dyn HeaderSource`: the slice impl above is unsized and cannot be made a trait object itself.
+impl<T: HeaderSource + ?Sized> HeaderSource for &T {
+    fn header(&self, lower_name: &str) -> Option<Cow<'_, str>> {
+        (**self).header(lower_name)
+    }
+}
+
 /// What the router needs to know about a request.
 pub struct Request<'a> {
     /// Local address and port the connection arrived on.
@@ -552,10 +560,20 @@ impl ValueMatcher {
 
 /// Regex matches must cover the whole value.
 fn anchored(pattern: &str) -> Result<Regex, SnapshotError> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| SnapshotError::InvalidRegex {
+    full_match_regex(pattern).map_err(|reason| SnapshotError::InvalidRegex {
         pattern: pattern.to_string(),
-        reason: e.to_string(),
+        reason,
     })
+}
+
+/// Compiles `pattern` so that it only matches a whole value.
+///
+/// The pattern is first compiled on its own: wrapped in `^(?:…)$` straight away, an unbalanced
+/// pattern such as `/a)|(/b` would close the group early and compile into `^(?:/a)|(/b)$`, whose
+/// alternatives are no longer anchored at both ends.
+pub(crate) fn full_match_regex(pattern: &str) -> Result<Regex, String> {
+    Regex::new(pattern).map_err(|e| e.to_string())?;
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone)]
@@ -656,7 +674,7 @@ impl Bucket {
             let i = i as u32;
             if let Some(prefix) = &e.matcher.prefix {
                 let mut node = &mut b.prefixes;
-                for seg in prefix.split('/').filter(|s| !s.is_empty()) {
+                for seg in path_elements(prefix) {
                     node = node.children.entry(seg.to_string()).or_default();
                 }
                 node.here.push(i);
@@ -685,7 +703,7 @@ impl Bucket {
         candidates.extend_from_slice(&self.regexes);
         let mut node = &self.prefixes;
         candidates.extend_from_slice(&node.here);
-        for seg in req.path.split('/').filter(|s| !s.is_empty()) {
+        for seg in path_elements(req.path) {
             match node.children.get(seg) {
                 Some(child) => {
                     node = child;
@@ -702,6 +720,19 @@ impl Bucket {
                 .then(|| (e.rule.clone(), e.matcher.prefix.clone()))
         })
     }
+}
+
+/// The elements of a path after its leading `/`, compared one by one for `PathPrefix`.
+///
+/// Empty elements are kept (`/a//b` is `a`, ``, `b`, so it is not under the prefix `/a/b`), except
+/// for a trailing one: `/a/` is under `/a`. The root `/` has no elements, so a `/` prefix sits at
+/// the trie root and covers every path. A path that does not start with `/` (`*`) has no elements.
+fn path_elements(path: &str) -> impl Iterator<Item = &str> {
+    let rest = path
+        .strip_prefix('/')
+        .map(|r| r.strip_suffix('/').unwrap_or(r))
+        .unwrap_or("");
+    rest.split('/').filter(move |_| !rest.is_empty())
 }
 
 /// Lazily decoded query parameters; the first occurrence of a name wins.

@@ -167,8 +167,8 @@ pub struct Rule {
     pub retry: Option<Retry>,
 }
 
-/// A request match; all its conditions must hold.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A request match; all its conditions must hold. The default is the implicit `PathPrefix /`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Match {
     /// Path condition (defaults to `PathPrefix /`).
@@ -183,17 +183,6 @@ pub struct Match {
     /// HTTP method, exact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-}
-
-impl Default for Match {
-    fn default() -> Self {
-        Self {
-            path: PathMatch::default(),
-            headers: Vec::new(),
-            query_params: Vec::new(),
-            method: None,
-        }
-    }
 }
 
 /// Path condition.

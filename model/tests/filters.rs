@@ -828,3 +828,69 @@ fn backend_url_rewrite_and_backend_redirect_use_the_rule_match() {
         assert_eq!(rewrite_path(p, path, m.matched_prefix.as_deref()), want);
     }
 }
+
+#[test]
+fn rewrite_host_is_taken_from_the_matched_rule() {
+    let host_rewrite = |h: &str| {
+        Filter::UrlRewrite(UrlRewrite {
+            hostname: Some(h.to_string()),
+            path: None,
+        })
+    };
+    let router = single_listener(
+        listener("http", 80).route(
+            route("infra", "rewrite-host")
+                .host("rewrite.example")
+                .rule(
+                    rule()
+                        .path("/one")
+                        .filter(host_rewrite("one.example.org"))
+                        .to("v1"),
+                )
+                .rule(rule().filter(host_rewrite("example.org")).to("v2"))
+                .rule(
+                    rule()
+                        .path("/rewrite-host-and-modify-headers")
+                        .filter(host_rewrite("test.example.org"))
+                        .filter(Filter::RequestHeaderModifier(modifier(
+                            &[("X-Header-Set", "set-overwrites-values")],
+                            &[("X-Header-Add", "header-val-1")],
+                            &["X-Header-Remove"],
+                        )))
+                        .to("v2"),
+                ),
+        ),
+    );
+    let rows = [
+        ("/one", "v1", "one.example.org"),
+        ("/two", "v2", "example.org"),
+        ("/rewrite-host-and-modify-headers", "v2", "test.example.org"),
+    ];
+    for (path, backend, host) in rows {
+        let r = req("rewrite.example", path);
+        assert_eq!(send(&router, &r), backend, "{path}");
+        let m = matched(&router, &r);
+        let rewritten = m.rule.rule.filters.iter().find_map(|f| match f {
+            Filter::UrlRewrite(u) => u.hostname.as_deref(),
+            _ => None,
+        });
+        assert_eq!(rewritten, Some(host), "{path}");
+    }
+    // The headers of the last row are edited as well.
+    let m = matched(
+        &router,
+        &req("rewrite.example", "/rewrite-host-and-modify-headers"),
+    );
+    let out = request_headers_after(
+        &m,
+        0,
+        Headers::of(&[("X-Header-Add", "a"), ("X-Header-Remove", "r")]),
+    );
+    assert_eq!(out.get("x-header-add").as_deref(), Some("a,header-val-1"));
+    assert_eq!(
+        out.get("x-header-set").as_deref(),
+        Some("set-overwrites-values")
+    );
+    assert_eq!(out.get("x-header-remove"), None);
+    assert_eq!(send(&router, &req("other.example", "/one")), "404");
+}

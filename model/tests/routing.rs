@@ -505,3 +505,41 @@ fn matched_prefix_is_reported_normalised_for_rewrites() {
         assert_eq!(got.matched_prefix.as_deref(), *want, "{path}");
     }
 }
+
+#[test]
+fn named_rule_routes_like_an_unnamed_one() {
+    let mut named = rule().path("/named").to("v1");
+    named.name = Some("named-rule".to_string());
+    let router = one_route(
+        route("infra", "named-rule")
+            .rule(named)
+            .rule(rule().path("/unnamed").to("v2")),
+    );
+    let h = "named.example";
+    check(
+        &router,
+        &[
+            (req(h, "/named"), "v1"),
+            (req(h, "/unnamed"), "v2"),
+            (req(h, "/"), "404"),
+        ],
+    );
+    let got = matched(&router, &req(h, "/named"));
+    assert_eq!(got.rule.rule.name.as_deref(), Some("named-rule"));
+}
+
+#[test]
+fn cross_namespace_route_serves_its_own_namespace_backend() {
+    let router = compile(vec![
+        gateway("gateway-conformance-infra", "backend-namespaces").listener(
+            listener("http", 80).route(
+                route("gateway-conformance-web-backend", "cross-namespace")
+                    .rule(rule().to("web-backend")),
+            ),
+        ),
+    ]);
+    let got = matched(&router, &req("cross.example", "/"));
+    assert_eq!(got.rule.route_namespace, "gateway-conformance-web-backend");
+    assert_eq!(got.listener.gateway_namespace, "gateway-conformance-infra");
+    assert_eq!(send(&router, &req("cross.example", "/")), "web-backend");
+}

@@ -1,0 +1,654 @@
+//! The pingora `ProxyHttp` implementation: one request from routing to logging.
+//!
+//! ```text
+//! request_filter ── hygiene checks (400/431)
+//!                ── router.route(local, SNI, Host, method, path, query, headers)
+//!                     NoListener/NotFound → 404, Misdirected → 421
+//!                ── rule RequestRedirect → 3xx + Location
+//!                ── rule filters in order: header edits, URL rewrite, mirror
+//!                ── weighted backend pick: none/weight 0/Invalid → 500, no ready endpoint → 503
+//!                ── backend filters (same kinds, redirect included)
+//! upstream_peer  ── endpoint by locality tier, skipping ejected and tried ones; per-try timeouts
+//! fail_to_connect ─ eject the endpoint, retry another (bounded)
+//! upstream_response_filter ─ retry on a listed status while tries remain
+//! response_filter ─ ResponseHeaderModifier (rule, then backend)
+//! fail_to_proxy  ── 504 on timeouts, 503 on upstream failures
+//! logging        ── metrics
+//! ```
+//!
+//! The matched rule is cloned into the per-request context once, so a snapshot swap in the middle
+//! of a request changes nothing for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use meridian_model::filters::{self, RedirectContext};
+use meridian_model::router::{Decision, ListenerInfo, Request, RouteMatch};
+use meridian_model::snapshot::{
+    Backend, BackendProtocol, BackendTarget, Filter, Protocol, RequestMirror, RequestRedirect,
+    UrlRewrite,
+};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::endpoints::{self, NoEndpoint};
+use crate::headers::{self, ReqEdit, ReqHeaders, RespEdit};
+use crate::mirror;
+use crate::state::Shared;
+
+/// Connect timeout when the rule sets no per-try timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time of a pooled upstream connection.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+/// Most extra tries spent on connect failures when the rule has no retry policy.
+const MAX_CONNECT_FAILOVER: u32 = 3;
+
+/// TLS connection facts, stored in pingora's SSL digest extension by the accept loop.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsConnInfo {
+    pub sni: Option<String>,
+}
+
+/// The proxy application.
+pub struct Gateway {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    listener: Option<Arc<ListenerInfo>>,
+    matched: Option<RouteMatch>,
+    backend: Option<usize>,
+    deadline: Option<Instant>,
+    per_try: Option<Duration>,
+    /// Retries the rule's policy still allows.
+    retries_left: u32,
+    /// Extra tries allowed for connect failures beyond the rule's policy.
+    connect_failovers_left: u32,
+    tried: Vec<SocketAddr>,
+    current: Option<SocketAddr>,
+    /// The last upstream error is our own "retry on status" marker.
+    status_retry: bool,
+    /// A retry is pending: back off before the next try.
+    backoff: Option<Duration>,
+    first_try: Option<Instant>,
+    latency_recorded: bool,
+}
+
+impl Ctx {
+    fn route_label(&self) -> String {
+        match &self.matched {
+            Some(m) => format!("{}/{}", m.rule.route_namespace, m.rule.route_name),
+            None => String::new(),
+        }
+    }
+
+    fn listener_label(&self) -> String {
+        match &self.listener {
+            Some(l) => format!("{}/{}/{}", l.gateway_namespace, l.gateway_name, l.name),
+            None => String::new(),
+        }
+    }
+
+    fn chosen_backend(&self) -> Option<&Backend> {
+        let m = self.matched.as_ref()?;
+        m.rule.rule.backends.get(self.backend?)
+    }
+
+    fn deadline_passed(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The time left for one try: the per-try timeout capped by the request deadline.
+    fn try_budget(&self) -> Option<Duration> {
+        let left = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        match (self.per_try, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn ms(v: Option<u64>) -> Option<Duration> {
+    // Gateway API: a zero duration disables the timeout.
+    v.filter(|&m| m > 0).map(Duration::from_millis)
+}
+
+fn status_error(code: u16, why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(code), why)
+}
+
+/// Answers `code` with an empty body and ends the request.
+async fn respond(session: &mut Session, code: u16) -> Result<bool> {
+    session.respond_error(code).await?;
+    Ok(true)
+}
+
+impl Gateway {
+    fn connection_sni(session: &Session) -> Option<String> {
+        let digest = session.as_downstream().digest()?;
+        let ssl = digest.ssl_digest.as_ref()?;
+        ssl.extension.get::<TlsConnInfo>()?.sni.clone()
+    }
+
+    fn local_addr(session: &Session) -> Option<SocketAddr> {
+        session
+            .as_downstream()
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .copied()
+    }
+
+    /// Writes a redirect for `r` and ends the request.
+    async fn redirect(
+        session: &mut Session,
+        r: &RequestRedirect,
+        listener: &ListenerInfo,
+        matched_prefix: Option<&str>,
+        local: Option<SocketAddr>,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let host = request_host(req)
+            .map(meridian_model::hostname::normalize_host)
+            .or_else(|| local.map(|l| l.ip().to_string()))
+            .unwrap_or_default();
+        let scheme = match listener.protocol {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        };
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let (status, location) = filters::redirect(
+            r,
+            &RedirectContext {
+                scheme,
+                host: &host,
+                listener_port: listener.port,
+                path: &path,
+                query: query.as_deref(),
+                matched_prefix,
+            },
+        );
+        let mut resp = ResponseHeader::build(status, Some(2))?;
+        resp.insert_header("location", location)?;
+        resp.insert_header("content-length", "0")?;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(true)
+    }
+
+    /// Applies one request-side filter (not redirects). `original_path` is the path the router
+    /// matched, which prefix rewrites are relative to.
+    fn apply_request_filter(
+        &self,
+        f: &Filter,
+        req: &mut RequestHeader,
+        original_path: &str,
+        matched_prefix: Option<&str>,
+    ) {
+        match f {
+            Filter::RequestHeaderModifier(m) => {
+                filters::apply_header_modifier(m, &mut ReqEdit(req));
+            }
+            Filter::UrlRewrite(r) => rewrite(req, r, original_path, matched_prefix),
+            Filter::RequestMirror(m) => self.mirror(req, m),
+            // Response edits run in `response_filter`; redirects are handled by the caller.
+            Filter::ResponseHeaderModifier(_) | Filter::RequestRedirect(_) => {}
+        }
+    }
+
+    fn mirror(&self, req: &RequestHeader, m: &RequestMirror) {
+        if m.percent <= 0.0 || (m.percent < 100.0 && rand::random::<f64>() * 100.0 >= m.percent) {
+            return;
+        }
+        let BackendTarget::Endpoints {
+            protocol,
+            endpoints,
+            failover,
+        } = &m.backend.target
+        else {
+            return;
+        };
+        let Ok(target) = endpoints::choose(
+            endpoints,
+            &self.shared.locality,
+            failover.as_ref(),
+            &self.shared.ejections,
+            &[],
+        ) else {
+            return;
+        };
+        let path_and_query = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string());
+        let mut headers = req.headers.clone();
+        // An HTTP/2 request has no Host header; the copy needs one.
+        if !headers.contains_key(http::header::HOST)
+            && let Some(a) = req.uri.authority()
+            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+        {
+            headers.insert(http::header::HOST, v);
+        }
+        self.shared.mirror.send(
+            target,
+            *protocol == BackendProtocol::H2c,
+            mirror::Copy {
+                method: req.method.clone(),
+                path_and_query,
+                headers,
+            },
+        );
+    }
+}
+
+/// The Host header, or the `:authority` of an HTTP/2 request.
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+fn rewrite(req: &mut RequestHeader, r: &UrlRewrite, original_path: &str, prefix: Option<&str>) {
+    if let Some(host) = &r.hostname
+        && let Err(e) = req.insert_header(http::header::HOST, host.as_str())
+    {
+        tracing::debug!(error = %e, "host rewrite skipped");
+    }
+    if let Some(p) = &r.path {
+        // Both path modifiers keep the request's query.
+        let new_path = filters::rewrite_path(p, original_path, prefix);
+        let pq = match req.uri.query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = req.uri.scheme().cloned();
+        parts.authority = req.uri.authority().cloned();
+        match pq.parse::<http::uri::PathAndQuery>() {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(e) => {
+                tracing::debug!(error = %e, "path rewrite produced an invalid path; skipped");
+                return;
+            }
+        }
+        match http::Uri::from_parts(parts) {
+            Ok(uri) => req.set_uri(uri),
+            Err(e) => tracing::debug!(error = %e, "path rewrite skipped"),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            listener: None,
+            matched: None,
+            backend: None,
+            deadline: None,
+            per_try: None,
+            retries_left: 0,
+            connect_failovers_left: 0,
+            tried: Vec::new(),
+            current: None,
+            status_retry: false,
+            backoff: None,
+            first_try: None,
+            latency_recorded: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Err(refusal) = headers::check_request(session.req_header()) {
+            tracing::debug!(reason = refusal.reason, "request refused");
+            session.set_keepalive(None);
+            return respond(session, refusal.status).await;
+        }
+        let Some(served) = self.shared.served.load_full() else {
+            return respond(session, 404).await;
+        };
+        let local = Self::local_addr(session);
+        let sni = Self::connection_sni(session);
+        let decision = {
+            let req = session.req_header();
+            let Some(local) = local else {
+                return respond(session, 404).await;
+            };
+            let headers = ReqHeaders(req);
+            served.router.route(&Request {
+                local,
+                sni: sni.as_deref(),
+                host: request_host(req),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                headers: &headers,
+            })
+        };
+        drop(served);
+        let m = match decision {
+            Decision::NoListener => return respond(session, 404).await,
+            Decision::NotFound { listener } => {
+                ctx.listener = Some(listener);
+                return respond(session, 404).await;
+            }
+            Decision::Misdirected { listener } => {
+                ctx.listener = Some(listener);
+                return respond(session, 421).await;
+            }
+            Decision::Matched(m) => m,
+        };
+        ctx.listener = Some(m.listener.clone());
+        ctx.matched = Some(m.clone());
+        let rule = m.rule.clone();
+        let prefix = m.matched_prefix.as_deref();
+
+        if let Some(r) = rule.redirect() {
+            return Self::redirect(session, r, &m.listener, prefix, local).await;
+        }
+        let original_path = session.req_header().uri.path().to_string();
+        for f in &rule.rule.filters {
+            self.apply_request_filter(f, session.req_header_mut(), &original_path, prefix);
+        }
+
+        let Some((idx, backend)) = rule.pick_backend(rand::random::<u64>()) else {
+            // No backends, or every weight is 0.
+            return respond(session, 500).await;
+        };
+        ctx.backend = Some(idx);
+        let endpoints = match &backend.target {
+            BackendTarget::Invalid { reason } => {
+                tracing::debug!(backend = %backend.name, reason, "invalid backend");
+                return respond(session, 500).await;
+            }
+            BackendTarget::Endpoints { endpoints, .. } => endpoints,
+        };
+        if endpoints::ready_count(endpoints) == 0 {
+            return respond(session, 503).await;
+        }
+        for f in &backend.filters {
+            if let Filter::RequestRedirect(r) = f {
+                return Self::redirect(session, r, &m.listener, prefix, local).await;
+            }
+        }
+        for f in &backend.filters {
+            self.apply_request_filter(f, session.req_header_mut(), &original_path, prefix);
+        }
+
+        let timeouts = &rule.rule.timeouts;
+        ctx.deadline = ms(timeouts.request_ms).map(|d| Instant::now() + d);
+        ctx.per_try = ms(timeouts.backend_request_ms);
+        ctx.retries_left = rule.rule.retry.as_ref().map_or(0, |r| r.attempts);
+        let ready = u32::try_from(endpoints::ready_count(endpoints)).unwrap_or(u32::MAX);
+        ctx.connect_failovers_left = ready.saturating_sub(1).min(MAX_CONNECT_FAILOVER);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(pause) = ctx.backoff.take() {
+            let pause = match ctx.deadline {
+                Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
+                None => pause,
+            };
+            tokio::time::sleep(pause).await;
+        }
+        if ctx.deadline_passed() {
+            return Err(status_error(504, "request timeout"));
+        }
+        ctx.status_retry = false;
+        let (protocol, endpoints, failover) = match ctx.chosen_backend().map(|b| &b.target) {
+            Some(BackendTarget::Endpoints {
+                protocol,
+                endpoints,
+                failover,
+            }) => (*protocol, endpoints, failover.as_ref()),
+            _ => return Err(status_error(500, "no backend chosen")),
+        };
+        let choose = |tried: &[SocketAddr]| {
+            endpoints::choose(
+                endpoints,
+                &self.shared.locality,
+                failover,
+                &self.shared.ejections,
+                tried,
+            )
+        };
+        let addr = match choose(&ctx.tried) {
+            Ok(a) => a,
+            // Retrying after every endpoint was tried: start over.
+            Err(NoEndpoint::AllTried) => {
+                choose(&[]).map_err(|_| status_error(503, "no ready endpoint"))?
+            }
+            Err(NoEndpoint::NoneReady) => return Err(status_error(503, "no ready endpoint")),
+        };
+        ctx.tried.push(addr);
+        ctx.current = Some(addr);
+        ctx.first_try.get_or_insert_with(Instant::now);
+
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let budget = ctx.try_budget();
+        peer.options.connection_timeout = Some(match budget {
+            Some(b) => b.min(DEFAULT_CONNECT_TIMEOUT),
+            None => DEFAULT_CONNECT_TIMEOUT,
+        });
+        peer.options.read_timeout = budget;
+        peer.options.write_timeout = budget;
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        if protocol == BackendProtocol::H2c {
+            peer.options.set_http_version(2, 2);
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = ctx.current
+            && self.shared.ejections.eject(addr)
+        {
+            self.shared.metrics.ejections.inc();
+            tracing::info!(endpoint = %addr, error = %e, "endpoint ejected after connect failure");
+        }
+        if ctx.deadline_passed() {
+            e.set_retry(false);
+            return e;
+        }
+        if ctx.connect_failovers_left > 0 {
+            ctx.connect_failovers_left -= 1;
+            e.set_retry(true);
+        } else if ctx.retries_left > 0 {
+            ctx.retries_left -= 1;
+            ctx.backoff = ctx.matched.as_ref().and_then(|m| {
+                m.rule
+                    .rule
+                    .retry
+                    .as_ref()
+                    .and_then(|r| r.backoff_ms)
+                    .map(Duration::from_millis)
+            });
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        if e.retry() {
+            self.shared
+                .metrics
+                .retries
+                .with_label_values(&["connect"])
+                .inc();
+        }
+        tracing::debug!(%peer, retry = e.retry(), "connect failed");
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let body_replayable = !session.as_ref().retry_buffer_truncated();
+        if ctx.status_retry {
+            // Our own marker from `upstream_response_filter`; the retry was already counted.
+            e.set_retry(body_replayable && !ctx.deadline_passed());
+            return e;
+        }
+        // pingora's default: a failure on a reused pooled connection may be stale, retry it.
+        if body_replayable && session.req_header().method.is_idempotent() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        if !e.retry() && body_replayable && ctx.retries_left > 0 && !ctx.deadline_passed() {
+            ctx.retries_left -= 1;
+            e.set_retry(true);
+            self.shared
+                .metrics
+                .retries
+                .with_label_values(&["error"])
+                .inc();
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        let code = resp.status.as_u16();
+        let retry_listed = ctx
+            .matched
+            .as_ref()
+            .and_then(|m| m.rule.rule.retry.as_ref())
+            .is_some_and(|r| r.codes.contains(&code));
+        if retry_listed && ctx.retries_left > 0 && !ctx.deadline_passed() {
+            ctx.retries_left -= 1;
+            ctx.status_retry = true;
+            ctx.backoff = ctx.matched.as_ref().and_then(|m| {
+                m.rule
+                    .rule
+                    .retry
+                    .as_ref()
+                    .and_then(|r| r.backoff_ms)
+                    .map(Duration::from_millis)
+            });
+            self.shared
+                .metrics
+                .retries
+                .with_label_values(&["status"])
+                .inc();
+            let mut e = Error::explain(ErrorType::HTTPStatus(code), "retrying on status");
+            e.set_retry(true);
+            return Err(e);
+        }
+        if !ctx.latency_recorded
+            && let Some(start) = ctx.first_try
+        {
+            ctx.latency_recorded = true;
+            self.shared
+                .metrics
+                .upstream_latency
+                .with_label_values(&[&ctx.route_label()])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(m) = &ctx.matched else {
+            return Ok(());
+        };
+        let backend_filters = ctx.chosen_backend().map(|b| b.filters.as_slice());
+        for f in m
+            .rule
+            .rule
+            .filters
+            .iter()
+            .chain(backend_filters.unwrap_or_default())
+        {
+            if let Filter::ResponseHeaderModifier(hm) = f {
+                filters::apply_header_modifier(hm, &mut RespEdit(resp));
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = if ctx.deadline_passed() {
+            504
+        } else {
+            match e.etype() {
+                ErrorType::HTTPStatus(c) => *c,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                    504
+                }
+                _ => match e.esource() {
+                    // Envoy-like: connect failure or reset before a response is a 503.
+                    ErrorSource::Upstream => 503,
+                    ErrorSource::Downstream => match e.etype() {
+                        ErrorType::WriteError
+                        | ErrorType::ReadError
+                        | ErrorType::ConnectionClosed => 0,
+                        _ => 400,
+                    },
+                    ErrorSource::Internal | ErrorSource::Unset => 500,
+                },
+            }
+        };
+        // Only answer if nothing was sent yet; otherwise the connection is just closed.
+        let code = if session.response_written().is_some() {
+            0
+        } else {
+            code
+        };
+        if code > 0
+            && let Err(err) = session.respond_error(code).await
+        {
+            tracing::debug!(error = %err, "could not send the error response");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let status = status.to_string();
+        self.shared
+            .metrics
+            .requests
+            .with_label_values(&[&ctx.listener_label(), &ctx.route_label(), &status])
+            .inc();
+    }
+}

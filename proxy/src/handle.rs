@@ -1,0 +1,300 @@
+//! [`ProxyHandle`]: a running proxy inside an existing tokio runtime, programmed with snapshots.
+//!
+//! `apply` is all-or-nothing: compile the snapshot, parse its certificates, bind every socket it
+//! adds; only when all of that worked is the router swapped in (one `ArcSwap::store`) and removed
+//! sockets closed. Any failure leaves the previous snapshot serving and is reported as an
+//! [`ApplyError`] (also visible on `/ready` and `/config_dump`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use meridian_model::locality::Locality;
+use meridian_model::snapshot::{Protocol, Snapshot};
+use meridian_model::{Router, SnapshotError};
+use pingora_core::apps::{HttpServerApp, HttpServerOptions};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::tls::pkey::PKey;
+use pingora_core::tls::x509::X509;
+use pingora_proxy::HttpProxy;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::endpoints::Ejections;
+use crate::gateway::Gateway;
+use crate::listeners::{self, AcceptCtx, ListenerSet};
+use crate::metrics::Metrics;
+use crate::mirror::Mirror;
+use crate::state::{Served, Shared, TlsCert};
+
+/// How long `shutdown` waits for connections in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of one proxy.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyConfig {
+    /// Admin listener (`/healthz`, `/ready`, `/config_dump`, `/metrics`); `None` disables it.
+    pub admin: Option<SocketAddr>,
+    /// Where this proxy runs (endpoint preference).
+    pub locality: Locality,
+}
+
+/// Why a snapshot was refused. The previous snapshot keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The snapshot does not validate or compile.
+    #[error("invalid snapshot: {0}")]
+    Invalid(#[from] SnapshotError),
+    /// A listener certificate or key does not parse.
+    #[error("listener {listener}: certificate or key does not parse: {reason}")]
+    Certificate {
+        /// `namespace/gateway/listener`.
+        listener: String,
+        /// OpenSSL's message.
+        reason: String,
+    },
+    /// A listener socket cannot be bound.
+    #[error("cannot listen on {socket}: {reason}")]
+    Bind {
+        /// The socket.
+        socket: SocketAddr,
+        /// The OS error.
+        reason: String,
+    },
+    /// The proxy is shutting down.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+}
+
+impl ApplyError {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ApplyError::Invalid(_) => "invalid",
+            ApplyError::Certificate { .. } => "certificate",
+            ApplyError::Bind { .. } => "bind",
+            ApplyError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    accept: Arc<AcceptCtx>,
+    listeners: Mutex<Option<ListenerSet>>,
+    bound: std::sync::Mutex<Vec<SocketAddr>>,
+    shutdown_tx: watch::Sender<bool>,
+    admin: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl ProxyHandle {
+    /// Starts a proxy with no snapshot (it listens on nothing but the admin socket until the
+    /// first [`ProxyHandle::apply`]). Must run inside a tokio runtime.
+    pub async fn start(cfg: ProxyConfig) -> anyhow::Result<ProxyHandle> {
+        let metrics = Metrics::new()?;
+        let shared = Arc::new(Shared {
+            served: Default::default(),
+            mirror: Mirror::new(metrics.clone()),
+            metrics,
+            ejections: Ejections::default(),
+            locality: cfg.locality.clone(),
+            last_error: Default::default(),
+        });
+        let conf = ServerConf {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ..ServerConf::default()
+        };
+        let mut app = HttpProxy::new(
+            Gateway {
+                shared: shared.clone(),
+            },
+            Arc::new(conf),
+        );
+        app.handle_init_modules();
+        let mut options = HttpServerOptions::default();
+        // Plain listeners accept HTTP/2 with prior knowledge as well as HTTP/1.1.
+        options.h2c = true;
+        app.server_options = Some(options);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let accept = Arc::new(AcceptCtx {
+            app: Arc::new(app),
+            shared: shared.clone(),
+            shutdown: shutdown_rx,
+            tls: listeners::tls_acceptor()?,
+            active: Arc::new(AtomicUsize::new(0)),
+        });
+        let admin = match cfg.admin {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot bind admin listener {addr}: {e}"))?;
+                let local = listener.local_addr()?;
+                let task = tokio::spawn(admin::serve(
+                    listener,
+                    shared.clone(),
+                    shutdown_tx.subscribe(),
+                ));
+                tracing::info!(admin = %local, "admin listener up");
+                Some((local, task))
+            }
+            None => None,
+        };
+        Ok(ProxyHandle {
+            shared,
+            accept,
+            listeners: Mutex::new(Some(ListenerSet::default())),
+            bound: Default::default(),
+            shutdown_tx,
+            admin,
+        })
+    }
+
+    /// Compiles, binds and swaps in `snapshot`; returns the generation now served. On error the
+    /// previous snapshot keeps serving and the reason is logged and remembered.
+    pub async fn apply(&self, snapshot: Snapshot) -> Result<u64, ApplyError> {
+        let result = self.apply_inner(snapshot).await;
+        match &result {
+            Ok(generation) => {
+                self.shared.set_last_error(None);
+                self.shared.metrics.snapshot_applied.inc();
+                self.shared
+                    .metrics
+                    .generation
+                    .set(i64::try_from(*generation).unwrap_or(i64::MAX));
+                tracing::info!(generation, "snapshot applied");
+            }
+            Err(e) => self.record_refusal(e),
+        }
+        result
+    }
+
+    /// Records a snapshot refused before it reached [`ProxyHandle::apply`] (e.g. undecodable
+    /// JSON), exactly as `apply` records its own refusals.
+    pub fn refuse(&self, e: ApplyError) {
+        self.record_refusal(&e);
+    }
+
+    fn record_refusal(&self, e: &ApplyError) {
+        self.shared.set_last_error(Some(e.to_string()));
+        self.shared
+            .metrics
+            .snapshot_refusals
+            .with_label_values(&[e.metric_label()])
+            .inc();
+        tracing::error!(error = %e, "snapshot refused; the previous one keeps serving");
+    }
+
+    async fn apply_inner(&self, snapshot: Snapshot) -> Result<u64, ApplyError> {
+        let router = Router::compile(snapshot)?;
+        let certs = parse_certificates(router.snapshot())?;
+        let protocols: HashMap<SocketAddr, Protocol> = router.sockets().collect();
+        let wanted: Vec<SocketAddr> = protocols.keys().copied().collect();
+
+        let mut guard = self.listeners.lock().await;
+        let set = guard.as_mut().ok_or(ApplyError::ShuttingDown)?;
+        let mut fresh = Vec::new();
+        for addr in set.missing(&wanted) {
+            match listeners::bind(addr) {
+                Ok(l) => fresh.push((addr, l)),
+                // Dropping `fresh` closes the sockets bound so far: all or nothing.
+                Err(e) => {
+                    return Err(ApplyError::Bind {
+                        socket: addr,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        let generation = router.generation();
+        self.shared.served.store(Some(Arc::new(Served {
+            router,
+            certs,
+            protocols,
+        })));
+        set.start(fresh, &self.accept);
+        set.retain(&wanted).await;
+        *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = set.bound();
+        Ok(generation)
+    }
+
+    /// The generation being served, if any.
+    pub fn generation(&self) -> Option<u64> {
+        self.shared
+            .served
+            .load()
+            .as_ref()
+            .map(|s| s.router.generation())
+    }
+
+    /// The admin listener's actual address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Actual bound addresses of the listener sockets, sorted.
+    pub fn bound_sockets(&self) -> Vec<SocketAddr> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The reason the last snapshot was refused, if the last apply failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error()
+    }
+
+    /// The Prometheus text of this proxy's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render().unwrap_or_default()
+    }
+
+    /// Stops accepting, lets connections in flight finish (up to a few seconds), stops the
+    /// admin listener.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Some(mut set) = self.listeners.lock().await.take() {
+            set.retain(&[]).await;
+        }
+        // Wakes keep-alive connections waiting for their next request.
+        self.accept.app.http_cleanup().await;
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.accept.active.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some((_, task)) = self.admin {
+            task.abort();
+        }
+    }
+}
+
+/// Parses every listener certificate once, keyed by its PEM text.
+fn parse_certificates(snapshot: &Snapshot) -> Result<HashMap<String, Arc<TlsCert>>, ApplyError> {
+    let mut out: HashMap<String, Arc<TlsCert>> = HashMap::new();
+    for gw in &snapshot.gateways {
+        for l in &gw.listeners {
+            let Some(tls) = &l.tls else { continue };
+            for c in &tls.certificates {
+                if out.contains_key(&c.cert_pem) {
+                    continue;
+                }
+                let err = |reason: String| ApplyError::Certificate {
+                    listener: format!("{}/{}/{}", gw.namespace, gw.name, l.name),
+                    reason,
+                };
+                let chain =
+                    X509::stack_from_pem(c.cert_pem.as_bytes()).map_err(|e| err(e.to_string()))?;
+                if chain.is_empty() {
+                    return Err(err("no certificate in PEM".to_string()));
+                }
+                let key = PKey::private_key_from_pem(c.key_pem.as_bytes())
+                    .map_err(|e| err(e.to_string()))?;
+                out.insert(c.cert_pem.clone(), Arc::new(TlsCert { chain, key }));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,265 @@
+//! Our own accept loops: one tokio task per listener socket, feeding connections to the one
+//! shared pingora `HttpProxy` app.
+//!
+//! pingora's `Server` cannot add services after it runs, but snapshots add and remove sockets at
+//! any time, so the proxy binds sockets itself:
+//!
+//! ```text
+//! apply(snapshot) ── bind every new socket (all or nothing) ── swap the router ── start loops
+//!                                                                         └─ stop removed loops
+//! accept loop ── TcpStream ─► pingora l4 Stream (+ socket digest: local address for routing)
+//!                  HTTP  ─► app.process_new (HTTP/1.1, or h2c when the preface says so)
+//!                  HTTPS ─► openssl handshake, certificate chosen by SNI from the current router,
+//!                           ALPN h2/http1.1, SNI kept in the SSL digest ─► app.process_new
+//! ```
+//!
+//! A stopped loop closes its socket; connections it accepted keep running until they finish.
+//! The protocol of a socket is read from the current snapshot for every connection, so a socket
+//! that switches between HTTP and HTTPS needs no rebind.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use meridian_model::snapshot::Protocol;
+use pingora_core::apps::ServerApp;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::SocketDigest;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::tls::TlsRef;
+use pingora_core::protocols::tls::server::handshake_with_callback;
+use pingora_core::protocols::{GetSocketDigest, Stream};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::tls::ext;
+use pingora_core::tls::ssl::{
+    AlpnError, NameType, SslAcceptor, SslMethod, SslVersion, select_next_proto,
+};
+use pingora_proxy::HttpProxy;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::gateway::{Gateway, TlsConnInfo};
+use crate::state::Shared;
+
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything an accept loop needs.
+pub(crate) struct AcceptCtx {
+    pub app: Arc<HttpProxy<Gateway>>,
+    pub shared: Arc<Shared>,
+    pub shutdown: ShutdownWatch,
+    pub tls: SslAcceptor,
+    /// Connections being served (for graceful shutdown).
+    pub active: Arc<AtomicUsize>,
+}
+
+/// Builds the TLS acceptor: no static certificate (the callback installs one per handshake),
+/// ALPN preferring h2 then http/1.1.
+pub(crate) fn tls_acceptor() -> anyhow::Result<SslAcceptor> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_alpn_select_callback(|_, client| {
+        select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
+    });
+    Ok(b.build())
+}
+
+/// Binds a listener socket. `SO_REUSEADDR` lets a restarted proxy rebind a port in TIME_WAIT; it
+/// does not allow taking a port another process listens on.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+struct Running {
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The running accept loops, keyed by the socket as the snapshot names it.
+#[derive(Default)]
+pub(crate) struct ListenerSet {
+    running: HashMap<SocketAddr, Running>,
+}
+
+impl ListenerSet {
+    /// Sockets of `wanted` that are not bound yet.
+    pub fn missing(&self, wanted: &[SocketAddr]) -> Vec<SocketAddr> {
+        wanted
+            .iter()
+            .filter(|a| !self.running.contains_key(a))
+            .copied()
+            .collect()
+    }
+
+    /// Starts accept loops on freshly bound sockets.
+    pub fn start(&mut self, bound: Vec<(SocketAddr, TcpListener)>, ctx: &Arc<AcceptCtx>) {
+        for (addr, listener) in bound {
+            let local = listener.local_addr().unwrap_or(addr);
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(accept_loop(listener, addr, ctx.clone(), stop_rx));
+            tracing::info!(socket = %addr, "listening");
+            self.running.insert(
+                addr,
+                Running {
+                    bound: local,
+                    stop,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stops the loops of sockets not in `keep` and waits until their sockets are closed.
+    pub async fn retain(&mut self, keep: &[SocketAddr]) {
+        let gone: Vec<SocketAddr> = self
+            .running
+            .keys()
+            .filter(|a| !keep.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some(r) = self.running.remove(&addr) {
+                let _ = r.stop.send(true);
+                if let Err(e) = r.task.await {
+                    tracing::warn!(socket = %addr, error = %e, "accept loop ended abnormally");
+                }
+                tracing::info!(socket = %addr, "stopped listening");
+            }
+        }
+    }
+
+    /// Actual bound addresses.
+    pub fn bound(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.running.values().map(|r| r.bound).collect();
+        v.sort();
+        v
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    ctx: Arc<AcceptCtx>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    let ctx = ctx.clone();
+                    ctx.active.fetch_add(1, Ordering::AcqRel);
+                    tokio::spawn(async move {
+                        serve_connection(tcp, addr, &ctx).await;
+                        ctx.active.fetch_sub(1, Ordering::AcqRel);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(socket = %addr, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(tcp: tokio::net::TcpStream, addr: SocketAddr, ctx: &AcceptCtx) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let fd = tcp.as_raw_fd();
+    let mut l4 = L4Stream::from(tcp);
+    l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
+    let protocol = ctx
+        .shared
+        .served
+        .load()
+        .as_ref()
+        .and_then(|s| s.protocol(addr));
+    let stream: Stream = match protocol {
+        Some(Protocol::Http) => Box::new(l4),
+        Some(Protocol::Https) => {
+            let callbacks = CertByRouter {
+                shared: ctx.shared.clone(),
+                socket: addr,
+            };
+            let handshake = handshake_with_callback(&ctx.tls, l4, &callbacks);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    tracing::debug!(socket = %addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(socket = %addr, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        // The socket left the snapshot between accept and here.
+        None => return,
+    };
+    ctx.app.process_new(stream, &ctx.shutdown).await;
+}
+
+/// Chooses the certificate during the handshake from the router being served right now.
+struct CertByRouter {
+    shared: Arc<Shared>,
+    socket: SocketAddr,
+}
+
+#[async_trait]
+impl TlsAccept for CertByRouter {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let Some(served) = self.shared.served.load_full() else {
+            return;
+        };
+        let sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        let Some(cert) = served.router.certificate(self.socket, sni.as_deref()) else {
+            tracing::debug!(socket = %self.socket, ?sni, "no certificate for this SNI");
+            return;
+        };
+        let Some(parsed) = served.certs.get(&cert.cert_pem) else {
+            return;
+        };
+        let Some((leaf, chain)) = parsed.chain.split_first() else {
+            return;
+        };
+        let mut result = ext::ssl_use_certificate(ssl, leaf)
+            .and_then(|()| ext::ssl_use_private_key(ssl, &parsed.key));
+        for c in chain {
+            result = result.and_then(|()| ext::ssl_add_chain_cert(ssl, c));
+        }
+        if let Err(e) = result {
+            tracing::warn!(socket = %self.socket, error = %e, "installing certificate failed");
+        }
+    }
+
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        Some(Arc::new(TlsConnInfo { sni }))
+    }
+}

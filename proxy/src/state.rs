@@ -1,0 +1,63 @@
+//! What every connection and request shares: the served snapshot (router + parsed certificates)
+//! behind an `ArcSwap`, metrics, ejections, the mirror client and the proxy's locality.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use meridian_model::Router;
+use meridian_model::locality::Locality;
+use meridian_model::snapshot::Protocol;
+use pingora_core::tls::pkey::{PKey, Private};
+use pingora_core::tls::x509::X509;
+
+use crate::endpoints::Ejections;
+use crate::metrics::Metrics;
+use crate::mirror::Mirror;
+
+/// A certificate chain and key, parsed once per snapshot.
+pub(crate) struct TlsCert {
+    pub chain: Vec<X509>,
+    pub key: PKey<Private>,
+}
+
+/// One accepted snapshot, compiled and ready to serve.
+pub(crate) struct Served {
+    pub router: Router,
+    /// Parsed certificates keyed by their PEM text (what [`Router::certificate`] returns).
+    pub certs: HashMap<String, Arc<TlsCert>>,
+    /// Protocol of every socket.
+    pub protocols: HashMap<SocketAddr, Protocol>,
+}
+
+impl Served {
+    /// The protocol of the listener socket a connection was accepted on.
+    pub fn protocol(&self, bound: SocketAddr) -> Option<Protocol> {
+        self.protocols.get(&bound).copied()
+    }
+}
+
+/// State shared by the accept loops, the proxy hooks and the admin server.
+pub(crate) struct Shared {
+    pub served: ArcSwapOption<Served>,
+    pub metrics: Metrics,
+    pub ejections: Ejections,
+    pub mirror: Mirror,
+    pub locality: Locality,
+    /// Why the last refused snapshot was refused (cleared by the next accepted one).
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+}

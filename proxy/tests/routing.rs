@@ -1,0 +1,447 @@
+//! Over-the-wire behaviour of the proxy: routing, filters, backends, timeouts, retries.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test exceeded its time bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_prefix_header_and_method_matches_pick_their_backends() {
+    bounded(async {
+        let (a, b) = (Echo::start("a").await, Echo::start("b").await);
+        let port = free_port();
+        let p = proxy().await;
+        let rules = vec![
+            json!({"matches": [{"path": {"type": "exact", "value": "/exact"}}],
+                   "backends": [echo_backend(&a, 1)]}),
+            prefix_rule("/prefix", vec![echo_backend(&b, 1)]),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/h"},
+                                "headers": [{"name": "X-Version", "value": "two"}]}],
+                   "backends": [echo_backend(&b, 1)]}),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/h"}}],
+                   "backends": [echo_backend(&a, 1)]}),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/m"}, "method": "POST"}],
+                   "backends": [echo_backend(&b, 1)]}),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/m"}}],
+                   "backends": [echo_backend(&a, 1)]}),
+        ];
+        assert_eq!(p.apply(http_snapshot(1, port, rules)).await.unwrap(), 1);
+        let c = client();
+        let name = |v: &serde_json::Value| v["name"].as_str().unwrap_or("").to_string();
+
+        let (s, _, body) = get(&c, port, "/exact?x=1", &[]).await;
+        assert_eq!((s, name(&body).as_str()), (200, "a"));
+        assert_eq!(body["path"], "/exact?x=1");
+        // Exact does not match a longer path; no other rule matches it either.
+        assert_eq!(get(&c, port, "/exact/more", &[]).await.0, 404);
+        let (s, _, body) = get(&c, port, "/prefix/deeper", &[]).await;
+        assert_eq!((s, name(&body).as_str()), (200, "b"));
+        // Segment-wise prefix: /prefixed is not under /prefix.
+        assert_eq!(get(&c, port, "/prefixed", &[]).await.0, 404);
+        assert_eq!(
+            name(&get(&c, port, "/h", &[("x-version", "two")]).await.2),
+            "b"
+        );
+        assert_eq!(
+            name(&get(&c, port, "/h", &[("x-version", "one")]).await.2),
+            "a"
+        );
+        let post = c
+            .post(format!("http://127.0.0.1:{port}/m"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), 200);
+        let body: serde_json::Value = serde_json::from_str(&post.text().await.unwrap()).unwrap();
+        assert_eq!(
+            (name(&body).as_str(), body["method"].as_str()),
+            ("b", Some("POST"))
+        );
+        assert_eq!(name(&get(&c, port, "/m", &[]).await.2), "a");
+        assert_eq!(get(&c, port, "/nothing-here", &[]).await.0, 404);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_answer_status_and_location() {
+    bounded(async {
+        let port = free_port();
+        let p = proxy().await;
+        let rules = vec![
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/hostname-redirect"}}],
+                   "filters": [{"type": "requestRedirect", "hostname": "example.org"}]}),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/original-prefix"}}],
+                   "filters": [{"type": "requestRedirect", "statusCode": 301,
+                                "path": {"type": "replacePrefixMatch", "value": "/replacement-prefix"}}]}),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/scheme"}}],
+                   "filters": [{"type": "requestRedirect", "scheme": "https", "hostname": "example.org"}]}),
+        ];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let c = client();
+        let (s, h, _) = get(&c, port, "/hostname-redirect?q=1", &[("host", "gw.example")]).await;
+        assert_eq!(s, 302);
+        assert_eq!(
+            h["location"],
+            format!("http://example.org:{port}/hostname-redirect?q=1")
+        );
+        let (s, h, _) = get(&c, port, "/original-prefix/lemon", &[("host", "gw.example")]).await;
+        assert_eq!(s, 301);
+        assert_eq!(
+            h["location"],
+            format!("http://gw.example:{port}/replacement-prefix/lemon")
+        );
+        let (s, h, _) = get(&c, port, "/scheme", &[]).await;
+        assert_eq!(s, 302);
+        assert_eq!(h["location"], "https://example.org/scheme");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_rewrite_changes_path_and_host_seen_by_the_backend() {
+    bounded(async {
+        let a = Echo::start("a").await;
+        let port = free_port();
+        let p = proxy().await;
+        let rules = vec![
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/prefix/one"}}],
+                   "filters": [{"type": "urlRewrite", "hostname": "one.example.org",
+                                "path": {"type": "replacePrefixMatch", "value": "/one"}}],
+                   "backends": [echo_backend(&a, 1)]}),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/strip-prefix"}}],
+                   "filters": [{"type": "urlRewrite",
+                                "path": {"type": "replacePrefixMatch", "value": "/"}}],
+                   "backends": [echo_backend(&a, 1)]}),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/full/one"}}],
+                   "filters": [{"type": "urlRewrite",
+                                "path": {"type": "replaceFullPath", "value": "/one"}}],
+                   "backends": [echo_backend(&a, 1)]}),
+        ];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let c = client();
+        let (s, _, body) = get(
+            &c,
+            port,
+            "/prefix/one/two?k=v",
+            &[("host", "rewrite.example")],
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(body["path"], "/one/two?k=v");
+        assert_eq!(body["host"], "one.example.org");
+        assert_eq!(
+            get(&c, port, "/strip-prefix/three", &[]).await.2["path"],
+            "/three"
+        );
+        assert_eq!(get(&c, port, "/strip-prefix", &[]).await.2["path"], "/");
+        let (_, _, body) = get(&c, port, "/full/one/two", &[("host", "keep.example")]).await;
+        assert_eq!(body["path"], "/one");
+        assert_eq!(body["host"], "keep.example");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_response_header_modifiers_apply() {
+    bounded(async {
+        let a = Echo::start("a").await;
+        let port = free_port();
+        let p = proxy().await;
+        let rules = vec![json!({
+            "matches": [{"path": {"type": "pathPrefix", "value": "/"}}],
+            "filters": [
+                {"type": "requestHeaderModifier",
+                 "set": [{"name": "X-Header-Set", "value": "set-overwrites-values"}],
+                 "add": [{"name": "X-Header-Add", "value": "add-appends-values"}],
+                 "remove": ["X-Header-Remove"]},
+                {"type": "responseHeaderModifier",
+                 "set": [{"name": "X-Resp-Set", "value": "set"}],
+                 "add": [{"name": "X-Resp-Add", "value": "added"}],
+                 "remove": ["X-Resp-Remove"]},
+            ],
+            "backends": [{
+                "name": "a", "weight": 1,
+                "filters": [{"type": "requestHeaderModifier",
+                             "set": [{"name": "Backend", "value": "a"}]}],
+                "target": {"type": "endpoints", "endpoints": [a.endpoint()]},
+            }],
+        })];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let c = client();
+        let (s, h, body) = get(
+            &c,
+            port,
+            "/set",
+            &[
+                ("x-header-set", "some-other-value"),
+                ("x-header-add", "some-other-value"),
+                ("x-header-remove", "gone"),
+                ("some-other-header", "val"),
+                ("x-echo-response-header", "X-Resp-Add=original"),
+                ("x-echo-response-header", "X-Resp-Remove=bye"),
+                ("x-echo-response-header", "X-Resp-Set=old"),
+            ],
+        )
+        .await;
+        assert_eq!(s, 200);
+        let hd = &body["headers"];
+        assert_eq!(hd["x-header-set"], "set-overwrites-values");
+        assert_eq!(hd["x-header-add"], "some-other-value,add-appends-values");
+        assert!(hd.get("x-header-remove").is_none(), "{hd}");
+        assert_eq!(hd["some-other-header"], "val");
+        assert_eq!(hd["backend"], "a");
+        assert_eq!(h["x-resp-set"], "set");
+        assert_eq!(h["x-resp-add"], "original,added");
+        assert!(h.get("x-resp-remove").is_none());
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copy_reaches_the_mirror_backend_with_earlier_header_edits() {
+    bounded(async {
+        let (main, mirror) = (Echo::start("main").await, Echo::start("mirror").await);
+        let port = free_port();
+        let p = proxy().await;
+        let rules = vec![json!({
+            "matches": [{"path": {"type": "pathPrefix", "value": "/mirror"}}],
+            "filters": [
+                {"type": "requestHeaderModifier", "set": [{"name": "X-Before", "value": "yes"}]},
+                {"type": "requestMirror", "backend": echo_backend(&mirror, 1)},
+                {"type": "requestHeaderModifier", "set": [{"name": "X-After", "value": "yes"}]},
+            ],
+            "backends": [echo_backend(&main, 1)],
+        })];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let (s, _, body) = get(&client(), port, "/mirror?id=42", &[]).await;
+        assert_eq!((s, body["name"].as_str()), (200, Some("main")));
+        eventually("the mirror copy", || mirror.count() == 1).await;
+        let copy = &mirror.seen()[0];
+        assert_eq!(copy.path, "/mirror?id=42");
+        assert_eq!(
+            copy.headers.get("x-before").map(String::as_str),
+            Some("yes")
+        );
+        assert!(!copy.headers.contains_key("x-after"));
+        assert_eq!(main.count(), 1);
+        assert_eq!(
+            main.seen()[0].headers.get("x-after").map(String::as_str),
+            Some("yes")
+        );
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_split_traffic_and_weight_zero_is_never_chosen() {
+    bounded(async {
+        let (v1, v2, v3) = (
+            Echo::start("v1").await,
+            Echo::start("v2").await,
+            Echo::start("v3").await,
+        );
+        let port = free_port();
+        let p = proxy().await;
+        let rules = vec![prefix_rule(
+            "/",
+            vec![
+                echo_backend(&v1, 70),
+                echo_backend(&v2, 30),
+                echo_backend(&v3, 0),
+            ],
+        )];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let c = client();
+        for _ in 0..500 {
+            assert_eq!(get(&c, port, "/w", &[]).await.0, 200);
+        }
+        let share = v1.count() as f64 / 500.0;
+        assert!((share - 0.7).abs() <= 0.07, "v1 share {share}");
+        assert_eq!(v1.count() + v2.count(), 500);
+        assert_eq!(v3.count(), 0);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_backend_is_500_and_no_ready_endpoint_is_503() {
+    bounded(async {
+        let a = Echo::start("a").await;
+        let port = free_port();
+        let p = proxy().await;
+        let mut not_ready = a.endpoint();
+        not_ready["ready"] = json!(false);
+        let rules = vec![
+            prefix_rule(
+                "/invalid",
+                vec![json!({"name": "bad", "weight": 1,
+                            "target": {"type": "invalid", "reason": "BackendNotFound"}})],
+            ),
+            prefix_rule("/unready", vec![backend("a", 1, vec![not_ready])]),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/none"}}]}),
+            prefix_rule("/zero", vec![echo_backend(&a, 0)]),
+        ];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let c = client();
+        assert_eq!(get(&c, port, "/invalid", &[]).await.0, 500);
+        assert_eq!(get(&c, port, "/unready", &[]).await.0, 503);
+        assert_eq!(get(&c, port, "/none", &[]).await.0, 500);
+        assert_eq!(get(&c, port, "/zero", &[]).await.0, 500);
+        assert_eq!(a.count(), 0);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_backend_request_timeouts_answer_504() {
+    bounded(async {
+        let a = Echo::start("a").await;
+        let port = free_port();
+        let p = proxy().await;
+        let with_timeouts = |prefix: &str, t: serde_json::Value| {
+            let mut r = prefix_rule(prefix, vec![echo_backend(&a, 1)]);
+            r["timeouts"] = t;
+            r
+        };
+        let rules = vec![
+            with_timeouts("/request-timeout", json!({"requestMs": 300})),
+            with_timeouts("/disable-request-timeout", json!({"requestMs": 0})),
+            with_timeouts("/backend-timeout", json!({"backendRequestMs": 300})),
+        ];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let c = client();
+        assert_eq!(get(&c, port, "/request-timeout", &[]).await.0, 200);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            get(&c, port, "/request-timeout?delay=1000", &[]).await.0,
+            504
+        );
+        assert!(started.elapsed() < Duration::from_millis(900));
+        assert_eq!(
+            get(&c, port, "/disable-request-timeout?delay=500", &[])
+                .await
+                .0,
+            200
+        );
+        assert_eq!(get(&c, port, "/backend-timeout", &[]).await.0, 200);
+        assert_eq!(
+            get(&c, port, "/backend-timeout?delay=1000", &[]).await.0,
+            504
+        );
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refused_endpoint_is_skipped_and_ejected() {
+    bounded(async {
+        let a = Echo::start("a").await;
+        let port = free_port();
+        let dead = free_port();
+        let p = proxy().await;
+        let eps = vec![a.endpoint(), json!({"address": "127.0.0.1", "port": dead})];
+        p.apply(http_snapshot(
+            1,
+            port,
+            vec![prefix_rule("/", vec![backend("a", 1, eps)])],
+        ))
+        .await
+        .unwrap();
+        let c = client();
+        for _ in 0..20 {
+            assert_eq!(get(&c, port, "/", &[]).await.0, 200);
+        }
+        assert_eq!(a.count(), 20);
+        let m = p.metrics_text();
+        let ejections = m
+            .lines()
+            .find(|l| l.starts_with("meridian_proxy_endpoint_ejections_total"))
+            .unwrap();
+        assert!(ejections.ends_with(" 1"), "{ejections}");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_listed_status_codes_within_attempts() {
+    bounded(async {
+        let a = Echo::start("a").await;
+        let port = free_port();
+        let p = proxy().await;
+        let mut rule = prefix_rule("/", vec![echo_backend(&a, 1)]);
+        rule["retry"] = json!({"attempts": 3, "codes": [500]});
+        p.apply(http_snapshot(1, port, vec![rule])).await.unwrap();
+        let c = client();
+        let fail = |id: &'static str, n: &'static str, code: &'static str| {
+            vec![
+                ("x-echo-id", id),
+                ("x-echo-fail-times", n),
+                ("x-echo-fail-status", code),
+            ]
+        };
+        assert_eq!(get(&c, port, "/", &fail("r1", "2", "500")).await.0, 200);
+        assert_eq!(get(&c, port, "/", &fail("r2", "4", "500")).await.0, 500);
+        assert_eq!(get(&c, port, "/", &fail("r3", "2", "503")).await.0, 503);
+        // 3 tries for r1, 4 for r2 (1 + 3 retries), 1 for r3 (503 is not listed).
+        assert_eq!(a.count(), 3 + 4 + 1);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_client_and_h2c_backend() {
+    bounded(async {
+        let a = Echo::start("a").await;
+        let port = free_port();
+        let p = proxy().await;
+        let rules = vec![
+            prefix_rule("/h1", vec![echo_backend(&a, 1)]),
+            prefix_rule(
+                "/h2c",
+                vec![json!({"name": "a2", "weight": 1, "target": {
+                    "type": "endpoints", "protocol": "h2c", "endpoints": [a.endpoint()]}})],
+            ),
+        ];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let h2 = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let resp = h2
+            .get(format!("http://127.0.0.1:{port}/h1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        assert_eq!(body["version"], "HTTP/1.1");
+        let (s, _, body) = get(&client(), port, "/h2c", &[]).await;
+        assert_eq!(s, 200);
+        assert_eq!(body["version"], "HTTP/2.0");
+        p.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,910 @@
+//! GatewayClasses and Gateways: ownership, listener validation, status and the served listeners.
+//!
+//! A Gateway is translated in two halves around route attachment:
+//!
+//! 1. [`build_all`] validates every Gateway of an owned class into a [`GatewayState`]: gateway
+//!    problems (`InvalidParameters`, `UnsupportedAddress`, …), and per listener the protocol, port,
+//!    hostname, allowed route kinds, TLS certificate references and conflicts with its siblings.
+//! 2. Routes attach (see [`super::route`]), filling each listener's attached set and routes.
+//! 3. [`finish`] computes the Gateway's conditions, listener status (with `attachedRoutes`,
+//!    counted on invalid listeners too) and the snapshot entry with only the served listeners.
+//!
+//! A listener is *valid* when Accepted, ResolvedRefs and not Conflicted; it is *served* when it
+//! is Accepted, not Conflicted and has what the proxy needs to bind it (an HTTPS listener needs at
+//! least one usable certificate). A listener whose only fault is an unsupported route kind next to
+//! `HTTPRoute` is still served.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use gateway_api::gatewayclasses::{
+    GatewayClass, GatewayClassSpec, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
+};
+use gateway_api::gateways::*;
+use meridian_model::hostname;
+use meridian_model::snapshot::{self as model, Certificate, ListenerTls, Protocol};
+
+use super::selector::Selector;
+use super::{Ctx, GatewayRef, Problem, ProgrammedState, generation_of};
+use crate::refgrant::{self, RefFrom, RefTo};
+use crate::status::{
+    Cond, GATEWAY_GROUP, StatusKind, StatusUpdate, eq_ignoring_time, is_stale, merge_conditions,
+    stamp_all,
+};
+use crate::world::{ClusterState, ObjectKey};
+
+/// Computes the status of our GatewayClasses and returns them with whether each is accepted.
+pub(crate) fn classes(ctx: &Ctx<'_>, out: &mut Vec<StatusUpdate>) -> BTreeMap<String, bool> {
+    let mut owned = BTreeMap::new();
+    for (name, class) in &ctx.cluster.gateway_classes {
+        let GatewayClass {
+            metadata,
+            spec,
+            status,
+        } = class.as_ref();
+        let GatewayClassSpec {
+            controller_name,
+            description: _,
+            parameters_ref,
+        } = spec;
+        if *controller_name != ctx.cfg.controller_name {
+            continue;
+        }
+        let generation = generation_of(metadata);
+        let accepted = match parameters_ref {
+            Some(p) => Cond::new(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                format!(
+                    "parametersRef {}/{} {:?}: Meridian GatewayClasses take no parameters",
+                    p.group, p.kind, p.name
+                ),
+            ),
+            None => Cond::new(
+                "Accepted",
+                true,
+                "Accepted",
+                "Meridian serves Gateways of this class",
+            ),
+        };
+        owned.insert(name.clone(), accepted.status);
+        let old = status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default();
+        if is_stale(old, generation) {
+            continue;
+        }
+        let mut features: Vec<String> = ctx.cfg.supported_features.clone();
+        features.sort();
+        features.dedup();
+        let new = GatewayClassStatus {
+            conditions: Some(merge_conditions(
+                old,
+                stamp_all(vec![accepted], generation, ctx.cfg.now),
+                ctx.cfg.now,
+            )),
+            supported_features: Some(
+                features
+                    .into_iter()
+                    .map(|name| GatewayClassStatusSupportedFeatures { name })
+                    .collect(),
+            ),
+        };
+        push_if_changed(
+            ctx,
+            out,
+            StatusKind::GatewayClass,
+            None,
+            name,
+            generation,
+            status.as_ref(),
+            &new,
+        );
+    }
+    owned
+}
+
+/// Serializes `new` and queues it when it differs from `old` beyond timestamps.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn push_if_changed<T: serde::Serialize>(
+    ctx: &Ctx<'_>,
+    out: &mut Vec<StatusUpdate>,
+    kind: StatusKind,
+    namespace: Option<&str>,
+    name: &str,
+    generation: i64,
+    old: Option<&T>,
+    new: &T,
+) {
+    let Ok(new) = serde_json::to_value(new) else {
+        // Status types are plain data; serialization cannot fail. Stay silent rather than panic.
+        return;
+    };
+    let old = old.and_then(|o| serde_json::to_value(o).ok());
+    if old.as_ref().is_some_and(|o| eq_ignoring_time(o, &new)) {
+        return;
+    }
+    out.push(StatusUpdate {
+        cluster: ctx.cluster_name.to_string(),
+        kind,
+        namespace: namespace.map(str::to_string),
+        name: name.to_string(),
+        generation,
+        status: new,
+    });
+}
+
+/// Which namespaces may attach routes to a listener.
+#[derive(Clone, Debug)]
+pub(crate) enum AllowedNamespaces {
+    Same,
+    All,
+    /// `None`: `from: Selector` without a selector, which admits nobody.
+    Selector(Option<Selector>),
+}
+
+/// One listener during translation.
+#[derive(Debug)]
+pub(crate) struct ListenerState {
+    pub name: String,
+    /// `spec.port` as written (compared with parentRef `port`).
+    pub spec_port: i32,
+    /// Validated port (0 when invalid).
+    pub port: u16,
+    /// `None`: unsupported protocol.
+    pub protocol: Option<Protocol>,
+    /// Lower-cased hostname.
+    pub hostname: Option<String>,
+    pub accepted: Option<Problem>,
+    pub resolved: Option<Problem>,
+    pub conflicted: Option<Problem>,
+    /// Whether HTTPRoute is among the supported kinds (the only kind we support).
+    pub http_route_kind: bool,
+    pub allowed: AllowedNamespaces,
+    pub certificates: Vec<Certificate>,
+    /// Routes attached (Accepted) through this listener.
+    pub attached: BTreeSet<ObjectKey>,
+    /// Snapshot routes (only filled while the listener is served).
+    pub routes: Vec<model::Route>,
+    /// `false` for a second listener with an already used name: it gets no status entry.
+    pub has_status: bool,
+}
+
+impl ListenerState {
+    fn valid(&self) -> bool {
+        self.has_status
+            && self.accepted.is_none()
+            && self.resolved.is_none()
+            && self.conflicted.is_none()
+    }
+
+    pub fn served(&self) -> bool {
+        self.has_status
+            && self.accepted.is_none()
+            && self.conflicted.is_none()
+            && match self.protocol {
+                Some(Protocol::Http) => true,
+                Some(Protocol::Https) => !self.certificates.is_empty(),
+                None => false,
+            }
+    }
+
+    /// Whether routes of `route_ns` may attach, per `allowedRoutes.namespaces`.
+    pub fn admits(&self, route_ns: &str, gateway_ns: &str, cluster: &ClusterState) -> bool {
+        match &self.allowed {
+            AllowedNamespaces::Same => route_ns == gateway_ns,
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Selector(None) => false,
+            AllowedNamespaces::Selector(Some(s)) => s.matches(&cluster.namespace_labels(route_ns)),
+        }
+    }
+}
+
+/// One Gateway of an owned class during translation.
+pub(crate) struct GatewayState<'a> {
+    pub key: ObjectKey,
+    pub gateway: &'a Gateway,
+    pub generation: i64,
+    /// Why the Gateway is not Accepted (before looking at listeners).
+    pub problem: Option<Problem>,
+    /// Why the Gateway cannot be Programmed whatever the data plane says (addresses).
+    pub address_problem: Option<Problem>,
+    pub addresses: Vec<IpAddr>,
+    pub listeners: Vec<ListenerState>,
+}
+
+/// Validates every Gateway of an owned class.
+pub(crate) fn build_all<'a>(
+    ctx: &Ctx<'a>,
+    classes: &BTreeMap<String, bool>,
+) -> BTreeMap<ObjectKey, GatewayState<'a>> {
+    let mut out = BTreeMap::new();
+    for (key, gw) in &ctx.cluster.gateways {
+        let Some(class_accepted) = classes.get(&gw.spec.gateway_class_name) else {
+            continue;
+        };
+        out.insert(key.clone(), build(ctx, key, gw, *class_accepted));
+    }
+    out
+}
+
+fn build<'a>(
+    ctx: &Ctx<'a>,
+    key: &ObjectKey,
+    gw: &'a Gateway,
+    class_accepted: bool,
+) -> GatewayState<'a> {
+    let GatewaySpec {
+        addresses,
+        allowed_listeners: _, // ListenerSets are not supported; the default admits none.
+        gateway_class_name,
+        infrastructure,
+        listeners,
+        tls,
+    } = &gw.spec;
+    let mut problem = None;
+    if !class_accepted {
+        problem = Some(Problem::new(
+            "Invalid",
+            format!("GatewayClass {gateway_class_name:?} is not accepted"),
+        ));
+    }
+    if let Some(GatewayInfrastructure {
+        parameters_ref: Some(p),
+        ..
+    }) = infrastructure
+    {
+        problem.get_or_insert(Problem::new(
+            "InvalidParameters",
+            format!(
+                "infrastructure.parametersRef {}/{} {:?} is not supported",
+                p.group, p.kind, p.name
+            ),
+        ));
+    }
+    if let Some(GatewayTls {
+        frontend: Some(_), ..
+    }) = tls
+    {
+        // Accepting it without enforcing client certificates would silently weaken security.
+        problem.get_or_insert(Problem::new(
+            "Invalid",
+            "spec.tls.frontend (client certificate validation) is not supported",
+        ));
+    }
+    let (addrs, address_accept_problem, address_problem) =
+        resolve_addresses(ctx, key, addresses.as_deref().unwrap_or_default());
+    if let Some(p) = address_accept_problem {
+        problem.get_or_insert(p);
+    }
+
+    let mut seen = BTreeSet::new();
+    let mut states: Vec<ListenerState> = listeners
+        .iter()
+        .map(|l| {
+            let mut st = build_listener(ctx, &key.namespace, l);
+            st.has_status = seen.insert(l.name.clone());
+            st
+        })
+        .collect();
+    detect_conflicts(&mut states);
+    GatewayState {
+        key: key.clone(),
+        gateway: gw,
+        generation: generation_of(&gw.metadata),
+        problem,
+        address_problem,
+        addresses: addrs,
+        listeners: states,
+    }
+}
+
+/// `(addresses to use, Accepted problem, Programmed problem)`.
+fn resolve_addresses(
+    ctx: &Ctx<'_>,
+    key: &ObjectKey,
+    spec: &[GatewayAddresses],
+) -> (Vec<IpAddr>, Option<Problem>, Option<Problem>) {
+    let pool = ctx
+        .cfg
+        .addresses
+        .get(&GatewayRef::new(
+            ctx.cluster_name,
+            &key.namespace,
+            &key.name,
+        ))
+        .cloned()
+        .unwrap_or_default();
+    let mut requested = Vec::new();
+    for GatewayAddresses { r#type, value } in spec {
+        let ty = r#type.as_deref().unwrap_or("IPAddress");
+        if ty != "IPAddress" {
+            let p = Problem::new(
+                "UnsupportedAddress",
+                format!("address type {ty:?} is not supported (IPAddress only)"),
+            );
+            return (Vec::new(), Some(p), None);
+        }
+        match value.as_deref() {
+            // An empty value asks the implementation to assign one.
+            None | Some("") => {}
+            Some(v) => match v.parse::<IpAddr>() {
+                Ok(ip) => requested.push(ip),
+                Err(_) => {
+                    let p = Problem::new(
+                        "UnsupportedAddress",
+                        format!("address {v:?} is not an IP address"),
+                    );
+                    return (Vec::new(), Some(p), None);
+                }
+            },
+        }
+    }
+    if !requested.is_empty() {
+        let unusable: Vec<String> = requested
+            .iter()
+            .filter(|ip| !pool.contains(ip))
+            .map(|ip| ip.to_string())
+            .collect();
+        if !unusable.is_empty() {
+            let p = Problem::new(
+                "AddressNotUsable",
+                format!(
+                    "requested address(es) {} cannot be served by the data plane",
+                    unusable.join(", ")
+                ),
+            );
+            return (Vec::new(), None, Some(p));
+        }
+        requested.dedup();
+        return (requested, None, None);
+    }
+    if pool.is_empty() {
+        let p = Problem::new(
+            "AddressNotAssigned",
+            "no address has been assigned to this Gateway yet",
+        );
+        return (Vec::new(), None, Some(p));
+    }
+    (pool, None, None)
+}
+
+fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerState {
+    let GatewayListeners {
+        allowed_routes,
+        hostname,
+        name,
+        port,
+        protocol,
+        tls,
+    } = l;
+    let mut st = ListenerState {
+        name: name.clone(),
+        spec_port: *port,
+        port: 0,
+        protocol: None,
+        hostname: hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+        accepted: None,
+        resolved: None,
+        conflicted: None,
+        http_route_kind: false,
+        allowed: AllowedNamespaces::Same,
+        certificates: Vec::new(),
+        attached: BTreeSet::new(),
+        routes: Vec::new(),
+        has_status: true,
+    };
+    st.protocol = match protocol.as_str() {
+        "HTTP" => Some(Protocol::Http),
+        "HTTPS" => Some(Protocol::Https),
+        other => {
+            st.accepted = Some(Problem::new(
+                "UnsupportedProtocol",
+                format!("protocol {other:?} is not supported (HTTP and HTTPS are)"),
+            ));
+            return st;
+        }
+    };
+    match u16::try_from(*port).ok().filter(|p| *p != 0) {
+        Some(p) => st.port = p,
+        None => {
+            st.accepted = Some(Problem::new(
+                "PortUnavailable",
+                format!("port {port} is outside 1–65535"),
+            ))
+        }
+    }
+    if let Some(h) = &st.hostname
+        && !hostname::is_valid_pattern(h)
+    {
+        st.accepted.get_or_insert(Problem::new(
+            "UnsupportedValue",
+            format!("hostname {h:?} is not a valid DNS name or wildcard"),
+        ));
+    }
+    match (st.protocol, tls) {
+        (Some(Protocol::Http), Some(_)) => {
+            st.accepted.get_or_insert(Problem::new(
+                "UnsupportedValue",
+                "tls must not be set on an HTTP listener",
+            ));
+        }
+        (
+            Some(Protocol::Https),
+            Some(GatewayListenersTls {
+                mode: Some(GatewayListenersTlsMode::Passthrough),
+                ..
+            }),
+        ) => {
+            st.accepted.get_or_insert(Problem::new(
+                "UnsupportedValue",
+                "tls.mode Passthrough is not valid on an HTTPS listener (use protocol TLS)",
+            ));
+        }
+        _ => {}
+    }
+
+    // allowedRoutes: kinds (default from the protocol) and namespaces (default Same).
+    let kinds = allowed_routes
+        .as_ref()
+        .and_then(|a| a.kinds.as_deref())
+        .unwrap_or_default();
+    if kinds.is_empty() {
+        st.http_route_kind = true;
+    } else {
+        let mut invalid = Vec::new();
+        for GatewayListenersAllowedRoutesKinds { group, kind } in kinds {
+            let group = group.as_deref().unwrap_or(GATEWAY_GROUP);
+            if group == GATEWAY_GROUP && kind == "HTTPRoute" {
+                st.http_route_kind = true;
+            } else {
+                invalid.push(format!("{kind}.{group}"));
+            }
+        }
+        if !invalid.is_empty() {
+            st.resolved = Some(Problem::new(
+                "InvalidRouteKinds",
+                format!(
+                    "route kind(s) {} are not supported (HTTPRoute is)",
+                    invalid.join(", ")
+                ),
+            ));
+        }
+    }
+    let namespaces = allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+    st.allowed = match namespaces.and_then(|n| n.from.as_ref()) {
+        None | Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) => AllowedNamespaces::Same,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => AllowedNamespaces::All,
+        Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
+            AllowedNamespaces::Selector(namespaces.and_then(|n| n.selector.as_ref()).map(|s| {
+                let GatewayListenersAllowedRoutesNamespacesSelector {
+                    match_expressions,
+                    match_labels,
+                } = s;
+                Selector::new(
+                    match_labels.as_ref(),
+                    match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|e| (e.key.as_str(), e.operator.as_str(), e.values.as_ref())),
+                )
+            }))
+        }
+    };
+
+    if st.protocol == Some(Protocol::Https) && st.accepted.is_none() {
+        let refs = tls
+            .as_ref()
+            .and_then(|t| t.certificate_refs.as_deref())
+            .unwrap_or_default();
+        let (certs, problem) = resolve_certificates(ctx, gw_ns, refs);
+        st.certificates = certs;
+        if let Some(p) = problem {
+            // A certificate problem is what keeps the listener from serving: report it first.
+            st.resolved = Some(p);
+        }
+    }
+    st
+}
+
+/// Resolves certificateRefs; returns the usable certificates and the first problem.
+fn resolve_certificates(
+    ctx: &Ctx<'_>,
+    gw_ns: &str,
+    refs: &[GatewayListenersTlsCertificateRefs],
+) -> (Vec<Certificate>, Option<Problem>) {
+    if refs.is_empty() {
+        return (
+            Vec::new(),
+            Some(Problem::new(
+                "InvalidCertificateRef",
+                "an HTTPS listener needs at least one tls.certificateRef",
+            )),
+        );
+    }
+    let mut certs = Vec::new();
+    let mut problem = None;
+    for GatewayListenersTlsCertificateRefs {
+        group,
+        kind,
+        name,
+        namespace,
+    } in refs
+    {
+        let group = group.as_deref().unwrap_or("");
+        let kind = kind.as_deref().unwrap_or("Secret");
+        let ns = namespace.as_deref().unwrap_or(gw_ns);
+        let result = (|| {
+            if !group.is_empty() || kind != "Secret" {
+                return Err(Problem::new(
+                    "InvalidCertificateRef",
+                    format!(
+                        "certificateRef {ns}/{name}: kind {kind:?} of group {group:?} is not supported (core Secret is)"
+                    ),
+                ));
+            }
+            let from = RefFrom {
+                group: GATEWAY_GROUP,
+                kind: "Gateway",
+                namespace: gw_ns,
+            };
+            let to = RefTo {
+                group: "",
+                kind: "Secret",
+                namespace: ns,
+                name,
+            };
+            if !refgrant::permits(ctx.cluster, from, to) {
+                return Err(Problem::new(
+                    "RefNotPermitted",
+                    format!(
+                        "certificateRef {ns}/{name}: no ReferenceGrant in namespace {ns:?} allows Gateways from {gw_ns:?}"
+                    ),
+                ));
+            }
+            let secret = ctx
+                .cluster
+                .secrets
+                .get(&ObjectKey::new(ns, name.as_str()))
+                .ok_or_else(|| {
+                    Problem::new(
+                        "InvalidCertificateRef",
+                        format!("certificateRef {ns}/{name}: Secret not found"),
+                    )
+                })?;
+            match (&secret.cert_pem, &secret.key_pem) {
+                (Some(c), Some(k))
+                    if has_pem_block(c, |l| l == "CERTIFICATE")
+                        && has_pem_block(k, |l| l.ends_with("PRIVATE KEY")) =>
+                {
+                    Ok(Certificate {
+                        cert_pem: c.clone(),
+                        key_pem: k.clone(),
+                    })
+                }
+                _ => Err(Problem::new(
+                    "InvalidCertificateRef",
+                    format!(
+                        "certificateRef {ns}/{name}: Secret has no PEM certificate in tls.crt and private key in tls.key"
+                    ),
+                )),
+            }
+        })();
+        match result {
+            Ok(c) => certs.push(c),
+            Err(p) => {
+                problem.get_or_insert(p);
+            }
+        }
+    }
+    (certs, problem)
+}
+
+/// Whether `text` holds a well-formed PEM block whose label passes `label_ok`. This is a shape
+/// check (markers, base64 body); the proxy's TLS library does the real parsing.
+pub(crate) fn has_pem_block(text: &str, label_ok: impl Fn(&str) -> bool) -> bool {
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let after = &rest[start + "-----BEGIN ".len()..];
+        let Some(label_end) = after.find("-----") else {
+            return false;
+        };
+        let label = &after[..label_end];
+        let body_and_more = &after[label_end + 5..];
+        let end_marker = format!("-----END {label}-----");
+        let Some(body_end) = body_and_more.find(&end_marker) else {
+            return false;
+        };
+        let body: String = body_and_more[..body_end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let base64 = !body.is_empty()
+            && body.len().is_multiple_of(4)
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+        if base64 && label_ok(label) {
+            return true;
+        }
+        rest = &body_and_more[body_end + end_marker.len()..];
+    }
+    false
+}
+
+/// Marks listeners that cannot be told apart: same port with different protocols
+/// (ProtocolConflict), or same port, protocol and hostname (HostnameConflict). No listener of a
+/// conflicting set wins.
+fn detect_conflicts(listeners: &mut [ListenerState]) {
+    let candidates: Vec<usize> = (0..listeners.len())
+        .filter(|&i| {
+            listeners[i].has_status
+                && listeners[i].accepted.is_none()
+                && listeners[i].protocol.is_some()
+        })
+        .collect();
+    let mut by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for &i in &candidates {
+        by_port.entry(listeners[i].port).or_default().push(i);
+    }
+    for (port, idxs) in by_port {
+        let protocols: BTreeSet<&str> = idxs
+            .iter()
+            .map(|&i| match listeners[i].protocol {
+                Some(Protocol::Https) => "HTTPS",
+                _ => "HTTP",
+            })
+            .collect();
+        if protocols.len() > 1 {
+            for &i in &idxs {
+                listeners[i].conflicted = Some(Problem::new(
+                    "ProtocolConflict",
+                    format!("port {port} is used with different protocols by several listeners"),
+                ));
+            }
+            continue;
+        }
+        let mut by_host: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+        for &i in &idxs {
+            by_host
+                .entry(listeners[i].hostname.clone())
+                .or_default()
+                .push(i);
+        }
+        for (host, same) in by_host {
+            if same.len() < 2 {
+                continue;
+            }
+            let names: Vec<&str> = same.iter().map(|&i| listeners[i].name.as_str()).collect();
+            let msg = format!(
+                "listeners {} share port {port} and hostname {}",
+                names.join(", "),
+                host.as_deref().unwrap_or("(none)")
+            );
+            for &i in &same {
+                listeners[i].conflicted = Some(Problem::new("HostnameConflict", msg.clone()));
+            }
+        }
+    }
+}
+
+fn cond(
+    type_: &'static str,
+    problem: &Option<Problem>,
+    ok_reason: &'static str,
+    ok_message: &str,
+) -> Cond {
+    match problem {
+        None => Cond::new(type_, true, ok_reason, ok_message),
+        Some(p) => Cond::new(type_, false, p.reason, p.message.clone()),
+    }
+}
+
+/// Computes the Gateway's status and its snapshot entry (only served listeners).
+pub(crate) fn finish(
+    ctx: &Ctx<'_>,
+    gw: GatewayState<'_>,
+) -> (Option<model::Gateway>, Option<StatusUpdate>) {
+    let GatewayState {
+        key,
+        gateway,
+        generation,
+        problem,
+        address_problem,
+        addresses,
+        listeners,
+    } = gw;
+    let now = ctx.cfg.now;
+    let with_status: Vec<&ListenerState> = listeners.iter().filter(|l| l.has_status).collect();
+    let valid = listeners.iter().filter(|l| l.valid()).count();
+    let all = listeners.len();
+    let accepted = match &problem {
+        Some(p) => Cond::new("Accepted", false, p.reason, p.message.clone()),
+        None if valid == 0 => Cond::new(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid",
+        ),
+        None if valid < all => Cond::new(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            format!("{} of {all} listeners are not valid", all - valid),
+        ),
+        None => Cond::new("Accepted", true, "Accepted", "Gateway accepted"),
+    };
+    let served: Vec<&ListenerState> = listeners.iter().filter(|l| l.served()).collect();
+    let state = ctx
+        .cfg
+        .programmed
+        .get(&GatewayRef::new(
+            ctx.cluster_name,
+            &key.namespace,
+            &key.name,
+        ))
+        .cloned()
+        .unwrap_or_default();
+    let programmed = if !accepted.status {
+        Cond::new(
+            "Programmed",
+            false,
+            "Invalid",
+            "the Gateway is not accepted",
+        )
+    } else if served.is_empty() {
+        Cond::new("Programmed", false, "Invalid", "no listener can be served")
+    } else if let Some(p) = &address_problem {
+        Cond::new("Programmed", false, p.reason, p.message.clone())
+    } else {
+        match &state {
+            ProgrammedState::NoProxy => Cond::new(
+                "Programmed",
+                false,
+                "NoResources",
+                "no proxy serves this cluster",
+            ),
+            ProgrammedState::Pending => Cond::new(
+                "Programmed",
+                false,
+                "Pending",
+                "waiting for the proxies to apply the configuration",
+            ),
+            ProgrammedState::Refused(why) => Cond::new(
+                "Programmed",
+                false,
+                "Invalid",
+                format!("the proxies refused the configuration: {why}"),
+            ),
+            ProgrammedState::Applied(g) => Cond::new(
+                "Programmed",
+                true,
+                "Programmed",
+                format!("served by the proxies (snapshot generation {g})"),
+            ),
+        }
+    };
+    let gateway_programmed = programmed.status;
+    let pending_reason = programmed.message.clone();
+
+    // Status of every listener, in spec order.
+    let old_status = gateway.status.as_ref();
+    let old_listeners = old_status
+        .and_then(|s| s.listeners.as_deref())
+        .unwrap_or_default();
+    let old_conditions = old_status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let stale = is_stale(old_conditions, generation)
+        || is_stale(old_listeners.iter().flat_map(|l| &l.conditions), generation);
+
+    let listener_status: Vec<GatewayStatusListeners> = with_status
+        .iter()
+        .map(|l| {
+            let l_programmed = if !l.served() || !accepted.status {
+                Cond::new("Programmed", false, "Invalid", "the listener is not valid")
+            } else if gateway_programmed {
+                Cond::new("Programmed", true, "Programmed", "listener served")
+            } else {
+                Cond::new("Programmed", false, "Pending", pending_reason.clone())
+            };
+            let conflicted = match &l.conflicted {
+                None => Cond::new("Conflicted", false, "NoConflicts", "no conflicts"),
+                Some(p) => Cond::new("Conflicted", true, p.reason, p.message.clone()),
+            };
+            let conds = vec![
+                cond("Accepted", &l.accepted, "Accepted", "listener accepted"),
+                conflicted,
+                l_programmed,
+                cond(
+                    "ResolvedRefs",
+                    &l.resolved,
+                    "ResolvedRefs",
+                    "all references resolved",
+                ),
+            ];
+            let old = old_listeners
+                .iter()
+                .find(|o| o.name == l.name)
+                .map(|o| o.conditions.as_slice())
+                .unwrap_or_default();
+            let supported_kinds = if l.http_route_kind && l.protocol.is_some() {
+                vec![GatewayStatusListenersSupportedKinds {
+                    group: Some(GATEWAY_GROUP.to_string()),
+                    kind: "HTTPRoute".to_string(),
+                }]
+            } else {
+                Vec::new()
+            };
+            GatewayStatusListeners {
+                attached_routes: i32::try_from(l.attached.len()).unwrap_or(i32::MAX),
+                conditions: merge_conditions(old, stamp_all(conds, generation, now), now),
+                name: l.name.clone(),
+                supported_kinds: Some(supported_kinds),
+            }
+        })
+        .collect();
+
+    let new_status = GatewayStatus {
+        addresses: (!addresses.is_empty()).then(|| {
+            addresses
+                .iter()
+                .map(|ip| GatewayStatusAddresses {
+                    r#type: Some("IPAddress".to_string()),
+                    value: ip.to_string(),
+                })
+                .collect()
+        }),
+        attached_listener_sets: None,
+        conditions: Some(merge_conditions(
+            old_conditions,
+            stamp_all(vec![accepted.clone(), programmed], generation, now),
+            now,
+        )),
+        listeners: Some(listener_status),
+    };
+    let mut updates = Vec::new();
+    if !stale {
+        push_if_changed(
+            ctx,
+            &mut updates,
+            StatusKind::Gateway,
+            Some(&key.namespace),
+            &key.name,
+            generation,
+            old_status,
+            &new_status,
+        );
+    }
+
+    let snapshot = match addresses.first() {
+        Some(address) if accepted.status && address_problem.is_none() && !served.is_empty() => {
+            let mut out = model::Gateway {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                listeners: Vec::new(),
+            };
+            for l in listeners.into_iter().filter(ListenerState::served) {
+                let Some(protocol) = l.protocol else { continue };
+                let mut routes = l.routes;
+                routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+                out.listeners.push(model::Listener {
+                    name: l.name,
+                    address: *address,
+                    port: l.port,
+                    protocol,
+                    hostname: l.hostname,
+                    tls: (protocol == Protocol::Https).then_some(ListenerTls {
+                        certificates: l.certificates,
+                    }),
+                    routes,
+                });
+            }
+            Some(out)
+        }
+        _ => None,
+    };
+    (snapshot, updates.pop())
+}

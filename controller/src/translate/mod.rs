@@ -1,0 +1,224 @@
+//! Translation: a pure function from the indexed state of every member cluster to one
+//! [`Snapshot`] per cluster plus the status every owned object should have.
+//!
+//! ```text
+//! World ──┬─ cluster A ──► 1. GatewayClasses with our controllerName   ──► class status
+//!         │                2. their Gateways: listeners validated,       ──► (gateway status, step 4)
+//!         │                   TLS refs resolved, conflicts found
+//!         │                3. HTTPRoutes: parentRefs → listeners          ──► route status
+//!         │                   (sectionName/port, allowedRoutes, hostnames),
+//!         │                   rules with defaults, backends → endpoints
+//!         │                   (Service: this cluster; ServiceImport: every exporting cluster)
+//!         │                4. Gateways: attachedRoutes, Accepted/Programmed ──► gateway status
+//!         │                   served listeners ──► Snapshot for cluster A
+//!         └─ cluster B ──► …
+//! ```
+//!
+//! Everything the Gateway API CRDs would default is defaulted here (our CRDs carry no defaults),
+//! and everything their CEL rules would reject is rejected here with a condition, never by
+//! emitting a snapshot the proxy would refuse: each rule is checked with the proxy's own compiler
+//! before it is kept ([`rules`]), so one bad route cannot take a whole cluster's snapshot down.
+//!
+//! Inputs that are not Kubernetes objects come from [`TranslateConfig`]: the controller name, the
+//! addresses each Gateway is served on, what the proxies report (for `Programmed`), the snapshot
+//! generation of each cluster, and the clock. Given the same world and config the output is the
+//! same, byte for byte: every map is ordered.
+//!
+//! Snapshot generations: each snapshot carries `cfg.generations[cluster]` (0 when absent). The
+//! distribution layer compares contents and renumbers: translation neither knows nor needs to know
+//! whether the content changed.
+
+mod backend;
+mod gateway;
+mod route;
+mod rules;
+mod selector;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::jiff::Timestamp;
+use meridian_model::Snapshot;
+
+use crate::status::StatusUpdate;
+use crate::world::{ClusterName, ClusterState, World};
+
+pub use self::rules::parse_duration_ms;
+
+/// Default `spec.controllerName` of the GatewayClasses Meridian owns.
+pub const CONTROLLER_NAME: &str = "meridian.dev/gateway-controller";
+
+/// Features the data plane implements, as reported in `GatewayClass.status.supportedFeatures`.
+/// Conservative: a feature is listed only when the proxy implements it end to end.
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
+
+/// A Gateway in a member cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GatewayRef {
+    /// Member cluster.
+    pub cluster: ClusterName,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl GatewayRef {
+    /// A reference.
+    pub fn new(
+        cluster: impl Into<String>,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Self {
+            cluster: cluster.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// What the data plane reports for a Gateway, as tracked by the distribution layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ProgrammedState {
+    /// No proxy serves this Gateway's cluster: `Programmed=False/NoResources`.
+    NoProxy,
+    /// The latest content was sent but not yet acknowledged: `Programmed=False/Pending`.
+    #[default]
+    Pending,
+    /// The proxies serve a snapshot containing the latest content of this Gateway (the
+    /// generation they acknowledged): `Programmed=True/Programmed`.
+    Applied(u64),
+    /// The proxies refused the snapshot: `Programmed=False/Invalid` with this reason.
+    Refused(String),
+}
+
+/// Inputs of translation that are not Kubernetes objects.
+#[derive(Clone, Debug)]
+pub struct TranslateConfig {
+    /// GatewayClasses with this `spec.controllerName` are ours.
+    pub controller_name: String,
+    /// Reported in `GatewayClass.status.supportedFeatures` (sorted on output).
+    pub supported_features: Vec<String>,
+    /// Data-plane state per Gateway; a Gateway not listed is [`ProgrammedState::Pending`].
+    pub programmed: BTreeMap<GatewayRef, ProgrammedState>,
+    /// Addresses the data plane can serve each Gateway on (first one binds the listeners). A
+    /// Gateway with no entry has no address: `Programmed=False/AddressNotAssigned` and it is left
+    /// out of the snapshot. When `spec.addresses` asks for IPs, each must be in this list
+    /// (otherwise `AddressNotUsable`) and only those are used.
+    pub addresses: BTreeMap<GatewayRef, Vec<IpAddr>>,
+    /// Generation stamped on each cluster's snapshot (0 when absent).
+    pub generations: BTreeMap<ClusterName, u64>,
+    /// The clock, for `lastTransitionTime` of conditions that change.
+    pub now: Timestamp,
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        Self {
+            controller_name: CONTROLLER_NAME.to_string(),
+            supported_features: SUPPORTED_FEATURES.iter().map(|s| s.to_string()).collect(),
+            programmed: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            generations: BTreeMap::new(),
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+}
+
+/// The result of one translation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    /// One snapshot per member cluster (possibly without gateways), with the Gateways of our
+    /// classes in that cluster.
+    pub snapshots: BTreeMap<ClusterName, Snapshot>,
+    /// Status writes whose content differs (ignoring timestamps) from the indexed copy, ordered
+    /// by cluster, then GatewayClasses, HTTPRoutes and Gateways.
+    pub status: Vec<StatusUpdate>,
+}
+
+/// Translation context for one cluster.
+pub(crate) struct Ctx<'a> {
+    pub world: &'a World,
+    pub cluster_name: &'a str,
+    pub cluster: &'a ClusterState,
+    pub cfg: &'a TranslateConfig,
+}
+
+/// A reason and message for a `False` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Translates the whole world. Pure: no I/O, no clock but `cfg.now`.
+pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
+    let mut out = Output::default();
+    for (cluster_name, cluster) in &world.clusters {
+        let ctx = Ctx {
+            world,
+            cluster_name,
+            cluster,
+            cfg,
+        };
+        let classes = gateway::classes(&ctx, &mut out.status);
+        let mut gateways = gateway::build_all(&ctx, &classes);
+        let mut backends = backend::Cache::default();
+        for (key, route) in &cluster.http_routes {
+            if let Some(update) = route::process(&ctx, key, route, &mut gateways, &mut backends) {
+                out.status.push(update);
+            }
+        }
+        let generation = cfg.generations.get(cluster_name).copied().unwrap_or(0);
+        let mut snapshot = Snapshot::empty(generation);
+        for gw in gateways.into_values() {
+            let (served, update) = gateway::finish(&ctx, gw);
+            snapshot.gateways.extend(served);
+            out.status.extend(update);
+        }
+        out.snapshots.insert(cluster_name.clone(), snapshot);
+    }
+    out
+}
+
+/// `metadata.generation`, 0 when unset (objects not read from an API server).
+pub(crate) fn generation_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> i64 {
+    meta.generation.unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,743 @@
+//! HTTPRoute rules → snapshot rules, with every API default applied.
+//!
+//! Defaults (the CRDs we install carry none): omitted `rules` ⇒ one rule matching `PathPrefix /`;
+//! a match without `path` ⇒ `PathPrefix /`; path type `PathPrefix`, value `/`; header and query
+//! match type `Exact`; redirect status 302; backendRef group `""` and kind `Service`, namespace
+//! the route's; weight 1; mirror 100 %; a `0s` timeout disables the timeout.
+//!
+//! What the upstream CEL rules would reject is rejected here, per rule:
+//! * a value the proxy cannot serve (bad path, header name, regex, status code, weight, timeout,
+//!   `backendRequest` > `request`, …) drops the rule with **UnsupportedValue**;
+//! * `RequestRedirect` together with `URLRewrite` or with backendRefs drops the rule with
+//!   **IncompatibleFilters**;
+//! * as a last line, every kept rule is compiled by the proxy's own router
+//!   ([`meridian_model::Router::compile`]), so a snapshot is never refused because of one route.
+//!
+//! Filters the data plane does not implement (`ExtensionRef`, `CORS`, and `RequestRedirect` /
+//! `URLRewrite` inside a backendRef) must not be skipped (spec: requests they would have handled
+//! get an error), so the rule — or that backend — is kept with an invalid target: its requests
+//! get 500, and the route reports `PartiallyInvalid`.
+//!
+//! Invalid backends (see [`super::backend`]) keep their weight with `BackendTarget::Invalid`, so
+//! their share of requests gets 500 while the rule and the route stay Accepted.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use gateway_api::httproutes::*;
+use meridian_model::Router;
+use meridian_model::snapshot::{
+    Backend, BackendTarget, Filter, Gateway, HeaderMatch, HeaderModifier, HeaderValue, Listener,
+    Match, PathMatch, PathModifier, Protocol, QueryParamMatch, RequestMirror, RequestRedirect,
+    Route, Rule, Snapshot, Timeouts, UrlRewrite, ValueMatchType,
+};
+
+use super::backend::{self, BackendRef};
+use super::{Ctx, Problem};
+
+/// The outcome of translating a route's rules (once per route per cluster).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RouteRules {
+    /// Kept rules, in spec order.
+    pub rules: Vec<Rule>,
+    /// Number of rules in the spec (after defaulting).
+    pub total: usize,
+    /// Dropped rules: index and why.
+    pub dropped: Vec<(usize, Problem)>,
+    /// Unresolvable references of kept rules, in order (the first gives the ResolvedRefs reason).
+    pub unresolved: Vec<Problem>,
+    /// Kept rules or backends that answer 500 because of an unsupported filter.
+    pub degraded: Vec<String>,
+}
+
+fn unsupported(message: impl Into<String>) -> Problem {
+    Problem::new("UnsupportedValue", message)
+}
+
+/// Translates the rules of a route in `namespace`.
+pub(crate) fn translate_rules(
+    ctx: &Ctx<'_>,
+    namespace: &str,
+    rules: Option<&Vec<HttpRouteRules>>,
+    cache: &mut backend::Cache,
+) -> RouteRules {
+    let default_rule = [HttpRouteRules::default()];
+    let rules: &[HttpRouteRules] = match rules {
+        Some(r) => r,
+        None => &default_rule,
+    };
+    let mut out = RouteRules {
+        total: rules.len(),
+        ..RouteRules::default()
+    };
+    for (idx, rule) in rules.iter().enumerate() {
+        let mut unresolved = Vec::new();
+        let mut degraded = Vec::new();
+        match translate_rule(
+            ctx,
+            namespace,
+            idx,
+            rule,
+            cache,
+            &mut unresolved,
+            &mut degraded,
+        ) {
+            Ok(r) => {
+                out.rules.push(r);
+                out.unresolved.extend(unresolved);
+                out.degraded.extend(degraded);
+            }
+            Err(p) => out.dropped.push((idx, p)),
+        }
+    }
+    out
+}
+
+fn translate_rule(
+    ctx: &Ctx<'_>,
+    namespace: &str,
+    idx: usize,
+    rule: &HttpRouteRules,
+    cache: &mut backend::Cache,
+    unresolved: &mut Vec<Problem>,
+    degraded: &mut Vec<String>,
+) -> Result<Rule, Problem> {
+    let HttpRouteRules {
+        backend_refs,
+        filters,
+        matches,
+        name,
+        timeouts,
+    } = rule;
+    let matches = matches
+        .iter()
+        .flatten()
+        .map(translate_match)
+        .collect::<Result<Vec<_>, _>>()?;
+    let timeouts = translate_timeouts(timeouts.as_ref())?;
+
+    let mut out_filters = Vec::new();
+    let mut unsupported_filter = None;
+    for f in filters.iter().flatten() {
+        match translate_filter(ctx, namespace, f, cache, unresolved)? {
+            Translated::Filter(f) => out_filters.push(f),
+            Translated::Unsupported(what) => unsupported_filter = Some(what),
+        }
+    }
+    check_filter_set(&out_filters)?;
+    let has_redirect = out_filters
+        .iter()
+        .any(|f| matches!(f, Filter::RequestRedirect(_)));
+    let backend_refs = backend_refs.as_deref().unwrap_or_default();
+    if has_redirect && !backend_refs.is_empty() {
+        return Err(Problem::new(
+            "IncompatibleFilters",
+            "RequestRedirect cannot be combined with backendRefs",
+        ));
+    }
+
+    let mut backends = Vec::with_capacity(backend_refs.len());
+    for b in backend_refs {
+        backends.push(translate_backend(
+            ctx, namespace, b, cache, unresolved, degraded, idx,
+        )?);
+    }
+
+    let mut rule = Rule {
+        name: name.clone(),
+        matches,
+        filters: out_filters,
+        backends,
+        timeouts,
+        retry: None,
+    };
+    if let Some(what) = unsupported_filter {
+        // The filter must not be skipped: every request of this rule gets 500 instead.
+        degraded.push(format!(
+            "Dropped Rule {idx}: filter {what} is not supported; its requests get 500"
+        ));
+        rule.filters.clear();
+        rule.backends = vec![Backend {
+            name: format!("rule {idx} ({what})"),
+            weight: 1,
+            filters: Vec::new(),
+            target: BackendTarget::Invalid {
+                reason: "UnsupportedFilter".to_string(),
+            },
+        }];
+    }
+    check_with_proxy(&rule)?;
+    Ok(rule)
+}
+
+fn translate_backend(
+    ctx: &Ctx<'_>,
+    namespace: &str,
+    b: &HttpRouteRulesBackendRefs,
+    cache: &mut backend::Cache,
+    unresolved: &mut Vec<Problem>,
+    degraded: &mut Vec<String>,
+    idx: usize,
+) -> Result<Backend, Problem> {
+    let HttpRouteRulesBackendRefs {
+        filters,
+        group,
+        kind,
+        name,
+        namespace: ref_ns,
+        port,
+        weight,
+    } = b;
+    let weight = match weight {
+        None => 1,
+        Some(w) => u32::try_from(*w)
+            .ok()
+            .filter(|w| *w <= 1_000_000)
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "backendRef {name}: weight {w} is outside 0–1000000"
+                ))
+            })?,
+    };
+    let r = BackendRef {
+        group: group.as_deref().unwrap_or(""),
+        kind: kind.as_deref().unwrap_or("Service"),
+        namespace: ref_ns.as_deref().unwrap_or(namespace),
+        name,
+        port: *port,
+    };
+    let mut out_filters = Vec::new();
+    let mut unsupported_filter = None;
+    for f in filters.iter().flatten() {
+        let f = as_rule_filter(f)?;
+        match f.r#type {
+            HttpRouteRulesFiltersType::RequestRedirect | HttpRouteRulesFiltersType::UrlRewrite => {
+                unsupported_filter = Some(format!("{:?} in a backendRef", f.r#type));
+                continue;
+            }
+            _ => {}
+        }
+        match translate_filter(ctx, namespace, &f, cache, unresolved)? {
+            Translated::Filter(f) => out_filters.push(f),
+            Translated::Unsupported(what) => unsupported_filter = Some(what),
+        }
+    }
+    check_filter_set(&out_filters)?;
+    let target = if let Some(what) = unsupported_filter {
+        degraded.push(format!(
+            "Dropped Rule {idx} backend {}: filter {what} is not supported; its share of requests gets 500",
+            r.display()
+        ));
+        out_filters.clear();
+        BackendTarget::Invalid {
+            reason: "UnsupportedFilter".to_string(),
+        }
+    } else {
+        match backend::resolve(ctx, namespace, r, cache) {
+            Ok(t) => t,
+            Err(p) => {
+                let reason = p.reason.to_string();
+                unresolved.push(p);
+                BackendTarget::Invalid { reason }
+            }
+        }
+    };
+    Ok(Backend {
+        name: r.display(),
+        weight,
+        filters: out_filters,
+        target,
+    })
+}
+
+/// BackendRef filters have their own generated types with the same shape as rule filters; one
+/// serde round trip lets a single translator (which destructures every field) serve both.
+fn as_rule_filter(f: &HttpRouteRulesBackendRefsFilters) -> Result<HttpRouteRulesFilters, Problem> {
+    serde_json::to_value(f)
+        .and_then(serde_json::from_value)
+        .map_err(|e| unsupported(format!("backendRef filter: {e}")))
+}
+
+fn translate_match(m: &HttpRouteRulesMatches) -> Result<Match, Problem> {
+    let HttpRouteRulesMatches {
+        headers,
+        method,
+        path,
+        query_params,
+    } = m;
+    let path = match path {
+        None => PathMatch::default(),
+        Some(HttpRouteRulesMatchesPath { r#type, value }) => {
+            let value = value.clone().unwrap_or_else(|| "/".to_string());
+            match r#type
+                .as_ref()
+                .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
+            {
+                HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
+                HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::PathPrefix(value),
+                HttpRouteRulesMatchesPathType::RegularExpression => {
+                    PathMatch::RegularExpression(value)
+                }
+            }
+        }
+    };
+    let headers = headers
+        .iter()
+        .flatten()
+        .map(|h| {
+            let HttpRouteRulesMatchesHeaders {
+                name,
+                r#type,
+                value,
+            } = h;
+            HeaderMatch {
+                name: name.clone(),
+                value: value.clone(),
+                kind: match r#type {
+                    Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
+                        ValueMatchType::RegularExpression
+                    }
+                    Some(HttpRouteRulesMatchesHeadersType::Exact) | None => ValueMatchType::Exact,
+                },
+            }
+        })
+        .collect();
+    let query_params = query_params
+        .iter()
+        .flatten()
+        .map(|q| {
+            let HttpRouteRulesMatchesQueryParams {
+                name,
+                r#type,
+                value,
+            } = q;
+            QueryParamMatch {
+                name: name.clone(),
+                value: value.clone(),
+                kind: match r#type {
+                    Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                        ValueMatchType::RegularExpression
+                    }
+                    Some(HttpRouteRulesMatchesQueryParamsType::Exact) | None => {
+                        ValueMatchType::Exact
+                    }
+                },
+            }
+        })
+        .collect();
+    let method = method.as_ref().map(|m| {
+        match m {
+            HttpRouteRulesMatchesMethod::Get => "GET",
+            HttpRouteRulesMatchesMethod::Head => "HEAD",
+            HttpRouteRulesMatchesMethod::Post => "POST",
+            HttpRouteRulesMatchesMethod::Put => "PUT",
+            HttpRouteRulesMatchesMethod::Delete => "DELETE",
+            HttpRouteRulesMatchesMethod::Connect => "CONNECT",
+            HttpRouteRulesMatchesMethod::Options => "OPTIONS",
+            HttpRouteRulesMatchesMethod::Trace => "TRACE",
+            HttpRouteRulesMatchesMethod::Patch => "PATCH",
+        }
+        .to_string()
+    });
+    Ok(Match {
+        path,
+        headers,
+        query_params,
+        method,
+    })
+}
+
+/// Parses a Gateway API duration (GEP-2257: `500ms`, `1s`, `1m30s`, `1h`) into milliseconds;
+/// `0s` (any zero duration) means "no timeout" and gives `None`.
+pub fn parse_duration_ms(s: &str) -> Result<Option<u64>, String> {
+    let d =
+        gateway_api::Duration::from_str(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    u64::try_from(d.as_millis())
+        .map(Some)
+        .map_err(|_| format!("duration {s:?} is too long"))
+}
+
+fn translate_timeouts(t: Option<&HttpRouteRulesTimeouts>) -> Result<Timeouts, Problem> {
+    let Some(HttpRouteRulesTimeouts {
+        backend_request,
+        request,
+    }) = t
+    else {
+        return Ok(Timeouts::default());
+    };
+    let parse = |field: &str, v: &Option<String>| -> Result<Option<u64>, Problem> {
+        match v {
+            None => Ok(None),
+            Some(s) => {
+                parse_duration_ms(s).map_err(|e| unsupported(format!("timeouts.{field}: {e}")))
+            }
+        }
+    };
+    let request_ms = parse("request", request)?;
+    let backend_request_ms = parse("backendRequest", backend_request)?;
+    if let (Some(r), Some(b)) = (request_ms, backend_request_ms)
+        && b > r
+    {
+        return Err(unsupported(format!(
+            "timeouts.backendRequest ({b}ms) must not be longer than timeouts.request ({r}ms)"
+        )));
+    }
+    Ok(Timeouts {
+        request_ms,
+        backend_request_ms,
+    })
+}
+
+enum Translated {
+    Filter(Filter),
+    /// A filter type the data plane does not implement (named for the status message).
+    Unsupported(String),
+}
+
+macro_rules! header_modifier {
+    ($m:expr) => {{
+        let m = $m;
+        HeaderModifier {
+            set: m
+                .set
+                .iter()
+                .flatten()
+                .map(|h| HeaderValue {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+            add: m
+                .add
+                .iter()
+                .flatten()
+                .map(|h| HeaderValue {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+            remove: m.remove.clone().unwrap_or_default(),
+        }
+    }};
+}
+
+fn missing(ty: &str, field: &str) -> Problem {
+    unsupported(format!("filter type {ty} without its {field:?} field"))
+}
+
+fn translate_filter(
+    ctx: &Ctx<'_>,
+    namespace: &str,
+    f: &HttpRouteRulesFilters,
+    cache: &mut backend::Cache,
+    unresolved: &mut Vec<Problem>,
+) -> Result<Translated, Problem> {
+    let HttpRouteRulesFilters {
+        cors: _,
+        extension_ref,
+        request_header_modifier,
+        request_mirror,
+        request_redirect,
+        response_header_modifier,
+        r#type,
+        url_rewrite,
+    } = f;
+    Ok(Translated::Filter(match r#type {
+        HttpRouteRulesFiltersType::RequestHeaderModifier => {
+            let m = request_header_modifier
+                .as_ref()
+                .ok_or_else(|| missing("RequestHeaderModifier", "requestHeaderModifier"))?;
+            Filter::RequestHeaderModifier(header_modifier!(m))
+        }
+        HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+            let m = response_header_modifier
+                .as_ref()
+                .ok_or_else(|| missing("ResponseHeaderModifier", "responseHeaderModifier"))?;
+            Filter::ResponseHeaderModifier(header_modifier!(m))
+        }
+        HttpRouteRulesFiltersType::RequestRedirect => {
+            let r = request_redirect
+                .as_ref()
+                .ok_or_else(|| missing("RequestRedirect", "requestRedirect"))?;
+            Filter::RequestRedirect(translate_redirect(r)?)
+        }
+        HttpRouteRulesFiltersType::UrlRewrite => {
+            let HttpRouteRulesFiltersUrlRewrite { hostname, path } = url_rewrite
+                .as_ref()
+                .ok_or_else(|| missing("URLRewrite", "urlRewrite"))?;
+            let path = path
+                .as_ref()
+                .map(|p| {
+                    let HttpRouteRulesFiltersUrlRewritePath {
+                        replace_full_path,
+                        replace_prefix_match,
+                        r#type,
+                    } = p;
+                    match r#type {
+                        HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath => {
+                            path_modifier(true, replace_full_path)
+                        }
+                        HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch => {
+                            path_modifier(false, replace_prefix_match)
+                        }
+                    }
+                })
+                .transpose()?;
+            Filter::UrlRewrite(UrlRewrite {
+                hostname: hostname.clone(),
+                path,
+            })
+        }
+        HttpRouteRulesFiltersType::RequestMirror => {
+            let HttpRouteRulesFiltersRequestMirror {
+                backend_ref,
+                fraction,
+                percent,
+            } = request_mirror
+                .as_ref()
+                .ok_or_else(|| missing("RequestMirror", "requestMirror"))?;
+            let percent = match (percent, fraction) {
+                (Some(_), Some(_)) => {
+                    return Err(unsupported(
+                        "requestMirror: percent and fraction are exclusive",
+                    ));
+                }
+                (None, None) => 100.0,
+                (Some(p), None) if (0..=100).contains(p) => f64::from(*p),
+                (Some(p), None) => {
+                    return Err(unsupported(format!(
+                        "requestMirror: percent {p} is outside 0–100"
+                    )));
+                }
+                (
+                    None,
+                    Some(HttpRouteRulesFiltersRequestMirrorFraction {
+                        denominator,
+                        numerator,
+                    }),
+                ) => {
+                    let d = denominator.unwrap_or(100);
+                    if d <= 0 || *numerator < 0 || *numerator > d {
+                        return Err(unsupported(format!(
+                            "requestMirror: fraction {numerator}/{d} is not within 0–1"
+                        )));
+                    }
+                    f64::from(*numerator) * 100.0 / f64::from(d)
+                }
+            };
+            let HttpRouteRulesFiltersRequestMirrorBackendRef {
+                group,
+                kind,
+                name,
+                namespace: ref_ns,
+                port,
+            } = backend_ref;
+            let r = BackendRef {
+                group: group.as_deref().unwrap_or(""),
+                kind: kind.as_deref().unwrap_or("Service"),
+                namespace: ref_ns.as_deref().unwrap_or(namespace),
+                name,
+                port: *port,
+            };
+            let target = match backend::resolve(ctx, namespace, r, cache) {
+                Ok(t) => t,
+                Err(p) => {
+                    let reason = p.reason.to_string();
+                    unresolved.push(p);
+                    BackendTarget::Invalid { reason }
+                }
+            };
+            Filter::RequestMirror(RequestMirror {
+                backend: Backend {
+                    name: r.display(),
+                    weight: 1,
+                    filters: Vec::new(),
+                    target,
+                },
+                percent,
+            })
+        }
+        HttpRouteRulesFiltersType::ExtensionRef => {
+            let what = match extension_ref {
+                Some(HttpRouteRulesFiltersExtensionRef { group, kind, name }) => {
+                    format!("ExtensionRef {kind}.{group} {name}")
+                }
+                None => "ExtensionRef".to_string(),
+            };
+            return Ok(Translated::Unsupported(what));
+        }
+        HttpRouteRulesFiltersType::Cors => return Ok(Translated::Unsupported("CORS".to_string())),
+    }))
+}
+
+fn translate_redirect(
+    r: &HttpRouteRulesFiltersRequestRedirect,
+) -> Result<RequestRedirect, Problem> {
+    let HttpRouteRulesFiltersRequestRedirect {
+        hostname,
+        path,
+        port,
+        scheme,
+        status_code,
+    } = r;
+    let status_code = match status_code.unwrap_or(302) {
+        c @ (301 | 302 | 303 | 307 | 308) => c as u16,
+        c => {
+            return Err(unsupported(format!(
+                "requestRedirect: statusCode {c} is not 301/302/303/307/308"
+            )));
+        }
+    };
+    let port = port
+        .map(|p| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| unsupported(format!("requestRedirect: port {p} is outside 1–65535")))
+        })
+        .transpose()?;
+    let path = path
+        .as_ref()
+        .map(|p| {
+            let HttpRouteRulesFiltersRequestRedirectPath {
+                replace_full_path,
+                replace_prefix_match,
+                r#type,
+            } = p;
+            match r#type {
+                HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => {
+                    path_modifier(true, replace_full_path)
+                }
+                HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
+                    path_modifier(false, replace_prefix_match)
+                }
+            }
+        })
+        .transpose()?;
+    Ok(RequestRedirect {
+        scheme: scheme.as_ref().map(|s| {
+            match s {
+                HttpRouteRulesFiltersRequestRedirectScheme::Http => "http",
+                HttpRouteRulesFiltersRequestRedirectScheme::Https => "https",
+            }
+            .to_string()
+        }),
+        hostname: hostname.clone(),
+        path,
+        port,
+        status_code,
+    })
+}
+
+fn path_modifier(full: bool, value: &Option<String>) -> Result<PathModifier, Problem> {
+    match (full, value) {
+        (true, Some(v)) => Ok(PathModifier::ReplaceFullPath(v.clone())),
+        (false, Some(v)) => Ok(PathModifier::ReplacePrefixMatch(v.clone())),
+        (true, None) => Err(unsupported(
+            "path type ReplaceFullPath without replaceFullPath",
+        )),
+        (false, None) => Err(unsupported(
+            "path type ReplacePrefixMatch without replacePrefixMatch",
+        )),
+    }
+}
+
+/// CEL rules of the upstream CRD on the filter list of one rule (or backendRef).
+fn check_filter_set(filters: &[Filter]) -> Result<(), Problem> {
+    let count = |p: fn(&Filter) -> bool| filters.iter().filter(|f| p(f)).count();
+    let redirects = count(|f| matches!(f, Filter::RequestRedirect(_)));
+    let rewrites = count(|f| matches!(f, Filter::UrlRewrite(_)));
+    if redirects > 0 && rewrites > 0 {
+        return Err(Problem::new(
+            "IncompatibleFilters",
+            "RequestRedirect and URLRewrite cannot be combined",
+        ));
+    }
+    for (name, n) in [
+        (
+            "RequestHeaderModifier",
+            count(|f| matches!(f, Filter::RequestHeaderModifier(_))),
+        ),
+        (
+            "ResponseHeaderModifier",
+            count(|f| matches!(f, Filter::ResponseHeaderModifier(_))),
+        ),
+        ("RequestRedirect", redirects),
+        ("URLRewrite", rewrites),
+    ] {
+        if n > 1 {
+            return Err(unsupported(format!(
+                "filter {name} may appear at most once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Compiles the rule alone with the proxy's router: whatever the proxy would refuse is refused
+/// here, per rule. Endpoints are stripped first — they are valid by construction and can be many.
+fn check_with_proxy(rule: &Rule) -> Result<(), Problem> {
+    fn strip(b: &Backend) -> Backend {
+        Backend {
+            name: b.name.clone(),
+            weight: b.weight,
+            filters: b.filters.iter().map(strip_filter).collect(),
+            target: BackendTarget::Invalid {
+                reason: String::new(),
+            },
+        }
+    }
+    fn strip_filter(f: &Filter) -> Filter {
+        match f {
+            Filter::RequestMirror(m) => Filter::RequestMirror(RequestMirror {
+                backend: strip(&m.backend),
+                percent: m.percent,
+            }),
+            other => other.clone(),
+        }
+    }
+    let probe = Rule {
+        name: rule.name.clone(),
+        matches: rule.matches.clone(),
+        filters: rule.filters.iter().map(strip_filter).collect(),
+        backends: rule.backends.iter().map(strip).collect(),
+        timeouts: rule.timeouts.clone(),
+        retry: rule.retry.clone(),
+    };
+    let mut snapshot = Snapshot::empty(0);
+    snapshot.gateways.push(Gateway {
+        namespace: "probe".to_string(),
+        name: "probe".to_string(),
+        listeners: vec![Listener {
+            name: "probe".to_string(),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 1,
+            protocol: Protocol::Http,
+            hostname: None,
+            tls: None,
+            routes: vec![Route {
+                namespace: "probe".to_string(),
+                name: "probe".to_string(),
+                created_at: 0,
+                hostnames: Vec::new(),
+                rules: vec![probe],
+            }],
+        }],
+    });
+    Router::compile(snapshot)
+        .map(drop)
+        .map_err(|e| unsupported(strip_probe_location(&e.to_string())))
+}
+
+/// The probe's location prefix means nothing to a user; keep the part after the rule index.
+fn strip_probe_location(msg: &str) -> String {
+    match msg.find("rule 0") {
+        Some(i) => msg[i + "rule 0".len()..]
+            .trim_start_matches([':', ' '])
+            .to_string(),
+        None => msg.to_string(),
+    }
+}

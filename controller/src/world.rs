@@ -1,0 +1,547 @@
+//! The in-memory index of every member cluster's objects.
+//!
+//! One [`ClusterState`] per member cluster holds exactly what translation reads, keyed for the
+//! lookups translation makes (by `namespace/name`, EndpointSlices by the Service they belong to).
+//! Watchers feed it through three methods per kind, linkerd-index style — nothing here awaits or
+//! does I/O, so tests drive it directly:
+//!
+//! ```text
+//! watcher event ──► ClusterState::apply::<K>(obj)      (added / modified)
+//!               ──► ClusterState::delete::<K>(&key)    (deleted)
+//!               ──► ClusterState::reset::<K>(objs)     (initial list / re-list: drops the rest)
+//! ```
+//!
+//! Objects are stored as `Arc`s so a translation pass can be handed a cheap clone of the world.
+//! Secrets are reduced to their `tls.crt`/`tls.key` text on the way in: private keys of Secrets
+//! that are not certificates never stay in memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use meridian_crds::mcs::{ServiceExport, ServiceImport};
+
+/// Name of a member cluster, as given on the command line.
+pub type ClusterName = String;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The label the API server puts on every Namespace with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// `namespace/name` of an object; cluster-scoped objects have an empty namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Namespace (empty for cluster-scoped kinds).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A namespaced key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A key for a cluster-scoped object.
+    pub fn cluster_scoped(name: impl Into<String>) -> Self {
+        Self::new("", name)
+    }
+
+    fn namespaced_of(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Option<Self> {
+        Some(Self::new(meta.namespace.clone()?, meta.name.clone()?))
+    }
+
+    fn cluster_scoped_of(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Option<Self> {
+        Some(Self::cluster_scoped(meta.name.clone()?))
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// The certificate material of a Secret, as text. `None` when the key is absent or not UTF-8.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsSecret {
+    /// `data["tls.crt"]`.
+    pub cert_pem: Option<String>,
+    /// `data["tls.key"]`.
+    pub key_pem: Option<String>,
+}
+
+impl std::fmt::Debug for TlsSecret {
+    // Never print private keys into logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSecret")
+            .field("cert_pem_len", &self.cert_pem.as_ref().map(String::len))
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl TlsSecret {
+    /// Extracts `tls.crt` and `tls.key` (from `data`, or `stringData` for objects that were
+    /// never round-tripped through an API server).
+    pub fn from_secret(secret: &Secret) -> Self {
+        let Secret {
+            data,
+            string_data,
+            metadata: _,
+            immutable: _,
+            type_: _,
+        } = secret;
+        let get = |key: &str| -> Option<String> {
+            data.as_ref()
+                .and_then(|d| d.get(key))
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .or_else(|| string_data.as_ref().and_then(|d| d.get(key)).cloned())
+        };
+        Self {
+            cert_pem: get("tls.crt"),
+            key_pem: get("tls.key"),
+        }
+    }
+}
+
+/// The kinds the index holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `gateway.networking.k8s.io/GatewayClass`.
+    GatewayClass,
+    /// `gateway.networking.k8s.io/Gateway`.
+    Gateway,
+    /// `gateway.networking.k8s.io/HTTPRoute`.
+    HttpRoute,
+    /// `gateway.networking.k8s.io/ReferenceGrant`.
+    ReferenceGrant,
+    /// Core Namespace (labels only).
+    Namespace,
+    /// Core Service.
+    Service,
+    /// `discovery.k8s.io/EndpointSlice`.
+    EndpointSlice,
+    /// Core Secret (TLS material only).
+    Secret,
+    /// `multicluster.x-k8s.io/ServiceExport`.
+    ServiceExport,
+    /// `multicluster.x-k8s.io/ServiceImport`.
+    ServiceImport,
+}
+
+/// Everything translation knows about one member cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    /// Region the cluster runs in (from configuration).
+    pub region: String,
+    /// Zones of the cluster (from configuration; endpoints carry their own zone).
+    pub zones: Vec<String>,
+    pub(crate) gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
+    pub(crate) gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
+    pub(crate) http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    pub(crate) reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
+    pub(crate) namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub(crate) services: BTreeMap<ObjectKey, Arc<Service>>,
+    /// Service key → slice name → slice.
+    pub(crate) endpoint_slices: BTreeMap<ObjectKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// Slice key → the Service it was indexed under, so a delete (or a relabel) finds it.
+    slice_owner: BTreeMap<ObjectKey, ObjectKey>,
+    pub(crate) secrets: BTreeMap<ObjectKey, TlsSecret>,
+    pub(crate) service_exports: BTreeSet<ObjectKey>,
+    pub(crate) service_imports: BTreeMap<ObjectKey, Arc<ServiceImport>>,
+}
+
+/// A kind the index can hold. The three [`ClusterState`] methods are generic over it so a watcher
+/// loop is written once for every kind.
+pub trait Indexed: Sized {
+    /// Which kind this is.
+    const KIND: Kind;
+    /// The object's key, or `None` if it lacks a name (or a namespace, for namespaced kinds).
+    fn key(&self) -> Option<ObjectKey>;
+    /// Inserts or replaces the object under `key`.
+    fn insert(state: &mut ClusterState, key: ObjectKey, obj: Self);
+    /// Removes the object under `key`, if present.
+    fn remove(state: &mut ClusterState, key: &ObjectKey);
+    /// Removes every object of this kind.
+    fn clear(state: &mut ClusterState);
+}
+
+impl ClusterState {
+    /// A cluster in `region` with the given zones and no objects.
+    pub fn new(region: impl Into<String>, zones: Vec<String>) -> Self {
+        Self {
+            region: region.into(),
+            zones,
+            ..Self::default()
+        }
+    }
+
+    /// Adds or replaces an object. Returns `false` (and changes nothing) if the object has no
+    /// usable key.
+    pub fn apply<K: Indexed>(&mut self, obj: K) -> bool {
+        match obj.key() {
+            Some(key) => {
+                K::insert(self, key, obj);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes an object by key.
+    pub fn delete<K: Indexed>(&mut self, key: &ObjectKey) {
+        K::remove(self, key);
+    }
+
+    /// Replaces every object of kind `K` with `objs` (a watcher's initial list or re-list).
+    pub fn reset<K: Indexed>(&mut self, objs: impl IntoIterator<Item = K>) {
+        K::clear(self);
+        for obj in objs {
+            self.apply(obj);
+        }
+    }
+
+    /// Labels of a namespace; the API server's `kubernetes.io/metadata.name` label is always
+    /// present, even before the Namespace itself has been indexed.
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        let mut labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
+        labels
+            .entry(NAMESPACE_NAME_LABEL.to_string())
+            .or_insert_with(|| namespace.to_string());
+        labels
+    }
+
+    /// The EndpointSlices of a Service.
+    pub fn endpoint_slices_of(&self, service: &ObjectKey) -> impl Iterator<Item = &EndpointSlice> {
+        self.endpoint_slices
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values().map(|s| s.as_ref()))
+    }
+
+    /// Whether this cluster exports the Service `key` to the cluster set.
+    pub fn exports(&self, key: &ObjectKey) -> bool {
+        self.service_exports.contains(key)
+    }
+
+    /// Number of objects of every kind, for logs and metrics.
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        BTreeMap::from([
+            (Kind::GatewayClass, self.gateway_classes.len()),
+            (Kind::Gateway, self.gateways.len()),
+            (Kind::HttpRoute, self.http_routes.len()),
+            (Kind::ReferenceGrant, self.reference_grants.len()),
+            (Kind::Namespace, self.namespaces.len()),
+            (Kind::Service, self.services.len()),
+            (Kind::EndpointSlice, self.slice_owner.len()),
+            (Kind::Secret, self.secrets.len()),
+            (Kind::ServiceExport, self.service_exports.len()),
+            (Kind::ServiceImport, self.service_imports.len()),
+        ])
+    }
+}
+
+/// All member clusters, by name.
+#[derive(Clone, Debug, Default)]
+pub struct World {
+    /// Member clusters.
+    pub clusters: BTreeMap<ClusterName, ClusterState>,
+}
+
+impl World {
+    /// An empty world.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a member cluster (or replaces its region and zones, keeping its objects).
+    pub fn add_cluster(
+        &mut self,
+        name: impl Into<ClusterName>,
+        region: impl Into<String>,
+        zones: Vec<String>,
+    ) -> &mut ClusterState {
+        let state = self.clusters.entry(name.into()).or_default();
+        state.region = region.into();
+        state.zones = zones;
+        state
+    }
+
+    /// The state of a member cluster, if known.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterState> {
+        self.clusters.get(name)
+    }
+
+    /// Mutable state of a member cluster, if known.
+    pub fn cluster_mut(&mut self, name: &str) -> Option<&mut ClusterState> {
+        self.clusters.get_mut(name)
+    }
+}
+
+// --- per-kind index plumbing -------------------------------------------------------------------
+
+macro_rules! simple_index {
+    ($ty:ty, $kind:expr, $field:ident, $key:ident) => {
+        impl Indexed for $ty {
+            const KIND: Kind = $kind;
+            fn key(&self) -> Option<ObjectKey> {
+                ObjectKey::$key(&self.metadata)
+            }
+            fn insert(state: &mut ClusterState, key: ObjectKey, obj: Self) {
+                state.$field.insert(key, Arc::new(obj));
+            }
+            fn remove(state: &mut ClusterState, key: &ObjectKey) {
+                state.$field.remove(key);
+            }
+            fn clear(state: &mut ClusterState) {
+                state.$field.clear();
+            }
+        }
+    };
+}
+
+simple_index!(Gateway, Kind::Gateway, gateways, namespaced_of);
+simple_index!(HttpRoute, Kind::HttpRoute, http_routes, namespaced_of);
+simple_index!(
+    ReferenceGrant,
+    Kind::ReferenceGrant,
+    reference_grants,
+    namespaced_of
+);
+simple_index!(Service, Kind::Service, services, namespaced_of);
+simple_index!(
+    ServiceImport,
+    Kind::ServiceImport,
+    service_imports,
+    namespaced_of
+);
+
+impl Indexed for GatewayClass {
+    const KIND: Kind = Kind::GatewayClass;
+    fn key(&self) -> Option<ObjectKey> {
+        ObjectKey::cluster_scoped_of(&self.metadata)
+    }
+    fn insert(state: &mut ClusterState, key: ObjectKey, obj: Self) {
+        state.gateway_classes.insert(key.name, Arc::new(obj));
+    }
+    fn remove(state: &mut ClusterState, key: &ObjectKey) {
+        state.gateway_classes.remove(&key.name);
+    }
+    fn clear(state: &mut ClusterState) {
+        state.gateway_classes.clear();
+    }
+}
+
+impl Indexed for Namespace {
+    const KIND: Kind = Kind::Namespace;
+    fn key(&self) -> Option<ObjectKey> {
+        ObjectKey::cluster_scoped_of(&self.metadata)
+    }
+    fn insert(state: &mut ClusterState, key: ObjectKey, obj: Self) {
+        let labels = obj.metadata.labels.unwrap_or_default();
+        state.namespaces.insert(key.name, labels);
+    }
+    fn remove(state: &mut ClusterState, key: &ObjectKey) {
+        state.namespaces.remove(&key.name);
+    }
+    fn clear(state: &mut ClusterState) {
+        state.namespaces.clear();
+    }
+}
+
+impl Indexed for Secret {
+    const KIND: Kind = Kind::Secret;
+    fn key(&self) -> Option<ObjectKey> {
+        ObjectKey::namespaced_of(&self.metadata)
+    }
+    fn insert(state: &mut ClusterState, key: ObjectKey, obj: Self) {
+        state.secrets.insert(key, TlsSecret::from_secret(&obj));
+    }
+    fn remove(state: &mut ClusterState, key: &ObjectKey) {
+        state.secrets.remove(key);
+    }
+    fn clear(state: &mut ClusterState) {
+        state.secrets.clear();
+    }
+}
+
+impl Indexed for ServiceExport {
+    const KIND: Kind = Kind::ServiceExport;
+    fn key(&self) -> Option<ObjectKey> {
+        ObjectKey::namespaced_of(&self.metadata)
+    }
+    fn insert(state: &mut ClusterState, key: ObjectKey, _obj: Self) {
+        // Exports carry no spec: their existence is the whole message.
+        state.service_exports.insert(key);
+    }
+    fn remove(state: &mut ClusterState, key: &ObjectKey) {
+        state.service_exports.remove(key);
+    }
+    fn clear(state: &mut ClusterState) {
+        state.service_exports.clear();
+    }
+}
+
+impl Indexed for EndpointSlice {
+    const KIND: Kind = Kind::EndpointSlice;
+    fn key(&self) -> Option<ObjectKey> {
+        ObjectKey::namespaced_of(&self.metadata)
+    }
+    fn insert(state: &mut ClusterState, key: ObjectKey, obj: Self) {
+        // The label may change (or vanish) between versions: unhook the old owner first.
+        Self::remove(state, &key);
+        let Some(service) = obj
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .filter(|s| !s.is_empty())
+        else {
+            // A slice that belongs to no Service can never be a backend.
+            return;
+        };
+        let service = ObjectKey::new(key.namespace.clone(), service.clone());
+        state
+            .endpoint_slices
+            .entry(service.clone())
+            .or_default()
+            .insert(key.name.clone(), Arc::new(obj));
+        state.slice_owner.insert(key, service);
+    }
+    fn remove(state: &mut ClusterState, key: &ObjectKey) {
+        if let Some(service) = state.slice_owner.remove(key)
+            && let Some(slices) = state.endpoint_slices.get_mut(&service)
+        {
+            slices.remove(&key.name);
+            if slices.is_empty() {
+                state.endpoint_slices.remove(&service);
+            }
+        }
+    }
+    fn clear(state: &mut ClusterState) {
+        state.endpoint_slices.clear();
+        state.slice_owner.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn slice(ns: &str, name: &str, svc: Option<&str>) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                labels: svc
+                    .map(|s| BTreeMap::from([(SERVICE_NAME_LABEL.to_string(), s.to_string())])),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: None,
+            ports: None,
+        }
+    }
+
+    #[test]
+    fn slices_follow_their_service_label() {
+        let mut c = ClusterState::default();
+        let a = ObjectKey::new("ns", "a");
+        let b = ObjectKey::new("ns", "b");
+        assert!(c.apply(slice("ns", "s1", Some("a"))));
+        assert!(c.apply(slice("ns", "s2", Some("a"))));
+        assert_eq!(c.endpoint_slices_of(&a).count(), 2);
+        // Relabelled: moves from a to b.
+        c.apply(slice("ns", "s1", Some("b")));
+        assert_eq!(c.endpoint_slices_of(&a).count(), 1);
+        assert_eq!(c.endpoint_slices_of(&b).count(), 1);
+        // Label removed: belongs to nobody.
+        c.apply(slice("ns", "s1", None));
+        assert_eq!(c.endpoint_slices_of(&b).count(), 0);
+        c.delete::<EndpointSlice>(&ObjectKey::new("ns", "s2"));
+        assert_eq!(c.endpoint_slices_of(&a).count(), 0);
+        assert!(c.endpoint_slices.is_empty());
+    }
+
+    #[test]
+    fn reset_drops_objects_missing_from_the_relist() {
+        let mut c = ClusterState::default();
+        c.apply(slice("ns", "s1", Some("a")));
+        c.apply(slice("ns", "s2", Some("a")));
+        c.reset([slice("ns", "s3", Some("b"))]);
+        assert_eq!(c.endpoint_slices_of(&ObjectKey::new("ns", "a")).count(), 0);
+        assert_eq!(c.endpoint_slices_of(&ObjectKey::new("ns", "b")).count(), 1);
+        assert_eq!(c.counts()[&Kind::EndpointSlice], 1);
+    }
+
+    #[test]
+    fn objects_without_a_name_are_ignored() {
+        let mut c = ClusterState::default();
+        let mut s = slice("ns", "x", Some("a"));
+        s.metadata.name = None;
+        assert!(!c.apply(s));
+        assert_eq!(c.counts()[&Kind::EndpointSlice], 0);
+    }
+
+    #[test]
+    fn namespace_name_label_is_always_present() {
+        let mut c = ClusterState::default();
+        assert_eq!(c.namespace_labels("web")[NAMESPACE_NAME_LABEL], "web");
+        c.apply(Namespace {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                labels: Some(BTreeMap::from([("team".into(), "x".into())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let labels = c.namespace_labels("web");
+        assert_eq!(labels["team"], "x");
+        assert_eq!(labels[NAMESPACE_NAME_LABEL], "web");
+    }
+
+    #[test]
+    fn secrets_keep_only_tls_text() {
+        let mut c = ClusterState::default();
+        c.apply(Secret {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("cert".into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([
+                ("tls.crt".into(), k8s_openapi::ByteString(b"CERT".to_vec())),
+                ("tls.key".into(), k8s_openapi::ByteString(vec![0xff, 0xfe])),
+                ("other".into(), k8s_openapi::ByteString(b"x".to_vec())),
+            ])),
+            ..Default::default()
+        });
+        let s = &c.secrets[&ObjectKey::new("ns", "cert")];
+        assert_eq!(s.cert_pem.as_deref(), Some("CERT"));
+        assert_eq!(s.key_pem, None, "non-UTF-8 key is not text");
+        assert!(!format!("{s:?}").contains("CERT"));
+    }
+}

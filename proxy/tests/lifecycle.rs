@@ -191,6 +191,28 @@ async fn removed_listener_stops_accepting_and_new_one_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_in_flight_on_a_removed_listener_finishes() {
+    bounded(async {
+        let a = Echo::start("a").await;
+        let (p1, p2) = (free_port(), free_port());
+        let p = Arc::new(proxy().await);
+        let rules = || vec![prefix_rule("/", vec![echo_backend(&a, 1)])];
+        p.apply(http_snapshot(1, p1, rules())).await.unwrap();
+        let slow = tokio::spawn(async move { get(&client(), p1, "/?delay=800", &[]).await.0 });
+        eventually("the slow request to reach the backend", || a.count() == 1).await;
+        p.apply(http_snapshot(2, p2, rules())).await.unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", p1))
+                .await
+                .is_err()
+        );
+        assert_eq!(slow.await.unwrap(), 200);
+        Arc::try_unwrap(p).ok().unwrap().shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_answer() {
     bounded(async {
         let a = Echo::start("a").await;

@@ -445,3 +445,91 @@ async fn h2c_prior_knowledge_client_and_h2c_backend() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_reset_before_response_is_retried_within_attempts() {
+    bounded(async {
+        let port = free_port();
+        let p = proxy().await;
+        let c = client();
+        for (failures, attempts, want_status, want_conns) in [
+            (2usize, 3u32, 200u16, 3usize),
+            (4, 3, 503, 4),
+            (1, 0, 503, 1),
+        ] {
+            let (addr, conns) = flaky_server(failures).await;
+            let mut rule = prefix_rule(
+                "/",
+                vec![backend(
+                    "flaky",
+                    1,
+                    vec![json!({"address": "127.0.0.1", "port": addr.port()})],
+                )],
+            );
+            if attempts > 0 {
+                rule["retry"] = json!({"attempts": attempts});
+            }
+            p.apply(http_snapshot(1, port, vec![rule])).await.unwrap();
+            let (s, _, _) = get(&c, port, "/", &[]).await;
+            assert_eq!(s, want_status, "failures={failures} attempts={attempts}");
+            assert_eq!(
+                conns.load(std::sync::atomic::Ordering::SeqCst),
+                want_conns,
+                "failures={failures} attempts={attempts}"
+            );
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_passed_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let a = Echo::start("a").await;
+        let port = free_port();
+        let p = proxy().await;
+        p.apply(http_snapshot(
+            1,
+            port,
+            vec![prefix_rule("/", vec![echo_backend(&a, 1)])],
+        ))
+        .await
+        .unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "connection closed before the 101");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        s.write_all(b"ping").await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < b"a:ping".len() {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "upgraded stream closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got, b"a:ping");
+        p.shutdown().await;
+    })
+    .await;
+}

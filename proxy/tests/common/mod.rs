@@ -101,11 +101,45 @@ impl Echo {
 }
 
 async fn echo(
-    req: Request<hyper::body::Incoming>,
+    mut req: Request<hyper::body::Incoming>,
     name: &str,
     seen: &Mutex<Vec<Seen>>,
     failures: &Mutex<HashMap<String, u32>>,
 ) -> Response<Full<Bytes>> {
+    // `Upgrade: websocket`: switch protocols and echo raw bytes back, prefixed with our name.
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut out = format!("{name}:").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                if io.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        return resp;
+    }
     let mut headers: HashMap<String, String> = HashMap::new();
     for (k, v) in req.headers() {
         let v = v.to_str().unwrap_or("").to_string();
@@ -296,4 +330,43 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A raw HTTP/1.1 server that drops the first `failures` connections after reading the request
+/// (closes without a response), then answers `200 ok` and closes. Returns its address and a connection counter.
+pub async fn flaky_server(failures: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                if n < failures {
+                    // Close without answering: the connection dies before any response.
+                    return;
+                }
+                let _ = tcp
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, count)
 }

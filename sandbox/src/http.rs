@@ -1,0 +1,671 @@
+//! Request routing and the REST verbs.
+//!
+//! Paths: health (`/healthz`, `/livez`, `/readyz`), `/version`, discovery (`/api`, `/apis`, ...),
+//! OpenAPI (`/openapi/v3[/...]`; `/openapi/v2` is 404 like a server without it), and resources:
+//! `/api/v1/...` or `/apis/{g}/{v}/...` followed by `[namespaces/{ns}/]{plural}[/{name}[/status]]`
+//! (the legacy `/watch/` prefix is accepted). Verbs map as GET → get/list/watch, POST → create,
+//! PUT → update, PATCH → patch (merge, JSON, strategic, apply), DELETE → delete/deletecollection.
+//!
+//! Every handler returns `Result<Response, ApiError>`; errors become `Status` bodies, and a panic
+//! inside a handler is caught and answered with a 500 Status instead of dropping the connection.
+
+use crate::apply::server_side_apply;
+use crate::discovery;
+use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::patch::{self, PatchKind};
+use crate::registry::ResourceType;
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::server::{Body, Cluster};
+use crate::store::{DeleteOutcome, ObjKey, WriteMode, to_version};
+use crate::table::{self, IncludeObject};
+use crate::watch::{WatchRequest, WatchStart, watch_body};
+use bytes::Bytes;
+use futures::FutureExt;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default watch duration when the client gives no `timeoutSeconds` (the real server picks
+/// 30–60 minutes).
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Entry point for one request.
+pub async fn handle(
+    cluster: Arc<Cluster>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match AssertUnwindSafe(route(cluster, req)).catch_unwind().await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => error_response(&e),
+        Err(_) => {
+            tracing::error!(%method, %path, "handler panicked");
+            error_response(&ApiError::internal(
+                "internal error while handling the request",
+            ))
+        }
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+    Ok(resp)
+}
+
+fn full(bytes: Vec<u8>) -> Body {
+    Full::new(Bytes::from(bytes)).boxed_unsync()
+}
+
+fn response(code: u16, content_type: &str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
+    r
+}
+
+fn json_response(code: u16, v: &Value) -> Response<Body> {
+    response(code, "application/json", full(v.to_string().into_bytes()))
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.code, &e.to_status())
+}
+
+type Query = HashMap<String, String>;
+
+fn parse_query(q: Option<&str>) -> Query {
+    url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn header(parts: &Parts, name: http::header::HeaderName) -> &str {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn q_bool(q: &Query, k: &str) -> bool {
+    matches!(q.get(k).map(String::as_str), Some("true" | "1"))
+}
+
+async fn route(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let segs: Vec<String> = parts
+        .uri
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let query = parse_query(parts.uri.query());
+    let get_only = |v: Option<Value>| -> Result<Response<Body>, ApiError> {
+        if parts.method != Method::GET {
+            return Err(ApiError::method_not_allowed());
+        }
+        v.map(|v| json_response(200, &v))
+            .ok_or_else(ApiError::unknown_resource)
+    };
+    match s.as_slice() {
+        ["healthz" | "livez" | "readyz", ..] => Ok(response(
+            200,
+            "text/plain; charset=utf-8",
+            full(b"ok".to_vec()),
+        )),
+        ["version"] => get_only(Some(discovery::version_info())),
+        ["api"] => get_only(Some(discovery::api_versions(&cluster.addr.to_string()))),
+        ["apis"] => get_only(Some(discovery::api_group_list(&cluster.lock().registry))),
+        ["apis", g] => get_only(discovery::api_group(&cluster.lock().registry, g)),
+        ["api", "v1"] => get_only(discovery::resource_list(&cluster.lock().registry, "", "v1")),
+        ["apis", g, v] => get_only(discovery::resource_list(&cluster.lock().registry, g, v)),
+        ["openapi", "v3"] => get_only(Some(discovery::openapi_root(&cluster.lock().registry))),
+        ["openapi", "v3", "api", v] => {
+            get_only(discovery::openapi_gv(&cluster.lock().registry, "", v))
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            get_only(discovery::openapi_gv(&cluster.lock().registry, g, v))
+        }
+        ["api", "v1", rest @ ..] => resource(cluster, "", "v1", rest, parts, body, query).await,
+        ["apis", g, v, rest @ ..] => {
+            let (g, v) = (g.to_string(), v.to_string());
+            resource(cluster, &g, &v, rest, parts, body, query).await
+        }
+        _ => Err(ApiError::unknown_resource()),
+    }
+}
+
+/// A parsed resource URL.
+struct Target {
+    rt: Arc<ResourceType>,
+    version: String,
+    ns: Option<String>,
+    name: Option<String>,
+    status: bool,
+    watch_path: bool,
+}
+
+fn parse_target(
+    cluster: &Cluster,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Target, ApiError> {
+    let (watch_path, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    let (ns, plural, name, sub) = match rest {
+        [plural] => (None, *plural, None, None),
+        [plural, name] => (None, *plural, Some(*name), None),
+        ["namespaces", ns, plural] if *plural != "status" && *plural != "finalize" => {
+            (Some(*ns), *plural, None, None)
+        }
+        [plural, name, sub] => (None, *plural, Some(*name), Some(*sub)),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
+        ["namespaces", ns, plural, name, sub] => (Some(*ns), *plural, Some(*name), Some(*sub)),
+        _ => return Err(ApiError::unknown_resource()),
+    };
+    let rt = cluster
+        .lock()
+        .registry
+        .find(group, version, plural)
+        .ok_or_else(ApiError::unknown_resource)?;
+    if ns.is_some() && !rt.namespaced {
+        return Err(ApiError::unknown_resource());
+    }
+    let status = match sub {
+        None => false,
+        Some("status") if rt.status_subresource => true,
+        Some(_) => return Err(ApiError::unknown_resource()),
+    };
+    if watch_path && name.is_some() && status {
+        return Err(ApiError::unknown_resource());
+    }
+    Ok(Target {
+        rt,
+        version: version.to_string(),
+        ns: ns.map(str::to_string),
+        name: name.map(str::to_string),
+        status,
+        watch_path,
+    })
+}
+
+async fn resource(
+    cluster: Arc<Cluster>,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    parts: Parts,
+    body: Incoming,
+    q: Query,
+) -> Result<Response<Body>, ApiError> {
+    let t = parse_target(&cluster, group, version, rest)?;
+    let accept = header(&parts, ACCEPT).to_string();
+    let table = table::wants_table(&accept)
+        .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
+    let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
+    match (&parts.method, &t.name) {
+        (&Method::GET, Some(name)) if !t.watch_path => get(&cluster, &t, name, table),
+        (&Method::GET, _) if t.watch_path || q_bool(&q, "watch") => watch(cluster, t, &q, table),
+        (&Method::GET, None) => list(&cluster, &t, &q, table),
+        (&Method::POST, None) => {
+            let obj = decode_object(
+                &read_body(&parts, body).await?,
+                header(&parts, CONTENT_TYPE),
+            )?;
+            let created = cluster.write(|s| s.create(&t.rt, t.ns.as_deref(), obj, dry_run))?;
+            Ok(json_response(201, &to_version(created, &t.rt, &t.version)))
+        }
+        (&Method::PUT, Some(name)) => {
+            let obj = decode_object(
+                &read_body(&parts, body).await?,
+                header(&parts, CONTENT_TYPE),
+            )?;
+            let mode = if t.status {
+                WriteMode::Status
+            } else {
+                WriteMode::Main
+            };
+            let updated =
+                cluster.write(|s| s.update(&t.rt, t.ns.as_deref(), name, obj, mode, dry_run))?;
+            Ok(json_response(200, &to_version(updated, &t.rt, &t.version)))
+        }
+        (&Method::PATCH, Some(name)) => {
+            let kind = PatchKind::from_content_type(header(&parts, CONTENT_TYPE))?;
+            let bytes = read_body(&parts, body).await?;
+            patch(&cluster, &t, name, kind, &bytes, &q, dry_run)
+        }
+        (&Method::DELETE, Some(name)) if !t.status => {
+            let bytes = read_body(&parts, body).await?;
+            let opts = decode_optional(&bytes)?;
+            let ns = t.ns.clone().unwrap_or_default();
+            let out = cluster.write(|s| s.delete(&t.rt, &ns, name, &opts, dry_run))?;
+            Ok(match out {
+                DeleteOutcome::Pending(o) => json_response(200, &to_version(o, &t.rt, &t.version)),
+                DeleteOutcome::Deleted(o) if t.rt.custom => {
+                    json_response(200, &to_version(o, &t.rt, &t.version))
+                }
+                DeleteOutcome::Deleted(o) => json_response(200, &success_status(&t.rt, &o)),
+            })
+        }
+        (&Method::DELETE, None) => {
+            let bytes = read_body(&parts, body).await?;
+            let opts = decode_optional(&bytes)?;
+            delete_collection(&cluster, &t, &q, &opts, dry_run)
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn success_status(rt: &ResourceType, obj: &Value) -> Value {
+    let mut details = json!({
+        "name": obj["metadata"]["name"],
+        "kind": rt.plural,
+        "uid": obj["metadata"]["uid"],
+    });
+    if !rt.group.is_empty() {
+        details["group"] = json!(rt.group);
+    }
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+}
+
+async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, ApiError> {
+    if let Ok(len) = header(parts, CONTENT_LENGTH).parse::<usize>()
+        && len > MAX_BODY_BYTES
+    {
+        return Err(ApiError::too_large());
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading the request body: {e}"
+        ))),
+    }
+}
+
+/// Decodes a JSON or YAML document (YAML when the Content-Type says so or JSON fails).
+fn decode_value(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
+    if content_type.contains("protobuf") {
+        return Err(ApiError::unsupported_media_type(content_type));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let yaml = content_type.contains("yaml");
+    let json_err = if yaml {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => return Ok(v),
+            Err(e) => Some(e),
+        }
+    };
+    match (json_err, yaml) {
+        (Some(e), false) => Err(ApiError::bad_request(format!(
+            "couldn't get version/kind; json parse error: {e}"
+        ))),
+        _ => serde_yaml::from_slice::<Value>(bytes)
+            .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}"))),
+    }
+}
+
+fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
+    let v = decode_value(bytes, content_type)?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a single JSON/YAML object",
+        ));
+    }
+    Ok(v)
+}
+
+/// DeleteOptions bodies are optional.
+fn decode_optional(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    decode_object(bytes, "application/json")
+}
+
+fn get(
+    cluster: &Cluster,
+    t: &Target,
+    name: &str,
+    table: Option<IncludeObject>,
+) -> Result<Response<Body>, ApiError> {
+    let obj = cluster
+        .lock()
+        .get(&t.rt, t.ns.as_deref().unwrap_or(""), name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&t.rt.group, &t.rt.plural, name))?;
+    let obj = to_version(obj, &t.rt, &t.version);
+    Ok(match table {
+        Some(include) => {
+            let rv = obj["metadata"]["resourceVersion"].clone();
+            json_response(
+                200,
+                &table::table(
+                    &t.rt,
+                    &t.version,
+                    &[obj],
+                    json!({"resourceVersion": rv}),
+                    include,
+                ),
+            )
+        }
+        None => json_response(200, &obj),
+    })
+}
+
+fn selectors(q: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    Ok((
+        LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+    ))
+}
+
+fn encode_continue(key: &ObjKey) -> String {
+    let raw = format!("{}\u{0}{}", key.0, key.1);
+    raw.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_continue(token: &str) -> Result<ObjKey, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    if !token.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let s = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (ns, name) = s.split_once('\u{0}').ok_or_else(bad)?;
+    Ok((ns.to_string(), name.to_string()))
+}
+
+fn list(
+    cluster: &Cluster,
+    t: &Target,
+    q: &Query,
+    table: Option<IncludeObject>,
+) -> Result<Response<Body>, ApiError> {
+    let (labels, fields) = selectors(q)?;
+    let limit: usize = match q.get("limit").map(String::as_str) {
+        None | Some("") => 0,
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
+    };
+    let after = match q.get("continue").map(String::as_str) {
+        None | Some("") => None,
+        Some(c) => Some(decode_continue(c)?),
+    };
+    let (items, more, remaining, rv) = {
+        let state = cluster.lock();
+        let mut items = Vec::new();
+        let mut next_key = None;
+        let mut remaining = 0usize;
+        for (key, obj) in state.list(&t.rt, t.ns.as_deref(), after.as_ref()) {
+            if !labels.matches(obj) || !fields.matches(obj) {
+                continue;
+            }
+            if limit > 0 && items.len() >= limit {
+                remaining += 1;
+                continue;
+            }
+            items.push(obj.clone());
+            next_key = Some(key.clone());
+        }
+        let more = if remaining > 0 { next_key } else { None };
+        (items, more, remaining, state.rv)
+    };
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(k) = more {
+        meta["continue"] = json!(encode_continue(&k));
+        meta["remainingItemCount"] = json!(remaining);
+    }
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|o| to_version(o, &t.rt, &t.version))
+        .collect();
+    Ok(match table {
+        Some(include) => {
+            json_response(200, &table::table(&t.rt, &t.version, &items, meta, include))
+        }
+        None => json_response(
+            200,
+            &json!({
+                "kind": t.rt.list_kind,
+                "apiVersion": t.rt.api_version(&t.version),
+                "metadata": meta,
+                "items": items,
+            }),
+        ),
+    })
+}
+
+fn watch(
+    cluster: Arc<Cluster>,
+    t: Target,
+    q: &Query,
+    table: Option<IncludeObject>,
+) -> Result<Response<Body>, ApiError> {
+    let (mut labels, mut fields) = selectors(q)?;
+    if let Some(name) = &t.name {
+        // `/watch/.../{name}` is a watch with a name field selector.
+        fields = FieldSelector::parse(&format!("metadata.name={name}"))?;
+        labels = LabelSelector::default();
+    }
+    let timeout = match q.get("timeoutSeconds").map(String::as_str) {
+        None | Some("") => DEFAULT_WATCH_TIMEOUT,
+        Some(s) => Duration::from_secs(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {s}")))?,
+        ),
+    };
+    let start =
+        if q_bool(q, "sendInitialEvents") {
+            WatchStart::InitialEvents
+        } else {
+            match q.get("resourceVersion").map(String::as_str) {
+                None | Some("") | Some("0") => WatchStart::Current,
+                Some(rv) => WatchStart::From(rv.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {rv}"))
+                })?),
+            }
+        };
+    let req = WatchRequest {
+        rt: t.rt,
+        version: t.version,
+        namespace: t.ns,
+        labels,
+        fields,
+        start,
+        bookmarks: q_bool(q, "allowWatchBookmarks"),
+        timeout,
+        table,
+    };
+    Ok(response(200, "application/json", watch_body(cluster, req)))
+}
+
+fn patch(
+    cluster: &Cluster,
+    t: &Target,
+    name: &str,
+    kind: PatchKind,
+    bytes: &[u8],
+    q: &Query,
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
+    let body = match kind {
+        PatchKind::Apply => decode_value(bytes, "application/yaml")?,
+        _ => decode_value(bytes, "application/json")?,
+    };
+    let mode = if t.status {
+        WriteMode::Status
+    } else {
+        WriteMode::Main
+    };
+    let ns = t.ns.as_deref();
+    let manager = q.get("fieldManager").map(String::as_str).unwrap_or("");
+    if kind == PatchKind::Apply && manager.is_empty() {
+        return Err(ApiError::bad_request(
+            "PATCH, application/apply-patch+yaml requests must set fieldManager",
+        ));
+    }
+    let force = q_bool(q, "force");
+    let (code, obj) = cluster.write(|s| -> Result<(u16, Value), ApiError> {
+        let live = s.get(&t.rt, ns.unwrap_or(""), name).cloned();
+        match kind {
+            PatchKind::Apply => {
+                if !body.is_object() {
+                    return Err(ApiError::bad_request("the apply body must be a single object"));
+                }
+                let body_name = body["metadata"]["name"].as_str().unwrap_or("");
+                if body_name != name {
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                    )));
+                }
+                let result = server_side_apply(&t.rt, live.as_ref(), &body, manager, force, mode)?;
+                match live {
+                    None if mode == WriteMode::Status => {
+                        Err(ApiError::not_found(&t.rt.group, &t.rt.plural, name))
+                    }
+                    None => Ok((201, s.create(&t.rt, ns, result, dry_run)?)),
+                    Some(_) => Ok((200, s.update(&t.rt, ns, name, result, mode, dry_run)?)),
+                }
+            }
+            _ => {
+                let live = live.ok_or_else(|| ApiError::not_found(&t.rt.group, &t.rt.plural, name))?;
+                let mut doc = to_version(live, &t.rt, &t.version);
+                match kind {
+                    PatchKind::Merge => patch::merge_patch(&mut doc, &body),
+                    PatchKind::Json => patch::json_patch(&mut doc, &body)?,
+                    PatchKind::Strategic => patch::strategic_merge(&mut doc, &body, &t.rt),
+                    PatchKind::Apply => {}
+                }
+                Ok((200, s.update(&t.rt, ns, name, doc, mode, dry_run)?))
+            }
+        }
+    })?;
+    Ok(json_response(code, &to_version(obj, &t.rt, &t.version)))
+}
+
+fn delete_collection(
+    cluster: &Cluster,
+    t: &Target,
+    q: &Query,
+    opts: &Value,
+    dry_run: bool,
+) -> Result<Response<Body>, ApiError> {
+    if t.status {
+        return Err(ApiError::method_not_allowed());
+    }
+    let (labels, fields) = selectors(q)?;
+    let items = cluster.write(|s| -> Result<Vec<Value>, ApiError> {
+        let keys: Vec<ObjKey> = s
+            .list(&t.rt, t.ns.as_deref(), None)
+            .filter(|(_, o)| labels.matches(o) && fields.matches(o))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for (ns, name) in keys {
+            // An object can vanish mid-collection (a namespace taking its contents with it).
+            match s.delete(&t.rt, &ns, &name, opts, dry_run) {
+                Ok(DeleteOutcome::Deleted(o) | DeleteOutcome::Pending(o)) => out.push(o),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    })?;
+    let rv = cluster.lock().rv;
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|o| to_version(o, &t.rt, &t.version))
+        .collect();
+    Ok(json_response(
+        200,
+        &json!({
+            "kind": t.rt.list_kind,
+            "apiVersion": t.rt.api_version(&t.version),
+            "metadata": {"resourceVersion": rv.to_string()},
+            "items": items,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn continue_tokens_roundtrip_and_reject_garbage() {
+        let k = ("ns-1".to_string(), "name.x".to_string());
+        assert_eq!(decode_continue(&encode_continue(&k)).unwrap(), k);
+        assert_eq!(decode_continue("zz").unwrap_err().code, 400);
+        assert_eq!(decode_continue("abc").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn body_decoding() {
+        assert!(decode_object(b"{\"a\":1}", "application/json").is_ok());
+        assert!(decode_object(b"a: 1\n", "application/yaml").is_ok());
+        assert_eq!(
+            decode_object(b"{nope", "application/json")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            decode_object(b"[1]", "application/json").unwrap_err().code,
+            400
+        );
+        assert_eq!(
+            decode_object(b"", "application/json").unwrap_err().code,
+            400
+        );
+        assert_eq!(
+            decode_object(b"x", "application/vnd.kubernetes.protobuf")
+                .unwrap_err()
+                .code,
+            415
+        );
+        assert_eq!(
+            decode_object(b"a: [", "application/yaml").unwrap_err().code,
+            400
+        );
+    }
+}

@@ -1,0 +1,1105 @@
+//! One cluster's object store: typed objects, the resourceVersion counter and the event history.
+//!
+//! Flow of a write (all under the cluster's mutex, no awaits):
+//! 1. the HTTP layer decodes the body (and applies patches) into a candidate object;
+//! 2. [`State::create`] / [`State::update`] / [`State::delete`] validate it, fill server-owned
+//!    metadata (uid, creationTimestamp, generation, deletionTimestamp), enforce resourceVersion
+//!    preconditions and the status-subresource split, and skip no-op writes;
+//! 3. a real change takes the next resourceVersion of the cluster-wide counter and is appended
+//!    to the bounded event history that watches read from (see `watch`).
+//!
+//! Kind-specific hooks: Namespaces get `status.phase` and the `kubernetes.io/metadata.name`
+//! label, and deleting one marks it Terminating, deletes its contents and removes it once empty;
+//! Services get a cluster IP; CRDs register their type (and get Established/NamesAccepted status),
+//! and deleting a CRD removes its type and all its objects.
+
+use crate::error::ApiError;
+use crate::registry::{Registry, ResourceType, crd_to_type};
+use crate::util::{meta_mut, meta_str, name_of, namespace_of, now_rfc3339, random_suffix};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// `(namespace, name)`; the namespace is "" for cluster-scoped objects.
+pub type ObjKey = (String, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as kept in the history window.
+#[derive(Debug)]
+pub struct Event {
+    pub rv: u64,
+    /// The resource type key (`plural.group`).
+    pub res: String,
+    pub etype: EventType,
+    /// The object after the change (for DELETED: the last state, with the deletion's RV).
+    pub obj: Value,
+    /// The object before a MODIFIED change, so selector watches can turn it into ADDED/DELETED.
+    pub prev: Option<Value>,
+}
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// The main resource: for kinds with a status subresource, `status` is kept from the live object.
+    Main,
+    /// The `status` subresource: only `status` (and SSA bookkeeping in managedFields) changes.
+    Status,
+}
+
+/// Result of a DELETE.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteOutcome {
+    /// Gone now; the last state of the object.
+    Deleted(Value),
+    /// Finalizers hold it; it now carries a deletionTimestamp.
+    Pending(Value),
+}
+
+const DEFAULT_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+pub struct State {
+    /// The last resourceVersion handed out.
+    pub rv: u64,
+    pub registry: Registry,
+    objects: BTreeMap<String, BTreeMap<ObjKey, Value>>,
+    history: VecDeque<Arc<Event>>,
+    /// Events with `rv <= compacted_through` are no longer in the history.
+    pub compacted_through: u64,
+    history_window: usize,
+}
+
+fn is_namespace(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.plural == "namespaces"
+}
+
+fn is_crd(rt: &ResourceType) -> bool {
+    rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions"
+}
+
+fn rv_of(obj: &Value) -> &str {
+    meta_str(obj, "resourceVersion")
+}
+
+/// Sets `apiVersion` to `version` of the type (objects are stored in the storage version).
+pub fn to_version(mut obj: Value, rt: &ResourceType, version: &str) -> Value {
+    if let Value::Object(m) = &mut obj {
+        m.insert("apiVersion".into(), json!(rt.api_version(version)));
+        m.insert("kind".into(), json!(rt.kind));
+    }
+    obj
+}
+
+/// Whether the change from `old` to `new` bumps `metadata.generation`: a `spec` change, or for
+/// kinds without spec any change outside metadata and status.
+fn generation_changed(old: &Value, new: &Value) -> bool {
+    if old.get("spec").is_some() || new.get("spec").is_some() {
+        return old.get("spec") != new.get("spec");
+    }
+    let strip = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Value::Object(m) = &mut v {
+            for k in ["metadata", "status", "apiVersion", "kind"] {
+                m.remove(k);
+            }
+        }
+        v
+    };
+    strip(old) != strip(new)
+}
+
+fn valid_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn valid_dns_label(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && valid_dns_subdomain(s)
+}
+
+/// Checks `apiVersion`/`kind` of a written object against the type addressed by the URL.
+pub fn check_type(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+    let Value::Object(m) = obj else {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    };
+    let kind = m.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Object 'Kind' is missing in '{}'",
+            truncate(&obj.to_string(), 200)
+        )));
+    }
+    if kind != rt.kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            rt.kind
+        )));
+    }
+    let api_version = m.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    if group != rt.group || !rt.serves(version) {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            rt.api_version(rt.preferred_version())
+        )));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Validates the shape of `metadata` fields clients may set.
+fn check_metadata(obj: &Value) -> Result<(), ApiError> {
+    let Some(meta) = obj.get("metadata") else {
+        return Ok(());
+    };
+    let Value::Object(meta) = meta else {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    };
+    for field in ["labels", "annotations"] {
+        match meta.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) if m.values().all(Value::is_string) => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.{field} must be a map of string keys to string values"
+                )));
+            }
+        }
+    }
+    match meta.get("finalizers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "metadata.finalizers must be a list of strings",
+            ));
+        }
+    }
+    for field in [
+        "name",
+        "namespace",
+        "generateName",
+        "resourceVersion",
+        "uid",
+    ] {
+        match meta.get(field) {
+            None | Some(Value::Null) | Some(Value::String(_)) => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.{field} must be a string"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn finalizers_empty(obj: &Value) -> bool {
+    obj.get("metadata")
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+}
+
+impl State {
+    /// A fresh cluster: built-in types and the default namespaces.
+    pub fn new(history_window: usize) -> State {
+        let mut s = State::empty(history_window);
+        s.ensure_default_namespaces();
+        s
+    }
+
+    fn empty(history_window: usize) -> State {
+        State {
+            rv: 0,
+            registry: Registry::default(),
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted_through: 0,
+            history_window: history_window.max(1),
+        }
+    }
+
+    fn ensure_default_namespaces(&mut self) {
+        let Some(ns_type) = self.registry.by_key("namespaces") else {
+            return;
+        };
+        for ns in DEFAULT_NAMESPACES {
+            if self.get(&ns_type, "", ns).is_none() {
+                let obj =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                if let Err(e) = self.create(&ns_type, None, obj, false) {
+                    tracing::warn!(error = %e, "could not create default namespace");
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<&Value> {
+        self.objects
+            .get(&rt.key())?
+            .get(&(ns.to_string(), name.to_string()))
+    }
+
+    /// Objects of a type in key order, optionally in one namespace, strictly after `after`.
+    pub fn list<'a>(
+        &'a self,
+        rt: &ResourceType,
+        ns: Option<&'a str>,
+        after: Option<&'a ObjKey>,
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a Value)> + 'a {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        self.objects
+            .get(&rt.key())
+            .into_iter()
+            .flat_map(move |m| m.range((lower.clone(), Bound::Unbounded)))
+            .filter(move |((ons, _), _)| ns.is_none_or(|n| n == ons))
+    }
+
+    /// History events after `cursor`, or `Err(compacted_through)` when some were compacted away.
+    pub fn events_after(&self, cursor: u64) -> Result<Vec<Arc<Event>>, u64> {
+        if cursor < self.compacted_through {
+            return Err(self.compacted_through);
+        }
+        let start = self.history.partition_point(|e| e.rv <= cursor);
+        Ok(self.history.range(start..).cloned().collect())
+    }
+
+    /// Drops all history up to the current resourceVersion (used by tests to force 410s).
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted_through = self.rv;
+    }
+
+    fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    fn record(&mut self, rt: &ResourceType, etype: EventType, obj: Value, prev: Option<Value>) {
+        let rv = self.rv;
+        self.history.push_back(Arc::new(Event {
+            rv,
+            res: rt.key(),
+            etype,
+            obj,
+            prev,
+        }));
+        while self.history.len() > self.history_window {
+            if let Some(old) = self.history.pop_front() {
+                self.compacted_through = old.rv;
+            }
+        }
+    }
+
+    fn store(&mut self, rt: &ResourceType, obj: Value) {
+        let key = (namespace_of(&obj).to_string(), name_of(&obj).to_string());
+        self.objects.entry(rt.key()).or_default().insert(key, obj);
+    }
+
+    fn take(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Option<Value> {
+        let key = rt.key();
+        let map = self.objects.get_mut(&key)?;
+        let v = map.remove(&(ns.to_string(), name.to_string()));
+        if map.is_empty() {
+            self.objects.remove(&key);
+        }
+        v
+    }
+
+    /// Namespace checks for a namespaced write: the body must agree with the URL, and the
+    /// namespace must exist (and, for creates, not be terminating).
+    fn place(
+        &self,
+        rt: &ResourceType,
+        url_ns: Option<&str>,
+        obj: &mut Value,
+        creating: bool,
+    ) -> Result<(), ApiError> {
+        let body_ns = namespace_of(obj).to_string();
+        if !rt.namespaced {
+            meta_mut(obj).remove("namespace");
+            return Ok(());
+        }
+        let ns = url_ns.ok_or_else(ApiError::method_not_allowed)?;
+        if !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        meta_mut(obj).insert("namespace".into(), json!(ns));
+        if creating {
+            let ns_type = self
+                .registry
+                .by_key("namespaces")
+                .ok_or_else(|| ApiError::internal("namespace type missing"))?;
+            let Some(nsobj) = self.get(&ns_type, "", ns) else {
+                return Err(ApiError::not_found("", "namespaces", ns));
+            };
+            if !meta_str(nsobj, "deletionTimestamp").is_empty() {
+                return Err(ApiError::forbidden(format!(
+                    "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    rt.plural,
+                    name_of(obj)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// POST: creates an object. Returns the stored object (storage apiVersion).
+    pub fn create(
+        &mut self,
+        rt: &ResourceType,
+        url_ns: Option<&str>,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        check_type(rt, &obj)?;
+        check_metadata(&obj)?;
+        if name_of(&obj).is_empty() {
+            let prefix = meta_str(&obj, "generateName").to_string();
+            if prefix.is_empty() {
+                return Err(ApiError::invalid(
+                    &rt.group,
+                    &rt.kind,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ));
+            }
+            let name = format!("{prefix}{}", random_suffix());
+            meta_mut(&mut obj).insert("name".into(), json!(name));
+        }
+        let name = name_of(&obj).to_string();
+        let name_ok = if rt.namespaced || !is_namespace(rt) {
+            valid_dns_subdomain(&name)
+        } else {
+            valid_dns_label(&name)
+        };
+        if !name_ok {
+            return Err(ApiError::invalid(
+                &rt.group,
+                &rt.kind,
+                &name,
+                "metadata.name",
+                &format!(
+                    "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                ),
+            ));
+        }
+        self.place(rt, url_ns, &mut obj, true)?;
+        let ns = namespace_of(&obj).to_string();
+        if self.get(rt, &ns, &name).is_some() {
+            return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
+        }
+        if let Value::Object(m) = &mut obj {
+            m.insert("apiVersion".into(), json!(rt.storage_api_version()));
+            // Custom resources with a status subresource drop status on create, like the real server.
+            if rt.custom && rt.status_subresource {
+                m.remove("status");
+            }
+        }
+        {
+            let meta = meta_mut(&mut obj);
+            meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            meta.insert("generation".into(), json!(1));
+            meta.remove("deletionTimestamp");
+            meta.remove("deletionGracePeriodSeconds");
+            meta.remove("resourceVersion");
+            meta.remove("selfLink");
+        }
+        self.defaults_on_write(rt, None, &mut obj)?;
+        if dry_run {
+            return Ok(obj);
+        }
+        let rv = self.next_rv();
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
+        self.store(rt, obj.clone());
+        self.record(rt, EventType::Added, obj.clone(), None);
+        if is_crd(rt) {
+            self.register_crd(&obj)?;
+        }
+        Ok(obj)
+    }
+
+    /// Server-owned defaults and kind hooks applied to every write of a kind.
+    fn defaults_on_write(
+        &mut self,
+        rt: &ResourceType,
+        old: Option<&Value>,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
+        if is_namespace(rt) {
+            let name = name_of(obj).to_string();
+            let meta = meta_mut(obj);
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            if let Value::Object(l) = labels {
+                l.insert(NS_NAME_LABEL.into(), json!(name));
+            }
+            if let Value::Object(m) = obj {
+                let status = m.entry("status").or_insert_with(|| json!({}));
+                if let Value::Object(s) = status
+                    && !s.contains_key("phase")
+                {
+                    s.insert("phase".into(), json!("Active"));
+                }
+            }
+        } else if rt.group.is_empty() && rt.plural == "services" {
+            self.service_defaults(obj);
+        } else if is_crd(rt) {
+            crd_to_type(obj)?;
+            set_crd_status(old, obj);
+        }
+        Ok(())
+    }
+
+    fn service_defaults(&self, obj: &mut Value) {
+        let in_use: BTreeSet<String> = self
+            .registry
+            .by_key("services")
+            .map(|svc| {
+                self.list(&svc, None, None)
+                    .filter_map(|(_, s)| {
+                        s.get("spec")?
+                            .get("clusterIP")?
+                            .as_str()
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Value::Object(m) = obj else { return };
+        let spec = m.entry("spec").or_insert_with(|| json!({}));
+        let Value::Object(spec) = spec else { return };
+        let svc_type = spec
+            .entry("type")
+            .or_insert_with(|| json!("ClusterIP"))
+            .as_str()
+            .unwrap_or("ClusterIP")
+            .to_string();
+        if svc_type != "ExternalName"
+            && spec
+                .get("clusterIP")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        {
+            let ip = (10u32..65000)
+                .map(|n| format!("10.96.{}.{}", n / 250, n % 250 + 1))
+                .find(|ip| !in_use.contains(ip));
+            if let Some(ip) = ip {
+                spec.insert("clusterIP".into(), json!(ip));
+                spec.insert("clusterIPs".into(), json!([ip]));
+            }
+        }
+        spec.entry("sessionAffinity")
+            .or_insert_with(|| json!("None"));
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            for p in ports.iter_mut() {
+                if let Value::Object(p) = p {
+                    p.entry("protocol").or_insert_with(|| json!("TCP"));
+                    if let Some(port) = p.get("port").cloned() {
+                        p.entry("targetPort").or_insert(port);
+                    }
+                }
+            }
+        }
+    }
+
+    fn register_crd(&mut self, crd: &Value) -> Result<(), ApiError> {
+        let t = crd_to_type(crd)?;
+        self.registry.register(t);
+        Ok(())
+    }
+
+    /// PUT (and the final step of PATCH): replaces an existing object.
+    pub fn update(
+        &mut self,
+        rt: &ResourceType,
+        url_ns: Option<&str>,
+        name: &str,
+        mut new: Value,
+        mode: WriteMode,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        check_type(rt, &new)?;
+        check_metadata(&new)?;
+        let body_name = name_of(&new).to_string();
+        if body_name.is_empty() {
+            meta_mut(&mut new).insert("name".into(), json!(name));
+        } else if body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        self.place(rt, url_ns, &mut new, false)?;
+        let ns = namespace_of(&new).to_string();
+        let old = self
+            .get(rt, &ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        let want_rv = rv_of(&new).to_string();
+        if !want_rv.is_empty() && want_rv != rv_of(&old) {
+            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
+        let mut cand = match mode {
+            WriteMode::Status => {
+                let mut c = old.clone();
+                if let Value::Object(m) = &mut c {
+                    match new.get("status") {
+                        Some(s) => m.insert("status".into(), s.clone()),
+                        None => m.remove("status"),
+                    };
+                }
+                if let Some(mf) = new.get("metadata").and_then(|m| m.get("managedFields")) {
+                    meta_mut(&mut c).insert("managedFields".into(), mf.clone());
+                }
+                c
+            }
+            WriteMode::Main => {
+                if rt.status_subresource
+                    && let Value::Object(m) = &mut new
+                {
+                    match old.get("status") {
+                        Some(s) => m.insert("status".into(), s.clone()),
+                        None => m.remove("status"),
+                    };
+                }
+                new
+            }
+        };
+        if let Value::Object(m) = &mut cand {
+            m.insert("apiVersion".into(), json!(rt.storage_api_version()));
+        }
+        {
+            let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
+            let meta = meta_mut(&mut cand);
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "resourceVersion",
+            ] {
+                match old_meta.get(k) {
+                    Some(v) => meta.insert(k.into(), v.clone()),
+                    None => meta.remove(k),
+                };
+            }
+            if !meta.contains_key("managedFields")
+                && let Some(mf) = old_meta.get("managedFields")
+            {
+                meta.insert("managedFields".into(), mf.clone());
+            }
+            meta.remove("selfLink");
+        }
+        if !meta_str(&old, "deletionTimestamp").is_empty() {
+            // Finalizers may only be removed once deletion started; new ones are ignored.
+            let old_f: Vec<Value> = old["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if let Some(Value::Array(f)) = meta_mut(&mut cand).get_mut("finalizers") {
+                f.retain(|x| old_f.contains(x));
+            }
+        }
+        self.defaults_on_write(rt, Some(&old), &mut cand)?;
+        if generation_changed(&old, &cand) {
+            let g = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            meta_mut(&mut cand).insert("generation".into(), json!(g));
+        }
+        if cand == old {
+            return Ok(old);
+        }
+        if dry_run {
+            return Ok(cand);
+        }
+        let rv = self.next_rv();
+        meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
+        let deleting = !meta_str(&cand, "deletionTimestamp").is_empty() && finalizers_empty(&cand);
+        if deleting && !is_namespace(rt) {
+            self.take(rt, &ns, name);
+            self.record(rt, EventType::Deleted, cand.clone(), Some(old));
+            self.after_remove(rt, &cand);
+            return Ok(cand);
+        }
+        self.store(rt, cand.clone());
+        self.record(rt, EventType::Modified, cand.clone(), Some(old));
+        if is_crd(rt) {
+            self.register_crd(&cand)?;
+        }
+        if is_namespace(rt) {
+            self.maybe_finalize_namespace(name);
+            return Ok(self.get(rt, "", name).cloned().unwrap_or(cand));
+        }
+        Ok(cand)
+    }
+
+    /// DELETE of one object. `opts` is the DeleteOptions body (may be `null`).
+    pub fn delete(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        opts: &Value,
+        dry_run: bool,
+    ) -> Result<DeleteOutcome, ApiError> {
+        let old = self
+            .get(rt, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        if let Some(pre) = opts.get("preconditions") {
+            for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+                if let Some(want) = pre.get(field).and_then(Value::as_str) {
+                    let have = meta_str(&old, field);
+                    if want != have {
+                        return Err(ApiError::conflict_msg(
+                            &rt.group,
+                            &rt.plural,
+                            name,
+                            format!(
+                                "Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let pending = |s: &mut State, obj: Value| -> Value {
+            if !meta_str(&obj, "deletionTimestamp").is_empty() {
+                return obj;
+            }
+            let mut cand = obj.clone();
+            let g = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            {
+                let meta = meta_mut(&mut cand);
+                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                meta.insert("generation".into(), json!(g));
+            }
+            if dry_run {
+                return cand;
+            }
+            let rv = s.next_rv();
+            meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
+            s.store(rt, cand.clone());
+            s.record(rt, EventType::Modified, cand.clone(), Some(obj));
+            cand
+        };
+        if is_namespace(rt) {
+            let mut cand = old.clone();
+            if meta_str(&old, "deletionTimestamp").is_empty() {
+                let meta = meta_mut(&mut cand);
+                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+            }
+            if let Value::Object(m) = &mut cand {
+                let st = m.entry("status").or_insert_with(|| json!({}));
+                if let Value::Object(st) = st {
+                    st.insert("phase".into(), json!("Terminating"));
+                }
+            }
+            if dry_run {
+                return Ok(DeleteOutcome::Pending(cand));
+            }
+            if cand != old {
+                let rv = self.next_rv();
+                meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
+                self.store(rt, cand.clone());
+                self.record(rt, EventType::Modified, cand.clone(), Some(old));
+            }
+            self.delete_namespace_contents(name);
+            self.maybe_finalize_namespace(name);
+            return Ok(match self.get(rt, "", name) {
+                Some(o) => DeleteOutcome::Pending(o.clone()),
+                None => DeleteOutcome::Deleted(cand),
+            });
+        }
+        if !finalizers_empty(&old) {
+            return Ok(DeleteOutcome::Pending(pending(self, old)));
+        }
+        if dry_run {
+            return Ok(DeleteOutcome::Deleted(old));
+        }
+        Ok(DeleteOutcome::Deleted(self.remove_now(rt, ns, name)))
+    }
+
+    /// Removes an object immediately, recording DELETED. Returns its last state.
+    fn remove_now(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Value {
+        let Some(mut obj) = self.take(rt, ns, name) else {
+            return Value::Null;
+        };
+        let prev = obj.clone();
+        let rv = self.next_rv();
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
+        self.record(rt, EventType::Deleted, obj.clone(), Some(prev));
+        self.after_remove(rt, &obj);
+        obj
+    }
+
+    fn after_remove(&mut self, rt: &ResourceType, obj: &Value) {
+        if is_crd(rt) {
+            let group = obj["spec"]["group"].as_str().unwrap_or("").to_string();
+            let plural = obj["spec"]["names"]["plural"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if let Some(t) = self
+                .registry
+                .by_key(&crate::error::group_resource(&group, &plural))
+                && t.custom
+            {
+                let keys: Vec<ObjKey> = self.list(&t, None, None).map(|(k, _)| k.clone()).collect();
+                for (ns, name) in keys {
+                    self.remove_now(&t, &ns, &name);
+                }
+                self.registry.unregister(&group, &plural);
+            }
+        } else if rt.namespaced {
+            let ns = namespace_of(obj).to_string();
+            self.maybe_finalize_namespace(&ns);
+        }
+    }
+
+    fn delete_namespace_contents(&mut self, ns: &str) {
+        let types: Vec<Arc<ResourceType>> = self
+            .registry
+            .all()
+            .iter()
+            .filter(|t| t.namespaced)
+            .cloned()
+            .collect();
+        for t in types {
+            let names: Vec<String> = self
+                .list(&t, Some(ns), None)
+                .map(|((_, n), _)| n.clone())
+                .collect();
+            for n in names {
+                if let Err(e) = self.delete(&t, ns, &n, &Value::Null, false) {
+                    tracing::warn!(error = %e, "deleting namespace content");
+                }
+            }
+        }
+    }
+
+    /// Removes a terminating namespace once it is empty and has no finalizers.
+    fn maybe_finalize_namespace(&mut self, ns: &str) {
+        let Some(ns_type) = self.registry.by_key("namespaces") else {
+            return;
+        };
+        let Some(nsobj) = self.get(&ns_type, "", ns) else {
+            return;
+        };
+        if meta_str(nsobj, "deletionTimestamp").is_empty() || !finalizers_empty(nsobj) {
+            return;
+        }
+        let has_content = self
+            .registry
+            .all()
+            .iter()
+            .filter(|t| t.namespaced)
+            .any(|t| self.list(t, Some(ns), None).next().is_some());
+        if !has_content {
+            self.remove_now(&ns_type, "", ns);
+        }
+    }
+
+    /// Every stored object (CRDs first, so a restore can register their types before their objects).
+    pub fn snapshot(&self) -> Value {
+        let mut crds = Vec::new();
+        let mut rest = Vec::new();
+        for (key, objs) in &self.objects {
+            let is_crd_key = key == "customresourcedefinitions.apiextensions.k8s.io";
+            for o in objs.values() {
+                if is_crd_key {
+                    crds.push(o.clone());
+                } else {
+                    rest.push(o.clone());
+                }
+            }
+        }
+        crds.extend(rest);
+        json!({"resourceVersion": self.rv.to_string(), "objects": crds})
+    }
+
+    /// Rebuilds a state from [`State::snapshot`] output. The history starts empty, so watches
+    /// resuming from before the restart get 410 Expired and re-list.
+    pub fn restore(history_window: usize, snap: &Value) -> Result<State, String> {
+        let mut s = State::empty(history_window);
+        let objs = snap
+            .get("objects")
+            .and_then(Value::as_array)
+            .ok_or("snapshot has no objects array")?;
+        let mut max_rv: u64 = snap
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        for o in objs {
+            let api_version = o.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+            let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
+            let Some(rt) = s.registry.by_kind(api_version, kind) else {
+                tracing::warn!(api_version, kind, "skipping stored object of unknown kind");
+                continue;
+            };
+            if let Ok(rv) = rv_of(o).parse::<u64>() {
+                max_rv = max_rv.max(rv);
+            }
+            if is_crd(&rt)
+                && let Err(e) = s.register_crd(o)
+            {
+                tracing::warn!(error = %e, "skipping invalid stored CRD");
+                continue;
+            }
+            s.store(&rt, o.clone());
+        }
+        s.rv = max_rv;
+        s.compacted_through = max_rv;
+        s.ensure_default_namespaces();
+        Ok(s)
+    }
+}
+
+/// Sets the status a real apiextensions server gives an accepted CRD.
+fn set_crd_status(old: Option<&Value>, crd: &mut Value) {
+    let now = now_rfc3339();
+    let old_cond_time = |t: &str| -> String {
+        old.and_then(|o| o["status"]["conditions"].as_array())
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| now.clone())
+    };
+    let mut names = crd["spec"]["names"].clone();
+    if let Value::Object(n) = &mut names {
+        let kind = n
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        n.entry("singular")
+            .or_insert_with(|| json!(kind.to_lowercase()));
+        n.entry("listKind")
+            .or_insert_with(|| json!(format!("{kind}List")));
+    }
+    let storage: Vec<Value> = crd["spec"]["versions"]
+        .as_array()
+        .map(|vs| {
+            vs.iter()
+                .filter(|v| v["storage"] == true)
+                .map(|v| v["name"].clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut stored: Vec<Value> = old
+        .and_then(|o| o["status"]["storedVersions"].as_array().cloned())
+        .unwrap_or_default();
+    for s in storage {
+        if !stored.contains(&s) {
+            stored.push(s);
+        }
+    }
+    let status = json!({
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+             "message": "no conflicts found", "lastTransitionTime": old_cond_time("NamesAccepted")},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted", "lastTransitionTime": old_cond_time("Established")},
+        ],
+        "acceptedNames": names,
+        "storedVersions": stored,
+    });
+    if let Value::Object(m) = crd {
+        m.insert("status".into(), status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cm(name: &str, ns: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"a": "1"}})
+    }
+
+    fn types(s: &State) -> (Arc<ResourceType>, Arc<ResourceType>) {
+        (
+            s.registry.by_key("configmaps").unwrap(),
+            s.registry.by_key("namespaces").unwrap(),
+        )
+    }
+
+    #[test]
+    fn create_sets_server_fields_and_rejects_duplicates() {
+        let mut s = State::new(100);
+        let (cmt, _) = types(&s);
+        let o = s.create(&cmt, Some("default"), cm("a", ""), false).unwrap();
+        assert_eq!(o["metadata"]["namespace"], "default");
+        assert_eq!(o["metadata"]["generation"], 1);
+        assert!(!meta_str(&o, "uid").is_empty());
+        assert_eq!(rv_of(&o), s.rv.to_string());
+        let e = s
+            .create(&cmt, Some("default"), cm("a", ""), false)
+            .unwrap_err();
+        assert_eq!((e.code, e.reason), (409, "AlreadyExists"));
+        let e = s
+            .create(&cmt, Some("nope"), cm("b", ""), false)
+            .unwrap_err();
+        assert_eq!(e.code, 404);
+        assert_eq!(e.message, "namespaces \"nope\" not found");
+        let e = s
+            .create(&cmt, Some("default"), cm("c", "other"), false)
+            .unwrap_err();
+        assert_eq!(e.code, 400);
+    }
+
+    #[test]
+    fn update_conflicts_generation_and_noops() {
+        let mut s = State::new(100);
+        let (cmt, _) = types(&s);
+        let o = s.create(&cmt, Some("default"), cm("a", ""), false).unwrap();
+        let rv1 = rv_of(&o).to_string();
+        let mut changed = o.clone();
+        changed["data"]["a"] = json!("2");
+        let o2 = s
+            .update(
+                &cmt,
+                Some("default"),
+                "a",
+                changed.clone(),
+                WriteMode::Main,
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            o2["metadata"]["generation"], 2,
+            "data is the spec of a ConfigMap"
+        );
+        assert_ne!(rv_of(&o2), rv1);
+        // Stale resourceVersion.
+        let e = s
+            .update(&cmt, Some("default"), "a", changed, WriteMode::Main, false)
+            .unwrap_err();
+        assert_eq!((e.code, e.reason), (409, "Conflict"));
+        // Same content: no new resourceVersion.
+        let before = s.rv;
+        let same = s
+            .update(
+                &cmt,
+                Some("default"),
+                "a",
+                o2.clone(),
+                WriteMode::Main,
+                false,
+            )
+            .unwrap();
+        assert_eq!(s.rv, before);
+        assert_eq!(same, o2);
+        // Label change does not bump generation.
+        let mut lab = o2.clone();
+        lab["metadata"]["labels"] = json!({"x": "y"});
+        let o3 = s
+            .update(&cmt, Some("default"), "a", lab, WriteMode::Main, false)
+            .unwrap();
+        assert_eq!(o3["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn finalizers_hold_deletion() {
+        let mut s = State::new(100);
+        let (cmt, _) = types(&s);
+        let mut c = cm("f", "");
+        c["metadata"]["finalizers"] = json!(["x/y"]);
+        s.create(&cmt, Some("default"), c, false).unwrap();
+        let out = s.delete(&cmt, "default", "f", &Value::Null, false).unwrap();
+        let DeleteOutcome::Pending(o) = out else {
+            panic!("expected pending")
+        };
+        assert!(!meta_str(&o, "deletionTimestamp").is_empty());
+        let mut cleared = o.clone();
+        cleared["metadata"]["finalizers"] = json!([]);
+        s.update(&cmt, Some("default"), "f", cleared, WriteMode::Main, false)
+            .unwrap();
+        assert!(s.get(&cmt, "default", "f").is_none());
+    }
+
+    #[test]
+    fn namespace_deletion_cascades() {
+        let mut s = State::new(100);
+        let (cmt, nst) = types(&s);
+        s.create(
+            &nst,
+            None,
+            json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team"}}),
+            false,
+        )
+        .unwrap();
+        s.create(&cmt, Some("team"), cm("a", ""), false).unwrap();
+        let out = s.delete(&nst, "", "team", &Value::Null, false).unwrap();
+        assert!(matches!(out, DeleteOutcome::Deleted(_)));
+        assert!(s.get(&cmt, "team", "a").is_none());
+        assert!(s.get(&nst, "", "team").is_none());
+    }
+
+    #[test]
+    fn history_window_compacts() {
+        let mut s = State::new(3);
+        let (cmt, _) = types(&s);
+        for i in 0..5 {
+            s.create(&cmt, Some("default"), cm(&format!("c{i}"), ""), false)
+                .unwrap();
+        }
+        assert!(s.events_after(1).is_err());
+        assert_eq!(s.events_after(s.rv - 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn snapshot_roundtrip_keeps_objects_and_counter() {
+        let mut s = State::new(100);
+        let (cmt, _) = types(&s);
+        s.create(&cmt, Some("default"), cm("a", ""), false).unwrap();
+        let r = State::restore(100, &s.snapshot()).unwrap();
+        assert_eq!(r.rv, s.rv);
+        assert!(r.get(&cmt, "default", "a").is_some());
+        assert!(r.events_after(1).is_err());
+    }
+}

@@ -1,0 +1,476 @@
+//! `meta.k8s.io/v1` Table responses for `kubectl get` (list, single object and watch events).
+//!
+//! The first column is always `Name`; then come the type's printer columns: a CRD's
+//! `additionalPrinterColumns` evaluated with a JSONPath subset (`.a.b`, `['k']`, `[*]`, `[n]`,
+//! `[?(@.f=="v")]` / `!=`), or hand-written columns for built-ins. As in the real server only the
+//! first JSONPath match is used, `date` columns become ages ("5m") and a type without columns gets
+//! `Age`. Rows carry `PartialObjectMetadata` (or the full object with `includeObject=Object`).
+
+use crate::registry::{CellSource, PrinterColumn, ResourceType};
+use crate::util::{human_duration, seconds_since};
+use serde_json::{Value, json};
+
+/// What each row's `object` carries (`includeObject` query parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    pub fn parse(s: Option<&str>) -> IncludeObject {
+        match s {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+}
+
+/// Whether an `Accept` header asks for a Table.
+pub fn wants_table(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| {
+        let params: Vec<&str> = first.split(';').map(str::trim).collect();
+        params.contains(&"as=Table") && params.iter().any(|p| p.starts_with("g=meta.k8s.io"))
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Field(String),
+    Wildcard,
+    Index(i64),
+    Filter(Vec<String>, bool, Value),
+}
+
+fn parse_path(path: &str) -> Option<Vec<Seg>> {
+    let p = path.trim();
+    let p = p
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .unwrap_or(p);
+    let chars: Vec<char> = p.chars().collect();
+    let mut i = 0;
+    let mut segs = Vec::new();
+    while i < chars.len() {
+        match chars[i] {
+            '.' => {
+                i += 1;
+                if chars.get(i) == Some(&'.') {
+                    return None; // recursive descent is not supported
+                }
+                let start = i;
+                while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
+                    i += 1;
+                }
+                let name: String = chars[start..i].iter().collect();
+                if !name.is_empty() {
+                    segs.push(Seg::Field(name));
+                }
+            }
+            '[' => {
+                let start = i + 1;
+                let mut depth = 0;
+                let mut quote: Option<char> = None;
+                i += 1;
+                while i < chars.len() {
+                    let c = chars[i];
+                    match quote {
+                        Some(q) if c == q => quote = None,
+                        Some(_) => {}
+                        None if c == '"' || c == '\'' => quote = Some(c),
+                        None if c == '(' => depth += 1,
+                        None if c == ')' => depth -= 1,
+                        None if c == ']' && depth == 0 => break,
+                        None => {}
+                    }
+                    i += 1;
+                }
+                if i >= chars.len() {
+                    return None;
+                }
+                let inner: String = chars[start..i].iter().collect();
+                i += 1;
+                let inner = inner.trim();
+                if inner == "*" {
+                    segs.push(Seg::Wildcard);
+                } else if let Ok(n) = inner.parse::<i64>() {
+                    segs.push(Seg::Index(n));
+                } else if let Some(f) = inner.strip_prefix("?(").and_then(|x| x.strip_suffix(')')) {
+                    let (lhs, eq, rhs) = if let Some((l, r)) = f.split_once("==") {
+                        (l, true, r)
+                    } else if let Some((l, r)) = f.split_once("!=") {
+                        (l, false, r)
+                    } else {
+                        return None;
+                    };
+                    let lhs = lhs.trim().strip_prefix("@.")?;
+                    let rhs = rhs.trim();
+                    let value = if let Some(s) = rhs
+                        .strip_prefix('"')
+                        .and_then(|x| x.strip_suffix('"'))
+                        .or_else(|| rhs.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+                    {
+                        Value::String(s.to_string())
+                    } else {
+                        serde_json::from_str(rhs).ok()?
+                    };
+                    segs.push(Seg::Filter(
+                        lhs.split('.').map(str::to_string).collect(),
+                        eq,
+                        value,
+                    ));
+                } else if let Some(k) = inner
+                    .strip_prefix('\'')
+                    .and_then(|x| x.strip_suffix('\''))
+                    .or_else(|| inner.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
+                {
+                    segs.push(Seg::Field(k.to_string()));
+                } else {
+                    return None;
+                }
+            }
+            _ => {
+                // A path without a leading dot ("spec.x") is accepted too.
+                let start = i;
+                while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
+                    i += 1;
+                }
+                segs.push(Seg::Field(chars[start..i].iter().collect()));
+            }
+        }
+    }
+    Some(segs)
+}
+
+/// Evaluates the JSONPath subset; every match in document order. Unsupported syntax matches nothing.
+pub fn jsonpath<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
+    let Some(segs) = parse_path(path) else {
+        return Vec::new();
+    };
+    let mut cur = vec![obj];
+    for seg in &segs {
+        let mut next = Vec::new();
+        for v in cur {
+            match seg {
+                Seg::Field(f) => next.extend(v.get(f.as_str())),
+                Seg::Wildcard => match v {
+                    Value::Array(a) => next.extend(a.iter()),
+                    Value::Object(m) => next.extend(m.values()),
+                    _ => {}
+                },
+                Seg::Index(n) => {
+                    if let Value::Array(a) = v {
+                        let idx = if *n < 0 {
+                            i64::try_from(a.len()).ok().map(|l| l + n)
+                        } else {
+                            Some(*n)
+                        };
+                        if let Some(item) = idx
+                            .and_then(|i| usize::try_from(i).ok())
+                            .and_then(|i| a.get(i))
+                        {
+                            next.push(item);
+                        }
+                    }
+                }
+                Seg::Filter(field, eq, want) => {
+                    if let Value::Array(a) = v {
+                        for item in a {
+                            let have = field.iter().try_fold(item, |c, k| c.get(k.as_str()));
+                            if (have == Some(want)) == *eq {
+                                next.push(item);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+fn cell(col: &PrinterColumn, obj: &Value) -> Value {
+    match &col.source {
+        CellSource::Path(p) => {
+            let Some(first) = jsonpath(obj, p).into_iter().next() else {
+                return Value::Null;
+            };
+            match col.type_.as_str() {
+                "date" => first
+                    .as_str()
+                    .and_then(seconds_since)
+                    .map(|s| json!(human_duration(s)))
+                    .unwrap_or(Value::Null),
+                "integer" => first.as_i64().map(Value::from).unwrap_or(Value::Null),
+                "number" => first.as_f64().map(Value::from).unwrap_or(Value::Null),
+                "boolean" => first.as_bool().map(Value::from).unwrap_or(Value::Null),
+                _ => match first {
+                    Value::String(s) => json!(s),
+                    Value::Null => Value::Null,
+                    other => json!(other.to_string()),
+                },
+            }
+        }
+        CellSource::Count(fields) => {
+            let n: usize = fields
+                .iter()
+                .filter_map(|f| obj.get(*f))
+                .map(|v| match v {
+                    Value::Object(m) => m.len(),
+                    Value::Array(a) => a.len(),
+                    _ => 0,
+                })
+                .sum();
+            json!(n)
+        }
+        CellSource::ServicePorts => {
+            let ports: Vec<String> = obj["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let proto = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                        None => format!("{}/{proto}", p["port"]),
+                    }
+                })
+                .collect();
+            json!(if ports.is_empty() {
+                "<none>".to_string()
+            } else {
+                ports.join(",")
+            })
+        }
+        CellSource::ServiceExternalIp => {
+            let ips: Vec<String> = obj["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i["ip"]
+                        .as_str()
+                        .or(i["hostname"].as_str())
+                        .map(str::to_string)
+                })
+                .chain(
+                    obj["spec"]["externalIPs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i.as_str().map(str::to_string)),
+                )
+                .collect();
+            if !ips.is_empty() {
+                json!(ips.join(","))
+            } else if obj["spec"]["type"] == "LoadBalancer" {
+                json!("<pending>")
+            } else {
+                json!("<none>")
+            }
+        }
+        CellSource::EndpointSlicePorts => {
+            let ports: Vec<String> = obj["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["port"].as_i64().map(|p| p.to_string()))
+                .collect();
+            json!(if ports.is_empty() {
+                "<unset>".to_string()
+            } else {
+                ports.join(",")
+            })
+        }
+        CellSource::EndpointSliceEndpoints => {
+            let addrs: Vec<String> = obj["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            json!(if addrs.is_empty() {
+                "<unset>".to_string()
+            } else {
+                addrs.join(",")
+            })
+        }
+        CellSource::EventObject => {
+            let io = &obj["involvedObject"];
+            json!(format!(
+                "{}/{}",
+                io["kind"].as_str().unwrap_or("").to_lowercase(),
+                io["name"].as_str().unwrap_or("")
+            ))
+        }
+        CellSource::NodeStatus => {
+            let ready = obj["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .map(|c| c["status"] == "True");
+            json!(match ready {
+                Some(true) => "Ready",
+                _ => "NotReady",
+            })
+        }
+        CellSource::NodeRoles => {
+            let roles: Vec<&str> = obj["metadata"]["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect();
+            json!(if roles.is_empty() {
+                "<none>".to_string()
+            } else {
+                roles.join(",")
+            })
+        }
+        CellSource::PodReady => {
+            let statuses = obj["status"]["containerStatuses"].as_array();
+            let total = obj["spec"]["containers"].as_array().map_or(0, Vec::len);
+            let ready = statuses
+                .into_iter()
+                .flatten()
+                .filter(|s| s["ready"] == true)
+                .count();
+            json!(format!("{ready}/{total}"))
+        }
+        CellSource::PodRestarts => {
+            let n: i64 = obj["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["restartCount"].as_i64())
+                .sum();
+            json!(n)
+        }
+    }
+}
+
+/// `columnDefinitions` for a type/version (Name first).
+pub fn column_definitions(rt: &ResourceType, version: &str) -> Value {
+    let mut defs = vec![json!({
+        "name": "Name", "type": "string", "format": "name", "priority": 0,
+        "description": "Name must be unique within a namespace."
+    })];
+    for c in rt.columns(version) {
+        defs.push(json!({
+            "name": c.name, "type": c.type_, "format": c.format,
+            "description": c.description, "priority": c.priority,
+        }));
+    }
+    Value::Array(defs)
+}
+
+/// One row for an object (already rewritten to the requested version).
+pub fn row(rt: &ResourceType, version: &str, obj: &Value, include: IncludeObject) -> Value {
+    let mut cells = vec![obj["metadata"]["name"].clone()];
+    for c in rt.columns(version) {
+        cells.push(cell(&c, obj));
+    }
+    let object = match include {
+        IncludeObject::None => Value::Null,
+        IncludeObject::Metadata => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        }),
+        IncludeObject::Object => obj.clone(),
+    };
+    let mut r = json!({"cells": cells});
+    if !object.is_null() {
+        r["object"] = object;
+    }
+    r
+}
+
+/// A whole Table.
+pub fn table(
+    rt: &ResourceType,
+    version: &str,
+    objs: &[Value],
+    list_meta: Value,
+    include: IncludeObject,
+) -> Value {
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": column_definitions(rt, version),
+        "rows": objs.iter().map(|o| row(rt, version, o, include)).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::registry::Registry;
+
+    fn gw() -> Value {
+        json!({"metadata": {"name": "gw", "creationTimestamp": crate::util::now_rfc3339(), "labels": {"a.b/c": "x"}},
+               "spec": {"gatewayClassName": "meridian"},
+               "status": {"addresses": [{"value": "10.0.0.1"}, {"value": "10.0.0.2"}],
+                          "conditions": [{"type": "Accepted", "status": "True"}, {"type": "Programmed", "status": "False"}]}})
+    }
+
+    #[test]
+    fn jsonpath_subset() {
+        let g = gw();
+        assert_eq!(
+            jsonpath(&g, ".spec.gatewayClassName"),
+            vec![&json!("meridian")]
+        );
+        assert_eq!(jsonpath(&g, ".status.addresses[*].value").len(), 2);
+        assert_eq!(
+            jsonpath(&g, ".status.addresses[1].value"),
+            vec![&json!("10.0.0.2")]
+        );
+        assert_eq!(
+            jsonpath(&g, ".status.addresses[-1].value"),
+            vec![&json!("10.0.0.2")]
+        );
+        assert_eq!(
+            jsonpath(&g, r#".status.conditions[?(@.type=="Programmed")].status"#),
+            vec![&json!("False")]
+        );
+        assert_eq!(
+            jsonpath(&g, "{.metadata.labels['a.b/c']}"),
+            vec![&json!("x")]
+        );
+        assert!(jsonpath(&g, ".missing.x").is_empty());
+        assert!(jsonpath(&g, "..name").is_empty());
+        assert!(jsonpath(&g, ".status.conditions[?(@.type=").is_empty());
+    }
+
+    #[test]
+    fn accept_header_detection() {
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_table("application/json"));
+        assert!(!wants_table(
+            "application/json, application/json;as=Table;v=v1;g=meta.k8s.io"
+        ));
+    }
+
+    #[test]
+    fn builtin_rows_and_age_column() {
+        let reg = Registry::default();
+        let cm = reg.by_key("configmaps").unwrap();
+        let obj = json!({"metadata": {"name": "c", "creationTimestamp": crate::util::now_rfc3339()}, "data": {"a": "1", "b": "2"}});
+        let t = table(&cm, "v1", &[obj], json!({}), IncludeObject::Metadata);
+        assert_eq!(t["columnDefinitions"][1]["name"], "Data");
+        assert_eq!(t["rows"][0]["cells"][0], "c");
+        assert_eq!(t["rows"][0]["cells"][1], 2);
+        assert!(t["rows"][0]["cells"][2].as_str().unwrap().ends_with('s'));
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+}

@@ -205,6 +205,7 @@ impl Default for PathMatch {
 
 /// Exact or regular-expression value match.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum ValueMatchType {
     /// Byte-for-byte equal.
     #[default]

@@ -30,7 +30,7 @@ const DOC: &str = r#"{
           "name": "main",
           "matches": [{
             "path": {"type": "pathPrefix", "value": "/api"},
-            "headers": [{"name": "X-Tier", "value": "gold|silver", "type": "RegularExpression"}],
+            "headers": [{"name": "X-Tier", "value": "gold|silver", "type": "regularExpression"}],
             "queryParams": [{"name": "v", "value": "2"}],
             "method": "GET"
           }],

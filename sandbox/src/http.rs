@@ -307,7 +307,12 @@ async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, ApiError> {
 /// Decodes a JSON or YAML document (YAML when the Content-Type says so or JSON fails).
 fn decode_value(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
     if content_type.contains("protobuf") {
-        return Err(ApiError::unsupported_media_type(content_type));
+        // Protobuf bodies (sent by kubectl's imperative `create secret|service|...` generators)
+        // would need the generated Kubernetes protobuf schemas; JSON and YAML cover everything else.
+        return Err(ApiError::unsupported_media_type(
+            content_type,
+            "application/json, application/yaml",
+        ));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));

@@ -34,7 +34,10 @@ impl PatchKind {
             "application/json-patch+json" => Ok(PatchKind::Json),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
             "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchKind::Apply),
-            _ => Err(ApiError::unsupported_media_type(ct)),
+            _ => Err(ApiError::unsupported_media_type(
+                ct,
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json",
+            )),
         }
     }
 }

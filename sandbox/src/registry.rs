@@ -21,6 +21,8 @@ pub enum CellSource {
     Count(&'static [&'static str]),
     ServicePorts,
     ServiceExternalIp,
+    /// `k=v,...` from a string map (Service selector).
+    Selector(&'static str),
     EndpointSlicePorts,
     EndpointSliceEndpoints,
     EventObject,
@@ -288,6 +290,7 @@ pub fn builtin_types() -> Vec<ResourceType> {
                 P::builtin("External-IP", "string", 0, C::ServiceExternalIp),
                 P::builtin("Port(s)", "string", 0, C::ServicePorts),
                 P::age(),
+                P::builtin("Selector", "string", 1, C::Selector("selector")),
             ],
         ),
         builtin(
@@ -409,7 +412,7 @@ pub fn builtin_types() -> Vec<ResourceType> {
             true,
             vec![P::builtin(
                 "Created At",
-                "date",
+                "string",
                 0,
                 C::Path(".metadata.creationTimestamp".into()),
             )],

@@ -272,6 +272,19 @@ fn cell(col: &PrinterColumn, obj: &Value) -> Value {
                 json!("<none>")
             }
         }
+        CellSource::Selector(field) => {
+            let pairs: Vec<String> = obj["spec"][*field]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            json!(if pairs.is_empty() {
+                "<none>".to_string()
+            } else {
+                pairs.join(",")
+            })
+        }
         CellSource::EndpointSlicePorts => {
             let ports: Vec<String> = obj["ports"]
                 .as_array()

@@ -1,0 +1,415 @@
+//! Backend resolution: EndpointSlices by service-name label and port name, Service types,
+//! appProtocol, and ServiceImport across clusters.
+
+use meridian_crds::mcs::{ServiceExport, ServiceExportSpec};
+
+use super::*;
+
+const GW: &str = "same-namespace";
+
+fn endpoints(
+    out: &Output,
+    cluster: &str,
+    route: &str,
+    rule: usize,
+) -> (model::BackendProtocol, Vec<model::Endpoint>) {
+    let l = out.snapshots[cluster]
+        .gateways
+        .iter()
+        .find(|g| g.name == GW)
+        .and_then(|g| g.listeners.iter().find(|l| l.name == "http"))
+        .unwrap();
+    let r = l.routes.iter().find(|r| r.name == route).unwrap();
+    match &r.rules[rule].backends[0].target {
+        model::BackendTarget::Endpoints {
+            protocol,
+            endpoints,
+            ..
+        } => (*protocol, endpoints.clone()),
+        t => panic!("invalid target {t:?}"),
+    }
+}
+
+fn addrs(eps: &[model::Endpoint]) -> Vec<String> {
+    eps.iter()
+        .map(|e| std::net::SocketAddr::new(e.address, e.port).to_string())
+        .collect()
+}
+
+#[test]
+fn endpoints_come_from_slices_by_label_and_port_name() {
+    let mut w = base();
+    let c = east(&mut w);
+    // Two ports; the route uses "http" (8080), whose pods listen on 3000; "admin" maps to 9000.
+    c.apply(svc(
+        INFRA,
+        "multi",
+        &[(Some("admin"), 9090, None), (Some("http"), 8080, None)],
+    ));
+    c.apply(slice(
+        INFRA,
+        "multi-a",
+        "multi",
+        (Some("http"), 3000),
+        &[
+            ("10.3.0.1", None, Some("z1")),
+            ("10.3.0.2", Some(false), Some("z2")),
+        ],
+    ));
+    c.apply(slice(
+        INFRA,
+        "multi-admin",
+        "multi",
+        (Some("admin"), 9000),
+        &[("10.3.0.9", Some(true), None)],
+    ));
+    // The same pod in a second slice while slices are rebalanced, and an FQDN slice: ignored.
+    c.apply(slice(
+        INFRA,
+        "multi-b",
+        "multi",
+        (Some("http"), 3000),
+        &[("10.3.0.1", Some(true), Some("z1"))],
+    ));
+    let mut fqdn = slice(
+        INFRA,
+        "multi-fqdn",
+        "multi",
+        (Some("http"), 3000),
+        &[("backend.example.com", None, None)],
+    );
+    fqdn.address_type = "FQDN".into();
+    c.apply(fqdn);
+    // A slice of another Service with the same port name.
+    c.apply(slice(
+        INFRA,
+        "other",
+        "other",
+        (Some("http"), 3000),
+        &[("10.9.9.9", None, None)],
+    ));
+    c.apply(route(
+        INFRA,
+        "r",
+        vec![parent(GW)],
+        &[],
+        vec![to(vec![backend("multi", 8080)])],
+    ));
+    let out = run(&w, &cfg(&w));
+    let (proto, eps) = endpoints(&out, CLUSTER, "r", 0);
+    assert_eq!(proto, model::BackendProtocol::Http1);
+    assert_eq!(addrs(&eps), ["10.3.0.1:3000", "10.3.0.2:3000"]);
+    assert!(eps[0].ready, "nil readiness means ready");
+    assert!(!eps[1].ready, "not-ready endpoints are kept, marked");
+    assert_eq!((eps[0].zone.as_str(), eps[1].zone.as_str()), ("z1", "z2"));
+    assert_eq!(
+        (eps[0].cluster.as_str(), eps[0].region.as_str()),
+        (CLUSTER, "us-east")
+    );
+
+    // A slice update is seen by the next translation; a deleted slice takes its endpoints along.
+    east(&mut w).apply(slice(
+        INFRA,
+        "multi-a",
+        "multi",
+        (Some("http"), 3000),
+        &[("10.3.0.7", None, None)],
+    ));
+    east(&mut w).delete::<EndpointSlice>(&crate::ObjectKey::new(INFRA, "multi-b"));
+    let out = run(&w, &cfg(&w));
+    assert_eq!(
+        addrs(&endpoints(&out, CLUSTER, "r", 0).1),
+        ["10.3.0.7:3000"]
+    );
+}
+
+#[test]
+fn service_types_without_cluster_ip() {
+    let mut w = base();
+    let c = east(&mut w);
+    // (a) no selector, hand-written IPv4 and IPv6 slices with the Service port's name.
+    c.apply(svc(INFRA, "manual", &[(Some("first-port"), 8080, None)]));
+    c.apply(slice(
+        INFRA,
+        "manual-v4",
+        "manual",
+        (Some("first-port"), 3000),
+        &[("10.4.0.1", None, None)],
+    ));
+    c.apply(slice(
+        INFRA,
+        "manual-v6",
+        "manual",
+        (Some("first-port"), 3000),
+        &[("fd00::1", None, None)],
+    ));
+    // (b) headless with a selector: slices written by the endpoint controller.
+    let mut headless = svc(INFRA, "headless", &[(None, 8080, None)]);
+    let spec = headless.spec.as_mut().unwrap();
+    spec.cluster_ip = Some("None".into());
+    spec.selector = Some(BTreeMap::from([("app".into(), "v1".into())]));
+    c.apply(headless);
+    c.apply(slice(
+        INFRA,
+        "headless-x",
+        "headless",
+        (None, 3000),
+        &[("10.4.0.2", Some(true), None)],
+    ));
+    // (c) headless without a selector.
+    let mut manual_headless = svc(
+        INFRA,
+        "headless-manual",
+        &[(Some("first-port"), 8080, None)],
+    );
+    manual_headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+    c.apply(manual_headless);
+    c.apply(slice(
+        INFRA,
+        "hm",
+        "headless-manual",
+        (Some("first-port"), 3000),
+        &[("10.4.0.3", None, None)],
+    ));
+    c.apply(route(
+        INFRA,
+        "r",
+        vec![parent(GW)],
+        &[],
+        vec![
+            prefix("/manual-endpointslices", vec![backend("manual", 8080)]),
+            prefix("/headless", vec![backend("headless", 8080)]),
+            prefix(
+                "/headless-manual-endpointslices",
+                vec![backend("headless-manual", 8080)],
+            ),
+        ],
+    ));
+    let out = run(&w, &cfg(&w));
+    is(
+        route_parent(&out, INFRA, "r", INFRA, GW),
+        "ResolvedRefs",
+        "True",
+        "ResolvedRefs",
+    );
+    assert_eq!(
+        addrs(&endpoints(&out, CLUSTER, "r", 0).1),
+        ["10.4.0.1:3000", "[fd00::1]:3000"]
+    );
+    assert_eq!(
+        addrs(&endpoints(&out, CLUSTER, "r", 1).1),
+        ["10.4.0.2:3000"]
+    );
+    assert_eq!(
+        addrs(&endpoints(&out, CLUSTER, "r", 2).1),
+        ["10.4.0.3:3000"]
+    );
+}
+
+#[test]
+fn app_protocol_selects_the_upstream_protocol() {
+    let mut w = base();
+    let c = east(&mut w);
+    c.apply(svc(
+        INFRA,
+        "v1",
+        &[
+            (Some("h2c"), 8081, Some("kubernetes.io/h2c")),
+            (Some("ws"), 8082, Some("kubernetes.io/ws")),
+            (Some("tls"), 8443, Some("https")),
+        ],
+    ));
+    c.apply(route(
+        INFRA,
+        "r",
+        vec![parent(GW)],
+        &[],
+        vec![
+            prefix("/h2c", vec![backend("v1", 8081)]),
+            prefix("/ws", vec![backend("v1", 8082)]),
+        ],
+    ));
+    c.apply(route(
+        INFRA,
+        "tls",
+        vec![parent(GW)],
+        &[],
+        vec![to(vec![backend("v1", 8443)])],
+    ));
+    let out = run(&w, &cfg(&w));
+    assert_eq!(
+        endpoints(&out, CLUSTER, "r", 0).0,
+        model::BackendProtocol::H2c
+    );
+    assert_eq!(
+        endpoints(&out, CLUSTER, "r", 1).0,
+        model::BackendProtocol::Http1
+    );
+    is(
+        route_parent(&out, INFRA, "tls", INFRA, GW),
+        "ResolvedRefs",
+        "False",
+        "UnsupportedProtocol",
+    );
+}
+
+/// Three clusters; `shop/cart` is exported from east and west, and a route in `central` sends to
+/// the ServiceImport while another sends to the plain Service.
+fn three_clusters() -> World {
+    let mut w = World::new();
+    for (name, region, zone, ip) in [
+        ("central", "eu-central", "eu-central-1a", "10.10.0.1"),
+        ("east", "us-east", "us-east-1a", "10.20.0.1"),
+        ("west", "us-west", "us-west-2b", "10.30.0.1"),
+    ] {
+        let c = w.add_cluster(name, region, vec![zone.to_string()]);
+        c.apply(class(CLASS, CONTROLLER_NAME));
+        c.apply(svc("shop", "cart", &[(Some("http"), 80, None)]));
+        c.apply(slice(
+            "shop",
+            "cart-1",
+            "cart",
+            (Some("http"), 8080),
+            &[(ip, Some(true), Some(zone))],
+        ));
+        if name != "central" {
+            c.apply(ServiceExport {
+                metadata: meta(Some("shop"), "cart"),
+                spec: ServiceExportSpec {},
+                status: None,
+            });
+        }
+    }
+    let c = w.cluster_mut("central").unwrap();
+    c.apply(gw("shop", GW, vec![http("http", 80)]));
+    let import = HttpRouteRulesBackendRefs {
+        group: Some("multicluster.x-k8s.io".into()),
+        kind: Some("ServiceImport".into()),
+        ..backend("cart", 80)
+    };
+    c.apply(route(
+        "shop",
+        "global",
+        vec![parent(GW)],
+        &[],
+        vec![to(vec![import])],
+    ));
+    c.apply(route(
+        "shop",
+        "local",
+        vec![parent(GW)],
+        &[],
+        vec![to(vec![backend("cart", 80)])],
+    ));
+    w
+}
+
+#[test]
+fn service_import_spans_exporting_clusters() {
+    let mut w = three_clusters();
+    let out = run(&w, &cfg(&w));
+    let (_, eps) = endpoints(&out, "central", "global", 0);
+    let tagged: Vec<(String, String, String, String)> = eps
+        .iter()
+        .map(|e| {
+            (
+                e.address.to_string(),
+                e.cluster.clone(),
+                e.region.clone(),
+                e.zone.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tagged,
+        [
+            (
+                "10.20.0.1".into(),
+                "east".into(),
+                "us-east".into(),
+                "us-east-1a".into()
+            ),
+            (
+                "10.30.0.1".into(),
+                "west".into(),
+                "us-west".into(),
+                "us-west-2b".into()
+            ),
+        ],
+        "only exporting clusters, each endpoint tagged"
+    );
+    assert_eq!(eps.len(), 2);
+    // A Service backendRef stays in its own cluster.
+    let (_, local) = endpoints(&out, "central", "local", 0);
+    assert_eq!(addrs(&local), ["10.10.0.1:8080"]);
+    assert_eq!(local[0].cluster, "central");
+    let p = route_parent_in(&out, "central", "shop", "global");
+    is(p, "ResolvedRefs", "True", "ResolvedRefs");
+    // Other clusters have no Gateway of ours: empty snapshots.
+    assert!(out.snapshots["east"].gateways.is_empty() && out.snapshots["west"].gateways.is_empty());
+
+    // Un-exporting west removes its endpoints; un-exporting everything is BackendNotFound.
+    w.cluster_mut("west")
+        .unwrap()
+        .delete::<ServiceExport>(&crate::ObjectKey::new("shop", "cart"));
+    let out = run(&w, &cfg(&w));
+    assert_eq!(
+        addrs(&endpoints(&out, "central", "global", 0).1),
+        ["10.20.0.1:8080"]
+    );
+    w.cluster_mut("east")
+        .unwrap()
+        .delete::<ServiceExport>(&crate::ObjectKey::new("shop", "cart"));
+    let out = run(&w, &cfg(&w));
+    is(
+        route_parent_in(&out, "central", "shop", "global"),
+        "ResolvedRefs",
+        "False",
+        "BackendNotFound",
+    );
+}
+
+#[test]
+fn service_import_cross_namespace_needs_a_grant() {
+    let mut w = three_clusters();
+    let c = w.cluster_mut("central").unwrap();
+    let import = HttpRouteRulesBackendRefs {
+        group: Some("multicluster.x-k8s.io".into()),
+        kind: Some("ServiceImport".into()),
+        ..backend_in("shop", "cart", 80)
+    };
+    let mut g = gw("front", GW, vec![http("http", 80)]);
+    g.metadata.name = Some("front-gw".into());
+    c.apply(g);
+    c.apply(route(
+        "front",
+        "r",
+        vec![parent("front-gw")],
+        &[],
+        vec![to(vec![import])],
+    ));
+    let out = run(&w, &cfg(&w));
+    is(
+        route_parent_in(&out, "central", "front", "r"),
+        "ResolvedRefs",
+        "False",
+        "RefNotPermitted",
+    );
+    w.cluster_mut("central").unwrap().apply(grant(
+        "shop",
+        "allow",
+        ("gateway.networking.k8s.io", "HTTPRoute", "front"),
+        ("multicluster.x-k8s.io", "ServiceImport", None),
+    ));
+    let out = run(&w, &cfg(&w));
+    is(
+        route_parent_in(&out, "central", "front", "r"),
+        "ResolvedRefs",
+        "True",
+        "ResolvedRefs",
+    );
+}
+
+fn route_parent_in<'a>(out: &'a Output, cluster: &str, ns: &str, name: &str) -> &'a Value {
+    &status_in(out, cluster, StatusKind::HttpRoute, Some(ns), name)["parents"][0]
+}

@@ -24,7 +24,7 @@ use futures::FutureExt;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -289,19 +289,37 @@ fn success_status(rt: &ResourceType, obj: &Value) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 }
 
-async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, ApiError> {
-    if let Ok(len) = header(parts, CONTENT_LENGTH).parse::<usize>()
-        && len > MAX_BODY_BYTES
-    {
+/// Bodies past the limit are still read (and discarded) up to this size, so that the client,
+/// which is usually still sending, sees the 413 instead of a broken pipe.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+async fn read_body(parts: &Parts, mut body: Incoming) -> Result<Bytes, ApiError> {
+    let declared = header(parts, CONTENT_LENGTH).parse::<usize>().ok();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    let mut too_large = declared.is_some_and(|l| l > MAX_BODY_BYTES);
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("error reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > MAX_BODY_BYTES {
+            too_large = true;
+            buf = Vec::new();
+        }
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+        if !too_large {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if too_large {
         return Err(ApiError::too_large());
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large()),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "error reading the request body: {e}"
-        ))),
-    }
+    Ok(Bytes::from(buf))
 }
 
 /// Decodes a JSON or YAML document (YAML when the Content-Type says so or JSON fails).

@@ -213,6 +213,9 @@ pub(crate) struct GatewayState<'a> {
     pub address_problem: Option<Problem>,
     pub addresses: Vec<IpAddr>,
     pub listeners: Vec<ListenerState>,
+    /// Gateway-level references (the backend client certificate): `None` when there are none,
+    /// `Some(None)` when they resolve.
+    pub refs: Option<Option<Problem>>,
 }
 
 /// Validates every Gateway of an owned class.
@@ -274,6 +277,33 @@ fn build<'a>(
             "spec.tls.frontend (client certificate validation) is not supported",
         ));
     }
+    // spec.tls.backend.clientCertificateRef: the proxy does not originate TLS, so the certificate
+    // is never used, but the reference is still checked and reported truthfully.
+    let refs = match tls {
+        Some(GatewayTls {
+            backend:
+                Some(GatewayTlsBackend {
+                    client_certificate_ref: Some(r),
+                }),
+            ..
+        }) => {
+            let GatewayTlsBackendClientCertificateRef {
+                group,
+                kind,
+                name,
+                namespace,
+            } = r;
+            let r = SecretRef {
+                field: "clientCertificateRef",
+                group: group.as_deref().unwrap_or(""),
+                kind: kind.as_deref().unwrap_or("Secret"),
+                namespace: namespace.as_deref().unwrap_or(&key.namespace),
+                name,
+            };
+            Some(resolve_secret(ctx, &key.namespace, r, "InvalidClientCertificateRef").err())
+        }
+        _ => None,
+    };
     let (addrs, address_accept_problem, address_problem) =
         resolve_addresses(ctx, key, addresses.as_deref().unwrap_or_default());
     if let Some(p) = address_accept_problem {
@@ -298,6 +328,7 @@ fn build<'a>(
         address_problem,
         addresses: addrs,
         listeners: states,
+        refs,
     }
 }
 
@@ -533,66 +564,14 @@ fn resolve_certificates(
         namespace,
     } in refs
     {
-        let group = group.as_deref().unwrap_or("");
-        let kind = kind.as_deref().unwrap_or("Secret");
-        let ns = namespace.as_deref().unwrap_or(gw_ns);
-        let result = (|| {
-            if !group.is_empty() || kind != "Secret" {
-                return Err(Problem::new(
-                    "InvalidCertificateRef",
-                    format!(
-                        "certificateRef {ns}/{name}: kind {kind:?} of group {group:?} is not supported (core Secret is)"
-                    ),
-                ));
-            }
-            let from = RefFrom {
-                group: GATEWAY_GROUP,
-                kind: "Gateway",
-                namespace: gw_ns,
-            };
-            let to = RefTo {
-                group: "",
-                kind: "Secret",
-                namespace: ns,
-                name,
-            };
-            if !refgrant::permits(ctx.cluster, from, to) {
-                return Err(Problem::new(
-                    "RefNotPermitted",
-                    format!(
-                        "certificateRef {ns}/{name}: no ReferenceGrant in namespace {ns:?} allows Gateways from {gw_ns:?}"
-                    ),
-                ));
-            }
-            let secret = ctx
-                .cluster
-                .secrets
-                .get(&ObjectKey::new(ns, name.as_str()))
-                .ok_or_else(|| {
-                    Problem::new(
-                        "InvalidCertificateRef",
-                        format!("certificateRef {ns}/{name}: Secret not found"),
-                    )
-                })?;
-            match (&secret.cert_pem, &secret.key_pem) {
-                (Some(c), Some(k))
-                    if has_pem_block(c, |l| l == "CERTIFICATE")
-                        && has_pem_block(k, |l| l.ends_with("PRIVATE KEY")) =>
-                {
-                    Ok(Certificate {
-                        cert_pem: c.clone(),
-                        key_pem: k.clone(),
-                    })
-                }
-                _ => Err(Problem::new(
-                    "InvalidCertificateRef",
-                    format!(
-                        "certificateRef {ns}/{name}: Secret has no PEM certificate in tls.crt and private key in tls.key"
-                    ),
-                )),
-            }
-        })();
-        match result {
+        let r = SecretRef {
+            field: "certificateRef",
+            group: group.as_deref().unwrap_or(""),
+            kind: kind.as_deref().unwrap_or("Secret"),
+            namespace: namespace.as_deref().unwrap_or(gw_ns),
+            name,
+        };
+        match resolve_secret(ctx, gw_ns, r, "InvalidCertificateRef") {
             Ok(c) => certs.push(c),
             Err(p) => {
                 problem.get_or_insert(p);
@@ -600,6 +579,88 @@ fn resolve_certificates(
         }
     }
     (certs, problem)
+}
+
+/// A Gateway's reference to a TLS Secret, defaults applied.
+#[derive(Clone, Copy)]
+struct SecretRef<'a> {
+    /// Field name, for messages.
+    field: &'a str,
+    group: &'a str,
+    kind: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+/// Resolves a Gateway's reference to a `kubernetes.io/tls`-shaped Secret. Every failure but a
+/// missing grant (`RefNotPermitted`) is reported with `invalid_reason`.
+fn resolve_secret(
+    ctx: &Ctx<'_>,
+    gw_ns: &str,
+    r: SecretRef<'_>,
+    invalid_reason: &'static str,
+) -> Result<Certificate, Problem> {
+    let SecretRef {
+        field,
+        group,
+        kind,
+        namespace: ns,
+        name,
+    } = r;
+    if !group.is_empty() || kind != "Secret" {
+        return Err(Problem::new(
+            invalid_reason,
+            format!(
+                "{field} {ns}/{name}: kind {kind:?} of group {group:?} is not supported (core Secret is)"
+            ),
+        ));
+    }
+    let from = RefFrom {
+        group: GATEWAY_GROUP,
+        kind: "Gateway",
+        namespace: gw_ns,
+    };
+    let to = RefTo {
+        group: "",
+        kind: "Secret",
+        namespace: ns,
+        name,
+    };
+    if !refgrant::permits(ctx.cluster, from, to) {
+        return Err(Problem::new(
+            "RefNotPermitted",
+            format!(
+                "{field} {ns}/{name}: no ReferenceGrant in namespace {ns:?} allows Gateways from {gw_ns:?}"
+            ),
+        ));
+    }
+    let secret = ctx
+        .cluster
+        .secrets
+        .get(&ObjectKey::new(ns, name))
+        .ok_or_else(|| {
+            Problem::new(
+                invalid_reason,
+                format!("{field} {ns}/{name}: Secret not found"),
+            )
+        })?;
+    match (&secret.cert_pem, &secret.key_pem) {
+        (Some(c), Some(k))
+            if has_pem_block(c, |l| l == "CERTIFICATE")
+                && has_pem_block(k, |l| l.ends_with("PRIVATE KEY")) =>
+        {
+            Ok(Certificate {
+                cert_pem: c.clone(),
+                key_pem: k.clone(),
+            })
+        }
+        _ => Err(Problem::new(
+            invalid_reason,
+            format!(
+                "{field} {ns}/{name}: Secret has no PEM certificate in tls.crt and private key in tls.key"
+            ),
+        )),
+    }
 }
 
 /// Whether `text` holds a well-formed PEM block whose label passes `label_ok`. This is a shape
@@ -690,6 +751,67 @@ fn detect_conflicts(listeners: &mut [ListenerState]) {
     }
 }
 
+/// Listeners of *different* Gateways that would share a socket (same address and port) must
+/// still be distinguishable, or the proxy refuses the whole cluster's snapshot. Unlike
+/// conflicts inside one Gateway, here the older Gateway (creation time, then namespace/name)
+/// keeps the socket and the newer listener is marked Conflicted and not served.
+pub(crate) fn detect_shared_socket_conflicts(gateways: &mut BTreeMap<ObjectKey, GatewayState<'_>>) {
+    let mut order: Vec<(i64, ObjectKey)> = gateways
+        .iter()
+        .map(|(k, g)| {
+            let created = g
+                .gateway
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_second());
+            (created, k.clone())
+        })
+        .collect();
+    order.sort();
+    let mut claimed: BTreeMap<(IpAddr, u16), Vec<(Protocol, Option<String>, String)>> =
+        BTreeMap::new();
+    for (_, key) in order {
+        let Some(gw) = gateways.get_mut(&key) else {
+            continue;
+        };
+        let Some(address) = gw.addresses.first().copied() else {
+            continue;
+        };
+        if gw.problem.is_some()
+            || gw.address_problem.is_some()
+            || !gw.listeners.iter().any(ListenerState::valid)
+        {
+            // Not served at all, so it claims nothing.
+            continue;
+        }
+        for l in gw.listeners.iter_mut().filter(|l| l.served()) {
+            let Some(protocol) = l.protocol else { continue };
+            let peers = claimed.entry((address, l.port)).or_default();
+            let clash = peers
+                .iter()
+                .find(|(p, h, _)| *p != protocol || *h == l.hostname);
+            match clash {
+                Some((p, _, owner)) => {
+                    let reason = if *p != protocol {
+                        "ProtocolConflict"
+                    } else {
+                        "HostnameConflict"
+                    };
+                    l.conflicted = Some(Problem::new(
+                        reason,
+                        format!(
+                            "{address}:{} is already served by listener {owner} of an older Gateway",
+                            l.port
+                        ),
+                    ));
+                }
+                None => peers.push((protocol, l.hostname.clone(), format!("{key}/{}", l.name))),
+            }
+        }
+    }
+}
+
 fn cond(
     type_: &'static str,
     problem: &Option<Problem>,
@@ -715,6 +837,7 @@ pub(crate) fn finish(
         address_problem,
         addresses,
         listeners,
+        refs,
     } = gw;
     let now = ctx.cfg.now;
     let with_status: Vec<&ListenerState> = listeners.iter().filter(|l| l.has_status).collect();
@@ -778,12 +901,9 @@ pub(crate) fn finish(
                 "Invalid",
                 format!("the proxies refused the configuration: {why}"),
             ),
-            ProgrammedState::Applied(g) => Cond::new(
-                "Programmed",
-                true,
-                "Programmed",
-                format!("served by the proxies (snapshot generation {g})"),
-            ),
+            ProgrammedState::Applied(_) => {
+                Cond::new("Programmed", true, "Programmed", "served by the proxies")
+            }
         }
     };
     let gateway_programmed = programmed.status;
@@ -860,7 +980,21 @@ pub(crate) fn finish(
         attached_listener_sets: None,
         conditions: Some(merge_conditions(
             old_conditions,
-            stamp_all(vec![accepted.clone(), programmed], generation, now),
+            stamp_all(
+                [accepted.clone(), programmed]
+                    .into_iter()
+                    .chain(refs.map(|p| {
+                        cond(
+                            "ResolvedRefs",
+                            &p,
+                            "ResolvedRefs",
+                            "all references resolved",
+                        )
+                    }))
+                    .collect(),
+                generation,
+                now,
+            ),
             now,
         )),
         listeners: Some(listener_status),

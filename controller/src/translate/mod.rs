@@ -109,7 +109,8 @@ pub enum ProgrammedState {
     #[default]
     Pending,
     /// The proxies serve a snapshot containing the latest content of this Gateway (the
-    /// generation they acknowledged): `Programmed=True/Programmed`.
+    /// generation they acknowledged): `Programmed=True/Programmed`. The generation is not written
+    /// into the condition, so a new snapshot does not cause a status write for every Gateway.
     Applied(u64),
     /// The proxies refused the snapshot: `Programmed=False/Invalid` with this reason.
     Refused(String),
@@ -195,6 +196,7 @@ pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
         };
         let classes = gateway::classes(&ctx, &mut out.status);
         let mut gateways = gateway::build_all(&ctx, &classes);
+        gateway::detect_shared_socket_conflicts(&mut gateways);
         let mut backends = backend::Cache::default();
         for (key, route) in &cluster.http_routes {
             if let Some(update) = route::process(&ctx, key, route, &mut gateways, &mut backends) {

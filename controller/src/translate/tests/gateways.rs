@@ -861,3 +861,173 @@ fn all_namespaces_listener_admits_other_namespaces() {
     assert_eq!(p["parentRef"]["namespace"], INFRA);
     assert_eq!(attached(&out, INFRA, "all", "http"), 1);
 }
+
+#[test]
+fn gateways_sharing_an_address_do_not_break_the_snapshot() {
+    let mut w = world();
+    let c = east(&mut w);
+    let mut old = gw(
+        INFRA,
+        "old",
+        vec![host(http("a", 80), "a.example.com"), http("b", 8080)],
+    );
+    old.metadata.creation_timestamp = Some(Time(Timestamp::from_second(10).unwrap()));
+    c.apply(old);
+    c.apply(secret(INFRA, "cert", CERT_PEM, KEY_PEM));
+    // Newer: same hostname on :80 (clash), other hostname on :80 (fine), HTTPS on :8080 (clash).
+    c.apply(gw(
+        INFRA,
+        "new",
+        vec![
+            host(http("same-host", 80), "a.example.com"),
+            host(http("other-host", 80), "b.example.com"),
+            https("tls", 8080, &[("", "cert")]),
+        ],
+    ));
+    let mut c = cfg(&w);
+    let shared: IpAddr = "10.5.5.5".parse().unwrap();
+    for n in ["old", "new"] {
+        c.addresses
+            .insert(GatewayRef::new(CLUSTER, INFRA, n), vec![shared]);
+    }
+    let out = run(&w, &c);
+    is(
+        listener(&out, INFRA, "old", "a"),
+        "Conflicted",
+        "False",
+        "NoConflicts",
+    );
+    is(
+        listener(&out, INFRA, "new", "same-host"),
+        "Conflicted",
+        "True",
+        "HostnameConflict",
+    );
+    is(
+        listener(&out, INFRA, "new", "tls"),
+        "Conflicted",
+        "True",
+        "ProtocolConflict",
+    );
+    is(
+        listener(&out, INFRA, "new", "other-host"),
+        "Conflicted",
+        "False",
+        "NoConflicts",
+    );
+    let served: Vec<_> = snap_gateway(&out, INFRA, "new")
+        .unwrap()
+        .listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(served, ["other-host"]);
+}
+
+#[test]
+fn frontend_client_validation_is_refused_not_ignored() {
+    let mut w = world();
+    let mut g = gw(INFRA, "g", vec![http("http", 80)]);
+    g.spec.tls = Some(GatewayTls {
+        frontend: Some(GatewayTlsFrontend::default()),
+        backend: None,
+    });
+    east(&mut w).apply(g);
+    let out = run(&w, &cfg(&w));
+    is(
+        gateway_status(&out, INFRA, "g"),
+        "Accepted",
+        "False",
+        "Invalid",
+    );
+    assert!(snap_gateway(&out, INFRA, "g").is_none());
+}
+
+#[test]
+fn backend_client_certificate_ref_is_reported() {
+    let with = |r: GatewayTlsBackendClientCertificateRef, secret_too: bool| {
+        let mut w = world();
+        let mut g = gw(INFRA, "g", vec![http("http", 80)]);
+        g.spec.tls = Some(GatewayTls {
+            frontend: None,
+            backend: Some(GatewayTlsBackend {
+                client_certificate_ref: Some(r),
+            }),
+        });
+        east(&mut w).apply(g);
+        if secret_too {
+            east(&mut w).apply(secret(INFRA, "client", CERT_PEM, KEY_PEM));
+            east(&mut w).apply(secret(WEB, "client", CERT_PEM, KEY_PEM));
+        }
+        run(&w, &cfg(&w))
+    };
+    let r = |name: &str| GatewayTlsBackendClientCertificateRef {
+        name: name.into(),
+        ..Default::default()
+    };
+    let out = with(r("client"), true);
+    let g = gateway_status(&out, INFRA, "g");
+    is(g, "ResolvedRefs", "True", "ResolvedRefs");
+    is(g, "Accepted", "True", "Accepted");
+    let out = with(r("client"), false);
+    is(
+        gateway_status(&out, INFRA, "g"),
+        "ResolvedRefs",
+        "False",
+        "InvalidClientCertificateRef",
+    );
+    is(
+        gateway_status(&out, INFRA, "g"),
+        "Accepted",
+        "True",
+        "Accepted",
+    );
+    let wrong_kind = GatewayTlsBackendClientCertificateRef {
+        kind: Some("ConfigMap".into()),
+        ..r("client")
+    };
+    is(
+        gateway_status(&with(wrong_kind, true), INFRA, "g"),
+        "ResolvedRefs",
+        "False",
+        "InvalidClientCertificateRef",
+    );
+    let cross = GatewayTlsBackendClientCertificateRef {
+        namespace: Some(WEB.into()),
+        ..r("client")
+    };
+    is(
+        gateway_status(&with(cross, true), INFRA, "g"),
+        "ResolvedRefs",
+        "False",
+        "RefNotPermitted",
+    );
+    // Without a Gateway-level reference there is no Gateway-level ResolvedRefs condition.
+    let w = base();
+    let out = run(&w, &cfg(&w));
+    let g = gateway_status(&out, INFRA, "same-namespace");
+    assert!(
+        g["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] != "ResolvedRefs")
+    );
+}
+
+#[test]
+fn long_names_and_duplicate_listener_names() {
+    let mut w = world();
+    let long = "g".repeat(253);
+    east(&mut w).apply(gw(INFRA, &long, vec![http("http", 80), http("http", 81)]));
+    let out = run(&w, &cfg(&w));
+    let g = gateway_status(&out, INFRA, &long);
+    is(g, "Accepted", "True", "ListenersNotValid");
+    is(g, "Programmed", "True", "Programmed");
+    assert_eq!(
+        g["listeners"].as_array().unwrap().len(),
+        1,
+        "one status entry per listener name"
+    );
+    assert_eq!(snap_gateway(&out, INFRA, &long).unwrap().listeners.len(), 1);
+}

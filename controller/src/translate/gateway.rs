@@ -751,6 +751,9 @@ fn detect_conflicts(listeners: &mut [ListenerState]) {
     }
 }
 
+/// Protocol, hostname and owning listener of a listener bound to a socket.
+type SocketClaim = (Protocol, Option<String>, String);
+
 /// Listeners of *different* Gateways that would share a socket (same address and port) must
 /// still be distinguishable, or the proxy refuses the whole cluster's snapshot. Unlike
 /// conflicts inside one Gateway, here the older Gateway (creation time, then namespace/name)
@@ -769,8 +772,8 @@ pub(crate) fn detect_shared_socket_conflicts(gateways: &mut BTreeMap<ObjectKey, 
         })
         .collect();
     order.sort();
-    let mut claimed: BTreeMap<(IpAddr, u16), Vec<(Protocol, Option<String>, String)>> =
-        BTreeMap::new();
+    // Socket → (protocol, hostname, owner listener) of the listeners already bound to it.
+    let mut claimed: BTreeMap<(IpAddr, u16), Vec<SocketClaim>> = BTreeMap::new();
     for (_, key) in order {
         let Some(gw) = gateways.get_mut(&key) else {
             continue;

@@ -665,3 +665,92 @@ async fn discovery_openapi_and_tables_over_http() {
     assert_eq!(lines[0]["object"]["rows"][0]["cells"][0], "t1");
     sb.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_accepts_yaml_bodies_and_dry_run_changes_nothing() {
+    let sb = start(&["c1"]).await;
+    let base = sb.clusters()[0].url.clone();
+    let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  labels:\n    app: web\ndata:\n  a: \"1\"\n".to_vec();
+    let path = format!("{CMS}/applied?fieldManager=yaml-user");
+    let r = raw(
+        &base,
+        "PATCH",
+        &path,
+        &[("content-type", "application/apply-patch+yaml")],
+        yaml,
+    )
+    .await;
+    assert_eq!(r.status, 201, "apply creates: {}", r.text());
+    let obj = r.json();
+    assert_eq!(obj["data"]["a"], "1");
+    assert_eq!(obj["metadata"]["managedFields"][0]["manager"], "yaml-user");
+    // Dropping a field from the applied config removes it.
+    let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n  a: \"1\"\n"
+        .to_vec();
+    let r = raw(
+        &base,
+        "PATCH",
+        &path,
+        &[("content-type", "application/apply-patch+yaml")],
+        yaml,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["metadata"]
+            .get("labels")
+            .and_then(|l| l.get("app"))
+            .is_none(),
+        "{}",
+        r.text()
+    );
+
+    // dryRun=All answers as if written but stores nothing.
+    let r = send_json(
+        &base,
+        "POST",
+        &format!("{CMS}?dryRun=All"),
+        "application/json",
+        &cm("dry", None),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(get_json(&base, &format!("{CMS}/dry")).await.status, 404);
+    let r = send_json(
+        &base,
+        "DELETE",
+        &format!("{CMS}/applied?dryRun=All"),
+        "application/json",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(get_json(&base, &format!("{CMS}/applied")).await.status, 200);
+
+    // deletecollection with a label selector.
+    for (n, team) in [("d1", "a"), ("d2", "a"), ("d3", "b")] {
+        let mut o = cm(n, None);
+        o["metadata"]["labels"] = json!({"team": team});
+        assert_eq!(
+            send_json(&base, "POST", CMS, "application/json", &o)
+                .await
+                .status,
+            201
+        );
+    }
+    let r = raw(
+        &base,
+        "DELETE",
+        &format!("{CMS}?labelSelector=team%3Da"),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 2);
+    let left = get_json(&base, &format!("{CMS}?labelSelector=team"))
+        .await
+        .json();
+    assert_eq!(left["items"].as_array().unwrap().len(), 1);
+    sb.shutdown().await;
+}

@@ -823,3 +823,109 @@ async fn persistence_survives_restart() {
     sb.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_kinds_the_controller_uses() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::api::events::v1::Event as EventV1;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+    let sb = start(&["c1"]).await;
+    let client = kube_client(&sb.clusters()[0].url);
+
+    // Services get a cluster IP and port defaults; a selector change bumps generation.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    let svc = svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let spec = svc.spec.unwrap();
+    assert!(spec.cluster_ip.unwrap().starts_with("10.96."));
+    assert_eq!(spec.ports.unwrap()[0].protocol.as_deref(), Some("TCP"));
+    // Strategic merge on built-ins merges ports by port.
+    let patched = svcs
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"ports": [{"port": 443, "name": "https"}]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.spec.unwrap().ports.unwrap().len(), 2);
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "tls"}, "type": "kubernetes.io/tls",
+        "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}),
+    )
+    .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    assert_eq!(secrets.get("tls").await.unwrap().data.unwrap().len(), 2);
+
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let es: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    slices.create(&PostParams::default(), &es).await.unwrap();
+    let found = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+        .await
+        .unwrap();
+    assert_eq!(found.items.len(), 1);
+
+    // Leases: the optimistic-concurrency pattern leader election relies on.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let l: Lease = serde_json::from_value(json!({"metadata": {"name": "meridian"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}})).unwrap();
+    let l = leases.create(&PostParams::default(), &l).await.unwrap();
+    let mut take_a = l.clone();
+    take_a.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("meridian", &PostParams::default(), &take_a)
+        .await
+        .unwrap();
+    let mut take_b = l.clone();
+    take_b.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    let (code, _) = api_err(
+        leases
+            .replace("meridian", &PostParams::default(), &take_b)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 409, "only one candidate wins the lease");
+
+    // The kube-runtime event recorder (events.k8s.io/v1; the second publish patches the series).
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "meridian".into(),
+            instance: None,
+        },
+    );
+    let reference = ObjectReference {
+        kind: Some("Service".into()),
+        api_version: Some("v1".into()),
+        name: Some("web".into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Synced".into(),
+        note: Some("hello".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events: Api<EventV1> = Api::namespaced(client.clone(), "default");
+    let listed = events.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].reason.as_deref(), Some("Synced"));
+    sb.shutdown().await;
+}

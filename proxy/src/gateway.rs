@@ -537,6 +537,13 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
+        if ctx.deadline_passed() {
+            // The whole-request deadline covers the wait for the response header: a header
+            // that arrives after it is too late, whatever it says.
+            let mut e = status_error(504, "request timeout");
+            e.set_retry(false);
+            return Err(e);
+        }
         let code = resp.status.as_u16();
         let retry_listed = ctx
             .matched

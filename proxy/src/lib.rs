@@ -28,9 +28,9 @@ mod admin;
 pub mod endpoints;
 mod gateway;
 mod handle;
-pub mod headers;
+mod headers;
 mod listeners;
-pub mod metrics;
+mod metrics;
 mod mirror;
 mod state;
 
@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 use meridian_model::locality::Locality;
 use meridian_model::{Snapshot, SnapshotError};
 
-pub use gateway::{Ctx, Gateway};
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle};
 
 /// `meridian proxy` arguments.

@@ -106,6 +106,35 @@ async fn echo(
     seen: &Mutex<Vec<Seen>>,
     failures: &Mutex<HashMap<String, u32>>,
 ) -> Response<Full<Bytes>> {
+    let mut headers: HashMap<String, String> = HashMap::new();
+    for (k, v) in req.headers() {
+        let v = v.to_str().unwrap_or("").to_string();
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|old| {
+                old.push(',');
+                old.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    let host = headers
+        .get("host")
+        .cloned()
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let s = Seen {
+        method: req.method().to_string(),
+        path: path.clone(),
+        host: host.clone(),
+        headers: headers.clone(),
+        version: format!("{:?}", req.version()),
+    };
+    seen.lock().unwrap().push(s.clone());
+
     // `Upgrade: websocket`: switch protocols and echo raw bytes back, prefixed with our name.
     if req
         .headers()
@@ -140,34 +169,6 @@ async fn echo(
             .insert("connection", "upgrade".parse().unwrap());
         return resp;
     }
-    let mut headers: HashMap<String, String> = HashMap::new();
-    for (k, v) in req.headers() {
-        let v = v.to_str().unwrap_or("").to_string();
-        headers
-            .entry(k.as_str().to_string())
-            .and_modify(|old| {
-                old.push(',');
-                old.push_str(&v);
-            })
-            .or_insert(v);
-    }
-    let host = headers
-        .get("host")
-        .cloned()
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
-    let s = Seen {
-        method: req.method().to_string(),
-        path: path.clone(),
-        host: host.clone(),
-        headers: headers.clone(),
-        version: format!("{:?}", req.version()),
-    };
-    seen.lock().unwrap().push(s.clone());
 
     if let Some(q) = req.uri().query() {
         for pair in q.split('&') {

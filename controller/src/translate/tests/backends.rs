@@ -63,13 +63,14 @@ fn endpoints_come_from_slices_by_label_and_port_name() {
         (Some("admin"), 9000),
         &[("10.3.0.9", Some(true), None)],
     ));
-    // The same pod in a second slice while slices are rebalanced, and an FQDN slice: ignored.
+    // The same pod in a second slice (while slices are rebalanced) saying not ready: it is ready
+    // if either slice says so, and nil readiness counts as ready. An FQDN slice is ignored.
     c.apply(slice(
         INFRA,
         "multi-b",
         "multi",
         (Some("http"), 3000),
-        &[("10.3.0.1", Some(true), Some("z1"))],
+        &[("10.3.0.1", Some(false), Some("z1"))],
     ));
     let mut fqdn = slice(
         INFRA,

@@ -189,13 +189,14 @@ impl ProxyHandle {
     }
 
     async fn apply_inner(&self, snapshot: Snapshot) -> Result<u64, ApplyError> {
+        // Held for the whole apply so concurrent applies take effect in call order.
+        let mut guard = self.listeners.lock().await;
+        let set = guard.as_mut().ok_or(ApplyError::ShuttingDown)?;
         let router = Router::compile(snapshot)?;
         let certs = parse_certificates(router.snapshot())?;
         let protocols: HashMap<SocketAddr, Protocol> = router.sockets().collect();
         let wanted: Vec<SocketAddr> = protocols.keys().copied().collect();
 
-        let mut guard = self.listeners.lock().await;
-        let set = guard.as_mut().ok_or(ApplyError::ShuttingDown)?;
         let mut fresh = Vec::new();
         for addr in set.missing(&wanted) {
             match listeners::bind(addr) {

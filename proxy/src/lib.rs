@@ -20,9 +20,11 @@
 //!    looks at the router again, so swaps are invisible to requests in flight.
 //! 4. `watch_file` polls a snapshot file and applies each new version (`meridian proxy`).
 //!
-//! Not done yet (see the crate's report): mirror copies carry no body; retries on a listed status
-//! work for requests whose body fits pingora's retry buffer; health checks beyond passive
-//! connect-failure ejection come with the failover feature.
+//! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
+//! need the request body to fit pingora's retry buffer; health checking beyond passive
+//! connect-failure ejection comes with the failover feature; WebSocket upgrades pass through, but
+//! pingora 0.9.1 can tear an upgraded tunnel down right after the `101` when the backend answers
+//! very fast (cloudflare/pingora#946).
 
 mod admin;
 pub mod endpoints;

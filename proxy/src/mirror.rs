@@ -58,7 +58,7 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// A mirror client; must be created inside a tokio runtime only when used (it spawns lazily).
+    /// A mirror client (connections are opened lazily, on the runtime that sends copies).
     pub fn new(metrics: Metrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

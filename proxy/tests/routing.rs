@@ -304,6 +304,32 @@ async fn invalid_backend_is_500_and_no_ready_endpoint_is_503() {
         assert_eq!(get(&c, port, "/none", &[]).await.0, 500);
         assert_eq!(get(&c, port, "/zero", &[]).await.0, 500);
         assert_eq!(a.count(), 0);
+        // A mixed rule: the invalid backend's share of traffic gets 500, the rest is served.
+        p.apply(http_snapshot(
+            2,
+            port,
+            vec![prefix_rule(
+                "/",
+                vec![
+                    echo_backend(&a, 1),
+                    json!({"name": "bad", "weight": 1,
+                           "target": {"type": "invalid", "reason": "RefNotPermitted"}}),
+                ],
+            )],
+        ))
+        .await
+        .unwrap();
+        let mut errors = 0;
+        for _ in 0..200 {
+            match get(&c, port, "/mixed", &[]).await.0 {
+                200 => {}
+                500 => errors += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+        // Binomial(200, 0.5): allow 5 sd either side of 100.
+        assert!((65..=135).contains(&errors), "{errors} answers were 500");
+        assert_eq!(a.count(), 200 - errors);
         p.shutdown().await;
     })
     .await;

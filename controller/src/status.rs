@@ -8,6 +8,12 @@
 //! write; read-modify-write for HTTPRoute, whose `status.parents` list is atomic and shared with
 //! other controllers, re-running [`merge_route_parents`] on the freshly read object.
 //!
+//! For HTTPRoute, [`StatusUpdate::status`] holds the merged list computed against the indexed
+//! copy. When the write hits a conflict (409), the writer re-reads the route, takes our entries
+//! out of the update ([`StatusUpdate::route_parents_of`]) and merges them again with
+//! [`merge_route_parents`] over the fresh list, so entries another controller wrote meanwhile
+//! survive.
+//!
 //! Rules every merge follows:
 //! 1. every condition carries `observedGeneration = metadata.generation`;
 //! 2. `lastTransitionTime` is kept unless the condition's `status` changed;
@@ -74,6 +80,24 @@ pub struct StatusUpdate {
     pub generation: i64,
     /// The complete new `status` object (for HTTPRoute: including other controllers' parents).
     pub status: Value,
+}
+
+impl StatusUpdate {
+    /// For an HTTPRoute update: the parent entries written by `controller` (to re-merge them over
+    /// a freshly read route after a conflict). Empty for other kinds or undecodable values.
+    pub fn route_parents_of(&self, controller: &str) -> Vec<HttpRouteStatusParents> {
+        if self.kind != StatusKind::HttpRoute {
+            return Vec::new();
+        }
+        let parents = self.status.get("parents").cloned().unwrap_or(Value::Null);
+        serde_json::from_value::<Vec<HttpRouteStatusParents>>(parents)
+            .map(|ps| {
+                ps.into_iter()
+                    .filter(|p| p.controller_name == controller)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// A desired condition before it is stamped with time and generation.

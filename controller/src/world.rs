@@ -239,6 +239,31 @@ impl ClusterState {
             .flat_map(|m| m.values().map(|s| s.as_ref()))
     }
 
+    /// A Service by key.
+    pub fn service(&self, key: &ObjectKey) -> Option<&Service> {
+        self.services.get(key).map(Arc::as_ref)
+    }
+
+    /// The Services this cluster exports (ServiceExports present), in key order.
+    pub fn service_exports(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.service_exports.iter()
+    }
+
+    /// The ServiceImports present in this cluster, in key order.
+    pub fn service_imports(&self) -> impl Iterator<Item = (&ObjectKey, &ServiceImport)> {
+        self.service_imports.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// The HTTPRoutes of this cluster, in key order (for the status writer's re-merge).
+    pub fn http_routes(&self) -> impl Iterator<Item = (&ObjectKey, &HttpRoute)> {
+        self.http_routes.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// The Gateways of this cluster, in key order.
+    pub fn gateways(&self) -> impl Iterator<Item = (&ObjectKey, &Gateway)> {
+        self.gateways.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
     /// Whether this cluster exports the Service `key` to the cluster set.
     pub fn exports(&self, key: &ObjectKey) -> bool {
         self.service_exports.contains(key)

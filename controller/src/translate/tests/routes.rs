@@ -1083,3 +1083,31 @@ fn durations() {
         assert!(parse_duration_ms(bad).is_err(), "{bad:?} must be refused");
     }
 }
+
+#[test]
+fn writer_can_re_merge_our_entries_over_a_fresh_copy() {
+    let mut w = base();
+    east(&mut w).apply(route(INFRA, "r", vec![parent(GW)], &[], vec![to(vec![])]));
+    let out = run(&w, &cfg(&w));
+    let update = out
+        .status
+        .iter()
+        .find(|u| u.kind == StatusKind::HttpRoute)
+        .unwrap();
+    let ours = update.route_parents_of(CONTROLLER_NAME);
+    assert_eq!(ours.len(), 1);
+    // Meanwhile another controller wrote its own entry.
+    let mut theirs = ours[0].clone();
+    theirs.controller_name = "example.com/other".into();
+    theirs.parent_ref.name = "elsewhere".into();
+    let merged = crate::status::merge_route_parents(
+        &[theirs.clone()],
+        ours,
+        CONTROLLER_NAME,
+        INFRA,
+        cfg(&w).now,
+    );
+    assert_eq!(merged.len(), 2);
+    assert_eq!(merged[0], theirs);
+    assert_eq!(merged[1].parent_ref.name, GW);
+}

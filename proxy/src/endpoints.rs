@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use meridian_model::locality::{self, Locality};
@@ -28,6 +29,9 @@ pub const EJECTION_TIME: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct Ejections {
     until: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Entries in `until` (expired ones included): lets the request path skip the lock when
+    /// nothing was ever ejected, the common case.
+    entries: AtomicUsize,
 }
 
 impl Ejections {
@@ -42,11 +46,16 @@ impl Ejections {
         let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
         // Keep the map small: drop expired entries whenever we write.
         map.retain(|_, until| *until > now);
-        map.insert(addr, now + duration).is_none()
+        let fresh = map.insert(addr, now + duration).is_none();
+        self.entries.store(map.len(), Ordering::Release);
+        fresh
     }
 
     /// Whether `addr` is ejected right now.
     pub fn is_ejected(&self, addr: &SocketAddr) -> bool {
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
         map.get(addr).is_some_and(|until| *until > Instant::now())
     }

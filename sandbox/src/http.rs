@@ -17,7 +17,7 @@ use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::{Body, Cluster};
 use crate::store::{DeleteOutcome, ObjKey, WriteMode, to_version};
-use crate::table::{self, IncludeObject};
+use crate::table::{self, Format};
 use crate::watch::{WatchRequest, WatchStart, watch_body};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -221,13 +221,12 @@ async fn resource(
 ) -> Result<Response<Body>, ApiError> {
     let t = parse_target(&cluster, group, version, rest)?;
     let accept = header(&parts, ACCEPT).to_string();
-    let table = table::wants_table(&accept)
-        .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str)));
+    let format = Format::from_accept(&accept, q.get("includeObject").map(String::as_str));
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
     match (&parts.method, &t.name) {
-        (&Method::GET, Some(name)) if !t.watch_path => get(&cluster, &t, name, table),
-        (&Method::GET, _) if t.watch_path || q_bool(&q, "watch") => watch(cluster, t, &q, table),
-        (&Method::GET, None) => list(&cluster, &t, &q, table),
+        (&Method::GET, Some(name)) if !t.watch_path => get(&cluster, &t, name, format),
+        (&Method::GET, _) if t.watch_path || q_bool(&q, "watch") => watch(cluster, t, &q, format),
+        (&Method::GET, None) => list(&cluster, &t, &q, format),
         (&Method::POST, None) => {
             let obj = decode_object(
                 &read_body(&parts, body).await?,
@@ -375,7 +374,7 @@ fn get(
     cluster: &Cluster,
     t: &Target,
     name: &str,
-    table: Option<IncludeObject>,
+    format: Format,
 ) -> Result<Response<Body>, ApiError> {
     let obj = cluster
         .lock()
@@ -383,8 +382,9 @@ fn get(
         .cloned()
         .ok_or_else(|| ApiError::not_found(&t.rt.group, &t.rt.plural, name))?;
     let obj = to_version(obj, &t.rt, &t.version);
-    Ok(match table {
-        Some(include) => {
+    Ok(match format {
+        Format::Metadata => json_response(200, &table::partial_metadata(&obj)),
+        Format::Table(include) => {
             let rv = obj["metadata"]["resourceVersion"].clone();
             json_response(
                 200,
@@ -397,7 +397,7 @@ fn get(
                 ),
             )
         }
-        None => json_response(200, &obj),
+        Format::Object => json_response(200, &obj),
     })
 }
 
@@ -440,7 +440,7 @@ fn list(
     cluster: &Cluster,
     t: &Target,
     q: &Query,
-    table: Option<IncludeObject>,
+    format: Format,
 ) -> Result<Response<Body>, ApiError> {
     let (labels, fields) = selectors(q)?;
     let limit: usize = match q.get("limit").map(String::as_str) {
@@ -481,11 +481,20 @@ fn list(
         .into_iter()
         .map(|o| to_version(o, &t.rt, &t.version))
         .collect();
-    Ok(match table {
-        Some(include) => {
+    Ok(match format {
+        Format::Table(include) => {
             json_response(200, &table::table(&t.rt, &t.version, &items, meta, include))
         }
-        None => json_response(
+        Format::Metadata => json_response(
+            200,
+            &json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": meta,
+                "items": items.iter().map(table::partial_metadata).collect::<Vec<_>>(),
+            }),
+        ),
+        Format::Object => json_response(
             200,
             &json!({
                 "kind": t.rt.list_kind,
@@ -501,7 +510,7 @@ fn watch(
     cluster: Arc<Cluster>,
     t: Target,
     q: &Query,
-    table: Option<IncludeObject>,
+    format: Format,
 ) -> Result<Response<Body>, ApiError> {
     let (mut labels, mut fields) = selectors(q)?;
     if let Some(name) = &t.name {
@@ -536,7 +545,7 @@ fn watch(
         start,
         bookmarks: q_bool(q, "allowWatchBookmarks"),
         timeout,
-        table,
+        format,
     };
     Ok(response(200, "application/json", watch_body(cluster, req)))
 }

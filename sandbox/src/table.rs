@@ -28,6 +28,43 @@ impl IncludeObject {
     }
 }
 
+/// The representation a GET/list/watch answers with, from the `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Plain objects (and `<Kind>List`).
+    Object,
+    /// `meta.k8s.io/v1` Table (kubectl get).
+    Table(IncludeObject),
+    /// `PartialObjectMetadata` / `PartialObjectMetadataList` (kube-rs metadata watchers).
+    Metadata,
+}
+
+impl Format {
+    pub fn from_accept(accept: &str, include_object: Option<&str>) -> Format {
+        if wants_table(accept) {
+            return Format::Table(IncludeObject::parse(include_object));
+        }
+        let first = accept.split(',').next().unwrap_or("");
+        let params: Vec<&str> = first.split(';').map(str::trim).collect();
+        if params
+            .iter()
+            .any(|p| *p == "as=PartialObjectMetadata" || *p == "as=PartialObjectMetadataList")
+        {
+            return Format::Metadata;
+        }
+        Format::Object
+    }
+}
+
+/// An object reduced to `PartialObjectMetadata`.
+pub fn partial_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
 /// Whether an `Accept` header asks for a Table.
 pub fn wants_table(accept: &str) -> bool {
     accept.split(',').next().is_some_and(|first| {
@@ -390,11 +427,7 @@ pub fn row(rt: &ResourceType, version: &str, obj: &Value, include: IncludeObject
     }
     let object = match include {
         IncludeObject::None => Value::Null,
-        IncludeObject::Metadata => json!({
-            "kind": "PartialObjectMetadata",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
-        }),
+        IncludeObject::Metadata => partial_metadata(obj),
         IncludeObject::Object => obj.clone(),
     };
     let mut r = json!({"cells": cells});

@@ -17,7 +17,7 @@ use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::{Body, Cluster};
 use crate::store::{EventType, to_version};
-use crate::table::{self, IncludeObject};
+use crate::table::{self, Format};
 use crate::util::namespace_of;
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
@@ -49,8 +49,8 @@ pub struct WatchRequest {
     pub start: WatchStart,
     pub bookmarks: bool,
     pub timeout: Duration,
-    /// `Some` when the client asked for Table objects (`kubectl get -w`).
-    pub table: Option<IncludeObject>,
+    /// Objects, Tables (`kubectl get -w`) or PartialObjectMetadata (metadata watchers).
+    pub format: Format,
 }
 
 struct Watcher {
@@ -114,7 +114,10 @@ async fn next_frame(mut w: Watcher) -> Option<(Result<Frame<Bytes>, Infallible>,
         if !w.started {
             w.started = true;
             w.start();
-        } else {
+        }
+        // Also right after start: changes committed between the client's list and this watch
+        // are already in the history and would otherwise wait for the next commit.
+        if !w.done {
             w.collect();
         }
         if !w.pending.is_empty() || w.done {
@@ -159,8 +162,9 @@ impl Watcher {
 
     fn push_event(&mut self, etype: &str, obj: &Value) {
         let obj = to_version(obj.clone(), &self.req.rt, &self.req.version);
-        let object = match self.req.table {
-            Some(include) => {
+        let object = match self.req.format {
+            Format::Metadata => table::partial_metadata(&obj),
+            Format::Table(include) => {
                 let rv = obj["metadata"]["resourceVersion"].clone();
                 table::table(
                     &self.req.rt,
@@ -170,7 +174,7 @@ impl Watcher {
                     include,
                 )
             }
-            None => obj,
+            Format::Object => obj,
         };
         self.push_line(&json!({"type": etype, "object": object}));
     }

@@ -929,3 +929,93 @@ async fn builtin_kinds_the_controller_uses() {
     assert_eq!(listed.items[0].reason.as_deref(), Some("Synced"));
     sb.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_lists_and_metadata_watchers() {
+    let sb = start(&["c1"]).await;
+    let client = kube_client(&sb.clusters()[0].url);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("m1", "1"))
+        .await
+        .unwrap();
+    let listed = cms.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].name_any(), "m1");
+    assert_eq!(
+        listed.items[0].types.as_ref().unwrap().kind,
+        "PartialObjectMetadata"
+    );
+
+    let meta_api: Api<kube::core::PartialObjectMeta<ConfigMap>> =
+        Api::namespaced(client.clone(), "default");
+    let mut stream = watcher(meta_api, watcher::Config::default()).boxed();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut created = false;
+    while tokio::time::Instant::now() < deadline && !seen.contains(&"m2".to_string()) {
+        let ev = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        match ev.unwrap() {
+            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => seen.push(o.name_any()),
+            watcher::Event::InitDone if !created => {
+                created = true;
+                cms.create(&PostParams::default(), &cm("m2", "1"))
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, vec!["m1", "m2"]);
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_replays_changes_committed_before_it_started() {
+    let sb = start(&["c1"]).await;
+    let client = kube_client(&sb.clusters()[0].url);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    for i in 0..3 {
+        cms.create(&PostParams::default(), &cm(&format!("early-{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    cms.delete("early-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut events = cms
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(WatchEvent::Added(o))) => got.push(format!("ADDED {}", o.name_any())),
+            Some(Ok(WatchEvent::Deleted(o))) => got.push(format!("DELETED {}", o.name_any())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            "ADDED early-0",
+            "ADDED early-1",
+            "ADDED early-2",
+            "DELETED early-1"
+        ]
+    );
+    sb.shutdown().await;
+}

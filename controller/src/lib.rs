@@ -26,6 +26,6 @@ pub mod world;
 pub use status::{StatusKind, StatusUpdate};
 pub use translate::{
     CONTROLLER_NAME, GatewayRef, Output, ProgrammedState, SUPPORTED_FEATURES, TranslateConfig,
-    translate,
+    refresh_endpoints, translate,
 };
 pub use world::{ClusterName, ClusterState, Indexed, Kind, ObjectKey, World};

@@ -32,7 +32,7 @@ use meridian_model::snapshot::{BackendProtocol, BackendTarget, Endpoint};
 use super::{Ctx, Problem};
 use crate::refgrant::{self, RefFrom, RefTo};
 use crate::status::GATEWAY_GROUP;
-use crate::world::{ClusterState, ObjectKey};
+use crate::world::{ClusterState, ObjectKey, World};
 
 /// Group of the MCS kinds.
 pub(crate) const MCS_GROUP: &str = meridian_crds::mcs::GROUP;
@@ -150,17 +150,27 @@ fn resolve_uncached(ctx: &Ctx<'_>, r: BackendRef<'_>) -> Resolved {
     if r.kind == "Service" {
         return service_endpoints(ctx.cluster_name, ctx.cluster, &key, port);
     }
-    // ServiceImport: namespace sameness — the same ns/name exported anywhere in the cluster set.
+    import_endpoints(ctx.world, &key, port, &r.display())
+}
+
+/// The endpoints of ServiceImport `key` port `port`: namespace sameness — the same ns/name
+/// exported from any member cluster, each endpoint tagged with its cluster.
+pub(crate) fn import_endpoints(
+    world: &World,
+    key: &ObjectKey,
+    port: i32,
+    display: &str,
+) -> Resolved {
     let mut protocol = None;
     let mut endpoints = Vec::new();
     let mut exporters = 0;
     let mut failures = Vec::new();
-    for (name, cluster) in &ctx.world.clusters {
-        if !cluster.exports(&key) {
+    for (name, cluster) in &world.clusters {
+        if !cluster.exports(key) {
             continue;
         }
         exporters += 1;
-        match service_endpoints(name, cluster, &key, port) {
+        match service_endpoints(name, cluster, key, port) {
             Ok((p, eps)) => {
                 protocol.get_or_insert(p);
                 endpoints.extend(eps);
@@ -172,16 +182,12 @@ fn resolve_uncached(ctx: &Ctx<'_>, r: BackendRef<'_>) -> Resolved {
         Some(p) => Ok((p, endpoints)),
         None if exporters == 0 => Err(Problem::new(
             "BackendNotFound",
-            format!(
-                "backendRef {}: no member cluster exports {key}",
-                r.display()
-            ),
+            format!("backendRef {display}: no member cluster exports {key}"),
         )),
         None => Err(Problem::new(
             "BackendNotFound",
             format!(
-                "backendRef {}: no exporting cluster has a usable Service ({})",
-                r.display(),
+                "backendRef {display}: no exporting cluster has a usable Service ({})",
                 failures.join("; ")
             ),
         )),

@@ -24,12 +24,16 @@
 //! generation of each cluster, and the clock. Given the same world and config the output is the
 //! same, byte for byte: every map is ordered.
 //!
+//! An EndpointSlice change alone does not need all this: [`refresh_endpoints`] patches the
+//! endpoint lists of the previous snapshots in place.
+//!
 //! Snapshot generations: each snapshot carries `cfg.generations[cluster]` (0 when absent). The
 //! distribution layer compares contents and renumbers: translation neither knows nor needs to know
 //! whether the content changed.
 
 mod backend;
 mod gateway;
+mod refresh;
 mod route;
 mod rules;
 mod selector;
@@ -43,6 +47,7 @@ use meridian_model::Snapshot;
 use crate::status::StatusUpdate;
 use crate::world::{ClusterName, ClusterState, World};
 
+pub use self::refresh::refresh_endpoints;
 pub use self::rules::parse_duration_ms;
 
 /// Default `spec.controllerName` of the GatewayClasses Meridian owns.

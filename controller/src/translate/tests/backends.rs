@@ -414,3 +414,101 @@ fn service_import_cross_namespace_needs_a_grant() {
 fn route_parent_in<'a>(out: &'a Output, cluster: &str, ns: &str, name: &str) -> &'a Value {
     &status_in(out, cluster, StatusKind::HttpRoute, Some(ns), name)["parents"][0]
 }
+
+#[test]
+fn endpoint_refresh_matches_a_full_translation() {
+    let mut w = three_clusters();
+    // Central also sends a mirror of /m to the local Service.
+    let c = w.cluster_mut("central").unwrap();
+    let mirror = HttpRouteRules {
+        filters: Some(vec![HttpRouteRulesFilters {
+            r#type: HttpRouteRulesFiltersType::RequestMirror,
+            request_mirror: Some(HttpRouteRulesFiltersRequestMirror {
+                backend_ref: HttpRouteRulesFiltersRequestMirrorBackendRef {
+                    name: "cart".into(),
+                    port: Some(80),
+                    ..Default::default()
+                },
+                fraction: None,
+                percent: None,
+            }),
+            ..Default::default()
+        }]),
+        ..prefix("/m", vec![])
+    };
+    c.apply(route(
+        "shop",
+        "mirrored",
+        vec![parent(GW)],
+        &[],
+        vec![mirror],
+    ));
+    let cfg = cfg(&w);
+    let before = run(&w, &cfg);
+    let key = crate::ObjectKey::new("shop", "cart");
+
+    // East's exported slice changes: the import backend in central changes.
+    w.cluster_mut("east").unwrap().apply(slice(
+        "shop",
+        "cart-1",
+        "cart",
+        (Some("http"), 8080),
+        &[("10.20.0.2", Some(false), Some("us-east-1b"))],
+    ));
+    let mut snapshots = before.snapshots.clone();
+    let changed = refresh_endpoints(&w, &mut snapshots, "east", &key);
+    assert_eq!(changed.into_iter().collect::<Vec<_>>(), ["central"]);
+    assert_eq!(
+        snapshots,
+        translate(&w, &cfg).snapshots,
+        "patched == retranslated"
+    );
+
+    // Central's own slice changes: the local backend and the mirror change, the import does not
+    // (central does not export).
+    w.cluster_mut("central").unwrap().apply(slice(
+        "shop",
+        "cart-1",
+        "cart",
+        (Some("http"), 8080),
+        &[("10.10.0.9", None, None)],
+    ));
+    let changed = refresh_endpoints(&w, &mut snapshots, "central", &key);
+    assert_eq!(changed.len(), 1);
+    let full = translate(&w, &cfg).snapshots;
+    assert_eq!(snapshots, full);
+    assert_eq!(
+        addrs(&endpoints_in(&full, "central", "local", 0)),
+        ["10.10.0.9:8080"]
+    );
+
+    // Nothing changed: nothing reported.
+    assert!(refresh_endpoints(&w, &mut snapshots, "central", &key).is_empty());
+    // A Service nobody routes to.
+    assert!(
+        refresh_endpoints(
+            &w,
+            &mut snapshots,
+            "west",
+            &crate::ObjectKey::new("shop", "nope")
+        )
+        .is_empty()
+    );
+}
+
+fn endpoints_in(
+    snaps: &BTreeMap<String, model::Snapshot>,
+    cluster: &str,
+    route: &str,
+    rule: usize,
+) -> Vec<model::Endpoint> {
+    let r = snaps[cluster].gateways[0].listeners[0]
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .unwrap();
+    match &r.rules[rule].backends[0].target {
+        model::BackendTarget::Endpoints { endpoints, .. } => endpoints.clone(),
+        t => panic!("{t:?}"),
+    }
+}

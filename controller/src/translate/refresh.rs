@@ -1,0 +1,128 @@
+//! Incremental endpoint updates: an EndpointSlice change without a full translation.
+//!
+//! Translation reads EndpointSlices for one thing only — the endpoint list of a resolved backend
+//! (validity, protocol and status depend on Services, grants and exports, never on slices). So
+//! when only the slices of one Service changed, the previous snapshots stay right except for the
+//! endpoints of the backends that resolve through that Service:
+//!
+//! ```text
+//! slice of svc S changed in cluster X ──► for each port P of S:
+//!     backend "ns/S:P"                  in X's snapshot      ← endpoints of S:P in X
+//!     backend "ns/S:P (ServiceImport)"  in every snapshot    ← endpoints of S:P in all exporters
+//!                                        (only if X exports S)
+//! ```
+//!
+//! Only backends that already resolved (`BackendTarget::Endpoints`) are touched, and mirror
+//! backends are included. Any other kind of change (Service, grant, export, route, Gateway, …)
+//! needs a full [`super::translate`]. The caller renumbers the snapshots that changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_model::snapshot::{
+    Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Snapshot,
+};
+
+use super::backend::{self, BackendRef, MCS_GROUP};
+use crate::world::{ClusterName, ObjectKey, World};
+
+/// Recomputes, in place, the endpoints of every backend that resolves through Service `service`
+/// of member cluster `cluster`, after its EndpointSlices changed. Returns the clusters whose
+/// snapshot content changed.
+pub fn refresh_endpoints(
+    world: &World,
+    snapshots: &mut BTreeMap<ClusterName, Snapshot>,
+    cluster: &str,
+    service: &ObjectKey,
+) -> BTreeSet<ClusterName> {
+    let mut changed = BTreeSet::new();
+    let Some(state) = world.cluster(cluster) else {
+        return changed;
+    };
+    let Some(svc) = state.service(service) else {
+        // No Service: every backend naming it is already invalid; nothing carries endpoints.
+        return changed;
+    };
+    let ports: Vec<i32> = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| p.port)
+        .collect();
+    let exported = state.exports(service);
+    for port in ports {
+        let r = BackendRef {
+            group: "",
+            kind: "Service",
+            namespace: &service.namespace,
+            name: &service.name,
+            port: Some(port),
+        };
+        if let (Some(snapshot), Ok((protocol, eps))) = (
+            snapshots.get_mut(cluster),
+            backend::service_endpoints(cluster, state, service, port),
+        ) && patch(snapshot, &r.display(), protocol, &eps)
+        {
+            changed.insert(cluster.to_string());
+        }
+        if !exported {
+            continue;
+        }
+        let r = BackendRef {
+            group: MCS_GROUP,
+            kind: "ServiceImport",
+            ..r
+        };
+        let name = r.display();
+        if let Ok((protocol, eps)) = backend::import_endpoints(world, service, port, &name) {
+            for (c, snapshot) in snapshots.iter_mut() {
+                if patch(snapshot, &name, protocol, &eps) {
+                    changed.insert(c.clone());
+                }
+            }
+        }
+    }
+    changed
+}
+
+/// Replaces the endpoints of every resolved backend named `name`; returns whether anything changed.
+fn patch(snapshot: &mut Snapshot, name: &str, protocol: BackendProtocol, eps: &[Endpoint]) -> bool {
+    let mut changed = false;
+    let mut visit = |b: &mut Backend| {
+        if b.name != name {
+            return;
+        }
+        if let BackendTarget::Endpoints {
+            protocol: p,
+            endpoints,
+            ..
+        } = &mut b.target
+            && (endpoints.as_slice() != eps || *p != protocol)
+        {
+            *endpoints = eps.to_vec();
+            *p = protocol;
+            changed = true;
+        }
+    };
+    for rule in snapshot
+        .gateways
+        .iter_mut()
+        .flat_map(|g| &mut g.listeners)
+        .flat_map(|l| &mut l.routes)
+        .flat_map(|r| &mut r.rules)
+    {
+        for f in &mut rule.filters {
+            if let Filter::RequestMirror(m) = f {
+                visit(&mut m.backend);
+            }
+        }
+        for b in &mut rule.backends {
+            for f in &mut b.filters {
+                if let Filter::RequestMirror(m) = f {
+                    visit(&mut m.backend);
+                }
+            }
+            visit(b);
+        }
+    }
+    changed
+}

@@ -10,7 +10,7 @@
 //!
 //! 1. [`world`] — the in-memory index of every member cluster's objects, fed by watchers; never
 //!    awaits.
-//! 2. [`translate`] — a pure function from the world to one snapshot per cluster and the status
+//! 2. [`translate`](mod@translate) — a pure function from the world to one snapshot per cluster and the status
 //!    every owned object should have. All Gateway API defaults are applied there.
 //! 3. [`refgrant`] — the single ReferenceGrant check every cross-namespace reference goes through.
 //! 4. [`status`] — status as data and the merge rules that keep writes idempotent.

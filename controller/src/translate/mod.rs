@@ -17,7 +17,7 @@
 //! Everything the Gateway API CRDs would default is defaulted here (our CRDs carry no defaults),
 //! and everything their CEL rules would reject is rejected here with a condition, never by
 //! emitting a snapshot the proxy would refuse: each rule is checked with the proxy's own compiler
-//! before it is kept ([`rules`]), so one bad route cannot take a whole cluster's snapshot down.
+//! before it is kept (module `rules`), so one bad route cannot take a whole cluster's snapshot down.
 //!
 //! Inputs that are not Kubernetes objects come from [`TranslateConfig`]: the controller name, the
 //! addresses each Gateway is served on, what the proxies report (for `Programmed`), the snapshot

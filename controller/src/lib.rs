@@ -15,13 +15,33 @@
 //! 3. [`refgrant`] — the single ReferenceGrant check every cross-namespace reference goes through.
 //! 4. [`status`] — status as data and the merge rules that keep writes idempotent.
 //!
-//! The I/O shell (watchers, the status writer, snapshot distribution) drives these; nothing in
-//! this crate's core talks to an API server.
+//! Nothing in that core talks to an API server. The I/O shell drives it:
+//!
+//! 5. [`watch`] — per member cluster, a supervisor probing CRDs and reachability and one
+//!    kube-runtime watcher per kind, feeding the reconcile loop;
+//! 6. [`controller`](mod@controller) — the reconcile loop (debounce, translate or refresh endpoints,
+//!    publish, submit status), [`Controller::start`] and [`run`];
+//! 7. `writer` — one status writer per cluster (SSA for GatewayClass/Gateway, read-modify-write for
+//!    HTTPRoute parents, retries, no write storms);
+//! 8. [`dataplane`] — the [`DataPlane`] seam to the distribution server, and [`StaticDataPlane`];
+//! 9. [`args`] — `meridian controller` flags ([`ControllerArgs`]); [`metrics`] — Prometheus and the
+//!    admin listener.
 
+pub mod args;
+pub mod controller;
+pub mod dataplane;
+pub mod metrics;
 pub mod refgrant;
 pub mod status;
 pub mod translate;
+pub mod watch;
 pub mod world;
+mod writer;
+
+pub use args::{ClusterSpec, ControllerArgs};
+pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster, run, serve};
+pub use dataplane::{DataPlane, StaticDataPlane};
+pub use writer::FIELD_MANAGER;
 
 pub use status::{StatusKind, StatusUpdate};
 pub use translate::{
@@ -29,3 +49,9 @@ pub use translate::{
     refresh_endpoints, translate,
 };
 pub use world::{ClusterName, ClusterState, Indexed, Kind, ObjectKey, World};
+
+/// Resolves once a shutdown flag turns true (or its sender is gone). Returns `()` so that no
+/// non-`Send` borrow guard lives in the futures that `select!` on it.
+pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(drop);
+}

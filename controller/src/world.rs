@@ -26,6 +26,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
 
+use crate::status::StatusKind;
+
 /// Name of a member cluster, as given on the command line.
 pub type ClusterName = String;
 
@@ -262,6 +264,38 @@ impl ClusterState {
     /// The Gateways of this cluster, in key order.
     pub fn gateways(&self) -> impl Iterator<Item = (&ObjectKey, &Gateway)> {
         self.gateways.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// An HTTPRoute by key (the status writer replaces its status on this copy).
+    pub fn http_route(&self, key: &ObjectKey) -> Option<&Arc<HttpRoute>> {
+        self.http_routes.get(key)
+    }
+
+    /// `metadata.resourceVersion` of the indexed copy of a status-bearing object (GatewayClass
+    /// keys are cluster-scoped). The status writer uses it to recognise a status it already wrote
+    /// against the same copy.
+    pub fn resource_version(&self, kind: StatusKind, key: &ObjectKey) -> Option<&str> {
+        let meta = match kind {
+            StatusKind::GatewayClass => &self.gateway_classes.get(&key.name)?.metadata,
+            StatusKind::Gateway => &self.gateways.get(key)?.metadata,
+            StatusKind::HttpRoute => &self.http_routes.get(key)?.metadata,
+        };
+        meta.resource_version.as_deref()
+    }
+
+    /// Whether a status-bearing object is present in the index.
+    pub fn contains(&self, kind: StatusKind, key: &ObjectKey) -> bool {
+        match kind {
+            StatusKind::GatewayClass => self.gateway_classes.contains_key(&key.name),
+            StatusKind::Gateway => self.gateways.contains_key(key),
+            StatusKind::HttpRoute => self.http_routes.contains_key(key),
+        }
+    }
+
+    /// The Service an indexed EndpointSlice is filed under (from its `kubernetes.io/service-name`
+    /// label), if any.
+    pub fn endpoint_slice_service(&self, slice: &ObjectKey) -> Option<&ObjectKey> {
+        self.slice_owner.get(slice)
     }
 
     /// Whether this cluster exports the Service `key` to the cluster set.

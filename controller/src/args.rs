@@ -1,0 +1,289 @@
+//! Command-line arguments of `meridian controller` and how they become member-cluster clients.
+//!
+//! ```text
+//! --kubeconfig F  (default: $KUBECONFIG list, then ~/.kube/config)
+//! --cluster east=ctx-east@us-east  ─┐
+//! --cluster west@us-west            ├─► Vec<ClusterSpec> ──► connect() ──► MemberCluster { client, … }
+//! --clusters-file clusters.yaml    ─┘     (none given: one member per kubeconfig context)
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde::Deserialize;
+
+use crate::translate::{CONTROLLER_NAME, parse_duration_ms};
+
+/// Arguments of `meridian controller`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Kubeconfig holding one context per member cluster (default: the files listed in
+    /// $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// A member cluster: NAME, the kubeconfig context (defaults to NAME) and the region (defaults
+    /// to NAME). Repeat for every cluster. Without --cluster and --clusters-file every context of
+    /// the kubeconfig is a member.
+    #[arg(long = "cluster", value_name = "NAME[=CONTEXT][@REGION]")]
+    pub clusters: Vec<ClusterSpec>,
+    /// YAML list of member clusters: `- {name: east, context: ctx, region: us-east, zones: [a, b]}`.
+    #[arg(long, value_name = "FILE", conflicts_with = "clusters")]
+    pub clusters_file: Option<PathBuf>,
+    /// GatewayClasses with this spec.controllerName are reconciled.
+    #[arg(long, default_value = CONTROLLER_NAME)]
+    pub controller_name: String,
+    /// Address of the snapshot distribution server proxies connect to. Not available yet: the
+    /// distribution server is a separate crate that is not wired into this command.
+    #[arg(long, value_name = "ADDR")]
+    pub distribution_bind: Option<SocketAddr>,
+    /// Without a distribution server: report every Gateway as served on these addresses and as
+    /// programmed as soon as its snapshot is computed (for demos and tests; nothing is served).
+    #[arg(long = "static-address", value_name = "IP")]
+    pub static_addresses: Vec<IpAddr>,
+    /// Admin listener with /healthz, /readyz and /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// How long the endpoints of an unreachable member cluster keep being served (Gateway API
+    /// duration, e.g. 5m). After that they are withdrawn until the cluster is back.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub endpoint_grace: Duration,
+    /// Quiet time collected after a watch event before translating.
+    #[arg(long, default_value = "30ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    Ok(Duration::from_millis(parse_duration_ms(s)?.unwrap_or(0)))
+}
+
+/// One member cluster as configured.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Name used in snapshots, endpoint tags and logs.
+    pub name: String,
+    /// Kubeconfig context (defaults to `name`).
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Region (defaults to `name`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Zones of the cluster.
+    #[serde(default)]
+    pub zones: Vec<String>,
+}
+
+impl ClusterSpec {
+    /// The kubeconfig context to use.
+    pub fn context(&self) -> &str {
+        self.context.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The region, defaulting to the cluster name.
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Cluster names end up in metrics labels, snapshot fields and logs: keep them DNS-label-like.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        bail!("invalid cluster name {name:?}: use 1-63 lowercase letters, digits and '-'");
+    }
+    Ok(())
+}
+
+impl FromStr for ClusterSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (rest, region) = match s.rsplit_once('@') {
+            Some((rest, region)) if !region.is_empty() => (rest, Some(region.to_string())),
+            Some(_) => return Err(format!("{s:?}: empty region after '@'")),
+            None => (s, None),
+        };
+        let (name, context) = match rest.split_once('=') {
+            Some((name, context)) if !context.is_empty() => (name, Some(context.to_string())),
+            Some(_) => return Err(format!("{s:?}: empty context after '='")),
+            None => (rest, None),
+        };
+        check_name(name).map_err(|e| e.to_string())?;
+        Ok(ClusterSpec {
+            name: name.to_string(),
+            context,
+            region,
+            zones: Vec::new(),
+        })
+    }
+}
+
+/// Reads a clusters file (a YAML list of [`ClusterSpec`]).
+pub fn read_clusters_file(path: &Path) -> anyhow::Result<Vec<ClusterSpec>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let specs: Vec<ClusterSpec> = serde_yaml::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected a list of {{name, context, region, zones}}",
+            path.display()
+        )
+    })?;
+    for s in &specs {
+        check_name(&s.name).with_context(|| path.display().to_string())?;
+    }
+    Ok(specs)
+}
+
+/// Rejects an empty list and duplicate names.
+pub fn check_unique(specs: &[ClusterSpec]) -> anyhow::Result<()> {
+    if specs.is_empty() {
+        bail!("no member clusters: give --cluster, --clusters-file, or a kubeconfig with contexts");
+    }
+    for (i, s) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|o| o.name == s.name) {
+            bail!("cluster {:?} is given twice", s.name);
+        }
+    }
+    Ok(())
+}
+
+impl ControllerArgs {
+    /// Loads the kubeconfig these arguments name.
+    pub fn load_kubeconfig(&self) -> anyhow::Result<Kubeconfig> {
+        match &self.kubeconfig {
+            Some(path) => Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display())),
+            None => {
+                Kubeconfig::read().context("reading the kubeconfig ($KUBECONFIG or ~/.kube/config)")
+            }
+        }
+    }
+
+    /// The member clusters: from --cluster, from --clusters-file, or every context of `kubeconfig`.
+    pub fn cluster_specs(&self, kubeconfig: &Kubeconfig) -> anyhow::Result<Vec<ClusterSpec>> {
+        let specs = if let Some(path) = &self.clusters_file {
+            read_clusters_file(path)?
+        } else if !self.clusters.is_empty() {
+            self.clusters.clone()
+        } else {
+            let mut specs = Vec::new();
+            for c in &kubeconfig.contexts {
+                check_name(&c.name).context(
+                    "naming a member cluster after its kubeconfig context; use --cluster NAME=CONTEXT",
+                )?;
+                specs.push(ClusterSpec {
+                    name: c.name.clone(),
+                    context: None,
+                    region: None,
+                    zones: Vec::new(),
+                });
+            }
+            specs
+        };
+        check_unique(&specs)?;
+        Ok(specs)
+    }
+}
+
+/// A kube client for one member cluster, from its kubeconfig context.
+pub async fn connect(kubeconfig: &Kubeconfig, spec: &ClusterSpec) -> anyhow::Result<kube::Client> {
+    let options = KubeConfigOptions {
+        context: Some(spec.context().to_string()),
+        ..KubeConfigOptions::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+        .await
+        .with_context(|| {
+            format!(
+                "cluster {}: loading kubeconfig context {:?}",
+                spec.name,
+                spec.context()
+            )
+        })?;
+    kube::Client::try_from(config)
+        .with_context(|| format!("cluster {}: building a client", spec.name))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn cluster_flag_forms() {
+        let s: ClusterSpec = "east".parse().unwrap();
+        assert_eq!((s.context(), s.region()), ("east", "east"));
+        let s: ClusterSpec = "east=kind-east@us-east-1".parse().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.context(), s.region()),
+            ("east", "kind-east", "us-east-1")
+        );
+        let s: ClusterSpec = "west@eu".parse().unwrap();
+        assert_eq!((s.context(), s.region()), ("west", "eu"));
+        for bad in ["", "East", "a=", "a@", "-a", "a b=c", "=ctx"] {
+            assert!(bad.parse::<ClusterSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn parses_flags_and_rejects_conflicts() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--cluster",
+            "east@us",
+            "--cluster",
+            "west",
+            "--metrics",
+            "127.0.0.1:0",
+            "--endpoint-grace",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.clusters.len(), 2);
+        assert_eq!(cli.args.endpoint_grace, Duration::from_secs(30));
+        assert_eq!(cli.args.controller_name, CONTROLLER_NAME);
+        assert!(Cli::try_parse_from(["x", "--cluster", "a", "--clusters-file", "f"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--endpoint-grace", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--cluster", "Bad"]).is_err());
+    }
+
+    #[test]
+    fn clusters_file_and_duplicates() {
+        let dir = std::env::temp_dir().join(format!("meridian-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("clusters.yaml");
+        std::fs::write(
+            &f,
+            "- {name: east, context: ctx-e, region: us-east, zones: [a, b]}\n- name: west\n",
+        )
+        .unwrap();
+        let specs = read_clusters_file(&f).unwrap();
+        assert_eq!(specs[0].zones, vec!["a", "b"]);
+        assert_eq!(specs[1].region(), "west");
+        check_unique(&specs).unwrap();
+        assert!(check_unique(&[specs[0].clone(), specs[0].clone()]).is_err());
+        assert!(check_unique(&[]).is_err());
+        std::fs::write(&f, "- {name: east, colour: blue}\n").unwrap();
+        let err = read_clusters_file(&f).unwrap_err();
+        assert!(format!("{err:#}").contains("colour"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,625 @@
+//! The running controller: watchers, the reconcile loop, status writers and the admin listener.
+//!
+//! ```text
+//!  supervisor + watchers (per cluster) ──Msg──► reconcile loop (owns the World)
+//!                                                 1. apply changes; note what they touch
+//!                                                 2. after `debounce` of collecting:
+//!                                                    EndpointSlices only ─► refresh_endpoints
+//!                                                    anything else       ─► translate
+//!                                                 3. snapshots whose content changed ─► DataPlane::publish
+//!                                                 4. status updates ─► StatusWriter (per cluster)
+//!  DataPlane::changes() ──────────────────────────► (full translation: Programmed, addresses)
+//! ```
+//!
+//! A cluster acts (gets snapshots published and status written) once its initial sync is done —
+//! every kind it serves has been listed — and, so that a ServiceImport does not briefly lose the
+//! endpoints of clusters still listing, once every cluster is synced or `startup_grace` has
+//! passed since start. An unreachable cluster therefore delays the others by at most
+//! `startup_grace`, and afterwards not at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::jiff::Timestamp;
+use meridian_model::Snapshot;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::args::{ControllerArgs, connect};
+use crate::dataplane::{DataPlane, StaticDataPlane};
+use crate::metrics::{Metrics, bind_admin, serve_admin};
+use crate::status::StatusKind;
+use crate::translate::{
+    GatewayRef, SUPPORTED_FEATURES, TranslateConfig, refresh_endpoints, translate,
+};
+use crate::watch::{Msg, Touch, WatchCtx, supervise};
+use crate::world::{Kind, ObjectKey, World};
+use crate::writer::{StatusWriter, WriterConfig};
+
+/// A member cluster with its client.
+#[derive(Clone)]
+pub struct MemberCluster {
+    /// Name used in snapshots, endpoint tags, metrics and logs.
+    pub name: String,
+    /// Region of the cluster.
+    pub region: String,
+    /// Zones of the cluster.
+    pub zones: Vec<String>,
+    /// Client for the cluster's API.
+    pub client: kube::Client,
+}
+
+/// Everything [`Controller::start`] needs.
+pub struct ControllerConfig {
+    /// Member clusters (names must be unique).
+    pub clusters: Vec<MemberCluster>,
+    /// GatewayClasses with this `spec.controllerName` are ours.
+    pub controller_name: String,
+    /// Where snapshots go and where `Programmed` and addresses come from.
+    pub data_plane: Arc<dyn DataPlane>,
+    /// Events are collected this long before a translation.
+    pub debounce: Duration,
+    /// How often each cluster's API is probed (CRD discovery and reachability).
+    pub probe_interval: Duration,
+    /// Deadline of one probe.
+    pub probe_timeout: Duration,
+    /// How long an unreachable cluster's EndpointSlices keep being served.
+    pub endpoint_grace: Duration,
+    /// How long synced clusters wait for the others before acting alone.
+    pub startup_grace: Duration,
+    /// Deadline of one status write.
+    pub write_timeout: Duration,
+    /// Longest pause between retries of a failed status write.
+    pub write_backoff_max: Duration,
+    /// Admin listener (/healthz, /readyz, /metrics); port 0 picks one.
+    pub admin: Option<SocketAddr>,
+}
+
+impl ControllerConfig {
+    /// Defaults for everything but the clusters and the data plane.
+    pub fn new(clusters: Vec<MemberCluster>, data_plane: Arc<dyn DataPlane>) -> Self {
+        Self {
+            clusters,
+            controller_name: crate::CONTROLLER_NAME.to_string(),
+            data_plane,
+            debounce: Duration::from_millis(30),
+            probe_interval: Duration::from_secs(10),
+            probe_timeout: Duration::from_secs(5),
+            endpoint_grace: Duration::from_secs(300),
+            startup_grace: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            write_backoff_max: Duration::from_secs(30),
+            admin: None,
+        }
+    }
+}
+
+/// Entry point of the controller.
+pub struct Controller;
+
+/// A running controller; dropping it does not stop it, [`ControllerHandle::shutdown`] does.
+pub struct ControllerHandle {
+    metrics: Arc<Metrics>,
+    readiness: watch::Receiver<Vec<(String, bool)>>,
+    passes: watch::Receiver<u64>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl Controller {
+    /// Starts watchers, the reconcile loop, one status writer per cluster and the admin listener
+    /// on the current tokio runtime.
+    pub async fn start(cfg: ControllerConfig) -> anyhow::Result<ControllerHandle> {
+        let ControllerConfig {
+            clusters,
+            controller_name,
+            data_plane,
+            debounce,
+            probe_interval,
+            probe_timeout,
+            endpoint_grace,
+            startup_grace,
+            write_timeout,
+            write_backoff_max,
+            admin,
+        } = cfg;
+        crate::args::check_unique(
+            &clusters
+                .iter()
+                .map(|c| crate::args::ClusterSpec {
+                    name: c.name.clone(),
+                    context: None,
+                    region: None,
+                    zones: Vec::new(),
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let names: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+        let (ready_tx, ready_rx) =
+            watch::channel(names.iter().map(|n| (n.clone(), false)).collect());
+        let (passes_tx, passes_rx) = watch::channel(0u64);
+        let mut tasks = Vec::new();
+
+        let admin_addr = match admin {
+            Some(addr) => {
+                let listener = bind_admin(addr).await?;
+                let local = listener.local_addr().context("admin listener address")?;
+                tasks.push(tokio::spawn(serve_admin(
+                    listener,
+                    Arc::clone(&metrics),
+                    ready_rx.clone(),
+                    shutdown_rx.clone(),
+                )));
+                tracing::info!(addr = %local, "admin listener (/healthz, /readyz, /metrics)");
+                Some(local)
+            }
+            None => None,
+        };
+
+        let writer_cfg = WriterConfig {
+            controller_name: controller_name.clone(),
+            timeout: write_timeout,
+            backoff_base: Duration::from_millis(250),
+            backoff_max: write_backoff_max,
+        };
+        // Bounded: a burst of watch events waits for the loop instead of growing memory.
+        let (tx, rx) = mpsc::channel::<Msg>(4096);
+        let mut world = World::new();
+        let mut writers = Vec::new();
+        for (i, c) in clusters.iter().enumerate() {
+            world.add_cluster(c.name.clone(), c.region.clone(), c.zones.clone());
+            let name: Arc<str> = Arc::from(c.name.as_str());
+            metrics.cluster_synced.with_label_values(&[&c.name]).set(0);
+            let writer = StatusWriter::new(name.clone(), Arc::clone(&metrics));
+            tasks.push(tokio::spawn(writer.clone().run(
+                c.client.clone(),
+                writer_cfg.clone(),
+                shutdown_rx.clone(),
+            )));
+            writers.push(writer);
+            let ctx = WatchCtx {
+                cluster: i,
+                name,
+                client: c.client.clone(),
+                tx: tx.clone(),
+                metrics: Arc::clone(&metrics),
+                probe_interval,
+                probe_timeout,
+                endpoint_grace,
+            };
+            tasks.push(tokio::spawn(supervise(ctx, shutdown_rx.clone())));
+        }
+        drop(tx);
+        let reconciler = Reconciler {
+            world,
+            names: names.clone(),
+            pending_kinds: vec![None; names.len()],
+            synced: vec![false; names.len()],
+            started: Instant::now(),
+            startup_grace,
+            data_plane,
+            writers,
+            controller_name,
+            current: BTreeMap::new(),
+            published: BTreeMap::new(),
+            translated: false,
+            dirty_full: false,
+            dirty_services: BTreeMap::new(),
+            metrics: Arc::clone(&metrics),
+            ready_tx,
+            passes_tx,
+            last_prune: Instant::now(),
+        };
+        tasks.push(tokio::spawn(reconciler.run(rx, debounce, shutdown_rx)));
+        Ok(ControllerHandle {
+            metrics,
+            readiness: ready_rx,
+            passes: passes_rx,
+            shutdown: shutdown_tx,
+            tasks,
+            admin_addr,
+        })
+    }
+}
+
+impl ControllerHandle {
+    /// The controller's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Where the admin listener is bound, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Each cluster with whether its initial sync is done.
+    pub fn readiness(&self) -> Vec<(String, bool)> {
+        self.readiness.borrow().clone()
+    }
+
+    /// Waits until every cluster finished its initial sync, or fails after `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mut rx = self.readiness.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|r| r.iter().all(|(_, ok)| *ok)))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "clusters not synced after {timeout:?}: {:?}",
+                    self.readiness()
+                )
+            })?
+            .map(drop)
+            .map_err(|_| anyhow::anyhow!("controller stopped"))
+    }
+
+    /// Number of reconcile passes so far (each translation or endpoint refresh).
+    pub fn passes(&self) -> u64 {
+        *self.passes.borrow()
+    }
+
+    /// Stops every task and waits for them (bounded).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+struct Reconciler {
+    world: World,
+    names: Vec<String>,
+    /// Kinds whose first list each cluster still waits for (`None` before the first probe).
+    pending_kinds: Vec<Option<BTreeSet<Kind>>>,
+    synced: Vec<bool>,
+    started: Instant,
+    startup_grace: Duration,
+    data_plane: Arc<dyn DataPlane>,
+    writers: Vec<StatusWriter>,
+    controller_name: String,
+    /// Latest computed snapshot per cluster.
+    current: BTreeMap<String, Snapshot>,
+    /// Latest published snapshot per cluster.
+    published: BTreeMap<String, Snapshot>,
+    translated: bool,
+    dirty_full: bool,
+    dirty_services: BTreeMap<usize, BTreeSet<ObjectKey>>,
+    metrics: Arc<Metrics>,
+    ready_tx: watch::Sender<Vec<(String, bool)>>,
+    passes_tx: watch::Sender<u64>,
+    last_prune: Instant,
+}
+
+/// How often deleted objects are forgotten by the status writers.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl Reconciler {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        debounce: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut dp_changes = self.data_plane.changes();
+        let mut dp_open = true;
+        let mut deadline: Option<Instant> = None;
+        let grace_end = self.started + self.startup_grace;
+        let mut grace_pending = true;
+        loop {
+            let wake = deadline;
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => {
+                        if self.handle(msg) {
+                            deadline.get_or_insert_with(|| Instant::now() + debounce);
+                        }
+                    }
+                    None => return,
+                },
+                changed = dp_changes.changed(), if dp_open => {
+                    if changed.is_err() {
+                        dp_open = false;
+                    } else {
+                        self.dirty_full = true;
+                        deadline.get_or_insert_with(|| Instant::now() + debounce);
+                    }
+                }
+                _ = tokio::time::sleep_until(grace_end), if grace_pending => {
+                    grace_pending = false;
+                    if !self.synced.iter().all(|s| *s) {
+                        tracing::warn!(
+                            waiting_for = ?self.unsynced(),
+                            "startup grace over: synced clusters act without the others"
+                        );
+                        self.dirty_full = true;
+                        deadline.get_or_insert_with(Instant::now);
+                    }
+                }
+                _ = async { if let Some(t) = wake { tokio::time::sleep_until(t).await } }, if wake.is_some() => {
+                    deadline = None;
+                    self.pass();
+                }
+                _ = crate::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    fn unsynced(&self) -> Vec<&str> {
+        self.names
+            .iter()
+            .zip(&self.synced)
+            .filter(|(_, s)| !**s)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// Applies one message; returns whether a pass is needed.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Watching { cluster, kinds } => {
+                if let Some(p) = self.pending_kinds.get_mut(cluster) {
+                    *p = Some(kinds);
+                }
+                self.check_synced(cluster)
+            }
+            Msg::Change {
+                cluster,
+                kind,
+                mutation,
+                list_done,
+            } => {
+                let Some(state) = self
+                    .names
+                    .get(cluster)
+                    .and_then(|n| self.world.cluster_mut(n))
+                else {
+                    return false;
+                };
+                let touch = mutation(state);
+                let mut needed = match touch {
+                    Touch::Nothing => false,
+                    Touch::Full => {
+                        self.dirty_full = true;
+                        true
+                    }
+                    Touch::Services(svcs) => {
+                        let set = self.dirty_services.entry(cluster).or_default();
+                        let any = !svcs.is_empty();
+                        set.extend(svcs);
+                        any
+                    }
+                };
+                if list_done {
+                    if let Some(Some(p)) = self.pending_kinds.get_mut(cluster) {
+                        p.remove(&kind);
+                    }
+                    needed |= self.check_synced(cluster);
+                }
+                needed
+            }
+        }
+    }
+
+    /// Marks a cluster synced when nothing is pending; returns whether that just happened.
+    fn check_synced(&mut self, cluster: usize) -> bool {
+        let done = matches!(self.pending_kinds.get(cluster), Some(Some(p)) if p.is_empty());
+        if !done || self.synced.get(cluster).copied().unwrap_or(true) {
+            return false;
+        }
+        self.synced[cluster] = true;
+        let name = &self.names[cluster];
+        tracing::info!(cluster = %name, "initial sync done");
+        self.metrics
+            .cluster_synced
+            .with_label_values(&[name])
+            .set(1);
+        let readiness = self
+            .names
+            .iter()
+            .cloned()
+            .zip(self.synced.iter().copied())
+            .collect();
+        self.ready_tx.send_replace(readiness);
+        self.dirty_full = true;
+        true
+    }
+
+    fn can_act(&self, cluster: &str) -> bool {
+        let Some(i) = self.names.iter().position(|n| n == cluster) else {
+            return false;
+        };
+        self.synced[i]
+            && (self.synced.iter().all(|s| *s) || self.started.elapsed() >= self.startup_grace)
+    }
+
+    fn pass(&mut self) {
+        if self.dirty_full || !self.translated {
+            self.full_pass();
+        } else {
+            self.endpoints_pass();
+        }
+        self.dirty_full = false;
+        self.dirty_services.clear();
+        self.publish_changed();
+        self.passes_tx.send_modify(|n| *n += 1);
+    }
+
+    fn full_pass(&mut self) {
+        let started = std::time::Instant::now();
+        let mut cfg = TranslateConfig {
+            controller_name: self.controller_name.clone(),
+            supported_features: SUPPORTED_FEATURES.iter().map(|s| s.to_string()).collect(),
+            now: Timestamp::now(),
+            ..TranslateConfig::default()
+        };
+        for (cluster, state) in &self.world.clusters {
+            for (key, _) in state.gateways() {
+                let gw = GatewayRef::new(cluster.clone(), key.namespace.clone(), key.name.clone());
+                let addresses: Vec<IpAddr> = self.data_plane.addresses(&gw);
+                cfg.programmed
+                    .insert(gw.clone(), self.data_plane.programmed(&gw));
+                if !addresses.is_empty() {
+                    cfg.addresses.insert(gw, addresses);
+                }
+            }
+        }
+        cfg.generations = self
+            .published
+            .iter()
+            .map(|(c, s)| (c.clone(), s.generation))
+            .collect();
+        let out = translate(&self.world, &cfg);
+        self.metrics.translations.with_label_values(&["full"]).inc();
+        self.metrics
+            .translate_seconds
+            .with_label_values(&["full"])
+            .observe(started.elapsed().as_secs_f64());
+        self.current = out.snapshots;
+        self.translated = true;
+        for update in out.status {
+            if !self.can_act(&update.cluster) {
+                // Written once the cluster acts: that triggers a full pass which emits it again.
+                continue;
+            }
+            let Some(i) = self.names.iter().position(|n| *n == update.cluster) else {
+                continue;
+            };
+            let key = ObjectKey::new(
+                update.namespace.clone().unwrap_or_default(),
+                update.name.clone(),
+            );
+            let state = self.world.cluster(&update.cluster);
+            let source_rv = state
+                .and_then(|s| s.resource_version(update.kind, &key))
+                .map(str::to_string);
+            let route = match update.kind {
+                StatusKind::HttpRoute => state.and_then(|s| s.http_route(&key)).cloned(),
+                _ => None,
+            };
+            self.writers[i].submit(update, source_rv, route);
+        }
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.last_prune = Instant::now();
+            for (i, w) in self.writers.iter().enumerate() {
+                if let Some(state) = self.world.cluster(&self.names[i]) {
+                    w.prune(|kind, ns, name| state.contains(kind, &ObjectKey::new(ns, name)));
+                }
+            }
+        }
+    }
+
+    fn endpoints_pass(&mut self) {
+        let started = std::time::Instant::now();
+        for (i, services) in &self.dirty_services {
+            let name = &self.names[*i];
+            for svc in services {
+                refresh_endpoints(&self.world, &mut self.current, name, svc);
+            }
+        }
+        self.metrics
+            .translations
+            .with_label_values(&["endpoints"])
+            .inc();
+        self.metrics
+            .translate_seconds
+            .with_label_values(&["endpoints"])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Publishes every snapshot whose content differs from the last one published.
+    fn publish_changed(&mut self) {
+        let clusters: Vec<String> = self.current.keys().cloned().collect();
+        for cluster in clusters {
+            if !self.can_act(&cluster) {
+                continue;
+            }
+            let Some(snapshot) = self.current.get_mut(&cluster) else {
+                continue;
+            };
+            let previous = self.published.get(&cluster);
+            if previous
+                .is_some_and(|p| p.schema == snapshot.schema && p.gateways == snapshot.gateways)
+            {
+                continue;
+            }
+            snapshot.generation = previous.map_or(1, |p| p.generation + 1);
+            let snapshot = snapshot.clone();
+            tracing::debug!(cluster = %cluster, generation = snapshot.generation, "publishing snapshot");
+            self.metrics
+                .snapshots_published
+                .with_label_values(&[&cluster])
+                .inc();
+            self.data_plane.publish(&cluster, snapshot.clone());
+            self.published.insert(cluster, snapshot);
+        }
+    }
+}
+
+/// Runs `meridian controller` on its own runtime until Ctrl-C.
+pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(args, None))
+}
+
+/// Runs the controller on the current runtime until Ctrl-C. `data_plane` is the seam for the
+/// distribution server; without one, `--static-address` decides what Gateways report (see
+/// [`StaticDataPlane`]).
+pub async fn serve(
+    args: ControllerArgs,
+    data_plane: Option<Arc<dyn DataPlane>>,
+) -> anyhow::Result<()> {
+    let data_plane = match (data_plane, args.distribution_bind) {
+        (Some(dp), _) => dp,
+        (None, Some(addr)) => anyhow::bail!(
+            "--distribution-bind {addr}: the distribution server is not wired into this build yet \
+             (a DataPlane must be passed to meridian_controller::serve); use --static-address to \
+             run without proxies"
+        ),
+        (None, None) => {
+            if args.static_addresses.is_empty() {
+                tracing::warn!(
+                    "no data plane: Gateways will report Programmed=False (AddressNotAssigned); \
+                     pass --static-address to report fixed addresses"
+                );
+            }
+            StaticDataPlane::new(args.static_addresses.clone()) as Arc<dyn DataPlane>
+        }
+    };
+    let kubeconfig = args.load_kubeconfig()?;
+    let specs = args.cluster_specs(&kubeconfig)?;
+    let mut clusters = Vec::new();
+    for spec in &specs {
+        let client = connect(&kubeconfig, spec).await?;
+        tracing::info!(cluster = %spec.name, context = spec.context(), region = spec.region(), "member cluster");
+        clusters.push(MemberCluster {
+            name: spec.name.clone(),
+            region: spec.region().to_string(),
+            zones: spec.zones.clone(),
+            client,
+        });
+    }
+    let mut cfg = ControllerConfig::new(clusters, data_plane);
+    cfg.controller_name = args.controller_name.clone();
+    cfg.endpoint_grace = args.endpoint_grace;
+    cfg.debounce = args.debounce;
+    cfg.admin = args.metrics;
+    let handle = Controller::start(cfg).await?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The seam between the controller and whatever serves its snapshots to proxies.
+//!
+//! ```text
+//!  reconcile loop ── publish(cluster, snapshot) ──► DataPlane ──► proxies (distribution server)
+//!        ▲                                             │
+//!        └── changes() ticks ◄── acks / addresses ─────┘
+//!            then programmed(gw), addresses(gw) feed the next translation
+//! ```
+//!
+//! The distribution server (crate `meridian-distribution`) implements this trait; until it is
+//! wired in, [`StaticDataPlane`] stands in: a fixed address list for every Gateway, every
+//! published snapshot counted as applied at once, and every snapshot kept for inspection. It
+//! reports the truth about what it is — nothing is actually served — so it is meant for tests and
+//! for running the controller without proxies (`--static-address`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use meridian_model::Snapshot;
+use tokio::sync::watch;
+
+use crate::translate::{GatewayRef, ProgrammedState};
+
+/// Where snapshots go and where `Programmed` and Gateway addresses come from.
+///
+/// Implementations must not block: the reconcile loop calls these methods inline.
+pub trait DataPlane: Send + Sync + 'static {
+    /// Hands the latest snapshot of a member cluster's Gateways to the proxies serving it. Called
+    /// only when the content changed; `snapshot.generation` increases with every call for the
+    /// same cluster.
+    fn publish(&self, cluster: &str, snapshot: Snapshot);
+    /// What the proxies report for a Gateway (drives `Programmed`).
+    fn programmed(&self, gw: &GatewayRef) -> ProgrammedState;
+    /// Addresses the Gateway is served on (the first binds its listeners); empty means none
+    /// assigned (`Programmed=False/AddressNotAssigned`).
+    fn addresses(&self, gw: &GatewayRef) -> Vec<IpAddr>;
+    /// Ticks whenever what [`DataPlane::programmed`] or [`DataPlane::addresses`] return may have
+    /// changed; the controller then translates again.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// A [`DataPlane`] without proxies: fixed addresses, instant "acknowledgement", and a record of
+/// every published snapshot.
+pub struct StaticDataPlane {
+    inner: Mutex<StaticInner>,
+    changes: watch::Sender<u64>,
+    published: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct StaticInner {
+    addresses: Vec<IpAddr>,
+    overrides: BTreeMap<GatewayRef, ProgrammedState>,
+    snapshots: BTreeMap<String, Snapshot>,
+    publish_counts: BTreeMap<String, u64>,
+}
+
+impl StaticDataPlane {
+    /// Every Gateway gets `addresses` and is `Programmed` as soon as a snapshot is published.
+    pub fn new(addresses: Vec<IpAddr>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(StaticInner {
+                addresses,
+                ..StaticInner::default()
+            }),
+            changes: watch::channel(0).0,
+            published: watch::channel(0).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StaticInner> {
+        // A poisoned lock only means a panic elsewhere while holding plain data; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The latest snapshot published for a cluster.
+    pub fn snapshot(&self, cluster: &str) -> Option<Snapshot> {
+        self.lock().snapshots.get(cluster).cloned()
+    }
+
+    /// How many snapshots were published for a cluster.
+    pub fn publish_count(&self, cluster: &str) -> u64 {
+        self.lock()
+            .publish_counts
+            .get(cluster)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Ticks on every publish (to wait for a snapshot without polling blindly).
+    pub fn subscribe_published(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    /// Replaces the address list (ticks [`DataPlane::changes`]).
+    pub fn set_addresses(&self, addresses: Vec<IpAddr>) {
+        self.lock().addresses = addresses;
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Reports `state` for one Gateway instead of "applied" (ticks [`DataPlane::changes`]);
+    /// `None` removes the override.
+    pub fn set_programmed(&self, gw: GatewayRef, state: Option<ProgrammedState>) {
+        {
+            let mut inner = self.lock();
+            match state {
+                Some(s) => inner.overrides.insert(gw, s),
+                None => inner.overrides.remove(&gw),
+            };
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+impl DataPlane for StaticDataPlane {
+    fn publish(&self, cluster: &str, snapshot: Snapshot) {
+        {
+            let mut inner = self.lock();
+            inner.snapshots.insert(cluster.to_string(), snapshot);
+            *inner.publish_counts.entry(cluster.to_string()).or_default() += 1;
+        }
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    fn programmed(&self, gw: &GatewayRef) -> ProgrammedState {
+        let inner = self.lock();
+        if let Some(state) = inner.overrides.get(gw) {
+            return state.clone();
+        }
+        let generation = inner.snapshots.get(&gw.cluster).map_or(0, |s| s.generation);
+        ProgrammedState::Applied(generation)
+    }
+
+    fn addresses(&self, _gw: &GatewayRef) -> Vec<IpAddr> {
+        self.lock().addresses.clone()
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn static_data_plane_records_and_overrides() {
+        let dp = StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);
+        let gw = GatewayRef::new("east", "ns", "gw");
+        let mut changes = dp.changes();
+        assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(0));
+        dp.publish("east", Snapshot::empty(3));
+        assert_eq!(dp.publish_count("east"), 1);
+        assert_eq!(dp.snapshot("east").unwrap().generation, 3);
+        assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(3));
+        dp.set_programmed(gw.clone(), Some(ProgrammedState::Pending));
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert_eq!(dp.programmed(&gw), ProgrammedState::Pending);
+        dp.set_addresses(vec![]);
+        assert!(changes.has_changed().unwrap());
+        assert!(dp.addresses(&gw).is_empty());
+    }
+}

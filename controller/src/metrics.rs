@@ -1,0 +1,298 @@
+//! Prometheus metrics of the controller and the admin listener that serves them.
+//!
+//! Every [`Metrics`] owns its own registry (several controllers can run in one test process).
+//! The admin listener answers `/healthz` (the process runs), `/readyz` (every member cluster
+//! finished its initial sync at least once; the body lists each cluster) and `/metrics`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::sync::watch;
+
+/// The controller's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Watch events applied to the index, by cluster and kind.
+    pub watch_events: IntCounterVec,
+    /// Watch stream errors (each followed by a backoff), by cluster and kind.
+    pub watch_errors: IntCounterVec,
+    /// Objects that failed to decode and were left out of the index, by cluster and kind.
+    pub decode_errors: IntCounterVec,
+    /// 1 while a kind is watched in a cluster (its CRD is installed).
+    pub kind_watched: IntGaugeVec,
+    /// 1 once a cluster finished its initial sync.
+    pub cluster_synced: IntGaugeVec,
+    /// 1 while the last probe of a cluster's API succeeded.
+    pub cluster_reachable: IntGaugeVec,
+    /// Status writes by cluster, kind and result (`ok`, `conflict`, `gone`, `invalid`,
+    /// `error`, `timeout`).
+    pub status_writes: IntCounterVec,
+    /// Status write latency by cluster and kind (successful and failed attempts).
+    pub status_write_seconds: HistogramVec,
+    /// Status updates waiting to be written (including ones backing off), by cluster.
+    pub status_pending: IntGaugeVec,
+    /// Status updates dropped before writing because the same status was already written or
+    /// queued against the same object version, by cluster.
+    pub status_skipped: IntCounterVec,
+    /// Translation passes by mode (`full`, `endpoints`).
+    pub translations: IntCounterVec,
+    /// Translation time by mode.
+    pub translate_seconds: HistogramVec,
+    /// Snapshots handed to the data plane, by cluster.
+    pub snapshots_published: IntCounterVec,
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        Ok(Self {
+            watch_events: counter(
+                &r,
+                "meridian_controller_watch_events_total",
+                "Watch events applied to the index",
+                &["cluster", "kind"],
+            )?,
+            watch_errors: counter(
+                &r,
+                "meridian_controller_watch_errors_total",
+                "Watch stream errors",
+                &["cluster", "kind"],
+            )?,
+            decode_errors: counter(
+                &r,
+                "meridian_controller_decode_errors_total",
+                "Objects that failed to decode",
+                &["cluster", "kind"],
+            )?,
+            kind_watched: gauge(
+                &r,
+                "meridian_controller_kind_watched",
+                "1 while a kind is watched in a cluster",
+                &["cluster", "kind"],
+            )?,
+            cluster_synced: gauge(
+                &r,
+                "meridian_controller_cluster_synced",
+                "1 once a cluster finished its initial sync",
+                &["cluster"],
+            )?,
+            cluster_reachable: gauge(
+                &r,
+                "meridian_controller_cluster_reachable",
+                "1 while the last API probe of a cluster succeeded",
+                &["cluster"],
+            )?,
+            status_writes: counter(
+                &r,
+                "meridian_controller_status_writes_total",
+                "Status writes by result",
+                &["cluster", "kind", "result"],
+            )?,
+            status_write_seconds: histogram(
+                &r,
+                "meridian_controller_status_write_seconds",
+                "Status write latency",
+                &["cluster", "kind"],
+            )?,
+            status_pending: gauge(
+                &r,
+                "meridian_controller_status_pending",
+                "Status updates waiting to be written",
+                &["cluster"],
+            )?,
+            status_skipped: counter(
+                &r,
+                "meridian_controller_status_skipped_total",
+                "Status updates already written or queued",
+                &["cluster"],
+            )?,
+            translations: counter(
+                &r,
+                "meridian_controller_translations_total",
+                "Translation passes",
+                &["mode"],
+            )?,
+            translate_seconds: histogram(
+                &r,
+                "meridian_controller_translate_seconds",
+                "Translation time",
+                &["mode"],
+            )?,
+            snapshots_published: counter(
+                &r,
+                "meridian_controller_snapshots_published_total",
+                "Snapshots handed to the data plane",
+                &["cluster"],
+            )?,
+            registry: r,
+        })
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding metrics failed: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Successful status writes of a cluster so far (all kinds).
+    pub fn status_writes_ok(&self, cluster: &str) -> u64 {
+        ["GatewayClass", "Gateway", "HTTPRoute"]
+            .iter()
+            .map(|k| {
+                self.status_writes
+                    .with_label_values(&[cluster, k, "ok"])
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Status write attempts of a cluster so far (all kinds and results).
+    pub fn status_write_attempts(&self, cluster: &str) -> u64 {
+        let mut n = 0;
+        for family in self.registry.gather() {
+            if family.name() != "meridian_controller_status_writes_total" {
+                continue;
+            }
+            for m in family.get_metric() {
+                if m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "cluster" && l.value() == cluster)
+                {
+                    n += m.get_counter().get_value() as u64;
+                }
+            }
+        }
+        n
+    }
+}
+
+/// Readiness as the admin listener reports it: one line per cluster.
+pub(crate) type Readiness = watch::Receiver<Vec<(String, bool)>>;
+
+/// Serves the admin endpoints on `listener` until `shutdown` turns true.
+pub(crate) async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = crate::stopped(&mut shutdown) => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        let readiness = readiness.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let resp = admin_response(req.uri().path(), &metrics, &readiness);
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            // Bounded: a scraper that never finishes is cut off.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+        });
+    }
+}
+
+fn admin_response(path: &str, metrics: &Metrics, readiness: &Readiness) -> Response<Full<Bytes>> {
+    let (status, body, content_type) = match path {
+        "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
+        "/readyz" => {
+            let clusters = readiness.borrow().clone();
+            let ready = !clusters.is_empty() && clusters.iter().all(|(_, r)| *r);
+            let body: String = clusters
+                .iter()
+                .map(|(c, r)| format!("{c} {}\n", if *r { "synced" } else { "not synced" }))
+                .collect();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, body, "text/plain")
+        }
+        "/metrics" => (
+            StatusCode::OK,
+            metrics.encode(),
+            "text/plain; version=0.0.4",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_string(),
+            "text/plain",
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Binds the admin listener (fails fast on a bad or busy address).
+pub(crate) async fn bind_admin(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {addr}"))
+}

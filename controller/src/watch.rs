@@ -1,0 +1,460 @@
+//! Watchers: one supervisor per member cluster, one kube-runtime watcher per (cluster, kind).
+//!
+//! ```text
+//! supervisor(cluster)  every probe_interval:
+//!   1. probe discovery (one GET per API group-version) ── transport error ─► unreachable
+//!   2. start a watcher for every kind whose resource is served, stop the ones that vanished
+//!   3. unreachable for longer than endpoint_grace ─► stop the EndpointSlice watcher and
+//!      withdraw the cluster's EndpointSlices; the next successful probe starts a fresh watcher
+//!      (a full re-list) that brings them back
+//!
+//! watcher(cluster, kind) = kube_runtime::watcher(..).default_backoff()
+//!   Init, InitApply* , InitDone ─► Msg::Change(reset with the buffered objects)
+//!   Apply(obj) / Delete(obj)    ─► Msg::Change(apply / delete)
+//!   an object that fails to decode ─► logged, counted, and removed from the index
+//! ```
+//!
+//! Everything a watcher learns reaches the reconcile loop as a [`Msg`] on one channel: the index
+//! ([`World`](crate::World)) is owned by that loop and never locked. A cluster whose API is down
+//! only delays its own watchers (each backs off on its own, capped at 30 s by kube-runtime's
+//! default backoff); its last-known objects stay in the index — EndpointSlices for at most
+//! `endpoint_grace` after the first failed probe, everything else until the cluster is back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::DeserializeGuard;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use meridian_crds::mcs::{ServiceExport, ServiceImport};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::world::{ClusterState, Indexed, Kind, ObjectKey};
+
+/// Every kind the controller watches, in start order.
+pub const ALL_KINDS: [Kind; 10] = [
+    Kind::Namespace,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Secret,
+    Kind::GatewayClass,
+    Kind::Gateway,
+    Kind::HttpRoute,
+    Kind::ReferenceGrant,
+    Kind::ServiceExport,
+    Kind::ServiceImport,
+];
+
+/// What an index change may affect, so the reconcile loop can skip a full translation.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Touch {
+    /// Nothing translation reads.
+    Nothing,
+    /// Anything: translate everything.
+    Full,
+    /// Only the endpoints of these Services (EndpointSlice changes).
+    Services(Vec<ObjectKey>),
+}
+
+/// A change to one cluster's index, applied by the reconcile loop.
+pub(crate) type Mutation = Box<dyn FnOnce(&mut ClusterState) -> Touch + Send>;
+
+/// Messages from the watchers to the reconcile loop.
+pub(crate) enum Msg {
+    /// The first successful probe: the kinds whose initial list the cluster waits for.
+    Watching {
+        cluster: usize,
+        kinds: BTreeSet<Kind>,
+    },
+    /// A change to the index.
+    Change {
+        cluster: usize,
+        kind: Kind,
+        mutation: Mutation,
+        /// A complete list of this kind (the index now holds all of it): the cluster's initial
+        /// sync waits for one per kind. Also set when a kind is dropped (empty is complete).
+        list_done: bool,
+    },
+}
+
+/// Settings shared by a cluster's supervisor and watchers.
+#[derive(Clone)]
+pub(crate) struct WatchCtx {
+    pub cluster: usize,
+    pub name: Arc<str>,
+    pub client: kube::Client,
+    pub tx: mpsc::Sender<Msg>,
+    pub metrics: Arc<Metrics>,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub endpoint_grace: Duration,
+}
+
+/// The group-version and plural of a kind.
+fn resource_of(kind: Kind) -> (String, String) {
+    fn of<K: Resource<DynamicType = ()>>() -> (String, String) {
+        (
+            K::api_version(&()).into_owned(),
+            K::plural(&()).into_owned(),
+        )
+    }
+    match kind {
+        Kind::GatewayClass => of::<GatewayClass>(),
+        Kind::Gateway => of::<Gateway>(),
+        Kind::HttpRoute => of::<HttpRoute>(),
+        Kind::ReferenceGrant => of::<ReferenceGrant>(),
+        Kind::Namespace => of::<Namespace>(),
+        Kind::Service => of::<Service>(),
+        Kind::EndpointSlice => of::<EndpointSlice>(),
+        Kind::Secret => of::<Secret>(),
+        Kind::ServiceExport => of::<ServiceExport>(),
+        Kind::ServiceImport => of::<ServiceImport>(),
+    }
+}
+
+/// Built-in kinds every API server serves; only CRD-backed kinds are probed.
+fn is_builtin(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Namespace | Kind::Service | Kind::EndpointSlice | Kind::Secret
+    )
+}
+
+/// Label value of a kind in metrics and logs.
+pub(crate) fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::GatewayClass => "GatewayClass",
+        Kind::Gateway => "Gateway",
+        Kind::HttpRoute => "HTTPRoute",
+        Kind::ReferenceGrant => "ReferenceGrant",
+        Kind::Namespace => "Namespace",
+        Kind::Service => "Service",
+        Kind::EndpointSlice => "EndpointSlice",
+        Kind::Secret => "Secret",
+        Kind::ServiceExport => "ServiceExport",
+        Kind::ServiceImport => "ServiceImport",
+    }
+}
+
+/// Asks discovery which kinds the cluster serves. `Err` means the API could not be reached (or
+/// answered with something other than a list or 404).
+async fn probe(client: &kube::Client) -> Result<BTreeSet<Kind>, kube::Error> {
+    let mut by_group: BTreeMap<String, Vec<(Kind, String)>> = BTreeMap::new();
+    let mut kinds = BTreeSet::new();
+    for kind in ALL_KINDS {
+        if is_builtin(kind) {
+            kinds.insert(kind);
+        } else {
+            let (gv, plural) = resource_of(kind);
+            by_group.entry(gv).or_default().push((kind, plural));
+        }
+    }
+    for (gv, wanted) in by_group {
+        match client.list_api_group_resources(&gv).await {
+            Ok(list) => {
+                for (kind, plural) in wanted {
+                    if list.resources.iter().any(|r| r.name == plural) {
+                        kinds.insert(kind);
+                    }
+                }
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(kinds)
+}
+
+/// Runs a cluster's supervisor until `shutdown` turns true, then stops its watchers.
+pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>) {
+    let mut running: BTreeMap<Kind, JoinHandle<()>> = BTreeMap::new();
+    let mut announced = false;
+    let mut reported_missing: BTreeSet<Kind> = BTreeSet::new();
+    let mut unreachable_since: Option<Instant> = None;
+    let mut withdrawn = false;
+    let reachable = ctx
+        .metrics
+        .cluster_reachable
+        .with_label_values(&[&ctx.name]);
+    let name = ctx.name.clone();
+    loop {
+        match tokio::time::timeout(ctx.probe_timeout, probe(&ctx.client)).await {
+            Ok(Ok(available)) => {
+                reachable.set(1);
+                if unreachable_since.take().is_some() {
+                    tracing::info!(cluster = %name, "cluster API reachable again");
+                }
+                if withdrawn {
+                    tracing::info!(cluster = %name, "re-listing EndpointSlices withdrawn while unreachable");
+                    withdrawn = false;
+                }
+                if !announced {
+                    announced = true;
+                    let msg = Msg::Watching {
+                        cluster: ctx.cluster,
+                        kinds: available.clone(),
+                    };
+                    if ctx.tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                for kind in ALL_KINDS {
+                    let label = kind_label(kind);
+                    let present = available.contains(&kind);
+                    if present && !running.contains_key(&kind) {
+                        if reported_missing.remove(&kind) {
+                            tracing::info!(cluster = %name, kind = label, "CRD now served: watching");
+                        }
+                        running.insert(kind, spawn_watcher(kind, ctx.clone()));
+                        ctx.metrics
+                            .kind_watched
+                            .with_label_values(&[&name, label])
+                            .set(1);
+                    } else if !present {
+                        if reported_missing.insert(kind) {
+                            tracing::warn!(
+                                cluster = %name,
+                                kind = label,
+                                "CRD not installed in this cluster: kind skipped (re-probed every {:?})",
+                                ctx.probe_interval
+                            );
+                        }
+                        if let Some(task) = running.remove(&kind) {
+                            task.abort();
+                            ctx.metrics
+                                .kind_watched
+                                .with_label_values(&[&name, label])
+                                .set(0);
+                            if !forget_kind(&ctx, kind).await {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            failed => {
+                reachable.set(0);
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    match &failed {
+                        Ok(Err(e)) => tracing::warn!(cluster = %name, error = %e, "cluster API unreachable; serving last-known state"),
+                        _ => tracing::warn!(cluster = %name, "cluster API probe timed out; serving last-known state"),
+                    }
+                    Instant::now()
+                });
+                if !withdrawn && since.elapsed() >= ctx.endpoint_grace {
+                    withdrawn = true;
+                    if let Some(task) = running.remove(&Kind::EndpointSlice) {
+                        task.abort();
+                    }
+                    tracing::warn!(
+                        cluster = %name,
+                        grace = ?ctx.endpoint_grace,
+                        "cluster API unreachable beyond the endpoint grace period: withdrawing its endpoints"
+                    );
+                    if !forget_kind(&ctx, Kind::EndpointSlice).await {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.probe_interval) => {}
+            _ = crate::stopped(&mut shutdown) => break,
+        }
+    }
+    for (_, task) in running {
+        task.abort();
+    }
+}
+
+/// Empties one kind of a cluster's index. Returns `false` when the reconcile loop is gone.
+async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
+    fn clear<K: Indexed>() -> Mutation {
+        Box::new(|state: &mut ClusterState| {
+            state.reset::<K>(std::iter::empty());
+            Touch::Full
+        })
+    }
+    let mutation = match kind {
+        Kind::GatewayClass => clear::<GatewayClass>(),
+        Kind::Gateway => clear::<Gateway>(),
+        Kind::HttpRoute => clear::<HttpRoute>(),
+        Kind::ReferenceGrant => clear::<ReferenceGrant>(),
+        Kind::Namespace => clear::<Namespace>(),
+        Kind::Service => clear::<Service>(),
+        Kind::EndpointSlice => clear::<EndpointSlice>(),
+        Kind::Secret => clear::<Secret>(),
+        Kind::ServiceExport => clear::<ServiceExport>(),
+        Kind::ServiceImport => clear::<ServiceImport>(),
+    };
+    let msg = Msg::Change {
+        cluster: ctx.cluster,
+        kind,
+        mutation,
+        list_done: true,
+    };
+    ctx.tx.send(msg).await.is_ok()
+}
+
+fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
+    match kind {
+        Kind::GatewayClass => tokio::spawn(run_watcher::<GatewayClass>(ctx)),
+        Kind::Gateway => tokio::spawn(run_watcher::<Gateway>(ctx)),
+        Kind::HttpRoute => tokio::spawn(run_watcher::<HttpRoute>(ctx)),
+        Kind::ReferenceGrant => tokio::spawn(run_watcher::<ReferenceGrant>(ctx)),
+        Kind::Namespace => tokio::spawn(run_watcher::<Namespace>(ctx)),
+        Kind::Service => tokio::spawn(run_watcher::<Service>(ctx)),
+        Kind::EndpointSlice => tokio::spawn(run_watcher::<EndpointSlice>(ctx)),
+        Kind::Secret => tokio::spawn(run_watcher::<Secret>(ctx)),
+        Kind::ServiceExport => tokio::spawn(run_watcher::<ServiceExport>(ctx)),
+        Kind::ServiceImport => tokio::spawn(run_watcher::<ServiceImport>(ctx)),
+    }
+}
+
+/// The key of an object from its metadata (for deletes and undecodable objects).
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ObjectKey> {
+    Some(ObjectKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone()?,
+    ))
+}
+
+/// An apply, with the Services whose endpoints it may change.
+fn apply_mutation<K: Indexed + Send + 'static>(obj: K) -> Mutation {
+    Box::new(move |state: &mut ClusterState| {
+        if K::KIND != Kind::EndpointSlice {
+            return if state.apply(obj) {
+                Touch::Full
+            } else {
+                Touch::Nothing
+            };
+        }
+        let Some(key) = obj.key() else {
+            return Touch::Nothing;
+        };
+        let before = state.endpoint_slice_service(&key).cloned();
+        state.apply(obj);
+        let after = state.endpoint_slice_service(&key).cloned();
+        Touch::Services(before.into_iter().chain(after).collect())
+    })
+}
+
+fn delete_mutation<K: Indexed + 'static>(key: ObjectKey) -> Mutation {
+    Box::new(move |state: &mut ClusterState| {
+        if K::KIND != Kind::EndpointSlice {
+            state.delete::<K>(&key);
+            return Touch::Full;
+        }
+        let before = state.endpoint_slice_service(&key).cloned();
+        state.delete::<K>(&key);
+        Touch::Services(before.into_iter().collect())
+    })
+}
+
+/// Watches one kind in one cluster until aborted.
+async fn run_watcher<K>(ctx: WatchCtx)
+where
+    K: Indexed
+        + Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = K::KIND;
+    let label = kind_label(kind);
+    let events = ctx
+        .metrics
+        .watch_events
+        .with_label_values(&[&ctx.name, label]);
+    let errors = ctx
+        .metrics
+        .watch_errors
+        .with_label_values(&[&ctx.name, label]);
+    let decode_errors = ctx
+        .metrics
+        .decode_errors
+        .with_label_values(&[&ctx.name, label]);
+    let api: Api<DeserializeGuard<K>> = Api::all(ctx.client.clone());
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut buffer: Vec<K> = Vec::new();
+    let decode = |obj: DeserializeGuard<K>| -> Result<K, Option<ObjectKey>> {
+        obj.0.map_err(|invalid| {
+            decode_errors.inc();
+            let key = key_of(&invalid.metadata);
+            tracing::warn!(
+                cluster = %ctx.name,
+                kind = label,
+                object = %key.as_ref().map(ToString::to_string).unwrap_or_default(),
+                error = %invalid.error,
+                "object does not decode; left out of the index"
+            );
+            key
+        })
+    };
+    while let Some(event) = stream.next().await {
+        let (mutation, list_done) = match event {
+            Ok(Event::Init) => {
+                buffer.clear();
+                continue;
+            }
+            Ok(Event::InitApply(obj)) => {
+                if let Ok(obj) = decode(obj) {
+                    buffer.push(obj);
+                }
+                continue;
+            }
+            Ok(Event::InitDone) => {
+                let objs = std::mem::take(&mut buffer);
+                let n = objs.len();
+                tracing::debug!(cluster = %ctx.name, kind = label, objects = n, "listed");
+                let reset: Mutation = Box::new(move |state: &mut ClusterState| {
+                    state.reset(objs);
+                    Touch::Full
+                });
+                (reset, true)
+            }
+            Ok(Event::Apply(obj)) => match decode(obj) {
+                Ok(obj) => (apply_mutation(obj), false),
+                Err(Some(key)) => (delete_mutation::<K>(key), false),
+                Err(None) => continue,
+            },
+            Ok(Event::Delete(obj)) => match key_of(obj.meta()) {
+                Some(key) => (delete_mutation::<K>(key), false),
+                None => continue,
+            },
+            Err(e) => {
+                errors.inc();
+                tracing::warn!(cluster = %ctx.name, kind = label, error = %e, "watch failed; backing off");
+                continue;
+            }
+        };
+        events.inc();
+        let msg = Msg::Change {
+            cluster: ctx.cluster,
+            kind,
+            mutation,
+            list_done,
+        };
+        if ctx.tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+}

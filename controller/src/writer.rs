@@ -1,0 +1,547 @@
+//! The status writer: one task per member cluster that sends what translation computed.
+//!
+//! ```text
+//! reconcile loop ── submit(update, resourceVersion of the indexed copy) ──► pending (one per object,
+//!                                                                          latest wins; never blocks)
+//! writer task: take the due job with the earliest time ─► write (bounded by a timeout)
+//!     GatewayClass, Gateway: server-side apply of `status` (field manager `meridian`, force)
+//!     HTTPRoute: PUT …/status of the indexed copy (its resourceVersion guards the write);
+//!                on 409: GET, re-merge our parents over the fresh list, PUT again (≤ 3 times)
+//!     ok ─► done │ 404 / 422 / newer generation ─► dropped │ other failure ─► retried with backoff
+//! ```
+//!
+//! Translation emits a status only when it differs from the indexed copy, and that copy lags
+//! behind our own writes until the watch delivers them. The writer therefore remembers, per
+//! object, the last status it accepted and the `resourceVersion` of the copy it was computed
+//! against: the same status against the same copy is not written twice. A status that keeps being
+//! "changed" back (the server stores something else than what we send) is written at most
+//! [`MAX_SAME_WRITES`] times per generation, then reported once and left alone — no write storm.
+//!
+//! Failed writes stay in `pending` (unless a newer status for the same object replaced them) and
+//! are retried with exponential backoff, so a status is never lost because translation will not
+//! emit it again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParents};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Api, Resource as _};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::status::{StatusKind, StatusUpdate, eq_ignoring_time, merge_route_parents};
+
+/// Field manager of our server-side applies.
+pub const FIELD_MANAGER: &str = "meridian";
+
+/// How often the same status may be written for one generation before the writer gives up on
+/// it (it does not survive a round trip through the API server).
+pub const MAX_SAME_WRITES: u32 = 3;
+
+/// The window in which [`MAX_SAME_WRITES`] is counted: a storm repeats within milliseconds, while
+/// a status legitimately restored much later (someone cleared it) is written again.
+pub const SAME_WRITES_WINDOW: Duration = Duration::from_secs(60);
+
+/// Conflicts resolved in place (re-read and re-merge) before a route write is retried later.
+const MAX_CONFLICTS: u32 = 3;
+
+/// Writer settings.
+#[derive(Clone, Debug)]
+pub(crate) struct WriterConfig {
+    pub controller_name: String,
+    pub timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+type WriteKey = (StatusKind, String, String);
+
+struct Job {
+    update: StatusUpdate,
+    route: Option<Arc<HttpRoute>>,
+    attempts: u32,
+    not_before: Instant,
+}
+
+struct Recent {
+    source_rv: Option<String>,
+    generation: i64,
+    status: Value,
+    same_writes: u32,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    pending: BTreeMap<WriteKey, Job>,
+    recent: HashMap<WriteKey, Recent>,
+}
+
+/// The submitting side of one cluster's writer.
+#[derive(Clone)]
+pub(crate) struct StatusWriter {
+    cluster: Arc<str>,
+    shared: Arc<(Mutex<State>, Notify)>,
+    metrics: Arc<Metrics>,
+}
+
+fn key_of(u: &StatusUpdate) -> WriteKey {
+    (
+        u.kind,
+        u.namespace.clone().unwrap_or_default(),
+        u.name.clone(),
+    )
+}
+
+impl StatusWriter {
+    pub fn new(cluster: Arc<str>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            cluster,
+            shared: Arc::new((Mutex::new(State::default()), Notify::new())),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a status computed against the indexed copy with `source_rv`. For HTTPRoutes,
+    /// `route` is that copy. Returns whether it was queued (not a repeat).
+    pub fn submit(
+        &self,
+        update: StatusUpdate,
+        source_rv: Option<String>,
+        route: Option<Arc<HttpRoute>>,
+    ) -> bool {
+        let key = key_of(&update);
+        let mut state = self.lock();
+        let mut same_writes = 0;
+        let mut since = Instant::now();
+        if let Some(r) = state.recent.get(&key)
+            && r.generation == update.generation
+            && eq_ignoring_time(&r.status, &update.status)
+        {
+            if r.source_rv == source_rv {
+                self.metrics
+                    .status_skipped
+                    .with_label_values(&[&self.cluster])
+                    .inc();
+                return false;
+            }
+            if r.since.elapsed() < SAME_WRITES_WINDOW {
+                same_writes = r.same_writes + 1;
+                since = r.since;
+            }
+            if same_writes >= MAX_SAME_WRITES {
+                if same_writes == MAX_SAME_WRITES {
+                    tracing::error!(
+                        cluster = %self.cluster,
+                        kind = update.kind.kind(),
+                        object = %format!("{}/{}", key.1, key.2),
+                        "status does not stick (written {MAX_SAME_WRITES} times within {SAME_WRITES_WINDOW:?} for one generation); \
+                         holding further writes of it"
+                    );
+                }
+                if let Some(r) = state.recent.get_mut(&key) {
+                    r.same_writes = same_writes;
+                    r.source_rv = source_rv;
+                }
+                self.metrics
+                    .status_skipped
+                    .with_label_values(&[&self.cluster])
+                    .inc();
+                return false;
+            }
+        }
+        state.recent.insert(
+            key.clone(),
+            Recent {
+                source_rv,
+                generation: update.generation,
+                status: update.status.clone(),
+                same_writes,
+                since,
+            },
+        );
+        state.pending.insert(
+            key,
+            Job {
+                update,
+                route,
+                attempts: 0,
+                not_before: Instant::now(),
+            },
+        );
+        let n = state.pending.len();
+        drop(state);
+        self.metrics
+            .status_pending
+            .with_label_values(&[&self.cluster])
+            .set(n as i64);
+        self.shared.1.notify_one();
+        true
+    }
+
+    /// Forgets objects for which `keep` is false (deleted objects), bounding memory.
+    pub fn prune(&self, keep: impl Fn(StatusKind, &str, &str) -> bool) {
+        let mut state = self.lock();
+        state.recent.retain(|(k, ns, n), _| keep(*k, ns, n));
+    }
+
+    /// Updates waiting (including ones backing off).
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// The job due first: `Ok(job)` if due now, `Err(Some(when))` if later, `Err(None)` if none.
+    fn next_job(&self) -> Result<(WriteKey, Job), Option<Instant>> {
+        let mut state = self.lock();
+        let (key, when) = state
+            .pending
+            .iter()
+            .min_by_key(|(_, j)| j.not_before)
+            .map(|(k, j)| (k.clone(), j.not_before))
+            .ok_or(None)?;
+        if when > Instant::now() {
+            return Err(Some(when));
+        }
+        state.pending.remove_entry(&key).ok_or(None)
+    }
+
+    /// Runs the writer until `shutdown` turns true.
+    pub async fn run(
+        self,
+        client: kube::Client,
+        cfg: WriterConfig,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (key, mut job) = match self.next_job() {
+                Ok(j) => j,
+                Err(when) => {
+                    let sleep = async {
+                        match when {
+                            Some(t) => tokio::time::sleep_until(t).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = sleep => {}
+                        _ = self.shared.1.notified() => {}
+                        _ = crate::stopped(&mut shutdown) => return,
+                    }
+                    continue;
+                }
+            };
+            let kind = job.update.kind.kind();
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = tokio::time::timeout(cfg.timeout, write(&client, &cfg, &job)) => {
+                    r.unwrap_or(Err(WriteError::Timeout))
+                }
+                _ = crate::stopped(&mut shutdown) => return,
+            };
+            self.metrics
+                .status_write_seconds
+                .with_label_values(&[&self.cluster, kind])
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .status_writes
+                .with_label_values(&[&self.cluster, kind, result_label(&result)])
+                .inc();
+            let object = format!("{}/{}", key.1, key.2);
+            match result {
+                Ok(()) => tracing::debug!(cluster = %self.cluster, kind, %object, "status written"),
+                Err(WriteError::Gone) => {
+                    tracing::debug!(cluster = %self.cluster, kind, %object, "object gone; status dropped")
+                }
+                Err(WriteError::Stale) => tracing::debug!(
+                    cluster = %self.cluster, kind, %object,
+                    "object has a newer generation; status dropped until it is translated again"
+                ),
+                Err(WriteError::Invalid(msg)) => tracing::error!(
+                    cluster = %self.cluster, kind, %object, error = %msg,
+                    "status rejected by the API server; not retried"
+                ),
+                Err(e @ (WriteError::Retry(_) | WriteError::Timeout | WriteError::Conflict)) => {
+                    job.attempts += 1;
+                    let delay = backoff(&cfg, job.attempts);
+                    tracing::warn!(
+                        cluster = %self.cluster, kind, %object, error = %e, attempt = job.attempts,
+                        retry_in = ?delay, "status write failed"
+                    );
+                    job.not_before = Instant::now() + delay;
+                    // A newer status for the same object replaces the failed one.
+                    self.lock().pending.entry(key).or_insert(job);
+                }
+            }
+            let n = self.pending();
+            self.metrics
+                .status_pending
+                .with_label_values(&[&self.cluster])
+                .set(n as i64);
+        }
+    }
+}
+
+fn backoff(cfg: &WriterConfig, attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    cfg.backoff_base.saturating_mul(factor).min(cfg.backoff_max)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("object not found")]
+    Gone,
+    #[error("object has a newer generation")]
+    Stale,
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("conflicts kept coming")]
+    Conflict,
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Retry(String),
+}
+
+fn result_label(r: &Result<(), WriteError>) -> &'static str {
+    match r {
+        Ok(()) => "ok",
+        Err(WriteError::Gone) => "gone",
+        Err(WriteError::Stale) => "stale",
+        Err(WriteError::Invalid(_)) => "invalid",
+        Err(WriteError::Conflict) => "conflict",
+        Err(WriteError::Timeout) => "timeout",
+        Err(WriteError::Retry(_)) => "error",
+    }
+}
+
+enum Classified {
+    Conflict,
+    Other(WriteError),
+}
+
+fn classify(e: kube::Error) -> Classified {
+    match e {
+        kube::Error::Api(s) if s.is_conflict() => Classified::Conflict,
+        kube::Error::Api(s) if s.is_not_found() => Classified::Other(WriteError::Gone),
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
+            Classified::Other(WriteError::Invalid(s.message.clone()))
+        }
+        other => Classified::Other(WriteError::Retry(other.to_string())),
+    }
+}
+
+fn api_for<K: kube::Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
+    let ar = ApiResource::erase::<K>(&());
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    }
+}
+
+async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(), WriteError> {
+    let u = &job.update;
+    match u.kind {
+        StatusKind::GatewayClass | StatusKind::Gateway => {
+            let api = if u.kind == StatusKind::GatewayClass {
+                api_for::<GatewayClass>(client, None)
+            } else {
+                api_for::<Gateway>(client, u.namespace.as_deref())
+            };
+            let body = json!({
+                "apiVersion": u.kind.api_version(),
+                "kind": u.kind.kind(),
+                "status": u.status,
+            });
+            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch_status(&u.name, &pp, &Patch::Apply(&body))
+                .await
+                .map(drop)
+                .map_err(|e| match classify(e) {
+                    Classified::Conflict => WriteError::Conflict,
+                    Classified::Other(e) => e,
+                })
+        }
+        StatusKind::HttpRoute => write_route(client, cfg, job).await,
+    }
+}
+
+/// Read-modify-write of `status.parents`: first on the indexed copy, then on fresh reads.
+async fn write_route(
+    client: &kube::Client,
+    cfg: &WriterConfig,
+    job: &Job,
+) -> Result<(), WriteError> {
+    let u = &job.update;
+    let namespace = u.namespace.as_deref().unwrap_or_default();
+    let api = api_for::<HttpRoute>(client, Some(namespace));
+    // The indexed copy (with its resourceVersion) carrying the status translation merged.
+    let mut obj = match &job.route {
+        Some(route) if job.attempts == 0 => {
+            let mut v = serde_json::to_value(route.as_ref())
+                .map_err(|e| WriteError::Invalid(format!("encoding route: {e}")))?;
+            v["status"] = u.status.clone();
+            let mut obj: DynamicObject = serde_json::from_value(v)
+                .map_err(|e| WriteError::Invalid(format!("encoding route: {e}")))?;
+            obj.types = Some(kube::api::TypeMeta {
+                api_version: HttpRoute::api_version(&()).into_owned(),
+                kind: HttpRoute::kind(&()).into_owned(),
+            });
+            Some(obj)
+        }
+        // A retry starts from a fresh read: the copy we had is likely outdated.
+        _ => None,
+    };
+    for _ in 0..MAX_CONFLICTS {
+        let target = match obj.take() {
+            Some(o) => o,
+            None => match remerge(&api, cfg, u).await? {
+                Some(o) => o,
+                None => return Ok(()),
+            },
+        };
+        match api
+            .replace_status(&u.name, &PostParams::default(), &target)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => match classify(e) {
+                Classified::Conflict => continue,
+                Classified::Other(e) => return Err(e),
+            },
+        }
+    }
+    Err(WriteError::Conflict)
+}
+
+/// Reads the route and merges our parents into its current list. `None` when nothing needs
+/// writing (the fresh list already says what we want).
+async fn remerge(
+    api: &Api<DynamicObject>,
+    cfg: &WriterConfig,
+    u: &StatusUpdate,
+) -> Result<Option<DynamicObject>, WriteError> {
+    let mut fresh = api
+        .get_status(&u.name)
+        .await
+        .map_err(|e| match classify(e) {
+            Classified::Conflict => WriteError::Conflict,
+            Classified::Other(e) => e,
+        })?;
+    if fresh.metadata.generation.unwrap_or(0) > u.generation {
+        return Err(WriteError::Stale);
+    }
+    let current_value = fresh
+        .data
+        .get("status")
+        .and_then(|s| s.get("parents"))
+        .cloned()
+        .unwrap_or(Value::Array(Vec::new()));
+    let current: Vec<HttpRouteStatusParents> = serde_json::from_value(current_value.clone())
+        .map_err(|e| WriteError::Invalid(format!("route status.parents does not decode: {e}")))?;
+    let ours = u.route_parents_of(&cfg.controller_name);
+    let namespace = u.namespace.as_deref().unwrap_or_default();
+    let merged = merge_route_parents(
+        &current,
+        ours,
+        &cfg.controller_name,
+        namespace,
+        Timestamp::now(),
+    );
+    let merged = serde_json::to_value(&merged)
+        .map_err(|e| WriteError::Invalid(format!("encoding route parents: {e}")))?;
+    if eq_ignoring_time(&current_value, &merged) {
+        return Ok(None);
+    }
+    match fresh.data.get_mut("status").and_then(Value::as_object_mut) {
+        Some(status) => {
+            status.insert("parents".to_string(), merged);
+        }
+        None => {
+            if let Some(data) = fresh.data.as_object_mut() {
+                data.insert("status".to_string(), json!({ "parents": merged }));
+            }
+        }
+    }
+    Ok(Some(fresh))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn update(name: &str, generation: i64, reason: &str) -> StatusUpdate {
+        StatusUpdate {
+            cluster: "east".into(),
+            kind: StatusKind::Gateway,
+            namespace: Some("ns".into()),
+            name: name.into(),
+            generation,
+            status: json!({"conditions": [{"type": "Accepted", "reason": reason,
+                "lastTransitionTime": "2024-01-01T00:00:00Z"}]}),
+        }
+    }
+
+    #[test]
+    fn repeats_against_the_same_copy_are_skipped() {
+        let w = StatusWriter::new("east".into(), Arc::new(Metrics::new().unwrap()));
+        assert!(w.submit(update("a", 1, "X"), Some("10".into()), None));
+        assert!(
+            !w.submit(update("a", 1, "X"), Some("10".into()), None),
+            "same copy, same status"
+        );
+        assert_eq!(w.pending(), 1);
+        // A different status replaces the pending one (latest wins; still one job).
+        assert!(w.submit(update("a", 1, "Y"), Some("10".into()), None));
+        assert_eq!(w.pending(), 1);
+        assert!(w.submit(update("b", 1, "Y"), Some("3".into()), None));
+        assert_eq!(w.pending(), 2);
+        w.prune(|_, _, n| n != "b");
+        assert!(
+            w.submit(update("b", 1, "Y"), Some("3".into()), None),
+            "forgotten after prune"
+        );
+    }
+
+    #[test]
+    fn a_status_that_does_not_stick_is_written_a_bounded_number_of_times() {
+        let w = StatusWriter::new("east".into(), Arc::new(Metrics::new().unwrap()));
+        let mut written = 0;
+        for rv in 0..20 {
+            if w.submit(update("a", 1, "X"), Some(rv.to_string()), None) {
+                written += 1;
+            }
+        }
+        assert_eq!(written, MAX_SAME_WRITES);
+        // A new generation starts over.
+        assert!(w.submit(update("a", 2, "X"), Some("99".into()), None));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cfg = WriterConfig {
+            controller_name: "c".into(),
+            timeout: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        };
+        assert_eq!(backoff(&cfg, 1), Duration::from_millis(100));
+        assert_eq!(backoff(&cfg, 3), Duration::from_millis(400));
+        assert_eq!(backoff(&cfg, 40), Duration::from_secs(2));
+    }
+}

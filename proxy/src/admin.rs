@@ -3,7 +3,8 @@
 //! | Path           | Answer                                                                  |
 //! |----------------|-------------------------------------------------------------------------|
 //! | `/healthz`     | 200 while the process runs                                              |
-//! | `/ready`       | 200 once a snapshot is served, else 503; JSON with generation and error |
+//! | `/ready`       | 200 once a snapshot is served, else 503; JSON with generation, error and  |
+//! |                | the controller link (`controller: {url, connected, lastError}` or null) |
 //! | `/config_dump` | the served snapshot (private keys redacted), generation, last error     |
 //! | `/metrics`     | Prometheus text                                                         |
 
@@ -86,6 +87,11 @@ fn answer<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
                     "ready": served.is_some(),
                     "generation": generation,
                     "lastError": shared.last_error(),
+                    "controller": shared.controller().map(|c| json!({
+                        "url": c.url,
+                        "connected": c.connected,
+                        "lastError": c.last_error,
+                    })),
                 }),
             )
         }

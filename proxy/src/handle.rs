@@ -103,6 +103,7 @@ impl ProxyHandle {
             ejections: Ejections::default(),
             locality: cfg.locality.clone(),
             last_error: Default::default(),
+            controller: Default::default(),
         });
         let conf = ServerConf {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -220,6 +221,10 @@ impl ProxyHandle {
         set.retain(&wanted).await;
         *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = set.bound();
         Ok(generation)
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The generation being served, if any.

@@ -18,7 +18,11 @@
 //!    closes the sockets it drops (connections in flight finish).
 //! 3. Each request takes the router once, clones its matched rule into its context and never
 //!    looks at the router again, so swaps are invisible to requests in flight.
-//! 4. `watch_file` polls a snapshot file and applies each new version (`meridian proxy`).
+//! 4. `watch_file` polls a snapshot file and applies each new version (`meridian proxy
+//!    --snapshot FILE`), or `follow_controller` (controller.rs) applies what the controller streams
+//!    and acknowledges each generation (`meridian proxy --controller URL`, protocol in
+//!    `meridian-distribution`). In both modes the last good snapshot keeps serving whatever
+//!    happens to its source.
 //!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; health checking beyond passive
@@ -27,6 +31,7 @@
 //! very fast (cloudflare/pingora#946).
 
 mod admin;
+mod controller;
 pub mod endpoints;
 mod gateway;
 mod handle;
@@ -43,14 +48,36 @@ use std::time::{Duration, Instant};
 use meridian_model::locality::Locality;
 use meridian_model::{Snapshot, SnapshotError};
 
+pub use controller::follow_controller;
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle};
+use meridian_distribution::{Client, ClientConfig, GatewayRef, Hello};
 
-/// `meridian proxy` arguments.
+/// `meridian proxy` arguments: a snapshot source (`--snapshot FILE` or `--controller URL`) and
+/// where the proxy runs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProxyArgs {
     /// Snapshot file (JSON) to serve; watched and hot-reloaded.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "controller")]
     pub snapshot: Option<PathBuf>,
+    /// Controller distribution URL (`http://host:port`): follow it, acknowledging every
+    /// generation; the last good snapshot keeps serving while it is unreachable.
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+    /// Bearer token for the controller.
+    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Talk to the controller without a token (local runs; the controller must allow it too).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Identity reported to the controller (default: $HOSTNAME, else `proxy-<pid>`).
+    #[arg(long)]
+    pub proxy_id: Option<String>,
+    /// Serve only this Gateway, `NAMESPACE/NAME` (repeatable); default: all of the cluster's.
+    #[arg(long = "gateway", value_name = "NAMESPACE/NAME")]
+    pub gateways: Vec<GatewayRef>,
+    /// Address reported to the controller for Gateway `status.addresses`.
+    #[arg(long)]
+    pub advertise_address: Option<String>,
     /// Admin listener (healthz, ready, config_dump, metrics).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -65,21 +92,10 @@ pub struct ProxyArgs {
     pub zone: String,
 }
 
-/// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, serves the snapshot file and
-/// reloads it when it changes.
+/// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
+/// file (reloading it when it changes) or follows the controller.
 pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let Some(path) = args.snapshot.clone() else {
-        anyhow::bail!(
-            "`--snapshot FILE` is required: the proxy needs a snapshot to serve \
-             (a `--controller` source comes with a later release)"
-        );
-    };
-    if !path.is_file() {
-        anyhow::bail!(
-            "snapshot file {} does not exist or is not a file",
-            path.display()
-        );
-    }
+    let source = source(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("meridian-proxy")
@@ -94,8 +110,16 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             },
         })
         .await?;
+        let serve = async {
+            match source {
+                Source::File(path) => watch_file(&handle, path).await,
+                Source::Controller(client) => {
+                    let _ = follow_controller(&handle, &client).await;
+                }
+            }
+        };
         tokio::select! {
-            () = watch_file(&handle, path) => {}
+            () = serve => {}
             signal = tokio::signal::ctrl_c() => {
                 if let Err(e) = signal {
                     tracing::error!(error = %e, "cannot wait for Ctrl-C; shutting down");
@@ -106,6 +130,63 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         handle.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+enum Source {
+    File(PathBuf),
+    Controller(Box<Client>),
+}
+
+/// Checks the flags and builds the snapshot source.
+fn source(args: &ProxyArgs) -> anyhow::Result<Source> {
+    match (&args.snapshot, &args.controller) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "`--snapshot FILE` and `--controller URL` exclude each other: pick one snapshot source"
+        ),
+        (None, None) => anyhow::bail!(
+            "a snapshot source is required: `--snapshot FILE` (static) or `--controller URL`"
+        ),
+        (Some(path), None) => {
+            if !path.is_file() {
+                anyhow::bail!(
+                    "snapshot file {} does not exist or is not a file",
+                    path.display()
+                );
+            }
+            Ok(Source::File(path.clone()))
+        }
+        (None, Some(url)) => {
+            if args.cluster.is_empty() {
+                anyhow::bail!("`--cluster NAME` is required with `--controller`");
+            }
+            let token = args.token.clone().filter(|t| !t.is_empty());
+            if token.is_none() && !args.insecure {
+                anyhow::bail!(
+                    "`--controller` needs a token (`--token` or MERIDIAN_TOKEN); \
+                     `--insecure` connects without one (local runs only)"
+                );
+            }
+            let hello = Hello {
+                proxy_id: args.proxy_id.clone().unwrap_or_else(default_proxy_id),
+                cluster: args.cluster.clone(),
+                region: args.region.clone(),
+                zone: args.zone.clone(),
+                gateways: (!args.gateways.is_empty()).then(|| args.gateways.clone()),
+                address: args.advertise_address.clone(),
+            };
+            Ok(Source::Controller(Box::new(Client::new(
+                ClientConfig::new(url.clone(), token, hello),
+            )?)))
+        }
+    }
+}
+
+/// `$HOSTNAME` (the pod name in Kubernetes), else `proxy-<pid>`.
+fn default_proxy_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("proxy-{}", std::process::id()))
 }
 
 /// How often [`watch_file`] looks at the file.

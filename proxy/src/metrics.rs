@@ -28,6 +28,8 @@ pub struct Metrics {
     pub ejections: IntCounter,
     /// Upstream tries retried, by reason (`connect`, `status`, `error`).
     pub retries: IntCounterVec,
+    /// 1 while a controller stream is open (`--controller` mode), else 0.
+    pub controller_connected: IntGauge,
 }
 
 impl Metrics {
@@ -78,6 +80,11 @@ impl Metrics {
             Opts::new("meridian_proxy_upstream_retries_total", "Upstream retries"),
             &["reason"],
         )?;
+        let controller_connected = IntGauge::new(
+            "meridian_proxy_controller_connected",
+            "1 while the stream from the controller is open; the last good snapshot keeps \
+             serving either way",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(generation.clone()))?;
@@ -87,6 +94,7 @@ impl Metrics {
         registry.register(Box::new(mirror_sent.clone()))?;
         registry.register(Box::new(ejections.clone()))?;
         registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(controller_connected.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -98,6 +106,7 @@ impl Metrics {
             mirror_sent,
             ejections,
             retries,
+            controller_connected,
         })
     }
 

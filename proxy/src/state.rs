@@ -47,6 +47,16 @@ pub(crate) struct Shared {
     pub locality: Locality,
     /// Why the last refused snapshot was refused (cleared by the next accepted one).
     pub last_error: Mutex<Option<String>>,
+    /// The controller link in `--controller` mode (`None` in static mode).
+    pub controller: Mutex<Option<ControllerLink>>,
+}
+
+/// What `/ready` says about the controller link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ControllerLink {
+    pub url: String,
+    pub connected: bool,
+    pub last_error: Option<String>,
 }
 
 impl Shared {
@@ -55,6 +65,20 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub fn controller(&self) -> Option<ControllerLink> {
+        self.controller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_controller(&self, link: Option<ControllerLink>) {
+        self.metrics
+            .controller_connected
+            .set(i64::from(link.as_ref().is_some_and(|l| l.connected)));
+        *self.controller.lock().unwrap_or_else(|p| p.into_inner()) = link;
     }
 
     pub fn set_last_error(&self, e: Option<String>) {

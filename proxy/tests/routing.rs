@@ -705,13 +705,49 @@ fn proxy_handle_can_be_shared_across_tasks() {
 
 #[test]
 fn run_without_a_snapshot_explains_the_missing_flag() {
-    let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
+    let args = meridian_proxy::ProxyArgs {
         snapshot: None,
+        controller: None,
+        token: None,
+        insecure: false,
+        proxy_id: None,
+        gateways: Vec::new(),
+        advertise_address: None,
         admin: "127.0.0.1:0".parse().unwrap(),
         cluster: String::new(),
         region: String::new(),
         zone: String::new(),
+    };
+    let err = meridian_proxy::run(args.clone()).unwrap_err();
+    assert!(err.to_string().contains("--snapshot FILE"), "{err}");
+    assert!(err.to_string().contains("--controller URL"), "{err}");
+
+    let both = meridian_proxy::ProxyArgs {
+        snapshot: Some("/nonexistent.json".into()),
+        controller: Some("http://127.0.0.1:1".into()),
+        ..args.clone()
+    };
+    let err = meridian_proxy::run(both).unwrap_err();
+    assert!(err.to_string().contains("exclude each other"), "{err}");
+
+    let controller = meridian_proxy::ProxyArgs {
+        controller: Some("http://127.0.0.1:1".into()),
+        cluster: "east".into(),
+        ..args.clone()
+    };
+    let err = meridian_proxy::run(controller.clone()).unwrap_err();
+    assert!(err.to_string().contains("MERIDIAN_TOKEN"), "{err}");
+    let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
+        cluster: String::new(),
+        ..controller.clone()
     })
     .unwrap_err();
-    assert!(err.to_string().contains("--snapshot FILE"), "{err}");
+    assert!(err.to_string().contains("--cluster NAME"), "{err}");
+    let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
+        controller: Some("https://127.0.0.1:1".into()),
+        insecure: true,
+        ..controller
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("https is not supported"), "{err}");
 }

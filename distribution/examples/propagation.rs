@@ -1,0 +1,278 @@
+//! Propagation benchmark: publish → every proxy of every cluster acknowledged it as applied
+//! (which means served: a proxy acks after its router swap), at several route counts.
+//!
+//! Per route count: one distribution server, `--clusters` member clusters each followed by one
+//! real proxy (`ProxyHandle`: decode, compile, bind, swap) plus `--extra` stand-in proxies per
+//! cluster (decode and compile only; in-process proxies of one cluster cannot share a port).
+//! Each iteration changes one route (full snapshot) in every cluster, then one backend's
+//! endpoints (delta path), and times until `programmed()` is `Applied` for every cluster.
+//!
+//! How to run (release, the numbers are meaningless in debug):
+//!
+//! ```text
+//! cargo run --release -p meridian-distribution --example propagation -- \
+//!     --routes 100,1000,10000 --clusters 3 --extra 2 --iterations 30
+//! ```
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_distribution::{
+    Client, ClientConfig, DistributionServer, Hello, ProgrammedState, PublishKind, Refused,
+    ServerConfig, Target,
+};
+use meridian_model::{Router, Snapshot};
+use meridian_proxy::{ProxyConfig, ProxyHandle};
+use serde_json::json;
+
+/// A proxy stand-in: decodes (done by the client) and compiles, binds nothing.
+struct CompileOnly;
+
+impl Target for CompileOnly {
+    async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
+        Router::compile(snapshot)
+            .map(|r| r.generation())
+            .map_err(|e| Refused {
+                reason: e.to_string(),
+                retry_after: None,
+            })
+    }
+}
+
+struct Args {
+    routes: Vec<usize>,
+    clusters: usize,
+    extra: usize,
+    iterations: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        routes: vec![100, 1000, 10000],
+        clusters: 3,
+        extra: 2,
+        iterations: 30,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--routes" => a.routes = v.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--clusters" => a.clusters = v.parse()?,
+            "--extra" => a.extra = v.parse()?,
+            "--iterations" => a.iterations = v.parse()?,
+            _ => anyhow::bail!("unknown flag {flag}; see the file header"),
+        }
+    }
+    Ok(a)
+}
+
+/// `routes` HTTPRoutes on one listener, each with its own hostname, path and backend.
+fn snapshot(routes: usize, port: u16, variant: usize, endpoint_port: u16) -> Snapshot {
+    let routes: Vec<_> = (0..routes)
+        .map(|i| {
+            // `variant` changes the path of route 0: a change only a full snapshot can carry.
+            let path = if i == 0 {
+                format!("/svc{i}/v{variant}")
+            } else {
+                format!("/svc{i}")
+            };
+            let ep_port = if i == 0 { endpoint_port } else { 8080 };
+            json!({
+                "namespace": "bench", "name": format!("route-{i}"),
+                "hostnames": [format!("h{}.example.com", i % 500)],
+                "rules": [{
+                    "matches": [{"path": {"type": "pathPrefix", "value": path}}],
+                    "backends": [{"name": format!("bench/svc{i}:80"), "target": {
+                        "type": "endpoints",
+                        "endpoints": [
+                            {"address": "10.1.0.1", "port": ep_port},
+                            {"address": "10.1.0.2", "port": ep_port}]}}]
+                }]
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "schema": meridian_model::snapshot::SNAPSHOT_SCHEMA,
+        "generation": 0,
+        "gateways": [{"namespace": "bench", "name": "gw", "listeners": [{
+            "name": "http", "address": "127.0.0.1", "port": port, "protocol": "HTTP",
+            "routes": routes}]}]
+    }))
+    .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn all_applied(srv: &DistributionServer, gens: &[(String, u64)]) {
+    let mut changes = srv.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if gens
+            .iter()
+            .all(|(c, g)| srv.programmed(c, *g) == ProgrammedState::Applied)
+        {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            panic!("not applied within 60 s: {:?}", srv.state());
+        }
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, None);
+    cfg.insecure = true;
+    let srv = DistributionServer::start(cfg).await?;
+    let url = format!("http://{}", srv.local_addr());
+    let mut tasks = Vec::new();
+    let mut proxies = Vec::new();
+    let clusters: Vec<(String, u16)> = (0..a.clusters)
+        .map(|i| (format!("cluster-{i}"), free_port()))
+        .collect();
+    for (cluster, _) in &clusters {
+        let hello = |id: String| Hello {
+            proxy_id: id,
+            cluster: cluster.clone(),
+            region: String::new(),
+            zone: String::new(),
+            gateways: None,
+            address: None,
+        };
+        let proxy = Arc::new(ProxyHandle::start(ProxyConfig::default()).await?);
+        proxies.push(proxy.clone());
+        let client = Client::new(ClientConfig::new(
+            &url,
+            None,
+            hello(format!("{cluster}-proxy")),
+        ))?;
+        tasks.push(tokio::spawn(async move {
+            let _ = meridian_proxy::follow_controller(&proxy, &client).await;
+        }));
+        for k in 0..a.extra {
+            let client = Client::new(ClientConfig::new(
+                &url,
+                None,
+                hello(format!("{cluster}-standin-{k}")),
+            ))?;
+            tasks.push(tokio::spawn(async move {
+                let _ = client.run(&CompileOnly).await;
+            }));
+        }
+    }
+    let want = a.clusters * (1 + a.extra);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while srv.state().iter().filter(|p| p.connected).count() < want {
+        anyhow::ensure!(Instant::now() < deadline, "proxies did not connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let bytes = serde_json::to_vec(&snapshot(routes, 1, 0, 8080))?.len();
+    let compile = {
+        let s = snapshot(routes, 1, 0, 8080);
+        let t = Instant::now();
+        Router::compile(s)?;
+        t.elapsed()
+    };
+    // Warm-up: first snapshot (binds the listeners).
+    let mut gens = Vec::new();
+    for (cluster, port) in &clusters {
+        let p = srv.publish(cluster, snapshot(routes, *port, 0, 8080))?;
+        gens.push((cluster.clone(), p.generation));
+    }
+    all_applied(&srv, &gens).await;
+
+    let (mut full, mut delta) = (Vec::new(), Vec::new());
+    for i in 1..=a.iterations {
+        // A route change: full snapshots.
+        let t = Instant::now();
+        let mut gens = Vec::new();
+        for (cluster, port) in &clusters {
+            let p = srv.publish(cluster, snapshot(routes, *port, i, 8080 + i as u16))?;
+            anyhow::ensure!(p.kind == PublishKind::Full, "expected a full snapshot");
+            gens.push((cluster.clone(), p.generation));
+        }
+        all_applied(&srv, &gens).await;
+        full.push(t.elapsed());
+
+        // An endpoint change: deltas.
+        let t = Instant::now();
+        let mut gens = Vec::new();
+        for (cluster, port) in &clusters {
+            let p = srv.publish(cluster, snapshot(routes, *port, i, 9000 + i as u16))?;
+            anyhow::ensure!(p.kind == PublishKind::Endpoints, "expected a delta");
+            gens.push((cluster.clone(), p.generation));
+        }
+        all_applied(&srv, &gens).await;
+        delta.push(t.elapsed());
+    }
+    for p in &proxies {
+        anyhow::ensure!(
+            p.last_error().is_none(),
+            "a proxy refused: {:?}",
+            p.last_error()
+        );
+    }
+    full.sort();
+    delta.sort();
+    println!(
+        "| {routes} | {} | {:.2} MB | {} | {} | {} | {} | {} | {} | {} |",
+        want,
+        bytes as f64 / 1e6,
+        ms(compile),
+        ms(pct(&full, 0.5)),
+        ms(pct(&full, 0.99)),
+        ms(*full.last().unwrap_or(&Duration::ZERO)),
+        ms(pct(&delta, 0.5)),
+        ms(pct(&delta, 0.99)),
+        ms(*delta.last().unwrap_or(&Duration::ZERO)),
+    );
+    for t in tasks {
+        t.abort();
+    }
+    srv.shutdown().await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        println!(
+            "{} clusters × (1 proxy + {} stand-ins), {} iterations; times in ms, publish → all acked",
+            a.clusters, a.extra, a.iterations
+        );
+        println!(
+            "| routes | proxies | snapshot | compile once | route change p50 | p99 | max | endpoint change p50 | p99 | max |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for &r in &a.routes {
+            run(r, &a).await?;
+        }
+        anyhow::Ok(())
+    })
+}

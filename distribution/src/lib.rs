@@ -1,0 +1,76 @@
+//! Config distribution from the controller to its proxies, with acknowledgements, so that
+//! `Programmed=True` means "served".
+//!
+//! ```text
+//!   controller                                   proxies (one or more per member cluster)
+//! ┌──────────────────────────────┐             ┌──────────────────────────────────────────┐
+//! │ DistributionServer           │  POST       │ Client::run(target = ProxyHandle)        │
+//! │  publish(cluster, snapshot) ─┼─ /v1/stream ◄─ Hello{proxyId, cluster, region, zone,   │
+//! │  publish_endpoints(..)       │  200 NDJSON ─┼►  gateways, address}                    │
+//! │                              │  welcome,   │  snapshot ─► apply ─┐                    │
+//! │  state(), programmed(..),    │  snapshot,  │  endpoints ─► patch, apply                │
+//! │  subscribe(), metrics_text() │  endpoints, │  ping                ▼                    │
+//! │                              ◄─ /v1/ack ───┼─ Ack{proxyId, generation, applied|refused}│
+//! └──────────────────────────────┘             └──────────────────────────────────────────┘
+//! ```
+//!
+//! # Protocol (HTTP/1.1, JSON)
+//!
+//! Every request to `/v1/*` carries `Authorization: Bearer <token>` unless the server runs with
+//! `insecure: true`; a missing or wrong token gets `401` (and the proxy logs that its token was
+//! refused). `GET /healthz` and `GET /metrics` need no token.
+//!
+//! 1. `POST /v1/stream` with a [`Hello`] body
+//!    (`{"proxyId","cluster","region","zone","gateways":[{"namespace","name"}]|absent,"address"}`)
+//!    answers `200` with a never-ending `application/x-ndjson` body, one message per line:
+//!    - `{"welcome":{"pingIntervalMs":5000}}` first;
+//!    - `{"snapshot":{…Snapshot…}}`: a full [`Snapshot`](meridian_model::Snapshot) (filtered to
+//!      the Hello's Gateways), sent on connect if the cluster has one and on every change;
+//!    - `{"endpoints":{"generation":G,"base":B,"changes":[{"backend","protocol","endpoints"}]}}`:
+//!      only endpoint lists changed; the proxy patches its generation-`B` snapshot into
+//!      generation `G` (a proxy holding anything else reconnects to resync). The server sends a
+//!      delta only to a stream whose last message was generation `B`, else the full snapshot;
+//!    - `"ping"` after `pingIntervalMs` of silence. A proxy hearing nothing for three intervals
+//!      reconnects.
+//!
+//!    A newer stream with the same `proxyId` replaces the older one.
+//! 2. `POST /v1/ack` with an [`Ack`] body
+//!    (`{"proxyId","generation","result":{"status":"applied"}|{"status":"refused","reason"}}`)
+//!    answers `204`, or `404` for a proxy without a stream.
+//!
+//! # Generations
+//!
+//! Generations are strictly increasing per cluster within one server. The caller's number is
+//! kept when it moves forward; otherwise (0, or a caller that restarted its count) the server
+//! assigns previous + 1, and [`Published`] says which number the proxies will acknowledge.
+//! Publishing content equal to the latest assigns nothing and sends nothing. A restarted server
+//! may start again from low numbers: proxies apply whatever arrives, and acks are per stream.
+//!
+//! # Programmed
+//!
+//! [`DistributionServer::programmed`] is `Applied` only when every *connected* proxy of the
+//! cluster acknowledged that generation or a newer one, `Refused` when one refused it and has not
+//! applied a newer one, `Pending` otherwise, `NoProxy` when none is connected. Acks are per
+//! stream: a proxy that reconnects is `Pending` until it acknowledges again (it does at once,
+//! without re-applying, when the content is what it already serves).
+//!
+//! # Static stability
+//!
+//! Proxies never stop serving because the controller is gone: the client keeps the last applied
+//! snapshot and reconnects with jittered exponential backoff (100 ms doubling, capped at 5 s).
+//!
+//! Limits today: plain HTTP only (no TLS/mTLS between proxy and controller), one shared token for
+//! every proxy, and the endpoint delta is applied on the proxy by patching the held snapshot and
+//! recompiling it (no incremental router update).
+
+pub mod client;
+mod metrics;
+pub mod protocol;
+pub mod server;
+
+pub use client::{Client, ClientConfig, ClientError, ClientStatus, Refused, Target};
+pub use protocol::{Ack, AckResult, EndpointChange, GatewayRef, Hello};
+pub use server::{
+    DistributionServer, ProgrammedState, ProxyState, PublishError, PublishKind, Published, Refusal,
+    ServerConfig, ServerError,
+};

@@ -1,0 +1,96 @@
+//! Prometheus metrics of the distribution server, in a registry of its own.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// What the server exports.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    pub registry: Registry,
+    /// Publish → every connected proxy of the cluster acknowledged it as applied.
+    pub propagation: HistogramVec,
+    /// Generations published and not yet applied (or refused) by every connected proxy.
+    pub pending: IntGaugeVec,
+    /// Refusals (NACKs) received.
+    pub nacks: IntCounterVec,
+    /// Proxies with an open stream.
+    pub connected: IntGaugeVec,
+    /// Generations published, by kind (`full`, `endpoints`).
+    pub published: IntCounterVec,
+    /// Requests refused for a missing or wrong token.
+    pub unauthorized: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let propagation = HistogramVec::new(
+            HistogramOpts::new(
+                "meridian_distribution_propagation_seconds",
+                "Time from publishing a generation to every connected proxy of the cluster \
+                 acknowledging it as applied",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["cluster"],
+        )?;
+        let pending = IntGaugeVec::new(
+            Opts::new(
+                "meridian_distribution_pending_generations",
+                "Generations published but not yet applied or refused by every connected proxy",
+            ),
+            &["cluster"],
+        )?;
+        let nacks = IntCounterVec::new(
+            Opts::new(
+                "meridian_distribution_nacks_total",
+                "Generations refused by a proxy",
+            ),
+            &["cluster"],
+        )?;
+        let connected = IntGaugeVec::new(
+            Opts::new(
+                "meridian_distribution_connected_proxies",
+                "Proxies with an open stream",
+            ),
+            &["cluster"],
+        )?;
+        let published = IntCounterVec::new(
+            Opts::new(
+                "meridian_distribution_published_total",
+                "Generations published",
+            ),
+            &["cluster", "kind"],
+        )?;
+        let unauthorized = IntCounterVec::new(
+            Opts::new(
+                "meridian_distribution_unauthorized_total",
+                "Requests refused with 401 (missing or wrong token)",
+            ),
+            &["path"],
+        )?;
+        registry.register(Box::new(propagation.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(nacks.clone()))?;
+        registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(published.clone()))?;
+        registry.register(Box::new(unauthorized.clone()))?;
+        Ok(Self {
+            registry,
+            propagation,
+            pending,
+            nacks,
+            connected,
+            published,
+            unauthorized,
+        })
+    }
+
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}

@@ -1,0 +1,546 @@
+//! Wire types of the distribution protocol and the endpoint-delta logic both sides share.
+//!
+//! Every message on the stream is one JSON object on one line (newline-delimited JSON). Stream
+//! messages are externally tagged (`{"snapshot": {...}}`, `{"endpoints": {...}}`, `"ping"`) so a
+//! multi-megabyte snapshot is decoded in one pass, without serde buffering it to find a tag.
+
+use std::collections::{BTreeMap, HashMap};
+
+use meridian_model::Snapshot;
+use meridian_model::snapshot::{
+    Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Gateway, Listener, Route, Rule,
+};
+use serde::{Deserialize, Serialize};
+
+/// `Content-Type` of the stream.
+pub const STREAM_CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// A Gateway a proxy serves.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRef {
+    /// Namespace of the Gateway.
+    pub namespace: String,
+    /// Name of the Gateway.
+    pub name: String,
+}
+
+impl std::str::FromStr for GatewayRef {
+    type Err = String;
+
+    /// Parses `namespace/name`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(GatewayRef {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Body of `POST /v1/stream`: who the proxy is and what it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    /// Stable identity of the proxy (e.g. its pod name). A second stream with the same id
+    /// replaces the first.
+    pub proxy_id: String,
+    /// Member cluster the proxy runs in; it receives that cluster's snapshot.
+    pub cluster: String,
+    /// Region the proxy runs in.
+    #[serde(default)]
+    pub region: String,
+    /// Zone the proxy runs in.
+    #[serde(default)]
+    pub zone: String,
+    /// The Gateways it serves; `None` serves every Gateway of the cluster's snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<Vec<GatewayRef>>,
+    /// Address clients reach this proxy on (IP or hostname), reported in Gateway
+    /// `status.addresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+impl Hello {
+    /// Whether this proxy serves Gateway `gw`.
+    pub fn serves(&self, gw: &GatewayRef) -> bool {
+        self.gateways.as_ref().is_none_or(|list| list.contains(gw))
+    }
+}
+
+/// The welcome line, the first message of every stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Welcome {
+    /// The server sends a ping at least this often; silence for 3× this means the stream is dead.
+    pub ping_interval_ms: u64,
+}
+
+/// New endpoints of one backend (every backend with that name is patched).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointChange {
+    /// Backend display name as in the snapshot (`ns/svc:port`, ...).
+    pub backend: String,
+    /// Wire protocol to the endpoints.
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+    /// The complete new endpoint list.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A message on the stream (decoding side).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Message {
+    /// First line: the stream is authenticated and live.
+    Welcome(Welcome),
+    /// A full snapshot; its `generation` field is the generation to acknowledge.
+    Snapshot(Box<Snapshot>),
+    /// Endpoint-only update: patch the snapshot of generation `base` into generation
+    /// `generation`.
+    Endpoints(EndpointsUpdate),
+    /// Keepalive.
+    Ping,
+}
+
+/// An endpoint-only update.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointsUpdate {
+    /// The generation the patched snapshot becomes.
+    pub generation: u64,
+    /// The generation it applies to; a proxy holding another one must resync.
+    pub base: u64,
+    /// The changes.
+    pub changes: Vec<EndpointChange>,
+}
+
+/// Just enough of a stream message to acknowledge it when the full decode fails.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) enum Peek {
+    Welcome {},
+    Snapshot { generation: u64 },
+    Endpoints { generation: u64 },
+    Ping,
+}
+
+/// Serialization of a full snapshot message without cloning the snapshot.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) enum Outgoing<'a> {
+    Welcome(&'a Welcome),
+    Snapshot(&'a Snapshot),
+    Endpoints(&'a EndpointsUpdate),
+    Ping,
+}
+
+/// Body of `POST /v1/ack`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    /// The proxy (as in its [`Hello`]).
+    pub proxy_id: String,
+    /// The generation acknowledged.
+    pub generation: u64,
+    /// What happened to it.
+    pub result: AckResult,
+}
+
+/// Outcome of one generation on one proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "status")]
+pub enum AckResult {
+    /// Serving it.
+    Applied,
+    /// Refused; the proxy keeps serving its previous generation.
+    Refused {
+        /// The proxy's reason.
+        reason: String,
+    },
+}
+
+/// Replaces the endpoints of every resolved backend (mirror backends included) named in
+/// `changes`. Returns whether anything changed.
+pub fn patch_endpoints(snapshot: &mut Snapshot, changes: &[EndpointChange]) -> bool {
+    let by_name: HashMap<&str, &EndpointChange> =
+        changes.iter().map(|c| (c.backend.as_str(), c)).collect();
+    let mut changed = false;
+    let mut visit = |b: &mut Backend| {
+        let Some(c) = by_name.get(b.name.as_str()) else {
+            return;
+        };
+        if let BackendTarget::Endpoints {
+            protocol,
+            endpoints,
+            ..
+        } = &mut b.target
+            && (*endpoints != c.endpoints || *protocol != c.protocol)
+        {
+            endpoints.clone_from(&c.endpoints);
+            *protocol = c.protocol;
+            changed = true;
+        }
+    };
+    for rule in snapshot
+        .gateways
+        .iter_mut()
+        .flat_map(|g| &mut g.listeners)
+        .flat_map(|l| &mut l.routes)
+        .flat_map(|r| &mut r.rules)
+    {
+        for f in &mut rule.filters {
+            if let Filter::RequestMirror(m) = f {
+                visit(&mut m.backend);
+            }
+        }
+        for b in &mut rule.backends {
+            for f in &mut b.filters {
+                if let Filter::RequestMirror(m) = f {
+                    visit(&mut m.backend);
+                }
+            }
+            visit(b);
+        }
+    }
+    changed
+}
+
+/// If `new` differs from `old` only in the endpoint lists (and protocols) of resolved backends,
+/// returns the changes that turn `old` into `new` with [`patch_endpoints`] (empty when the
+/// contents are equal). `None` when anything else differs, or when two backends with one name
+/// would need different endpoint lists. Generations are ignored.
+pub fn endpoint_delta(old: &Snapshot, new: &Snapshot) -> Option<Vec<EndpointChange>> {
+    if old.schema != new.schema {
+        return None;
+    }
+    let mut d = Delta::default();
+    lockstep(&old.gateways, &new.gateways, |a, b| gateway(a, b, &mut d))?;
+    d.finish()
+}
+
+/// Every backend name seen in the new snapshot with the endpoints it must have, and whether any
+/// occurrence changed.
+#[derive(Default)]
+struct Delta {
+    seen: BTreeMap<String, (BackendProtocol, Vec<Endpoint>, bool)>,
+}
+
+impl Delta {
+    fn record(
+        &mut self,
+        name: &str,
+        protocol: BackendProtocol,
+        endpoints: &[Endpoint],
+        changed: bool,
+    ) -> Option<()> {
+        match self.seen.get_mut(name) {
+            Some((p, eps, c)) => {
+                // The patch is by name: every occurrence must end up with the same list.
+                if *p != protocol || eps.as_slice() != endpoints {
+                    return None;
+                }
+                *c |= changed;
+            }
+            None => {
+                self.seen
+                    .insert(name.to_string(), (protocol, endpoints.to_vec(), changed));
+            }
+        }
+        Some(())
+    }
+
+    fn finish(self) -> Option<Vec<EndpointChange>> {
+        Some(
+            self.seen
+                .into_iter()
+                .filter(|(_, (_, _, changed))| *changed)
+                .map(|(backend, (protocol, endpoints, _))| EndpointChange {
+                    backend,
+                    protocol,
+                    endpoints,
+                })
+                .collect(),
+        )
+    }
+}
+
+fn lockstep<T>(a: &[T], b: &[T], mut f: impl FnMut(&T, &T) -> Option<()>) -> Option<()> {
+    if a.len() != b.len() {
+        return None;
+    }
+    a.iter().zip(b).try_for_each(|(x, y)| f(x, y))
+}
+
+fn same<T: PartialEq>(a: &T, b: &T) -> Option<()> {
+    (a == b).then_some(())
+}
+
+// The comparisons below destructure every struct, so a field added to the snapshot model is a
+// compile error here instead of a change silently sent as an endpoint delta.
+
+fn gateway(a: &Gateway, b: &Gateway, d: &mut Delta) -> Option<()> {
+    let Gateway {
+        namespace,
+        name,
+        listeners,
+    } = a;
+    same(namespace, &b.namespace)?;
+    same(name, &b.name)?;
+    lockstep(listeners, &b.listeners, |x, y| listener(x, y, d))
+}
+
+fn listener(a: &Listener, b: &Listener, d: &mut Delta) -> Option<()> {
+    let Listener {
+        name,
+        address,
+        port,
+        protocol,
+        hostname,
+        tls,
+        routes,
+    } = a;
+    same(name, &b.name)?;
+    same(address, &b.address)?;
+    same(port, &b.port)?;
+    same(protocol, &b.protocol)?;
+    same(hostname, &b.hostname)?;
+    same(tls, &b.tls)?;
+    lockstep(routes, &b.routes, |x, y| route(x, y, d))
+}
+
+fn route(a: &Route, b: &Route, d: &mut Delta) -> Option<()> {
+    let Route {
+        namespace,
+        name,
+        created_at,
+        hostnames,
+        rules,
+    } = a;
+    same(namespace, &b.namespace)?;
+    same(name, &b.name)?;
+    same(created_at, &b.created_at)?;
+    same(hostnames, &b.hostnames)?;
+    lockstep(rules, &b.rules, |x, y| rule(x, y, d))
+}
+
+fn rule(a: &Rule, b: &Rule, d: &mut Delta) -> Option<()> {
+    let Rule {
+        name,
+        matches,
+        filters,
+        backends,
+        timeouts,
+        retry,
+    } = a;
+    same(name, &b.name)?;
+    same(matches, &b.matches)?;
+    same(timeouts, &b.timeouts)?;
+    same(retry, &b.retry)?;
+    lockstep(filters, &b.filters, |x, y| filter(x, y, d))?;
+    lockstep(backends, &b.backends, |x, y| backend(x, y, d))
+}
+
+fn filter(a: &Filter, b: &Filter, d: &mut Delta) -> Option<()> {
+    match (a, b) {
+        (Filter::RequestMirror(x), Filter::RequestMirror(y)) => {
+            same(&x.percent, &y.percent)?;
+            backend(&x.backend, &y.backend, d)
+        }
+        _ => same(a, b),
+    }
+}
+
+fn backend(a: &Backend, b: &Backend, d: &mut Delta) -> Option<()> {
+    let Backend {
+        name,
+        weight,
+        filters,
+        target,
+    } = a;
+    same(name, &b.name)?;
+    same(weight, &b.weight)?;
+    lockstep(filters, &b.filters, |x, y| filter(x, y, d))?;
+    match (target, &b.target) {
+        (
+            BackendTarget::Endpoints {
+                protocol: p1,
+                endpoints: e1,
+                failover: f1,
+            },
+            BackendTarget::Endpoints {
+                protocol: p2,
+                endpoints: e2,
+                failover: f2,
+            },
+        ) => {
+            same(f1, f2)?;
+            d.record(name, *p2, e2, p1 != p2 || e1 != e2)
+        }
+        (BackendTarget::Invalid { reason: r1 }, BackendTarget::Invalid { reason: r2 }) => {
+            same(r1, r2)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    fn ep(port: u16) -> serde_json::Value {
+        json!({"address": "10.0.0.1", "port": port})
+    }
+
+    fn snap(
+        generation: u64,
+        a_eps: Vec<serde_json::Value>,
+        mirror_eps: Vec<serde_json::Value>,
+    ) -> Snapshot {
+        serde_json::from_value(json!({
+            "schema": meridian_model::snapshot::SNAPSHOT_SCHEMA,
+            "generation": generation,
+            "gateways": [{"namespace": "ns", "name": "gw", "listeners": [{
+                "name": "http", "address": "127.0.0.1", "port": 8080, "protocol": "HTTP",
+                "routes": [{"namespace": "ns", "name": "r", "rules": [
+                    {"filters": [{"type": "requestMirror", "backend":
+                        {"name": "ns/m:80", "target": {"type": "endpoints", "endpoints": mirror_eps}}}],
+                     "backends": [{"name": "ns/a:80", "target": {"type": "endpoints", "endpoints": a_eps.clone()}}]},
+                    {"backends": [
+                        {"name": "ns/a:80", "target": {"type": "endpoints", "endpoints": a_eps}},
+                        {"name": "ns/bad:80", "target": {"type": "invalid", "reason": "BackendNotFound"}}]}
+                ]}]
+            }]}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn equal_contents_give_an_empty_delta_whatever_the_generation() {
+        let a = snap(1, vec![ep(1)], vec![ep(9)]);
+        let b = snap(7, vec![ep(1)], vec![ep(9)]);
+        assert_eq!(endpoint_delta(&a, &b), Some(vec![]));
+    }
+
+    #[test]
+    fn endpoint_changes_are_found_and_patching_reproduces_the_new_snapshot() {
+        let old = snap(1, vec![ep(1)], vec![ep(9)]);
+        let new = snap(2, vec![ep(1), ep(2)], vec![]);
+        let delta = endpoint_delta(&old, &new).unwrap();
+        let names: Vec<&str> = delta.iter().map(|c| c.backend.as_str()).collect();
+        assert_eq!(names, vec!["ns/a:80", "ns/m:80"]);
+        let mut patched = old.clone();
+        assert!(patch_endpoints(&mut patched, &delta));
+        patched.generation = new.generation;
+        assert_eq!(patched, new);
+        // Patching again changes nothing.
+        assert!(!patch_endpoints(&mut patched, &delta));
+    }
+
+    #[test]
+    fn any_other_change_needs_a_full_snapshot() {
+        let old = snap(1, vec![ep(1)], vec![]);
+        let mut new = old.clone();
+        new.gateways[0].listeners[0].port = 8081;
+        assert_eq!(endpoint_delta(&old, &new), None);
+
+        let mut new = old.clone();
+        new.gateways[0].listeners[0].routes[0].rules[1].backends[0].weight = 5;
+        assert_eq!(endpoint_delta(&old, &new), None);
+
+        let mut new = old.clone();
+        new.gateways[0].listeners[0].routes[0].rules.pop();
+        assert_eq!(endpoint_delta(&old, &new), None);
+
+        let mut new = old.clone();
+        new.gateways[0].listeners[0].routes[0].rules[1].backends[1].target =
+            BackendTarget::Invalid {
+                reason: "RefNotPermitted".into(),
+            };
+        assert_eq!(endpoint_delta(&old, &new), None);
+    }
+
+    #[test]
+    fn one_name_with_two_endpoint_lists_is_not_a_delta() {
+        let old = snap(1, vec![ep(1)], vec![]);
+        let mut new = old.clone();
+        // Only the first occurrence of ns/a:80 changes: a by-name patch cannot express that.
+        if let BackendTarget::Endpoints { endpoints, .. } =
+            &mut new.gateways[0].listeners[0].routes[0].rules[0].backends[0].target
+        {
+            endpoints.push(serde_json::from_value(ep(3)).unwrap());
+        }
+        assert_eq!(endpoint_delta(&old, &new), None);
+    }
+
+    #[test]
+    fn stream_messages_round_trip_in_their_documented_shape() {
+        let m = Message::Endpoints(EndpointsUpdate {
+            generation: 3,
+            base: 2,
+            changes: vec![EndpointChange {
+                backend: "ns/a:80".into(),
+                protocol: BackendProtocol::H2c,
+                endpoints: vec![],
+            }],
+        });
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            text,
+            r#"{"endpoints":{"generation":3,"base":2,"changes":[{"backend":"ns/a:80","protocol":"h2c","endpoints":[]}]}}"#
+        );
+        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), m);
+        assert_eq!(serde_json::to_string(&Message::Ping).unwrap(), r#""ping""#);
+        let s = snap(4, vec![], vec![]);
+        let out = serde_json::to_string(&Outgoing::Snapshot(&s)).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Message>(&out).unwrap(),
+            Message::Snapshot(Box::new(s))
+        );
+        let ack = Ack {
+            proxy_id: "p".into(),
+            generation: 4,
+            result: AckResult::Refused {
+                reason: "no".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&ack).unwrap(),
+            json!({"proxyId": "p", "generation": 4, "result": {"status": "refused", "reason": "no"}})
+        );
+    }
+
+    #[test]
+    fn peek_reads_the_generation_of_an_undecodable_snapshot() {
+        let line = r#"{"snapshot":{"schema":"x","generation":12,"gateways":[{"bogus":1}]}}"#;
+        assert!(serde_json::from_str::<Message>(line).is_err());
+        assert!(matches!(
+            serde_json::from_str::<Peek>(line).unwrap(),
+            Peek::Snapshot { generation: 12 }
+        ));
+    }
+
+    #[test]
+    fn gateway_refs_parse() {
+        let g: GatewayRef = "ns/gw".parse().unwrap();
+        assert_eq!(g.to_string(), "ns/gw");
+        assert!("gw".parse::<GatewayRef>().is_err());
+        assert!("/gw".parse::<GatewayRef>().is_err());
+        assert!("a/b/c".parse::<GatewayRef>().is_err());
+    }
+}

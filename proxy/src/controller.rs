@@ -1,0 +1,56 @@
+//! `--controller` mode: the proxy as the [`Target`] of a distribution [`Client`].
+//!
+//! Each snapshot from the controller goes through [`ProxyHandle::apply`] exactly like a file
+//! snapshot; its result becomes the acknowledgement. A refusal because a socket could not be
+//! bound is retried every few seconds (the port may be freed), and only a change is reported
+//! again. The connection status lands on `/ready` (`controller`) and in
+//! `meridian_proxy_controller_connected`; the served snapshot never depends on it.
+
+use std::convert::Infallible;
+
+use meridian_distribution::{Client, ClientStatus, Refused, Target};
+use meridian_model::{Snapshot, SnapshotError};
+
+use crate::handle::{ApplyError, ProxyHandle};
+use crate::state::ControllerLink;
+
+impl Target for ProxyHandle {
+    async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
+        ProxyHandle::apply(self, snapshot)
+            .await
+            .map_err(|e| Refused {
+                retry_after: matches!(e, ApplyError::Bind { .. }).then_some(crate::BIND_RETRY),
+                reason: e.to_string(),
+            })
+    }
+
+    fn refuse(&self, reason: &str) {
+        ProxyHandle::refuse(
+            self,
+            ApplyError::Invalid(SnapshotError::Decode(reason.to_string())),
+        );
+    }
+
+    fn status(&self, status: &ClientStatus) {
+        let url = self
+            .shared()
+            .controller()
+            .map(|l| l.url)
+            .unwrap_or_default();
+        self.shared().set_controller(Some(ControllerLink {
+            url,
+            connected: status.connected,
+            last_error: status.last_error.clone(),
+        }));
+    }
+}
+
+/// Follows the controller behind `client` forever, programming `handle` with what it sends.
+pub async fn follow_controller(handle: &ProxyHandle, client: &Client) -> Infallible {
+    handle.shared().set_controller(Some(ControllerLink {
+        url: client.url().to_string(),
+        connected: false,
+        last_error: None,
+    }));
+    client.run(handle).await
+}

@@ -29,6 +29,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the data-plane proxy.
+    Proxy(meridian_proxy::ProxyArgs),
+    /// Run the local multi-cluster Kubernetes API sandbox.
+    Sandbox(meridian_sandbox::SandboxArgs),
     /// Print the CRDs Meridian installs, or write them to a directory.
     Crds {
         /// Write one YAML file per CRD into this directory instead of printing.
@@ -43,6 +47,8 @@ fn main() -> anyhow::Result<()> {
     init_tracing();
     let cli = Cli::parse();
     match cli.command {
+        Command::Proxy(args) => meridian_proxy::run(args),
+        Command::Sandbox(args) => runtime()?.block_on(meridian_sandbox::run(args)),
         Command::Crds { write: None } => {
             let yaml =
                 meridian_crds::render_yaml(&meridian_crds::all_crds()).context("rendering CRDs")?;

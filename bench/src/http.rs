@@ -45,10 +45,21 @@ struct Sample {
     errors: u64,
 }
 
-/// Kills its child on drop so an early error never leaks a server.
+/// Stops its child on drop so an early error never leaks a server. SIGTERM first: nginx's master
+/// only takes its workers down on a catchable signal; SIGKILL after 3 s.
 struct Guard(Child);
 impl Drop for Guard {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -282,7 +293,7 @@ pub fn run(args: &HttpArgs) -> anyhow::Result<()> {
         Ok(haproxy) => {
             let port = free_port()?;
             let conf = format!(
-                "global\n nbthread 1\n maxconn 20000\n\ndefaults\n mode http\n timeout connect 5s\n\
+                "global\n nbthread 1\n maxconn 4000\n\ndefaults\n mode http\n timeout connect 5s\n\
                  timeout client 30s\n timeout server 30s\n option http-keep-alive\n\n\
                  frontend f\n bind 127.0.0.1:{port}\n default_backend b\n\n\
                  backend b\n http-reuse always\n server s1 127.0.0.1:{backend_port}\n"

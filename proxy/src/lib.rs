@@ -31,6 +31,7 @@
 //! very fast (cloudflare/pingora#946).
 
 mod admin;
+mod buffered;
 mod controller;
 pub mod endpoints;
 mod gateway;
@@ -248,4 +249,48 @@ pub async fn watch_file(handle: &ProxyHandle, path: PathBuf) {
 /// Decodes a JSON snapshot.
 pub fn decode(text: &str) -> Result<Snapshot, SnapshotError> {
     serde_json::from_str(text).map_err(|e| SnapshotError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: super::ProxyArgs,
+    }
+
+    #[test]
+    fn the_command_line_takes_one_snapshot_source_and_gateway_refs() {
+        let err = Cli::try_parse_from(["p", "--snapshot", "s.json", "--controller", "http://c"])
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let cli = Cli::try_parse_from([
+            "p",
+            "--controller",
+            "http://c:1",
+            "--cluster",
+            "east",
+            "--token",
+            "t",
+            "--gateway",
+            "ns/a",
+            "--gateway",
+            "ns/b",
+            "--advertise-address",
+            "203.0.113.7",
+        ])
+        .unwrap();
+        let names: Vec<String> = cli.args.gateways.iter().map(|g| g.to_string()).collect();
+        assert_eq!(names, vec!["ns/a", "ns/b"]);
+        assert_eq!(cli.args.token.as_deref(), Some("t"));
+        let err = Cli::try_parse_from(["p", "--gateway", "no-namespace"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("NAMESPACE/NAME"), "{err}");
+    }
 }

@@ -1,0 +1,198 @@
+//! The client against a scripted fake controller (raw HTTP on loopback): what it does with lines
+//! our server never sends — undecodable snapshots, deltas on a base it does not hold, silence.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_distribution::{Client, ClientConfig, Hello, Refused, Target};
+use meridian_model::Snapshot;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Records what it applies.
+#[derive(Default)]
+struct Recorder {
+    applied: Mutex<Vec<Snapshot>>,
+    refused: Mutex<Vec<String>>,
+}
+
+impl Target for Recorder {
+    async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
+        let g = snapshot.generation;
+        self.applied.lock().unwrap().push(snapshot);
+        Ok(g)
+    }
+
+    fn refuse(&self, reason: &str) {
+        self.refused.lock().unwrap().push(reason.to_string());
+    }
+}
+
+/// Reads one HTTP/1.1 request (headers and a Content-Length body).
+async fn read_request(tcp: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "client closed before a full request");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = buf[end + 4..].to_vec();
+            while body.len() < len {
+                let n = tcp.read(&mut chunk).await.unwrap();
+                body.extend_from_slice(&chunk[..n]);
+            }
+            return (head, body);
+        }
+    }
+}
+
+enum Seen {
+    Stream(TcpStream),
+    Ack(Value),
+}
+
+/// A fake controller: stream requests are handed to the test (which writes lines itself), acks
+/// are answered 204 and reported.
+async fn fake() -> (String, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (head, body) = read_request(&mut tcp).await;
+                    if head.starts_with("POST /v1/stream") {
+                        tcp.write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+                              connection: close\r\n\r\n{\"welcome\":{\"pingIntervalMs\":100}}\n",
+                        )
+                        .await
+                        .unwrap();
+                        let _ = tx.send(Seen::Stream(tcp));
+                        return;
+                    }
+                    tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let _ = tx.send(Seen::Ack(serde_json::from_slice(&body).unwrap()));
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("nothing from the client within 10 s")
+        .unwrap()
+}
+
+async fn next_stream(rx: &mut mpsc::UnboundedReceiver<Seen>) -> TcpStream {
+    match next(rx).await {
+        Seen::Stream(s) => s,
+        Seen::Ack(a) => panic!("expected a stream, got ack {a}"),
+    }
+}
+
+async fn next_ack(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Value {
+    match next(rx).await {
+        Seen::Ack(a) => a,
+        Seen::Stream(_) => panic!("expected an ack, got a new stream"),
+    }
+}
+
+const SNAP: &str =
+    r#"{"snapshot":{"schema":"meridian.dev/snapshot/v1","generation":5,"gateways":[]}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_snapshots_are_refused_and_bad_deltas_force_a_resync() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (url, mut rx) = fake().await;
+        let hello = Hello {
+            proxy_id: "p1".into(),
+            cluster: "east".into(),
+            region: String::new(),
+            zone: String::new(),
+            gateways: None,
+            address: None,
+        };
+        let mut cfg = ClientConfig::new(url, None, hello);
+        cfg.backoff_initial = Duration::from_millis(10);
+        let client = Arc::new(Client::new(cfg).unwrap());
+        let target = Arc::new(Recorder::default());
+        let (c, t) = (client.clone(), target.clone());
+        let task = tokio::spawn(async move {
+            let _ = c.run(&*t).await;
+        });
+
+        let mut s = next_stream(&mut rx).await;
+        // A snapshot with a field this proxy does not know: refused with the decode error.
+        s.write_all(
+            b"{\"snapshot\":{\"schema\":\"meridian.dev/snapshot/v1\",\"generation\":4,\"gateways\":[],\"future\":1}}\n",
+        )
+        .await
+        .unwrap();
+        let ack = next_ack(&mut rx).await;
+        assert_eq!(ack["generation"], 4);
+        assert_eq!(ack["result"]["status"], "refused");
+        assert!(ack["result"]["reason"].as_str().unwrap().contains("does not decode"), "{ack}");
+        assert_eq!(target.refused.lock().unwrap().len(), 1);
+
+        // A good one is applied and acknowledged.
+        s.write_all(format!("{SNAP}\n").as_bytes()).await.unwrap();
+        let ack = next_ack(&mut rx).await;
+        assert_eq!((ack["generation"].as_u64(), &ack["result"]["status"]), (Some(5), &Value::from("applied")));
+
+        // A delta on a base we do not hold: the client drops the stream and reconnects.
+        s.write_all(b"{\"endpoints\":{\"generation\":9,\"base\":8,\"changes\":[]}}\n")
+            .await
+            .unwrap();
+        let mut s2 = next_stream(&mut rx).await;
+        assert_eq!(target.applied.lock().unwrap().len(), 1, "the bad delta was applied");
+        // On the new stream the same snapshot is acknowledged without applying it again.
+        s2.write_all(format!("{SNAP}\n").as_bytes()).await.unwrap();
+        let ack = next_ack(&mut rx).await;
+        assert_eq!(ack["generation"], 5);
+        assert_eq!(target.applied.lock().unwrap().len(), 1);
+        // A delta on the held base is applied.
+        s2.write_all(b"{\"endpoints\":{\"generation\":6,\"base\":5,\"changes\":[]}}\n")
+            .await
+            .unwrap();
+        let ack = next_ack(&mut rx).await;
+        assert_eq!(ack["generation"], 6);
+        assert_eq!(target.applied.lock().unwrap().last().unwrap().generation, 6);
+
+        // Silence for more than three ping intervals: the client closes the stream itself and
+        // opens a new one.
+        let s3 = next_stream(&mut rx).await;
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), s2.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0, "the silent stream was not closed by the client");
+        assert!(client.status().borrow().connects >= 2);
+        drop((s, s3));
+        task.abort();
+    })
+    .await
+    .expect("test exceeded its time bound");
+}

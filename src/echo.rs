@@ -41,6 +41,19 @@ pub struct EchoArgs {
     pub zone: String,
 }
 
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    name: &'a str,
+    cluster: &'a str,
+    region: &'a str,
+    zone: &'a str,
+    method: &'a str,
+    path: &'a str,
+    host: &'a str,
+    protocol: String,
+    headers: serde_json::Map<String, serde_json::Value>,
+}
+
 struct Identity {
     name: String,
     cluster: String,
@@ -129,23 +142,25 @@ async fn answer(
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    let body = serde_json::json!({
-        "name": id.name,
-        "cluster": id.cluster,
-        "region": id.region,
-        "zone": id.zone,
-        "method": req.method().as_str(),
-        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-        "host": host,
-        "protocol": format!("{:?}", req.version()),
-        "headers": headers,
-    });
+    // Who answered comes first, so a human reading curl output sees it at once.
+    let body = serde_json::to_string(&Answer {
+        name: &id.name,
+        cluster: &id.cluster,
+        region: &id.region,
+        zone: &id.zone,
+        method: req.method().as_str(),
+        path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        host: &host,
+        protocol: format!("{:?}", req.version()),
+        headers,
+    })
+    .unwrap_or_default();
     // Drain the request body so keep-alive connections stay usable.
     let _ = req.into_body().collect().await;
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -31,7 +31,6 @@
 //! very fast (cloudflare/pingora#946).
 
 mod admin;
-mod buffered;
 mod controller;
 pub mod endpoints;
 mod gateway;

@@ -359,23 +359,27 @@ impl Client {
                 return Ok(Some(Duration::from_millis(w.ping_interval_ms)));
             }
             Message::Ping => {}
-            Message::Snapshot(s) => self.apply(*s, target, held).await,
+            Message::Snapshot(s) => {
+                if held.applied && held.desired.as_ref() == Some(&*s) {
+                    // A resync of what we serve already.
+                    self.acked(s.generation, target).await;
+                } else {
+                    held.desired = Some(*s);
+                    self.apply_desired(target, held).await;
+                }
+            }
             Message::Endpoints(u) => {
-                let Some(mut s) = held
-                    .desired
-                    .as_ref()
-                    .filter(|d| d.generation == u.base)
-                    .cloned()
-                else {
+                let Some(desired) = held.desired.as_mut().filter(|d| d.generation == u.base) else {
                     return Err(ClientError::Protocol(format!(
                         "endpoint update on generation {} but we hold {:?}; resyncing",
                         u.base,
                         held.desired.as_ref().map(|d| d.generation)
                     )));
                 };
-                patch_endpoints(&mut s, &u.changes);
-                s.generation = u.generation;
-                self.apply(s, target, held).await;
+                // Patched in place: it is what the controller wants, whatever apply says.
+                patch_endpoints(desired, &u.changes);
+                desired.generation = u.generation;
+                self.apply_desired(target, held).await;
             }
         }
         Ok(None)
@@ -405,14 +409,12 @@ impl Client {
         }
     }
 
-    async fn apply<T: Target>(&self, snapshot: Snapshot, target: &T, held: &mut Held) {
-        let generation = snapshot.generation;
-        if held.applied && held.desired.as_ref() == Some(&snapshot) {
-            // A resync of what we serve already.
-            self.acked(generation, target).await;
+    /// Applies `held.desired` and acknowledges the outcome.
+    async fn apply_desired<T: Target>(&self, target: &T, held: &mut Held) {
+        let Some(snapshot) = held.desired.clone() else {
             return;
-        }
-        held.desired = Some(snapshot.clone());
+        };
+        let generation = snapshot.generation;
         match target.apply(snapshot).await {
             Ok(_) => {
                 held.applied = true;

@@ -361,9 +361,14 @@ async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(
             } else {
                 api_for::<Gateway>(client, u.namespace.as_deref())
             };
+            let mut metadata = json!({ "name": u.name });
+            if let Some(ns) = &u.namespace {
+                metadata["namespace"] = json!(ns);
+            }
             let body = json!({
                 "apiVersion": u.kind.api_version(),
                 "kind": u.kind.kind(),
+                "metadata": metadata,
                 "status": u.status,
             });
             let pp = PatchParams::apply(FIELD_MANAGER).force();

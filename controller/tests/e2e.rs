@@ -1,0 +1,624 @@
+//! End-to-end tests: the controller against the in-process Kubernetes API sandbox.
+//!
+//! Each test starts its own sandbox(es) and controller with a [`StaticDataPlane`], applies
+//! manifests with kube-rs, and waits (bounded, see `common::WAIT`) for the status and snapshots
+//! the Gateway API behaviour catalogue requires.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::api::PostParams;
+use meridian_crds::mcs::ServiceExport;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CLASS: &str = "meridian";
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// Sum of status write attempts over every cluster.
+fn write_attempts(env: &Env) -> u64 {
+    env.clients
+        .keys()
+        .map(|c| env.ctl.metrics().status_write_attempts(c))
+        .sum()
+}
+
+/// Waits until no status write happens for 500 ms, then asserts none happens for 2 s more.
+async fn assert_no_write_storm(env: &Env) {
+    eventually("status writes to settle", || async {
+        let before = write_attempts(env);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = write_attempts(env);
+        if before == after {
+            Ok(())
+        } else {
+            Err(format!("{before} -> {after}"))
+        }
+    })
+    .await;
+    let before = write_attempts(env);
+    let passes = env.ctl.passes();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        write_attempts(env),
+        before,
+        "status writes during a quiet period"
+    );
+    assert_eq!(
+        env.ctl.passes(),
+        passes,
+        "reconcile passes during a quiet period"
+    );
+}
+
+async fn setup_gateway(client: &kube::Client) {
+    apply::<GatewayClass>(client, gateway_class(CLASS, ME)).await;
+    apply::<Gateway>(client, gateway_obj("infra", "gw", CLASS)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_route_status_and_snapshot() {
+    let env = start_env(
+        &[&["east", "west", "central"]],
+        |_| true,
+        |cfg| cfg.admin = Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    let east = env.c("east");
+
+    // GatewayClass: Accepted, supportedFeatures.
+    apply::<GatewayClass>(east, gateway_class(CLASS, ME)).await;
+    apply::<GatewayClass>(east, gateway_class("someone-else", "example.com/other")).await;
+    eventually("GatewayClass Accepted", || async {
+        let gc = Api::<GatewayClass>::all(east.clone())
+            .get(CLASS)
+            .await
+            .unwrap();
+        let st = gc.status.ok_or("no status")?;
+        let conds = st.conditions.unwrap_or_default();
+        if csr(&conds, "Accepted") != Some(("True".into(), "Accepted".into(), Some(1))) {
+            return Err(format!("{conds:?}"));
+        }
+        let features: Vec<String> = st
+            .supported_features
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        if !features.iter().any(|f| f == "HTTPRoute") {
+            return Err(format!("features {features:?}"));
+        }
+        Ok(())
+    })
+    .await;
+    // Not ours: no status written.
+    let other = Api::<GatewayClass>::all(east.clone())
+        .get("someone-else")
+        .await
+        .unwrap();
+    assert!(other.status.is_none(), "{:?}", other.status);
+
+    // Gateway, Service, EndpointSlice, HTTPRoute.
+    apply::<Gateway>(east, gateway_obj("infra", "gw", CLASS)).await;
+    apply::<Service>(east, service("app", "echo")).await;
+    apply::<EndpointSlice>(east, slice("app", "echo-1", "echo", &["10.1.0.5"], "z1")).await;
+    apply::<HttpRoute>(
+        east,
+        route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80)),
+    )
+    .await;
+
+    eventually(
+        "Gateway Accepted/Programmed with address and attached route",
+        || async {
+            let gw = gateway(east, "infra", "gw").await;
+            let st = gw.status.ok_or("no status")?;
+            let conds = st.conditions.clone().unwrap_or_default();
+            let want = |t: &str| Some(("True".to_string(), t.to_string(), Some(1)));
+            if csr(&conds, "Accepted") != want("Accepted")
+                || csr(&conds, "Programmed") != want("Programmed")
+            {
+                return Err(format!("conditions {conds:?}"));
+            }
+            let addrs: Vec<(Option<String>, String)> = st
+                .addresses
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| (a.r#type, a.value))
+                .collect();
+            if addrs != vec![(Some("IPAddress".into()), "127.0.0.1".into())] {
+                return Err(format!("addresses {addrs:?}"));
+            }
+            let listeners = st.listeners.unwrap_or_default();
+            let l = listeners.first().ok_or("no listener status")?;
+            if l.attached_routes != 1 {
+                return Err(format!("attachedRoutes {}", l.attached_routes));
+            }
+            let kinds: Vec<&str> = l
+                .supported_kinds
+                .iter()
+                .flatten()
+                .map(|k| k.kind.as_str())
+                .collect();
+            if kinds != ["HTTPRoute"] {
+                return Err(format!("supportedKinds {kinds:?}"));
+            }
+            Ok(())
+        },
+    )
+    .await;
+
+    let ok1 = (
+        ("True".to_string(), "Accepted".to_string(), Some(1)),
+        ("True".to_string(), "ResolvedRefs".to_string(), Some(1)),
+    );
+    eventually("route parent Accepted/ResolvedRefs", || async {
+        let got = our_parent(east, "app", "web").await?;
+        if got == ok1 {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    let r = route(east, "app", "web").await;
+    let p = &r.status.unwrap().parents[0];
+    assert_eq!(
+        p.parent_ref.group.as_deref(),
+        Some("gateway.networking.k8s.io")
+    );
+    assert_eq!(p.parent_ref.kind.as_deref(), Some("Gateway"));
+    assert_eq!(p.parent_ref.namespace.as_deref(), Some("infra"));
+
+    // The snapshot of east carries the route with the endpoint, tagged with cluster and region.
+    let snap = eventually("east snapshot with the endpoint", || async {
+        let s = env.dp.snapshot("east").ok_or("no snapshot")?;
+        let eps = endpoints(&s);
+        if eps.len() == 1 {
+            Ok(s)
+        } else {
+            Err(format!("{eps:?}"))
+        }
+    })
+    .await;
+    let ep = &endpoints(&snap)[0];
+    assert_eq!(
+        (
+            ep.address.to_string(),
+            ep.port,
+            ep.cluster.as_str(),
+            ep.region.as_str(),
+            ep.zone.as_str()
+        ),
+        ("10.1.0.5".to_string(), 8080, "east", "us-east", "z1")
+    );
+    let l = &snap.gateways[0].listeners[0];
+    assert_eq!((l.port, l.routes[0].name.as_str()), (80, "web"));
+    // Other clusters have no Gateway of ours.
+    assert!(
+        env.dp
+            .snapshot("west")
+            .is_none_or(|s| s.gateways.is_empty())
+    );
+
+    // A bad backend: ResolvedRefs False/BackendNotFound at generation 2; fixed at generation 3.
+    apply::<HttpRoute>(
+        east,
+        route_obj("app", "web", ("infra", "gw"), service_ref("missing", 80)),
+    )
+    .await;
+    eventually("ResolvedRefs BackendNotFound", || async {
+        let got = our_parent(east, "app", "web").await?;
+        if got.1 == ("False".into(), "BackendNotFound".into(), Some(2)) && got.0.0 == "True" {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    apply::<HttpRoute>(
+        east,
+        route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80)),
+    )
+    .await;
+    eventually("ResolvedRefs fixed", || async {
+        let got = our_parent(east, "app", "web").await?;
+        if got.1 == ("True".into(), "ResolvedRefs".into(), Some(3)) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+
+    // An EndpointSlice change takes the incremental path and reaches the snapshot.
+    let endpoint_passes = || {
+        env.ctl
+            .metrics()
+            .translations
+            .with_label_values(&["endpoints"])
+            .get()
+    };
+    let before = endpoint_passes();
+    apply::<EndpointSlice>(
+        east,
+        slice("app", "echo-1", "echo", &["10.1.0.5", "10.1.0.6"], "z1"),
+    )
+    .await;
+    eventually("snapshot with two endpoints", || async {
+        let s = env.dp.snapshot("east").ok_or("no snapshot")?;
+        let n = endpoints(&s).len();
+        if n == 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} endpoints"))
+        }
+    })
+    .await;
+    assert!(
+        endpoint_passes() > before,
+        "EndpointSlice change did not use refresh_endpoints"
+    );
+
+    assert_no_write_storm(&env).await;
+
+    // Admin endpoints.
+    let admin = env.ctl.admin_addr().unwrap();
+    let (code, body) = http_get(admin, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("east synced"), "{body}");
+    let (code, body) = http_get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("meridian_controller_status_writes_total{cluster=\"east\",kind=\"Gateway\",result=\"ok\"}"),
+        "{body}"
+    );
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/nope").await.0, 404);
+
+    // Real kubectl reads the status through the printer columns.
+    if std::path::Path::new("/usr/bin/kubectl").exists() {
+        let dir = std::env::temp_dir().join(format!("meridian-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            env.sandboxes[0].as_ref().unwrap().kubeconfig_yaml(),
+        )
+        .unwrap();
+        let out = tokio::time::timeout(
+            WAIT,
+            tokio::process::Command::new("/usr/bin/kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--context", "east", "get", "gateways", "-A"])
+                .env("HOME", &dir)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let header = stdout.lines().next().unwrap_or_default();
+        let row = stdout
+            .lines()
+            .find(|l| l.contains(" gw "))
+            .unwrap_or_default();
+        assert!(header.contains("PROGRAMMED"), "{stdout}");
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        // NAMESPACE NAME CLASS ADDRESS PROGRAMMED AGE
+        assert_eq!(
+            &cols[..5],
+            ["infra", "gw", CLASS, "127.0.0.1", "True"],
+            "{stdout}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // Deleting the route detaches it: attachedRoutes back to 0, route gone from the snapshot.
+    delete::<HttpRoute>(east, Some("app"), "web").await;
+    eventually("route detached", || async {
+        let gw = gateway(east, "infra", "gw").await;
+        let n = gw.status.and_then(|s| s.listeners).unwrap_or_default()[0].attached_routes;
+        let s = env.dp.snapshot("east").ok_or("no snapshot")?;
+        let routes = s
+            .gateways
+            .first()
+            .map_or(0, |g| g.listeners[0].routes.len());
+        if n == 0 && routes == 0 {
+            Ok(())
+        } else {
+            Err(format!("attached {n}, routes {routes}"))
+        }
+    })
+    .await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_import_gathers_endpoints_from_every_cluster() {
+    let env = start_env(&[&["east", "west", "central"]], |_| true, |_| {}).await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    for (i, (name, c)) in env.clients.iter().enumerate() {
+        apply::<Service>(c, service("app", "echo")).await;
+        let ip = format!("10.2.{i}.1");
+        apply::<EndpointSlice>(
+            c,
+            slice("app", "echo-x", "echo", &[&ip], &format!("{name}-a")),
+        )
+        .await;
+        apply::<ServiceExport>(c, service_export("app", "echo")).await;
+    }
+    let east = env.c("east");
+    setup_gateway(east).await;
+    apply::<HttpRoute>(
+        east,
+        route_obj("app", "web", ("infra", "gw"), import_ref("echo", 80)),
+    )
+    .await;
+    let tags = |n: usize| {
+        let dp = env.dp.clone();
+        async move {
+            let s = dp.snapshot("east").ok_or("no snapshot")?;
+            let mut tags: Vec<(String, String, String)> = endpoints(&s)
+                .into_iter()
+                .map(|e| (e.cluster, e.region, e.zone))
+                .collect();
+            tags.sort();
+            if tags.len() == n {
+                Ok(tags)
+            } else {
+                Err(format!("{tags:?}"))
+            }
+        }
+    };
+    let got = eventually("endpoints of three clusters", || tags(3)).await;
+    let t = |c: &str, r: &str| (c.to_string(), r.to_string(), format!("{c}-a"));
+    assert_eq!(
+        got,
+        vec![
+            t("central", "eu-central"),
+            t("east", "us-east"),
+            t("west", "us-west")
+        ]
+    );
+    eventually("route resolved", || async {
+        let got = our_parent(east, "app", "web").await?;
+        if got.1.0 == "True" {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+
+    // West stops exporting: its endpoints leave the snapshot.
+    delete::<ServiceExport>(env.c("west"), Some("app"), "echo").await;
+    let got = eventually("endpoints of two clusters", || tags(2)).await;
+    assert!(got.iter().all(|(c, _, _)| c != "west"), "{got:?}");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_controllers_route_parents_are_preserved() {
+    let env = start_env(&[&["east"]], |_| true, |_| {}).await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    let east = env.c("east");
+    setup_gateway(east).await;
+    apply::<Service>(east, service("app", "echo")).await;
+    apply::<HttpRoute>(
+        east,
+        route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80)),
+    )
+    .await;
+    eventually("our parent entry", || async {
+        our_parent(east, "app", "web").await
+    })
+    .await;
+
+    // Another controller adds its own entry (read-modify-write, as the spec asks of it too).
+    let api = Api::<HttpRoute>::namespaced(east.clone(), "app");
+    let mut r = api.get("web").await.unwrap();
+    let foreign = serde_json::from_value(json!({
+        "controllerName": "example.com/other",
+        "parentRef": {"name": "theirs", "namespace": "infra", "kind": "Gateway",
+                      "group": "gateway.networking.k8s.io"},
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "observedGeneration": 1, "lastTransitionTime": "2024-01-01T00:00:00Z"}]
+    }))
+    .unwrap();
+    r.status.as_mut().unwrap().parents.push(foreign);
+    api.replace_status("web", &PostParams::default(), &r)
+        .await
+        .unwrap();
+
+    // Our status changes (new generation): the foreign entry survives, untouched.
+    let mut changed = route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80));
+    changed["spec"]["hostnames"] = json!(["other.example.com"]);
+    apply::<HttpRoute>(east, changed).await;
+    eventually("our entry at generation 2 next to theirs", || async {
+        let r = route(east, "app", "web").await;
+        let parents = r.status.map(|s| s.parents).unwrap_or_default();
+        let ours = parents
+            .iter()
+            .find(|p| p.controller_name == ME)
+            .ok_or("ours gone")?;
+        let theirs = parents
+            .iter()
+            .find(|p| p.controller_name == "example.com/other")
+            .ok_or(format!("theirs gone: {parents:?}"))?;
+        if csr(&ours.conditions, "Accepted").and_then(|c| c.2) != Some(2) {
+            return Err(format!("ours not updated: {parents:?}"));
+        }
+        assert_eq!(theirs.parent_ref.name, "theirs");
+        assert_eq!(
+            theirs.conditions[0].last_transition_time.0.to_string(),
+            "2024-01-01T00:00:00Z"
+        );
+        Ok(parents.len())
+    })
+    .await;
+    assert_no_write_storm(&env).await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_does_not_stall_the_others() {
+    // east and west in one sandbox, central alone so it can be stopped.
+    let mut env = start_env(
+        &[&["east", "west"], &["central"]],
+        |_| true,
+        |cfg| {
+            cfg.endpoint_grace = Duration::from_millis(1500);
+        },
+    )
+    .await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    for name in ["east", "central"] {
+        let c = env.c(name);
+        apply::<Service>(c, service("app", "echo")).await;
+        apply::<EndpointSlice>(
+            c,
+            slice(
+                "app",
+                "echo-x",
+                "echo",
+                &[&format!("10.3.0.{}", name.len())],
+                "a",
+            ),
+        )
+        .await;
+        apply::<ServiceExport>(c, service_export("app", "echo")).await;
+    }
+    let east = env.c("east").clone();
+    setup_gateway(&east).await;
+    apply::<HttpRoute>(
+        &east,
+        route_obj("app", "web", ("infra", "gw"), import_ref("echo", 80)),
+    )
+    .await;
+    let clusters_in_snapshot = |dp: std::sync::Arc<meridian_controller::StaticDataPlane>| async move {
+        let s = dp.snapshot("east").ok_or("no snapshot")?;
+        let mut cs: Vec<String> = endpoints(&s).into_iter().map(|e| e.cluster).collect();
+        cs.sort();
+        Ok::<_, String>(cs)
+    };
+    eventually("east and central endpoints", || async {
+        let cs = clusters_in_snapshot(env.dp.clone()).await?;
+        if cs == ["central", "east"] {
+            Ok(())
+        } else {
+            Err(format!("{cs:?}"))
+        }
+    })
+    .await;
+
+    // Stop central's API server.
+    env.sandboxes[1].take().unwrap().shutdown().await;
+
+    // East and west keep getting status.
+    let mut changed = route_obj("app", "web", ("infra", "gw"), import_ref("echo", 80));
+    changed["spec"]["hostnames"] = json!(["changed.example.com"]);
+    apply::<HttpRoute>(&east, changed).await;
+    eventually("east route status at generation 2", || async {
+        let got = our_parent(&east, "app", "web").await?;
+        if got.0.2 == Some(2) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    let west = env.c("west").clone();
+    setup_gateway(&west).await;
+    eventually("west Gateway Programmed", || async {
+        let gw = gateway(&west, "infra", "gw").await;
+        let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
+        match csr(&conds, "Programmed") {
+            Some((s, _, _)) if s == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        env.ctl
+            .metrics()
+            .cluster_reachable
+            .with_label_values(&["central"])
+            .get(),
+        0
+    );
+
+    // Past the endpoint grace period central's endpoints are withdrawn; east's stay.
+    eventually("central endpoints withdrawn", || async {
+        let cs = clusters_in_snapshot(env.dp.clone()).await?;
+        if cs == ["east"] {
+            Ok(())
+        } else {
+            Err(format!("{cs:?}"))
+        }
+    })
+    .await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_crds_are_skipped_then_picked_up() {
+    let env = start_env(&[&["east", "west"]], |c| c == "east", |_| {}).await;
+    // West has no Gateway API CRDs: it still syncs (those kinds are skipped).
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    assert_eq!(
+        env.ctl
+            .metrics()
+            .kind_watched
+            .with_label_values(&["west", "Gateway"])
+            .get(),
+        0
+    );
+    let west = env.c("west");
+    install_crds(west).await;
+    setup_gateway(west).await;
+    eventually("west Gateway Accepted after the CRDs appear", || async {
+        let gw = gateway(west, "infra", "gw").await;
+        let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
+        match csr(&conds, "Accepted") {
+            Some((s, _, Some(1))) if s == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    env.shutdown().await;
+}

@@ -537,6 +537,110 @@ mod tests {
         assert!(w.submit(update("a", 2, "X"), Some("99".into()), None));
     }
 
+    /// A route write against an outdated copy hits 409, re-reads, and merges our entry next to
+    /// the one another controller wrote meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn route_conflict_rereads_and_keeps_foreign_parents() {
+        use crate::status::Cond;
+        use gateway_api::httproutes::HttpRouteStatusParentsParentRef;
+        use kube::api::PostParams;
+
+        let sb =
+            meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
+                .await
+                .unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new(sb.clusters()[0].url.parse().unwrap()))
+                .unwrap();
+        let crds: Api<meridian_crds::CustomResourceDefinition> = Api::all(client.clone());
+        for crd in meridian_crds::gateway_api_crds() {
+            crds.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        let routes: Api<HttpRoute> = Api::namespaced(client.clone(), "default");
+        let route: HttpRoute = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "default"},
+            "spec": {"parentRefs": [{"name": "gw"}]}}))
+        .unwrap();
+        let indexed = routes.create(&PostParams::default(), &route).await.unwrap();
+
+        // Someone else writes its parent entry: our indexed copy is now outdated.
+        let parent = |controller: &str, gw: &str| HttpRouteStatusParents {
+            controller_name: controller.into(),
+            parent_ref: HttpRouteStatusParentsParentRef {
+                group: Some("gateway.networking.k8s.io".into()),
+                kind: Some("Gateway".into()),
+                name: gw.into(),
+                namespace: Some("default".into()),
+                port: None,
+                section_name: None,
+            },
+            conditions: vec![
+                Cond::new("Accepted", true, "Accepted", "").stamp(1, Timestamp::now()),
+            ],
+        };
+        let mut theirs = indexed.clone();
+        theirs.status = Some(gateway_api::httproutes::HttpRouteStatus {
+            parents: vec![parent("example.com/other", "theirs")],
+        });
+        routes
+            .replace_status("r", &PostParams::default(), &theirs)
+            .await
+            .unwrap();
+
+        let me = "meridian.dev/gateway-controller";
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let writer = StatusWriter::new("east".into(), Arc::clone(&metrics));
+        let update = StatusUpdate {
+            cluster: "east".into(),
+            kind: StatusKind::HttpRoute,
+            namespace: Some("default".into()),
+            name: "r".into(),
+            generation: 1,
+            // Computed against the outdated copy: only our entry.
+            status: json!({"parents": [parent(me, "gw")]}),
+        };
+        let rv = indexed.metadata.resource_version.clone();
+        assert!(writer.submit(update, rv, Some(Arc::new(indexed))));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cfg = WriterConfig {
+            controller_name: me.into(),
+            timeout: Duration::from_secs(5),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+        };
+        let task = tokio::spawn(writer.clone().run(client.clone(), cfg, stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let parents = loop {
+            let r = routes.get("r").await.unwrap();
+            let parents = r.status.map(|s| s.parents).unwrap_or_default();
+            if parents.iter().any(|p| p.controller_name == me) {
+                break parents;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "our parent never written: {parents:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let names: Vec<(&str, &str)> = parents
+            .iter()
+            .map(|p| (p.controller_name.as_str(), p.parent_ref.name.as_str()))
+            .collect();
+        assert_eq!(names, vec![("example.com/other", "theirs"), (me, "gw")]);
+        assert_eq!(writer.pending(), 0);
+        assert_eq!(
+            metrics
+                .status_writes
+                .with_label_values(&["east", "HTTPRoute", "ok"])
+                .get(),
+            1
+        );
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        sb.shutdown().await;
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let cfg = WriterConfig {

@@ -622,3 +622,120 @@ async fn missing_crds_are_skipped_then_picked_up() {
     .await;
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_down_from_the_start_delays_the_others_only_by_the_startup_grace() {
+    let sb =
+        meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
+            .await
+            .unwrap();
+    let east = client_for(&sb.clusters()[0].url);
+    install_crds(&east).await;
+    for ns in ["infra", "app"] {
+        apply::<k8s_openapi::api::core::v1::Namespace>(
+            &east,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await;
+    }
+    setup_gateway(&east).await;
+    // A port nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let members = vec![
+        meridian_controller::MemberCluster {
+            name: "east".into(),
+            region: "us-east".into(),
+            zones: vec![],
+            client: east.clone(),
+        },
+        meridian_controller::MemberCluster {
+            name: "gone".into(),
+            region: "nowhere".into(),
+            zones: vec![],
+            client: client_for(&format!("http://{dead}")),
+        },
+    ];
+    let dp = meridian_controller::StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);
+    let cfg = fast_config(members, dp.clone()); // startup_grace = 3 s
+    let started = std::time::Instant::now();
+    let ctl = meridian_controller::Controller::start(cfg).await.unwrap();
+    eventually("east Gateway Accepted without the dead cluster", || async {
+        let gw = gateway(&east, "infra", "gw").await;
+        let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
+        match csr(&conds, "Accepted") {
+            Some((s, _, _)) if s == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3),
+        "acted before the startup grace: {waited:?}"
+    );
+    assert!(
+        dp.snapshot("gone").is_none(),
+        "published for a cluster never synced"
+    );
+    assert_eq!(
+        ctl.readiness(),
+        vec![("east".to_string(), true), ("gone".to_string(), false)]
+    );
+    assert!(ctl.wait_ready(Duration::from_millis(200)).await.is_err());
+    ctl.shutdown().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_that_does_not_decode_does_not_stop_the_watch() {
+    let env = start_env(&[&["east"]], |_| true, |_| {}).await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    let east = env.c("east");
+    setup_gateway(east).await;
+    apply::<Service>(east, service("app", "echo")).await;
+    // The sandbox does not validate CRD schemas: this route reaches the watcher as is.
+    let bad = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "bad", "namespace": "app"},
+        "spec": {"parentRefs": "not a list"}});
+    dyn_api::<HttpRoute>(east, Some("app"))
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bad).unwrap(),
+        )
+        .await
+        .unwrap();
+    apply::<HttpRoute>(
+        east,
+        route_obj("app", "good", ("infra", "gw"), service_ref("echo", 80)),
+    )
+    .await;
+    eventually("the good route is served", || async {
+        let got = our_parent(east, "app", "good").await?;
+        let s = env.dp.snapshot("east").ok_or("no snapshot")?;
+        let routes: Vec<String> = s
+            .gateways
+            .iter()
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+            .map(|r| r.name.clone())
+            .collect();
+        if got.0.0 == "True" && routes == ["good"] {
+            Ok(())
+        } else {
+            Err(format!("{got:?} {routes:?}"))
+        }
+    })
+    .await;
+    assert!(
+        env.ctl
+            .metrics()
+            .decode_errors
+            .with_label_values(&["east", "HTTPRoute"])
+            .get()
+            >= 1
+    );
+    env.shutdown().await;
+}

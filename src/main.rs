@@ -9,7 +9,10 @@
 //! Roles still to come (controller, up, drill, status, explain) are tracked as issues and are not
 //! listed until they work.
 
+mod apply;
+mod dataplane;
 mod echo;
+mod up;
 
 use std::path::PathBuf;
 
@@ -41,11 +44,29 @@ enum Command {
     },
     /// Run a demo echo backend.
     Echo(echo::EchoArgs),
+    /// Run the multi-cluster controller.
+    Controller {
+        #[command(flatten)]
+        args: meridian_controller::ControllerArgs,
+        /// Bearer token proxies must present to the distribution server.
+        #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Accept proxies without a token (local runs only).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Run everything locally: three clusters, the controller, a proxy per region and a demo.
+    Up(up::UpArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    init_tracing();
     let cli = Cli::parse();
+    // `up` talks to a person through its own progress lines; component logs would drown them.
+    init_tracing(if matches!(cli.command, Command::Up(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     match cli.command {
         Command::Proxy(args) => meridian_proxy::run(args),
         Command::Sandbox(args) => runtime()?.block_on(meridian_sandbox::run(args)),
@@ -64,7 +85,39 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Echo(args) => runtime()?.block_on(echo::run(args)),
+        Command::Up(args) => runtime()?.block_on(up::run(args)),
+        Command::Controller {
+            args,
+            token,
+            insecure,
+        } => runtime()?.block_on(controller(args, token, insecure)),
     }
+}
+
+/// `meridian controller`: with `--distribution-bind` the proxies get their snapshots from this
+/// process and Gateways are Programmed only once they acknowledge them.
+async fn controller(
+    args: meridian_controller::ControllerArgs,
+    token: Option<String>,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let Some(bind) = args.distribution_bind else {
+        return meridian_controller::serve(args, None).await;
+    };
+    if token.is_none() && !insecure {
+        anyhow::bail!(
+            "--distribution-bind needs --token (or MERIDIAN_TOKEN) so only your proxies connect; \
+             pass --insecure to run without one on a trusted local machine"
+        );
+    }
+    let mut cfg = meridian_distribution::ServerConfig::new(bind, token);
+    cfg.insecure = insecure;
+    let server = meridian_distribution::DistributionServer::start(cfg)
+        .await
+        .with_context(|| format!("starting the distribution server on {bind}"))?;
+    tracing::info!(addr = %server.local_addr(), "distribution server listening");
+    let data_plane = dataplane::DistributedDataPlane::new(std::sync::Arc::new(server));
+    meridian_controller::serve(args, Some(data_plane)).await
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -74,9 +127,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,0 +1,130 @@
+//! `meridian up` end to end, as README's first command runs it: a real process, real kubectl,
+//! real HTTP to every region's Gateway address.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+struct Stop(std::process::Child);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        // SIGINT is what Ctrl-C sends; `up` shuts down cleanly on it.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn get(addr: &str) -> String {
+    let mut s = TcpStream::connect((addr, 80)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn up_serves_every_region_from_its_own_backends() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: kubectl is not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("meridian-up-test-{}", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "up",
+            "--fresh",
+            "--base-port",
+            "0",
+            "--distribution-port",
+            "0",
+            "--admin-base-port",
+            "0",
+        ])
+        .arg("--state-dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut child = Stop(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("up> {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ready = false;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) if line.starts_with("Meridian is up") => {
+                ready = true;
+                break;
+            }
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    assert!(ready, "meridian up did not report readiness within 120 s");
+
+    let kubeconfig = dir.join("kubeconfig");
+    for (ctx, addr, region) in [
+        ("east", "127.0.10.1", "us-east"),
+        ("west", "127.0.11.1", "us-west"),
+        ("central", "127.0.12.1", "eu-central"),
+    ] {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            // A private discovery cache: ports are reused across runs.
+            .arg("--cache-dir")
+            .arg(dir.join("kube-cache"))
+            .args(["--context", ctx, "get", "gateways", "-A", "--no-headers"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let cols: Vec<&str> = text.split_whitespace().collect();
+        // NAMESPACE NAME CLASS ADDRESS PROGRAMMED AGE
+        assert_eq!(
+            &cols[..5],
+            ["demo", "web", "meridian", addr, "True"],
+            "{ctx}: {text} {err}"
+        );
+
+        let answer = get(addr);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{ctx}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            v["region"], region,
+            "{ctx} must be served in its own region: {body}"
+        );
+        assert_eq!(v["zone"], format!("{region}-a"), "same zone first: {body}");
+        assert_eq!(v["path"], "/hello");
+    }
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@
 //! apply(snapshot) ── bind every new socket (all or nothing) ── swap the router ── start loops
 //!                                                                         └─ stop removed loops
 //! accept loop ── TcpStream ─► pingora l4 Stream (+ socket digest: local address for routing)
+//!                  ─► read + write buffers (buffered.rs)
 //!                  HTTP  ─► app.process_new (HTTP/1.1, or h2c when the preface says so)
 //!                  HTTPS ─► openssl handshake, certificate chosen by SNI from the current router,
 //!                           ALPN h2/http1.1, SNI kept in the SSL digest ─► app.process_new
@@ -44,6 +45,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::buffered::Buffered;
 use crate::gateway::{Gateway, TlsConnInfo};
 use crate::state::Shared;
 
@@ -190,6 +192,8 @@ async fn serve_connection(tcp: tokio::net::TcpStream, addr: SocketAddr, ctx: &Ac
     let fd = tcp.as_raw_fd();
     let mut l4 = L4Stream::from(tcp);
     l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
+    // Under TLS too, as pingora layers it: records are read whole and written together.
+    let l4 = Buffered::new(l4);
     let protocol = ctx
         .shared
         .served

@@ -1,0 +1,361 @@
+//! Read and write buffering for accepted connections.
+//!
+//! pingora's own listeners give every accepted stream an L4 read buffer and a small write buffer,
+//! but the call that does it is private to pingora, and a stream built from a `TcpStream` has
+//! neither. Unbuffered, every response goes out as one `send` for the header and one for the
+//! body, and TLS reads each record in two `recv`s. [`Buffered`] puts the buffers back:
+//!
+//! ```text
+//! TcpStream ─► pingora L4 Stream (socket digest) ─► Buffered ─► [TLS] ─► pingora HTTP session
+//! ```
+//!
+//! Writes collect in a buffer of [`WRITE_CAPACITY`] bytes (about one segment, as pingora does);
+//! pingora flushes at the end of every response, after every chunk of a chunked or close-delimited
+//! body and after informational headers, so nothing waits for the buffer to fill. A write that
+//! does not fit goes out together with what is buffered in one vectored write, so a header and a
+//! large body still cost one system call. Two safety nets keep bytes from getting stuck anyway: a
+//! read that would block first sends what is buffered (the peer may be waiting for it before it
+//! says anything more), and dropping the stream sends what it can without waiting.
+//!
+//! Reads fill a buffer of [`READ_CAPACITY`] bytes; reads at least that large bypass it. `Peek` (the
+//! h2c preface check) looks into the read buffer without consuming it.
+
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Read buffer size: a whole TLS record (16 KiB plus its framing) or a large request header in one
+/// `recv`.
+pub(crate) const READ_CAPACITY: usize = 17 * 1024;
+/// Write buffer size: about one TCP segment, pingora's choice; larger writes go straight out.
+pub(crate) const WRITE_CAPACITY: usize = 1460;
+
+/// A stream with a read buffer and a write buffer in front of it.
+pub(crate) struct Buffered<S: AsyncWrite + Unpin> {
+    inner: S,
+    /// Allocated on the first read.
+    read: Box<[u8]>,
+    /// Unread bytes are `read[read_pos..read_end]`.
+    read_pos: usize,
+    read_end: usize,
+    /// Unsent bytes are `write[write_pos..]`.
+    write: Vec<u8>,
+    write_pos: usize,
+}
+
+impl<S: AsyncWrite + Unpin> Buffered<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self {
+            inner,
+            read: Box::default(),
+            read_pos: 0,
+            read_end: 0,
+            write: Vec::new(),
+            write_pos: 0,
+        }
+    }
+
+    fn buffered_write(&self) -> &[u8] {
+        &self.write[self.write_pos..]
+    }
+
+    fn consumed_write(&mut self, n: usize) {
+        self.write_pos += n;
+        if self.write_pos >= self.write.len() {
+            self.write.clear();
+            self.write_pos = 0;
+        }
+    }
+
+    fn ensure_read_buffer(&mut self) {
+        if self.read.is_empty() {
+            self.read = vec![0; READ_CAPACITY].into_boxed_slice();
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
+    /// Sends everything buffered (without flushing the inner stream).
+    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.buffered_write().is_empty() {
+            let n =
+                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.write[self.write_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consumed_write(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads more into the read buffer (after what is there). `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.ensure_read_buffer();
+        if self.read_pos == self.read_end {
+            self.read_pos = 0;
+            self.read_end = 0;
+        } else if self.read_end == self.read.len() {
+            self.read.copy_within(self.read_pos..self.read_end, 0);
+            self.read_end -= self.read_pos;
+            self.read_pos = 0;
+        }
+        let mut rb = ReadBuf::new(&mut self.read[self.read_end..]);
+        let polled = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+        match polled {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                self.read_end += n;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                self.send_before_waiting(cx)?;
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The read side is about to wait for the peer: make sure it has everything we wrote.
+    fn send_before_waiting(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.buffered_write().is_empty() {
+            return Ok(());
+        }
+        match self.poll_send_buffered(cx) {
+            Poll::Ready(Ok(())) => match Pin::new(&mut self.inner).poll_flush(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => Ok(()),
+            },
+            Poll::Ready(Err(e)) => Err(e),
+            // Registered for writability: the task wakes up and the next poll goes on sending.
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Buffered<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read_pos == this.read_end && buf.remaining() >= READ_CAPACITY {
+            let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if polled.is_pending() {
+                this.send_before_waiting(cx)?;
+            }
+            return polled;
+        }
+        if this.read_pos == this.read_end {
+            ready!(this.poll_fill(cx))?;
+        }
+        let available = &this.read[this.read_pos..this.read_end];
+        let n = available.len().min(buf.remaining());
+        buf.put_slice(&available[..n]);
+        this.read_pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Buffered<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.buffered_write().len() + total <= WRITE_CAPACITY {
+            if this.write.capacity() == 0 {
+                this.write.reserve_exact(WRITE_CAPACITY);
+            }
+            for b in bufs {
+                this.write.extend_from_slice(b);
+            }
+            return Poll::Ready(Ok(total));
+        }
+        if this.buffered_write().is_empty() {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        // What is buffered and the new data in one system call.
+        loop {
+            let buffered = &this.write[this.write_pos..];
+            let pending = buffered.len();
+            let inner = Pin::new(&mut this.inner);
+            let n = match bufs {
+                _ if !inner.is_write_vectored() => ready!(inner.poll_write(cx, buffered))?,
+                [one] => {
+                    let slices = [IoSlice::new(buffered), IoSlice::new(one)];
+                    ready!(inner.poll_write_vectored(cx, &slices))?
+                }
+                _ => {
+                    let mut slices = Vec::with_capacity(bufs.len() + 1);
+                    slices.push(IoSlice::new(buffered));
+                    slices.extend(bufs.iter().map(|b| IoSlice::new(b)));
+                    ready!(inner.poll_write_vectored(cx, &slices))?
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n >= pending {
+                this.consumed_write(pending);
+                return Poll::Ready(Ok(n - pending));
+            }
+            this.consumed_write(n);
+            // Room for the new data now? Then buffer it rather than writing it partially.
+            if this.buffered_write().len() + total <= WRITE_CAPACITY {
+                this.write.drain(..this.write_pos);
+                this.write_pos = 0;
+                for b in bufs {
+                    this.write.extend_from_slice(b);
+                }
+                return Poll::Ready(Ok(total));
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Drop for Buffered<S> {
+    fn drop(&mut self) {
+        // Last resort: send what the socket takes right now, without waiting. pingora flushes
+        // every response, so this is normally empty.
+        let mut cx = Context::from_waker(Waker::noop());
+        while self.write_pos < self.write.len() {
+            match Pin::new(&mut self.inner).poll_write(&mut cx, &self.write[self.write_pos..]) {
+                Poll::Ready(Ok(n)) if n > 0 => self.write_pos += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin + fmt::Debug> fmt::Debug for Buffered<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Buffered")
+            .field("inner", &self.inner)
+            .field("read_buffered", &(self.read_end - self.read_pos))
+            .field("write_buffered", &(self.write.len() - self.write_pos))
+            .finish()
+    }
+}
+
+#[async_trait]
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> Peek for Buffered<S> {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if buf.len() > READ_CAPACITY {
+            return Ok(false);
+        }
+        std::future::poll_fn(|cx| {
+            while self.read_end - self.read_pos < buf.len() {
+                if ready!(self.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::UnexpectedEof)));
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await?;
+        buf.copy_from_slice(&self.read[self.read_pos..self.read_pos + buf.len()]);
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl<S: Shutdown + AsyncRead + AsyncWrite + Unpin + Send + Sync> Shutdown for Buffered<S> {
+    async fn shutdown(&mut self) {
+        if let Err(e) = std::future::poll_fn(|cx| self.poll_send_buffered(cx)).await {
+            tracing::debug!(error = %e, "sending buffered bytes before shutdown failed");
+        }
+        Shutdown::shutdown(&mut self.inner).await;
+    }
+}
+
+impl<S: UniqueID + AsyncWrite + Unpin> UniqueID for Buffered<S> {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl<S: Ssl + AsyncWrite + Unpin> Ssl for Buffered<S> {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl<S: GetTimingDigest + AsyncWrite + Unpin> GetTimingDigest for Buffered<S> {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl<S: GetProxyDigest + AsyncWrite + Unpin> GetProxyDigest for Buffered<S> {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl<S: GetSocketDigest + AsyncWrite + Unpin> GetSocketDigest for Buffered<S> {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}

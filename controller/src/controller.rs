@@ -6,6 +6,8 @@
 //!                                                 2. after `debounce` of collecting:
 //!                                                    EndpointSlices only ─► refresh_endpoints
 //!                                                    anything else       ─► translate
+//!                                                    (status-only echoes of our own writes
+//!                                                     wait up to `status_recheck` instead)
 //!                                                 3. snapshots whose content changed ─► DataPlane::publish
 //!                                                 4. status updates ─► StatusWriter (per cluster)
 //!  DataPlane::changes() ──────────────────────────► (full translation: Programmed, addresses)
@@ -77,6 +79,9 @@ pub struct ControllerConfig {
     pub write_backoff_max: Duration,
     /// Admin listener (/healthz, /readyz, /metrics); port 0 picks one.
     pub admin: Option<SocketAddr>,
+    /// Changes that touch only the status of our objects (mostly the echo of our own writes)
+    /// are translated at most this often; anything else translates after `debounce`.
+    pub status_recheck: Duration,
 }
 
 impl ControllerConfig {
@@ -94,6 +99,7 @@ impl ControllerConfig {
             write_timeout: Duration::from_secs(10),
             write_backoff_max: Duration::from_secs(30),
             admin: None,
+            status_recheck: Duration::from_secs(1),
         }
     }
 }
@@ -127,6 +133,7 @@ impl Controller {
             write_timeout,
             write_backoff_max,
             admin,
+            status_recheck,
         } = cfg;
         crate::args::check_unique(
             &clusters
@@ -211,13 +218,19 @@ impl Controller {
             published: BTreeMap::new(),
             translated: false,
             dirty_full: false,
+            status_dirty: false,
             dirty_services: BTreeMap::new(),
             metrics: Arc::clone(&metrics),
             ready_tx,
             passes_tx,
             last_prune: Instant::now(),
         };
-        tasks.push(tokio::spawn(reconciler.run(rx, debounce, shutdown_rx)));
+        tasks.push(tokio::spawn(reconciler.run(
+            rx,
+            debounce,
+            status_recheck,
+            shutdown_rx,
+        )));
         Ok(ControllerHandle {
             metrics,
             readiness: ready_rx,
@@ -292,6 +305,8 @@ struct Reconciler {
     published: BTreeMap<String, Snapshot>,
     translated: bool,
     dirty_full: bool,
+    /// A status-only change is waiting for the slower re-check.
+    status_dirty: bool,
     dirty_services: BTreeMap<usize, BTreeSet<ObjectKey>>,
     metrics: Arc<Metrics>,
     ready_tx: watch::Sender<Vec<(String, bool)>>,
@@ -307,20 +322,26 @@ impl Reconciler {
         mut self,
         mut rx: mpsc::Receiver<Msg>,
         debounce: Duration,
+        status_recheck: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut dp_changes = self.data_plane.changes();
         let mut dp_open = true;
+        // `deadline`: changes that need a pass soon; `recheck`: status-only changes.
         let mut deadline: Option<Instant> = None;
+        let mut recheck: Option<Instant> = None;
         let grace_end = self.started + self.startup_grace;
         let mut grace_pending = true;
         loop {
             let wake = deadline;
+            let wake_recheck = recheck;
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => {
                         if self.handle(msg) {
                             deadline.get_or_insert_with(|| Instant::now() + debounce);
+                        } else if self.status_dirty {
+                            recheck.get_or_insert_with(|| Instant::now() + status_recheck);
                         }
                     }
                     None => return,
@@ -337,8 +358,9 @@ impl Reconciler {
                     grace_pending = false;
                     if !self.synced.iter().all(|s| *s) {
                         tracing::warn!(
-                            waiting_for = ?self.unsynced(),
-                            "startup grace over: synced clusters act without the others"
+                            waiting_for = %self.unsynced().join("; "),
+                            "startup grace over: synced clusters act without the others \
+                             (an unsynced cluster acts once every kind it serves is listed)"
                         );
                         self.dirty_full = true;
                         deadline.get_or_insert_with(Instant::now);
@@ -346,19 +368,34 @@ impl Reconciler {
                 }
                 _ = async { if let Some(t) = wake { tokio::time::sleep_until(t).await } }, if wake.is_some() => {
                     deadline = None;
-                    self.pass();
+                    self.pass(false);
+                    if !self.status_dirty {
+                        recheck = None;
+                    }
+                }
+                _ = async { if let Some(t) = wake_recheck { tokio::time::sleep_until(t).await } }, if wake_recheck.is_some() => {
+                    recheck = None;
+                    self.pass(true);
                 }
                 _ = crate::stopped(&mut shutdown) => return,
             }
         }
     }
 
-    fn unsynced(&self) -> Vec<&str> {
+    /// Clusters not synced yet, each with what it waits for.
+    fn unsynced(&self) -> Vec<String> {
         self.names
             .iter()
-            .zip(&self.synced)
-            .filter(|(_, s)| !**s)
-            .map(|(n, _)| n.as_str())
+            .enumerate()
+            .filter(|(i, _)| !self.synced[*i])
+            .map(|(i, n)| match &self.pending_kinds[i] {
+                None => format!("{n}: API not reached yet"),
+                Some(kinds) => {
+                    let kinds: Vec<&str> =
+                        kinds.iter().map(|k| crate::watch::kind_label(*k)).collect();
+                    format!("{n}: listing {}", kinds.join(", "))
+                }
+            })
             .collect()
     }
 
@@ -387,6 +424,10 @@ impl Reconciler {
                 let touch = mutation(state);
                 let mut needed = match touch {
                     Touch::Nothing => false,
+                    Touch::StatusOnly => {
+                        self.status_dirty = true;
+                        false
+                    }
                     Touch::Full => {
                         self.dirty_full = true;
                         true
@@ -441,9 +482,12 @@ impl Reconciler {
             && (self.synced.iter().all(|s| *s) || self.started.elapsed() >= self.startup_grace)
     }
 
-    fn pass(&mut self) {
-        if self.dirty_full || !self.translated {
+    /// One pass: a full translation when anything but EndpointSlices changed (or a status
+    /// re-check is due), else an endpoint refresh. A full pass settles pending status re-checks.
+    fn pass(&mut self, recheck_due: bool) {
+        if self.dirty_full || recheck_due || !self.translated {
             self.full_pass();
+            self.status_dirty = false;
         } else {
             self.endpoints_pass();
         }

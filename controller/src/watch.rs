@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::status::StatusKind;
 use crate::world::{ClusterState, Indexed, Kind, ObjectKey};
 
 /// Every kind the controller watches, in start order.
@@ -68,6 +69,10 @@ pub(crate) enum Touch {
     Full,
     /// Only the endpoints of these Services (EndpointSlice changes).
     Services(Vec<ObjectKey>),
+    /// Only the status (or metadata other than generation and uid) of a GatewayClass, Gateway or
+    /// HTTPRoute: snapshots cannot change, only whether a status still needs writing. Mostly the
+    /// echo of our own writes, so it is re-checked at a slower pace.
+    StatusOnly,
 }
 
 /// A change to one cluster's index, applied by the reconcile loop.
@@ -333,9 +338,32 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     ))
 }
 
+fn status_kind(kind: Kind) -> Option<StatusKind> {
+    match kind {
+        Kind::GatewayClass => Some(StatusKind::GatewayClass),
+        Kind::Gateway => Some(StatusKind::Gateway),
+        Kind::HttpRoute => Some(StatusKind::HttpRoute),
+        _ => None,
+    }
+}
+
 /// An apply, with the Services whose endpoints it may change.
-fn apply_mutation<K: Indexed + Send + 'static>(obj: K) -> Mutation {
+fn apply_mutation<K: Indexed + Resource + Send + 'static>(obj: K) -> Mutation {
     Box::new(move |state: &mut ClusterState| {
+        if let Some(kind) = status_kind(K::KIND) {
+            // Spec changes bump the generation; a new object under the same name has a new uid.
+            let meta = obj.meta();
+            let same_spec = meta.generation.is_some()
+                && obj
+                    .key()
+                    .and_then(|k| state.meta(kind, &k))
+                    .is_some_and(|old| old.generation == meta.generation && old.uid == meta.uid);
+            return match (state.apply(obj), same_spec) {
+                (false, _) => Touch::Nothing,
+                (true, true) => Touch::StatusOnly,
+                (true, false) => Touch::Full,
+            };
+        }
         if K::KIND != Kind::EndpointSlice {
             return if state.apply(obj) {
                 Touch::Full

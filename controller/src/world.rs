@@ -275,12 +275,20 @@ impl ClusterState {
     /// keys are cluster-scoped). The status writer uses it to recognise a status it already wrote
     /// against the same copy.
     pub fn resource_version(&self, kind: StatusKind, key: &ObjectKey) -> Option<&str> {
-        let meta = match kind {
+        self.meta(kind, key)?.resource_version.as_deref()
+    }
+
+    /// Metadata of the indexed copy of a status-bearing object.
+    pub fn meta(
+        &self,
+        kind: StatusKind,
+        key: &ObjectKey,
+    ) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> {
+        Some(match kind {
             StatusKind::GatewayClass => &self.gateway_classes.get(&key.name)?.metadata,
             StatusKind::Gateway => &self.gateways.get(key)?.metadata,
             StatusKind::HttpRoute => &self.http_routes.get(key)?.metadata,
-        };
-        meta.resource_version.as_deref()
+        })
     }
 
     /// Whether a status-bearing object is present in the index.

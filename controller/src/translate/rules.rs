@@ -391,6 +391,8 @@ fn translate_timeouts(t: Option<&HttpRouteRulesTimeouts>) -> Result<Timeouts, Pr
     })
 }
 
+// A short-lived return value, moved once into the rule: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Translated {
     Filter(Filter),
     /// A filter type the data plane does not implement (named for the status message).

@@ -60,6 +60,7 @@ pub fn fast_config(clusters: Vec<MemberCluster>, dp: Arc<StaticDataPlane>) -> Co
     cfg.startup_grace = Duration::from_secs(3);
     cfg.write_timeout = Duration::from_secs(3);
     cfg.write_backoff_max = Duration::from_secs(1);
+    cfg.status_recheck = Duration::from_millis(200);
     cfg
 }
 

@@ -31,6 +31,7 @@
 //! very fast (cloudflare/pingora#946).
 
 mod admin;
+mod buffered;
 mod controller;
 pub mod endpoints;
 mod gateway;

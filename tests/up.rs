@@ -125,6 +125,54 @@ fn up_serves_every_region_from_its_own_backends() {
         assert_eq!(v["zone"], format!("{region}-a"), "same zone first: {body}");
         assert_eq!(v["path"], "/hello");
     }
+
+    // Every example users copy is accepted by the running controller.
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.join("kube-cache"))
+            .args(["--context", "east"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut routes = Vec::new();
+    for entry in std::fs::read_dir("examples").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let out = kubectl(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(name) = line.strip_prefix("httproute.gateway.networking.k8s.io/") {
+                routes.push(name.split_whitespace().next().unwrap().to_string());
+            }
+        }
+    }
+    assert!(routes.len() >= 6, "examples define HTTPRoutes: {routes:?}");
+    let jsonpath = r#"-o=jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}"#;
+    for route in &routes {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = kubectl(&["get", "httproute", "-n", "demo", route, jsonpath]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "example route {route} not Accepted within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,6 +32,8 @@ use crate::protocol::{Ack, AckResult, Hello, Message, Peek, patch_endpoints};
 
 /// Longest stream line accepted (a full snapshot).
 const MAX_LINE: usize = 512 * 1024 * 1024;
+/// Lines longer than this are decoded on the blocking pool.
+const BIG_LINE: usize = 256 * 1024;
 /// Silence tolerated before the welcome line.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of one acknowledgement request.
@@ -320,7 +322,7 @@ impl Client {
                     while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
                         let line = buf.split_to(scanned + pos + 1);
                         scanned = 0;
-                        if let Some(ping) = self.handle(&line, target, held).await? {
+                        if let Some(ping) = self.handle(line.freeze(), target, held).await? {
                             idle = ping.saturating_mul(3) + Duration::from_secs(1);
                             *attempt = 0;
                         }
@@ -340,13 +342,27 @@ impl Client {
     /// Handles one line; returns the ping interval when it was the welcome.
     async fn handle<T: Target>(
         &self,
-        line: &[u8],
+        line: Bytes,
         target: &T,
         held: &mut Held,
     ) -> Result<Option<Duration>, ClientError> {
-        let msg = match serde_json::from_slice::<Message>(line) {
+        let decoded = if line.len() > BIG_LINE {
+            // ~100 ms for a 10k-route snapshot: not on a worker that also serves requests.
+            let l = line.clone();
+            tokio::task::spawn_blocking(move || serde_json::from_slice::<Message>(&l))
+                .await
+                .map_err(|e| ClientError::Protocol(format!("decoding task failed: {e}")))?
+        } else {
+            serde_json::from_slice::<Message>(&line)
+        };
+        let msg = match decoded {
             Ok(m) => m,
-            Err(e) => return self.undecodable(line, e, target, held).await.map(|()| None),
+            Err(e) => {
+                return self
+                    .undecodable(&line, e, target, held)
+                    .await
+                    .map(|()| None);
+            }
         };
         match msg {
             Message::Welcome(w) => {
@@ -364,8 +380,12 @@ impl Client {
                     // A resync of what we serve already.
                     self.acked(s.generation, target).await;
                 } else {
-                    held.desired = Some(*s);
+                    let old = held.desired.replace(*s);
                     self.apply_desired(target, held).await;
+                    // A big snapshot takes tens of ms to free: not on the runtime's workers.
+                    if let Some(old) = old {
+                        tokio::task::spawn_blocking(move || drop(old));
+                    }
                 }
             }
             Message::Endpoints(u) => {

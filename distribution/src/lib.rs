@@ -36,7 +36,8 @@
 //!    A newer stream with the same `proxyId` replaces the older one.
 //! 2. `POST /v1/ack` with an [`Ack`] body
 //!    (`{"proxyId","generation","result":{"status":"applied"}|{"status":"refused","reason"}}`)
-//!    answers `204`, or `404` for a proxy without a stream.
+//!    answers `204`, or `404` for a proxy id the server does not know (it never opened a
+//!    stream, or has been gone for ten minutes).
 //!
 //! # Generations
 //!

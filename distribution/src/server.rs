@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -195,8 +195,9 @@ pub enum ProgrammedState {
 struct Version {
     generation: u64,
     snapshot: Arc<Snapshot>,
-    /// The full snapshot message, newline included.
-    full_line: Bytes,
+    /// The full snapshot message, newline included; encoded when a stream first needs it
+    /// (streams holding the delta's base never do).
+    full_line: OnceLock<Bytes>,
     /// The delta message from `base`, newline included.
     delta: Option<(u64, Bytes)>,
 }
@@ -213,7 +214,12 @@ impl Version {
             return Ok(line.clone());
         }
         let Some(only) = gateways else {
-            return Ok(self.full_line.clone());
+            if let Some(l) = self.full_line.get() {
+                return Ok(l.clone());
+            }
+            // Two streams may encode it at once; both results are equal.
+            let l = line(&Outgoing::Snapshot(&self.snapshot))?;
+            return Ok(self.full_line.get_or_init(|| l).clone());
         };
         let filtered = Snapshot {
             schema: self.snapshot.schema.clone(),
@@ -568,7 +574,7 @@ impl Inner {
             cluster: cluster.to_string(),
             reason: e.to_string(),
         };
-        let full_line = line(&Outgoing::Snapshot(&snapshot)).map_err(encode)?;
+        let full_line = OnceLock::new();
         let (kind, delta) = match delta {
             Some((base, changes)) => {
                 let update = EndpointsUpdate {
@@ -579,7 +585,12 @@ impl Inner {
                 let l = line(&Outgoing::Endpoints(&update)).map_err(encode)?;
                 (PublishKind::Endpoints, Some((base, l)))
             }
-            None => (PublishKind::Full, None),
+            None => {
+                // Encoded now: every stream needs it, and an encoding error belongs here.
+                let l = line(&Outgoing::Snapshot(&snapshot)).map_err(encode)?;
+                let _ = full_line.set(l);
+                (PublishKind::Full, None)
+            }
         };
         entry.last_generation = Some(generation);
         entry.pending.insert(generation, Instant::now());
@@ -601,12 +612,16 @@ impl Inner {
                 },
             ])
             .inc();
-        entry.latest.send_replace(Some(Arc::new(Version {
+        let old = entry.latest.send_replace(Some(Arc::new(Version {
             generation,
             snapshot: Arc::new(snapshot),
             full_line,
             delta,
         })));
+        // Freeing a big snapshot takes tens of ms; keep it out of the caller's path.
+        if let (Some(old), Ok(rt)) = (old, tokio::runtime::Handle::try_current()) {
+            rt.spawn_blocking(move || drop(old));
+        }
         tracing::debug!(cluster, generation, ?kind, "published");
         Ok(Published { generation, kind })
     }

@@ -212,11 +212,16 @@ impl ProxyHandle {
             }
         }
         let generation = router.generation();
-        self.shared.served.store(Some(Arc::new(Served {
+        let old = self.shared.served.swap(Some(Arc::new(Served {
             router,
             certs,
             protocols,
         })));
+        // Freeing a large router takes as long as compiling it (~100 ms at 10k routes): do it
+        // off the runtime's workers so neither requests nor the caller (an ack) wait for it.
+        if let Some(old) = old {
+            tokio::task::spawn_blocking(move || drop(old));
+        }
         set.start(fresh, &self.accept);
         set.retain(&wanted).await;
         *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = set.bound();

@@ -1,10 +1,23 @@
-//! Locality: which endpoints a proxy prefers.
+//! Locality: which endpoints a proxy prefers, and which one it picks given their health.
 //!
-//! A proxy knows its own (cluster, region, zone). Endpoints are ranked into tiers — same zone,
-//! then the rest of the same region, then other regions (in the backend's failover order when one
-//! is given, else alphabetically so every proxy agrees) — and the proxy sends traffic to the first
-//! tier that has a usable endpoint. Health, ejection and retries live in the proxy; this module
-//! only orders.
+//! A proxy knows its own (cluster, region, zone). [`plan`] ranks a backend's ready endpoints into
+//! tiers — same zone, then the rest of the same region, then other regions (in the policy's
+//! failover order for the proxy's region, else alphabetically so every proxy agrees) — after
+//! dropping endpoints outside the policy's geo-fence. [`select`] then picks one endpoint for one
+//! try, given each endpoint's state as the proxy sees it:
+//!
+//! 1. a weighted share (policy `weights`) may go to another region's tier while it is eligible;
+//! 2. otherwise the first *eligible* tier wins: it has an untried, non-ejected endpoint and at
+//!    least `minHealthyPercent` of its endpoints are not ejected (the spill rule). A tier whose
+//!    endpoints are still slowly starting after failback is skipped with the probability of the
+//!    part of the ramp not yet done, so a returning region gets its traffic back gradually;
+//! 3. if no tier is eligible under the spill rule, the first tier with a usable endpoint serves;
+//! 4. if every endpoint is ejected, the one ejected longest ago (least recently) is tried: a
+//!    total outage of the health view must not become a total outage of traffic;
+//! 5. nothing untried is left → `None`.
+//!
+//! There is no cap on how many endpoints may be ejected: a whole region can fail over.
+//! Randomness comes in as a closure, so every rule is tested with fixed rolls.
 
 use crate::snapshot::{Endpoint, FailoverPolicy};
 
@@ -19,23 +32,74 @@ pub struct Locality {
     pub zone: String,
 }
 
-/// Groups endpoint indices into preference tiers, most preferred first. Endpoints that are not
-/// ready are left out. Empty tiers are dropped.
-pub fn tiers(
-    endpoints: &[Endpoint],
-    me: &Locality,
-    policy: Option<&FailoverPolicy>,
-) -> Vec<Vec<usize>> {
-    let mut regions: Vec<&str> = Vec::new();
-    if let Some(p) = policy {
-        for r in &p.region_order {
-            if r != &me.region && !regions.contains(&r.as_str()) {
-                regions.push(r);
-            }
+/// One preference tier: endpoint indices of one region (own zone and own region are separate
+/// tiers of the same region).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// Region of every endpoint of the tier.
+    pub region: String,
+    /// Endpoint indices.
+    pub members: Vec<usize>,
+}
+
+/// The ranking of one backend's endpoints for one proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Tiers, most preferred first; never empty tiers.
+    pub tiers: Vec<Tier>,
+    /// `(tier index, percent)`: shares sent to another region's tier while it is eligible.
+    pub weighted: Vec<(usize, u32)>,
+    /// Spill rule (percent of a tier's endpoints that must not be ejected).
+    pub min_healthy_percent: u32,
+}
+
+/// How one endpoint looks to the proxy for this try.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Avail {
+    /// Healthy; `ramp` in (0, 1] is the slow-start progress after failback (1 = full share).
+    Usable {
+        /// Slow-start progress.
+        ramp: f64,
+    },
+    /// Ejected; `ejected_at` orders ejections (smaller = ejected longer ago).
+    Ejected {
+        /// Ejection order key.
+        ejected_at: u64,
+    },
+    /// Already tried by this request (and not ejected).
+    Tried,
+    /// Ejected and already tried by this request.
+    TriedEjected,
+}
+
+/// The failover order (regions after the proxy's own) for a proxy in `region`.
+pub fn region_order<'a>(policy: Option<&'a FailoverPolicy>, region: &str) -> Vec<&'a str> {
+    let Some(p) = policy else {
+        return Vec::new();
+    };
+    let list = p
+        .failover
+        .iter()
+        .find(|f| f.from == region)
+        .map_or(&p.region_order, |f| &f.to);
+    let mut out: Vec<&str> = Vec::new();
+    for r in list {
+        if r != region && !out.contains(&r.as_str()) {
+            out.push(r);
         }
     }
+    out
+}
+
+/// Ranks `endpoints` for a proxy at `me`. Not-ready endpoints and endpoints outside the
+/// geo-fence are left out.
+pub fn plan(endpoints: &[Endpoint], me: &Locality, policy: Option<&FailoverPolicy>) -> Plan {
+    let fence: &[String] = policy.map_or(&[], |p| p.geo_fence.as_slice());
+    let allowed = |e: &Endpoint| e.ready && (fence.is_empty() || fence.contains(&e.region));
+    let mut regions = region_order(policy, &me.region);
     let mut others: Vec<&str> = endpoints
         .iter()
+        .filter(|e| allowed(e))
         .map(|e| e.region.as_str())
         .filter(|r| *r != me.region && !regions.contains(r))
         .collect();
@@ -43,9 +107,21 @@ pub fn tiers(
     others.dedup();
     regions.extend(others);
 
-    let mut out: Vec<Vec<usize>> = vec![Vec::new(); 2 + regions.len()];
+    let mut tiers: Vec<Tier> = Vec::with_capacity(2 + regions.len());
+    tiers.push(Tier {
+        region: me.region.clone(),
+        members: Vec::new(),
+    });
+    tiers.push(Tier {
+        region: me.region.clone(),
+        members: Vec::new(),
+    });
+    tiers.extend(regions.iter().map(|r| Tier {
+        region: (*r).to_string(),
+        members: Vec::new(),
+    }));
     for (i, e) in endpoints.iter().enumerate() {
-        if !e.ready {
+        if !allowed(e) {
             continue;
         }
         let tier = if e.region == me.region {
@@ -55,21 +131,134 @@ pub fn tiers(
                 1
             }
         } else {
-            // Unwrap-free: every foreign region was collected above.
-            2 + regions
-                .iter()
-                .position(|r| *r == e.region)
-                .unwrap_or(regions.len() - 1)
+            match regions.iter().position(|r| *r == e.region) {
+                Some(p) => 2 + p,
+                // Cannot happen: every allowed foreign region was collected above.
+                None => continue,
+            }
         };
-        out[tier].push(i);
+        tiers[tier].members.push(i);
     }
-    out.retain(|t| !t.is_empty());
-    out
+    tiers.retain(|t| !t.members.is_empty());
+
+    let mut weighted = Vec::new();
+    if let Some(p) = policy {
+        for w in p.weights.iter().filter(|w| w.from == me.region) {
+            if w.region == me.region || w.percent == 0 {
+                continue;
+            }
+            if let Some(t) = tiers.iter().position(|t| t.region == w.region) {
+                weighted.push((t, w.percent.min(100)));
+            }
+        }
+    }
+    Plan {
+        tiers,
+        weighted,
+        min_healthy_percent: policy.map_or(0, |p| p.min_healthy_percent.min(100)),
+    }
+}
+
+/// Endpoint indices per tier, most preferred first (the plan without weights).
+pub fn tiers(
+    endpoints: &[Endpoint],
+    me: &Locality,
+    policy: Option<&FailoverPolicy>,
+) -> Vec<Vec<usize>> {
+    plan(endpoints, me, policy)
+        .tiers
+        .into_iter()
+        .map(|t| t.members)
+        .collect()
+}
+
+struct TierView {
+    usable: Vec<(usize, f64)>,
+    eligible: bool,
+}
+
+/// Picks one endpoint index for one try (see the module docs for the rules). `roll` returns
+/// uniform numbers in `[0, 1)`.
+pub fn select(
+    plan: &Plan,
+    avail: impl Fn(usize) -> Avail,
+    roll: &mut impl FnMut() -> f64,
+) -> Option<usize> {
+    let views: Vec<TierView> = plan
+        .tiers
+        .iter()
+        .map(|t| {
+            let mut usable = Vec::new();
+            let mut healthy = 0usize;
+            for &i in &t.members {
+                match avail(i) {
+                    Avail::Usable { ramp } => {
+                        healthy += 1;
+                        usable.push((i, ramp.clamp(0.0, 1.0)));
+                    }
+                    Avail::Tried => healthy += 1,
+                    Avail::Ejected { .. } | Avail::TriedEjected => {}
+                }
+            }
+            let enough = healthy * 100 >= t.members.len() * plan.min_healthy_percent as usize;
+            TierView {
+                eligible: !usable.is_empty() && enough,
+                usable,
+            }
+        })
+        .collect();
+
+    let pick_in = |v: &TierView, roll: &mut dyn FnMut() -> f64| {
+        let i = ((roll() * v.usable.len() as f64) as usize).min(v.usable.len() - 1);
+        v.usable[i].0
+    };
+
+    // 1. Weighted shares to other regions.
+    if !plan.weighted.is_empty() {
+        let r = roll() * 100.0;
+        let mut acc = 0.0;
+        for &(t, pct) in &plan.weighted {
+            acc += f64::from(pct);
+            if r < acc {
+                if let Some(v) = views.get(t).filter(|v| v.eligible) {
+                    return Some(pick_in(v, roll));
+                }
+                break;
+            }
+        }
+    }
+    // 2. First eligible tier, honouring slow start.
+    let eligible: Vec<&TierView> = views.iter().filter(|v| v.eligible).collect();
+    for (n, v) in eligible.iter().enumerate() {
+        let ramp = v.usable.iter().map(|(_, r)| r).sum::<f64>() / v.usable.len() as f64;
+        let last = n + 1 == eligible.len();
+        if !last && ramp < 1.0 && roll() >= ramp {
+            continue;
+        }
+        return Some(pick_in(v, roll));
+    }
+    // 3. Spill rule left nothing: any usable endpoint, best tier first.
+    if let Some(v) = views.iter().find(|v| !v.usable.is_empty()) {
+        return Some(pick_in(v, roll));
+    }
+    // 4. Everything ejected: the least recently ejected untried endpoint.
+    plan.tiers
+        .iter()
+        .flat_map(|t| t.members.iter().copied())
+        .filter_map(|i| match avail(i) {
+            Avail::Ejected { ejected_at } => Some((ejected_at, i)),
+            _ => None,
+        })
+        .min()
+        .map(|(_, i)| i)
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::snapshot::{RegionFailover, RegionWeight};
+    use std::collections::HashMap;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn ep(n: u8, region: &str, zone: &str, ready: bool) -> Endpoint {
@@ -83,6 +272,46 @@ mod tests {
         }
     }
 
+    fn me(region: &str, zone: &str) -> Locality {
+        Locality {
+            cluster: "c".into(),
+            region: region.into(),
+            zone: zone.into(),
+        }
+    }
+
+    /// Endpoints: 0,1 us-east (zones a, b); 2,3 us-west; 4,5 eu.
+    fn world() -> Vec<Endpoint> {
+        vec![
+            ep(1, "us-east", "a", true),
+            ep(2, "us-east", "b", true),
+            ep(3, "us-west", "a", true),
+            ep(4, "us-west", "b", true),
+            ep(5, "eu", "a", true),
+            ep(6, "eu", "b", true),
+        ]
+    }
+
+    fn states(pairs: &[(usize, Avail)]) -> impl Fn(usize) -> Avail + use<> {
+        let m: HashMap<usize, Avail> = pairs.iter().copied().collect();
+        move |i| m.get(&i).copied().unwrap_or(Avail::Usable { ramp: 1.0 })
+    }
+
+    /// Fixed rolls, cycled.
+    fn rolls(v: &[f64]) -> impl FnMut() -> f64 + use<> {
+        let v = v.to_vec();
+        let mut i = 0;
+        move || {
+            let r = v[i % v.len()];
+            i += 1;
+            r
+        }
+    }
+
+    fn ejected(at: u64) -> Avail {
+        Avail::Ejected { ejected_at: at }
+    }
+
     #[test]
     fn same_zone_then_region_then_other_regions() {
         let eps = vec![
@@ -92,17 +321,14 @@ mod tests {
             ep(4, "us-west", "a", true),
             ep(5, "us-east", "a", false),
         ];
-        let me = Locality {
-            cluster: "east".into(),
-            region: "us-east".into(),
-            zone: "a".into(),
-        };
+        let me = me("us-east", "a");
         assert_eq!(
             tiers(&eps, &me, None),
             vec![vec![2], vec![1], vec![0], vec![3]]
         );
         let policy = FailoverPolicy {
             region_order: vec!["us-west".into(), "eu".into()],
+            ..Default::default()
         };
         assert_eq!(
             tiers(&eps, &me, Some(&policy)),
@@ -113,11 +339,214 @@ mod tests {
     #[test]
     fn not_ready_endpoints_are_never_ranked() {
         let eps = vec![ep(1, "r", "z", false)];
-        let me = Locality {
-            region: "r".into(),
-            zone: "z".into(),
+        assert!(tiers(&eps, &me("r", "z"), None).is_empty());
+    }
+
+    #[test]
+    fn failover_order_is_per_source_region() {
+        let policy = FailoverPolicy {
+            region_order: vec!["us-west".into()],
+            failover: vec![
+                RegionFailover {
+                    from: "us-east".into(),
+                    to: vec!["eu".into(), "us-west".into()],
+                },
+                RegionFailover {
+                    from: "eu".into(),
+                    to: vec!["us-east".into()],
+                },
+            ],
             ..Default::default()
         };
-        assert!(tiers(&eps, &me, None).is_empty());
+        let eps = world();
+        let regions = |region: &str| -> Vec<String> {
+            plan(&eps, &me(region, "a"), Some(&policy))
+                .tiers
+                .iter()
+                .map(|t| t.region.clone())
+                .collect()
+        };
+        assert_eq!(regions("us-east"), ["us-east", "us-east", "eu", "us-west"]);
+        assert_eq!(regions("eu"), ["eu", "eu", "us-east", "us-west"]);
+        // No entry for us-west: the default order, then the rest alphabetically.
+        assert_eq!(regions("us-west"), ["us-west", "us-west", "eu", "us-east"]);
+    }
+
+    #[test]
+    fn geo_fence_drops_other_regions_and_leaves_nothing_when_the_fence_is_down() {
+        let policy = FailoverPolicy {
+            geo_fence: vec!["us-east".into(), "us-west".into()],
+            ..Default::default()
+        };
+        let eps = world();
+        let p = plan(&eps, &me("us-east", "a"), Some(&policy));
+        assert_eq!(
+            p.tiers
+                .iter()
+                .map(|t| t.members.clone())
+                .collect::<Vec<_>>(),
+            vec![vec![0], vec![1], vec![2, 3]]
+        );
+        // Every fenced endpoint ejected: the least recently ejected one is tried, never eu.
+        let all_out = states(&[
+            (0, ejected(5)),
+            (1, ejected(3)),
+            (2, ejected(4)),
+            (3, ejected(9)),
+        ]);
+        assert_eq!(select(&p, &all_out, &mut rolls(&[0.0])), Some(1));
+        // Everything tried: nothing, so the proxy answers 503 instead of leaving the fence.
+        let tried = states(&[
+            (0, Avail::TriedEjected),
+            (1, Avail::TriedEjected),
+            (2, Avail::Tried),
+            (3, Avail::Tried),
+        ]);
+        assert_eq!(select(&p, &tried, &mut rolls(&[0.0])), None);
+    }
+
+    #[test]
+    fn a_whole_region_ejected_falls_to_the_next_tier_not_panic_mode() {
+        let eps = world();
+        let p = plan(&eps, &me("us-east", "a"), None);
+        // eu sorts before us-west alphabetically.
+        let east_down = states(&[(0, ejected(1)), (1, ejected(2))]);
+        for r in [0.0, 0.3, 0.99] {
+            let got = select(&p, &east_down, &mut rolls(&[r])).unwrap();
+            assert!(got == 4 || got == 5, "roll {r} picked {got}");
+        }
+        // Zone a ejected only: zone b of the same region.
+        let zone_down = states(&[(0, ejected(1))]);
+        assert_eq!(select(&p, &zone_down, &mut rolls(&[0.5])), Some(1));
+        // Tried endpoints are skipped the same way.
+        let tried = states(&[(0, Avail::Tried), (1, Avail::Tried)]);
+        assert!(matches!(
+            select(&p, &tried, &mut rolls(&[0.0])),
+            Some(4 | 5)
+        ));
+    }
+
+    #[test]
+    fn spill_moves_traffic_when_too_few_endpoints_of_a_tier_are_healthy() {
+        let eps = vec![
+            ep(1, "us-east", "a", true),
+            ep(2, "us-east", "a", true),
+            ep(3, "us-east", "a", true),
+            ep(4, "us-west", "a", true),
+        ];
+        let mut policy = FailoverPolicy {
+            min_healthy_percent: 50,
+            ..Default::default()
+        };
+        let p = plan(&eps, &me("us-east", "a"), Some(&policy));
+        // 1 of 3 healthy = 33 % < 50 %: spill to us-west.
+        let two_down = states(&[(0, ejected(1)), (1, ejected(2))]);
+        assert_eq!(select(&p, &two_down, &mut rolls(&[0.0])), Some(3));
+        // 2 of 3 healthy = 66 %: stay.
+        let one_down = states(&[(0, ejected(1))]);
+        assert!(matches!(
+            select(&p, &one_down, &mut rolls(&[0.0, 0.9])),
+            Some(1 | 2)
+        ));
+        // Without the rule the last healthy local endpoint keeps everything.
+        policy.min_healthy_percent = 0;
+        let p0 = plan(&eps, &me("us-east", "a"), Some(&policy));
+        assert_eq!(select(&p0, &two_down, &mut rolls(&[0.0])), Some(2));
+        // Spill target also down: the spilled tier's last healthy endpoint still serves.
+        let west_down_too = states(&[(0, ejected(1)), (1, ejected(2)), (3, ejected(3))]);
+        assert_eq!(select(&p, &west_down_too, &mut rolls(&[0.0])), Some(2));
+    }
+
+    #[test]
+    fn weights_and_failover_work_together() {
+        let policy = FailoverPolicy {
+            failover: vec![RegionFailover {
+                from: "us-east".into(),
+                to: vec!["us-west".into(), "eu".into()],
+            }],
+            weights: vec![RegionWeight {
+                from: "us-east".into(),
+                region: "eu".into(),
+                percent: 10,
+            }],
+            ..Default::default()
+        };
+        let eps = world();
+        let p = plan(&eps, &me("us-east", ""), Some(&policy));
+        // No zone: tiers are us-east, us-west, eu.
+        assert_eq!(p.weighted, vec![(2, 10)]);
+        let healthy = states(&[]);
+        // Roll below 10 %: eu's share; above: the local tier.
+        assert!(matches!(
+            select(&p, &healthy, &mut rolls(&[0.05, 0.0])),
+            Some(4)
+        ));
+        assert!(matches!(
+            select(&p, &healthy, &mut rolls(&[0.5, 0.0])),
+            Some(0)
+        ));
+        // us-east down: the 90 % follow the order to us-west, the 10 % still go to eu.
+        let east_down = states(&[(0, ejected(1)), (1, ejected(2))]);
+        assert!(matches!(
+            select(&p, &east_down, &mut rolls(&[0.5, 0.0])),
+            Some(2)
+        ));
+        assert!(matches!(
+            select(&p, &east_down, &mut rolls(&[0.05, 0.0])),
+            Some(4)
+        ));
+        // eu down: its share falls back to the order (us-east).
+        let eu_down = states(&[(4, ejected(1)), (5, ejected(2))]);
+        assert!(matches!(
+            select(&p, &eu_down, &mut rolls(&[0.05, 0.0])),
+            Some(0)
+        ));
+        // Weights of other source regions do not apply.
+        let p_eu = plan(&eps, &me("eu", ""), Some(&policy));
+        assert!(p_eu.weighted.is_empty());
+    }
+
+    #[test]
+    fn slow_start_returns_traffic_gradually() {
+        let eps = world();
+        let p = plan(&eps, &me("us-east", "a"), None);
+        // Zone a is back at 25 % of its ramp: rolls ≥ 0.25 skip it.
+        let ramping = states(&[(0, Avail::Usable { ramp: 0.25 })]);
+        assert_eq!(select(&p, &ramping, &mut rolls(&[0.1, 0.0])), Some(0));
+        assert_eq!(select(&p, &ramping, &mut rolls(&[0.6, 0.0])), Some(1));
+        // The last eligible tier is never skipped.
+        let only = plan(&eps[..1], &me("us-east", "a"), None);
+        assert_eq!(select(&only, &ramping, &mut rolls(&[0.99])), Some(0));
+    }
+
+    #[test]
+    fn nothing_untried_left_is_none() {
+        let eps = world();
+        let p = plan(&eps, &me("us-east", "a"), None);
+        let all = states(&(0..6).map(|i| (i, Avail::Tried)).collect::<Vec<_>>());
+        assert_eq!(select(&p, &all, &mut rolls(&[0.0])), None);
+        assert_eq!(select(&Plan::default(), &all, &mut rolls(&[0.0])), None);
+    }
+
+    #[test]
+    fn policies_of_older_snapshots_still_parse_and_new_fields_round_trip() {
+        let old: FailoverPolicy = serde_json::from_str(r#"{"regionOrder":["eu"]}"#).unwrap();
+        assert_eq!(old.region_order, ["eu"]);
+        assert_eq!(old.min_healthy_percent, 0);
+        assert!(old.health_check.is_none());
+        let text = r#"{"failover":[{"from":"us-east","to":["us-west"]}],
+            "weights":[{"from":"us-east","region":"us-west","percent":10}],
+            "minHealthyPercent":50,"geoFence":["us-east","us-west"],
+            "healthCheck":{"httpPath":"/healthz","intervalMs":1000},
+            "outlierDetection":{"consecutive5xx":5},
+            "retry":{"attempts":2,"budgetPercent":20},
+            "failback":{"hysteresisMs":3000,"slowStartMs":10000}}"#;
+        let p: FailoverPolicy = serde_json::from_str(text).unwrap();
+        assert_eq!(p.outlier_detection.as_ref().unwrap().consecutive_5xx, 5);
+        assert_eq!(p.failback.as_ref().unwrap().slow_start_ms, 10_000);
+        let back: FailoverPolicy =
+            serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert!(serde_json::from_str::<FailoverPolicy>(r#"{"bogus":1}"#).is_err());
     }
 }

@@ -450,12 +450,134 @@ fn default_true() -> bool {
     true
 }
 
-/// Locality/failover policy for a backend. Reserved for the failover feature: today only the
-/// ordered region list is carried and the proxy ranks same zone, same region, then this order.
+/// Locality/failover policy for a backend (from a `FailoverPolicy` object, or `None` for the
+/// defaults: same zone, same region, then other regions alphabetically, TCP health checks).
+///
+/// Every field has a serde default, so snapshots written before a field existed still parse.
+/// Rates are integer percent or milliseconds so the snapshot stays exact and hashable.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FailoverPolicy {
-    /// Regions to fail over to, in order, after the proxy's own region.
-    #[serde(default)]
+    /// Regions to fail over to, in order, after the proxy's own region, when no entry of
+    /// [`FailoverPolicy::failover`] names the proxy's region.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub region_order: Vec<String>,
+    /// Ordered failover per source region: a proxy in `from` tries its own region, then `to` in
+    /// order, then any other allowed region alphabetically.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<RegionFailover>,
+    /// Shares of traffic a proxy in `from` sends to another region while that region is healthy
+    /// (e.g. 10 % to the neighbour); the rest follows the tier order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<RegionWeight>,
+    /// Spill rule: a tier counts as unhealthy (traffic moves to the next) when fewer than this
+    /// percent of its ready endpoints are healthy. 0 = only when none is.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_healthy_percent: u32,
+    /// Geo-fence: when non-empty, endpoints outside these regions are never used (503 instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub geo_fence: Vec<String>,
+    /// Active health checks (default: TCP connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<Box<HealthCheck>>,
+    /// Passive outlier detection on responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Box<OutlierDetection>>,
+    /// Automatic retries of safe requests on another endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Box<FailoverRetry>>,
+    /// How traffic returns to a recovered endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failback: Option<Box<Failback>>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Ordered failover targets for proxies of one region.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegionFailover {
+    /// Source region (where the proxy runs).
+    pub from: String,
+    /// Regions to try after `from`, in order.
+    #[serde(default)]
+    pub to: Vec<String>,
+}
+
+/// A share of traffic kept on another region while it is healthy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegionWeight {
+    /// Source region (where the proxy runs).
+    pub from: String,
+    /// Target region.
+    pub region: String,
+    /// Percent of requests (0–100).
+    pub percent: u32,
+}
+
+/// Active health check settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// HTTP path to GET (2xx/3xx = healthy); `None` = TCP connect only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+    /// Probe interval (0 = the proxy's default, 1 s).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub interval_ms: u64,
+    /// Probe timeout (0 = the proxy's default, 500 ms).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub timeout_ms: u64,
+    /// Consecutive failed probes that eject a healthy endpoint (0 = default 2).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive successful probes that re-admit an ejected endpoint (0 = default 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub healthy_threshold: u32,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Passive outlier detection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx responses that eject an endpoint (0 = off).
+    #[serde(default)]
+    pub consecutive_5xx: u32,
+    /// First ejection time; doubled on each repeated ejection (0 = default 2 s).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub base_ejection_ms: u64,
+    /// Cap of the backed-off ejection time (0 = default 60 s).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub max_ejection_ms: u64,
+}
+
+/// Retry of safe requests on another endpoint, within a budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailoverRetry {
+    /// Extra tries per request (0 = default 3).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Retries allowed as a percent of requests over the last 10 s (0 = default 20).
+    #[serde(default)]
+    pub budget_percent: u32,
+}
+
+/// Failback: how traffic returns to recovered endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Failback {
+    /// An ejected endpoint must pass probes for this long before it is re-admitted.
+    #[serde(default)]
+    pub hysteresis_ms: u64,
+    /// After re-admission, its share of traffic ramps linearly over this window.
+    #[serde(default)]
+    pub slow_start_ms: u64,
 }

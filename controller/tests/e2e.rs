@@ -739,3 +739,71 @@ async fn an_object_that_does_not_decode_does_not_stop_the_watch() {
     );
     env.shutdown().await;
 }
+
+/// `meridian controller --kubeconfig F` with no --cluster: every context is a member, and each
+/// client reaches its own cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_contexts_become_member_clusters() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: meridian_controller::ControllerArgs,
+    }
+    let sb = meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&[
+        "east", "west",
+    ]))
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("meridian-kc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, sb.kubeconfig_yaml()).unwrap();
+    // A namespace only west has, to tell the clients apart.
+    let west = client_for(&sb.cluster("west").unwrap().url);
+    apply::<k8s_openapi::api::core::v1::Namespace>(
+        &west,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "only-west"}}),
+    )
+    .await;
+
+    let cli = Cli::try_parse_from(["x", "--kubeconfig", path.to_str().unwrap()]).unwrap();
+    let kc = cli.args.load_kubeconfig().unwrap();
+    let specs = cli.args.cluster_specs(&kc).unwrap();
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["east", "west"]);
+    for spec in &specs {
+        let c = meridian_controller::args::connect(&kc, spec).await.unwrap();
+        let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(c)
+            .get_opt("only-west")
+            .await
+            .unwrap();
+        assert_eq!(ns.is_some(), spec.name == "west", "{}", spec.name);
+    }
+
+    let cli = Cli::try_parse_from([
+        "x",
+        "--kubeconfig",
+        path.to_str().unwrap(),
+        "--cluster",
+        "main=west@eu",
+    ])
+    .unwrap();
+    let specs = cli.args.cluster_specs(&kc).unwrap();
+    assert_eq!((specs[0].context(), specs[0].region()), ("west", "eu"));
+    let cli = Cli::try_parse_from([
+        "x",
+        "--kubeconfig",
+        path.to_str().unwrap(),
+        "--cluster",
+        "nope",
+    ])
+    .unwrap();
+    let spec = &cli.args.cluster_specs(&kc).unwrap()[0];
+    let Err(err) = meridian_controller::args::connect(&kc, spec).await else {
+        panic!("an unknown context was accepted");
+    };
+    assert!(format!("{err:#}").contains("nope"), "{err:#}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    sb.shutdown().await;
+}

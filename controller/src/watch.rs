@@ -14,7 +14,7 @@
 //!   an object that fails to decode ─► logged, counted, and removed from the index
 //! ```
 //!
-//! Everything a watcher learns reaches the reconcile loop as a [`Msg`] on one channel: the index
+//! Everything a watcher learns reaches the reconcile loop as a message on one channel: the index
 //! ([`World`](crate::World)) is owned by that loop and never locked. A cluster whose API is down
 //! only delays its own watchers (each backs off on its own, capped at 30 s by kube-runtime's
 //! default backoff); its last-known objects stay in the index — EndpointSlices for at most

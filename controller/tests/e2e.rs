@@ -807,3 +807,112 @@ async fn kubeconfig_contexts_become_member_clusters() {
     std::fs::remove_dir_all(&dir).unwrap();
     sb.shutdown().await;
 }
+
+/// A member cluster's API killed and restarted (same port, persisted objects): its endpoints are
+/// withdrawn after the grace period, come back with the fresh list, and its status is written
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_api_restart_is_picked_up() {
+    let dir = std::env::temp_dir().join(format!("meridian-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let persisted = |port: u16| meridian_sandbox::SandboxConfig {
+        base_port: port,
+        state_dir: Some(dir.clone()),
+        ..meridian_sandbox::SandboxConfig::ephemeral(&["central"])
+    };
+    let east_sb =
+        meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
+            .await
+            .unwrap();
+    let central_sb = meridian_sandbox::Sandbox::start(persisted(0))
+        .await
+        .unwrap();
+    let port = central_sb.clusters()[0].addr.port();
+    let east = client_for(&east_sb.clusters()[0].url);
+    let central = client_for(&central_sb.clusters()[0].url);
+    for (c, ip) in [(&east, "10.4.0.1"), (&central, "10.4.0.2")] {
+        install_crds(c).await;
+        for ns in ["infra", "app"] {
+            apply::<k8s_openapi::api::core::v1::Namespace>(
+                c,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            )
+            .await;
+        }
+        apply::<Service>(c, service("app", "echo")).await;
+        apply::<EndpointSlice>(c, slice("app", "echo-x", "echo", &[ip], "a")).await;
+        apply::<ServiceExport>(c, service_export("app", "echo")).await;
+    }
+    setup_gateway(&east).await;
+    apply::<HttpRoute>(
+        &east,
+        route_obj("app", "web", ("infra", "gw"), import_ref("echo", 80)),
+    )
+    .await;
+    let members = [("east", &east), ("central", &central)]
+        .into_iter()
+        .map(|(n, c)| meridian_controller::MemberCluster {
+            name: n.into(),
+            region: region_of(n),
+            zones: vec![],
+            client: c.clone(),
+        })
+        .collect();
+    let dp = meridian_controller::StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);
+    let mut cfg = fast_config(members, dp.clone());
+    cfg.endpoint_grace = Duration::from_millis(1000);
+    let ctl = meridian_controller::Controller::start(cfg).await.unwrap();
+    let clusters_served = |want: &'static [&'static str]| {
+        let dp = dp.clone();
+        async move {
+            let s = dp.snapshot("east").ok_or("no snapshot")?;
+            let mut cs: Vec<String> = endpoints(&s).into_iter().map(|e| e.cluster).collect();
+            cs.sort();
+            if cs == want {
+                Ok(())
+            } else {
+                Err(format!("{cs:?}"))
+            }
+        }
+    };
+    eventually("both clusters' endpoints", || {
+        clusters_served(&["central", "east"])
+    })
+    .await;
+
+    central_sb.shutdown().await;
+    eventually("central withdrawn after the grace", || {
+        clusters_served(&["east"])
+    })
+    .await;
+
+    let central_sb = meridian_sandbox::Sandbox::start(persisted(port))
+        .await
+        .unwrap();
+    eventually("central endpoints back after the restart", || {
+        clusters_served(&["central", "east"])
+    })
+    .await;
+    // Status is written in the restarted cluster too.
+    setup_gateway(&central).await;
+    eventually("central Gateway Accepted", || async {
+        let gw = gateway(&central, "infra", "gw").await;
+        let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
+        match csr(&conds, "Accepted") {
+            Some((s, _, _)) if s == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        ctl.metrics()
+            .cluster_reachable
+            .with_label_values(&["central"])
+            .get(),
+        1
+    );
+    ctl.shutdown().await;
+    central_sb.shutdown().await;
+    east_sb.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

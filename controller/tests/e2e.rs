@@ -916,3 +916,41 @@ async fn a_cluster_api_restart_is_picked_up() {
     east_sb.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_reference_grant_revokes_access() {
+    use gateway_api::referencegrants::ReferenceGrant;
+    let env = start_env(&[&["east"]], |_| true, |_| {}).await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    let east = env.c("east");
+    setup_gateway(east).await;
+    apply::<Service>(east, service("other", "echo")).await;
+    apply::<EndpointSlice>(east, slice("other", "echo-x", "echo", &["10.5.0.1"], "a")).await;
+    apply::<ReferenceGrant>(
+        east,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
+            "metadata": {"name": "allow-app", "namespace": "other"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "app"}],
+                     "to": [{"group": "", "kind": "Service"}]}}),
+    )
+    .await;
+    let mut backend = service_ref("echo", 80);
+    backend["namespace"] = json!("other");
+    apply::<HttpRoute>(east, route_obj("app", "web", ("infra", "gw"), backend)).await;
+    let state = |resolved: &'static str, reason: &'static str, n: usize| {
+        let dp = env.dp.clone();
+        async move {
+            let got = our_parent(east, "app", "web").await?;
+            let eps = dp.snapshot("east").map_or(0, |s| endpoints(&s).len());
+            if got.1.0 == resolved && got.1.1 == reason && eps == n {
+                Ok(())
+            } else {
+                Err(format!("{got:?}, {eps} endpoints"))
+            }
+        }
+    };
+    eventually("granted", || state("True", "ResolvedRefs", 1)).await;
+    delete::<ReferenceGrant>(east, Some("other"), "allow-app").await;
+    eventually("revoked", || state("False", "RefNotPermitted", 0)).await;
+    env.shutdown().await;
+}

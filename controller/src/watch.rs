@@ -186,7 +186,7 @@ async fn probe(client: &kube::Client) -> Result<BTreeSet<Kind>, kube::Error> {
 
 /// Runs a cluster's supervisor until `shutdown` turns true, then stops its watchers.
 pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>) {
-    let mut running: BTreeMap<Kind, JoinHandle<()>> = BTreeMap::new();
+    let mut running: BTreeMap<Kind, AbortOnDrop> = BTreeMap::new();
     let mut announced = false;
     let mut reported_missing: BTreeSet<Kind> = BTreeSet::new();
     let mut unreachable_since: Option<Instant> = None;
@@ -224,7 +224,7 @@ pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>
                         if reported_missing.remove(&kind) {
                             tracing::info!(cluster = %name, kind = label, "CRD now served: watching");
                         }
-                        running.insert(kind, spawn_watcher(kind, ctx.clone()));
+                        running.insert(kind, AbortOnDrop(spawn_watcher(kind, ctx.clone())));
                         ctx.metrics
                             .kind_watched
                             .with_label_values(&[&name, label])
@@ -239,7 +239,7 @@ pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>
                             );
                         }
                         if let Some(task) = running.remove(&kind) {
-                            task.abort();
+                            drop(task);
                             ctx.metrics
                                 .kind_watched
                                 .with_label_values(&[&name, label])
@@ -262,9 +262,8 @@ pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>
                 });
                 if !withdrawn && since.elapsed() >= ctx.endpoint_grace {
                     withdrawn = true;
-                    if let Some(task) = running.remove(&Kind::EndpointSlice) {
-                        task.abort();
-                    }
+                    // Dropping the handle stops the watcher.
+                    running.remove(&Kind::EndpointSlice);
                     tracing::warn!(
                         cluster = %name,
                         grace = ?ctx.endpoint_grace,
@@ -281,8 +280,15 @@ pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>
             _ = crate::stopped(&mut shutdown) => break,
         }
     }
-    for (_, task) in running {
-        task.abort();
+    // `running` drops here, stopping every watcher — also when this task itself is aborted.
+}
+
+/// A task handle that stops the task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,54 +1,160 @@
-//! Endpoint choice for one request try: locality tiers, then passive ejection.
+//! Endpoint choice for one request try, and the per-endpoint health the choice is based on.
 //!
-//! 1. [`locality::tiers`] ranks the backend's ready endpoints by the proxy's locality (same zone,
-//!    same region, then failover order).
-//! 2. The first tier that has an endpoint that is neither ejected nor already tried by this
-//!    request wins; inside it the choice is random (stateless, so a snapshot swap loses nothing).
-//! 3. If every ready endpoint is ejected or tried, an untried ejected one is used anyway
-//!    ("panic mode"): ejection is a hint, and refusing traffic would turn a partial failure into a
-//!    total one.
+//! 1. [`locality::plan`] ranks the backend's ready endpoints by the proxy's locality (same zone,
+//!    same region, then the failover order) and applies the geo-fence.
+//! 2. [`locality::select`] picks: weighted shares, then the first eligible tier (spill rule,
+//!    slow start), then any usable endpoint, and only when *every* endpoint is ejected the one
+//!    ejected longest ago. There is no ejection cap: a whole region can be ejected and its traffic
+//!    moves to the next tier.
 //!
-//! Ejection is passive and simple: a connect refusal, reset or timeout ejects the endpoint for
-//! [`EJECTION_TIME`]. Active health checking and outlier policies come with the failover feature and
-//! will live behind [`Ejections`].
+//! Health ([`Ejections`]) has two inputs:
+//! - passive: a connect refusal, reset or timeout (or N consecutive 5xx with outlier detection)
+//!   ejects the endpoint at once, for a minimum time that doubles on each repeated ejection
+//!   ([`BASE_EJECTION`] … [`MAX_EJECTION`]; the count resets once an endpoint has stayed healthy
+//!   for [`BACKOFF_RESET`]);
+//! - active: the health checker (`health.rs`) probes every known endpoint. An ejected endpoint is
+//!   re-admitted only after its minimum time is over *and* probes succeed (for the failback
+//!   hysteresis, if any); failed probes of a healthy endpoint eject it.
+//!
+//! After re-admission an endpoint may slow-start: its `ramp` grows from 0 to 1 over the
+//! slow-start window and [`locality::select`] skips its tier with the remaining probability.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_model::locality::{self, Locality};
+use meridian_model::locality::{self, Avail, Locality};
 use meridian_model::snapshot::{Endpoint, FailoverPolicy};
 use rand::Rng;
 
-/// How long a failing endpoint is avoided.
-pub const EJECTION_TIME: Duration = Duration::from_secs(5);
+/// First ejection time.
+pub const BASE_EJECTION: Duration = Duration::from_secs(1);
+/// Cap of the backed-off ejection time.
+pub const MAX_EJECTION: Duration = Duration::from_secs(30);
+/// An endpoint healthy this long after re-admission starts its backoff from scratch.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// Kept for callers that eject for a fixed time.
+pub const EJECTION_TIME: Duration = BASE_EJECTION;
 
-/// Endpoints currently avoided, with the time the ejection ends.
+#[derive(Debug, Clone, Copy)]
+struct Ejected {
+    /// Global ejection order (smaller = longer ago).
+    seq: u64,
+    /// Not re-admitted before this, whatever the probes say.
+    min_until: Instant,
+    /// Consecutive successful probes since `min_until` (or since ejection).
+    probe_ok: u32,
+    /// When the current run of successful probes started.
+    ok_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct State {
+    ejected: Option<Ejected>,
+    /// Consecutive ejections (backoff exponent).
+    ejections: u32,
+    /// When it was last re-admitted, and the slow-start window then.
+    readmitted: Option<(Instant, Duration)>,
+    /// Consecutive failed probes while healthy.
+    probe_fail: u32,
+    /// Consecutive 5xx responses.
+    consecutive_5xx: u32,
+}
+
+/// What re-admission requires, from the backend's policy (or the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readmit {
+    /// Consecutive successful probes.
+    pub healthy_threshold: u32,
+    /// Probes must have succeeded for this long.
+    pub hysteresis: Duration,
+    /// Traffic ramps over this window afterwards.
+    pub slow_start: Duration,
+    /// Consecutive failed probes that eject a healthy endpoint.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for Readmit {
+    fn default() -> Self {
+        Readmit {
+            healthy_threshold: 1,
+            hysteresis: Duration::ZERO,
+            slow_start: Duration::ZERO,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+/// What a probe result changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Nothing.
+    Unchanged,
+    /// The endpoint was re-admitted.
+    Readmitted,
+    /// The endpoint was ejected.
+    Ejected,
+}
+
+/// Health of every endpoint the proxy has an opinion about (absent = healthy).
 #[derive(Debug, Default)]
 pub struct Ejections {
-    until: Mutex<HashMap<SocketAddr, Instant>>,
-    /// Entries in `until` (expired ones included): lets the request path skip the lock when
-    /// nothing was ever ejected, the common case.
+    map: Mutex<HashMap<SocketAddr, State>>,
+    /// Entries in `map`: lets the request path skip the lock in the common all-healthy case.
     entries: AtomicUsize,
+    seq: AtomicU64,
+}
+
+fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
+    let factor = 1u32 << n.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(max)
 }
 
 impl Ejections {
-    /// Avoids `addr` for [`EJECTION_TIME`] from now. Returns whether it was not ejected before.
-    pub fn eject(&self, addr: SocketAddr) -> bool {
-        self.eject_for(addr, EJECTION_TIME)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, State>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Avoids `addr` for `duration`.
-    pub fn eject_for(&self, addr: SocketAddr, duration: Duration) -> bool {
-        let now = Instant::now();
-        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        // Keep the map small: drop expired entries whenever we write.
-        map.retain(|_, until| *until > now);
-        let fresh = map.insert(addr, now + duration).is_none();
+    fn publish(&self, map: &HashMap<SocketAddr, State>) {
         self.entries.store(map.len(), Ordering::Release);
+    }
+
+    /// Ejects `addr` now with the default backoff. Returns whether it was not ejected before.
+    pub fn eject(&self, addr: SocketAddr) -> bool {
+        self.eject_backoff(addr, BASE_EJECTION, MAX_EJECTION)
+    }
+
+    /// Ejects `addr` now for `base · 2^(n-1)` (capped at `max`), `n` counting repeated ejections.
+    pub fn eject_backoff(&self, addr: SocketAddr, base: Duration, max: Duration) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let s = map.entry(addr).or_default();
+        let fresh = s.ejected.is_none();
+        if fresh {
+            if s.readmitted
+                .is_some_and(|(at, _)| now.duration_since(at) >= BACKOFF_RESET)
+            {
+                s.ejections = 0;
+            }
+            s.ejections = s.ejections.saturating_add(1);
+            s.ejected = Some(Ejected {
+                seq: self.seq.fetch_add(1, Ordering::Relaxed),
+                min_until: now + backoff(base, max, s.ejections),
+                probe_ok: 0,
+                ok_since: None,
+            });
+        }
+        s.probe_fail = 0;
+        s.consecutive_5xx = 0;
+        self.publish(&map);
         fresh
+    }
+
+    /// Ejects `addr` for exactly `duration` (no backoff bookkeeping beyond the count).
+    pub fn eject_for(&self, addr: SocketAddr, duration: Duration) -> bool {
+        self.eject_backoff(addr, duration, duration)
     }
 
     /// Whether `addr` is ejected right now.
@@ -56,22 +162,156 @@ impl Ejections {
         if self.entries.load(Ordering::Acquire) == 0 {
             return false;
         }
-        let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(addr).is_some_and(|until| *until > Instant::now())
+        self.lock().get(addr).is_some_and(|s| s.ejected.is_some())
     }
 
     /// Number of endpoints ejected right now.
     pub fn count(&self) -> usize {
+        self.lock().values().filter(|s| s.ejected.is_some()).count()
+    }
+
+    /// Records one active probe result.
+    pub fn probe_result(&self, addr: SocketAddr, ok: bool, cfg: &Readmit) -> ProbeOutcome {
         let now = Instant::now();
-        let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().filter(|u| **u > now).count()
+        let mut map = self.lock();
+        let out = match map.get_mut(&addr) {
+            None if ok => ProbeOutcome::Unchanged,
+            None => {
+                let s = map.entry(addr).or_default();
+                s.probe_fail = 1;
+                ProbeOutcome::Unchanged
+            }
+            Some(s) => match (&mut s.ejected, ok) {
+                (Some(e), true) => {
+                    let since = *e.ok_since.get_or_insert(now);
+                    e.probe_ok = e.probe_ok.saturating_add(1);
+                    if now >= e.min_until
+                        && e.probe_ok >= cfg.healthy_threshold.max(1)
+                        && now.duration_since(since) >= cfg.hysteresis
+                    {
+                        s.ejected = None;
+                        s.readmitted = Some((now, cfg.slow_start));
+                        s.probe_fail = 0;
+                        ProbeOutcome::Readmitted
+                    } else {
+                        ProbeOutcome::Unchanged
+                    }
+                }
+                (Some(e), false) => {
+                    e.probe_ok = 0;
+                    e.ok_since = None;
+                    ProbeOutcome::Unchanged
+                }
+                (None, true) => {
+                    s.probe_fail = 0;
+                    ProbeOutcome::Unchanged
+                }
+                (None, false) => {
+                    s.probe_fail = s.probe_fail.saturating_add(1);
+                    if s.probe_fail >= cfg.unhealthy_threshold.max(1) {
+                        ProbeOutcome::Ejected
+                    } else {
+                        ProbeOutcome::Unchanged
+                    }
+                }
+            },
+        };
+        drop(map);
+        if out == ProbeOutcome::Ejected {
+            self.eject(addr);
+        } else {
+            self.tidy(now);
+        }
+        out
+    }
+
+    /// Records a response status for outlier detection; returns whether it ejected `addr`.
+    pub fn response(
+        &self,
+        addr: SocketAddr,
+        status: u16,
+        threshold: u32,
+        base: Duration,
+        max: Duration,
+    ) -> bool {
+        if threshold == 0 {
+            return false;
+        }
+        let server_error = (500..600).contains(&status);
+        if !server_error && self.entries.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut map = self.lock();
+        let eject = if server_error {
+            let s = map.entry(addr).or_default();
+            s.consecutive_5xx = s.consecutive_5xx.saturating_add(1);
+            s.consecutive_5xx >= threshold && s.ejected.is_none()
+        } else {
+            if let Some(s) = map.get_mut(&addr) {
+                s.consecutive_5xx = 0;
+            }
+            false
+        };
+        self.publish(&map);
+        drop(map);
+        eject && self.eject_backoff(addr, base, max)
+    }
+
+    /// Drops entries that carry no information any more (healthy, no ramp, no counters).
+    fn tidy(&self, now: Instant) {
+        let mut map = self.lock();
+        map.retain(|_, s| {
+            s.ejected.is_some()
+                || s.probe_fail > 0
+                || s.consecutive_5xx > 0
+                || s.readmitted.is_some_and(|(at, _)| {
+                    now.duration_since(at) < BACKOFF_RESET.max(Duration::ZERO)
+                })
+        });
+        self.publish(&map);
+    }
+
+    /// Forgets endpoints that are no longer in any snapshot.
+    pub fn retain_known(&self, known: &impl Fn(&SocketAddr) -> bool) {
+        let mut map = self.lock();
+        map.retain(|a, _| known(a));
+        self.publish(&map);
+    }
+
+    /// How `addr` looks to [`locality::select`].
+    fn avail(
+        map: &HashMap<SocketAddr, State>,
+        addr: &SocketAddr,
+        tried: bool,
+        now: Instant,
+    ) -> Avail {
+        match map.get(addr) {
+            Some(State {
+                ejected: Some(e), ..
+            }) => {
+                if tried {
+                    Avail::TriedEjected
+                } else {
+                    Avail::Ejected { ejected_at: e.seq }
+                }
+            }
+            _ if tried => Avail::Tried,
+            Some(State {
+                readmitted: Some((at, window)),
+                ..
+            }) if !window.is_zero() && now.duration_since(*at) < *window => Avail::Usable {
+                // Never quite zero, so a returning tier gets a trickle at once.
+                ramp: (now.duration_since(*at).as_secs_f64() / window.as_secs_f64()).max(0.01),
+            },
+            _ => Avail::Usable { ramp: 1.0 },
+        }
     }
 }
 
 /// Why no endpoint could be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoEndpoint {
-    /// The backend has no ready endpoint at all (503).
+    /// The backend has no ready endpoint at all, or none inside its geo-fence (503).
     NoneReady,
     /// Every ready endpoint was already tried by this request.
     AllTried,
@@ -85,29 +325,38 @@ pub fn choose(
     ejections: &Ejections,
     tried: &[SocketAddr],
 ) -> Result<SocketAddr, NoEndpoint> {
-    let tiers = locality::tiers(endpoints, me, policy);
-    if tiers.is_empty() {
+    let plan = locality::plan(endpoints, me, policy);
+    if plan.tiers.is_empty() {
         return Err(NoEndpoint::NoneReady);
     }
     let addr = |i: usize| SocketAddr::new(endpoints[i].address, endpoints[i].port);
     let mut rng = rand::rng();
-    for tier in &tiers {
-        let usable: Vec<SocketAddr> = tier
-            .iter()
-            .map(|&i| addr(i))
-            .filter(|a| !tried.contains(a) && !ejections.is_ejected(a))
-            .collect();
-        if !usable.is_empty() {
-            return Ok(usable[rng.random_range(0..usable.len())]);
-        }
-    }
-    // Panic mode: everything left is ejected; prefer the best-ranked untried one.
-    tiers
-        .iter()
-        .flatten()
-        .map(|&i| addr(i))
-        .find(|a| !tried.contains(a))
-        .ok_or(NoEndpoint::AllTried)
+    let mut roll = || rng.random::<f64>();
+    let picked = if ejections.entries.load(Ordering::Acquire) == 0 {
+        locality::select(
+            &plan,
+            |i| {
+                if tried.contains(&addr(i)) {
+                    Avail::Tried
+                } else {
+                    Avail::Usable { ramp: 1.0 }
+                }
+            },
+            &mut roll,
+        )
+    } else {
+        let now = Instant::now();
+        let map = ejections.lock();
+        locality::select(
+            &plan,
+            |i| {
+                let a = addr(i);
+                Ejections::avail(&map, &a, tried.contains(&a), now)
+            },
+            &mut roll,
+        )
+    };
+    picked.map(addr).ok_or(NoEndpoint::AllTried)
 }
 
 /// Number of distinct ready endpoints (bounds connect-failure failover).
@@ -154,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn ejected_endpoint_is_skipped_until_the_tier_is_exhausted() {
+    fn a_fully_ejected_tier_falls_to_the_next_tier_then_least_recently_ejected() {
         let eps = [
             ep(1, "r1", "z1", true),
             ep(2, "r1", "z1", true),
@@ -162,17 +411,20 @@ mod tests {
         ];
         let e = Ejections::default();
         assert!(e.eject(sa(1)));
+        assert!(!e.eject(sa(1)), "already ejected");
         for _ in 0..20 {
             assert_eq!(choose(&eps, &me(), None, &e, &[]).unwrap(), sa(2));
         }
-        // Tier 0 fully ejected or tried: the next tier serves.
-        assert_eq!(choose(&eps, &me(), None, &e, &[sa(2)]).unwrap(), sa(3));
-        // Everything ejected or tried: panic mode picks the untried ejected endpoint.
+        // The whole local tier ejected: the next tier serves every request (no cap, no panic
+        // mode inside a tier).
+        e.eject(sa(2));
+        for _ in 0..20 {
+            assert_eq!(choose(&eps, &me(), None, &e, &[]).unwrap(), sa(3));
+        }
+        // Everything ejected: the one ejected longest ago.
         e.eject(sa(3));
-        assert_eq!(
-            choose(&eps, &me(), None, &e, &[sa(2), sa(3)]).unwrap(),
-            sa(1)
-        );
+        assert_eq!(choose(&eps, &me(), None, &e, &[]).unwrap(), sa(1));
+        assert_eq!(choose(&eps, &me(), None, &e, &[sa(1)]).unwrap(), sa(2));
         assert_eq!(
             choose(&eps, &me(), None, &e, &[sa(1), sa(2), sa(3)]),
             Err(NoEndpoint::AllTried)
@@ -190,14 +442,119 @@ mod tests {
             choose(&[], &me(), None, &Ejections::default(), &[]),
             Err(NoEndpoint::NoneReady)
         );
+        // Outside the geo-fence counts as not there.
+        let fence = FailoverPolicy {
+            geo_fence: vec!["r1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            choose(
+                &[ep(3, "r2", "x", true)],
+                &me(),
+                Some(&fence),
+                &Ejections::default(),
+                &[]
+            ),
+            Err(NoEndpoint::NoneReady)
+        );
     }
 
     #[test]
-    fn ejection_expires() {
+    fn readmission_needs_a_probe_after_the_minimum_time() {
         let e = Ejections::default();
-        e.eject_for(sa(1), Duration::from_millis(1));
-        std::thread::sleep(Duration::from_millis(5));
+        let cfg = Readmit::default();
+        e.eject_for(sa(1), Duration::from_millis(30));
+        // A successful probe before the minimum time does not re-admit.
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Unchanged);
+        std::thread::sleep(Duration::from_millis(40));
+        // Time alone does not re-admit either.
+        assert!(e.is_ejected(&sa(1)));
+        assert_eq!(e.probe_result(sa(1), false, &cfg), ProbeOutcome::Unchanged);
+        assert!(e.is_ejected(&sa(1)));
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Readmitted);
         assert!(!e.is_ejected(&sa(1)));
         assert_eq!(e.count(), 0);
+    }
+
+    #[test]
+    fn repeated_ejections_back_off() {
+        assert_eq!(backoff(BASE_EJECTION, MAX_EJECTION, 1), BASE_EJECTION);
+        assert_eq!(backoff(BASE_EJECTION, MAX_EJECTION, 2), BASE_EJECTION * 2);
+        assert_eq!(backoff(BASE_EJECTION, MAX_EJECTION, 3), BASE_EJECTION * 4);
+        assert_eq!(backoff(BASE_EJECTION, MAX_EJECTION, 40), MAX_EJECTION);
+        let e = Ejections::default();
+        let cfg = Readmit::default();
+        let base = Duration::from_millis(20);
+        e.eject_backoff(sa(1), base, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Readmitted);
+        // Second ejection soon after: 40 ms, so 25 ms later it is still out.
+        e.eject_backoff(sa(1), base, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Unchanged);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Readmitted);
+    }
+
+    #[test]
+    fn failed_probes_eject_a_healthy_endpoint_and_hysteresis_delays_failback() {
+        let e = Ejections::default();
+        let cfg = Readmit {
+            hysteresis: Duration::from_millis(30),
+            ..Readmit::default()
+        };
+        assert_eq!(e.probe_result(sa(1), false, &cfg), ProbeOutcome::Unchanged);
+        assert!(!e.is_ejected(&sa(1)));
+        assert_eq!(e.probe_result(sa(1), false, &cfg), ProbeOutcome::Ejected);
+        assert!(e.is_ejected(&sa(1)));
+        // A success resets the failure run.
+        assert_eq!(e.probe_result(sa(2), false, &cfg), ProbeOutcome::Unchanged);
+        assert_eq!(e.probe_result(sa(2), true, &cfg), ProbeOutcome::Unchanged);
+        assert_eq!(e.probe_result(sa(2), false, &cfg), ProbeOutcome::Unchanged);
+        assert!(!e.is_ejected(&sa(2)));
+        // Ejected sa(1) needs 30 ms of successful probes (and its 1 s minimum, shortened here).
+        e.lock()
+            .get_mut(&sa(1))
+            .unwrap()
+            .ejected
+            .as_mut()
+            .unwrap()
+            .min_until = Instant::now();
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Unchanged);
+        std::thread::sleep(Duration::from_millis(35));
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Readmitted);
+    }
+
+    #[test]
+    fn consecutive_5xx_eject_with_outlier_detection() {
+        let e = Ejections::default();
+        let (b, m) = (Duration::from_secs(1), Duration::from_secs(10));
+        assert!(
+            !e.response(sa(1), 500, 0, b, m),
+            "off when the threshold is 0"
+        );
+        assert!(!e.response(sa(1), 503, 3, b, m));
+        assert!(!e.response(sa(1), 502, 3, b, m));
+        assert!(!e.response(sa(1), 200, 3, b, m), "a success resets the run");
+        assert!(!e.response(sa(1), 500, 3, b, m));
+        assert!(!e.response(sa(1), 500, 3, b, m));
+        assert!(e.response(sa(1), 500, 3, b, m));
+        assert!(e.is_ejected(&sa(1)));
+    }
+
+    #[test]
+    fn a_slow_starting_endpoint_is_reported_with_its_ramp() {
+        let e = Ejections::default();
+        let cfg = Readmit {
+            slow_start: Duration::from_secs(100),
+            ..Readmit::default()
+        };
+        e.eject_for(sa(1), Duration::ZERO);
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Readmitted);
+        let map = e.lock();
+        match Ejections::avail(&map, &sa(1), false, Instant::now()) {
+            Avail::Usable { ramp } => assert!(ramp < 0.05, "ramp {ramp}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -128,6 +128,7 @@ impl ProxyHandle {
             tls: listeners::tls_acceptor()?,
             active: Arc::new(AtomicUsize::new(0)),
         });
+        tokio::spawn(crate::health::run(shared.clone(), shutdown_tx.subscribe()));
         let admin = match cfg.admin {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)

@@ -24,19 +24,23 @@
 //!    `meridian-distribution`). In both modes the last good snapshot keeps serving whatever
 //!    happens to its source.
 //!
+//! Endpoint health: connect failures eject at once (endpoints.rs) and an active health checker
+//! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones.
+//!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
-//! need the request body to fit pingora's retry buffer; health checking beyond passive
-//! connect-failure ejection comes with the failover feature; WebSocket upgrades pass through, but
+//! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but
 //! pingora 0.9.1 can tear an upgraded tunnel down right after the `101` when the backend answers
 //! very fast (cloudflare/pingora#946).
 
 mod admin;
+pub mod budget;
 mod buffered;
 mod controller;
 pub mod endpoints;
 mod gateway;
 mod handle;
 mod headers;
+mod health;
 mod listeners;
 mod metrics;
 mod mirror;

@@ -1,0 +1,258 @@
+//! Active health checks: one task per proxy probes every endpoint of the served snapshot.
+//!
+//! ```text
+//! every TICK: served snapshot changed? ─► recollect targets (address → probe settings), forget
+//!             endpoints no snapshot names any more
+//!          ─► probe the targets that are due (TCP connect, or an HTTP GET of the policy's path),
+//!             at most MAX_IN_FLIGHT at once, each bounded by its timeout
+//!          ─► Ejections::probe_result: re-admit ejected endpoints (after their minimum time and
+//!             the failback hysteresis), eject healthy ones after repeated failed probes
+//! ```
+//!
+//! Defaults without a policy: TCP connect every [`DEFAULT_INTERVAL`] with [`DEFAULT_TIMEOUT`].
+//! When several backends share an address, the first one found in the snapshot sets the probe.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use meridian_model::snapshot::{Backend, BackendTarget, FailoverPolicy, Filter, Snapshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::endpoints::{ProbeOutcome, Readmit};
+use crate::state::Shared;
+
+/// Probe interval without a policy.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Probe timeout without a policy.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Scheduler granularity.
+const TICK: Duration = Duration::from_millis(100);
+/// Probes in flight at once.
+const MAX_IN_FLIGHT: usize = 64;
+/// Most bytes read of an HTTP probe's answer (the status line is all we need).
+const HTTP_PROBE_READ: usize = 256;
+
+/// How one endpoint is probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Probe {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub http_path: Option<String>,
+    pub readmit: Readmit,
+}
+
+impl Probe {
+    pub(crate) fn from_policy(policy: Option<&FailoverPolicy>) -> Probe {
+        let hc = policy.and_then(|p| p.health_check.as_deref());
+        let fb = policy.and_then(|p| p.failback.as_deref());
+        let ms = |v: u64, d: Duration| if v == 0 { d } else { Duration::from_millis(v) };
+        let defaults = Readmit::default();
+        Probe {
+            interval: ms(hc.map_or(0, |h| h.interval_ms), DEFAULT_INTERVAL),
+            timeout: ms(hc.map_or(0, |h| h.timeout_ms), DEFAULT_TIMEOUT),
+            http_path: hc.and_then(|h| h.http_path.clone()),
+            readmit: Readmit {
+                healthy_threshold: hc
+                    .map(|h| h.healthy_threshold)
+                    .filter(|&n| n > 0)
+                    .unwrap_or(defaults.healthy_threshold),
+                unhealthy_threshold: hc
+                    .map(|h| h.unhealthy_threshold)
+                    .filter(|&n| n > 0)
+                    .unwrap_or(defaults.unhealthy_threshold),
+                hysteresis: fb.map_or(Duration::ZERO, |f| Duration::from_millis(f.hysteresis_ms)),
+                slow_start: fb.map_or(Duration::ZERO, |f| Duration::from_millis(f.slow_start_ms)),
+            },
+        }
+    }
+}
+
+/// Every endpoint address of the snapshot with its probe settings.
+pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<SocketAddr, Probe> {
+    fn add(out: &mut HashMap<SocketAddr, Probe>, b: &Backend) {
+        if let BackendTarget::Endpoints {
+            endpoints,
+            failover,
+            ..
+        } = &b.target
+        {
+            let mut probe = None;
+            for e in endpoints.iter().filter(|e| e.ready) {
+                let addr = SocketAddr::new(e.address, e.port);
+                out.entry(addr).or_insert_with(|| {
+                    probe
+                        .get_or_insert_with(|| Probe::from_policy(failover.as_ref()))
+                        .clone()
+                });
+            }
+        }
+        for f in &b.filters {
+            if let Filter::RequestMirror(m) = f {
+                add(out, &m.backend);
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for gw in &snapshot.gateways {
+        for l in &gw.listeners {
+            for r in &l.routes {
+                for rule in &r.rules {
+                    for b in &rule.backends {
+                        add(&mut out, b);
+                    }
+                    for f in &rule.filters {
+                        if let Filter::RequestMirror(m) = f {
+                            add(&mut out, &m.backend);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One probe: connect (and GET the path) within the timeout.
+pub(crate) async fn probe(addr: SocketAddr, p: &Probe) -> bool {
+    let work = async {
+        let mut tcp = TcpStream::connect(addr).await.ok()?;
+        let Some(path) = &p.http_path else {
+            return Some(true);
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: meridian-health\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; HTTP_PROBE_READ];
+        let mut n = 0;
+        while n < 12 {
+            let got = tcp.read(&mut buf[n..]).await.ok()?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        // "HTTP/1.1 200" — 2xx and 3xx count as healthy.
+        let line = std::str::from_utf8(&buf[..n]).ok()?;
+        let code = line.split(' ').nth(1)?.get(..3)?;
+        Some(code.starts_with('2') || code.starts_with('3'))
+    };
+    matches!(tokio::time::timeout(p.timeout, work).await, Ok(Some(true)))
+}
+
+/// Runs the health checker until `shutdown` turns true.
+pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut seen: Option<usize> = None;
+    let mut targets: HashMap<SocketAddr, Probe> = HashMap::new();
+    let mut next: HashMap<SocketAddr, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let served = shared.served.load_full();
+        let id = served.as_ref().map(|s| Arc::as_ptr(s) as usize);
+        if id != seen {
+            seen = id;
+            targets = served
+                .as_ref()
+                .map(|s| self::targets(s.router.snapshot()))
+                .unwrap_or_default();
+            shared
+                .ejections
+                .retain_known(&|a: &SocketAddr| targets.contains_key(a));
+            next.retain(|a, _| targets.contains_key(a));
+        }
+        drop(served);
+        let now = Instant::now();
+        let due: Vec<(SocketAddr, Probe)> = targets
+            .iter()
+            .filter(|(a, _)| next.get(a).is_none_or(|t| *t <= now))
+            .map(|(a, p)| (*a, p.clone()))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        for (a, p) in &due {
+            next.insert(*a, now + p.interval);
+        }
+        let results: Vec<(SocketAddr, bool, Probe)> = futures::stream::iter(due)
+            .map(|(a, p)| async move {
+                let ok = probe(a, &p).await;
+                (a, ok, p)
+            })
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        for (addr, ok, p) in results {
+            match shared.ejections.probe_result(addr, ok, &p.readmit) {
+                ProbeOutcome::Readmitted => {
+                    tracing::info!(endpoint = %addr, "endpoint re-admitted after a successful health check");
+                }
+                ProbeOutcome::Ejected => {
+                    shared.metrics.ejections.inc();
+                    tracing::info!(endpoint = %addr, "endpoint ejected after failed health checks");
+                }
+                ProbeOutcome::Unchanged => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_and_http_probes_tell_up_from_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..3 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let status = if req.starts_with("GET /ok ") {
+                    "200 OK"
+                } else {
+                    "503 No"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let tcp = Probe::from_policy(None);
+        assert_eq!(tcp.interval, DEFAULT_INTERVAL);
+        assert!(probe(up, &tcp).await);
+        let http = |path: &str| Probe {
+            http_path: Some(path.to_string()),
+            ..Probe::from_policy(None)
+        };
+        assert!(probe(up, &http("/ok")).await);
+        assert!(!probe(up, &http("/bad")).await);
+        server.abort();
+        // A closed port.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert!(!probe(closed, &tcp).await);
+    }
+}

@@ -1,0 +1,264 @@
+//! Regional failover over real loopback sockets: three "regions" of backends, steady load through
+//! a proxy in us-east, every us-east backend stopped mid-run (connections cut, port closed), then
+//! restarted. Measures failed requests, time until ≥ 95 % of traffic is on the next tier, and the
+//! failback time (health check re-admission), and prints them.
+//!
+//! Default behaviour only (no FailoverPolicy): tiers are us-east zone a, us-east zone b, then the
+//! other regions alphabetically (eu-west, then us-west).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use meridian_model::locality::Locality;
+use meridian_proxy::{ProxyConfig, ProxyHandle};
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio::task::JoinSet;
+
+/// A backend that can be stopped hard (listener closed, every connection dropped) and restarted
+/// on the same port.
+struct Backend {
+    region: &'static str,
+    zone: &'static str,
+    addr: SocketAddr,
+    tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Backend {
+    async fn start(region: &'static str, zone: &'static str) -> Arc<Backend> {
+        let b = Arc::new(Backend {
+            region,
+            zone,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tasks: Mutex::new(None),
+        });
+        let addr = b.clone().serve("127.0.0.1:0".parse().unwrap());
+        Arc::new(Backend {
+            region,
+            zone,
+            addr,
+            tasks: Mutex::new(b.tasks.lock().unwrap().take()),
+        })
+    }
+
+    /// Binds `addr` and serves; returns the bound address.
+    fn serve(self: Arc<Self>, addr: SocketAddr) -> SocketAddr {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener = socket.listen(128).unwrap();
+        let bound = listener.local_addr().unwrap();
+        let name = format!("{}/{}", self.region, self.zone);
+        let task = tokio::spawn(async move {
+            // Connection tasks live in this set: aborting the accept task drops them all.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name)))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        *self.tasks.lock().unwrap() = Some(task);
+        bound
+    }
+
+    fn stop(&self) {
+        if let Some(t) = self.tasks.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+
+    fn restart(self: &Arc<Self>) {
+        let got = self.clone().serve(self.addr);
+        assert_eq!(got, self.addr);
+    }
+
+    fn endpoint(&self) -> serde_json::Value {
+        json!({
+            "address": self.addr.ip().to_string(), "port": self.addr.port(),
+            "cluster": self.region, "region": self.region, "zone": self.zone,
+        })
+    }
+}
+
+/// One request's outcome: start time since the run began, status (0 = transport error), region.
+type Sample = (Duration, u16, String);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_check() {
+    let run = async {
+        let mut backends = Vec::new();
+        for (r, z) in [
+            ("us-east", "a"),
+            ("us-east", "b"),
+            ("us-west", "a"),
+            ("us-west", "b"),
+            ("eu-west", "a"),
+            ("eu-west", "b"),
+        ] {
+            backends.push(Backend::start(r, z).await);
+        }
+        let proxy = ProxyHandle::start(ProxyConfig {
+            admin: None,
+            locality: Locality {
+                cluster: "east".into(),
+                region: "us-east".into(),
+                zone: "a".into(),
+            },
+        })
+        .await
+        .unwrap();
+        let port = common::free_port();
+        let backend = json!({
+            "name": "default/echo:80 (ServiceImport)",
+            "weight": 1,
+            "target": {"type": "endpoints",
+                       "endpoints": backends.iter().map(|b| b.endpoint()).collect::<Vec<_>>()},
+        });
+        proxy
+            .apply(common::http_snapshot(
+                1,
+                port,
+                vec![common::prefix_rule("/", vec![backend])],
+            ))
+            .await
+            .unwrap();
+
+        let start = Instant::now();
+        let samples: Arc<Mutex<Vec<Sample>>> = Default::default();
+        let stop_at = Duration::from_secs(9);
+        let mut clients = JoinSet::new();
+        for _ in 0..4 {
+            let samples = samples.clone();
+            clients.spawn(async move {
+                let c = common::client();
+                // Bounded by time and count.
+                for _ in 0..200_000 {
+                    let t = start.elapsed();
+                    if t >= stop_at {
+                        break;
+                    }
+                    let (status, body) =
+                        match c.get(format!("http://127.0.0.1:{port}/")).send().await {
+                            Ok(r) => {
+                                let s = r.status().as_u16();
+                                (s, r.text().await.unwrap_or_default())
+                            }
+                            Err(_) => (0, String::new()),
+                        };
+                    let region = body.split('/').next().unwrap_or("").to_string();
+                    samples.lock().unwrap().push((t, status, region));
+                }
+            });
+        }
+
+        let kill_at = Duration::from_secs(2);
+        let restart_at = Duration::from_millis(4500);
+        tokio::time::sleep(kill_at.saturating_sub(start.elapsed())).await;
+        let killed = start.elapsed();
+        for b in backends.iter().filter(|b| b.region == "us-east") {
+            b.stop();
+        }
+        tokio::time::sleep(restart_at.saturating_sub(start.elapsed())).await;
+        let restarted = start.elapsed();
+        for b in backends.iter().filter(|b| b.region == "us-east") {
+            b.restart();
+        }
+        while clients.join_next().await.is_some() {}
+
+        let samples = samples.lock().unwrap().clone();
+        let total = samples.len();
+        let failed: Vec<&Sample> = samples.iter().filter(|s| s.1 != 200).collect();
+        let share = |from: Duration, to: Duration, region: &str| {
+            let w: Vec<&Sample> = samples.iter().filter(|s| s.0 >= from && s.0 < to).collect();
+            let hit = w.iter().filter(|s| s.2 == region).count();
+            (hit, w.len())
+        };
+        // Time to shift: the first 100 ms window after the kill from which every later window
+        // (until the restart) has ≥ 95 % on the next tier.
+        let step = Duration::from_millis(100);
+        let mut windows = Vec::new();
+        let mut t = killed;
+        while t + step <= restarted {
+            let (hit, n) = share(t, t + step, "eu-west");
+            windows.push((t, n == 0 || hit * 100 >= n * 95));
+            t += step;
+        }
+        let shift = windows
+            .iter()
+            .rposition(|(_, ok)| !ok)
+            .map_or(Some(killed), |i| windows.get(i + 1).map(|w| w.0))
+            .map(|t| t.saturating_sub(killed));
+        // Failback: the first 200 ms window after the restart with ≥ 95 % back on us-east.
+        let fb_step = Duration::from_millis(200);
+        let mut failback = None;
+        let mut t = restarted;
+        while t + fb_step <= stop_at {
+            let (hit, n) = share(t, t + fb_step, "us-east");
+            if n > 0 && hit * 100 >= n * 95 {
+                failback = Some(t + fb_step - restarted);
+                break;
+            }
+            t += Duration::from_millis(50);
+        }
+        let first_back = samples
+            .iter()
+            .filter(|s| s.0 >= restarted && s.2 == "us-east")
+            .map(|s| s.0 - restarted)
+            .min();
+        let (before_hit, before_n) = share(Duration::ZERO, killed, "us-east");
+        let (after_hit, after_n) = share(killed + Duration::from_secs(1), restarted, "eu-west");
+        let metrics = proxy.metrics_text();
+        let retries: Vec<&str> = metrics
+            .lines()
+            .filter(|l| !l.starts_with('#') && (l.contains("retries") || l.contains("ejections")))
+            .collect();
+        println!(
+            "failover: {total} requests, {} failed; before kill {before_hit}/{before_n} on us-east; \
+             kill+1s..restart {after_hit}/{after_n} on eu-west; time-to-shift (≥95 % on next tier) \
+             {shift:?}; failback: first us-east answer {first_back:?} after restart, ≥95 % back \
+             after {failback:?}; {retries:?}",
+            failed.len()
+        );
+        assert!(before_n > 50 && after_n > 50, "too little load to judge");
+        assert!(
+            failed.is_empty(),
+            "failed requests: {:?}",
+            &failed[..failed.len().min(10)]
+        );
+        assert!(before_hit * 100 >= before_n * 99, "local zone/region first");
+        assert!(
+            after_hit * 100 >= after_n * 95,
+            "next tier takes the traffic"
+        );
+        let shift = shift.expect("traffic never settled on the next tier");
+        assert!(shift <= Duration::from_secs(1), "time to shift {shift:?}");
+        let failback = failback.expect("traffic never came back to us-east");
+        assert!(failback <= Duration::from_secs(4), "failback {failback:?}");
+        proxy.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("failover test timed out");
+}

@@ -36,8 +36,8 @@ pub struct ControllerArgs {
     /// GatewayClasses with this spec.controllerName are reconciled.
     #[arg(long, default_value = CONTROLLER_NAME)]
     pub controller_name: String,
-    /// Address of the snapshot distribution server proxies connect to. Not available yet: the
-    /// distribution server is a separate crate that is not wired into this command.
+    /// Address of the snapshot distribution server proxies connect to (`meridian controller`
+    /// starts it; Gateways are then Programmed only once their proxies acknowledge).
     #[arg(long, value_name = "ADDR")]
     pub distribution_bind: Option<SocketAddr>,
     /// Without a distribution server: report every Gateway as served on these addresses and as

@@ -631,9 +631,8 @@ pub async fn serve(
     let data_plane = match (data_plane, args.distribution_bind) {
         (Some(dp), _) => dp,
         (None, Some(addr)) => anyhow::bail!(
-            "--distribution-bind {addr}: the distribution server is not wired into this build yet \
-             (a DataPlane must be passed to meridian_controller::serve); use --static-address to \
-             run without proxies"
+            "--distribution-bind {addr}: this crate does not start the distribution server itself; \
+             pass a DataPlane to meridian_controller::serve (the `meridian` binary does)"
         ),
         (None, None) => {
             if args.static_addresses.is_empty() {

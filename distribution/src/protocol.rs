@@ -4,7 +4,7 @@
 //! messages are externally tagged (`{"snapshot": {...}}`, `{"endpoints": {...}}`, `"ping"`) so a
 //! multi-megabyte snapshot is decoded in one pass, without serde buffering it to find a tag.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use meridian_model::Snapshot;
 use meridian_model::snapshot::{
@@ -232,52 +232,52 @@ pub fn endpoint_delta(old: &Snapshot, new: &Snapshot) -> Option<Vec<EndpointChan
 }
 
 /// Every backend name seen in the new snapshot with the endpoints it must have, and whether any
-/// occurrence changed.
+/// occurrence changed. Borrowed from the new snapshot: only changed entries are copied.
 #[derive(Default)]
-struct Delta {
-    seen: BTreeMap<String, (BackendProtocol, Vec<Endpoint>, bool)>,
+struct Delta<'a> {
+    seen: HashMap<&'a str, (BackendProtocol, &'a [Endpoint], bool)>,
 }
 
-impl Delta {
+impl<'a> Delta<'a> {
     fn record(
         &mut self,
-        name: &str,
+        name: &'a str,
         protocol: BackendProtocol,
-        endpoints: &[Endpoint],
+        endpoints: &'a [Endpoint],
         changed: bool,
     ) -> Option<()> {
         match self.seen.get_mut(name) {
             Some((p, eps, c)) => {
                 // The patch is by name: every occurrence must end up with the same list.
-                if *p != protocol || eps.as_slice() != endpoints {
+                if *p != protocol || *eps != endpoints {
                     return None;
                 }
                 *c |= changed;
             }
             None => {
-                self.seen
-                    .insert(name.to_string(), (protocol, endpoints.to_vec(), changed));
+                self.seen.insert(name, (protocol, endpoints, changed));
             }
         }
         Some(())
     }
 
     fn finish(self) -> Option<Vec<EndpointChange>> {
-        Some(
-            self.seen
-                .into_iter()
-                .filter(|(_, (_, _, changed))| *changed)
-                .map(|(backend, (protocol, endpoints, _))| EndpointChange {
-                    backend,
-                    protocol,
-                    endpoints,
-                })
-                .collect(),
-        )
+        let mut out: Vec<EndpointChange> = self
+            .seen
+            .into_iter()
+            .filter(|(_, (_, _, changed))| *changed)
+            .map(|(backend, (protocol, endpoints, _))| EndpointChange {
+                backend: backend.to_string(),
+                protocol,
+                endpoints: endpoints.to_vec(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.backend.cmp(&b.backend));
+        Some(out)
     }
 }
 
-fn lockstep<T>(a: &[T], b: &[T], mut f: impl FnMut(&T, &T) -> Option<()>) -> Option<()> {
+fn lockstep<'a, T>(a: &[T], b: &'a [T], mut f: impl FnMut(&T, &'a T) -> Option<()>) -> Option<()> {
     if a.len() != b.len() {
         return None;
     }
@@ -291,7 +291,7 @@ fn same<T: PartialEq>(a: &T, b: &T) -> Option<()> {
 // The comparisons below destructure every struct, so a field added to the snapshot model is a
 // compile error here instead of a change silently sent as an endpoint delta.
 
-fn gateway(a: &Gateway, b: &Gateway, d: &mut Delta) -> Option<()> {
+fn gateway<'a>(a: &Gateway, b: &'a Gateway, d: &mut Delta<'a>) -> Option<()> {
     let Gateway {
         namespace,
         name,
@@ -302,7 +302,7 @@ fn gateway(a: &Gateway, b: &Gateway, d: &mut Delta) -> Option<()> {
     lockstep(listeners, &b.listeners, |x, y| listener(x, y, d))
 }
 
-fn listener(a: &Listener, b: &Listener, d: &mut Delta) -> Option<()> {
+fn listener<'a>(a: &Listener, b: &'a Listener, d: &mut Delta<'a>) -> Option<()> {
     let Listener {
         name,
         address,
@@ -321,7 +321,7 @@ fn listener(a: &Listener, b: &Listener, d: &mut Delta) -> Option<()> {
     lockstep(routes, &b.routes, |x, y| route(x, y, d))
 }
 
-fn route(a: &Route, b: &Route, d: &mut Delta) -> Option<()> {
+fn route<'a>(a: &Route, b: &'a Route, d: &mut Delta<'a>) -> Option<()> {
     let Route {
         namespace,
         name,
@@ -336,7 +336,7 @@ fn route(a: &Route, b: &Route, d: &mut Delta) -> Option<()> {
     lockstep(rules, &b.rules, |x, y| rule(x, y, d))
 }
 
-fn rule(a: &Rule, b: &Rule, d: &mut Delta) -> Option<()> {
+fn rule<'a>(a: &Rule, b: &'a Rule, d: &mut Delta<'a>) -> Option<()> {
     let Rule {
         name,
         matches,
@@ -353,7 +353,7 @@ fn rule(a: &Rule, b: &Rule, d: &mut Delta) -> Option<()> {
     lockstep(backends, &b.backends, |x, y| backend(x, y, d))
 }
 
-fn filter(a: &Filter, b: &Filter, d: &mut Delta) -> Option<()> {
+fn filter<'a>(a: &Filter, b: &'a Filter, d: &mut Delta<'a>) -> Option<()> {
     match (a, b) {
         (Filter::RequestMirror(x), Filter::RequestMirror(y)) => {
             same(&x.percent, &y.percent)?;
@@ -363,7 +363,7 @@ fn filter(a: &Filter, b: &Filter, d: &mut Delta) -> Option<()> {
     }
 }
 
-fn backend(a: &Backend, b: &Backend, d: &mut Delta) -> Option<()> {
+fn backend<'a>(a: &Backend, b: &'a Backend, d: &mut Delta<'a>) -> Option<()> {
     let Backend {
         name,
         weight,
@@ -387,7 +387,7 @@ fn backend(a: &Backend, b: &Backend, d: &mut Delta) -> Option<()> {
             },
         ) => {
             same(f1, f2)?;
-            d.record(name, *p2, e2, p1 != p2 || e1 != e2)
+            d.record(&b.name, *p2, e2, p1 != p2 || e1 != e2)
         }
         (BackendTarget::Invalid { reason: r1 }, BackendTarget::Invalid { reason: r2 }) => {
             same(r1, r2)

@@ -229,7 +229,8 @@ fn all_crds_has_stable_order_and_unique_names() {
             "HTTPRoute",
             "ReferenceGrant",
             "ServiceExport",
-            "ServiceImport"
+            "ServiceImport",
+            "FailoverPolicy"
         ]
     );
     let names: BTreeSet<_> = all_crds()
@@ -239,7 +240,7 @@ fn all_crds_has_stable_order_and_unique_names() {
     assert_eq!(names.len(), kinds.len());
     assert_eq!(all_crds(), all_crds(), "generation must be deterministic");
     assert_eq!(
-        gateway_api_crds().len() + mcs_crds().len(),
+        gateway_api_crds().len() + mcs_crds().len() + meridian_crds::meridian::crds().len(),
         all_crds().len()
     );
 }

@@ -9,7 +9,9 @@
 //!                ── weighted backend pick: none/weight 0/Invalid → 500, no ready endpoint → 503
 //!                ── backend filters (same kinds, redirect included)
 //! upstream_peer  ── endpoint by locality tier, skipping ejected and tried ones; per-try timeouts
-//! fail_to_connect ─ eject the endpoint, retry another (bounded)
+//! fail_to_connect ─ eject the endpoint, retry another (bounded, within the retry budget)
+//! error_while_proxy ─ safe requests with a replayable body retried on another endpoint
+//!                    (budgeted); a reset on a fresh connection ejects the endpoint
 //! upstream_response_filter ─ retry on a listed status while tries remain
 //! response_filter ─ ResponseHeaderModifier (rule, then backend)
 //! fail_to_proxy  ── 504 on timeouts, 503 on upstream failures
@@ -35,6 +37,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::budget::DEFAULT_PERCENT;
 use crate::endpoints::{self, NoEndpoint};
 use crate::headers::{self, ReqEdit, ReqHeaders, RespEdit};
 use crate::mirror;
@@ -67,8 +70,11 @@ pub struct Ctx {
     per_try: Option<Duration>,
     /// Retries the rule's policy still allows.
     retries_left: u32,
-    /// Extra tries allowed for connect failures beyond the rule's policy.
+    /// Extra tries allowed for connect failures and failed safe requests beyond the rule's
+    /// policy (each also needs the proxy's retry budget).
     connect_failovers_left: u32,
+    /// Retry budget share for this backend (FailoverPolicy `retry.budgetPercent`).
+    budget_percent: u32,
     tried: Vec<SocketAddr>,
     current: Option<SocketAddr>,
     /// The last upstream error is our own "retry on status" marker.
@@ -299,6 +305,7 @@ impl ProxyHttp for Gateway {
             per_try: None,
             retries_left: 0,
             connect_failovers_left: 0,
+            budget_percent: DEFAULT_PERCENT,
             tried: Vec::new(),
             current: None,
             status_retry: false,
@@ -366,12 +373,16 @@ impl ProxyHttp for Gateway {
             return respond(session, 500).await;
         };
         ctx.backend = Some(idx);
-        let endpoints = match &backend.target {
+        let (endpoints, failover) = match &backend.target {
             BackendTarget::Invalid { reason } => {
                 tracing::debug!(backend = %backend.name, reason, "invalid backend");
                 return respond(session, 500).await;
             }
-            BackendTarget::Endpoints { endpoints, .. } => endpoints,
+            BackendTarget::Endpoints {
+                endpoints,
+                failover,
+                ..
+            } => (endpoints, failover.as_ref()),
         };
         if endpoints::ready_count(endpoints) == 0 {
             return respond(session, 503).await;
@@ -390,7 +401,17 @@ impl ProxyHttp for Gateway {
         ctx.per_try = ms(timeouts.backend_request_ms);
         ctx.retries_left = rule.rule.retry.as_ref().map_or(0, |r| r.attempts);
         let ready = u32::try_from(endpoints::ready_count(endpoints)).unwrap_or(u32::MAX);
-        ctx.connect_failovers_left = ready.saturating_sub(1).min(MAX_CONNECT_FAILOVER);
+        let retry = failover.and_then(|f| f.retry.as_deref());
+        let attempts = retry
+            .map(|r| r.attempts)
+            .filter(|&a| a > 0)
+            .unwrap_or(MAX_CONNECT_FAILOVER);
+        ctx.connect_failovers_left = ready.saturating_sub(1).min(attempts);
+        ctx.budget_percent = retry
+            .map(|r| r.budget_percent)
+            .filter(|&p| p > 0)
+            .unwrap_or(DEFAULT_PERCENT);
+        self.shared.budget.request();
         Ok(false)
     }
 
@@ -467,7 +488,7 @@ impl ProxyHttp for Gateway {
             e.set_retry(false);
             return e;
         }
-        if ctx.connect_failovers_left > 0 {
+        if ctx.connect_failovers_left > 0 && self.shared.budget.try_retry(ctx.budget_percent) {
             ctx.connect_failovers_left -= 1;
             e.set_retry(true);
         } else if ctx.retries_left > 0 {
@@ -516,6 +537,21 @@ impl ProxyHttp for Gateway {
         } else {
             e.set_retry(false);
         }
+        let reset = *e.esource() == ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        // A reset on a connection we just opened says the endpoint is going away; on a pooled
+        // one it may only be a stale connection.
+        if reset
+            && !client_reused
+            && let Some(addr) = ctx.current
+            && self.shared.ejections.eject(addr)
+        {
+            self.shared.metrics.ejections.inc();
+            tracing::info!(endpoint = %addr, error = %e, "endpoint ejected after a reset");
+        }
         if !e.retry() && body_replayable && ctx.retries_left > 0 && !ctx.deadline_passed() {
             ctx.retries_left -= 1;
             e.set_retry(true);
@@ -523,6 +559,24 @@ impl ProxyHttp for Gateway {
                 .metrics
                 .retries
                 .with_label_values(&["error"])
+                .inc();
+        }
+        // Safe requests move to another endpoint (next tier when the tier is exhausted) as
+        // long as nothing was sent downstream yet and the retry budget allows.
+        if !e.retry()
+            && body_replayable
+            && session.req_header().method.is_idempotent()
+            && session.response_written().is_none()
+            && ctx.connect_failovers_left > 0
+            && !ctx.deadline_passed()
+            && self.shared.budget.try_retry(ctx.budget_percent)
+        {
+            ctx.connect_failovers_left -= 1;
+            e.set_retry(true);
+            self.shared
+                .metrics
+                .retries
+                .with_label_values(&["failover"])
                 .inc();
         }
         e
@@ -545,6 +599,24 @@ impl ProxyHttp for Gateway {
             return Err(e);
         }
         let code = resp.status.as_u16();
+        if let (
+            Some(addr),
+            Some(BackendTarget::Endpoints {
+                failover: Some(f), ..
+            }),
+        ) = (ctx.current, ctx.chosen_backend().map(|b| &b.target))
+            && let Some(od) = f.outlier_detection.as_deref()
+            && self.shared.ejections.response(
+                addr,
+                code,
+                od.consecutive_5xx,
+                ms(Some(od.base_ejection_ms)).unwrap_or(endpoints::BASE_EJECTION),
+                ms(Some(od.max_ejection_ms)).unwrap_or(endpoints::MAX_EJECTION),
+            )
+        {
+            self.shared.metrics.ejections.inc();
+            tracing::info!(endpoint = %addr, status = code, "endpoint ejected by outlier detection");
+        }
         let retry_listed = ctx
             .matched
             .as_ref()

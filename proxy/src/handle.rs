@@ -101,6 +101,7 @@ impl ProxyHandle {
             mirror: Mirror::new(metrics.clone()),
             metrics,
             ejections: Ejections::default(),
+            budget: Default::default(),
             locality: cfg.locality.clone(),
             last_error: Default::default(),
             controller: Default::default(),

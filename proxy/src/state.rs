@@ -1,5 +1,5 @@
 //! What every connection and request shares: the served snapshot (router + parsed certificates)
-//! behind an `ArcSwap`, metrics, ejections, the mirror client and the proxy's locality.
+//! behind an `ArcSwap`, metrics, ejections, the retry budget, the mirror client and the proxy's locality.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use meridian_model::snapshot::Protocol;
 use pingora_core::tls::pkey::{PKey, Private};
 use pingora_core::tls::x509::X509;
 
+use crate::budget::RetryBudget;
 use crate::endpoints::Ejections;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub served: ArcSwapOption<Served>,
     pub metrics: Metrics,
     pub ejections: Ejections,
+    /// Budget of automatic retries (failover of safe requests, connect failures).
+    pub budget: RetryBudget,
     pub mirror: Mirror,
     pub locality: Locality,
     /// Why the last refused snapshot was refused (cleared by the next accepted one).

@@ -262,3 +262,83 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
         .await
         .expect("failover test timed out");
 }
+
+/// GETs `n` times; returns (status, region) pairs.
+async fn get_regions(port: u16, n: usize) -> Vec<(u16, String)> {
+    let c = common::client();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = c
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        out.push((s, body.split('/').next().unwrap_or("").to_string()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_orders_regions_and_a_geo_fence_answers_503_instead_of_leaving() {
+    let run = async {
+        let east = Backend::start("us-east", "a").await;
+        let west = Backend::start("us-west", "a").await;
+        let eu = Backend::start("eu-west", "a").await;
+        let proxy = ProxyHandle::start(ProxyConfig {
+            admin: None,
+            locality: Locality {
+                cluster: "east".into(),
+                region: "us-east".into(),
+                zone: "a".into(),
+            },
+        })
+        .await
+        .unwrap();
+        let port = common::free_port();
+        let eps = vec![east.endpoint(), west.endpoint(), eu.endpoint()];
+        let snapshot = |generation: u64, failover: serde_json::Value| {
+            let backend = json!({
+                "name": "default/echo:80 (ServiceImport)",
+                "target": {"type": "endpoints", "endpoints": eps.clone(), "failover": failover},
+            });
+            common::http_snapshot(
+                generation,
+                port,
+                vec![common::prefix_rule("/", vec![backend])],
+            )
+        };
+        // Without the policy eu-west (alphabetical) would be next; the policy says us-west.
+        proxy
+            .apply(snapshot(
+                1,
+                json!({"failover": [{"from": "us-east", "to": ["us-west", "eu-west"]}]}),
+            ))
+            .await
+            .unwrap();
+        assert!(
+            get_regions(port, 10)
+                .await
+                .iter()
+                .all(|r| r.0 == 200 && r.1 == "us-east")
+        );
+        east.stop();
+        let got = get_regions(port, 40).await;
+        assert!(
+            got.iter().all(|r| r.0 == 200 && r.1 == "us-west"),
+            "{got:?}"
+        );
+        // Geo-fenced to us-east: with us-east down the answer is 503, never another region.
+        proxy
+            .apply(snapshot(2, json!({"geoFence": ["us-east"]})))
+            .await
+            .unwrap();
+        let got = get_regions(port, 10).await;
+        assert!(got.iter().all(|r| r.0 == 503), "{got:?}");
+        proxy.shutdown().await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("policy test timed out");
+}

@@ -37,6 +37,7 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
+use meridian_crds::meridian::FailoverPolicy;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -47,7 +48,7 @@ use crate::status::StatusKind;
 use crate::world::{ClusterState, Indexed, Kind, ObjectKey};
 
 /// Every kind the controller watches, in start order.
-pub const ALL_KINDS: [Kind; 10] = [
+pub const ALL_KINDS: [Kind; 11] = [
     Kind::Namespace,
     Kind::Service,
     Kind::EndpointSlice,
@@ -58,6 +59,7 @@ pub const ALL_KINDS: [Kind; 10] = [
     Kind::ReferenceGrant,
     Kind::ServiceExport,
     Kind::ServiceImport,
+    Kind::FailoverPolicy,
 ];
 
 /// What an index change may affect, so the reconcile loop can skip a full translation.
@@ -128,6 +130,7 @@ fn resource_of(kind: Kind) -> (String, String) {
         Kind::Secret => of::<Secret>(),
         Kind::ServiceExport => of::<ServiceExport>(),
         Kind::ServiceImport => of::<ServiceImport>(),
+        Kind::FailoverPolicy => of::<FailoverPolicy>(),
     }
 }
 
@@ -152,6 +155,7 @@ pub(crate) fn kind_label(kind: Kind) -> &'static str {
         Kind::Secret => "Secret",
         Kind::ServiceExport => "ServiceExport",
         Kind::ServiceImport => "ServiceImport",
+        Kind::FailoverPolicy => "FailoverPolicy",
     }
 }
 
@@ -311,6 +315,7 @@ async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
         Kind::Secret => clear::<Secret>(),
         Kind::ServiceExport => clear::<ServiceExport>(),
         Kind::ServiceImport => clear::<ServiceImport>(),
+        Kind::FailoverPolicy => clear::<FailoverPolicy>(),
     };
     let msg = Msg::Change {
         cluster: ctx.cluster,
@@ -333,6 +338,7 @@ fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
         Kind::Secret => tokio::spawn(run_watcher::<Secret>(ctx)),
         Kind::ServiceExport => tokio::spawn(run_watcher::<ServiceExport>(ctx)),
         Kind::ServiceImport => tokio::spawn(run_watcher::<ServiceImport>(ctx)),
+        Kind::FailoverPolicy => tokio::spawn(run_watcher::<FailoverPolicy>(ctx)),
     }
 }
 

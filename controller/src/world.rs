@@ -25,6 +25,7 @@ use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
+use meridian_crds::meridian::FailoverPolicy;
 
 use crate::status::StatusKind;
 
@@ -149,6 +150,8 @@ pub enum Kind {
     ServiceExport,
     /// `multicluster.x-k8s.io/ServiceImport`.
     ServiceImport,
+    /// `meridian.dev/FailoverPolicy`.
+    FailoverPolicy,
 }
 
 /// Everything translation knows about one member cluster.
@@ -171,6 +174,7 @@ pub struct ClusterState {
     pub(crate) secrets: BTreeMap<ObjectKey, TlsSecret>,
     pub(crate) service_exports: BTreeSet<ObjectKey>,
     pub(crate) service_imports: BTreeMap<ObjectKey, Arc<ServiceImport>>,
+    pub(crate) failover_policies: BTreeMap<ObjectKey, Arc<FailoverPolicy>>,
 }
 
 /// A kind the index can hold. The three [`ClusterState`] methods are generic over it so a watcher
@@ -324,6 +328,7 @@ impl ClusterState {
             (Kind::Secret, self.secrets.len()),
             (Kind::ServiceExport, self.service_exports.len()),
             (Kind::ServiceImport, self.service_imports.len()),
+            (Kind::FailoverPolicy, self.failover_policies.len()),
         ])
     }
 }
@@ -400,6 +405,12 @@ simple_index!(
     ServiceImport,
     Kind::ServiceImport,
     service_imports,
+    namespaced_of
+);
+simple_index!(
+    FailoverPolicy,
+    Kind::FailoverPolicy,
+    failover_policies,
     namespaced_of
 );
 

@@ -129,7 +129,13 @@ pub(crate) fn resolve(
         Ok((protocol, endpoints)) => Ok(BackendTarget::Endpoints {
             protocol: *protocol,
             endpoints: endpoints.clone(),
-            failover: None,
+            failover: super::failover::policy_for(
+                ctx.cluster,
+                r.namespace,
+                r.group,
+                r.kind,
+                r.name,
+            ),
         }),
         Err(p) => Err(p.clone()),
     }

@@ -32,6 +32,7 @@
 //! whether the content changed.
 
 mod backend;
+mod failover;
 mod gateway;
 mod refresh;
 mod route;

@@ -7,16 +7,46 @@
 //!                                      parsed; an invalid policy is skipped, not half-applied)
 //! ```
 //!
-//! Targets today: ServiceImport (`multicluster.x-k8s.io`) and Service (`""`). HTTPRoute targets
-//! are accepted by the CRD but not yet applied here (the route name does not reach backend
-//! resolution yet); neither is written to the policy's status yet.
+//! Targets: ServiceImport (`multicluster.x-k8s.io`) and Service (`""`) per backend; an HTTPRoute
+//! target (`gateway.networking.k8s.io`) covers every backend of the route that no backend-level
+//! policy already covers (the more specific target wins). Policy status is not written yet.
 
 use std::time::Duration;
 
 use meridian_crds::meridian::{self as crd, FailoverPolicy, parse_duration};
 use meridian_model::snapshot as model;
 
-use crate::world::ClusterState;
+use crate::status::GATEWAY_GROUP;
+use crate::world::{ClusterState, ObjectKey};
+
+/// Gives every backend of `route`'s rules that has no policy yet the policy targeting the route.
+pub(crate) fn attach_route_policy(
+    cluster: &ClusterState,
+    route: &ObjectKey,
+    rules: &mut [model::Rule],
+) {
+    if cluster.failover_policies.is_empty() {
+        return;
+    }
+    let Some(policy) = policy_for(
+        cluster,
+        &route.namespace,
+        GATEWAY_GROUP,
+        "HTTPRoute",
+        &route.name,
+    ) else {
+        return;
+    };
+    for rule in rules {
+        for b in &mut rule.backends {
+            if let model::BackendTarget::Endpoints { failover, .. } = &mut b.target
+                && failover.is_none()
+            {
+                *failover = Some(policy.clone());
+            }
+        }
+    }
+}
 
 /// The policy that applies to backend object `group/kind namespace/name` in this cluster.
 pub(crate) fn policy_for(
@@ -290,5 +320,56 @@ mod tests {
         ));
         let got = policy_for(&cluster, "demo", MCS, "ServiceImport", "echo").unwrap();
         assert_eq!(got.geo_fence, ["us-east"]);
+    }
+
+    #[test]
+    fn a_route_policy_fills_backends_without_their_own() {
+        let mut cluster = ClusterState::new("us-east", vec![]);
+        cluster.apply(policy(
+            "demo",
+            "route",
+            1,
+            "targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: web}]\ngeoFence: {regions: [us-east]}",
+        ));
+        let own = model::FailoverPolicy {
+            min_healthy_percent: 40,
+            ..Default::default()
+        };
+        let backend = |failover: Option<model::FailoverPolicy>| model::Backend {
+            name: "b".into(),
+            weight: 1,
+            filters: vec![],
+            target: model::BackendTarget::Endpoints {
+                protocol: model::BackendProtocol::Http1,
+                endpoints: vec![],
+                failover,
+            },
+        };
+        let mut rules: Vec<model::Rule> =
+            vec![serde_json::from_value(serde_json::json!({})).unwrap()];
+        rules[0].backends = vec![backend(None), backend(Some(own.clone()))];
+        attach_route_policy(&cluster, &ObjectKey::new("demo", "web"), &mut rules);
+        let policies: Vec<Option<model::FailoverPolicy>> = rules[0]
+            .backends
+            .iter()
+            .map(|b| match &b.target {
+                model::BackendTarget::Endpoints { failover, .. } => failover.clone(),
+                model::BackendTarget::Invalid { .. } => None,
+            })
+            .collect();
+        assert_eq!(policies[0].as_ref().unwrap().geo_fence, ["us-east"]);
+        assert_eq!(
+            policies[1].as_ref(),
+            Some(&own),
+            "backend-level policy kept"
+        );
+        // Another route: untouched.
+        let mut other = rules.clone();
+        other[0].backends = vec![backend(None)];
+        attach_route_policy(&cluster, &ObjectKey::new("demo", "api"), &mut other);
+        assert!(matches!(
+            &other[0].backends[0].target,
+            model::BackendTarget::Endpoints { failover: None, .. }
+        ));
     }
 }

@@ -108,11 +108,12 @@ pub(crate) fn process(
         generation,
     );
 
-    let translated = if ours.is_empty() {
+    let mut translated = if ours.is_empty() {
         RouteRules::default()
     } else {
         translate_rules(ctx, &key.namespace, rules.as_ref(), cache)
     };
+    super::failover::attach_route_policy(ctx.cluster, key, &mut translated.rules);
     let route_hostnames: Vec<String> = hostnames
         .iter()
         .flatten()

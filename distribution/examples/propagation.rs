@@ -115,21 +115,28 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn all_applied(srv: &DistributionServer, gens: &[(String, u64)]) {
+async fn all_applied(srv: &DistributionServer, gens: &[(String, u64)]) -> anyhow::Result<()> {
     let mut changes = srv.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if gens
-            .iter()
-            .all(|(c, g)| srv.programmed(c, *g) == ProgrammedState::Applied)
-        {
-            return;
+        let mut done = true;
+        for (c, g) in gens {
+            match srv.programmed(c, *g) {
+                ProgrammedState::Applied => {}
+                ProgrammedState::Refused { proxy_id, reason } => {
+                    anyhow::bail!("{proxy_id} refused generation {g}: {reason}")
+                }
+                _ => done = false,
+            }
+        }
+        if done {
+            return Ok(());
         }
         if tokio::time::timeout_at(deadline, changes.changed())
             .await
             .is_err()
         {
-            panic!("not applied within 60 s: {:?}", srv.state());
+            anyhow::bail!("not applied within 60 s: {:?}", srv.state());
         }
     }
 }
@@ -228,7 +235,7 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
         let p = srv.publish(cluster, snapshot(routes, *port, 0, 8080))?;
         gens.push((cluster.clone(), p.generation));
     }
-    all_applied(&srv, &gens).await;
+    all_applied(&srv, &gens).await?;
 
     let (mut full, mut delta) = (Vec::new(), Vec::new());
     for i in 1..=a.iterations {
@@ -245,7 +252,7 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
             anyhow::ensure!(p.kind == PublishKind::Full, "expected a full snapshot");
             gens.push((cluster.clone(), p.generation));
         }
-        all_applied(&srv, &gens).await;
+        all_applied(&srv, &gens).await?;
         full.push(t.elapsed());
 
         // An endpoint change: deltas.
@@ -260,7 +267,7 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
             anyhow::ensure!(p.kind == PublishKind::Endpoints, "expected a delta");
             gens.push((cluster.clone(), p.generation));
         }
-        all_applied(&srv, &gens).await;
+        all_applied(&srv, &gens).await?;
         delta.push(t.elapsed());
     }
     for p in &proxies {

@@ -254,6 +254,19 @@ impl Gateway {
     }
 }
 
+/// The client closed or broke its connection (or stopped reading): nothing to report.
+fn client_went_away(e: &Error) -> bool {
+    *e.esource() == ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed
+                | ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+        )
+}
+
 /// The Host header, or the `:authority` of an HTTP/2 request.
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -718,11 +731,32 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    /// pingora logs every failed request at error level, client disconnects included (a load
+    /// test's closing connections alone make hundreds of lines). `logging` reports failures
+    /// instead, at a level that fits the cause.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        if let Some(e) = e {
+            if client_went_away(e) {
+                tracing::debug!(error = %e, "client went away");
+            } else {
+                tracing::warn!(
+                    listener = %ctx.listener_label(),
+                    route = %ctx.route_label(),
+                    upstream = ?ctx.current,
+                    status,
+                    error = %e,
+                    "request failed"
+                );
+            }
+        }
         let status = status.to_string();
         self.shared
             .metrics

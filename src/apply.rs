@@ -33,9 +33,13 @@ pub async fn apply_object(
     obj: &Value,
     default_namespace: &str,
 ) -> anyhow::Result<String> {
-    let api_version = obj["apiVersion"].as_str().context("object without apiVersion")?;
+    let api_version = obj["apiVersion"]
+        .as_str()
+        .context("object without apiVersion")?;
     let kind = obj["kind"].as_str().context("object without kind")?;
-    let name = obj["metadata"]["name"].as_str().context("object without metadata.name")?;
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .context("object without metadata.name")?;
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", api_version),
@@ -46,14 +50,20 @@ pub async fn apply_object(
         .with_context(|| format!("the cluster does not serve {api_version} {kind}"))?;
     let api: Api<DynamicObject> = match caps.scope {
         Scope::Namespaced => {
-            let ns = obj["metadata"]["namespace"].as_str().unwrap_or(default_namespace);
+            let ns = obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(default_namespace);
             Api::namespaced_with(client.clone(), ns, &resource)
         }
         Scope::Cluster => Api::all_with(client.clone(), &resource),
     };
-    api.patch(name, &PatchParams::apply("meridian-up").force(), &Patch::Apply(obj))
-        .await
-        .with_context(|| format!("applying {kind} {name}"))?;
+    api.patch(
+        name,
+        &PatchParams::apply("meridian-up").force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .with_context(|| format!("applying {kind} {name}"))?;
     Ok(format!("{}/{name}", kind.to_ascii_lowercase()))
 }
 
@@ -74,7 +84,10 @@ mod tests {
     #[test]
     fn splits_documents_and_skips_empty_ones() {
         let docs = parse_documents("---\na: 1\n---\n# only a comment\n---\nb: [x]\n").unwrap();
-        assert_eq!(docs, vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]);
+        assert_eq!(
+            docs,
+            vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]
+        );
     }
 
     #[test]

@@ -264,8 +264,9 @@ impl Ejections {
             s.ejected.is_some()
                 || s.probe_fail > 0
                 || s.consecutive_5xx > 0
-                || s.readmitted.is_some_and(|(at, _)| {
-                    now.duration_since(at) < BACKOFF_RESET.max(Duration::ZERO)
+                // Kept while its backoff count or its slow start still matter.
+                || s.readmitted.is_some_and(|(at, window)| {
+                    now.duration_since(at) < BACKOFF_RESET.max(window)
                 })
         });
         self.publish(&map);

@@ -177,45 +177,7 @@ pub enum AckResult {
 pub fn patch_endpoints(snapshot: &mut Snapshot, changes: &[EndpointChange]) -> bool {
     let by_name: HashMap<&str, &EndpointChange> =
         changes.iter().map(|c| (c.backend.as_str(), c)).collect();
-    let mut changed = false;
-    let mut visit = |b: &mut Backend| {
-        let Some(c) = by_name.get(b.name.as_str()) else {
-            return;
-        };
-        if let BackendTarget::Endpoints {
-            protocol,
-            endpoints,
-            ..
-        } = &mut b.target
-            && (*endpoints != c.endpoints || *protocol != c.protocol)
-        {
-            endpoints.clone_from(&c.endpoints);
-            *protocol = c.protocol;
-            changed = true;
-        }
-    };
-    for rule in snapshot
-        .gateways
-        .iter_mut()
-        .flat_map(|g| &mut g.listeners)
-        .flat_map(|l| &mut l.routes)
-        .flat_map(|r| &mut r.rules)
-    {
-        for f in &mut rule.filters {
-            if let Filter::RequestMirror(m) = f {
-                visit(&mut m.backend);
-            }
-        }
-        for b in &mut rule.backends {
-            for f in &mut b.filters {
-                if let Filter::RequestMirror(m) = f {
-                    visit(&mut m.backend);
-                }
-            }
-            visit(b);
-        }
-    }
-    changed
+    snapshot.set_endpoints(|n| by_name.get(n).map(|c| (c.protocol, c.endpoints.as_slice())))
 }
 
 /// If `new` differs from `old` only in the endpoint lists (and protocols) of resolved backends,

@@ -47,6 +47,59 @@ impl Snapshot {
             gateways: Vec::new(),
         }
     }
+
+    /// Calls `f` on every backend of every rule, mirror backends (rule- and backend-level)
+    /// included.
+    pub fn for_each_backend_mut(&mut self, mut f: impl FnMut(&mut Backend)) {
+        fn mirrors(filters: &mut [Filter], f: &mut impl FnMut(&mut Backend)) {
+            for filter in filters {
+                if let Filter::RequestMirror(m) = filter {
+                    f(&mut m.backend);
+                }
+            }
+        }
+        for rule in self
+            .gateways
+            .iter_mut()
+            .flat_map(|g| &mut g.listeners)
+            .flat_map(|l| &mut l.routes)
+            .flat_map(|r| &mut r.rules)
+        {
+            mirrors(&mut rule.filters, &mut f);
+            for b in &mut rule.backends {
+                mirrors(&mut b.filters, &mut f);
+                f(b);
+            }
+        }
+    }
+
+    /// Replaces protocol and endpoints of every resolved backend (mirrors included) for which
+    /// `lookup(backend name)` answers; returns whether anything changed. This is the cheap path
+    /// for endpoint-only changes, shared by the controller and the distribution client.
+    pub fn set_endpoints<'a>(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<(BackendProtocol, &'a [Endpoint])>,
+    ) -> bool {
+        let mut changed = false;
+        self.for_each_backend_mut(|b| {
+            let Some((protocol, eps)) = lookup(&b.name) else {
+                return;
+            };
+            if let BackendTarget::Endpoints {
+                protocol: p,
+                endpoints,
+                ..
+            } = &mut b.target
+                && (endpoints.as_slice() != eps || *p != protocol)
+            {
+                endpoints.clear();
+                endpoints.extend_from_slice(eps);
+                *p = protocol;
+                changed = true;
+            }
+        });
+        changed
+    }
 }
 
 /// One Gateway as served by one proxy.

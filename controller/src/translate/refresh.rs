@@ -18,9 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meridian_model::snapshot::{
-    Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Snapshot,
-};
+use meridian_model::snapshot::{BackendProtocol, Endpoint, Snapshot};
 
 use super::backend::{self, BackendRef, MCS_GROUP};
 use crate::world::{ClusterName, ObjectKey, World};
@@ -86,43 +84,5 @@ pub fn refresh_endpoints(
 
 /// Replaces the endpoints of every resolved backend named `name`; returns whether anything changed.
 fn patch(snapshot: &mut Snapshot, name: &str, protocol: BackendProtocol, eps: &[Endpoint]) -> bool {
-    let mut changed = false;
-    let mut visit = |b: &mut Backend| {
-        if b.name != name {
-            return;
-        }
-        if let BackendTarget::Endpoints {
-            protocol: p,
-            endpoints,
-            ..
-        } = &mut b.target
-            && (endpoints.as_slice() != eps || *p != protocol)
-        {
-            *endpoints = eps.to_vec();
-            *p = protocol;
-            changed = true;
-        }
-    };
-    for rule in snapshot
-        .gateways
-        .iter_mut()
-        .flat_map(|g| &mut g.listeners)
-        .flat_map(|l| &mut l.routes)
-        .flat_map(|r| &mut r.rules)
-    {
-        for f in &mut rule.filters {
-            if let Filter::RequestMirror(m) = f {
-                visit(&mut m.backend);
-            }
-        }
-        for b in &mut rule.backends {
-            for f in &mut b.filters {
-                if let Filter::RequestMirror(m) = f {
-                    visit(&mut m.backend);
-                }
-            }
-            visit(b);
-        }
-    }
-    changed
+    snapshot.set_endpoints(|n| (n == name).then_some((protocol, eps)))
 }

@@ -109,6 +109,15 @@ impl Ctx {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
+    /// The matched rule's pause between retries.
+    fn retry_backoff(&self) -> Option<Duration> {
+        self.matched
+            .as_ref()
+            .and_then(|m| m.rule.rule.retry.as_ref())
+            .and_then(|r| r.backoff_ms)
+            .map(Duration::from_millis)
+    }
+
     /// The time left for one try: the per-try timeout capped by the request deadline.
     fn try_budget(&self) -> Option<Duration> {
         let left = self
@@ -506,14 +515,7 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
         } else if ctx.retries_left > 0 {
             ctx.retries_left -= 1;
-            ctx.backoff = ctx.matched.as_ref().and_then(|m| {
-                m.rule
-                    .rule
-                    .retry
-                    .as_ref()
-                    .and_then(|r| r.backoff_ms)
-                    .map(Duration::from_millis)
-            });
+            ctx.backoff = ctx.retry_backoff();
             e.set_retry(true);
         } else {
             e.set_retry(false);
@@ -638,14 +640,7 @@ impl ProxyHttp for Gateway {
         if retry_listed && ctx.retries_left > 0 && !ctx.deadline_passed() {
             ctx.retries_left -= 1;
             ctx.status_retry = true;
-            ctx.backoff = ctx.matched.as_ref().and_then(|m| {
-                m.rule
-                    .rule
-                    .retry
-                    .as_ref()
-                    .and_then(|r| r.backoff_ms)
-                    .map(Duration::from_millis)
-            });
+            ctx.backoff = ctx.retry_backoff();
             self.shared
                 .metrics
                 .retries

@@ -96,7 +96,9 @@ fn snapshot(n: usize, shape: Shape) -> Snapshot {
                 tls: None,
                 routes,
             }],
+            served_by_header: false,
         }],
+        drains: Vec::new(),
     }
 }
 

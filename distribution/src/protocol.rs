@@ -185,7 +185,8 @@ pub fn patch_endpoints(snapshot: &mut Snapshot, changes: &[EndpointChange]) -> b
 /// contents are equal). `None` when anything else differs, or when two backends with one name
 /// would need different endpoint lists. Generations are ignored.
 pub fn endpoint_delta(old: &Snapshot, new: &Snapshot) -> Option<Vec<EndpointChange>> {
-    if old.schema != new.schema {
+    // Drains are not endpoint lists: a drill starting or ending sends the whole snapshot.
+    if old.schema != new.schema || old.drains != new.drains {
         return None;
     }
     let mut d = Delta::default();
@@ -258,9 +259,11 @@ fn gateway<'a>(a: &Gateway, b: &'a Gateway, d: &mut Delta<'a>) -> Option<()> {
         namespace,
         name,
         listeners,
+        served_by_header,
     } = a;
     same(namespace, &b.namespace)?;
     same(name, &b.name)?;
+    same(served_by_header, &b.served_by_header)?;
     lockstep(listeners, &b.listeners, |x, y| listener(x, y, d))
 }
 

@@ -234,6 +234,7 @@ impl Version {
                 })
                 .cloned()
                 .collect(),
+            drains: self.snapshot.drains.clone(),
         };
         line(&Outgoing::Snapshot(&filtered))
     }

@@ -9,12 +9,14 @@
 //! 4. [`filters`] — header edits, redirects and rewrites as pure functions.
 //! 5. [`hostname`] — wildcard matching and listener/route hostname intersection.
 //! 6. [`locality`] — endpoint preference tiers (zone, region, failover order).
+//! 7. [`traffic`] — per-Gateway request counters proxies report (drill guards and timelines).
 
 pub mod filters;
 pub mod hostname;
 pub mod locality;
 pub mod router;
 pub mod snapshot;
+pub mod traffic;
 pub mod validate;
 
 pub use router::{Decision, Request, RouteMatch, Router};

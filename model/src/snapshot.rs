@@ -36,6 +36,10 @@ pub struct Snapshot {
     /// The Gateways this proxy serves.
     #[serde(default)]
     pub gateways: Vec<Gateway>,
+    /// Endpoints the proxy must treat as failed while a drill runs (`FailoverDrill` mode
+    /// `drain`): the real failover path runs, no workload is touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drains: Vec<Drain>,
 }
 
 impl Snapshot {
@@ -45,6 +49,7 @@ impl Snapshot {
             schema: SNAPSHOT_SCHEMA.to_string(),
             generation,
             gateways: Vec::new(),
+            drains: Vec::new(),
         }
     }
 
@@ -113,6 +118,11 @@ pub struct Gateway {
     /// Listeners, in spec order.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// Add `x-meridian-served-by: <cluster>/<region>/<zone>` to responses that came from an
+    /// endpoint (Gateway annotation `meridian.dev/served-by-header: "true"`; off by default
+    /// because it tells clients about the topology behind the Gateway).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub served_by_header: bool,
 }
 
 /// Listener protocol.
@@ -633,4 +643,62 @@ pub struct Failback {
     /// After re-admission, its share of traffic ramps linearly over this window.
     #[serde(default)]
     pub slow_start_ms: u64,
+}
+
+/// A set of endpoints a drill takes out of service: every field that is set must match.
+///
+/// The proxy handles a drained endpoint exactly like one its health checks failed, so the drill
+/// exercises the real tier choice, spill and retry path; lifting the drain (a snapshot without
+/// it) brings the endpoints back through the usual failback rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Drain {
+    /// The drill that asked for it (`namespace/name`), for logs and metrics.
+    pub drill: String,
+    /// Member cluster of the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Region of the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Zone of the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Gateways (`namespace/name`) whose traffic is affected; empty means every Gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// Backends (by [`Backend::name`]) affected; empty means every backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
+}
+
+impl Drain {
+    /// Whether the drain names a locality at all (a drain of "everything" is refused by
+    /// validation: a drill always has a target).
+    pub fn has_target(&self) -> bool {
+        self.cluster.is_some() || self.region.is_some() || self.zone.is_some()
+    }
+
+    /// Whether this drain applies to traffic of `gateway` (`namespace/name`) to `backend`.
+    pub fn applies_to(&self, gateway: &str, backend: &str) -> bool {
+        (self.gateways.is_empty() || self.gateways.iter().any(|g| g == gateway))
+            && (self.backends.is_empty() || self.backends.iter().any(|b| b == backend))
+    }
+
+    /// Whether `ep` lies in the drained locality.
+    pub fn matches(&self, ep: &Endpoint) -> bool {
+        self.has_target()
+            && self.cluster.as_ref().is_none_or(|c| *c == ep.cluster)
+            && self.region.as_ref().is_none_or(|r| *r == ep.region)
+            && self.zone.as_ref().is_none_or(|z| *z == ep.zone)
+    }
+}
+
+impl Snapshot {
+    /// Whether `ep`, reached by `gateway` (`namespace/name`) through `backend`, is drained.
+    pub fn is_drained(&self, gateway: &str, backend: &str, ep: &Endpoint) -> bool {
+        self.drains
+            .iter()
+            .any(|d| d.applies_to(gateway, backend) && d.matches(ep))
+    }
 }

@@ -75,6 +75,14 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
             found: s.schema.clone(),
         });
     }
+    for (i, d) in s.drains.iter().enumerate() {
+        if !d.has_target() {
+            return Err(invalid(
+                &format!("drain {i} (drill {:?})", d.drill),
+                "names no cluster, region or zone (a drain of everything is refused)",
+            ));
+        }
+    }
     let mut sockets: HashMap<SocketAddr, Vec<(String, Protocol, Option<String>)>> = HashMap::new();
     let mut gateways = HashSet::new();
     for gw in &s.gateways {

@@ -827,6 +827,19 @@ fn cond(
     }
 }
 
+/// Annotation that turns on the `x-meridian-served-by` response header for a Gateway.
+pub const SERVED_BY_ANNOTATION: &str = "meridian.dev/served-by-header";
+
+/// Whether the Gateway asks for `x-meridian-served-by` (annotation value `"true"`; anything
+/// else, or no annotation, leaves it off).
+fn served_by_header(gw: &Gateway) -> bool {
+    gw.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SERVED_BY_ANNOTATION))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 /// Computes the Gateway's status and its snapshot entry (only served listeners).
 pub(crate) fn finish(
     ctx: &Ctx<'_>,
@@ -1022,6 +1035,7 @@ pub(crate) fn finish(
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 listeners: Vec::new(),
+                served_by_header: served_by_header(gateway),
             };
             for l in listeners.into_iter().filter(ListenerState::served) {
                 let Some(protocol) = l.protocol else { continue };

@@ -728,6 +728,7 @@ fn check_with_proxy(rule: &Rule) -> Result<(), Problem> {
                 rules: vec![probe],
             }],
         }],
+        served_by_header: false,
     });
     Router::compile(snapshot)
         .map(drop)

@@ -24,6 +24,7 @@ pub fn snapshot(gateways: Vec<Gateway>) -> Snapshot {
         schema: SNAPSHOT_SCHEMA.to_string(),
         generation: 1,
         gateways,
+        drains: Vec::new(),
     }
 }
 
@@ -36,6 +37,7 @@ pub fn gateway(ns: &str, name: &str) -> Gateway {
         namespace: ns.to_string(),
         name: name.to_string(),
         listeners: Vec::new(),
+        served_by_header: false,
     }
 }
 

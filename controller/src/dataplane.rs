@@ -38,6 +38,11 @@ pub trait DataPlane: Send + Sync + 'static {
     /// Ticks whenever what [`DataPlane::programmed`] or [`DataPlane::addresses`] return may have
     /// changed; the controller then translates again.
     fn changes(&self) -> watch::Receiver<u64>;
+    /// Cumulative traffic counters of a Gateway summed over every proxy serving it (drill guards
+    /// and timelines); `None` when the data plane reports none.
+    fn traffic(&self, _gw: &GatewayRef) -> Option<meridian_model::traffic::GatewayTraffic> {
+        None
+    }
 }
 
 /// A [`DataPlane`] without proxies: fixed addresses, instant "acknowledgement", and a record of

@@ -107,6 +107,12 @@ pub trait Target: Send + Sync {
 
     /// Called whenever the connection status changes.
     fn status(&self, _status: &ClientStatus) {}
+
+    /// Cumulative traffic counters per Gateway, reported to the server about once a second
+    /// (`POST /v1/traffic`). Targets that count nothing report nothing.
+    fn traffic(&self) -> Vec<crate::protocol::GatewayTrafficReport> {
+        Vec::new()
+    }
 }
 
 /// Why a stream ended or did not open.

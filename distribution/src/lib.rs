@@ -70,7 +70,9 @@ pub mod protocol;
 pub mod server;
 
 pub use client::{Client, ClientConfig, ClientError, ClientStatus, Refused, Target};
-pub use protocol::{Ack, AckResult, EndpointChange, GatewayRef, Hello};
+pub use protocol::{
+    Ack, AckResult, EndpointChange, GatewayRef, GatewayTrafficReport, Hello, TrafficReport,
+};
 pub use server::{
     DistributionServer, ProgrammedState, ProxyState, PublishError, PublishKind, Published, Refusal,
     ServerConfig, ServerError,

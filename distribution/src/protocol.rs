@@ -10,6 +10,7 @@ use meridian_model::Snapshot;
 use meridian_model::snapshot::{
     Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Gateway, Listener, Route, Rule,
 };
+use meridian_model::traffic::GatewayTraffic;
 use serde::{Deserialize, Serialize};
 
 /// `Content-Type` of the stream.
@@ -157,6 +158,30 @@ pub struct Ack {
     pub generation: u64,
     /// What happened to it.
     pub result: AckResult,
+}
+
+/// Body of `POST /v1/traffic`: a proxy's cumulative counters per Gateway it serves (sent about
+/// once a second; feeds drill guards and timelines in the controller).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficReport {
+    /// The proxy (as in its [`Hello`]).
+    pub proxy_id: String,
+    /// Counters per Gateway, cumulative since the proxy started.
+    #[serde(default)]
+    pub gateways: Vec<GatewayTrafficReport>,
+}
+
+/// One Gateway's counters in a [`TrafficReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTrafficReport {
+    /// Namespace of the Gateway.
+    pub namespace: String,
+    /// Name of the Gateway.
+    pub name: String,
+    /// Cumulative counters.
+    pub traffic: GatewayTraffic,
 }
 
 /// Outcome of one generation on one proxy.

@@ -281,6 +281,7 @@ async fn http_get(addr: SocketAddr) -> anyhow::Result<String> {
 
 /// Runs until Ctrl-C.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let plans = plan(&args)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state directory {}", args.state_dir.display()))?;
@@ -438,6 +439,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         say("demo: echo backends in two zones per region; examples/demo applied to every cluster");
         wait_programmed(&clients, Duration::from_secs(60)).await?;
+        say(format!(
+            "programmed: every Gateway Programmed=True in every cluster {:.1} s after start",
+            started.elapsed().as_secs_f64()
+        ));
         probe_regions(&plans).await;
     }
 

@@ -77,17 +77,32 @@ fn up_serves_every_region_from_its_own_backends() {
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut ready = false;
+    let mut programmed_after: Option<f64> = None;
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(line) if line.starts_with("Meridian is up") => {
                 ready = true;
                 break;
             }
+            // "programmed: every Gateway Programmed=True in every cluster 3.2 s after start"
+            Ok(line) if line.starts_with("programmed:") => {
+                programmed_after = line
+                    .split_whitespace()
+                    .rev()
+                    .nth(3)
+                    .and_then(|s| s.parse().ok());
+            }
             Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     assert!(ready, "meridian up did not report readiness within 120 s");
+    let programmed_after = programmed_after.expect("up prints the time until all Programmed");
+    assert!(
+        programmed_after > 0.0 && programmed_after < 120.0,
+        "{programmed_after}"
+    );
+    println!("all Gateways Programmed {programmed_after:.1} s after start");
 
     let kubeconfig = dir.join("kubeconfig");
     for (ctx, addr, region) in [

@@ -2,6 +2,9 @@
 //! each cluster, and a Gateway is `Programmed` only once every connected proxy serving it has
 //! acknowledged the generation that carries its latest content.
 //!
+//! Traffic counters the proxies report come back through [`DataPlane::traffic`]: the server's
+//! never-decreasing sum over the proxies of the Gateway's cluster.
+//!
 //! This glue lives in the binary so that neither crate depends on the other: the controller
 //! knows the [`DataPlane`] trait, the distribution server knows snapshots and acks.
 
@@ -12,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use meridian_controller::{DataPlane, GatewayRef, ProgrammedState};
 use meridian_distribution::{DistributionServer, ProgrammedState as Served};
 use meridian_model::Snapshot;
+use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
 /// [`DataPlane`] over a [`DistributionServer`].
@@ -88,5 +92,9 @@ impl DataPlane for DistributedDataPlane {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.server.subscribe()
+    }
+
+    fn traffic(&self, gw: &GatewayRef) -> Option<GatewayTraffic> {
+        self.server.traffic(&gw.cluster, &dist_ref(gw))
     }
 }

@@ -7,7 +7,15 @@
 //!  │                                                                 │   snapshot, apply ─► ack
 //!  │                                                                 └─ ping: still alive
 //!  └── jittered exponential backoff (100 ms … 5 s) ◄── 401 / error / silence for 3 pings / EOF
+//!
+//! while the stream is open, every traffic_interval (1 s):
+//!   Target::traffic() ─ non-empty and changed since the last accepted report? ─► POST /v1/traffic
 //! ```
+//!
+//! Traffic reports run beside the stream in the same task, so a slow or failing report never
+//! delays a line or an acknowledgement; a failed one is logged at debug and the next tick sends
+//! the then-current counters (they are cumulative, nothing is lost). Each new stream starts by
+//! reporting again, since the server on the other end may be a restarted one that knows nothing.
 //!
 //! The client never stops its target: while the controller is gone the target keeps serving what
 //! it last applied (static stability). Across reconnects it keeps the last snapshot it received, so
@@ -28,7 +36,9 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::protocol::{Ack, AckResult, Hello, Message, Peek, patch_endpoints};
+use crate::protocol::{
+    Ack, AckResult, GatewayTrafficReport, Hello, Message, Peek, TrafficReport, patch_endpoints,
+};
 
 /// Longest stream line accepted (a full snapshot).
 const MAX_LINE: usize = 512 * 1024 * 1024;
@@ -40,6 +50,8 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries per acknowledgement.
 const ACK_TRIES: u32 = 3;
+/// Bound of one traffic report request.
+const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
@@ -58,10 +70,14 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// TCP connect bound.
     pub connect_timeout: Duration,
+    /// How often [`Target::traffic`] is read and, when it changed, reported (`POST
+    /// /v1/traffic`) while a stream is open. Zero disables traffic reports.
+    pub traffic_interval: Duration,
 }
 
 impl ClientConfig {
-    /// Defaults: backoff 100 ms doubling up to 5 s, connect timeout 2 s.
+    /// Defaults: backoff 100 ms doubling up to 5 s, connect timeout 2 s, traffic reports every
+    /// second.
     pub fn new(url: impl Into<String>, token: Option<String>, hello: Hello) -> Self {
         Self {
             url: url.into(),
@@ -70,6 +86,7 @@ impl ClientConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            traffic_interval: Duration::from_secs(1),
         }
     }
 }
@@ -311,7 +328,20 @@ impl Client {
                 ClientError::Status { status, body }
             });
         }
-        let mut body = resp.into_body();
+        tokio::select! {
+            r = self.follow(resp.into_body(), target, held, attempt) => r,
+            never = self.report_traffic(target) => match never {},
+        }
+    }
+
+    /// Reads the stream's lines until it ends.
+    async fn follow<T: Target>(
+        &self,
+        mut body: hyper::body::Incoming,
+        target: &T,
+        held: &mut Held,
+        attempt: &mut u32,
+    ) -> Result<(), ClientError> {
         let mut buf = BytesMut::new();
         let mut scanned = 0;
         let mut idle = WELCOME_TIMEOUT;
@@ -530,6 +560,60 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Reports the target's traffic every `traffic_interval` while the stream is open (the
+    /// caller drops this future when the stream ends).
+    async fn report_traffic<T: Target>(&self, target: &T) -> Infallible {
+        let every = self.cfg.traffic_interval;
+        if every.is_zero() {
+            return std::future::pending().await;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Per stream: a new stream may reach a server that has never seen our counters.
+        let mut last_sent: Option<Vec<GatewayTrafficReport>> = None;
+        loop {
+            tick.tick().await;
+            let gateways = target.traffic();
+            if gateways.is_empty() || last_sent.as_ref() == Some(&gateways) {
+                continue;
+            }
+            let report = TrafficReport {
+                proxy_id: self.cfg.hello.proxy_id.clone(),
+                gateways,
+            };
+            match self.send_traffic(&report).await {
+                Ok(()) => last_sent = Some(report.gateways),
+                Err(e) => {
+                    tracing::debug!(error = %e, "traffic report not delivered; retrying next tick")
+                }
+            }
+        }
+    }
+
+    /// One traffic report, one try.
+    async fn send_traffic(&self, report: &TrafficReport) -> Result<(), String> {
+        let body =
+            serde_json::to_vec(report).map_err(|e| format!("cannot encode the report: {e}"))?;
+        let req = self
+            .request("/v1/traffic", body)
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(TRAFFIC_TIMEOUT, self.http.request(req))
+            .await
+            .map_err(|_| format!("no answer within {TRAFFIC_TIMEOUT:?}"))?
+            .map_err(|e| error_chain(&e))?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let status = resp.status();
+        let text = tokio::time::timeout(Duration::from_secs(1), resp.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+            .unwrap_or_default();
+        Err(format!("the controller answered {status}: {text}"))
     }
 }
 

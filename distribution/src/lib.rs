@@ -11,6 +11,8 @@
 //! │  state(), programmed(..),    │  snapshot,  │  endpoints ─► patch, apply                │
 //! │  subscribe(), metrics_text() │  endpoints, │  ping                ▼                    │
 //! │                              ◄─ /v1/ack ───┼─ Ack{proxyId, generation, applied|refused}│
+//! │  traffic(cluster, gateway)   ◄─ /v1/traffic┼─ TrafficReport{proxyId, gateways} every 1s│
+//! │   (Σ proxies + retired)      │             │   (Target::traffic, when it changed)      │
 //! └──────────────────────────────┘             └──────────────────────────────────────────┘
 //! ```
 //!
@@ -38,6 +40,21 @@
 //!    (`{"proxyId","generation","result":{"status":"applied"}|{"status":"refused","reason"}}`)
 //!    answers `204`, or `404` for a proxy id the server does not know (it never opened a
 //!    stream, or has been gone for ten minutes).
+//! 3. `POST /v1/traffic` with a [`TrafficReport`] body
+//!    (`{"proxyId","gateways":[{"namespace","name","traffic":{…GatewayTraffic…}}]}`), sent by
+//!    the client while its stream is open, every `traffic_interval` (1 s) when the counters
+//!    changed, answers `204`; `404` for an unknown proxy id, `400` for a body that does not
+//!    decode or lists a Gateway twice, `413` past 1 MiB. Counters are cumulative since the proxy
+//!    started. (Bodies of `/v1/stream` and `/v1/ack` are bounded at 64 KiB, also `413`.)
+//!
+//! # Traffic
+//!
+//! [`DistributionServer::traffic`] sums, for one Gateway of one cluster, the latest report of
+//! every proxy that reported it, plus a per-cluster *retired* accumulator holding the last
+//! counters of proxies that were forgotten or moved cluster, and the previous counters of a
+//! proxy whose report went down (it restarted). So the sum never decreases and the controller
+//! can take intervals of it with `GatewayTraffic::since` (which would read a decrease as a
+//! restart). Details and the cases it cannot detect are in the [`server`] module docs.
 //!
 //! # Generations
 //!

@@ -20,6 +20,10 @@ pub(crate) struct Metrics {
     pub published: IntCounterVec,
     /// Requests refused for a missing or wrong token.
     pub unauthorized: IntCounterVec,
+    /// Traffic reports stored.
+    pub traffic_reports: IntCounterVec,
+    /// Traffic reports whose counters went down (a proxy restarted).
+    pub traffic_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -71,12 +75,29 @@ impl Metrics {
             ),
             &["path"],
         )?;
+        let traffic_reports = IntCounterVec::new(
+            Opts::new(
+                "meridian_distribution_traffic_reports_total",
+                "Traffic reports received from proxies",
+            ),
+            &["cluster"],
+        )?;
+        let traffic_restarts = IntCounterVec::new(
+            Opts::new(
+                "meridian_distribution_traffic_restarts_total",
+                "Traffic reports whose counters went down (the proxy restarted); the previous \
+                 counters stay in the Gateway's sum",
+            ),
+            &["cluster"],
+        )?;
         registry.register(Box::new(propagation.clone()))?;
         registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(nacks.clone()))?;
         registry.register(Box::new(connected.clone()))?;
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(unauthorized.clone()))?;
+        registry.register(Box::new(traffic_reports.clone()))?;
+        registry.register(Box::new(traffic_restarts.clone()))?;
         Ok(Self {
             registry,
             propagation,
@@ -85,6 +106,8 @@ impl Metrics {
             connected,
             published,
             unauthorized,
+            traffic_reports,
+            traffic_restarts,
         })
     }
 

@@ -12,6 +12,34 @@
 //! versions, it skips to the newest. A feed task sends the cheap endpoint delta only when the
 //! proxy holds exactly the delta's base generation; otherwise it sends the full snapshot (which
 //! already includes every patch), so a skipped version can never lose an endpoint change.
+//!
+//! # Traffic
+//!
+//! ```text
+//! POST /v1/traffic ─► per Gateway: went down? ─yes─► old counters ─► retired[cluster]
+//!                          │ no                                          │
+//!                          ▼                                             ▼
+//!                  ProxyEntry.traffic = report ──► traffic(cluster, gw) = Σ proxies + retired
+//! ```
+//!
+//! Proxies report cumulative counters; the controller turns two readings of
+//! [`DistributionServer::traffic`] into an interval with `GatewayTraffic::since`, which reads any
+//! decrease as a restart. So the sum must never go down, even though proxies come and go:
+//!
+//! - a disconnected proxy keeps its last report in the sum; when it is forgotten (ten minutes),
+//!   or reconnects under another cluster, that report is folded into its cluster's *retired*
+//!   accumulator;
+//! - a report in which a Gateway's counters went down (any counter: the proxy restarted) or that
+//!   no longer lists a Gateway folds the previous counters of that Gateway into the retired
+//!   accumulator before the new ones replace them.
+//!
+//! Every counter of the sum is therefore non-decreasing. Not detectable: a proxy that restarts
+//! and counts past its previous totals between two reports (the requests of its last interval
+//! before the restart are then lost, the sum still grows), and a proxy that comes back with
+//! the same id after being forgotten without restarting, or that leaves a Gateway out of a
+//! report and lists it again later with its old counters (those counters are then counted
+//! twice: one upward jump). Reports do not tick [`DistributionServer::subscribe`]: they arrive every
+//! second from every proxy and change nothing about `Programmed`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -25,11 +53,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meridian_model::Snapshot;
+use meridian_model::traffic::{GatewayTraffic, LATENCY_BOUNDS_US};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -37,11 +66,15 @@ use tokio::task::JoinHandle;
 use crate::metrics::Metrics;
 use crate::protocol::{
     Ack, AckResult, EndpointChange, EndpointsUpdate, GatewayRef, Hello, Outgoing,
-    STREAM_CONTENT_TYPE, Welcome, endpoint_delta, patch_endpoints,
+    STREAM_CONTENT_TYPE, TrafficReport, Welcome, endpoint_delta, patch_endpoints,
 };
 
 /// Largest accepted `Hello` or `Ack` body.
 const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// Largest accepted `TrafficReport` body (a proxy with thousands of Gateways stays well under).
+const MAX_TRAFFIC_BODY: usize = 1024 * 1024;
+/// At most this many Gateways in one hello or traffic report.
+const MAX_GATEWAYS: usize = 10_000;
 /// A stream whose proxy does not take a line for this long is closed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Disconnected proxies are forgotten after this long.
@@ -262,7 +295,12 @@ struct ProxyEntry {
     refusal: Option<Refusal>,
     /// Dropping it ends the feed task of this entry's stream.
     kick: Option<oneshot::Sender<()>>,
+    /// Its latest traffic report, per Gateway (cumulative counters).
+    traffic: Counters,
 }
+
+/// Cumulative traffic counters per Gateway.
+type Counters = BTreeMap<GatewayRef, GatewayTraffic>;
 
 impl ProxyEntry {
     fn state(&self) -> ProxyState {
@@ -287,6 +325,9 @@ struct Inner {
     clusters: Mutex<HashMap<String, Arc<Mutex<ClusterEntry>>>>,
     // Lock order: `proxies` before any cluster entry.
     proxies: Mutex<HashMap<String, ProxyEntry>>,
+    /// Per cluster: counters of proxies gone or restarted, kept so sums never go down.
+    // Lock order: `proxies` before `retired`.
+    retired: Mutex<HashMap<String, Counters>>,
     changes: watch::Sender<u64>,
     metrics: Metrics,
     next_session: AtomicU64,
@@ -330,6 +371,7 @@ impl DistributionServer {
             ping_interval: cfg.ping_interval.max(Duration::from_millis(10)),
             clusters: Default::default(),
             proxies: Default::default(),
+            retired: Default::default(),
             changes: watch::channel(0).0,
             metrics: Metrics::new()?,
             next_session: AtomicU64::new(1),
@@ -480,6 +522,27 @@ impl DistributionServer {
         out
     }
 
+    /// Traffic of Gateway `gateway` in `cluster`: the cumulative counters of every proxy of the
+    /// cluster that reported that Gateway (connected or not), plus those of proxies gone or
+    /// restarted (see the module docs). Never decreases; `None` while no proxy of the cluster
+    /// has reported the Gateway.
+    pub fn traffic(&self, cluster: &str, gateway: &GatewayRef) -> Option<GatewayTraffic> {
+        let proxies = lock(&self.inner.proxies);
+        let mut sum: Option<GatewayTraffic> = None;
+        for t in proxies
+            .values()
+            .filter(|p| p.hello.cluster == cluster)
+            .filter_map(|p| p.traffic.get(gateway))
+        {
+            accumulate(sum.get_or_insert_with(GatewayTraffic::default), t);
+        }
+        let retired = lock(&self.inner.retired);
+        if let Some(t) = retired.get(cluster).and_then(|c| c.get(gateway)) {
+            accumulate(sum.get_or_insert_with(GatewayTraffic::default), t);
+        }
+        sum
+    }
+
     /// The Prometheus text of the server's metrics.
     pub fn metrics_text(&self) -> String {
         self.inner.metrics.render().unwrap_or_default()
@@ -540,6 +603,41 @@ fn evaluate<'a>(proxies: impl Iterator<Item = &'a ProxyEntry>, generation: u64) 
         waiting.sort();
         ProgrammedState::Pending { waiting }
     }
+}
+
+/// Adds `from` into `into`, saturating: counters come from the network.
+fn accumulate(into: &mut GatewayTraffic, from: &GatewayTraffic) {
+    into.requests = into.requests.saturating_add(from.requests);
+    for (r, n) in &from.by_region {
+        let e = into.by_region.entry(r.clone()).or_default();
+        *e = e.saturating_add(*n);
+    }
+    for (k, n) in &from.failed {
+        let e = into.failed.entry(*k).or_default();
+        *e = e.saturating_add(*n);
+    }
+    // Histogram::merge adds with saturation.
+    into.latency.merge(&from.latency);
+}
+
+/// Whether any counter of `now` is below the same counter of `before` (a restarted proxy).
+fn went_down(now: &GatewayTraffic, before: &GatewayTraffic) -> bool {
+    let below = |n: Option<&u64>, b: &u64| n.copied().unwrap_or(0) < *b;
+    now.requests < before.requests
+        || before
+            .by_region
+            .iter()
+            .any(|(r, b)| below(now.by_region.get(r), b))
+        || before
+            .failed
+            .iter()
+            .any(|(k, b)| below(now.failed.get(k), b))
+        || before
+            .latency
+            .counts
+            .iter()
+            .enumerate()
+            .any(|(i, b)| below(now.latency.counts.get(i), b))
 }
 
 impl Inner {
@@ -686,12 +784,37 @@ impl Inner {
         let (kick, kicked) = oneshot::channel();
         let now = SystemTime::now();
         let mut proxies = lock(&self.proxies);
+        let mut departed = Vec::new();
         proxies.retain(|_, p| {
-            p.connected
+            let keep = p.connected
                 || now
                     .duration_since(p.last_seen)
-                    .is_ok_and(|d| d < FORGET_AFTER)
+                    .is_ok_and(|d| d < FORGET_AFTER);
+            if !keep && !p.traffic.is_empty() {
+                departed.push((p.hello.cluster.clone(), std::mem::take(&mut p.traffic)));
+            }
+            keep
         });
+        // A reconnecting proxy keeps its counters (the next report tells whether it restarted);
+        // one that moved to another cluster leaves them to its old cluster.
+        let mut traffic = Counters::new();
+        if let Some(old) = proxies.get_mut(&hello.proxy_id) {
+            let counters = std::mem::take(&mut old.traffic);
+            if old.hello.cluster == hello.cluster {
+                traffic = counters;
+            } else if !counters.is_empty() {
+                departed.push((old.hello.cluster.clone(), counters));
+            }
+        }
+        if !departed.is_empty() {
+            let mut retired = lock(&self.retired);
+            for (cluster, counters) in departed {
+                let sums = retired.entry(cluster).or_default();
+                for (gw, t) in counters {
+                    accumulate(sums.entry(gw).or_default(), &t);
+                }
+            }
+        }
         // Replacing the entry drops the old kick sender, which ends the old stream.
         let old = proxies.insert(
             hello.proxy_id.clone(),
@@ -703,6 +826,7 @@ impl Inner {
                 acked: None,
                 refusal: None,
                 kick: Some(kick),
+                traffic,
             },
         );
         if let Some(old) = old
@@ -776,6 +900,65 @@ impl Inner {
         self.settle(&proxies, &cluster);
         drop(proxies);
         self.notify();
+        Ok(())
+    }
+
+    /// Stores a proxy's traffic report, folding counters that went down (or Gateways no longer
+    /// reported) into the cluster's retired accumulator first.
+    fn traffic(&self, report: TrafficReport) -> Result<(), String> {
+        let mut proxies = lock(&self.proxies);
+        let Some(p) = proxies.get_mut(&report.proxy_id) else {
+            return Err(format!(
+                "unknown proxy {:?}: open POST /v1/stream first",
+                report.proxy_id
+            ));
+        };
+        p.last_seen = SystemTime::now();
+        let new: Counters = report
+            .gateways
+            .into_iter()
+            .map(|g| {
+                (
+                    GatewayRef {
+                        namespace: g.namespace,
+                        name: g.name,
+                    },
+                    g.traffic,
+                )
+            })
+            .collect();
+        let mut restarted = false;
+        let mut folded = Vec::new();
+        for (gw, before) in std::mem::take(&mut p.traffic) {
+            match new.get(&gw) {
+                Some(now) if !went_down(now, &before) => {}
+                now => {
+                    restarted |= now.is_some();
+                    folded.push((gw, before));
+                }
+            }
+        }
+        p.traffic = new;
+        let cluster = p.hello.cluster.clone();
+        if !folded.is_empty() {
+            let mut retired = lock(&self.retired);
+            let sums = retired.entry(cluster.clone()).or_default();
+            for (gw, t) in folded {
+                accumulate(sums.entry(gw).or_default(), &t);
+            }
+        }
+        drop(proxies);
+        self.metrics
+            .traffic_reports
+            .with_label_values(&[&cluster])
+            .inc();
+        if restarted {
+            self.metrics
+                .traffic_restarts
+                .with_label_values(&[&cluster])
+                .inc();
+            tracing::info!(proxy = %report.proxy_id, cluster, "traffic counters went down (proxy restarted); kept the old ones in the sum");
+        }
         Ok(())
     }
 }
@@ -869,15 +1052,35 @@ fn authorized(inner: &Inner, req: &Request<Incoming>) -> bool {
 
 async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
+    limit: usize,
 ) -> Result<T, Response<ResBody>> {
-    let body = Limited::new(req.into_body(), MAX_REQUEST_BODY)
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body too large: at most {limit} bytes\n"),
+        )
+    };
+    // Refused before reading when the client says how much it will send.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
-            text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body (at most {MAX_REQUEST_BODY} bytes): {e}\n"),
-            )
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}\n"),
+                )
+            }
         })?
         .to_bytes();
     serde_json::from_slice(&body)
@@ -899,7 +1102,7 @@ async fn handle(
                 format!("metrics encoding failed: {e}\n"),
             ),
         },
-        (&Method::POST, "/v1/stream" | "/v1/ack") if !authorized(&inner, &req) => {
+        (&Method::POST, "/v1/stream" | "/v1/ack" | "/v1/traffic") if !authorized(&inner, &req) => {
             inner
                 .metrics
                 .unauthorized
@@ -917,7 +1120,7 @@ async fn handle(
             resp
         }
         (&Method::POST, "/v1/stream") => {
-            let hello: Hello = match read_json(req).await {
+            let hello: Hello = match read_json(req, MAX_REQUEST_BODY).await {
                 Ok(h) => h,
                 Err(resp) => return resp,
             };
@@ -927,7 +1130,7 @@ async fn handle(
             open_stream(inner, hello, stop)
         }
         (&Method::POST, "/v1/ack") => {
-            let ack: Ack = match read_json(req).await {
+            let ack: Ack = match read_json(req, MAX_REQUEST_BODY).await {
                 Ok(a) => a,
                 Err(resp) => return resp,
             };
@@ -936,10 +1139,26 @@ async fn handle(
                 Err(msg) => text(StatusCode::NOT_FOUND, format!("{msg}\n")),
             }
         }
-        (_, "/v1/stream" | "/v1/ack") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (&Method::POST, "/v1/traffic") => {
+            let report: TrafficReport = match read_json(req, MAX_TRAFFIC_BODY).await {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            };
+            if let Err(msg) = check_traffic(&report) {
+                return text(StatusCode::BAD_REQUEST, format!("{msg}\n"));
+            }
+            match inner.traffic(report) {
+                Ok(()) => text(StatusCode::NO_CONTENT, ""),
+                Err(msg) => text(StatusCode::NOT_FOUND, format!("{msg}\n")),
+            }
+        }
+        (_, "/v1/stream" | "/v1/ack" | "/v1/traffic") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: POST /v1/stream, POST /v1/ack, GET /healthz, GET /metrics\n",
+            "not found: POST /v1/stream, POST /v1/ack, POST /v1/traffic, GET /healthz, \
+             GET /metrics\n",
         ),
     }
 }
@@ -951,8 +1170,39 @@ fn check_hello(h: &Hello) -> Result<(), String> {
     if h.cluster.is_empty() || h.cluster.len() > 253 {
         return Err("cluster must be 1 to 253 characters".to_string());
     }
-    if h.gateways.as_ref().is_some_and(|g| g.len() > 10_000) {
-        return Err("at most 10000 gateways".to_string());
+    if h.gateways.as_ref().is_some_and(|g| g.len() > MAX_GATEWAYS) {
+        return Err(format!("at most {MAX_GATEWAYS} gateways"));
+    }
+    Ok(())
+}
+
+fn check_traffic(r: &TrafficReport) -> Result<(), String> {
+    if r.proxy_id.is_empty() || r.proxy_id.len() > 253 {
+        return Err("proxyId must be 1 to 253 characters".to_string());
+    }
+    if r.gateways.len() > MAX_GATEWAYS {
+        return Err(format!("at most {MAX_GATEWAYS} gateways"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for g in &r.gateways {
+        if g.namespace.is_empty() || g.name.is_empty() {
+            return Err("every gateway needs a namespace and a name".to_string());
+        }
+        if !seen.insert((&g.namespace, &g.name)) {
+            return Err(format!(
+                "gateway {}/{} is listed twice",
+                g.namespace, g.name
+            ));
+        }
+        if g.traffic.latency.counts.len() > LATENCY_BOUNDS_US.len() + 1 {
+            return Err(format!(
+                "gateway {}/{}: latency histogram has {} buckets, at most {}",
+                g.namespace,
+                g.name,
+                g.traffic.latency.counts.len(),
+                LATENCY_BOUNDS_US.len() + 1
+            ));
+        }
     }
     Ok(())
 }
@@ -1068,6 +1318,7 @@ mod tests {
                 reason: r.into(),
             }),
             kick: None,
+            traffic: Counters::new(),
         }
     }
 

@@ -318,7 +318,8 @@ async fn bad_requests_get_clear_errors() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("too large"));
     // Deltas need a full snapshot first.
     let err = srv.publish_endpoints("nowhere", 0, vec![]).unwrap_err();
     assert!(

@@ -4,11 +4,12 @@
 //! snapshot; its result becomes the acknowledgement. A refusal because a socket could not be
 //! bound is retried every few seconds (the port may be freed), and only a change is reported
 //! again. The connection status lands on `/ready` (`controller`) and in
-//! `meridian_proxy_controller_connected`; the served snapshot never depends on it.
+//! `meridian_proxy_controller_connected`; the served snapshot never depends on it. The client
+//! reports the per-Gateway traffic counters ([`ProxyHandle::traffic`]) back to the controller.
 
 use std::convert::Infallible;
 
-use meridian_distribution::{Client, ClientStatus, Refused, Target};
+use meridian_distribution::{Client, ClientStatus, GatewayTrafficReport, Refused, Target};
 use meridian_model::{Snapshot, SnapshotError};
 
 use crate::handle::{ApplyError, ProxyHandle};
@@ -42,6 +43,10 @@ impl Target for ProxyHandle {
             connected: status.connected,
             last_error: status.last_error.clone(),
         }));
+    }
+
+    fn traffic(&self) -> Vec<GatewayTrafficReport> {
+        ProxyHandle::traffic(self)
     }
 }
 

@@ -18,6 +18,10 @@
 //!
 //! After re-admission an endpoint may slow-start: its `ramp` grows from 0 to 1 over the
 //! slow-start window and [`locality::select`] skips its tier with the remaining probability.
+//!
+//! Failover drills add a third input per (Gateway, backend): drained endpoints
+//! ([`crate::drain::BackendDrain`]) are treated as failed without touching the health state above,
+//! and come back through the same hysteresis and slow start when the drain is lifted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +32,8 @@ use std::time::{Duration, Instant};
 use meridian_model::locality::{self, Avail, Locality};
 use meridian_model::snapshot::{Endpoint, FailoverPolicy};
 use rand::Rng;
+
+use crate::drain::{BackendDrain, DrainState};
 
 /// First ejection time.
 pub const BASE_EJECTION: Duration = Duration::from_secs(1);
@@ -312,28 +318,36 @@ impl Ejections {
 /// Why no endpoint could be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoEndpoint {
-    /// The backend has no ready endpoint at all, or none inside its geo-fence (503).
+    /// The backend has no ready endpoint at all, none inside its geo-fence, or every one is
+    /// drained (503).
     NoneReady,
     /// Every ready endpoint was already tried by this request.
     AllTried,
 }
 
-/// Picks the endpoint for the next try.
+/// Picks the endpoint for the next try; returns its index in `endpoints`.
+///
+/// `drain` is the drills' view of this backend (see `drain.rs`): a drained endpoint looks like an
+/// ejected one this request already tried (never picked, counted as unhealthy by the spill rule,
+/// not a last resort), a drain-lifted one like an ejected one until its failback hysteresis is
+/// over and then like a slow-starting one.
 pub fn choose(
     endpoints: &[Endpoint],
     me: &Locality,
     policy: Option<&FailoverPolicy>,
     ejections: &Ejections,
     tried: &[SocketAddr],
-) -> Result<SocketAddr, NoEndpoint> {
+    drain: Option<&BackendDrain>,
+) -> Result<usize, NoEndpoint> {
     let plan = locality::plan(endpoints, me, policy);
     if plan.tiers.is_empty() {
         return Err(NoEndpoint::NoneReady);
     }
     let addr = |i: usize| SocketAddr::new(endpoints[i].address, endpoints[i].port);
+    let drain = drain.filter(|d| !d.is_empty());
     let mut rng = rand::rng();
     let mut roll = || rng.random::<f64>();
-    let picked = if ejections.entries.load(Ordering::Acquire) == 0 {
+    let picked = if ejections.entries.load(Ordering::Acquire) == 0 && drain.is_none() {
         locality::select(
             &plan,
             |i| {
@@ -352,12 +366,37 @@ pub fn choose(
             &plan,
             |i| {
                 let a = addr(i);
-                Ejections::avail(&map, &a, tried.contains(&a), now)
+                let was_tried = tried.contains(&a);
+                let health = Ejections::avail(&map, &a, was_tried, now);
+                match drain.map_or(DrainState::Clear, |d| d.state(&a, now)) {
+                    DrainState::Clear => health,
+                    DrainState::Drained => Avail::TriedEjected,
+                    DrainState::Held => match health {
+                        Avail::Tried | Avail::TriedEjected => Avail::TriedEjected,
+                        Avail::Ejected { ejected_at } => Avail::Ejected { ejected_at },
+                        // Healthy but not re-admitted yet: the first fallback candidate.
+                        Avail::Usable { .. } => Avail::Ejected { ejected_at: 0 },
+                    },
+                    DrainState::Ramp(r) => match health {
+                        Avail::Usable { ramp } => Avail::Usable { ramp: ramp.min(r) },
+                        other => other,
+                    },
+                }
             },
             &mut roll,
         )
     };
-    picked.map(addr).ok_or(NoEndpoint::AllTried)
+    match picked {
+        Some(i) => Ok(i),
+        // Nothing tried and nothing to pick: every allowed endpoint is drained.
+        None if tried.is_empty() => Err(NoEndpoint::NoneReady),
+        None => Err(NoEndpoint::AllTried),
+    }
+}
+
+/// The address of `endpoints[i]`.
+pub fn address(endpoints: &[Endpoint], i: usize) -> Option<SocketAddr> {
+    endpoints.get(i).map(|e| SocketAddr::new(e.address, e.port))
 }
 
 /// Number of distinct ready endpoints (bounds connect-failure failover).
@@ -384,6 +423,128 @@ mod tests {
 
     fn sa(n: u8) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 80)
+    }
+
+    /// `super::choose` without drains, answering the address.
+    fn choose(
+        eps: &[Endpoint],
+        me: &Locality,
+        policy: Option<&FailoverPolicy>,
+        e: &Ejections,
+        tried: &[SocketAddr],
+    ) -> Result<SocketAddr, NoEndpoint> {
+        super::choose(eps, me, policy, e, tried, None).map(|i| address(eps, i).unwrap())
+    }
+
+    fn choose_drained(
+        eps: &[Endpoint],
+        policy: Option<&FailoverPolicy>,
+        e: &Ejections,
+        tried: &[SocketAddr],
+        drain: &BackendDrain,
+    ) -> Result<SocketAddr, NoEndpoint> {
+        super::choose(eps, &me(), policy, e, tried, Some(drain)).map(|i| address(eps, i).unwrap())
+    }
+
+    #[test]
+    fn drained_endpoints_are_never_picked_and_their_tier_spills() {
+        let eps = [
+            ep(1, "r1", "z1", true),
+            ep(2, "r1", "z2", true),
+            ep(3, "r2", "x", true),
+            ep(4, "r2", "y", true),
+        ];
+        let e = Ejections::default();
+        // The local zone drained: the rest of the region serves.
+        let zone = BackendDrain::new([sa(1)], []);
+        for _ in 0..50 {
+            assert_eq!(choose_drained(&eps, None, &e, &[], &zone).unwrap(), sa(2));
+        }
+        // The whole region drained: the next tier, and retries stay there.
+        let region = BackendDrain::new([sa(1), sa(2)], []);
+        for _ in 0..50 {
+            let first = choose_drained(&eps, None, &e, &[], &region).unwrap();
+            assert!(first == sa(3) || first == sa(4), "{first}");
+            let other = if first == sa(3) { sa(4) } else { sa(3) };
+            assert_eq!(
+                choose_drained(&eps, None, &e, &[first], &region).unwrap(),
+                other
+            );
+            assert_eq!(
+                choose_drained(&eps, None, &e, &[sa(3), sa(4)], &region),
+                Err(NoEndpoint::AllTried)
+            );
+        }
+        // Everything else ejected: an ejected endpoint is the last resort, a drained one never.
+        e.eject(sa(3));
+        e.eject(sa(4));
+        assert_eq!(choose_drained(&eps, None, &e, &[], &region).unwrap(), sa(3));
+        // Everything drained: no endpoint at all (503), not "all tried".
+        let all = BackendDrain::new([sa(1), sa(2), sa(3), sa(4)], []);
+        assert_eq!(
+            choose_drained(&eps, None, &Ejections::default(), &[], &all),
+            Err(NoEndpoint::NoneReady)
+        );
+        // The spill rule counts a drained endpoint as unhealthy: with 60 % required, one of two
+        // drained moves the tier's traffic on.
+        let spill = FailoverPolicy {
+            min_healthy_percent: 60,
+            ..Default::default()
+        };
+        let two_local = [
+            ep(1, "r1", "z1", true),
+            ep(2, "r1", "z1", true),
+            ep(3, "r2", "x", true),
+        ];
+        let one = BackendDrain::new([sa(1)], []);
+        for _ in 0..50 {
+            assert_eq!(
+                choose_drained(&two_local, Some(&spill), &Ejections::default(), &[], &one).unwrap(),
+                sa(3)
+            );
+        }
+    }
+
+    #[test]
+    fn a_lifted_drain_holds_then_ramps() {
+        let eps = [ep(1, "r1", "z1", true), ep(2, "r2", "x", true)];
+        let e = Ejections::default();
+        let held = BackendDrain::new(
+            [],
+            [(
+                sa(1),
+                crate::drain::Lifted {
+                    at: Instant::now(),
+                    hysteresis: Duration::from_secs(100),
+                    slow_start: Duration::ZERO,
+                },
+            )],
+        );
+        for _ in 0..50 {
+            assert_eq!(choose_drained(&eps, None, &e, &[], &held).unwrap(), sa(2));
+        }
+        // Held but the only candidate left: like an ejected endpoint, it is the last resort.
+        e.eject(sa(2));
+        assert_eq!(choose_drained(&eps, None, &e, &[], &held).unwrap(), sa(1));
+        // Ramping at the very start of a long slow start: the next tier gets nearly everything.
+        let ramp = BackendDrain::new(
+            [],
+            [(
+                sa(1),
+                crate::drain::Lifted {
+                    at: Instant::now(),
+                    hysteresis: Duration::ZERO,
+                    slow_start: Duration::from_secs(1000),
+                },
+            )],
+        );
+        let e = Ejections::default();
+        // About 1 % (the ramp's floor): 20 of 2000 expected; never none at all (p ≈ 2e-9).
+        let local = (0..2000)
+            .filter(|_| choose_drained(&eps, None, &e, &[], &ramp).unwrap() == sa(1))
+            .count();
+        assert!(local < 100, "{local} of 2000 on the ramping tier");
+        assert!(local > 0, "a trickle reaches the ramping tier at once");
     }
 
     fn me() -> Locality {

@@ -8,14 +8,17 @@
 //!                ── rule filters in order: header edits, URL rewrite, mirror
 //!                ── weighted backend pick: none/weight 0/Invalid → 500, no ready endpoint → 503
 //!                ── backend filters (same kinds, redirect included)
-//! upstream_peer  ── endpoint by locality tier, skipping ejected and tried ones; per-try timeouts
+//! upstream_peer  ── endpoint by locality tier, skipping ejected, drained and tried ones;
+//!                   per-try timeouts
 //! fail_to_connect ─ eject the endpoint, retry another (bounded, within the retry budget)
 //! error_while_proxy ─ safe requests with a replayable body retried on another endpoint
 //!                    (budgeted); a reset on a fresh connection ejects the endpoint
 //! upstream_response_filter ─ retry on a listed status while tries remain
 //! response_filter ─ ResponseHeaderModifier (rule, then backend)
-//! fail_to_proxy  ── 504 on timeouts, 503 on upstream failures
-//! logging        ── metrics
+//! response_filter ─ x-meridian-served-by (Gateway served_by_header, endpoint responses only)
+//! fail_to_proxy  ── 504 on timeouts, 503 on upstream failures; failure kind for the counters
+//! logging        ── metrics, per-Gateway traffic counters (region that answered, failure kind,
+//!                   latency head to head), the failure log line
 //! ```
 //!
 //! The matched rule is cloned into the per-request context once, so a snapshot swap in the middle
@@ -29,15 +32,17 @@ use async_trait::async_trait;
 use meridian_model::filters::{self, RedirectContext};
 use meridian_model::router::{Decision, ListenerInfo, Request, RouteMatch};
 use meridian_model::snapshot::{
-    Backend, BackendProtocol, BackendTarget, Filter, Protocol, RequestMirror, RequestRedirect,
-    UrlRewrite,
+    Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Protocol, RequestMirror,
+    RequestRedirect, UrlRewrite,
 };
+use meridian_model::traffic::FailureKind;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::budget::DEFAULT_PERCENT;
+use crate::drain::{BackendDrain, GatewayEntry};
 use crate::endpoints::{self, NoEndpoint};
 use crate::headers::{self, ReqEdit, ReqHeaders, RespEdit};
 use crate::mirror;
@@ -49,6 +54,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 /// Most extra tries spent on connect failures when the rule has no retry policy.
 const MAX_CONNECT_FAILOVER: u32 = 3;
+/// Response header naming the endpoint that answered (Gateway `served_by_header`).
+pub const SERVED_BY_HEADER: &str = "x-meridian-served-by";
 
 /// TLS connection facts, stored in pingora's SSL digest extension by the accept loop.
 #[derive(Debug, Clone)]
@@ -83,6 +90,20 @@ pub struct Ctx {
     backoff: Option<Duration>,
     first_try: Option<Instant>,
     latency_recorded: bool,
+    /// When the request head was read (`new_ctx`).
+    started: Instant,
+    /// When the response head from an endpoint went downstream.
+    head_at: Option<Instant>,
+    /// The matched Gateway: served-by switch and traffic counters.
+    gateway: Option<Arc<GatewayEntry>>,
+    /// Drills' view of the chosen backend (`None` when nothing of it is drained or returning).
+    drain: Option<Arc<BackendDrain>>,
+    /// Index of `current` in the chosen backend's endpoints.
+    current_ep: Option<usize>,
+    /// The response going downstream came from an endpoint.
+    answered: bool,
+    /// Why the request failed, when the proxy knows it better than the final error says.
+    failure: Option<FailureKind>,
 }
 
 impl Ctx {
@@ -103,6 +124,23 @@ impl Ctx {
     fn chosen_backend(&self) -> Option<&Backend> {
         let m = self.matched.as_ref()?;
         m.rule.rule.backends.get(self.backend?)
+    }
+
+    /// The endpoint of the last try.
+    fn current_endpoint(&self) -> Option<&Endpoint> {
+        match &self.chosen_backend()?.target {
+            BackendTarget::Endpoints { endpoints, .. } => endpoints.get(self.current_ep?),
+            BackendTarget::Invalid { .. } => None,
+        }
+    }
+
+    /// `cluster/region/zone` of the endpoint that answered.
+    fn served_by(&self) -> Option<String> {
+        if !self.answered {
+            return None;
+        }
+        self.current_endpoint()
+            .map(|e| format!("{}/{}/{}", e.cluster, e.region, e.zone))
     }
 
     fn deadline_passed(&self) -> bool {
@@ -205,19 +243,20 @@ impl Gateway {
         req: &mut RequestHeader,
         original_path: &str,
         matched_prefix: Option<&str>,
+        gateway: Option<&GatewayEntry>,
     ) {
         match f {
             Filter::RequestHeaderModifier(m) => {
                 filters::apply_header_modifier(m, &mut ReqEdit(req));
             }
             Filter::UrlRewrite(r) => rewrite(req, r, original_path, matched_prefix),
-            Filter::RequestMirror(m) => self.mirror(req, m),
+            Filter::RequestMirror(m) => self.mirror(req, m, gateway),
             // Response edits run in `response_filter`; redirects are handled by the caller.
             Filter::ResponseHeaderModifier(_) | Filter::RequestRedirect(_) => {}
         }
     }
 
-    fn mirror(&self, req: &RequestHeader, m: &RequestMirror) {
+    fn mirror(&self, req: &RequestHeader, m: &RequestMirror, gateway: Option<&GatewayEntry>) {
         if m.percent <= 0.0 || (m.percent < 100.0 && rand::random::<f64>() * 100.0 >= m.percent) {
             return;
         }
@@ -229,13 +268,17 @@ impl Gateway {
         else {
             return;
         };
-        let Ok(target) = endpoints::choose(
+        let drain = gateway.and_then(|g| g.backend_drain(&m.backend.name));
+        let Some(target) = endpoints::choose(
             endpoints,
             &self.shared.locality,
             failover.as_ref(),
             &self.shared.ejections,
             &[],
-        ) else {
+            drain.as_deref(),
+        )
+        .ok()
+        .and_then(|i| endpoints::address(endpoints, i)) else {
             return;
         };
         let path_and_query = req
@@ -274,6 +317,33 @@ fn client_went_away(e: &Error) -> bool {
                 | ErrorType::ReadTimedout
                 | ErrorType::WriteTimedout
         )
+}
+
+/// What kind of failure `e` (the error that ended the request) is, for the traffic counters.
+/// `None` for errors that are not the backend's or the proxy's fault (the client's).
+fn failure_kind(e: &Error, status_retry: bool, deadline_passed: bool) -> Option<FailureKind> {
+    if deadline_passed {
+        return Some(FailureKind::Timeout);
+    }
+    match e.etype() {
+        // The endpoint answered a listed status and the retry could not happen.
+        ErrorType::HTTPStatus(c) if status_retry => (*c >= 500).then_some(FailureKind::Upstream5xx),
+        ErrorType::HTTPStatus(504) => Some(FailureKind::Timeout),
+        ErrorType::HTTPStatus(503) => Some(FailureKind::NoEndpoint),
+        ErrorType::HTTPStatus(c) => (*c >= 500).then_some(FailureKind::Other),
+        // A connect timeout means the endpoint could not be reached, like a refusal.
+        ErrorType::ConnectTimedout => Some(FailureKind::Connect),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if *e.esource() == ErrorSource::Upstream =>
+        {
+            Some(FailureKind::Timeout)
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(FailureKind::Connect),
+            ErrorSource::Downstream => None,
+            ErrorSource::Internal | ErrorSource::Unset => Some(FailureKind::Other),
+        },
+    }
 }
 
 /// The Host header, or the `:authority` of an HTTP/2 request.
@@ -334,6 +404,14 @@ impl ProxyHttp for Gateway {
             backoff: None,
             first_try: None,
             latency_recorded: false,
+            // pingora makes the context right after reading the request head.
+            started: Instant::now(),
+            head_at: None,
+            gateway: None,
+            drain: None,
+            current_ep: None,
+            answered: false,
+            failure: None,
         }
     }
 
@@ -364,6 +442,17 @@ impl ProxyHttp for Gateway {
                 headers: &headers,
             })
         };
+        let listener = match &decision {
+            Decision::NoListener => None,
+            Decision::NotFound { listener } | Decision::Misdirected { listener } => Some(listener),
+            Decision::Matched(m) => Some(&m.listener),
+        };
+        if let Some(l) = listener {
+            ctx.gateway = served
+                .gateways
+                .gateway(&l.gateway_namespace, &l.gateway_name)
+                .cloned();
+        }
         drop(served);
         let m = match decision {
             Decision::NoListener => return respond(session, 404).await,
@@ -387,17 +476,25 @@ impl ProxyHttp for Gateway {
         }
         let original_path = session.req_header().uri.path().to_string();
         for f in &rule.rule.filters {
-            self.apply_request_filter(f, session.req_header_mut(), &original_path, prefix);
+            self.apply_request_filter(
+                f,
+                session.req_header_mut(),
+                &original_path,
+                prefix,
+                ctx.gateway.as_deref(),
+            );
         }
 
         let Some((idx, backend)) = rule.pick_backend(rand::random::<u64>()) else {
             // No backends, or every weight is 0.
+            ctx.failure = Some(FailureKind::Other);
             return respond(session, 500).await;
         };
         ctx.backend = Some(idx);
         let (endpoints, failover) = match &backend.target {
             BackendTarget::Invalid { reason } => {
                 tracing::debug!(backend = %backend.name, reason, "invalid backend");
+                ctx.failure = Some(FailureKind::Other);
                 return respond(session, 500).await;
             }
             BackendTarget::Endpoints {
@@ -407,6 +504,7 @@ impl ProxyHttp for Gateway {
             } => (endpoints, failover.as_ref()),
         };
         if endpoints::ready_count(endpoints) == 0 {
+            ctx.failure = Some(FailureKind::NoEndpoint);
             return respond(session, 503).await;
         }
         for f in &backend.filters {
@@ -415,14 +513,32 @@ impl ProxyHttp for Gateway {
             }
         }
         for f in &backend.filters {
-            self.apply_request_filter(f, session.req_header_mut(), &original_path, prefix);
+            self.apply_request_filter(
+                f,
+                session.req_header_mut(),
+                &original_path,
+                prefix,
+                ctx.gateway.as_deref(),
+            );
         }
+        ctx.drain = ctx
+            .gateway
+            .as_ref()
+            .and_then(|g| g.backend_drain(&backend.name));
 
         let timeouts = &rule.rule.timeouts;
         ctx.deadline = ms(timeouts.request_ms).map(|d| Instant::now() + d);
         ctx.per_try = ms(timeouts.backend_request_ms);
         ctx.retries_left = rule.rule.retry.as_ref().map_or(0, |r| r.attempts);
-        let ready = u32::try_from(endpoints::ready_count(endpoints)).unwrap_or(u32::MAX);
+        // Drained endpoints are never tried, so they do not earn extra tries either.
+        let drained = ctx.drain.as_deref().map_or(0, |d| {
+            endpoints
+                .iter()
+                .filter(|e| e.ready && d.is_drained(&SocketAddr::new(e.address, e.port)))
+                .count()
+        });
+        let ready = u32::try_from(endpoints::ready_count(endpoints).saturating_sub(drained))
+            .unwrap_or(u32::MAX);
         let retry = failover.and_then(|f| f.retry.as_deref());
         let attempts = retry
             .map(|r| r.attempts)
@@ -446,36 +562,51 @@ impl ProxyHttp for Gateway {
             tokio::time::sleep(pause).await;
         }
         if ctx.deadline_passed() {
+            ctx.failure = Some(FailureKind::Timeout);
             return Err(status_error(504, "request timeout"));
         }
         ctx.status_retry = false;
-        let (protocol, endpoints, failover) = match ctx.chosen_backend().map(|b| &b.target) {
+        if !matches!(
+            ctx.chosen_backend().map(|b| &b.target),
+            Some(BackendTarget::Endpoints { .. })
+        ) {
+            ctx.failure = Some(FailureKind::Other);
+            return Err(status_error(500, "no backend chosen"));
+        }
+        let picked = match ctx.chosen_backend().map(|b| &b.target) {
             Some(BackendTarget::Endpoints {
                 protocol,
                 endpoints,
                 failover,
-            }) => (*protocol, endpoints, failover.as_ref()),
-            _ => return Err(status_error(500, "no backend chosen")),
-        };
-        let choose = |tried: &[SocketAddr]| {
-            endpoints::choose(
-                endpoints,
-                &self.shared.locality,
-                failover,
-                &self.shared.ejections,
-                tried,
-            )
-        };
-        let addr = match choose(&ctx.tried) {
-            Ok(a) => a,
-            // Retrying after every endpoint was tried: start over.
-            Err(NoEndpoint::AllTried) => {
-                choose(&[]).map_err(|_| status_error(503, "no ready endpoint"))?
+            }) => {
+                let choose = |tried: &[SocketAddr]| {
+                    endpoints::choose(
+                        endpoints,
+                        &self.shared.locality,
+                        failover.as_ref(),
+                        &self.shared.ejections,
+                        tried,
+                        ctx.drain.as_deref(),
+                    )
+                };
+                let index = match choose(&ctx.tried) {
+                    // Retrying after every endpoint was tried: start over.
+                    Err(NoEndpoint::AllTried) => choose(&[]),
+                    other => other,
+                };
+                index
+                    .ok()
+                    .and_then(|i| endpoints::address(endpoints, i).map(|addr| (i, addr, *protocol)))
             }
-            Err(NoEndpoint::NoneReady) => return Err(status_error(503, "no ready endpoint")),
+            _ => None,
+        };
+        let Some((index, addr, protocol)) = picked else {
+            ctx.failure = Some(FailureKind::NoEndpoint);
+            return Err(status_error(503, "no ready endpoint"));
         };
         ctx.tried.push(addr);
         ctx.current = Some(addr);
+        ctx.current_ep = Some(index);
         ctx.first_try.get_or_insert_with(Instant::now);
 
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -604,11 +735,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if resp.status.is_informational() {
+            // A protocol switch is the endpoint's final answer; `100 Continue` is not.
+            ctx.answered = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
             return Ok(());
         }
         if ctx.deadline_passed() {
             // The whole-request deadline covers the wait for the response header: a header
             // that arrives after it is too late, whatever it says.
+            ctx.failure = Some(FailureKind::Timeout);
             let mut e = status_error(504, "request timeout");
             e.set_retry(false);
             return Err(e);
@@ -660,6 +794,7 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[&ctx.route_label()])
                 .observe(start.elapsed().as_secs_f64());
         }
+        ctx.answered = true;
         Ok(())
     }
 
@@ -669,6 +804,15 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.answered && !(resp.status.is_informational() && resp.status != 101) {
+            ctx.head_at.get_or_insert_with(Instant::now);
+            if ctx.gateway.as_ref().is_some_and(|g| g.served_by_header)
+                && let Some(v) = ctx.served_by()
+                && let Err(e) = resp.insert_header(SERVED_BY_HEADER, v)
+            {
+                tracing::debug!(error = %e, "served-by header not added");
+            }
+        }
         let Some(m) = &ctx.matched else {
             return Ok(());
         };
@@ -709,6 +853,9 @@ impl ProxyHttp for Gateway {
                 },
             }
         };
+        if ctx.failure.is_none() && !client_went_away(e) {
+            ctx.failure = failure_kind(e, ctx.status_retry, ctx.deadline_passed());
+        }
         // Only answer if nothing was sent yet; otherwise the connection is just closed.
         let code = if session.response_written().is_some() {
             0
@@ -738,14 +885,39 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let failure = match ctx.failure {
+            Some(f) => Some(f),
+            None if status >= 500 && ctx.answered => Some(FailureKind::Upstream5xx),
+            None if status >= 500 => Some(FailureKind::Other),
+            None => None,
+        };
+        if let Some(g) = &ctx.gateway {
+            let region = if ctx.answered {
+                ctx.current_endpoint().map(|e| e.region.as_str())
+            } else {
+                None
+            };
+            let head = ctx.head_at.unwrap_or_else(Instant::now);
+            let latency_us = u64::try_from(head.saturating_duration_since(ctx.started).as_micros())
+                .unwrap_or(u64::MAX);
+            g.traffic.record(region, failure, latency_us);
+        }
         if let Some(e) = e {
             if client_went_away(e) {
-                tracing::debug!(error = %e, "client went away");
+                tracing::debug!(
+                    upstream = ?ctx.current,
+                    attempts = ctx.tried.len(),
+                    error = %e,
+                    "client went away"
+                );
             } else {
                 tracing::warn!(
                     listener = %ctx.listener_label(),
                     route = %ctx.route_label(),
                     upstream = ?ctx.current,
+                    served_by = ctx.served_by().as_deref().unwrap_or(""),
+                    attempts = ctx.tried.len(),
+                    failure = failure.map_or("", crate::traffic::kind_label),
                     status,
                     error = %e,
                     "request failed"

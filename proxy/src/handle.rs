@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use meridian_distribution::GatewayTrafficReport;
 
 use meridian_model::locality::Locality;
 use meridian_model::snapshot::{Protocol, Snapshot};
@@ -23,12 +25,14 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::drain::GatewayTable;
 use crate::endpoints::Ejections;
 use crate::gateway::Gateway;
 use crate::listeners::{self, AcceptCtx, ListenerSet};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::state::{Served, Shared, TlsCert};
+use crate::traffic::{TrafficCollector, TrafficRegistry};
 
 /// How long `shutdown` waits for connections in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,6 +100,8 @@ impl ProxyHandle {
     /// first [`ProxyHandle::apply`]). Must run inside a tokio runtime.
     pub async fn start(cfg: ProxyConfig) -> anyhow::Result<ProxyHandle> {
         let metrics = Metrics::new()?;
+        let traffic = Arc::new(TrafficRegistry::default());
+        metrics.register(Box::new(TrafficCollector::new(traffic.clone())?))?;
         let shared = Arc::new(Shared {
             served: Default::default(),
             mirror: Mirror::new(metrics.clone()),
@@ -103,6 +109,7 @@ impl ProxyHandle {
             ejections: Ejections::default(),
             budget: Default::default(),
             locality: cfg.locality.clone(),
+            traffic,
             last_error: Default::default(),
             controller: Default::default(),
         });
@@ -214,10 +221,33 @@ impl ProxyHandle {
             }
         }
         let generation = router.generation();
+        let previous = self.shared.served.load_full();
+        let gateways = GatewayTable::build(
+            router.snapshot(),
+            previous.as_ref().map(|p| &p.gateways),
+            &self.shared.traffic,
+            Instant::now(),
+        );
+        crate::drain::log_changes(
+            previous
+                .as_ref()
+                .map_or(&[][..], |p| &p.router.snapshot().drains),
+            &router.snapshot().drains,
+            &gateways,
+        );
+        let drained = &self.shared.metrics.drained_endpoints;
+        drained.reset();
+        for (drill, n) in &gateways.drained_per_drill {
+            drained
+                .with_label_values(&[drill.as_str()])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        drop(previous);
         let old = self.shared.served.swap(Some(Arc::new(Served {
             router,
             certs,
             protocols,
+            gateways,
         })));
         // Freeing a large router takes as long as compiling it (~100 ms at 10k routes): do it
         // off the runtime's workers so neither requests nor the caller (an ack) wait for it.
@@ -256,6 +286,14 @@ impl ProxyHandle {
     /// The reason the last snapshot was refused, if the last apply failed.
     pub fn last_error(&self) -> Option<String> {
         self.shared.last_error()
+    }
+
+    /// Cumulative traffic counters of every Gateway served (requests, region of the endpoint
+    /// that answered, failures by kind, latency from request head to response head), sorted by
+    /// namespace and name. Counters start at 0 when the proxy starts or a Gateway first appears,
+    /// and are dropped with a Gateway the served snapshot no longer has.
+    pub fn traffic(&self) -> Vec<GatewayTrafficReport> {
+        self.shared.traffic.reports()
     }
 
     /// The Prometheus text of this proxy's metrics.

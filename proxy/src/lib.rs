@@ -36,6 +36,7 @@ mod admin;
 pub mod budget;
 mod buffered;
 mod controller;
+pub mod drain;
 pub mod endpoints;
 mod gateway;
 mod handle;
@@ -45,6 +46,7 @@ mod listeners;
 mod metrics;
 mod mirror;
 mod state;
+mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

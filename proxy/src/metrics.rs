@@ -1,9 +1,10 @@
 //! Prometheus metrics of one proxy, in a registry of its own (several proxies can live in one
 //! process, e.g. in tests or `meridian up`).
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All metrics the proxy exports on `/metrics`.
@@ -30,6 +31,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// 1 while a controller stream is open (`--controller` mode), else 0.
     pub controller_connected: IntGauge,
+    /// Endpoints drained by failover drills in the served snapshot, by drill.
+    pub drained_endpoints: IntGaugeVec,
 }
 
 impl Metrics {
@@ -85,6 +88,14 @@ impl Metrics {
             "1 while the stream from the controller is open; the last good snapshot keeps \
              serving either way",
         )?;
+        let drained_endpoints = IntGaugeVec::new(
+            Opts::new(
+                "meridian_proxy_drained_endpoints",
+                "Distinct endpoint addresses a failover drill drains in the served snapshot \
+                 (treated as failed for the Gateways and backends the drill scopes)",
+            ),
+            &["drill"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(generation.clone()))?;
@@ -95,6 +106,7 @@ impl Metrics {
         registry.register(Box::new(ejections.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(controller_connected.clone()))?;
+        registry.register(Box::new(drained_endpoints.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -107,7 +119,13 @@ impl Metrics {
             ejections,
             retries,
             controller_connected,
+            drained_endpoints,
         })
+    }
+
+    /// Adds a collector computed at scrape time (e.g. the per-Gateway traffic counters).
+    pub fn register(&self, c: Box<dyn Collector>) -> Result<(), prometheus::Error> {
+        self.registry.register(c)
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,5 +1,6 @@
 //! What every connection and request shares: the served snapshot (router + parsed certificates)
-//! behind an `ArcSwap`, metrics, ejections, the retry budget, the mirror client and the proxy's locality.
+//! behind an `ArcSwap`, metrics, traffic counters, ejections, the retry budget, the mirror client and
+//! the proxy's locality.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,9 +14,11 @@ use pingora_core::tls::pkey::{PKey, Private};
 use pingora_core::tls::x509::X509;
 
 use crate::budget::RetryBudget;
+use crate::drain::GatewayTable;
 use crate::endpoints::Ejections;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
+use crate::traffic::TrafficRegistry;
 
 /// A certificate chain and key, parsed once per snapshot.
 pub(crate) struct TlsCert {
@@ -30,6 +33,8 @@ pub(crate) struct Served {
     pub certs: HashMap<String, Arc<TlsCert>>,
     /// Protocol of every socket.
     pub protocols: HashMap<SocketAddr, Protocol>,
+    /// Per-Gateway facts: served-by switch, traffic counters, drained endpoints.
+    pub gateways: GatewayTable,
 }
 
 impl Served {
@@ -48,6 +53,8 @@ pub(crate) struct Shared {
     pub budget: RetryBudget,
     pub mirror: Mirror,
     pub locality: Locality,
+    /// Traffic counters per Gateway (also read by `/metrics`).
+    pub traffic: Arc<TrafficRegistry>,
     /// Why the last refused snapshot was refused (cleared by the next accepted one).
     pub last_error: Mutex<Option<String>>,
     /// The controller link in `--controller` mode (`None` in static mode).

@@ -18,14 +18,20 @@
 //! [`parse_duration`]. The controller writes `status.conditions` (`Accepted`) and
 //! `status.targets` (which targets the policy applies to, and why not when it does not).
 //!
+//! [`FailoverDrill`] fails a locality for a while (drain, kill or blackhole), aborts on error
+//! or latency guards and rolls back by itself; the controller's `drill` module runs it and
+//! writes phase, timeline and traffic figures into its status (see `docs/drills.md`).
+//!
 //! To add another kind: define it here with `#[derive(CustomResource)]` (`group =
 //! "meridian.dev"`, `version = "v1alpha1"`), push `Kind::crd()` in [`crds`] and run
 //! `UPDATE_CRDS=1 cargo test -p meridian-crds` to write its YAML next to the others.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -255,6 +261,292 @@ pub struct PolicyTargetStatus {
     pub reason: String,
 }
 
+/// Condition types, reasons, phases and timeline entry types of a [`FailoverDrill`].
+pub mod drill {
+    /// Condition: the drill is valid and may run (`False` while it waits for another drill).
+    pub const ACCEPTED: &str = "Accepted";
+    /// Condition: the drill has finished (`True` once the phase is terminal).
+    pub const COMPLETE: &str = "Complete";
+    /// Reason of `Accepted=True`.
+    pub const REASON_ACCEPTED: &str = "Accepted";
+    /// Reason: a field is invalid, or the scope/target matches nothing (message says which).
+    pub const REASON_INVALID: &str = "Invalid";
+    /// Reason: the mode needs an actuator this controller does not have.
+    pub const REASON_MODE_UNSUPPORTED: &str = "ModeUnsupported";
+    /// Reason: another drill is running; this one waits (phase `Pending`).
+    pub const REASON_CONFLICTED: &str = "Conflicted";
+    /// Reason of `Complete=False` while the drill runs.
+    pub const REASON_RUNNING: &str = "Running";
+
+    /// Timeline entry: the drill started (baseline measurement begins).
+    pub const STARTED: &str = "Started";
+    /// Timeline entry: the target counts as failed (drain acknowledged / actuator returned).
+    pub const TARGET_FAILED: &str = "TargetFailed";
+    /// Timeline entry: an abort guard tripped.
+    pub const GUARD_TRIPPED: &str = "GuardTripped";
+    /// Timeline entry: the target is back (drain removed and acknowledged / actuator restored).
+    pub const RESTORED: &str = "Restored";
+    /// Timeline entry: the drill ran to its end.
+    pub const COMPLETED: &str = "Completed";
+    /// Timeline entry: the drill was aborted (a guard tripped) and rolled back.
+    pub const ABORTED: &str = "Aborted";
+    /// Timeline entry: the drill could not run or finish.
+    pub const FAILED: &str = "Failed";
+
+    /// Longest `spec.duration` accepted.
+    pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(3600);
+    /// Default `spec.duration`.
+    pub const DEFAULT_DURATION: std::time::Duration = std::time::Duration::from_secs(30);
+    /// Default `spec.guards.window`.
+    pub const DEFAULT_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Longest `spec.guards.window` accepted.
+    pub const MAX_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+    /// Default `spec.guards.minRequests`.
+    pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+}
+
+/// A game day in one resource: fail a locality (cluster, region or zone) for a while, watch the
+/// traffic fail over, roll back automatically (at the end, when a guard trips, when the drill is
+/// deleted, or when the controller stops), and keep the figures in `status`.
+///
+/// ```text
+/// Pending ─► Running: Started ─► TargetFailed ─(duration | guard trips)─► Restored ─► Succeeded
+///                                                  └─ GuardTripped ─► Aborted
+///            any step that cannot be done ─► Failed (target restored first)
+/// ```
+///
+/// Modes: `drain` (default) tells every proxy to treat the target's endpoints as failed through a
+/// drain in the snapshots — no workload is touched; `kill` and `blackhole` need a drill actuator
+/// (Meridian-owned backends, e.g. `meridian up`). Only one drill runs at a time per controller.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "meridian.dev",
+    version = "v1alpha1",
+    kind = "FailoverDrill",
+    doc = "A failover drill: fail a cluster, region or zone for a while (drain, kill or blackhole), abort on error or latency guards, roll back automatically and record what traffic did.",
+    plural = "failoverdrills",
+    namespaced,
+    shortname = "drill",
+    category = "meridian",
+    status = "FailoverDrillStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.region"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverDrillSpec {
+    /// The locality to fail: every set field must match an endpoint's locality.
+    pub target: DrillTargetSpec,
+    /// Which traffic the drill concerns; absent = every Gateway of Meridian's classes and every
+    /// backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<DrillScope>,
+    /// `drain` (default): proxies treat the target's endpoints as failed; `kill`: the target's
+    /// backends are stopped; `blackhole`: their packets are dropped. `kill` and `blackhole` need
+    /// Meridian-owned backends (e.g. `meridian up`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["drain", "kill", "blackhole"]))]
+    pub mode: Option<String>,
+    /// How long the target stays failed (Gateway API duration, default `30s`, at most `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Abort guards, evaluated every second over a sliding window while the target is failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guards: Option<DrillGuards>,
+}
+
+/// The locality a drill fails. At least one field must be set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1))]
+pub struct DrillTargetSpec {
+    /// Member cluster name (as the controller knows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Region (`topology.kubernetes.io/region` of the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Zone (of the endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// Which traffic a drill concerns.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillScope {
+    /// Only these Gateways (empty = every Gateway of Meridian's classes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<DrillObjectRef>,
+    /// Only backends that are these ServiceImports (empty = every backend).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_imports: Vec<DrillObjectRef>,
+}
+
+/// A namespaced object named by a drill.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillObjectRef {
+    /// Namespace; defaults to the drill's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// Abort guards of a drill.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillGuards {
+    /// Abort when failed requests exceed this percent of the requests in the window (0–100; an
+    /// integer or a decimal string such as `"0.5"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_percent: Option<IntOrString>,
+    /// Abort when the p99 latency in the window exceeds this duration (e.g. `500ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_latency: Option<String>,
+    /// The sliding window (default `5s`, at most `10m`). Also the length of the baseline
+    /// measured before the target fails and of the period measured after it is restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Windows with fewer requests never trip (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+}
+
+/// Lifecycle phase of a drill.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DrillPhase {
+    /// Accepted or waiting for another drill; nothing was done yet.
+    #[default]
+    Pending,
+    /// The drill is measuring, failing the target or restoring it.
+    Running,
+    /// The drill ran to its end and the target is restored.
+    Succeeded,
+    /// A guard tripped; the target was restored at once.
+    Aborted,
+    /// The drill is invalid, unsupported, or could not be carried out (target restored).
+    Failed,
+}
+
+impl DrillPhase {
+    /// Whether the drill is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Aborted | Self::Failed)
+    }
+
+    /// The phase as written in `status.phase`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Aborted => "Aborted",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
+/// Observed state of a FailoverDrill (written by the controller only).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverDrillStatus {
+    /// Where the drill is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DrillPhase>,
+    /// `Accepted` and `Complete`, merged by `type`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `metadata.generation` of the spec the drill runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the drill started (RFC 3339, milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the target counted as failed: every connected proxy of the scoped Gateways
+    /// acknowledged the drain, or the actuator returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_time: Option<String>,
+    /// When the target counted as restored (same rule as `failTime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_time: Option<String>,
+    /// When the drill reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// Human-readable state: what the drill waits for, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Why a guard aborted the drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
+    /// What happened, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<DrillTimelineEntry>,
+    /// Traffic figures of the scoped Gateways, summed over every member cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<DrillFigures>,
+}
+
+/// One step of a drill.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillTimelineEntry {
+    /// When (RFC 3339, milliseconds).
+    pub time: String,
+    /// `Started`, `TargetFailed`, `GuardTripped`, `Restored`, `Completed`, `Aborted` or `Failed`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Details.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Traffic of the scoped Gateways: one window before the target failed, while it was failed, and
+/// one window after it was restored. Latencies are histogram bucket upper bounds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillFigures {
+    /// Requests in the window before the target failed.
+    pub requests_before: u64,
+    /// Requests while the target was failed.
+    pub requests_during: u64,
+    /// Requests in the window after the target was restored.
+    pub requests_after: u64,
+    /// Failed requests before.
+    pub failed_before: u64,
+    /// Failed requests during.
+    pub failed_during: u64,
+    /// Failed requests after.
+    pub failed_after: u64,
+    /// Failed over all requests during, percent (absent without requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_percent_during: Option<f64>,
+    /// p99 latency before, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms_before: Option<f64>,
+    /// p99 latency during, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms_during: Option<f64>,
+    /// p99 latency after, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms_after: Option<f64>,
+    /// Share of the requests answered by an endpoint, per region of that endpoint, before
+    /// (percent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub share_before: BTreeMap<String, f64>,
+    /// Same, while the target was failed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub share_during: BTreeMap<String, f64>,
+    /// Same, after the target was restored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub share_after: BTreeMap<String, f64>,
+}
+
 /// Why a duration string does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration {input:?}: expected a Gateway API duration such as 500ms, 1s, 1m30s")]
@@ -301,11 +593,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
-/// Meridian's own CRDs: FailoverPolicy.
+/// Meridian's own CRDs: FailoverPolicy, FailoverDrill.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut policy = FailoverPolicy::crd();
     set_list_type(&mut policy, "status.conditions", ListType::Map(&["type"]));
-    vec![policy]
+    let mut drill = FailoverDrill::crd();
+    set_list_type(&mut drill, "status.conditions", ListType::Map(&["type"]));
+    set_list_type(&mut drill, "status.timeline", ListType::Atomic);
+    vec![policy, drill]
 }
 
 #[cfg(test)]
@@ -328,6 +623,89 @@ mod tests {
         for bad in ["", "1", "s", "1x", "-1s", "1.5s", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_drill_manifest_parses_and_round_trips() {
+        let text = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: FailoverDrill
+metadata: {name: east-down, namespace: demo}
+spec:
+  target: {region: us-east}
+  scope:
+    gateways: [{namespace: demo, name: web}]
+    serviceImports: [{name: echo}]
+  mode: drain
+  duration: 30s
+  guards: {maxErrorPercent: "0.5", maxP99Latency: 500ms, window: 5s, minRequests: 20}
+"#;
+        let d: FailoverDrill = serde_yaml::from_str(text).unwrap();
+        assert_eq!(d.spec.target.region.as_deref(), Some("us-east"));
+        let scope = d.spec.scope.clone().unwrap();
+        assert_eq!(scope.service_imports[0].namespace, None);
+        let guards = d.spec.guards.clone().unwrap();
+        assert_eq!(
+            guards.max_error_percent,
+            Some(IntOrString::String("0.5".into()))
+        );
+        let back: FailoverDrill =
+            serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+
+        let status = FailoverDrillStatus {
+            phase: Some(DrillPhase::Aborted),
+            timeline: vec![DrillTimelineEntry {
+                time: "2026-01-01T00:00:00.000Z".into(),
+                type_: drill::GUARD_TRIPPED.into(),
+                message: "error rate 12% > 1%".into(),
+            }],
+            ..FailoverDrillStatus::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["phase"], "Aborted");
+        assert_eq!(json["timeline"][0]["type"], "GuardTripped");
+        assert!(DrillPhase::Aborted.is_terminal() && !DrillPhase::Running.is_terminal());
+    }
+
+    #[test]
+    fn the_drill_crd_has_columns_status_and_validation() {
+        let crd = crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == "FailoverDrill")
+            .unwrap();
+        let v = &crd.spec.versions[0];
+        assert!(v.subresources.as_ref().unwrap().status.is_some());
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| (c.name.as_str(), c.json_path.as_str()))
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                ("Target", ".spec.target.region"),
+                ("Mode", ".spec.mode"),
+                ("Phase", ".status.phase"),
+                ("Age", ".metadata.creationTimestamp")
+            ]
+        );
+        let schema = serde_json::to_value(v.schema.as_ref().unwrap()).unwrap();
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(
+            spec["mode"]["enum"],
+            serde_json::json!(["drain", "kill", "blackhole"])
+        );
+        assert_eq!(spec["target"]["minProperties"], 1);
+        assert_eq!(
+            spec["guards"]["properties"]["maxErrorPercent"]["x-kubernetes-int-or-string"],
+            true
+        );
+        let status = &schema["openAPIV3Schema"]["properties"]["status"]["properties"];
+        assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
+        assert_eq!(status["timeline"]["x-kubernetes-list-type"], "atomic");
     }
 
     #[test]

@@ -230,7 +230,8 @@ fn all_crds_has_stable_order_and_unique_names() {
             "ReferenceGrant",
             "ServiceExport",
             "ServiceImport",
-            "FailoverPolicy"
+            "FailoverPolicy",
+            "FailoverDrill"
         ]
     );
     let names: BTreeSet<_> = all_crds()
@@ -340,6 +341,7 @@ fn status_subresource_where_expected() {
         ("ReferenceGrant", false),
         ("ServiceExport", true),
         ("ServiceImport", true),
+        ("FailoverDrill", true),
     ] {
         let crd = by_kind(kind);
         for v in &crd.spec.versions {

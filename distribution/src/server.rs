@@ -1355,6 +1355,95 @@ mod tests {
         );
     }
 
+    fn counters(requests: u64) -> GatewayTraffic {
+        let mut t = GatewayTraffic::default();
+        for _ in 0..requests {
+            t.record(Some("r1"), None, 2_000);
+        }
+        t
+    }
+
+    fn report(id: &str, requests: u64) -> TrafficReport {
+        TrafficReport {
+            proxy_id: id.into(),
+            gateways: vec![crate::protocol::GatewayTrafficReport {
+                namespace: "ns".into(),
+                name: "web".into(),
+                traffic: counters(requests),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn forgotten_proxies_leave_their_counters_in_the_sum() {
+        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
+        cfg.insecure = true;
+        let srv = DistributionServer::start(cfg).await.unwrap();
+        let inner = &srv.inner;
+        let web = GatewayRef {
+            namespace: "ns".into(),
+            name: "web".into(),
+        };
+        let a = entry("a", None, None).hello;
+        let _ = inner.connect(&a);
+        inner.traffic(report("a", 5)).unwrap();
+        assert_eq!(srv.traffic("c", &web), Some(counters(5)));
+        // `a` went away longer ago than the server remembers proxies.
+        {
+            let mut proxies = lock(&inner.proxies);
+            let p = proxies.get_mut("a").unwrap();
+            p.connected = false;
+            p.kick = None;
+            p.last_seen = SystemTime::now() - FORGET_AFTER - Duration::from_secs(60);
+        }
+        let _ = inner.connect(&entry("b", None, None).hello);
+        assert!(
+            srv.state().iter().all(|p| p.proxy_id != "a"),
+            "a not forgotten"
+        );
+        assert_eq!(srv.traffic("c", &web), Some(counters(5)));
+        assert!(
+            inner
+                .traffic(report("a", 1))
+                .unwrap_err()
+                .contains("unknown proxy")
+        );
+        inner.traffic(report("b", 2)).unwrap();
+        assert_eq!(srv.traffic("c", &web).unwrap().requests, 7);
+        // `a` back after a restart: its new counters add to the ones kept.
+        let _ = inner.connect(&a);
+        inner.traffic(report("a", 1)).unwrap();
+        assert_eq!(srv.traffic("c", &web).unwrap().requests, 8);
+        assert_eq!(srv.traffic("other", &web), None);
+    }
+
+    #[test]
+    fn sums_saturate_and_decreases_are_found_in_any_counter() {
+        let mut big = counters(1);
+        big.requests = u64::MAX;
+        big.by_region.insert("r1".into(), u64::MAX);
+        let mut sum = counters(3);
+        accumulate(&mut sum, &big);
+        assert_eq!(sum.requests, u64::MAX);
+        assert_eq!(sum.by_region["r1"], u64::MAX);
+        assert_eq!(sum.latency.total(), 4);
+
+        let before = counters(3);
+        assert!(!went_down(&counters(3), &before));
+        assert!(!went_down(&counters(4), &before));
+        assert!(went_down(&counters(2), &before));
+        let mut other_region = counters(0);
+        for _ in 0..5 {
+            other_region.record(Some("r2"), None, 2_000);
+        }
+        assert!(went_down(&other_region, &before), "r1 went from 3 to 0");
+        let mut slower = counters(0);
+        for _ in 0..5 {
+            slower.record(Some("r1"), None, 900_000);
+        }
+        assert!(went_down(&slower, &before), "the 2 ms bucket went down");
+    }
+
     #[test]
     fn tokens_compare_exactly() {
         assert!(token_matches("secret", "secret"));

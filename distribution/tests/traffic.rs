@@ -663,13 +663,11 @@ async fn a_hanging_report_does_not_hold_up_the_stream_or_acks() {
             )
             .await
             .unwrap();
-        let ack = loop {
-            match next(&mut rx, Duration::from_secs(2)).await {
-                Some(Seen::Ack(a)) => break a,
-                Some(Seen::Traffic(_)) => panic!("a second report while the first one hangs"),
-                Some(Seen::Stream(_)) => panic!("the stream was reopened"),
-                None => panic!("no ack within 2 s while a traffic report hangs"),
-            }
+        let ack = match next(&mut rx, Duration::from_secs(2)).await {
+            Some(Seen::Ack(a)) => a,
+            Some(Seen::Traffic(_)) => panic!("a second report while the first one hangs"),
+            Some(Seen::Stream(_)) => panic!("the stream was reopened"),
+            None => panic!("no ack within 2 s while a traffic report hangs"),
         };
         assert_eq!(ack["generation"], 5);
         assert_eq!(ack["result"]["status"], "applied");

@@ -38,8 +38,8 @@
 //! before the restart are then lost, the sum still grows), and a proxy that comes back with
 //! the same id after being forgotten without restarting, or that leaves a Gateway out of a
 //! report and lists it again later with its old counters (those counters are then counted
-//! twice: one upward jump). Reports do not tick [`DistributionServer::subscribe`]: they arrive every
-//! second from every proxy and change nothing about `Programmed`.
+//! twice: one upward jump). Reports do not tick [`DistributionServer::subscribe`]: they arrive
+//! every second from every proxy and change nothing about `Programmed`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;

@@ -27,6 +27,13 @@
 //! Endpoint health: connect failures eject at once (endpoints.rs) and an active health checker
 //! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones.
 //!
+//! Failover drills: the snapshot's `drains` (drain.rs) make the endpoints they match look failed
+//! to the Gateways and backends they scope, without touching health state; lifting them brings
+//! the endpoints back through the failback hysteresis and slow start. Every finished request is
+//! counted per Gateway (traffic.rs: region that answered, failure kind, latency), reported to the
+//! controller ([`ProxyHandle::traffic`]) and exported on `/metrics`. Gateways with
+//! `served_by_header` get `x-meridian-served-by: <cluster>/<region>/<zone>` on endpoint responses.
+//!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but
 //! pingora 0.9.1 can tear an upgraded tunnel down right after the `101` when the backend answers

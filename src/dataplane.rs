@@ -5,6 +5,11 @@
 //! Traffic counters the proxies report come back through [`DataPlane::traffic`]: the server's
 //! never-decreasing sum over the proxies of the Gateway's cluster.
 //!
+//! Addresses: by default a Gateway is served on the advertised addresses of the proxies serving
+//! it (one address per proxy, shared by every Gateway of that proxy). With an address pool for
+//! its cluster ([`addresses::AddressPools`]), every Gateway gets its own address from the pool
+//! as soon as a proxy serves it, so several Gateways of one region can all listen on port 80.
+//!
 //! This glue lives in the binary so that neither crate depends on the other: the controller
 //! knows the [`DataPlane`] trait, the distribution server knows snapshots and acks.
 
@@ -18,19 +23,31 @@ use meridian_model::Snapshot;
 use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
+pub mod addresses;
+
+use addresses::AddressPools;
+
 /// [`DataPlane`] over a [`DistributionServer`].
 pub struct DistributedDataPlane {
     server: Arc<DistributionServer>,
     /// Generation each cluster's latest content was published as.
     published: Mutex<BTreeMap<String, u64>>,
+    /// Per-cluster pools of per-Gateway addresses (empty: proxies' advertised addresses).
+    pools: Mutex<AddressPools>,
 }
 
 impl DistributedDataPlane {
     /// Wraps a running server.
     pub fn new(server: Arc<DistributionServer>) -> Arc<Self> {
+        Self::with_pools(server, AddressPools::default())
+    }
+
+    /// Wraps a running server; Gateways of clusters with a pool get their own address.
+    pub fn with_pools(server: Arc<DistributionServer>, pools: AddressPools) -> Arc<Self> {
         Arc::new(Self {
             server,
             published: Mutex::new(BTreeMap::new()),
+            pools: Mutex::new(pools),
         })
     }
 
@@ -83,11 +100,28 @@ impl DataPlane for DistributedDataPlane {
     }
 
     fn addresses(&self, gw: &GatewayRef) -> Vec<IpAddr> {
-        self.server
+        let advertised: Vec<IpAddr> = self
+            .server
             .addresses(&gw.cluster, &dist_ref(gw))
             .iter()
             .filter_map(|a| a.parse().ok())
-            .collect()
+            .collect();
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if !pools.has_pool(&gw.cluster) {
+            return advertised;
+        }
+        // No proxy serves it yet: no address (AddressNotAssigned), as without a pool.
+        if advertised.is_empty() {
+            return Vec::new();
+        }
+        let key = format!("{}/{}", gw.namespace, gw.name);
+        match pools.address(&gw.cluster, &key, std::time::Instant::now()) {
+            Some(ip) => vec![ip],
+            None => {
+                tracing::warn!(cluster = %gw.cluster, gateway = %key, "address pool exhausted");
+                Vec::new()
+            }
+        }
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -34,6 +34,7 @@ use meridian_proxy::{ProxyConfig, ProxyHandle};
 use meridian_sandbox::{Sandbox, SandboxConfig};
 
 use crate::dataplane::DistributedDataPlane;
+use crate::dataplane::addresses::{AddressPools, AddressRange};
 use crate::{apply, echo};
 
 const DEMO: [(&str, &str); 5] = [
@@ -345,7 +346,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
     let server = Arc::new(server);
     let dist_url = format!("http://{}", server.local_addr());
-    let data_plane = DistributedDataPlane::new(server.clone());
+    // Every Gateway of a region gets its own address from 127.0.(10+i).0/24 (the first one
+    // created, demo/web, gets the proxy's advertised .1), so examples can all use port 80.
+    let pools = plans
+        .iter()
+        .map(|p| {
+            let first = p.proxy_address;
+            let [a, b, c, _] = first.octets();
+            AddressRange::new(first, Ipv4Addr::new(a, b, c, 254)).map(|r| (p.name.clone(), r))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let data_plane = DistributedDataPlane::with_pools(server.clone(), AddressPools::new(pools));
     let members = plans
         .iter()
         .zip(&clients)

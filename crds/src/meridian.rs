@@ -12,6 +12,7 @@
 //! spec.outlierDetection                 consecutive 5xx eject, ejection time backs off
 //! spec.retry                            retries of safe requests and the retry budget
 //! spec.failback                         hysteresis before traffic returns, then slow start
+//! spec.staleEndpointTTL                 how long an unreachable cluster's endpoints stay in use
 //! ```
 //!
 //! Durations are Gateway API duration strings (`500ms`, `1s`, `2m`), parsed by
@@ -106,6 +107,16 @@ pub struct FailoverPolicySpec {
     /// How traffic returns to a recovered region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failback: Option<Failback>,
+    /// How long the last-known endpoints of a member cluster whose API is unreachable stay in
+    /// use for these targets (a Gateway API duration). Default: the controller's
+    /// `--endpoint-grace`; only a shorter value has an effect, since the controller withdraws
+    /// an unreachable cluster's endpoints after that grace in any case.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "staleEndpointTTL"
+    )]
+    pub stale_endpoint_ttl: Option<String>,
 }
 
 /// A policy target (Gateway API `LocalPolicyTargetReference`).

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use crate::args::{ControllerArgs, connect};
 use crate::dataplane::{DataPlane, StaticDataPlane};
+use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::status::StatusKind;
 use crate::translate::{
@@ -82,6 +83,12 @@ pub struct ControllerConfig {
     /// Changes that touch only the status of our objects (mostly the echo of our own writes)
     /// are translated at most this often; anything else translates after `debounce`.
     pub status_recheck: Duration,
+    /// Carries out FailoverDrills of mode `kill` and `blackhole` (Meridian-owned backends, e.g.
+    /// `meridian up`); `None`: such drills fail with `ModeUnsupported`, `drain` drills still run.
+    pub drill_actuator: Option<Arc<dyn DrillActuator>>,
+    /// Longest wait for the proxies to acknowledge a drill's drain (or for the actuator); a
+    /// drill whose target cannot be failed in time fails.
+    pub drill_ack_timeout: Duration,
 }
 
 impl ControllerConfig {
@@ -100,6 +107,8 @@ impl ControllerConfig {
             write_backoff_max: Duration::from_secs(30),
             admin: None,
             status_recheck: Duration::from_secs(1),
+            drill_actuator: None,
+            drill_ack_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -134,6 +143,8 @@ impl Controller {
             write_backoff_max,
             admin,
             status_recheck,
+            drill_actuator,
+            drill_ack_timeout,
         } = cfg;
         crate::args::check_unique(
             &clusters
@@ -204,6 +215,23 @@ impl Controller {
             tasks.push(tokio::spawn(supervise(ctx, shutdown_rx.clone())));
         }
         drop(tx);
+        let drills = DrillShared::new(Arc::clone(&metrics));
+        tasks.push(spawn_manager(
+            ManagerConfig {
+                shared: Arc::clone(&drills),
+                data_plane: Arc::clone(&data_plane),
+                actuator: drill_actuator,
+                clients: clusters
+                    .iter()
+                    .map(|c| (c.name.clone(), c.client.clone()))
+                    .collect(),
+                write_timeout,
+                ack_timeout: drill_ack_timeout,
+                startup_grace,
+                metrics: Arc::clone(&metrics),
+            },
+            shutdown_rx.clone(),
+        ));
         let reconciler = Reconciler {
             world,
             names: names.clone(),
@@ -224,6 +252,7 @@ impl Controller {
             ready_tx,
             passes_tx,
             last_prune: Instant::now(),
+            drills,
         };
         tasks.push(tokio::spawn(reconciler.run(
             rx,
@@ -316,6 +345,8 @@ struct Reconciler {
     ready_tx: watch::Sender<Vec<(String, bool)>>,
     passes_tx: watch::Sender<u64>,
     last_prune: Instant,
+    /// Drains from the drill runner go into every snapshot; drills and publishes go back to it.
+    drills: Arc<DrillShared>,
 }
 
 /// How often deleted objects are forgotten by the status writers.
@@ -331,6 +362,7 @@ impl Reconciler {
     ) {
         let mut dp_changes = self.data_plane.changes();
         let mut dp_open = true;
+        let mut drains = self.drills.subscribe_drains();
         // `deadline`: changes that need a pass soon; `recheck`: status-only changes.
         let mut deadline: Option<Instant> = None;
         let mut recheck: Option<Instant> = None;
@@ -381,7 +413,29 @@ impl Reconciler {
                     recheck = None;
                     self.pass(true);
                 }
-                _ = crate::stopped(&mut shutdown) => return,
+                _ = drains.changed() => {
+                    // No translation needed: the drains go into the current snapshots as they are.
+                    self.apply_drains();
+                    self.publish_changed();
+                }
+                _ = crate::stopped(&mut shutdown) => {
+                    // Drains live in this process only: proxies must not keep them after it.
+                    for s in self.current.values_mut() {
+                        s.drains.clear();
+                    }
+                    self.publish_changed();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Puts the drill runner's drains into every current snapshot.
+    fn apply_drains(&mut self) {
+        let drains = self.drills.drains();
+        for s in self.current.values_mut() {
+            if s.drains != drains {
+                s.drains.clone_from(&drains);
             }
         }
     }
@@ -426,6 +480,9 @@ impl Reconciler {
                     return false;
                 };
                 let touch = mutation(state);
+                if kind == Kind::FailoverDrill {
+                    self.drills.set_drills(&self.world);
+                }
                 let mut needed = match touch {
                     Touch::Nothing => false,
                     Touch::StatusOnly => {
@@ -532,6 +589,7 @@ impl Reconciler {
             .with_label_values(&["full"])
             .observe(started.elapsed().as_secs_f64());
         self.current = out.snapshots;
+        self.apply_drains();
         self.translated = true;
         for update in out.status {
             if !self.can_act(&update.cluster) {
@@ -586,6 +644,7 @@ impl Reconciler {
     /// Publishes every snapshot whose content differs from the last one published.
     fn publish_changed(&mut self) {
         let clusters: Vec<String> = self.current.keys().cloned().collect();
+        let mut changed = Vec::new();
         for cluster in clusters {
             if !self.can_act(&cluster) {
                 continue;
@@ -594,9 +653,11 @@ impl Reconciler {
                 continue;
             };
             let previous = self.published.get(&cluster);
-            if previous
-                .is_some_and(|p| p.schema == snapshot.schema && p.gateways == snapshot.gateways)
-            {
+            if previous.is_some_and(|p| {
+                p.schema == snapshot.schema
+                    && p.gateways == snapshot.gateways
+                    && p.drains == snapshot.drains
+            }) {
                 continue;
             }
             snapshot.generation = previous.map_or(1, |p| p.generation + 1);
@@ -607,7 +668,16 @@ impl Reconciler {
                 .with_label_values(&[&cluster])
                 .inc();
             self.data_plane.publish(&cluster, snapshot.clone());
-            self.published.insert(cluster, snapshot);
+            self.published.insert(cluster.clone(), snapshot);
+            changed.push(cluster);
+        }
+        if !changed.is_empty() {
+            // One update for the whole pass: the drill runner never sees half of a publish.
+            self.drills.note_published(
+                changed
+                    .iter()
+                    .filter_map(|c| self.published.get(c).map(|s| (c.as_str(), s))),
+            );
         }
     }
 }

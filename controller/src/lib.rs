@@ -25,11 +25,14 @@
 //!    HTTPRoute parents, retries, no write storms);
 //! 8. [`dataplane`] — the [`DataPlane`] seam to the distribution server, and [`StaticDataPlane`];
 //! 9. [`args`] — `meridian controller` flags ([`ControllerArgs`]); [`metrics`] — Prometheus and the
-//!    admin listener.
+//!    admin listener;
+//! 10. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
+//!     traffic counters, [`DrillActuator`] for kill/blackhole).
 
 pub mod args;
 pub mod controller;
 pub mod dataplane;
+pub mod drill;
 pub mod metrics;
 pub mod refgrant;
 pub mod status;
@@ -41,6 +44,7 @@ mod writer;
 pub use args::{ClusterSpec, ControllerArgs};
 pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster, run, serve};
 pub use dataplane::{DataPlane, StaticDataPlane};
+pub use drill::{DrillActuator, DrillMode, DrillTarget};
 pub use writer::FIELD_MANAGER;
 
 pub use status::{StatusKind, StatusUpdate};

@@ -48,6 +48,11 @@ pub struct Metrics {
     pub translate_seconds: HistogramVec,
     /// Snapshots handed to the data plane, by cluster.
     pub snapshots_published: IntCounterVec,
+    /// FailoverDrills in the member clusters by `status.phase` (`Pending` includes drills
+    /// without status).
+    pub drills: IntGaugeVec,
+    /// Drains the drill runner currently puts into every snapshot.
+    pub drains: prometheus::IntGauge,
 }
 
 fn counter(
@@ -169,6 +174,20 @@ impl Metrics {
                 "Snapshots handed to the data plane",
                 &["cluster"],
             )?,
+            drills: gauge(
+                &r,
+                "meridian_controller_drills",
+                "FailoverDrills by phase",
+                &["phase"],
+            )?,
+            drains: {
+                let g = prometheus::IntGauge::new(
+                    "meridian_controller_drains",
+                    "Drains currently in every snapshot (FailoverDrill mode drain)",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             registry: r,
         })
     }

@@ -37,7 +37,7 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
-use meridian_crds::meridian::FailoverPolicy;
+use meridian_crds::meridian::{FailoverDrill, FailoverPolicy};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -48,7 +48,7 @@ use crate::status::StatusKind;
 use crate::world::{ClusterState, Indexed, Kind, ObjectKey};
 
 /// Every kind the controller watches, in start order.
-pub const ALL_KINDS: [Kind; 11] = [
+pub const ALL_KINDS: [Kind; 12] = [
     Kind::Namespace,
     Kind::Service,
     Kind::EndpointSlice,
@@ -60,6 +60,7 @@ pub const ALL_KINDS: [Kind; 11] = [
     Kind::ServiceExport,
     Kind::ServiceImport,
     Kind::FailoverPolicy,
+    Kind::FailoverDrill,
 ];
 
 /// What an index change may affect, so the reconcile loop can skip a full translation.
@@ -131,6 +132,7 @@ fn resource_of(kind: Kind) -> (String, String) {
         Kind::ServiceExport => of::<ServiceExport>(),
         Kind::ServiceImport => of::<ServiceImport>(),
         Kind::FailoverPolicy => of::<FailoverPolicy>(),
+        Kind::FailoverDrill => of::<FailoverDrill>(),
     }
 }
 
@@ -156,6 +158,7 @@ pub(crate) fn kind_label(kind: Kind) -> &'static str {
         Kind::ServiceExport => "ServiceExport",
         Kind::ServiceImport => "ServiceImport",
         Kind::FailoverPolicy => "FailoverPolicy",
+        Kind::FailoverDrill => "FailoverDrill",
     }
 }
 
@@ -316,6 +319,7 @@ async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
         Kind::ServiceExport => clear::<ServiceExport>(),
         Kind::ServiceImport => clear::<ServiceImport>(),
         Kind::FailoverPolicy => clear::<FailoverPolicy>(),
+        Kind::FailoverDrill => clear::<FailoverDrill>(),
     };
     let msg = Msg::Change {
         cluster: ctx.cluster,
@@ -339,6 +343,7 @@ fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
         Kind::ServiceExport => tokio::spawn(run_watcher::<ServiceExport>(ctx)),
         Kind::ServiceImport => tokio::spawn(run_watcher::<ServiceImport>(ctx)),
         Kind::FailoverPolicy => tokio::spawn(run_watcher::<FailoverPolicy>(ctx)),
+        Kind::FailoverDrill => tokio::spawn(run_watcher::<FailoverDrill>(ctx)),
     }
 }
 
@@ -376,6 +381,11 @@ fn apply_mutation<K: Indexed + Resource + Send + 'static>(obj: K) -> Mutation {
                 (true, false) => Touch::Full,
             };
         }
+        if K::KIND == Kind::FailoverDrill {
+            // Drills never reach snapshots: the reconcile loop hands them to the drill runner.
+            state.apply(obj);
+            return Touch::Nothing;
+        }
         if K::KIND != Kind::EndpointSlice {
             return if state.apply(obj) {
                 Touch::Full
@@ -395,6 +405,10 @@ fn apply_mutation<K: Indexed + Resource + Send + 'static>(obj: K) -> Mutation {
 
 fn delete_mutation<K: Indexed + 'static>(key: ObjectKey) -> Mutation {
     Box::new(move |state: &mut ClusterState| {
+        if K::KIND == Kind::FailoverDrill {
+            state.delete::<K>(&key);
+            return Touch::Nothing;
+        }
         if K::KIND != Kind::EndpointSlice {
             state.delete::<K>(&key);
             return Touch::Full;

@@ -25,7 +25,7 @@ use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
-use meridian_crds::meridian::FailoverPolicy;
+use meridian_crds::meridian::{FailoverDrill, FailoverPolicy};
 
 use crate::status::StatusKind;
 
@@ -152,6 +152,8 @@ pub enum Kind {
     ServiceImport,
     /// `meridian.dev/FailoverPolicy`.
     FailoverPolicy,
+    /// `meridian.dev/FailoverDrill` (read by the drill runner, never by translation).
+    FailoverDrill,
 }
 
 /// Everything translation knows about one member cluster.
@@ -175,6 +177,7 @@ pub struct ClusterState {
     pub(crate) service_exports: BTreeSet<ObjectKey>,
     pub(crate) service_imports: BTreeMap<ObjectKey, Arc<ServiceImport>>,
     pub(crate) failover_policies: BTreeMap<ObjectKey, Arc<FailoverPolicy>>,
+    pub(crate) failover_drills: BTreeMap<ObjectKey, Arc<FailoverDrill>>,
 }
 
 /// A kind the index can hold. The three [`ClusterState`] methods are generic over it so a watcher
@@ -329,6 +332,7 @@ impl ClusterState {
             (Kind::ServiceExport, self.service_exports.len()),
             (Kind::ServiceImport, self.service_imports.len()),
             (Kind::FailoverPolicy, self.failover_policies.len()),
+            (Kind::FailoverDrill, self.failover_drills.len()),
         ])
     }
 }
@@ -411,6 +415,12 @@ simple_index!(
     FailoverPolicy,
     Kind::FailoverPolicy,
     failover_policies,
+    namespaced_of
+);
+simple_index!(
+    FailoverDrill,
+    Kind::FailoverDrill,
+    failover_drills,
     namespaced_of
 );
 

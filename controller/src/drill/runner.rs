@@ -1,0 +1,644 @@
+//! One drill, start to end: the state machine of a drill task.
+//!
+//! ```text
+//!  status Running at startup ─► recover: actuator.restore (kill/blackhole), Failed
+//!  plan() refuses ─► Failed (Accepted=False/Invalid|ModeUnsupported)
+//!  Pending (Accepted) ─► wait for the slot (Accepted=False/Conflicted naming the running drill)
+//!  resolve() refuses ─► Failed (Accepted=False/Invalid)
+//!  Running: Started ─► baseline (one window) ─► fail target ─► TargetFailed (failTime)
+//!     ─► every 1 s: sample, guards ─► trip: GuardTripped + Aborted
+//!     ─► restore ─► Restored (restoreTime) ─► after-period (one window) ─► Completed
+//!        ─► Succeeded | Aborted (figures)
+//!  deleted ─► restore, end (nothing to write to)   shutdown ─► restore, Failed
+//! ```
+//!
+//! Every wait is bounded: the baseline, run and after-period by the spec, the proxies'
+//! acknowledgement and the actuator by the controller's drill ack timeout, status writes and
+//! Events by the write timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use meridian_crds::meridian::{DrillPhase, FailoverDrill, drill as d};
+use meridian_model::snapshot::Drain;
+use meridian_model::traffic::GatewayTraffic;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::manager::{DrillCtx, SlotGuard, created};
+use super::plan::{Plan, Refusal, Resolved, gateway_in_scope, plan, resolve, scoped_gateways};
+use super::report::{Reporter, rfc3339_millis};
+use super::traffic::{Samples, figures, humantime, trip};
+use super::{DrillKey, DrillMode, DrillTarget};
+use crate::translate::{GatewayRef, ProgrammedState};
+
+/// How long a rollback on controller shutdown may take (the controller waits 5 s per task).
+const SHUTDOWN_RESTORE: Duration = Duration::from_secs(3);
+
+/// How often the proxies' acknowledgement is checked.
+const ACK_POLL: Duration = Duration::from_millis(50);
+
+/// Why a drill stops early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// The drill object is gone (or was replaced): restore, write nothing.
+    Deleted,
+    /// The controller shuts down: restore quickly, write Failed.
+    Shutdown,
+}
+
+struct Signals {
+    cancel: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+async fn cancelled(rx: &mut watch::Receiver<bool>) -> bool {
+    rx.wait_for(|c| *c).await.map(drop).is_ok()
+}
+
+impl Signals {
+    async fn stopped(&mut self) -> Stop {
+        tokio::select! {
+            // A closed channel means the manager is gone: the controller stops.
+            c = cancelled(&mut self.cancel) => if c { Stop::Deleted } else { Stop::Shutdown },
+            _ = crate::stopped(&mut self.shutdown) => Stop::Shutdown,
+        }
+    }
+
+    async fn guard<F: Future>(&mut self, f: F) -> Result<F::Output, Stop> {
+        tokio::select! {
+            biased;
+            s = self.stopped() => Err(s),
+            v = f => Ok(v),
+        }
+    }
+}
+
+/// Runs one drill to its end. The manager spawns it once per drill uid.
+pub(crate) async fn drill_task(
+    ctx: Arc<DrillCtx>,
+    key: DrillKey,
+    drill: Arc<FailoverDrill>,
+    cancel: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(client) = ctx.clients.get(&key.cluster).cloned() else {
+        return;
+    };
+    let rep = Reporter::new(
+        client,
+        &key.cluster,
+        &drill,
+        ctx.write_timeout,
+        Arc::clone(&ctx.metrics),
+    );
+    let mut run = Run {
+        id: format!("{}/{}", key.namespace, key.name),
+        ctx,
+        key,
+        rep,
+        sig: Signals { cancel, shutdown },
+    };
+    run.main(&drill).await;
+}
+
+struct Run {
+    ctx: Arc<DrillCtx>,
+    key: DrillKey,
+    /// `namespace/name`, the drain's `drill`.
+    id: String,
+    rep: Reporter,
+    sig: Signals,
+}
+
+impl Run {
+    async fn main(&mut self, drill: &FailoverDrill) {
+        if self.rep.phase() == Some(DrillPhase::Running) {
+            return self.recover(drill).await;
+        }
+        let plan = match plan(
+            &drill.spec,
+            &self.key.namespace,
+            self.ctx.actuator.is_some(),
+        ) {
+            Ok(p) => p,
+            Err(r) => return self.refuse(r).await,
+        };
+        let ctx = Arc::clone(&self.ctx);
+        let place = ctx.slot.enqueue(created(drill), self.key.clone());
+        if self.wait_turn(&place).await.is_err() {
+            // Nothing was done yet: nothing to restore. A deleted drill needs no status; on
+            // shutdown it stays Pending and the next controller runs it.
+            return;
+        }
+        self.execute(&plan).await;
+        drop(place);
+    }
+
+    /// Waits for the run slot, keeping `Accepted` and the message current.
+    async fn wait_turn(&mut self, place: &SlotGuard<'_>) -> Result<(), Stop> {
+        let ctx = Arc::clone(&self.ctx);
+        let mut changes = ctx.slot.subscribe();
+        if self.rep.phase().is_none() {
+            self.rep.status.phase = Some(DrillPhase::Pending);
+            self.rep.status.message = Some("accepted".into());
+            self.rep
+                .condition(d::ACCEPTED, true, d::REASON_ACCEPTED, "the drill is valid");
+            self.rep.write().await;
+        }
+        let mut noted: Option<String> = None;
+        loop {
+            match ctx.slot.try_take(place) {
+                Ok(()) => return Ok(()),
+                Err(blocker) => {
+                    let msg =
+                        format!("waiting for drill {blocker} to finish (one drill runs at a time)");
+                    if noted.as_deref() != Some(msg.as_str()) {
+                        tracing::info!(drill = %self.key, "{msg}");
+                        self.rep.status.phase = Some(DrillPhase::Pending);
+                        self.rep.status.message = Some(msg.clone());
+                        self.rep
+                            .condition(d::ACCEPTED, false, d::REASON_CONFLICTED, &msg);
+                        self.rep.write().await;
+                        noted = Some(msg);
+                    }
+                }
+            }
+            // The slot state lives as long as `ctx`: `changed` cannot fail here.
+            let _ = self.sig.guard(changes.changed()).await?;
+        }
+    }
+
+    async fn execute(&mut self, plan: &Plan) {
+        let ctx = Arc::clone(&self.ctx);
+        let resolved = match resolve(plan, &self.id, &ctx.shared.published()) {
+            Ok(r) => r,
+            Err(r) => return self.refuse(r).await,
+        };
+        let window = plan.guards.window;
+        let started = Timestamp::now();
+        let what = describe(plan, &resolved);
+        tracing::info!(drill = %self.key, "drill started: {what}");
+        self.rep.status.phase = Some(DrillPhase::Running);
+        self.rep.status.start_time = Some(rfc3339_millis(started));
+        self.rep.status.message = Some(format!("measuring the baseline for {}", humantime(window)));
+        self.rep
+            .condition(d::ACCEPTED, true, d::REASON_ACCEPTED, "the drill is valid");
+        self.rep.condition(
+            d::COMPLETE,
+            false,
+            d::REASON_RUNNING,
+            "the drill is running",
+        );
+        self.rep.timeline(d::STARTED, what.clone(), started);
+        self.rep.write().await;
+        self.rep.event(false, d::STARTED, &what).await;
+
+        // Baseline.
+        let mut samples = Samples::default();
+        self.sample(&mut samples, plan);
+        let base0 = samples.latest().cloned().unwrap_or_default();
+        if let Err(stop) = self.measure(&mut samples, plan, window).await {
+            if stop == Stop::Shutdown {
+                self.finish(
+                    DrillPhase::Failed,
+                    d::FAILED,
+                    "controller shut down before the target was failed; nothing to restore".into(),
+                )
+                .await;
+            }
+            return;
+        }
+        let fail_base = samples.latest().cloned().unwrap_or_default();
+        let before = fail_base.since(&base0);
+
+        // Fail the target.
+        let fail_requested = Instant::now();
+        self.rep.status.message = Some(format!("failing the target ({})", plan.mode));
+        let failed = self.sig.guard(fail_target(&ctx, plan, &resolved)).await;
+        let done = match failed {
+            Err(stop) => return self.stopped_while_failed(plan, stop).await,
+            Ok(Err(why)) => {
+                let restored = restore_target(&ctx, plan, &self.id, Some(ctx.ack_timeout)).await;
+                let msg = match restored {
+                    Ok(_) => format!("{why}; target restored"),
+                    Err(e) => format!("{why}; restoring the target failed too: {e}"),
+                };
+                return self.finish(DrillPhase::Failed, d::FAILED, msg).await;
+            }
+            Ok(Ok(done)) => done,
+        };
+        let fail_time = Timestamp::now();
+        let until = fail_time
+            .checked_add(plan.duration)
+            .map(rfc3339_millis)
+            .unwrap_or_default();
+        tracing::info!(drill = %self.key, "target failed: {done}");
+        self.rep.status.fail_time = Some(rfc3339_millis(fail_time));
+        self.rep.status.message = Some(format!("target failed until {until}"));
+        self.rep.timeline(d::TARGET_FAILED, done.clone(), fail_time);
+        self.rep.write().await;
+        self.rep.event(false, d::TARGET_FAILED, &done).await;
+
+        // Run, guards every second.
+        let end = Instant::now() + plan.duration;
+        let mut tripped: Option<String> = None;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            let next = (now + Duration::from_secs(1)).min(end);
+            if let Err(stop) = self.sig.guard(tokio::time::sleep_until(next)).await {
+                return self.stopped_while_failed(plan, stop).await;
+            }
+            self.sample(&mut samples, plan);
+            if let Some(why) = samples
+                .window(window, fail_requested)
+                .and_then(|w| trip(&plan.guards, &w))
+            {
+                tripped = Some(why);
+                break;
+            }
+        }
+        let during = samples
+            .latest()
+            .map(|t| t.since(&fail_base))
+            .unwrap_or_default();
+        if let Some(why) = &tripped {
+            let now = Timestamp::now();
+            tracing::warn!(drill = %self.key, "guard tripped: {why}; rolling back");
+            self.rep.status.abort_reason = Some(why.clone());
+            self.rep.status.message = Some(format!("aborted: {why}; restoring the target"));
+            self.rep.timeline(d::GUARD_TRIPPED, why.clone(), now);
+            self.rep
+                .timeline(d::ABORTED, "rolling back at once".to_string(), now);
+            self.rep.write().await;
+            self.rep.event(true, d::GUARD_TRIPPED, why).await;
+        }
+
+        // Restore (not interruptible: it is what an interruption would do, and it is bounded).
+        let restored = restore_target(&ctx, plan, &self.id, Some(ctx.ack_timeout)).await;
+        let restore_time = Timestamp::now();
+        match restored {
+            Ok(msg) => {
+                self.rep.status.restore_time = Some(rfc3339_millis(restore_time));
+                self.rep.timeline(d::RESTORED, msg.clone(), restore_time);
+                self.rep.status.message = Some(format!(
+                    "target restored; measuring for {}",
+                    humantime(window)
+                ));
+                self.rep.write().await;
+                self.rep.event(false, d::RESTORED, &msg).await;
+            }
+            Err(e) => {
+                self.rep.status.figures =
+                    Some(figures(&before, &during, &GatewayTraffic::default()));
+                let msg = format!("restoring the target failed: {e}; restore it by hand");
+                return self.finish(DrillPhase::Failed, d::FAILED, msg).await;
+            }
+        }
+
+        // After-period.
+        self.sample(&mut samples, plan);
+        let after_base = samples.latest().cloned().unwrap_or_default();
+        if self.measure(&mut samples, plan, window).await == Err(Stop::Deleted) {
+            return;
+        }
+        let after = samples
+            .latest()
+            .map(|t| t.since(&after_base))
+            .unwrap_or_default();
+        let figs = figures(&before, &during, &after);
+        let summary = summarize(&figs);
+        self.rep.status.figures = Some(figs);
+        match tripped {
+            None => {
+                self.finish(DrillPhase::Succeeded, d::COMPLETED, summary)
+                    .await
+            }
+            Some(why) => {
+                self.finish(
+                    DrillPhase::Aborted,
+                    d::COMPLETED,
+                    format!("aborted: {why}; {summary}"),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Samples for `length` (every second), unless interrupted.
+    async fn measure(
+        &mut self,
+        samples: &mut Samples,
+        plan: &Plan,
+        length: Duration,
+    ) -> Result<(), Stop> {
+        let end = Instant::now() + length;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return Ok(());
+            }
+            let next = (now + Duration::from_secs(1)).min(end);
+            self.sig.guard(tokio::time::sleep_until(next)).await?;
+            self.sample(samples, plan);
+        }
+    }
+
+    /// Adds the current traffic of the scoped Gateways (every cluster) to `samples`.
+    fn sample(&self, samples: &mut Samples, plan: &Plan) {
+        let mut total = GatewayTraffic::default();
+        for gw in scoped_gateways(plan, &self.ctx.shared.published()) {
+            if let Some(t) = self.ctx.data_plane.traffic(&gw) {
+                total.merge(&t);
+            }
+        }
+        samples.push(Instant::now(), total);
+    }
+
+    /// The drill was deleted or the controller stops while the target may be failed.
+    async fn stopped_while_failed(&mut self, plan: &Plan, stop: Stop) {
+        let ctx = Arc::clone(&self.ctx);
+        match stop {
+            Stop::Deleted => {
+                let r = restore_target(&ctx, plan, &self.id, Some(ctx.ack_timeout)).await;
+                tracing::info!(drill = %self.key, result = ?r, "drill deleted while running: target restored");
+            }
+            Stop::Shutdown => {
+                // The reconcile loop withdraws drains from the snapshots on its way out too.
+                let r = tokio::time::timeout(
+                    SHUTDOWN_RESTORE,
+                    restore_target(&ctx, plan, &self.id, None),
+                )
+                .await;
+                let msg = match r {
+                    Ok(Ok(_)) => {
+                        "controller shut down during the drill; target restored".to_string()
+                    }
+                    Ok(Err(e)) => format!(
+                        "controller shut down during the drill; restoring the target failed: {e}"
+                    ),
+                    Err(_) => "controller shut down during the drill; restoring the target did \
+                               not finish in time: check it by hand"
+                        .to_string(),
+                };
+                self.finish(DrillPhase::Failed, d::FAILED, msg).await;
+            }
+        }
+    }
+
+    /// A drill found `Running` when this controller started: its runner died with the previous
+    /// controller. Drains died with it too; kill/blackhole targets are restored here.
+    async fn recover(&mut self, drill: &FailoverDrill) {
+        let mode = drill
+            .spec
+            .mode
+            .as_deref()
+            .and_then(DrillMode::parse)
+            .unwrap_or(DrillMode::Drain);
+        let target = DrillTarget {
+            cluster: drill.spec.target.cluster.clone(),
+            region: drill.spec.target.region.clone(),
+            zone: drill.spec.target.zone.clone(),
+        };
+        let msg = if mode == DrillMode::Drain {
+            "controller restarted during the drill; target restored".to_string()
+        } else {
+            match &self.ctx.actuator {
+                Some(a) => {
+                    match tokio::time::timeout(self.ctx.ack_timeout, a.restore(mode, &target)).await
+                    {
+                        Ok(Ok(_)) => {
+                            "controller restarted during the drill; target restored".into()
+                        }
+                        Ok(Err(e)) => format!(
+                            "controller restarted during the drill; restoring the target failed: {e}"
+                        ),
+                        Err(_) => {
+                            "controller restarted during the drill; restoring the target timed \
+                               out: check it by hand"
+                                .into()
+                        }
+                    }
+                }
+                None => format!(
+                    "controller restarted during the drill; this controller has no drill actuator \
+                     to undo mode {mode}: check target {target} by hand"
+                ),
+            }
+        };
+        tracing::warn!(drill = %self.key, "{msg}");
+        self.finish(DrillPhase::Failed, d::FAILED, msg).await;
+    }
+
+    async fn refuse(&mut self, r: Refusal) {
+        tracing::info!(drill = %self.key, reason = r.reason, "drill refused: {}", r.message);
+        self.rep.condition(d::ACCEPTED, false, r.reason, &r.message);
+        self.finish(DrillPhase::Failed, d::FAILED, r.message).await;
+    }
+
+    /// Terminal phase: message, `Complete=True`, completionTime, timeline entry, Event.
+    async fn finish(&mut self, phase: DrillPhase, entry: &str, message: String) {
+        let now = Timestamp::now();
+        self.rep.status.phase = Some(phase);
+        self.rep.status.completion_time = Some(rfc3339_millis(now));
+        self.rep.status.message = Some(message.clone());
+        self.rep
+            .condition(d::COMPLETE, true, phase.as_str(), &message);
+        self.rep.timeline(entry, message.clone(), now);
+        self.rep.write().await;
+        let warning = phase != DrillPhase::Succeeded;
+        self.rep.event(warning, entry, &message).await;
+    }
+}
+
+/// What the drill does, for the Started entry.
+fn describe(plan: &Plan, resolved: &Resolved) -> String {
+    let gws = if plan.gateways.is_empty() {
+        "every Gateway".to_string()
+    } else {
+        plan.gateways
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let backends = if resolved.backends.is_empty() {
+        "every backend".to_string()
+    } else {
+        resolved.backends.join(", ")
+    };
+    format!(
+        "mode {} of {} for {}; scope: {gws}; {backends}",
+        plan.mode,
+        plan.target,
+        humantime(plan.duration)
+    )
+}
+
+fn summarize(f: &meridian_crds::meridian::DrillFigures) -> String {
+    let mut s = format!(
+        "requests before/during/after: {}/{}/{}; failed during: {}",
+        f.requests_before, f.requests_during, f.requests_after, f.failed_during
+    );
+    if let Some(p) = f.error_percent_during {
+        s.push_str(&format!(" ({p} %)"));
+    }
+    if let Some(p) = f.p99_ms_during {
+        s.push_str(&format!("; p99 during: {p} ms"));
+    }
+    if !f.share_during.is_empty() {
+        let shares: Vec<String> = f
+            .share_during
+            .iter()
+            .map(|(r, p)| format!("{r} {p} %"))
+            .collect();
+        s.push_str(&format!("; share during: {}", shares.join(", ")));
+    }
+    s
+}
+
+/// Fails the target: publishes the drain and waits for the proxies, or calls the actuator.
+/// `Ok` describes what was done.
+async fn fail_target(ctx: &DrillCtx, plan: &Plan, resolved: &Resolved) -> Result<String, String> {
+    match plan.mode {
+        DrillMode::Drain => {
+            ctx.shared.set_drain(resolved.drain.clone());
+            let want = ctx.shared.drains();
+            let acked = wait_acked(ctx, plan, &want, ctx.ack_timeout)
+                .await
+                .map_err(|e| format!("the proxies did not take the drain: {e}"))?;
+            Ok(format!("drain of {} {acked}", plan.target))
+        }
+        mode => {
+            let actuator = ctx
+                .actuator
+                .as_ref()
+                .ok_or_else(|| format!("mode {mode} needs a drill actuator"))?;
+            match tokio::time::timeout(ctx.ack_timeout, actuator.fail(mode, &plan.target)).await {
+                Ok(Ok(done)) => Ok(done),
+                Ok(Err(e)) => Err(format!(
+                    "the actuator could not {mode} {}: {e}",
+                    plan.target
+                )),
+                Err(_) => Err(format!(
+                    "the actuator did not {mode} {} within {}",
+                    plan.target,
+                    humantime(ctx.ack_timeout)
+                )),
+            }
+        }
+    }
+}
+
+/// Undoes [`fail_target`]. With `ack`, waits (bounded) for the proxies to take the drain-free
+/// snapshot; a restore the proxies have not acknowledged in time is still a restore (the
+/// controller no longer serves the drain), and the message says who did not answer.
+async fn restore_target(
+    ctx: &DrillCtx,
+    plan: &Plan,
+    id: &str,
+    ack: Option<Duration>,
+) -> Result<String, String> {
+    match plan.mode {
+        DrillMode::Drain => {
+            ctx.shared.remove_drain(id);
+            let Some(timeout) = ack else {
+                return Ok("drain removed".into());
+            };
+            let want = ctx.shared.drains();
+            Ok(match wait_acked(ctx, plan, &want, timeout).await {
+                Ok(acked) => format!("drain removed; {acked}"),
+                Err(e) => format!("drain removed, but {e}"),
+            })
+        }
+        mode => {
+            let actuator = ctx
+                .actuator
+                .as_ref()
+                .ok_or_else(|| format!("mode {mode} needs a drill actuator"))?;
+            let limit = ack.unwrap_or(SHUTDOWN_RESTORE);
+            match tokio::time::timeout(limit, actuator.restore(mode, &plan.target)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "the actuator did not restore within {}",
+                    humantime(limit)
+                )),
+            }
+        }
+    }
+}
+
+/// Waits until every published snapshot carries exactly `want` as drains and every connected
+/// proxy of the scoped Gateways acknowledged it. `Ok` says how many acknowledged.
+async fn wait_acked(
+    ctx: &DrillCtx,
+    plan: &Plan,
+    want: &[Drain],
+    timeout: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let published = ctx.shared.published();
+        let mut waiting: Vec<String> = Vec::new();
+        let (mut acked, mut no_proxy) = (0usize, 0usize);
+        for (cluster, snap) in &published {
+            if snap.drains != want {
+                waiting.push(format!("{cluster}: snapshot not published yet"));
+                continue;
+            }
+            for g in &snap.gateways {
+                if !gateway_in_scope(plan, &g.namespace, &g.name) {
+                    continue;
+                }
+                let gw = GatewayRef::new(cluster.clone(), &g.namespace, &g.name);
+                match ctx.data_plane.programmed(&gw) {
+                    ProgrammedState::Applied(n) if n >= snap.generation => acked += 1,
+                    ProgrammedState::NoProxy => no_proxy += 1,
+                    ProgrammedState::Refused(why) => {
+                        return Err(format!(
+                            "the proxies of Gateway {}/{} in {cluster} refused snapshot {}: {why}",
+                            g.namespace, g.name, snap.generation
+                        ));
+                    }
+                    ProgrammedState::Applied(n) => waiting.push(format!(
+                        "{cluster}/{}/{} (at generation {n} of {})",
+                        g.namespace, g.name, snap.generation
+                    )),
+                    ProgrammedState::Pending => waiting.push(format!(
+                        "{cluster}/{}/{} (generation {} not acknowledged)",
+                        g.namespace, g.name, snap.generation
+                    )),
+                }
+            }
+        }
+        if waiting.is_empty() {
+            let mut s = format!(
+                "acknowledged by the proxies of {acked} Gateway(s) in {} cluster(s)",
+                published.len()
+            );
+            if no_proxy > 0 {
+                s.push_str(&format!("; {no_proxy} Gateway(s) have no connected proxy"));
+            }
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            let more = waiting.len().saturating_sub(5);
+            waiting.truncate(5);
+            let mut s = format!(
+                "not acknowledged within {}: {}",
+                humantime(timeout),
+                waiting.join(", ")
+            );
+            if more > 0 {
+                s.push_str(&format!(" and {more} more"));
+            }
+            return Err(s);
+        }
+        tokio::time::sleep(ACK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}

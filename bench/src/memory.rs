@@ -1,0 +1,167 @@
+//! Proxy memory: resident memory at 10 / 1k / 10k routes, and per idle keep-alive connection.
+//!
+//! Routes: each proxy is started with `n` host routes (one rule and one backend each, see
+//! [`Routes::Hosts`]), warmed with requests spread over all routes on one keep-alive connection,
+//! then its memory is read from `/proc`: RSS of the serving process (nginx: the worker) and PSS
+//! summed over the process tree (nginx's master and worker share their configuration
+//! copy-on-write; PSS counts each page once). Cost per route = (RSS at n − RSS at the smallest
+//! n) / (n − smallest n).
+//!
+//! Idle connections: with the smallest route table, `idle` connections are opened, each sends one
+//! request and then stays open; after a second the serving process's RSS growth / `idle` is the
+//! cost per idle connection. Each connection then sends a second request, so a proxy that quietly
+//! closed them cannot look cheap.
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::stack::{self, Proxy, Routes, host};
+use crate::sys::{http_get, loopback, pss_tree_kib, rss_kib};
+use crate::{Env, Opts};
+
+const WARM_REQUESTS: usize = 2_000;
+
+fn warm(p: &Proxy, n: usize) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(loopback(p.port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    for k in 0..WARM_REQUESTS {
+        let code = http_get(&mut s, &host((k * 7919) % n))?;
+        if code != 200 {
+            bail!("{} answered {code} for route {}", p.name, (k * 7919) % n);
+        }
+    }
+    Ok(())
+}
+
+struct Idle {
+    before_kib: u64,
+    after_kib: u64,
+    alive: usize,
+}
+
+fn idle(p: &Proxy, count: usize) -> anyhow::Result<Idle> {
+    let pid = p.serving_pid();
+    let before_kib = rss_kib(pid).context("reading RSS")?;
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut s = TcpStream::connect(loopback(p.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        http_get(&mut s, &host(0))?;
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let after_kib = rss_kib(pid).context("reading RSS")?;
+    let mut alive = 0;
+    for s in &mut conns {
+        if matches!(http_get(s, &host(0)), Ok(200)) {
+            alive += 1;
+        }
+    }
+    Ok(Idle {
+        before_kib,
+        after_kib,
+        alive,
+    })
+}
+
+/// Prints both tables.
+pub fn run(env: &Env, opts: &Opts) -> anyhow::Result<()> {
+    let backend = stack::backend(&env.meridian, &env.dir)?;
+    let mut sizes = opts.routes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let Some(&smallest) = sizes.first() else {
+        bail!("--routes needs at least one size");
+    };
+    if smallest == 0 {
+        bail!("--routes sizes must be at least 1");
+    }
+    // (name, routes, rss KiB, pss KiB)
+    let mut rows: Vec<(String, usize, u64, u64)> = Vec::new();
+    let mut idle_rows: Vec<(String, Idle)> = Vec::new();
+    for (kind, name, bin) in env.proxy_kinds() {
+        for &n in &sizes {
+            let p = stack::start(
+                kind,
+                &name,
+                &bin,
+                &env.dir.join(format!("mem-{n}")),
+                backend.port,
+                Routes::Hosts(n),
+                None,
+            )?;
+            warm(&p, n)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let rss = rss_kib(p.serving_pid()).context("reading RSS")?;
+            let pss = pss_tree_kib(p.pid).context("reading PSS")?;
+            eprintln!(
+                "memory: {name:<12} {n:>6} routes: RSS {} KiB, PSS(tree) {} KiB",
+                rss, pss
+            );
+            rows.push((name.clone(), n, rss, pss));
+            if n == smallest && opts.idle > 0 {
+                let r = idle(&p, opts.idle)?;
+                eprintln!(
+                    "memory: {name:<12} {} idle connections: RSS {} → {} KiB, {} still served",
+                    opts.idle, r.before_kib, r.after_kib, r.alive
+                );
+                idle_rows.push((name.clone(), r));
+            }
+        }
+    }
+
+    println!("## Proxy memory by route count (one rule + one backend per route; after warm-up)");
+    println!();
+    println!(
+        "| proxy | routes | RSS MiB (serving process) | PSS MiB (process tree) | \
+         KiB per route (RSS, vs {smallest} routes) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, n, rss, pss) in &rows {
+        let base = rows
+            .iter()
+            .find(|r| &r.0 == name && r.1 == smallest)
+            .map_or(*rss, |r| r.2);
+        let per = if *n > smallest {
+            format!(
+                "{:.1}",
+                (*rss as f64 - base as f64) / (*n - smallest) as f64
+            )
+        } else {
+            "–".into()
+        };
+        println!(
+            "| {name} | {n} | {:.1} | {:.1} | {per} |",
+            *rss as f64 / 1024.0,
+            *pss as f64 / 1024.0
+        );
+    }
+    println!();
+    if !idle_rows.is_empty() {
+        println!(
+            "## Proxy memory per idle keep-alive connection ({} connections, one request each, \
+             {smallest} routes)",
+            opts.idle
+        );
+        println!();
+        println!(
+            "| proxy | RSS before MiB | RSS with idle connections MiB | KiB per connection | \
+             connections still served |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for (name, r) in &idle_rows {
+            println!(
+                "| {name} | {:.1} | {:.1} | {:.1} | {} / {} |",
+                r.before_kib as f64 / 1024.0,
+                r.after_kib as f64 / 1024.0,
+                (r.after_kib as f64 - r.before_kib as f64) / opts.idle as f64,
+                r.alive,
+                opts.idle
+            );
+        }
+        println!();
+    }
+    Ok(())
+}

@@ -1,11 +1,14 @@
 //! Status as data: what translation wants written, and the pure merge rules that make writes
 //! idempotent.
 //!
+//! Kinds with a status: GatewayClass, Gateway, HTTPRoute and Meridian's FailoverPolicy (its
+//! `status.conditions` + `status.targets`, in the cluster where the policy lives).
+//!
 //! Translation builds the desired status of every object it owns and merges it with the copy it
 //! has in the index ([`merge_conditions`], [`merge_route_parents`]); a [`StatusUpdate`] is emitted
 //! only when the result differs from that copy by more than timestamps ([`eq_ignoring_time`]). The
-//! writer (one per cluster) sends it — SSA for GatewayClass and Gateway, whose status only we
-//! write; read-modify-write for HTTPRoute, whose `status.parents` list is atomic and shared with
+//! writer (one per cluster) sends it — SSA for GatewayClass, Gateway and FailoverPolicy, whose
+//! status only we write; read-modify-write for HTTPRoute, whose `status.parents` list is atomic and shared with
 //! other controllers, re-running [`merge_route_parents`] on the freshly read object.
 //!
 //! For HTTPRoute, [`StatusUpdate::status`] holds the merged list computed against the indexed
@@ -47,12 +50,17 @@ pub enum StatusKind {
     Gateway,
     /// HTTPRoute.
     HttpRoute,
+    /// `meridian.dev` FailoverPolicy.
+    FailoverPolicy,
 }
 
 impl StatusKind {
     /// `apiVersion` to send with a status patch.
     pub fn api_version(self) -> &'static str {
-        "gateway.networking.k8s.io/v1"
+        match self {
+            StatusKind::FailoverPolicy => "meridian.dev/v1alpha1",
+            _ => "gateway.networking.k8s.io/v1",
+        }
     }
 
     /// `kind` to send with a status patch.
@@ -61,9 +69,18 @@ impl StatusKind {
             StatusKind::GatewayClass => "GatewayClass",
             StatusKind::Gateway => "Gateway",
             StatusKind::HttpRoute => "HTTPRoute",
+            StatusKind::FailoverPolicy => "FailoverPolicy",
         }
     }
 }
+
+/// Implementation-specific Gateway condition: the Gateway's snapshot serves last-known
+/// endpoints of a member cluster whose API is unreachable (status `True` while it does; absent
+/// otherwise).
+pub const STALE_ENDPOINTS: &str = "meridian.dev/StaleEndpoints";
+
+/// Reason of [`STALE_ENDPOINTS`].
+pub const REASON_CLUSTER_UNREACHABLE: &str = "ClusterUnreachable";
 
 /// One status write to make.
 #[derive(Clone, Debug, PartialEq)]

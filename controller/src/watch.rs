@@ -360,6 +360,7 @@ fn status_kind(kind: Kind) -> Option<StatusKind> {
         Kind::GatewayClass => Some(StatusKind::GatewayClass),
         Kind::Gateway => Some(StatusKind::Gateway),
         Kind::HttpRoute => Some(StatusKind::HttpRoute),
+        Kind::FailoverPolicy => Some(StatusKind::FailoverPolicy),
         _ => None,
     }
 }

@@ -295,6 +295,7 @@ impl ClusterState {
             StatusKind::GatewayClass => &self.gateway_classes.get(&key.name)?.metadata,
             StatusKind::Gateway => &self.gateways.get(key)?.metadata,
             StatusKind::HttpRoute => &self.http_routes.get(key)?.metadata,
+            StatusKind::FailoverPolicy => &self.failover_policies.get(key)?.metadata,
         })
     }
 
@@ -304,6 +305,7 @@ impl ClusterState {
             StatusKind::GatewayClass => self.gateway_classes.contains_key(&key.name),
             StatusKind::Gateway => self.gateways.contains_key(key),
             StatusKind::HttpRoute => self.http_routes.contains_key(key),
+            StatusKind::FailoverPolicy => self.failover_policies.contains_key(key),
         }
     }
 

@@ -4,7 +4,8 @@
 //! reconcile loop ── submit(update, resourceVersion of the indexed copy) ──► pending (one per object,
 //!                                                                          latest wins; never blocks)
 //! writer task: take the due job with the earliest time ─► write (bounded by a timeout)
-//!     GatewayClass, Gateway: server-side apply of `status` (field manager `meridian`, force)
+//!     GatewayClass, Gateway, FailoverPolicy: server-side apply of `status` (field manager
+//!         `meridian`, force)
 //!     HTTPRoute: PUT …/status of the indexed copy (its resourceVersion guards the write);
 //!                on 409: GET, re-merge our parents over the fresh list, PUT again (≤ 3 times)
 //!     ok ─► done │ 404 / 422 / newer generation ─► dropped │ other failure ─► retried with backoff
@@ -31,6 +32,7 @@ use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParents};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Resource as _};
+use meridian_crds::meridian::FailoverPolicy;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -355,11 +357,13 @@ fn api_for<K: kube::Resource<DynamicType = ()>>(
 async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(), WriteError> {
     let u = &job.update;
     match u.kind {
-        StatusKind::GatewayClass | StatusKind::Gateway => {
-            let api = if u.kind == StatusKind::GatewayClass {
-                api_for::<GatewayClass>(client, None)
-            } else {
-                api_for::<Gateway>(client, u.namespace.as_deref())
+        StatusKind::GatewayClass | StatusKind::Gateway | StatusKind::FailoverPolicy => {
+            let api = match u.kind {
+                StatusKind::GatewayClass => api_for::<GatewayClass>(client, None),
+                StatusKind::FailoverPolicy => {
+                    api_for::<FailoverPolicy>(client, u.namespace.as_deref())
+                }
+                _ => api_for::<Gateway>(client, u.namespace.as_deref()),
             };
             let mut metadata = json!({ "name": u.name });
             if let Some(ns) = &u.namespace {

@@ -126,17 +126,15 @@ pub(crate) fn resolve(
         .entry(key)
         .or_insert_with(|| resolve_uncached(ctx, r));
     match resolved {
-        Ok((protocol, endpoints)) => Ok(BackendTarget::Endpoints {
-            protocol: *protocol,
-            endpoints: endpoints.clone(),
-            failover: super::failover::policy_for(
-                ctx.cluster,
-                r.namespace,
-                r.group,
-                r.kind,
-                r.name,
-            ),
-        }),
+        Ok((protocol, endpoints)) => Ok(super::failover::backend_target(
+            ctx,
+            r.namespace,
+            r.group,
+            r.kind,
+            r.name,
+            *protocol,
+            endpoints,
+        )),
         Err(p) => Err(p.clone()),
     }
 }

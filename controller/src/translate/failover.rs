@@ -1,35 +1,103 @@
-//! FailoverPolicy → the model's per-backend failover policy.
+//! FailoverPolicy → the model's per-backend failover policy, the policy's status, and the
+//! stale-endpoint (cluster circuit breaker) reporting.
 //!
 //! ```text
 //! backendRef (group, kind, ns/name) ─► FailoverPolicies of this cluster in ns whose targetRefs
-//!                                      name that object ─► oldest wins (creationTimestamp, then
-//!                                      name: Gateway API conflict rule) ─► to_model (durations
-//!                                      parsed; an invalid policy is skipped, not half-applied)
+//!                                      name that object ─► oldest valid wins (creationTimestamp,
+//!                                      then name: Gateway API conflict rule) ─► to_model
+//!                                      (durations parsed; an invalid policy is skipped, not
+//!                                      half-applied) ─► endpoints of clusters unreachable for
+//!                                      longer than its staleEndpointTTL dropped
+//!
+//! every policy of the cluster ─► validate ─┬─ Err ─► Accepted=False/Invalid (message: the field)
+//!                                          └─ Ok ─► per target: exists? ─ no ─► TargetNotFound
+//!                                                   oldest valid policy for it? ─ no ─► Conflicted
+//!                                                   (naming the older one) ─ yes ─► applied
+//!                              Accepted=True/Accepted when ≥ 1 target applies, else
+//!                              Accepted=False/Conflicted (any conflicted) or /TargetNotFound
+//!
+//! Gateway's served routes ─► endpoints tagged with a cluster in cfg.unreachable ─►
+//!                            meridian.dev/StaleEndpoints=True (clusters, since, grace end)
 //! ```
 //!
 //! Targets: ServiceImport (`multicluster.x-k8s.io`) and Service (`""`) per backend; an HTTPRoute
 //! target (`gateway.networking.k8s.io`) covers every backend of the route that no backend-level
-//! policy already covers (the more specific target wins). Policy status is not written yet.
+//! policy already covers (the more specific target wins). A ServiceImport target exists when the
+//! policy's cluster has the ServiceImport object or some member cluster exports `ns/name` (what a
+//! ServiceImport backendRef resolves to here). Policy status is written in the policy's own
+//! cluster.
+//!
+//! Unreachable clusters come from the controller's reachability probe ([`UnreachableCluster`] in
+//! [`TranslateConfig::unreachable`](super::TranslateConfig)); the controller withdraws their
+//! EndpointSlices after `--endpoint-grace`, a policy's `staleEndpointTTL` drops them earlier for
+//! its targets ([`next_stale_expiry`] tells the controller when to translate again for that).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use meridian_crds::meridian::{self as crd, FailoverPolicy, parse_duration};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use meridian_crds::meridian::{
+    self as crd, FailoverPolicy, FailoverPolicyStatus, PolicyTargetRef, PolicyTargetStatus,
+    condition, parse_duration,
+};
 use meridian_model::snapshot as model;
 
-use crate::status::GATEWAY_GROUP;
-use crate::world::{ClusterState, ObjectKey};
+use super::Ctx;
+use super::backend::MCS_GROUP;
+use crate::status::{
+    Cond, GATEWAY_GROUP, REASON_CLUSTER_UNREACHABLE, STALE_ENDPOINTS, StatusKind, StatusUpdate,
+    is_stale, merge_conditions, stamp_all,
+};
+use crate::world::{ClusterName, ClusterState, ObjectKey, World};
+
+/// A member cluster whose API the controller cannot reach; its last-known endpoints are still
+/// served until `grace_ends`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreachableCluster {
+    /// First failed probe of the cluster's API.
+    pub since: Timestamp,
+    /// Last successful probe; `None` when it was never reached since the controller started.
+    pub last_contact: Option<Timestamp>,
+    /// When the controller withdraws the cluster's endpoints (`since` + `--endpoint-grace`).
+    pub grace_ends: Timestamp,
+}
+
+/// A policy in effect: the model policy for the snapshot and the stale-endpoint TTL.
+pub(crate) struct Attached {
+    pub model: model::FailoverPolicy,
+    pub stale_ttl: Option<Duration>,
+}
+
+/// The backend target of a resolved backendRef: its endpoints with the policy targeting the
+/// object attached, minus the endpoints that policy's `staleEndpointTTL` no longer allows.
+pub(crate) fn backend_target(
+    ctx: &Ctx<'_>,
+    namespace: &str,
+    group: &str,
+    kind: &str,
+    name: &str,
+    protocol: model::BackendProtocol,
+    endpoints: &[model::Endpoint],
+) -> model::BackendTarget {
+    let attached = policy_for(ctx.cluster, namespace, group, kind, name);
+    let mut endpoints = endpoints.to_vec();
+    if let Some(ttl) = attached.as_ref().and_then(|a| a.stale_ttl) {
+        drop_expired(ctx, ttl, &mut endpoints);
+    }
+    model::BackendTarget::Endpoints {
+        protocol,
+        endpoints,
+        failover: attached.map(|a| a.model),
+    }
+}
 
 /// Gives every backend of `route`'s rules that has no policy yet the policy targeting the route.
-pub(crate) fn attach_route_policy(
-    cluster: &ClusterState,
-    route: &ObjectKey,
-    rules: &mut [model::Rule],
-) {
-    if cluster.failover_policies.is_empty() {
+pub(crate) fn attach_route_policy(ctx: &Ctx<'_>, route: &ObjectKey, rules: &mut [model::Rule]) {
+    if ctx.cluster.failover_policies.is_empty() {
         return;
     }
     let Some(policy) = policy_for(
-        cluster,
+        ctx.cluster,
         &route.namespace,
         GATEWAY_GROUP,
         "HTTPRoute",
@@ -37,15 +105,78 @@ pub(crate) fn attach_route_policy(
     ) else {
         return;
     };
-    for rule in rules {
-        for b in &mut rule.backends {
-            if let model::BackendTarget::Endpoints { failover, .. } = &mut b.target
-                && failover.is_none()
-            {
-                *failover = Some(policy.clone());
+    let attach = |b: &mut model::Backend| {
+        if let model::BackendTarget::Endpoints {
+            failover,
+            endpoints,
+            ..
+        } = &mut b.target
+            && failover.is_none()
+        {
+            *failover = Some(policy.model.clone());
+            if let Some(ttl) = policy.stale_ttl {
+                drop_expired(ctx, ttl, endpoints);
             }
         }
+    };
+    for rule in rules {
+        for b in &mut rule.backends {
+            attach(b);
+        }
     }
+}
+
+/// Removes the endpoints of clusters unreachable for `ttl` or longer.
+fn drop_expired(ctx: &Ctx<'_>, ttl: Duration, endpoints: &mut Vec<model::Endpoint>) {
+    if ctx.cfg.unreachable.is_empty() {
+        return;
+    }
+    let now = ctx.cfg.now;
+    endpoints.retain(|e| {
+        ctx.cfg
+            .unreachable
+            .get(&e.cluster)
+            .is_none_or(|u| expiry(u.since, ttl).is_some_and(|t| now < t))
+    });
+}
+
+/// `since + ttl`, `None` when out of range (then: already expired, the safe reading).
+fn expiry(since: Timestamp, ttl: Duration) -> Option<Timestamp> {
+    let ttl = SignedDuration::try_from(ttl).ok()?;
+    since.checked_add(ttl).ok()
+}
+
+/// The earliest future moment at which a policy's `staleEndpointTTL` drops the endpoints of an
+/// unreachable cluster: the controller translates again then (nothing else changes at that
+/// moment).
+pub fn next_stale_expiry(
+    world: &World,
+    unreachable: &BTreeMap<ClusterName, UnreachableCluster>,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    if unreachable.is_empty() {
+        return None;
+    }
+    let ttls: BTreeSet<Duration> = world
+        .clusters
+        .values()
+        .flat_map(|c| c.failover_policies.values())
+        .filter_map(|p| validate(&p.spec).ok()?.stale_ttl)
+        .collect();
+    ttls.iter()
+        .flat_map(|ttl| unreachable.values().filter_map(|u| expiry(u.since, *ttl)))
+        .filter(|t| *t > now)
+        .min()
+}
+
+/// Sort key of the Gateway API conflict rule: older first, then by name (same namespace).
+fn age_key<'a>(key: &'a ObjectKey, p: &FailoverPolicy) -> (i64, &'a str) {
+    let created = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(i64::MAX, |t| t.0.as_second());
+    (created, key.name.as_str())
 }
 
 /// The policy that applies to backend object `group/kind namespace/name` in this cluster.
@@ -55,11 +186,11 @@ pub(crate) fn policy_for(
     group: &str,
     kind: &str,
     name: &str,
-) -> Option<model::FailoverPolicy> {
+) -> Option<Attached> {
     if cluster.failover_policies.is_empty() {
         return None;
     }
-    let mut candidates: Vec<(i64, &str, &FailoverPolicy)> = cluster
+    let mut candidates: Vec<((i64, &str), &FailoverPolicy)> = cluster
         .failover_policies
         .iter()
         .filter(|(k, _)| k.namespace == namespace)
@@ -69,23 +200,307 @@ pub(crate) fn policy_for(
                 .iter()
                 .any(|t| t.group == group && t.kind == kind && t.name == name)
         })
-        .map(|(k, p)| {
-            let created = p
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(i64::MAX, |t| t.0.as_second());
-            (created, k.name.as_str(), p.as_ref())
+        .map(|(k, p)| (age_key(k, p), p.as_ref()))
+        .collect();
+    candidates.sort_by(|a, b| a.0.cmp(&b.0));
+    candidates
+        .into_iter()
+        .find_map(|((_, pname), p)| match validate(&p.spec) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::debug!(policy = %format!("{namespace}/{pname}"), error = %e, "invalid FailoverPolicy skipped");
+                None
+            }
+        })
+}
+
+/// Kinds a policy can target, as `(group, kind)`.
+const TARGET_KINDS: [(&str, &str); 3] = [
+    (MCS_GROUP, "ServiceImport"),
+    ("", "Service"),
+    (GATEWAY_GROUP, "HTTPRoute"),
+];
+
+/// Validates a whole policy: its targets and every field. `Err` names the first invalid field.
+pub(crate) fn validate(spec: &crd::FailoverPolicySpec) -> Result<Attached, String> {
+    if spec.target_refs.is_empty() {
+        return Err("targetRefs: at least one target is required".to_string());
+    }
+    for (i, t) in spec.target_refs.iter().enumerate() {
+        if !TARGET_KINDS.contains(&(t.group.as_str(), t.kind.as_str())) {
+            return Err(format!(
+                "targetRefs[{i}]: kind {:?} of group {:?} cannot be targeted (ServiceImport of \
+                 {MCS_GROUP:?}, Service of \"\", HTTPRoute of {GATEWAY_GROUP:?})",
+                t.kind, t.group
+            ));
+        }
+        if t.name.is_empty() {
+            return Err(format!("targetRefs[{i}].name is empty"));
+        }
+    }
+    let stale_ttl = spec
+        .stale_endpoint_ttl
+        .as_deref()
+        .map(|s| parse_duration(s).map_err(|e| format!("staleEndpointTTL: {e}")))
+        .transpose()?;
+    Ok(Attached {
+        model: to_model(spec)?,
+        stale_ttl,
+    })
+}
+
+/// `Kind name` of a target, for messages.
+fn target_label(t: &PolicyTargetRef) -> String {
+    format!("{} {}", t.kind, t.name)
+}
+
+/// Whether a (valid) target exists for a policy in `namespace` of this cluster; `Err` says why not.
+fn target_exists(ctx: &Ctx<'_>, namespace: &str, t: &PolicyTargetRef) -> Result<(), String> {
+    let key = ObjectKey::new(namespace, t.name.as_str());
+    let cluster = ctx.cluster;
+    let found = match t.kind.as_str() {
+        "Service" => cluster.services.contains_key(&key),
+        "HTTPRoute" => cluster.http_routes.contains_key(&key),
+        _ => {
+            cluster.service_imports.contains_key(&key)
+                || ctx.world.clusters.values().any(|c| c.exports(&key))
+        }
+    };
+    if found {
+        Ok(())
+    } else if t.kind == "ServiceImport" {
+        Err(format!(
+            "no ServiceImport {key} in cluster {} and no member cluster exports it",
+            ctx.cluster_name
+        ))
+    } else {
+        Err(format!(
+            "no {} {key} in cluster {}",
+            t.kind, ctx.cluster_name
+        ))
+    }
+}
+
+/// The status of every FailoverPolicy of the cluster whose status differs from the indexed copy.
+pub(crate) fn policy_status(ctx: &Ctx<'_>, out: &mut Vec<StatusUpdate>) {
+    let policies = &ctx.cluster.failover_policies;
+    if policies.is_empty() {
+        return;
+    }
+    let verdicts: BTreeMap<&ObjectKey, Result<(), String>> = policies
+        .iter()
+        .map(|(k, p)| (k, validate(&p.spec).map(drop)))
+        .collect();
+    // The winner of every targeted object: the oldest valid policy naming it.
+    let mut by_age: Vec<(&ObjectKey, &FailoverPolicy)> =
+        policies.iter().map(|(k, p)| (k, p.as_ref())).collect();
+    by_age.sort_by(|a, b| age_key(a.0, a.1).cmp(&age_key(b.0, b.1)));
+    let mut winners: BTreeMap<(&str, &str, &str, &str), &ObjectKey> = BTreeMap::new();
+    for (k, p) in &by_age {
+        if !matches!(verdicts.get(k), Some(Ok(()))) {
+            continue;
+        }
+        for t in &p.spec.target_refs {
+            winners
+                .entry((
+                    k.namespace.as_str(),
+                    t.group.as_str(),
+                    t.kind.as_str(),
+                    t.name.as_str(),
+                ))
+                .or_insert(k);
+        }
+    }
+    for (key, policy) in policies {
+        let generation = super::generation_of(&policy.metadata);
+        let old = policy.status.as_ref();
+        let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+        if is_stale(old_conditions, generation) {
+            continue;
+        }
+        let refs = &policy.spec.target_refs;
+        let (targets, accepted) = match verdicts.get(key) {
+            Some(Err(_)) | None => {
+                let why = why_invalid(verdicts.get(key));
+                let targets = refs
+                    .iter()
+                    .map(|t| PolicyTargetStatus {
+                        target_ref: t.clone(),
+                        applied: false,
+                        reason: condition::REASON_INVALID.to_string(),
+                    })
+                    .collect();
+                let cond = Cond::new(condition::ACCEPTED, false, condition::REASON_INVALID, why);
+                (targets, cond)
+            }
+            Some(Ok(())) => judge_targets(ctx, key, refs, &winners),
+        };
+        let new = FailoverPolicyStatus {
+            conditions: merge_conditions(
+                old_conditions,
+                stamp_all(vec![accepted], generation, ctx.cfg.now),
+                ctx.cfg.now,
+            ),
+            targets,
+        };
+        super::gateway::push_if_changed(
+            ctx,
+            out,
+            StatusKind::FailoverPolicy,
+            Some(&key.namespace),
+            &key.name,
+            generation,
+            old,
+            &new,
+        );
+    }
+}
+
+fn why_invalid(v: Option<&Result<(), String>>) -> String {
+    match v {
+        Some(Err(why)) => why.clone(),
+        _ => "not validated".to_string(),
+    }
+}
+
+/// Per-target verdicts of a valid policy and its `Accepted` condition.
+fn judge_targets(
+    ctx: &Ctx<'_>,
+    key: &ObjectKey,
+    refs: &[PolicyTargetRef],
+    winners: &BTreeMap<(&str, &str, &str, &str), &ObjectKey>,
+) -> (Vec<PolicyTargetStatus>, Cond) {
+    let mut applied = Vec::new();
+    let mut not_applied = Vec::new();
+    let mut conflicted = false;
+    let mut targets = Vec::with_capacity(refs.len());
+    for t in refs {
+        let verdict = match target_exists(ctx, &key.namespace, t) {
+            Err(why) => Err((condition::REASON_TARGET_NOT_FOUND, why)),
+            Ok(()) => match winners.get(&(
+                key.namespace.as_str(),
+                t.group.as_str(),
+                t.kind.as_str(),
+                t.name.as_str(),
+            )) {
+                Some(w) if *w != key => {
+                    conflicted = true;
+                    Err((
+                        condition::REASON_CONFLICTED,
+                        format!(
+                            "FailoverPolicy {w} is older and targets it (Gateway API: the oldest policy wins)"
+                        ),
+                    ))
+                }
+                _ => Ok(()),
+            },
+        };
+        match verdict {
+            Ok(()) => {
+                applied.push(target_label(t));
+                targets.push(PolicyTargetStatus {
+                    target_ref: t.clone(),
+                    applied: true,
+                    reason: String::new(),
+                });
+            }
+            Err((reason, why)) => {
+                not_applied.push(format!("{}: {reason}: {why}", target_label(t)));
+                targets.push(PolicyTargetStatus {
+                    target_ref: t.clone(),
+                    applied: false,
+                    reason: reason.to_string(),
+                });
+            }
+        }
+    }
+    let cond = if !applied.is_empty() {
+        let mut msg = format!("applies to {}", applied.join(", "));
+        if !not_applied.is_empty() {
+            msg.push_str(&format!("; not to {}", not_applied.join("; ")));
+        }
+        Cond::new(condition::ACCEPTED, true, condition::REASON_ACCEPTED, msg)
+    } else {
+        let reason = if conflicted {
+            condition::REASON_CONFLICTED
+        } else {
+            condition::REASON_TARGET_NOT_FOUND
+        };
+        Cond::new(
+            condition::ACCEPTED,
+            false,
+            reason,
+            format!("applies to no target: {}", not_applied.join("; ")),
+        )
+    };
+    (targets, cond)
+}
+
+/// `meridian.dev/StaleEndpoints=True` when `routes` (a Gateway's served routes) use endpoints of
+/// a cluster in `cfg.unreachable`; `None` otherwise (the condition is then left out, which
+/// removes it).
+pub(crate) fn stale_endpoints_condition<'r>(
+    ctx: &Ctx<'_>,
+    routes: impl IntoIterator<Item = &'r model::Route>,
+) -> Option<Cond> {
+    let unreachable = &ctx.cfg.unreachable;
+    if unreachable.is_empty() {
+        return None;
+    }
+    let mut stale: BTreeMap<&str, &UnreachableCluster> = BTreeMap::new();
+    let mut note = |b: &model::Backend| {
+        if let model::BackendTarget::Endpoints { endpoints, .. } = &b.target {
+            for e in endpoints {
+                if let Some((name, u)) = unreachable.get_key_value(&e.cluster) {
+                    stale.insert(name.as_str(), u);
+                }
+            }
+        }
+    };
+    let mirrors = |filters: &[model::Filter], note: &mut dyn FnMut(&model::Backend)| {
+        for f in filters {
+            if let model::Filter::RequestMirror(m) = f {
+                note(&m.backend);
+            }
+        }
+    };
+    for rule in routes.into_iter().flat_map(|r| &r.rules) {
+        mirrors(&rule.filters, &mut note);
+        for b in &rule.backends {
+            mirrors(&b.filters, &mut note);
+            note(b);
+        }
+    }
+    if stale.is_empty() {
+        return None;
+    }
+    // Whole seconds: the message must not change between passes, or every pass would write it.
+    let secs = |t: &Timestamp| Timestamp::from_second(t.as_second()).unwrap_or(*t);
+    let parts: Vec<String> = stale
+        .iter()
+        .map(|(name, u)| {
+            let contact = match &u.last_contact {
+                Some(t) => format!("last contact {}", secs(t)),
+                None => "never reached".to_string(),
+            };
+            format!(
+                "{name} (API unreachable since {}, {contact}; its endpoints are withdrawn at {} \
+                 unless it is back, earlier for targets of a FailoverPolicy with a shorter \
+                 staleEndpointTTL)",
+                secs(&u.since),
+                secs(&u.grace_ends)
+            )
         })
         .collect();
-    candidates.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    candidates.into_iter().find_map(|(_, pname, p)| match to_model(&p.spec) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::debug!(policy = %format!("{namespace}/{pname}"), error = %e, "invalid FailoverPolicy skipped");
-            None
-        }
-    })
+    Some(Cond::new(
+        STALE_ENDPOINTS,
+        true,
+        REASON_CLUSTER_UNREACHABLE,
+        format!(
+            "serving last-known endpoints of unreachable member cluster(s): {}",
+            parts.join("; ")
+        ),
+    ))
 }
 
 fn ms(field: &str, v: Option<&str>) -> Result<u64, String> {
@@ -301,11 +716,17 @@ mod tests {
                 target("Service", "echo")
             ),
         ));
-        let got = policy_for(&cluster, "demo", MCS, "ServiceImport", "echo").unwrap();
+        let got = policy_for(&cluster, "demo", MCS, "ServiceImport", "echo")
+            .unwrap()
+            .model;
         assert_eq!(got.geo_fence, ["us-east"], "oldest wins");
-        let other = policy_for(&cluster, "other", MCS, "ServiceImport", "echo").unwrap();
+        let other = policy_for(&cluster, "other", MCS, "ServiceImport", "echo")
+            .unwrap()
+            .model;
         assert_eq!(other.geo_fence, ["ap"], "namespace scoped");
-        let svc = policy_for(&cluster, "demo", "", "Service", "echo").unwrap();
+        let svc = policy_for(&cluster, "demo", "", "Service", "echo")
+            .unwrap()
+            .model;
         assert_eq!(svc.min_healthy_percent, 30, "kind and group must match");
         assert!(policy_for(&cluster, "demo", MCS, "ServiceImport", "nope").is_none());
         // An invalid older policy does not block a valid newer one.
@@ -318,13 +739,16 @@ mod tests {
                 target("ServiceImport", "echo")
             ),
         ));
-        let got = policy_for(&cluster, "demo", MCS, "ServiceImport", "echo").unwrap();
+        let got = policy_for(&cluster, "demo", MCS, "ServiceImport", "echo")
+            .unwrap()
+            .model;
         assert_eq!(got.geo_fence, ["us-east"]);
     }
 
     #[test]
     fn a_route_policy_fills_backends_without_their_own() {
-        let mut cluster = ClusterState::new("us-east", vec![]);
+        let mut world = World::new();
+        let cluster = world.add_cluster("east", "us-east", vec![]);
         cluster.apply(policy(
             "demo",
             "route",
@@ -348,7 +772,14 @@ mod tests {
         let mut rules: Vec<model::Rule> =
             vec![serde_json::from_value(serde_json::json!({})).unwrap()];
         rules[0].backends = vec![backend(None), backend(Some(own.clone()))];
-        attach_route_policy(&cluster, &ObjectKey::new("demo", "web"), &mut rules);
+        let cfg = super::super::TranslateConfig::default();
+        let ctx = Ctx {
+            world: &world,
+            cluster_name: "east",
+            cluster: &world.clusters["east"],
+            cfg: &cfg,
+        };
+        attach_route_policy(&ctx, &ObjectKey::new("demo", "web"), &mut rules);
         let policies: Vec<Option<model::FailoverPolicy>> = rules[0]
             .backends
             .iter()
@@ -366,7 +797,7 @@ mod tests {
         // Another route: untouched.
         let mut other = rules.clone();
         other[0].backends = vec![backend(None)];
-        attach_route_policy(&cluster, &ObjectKey::new("demo", "api"), &mut other);
+        attach_route_policy(&ctx, &ObjectKey::new("demo", "api"), &mut other);
         assert!(matches!(
             &other[0].backends[0].target,
             model::BackendTarget::Endpoints { failover: None, .. }

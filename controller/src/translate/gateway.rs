@@ -922,6 +922,11 @@ pub(crate) fn finish(
             }
         }
     };
+    let stale_endpoints = (accepted.status && address_problem.is_none())
+        .then(|| {
+            super::failover::stale_endpoints_condition(ctx, served.iter().flat_map(|l| &l.routes))
+        })
+        .flatten();
     let gateway_programmed = programmed.status;
     let pending_reason = programmed.message.clone();
 
@@ -1007,6 +1012,7 @@ pub(crate) fn finish(
                             "all references resolved",
                         )
                     }))
+                    .chain(stale_endpoints)
                     .collect(),
                 generation,
                 now,

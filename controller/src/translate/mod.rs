@@ -21,7 +21,7 @@
 //!
 //! Inputs that are not Kubernetes objects come from [`TranslateConfig`]: the controller name, the
 //! addresses each Gateway is served on, what the proxies report (for `Programmed`), the snapshot
-//! generation of each cluster, and the clock. Given the same world and config the output is the
+//! generation of each cluster, the member clusters whose API is unreachable, and the clock. Given the same world and config the output is the
 //! same, byte for byte: every map is ordered.
 //!
 //! An EndpointSlice change alone does not need all this: [`refresh_endpoints`] patches the
@@ -48,6 +48,7 @@ use meridian_model::Snapshot;
 use crate::status::StatusUpdate;
 use crate::world::{ClusterName, ClusterState, World};
 
+pub use self::failover::{UnreachableCluster, next_stale_expiry};
 pub use self::refresh::refresh_endpoints;
 pub use self::rules::parse_duration_ms;
 
@@ -140,6 +141,10 @@ pub struct TranslateConfig {
     pub generations: BTreeMap<ClusterName, u64>,
     /// The clock, for `lastTransitionTime` of conditions that change.
     pub now: Timestamp,
+    /// Member clusters whose API is unreachable while their last-known endpoints are still
+    /// served: Gateways using those endpoints get `meridian.dev/StaleEndpoints`, and a
+    /// FailoverPolicy's `staleEndpointTTL` drops them for its targets once expired.
+    pub unreachable: BTreeMap<ClusterName, UnreachableCluster>,
 }
 
 impl Default for TranslateConfig {
@@ -151,6 +156,7 @@ impl Default for TranslateConfig {
             addresses: BTreeMap::new(),
             generations: BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
+            unreachable: BTreeMap::new(),
         }
     }
 }
@@ -162,7 +168,7 @@ pub struct Output {
     /// classes in that cluster.
     pub snapshots: BTreeMap<ClusterName, Snapshot>,
     /// Status writes whose content differs (ignoring timestamps) from the indexed copy, ordered
-    /// by cluster, then GatewayClasses, HTTPRoutes and Gateways.
+    /// by cluster, then GatewayClasses, HTTPRoutes, Gateways and FailoverPolicies.
     pub status: Vec<StatusUpdate>,
 }
 
@@ -216,6 +222,7 @@ pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
             snapshot.gateways.extend(served);
             out.status.extend(update);
         }
+        failover::policy_status(&ctx, &mut out.status);
         out.snapshots.insert(cluster_name.clone(), snapshot);
     }
     out

@@ -113,7 +113,7 @@ pub(crate) fn process(
     } else {
         translate_rules(ctx, &key.namespace, rules.as_ref(), cache)
     };
-    super::failover::attach_route_policy(ctx.cluster, key, &mut translated.rules);
+    super::failover::attach_route_policy(ctx, key, &mut translated.rules);
     let route_hostnames: Vec<String> = hostnames
         .iter()
         .flatten()

@@ -6,6 +6,7 @@
 
 mod backends;
 mod gateways;
+mod policies;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -425,6 +426,7 @@ fn object_generation(w: &World, u: &crate::StatusUpdate) -> i64 {
         StatusKind::GatewayClass => c.gateway_classes[&u.name].metadata.generation,
         StatusKind::Gateway => c.gateways[&key].metadata.generation,
         StatusKind::HttpRoute => c.http_routes[&key].metadata.generation,
+        StatusKind::FailoverPolicy => c.failover_policies[&key].metadata.generation,
     }
     .unwrap_or(0)
 }
@@ -465,6 +467,11 @@ pub fn write_back(w: &mut World, out: &Output) {
             }
             StatusKind::HttpRoute => {
                 let mut o = (*c.http_routes[&key]).clone();
+                o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                c.apply(o);
+            }
+            StatusKind::FailoverPolicy => {
+                let mut o = (*c.failover_policies[&key]).clone();
                 o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
                 c.apply(o);
             }

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use meridian_model::Snapshot;
+use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
 use crate::translate::{GatewayRef, ProgrammedState};
@@ -59,6 +60,9 @@ struct StaticInner {
     overrides: BTreeMap<GatewayRef, ProgrammedState>,
     snapshots: BTreeMap<String, Snapshot>,
     publish_counts: BTreeMap<String, u64>,
+    /// Per cluster: the generation "proxies" stay at while acknowledgements are held.
+    held_acks: BTreeMap<String, u64>,
+    traffic: BTreeMap<GatewayRef, GatewayTraffic>,
 }
 
 impl StaticDataPlane {
@@ -118,6 +122,30 @@ impl StaticDataPlane {
     }
 }
 
+impl StaticDataPlane {
+    /// Test hook: while held, a cluster's Gateways stay `Applied` at the generation published
+    /// when the hold began, as if its proxies stopped acknowledging; releasing acknowledges the
+    /// latest (ticks [`DataPlane::changes`]).
+    pub fn hold_acks(&self, cluster: &str, hold: bool) {
+        {
+            let mut inner = self.lock();
+            if hold {
+                let generation = inner.snapshots.get(cluster).map_or(0, |s| s.generation);
+                inner.held_acks.insert(cluster.to_string(), generation);
+            } else {
+                inner.held_acks.remove(cluster);
+            }
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Test hook: changes a Gateway's cumulative traffic counters (what proxies would report),
+    /// e.g. `dp.add_traffic(&gw, |t| t.record(Some("us-west"), None, 800))`.
+    pub fn add_traffic(&self, gw: &GatewayRef, f: impl FnOnce(&mut GatewayTraffic)) {
+        f(self.lock().traffic.entry(gw.clone()).or_default());
+    }
+}
+
 impl DataPlane for StaticDataPlane {
     fn publish(&self, cluster: &str, snapshot: Snapshot) {
         {
@@ -133,8 +161,15 @@ impl DataPlane for StaticDataPlane {
         if let Some(state) = inner.overrides.get(gw) {
             return state.clone();
         }
+        if let Some(held) = inner.held_acks.get(&gw.cluster) {
+            return ProgrammedState::Applied(*held);
+        }
         let generation = inner.snapshots.get(&gw.cluster).map_or(0, |s| s.generation);
         ProgrammedState::Applied(generation)
+    }
+
+    fn traffic(&self, gw: &GatewayRef) -> Option<GatewayTraffic> {
+        self.lock().traffic.get(gw).cloned()
     }
 
     fn addresses(&self, _gw: &GatewayRef) -> Vec<IpAddr> {
@@ -169,5 +204,32 @@ mod tests {
         dp.set_addresses(vec![]);
         assert!(changes.has_changed().unwrap());
         assert!(dp.addresses(&gw).is_empty());
+    }
+
+    #[test]
+    fn static_data_plane_holds_acks_and_reports_injected_traffic() {
+        let dp = StaticDataPlane::new(vec![]);
+        let gw = GatewayRef::new("east", "ns", "gw");
+        dp.publish("east", Snapshot::empty(4));
+        dp.hold_acks("east", true);
+        dp.publish("east", Snapshot::empty(5));
+        assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(4));
+        let other = GatewayRef::new("west", "ns", "gw");
+        assert_eq!(dp.programmed(&other), ProgrammedState::Applied(0));
+        dp.hold_acks("east", false);
+        assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(5));
+
+        assert_eq!(dp.traffic(&gw), None);
+        dp.add_traffic(&gw, |t| t.record(Some("us-west"), None, 800));
+        dp.add_traffic(&gw, |t| {
+            t.record(
+                None,
+                Some(meridian_model::traffic::FailureKind::Connect),
+                800,
+            )
+        });
+        let t = dp.traffic(&gw).unwrap();
+        assert_eq!((t.requests, t.failures()), (2, 1));
+        assert_eq!(dp.traffic(&other), None);
     }
 }

@@ -272,16 +272,12 @@ pub(crate) fn resolve(
     published: &BTreeMap<String, Arc<Snapshot>>,
 ) -> Result<Resolved, Refusal> {
     let gws = scoped_gateways(plan, published);
-    if gws.is_empty() {
-        return Err(Refusal::invalid(if plan.gateways.is_empty() {
+    if gws.is_empty() && plan.gateways.is_empty() {
+        return Err(Refusal::invalid(
             "no Gateway of Meridian's GatewayClasses is published in any member cluster: nothing \
              to drill"
-                .to_string()
-        } else {
-            "scope.gateways: none of these is a Gateway of Meridian's GatewayClasses in any member \
-             cluster"
-                .to_string()
-        }));
+                .to_string(),
+        ));
     }
     let missing: Vec<String> = plan
         .gateways
@@ -294,8 +290,9 @@ pub(crate) fn resolve(
         .collect();
     if !missing.is_empty() {
         return Err(Refusal::invalid(format!(
-            "scope.gateways: {} is not a Gateway of Meridian's GatewayClasses in any member cluster",
-            missing.join(", ")
+            "scope.gateways: no member cluster has a Gateway of Meridian's GatewayClasses \
+             named {}",
+            missing.join(" or ")
         )));
     }
 
@@ -616,11 +613,15 @@ mod tests {
         let m = refused(
             "  target: {region: us-east}\n  scope: {gateways: [{name: web}, {name: nope}]}\n",
         );
-        assert!(m.contains("demo/nope is not a Gateway"), "{m}");
+        assert!(m.contains("named demo/nope"), "{m}");
+        let m = refused(
+            "  target: {region: us-east}\n  scope: {gateways: [{name: nope}, {name: gone}]}\n",
+        );
+        assert!(m.ends_with("named demo/nope or demo/gone"), "{m}");
         let m =
             refused("  target: {region: us-east}\n  scope: {serviceImports: [{name: local}]}\n");
         assert!(m.contains("demo/local is not a backend"), "{m}");
-        // Only west's endpoints behind demo/web in west… but east's snapshot has east ones.
+        // Gateway demo/other has only us-east endpoints.
         let m = refused("  target: {region: eu}\n  scope: {gateways: [{name: other}]}\n");
         assert!(m.contains("matches no endpoint"), "{m}");
         assert!(

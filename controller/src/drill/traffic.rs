@@ -74,16 +74,16 @@ pub(crate) fn trip(guards: &Guards, delta: &GatewayTraffic) -> Option<String> {
             ));
         }
     }
-    if let (Some(limit), Some(p99)) = (guards.max_p99, delta.latency.quantile_us(0.99)) {
-        if u128::from(p99) > limit.as_micros() {
-            return Some(format!(
-                "p99 latency {} over {} requests in the last {} is above maxP99Latency {}",
-                p99_text(p99),
-                delta.requests,
-                humantime(guards.window),
-                humantime(limit)
-            ));
-        }
+    if let (Some(limit), Some(p99)) = (guards.max_p99, delta.latency.quantile_us(0.99))
+        && u128::from(p99) > limit.as_micros()
+    {
+        return Some(format!(
+            "p99 latency {} over {} requests in the last {} is above maxP99Latency {}",
+            p99_text(p99),
+            delta.requests,
+            humantime(guards.window),
+            humantime(limit)
+        ));
     }
     None
 }

@@ -1,0 +1,833 @@
+//! FailoverDrill end to end: the controller against the in-process sandbox, with a
+//! [`StaticDataPlane`] whose acknowledgements can be held and whose traffic counters the tests
+//! inject (a background "load" that answers from us-west while us-east is drained).
+//!
+//! Durations are 1–3 s and guard windows 1 s so that every drill finishes in a few seconds;
+//! every wait is bounded by `common::WAIT`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use meridian_controller::{
+    Controller, DrillActuator, DrillMode, DrillTarget, GatewayRef, MemberCluster, StaticDataPlane,
+};
+use meridian_crds::mcs::ServiceExport;
+use meridian_crds::meridian::{DrillPhase, FailoverDrill, FailoverDrillStatus};
+use meridian_model::traffic::FailureKind;
+use serde_json::{Value, json};
+
+const CLASS: &str = "meridian";
+const IMPORT_BACKEND: &str = "app/echo:80 (ServiceImport)";
+
+/// Two clusters, each exporting `app/echo`, each with Gateway `infra/gw` routing to the
+/// ServiceImport; waits until east's snapshot has endpoints of both regions.
+async fn start(tweak: impl FnOnce(&mut meridian_controller::ControllerConfig)) -> Env {
+    let env = start_env(&[&["east", "west"]], |_| true, tweak).await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    for (i, (name, c)) in env.clients.iter().enumerate() {
+        apply::<Service>(c, service("app", "echo")).await;
+        let ip = format!("10.3.{i}.1");
+        apply::<EndpointSlice>(
+            c,
+            slice("app", "echo-x", "echo", &[&ip], &format!("{name}-a")),
+        )
+        .await;
+        apply::<ServiceExport>(c, service_export("app", "echo")).await;
+        apply::<GatewayClass>(c, gateway_class(CLASS, ME)).await;
+        apply::<Gateway>(c, gateway_obj("infra", "gw", CLASS)).await;
+        apply::<HttpRoute>(
+            c,
+            route_obj("app", "web", ("infra", "gw"), import_ref("echo", 80)),
+        )
+        .await;
+    }
+    for cluster in ["east", "west"] {
+        let dp = env.dp.clone();
+        eventually("endpoints of both regions", || {
+            let dp = dp.clone();
+            async move {
+                let s = dp.snapshot(cluster).ok_or("no snapshot")?;
+                let mut regions: Vec<String> =
+                    endpoints(&s).into_iter().map(|e| e.region).collect();
+                regions.sort();
+                regions.dedup();
+                if regions == ["us-east", "us-west"] {
+                    Ok(())
+                } else {
+                    Err(format!("{regions:?}"))
+                }
+            }
+        })
+        .await;
+    }
+    env
+}
+
+fn drill(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "FailoverDrill",
+        "metadata": {"name": name, "namespace": "app"}, "spec": spec})
+}
+
+/// A drain of us-east on `infra/gw`, backend `app/echo`.
+fn east_down(duration: &str, guards: Value) -> Value {
+    json!({"target": {"region": "us-east"},
+           "scope": {"gateways": [{"namespace": "infra", "name": "gw"}],
+                     "serviceImports": [{"name": "echo"}]},
+           "mode": "drain", "duration": duration, "guards": guards})
+}
+
+async fn status(c: &kube::Client, name: &str) -> FailoverDrillStatus {
+    Api::<FailoverDrill>::namespaced(c.clone(), "app")
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+}
+
+async fn wait_phase(c: &kube::Client, name: &str, phase: DrillPhase) -> FailoverDrillStatus {
+    eventually(&format!("drill {name} {phase:?}"), || async {
+        let s = status(c, name).await;
+        if s.phase == Some(phase) {
+            Ok(s)
+        } else {
+            Err(format!("{:?}: {:?}", s.phase, s.message))
+        }
+    })
+    .await
+}
+
+fn timeline(s: &FailoverDrillStatus) -> Vec<String> {
+    s.timeline.iter().map(|e| e.type_.clone()).collect()
+}
+
+fn cond(s: &FailoverDrillStatus, t: &str) -> (String, String) {
+    let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+fn ts(s: &Option<String>) -> Timestamp {
+    s.as_deref().expect("time set").parse().unwrap()
+}
+
+fn has_drain(dp: &StaticDataPlane, cluster: &str) -> bool {
+    dp.snapshot(cluster).is_some_and(|s| !s.drains.is_empty())
+}
+
+/// Background traffic on east's `infra/gw`: 10 requests every 50 ms, answered by us-east unless
+/// a drain is in east's snapshot, then by us-west — or, with `fail_when_drained`, failing.
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(dp: Arc<StaticDataPlane>, fail_when_drained: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let gw = GatewayRef::new("east", "infra", "gw");
+        let task = tokio::spawn(async move {
+            // Bounded: at most 60 s of load.
+            for _ in 0..1200 {
+                if flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                let drained = has_drain(&dp, "east");
+                dp.add_traffic(&gw, |t| {
+                    for _ in 0..10 {
+                        match (drained, fail_when_drained) {
+                            (false, _) => t.record(Some("us-east"), None, 800),
+                            (true, false) => t.record(Some("us-west"), None, 40_000),
+                            (true, true) => t.record(None, Some(FailureKind::NoEndpoint), 100),
+                        }
+                    }
+                });
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(WAIT, self.task).await;
+    }
+}
+
+async fn events_of(c: &kube::Client, name: &str) -> Vec<K8sEvent> {
+    Api::<K8sEvent>::namespaced(c.clone(), "app")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+async fn wait_events(c: &kube::Client, name: &str, reasons: &[&str]) -> Vec<K8sEvent> {
+    eventually("drill events", || async {
+        let evs = events_of(c, name).await;
+        let got: Vec<String> = evs.iter().filter_map(|e| e.reason.clone()).collect();
+        if reasons.iter().all(|r| got.iter().any(|g| g == r)) {
+            Ok(evs)
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_drill_fails_the_region_and_restores_it() {
+    let env = start(|_| {}).await;
+    let east = env.c("east").clone();
+    let load = Load::start(env.dp.clone(), false);
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "east-down",
+            east_down(
+                "2s",
+                json!({"window": "1s", "minRequests": 5, "maxErrorPercent": 5}),
+            ),
+        ),
+    )
+    .await;
+
+    // While it runs, every cluster's snapshot carries the drain, named as translation names
+    // the ServiceImport backend.
+    let phases: Arc<Mutex<Vec<DrillPhase>>> = Arc::default();
+    let note = |p: Option<DrillPhase>| {
+        let mut seen = phases.lock().unwrap();
+        if let Some(p) = p
+            && seen.last() != Some(&p)
+        {
+            seen.push(p);
+        }
+    };
+    eventually("drain in every snapshot", || {
+        let dp = env.dp.clone();
+        let east = east.clone();
+        async move {
+            note(status(&east, "east-down").await.phase);
+            let drains: Vec<_> = ["east", "west"]
+                .iter()
+                .filter_map(|c| dp.snapshot(c).map(|s| s.drains))
+                .collect();
+            if drains.len() == 2 && drains.iter().all(|d| d.len() == 1) {
+                Ok(drains)
+            } else {
+                Err(format!("{drains:?}"))
+            }
+        }
+    })
+    .await
+    .into_iter()
+    .for_each(|d| {
+        let d = &d[0];
+        assert_eq!(d.drill, "app/east-down");
+        assert_eq!(d.region.as_deref(), Some("us-east"));
+        assert_eq!((d.cluster.as_deref(), d.zone.as_deref()), (None, None));
+        assert_eq!(d.gateways, ["infra/gw"]);
+        assert_eq!(d.backends, [IMPORT_BACKEND]);
+    });
+    let snap = env.dp.snapshot("east").unwrap();
+    let names: Vec<String> = snap.gateways[0].listeners[0].routes[0].rules[0]
+        .backends
+        .iter()
+        .map(|b| b.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [IMPORT_BACKEND],
+        "the drain names the snapshot's backend"
+    );
+    assert_eq!(env.ctl.metrics().drains.get(), 1);
+
+    let s = eventually("drill finished", || async {
+        let s = status(&east, "east-down").await;
+        note(s.phase);
+        match s.phase {
+            Some(p) if p.is_terminal() => Ok(s),
+            p => Err(format!("{p:?} {:?}", s.message)),
+        }
+    })
+    .await;
+    load.stop().await;
+    assert_eq!(s.phase, Some(DrillPhase::Succeeded), "{:?}", s.message);
+    let phases = phases.lock().unwrap().clone();
+    assert!(phases.contains(&DrillPhase::Running), "{phases:?}");
+    assert_eq!(phases.last(), Some(&DrillPhase::Succeeded), "{phases:?}");
+    assert_eq!(
+        timeline(&s),
+        ["Started", "TargetFailed", "Restored", "Completed"],
+        "{:?}",
+        s.timeline
+    );
+    let (start, fail, restore, done) = (
+        ts(&s.start_time),
+        ts(&s.fail_time),
+        ts(&s.restore_time),
+        ts(&s.completion_time),
+    );
+    assert!(start <= fail && fail <= restore && restore <= done);
+    // The baseline is one window; the target stays failed for the duration.
+    let failed_for = restore.duration_since(fail).as_secs_f64();
+    assert!((2.0..4.0).contains(&failed_for), "failed for {failed_for}s");
+    assert!(fail.duration_since(start).as_secs_f64() >= 1.0);
+    assert_eq!(cond(&s, "Accepted"), ("True".into(), "Accepted".into()));
+    assert_eq!(cond(&s, "Complete"), ("True".into(), "Succeeded".into()));
+
+    // Figures: us-east answered before and after, us-west while us-east was drained.
+    let f = s.figures.unwrap();
+    assert!(
+        f.requests_before >= 50 && f.requests_during >= 100 && f.requests_after >= 50,
+        "{f:?}"
+    );
+    assert_eq!(
+        (f.failed_before, f.failed_during, f.failed_after),
+        (0, 0, 0)
+    );
+    assert_eq!(f.error_percent_during, Some(0.0));
+    assert_eq!(f.share_before.get("us-east"), Some(&100.0), "{f:?}");
+    assert!(
+        f.share_during.get("us-west").copied().unwrap_or(0.0) >= 90.0,
+        "{f:?}"
+    );
+    assert!(
+        f.share_after.get("us-east").copied().unwrap_or(0.0) >= 90.0,
+        "{f:?}"
+    );
+    assert_eq!(f.p99_ms_before, Some(1.0));
+    assert_eq!(f.p99_ms_during, Some(50.0));
+
+    // Restored: no drain in any snapshot.
+    assert!(!has_drain(&env.dp, "east") && !has_drain(&env.dp, "west"));
+    assert_eq!(env.ctl.metrics().drains.get(), 0);
+    let evs = wait_events(
+        &east,
+        "east-down",
+        &["Started", "TargetFailed", "Restored", "Completed"],
+    )
+    .await;
+    assert!(
+        evs.iter()
+            .all(|e| e.reporting_controller.as_deref() == Some("meridian")),
+        "{evs:?}"
+    );
+    eventually("drills by phase metric", || async {
+        let m = env
+            .ctl
+            .metrics()
+            .drills
+            .with_label_values(&["Succeeded"])
+            .get();
+        if m == 1 { Ok(()) } else { Err(format!("{m}")) }
+    })
+    .await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_time_waits_for_the_proxies_and_a_proxy_that_never_acks_fails_the_drill() {
+    let env = start(|cfg| cfg.drill_ack_timeout = Duration::from_secs(2)).await;
+    let east = env.c("east").clone();
+
+    // East's proxies stop acknowledging: the drain is published but the target does not count
+    // as failed, and after the ack timeout the drill fails and the drain is withdrawn.
+    env.dp.hold_acks("east", true);
+    apply::<FailoverDrill>(
+        &east,
+        drill("stuck", east_down("1s", json!({"window": "1s"}))),
+    )
+    .await;
+    eventually("drain published", || async {
+        if has_drain(&env.dp, "east") {
+            Ok(())
+        } else {
+            Err("no drain".to_string())
+        }
+    })
+    .await;
+    let s = status(&east, "stuck").await;
+    assert_eq!(s.phase, Some(DrillPhase::Running));
+    assert_eq!(s.fail_time, None);
+    let s = wait_phase(&east, "stuck", DrillPhase::Failed).await;
+    let msg = s.message.clone().unwrap();
+    assert!(
+        msg.contains("not acknowledged within 2s") && msg.contains("east/infra/gw"),
+        "{msg}"
+    );
+    assert!(msg.contains("target restored"), "{msg}");
+    assert_eq!(s.fail_time, None);
+    assert_eq!(timeline(&s), ["Started", "Failed"]);
+    assert!(!has_drain(&env.dp, "east") && !has_drain(&env.dp, "west"));
+
+    // Acks held, then released: failTime is when the proxies acknowledged, not when the drain
+    // was published.
+    let env_dp = env.dp.clone();
+    apply::<FailoverDrill>(
+        &east,
+        drill("late", east_down("1s", json!({"window": "1s"}))),
+    )
+    .await;
+    eventually("second drain published", || async {
+        if has_drain(&env_dp, "east") {
+            Ok(())
+        } else {
+            Err("no drain".to_string())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(status(&east, "late").await.fail_time, None);
+    let released = Timestamp::now();
+    env.dp.hold_acks("east", false);
+    let s = wait_phase(&east, "late", DrillPhase::Succeeded).await;
+    let fail = ts(&s.fail_time);
+    // RFC 3339 with milliseconds: allow for the truncation.
+    assert!(
+        fail.as_millisecond() >= released.as_millisecond() - 1,
+        "failTime {fail} before the release {released}"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_trips_on_errors_and_rolls_back_at_once() {
+    let env = start(|_| {}).await;
+    let east = env.c("east").clone();
+    // Drained requests fail: the error guard must trip long before the 30 s are over.
+    let load = Load::start(env.dp.clone(), true);
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "risky",
+            east_down(
+                "30s",
+                json!({"window": "1s", "minRequests": 20, "maxErrorPercent": "2.5"}),
+            ),
+        ),
+    )
+    .await;
+    let s = wait_phase(&east, "risky", DrillPhase::Aborted).await;
+    load.stop().await;
+    assert!(!has_drain(&env.dp, "east") && !has_drain(&env.dp, "west"));
+    let why = s.abort_reason.clone().unwrap();
+    assert!(
+        why.contains("error rate") && why.contains("maxErrorPercent 2.5"),
+        "{why}"
+    );
+    assert_eq!(
+        timeline(&s),
+        [
+            "Started",
+            "TargetFailed",
+            "GuardTripped",
+            "Aborted",
+            "Restored",
+            "Completed"
+        ]
+    );
+    let at = |t: &str| -> Timestamp {
+        s.timeline
+            .iter()
+            .find(|e| e.type_ == t)
+            .unwrap()
+            .time
+            .parse()
+            .unwrap()
+    };
+    let aborted_after = at("GuardTripped")
+        .duration_since(at("TargetFailed"))
+        .as_secs_f64();
+    assert!(aborted_after < 5.0, "tripped after {aborted_after}s");
+    let rollback = at("Restored")
+        .duration_since(at("GuardTripped"))
+        .as_secs_f64();
+    assert!(rollback < 1.0, "rollback took {rollback}s");
+    assert_eq!(cond(&s, "Complete"), ("True".into(), "Aborted".into()));
+    let f = s.figures.unwrap();
+    assert!(
+        f.failed_during > 0 && f.error_percent_during.unwrap() > 2.5,
+        "{f:?}"
+    );
+    let evs = wait_events(&east, "risky", &["GuardTripped", "Restored"]).await;
+    let tripped = evs
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("GuardTripped"))
+        .unwrap();
+    assert_eq!(tripped.type_.as_deref(), Some("Warning"));
+    assert!(tripped.note.as_deref().unwrap_or("").contains("error rate"));
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_and_unsupported_drills_fail_with_a_reason() {
+    let env = start(|_| {}).await;
+    let east = env.c("east").clone();
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "bad",
+            json!({"target": {"region": "us-east"}, "mode": "explode", "duration": "2h"}),
+        ),
+    )
+    .await;
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "kill",
+            json!({"target": {"region": "us-east"}, "mode": "kill", "duration": "1s"}),
+        ),
+    )
+    .await;
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "nowhere",
+            json!({"target": {"region": "us-esat"}, "duration": "1s", "guards": {"window": "1s"}}),
+        ),
+    )
+    .await;
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "no-gw",
+            json!({"target": {"region": "us-east"}, "scope": {"gateways": [{"name": "nope"}]},
+                   "duration": "1s", "guards": {"window": "1s"}}),
+        ),
+    )
+    .await;
+
+    let s = wait_phase(&east, "bad", DrillPhase::Failed).await;
+    assert_eq!(cond(&s, "Accepted"), ("False".into(), "Invalid".into()));
+    assert_eq!(cond(&s, "Complete"), ("True".into(), "Failed".into()));
+    let msg = s.message.unwrap();
+    assert!(
+        msg.contains("mode \"explode\"") && msg.contains("duration 2h"),
+        "{msg}"
+    );
+    assert!(s.start_time.is_none());
+
+    let s = wait_phase(&east, "kill", DrillPhase::Failed).await;
+    assert_eq!(
+        cond(&s, "Accepted"),
+        ("False".into(), "ModeUnsupported".into())
+    );
+    assert!(s.message.unwrap().contains("only mode drain works"));
+
+    for (name, want) in [
+        ("nowhere", "matches no endpoint"),
+        ("no-gw", "named app/nope"),
+    ] {
+        let s = wait_phase(&east, name, DrillPhase::Failed).await;
+        assert_eq!(
+            cond(&s, "Accepted"),
+            ("False".into(), "Invalid".into()),
+            "{name}"
+        );
+        assert!(
+            s.message.clone().unwrap().contains(want),
+            "{name}: {:?}",
+            s.message
+        );
+        assert!(s.fail_time.is_none());
+    }
+    wait_events(&east, "bad", &["Failed"]).await;
+    // Nothing was ever drained.
+    assert_eq!(env.ctl.metrics().drains.get(), 0);
+    assert!(!has_drain(&env.dp, "east"));
+    env.shutdown().await;
+}
+
+/// Records calls; `blackhole` fails like a host without nft.
+#[derive(Default)]
+struct FakeActuator {
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeActuator {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl DrillActuator for FakeActuator {
+    fn fail(
+        &self,
+        mode: DrillMode,
+        target: &DrillTarget,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        let call = format!("fail {mode} {target}");
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(call);
+            match mode {
+                DrillMode::Blackhole => {
+                    Err("blackhole needs nft: apt-get install -y nftables".to_string())
+                }
+                _ => Ok("stopped 1 echo backend".to_string()),
+            }
+        })
+    }
+
+    fn restore(
+        &self,
+        mode: DrillMode,
+        target: &DrillTarget,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        let call = format!("restore {mode} {target}");
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(call);
+            Ok("started 1 echo backend".to_string())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actuator_fails_and_restores_kill_and_blackhole_targets() {
+    let act = Arc::new(FakeActuator::default());
+    let a = act.clone();
+    let env = start(move |cfg| cfg.drill_actuator = Some(a)).await;
+    let east = env.c("east").clone();
+
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "kill",
+            json!({"target": {"cluster": "east"}, "mode": "kill", "duration": "1s",
+                   "guards": {"window": "1s"}}),
+        ),
+    )
+    .await;
+    let s = wait_phase(&east, "kill", DrillPhase::Succeeded).await;
+    assert_eq!(
+        act.calls(),
+        ["fail kill cluster=east", "restore kill cluster=east"]
+    );
+    let failed = s
+        .timeline
+        .iter()
+        .find(|e| e.type_ == "TargetFailed")
+        .unwrap();
+    assert_eq!(failed.message, "stopped 1 echo backend");
+    // Kill and blackhole never drain.
+    assert!(!has_drain(&env.dp, "east"));
+
+    // The actuator refuses: Failed with its reason, and restore is still called (idempotent).
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "hole",
+            json!({"target": {"cluster": "east"}, "mode": "blackhole", "duration": "1s",
+                   "guards": {"window": "1s"}}),
+        ),
+    )
+    .await;
+    let s = wait_phase(&east, "hole", DrillPhase::Failed).await;
+    let msg = s.message.unwrap();
+    assert!(
+        msg.contains("apt-get install -y nftables") && msg.contains("target restored"),
+        "{msg}"
+    );
+    assert_eq!(
+        act.calls()[2..],
+        [
+            "fail blackhole cluster=east",
+            "restore blackhole cluster=east"
+        ]
+    );
+
+    // Deleting a running kill drill restores the target.
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "long",
+            json!({"target": {"cluster": "east"}, "mode": "kill", "duration": "60s",
+                   "guards": {"window": "1s"}}),
+        ),
+    )
+    .await;
+    eventually("long drill failed its target", || async {
+        let s = status(&east, "long").await;
+        if s.fail_time.is_some() {
+            Ok(())
+        } else {
+            Err(format!("{:?}", s.message))
+        }
+    })
+    .await;
+    delete::<FailoverDrill>(&east, Some("app"), "long").await;
+    eventually("restore after delete", || async {
+        let c = act.calls();
+        if c.len() == 6 {
+            Ok(c)
+        } else {
+            Err(format!("{c:?}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        act.calls()[4..],
+        ["fail kill cluster=east", "restore kill cluster=east"]
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_drill_at_a_time_and_deleting_a_running_drill_rolls_back() {
+    let env = start(|_| {}).await;
+    let east = env.c("east").clone();
+    let west = env.c("west").clone();
+    apply::<FailoverDrill>(
+        &east,
+        drill("first", east_down("60s", json!({"window": "1s"}))),
+    )
+    .await;
+    eventually("first drill failed its target", || async {
+        let s = status(&east, "first").await;
+        if s.fail_time.is_some() {
+            Ok(())
+        } else {
+            Err(format!("{:?}", s.message))
+        }
+    })
+    .await;
+    // A second drill (in another cluster) waits, naming the running one.
+    apply::<FailoverDrill>(
+        &west,
+        drill("second", east_down("1s", json!({"window": "1s"}))),
+    )
+    .await;
+    let s = eventually("second waits", || async {
+        let s = status(&west, "second").await;
+        if s.conditions.iter().any(|c| c.reason == "Conflicted") {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", s.conditions))
+        }
+    })
+    .await;
+    assert_eq!(s.phase, Some(DrillPhase::Pending));
+    assert!(s.message.unwrap().contains("app/first in east"));
+    assert!(has_drain(&env.dp, "east"));
+
+    // Deleting the running drill withdraws its drain at once; then the second one runs.
+    delete::<FailoverDrill>(&east, Some("app"), "first").await;
+    let deleted = tokio::time::Instant::now();
+    eventually("drain withdrawn", || async {
+        let d = env
+            .dp
+            .snapshot("east")
+            .map(|s| s.drains)
+            .unwrap_or_default();
+        if d.iter().all(|d| d.drill != "app/first") {
+            Ok(())
+        } else {
+            Err(format!("{d:?}"))
+        }
+    })
+    .await;
+    assert!(
+        deleted.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        deleted.elapsed()
+    );
+    let s = wait_phase(&west, "second", DrillPhase::Succeeded).await;
+    assert_eq!(cond(&s, "Accepted"), ("True".into(), "Accepted".into()));
+    assert!(!has_drain(&env.dp, "east"));
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_rolls_back_and_a_restarted_controller_fails_a_running_drill() {
+    let env = start(|_| {}).await;
+    let east = env.c("east").clone();
+    apply::<FailoverDrill>(
+        &east,
+        drill("during", east_down("60s", json!({"window": "1s"}))),
+    )
+    .await;
+    eventually("target failed", || async {
+        let s = status(&east, "during").await;
+        if s.fail_time.is_some() {
+            Ok(())
+        } else {
+            Err(format!("{:?}", s.message))
+        }
+    })
+    .await;
+    assert!(has_drain(&env.dp, "east"));
+    let Env {
+        sandboxes,
+        clients,
+        dp,
+        ctl,
+    } = env;
+    ctl.shutdown().await;
+    // The last snapshots the controller published carry no drain.
+    assert!(!has_drain(&dp, "east") && !has_drain(&dp, "west"));
+    let s = status(&east, "during").await;
+    assert_eq!(s.phase, Some(DrillPhase::Failed));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("controller shut down during the drill; target restored")
+    );
+
+    // A controller that died without writing leaves the drill Running; the next one fails it.
+    Api::<FailoverDrill>::namespaced(east.clone(), "app")
+        .patch_status(
+            "during",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "message": "running"}})),
+        )
+        .await
+        .unwrap();
+    let members = clients
+        .iter()
+        .map(|(name, c)| MemberCluster {
+            name: name.clone(),
+            region: region_of(name),
+            zones: vec![],
+            client: c.clone(),
+        })
+        .collect();
+    let dp2 = StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);
+    let ctl = Controller::start(fast_config(members, dp2.clone()))
+        .await
+        .unwrap();
+    let s = eventually("restarted controller fails the drill", || async {
+        let s = status(&east, "during").await;
+        if s.message.as_deref() == Some("controller restarted during the drill; target restored") {
+            Ok(s)
+        } else {
+            Err(format!("{:?} {:?}", s.phase, s.message))
+        }
+    })
+    .await;
+    assert_eq!(s.phase, Some(DrillPhase::Failed));
+    assert_eq!(s.timeline.last().unwrap().type_, "Failed");
+    assert!(!has_drain(&dp2, "east"));
+    ctl.shutdown().await;
+    for sb in sandboxes.into_iter().flatten() {
+        sb.shutdown().await;
+    }
+}

@@ -25,8 +25,12 @@ const WARM_REQUESTS: usize = 2_000;
 
 fn warm(p: &Proxy, n: usize) -> anyhow::Result<()> {
     let mut s = TcpStream::connect(loopback(p.port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
     for k in 0..WARM_REQUESTS {
+        // nginx closes a keep-alive connection after 1000 requests (`keepalive_requests`).
+        if k % 500 == 0 {
+            s = TcpStream::connect(loopback(p.port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        }
         let code = http_get(&mut s, &host((k * 7919) % n))?;
         if code != 200 {
             bail!("{} answered {code} for route {}", p.name, (k * 7919) % n);

@@ -13,6 +13,7 @@
 //! 3. Whichever connection is free takes the oldest due time, sends `GET /`, reads the whole
 //!    answer and records `answer complete − due`. If every connection is busy the request waits
 //!    in the queue and that wait counts as latency.
+//!    A connection the server closed is reopened (nginx closes one every 1000 requests).
 //! 4. Requests due during the warm-up are not recorded. The run is bounded: after the schedule
 //!    ends, answers get [`GRACE`]; requests still missing then are reported as unfinished.
 
@@ -134,6 +135,7 @@ async fn drive(cfg: &Config) -> anyhow::Result<Report> {
     let mut tasks = tokio::task::JoinSet::new();
     for send in senders {
         tasks.spawn(worker(
+            cfg.addr,
             send,
             rx.clone(),
             host.clone(),
@@ -228,6 +230,7 @@ fn pace(
 type Queue = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Instant>>>;
 
 async fn worker(
+    addr: SocketAddr,
     mut send: SendRequest<Empty<Bytes>>,
     rx: Queue,
     host: Arc<str>,
@@ -241,7 +244,14 @@ async fn worker(
         };
         let Some(due) = due else { return };
         let recorded = due >= from && due < to;
-        let ready = send.ready().await.is_ok();
+        // A server may close a keep-alive connection after N requests (nginx's
+        // `keepalive_requests 1000`); open a new one as a browser or wrk would. The reconnect
+        // time counts as latency of the request that waits for it.
+        let mut ready = send.ready().await.is_ok();
+        if !ready && let Ok(fresh) = connect(addr).await {
+            send = fresh;
+            ready = send.ready().await.is_ok();
+        }
         let sent = Instant::now();
         let outcome = if ready {
             match hyper::Request::get("/")
@@ -270,7 +280,7 @@ async fn worker(
             }
         }
         if !ready {
-            // The connection is gone; the other connections take over its share.
+            // The server refuses new connections; the other connections take over this share.
             return;
         }
     }
@@ -336,6 +346,56 @@ mod tests {
         assert!(report.p50_us > 20_000.0, "{report:?}");
         assert!(report.p99_us > 1_000_000.0, "{report:?}");
         drop(server);
+    }
+
+    /// A server that closes every connection after three answers (`Connection: close`): the
+    /// generator reopens connections and no request is lost.
+    #[test]
+    fn closed_keep_alive_connections_are_reopened() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(200) {
+                let mut s = stream.unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 4096];
+                let mut pending = Vec::new();
+                let mut served = 0;
+                while served < 3 {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        served += 1;
+                        let close = if served == 3 {
+                            "Connection: close\r\n"
+                        } else {
+                            ""
+                        };
+                        let _ = s.write_all(
+                            format!("HTTP/1.1 200 OK\r\n{close}Content-Length: 2\r\n\r\nok")
+                                .as_bytes(),
+                        );
+                    }
+                }
+            }
+        });
+        let report = run(&Config {
+            addr,
+            host: "t".into(),
+            rate: 200.0,
+            connections: 1,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(300),
+        })
+        .unwrap();
+        assert_eq!(report.due, 60);
+        assert_eq!(report.ok, 60, "{report:?}");
+        assert_eq!(report.errors + report.unfinished, 0);
     }
 
     /// A prompt server at a low rate: latencies are small and every request is answered.

@@ -244,7 +244,8 @@ fn nginx_conf(d: &Path, port: u16, backend_port: u16, routes: Routes, tls: Optio
     let d = d.display();
     let listen = match tls {
         Some(t) => format!(
-            "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+            "listen 127.0.0.1:{port} ssl; ssl_protocols TLSv1.2 TLSv1.3; \
+             ssl_certificate {}; ssl_certificate_key {};",
             t.cert.display(),
             t.key.display()
         ),

@@ -267,33 +267,39 @@ impl Run {
             .latest()
             .map(|t| t.since(&fail_base))
             .unwrap_or_default();
-        if let Some(why) = &tripped {
-            let now = Timestamp::now();
-            tracing::warn!(drill = %self.key, "guard tripped: {why}; rolling back");
-            self.rep.status.abort_reason = Some(why.clone());
-            self.rep.status.message = Some(format!("aborted: {why}; restoring the target"));
-            self.rep.timeline(d::GUARD_TRIPPED, why.clone(), now);
-            self.rep
-                .timeline(d::ABORTED, "rolling back at once".to_string(), now);
-            self.rep.write().await;
-            self.rep.event(true, d::GUARD_TRIPPED, why).await;
-        }
-
-        // Restore (not interruptible: it is what an interruption would do, and it is bounded).
+        // Restore first, write afterwards: on a trip the rollback must not wait for the API.
+        // (Not interruptible: it is what an interruption would do, and it is bounded.)
+        let tripped_at = Timestamp::now();
         let restored = restore_target(&ctx, plan, &self.id, Some(ctx.ack_timeout)).await;
         let restore_time = Timestamp::now();
+        if let Some(why) = &tripped {
+            tracing::warn!(drill = %self.key, "guard tripped: {why}; rolled back");
+            self.rep.status.abort_reason = Some(why.clone());
+            self.rep.timeline(d::GUARD_TRIPPED, why.clone(), tripped_at);
+            self.rep
+                .timeline(d::ABORTED, "rolling back at once".to_string(), tripped_at);
+        }
         match restored {
             Ok(msg) => {
                 self.rep.status.restore_time = Some(rfc3339_millis(restore_time));
                 self.rep.timeline(d::RESTORED, msg.clone(), restore_time);
-                self.rep.status.message = Some(format!(
-                    "target restored; measuring for {}",
-                    humantime(window)
-                ));
+                self.rep.status.message = Some(match &tripped {
+                    None => format!("target restored; measuring for {}", humantime(window)),
+                    Some(why) => format!(
+                        "aborted: {why}; target restored; measuring for {}",
+                        humantime(window)
+                    ),
+                });
                 self.rep.write().await;
+                if let Some(why) = &tripped {
+                    self.rep.event(true, d::GUARD_TRIPPED, why).await;
+                }
                 self.rep.event(false, d::RESTORED, &msg).await;
             }
             Err(e) => {
+                if let Some(why) = &tripped {
+                    self.rep.event(true, d::GUARD_TRIPPED, why).await;
+                }
                 self.rep.status.figures =
                     Some(figures(&before, &during, &GatewayTraffic::default()));
                 let msg = format!("restoring the target failed: {e}; restore it by hand");

@@ -35,6 +35,7 @@ use meridian_sandbox::{Sandbox, SandboxConfig};
 
 use crate::dataplane::DistributedDataPlane;
 use crate::dataplane::addresses::{AddressPools, AddressRange};
+use crate::drill::local::LocalBackends;
 use crate::{apply, echo};
 
 const DEMO: [(&str, &str); 5] = [
@@ -368,6 +369,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             client: client.clone(),
         })
         .collect();
+    // The demo backends live in the drill actuator so kill/blackhole drills can stop them.
+    let backends = Arc::new(LocalBackends::new());
     let controller = Controller::start(ControllerConfig::new(members, data_plane)).await?;
     say(format!(
         "controller: watching {} clusters, serving snapshots at {dist_url}",
@@ -421,7 +424,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     // 4. Demo.
-    let mut backends = Vec::new();
     if !args.no_demo {
         for c in &plans {
             for (ip, zone) in c.backends.iter().zip(&c.zones) {
@@ -432,11 +434,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     region: c.region.clone(),
                     zone: zone.clone(),
                 };
-                backends.push(tokio::spawn(async move {
-                    if let Err(e) = echo::run(echo_args).await {
-                        eprintln!("echo backend stopped: {e:#}");
-                    }
-                }));
+                backends
+                    .start(echo_args)
+                    .await
+                    .with_context(|| format!("starting the echo backend of zone {zone}"))?;
             }
         }
         for (c, (name, client)) in plans.iter().zip(&clients) {
@@ -487,9 +488,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     say("stopping…");
-    for t in backends {
-        t.abort();
-    }
+    backends.shutdown().await;
     controller.shutdown().await;
     for (handle, task) in proxies {
         task.abort();

@@ -37,7 +37,8 @@ use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::status::StatusKind;
 use crate::translate::{
-    GatewayRef, SUPPORTED_FEATURES, TranslateConfig, refresh_endpoints, translate,
+    GatewayRef, SUPPORTED_FEATURES, TranslateConfig, UnreachableCluster, next_stale_expiry,
+    refresh_endpoints, translate,
 };
 use crate::watch::{Msg, Touch, WatchCtx, supervise};
 use crate::world::{Kind, ObjectKey, World};
@@ -253,6 +254,8 @@ impl Controller {
             passes_tx,
             last_prune: Instant::now(),
             drills,
+            unreachable: BTreeMap::new(),
+            stale_expiry: None,
         };
         tasks.push(tokio::spawn(reconciler.run(
             rx,
@@ -347,6 +350,10 @@ struct Reconciler {
     last_prune: Instant,
     /// Drains from the drill runner go into every snapshot; drills and publishes go back to it.
     drills: Arc<DrillShared>,
+    /// Member clusters whose API is unreachable (from the supervisors' probes).
+    unreachable: BTreeMap<String, UnreachableCluster>,
+    /// When a FailoverPolicy's staleEndpointTTL next drops endpoints: a full pass is due then.
+    stale_expiry: Option<Timestamp>,
 }
 
 /// How often deleted objects are forgotten by the status writers.
@@ -371,6 +378,10 @@ impl Reconciler {
         loop {
             let wake = deadline;
             let wake_recheck = recheck;
+            let wake_expiry = self.stale_expiry.map(|t| {
+                let wait = t.duration_since(Timestamp::now());
+                Instant::now() + Duration::try_from(wait).unwrap_or(Duration::ZERO)
+            });
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => {
@@ -412,6 +423,11 @@ impl Reconciler {
                 _ = async { if let Some(t) = wake_recheck { tokio::time::sleep_until(t).await } }, if wake_recheck.is_some() => {
                     recheck = None;
                     self.pass(true);
+                }
+                _ = async { if let Some(t) = wake_expiry { tokio::time::sleep_until(t).await } }, if wake_expiry.is_some() => {
+                    self.stale_expiry = None;
+                    self.dirty_full = true;
+                    self.pass(false);
                 }
                 _ = drains.changed() => {
                     // No translation needed: the drains go into the current snapshots as they are.
@@ -460,6 +476,20 @@ impl Reconciler {
     /// Applies one message; returns whether a pass is needed.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
+            Msg::Reachability {
+                cluster,
+                unreachable,
+            } => {
+                let Some(name) = self.names.get(cluster).cloned() else {
+                    return false;
+                };
+                match unreachable {
+                    Some(u) => self.unreachable.insert(name, u),
+                    None => self.unreachable.remove(&name),
+                };
+                self.dirty_full = true;
+                true
+            }
             Msg::Watching { cluster, kinds } => {
                 if let Some(p) = self.pending_kinds.get_mut(cluster) {
                     *p = Some(kinds);
@@ -545,8 +575,12 @@ impl Reconciler {
 
     /// One pass: a full translation when anything but EndpointSlices changed (or a status
     /// re-check is due), else an endpoint refresh. A full pass settles pending status re-checks.
+    ///
+    /// While a member cluster is unreachable every pass is a full translation: only translation
+    /// applies a FailoverPolicy's staleEndpointTTL (an endpoint refresh would bring back
+    /// endpoints it dropped).
     fn pass(&mut self, recheck_due: bool) {
-        if self.dirty_full || recheck_due || !self.translated {
+        if self.dirty_full || recheck_due || !self.translated || !self.unreachable.is_empty() {
             self.full_pass();
             self.status_dirty = false;
         } else {
@@ -555,6 +589,15 @@ impl Reconciler {
         self.dirty_full = false;
         self.dirty_services.clear();
         self.publish_changed();
+        let stale =
+            crate::translate::stale_endpoint_counts(self.published.values(), &self.unreachable);
+        for name in &self.names {
+            let n = stale.get(name).copied().unwrap_or(0);
+            self.metrics
+                .member_stale_endpoints
+                .with_label_values(&[name])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         self.passes_tx.send_modify(|n| *n += 1);
     }
 
@@ -564,6 +607,7 @@ impl Reconciler {
             controller_name: self.controller_name.clone(),
             supported_features: SUPPORTED_FEATURES.iter().map(|s| s.to_string()).collect(),
             now: Timestamp::now(),
+            unreachable: self.unreachable.clone(),
             ..TranslateConfig::default()
         };
         for (cluster, state) in &self.world.clusters {
@@ -583,6 +627,7 @@ impl Reconciler {
             .map(|(c, s)| (c.clone(), s.generation))
             .collect();
         let out = translate(&self.world, &cfg);
+        self.stale_expiry = next_stale_expiry(&self.world, &self.unreachable, cfg.now);
         self.metrics.translations.with_label_values(&["full"]).inc();
         self.metrics
             .translate_seconds

@@ -1,19 +1,28 @@
 //! Prometheus metrics of the controller and the admin listener that serves them.
 //!
 //! Every [`Metrics`] owns its own registry (several controllers can run in one test process).
+//!
+//! Member-cluster health (the cluster-level circuit breaker): `meridian_member_cluster_reachable`,
+//! `meridian_member_cluster_seconds_since_contact` (computed at scrape time) and
+//! `meridian_member_cluster_stale_endpoints` (endpoints served from an unreachable cluster's
+//! last-known EndpointSlices), each by `cluster`.
+//!
 //! The admin listener answers `/healthz` (the process runs), `/readyz` (every member cluster
 //! finished its initial sync at least once; the body lists each cluster) and `/metrics`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tokio::sync::watch;
 
@@ -30,8 +39,23 @@ pub struct Metrics {
     pub kind_watched: IntGaugeVec,
     /// 1 once a cluster finished its initial sync.
     pub cluster_synced: IntGaugeVec,
-    /// 1 while the last probe of a cluster's API succeeded.
+    /// 1 while the last probe of a cluster's API succeeded (kept for existing dashboards; same
+    /// value as [`Metrics::member_reachable`]).
     pub cluster_reachable: IntGaugeVec,
+    /// `meridian_member_cluster_reachable{cluster}`: 1 while the last probe of a member
+    /// cluster's API succeeded, 0 after a failed one.
+    pub member_reachable: IntGaugeVec,
+    /// `meridian_member_cluster_seconds_since_contact{cluster}`: seconds since the last
+    /// successful probe (since the controller started when the cluster was never reached);
+    /// computed when the metrics are encoded.
+    pub member_seconds_since_contact: GaugeVec,
+    /// `meridian_member_cluster_stale_endpoints{cluster}`: endpoints of the cluster that the
+    /// published snapshots still serve from its last-known EndpointSlices while its API is
+    /// unreachable (0 while it is reachable, and after the grace withdrew them).
+    pub member_stale_endpoints: IntGaugeVec,
+    /// Last successful probe per member cluster (`None`: never reached).
+    contacts: Mutex<BTreeMap<String, Option<Instant>>>,
+    started: Instant,
     /// Status writes by cluster, kind and result (`ok`, `conflict`, `gone`, `invalid`,
     /// `error`, `timeout`).
     pub status_writes: IntCounterVec,
@@ -132,6 +156,31 @@ impl Metrics {
                 "1 while the last API probe of a cluster succeeded",
                 &["cluster"],
             )?,
+            member_reachable: gauge(
+                &r,
+                "meridian_member_cluster_reachable",
+                "1 while the last API probe of a member cluster succeeded",
+                &["cluster"],
+            )?,
+            member_seconds_since_contact: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "meridian_member_cluster_seconds_since_contact",
+                        "Seconds since the last successful API probe of a member cluster",
+                    ),
+                    &["cluster"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            member_stale_endpoints: gauge(
+                &r,
+                "meridian_member_cluster_stale_endpoints",
+                "Endpoints served from the last-known state of an unreachable member cluster",
+                &["cluster"],
+            )?,
+            contacts: Mutex::new(BTreeMap::new()),
+            started: Instant::now(),
             status_writes: counter(
                 &r,
                 "meridian_controller_status_writes_total",
@@ -192,8 +241,58 @@ impl Metrics {
         })
     }
 
+    fn lock_contacts(&self) -> MutexGuard<'_, BTreeMap<String, Option<Instant>>> {
+        self.contacts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A member cluster the controller serves; its series exist from the start (not reached
+    /// yet: unreachable, seconds since contact counted from now).
+    pub fn member_registered(&self, cluster: &str) {
+        self.lock_contacts()
+            .entry(cluster.to_string())
+            .or_insert(None);
+        self.member_reachable.with_label_values(&[cluster]).set(0);
+        self.member_stale_endpoints
+            .with_label_values(&[cluster])
+            .set(0);
+    }
+
+    /// A successful probe of a member cluster's API.
+    pub fn member_contact(&self, cluster: &str) {
+        self.lock_contacts()
+            .insert(cluster.to_string(), Some(Instant::now()));
+        self.cluster_reachable.with_label_values(&[cluster]).set(1);
+        self.member_reachable.with_label_values(&[cluster]).set(1);
+    }
+
+    /// A failed probe of a member cluster's API.
+    pub fn member_lost(&self, cluster: &str) {
+        self.lock_contacts()
+            .entry(cluster.to_string())
+            .or_insert(None);
+        self.cluster_reachable.with_label_values(&[cluster]).set(0);
+        self.member_reachable.with_label_values(&[cluster]).set(0);
+    }
+
+    /// Seconds since the last successful probe of `cluster` (since the controller started when
+    /// it was never reached); `None` for a cluster the controller does not serve.
+    pub fn seconds_since_contact(&self, cluster: &str) -> Option<f64> {
+        let contact = *self.lock_contacts().get(cluster)?;
+        Some(contact.unwrap_or(self.started).elapsed().as_secs_f64())
+    }
+
+    fn refresh_contact_ages(&self) {
+        let contacts = self.lock_contacts().clone();
+        for (cluster, contact) in contacts {
+            self.member_seconds_since_contact
+                .with_label_values(&[&cluster])
+                .set(contact.unwrap_or(self.started).elapsed().as_secs_f64());
+        }
+    }
+
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
+        self.refresh_contact_ages();
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             return format!("# encoding metrics failed: {e}\n");

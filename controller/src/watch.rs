@@ -7,6 +7,8 @@
 //!   3. unreachable for longer than endpoint_grace ─► stop the EndpointSlice watcher and
 //!      withdraw the cluster's EndpointSlices; the next successful probe starts a fresh watcher
 //!      (a full re-list) that brings them back
+//!   4. reachability changes ─► Msg::Reachability (since when, last contact, grace end) for the
+//!      StaleEndpoints Gateway condition, and the member-cluster metrics
 //!
 //! watcher(cluster, kind) = kube_runtime::watcher(..).default_backoff()
 //!   Init, InitApply* , InitDone ─► Msg::Change(reset with the buffered objects)
@@ -32,6 +34,7 @@ use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
@@ -45,6 +48,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::status::StatusKind;
+use crate::translate::UnreachableCluster;
 use crate::world::{ClusterState, Indexed, Kind, ObjectKey};
 
 /// Every kind the controller watches, in start order.
@@ -96,6 +100,12 @@ pub(crate) enum Msg {
         /// A complete list of this kind (the index now holds all of it): the cluster's initial
         /// sync waits for one per kind. Also set when a kind is dropped (empty is complete).
         list_done: bool,
+    },
+    /// The cluster's API became unreachable (`Some`: since when, until when its last-known
+    /// endpoints are served) or reachable again (`None`).
+    Reachability {
+        cluster: usize,
+        unreachable: Option<UnreachableCluster>,
     },
 }
 
@@ -197,18 +207,24 @@ pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>
     let mut announced = false;
     let mut reported_missing: BTreeSet<Kind> = BTreeSet::new();
     let mut unreachable_since: Option<Instant> = None;
+    let mut last_contact: Option<Timestamp> = None;
     let mut withdrawn = false;
-    let reachable = ctx
-        .metrics
-        .cluster_reachable
-        .with_label_values(&[&ctx.name]);
     let name = ctx.name.clone();
+    ctx.metrics.member_registered(&name);
     loop {
         match tokio::time::timeout(ctx.probe_timeout, probe(&ctx.client)).await {
             Ok(Ok(available)) => {
-                reachable.set(1);
+                ctx.metrics.member_contact(&name);
+                last_contact = Some(Timestamp::now());
                 if unreachable_since.take().is_some() {
                     tracing::info!(cluster = %name, "cluster API reachable again");
+                    let msg = Msg::Reachability {
+                        cluster: ctx.cluster,
+                        unreachable: None,
+                    };
+                    if ctx.tx.send(msg).await.is_err() {
+                        break;
+                    }
                 }
                 if withdrawn {
                     tracing::info!(cluster = %name, "re-listing EndpointSlices withdrawn while unreachable");
@@ -259,14 +275,33 @@ pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>
                 }
             }
             failed => {
-                reachable.set(0);
-                let since = *unreachable_since.get_or_insert_with(|| {
+                ctx.metrics.member_lost(&name);
+                if unreachable_since.is_none() {
                     match &failed {
-                        Ok(Err(e)) => tracing::warn!(cluster = %name, error = %e, "cluster API unreachable; serving last-known state"),
-                        _ => tracing::warn!(cluster = %name, "cluster API probe timed out; serving last-known state"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(cluster = %name, error = %e, "cluster API unreachable; serving last-known state")
+                        }
+                        _ => {
+                            tracing::warn!(cluster = %name, "cluster API probe timed out; serving last-known state")
+                        }
                     }
-                    Instant::now()
-                });
+                    unreachable_since = Some(Instant::now());
+                    let since = Timestamp::now();
+                    let grace =
+                        SignedDuration::try_from(ctx.endpoint_grace).unwrap_or(SignedDuration::MAX);
+                    let msg = Msg::Reachability {
+                        cluster: ctx.cluster,
+                        unreachable: Some(UnreachableCluster {
+                            since,
+                            last_contact,
+                            grace_ends: since.saturating_add(grace).unwrap_or(Timestamp::MAX),
+                        }),
+                    };
+                    if ctx.tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
                 if !withdrawn && since.elapsed() >= ctx.endpoint_grace {
                     withdrawn = true;
                     // Dropping the handle stops the watcher.

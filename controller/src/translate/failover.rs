@@ -448,29 +448,11 @@ pub(crate) fn stale_endpoints_condition<'r>(
         return None;
     }
     let mut stale: BTreeMap<&str, &UnreachableCluster> = BTreeMap::new();
-    let mut note = |b: &model::Backend| {
-        if let model::BackendTarget::Endpoints { endpoints, .. } = &b.target {
-            for e in endpoints {
-                if let Some((name, u)) = unreachable.get_key_value(&e.cluster) {
-                    stale.insert(name.as_str(), u);
-                }
-            }
+    for_each_endpoint(routes, |e| {
+        if let Some((name, u)) = unreachable.get_key_value(&e.cluster) {
+            stale.insert(name.as_str(), u);
         }
-    };
-    let mirrors = |filters: &[model::Filter], note: &mut dyn FnMut(&model::Backend)| {
-        for f in filters {
-            if let model::Filter::RequestMirror(m) = f {
-                note(&m.backend);
-            }
-        }
-    };
-    for rule in routes.into_iter().flat_map(|r| &r.rules) {
-        mirrors(&rule.filters, &mut note);
-        for b in &rule.backends {
-            mirrors(&b.filters, &mut note);
-            note(b);
-        }
-    }
+    });
     if stale.is_empty() {
         return None;
     }
@@ -604,6 +586,59 @@ pub(crate) fn to_model(spec: &crd::FailoverPolicySpec) -> Result<model::Failover
         }),
         failback,
     })
+}
+
+/// Calls `f` on every endpoint of every backend of `routes`, mirror backends included.
+fn for_each_endpoint<'r>(
+    routes: impl IntoIterator<Item = &'r model::Route>,
+    mut f: impl FnMut(&model::Endpoint),
+) {
+    let mut backend = |b: &model::Backend| {
+        if let model::BackendTarget::Endpoints { endpoints, .. } = &b.target {
+            endpoints.iter().for_each(&mut f);
+        }
+    };
+    let mirrors = |filters: &[model::Filter], backend: &mut dyn FnMut(&model::Backend)| {
+        for filter in filters {
+            if let model::Filter::RequestMirror(m) = filter {
+                backend(&m.backend);
+            }
+        }
+    };
+    for rule in routes.into_iter().flat_map(|r| &r.rules) {
+        mirrors(&rule.filters, &mut backend);
+        for b in &rule.backends {
+            mirrors(&b.filters, &mut backend);
+            backend(b);
+        }
+    }
+}
+
+/// Per unreachable cluster: how many distinct endpoints (address and port) of it `snapshots`
+/// serve from its last-known state (for `meridian_member_cluster_stale_endpoints`).
+pub(crate) fn stale_endpoint_counts<'s>(
+    snapshots: impl IntoIterator<Item = &'s meridian_model::Snapshot>,
+    unreachable: &BTreeMap<ClusterName, UnreachableCluster>,
+) -> BTreeMap<ClusterName, usize> {
+    let mut seen: BTreeMap<&str, BTreeSet<(std::net::IpAddr, u16)>> = BTreeMap::new();
+    if unreachable.is_empty() {
+        return BTreeMap::new();
+    }
+    let routes = snapshots
+        .into_iter()
+        .flat_map(|s| &s.gateways)
+        .flat_map(|g| &g.listeners)
+        .flat_map(|l| &l.routes);
+    for_each_endpoint(routes, |e| {
+        if let Some((name, _)) = unreachable.get_key_value(&e.cluster) {
+            seen.entry(name.as_str())
+                .or_default()
+                .insert((e.address, e.port));
+        }
+    });
+    seen.into_iter()
+        .map(|(c, eps)| (c.to_string(), eps.len()))
+        .collect()
 }
 
 #[cfg(test)]

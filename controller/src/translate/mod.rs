@@ -48,6 +48,7 @@ use meridian_model::Snapshot;
 use crate::status::StatusUpdate;
 use crate::world::{ClusterName, ClusterState, World};
 
+pub(crate) use self::failover::stale_endpoint_counts;
 pub use self::failover::{UnreachableCluster, next_stale_expiry};
 pub use self::refresh::refresh_endpoints;
 pub use self::rules::parse_duration_ms;

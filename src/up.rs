@@ -371,7 +371,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .collect();
     // The demo backends live in the drill actuator so kill/blackhole drills can stop them.
     let backends = Arc::new(LocalBackends::new());
-    let controller = Controller::start(ControllerConfig::new(members, data_plane)).await?;
+    let mut controller_config = ControllerConfig::new(members, data_plane);
+    controller_config.drill_actuator = Some(backends.clone());
+    let controller = Controller::start(controller_config).await?;
     say(format!(
         "controller: watching {} clusters, serving snapshots at {dist_url}",
         plans.len()

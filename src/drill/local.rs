@@ -15,56 +15,23 @@
 //! as a crashed process would. The nft table is deleted by restore, by [`LocalBackends::shutdown`]
 //! and, as a last resort, when the [`LocalBackends`] is dropped (any exit path of `up`).
 
-// fail/restore are called by the controller through DrillActuator, which is not on main yet.
-#![allow(dead_code)]
-
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+
+use meridian_controller::{DrillActuator, DrillMode, DrillTarget};
 use tokio::sync::Mutex;
 
 use crate::echo::{self, EchoArgs};
 
-/// Failing modes the actuator performs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LocalMode {
-    /// Stop the backends: connections refused.
-    Kill,
-    /// Drop their packets: connections and requests time out.
-    Blackhole,
-}
-
-/// Which backends: every set field must match.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LocalTarget {
-    /// Member cluster.
-    pub cluster: Option<String>,
-    /// Region.
-    pub region: Option<String>,
-    /// Zone.
-    pub zone: Option<String>,
-}
-
-impl LocalTarget {
-    fn matches(&self, b: &EchoArgs) -> bool {
-        (self.cluster.is_some() || self.region.is_some() || self.zone.is_some())
-            && self.cluster.as_ref().is_none_or(|c| *c == b.cluster)
-            && self.region.as_ref().is_none_or(|r| *r == b.region)
-            && self.zone.as_ref().is_none_or(|z| *z == b.zone)
-    }
-
-    fn describe(&self) -> String {
-        [
-            self.cluster.as_ref().map(|c| format!("cluster {c}")),
-            self.region.as_ref().map(|r| format!("region {r}")),
-            self.zone.as_ref().map(|z| format!("zone {z}")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(", ")
-    }
+fn matches(t: &DrillTarget, b: &EchoArgs) -> bool {
+    (t.cluster.is_some() || t.region.is_some() || t.zone.is_some())
+        && t.cluster.as_ref().is_none_or(|c| *c == b.cluster)
+        && t.region.as_ref().is_none_or(|r| *r == b.region)
+        && t.zone.as_ref().is_none_or(|z| *z == b.zone)
 }
 
 struct Running {
@@ -220,6 +187,7 @@ impl LocalBackends {
     }
 
     /// The nft table a blackhole installs.
+    #[cfg(test)]
     pub fn table(&self) -> &str {
         &self.table
     }
@@ -246,20 +214,27 @@ impl LocalBackends {
     }
 
     /// Takes the target's backends down (`Kill`) or drops their packets (`Blackhole`).
-    pub async fn fail(&self, mode: LocalMode, target: &LocalTarget) -> Result<String, String> {
+    pub async fn fail_target(
+        &self,
+        mode: DrillMode,
+        target: &DrillTarget,
+    ) -> Result<String, String> {
         let mut backends = self.backends.lock().await;
         let idx: Vec<usize> = (0..backends.len())
-            .filter(|&i| target.matches(&backends[i].args))
+            .filter(|&i| matches(target, &backends[i].args))
             .collect();
         if idx.is_empty() {
             return Err(format!(
                 "no backend of `meridian up` is in {}; its backends: {}",
-                target.describe(),
+                target,
                 Self::inventory(&backends)
             ));
         }
         match mode {
-            LocalMode::Kill => {
+            DrillMode::Drain => {
+                Err("drain drills are carried out by the proxies, not by `meridian up`".into())
+            }
+            DrillMode::Kill => {
                 let mut done = Vec::new();
                 for i in idx {
                     if let Some(r) = backends[i].running.take() {
@@ -272,7 +247,7 @@ impl LocalBackends {
                 }
                 Ok(format!("stopped {}", done.join(", ")))
             }
-            LocalMode::Blackhole => {
+            DrillMode::Blackhole => {
                 if !is_root() {
                     return Err(format!("not running as root: {NFT_FIX}"));
                 }
@@ -328,14 +303,19 @@ impl LocalBackends {
         Ok(true)
     }
 
-    /// Undoes [`fail`](Self::fail); doing it twice is fine.
-    pub async fn restore(&self, mode: LocalMode, target: &LocalTarget) -> Result<String, String> {
+    /// Undoes [`fail_target`](Self::fail_target); doing it twice is fine.
+    pub async fn restore_target(
+        &self,
+        mode: DrillMode,
+        target: &DrillTarget,
+    ) -> Result<String, String> {
         match mode {
-            LocalMode::Kill => {
+            DrillMode::Drain => Ok("nothing to undo for a drain".into()),
+            DrillMode::Kill => {
                 let mut backends = self.backends.lock().await;
                 let mut done = Vec::new();
                 for b in backends.iter_mut() {
-                    if b.running.is_none() && target.matches(&b.args) {
+                    if b.running.is_none() && matches(target, &b.args) {
                         b.running = Some(start_backend(&b.args).await?);
                         done.push(format!("{} ({})", b.args.name, b.args.listen));
                     }
@@ -346,7 +326,7 @@ impl LocalBackends {
                     format!("restarted {}", done.join(", "))
                 })
             }
-            LocalMode::Blackhole => Ok(if self.remove_table().await? {
+            DrillMode::Blackhole => Ok(if self.remove_table().await? {
                 format!("nft table inet {} deleted", self.table)
             } else {
                 "no blackhole installed".into()
@@ -365,6 +345,26 @@ impl LocalBackends {
                 stop_backend(r).await;
             }
         }
+    }
+}
+
+impl DrillActuator for LocalBackends {
+    fn fail(
+        &self,
+        mode: DrillMode,
+        target: &DrillTarget,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        let target = target.clone();
+        Box::pin(async move { self.fail_target(mode, &target).await })
+    }
+
+    fn restore(
+        &self,
+        mode: DrillMode,
+        target: &DrillTarget,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        let target = target.clone();
+        Box::pin(async move { self.restore_target(mode, &target).await })
     }
 }
 
@@ -424,10 +424,10 @@ mod tests {
         Ok(out)
     }
 
-    fn region(r: &str) -> LocalTarget {
-        LocalTarget {
+    fn region(r: &str) -> DrillTarget {
+        DrillTarget {
             region: Some(r.into()),
-            ..LocalTarget::default()
+            ..DrillTarget::default()
         }
     }
 
@@ -444,11 +444,11 @@ mod tests {
         let mut idle = TcpStream::connect(a).unwrap();
         idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
 
-        let zone_a = LocalTarget {
+        let zone_a = DrillTarget {
             zone: Some("us-east-a".into()),
-            ..LocalTarget::default()
+            ..DrillTarget::default()
         };
-        let msg = lb.fail(LocalMode::Kill, &zone_a).await.unwrap();
+        let msg = lb.fail_target(DrillMode::Kill, &zone_a).await.unwrap();
         assert!(msg.contains("echo-us-east-a"), "{msg}");
         let err = TcpStream::connect_timeout(&a, Duration::from_millis(500)).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
@@ -458,14 +458,14 @@ mod tests {
         assert!(get(b).unwrap().contains("200 OK"), "zone b untouched");
 
         assert!(
-            lb.restore(LocalMode::Kill, &zone_a)
+            lb.restore_target(DrillMode::Kill, &zone_a)
                 .await
                 .unwrap()
                 .contains("restarted")
         );
         assert!(get(a).unwrap().contains(r#""zone":"us-east-a""#));
         assert_eq!(
-            lb.restore(LocalMode::Kill, &zone_a).await.unwrap(),
+            lb.restore_target(DrillMode::Kill, &zone_a).await.unwrap(),
             "nothing to restart"
         );
         lb.shutdown().await;
@@ -475,17 +475,23 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_target_lists_the_backends() {
         let lb = LocalBackends::new();
-        let err = lb.fail(LocalMode::Kill, &region("mars")).await.unwrap_err();
+        let err = lb
+            .fail_target(DrillMode::Kill, &region("mars"))
+            .await
+            .unwrap_err();
         assert!(err.contains("--no-demo"), "{err}");
         lb.start(echo("us-east-a", free_port())).await.unwrap();
-        let err = lb.fail(LocalMode::Kill, &region("mars")).await.unwrap_err();
+        let err = lb
+            .fail_target(DrillMode::Kill, &region("mars"))
+            .await
+            .unwrap_err();
         assert!(
-            err.contains("region mars") && err.contains("east/us-east/us-east-a"),
+            err.contains("region=mars") && err.contains("east/us-east/us-east-a"),
             "{err}"
         );
         // An empty target matches nothing rather than everything.
         assert!(
-            lb.fail(LocalMode::Kill, &LocalTarget::default())
+            lb.fail_target(DrillMode::Kill, &DrillTarget::default())
                 .await
                 .is_err()
         );
@@ -509,7 +515,7 @@ mod tests {
         lb.start(echo("us-east-a", port)).await.unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let msg = lb
-            .fail(LocalMode::Blackhole, &region("us-east"))
+            .fail_target(DrillMode::Blackhole, &region("us-east"))
             .await
             .unwrap();
         assert!(msg.contains(lb.table()), "{msg}");
@@ -519,18 +525,18 @@ mod tests {
             std::io::ErrorKind::TimedOut,
             "dropped, not refused"
         );
-        lb.restore(LocalMode::Blackhole, &region("us-east"))
+        lb.restore_target(DrillMode::Blackhole, &region("us-east"))
             .await
             .unwrap();
         assert!(get(addr).unwrap().contains("200 OK"));
         assert_eq!(
-            lb.restore(LocalMode::Blackhole, &region("us-east"))
+            lb.restore_target(DrillMode::Blackhole, &region("us-east"))
                 .await
                 .unwrap(),
             "no blackhole installed"
         );
         // Dropping with a table installed removes it.
-        lb.fail(LocalMode::Blackhole, &region("us-east"))
+        lb.fail_target(DrillMode::Blackhole, &region("us-east"))
             .await
             .unwrap();
         let table = lb.table().to_string();

@@ -1,0 +1,386 @@
+//! `meridian drill` end to end against `meridian up`, as a person runs them: two real processes,
+//! drills in drain, kill and (with nft and root) blackhole mode, and an abort guard.
+//!
+//! Only one `up` can run on a machine at a time (fixed loopback addresses), so everything happens
+//! in one test, in order, and `up` is stopped on every path (the guard's Drop).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A child process stopped on drop: SIGINT (what Ctrl-C sends), then SIGKILL after 15 s.
+struct Stop(std::process::Child);
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Output lines of a child, echoed with a prefix, on a channel.
+fn lines(child: &mut std::process::Child, prefix: &'static str) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{prefix}> {line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    report: serde_json::Value,
+    dir: PathBuf,
+}
+
+/// Runs `meridian drill` with a hard deadline; the report must exist afterwards.
+fn drill(kubeconfig: &Path, report: &Path, args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("drill")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--report")
+        .arg(report)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut child, "drill");
+    let mut child = Stop(child);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let code = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "meridian drill {args:?} ran past 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The reader thread ends with the pipe; give it a moment to pass the last lines on.
+    std::thread::sleep(Duration::from_millis(100));
+    let stdout: Vec<String> = rx.try_iter().collect();
+    let json = std::fs::read_to_string(report.join("report.json"))
+        .unwrap_or_else(|e| panic!("report.json of {args:?}: {e}\n{}", stdout.join("\n")));
+    Run {
+        code,
+        stdout: stdout.join("\n"),
+        report: serde_json::from_str(&json).unwrap(),
+        dir: report.to_path_buf(),
+    }
+}
+
+fn num(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// What every completed drill of us-east must show: no failed GET, ≥95 % served elsewhere while
+/// us-east was down, back home afterwards, and the report files with the picture's markers.
+fn assert_clean_failover(run: &Run, mode: &str) {
+    let r = &run.report;
+    let f = &r["figures"];
+    println!(
+        "{mode}: detect {} ms, shift95 {} ms, failback {} ms, failed {}, p99 before/during/after {}/{}/{} ms",
+        f["timeToDetectMs"],
+        f["timeToShift95Ms"],
+        f["failbackMs"],
+        f["failedTotal"],
+        f["before"]["latency"]["p99Ms"],
+        f["during"]["latency"]["p99Ms"],
+        f["after"]["latency"]["p99Ms"]
+    );
+    assert_eq!(run.code, Some(0), "{mode}: exit status\n{}", run.stdout);
+    assert_eq!(r["drill"]["status"]["phase"], "Succeeded", "{mode}");
+    assert_eq!(r["pass"], true, "{mode}");
+    assert_eq!(f["failedTotal"], 0, "{mode}: 0 failed GETs: {f}");
+    assert_eq!(f["homeRegion"], "us-east", "{mode}");
+    assert!(num(&f["requests"]) > 500.0, "{mode}: load ran: {f}");
+    // While us-east was failed, (almost) every answer came from elsewhere.
+    let east_during = f["during"]["shareByRegion"]["us-east"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        east_during <= 5.0,
+        "{mode}: us-east share during {east_during} %"
+    );
+    assert!(f["timeToShift95Ms"].is_number(), "{mode}: 95 % shift: {f}");
+    assert!(f["timeToDetectMs"].is_number(), "{mode}");
+    // After the restore, traffic came back to the local region.
+    assert!(f["failbackMs"].is_number(), "{mode}: failback: {f}");
+    let east_after = num(&f["after"]["shareByRegion"]["us-east"]);
+    assert!(
+        east_after >= 50.0,
+        "{mode}: us-east share after {east_after} %"
+    );
+    assert_eq!(
+        r["load"]["servedByHeader"], r["figures"]["requests"],
+        "{mode}: header on every answer"
+    );
+    let md = std::fs::read_to_string(run.dir.join("report.md")).unwrap();
+    assert!(md.contains("| time to shift ≥95 %"), "{md}");
+    let svg = std::fs::read_to_string(run.dir.join("timeline.svg")).unwrap();
+    assert!(svg.contains(r#"id="marker-fail""#) && svg.contains(r#"id="marker-restore""#));
+    assert!(svg.contains(r#"data-series="us-east""#) && svg.contains(r#"data-series="us-west""#));
+}
+
+fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--context", "east"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn nft_usable() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false);
+    root && Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn drills_fail_a_region_and_bring_it_back() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: kubectl is not installed");
+        return;
+    }
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("meridian-drill-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "up",
+            "--fresh",
+            "--base-port",
+            "0",
+            "--distribution-port",
+            "0",
+            "--admin-base-port",
+            "0",
+        ])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut child, "up");
+    let up = Stop(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ready = false;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) if line.starts_with("Meridian is up") => {
+                ready = true;
+                break;
+            }
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    assert!(ready, "meridian up did not report readiness within 120 s");
+    let kubeconfig = dir.join("state").join("kubeconfig");
+    let cache = dir.join("kube-cache");
+    // Short phases: the controller's guard window is also its baseline and after-period.
+    let common = [
+        "--target",
+        "us-east",
+        "--warmup",
+        "2s",
+        "--duration",
+        "4s",
+        "--after",
+        "4s",
+        "--load",
+        "100",
+        "--guard-window",
+        "1s",
+    ];
+
+    // 1. Drain: the proxies stop using us-east; nothing is broken.
+    let run = drill(
+        &kubeconfig,
+        &dir.join("drain"),
+        &[&common[..], &["--mode", "drain"]].concat(),
+    );
+    assert_clean_failover(&run, "drain");
+    assert!(
+        run.stdout.contains("drill phase Succeeded"),
+        "{}",
+        run.stdout
+    );
+
+    // 2. Kill: us-east's backends are stopped (connections refused) and restarted.
+    let run = drill(
+        &kubeconfig,
+        &dir.join("kill"),
+        &[&common[..], &["--mode", "kill"]].concat(),
+    );
+    assert_clean_failover(&run, "kill");
+
+    // 3. Blackhole: us-east's packets are dropped. Requests in flight to a silent endpoint wait
+    //    for the proxy's timeouts, so failed GETs are reported, not required to be zero.
+    if nft_usable() {
+        let run = drill(
+            &kubeconfig,
+            &dir.join("blackhole"),
+            &[&common[..], &["--mode", "blackhole"]].concat(),
+        );
+        let f = &run.report["figures"];
+        println!(
+            "blackhole: detect {} ms, shift95 {} ms, failback {} ms, failed {} {}, p99 during {} ms",
+            f["timeToDetectMs"],
+            f["timeToShift95Ms"],
+            f["failbackMs"],
+            f["failedTotal"],
+            f["failed"],
+            f["during"]["latency"]["p99Ms"]
+        );
+        assert_eq!(run.report["drill"]["status"]["phase"], "Succeeded");
+        assert!(
+            f["timeToShift95Ms"].is_number(),
+            "blackhole: 95 % shift: {f}"
+        );
+        assert!(f["failbackMs"].is_number(), "blackhole: failback: {f}");
+        assert!(num(&f["after"]["shareByRegion"]["us-east"]) >= 50.0);
+        let svg = std::fs::read_to_string(run.dir.join("timeline.svg")).unwrap();
+        assert!(svg.contains(r#"id="marker-fail""#) && svg.contains(r#"id="marker-restore""#));
+        // The table is gone after the restore.
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&tables.stdout).contains("meridian-drill-"),
+            "nft table left behind"
+        );
+    } else {
+        eprintln!("SKIP blackhole drill: needs root and a working nft");
+    }
+
+    // 4. Abort guard: a geo-fence keeps demo/echo in us-east, so draining us-east leaves no
+    //    endpoint: 503s, the 5 % error guard trips, the drill is aborted and us-east restored.
+    let policy = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {name: fence-east, namespace: demo}
+spec:
+  targetRefs: [{group: multicluster.x-k8s.io, kind: ServiceImport, name: echo}]
+  geoFence: {regions: [us-east]}
+"#;
+    kubectl(&kubeconfig, &cache, &["apply", "-f", "-"], Some(policy));
+    let run = drill(
+        &kubeconfig,
+        &dir.join("abort"),
+        &[
+            "--target",
+            "us-east",
+            "--warmup",
+            "2s",
+            "--duration",
+            "30s",
+            "--after",
+            "3s",
+            "--load",
+            "100",
+            "--guard-window",
+            "1s",
+            "--guard-error-percent",
+            "5",
+            "--mode",
+            "drain",
+        ],
+    );
+    kubectl(
+        &kubeconfig,
+        &cache,
+        &["delete", "failoverpolicy", "-n", "demo", "fence-east"],
+        None,
+    );
+    let r = &run.report;
+    let st = &r["drill"]["status"];
+    println!("abort: {}", st["abortReason"]);
+    assert_eq!(run.code, Some(3), "aborted drills exit 3\n{}", run.stdout);
+    assert_eq!(st["phase"], "Aborted");
+    assert!(
+        run.stdout.contains("drill Aborted:"),
+        "the CLI says why: {}",
+        run.stdout
+    );
+    let reason = st["abortReason"].as_str().unwrap();
+    assert!(run.stdout.contains(reason), "{}", run.stdout);
+    // Restored at once, long before the 30 s duration.
+    let (fail, restore) = (
+        num(&r["moments"]["failMs"]),
+        num(&r["moments"]["restoreMs"]),
+    );
+    assert!(
+        restore - fail < 10_000.0,
+        "restored {} ms after the fail",
+        restore - fail
+    );
+    assert!(num(&r["figures"]["during"]["errorPercent"]) > 5.0);
+    assert!(
+        r["figures"]["failbackMs"].is_number(),
+        "traffic back after the abort"
+    );
+    assert_eq!(r["pass"], false);
+
+    drop(up);
+    println!("whole test: {:.1} s", started.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&dir);
+}

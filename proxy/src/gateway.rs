@@ -36,6 +36,7 @@ use meridian_model::snapshot::{
     RequestRedirect, UrlRewrite,
 };
 use meridian_model::traffic::FailureKind;
+use pingora_core::protocols::TcpKeepalive;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -48,8 +49,15 @@ use crate::headers::{self, ReqEdit, ReqHeaders, RespEdit};
 use crate::mirror;
 use crate::state::Shared;
 
-/// Connect timeout when the rule sets no per-try timeout.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connect timeout when the rule sets no per-try timeout. 2 s: a blackholed endpoint costs a
+/// request at most this before it moves on (1 s would spend two retries per request on a dead
+/// zone before the health checker ejects it and exhaust the retry budget), and one lost SYN
+/// (resent after 1 s) still connects.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Sent data unacknowledged this long kills an upstream connection (TCP_USER_TIMEOUT): a request
+/// on a pooled connection into a region whose packets vanish fails over instead of waiting for
+/// the client to give up. Keep-alive probes find dead idle pooled connections the same way.
+const UPSTREAM_USER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle time of a pooled upstream connection.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 /// Most extra tries spent on connect failures when the rule has no retry policy.
@@ -618,6 +626,13 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = budget;
         peer.options.write_timeout = budget;
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        peer.options.tcp_keepalive = Some(TcpKeepalive {
+            idle: Duration::from_secs(5),
+            interval: Duration::from_secs(1),
+            count: 3,
+            #[cfg(target_os = "linux")]
+            user_timeout: UPSTREAM_USER_TIMEOUT,
+        });
         if protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
         }
@@ -671,6 +686,11 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // Nobody is waiting for an answer: trying another endpoint only adds load.
+        if client_went_away(&e) {
+            e.set_retry(false);
+            return e;
+        }
         let body_replayable = !session.as_ref().retry_buffer_truncated();
         if ctx.status_retry {
             // Our own marker from `upstream_response_filter`; the retry was already counted.

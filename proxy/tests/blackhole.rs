@@ -72,16 +72,13 @@ const LOAD_END: Duration = Duration::from_secs(25);
 const PROMPT: Duration = Duration::from_secs(1);
 /// Goal of issue 7: ≥ 95 % of the traffic on the next tier within this after the cut (met).
 const SHIFT_GOAL: Duration = Duration::from_secs(3);
-/// The goal is 0 failed GETs; it is NOT met yet. Each idle pooled upstream connection to the
-/// dead region at the moment of the cut costs one GET: the request is written into it, no answer
-/// ever comes and nothing in the proxy times it out (no read timeout unless the route sets one,
-/// no TCP user timeout), so only the client's timeout ends it. 4 per run were measured (about one
-/// pooled connection per client); this bound only catches a regression. Set it to 0 once the
-/// upstream connections carry a TCP user timeout (see docs/failover.md, "Blackholed region").
-const MAX_FAILED_GETS: usize = 16;
+/// Goal of issue 7: 0 failed GETs (asserted below). A GET written into an idle pooled connection
+/// to the dead region at the moment of the cut gets no answer; the upstream TCP user timeout (2 s)
+/// kills that connection and the GET is retried on another endpoint.
+///
 /// Requests that open a new connection to the dead region wait for the proxy's connect timeout
-/// (5 s by default) before they are retried on the next tier; p99 during the cut is bounded by it.
-const MAX_P99_DURING_CUT: Duration = Duration::from_secs(6);
+/// (2 s by default) before they are retried on the next tier; p99 during the cut is bounded by it.
+const MAX_P99_DURING_CUT: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------------------------
 // Environment checks and commands
@@ -695,17 +692,9 @@ async fn blackholed_region_fails_over_and_back() {
             "next tier keeps the traffic"
         );
         assert!(
-            failed.len() <= MAX_FAILED_GETS,
+            failed.is_empty(),
             "failed requests: {failed_desc:?} ({} in all)",
             failed.len()
-        );
-        // The ones that do fail are the requests caught on the dead region before it was
-        // ejected, never later ones.
-        assert!(
-            failed
-                .iter()
-                .all(|s| s.start >= cut && s.start < cut + shift),
-            "a request failed outside the cut's first moments: {failed_desc:?}"
         );
         assert!(
             p99_cut <= MAX_P99_DURING_CUT,

@@ -70,7 +70,8 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
         .fold(0.0, f64::max)
         .max(1.0);
     let ystep = nice_step(peak, 5.0);
-    let ymax = (peak / ystep).ceil() * ystep;
+    // Headroom above the peak so the top edge and the marker labels stay readable.
+    let ymax = (peak * 1.15 / ystep).ceil() * ystep;
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
     let x = |ms: f64| LEFT + ms / end_ms * pw;

@@ -9,7 +9,9 @@
 //! Every time is in microseconds since the load started. A request belongs to the phase in which
 //! it was *meant* to be sent (open-loop load: a late send is the system's fault, not the
 //! client's), so `before` is `[0, fail)`, `during` is `[fail, restore)` and `after` is
-//! `[restore, end)`. Nothing here reads a clock, so the unit tests are plain tables.
+//! `[restore, end)`. Shares over time (the 95 % shift, failback and the picture) bin answers by
+//! when they *arrived*, so a request stuck behind a dead endpoint counts when the client finally
+//! got its answer. Nothing here reads a clock, so the unit tests are plain tables.
 
 use std::collections::BTreeMap;
 
@@ -229,11 +231,13 @@ pub struct Figures {
     /// Fail moment → the first request (sent at or after it) that completed served outside the
     /// target or failed, ms.
     pub time_to_detect_ms: Option<f64>,
-    /// Fail moment → end of the first 250 ms bin (bins start at the fail moment) in which at least
-    /// 95 % of answered requests came from outside the target, ms. Resolution: one bin.
+    /// Fail moment → end of the first 250 ms bin (bins start at the fail moment, answers binned by
+    /// arrival) in which at least 95 % of the answers came from outside the target, ms.
+    /// Resolution: one bin.
     pub time_to_shift_95_ms: Option<f64>,
-    /// Restore moment → end of the first 250 ms bin (bins start at the restore moment) in which
-    /// at least 95 % of answered requests came from the home region again, ms.
+    /// Restore moment → end of the first 250 ms bin (bins start at the restore moment, answers
+    /// binned by arrival) in which at least 95 % of the answers came from the home region again,
+    /// ms.
     pub failback_ms: Option<f64>,
 }
 
@@ -287,8 +291,10 @@ fn phase<'a>(samples: impl Iterator<Item = &'a Sample>) -> Phase {
 }
 
 /// End (relative to `from_us`, ms) of the first bin of [`BIN_US`] starting at `from_us` and ending
-/// by `until_us` in which at least [`SHIFT_THRESHOLD`] of the answered requests satisfy `good`.
-/// Bins without answers never count. A last, partial bin counts too.
+/// by `until_us` in which at least [`SHIFT_THRESHOLD`] of the answers that *arrived* in the bin
+/// satisfy `good`. Binning by arrival keeps stalls honest: answers held by a silent endpoint land
+/// in the bin where the client got them. Bins without answers never count; a last, partial bin
+/// does.
 fn first_good_bin(
     samples: &[Sample],
     from_us: u64,
@@ -302,10 +308,11 @@ fn first_good_bin(
     let mut answered = vec![0u64; nbins];
     let mut ok = vec![0u64; nbins];
     for s in samples {
-        if s.at_us < from_us || s.at_us >= until_us {
+        let done = s.done_us();
+        if done < from_us || done >= until_us {
             continue;
         }
-        let i = ((s.at_us - from_us) / BIN_US) as usize;
+        let i = ((done - from_us) / BIN_US) as usize;
         if let Outcome::Answered(by) = &s.outcome {
             answered[i] += 1;
             if good(by) {
@@ -396,7 +403,9 @@ pub struct Bin {
     pub failed: u64,
 }
 
-/// Bins the samples by intended send time, from 0 to `end_us`. A last, partial bin is left out
+/// Bins the samples by the time their outcome arrived, from 0 to `end_us`: what the client saw
+/// over time, stalls included (a request held for 2 s shows up 2 s later). A last, partial bin is
+/// left out
 /// (it would look like a drop in the rate); its samples still count in [`figures`].
 pub fn bins(samples: &[Sample], end_us: u64) -> Vec<Bin> {
     let n = (end_us / BIN_US) as usize;
@@ -407,7 +416,7 @@ pub fn bins(samples: &[Sample], end_us: u64) -> Vec<Bin> {
         })
         .collect();
     for s in samples {
-        let Some(b) = out.get_mut((s.at_us / BIN_US) as usize) else {
+        let Some(b) = out.get_mut((s.done_us() / BIN_US) as usize) else {
             continue;
         };
         match &s.outcome {
@@ -660,6 +669,39 @@ mod tests {
     }
 
     #[test]
+    fn stalled_answers_count_when_they_arrive() {
+        // Blackhole: requests sent in the first 2 s after the fail hang on the silent endpoint and
+        // are answered elsewhere only at 3 s; later ones go elsewhere at once.
+        let mut s = steady(0, 1000, "east");
+        s.extend((1000..3000).step_by(10).map(|t| Sample {
+            at_us: t * 1000,
+            latency_us: (3000 - t) * 1000,
+            outcome: Outcome::Answered(by("west")),
+        }));
+        s.extend(steady(3000, 4000, "west"));
+        let f = figures(
+            &s,
+            &east(),
+            Moments {
+                fail_us: Some(1_000_000),
+                restore_us: Some(4_000_000),
+                end_us: 4_000_000,
+            },
+        );
+        // By send time every request after the fail went west; by arrival nothing arrived for
+        // 2 s. The shift counts from the first bin that received answers: [3000, 3250).
+        assert_eq!(f.time_to_shift_95_ms, Some(2250.0));
+        assert_eq!(f.time_to_detect_ms, Some(2000.0));
+        assert_eq!(f.during.latency.max_ms, Some(2000.0));
+        let b = bins(&s, 4_000_000);
+        assert!(
+            b[4..12].iter().all(|b| b.by_region.is_empty()),
+            "the stall is visible"
+        );
+        assert_eq!(b[12].by_region.get("west"), Some(&(200 + 25)));
+    }
+
+    #[test]
     fn percentiles_use_the_nearest_rank_of_answered_requests() {
         // 100 answers of 1..=100 ms before the fail; failures do not count towards latency.
         let mut s: Vec<Sample> = (1..=100)
@@ -695,7 +737,10 @@ mod tests {
             ok(0, "east"),
             ok(100, "west"),
             failed(260, FailKind::Connect),
-            ok(499, "east"),
+            // Sent at 480 ms, answered at 481 ms; a request sent at 249 ms and answered at 250 ms
+            // is counted when it arrived.
+            ok(480, "east"),
+            ok(249, "west"),
             ok(900, "east"),
         ];
         let b = bins(&s, 600_000);
@@ -704,6 +749,7 @@ mod tests {
         assert_eq!(b[0].by_region.get("east"), Some(&1));
         assert_eq!(b[0].by_region.get("west"), Some(&1));
         assert_eq!((b[1].failed, b[1].by_region.get("east")), (1, Some(&1)));
+        assert_eq!(b[1].by_region.get("west"), Some(&1));
         assert_eq!(b[1].start_ms, 250);
         assert_eq!(bins(&s, 750_000).len(), 3);
     }

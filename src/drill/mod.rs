@@ -653,7 +653,15 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
             fail_ms,
             restore_ms,
         },
-        bins: figures::bins(&samples, end_us),
+        // Answers are binned by arrival: the picture runs until the last one.
+        bins: figures::bins(
+            &samples,
+            samples
+                .iter()
+                .map(Sample::done_us)
+                .max()
+                .map_or(0, |m| m + 1),
+        ),
         figures,
         checks,
         pass: succeeded && all_pass,

@@ -1,9 +1,10 @@
-//! `timeline.svg`: requests per second by serving region over time, failures in red, and the
+//! `timeline.svg`: answers per second by serving region over time (by when they arrived, so a
+//! stall shows as a gap), failures in red, and the
 //! fail/restore moments as labelled vertical lines. Plain SVG written by hand (no fonts or
 //! scripts needed), so it renders on GitHub and in any browser.
 //!
 //! Layout: regions are stacked areas, bottom to top in name order; failures sit on top in red.
-//! The y axis is requests per second (bin count × bins per second).
+//! The y axis is answers per second (bin count × bins per second).
 
 use std::fmt::Write as _;
 
@@ -104,7 +105,7 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
     }
     let _ = writeln!(
         s,
-        r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">requests / s</text>"#,
+        r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">answers / s</text>"#,
         TOP + ph / 2.0
     );
     // X axis in seconds.
@@ -123,7 +124,7 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
     }
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds since the load started (bins of {} ms)</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds since the load started (answers by arrival, bins of {} ms)</text>"#,
         LEFT + pw / 2.0,
         H - 10.0,
         BIN_US / 1000

@@ -724,7 +724,7 @@ spec:
         let text = include_str!("../../examples/failover-policy.yaml");
         let p: FailoverPolicy = serde_yaml::from_str(text).unwrap();
         assert_eq!(p.spec.target_refs[0].kind, "ServiceImport");
-        assert_eq!(p.spec.failover[0].to, ["us-west", "eu-west"]);
+        assert_eq!(p.spec.failover[0].to, ["us-west", "eu-central"]);
         assert_eq!(p.spec.weights[0].percent, 10);
         assert_eq!(p.spec.outlier_detection.unwrap().consecutive_5xx, Some(5));
         let fb = p.spec.failback.unwrap();

@@ -69,7 +69,11 @@ impl std::str::FromStr for AddressRange {
                 .filter(|b| *b <= 32)
                 .ok_or_else(|| format!("{n:?} is not a prefix length 0-32"))?;
             let base = u32::from(ip(a)?);
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             let (net, bcast) = (base & mask, base | !mask);
             // Leave network and broadcast addresses out where there is room for it.
             let (first, last) = if bits <= 30 {
@@ -195,7 +199,9 @@ mod tests {
         assert_eq!(p.address("east", "demo/new", later), None, "old still held");
         let much_later = t0 + AddressPools::RELEASE_AFTER + Duration::from_secs(1);
         assert_eq!(
-            p.address("east", "demo/new", much_later).unwrap().to_string(),
+            p.address("east", "demo/new", much_later)
+                .unwrap()
+                .to_string(),
             "127.0.10.1"
         );
         assert_eq!(p.address("east", "demo/keep", much_later), Some(keep));

@@ -669,10 +669,10 @@ mod tests {
         let p: FailoverPolicy = serde_yaml::from_str(text).unwrap();
         let m = to_model(&p.spec).unwrap();
         assert_eq!(m.failover[0].from, "us-east");
-        assert_eq!(m.failover[0].to, ["us-west", "eu-west"]);
+        assert_eq!(m.failover[0].to, ["us-west", "eu-central"]);
         assert_eq!(m.weights[0].percent, 10);
         assert_eq!(m.min_healthy_percent, 50);
-        assert_eq!(m.geo_fence, ["us-east", "us-west", "eu-west"]);
+        assert_eq!(m.geo_fence, ["us-east", "us-west", "eu-central"]);
         let hc = m.health_check.unwrap();
         assert_eq!((hc.interval_ms, hc.timeout_ms), (1000, 500));
         assert_eq!(hc.http_path.as_deref(), Some("/"));

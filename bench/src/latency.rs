@@ -13,9 +13,12 @@ use std::time::Duration;
 use crate::Opts;
 use crate::http::Target;
 use crate::openloop::{self, Report};
-use crate::sys::loopback;
+use crate::sys::{cpu_ticks_tree, loopback};
 
-fn measure(opts: &Opts, t: &Target, rate: f64) -> anyhow::Result<Report> {
+/// One open-loop run, and the target's CPU µs per answered request during it (warm-up
+/// included on both sides of the division, so the ratio holds).
+fn measure(opts: &Opts, t: &Target, rate: f64) -> anyhow::Result<(Report, Option<f64>)> {
+    let before = t.pid.and_then(cpu_ticks_tree);
     let r = openloop::run(&openloop::Config {
         addr: loopback(t.port),
         host: "bench".into(),
@@ -24,12 +27,33 @@ fn measure(opts: &Opts, t: &Target, rate: f64) -> anyhow::Result<Report> {
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(opts.latency_duration),
     })?;
+    let after = t.pid.and_then(cpu_ticks_tree);
+    let answered = r.total_ok + r.total_errors;
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) if answered > 0 => {
+            // Clock ticks are 1/100 s.
+            Some(a.saturating_sub(b) as f64 * 10_000.0 / answered as f64)
+        }
+        _ => None,
+    };
     eprintln!(
         "latency: {:<12} {:>7.0} req/s → p50 {:>7.0} µs p99 {:>8.0} µs p99.9 {:>8.0} µs \
-         (send delay p99 {:.0} µs, {} errors, {} unfinished)",
-        t.name, rate, r.p50_us, r.p99_us, r.p999_us, r.send_delay_p99_us, r.errors, r.unfinished
+         (send delay p99 {:.0} µs, {} errors, {} unfinished, CPU {} µs/req)",
+        t.name,
+        rate,
+        r.p50_us,
+        r.p99_us,
+        r.p999_us,
+        r.send_delay_p99_us,
+        r.errors,
+        r.unfinished,
+        cpu_cell(cpu)
     );
-    Ok(r)
+    Ok((r, cpu))
+}
+
+fn cpu_cell(cpu: Option<f64>) -> String {
+    cpu.map_or("–".into(), |c| format!("{c:.1}"))
 }
 
 fn flags(r: &Report) -> String {
@@ -53,12 +77,12 @@ fn flags(r: &Report) -> String {
 /// `targets[i]` can sustain `maxes[i]` req/s (closed loop); prints both tables.
 pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()> {
     let dur = Duration::from_secs(opts.latency_duration);
-    let mut own: Vec<Vec<Report>> = vec![Vec::new(); targets.len()];
+    let mut own: Vec<Vec<(Report, Option<f64>)>> = vec![Vec::new(); targets.len()];
     let mut precise = true;
     for &pct in &opts.rates {
         for (i, t) in targets.iter().enumerate() {
             let r = measure(opts, t, maxes[i] * f64::from(pct) / 100.0)?;
-            precise &= r.precise_timer;
+            precise &= r.0.precise_timer;
             own[i].push(r);
         }
     }
@@ -70,14 +94,14 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
     println!();
     println!(
         "| target | % of own max | rate req/s | achieved | p50 µs | p99 µs | p99.9 µs | max µs | \
-         generator send delay p99 µs | problems |"
+         generator send delay p99 µs | CPU µs/req | problems |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (i, t) in targets.iter().enumerate() {
         for (j, &pct) in opts.rates.iter().enumerate() {
-            let r = &own[i][j];
+            let (r, cpu) = &own[i][j];
             println!(
-                "| {} | {pct} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+                "| {} | {pct} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
                 t.name,
                 maxes[i] * f64::from(pct) / 100.0,
                 r.achieved(dur),
@@ -86,6 +110,7 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
                 r.p999_us,
                 r.max_us,
                 r.send_delay_p99_us,
+                cpu_cell(*cpu),
                 flags(r)
             );
         }
@@ -103,7 +128,7 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
     let mut same = Vec::new();
     for t in targets {
         let r = measure(opts, t, common)?;
-        precise &= r.precise_timer;
+        precise &= r.0.precise_timer;
         same.push(r);
     }
     println!(
@@ -113,14 +138,14 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
     println!();
     println!(
         "| target | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | \
-         problems |"
+         CPU µs/req | problems |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for (i, t) in targets.iter().enumerate() {
-        let r = &same[i];
-        let b = &same[d];
+        let (r, cpu) = &same[i];
+        let b = &same[d].0;
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
             t.name,
             r.p50_us,
             r.p99_us,
@@ -128,6 +153,7 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
             r.p50_us - b.p50_us,
             r.p99_us - b.p99_us,
             r.p999_us - b.p999_us,
+            cpu_cell(*cpu),
             flags(r)
         );
     }

@@ -16,6 +16,9 @@
 //! 4. `tls`: HTTPS throughput, TLS terminated by each proxy.
 //! 5. `memory`: proxy RSS at 10 / 1k / 10k routes and per idle keep-alive connection.
 //!
+//! `load --port P --rate R` runs the open-loop generator alone against a running server, for
+//! profiling by hand.
+//!
 //! Tables go to stdout as Markdown; progress to stderr. Nothing is installed: a missing tool is
 //! reported with the Debian package that provides it, and the figures that need it are skipped.
 //! Every run is bounded (rounds × targets × durations, start-up and answer timeouts); `all` with
@@ -63,6 +66,28 @@ enum Cmd {
     Memory(Opts),
     /// Route-matching cost at several table sizes.
     Match,
+    /// Open-loop load at a fixed rate against a running server (for profiling by hand).
+    Load(LoadArgs),
+}
+
+/// Options of `load`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Port on 127.0.0.1.
+    #[arg(long)]
+    pub port: u16,
+    /// Requests per second.
+    #[arg(long)]
+    pub rate: f64,
+    /// Seconds recorded (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Host header.
+    #[arg(long, default_value = "bench")]
+    pub host: String,
 }
 
 /// Options shared by the benchmarks.
@@ -231,6 +256,32 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     match cli.command {
         Cmd::Match => matching::run()?,
+        Cmd::Load(a) => {
+            let duration = std::time::Duration::from_secs(a.duration);
+            let r = openloop::run(&openloop::Config {
+                addr: sys::loopback(a.port),
+                host: a.host,
+                rate: a.rate,
+                connections: a.connections,
+                warmup: std::time::Duration::from_secs(1),
+                duration,
+            })?;
+            println!(
+                "{:.0} req/s due, {:.0} answered/s: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, \
+                 max {:.0} µs; send delay p99 {:.0} µs; {} errors, {} unanswered; answered in \
+                 total (warm-up included) {}",
+                a.rate,
+                r.achieved(duration),
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.max_us,
+                r.send_delay_p99_us,
+                r.errors,
+                r.unfinished,
+                r.total_ok
+            );
+        }
         Cmd::All(opts) => {
             header();
             let env = Env::new(&opts)?;

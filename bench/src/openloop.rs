@@ -66,6 +66,10 @@ pub struct Report {
     pub send_delay_p99_us: f64,
     /// Whether the pacer's timer slack could be lowered.
     pub precise_timer: bool,
+    /// Successful answers over the whole run, warm-up included (for CPU per request).
+    pub total_ok: u64,
+    /// Failed requests over the whole run, warm-up included.
+    pub total_errors: u64,
 }
 
 impl Report {
@@ -80,6 +84,8 @@ struct Samples {
     latency_ns: Vec<u64>,
     send_delay_ns: Vec<u64>,
     errors: u64,
+    total_ok: u64,
+    total_errors: u64,
 }
 
 /// Runs the schedule against `cfg.addr` and reports latency percentiles.
@@ -172,6 +178,8 @@ async fn drive(cfg: &Config) -> anyhow::Result<Report> {
         max_us: us(&s.latency_ns, 1.0),
         send_delay_p99_us: us(&s.send_delay_ns, 0.99),
         precise_timer,
+        total_ok: s.total_ok,
+        total_errors: s.total_errors,
     })
 }
 
@@ -271,12 +279,19 @@ async fn worker(
             false
         };
         let done = Instant::now();
-        if recorded && let Ok(mut s) = samples.lock() {
+        if let Ok(mut s) = samples.lock() {
             if outcome {
-                s.latency_ns.push((done - due).as_nanos() as u64);
-                s.send_delay_ns.push((sent - due).as_nanos() as u64);
+                s.total_ok += 1;
             } else {
-                s.errors += 1;
+                s.total_errors += 1;
+            }
+            match (recorded, outcome) {
+                (true, true) => {
+                    s.latency_ns.push((done - due).as_nanos() as u64);
+                    s.send_delay_ns.push((sent - due).as_nanos() as u64);
+                }
+                (true, false) => s.errors += 1,
+                (false, _) => {} // warm-up
             }
         }
         if !ready {

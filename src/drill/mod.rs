@@ -119,8 +119,10 @@ pub struct DrillArgs {
     /// Report directory (default: drill-report/<UTC timestamp>).
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Per-request timeout, from the request's intended send time.
-    #[arg(long, default_value = "2s")]
+    /// Per-request timeout, from the request's intended send time. Like a patient client: a
+    /// request the proxy holds while it fails over (a blackholed endpoint costs up to its 2 s
+    /// connect timeout) shows as latency, not as a failure.
+    #[arg(long, default_value = "10s")]
     pub request_timeout: String,
     /// Requests in flight at most.
     #[arg(long, default_value_t = 256)]

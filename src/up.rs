@@ -484,6 +484,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             plans[0].name
         ));
     }
+    if !args.no_demo {
+        say(format!(
+            "  meridian drill --kubeconfig {kc} --target {} --mode kill --duration 10s    # fail a region under load, get a report",
+            plans[0].region
+        ));
+    }
     say("Stop with Ctrl-C.");
 
     tokio::signal::ctrl_c()

@@ -37,6 +37,7 @@ fn backend(i: usize) -> Backend {
                 region: "r".into(),
                 zone: "z".into(),
                 ready: true,
+                east_west: false,
             }],
             failover: None,
         },
@@ -99,6 +100,7 @@ fn snapshot(n: usize, shape: Shape) -> Snapshot {
             served_by_header: false,
         }],
         drains: Vec::new(),
+        east_west: Vec::new(),
     }
 }
 

@@ -210,8 +210,9 @@ pub fn patch_endpoints(snapshot: &mut Snapshot, changes: &[EndpointChange]) -> b
 /// contents are equal). `None` when anything else differs, or when two backends with one name
 /// would need different endpoint lists. Generations are ignored.
 pub fn endpoint_delta(old: &Snapshot, new: &Snapshot) -> Option<Vec<EndpointChange>> {
-    // Drains are not endpoint lists: a drill starting or ending sends the whole snapshot.
-    if old.schema != new.schema || old.drains != new.drains {
+    // Drains and east-west backends are not route endpoint lists: a change to them sends the
+    // whole snapshot.
+    if old.schema != new.schema || old.drains != new.drains || old.east_west != new.east_west {
         return None;
     }
     let mut d = Delta::default();

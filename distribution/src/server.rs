@@ -268,6 +268,7 @@ impl Version {
                 .cloned()
                 .collect(),
             drains: self.snapshot.drains.clone(),
+            east_west: self.snapshot.east_west.clone(),
         };
         line(&Outgoing::Snapshot(&filtered))
     }

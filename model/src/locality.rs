@@ -269,6 +269,7 @@ mod tests {
             region: region.into(),
             zone: zone.into(),
             ready,
+            east_west: false,
         }
     }
 

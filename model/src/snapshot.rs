@@ -40,6 +40,10 @@ pub struct Snapshot {
     /// `drain`): the real failover path runs, no workload is touched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drains: Vec<Drain>,
+    /// Backends served to other networks' proxies on this proxy's east-west listener (empty
+    /// when every member cluster shares one network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub east_west: Vec<EastWestBackend>,
 }
 
 impl Snapshot {
@@ -50,6 +54,7 @@ impl Snapshot {
             generation,
             gateways: Vec::new(),
             drains: Vec::new(),
+            east_west: Vec::new(),
         }
     }
 
@@ -507,6 +512,31 @@ pub struct Endpoint {
     /// EndpointSlice readiness.
     #[serde(default = "default_true")]
     pub ready: bool,
+    /// The endpoint's network is not routable from this proxy: `address:port` is the east-west
+    /// listener of a Meridian proxy in the endpoint's cluster, which serves the backend from its
+    /// own endpoints. Requests sent here carry `x-meridian-backend: <backend name>`; `cluster`,
+    /// `region` and `zone` still describe where the traffic ends up, so locality and failover
+    /// work unchanged, and one endpoint per remote proxy keeps ejection per proxy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub east_west: bool,
+}
+
+/// A backend this proxy serves to proxies of other networks on its east-west listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EastWestBackend {
+    /// [`Backend::name`] as the other proxies' snapshots spell it (the `x-meridian-backend`
+    /// request header names it).
+    pub name: String,
+    /// Protocol towards the endpoints.
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+    /// Endpoints on this proxy's network only (never east-west ones: no loops).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Locality policy for choosing among them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Box<FailoverPolicy>>,
 }
 
 fn default_true() -> bool {

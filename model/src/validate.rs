@@ -83,6 +83,21 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
             ));
         }
     }
+    let mut east_west = HashSet::new();
+    for b in &s.east_west {
+        let loc = format!("east-west backend {:?}", b.name);
+        if !east_west.insert(&b.name) {
+            return Err(invalid(&loc, "appears twice"));
+        }
+        // An east-west endpoint here would send a request from one east-west listener to
+        // another: a loop between regions.
+        if b.endpoints.iter().any(|e| e.east_west) {
+            return Err(invalid(
+                &loc,
+                "lists an east-west endpoint (only endpoints on this proxy's network are allowed)",
+            ));
+        }
+    }
     let mut sockets: HashMap<SocketAddr, Vec<(String, Protocol, Option<String>)>> = HashMap::new();
     let mut gateways = HashSet::new();
     for gw in &s.gateways {

@@ -12,6 +12,7 @@ fn ep(cluster: &str, region: &str, zone: &str) -> Endpoint {
         region: region.into(),
         zone: zone.into(),
         ready: true,
+        east_west: false,
     }
 }
 
@@ -85,4 +86,37 @@ fn drains_round_trip_and_old_snapshots_still_parse() {
     let old: Snapshot =
         serde_json::from_str(r#"{"schema":"meridian.dev/snapshot/v1","generation":1}"#).unwrap();
     assert!(old.drains.is_empty());
+}
+
+#[test]
+fn east_west_backends_must_not_loop_or_repeat() {
+    use meridian_model::snapshot::{BackendProtocol, EastWestBackend};
+    let backend = |eps: Vec<Endpoint>| EastWestBackend {
+        name: "demo/echo:8080 (ServiceImport)".into(),
+        protocol: BackendProtocol::Http1,
+        endpoints: eps,
+        failover: None,
+    };
+    let mut s = Snapshot::empty(1);
+    s.east_west.push(backend(vec![ep("east", "us-east", "a")]));
+    assert!(Router::compile(s.clone()).is_ok());
+
+    let mut looped = s.clone();
+    let mut remote = ep("west", "us-west", "a");
+    remote.east_west = true;
+    looped.east_west[0].endpoints.push(remote);
+    let err = Router::compile(looped).err().unwrap().to_string();
+    assert!(err.contains("lists an east-west endpoint"), "{err}");
+
+    let mut twice = s.clone();
+    twice.east_west.push(backend(Vec::new()));
+    let err = Router::compile(twice).err().unwrap().to_string();
+    assert!(err.contains("appears twice"), "{err}");
+
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(
+        !text.contains("\"eastWest\":false"),
+        "defaults stay off the wire: {text}"
+    );
+    assert_eq!(serde_json::from_str::<Snapshot>(&text).unwrap(), s);
 }

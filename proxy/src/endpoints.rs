@@ -418,6 +418,7 @@ mod tests {
             region: region.into(),
             zone: zone.into(),
             ready,
+            east_west: false,
         }
     }
 

@@ -498,6 +498,7 @@ mod tests {
             region: region.into(),
             zone: format!("{cluster}-a"),
             ready: true,
+            east_west: false,
         }
     }
 
@@ -546,6 +547,7 @@ mod tests {
             generation: 1,
             gateways,
             drains: vec![],
+            east_west: Vec::new(),
         })
     }
 

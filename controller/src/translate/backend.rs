@@ -278,6 +278,7 @@ pub(crate) fn service_endpoints(
                         region: cluster.region.clone(),
                         zone: zone.clone().unwrap_or_default(),
                         ready,
+                        east_west: false,
                     });
             }
         }

@@ -25,6 +25,7 @@ pub fn snapshot(gateways: Vec<Gateway>) -> Snapshot {
         generation: 1,
         gateways,
         drains: Vec::new(),
+        east_west: Vec::new(),
     }
 }
 
@@ -153,6 +154,7 @@ pub fn backend(name: &str, weight: u32) -> Backend {
                 region: String::new(),
                 zone: String::new(),
                 ready: true,
+                east_west: false,
             }],
             failover: None,
         },

@@ -410,6 +410,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 zone: c.zones[0].clone(),
                 gateways: None,
                 address: Some(c.proxy_address.to_string()),
+                east_west: None,
             },
         ))?;
         let h = handle.clone();

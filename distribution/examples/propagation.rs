@@ -199,6 +199,7 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
             zone: String::new(),
             gateways: None,
             address: None,
+            east_west: None,
         };
         let proxy = Arc::new(ProxyHandle::start(ProxyConfig::default()).await?);
         proxies.push(proxy.clone());

@@ -71,6 +71,10 @@ pub struct Hello {
     /// `status.addresses`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// `ip:port` of this proxy's east-west listener, where proxies of other networks reach the
+    /// backends of this proxy's network (multi-network clusters); `None` when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub east_west: Option<String>,
 }
 
 impl Hello {

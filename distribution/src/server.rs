@@ -1309,6 +1309,7 @@ mod tests {
                 zone: String::new(),
                 gateways: None,
                 address: None,
+                east_west: None,
             },
             session: 1,
             connected: true,

@@ -133,6 +133,7 @@ async fn undecodable_snapshots_are_refused_and_bad_deltas_force_a_resync() {
             zone: String::new(),
             gateways: None,
             address: None,
+            east_west: None,
         };
         let mut cfg = ClientConfig::new(url, None, hello);
         cfg.backoff_initial = Duration::from_millis(10);

@@ -46,6 +46,7 @@ fn hello(id: &str, cluster: &str) -> Hello {
         zone: "z1".to_string(),
         gateways: None,
         address: Some("192.0.2.10".to_string()),
+        east_west: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn hello(id: &str, gateways: Option<Vec<&str>>) -> Hello {
         zone: String::new(),
         gateways: gateways.map(|g| g.into_iter().map(|s| s.parse().unwrap()).collect()),
         address: Some(format!("{id}.example")),
+        east_west: None,
     }
 }
 

@@ -42,6 +42,7 @@ fn hello(id: &str, cluster: &str) -> Hello {
         zone: String::new(),
         gateways: None,
         address: None,
+        east_west: None,
     }
 }
 

@@ -187,6 +187,7 @@ fn source(args: &ProxyArgs) -> anyhow::Result<Source> {
                 zone: args.zone.clone(),
                 gateways: (!args.gateways.is_empty()).then(|| args.gateways.clone()),
                 address: args.advertise_address.clone(),
+                east_west: None,
             };
             Ok(Source::Controller(Box::new(Client::new(
                 ClientConfig::new(url.clone(), token, hello),

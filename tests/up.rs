@@ -28,10 +28,16 @@ impl Drop for Stop {
 }
 
 fn get(addr: &str) -> String {
+    get_path(addr, "/hello")
+}
+
+fn get_path(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect((addr, 80)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /hello HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -188,6 +194,63 @@ fn up_serves_every_region_from_its_own_backends() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    // A second Gateway in the same region gets its own address, so it can listen on port 80 too.
+    let second = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: second, namespace: demo}
+spec:
+  gatewayClassName: meridian
+  listeners: [{name: http, protocol: HTTP, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: second, namespace: demo}
+spec:
+  parentRefs: [{name: second}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /second}}]
+      backendRefs: [{group: multicluster.x-k8s.io, kind: ServiceImport, name: echo, port: 80}]
+"#;
+    let mut apply = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.join("kube-cache"))
+        .args(["--context", "east", "apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), second.as_bytes()).unwrap();
+    assert!(apply.wait().unwrap().success(), "apply the second Gateway");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let address = loop {
+        let out = kubectl(&[
+            "get",
+            "gateway",
+            "-n",
+            "demo",
+            "second",
+            r#"-o=jsonpath={.status.conditions[?(@.type=="Programmed")].status} {.status.addresses[0].value}"#,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if let Some(addr) = text.strip_prefix("True ") {
+            break addr.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "second Gateway not Programmed within 30 s: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(address, "127.0.10.2", "the second Gateway's own address");
+    let answer = get_path(&address, "/second");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The first Gateway still answers on its own address.
+    assert!(get("127.0.10.1").starts_with("HTTP/1.1 200"));
+
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,12 +37,8 @@ pub struct DistributedDataPlane {
 }
 
 impl DistributedDataPlane {
-    /// Wraps a running server.
-    pub fn new(server: Arc<DistributionServer>) -> Arc<Self> {
-        Self::with_pools(server, AddressPools::default())
-    }
-
-    /// Wraps a running server; Gateways of clusters with a pool get their own address.
+    /// Wraps a running server; Gateways of clusters with a pool get their own address (an empty
+    /// [`AddressPools`] keeps the proxies' advertised addresses).
     pub fn with_pools(server: Arc<DistributionServer>, pools: AddressPools) -> Arc<Self> {
         Arc::new(Self {
             server,

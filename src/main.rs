@@ -1,14 +1,18 @@
 //! The `meridian` binary: one executable for every role.
 //!
 //! ```text
-//! meridian proxy    --snapshot FILE        serve a snapshot (data plane)
+//! meridian up                              the local multi-region demo (sandbox, controller,
+//!                                          a proxy per region, demo backends)
+//! meridian controller --cluster … [--distribution-bind ADDR]
+//!                                          watch member clusters, write status, serve snapshots
+//! meridian proxy    --controller URL | --snapshot FILE
+//!                                          serve Gateways (data plane)
+//! meridian drill    --target REGION        fail a region under load and write a report
 //! meridian sandbox  --clusters a,b,c       local multi-cluster Kubernetes API
 //! meridian crds     [--write DIR]          print (or write) the CRDs Meridian installs
 //! meridian echo     --listen ADDR          demo backend that reports who served the request
-//! meridian drill    --target REGION        fail a region under load and write a report
 //! ```
-//! Roles still to come (controller, up, drill, status, explain) are tracked as issues and are not
-//! listed until they work.
+//! Still to come (tracked as issues): `status` and `explain`.
 
 mod apply;
 mod dataplane;
@@ -61,6 +65,11 @@ enum Command {
         /// Accept proxies without a token (local runs only).
         #[arg(long)]
         insecure: bool,
+        /// Give every Gateway of CLUSTER its own address from RANGE (`A.B.C.D-A.B.C.E` or
+        /// `A.B.C.D/N`) instead of the proxies' advertised address; repeat per cluster. The
+        /// proxies bind the Gateway's address, so it must be routed to them.
+        #[arg(long = "gateway-addresses", value_name = "CLUSTER=RANGE")]
+        gateway_addresses: Vec<String>,
     },
     /// Run everything locally: three clusters, the controller, a proxy per region and a demo.
     Up(up::UpArgs),
@@ -105,7 +114,11 @@ fn main() -> anyhow::Result<()> {
             args,
             token,
             insecure,
-        } => runtime()?.block_on(controller(args, token, insecure)),
+            gateway_addresses,
+        } => {
+            let pools = address_pools(&gateway_addresses)?;
+            runtime()?.block_on(controller(args, token, insecure, pools))
+        }
     }
 }
 
@@ -115,8 +128,15 @@ async fn controller(
     args: meridian_controller::ControllerArgs,
     token: Option<String>,
     insecure: bool,
+    pools: dataplane::addresses::AddressPools,
 ) -> anyhow::Result<()> {
     let Some(bind) = args.distribution_bind else {
+        if !pools.is_empty() {
+            anyhow::bail!(
+                "--gateway-addresses needs --distribution-bind: addresses are handed out to \
+                 Gateways served by proxies that connect to this controller"
+            );
+        }
         return meridian_controller::serve(args, None).await;
     };
     if token.is_none() && !insecure {
@@ -131,8 +151,29 @@ async fn controller(
         .await
         .with_context(|| format!("starting the distribution server on {bind}"))?;
     tracing::info!(addr = %server.local_addr(), "distribution server listening");
-    let data_plane = dataplane::DistributedDataPlane::new(std::sync::Arc::new(server));
+    let data_plane =
+        dataplane::DistributedDataPlane::with_pools(std::sync::Arc::new(server), pools);
     meridian_controller::serve(args, Some(data_plane)).await
+}
+
+/// `--gateway-addresses CLUSTER=RANGE` values, checked before anything starts.
+fn address_pools(values: &[String]) -> anyhow::Result<dataplane::addresses::AddressPools> {
+    let mut pools = Vec::new();
+    for v in values {
+        let Some((cluster, range)) = v.split_once('=') else {
+            anyhow::bail!(
+                "--gateway-addresses {v:?}: expected CLUSTER=RANGE, e.g. east=10.0.10.0/24"
+            );
+        };
+        let range: dataplane::addresses::AddressRange = range
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--gateway-addresses {v:?}: {e}"))?;
+        if pools.iter().any(|(c, _)| c == cluster) {
+            anyhow::bail!("--gateway-addresses: cluster {cluster:?} is given twice");
+        }
+        pools.push((cluster.to_string(), range));
+    }
+    Ok(dataplane::addresses::AddressPools::new(pools))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -123,6 +123,11 @@ impl AddressPools {
         }
     }
 
+    /// Whether no cluster has a pool.
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+
     /// Whether `cluster` allocates per-Gateway addresses.
     pub fn has_pool(&self, cluster: &str) -> bool {
         self.pools.contains_key(cluster)

@@ -5,46 +5,14 @@
 //! in one test, in order, and `up` is stopped on every path (the guard's Drop).
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A child process stopped on drop: SIGINT (what Ctrl-C sends), then SIGKILL after 15 s.
-struct Stop(std::process::Child);
-impl Drop for Stop {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.0.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
-/// Output lines of a child, echoed with a prefix, on a channel.
-fn lines(child: &mut std::process::Child, prefix: &'static str) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{prefix}> {line}");
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
+use common::{Stop, lines};
 
 struct Run {
     code: Option<i32>,
@@ -197,52 +165,15 @@ fn nft_usable() -> bool {
 
 #[test]
 fn drills_fail_a_region_and_bring_it_back() {
-    if Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_err()
-    {
+    if !common::have_kubectl() {
         eprintln!("SKIP: kubectl is not installed");
         return;
     }
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("meridian-drill-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args([
-            "up",
-            "--fresh",
-            "--base-port",
-            "0",
-            "--distribution-port",
-            "0",
-            "--admin-base-port",
-            "0",
-        ])
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        // The abort drill makes the proxies log every 503 it causes; errors are enough here.
-        .env("MERIDIAN_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let rx = lines(&mut child, "up");
-    let up = Stop(child);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut ready = false;
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) if line.starts_with("Meridian is up") => {
-                ready = true;
-                break;
-            }
-            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    assert!(ready, "meridian up did not report readiness within 120 s");
+    // The abort drill makes the proxies log every 503 it causes; errors are enough here.
+    let up = common::start_up(&dir.join("state"), &[("MERIDIAN_LOG", "error")]);
     let kubeconfig = dir.join("state").join("kubeconfig");
     let cache = dir.join("kube-cache");
     // Short phases: the controller's guard window is also its baseline and after-period.

@@ -2,30 +2,12 @@
 //! real HTTP to every region's Gateway address.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-struct Stop(std::process::Child);
-impl Drop for Stop {
-    fn drop(&mut self) {
-        // SIGINT is what Ctrl-C sends; `up` shuts down cleanly on it.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
 fn get(addr: &str) -> String {
     get_path(addr, "/hello")
@@ -45,64 +27,13 @@ fn get_path(addr: &str, path: &str) -> String {
 
 #[test]
 fn up_serves_every_region_from_its_own_backends() {
-    if Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_err()
-    {
+    if !common::have_kubectl() {
         eprintln!("SKIP: kubectl is not installed");
         return;
     }
     let dir = std::env::temp_dir().join(format!("meridian-up-test-{}", std::process::id()));
-    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args([
-            "up",
-            "--fresh",
-            "--base-port",
-            "0",
-            "--distribution-port",
-            "0",
-            "--admin-base-port",
-            "0",
-        ])
-        .arg("--state-dir")
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut child = Stop(child);
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("up> {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut ready = false;
-    let mut programmed_after: Option<f64> = None;
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) if line.starts_with("Meridian is up") => {
-                ready = true;
-                break;
-            }
-            // "programmed: every Gateway Programmed=True in every cluster 3.2 s after start"
-            Ok(line) if line.starts_with("programmed:") => {
-                programmed_after = line
-                    .split_whitespace()
-                    .rev()
-                    .nth(3)
-                    .and_then(|s| s.parse().ok());
-            }
-            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    assert!(ready, "meridian up did not report readiness within 120 s");
+    let up = common::start_up(&dir, &[]);
+    let programmed_after = up.programmed_after;
     let programmed_after = programmed_after.expect("up prints the time until all Programmed");
     assert!(
         programmed_after > 0.0 && programmed_after < 120.0,
@@ -251,6 +182,6 @@ spec:
     // The first Gateway still answers on its own address.
     assert!(get("127.0.10.1").starts_with("HTTP/1.1 200"));
 
-    drop(child);
+    drop(up);
     let _ = std::fs::remove_dir_all(&dir);
 }

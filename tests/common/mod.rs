@@ -1,0 +1,119 @@
+//! What the end-to-end tests share: `meridian up` as a child process that is stopped on every
+//! path, and its output lines.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A child process stopped on drop: SIGINT (what Ctrl-C sends; `up` shuts down cleanly on it),
+/// then SIGKILL after 15 s.
+pub struct Stop(pub Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Output lines of a child, echoed with a prefix, on a channel.
+pub fn lines(child: &mut Child, prefix: &'static str) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{prefix}> {line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Whether kubectl can run here (the e2e tests skip without it).
+pub fn have_kubectl() -> bool {
+    Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok()
+}
+
+/// A running `meridian up`.
+pub struct Up {
+    /// Stops it on drop.
+    pub child: Stop,
+    /// Its output lines after "Meridian is up".
+    pub lines: mpsc::Receiver<String>,
+    /// What it printed as the time from start until every Gateway was Programmed.
+    pub programmed_after: Option<f64>,
+}
+
+/// Starts `meridian up --fresh` with ephemeral ports in `state_dir` (with `env` set) and waits
+/// up to 120 s for "Meridian is up". Only one `up` can run on a machine at a time: its Gateway
+/// and backend loopback addresses are fixed.
+pub fn start_up(state_dir: &Path, env: &[(&str, &str)]) -> Up {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "up",
+            "--fresh",
+            "--base-port",
+            "0",
+            "--distribution-port",
+            "0",
+            "--admin-base-port",
+            "0",
+        ])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut child, "up");
+    let child = Stop(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut programmed_after = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "meridian up did not report readiness within 120 s"
+        );
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) if line.starts_with("Meridian is up") => break,
+            // "programmed: every Gateway Programmed=True in every cluster 3.2 s after start"
+            Ok(line) if line.starts_with("programmed:") => {
+                programmed_after = line
+                    .split_whitespace()
+                    .rev()
+                    .nth(3)
+                    .and_then(|s| s.parse().ok());
+            }
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("meridian up exited before it was ready")
+            }
+        }
+    }
+    Up {
+        child,
+        lines: rx,
+        programmed_after,
+    }
+}

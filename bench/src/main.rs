@@ -268,17 +268,22 @@ fn main() -> anyhow::Result<()> {
             })?;
             println!(
                 "{:.0} req/s due, {:.0} answered/s: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, \
-                 max {:.0} µs; send delay p99 {:.0} µs; {} errors, {} unanswered; answered in \
-                 total (warm-up included) {}",
+                 max {:.0} µs; send delay p50 {:.0} µs, p99 {:.0} µs; {} of {} due answered, {} errors, \
+                 {} unanswered; \
+                 generator CPU {:.1} µs/req; answered in total (warm-up included) {}",
                 a.rate,
-                r.achieved(duration),
+                r.answered_per_s,
                 r.p50_us,
                 r.p99_us,
                 r.p999_us,
                 r.max_us,
+                r.send_delay_p50_us,
                 r.send_delay_p99_us,
+                r.ok,
+                r.due,
                 r.errors,
                 r.unfinished,
+                r.generator_cpu_us_per_req,
                 r.total_ok
             );
         }

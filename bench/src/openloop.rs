@@ -6,10 +6,10 @@
 //! Flow:
 //! 1. `connections` keep-alive HTTP/1.1 connections are opened up front (hyper client, one
 //!    current-thread tokio runtime, so the generator uses about one core like `wrk -t1`).
-//! 2. A pacer OS thread computes request `k`'s due time `start + k / rate`, sleeps until then with
-//!    `nanosleep` (its timer slack lowered to 1 ns through `/proc/<tid>/timerslack_ns`, because
-//!    tokio's timers have 1 ms granularity and the default slack is 50 µs), and queues the due
-//!    time.
+//! 2. A pacer task on the same thread computes request `k`'s due time `start + k / rate`, waits
+//!    for it on a `timerfd` (tokio's own timers have 1 ms granularity; a timerfd in the runtime's
+//!    epoll set wakes within microseconds and needs no second thread to hand requests over), and
+//!    queues the due time.
 //! 3. Whichever connection is free takes the oldest due time, sends `GET /`, reads the whole
 //!    answer and records `answer complete − due`. If every connection is busy the request waits
 //!    in the queue and that wait counts as latency.
@@ -18,6 +18,7 @@
 //!    ends, answers get [`GRACE`]; requests still missing then are reported as unfinished.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -64,19 +69,17 @@ pub struct Report {
     /// 99th percentile of due → handed to the connection (pacer lateness plus queueing for a
     /// free connection): the generator's own share of the latency when the server keeps up.
     pub send_delay_p99_us: f64,
-    /// Whether the pacer's timer slack could be lowered.
-    pub precise_timer: bool,
+    /// Median of due → handed to the connection.
+    pub send_delay_p50_us: f64,
+    /// The generator's own CPU time (user + system, whole process) per request: what sending
+    /// at this rate costs the machine besides the target.
+    pub generator_cpu_us_per_req: f64,
+    /// Answers completed inside the recorded period, per second.
+    pub answered_per_s: f64,
     /// Successful answers over the whole run, warm-up included (for CPU per request).
     pub total_ok: u64,
     /// Failed requests over the whole run, warm-up included.
     pub total_errors: u64,
-}
-
-impl Report {
-    /// Answers per second in the recorded period.
-    pub fn achieved(&self, duration: Duration) -> f64 {
-        self.ok as f64 / duration.as_secs_f64()
-    }
 }
 
 #[derive(Default)]
@@ -86,6 +89,8 @@ struct Samples {
     errors: u64,
     total_ok: u64,
     total_errors: u64,
+    /// Answers completed inside the recorded period.
+    done_in_window: u64,
 }
 
 /// Runs the schedule against `cfg.addr` and reports latency percentiles.
@@ -131,11 +136,8 @@ async fn drive(cfg: &Config) -> anyhow::Result<Report> {
     let from = start + cfg.warmup;
     let to = from + cfg.duration;
     let total = ((cfg.warmup + cfg.duration).as_secs_f64() * cfg.rate).ceil() as u64;
-    let rate = cfg.rate;
-    let pacer = std::thread::Builder::new()
-        .name("pacer".into())
-        .spawn(move || pace(tx, start, rate, total, (from, to)))
-        .context("starting the pacer thread")?;
+    let cpu_before = own_cpu_ticks();
+    let pacer = tokio::spawn(pace(tx, start, cfg.rate, total, (from, to)));
 
     let host: Arc<str> = cfg.host.as_str().into();
     let mut tasks = tokio::task::JoinSet::new();
@@ -152,11 +154,13 @@ async fn drive(cfg: &Config) -> anyhow::Result<Report> {
     let deadline = tokio::time::Instant::from_std(to + GRACE);
     while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {}
     tasks.abort_all();
-    // The pacer stops on its own once the schedule ends (or the queue is gone).
-    drop(rx);
-    let (precise_timer, due) = pacer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    let cpu_after = own_cpu_ticks();
+    // The pacer has finished (workers end only once it drops the queue) unless the deadline
+    // cut them off, in which case it is long past its schedule too.
+    let due = tokio::time::timeout(Duration::from_secs(1), pacer)
+        .await
+        .context("the pacer did not finish")?
+        .context("the pacer task failed")??;
 
     let mut s = std::mem::take(
         &mut *samples
@@ -177,7 +181,15 @@ async fn drive(cfg: &Config) -> anyhow::Result<Report> {
         p999_us: us(&s.latency_ns, 0.999),
         max_us: us(&s.latency_ns, 1.0),
         send_delay_p99_us: us(&s.send_delay_ns, 0.99),
-        precise_timer,
+        send_delay_p50_us: us(&s.send_delay_ns, 0.50),
+        generator_cpu_us_per_req: match (cpu_before, cpu_after) {
+            // Clock ticks are 1/100 s.
+            (Some(b), Some(a)) if s.total_ok + s.total_errors > 0 => {
+                a.saturating_sub(b) as f64 * 10_000.0 / (s.total_ok + s.total_errors) as f64
+            }
+            _ => 0.0,
+        },
+        answered_per_s: s.done_in_window as f64 / cfg.duration.as_secs_f64(),
         total_ok: s.total_ok,
         total_errors: s.total_errors,
     })
@@ -192,38 +204,68 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
-/// Lowers this thread's timer slack so `nanosleep` wakes within microseconds. Returns whether it
-/// worked; without it wake-ups are up to 50 µs late, which shows in `send_delay_p99_us`.
-fn precise_timer_slack() -> bool {
-    let Ok(link) = std::fs::read_link("/proc/thread-self") else {
-        return false;
-    };
-    let Some(tid) = link
-        .file_name()
-        .and_then(|t| t.to_str())
-        .map(str::to_string)
-    else {
-        return false;
-    };
-    std::fs::write(format!("/proc/{tid}/timerslack_ns"), "1").is_ok()
+/// User + system CPU ticks of this whole process.
+fn own_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Queues request `k`'s due time at that time, for `total` requests. Returns whether the timer
-/// is precise and how many requests fell due in the recorded window `[from, to)`.
-fn pace(
+/// A timerfd as tokio's `AsyncFd` wants it: owns the descriptor for its whole life.
+struct Timer(TimerFd);
+
+impl AsRawFd for Timer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Queues request `k`'s due time at that time, for `total` requests; returns how many requests
+/// fell due in the recorded window `[from, to)`. Dropping the queue sender at the end tells the
+/// workers to finish.
+async fn pace(
     tx: mpsc::UnboundedSender<Instant>,
     start: Instant,
     rate: f64,
     total: u64,
     (from, to): (Instant, Instant),
-) -> (bool, u64) {
-    let precise = precise_timer_slack();
+) -> anyhow::Result<u64> {
+    let fd = TimerFd::new(
+        ClockId::CLOCK_MONOTONIC,
+        TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+    )
+    .context("creating a timerfd")?;
+    // tokio 1.54 deprecates the safe constructor because an arbitrary `AsRawFd` type could close
+    // or swap its descriptor while registered; `Timer` owns its timerfd and never does either,
+    // and the workspace forbids the `unsafe` replacement.
+    #[allow(deprecated)]
+    let timer =
+        AsyncFd::with_interest(Timer(fd), Interest::READABLE).context("registering the timerfd")?;
     let mut in_window = 0;
     for k in 0..total {
         let due = start + Duration::from_nanos((k as f64 * 1e9 / rate) as u64);
         let now = Instant::now();
         if due > now {
-            std::thread::sleep(due - now);
+            // A zero expiry would disarm the timer; `due > now` keeps it positive.
+            timer
+                .get_ref()
+                .0
+                .set(
+                    Expiration::OneShot(TimeSpec::from_duration(due - now)),
+                    TimerSetTimeFlags::empty(),
+                )
+                .context("arming the timerfd")?;
+            loop {
+                let mut ready = timer.readable().await?;
+                // Reading the expiry count rearms readiness; EAGAIN means not yet expired.
+                match ready.try_io(|t| t.get_ref().0.wait().map_err(std::io::Error::from)) {
+                    Ok(result) => {
+                        result?;
+                        break;
+                    }
+                    Err(_would_block) => continue,
+                }
+            }
         }
         if tx.send(due).is_err() {
             break;
@@ -232,7 +274,7 @@ fn pace(
             in_window += 1;
         }
     }
-    (precise, in_window)
+    Ok(in_window)
 }
 
 type Queue = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Instant>>>;
@@ -284,6 +326,9 @@ async fn worker(
                 s.total_ok += 1;
             } else {
                 s.total_errors += 1;
+            }
+            if outcome && done >= from && done < to {
+                s.done_in_window += 1;
             }
             match (recorded, outcome) {
                 (true, true) => {

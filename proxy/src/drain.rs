@@ -128,6 +128,16 @@ pub(crate) struct GatewayEntry {
 }
 
 impl GatewayEntry {
+    /// An entry that nothing drains: the east-west listener's (drills drain endpoints on the
+    /// sending side, where the east-west endpoints are scoped to Gateways and backends).
+    pub fn undrained(served_by_header: bool, traffic: Arc<TrafficCell>) -> Self {
+        GatewayEntry {
+            served_by_header,
+            traffic,
+            drains: HashMap::new(),
+        }
+    }
+
     /// The drain view of `backend`, if anything of it is drained or returning.
     pub fn backend_drain(&self, backend: &str) -> Option<Arc<BackendDrain>> {
         if self.drains.is_empty() {

@@ -19,11 +19,16 @@
 //! After re-admission an endpoint may slow-start: its `ramp` grows from 0 to 1 over the
 //! slow-start window and [`locality::select`] skips its tier with the remaining probability.
 //!
+//! Health is kept per [`EndpointKey`]: the address for an ordinary endpoint, the address *and the
+//! backend* for an east-west endpoint (a remote proxy's east-west listener serves every backend of
+//! its network, and one of them failing there must not take the proxy out for the others).
+//!
 //! Failover drills add a third input per (Gateway, backend): drained endpoints
 //! ([`crate::drain::BackendDrain`]) are treated as failed without touching the health state above,
 //! and come back through the same hysteresis and slow start when the drain is lifted.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +48,77 @@ pub const MAX_EJECTION: Duration = Duration::from_secs(30);
 pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
 /// Kept for callers that eject for a fixed time.
 pub const EJECTION_TIME: Duration = BASE_EJECTION;
+
+/// Whose health an entry of [`Ejections`] describes.
+///
+/// An ordinary endpoint is one backend process: its address is its identity. An east-west endpoint
+/// (`Endpoint::east_west`) is a remote proxy's listener that serves *every* backend of its network,
+/// so its health is kept per backend: a backend without endpoints over there is ejected for that
+/// backend only, while a proxy that is down is found (by a connect failure or probe) for each
+/// backend that uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    /// The address connected to.
+    pub addr: SocketAddr,
+    /// 0 for an ordinary endpoint, else a (never 0) hash of the backend name.
+    scope: u64,
+}
+
+impl EndpointKey {
+    /// The key of an east-west endpoint at `addr` used by backend `backend`.
+    pub fn east_west(addr: SocketAddr, backend: &str) -> Self {
+        EndpointKey {
+            addr,
+            scope: backend_scope(backend),
+        }
+    }
+
+    /// The key of `e` as an endpoint of backend `backend`.
+    pub fn of(e: &Endpoint, backend: &str) -> Self {
+        let addr = SocketAddr::new(e.address, e.port);
+        if e.east_west {
+            Self::east_west(addr, backend)
+        } else {
+            addr.into()
+        }
+    }
+
+    /// Whether the key is per backend (an east-west endpoint).
+    pub fn is_east_west(&self) -> bool {
+        self.scope != 0
+    }
+}
+
+impl From<SocketAddr> for EndpointKey {
+    fn from(addr: SocketAddr) -> Self {
+        EndpointKey { addr, scope: 0 }
+    }
+}
+
+impl From<&SocketAddr> for EndpointKey {
+    fn from(addr: &SocketAddr) -> Self {
+        (*addr).into()
+    }
+}
+
+impl std::fmt::Display for EndpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_east_west() {
+            write!(f, "{} (east-west)", self.addr)
+        } else {
+            write!(f, "{}", self.addr)
+        }
+    }
+}
+
+/// The scope of a backend's east-west keys: a 64-bit hash (the same in every process run, as
+/// `DefaultHasher::new` is), never 0. A collision would only make two backends share the health
+/// state of one remote proxy.
+fn backend_scope(backend: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    backend.hash(&mut h);
+    h.finish() | 1
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Ejected {
@@ -107,7 +183,7 @@ pub enum ProbeOutcome {
 /// Health of every endpoint the proxy has an opinion about (absent = healthy).
 #[derive(Debug, Default)]
 pub struct Ejections {
-    map: Mutex<HashMap<SocketAddr, State>>,
+    map: Mutex<HashMap<EndpointKey, State>>,
     /// Entries in `map`: lets the request path skip the lock in the common all-healthy case.
     entries: AtomicUsize,
     seq: AtomicU64,
@@ -119,24 +195,29 @@ fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
 }
 
 impl Ejections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, State>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EndpointKey, State>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, map: &HashMap<SocketAddr, State>) {
+    fn publish(&self, map: &HashMap<EndpointKey, State>) {
         self.entries.store(map.len(), Ordering::Release);
     }
 
     /// Ejects `addr` now with the default backoff. Returns whether it was not ejected before.
-    pub fn eject(&self, addr: SocketAddr) -> bool {
+    pub fn eject(&self, addr: impl Into<EndpointKey>) -> bool {
         self.eject_backoff(addr, BASE_EJECTION, MAX_EJECTION)
     }
 
     /// Ejects `addr` now for `base · 2^(n-1)` (capped at `max`), `n` counting repeated ejections.
-    pub fn eject_backoff(&self, addr: SocketAddr, base: Duration, max: Duration) -> bool {
+    pub fn eject_backoff(
+        &self,
+        addr: impl Into<EndpointKey>,
+        base: Duration,
+        max: Duration,
+    ) -> bool {
         let now = Instant::now();
         let mut map = self.lock();
-        let s = map.entry(addr).or_default();
+        let s = map.entry(addr.into()).or_default();
         let fresh = s.ejected.is_none();
         if fresh {
             if s.readmitted
@@ -159,16 +240,18 @@ impl Ejections {
     }
 
     /// Ejects `addr` for exactly `duration` (no backoff bookkeeping beyond the count).
-    pub fn eject_for(&self, addr: SocketAddr, duration: Duration) -> bool {
+    pub fn eject_for(&self, addr: impl Into<EndpointKey>, duration: Duration) -> bool {
         self.eject_backoff(addr, duration, duration)
     }
 
     /// Whether `addr` is ejected right now.
-    pub fn is_ejected(&self, addr: &SocketAddr) -> bool {
+    pub fn is_ejected(&self, addr: impl Into<EndpointKey>) -> bool {
         if self.entries.load(Ordering::Acquire) == 0 {
             return false;
         }
-        self.lock().get(addr).is_some_and(|s| s.ejected.is_some())
+        self.lock()
+            .get(&addr.into())
+            .is_some_and(|s| s.ejected.is_some())
     }
 
     /// Number of endpoints ejected right now.
@@ -177,7 +260,13 @@ impl Ejections {
     }
 
     /// Records one active probe result.
-    pub fn probe_result(&self, addr: SocketAddr, ok: bool, cfg: &Readmit) -> ProbeOutcome {
+    pub fn probe_result(
+        &self,
+        addr: impl Into<EndpointKey>,
+        ok: bool,
+        cfg: &Readmit,
+    ) -> ProbeOutcome {
+        let addr = addr.into();
         let now = Instant::now();
         let mut map = self.lock();
         let out = match map.get_mut(&addr) {
@@ -234,7 +323,7 @@ impl Ejections {
     /// Records a response status for outlier detection; returns whether it ejected `addr`.
     pub fn response(
         &self,
-        addr: SocketAddr,
+        addr: impl Into<EndpointKey>,
         status: u16,
         threshold: u32,
         base: Duration,
@@ -243,6 +332,7 @@ impl Ejections {
         if threshold == 0 {
             return false;
         }
+        let addr = addr.into();
         let server_error = (500..600).contains(&status);
         if !server_error && self.entries.load(Ordering::Acquire) == 0 {
             return false;
@@ -279,7 +369,7 @@ impl Ejections {
     }
 
     /// Forgets endpoints that are no longer in any snapshot.
-    pub fn retain_known(&self, known: &impl Fn(&SocketAddr) -> bool) {
+    pub fn retain_known(&self, known: &impl Fn(&EndpointKey) -> bool) {
         let mut map = self.lock();
         map.retain(|a, _| known(a));
         self.publish(&map);
@@ -287,8 +377,8 @@ impl Ejections {
 
     /// How `addr` looks to [`locality::select`].
     fn avail(
-        map: &HashMap<SocketAddr, State>,
-        addr: &SocketAddr,
+        map: &HashMap<EndpointKey, State>,
+        addr: &EndpointKey,
         tried: bool,
         now: Instant,
     ) -> Avail {
@@ -330,9 +420,11 @@ pub enum NoEndpoint {
 /// `drain` is the drills' view of this backend (see `drain.rs`): a drained endpoint looks like an
 /// ejected one this request already tried (never picked, counted as unhealthy by the spill rule,
 /// not a last resort), a drain-lifted one like an ejected one until its failback hysteresis is
-/// over and then like a slow-starting one.
+/// over and then like a slow-starting one. `backend` (the backend's name) scopes the health of
+/// east-west endpoints ([`EndpointKey`]).
 pub fn choose(
     endpoints: &[Endpoint],
+    backend: &str,
     me: &Locality,
     policy: Option<&FailoverPolicy>,
     ejections: &Ejections,
@@ -361,13 +453,21 @@ pub fn choose(
         )
     } else {
         let now = Instant::now();
+        let scope = endpoints
+            .iter()
+            .any(|e| e.east_west)
+            .then(|| backend_scope(backend));
         let map = ejections.lock();
         locality::select(
             &plan,
             |i| {
                 let a = addr(i);
+                let key = match scope {
+                    Some(scope) if endpoints[i].east_west => EndpointKey { addr: a, scope },
+                    _ => a.into(),
+                };
                 let was_tried = tried.contains(&a);
-                let health = Ejections::avail(&map, &a, was_tried, now);
+                let health = Ejections::avail(&map, &key, was_tried, now);
                 match drain.map_or(DrainState::Clear, |d| d.state(&a, now)) {
                     DrainState::Clear => health,
                     DrainState::Drained => Avail::TriedEjected,
@@ -434,7 +534,7 @@ mod tests {
         e: &Ejections,
         tried: &[SocketAddr],
     ) -> Result<SocketAddr, NoEndpoint> {
-        super::choose(eps, me, policy, e, tried, None).map(|i| address(eps, i).unwrap())
+        super::choose(eps, "b", me, policy, e, tried, None).map(|i| address(eps, i).unwrap())
     }
 
     fn choose_drained(
@@ -444,7 +544,8 @@ mod tests {
         tried: &[SocketAddr],
         drain: &BackendDrain,
     ) -> Result<SocketAddr, NoEndpoint> {
-        super::choose(eps, &me(), policy, e, tried, Some(drain)).map(|i| address(eps, i).unwrap())
+        super::choose(eps, "b", &me(), policy, e, tried, Some(drain))
+            .map(|i| address(eps, i).unwrap())
     }
 
     #[test]
@@ -677,7 +778,7 @@ mod tests {
         assert!(!e.is_ejected(&sa(2)));
         // Ejected sa(1) needs 30 ms of successful probes (and its 1 s minimum, shortened here).
         e.lock()
-            .get_mut(&sa(1))
+            .get_mut(&sa(1).into())
             .unwrap()
             .ejected
             .as_mut()
@@ -715,7 +816,7 @@ mod tests {
         e.eject_for(sa(1), Duration::ZERO);
         assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Readmitted);
         let map = e.lock();
-        match Ejections::avail(&map, &sa(1), false, Instant::now()) {
+        match Ejections::avail(&map, &sa(1).into(), false, Instant::now()) {
             Avail::Usable { ramp } => assert!(ramp < 0.05, "ramp {ramp}"),
             other => panic!("{other:?}"),
         }

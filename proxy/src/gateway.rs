@@ -23,6 +23,26 @@
 //!
 //! The matched rule is cloned into the per-request context once, so a snapshot swap in the middle
 //! of a request changes nothing for it.
+//!
+//! East-west (multi-network clusters), both ends in this one implementation:
+//!
+//! ```text
+//! sender (a Gateway listener)             receiver (the east-west listener, Gateway.east_west)
+//! request_filter: drop any client
+//!   x-meridian-backend, route as usual
+//! upstream_peer: an east_west endpoint ─► request_filter: x-meridian-backend required (400),
+//!   (= a remote proxy's east-west            names a Snapshot.east_west backend (404), removed;
+//!    listener), health per backend          the backend becomes a one-backend rule and the rest
+//! upstream_request_filter: set              is the path above: locality, failover policy,
+//!   x-meridian-backend: <backend name>      ejection, connect failover, retry budget
+//! upstream_response_filter: no            ◄─ response_filter: x-meridian-served-by of the real
+//!   x-meridian-served-by = the remote         endpoint, always
+//!   proxy's own 404/5xx: eject (for this
+//!   backend) and fail over a safe request
+//! response_filter: pass the remote
+//!   served-by through (served_by_header)
+//!   or strip it
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,10 +50,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use meridian_model::filters::{self, RedirectContext};
-use meridian_model::router::{Decision, ListenerInfo, Request, RouteMatch};
+use meridian_model::router::{CompiledRule, Decision, ListenerInfo, Request, RouteMatch};
 use meridian_model::snapshot::{
-    Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Protocol, RequestMirror,
-    RequestRedirect, UrlRewrite,
+    Backend, BackendProtocol, BackendTarget, EastWestBackend, Endpoint, FailoverPolicy, Filter,
+    Protocol, RequestMirror, RequestRedirect, Rule, UrlRewrite,
 };
 use meridian_model::traffic::FailureKind;
 use pingora_core::protocols::TcpKeepalive;
@@ -44,7 +64,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::budget::DEFAULT_PERCENT;
 use crate::drain::{BackendDrain, GatewayEntry};
-use crate::endpoints::{self, NoEndpoint};
+use crate::endpoints::{self, EndpointKey, NoEndpoint};
 use crate::headers::{self, ReqEdit, ReqHeaders, RespEdit};
 use crate::mirror;
 use crate::state::Shared;
@@ -62,8 +82,16 @@ const UPSTREAM_USER_TIMEOUT: Duration = Duration::from_secs(2);
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 /// Most extra tries spent on connect failures when the rule has no retry policy.
 const MAX_CONNECT_FAILOVER: u32 = 3;
-/// Response header naming the endpoint that answered (Gateway `served_by_header`).
+/// Response header naming the endpoint that answered (Gateway `served_by_header`; always on
+/// east-west responses).
 pub const SERVED_BY_HEADER: &str = "x-meridian-served-by";
+/// Request header naming the backend ([`Backend::name`]) on a hop to a remote proxy's east-west
+/// listener. Only proxies set it: a client's is dropped.
+pub const BACKEND_HEADER: &str = "x-meridian-backend";
+/// `listener` and `route` metric labels of requests on the east-west listener start with this.
+pub(crate) const EAST_WEST: &str = "east-west";
+/// Longest backend name quoted back in a 404 of the east-west listener.
+const MAX_QUOTED_NAME: usize = 200;
 
 /// TLS connection facts, stored in pingora's SSL digest extension by the accept loop.
 #[derive(Debug, Clone)]
@@ -71,9 +99,13 @@ pub(crate) struct TlsConnInfo {
     pub sni: Option<String>,
 }
 
-/// The proxy application.
+/// The proxy application. One instance serves the Gateway listeners, another (with `east_west`)
+/// the east-west listener; both share the proxy's state (health, retry budget, metrics).
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
+    /// Serves the east-west listener: requests name a `Snapshot.east_west` backend instead of
+    /// being routed.
+    pub(crate) east_west: bool,
 }
 
 /// Per-request state.
@@ -92,6 +124,13 @@ pub struct Ctx {
     budget_percent: u32,
     tried: Vec<SocketAddr>,
     current: Option<SocketAddr>,
+    /// Health identity of `current` (per backend for an east-west endpoint).
+    current_key: Option<EndpointKey>,
+    /// `x-meridian-served-by` of the response from an east-west hop (where the remote proxy
+    /// really served the request).
+    remote_served_by: Option<String>,
+    /// The request came in on the east-west listener.
+    east_west: bool,
     /// The last upstream error is our own "retry on status" marker.
     status_retry: bool,
     /// A retry is pending: back off before the next try.
@@ -123,6 +162,9 @@ impl Ctx {
     }
 
     fn listener_label(&self) -> String {
+        if self.east_west {
+            return EAST_WEST.to_string();
+        }
         match &self.listener {
             Some(l) => format!("{}/{}/{}", l.gateway_namespace, l.gateway_name, l.name),
             None => String::new(),
@@ -142,13 +184,33 @@ impl Ctx {
         }
     }
 
-    /// `cluster/region/zone` of the endpoint that answered.
+    /// The last try went to a remote proxy's east-west listener.
+    fn east_west_hop(&self) -> bool {
+        self.current_endpoint().is_some_and(|e| e.east_west)
+    }
+
+    /// `cluster/region/zone` of the endpoint that answered (behind an east-west hop: what the
+    /// remote proxy says).
     fn served_by(&self) -> Option<String> {
         if !self.answered {
             return None;
         }
+        if let Some(remote) = &self.remote_served_by {
+            return Some(remote.clone());
+        }
         self.current_endpoint()
             .map(|e| format!("{}/{}/{}", e.cluster, e.region, e.zone))
+    }
+
+    /// The region of the endpoint that answered, for the traffic counters.
+    fn answered_region(&self) -> Option<&str> {
+        if !self.answered {
+            return None;
+        }
+        if let Some(remote) = &self.remote_served_by {
+            return remote.split('/').nth(1);
+        }
+        self.current_endpoint().map(|e| e.region.as_str())
     }
 
     fn deadline_passed(&self) -> bool {
@@ -189,6 +251,70 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
 async fn respond(session: &mut Session, code: u16) -> Result<bool> {
     session.respond_error(code).await?;
     Ok(true)
+}
+
+/// Answers `code` with a plain-text reason and ends the request.
+async fn respond_text(session: &mut Session, code: u16, reason: String) -> Result<bool> {
+    let mut resp = ResponseHeader::build(code, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, reason.len())?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, bytes::Bytes::from(reason))
+        .await?;
+    Ok(true)
+}
+
+/// The backend a request on the east-west listener names, or why it names none (400).
+fn named_backend(req: &RequestHeader) -> std::result::Result<&str, &'static str> {
+    let mut values = req.headers.get_all(BACKEND_HEADER).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return Err(if req.headers.contains_key(BACKEND_HEADER) {
+            "more than one x-meridian-backend header\n"
+        } else {
+            "x-meridian-backend is required: this is a Meridian east-west listener, which serves \
+             proxies of other networks the backend they name\n"
+        });
+    };
+    match v.to_str() {
+        Ok(name) if !name.trim().is_empty() => Ok(name.trim()),
+        Ok(_) => Err("x-meridian-backend is empty\n"),
+        Err(_) => Err("x-meridian-backend is not visible ASCII text\n"),
+    }
+}
+
+/// The snapshot's east-west backends as one-backend rules, so a request on the east-west listener
+/// runs the same upstream path (choice, retries, ejection, counters) as a routed one. No
+/// timeouts and no retry policy of their own: the sending proxy's rule bounds the request, and
+/// connect failover comes from the backend's failover policy as for any backend.
+pub(crate) fn east_west_rules(
+    backends: &[EastWestBackend],
+) -> std::collections::HashMap<String, Arc<CompiledRule>> {
+    backends
+        .iter()
+        .map(|b| {
+            let rule = CompiledRule {
+                route_namespace: EAST_WEST.to_string(),
+                route_name: b.name.clone(),
+                index: 0,
+                rule: Rule {
+                    backends: vec![Backend {
+                        name: b.name.clone(),
+                        weight: 1,
+                        filters: Vec::new(),
+                        target: BackendTarget::Endpoints {
+                            protocol: b.protocol,
+                            endpoints: b.endpoints.clone(),
+                            failover: b.failover.as_deref().cloned(),
+                        },
+                    }],
+                    ..Rule::default()
+                },
+                cumulative_weights: vec![1],
+            };
+            (b.name.clone(), Arc::new(rule))
+        })
+        .collect()
 }
 
 impl Gateway {
@@ -243,6 +369,145 @@ impl Gateway {
         Ok(true)
     }
 
+    /// Sets the request's deadline, per-try timeout and try allowances from its rule and backend,
+    /// and counts it for the retry budget. `ctx.drain` must be set already.
+    fn prepare_tries(
+        &self,
+        ctx: &mut Ctx,
+        rule: &CompiledRule,
+        endpoints: &[Endpoint],
+        failover: Option<&FailoverPolicy>,
+    ) {
+        let timeouts = &rule.rule.timeouts;
+        ctx.deadline = ms(timeouts.request_ms).map(|d| Instant::now() + d);
+        ctx.per_try = ms(timeouts.backend_request_ms);
+        ctx.retries_left = rule.rule.retry.as_ref().map_or(0, |r| r.attempts);
+        // Drained endpoints are never tried, so they do not earn extra tries either.
+        let drained = ctx.drain.as_deref().map_or(0, |d| {
+            endpoints
+                .iter()
+                .filter(|e| e.ready && d.is_drained(&SocketAddr::new(e.address, e.port)))
+                .count()
+        });
+        let ready = u32::try_from(endpoints::ready_count(endpoints).saturating_sub(drained))
+            .unwrap_or(u32::MAX);
+        let retry = failover.and_then(|f| f.retry.as_deref());
+        let attempts = retry
+            .map(|r| r.attempts)
+            .filter(|&a| a > 0)
+            .unwrap_or(MAX_CONNECT_FAILOVER);
+        ctx.connect_failovers_left = ready.saturating_sub(1).min(attempts);
+        ctx.budget_percent = retry
+            .map(|r| r.budget_percent)
+            .filter(|&p| p > 0)
+            .unwrap_or(DEFAULT_PERCENT);
+        self.shared.budget.request();
+    }
+
+    /// A request on the east-west listener: the backend it names in `x-meridian-backend` (400
+    /// without, 404 when the served snapshot has no such east-west backend), then the same
+    /// upstream path as a routed request.
+    async fn east_west_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(side) = &self.shared.east_west {
+            ctx.listener = Some(side.listener.clone());
+            ctx.gateway = Some(side.gateway.clone());
+        }
+        if let Err(refusal) = headers::check_request(session.req_header()) {
+            tracing::debug!(reason = refusal.reason, "east-west request refused");
+            session.set_keepalive(None);
+            return respond(session, refusal.status).await;
+        }
+        let name = match named_backend(session.req_header()) {
+            Ok(name) => name.to_string(),
+            Err(why) => return respond_text(session, 400, why.to_string()).await,
+        };
+        let rule = self
+            .shared
+            .served
+            .load()
+            .as_ref()
+            .and_then(|s| s.east_west.get(&name).cloned());
+        let (Some(rule), Some(listener)) = (rule, ctx.listener.clone()) else {
+            let quoted: String = name.chars().take(MAX_QUOTED_NAME).collect();
+            return respond_text(
+                session,
+                404,
+                format!("no east-west backend {quoted:?} on this proxy\n"),
+            )
+            .await;
+        };
+        session.req_header_mut().remove_header(BACKEND_HEADER);
+        ctx.matched = Some(RouteMatch {
+            listener,
+            rule: rule.clone(),
+            matched_prefix: None,
+        });
+        ctx.backend = Some(0);
+        let Some(BackendTarget::Endpoints {
+            endpoints,
+            failover,
+            ..
+        }) = rule.rule.backends.first().map(|b| &b.target)
+        else {
+            ctx.failure = Some(FailureKind::Other);
+            return respond(session, 500).await;
+        };
+        if endpoints::ready_count(endpoints) == 0 {
+            ctx.failure = Some(FailureKind::NoEndpoint);
+            return respond(session, 503).await;
+        }
+        self.prepare_tries(ctx, &rule, endpoints, failover.as_ref());
+        Ok(false)
+    }
+
+    /// A response from an east-west hop without `x-meridian-served-by`: the remote proxy answered
+    /// itself. A 404 (it does not serve the backend, e.g. its snapshot is older) or a 5xx (no
+    /// endpoint of the backend there, or none that answered) means this endpoint cannot serve
+    /// this backend now: it is ejected for this backend only, and a safe request moves on to
+    /// another endpoint as after a connect failure (same allowance and retry budget). A response
+    /// that cannot move on goes to the client as it is, counted as not served by an endpoint.
+    fn east_west_refusal(&self, session: &Session, ctx: &mut Ctx, code: u16) -> Result<()> {
+        if code != 404 && code < 500 {
+            return Ok(());
+        }
+        if let Some(key) = ctx.current_key
+            && self.shared.ejections.eject(key)
+        {
+            self.shared.metrics.ejections.inc();
+            tracing::info!(
+                endpoint = %key,
+                status = code,
+                "east-west endpoint ejected: the remote proxy cannot serve the backend"
+            );
+        }
+        if session.req_header().method.is_idempotent()
+            && ctx.connect_failovers_left > 0
+            && !ctx.deadline_passed()
+            && self.shared.budget.try_retry(ctx.budget_percent)
+        {
+            ctx.connect_failovers_left -= 1;
+            // Our own retry marker, as for a listed status.
+            ctx.status_retry = true;
+            self.shared
+                .metrics
+                .retries
+                .with_label_values(&["failover"])
+                .inc();
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(code),
+                "the remote proxy cannot serve the backend",
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
+        ctx.failure = Some(match code {
+            504 => FailureKind::Timeout,
+            404 | 503 => FailureKind::NoEndpoint,
+            _ => FailureKind::Other,
+        });
+        Ok(())
+    }
+
     /// Applies one request-side filter (not redirects). `original_path` is the path the router
     /// matched, which prefix rewrites are relative to.
     fn apply_request_filter(
@@ -277,8 +542,9 @@ impl Gateway {
             return;
         };
         let drain = gateway.and_then(|g| g.backend_drain(&m.backend.name));
-        let Some(target) = endpoints::choose(
+        let Some((target, east_west)) = endpoints::choose(
             endpoints,
+            &m.backend.name,
             &self.shared.locality,
             failover.as_ref(),
             &self.shared.ejections,
@@ -286,7 +552,7 @@ impl Gateway {
             drain.as_deref(),
         )
         .ok()
-        .and_then(|i| endpoints::address(endpoints, i)) else {
+        .and_then(|i| Some((endpoints::address(endpoints, i)?, endpoints[i].east_west))) else {
             return;
         };
         let path_and_query = req
@@ -295,6 +561,16 @@ impl Gateway {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".to_string());
         let mut headers = req.headers.clone();
+        headers.remove(BACKEND_HEADER);
+        if east_west {
+            match http::HeaderValue::from_str(&m.backend.name) {
+                Ok(v) => {
+                    headers.insert(BACKEND_HEADER, v);
+                }
+                // A copy the remote proxy could not place is not worth sending.
+                Err(_) => return,
+            }
+        }
         // An HTTP/2 request has no Host header; the copy needs one.
         if !headers.contains_key(http::header::HOST)
             && let Some(a) = req.uri.authority()
@@ -408,6 +684,9 @@ impl ProxyHttp for Gateway {
             budget_percent: DEFAULT_PERCENT,
             tried: Vec::new(),
             current: None,
+            current_key: None,
+            remote_served_by: None,
+            east_west: self.east_west,
             status_retry: false,
             backoff: None,
             first_try: None,
@@ -424,11 +703,16 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if self.east_west {
+            return self.east_west_request(session, ctx).await;
+        }
         if let Err(refusal) = headers::check_request(session.req_header()) {
             tracing::debug!(reason = refusal.reason, "request refused");
             session.set_keepalive(None);
             return respond(session, refusal.status).await;
         }
+        // Only this proxy picks the backend of an east-west hop.
+        session.req_header_mut().remove_header(BACKEND_HEADER);
         let Some(served) = self.shared.served.load_full() else {
             return respond(session, 404).await;
         };
@@ -533,31 +817,7 @@ impl ProxyHttp for Gateway {
             .gateway
             .as_ref()
             .and_then(|g| g.backend_drain(&backend.name));
-
-        let timeouts = &rule.rule.timeouts;
-        ctx.deadline = ms(timeouts.request_ms).map(|d| Instant::now() + d);
-        ctx.per_try = ms(timeouts.backend_request_ms);
-        ctx.retries_left = rule.rule.retry.as_ref().map_or(0, |r| r.attempts);
-        // Drained endpoints are never tried, so they do not earn extra tries either.
-        let drained = ctx.drain.as_deref().map_or(0, |d| {
-            endpoints
-                .iter()
-                .filter(|e| e.ready && d.is_drained(&SocketAddr::new(e.address, e.port)))
-                .count()
-        });
-        let ready = u32::try_from(endpoints::ready_count(endpoints).saturating_sub(drained))
-            .unwrap_or(u32::MAX);
-        let retry = failover.and_then(|f| f.retry.as_deref());
-        let attempts = retry
-            .map(|r| r.attempts)
-            .filter(|&a| a > 0)
-            .unwrap_or(MAX_CONNECT_FAILOVER);
-        ctx.connect_failovers_left = ready.saturating_sub(1).min(attempts);
-        ctx.budget_percent = retry
-            .map(|r| r.budget_percent)
-            .filter(|&p| p > 0)
-            .unwrap_or(DEFAULT_PERCENT);
-        self.shared.budget.request();
+        self.prepare_tries(ctx, &rule, endpoints, failover);
         Ok(false)
     }
 
@@ -581,15 +841,21 @@ impl ProxyHttp for Gateway {
             ctx.failure = Some(FailureKind::Other);
             return Err(status_error(500, "no backend chosen"));
         }
-        let picked = match ctx.chosen_backend().map(|b| &b.target) {
-            Some(BackendTarget::Endpoints {
-                protocol,
-                endpoints,
-                failover,
+        let picked = match ctx.chosen_backend() {
+            Some(Backend {
+                name,
+                target:
+                    BackendTarget::Endpoints {
+                        protocol,
+                        endpoints,
+                        failover,
+                    },
+                ..
             }) => {
                 let choose = |tried: &[SocketAddr]| {
                     endpoints::choose(
                         endpoints,
+                        name,
                         &self.shared.locality,
                         failover.as_ref(),
                         &self.shared.ejections,
@@ -602,18 +868,22 @@ impl ProxyHttp for Gateway {
                     Err(NoEndpoint::AllTried) => choose(&[]),
                     other => other,
                 };
-                index
-                    .ok()
-                    .and_then(|i| endpoints::address(endpoints, i).map(|addr| (i, addr, *protocol)))
+                index.ok().and_then(|i| {
+                    let e = endpoints.get(i)?;
+                    Some((i, EndpointKey::of(e, name), *protocol))
+                })
             }
             _ => None,
         };
-        let Some((index, addr, protocol)) = picked else {
+        let Some((index, key, protocol)) = picked else {
             ctx.failure = Some(FailureKind::NoEndpoint);
             return Err(status_error(503, "no ready endpoint"));
         };
+        let addr = key.addr;
         ctx.tried.push(addr);
         ctx.current = Some(addr);
+        ctx.current_key = Some(key);
+        ctx.remote_served_by = None;
         ctx.current_ep = Some(index);
         ctx.first_try.get_or_insert_with(Instant::now);
 
@@ -646,11 +916,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(addr) = ctx.current
-            && self.shared.ejections.eject(addr)
+        if let Some(key) = ctx.current_key
+            && self.shared.ejections.eject(key)
         {
             self.shared.metrics.ejections.inc();
-            tracing::info!(endpoint = %addr, error = %e, "endpoint ejected after connect failure");
+            tracing::info!(endpoint = %key, error = %e, "endpoint ejected after connect failure");
         }
         if ctx.deadline_passed() {
             e.set_retry(false);
@@ -712,11 +982,11 @@ impl ProxyHttp for Gateway {
         // one it may only be a stale connection.
         if reset
             && !client_reused
-            && let Some(addr) = ctx.current
-            && self.shared.ejections.eject(addr)
+            && let Some(key) = ctx.current_key
+            && self.shared.ejections.eject(key)
         {
             self.shared.metrics.ejections.inc();
-            tracing::info!(endpoint = %addr, error = %e, "endpoint ejected after a reset");
+            tracing::info!(endpoint = %key, error = %e, "endpoint ejected after a reset");
         }
         if !e.retry() && body_replayable && ctx.retries_left > 0 && !ctx.deadline_passed() {
             ctx.retries_left -= 1;
@@ -748,9 +1018,26 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_response_filter(
+    async fn upstream_request_filter(
         &self,
         _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Set for an east-west hop (replacing whatever a filter set), never sent anywhere else.
+        if ctx.east_west_hop()
+            && let Some(b) = ctx.chosen_backend()
+        {
+            upstream.insert_header(BACKEND_HEADER, b.name.as_str())?;
+        } else {
+            upstream.remove_header(BACKEND_HEADER);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -768,12 +1055,23 @@ impl ProxyHttp for Gateway {
             return Err(e);
         }
         let code = resp.status.as_u16();
+        if ctx.east_west_hop() {
+            ctx.remote_served_by = resp
+                .headers
+                .get(SERVED_BY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if ctx.remote_served_by.is_none() {
+                // The remote proxy answered itself: no endpoint there, unknown backend, …
+                return self.east_west_refusal(session, ctx, code);
+            }
+        }
         if let (
             Some(addr),
             Some(BackendTarget::Endpoints {
                 failover: Some(f), ..
             }),
-        ) = (ctx.current, ctx.chosen_backend().map(|b| &b.target))
+        ) = (ctx.current_key, ctx.chosen_backend().map(|b| &b.target))
             && let Some(od) = f.outlier_detection.as_deref()
             && self.shared.ejections.response(
                 addr,
@@ -824,6 +1122,10 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.east_west_hop() {
+            // Passed on below only when this Gateway shows where requests were served.
+            resp.remove_header(SERVED_BY_HEADER);
+        }
         if ctx.answered && !(resp.status.is_informational() && resp.status != 101) {
             ctx.head_at.get_or_insert_with(Instant::now);
             if ctx.gateway.as_ref().is_some_and(|g| g.served_by_header)
@@ -912,11 +1214,7 @@ impl ProxyHttp for Gateway {
             None => None,
         };
         if let Some(g) = &ctx.gateway {
-            let region = if ctx.answered {
-                ctx.current_endpoint().map(|e| e.region.as_str())
-            } else {
-                None
-            };
+            let region = ctx.answered_region();
             let head = ctx.head_at.unwrap_or_else(Instant::now);
             let latency_us = u64::try_from(head.saturating_duration_since(ctx.started).as_micros())
                 .unwrap_or(u64::MAX);

@@ -4,6 +4,10 @@
 //! adds; only when all of that worked is the router swapped in (one `ArcSwap::store`) and removed
 //! sockets closed. Any failure leaves the previous snapshot serving and is reported as an
 //! [`ApplyError`] (also visible on `/ready` and `/config_dump`).
+//!
+//! With [`ProxyConfig::east_west`] the proxy also runs an east-west listener from the start: a
+//! second pingora app over the same shared state, serving the served snapshot's `east_west`
+//! backends to proxies of other networks (a snapshot without them leaves it answering 404).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +18,9 @@ use std::time::{Duration, Instant};
 use meridian_distribution::GatewayTrafficReport;
 
 use meridian_model::locality::Locality;
+use meridian_model::router::ListenerInfo;
 use meridian_model::snapshot::{Protocol, Snapshot};
+use meridian_model::traffic::GatewayTraffic;
 use meridian_model::{Router, SnapshotError};
 use pingora_core::apps::{HttpServerApp, HttpServerOptions};
 use pingora_core::server::configuration::ServerConf;
@@ -25,13 +31,13 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::drain::GatewayTable;
+use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
 use crate::gateway::Gateway;
 use crate::listeners::{self, AcceptCtx, ListenerSet};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
-use crate::state::{Served, Shared, TlsCert};
+use crate::state::{EastWestSide, Served, Shared, TlsCert};
 use crate::traffic::{TrafficCollector, TrafficRegistry};
 
 /// How long `shutdown` waits for connections in flight.
@@ -44,6 +50,10 @@ pub struct ProxyConfig {
     pub admin: Option<SocketAddr>,
     /// Where this proxy runs (endpoint preference).
     pub locality: Locality,
+    /// East-west listener (plain HTTP/1.1 and h2c) serving the snapshot's east-west backends to
+    /// proxies of other networks; `None` runs none. Port 0 takes a free port
+    /// ([`ProxyHandle::east_west_addr`] tells which).
+    pub east_west: Option<SocketAddr>,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -93,6 +103,37 @@ pub struct ProxyHandle {
     bound: std::sync::Mutex<Vec<SocketAddr>>,
     shutdown_tx: watch::Sender<bool>,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
+    east_west: Option<EastWestListener>,
+}
+
+/// The running east-west listener.
+struct EastWestListener {
+    /// The bound address.
+    addr: SocketAddr,
+    accept: Arc<AcceptCtx>,
+    set: Mutex<Option<ListenerSet>>,
+}
+
+/// One pingora app over the shared state: the Gateway listeners' or (with `east_west`) the
+/// east-west listener's.
+fn app(shared: &Arc<Shared>, east_west: bool) -> HttpProxy<Gateway> {
+    let conf = ServerConf {
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..ServerConf::default()
+    };
+    let mut app = HttpProxy::new(
+        Gateway {
+            shared: shared.clone(),
+            east_west,
+        },
+        Arc::new(conf),
+    );
+    app.handle_init_modules();
+    let mut options = HttpServerOptions::default();
+    // Plain listeners accept HTTP/2 with prior knowledge as well as HTTP/1.1.
+    options.h2c = true;
+    app.server_options = Some(options);
+    app
 }
 
 impl ProxyHandle {
@@ -100,8 +141,35 @@ impl ProxyHandle {
     /// first [`ProxyHandle::apply`]). Must run inside a tokio runtime.
     pub async fn start(cfg: ProxyConfig) -> anyhow::Result<ProxyHandle> {
         let metrics = Metrics::new()?;
-        let traffic = Arc::new(TrafficRegistry::default());
+        let traffic = Arc::new(match cfg.east_west {
+            Some(_) => TrafficRegistry::with_east_west(),
+            None => TrafficRegistry::default(),
+        });
         metrics.register(Box::new(TrafficCollector::new(traffic.clone())?))?;
+        // Bound first: a taken port fails the start before any task runs.
+        let east_west_socket = match cfg.east_west {
+            Some(addr) => {
+                let listener = listeners::bind(addr)
+                    .map_err(|e| anyhow::anyhow!("cannot bind east-west listener {addr}: {e}"))?;
+                let local = listener.local_addr()?;
+                Some((addr, local, listener))
+            }
+            None => None,
+        };
+        let east_west_side = match (&east_west_socket, traffic.east_west()) {
+            (Some((_, local, _)), Some(cell)) => Some(EastWestSide {
+                listener: Arc::new(ListenerInfo {
+                    gateway_namespace: String::new(),
+                    gateway_name: crate::gateway::EAST_WEST.to_string(),
+                    name: crate::gateway::EAST_WEST.to_string(),
+                    port: local.port(),
+                    protocol: Protocol::Http,
+                    hostname: None,
+                }),
+                gateway: Arc::new(GatewayEntry::undrained(true, cell.clone())),
+            }),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             served: Default::default(),
             mirror: Mirror::new(metrics.clone()),
@@ -112,30 +180,39 @@ impl ProxyHandle {
             traffic,
             last_error: Default::default(),
             controller: Default::default(),
+            east_west: east_west_side,
         });
-        let conf = ServerConf {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ..ServerConf::default()
-        };
-        let mut app = HttpProxy::new(
-            Gateway {
-                shared: shared.clone(),
-            },
-            Arc::new(conf),
-        );
-        app.handle_init_modules();
-        let mut options = HttpServerOptions::default();
-        // Plain listeners accept HTTP/2 with prior knowledge as well as HTTP/1.1.
-        options.h2c = true;
-        app.server_options = Some(options);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let active = Arc::new(AtomicUsize::new(0));
         let accept = Arc::new(AcceptCtx {
-            app: Arc::new(app),
+            app: Arc::new(app(&shared, false)),
             shared: shared.clone(),
-            shutdown: shutdown_rx,
+            shutdown: shutdown_rx.clone(),
             tls: listeners::tls_acceptor()?,
-            active: Arc::new(AtomicUsize::new(0)),
+            active: active.clone(),
+            plain: false,
         });
+        let east_west = match east_west_socket {
+            Some((addr, local, listener)) => {
+                let accept = Arc::new(AcceptCtx {
+                    app: Arc::new(app(&shared, true)),
+                    shared: shared.clone(),
+                    shutdown: shutdown_rx,
+                    tls: listeners::tls_acceptor()?,
+                    active,
+                    plain: true,
+                });
+                let mut set = ListenerSet::default();
+                set.start(vec![(addr, listener)], &accept);
+                tracing::info!(east_west = %local, "east-west listener up");
+                Some(EastWestListener {
+                    addr: local,
+                    accept,
+                    set: Mutex::new(Some(set)),
+                })
+            }
+            None => None,
+        };
         tokio::spawn(crate::health::run(shared.clone(), shutdown_tx.subscribe()));
         let admin = match cfg.admin {
             Some(addr) => {
@@ -160,6 +237,7 @@ impl ProxyHandle {
             bound: Default::default(),
             shutdown_tx,
             admin,
+            east_west,
         })
     }
 
@@ -243,11 +321,13 @@ impl ProxyHandle {
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
         drop(previous);
+        let east_west = crate::gateway::east_west_rules(&router.snapshot().east_west);
         let old = self.shared.served.swap(Some(Arc::new(Served {
             router,
             certs,
             protocols,
             gateways,
+            east_west,
         })));
         // Freeing a large router takes as long as compiling it (~100 ms at 10k routes): do it
         // off the runtime's workers so neither requests nor the caller (an ack) wait for it.
@@ -276,6 +356,17 @@ impl ProxyHandle {
     /// The admin listener's actual address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The east-west listener's actual address (`None` without one).
+    pub fn east_west_addr(&self) -> Option<SocketAddr> {
+        self.east_west.as_ref().map(|e| e.addr)
+    }
+
+    /// Cumulative counters of the requests served on the east-west listener (`None` without
+    /// one); also on `/metrics` as `gateway="east-west"`, never in [`ProxyHandle::traffic`].
+    pub fn east_west_traffic(&self) -> Option<GatewayTraffic> {
+        self.shared.traffic.east_west().map(|c| c.get())
     }
 
     /// Actual bound addresses of the listener sockets, sorted.
@@ -308,8 +399,16 @@ impl ProxyHandle {
         if let Some(mut set) = self.listeners.lock().await.take() {
             set.retain(&[]).await;
         }
+        if let Some(ew) = &self.east_west
+            && let Some(mut set) = ew.set.lock().await.take()
+        {
+            set.retain(&[]).await;
+        }
         // Wakes keep-alive connections waiting for their next request.
         self.accept.app.http_cleanup().await;
+        if let Some(ew) = &self.east_west {
+            ew.accept.app.http_cleanup().await;
+        }
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.accept.active.load(Ordering::Acquire) > 0
             && tokio::time::Instant::now() < deadline

@@ -11,6 +11,13 @@
 //!
 //! Defaults without a policy: TCP connect every [`DEFAULT_INTERVAL`] with [`DEFAULT_TIMEOUT`].
 //! When several backends share an address, the first one found in the snapshot sets the probe.
+//!
+//! Targets are [`EndpointKey`]s: an east-west endpoint (a remote proxy's east-west listener) is
+//! probed once per backend that uses it, and an HTTP probe of it carries
+//! `x-meridian-backend: <backend>`, so the remote proxy answers it from that backend's endpoints
+//! (a backend without healthy endpoints over there fails its probe; the others do not). The
+//! endpoints of the snapshot's east-west backends (what this proxy serves to other networks) are
+//! probed like any other.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,12 +25,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use meridian_model::snapshot::{Backend, BackendTarget, FailoverPolicy, Filter, Snapshot};
+use meridian_model::snapshot::{
+    Backend, BackendTarget, Endpoint, FailoverPolicy, Filter, Snapshot,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::endpoints::{ProbeOutcome, Readmit};
+use crate::endpoints::{EndpointKey, ProbeOutcome, Readmit};
+use crate::gateway::BACKEND_HEADER;
 use crate::state::Shared;
 
 /// Probe interval without a policy.
@@ -44,6 +54,8 @@ pub(crate) struct Probe {
     pub timeout: Duration,
     pub http_path: Option<String>,
     pub readmit: Readmit,
+    /// For an east-west endpoint: the backend named in `x-meridian-backend` of HTTP probes.
+    pub east_west_backend: Option<String>,
 }
 
 impl Probe {
@@ -68,28 +80,41 @@ impl Probe {
                 hysteresis: fb.map_or(Duration::ZERO, |f| Duration::from_millis(f.hysteresis_ms)),
                 slow_start: fb.map_or(Duration::ZERO, |f| Duration::from_millis(f.slow_start_ms)),
             },
+            east_west_backend: None,
         }
     }
 }
 
-/// Every endpoint address of the snapshot with its probe settings.
-pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<SocketAddr, Probe> {
-    fn add(out: &mut HashMap<SocketAddr, Probe>, b: &Backend) {
+/// Every endpoint of the snapshot (Gateway backends, mirror backends, east-west backends) with its
+/// probe settings.
+pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
+    fn add_endpoints(
+        out: &mut HashMap<EndpointKey, Probe>,
+        endpoints: &[Endpoint],
+        failover: Option<&FailoverPolicy>,
+        backend: &str,
+    ) {
+        let mut probe = None;
+        for e in endpoints.iter().filter(|e| e.ready) {
+            out.entry(EndpointKey::of(e, backend)).or_insert_with(|| {
+                let mut p = probe
+                    .get_or_insert_with(|| Probe::from_policy(failover))
+                    .clone();
+                if e.east_west {
+                    p.east_west_backend = Some(backend.to_string());
+                }
+                p
+            });
+        }
+    }
+    fn add(out: &mut HashMap<EndpointKey, Probe>, b: &Backend) {
         if let BackendTarget::Endpoints {
             endpoints,
             failover,
             ..
         } = &b.target
         {
-            let mut probe = None;
-            for e in endpoints.iter().filter(|e| e.ready) {
-                let addr = SocketAddr::new(e.address, e.port);
-                out.entry(addr).or_insert_with(|| {
-                    probe
-                        .get_or_insert_with(|| Probe::from_policy(failover.as_ref()))
-                        .clone()
-                });
-            }
+            add_endpoints(out, endpoints, failover.as_ref(), &b.name);
         }
         for f in &b.filters {
             if let Filter::RequestMirror(m) = f {
@@ -114,6 +139,9 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<SocketAddr, Probe> {
             }
         }
     }
+    for b in &snapshot.east_west {
+        add_endpoints(&mut out, &b.endpoints, b.failover.as_deref(), &b.name);
+    }
     out
 }
 
@@ -124,8 +152,14 @@ pub(crate) async fn probe(addr: SocketAddr, p: &Probe) -> bool {
         let Some(path) = &p.http_path else {
             return Some(true);
         };
+        let via = match &p.east_west_backend {
+            // A name that cannot be a header value cannot be asked for: the probe fails.
+            Some(b) if http::HeaderValue::from_str(b).is_err() => return None,
+            Some(b) => format!("{BACKEND_HEADER}: {b}\r\n"),
+            None => String::new(),
+        };
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: meridian-health\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: meridian-health\r\n{via}Connection: close\r\n\r\n"
         );
         tcp.write_all(req.as_bytes()).await.ok()?;
         let mut buf = vec![0u8; HTTP_PROBE_READ];
@@ -148,8 +182,8 @@ pub(crate) async fn probe(addr: SocketAddr, p: &Probe) -> bool {
 /// Runs the health checker until `shutdown` turns true.
 pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut seen: Option<usize> = None;
-    let mut targets: HashMap<SocketAddr, Probe> = HashMap::new();
-    let mut next: HashMap<SocketAddr, Instant> = HashMap::new();
+    let mut targets: HashMap<EndpointKey, Probe> = HashMap::new();
+    let mut next: HashMap<EndpointKey, Instant> = HashMap::new();
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
@@ -172,12 +206,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 .unwrap_or_default();
             shared
                 .ejections
-                .retain_known(&|a: &SocketAddr| targets.contains_key(a));
+                .retain_known(&|k: &EndpointKey| targets.contains_key(k));
             next.retain(|a, _| targets.contains_key(a));
         }
         drop(served);
         let now = Instant::now();
-        let due: Vec<(SocketAddr, Probe)> = targets
+        let due: Vec<(EndpointKey, Probe)> = targets
             .iter()
             .filter(|(a, _)| next.get(a).is_none_or(|t| *t <= now))
             .map(|(a, p)| (*a, p.clone()))
@@ -188,9 +222,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         for (a, p) in &due {
             next.insert(*a, now + p.interval);
         }
-        let results: Vec<(SocketAddr, bool, Probe)> = futures::stream::iter(due)
+        let results: Vec<(EndpointKey, bool, Probe)> = futures::stream::iter(due)
             .map(|(a, p)| async move {
-                let ok = probe(a, &p).await;
+                let ok = probe(a.addr, &p).await;
                 (a, ok, p)
             })
             .buffer_unordered(MAX_IN_FLIGHT)

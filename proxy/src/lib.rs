@@ -34,6 +34,13 @@
 //! controller ([`ProxyHandle::traffic`]) and exported on `/metrics`. Gateways with
 //! `served_by_header` get `x-meridian-served-by: <cluster>/<region>/<zone>` on endpoint responses.
 //!
+//! Multi-network clusters: a backend endpoint marked `east_west` is a remote proxy's east-west
+//! listener; requests to it carry `x-meridian-backend: <backend>` and the remote proxy serves them
+//! from its own endpoints (`Snapshot.east_west`) on its east-west listener
+//! ([`ProxyConfig::east_west`], `--east-west ADDR`), adding `x-meridian-served-by`. Both ends live
+//! in gateway.rs; health is kept per (remote proxy, backend) (endpoints.rs). Plain HTTP between
+//! proxies: there is no mTLS on the east-west hop yet.
+//!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but
 //! pingora 0.9.1 can tear an upgraded tunnel down right after the `101` when the backend answers
@@ -55,7 +62,7 @@ mod mirror;
 mod state;
 mod traffic;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -63,6 +70,7 @@ use meridian_model::locality::Locality;
 use meridian_model::{Snapshot, SnapshotError};
 
 pub use controller::follow_controller;
+pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle};
 use meridian_distribution::{Client, ClientConfig, GatewayRef, Hello};
 
@@ -104,6 +112,11 @@ pub struct ProxyArgs {
     /// Zone this proxy runs in (endpoint preference).
     #[arg(long, default_value = "")]
     pub zone: String,
+    /// East-west listener (`ip:port`, plain HTTP) where proxies of other networks reach this
+    /// network's backends (multi-network clusters); reported to the controller. On an unspecified
+    /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
+    #[arg(long = "east-west", value_name = "ADDR")]
+    pub east_west: Option<SocketAddr>,
 }
 
 /// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -118,18 +131,36 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         let handle = ProxyHandle::start(ProxyConfig {
             admin: Some(args.admin),
             locality: Locality {
-                cluster: args.cluster,
-                region: args.region,
-                zone: args.zone,
+                cluster: args.cluster.clone(),
+                region: args.region.clone(),
+                zone: args.zone.clone(),
             },
+            east_west: args.east_west,
         })
         .await?;
+        let client = match &source {
+            Source::File(_) => None,
+            Source::Controller { url, token, hello } => {
+                let mut hello = Hello::clone(hello);
+                // The bound address: `--east-west` may ask for port 0.
+                hello.east_west = handle
+                    .east_west_addr()
+                    .map(|a| east_west_advertised(a, args.advertise_address.as_deref()))
+                    .transpose()?;
+                Some(Client::new(ClientConfig::new(
+                    url.clone(),
+                    token.clone(),
+                    hello,
+                ))?)
+            }
+        };
         let serve = async {
-            match source {
-                Source::File(path) => watch_file(&handle, path).await,
-                Source::Controller(client) => {
+            match (source, client) {
+                (Source::Controller { .. }, Some(client)) => {
                     let _ = follow_controller(&handle, &client).await;
                 }
+                (Source::File(path), _) => watch_file(&handle, path).await,
+                (Source::Controller { .. }, None) => {}
             }
         };
         tokio::select! {
@@ -148,7 +179,33 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
 
 enum Source {
     File(PathBuf),
-    Controller(Box<Client>),
+    /// The client is built once the proxy runs (the Hello reports its east-west address).
+    Controller {
+        url: String,
+        token: Option<String>,
+        hello: Box<Hello>,
+    },
+}
+
+/// The east-west address to report to the controller for a listener bound to `bound`: `bound`
+/// itself, or on an unspecified IP (`0.0.0.0`, `::`) the advertised IP with `bound`'s port.
+pub fn east_west_advertised(bound: SocketAddr, advertise: Option<&str>) -> anyhow::Result<String> {
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    let Some(a) = advertise.filter(|a| !a.is_empty()) else {
+        anyhow::bail!(
+            "`--east-west {bound}` listens on every address: `--advertise-address IP` is needed \
+             to tell proxies of other networks where to reach it"
+        );
+    };
+    let ip: IpAddr = a.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "`--advertise-address {a}` is not an IP address: with `--east-west` on an \
+             unspecified address it must be one (other proxies connect to ip:port)"
+        )
+    })?;
+    Ok(SocketAddr::new(ip, bound.port()).to_string())
 }
 
 /// Checks the flags and builds the snapshot source.
@@ -180,6 +237,10 @@ fn source(args: &ProxyArgs) -> anyhow::Result<Source> {
                      `--insecure` connects without one (local runs only)"
                 );
             }
+            if let Some(ew) = args.east_west {
+                // Fails now rather than after the proxy started.
+                east_west_advertised(ew, args.advertise_address.as_deref())?;
+            }
             let hello = Hello {
                 proxy_id: args.proxy_id.clone().unwrap_or_else(default_proxy_id),
                 cluster: args.cluster.clone(),
@@ -189,9 +250,14 @@ fn source(args: &ProxyArgs) -> anyhow::Result<Source> {
                 address: args.advertise_address.clone(),
                 east_west: None,
             };
-            Ok(Source::Controller(Box::new(Client::new(
-                ClientConfig::new(url.clone(), token, hello),
-            )?)))
+            // Checks the URL before anything starts; the client used is built with the bound
+            // east-west address.
+            Client::new(ClientConfig::new(url.clone(), token.clone(), hello.clone()))?;
+            Ok(Source::Controller {
+                url: url.clone(),
+                token,
+                hello: Box::new(hello),
+            })
         }
     }
 }

@@ -14,6 +14,9 @@
 //!                           ALPN h2/http1.1, SNI kept in the SSL digest ─► app.process_new
 //! ```
 //!
+//! The east-west listener (for proxies of other networks) runs the same loop with its own app
+//! and is always plain HTTP (HTTP/1.1 or h2c), whatever the snapshot says.
+//!
 //! A stopped loop closes its socket; connections it accepted keep running until they finish.
 //! The protocol of a socket is read from the current snapshot for every connection, so a socket
 //! that switches between HTTP and HTTPS needs no rebind.
@@ -60,6 +63,8 @@ pub(crate) struct AcceptCtx {
     pub tls: SslAcceptor,
     /// Connections being served (for graceful shutdown).
     pub active: Arc<AtomicUsize>,
+    /// Every socket of this context is plain HTTP (the east-west listener): no snapshot lookup.
+    pub plain: bool,
 }
 
 /// Builds the TLS acceptor: no static certificate (the callback installs one per handshake),
@@ -194,12 +199,15 @@ async fn serve_connection(tcp: tokio::net::TcpStream, addr: SocketAddr, ctx: &Ac
     l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
     // Under TLS too, as pingora layers it: records are read whole and written together.
     let l4 = Buffered::new(l4);
-    let protocol = ctx
-        .shared
-        .served
-        .load()
-        .as_ref()
-        .and_then(|s| s.protocol(addr));
+    let protocol = if ctx.plain {
+        Some(Protocol::Http)
+    } else {
+        ctx.shared
+            .served
+            .load()
+            .as_ref()
+            .and_then(|s| s.protocol(addr))
+    };
     let stream: Stream = match protocol {
         Some(Protocol::Http) => Box::new(l4),
         Some(Protocol::Https) => {

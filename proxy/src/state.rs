@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use meridian_model::Router;
 use meridian_model::locality::Locality;
+use meridian_model::router::{CompiledRule, ListenerInfo};
 use meridian_model::snapshot::Protocol;
 use pingora_core::tls::pkey::{PKey, Private};
 use pingora_core::tls::x509::X509;
 
 use crate::budget::RetryBudget;
-use crate::drain::GatewayTable;
+use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -35,6 +36,9 @@ pub(crate) struct Served {
     pub protocols: HashMap<SocketAddr, Protocol>,
     /// Per-Gateway facts: served-by switch, traffic counters, drained endpoints.
     pub gateways: GatewayTable,
+    /// The snapshot's east-west backends by name, each as a one-backend rule (see
+    /// `gateway::east_west_rules`).
+    pub east_west: HashMap<String, Arc<CompiledRule>>,
 }
 
 impl Served {
@@ -59,6 +63,16 @@ pub(crate) struct Shared {
     pub last_error: Mutex<Option<String>>,
     /// The controller link in `--controller` mode (`None` in static mode).
     pub controller: Mutex<Option<ControllerLink>>,
+    /// The east-west listener's identity, if the proxy has one.
+    pub east_west: Option<EastWestSide>,
+}
+
+/// What requests on the east-west listener use in place of a Gateway listener and Gateway.
+pub(crate) struct EastWestSide {
+    /// Metrics labels (`listener="east-west"`).
+    pub listener: Arc<ListenerInfo>,
+    /// Served-by always on, the `east-west` traffic counters, no drains.
+    pub gateway: Arc<GatewayEntry>,
 }
 
 /// What `/ready` says about the controller link.

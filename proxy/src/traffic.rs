@@ -12,6 +12,10 @@
 //! of its Gateways from there (so counters survive snapshot swaps) and drops the cells of Gateways
 //! it no longer serves. Requests hold an `Arc` to their Gateway's cell, so the hot path never
 //! touches the registry.
+//!
+//! Requests served on the east-west listener (for proxies of other networks) count in a cell of
+//! their own, exported on `/metrics` as `gateway="east-west"` (no `/`, so it cannot clash with a
+//! `namespace/name`). It is not a Gateway, so it is left out of the reports to the controller.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -51,13 +55,31 @@ impl TrafficCell {
     }
 }
 
-/// The counters of every Gateway served, keyed by (namespace, name).
+/// The `gateway` label of the east-west listener's counters.
+pub(crate) const EAST_WEST_LABEL: &str = "east-west";
+
+/// The counters of every Gateway served, keyed by (namespace, name), and of the east-west
+/// listener if the proxy has one.
 #[derive(Debug, Default)]
 pub(crate) struct TrafficRegistry {
     cells: Mutex<BTreeMap<(String, String), Arc<TrafficCell>>>,
+    east_west: Option<Arc<TrafficCell>>,
 }
 
 impl TrafficRegistry {
+    /// A registry that also counts an east-west listener.
+    pub fn with_east_west() -> Self {
+        TrafficRegistry {
+            cells: Mutex::default(),
+            east_west: Some(Arc::default()),
+        }
+    }
+
+    /// The east-west listener's cell, if the proxy has one.
+    pub fn east_west(&self) -> Option<&Arc<TrafficCell>> {
+        self.east_west.as_ref()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Arc<TrafficCell>>> {
         self.cells.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -150,9 +172,17 @@ impl TrafficCollector {
     fn families(&self) -> Result<Vec<MetricFamily>, prometheus::Error> {
         let requests = requests_vec()?;
         let failures = failures_vec()?;
-        for r in self.registry.reports() {
-            let gw = format!("{}/{}", r.namespace, r.name);
-            let t = &r.traffic;
+        let gateways = self
+            .registry
+            .reports()
+            .into_iter()
+            .map(|r| (format!("{}/{}", r.namespace, r.name), r.traffic));
+        let east_west = self
+            .registry
+            .east_west()
+            .map(|c| (EAST_WEST_LABEL.to_string(), c.get()));
+        for (gw, t) in gateways.chain(east_west) {
+            let t = &t;
             let answered: u64 = t.by_region.values().sum();
             for (region, n) in &t.by_region {
                 requests.with_label_values(&[&gw, region]).inc_by(*n);

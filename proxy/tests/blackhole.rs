@@ -562,6 +562,7 @@ async fn blackholed_region_fails_over_and_back() {
                 region: "us-east".into(),
                 zone: "a".into(),
             },
+            east_west: None,
         })
         .await
         .unwrap();

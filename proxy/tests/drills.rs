@@ -64,6 +64,7 @@ async fn proxy_in_us_east() -> ProxyHandle {
             region: "us-east".into(),
             zone: "a".into(),
         },
+        east_west: None,
     })
     .await
     .unwrap()

@@ -126,6 +126,7 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
                 region: "us-east".into(),
                 zone: "a".into(),
             },
+            east_west: None,
         })
         .await
         .unwrap();
@@ -293,6 +294,7 @@ async fn a_policy_orders_regions_and_a_geo_fence_answers_503_instead_of_leaving(
                 region: "us-east".into(),
                 zone: "a".into(),
             },
+            east_west: None,
         })
         .await
         .unwrap();

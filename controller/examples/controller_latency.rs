@@ -191,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
             region: name.clone(),
             zones: vec![],
             client: c.clone(),
+            network: String::new(),
         })
         .collect();
     let mut cfg = ControllerConfig::new(members, dp.clone());

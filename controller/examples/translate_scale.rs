@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meridian_controller::{
-    CONTROLLER_NAME, GatewayRef, ObjectKey, ProgrammedState, TranslateConfig, World,
-    refresh_endpoints, translate,
+    CONTROLLER_NAME, EastWestListeners, GatewayRef, MissingRemote, ObjectKey, ProgrammedState,
+    TranslateConfig, World, refresh_endpoints, translate,
 };
 use meridian_crds::mcs::{ServiceExport, ServiceExportSpec};
 
@@ -207,7 +207,14 @@ fn main() -> Result<(), String> {
         });
     for round in 0..3 {
         let start = Instant::now();
-        let changed = refresh_endpoints(&world, &mut snapshots, "central", &key);
+        let changed = refresh_endpoints(
+            &world,
+            &mut snapshots,
+            "central",
+            &key,
+            &EastWestListeners::new(),
+            &mut MissingRemote::new(),
+        );
         let elapsed = start.elapsed();
         println!(
             "round {round}: endpoint refresh of one exported Service in {:.2} ms (clusters changed: {changed:?})",

@@ -5,6 +5,7 @@
 //! --cluster east=ctx-east@us-east  ─┐
 //! --cluster west@us-west            ├─► Vec<ClusterSpec> ──► connect() ──► MemberCluster { client, … }
 //! --clusters-file clusters.yaml    ─┘     (none given: one member per kubeconfig context)
+//! --network east=net-a              ──► ClusterSpec::network (default "": one flat network)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -30,9 +31,16 @@ pub struct ControllerArgs {
     /// the kubeconfig is a member.
     #[arg(long = "cluster", value_name = "NAME[=CONTEXT][@REGION]")]
     pub clusters: Vec<ClusterSpec>,
-    /// YAML list of member clusters: `- {name: east, context: ctx, region: us-east, zones: [a, b]}`.
+    /// YAML list of member clusters:
+    /// `- {name: east, context: ctx, region: us-east, zones: [a, b], network: net-a}`.
     #[arg(long, value_name = "FILE", conflicts_with = "clusters")]
     pub clusters_file: Option<PathBuf>,
+    /// The network of a member cluster (repeat per cluster; overrides the clusters file).
+    /// Clusters on one network reach each other's pod IPs directly; a cluster on another
+    /// network is reached through the east-west listeners of its Meridian proxies. Clusters
+    /// not named share the default network "".
+    #[arg(long = "network", value_name = "CLUSTER=NETWORK")]
+    pub networks: Vec<NetworkSpec>,
     /// GatewayClasses with this spec.controllerName are reconciled.
     #[arg(long, default_value = CONTROLLER_NAME)]
     pub controller_name: String,
@@ -75,6 +83,10 @@ pub struct ClusterSpec {
     /// Zones of the cluster.
     #[serde(default)]
     pub zones: Vec<String>,
+    /// Network of the cluster's pod IPs (defaults to `""`, the network every cluster shares
+    /// unless told otherwise).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 impl ClusterSpec {
@@ -87,6 +99,74 @@ impl ClusterSpec {
     pub fn region(&self) -> &str {
         self.region.as_deref().unwrap_or(&self.name)
     }
+
+    /// The network, defaulting to `""`.
+    pub fn network(&self) -> &str {
+        self.network.as_deref().unwrap_or("")
+    }
+}
+
+/// `--network CLUSTER=NETWORK`: the network of one member cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// The member cluster's name.
+    pub cluster: String,
+    /// Its network.
+    pub network: String,
+}
+
+/// Network names show up in logs and docs only, but keep them to one plain token.
+fn check_network(network: &str) -> Result<(), String> {
+    let ok = !network.is_empty()
+        && network.len() <= 63
+        && network
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid network name {network:?}: use 1-63 letters, digits, '-', '_' and '.'"
+        ))
+    }
+}
+
+impl FromStr for NetworkSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((cluster, network)) = s.split_once('=') else {
+            return Err(format!("{s:?}: expected CLUSTER=NETWORK"));
+        };
+        check_name(cluster).map_err(|e| e.to_string())?;
+        check_network(network).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(NetworkSpec {
+            cluster: cluster.to_string(),
+            network: network.to_string(),
+        })
+    }
+}
+
+/// Sets the network of each named cluster; a cluster that is not a member, or is named twice,
+/// is an error.
+pub fn apply_networks(specs: &mut [ClusterSpec], networks: &[NetworkSpec]) -> anyhow::Result<()> {
+    for (i, n) in networks.iter().enumerate() {
+        if networks[..i].iter().any(|o| o.cluster == n.cluster) {
+            bail!("--network: cluster {:?} is given twice", n.cluster);
+        }
+        let Some(spec) = specs.iter_mut().find(|s| s.name == n.cluster) else {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "--network {}={}: no member cluster is named {:?} (members: {})",
+                n.cluster,
+                n.network,
+                n.cluster,
+                names.join(", ")
+            );
+        };
+        spec.network = Some(n.network.clone());
+    }
+    Ok(())
 }
 
 /// Cluster names end up in metrics labels, snapshot fields and logs: keep them DNS-label-like.
@@ -124,6 +204,7 @@ impl FromStr for ClusterSpec {
             context,
             region,
             zones: Vec::new(),
+            network: None,
         })
     }
 }
@@ -134,12 +215,17 @@ pub fn read_clusters_file(path: &Path) -> anyhow::Result<Vec<ClusterSpec>> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let specs: Vec<ClusterSpec> = serde_yaml::from_str(&text).with_context(|| {
         format!(
-            "{}: expected a list of {{name, context, region, zones}}",
+            "{}: expected a list of {{name, context, region, zones, network}}",
             path.display()
         )
     })?;
     for s in &specs {
         check_name(&s.name).with_context(|| path.display().to_string())?;
+        if let Some(n) = &s.network {
+            check_network(n)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}: cluster {}", path.display(), s.name))?;
+        }
     }
     Ok(specs)
 }
@@ -169,9 +255,10 @@ impl ControllerArgs {
         }
     }
 
-    /// The member clusters: from --cluster, from --clusters-file, or every context of `kubeconfig`.
+    /// The member clusters: from --cluster, from --clusters-file, or every context of
+    /// `kubeconfig`; with the networks of --network applied.
     pub fn cluster_specs(&self, kubeconfig: &Kubeconfig) -> anyhow::Result<Vec<ClusterSpec>> {
-        let specs = if let Some(path) = &self.clusters_file {
+        let mut specs = if let Some(path) = &self.clusters_file {
             read_clusters_file(path)?
         } else if !self.clusters.is_empty() {
             self.clusters.clone()
@@ -186,11 +273,13 @@ impl ControllerArgs {
                     context: None,
                     region: None,
                     zones: Vec::new(),
+                    network: None,
                 });
             }
             specs
         };
         check_unique(&specs)?;
+        apply_networks(&mut specs, &self.networks)?;
         Ok(specs)
     }
 }

@@ -37,8 +37,8 @@ use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::status::StatusKind;
 use crate::translate::{
-    GatewayRef, SUPPORTED_FEATURES, TranslateConfig, UnreachableCluster, next_stale_expiry,
-    refresh_endpoints, translate,
+    EastWestListeners, GatewayRef, MissingRemote, SUPPORTED_FEATURES, TranslateConfig,
+    UnreachableCluster, next_stale_expiry, refresh_endpoints, translate,
 };
 use crate::watch::{Msg, Touch, WatchCtx, supervise};
 use crate::world::{Kind, ObjectKey, World};
@@ -55,6 +55,35 @@ pub struct MemberCluster {
     pub zones: Vec<String>,
     /// Client for the cluster's API.
     pub client: kube::Client,
+    /// Network of the cluster's pod IPs; `""` (the default) for every cluster is one flat
+    /// network. Clusters on another network than a snapshot's are reached through their
+    /// proxies' east-west listeners ([`DataPlane::east_west`]).
+    pub network: String,
+}
+
+impl MemberCluster {
+    /// A member cluster on the default network `""`.
+    pub fn new(
+        name: impl Into<String>,
+        region: impl Into<String>,
+        zones: Vec<String>,
+        client: kube::Client,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            region: region.into(),
+            zones,
+            client,
+            network: String::new(),
+        }
+    }
+
+    /// The same cluster on network `network`.
+    #[must_use]
+    pub fn with_network(mut self, network: impl Into<String>) -> Self {
+        self.network = network.into();
+        self
+    }
 }
 
 /// Everything [`Controller::start`] needs.
@@ -155,6 +184,7 @@ impl Controller {
                     context: None,
                     region: None,
                     zones: Vec::new(),
+                    network: None,
                 })
                 .collect::<Vec<_>>(),
         )?;
@@ -193,7 +223,10 @@ impl Controller {
         let mut world = World::new();
         let mut writers = Vec::new();
         for (i, c) in clusters.iter().enumerate() {
-            world.add_cluster(c.name.clone(), c.region.clone(), c.zones.clone());
+            world
+                .add_cluster(c.name.clone(), c.region.clone(), c.zones.clone())
+                .network
+                .clone_from(&c.network);
             let name: Arc<str> = Arc::from(c.name.as_str());
             metrics.cluster_synced.with_label_values(&[&c.name]).set(0);
             let writer = StatusWriter::new(name.clone(), Arc::clone(&metrics));
@@ -256,6 +289,8 @@ impl Controller {
             drills,
             unreachable: BTreeMap::new(),
             stale_expiry: None,
+            east_west: EastWestListeners::new(),
+            east_west_missing: MissingRemote::new(),
         };
         tasks.push(tokio::spawn(reconciler.run(
             rx,
@@ -354,6 +389,11 @@ struct Reconciler {
     unreachable: BTreeMap<String, UnreachableCluster>,
     /// When a FailoverPolicy's staleEndpointTTL next drops endpoints: a full pass is due then.
     stale_expiry: Option<Timestamp>,
+    /// East-west listeners the last full pass translated with (endpoint refreshes reuse them;
+    /// a change of them ticks the data plane, which brings a full pass).
+    east_west: EastWestListeners,
+    /// What the current snapshots leave out for lack of east-west listeners.
+    east_west_missing: MissingRemote,
 }
 
 /// How often deleted objects are forgotten by the status writers.
@@ -597,8 +637,39 @@ impl Reconciler {
                 .member_stale_endpoints
                 .with_label_values(&[name])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
+            let missing = self.east_west_missing.get(name).map_or(0, BTreeMap::len);
+            self.metrics
+                .east_west_missing
+                .with_label_values(&[name])
+                .set(i64::try_from(missing).unwrap_or(i64::MAX));
         }
         self.passes_tx.send_modify(|n| *n += 1);
+    }
+
+    /// Replaces the record of what the snapshots leave out for lack of east-west listeners,
+    /// logging what changed.
+    fn note_missing(&mut self, missing: MissingRemote) {
+        if missing != self.east_west_missing {
+            for (cluster, backends) in &missing {
+                for (backend, remote) in backends {
+                    if self
+                        .east_west_missing
+                        .get(cluster)
+                        .and_then(|b| b.get(backend))
+                        != Some(remote)
+                    {
+                        tracing::debug!(
+                            %cluster,
+                            %backend,
+                            remote = ?remote,
+                            "endpoints of clusters on another network left out: those clusters \
+                             have no proxy with an east-west listener"
+                        );
+                    }
+                }
+            }
+        }
+        self.east_west_missing = missing;
     }
 
     fn full_pass(&mut self) {
@@ -626,7 +697,17 @@ impl Reconciler {
             .iter()
             .map(|(c, s)| (c.clone(), s.generation))
             .collect();
+        if self.world.multi_network() {
+            for name in &self.names {
+                let listeners = self.data_plane.east_west(name);
+                if !listeners.is_empty() {
+                    cfg.east_west.insert(name.clone(), listeners);
+                }
+            }
+        }
         let out = translate(&self.world, &cfg);
+        self.east_west = cfg.east_west;
+        self.note_missing(out.east_west_missing);
         self.stale_expiry = next_stale_expiry(&self.world, &self.unreachable, cfg.now);
         self.metrics.translations.with_label_values(&["full"]).inc();
         self.metrics
@@ -670,12 +751,21 @@ impl Reconciler {
 
     fn endpoints_pass(&mut self) {
         let started = std::time::Instant::now();
+        let mut missing = self.east_west_missing.clone();
         for (i, services) in &self.dirty_services {
             let name = &self.names[*i];
             for svc in services {
-                refresh_endpoints(&self.world, &mut self.current, name, svc);
+                refresh_endpoints(
+                    &self.world,
+                    &mut self.current,
+                    name,
+                    svc,
+                    &self.east_west,
+                    &mut missing,
+                );
             }
         }
+        self.note_missing(missing);
         self.metrics
             .translations
             .with_label_values(&["endpoints"])
@@ -702,6 +792,7 @@ impl Reconciler {
                 p.schema == snapshot.schema
                     && p.gateways == snapshot.gateways
                     && p.drains == snapshot.drains
+                    && p.east_west == snapshot.east_west
             }) {
                 continue;
             }
@@ -764,13 +855,11 @@ pub async fn serve(
     let mut clusters = Vec::new();
     for spec in &specs {
         let client = connect(&kubeconfig, spec).await?;
-        tracing::info!(cluster = %spec.name, context = spec.context(), region = spec.region(), "member cluster");
-        clusters.push(MemberCluster {
-            name: spec.name.clone(),
-            region: spec.region().to_string(),
-            zones: spec.zones.clone(),
-            client,
-        });
+        tracing::info!(cluster = %spec.name, context = spec.context(), region = spec.region(), network = spec.network(), "member cluster");
+        clusters.push(
+            MemberCluster::new(spec.name.clone(), spec.region(), spec.zones.clone(), client)
+                .with_network(spec.network()),
+        );
     }
     let mut cfg = ControllerConfig::new(clusters, data_plane);
     cfg.controller_name = args.controller_name.clone();

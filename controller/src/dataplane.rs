@@ -3,8 +3,9 @@
 //! ```text
 //!  reconcile loop ── publish(cluster, snapshot) ──► DataPlane ──► proxies (distribution server)
 //!        ▲                                             │
-//!        └── changes() ticks ◄── acks / addresses ─────┘
-//!            then programmed(gw), addresses(gw) feed the next translation
+//!        └── changes() ticks ◄── acks / addresses / ──┘
+//!            proxies with east-west listeners come and go
+//!            then programmed(gw), addresses(gw), east_west(cluster) feed the next translation
 //! ```
 //!
 //! The distribution server (crate `meridian-distribution`) implements this trait; until it is
@@ -14,7 +15,7 @@
 //! for running the controller without proxies (`--static-address`).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use meridian_model::Snapshot;
@@ -44,6 +45,14 @@ pub trait DataPlane: Send + Sync + 'static {
     fn traffic(&self, _gw: &GatewayRef) -> Option<meridian_model::traffic::GatewayTraffic> {
         None
     }
+    /// East-west listeners (`ip:port`, with the zone of the proxy) of the connected proxies of
+    /// member cluster `cluster`, where proxies of other networks reach its backends; empty when
+    /// none has one (then, with clusters on several networks, the cluster's endpoints are
+    /// unreachable from the other networks). A proxy with such a listener connecting or leaving
+    /// must tick [`DataPlane::changes`].
+    fn east_west(&self, _cluster: &str) -> Vec<(SocketAddr, String)> {
+        Vec::new()
+    }
 }
 
 /// A [`DataPlane`] without proxies: fixed addresses, instant "acknowledgement", and a record of
@@ -63,6 +72,7 @@ struct StaticInner {
     /// Per cluster: the generation "proxies" stay at while acknowledgements are held.
     held_acks: BTreeMap<String, u64>,
     traffic: BTreeMap<GatewayRef, GatewayTraffic>,
+    east_west: BTreeMap<String, Vec<(SocketAddr, String)>>,
 }
 
 impl StaticDataPlane {
@@ -105,6 +115,20 @@ impl StaticDataPlane {
     /// Replaces the address list (ticks [`DataPlane::changes`]).
     pub fn set_addresses(&self, addresses: Vec<IpAddr>) {
         self.lock().addresses = addresses;
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Sets the east-west listeners (`ip:port`, zone) reported for a cluster's proxies; empty
+    /// removes them (ticks [`DataPlane::changes`]).
+    pub fn set_east_west(&self, cluster: &str, listeners: Vec<(SocketAddr, String)>) {
+        {
+            let mut inner = self.lock();
+            if listeners.is_empty() {
+                inner.east_west.remove(cluster);
+            } else {
+                inner.east_west.insert(cluster.to_string(), listeners);
+            }
+        }
         self.changes.send_modify(|n| *n += 1);
     }
 
@@ -179,6 +203,14 @@ impl DataPlane for StaticDataPlane {
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+
+    fn east_west(&self, cluster: &str) -> Vec<(SocketAddr, String)> {
+        self.lock()
+            .east_west
+            .get(cluster)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +236,18 @@ mod tests {
         dp.set_addresses(vec![]);
         assert!(changes.has_changed().unwrap());
         assert!(dp.addresses(&gw).is_empty());
+        changes.mark_unchanged();
+
+        assert!(dp.east_west("east").is_empty());
+        let l = vec![("192.0.2.1:15443".parse().unwrap(), "us-east-1a".to_string())];
+        dp.set_east_west("east", l.clone());
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert_eq!(dp.east_west("east"), l);
+        assert!(dp.east_west("west").is_empty());
+        dp.set_east_west("east", vec![]);
+        assert!(changes.has_changed().unwrap());
+        assert!(dp.east_west("east").is_empty());
     }
 
     #[test]

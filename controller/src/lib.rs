@@ -41,7 +41,7 @@ pub mod watch;
 pub mod world;
 mod writer;
 
-pub use args::{ClusterSpec, ControllerArgs};
+pub use args::{ClusterSpec, ControllerArgs, NetworkSpec};
 pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster, run, serve};
 pub use dataplane::{DataPlane, StaticDataPlane};
 pub use drill::{DrillActuator, DrillMode, DrillTarget};
@@ -49,8 +49,8 @@ pub use writer::FIELD_MANAGER;
 
 pub use status::{StatusKind, StatusUpdate};
 pub use translate::{
-    CONTROLLER_NAME, GatewayRef, Output, ProgrammedState, SUPPORTED_FEATURES, TranslateConfig,
-    refresh_endpoints, translate,
+    CONTROLLER_NAME, EastWestListeners, GatewayRef, MissingRemote, Output, ProgrammedState,
+    SUPPORTED_FEATURES, TranslateConfig, refresh_endpoints, translate,
 };
 pub use world::{ClusterName, ClusterState, Indexed, Kind, ObjectKey, World};
 

@@ -7,6 +7,10 @@
 //! `meridian_member_cluster_stale_endpoints` (endpoints served from an unreachable cluster's
 //! last-known EndpointSlices), each by `cluster`.
 //!
+//! Multi-network clusters: `meridian_east_west_missing_backends{cluster}` counts the backends of
+//! a cluster's snapshot that lack the endpoints of some cluster on another network because no
+//! proxy of that cluster has an east-west listener (the controller logs which at debug level).
+//!
 //! The admin listener answers `/healthz` (the process runs), `/readyz` (every member cluster
 //! finished its initial sync at least once; the body lists each cluster) and `/metrics`.
 
@@ -77,6 +81,10 @@ pub struct Metrics {
     pub drills: IntGaugeVec,
     /// Drains the drill runner currently puts into every snapshot.
     pub drains: prometheus::IntGauge,
+    /// `meridian_east_west_missing_backends{cluster}`: backends of the cluster's snapshot that
+    /// lack the endpoints of some cluster on another network, because no proxy of that cluster
+    /// has an east-west listener (always 0 with one network).
+    pub east_west_missing: IntGaugeVec,
 }
 
 fn counter(
@@ -237,6 +245,13 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            east_west_missing: gauge(
+                &r,
+                "meridian_east_west_missing_backends",
+                "Backends lacking the endpoints of another network's cluster that has no \
+                 east-west listener",
+                &["cluster"],
+            )?,
             registry: r,
         })
     }

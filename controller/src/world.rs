@@ -163,6 +163,10 @@ pub struct ClusterState {
     pub region: String,
     /// Zones of the cluster (from configuration; endpoints carry their own zone).
     pub zones: Vec<String>,
+    /// Network the cluster's pod IPs live on (from configuration). Clusters with equal names
+    /// reach each other's endpoints directly; the others only through their east-west proxies.
+    /// `""` (the default) for every cluster is one flat network.
+    pub network: String,
     pub(crate) gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub(crate) gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
     pub(crate) http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
@@ -352,7 +356,8 @@ impl World {
         Self::default()
     }
 
-    /// Adds a member cluster (or replaces its region and zones, keeping its objects).
+    /// Adds a member cluster (or replaces its region and zones, keeping its objects and its
+    /// network: set [`ClusterState::network`] on the result).
     pub fn add_cluster(
         &mut self,
         name: impl Into<ClusterName>,
@@ -373,6 +378,19 @@ impl World {
     /// Mutable state of a member cluster, if known.
     pub fn cluster_mut(&mut self, name: &str) -> Option<&mut ClusterState> {
         self.clusters.get_mut(name)
+    }
+
+    /// The network of a member cluster (`None` for an unknown cluster).
+    pub fn network(&self, cluster: &str) -> Option<&str> {
+        self.clusters.get(cluster).map(|c| c.network.as_str())
+    }
+
+    /// Whether the member clusters are on more than one network (only then do snapshots carry
+    /// east-west endpoints and backends).
+    pub fn multi_network(&self) -> bool {
+        let mut nets = self.clusters.values().map(|c| c.network.as_str());
+        let first = nets.next();
+        nets.any(|n| Some(n) != first)
     }
 }
 

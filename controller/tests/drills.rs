@@ -808,6 +808,7 @@ async fn shutdown_rolls_back_and_a_restarted_controller_fails_a_running_drill() 
             region: region_of(name),
             zones: vec![],
             client: c.clone(),
+            network: String::new(),
         })
         .collect();
     let dp2 = StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);

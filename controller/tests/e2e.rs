@@ -650,12 +650,14 @@ async fn a_cluster_down_from_the_start_delays_the_others_only_by_the_startup_gra
             region: "us-east".into(),
             zones: vec![],
             client: east.clone(),
+            network: String::new(),
         },
         meridian_controller::MemberCluster {
             name: "gone".into(),
             region: "nowhere".into(),
             zones: vec![],
             client: client_for(&format!("http://{dead}")),
+            network: String::new(),
         },
     ];
     let dp = meridian_controller::StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);
@@ -856,6 +858,7 @@ async fn a_cluster_api_restart_is_picked_up() {
             region: region_of(n),
             zones: vec![],
             client: c.clone(),
+            network: String::new(),
         })
         .collect();
     let dp = meridian_controller::StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);

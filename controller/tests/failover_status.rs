@@ -484,6 +484,7 @@ async fn stale_endpoints_condition_clears_when_the_cluster_is_back() {
             region: region_of(n),
             zones: vec![],
             client: c.clone(),
+            network: String::new(),
         })
         .collect();
     let dp = StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);

@@ -476,7 +476,8 @@ impl DistributionServer {
     }
 
     /// A counter that ticks whenever a proxy connects, disconnects or acknowledges: re-read
-    /// [`DistributionServer::state`] / [`DistributionServer::programmed`] when it changes.
+    /// [`DistributionServer::state`] / [`DistributionServer::programmed`] /
+    /// [`DistributionServer::east_west`] when it changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
@@ -507,6 +508,27 @@ impl DistributionServer {
                 .filter(|p| p.connected && p.hello.cluster == cluster && p.hello.serves(gateway)),
             generation,
         )
+    }
+
+    /// East-west listeners of the connected proxies of `cluster` (from their [`Hello`]s), each
+    /// with the zone of its proxy, sorted by address and deduplicated (two proxies naming one
+    /// address: the smaller zone). Proxies of other networks reach the cluster's backends there.
+    /// [`DistributionServer::subscribe`] ticks whenever a proxy connects or leaves, so a change
+    /// of this list is always announced.
+    pub fn east_west(&self, cluster: &str) -> Vec<(SocketAddr, String)> {
+        let proxies = lock(&self.inner.proxies);
+        let mut out: Vec<(SocketAddr, String)> = proxies
+            .values()
+            .filter(|p| p.connected && p.hello.cluster == cluster)
+            .filter_map(|p| {
+                // Checked when the stream opened; a bad one never gets here.
+                let addr = p.hello.east_west.as_deref()?.parse().ok()?;
+                Some((addr, p.hello.zone.clone()))
+            })
+            .collect();
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
     }
 
     /// Advertised addresses of the connected proxies serving `gateway` in `cluster`, sorted and
@@ -1173,6 +1195,23 @@ fn check_hello(h: &Hello) -> Result<(), String> {
     }
     if h.gateways.as_ref().is_some_and(|g| g.len() > MAX_GATEWAYS) {
         return Err(format!("at most {MAX_GATEWAYS} gateways"));
+    }
+    if let Some(ew) = &h.east_west {
+        // Other proxies connect to it as given: it must be a concrete ip:port.
+        match ew.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                return Err(format!(
+                    "eastWest {ew:?}: give the address other proxies reach the listener on, \
+                     not an unspecified IP or port 0"
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(format!(
+                    "eastWest {ew:?}: expected IP:PORT (e.g. 10.0.0.5:15443 or [fd00::5]:15443)"
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -615,7 +615,9 @@ fn for_each_endpoint<'r>(
 }
 
 /// Per unreachable cluster: how many distinct endpoints (address and port) of it `snapshots`
-/// serve from its last-known state (for `meridian_member_cluster_stale_endpoints`).
+/// serve from its last-known state (for `meridian_member_cluster_stale_endpoints`). East-west
+/// endpoints are remote proxies, not the cluster's endpoints: those are counted where they are
+/// served directly (routes and east-west sections of the snapshots of their own network).
 pub(crate) fn stale_endpoint_counts<'s>(
     snapshots: impl IntoIterator<Item = &'s meridian_model::Snapshot>,
     unreachable: &BTreeMap<ClusterName, UnreachableCluster>,
@@ -624,18 +626,28 @@ pub(crate) fn stale_endpoint_counts<'s>(
     if unreachable.is_empty() {
         return BTreeMap::new();
     }
-    let routes = snapshots
-        .into_iter()
-        .flat_map(|s| &s.gateways)
-        .flat_map(|g| &g.listeners)
-        .flat_map(|l| &l.routes);
-    for_each_endpoint(routes, |e| {
+    let mut count = |e: &model::Endpoint| {
+        if e.east_west {
+            return;
+        }
         if let Some((name, _)) = unreachable.get_key_value(&e.cluster) {
             seen.entry(name.as_str())
                 .or_default()
                 .insert((e.address, e.port));
         }
-    });
+    };
+    for s in snapshots {
+        let routes = s
+            .gateways
+            .iter()
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes);
+        for_each_endpoint(routes, &mut count);
+        s.east_west
+            .iter()
+            .flat_map(|b| &b.endpoints)
+            .for_each(&mut count);
+    }
     seen.into_iter()
         .map(|(c, eps)| (c.to_string(), eps.len()))
         .collect()

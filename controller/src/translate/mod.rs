@@ -21,17 +21,25 @@
 //!
 //! Inputs that are not Kubernetes objects come from [`TranslateConfig`]: the controller name, the
 //! addresses each Gateway is served on, what the proxies report (for `Programmed`), the snapshot
-//! generation of each cluster, the member clusters whose API is unreachable, and the clock. Given the same world and config the output is the
+//! generation of each cluster, the member clusters whose API is unreachable, the east-west
+//! listeners of the proxies, and the clock. Given the same world and config the output is the
 //! same, byte for byte: every map is ordered.
 //!
+//! Member clusters on different networks (`ClusterState::network`): once every snapshot is
+//! built, each is rewritten for its cluster's network — endpoints of other networks become the
+//! east-west listeners of their clusters' proxies, and backends other networks reach through this
+//! network's proxies go into its `east_west` section (module `east_west`). With one network
+//! (the default) this step changes nothing.
+//!
 //! An EndpointSlice change alone does not need all this: [`refresh_endpoints`] patches the
-//! endpoint lists of the previous snapshots in place.
+//! endpoint lists of the previous snapshots (and their east-west sections) in place.
 //!
 //! Snapshot generations: each snapshot carries `cfg.generations[cluster]` (0 when absent). The
 //! distribution layer compares contents and renumbers: translation neither knows nor needs to know
 //! whether the content changed.
 
 mod backend;
+mod east_west;
 mod failover;
 mod gateway;
 mod refresh;
@@ -48,6 +56,7 @@ use meridian_model::Snapshot;
 use crate::status::StatusUpdate;
 use crate::world::{ClusterName, ClusterState, World};
 
+pub use self::east_west::{EastWestListeners, MissingRemote};
 pub(crate) use self::failover::stale_endpoint_counts;
 pub use self::failover::{UnreachableCluster, next_stale_expiry};
 pub use self::refresh::refresh_endpoints;
@@ -146,6 +155,11 @@ pub struct TranslateConfig {
     /// served: Gateways using those endpoints get `meridian.dev/StaleEndpoints`, and a
     /// FailoverPolicy's `staleEndpointTTL` drops them for its targets once expired.
     pub unreachable: BTreeMap<ClusterName, UnreachableCluster>,
+    /// East-west listeners of each member cluster's connected proxies. Read only when the
+    /// clusters are on more than one network: the endpoints of a cluster on another network
+    /// than the snapshot's become one east-west endpoint per listener of that cluster (none
+    /// listed: its endpoints are left out, see [`Output::east_west_missing`]).
+    pub east_west: EastWestListeners,
 }
 
 impl Default for TranslateConfig {
@@ -158,6 +172,7 @@ impl Default for TranslateConfig {
             generations: BTreeMap::new(),
             now: Timestamp::UNIX_EPOCH,
             unreachable: BTreeMap::new(),
+            east_west: EastWestListeners::new(),
         }
     }
 }
@@ -171,6 +186,10 @@ pub struct Output {
     /// Status writes whose content differs (ignoring timestamps) from the indexed copy, ordered
     /// by cluster, then GatewayClasses, HTTPRoutes, Gateways and FailoverPolicies.
     pub status: Vec<StatusUpdate>,
+    /// Per cluster, the backends whose endpoints in clusters of another network were left out
+    /// of its snapshot because those clusters have no proxy with an east-west listener (empty
+    /// with one network).
+    pub east_west_missing: MissingRemote,
 }
 
 /// Translation context for one cluster.
@@ -226,6 +245,7 @@ pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
         failover::policy_status(&ctx, &mut out.status);
         out.snapshots.insert(cluster_name.clone(), snapshot);
     }
+    out.east_west_missing = east_west::apply(world, &cfg.east_west, &mut out.snapshots);
     out
 }
 

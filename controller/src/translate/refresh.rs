@@ -9,8 +9,15 @@
 //! slice of svc S changed in cluster X ──► for each port P of S:
 //!     backend "ns/S:P"                  in X's snapshot      ← endpoints of S:P in X
 //!     backend "ns/S:P (ServiceImport)"  in every snapshot    ← endpoints of S:P in all exporters
-//!                                        (only if X exports S)
+//!                                        (only if X exports S)    rewritten for the snapshot's
+//!                                                                 network, and its east-west
+//!                                                                 section entries recomputed
 //! ```
+//!
+//! With clusters on several networks the import's endpoints go through the same rewrite as in a
+//! full translation (module `east_west`), with the east-west listeners the last translation used
+//! and its record of what was left out for lack of them; both are updated in place. A change of
+//! the listeners themselves needs a full translation.
 //!
 //! Only backends that already resolved (`BackendTarget::Endpoints`) are touched, and mirror
 //! backends are included. Any other kind of change (Service, grant, export, route, Gateway, …)
@@ -21,16 +28,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use meridian_model::snapshot::{BackendProtocol, Endpoint, Snapshot};
 
 use super::backend::{self, BackendRef, MCS_GROUP};
+use super::east_west::{self, EastWestListeners, MissingRemote};
 use crate::world::{ClusterName, ObjectKey, World};
 
 /// Recomputes, in place, the endpoints of every backend that resolves through Service `service`
-/// of member cluster `cluster`, after its EndpointSlices changed. Returns the clusters whose
-/// snapshot content changed.
+/// of member cluster `cluster`, after its EndpointSlices changed. `listeners` are the east-west
+/// listeners the snapshots were translated with ([`TranslateConfig::east_west`]) and `missing`
+/// the [`Output::east_west_missing`] of that translation, kept up to date here. Returns the
+/// clusters whose snapshot content changed.
+///
+/// [`TranslateConfig::east_west`]: super::TranslateConfig::east_west
+/// [`Output::east_west_missing`]: super::Output::east_west_missing
 pub fn refresh_endpoints(
     world: &World,
     snapshots: &mut BTreeMap<ClusterName, Snapshot>,
     cluster: &str,
     service: &ObjectKey,
+    listeners: &EastWestListeners,
+    missing: &mut MissingRemote,
 ) -> BTreeSet<ClusterName> {
     let mut changed = BTreeSet::new();
     let Some(state) = world.cluster(cluster) else {
@@ -72,11 +87,9 @@ pub fn refresh_endpoints(
         };
         let name = r.display();
         if let Ok((protocol, eps)) = backend::import_endpoints(world, service, port, &name) {
-            for (c, snapshot) in snapshots.iter_mut() {
-                if patch(snapshot, &name, protocol, &eps) {
-                    changed.insert(c.clone());
-                }
-            }
+            changed.extend(east_west::refresh(
+                world, listeners, snapshots, &name, protocol, &eps, missing,
+            ));
         }
     }
     changed

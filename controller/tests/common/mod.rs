@@ -107,6 +107,7 @@ pub async fn start_env(
             region: region_of(name),
             zones: vec![],
             client: c.clone(),
+            network: String::new(),
         })
         .collect();
     let dp = StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);

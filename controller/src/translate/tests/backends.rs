@@ -456,7 +456,7 @@ fn endpoint_refresh_matches_a_full_translation() {
         &[("10.20.0.2", Some(false), Some("us-east-1b"))],
     ));
     let mut snapshots = before.snapshots.clone();
-    let changed = refresh_endpoints(&w, &mut snapshots, "east", &key);
+    let changed = refresh(&w, &mut snapshots, "east", &key);
     assert_eq!(changed.into_iter().collect::<Vec<_>>(), ["central"]);
     assert_eq!(
         snapshots,
@@ -473,7 +473,7 @@ fn endpoint_refresh_matches_a_full_translation() {
         (Some("http"), 8080),
         &[("10.10.0.9", None, None)],
     ));
-    let changed = refresh_endpoints(&w, &mut snapshots, "central", &key);
+    let changed = refresh(&w, &mut snapshots, "central", &key);
     assert_eq!(changed.len(), 1);
     let full = translate(&w, &cfg).snapshots;
     assert_eq!(snapshots, full);
@@ -483,10 +483,10 @@ fn endpoint_refresh_matches_a_full_translation() {
     );
 
     // Nothing changed: nothing reported.
-    assert!(refresh_endpoints(&w, &mut snapshots, "central", &key).is_empty());
+    assert!(refresh(&w, &mut snapshots, "central", &key).is_empty());
     // A Service nobody routes to.
     assert!(
-        refresh_endpoints(
+        refresh(
             &w,
             &mut snapshots,
             "west",
@@ -494,6 +494,26 @@ fn endpoint_refresh_matches_a_full_translation() {
         )
         .is_empty()
     );
+}
+
+/// [`refresh_endpoints`] for one network: no east-west listeners, nothing left out.
+fn refresh(
+    w: &World,
+    snapshots: &mut BTreeMap<String, model::Snapshot>,
+    cluster: &str,
+    service: &crate::ObjectKey,
+) -> std::collections::BTreeSet<String> {
+    let mut missing = MissingRemote::new();
+    let changed = refresh_endpoints(
+        w,
+        snapshots,
+        cluster,
+        service,
+        &EastWestListeners::new(),
+        &mut missing,
+    );
+    assert!(missing.is_empty());
+    changed
 }
 
 fn endpoints_in(

@@ -724,6 +724,34 @@ mod tests {
     }
 
     #[test]
+    fn east_west_endpoints_are_healthy_or_not_per_backend() {
+        let mut a = ep(1, "r2", "x", true);
+        a.east_west = true;
+        let mut b = ep(2, "r2", "y", true);
+        b.east_west = true;
+        let eps = [a.clone(), b];
+        let e = Ejections::default();
+        // The remote proxy at 127.0.0.1 cannot serve backend "x" any more.
+        assert!(e.eject(EndpointKey::of(&a, "x")));
+        assert!(e.is_ejected(EndpointKey::east_west(sa(1), "x")));
+        assert!(!e.is_ejected(EndpointKey::east_west(sa(1), "y")));
+        assert!(!e.is_ejected(sa(1)), "nor is the address ejected as such");
+        let pick = |backend: &str| {
+            super::choose(&eps, backend, &me(), None, &e, &[], None)
+                .map(|i| address(&eps, i).unwrap())
+                .unwrap()
+        };
+        for _ in 0..50 {
+            assert_eq!(pick("x"), sa(2));
+        }
+        let for_y: std::collections::HashSet<SocketAddr> = (0..100).map(|_| pick("y")).collect();
+        assert_eq!(for_y.len(), 2, "backend y still uses both remote proxies");
+        // An ordinary endpoint at that address is another key again.
+        assert_eq!(EndpointKey::of(&ep(1, "r2", "x", true), "x"), sa(1).into());
+        assert!(EndpointKey::of(&a, "x").is_east_west());
+    }
+
+    #[test]
     fn readmission_needs_a_probe_after_the_minimum_time() {
         let e = Ejections::default();
         let cfg = Readmit::default();

@@ -1250,3 +1250,58 @@ impl ProxyHttp for Gateway {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn req(values: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for v in values {
+            r.append_header(BACKEND_HEADER, *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn an_east_west_request_names_exactly_one_backend() {
+        assert_eq!(named_backend(&req(&["ns/a:80"])), Ok("ns/a:80"));
+        assert_eq!(named_backend(&req(&[" ns/a:80 "])), Ok("ns/a:80"));
+        assert!(named_backend(&req(&[])).unwrap_err().contains("required"));
+        assert!(
+            named_backend(&req(&["a", "b"]))
+                .unwrap_err()
+                .contains("more than one")
+        );
+        assert!(named_backend(&req(&[" "])).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn east_west_backends_become_one_backend_rules() {
+        let backends: Vec<EastWestBackend> = serde_json::from_value(serde_json::json!([
+            {"name": "ns/a:80", "protocol": "h2c",
+             "endpoints": [{"address": "10.0.0.1", "port": 8080}],
+             "failover": {"regionOrder": ["eu"]}},
+        ]))
+        .unwrap();
+        let rules = east_west_rules(&backends);
+        let rule = &rules["ns/a:80"];
+        assert_eq!(rule.route_name, "ns/a:80");
+        let (idx, b) = rule.pick_backend(12345).unwrap();
+        assert_eq!((idx, b.name.as_str()), (0, "ns/a:80"));
+        match &b.target {
+            BackendTarget::Endpoints {
+                protocol,
+                endpoints,
+                failover,
+            } => {
+                assert_eq!(*protocol, BackendProtocol::H2c);
+                assert_eq!(endpoints.len(), 1);
+                assert_eq!(failover.as_ref().unwrap().region_order, ["eu"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rule.rule.retry.is_none() && rule.rule.timeouts.request_ms.is_none());
+    }
+}

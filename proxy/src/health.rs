@@ -251,6 +251,74 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn http_probes_of_an_east_west_endpoint_name_the_backend() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                // Like a remote proxy: 200 only for the backend it serves.
+                let status = if req.contains("\r\nx-meridian-backend: ns/a:80\r\n") {
+                    "200 OK"
+                } else {
+                    "404 Not Found"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let via = |b: Option<&str>| Probe {
+            http_path: Some("/hc".to_string()),
+            east_west_backend: b.map(str::to_string),
+            ..Probe::from_policy(None)
+        };
+        assert!(probe(addr, &via(Some("ns/a:80"))).await);
+        assert!(!probe(addr, &via(Some("ns/b:80"))).await);
+        // A name that cannot be a header value fails without asking.
+        assert!(!probe(addr, &via(Some("bad\r\nname"))).await);
+        server.abort();
+    }
+
+    #[test]
+    fn east_west_endpoints_are_probed_per_backend_and_served_ones_too() {
+        let ep = |port: u16, east_west: bool| serde_json::json!({"address": "127.0.0.1", "port": port, "eastWest": east_west});
+        let backend = |name: &str, eps: Vec<serde_json::Value>| serde_json::json!({"name": name, "target": {"type": "endpoints", "endpoints": eps}});
+        let snapshot: Snapshot = serde_json::from_value(serde_json::json!({
+            "schema": meridian_model::snapshot::SNAPSHOT_SCHEMA,
+            "generation": 1,
+            "gateways": [{"namespace": "n", "name": "g", "listeners": [{
+                "name": "l", "address": "127.0.0.1", "port": 8080, "protocol": "HTTP",
+                "routes": [{"namespace": "n", "name": "r", "rules": [{
+                    "backends": [
+                        backend("n/a:80", vec![ep(9001, true), ep(9002, false)]),
+                        backend("n/b:80", vec![ep(9001, true)]),
+                    ],
+                }]}],
+            }]}],
+            "eastWest": [{"name": "n/c:80", "endpoints": [ep(9003, false)]}],
+        }))
+        .unwrap();
+        let t = targets(&snapshot);
+        let sa = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(t.len(), 4, "{t:?}");
+        let a = &t[&EndpointKey::east_west(sa(9001), "n/a:80")];
+        assert_eq!(a.east_west_backend.as_deref(), Some("n/a:80"));
+        let b = &t[&EndpointKey::east_west(sa(9001), "n/b:80")];
+        assert_eq!(b.east_west_backend.as_deref(), Some("n/b:80"));
+        assert_eq!(t[&sa(9002).into()].east_west_backend, None);
+        assert!(
+            t.contains_key(&sa(9003).into()),
+            "served east-west endpoints are probed"
+        );
+    }
+
+    #[tokio::test]
     async fn tcp_and_http_probes_tell_up_from_down() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = listener.local_addr().unwrap();

@@ -373,4 +373,26 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("NAMESPACE/NAME"), "{err}");
     }
+
+    #[test]
+    fn the_east_west_address_reported_is_reachable() {
+        let cli =
+            Cli::try_parse_from(["p", "--snapshot", "s.json", "--east-west", "0.0.0.0:15443"])
+                .unwrap();
+        let bound = cli.args.east_west.unwrap();
+        assert_eq!(
+            super::east_west_advertised(bound, Some("203.0.113.7")).unwrap(),
+            "203.0.113.7:15443"
+        );
+        let err = super::east_west_advertised(bound, None).unwrap_err();
+        assert!(err.to_string().contains("--advertise-address"), "{err}");
+        let err = super::east_west_advertised(bound, Some("gw.example.com")).unwrap_err();
+        assert!(err.to_string().contains("not an IP address"), "{err}");
+        let specific = "10.1.2.3:15443".parse().unwrap();
+        assert_eq!(
+            super::east_west_advertised(specific, Some("203.0.113.7")).unwrap(),
+            "10.1.2.3:15443"
+        );
+        assert!(Cli::try_parse_from(["p", "--east-west", "nope"]).is_err());
+    }
 }

@@ -456,3 +456,79 @@ async fn a_remote_proxy_without_the_backend_is_ejected_for_that_backend_only() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn http_health_checks_reach_the_backend_behind_the_remote_proxy() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (e1, e2, plain) = (
+            Echo::start("e1").await,
+            Echo::start("e2").await,
+            Echo::start("plain").await,
+        );
+        // B1 serves APP from E1 only, B2 from E2 only.
+        let b1 = proxy_at("west", "eu-west", "a", true).await;
+        let b2 = proxy_at("west", "eu-west", "b", true).await;
+        b1.apply(receiver_snapshot(1, &[(APP, local_endpoints(&[&e1]))]))
+            .await
+            .unwrap();
+        b2.apply(receiver_snapshot(1, &[(APP, local_endpoints(&[&e2]))]))
+            .await
+            .unwrap();
+        let a = proxy_at("east", "us-east", "a", false).await;
+        let port = free_port();
+        let app = vec![remote(&b1, "a"), remote(&b2, "b")];
+        let mut snapshot = sender_snapshot(1, port, true, app, vec![], &plain);
+        let policy: meridian_model::snapshot::FailoverPolicy = serde_json::from_value(json!({
+            "healthCheck": {"httpPath": "/hc", "intervalMs": 100, "timeoutMs": 1000},
+        }))
+        .unwrap();
+        snapshot.for_each_backend_mut(|b| {
+            if let meridian_model::snapshot::BackendTarget::Endpoints { failover, .. } =
+                &mut b.target
+                && b.name == APP
+            {
+                *failover = Some(policy.clone());
+            }
+        });
+        a.apply(snapshot).await.unwrap();
+        // A's probes of B1 and B2 name APP, so each reaches that proxy's own endpoint.
+        let probed = |e: &Echo| {
+            e.seen().iter().any(|s| {
+                s.path == "/hc"
+                    && s.headers.get("user-agent").map(String::as_str) == Some("meridian-health")
+            })
+        };
+        eventually("probes through both remote proxies", || {
+            probed(&e1) && probed(&e2)
+        })
+        .await;
+        assert!(!saw_backend_header(&e1) && !saw_backend_header(&e2));
+
+        // E1 not ready any more: B1 answers A's probes for APP with its own 503, A takes B1 out
+        // for APP, and it stays out past the minimum ejection time because the probes keep
+        // failing.
+        let mut gone = local_endpoints(&[&e1]);
+        gone[0]["ready"] = json!(false);
+        b1.apply(receiver_snapshot(2, &[(APP, gone)]))
+            .await
+            .unwrap();
+        eventually("A ejecting B1", || {
+            a.metrics_text()
+                .lines()
+                .any(|l| l == "meridian_proxy_endpoint_ejections_total 1")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/app");
+        let retries_before = retries(&a);
+        for _ in 0..30 {
+            let (status, _, body) = get_url(&c, &url, &[]).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(answered_by(&body), "e2");
+        }
+        assert_eq!(retries(&a), retries_before, "no GET tried B1");
+    })
+    .await
+    .unwrap();
+}

@@ -355,6 +355,50 @@ mod tests {
     }
 
     #[test]
+    fn network_flags() {
+        let n: NetworkSpec = "east=net-a".parse().unwrap();
+        assert_eq!((n.cluster.as_str(), n.network.as_str()), ("east", "net-a"));
+        for bad in ["east", "east=", "=net", "East=a", "east=a b", "east=a/b"] {
+            assert!(bad.parse::<NetworkSpec>().is_err(), "{bad:?} accepted");
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--cluster",
+            "east@us",
+            "--cluster",
+            "west",
+            "--network",
+            "west=b",
+        ])
+        .unwrap();
+        let kubeconfig = Kubeconfig::default();
+        let specs = cli.args.cluster_specs(&kubeconfig).unwrap();
+        assert_eq!(specs[0].network(), "");
+        assert_eq!(specs[1].network(), "b");
+
+        // A cluster that is not a member, or named twice: a clear error.
+        let cli = Cli::try_parse_from(["x", "--cluster", "east", "--network", "wset=b"]).unwrap();
+        let err = cli.args.cluster_specs(&kubeconfig).unwrap_err().to_string();
+        assert!(
+            err.contains("no member cluster is named \"wset\"") && err.contains("members: east"),
+            "{err}"
+        );
+        let twice = [
+            "x",
+            "--cluster",
+            "east",
+            "--network",
+            "east=a",
+            "--network",
+            "east=b",
+        ];
+        let cli = Cli::try_parse_from(twice).unwrap();
+        let err = cli.args.cluster_specs(&kubeconfig).unwrap_err().to_string();
+        assert!(err.contains("given twice"), "{err}");
+        assert!(Cli::try_parse_from(["x", "--network", "east"]).is_err());
+    }
+
+    #[test]
     fn clusters_file_and_duplicates() {
         let dir = std::env::temp_dir().join(format!("meridian-args-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -370,6 +414,23 @@ mod tests {
         check_unique(&specs).unwrap();
         assert!(check_unique(&[specs[0].clone(), specs[0].clone()]).is_err());
         assert!(check_unique(&[]).is_err());
+        // Networks from the file; --network overrides them.
+        std::fs::write(
+            &f,
+            "- {name: east, network: a}\n- {name: west, network: b}\n- {name: north}\n",
+        )
+        .unwrap();
+        let mut specs = read_clusters_file(&f).unwrap();
+        let nets: Vec<&str> = specs.iter().map(ClusterSpec::network).collect();
+        assert_eq!(nets, ["a", "b", ""]);
+        apply_networks(&mut specs, &["west=a".parse().unwrap()]).unwrap();
+        assert_eq!(specs[1].network(), "a");
+        std::fs::write(&f, "- {name: east, network: 'a b'}\n").unwrap();
+        let err = read_clusters_file(&f).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("invalid network name"),
+            "{err:#}"
+        );
         std::fs::write(&f, "- {name: east, colour: blue}\n").unwrap();
         let err = read_clusters_file(&f).unwrap_err();
         assert!(format!("{err:#}").contains("colour"), "{err:#}");

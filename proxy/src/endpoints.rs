@@ -760,11 +760,11 @@ mod tests {
         assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Unchanged);
         std::thread::sleep(Duration::from_millis(40));
         // Time alone does not re-admit either.
-        assert!(e.is_ejected(&sa(1)));
+        assert!(e.is_ejected(sa(1)));
         assert_eq!(e.probe_result(sa(1), false, &cfg), ProbeOutcome::Unchanged);
-        assert!(e.is_ejected(&sa(1)));
+        assert!(e.is_ejected(sa(1)));
         assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Readmitted);
-        assert!(!e.is_ejected(&sa(1)));
+        assert!(!e.is_ejected(sa(1)));
         assert_eq!(e.count(), 0);
     }
 
@@ -796,14 +796,14 @@ mod tests {
             ..Readmit::default()
         };
         assert_eq!(e.probe_result(sa(1), false, &cfg), ProbeOutcome::Unchanged);
-        assert!(!e.is_ejected(&sa(1)));
+        assert!(!e.is_ejected(sa(1)));
         assert_eq!(e.probe_result(sa(1), false, &cfg), ProbeOutcome::Ejected);
-        assert!(e.is_ejected(&sa(1)));
+        assert!(e.is_ejected(sa(1)));
         // A success resets the failure run.
         assert_eq!(e.probe_result(sa(2), false, &cfg), ProbeOutcome::Unchanged);
         assert_eq!(e.probe_result(sa(2), true, &cfg), ProbeOutcome::Unchanged);
         assert_eq!(e.probe_result(sa(2), false, &cfg), ProbeOutcome::Unchanged);
-        assert!(!e.is_ejected(&sa(2)));
+        assert!(!e.is_ejected(sa(2)));
         // Ejected sa(1) needs 30 ms of successful probes (and its 1 s minimum, shortened here).
         e.lock()
             .get_mut(&sa(1).into())
@@ -831,7 +831,7 @@ mod tests {
         assert!(!e.response(sa(1), 500, 3, b, m));
         assert!(!e.response(sa(1), 500, 3, b, m));
         assert!(e.response(sa(1), 500, 3, b, m));
-        assert!(e.is_ejected(&sa(1)));
+        assert!(e.is_ejected(sa(1)));
     }
 
     #[test]

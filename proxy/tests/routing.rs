@@ -717,6 +717,7 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
         cluster: String::new(),
         region: String::new(),
         zone: String::new(),
+        east_west: None,
     };
     let err = meridian_proxy::run(args.clone()).unwrap_err();
     assert!(err.to_string().contains("--snapshot FILE"), "{err}");
@@ -750,4 +751,14 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("https is not supported"), "{err}");
+    // An east-west listener on every address needs an IP to report.
+    let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
+        controller: Some("http://127.0.0.1:1".into()),
+        cluster: "east".into(),
+        insecure: true,
+        east_west: Some("0.0.0.0:0".parse().unwrap()),
+        ..args.clone()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("--advertise-address"), "{err}");
 }

@@ -12,8 +12,9 @@
 //! Defaults without a policy: TCP connect every [`DEFAULT_INTERVAL`] with [`DEFAULT_TIMEOUT`].
 //! When several backends share an address, the first one found in the snapshot sets the probe.
 //!
-//! Targets are [`EndpointKey`]s: an east-west endpoint (a remote proxy's east-west listener) is
-//! probed once per backend that uses it, and an HTTP probe of it carries
+//! Targets are [`EndpointKey`]s: an east-west endpoint (a remote proxy's east-west listener) has
+//! health per backend that uses it. Its TCP probe is one connect shared by those keys; an HTTP
+//! probe is sent per backend and carries
 //! `x-meridian-backend: <backend>`, so the remote proxy answers it from that backend's endpoints
 //! (a backend without healthy endpoints over there fails its probe; the others do not). The
 //! endpoints of the snapshot's east-west backends (what this proxy serves to other networks) are
@@ -222,25 +223,56 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         for (a, p) in &due {
             next.insert(*a, now + p.interval);
         }
-        let results: Vec<(EndpointKey, bool, Probe)> = futures::stream::iter(due)
-            .map(|(a, p)| async move {
-                let ok = probe(a.addr, &p).await;
-                (a, ok, p)
-            })
+        // One connection per distinct probe: the keys of one east-west endpoint (one per
+        // backend) share a TCP probe, since a TCP connect says nothing about a backend.
+        let mut groups: HashMap<ProbeRequest, (Probe, Vec<(EndpointKey, Readmit)>)> =
+            HashMap::new();
+        for (key, p) in due {
+            groups
+                .entry(ProbeRequest::of(key.addr, &p))
+                .or_insert_with(|| (p.clone(), Vec::new()))
+                .1
+                .push((key, p.readmit));
+        }
+        let results: Vec<(bool, Vec<(EndpointKey, Readmit)>)> = futures::stream::iter(groups)
+            .map(|(req, (p, keys))| async move { (probe(req.addr, &p).await, keys) })
             .buffer_unordered(MAX_IN_FLIGHT)
             .collect()
             .await;
-        for (addr, ok, p) in results {
-            match shared.ejections.probe_result(addr, ok, &p.readmit) {
-                ProbeOutcome::Readmitted => {
-                    tracing::info!(endpoint = %addr, "endpoint re-admitted after a successful health check");
+        for (ok, keys) in results {
+            for (key, readmit) in keys {
+                match shared.ejections.probe_result(key, ok, &readmit) {
+                    ProbeOutcome::Readmitted => {
+                        tracing::info!(endpoint = %key, "endpoint re-admitted after a successful health check");
+                    }
+                    ProbeOutcome::Ejected => {
+                        shared.metrics.ejections.inc();
+                        tracing::info!(endpoint = %key, "endpoint ejected after failed health checks");
+                    }
+                    ProbeOutcome::Unchanged => {}
                 }
-                ProbeOutcome::Ejected => {
-                    shared.metrics.ejections.inc();
-                    tracing::info!(endpoint = %addr, "endpoint ejected after failed health checks");
-                }
-                ProbeOutcome::Unchanged => {}
             }
+        }
+    }
+}
+
+/// What goes on the wire for one probe; equal requests are sent once per round.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ProbeRequest {
+    addr: SocketAddr,
+    timeout: Duration,
+    http_path: Option<String>,
+    /// Only an HTTP probe carries the backend.
+    backend: Option<String>,
+}
+
+impl ProbeRequest {
+    fn of(addr: SocketAddr, p: &Probe) -> Self {
+        ProbeRequest {
+            addr,
+            timeout: p.timeout,
+            http_path: p.http_path.clone(),
+            backend: p.http_path.as_ref().and(p.east_west_backend.clone()),
         }
     }
 }
@@ -315,6 +347,27 @@ mod tests {
         assert!(
             t.contains_key(&sa(9003).into()),
             "served east-west endpoints are probed"
+        );
+    }
+
+    #[test]
+    fn per_backend_keys_share_a_tcp_probe_but_not_an_http_one() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9001));
+        let tcp = |b: &str| Probe {
+            east_west_backend: Some(b.to_string()),
+            ..Probe::from_policy(None)
+        };
+        assert_eq!(
+            ProbeRequest::of(addr, &tcp("n/a:80")),
+            ProbeRequest::of(addr, &tcp("n/b:80"))
+        );
+        let http = |b: &str| Probe {
+            http_path: Some("/hc".to_string()),
+            ..tcp(b)
+        };
+        assert_ne!(
+            ProbeRequest::of(addr, &http("n/a:80")),
+            ProbeRequest::of(addr, &http("n/b:80"))
         );
     }
 

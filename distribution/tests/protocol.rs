@@ -329,3 +329,87 @@ async fn bad_requests_get_clear_errors() {
     );
     assert!(srv.state().is_empty());
 }
+
+#[tokio::test]
+async fn east_west_listeners_follow_connected_proxies() {
+    let srv = server().await;
+    let mut changes = srv.subscribe();
+    changes.mark_unchanged();
+    let with_listener = |id: &str, zone: &str, ew: Option<&str>| Hello {
+        zone: zone.into(),
+        east_west: ew.map(Into::into),
+        ..hello(id, None)
+    };
+    let listener = |a: &str, zone: &str| (a.parse::<std::net::SocketAddr>().unwrap(), zone.into());
+
+    let mut p1 = Stream::open(&srv, &with_listener("p1", "z1", Some("127.0.0.1:15443"))).await;
+    p1.next().await.unwrap();
+    assert!(changes.has_changed().unwrap(), "a connect must tick");
+    changes.mark_unchanged();
+    assert_eq!(
+        srv.east_west("east"),
+        vec![listener("127.0.0.1:15443", "z1")]
+    );
+    assert!(srv.east_west("west").is_empty());
+
+    // A proxy without a listener adds nothing; a second listener is listed in address order.
+    let mut p2 = Stream::open(&srv, &with_listener("p2", "z1", None)).await;
+    p2.next().await.unwrap();
+    let mut p3 = Stream::open(&srv, &with_listener("p3", "z0", Some("[::1]:15443"))).await;
+    p3.next().await.unwrap();
+    let mut p0 = Stream::open(&srv, &with_listener("p0", "z2", Some("127.0.0.0:9"))).await;
+    p0.next().await.unwrap();
+    changes.mark_unchanged();
+    assert_eq!(
+        srv.east_west("east"),
+        vec![
+            listener("127.0.0.0:9", "z2"),
+            listener("127.0.0.1:15443", "z1"),
+            listener("[::1]:15443", "z0"),
+        ]
+    );
+
+    // p1 goes away: the server ticks and stops listing it (bounded wait for it to notice).
+    drop(p1);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while srv.east_west("east").len() != 2 {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("disconnect of p1 not noticed");
+    assert_eq!(
+        srv.east_west("east"),
+        vec![listener("127.0.0.0:9", "z2"), listener("[::1]:15443", "z0")]
+    );
+    // The same proxy reconnecting without a listener drops its entry, with a tick.
+    changes.mark_unchanged();
+    let mut p3b = Stream::open(&srv, &with_listener("p3", "z0", None)).await;
+    p3b.next().await.unwrap();
+    assert!(changes.has_changed().unwrap());
+    assert_eq!(srv.east_west("east"), vec![listener("127.0.0.0:9", "z2")]);
+    drop((p2, p3, p0));
+
+    // Listeners other proxies cannot connect to are refused with the reason.
+    for (bad, why) in [
+        ("nope", "expected IP:PORT"),
+        ("10.0.0.1", "expected IP:PORT"),
+        ("0.0.0.0:15443", "unspecified"),
+        ("10.0.0.1:0", "port 0"),
+    ] {
+        let r = http()
+            .post(format!("http://{}/v1/stream", srv.local_addr()))
+            .bearer_auth(TOKEN)
+            .body(serde_json::to_vec(&with_listener("bad", "z", Some(bad))).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("eastWest") && text.contains(why),
+            "{bad}: {text}"
+        );
+    }
+    assert!(srv.state().iter().all(|p| p.proxy_id != "bad"));
+}

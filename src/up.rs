@@ -90,6 +90,11 @@ pub struct UpArgs {
     /// Start from an empty sandbox (deletes the saved objects in the state directory).
     #[arg(long)]
     pub fresh: bool,
+    /// Put every cluster on a network of its own, as if pod IPs were not routable between
+    /// regions: a proxy then reaches another region's backends through that region's proxy
+    /// (its east-west listener, `127.0.(10+i).254:15443`), never directly.
+    #[arg(long)]
+    pub multi_network: bool,
 }
 
 struct ClusterPlan {
@@ -354,7 +359,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .map(|p| {
             let first = p.proxy_address;
             let [a, b, c, _] = first.octets();
-            AddressRange::new(first, Ipv4Addr::new(a, b, c, 254)).map(|r| (p.name.clone(), r))
+            // .254 is the east-west listener's (--multi-network).
+            AddressRange::new(first, Ipv4Addr::new(a, b, c, 253)).map(|r| (p.name.clone(), r))
         })
         .collect::<Result<Vec<_>, String>>()
         .map_err(anyhow::Error::msg)?;
@@ -367,6 +373,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             region: p.region.clone(),
             zones: p.zones.to_vec(),
             client: client.clone(),
+            network: if args.multi_network {
+                p.name.clone()
+            } else {
+                String::new()
+            },
         })
         .collect();
     // The demo backends live in the drill actuator so kill/blackhole drills can stop them.
@@ -396,6 +407,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     region: c.region.clone(),
                     zone: c.zones[0].clone(),
                 },
+                east_west: args.multi_network.then(|| {
+                    let [a, b, c, _] = c.proxy_address.octets();
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 254)), 15443)
+                }),
             })
             .await
             .with_context(|| format!("starting the proxy of {} (admin {admin})", c.name))?,
@@ -410,7 +425,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 zone: c.zones[0].clone(),
                 gateways: None,
                 address: Some(c.proxy_address.to_string()),
-                east_west: None,
+                east_west: handle.east_west_addr().map(|a| a.to_string()),
             },
         ))?;
         let h = handle.clone();
@@ -418,8 +433,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             meridian_proxy::follow_controller(&h, &client).await;
         });
         let admin = handle.admin_addr().unwrap_or(admin);
+        let east_west = handle
+            .east_west_addr()
+            .map(|a| format!(", east-west {a}"))
+            .unwrap_or_default();
         say(format!(
-            "proxy: {} ({}, zone {}) serves at {}, admin http://{admin}",
+            "proxy: {} ({}, zone {}) serves at {}, admin http://{admin}{east_west}",
             c.name, c.region, c.zones[0], c.proxy_address
         ));
         admins.push(admin);

@@ -465,8 +465,15 @@ impl Gateway {
     /// endpoint of the backend there, or none that answered) means this endpoint cannot serve
     /// this backend now: it is ejected for this backend only, and a safe request moves on to
     /// another endpoint as after a connect failure (same allowance and retry budget). A response
-    /// that cannot move on goes to the client as it is, counted as not served by an endpoint.
-    fn east_west_refusal(&self, session: &Session, ctx: &mut Ctx, code: u16) -> Result<()> {
+    /// that cannot move on goes to the client, counted as not served by an endpoint; a 404
+    /// becomes a 503, as the client's route does exist.
+    fn east_west_refusal(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+        code: u16,
+    ) -> Result<()> {
         if code != 404 && code < 500 {
             return Ok(());
         }
@@ -505,6 +512,9 @@ impl Gateway {
             404 | 503 => FailureKind::NoEndpoint,
             _ => FailureKind::Other,
         });
+        if code == 404 {
+            resp.set_status(503)?;
+        }
         Ok(())
     }
 
@@ -552,7 +562,8 @@ impl Gateway {
             drain.as_deref(),
         )
         .ok()
-        .and_then(|i| Some((endpoints::address(endpoints, i)?, endpoints[i].east_west))) else {
+        .and_then(|i| endpoints.get(i))
+        .map(|e| (SocketAddr::new(e.address, e.port), e.east_west)) else {
             return;
         };
         let path_and_query = req
@@ -1063,7 +1074,7 @@ impl ProxyHttp for Gateway {
                 .map(str::to_string);
             if ctx.remote_served_by.is_none() {
                 // The remote proxy answered itself: no endpoint there, unknown backend, …
-                return self.east_west_refusal(session, ctx, code);
+                return self.east_west_refusal(session, resp, ctx, code);
             }
         }
         if let (

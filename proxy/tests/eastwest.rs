@@ -375,7 +375,7 @@ async fn stopping_one_remote_proxy_costs_no_get() {
         w.b1.shutdown().await;
         let b2_at_stop = w.b2.east_west_traffic().unwrap().requests;
         eventually("B2 taking over", || {
-            w.b2.east_west_traffic().unwrap().requests > b2_at_stop + 150
+            w.b2.east_west_traffic().unwrap().requests > b2_at_stop + 100
         })
         .await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -395,6 +395,16 @@ async fn stopping_one_remote_proxy_costs_no_get() {
     })
     .await
     .unwrap();
+}
+
+/// A's requests that failed for want of an endpoint.
+fn no_endpoint_failures(p: &ProxyHandle) -> u64 {
+    p.traffic()[0]
+        .traffic
+        .failed
+        .get(&meridian_model::traffic::FailureKind::NoEndpoint)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Sum of A's upstream retries.
@@ -452,6 +462,24 @@ async fn a_remote_proxy_without_the_backend_is_ejected_for_that_backend_only() {
                 .unwrap()
                 .to_string();
         assert!(!ejections.ends_with(" 0"), "{ejections}");
+
+        // With nowhere else to go, the client gets a 503 (its route exists), not B2's 404.
+        let app = vec![remote(&w.b1, "a"), remote(&w.b2, "b")];
+        w.a.apply(sender_snapshot(
+            3,
+            w.a_port,
+            true,
+            app,
+            vec![remote(&w.b2, "b")],
+            &w.plain,
+        ))
+        .await
+        .unwrap();
+        let failed_before = no_endpoint_failures(&w.a);
+        let (status, served_by, body) = get_url(&c, &other_url, &[]).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(served_by, None);
+        assert_eq!(no_endpoint_failures(&w.a), failed_before + 1);
     })
     .await
     .unwrap();

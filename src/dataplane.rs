@@ -5,6 +5,10 @@
 //! Traffic counters the proxies report come back through [`DataPlane::traffic`]: the server's
 //! never-decreasing sum over the proxies of the Gateway's cluster.
 //!
+//! East-west listeners (multi-network clusters) come from the proxies' hellos through
+//! [`DistributionServer::east_west`]; the server ticks [`DataPlane::changes`] whenever a proxy
+//! connects or leaves, so the controller re-translates when one appears or goes.
+//!
 //! Addresses: by default a Gateway is served on the advertised addresses of the proxies serving
 //! it (one address per proxy, shared by every Gateway of that proxy). With an address pool for
 //! its cluster ([`addresses::AddressPools`]), every Gateway gets its own address from the pool
@@ -14,7 +18,7 @@
 //! knows the [`DataPlane`] trait, the distribution server knows snapshots and acks.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use meridian_controller::{DataPlane, GatewayRef, ProgrammedState};
@@ -126,5 +130,75 @@ impl DataPlane for DistributedDataPlane {
 
     fn traffic(&self, gw: &GatewayRef) -> Option<GatewayTraffic> {
         self.server.traffic(&gw.cluster, &dist_ref(gw))
+    }
+
+    fn east_west(&self, cluster: &str) -> Vec<(SocketAddr, String)> {
+        self.server.east_west(cluster)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use meridian_distribution::{Client, ClientConfig, Hello, Refused, ServerConfig, Target};
+
+    use super::*;
+
+    /// A proxy that accepts every snapshot and serves nothing.
+    struct Accept;
+
+    impl Target for Accept {
+        async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
+            Ok(snapshot.generation)
+        }
+    }
+
+    #[tokio::test]
+    async fn east_west_listeners_come_from_connected_proxies() {
+        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
+        cfg.insecure = true;
+        let server = Arc::new(DistributionServer::start(cfg).await.unwrap());
+        let dp = DistributedDataPlane::with_pools(server.clone(), AddressPools::default());
+        let mut changes = dp.changes();
+        changes.mark_unchanged();
+        assert!(dp.east_west("west").is_empty());
+
+        let hello = Hello {
+            proxy_id: "west-1".into(),
+            cluster: "west".into(),
+            region: "us-west".into(),
+            zone: "us-west-2a".into(),
+            gateways: None,
+            address: None,
+            east_west: Some("127.0.0.1:15443".into()),
+        };
+        let url = format!("http://{}", server.local_addr());
+        let client = Client::new(ClientConfig::new(url, None, hello)).unwrap();
+        let run = tokio::spawn(async move { client.run(&Accept).await });
+        let want = vec![(
+            "127.0.0.1:15443".parse::<SocketAddr>().unwrap(),
+            "us-west-2a".to_string(),
+        )];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while dp.east_west("west") != want {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the proxy's listener never showed up");
+        assert!(dp.east_west("east").is_empty());
+
+        // The proxy goes away: a tick, and its listener is gone.
+        run.abort();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !dp.east_west("west").is_empty() {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the proxy's departure was not noticed");
     }
 }

@@ -639,6 +639,33 @@ mod tests {
     }
 
     #[test]
+    fn east_west_endpoints_count_as_their_locality() {
+        // East reaches west (another network) only through west's proxy: a region drill of
+        // us-west finds that east-west endpoint, and its drain covers it.
+        let imp = "demo/echo:80 (ServiceImport)";
+        let mut remote = ep("west", "us-west");
+        remote.east_west = true;
+        remote.zone = "us-west-proxy-zone".into();
+        let published = BTreeMap::from([(
+            "east".to_string(),
+            snapshot(&[(
+                "demo",
+                "web",
+                imp,
+                vec![ep("east", "us-east"), remote.clone()],
+            )]),
+        )]);
+        let p = plan(&spec("  target: {region: us-west}\n"), "demo", false).unwrap();
+        let r = resolve(&p, "demo/x", &published).unwrap();
+        assert!(r.drain.matches(&remote));
+        assert!(!r.drain.matches(&ep("east", "us-east")));
+        // A zone target matches the proxy's zone, not the zones behind it.
+        let p = plan(&spec("  target: {zone: west-a}\n"), "demo", false).unwrap();
+        let m = resolve(&p, "demo/x", &published).unwrap_err().message;
+        assert!(m.contains("west/us-west/us-west-proxy-zone"), "{m}");
+    }
+
+    #[test]
     fn import_backend_names() {
         let k = ObjectKey::new("demo", "echo");
         assert!(is_import_backend("demo/echo:80 (ServiceImport)", &k));

@@ -14,6 +14,20 @@ mod common;
 
 use common::{Stop, lines};
 
+/// A plain HTTP/1.1 GET; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
 struct Run {
     code: Option<i32>,
     stdout: String,
@@ -173,7 +187,7 @@ fn drills_fail_a_region_and_bring_it_back() {
     let dir = std::env::temp_dir().join(format!("meridian-drill-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // The abort drill makes the proxies log every 503 it causes; errors are enough here.
-    let up = common::start_up(&dir.join("state"), &[("MERIDIAN_LOG", "error")]);
+    let up = common::start_up(&dir.join("state"), &[], &[("MERIDIAN_LOG", "error")]);
     let kubeconfig = dir.join("state").join("kubeconfig");
     let cache = dir.join("kube-cache");
     // Short phases: the controller's guard window is also its baseline and after-period.
@@ -322,6 +336,47 @@ spec:
     );
     assert_eq!(r["pass"], false);
 
+    drop(up);
+
+    // 5. Multi-network: every cluster on a network of its own, so the us-east proxy reaches the
+    //    other regions only through their proxies' east-west listeners. A kill drill of us-east
+    //    must still lose nothing, and the other regions' proxies must have served it.
+    let up = common::start_up(
+        &dir.join("state-multi-network"),
+        &["--multi-network"],
+        &[("MERIDIAN_LOG", "error")],
+    );
+    let kubeconfig = dir.join("state-multi-network").join("kubeconfig");
+    let run = drill(
+        &kubeconfig,
+        &dir.join("multi-network"),
+        &[&common[..], &["--mode", "kill"]].concat(),
+    );
+    assert_clean_failover(&run, "multi-network kill");
+    // "proxy: central (eu-central, zone eu-central-a) serves at …, admin http://A, east-west E"
+    let mut east_west_served = 0.0;
+    for line in up.startup.iter().filter(|l| l.contains(", east-west ")) {
+        let admin = line
+            .split("admin http://")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap();
+        let metrics = http_get(admin, "/metrics");
+        east_west_served += metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("meridian_proxy_gateway_requests_total")
+                    && l.contains(r#"gateway="east-west""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    let during = num(&run.report["figures"]["during"]["requests"]);
+    assert!(
+        east_west_served >= during * 0.9,
+        "the drill's {during} requests during the kill went through east-west listeners \
+         ({east_west_served} counted)"
+    );
     drop(up);
     println!("whole test: {:.1} s", started.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);

@@ -32,7 +32,7 @@ fn up_serves_every_region_from_its_own_backends() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("meridian-up-test-{}", std::process::id()));
-    let up = common::start_up(&dir, &[]);
+    let up = common::start_up(&dir, &[], &[]);
     let programmed_after = up.programmed_after;
     let programmed_after = programmed_after.expect("up prints the time until all Programmed");
     assert!(

@@ -62,12 +62,14 @@ pub struct Up {
     pub lines: mpsc::Receiver<String>,
     /// What it printed as the time from start until every Gateway was Programmed.
     pub programmed_after: Option<f64>,
+    /// Every line it printed until it was ready.
+    pub startup: Vec<String>,
 }
 
-/// Starts `meridian up --fresh` with ephemeral ports in `state_dir` (with `env` set) and waits
-/// up to 120 s for "Meridian is up". Only one `up` can run on a machine at a time: its Gateway
-/// and backend loopback addresses are fixed.
-pub fn start_up(state_dir: &Path, env: &[(&str, &str)]) -> Up {
+/// Starts `meridian up --fresh` with ephemeral ports in `state_dir` (with `extra` arguments and
+/// `env` set) and waits up to 120 s for "Meridian is up". Only one `up` can run on a machine at a
+/// time: its Gateway and backend loopback addresses are fixed.
+pub fn start_up(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Up {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args([
             "up",
@@ -79,6 +81,7 @@ pub fn start_up(state_dir: &Path, env: &[(&str, &str)]) -> Up {
             "--admin-base-port",
             "0",
         ])
+        .args(extra)
         .arg("--state-dir")
         .arg(state_dir)
         .envs(env.iter().copied())
@@ -90,12 +93,17 @@ pub fn start_up(state_dir: &Path, env: &[(&str, &str)]) -> Up {
     let child = Stop(child);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut programmed_after = None;
+    let mut startup = Vec::new();
     loop {
         assert!(
             Instant::now() < deadline,
             "meridian up did not report readiness within 120 s"
         );
-        match rx.recv_timeout(Duration::from_secs(1)) {
+        let line = rx.recv_timeout(Duration::from_secs(1));
+        if let Ok(l) = &line {
+            startup.push(l.clone());
+        }
+        match line {
             Ok(line) if line.starts_with("Meridian is up") => break,
             // "programmed: every Gateway Programmed=True in every cluster 3.2 s after start"
             Ok(line) if line.starts_with("programmed:") => {
@@ -115,5 +123,6 @@ pub fn start_up(state_dir: &Path, env: &[(&str, &str)]) -> Up {
         child,
         lines: rx,
         programmed_after,
+        startup,
     }
 }

@@ -23,7 +23,9 @@
 //! refused). `GET /healthz` and `GET /metrics` need no token.
 //!
 //! 1. `POST /v1/stream` with a [`Hello`] body
-//!    (`{"proxyId","cluster","region","zone","gateways":[{"namespace","name"}]|absent,"address"}`)
+//!    (`{"proxyId","cluster","region","zone","gateways":[{"namespace","name"}]|absent,"address",
+//!    "eastWest"}`; `eastWest` is the `ip:port` of the proxy's east-west listener for
+//!    multi-network clusters, absent without one, `400` when it is not a concrete `ip:port`)
 //!    answers `200` with a never-ending `application/x-ndjson` body, one message per line:
 //!    - `{"welcome":{"pingIntervalMs":5000}}` first;
 //!    - `{"snapshot":{…Snapshot…}}`: a full [`Snapshot`](meridian_model::Snapshot) (filtered to

@@ -1,5 +1,6 @@
 //! Per-Gateway facts of one served snapshot: the `x-meridian-served-by` switch, the traffic
-//! counters, and the endpoints failover drills drain.
+//! counters, and the endpoints failover drills drain (for Gateway traffic and for the east-west
+//! listener).
 //!
 //! ```text
 //! apply(snapshot) ─► GatewayTable::build(snapshot, previous table, now)
@@ -7,7 +8,9 @@
 //!     when drains exist or did exist: for every backend (mirrors included) of the Gateway
 //!         drained = endpoints a drain scoped to (Gateway, backend) matches
 //!         lifted  = drained in the previous table, not any more → Lifted { at: now, failback }
+//!     and for every Snapshot.east_west backend: the same with the east-west scope rule below
 //! request_filter ─► table.gateway(ns, name) ─► entry.backend_drain(backend) ─► endpoints::choose
+//! east-west request ─► table.east_west_drain(backend) ────────────────────────► endpoints::choose
 //! ```
 //!
 //! A drained endpoint looks to [`crate::endpoints::choose`] like one that failed its health
@@ -22,6 +25,32 @@
 //! window; without a failback policy it is back at once. Drains are scoped: the same address
 //! reached through another Gateway or backend is not affected, neither by the drain nor by the
 //! ramp after it.
+//!
+//! East-west (multi-network clusters): a sending proxy drains a remote proxy's east-west endpoint
+//! by that proxy's locality, but the remote proxy picks among its own network's endpoints, so a
+//! zone drill of zone `b-a` would still reach `b-a` endpoints through the `b-b` proxy. The
+//! receiving proxy therefore applies its snapshot's drains to its east-west backends too (the
+//! drill puts the drain into every cluster's snapshot): drained endpoints are skipped, and when
+//! every ready endpoint of the backend is drained the listener answers `503` without
+//! `x-meridian-served-by`, which the sender treats as "this remote proxy cannot serve the
+//! backend" (ejects it for that backend, a safe request fails over elsewhere).
+//!
+//! Scope on the east-west listener: the request names a backend but not the Gateway the client
+//! came through (the wire contract carries only `x-meridian-backend`), so the Gateway scope
+//! cannot be checked. A drain applies to east-west backend `X` when
+//!
+//! - it has no Gateway scope, and its backend scope is empty or names `X` (exactly as for
+//!   Gateway traffic); or
+//! - it has a Gateway scope and its backend scope names `X`: applied as if it had no Gateway
+//!   scope, so east-west traffic of *other* Gateways to `X` also avoids the target. The drill
+//!   named `X` explicitly, and over-draining only sends that traffic through its failover path,
+//!   while skipping the drain would let the scoped Gateways' traffic reach the drained locality
+//!   through another proxy of the remote network, which defeats the drill.
+//!
+//! A drain with a Gateway scope and no backend scope is not applied on the east-west listener:
+//! applying it would drain every backend of every Gateway's east-west traffic to the target,
+//! far beyond what the drill asked for. Such a drill still drains the remote proxies of the
+//! target locality on the sending side.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -128,8 +157,8 @@ pub(crate) struct GatewayEntry {
 }
 
 impl GatewayEntry {
-    /// An entry that nothing drains: the east-west listener's (drills drain endpoints on the
-    /// sending side, where the east-west endpoints are scoped to Gateways and backends).
+    /// An entry without drain views: the east-west listener's, whose drains come from
+    /// [`GatewayTable::east_west_drain`] (per backend, not per Gateway).
     pub fn undrained(served_by_header: bool, traffic: Arc<TrafficCell>) -> Self {
         GatewayEntry {
             served_by_header,
@@ -151,6 +180,9 @@ impl GatewayEntry {
 #[derive(Debug, Default)]
 pub(crate) struct GatewayTable {
     by_ns: HashMap<String, HashMap<String, Arc<GatewayEntry>>>,
+    /// Drain views of the snapshot's east-west backends (by name) that have drained or
+    /// returning endpoints.
+    east_west: HashMap<String, Arc<BackendDrain>>,
     /// Distinct drained endpoint addresses per drill (`drain.drill`).
     pub drained_per_drill: HashMap<String, usize>,
 }
@@ -184,11 +216,22 @@ impl GatewayTable {
         self.by_ns.get(namespace)?.get(name)
     }
 
+    /// The drain view of east-west backend `backend`, if anything of it is drained or
+    /// returning.
+    pub fn east_west_drain(&self, backend: &str) -> Option<Arc<BackendDrain>> {
+        if self.east_west.is_empty() {
+            return None;
+        }
+        self.east_west.get(backend).cloned()
+    }
+
     fn any_drain_view(&self) -> bool {
-        self.by_ns
-            .values()
-            .flat_map(|m| m.values())
-            .any(|e| !e.drains.is_empty())
+        !self.east_west.is_empty()
+            || self
+                .by_ns
+                .values()
+                .flat_map(|m| m.values())
+                .any(|e| !e.drains.is_empty())
     }
 
     /// Builds the table of `snapshot`. `previous` is the table being replaced (drain-lifted
@@ -230,6 +273,14 @@ impl GatewayTable {
                     traffic: cell,
                     drains,
                 }),
+            );
+        }
+        if drains_matter {
+            table.east_west = east_west_drains(
+                snapshot,
+                previous.map(|p| &p.east_west),
+                now,
+                &mut per_drill,
             );
         }
         table.drained_per_drill = per_drill
@@ -275,34 +326,83 @@ fn gateway_drains<'a>(
             }
         }
     });
+    found
+        .into_iter()
+        .filter_map(|(name, (drained, policy))| {
+            let prev = previous.and_then(|p| p.get(name)).map(Arc::as_ref);
+            backend_view(drained, policy, prev, now).map(|v| (name.to_string(), v))
+        })
+        .collect()
+}
+
+/// Whether drain `d` applies to requests for east-west backend `backend` (the receiving proxy
+/// cannot check a Gateway scope; see the module docs).
+pub fn applies_east_west(d: &Drain, backend: &str) -> bool {
+    if d.backends.is_empty() {
+        d.gateways.is_empty()
+    } else {
+        d.backends.iter().any(|b| b == backend)
+    }
+}
+
+/// Drain views of the snapshot's east-west backends.
+fn east_west_drains<'a>(
+    snapshot: &'a Snapshot,
+    previous: Option<&HashMap<String, Arc<BackendDrain>>>,
+    now: Instant,
+    per_drill: &mut HashMap<&'a str, HashSet<SocketAddr>>,
+) -> HashMap<String, Arc<BackendDrain>> {
     let mut out = HashMap::new();
-    for (name, (drained, policy)) in found {
-        let mut lifted: HashMap<SocketAddr, Lifted> = HashMap::new();
-        if let Some(prev) = previous.and_then(|p| p.get(name)) {
-            let failback = policy.and_then(|p| p.failback.as_deref());
-            let back = Lifted {
-                at: now,
-                hysteresis: failback
-                    .map_or(Duration::ZERO, |f| Duration::from_millis(f.hysteresis_ms)),
-                slow_start: failback
-                    .map_or(Duration::ZERO, |f| Duration::from_millis(f.slow_start_ms)),
-            };
-            for (addr, l) in &prev.lifted {
-                if !drained.contains(addr) && !l.over(now) {
-                    lifted.insert(*addr, *l);
-                }
-            }
-            if !back.over(now) {
-                for addr in prev.drained.iter().filter(|a| !drained.contains(a)) {
-                    lifted.insert(*addr, back);
-                }
+    for b in &snapshot.east_west {
+        let mut drained = HashSet::new();
+        for d in snapshot
+            .drains
+            .iter()
+            .filter(|d| applies_east_west(d, &b.name))
+        {
+            for ep in b.endpoints.iter().filter(|e| d.matches(e)) {
+                let addr = SocketAddr::new(ep.address, ep.port);
+                drained.insert(addr);
+                per_drill.entry(d.drill.as_str()).or_default().insert(addr);
             }
         }
-        if !drained.is_empty() || !lifted.is_empty() {
-            out.insert(name.to_string(), Arc::new(BackendDrain { drained, lifted }));
+        let prev = previous.and_then(|p| p.get(&b.name)).map(Arc::as_ref);
+        if let Some(v) = backend_view(drained, b.failover.as_deref(), prev, now) {
+            out.insert(b.name.clone(), v);
         }
     }
     out
+}
+
+/// The drain view of one backend: `drained` now, plus what `previous` drained (or was already
+/// returning) and is not drained any more, returning through `policy`'s failback. `None` when
+/// nothing is drained or returning.
+fn backend_view(
+    drained: HashSet<SocketAddr>,
+    policy: Option<&FailoverPolicy>,
+    previous: Option<&BackendDrain>,
+    now: Instant,
+) -> Option<Arc<BackendDrain>> {
+    let mut lifted: HashMap<SocketAddr, Lifted> = HashMap::new();
+    if let Some(prev) = previous {
+        let failback = policy.and_then(|p| p.failback.as_deref());
+        let back = Lifted {
+            at: now,
+            hysteresis: failback.map_or(Duration::ZERO, |f| Duration::from_millis(f.hysteresis_ms)),
+            slow_start: failback.map_or(Duration::ZERO, |f| Duration::from_millis(f.slow_start_ms)),
+        };
+        for (addr, l) in &prev.lifted {
+            if !drained.contains(addr) && !l.over(now) {
+                lifted.insert(*addr, *l);
+            }
+        }
+        if !back.over(now) {
+            for addr in prev.drained.iter().filter(|a| !drained.contains(a)) {
+                lifted.insert(*addr, back);
+            }
+        }
+    }
+    (!drained.is_empty() || !lifted.is_empty()).then(|| Arc::new(BackendDrain { drained, lifted }))
 }
 
 /// Logs the drains that start and stop applying with a new snapshot.
@@ -460,5 +560,95 @@ mod tests {
             .backend_drain("x")
             .unwrap();
         assert_eq!(x3.state(&sa(1), t2), DrainState::Drained);
+    }
+
+    /// A receiver's snapshot: east-west backends `x` (endpoints 1, 2 in zone `a`, 3 in zone `b`,
+    /// failback 1 s hysteresis) and `y` (the same endpoints, no policy), and `drains`.
+    fn receiver(drains: serde_json::Value) -> Snapshot {
+        let zep = |port: u16, zone: &str| json!({"address": "127.0.0.1", "port": port, "cluster": "west", "region": "eu-west", "zone": zone});
+        let eps = json!([zep(1, "a"), zep(2, "a"), zep(3, "b")]);
+        serde_json::from_value(json!({
+            "schema": meridian_model::snapshot::SNAPSHOT_SCHEMA,
+            "generation": 1,
+            "eastWest": [
+                {"name": "x", "endpoints": eps, "failover": {"failback": {"hysteresisMs": 1000}}},
+                {"name": "y", "endpoints": eps},
+            ],
+            "drains": drains,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn east_west_scope_ignores_gateways_unless_the_backend_is_named() {
+        let d = |gateways: &[&str], backends: &[&str]| Drain {
+            drill: "ns/d".into(),
+            cluster: None,
+            region: None,
+            zone: Some("a".into()),
+            gateways: gateways.iter().map(|s| s.to_string()).collect(),
+            backends: backends.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(applies_east_west(&d(&[], &[]), "x"));
+        assert!(applies_east_west(&d(&[], &["x"]), "x"));
+        assert!(!applies_east_west(&d(&[], &["y"]), "x"));
+        assert!(applies_east_west(&d(&["ns/gw"], &["x"]), "x"));
+        assert!(!applies_east_west(&d(&["ns/gw"], &["y"]), "x"));
+        assert!(!applies_east_west(&d(&["ns/gw"], &[]), "x"));
+    }
+
+    #[test]
+    fn east_west_backends_are_drained_and_return_through_failback() {
+        let reg = TrafficRegistry::default();
+        let t0 = Instant::now();
+        let t = GatewayTable::build(
+            &receiver(json!([{"drill": "ns/d", "zone": "a"}])),
+            None,
+            &reg,
+            t0,
+        );
+        for name in ["x", "y"] {
+            let v = t.east_west_drain(name).unwrap();
+            assert_eq!(v.state(&sa(1), t0), DrainState::Drained, "{name}");
+            assert_eq!(v.state(&sa(2), t0), DrainState::Drained, "{name}");
+            assert_eq!(v.state(&sa(3), t0), DrainState::Clear, "{name}");
+        }
+        assert!(t.east_west_drain("z").is_none());
+        assert_eq!(t.drained_per_drill.get("ns/d"), Some(&2));
+
+        // Scoped: a Gateway-scoped drain naming `x` drains `x` only; one naming no backend
+        // drains nothing here.
+        let t = GatewayTable::build(
+            &receiver(json!([
+                {"drill": "ns/d", "zone": "a", "gateways": ["ns/gw"], "backends": ["x"]},
+                {"drill": "ns/e", "zone": "b", "gateways": ["ns/gw"]},
+            ])),
+            None,
+            &reg,
+            t0,
+        );
+        let x = t.east_west_drain("x").unwrap();
+        assert!(x.is_drained(&sa(1)) && !x.is_drained(&sa(3)));
+        assert!(t.east_west_drain("y").is_none());
+        assert_eq!(t.drained_per_drill.get("ns/e"), None);
+
+        // Lifted: `x` is held for its hysteresis, `y` (no policy) is back at once.
+        let t1 = t0 + Duration::from_secs(5);
+        let lifted = GatewayTable::build(&receiver(json!([])), Some(&t), &reg, t1);
+        let x = lifted.east_west_drain("x").unwrap();
+        assert_eq!(x.state(&sa(1), t1), DrainState::Held);
+        assert_eq!(
+            x.state(&sa(1), t1 + Duration::from_secs(1)),
+            DrainState::Clear
+        );
+        assert!(lifted.east_west_drain("y").is_none());
+        let done = GatewayTable::build(
+            &receiver(json!([])),
+            Some(&lifted),
+            &reg,
+            t1 + Duration::from_secs(2),
+        );
+        assert!(done.east_west_drain("x").is_none());
+        assert!(!done.any_drain_view());
     }
 }

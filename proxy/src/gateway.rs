@@ -34,7 +34,9 @@
 //!   (= a remote proxy's east-west            names a Snapshot.east_west backend (404), removed;
 //!    listener), health per backend          the backend becomes a one-backend rule and the rest
 //! upstream_request_filter: set              is the path above: locality, failover policy,
-//!   x-meridian-backend: <backend name>      ejection, connect failover, retry budget
+//!   x-meridian-backend: <backend name>      ejection, connect failover, retry budget, and the
+//!                                           snapshot's drains (drain.rs: east-west scope);
+//!                                           every ready endpoint drained → 503, no served-by
 //! upstream_response_filter: no            ◄─ response_filter: x-meridian-served-by of the real
 //!   x-meridian-served-by = the remote         endpoint, always
 //!   proxy's own 404/5xx: eject (for this
@@ -405,8 +407,9 @@ impl Gateway {
     }
 
     /// A request on the east-west listener: the backend it names in `x-meridian-backend` (400
-    /// without, 404 when the served snapshot has no such east-west backend), then the same
-    /// upstream path as a routed request.
+    /// without, 404 when the served snapshot has no such east-west backend), its drain view
+    /// (503 when every ready endpoint is drained), then the same upstream path as a routed
+    /// request.
     async fn east_west_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if let Some(side) = &self.shared.east_west {
             ctx.listener = Some(side.listener.clone());
@@ -421,12 +424,13 @@ impl Gateway {
             Ok(name) => name.to_string(),
             Err(why) => return respond_text(session, 400, why.to_string()).await,
         };
-        let rule = self
-            .shared
-            .served
-            .load()
-            .as_ref()
-            .and_then(|s| s.east_west.get(&name).cloned());
+        let (rule, drain) = match self.shared.served.load().as_ref() {
+            Some(s) => (
+                s.east_west.get(&name).cloned(),
+                s.gateways.east_west_drain(&name),
+            ),
+            None => (None, None),
+        };
         let (Some(rule), Some(listener)) = (rule, ctx.listener.clone()) else {
             let quoted: String = name.chars().take(MAX_QUOTED_NAME).collect();
             return respond_text(
@@ -456,6 +460,26 @@ impl Gateway {
             ctx.failure = Some(FailureKind::NoEndpoint);
             return respond(session, 503).await;
         }
+        // A drill's drain in this proxy's snapshot holds here too: the sender only drained this
+        // proxy's own east-west endpoint, by this proxy's locality (see drain.rs for the scope).
+        if let Some(d) = drain.as_deref()
+            && endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .all(|e| d.is_drained(&SocketAddr::new(e.address, e.port)))
+        {
+            // No x-meridian-served-by: the sender ejects this proxy for the backend and a safe
+            // request fails over elsewhere.
+            ctx.failure = Some(FailureKind::NoEndpoint);
+            return respond_text(
+                session,
+                503,
+                "every ready endpoint of this backend here is drained by a failover drill\n"
+                    .to_string(),
+            )
+            .await;
+        }
+        ctx.drain = drain;
         self.prepare_tries(ctx, &rule, endpoints, failover.as_ref());
         Ok(false)
     }

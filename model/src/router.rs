@@ -21,12 +21,28 @@
 //! first and a less specific one only when nothing in it matches.
 //!
 //! The router is immutable; the proxy swaps whole routers (see `meridian-proxy`).
+//!
+//! # Endpoint-only changes
+//!
+//! Index entries name their rule by position in one rule table, and every backend name with
+//! endpoints knows the rules that use it (mirror backends included). So
+//! [`Router::with_endpoints`] builds the next router from this one by copying the table of
+//! `Arc`s, replacing only the rules that use a changed backend, and sharing the whole index:
+//! O(rules) pointer copies plus O(uses of the changed backends) rule copies, where
+//! [`Router::compile`] of the patched snapshot re-validates and re-indexes everything. The
+//! snapshot behind [`Router::snapshot`] is patched lazily, on first use:
+//!
+//! ```text
+//! compile(S) ─► Router{ index, rules, snapshot: S }
+//!   with_endpoints(g, Δ) ─► Router{ same index, rules with Δ's users replaced,
+//!                                   snapshot: S + Δ, built by the first snapshot() call }
+//! ```
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
 
@@ -135,7 +151,7 @@ pub struct ListenerInfo {
 }
 
 /// A rule ready for the proxy: the rule as in the snapshot plus precomputed backend weights.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompiledRule {
     /// Route namespace.
     pub route_namespace: String,
@@ -199,8 +215,152 @@ impl CompiledRule {
 /// The compiled, immutable routing table of one snapshot.
 #[derive(Debug)]
 pub struct Router {
-    snapshot: Arc<Snapshot>,
-    sockets: HashMap<SocketAddr, PortIndex>,
+    generation: u64,
+    snapshot: SnapshotCell,
+    /// Shared by every router derived with [`Router::with_endpoints`]: nothing in it depends on
+    /// endpoint lists.
+    sockets: Arc<HashMap<SocketAddr, PortIndex>>,
+    /// Every compiled rule; index entries hold positions in this table.
+    rules: Vec<Arc<CompiledRule>>,
+    /// Backend name → the rules (positions in `rules`) with a backend of that name that has
+    /// endpoints, mirror backends included.
+    uses: Arc<HashMap<String, Vec<usize>>>,
+}
+
+/// Rules as they are compiled, with the backend names they use.
+#[derive(Default)]
+struct RuleTable {
+    rules: Vec<Arc<CompiledRule>>,
+    uses: HashMap<String, Vec<usize>>,
+}
+
+impl RuleTable {
+    fn add(&mut self, route: &Route, index: usize, rule: &Rule) -> usize {
+        let id = self.rules.len();
+        self.rules
+            .push(Arc::new(CompiledRule::new(route, index, rule)));
+        let mut names: Vec<&str> = Vec::new();
+        for_each_backend(rule, |b| {
+            if matches!(b.target, BackendTarget::Endpoints { .. }) {
+                names.push(&b.name);
+            }
+        });
+        names.sort_unstable();
+        names.dedup();
+        for n in names {
+            self.uses.entry(n.to_string()).or_default().push(id);
+        }
+        id
+    }
+}
+
+/// Calls `f` on every backend of `rule`, mirror backends (rule- and backend-level) included: the
+/// backends [`Snapshot::set_endpoints`] patches.
+fn for_each_backend<'a>(rule: &'a Rule, mut f: impl FnMut(&'a Backend)) {
+    let mirrors = |filters: &'a [Filter], f: &mut dyn FnMut(&'a Backend)| {
+        for filter in filters {
+            if let Filter::RequestMirror(m) = filter {
+                f(&m.backend);
+            }
+        }
+    };
+    mirrors(&rule.filters, &mut f);
+    for b in &rule.backends {
+        mirrors(&b.filters, &mut f);
+        f(b);
+    }
+}
+
+/// Endpoint lists by backend name, as [`Router::with_endpoints`] takes them (merged: the last
+/// change of a name wins, which is what patching them one after the other gives).
+type Changes<'a> = HashMap<&'a str, (BackendProtocol, &'a [Endpoint])>;
+
+/// Replaces protocol and endpoints of every backend of `rule` with endpoints that `changes`
+/// names, exactly as [`Snapshot::set_endpoints`] does; returns whether anything changed.
+fn patch_rule(rule: &mut Rule, changes: &Changes<'_>) -> bool {
+    fn patch(b: &mut Backend, changes: &Changes<'_>) -> bool {
+        let Some((protocol, eps)) = changes.get(b.name.as_str()) else {
+            return false;
+        };
+        match &mut b.target {
+            BackendTarget::Endpoints {
+                protocol: p,
+                endpoints,
+                ..
+            } if endpoints.as_slice() != *eps || p != protocol => {
+                endpoints.clear();
+                endpoints.extend_from_slice(eps);
+                *p = *protocol;
+                true
+            }
+            _ => false,
+        }
+    }
+    fn mirrors(filters: &mut [Filter], changes: &Changes<'_>) -> bool {
+        let mut changed = false;
+        for filter in filters {
+            if let Filter::RequestMirror(m) = filter {
+                changed |= patch(&mut m.backend, changes);
+            }
+        }
+        changed
+    }
+    let mut changed = mirrors(&mut rule.filters, changes);
+    for b in &mut rule.backends {
+        changed |= mirrors(&mut b.filters, changes);
+        changed |= patch(b, changes);
+    }
+    changed
+}
+
+/// The snapshot of a router: either the compiled one, or a base plus endpoint lists patched in
+/// on first use (a 10k-route snapshot takes milliseconds to copy; a router update must not).
+#[derive(Debug)]
+struct SnapshotCell {
+    base: Arc<Snapshot>,
+    /// Endpoint lists to patch into `base`, by backend name.
+    patch: HashMap<String, (BackendProtocol, Arc<[Endpoint]>)>,
+    generation: u64,
+    full: OnceLock<Arc<Snapshot>>,
+}
+
+impl SnapshotCell {
+    fn ready(snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            generation: snapshot.generation,
+            base: snapshot.clone(),
+            patch: HashMap::new(),
+            full: OnceLock::from(snapshot),
+        }
+    }
+
+    /// This snapshot with `changes` applied and the generation set, not built yet.
+    fn patched(&self, generation: u64, changes: &Changes<'_>) -> Self {
+        let (base, mut patch) = match self.full.get() {
+            Some(full) => (full.clone(), HashMap::new()),
+            None => (self.base.clone(), self.patch.clone()),
+        };
+        for (name, (protocol, eps)) in changes {
+            patch.insert(name.to_string(), (*protocol, Arc::from(*eps)));
+        }
+        Self {
+            base,
+            patch,
+            generation,
+            full: OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> &Arc<Snapshot> {
+        self.full.get_or_init(|| {
+            let mut s = Snapshot::clone(&self.base);
+            if !self.patch.is_empty() {
+                s.set_endpoints(|n| self.patch.get(n).map(|(p, eps)| (*p, &eps[..])));
+            }
+            s.generation = self.generation;
+            Arc::new(s)
+        })
+    }
 }
 
 impl Router {
@@ -216,24 +376,95 @@ impl Router {
                     .push((gw, l));
             }
         }
+        let mut table = RuleTable::default();
         let mut sockets = HashMap::with_capacity(grouped.len());
         for (addr, listeners) in grouped {
-            sockets.insert(addr, PortIndex::build(&listeners)?);
+            sockets.insert(addr, PortIndex::build(&listeners, &mut table)?);
         }
         Ok(Self {
-            snapshot: Arc::new(snapshot),
-            sockets,
+            generation: snapshot.generation,
+            snapshot: SnapshotCell::ready(Arc::new(snapshot)),
+            sockets: Arc::new(sockets),
+            rules: table.rules,
+            uses: Arc::new(table.uses),
         })
     }
 
-    /// The snapshot this router was compiled from.
+    /// The router of this router's snapshot with the protocol and endpoint list of every
+    /// backend named in `changes` replaced (mirror backends included; a name listed twice takes
+    /// its last list), numbered `generation`: what [`Router::compile`] of the snapshot patched
+    /// with [`Snapshot::set_endpoints`] gives, routing decisions and rules alike.
+    ///
+    /// Costs a copy of the rule table's pointers plus a copy of each rule using a changed
+    /// backend; the index is shared and the snapshot is patched when first asked for. An
+    /// endpoint list that does not validate (port 0) is refused with the error a full compile
+    /// gives.
+    pub fn with_endpoints<'a>(
+        &self,
+        generation: u64,
+        changes: impl IntoIterator<Item = (&'a str, BackendProtocol, &'a [Endpoint])>,
+    ) -> Result<Router, SnapshotError> {
+        let mut by_name: Changes<'a> = HashMap::new();
+        for (name, protocol, eps) in changes {
+            by_name.insert(name, (protocol, eps));
+        }
+        // Names no backend with endpoints has change nothing, in the rules or the snapshot.
+        by_name.retain(|name, _| self.uses.contains_key(*name));
+        if by_name
+            .values()
+            .any(|(_, eps)| eps.iter().any(|e| e.port == 0))
+        {
+            // Rare: let the full path find the first offending backend and word the error.
+            let mut s = Snapshot::clone(self.snapshot());
+            s.set_endpoints(|n| by_name.get(n).copied());
+            s.generation = generation;
+            return Router::compile(s);
+        }
+        let mut rules = self.rules.clone();
+        let mut touched: Vec<usize> = by_name
+            .keys()
+            .filter_map(|n| self.uses.get(*n))
+            .flatten()
+            .copied()
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            let Some(slot) = rules.get_mut(id) else {
+                continue;
+            };
+            let mut rule = CompiledRule::clone(slot);
+            if patch_rule(&mut rule.rule, &by_name) {
+                *slot = Arc::new(rule);
+            }
+        }
+        Ok(Router {
+            generation,
+            snapshot: self.snapshot.patched(generation, &by_name),
+            sockets: self.sockets.clone(),
+            rules,
+            uses: self.uses.clone(),
+        })
+    }
+
+    /// The snapshot this router was compiled from (for a router made by
+    /// [`Router::with_endpoints`], the patched one: built on the first call, which then costs a
+    /// copy of the snapshot).
     pub fn snapshot(&self) -> &Arc<Snapshot> {
-        &self.snapshot
+        self.snapshot.get()
+    }
+
+    /// The snapshot as far as it is already built: [`Router::snapshot`] when that costs
+    /// nothing, else the snapshot the endpoint changes apply to, whose Gateways, listeners,
+    /// routes, drains and east-west backends are this router's and only backend endpoint
+    /// lists and protocols may be older.
+    pub fn snapshot_without_endpoints(&self) -> &Snapshot {
+        self.snapshot.full.get().unwrap_or(&self.snapshot.base)
     }
 
     /// The snapshot generation.
     pub fn generation(&self) -> u64 {
-        self.snapshot.generation
+        self.generation
     }
 
     /// Every socket the proxy must listen on, with its protocol.
@@ -307,7 +538,7 @@ impl Router {
         };
         let listener = &port.listeners[chosen];
         let query = Query::parse(req.query);
-        match listener.routes.find(&host, req, &query) {
+        match listener.routes.find(&self.rules, &host, req, &query) {
             Some((rule, matched_prefix)) => Decision::Matched(RouteMatch {
                 listener: listener.info.clone(),
                 rule,
@@ -339,7 +570,10 @@ struct CompiledListener {
 }
 
 impl PortIndex {
-    fn build(listeners: &[(&Gateway, &Listener)]) -> Result<Self, SnapshotError> {
+    fn build(
+        listeners: &[(&Gateway, &Listener)],
+        table: &mut RuleTable,
+    ) -> Result<Self, SnapshotError> {
         let protocol = listeners[0].1.protocol;
         let mut index = PortIndex {
             protocol,
@@ -370,7 +604,7 @@ impl PortIndex {
                 },
             }
             index.listeners.push(CompiledListener {
-                routes: HostIndex::build(&info, &l.routes)?,
+                routes: HostIndex::build(&info, &l.routes, table)?,
                 tls: l.tls.clone(),
                 info,
             });
@@ -411,7 +645,11 @@ struct HostIndex {
 }
 
 impl HostIndex {
-    fn build(listener: &ListenerInfo, routes: &[Route]) -> Result<Self, SnapshotError> {
+    fn build(
+        listener: &ListenerInfo,
+        routes: &[Route],
+        table: &mut RuleTable,
+    ) -> Result<Self, SnapshotError> {
         let mut staged: HashMap<Option<String>, Vec<Entry>> = HashMap::new();
         for route in routes {
             let hosts: Vec<Option<String>> = if route.hostnames.is_empty() {
@@ -429,7 +667,7 @@ impl HostIndex {
             dedup.sort();
             dedup.dedup();
             for (rule_index, rule) in route.rules.iter().enumerate() {
-                let compiled = Arc::new(CompiledRule::new(route, rule_index, rule));
+                let compiled = table.add(route, rule_index, rule);
                 let default_match = [Match::default()];
                 let matches: &[Match] = if rule.matches.is_empty() {
                     &default_match
@@ -442,7 +680,7 @@ impl HostIndex {
                         staged.entry(h.clone()).or_default().push(Entry {
                             key: PrecedenceKey::new(route, rule_index, match_index, m),
                             matcher: cm.clone(),
-                            rule: compiled.clone(),
+                            rule: compiled,
                         });
                     }
                 }
@@ -468,21 +706,26 @@ impl HostIndex {
 
     fn find(
         &self,
+        rules: &[Arc<CompiledRule>],
         host: &str,
         req: &Request<'_>,
         query: &Query<'_>,
     ) -> Option<(Arc<CompiledRule>, Option<Arc<str>>)> {
-        if let Some(found) = self.exact.get(host).and_then(|b| b.find(req, query)) {
+        if let Some(found) = self.exact.get(host).and_then(|b| b.find(rules, req, query)) {
             return Some(found);
         }
         if !self.wildcard.is_empty() {
             for suffix in wildcard_suffixes(host) {
-                if let Some(found) = self.wildcard.get(suffix).and_then(|b| b.find(req, query)) {
+                if let Some(found) = self
+                    .wildcard
+                    .get(suffix)
+                    .and_then(|b| b.find(rules, req, query))
+                {
                     return Some(found);
                 }
             }
         }
-        self.any.find(req, query)
+        self.any.find(rules, req, query)
     }
 }
 
@@ -533,7 +776,8 @@ fn normalize_prefix(p: &str) -> &str {
 struct Entry {
     key: PrecedenceKey,
     matcher: CompiledMatch,
-    rule: Arc<CompiledRule>,
+    /// Position in the router's rule table.
+    rule: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -690,6 +934,7 @@ impl Bucket {
 
     fn find(
         &self,
+        rules: &[Arc<CompiledRule>],
         req: &Request<'_>,
         query: &Query<'_>,
     ) -> Option<(Arc<CompiledRule>, Option<Arc<str>>)> {
@@ -715,9 +960,11 @@ impl Bucket {
         candidates.sort_unstable();
         candidates.into_iter().find_map(|i| {
             let e = &self.entries[i as usize];
-            e.matcher
-                .matches_rest(req, query)
-                .then(|| (e.rule.clone(), e.matcher.prefix.clone()))
+            if !e.matcher.matches_rest(req, query) {
+                return None;
+            }
+            let rule = rules.get(e.rule)?.clone();
+            Some((rule, e.matcher.prefix.clone()))
         })
     }
 }

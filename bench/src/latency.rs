@@ -6,18 +6,20 @@
 //! 2. every target at one *common* rate, 25 % of Meridian's maximum: the latency each proxy adds
 //!    over the direct connection at the same offered load (the targets.md goal).
 //!
-//! Runs are interleaved (rate by rate, target by target), one run per cell.
+//! Every cell is measured `--latency-rounds` times; rounds are interleaved (round by round, rate
+//! by rate, target by target) so a burst of load from elsewhere on the machine hits different
+//! cells in different rounds, and each column shows the median over the rounds.
 
 use std::time::Duration;
 
 use crate::Opts;
 use crate::http::Target;
 use crate::openloop::{self, Report};
-use crate::sys::{cpu_ticks_tree, loopback};
+use crate::sys::{cpu_ticks_tree, loopback, median};
 
 /// One open-loop run, and the target's CPU µs per answered request during it (warm-up
 /// included on both sides of the division, so the ratio holds).
-fn measure(opts: &Opts, t: &Target, rate: f64) -> anyhow::Result<(Report, Option<f64>)> {
+fn measure(opts: &Opts, t: &Target, rate: f64) -> anyhow::Result<Cell> {
     let before = t.pid.and_then(cpu_ticks_tree);
     let r = openloop::run(&openloop::Config {
         addr: loopback(t.port),
@@ -81,29 +83,70 @@ fn flags(r: &Report) -> String {
     }
 }
 
+/// One measured cell: the generator's report and the target's CPU µs per request.
+type Cell = (Report, Option<f64>);
+
+/// One cell over several rounds: the median of every figure, the sum of the failures.
+fn combine(runs: &[Cell]) -> Cell {
+    let m = |f: fn(&Report) -> f64| median(runs.iter().map(|(r, _)| f(r)).collect());
+    let cpus: Vec<f64> = runs.iter().filter_map(|(_, c)| *c).collect();
+    let r = Report {
+        due: runs.iter().map(|(r, _)| r.due).sum(),
+        ok: runs.iter().map(|(r, _)| r.ok).sum(),
+        errors: runs.iter().map(|(r, _)| r.errors).sum(),
+        unfinished: runs.iter().map(|(r, _)| r.unfinished).sum(),
+        p50_us: m(|r| r.p50_us),
+        p99_us: m(|r| r.p99_us),
+        p999_us: m(|r| r.p999_us),
+        max_us: m(|r| r.max_us),
+        send_delay_p99_us: m(|r| r.send_delay_p99_us),
+        send_delay_p50_us: m(|r| r.send_delay_p50_us),
+        generator_cpu_us_per_req: m(|r| r.generator_cpu_us_per_req),
+        answered_per_s: m(|r| r.answered_per_s),
+        total_ok: runs.iter().map(|(r, _)| r.total_ok).sum(),
+        total_errors: runs.iter().map(|(r, _)| r.total_errors).sum(),
+    };
+    (r, (!cpus.is_empty()).then(|| median(cpus)))
+}
+
 /// `targets[i]` can sustain `maxes[i]` req/s (closed loop); prints both tables.
 pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()> {
-    let mut own: Vec<Vec<(Report, Option<f64>)>> = vec![Vec::new(); targets.len()];
-    for &pct in &opts.rates {
-        for (i, t) in targets.iter().enumerate() {
-            let r = measure(opts, t, maxes[i] * f64::from(pct) / 100.0)?;
-            own[i].push(r);
+    let rounds = opts.latency_rounds.max(1);
+    let meridian = targets.iter().position(|t| t.name == "meridian");
+    let direct = targets.iter().position(|t| t.name == "direct");
+    let base_pct = opts.rates.first().copied().unwrap_or(25);
+    let common = meridian.map(|m| maxes[m] * f64::from(base_pct) / 100.0);
+    // own[target][rate] and same[target]: one entry per round.
+    let mut own: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); opts.rates.len()]; targets.len()];
+    let mut same: Vec<Vec<Cell>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        eprintln!("latency round {} of {rounds}", round + 1);
+        for (j, &pct) in opts.rates.iter().enumerate() {
+            for (i, t) in targets.iter().enumerate() {
+                own[i][j].push(measure(opts, t, maxes[i] * f64::from(pct) / 100.0)?);
+            }
+        }
+        if let Some(rate) = common {
+            for (i, t) in targets.iter().enumerate() {
+                same[i].push(measure(opts, t, rate)?);
+            }
         }
     }
+
     println!(
-        "## Latency at fixed rates (open loop, from due time; {} connections, 1 s warm-up + {} s \
-         per cell)",
+        "## Latency at fixed rates (open loop, from due time; {} connections; 1 s warm-up + {} s \
+         per cell; median of {rounds} interleaved rounds)",
         opts.latency_connections, opts.latency_duration
     );
     println!();
     println!(
-        "| target | % of own max | rate req/s | achieved | p50 µs | p99 µs | p99.9 µs | max µs | \
+        "| target | % of own max | rate req/s | answered/s | p50 µs | p99 µs | p99.9 µs | max µs | \
          send delay p50 / p99 µs | CPU µs/req | generator CPU µs/req | problems |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (i, t) in targets.iter().enumerate() {
         for (j, &pct) in opts.rates.iter().enumerate() {
-            let (r, cpu) = &own[i][j];
+            let (r, cpu) = combine(&own[i][j]);
             println!(
                 "| {} | {pct} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} | {} | \
                  {:.1} | {} |",
@@ -116,30 +159,20 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
                 r.max_us,
                 r.send_delay_p50_us,
                 r.send_delay_p99_us,
-                cpu_cell(*cpu),
+                cpu_cell(cpu),
                 r.generator_cpu_us_per_req,
-                flags(r)
+                flags(&r)
             );
         }
     }
     println!();
 
-    let Some(m) = targets.iter().position(|t| t.name == "meridian") else {
+    let (Some(rate), Some(d)) = (common, direct) else {
         return Ok(());
     };
-    let Some(d) = targets.iter().position(|t| t.name == "direct") else {
-        return Ok(());
-    };
-    let base_pct = opts.rates.first().copied().unwrap_or(25);
-    let common = maxes[m] * f64::from(base_pct) / 100.0;
-    let mut same = Vec::new();
-    for t in targets {
-        let r = measure(opts, t, common)?;
-        same.push(r);
-    }
     println!(
-        "## Added latency at one rate: {common:.0} req/s ({base_pct} % of Meridian's max), \
-         every target"
+        "## Added latency at one rate: {rate:.0} req/s ({base_pct} % of Meridian's max), every \
+         target (median of {rounds} rounds)"
     );
     println!();
     println!(
@@ -147,20 +180,20 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
          CPU µs/req | problems |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let base = combine(&same[d]).0;
     for (i, t) in targets.iter().enumerate() {
-        let (r, cpu) = &same[i];
-        let b = &same[d].0;
+        let (r, cpu) = combine(&same[i]);
         println!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
             t.name,
             r.p50_us,
             r.p99_us,
             r.p999_us,
-            r.p50_us - b.p50_us,
-            r.p99_us - b.p99_us,
-            r.p999_us - b.p999_us,
-            cpu_cell(*cpu),
-            flags(r)
+            r.p50_us - base.p50_us,
+            r.p99_us - base.p99_us,
+            r.p999_us - base.p999_us,
+            cpu_cell(cpu),
+            flags(&r)
         );
     }
     println!();

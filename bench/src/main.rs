@@ -113,8 +113,11 @@ pub struct Opts {
     #[arg(long, value_delimiter = ',', default_values_t = vec![25u32, 50, 75])]
     pub rates: Vec<u32>,
     /// Seconds recorded per latency cell (after a 1 s warm-up).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 5)]
     pub latency_duration: u64,
+    /// Rounds of the latency table (each round measures every cell once; medians reported).
+    #[arg(long, default_value_t = 3)]
+    pub latency_rounds: usize,
     /// Connections of the open-loop generator.
     #[arg(long, default_value_t = 64)]
     pub latency_connections: usize,

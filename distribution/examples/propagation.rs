@@ -5,7 +5,8 @@
 //! real proxy (`ProxyHandle`: decode, compile, bind, swap) plus `--extra` stand-in proxies per
 //! cluster (decode and compile only; in-process proxies of one cluster cannot share a port).
 //! Each iteration changes one route (full snapshot) in every cluster, then one backend's
-//! endpoints (delta path), and times until `programmed()` is `Applied` for every cluster.
+//! endpoints (delta path: the real proxies take `ProxyHandle::apply_endpoints`, the stand-ins
+//! `Router::with_endpoints`), and times until `programmed()` is `Applied` for every cluster.
 //! Everything shares one process, so on a small machine the proxies compete for the same cores;
 //! the "once" column gives the CPU cost of each step measured alone, to tell the two apart.
 //!
@@ -20,25 +21,57 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meridian_distribution::protocol::{endpoint_delta, patch_endpoints};
 use meridian_distribution::{
-    Client, ClientConfig, DistributionServer, Hello, ProgrammedState, PublishKind, Refused,
-    ServerConfig, Target,
+    Client, ClientConfig, DistributionServer, EndpointChange, Hello, ProgrammedState, PublishKind,
+    Refused, ServerConfig, Target,
 };
 use meridian_model::{Router, Snapshot};
 use meridian_proxy::{ProxyConfig, ProxyHandle};
 use serde_json::json;
 
-/// A proxy stand-in: decodes (done by the client) and compiles, binds nothing.
-struct CompileOnly;
+/// A proxy stand-in: decodes (done by the client) and compiles, binds nothing; endpoint
+/// deltas update its router incrementally, like the proxy's.
+#[derive(Default)]
+struct CompileOnly {
+    router: std::sync::Mutex<Option<Arc<Router>>>,
+}
+
+fn refused(e: meridian_model::SnapshotError) -> Refused {
+    Refused {
+        reason: e.to_string(),
+        retry_after: None,
+    }
+}
 
 impl Target for CompileOnly {
     async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
-        Router::compile(snapshot)
-            .map(|r| r.generation())
-            .map_err(|e| Refused {
-                reason: e.to_string(),
-                retry_after: None,
-            })
+        let r = Router::compile(snapshot).map_err(refused)?;
+        let g = r.generation();
+        *self.router.lock().unwrap() = Some(Arc::new(r));
+        Ok(g)
+    }
+
+    async fn apply_endpoints(
+        &self,
+        generation: u64,
+        base: u64,
+        changes: &[EndpointChange],
+    ) -> Option<Result<u64, Refused>> {
+        let current = self.router.lock().unwrap().clone()?;
+        if current.generation() != base {
+            return None;
+        }
+        let next = current.with_endpoints(
+            generation,
+            changes
+                .iter()
+                .map(|c| (c.backend.as_str(), c.protocol, c.endpoints.as_slice())),
+        );
+        Some(next.map_err(refused).map(|r| {
+            *self.router.lock().unwrap() = Some(Arc::new(r));
+            generation
+        }))
     }
 }
 
@@ -159,6 +192,14 @@ struct Costs {
     decode: Duration,
     /// Proxy: `Router::compile`.
     compile: Duration,
+    /// Server: `endpoint_delta` (finding the endpoint-only change of a published snapshot).
+    delta: Duration,
+    /// Proxy: `Router::with_endpoints` of a one-backend change.
+    incremental: Duration,
+    /// Proxy: building the patched snapshot afterwards (lazily, off the ack path).
+    materialize: Duration,
+    /// Client: patching its held snapshot (after the ack).
+    patch: Duration,
 }
 
 fn costs(routes: usize) -> anyhow::Result<Costs> {
@@ -172,12 +213,35 @@ fn costs(routes: usize) -> anyhow::Result<Costs> {
     let t = Instant::now();
     let router = Router::compile(decoded)?;
     let compile = t.elapsed();
+    let next = snapshot(routes, 1, 0, 9000);
+    let t = Instant::now();
+    let changes = endpoint_delta(&s, &next).ok_or_else(|| anyhow::anyhow!("not a delta"))?;
+    let delta = t.elapsed();
+    let t = Instant::now();
+    let patched = router.with_endpoints(
+        1,
+        changes
+            .iter()
+            .map(|c| (c.backend.as_str(), c.protocol, c.endpoints.as_slice())),
+    )?;
+    let incremental = t.elapsed();
+    let t = Instant::now();
+    let _ = patched.snapshot();
+    let materialize = t.elapsed();
+    let mut held = s;
+    let t = Instant::now();
+    patch_endpoints(&mut held, &changes);
+    let patch = t.elapsed();
     drop(router);
     Ok(Costs {
         bytes: bytes.len(),
         encode,
         decode,
         compile,
+        delta,
+        incremental,
+        materialize,
+        patch,
     })
 }
 
@@ -218,7 +282,7 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
                 hello(format!("{cluster}-standin-{k}")),
             ))?;
             tasks.push(tokio::spawn(async move {
-                let _ = client.run(&CompileOnly).await;
+                let _ = client.run(&CompileOnly::default()).await;
             }));
         }
     }
@@ -238,7 +302,7 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
     }
     all_applied(&srv, &gens).await?;
 
-    let (mut full, mut delta) = (Vec::new(), Vec::new());
+    let (mut full, mut delta, mut publish) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=a.iterations {
         // A route change: full snapshots. (Built before the clock starts: building a 10k-route
         // snapshot from JSON here costs more than distributing it.)
@@ -268,6 +332,7 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
             anyhow::ensure!(p.kind == PublishKind::Endpoints, "expected a delta");
             gens.push((cluster.clone(), p.generation));
         }
+        publish.push(t.elapsed());
         all_applied(&srv, &gens).await?;
         delta.push(t.elapsed());
     }
@@ -280,19 +345,25 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
     }
     full.sort();
     delta.sort();
+    publish.sort();
     println!(
-        "| {routes} | {} | {:.2} MB | {} / {} / {} | {} | {} | {} | {} | {} | {} |",
+        "| {routes} | {} | {:.2} MB | {} / {} / {} | {} / {} / {} / {} | {} | {} | {} | {} | {} | {} | {} |",
         want,
         costs.bytes as f64 / 1e6,
         ms(costs.encode),
         ms(costs.decode),
         ms(costs.compile),
+        ms(costs.delta),
+        ms(costs.incremental),
+        ms(costs.materialize),
+        ms(costs.patch),
         ms(pct(&full, 0.5)),
         ms(pct(&full, 0.99)),
         ms(*full.last().unwrap_or(&Duration::ZERO)),
         ms(pct(&delta, 0.5)),
         ms(pct(&delta, 0.99)),
         ms(*delta.last().unwrap_or(&Duration::ZERO)),
+        ms(pct(&publish, 0.5)),
     );
     for t in tasks {
         t.abort();
@@ -313,9 +384,9 @@ fn main() -> anyhow::Result<()> {
             a.clusters, a.extra, a.iterations
         );
         println!(
-            "| routes | proxies | snapshot | encode / decode / compile, once | route change p50 | p99 | max | endpoint change p50 | p99 | max |"
+            "| routes | proxies | snapshot | encode / decode / compile, once | delta diff / with_endpoints / build snapshot / patch held, once | route change p50 | p99 | max | endpoint change p50 | p99 | max | endpoint publish p50 (server, all clusters) |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         for &r in &a.routes {
             run(r, &a).await?;
         }

@@ -3,8 +3,11 @@
 //! ```text
 //! run ─► POST /v1/stream (Hello, bearer token) ─► 200: NDJSON lines ─┬─ welcome: connected
 //!  ▲                                                                 ├─ snapshot: apply ─► ack
-//!  │                                                                 ├─ endpoints: patch the held
-//!  │                                                                 │   snapshot, apply ─► ack
+//!  │                                                                 ├─ endpoints: target serves the
+//!  │                                                                 │   base? apply_endpoints ─► ack
+//!  │                                                                 │   (else / None: apply the
+//!  │                                                                 │   patched snapshot ─► ack),
+//!  │                                                                 │   then patch the held snapshot
 //!  │                                                                 └─ ping: still alive
 //!  └── jittered exponential backoff (100 ms … 5 s) ◄── 401 / error / silence for 3 pings / EOF
 //!
@@ -16,6 +19,12 @@
 //! delays a line or an acknowledgement; a failed one is logged at debug and the next tick sends
 //! the then-current counters (they are cumulative, nothing is lost). Each new stream starts by
 //! reporting again, since the server on the other end may be a restarted one that knows nothing.
+//!
+//! An endpoint delta reaches a target that serves its base as the delta itself
+//! ([`Target::apply_endpoints`]): the proxy updates its router without copying or recompiling
+//! the snapshot. The held snapshot is patched after the acknowledgement, so it stays what the
+//! controller wants for the next delta, a resync or a retry. A target without a fast path (the
+//! default) gets the patched snapshot through [`Target::apply`], as before.
 //!
 //! The client never stops its target: while the controller is gone the target keeps serving what
 //! it last applied (static stability). Across reconnects it keeps the last snapshot it received, so
@@ -37,7 +46,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::protocol::{
-    Ack, AckResult, GatewayTrafficReport, Hello, Message, Peek, TrafficReport, patch_endpoints,
+    Ack, AckResult, EndpointChange, GatewayTrafficReport, Hello, Message, Peek, TrafficReport,
+    patch_endpoints,
 };
 
 /// Longest stream line accepted (a full snapshot).
@@ -118,6 +128,21 @@ pub trait Target: Send + Sync {
     /// Applies a full snapshot; returns the generation now served. On error the previous
     /// snapshot must keep serving.
     fn apply(&self, snapshot: Snapshot) -> impl Future<Output = Result<u64, Refused>> + Send;
+
+    /// Applies an endpoint-only change: the snapshot of generation `base`, which the target
+    /// serves (its last successful `apply` or `apply_endpoints`), with the endpoint lists of
+    /// `changes` patched in by backend name and numbered `generation`. Must end in the same
+    /// state, and the same refusals, as `apply` of that patched snapshot. `None` when the
+    /// target has no fast path or does not serve `base`: the client then calls `apply` with the
+    /// patched snapshot. The default has no fast path.
+    fn apply_endpoints(
+        &self,
+        _generation: u64,
+        _base: u64,
+        _changes: &[EndpointChange],
+    ) -> impl Future<Output = Option<Result<u64, Refused>>> + Send {
+        std::future::ready(None)
+    }
 
     /// Records a snapshot refused before `apply` (it did not decode).
     fn refuse(&self, _reason: &str) {}
@@ -425,17 +450,42 @@ impl Client {
                 }
             }
             Message::Endpoints(u) => {
-                let Some(desired) = held.desired.as_mut().filter(|d| d.generation == u.base) else {
+                if held.desired.as_ref().map(|d| d.generation) != Some(u.base) {
                     return Err(ClientError::Protocol(format!(
                         "endpoint update on generation {} but we hold {:?}; resyncing",
                         u.base,
                         held.desired.as_ref().map(|d| d.generation)
                     )));
+                }
+                // The target serves the base: hand it the delta, not a patched copy of the
+                // whole snapshot.
+                let fast = if held.applied {
+                    target
+                        .apply_endpoints(u.generation, u.base, &u.changes)
+                        .await
+                } else {
+                    None
                 };
-                // Patched in place: it is what the controller wants, whatever apply says.
-                patch_endpoints(desired, &u.changes);
-                desired.generation = u.generation;
-                self.apply_desired(target, held).await;
+                match fast {
+                    Some(result) => {
+                        // Acknowledged first; the held copy is patched right after, before
+                        // the next line or a retry can read it.
+                        self.outcome(u.generation, result, target, held).await;
+                        if let Some(desired) = held.desired.as_mut() {
+                            patch_endpoints(desired, &u.changes);
+                            desired.generation = u.generation;
+                        }
+                    }
+                    None => {
+                        if let Some(desired) = held.desired.as_mut() {
+                            // Patched in place: it is what the controller wants, whatever
+                            // apply says.
+                            patch_endpoints(desired, &u.changes);
+                            desired.generation = u.generation;
+                        }
+                        self.apply_desired(target, held).await;
+                    }
+                }
             }
         }
         Ok(None)
@@ -471,7 +521,19 @@ impl Client {
             return;
         };
         let generation = snapshot.generation;
-        match target.apply(snapshot).await {
+        let result = target.apply(snapshot).await;
+        self.outcome(generation, result, target, held).await;
+    }
+
+    /// Records and acknowledges what applying `generation` gave.
+    async fn outcome<T: Target>(
+        &self,
+        generation: u64,
+        result: Result<u64, Refused>,
+        target: &T,
+        held: &mut Held,
+    ) {
+        match result {
             Ok(_) => {
                 held.applied = true;
                 held.retry = None;

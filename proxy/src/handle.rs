@@ -5,6 +5,14 @@
 //! sockets closed. Any failure leaves the previous snapshot serving and is reported as an
 //! [`ApplyError`] (also visible on `/ready` and `/config_dump`).
 //!
+//! [`ProxyHandle::apply_endpoints`] is the fast path of an endpoint-only change to the served
+//! snapshot: [`Router::with_endpoints`] replaces only the rules that use a changed backend,
+//! certificates, sockets and east-west rules are kept, and the Gateway table is rebuilt as
+//! `apply` would (from the snapshot's structure when no drain needs endpoint lists). The patched
+//! snapshot itself (for `/config_dump` and health checks) is built afterwards on the blocking
+//! pool. Health state and ejections live outside the served state, keyed by endpoint, so they
+//! carry over exactly as with `apply`.
+//!
 //! With [`ProxyConfig::east_west`] the proxy also runs an east-west listener from the start: a
 //! second pingora app over the same shared state, serving the served snapshot's `east_west`
 //! backends to proxies of other networks (a snapshot without them leaves it answering 404).
@@ -15,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use meridian_distribution::GatewayTrafficReport;
+use meridian_distribution::{EndpointChange, GatewayTrafficReport};
 
 use meridian_model::locality::Locality;
 use meridian_model::router::ListenerInfo;
@@ -245,7 +253,30 @@ impl ProxyHandle {
     /// previous snapshot keeps serving and the reason is logged and remembered.
     pub async fn apply(&self, snapshot: Snapshot) -> Result<u64, ApplyError> {
         let result = self.apply_inner(snapshot).await;
-        match &result {
+        self.record(&result, "snapshot applied");
+        result
+    }
+
+    /// Applies an endpoint-only change to the served generation `base`: the result (served
+    /// state and refusals) is that of [`ProxyHandle::apply`] of the served snapshot with
+    /// `changes` patched in by backend name and numbered `generation`, at the cost of the rules
+    /// using the changed backends. `None` when `base` is not the served generation (nothing
+    /// changed; apply the full snapshot instead).
+    pub async fn apply_endpoints(
+        &self,
+        generation: u64,
+        base: u64,
+        changes: &[EndpointChange],
+    ) -> Option<Result<u64, ApplyError>> {
+        let result = self
+            .apply_endpoints_inner(generation, base, changes)
+            .await?;
+        self.record(&result, "endpoint update applied");
+        Some(result)
+    }
+
+    fn record(&self, result: &Result<u64, ApplyError>, what: &'static str) {
+        match result {
             Ok(generation) => {
                 self.shared.set_last_error(None);
                 self.shared.metrics.snapshot_applied.inc();
@@ -253,11 +284,10 @@ impl ProxyHandle {
                     .metrics
                     .generation
                     .set(i64::try_from(*generation).unwrap_or(i64::MAX));
-                tracing::info!(generation, "snapshot applied");
+                tracing::info!(generation, "{what}");
             }
             Err(e) => self.record_refusal(e),
         }
-        result
     }
 
     /// Records a snapshot refused before it reached [`ProxyHandle::apply`] (e.g. undecodable
@@ -309,17 +339,11 @@ impl ProxyHandle {
         crate::drain::log_changes(
             previous
                 .as_ref()
-                .map_or(&[][..], |p| &p.router.snapshot().drains),
+                .map_or(&[][..], |p| &p.router.snapshot_without_endpoints().drains),
             &router.snapshot().drains,
             &gateways,
         );
-        let drained = &self.shared.metrics.drained_endpoints;
-        drained.reset();
-        for (drill, n) in &gateways.drained_per_drill {
-            drained
-                .with_label_values(&[drill.as_str()])
-                .set(i64::try_from(*n).unwrap_or(i64::MAX));
-        }
+        self.set_drained_metrics(&gateways);
         drop(previous);
         let east_west = crate::gateway::east_west_rules(&router.snapshot().east_west);
         let old = self.shared.served.swap(Some(Arc::new(Served {
@@ -338,6 +362,76 @@ impl ProxyHandle {
         set.retain(&wanted).await;
         *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = set.bound();
         Ok(generation)
+    }
+
+    async fn apply_endpoints_inner(
+        &self,
+        generation: u64,
+        base: u64,
+        changes: &[EndpointChange],
+    ) -> Option<Result<u64, ApplyError>> {
+        // Held for the whole apply, as in `apply_inner`: applies take effect in call order.
+        let guard = self.listeners.lock().await;
+        if guard.is_none() {
+            return Some(Err(ApplyError::ShuttingDown));
+        }
+        let previous = self.shared.served.load_full()?;
+        if previous.router.generation() != base {
+            return None;
+        }
+        let router = match previous.router.with_endpoints(
+            generation,
+            changes
+                .iter()
+                .map(|c| (c.backend.as_str(), c.protocol, c.endpoints.as_slice())),
+        ) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e.into())),
+        };
+        // Without drains no endpoint list is read (only Gateways, backend names and failback
+        // policies, which an endpoint change keeps); with drains the drained set depends on
+        // the lists, so the patched snapshot is built now.
+        let shape = router.snapshot_without_endpoints();
+        let snapshot = if shape.drains.is_empty() {
+            shape
+        } else {
+            router.snapshot()
+        };
+        let gateways = GatewayTable::build(
+            snapshot,
+            Some(&previous.gateways),
+            &self.shared.traffic,
+            Instant::now(),
+        );
+        // The drains themselves are unchanged: nothing to log, only counts to update.
+        self.set_drained_metrics(&gateways);
+        let served = Arc::new(Served {
+            router,
+            certs: previous.certs.clone(),
+            protocols: previous.protocols.clone(),
+            gateways,
+            east_west: previous.east_west.clone(),
+        });
+        drop(previous);
+        let old = self.shared.served.swap(Some(served.clone()));
+        drop(guard);
+        // The patched snapshot (health targets, `/config_dump`) is built off the runtime's
+        // workers, and the replaced state freed there too.
+        tokio::task::spawn_blocking(move || {
+            drop(old);
+            let _ = served.router.snapshot();
+        });
+        Some(Ok(generation))
+    }
+
+    fn set_drained_metrics(&self, gateways: &GatewayTable) {
+        let drained = &self.shared.metrics.drained_endpoints;
+        drained.reset();
+        for (drill, n) in &gateways.drained_per_drill {
+            drained
+                .with_label_values(&[drill.as_str()])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -447,4 +541,274 @@ fn parse_certificates(snapshot: &Snapshot) -> Result<HashMap<String, Arc<TlsCert
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use meridian_model::router::Request;
+    use meridian_model::snapshot::{
+        Backend, BackendProtocol, BackendTarget, Drain, EastWestBackend, Endpoint, Filter,
+        Gateway as SnapshotGateway, Listener, Match, PathMatch, RequestMirror, Route, Rule,
+    };
+
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*), so a failure names its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+        }
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+    }
+
+    const NAMES: [&str; 4] = ["ns/a:80", "ns/b:80", "ns/c:80", "ns/d:80"];
+    const PATHS: [&str; 4] = ["/", "/x", "/y", "/x/z"];
+
+    fn endpoints(rng: &mut Rng, port_zero: bool) -> Vec<Endpoint> {
+        (0..rng.below(4))
+            .map(|_| Endpoint {
+                address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, rng.below(4) as u8)),
+                port: if port_zero && rng.chance(4) {
+                    0
+                } else {
+                    1 + rng.below(2) as u16
+                },
+                cluster: rng.pick(&["c1", "c2"]).to_string(),
+                region: rng.pick(&["r1", "r2"]).to_string(),
+                zone: rng.pick(&["z1", "z2"]).to_string(),
+                ready: rng.chance(85),
+                east_west: rng.chance(10),
+            })
+            .collect()
+    }
+
+    fn backend(rng: &mut Rng) -> Backend {
+        Backend {
+            name: rng.pick(&NAMES).to_string(),
+            weight: 1 + rng.below(3) as u32,
+            filters: Vec::new(),
+            target: BackendTarget::Endpoints {
+                protocol: BackendProtocol::Http1,
+                endpoints: endpoints(rng, false),
+                failover: None,
+            },
+        }
+    }
+
+    fn snapshot(rng: &mut Rng, port: u16) -> Snapshot {
+        let routes = (0..1 + rng.below(4))
+            .map(|i| Route {
+                namespace: "ns".into(),
+                name: format!("r{i}"),
+                created_at: 0,
+                hostnames: Vec::new(),
+                rules: vec![Rule {
+                    matches: vec![Match {
+                        path: PathMatch::PathPrefix(rng.pick(&PATHS).to_string()),
+                        ..Match::default()
+                    }],
+                    filters: if rng.chance(25) {
+                        vec![Filter::RequestMirror(RequestMirror {
+                            backend: backend(rng),
+                            percent: 100.0,
+                        })]
+                    } else {
+                        Vec::new()
+                    },
+                    backends: (0..1 + rng.below(2)).map(|_| backend(rng)).collect(),
+                    ..Rule::default()
+                }],
+            })
+            .collect();
+        let mut s = Snapshot::empty(1);
+        s.gateways = vec![SnapshotGateway {
+            namespace: "ns".into(),
+            name: "gw".into(),
+            listeners: vec![Listener {
+                name: "http".into(),
+                address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port,
+                protocol: Protocol::Http,
+                hostname: None,
+                tls: None,
+                routes,
+            }],
+            served_by_header: rng.chance(50),
+        }];
+        if rng.chance(50) {
+            s.drains = vec![Drain {
+                drill: "ns/drill".into(),
+                region: Some("r1".into()),
+                zone: rng.chance(50).then(|| "z1".to_string()),
+                backends: if rng.chance(50) {
+                    vec![rng.pick(&NAMES).to_string()]
+                } else {
+                    Vec::new()
+                },
+                ..Drain::default()
+            }];
+        }
+        if rng.chance(50) {
+            s.east_west = vec![EastWestBackend {
+                name: "ns/a:80".into(),
+                protocol: BackendProtocol::Http1,
+                endpoints: vec![Endpoint {
+                    address: IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)),
+                    port: 80,
+                    cluster: "c1".into(),
+                    region: "r1".into(),
+                    zone: "z1".into(),
+                    ready: true,
+                    east_west: false,
+                }],
+                failover: None,
+            }];
+        }
+        s
+    }
+
+    /// Everything requests and the health checker read from the served state, printed.
+    fn summary(h: &ProxyHandle, port: u16) -> String {
+        let served = h.shared().served.load_full().unwrap();
+        let snap = served.router.snapshot();
+        let mut out = vec![
+            format!("generation {}", served.router.generation()),
+            format!("{snap:?}"),
+        ];
+        for path in PATHS {
+            let d = served.router.route(&Request {
+                local: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                sni: None,
+                host: Some("h.example.com"),
+                method: "GET",
+                path,
+                query: None,
+                headers: &&[][..],
+            });
+            out.push(format!("{path} => {d:?}"));
+        }
+        for gw in &snap.gateways {
+            let e = served.gateways.gateway(&gw.namespace, &gw.name).unwrap();
+            out.push(format!("served_by {}", e.served_by_header));
+            for name in NAMES {
+                let drained: Vec<String> = (0..4)
+                    .flat_map(|i| (1..3).map(move |p| (i, p)))
+                    .map(|(i, p)| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)), p))
+                    .filter(|a| e.backend_drain(name).is_some_and(|d| d.is_drained(a)))
+                    .map(|a| a.to_string())
+                    .collect();
+                out.push(format!("{name} drained {drained:?}"));
+            }
+        }
+        let per_drill: BTreeMap<_, _> = served.gateways.drained_per_drill.iter().collect();
+        out.push(format!("per drill {per_drill:?}"));
+        let mut certs: Vec<_> = served.certs.keys().collect();
+        certs.sort();
+        let protocols: BTreeMap<_, _> = served.protocols.iter().collect();
+        let east_west: BTreeMap<_, _> = served.east_west.iter().collect();
+        out.push(format!("{certs:?} {protocols:?} {east_west:?}"));
+        let targets: BTreeMap<_, _> = crate::health::targets(snap).into_iter().collect();
+        out.push(format!("health {targets:?}"));
+        let drained_metric: Vec<String> = h
+            .metrics_text()
+            .lines()
+            .filter(|l| l.starts_with("meridian_proxy_drained_endpoints"))
+            .map(str::to_string)
+            .collect();
+        out.push(format!("{drained_metric:?}"));
+        out.join("\n")
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn random_endpoint_deltas_serve_what_a_full_apply_serves() {
+        let port = free_port();
+        let h = ProxyHandle::start(ProxyConfig::default()).await.unwrap();
+        let (mut fast_applied, mut refused) = (0, 0);
+        for seed in 1..=25u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut cur = snapshot(&mut rng, port);
+            let mut generation = 1;
+            for step in 0..6 {
+                cur.generation = generation;
+                h.apply(cur.clone()).await.unwrap();
+                let changes: Vec<EndpointChange> = (0..1 + rng.below(3))
+                    .map(|_| EndpointChange {
+                        backend: rng.pick(&NAMES).to_string(),
+                        protocol: if rng.chance(20) {
+                            BackendProtocol::H2c
+                        } else {
+                            BackendProtocol::Http1
+                        },
+                        endpoints: endpoints(&mut rng, true),
+                    })
+                    .collect();
+                let next = generation + 1;
+                // A base the proxy does not serve is not taken.
+                assert!(
+                    h.apply_endpoints(next, generation + 7, &changes)
+                        .await
+                        .is_none()
+                );
+                let fast = h.apply_endpoints(next, generation, &changes).await.unwrap();
+                let fast_state = summary(&h, port);
+                let fast_error = h.last_error();
+
+                // The same change the slow way, from the same served state.
+                h.apply(cur.clone()).await.unwrap();
+                let mut patched = cur.clone();
+                meridian_distribution::protocol::patch_endpoints(&mut patched, &changes);
+                patched.generation = next;
+                let full = h.apply(patched.clone()).await;
+                let full_state = summary(&h, port);
+                match (&fast, &full) {
+                    (Ok(a), Ok(b)) => {
+                        assert_eq!((a, b), (&next, &next));
+                        fast_applied += 1;
+                    }
+                    (Err(a), Err(b)) => {
+                        assert_eq!(a.to_string(), b.to_string());
+                        assert_eq!(fast_error, h.last_error());
+                        refused += 1;
+                    }
+                    _ => panic!("seed {seed} step {step}: fast {fast:?}, full {full:?}"),
+                }
+                assert_eq!(
+                    fast_state, full_state,
+                    "seed {seed} step {step}: {changes:?}"
+                );
+                if full.is_ok() {
+                    cur = patched;
+                }
+                generation = next + 1;
+            }
+        }
+        assert!(
+            fast_applied > 50 && refused > 3,
+            "{fast_applied} / {refused}"
+        );
+        h.shutdown().await;
+    }
 }

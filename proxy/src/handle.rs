@@ -715,6 +715,12 @@ mod tests {
                 out.push(format!("{name} drained {drained:?}"));
             }
         }
+        let ew_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), 80);
+        let ew_drained = served
+            .gateways
+            .east_west_drain("ns/a:80")
+            .is_some_and(|d| d.is_drained(&ew_addr));
+        out.push(format!("east-west drained {ew_drained}"));
         let per_drill: BTreeMap<_, _> = served.gateways.drained_per_drill.iter().collect();
         out.push(format!("per drill {per_drill:?}"));
         let mut certs: Vec<_> = served.certs.keys().collect();

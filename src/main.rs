@@ -26,7 +26,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 // The proxy allocates and frees per-request buffers (pingora); glibc malloc/free was ~15 % of
-// its CPU under load and mimalloc measured faster (docs/benchmarks.md, allocator section).
+// its CPU in a profile. An A/B of the same build with and without mimalloc showed no difference
+// in req/s or CPU per request on this machine kind (docs/benchmarks.md, "Allocator"); kept
+// because it bounds fragmentation of long-running proxies, not for speed.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

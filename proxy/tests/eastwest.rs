@@ -13,7 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Echo, TEST_TIMEOUT, client, eventually, free_port};
+use common::{Echo, TEST_TIMEOUT, answered_by, client, eventually, free_port, get_url};
 use meridian_model::Snapshot;
 use meridian_model::locality::Locality;
 use meridian_proxy::{ApplyError, ProxyConfig, ProxyHandle};
@@ -105,33 +105,6 @@ fn sender_snapshot(
         }],
     }))
     .unwrap()
-}
-
-/// GET `url` with headers: status, served-by header, body text.
-async fn get_url(
-    c: &reqwest::Client,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Option<String>, String) {
-    let mut rb = c.get(url);
-    for (n, v) in headers {
-        rb = rb.header(*n, *v);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let served_by = resp
-        .headers()
-        .get("x-meridian-served-by")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, served_by, resp.text().await.unwrap())
-}
-
-/// The echo's name in a JSON body.
-fn answered_by(body: &str) -> String {
-    serde_json::from_str::<Value>(body).unwrap()["name"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
 }
 
 fn saw_backend_header(e: &Echo) -> bool {

@@ -18,7 +18,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Echo, TEST_TIMEOUT, client, eventually, free_port};
+use common::{Echo, TEST_TIMEOUT, answered_by, client, eventually, free_port, get_url};
 use meridian_model::Snapshot;
 use meridian_model::locality::Locality;
 use meridian_model::traffic::FailureKind;
@@ -94,33 +94,6 @@ fn sender_snapshot(port: u16, b: &ProxyHandle, c: &Echo) -> Snapshot {
     .unwrap()
 }
 
-/// GET `url`: status, `x-meridian-served-by`, body.
-async fn fetch(
-    c: &reqwest::Client,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Option<String>, String) {
-    let mut rb = c.get(url);
-    for (n, v) in headers {
-        rb = rb.header(*n, *v);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let served_by = resp
-        .headers()
-        .get("x-meridian-served-by")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, served_by, resp.text().await.unwrap())
-}
-
-/// The echo's name in a JSON body.
-fn answered_by(body: &str) -> String {
-    serde_json::from_str::<Value>(body).unwrap()["name"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 fn metric(p: &ProxyHandle, prefix: &str) -> u64 {
     p.metrics_text()
         .lines()
@@ -168,7 +141,7 @@ async fn a_zone_drain_holds_on_the_east_west_listener_and_lifts_through_failback
         let c = client();
         // Undrained, B serves from its own zone.
         for _ in 0..10 {
-            let (status, served_by, body) = fetch(&c, &w.url, &[]).await;
+            let (status, served_by, body) = get_url(&c, &w.url, &[]).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(answered_by(&body), "ea");
             assert_eq!(served_by.as_deref(), Some("west/eu-west/b-a"));
@@ -185,7 +158,7 @@ async fn a_zone_drain_holds_on_the_east_west_listener_and_lifts_through_failback
         .unwrap();
         let ea_before = w.ea.count();
         for _ in 0..30 {
-            let (status, served_by, body) = fetch(&c, &w.url, &[]).await;
+            let (status, served_by, body) = get_url(&c, &w.url, &[]).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(answered_by(&body), "eb");
             assert_eq!(served_by.as_deref(), Some("west/eu-west/b-b"));
@@ -209,7 +182,7 @@ async fn a_zone_drain_holds_on_the_east_west_listener_and_lifts_through_failback
         let mut held = 0;
         let mut back_at = None;
         for _ in 0..400 {
-            let (status, _, body) = fetch(&c, &w.url, &[]).await;
+            let (status, _, body) = get_url(&c, &w.url, &[]).await;
             let done = Instant::now();
             assert_eq!(status, 200, "{body}");
             match answered_by(&body).as_str() {
@@ -259,7 +232,7 @@ async fn a_gateway_scoped_drain_holds_only_when_it_names_the_backend() {
         .await
         .unwrap();
         for _ in 0..10 {
-            let (status, _, body) = fetch(&c, &w.url, &[]).await;
+            let (status, _, body) = get_url(&c, &w.url, &[]).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(answered_by(&body), "ea");
         }
@@ -274,7 +247,7 @@ async fn a_gateway_scoped_drain_holds_only_when_it_names_the_backend() {
         .await
         .unwrap();
         for _ in 0..10 {
-            let (status, _, body) = fetch(&c, &w.url, &[]).await;
+            let (status, _, body) = get_url(&c, &w.url, &[]).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(answered_by(&body), "ea");
         }
@@ -289,7 +262,7 @@ async fn a_gateway_scoped_drain_holds_only_when_it_names_the_backend() {
         .await
         .unwrap();
         for _ in 0..10 {
-            let (status, _, body) = fetch(&c, &w.url, &[]).await;
+            let (status, _, body) = get_url(&c, &w.url, &[]).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(answered_by(&body), "eb");
         }
@@ -305,7 +278,7 @@ async fn a_full_drain_answers_503_and_the_sender_fails_over_without_a_failed_get
         let c = client();
         // Warm up through B.
         for _ in 0..5 {
-            let (status, _, body) = fetch(&c, &w.url, &[]).await;
+            let (status, _, body) = get_url(&c, &w.url, &[]).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(answered_by(&body), "ea");
         }
@@ -321,7 +294,7 @@ async fn a_full_drain_answers_503_and_the_sender_fails_over_without_a_failed_get
 
         // B's own answer: 503, a reason, no served-by (so a sender knows it is not an endpoint's).
         let direct = format!("http://{}/", w.b.east_west_addr().unwrap());
-        let (status, served_by, body) = fetch(&c, &direct, &[("x-meridian-backend", APP)]).await;
+        let (status, served_by, body) = get_url(&c, &direct, &[("x-meridian-backend", APP)]).await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(served_by, None);
         assert!(body.contains("drained"), "{body}");
@@ -339,7 +312,7 @@ async fn a_full_drain_answers_503_and_the_sender_fails_over_without_a_failed_get
         let mut failed = Vec::new();
         let n = 200;
         for i in 0..n {
-            let (status, served_by, body) = fetch(&c, &w.url, &[]).await;
+            let (status, served_by, body) = get_url(&c, &w.url, &[]).await;
             if status != 200 {
                 failed.push((i, status, body));
                 continue;
@@ -367,12 +340,12 @@ async fn a_full_drain_answers_503_and_the_sender_fails_over_without_a_failed_get
         w.b.apply(receiver_snapshot(3, &w.ea, &w.eb, json!([])))
             .await
             .unwrap();
-        let (status, served_by, body) = fetch(&c, &direct, &[("x-meridian-backend", APP)]).await;
+        let (status, served_by, body) = get_url(&c, &direct, &[("x-meridian-backend", APP)]).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(served_by.as_deref(), Some("west/eu-west/b-a"));
         let mut answered = String::new();
         for _ in 0..200 {
-            let (status, _, body) = fetch(&c, &w.url, &[]).await;
+            let (status, _, body) = get_url(&c, &w.url, &[]).await;
             assert_eq!(status, 200, "{body}");
             answered = answered_by(&body);
             if answered != "c" {

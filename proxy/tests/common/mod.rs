@@ -371,3 +371,30 @@ pub async fn flaky_server(failures: usize) -> (SocketAddr, Arc<std::sync::atomic
     });
     (addr, count)
 }
+
+/// GET `url` with headers: status, served-by header, body text.
+pub async fn get_url(
+    c: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, String) {
+    let mut rb = c.get(url);
+    for (n, v) in headers {
+        rb = rb.header(*n, *v);
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let served_by = resp
+        .headers()
+        .get("x-meridian-served-by")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, served_by, resp.text().await.unwrap())
+}
+
+/// The echo's name in a JSON body.
+pub fn answered_by(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap()["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}

@@ -27,8 +27,8 @@ use clap::{Parser, Subcommand};
 
 // The proxy allocates and frees per-request buffers (pingora); glibc malloc/free was ~15 % of
 // its CPU in a profile. mimalloc saves ~2.5 µs CPU per request at full load (alternated A/B of
-// the same commit); with transparent huge pages on it costs ~8 MiB base RSS unless THP is off
-// for the process (docs/benchmarks.md, "Allocator").
+// the same commit); with transparent huge pages on it costs ~8 MiB base RSS, so `main` turns
+// THP off for the process (docs/benchmarks.md, "Allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -80,6 +80,12 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // mimalloc's arenas backed by transparent huge pages cost ~8 MiB of RSS and ~9 KiB per route
+    // at 1k routes; without THP the CPU gain stays (docs/benchmarks.md, "Allocator"). Failing is
+    // harmless: the process only uses more memory.
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("note: could not opt out of transparent huge pages: {e}");
+    }
     let cli = Cli::parse();
     // `up` talks to a person through its own progress lines; component logs would drown them.
     init_tracing(

@@ -817,18 +817,7 @@ async fn kubeconfig_contexts_become_member_clusters() {
 async fn a_cluster_api_restart_is_picked_up() {
     let dir = std::env::temp_dir().join(format!("meridian-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let persisted = |port: u16| meridian_sandbox::SandboxConfig {
-        base_port: port,
-        state_dir: Some(dir.clone()),
-        ..meridian_sandbox::SandboxConfig::ephemeral(&["central"])
-    };
-    let east_sb =
-        meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
-            .await
-            .unwrap();
-    let central_sb = meridian_sandbox::Sandbox::start(persisted(0))
-        .await
-        .unwrap();
+    let (east_sb, central_sb) = east_and_persisted_central(&dir).await;
     let port = central_sb.clusters()[0].addr.port();
     let east = client_for(&east_sb.clusters()[0].url);
     let central = client_for(&central_sb.clusters()[0].url);
@@ -889,7 +878,7 @@ async fn a_cluster_api_restart_is_picked_up() {
     })
     .await;
 
-    let central_sb = meridian_sandbox::Sandbox::start(persisted(port))
+    let central_sb = meridian_sandbox::Sandbox::start(persisted_central(&dir, port))
         .await
         .unwrap();
     eventually("central endpoints back after the restart", || {

@@ -451,18 +451,7 @@ async fn stale_endpoints_are_reported_until_the_grace_withdraws_them() {
 async fn stale_endpoints_condition_clears_when_the_cluster_is_back() {
     let dir = std::env::temp_dir().join(format!("meridian-stale-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let persisted = |port: u16| meridian_sandbox::SandboxConfig {
-        base_port: port,
-        state_dir: Some(dir.clone()),
-        ..meridian_sandbox::SandboxConfig::ephemeral(&["central"])
-    };
-    let east_sb =
-        meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
-            .await
-            .unwrap();
-    let central_sb = meridian_sandbox::Sandbox::start(persisted(0))
-        .await
-        .unwrap();
+    let (east_sb, central_sb) = east_and_persisted_central(&dir).await;
     let port = central_sb.clusters()[0].addr.port();
     let east = client_for(&east_sb.clusters()[0].url);
     let central = client_for(&central_sb.clusters()[0].url);
@@ -506,7 +495,7 @@ async fn stale_endpoints_condition_clears_when_the_cluster_is_back() {
         Some(1.0)
     );
 
-    let central_sb = meridian_sandbox::Sandbox::start(persisted(port))
+    let central_sb = meridian_sandbox::Sandbox::start(persisted_central(&dir, port))
         .await
         .unwrap();
     eventually("StaleEndpoints removed once central is back", || async {

@@ -306,3 +306,27 @@ pub fn service_export(ns: &str, name: &str) -> Value {
     json!({"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
         "metadata": {"name": name, "namespace": ns}})
 }
+
+/// Sandbox config of a `central` cluster whose objects persist in `dir`, on `port` (0 = any), so
+/// a test can stop its API and start it again on the same port with the same objects.
+pub fn persisted_central(dir: &std::path::Path, port: u16) -> meridian_sandbox::SandboxConfig {
+    meridian_sandbox::SandboxConfig {
+        base_port: port,
+        state_dir: Some(dir.to_path_buf()),
+        ..meridian_sandbox::SandboxConfig::ephemeral(&["central"])
+    }
+}
+
+/// An ephemeral `east` sandbox and a persisted `central` one ([`persisted_central`]).
+pub async fn east_and_persisted_central(
+    dir: &std::path::Path,
+) -> (meridian_sandbox::Sandbox, meridian_sandbox::Sandbox) {
+    let east =
+        meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
+            .await
+            .unwrap();
+    let central = meridian_sandbox::Sandbox::start(persisted_central(dir, 0))
+        .await
+        .unwrap();
+    (east, central)
+}

@@ -492,11 +492,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "  kubectl --kubeconfig {kc} --context {} get httproutes -n demo -o yaml",
         plans[0].name
     ));
-    for c in &plans {
-        say(format!(
-            "  curl -s http://{}/    # {} ({})",
-            c.proxy_address, c.name, c.region
-        ));
+    // Without the demo no Gateway exists yet, so the proxies answer nothing worth curling.
+    if !args.no_demo {
+        for c in &plans {
+            say(format!(
+                "  curl -s http://{}/    # {} ({})",
+                c.proxy_address, c.name, c.region
+            ));
+        }
     }
     if let Some(admin) = admins.first() {
         say(format!(

@@ -90,20 +90,37 @@ fn readme_opens_with_the_demo_and_test_commands_and_ci_runs_the_latter() {
         2,
         "README must open with two indented commands"
     );
-    assert!(
-        commands[0].starts_with("cargo run --release -- "),
-        "first command runs meridian: {}",
-        commands[0]
-    );
-    assert!(
-        commands[1].starts_with("cargo fmt --all"),
-        "second command is the test command: {}",
-        commands[1]
-    );
-    assert!(commands[1].contains("cargo test --workspace"));
+    // Both go through ./dev, which installs the system packages a fresh machine lacks before it
+    // runs cargo (calling cargo directly fails there: pingora's build needs cmake).
+    assert_eq!(commands[0], "./dev up", "first command runs the demo");
+    assert_eq!(commands[1], "./dev test", "second command runs the tests");
+    let dev = std::fs::read_to_string("dev").unwrap();
+    for needed in ["cmake", "pkg-config", "libssl-dev", "nftables", "apt-get install"] {
+        assert!(dev.contains(needed), "./dev must install {needed}");
+    }
+    for step in [
+        "cargo fmt --all --check",
+        "cargo clippy --workspace --all-targets -- -D warnings",
+        "cargo test --workspace",
+        "cargo run --release --bin meridian -- up",
+    ] {
+        assert!(dev.contains(step), "./dev must run `{step}`");
+    }
     let ci = std::fs::read_to_string(".ci/run").unwrap();
     assert!(
-        ci.contains("cargo fmt --all"),
+        ci.contains("./dev test") && ci.contains("README.md"),
         ".ci/run must read the test command from README"
     );
+}
+
+#[test]
+fn dev_script_explains_its_mistakes() {
+    let out = std::process::Command::new("bash")
+        .args(["dev", "no-such-command"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown command 'no-such-command'"), "{err}");
+    assert!(err.contains("./dev test"), "usage lists the commands: {err}");
 }

@@ -1,13 +1,8 @@
-//! Discovery documents for kubectl and the OpenAPI v3 stub that `kubectl apply` needs.
+//! Discovery documents for kubectl (the OpenAPI documents are in [`crate::openapi`]).
 //!
-//! * `/api`, `/apis`, `/apis/{g}` and `/api/v1`, `/apis/{g}/{v}` are the legacy (non-aggregated)
-//!   formats; client-go picks the format from the response Content-Type, so plain
-//!   `application/json` answers work even though kubectl asks for aggregated discovery first.
-//! * `/openapi/v3` lists one document per group-version. Each document holds one `patch`
-//!   operation per kind carrying `x-kubernetes-group-version-kind` and a `fieldValidation`
-//!   query parameter: that is what kubectl checks to leave validation to the server, so
-//!   `kubectl apply` works with its default `--validate=strict` and no schema is served.
-//!   The per-document `hash` changes with the content, so kubectl's cache never goes stale.
+//! `/api`, `/apis`, `/apis/{g}` and `/api/v1`, `/apis/{g}/{v}` are the legacy (non-aggregated)
+//! formats; client-go picks the format from the response Content-Type, so plain
+//! `application/json` answers work even though kubectl asks for aggregated discovery first.
 
 use crate::registry::{Registry, ResourceType};
 use serde_json::{Value, json};
@@ -129,77 +124,6 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     }))
 }
 
-fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
-}
-
-/// The OpenAPI v3 document of one group-version (patch operations only).
-pub fn openapi_gv(reg: &Registry, group: &str, version: &str) -> Option<Value> {
-    let mut paths = serde_json::Map::new();
-    for t in types_in(reg, group, version) {
-        let prefix = format!("/{}", gv_path(group, version));
-        let item = if t.namespaced {
-            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
-        } else {
-            format!("{prefix}/{}/{{name}}", t.plural)
-        };
-        let op = json!({
-            "patch": {
-                "operationId": format!("patch{}", t.kind),
-                "x-kubernetes-action": "patch",
-                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": t.kind},
-                "parameters": [
-                    {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-                    {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-                    {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}},
-                ],
-                "responses": {"200": {"description": "OK"}},
-            }
-        });
-        paths.insert(item, op);
-    }
-    if paths.is_empty() {
-        return None;
-    }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.32.0"},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }))
-}
-
-/// FNV-1a, enough to change the cache-busting hash whenever a document changes.
-fn content_hash(v: &Value) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in v.to_string().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016X}")
-}
-
-pub fn openapi_root(reg: &Registry) -> Value {
-    let mut paths = serde_json::Map::new();
-    for (group, versions) in reg.groups() {
-        for v in versions {
-            if let Some(doc) = openapi_gv(reg, &group, &v) {
-                let p = gv_path(&group, &v);
-                paths.insert(
-                    p.clone(),
-                    json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", content_hash(&doc))}),
-                );
-            }
-        }
-    }
-    json!({"paths": paths})
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -219,19 +143,5 @@ mod tests {
         assert!(names.contains(&"services/status"));
         assert!(!names.contains(&"configmaps/status"));
         assert!(resource_list(&reg, "nope.io", "v1").is_none());
-    }
-
-    #[test]
-    fn openapi_root_points_to_gv_docs() {
-        let reg = Registry::default();
-        let root = openapi_root(&reg);
-        let url = root["paths"]["apis/coordination.k8s.io/v1"]["serverRelativeURL"]
-            .as_str()
-            .unwrap();
-        assert!(url.starts_with("/openapi/v3/apis/coordination.k8s.io/v1?hash="));
-        let doc = openapi_gv(&reg, "coordination.k8s.io", "v1").unwrap();
-        let op = &doc["paths"]["/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"]
-            ["patch"];
-        assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Lease");
     }
 }

@@ -1,10 +1,15 @@
 //! Request routing and the REST verbs.
 //!
 //! Paths: health (`/healthz`, `/livez`, `/readyz`), `/version`, discovery (`/api`, `/apis`, ...),
-//! OpenAPI (`/openapi/v3[/...]`; `/openapi/v2` is 404 like a server without it), and resources:
+//! OpenAPI (`/openapi/v2`, `/openapi/v3[/...]`, see [`crate::openapi`]), and resources:
 //! `/api/v1/...` or `/apis/{g}/{v}/...` followed by `[namespaces/{ns}/]{plural}[/{name}[/status]]`
 //! (the legacy `/watch/` prefix is accepted). Verbs map as GET → get/list/watch, POST → create,
 //! PUT → update, PATCH → patch (merge, JSON, strategic, apply), DELETE → delete/deletecollection.
+//!
+//! POST and PUT bodies may be JSON, YAML, or Kubernetes protobuf (`application/vnd.kubernetes.protobuf`,
+//! what kubectl's `create secret|configmap|namespace|service` generators send; decoded into the
+//! same JSON by [`crate::protobuf`]). Answers are always JSON, which clients that prefer protobuf
+//! accept because client-go decodes by the response Content-Type.
 //!
 //! Every handler returns `Result<Response, ApiError>`; errors become `Status` bodies, and a panic
 //! inside a handler is caught and answered with a 500 Status instead of dropping the connection.
@@ -12,7 +17,9 @@
 use crate::apply::server_side_apply;
 use crate::discovery;
 use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::openapi;
 use crate::patch::{self, PatchKind};
+use crate::protobuf;
 use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::{Body, Cluster};
@@ -137,13 +144,23 @@ async fn route(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Response
         ["apis", g] => get_only(discovery::api_group(&cluster.lock().registry, g)),
         ["api", "v1"] => get_only(discovery::resource_list(&cluster.lock().registry, "", "v1")),
         ["apis", g, v] => get_only(discovery::resource_list(&cluster.lock().registry, g, v)),
-        ["openapi", "v3"] => get_only(Some(discovery::openapi_root(&cluster.lock().registry))),
-        ["openapi", "v3", "api", v] => {
-            get_only(discovery::openapi_gv(&cluster.lock().registry, "", v))
+        ["openapi", "v2"] => {
+            if parts.method != Method::GET {
+                return Err(ApiError::method_not_allowed());
+            }
+            if openapi::v2_wants_protobuf(header(&parts, ACCEPT)) {
+                Ok(response(
+                    200,
+                    openapi::V2_PROTOBUF_RESPONSE,
+                    full(openapi::v2_protobuf()),
+                ))
+            } else {
+                get_only(Some(openapi::v2_json(&cluster.lock())))
+            }
         }
-        ["openapi", "v3", "apis", g, v] => {
-            get_only(discovery::openapi_gv(&cluster.lock().registry, g, v))
-        }
+        ["openapi", "v3"] => get_only(Some(openapi::v3_root(&cluster.lock()))),
+        ["openapi", "v3", "api", v] => get_only(openapi::v3_gv(&cluster.lock(), "", v)),
+        ["openapi", "v3", "apis", g, v] => get_only(openapi::v3_gv(&cluster.lock(), g, v)),
         ["api", "v1", rest @ ..] => resource(cluster, "", "v1", rest, parts, body, query).await,
         ["apis", g, v, rest @ ..] => {
             let (g, v) = (g.to_string(), v.to_string());
@@ -321,14 +338,18 @@ async fn read_body(parts: &Parts, mut body: Incoming) -> Result<Bytes, ApiError>
     Ok(Bytes::from(buf))
 }
 
-/// Decodes a JSON or YAML document (YAML when the Content-Type says so or JSON fails).
+/// Decodes a JSON, YAML or Kubernetes protobuf document (YAML when the Content-Type says so or
+/// JSON fails; protobuf only when the Content-Type says so, see [`protobuf`]).
 fn decode_value(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
+    if protobuf::is_protobuf(content_type) {
+        // kubectl's imperative `create secret|configmap|namespace|service` send built-in kinds
+        // this way; the object is stored as the JSON it would have sent otherwise.
+        return protobuf::decode(bytes);
+    }
     if content_type.contains("protobuf") {
-        // Protobuf bodies (sent by kubectl's imperative `create secret|service|...` generators)
-        // would need the generated Kubernetes protobuf schemas; JSON and YAML cover everything else.
         return Err(ApiError::unsupported_media_type(
             content_type,
-            "application/json, application/yaml",
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf",
         ));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -689,8 +710,16 @@ mod tests {
             decode_object(b"", "application/json").unwrap_err().code,
             400
         );
+        // Kubernetes protobuf without the magic prefix is malformed (400), other protobuf
+        // flavours are unknown formats (415).
         assert_eq!(
             decode_object(b"x", "application/vnd.kubernetes.protobuf")
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            decode_object(b"x", "application/x-protobuf")
                 .unwrap_err()
                 .code,
             415

@@ -234,7 +234,6 @@ async fn unknown_resources_methods_and_parameters() {
         "/api/v1/namespaces/default/configmaps/x/scale",
         "/api/v1/namespaces/default/namespaces",
         "/totally/unknown",
-        "/openapi/v2",
     ] {
         let s = assert_status(&get_json(&base, path).await, 404, "NotFound");
         assert_eq!(

@@ -369,3 +369,296 @@ async fn kubectl_apply_get_describe_wait_watch_delete() {
     sb.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kubectl get -o yaml` output shape: a `v1 List` mixing a built-in and two CRD kinds.
+const LIST: &str = r#"apiVersion: v1
+kind: List
+metadata:
+  resourceVersion: ""
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: from-list
+    namespace: default
+  data:
+    k: v
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: Gateway
+  metadata:
+    name: listed
+    namespace: default
+  spec:
+    gatewayClassName: meridian
+    listeners:
+    - name: http
+      port: 80
+      protocol: HTTP
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: HTTPRoute
+  metadata:
+    name: listed
+    namespace: default
+  spec:
+    parentRefs:
+    - name: listed
+    rules:
+    - backendRefs:
+      - name: echo
+        port: 80
+"#;
+
+fn openssl_present() -> bool {
+    let found = std::process::Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("SKIPPED: `openssl` is not on PATH; the test makes a certificate with it");
+    }
+    found
+}
+
+/// Every imperative generator below sends its object as Kubernetes protobuf; each object is
+/// then read back through the API and compared with what the command asked for. Then a
+/// `kind: List` file (client-side validated against `/openapi/v2`) and `kubectl explain`
+/// (OpenAPI v3 schemas from the CRDs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_generators_list_apply_and_explain() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    if !kubectl_present() || !openssl_present() {
+        return;
+    }
+    let dir = temp_dir("kubectl-create");
+    let mut cfg = meridian_sandbox::SandboxConfig::ephemeral(&["east"]);
+    cfg.kubeconfig_path = Some(dir.join("kubeconfig"));
+    let sb = meridian_sandbox::Sandbox::start(cfg).await.unwrap();
+    let base = sb.cluster("east").unwrap().url.clone();
+    let client = kube_client(&base);
+    let k = Kubectl {
+        kubeconfig: dir.join("kubeconfig"),
+        cache: dir.join("cache"),
+    };
+    let path = |p: &str| dir.join(p).to_string_lossy().into_owned();
+
+    // create secret tls, with a key pair kubectl checks before it sends anything.
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=app.example.test"])
+        .args(["-keyout", &path("tls.key"), "-out", &path("tls.crt")])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = k
+        .ok(&[
+            "create",
+            "secret",
+            "tls",
+            "web-tls",
+            "--cert",
+            &path("tls.crt"),
+            "--key",
+            &path("tls.key"),
+        ])
+        .await;
+    assert!(out.contains("secret/web-tls created"), "{out}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let s = secrets.get("web-tls").await.unwrap();
+    assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+    let data = s.data.unwrap();
+    assert_eq!(
+        data["tls.crt"].0,
+        std::fs::read(dir.join("tls.crt")).unwrap()
+    );
+    assert_eq!(
+        data["tls.key"].0,
+        std::fs::read(dir.join("tls.key")).unwrap()
+    );
+
+    // create secret generic --from-literal (values with spaces and '=' survive).
+    let out = k
+        .ok(&[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=user=admin",
+            "--from-literal=pass=s3 cr=t",
+        ])
+        .await;
+    assert!(out.contains("secret/creds created"), "{out}");
+    let s = secrets.get("creds").await.unwrap();
+    // kubectl leaves the type empty; a real server defaults it to Opaque, the sandbox does not
+    // default built-in kinds.
+    assert!(
+        matches!(s.type_.as_deref(), None | Some("Opaque")),
+        "{:?}",
+        s.type_
+    );
+    let data = s.data.unwrap();
+    assert_eq!(data["user"].0, b"admin");
+    assert_eq!(data["pass"].0, b"s3 cr=t");
+
+    // create configmap --from-literal.
+    let out = k
+        .ok(&[
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=a=1",
+            "--from-literal=b=two",
+        ])
+        .await;
+    assert!(out.contains("configmap/settings created"), "{out}");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let data = cms.get("settings").await.unwrap().data.unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!((data["a"].as_str(), data["b"].as_str()), ("1", "two"));
+
+    // create namespace.
+    let out = k.ok(&["create", "namespace", "team"]).await;
+    assert!(out.contains("namespace/team created"), "{out}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = namespaces.get("team").await.unwrap();
+    assert_eq!(ns.metadata.name.as_deref(), Some("team"));
+    assert!(ns.metadata.creation_timestamp.is_some());
+
+    // create service clusterip NAME --tcp=80:8080, in the namespace just made.
+    let out = k
+        .ok(&[
+            "create",
+            "service",
+            "clusterip",
+            "web",
+            "--tcp=80:8080",
+            "-n",
+            "team",
+        ])
+        .await;
+    assert!(out.contains("service/web created"), "{out}");
+    let services: Api<Service> = Api::namespaced(client.clone(), "team");
+    let spec = services.get("web").await.unwrap().spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(
+        spec.selector.unwrap().get("app").map(String::as_str),
+        Some("web")
+    );
+    let ports = spec.ports.unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, 80);
+    assert_eq!(ports[0].target_port, Some(IntOrString::Int(8080)));
+    assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+    assert_eq!(ports[0].name.as_deref(), Some("80-8080"));
+
+    // A kind the sandbox serves but does not decode from protobuf: a 415 that says JSON works.
+    let lease = {
+        use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+        use prost::Message;
+        let u = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some("coordination.k8s.io/v1".into()),
+                kind: Some("Lease".into()),
+            }),
+            raw: Some(vec![0x0a, 0x00]),
+            content_encoding: None,
+            content_type: None,
+        };
+        let mut b = b"k8s\0".to_vec();
+        b.extend(u.encode_to_vec());
+        b
+    };
+    let r = raw(
+        &base,
+        "POST",
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+        &[("content-type", "application/vnd.kubernetes.protobuf")],
+        lease,
+    )
+    .await;
+    assert_eq!(r.status, 415, "{}", r.text());
+    let status = r.json();
+    assert_eq!(status["reason"], "UnsupportedMediaType");
+    let msg = status["message"].as_str().unwrap();
+    assert!(
+        msg.contains("Lease (coordination.k8s.io/v1)") && msg.contains("JSON"),
+        "{msg}"
+    );
+
+    // apply -f of a `kind: List` (kubectl validates its items against /openapi/v2 itself).
+    for crd in ["gateways", "httproutes"] {
+        let file = format!(
+            "{}/../crds/{crd}.gateway.networking.k8s.io.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        k.ok(&["apply", "--server-side", "-f", &file]).await;
+    }
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/gateways.gateway.networking.k8s.io",
+        "crd/httproutes.gateway.networking.k8s.io",
+    ])
+    .await;
+    write(&dir.join("list.yaml"), LIST);
+    let out = k.ok(&["apply", "-f", &path("list.yaml")]).await;
+    for line in [
+        "configmap/from-list created",
+        "gateway.gateway.networking.k8s.io/listed created",
+        "httproute.gateway.networking.k8s.io/listed created",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    let cm = cms.get("from-list").await.unwrap();
+    assert_eq!(cm.data.unwrap()["k"], "v");
+    let gw = gateways(&client, "default").get("listed").await.unwrap();
+    assert_eq!(gw.data["spec"]["listeners"][0]["port"], 80);
+    let routes: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &kube::core::ApiResource {
+            kind: "HTTPRoute".into(),
+            plural: "httproutes".into(),
+            ..gateway_resource()
+        },
+    );
+    let route = routes.get("listed").await.unwrap();
+    assert_eq!(route.data["spec"]["parentRefs"][0]["name"], "listed");
+    let out = k.ok(&["apply", "-f", &path("list.yaml")]).await;
+    assert!(
+        out.contains("httproute.gateway.networking.k8s.io/listed unchanged"),
+        "{out}"
+    );
+
+    // explain reads the CRD schema from the OpenAPI v3 document.
+    let out = k.ok(&["explain", "gateways.spec.listeners"]).await;
+    for want in [
+        "KIND:",
+        "Gateway",
+        "VERSION:",
+        "FIELD: listeners <[]Object>",
+        "Listeners associated with this Gateway.",
+        "hostname\t<string>",
+        "protocol\t<string> -required-",
+    ] {
+        assert!(out.contains(want), "explain lacks {want:?}:\n{out}");
+    }
+    let out = k.ok(&["explain", "httproutes.spec"]).await;
+    assert!(out.contains("KIND:") && out.contains("HTTPRoute"), "{out}");
+    assert!(out.contains("parentRefs\t<[]Object>"), "{out}");
+    let out = k.ok(&["explain", "secrets"]).await;
+    assert!(out.contains("built-in kind"), "{out}");
+
+    sb.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -90,6 +90,8 @@ fn up_serves_every_region_from_its_own_backends() {
             .output()
             .unwrap()
     };
+    // Top-level files only: examples/https/ needs a certificate and Secret made first (its
+    // README's steps), which tests/https.rs runs.
     let mut routes = Vec::new();
     for entry in std::fs::read_dir("examples").unwrap() {
         let path = entry.unwrap().path();

@@ -5,7 +5,8 @@
 //! watcher work unchanged: discovery, CRUD with resourceVersion conflicts, finalizers, namespaces,
 //! label/field selectors, paging, watches with bookmarks and 410 Expired, merge/JSON/strategic
 //! patches, server-side apply, the status subresource, CRD registration, Table output for
-//! `kubectl get`, and an OpenAPI v3 stub for `kubectl apply`.
+//! `kubectl get`, OpenAPI v2/v3 documents for `kubectl apply` and `kubectl explain`, and the
+//! Kubernetes-protobuf request bodies of kubectl's `create secret|configmap|namespace|service`.
 //!
 //! ```text
 //!   kubectl / kube-rs ──HTTP──▶ server (accept loop, hyper http1)
@@ -17,13 +18,20 @@
 //!
 //! Modules: [`store`] (objects and write semantics), [`watch`], [`http`] (routing), [`discovery`],
 //! [`table`], [`patch`] and [`apply`] (PATCH flavours), [`selectors`], [`registry`] (built-in and
-//! CRD-defined types), [`kubeconfig`], [`persist`], [`error`] (`Status` bodies).
+//! CRD-defined types), [`kubeconfig`], [`persist`], [`error`] (`Status` bodies), [`protobuf`]
+//! (protobuf request bodies into JSON), [`openapi`] (OpenAPI documents with CRD schemas).
 //!
 //! Known simplifications (documented where they live): one schema for all served versions of a
 //! CRD (no conversion, no schema validation or defaulting, `fieldValidation` is accepted and
 //! ignored); strategic merge is merge patch plus keyed list merging for well-known lists;
 //! server-side apply tracks apply managers only; lists are served from the latest state (the
 //! `resourceVersion` of a list request is not honoured as a snapshot); no authentication.
+//!
+//! Wire formats: protobuf request bodies are decoded only for Namespace, Secret, ConfigMap and
+//! Service (other kinds get a 415 saying JSON works) and answers are always JSON; built-in kinds
+//! publish a minimal OpenAPI schema (apiVersion, kind, metadata), CRD kinds their full schema;
+//! `/openapi/v2` asked for as protobuf is an empty document (no Rust crate provides its message
+//! type), so kubectl validates the items of a `kind: List` file only on the server.
 
 pub mod apply;
 pub mod discovery;

@@ -559,40 +559,6 @@ async fn kubectl_create_generators_list_apply_and_explain() {
     assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
     assert_eq!(ports[0].name.as_deref(), Some("80-8080"));
 
-    // A kind the sandbox serves but does not decode from protobuf: a 415 that says JSON works.
-    let lease = {
-        use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
-        use prost::Message;
-        let u = Unknown {
-            type_meta: Some(TypeMeta {
-                api_version: Some("coordination.k8s.io/v1".into()),
-                kind: Some("Lease".into()),
-            }),
-            raw: Some(vec![0x0a, 0x00]),
-            content_encoding: None,
-            content_type: None,
-        };
-        let mut b = b"k8s\0".to_vec();
-        b.extend(u.encode_to_vec());
-        b
-    };
-    let r = raw(
-        &base,
-        "POST",
-        "/apis/coordination.k8s.io/v1/namespaces/default/leases",
-        &[("content-type", "application/vnd.kubernetes.protobuf")],
-        lease,
-    )
-    .await;
-    assert_eq!(r.status, 415, "{}", r.text());
-    let status = r.json();
-    assert_eq!(status["reason"], "UnsupportedMediaType");
-    let msg = status["message"].as_str().unwrap();
-    assert!(
-        msg.contains("Lease (coordination.k8s.io/v1)") && msg.contains("JSON"),
-        "{msg}"
-    );
-
     // apply -f of a `kind: List` (kubectl validates its items against /openapi/v2 itself).
     for crd in ["gateways", "httproutes"] {
         let file = format!(

@@ -33,6 +33,7 @@ pub mod kubeconfig;
 pub mod patch;
 pub mod persist;
 pub mod registry;
+pub mod schema;
 pub mod selectors;
 pub mod server;
 pub mod store;

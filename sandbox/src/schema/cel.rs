@@ -155,11 +155,20 @@ fn is_ip(s: Arc<String>) -> bool {
     s.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// What evaluating the rules of one object found.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Rules that evaluated to false.
+    pub errors: Vec<FieldError>,
+    /// Rules that could not be evaluated (`path: rule: error`); they are skipped.
+    pub failures: Vec<String>,
+}
+
 /// Evaluates every rule below the root that applies to `scope`.
-pub fn check(root: &Node, obj: &Value, old: Option<&Value>, scope: Scope) -> Vec<FieldError> {
-    let mut errors = Vec::new();
+pub fn check(root: &Node, obj: &Value, old: Option<&Value>, scope: Scope) -> Outcome {
+    let mut out = Outcome::default();
     let Value::Object(map) = obj else {
-        return errors;
+        return out;
     };
     let mut base = cel::Context::default();
     if let Err(e) = base.add_function("isIP", is_ip) {
@@ -177,11 +186,14 @@ pub fn check(root: &Node, obj: &Value, old: Option<&Value>, scope: Scope) -> Vec
                 child,
                 old.and_then(|o| o.get(k)),
                 &mut path,
-                &mut errors,
+                &mut out,
             );
         }
     }
-    errors
+    for f in &out.failures {
+        tracing::warn!(failure = f, "CEL rule could not be evaluated; skipped");
+    }
+    out
 }
 
 fn walk(
@@ -190,7 +202,7 @@ fn walk(
     v: &Value,
     old: Option<&Value>,
     path: &mut Vec<Seg>,
-    errors: &mut Vec<FieldError>,
+    out: &mut Outcome,
 ) {
     for rule in &n.rules {
         if rule.uses_old_self && old.is_none() {
@@ -208,17 +220,14 @@ fn walk(
                     );
                 }
                 let ty = n.ty.clone().unwrap_or_else(|| "object".into());
-                errors.push(FieldError {
+                out.errors.push(FieldError {
                     path: err_path,
                     kind: FieldErrorKind::Invalid(format!("\"{ty}\""), rule.message.clone()),
                 });
             }
-            Err(e) => tracing::warn!(
-                field = path_string(path),
-                rule = rule.source,
-                error = e,
-                "CEL rule could not be evaluated; skipped"
-            ),
+            Err(e) => out
+                .failures
+                .push(format!("{}: {}: {e}", path_string(path), rule.source)),
         }
     }
     match v {
@@ -227,11 +236,11 @@ fn walk(
                 let old_child = old.and_then(|o| o.get(k));
                 if let Some(sub) = n.properties.get(k) {
                     path.push(Seg::Field(k.clone()));
-                    walk(base, sub, child, old_child, path, errors);
+                    walk(base, sub, child, old_child, path, out);
                     path.pop();
                 } else if let Some(sub) = n.additional.as_deref() {
                     path.push(Seg::Key(k.clone()));
-                    walk(base, sub, child, old_child, path, errors);
+                    walk(base, sub, child, old_child, path, out);
                     path.pop();
                 }
             }
@@ -250,7 +259,7 @@ fn walk(
                     _ => None,
                 };
                 path.push(Seg::Index(i));
-                walk(base, item_node, item, old_item, path, errors);
+                walk(base, item_node, item, old_item, path, out);
                 path.pop();
             }
         }

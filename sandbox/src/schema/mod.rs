@@ -28,9 +28,9 @@
 //! fields and `map` lists); rules or patterns that fail to compile here are skipped with a log
 //! line instead of refusing the CRD.
 
-mod cel;
-mod defaults;
-mod validate;
+pub mod cel;
+pub mod defaults;
+pub mod validate;
 
 use crate::error::ApiError;
 use crate::store::WriteMode;
@@ -302,6 +302,19 @@ pub fn admit(
     old: Option<&Value>,
     obj: &mut Value,
 ) -> Result<(), ApiError> {
+    // Work on a copy: a refused write leaves the caller's object as it was.
+    let mut cand = obj.clone();
+    admit_in_place(schema, w, old, &mut cand)?;
+    *obj = cand;
+    Ok(())
+}
+
+fn admit_in_place(
+    schema: &Node,
+    w: &Write<'_>,
+    old: Option<&Value>,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
     let mut unknown = Vec::new();
     defaults::prune(obj, schema, &mut Vec::new(), true, &mut unknown);
     if w.field_validation == FieldValidation::Strict && !unknown.is_empty() {
@@ -324,7 +337,7 @@ pub fn admit(
     };
     let mut errors = validate::validate(schema, obj, scope);
     if errors.is_empty() {
-        errors = cel::check(schema, obj, old, scope);
+        errors = cel::check(schema, obj, old, scope).errors;
     }
     // Ratcheting: what the update did not change cannot make it fail.
     if let Some(old) = old {

@@ -205,6 +205,44 @@ async fn kubectl_applies_the_shipped_crd_directory() {
         "{out}"
     );
 
+    // Every example users copy applies cleanly under the schemas (kubectl sends
+    // fieldValidation=Strict, so an unknown field would fail too).
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    if examples.is_dir() {
+        for sub in ["demo", ""] {
+            let path = examples.join(sub).to_string_lossy().into_owned();
+            let (ok, out, err) = kubectl(vec!["apply".into(), "-f".into(), path.clone()]).await;
+            assert!(ok, "kubectl apply -f {path}:\n{out}\n{err}");
+            assert!(!out.contains("unchanged") || sub.is_empty(), "{out}");
+        }
+        let (ok, out, err) = kubectl(vec![
+            "get".into(),
+            "httproutes".into(),
+            "-A".into(),
+            "-o".into(),
+            "json".into(),
+        ])
+        .await;
+        assert!(ok, "{err}");
+        let list: Value = serde_json::from_str(&out).unwrap();
+        let items = list["items"].as_array().unwrap();
+        assert!(items.len() >= 5, "{out}");
+        for r in items {
+            // Defaults were filled in: every rule has matches, every backendRef a weight.
+            for rule in r["spec"]["rules"].as_array().unwrap() {
+                assert!(
+                    rule["matches"].as_array().is_some_and(|m| !m.is_empty()),
+                    "{r}"
+                );
+                for b in rule["backendRefs"].as_array().into_iter().flatten() {
+                    assert!(b["weight"].is_i64() && b["kind"].is_string(), "{r}");
+                }
+            }
+        }
+    } else {
+        eprintln!("SKIPPED examples: {} is absent", examples.display());
+    }
+
     // The schema travels with the CRDs: kubectl sees the server's 422 and Strict refusals.
     let manifest = |name: &str, body: &str| {
         let path = dir.join(name);

@@ -17,11 +17,19 @@
 //!
 //! Modules: [`store`] (objects and write semantics), [`watch`], [`http`] (routing), [`discovery`],
 //! [`table`], [`patch`] and [`apply`] (PATCH flavours), [`selectors`], [`registry`] (built-in and
-//! CRD-defined types), [`kubeconfig`], [`persist`], [`error`] (`Status` bodies).
+//! CRD-defined types), [`schema`] (custom objects pruned, defaulted and validated against their
+//! CRD's structural schema and CEL rules, 422 `Invalid` as the real server words it;
+//! `fieldValidation=Strict` refuses unknown fields), [`kubeconfig`], [`persist`], [`error`]
+//! (`Status` bodies).
 //!
-//! Known simplifications (documented where they live): one schema for all served versions of a
-//! CRD (no conversion, no schema validation or defaulting, `fieldValidation` is accepted and
-//! ignored); strategic merge is merge patch plus keyed list merging for well-known lists;
+//! Known simplifications (documented where they live): objects are stored once, in the storage
+//! version (no conversion; each write is checked against the schema of the version it was sent
+//! in); schema validation skips `format`, `allOf`/`anyOf`/`oneOf`/`not` and `metadata`, CEL rules
+//! run only once the schema checks pass and transition rules only where the old value is found
+//! by path, and rules or patterns the `cel`/`regex` crates cannot compile are skipped with a log
+//! line; `fieldValidation=Warn` prunes without `Warning` headers; defaults are filled into stored
+//! objects when they are loaded or their CRD changes, without a new resourceVersion; built-in
+//! kinds are not schema-validated; strategic merge is merge patch plus keyed list merging for well-known lists;
 //! server-side apply tracks apply managers only; lists are served from the latest state (the
 //! `resourceVersion` of a list request is not honoured as a snapshot); no authentication.
 

@@ -1145,6 +1145,47 @@ mod tests {
     }
 
     #[test]
+    fn restored_custom_objects_are_defaulted_not_validated() {
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                        "type": "object", "properties": {
+                            "size": {"type": "integer", "maximum": 10},
+                            "color": {"type": "string", "default": "red"}}}}}}}]}});
+        let mut s = State::new(100);
+        let crd_type = s
+            .registry
+            .by_key("customresourcedefinitions.apiextensions.k8s.io")
+            .unwrap();
+        s.create(&crd_type, None, crd, false).unwrap();
+        let wt = s.registry.by_key("widgets.example.com").unwrap();
+        // Written through the API: validated and defaulted.
+        let w = |name: &str, size: i64| {
+            json!({"apiVersion": "example.com/v1", "kind": "Widget",
+            "metadata": {"name": name}, "spec": {"size": size}})
+        };
+        assert_eq!(
+            s.create(&wt, Some("default"), w("big", 11), false)
+                .unwrap_err()
+                .code,
+            422
+        );
+        let ok = s.create(&wt, Some("default"), w("ok", 1), false).unwrap();
+        assert_eq!(ok["spec"]["color"], "red");
+        // Stored by an older sandbox: out of range and without the default.
+        let mut snap = s.snapshot();
+        let mut old = w("old", 99);
+        old["metadata"]["namespace"] = json!("default");
+        snap["objects"].as_array_mut().unwrap().push(old);
+        let r = State::restore(100, &snap).unwrap();
+        let got = r.get(&wt, "default", "old").unwrap();
+        assert_eq!(got["spec"], json!({"size": 99, "color": "red"}));
+    }
+
+    #[test]
     fn snapshot_roundtrip_keeps_objects_and_counter() {
         let mut s = State::new(100);
         let (cmt, _) = types(&s);

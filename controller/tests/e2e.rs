@@ -16,6 +16,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::PostParams;
 use meridian_crds::mcs::ServiceExport;
@@ -698,7 +699,25 @@ async fn an_object_that_does_not_decode_does_not_stop_the_watch() {
     let east = env.c("east");
     setup_gateway(east).await;
     apply::<Service>(east, service("app", "echo")).await;
-    // The sandbox does not validate CRD schemas: this route reaches the watcher as is.
+    // The API server validates against the CRD's schema, so the bad route is written while the
+    // HTTPRoute CRD has a loose spec schema and stays stored after the real schema is back, as
+    // objects written under an older schema do on a real cluster.
+    let crds: Api<CustomResourceDefinition> = Api::all(east.clone());
+    let crd_name = "httproutes.gateway.networking.k8s.io";
+    let original = serde_json::to_value(crds.get(crd_name).await.unwrap()).unwrap();
+    let mut loose = original.clone();
+    for v in loose["spec"]["versions"].as_array_mut().unwrap() {
+        v["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    }
+    let loose = crds
+        .replace(
+            crd_name,
+            &PostParams::default(),
+            &serde_json::from_value(loose).unwrap(),
+        )
+        .await
+        .unwrap();
     let bad = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": "bad", "namespace": "app"},
         "spec": {"parentRefs": "not a list"}});
@@ -709,6 +728,15 @@ async fn an_object_that_does_not_decode_does_not_stop_the_watch() {
         )
         .await
         .unwrap();
+    let mut strict = original;
+    strict["metadata"]["resourceVersion"] = json!(loose.metadata.resource_version);
+    crds.replace(
+        crd_name,
+        &PostParams::default(),
+        &serde_json::from_value(strict).unwrap(),
+    )
+    .await
+    .unwrap();
     apply::<HttpRoute>(
         east,
         route_obj("app", "good", ("infra", "gw"), service_ref("echo", 80)),

@@ -6,6 +6,9 @@
 //! 2. [`decorate`] adds what upstream expresses with kubebuilder markers and the derive cannot
 //!    know: short names, the `gateway-api` category, printer columns, the bundle annotations, the
 //!    extra served `v1beta1` version, and the SSA list markers our status writers rely on.
+//! 3. [`crate::schema::strip_nulls`] removes the `null` enum members and `nullable` flags schemars
+//!    renders for `Option<T>`, and [`crate::gateway_rules`] adds the standard channel's
+//!    validation, defaults and CEL rules.
 
 use gateway_api::{
     gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
@@ -18,6 +21,7 @@ use kube::CustomResourceExt;
 
 use crate::schema::{
     ListType, add_served_alias_version, age_column, column, set_list_type, set_printer_columns,
+    strip_nulls,
 };
 
 /// The Gateway API release whose field set the `gateway-api` 0.22 crate was generated from.
@@ -49,6 +53,27 @@ struct Decoration {
 
 /// GatewayClass, Gateway, HTTPRoute and ReferenceGrant, in that order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
+    crds_and_misses().0
+}
+
+/// [`crds`], plus the validation paths that did not resolve (empty unless the `gateway-api`
+/// types changed under us).
+pub fn crds_and_misses() -> (Vec<CustomResourceDefinition>, Vec<String>) {
+    let mut misses = Vec::new();
+    let crds = undecorated_validation()
+        .into_iter()
+        .map(|mut crd| {
+            strip_nulls(&mut crd, &[]);
+            misses.extend(crate::gateway_rules::apply(&mut crd));
+            // Last, so the alias inherits columns, markers and validation from the storage version.
+            add_served_alias_version(&mut crd, LEGACY_VERSION);
+            crd
+        })
+        .collect();
+    (crds, misses)
+}
+
+fn undecorated_validation() -> Vec<CustomResourceDefinition> {
     vec![
         decorate(
             GatewayClass::crd(),
@@ -153,7 +178,5 @@ fn decorate(mut crd: CustomResourceDefinition, d: Decoration) -> CustomResourceD
     for (path, list_type) in d.lists {
         set_list_type(&mut crd, path, *list_type);
     }
-    // Last, so the alias inherits columns and markers from the storage version.
-    add_served_alias_version(&mut crd, LEGACY_VERSION);
     crd
 }

@@ -18,7 +18,7 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::schema::{ListType, set_list_type};
+use crate::schema::{ListType, set_list_type, strip_nulls};
 
 /// API group of the MCS kinds.
 pub const GROUP: &str = "multicluster.x-k8s.io";
@@ -198,7 +198,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     set_list_type(&mut import, "spec.ips", ListType::Atomic);
     set_list_type(&mut import, "status.clusters", ListType::Map(&["cluster"]));
 
-    vec![export, import]
+    let mut crds = vec![export, import];
+    crds.iter_mut().for_each(|c| strip_nulls(c, &[]));
+    crds
 }
 
 fn drop_root_required(crd: &mut CustomResourceDefinition, field: &str) {

@@ -37,7 +37,7 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{ListType, set_list_type};
+use crate::schema::{ListType, set_list_type, strip_nulls};
 
 /// API group of Meridian's own kinds.
 pub const GROUP: &str = "meridian.dev";
@@ -611,7 +611,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut drill = FailoverDrill::crd();
     set_list_type(&mut drill, "status.conditions", ListType::Map(&["type"]));
     set_list_type(&mut drill, "status.timeline", ListType::Atomic);
-    vec![policy, drill]
+    let mut crds = vec![policy, drill];
+    crds.iter_mut().for_each(|c| strip_nulls(c, &[]));
+    crds
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Small, infallible edits to generated CRDs: printer columns, names, extra served versions and
-//! server-side-apply list markers.
+//! Small, infallible edits to generated CRDs: printer columns, names, extra served versions,
+//! server-side-apply list markers, validation ([`Check`]) and the clean-up of what schemars
+//! renders for `Option<T>` ([`strip_nulls`]).
 //!
 //! kube's derived schemas come from the Rust types alone, so anything upstream expresses with
 //! kubebuilder markers (`+listType=map`, `+kubebuilder:printcolumn`, ...) has to be added here.
@@ -9,9 +10,10 @@
 //! drift fails CI instead of silently changing merge semantics.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceColumnDefinition, CustomResourceDefinition, JSONSchemaProps,
-    JSONSchemaPropsOrArray,
+    CustomResourceColumnDefinition, CustomResourceDefinition, JSON, JSONSchemaProps,
+    JSONSchemaPropsOrArray, JSONSchemaPropsOrBool, ValidationRule,
 };
+use serde_json::Value;
 
 /// How server-side apply merges a list (`x-kubernetes-list-type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,15 +26,15 @@ pub enum ListType {
 
 /// One step of a path into a schema: a named property, or "the items of this array".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub enum Step<'a> {
     /// `properties.<name>`
-    Prop(&'static str),
+    Prop(&'a str),
     /// `items`
     Items,
 }
 
 /// Parses `status.listeners[].conditions` into steps. `[]` means "each item of the array".
-pub fn parse_path(path: &'static str) -> Vec<Step> {
+pub fn parse_path(path: &str) -> Vec<Step<'_>> {
     let mut steps = Vec::new();
     for segment in path.split('.') {
         let mut name = segment;
@@ -50,7 +52,7 @@ pub fn parse_path(path: &'static str) -> Vec<Step> {
 }
 
 /// Follows `path` from `root`, returning the schema node it names, if every step exists.
-pub fn lookup<'a>(root: &'a JSONSchemaProps, path: &'static str) -> Option<&'a JSONSchemaProps> {
+pub fn lookup<'a>(root: &'a JSONSchemaProps, path: &str) -> Option<&'a JSONSchemaProps> {
     let mut node = root;
     for step in parse_path(path) {
         node = match step {
@@ -67,7 +69,7 @@ pub fn lookup<'a>(root: &'a JSONSchemaProps, path: &'static str) -> Option<&'a J
 /// Mutable twin of [`lookup`].
 pub fn lookup_mut<'a>(
     root: &'a mut JSONSchemaProps,
-    path: &'static str,
+    path: &str,
 ) -> Option<&'a mut JSONSchemaProps> {
     let mut node = root;
     for step in parse_path(path) {
@@ -105,6 +107,195 @@ pub fn set_list_type(crd: &mut CustomResourceDefinition, path: &'static str, lis
                 node.x_kubernetes_list_map_keys = Some(keys.iter().map(|k| (*k).into()).collect());
             }
         }
+    }
+}
+
+/// Calls `f` on `node` and every schema below it (properties, items, additionalProperties and
+/// the value validations `allOf`/`anyOf`/`oneOf`/`not`), parents before children.
+pub fn walk_mut(node: &mut JSONSchemaProps, f: &mut dyn FnMut(&mut JSONSchemaProps)) {
+    f(node);
+    for sub in node.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        walk_mut(sub, f);
+    }
+    match node.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(item)) => walk_mut(item, f),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => {
+            items.iter_mut().for_each(|i| walk_mut(i, f));
+        }
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(ap)) = node.additional_properties.as_mut() {
+        walk_mut(ap, f);
+    }
+    for list in [&mut node.all_of, &mut node.any_of, &mut node.one_of] {
+        list.iter_mut().flatten().for_each(|s| walk_mut(s, f));
+    }
+    if let Some(not) = node.not.as_mut() {
+        walk_mut(not, f);
+    }
+}
+
+/// Removes what schemars renders for `Option<T>`: `null` inside `enum` lists and
+/// `nullable: true`, in every version of `crd`.
+///
+/// A real API server refuses `null` as an enum member (the enum must match the type) and kubectl's
+/// client-side validation chokes on it; and upstream CRDs express "optional" by leaving a field
+/// out of `required`, not by allowing `null`. Servers drop a `null` sent for a non-nullable field
+/// before validation, so clients that serialize `None` as `null` keep working. `keep` lists the
+/// field paths (as in [`parse_path`]) whose `nullable` is intended and stays.
+pub fn strip_nulls(crd: &mut CustomResourceDefinition, keep: &[&str]) {
+    for version in &mut crd.spec.versions {
+        let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let kept: Vec<String> = keep
+            .iter()
+            .filter(|p| lookup(root, p).is_some_and(|n| n.nullable == Some(true)))
+            .map(|p| (*p).to_string())
+            .collect();
+        walk_mut(root, &mut |node| {
+            if let Some(values) = node.enum_.as_mut() {
+                values.retain(|v| !v.0.is_null());
+            }
+            node.nullable = None;
+        });
+        for path in &kept {
+            if let Some(node) = lookup_mut(root, path) {
+                node.nullable = Some(true);
+            }
+        }
+    }
+}
+
+/// One validation (or default) a [`SchemaEditor`] adds to a schema node. These carry what
+/// upstream expresses with kubebuilder markers (`+kubebuilder:validation:MaxLength=253`,
+/// `+kubebuilder:default=...`, `+kubebuilder:validation:XValidation:rule=...`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    /// `minLength`
+    MinLength(i64),
+    /// `maxLength`
+    MaxLength(i64),
+    /// `pattern` (a Go RE2 / ECMA regular expression, unanchored unless it says so)
+    Pattern(&'static str),
+    /// `minItems`
+    MinItems(i64),
+    /// `maxItems`
+    MaxItems(i64),
+    /// `maxProperties`
+    MaxProperties(i64),
+    /// `minimum` (inclusive)
+    Minimum(i64),
+    /// `maximum` (inclusive)
+    Maximum(i64),
+    /// `enum` of strings (replaces the derived one)
+    Enum(&'static [&'static str]),
+    /// `enum` of integers
+    IntEnum(&'static [i64]),
+    /// `default`: the server fills it in when the field is absent
+    Default(Value),
+    /// `x-kubernetes-validations` entry: a CEL rule and the message shown when it is false
+    Rule(String, &'static str),
+    /// `x-kubernetes-list-type: set` (items unique)
+    ListSet,
+    /// `x-kubernetes-list-type: map` keyed by these fields (each unique combination once)
+    ListMap(&'static [&'static str]),
+}
+
+/// A CEL rule; see [`Check::Rule`].
+pub fn rule(expr: impl Into<String>, message: &'static str) -> Check {
+    Check::Rule(expr.into(), message)
+}
+
+impl Check {
+    fn apply(&self, node: &mut JSONSchemaProps) {
+        match self {
+            Check::MinLength(n) => node.min_length = Some(*n),
+            Check::MaxLength(n) => node.max_length = Some(*n),
+            Check::Pattern(p) => node.pattern = Some((*p).into()),
+            Check::MinItems(n) => node.min_items = Some(*n),
+            Check::MaxItems(n) => node.max_items = Some(*n),
+            Check::MaxProperties(n) => node.max_properties = Some(*n),
+            // Integral bounds: `minimum: 1`, as upstream writes them.
+            Check::Minimum(n) => node.minimum = Some(*n as f64),
+            Check::Maximum(n) => node.maximum = Some(*n as f64),
+            Check::Enum(values) => {
+                node.enum_ = Some(values.iter().map(|v| JSON(Value::from(*v))).collect());
+            }
+            Check::IntEnum(values) => {
+                node.enum_ = Some(values.iter().map(|v| JSON(Value::from(*v))).collect());
+            }
+            Check::Default(v) => node.default = Some(JSON(v.clone())),
+            Check::Rule(expr, message) => {
+                let rules = node.x_kubernetes_validations.get_or_insert_with(Vec::new);
+                if !rules.iter().any(|r| &r.rule == expr) {
+                    rules.push(ValidationRule {
+                        rule: expr.clone(),
+                        message: Some((*message).into()),
+                        ..ValidationRule::default()
+                    });
+                }
+            }
+            Check::ListSet => {
+                node.x_kubernetes_list_type = Some("set".into());
+                node.x_kubernetes_list_map_keys = None;
+            }
+            Check::ListMap(keys) => {
+                node.x_kubernetes_list_type = Some("map".into());
+                node.x_kubernetes_list_map_keys = Some(keys.iter().map(|k| (*k).into()).collect());
+            }
+        }
+    }
+}
+
+/// Applies [`Check`]s to the fields of one CRD (every version) and remembers the paths that
+/// did not resolve, so a test can fail on them instead of validation silently going missing.
+pub struct SchemaEditor<'a> {
+    crd: &'a mut CustomResourceDefinition,
+    misses: Vec<String>,
+}
+
+impl<'a> SchemaEditor<'a> {
+    /// Edits `crd`.
+    pub fn new(crd: &'a mut CustomResourceDefinition) -> Self {
+        SchemaEditor {
+            crd,
+            misses: Vec::new(),
+        }
+    }
+
+    /// Applies `checks` to the node at `path` (see [`parse_path`]; `""` is the root).
+    pub fn at(&mut self, path: &str, checks: &[Check]) -> &mut Self {
+        let kind = self.crd.spec.names.kind.clone();
+        for version in &mut self.crd.spec.versions {
+            let node = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                .and_then(|root| {
+                    if path.is_empty() {
+                        Some(root)
+                    } else {
+                        lookup_mut(root, path)
+                    }
+                });
+            match node {
+                Some(node) => checks.iter().for_each(|c| c.apply(node)),
+                None => self
+                    .misses
+                    .push(format!("{kind} {}: no field {path}", version.name)),
+            }
+        }
+        self
+    }
+
+    /// Paths that did not resolve so far.
+    pub fn into_misses(self) -> Vec<String> {
+        self.misses
     }
 }
 

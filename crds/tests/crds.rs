@@ -876,3 +876,320 @@ fn checked_in_yaml_matches_code() {
         problems.join("\n  ")
     );
 }
+
+// ---- validation: no nulls, Gateway API rules and defaults ----
+
+/// Every schema node below `s`, with its path.
+fn each_node<'a>(s: &'a Value, path: String, out: &mut Vec<(String, &'a Value)>) {
+    out.push((path.clone(), s));
+    if let Some(props) = s["properties"].as_object() {
+        for (k, v) in props {
+            each_node(v, format!("{path}.{k}"), out);
+        }
+    }
+    if s["items"].is_object() {
+        each_node(&s["items"], format!("{path}[]"), out);
+    }
+    if s["additionalProperties"].is_object() {
+        each_node(&s["additionalProperties"], format!("{path}{{*}}"), out);
+    }
+    for junction in ["allOf", "anyOf", "oneOf"] {
+        for (i, sub) in s[junction].as_array().into_iter().flatten().enumerate() {
+            each_node(sub, format!("{path}.{junction}[{i}]"), out);
+        }
+    }
+}
+
+#[test]
+fn no_enum_has_null_and_nothing_is_nullable() {
+    let mut checked_enums = 0;
+    for crd in all_crds() {
+        for v in &crd.spec.versions {
+            let schema = schema_of(&crd, &v.name);
+            let mut nodes = Vec::new();
+            each_node(&schema, String::new(), &mut nodes);
+            for (path, node) in nodes {
+                let where_ = format!("{} {} {path}", crd.spec.names.kind, v.name);
+                if let Some(values) = node.get("enum") {
+                    let values = values.as_array().unwrap();
+                    assert!(!values.is_empty(), "{where_}: empty enum");
+                    assert!(!values.iter().any(Value::is_null), "{where_}: null in enum");
+                    // An enum must agree with the node's type (what a real server checks).
+                    let ty = node["type"].as_str().unwrap();
+                    for value in values {
+                        let ok = match ty {
+                            "string" => value.is_string(),
+                            "integer" => value.is_i64(),
+                            _ => true,
+                        };
+                        assert!(ok, "{where_}: enum value {value} is not a {ty}");
+                    }
+                    checked_enums += 1;
+                }
+                assert!(node.get("nullable").is_none(), "{where_}: nullable");
+            }
+        }
+    }
+    assert!(checked_enums > 20, "walked only {checked_enums} enums");
+}
+
+#[test]
+fn every_validation_path_resolves() {
+    let misses = meridian_crds::schema_edit_misses();
+    assert!(misses.is_empty(), "{misses:#?}");
+}
+
+fn rules_at(schema: &Value, path: &str) -> Vec<(String, String)> {
+    let n = if path.is_empty() {
+        schema
+    } else {
+        node(schema, path)
+    };
+    n["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap().to_string(),
+                r["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn has_rule(schema: &Value, path: &str, rule_part: &str) -> bool {
+    rules_at(schema, path)
+        .iter()
+        .any(|(r, _)| r.contains(rule_part))
+}
+
+#[test]
+fn gateway_has_standard_validation_and_defaults() {
+    let crd = by_kind("Gateway");
+    for v in ["v1", "v1beta1"] {
+        let s = schema_of(&crd, v);
+        let listeners = node(&s, "spec.listeners");
+        assert_eq!(listeners["minItems"], 1);
+        assert_eq!(listeners["maxItems"], 64);
+        for part in [
+            "['HTTP', 'TCP', 'UDP'] ? !has(l.tls)",
+            "l.tls.mode == 'Terminate'",
+            "l.protocol == 'TLS' ? has(l.tls)",
+            "['TCP', 'UDP'] ? !has(l.hostname)",
+            "self.exists_one(b, a.name == b.name)",
+            "a.port == b.port && a.protocol == b.protocol",
+        ] {
+            assert!(has_rule(&s, "spec.listeners", part), "{v}: no rule {part}");
+        }
+        let port = node(&s, "spec.listeners[].port");
+        assert_eq!(
+            (port["minimum"].as_f64(), port["maximum"].as_f64()),
+            (Some(1.0), Some(65535.0))
+        );
+        let name = node(&s, "spec.listeners[].name");
+        assert_eq!(name["maxLength"], 253);
+        assert!(name["pattern"].as_str().unwrap().starts_with("^[a-z0-9]"));
+        assert!(
+            node(&s, "spec.listeners[].hostname")["pattern"]
+                .as_str()
+                .unwrap()
+                .contains(r"(\*\.)?")
+        );
+        assert_eq!(
+            node(&s, "spec.listeners[].allowedRoutes")["default"],
+            json!({"namespaces": {"from": "Same"}})
+        );
+        assert_eq!(
+            node(&s, "spec.listeners[].allowedRoutes.namespaces.from")["default"],
+            "Same"
+        );
+        assert_eq!(
+            node(&s, "spec.listeners[].allowedRoutes.kinds")["maxItems"],
+            8
+        );
+        assert_eq!(
+            node(&s, "spec.listeners[].allowedRoutes.kinds[].group")["default"],
+            "gateway.networking.k8s.io"
+        );
+        assert_eq!(
+            node(&s, "spec.listeners[].tls.mode")["default"],
+            "Terminate"
+        );
+        assert_eq!(
+            node(&s, "spec.listeners[].tls.certificateRefs[].kind")["default"],
+            "Secret"
+        );
+        assert_eq!(
+            node(&s, "spec.listeners[].tls.certificateRefs[].group")["default"],
+            ""
+        );
+        assert_eq!(node(&s, "spec.addresses")["maxItems"], 16);
+        assert_eq!(node(&s, "spec.addresses[].type")["default"], "IPAddress");
+        assert_eq!(node(&s, "spec.gatewayClassName")["maxLength"], 253);
+        assert_eq!(node(&s, "status.conditions")["maxItems"], 8);
+        assert_eq!(
+            node(&s, "status.conditions[].status")["enum"],
+            json!(["True", "False", "Unknown"])
+        );
+    }
+}
+
+#[test]
+fn http_route_has_standard_validation_and_defaults() {
+    let s = schema_of(&by_kind("HTTPRoute"), "v1");
+    assert_eq!(node(&s, "spec.parentRefs")["maxItems"], 32);
+    assert!(has_rule(&s, "spec.parentRefs", "sectionName"));
+    assert_eq!(
+        node(&s, "spec.parentRefs[].group")["default"],
+        "gateway.networking.k8s.io"
+    );
+    assert_eq!(node(&s, "spec.parentRefs[].kind")["default"], "Gateway");
+    assert_eq!(node(&s, "spec.hostnames")["maxItems"], 16);
+    let rules = node(&s, "spec.rules");
+    assert_eq!(rules["maxItems"], 16);
+    assert_eq!(
+        rules["default"],
+        json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}])
+    );
+    assert!(has_rule(&s, "spec.rules", "<= 128"));
+    assert!(has_rule(&s, "spec.rules[]", "f.type == 'RequestRedirect'"));
+    assert!(has_rule(&s, "spec.rules[]", "ReplacePrefixMatch"));
+    assert_eq!(node(&s, "spec.rules[].matches")["maxItems"], 64);
+    assert_eq!(
+        node(&s, "spec.rules[].matches[].path")["default"],
+        json!({"type": "PathPrefix", "value": "/"})
+    );
+    assert_eq!(
+        node(&s, "spec.rules[].matches[].path.type")["default"],
+        "PathPrefix"
+    );
+    assert_eq!(
+        node(&s, "spec.rules[].matches[].path.value")["maxLength"],
+        1024
+    );
+    assert!(has_rule(
+        &s,
+        "spec.rules[].matches[].path",
+        "startsWith('/')"
+    ));
+    assert_eq!(node(&s, "spec.rules[].matches[].headers")["maxItems"], 16);
+    assert_eq!(
+        node(&s, "spec.rules[].matches[].headers")["x-kubernetes-list-type"],
+        "map"
+    );
+    assert_eq!(
+        node(&s, "spec.rules[].matches[].headers[].type")["default"],
+        "Exact"
+    );
+    assert_eq!(
+        node(&s, "spec.rules[].matches[].headers[].name")["maxLength"],
+        256
+    );
+    for filters in ["spec.rules[].filters", "spec.rules[].backendRefs[].filters"] {
+        assert_eq!(node(&s, filters)["maxItems"], 16);
+        assert!(has_rule(&s, filters, "f.type == 'URLRewrite'"), "{filters}");
+        assert!(
+            has_rule(&s, filters, "'RequestHeaderModifier').size() <= 1"),
+            "{filters}"
+        );
+        assert!(has_rule(
+            &s,
+            &format!("{filters}[]"),
+            "has(self.requestRedirect)"
+        ));
+    }
+    assert!(has_rule(
+        &s,
+        "spec.rules[].filters",
+        "'RequestRedirect').size() <= 1"
+    ));
+    let backend = node(&s, "spec.rules[].backendRefs[]");
+    assert_eq!(node(&s, "spec.rules[].backendRefs")["maxItems"], 16);
+    assert_eq!(backend["properties"]["weight"]["default"], 1);
+    assert_eq!(
+        backend["properties"]["weight"]["minimum"].as_f64(),
+        Some(0.0)
+    );
+    assert_eq!(
+        backend["properties"]["weight"]["maximum"].as_f64(),
+        Some(1_000_000.0)
+    );
+    assert_eq!(backend["properties"]["group"]["default"], "");
+    assert_eq!(backend["properties"]["kind"]["default"], "Service");
+    assert!(has_rule(&s, "spec.rules[].backendRefs[]", "has(self.port)"));
+    let redirect = node(&s, "spec.rules[].filters[].requestRedirect");
+    assert_eq!(redirect["properties"]["statusCode"]["default"], 302);
+    assert_eq!(
+        redirect["properties"]["statusCode"]["enum"],
+        json!([301, 302, 303, 307, 308])
+    );
+    assert_eq!(
+        redirect["properties"]["scheme"]["enum"],
+        json!(["http", "https"])
+    );
+    assert!(has_rule(
+        &s,
+        "spec.rules[].timeouts",
+        "duration(self.backendRequest)"
+    ));
+    assert_eq!(node(&s, "status.parents")["maxItems"], 32);
+    assert_eq!(node(&s, "status.parents[].conditions")["minItems"], 1);
+}
+
+#[test]
+fn gateway_class_and_reference_grant_validation() {
+    let gc = schema_of(&by_kind("GatewayClass"), "v1");
+    let controller = node(&gc, "spec.controllerName");
+    assert!(controller["pattern"].as_str().unwrap().contains(r"\/"));
+    assert!(has_rule(&gc, "spec.controllerName", "oldSelf"));
+    assert_eq!(node(&gc, "spec.description")["maxLength"], 64);
+    let rg = schema_of(&by_kind("ReferenceGrant"), "v1");
+    for list in ["spec.from", "spec.to"] {
+        assert_eq!(node(&rg, list)["minItems"], 1);
+        assert_eq!(node(&rg, list)["maxItems"], 16);
+    }
+    assert_eq!(node(&rg, "spec.from[].namespace")["maxLength"], 63);
+    assert_eq!(
+        node(&rg, "spec.to[].kind")["pattern"],
+        r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"
+    );
+}
+
+#[test]
+fn defaults_are_valid_against_their_own_schema_shape() {
+    // A real server refuses a CRD whose defaults do not fit the schema (and prunes unknown
+    // fields out of them); check the shape of every default we add.
+    fn fits(value: &Value, schema: &Value) -> bool {
+        match value {
+            Value::Object(m) => {
+                schema["type"] == "object"
+                    && m.iter().all(|(k, v)| fits(v, &schema["properties"][k]))
+            }
+            Value::Array(a) => {
+                schema["type"] == "array" && a.iter().all(|v| fits(v, &schema["items"]))
+            }
+            Value::String(_) => schema["type"] == "string",
+            Value::Number(_) => schema["type"] == "integer" || schema["type"] == "number",
+            Value::Bool(_) => schema["type"] == "boolean",
+            Value::Null => false,
+        }
+    }
+    let mut seen = 0;
+    for crd in gateway_api_crds() {
+        let s = schema_of(&crd, "v1");
+        let mut nodes = Vec::new();
+        each_node(&s, String::new(), &mut nodes);
+        for (path, n) in nodes {
+            if let Some(d) = n.get("default") {
+                assert!(
+                    fits(d, n),
+                    "{} {path}: default {d} does not fit",
+                    crd.spec.names.kind
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 20, "only {seen} defaults");
+}

@@ -106,6 +106,11 @@ fn header(parts: &Parts, name: http::header::HeaderName) -> &str {
         .unwrap_or("")
 }
 
+/// `?fieldValidation=` of a write (see [`crate::schema::FieldValidation`]).
+fn field_validation(q: &Query) -> Result<crate::schema::FieldValidation, ApiError> {
+    crate::schema::FieldValidation::from_query(q.get("fieldValidation").map(String::as_str))
+}
+
 fn q_bool(q: &Query, k: &str) -> bool {
     matches!(q.get(k).map(String::as_str), Some("true" | "1"))
 }
@@ -249,7 +254,10 @@ async fn resource(
                 &read_body(&parts, body).await?,
                 header(&parts, CONTENT_TYPE),
             )?;
-            let created = cluster.write(|s| s.create(&t.rt, t.ns.as_deref(), obj, dry_run))?;
+            let fv = field_validation(&q)?;
+            let created = cluster.write(|s| {
+                s.with_field_validation(fv, |s| s.create(&t.rt, t.ns.as_deref(), obj, dry_run))
+            })?;
             Ok(json_response(201, &to_version(created, &t.rt, &t.version)))
         }
         (&Method::PUT, Some(name)) => {
@@ -262,8 +270,12 @@ async fn resource(
             } else {
                 WriteMode::Main
             };
-            let updated =
-                cluster.write(|s| s.update(&t.rt, t.ns.as_deref(), name, obj, mode, dry_run))?;
+            let fv = field_validation(&q)?;
+            let updated = cluster.write(|s| {
+                s.with_field_validation(fv, |s| {
+                    s.update(&t.rt, t.ns.as_deref(), name, obj, mode, dry_run)
+                })
+            })?;
             Ok(json_response(200, &to_version(updated, &t.rt, &t.version)))
         }
         (&Method::PATCH, Some(name)) => {
@@ -597,7 +609,8 @@ fn patch(
         ));
     }
     let force = q_bool(q, "force");
-    let (code, obj) = cluster.write(|s| -> Result<(u16, Value), ApiError> {
+    let fv = field_validation(q)?;
+    let (code, obj) = cluster.write(|s| s.with_field_validation(fv, |s| -> Result<(u16, Value), ApiError> {
         let live = s.get(&t.rt, ns.unwrap_or(""), name).cloned();
         match kind {
             PatchKind::Apply => {
@@ -631,7 +644,7 @@ fn patch(
                 Ok((200, s.update(&t.rt, ns, name, doc, mode, dry_run)?))
             }
         }
-    })?;
+    }))?;
     Ok(json_response(code, &to_version(obj, &t.rt, &t.version)))
 }
 

@@ -18,12 +18,20 @@
 //!
 //! Modules: [`store`] (objects and write semantics), [`watch`], [`http`] (routing), [`discovery`],
 //! [`table`], [`patch`] and [`apply`] (PATCH flavours), [`selectors`], [`registry`] (built-in and
-//! CRD-defined types), [`kubeconfig`], [`persist`], [`error`] (`Status` bodies), [`protobuf`]
-//! (protobuf request bodies into JSON), [`openapi`] (OpenAPI documents with CRD schemas).
+//! CRD-defined types), [`schema`] (custom objects pruned, defaulted and validated against their
+//! CRD's structural schema and CEL rules, 422 `Invalid` as the real server words it;
+//! `fieldValidation=Strict` refuses unknown fields), [`kubeconfig`], [`persist`], [`error`]
+//! (`Status` bodies), [`protobuf`] (protobuf request bodies into JSON), [`openapi`] (OpenAPI
+//! documents with CRD schemas).
 //!
-//! Known simplifications (documented where they live): one schema for all served versions of a
-//! CRD (no conversion, no schema validation or defaulting, `fieldValidation` is accepted and
-//! ignored); strategic merge is merge patch plus keyed list merging for well-known lists;
+//! Known simplifications (documented where they live): objects are stored once, in the storage
+//! version (no conversion; each write is checked against the schema of the version it was sent
+//! in); schema validation skips `format`, `allOf`/`anyOf`/`oneOf`/`not` and `metadata`, CEL rules
+//! run only once the schema checks pass and transition rules only where the old value is found
+//! by path, and rules or patterns the `cel`/`regex` crates cannot compile are skipped with a log
+//! line; `fieldValidation=Warn` prunes without `Warning` headers; defaults are filled into stored
+//! objects when they are loaded or their CRD changes, without a new resourceVersion; built-in
+//! kinds are not schema-validated; strategic merge is merge patch plus keyed list merging for well-known lists;
 //! server-side apply tracks apply managers only; lists are served from the latest state (the
 //! `resourceVersion` of a list request is not honoured as a snapshot); no authentication.
 //!
@@ -31,7 +39,8 @@
 //! Service (other kinds get a 415 saying JSON works) and answers are always JSON; built-in kinds
 //! publish a minimal OpenAPI schema (apiVersion, kind, metadata), CRD kinds their full schema;
 //! `/openapi/v2` asked for as protobuf is an empty document (no Rust crate provides its message
-//! type), so kubectl validates the items of a `kind: List` file only on the server.
+//! type), so kubectl leaves the items of a `kind: List` file to the server, which validates custom
+//! objects (with `fieldValidation=Strict`, as kubectl sends it, unknown fields are refused).
 
 pub mod apply;
 pub mod discovery;
@@ -43,6 +52,7 @@ pub mod patch;
 pub mod persist;
 pub mod protobuf;
 pub mod registry;
+pub mod schema;
 pub mod selectors;
 pub mod server;
 pub mod store;

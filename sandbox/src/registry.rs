@@ -105,6 +105,8 @@ pub struct ResourceType {
     /// List semantics from the CRD schema, keyed by field path (`status.conditions`,
     /// `spec.listeners.[].hostnames`; `[]` stands for "an item of the list above").
     pub list_types: BTreeMap<String, ListType>,
+    /// Compiled structural schemas by version (custom types only), see [`crate::schema`].
+    pub schemas: crate::schema::Schemas,
 }
 
 impl ResourceType {
@@ -249,6 +251,7 @@ fn builtin(
         status_subresource: status,
         custom: false,
         list_types: BTreeMap::new(),
+        schemas: Default::default(),
     }
 }
 
@@ -683,6 +686,7 @@ pub fn crd_to_type(crd: &Value) -> Result<ResourceType, ApiError> {
         status_subresource,
         custom: true,
         list_types,
+        schemas: crate::schema::Schemas::from_crd(crd),
     })
 }
 

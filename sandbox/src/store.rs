@@ -83,6 +83,8 @@ pub struct State {
     /// Events with `rv <= compacted_through` are no longer in the history.
     pub compacted_through: u64,
     history_window: usize,
+    /// `fieldValidation` of the request being served (see [`State::with_field_validation`]).
+    pub field_validation: crate::schema::FieldValidation,
 }
 
 fn is_namespace(rt: &ResourceType) -> bool {
@@ -91,6 +93,12 @@ fn is_namespace(rt: &ResourceType) -> bool {
 
 fn is_crd(rt: &ResourceType) -> bool {
     rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions"
+}
+
+/// The version part of an object's `apiVersion`.
+fn version_of(obj: &Value) -> &str {
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    api_version.rsplit('/').next().unwrap_or(api_version)
 }
 
 fn rv_of(obj: &Value) -> &str {
@@ -249,6 +257,7 @@ impl State {
             history: VecDeque::new(),
             compacted_through: 0,
             history_window: history_window.max(1),
+            field_validation: Default::default(),
         }
     }
 
@@ -263,6 +272,31 @@ impl State {
                 if let Err(e) = self.create(&ns_type, None, obj, false) {
                     tracing::warn!(error = %e, "could not create default namespace");
                 }
+            }
+        }
+    }
+
+    /// Runs `f` with `fieldValidation` set for its writes, then restores the default.
+    pub fn with_field_validation<R>(
+        &mut self,
+        fv: crate::schema::FieldValidation,
+        f: impl FnOnce(&mut State) -> R,
+    ) -> R {
+        self.field_validation = fv;
+        let out = f(self);
+        self.field_validation = Default::default();
+        out
+    }
+
+    /// Fills schema defaults into the stored objects of a custom type, as a real server does
+    /// when it reads objects written before a default existed (no new resourceVersion).
+    fn default_stored(&mut self, rt: &ResourceType) {
+        let Some(schema) = rt.schemas.get(&rt.storage_version).cloned() else {
+            return;
+        };
+        if let Some(objs) = self.objects.get_mut(&rt.key()) {
+            for obj in objs.values_mut() {
+                crate::schema::apply_defaults(&schema, obj);
             }
         }
     }
@@ -393,6 +427,7 @@ impl State {
     ) -> Result<Value, ApiError> {
         check_type(rt, &obj)?;
         check_metadata(&obj)?;
+        let version = version_of(&obj).to_string();
         if name_of(&obj).is_empty() {
             let prefix = meta_str(&obj, "generateName").to_string();
             if prefix.is_empty() {
@@ -446,6 +481,8 @@ impl State {
             meta.remove("resourceVersion");
             meta.remove("selfLink");
         }
+        let fv = self.field_validation;
+        crate::schema::admit_object(rt, &version, WriteMode::Main, fv, None, &mut obj)?;
         self.defaults_on_write(rt, None, &mut obj)?;
         if dry_run {
             return Ok(obj);
@@ -545,6 +582,7 @@ impl State {
 
     fn register_crd(&mut self, crd: &Value) -> Result<(), ApiError> {
         let t = crd_to_type(crd)?;
+        self.default_stored(&t);
         self.registry.register(t);
         Ok(())
     }
@@ -561,6 +599,7 @@ impl State {
     ) -> Result<Value, ApiError> {
         check_type(rt, &new)?;
         check_metadata(&new)?;
+        let version = version_of(&new).to_string();
         let body_name = name_of(&new).to_string();
         if body_name.is_empty() {
             meta_mut(&mut new).insert("name".into(), json!(name));
@@ -641,6 +680,8 @@ impl State {
                 f.retain(|x| old_f.contains(x));
             }
         }
+        let fv = self.field_validation;
+        crate::schema::admit_object(rt, &version, mode, fv, Some(&old), &mut cand)?;
         self.defaults_on_write(rt, Some(&old), &mut cand)?;
         if generation_changed(&old, &cand) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
@@ -893,6 +934,17 @@ impl State {
         }
         s.rv = max_rv;
         s.compacted_through = max_rv;
+        // Stored objects are not revalidated, but read with the defaults of their schema.
+        let custom: Vec<Arc<ResourceType>> = s
+            .registry
+            .all()
+            .iter()
+            .filter(|t| t.custom)
+            .cloned()
+            .collect();
+        for t in custom {
+            s.default_stored(&t);
+        }
         s.ensure_default_namespaces();
         Ok(s)
     }
@@ -1090,6 +1142,47 @@ mod tests {
         }
         assert!(s.events_after(1).is_err());
         assert_eq!(s.events_after(s.rv - 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn restored_custom_objects_are_defaulted_not_validated() {
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                        "type": "object", "properties": {
+                            "size": {"type": "integer", "maximum": 10},
+                            "color": {"type": "string", "default": "red"}}}}}}}]}});
+        let mut s = State::new(100);
+        let crd_type = s
+            .registry
+            .by_key("customresourcedefinitions.apiextensions.k8s.io")
+            .unwrap();
+        s.create(&crd_type, None, crd, false).unwrap();
+        let wt = s.registry.by_key("widgets.example.com").unwrap();
+        // Written through the API: validated and defaulted.
+        let w = |name: &str, size: i64| {
+            json!({"apiVersion": "example.com/v1", "kind": "Widget",
+            "metadata": {"name": name}, "spec": {"size": size}})
+        };
+        assert_eq!(
+            s.create(&wt, Some("default"), w("big", 11), false)
+                .unwrap_err()
+                .code,
+            422
+        );
+        let ok = s.create(&wt, Some("default"), w("ok", 1), false).unwrap();
+        assert_eq!(ok["spec"]["color"], "red");
+        // Stored by an older sandbox: out of range and without the default.
+        let mut snap = s.snapshot();
+        let mut old = w("old", 99);
+        old["metadata"]["namespace"] = json!("default");
+        snap["objects"].as_array_mut().unwrap().push(old);
+        let r = State::restore(100, &snap).unwrap();
+        let got = r.get(&wt, "default", "old").unwrap();
+        assert_eq!(got["spec"], json!({"size": 99, "color": "red"}));
     }
 
     #[test]

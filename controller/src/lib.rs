@@ -45,7 +45,7 @@ pub use args::{ClusterSpec, ControllerArgs, NetworkSpec};
 pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster, run, serve};
 pub use dataplane::{DataPlane, StaticDataPlane};
 pub use drill::{DrillActuator, DrillMode, DrillTarget};
-pub use writer::FIELD_MANAGER;
+pub use writer::{FIELD_MANAGER, for_status_writes};
 
 pub use status::{StatusKind, StatusUpdate};
 pub use translate::{

@@ -864,6 +864,241 @@ mod tests {
         sb.shutdown().await;
     }
 
+    fn writer() -> StatusWriter {
+        StatusWriter::new("east".into(), Arc::new(Metrics::new().unwrap()))
+    }
+
+    fn cfg(timeout: Duration) -> WriterConfig {
+        WriterConfig {
+            controller_name: "meridian.dev/gateway-controller".into(),
+            timeout,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+        }
+    }
+
+    fn reason_of(job: &Job) -> &str {
+        job.update.status["conditions"][0]["reason"]
+            .as_str()
+            .unwrap()
+    }
+
+    /// Keyed by object: a failed write backs off unless a newer status replaced it meanwhile, and
+    /// `retry_now` (the cluster answers again) ends every backoff at once.
+    // Deadlines are checked, never slept on: no clock control needed.
+    #[test]
+    fn newer_status_replaces_a_failed_one_and_retry_now_ends_backoffs() {
+        let w = writer();
+        assert!(w.submit(update("a", 1, "X"), Some("1".into()), None));
+        let (key, job) = w.next_job().ok().unwrap();
+        assert_eq!(reason_of(&job), "X");
+        // Y arrives while X is in flight; X then fails: Y is what stays.
+        assert!(w.submit(update("a", 1, "Y"), Some("1".into()), None));
+        let err = Err(WriteError::Retry("connection refused".into()));
+        w.finish(key, job, &err, Duration::from_secs(10));
+        let (key, mut job) = w.next_job().ok().unwrap();
+        assert_eq!(reason_of(&job), "Y");
+        job.attempts = 1;
+        w.finish(key, job, &err, Duration::from_secs(10));
+        let due = w.next_job().err().flatten().unwrap();
+        assert!(due >= Instant::now() + Duration::from_secs(9), "backing off");
+        assert!(w.next_job().is_err(), "still backing off");
+        w.retry_now();
+        let (key, job) = w.next_job().ok().unwrap();
+        assert_eq!(reason_of(&job), "Y");
+        // A write that succeeds also brings other failed jobs forward.
+        assert!(w.submit(update("b", 1, "X"), Some("1".into()), None));
+        let (bkey, mut bjob) = w.next_job().ok().unwrap();
+        bjob.attempts = 1;
+        w.finish(bkey, bjob, &err, Duration::from_secs(10));
+        assert!(w.next_job().is_err());
+        w.finish(key, job, &Ok(()), Duration::ZERO);
+        let (bkey, _) = w.next_job().ok().unwrap();
+        assert_eq!(bkey.2, "b");
+    }
+
+    /// A status computed against a copy that already says something else is superseded: dropped
+    /// if it was never sent, followed by the copy's status if it may have landed.
+    #[test]
+    fn settle_supersedes_an_outdated_write() {
+        let w = writer();
+        let rv = || Some("5".to_string());
+        // Nothing of ours against this copy: nothing to settle.
+        assert!(!w.settle(update("a", 1, "Clean"), rv(), None));
+
+        // Queued, never sent: dropped and forgotten (it may be submitted again later).
+        assert!(w.submit(update("a", 1, "Stale"), rv(), None));
+        assert!(!w.settle(update("a", 1, "Clean"), Some("4".into()), None), "other copy");
+        assert!(!w.settle(update("a", 1, "Stale"), rv(), None), "same status");
+        assert!(w.settle(update("a", 1, "Clean"), rv(), None));
+        assert_eq!(w.pending(), 0);
+        assert!(w.unconfirmed().is_empty());
+        assert!(w.submit(update("a", 1, "Stale"), rv(), None));
+
+        // Sent and failed (it may have landed): the copy's status is written after it.
+        let (key, mut job) = w.next_job().ok().unwrap();
+        job.attempts = 1;
+        w.finish(key, job, &Err(WriteError::Timeout), Duration::from_secs(30));
+        assert!(w.settle(update("a", 1, "Clean"), rv(), None));
+        let (key, job) = w.next_job().ok().expect("due at once, not after the backoff");
+        assert_eq!(reason_of(&job), "Clean");
+        w.finish(key, job, &Ok(()), Duration::ZERO);
+
+        // In flight on its first attempt when the copy turned out to say something else: the
+        // copy's status is written right after it.
+        assert!(w.submit(update("a", 1, "Stale"), rv(), None));
+        let (key, job) = w.next_job().ok().unwrap();
+        assert!(w.settle(update("a", 1, "Clean"), rv(), None));
+        w.finish(key, job, &Ok(()), Duration::ZERO);
+        let (key, job) = w.next_job().ok().expect("the copy's status follows");
+        assert_eq!(reason_of(&job), "Clean");
+        w.finish(key, job, &Ok(()), Duration::ZERO);
+        assert_eq!(
+            w.unconfirmed(),
+            vec![(StatusKind::Gateway, "ns".to_string(), "a".to_string())]
+        );
+        // Retired once the index shows a newer copy and nothing is queued.
+        assert_eq!(w.pending(), 0);
+        w.retire_seen(|_, _, _| rv());
+        assert_eq!(w.unconfirmed().len(), 1, "copy not moved yet");
+        w.retire_seen(|_, _, _| Some("6".into()));
+        assert!(w.unconfirmed().is_empty());
+    }
+
+    #[test]
+    fn a_plain_text_404_is_transient_and_a_not_found_status_is_final() {
+        let plain = kube::core::Status::failure("404 page not found\n", "Failed to parse error data")
+            .with_code(404);
+        match classify(kube::Error::Api(plain.boxed())) {
+            Classified::Other(e @ WriteError::NotReady(_)) => {
+                assert!(e.is_transient());
+                assert!(e.to_string().contains("404 page not found"), "{e}");
+            }
+            _ => panic!("plain-text 404 must be NotReady"),
+        }
+        let gone = kube::core::Status::failure("gateways \"gw\" not found", "NotFound").with_code(404);
+        assert!(matches!(
+            classify(kube::Error::Api(gone.boxed())),
+            Classified::Other(WriteError::Gone)
+        ));
+        assert!(!WriteError::Gone.is_transient());
+    }
+
+    async fn gateway_api_sandbox() -> (meridian_sandbox::Sandbox, kube::Client) {
+        let sb =
+            meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
+                .await
+                .unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new(sb.clusters()[0].url.parse().unwrap()))
+                .unwrap();
+        let crds: Api<meridian_crds::CustomResourceDefinition> = Api::all(client.clone());
+        for crd in meridian_crds::gateway_api_crds() {
+            crds.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        (sb, client)
+    }
+
+    fn writes(w: &StatusWriter, result: &str) -> u64 {
+        w.metrics
+            .status_writes
+            .with_label_values(&["east", "Gateway", result])
+            .get()
+    }
+
+    async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Against the sandbox: a write while the API server is "starting" (plain-text 404) is kept
+    /// and lands once it is ready; a write for an object that does not exist (a NotFound
+    /// `Status`) is dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_survive_a_starting_api_server_and_are_dropped_for_gone_objects() {
+        let (sb, client) = gateway_api_sandbox().await;
+        let gws: Api<Gateway> = Api::namespaced(client.clone(), "default");
+        let gw: Gateway = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "default"},
+            "spec": {"gatewayClassName": "c", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+        .unwrap();
+        gws.create(&PostParams::default(), &gw).await.unwrap();
+        let w = writer();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(w.clone().run(client.clone(), cfg(Duration::from_secs(5)), stop_rx));
+
+        let at = |name: &str| StatusUpdate {
+            namespace: Some("default".into()),
+            ..update(name, 1, "Accepted")
+        };
+        // Gone: one attempt, dropped, nothing left.
+        w.submit(at("absent"), Some("1".into()), None);
+        wait_until("the write for a missing Gateway to be dropped", || {
+            writes(&w, "gone") == 1
+        })
+        .await;
+        assert_eq!(w.pending(), 0);
+
+        sb.set_starting("east", None).unwrap();
+        w.submit(at("gw"), Some("1".into()), None);
+        wait_until("two not-ready attempts", || writes(&w, "not_ready") >= 2).await;
+        assert_eq!(w.pending(), 1, "kept for a retry");
+        assert_eq!(writes(&w, "gone"), 1, "not mistaken for a deleted object");
+        sb.set_starting("east", Some(Duration::ZERO)).unwrap();
+        let ready = Instant::now();
+        w.retry_now();
+        wait_until("the status to land", || writes(&w, "ok") == 1).await;
+        assert!(ready.elapsed() < Duration::from_secs(2), "{:?}", ready.elapsed());
+        let stored = gws.get_status("gw").await.unwrap();
+        let reason = stored.status.unwrap().conditions.unwrap()[0].reason.clone();
+        assert_eq!(reason, "Accepted");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        sb.shutdown().await;
+    }
+
+    /// A connection that accepts but never answers (a dead API server whose socket still looks
+    /// open) fails a write within the write client's read timeout, far below the write timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_connection_fails_a_write_within_the_read_timeout() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            // Bounded: the test makes a handful of connections at most.
+            for _ in 0..16 {
+                match silent.accept().await {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => break,
+                }
+            }
+            std::future::pending::<()>().await;
+        });
+        let config = for_status_writes(kube::Config::new(url.parse().unwrap()));
+        let client = kube::Client::try_from(config).unwrap();
+        let w = writer();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(w.clone().run(client, cfg(Duration::from_secs(30)), stop_rx));
+        let started = Instant::now();
+        w.submit(update("gw", 1, "X"), Some("1".into()), None);
+        wait_until("the first attempt to fail", || writes(&w, "error") >= 1).await;
+        let took = started.elapsed();
+        assert!(
+            took >= WRITE_READ_TIMEOUT && took < WRITE_READ_TIMEOUT + Duration::from_secs(2),
+            "failed after {took:?}"
+        );
+        assert_eq!(writes(&w, "timeout"), 0);
+        assert_eq!(w.pending(), 1, "kept for a retry");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        holder.abort();
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let cfg = WriterConfig {

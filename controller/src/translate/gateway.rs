@@ -916,7 +916,7 @@ fn last_known_programmed(gateway: &Gateway, generation: i64) -> Cond {
             "Programmed",
             false,
             "Pending",
-            "waiting for the proxies to report after a controller restart",
+            "waiting for the proxies to report (the controller just started)",
         )
     })
 }

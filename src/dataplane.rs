@@ -169,18 +169,19 @@ impl DataPlane for DistributedDataPlane {
     fn programmed(&self, gw: &GatewayRef) -> ProgrammedState {
         let state = match self.generation(&gw.cluster) {
             None => ProgrammedState::Pending,
-            Some(generation) => match self.server.programmed_gateway(
-                &gw.cluster,
-                &dist_ref(gw),
-                generation,
-            ) {
-                Served::NoProxy => ProgrammedState::NoProxy,
-                Served::Pending { .. } => ProgrammedState::Pending,
-                Served::Applied => ProgrammedState::Applied(generation),
-                Served::Refused { proxy_id, reason } => {
-                    ProgrammedState::Refused(format!("proxy {proxy_id}: {reason}"))
+            Some(generation) => {
+                match self
+                    .server
+                    .programmed_gateway(&gw.cluster, &dist_ref(gw), generation)
+                {
+                    Served::NoProxy => ProgrammedState::NoProxy,
+                    Served::Pending { .. } => ProgrammedState::Pending,
+                    Served::Applied => ProgrammedState::Applied(generation),
+                    Served::Refused { proxy_id, reason } => {
+                        ProgrammedState::Refused(format!("proxy {proxy_id}: {reason}"))
+                    }
                 }
-            },
+            }
         };
         match state {
             ProgrammedState::NoProxy | ProgrammedState::Pending if self.in_grace(&gw.cluster) => {

@@ -901,7 +901,10 @@ mod tests {
         job.attempts = 1;
         w.finish(key, job, &err, Duration::from_secs(10));
         let due = w.next_job().err().flatten().unwrap();
-        assert!(due >= Instant::now() + Duration::from_secs(9), "backing off");
+        assert!(
+            due >= Instant::now() + Duration::from_secs(9),
+            "backing off"
+        );
         assert!(w.next_job().is_err(), "still backing off");
         w.retry_now();
         let (key, job) = w.next_job().ok().unwrap();
@@ -928,8 +931,14 @@ mod tests {
 
         // Queued, never sent: dropped and forgotten (it may be submitted again later).
         assert!(w.submit(update("a", 1, "Stale"), rv(), None));
-        assert!(!w.settle(update("a", 1, "Clean"), Some("4".into()), None), "other copy");
-        assert!(!w.settle(update("a", 1, "Stale"), rv(), None), "same status");
+        assert!(
+            !w.settle(update("a", 1, "Clean"), Some("4".into()), None),
+            "other copy"
+        );
+        assert!(
+            !w.settle(update("a", 1, "Stale"), rv(), None),
+            "same status"
+        );
         assert!(w.settle(update("a", 1, "Clean"), rv(), None));
         assert_eq!(w.pending(), 0);
         assert!(w.unconfirmed().is_empty());
@@ -940,7 +949,7 @@ mod tests {
         job.attempts = 1;
         w.finish(key, job, &Err(WriteError::Timeout), Duration::from_secs(30));
         assert!(w.settle(update("a", 1, "Clean"), rv(), None));
-        let (key, job) = w.next_job().ok().expect("due at once, not after the backoff");
+        let (key, job) = w.next_job().expect("due at once, not after the backoff");
         assert_eq!(reason_of(&job), "Clean");
         w.finish(key, job, &Ok(()), Duration::ZERO);
 
@@ -950,7 +959,7 @@ mod tests {
         let (key, job) = w.next_job().ok().unwrap();
         assert!(w.settle(update("a", 1, "Clean"), rv(), None));
         w.finish(key, job, &Ok(()), Duration::ZERO);
-        let (key, job) = w.next_job().ok().expect("the copy's status follows");
+        let (key, job) = w.next_job().expect("the copy's status follows");
         assert_eq!(reason_of(&job), "Clean");
         w.finish(key, job, &Ok(()), Duration::ZERO);
         assert_eq!(
@@ -967,8 +976,9 @@ mod tests {
 
     #[test]
     fn a_plain_text_404_is_transient_and_a_not_found_status_is_final() {
-        let plain = kube::core::Status::failure("404 page not found\n", "Failed to parse error data")
-            .with_code(404);
+        let plain =
+            kube::core::Status::failure("404 page not found\n", "Failed to parse error data")
+                .with_code(404);
         match classify(kube::Error::Api(plain.boxed())) {
             Classified::Other(e @ WriteError::NotReady(_)) => {
                 assert!(e.is_transient());
@@ -976,7 +986,8 @@ mod tests {
             }
             _ => panic!("plain-text 404 must be NotReady"),
         }
-        let gone = kube::core::Status::failure("gateways \"gw\" not found", "NotFound").with_code(404);
+        let gone =
+            kube::core::Status::failure("gateways \"gw\" not found", "NotFound").with_code(404);
         assert!(matches!(
             classify(kube::Error::Api(gone.boxed())),
             Classified::Other(WriteError::Gone)
@@ -1030,7 +1041,11 @@ mod tests {
         gws.create(&PostParams::default(), &gw).await.unwrap();
         let w = writer();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(w.clone().run(client.clone(), cfg(Duration::from_secs(5)), stop_rx));
+        let task = tokio::spawn(w.clone().run(
+            client.clone(),
+            cfg(Duration::from_secs(5)),
+            stop_rx,
+        ));
 
         let at = |name: &str| StatusUpdate {
             namespace: Some("default".into()),
@@ -1053,7 +1068,11 @@ mod tests {
         let ready = Instant::now();
         w.retry_now();
         wait_until("the status to land", || writes(&w, "ok") == 1).await;
-        assert!(ready.elapsed() < Duration::from_secs(2), "{:?}", ready.elapsed());
+        assert!(
+            ready.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            ready.elapsed()
+        );
         let stored = gws.get_status("gw").await.unwrap();
         let reason = stored.status.unwrap().conditions.unwrap()[0].reason.clone();
         assert_eq!(reason, "Accepted");

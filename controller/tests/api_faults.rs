@@ -82,12 +82,7 @@ async fn caught_up(client: &kube::Client, log: &Mutex<Vec<Version>>) {
         .resource_version
         .unwrap();
     eventually("the recorder to catch up", || async {
-        if log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|v| v.resource_version == rv)
-        {
+        if log.lock().unwrap().iter().any(|v| v.resource_version == rv) {
             Ok(())
         } else {
             Err(format!("not seen yet: {rv}"))
@@ -182,7 +177,11 @@ async fn a_stale_status_computed_while_the_gateways_cluster_was_down_never_lands
         }
     })
     .await;
-    assert_eq!(pending(&env.ctl, "east"), 1, "the stale status waits for east");
+    assert_eq!(
+        pending(&env.ctl, "east"),
+        1,
+        "the stale status waits for east"
+    );
     assert_eq!(stale_endpoints(&env.ctl, "central"), Some(1));
 
     // central comes back (east still down): the stale status is outdated before it landed.
@@ -201,7 +200,11 @@ async fn a_stale_status_computed_while_the_gateways_cluster_was_down_never_lands
     let back = Instant::now();
     eventually("east's writer idle", || async {
         let n = pending(&env.ctl, "east");
-        if n == 0 { Ok(()) } else { Err(format!("{n} pending")) }
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} pending"))
+        }
     })
     .await;
     let settled = back.elapsed();

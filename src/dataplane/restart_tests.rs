@@ -97,10 +97,7 @@ async fn caught_up(client: &Client, log: &Mutex<Vec<Version>>) {
         .resource_version
         .unwrap();
     eventually("the recorder to catch up", || {
-        log.lock()
-            .unwrap()
-            .iter()
-            .any(|v| v.resource_version == rv)
+        log.lock().unwrap().iter().any(|v| v.resource_version == rv)
     })
     .await;
 }
@@ -117,7 +114,8 @@ async fn sandbox_with_gateway() -> (Sandbox, Client) {
     let sb = Sandbox::start(SandboxConfig::ephemeral(&["east"]))
         .await
         .unwrap();
-    let client = Client::try_from(kube::Config::new(sb.clusters()[0].url.parse().unwrap())).unwrap();
+    let client =
+        Client::try_from(kube::Config::new(sb.clusters()[0].url.parse().unwrap())).unwrap();
     let crds: Api<meridian_crds::CustomResourceDefinition> = Api::all(client.clone());
     for crd in meridian_crds::all_crds() {
         crds.create(&PostParams::default(), &crd).await.unwrap();
@@ -244,7 +242,12 @@ fn programmed_true_on_proxy_address(v: &Version) -> bool {
 /// Starts everything and waits for `Programmed=True` on the proxy's address.
 async fn converged() -> (Sandbox, Client, Stack, tokio::task::JoinHandle<()>) {
     let (sb, client) = sandbox_with_gateway().await;
-    let stack = Stack::start(&client, "127.0.0.1:0".parse().unwrap(), Duration::from_secs(10)).await;
+    let stack = Stack::start(
+        &client,
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await;
     let proxy = proxy(stack.addr());
     let api: Api<Gateway> = Api::namespaced(client.clone(), "infra");
     let deadline = Instant::now() + WAIT;
@@ -272,15 +275,22 @@ async fn a_controller_restart_does_not_report_an_outage() {
     stack.stop().await;
     let stack = Stack::start(&client, addr, Duration::from_secs(10)).await;
     let passes = stack.ctl.passes();
-    eventually("a pass of the new controller", || stack.ctl.passes() > passes).await;
-    let proxy_task = proxy(addr);
-    eventually("the proxy to acknowledge the new controller's snapshot", || {
-        stack.acked()
+    eventually("a pass of the new controller", || {
+        stack.ctl.passes() > passes
     })
+    .await;
+    let proxy_task = proxy(addr);
+    eventually(
+        "the proxy to acknowledge the new controller's snapshot",
+        || stack.acked(),
+    )
     .await;
     // Whatever the new controller writes after the acknowledgement has been written.
     let passes = stack.ctl.passes();
-    eventually("a pass after the acknowledgement", || stack.ctl.passes() > passes).await;
+    eventually("a pass after the acknowledgement", || {
+        stack.ctl.passes() > passes
+    })
+    .await;
     eventually("no status write pending", || {
         stack
             .ctl

@@ -11,7 +11,13 @@
 //!                                                 3. snapshots whose content changed ─► DataPlane::publish
 //!                                                 4. status updates ─► StatusWriter (per cluster)
 //!  DataPlane::changes() ──────────────────────────► (full translation: Programmed, addresses)
+//!  Msg::Reachability(back) ──► StatusWriter::retry_now (failed writes go at once) + full pass
 //! ```
+//!
+//! Every full pass also reports, for objects with a status of ours not yet seen in the index,
+//! the status their copy already has; the writer then supersedes a write of ours that became
+//! outdated ([`StatusWriter::settle`](crate::writer)), so a status computed before a state change
+//! never lands after it.
 //!
 //! A cluster acts (gets snapshots published and status written) once its initial sync is done —
 //! every kind it serves has been listed — and, so that a ServiceImport does not briefly lose the

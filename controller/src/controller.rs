@@ -16,7 +16,7 @@
 //!
 //! Every full pass also reports, for objects with a status of ours not yet seen in the index,
 //! the status their copy already has; the writer then supersedes a write of ours that became
-//! outdated ([`StatusWriter::settle`](crate::writer)), so a status computed before a state change
+//! outdated (`StatusWriter::settle`), so a status computed before a state change
 //! never lands after it.
 //!
 //! A cluster acts (gets snapshots published and status written) once its initial sync is done —

@@ -14,12 +14,23 @@
 //! its cluster ([`addresses::AddressPools`]), every Gateway gets its own address from the pool
 //! as soon as a proxy serves it, so several Gateways of one region can all listen on port 80.
 //!
+//! Reconnect grace: a restarted controller starts with a distribution server no proxy is
+//! connected to yet, although the proxies still serve what the previous controller gave them and
+//! reconnect within their backoff (at most 5 s by default). For [`DataPlane::programmed`] a
+//! Gateway of a cluster no proxy has reported for since start is therefore
+//! [`ProgrammedState::Unknown`] (not `NoProxy` / `Pending`) until the grace ends; the controller
+//! keeps the `Programmed` condition and addresses already in the Gateway's status meanwhile. A
+//! cluster leaves the grace early once one of its proxies acknowledges or refuses a snapshot; at
+//! the end of the grace [`DataPlane::changes`] ticks, so the truth (e.g. no proxy at all) is
+//! written then.
+//!
 //! This glue lives in the binary so that neither crate depends on the other: the controller
 //! knows the [`DataPlane`] trait, the distribution server knows snapshots and acks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use meridian_controller::{DataPlane, GatewayRef, ProgrammedState};
 use meridian_distribution::{DistributionServer, ProgrammedState as Served};
@@ -28,8 +39,14 @@ use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
 pub mod addresses;
+#[cfg(test)]
+mod restart_tests;
 
 use addresses::AddressPools;
+
+/// Default reconnect grace: the proxies' longest reconnect delay (5 s) plus their connect
+/// timeout (2 s) plus a margin for the first snapshot's acknowledgement.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
 /// [`DataPlane`] over a [`DistributionServer`].
 pub struct DistributedDataPlane {
@@ -38,17 +55,61 @@ pub struct DistributedDataPlane {
     published: Mutex<BTreeMap<String, u64>>,
     /// Per-cluster pools of per-Gateway addresses (empty: proxies' advertised addresses).
     pools: Mutex<AddressPools>,
+    /// End of the reconnect grace (see the module docs).
+    grace_ends: tokio::time::Instant,
+    /// Clusters whose proxies reported (acknowledged or refused) since start: out of the grace.
+    reported: Mutex<BTreeSet<String>>,
+    /// The server's ticks, plus one when the grace ends.
+    changes: watch::Sender<u64>,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DistributedDataPlane {
+    fn drop(&mut self) {
+        self.forward.abort();
+    }
 }
 
 impl DistributedDataPlane {
     /// Wraps a running server; Gateways of clusters with a pool get their own address (an empty
-    /// [`AddressPools`] keeps the proxies' advertised addresses).
+    /// [`AddressPools`] keeps the proxies' advertised addresses). Uses
+    /// [`DEFAULT_RECONNECT_GRACE`]. Must be called on a tokio runtime.
     pub fn with_pools(server: Arc<DistributionServer>, pools: AddressPools) -> Arc<Self> {
+        Self::new(server, pools, DEFAULT_RECONNECT_GRACE)
+    }
+
+    /// Like [`DistributedDataPlane::with_pools`], with the reconnect grace given (zero: none).
+    pub fn new(
+        server: Arc<DistributionServer>,
+        pools: AddressPools,
+        reconnect_grace: Duration,
+    ) -> Arc<Self> {
+        let grace_ends = tokio::time::Instant::now() + reconnect_grace;
+        let (changes, _) = watch::channel(0u64);
+        let forward = tokio::spawn(forward_changes(
+            server.subscribe(),
+            changes.clone(),
+            grace_ends,
+        ));
         Arc::new(Self {
             server,
             published: Mutex::new(BTreeMap::new()),
             pools: Mutex::new(pools),
+            grace_ends,
+            reported: Mutex::new(BTreeSet::new()),
+            changes,
+            forward,
         })
+    }
+
+    /// Whether `cluster` is still in the reconnect grace.
+    fn in_grace(&self, cluster: &str) -> bool {
+        tokio::time::Instant::now() < self.grace_ends
+            && !self
+                .reported
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(cluster)
     }
 
     fn generation(&self, cluster: &str) -> Option<u64> {
@@ -57,6 +118,29 @@ impl DistributedDataPlane {
             .unwrap_or_else(PoisonError::into_inner)
             .get(cluster)
             .copied()
+    }
+}
+
+/// Passes the server's ticks on, and ticks once more when the reconnect grace ends.
+async fn forward_changes(
+    mut server: watch::Receiver<u64>,
+    changes: watch::Sender<u64>,
+    grace_ends: tokio::time::Instant,
+) {
+    let mut grace_pending = true;
+    loop {
+        tokio::select! {
+            r = server.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                changes.send_modify(|n| *n += 1);
+            }
+            _ = tokio::time::sleep_until(grace_ends), if grace_pending => {
+                grace_pending = false;
+                changes.send_modify(|n| *n += 1);
+            }
+        }
     }
 }
 
@@ -83,19 +167,35 @@ impl DataPlane for DistributedDataPlane {
     }
 
     fn programmed(&self, gw: &GatewayRef) -> ProgrammedState {
-        let Some(generation) = self.generation(&gw.cluster) else {
-            return ProgrammedState::Pending;
-        };
-        match self
-            .server
-            .programmed_gateway(&gw.cluster, &dist_ref(gw), generation)
-        {
-            Served::NoProxy => ProgrammedState::NoProxy,
-            Served::Pending { .. } => ProgrammedState::Pending,
-            Served::Applied => ProgrammedState::Applied(generation),
-            Served::Refused { proxy_id, reason } => {
-                ProgrammedState::Refused(format!("proxy {proxy_id}: {reason}"))
+        let state = match self.generation(&gw.cluster) {
+            None => ProgrammedState::Pending,
+            Some(generation) => {
+                match self
+                    .server
+                    .programmed_gateway(&gw.cluster, &dist_ref(gw), generation)
+                {
+                    Served::NoProxy => ProgrammedState::NoProxy,
+                    Served::Pending { .. } => ProgrammedState::Pending,
+                    Served::Applied => ProgrammedState::Applied(generation),
+                    Served::Refused { proxy_id, reason } => {
+                        ProgrammedState::Refused(format!("proxy {proxy_id}: {reason}"))
+                    }
+                }
             }
+        };
+        match state {
+            ProgrammedState::NoProxy | ProgrammedState::Pending if self.in_grace(&gw.cluster) => {
+                ProgrammedState::Unknown
+            }
+            ProgrammedState::Applied(_) | ProgrammedState::Refused(_) => {
+                // A proxy of this cluster reports: from now on its answers are the truth.
+                self.reported
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(gw.cluster.clone());
+                state
+            }
+            other => other,
         }
     }
 
@@ -125,7 +225,7 @@ impl DataPlane for DistributedDataPlane {
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
-        self.server.subscribe()
+        self.changes.subscribe()
     }
 
     fn traffic(&self, gw: &GatewayRef) -> Option<GatewayTraffic> {

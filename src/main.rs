@@ -72,6 +72,12 @@ enum Command {
         /// proxies bind the Gateway's address, so it must be routed to them.
         #[arg(long = "gateway-addresses", value_name = "CLUSTER=RANGE")]
         gateway_addresses: Vec<String>,
+        /// After a start, how long a cluster whose proxies have not reconnected yet keeps the
+        /// Programmed condition and addresses its Gateways' status has (instead of reporting an
+        /// outage that is only the proxies reconnecting). Default: the proxies' longest
+        /// reconnect delay plus a margin; 0 turns it off.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        proxy_reconnect_grace: std::time::Duration,
     },
     /// Run everything locally: three clusters, the controller, a proxy per region and a demo.
     Up(up::UpArgs),
@@ -123,11 +129,25 @@ fn main() -> anyhow::Result<()> {
             token,
             insecure,
             gateway_addresses,
+            proxy_reconnect_grace,
         } => {
             let pools = address_pools(&gateway_addresses)?;
-            runtime()?.block_on(controller(args, token, insecure, pools))
+            runtime()?.block_on(controller(
+                args,
+                token,
+                insecure,
+                pools,
+                proxy_reconnect_grace,
+            ))
         }
     }
+}
+
+/// A Gateway API duration (`10s`, `1m30s`, `500ms`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    Ok(std::time::Duration::from_millis(
+        meridian_controller::translate::parse_duration_ms(s)?.unwrap_or(0),
+    ))
 }
 
 /// `meridian controller`: with `--distribution-bind` the proxies get their snapshots from this
@@ -137,6 +157,7 @@ async fn controller(
     token: Option<String>,
     insecure: bool,
     pools: dataplane::addresses::AddressPools,
+    reconnect_grace: std::time::Duration,
 ) -> anyhow::Result<()> {
     let Some(bind) = args.distribution_bind else {
         if !pools.is_empty() {
@@ -160,7 +181,7 @@ async fn controller(
         .with_context(|| format!("starting the distribution server on {bind}"))?;
     tracing::info!(addr = %server.local_addr(), "distribution server listening");
     let data_plane =
-        dataplane::DistributedDataPlane::with_pools(std::sync::Arc::new(server), pools);
+        dataplane::DistributedDataPlane::new(std::sync::Arc::new(server), pools, reconnect_grace);
     meridian_controller::serve(args, Some(data_plane)).await
 }
 

@@ -286,6 +286,16 @@ impl ControllerArgs {
 
 /// A kube client for one member cluster, from its kubeconfig context.
 pub async fn connect(kubeconfig: &Kubeconfig, spec: &ClusterSpec) -> anyhow::Result<kube::Client> {
+    let config = cluster_config(kubeconfig, spec).await?;
+    kube::Client::try_from(config)
+        .with_context(|| format!("cluster {}: building a client", spec.name))
+}
+
+/// The client config of a member cluster from its kubeconfig context.
+pub async fn cluster_config(
+    kubeconfig: &Kubeconfig,
+    spec: &ClusterSpec,
+) -> anyhow::Result<kube::Config> {
     let options = KubeConfigOptions {
         context: Some(spec.context().to_string()),
         ..KubeConfigOptions::default()
@@ -299,8 +309,7 @@ pub async fn connect(kubeconfig: &Kubeconfig, spec: &ClusterSpec) -> anyhow::Res
                 spec.context()
             )
         })?;
-    kube::Client::try_from(config)
-        .with_context(|| format!("cluster {}: building a client", spec.name))
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -11,7 +11,13 @@
 //!                                                 3. snapshots whose content changed ─► DataPlane::publish
 //!                                                 4. status updates ─► StatusWriter (per cluster)
 //!  DataPlane::changes() ──────────────────────────► (full translation: Programmed, addresses)
+//!  Msg::Reachability(back) ──► StatusWriter::retry_now (failed writes go at once) + full pass
 //! ```
+//!
+//! Every full pass also reports, for objects with a status of ours not yet seen in the index,
+//! the status their copy already has; the writer then supersedes a write of ours that became
+//! outdated (`StatusWriter::settle`), so a status computed before a state change
+//! never lands after it.
 //!
 //! A cluster acts (gets snapshots published and status written) once its initial sync is done —
 //! every kind it serves has been listed — and, so that a ServiceImport does not briefly lose the
@@ -31,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::args::{ControllerArgs, connect};
+use crate::args::{ControllerArgs, cluster_config};
 use crate::dataplane::{DataPlane, StaticDataPlane};
 use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
@@ -98,6 +104,9 @@ pub struct ControllerConfig {
     pub debounce: Duration,
     /// How often each cluster's API is probed (CRD discovery and reachability).
     pub probe_interval: Duration,
+    /// How often an unreachable cluster's API is probed (at most `probe_interval`): how soon a
+    /// cluster that is back gets its status recomputed and its pending writes retried.
+    pub unreachable_probe_interval: Duration,
     /// Deadline of one probe.
     pub probe_timeout: Duration,
     /// How long an unreachable cluster's EndpointSlices keep being served.
@@ -106,6 +115,10 @@ pub struct ControllerConfig {
     pub startup_grace: Duration,
     /// Deadline of one status write.
     pub write_timeout: Duration,
+    /// Per cluster name, the client status writes go through, built with short connect and read
+    /// timeouts ([`crate::for_status_writes`]) so a dead connection does not hold a
+    /// write for the whole `write_timeout`. A cluster without one writes through its `client`.
+    pub write_clients: BTreeMap<String, kube::Client>,
     /// Longest pause between retries of a failed status write.
     pub write_backoff_max: Duration,
     /// Admin listener (/healthz, /readyz, /metrics); port 0 picks one.
@@ -130,10 +143,12 @@ impl ControllerConfig {
             data_plane,
             debounce: Duration::from_millis(30),
             probe_interval: Duration::from_secs(10),
+            unreachable_probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_secs(5),
             endpoint_grace: Duration::from_secs(300),
             startup_grace: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            write_clients: BTreeMap::new(),
             write_backoff_max: Duration::from_secs(30),
             admin: None,
             status_recheck: Duration::from_secs(1),
@@ -166,10 +181,12 @@ impl Controller {
             data_plane,
             debounce,
             probe_interval,
+            unreachable_probe_interval,
             probe_timeout,
             endpoint_grace,
             startup_grace,
             write_timeout,
+            mut write_clients,
             write_backoff_max,
             admin,
             status_recheck,
@@ -230,8 +247,11 @@ impl Controller {
             let name: Arc<str> = Arc::from(c.name.as_str());
             metrics.cluster_synced.with_label_values(&[&c.name]).set(0);
             let writer = StatusWriter::new(name.clone(), Arc::clone(&metrics));
+            let write_client = write_clients
+                .remove(&c.name)
+                .unwrap_or_else(|| c.client.clone());
             tasks.push(tokio::spawn(writer.clone().run(
-                c.client.clone(),
+                write_client,
                 writer_cfg.clone(),
                 shutdown_rx.clone(),
             )));
@@ -243,6 +263,7 @@ impl Controller {
                 tx: tx.clone(),
                 metrics: Arc::clone(&metrics),
                 probe_interval,
+                unreachable_probe_interval,
                 probe_timeout,
                 endpoint_grace,
             };
@@ -524,9 +545,18 @@ impl Reconciler {
                     return false;
                 };
                 match unreachable {
-                    Some(u) => self.unreachable.insert(name, u),
-                    None => self.unreachable.remove(&name),
-                };
+                    Some(u) => {
+                        self.unreachable.insert(name, u);
+                    }
+                    None => {
+                        self.unreachable.remove(&name);
+                        // Writes that failed while it was away go now, not after their backoff
+                        // (the pass this triggers supersedes those that became outdated).
+                        if let Some(w) = self.writers.get(cluster) {
+                            w.retry_now();
+                        }
+                    }
+                }
                 self.dirty_full = true;
                 true
             }
@@ -697,6 +727,13 @@ impl Reconciler {
             .iter()
             .map(|(c, s)| (c.clone(), s.generation))
             .collect();
+        for (i, w) in self.writers.iter().enumerate() {
+            let keys = w.unconfirmed();
+            if !keys.is_empty() {
+                cfg.unconfirmed
+                    .insert(self.names[i].clone(), keys.into_iter().collect());
+            }
+        }
         if self.world.multi_network() {
             for name in &self.names {
                 let listeners = self.data_plane.east_west(name);
@@ -737,7 +774,23 @@ impl Reconciler {
                 StatusKind::HttpRoute => state.and_then(|s| s.http_route(&key)).cloned(),
                 _ => None,
             };
-            self.writers[i].submit(update, source_rv, route);
+            if update.settles {
+                self.writers[i].settle(update, source_rv, route);
+            } else {
+                self.writers[i].submit(update, source_rv, route);
+            }
+        }
+        for (i, w) in self.writers.iter().enumerate() {
+            if !self.can_act(&self.names[i]) {
+                continue;
+            }
+            if let Some(state) = self.world.cluster(&self.names[i]) {
+                w.retire_seen(|kind, ns, name| {
+                    state
+                        .resource_version(kind, &ObjectKey::new(ns, name))
+                        .map(str::to_string)
+                });
+            }
         }
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.last_prune = Instant::now();
@@ -853,8 +906,14 @@ pub async fn serve(
     let kubeconfig = args.load_kubeconfig()?;
     let specs = args.cluster_specs(&kubeconfig)?;
     let mut clusters = Vec::new();
+    let mut write_clients = BTreeMap::new();
     for spec in &specs {
-        let client = connect(&kubeconfig, spec).await?;
+        let config = cluster_config(&kubeconfig, spec).await?;
+        let write_client = kube::Client::try_from(crate::writer::for_status_writes(config.clone()))
+            .with_context(|| format!("cluster {}: building the status-write client", spec.name))?;
+        write_clients.insert(spec.name.clone(), write_client);
+        let client = kube::Client::try_from(config)
+            .with_context(|| format!("cluster {}: building a client", spec.name))?;
         tracing::info!(cluster = %spec.name, context = spec.context(), region = spec.region(), network = spec.network(), "member cluster");
         clusters.push(
             MemberCluster::new(spec.name.clone(), spec.region(), spec.zones.clone(), client)
@@ -862,6 +921,7 @@ pub async fn serve(
         );
     }
     let mut cfg = ControllerConfig::new(clusters, data_plane);
+    cfg.write_clients = write_clients;
     cfg.controller_name = args.controller_name.clone();
     cfg.endpoint_grace = args.endpoint_grace;
     cfg.debounce = args.debounce;

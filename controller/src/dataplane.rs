@@ -33,6 +33,10 @@ pub trait DataPlane: Send + Sync + 'static {
     /// same cluster.
     fn publish(&self, cluster: &str, snapshot: Snapshot);
     /// What the proxies report for a Gateway (drives `Programmed`).
+    /// [`ProgrammedState::Unknown`] while the data plane cannot tell (after a restart, before the
+    /// proxies reconnect): the Gateway then keeps the `Programmed` condition and addresses its
+    /// status has. An implementation returning it must bound that time and tick
+    /// [`DataPlane::changes`] when it ends, so the truth gets written.
     fn programmed(&self, gw: &GatewayRef) -> ProgrammedState;
     /// Addresses the Gateway is served on (the first binds its listeners); empty means none
     /// assigned (`Programmed=False/AddressNotAssigned`).

@@ -22,7 +22,8 @@
 //! 6. [`controller`](mod@controller) — the reconcile loop (debounce, translate or refresh endpoints,
 //!    publish, submit status), [`Controller::start`] and [`run`];
 //! 7. `writer` — one status writer per cluster (SSA for GatewayClass/Gateway, read-modify-write for
-//!    HTTPRoute parents, retries, no write storms);
+//!    HTTPRoute parents, retries that resume as soon as the API answers again, outdated writes
+//!    superseded, no write storms; [`for_status_writes`] gives its client short timeouts);
 //! 8. [`dataplane`] — the [`DataPlane`] seam to the distribution server, and [`StaticDataPlane`];
 //! 9. [`args`] — `meridian controller` flags ([`ControllerArgs`]); [`metrics`] — Prometheus and the
 //!    admin listener;
@@ -45,7 +46,7 @@ pub use args::{ClusterSpec, ControllerArgs, NetworkSpec};
 pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster, run, serve};
 pub use dataplane::{DataPlane, StaticDataPlane};
 pub use drill::{DrillActuator, DrillMode, DrillTarget};
-pub use writer::FIELD_MANAGER;
+pub use writer::{FIELD_MANAGER, for_status_writes};
 
 pub use status::{StatusKind, StatusUpdate};
 pub use translate::{

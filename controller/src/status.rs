@@ -97,6 +97,11 @@ pub struct StatusUpdate {
     pub generation: i64,
     /// The complete new `status` object (for HTTPRoute: including other controllers' parents).
     pub status: Value,
+    /// `true`: the indexed copy already carries this status; it is reported only because a
+    /// status of ours computed against that copy is not confirmed yet
+    /// ([`TranslateConfig::unconfirmed`](crate::TranslateConfig::unconfirmed)), which this one
+    /// supersedes. `false`: a write to make.
+    pub settles: bool,
 }
 
 impl StatusUpdate {

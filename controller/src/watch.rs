@@ -1,7 +1,8 @@
 //! Watchers: one supervisor per member cluster, one kube-runtime watcher per (cluster, kind).
 //!
 //! ```text
-//! supervisor(cluster)  every probe_interval:
+//! supervisor(cluster)  every probe_interval (every unreachable_probe_interval while unreachable,
+//!                      so a cluster coming back is noticed within it):
 //!   1. probe discovery (one GET per API group-version) ── transport error ─► unreachable
 //!   2. start a watcher for every kind whose resource is served, stop the ones that vanished
 //!   3. unreachable for longer than endpoint_grace ─► stop the EndpointSlice watcher and
@@ -118,6 +119,8 @@ pub(crate) struct WatchCtx {
     pub tx: mpsc::Sender<Msg>,
     pub metrics: Arc<Metrics>,
     pub probe_interval: Duration,
+    /// Probe interval while the cluster is unreachable (capped by `probe_interval`).
+    pub unreachable_probe_interval: Duration,
     pub probe_timeout: Duration,
     pub endpoint_grace: Duration,
 }
@@ -317,8 +320,15 @@ pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>
                 }
             }
         }
+        // An unreachable cluster is probed more often: the moment it answers again its
+        // pending status writes are retried and its status recomputed.
+        let pause = if unreachable_since.is_some() {
+            ctx.probe_interval.min(ctx.unreachable_probe_interval)
+        } else {
+            ctx.probe_interval
+        };
         tokio::select! {
-            _ = tokio::time::sleep(ctx.probe_interval) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = crate::stopped(&mut shutdown) => break,
         }
     }

@@ -8,8 +8,24 @@
 //!         `meridian`, force)
 //!     HTTPRoute: PUT …/status of the indexed copy (its resourceVersion guards the write);
 //!                on 409: GET, re-merge our parents over the fresh list, PUT again (≤ 3 times)
-//!     ok ─► done │ 404 / 422 / newer generation ─► dropped │ other failure ─► retried with backoff
+//!     ok ─► done │ NotFound Status / 422 / newer generation ─► dropped
+//!     plain-text 404 (API server still starting), transport error, timeout, 409s ─► retried with
+//!         backoff, and at once when the API answers again (retry_now, or another write succeeding)
 //! ```
+//!
+//! The writer is keyed by object: a newer status replaces a queued or backing-off one, and one
+//! computed while a write is in flight is written right after it. A 404 is "object gone" only
+//! when it carries a `Status` with reason `NotFound`; kube-rs turns the plain-text
+//! `404 page not found` of an API server that is still starting into a `Status` without that
+//! reason, and that write is kept and retried (not lost, not dropped).
+//!
+//! Superseding (`settle`): translation emits nothing for an object whose indexed copy already
+//! says what it wants. When that copy is the one a status of ours was computed against and that
+//! status is not confirmed yet (still queued, backing off, in flight, or written but not yet seen
+//! by the watch), the reconcile loop hands the copy's status to [`StatusWriter::settle`]: a write
+//! never attempted is simply dropped, anything that may have landed is followed by the copy's
+//! status. So a write computed before a state change (say, `StaleEndpoints=True` while a member
+//! cluster was down) never lands after it.
 //!
 //! Translation emits a status only when it differs from the indexed copy, and that copy lags
 //! behind our own writes until the watch delivers them. The writer therefore remembers, per
@@ -22,7 +38,7 @@
 //! are retried with exponential backoff, so a status is never lost because translation will not
 //! emit it again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +70,23 @@ pub const SAME_WRITES_WINDOW: Duration = Duration::from_secs(60);
 /// Conflicts resolved in place (re-read and re-merge) before a route write is retried later.
 const MAX_CONFLICTS: u32 = 3;
 
+/// Connect timeout of the client status writes go through ([`for_status_writes`]).
+pub const WRITE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Read timeout of the client status writes go through ([`for_status_writes`]): a status write
+/// is answered in milliseconds; a connection silent this long is dead (e.g. the API server was
+/// killed and the pooled connection still looks open).
+pub const WRITE_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The client config for status writes: `config` with short connect and read timeouts, so a dead
+/// connection fails a write in seconds instead of holding it for the whole write timeout. Watches
+/// keep the caller's config: a read timeout would cut idle watch streams.
+pub fn for_status_writes(mut config: kube::Config) -> kube::Config {
+    config.connect_timeout = Some(WRITE_CONNECT_TIMEOUT);
+    config.read_timeout = Some(WRITE_READ_TIMEOUT);
+    config
+}
+
 /// Writer settings.
 #[derive(Clone, Debug)]
 pub(crate) struct WriterConfig {
@@ -84,6 +117,25 @@ struct Recent {
 struct State {
     pending: BTreeMap<WriteKey, Job>,
     recent: HashMap<WriteKey, Recent>,
+    /// The object whose write is under way.
+    in_flight: Option<WriteKey>,
+    /// Objects with a status of ours not yet seen in the index (see [`StatusWriter::settle`]).
+    unconfirmed: BTreeSet<WriteKey>,
+}
+
+impl State {
+    /// Brings every job that failed before forward to now: the API answers again.
+    fn retry_failed_now(&mut self) -> bool {
+        let now = Instant::now();
+        let mut any = false;
+        for job in self.pending.values_mut() {
+            if job.attempts > 0 && job.not_before > now {
+                job.not_before = now;
+                any = true;
+            }
+        }
+        any
+    }
 }
 
 /// The submitting side of one cluster's writer.
@@ -163,6 +215,33 @@ impl StatusWriter {
                 return false;
             }
         }
+        self.queue(
+            &mut state,
+            key,
+            update,
+            source_rv,
+            route,
+            same_writes,
+            since,
+        );
+        drop(state);
+        self.shared.1.notify_one();
+        true
+    }
+
+    /// Records `update` as the latest status of its object and queues it (replacing a queued
+    /// or backing-off one).
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &self,
+        state: &mut State,
+        key: WriteKey,
+        update: StatusUpdate,
+        source_rv: Option<String>,
+        route: Option<Arc<HttpRoute>>,
+        same_writes: u32,
+        since: Instant,
+    ) {
         state.recent.insert(
             key.clone(),
             Recent {
@@ -173,6 +252,7 @@ impl StatusWriter {
                 since,
             },
         );
+        state.unconfirmed.insert(key.clone());
         state.pending.insert(
             key,
             Job {
@@ -182,23 +262,104 @@ impl StatusWriter {
                 not_before: Instant::now(),
             },
         );
-        let n = state.pending.len();
-        drop(state);
         self.metrics
             .status_pending
             .with_label_values(&[&self.cluster])
-            .set(n as i64);
+            .set(state.pending.len() as i64);
+    }
+
+    /// Translation found the indexed copy (`source_rv`) already carrying `update.status`. If a
+    /// different status of ours was computed against that same copy, it is outdated: dropped if
+    /// it was never sent, else followed by this one (it may have landed, or still land). Returns
+    /// whether anything changed.
+    pub fn settle(
+        &self,
+        update: StatusUpdate,
+        source_rv: Option<String>,
+        route: Option<Arc<HttpRoute>>,
+    ) -> bool {
+        let key = key_of(&update);
+        let mut state = self.lock();
+        match state.recent.get(&key) {
+            Some(r) if r.source_rv == source_rv && !eq_ignoring_time(&r.status, &update.status) => {
+            }
+            _ => return false,
+        }
+        let object = format!("{}/{}", key.1, key.2);
+        let never_sent = state.in_flight.as_ref() != Some(&key)
+            && state.pending.get(&key).is_some_and(|j| j.attempts == 0);
+        if never_sent {
+            state.pending.remove(&key);
+            state.recent.remove(&key);
+            state.unconfirmed.remove(&key);
+            self.metrics
+                .status_pending
+                .with_label_values(&[&self.cluster])
+                .set(state.pending.len() as i64);
+            tracing::debug!(
+                cluster = %self.cluster, kind = update.kind.kind(), %object,
+                "queued status superseded before it was sent: the object already says what we want"
+            );
+            return true;
+        }
+        tracing::debug!(
+            cluster = %self.cluster, kind = update.kind.kind(), %object,
+            "an earlier status of ours is outdated; writing the current one after it"
+        );
+        self.queue(&mut state, key, update, source_rv, route, 0, Instant::now());
+        drop(state);
         self.shared.1.notify_one();
         true
+    }
+
+    /// Objects with a status of ours that the index has not shown yet: translation reports
+    /// for these when their copy already says what we want ([`StatusWriter::settle`]).
+    pub fn unconfirmed(&self) -> Vec<(StatusKind, String, String)> {
+        self.lock().unconfirmed.iter().cloned().collect()
+    }
+
+    /// Forgets unconfirmed objects whose indexed copy moved past the one our status was computed
+    /// against (`current_rv`: the copy's resourceVersion now, `None` when gone) and that have
+    /// no write queued or under way.
+    pub fn retire_seen(&self, current_rv: impl Fn(StatusKind, &str, &str) -> Option<String>) {
+        let mut state = self.lock();
+        let State {
+            pending,
+            recent,
+            in_flight,
+            unconfirmed,
+        } = &mut *state;
+        unconfirmed.retain(|k| {
+            pending.contains_key(k)
+                || in_flight.as_ref() == Some(k)
+                || recent
+                    .get(k)
+                    .is_some_and(|r| r.source_rv == current_rv(k.0, &k.1, &k.2))
+        });
+    }
+
+    /// Retries every failed write now instead of after its backoff: the cluster's API answers
+    /// again (called when it becomes reachable).
+    pub fn retry_now(&self) {
+        if self.lock().retry_failed_now() {
+            self.shared.1.notify_one();
+        }
     }
 
     /// Forgets objects for which `keep` is false (deleted objects), bounding memory.
     pub fn prune(&self, keep: impl Fn(StatusKind, &str, &str) -> bool) {
         let mut state = self.lock();
         state.recent.retain(|(k, ns, n), _| keep(*k, ns, n));
+        let State {
+            recent,
+            unconfirmed,
+            ..
+        } = &mut *state;
+        unconfirmed.retain(|k| recent.contains_key(k));
     }
 
     /// Updates waiting (including ones backing off).
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
     }
@@ -215,7 +376,44 @@ impl StatusWriter {
         if when > Instant::now() {
             return Err(Some(when));
         }
-        state.pending.remove_entry(&key).ok_or(None)
+        let job = state.pending.remove_entry(&key).ok_or(None)?;
+        state.in_flight = Some(key);
+        Ok(job)
+    }
+
+    /// Books the outcome of a write: a failed job goes back (unless a newer status replaced it)
+    /// to be retried after `delay`; a success brings other failed jobs forward.
+    fn finish(
+        &self,
+        key: WriteKey,
+        mut job: Job,
+        result: &Result<(), WriteError>,
+        delay: Duration,
+    ) {
+        let mut state = self.lock();
+        state.in_flight = None;
+        match result {
+            Ok(()) => {
+                if state.retry_failed_now() {
+                    self.shared.1.notify_one();
+                }
+            }
+            Err(e) if e.is_transient() => {
+                job.not_before = Instant::now() + delay;
+                // A newer status for the same object replaces the failed one.
+                state.pending.entry(key).or_insert(job);
+            }
+            Err(_) => {
+                // Dropped for good: nothing of ours waits to be seen.
+                if !state.pending.contains_key(&key) {
+                    state.unconfirmed.remove(&key);
+                }
+            }
+        }
+        self.metrics
+            .status_pending
+            .with_label_values(&[&self.cluster])
+            .set(state.pending.len() as i64);
     }
 
     /// Runs the writer until `shutdown` turns true.
@@ -260,7 +458,8 @@ impl StatusWriter {
                 .with_label_values(&[&self.cluster, kind, result_label(&result)])
                 .inc();
             let object = format!("{}/{}", key.1, key.2);
-            match result {
+            let mut delay = Duration::ZERO;
+            match &result {
                 Ok(()) => tracing::debug!(cluster = %self.cluster, kind, %object, "status written"),
                 Err(WriteError::Gone) => {
                     tracing::debug!(cluster = %self.cluster, kind, %object, "object gone; status dropped")
@@ -273,23 +472,17 @@ impl StatusWriter {
                     cluster = %self.cluster, kind, %object, error = %msg,
                     "status rejected by the API server; not retried"
                 ),
-                Err(e @ (WriteError::Retry(_) | WriteError::Timeout | WriteError::Conflict)) => {
-                    job.attempts += 1;
-                    let delay = backoff(&cfg, job.attempts);
+                Err(e) => {
+                    let attempts = job.attempts + 1;
+                    job.attempts = attempts;
+                    delay = backoff(&cfg, attempts);
                     tracing::warn!(
-                        cluster = %self.cluster, kind, %object, error = %e, attempt = job.attempts,
-                        retry_in = ?delay, "status write failed"
+                        cluster = %self.cluster, kind, %object, error = %e, attempt = attempts,
+                        retry_in = ?delay, "status write failed; retried then, or as soon as the API answers again"
                     );
-                    job.not_before = Instant::now() + delay;
-                    // A newer status for the same object replaces the failed one.
-                    self.lock().pending.entry(key).or_insert(job);
                 }
             }
-            let n = self.pending();
-            self.metrics
-                .status_pending
-                .with_label_values(&[&self.cluster])
-                .set(n as i64);
+            self.finish(key, job, &result, delay);
         }
     }
 }
@@ -303,6 +496,8 @@ fn backoff(cfg: &WriterConfig, attempts: u32) -> Duration {
 enum WriteError {
     #[error("object not found")]
     Gone,
+    #[error("API server not ready (404 without a Status body): {0}")]
+    NotReady(String),
     #[error("object has a newer generation")]
     Stale,
     #[error("invalid: {0}")]
@@ -315,10 +510,24 @@ enum WriteError {
     Retry(String),
 }
 
+impl WriteError {
+    /// Worth retrying: the same write may succeed later.
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            WriteError::NotReady(_)
+                | WriteError::Retry(_)
+                | WriteError::Timeout
+                | WriteError::Conflict
+        )
+    }
+}
+
 fn result_label(r: &Result<(), WriteError>) -> &'static str {
     match r {
         Ok(()) => "ok",
         Err(WriteError::Gone) => "gone",
+        Err(WriteError::NotReady(_)) => "not_ready",
         Err(WriteError::Stale) => "stale",
         Err(WriteError::Invalid(_)) => "invalid",
         Err(WriteError::Conflict) => "conflict",
@@ -332,10 +541,18 @@ enum Classified {
     Other(WriteError),
 }
 
+/// Sorts a kube error by what the writer does with it. kube-rs reports every HTTP error as
+/// `Error::Api(Status)`: the server's `Status` when the body is one, else a `Status` it made up
+/// with the HTTP code, the body as message and reason "Failed to parse error data". Only a real
+/// `Status` says `NotFound` (the object or its type is gone); a bare 404 comes from a server
+/// whose API is not up yet (a starting kube-apiserver answers `404 page not found`).
 fn classify(e: kube::Error) -> Classified {
     match e {
         kube::Error::Api(s) if s.is_conflict() => Classified::Conflict,
         kube::Error::Api(s) if s.is_not_found() => Classified::Other(WriteError::Gone),
+        kube::Error::Api(s) if s.code == 404 => {
+            Classified::Other(WriteError::NotReady(s.message.trim().to_string()))
+        }
         kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
             Classified::Other(WriteError::Invalid(s.message.clone()))
         }
@@ -503,6 +720,7 @@ mod tests {
             generation,
             status: json!({"conditions": [{"type": "Accepted", "reason": reason,
                 "lastTransitionTime": "2024-01-01T00:00:00Z"}]}),
+            settles: false,
         }
     }
 
@@ -603,6 +821,7 @@ mod tests {
             generation: 1,
             // Computed against the outdated copy: only our entry.
             status: json!({"parents": [parent(me, "gw")]}),
+            settles: false,
         };
         let rv = indexed.metadata.resource_version.clone();
         assert!(writer.submit(update, rv, Some(Arc::new(indexed))));
@@ -643,6 +862,260 @@ mod tests {
         stop_tx.send(true).unwrap();
         task.await.unwrap();
         sb.shutdown().await;
+    }
+
+    fn writer() -> StatusWriter {
+        StatusWriter::new("east".into(), Arc::new(Metrics::new().unwrap()))
+    }
+
+    fn cfg(timeout: Duration) -> WriterConfig {
+        WriterConfig {
+            controller_name: "meridian.dev/gateway-controller".into(),
+            timeout,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+        }
+    }
+
+    fn reason_of(job: &Job) -> &str {
+        job.update.status["conditions"][0]["reason"]
+            .as_str()
+            .unwrap()
+    }
+
+    /// Keyed by object: a failed write backs off unless a newer status replaced it meanwhile, and
+    /// `retry_now` (the cluster answers again) ends every backoff at once.
+    // Deadlines are checked, never slept on: no clock control needed.
+    #[test]
+    fn newer_status_replaces_a_failed_one_and_retry_now_ends_backoffs() {
+        let w = writer();
+        assert!(w.submit(update("a", 1, "X"), Some("1".into()), None));
+        let (key, job) = w.next_job().ok().unwrap();
+        assert_eq!(reason_of(&job), "X");
+        // Y arrives while X is in flight; X then fails: Y is what stays.
+        assert!(w.submit(update("a", 1, "Y"), Some("1".into()), None));
+        let err = Err(WriteError::Retry("connection refused".into()));
+        w.finish(key, job, &err, Duration::from_secs(10));
+        let (key, mut job) = w.next_job().ok().unwrap();
+        assert_eq!(reason_of(&job), "Y");
+        job.attempts = 1;
+        w.finish(key, job, &err, Duration::from_secs(10));
+        let due = w.next_job().err().flatten().unwrap();
+        assert!(
+            due >= Instant::now() + Duration::from_secs(9),
+            "backing off"
+        );
+        assert!(w.next_job().is_err(), "still backing off");
+        w.retry_now();
+        let (key, job) = w.next_job().ok().unwrap();
+        assert_eq!(reason_of(&job), "Y");
+        // A write that succeeds also brings other failed jobs forward.
+        assert!(w.submit(update("b", 1, "X"), Some("1".into()), None));
+        let (bkey, mut bjob) = w.next_job().ok().unwrap();
+        bjob.attempts = 1;
+        w.finish(bkey, bjob, &err, Duration::from_secs(10));
+        assert!(w.next_job().is_err());
+        w.finish(key, job, &Ok(()), Duration::ZERO);
+        let (bkey, _) = w.next_job().ok().unwrap();
+        assert_eq!(bkey.2, "b");
+    }
+
+    /// A status computed against a copy that already says something else is superseded: dropped
+    /// if it was never sent, followed by the copy's status if it may have landed.
+    #[test]
+    fn settle_supersedes_an_outdated_write() {
+        let w = writer();
+        let rv = || Some("5".to_string());
+        // Nothing of ours against this copy: nothing to settle.
+        assert!(!w.settle(update("a", 1, "Clean"), rv(), None));
+
+        // Queued, never sent: dropped and forgotten (it may be submitted again later).
+        assert!(w.submit(update("a", 1, "Stale"), rv(), None));
+        assert!(
+            !w.settle(update("a", 1, "Clean"), Some("4".into()), None),
+            "other copy"
+        );
+        assert!(
+            !w.settle(update("a", 1, "Stale"), rv(), None),
+            "same status"
+        );
+        assert!(w.settle(update("a", 1, "Clean"), rv(), None));
+        assert_eq!(w.pending(), 0);
+        assert!(w.unconfirmed().is_empty());
+        assert!(w.submit(update("a", 1, "Stale"), rv(), None));
+
+        // Sent and failed (it may have landed): the copy's status is written after it.
+        let (key, mut job) = w.next_job().ok().unwrap();
+        job.attempts = 1;
+        w.finish(key, job, &Err(WriteError::Timeout), Duration::from_secs(30));
+        assert!(w.settle(update("a", 1, "Clean"), rv(), None));
+        let (key, job) = w.next_job().expect("due at once, not after the backoff");
+        assert_eq!(reason_of(&job), "Clean");
+        w.finish(key, job, &Ok(()), Duration::ZERO);
+
+        // In flight on its first attempt when the copy turned out to say something else: the
+        // copy's status is written right after it.
+        assert!(w.submit(update("a", 1, "Stale"), rv(), None));
+        let (key, job) = w.next_job().ok().unwrap();
+        assert!(w.settle(update("a", 1, "Clean"), rv(), None));
+        w.finish(key, job, &Ok(()), Duration::ZERO);
+        let (key, job) = w.next_job().expect("the copy's status follows");
+        assert_eq!(reason_of(&job), "Clean");
+        w.finish(key, job, &Ok(()), Duration::ZERO);
+        assert_eq!(
+            w.unconfirmed(),
+            vec![(StatusKind::Gateway, "ns".to_string(), "a".to_string())]
+        );
+        // Retired once the index shows a newer copy and nothing is queued.
+        assert_eq!(w.pending(), 0);
+        w.retire_seen(|_, _, _| rv());
+        assert_eq!(w.unconfirmed().len(), 1, "copy not moved yet");
+        w.retire_seen(|_, _, _| Some("6".into()));
+        assert!(w.unconfirmed().is_empty());
+    }
+
+    #[test]
+    fn a_plain_text_404_is_transient_and_a_not_found_status_is_final() {
+        let plain =
+            kube::core::Status::failure("404 page not found\n", "Failed to parse error data")
+                .with_code(404);
+        match classify(kube::Error::Api(plain.boxed())) {
+            Classified::Other(e @ WriteError::NotReady(_)) => {
+                assert!(e.is_transient());
+                assert!(e.to_string().contains("404 page not found"), "{e}");
+            }
+            _ => panic!("plain-text 404 must be NotReady"),
+        }
+        let gone =
+            kube::core::Status::failure("gateways \"gw\" not found", "NotFound").with_code(404);
+        assert!(matches!(
+            classify(kube::Error::Api(gone.boxed())),
+            Classified::Other(WriteError::Gone)
+        ));
+        assert!(!WriteError::Gone.is_transient());
+    }
+
+    async fn gateway_api_sandbox() -> (meridian_sandbox::Sandbox, kube::Client) {
+        let sb =
+            meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
+                .await
+                .unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new(sb.clusters()[0].url.parse().unwrap()))
+                .unwrap();
+        let crds: Api<meridian_crds::CustomResourceDefinition> = Api::all(client.clone());
+        for crd in meridian_crds::gateway_api_crds() {
+            crds.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        (sb, client)
+    }
+
+    fn writes(w: &StatusWriter, result: &str) -> u64 {
+        w.metrics
+            .status_writes
+            .with_label_values(&["east", "Gateway", result])
+            .get()
+    }
+
+    async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Against the sandbox: a write while the API server is "starting" (plain-text 404) is kept
+    /// and lands once it is ready; a write for an object that does not exist (a NotFound
+    /// `Status`) is dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_survive_a_starting_api_server_and_are_dropped_for_gone_objects() {
+        let (sb, client) = gateway_api_sandbox().await;
+        let gws: Api<Gateway> = Api::namespaced(client.clone(), "default");
+        let gw: Gateway = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "default"},
+            "spec": {"gatewayClassName": "c", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+        .unwrap();
+        gws.create(&PostParams::default(), &gw).await.unwrap();
+        let w = writer();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(w.clone().run(
+            client.clone(),
+            cfg(Duration::from_secs(5)),
+            stop_rx,
+        ));
+
+        let at = |name: &str| StatusUpdate {
+            namespace: Some("default".into()),
+            ..update(name, 1, "Accepted")
+        };
+        // Gone: one attempt, dropped, nothing left.
+        w.submit(at("absent"), Some("1".into()), None);
+        wait_until("the write for a missing Gateway to be dropped", || {
+            writes(&w, "gone") == 1
+        })
+        .await;
+        assert_eq!(w.pending(), 0);
+
+        sb.set_starting("east", None).unwrap();
+        w.submit(at("gw"), Some("1".into()), None);
+        wait_until("two not-ready attempts", || writes(&w, "not_ready") >= 2).await;
+        assert_eq!(w.pending(), 1, "kept for a retry");
+        assert_eq!(writes(&w, "gone"), 1, "not mistaken for a deleted object");
+        sb.set_starting("east", Some(Duration::ZERO)).unwrap();
+        let ready = Instant::now();
+        w.retry_now();
+        wait_until("the status to land", || writes(&w, "ok") == 1).await;
+        assert!(
+            ready.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            ready.elapsed()
+        );
+        let stored = gws.get_status("gw").await.unwrap();
+        let reason = stored.status.unwrap().conditions.unwrap()[0].reason.clone();
+        assert_eq!(reason, "Accepted");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        sb.shutdown().await;
+    }
+
+    /// A connection that accepts but never answers (a dead API server whose socket still looks
+    /// open) fails a write within the write client's read timeout, far below the write timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_connection_fails_a_write_within_the_read_timeout() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            // Bounded: the test makes a handful of connections at most.
+            for _ in 0..16 {
+                match silent.accept().await {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => break,
+                }
+            }
+            std::future::pending::<()>().await;
+        });
+        let config = for_status_writes(kube::Config::new(url.parse().unwrap()));
+        let client = kube::Client::try_from(config).unwrap();
+        let w = writer();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(w.clone().run(client, cfg(Duration::from_secs(30)), stop_rx));
+        let started = Instant::now();
+        w.submit(update("gw", 1, "X"), Some("1".into()), None);
+        wait_until("the first attempt to fail", || writes(&w, "error") >= 1).await;
+        let took = started.elapsed();
+        assert!(
+            took >= WRITE_READ_TIMEOUT && took < WRITE_READ_TIMEOUT + Duration::from_secs(2),
+            "failed after {took:?}"
+        );
+        assert_eq!(writes(&w, "timeout"), 0);
+        assert_eq!(w.pending(), 1, "kept for a retry");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        holder.abort();
     }
 
     #[test]

@@ -24,6 +24,12 @@
 //! (`Status` bodies), [`protobuf`] (protobuf request bodies into JSON), [`openapi`] (OpenAPI
 //! documents with CRD schemas).
 //!
+//! Fault injection for tests (and drills): [`Sandbox::stop_cluster`] closes one cluster's
+//! listener and cuts its connections like a killed API server, [`Sandbox::restart_cluster`]
+//! serves it again on the same address with the objects it had, and [`Sandbox::set_starting`]
+//! makes it answer every request with a plain-text `404 page not found` for a while, as a real
+//! API server does while it starts.
+//!
 //! Known simplifications (documented where they live): objects are stored once, in the storage
 //! version (no conversion; each write is checked against the schema of the version it was sent
 //! in); schema validation skips `format`, `allOf`/`anyOf`/`oneOf`/`not` and `metadata`, CEL rules
@@ -139,10 +145,19 @@ pub struct ClusterEndpoint {
     pub addr: SocketAddr,
 }
 
+/// One cluster's accept loop and the flag that stops it alone.
+struct Listener {
+    stop: tokio::sync::watch::Sender<bool>,
+    /// `None` while the cluster is stopped.
+    task: Option<JoinHandle<()>>,
+}
+
 /// A running set of clusters.
 pub struct Sandbox {
     endpoints: Vec<ClusterEndpoint>,
     clusters: Vec<Arc<Cluster>>,
+    /// Per cluster (same order as `clusters`).
+    listeners: Vec<std::sync::Mutex<Listener>>,
     tasks: Vec<JoinHandle<()>>,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
     state_dir: Option<PathBuf>,
@@ -182,6 +197,7 @@ impl Sandbox {
         };
         let mut endpoints = Vec::new();
         let mut clusters = Vec::new();
+        let mut listeners = Vec::new();
         let mut tasks = Vec::new();
         for (i, name) in cfg.clusters.iter().enumerate() {
             let port = if cfg.base_port == 0 {
@@ -207,10 +223,15 @@ impl Sandbox {
                 state,
                 shutdown_rx.clone(),
             ));
-            tasks.push(tokio::spawn(server::accept_loop(
-                listener,
-                Arc::clone(&cluster),
-            )));
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            listeners.push(std::sync::Mutex::new(Listener {
+                stop,
+                task: Some(tokio::spawn(server::accept_loop(
+                    listener,
+                    Arc::clone(&cluster),
+                    stop_rx,
+                ))),
+            }));
             if let Some(dir) = &cfg.state_dir {
                 tasks.push(tokio::spawn(persist::run(
                     dir.clone(),
@@ -231,6 +252,7 @@ impl Sandbox {
         let sandbox = Sandbox {
             endpoints,
             clusters,
+            listeners,
             tasks,
             shutdown_tx,
             state_dir: cfg.state_dir.clone(),
@@ -277,10 +299,84 @@ impl Sandbox {
         }
     }
 
+    fn index(&self, cluster: &str) -> anyhow::Result<usize> {
+        self.clusters
+            .iter()
+            .position(|c| c.name == cluster)
+            .with_context(|| format!("no cluster {cluster:?} in this sandbox"))
+    }
+
+    fn listener(&self, i: usize) -> std::sync::MutexGuard<'_, Listener> {
+        self.listeners[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops one cluster's API like a killed server: the listener closes (connections are
+    /// refused) and every open connection, watch streams included, is cut. The objects stay (and
+    /// are flushed to the state dir when persisting); [`Sandbox::restart_cluster`] serves them
+    /// again. Stopping a stopped cluster does nothing.
+    pub async fn stop_cluster(&self, cluster: &str) -> anyhow::Result<()> {
+        let i = self.index(cluster)?;
+        let task = {
+            let mut l = self.listener(i);
+            l.stop.send_replace(true);
+            l.task.take()
+        };
+        if let Some(task) = task {
+            // The loop only aborts its connections and returns: no wait beyond that.
+            let _ = task.await;
+        }
+        if let Some(dir) = &self.state_dir {
+            persist::save(dir, &self.clusters[i]).await?;
+        }
+        Ok(())
+    }
+
+    /// Serves a stopped cluster again on the same address with the objects (and watch history)
+    /// it had, so clients resume where they were. With `starting` it first answers like a
+    /// starting API server for that long ([`Sandbox::set_starting`]). Restarting a running
+    /// cluster only applies `starting`.
+    pub async fn restart_cluster(
+        &self,
+        cluster: &str,
+        starting: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let i = self.index(cluster)?;
+        let c = Arc::clone(&self.clusters[i]);
+        if let Some(d) = starting {
+            c.set_starting(Some(d));
+        }
+        if self.listener(i).task.is_some() {
+            return Ok(());
+        }
+        // The old socket is closed; SO_REUSEADDR (set by tokio on Unix) lets the port be bound
+        // again despite connections in TIME_WAIT.
+        let listener = tokio::net::TcpListener::bind(c.addr)
+            .await
+            .with_context(|| format!("binding cluster {cluster} to {} again", c.addr))?;
+        let mut l = self.listener(i);
+        l.stop.send_replace(false);
+        let stop_rx = l.stop.subscribe();
+        l.task = Some(tokio::spawn(server::accept_loop(listener, c, stop_rx)));
+        Ok(())
+    }
+
+    /// Makes a running cluster answer every request with a plain-text `404 page not found`
+    /// (not a `Status` object) for `duration`, as a real API server does while it starts;
+    /// `None` keeps it up until called again, `Some(Duration::ZERO)` ends it.
+    pub fn set_starting(&self, cluster: &str, duration: Option<Duration>) -> anyhow::Result<()> {
+        let i = self.index(cluster)?;
+        self.clusters[i].set_starting(duration);
+        Ok(())
+    }
+
     /// Stops listeners and watches, then flushes persistence.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
-        for t in self.tasks {
+        let listeners = self
+            .listeners
+            .into_iter()
+            .filter_map(|l| l.into_inner().unwrap_or_else(|p| p.into_inner()).task);
+        for t in listeners.chain(self.tasks) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         if let Some(dir) = &self.state_dir {

@@ -7,6 +7,15 @@
 //! ```
 //! Shutdown flips a `watch` flag: accept loops stop, watch streams end, connection tasks are
 //! aborted, then persistence is flushed by the caller.
+//!
+//! Fault injection (for tests and drills; see `Sandbox::stop_cluster`, `Sandbox::restart_cluster`
+//! and `Sandbox::set_starting`):
+//! - each accept loop also has its own stop flag: the listener closes and every open connection
+//!   (watch streams included) is cut at once, as when an API server process dies; the cluster's
+//!   state stays, so a new accept loop on the same address serves it again;
+//! - a cluster that is "starting" answers every request with a plain-text
+//!   `404 page not found` (no `Status` body), as a real kube-apiserver does before its routes are
+//!   installed. Clients must not mistake that for "object deleted".
 
 use crate::store::State;
 use bytes::Bytes;
@@ -15,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -41,6 +50,8 @@ pub struct Cluster {
     /// Signalled after every committed change (persistence debounces on it).
     pub dirty: Notify,
     pub shutdown: watch::Receiver<bool>,
+    /// While set and in the future, every request gets the plain-text "starting" 404.
+    starting_until: Mutex<Option<Instant>>,
 }
 
 impl Cluster {
@@ -60,7 +71,32 @@ impl Cluster {
             rv_tx,
             dirty: Notify::new(),
             shutdown,
+            starting_until: Mutex::new(None),
         }
+    }
+
+    /// Makes the cluster answer every request with a plain-text `404 page not found` for `d`
+    /// (`None`: until called again with `Some(Duration::ZERO)`), like an API server that is
+    /// still starting. `Some(Duration::ZERO)` ends it at once.
+    pub fn set_starting(&self, d: Option<Duration>) {
+        // No deadline that far ahead fits an Instant: treat it as "until further notice".
+        let until = match d {
+            Some(d) => Instant::now().checked_add(d),
+            None => None,
+        };
+        let on = d.is_none_or(|d| !d.is_zero());
+        *self
+            .starting_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = on.then(|| until.unwrap_or_else(far_future));
+    }
+
+    /// Whether the cluster currently answers as a starting API server.
+    pub fn starting(&self) -> bool {
+        self.starting_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| Instant::now() < t)
     }
 
     /// Locks the state. A poisoned lock (a panic mid-request) still yields the data: every
@@ -89,11 +125,49 @@ impl Cluster {
     }
 }
 
-/// Accepts connections until shutdown, then aborts the remaining connections.
-pub async fn accept_loop(listener: TcpListener, cluster: Arc<Cluster>) {
+/// An instant no test outlives (about 30 years ahead; `Instant` has no maximum).
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(30 * 365 * 24 * 3600))
+        .unwrap_or(now)
+}
+
+/// What a kube-apiserver answers before its handlers are installed: 404 with a plain-text body,
+/// not a `Status` object.
+fn starting_response() -> hyper::Response<Body> {
+    use http_body_util::BodyExt as _;
+    let mut r = hyper::Response::new(
+        http_body_util::Full::new(Bytes::from_static(b"404 page not found\n")).boxed_unsync(),
+    );
+    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// Accepts connections until sandbox shutdown (in-flight requests get a moment to finish) or
+/// until `stop` turns true (every connection is cut at once, like a killed server), then closes
+/// the listener.
+pub async fn accept_loop(
+    listener: TcpListener,
+    cluster: Arc<Cluster>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut shutdown = cluster.shutdown.clone();
     let mut conns = JoinSet::new();
     loop {
+        if *stop.borrow() {
+            drop(listener);
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+            return;
+        }
         if *shutdown.borrow() {
             break;
         }
@@ -111,7 +185,13 @@ pub async fn accept_loop(listener: TcpListener, cluster: Arc<Cluster>) {
                 let c = Arc::clone(&cluster);
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        crate::http::handle(Arc::clone(&c), req)
+                        let c = Arc::clone(&c);
+                        async move {
+                            if c.starting() {
+                                return Ok::<_, Infallible>(starting_response());
+                            }
+                            crate::http::handle(c, req).await
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
@@ -122,6 +202,8 @@ pub async fn accept_loop(listener: TcpListener, cluster: Arc<Cluster>) {
                 });
             }
             r = shutdown.changed() => if r.is_err() { break },
+            // A dropped sender is not a stop; the flag is checked at the top of the loop.
+            r = stop.changed() => if r.is_err() { break },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }

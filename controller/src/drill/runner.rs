@@ -619,6 +619,10 @@ async fn wait_acked(
                         "{cluster}/{}/{} (generation {} not acknowledged)",
                         g.namespace, g.name, snap.generation
                     )),
+                    ProgrammedState::Unknown => waiting.push(format!(
+                        "{cluster}/{}/{} (proxies not reconnected yet)",
+                        g.namespace, g.name
+                    )),
                 }
             }
         }

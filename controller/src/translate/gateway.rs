@@ -106,7 +106,8 @@ pub(crate) fn classes(ctx: &Ctx<'_>, out: &mut Vec<StatusUpdate>) -> BTreeMap<St
     owned
 }
 
-/// Serializes `new` and queues it when it differs from `old` beyond timestamps.
+/// Serializes `new` and queues it when it differs from `old` beyond timestamps (or, for an
+/// object with an unconfirmed status of ours, reports it as [`StatusUpdate::settles`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn push_if_changed<T: serde::Serialize>(
     ctx: &Ctx<'_>,
@@ -123,8 +124,21 @@ pub(crate) fn push_if_changed<T: serde::Serialize>(
         return;
     };
     let old = old.and_then(|o| serde_json::to_value(o).ok());
-    if old.as_ref().is_some_and(|o| eq_ignoring_time(o, &new)) {
-        return;
+    let settles = old.as_ref().is_some_and(|o| eq_ignoring_time(o, &new));
+    if settles {
+        let key = (
+            kind,
+            namespace.unwrap_or_default().to_string(),
+            name.to_string(),
+        );
+        let unconfirmed = ctx
+            .cfg
+            .unconfirmed
+            .get(ctx.cluster_name)
+            .is_some_and(|keys| keys.contains(&key));
+        if !unconfirmed {
+            return;
+        }
     }
     out.push(StatusUpdate {
         cluster: ctx.cluster_name.to_string(),
@@ -133,6 +147,7 @@ pub(crate) fn push_if_changed<T: serde::Serialize>(
         name: name.to_string(),
         generation,
         status: new,
+        settles,
     });
 }
 
@@ -304,8 +319,12 @@ fn build<'a>(
         }
         _ => None,
     };
-    let (addrs, address_accept_problem, address_problem) =
-        resolve_addresses(ctx, key, addresses.as_deref().unwrap_or_default());
+    let (addrs, address_accept_problem, address_problem) = resolve_addresses(
+        ctx,
+        key,
+        addresses.as_deref().unwrap_or_default(),
+        &last_known_addresses(ctx, key, gw),
+    );
     if let Some(p) = address_accept_problem {
         problem.get_or_insert(p);
     }
@@ -332,13 +351,33 @@ fn build<'a>(
     }
 }
 
-/// `(addresses to use, Accepted problem, Programmed problem)`.
+/// While the data plane cannot tell ([`ProgrammedState::Unknown`]: after a controller restart,
+/// before the proxies reconnect), the IP addresses the Gateway's status already lists: they keep
+/// being reported, and the Gateway stays in the snapshot on them. Empty otherwise.
+fn last_known_addresses(ctx: &Ctx<'_>, key: &ObjectKey, gw: &Gateway) -> Vec<IpAddr> {
+    let gref = GatewayRef::new(ctx.cluster_name, &key.namespace, &key.name);
+    if ctx.cfg.programmed.get(&gref) != Some(&ProgrammedState::Unknown) {
+        return Vec::new();
+    }
+    gw.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a.r#type.as_deref().unwrap_or("IPAddress") == "IPAddress")
+        .filter_map(|a| a.value.parse().ok())
+        .collect()
+}
+
+/// `(addresses to use, Accepted problem, Programmed problem)`. `last_known` stands in for the
+/// data plane's addresses when it has none (see [`last_known_addresses`]).
 fn resolve_addresses(
     ctx: &Ctx<'_>,
     key: &ObjectKey,
     spec: &[GatewayAddresses],
+    last_known: &[IpAddr],
 ) -> (Vec<IpAddr>, Option<Problem>, Option<Problem>) {
-    let pool = ctx
+    let mut pool = ctx
         .cfg
         .addresses
         .get(&GatewayRef::new(
@@ -348,6 +387,9 @@ fn resolve_addresses(
         ))
         .cloned()
         .unwrap_or_default();
+    if pool.is_empty() {
+        pool = last_known.to_vec();
+    }
     let mut requested = Vec::new();
     for GatewayAddresses { r#type, value } in spec {
         let ty = r#type.as_deref().unwrap_or("IPAddress");
@@ -840,6 +882,45 @@ fn served_by_header(gw: &Gateway) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
+/// `Programmed` while the data plane cannot tell ([`ProgrammedState::Unknown`]): the condition
+/// the Gateway already carries for this generation, so a controller restart does not report an
+/// outage that did not happen; `Pending` when there is none to keep.
+fn last_known_programmed(gateway: &Gateway, generation: i64) -> Cond {
+    /// Reasons our Programmed conditions use (a kept condition needs a `'static` one).
+    const REASONS: [&str; 6] = [
+        "Programmed",
+        "Pending",
+        "NoResources",
+        "Invalid",
+        "AddressNotAssigned",
+        "AddressNotUsable",
+    ];
+    let old = gateway
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .find(|c| c.type_ == "Programmed" && c.observed_generation == Some(generation));
+    let kept = old.and_then(|c| {
+        let reason = REASONS.into_iter().find(|r| *r == c.reason)?;
+        Some(Cond::new(
+            "Programmed",
+            c.status == "True",
+            reason,
+            c.message.clone(),
+        ))
+    });
+    kept.unwrap_or_else(|| {
+        Cond::new(
+            "Programmed",
+            false,
+            "Pending",
+            "waiting for the proxies to report (the controller just started)",
+        )
+    })
+}
+
 /// Computes the Gateway's status and its snapshot entry (only served listeners).
 pub(crate) fn finish(
     ctx: &Ctx<'_>,
@@ -920,6 +1001,7 @@ pub(crate) fn finish(
             ProgrammedState::Applied(_) => {
                 Cond::new("Programmed", true, "Programmed", "served by the proxies")
             }
+            ProgrammedState::Unknown => last_known_programmed(gateway, generation),
         }
     };
     let stale_endpoints = (accepted.status && address_problem.is_none())

@@ -47,13 +47,13 @@ mod route;
 mod rules;
 mod selector;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::jiff::Timestamp;
 use meridian_model::Snapshot;
 
-use crate::status::StatusUpdate;
+use crate::status::{StatusKind, StatusUpdate};
 use crate::world::{ClusterName, ClusterState, World};
 
 pub use self::east_west::{EastWestListeners, MissingRemote};
@@ -131,6 +131,11 @@ pub enum ProgrammedState {
     Applied(u64),
     /// The proxies refused the snapshot: `Programmed=False/Invalid` with this reason.
     Refused(String),
+    /// The data plane cannot tell yet: the controller (re)started and the proxies have not
+    /// reconnected within the data plane's reconnect grace. The Gateway keeps the `Programmed`
+    /// condition and the addresses its status already has (and stays in the snapshot on those
+    /// addresses); without them it is `Programmed=False/Pending`.
+    Unknown,
 }
 
 /// Inputs of translation that are not Kubernetes objects.
@@ -160,6 +165,10 @@ pub struct TranslateConfig {
     /// than the snapshot's become one east-west endpoint per listener of that cluster (none
     /// listed: its endpoints are left out, see [`Output::east_west_missing`]).
     pub east_west: EastWestListeners,
+    /// Per cluster, objects (kind, namespace, name) with a status of ours the index has not
+    /// shown yet. For these, a status equal to the indexed copy is reported too, with
+    /// [`StatusUpdate::settles`] set, so a write computed earlier can be superseded.
+    pub unconfirmed: BTreeMap<ClusterName, BTreeSet<(StatusKind, String, String)>>,
 }
 
 impl Default for TranslateConfig {
@@ -173,6 +182,7 @@ impl Default for TranslateConfig {
             now: Timestamp::UNIX_EPOCH,
             unreachable: BTreeMap::new(),
             east_west: EastWestListeners::new(),
+            unconfirmed: BTreeMap::new(),
         }
     }
 }

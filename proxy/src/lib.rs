@@ -3,26 +3,34 @@
 //! ```text
 //!                     ┌──────────────── ProxyHandle ────────────────┐
 //! snapshot ─ apply ──►│ Router::compile ─ parse certs ─ bind sockets │── ArcSwap<Served>
-//! (file watcher,      │   (all or nothing; refusal keeps the old one)│        │
-//!  controller later)  └──────────────────────────────────────────────┘        │ load() per
+//! (file watcher or    │   (all or nothing; refusal keeps the old one)│        │
+//!  controller stream) └──────────────────────────────────────────────┘        │ load() per
 //!                                                                             │ request/handshake
-//! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► pingora HttpProxy<Gateway>
-//!             gateway.rs: route ─ filters ─ weighted backend ─ endpoint (endpoints.rs)
-//!                        ─ upstream (pooled, h1 or h2c) ─ response filters ─ metrics
+//! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HttpProxy<GatewayProxy>
+//!             gateway/route.rs: route ─ filters (gateway/filters.rs) ─ weighted backend
+//! remote proxy ─► east-west listener (plain) ──────────────────► HttpProxy<EastWestProxy>
+//!             gateway/east_west.rs: the backend named in x-meridian-backend
+//!          both ─► Forwarder (gateway/upstream.rs, gateway/response.rs): endpoint
+//!             (endpoints.rs) ─ upstream (pooled, h1 or h2c) ─ retries/failover ─ response
+//!             filters ─ served-by ─ traffic counters and metrics
 //! admin.rs: /healthz /ready /config_dump /metrics
 //! ```
 //!
 //! Flows:
-//! 1. `ProxyHandle::start` builds one `HttpProxy<Gateway>` and the admin listener.
+//! 1. `ProxyHandle::start` (handle.rs) builds the Gateway listeners' `HttpProxy<GatewayProxy>`,
+//!    with [`ProxyConfig::east_west`] the east-west listener and its `HttpProxy<EastWestProxy>`,
+//!    the health checker and the admin listener ([`StartError`] when it cannot).
 //! 2. `ProxyHandle::apply(snapshot)` compiles it, binds the sockets it adds, swaps the router,
 //!    closes the sockets it drops (connections in flight finish).
-//! 3. Each request takes the router once, clones its matched rule into its context and never
-//!    looks at the router again, so swaps are invisible to requests in flight.
-//! 4. `watch_file` polls a snapshot file and applies each new version (`meridian proxy
-//!    --snapshot FILE`), or `follow_controller` (controller.rs) applies what the controller streams
-//!    and acknowledges each generation (`meridian proxy --controller URL`, protocol in
+//! 3. Each request takes the router once, clones its matched rule into its context
+//!    (gateway/ctx.rs) and never looks at the router again, so swaps are invisible to requests in
+//!    flight.
+//! 4. `watch_file` (watch.rs) polls a snapshot file and applies each new version (`meridian
+//!    proxy --snapshot FILE`), or `follow_controller` (controller.rs) applies what the controller
+//!    streams and acknowledges each generation (`meridian proxy --controller URL`, protocol in
 //!    `meridian-distribution`). In both modes the last good snapshot keeps serving whatever
-//!    happens to its source.
+//!    happens to its source. [`run`] (cli.rs) is `meridian proxy`: flags, runtime, source, until
+//!    Ctrl-C ([`RunError`] when it cannot).
 //!
 //! Endpoint health: connect failures eject at once (endpoints.rs) and an active health checker
 //! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones.
@@ -38,8 +46,9 @@
 //! listener; requests to it carry `x-meridian-backend: <backend>` and the remote proxy serves them
 //! from its own endpoints (`Snapshot.east_west`) on its east-west listener
 //! ([`ProxyConfig::east_west`], `--east-west ADDR`), adding `x-meridian-served-by`. Both ends live
-//! in gateway.rs; health is kept per (remote proxy, backend) (endpoints.rs). Plain HTTP between
-//! proxies: there is no mTLS on the east-west hop yet.
+//! in gateway/east_west.rs (the receiver is its own `ProxyHttp`, `EastWestProxy`; the sender is
+//! any try at such an endpoint); health is kept per (remote proxy, backend) (endpoints.rs). Plain
+//! HTTP between proxies: there is no mTLS on the east-west hop yet.
 //!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but

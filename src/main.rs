@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         },
     );
     match cli.command {
-        Command::Proxy(args) => meridian_proxy::run(args),
+        Command::Proxy(args) => Ok(meridian_proxy::run(args)?),
         Command::Sandbox(args) => runtime()?.block_on(meridian_sandbox::run(args)),
         Command::Crds { write: None } => {
             let yaml =

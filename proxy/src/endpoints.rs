@@ -468,20 +468,10 @@ pub fn choose(
                 };
                 let was_tried = tried.contains(&a);
                 let health = Ejections::avail(&map, &key, was_tried, now);
-                match drain.map_or(DrainState::Clear, |d| d.state(&a, now)) {
-                    DrainState::Clear => health,
-                    DrainState::Drained => Avail::TriedEjected,
-                    DrainState::Held => match health {
-                        Avail::Tried | Avail::TriedEjected => Avail::TriedEjected,
-                        Avail::Ejected { ejected_at } => Avail::Ejected { ejected_at },
-                        // Healthy but not re-admitted yet: the first fallback candidate.
-                        Avail::Usable { .. } => Avail::Ejected { ejected_at: 0 },
-                    },
-                    DrainState::Ramp(r) => match health {
-                        Avail::Usable { ramp } => Avail::Usable { ramp: ramp.min(r) },
-                        other => other,
-                    },
-                }
+                with_drain(
+                    health,
+                    drain.map_or(DrainState::Clear, |d| d.state(&a, now)),
+                )
             },
             &mut roll,
         )
@@ -491,6 +481,26 @@ pub fn choose(
         // Nothing tried and nothing to pick: every allowed endpoint is drained.
         None if tried.is_empty() => Err(NoEndpoint::NoneReady),
         None => Err(NoEndpoint::AllTried),
+    }
+}
+
+/// An endpoint's availability by health (`health`) as a drill sees it (`state`): drained looks
+/// ejected and tried, held (lifted, failback hysteresis running) looks ejected, ramping caps the
+/// slow-start share.
+fn with_drain(health: Avail, state: DrainState) -> Avail {
+    match state {
+        DrainState::Clear => health,
+        DrainState::Drained => Avail::TriedEjected,
+        DrainState::Held => match health {
+            Avail::Tried | Avail::TriedEjected => Avail::TriedEjected,
+            Avail::Ejected { ejected_at } => Avail::Ejected { ejected_at },
+            // Healthy but not re-admitted yet: the first fallback candidate.
+            Avail::Usable { .. } => Avail::Ejected { ejected_at: 0 },
+        },
+        DrainState::Ramp(r) => match health {
+            Avail::Usable { ramp } => Avail::Usable { ramp: ramp.min(r) },
+            other => other,
+        },
     }
 }
 

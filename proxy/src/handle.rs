@@ -13,9 +13,17 @@
 //! pool. Health state and ejections live outside the served state, keyed by endpoint, so they
 //! carry over exactly as with `apply`.
 //!
+//! ```text
+//! start ─ metrics ─ bind east-west (a taken port fails the start) ─ Shared
+//!       ─ HttpProxy<GatewayProxy> + accept context (sockets come with snapshots)
+//!       ─ HttpProxy<EastWestProxy> + its accept loop (with ProxyConfig::east_west)
+//!       ─ health checker task ─ admin listener
+//! ```
+//!
 //! With [`ProxyConfig::east_west`] the proxy also runs an east-west listener from the start: a
-//! second pingora app over the same shared state, serving the served snapshot's `east_west`
-//! backends to proxies of other networks (a snapshot without them leaves it answering 404).
+//! second pingora app ([`EastWestProxy`](crate::gateway::EastWestProxy)) over the same shared
+//! state, serving the served snapshot's `east_west` backends to proxies of other networks (a
+//! snapshot without them leaves it answering 404). [`StartError`] says why a start failed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,16 +40,18 @@ use meridian_model::traffic::GatewayTraffic;
 use meridian_model::{Router, SnapshotError};
 use pingora_core::apps::{HttpServerApp, HttpServerOptions};
 use pingora_core::server::configuration::ServerConf;
+use pingora_core::tls::error::ErrorStack;
 use pingora_core::tls::pkey::PKey;
 use pingora_core::tls::x509::X509;
-use pingora_proxy::HttpProxy;
+use pingora_proxy::{HttpProxy, ProxyHttp};
+use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
-use crate::gateway::Gateway;
+use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
 use crate::listeners::{self, AcceptCtx, ListenerSet};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -106,7 +116,7 @@ impl ApplyError {
 /// A running proxy.
 pub struct ProxyHandle {
     shared: Arc<Shared>,
-    accept: Arc<AcceptCtx>,
+    accept: Arc<AcceptCtx<GatewayApp>>,
     listeners: Mutex<Option<ListenerSet>>,
     bound: std::sync::Mutex<Vec<SocketAddr>>,
     shutdown_tx: watch::Sender<bool>,
@@ -118,24 +128,46 @@ pub struct ProxyHandle {
 struct EastWestListener {
     /// The bound address.
     addr: SocketAddr,
-    accept: Arc<AcceptCtx>,
+    accept: Arc<AcceptCtx<EastWestApp>>,
     set: Mutex<Option<ListenerSet>>,
 }
 
-/// One pingora app over the shared state: the Gateway listeners' or (with `east_west`) the
-/// east-west listener's.
-fn app(shared: &Arc<Shared>, east_west: bool) -> HttpProxy<Gateway> {
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The admin or east-west listener socket cannot be bound.
+    #[error("cannot bind {listener} listener {addr}: {error}")]
+    Bind {
+        /// `admin` or `east-west`.
+        listener: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// A bound socket's address cannot be read.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The metrics registry refused a metric.
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    /// OpenSSL cannot set up the TLS acceptor.
+    #[error(transparent)]
+    Tls(#[from] ErrorStack),
+}
+
+/// The Gateway listeners' pingora app.
+type GatewayApp = HttpProxy<GatewayProxy>;
+/// The east-west listener's pingora app.
+type EastWestApp = HttpProxy<EastWestProxy>;
+
+/// One pingora app over the shared state (both proxies hold it).
+fn app<SV: ProxyHttp>(proxy: SV) -> HttpProxy<SV> {
     let conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..ServerConf::default()
     };
-    let mut app = HttpProxy::new(
-        Gateway {
-            shared: shared.clone(),
-            east_west,
-        },
-        Arc::new(conf),
-    );
+    let mut app = HttpProxy::new(proxy, Arc::new(conf));
     app.handle_init_modules();
     let mut options = HttpServerOptions::default();
     // Plain listeners accept HTTP/2 with prior knowledge as well as HTTP/1.1.
@@ -144,10 +176,82 @@ fn app(shared: &Arc<Shared>, east_west: bool) -> HttpProxy<Gateway> {
     app
 }
 
+/// Binds the east-west listener socket: a taken port fails the start before any task runs.
+fn bind_east_west(addr: SocketAddr) -> Result<(SocketAddr, TcpListener), StartError> {
+    let listener = listeners::bind(addr).map_err(|error| StartError::Bind {
+        listener: "east-west",
+        addr,
+        error,
+    })?;
+    Ok((listener.local_addr()?, listener))
+}
+
+/// What requests on the east-west listener (bound at `local`) use in place of a Gateway
+/// listener and Gateway: `listener="east-west"` labels, served-by always on, the listener's own
+/// traffic counters, no drains.
+fn east_west_side(local: SocketAddr, traffic: &TrafficRegistry) -> Option<EastWestSide> {
+    let cell = traffic.east_west()?;
+    Some(EastWestSide {
+        listener: Arc::new(ListenerInfo {
+            gateway_namespace: String::new(),
+            gateway_name: EAST_WEST.to_string(),
+            name: EAST_WEST.to_string(),
+            port: local.port(),
+            protocol: Protocol::Http,
+            hostname: None,
+        }),
+        gateway: Arc::new(GatewayEntry::undrained(true, cell.clone())),
+    })
+}
+
+/// Starts the accept loop of the east-west listener, bound at `local` (asked for as `addr`).
+fn start_east_west(
+    (addr, local, listener): (SocketAddr, SocketAddr, TcpListener),
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    active: Arc<AtomicUsize>,
+) -> Result<EastWestListener, StartError> {
+    let accept = Arc::new(AcceptCtx {
+        app: Arc::new(app(EastWestProxy::new(shared.clone()))),
+        shared: shared.clone(),
+        shutdown,
+        tls: listeners::tls_acceptor()?,
+        active,
+        plain: true,
+    });
+    let mut set = ListenerSet::default();
+    set.start(vec![(addr, listener)], &accept);
+    tracing::info!(east_west = %local, "east-west listener up");
+    Ok(EastWestListener {
+        addr: local,
+        accept,
+        set: Mutex::new(Some(set)),
+    })
+}
+
+/// Binds the admin listener and serves it until `shutdown`.
+async fn start_admin(
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::Bind {
+            listener: "admin",
+            addr,
+            error,
+        })?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(admin::serve(listener, shared.clone(), shutdown));
+    tracing::info!(admin = %local, "admin listener up");
+    Ok((local, task))
+}
+
 impl ProxyHandle {
     /// Starts a proxy with no snapshot (it listens on nothing but the admin socket until the
     /// first [`ProxyHandle::apply`]). Must run inside a tokio runtime.
-    pub async fn start(cfg: ProxyConfig) -> anyhow::Result<ProxyHandle> {
+    pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         let metrics = Metrics::new()?;
         let traffic = Arc::new(match cfg.east_west {
             Some(_) => TrafficRegistry::with_east_west(),
@@ -157,26 +261,10 @@ impl ProxyHandle {
         // Bound first: a taken port fails the start before any task runs.
         let east_west_socket = match cfg.east_west {
             Some(addr) => {
-                let listener = listeners::bind(addr)
-                    .map_err(|e| anyhow::anyhow!("cannot bind east-west listener {addr}: {e}"))?;
-                let local = listener.local_addr()?;
+                let (local, listener) = bind_east_west(addr)?;
                 Some((addr, local, listener))
             }
             None => None,
-        };
-        let east_west_side = match (&east_west_socket, traffic.east_west()) {
-            (Some((_, local, _)), Some(cell)) => Some(EastWestSide {
-                listener: Arc::new(ListenerInfo {
-                    gateway_namespace: String::new(),
-                    gateway_name: crate::gateway::EAST_WEST.to_string(),
-                    name: crate::gateway::EAST_WEST.to_string(),
-                    port: local.port(),
-                    protocol: Protocol::Http,
-                    hostname: None,
-                }),
-                gateway: Arc::new(GatewayEntry::undrained(true, cell.clone())),
-            }),
-            _ => None,
         };
         let shared = Arc::new(Shared {
             served: Default::default(),
@@ -185,57 +273,29 @@ impl ProxyHandle {
             ejections: Ejections::default(),
             budget: Default::default(),
             locality: cfg.locality.clone(),
+            east_west: east_west_socket
+                .as_ref()
+                .and_then(|(_, local, _)| east_west_side(*local, &traffic)),
             traffic,
             last_error: Default::default(),
             controller: Default::default(),
-            east_west: east_west_side,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
         let accept = Arc::new(AcceptCtx {
-            app: Arc::new(app(&shared, false)),
+            app: Arc::new(app(GatewayProxy::new(shared.clone()))),
             shared: shared.clone(),
             shutdown: shutdown_rx.clone(),
             tls: listeners::tls_acceptor()?,
             active: active.clone(),
             plain: false,
         });
-        let east_west = match east_west_socket {
-            Some((addr, local, listener)) => {
-                let accept = Arc::new(AcceptCtx {
-                    app: Arc::new(app(&shared, true)),
-                    shared: shared.clone(),
-                    shutdown: shutdown_rx,
-                    tls: listeners::tls_acceptor()?,
-                    active,
-                    plain: true,
-                });
-                let mut set = ListenerSet::default();
-                set.start(vec![(addr, listener)], &accept);
-                tracing::info!(east_west = %local, "east-west listener up");
-                Some(EastWestListener {
-                    addr: local,
-                    accept,
-                    set: Mutex::new(Some(set)),
-                })
-            }
-            None => None,
-        };
+        let east_west = east_west_socket
+            .map(|socket| start_east_west(socket, &shared, shutdown_rx, active))
+            .transpose()?;
         tokio::spawn(crate::health::run(shared.clone(), shutdown_tx.subscribe()));
         let admin = match cfg.admin {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot bind admin listener {addr}: {e}"))?;
-                let local = listener.local_addr()?;
-                let task = tokio::spawn(admin::serve(
-                    listener,
-                    shared.clone(),
-                    shutdown_tx.subscribe(),
-                ));
-                tracing::info!(admin = %local, "admin listener up");
-                Some((local, task))
-            }
+            Some(addr) => Some(start_admin(addr, &shared, shutdown_tx.subscribe()).await?),
             None => None,
         };
         Ok(ProxyHandle {

@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! every TICK: served snapshot changed? ─► recollect targets (address → probe settings), forget
-//!             endpoints no snapshot names any more
+//!             endpoints no snapshot names any more (Rounds::refresh_targets)
 //!          ─► probe the targets that are due (TCP connect, or an HTTP GET of the policy's path),
-//!             at most MAX_IN_FLIGHT at once, each bounded by its timeout
+//!             at most MAX_IN_FLIGHT at once, each bounded by its timeout (Rounds::due,
+//!             probe_all)
 //!          ─► Ejections::probe_result: re-admit ejected endpoints (after their minimum time and
 //!             the failback hysteresis), eject healthy ones after repeated failed probes
+//!             (record_results)
 //! ```
 //!
 //! Defaults without a policy: TCP connect every [`DEFAULT_INTERVAL`] with [`DEFAULT_TIMEOUT`].
@@ -182,9 +184,7 @@ pub(crate) async fn probe(addr: SocketAddr, p: &Probe) -> bool {
 
 /// Runs the health checker until `shutdown` turns true.
 pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut seen: Option<usize> = None;
-    let mut targets: HashMap<EndpointKey, Probe> = HashMap::new();
-    let mut next: HashMap<EndpointKey, Instant> = HashMap::new();
+    let mut round = Rounds::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
@@ -197,60 +197,93 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         if *shutdown.borrow() {
             return;
         }
-        let served = shared.served.load_full();
-        let id = served.as_ref().map(|s| Arc::as_ptr(s) as usize);
-        if id != seen {
-            seen = id;
-            targets = served
-                .as_ref()
-                .map(|s| self::targets(s.router.snapshot()))
-                .unwrap_or_default();
-            shared
-                .ejections
-                .retain_known(&|k: &EndpointKey| targets.contains_key(k));
-            next.retain(|a, _| targets.contains_key(a));
-        }
-        drop(served);
-        let now = Instant::now();
-        let due: Vec<(EndpointKey, Probe)> = targets
-            .iter()
-            .filter(|(a, _)| next.get(a).is_none_or(|t| *t <= now))
-            .map(|(a, p)| (*a, p.clone()))
-            .collect();
+        round.refresh_targets(&shared);
+        let due = round.due(Instant::now());
         if due.is_empty() {
             continue;
         }
+        let results = probe_all(due).await;
+        record_results(&shared, results);
+    }
+}
+
+/// The health checker's memory between ticks: what to probe and when each probe is due.
+#[derive(Default)]
+struct Rounds {
+    /// Identity of the served state the targets come from.
+    seen: Option<usize>,
+    targets: HashMap<EndpointKey, Probe>,
+    next: HashMap<EndpointKey, Instant>,
+}
+
+impl Rounds {
+    /// Takes the targets from the served snapshot when it changed, forgetting the health state
+    /// and schedule of endpoints it no longer has.
+    fn refresh_targets(&mut self, shared: &Shared) {
+        let served = shared.served.load_full();
+        let id = served.as_ref().map(|s| Arc::as_ptr(s) as usize);
+        if id == self.seen {
+            return;
+        }
+        self.seen = id;
+        self.targets = served
+            .as_ref()
+            .map(|s| targets(s.router.snapshot()))
+            .unwrap_or_default();
+        let targets = &self.targets;
+        shared
+            .ejections
+            .retain_known(&|k: &EndpointKey| targets.contains_key(k));
+        self.next.retain(|a, _| targets.contains_key(a));
+    }
+
+    /// The probes due at `now`, each scheduled again one interval later.
+    fn due(&mut self, now: Instant) -> Vec<(EndpointKey, Probe)> {
+        let due: Vec<(EndpointKey, Probe)> = self
+            .targets
+            .iter()
+            .filter(|(a, _)| self.next.get(a).is_none_or(|t| *t <= now))
+            .map(|(a, p)| (*a, p.clone()))
+            .collect();
         for (a, p) in &due {
-            next.insert(*a, now + p.interval);
+            self.next.insert(*a, now + p.interval);
         }
-        // One connection per distinct probe: the keys of one east-west endpoint (one per
-        // backend) share a TCP probe, since a TCP connect says nothing about a backend.
-        let mut groups: HashMap<ProbeRequest, (Probe, Vec<(EndpointKey, Readmit)>)> =
-            HashMap::new();
-        for (key, p) in due {
-            groups
-                .entry(ProbeRequest::of(key.addr, &p))
-                .or_insert_with(|| (p.clone(), Vec::new()))
-                .1
-                .push((key, p.readmit));
-        }
-        let results: Vec<(bool, Vec<(EndpointKey, Readmit)>)> = futures::stream::iter(groups)
-            .map(|(req, (p, keys))| async move { (probe(req.addr, &p).await, keys) })
-            .buffer_unordered(MAX_IN_FLIGHT)
-            .collect()
-            .await;
-        for (ok, keys) in results {
-            for (key, readmit) in keys {
-                match shared.ejections.probe_result(key, ok, &readmit) {
-                    ProbeOutcome::Readmitted => {
-                        tracing::info!(endpoint = %key, "endpoint re-admitted after a successful health check");
-                    }
-                    ProbeOutcome::Ejected => {
-                        shared.metrics.ejections.inc();
-                        tracing::info!(endpoint = %key, "endpoint ejected after failed health checks");
-                    }
-                    ProbeOutcome::Unchanged => {}
+        due
+    }
+}
+
+/// Probes the `due` endpoints, at most [`MAX_IN_FLIGHT`] at a time: one connection per distinct
+/// probe, since the keys of one east-west endpoint (one per backend) share a TCP probe (a TCP
+/// connect says nothing about a backend). The result of each probe, with the keys it stands for.
+async fn probe_all(due: Vec<(EndpointKey, Probe)>) -> Vec<(bool, Vec<(EndpointKey, Readmit)>)> {
+    let mut groups: HashMap<ProbeRequest, (Probe, Vec<(EndpointKey, Readmit)>)> = HashMap::new();
+    for (key, p) in due {
+        groups
+            .entry(ProbeRequest::of(key.addr, &p))
+            .or_insert_with(|| (p.clone(), Vec::new()))
+            .1
+            .push((key, p.readmit));
+    }
+    futures::stream::iter(groups)
+        .map(|(req, (p, keys))| async move { (probe(req.addr, &p).await, keys) })
+        .buffer_unordered(MAX_IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Feeds probe results to the ejection state: ejects and re-admits endpoints.
+fn record_results(shared: &Shared, results: Vec<(bool, Vec<(EndpointKey, Readmit)>)>) {
+    for (ok, keys) in results {
+        for (key, readmit) in keys {
+            match shared.ejections.probe_result(key, ok, &readmit) {
+                ProbeOutcome::Readmitted => {
+                    tracing::info!(endpoint = %key, "endpoint re-admitted after a successful health check");
                 }
+                ProbeOutcome::Ejected => {
+                    shared.metrics.ejections.inc();
+                    tracing::info!(endpoint = %key, "endpoint ejected after failed health checks");
+                }
+                ProbeOutcome::Unchanged => {}
             }
         }
     }

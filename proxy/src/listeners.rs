@@ -1,5 +1,5 @@
-//! Our own accept loops: one tokio task per listener socket, feeding connections to the one
-//! shared pingora `HttpProxy` app.
+//! Our own accept loops: one tokio task per listener socket, feeding connections to a pingora
+//! `HttpProxy` app (the Gateway listeners share one, the east-west listener has its own).
 //!
 //! pingora's `Server` cannot add services after it runs, but snapshots add and remove sockets at
 //! any time, so the proxy binds sockets itself:
@@ -15,7 +15,8 @@
 //! ```
 //!
 //! The east-west listener (for proxies of other networks) runs the same loop with its own app
-//! and is always plain HTTP (HTTP/1.1 or h2c), whatever the snapshot says.
+//! (`HttpProxy<EastWestProxy>`, gateway/east_west.rs) and is always plain HTTP (HTTP/1.1 or h2c),
+//! whatever the snapshot says.
 //!
 //! A stopped loop closes its socket; connections it accepted keep running until they finish.
 //! The protocol of a socket is read from the current snapshot for every connection, so a socket
@@ -39,25 +40,29 @@ use pingora_core::protocols::tls::TlsRef;
 use pingora_core::protocols::tls::server::handshake_with_callback;
 use pingora_core::protocols::{GetSocketDigest, Stream};
 use pingora_core::server::ShutdownWatch;
+use pingora_core::tls::error::ErrorStack;
 use pingora_core::tls::ext;
 use pingora_core::tls::ssl::{
     AlpnError, NameType, SslAcceptor, SslMethod, SslVersion, select_next_proto,
 };
-use pingora_proxy::HttpProxy;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::buffered::Buffered;
-use crate::gateway::{Gateway, TlsConnInfo};
+use crate::gateway::TlsConnInfo;
 use crate::state::Shared;
+
+/// What an accept loop feeds connections to (a pingora `HttpProxy`).
+pub(crate) trait App: ServerApp + Send + Sync + 'static {}
+impl<T: ServerApp + Send + Sync + 'static> App for T {}
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything an accept loop needs.
-pub(crate) struct AcceptCtx {
-    pub app: Arc<HttpProxy<Gateway>>,
+/// Everything an accept loop needs; `A` is the pingora app its connections go to.
+pub(crate) struct AcceptCtx<A> {
+    pub app: Arc<A>,
     pub shared: Arc<Shared>,
     pub shutdown: ShutdownWatch,
     pub tls: SslAcceptor,
@@ -69,7 +74,7 @@ pub(crate) struct AcceptCtx {
 
 /// Builds the TLS acceptor: no static certificate (the callback installs one per handshake),
 /// ALPN preferring h2 then http/1.1.
-pub(crate) fn tls_acceptor() -> anyhow::Result<SslAcceptor> {
+pub(crate) fn tls_acceptor() -> Result<SslAcceptor, ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     b.set_alpn_select_callback(|_, client| {
@@ -114,7 +119,11 @@ impl ListenerSet {
     }
 
     /// Starts accept loops on freshly bound sockets.
-    pub fn start(&mut self, bound: Vec<(SocketAddr, TcpListener)>, ctx: &Arc<AcceptCtx>) {
+    pub fn start<A: App>(
+        &mut self,
+        bound: Vec<(SocketAddr, TcpListener)>,
+        ctx: &Arc<AcceptCtx<A>>,
+    ) {
         for (addr, listener) in bound {
             let local = listener.local_addr().unwrap_or(addr);
             let (stop, stop_rx) = watch::channel(false);
@@ -158,10 +167,10 @@ impl ListenerSet {
     }
 }
 
-async fn accept_loop(
+async fn accept_loop<A: App>(
     listener: TcpListener,
     addr: SocketAddr,
-    ctx: Arc<AcceptCtx>,
+    ctx: Arc<AcceptCtx<A>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -190,7 +199,11 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(tcp: tokio::net::TcpStream, addr: SocketAddr, ctx: &AcceptCtx) {
+async fn serve_connection<A: App>(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    ctx: &AcceptCtx<A>,
+) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }

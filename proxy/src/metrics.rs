@@ -7,6 +7,33 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Buckets of `meridian_proxy_upstream_latency_seconds`.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Registers `metric` in `registry` and hands it back.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    registered(r, IntCounter::new(name, help)?)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
 /// All metrics the proxy exports on `/metrics`.
 #[derive(Clone)]
 pub struct Metrics {
@@ -38,88 +65,76 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("meridian_proxy_requests_total", "Requests answered"),
-            &["listener", "route", "status"],
-        )?;
-        let upstream_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "meridian_proxy_upstream_latency_seconds",
-                "Time from the first upstream try to the upstream response header",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
-            &["route"],
-        )?;
-        let generation = IntGauge::new(
-            "meridian_proxy_snapshot_generation",
-            "Generation of the snapshot being served",
-        )?;
-        let snapshot_applied = IntCounter::new(
-            "meridian_proxy_snapshot_applied_total",
-            "Snapshots accepted and served",
-        )?;
-        let snapshot_refusals = IntCounterVec::new(
-            Opts::new(
+        let r = Registry::new();
+        let latency = HistogramOpts::new(
+            "meridian_proxy_upstream_latency_seconds",
+            "Time from the first upstream try to the upstream response header",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec());
+        Ok(Self {
+            requests: counter_vec(
+                &r,
+                "meridian_proxy_requests_total",
+                "Requests answered",
+                &["listener", "route", "status"],
+            )?,
+            upstream_latency: registered(&r, HistogramVec::new(latency, &["route"])?)?,
+            generation: registered(
+                &r,
+                IntGauge::new(
+                    "meridian_proxy_snapshot_generation",
+                    "Generation of the snapshot being served",
+                )?,
+            )?,
+            snapshot_applied: counter(
+                &r,
+                "meridian_proxy_snapshot_applied_total",
+                "Snapshots accepted and served",
+            )?,
+            snapshot_refusals: counter_vec(
+                &r,
                 "meridian_proxy_snapshot_refusals_total",
                 "Snapshots refused (the previous one keeps serving)",
-            ),
-            &["reason"],
-        )?;
-        let mirror_dropped = IntCounter::new(
-            "meridian_proxy_mirror_dropped_total",
-            "Mirror copies dropped because the in-flight limit was reached",
-        )?;
-        let mirror_sent =
-            IntCounter::new("meridian_proxy_mirror_sent_total", "Mirror copies sent")?;
-        let ejections = IntCounter::new(
-            "meridian_proxy_endpoint_ejections_total",
-            "Endpoints ejected after a connect failure",
-        )?;
-        let retries = IntCounterVec::new(
-            Opts::new("meridian_proxy_upstream_retries_total", "Upstream retries"),
-            &["reason"],
-        )?;
-        let controller_connected = IntGauge::new(
-            "meridian_proxy_controller_connected",
-            "1 while the stream from the controller is open; the last good snapshot keeps \
-             serving either way",
-        )?;
-        let drained_endpoints = IntGaugeVec::new(
-            Opts::new(
-                "meridian_proxy_drained_endpoints",
-                "Distinct endpoint addresses a failover drill drains in the served snapshot \
-                 (treated as failed for the Gateways and backends the drill scopes)",
-            ),
-            &["drill"],
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(upstream_latency.clone()))?;
-        registry.register(Box::new(generation.clone()))?;
-        registry.register(Box::new(snapshot_applied.clone()))?;
-        registry.register(Box::new(snapshot_refusals.clone()))?;
-        registry.register(Box::new(mirror_dropped.clone()))?;
-        registry.register(Box::new(mirror_sent.clone()))?;
-        registry.register(Box::new(ejections.clone()))?;
-        registry.register(Box::new(retries.clone()))?;
-        registry.register(Box::new(controller_connected.clone()))?;
-        registry.register(Box::new(drained_endpoints.clone()))?;
-        Ok(Self {
-            registry,
-            requests,
-            upstream_latency,
-            generation,
-            snapshot_applied,
-            snapshot_refusals,
-            mirror_dropped,
-            mirror_sent,
-            ejections,
-            retries,
-            controller_connected,
-            drained_endpoints,
+                &["reason"],
+            )?,
+            mirror_dropped: counter(
+                &r,
+                "meridian_proxy_mirror_dropped_total",
+                "Mirror copies dropped because the in-flight limit was reached",
+            )?,
+            mirror_sent: counter(&r, "meridian_proxy_mirror_sent_total", "Mirror copies sent")?,
+            ejections: counter(
+                &r,
+                "meridian_proxy_endpoint_ejections_total",
+                "Endpoints ejected after a connect failure",
+            )?,
+            retries: counter_vec(
+                &r,
+                "meridian_proxy_upstream_retries_total",
+                "Upstream retries",
+                &["reason"],
+            )?,
+            controller_connected: registered(
+                &r,
+                IntGauge::new(
+                    "meridian_proxy_controller_connected",
+                    "1 while the stream from the controller is open; the last good snapshot \
+                     keeps serving either way",
+                )?,
+            )?,
+            drained_endpoints: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "meridian_proxy_drained_endpoints",
+                        "Distinct endpoint addresses a failover drill drains in the served \
+                         snapshot (treated as failed for the Gateways and backends the drill \
+                         scopes)",
+                    ),
+                    &["drill"],
+                )?,
+            )?,
+            registry: r,
         })
     }
 

@@ -37,7 +37,7 @@ pub(crate) struct Served {
     /// Per-Gateway facts: served-by switch, traffic counters, drained endpoints.
     pub gateways: GatewayTable,
     /// The snapshot's east-west backends by name, each as a one-backend rule (see
-    /// `gateway::east_west_rules`).
+    /// `gateway::east_west_rules`, gateway/east_west.rs).
     pub east_west: HashMap<String, Arc<CompiledRule>>,
 }
 

@@ -1,0 +1,353 @@
+//! `meridian proxy`: the command line ([`ProxyArgs`]) and [`run`], which checks the flags,
+//! starts a [`ProxyHandle`] in its own tokio runtime and feeds it from the snapshot source until
+//! Ctrl-C.
+//!
+//! ```text
+//! run ─ source (flags checked, nothing started yet) ─ runtime ─ ProxyHandle::start
+//!     ─ --snapshot FILE: watch_file            ─┐
+//!     ─ --controller URL: Client (Hello with    ├─ until Ctrl-C ─ shutdown
+//!       the bound east-west address)           ─┘
+//!       ─ follow_controller
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use meridian_distribution::{Client, ClientConfig, ClientError, GatewayRef, Hello};
+use meridian_model::locality::Locality;
+
+use crate::controller::follow_controller;
+use crate::handle::{ProxyConfig, ProxyHandle, StartError};
+use crate::watch::watch_file;
+
+/// Why `meridian proxy` could not run (nothing is served when it returns one of these).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Both snapshot sources were given.
+    #[error(
+        "`--snapshot FILE` and `--controller URL` exclude each other: pick one snapshot source"
+    )]
+    BothSources,
+    /// No snapshot source was given.
+    #[error("a snapshot source is required: `--snapshot FILE` (static) or `--controller URL`")]
+    NoSource,
+    /// `--snapshot` names no file.
+    #[error("snapshot file {} does not exist or is not a file", .0.display())]
+    NoSnapshotFile(PathBuf),
+    /// `--controller` without `--cluster`.
+    #[error("`--cluster NAME` is required with `--controller`")]
+    NoCluster,
+    /// `--controller` without a token or `--insecure`.
+    #[error(
+        "`--controller` needs a token (`--token` or MERIDIAN_TOKEN); `--insecure` connects \
+         without one (local runs only)"
+    )]
+    NoToken,
+    /// The east-west address to report cannot be worked out.
+    #[error(transparent)]
+    Advertise(#[from] AdvertiseError),
+    /// The controller client refuses its settings (e.g. the URL).
+    #[error(transparent)]
+    Controller(#[from] ClientError),
+    /// The tokio runtime cannot be built.
+    #[error(transparent)]
+    Runtime(#[from] std::io::Error),
+    /// The proxy cannot start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Why the east-west address to report cannot be worked out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdvertiseError {
+    /// The listener is on an unspecified address and no `--advertise-address` says which.
+    #[error(
+        "`--east-west {bound}` listens on every address: `--advertise-address IP` is needed \
+         to tell proxies of other networks where to reach it"
+    )]
+    Missing {
+        /// The listener's address.
+        bound: SocketAddr,
+    },
+    /// `--advertise-address` is not an IP address.
+    #[error(
+        "`--advertise-address {advertise}` is not an IP address: with `--east-west` on an \
+         unspecified address it must be one (other proxies connect to ip:port)"
+    )]
+    NotAnIp {
+        /// What was given.
+        advertise: String,
+    },
+}
+
+/// `meridian proxy` arguments: a snapshot source (`--snapshot FILE` or `--controller URL`) and
+/// where the proxy runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Snapshot file (JSON) to serve; watched and hot-reloaded.
+    #[arg(long, conflicts_with = "controller")]
+    pub snapshot: Option<PathBuf>,
+    /// Controller distribution URL (`http://host:port`): follow it, acknowledging every
+    /// generation; the last good snapshot keeps serving while it is unreachable.
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+    /// Bearer token for the controller.
+    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Talk to the controller without a token (local runs; the controller must allow it too).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Identity reported to the controller (default: $HOSTNAME, else `proxy-<pid>`).
+    #[arg(long)]
+    pub proxy_id: Option<String>,
+    /// Serve only this Gateway, `NAMESPACE/NAME` (repeatable); default: all of the cluster's.
+    #[arg(long = "gateway", value_name = "NAMESPACE/NAME")]
+    pub gateways: Vec<GatewayRef>,
+    /// Address reported to the controller for Gateway `status.addresses`.
+    #[arg(long)]
+    pub advertise_address: Option<String>,
+    /// Admin listener (healthz, ready, config_dump, metrics).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Member cluster this proxy runs in.
+    #[arg(long, default_value = "")]
+    pub cluster: String,
+    /// Region this proxy runs in (endpoint preference).
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// Zone this proxy runs in (endpoint preference).
+    #[arg(long, default_value = "")]
+    pub zone: String,
+    /// East-west listener (`ip:port`, plain HTTP) where proxies of other networks reach this
+    /// network's backends (multi-network clusters); reported to the controller. On an unspecified
+    /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
+    #[arg(long = "east-west", value_name = "ADDR")]
+    pub east_west: Option<SocketAddr>,
+}
+
+/// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
+/// file (reloading it when it changes) or follows the controller.
+pub fn run(args: ProxyArgs) -> Result<(), RunError> {
+    let source = source(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meridian-proxy")
+        .build()?;
+    runtime.block_on(async move {
+        let handle = ProxyHandle::start(ProxyConfig {
+            admin: Some(args.admin),
+            locality: Locality {
+                cluster: args.cluster.clone(),
+                region: args.region.clone(),
+                zone: args.zone.clone(),
+            },
+            east_west: args.east_west,
+        })
+        .await?;
+        let client = match &source {
+            Source::File(_) => None,
+            Source::Controller { url, token, hello } => Some(controller_client(
+                &handle,
+                url,
+                token,
+                hello,
+                args.advertise_address.as_deref(),
+            )?),
+        };
+        let serve = async {
+            match (source, client) {
+                (Source::Controller { .. }, Some(client)) => {
+                    let _ = follow_controller(&handle, &client).await;
+                }
+                (Source::File(path), _) => watch_file(&handle, path).await,
+                (Source::Controller { .. }, None) => {}
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            signal = tokio::signal::ctrl_c() => {
+                if let Err(e) = signal {
+                    tracing::error!(error = %e, "cannot wait for Ctrl-C; shutting down");
+                }
+                tracing::info!("shutting down");
+            }
+        }
+        handle.shutdown().await;
+        Ok(())
+    })
+}
+
+/// The controller client of a started proxy: its Hello reports the east-west address actually
+/// bound (`--east-west` may ask for port 0).
+fn controller_client(
+    handle: &ProxyHandle,
+    url: &str,
+    token: &Option<String>,
+    hello: &Hello,
+    advertise: Option<&str>,
+) -> Result<Client, RunError> {
+    let mut hello = hello.clone();
+    hello.east_west = handle
+        .east_west_addr()
+        .map(|a| east_west_advertised(a, advertise))
+        .transpose()?;
+    Ok(Client::new(ClientConfig::new(
+        url.to_string(),
+        token.clone(),
+        hello,
+    ))?)
+}
+
+enum Source {
+    File(PathBuf),
+    /// The client is built once the proxy runs (the Hello reports its east-west address).
+    Controller {
+        url: String,
+        token: Option<String>,
+        hello: Box<Hello>,
+    },
+}
+
+/// The east-west address to report to the controller for a listener bound to `bound`: `bound`
+/// itself, or on an unspecified IP (`0.0.0.0`, `::`) the advertised IP with `bound`'s port.
+pub fn east_west_advertised(
+    bound: SocketAddr,
+    advertise: Option<&str>,
+) -> Result<String, AdvertiseError> {
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    let Some(a) = advertise.filter(|a| !a.is_empty()) else {
+        return Err(AdvertiseError::Missing { bound });
+    };
+    let ip: IpAddr = a.parse().map_err(|_| AdvertiseError::NotAnIp {
+        advertise: a.to_string(),
+    })?;
+    Ok(SocketAddr::new(ip, bound.port()).to_string())
+}
+
+/// Checks the flags and builds the snapshot source.
+fn source(args: &ProxyArgs) -> Result<Source, RunError> {
+    match (&args.snapshot, &args.controller) {
+        (Some(_), Some(_)) => Err(RunError::BothSources),
+        (None, None) => Err(RunError::NoSource),
+        (Some(path), None) => {
+            if !path.is_file() {
+                return Err(RunError::NoSnapshotFile(path.clone()));
+            }
+            Ok(Source::File(path.clone()))
+        }
+        (None, Some(url)) => controller_source(args, url),
+    }
+}
+
+/// Checks the `--controller` flags (cluster, token, east-west address, URL) before anything
+/// starts.
+fn controller_source(args: &ProxyArgs, url: &str) -> Result<Source, RunError> {
+    if args.cluster.is_empty() {
+        return Err(RunError::NoCluster);
+    }
+    let token = args.token.clone().filter(|t| !t.is_empty());
+    if token.is_none() && !args.insecure {
+        return Err(RunError::NoToken);
+    }
+    if let Some(ew) = args.east_west {
+        // Fails now rather than after the proxy started.
+        east_west_advertised(ew, args.advertise_address.as_deref())?;
+    }
+    let hello = Hello {
+        proxy_id: args.proxy_id.clone().unwrap_or_else(default_proxy_id),
+        cluster: args.cluster.clone(),
+        region: args.region.clone(),
+        zone: args.zone.clone(),
+        gateways: (!args.gateways.is_empty()).then(|| args.gateways.clone()),
+        address: args.advertise_address.clone(),
+        east_west: None,
+    };
+    // Checks the URL before anything starts; the client used is built with the bound
+    // east-west address.
+    Client::new(ClientConfig::new(
+        url.to_string(),
+        token.clone(),
+        hello.clone(),
+    ))?;
+    Ok(Source::Controller {
+        url: url.to_string(),
+        token,
+        hello: Box::new(hello),
+    })
+}
+
+/// `$HOSTNAME` (the pod name in Kubernetes), else `proxy-<pid>`.
+fn default_proxy_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("proxy-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: super::ProxyArgs,
+    }
+
+    #[test]
+    fn the_command_line_takes_one_snapshot_source_and_gateway_refs() {
+        let err = Cli::try_parse_from(["p", "--snapshot", "s.json", "--controller", "http://c"])
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let cli = Cli::try_parse_from([
+            "p",
+            "--controller",
+            "http://c:1",
+            "--cluster",
+            "east",
+            "--token",
+            "t",
+            "--gateway",
+            "ns/a",
+            "--gateway",
+            "ns/b",
+            "--advertise-address",
+            "203.0.113.7",
+        ])
+        .unwrap();
+        let names: Vec<String> = cli.args.gateways.iter().map(|g| g.to_string()).collect();
+        assert_eq!(names, vec!["ns/a", "ns/b"]);
+        assert_eq!(cli.args.token.as_deref(), Some("t"));
+        let err = Cli::try_parse_from(["p", "--gateway", "no-namespace"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("NAMESPACE/NAME"), "{err}");
+    }
+
+    #[test]
+    fn the_east_west_address_reported_is_reachable() {
+        let cli =
+            Cli::try_parse_from(["p", "--snapshot", "s.json", "--east-west", "0.0.0.0:15443"])
+                .unwrap();
+        let bound = cli.args.east_west.unwrap();
+        assert_eq!(
+            super::east_west_advertised(bound, Some("203.0.113.7")).unwrap(),
+            "203.0.113.7:15443"
+        );
+        let err = super::east_west_advertised(bound, None).unwrap_err();
+        assert!(err.to_string().contains("--advertise-address"), "{err}");
+        let err = super::east_west_advertised(bound, Some("gw.example.com")).unwrap_err();
+        assert!(err.to_string().contains("not an IP address"), "{err}");
+        let specific = "10.1.2.3:15443".parse().unwrap();
+        assert_eq!(
+            super::east_west_advertised(specific, Some("203.0.113.7")).unwrap(),
+            "10.1.2.3:15443"
+        );
+        assert!(Cli::try_parse_from(["p", "--east-west", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! Both ends of an east-west hop (multi-network clusters).
+//!
+//! Receiver: [`EastWestProxy`] serves the east-west listener, where proxies of other networks
+//! name a backend of this proxy's snapshot (`Snapshot.east_west`) in `x-meridian-backend`. Each
+//! such backend is a one-backend rule ([`east_west_rules`]), so after `request_filter` the
+//! request takes the [`Forwarder`]'s path like a routed one; its Gateway entry (the listener's
+//! own traffic counters) always adds `x-meridian-served-by`.
+//!
+//! Sender: a try at an endpoint marked `east_west` (a remote proxy's east-west listener) from
+//! either proxy. The [`Forwarder`] names the backend on the hop (`upstream_request_filter`),
+//! takes the remote proxy's served-by as the real endpoint ([`take_remote_served_by`]) and treats
+//! a response the remote proxy made itself as a failed try ([`Forwarder::east_west_refusal`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use meridian_model::router::CompiledRule;
+use meridian_model::snapshot::{Backend, BackendTarget, EastWestBackend, Endpoint, Rule};
+use meridian_model::traffic::FailureKind;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::ctx::{Ctx, Outcome, Target, Upstream};
+use super::{
+    BACKEND_HEADER, EAST_WEST, Forwarder, SERVED_BY_HEADER, refuse_malformed, respond, respond_text,
+};
+use crate::drain::BackendDrain;
+use crate::endpoints;
+use crate::state::Shared;
+
+/// Longest backend name quoted back in a 404 of the east-west listener.
+const MAX_QUOTED_NAME: usize = 200;
+
+/// The proxy of the east-west listener: serves the backend a request names.
+pub struct EastWestProxy {
+    fwd: Forwarder,
+}
+
+impl EastWestProxy {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        EastWestProxy {
+            fwd: Forwarder { shared },
+        }
+    }
+
+    /// The served snapshot's east-west backend `name` (as a rule) and its drain view.
+    fn lookup(&self, name: &str) -> Option<(Arc<CompiledRule>, Option<Arc<BackendDrain>>)> {
+        let served = self.fwd.shared.served.load();
+        let served = served.as_ref()?;
+        let rule = served.east_west.get(name)?.clone();
+        Some((rule, served.gateways.east_west_drain(name)))
+    }
+
+    /// The backend the request names (400 without, 404 when the served snapshot has no such
+    /// east-west backend), its drain view (503 when every ready endpoint is drained), then the
+    /// [`Forwarder`]'s path.
+    async fn serve_named(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let name = match named_backend(session.req_header()) {
+            Ok(name) => name.to_string(),
+            Err(why) => return respond_text(session, 400, why.to_string()).await,
+        };
+        let found = self
+            .lookup(&name)
+            .filter(|_| ctx.routing.listener.is_some());
+        let Some((rule, drain)) = found else {
+            let quoted: String = name.chars().take(MAX_QUOTED_NAME).collect();
+            return respond_text(
+                session,
+                404,
+                format!("no east-west backend {quoted:?} on this proxy\n"),
+            )
+            .await;
+        };
+        session.req_header_mut().remove_header(BACKEND_HEADER);
+        ctx.routing.rule = Some(rule.clone());
+        let Some(BackendTarget::Endpoints {
+            endpoints,
+            failover,
+            ..
+        }) = rule.rule.backends.first().map(|b| &b.target)
+        else {
+            ctx.fail(FailureKind::Other);
+            return respond(session, 500).await;
+        };
+        if let Err((code, why)) = servable(endpoints, drain.as_deref()) {
+            ctx.fail(FailureKind::NoEndpoint);
+            return match why {
+                Some(why) => respond_text(session, code, why.to_string()).await,
+                None => respond(session, code).await,
+            };
+        }
+        let target = Target {
+            rule: rule.clone(),
+            index: 0,
+            drain,
+        };
+        ctx.upstream = Some(self.fwd.start(target, endpoints, failover.as_ref()));
+        Ok(false)
+    }
+}
+
+/// Whether the backend's endpoints can serve here: a 503 (and the reason to tell the sender,
+/// if any) when none is ready or a drill drains every ready one.
+fn servable(
+    endpoints: &[Endpoint],
+    drain: Option<&BackendDrain>,
+) -> std::result::Result<(), (u16, Option<&'static str>)> {
+    if endpoints::ready_count(endpoints) == 0 {
+        return Err((503, None));
+    }
+    // A drill's drain in this proxy's snapshot holds here too: the sender only drained this
+    // proxy's own east-west endpoint, by this proxy's locality (see drain.rs for the scope).
+    if let Some(d) = drain
+        && endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .all(|e| d.is_drained(&SocketAddr::new(e.address, e.port)))
+    {
+        // No x-meridian-served-by: the sender ejects this proxy for the backend and a safe
+        // request fails over elsewhere.
+        return Err((
+            503,
+            Some("every ready endpoint of this backend here is drained by a failover drill\n"),
+        ));
+    }
+    Ok(())
+}
+
+/// The backend a request on the east-west listener names, or why it names none (400).
+fn named_backend(req: &RequestHeader) -> std::result::Result<&str, &'static str> {
+    let mut values = req.headers.get_all(BACKEND_HEADER).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return Err(if req.headers.contains_key(BACKEND_HEADER) {
+            "more than one x-meridian-backend header\n"
+        } else {
+            "x-meridian-backend is required: this is a Meridian east-west listener, which serves \
+             proxies of other networks the backend they name\n"
+        });
+    };
+    match v.to_str() {
+        Ok(name) if !name.trim().is_empty() => Ok(name.trim()),
+        Ok(_) => Err("x-meridian-backend is empty\n"),
+        Err(_) => Err("x-meridian-backend is not visible ASCII text\n"),
+    }
+}
+
+/// The snapshot's east-west backends as one-backend rules, so a request on the east-west listener
+/// runs the same upstream path (choice, retries, ejection, counters) as a routed one. No
+/// timeouts and no retry policy of their own: the sending proxy's rule bounds the request, and
+/// connect failover comes from the backend's failover policy as for any backend.
+pub(crate) fn east_west_rules(backends: &[EastWestBackend]) -> HashMap<String, Arc<CompiledRule>> {
+    backends
+        .iter()
+        .map(|b| {
+            let rule = CompiledRule {
+                route_namespace: EAST_WEST.to_string(),
+                route_name: b.name.clone(),
+                index: 0,
+                rule: Rule {
+                    backends: vec![Backend {
+                        name: b.name.clone(),
+                        weight: 1,
+                        filters: Vec::new(),
+                        target: BackendTarget::Endpoints {
+                            protocol: b.protocol,
+                            endpoints: b.endpoints.clone(),
+                            failover: b.failover.as_deref().cloned(),
+                        },
+                    }],
+                    ..Rule::default()
+                },
+                cumulative_weights: vec![1],
+            };
+            (b.name.clone(), Arc::new(rule))
+        })
+        .collect()
+}
+
+/// Sender side: keeps the `x-meridian-served-by` of a response from an east-west hop as where
+/// the request was really served; `false` when it has none (the remote proxy answered itself).
+pub(super) fn take_remote_served_by(up: &mut Upstream, resp: &ResponseHeader) -> bool {
+    let Some(t) = up.current.as_mut() else {
+        return false;
+    };
+    t.remote_served_by = resp
+        .headers
+        .get(SERVED_BY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    t.remote_served_by.is_some()
+}
+
+impl Forwarder {
+    /// Sender side: a response from an east-west hop without `x-meridian-served-by`, the remote
+    /// proxy answered itself. A 404 (it does not serve the backend, e.g. its snapshot is older)
+    /// or a 5xx (no endpoint of the backend there, or none that answered) means this endpoint
+    /// cannot serve this backend now: it is ejected for this backend only, and a safe request
+    /// moves on to another endpoint as after a connect failure (same allowance and retry
+    /// budget). A response that cannot move on goes to the client, counted as not served by an
+    /// endpoint; a 404 becomes a 503, as the client's route does exist.
+    pub(super) fn east_west_refusal(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        up: &mut Upstream,
+        outcome: &mut Outcome,
+        code: u16,
+    ) -> Result<()> {
+        if code != 404 && code < 500 {
+            return Ok(());
+        }
+        if let Some(t) = &up.current
+            && self.shared.ejections.eject(t.key)
+        {
+            self.shared.metrics.ejections.inc();
+            tracing::info!(
+                endpoint = %t.key,
+                status = code,
+                "east-west endpoint ejected: the remote proxy cannot serve the backend"
+            );
+        }
+        if session.req_header().method.is_idempotent() && self.failover(up) {
+            // Our own retry marker, as for a listed status.
+            up.status_retry = true;
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(code),
+                "the remote proxy cannot serve the backend",
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
+        outcome.failure = Some(match code {
+            504 => FailureKind::Timeout,
+            404 | 503 => FailureKind::NoEndpoint,
+            _ => FailureKind::Other,
+        });
+        if code == 404 {
+            resp.set_status(503)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EastWestProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(side) = &self.fwd.shared.east_west {
+            ctx.routing.listener = Some(side.listener.clone());
+            ctx.routing.gateway = Some(side.gateway.clone());
+        }
+        if let Some(answered) = refuse_malformed(session, "east-west request refused").await? {
+            return Ok(answered);
+        }
+        self.serve_named(session, ctx).await
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        self.fwd.upstream_peer(ctx).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.fwd.fail_to_connect(peer, ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.fwd
+            .error_while_proxy(peer, session, e, ctx, client_reused)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        Forwarder::upstream_request_filter(upstream, ctx)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.fwd.upstream_response_filter(session, resp, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        Forwarder::response_filter(resp, ctx);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        Forwarder::fail_to_proxy(session, e, ctx).await
+    }
+
+    /// As for the Gateway proxy: [`Forwarder::logging`] reports failures.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        self.fwd.logging(session, e, ctx, EAST_WEST);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use meridian_model::snapshot::BackendProtocol;
+
+    use super::*;
+
+    fn req(values: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for v in values {
+            r.append_header(BACKEND_HEADER, *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn an_east_west_request_names_exactly_one_backend() {
+        assert_eq!(named_backend(&req(&["ns/a:80"])), Ok("ns/a:80"));
+        assert_eq!(named_backend(&req(&[" ns/a:80 "])), Ok("ns/a:80"));
+        assert!(named_backend(&req(&[])).unwrap_err().contains("required"));
+        assert!(
+            named_backend(&req(&["a", "b"]))
+                .unwrap_err()
+                .contains("more than one")
+        );
+        assert!(named_backend(&req(&[" "])).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn east_west_backends_become_one_backend_rules() {
+        let backends: Vec<EastWestBackend> = serde_json::from_value(serde_json::json!([
+            {"name": "ns/a:80", "protocol": "h2c",
+             "endpoints": [{"address": "10.0.0.1", "port": 8080}],
+             "failover": {"regionOrder": ["eu"]}},
+        ]))
+        .unwrap();
+        let rules = east_west_rules(&backends);
+        let rule = &rules["ns/a:80"];
+        assert_eq!(rule.route_name, "ns/a:80");
+        let (idx, b) = rule.pick_backend(12345).unwrap();
+        assert_eq!((idx, b.name.as_str()), (0, "ns/a:80"));
+        match &b.target {
+            BackendTarget::Endpoints {
+                protocol,
+                endpoints,
+                failover,
+            } => {
+                assert_eq!(*protocol, BackendProtocol::H2c);
+                assert_eq!(endpoints.len(), 1);
+                assert_eq!(failover.as_ref().unwrap().region_order, ["eu"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rule.rule.retry.is_none() && rule.rule.timeouts.request_ms.is_none());
+    }
+}

@@ -1,0 +1,123 @@
+//! The two pingora `ProxyHttp` applications: [`GatewayProxy`] on the Gateway listeners and
+//! [`EastWestProxy`] on the east-west listener. Each decides where a request goes in its own
+//! `request_filter`; from there on both hand the request to one [`Forwarder`] (upstream tries,
+//! failover, response handling, counters), so the two roles differ in nothing else.
+//!
+//! ```text
+//! GatewayProxy::request_filter (route.rs)        EastWestProxy::request_filter (east_west.rs)
+//!   hygiene checks (400/431)                       hygiene checks (400/431)
+//!   drop any client x-meridian-backend             x-meridian-backend required (400), names
+//!   router.route(local, SNI, Host, method,           a Snapshot.east_west backend (404); removed
+//!     path, query, headers)                        its one-backend rule (east_west_rules)
+//!     NoListener/NotFound → 404, Misdirected → 421 no ready endpoint → 503; every ready one
+//!   rule RequestRedirect → 3xx + Location            drained by a drill → 503, no served-by
+//!   rule filters in order: header edits, URL
+//!     rewrite, mirror (filters.rs)
+//!   weighted backend pick: none/weight 0/Invalid
+//!     → 500, no ready endpoint → 503
+//!   backend filters (same kinds, redirect included)
+//!                 └──────────── Forwarder::start: Ctx.upstream (ctx.rs) ────────────┘
+//!
+//! Forwarder (upstream.rs, response.rs)
+//! upstream_peer ── endpoint by locality tier, skipping ejected, drained and tried ones;
+//!                  per-try timeouts
+//! fail_to_connect ─ eject the endpoint, retry another (bounded, within the retry budget)
+//! error_while_proxy ─ safe requests with a replayable body retried on another endpoint
+//!                    (budgeted); a reset on a fresh connection ejects the endpoint
+//! upstream_response_filter ─ outlier detection; retry on a listed status while tries remain
+//! response_filter ─ x-meridian-served-by (Gateway served_by_header, endpoint responses only);
+//!                   ResponseHeaderModifier (rule, then backend)
+//! fail_to_proxy  ── 504 on timeouts, 503 on upstream failures; failure kind for the counters
+//! logging        ── metrics, per-Gateway traffic counters (region that answered, failure kind,
+//!                   latency head to head), the failure log line
+//! ```
+//!
+//! East-west (multi-network clusters): the receiving end is [`EastWestProxy`]; the sending end
+//! is any try at an endpoint marked `east_west` (a remote proxy's east-west listener), handled
+//! by the [`Forwarder`] whichever proxy sends it (east_west.rs, "sender side"):
+//!
+//! ```text
+//! sender (Forwarder, east_west endpoint)        receiver (EastWestProxy)
+//! upstream_peer: the endpoint; health per    ─► request_filter: the named backend as above,
+//!   (remote proxy, backend)                       then the Forwarder path: locality, failover
+//! upstream_request_filter: set                    policy, ejection, connect failover, retry
+//!   x-meridian-backend: <backend name>            budget, the snapshot's drains (drain.rs:
+//!                                                 east-west scope)
+//! upstream_response_filter: no               ◄─ response_filter: x-meridian-served-by of the
+//!   x-meridian-served-by = the remote proxy's     real endpoint, always (its Gateway entry has
+//!   own 404/5xx: eject (for this backend) and     served_by_header on)
+//!   fail over a safe request
+//! response_filter: pass the remote served-by
+//!   through (served_by_header) or strip it
+//! ```
+
+mod ctx;
+mod east_west;
+mod filters;
+mod response;
+mod route;
+mod upstream;
+
+use std::time::Duration;
+
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+pub use east_west::EastWestProxy;
+pub(crate) use east_west::east_west_rules;
+pub use route::GatewayProxy;
+use upstream::Forwarder;
+
+/// Response header naming the endpoint that answered (Gateway `served_by_header`; always on
+/// east-west responses).
+pub const SERVED_BY_HEADER: &str = "x-meridian-served-by";
+/// Request header naming the backend (`Backend::name`) on a hop to a remote proxy's east-west
+/// listener. Only proxies set it: a client's is dropped.
+pub const BACKEND_HEADER: &str = "x-meridian-backend";
+/// `listener` and `route` metric labels of requests on the east-west listener start with this.
+pub(crate) const EAST_WEST: &str = "east-west";
+
+/// TLS connection facts, stored in pingora's SSL digest extension by the accept loop.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsConnInfo {
+    pub sni: Option<String>,
+}
+
+/// A rule's duration in milliseconds. Gateway API: a zero duration disables the timeout.
+fn ms(v: Option<u64>) -> Option<Duration> {
+    v.filter(|&m| m > 0).map(Duration::from_millis)
+}
+
+fn status_error(code: u16, why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(code), why)
+}
+
+/// Answers `code` with an empty body and ends the request.
+async fn respond(session: &mut Session, code: u16) -> Result<bool> {
+    session.respond_error(code).await?;
+    Ok(true)
+}
+
+/// Answers `code` with a plain-text reason and ends the request.
+async fn respond_text(session: &mut Session, code: u16, reason: String) -> Result<bool> {
+    let mut resp = ResponseHeader::build(code, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, reason.len())?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, bytes::Bytes::from(reason))
+        .await?;
+    Ok(true)
+}
+
+/// Refuses a request that fails the hygiene checks (headers.rs) and closes the connection after
+/// the answer; `Ok(None)` when the request passes.
+async fn refuse_malformed(session: &mut Session, what: &'static str) -> Result<Option<bool>> {
+    let Err(refusal) = crate::headers::check_request(session.req_header()) else {
+        return Ok(None);
+    };
+    tracing::debug!(reason = refusal.reason, "{what}");
+    session.set_keepalive(None);
+    respond(session, refusal.status).await.map(Some)
+}

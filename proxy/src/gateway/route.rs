@@ -1,0 +1,298 @@
+//! [`GatewayProxy`]: the Gateway listeners' proxy. Its `request_filter` routes the request and
+//! runs the request-side filters in named steps; every other hook is the [`Forwarder`]'s.
+//!
+//! ```text
+//! request_filter ─ hygiene ─ route (served router) ─ rule redirect? ─ rule filters
+//!                ─ choose_backend (weighted; 500/503) ─ backend redirect? ─ backend filters
+//!                ─ Forwarder::start (limits, allowances)
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use meridian_model::router::{CompiledRule, Decision, Request, RouteMatch};
+use meridian_model::snapshot::{Backend, BackendTarget, Endpoint, FailoverPolicy, Filter};
+use meridian_model::traffic::FailureKind;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::ctx::{Ctx, Routing, Target};
+use super::filters::{self, request_host};
+use super::{BACKEND_HEADER, Forwarder, TlsConnInfo, refuse_malformed, respond};
+use crate::endpoints;
+use crate::headers::ReqHeaders;
+use crate::state::Shared;
+
+/// The proxy of the Gateway listeners: routes every request by the served snapshot.
+pub struct GatewayProxy {
+    fwd: Forwarder,
+}
+
+impl GatewayProxy {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        GatewayProxy {
+            fwd: Forwarder { shared },
+        }
+    }
+
+    /// Routes the request with the served router, recording its listener and Gateway in
+    /// `routing`; the status to answer when no rule matches.
+    fn route(
+        &self,
+        session: &Session,
+        routing: &mut Routing,
+    ) -> std::result::Result<RouteMatch, u16> {
+        let Some(served) = self.fwd.shared.served.load_full() else {
+            return Err(404);
+        };
+        let Some(local) = local_addr(session) else {
+            return Err(404);
+        };
+        let sni = connection_sni(session);
+        let req = session.req_header();
+        let headers = ReqHeaders(req);
+        let decision = served.router.route(&Request {
+            local,
+            sni: sni.as_deref(),
+            host: request_host(req),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &headers,
+        });
+        let (listener, answer) = match decision {
+            Decision::NoListener => return Err(404),
+            Decision::NotFound { listener } => (listener, Err(404)),
+            Decision::Misdirected { listener } => (listener, Err(421)),
+            Decision::Matched(m) => (m.listener.clone(), Ok(m)),
+        };
+        routing.gateway = served
+            .gateways
+            .gateway(&listener.gateway_namespace, &listener.gateway_name)
+            .cloned();
+        routing.listener = Some(listener);
+        answer
+    }
+
+    /// Runs `filters` (all but redirects) on the request.
+    fn apply_filters(
+        &self,
+        session: &mut Session,
+        filters: &[Filter],
+        m: &RouteMatch,
+        original_path: &str,
+        routing: &Routing,
+    ) {
+        for f in filters {
+            filters::apply_request_filter(
+                &self.fwd.shared,
+                f,
+                session.req_header_mut(),
+                original_path,
+                m.matched_prefix.as_deref(),
+                routing.gateway.as_deref(),
+            );
+        }
+    }
+
+    /// The matched rule's redirect and filters, the backend choice and the backend's filters;
+    /// then the request goes upstream (`Ok(false)`) unless it was answered here.
+    async fn serve_match(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        m: RouteMatch,
+    ) -> Result<bool> {
+        let rule = m.rule.clone();
+        if let Some(r) = rule.redirect() {
+            return filters::redirect(session, r, &m).await;
+        }
+        let original_path = session.req_header().uri.path().to_string();
+        self.apply_filters(
+            session,
+            &rule.rule.filters,
+            &m,
+            &original_path,
+            &ctx.routing,
+        );
+        let chosen = match choose_backend(&rule) {
+            Ok(chosen) => chosen,
+            Err((code, kind)) => {
+                ctx.fail(kind);
+                return respond(session, code).await;
+            }
+        };
+        let backend = chosen.backend;
+        if let Some(r) = backend.filters.iter().find_map(|f| match f {
+            Filter::RequestRedirect(r) => Some(r),
+            _ => None,
+        }) {
+            return filters::redirect(session, r, &m).await;
+        }
+        self.apply_filters(session, &backend.filters, &m, &original_path, &ctx.routing);
+        let drain = ctx
+            .routing
+            .gateway
+            .as_ref()
+            .and_then(|g| g.backend_drain(&backend.name));
+        let target = Target {
+            rule: rule.clone(),
+            index: chosen.index,
+            drain,
+        };
+        ctx.upstream = Some(self.fwd.start(target, chosen.endpoints, chosen.failover));
+        Ok(false)
+    }
+}
+
+/// The backend chosen for a request and its endpoints.
+struct Chosen<'a> {
+    index: usize,
+    backend: &'a Backend,
+    endpoints: &'a [Endpoint],
+    failover: Option<&'a FailoverPolicy>,
+}
+
+/// The weighted backend pick of a rule, or the status and failure kind to answer: 500 without a
+/// usable backend (none, every weight 0, invalid), 503 without a ready endpoint.
+fn choose_backend(rule: &CompiledRule) -> std::result::Result<Chosen<'_>, (u16, FailureKind)> {
+    let Some((index, backend)) = rule.pick_backend(rand::random::<u64>()) else {
+        // No backends, or every weight is 0.
+        return Err((500, FailureKind::Other));
+    };
+    let (endpoints, failover) = match &backend.target {
+        BackendTarget::Invalid { reason } => {
+            tracing::debug!(backend = %backend.name, reason, "invalid backend");
+            return Err((500, FailureKind::Other));
+        }
+        BackendTarget::Endpoints {
+            endpoints,
+            failover,
+            ..
+        } => (endpoints, failover.as_ref()),
+    };
+    if endpoints::ready_count(endpoints) == 0 {
+        return Err((503, FailureKind::NoEndpoint));
+    }
+    Ok(Chosen {
+        index,
+        backend,
+        endpoints,
+        failover,
+    })
+}
+
+/// The SNI of the TLS connection the request came on.
+fn connection_sni(session: &Session) -> Option<String> {
+    let digest = session.as_downstream().digest()?;
+    let ssl = digest.ssl_digest.as_ref()?;
+    ssl.extension.get::<TlsConnInfo>()?.sni.clone()
+}
+
+/// The local address of the connection (which listener socket).
+pub(super) fn local_addr(session: &Session) -> Option<SocketAddr> {
+    session
+        .as_downstream()
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .copied()
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(answered) = refuse_malformed(session, "request refused").await? {
+            return Ok(answered);
+        }
+        // Only this proxy picks the backend of an east-west hop.
+        session.req_header_mut().remove_header(BACKEND_HEADER);
+        match self.route(session, &mut ctx.routing) {
+            Ok(m) => {
+                ctx.routing.rule = Some(m.rule.clone());
+                self.serve_match(session, ctx, m).await
+            }
+            Err(code) => respond(session, code).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        self.fwd.upstream_peer(ctx).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.fwd.fail_to_connect(peer, ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.fwd
+            .error_while_proxy(peer, session, e, ctx, client_reused)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        Forwarder::upstream_request_filter(upstream, ctx)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.fwd.upstream_response_filter(session, resp, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        Forwarder::response_filter(resp, ctx);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        Forwarder::fail_to_proxy(session, e, ctx).await
+    }
+
+    /// pingora logs every failed request at error level; `logging` reports failures instead
+    /// (see [`Forwarder::logging`]).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let listener = match &ctx.routing.listener {
+            Some(l) => format!("{}/{}/{}", l.gateway_namespace, l.gateway_name, l.name),
+            None => String::new(),
+        };
+        self.fwd.logging(session, e, ctx, &listener);
+    }
+}

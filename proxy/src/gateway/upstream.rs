@@ -1,0 +1,355 @@
+//! The [`Forwarder`]'s upstream side, shared by both proxies: the limits and allowances of a
+//! request ([`Forwarder::start`]), the endpoint of each try ([`Forwarder::upstream_peer`]) and
+//! what a failed try leads to (ejection, retry, failover to another endpoint).
+//!
+//! ```text
+//! start ─ deadline, per-try timeout (rule) ─ retries (rule) ─ failovers and budget share
+//!         (backend's failover policy; ready, undrained endpoints bound them)
+//! upstream_peer ─ back off (pending retry) ─ deadline? 504 ─ choose_endpoint (locality tier,
+//!                 skipping ejected, drained and tried ones; all tried → start over) ─ peer
+//! fail_to_connect ─ eject ─ failover (budgeted) or rule retry (with back-off) or give up
+//! error_while_proxy ─ client gone? give up ─ our status marker? ─ pingora's stale-connection
+//!                     retry ─ eject on a reset of a fresh connection ─ rule retry ─ failover
+//!                     of a safe request (budgeted)
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_model::snapshot::{Backend, BackendProtocol, BackendTarget, Endpoint, FailoverPolicy};
+use meridian_model::traffic::FailureKind;
+use pingora_core::protocols::TcpKeepalive;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::ctx::{Allowance, Ctx, LatencyClock, Limits, Target, Try, Upstream};
+use super::response::client_went_away;
+use super::{ms, status_error};
+use crate::budget::DEFAULT_PERCENT;
+use crate::endpoints::{self, EndpointKey, NoEndpoint};
+use crate::state::Shared;
+
+/// Connect timeout when the rule sets no per-try timeout. 2 s: a blackholed endpoint costs a
+/// request at most this before it moves on (1 s would spend two retries per request on a dead
+/// zone before the health checker ejects it and exhaust the retry budget), and one lost SYN
+/// (resent after 1 s) still connects.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Sent data unacknowledged this long kills an upstream connection (TCP_USER_TIMEOUT): a request
+/// on a pooled connection into a region whose packets vanish fails over instead of waiting for
+/// the client to give up. Keep-alive probes find dead idle pooled connections the same way.
+const UPSTREAM_USER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle time of a pooled upstream connection.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+/// Most extra tries spent on connect failures when the rule has no retry policy.
+const MAX_CONNECT_FAILOVER: u32 = 3;
+
+/// What both proxies do with a request once it has a target: tries at its endpoints, failover,
+/// the response and the counters. Holds the proxy's shared state (health, retry budget,
+/// metrics).
+pub(crate) struct Forwarder {
+    pub shared: Arc<Shared>,
+}
+
+/// The endpoint picked for a try.
+struct Picked {
+    index: usize,
+    key: EndpointKey,
+    protocol: BackendProtocol,
+}
+
+impl Forwarder {
+    /// The upstream state of a request going to `target` (whose backend has `endpoints` and
+    /// `failover`): deadline, per-try timeout and allowances. Counts the request for the retry
+    /// budget.
+    pub fn start(
+        &self,
+        target: Target,
+        endpoints: &[Endpoint],
+        failover: Option<&FailoverPolicy>,
+    ) -> Upstream {
+        let rule = &target.rule.rule;
+        let limits = Limits {
+            deadline: ms(rule.timeouts.request_ms).map(|d| Instant::now() + d),
+            per_try: ms(rule.timeouts.backend_request_ms),
+        };
+        // Drained endpoints are never tried, so they do not earn extra tries either.
+        let drained = target.drain.as_deref().map_or(0, |d| {
+            endpoints
+                .iter()
+                .filter(|e| e.ready && d.is_drained(&SocketAddr::new(e.address, e.port)))
+                .count()
+        });
+        let ready = u32::try_from(endpoints::ready_count(endpoints).saturating_sub(drained))
+            .unwrap_or(u32::MAX);
+        let retry = failover.and_then(|f| f.retry.as_deref());
+        let attempts = retry
+            .map(|r| r.attempts)
+            .filter(|&a| a > 0)
+            .unwrap_or(MAX_CONNECT_FAILOVER);
+        let left = Allowance {
+            retries: rule.retry.as_ref().map_or(0, |r| r.attempts),
+            failovers: ready.saturating_sub(1).min(attempts),
+            budget_percent: retry
+                .map(|r| r.budget_percent)
+                .filter(|&p| p > 0)
+                .unwrap_or(DEFAULT_PERCENT),
+        };
+        self.shared.budget.request();
+        Upstream::new(target, limits, left)
+    }
+
+    /// The endpoint of the next try and its connection settings.
+    pub async fn upstream_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(up) = ctx.upstream.as_mut() else {
+            ctx.outcome.failure = Some(FailureKind::Other);
+            return Err(status_error(500, "no backend chosen"));
+        };
+        back_off(up).await;
+        if up.deadline_passed() {
+            ctx.outcome.failure = Some(FailureKind::Timeout);
+            return Err(status_error(504, "request timeout"));
+        }
+        up.status_retry = false;
+        let picked = match up.target.backend() {
+            Some(
+                b @ Backend {
+                    target: BackendTarget::Endpoints { .. },
+                    ..
+                },
+            ) => self.choose_endpoint(b, up),
+            _ => {
+                ctx.outcome.failure = Some(FailureKind::Other);
+                return Err(status_error(500, "no backend chosen"));
+            }
+        };
+        let Some(picked) = picked else {
+            ctx.outcome.failure = Some(FailureKind::NoEndpoint);
+            return Err(status_error(503, "no ready endpoint"));
+        };
+        let addr = picked.key.addr;
+        up.tried.push(addr);
+        up.current = Some(Try {
+            key: picked.key,
+            index: picked.index,
+            remote_served_by: None,
+        });
+        if up.latency == LatencyClock::Idle {
+            up.latency = LatencyClock::Running(Instant::now());
+        }
+        Ok(Box::new(peer(addr, up.try_budget(), picked.protocol)))
+    }
+
+    /// The endpoint of `backend` for the next try of `up`: by locality tier, skipping ejected,
+    /// drained and already tried ones; when every one was tried, starting over.
+    fn choose_endpoint(&self, backend: &Backend, up: &Upstream) -> Option<Picked> {
+        let BackendTarget::Endpoints {
+            protocol,
+            endpoints,
+            failover,
+        } = &backend.target
+        else {
+            return None;
+        };
+        let choose = |tried: &[SocketAddr]| {
+            endpoints::choose(
+                endpoints,
+                &backend.name,
+                &self.shared.locality,
+                failover.as_ref(),
+                &self.shared.ejections,
+                tried,
+                up.target.drain.as_deref(),
+            )
+        };
+        let index = match choose(&up.tried) {
+            // Retrying after every endpoint was tried: start over.
+            Err(NoEndpoint::AllTried) => choose(&[]),
+            other => other,
+        };
+        let index = index.ok()?;
+        let e = endpoints.get(index)?;
+        Some(Picked {
+            index,
+            key: EndpointKey::of(e, &backend.name),
+            protocol: *protocol,
+        })
+    }
+
+    /// Ejects the endpoint that refused the connection and retries on another one while the
+    /// allowances, the retry budget and the deadline allow.
+    pub fn fail_to_connect(&self, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        let Some(up) = ctx.upstream.as_mut() else {
+            e.set_retry(false);
+            tracing::debug!(%peer, retry = false, "connect failed");
+            return e;
+        };
+        if let Some(t) = &up.current {
+            self.eject(t.key, &e, "endpoint ejected after connect failure");
+        }
+        if up.deadline_passed() {
+            e.set_retry(false);
+            return e;
+        }
+        if up.left.failovers > 0 && self.shared.budget.try_retry(up.left.budget_percent) {
+            up.left.failovers -= 1;
+            e.set_retry(true);
+        } else if up.left.retries > 0 {
+            up.left.retries -= 1;
+            up.backoff = up.retry_backoff();
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        if e.retry() {
+            self.count_retry("connect");
+        }
+        tracing::debug!(%peer, retry = e.retry(), "connect failed");
+        e
+    }
+
+    /// Decides whether a try that failed after connecting is retried: never when the client is
+    /// gone, always for our own status marker (body permitting), as pingora would for a stale
+    /// pooled connection, then by the rule's retries and the failover of safe requests.
+    pub fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // Nobody is waiting for an answer: trying another endpoint only adds load.
+        if client_went_away(&e) {
+            e.set_retry(false);
+            return e;
+        }
+        let body_replayable = !session.as_ref().retry_buffer_truncated();
+        let safe = body_replayable && session.req_header().method.is_idempotent();
+        if let Some(up) = ctx.upstream.as_ref()
+            && up.status_retry
+        {
+            // Our own marker from `upstream_response_filter`; the retry was already counted.
+            e.set_retry(body_replayable && !up.deadline_passed());
+            return e;
+        }
+        // pingora's default: a failure on a reused pooled connection may be stale, retry it.
+        if safe {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        let Some(up) = ctx.upstream.as_mut() else {
+            return e;
+        };
+        self.eject_on_reset(up, &e, client_reused);
+        if !e.retry() && body_replayable && up.left.retries > 0 && !up.deadline_passed() {
+            up.left.retries -= 1;
+            e.set_retry(true);
+            self.count_retry("error");
+        }
+        // Safe requests move to another endpoint (next tier when the tier is exhausted) as
+        // long as nothing was sent downstream yet and the retry budget allows.
+        if !e.retry() && safe && session.response_written().is_none() && self.failover(up) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// A reset on a connection we just opened says the endpoint is going away: eject it. On a
+    /// pooled one it may only be a stale connection.
+    fn eject_on_reset(&self, up: &Upstream, e: &Error, client_reused: bool) {
+        let reset = *e.esource() == ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        if reset
+            && !client_reused
+            && let Some(t) = &up.current
+        {
+            self.eject(t.key, e, "endpoint ejected after a reset");
+        }
+    }
+
+    /// Spends one failover try of `up` if any is left, the deadline has not passed and the
+    /// retry budget allows; counted as a `failover` retry.
+    pub(super) fn failover(&self, up: &mut Upstream) -> bool {
+        if up.left.failovers > 0
+            && !up.deadline_passed()
+            && self.shared.budget.try_retry(up.left.budget_percent)
+        {
+            up.left.failovers -= 1;
+            self.count_retry("failover");
+            return true;
+        }
+        false
+    }
+
+    /// Ejects `key` (counted and logged once per ejection).
+    pub(super) fn eject(&self, key: EndpointKey, e: &dyn std::fmt::Display, why: &'static str) {
+        if self.shared.ejections.eject(key) {
+            self.shared.metrics.ejections.inc();
+            tracing::info!(endpoint = %key, error = %e, "{why}");
+        }
+    }
+
+    pub(super) fn count_retry(&self, reason: &str) {
+        self.shared
+            .metrics
+            .retries
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Names the backend on a hop to a remote proxy's east-west listener (replacing whatever a
+    /// filter set); never sent anywhere else.
+    pub fn upstream_request_filter(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        if ctx.east_west_hop()
+            && let Some(b) = ctx.backend()
+        {
+            upstream.insert_header(super::BACKEND_HEADER, b.name.as_str())?;
+        } else {
+            upstream.remove_header(super::BACKEND_HEADER);
+        }
+        Ok(())
+    }
+}
+
+/// Waits out a pending retry back-off, never past the request deadline.
+async fn back_off(up: &mut Upstream) {
+    if let Some(pause) = up.backoff.take() {
+        let pause = match up.limits.deadline {
+            Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
+            None => pause,
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// An upstream peer at `addr`: plain TCP, timeouts from the try's `budget`, pooled with
+/// keep-alive probes, HTTP/2 with prior knowledge for h2c backends.
+fn peer(addr: SocketAddr, budget: Option<Duration>, protocol: BackendProtocol) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(match budget {
+        Some(b) => b.min(DEFAULT_CONNECT_TIMEOUT),
+        None => DEFAULT_CONNECT_TIMEOUT,
+    });
+    peer.options.read_timeout = budget;
+    peer.options.write_timeout = budget;
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+    peer.options.tcp_keepalive = Some(TcpKeepalive {
+        idle: Duration::from_secs(5),
+        interval: Duration::from_secs(1),
+        count: 3,
+        #[cfg(target_os = "linux")]
+        user_timeout: UPSTREAM_USER_TIMEOUT,
+    });
+    if protocol == BackendProtocol::H2c {
+        peer.options.set_http_version(2, 2);
+    }
+    peer
+}

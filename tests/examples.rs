@@ -95,7 +95,13 @@ fn readme_opens_with_the_demo_and_test_commands_and_ci_runs_the_latter() {
     assert_eq!(commands[0], "./dev up", "first command runs the demo");
     assert_eq!(commands[1], "./dev test", "second command runs the tests");
     let dev = std::fs::read_to_string("dev").unwrap();
-    for needed in ["cmake", "pkg-config", "libssl-dev", "nftables", "apt-get install"] {
+    for needed in [
+        "cmake",
+        "pkg-config",
+        "libssl-dev",
+        "nftables",
+        "apt-get install",
+    ] {
         assert!(dev.contains(needed), "./dev must install {needed}");
     }
     for step in [
@@ -122,5 +128,8 @@ fn dev_script_explains_its_mistakes() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown command 'no-such-command'"), "{err}");
-    assert!(err.contains("./dev test"), "usage lists the commands: {err}");
+    assert!(
+        err.contains("./dev test"),
+        "usage lists the commands: {err}"
+    );
 }

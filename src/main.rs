@@ -13,12 +13,12 @@
 //! meridian echo     --listen ADDR          demo backend that reports who served the request
 //! ```
 //! Still to come (tracked as issues): `status` and `explain`.
-
-mod apply;
-mod dataplane;
-mod drill;
-mod echo;
-mod up;
+//!
+//! This binary only dispatches: it parses the command line, sets up the process (allocator,
+//! transparent-huge-page opt-out, tracing, the async runtime) and calls the entry point of the
+//! crate that owns the command — `meridian-proxy`, `meridian-sandbox`, `meridian-crds`,
+//! `meridian-controller` (which also starts the distribution server), `meridian-drill`, and
+//! `meridian-local` (`up` and `echo`, the local demo).
 
 use std::path::PathBuf;
 
@@ -56,33 +56,13 @@ enum Command {
         write: Option<PathBuf>,
     },
     /// Run a demo echo backend.
-    Echo(echo::EchoArgs),
+    Echo(meridian_local::echo::EchoArgs),
     /// Run the multi-cluster controller.
-    Controller {
-        #[command(flatten)]
-        args: meridian_controller::ControllerArgs,
-        /// Bearer token proxies must present to the distribution server.
-        #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// Accept proxies without a token (local runs only).
-        #[arg(long)]
-        insecure: bool,
-        /// Give every Gateway of CLUSTER its own address from RANGE (`A.B.C.D-A.B.C.E` or
-        /// `A.B.C.D/N`) instead of the proxies' advertised address; repeat per cluster. The
-        /// proxies bind the Gateway's address, so it must be routed to them.
-        #[arg(long = "gateway-addresses", value_name = "CLUSTER=RANGE")]
-        gateway_addresses: Vec<String>,
-        /// After a start, how long a cluster whose proxies have not reconnected yet keeps the
-        /// Programmed condition and addresses its Gateways' status has (instead of reporting an
-        /// outage that is only the proxies reconnecting). Default: the proxies' longest
-        /// reconnect delay plus a margin; 0 turns it off.
-        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-        proxy_reconnect_grace: std::time::Duration,
-    },
+    Controller(meridian_controller::ControllerArgs),
     /// Run everything locally: three clusters, the controller, a proxy per region and a demo.
-    Up(up::UpArgs),
+    Up(meridian_local::UpArgs),
     /// Fail a region, cluster or zone on purpose under load and report how traffic moved.
-    Drill(drill::DrillArgs),
+    Drill(meridian_drill::DrillArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,91 +98,14 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Echo(args) => runtime()?.block_on(echo::run(args)),
-        Command::Up(args) => runtime()?.block_on(up::run(args)),
+        Command::Echo(args) => runtime()?.block_on(meridian_local::echo::run(args)),
+        Command::Up(args) => runtime()?.block_on(meridian_local::run(args)),
         Command::Drill(args) => {
-            let code = runtime()?.block_on(drill::run(args))?;
+            let code = runtime()?.block_on(meridian_drill::run(args))?;
             std::process::exit(code)
         }
-        Command::Controller {
-            args,
-            token,
-            insecure,
-            gateway_addresses,
-            proxy_reconnect_grace,
-        } => {
-            let pools = address_pools(&gateway_addresses)?;
-            runtime()?.block_on(controller(
-                args,
-                token,
-                insecure,
-                pools,
-                proxy_reconnect_grace,
-            ))
-        }
+        Command::Controller(args) => runtime()?.block_on(meridian_controller::serve(args, None)),
     }
-}
-
-/// A Gateway API duration (`10s`, `1m30s`, `500ms`).
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    Ok(std::time::Duration::from_millis(
-        meridian_controller::translate::parse_duration_ms(s)?.unwrap_or(0),
-    ))
-}
-
-/// `meridian controller`: with `--distribution-bind` the proxies get their snapshots from this
-/// process and Gateways are Programmed only once they acknowledge them.
-async fn controller(
-    args: meridian_controller::ControllerArgs,
-    token: Option<String>,
-    insecure: bool,
-    pools: dataplane::addresses::AddressPools,
-    reconnect_grace: std::time::Duration,
-) -> anyhow::Result<()> {
-    let Some(bind) = args.distribution_bind else {
-        if !pools.is_empty() {
-            anyhow::bail!(
-                "--gateway-addresses needs --distribution-bind: addresses are handed out to \
-                 Gateways served by proxies that connect to this controller"
-            );
-        }
-        return meridian_controller::serve(args, None).await;
-    };
-    if token.is_none() && !insecure {
-        anyhow::bail!(
-            "--distribution-bind needs --token (or MERIDIAN_TOKEN) so only your proxies connect; \
-             pass --insecure to run without one on a trusted local machine"
-        );
-    }
-    let mut cfg = meridian_distribution::ServerConfig::new(bind, token);
-    cfg.insecure = insecure;
-    let server = meridian_distribution::DistributionServer::start(cfg)
-        .await
-        .with_context(|| format!("starting the distribution server on {bind}"))?;
-    tracing::info!(addr = %server.local_addr(), "distribution server listening");
-    let data_plane =
-        dataplane::DistributedDataPlane::new(std::sync::Arc::new(server), pools, reconnect_grace);
-    meridian_controller::serve(args, Some(data_plane)).await
-}
-
-/// `--gateway-addresses CLUSTER=RANGE` values, checked before anything starts.
-fn address_pools(values: &[String]) -> anyhow::Result<dataplane::addresses::AddressPools> {
-    let mut pools = Vec::new();
-    for v in values {
-        let Some((cluster, range)) = v.split_once('=') else {
-            anyhow::bail!(
-                "--gateway-addresses {v:?}: expected CLUSTER=RANGE, e.g. east=10.0.10.0/24"
-            );
-        };
-        let range: dataplane::addresses::AddressRange = range
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--gateway-addresses {v:?}: {e}"))?;
-        if pools.iter().any(|(c, _)| c == cluster) {
-            anyhow::bail!("--gateway-addresses: cluster {cluster:?} is given twice");
-        }
-        pools.push((cluster.to_string(), range));
-    }
-    Ok(dataplane::addresses::AddressPools::new(pools))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -6,6 +6,9 @@
 //! --cluster west@us-west            ├─► Vec<ClusterSpec> ──► connect() ──► MemberCluster { client, … }
 //! --clusters-file clusters.yaml    ─┘     (none given: one member per kubeconfig context)
 //! --network east=net-a              ──► ClusterSpec::network (default "": one flat network)
+//! --distribution-bind ADDR --token T ─┐
+//! --insecure                          ├─► distribution_flags() ──► AddressPools (checked before
+//! --gateway-addresses east=RANGE     ─┘                             anything starts)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +20,7 @@ use anyhow::{Context as _, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::Deserialize;
 
+use crate::distributed::addresses::{AddressPools, AddressRange};
 use crate::translate::{CONTROLLER_NAME, parse_duration_ms};
 
 /// Arguments of `meridian controller`.
@@ -62,6 +66,23 @@ pub struct ControllerArgs {
     /// Quiet time collected after a watch event before translating.
     #[arg(long, default_value = "30ms", value_parser = parse_duration)]
     pub debounce: Duration,
+    /// Bearer token proxies must present to the distribution server.
+    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Accept proxies without a token (local runs only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Give every Gateway of CLUSTER its own address from RANGE (`A.B.C.D-A.B.C.E` or
+    /// `A.B.C.D/N`) instead of the proxies' advertised address; repeat per cluster. The
+    /// proxies bind the Gateway's address, so it must be routed to them.
+    #[arg(long = "gateway-addresses", value_name = "CLUSTER=RANGE")]
+    pub gateway_addresses: Vec<String>,
+    /// After a start, how long a cluster whose proxies have not reconnected yet keeps the
+    /// Programmed condition and addresses its Gateways' status has (instead of reporting an
+    /// outage that is only the proxies reconnecting). Default: the proxies' longest reconnect
+    /// delay plus a margin; 0 turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub proxy_reconnect_grace: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -284,6 +305,48 @@ impl ControllerArgs {
     }
 }
 
+/// `--gateway-addresses CLUSTER=RANGE` values, checked before anything starts.
+fn address_pools(values: &[String]) -> anyhow::Result<AddressPools> {
+    let mut pools = Vec::new();
+    for v in values {
+        let Some((cluster, range)) = v.split_once('=') else {
+            anyhow::bail!(
+                "--gateway-addresses {v:?}: expected CLUSTER=RANGE, e.g. east=10.0.10.0/24"
+            );
+        };
+        let range: AddressRange = range
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--gateway-addresses {v:?}: {e}"))?;
+        if pools.iter().any(|(c, _)| c == cluster) {
+            anyhow::bail!("--gateway-addresses: cluster {cluster:?} is given twice");
+        }
+        pools.push((cluster.to_string(), range));
+    }
+    Ok(AddressPools::new(pools))
+}
+
+impl ControllerArgs {
+    /// Checks the flags that go with `--distribution-bind` (a token, or `--insecure`; address
+    /// pools only with a distribution server) and returns the `--gateway-addresses` pools.
+    pub fn distribution_flags(&self) -> anyhow::Result<AddressPools> {
+        let pools = address_pools(&self.gateway_addresses)?;
+        if self.distribution_bind.is_none() {
+            if !pools.is_empty() {
+                anyhow::bail!(
+                    "--gateway-addresses needs --distribution-bind: addresses are handed out to \
+                     Gateways served by proxies that connect to this controller"
+                );
+            }
+        } else if self.token.is_none() && !self.insecure {
+            anyhow::bail!(
+                "--distribution-bind needs --token (or MERIDIAN_TOKEN) so only your proxies connect; \
+                 pass --insecure to run without one on a trusted local machine"
+            );
+        }
+        Ok(pools)
+    }
+}
+
 /// A kube client for one member cluster, from its kubeconfig context.
 pub async fn connect(kubeconfig: &Kubeconfig, spec: &ClusterSpec) -> anyhow::Result<kube::Client> {
     let config = cluster_config(kubeconfig, spec).await?;
@@ -405,6 +468,61 @@ mod tests {
         let err = cli.args.cluster_specs(&kubeconfig).unwrap_err().to_string();
         assert!(err.contains("given twice"), "{err}");
         assert!(Cli::try_parse_from(["x", "--network", "east"]).is_err());
+    }
+
+    /// The flags that go with the distribution server, with the message each mistake gets.
+    #[test]
+    fn distribution_flags() {
+        let check = |extra: &[&str]| {
+            let argv = ["x", "--cluster", "east"].iter().chain(extra);
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .args
+                .distribution_flags()
+                .map_err(|e| e.to_string())
+        };
+        let bind = ["--distribution-bind", "127.0.0.1:0"];
+        let err = check(&bind).unwrap_err();
+        assert!(
+            err.contains("--distribution-bind needs --token (or MERIDIAN_TOKEN)")
+                && err.contains("--insecure"),
+            "{err}"
+        );
+        assert!(check(&[&bind[..], &["--token", "t"]].concat()).is_ok());
+        assert!(check(&[&bind[..], &["--insecure"]].concat()).is_ok());
+        // Without a distribution server the controller starts with no token at all.
+        assert!(check(&[]).is_ok());
+
+        let pools = check(
+            &[
+                &bind[..],
+                &["--insecure", "--gateway-addresses", "east=10.0.10.0/24"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert!(pools.has_pool("east") && !pools.has_pool("west"));
+        let err = check(&["--gateway-addresses", "east=10.0.10.0/24"]).unwrap_err();
+        assert!(
+            err.contains("--gateway-addresses needs --distribution-bind"),
+            "{err}"
+        );
+        let err = check(&["--gateway-addresses", "east"]).unwrap_err();
+        assert!(err.contains("expected CLUSTER=RANGE"), "{err}");
+        let err = check(&["--gateway-addresses", "east=10.0.10.9-10.0.10.1"]).unwrap_err();
+        assert!(
+            err.starts_with("--gateway-addresses \"east=10.0.10.9-10.0.10.1\": ")
+                && err.contains("empty"),
+            "{err}"
+        );
+        let twice = [
+            "--gateway-addresses",
+            "east=10.0.10.0/24",
+            "--gateway-addresses",
+            "east=10.0.11.0/24",
+        ];
+        let err = check(&twice).unwrap_err();
+        assert!(err.contains("cluster \"east\" is given twice"), "{err}");
     }
 
     #[test]

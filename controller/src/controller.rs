@@ -880,19 +880,28 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .block_on(serve(args, None))
 }
 
-/// Runs the controller on the current runtime until Ctrl-C. `data_plane` is the seam for the
-/// distribution server; without one, `--static-address` decides what Gateways report (see
-/// [`StaticDataPlane`]).
+/// Runs the controller on the current runtime until Ctrl-C. With `--distribution-bind` it starts
+/// the distribution server and Gateways are Programmed only once their proxies acknowledge them
+/// ([`DistributedDataPlane`](crate::DistributedDataPlane)); without it, `--static-address` decides what Gateways report (see
+/// [`StaticDataPlane`]). `data_plane`, when given, replaces either.
 pub async fn serve(
     args: ControllerArgs,
     data_plane: Option<Arc<dyn DataPlane>>,
 ) -> anyhow::Result<()> {
+    let pools = args.distribution_flags()?;
     let data_plane = match (data_plane, args.distribution_bind) {
         (Some(dp), _) => dp,
-        (None, Some(addr)) => anyhow::bail!(
-            "--distribution-bind {addr}: this crate does not start the distribution server itself; \
-             pass a DataPlane to meridian_controller::serve (the `meridian` binary does)"
-        ),
+        (None, Some(bind)) => {
+            let token = args.token.clone();
+            crate::distributed::DistributedDataPlane::start(
+                bind,
+                token,
+                args.insecure,
+                pools,
+                args.proxy_reconnect_grace,
+            )
+            .await?
+        }
         (None, None) => {
             if args.static_addresses.is_empty() {
                 tracing::warn!(

@@ -8,8 +8,9 @@
 //!            then programmed(gw), addresses(gw), east_west(cluster) feed the next translation
 //! ```
 //!
-//! The distribution server (crate `meridian-distribution`) implements this trait; until it is
-//! wired in, [`StaticDataPlane`] stands in: a fixed address list for every Gateway, every
+//! [`DistributedDataPlane`](crate::distributed::DistributedDataPlane) implements this trait over
+//! the distribution server (crate `meridian-distribution`). Without one, [`StaticDataPlane`]
+//! stands in: a fixed address list for every Gateway, every
 //! published snapshot counted as applied at once, and every snapshot kept for inspection. It
 //! reports the truth about what it is — nothing is actually served — so it is meant for tests and
 //! for running the controller without proxies (`--static-address`).

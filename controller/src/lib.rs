@@ -25,14 +25,19 @@
 //!    HTTPRoute parents, retries that resume as soon as the API answers again, outdated writes
 //!    superseded, no write storms; [`for_status_writes`] gives its client short timeouts);
 //! 8. [`dataplane`] — the [`DataPlane`] seam to the distribution server, and [`StaticDataPlane`];
-//! 9. [`args`] — `meridian controller` flags ([`ControllerArgs`]); [`metrics`] — Prometheus and the
-//!    admin listener;
+//!    [`distributed`] — [`DistributedDataPlane`], that seam over the distribution server
+//!    (`meridian-distribution`, which never depends on this crate), with per-Gateway
+//!    [`AddressPools`];
+//! 9. [`args`] — every `meridian controller` flag ([`ControllerArgs`]), including the distribution
+//!    server's; [`serve`] / [`run`] — `meridian controller` itself; [`metrics`] — Prometheus and
+//!    the admin listener;
 //! 10. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
 //!     traffic counters, [`DrillActuator`] for kill/blackhole).
 
 pub mod args;
 pub mod controller;
 pub mod dataplane;
+pub mod distributed;
 pub mod drill;
 pub mod metrics;
 pub mod refgrant;
@@ -45,6 +50,8 @@ mod writer;
 pub use args::{ClusterSpec, ControllerArgs, NetworkSpec};
 pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster, run, serve};
 pub use dataplane::{DataPlane, StaticDataPlane};
+pub use distributed::DistributedDataPlane;
+pub use distributed::addresses::{AddressPools, AddressRange};
 pub use drill::{DrillActuator, DrillMode, DrillTarget};
 pub use writer::{FIELD_MANAGER, for_status_writes};
 

@@ -10,54 +10,60 @@
 //!                                                       demo echo backends, two zones per region
 //! ```
 //!
-//! 1. Start the sandbox with the requested clusters and write `DIR/kubeconfig`.
-//! 2. Install Meridian's CRDs and the `meridian` GatewayClass in every cluster.
-//! 3. Start the distribution server, the controller and one proxy per cluster; proxy `i`
-//!    advertises `127.0.(10+i).1`, so every region has its own address for port 80.
-//! 4. With the demo: start echo backends (`127.0.(20+i).{1,2}:8080`, zones `<region>-a/-b`) and
-//!    apply `examples/demo/` plus each cluster's EndpointSlice to every cluster.
-//! 5. Wait until every Gateway is `Programmed=True`, check each region answers, print what to
-//!    try, and run until Ctrl-C, then stop everything in reverse order.
+//! 0. Plan the clusters (`plan`: names, regions, zones, addresses) and prepare the state directory.
+//! 1. Start the sandbox with the requested clusters and write `DIR/kubeconfig` (`start_sandbox`).
+//! 2. Install Meridian's CRDs and the `meridian` GatewayClass in every cluster
+//!    (`install_meridian`).
+//! 3. Start the distribution server and the controller (`start_controller`, through the
+//!    controller crate's `DistributedDataPlane`, as `meridian controller` runs it), then one proxy
+//!    per cluster (`start_proxies`); proxy `i` advertises `127.0.(10+i).1`, so every region has its
+//!    own address for port 80.
+//! 4. With the demo (`start_demo`): start echo backends (`127.0.(100+i).{1,2}:8080`, zones
+//!    `<region>-a/-b`) and apply `examples/demo/` plus each cluster's EndpointSlice to every
+//!    cluster.
+//! 5. Wait until every Gateway is `Programmed=True` and check each region answers (`wait_demo`),
+//!    print what to try (`print_try`), and run until Ctrl-C, then stop everything in reverse
+//!    order (`stop`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
-use meridian_controller::{Controller, ControllerConfig, MemberCluster};
+use meridian_controller::distributed::DistributedDataPlane;
+use meridian_controller::distributed::addresses::{AddressPools, AddressRange};
+use meridian_controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster};
 use meridian_distribution::{Client, ClientConfig, DistributionServer, Hello, ServerConfig};
 use meridian_model::locality::Locality;
 use meridian_proxy::{ProxyConfig, ProxyHandle};
 use meridian_sandbox::{Sandbox, SandboxConfig};
 
-use crate::dataplane::DistributedDataPlane;
-use crate::dataplane::addresses::{AddressPools, AddressRange};
-use crate::drill::local::LocalBackends;
+use crate::actuator::LocalBackends;
 use crate::{apply, echo};
 
 const DEMO: [(&str, &str); 5] = [
     (
         "00-namespace.yaml",
-        include_str!("../examples/demo/00-namespace.yaml"),
+        include_str!("../../examples/demo/00-namespace.yaml"),
     ),
     (
         "10-gatewayclass.yaml",
-        include_str!("../examples/demo/10-gatewayclass.yaml"),
+        include_str!("../../examples/demo/10-gatewayclass.yaml"),
     ),
     (
         "20-gateway.yaml",
-        include_str!("../examples/demo/20-gateway.yaml"),
+        include_str!("../../examples/demo/20-gateway.yaml"),
     ),
     (
         "30-service.yaml",
-        include_str!("../examples/demo/30-service.yaml"),
+        include_str!("../../examples/demo/30-service.yaml"),
     ),
     (
         "40-httproute.yaml",
-        include_str!("../examples/demo/40-httproute.yaml"),
+        include_str!("../../examples/demo/40-httproute.yaml"),
     ),
 ];
 
@@ -286,10 +292,36 @@ async fn http_get(addr: SocketAddr) -> anyhow::Result<String> {
     Ok(body.to_string())
 }
 
-/// Runs until Ctrl-C.
+/// Runs until Ctrl-C: the numbered steps of the module docs, one function each.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let plans = plan(&args)?;
+    let sandbox_dir = prepare_state_dir(&args)?;
+    warn_if_port_80_is_closed(&plans);
+    let kubeconfig = args.state_dir.join("kubeconfig");
+
+    let (sandbox, clients) = start_sandbox(&args, &plans, sandbox_dir, &kubeconfig).await?;
+    install_meridian(&clients).await?;
+    // The demo backends live in the drill actuator so kill/blackhole drills can stop them.
+    let backends = Arc::new(LocalBackends::new());
+    let control = start_controller(&args, &plans, &clients, backends.clone()).await?;
+    let proxies = start_proxies(&args, &plans, &control).await?;
+    if !args.no_demo {
+        start_demo(&plans, &clients, &backends).await?;
+        wait_demo(&plans, &clients, started).await?;
+    }
+    print_try(&args, &plans, &kubeconfig, &proxies);
+
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    stop(sandbox, clients, &backends, control, proxies).await;
+    Ok(())
+}
+
+/// Creates the state directory; with `--fresh`, forgets the saved objects. Returns the
+/// sandbox's directory.
+fn prepare_state_dir(args: &UpArgs) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state directory {}", args.state_dir.display()))?;
     let sandbox_dir = args.state_dir.join("sandbox");
@@ -297,19 +329,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&sandbox_dir)
             .with_context(|| format!("removing {}", sandbox_dir.display()))?;
     }
+    Ok(sandbox_dir)
+}
+
+/// A warning, not an error: everything else works, and the Gateways say why they do not serve.
+fn warn_if_port_80_is_closed(plans: &[ClusterPlan]) {
     if let Err(why) = can_bind_low_ports(plans[0].proxy_address) {
         say(format!("warning: {why}"));
         say("         Gateways will report Programmed=False with the bind error until then.");
     }
-    let kubeconfig = args.state_dir.join("kubeconfig");
+}
 
-    // 1. Sandbox.
+/// Step 1: one Kubernetes API per cluster, the kubeconfig, and a client per cluster.
+async fn start_sandbox(
+    args: &UpArgs,
+    plans: &[ClusterPlan],
+    sandbox_dir: PathBuf,
+    kubeconfig: &Path,
+) -> anyhow::Result<(Sandbox, Vec<(String, kube::Client)>)> {
     let sandbox = Sandbox::start(SandboxConfig {
         clusters: plans.iter().map(|c| c.name.clone()).collect(),
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         base_port: args.base_port,
         state_dir: Some(sandbox_dir),
-        kubeconfig_path: Some(kubeconfig.clone()),
+        kubeconfig_path: Some(kubeconfig.to_path_buf()),
         ..SandboxConfig::default()
     })
     .await
@@ -325,9 +368,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         clients.push((ep.name.clone(), kube::Client::try_from(config)?));
         say(format!("sandbox: cluster {} at {}", ep.name, ep.url));
     }
+    Ok((sandbox, clients))
+}
 
-    // 2. CRDs and the GatewayClass.
-    for (name, client) in &clients {
+/// Step 2: CRDs and the GatewayClass in every cluster.
+async fn install_meridian(clients: &[(String, kube::Client)]) -> anyhow::Result<()> {
+    for (name, client) in clients {
         install_crds(client)
             .await
             .with_context(|| format!("cluster {name}"))?;
@@ -336,8 +382,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .with_context(|| format!("GatewayClass in {name}"))?;
     }
     say("crds: Gateway API, MCS and the `meridian` GatewayClass installed in every cluster");
+    Ok(())
+}
 
-    // 3. Distribution server, controller, proxies.
+/// The controller and the distribution server its proxies follow.
+struct Control {
+    server: Arc<DistributionServer>,
+    controller: ControllerHandle,
+    /// `http://` URL of the distribution server.
+    url: String,
+    /// Bearer token the proxies present.
+    token: String,
+}
+
+/// Step 3a: the distribution server and the controller, through the controller crate's
+/// [`DistributedDataPlane`] as `meridian controller --distribution-bind` runs it.
+async fn start_controller(
+    args: &UpArgs,
+    plans: &[ClusterPlan],
+    clients: &[(String, kube::Client)],
+    backends: Arc<LocalBackends>,
+) -> anyhow::Result<Control> {
     let token = format!("{:032x}", rand::random::<u128>());
     let server = DistributionServer::start(ServerConfig::new(
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.distribution_port),
@@ -351,23 +416,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         )
     })?;
     let server = Arc::new(server);
-    let dist_url = format!("http://{}", server.local_addr());
-    // Every Gateway of a region gets its own address from 127.0.(10+i).0/24 (the first one
-    // created, demo/web, gets the proxy's advertised .1), so examples can all use port 80.
-    let pools = plans
-        .iter()
-        .map(|p| {
-            let first = p.proxy_address;
-            let [a, b, c, _] = first.octets();
-            // .254 is the east-west listener's (--multi-network).
-            AddressRange::new(first, Ipv4Addr::new(a, b, c, 253)).map(|r| (p.name.clone(), r))
-        })
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(anyhow::Error::msg)?;
-    let data_plane = DistributedDataPlane::with_pools(server.clone(), AddressPools::new(pools));
+    let url = format!("http://{}", server.local_addr());
+    let data_plane = DistributedDataPlane::with_pools(server.clone(), address_pools(plans)?);
     let members = plans
         .iter()
-        .zip(&clients)
+        .zip(clients)
         .map(|(p, (_, client))| MemberCluster {
             name: p.name.clone(),
             region: p.region.clone(),
@@ -380,18 +433,51 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             },
         })
         .collect();
-    // The demo backends live in the drill actuator so kill/blackhole drills can stop them.
-    let backends = Arc::new(LocalBackends::new());
     let mut controller_config = ControllerConfig::new(members, data_plane);
-    controller_config.drill_actuator = Some(backends.clone());
+    controller_config.drill_actuator = Some(backends);
     let controller = Controller::start(controller_config).await?;
     say(format!(
-        "controller: watching {} clusters, serving snapshots at {dist_url}",
+        "controller: watching {} clusters, serving snapshots at {url}",
         plans.len()
     ));
+    Ok(Control {
+        server,
+        controller,
+        url,
+        token,
+    })
+}
 
+/// Every Gateway of a region gets its own address from 127.0.(10+i).0/24 (the first one
+/// created, demo/web, gets the proxy's advertised .1), so examples can all use port 80.
+fn address_pools(plans: &[ClusterPlan]) -> anyhow::Result<AddressPools> {
+    let pools = plans
+        .iter()
+        .map(|p| {
+            let first = p.proxy_address;
+            let [a, b, c, _] = first.octets();
+            // .254 is the east-west listener's (--multi-network).
+            AddressRange::new(first, Ipv4Addr::new(a, b, c, 253)).map(|r| (p.name.clone(), r))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    Ok(AddressPools::new(pools))
+}
+
+/// A running proxy and the task that keeps it following the controller.
+struct Proxy {
+    handle: Arc<ProxyHandle>,
+    task: tokio::task::JoinHandle<()>,
+    admin: SocketAddr,
+}
+
+/// Step 3b: one proxy per cluster, each following the controller.
+async fn start_proxies(
+    args: &UpArgs,
+    plans: &[ClusterPlan],
+    control: &Control,
+) -> anyhow::Result<Vec<Proxy>> {
     let mut proxies = Vec::new();
-    let mut admins = Vec::new();
     for (i, c) in plans.iter().enumerate() {
         let port = if args.admin_base_port == 0 {
             0
@@ -399,88 +485,118 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.admin_base_port + i as u16
         };
         let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        let handle = Arc::new(
-            ProxyHandle::start(ProxyConfig {
-                admin: Some(admin),
-                locality: Locality {
-                    cluster: c.name.clone(),
-                    region: c.region.clone(),
-                    zone: c.zones[0].clone(),
-                },
-                east_west: args.multi_network.then(|| {
-                    let [a, b, c, _] = c.proxy_address.octets();
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 254)), 15443)
-                }),
-            })
-            .await
-            .with_context(|| format!("starting the proxy of {} (admin {admin})", c.name))?,
-        );
-        let client = Client::new(ClientConfig::new(
-            dist_url.clone(),
-            Some(token.clone()),
-            Hello {
-                proxy_id: format!("{}-proxy", c.name),
+        proxies.push(start_proxy(args, c, admin, control).await?);
+    }
+    Ok(proxies)
+}
+
+async fn start_proxy(
+    args: &UpArgs,
+    c: &ClusterPlan,
+    admin: SocketAddr,
+    control: &Control,
+) -> anyhow::Result<Proxy> {
+    let handle = Arc::new(
+        ProxyHandle::start(ProxyConfig {
+            admin: Some(admin),
+            locality: Locality {
                 cluster: c.name.clone(),
                 region: c.region.clone(),
                 zone: c.zones[0].clone(),
-                gateways: None,
-                address: Some(c.proxy_address.to_string()),
-                east_west: handle.east_west_addr().map(|a| a.to_string()),
             },
-        ))?;
-        let h = handle.clone();
-        let task = tokio::spawn(async move {
-            meridian_proxy::follow_controller(&h, &client).await;
-        });
-        let admin = handle.admin_addr().unwrap_or(admin);
-        let east_west = handle
-            .east_west_addr()
-            .map(|a| format!(", east-west {a}"))
-            .unwrap_or_default();
-        say(format!(
-            "proxy: {} ({}, zone {}) serves at {}, admin http://{admin}{east_west}",
-            c.name, c.region, c.zones[0], c.proxy_address
-        ));
-        admins.push(admin);
-        proxies.push((handle, task));
-    }
+            east_west: args.multi_network.then(|| {
+                let [a, b, c, _] = c.proxy_address.octets();
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 254)), 15443)
+            }),
+        })
+        .await
+        .with_context(|| format!("starting the proxy of {} (admin {admin})", c.name))?,
+    );
+    let client = Client::new(ClientConfig::new(
+        control.url.clone(),
+        Some(control.token.clone()),
+        Hello {
+            proxy_id: format!("{}-proxy", c.name),
+            cluster: c.name.clone(),
+            region: c.region.clone(),
+            zone: c.zones[0].clone(),
+            gateways: None,
+            address: Some(c.proxy_address.to_string()),
+            east_west: handle.east_west_addr().map(|a| a.to_string()),
+        },
+    ))?;
+    let h = handle.clone();
+    let task = tokio::spawn(async move {
+        meridian_proxy::follow_controller(&h, &client).await;
+    });
+    let admin = handle.admin_addr().unwrap_or(admin);
+    let east_west = handle
+        .east_west_addr()
+        .map(|a| format!(", east-west {a}"))
+        .unwrap_or_default();
+    say(format!(
+        "proxy: {} ({}, zone {}) serves at {}, admin http://{admin}{east_west}",
+        c.name, c.region, c.zones[0], c.proxy_address
+    ));
+    Ok(Proxy {
+        handle,
+        task,
+        admin,
+    })
+}
 
-    // 4. Demo.
-    if !args.no_demo {
-        for c in &plans {
-            for (ip, zone) in c.backends.iter().zip(&c.zones) {
-                let echo_args = echo::EchoArgs {
-                    listen: SocketAddr::new(IpAddr::V4(*ip), 8080),
-                    name: format!("echo-{zone}"),
-                    cluster: c.name.clone(),
-                    region: c.region.clone(),
-                    zone: zone.clone(),
-                };
-                backends
-                    .start(echo_args)
-                    .await
-                    .with_context(|| format!("starting the echo backend of zone {zone}"))?;
-            }
-        }
-        for (c, (name, client)) in plans.iter().zip(&clients) {
-            for (file, text) in DEMO {
-                apply::apply_yaml(client, text)
-                    .await
-                    .with_context(|| format!("applying examples/demo/{file} to {name}"))?;
-            }
-            apply::apply_object(client, &endpoint_slice(c), "demo")
+/// Step 4: echo backends in two zones per region, and the demo manifests in every cluster.
+async fn start_demo(
+    plans: &[ClusterPlan],
+    clients: &[(String, kube::Client)],
+    backends: &LocalBackends,
+) -> anyhow::Result<()> {
+    for c in plans {
+        for (ip, zone) in c.backends.iter().zip(&c.zones) {
+            let echo_args = echo::EchoArgs {
+                listen: SocketAddr::new(IpAddr::V4(*ip), 8080),
+                name: format!("echo-{zone}"),
+                cluster: c.name.clone(),
+                region: c.region.clone(),
+                zone: zone.clone(),
+            };
+            backends
+                .start(echo_args)
                 .await
-                .with_context(|| format!("EndpointSlice in {name}"))?;
+                .with_context(|| format!("starting the echo backend of zone {zone}"))?;
         }
-        say("demo: echo backends in two zones per region; examples/demo applied to every cluster");
-        wait_programmed(&clients, Duration::from_secs(60)).await?;
-        say(format!(
-            "programmed: every Gateway Programmed=True in every cluster {:.1} s after start",
-            started.elapsed().as_secs_f64()
-        ));
-        probe_regions(&plans).await;
     }
+    for (c, (name, client)) in plans.iter().zip(clients) {
+        for (file, text) in DEMO {
+            apply::apply_yaml(client, text)
+                .await
+                .with_context(|| format!("applying examples/demo/{file} to {name}"))?;
+        }
+        apply::apply_object(client, &endpoint_slice(c), "demo")
+            .await
+            .with_context(|| format!("EndpointSlice in {name}"))?;
+    }
+    say("demo: echo backends in two zones per region; examples/demo applied to every cluster");
+    Ok(())
+}
 
+/// Step 5: every Gateway Programmed, and each region answering.
+async fn wait_demo(
+    plans: &[ClusterPlan],
+    clients: &[(String, kube::Client)],
+    started: Instant,
+) -> anyhow::Result<()> {
+    wait_programmed(clients, Duration::from_secs(60)).await?;
+    say(format!(
+        "programmed: every Gateway Programmed=True in every cluster {:.1} s after start",
+        started.elapsed().as_secs_f64()
+    ));
+    probe_regions(plans).await;
+    Ok(())
+}
+
+/// What to try now.
+fn print_try(args: &UpArgs, plans: &[ClusterPlan], kubeconfig: &Path, proxies: &[Proxy]) {
     let kc = kubeconfig.display();
     say("");
     say("Meridian is up. Try:");
@@ -494,17 +610,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     ));
     // Without the demo no Gateway exists yet, so the proxies answer nothing worth curling.
     if !args.no_demo {
-        for c in &plans {
+        for c in plans {
             say(format!(
                 "  curl -s http://{}/    # {} ({})",
                 c.proxy_address, c.name, c.region
             ));
         }
     }
-    if let Some(admin) = admins.first() {
+    if let Some(p) = proxies.first() {
         say(format!(
-            "  curl -s http://{admin}/config_dump    # what the {} proxy serves",
-            plans[0].name
+            "  curl -s http://{}/config_dump    # what the {} proxy serves",
+            p.admin, plans[0].name
         ));
     }
     if !args.no_demo {
@@ -514,14 +630,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ));
     }
     say("Stop with Ctrl-C.");
+}
 
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+/// Stops everything in reverse order of dependence: backends, controller, proxies, then the
+/// distribution server and the sandbox.
+async fn stop(
+    sandbox: Sandbox,
+    clients: Vec<(String, kube::Client)>,
+    backends: &LocalBackends,
+    control: Control,
+    proxies: Vec<Proxy>,
+) {
     say("stopping…");
     backends.shutdown().await;
-    controller.shutdown().await;
-    for (handle, task) in proxies {
+    control.controller.shutdown().await;
+    for Proxy { handle, task, .. } in proxies {
         task.abort();
         let _ = task.await;
         if let Ok(h) = Arc::try_unwrap(handle) {
@@ -529,10 +652,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     drop(clients);
-    if let Ok(server) = Arc::try_unwrap(server) {
+    if let Ok(server) = Arc::try_unwrap(control.server) {
         server.shutdown().await;
     }
     sandbox.shutdown().await;
     say("stopped");
-    Ok(())
 }

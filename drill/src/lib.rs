@@ -1,6 +1,14 @@
 //! `meridian drill`: fail a region (or cluster, or zone) on purpose under load, watch traffic
 //! move away and come back, and write down what happened.
 //!
+//! This crate owns the drill *client*: its flags ([`DrillArgs`]), the load generator, the
+//! figures and the report. It may depend on the CRD types (`meridian-crds`) and on kube, hyper
+//! and tokio, and talks to the controller only through the Kubernetes API (the FailoverDrill
+//! object and its status) and to the proxies only through the Gateway's HTTP listener. It does
+//! not depend on the controller, the proxy or the local demo: the drill itself is run by the
+//! controller (`controller/src/drill/`), and kill/blackhole are carried out by whoever owns the
+//! backends (`meridian up`'s actuator lives in `local/`).
+//!
 //! ```text
 //!  1. kubeconfig context ─► Gateway (status address, HTTP listener, route hostname) ─► URL
 //!  2. preflight: one GET through the Gateway of every context ─► known regions; target checked
@@ -11,6 +19,10 @@
 //!  4. figures (pure, figures.rs) ─► report.json, report.md, timeline.svg
 //! ```
 //!
+//! [`run`] is those steps in order: `resolve` (1), `preflight` (2), `drive` (3: the load loop,
+//! with `Driver` creating the drill and following its status), `build_report` (4) and
+//! `verdict` (the exit status).
+//!
 //! Exit status: 0 when the drill succeeded and every check passed, 2 when it succeeded but a
 //! check failed (failed GETs, no 95 % shift, a guard), 3 when the drill was aborted, failed or
 //! interrupted; 1 for errors before or outside the drill.
@@ -18,7 +30,6 @@
 pub mod cluster;
 pub mod figures;
 pub mod load;
-pub mod local;
 pub mod report;
 pub mod svg;
 
@@ -425,7 +436,38 @@ fn live_line(elapsed: Duration, window: &[Sample], phase: &str) -> String {
 
 /// Runs the drill; returns the process exit status.
 pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
-    let p = plan(&args)?;
+    let s = resolve(&args).await?;
+    preflight(&args, &s).await?;
+    let (name, report_dir) = names(&args);
+    announce(&args, &s, &name);
+    let observed = drive(&args, &s, &name).await?;
+    let r = build_report(&args, &s, &name, &observed);
+    let files = report::write(&report_dir, &r)?;
+    print_summary(&r);
+    println!(
+        "report: {}",
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(verdict(&r, &observed))
+}
+
+/// The drill's settings, home cluster and Gateway, resolved before any load is sent.
+struct Setup {
+    p: Plan,
+    kc: kube::config::Kubeconfig,
+    home: Cluster,
+    gw: GatewayTarget,
+    url: hyper::Uri,
+    host: Option<String>,
+}
+
+/// Step 1: checked flags, the kubeconfig context and the Gateway to load.
+async fn resolve(args: &DrillArgs) -> anyhow::Result<Setup> {
+    let p = plan(args)?;
     let kc = cluster::read_kubeconfig(&args.kubeconfig)?;
     let home = cluster::connect(&kc, args.context.as_deref()).await?;
     let gw = cluster::find_gateway(&home, p.gateway.as_ref()).await?;
@@ -439,8 +481,26 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
             cluster::SERVED_BY_ANNOTATION
         );
     }
+    Ok(Setup {
+        p,
+        kc,
+        home,
+        gw,
+        url,
+        host,
+    })
+}
 
-    // Preflight: the Gateway answers, and the target exists.
+/// Step 2, preflight: the Gateway answers, and the target exists.
+async fn preflight(args: &DrillArgs, s: &Setup) -> anyhow::Result<()> {
+    let Setup {
+        p,
+        kc,
+        home,
+        gw,
+        url,
+        host,
+    } = s;
     let sources = ServedBySource::default();
     let probe = Probe::new(url.clone(), host.clone(), Duration::from_secs(2));
     let first = tokio::time::timeout(Duration::from_secs(3), probe.get(&sources))
@@ -458,7 +518,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
             home.context
         ),
     };
-    let known = known_localities(&kc, &home, &gw, &home_answer).await;
+    let known = known_localities(kc, home, gw, &home_answer).await;
     check_target(&p.target, &known)?;
     if !home_answer.region.is_empty() && !p.target.matches(&home_answer) {
         println!(
@@ -471,7 +531,11 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
             p.target.describe()
         );
     }
+    Ok(())
+}
 
+/// The drill's name and report directory (defaults stamped with the current UTC time).
+fn names(args: &DrillArgs) -> (String, PathBuf) {
     let stamp = Timestamp::now().strftime("%Y%m%dt%H%M%Sz").to_string();
     let name = args
         .name
@@ -481,8 +545,14 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
         .report
         .clone()
         .unwrap_or_else(|| PathBuf::from("drill-report").join(&stamp));
+    (name, report_dir)
+}
+
+/// One line saying what is about to happen.
+fn announce(args: &DrillArgs, s: &Setup, name: &str) {
+    let (p, gw) = (&s.p, &s.gw);
     println!(
-        "drill {}/{}: {} {} for {}, {} req/s through {} ({url}{}), warmup {}, after {}",
+        "drill {}/{}: {} {} for {}, {} req/s through {} ({}{}), warmup {}, after {}",
         gw.namespace,
         name,
         args.mode.as_str(),
@@ -490,125 +560,217 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
         gw_duration(p.duration),
         p.rate,
         gw.key(),
-        host.as_ref()
+        s.url,
+        s.host
+            .as_ref()
             .map(|h| format!(", Host {h}"))
             .unwrap_or_default(),
         gw_duration(p.warmup),
         gw_duration(p.after),
     );
+}
 
-    // Load.
+/// What the load saw and the drill as last read.
+struct Observed {
+    samples: Vec<Sample>,
+    /// When the FailoverDrill was created, ms since the load started.
+    created_ms: Option<f64>,
+    view: DrillView,
+    interrupted: bool,
+    /// Wall-clock time of the load's time 0 (status times are mapped onto the load clock).
+    t0_wall: Timestamp,
+    sources: std::sync::Arc<ServedBySource>,
+}
+
+/// The drill's side of the load loop: creating the FailoverDrill, following its status and moving
+/// the load's stop time.
+struct Driver<'a> {
+    s: &'a Setup,
+    name: &'a str,
+    t0: Instant,
+    t0_wall: Timestamp,
+    stop: tokio::sync::watch::Sender<Instant>,
+    /// Whether the stop time was moved off the hard stop (it is moved once).
+    stop_set: bool,
+    created_ms: Option<f64>,
+    view: DrillView,
+    last_phase: String,
+    interrupted: bool,
+    load_error: Option<anyhow::Error>,
+}
+
+impl Driver<'_> {
+    fn stop_now(&mut self) {
+        let _ = self.stop.send(Instant::now());
+        self.stop_set = true;
+    }
+
+    /// After the warmup: create the drill (a refusal stops the load and ends the run).
+    async fn create(&mut self, obj: &FailoverDrill) {
+        self.created_ms = Some(self.t0.elapsed().as_secs_f64() * 1000.0);
+        if let Err(e) = cluster::create_drill(&self.s.home, obj).await {
+            self.stop_now();
+            self.load_error = Some(e);
+        } else {
+            println!("drill {}/{} created", self.s.gw.namespace, self.name);
+        }
+    }
+
+    /// Whether the drill's status is worth reading now.
+    fn polling(&self) -> bool {
+        self.created_ms.is_some() && self.load_error.is_none() && !self.interrupted
+    }
+
+    /// Reads the drill's status, prints phase changes, and once the restore moment is known stops
+    /// the load `--after` past it.
+    async fn poll_status(&mut self) {
+        let gw = &self.s.gw;
+        match cluster::get_drill(&self.s.home, &gw.namespace, self.name).await {
+            Ok(v) => self.view = v,
+            Err(e) => println!("drill status not read: {e:#}"),
+        }
+        let view = &self.view;
+        if view.phase != self.last_phase {
+            println!(
+                "drill phase {}{}",
+                view.phase,
+                view.abort_reason
+                    .as_ref()
+                    .or(view.message.as_ref())
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+            self.last_phase = view.phase.clone();
+        }
+        if !self.stop_set {
+            if let Some(ms) = wall_offset_ms(self.t0_wall, self.view.restore_time.as_deref()) {
+                let restore = self.t0 + Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+                let _ = self.stop.send(restore + self.s.p.after);
+                self.stop_set = true;
+            } else if self.view.finished() {
+                // Over without a restore: nothing was failed, nothing to watch.
+                self.stop_now();
+            }
+        }
+    }
+
+    /// Ctrl-C: delete the drill (the controller restores the target) and stop the load.
+    async fn interrupt(&mut self) {
+        self.interrupted = true;
+        println!("interrupted: deleting the drill (the controller restores the target)");
+        if self.created_ms.is_some()
+            && let Err(e) =
+                cluster::delete_drill(&self.s.home, &self.s.gw.namespace, self.name).await
+        {
+            println!("{e:#}");
+        }
+        self.stop_now();
+    }
+
+    /// The load stops `after` past the restore; the drill completes right after that.
+    async fn await_completion(&mut self) {
+        if self.created_ms.is_none() || self.interrupted {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.view.finished() && Instant::now() < deadline {
+            if let Ok(v) = cluster::get_drill(&self.s.home, &self.s.gw.namespace, self.name).await {
+                self.view = v;
+            }
+            if !self.view.finished() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Step 3: the load runs; after the warmup the drill is created, its status is followed, and
+/// the load stops `--after` past the restore (or at the hard stop).
+async fn drive(args: &DrillArgs, s: &Setup, name: &str) -> anyhow::Result<Observed> {
+    let p = &s.p;
     let slack = Duration::from_secs(30);
     let t0 = Instant::now() + Duration::from_millis(100);
     let t0_wall = Timestamp::now() + Duration::from_millis(100);
     let hard_stop = t0 + p.warmup + p.duration + p.after + slack;
     let cfg = LoadConfig {
-        url: url.clone(),
-        host: host.clone(),
+        url: s.url.clone(),
+        host: s.host.clone(),
         rate: p.rate,
         timeout: p.timeout,
         max_in_flight: args.max_in_flight,
     };
-    let mut load = load::start(cfg, t0, hard_stop, hard_stop);
+    let load::Load {
+        samples: mut samples_rx,
+        stop,
+        sources,
+        mut done,
+    } = load::start(cfg, t0, hard_stop, hard_stop);
+    let mut d = Driver {
+        s,
+        name,
+        t0,
+        t0_wall,
+        stop,
+        stop_set: false,
+        created_ms: None,
+        view: DrillView::default(),
+        last_phase: String::new(),
+        interrupted: false,
+        load_error: None,
+    };
     let mut samples: Vec<Sample> = Vec::new();
     let mut window: Vec<Sample> = Vec::new();
     let create_at = t0 + p.warmup;
-    let mut created_ms: Option<f64> = None;
-    let mut view = DrillView::default();
-    let mut last_phase = String::new();
-    let mut interrupted = false;
-    let mut stop_set = false;
     let mut tick = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
-    let drill_obj = drill_object(&name, &gw, &p, &args);
-    let mut load_error: Option<anyhow::Error> = None;
+    let drill_obj = drill_object(name, &s.gw, p, args);
     loop {
         tokio::select! {
-            _ = &mut load.done => break,
-            s = load.samples.recv() => {
+            _ = &mut done => break,
+            s = samples_rx.recv() => {
                 if let Some(s) = s {
                     window.push(s.clone());
                     samples.push(s);
                 }
             }
             _ = tick.tick() => {
-                println!("{}", live_line(t0.elapsed(), &window, &view.phase));
+                println!("{}", live_line(t0.elapsed(), &window, &d.view.phase));
                 window.clear();
             }
-            _ = tokio::time::sleep_until(create_at), if created_ms.is_none() => {
-                created_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
-                if let Err(e) = cluster::create_drill(&home, &drill_obj).await {
-                    let _ = load.stop.send(Instant::now());
-                    stop_set = true;
-                    load_error = Some(e);
-                } else {
-                    println!("drill {}/{name} created", gw.namespace);
-                }
+            _ = tokio::time::sleep_until(create_at), if d.created_ms.is_none() => {
+                d.create(&drill_obj).await;
             }
-            _ = poll.tick(), if created_ms.is_some() && load_error.is_none() && !interrupted => {
-                match cluster::get_drill(&home, &gw.namespace, &name).await {
-                    Ok(v) => view = v,
-                    Err(e) => println!("drill status not read: {e:#}"),
-                }
-                if view.phase != last_phase {
-                    println!(
-                        "drill phase {}{}",
-                        view.phase,
-                        view.abort_reason.as_ref().or(view.message.as_ref())
-                            .map(|m| format!(": {m}")).unwrap_or_default()
-                    );
-                    last_phase = view.phase.clone();
-                }
-                if !stop_set {
-                    if let Some(ms) = wall_offset_ms(t0_wall, view.restore_time.as_deref()) {
-                        let restore = t0 + Duration::from_secs_f64(ms.max(0.0) / 1000.0);
-                        let _ = load.stop.send(restore + p.after);
-                        stop_set = true;
-                    } else if view.finished() {
-                        // Over without a restore: nothing was failed, nothing to watch.
-                        let _ = load.stop.send(Instant::now());
-                        stop_set = true;
-                    }
-                }
-            }
-            _ = &mut ctrl_c, if !interrupted => {
-                interrupted = true;
-                println!("interrupted: deleting the drill (the controller restores the target)");
-                if created_ms.is_some()
-                    && let Err(e) = cluster::delete_drill(&home, &gw.namespace, &name).await
-                {
-                    println!("{e:#}");
-                }
-                let _ = load.stop.send(Instant::now());
-                stop_set = true;
-            }
+            _ = poll.tick(), if d.polling() => d.poll_status().await,
+            _ = &mut ctrl_c, if !d.interrupted => d.interrupt().await,
         }
     }
-    while let Ok(s) = load.samples.try_recv() {
+    while let Ok(s) = samples_rx.try_recv() {
         samples.push(s);
     }
-    if let Some(e) = load_error {
+    if let Some(e) = d.load_error.take() {
         return Err(e);
     }
-    // The load stops `after` past the restore; the drill completes right after that.
-    if created_ms.is_some() && !interrupted {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !view.finished() && Instant::now() < deadline {
-            if let Ok(v) = cluster::get_drill(&home, &gw.namespace, &name).await {
-                view = v;
-            }
-            if !view.finished() {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
+    d.await_completion().await;
+    Ok(Observed {
+        samples,
+        created_ms: d.created_ms,
+        view: d.view,
+        interrupted: d.interrupted,
+        t0_wall,
+        sources,
+    })
+}
+
+/// Step 4: figures and checks from what the load saw, with everything the report records.
+fn build_report(args: &DrillArgs, s: &Setup, name: &str, o: &Observed) -> report::Report {
+    let (p, gw, samples, view) = (&s.p, &s.gw, &o.samples, &o.view);
     let end_us = samples.iter().map(|s| s.at_us).max().map_or(0, |m| m + 1);
-    let fail_ms = wall_offset_ms(t0_wall, view.fail_time.as_deref());
-    let restore_ms = wall_offset_ms(t0_wall, view.restore_time.as_deref());
+    let fail_ms = wall_offset_ms(o.t0_wall, view.fail_time.as_deref());
+    let restore_ms = wall_offset_ms(o.t0_wall, view.restore_time.as_deref());
     let to_us = |ms: Option<f64>| ms.map(|v| (v.max(0.0) * 1000.0) as u64);
     let figures = figures::figures(
-        &samples,
+        samples,
         &p.target,
         Moments {
             fail_us: to_us(fail_ms),
@@ -621,13 +783,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
         args.guard_error_percent,
         p.guard_p99.map(|d| d.as_secs_f64() * 1000.0),
     );
-    let succeeded = view.phase == "Succeeded" && !interrupted;
     let all_pass = checks.iter().all(|c| c.pass);
-    let r = report::Report {
+    report::Report {
         drill: report::DrillInfo {
-            context: home.context.clone(),
+            context: s.home.context.clone(),
             namespace: gw.namespace.clone(),
-            name: name.clone(),
+            name: name.to_string(),
             gateway: gw.key(),
             mode: args.mode.as_str().into(),
             target: p.target.clone(),
@@ -637,27 +798,27 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
             status: view.clone(),
         },
         load: report::LoadInfo {
-            url: url.to_string(),
-            host: host.clone(),
+            url: s.url.to_string(),
+            host: s.host.clone(),
             rate: p.rate,
             warmup_ms: p.warmup.as_millis() as u64,
             after_ms: p.after.as_millis() as u64,
             request_timeout_ms: p.timeout.as_millis() as u64,
             max_in_flight: args.max_in_flight,
-            started_at: t0_wall.to_string(),
+            started_at: o.t0_wall.to_string(),
             end_ms: end_us as f64 / 1000.0,
-            served_by_header: load.sources.header.load(Ordering::Relaxed),
-            served_by_body: load.sources.body.load(Ordering::Relaxed),
-            served_by_unknown: load.sources.unknown.load(Ordering::Relaxed),
+            served_by_header: o.sources.header.load(Ordering::Relaxed),
+            served_by_body: o.sources.body.load(Ordering::Relaxed),
+            served_by_unknown: o.sources.unknown.load(Ordering::Relaxed),
         },
         moments: report::MomentsMs {
-            created_ms,
+            created_ms: o.created_ms,
             fail_ms,
             restore_ms,
         },
         // Answers are binned by arrival: the picture runs until the last one.
         bins: figures::bins(
-            &samples,
+            samples,
             samples
                 .iter()
                 .map(Sample::done_us)
@@ -666,22 +827,21 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
         ),
         figures,
         checks,
-        pass: succeeded && all_pass,
-    };
-    let files = report::write(&report_dir, &r)?;
-    print_summary(&r);
-    println!(
-        "report: {}",
-        files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(if interrupted {
+        pass: succeeded(o) && all_pass,
+    }
+}
+
+fn succeeded(o: &Observed) -> bool {
+    o.view.phase == "Succeeded" && !o.interrupted
+}
+
+/// Step 5: the exit status (module docs), with the line that explains it.
+fn verdict(r: &report::Report, o: &Observed) -> i32 {
+    let view = &o.view;
+    if o.interrupted {
         println!("drill interrupted");
         3
-    } else if !succeeded {
+    } else if !succeeded(o) {
         println!(
             "drill {}: {}",
             if view.phase.is_empty() {
@@ -695,12 +855,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
                 .unwrap_or("no reason given by the controller")
         );
         3
-    } else if !all_pass {
+    } else if !r.checks.iter().all(|c| c.pass) {
         println!("drill succeeded, but checks failed (see above)");
         2
     } else {
         0
-    })
+    }
 }
 
 fn print_summary(r: &report::Report) {

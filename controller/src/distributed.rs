@@ -24,23 +24,26 @@
 //! the end of the grace [`DataPlane::changes`] ticks, so the truth (e.g. no proxy at all) is
 //! written then.
 //!
-//! This glue lives in the binary so that neither crate depends on the other: the controller
-//! knows the [`DataPlane`] trait, the distribution server knows snapshots and acks.
+//! The controller owns this adapter (and depends on `meridian-distribution` for it); the
+//! distribution crate knows only snapshots and acks and never depends on the controller.
+//! [`DistributedDataPlane::start`] is what `meridian controller --distribution-bind` runs (through
+//! [`serve`](crate::serve)); `meridian up` builds the same adapter over its own server with
+//! [`DistributedDataPlane::with_pools`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use meridian_controller::{DataPlane, GatewayRef, ProgrammedState};
-use meridian_distribution::{DistributionServer, ProgrammedState as Served};
+use anyhow::Context as _;
+use meridian_distribution::{DistributionServer, ProgrammedState as Served, ServerConfig};
 use meridian_model::Snapshot;
 use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
+use crate::{DataPlane, GatewayRef, ProgrammedState};
+
 pub mod addresses;
-#[cfg(test)]
-mod restart_tests;
 
 use addresses::AddressPools;
 
@@ -100,6 +103,25 @@ impl DistributedDataPlane {
             changes,
             forward,
         })
+    }
+
+    /// Starts a distribution server on `bind` (proxies present `token`; `insecure` lets them in
+    /// without one) and the data plane over it. `meridian controller` checks these flags first
+    /// with [`ControllerArgs::distribution_flags`](crate::ControllerArgs::distribution_flags).
+    pub async fn start(
+        bind: SocketAddr,
+        token: Option<String>,
+        insecure: bool,
+        pools: AddressPools,
+        reconnect_grace: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut cfg = ServerConfig::new(bind, token);
+        cfg.insecure = insecure;
+        let server = DistributionServer::start(cfg)
+            .await
+            .with_context(|| format!("starting the distribution server on {bind}"))?;
+        tracing::info!(addr = %server.local_addr(), "distribution server listening");
+        Ok(Self::new(Arc::new(server), pools, reconnect_grace))
     }
 
     /// Whether `cluster` is still in the reconnect grace.
@@ -243,7 +265,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use meridian_distribution::{Client, ClientConfig, Hello, Refused, ServerConfig, Target};
+    use meridian_distribution::{Client, ClientConfig, Hello, Refused, Target};
 
     use super::*;
 

@@ -2,7 +2,8 @@
 //!
 //! Each document's `apiVersion`/`kind` is resolved through discovery (so CRDs installed a moment
 //! ago work), then the object is applied with field manager `meridian-up`. Used by `meridian up`
-//! for the CRDs, the GatewayClass and the demo, and by tests that apply `examples/`.
+//! for the GatewayClass and the demo (only `up` applies manifests, so this lives with it; the
+//! end-to-end tests apply `examples/` with real kubectl).
 
 use anyhow::{Context as _, bail};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};

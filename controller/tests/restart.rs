@@ -28,8 +28,8 @@ use meridian_sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::DistributedDataPlane;
-use super::addresses::AddressPools;
+use meridian_controller::DistributedDataPlane;
+use meridian_controller::AddressPools;
 
 /// Bound of every wait.
 const WAIT: Duration = Duration::from_secs(30);

@@ -39,7 +39,7 @@ impl AddressRange {
     }
 
     /// Number of addresses.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         u64::from(self.last - self.first) + 1
     }
 

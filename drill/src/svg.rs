@@ -50,34 +50,55 @@ fn nice_step(max: f64, target: f64) -> f64 {
     10.0 * mag
 }
 
-/// Renders the picture.
+/// Plot area and scales: milliseconds to x, answers per second to y.
+struct Plot {
+    end_ms: f64,
+    ymax: f64,
+    ystep: f64,
+    /// Plot width and height.
+    pw: f64,
+    ph: f64,
+}
+
+impl Plot {
+    fn new(bins: &[Bin], per_sec: f64) -> Self {
+        let end_ms = bins
+            .last()
+            .map_or(1000.0, |b| b.start_ms as f64 + BIN_US as f64 / 1000.0);
+        let peak = bins
+            .iter()
+            .map(|b| (b.by_region.values().sum::<u64>() + b.failed) as f64 * per_sec)
+            .fold(0.0, f64::max)
+            .max(1.0);
+        let ystep = nice_step(peak, 5.0);
+        // Headroom above the peak so the top edge and the marker labels stay readable.
+        let ymax = (peak * 1.15 / ystep).ceil() * ystep;
+        Self {
+            end_ms,
+            ymax,
+            ystep,
+            pw: W - LEFT - RIGHT,
+            ph: H - TOP - BOTTOM,
+        }
+    }
+
+    fn x(&self, ms: f64) -> f64 {
+        LEFT + ms / self.end_ms * self.pw
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        TOP + self.ph - v / self.ymax * self.ph
+    }
+}
+
+/// One stacked series: name, colour, answers per second per bin.
+type Layer<'a> = (String, &'a str, Vec<f64>);
+
+/// Renders the picture: frame and title, grid and axes, stacked areas, markers, legend.
 pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
     let per_sec = 1_000_000.0 / BIN_US as f64;
-    let regions: Vec<String> = {
-        let mut r: Vec<String> = bins
-            .iter()
-            .flat_map(|b| b.by_region.keys().cloned())
-            .collect();
-        r.sort();
-        r.dedup();
-        r
-    };
-    let end_ms = bins
-        .last()
-        .map_or(1000.0, |b| b.start_ms as f64 + BIN_US as f64 / 1000.0);
-    let peak = bins
-        .iter()
-        .map(|b| (b.by_region.values().sum::<u64>() + b.failed) as f64 * per_sec)
-        .fold(0.0, f64::max)
-        .max(1.0);
-    let ystep = nice_step(peak, 5.0);
-    // Headroom above the peak so the top edge and the marker labels stay readable.
-    let ymax = (peak * 1.15 / ystep).ceil() * ystep;
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let x = |ms: f64| LEFT + ms / end_ms * pw;
-    let y = |v: f64| TOP + ph - v / ymax * ph;
-
+    let plot = Plot::new(bins, per_sec);
+    let layers = layers(bins, per_sec);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -89,11 +110,20 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
         r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
         esc(title)
     );
+    grid(&mut s, &plot);
+    areas(&mut s, &plot, bins, &layers);
+    draw_markers(&mut s, &plot, markers);
+    legend(&mut s, &plot, &layers);
+    s.push_str("</svg>\n");
+    s
+}
 
-    // Grid and y axis.
+/// Grid, y axis in answers per second and x axis in seconds.
+fn grid(s: &mut String, plot: &Plot) {
+    let (pw, ph, end_ms) = (plot.pw, plot.ph, plot.end_ms);
     let mut v = 0.0;
-    while v <= ymax + 1e-9 {
-        let yy = y(v);
+    while v <= plot.ymax + 1e-9 {
+        let yy = plot.y(v);
         let _ = writeln!(
             s,
             r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#e5e7eb"/><text x="{:.1}" y="{:.1}" text-anchor="end">{v}</text>"##,
@@ -101,7 +131,7 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
             LEFT - 6.0,
             yy + 4.0
         );
-        v += ystep;
+        v += plot.ystep;
     }
     let _ = writeln!(
         s,
@@ -112,7 +142,7 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
     let xstep = nice_step(end_ms / 1000.0, 10.0);
     let mut t = 0.0;
     while t * 1000.0 <= end_ms + 1e-6 {
-        let xx = x(t * 1000.0);
+        let xx = plot.x(t * 1000.0);
         let _ = writeln!(
             s,
             r##"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="#9ca3af"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{t}</text>"##,
@@ -129,9 +159,20 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
         H - 10.0,
         BIN_US / 1000
     );
+}
 
-    // Stacked areas: each layer's top edge left to right, then the layer below right to left.
-    let layers: Vec<(String, &str, Vec<f64>)> = regions
+/// One layer per region (name order, palette colours), then failures in red.
+fn layers(bins: &[Bin], per_sec: f64) -> Vec<Layer<'static>> {
+    let regions: Vec<String> = {
+        let mut r: Vec<String> = bins
+            .iter()
+            .flat_map(|b| b.by_region.keys().cloned())
+            .collect();
+        r.sort();
+        r.dedup();
+        r
+    };
+    regions
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -146,10 +187,17 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
             FAILED,
             bins.iter().map(|b| b.failed as f64 * per_sec).collect(),
         )))
-        .collect();
+        .collect()
+}
+
+/// Stacked areas: each layer's top edge left to right, then the layer below right to left; the
+/// axes are drawn over them.
+fn areas(s: &mut String, plot: &Plot, bins: &[Bin], layers: &[Layer<'_>]) {
+    let (pw, ph) = (plot.pw, plot.ph);
+    let (x, y) = (|ms| plot.x(ms), |v| plot.y(v));
     let mut base = vec![0.0; bins.len()];
     let bin_ms = BIN_US as f64 / 1000.0;
-    for (name, color, vals) in &layers {
+    for (name, color, vals) in layers {
         if vals.iter().all(|v| *v == 0.0) && name == "failed" {
             continue;
         }
@@ -186,29 +234,34 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
         LEFT + pw,
         TOP + ph
     );
+}
 
+/// The fail/restore moments as labelled dashed lines.
+fn draw_markers(s: &mut String, plot: &Plot, markers: &[Marker]) {
     for (i, m) in markers.iter().enumerate() {
-        let xx = x(m.at_ms.clamp(0.0, end_ms));
+        let xx = plot.x(m.at_ms.clamp(0.0, plot.end_ms));
         // Labels alternate height so close markers stay readable.
         let ly = TOP + 14.0 + (i % 2) as f64 * 16.0;
         let _ = writeln!(
             s,
             r##"<g id="{}"><line x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{:.1}" stroke="#111827" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{:.1}" y="{ly:.1}" font-weight="bold">{}</text></g>"##,
             m.id,
-            TOP + ph,
+            TOP + plot.ph,
             xx + 4.0,
             esc(&m.label)
         );
     }
+}
 
-    // Legend.
-    let lx = LEFT + pw + 16.0;
+/// Legend right of the plot (failures only when there were any).
+fn legend(s: &mut String, plot: &Plot, layers: &[Layer<'_>]) {
+    let lx = LEFT + plot.pw + 16.0;
     let mut ly = TOP + 8.0;
     let _ = writeln!(
         s,
         r#"<text x="{lx}" y="{ly}" font-weight="bold">served by</text>"#
     );
-    for (name, color, vals) in &layers {
+    for (name, color, vals) in layers {
         if name == "failed" && vals.iter().all(|v| *v == 0.0) {
             continue;
         }
@@ -226,8 +279,6 @@ pub fn render(title: &str, bins: &[Bin], markers: &[Marker]) -> String {
             esc(label)
         );
     }
-    s.push_str("</svg>\n");
-    s
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ use meridian_sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 use tokio::time::Instant;
 
-use meridian_controller::DistributedDataPlane;
 use meridian_controller::AddressPools;
+use meridian_controller::DistributedDataPlane;
 
 /// Bound of every wait.
 const WAIT: Duration = Duration::from_secs(30);

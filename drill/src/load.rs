@@ -26,8 +26,7 @@ use tokio::time::Instant;
 
 use super::figures::{FailKind, Outcome, Sample, ServedBy};
 
-/// The response header naming the endpoint that answered.
-pub const SERVED_BY_HEADER: &str = "x-meridian-served-by";
+pub use meridian_model::headers::SERVED_BY as SERVED_BY_HEADER;
 
 /// What to send and how fast.
 #[derive(Clone, Debug)]

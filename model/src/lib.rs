@@ -12,6 +12,7 @@
 //! 7. [`traffic`] — per-Gateway request counters proxies report (drill guards and timelines).
 
 pub mod filters;
+pub mod headers;
 pub mod hostname;
 pub mod locality;
 pub mod router;

@@ -69,12 +69,7 @@ pub(crate) use east_west::east_west_rules;
 pub use route::GatewayProxy;
 use upstream::Forwarder;
 
-/// Response header naming the endpoint that answered (Gateway `served_by_header`; always on
-/// east-west responses).
-pub const SERVED_BY_HEADER: &str = "x-meridian-served-by";
-/// Request header naming the backend (`Backend::name`) on a hop to a remote proxy's east-west
-/// listener. Only proxies set it: a client's is dropped.
-pub const BACKEND_HEADER: &str = "x-meridian-backend";
+pub use meridian_model::headers::{BACKEND as BACKEND_HEADER, SERVED_BY as SERVED_BY_HEADER};
 /// `listener` and `route` metric labels of requests on the east-west listener start with this.
 pub(crate) const EAST_WEST: &str = "east-west";
 

@@ -3,8 +3,9 @@
 //!
 //! This crate owns the drill *client*: its flags ([`DrillArgs`]), the load generator, the
 //! figures and the report. It may depend on the CRD types (`meridian-crds`), the shared header
-//! names (`meridian-model`) and on kube, hyper and tokio, and talks to the controller only through the Kubernetes API (the FailoverDrill
-//! object and its status) and to the proxies only through the Gateway's HTTP listener. It does
+//! names (`meridian-model`) and on kube, hyper and tokio, and talks to the controller only
+//! through the Kubernetes API (the FailoverDrill object and its status) and to the proxies only
+//! through the Gateway's HTTP listener. It does
 //! not depend on the controller, the proxy or the local demo: the drill itself is run by the
 //! controller (`controller/src/drill/`), and kill/blackhole are carried out by whoever owns the
 //! backends (`meridian up`'s actuator lives in `local/`).

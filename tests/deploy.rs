@@ -1,0 +1,282 @@
+//! `deploy/` and the `Dockerfile` are what a platform team installs: they must render, name only
+//! what the binary really has, and hold the security settings their comments promise.
+//!
+//! ```text
+//! kubectl kustomize deploy/overlays/<region> ─► objects ─► checks per kind
+//!   every Deployment: non-root, read-only root filesystem, no capabilities, probes, resources,
+//!     a PodDisruptionBudget selecting it; its args are flags `meridian <cmd> --help` knows
+//!   each overlay: its own cluster/region; exactly one runs the controller
+//! crds/kustomization.yaml ─ lists exactly what `meridian crds --write` renders
+//! Dockerfile ─ parsed: toolchain = rust-toolchain.toml, the build packages ./dev installs,
+//!   a locked release build of the binary, a non-root runtime stage
+//! ```
+//!
+//! Applying the manifests to an API server is tested in `deploy_apply.rs`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use serde::Deserialize as _;
+use serde_json::Value;
+
+const OVERLAYS: [&str; 3] = ["us-east", "us-west", "eu-central"];
+
+/// The objects `kubectl kustomize DIR` renders, as JSON values.
+fn render(dir: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", dir])
+        .output()
+        .expect("kubectl is needed to render deploy/");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn name(o: &Value) -> &str {
+    o["metadata"]["name"].as_str().unwrap()
+}
+
+/// Long flags `meridian <cmd> --help` lists.
+fn known_flags(cmd: &str) -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([cmd, "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "meridian {cmd} --help failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| {
+            w.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_overlay_renders_hardened_deployments_with_budgets_and_known_flags() {
+    let mut controllers = 0;
+    for overlay in OVERLAYS {
+        let objects = render(&format!("deploy/overlays/{overlay}"));
+        let member = of_kind(&objects, "ConfigMap")
+            .into_iter()
+            .find(|c| name(c) == "meridian-member")
+            .unwrap_or_else(|| panic!("{overlay}: no meridian-member ConfigMap"));
+        assert_eq!(member["data"]["region"], overlay, "{overlay}: region");
+        assert_ne!(member["data"]["cluster"], "CHANGE-ME", "{overlay}: cluster");
+
+        for o in &objects {
+            let kind = o["kind"].as_str().unwrap();
+            let scoped = !matches!(
+                kind,
+                "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
+            );
+            if scoped {
+                assert_eq!(
+                    o["metadata"]["namespace"],
+                    "meridian-system",
+                    "{overlay}: {kind} {} is not in meridian-system",
+                    name(o)
+                );
+            }
+        }
+
+        let budgets = of_kind(&objects, "PodDisruptionBudget");
+        for d in of_kind(&objects, "Deployment") {
+            let who = format!("{overlay}: Deployment {}", name(d));
+            let pod = &d["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{who}");
+            let containers = pod["containers"].as_array().unwrap();
+            for c in containers {
+                let sc = &c["securityContext"];
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{who}");
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{who}");
+                assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{who}");
+                assert!(c["livenessProbe"].is_object(), "{who}: liveness probe");
+                assert!(c["readinessProbe"].is_object(), "{who}: readiness probe");
+                assert!(c["resources"]["requests"].is_object(), "{who}: requests");
+                assert!(
+                    c["resources"]["limits"]["memory"].is_string(),
+                    "{who}: limit"
+                );
+
+                let args: Vec<&str> = c["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                let known = known_flags(args[0]);
+                for flag in args[1..].iter().filter_map(|a| a.strip_prefix("--")) {
+                    let flag = flag.split('=').next().unwrap();
+                    assert!(
+                        known.contains(flag),
+                        "{who}: `meridian {} --{flag}` is not a flag of the binary",
+                        args[0]
+                    );
+                }
+            }
+            let labels = &d["spec"]["selector"]["matchLabels"];
+            assert!(
+                budgets
+                    .iter()
+                    .any(|b| &b["spec"]["selector"]["matchLabels"] == labels),
+                "{who}: no PodDisruptionBudget selects it"
+            );
+            if name(d) == "meridian-controller" {
+                controllers += 1;
+                assert!(d["spec"]["replicas"].as_u64().unwrap() >= 2, "{who}: HA");
+            }
+        }
+    }
+    assert_eq!(controllers, 1, "exactly one overlay runs the controller");
+}
+
+#[test]
+fn crds_kustomization_lists_exactly_what_the_binary_renders() {
+    let dir = std::env::temp_dir().join(format!("meridian-crds-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["crds", "--write"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rendered: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let listed: BTreeSet<String> = std::fs::read_to_string("crds/kustomization.yaml")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(listed, rendered);
+}
+
+/// One instruction of a Dockerfile: keyword and its (continuation-joined) arguments.
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if current.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(t);
+                let (kw, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                out.push((kw.to_uppercase(), rest.trim().to_string()));
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dockerfile_builds_the_pinned_toolchain_into_a_non_root_image() {
+    let text = std::fs::read_to_string("Dockerfile").unwrap();
+    let ins = instructions(&text);
+    let froms: Vec<&str> = ins
+        .iter()
+        .filter(|(k, _)| k == "FROM")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "a build stage and a runtime stage: {froms:?}"
+    );
+
+    let toolchain = std::fs::read_to_string("rust-toolchain.toml").unwrap();
+    let channel = toolchain
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        froms[0].starts_with(&format!("rust:{channel}-")) && froms[0].ends_with(" AS build"),
+        "the build stage uses the pinned toolchain {channel}: {}",
+        froms[0]
+    );
+
+    // The build stage installs what ./dev installs for the build (nft is for tests only).
+    let dev = std::fs::read_to_string("dev").unwrap();
+    let runs: String = ins
+        .iter()
+        .filter(|(k, _)| k == "RUN")
+        .map(|(_, a)| a.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for pkg in ["cmake", "pkg-config", "libssl-dev"] {
+        assert!(
+            dev.contains(&format!("\"{pkg}:")),
+            "./dev no longer installs {pkg}"
+        );
+        assert!(runs.contains(pkg), "the Dockerfile does not install {pkg}");
+    }
+    assert!(runs.contains("cargo build --release --locked --bin meridian"));
+
+    // The runtime stage: after the last FROM, a numeric non-root user and the binary.
+    let last_from = ins.iter().rposition(|(k, _)| k == "FROM").unwrap();
+    let runtime = &ins[last_from..];
+    let user = runtime
+        .iter()
+        .find(|(k, _)| k == "USER")
+        .map(|(_, a)| a.as_str())
+        .expect("the runtime stage sets USER");
+    let uid: u32 = user.split(':').next().unwrap().parse().unwrap();
+    assert_ne!(uid, 0, "the image runs as root");
+    assert!(
+        runtime
+            .iter()
+            .any(|(k, a)| k == "COPY" && a.starts_with("--from=build") && a.contains("meridian")),
+        "the runtime stage copies the binary from the build stage"
+    );
+    let entry = runtime
+        .iter()
+        .find(|(k, _)| k == "ENTRYPOINT")
+        .map(|(_, a)| a.as_str())
+        .unwrap();
+    let entry: Vec<String> = serde_json::from_str(entry).unwrap();
+    assert!(entry[0].ends_with("/meridian"));
+
+    // The image's uid is the one the manifests run as.
+    for overlay in OVERLAYS {
+        for d in of_kind(&render(&format!("deploy/overlays/{overlay}")), "Deployment") {
+            assert_eq!(
+                d["spec"]["template"]["spec"]["securityContext"]["runAsUser"],
+                uid,
+                "{overlay}: {}",
+                name(d)
+            );
+        }
+    }
+
+    // Only sources go into the build context.
+    let ignore = std::fs::read_to_string(".dockerignore").unwrap();
+    assert!(ignore.lines().any(|l| l.trim() == "target/"));
+}

@@ -49,6 +49,7 @@
 //! objects (with `fieldValidation=Strict`, as kubectl sends it, unknown fields are refused).
 
 pub mod apply;
+pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod http;
@@ -57,6 +58,7 @@ pub mod openapi;
 pub mod patch;
 pub mod persist;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod schema;
 pub mod selectors;
@@ -67,6 +69,8 @@ pub mod util;
 pub mod watch;
 
 use anyhow::Context;
+pub use auth::CredentialError;
+use error::ApiError;
 use server::{Cluster, ClusterOptions};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -109,6 +113,10 @@ pub struct SandboxConfig {
     pub history_window: usize,
     /// Interval of BOOKMARK events on watches that allow them; `None` disables them.
     pub bookmark_interval: Option<Duration>,
+    /// RBAC for every request, not only for ServiceAccount tokens: requests without credentials
+    /// are `system:anonymous`, and the kubeconfig carries each cluster's admin token. See
+    /// [`Sandbox::enforce_rbac`].
+    pub enforce_rbac: bool,
 }
 
 impl Default for SandboxConfig {
@@ -121,6 +129,7 @@ impl Default for SandboxConfig {
             kubeconfig_path: None,
             history_window: 10_000,
             bookmark_interval: Some(Duration::from_secs(30)),
+            enforce_rbac: false,
         }
     }
 }
@@ -223,6 +232,7 @@ impl Sandbox {
                 state,
                 shutdown_rx.clone(),
             ));
+            cluster.tokens().anonymous_is_admin = !cfg.enforce_rbac;
             let (stop, stop_rx) = tokio::sync::watch::channel(false);
             listeners.push(std::sync::Mutex::new(Listener {
                 stop,
@@ -277,14 +287,118 @@ impl Sandbox {
         self.endpoints.iter().find(|e| e.name == name)
     }
 
-    /// One context per cluster, context name = cluster name.
+    /// One context per cluster, context name = cluster name. The users carry no credentials
+    /// (the admin), except on clusters that enforce RBAC for everyone, where they carry the
+    /// cluster's admin token.
     pub fn kubeconfig_yaml(&self) -> String {
-        let pairs: Vec<(String, String)> = self
+        let entries: Vec<kubeconfig::Entry> = self
             .endpoints
             .iter()
-            .map(|e| (e.name.clone(), e.url.clone()))
+            .zip(&self.clusters)
+            .map(|(e, c)| {
+                let tokens = c.tokens();
+                kubeconfig::Entry {
+                    name: e.name.clone(),
+                    url: e.url.clone(),
+                    token: (!tokens.anonymous_is_admin).then(|| tokens.admin_token().to_string()),
+                    namespace: "default".into(),
+                }
+            })
             .collect();
-        kubeconfig::render(&pairs)
+        kubeconfig::render_entries(&entries)
+    }
+
+    fn find(&self, cluster: &str) -> Result<(&ClusterEndpoint, &Arc<Cluster>), CredentialError> {
+        self.endpoints
+            .iter()
+            .zip(&self.clusters)
+            .find(|(e, _)| e.name == cluster)
+            .ok_or_else(|| CredentialError::UnknownCluster(cluster.to_string()))
+    }
+
+    /// Turns RBAC on or off for requests without credentials on one cluster. Off (the default):
+    /// they act as the all-powerful admin, as `meridian up` and most tests expect. On: they are
+    /// `system:anonymous` and get 403 unless RBAC allows them; the admin then authenticates
+    /// with [`Sandbox::admin_token`] (which [`Sandbox::kubeconfig_yaml`] includes). ServiceAccount
+    /// tokens are subject to RBAC either way.
+    pub fn enforce_rbac(&self, cluster: &str, on: bool) -> Result<(), CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        c.tokens().anonymous_is_admin = !on;
+        Ok(())
+    }
+
+    /// The bearer token that is always the admin of a cluster.
+    pub fn admin_token(&self, cluster: &str) -> Result<String, CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        Ok(c.tokens().admin_token().to_string())
+    }
+
+    /// Creates the ServiceAccount `namespace/name` on a cluster unless it exists (the namespace
+    /// must exist).
+    pub fn ensure_service_account(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        c.write(|s| {
+            let rt = s
+                .registry
+                .by_key("serviceaccounts")
+                .ok_or_else(|| ApiError::internal("serviceaccount type missing"))?;
+            if s.get(&rt, namespace, name).is_some() {
+                return Ok(());
+            }
+            let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                                        "metadata": {"name": name, "namespace": namespace}});
+            s.create(&rt, Some(namespace), sa, false).map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Mints a token for the ServiceAccount `namespace/name` of a cluster, valid for an hour, as
+    /// `kubectl create token` would get it. The account must exist
+    /// ([`Sandbox::ensure_service_account`]); the token is valid on this cluster only.
+    pub fn mint_token(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, CredentialError> {
+        let until = std::time::SystemTime::now() + auth::DEFAULT_TOKEN_LIFETIME;
+        self.mint_token_until(cluster, namespace, name, until)
+    }
+
+    /// [`Sandbox::mint_token`] with any expiry, past ones included (for tests of expiry; the
+    /// TokenRequest API itself refuses lifetimes under ten minutes).
+    pub fn mint_token_until(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        until: std::time::SystemTime,
+    ) -> Result<String, CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        let expires = jiff::Timestamp::try_from(until)?;
+        Ok(c.mint_token(namespace, name, expires)?.token)
+    }
+
+    /// A kubeconfig with one context (named after the cluster, default namespace `namespace`)
+    /// whose user authenticates with `token`, e.g. from [`Sandbox::mint_token`].
+    pub fn kubeconfig_for_token(
+        &self,
+        cluster: &str,
+        token: &str,
+        namespace: &str,
+    ) -> Result<String, CredentialError> {
+        let (e, _) = self.find(cluster)?;
+        Ok(kubeconfig::render_entries(&[kubeconfig::Entry {
+            name: e.name.clone(),
+            url: e.url.clone(),
+            token: Some(token.to_string()),
+            namespace: namespace.to_string(),
+        }]))
     }
 
     /// Drops a cluster's whole watch history, so every resume from an earlier resourceVersion

@@ -30,6 +30,20 @@ pub enum CellSource {
     NodeRoles,
     PodReady,
     PodRestarts,
+    /// `ready/desired` replicas of a Deployment.
+    DeploymentReady,
+    /// An integer at a path, 0 when absent (replica counts the controller has not written).
+    IntOrZero(&'static [&'static str]),
+    /// Container names (`false`) or images (`true`) of a pod template.
+    TemplateContainers(bool),
+    /// `k=v,...` of `spec.selector.matchLabels`.
+    MatchLabels,
+    /// The value at a path rendered as text, or the fallback when absent (`N/A`).
+    TextOr(&'static [&'static str], &'static str),
+    /// `Kind/name` of a binding's `roleRef`.
+    RoleRef,
+    /// A binding's subjects of one kind (`User`, `Group`, `ServiceAccount` as `ns:name`).
+    Subjects(&'static str),
 }
 
 /// One printer column.
@@ -218,9 +232,12 @@ pub fn version_priority(a: &str, b: &str) -> Ordering {
 pub const BUILTIN_GROUPS: &[&str] = &[
     "",
     "apiextensions.k8s.io",
+    "apps",
     "coordination.k8s.io",
     "discovery.k8s.io",
     "events.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -265,6 +282,9 @@ pub fn builtin_types() -> Vec<ResourceType> {
         discovery_types(),
         coordination_types(),
         apiextensions_types(),
+        apps_types(),
+        policy_types(),
+        rbac_types(),
     ]
     .into_iter()
     .flatten()
@@ -336,6 +356,19 @@ fn core_types() -> Vec<ResourceType> {
             false,
             vec![
                 P::builtin("Data", "integer", 0, C::Count(&["data", "binaryData"])),
+                P::age(),
+            ],
+        ),
+        builtin(
+            "",
+            "ServiceAccount",
+            "serviceaccounts",
+            true,
+            &["sa"],
+            &[],
+            false,
+            vec![
+                P::builtin("Secrets", "integer", 0, C::Count(&["secrets"])),
                 P::age(),
             ],
         ),
@@ -459,6 +492,129 @@ fn apiextensions_types() -> Vec<ResourceType> {
             C::Path(".metadata.creationTimestamp".into()),
         )],
     )]
+}
+
+/// `apps` kinds (stored only: no controller creates ReplicaSets or pods).
+fn apps_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    vec![builtin(
+        "apps",
+        "Deployment",
+        "deployments",
+        true,
+        &["deploy"],
+        &["all"],
+        true,
+        vec![
+            P::builtin("Ready", "string", 0, C::DeploymentReady),
+            P::builtin(
+                "Up-to-date",
+                "integer",
+                0,
+                C::IntOrZero(&["status", "updatedReplicas"]),
+            ),
+            P::builtin(
+                "Available",
+                "integer",
+                0,
+                C::IntOrZero(&["status", "availableReplicas"]),
+            ),
+            P::age(),
+            P::builtin("Containers", "string", 1, C::TemplateContainers(false)),
+            P::builtin("Images", "string", 1, C::TemplateContainers(true)),
+            P::builtin("Selector", "string", 1, C::MatchLabels),
+        ],
+    )]
+}
+
+/// `policy` kinds.
+fn policy_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    vec![builtin(
+        "policy",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        true,
+        &["pdb"],
+        &[],
+        true,
+        vec![
+            P::builtin(
+                "Min Available",
+                "string",
+                0,
+                C::TextOr(&["spec", "minAvailable"], "N/A"),
+            ),
+            P::builtin(
+                "Max Unavailable",
+                "string",
+                0,
+                C::TextOr(&["spec", "maxUnavailable"], "N/A"),
+            ),
+            P::builtin(
+                "Allowed Disruptions",
+                "integer",
+                0,
+                C::IntOrZero(&["status", "disruptionsAllowed"]),
+            ),
+            P::age(),
+        ],
+    )]
+}
+
+/// `rbac.authorization.k8s.io` kinds; [`crate::rbac`] reads them to authorize service accounts.
+fn rbac_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    let role = |kind: &str, plural: &str, namespaced: bool| {
+        let created = P::builtin(
+            "Created At",
+            "string",
+            0,
+            C::Path(".metadata.creationTimestamp".into()),
+        );
+        builtin(
+            "rbac.authorization.k8s.io",
+            kind,
+            plural,
+            namespaced,
+            &[],
+            &[],
+            false,
+            vec![created],
+        )
+    };
+    let binding = |kind: &str, plural: &str, namespaced: bool| {
+        builtin(
+            "rbac.authorization.k8s.io",
+            kind,
+            plural,
+            namespaced,
+            &[],
+            &[],
+            false,
+            vec![
+                P::builtin("Role", "string", 0, C::RoleRef),
+                P::age(),
+                P::builtin("Users", "string", 1, C::Subjects("User")),
+                P::builtin("Groups", "string", 1, C::Subjects("Group")),
+                P::builtin(
+                    "ServiceAccounts",
+                    "string",
+                    1,
+                    C::Subjects("ServiceAccount"),
+                ),
+            ],
+        )
+    };
+    vec![
+        role("ClusterRole", "clusterroles", false),
+        binding("ClusterRoleBinding", "clusterrolebindings", false),
+        role("Role", "roles", true),
+        binding("RoleBinding", "rolebindings", true),
+    ]
 }
 
 /// All types of one cluster.

@@ -246,6 +246,15 @@ fn cell(col: &PrinterColumn, obj: &Value) -> Value {
         CellSource::NodeRoles => json!(joined_or(node_roles(obj), "<none>")),
         CellSource::PodReady => json!(pod_ready(obj)),
         CellSource::PodRestarts => json!(pod_restarts(obj)),
+        CellSource::DeploymentReady => json!(deployment_ready(obj)),
+        CellSource::IntOrZero(path) => json!(at(obj, path).as_i64().unwrap_or(0)),
+        CellSource::TemplateContainers(images) => {
+            json!(joined_or(template_containers(obj, *images), "<none>"))
+        }
+        CellSource::MatchLabels => json!(joined_or(match_labels(obj), "<none>")),
+        CellSource::TextOr(path, fallback) => json!(text_or(at(obj, path), fallback)),
+        CellSource::RoleRef => json!(role_ref(obj)),
+        CellSource::Subjects(kind) => json!(subjects(obj, kind).join(", ")),
     }
 }
 
@@ -402,6 +411,68 @@ fn pod_restarts(obj: &Value) -> i64 {
         .iter()
         .filter_map(|s| s["restartCount"].as_i64())
         .sum()
+}
+
+/// The value at a path of object fields (`Null` when any step is missing).
+fn at<'a>(obj: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(obj, |v, k| &v[*k])
+}
+
+/// A scalar as text (`2`, `50%`), or `fallback` when absent.
+fn text_or(v: &Value, fallback: &str) -> String {
+    match v {
+        Value::Null => fallback.to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `ready/desired`, the desired count defaulting to 1 as the real server defaults it.
+fn deployment_ready(obj: &Value) -> String {
+    let ready = obj["status"]["readyReplicas"].as_i64().unwrap_or(0);
+    let desired = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+    format!("{ready}/{desired}")
+}
+
+fn template_containers(obj: &Value, images: bool) -> Vec<&str> {
+    let field = if images { "image" } else { "name" };
+    array(&obj["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .filter_map(|c| c[field].as_str())
+        .collect()
+}
+
+fn match_labels(obj: &Value) -> Vec<String> {
+    obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect()
+}
+
+fn role_ref(obj: &Value) -> String {
+    let r = &obj["roleRef"];
+    format!(
+        "{}/{}",
+        r["kind"].as_str().unwrap_or(""),
+        r["name"].as_str().unwrap_or("")
+    )
+}
+
+/// Subjects of one kind; service accounts as `namespace:name`.
+fn subjects(obj: &Value, kind: &str) -> Vec<String> {
+    array(&obj["subjects"])
+        .iter()
+        .filter(|s| s["kind"] == kind)
+        .map(|s| {
+            let name = s["name"].as_str().unwrap_or("");
+            match s["namespace"].as_str() {
+                Some(ns) if kind == "ServiceAccount" => format!("{ns}:{name}"),
+                _ => name.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// `columnDefinitions` for a type/version (Name first).

@@ -11,6 +11,13 @@
 //! same JSON by [`crate::protobuf`]). Answers are always JSON, which clients that prefer protobuf
 //! accept because client-go decodes by the response Content-Type.
 //!
+//! Before routing, every request is authenticated ([`crate::auth`]: no credentials, the admin
+//! token, a ServiceAccount token, or 401; `Impersonate-User`/`-Group` switch to another identity
+//! if the caller may impersonate it) and, unless it is the admin, authorized ([`crate::rbac`],
+//! 403 otherwise). Two endpoints exist for that machinery: the ServiceAccount `token`
+//! subresource (TokenRequest, `kubectl create token`) and `SelfSubjectAccessReview`
+//! (`kubectl auth can-i`), answered from the same rules.
+//!
 //! Every handler returns `Result<Response, ApiError>`; errors become `Status` bodies, and a panic
 //! inside a handler is caught and answered with a 500 Status instead of dropping the connection.
 

@@ -5,12 +5,15 @@
 //! watcher work unchanged: discovery, CRUD with resourceVersion conflicts, finalizers, namespaces,
 //! label/field selectors, paging, watches with bookmarks and 410 Expired, merge/JSON/strategic
 //! patches, server-side apply, the status subresource, CRD registration, Table output for
-//! `kubectl get`, OpenAPI v2/v3 documents for `kubectl apply` and `kubectl explain`, and the
-//! Kubernetes-protobuf request bodies of kubectl's `create secret|configmap|namespace|service`.
+//! `kubectl get`, OpenAPI v2/v3 documents for `kubectl apply` and `kubectl explain`, the
+//! Kubernetes-protobuf request bodies of kubectl's `create secret|configmap|namespace|service`,
+//! and what an install on a real cluster needs: Deployments, PodDisruptionBudgets,
+//! ServiceAccounts and the RBAC kinds, ServiceAccount tokens (TokenRequest) and RBAC.
 //!
 //! ```text
 //!   kubectl / kube-rs ──HTTP──▶ server (accept loop, hyper http1)
-//!                                 └─▶ http (routing, verbs) ──┬─▶ discovery / table / patch / apply
+//!                                 └─▶ http: auth (who) ─▶ rbac (may they) ─▶ routing, verbs
+//!                                                             ├─▶ discovery / table / patch / apply
 //!                                                             └─▶ store (State: objects, RV, history)
 //!                                                                   ├─▶ watch (streams from history)
 //!                                                                   └─▶ persist (debounced JSON snapshots)
@@ -22,7 +25,15 @@
 //! CRD's structural schema and CEL rules, 422 `Invalid` as the real server words it;
 //! `fieldValidation=Strict` refuses unknown fields), [`kubeconfig`], [`persist`], [`error`]
 //! (`Status` bodies), [`protobuf`] (protobuf request bodies into JSON), [`openapi`] (OpenAPI
-//! documents with CRD schemas).
+//! documents with CRD schemas), [`auth`] (bearer tokens, the TokenRequest API, impersonation),
+//! [`rbac`] (Role/ClusterRole rules through RoleBindings and ClusterRoleBindings, 403 `Status`).
+//!
+//! Identities: a request without credentials is the all-powerful admin (what `meridian up` and
+//! most tests use), unless the cluster enforces RBAC for everyone ([`SandboxConfig::enforce_rbac`],
+//! [`Sandbox::enforce_rbac`]); ServiceAccount tokens, minted per cluster by `kubectl create
+//! token` or [`Sandbox::mint_token`], are always held to RBAC. [`Sandbox::kubeconfig_for_token`]
+//! writes a kubeconfig for such a token (kube-rs sends it over plain HTTP; kubectl does not, and
+//! acts as a ServiceAccount with `--as`, which the admin may always do). See `docs/sandbox.md`.
 //!
 //! Fault injection for tests (and drills): [`Sandbox::stop_cluster`] closes one cluster's
 //! listener and cuts its connections like a killed API server, [`Sandbox::restart_cluster`]
@@ -39,10 +50,14 @@
 //! objects when they are loaded or their CRD changes, without a new resourceVersion; built-in
 //! kinds are not schema-validated; strategic merge is merge patch plus keyed list merging for well-known lists;
 //! server-side apply tracks apply managers only; lists are served from the latest state (the
-//! `resourceVersion` of a list request is not honoured as a snapshot); no authentication.
+//! `resourceVersion` of a list request is not honoured as a snapshot); tokens are opaque strings
+//! kept in memory (not JWTs; forgotten when the process restarts); RBAC has no aggregation rules,
+//! no `nonResourceURLs` rules, no default roles and no escalation checks ([`rbac`]); no
+//! controllers run (a Deployment is stored, no pods appear; no default ServiceAccount per
+//! namespace).
 //!
-//! Wire formats: protobuf request bodies are decoded only for Namespace, Secret, ConfigMap and
-//! Service (other kinds get a 415 saying JSON works) and answers are always JSON; built-in kinds
+//! Wire formats: protobuf request bodies are decoded only for Namespace, Secret, ConfigMap,
+//! Service, TokenRequest and SelfSubjectAccessReview (other kinds get a 415 saying JSON works) and answers are always JSON; built-in kinds
 //! publish a minimal OpenAPI schema (apiVersion, kind, metadata), CRD kinds their full schema;
 //! `/openapi/v2` asked for as protobuf is an empty document (no Rust crate provides its message
 //! type), so kubectl leaves the items of a `kind: List` file to the server, which validates custom
@@ -181,20 +196,26 @@ fn valid_cluster_name(n: &str) -> bool {
         && !n.ends_with('-')
 }
 
+/// At least one name, each a DNS label, none twice.
+fn check_cluster_names(names: &[String]) -> anyhow::Result<()> {
+    if names.is_empty() {
+        anyhow::bail!("at least one cluster name is required");
+    }
+    for (i, n) in names.iter().enumerate() {
+        if !valid_cluster_name(n) {
+            anyhow::bail!("invalid cluster name {n:?}: use lowercase letters, digits and '-'");
+        }
+        if names[..i].contains(n) {
+            anyhow::bail!("cluster name {n:?} is given twice");
+        }
+    }
+    Ok(())
+}
+
 impl Sandbox {
     /// Binds all listeners, loads snapshots and writes the kubeconfig if asked.
     pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
-        if cfg.clusters.is_empty() {
-            anyhow::bail!("at least one cluster name is required");
-        }
-        for (i, n) in cfg.clusters.iter().enumerate() {
-            if !valid_cluster_name(n) {
-                anyhow::bail!("invalid cluster name {n:?}: use lowercase letters, digits and '-'");
-            }
-            if cfg.clusters[..i].contains(n) {
-                anyhow::bail!("cluster name {n:?} is given twice");
-            }
-        }
+        check_cluster_names(&cfg.clusters)?;
         if let Some(dir) = &cfg.state_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating state dir {}", dir.display()))?;
@@ -204,69 +225,19 @@ impl Sandbox {
             history_window: cfg.history_window.max(1),
             bookmark_interval: cfg.bookmark_interval,
         };
-        let mut endpoints = Vec::new();
-        let mut clusters = Vec::new();
-        let mut listeners = Vec::new();
-        let mut tasks = Vec::new();
-        for (i, name) in cfg.clusters.iter().enumerate() {
-            let port = if cfg.base_port == 0 {
-                0
-            } else {
-                u16::try_from(i)
-                    .ok()
-                    .and_then(|i| cfg.base_port.checked_add(i))
-                    .context("port range overflows 65535")?
-            };
-            let listener = tokio::net::TcpListener::bind((cfg.bind, port))
-                .await
-                .with_context(|| format!("binding cluster {name} to {}:{port}", cfg.bind))?;
-            let addr = listener.local_addr()?;
-            let state = match &cfg.state_dir {
-                Some(dir) => persist::load(dir, name, opts.history_window)?,
-                None => store::State::new(opts.history_window),
-            };
-            let cluster = Arc::new(Cluster::new(
-                name.clone(),
-                addr,
-                opts.clone(),
-                state,
-                shutdown_rx.clone(),
-            ));
-            cluster.tokens().anonymous_is_admin = !cfg.enforce_rbac;
-            let (stop, stop_rx) = tokio::sync::watch::channel(false);
-            listeners.push(std::sync::Mutex::new(Listener {
-                stop,
-                task: Some(tokio::spawn(server::accept_loop(
-                    listener,
-                    Arc::clone(&cluster),
-                    stop_rx,
-                ))),
-            }));
-            if let Some(dir) = &cfg.state_dir {
-                tasks.push(tokio::spawn(persist::run(
-                    dir.clone(),
-                    Arc::clone(&cluster),
-                )));
-            }
-            let host = match addr.ip() {
-                IpAddr::V6(ip) => format!("[{ip}]"),
-                IpAddr::V4(ip) => ip.to_string(),
-            };
-            endpoints.push(ClusterEndpoint {
-                name: name.clone(),
-                url: format!("http://{host}:{}", addr.port()),
-                addr,
-            });
-            clusters.push(cluster);
-        }
-        let sandbox = Sandbox {
-            endpoints,
-            clusters,
-            listeners,
-            tasks,
+        let mut sandbox = Sandbox {
+            endpoints: Vec::new(),
+            clusters: Vec::new(),
+            listeners: Vec::new(),
+            tasks: Vec::new(),
             shutdown_tx,
             state_dir: cfg.state_dir.clone(),
         };
+        for (i, name) in cfg.clusters.iter().enumerate() {
+            sandbox
+                .serve_cluster(&cfg, i, name, &opts, &shutdown_rx)
+                .await?;
+        }
         if let Some(path) = &cfg.kubeconfig_path {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
@@ -276,6 +247,68 @@ impl Sandbox {
                 .with_context(|| format!("writing kubeconfig {}", path.display()))?;
         }
         Ok(sandbox)
+    }
+
+    /// Starts cluster `i` of the config: binds its port, loads its snapshot, spawns its accept
+    /// loop (and persistence task) and records its endpoint.
+    async fn serve_cluster(
+        &mut self,
+        cfg: &SandboxConfig,
+        i: usize,
+        name: &str,
+        opts: &ClusterOptions,
+        shutdown_rx: &tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let port = if cfg.base_port == 0 {
+            0
+        } else {
+            u16::try_from(i)
+                .ok()
+                .and_then(|i| cfg.base_port.checked_add(i))
+                .context("port range overflows 65535")?
+        };
+        let listener = tokio::net::TcpListener::bind((cfg.bind, port))
+            .await
+            .with_context(|| format!("binding cluster {name} to {}:{port}", cfg.bind))?;
+        let addr = listener.local_addr()?;
+        let state = match &cfg.state_dir {
+            Some(dir) => persist::load(dir, name, opts.history_window)?,
+            None => store::State::new(opts.history_window),
+        };
+        let cluster = Arc::new(Cluster::new(
+            name.to_string(),
+            addr,
+            opts.clone(),
+            state,
+            shutdown_rx.clone(),
+        ));
+        cluster.tokens().anonymous_is_admin = !cfg.enforce_rbac;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        self.listeners.push(std::sync::Mutex::new(Listener {
+            stop,
+            task: Some(tokio::spawn(server::accept_loop(
+                listener,
+                Arc::clone(&cluster),
+                stop_rx,
+            ))),
+        }));
+        if let Some(dir) = &cfg.state_dir {
+            self.tasks.push(tokio::spawn(persist::run(
+                dir.clone(),
+                Arc::clone(&cluster),
+            )));
+        }
+        let host = match addr.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        self.endpoints.push(ClusterEndpoint {
+            name: name.to_string(),
+            url: format!("http://{host}:{}", addr.port()),
+            addr,
+        });
+        self.clusters.push(cluster);
+        Ok(())
     }
 
     pub fn clusters(&self) -> &[ClusterEndpoint] {
@@ -320,7 +353,8 @@ impl Sandbox {
     /// they act as the all-powerful admin, as `meridian up` and most tests expect. On: they are
     /// `system:anonymous` and get 403 unless RBAC allows them; the admin then authenticates
     /// with [`Sandbox::admin_token`] (which [`Sandbox::kubeconfig_yaml`] includes). ServiceAccount
-    /// tokens are subject to RBAC either way.
+    /// tokens are subject to RBAC either way. kubectl sends no credentials over plain HTTP, so
+    /// on an enforcing cluster it is anonymous; kube-rs clients send the token.
     pub fn enforce_rbac(&self, cluster: &str, on: bool) -> Result<(), CredentialError> {
         let (_, c) = self.find(cluster)?;
         c.tokens().anonymous_is_admin = !on;

@@ -28,7 +28,8 @@
 //! in the tables (Go pointer fields, where an explicit `0` or `false` means something).
 //!
 //! Only the built-in kinds kubectl's generators create in the sandbox are decoded (Namespace,
-//! Secret, ConfigMap, Service). Any other kind is answered with a 415 Status naming the kind and
+//! Secret, ConfigMap, Service), plus the requests of `kubectl create token` (TokenRequest) and
+//! `kubectl auth can-i` (SelfSubjectAccessReview). Any other kind is answered with a 415 Status naming the kind and
 //! saying that JSON works; malformed bodies get a 400 Status. Responses are always JSON: client-go
 //! reads the response `Content-Type`, so a protobuf-preferring client accepts them.
 

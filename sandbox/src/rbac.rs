@@ -24,10 +24,15 @@
 //! `system:public-info-viewer`) and create SelfSubjectAccessReviews (`system:basic-user`); the
 //! anonymous identity only reaches health and `/version`.
 //!
+//! Impersonation (`Impersonate-User`, `Impersonate-Group`, what `kubectl --as` sends) is decided
+//! in the HTTP layer with the same rules: the admin may impersonate anyone; others need the
+//! `impersonate` verb on `serviceaccounts` (in the account's namespace), `users` or `groups`.
+//!
 //! Not implemented: ClusterRole `aggregationRule`, `nonResourceURLs` rules (non-resource paths
 //! follow the fixed policy above), the default roles and bindings a real cluster bootstraps
-//! (`cluster-admin`, `view`, ...), the escalation and bind checks on writing roles and bindings,
-//! impersonation, and `User` subjects of other authenticators.
+//! (`cluster-admin`, `view`, `system:basic-user` ... as objects), the escalation and bind checks
+//! on writing roles and bindings, validation of RBAC objects (an unknown `roleRef.kind` simply
+//! grants nothing), `Impersonate-Uid`/`Impersonate-Extra-*`, and `userextras`.
 
 use crate::auth::Identity;
 use crate::error::ApiError;

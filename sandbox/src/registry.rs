@@ -278,6 +278,7 @@ fn builtin(
 pub fn builtin_types() -> Vec<ResourceType> {
     [
         core_types(),
+        core_runtime_types(),
         events_types(),
         discovery_types(),
         coordination_types(),
@@ -291,19 +292,11 @@ pub fn builtin_types() -> Vec<ResourceType> {
     .collect()
 }
 
-/// `v1 (core)` kinds.
+/// `v1 (core)` kinds that configure: namespaces, services, secrets, config maps, service
+/// accounts.
 fn core_types() -> Vec<ResourceType> {
     use CellSource as C;
     use PrinterColumn as P;
-    let event_columns = || {
-        vec![
-            P::builtin("Last Seen", "string", 0, C::Path(".lastTimestamp".into())),
-            P::path("Type", ".type"),
-            P::path("Reason", ".reason"),
-            P::builtin("Object", "string", 0, C::EventObject),
-            P::path("Message", ".message"),
-        ]
-    };
     vec![
         builtin(
             "",
@@ -372,6 +365,23 @@ fn core_types() -> Vec<ResourceType> {
                 P::age(),
             ],
         ),
+    ]
+}
+
+/// `v1 (core)` kinds that report on what runs: events, nodes, pods.
+fn core_runtime_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    let event_columns = || {
+        vec![
+            P::builtin("Last Seen", "string", 0, C::Path(".lastTimestamp".into())),
+            P::path("Type", ".type"),
+            P::path("Reason", ".reason"),
+            P::builtin("Object", "string", 0, C::EventObject),
+            P::path("Message", ".message"),
+        ]
+    };
+    vec![
         builtin(
             "",
             "Event",

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! Sandbox ──┬─ Cluster "east"  ── TcpListener ── accept loop ── connection tasks ── http::handle
-//!           │     └─ Mutex<State>, watch::Sender<rv> (wakes watches), Notify (wakes persistence)
+//!           │     ├─ Mutex<State>, watch::Sender<rv> (wakes watches), Notify (wakes persistence)
+//!           │     └─ Mutex<Tokens> (admin token, issued ServiceAccount tokens; see `auth`)
 //!           └─ Cluster "west"  ── ...
 //! ```
 //! Shutdown flips a `watch` flag: accept loops stop, watch streams end, connection tasks are

@@ -327,6 +327,34 @@ fn keep_only_old_finalizers(old: &Value, cand: &mut Value) {
     }
 }
 
+/// DeleteOptions `preconditions` (uid, resourceVersion) must match the live object: 409 if not.
+fn check_preconditions(
+    rt: &ResourceType,
+    name: &str,
+    old: &Value,
+    opts: &Value,
+) -> Result<(), ApiError> {
+    let Some(pre) = opts.get("preconditions") else {
+        return Ok(());
+    };
+    for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+        if let Some(want) = pre.get(field).and_then(Value::as_str) {
+            let have = meta_str(old, field);
+            if want != have {
+                return Err(ApiError::conflict_msg(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    format!(
+                        "Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn finalizers_empty(obj: &Value) -> bool {
     obj.get("metadata")
         .and_then(|m| m.get("finalizers"))
@@ -762,7 +790,9 @@ impl State {
         Ok(cand)
     }
 
-    /// DELETE of one object. `opts` is the DeleteOptions body (may be `null`).
+    /// DELETE of one object. `opts` is the DeleteOptions body (may be `null`). A namespace starts
+    /// terminating (see [`State::delete_namespace`]); an object with finalizers gets a
+    /// deletionTimestamp and waits; anything else goes at once.
     pub fn delete(
         &mut self,
         rt: &ResourceType,
@@ -775,80 +805,79 @@ impl State {
             .get(rt, ns, name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
-        if let Some(pre) = opts.get("preconditions") {
-            for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
-                if let Some(want) = pre.get(field).and_then(Value::as_str) {
-                    let have = meta_str(&old, field);
-                    if want != have {
-                        return Err(ApiError::conflict_msg(
-                            &rt.group,
-                            &rt.plural,
-                            name,
-                            format!(
-                                "Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        let pending = |s: &mut State, obj: Value| -> Value {
-            if !meta_str(&obj, "deletionTimestamp").is_empty() {
-                return obj;
-            }
-            let mut cand = obj.clone();
-            let g = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
-            {
-                let meta = meta_mut(&mut cand);
-                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-                meta.insert("generation".into(), json!(g));
-            }
-            if dry_run {
-                return cand;
-            }
-            let rv = s.next_rv();
-            meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
-            s.store(rt, cand.clone());
-            s.record(rt, EventType::Modified, cand.clone(), Some(obj));
-            cand
-        };
+        check_preconditions(rt, name, &old, opts)?;
         if is_namespace(rt) {
-            let mut cand = old.clone();
-            if meta_str(&old, "deletionTimestamp").is_empty() {
-                let meta = meta_mut(&mut cand);
-                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-            }
-            if let Value::Object(m) = &mut cand {
-                let st = m.entry("status").or_insert_with(|| json!({}));
-                if let Value::Object(st) = st {
-                    st.insert("phase".into(), json!("Terminating"));
-                }
-            }
-            if dry_run {
-                return Ok(DeleteOutcome::Pending(cand));
-            }
-            if cand != old {
-                let rv = self.next_rv();
-                meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
-                self.store(rt, cand.clone());
-                self.record(rt, EventType::Modified, cand.clone(), Some(old));
-            }
-            self.delete_namespace_contents(name);
-            self.maybe_finalize_namespace(name);
-            return Ok(match self.get(rt, "", name) {
-                Some(o) => DeleteOutcome::Pending(o.clone()),
-                None => DeleteOutcome::Deleted(cand),
-            });
+            return Ok(self.delete_namespace(rt, name, old, dry_run));
         }
         if !finalizers_empty(&old) {
-            return Ok(DeleteOutcome::Pending(pending(self, old)));
+            return Ok(DeleteOutcome::Pending(self.mark_deleting(rt, old, dry_run)));
         }
         if dry_run {
             return Ok(DeleteOutcome::Deleted(old));
         }
         Ok(DeleteOutcome::Deleted(self.remove_now(rt, ns, name)))
+    }
+
+    /// Sets deletionTimestamp (and bumps generation) on an object its finalizers hold; an
+    /// object already deleting is returned as it is.
+    fn mark_deleting(&mut self, rt: &ResourceType, obj: Value, dry_run: bool) -> Value {
+        if !meta_str(&obj, "deletionTimestamp").is_empty() {
+            return obj;
+        }
+        let mut cand = obj.clone();
+        let g = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+        {
+            let meta = meta_mut(&mut cand);
+            meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+            meta.insert("generation".into(), json!(g));
+        }
+        if dry_run {
+            return cand;
+        }
+        let rv = self.next_rv();
+        meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
+        self.store(rt, cand.clone());
+        self.record(rt, EventType::Modified, cand.clone(), Some(obj));
+        cand
+    }
+
+    /// Deleting a namespace: it turns `Terminating`, its contents are deleted, and it goes once
+    /// empty and without finalizers.
+    fn delete_namespace(
+        &mut self,
+        rt: &ResourceType,
+        name: &str,
+        old: Value,
+        dry_run: bool,
+    ) -> DeleteOutcome {
+        let mut cand = old.clone();
+        if meta_str(&old, "deletionTimestamp").is_empty() {
+            let meta = meta_mut(&mut cand);
+            meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+        }
+        if let Value::Object(m) = &mut cand {
+            let st = m.entry("status").or_insert_with(|| json!({}));
+            if let Value::Object(st) = st {
+                st.insert("phase".into(), json!("Terminating"));
+            }
+        }
+        if dry_run {
+            return DeleteOutcome::Pending(cand);
+        }
+        if cand != old {
+            let rv = self.next_rv();
+            meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
+            self.store(rt, cand.clone());
+            self.record(rt, EventType::Modified, cand.clone(), Some(old));
+        }
+        self.delete_namespace_contents(name);
+        self.maybe_finalize_namespace(name);
+        match self.get(rt, "", name) {
+            Some(o) => DeleteOutcome::Pending(o.clone()),
+            None => DeleteOutcome::Deleted(cand),
+        }
     }
 
     /// Removes an object immediately, recording DELETED. Returns its last state.

@@ -81,6 +81,7 @@ enum Seg {
     Filter(Vec<String>, bool, Value),
 }
 
+/// Parses the JSONPath subset into segments; `None` for syntax it does not support.
 fn parse_path(path: &str) -> Option<Vec<Seg>> {
     let p = path.trim();
     let p = p
@@ -97,88 +98,102 @@ fn parse_path(path: &str) -> Option<Vec<Seg>> {
                 if chars.get(i) == Some(&'.') {
                     return None; // recursive descent is not supported
                 }
-                let start = i;
-                while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
-                    i += 1;
-                }
-                let name: String = chars[start..i].iter().collect();
+                let (name, next) = field_name(&chars, i);
+                i = next;
                 if !name.is_empty() {
                     segs.push(Seg::Field(name));
                 }
             }
             '[' => {
-                let start = i + 1;
-                let mut depth = 0;
-                let mut quote: Option<char> = None;
-                i += 1;
-                while i < chars.len() {
-                    let c = chars[i];
-                    match quote {
-                        Some(q) if c == q => quote = None,
-                        Some(_) => {}
-                        None if c == '"' || c == '\'' => quote = Some(c),
-                        None if c == '(' => depth += 1,
-                        None if c == ')' => depth -= 1,
-                        None if c == ']' && depth == 0 => break,
-                        None => {}
-                    }
-                    i += 1;
-                }
-                if i >= chars.len() {
-                    return None;
-                }
-                let inner: String = chars[start..i].iter().collect();
-                i += 1;
-                let inner = inner.trim();
-                if inner == "*" {
-                    segs.push(Seg::Wildcard);
-                } else if let Ok(n) = inner.parse::<i64>() {
-                    segs.push(Seg::Index(n));
-                } else if let Some(f) = inner.strip_prefix("?(").and_then(|x| x.strip_suffix(')')) {
-                    let (lhs, eq, rhs) = if let Some((l, r)) = f.split_once("==") {
-                        (l, true, r)
-                    } else if let Some((l, r)) = f.split_once("!=") {
-                        (l, false, r)
-                    } else {
-                        return None;
-                    };
-                    let lhs = lhs.trim().strip_prefix("@.")?;
-                    let rhs = rhs.trim();
-                    let value = if let Some(s) = rhs
-                        .strip_prefix('"')
-                        .and_then(|x| x.strip_suffix('"'))
-                        .or_else(|| rhs.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
-                    {
-                        Value::String(s.to_string())
-                    } else {
-                        serde_json::from_str(rhs).ok()?
-                    };
-                    segs.push(Seg::Filter(
-                        lhs.split('.').map(str::to_string).collect(),
-                        eq,
-                        value,
-                    ));
-                } else if let Some(k) = inner
-                    .strip_prefix('\'')
-                    .and_then(|x| x.strip_suffix('\''))
-                    .or_else(|| inner.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
-                {
-                    segs.push(Seg::Field(k.to_string()));
-                } else {
-                    return None;
-                }
+                let (inner, next) = bracket_contents(&chars, i)?;
+                i = next;
+                segs.push(bracket_segment(inner.trim())?);
             }
             _ => {
                 // A path without a leading dot ("spec.x") is accepted too.
-                let start = i;
-                while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
-                    i += 1;
-                }
-                segs.push(Seg::Field(chars[start..i].iter().collect()));
+                let (name, next) = field_name(&chars, i);
+                i = next;
+                segs.push(Seg::Field(name));
             }
         }
     }
     Some(segs)
+}
+
+/// The field name starting at `start` (up to the next `.` or `[`) and where it ends.
+fn field_name(chars: &[char], start: usize) -> (String, usize) {
+    let end = chars[start..]
+        .iter()
+        .position(|c| *c == '.' || *c == '[')
+        .map_or(chars.len(), |n| start + n);
+    (chars[start..end].iter().collect(), end)
+}
+
+/// What lies between the `[` at `open` and its `]` (quotes and parentheses may contain `]`),
+/// and the index after the `]`; `None` when it is never closed.
+fn bracket_contents(chars: &[char], open: usize) -> Option<(String, usize)> {
+    let mut depth = 0;
+    let mut quote: Option<char> = None;
+    let mut i = open + 1;
+    while i < chars.len() {
+        let c = chars[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '(' => depth += 1,
+            None if c == ')' => depth -= 1,
+            None if c == ']' && depth == 0 => {
+                return Some((chars[open + 1..i].iter().collect(), i + 1));
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `*`, an index, a filter `?(@.f=="v")` or a quoted key.
+fn bracket_segment(inner: &str) -> Option<Seg> {
+    if inner == "*" {
+        return Some(Seg::Wildcard);
+    }
+    if let Ok(n) = inner.parse::<i64>() {
+        return Some(Seg::Index(n));
+    }
+    if let Some(f) = inner.strip_prefix("?(").and_then(|x| x.strip_suffix(')')) {
+        return filter_segment(f);
+    }
+    unquote(inner).map(|k| Seg::Field(k.to_string()))
+}
+
+/// `s` without its surrounding single or double quotes, if it has them.
+fn unquote(s: &str) -> Option<&str> {
+    s.strip_prefix('\'')
+        .and_then(|x| x.strip_suffix('\''))
+        .or_else(|| s.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
+}
+
+/// `@.a.b == value` or `!=`; the value is a quoted string or JSON.
+fn filter_segment(f: &str) -> Option<Seg> {
+    let (lhs, eq, rhs) = if let Some((l, r)) = f.split_once("==") {
+        (l, true, r)
+    } else if let Some((l, r)) = f.split_once("!=") {
+        (l, false, r)
+    } else {
+        return None;
+    };
+    let lhs = lhs.trim().strip_prefix("@.")?;
+    let rhs = rhs.trim();
+    let value = match unquote(rhs) {
+        Some(s) => Value::String(s.to_string()),
+        None => serde_json::from_str(rhs).ok()?,
+    };
+    Some(Seg::Filter(
+        lhs.split('.').map(str::to_string).collect(),
+        eq,
+        value,
+    ))
 }
 
 /// Evaluates the JSONPath subset; every match in document order. Unsupported syntax matches nothing.

@@ -142,7 +142,11 @@ async fn route(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Response
     let identity = authenticate(&cluster, &parts)?;
     if identity != Identity::Admin {
         let attrs = RequestAttributes::from_request(&parts.method, &s, &query, parts.uri.path());
-        rbac::authorize(&cluster.lock(), &identity, &attrs)?;
+        let decision = rbac::authorize(&cluster.lock(), &identity, &attrs);
+        if let Err(e) = decision {
+            cluster.record_denial(rbac::Denial::of(&identity, &attrs));
+            return Err(e);
+        }
     }
     let get_only = |v: Option<Value>| -> Result<Response<Body>, ApiError> {
         if parts.method != Method::GET {

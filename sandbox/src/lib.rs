@@ -361,6 +361,14 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The requests RBAC refused on a cluster, oldest first (the last
+    /// [`rbac::DENIALS_KEPT`]): which identity asked for which verb on which resource. What a
+    /// real API server's audit log would show; tests use it to prove a permission is needed.
+    pub fn denials(&self, cluster: &str) -> Result<Vec<rbac::Denial>, CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        Ok(c.denials())
+    }
+
     /// The bearer token that is always the admin of a cluster.
     pub fn admin_token(&self, cluster: &str) -> Result<String, CredentialError> {
         let (_, c) = self.find(cluster)?;

@@ -205,6 +205,28 @@ pub fn decide(state: &State, id: &Identity, req: &RequestAttributes) -> Result<A
     }
 }
 
+/// How many refused requests a cluster remembers ([`crate::server::Cluster::denials`]).
+pub const DENIALS_KEPT: usize = 1024;
+
+/// A request RBAC refused: who asked for what (the fields of an audit event that matter here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// `system:serviceaccount:NS:NAME`, `system:anonymous`, ...
+    pub user: String,
+    /// The request: a resource request's attributes, or a plain path's verb and path.
+    pub request: RequestAttributes,
+}
+
+impl Denial {
+    /// The denial of `request` for `id`.
+    pub fn of(id: &Identity, request: &RequestAttributes) -> Denial {
+        Denial {
+            user: id.user(),
+            request: request.clone(),
+        }
+    }
+}
+
 /// Checks a request of `id`, as the HTTP layer does before serving it: the real server's 403
 /// `Status` when RBAC does not allow it.
 pub fn authorize(state: &State, id: &Identity, req: &RequestAttributes) -> Result<(), ApiError> {

@@ -57,6 +57,8 @@ pub struct Cluster {
     starting_until: Mutex<Option<Instant>>,
     /// The cluster's own credentials (admin token, issued ServiceAccount tokens).
     tokens: Mutex<Tokens>,
+    /// The last requests RBAC refused, oldest first (an audit trail for tests and operators).
+    denials: Mutex<std::collections::VecDeque<crate::rbac::Denial>>,
 }
 
 impl Cluster {
@@ -78,7 +80,23 @@ impl Cluster {
             shutdown,
             starting_until: Mutex::new(None),
             tokens: Mutex::new(Tokens::default()),
+            denials: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Remembers a refused request; only the last [`crate::rbac::DENIALS_KEPT`] are kept.
+    pub fn record_denial(&self, denial: crate::rbac::Denial) {
+        let mut log = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == crate::rbac::DENIALS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(denial);
+    }
+
+    /// The requests RBAC refused, oldest first (at most [`crate::rbac::DENIALS_KEPT`]).
+    pub fn denials(&self) -> Vec<crate::rbac::Denial> {
+        let log = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().cloned().collect()
     }
 
     /// Makes the cluster answer every request with a plain-text `404 page not found` for `d`

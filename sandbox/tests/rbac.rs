@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
+use meridian_sandbox::rbac::RequestAttributes;
 use meridian_sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -996,4 +997,43 @@ async fn kubectl_apply_k_stores_install_kinds_and_prints_their_columns() {
         );
     }
     sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_requests_are_remembered_with_who_and_what() {
+    let sandbox = Sandbox::start(SandboxConfig::ephemeral(&["east"]))
+        .await
+        .unwrap();
+    let url = sandbox.cluster("east").unwrap().url.clone();
+    sandbox
+        .ensure_service_account("east", "default", "nosy")
+        .unwrap();
+    let token = sandbox.mint_token("east", "default", "nosy").unwrap();
+    assert!(sandbox.denials("east").unwrap().is_empty());
+
+    let resp = raw(
+        &url,
+        "GET",
+        "/api/v1/namespaces/kube-system/secrets/signing-key",
+        &[("authorization", &format!("Bearer {token}"))],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(resp.status, 403);
+
+    let denials = sandbox.denials("east").unwrap();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert_eq!(denials[0].user, "system:serviceaccount:default:nosy");
+    let RequestAttributes::Resource(a) = &denials[0].request else {
+        panic!("{denials:?}");
+    };
+    assert_eq!(
+        (a.verb.as_str(), a.group.as_str(), a.resource.as_str()),
+        ("get", "", "secrets")
+    );
+    assert_eq!(
+        (a.namespace.as_str(), a.name.as_str()),
+        ("kube-system", "signing-key")
+    );
+    assert!(sandbox.denials("nowhere").is_err());
 }

@@ -70,12 +70,14 @@ mod listeners;
 mod metrics;
 mod mirror;
 mod state;
+pub mod state_dir;
 mod traffic;
 mod watch;
 
 pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};
-pub use controller::follow_controller;
+pub use controller::{follow_controller, follow_controller_with_state};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle, StartError};
+pub use state_dir::StateDir;
 pub(crate) use watch::BIND_RETRY;
 pub use watch::{WATCH_INTERVAL, decode, watch_file};

@@ -372,10 +372,19 @@ mod tests {
 
     #[test]
     fn the_state_dir_goes_with_the_controller_only() {
-        let err = Cli::try_parse_from(["p", "--snapshot", "s.json", "--state-dir", "/tmp/x"])
+        let err = Cli::try_parse_from(["p", "--state-dir", "/tmp/x"])
             .err()
             .unwrap();
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // clap lets it pass next to `--snapshot` (which excludes `--controller`): `run` says no
+        // before it looks at anything else.
+        let cli =
+            Cli::try_parse_from(["p", "--snapshot", "s.json", "--state-dir", "/tmp/x"]).unwrap();
+        let err = super::source(&cli.args).err().unwrap();
+        assert!(
+            matches!(err, super::RunError::StateDirWithoutController),
+            "{err}"
+        );
         let cli = Cli::try_parse_from([
             "p",
             "--controller",

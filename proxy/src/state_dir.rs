@@ -35,12 +35,12 @@
 //! The write is atomic: the new file is complete and on disk before `rename` replaces the old
 //! one, so a crash at any point leaves either the old file or the new one, plus at worst a temp
 //! file that the next start deletes. The file holds the snapshot as received, TLS private keys
-//! included: it is created `0600` and the directory should be private to the proxy (an
-//! `emptyDir` in a pod).
+//! included: it is created `0600`, a directory created by the proxy `0700`, and a given
+//! directory should be private to the proxy (an `emptyDir` in a pod).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Creates `dir` if needed and deletes the temp files of writes that never finished (a crash
+    /// Creates `dir` if needed (mode `0700`) and deletes the temp files of writes that never finished (a crash
     /// between write and rename). `cluster` is this proxy's `--cluster`: files of another one
     /// are refused.
     pub fn open(dir: impl Into<PathBuf>, cluster: &str) -> Result<StateDir, StateDirError> {
@@ -188,7 +188,12 @@ impl StateDir {
             path: dir.clone(),
             error,
         };
-        fs::create_dir_all(&dir).map_err(err)?;
+        // Private when we create it: the file holds TLS private keys.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(err)?;
         for entry in fs::read_dir(&dir).map_err(err)? {
             let entry = entry.map_err(err)?;
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {

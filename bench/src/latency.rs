@@ -1,4 +1,4 @@
-//! Latency at fixed request rates, coordinated-omission safe (see [`crate::openloop`]).
+//! Latency at fixed request rates, coordinated-omission safe (see [`crate::fixed_rate`]).
 //!
 //! Two tables:
 //! 1. each target at 25 / 50 / 75 % of its *own* maximum (from the throughput run): how each
@@ -13,15 +13,15 @@
 use std::time::Duration;
 
 use crate::Opts;
+use crate::fixed_rate::{self, Report};
 use crate::http::Target;
-use crate::openloop::{self, Report};
 use crate::sys::{cpu_ticks_tree, loopback, median};
 
 /// One open-loop run, and the target's CPU µs per answered request during it (warm-up
 /// included on both sides of the division, so the ratio holds).
 fn measure(opts: &Opts, t: &Target, rate: f64) -> anyhow::Result<Cell> {
     let before = t.pid.and_then(cpu_ticks_tree);
-    let r = openloop::run(&openloop::Config {
+    let r = fixed_rate::run(&fixed_rate::Config {
         addr: loopback(t.port),
         host: "bench".into(),
         rate,

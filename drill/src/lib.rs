@@ -31,6 +31,7 @@
 pub mod cluster;
 pub mod figures;
 pub mod load;
+pub mod openloop;
 pub mod report;
 pub mod svg;
 
@@ -348,10 +349,10 @@ async fn known_localities(
             let want = (gw.namespace.clone(), gw.name.clone());
             let other = cluster::find_gateway(&c, Some(&want)).await.ok()?;
             let url = gateway_url(&other, None).ok()?;
-            let probe = Probe::new(url, gw.hostname.clone(), Duration::from_secs(1));
+            let probe = Probe::new(&url, gw.hostname.as_deref(), Duration::from_secs(1)).ok()?;
             match probe.get(&sources).await {
-                Ok(Outcome::Answered(by)) => Some(by),
-                _ => None,
+                Outcome::Answered(by) => Some(by),
+                Outcome::Failed(_) => None,
             }
         })
         .await;
@@ -503,11 +504,10 @@ async fn preflight(args: &DrillArgs, s: &Setup) -> anyhow::Result<()> {
         host,
     } = s;
     let sources = ServedBySource::default();
-    let probe = Probe::new(url.clone(), host.clone(), Duration::from_secs(2));
+    let probe = Probe::new(url, host.as_deref(), Duration::from_secs(2))?;
     let first = tokio::time::timeout(Duration::from_secs(3), probe.get(&sources))
         .await
-        .unwrap_or(Ok(Outcome::Failed(FailKind::Timeout)))
-        .map_err(anyhow::Error::msg)?;
+        .unwrap_or(Outcome::Failed(FailKind::Timeout));
     let home_answer = match first {
         Outcome::Answered(by) => by,
         Outcome::Failed(kind) => bail!(
@@ -705,7 +705,7 @@ async fn drive(args: &DrillArgs, s: &Setup, name: &str) -> anyhow::Result<Observ
         stop,
         sources,
         mut done,
-    } = load::start(cfg, t0, hard_stop, hard_stop);
+    } = load::start(cfg, t0, hard_stop, hard_stop).await?;
     let mut d = Driver {
         s,
         name,

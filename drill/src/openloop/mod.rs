@@ -35,7 +35,7 @@ mod pacer;
 mod pool;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -206,7 +206,8 @@ pub trait Recorder: Send + Sync + 'static {
 pub struct Summary {
     /// Requests that fell due and were sent.
     pub scheduled: u64,
-    /// Requests still running at stop + grace, abandoned.
+    /// Requests abandoned: still running at stop + grace, or never sent because every slot was
+    /// retired.
     pub unfinished: u64,
 }
 
@@ -231,6 +232,8 @@ struct Shared {
     slots: Semaphore,
     /// Slots not retired (see [`OnRefused::RetireSlot`]).
     live_slots: AtomicUsize,
+    /// Requests that never got a slot because every slot was retired.
+    abandoned: AtomicU64,
 }
 
 impl Generator {
@@ -251,6 +254,7 @@ impl Generator {
         let shared = Arc::new(Shared {
             slots: Semaphore::new(cfg.max_in_flight),
             live_slots: AtomicUsize::new(cfg.max_in_flight),
+            abandoned: AtomicU64::new(0),
             cfg,
             pool,
         });
@@ -278,7 +282,7 @@ impl Generator {
         let unfinished = self.finish(&mut tasks, ended).await;
         Ok(Summary {
             scheduled: paced?,
-            unfinished,
+            unfinished: unfinished + self.shared.abandoned.load(Ordering::Relaxed),
         })
     }
 
@@ -337,55 +341,62 @@ impl Generator {
 }
 
 impl Shared {
-    /// One request: within its deadline, if there is one; reported to the recorder.
+    /// One request: within its deadline, if there is one; reported to the recorder unless it
+    /// was abandoned.
     async fn request(self: Arc<Self>, due: Instant, recorder: Arc<dyn Recorder>) {
         let finished = match self.cfg.request_timeout {
             None => self.attempt(due).await,
             Some(timeout) => {
                 match tokio::time::timeout_at(due + timeout, self.attempt(due)).await {
                     Ok(f) => f,
-                    Err(_) => Finished {
+                    Err(_) => Some(Finished {
                         due,
                         sent: None,
                         done: Instant::now(),
                         result: Err(Failure::Timeout),
-                    },
+                    }),
                 }
             }
         };
-        recorder.finished(finished);
+        match finished {
+            Some(f) => recorder.finished(f),
+            None => {
+                self.abandoned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
-    /// Waits for a slot and a connection, then sends.
-    async fn attempt(&self, due: Instant) -> Finished {
+    /// Waits for a slot and a connection, then sends. `None`: every slot was retired, the
+    /// request was never sent.
+    async fn attempt(&self, due: Instant) -> Option<Finished> {
         let failed = |result| Finished {
             due,
             sent: None,
             done: Instant::now(),
             result: Err(result),
         };
-        // Closed only if the semaphore is dropped, which it is not while tasks run.
-        let Ok(slot) = self.slots.acquire().await else {
-            return failed(Failure::Broken);
-        };
+        // Closed once the last slot is retired: nothing will ever send this request.
+        let slot = self.slots.acquire().await.ok()?;
         let conn = match self.pool.check_out().await {
             Ok(conn) => conn,
             Err(_) => {
                 if self.cfg.on_refused == OnRefused::RetireSlot {
                     slot.forget();
-                    self.live_slots.fetch_sub(1, Ordering::Relaxed);
+                    if self.live_slots.fetch_sub(1, Ordering::Relaxed) == 1 {
+                        self.slots.close();
+                    }
                 }
-                return failed(Failure::Connect);
+                return Some(failed(Failure::Connect));
             }
         };
         let sent = Instant::now();
         let result = self.pool.get(conn).await;
-        Finished {
+        Some(Finished {
             due,
             sent: Some(sent),
             done: Instant::now(),
             result,
-        }
+        })
     }
 }
 
@@ -399,4 +410,171 @@ pub async fn get_once(endpoint: &Endpoint, connect_timeout: Duration) -> Result<
     Pool::new(endpoint.clone(), connect_timeout)
         .get_once()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn endpoint_takes_host_from_the_url_unless_given() {
+        let url = |s: &str| s.parse::<hyper::Uri>().unwrap();
+        let e = Endpoint::from_url(&url("http://127.0.0.1:80/x?y=1"), None).unwrap();
+        assert_eq!(e.address(), "127.0.0.1:80");
+        let req = e.request();
+        assert_eq!(req.uri(), "/x?y=1");
+        assert_eq!(req.headers()[hyper::header::HOST], "127.0.0.1");
+        let e = Endpoint::from_url(&url("http://[::1]:8080"), None).unwrap();
+        assert_eq!(e.address(), "[::1]:8080");
+        assert_eq!(e.request().headers()[hyper::header::HOST], "[::1]:8080");
+        assert_eq!(e.request().uri(), "/");
+        let e = Endpoint::from_url(&url("http://gw/"), Some("demo.example")).unwrap();
+        assert_eq!(e.address(), "gw:80");
+        assert_eq!(e.request().headers()[hyper::header::HOST], "demo.example");
+        let bad = Endpoint::from_url(&url("https://gw/"), None).unwrap_err();
+        assert!(bad.to_string().contains("TLS"), "{bad}");
+        let bad = Endpoint::from_url(&url("http://gw/"), Some("a\nb")).unwrap_err();
+        assert!(matches!(bad, LoadError::HostHeader { .. }), "{bad}");
+    }
+
+    /// Keeps every due time and every result.
+    #[derive(Default)]
+    struct Keep {
+        due: Mutex<Vec<Instant>>,
+        finished: Mutex<Vec<Finished>>,
+    }
+
+    impl Recorder for Keep {
+        fn due(&self, due: Instant) {
+            self.due.lock().unwrap().push(due);
+        }
+        fn finished(&self, f: Finished) {
+            self.finished.lock().unwrap().push(f);
+        }
+    }
+
+    /// A loopback port nothing listens on (bound, then closed): connections are refused.
+    fn refusing_endpoint() -> Endpoint {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        Endpoint::loopback(addr, "t").unwrap()
+    }
+
+    fn config(endpoint: Endpoint, on_refused: OnRefused) -> Config {
+        Config {
+            endpoint,
+            rate: 200.0,
+            max_in_flight: 2,
+            open_up_front: false,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Some(Duration::from_secs(1)),
+            grace: None,
+            on_refused,
+        }
+    }
+
+    /// 200 req/s for 250 ms: 50 requests due. Kept slots fail every one as a connect error;
+    /// retired slots end the schedule once both are gone.
+    #[tokio::test]
+    async fn refused_connections_fail_requests_and_retire_slots_when_asked() {
+        for (policy, want_all) in [(OnRefused::KeepSlot, true), (OnRefused::RetireSlot, false)] {
+            let keep = Arc::new(Keep::default());
+            let generator = Generator::connect(config(refusing_endpoint(), policy))
+                .await
+                .unwrap();
+            let start = Instant::now();
+            let stop = start + Duration::from_millis(250);
+            let running = generator.start(
+                Schedule {
+                    start,
+                    stop,
+                    hard_stop: stop,
+                },
+                keep.clone(),
+            );
+            let summary = tokio::time::timeout(Duration::from_secs(5), running.done)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let finished = keep.finished.lock().unwrap();
+            assert_eq!(summary.scheduled as usize, keep.due.lock().unwrap().len());
+            assert_eq!(
+                finished.len() as u64 + summary.unfinished,
+                summary.scheduled,
+                "{policy:?}: every request recorded or abandoned"
+            );
+            assert!(
+                finished
+                    .iter()
+                    .all(|f| f.result.as_ref().err() == Some(&Failure::Connect))
+            );
+            if want_all {
+                assert_eq!(summary.scheduled, 50, "{policy:?}: every request is sent");
+                assert_eq!(summary.unfinished, 0);
+            } else {
+                // Both slots retire on the first refusals; the schedule ends at the next due time.
+                assert_eq!(finished.len(), 2, "{policy:?}: {summary:?}");
+                assert!(summary.scheduled < 10, "{policy:?}: {summary:?}");
+            }
+        }
+    }
+
+    /// Moving the stop time earlier ends the schedule there; past the hard stop it is clamped.
+    #[tokio::test]
+    async fn the_stop_time_moves_but_never_past_the_hard_stop() {
+        let keep = Arc::new(Keep::default());
+        let generator = Generator::connect(config(refusing_endpoint(), OnRefused::KeepSlot))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let running = generator.start(
+            Schedule {
+                start,
+                stop: start + Duration::from_secs(10),
+                hard_stop: start + Duration::from_millis(300),
+            },
+            keep.clone(),
+        );
+        // Move it later: the hard stop still wins.
+        running.stop.send(start + Duration::from_secs(20)).unwrap();
+        let summary = tokio::time::timeout(Duration::from_secs(5), running.done)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.scheduled, 60, "300 ms at 200 req/s");
+        let due = keep.due.lock().unwrap();
+        assert!(due.iter().all(|d| *d < start + Duration::from_millis(300)));
+
+        let keep = Arc::new(Keep::default());
+        let generator = Generator::connect(config(refusing_endpoint(), OnRefused::KeepSlot))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let running = generator.start(
+            Schedule {
+                start,
+                stop: start + Duration::from_secs(10),
+                hard_stop: start + Duration::from_secs(10),
+            },
+            keep.clone(),
+        );
+        // Move it earlier, to 100 ms: requests 0..20 are due before it.
+        running
+            .stop
+            .send(start + Duration::from_millis(100))
+            .unwrap();
+        let summary = tokio::time::timeout(Duration::from_secs(5), running.done)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.scheduled, 20);
+    }
 }

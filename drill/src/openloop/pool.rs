@@ -96,7 +96,7 @@ impl Endpoint {
     }
 
     /// One `GET`; nothing here can fail, every part was checked when the endpoint was made.
-    fn request(&self) -> Request<Empty<Bytes>> {
+    pub(super) fn request(&self) -> Request<Empty<Bytes>> {
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = self.path.clone();
         req.headers_mut().insert(HOST, self.host_header.clone());

@@ -1,14 +1,13 @@
 //! `meridian drill`: fail a region (or cluster, or zone) on purpose under load, watch traffic
 //! move away and come back, and write down what happened.
 //!
-//! This crate owns the drill *client*: its flags ([`DrillArgs`]), the load generator, the
-//! figures and the report. It may depend on the CRD types (`meridian-crds`), the shared header
-//! names (`meridian-model`) and on kube, hyper and tokio, and talks to the controller only
-//! through the Kubernetes API (the FailoverDrill object and its status) and to the proxies only
-//! through the Gateway's HTTP listener. It does
-//! not depend on the controller, the proxy or the local demo: the drill itself is run by the
-//! controller (`controller/src/drill/`), and kill/blackhole are carried out by whoever owns the
-//! backends (`meridian up`'s actuator lives in `local/`).
+//! This crate owns the drill *client* — its flags ([`DrillArgs`]), the load, the figures and
+//! the report — and the workspace's one open-loop load generator ([`openloop`]), which
+//! `meridian-bench` uses too. It talks to the controller only through the Kubernetes API (the
+//! FailoverDrill object and its status) and to the proxies only through the Gateway's HTTP
+//! listener: the drill itself is run by the controller (`controller/src/drill/`), and
+//! kill/blackhole are carried out by whoever owns the backends (`meridian up`'s actuator lives
+//! in `local/`).
 //!
 //! ```text
 //!  1. kubeconfig context ─► Gateway (status address, HTTP listener, route hostname) ─► URL

@@ -98,8 +98,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Echo(args) => runtime()?.block_on(meridian_local::echo::run(args)),
-        Command::Up(args) => runtime()?.block_on(meridian_local::run(args)),
+        Command::Echo(args) => Ok(runtime()?.block_on(meridian_local::echo::run(args))?),
+        Command::Up(args) => Ok(runtime()?.block_on(meridian_local::run(args))?),
         Command::Drill(args) => {
             let code = runtime()?.block_on(meridian_drill::run(args))?;
             std::process::exit(code)

@@ -1,4 +1,4 @@
-//! Latency at fixed request rates, coordinated-omission safe (see [`crate::openloop`]).
+//! Latency at fixed request rates, coordinated-omission safe (see [`crate::fixed_rate`]).
 //!
 //! Two tables:
 //! 1. each target at 25 / 50 / 75 % of its *own* maximum (from the throughput run): how each
@@ -13,15 +13,15 @@
 use std::time::Duration;
 
 use crate::Opts;
+use crate::fixed_rate::{self, Report};
 use crate::http::Target;
-use crate::openloop::{self, Report};
 use crate::sys::{cpu_ticks_tree, loopback, median};
 
 /// One open-loop run, and the target's CPU µs per answered request during it (warm-up
 /// included on both sides of the division, so the ratio holds).
 fn measure(opts: &Opts, t: &Target, rate: f64) -> anyhow::Result<Cell> {
     let before = t.pid.and_then(cpu_ticks_tree);
-    let r = openloop::run(&openloop::Config {
+    let r = fixed_rate::run(&fixed_rate::Config {
         addr: loopback(t.port),
         host: "bench".into(),
         rate,
@@ -109,6 +109,14 @@ fn combine(runs: &[Cell]) -> Cell {
     (r, (!cpus.is_empty()).then(|| median(cpus)))
 }
 
+/// Every cell of both tables, one entry per round.
+struct Cells {
+    /// `own[target][rate]`: each target at each % of its own maximum.
+    own: Vec<Vec<Vec<Cell>>>,
+    /// `same[target]`: each target at the common rate.
+    same: Vec<Vec<Cell>>,
+}
+
 /// `targets[i]` can sustain `maxes[i]` req/s (closed loop); prints both tables.
 pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()> {
     let rounds = opts.latency_rounds.max(1);
@@ -116,7 +124,22 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
     let direct = targets.iter().position(|t| t.name == "direct");
     let base_pct = opts.rates.first().copied().unwrap_or(25);
     let common = meridian.map(|m| maxes[m] * f64::from(base_pct) / 100.0);
-    // own[target][rate] and same[target]: one entry per round.
+    let cells = measure_rounds(opts, targets, maxes, common, rounds)?;
+    print_own_table(opts, targets, maxes, &cells.own, rounds);
+    if let (Some(rate), Some(d)) = (common, direct) {
+        print_added_table(targets, &cells.same, rate, base_pct, d, rounds);
+    }
+    Ok(())
+}
+
+/// Measures every cell `rounds` times, interleaved (module docs).
+fn measure_rounds(
+    opts: &Opts,
+    targets: &[Target],
+    maxes: &[f64],
+    common: Option<f64>,
+    rounds: usize,
+) -> anyhow::Result<Cells> {
     let mut own: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); opts.rates.len()]; targets.len()];
     let mut same: Vec<Vec<Cell>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
@@ -132,7 +155,17 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
             }
         }
     }
+    Ok(Cells { own, same })
+}
 
+/// Table 1: each target at each % of its own maximum.
+fn print_own_table(
+    opts: &Opts,
+    targets: &[Target],
+    maxes: &[f64],
+    own: &[Vec<Vec<Cell>>],
+    rounds: usize,
+) {
     println!(
         "## Latency at fixed rates (open loop, from due time; {} connections; 1 s warm-up + {} s \
          per cell; median of {rounds} interleaved rounds)",
@@ -166,10 +199,18 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
         }
     }
     println!();
+}
 
-    let (Some(rate), Some(d)) = (common, direct) else {
-        return Ok(());
-    };
+/// Table 2: every target at the common rate, and what it adds over the direct connection
+/// (`targets[direct]`).
+fn print_added_table(
+    targets: &[Target],
+    same: &[Vec<Cell>],
+    rate: f64,
+    base_pct: u32,
+    direct: usize,
+    rounds: usize,
+) {
     println!(
         "## Added latency at one rate: {rate:.0} req/s ({base_pct} % of Meridian's max), every \
          target (median of {rounds} rounds)"
@@ -180,7 +221,7 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
          CPU µs/req | problems |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    let base = combine(&same[d]).0;
+    let base = combine(&same[direct]).0;
     for (i, t) in targets.iter().enumerate() {
         let (r, cpu) = combine(&same[i]);
         println!(
@@ -197,5 +238,4 @@ pub fn run(opts: &Opts, targets: &[Target], maxes: &[f64]) -> anyhow::Result<()>
         );
     }
     println!();
-    Ok(())
 }

@@ -11,8 +11,8 @@
 //!    request of each proxy (whole process tree), ratios.
 //! 3. `latency` (after `http`, on the same processes): open-loop latency p50/p99/p99.9 at
 //!    25/50/75 % of each target's measured maximum, and every target at 25 % of Meridian's
-//!    maximum for the added latency (see `openloop`: our own generator, because wrk2 is not
-//!    packaged in Debian).
+//!    maximum for the added latency (see `fixed_rate`: the workspace's own open-loop generator,
+//!    `meridian_drill::openloop`, because wrk2 is not packaged in Debian).
 //! 4. `tls`: HTTPS throughput, TLS terminated by each proxy.
 //! 5. `memory`: proxy RSS at 10 / 1k / 10k routes and per idle keep-alive connection.
 //!
@@ -23,12 +23,17 @@
 //! reported with the Debian package that provides it, and the figures that need it are skipped.
 //! Every run is bounded (rounds × targets × durations, start-up and answer timeouts); `all` with
 //! the defaults takes about 7 minutes.
+//!
+//! What it owns: the benchmark runs, the processes they start (`stack`), and their tables. What
+//! it may depend on: `meridian-model` (route matching, the snapshot format of the proxies it
+//! starts), `meridian-drill` for its open-loop generator only, and anyhow/clap/tokio (a binary).
+//! It drives the `meridian` binary as a process, never as a library; no crate depends on it.
 
+mod fixed_rate;
 mod http;
 mod latency;
 mod matching;
 mod memory;
-mod openloop;
 mod stack;
 mod sys;
 mod tls;
@@ -261,7 +266,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Match => matching::run()?,
         Cmd::Load(a) => {
             let duration = std::time::Duration::from_secs(a.duration);
-            let r = openloop::run(&openloop::Config {
+            let r = fixed_rate::run(&fixed_rate::Config {
                 addr: sys::loopback(a.port),
                 host: a.host,
                 rate: a.rate,

@@ -70,41 +70,34 @@ fn idle(p: &Proxy, count: usize) -> anyhow::Result<Idle> {
     })
 }
 
+/// One proxy at one route-table size, after warm-up.
+struct Row {
+    name: String,
+    routes: usize,
+    rss_kib: u64,
+    pss_kib: u64,
+}
+
 /// Prints both tables.
 pub fn run(env: &Env, opts: &Opts) -> anyhow::Result<()> {
+    let sizes = sizes(opts)?;
+    let smallest = sizes[0];
     let backend = stack::backend(&env.meridian, &env.dir)?;
-    let mut sizes = opts.routes.clone();
-    sizes.sort_unstable();
-    sizes.dedup();
-    let Some(&smallest) = sizes.first() else {
-        bail!("--routes needs at least one size");
-    };
-    if smallest == 0 {
-        bail!("--routes sizes must be at least 1");
-    }
-    // (name, routes, rss KiB, pss KiB)
-    let mut rows: Vec<(String, usize, u64, u64)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut idle_rows: Vec<(String, Idle)> = Vec::new();
     for (kind, name, bin) in env.proxy_kinds() {
         for &n in &sizes {
+            let dir = env.dir.join(format!("mem-{n}"));
             let p = stack::start(
                 kind,
                 &name,
                 &bin,
-                &env.dir.join(format!("mem-{n}")),
+                &dir,
                 backend.port,
                 Routes::Hosts(n),
                 None,
             )?;
-            warm(&p, n)?;
-            std::thread::sleep(Duration::from_millis(300));
-            let rss = rss_kib(p.serving_pid()).context("reading RSS")?;
-            let pss = pss_tree_kib(p.pid).context("reading PSS")?;
-            eprintln!(
-                "memory: {name:<12} {n:>6} routes: RSS {} KiB, PSS(tree) {} KiB",
-                rss, pss
-            );
-            rows.push((name.clone(), n, rss, pss));
+            rows.push(measure(&p, n)?);
             if n == smallest && opts.idle > 0 {
                 let r = idle(&p, opts.idle)?;
                 eprintln!(
@@ -115,7 +108,44 @@ pub fn run(env: &Env, opts: &Opts) -> anyhow::Result<()> {
             }
         }
     }
+    print_routes_table(&rows, smallest);
+    if !idle_rows.is_empty() {
+        print_idle_table(&idle_rows, opts.idle, smallest);
+    }
+    Ok(())
+}
 
+/// `--routes`, sorted, without repeats; at least one size, none zero.
+fn sizes(opts: &Opts) -> anyhow::Result<Vec<usize>> {
+    let mut sizes = opts.routes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    match sizes.first() {
+        None => bail!("--routes needs at least one size"),
+        Some(0) => bail!("--routes sizes must be at least 1"),
+        Some(_) => Ok(sizes),
+    }
+}
+
+/// Warms a proxy started with `n` routes, lets it settle, and reads its memory.
+fn measure(p: &Proxy, n: usize) -> anyhow::Result<Row> {
+    warm(p, n)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = rss_kib(p.serving_pid()).context("reading RSS")?;
+    let pss = pss_tree_kib(p.pid).context("reading PSS")?;
+    eprintln!(
+        "memory: {:<12} {n:>6} routes: RSS {} KiB, PSS(tree) {} KiB",
+        p.name, rss, pss
+    );
+    Ok(Row {
+        name: p.name.clone(),
+        routes: n,
+        rss_kib: rss,
+        pss_kib: pss,
+    })
+}
+
+fn print_routes_table(rows: &[Row], smallest: usize) {
     println!("## Proxy memory by route count (one rule + one backend per route; after warm-up)");
     println!();
     println!(
@@ -123,49 +153,45 @@ pub fn run(env: &Env, opts: &Opts) -> anyhow::Result<()> {
          KiB per route (RSS, vs {smallest} routes) |"
     );
     println!("|---|---:|---:|---:|---:|");
-    for (name, n, rss, pss) in &rows {
+    for row in rows {
+        let (name, n, rss) = (&row.name, row.routes, row.rss_kib);
         let base = rows
             .iter()
-            .find(|r| &r.0 == name && r.1 == smallest)
-            .map_or(*rss, |r| r.2);
-        let per = if *n > smallest {
-            format!(
-                "{:.1}",
-                (*rss as f64 - base as f64) / (*n - smallest) as f64
-            )
+            .find(|r| &r.name == name && r.routes == smallest)
+            .map_or(rss, |r| r.rss_kib);
+        let per = if n > smallest {
+            format!("{:.1}", (rss as f64 - base as f64) / (n - smallest) as f64)
         } else {
             "–".into()
         };
         println!(
             "| {name} | {n} | {:.1} | {:.1} | {per} |",
-            *rss as f64 / 1024.0,
-            *pss as f64 / 1024.0
+            rss as f64 / 1024.0,
+            row.pss_kib as f64 / 1024.0
         );
     }
     println!();
-    if !idle_rows.is_empty() {
+}
+
+fn print_idle_table(idle_rows: &[(String, Idle)], idle: usize, smallest: usize) {
+    println!(
+        "## Proxy memory per idle keep-alive connection ({idle} connections, one request each, \
+         {smallest} routes)"
+    );
+    println!();
+    println!(
+        "| proxy | RSS before MiB | RSS with idle connections MiB | KiB per connection | \
+         connections still served |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, r) in idle_rows {
         println!(
-            "## Proxy memory per idle keep-alive connection ({} connections, one request each, \
-             {smallest} routes)",
-            opts.idle
+            "| {name} | {:.1} | {:.1} | {:.1} | {} / {idle} |",
+            r.before_kib as f64 / 1024.0,
+            r.after_kib as f64 / 1024.0,
+            (r.after_kib as f64 - r.before_kib as f64) / idle as f64,
+            r.alive,
         );
-        println!();
-        println!(
-            "| proxy | RSS before MiB | RSS with idle connections MiB | KiB per connection | \
-             connections still served |"
-        );
-        println!("|---|---:|---:|---:|---:|");
-        for (name, r) in &idle_rows {
-            println!(
-                "| {name} | {:.1} | {:.1} | {:.1} | {} / {} |",
-                r.before_kib as f64 / 1024.0,
-                r.after_kib as f64 / 1024.0,
-                (r.after_kib as f64 - r.before_kib as f64) / opts.idle as f64,
-                r.alive,
-                opts.idle
-            );
-        }
-        println!();
     }
-    Ok(())
+    println!();
 }

@@ -4,17 +4,212 @@
 //! Every failure here is a user-facing message that says what is wrong and how to fix it.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow, bail};
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use meridian_crds::meridian::FailoverDrill;
 
 /// Annotation that makes the proxies add `x-meridian-served-by`.
 pub const SERVED_BY_ANNOTATION: &str = "meridian.dev/served-by-header";
+
+/// What went wrong talking to the Kubernetes API; each message says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The kubeconfig file is missing.
+    #[error(
+        "kubeconfig {} does not exist: run `meridian up` first (it writes .meridian/kubeconfig) \
+         or pass --kubeconfig FILE",
+        path.display()
+    )]
+    NoKubeconfig {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The kubeconfig file could not be read or parsed.
+    #[error("reading kubeconfig {}", path.display())]
+    ReadKubeconfig {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: KubeconfigError,
+    },
+    /// The kubeconfig names no context.
+    #[error("kubeconfig {} has no contexts", path.display())]
+    NoContexts {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// `--context` names a context the kubeconfig does not have.
+    #[error(
+        "context {context:?} is not in the kubeconfig; its contexts are: {}",
+        known.join(", ")
+    )]
+    UnknownContext {
+        /// The context asked for.
+        context: String,
+        /// The kubeconfig's contexts.
+        known: Vec<String>,
+    },
+    /// A kubeconfig without contexts was given to [`connect`].
+    #[error("the kubeconfig has no contexts")]
+    EmptyKubeconfig,
+    /// The context's settings do not make a client configuration.
+    #[error("kubeconfig context {context}")]
+    Context {
+        /// The context.
+        context: String,
+        /// Why.
+        #[source]
+        source: KubeconfigError,
+    },
+    /// The client could not be built.
+    #[error("building a client for context {context}")]
+    Client {
+        /// The context.
+        context: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Listing Gateways failed.
+    #[error(
+        "listing Gateways in context {context} (is the cluster up? `meridian up` starts one \
+         locally)"
+    )]
+    ListGateways {
+        /// The context.
+        context: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Listing HTTPRoutes failed.
+    #[error("listing HTTPRoutes in context {context}")]
+    ListRoutes {
+        /// The context.
+        context: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The Gateway asked for is not there.
+    #[error(
+        "Gateway {namespace}/{name} not found in context {context}; Gateways there: {}",
+        list_or_none(known)
+    )]
+    GatewayNotFound {
+        /// Namespace asked for.
+        namespace: String,
+        /// Name asked for.
+        name: String,
+        /// The context.
+        context: String,
+        /// Gateways in the context (`namespace/name`).
+        known: Vec<String>,
+    },
+    /// No Gateway at all.
+    #[error(
+        "no Gateway in context {context}: apply one (e.g. `kubectl apply -f examples/demo/`) or \
+         run `meridian up`"
+    )]
+    NoGateway {
+        /// The context.
+        context: String,
+    },
+    /// Several Gateways and none in namespace `demo`.
+    #[error(
+        "several Gateways in context {context} and none in namespace demo: pass --gateway \
+         NAMESPACE/NAME (one of {})",
+        known.join(", ")
+    )]
+    SeveralGateways {
+        /// The context.
+        context: String,
+        /// Gateways in the context (`namespace/name`).
+        known: Vec<String>,
+    },
+    /// The Gateway has no status address yet.
+    #[error(
+        "Gateway {namespace}/{name} has no address in its status yet (is it Programmed? see \
+         `kubectl --context {context} get gateway -n {namespace} {name}`), or pass --url"
+    )]
+    NoAddress {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The context.
+        context: String,
+    },
+    /// The Gateway has no HTTP listener.
+    #[error("Gateway {gateway} has no HTTP listener; pass --url")]
+    NoHttpListener {
+        /// `namespace/name`.
+        gateway: String,
+    },
+    /// The HTTP listener's port is not a TCP port.
+    #[error("Gateway {gateway}: port {port}")]
+    Port {
+        /// `namespace/name`.
+        gateway: String,
+        /// The port in the spec.
+        port: i32,
+    },
+    /// The FailoverDrill CRD is missing.
+    #[error(
+        "the FailoverDrill CRD is not installed in context {context} ({message}): restart \
+         `meridian up` (it installs Meridian's CRDs) or run `meridian crds | kubectl apply -f -`"
+    )]
+    NoDrillCrd {
+        /// The context.
+        context: String,
+        /// The API server's message.
+        message: String,
+    },
+    /// Creating the FailoverDrill failed.
+    #[error("creating the FailoverDrill in {namespace}")]
+    Create {
+        /// Namespace.
+        namespace: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Reading the FailoverDrill failed.
+    #[error("reading FailoverDrill {namespace}/{name}")]
+    Get {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Deleting the FailoverDrill failed.
+    #[error("deleting FailoverDrill {namespace}/{name}")]
+    Delete {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+fn list_or_none(known: &[String]) -> String {
+    if known.is_empty() {
+        "none".into()
+    } else {
+        known.join(", ")
+    }
+}
 
 /// A client for one context of a kubeconfig.
 pub struct Cluster {
@@ -25,18 +220,20 @@ pub struct Cluster {
 }
 
 /// Reads the kubeconfig and names its contexts (in file order).
-pub fn read_kubeconfig(path: &Path) -> anyhow::Result<Kubeconfig> {
+pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, ClusterError> {
     if !path.exists() {
-        bail!(
-            "kubeconfig {} does not exist: run `meridian up` first (it writes .meridian/kubeconfig) \
-             or pass --kubeconfig FILE",
-            path.display()
-        );
+        return Err(ClusterError::NoKubeconfig {
+            path: path.to_path_buf(),
+        });
     }
-    let kc = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::ReadKubeconfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if kc.contexts.is_empty() {
-        bail!("kubeconfig {} has no contexts", path.display());
+        return Err(ClusterError::NoContexts {
+            path: path.to_path_buf(),
+        });
     }
     Ok(kc)
 }
@@ -47,18 +244,20 @@ pub fn contexts(kc: &Kubeconfig) -> Vec<String> {
 }
 
 /// A client for `context` (default: the first context in the file).
-pub async fn connect(kc: &Kubeconfig, context: Option<&str>) -> anyhow::Result<Cluster> {
+pub async fn connect(kc: &Kubeconfig, context: Option<&str>) -> Result<Cluster, ClusterError> {
     let names = contexts(kc);
     let context = match context {
         Some(c) if names.iter().any(|n| n == c) => c.to_string(),
-        Some(c) => bail!(
-            "context {c:?} is not in the kubeconfig; its contexts are: {}",
-            names.join(", ")
-        ),
+        Some(c) => {
+            return Err(ClusterError::UnknownContext {
+                context: c.to_string(),
+                known: names,
+            });
+        }
         None => names
             .first()
             .cloned()
-            .ok_or_else(|| anyhow!("the kubeconfig has no contexts"))?,
+            .ok_or(ClusterError::EmptyKubeconfig)?,
     };
     let opts = KubeConfigOptions {
         context: Some(context.clone()),
@@ -66,9 +265,14 @@ pub async fn connect(kc: &Kubeconfig, context: Option<&str>) -> anyhow::Result<C
     };
     let config = kube::Config::from_custom_kubeconfig(kc.clone(), &opts)
         .await
-        .with_context(|| format!("kubeconfig context {context}"))?;
-    let client = kube::Client::try_from(config)
-        .with_context(|| format!("building a client for context {context}"))?;
+        .map_err(|source| ClusterError::Context {
+            context: context.clone(),
+            source,
+        })?;
+    let client = kube::Client::try_from(config).map_err(|source| ClusterError::Client {
+        context: context.clone(),
+        source: Box::new(source),
+    })?;
     Ok(Cluster { context, client })
 }
 
@@ -96,76 +300,78 @@ impl GatewayTarget {
     }
 }
 
-/// Parses `--gateway ns/name` (a bare name means namespace `default`).
-pub fn parse_gateway_ref(s: &str) -> anyhow::Result<(String, String)> {
-    let (ns, name) = s.split_once('/').unwrap_or(("default", s));
-    if ns.is_empty() || name.is_empty() || name.contains('/') {
-        bail!("--gateway {s:?}: expected NAMESPACE/NAME, e.g. demo/web");
-    }
-    Ok((ns.to_string(), name.to_string()))
-}
-
-/// Finds the Gateway: the one named, else the only one, else the first in namespace `demo`.
+/// Finds the Gateway: the one named, else the only one, else the first in namespace `demo`;
+/// then where to reach it and the hostname to ask for.
 pub async fn find_gateway(
     cluster: &Cluster,
     wanted: Option<&(String, String)>,
-) -> anyhow::Result<GatewayTarget> {
+) -> Result<GatewayTarget, ClusterError> {
     let api: Api<Gateway> = Api::all(cluster.client.clone());
-    let list = api.list(&ListParams::default()).await.with_context(|| {
-        format!(
-            "listing Gateways in context {} (is the cluster up? `meridian up` starts one locally)",
-            cluster.context
-        )
-    })?;
-    let mut gws: Vec<Gateway> = list.items;
+    let mut gws = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ClusterError::ListGateways {
+            context: cluster.context.clone(),
+            source: Box::new(source),
+        })?
+        .items;
     gws.sort_by_key(|g| (g.metadata.namespace.clone(), g.metadata.name.clone()));
-    let key = |g: &Gateway| {
-        format!(
-            "{}/{}",
-            g.metadata.namespace.as_deref().unwrap_or_default(),
-            g.metadata.name.as_deref().unwrap_or_default()
-        )
-    };
-    let known = || gws.iter().map(key).collect::<Vec<_>>().join(", ");
-    let gw = match wanted {
-        Some((ns, name)) => gws
+    let gw = pick_gateway(&gws, wanted, &cluster.context)?;
+    let mut target = reach(gw, &cluster.context)?;
+    target.hostname = route_hostname(cluster, &target.namespace, &target.name).await?;
+    Ok(target)
+}
+
+/// `namespace/name` of a Gateway.
+fn gateway_key(g: &Gateway) -> String {
+    format!(
+        "{}/{}",
+        g.metadata.namespace.as_deref().unwrap_or_default(),
+        g.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The Gateway to load among `gws` (sorted by namespace/name): the one named, else the only
+/// one, else the first in namespace `demo`.
+fn pick_gateway<'a>(
+    gws: &'a [Gateway],
+    wanted: Option<&(String, String)>,
+    context: &str,
+) -> Result<&'a Gateway, ClusterError> {
+    let known = || gws.iter().map(gateway_key).collect::<Vec<_>>();
+    if let Some((ns, name)) = wanted {
+        return gws
             .iter()
             .find(|g| {
                 g.metadata.namespace.as_deref() == Some(ns.as_str())
                     && g.metadata.name.as_deref() == Some(name.as_str())
             })
-            .ok_or_else(|| {
-                anyhow!(
-                    "Gateway {ns}/{name} not found in context {}; Gateways there: {}",
-                    cluster.context,
-                    if gws.is_empty() {
-                        "none".into()
-                    } else {
-                        known()
-                    }
-                )
-            })?,
-        None => match gws.as_slice() {
-            [] => bail!(
-                "no Gateway in context {}: apply one (e.g. `kubectl apply -f examples/demo/`) or \
-                 run `meridian up`",
-                cluster.context
-            ),
-            [only] => only,
-            several => several
-                .iter()
-                .find(|g| g.metadata.namespace.as_deref() == Some("demo"))
-                .ok_or_else(|| {
-                    anyhow!(
-                        "several Gateways in context {} and none in namespace demo: pass \
-                         --gateway NAMESPACE/NAME (one of {})",
-                        cluster.context,
-                        known()
-                    )
-                })?,
-        },
-    };
-    let gw_key = key(gw);
+            .ok_or_else(|| ClusterError::GatewayNotFound {
+                namespace: ns.clone(),
+                name: name.clone(),
+                context: context.to_string(),
+                known: known(),
+            });
+    }
+    match gws {
+        [] => Err(ClusterError::NoGateway {
+            context: context.to_string(),
+        }),
+        [only] => Ok(only),
+        several => several
+            .iter()
+            .find(|g| g.metadata.namespace.as_deref() == Some("demo"))
+            .ok_or_else(|| ClusterError::SeveralGateways {
+                context: context.to_string(),
+                known: known(),
+            }),
+    }
+}
+
+/// Where to reach a Gateway: its first status address and first HTTP listener's port, and
+/// whether it asks for the served-by header (the hostname is filled in later).
+fn reach(gw: &Gateway, context: &str) -> Result<GatewayTarget, ClusterError> {
+    let gateway = gateway_key(gw);
     let namespace = gw.metadata.namespace.clone().unwrap_or_default();
     let name = gw.metadata.name.clone().unwrap_or_default();
     let address = gw
@@ -174,12 +380,10 @@ pub async fn find_gateway(
         .and_then(|s| s.addresses.as_ref())
         .and_then(|a| a.first())
         .map(|a| a.value.clone())
-        .ok_or_else(|| {
-            anyhow!(
-                "Gateway {gw_key} has no address in its status yet (is it Programmed? see \
-                 `kubectl --context {} get gateway -n {namespace} {name}`), or pass --url",
-                cluster.context
-            )
+        .ok_or_else(|| ClusterError::NoAddress {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            context: context.to_string(),
         })?;
     let port = gw
         .spec
@@ -187,33 +391,41 @@ pub async fn find_gateway(
         .iter()
         .find(|l| l.protocol == "HTTP")
         .map(|l| l.port)
-        .ok_or_else(|| anyhow!("Gateway {gw_key} has no HTTP listener; pass --url"))?;
-    let port = u16::try_from(port).map_err(|_| anyhow!("Gateway {gw_key}: port {port}"))?;
+        .ok_or_else(|| ClusterError::NoHttpListener {
+            gateway: gateway.clone(),
+        })?;
+    let port = u16::try_from(port).map_err(|_| ClusterError::Port { gateway, port })?;
     let served_by_header = gw
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(SERVED_BY_ANNOTATION))
         .is_some_and(|v| v == "true");
-    let hostname = route_hostname(cluster, &namespace, &name).await?;
     Ok(GatewayTarget {
         namespace,
         name,
         address,
         port,
-        hostname,
+        hostname: None,
         served_by_header,
     })
 }
 
 /// First hostname of the first HTTPRoute (by namespace/name) attached to the Gateway; a wildcard
 /// hostname gets a concrete first label.
-async fn route_hostname(cluster: &Cluster, ns: &str, name: &str) -> anyhow::Result<Option<String>> {
+async fn route_hostname(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+) -> Result<Option<String>, ClusterError> {
     let api: Api<HttpRoute> = Api::all(cluster.client.clone());
     let mut routes = api
         .list(&ListParams::default())
         .await
-        .with_context(|| format!("listing HTTPRoutes in context {}", cluster.context))?
+        .map_err(|source| ClusterError::ListRoutes {
+            context: cluster.context.clone(),
+            source: Box::new(source),
+        })?
         .items;
     routes.sort_by_key(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()));
     for r in routes {
@@ -293,38 +505,47 @@ fn drills(cluster: &Cluster, ns: &str) -> Api<FailoverDrill> {
 }
 
 /// Creates the drill; a missing CRD gets a message saying how to install it.
-pub async fn create_drill(cluster: &Cluster, drill: &FailoverDrill) -> anyhow::Result<()> {
+pub async fn create_drill(cluster: &Cluster, drill: &FailoverDrill) -> Result<(), ClusterError> {
     let ns = drill.metadata.namespace.clone().unwrap_or_default();
     match drills(cluster, &ns)
         .create(&PostParams::default(), drill)
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => bail!(
-            "the FailoverDrill CRD is not installed in context {} ({}): restart `meridian up` \
-             (it installs Meridian's CRDs) or run `meridian crds | kubectl apply -f -`",
-            cluster.context,
-            e.message
-        ),
-        Err(e) => Err(e).with_context(|| format!("creating the FailoverDrill in {ns}")),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(ClusterError::NoDrillCrd {
+            context: cluster.context.clone(),
+            message: e.message,
+        }),
+        Err(source) => Err(ClusterError::Create {
+            namespace: ns,
+            source: Box::new(source),
+        }),
     }
 }
 
 /// Reads the drill's status.
-pub async fn get_drill(cluster: &Cluster, ns: &str, name: &str) -> anyhow::Result<DrillView> {
+pub async fn get_drill(cluster: &Cluster, ns: &str, name: &str) -> Result<DrillView, ClusterError> {
     let d = drills(cluster, ns)
         .get(name)
         .await
-        .with_context(|| format!("reading FailoverDrill {ns}/{name}"))?;
+        .map_err(|source| ClusterError::Get {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            source: Box::new(source),
+        })?;
     Ok(view(&d))
 }
 
 /// Deletes the drill (the controller rolls back a running one).
-pub async fn delete_drill(cluster: &Cluster, ns: &str, name: &str) -> anyhow::Result<()> {
+pub async fn delete_drill(cluster: &Cluster, ns: &str, name: &str) -> Result<(), ClusterError> {
     drills(cluster, ns)
         .delete(name, &Default::default())
         .await
-        .with_context(|| format!("deleting FailoverDrill {ns}/{name}"))?;
+        .map_err(|source| ClusterError::Delete {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            source: Box::new(source),
+        })?;
     Ok(())
 }
 

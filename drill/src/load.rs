@@ -1,30 +1,34 @@
-//! Open-loop load through the Gateway: a fixed request rate whatever the Gateway does.
+//! The drill's load through the Gateway: the workspace's one open-loop generator
+//! ([`crate::openloop`]) with the drill's reading of every answer.
 //!
 //! ```text
-//!  scheduler: request i is due at start + i / rate ──► task i (waits for one of `max_in_flight`
-//!             permits, sends GET, reads the answer) ──► Sample { at: due time, latency, outcome }
+//!  openloop: request i is due at start + i / rate ─► GET through the Gateway (at most
+//!            `max_in_flight` at once, each within `timeout` of its due time)
+//!    └─► SampleRecorder: Finished ─► classify: who served it (x-meridian-served-by, else the
+//!        echo backend's JSON body) or why it failed ─► Sample { at: due time, latency, outcome }
+//!        on the samples channel
 //! ```
 //!
 //! Latency runs from the *due* time, not from the moment the request left: when the Gateway
-//! stalls, requests queue behind the permits and their wait counts (no coordinated omission). The
-//! per-request timeout also runs from the due time, so every task ends by `due + timeout` and the
-//! whole load by `stop + timeout`. The stop time can be moved while the load runs (the CLI learns
-//! the restore moment only from the drill status) but never past the hard stop given at the start.
+//! stalls, requests queue for a slot and their wait counts (no coordinated omission). The
+//! per-request timeout also runs from the due time, so every request ends by `due + timeout`
+//! and the whole load by `stop + timeout`. The stop time can be moved while the load runs (the
+//! CLI learns the restore moment only from the drill status) but never past the hard stop given
+//! at the start. Connections are opened on demand and a refused one only fails its request: the
+//! Gateway may come back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::figures::{FailKind, Outcome, Sample, ServedBy};
+use super::openloop::{
+    self, Answer, Endpoint, Failure, Finished, Generator, LoadError, OnRefused, Recorder, Schedule,
+    Summary,
+};
 
 pub use meridian_model::headers::SERVED_BY as SERVED_BY_HEADER;
 
@@ -63,75 +67,75 @@ pub struct Load {
     /// Where served-by information came from.
     pub sources: Arc<ServedBySource>,
     /// Ends when the last request has finished.
-    pub done: tokio::task::JoinHandle<()>,
+    pub done: tokio::task::JoinHandle<Result<Summary, LoadError>>,
 }
 
-/// One GET, classified. Used by the load and by the CLI's preflight probes.
+/// One GET, classified: the CLI's preflight probes.
 pub struct Probe {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    url: hyper::Uri,
-    host: Option<String>,
+    endpoint: Endpoint,
+    connect_timeout: Duration,
 }
 
 impl Probe {
-    /// A client with keep-alive connections to the Gateway.
-    pub fn new(url: hyper::Uri, host: Option<String>, connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Self { client, url, host }
+    /// A probe of `url` (with `host` as the Host header, if given); a URL the load cannot send
+    /// to or a Host that is no header value is refused here.
+    pub fn new(
+        url: &hyper::Uri,
+        host: Option<&str>,
+        connect_timeout: Duration,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            endpoint: Endpoint::from_url(url, host)?,
+            connect_timeout,
+        })
     }
 
-    /// Sends one GET; `Err` only for a request that cannot be built (bad Host header).
-    pub async fn get(&self, sources: &ServedBySource) -> Result<Outcome, String> {
-        let mut req = hyper::Request::get(self.url.clone());
-        if let Some(h) = &self.host {
-            req = req.header(hyper::header::HOST, h.as_str());
+    /// Sends one GET on a new connection.
+    pub async fn get(&self, sources: &ServedBySource) -> Outcome {
+        classify(
+            openloop::get_once(&self.endpoint, self.connect_timeout).await,
+            sources,
+        )
+    }
+}
+
+/// What the drill makes of one request: a 1xx–3xx answer names who served it (counted in
+/// `sources` by where that came from); anything else is a failure of some kind.
+pub fn classify(result: Result<Answer, Failure>, sources: &ServedBySource) -> Outcome {
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(Failure::Connect) => return Outcome::Failed(FailKind::Connect),
+        Err(Failure::Timeout) => return Outcome::Failed(FailKind::Timeout),
+        Err(Failure::Broken) => return Outcome::Failed(FailKind::Other),
+    };
+    if answer.status.is_server_error() {
+        return Outcome::Failed(FailKind::Status5xx);
+    }
+    if answer.status.is_client_error() {
+        return Outcome::Failed(FailKind::Other);
+    }
+    let header = answer
+        .headers
+        .get(SERVED_BY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ServedBy::parse);
+    let by = match header {
+        Some(by) => {
+            sources.header.fetch_add(1, Ordering::Relaxed);
+            by
         }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("building the request: {e}"))?;
-        let resp = match self.client.request(req).await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => return Ok(Outcome::Failed(FailKind::Connect)),
-            Err(_) => return Ok(Outcome::Failed(FailKind::Other)),
-        };
-        let status = resp.status();
-        let header = resp
-            .headers()
-            .get(SERVED_BY_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(ServedBy::parse);
-        let Ok(body) = resp.into_body().collect().await else {
-            return Ok(Outcome::Failed(FailKind::Other));
-        };
-        if status.is_server_error() {
-            return Ok(Outcome::Failed(FailKind::Status5xx));
-        }
-        if status.is_client_error() {
-            return Ok(Outcome::Failed(FailKind::Other));
-        }
-        let by = match header {
+        None => match served_by_body(&answer.body) {
             Some(by) => {
-                sources.header.fetch_add(1, Ordering::Relaxed);
+                sources.body.fetch_add(1, Ordering::Relaxed);
                 by
             }
-            None => match served_by_body(&body.to_bytes()) {
-                Some(by) => {
-                    sources.body.fetch_add(1, Ordering::Relaxed);
-                    by
-                }
-                None => {
-                    sources.unknown.fetch_add(1, Ordering::Relaxed);
-                    ServedBy::default()
-                }
-            },
-        };
-        Ok(Outcome::Answered(by))
-    }
+            None => {
+                sources.unknown.fetch_add(1, Ordering::Relaxed);
+                ServedBy::default()
+            }
+        },
+    };
+    Outcome::Answered(by)
 }
 
 /// The demo echo backend says who it is in its JSON answer; used when the Gateway does not add
@@ -147,74 +151,60 @@ fn served_by_body(body: &[u8]) -> Option<ServedBy> {
     (!by.region.is_empty()).then_some(by)
 }
 
-/// Starts sending at `start` (may be in the future) until `stop` (movable, at most `hard_stop`).
-pub fn start(cfg: LoadConfig, start: Instant, stop: Instant, hard_stop: Instant) -> Load {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop_tx, mut stop_rx) = watch::channel(stop.min(hard_stop));
-    let sources = Arc::new(ServedBySource::default());
-    let probe = Arc::new(Probe::new(cfg.url.clone(), cfg.host.clone(), cfg.timeout));
-    let permits = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
-    let src = sources.clone();
-    let period_ns = 1_000_000_000 / u64::from(cfg.rate.max(1));
-    let done = tokio::spawn(async move {
-        let mut tasks = JoinSet::new();
-        for i in 0u64.. {
-            let due = start + Duration::from_nanos(i.saturating_mul(period_ns));
-            let stop_at = (*stop_rx.borrow_and_update()).min(hard_stop);
-            if due >= stop_at {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
-                // The stop time moved: check the due time against it again.
-                changed = stop_rx.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    reap(&mut tasks);
-                    if due >= (*stop_rx.borrow()).min(hard_stop) {
-                        break;
-                    }
-                    tokio::time::sleep_until(due).await;
-                }
-            }
-            let (probe, permits, tx, src) =
-                (probe.clone(), permits.clone(), tx.clone(), src.clone());
-            let deadline = due + cfg.timeout;
-            tasks.spawn(async move {
-                let outcome = tokio::time::timeout_at(deadline, async {
-                    // Closed only if the semaphore is dropped, which it is not while tasks run.
-                    let _permit = permits.acquire().await;
-                    probe.get(&src).await
-                })
-                .await;
-                let outcome = match outcome {
-                    Ok(Ok(o)) => o,
-                    Ok(Err(_)) => Outcome::Failed(FailKind::Other),
-                    Err(_) => Outcome::Failed(FailKind::Timeout),
-                };
-                let now = Instant::now();
-                let _ = tx.send(Sample {
-                    at_us: due.saturating_duration_since(start).as_micros() as u64,
-                    latency_us: now.saturating_duration_since(due).as_micros() as u64,
-                    outcome,
-                });
-            });
-            reap(&mut tasks);
-        }
-        while tasks.join_next().await.is_some() {}
-    });
-    Load {
-        samples: rx,
-        stop: stop_tx,
-        sources,
-        done,
+/// Turns every finished request into a [`Sample`] on the load clock.
+struct SampleRecorder {
+    start: Instant,
+    sources: Arc<ServedBySource>,
+    samples: mpsc::UnboundedSender<Sample>,
+}
+
+impl Recorder for SampleRecorder {
+    fn finished(&self, f: Finished) {
+        let _ = self.samples.send(Sample {
+            at_us: f.due.saturating_duration_since(self.start).as_micros() as u64,
+            latency_us: f.done.saturating_duration_since(f.due).as_micros() as u64,
+            outcome: classify(f.result, &self.sources),
+        });
     }
 }
 
-/// Reaps finished tasks so the set does not grow with the whole run.
-fn reap(tasks: &mut JoinSet<()>) {
-    while tasks.try_join_next().is_some() {}
+/// Starts sending at `start` (may be in the future) until `stop` (movable, at most `hard_stop`).
+pub async fn start(
+    cfg: LoadConfig,
+    start: Instant,
+    stop: Instant,
+    hard_stop: Instant,
+) -> Result<Load, LoadError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sources = Arc::new(ServedBySource::default());
+    let recorder = Arc::new(SampleRecorder {
+        start,
+        sources: sources.clone(),
+        samples: tx,
+    });
+    let generator = Generator::connect(openloop::Config {
+        endpoint: Endpoint::from_url(&cfg.url, cfg.host.as_deref())?,
+        rate: f64::from(cfg.rate),
+        max_in_flight: cfg.max_in_flight,
+        open_up_front: false,
+        connect_timeout: cfg.timeout,
+        request_timeout: Some(cfg.timeout),
+        grace: None,
+        on_refused: OnRefused::KeepSlot,
+    })
+    .await?;
+    let schedule = Schedule {
+        start,
+        stop,
+        hard_stop,
+    };
+    let running = generator.start(schedule, recorder);
+    Ok(Load {
+        samples: rx,
+        stop: running.stop,
+        sources,
+        done: running.done,
+    })
 }
 
 #[cfg(test)]
@@ -290,9 +280,12 @@ mod tests {
             t0,
             t0 + Duration::from_secs(1),
             t0 + Duration::from_secs(2),
-        );
+        )
+        .await
+        .unwrap();
         tokio::time::timeout(Duration::from_secs(5), &mut load.done)
             .await
+            .unwrap()
             .unwrap()
             .unwrap();
         assert!(

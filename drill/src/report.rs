@@ -4,12 +4,37 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use super::cluster::DrillView;
 use super::figures::{Bin, Check, FailKind, Figures, Phase, Target};
 use super::svg::{self, Marker};
+
+/// Why the report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The report directory could not be created.
+    #[error("creating the report directory {}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// report.json could not be encoded.
+    #[error("encoding report.json")]
+    Encode(#[source] serde_json::Error),
+    /// A file could not be written.
+    #[error("writing {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The drill as asked for and as the controller ran it.
 #[derive(Clone, Debug, Serialize)]
@@ -118,11 +143,30 @@ fn shares(p: &Phase) -> String {
         .join(", ")
 }
 
-/// report.md.
+/// report.md: a headline, the picture, then one table per concern and a note on method.
 pub fn markdown(r: &Report) -> String {
-    let f = &r.figures;
-    let d = &r.drill;
     let mut s = String::new();
+    headline(&mut s, r);
+    s.push_str("![timeline](timeline.svg)\n\n");
+    figures_table(&mut s, &r.figures);
+    phases_table(&mut s, &r.figures);
+    failures_table(&mut s, &r.figures);
+    checks_table(&mut s, &r.checks);
+    timeline_table(&mut s, &r.drill.status);
+    let _ = writeln!(
+        s,
+        "\nLatency runs from each request's intended send time (open-loop load, no coordinated \
+         omission) and covers answered requests; failures are counted by kind instead. Phases \
+         split requests by intended send time at the drill's failTime and restoreTime. Per-request \
+         timeout {} ms.",
+        r.load.request_timeout_ms
+    );
+    s
+}
+
+/// Title, what was done, and the result.
+fn headline(s: &mut String, r: &Report) {
+    let d = &r.drill;
     let _ = writeln!(s, "# Failover drill {}/{}\n", d.namespace, d.name);
     let _ = writeln!(
         s,
@@ -157,7 +201,10 @@ pub fn markdown(r: &Report) -> String {
             .map(|m| format!(" ({m})"))
             .unwrap_or_default()
     );
-    s.push_str("![timeline](timeline.svg)\n\n");
+}
+
+/// The headline figures (a declarative table of rows).
+fn figures_table(s: &mut String, f: &Figures) {
     s.push_str("| figure | value |\n|---|---|\n");
     let rows = [
         ("requests sent", f.requests.to_string()),
@@ -183,6 +230,10 @@ pub fn markdown(r: &Report) -> String {
     for (k, v) in rows {
         let _ = writeln!(s, "| {k} | {v} |");
     }
+}
+
+/// Before / during / after: requests, errors, latency, who answered.
+fn phases_table(s: &mut String, f: &Figures) {
     s.push_str("\n| phase | requests | failed | error % | p50 | p99 | max | answered by |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---|\n");
     for (name, p) in [
@@ -202,6 +253,10 @@ pub fn markdown(r: &Report) -> String {
             shares(p)
         );
     }
+}
+
+/// Failed requests by kind and phase.
+fn failures_table(s: &mut String, f: &Figures) {
     s.push_str("\n| failed requests by kind | before | during | after |\n|---|---:|---:|---:|\n");
     for k in FailKind::ALL {
         let n = |p: &Phase| p.failed.get(&k).copied().unwrap_or(0);
@@ -214,8 +269,12 @@ pub fn markdown(r: &Report) -> String {
             n(&f.after)
         );
     }
+}
+
+/// Every check with its limit and what was measured.
+fn checks_table(s: &mut String, checks: &[Check]) {
     s.push_str("\n| check | limit | measured | result |\n|---|---|---|---|\n");
-    for c in &r.checks {
+    for c in checks {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} |",
@@ -225,28 +284,25 @@ pub fn markdown(r: &Report) -> String {
             if c.pass { "pass" } else { "**FAIL**" }
         );
     }
-    if let Some(events) = d.status.timeline.as_array().filter(|a| !a.is_empty()) {
+}
+
+/// The controller's status timeline, if it wrote one.
+fn timeline_table(s: &mut String, status: &DrillView) {
+    if let Some(events) = status.timeline.as_array().filter(|a| !a.is_empty()) {
         s.push_str("\n| time | event | message |\n|---|---|---|\n");
         for e in events {
             let g = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("");
             let _ = writeln!(s, "| {} | {} | {} |", g("time"), g("type"), g("message"));
         }
     }
-    let _ = writeln!(
-        s,
-        "\nLatency runs from each request's intended send time (open-loop load, no coordinated \
-         omission) and covers answered requests; failures are counted by kind instead. Phases \
-         split requests by intended send time at the drill's failTime and restoreTime. Per-request \
-         timeout {} ms.",
-        r.load.request_timeout_ms
-    );
-    s
 }
 
 /// Writes report.json, report.md and timeline.svg into `dir` (created if needed).
-pub fn write(dir: &Path, r: &Report) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating the report directory {}", dir.display()))?;
+pub fn write(dir: &Path, r: &Report) -> Result<Vec<PathBuf>, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let mut markers = Vec::new();
     if let Some(at) = r.moments.fail_ms {
         markers.push(Marker {
@@ -279,7 +335,7 @@ pub fn write(dir: &Path, r: &Report) -> anyhow::Result<Vec<PathBuf>> {
     let files = [
         (
             "report.json",
-            serde_json::to_string_pretty(r).context("encoding report.json")?,
+            serde_json::to_string_pretty(r).map_err(ReportError::Encode)?,
         ),
         ("report.md", markdown(r)),
         ("timeline.svg", svg::render(&title, &r.bins, &markers)),
@@ -287,8 +343,133 @@ pub fn write(dir: &Path, r: &Report) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for (name, text) in files {
         let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        if let Err(source) = std::fs::write(&path, text) {
+            return Err(ReportError::Write { path, source });
+        }
         out.push(path);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::figures::{self, Moments, Outcome, Sample, ServedBy};
+
+    /// A report with every section filled: figures from a drain that moved traffic, a failed
+    /// check, an abort reason and a status timeline.
+    pub(crate) fn sample_report() -> Report {
+        let by = |r: &str| ServedBy {
+            cluster: "c".into(),
+            region: r.into(),
+            zone: "z".into(),
+        };
+        let mut samples = Vec::new();
+        for i in 0..400u64 {
+            let region = if (100..250).contains(&i) {
+                "us-west"
+            } else {
+                "us-east"
+            };
+            let outcome = if i == 120 {
+                Outcome::Failed(FailKind::Connect)
+            } else {
+                Outcome::Answered(by(region))
+            };
+            samples.push(Sample {
+                at_us: i * 10_000,
+                latency_us: 1_500,
+                outcome,
+            });
+        }
+        let target = Target {
+            region: Some("us-east".into()),
+            ..Target::default()
+        };
+        let f = figures::figures(
+            &samples,
+            &target,
+            Moments {
+                fail_us: Some(1_000_000),
+                restore_us: Some(2_500_000),
+                end_us: 4_000_000,
+            },
+        );
+        let checks = figures::checks(&f, Some(1.0), Some(200.0));
+        let status = DrillView {
+            phase: "Aborted".into(),
+            abort_reason: Some("error rate 5 % over the guard".into()),
+            timeline: serde_json::json!([{"time": "2025-01-01T00:00:01Z", "type": "Failed", "message": "us-east drained"}]),
+            ..DrillView::default()
+        };
+        Report {
+            drill: DrillInfo {
+                context: "east".into(),
+                namespace: "demo".into(),
+                name: "d1".into(),
+                gateway: "demo/web".into(),
+                mode: "drain".into(),
+                target,
+                duration_ms: 1500,
+                guard_error_percent: Some(1.0),
+                guard_p99_ms: Some(200.0),
+                status,
+            },
+            load: LoadInfo {
+                url: "http://127.0.10.1:80/".into(),
+                host: Some("demo.example".into()),
+                rate: 100,
+                warmup_ms: 1000,
+                after_ms: 1500,
+                request_timeout_ms: 10_000,
+                max_in_flight: 256,
+                started_at: "2025-01-01T00:00:00Z".into(),
+                end_ms: 4000.0,
+                served_by_header: 399,
+                served_by_body: 0,
+                served_by_unknown: 0,
+            },
+            moments: MomentsMs {
+                created_ms: Some(900.0),
+                fail_ms: Some(1000.0),
+                restore_ms: Some(2500.0),
+            },
+            bins: figures::bins(&samples, 4_000_000),
+            figures: f,
+            checks,
+            pass: false,
+        }
+    }
+
+    #[test]
+    fn markdown_has_every_section_in_order() {
+        let md = markdown(&sample_report());
+        let order = [
+            "# Failover drill demo/d1\n",
+            "Mode **drain**, target **region us-east**, for 1.5 s, through Gateway `demo/web` \
+             (context `east`) at 100 req/s (http://127.0.10.1:80/, Host demo.example).",
+            "Result: **FAIL** — drill phase Aborted (error rate 5 % over the guard).",
+            "![timeline](timeline.svg)",
+            "| requests failed | 1 |",
+            "| share during the drill | us-west 100.0% |",
+            "| during | 150 | 1 | 0.67 | 1.5 ms | 1.5 ms | 1.5 ms | us-west 100.0% |",
+            "| connect error | 0 | 1 | 0 |",
+            "| 0 failed GETs | 0 | 1 | **FAIL** |",
+            "| 2025-01-01T00:00:01Z | Failed | us-east drained |",
+            "Per-request timeout 10000 ms.",
+        ];
+        let mut at = 0;
+        for part in order {
+            let found = md[at..].find(part);
+            assert!(found.is_some(), "{part:?} missing after byte {at}:\n{md}");
+            at += found.unwrap_or(0) + part.len();
+        }
+        let mut r = sample_report();
+        r.drill.status.timeline = serde_json::Value::Null;
+        assert!(
+            !markdown(&r).contains("| time | event | message |"),
+            "no timeline, no table"
+        );
+    }
 }

@@ -26,6 +26,77 @@ use meridian_controller::{DrillActuator, DrillMode, DrillTarget};
 use tokio::sync::Mutex;
 
 use crate::echo::{self, EchoArgs};
+use crate::error_chain;
+
+/// Why a drill action on `up`'s backends did not happen. The controller shows the message in the
+/// drill's status, so each one says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ActuatorError {
+    /// No backend matches the target.
+    #[error("no backend of `meridian up` is in {target}; its backends: {inventory}")]
+    NoBackend {
+        /// The target, as the controller describes it.
+        target: String,
+        /// Every backend (`cluster/region/zone`), or why there is none.
+        inventory: String,
+    },
+    /// Drains are not the actuator's job.
+    #[error("drain drills are carried out by the proxies, not by `meridian up`")]
+    Drain,
+    /// Blackholes need root.
+    #[error("not running as root: {NFT_FIX}")]
+    NotRoot,
+    /// Blackholes need nft.
+    #[error("nft is not installed: {NFT_FIX}")]
+    NoNft,
+    /// nft could not be run or fed.
+    #[error("{doing}: {error}")]
+    NftIo {
+        /// `running nft` or `writing nft rules`.
+        doing: &'static str,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// nft hung.
+    #[error("nft did not finish within 10 s")]
+    NftTimeout,
+    /// nft refused.
+    #[error("nft {args}: {stderr}")]
+    Nft {
+        /// The arguments given.
+        args: String,
+        /// What nft said.
+        stderr: String,
+    },
+    /// The backend's thread could not be started.
+    #[error("starting a thread for {name}: {error}")]
+    Thread {
+        /// The backend.
+        name: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The backend stopped with an error while starting.
+    #[error("{name} on {listen}: {reason}")]
+    Backend {
+        /// The backend.
+        name: String,
+        /// Its address.
+        listen: SocketAddr,
+        /// Why, with its causes.
+        reason: String,
+    },
+    /// The backend did not start listening in time.
+    #[error("{name} did not accept connections on {listen} within {within:?}")]
+    NotAccepting {
+        /// The backend.
+        name: String,
+        /// Its address.
+        listen: SocketAddr,
+        /// How long it had.
+        within: Duration,
+    },
+}
 
 fn matches(t: &DrillTarget, b: &EchoArgs) -> bool {
     (t.cluster.is_some() || t.region.is_some() || t.zone.is_some())
@@ -66,7 +137,7 @@ fn accepts(addr: SocketAddr) -> bool {
 }
 
 /// Starts one backend on its own runtime and waits until it accepts connections.
-async fn start_backend(args: &EchoArgs) -> Result<Running, String> {
+async fn start_backend(args: &EchoArgs) -> Result<Running, ActuatorError> {
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<String>();
     let a = args.clone();
@@ -87,7 +158,7 @@ async fn start_backend(args: &EchoArgs) -> Result<Running, String> {
                 tokio::select! {
                     r = echo::run(a) => {
                         if let Err(e) = r {
-                            let _ = err_tx.send(format!("{e:#}"));
+                            let _ = err_tx.send(error_chain(&e));
                         }
                     }
                     _ = stop_rx => {}
@@ -96,11 +167,18 @@ async fn start_backend(args: &EchoArgs) -> Result<Running, String> {
             // Dropping the runtime drops every connection task: their sockets close now.
             drop(rt);
         })
-        .map_err(|e| format!("starting a thread for {}: {e}", args.name))?;
+        .map_err(|error| ActuatorError::Thread {
+            name: args.name.clone(),
+            error,
+        })?;
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
-        if let Ok(e) = err_rx.try_recv() {
-            return Err(format!("{} on {}: {e}", args.name, args.listen));
+        if let Ok(reason) = err_rx.try_recv() {
+            return Err(ActuatorError::Backend {
+                name: args.name.clone(),
+                listen: args.listen,
+                reason,
+            });
         }
         let addr = args.listen;
         if tokio::task::spawn_blocking(move || accepts(addr))
@@ -111,10 +189,11 @@ async fn start_backend(args: &EchoArgs) -> Result<Running, String> {
         }
         if tokio::time::Instant::now() > deadline {
             let _ = stop.send(());
-            return Err(format!(
-                "{} did not accept connections on {} within {START_TIMEOUT:?}",
-                args.name, args.listen
-            ));
+            return Err(ActuatorError::NotAccepting {
+                name: args.name.clone(),
+                listen: args.listen,
+                within: START_TIMEOUT,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -140,7 +219,7 @@ fn is_root() -> bool {
 const NFT_FIX: &str = "blackhole drills need nft and root: `apt-get install -y nftables`, then run \
                        `meridian up` as root";
 
-async fn nft(args: &[&str], stdin: Option<String>) -> Result<(), String> {
+async fn nft(args: &[&str], stdin: Option<String>) -> Result<(), ActuatorError> {
     use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new("nft");
     cmd.args(args)
@@ -152,27 +231,35 @@ async fn nft(args: &[&str], stdin: Option<String>) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("nft is not installed: {NFT_FIX}"),
-        _ => format!("running nft: {e}"),
+    let mut child = cmd.spawn().map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => ActuatorError::NoNft,
+        _ => ActuatorError::NftIo {
+            doing: "running nft",
+            error,
+        },
     })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
             .await
-            .map_err(|e| format!("writing nft rules: {e}"))?;
+            .map_err(|error| ActuatorError::NftIo {
+                doing: "writing nft rules",
+                error,
+            })?;
     }
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
-        .map_err(|_| "nft did not finish within 10 s".to_string())?
-        .map_err(|e| format!("running nft: {e}"))?;
+        .map_err(|_| ActuatorError::NftTimeout)?
+        .map_err(|error| ActuatorError::NftIo {
+            doing: "running nft",
+            error,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(ActuatorError::Nft {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -193,8 +280,8 @@ impl LocalBackends {
     }
 
     /// Starts a backend and keeps it for drills; returns once it accepts connections.
-    pub async fn start(&self, args: EchoArgs) -> anyhow::Result<()> {
-        let running = start_backend(&args).await.map_err(anyhow::Error::msg)?;
+    pub async fn start(&self, args: EchoArgs) -> Result<(), ActuatorError> {
+        let running = start_backend(&args).await?;
         self.backends.lock().await.push(Backend {
             args,
             running: Some(running),
@@ -218,22 +305,19 @@ impl LocalBackends {
         &self,
         mode: DrillMode,
         target: &DrillTarget,
-    ) -> Result<String, String> {
+    ) -> Result<String, ActuatorError> {
         let mut backends = self.backends.lock().await;
         let idx: Vec<usize> = (0..backends.len())
             .filter(|&i| matches(target, &backends[i].args))
             .collect();
         if idx.is_empty() {
-            return Err(format!(
-                "no backend of `meridian up` is in {}; its backends: {}",
-                target,
-                Self::inventory(&backends)
-            ));
+            return Err(ActuatorError::NoBackend {
+                target: target.to_string(),
+                inventory: Self::inventory(&backends),
+            });
         }
         match mode {
-            DrillMode::Drain => {
-                Err("drain drills are carried out by the proxies, not by `meridian up`".into())
-            }
+            DrillMode::Drain => Err(ActuatorError::Drain),
             DrillMode::Kill => {
                 let mut done = Vec::new();
                 for i in idx {
@@ -248,45 +332,50 @@ impl LocalBackends {
                 Ok(format!("stopped {}", done.join(", ")))
             }
             DrillMode::Blackhole => {
-                if !is_root() {
-                    return Err(format!("not running as root: {NFT_FIX}"));
-                }
                 let addrs: Vec<SocketAddr> = idx.iter().map(|&i| backends[i].args.listen).collect();
                 drop(backends);
-                // A second fail replaces the first table instead of failing on "exists".
-                self.remove_table().await?;
-                let mut rules = format!(
-                    "table inet {} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n",
-                    self.table
-                );
-                for a in &addrs {
-                    let family = if a.is_ipv4() { "ip" } else { "ip6" };
-                    rules.push_str(&format!(
-                        "    {family} daddr {} tcp dport {} drop\n",
-                        a.ip(),
-                        a.port()
-                    ));
-                }
-                rules.push_str("  }\n}\n");
-                nft(&["-f", "-"], Some(rules)).await?;
-                *self
-                    .blackhole
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.table.clone());
-                Ok(format!(
-                    "nft table inet {} drops packets to {}",
-                    self.table,
-                    addrs
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
+                self.install_blackhole(&addrs).await
             }
         }
     }
 
-    async fn remove_table(&self) -> Result<bool, String> {
+    /// Installs the nft table that drops every packet to `addrs` (replacing an earlier one).
+    async fn install_blackhole(&self, addrs: &[SocketAddr]) -> Result<String, ActuatorError> {
+        if !is_root() {
+            return Err(ActuatorError::NotRoot);
+        }
+        // A second fail replaces the first table instead of failing on "exists".
+        self.remove_table().await?;
+        let mut rules = format!(
+            "table inet {} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n",
+            self.table
+        );
+        for a in addrs {
+            let family = if a.is_ipv4() { "ip" } else { "ip6" };
+            rules.push_str(&format!(
+                "    {family} daddr {} tcp dport {} drop\n",
+                a.ip(),
+                a.port()
+            ));
+        }
+        rules.push_str("  }\n}\n");
+        nft(&["-f", "-"], Some(rules)).await?;
+        *self
+            .blackhole
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.table.clone());
+        Ok(format!(
+            "nft table inet {} drops packets to {}",
+            self.table,
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    async fn remove_table(&self) -> Result<bool, ActuatorError> {
         let installed = self
             .blackhole
             .lock()
@@ -308,7 +397,7 @@ impl LocalBackends {
         &self,
         mode: DrillMode,
         target: &DrillTarget,
-    ) -> Result<String, String> {
+    ) -> Result<String, ActuatorError> {
         match mode {
             DrillMode::Drain => Ok("nothing to undo for a drain".into()),
             DrillMode::Kill => {
@@ -355,7 +444,11 @@ impl DrillActuator for LocalBackends {
         target: &DrillTarget,
     ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         let target = target.clone();
-        Box::pin(async move { self.fail_target(mode, &target).await })
+        Box::pin(async move {
+            self.fail_target(mode, &target)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn restore(
@@ -364,7 +457,11 @@ impl DrillActuator for LocalBackends {
         target: &DrillTarget,
     ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         let target = target.clone();
-        Box::pin(async move { self.restore_target(mode, &target).await })
+        Box::pin(async move {
+            self.restore_target(mode, &target)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -478,13 +575,15 @@ mod tests {
         let err = lb
             .fail_target(DrillMode::Kill, &region("mars"))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--no-demo"), "{err}");
         lb.start(echo("us-east-a", free_port())).await.unwrap();
         let err = lb
             .fail_target(DrillMode::Kill, &region("mars"))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("region=mars") && err.contains("east/us-east/us-east-a"),
             "{err}"

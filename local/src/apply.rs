@@ -5,27 +5,76 @@
 //! for the GatewayClass and the demo (only `up` applies manifests, so this lives with it; the
 //! end-to-end tests apply `examples/` with real kubectl).
 
-use anyhow::{Context as _, bail};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
 use serde_json::Value;
 
+/// Why a manifest was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A document is not YAML.
+    #[error("document {document}")]
+    Yaml {
+        /// 1-based.
+        document: usize,
+        /// Why.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A document is a scalar or a list.
+    #[error("document {0} is not a mapping")]
+    NotMapping(usize),
+    /// An object lacks a field every object has.
+    #[error("object without {0}")]
+    Missing(&'static str),
+    /// Discovery does not know the kind.
+    #[error("the cluster does not serve {api_version} {kind}")]
+    NotServed {
+        /// apiVersion.
+        api_version: String,
+        /// kind.
+        kind: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The server refused the apply.
+    #[error("applying {kind} {name}")]
+    Apply {
+        /// kind.
+        kind: String,
+        /// metadata.name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
 /// Splits a multi-document YAML text into JSON objects, skipping empty documents.
-pub fn parse_documents(text: &str) -> anyhow::Result<Vec<Value>> {
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, ApplyError> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = <Value as serde::Deserialize>::deserialize(doc)
-            .with_context(|| format!("document {}", i + 1))?;
+        let value =
+            <Value as serde::Deserialize>::deserialize(doc).map_err(|source| ApplyError::Yaml {
+                document: i + 1,
+                source,
+            })?;
         if value.is_null() {
             continue;
         }
         if !value.is_object() {
-            bail!("document {} is not a mapping", i + 1);
+            return Err(ApplyError::NotMapping(i + 1));
         }
         out.push(value);
     }
     Ok(out)
+}
+
+/// A string field every object has.
+fn text<'a>(v: &'a Value, what: &'static str) -> Result<&'a str, ApplyError> {
+    v.as_str().ok_or(ApplyError::Missing(what))
 }
 
 /// Applies one object; `default_namespace` is used for namespaced kinds without a namespace.
@@ -33,14 +82,10 @@ pub async fn apply_object(
     client: &kube::Client,
     obj: &Value,
     default_namespace: &str,
-) -> anyhow::Result<String> {
-    let api_version = obj["apiVersion"]
-        .as_str()
-        .context("object without apiVersion")?;
-    let kind = obj["kind"].as_str().context("object without kind")?;
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .context("object without metadata.name")?;
+) -> Result<String, ApplyError> {
+    let api_version = text(&obj["apiVersion"], "apiVersion")?;
+    let kind = text(&obj["kind"], "kind")?;
+    let name = text(&obj["metadata"]["name"], "metadata.name")?;
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", api_version),
@@ -48,7 +93,11 @@ pub async fn apply_object(
     let gvk = GroupVersionKind::gvk(group, version, kind);
     let (resource, caps) = discovery::pinned_kind(client, &gvk)
         .await
-        .with_context(|| format!("the cluster does not serve {api_version} {kind}"))?;
+        .map_err(|source| ApplyError::NotServed {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+            source: Box::new(source),
+        })?;
     let api: Api<DynamicObject> = match caps.scope {
         Scope::Namespaced => {
             let ns = obj["metadata"]["namespace"]
@@ -64,12 +113,16 @@ pub async fn apply_object(
         &Patch::Apply(obj),
     )
     .await
-    .with_context(|| format!("applying {kind} {name}"))?;
+    .map_err(|source| ApplyError::Apply {
+        kind: kind.to_string(),
+        name: name.to_string(),
+        source: Box::new(source),
+    })?;
     Ok(format!("{}/{name}", kind.to_ascii_lowercase()))
 }
 
 /// Applies every document of a YAML text, in order.
-pub async fn apply_yaml(client: &kube::Client, text: &str) -> anyhow::Result<Vec<String>> {
+pub async fn apply_yaml(client: &kube::Client, text: &str) -> Result<Vec<String>, ApplyError> {
     let mut applied = Vec::new();
     for obj in parse_documents(text)? {
         applied.push(apply_object(client, &obj, "default").await?);

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -54,6 +53,20 @@ struct Answer<'a> {
     headers: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Why the echo backend stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EchoError {
+    /// The listen address could not be bound.
+    #[error("binding {listen} (is the port in use?)")]
+    Bind {
+        /// The address.
+        listen: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 struct Identity {
     name: String,
     cluster: String,
@@ -62,10 +75,13 @@ struct Identity {
 }
 
 /// Serves until the process is stopped. Speaks HTTP/1.1 and h2c.
-pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
+pub async fn run(args: EchoArgs) -> Result<(), EchoError> {
     let listener = TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("binding {} (is the port in use?)", args.listen))?;
+        .map_err(|source| EchoError::Bind {
+            listen: args.listen,
+            source,
+        })?;
     let id = Arc::new(Identity {
         name: args.name,
         cluster: args.cluster,
@@ -94,34 +110,52 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn answer(
-    id: Arc<Identity>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let delay = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay=")))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| ms.min(30_000));
-    let status = req
-        .headers()
-        .get("x-echo-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u16>().ok())
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .unwrap_or(StatusCode::OK);
-    let extra: Vec<(String, String)> = req
-        .headers()
-        .get("x-echo-response-headers")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+/// The per-request test hooks (module docs), read from the request.
+struct Hooks {
+    /// `?delay=<ms>`, capped at 30 s.
+    delay: Option<Duration>,
+    /// `x-echo-status`, else 200.
+    status: StatusCode,
+    /// `x-echo-response-headers`, as given (invalid names or values are skipped when answering).
+    extra: Vec<(String, String)>,
+}
+
+impl Hooks {
+    fn of(req: &Request<Incoming>) -> Self {
+        let delay = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay=")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|ms| Duration::from_millis(ms.min(30_000)));
+        let status = req
+            .headers()
+            .get("x-echo-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u16>().ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        let extra = req
+            .headers()
+            .get("x-echo-response-headers")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            delay,
+            status,
+            extra,
+        }
+    }
+}
+
+/// The request's headers as JSON; repeated headers are joined with commas.
+fn received_headers(req: &Request<Incoming>) -> serde_json::Map<String, serde_json::Value> {
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -135,6 +169,11 @@ async fn answer(
             }
         }
     }
+    headers
+}
+
+/// The JSON body: who answered, then what was received.
+fn describe(id: &Identity, req: &Request<Incoming>) -> String {
     let host = req
         .headers()
         .get(hyper::header::HOST)
@@ -143,7 +182,7 @@ async fn answer(
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     // Who answered comes first, so a human reading curl output sees it at once.
-    let body = serde_json::to_string(&Answer {
+    serde_json::to_string(&Answer {
         name: &id.name,
         cluster: &id.cluster,
         region: &id.region,
@@ -152,21 +191,29 @@ async fn answer(
         path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
         host: &host,
         protocol: format!("{:?}", req.version()),
-        headers,
+        headers: received_headers(req),
     })
-    .unwrap_or_default();
+    .unwrap_or_default()
+}
+
+async fn answer(
+    id: Arc<Identity>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let hooks = Hooks::of(&req);
+    let body = describe(&id, &req);
     // Drain the request body so keep-alive connections stay usable.
     let _ = req.into_body().collect().await;
-    if let Some(ms) = delay {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    if let Some(delay) = hooks.delay {
+        tokio::time::sleep(delay).await;
     }
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
+    *resp.status_mut() = hooks.status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
-    for (k, v) in extra {
+    for (k, v) in hooks.extra {
         if let (Ok(k), Ok(v)) = (
             hyper::header::HeaderName::from_bytes(k.as_bytes()),
             hyper::header::HeaderValue::from_str(&v),

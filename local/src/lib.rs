@@ -17,10 +17,30 @@
 //! What it may depend on: every library crate of the workspace (sandbox, controller,
 //! distribution, proxy, CRDs, model) — it composes them, nothing composes it except the
 //! `meridian` binary. No other crate may depend on this one: the demo is not part of the product.
+//!
+//! Errors are typed per concern ([`UpError`], [`EchoError`], [`ActuatorError`],
+//! [`ApplyError`]); errors of the crates `up` composes are kept whole as their sources.
 
 pub mod actuator;
 pub mod apply;
 pub mod echo;
 pub mod up;
 
-pub use up::{UpArgs, run};
+pub use actuator::ActuatorError;
+pub use apply::ApplyError;
+pub use echo::EchoError;
+pub use up::{UpArgs, UpError, run};
+
+/// An error and its sources, `: `-separated: one line for a status message or a log.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // Bounded: source chains are finite; 16 links is far more than any error here has.
+    for _ in 0..16 {
+        let Some(s) = source else { break };
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

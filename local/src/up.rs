@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use meridian_controller::distributed::DistributedDataPlane;
@@ -41,8 +40,126 @@ use meridian_model::locality::Locality;
 use meridian_proxy::{ProxyConfig, ProxyHandle};
 use meridian_sandbox::{Sandbox, SandboxConfig};
 
-use crate::actuator::LocalBackends;
+use crate::actuator::{ActuatorError, LocalBackends};
+use crate::apply::ApplyError;
 use crate::{apply, echo};
+
+/// An error of another workspace crate (sandbox, controller, distribution, proxy), kept whole as
+/// the source of an [`UpError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why `meridian up` could not start (or stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A `--clusters` entry is not NAME@REGION.
+    #[error("--clusters entry {0:?}: expected NAME@REGION, e.g. east@us-east")]
+    ClusterSpec(String),
+    /// A cluster is named twice.
+    #[error("--clusters: cluster {0:?} is listed twice")]
+    DuplicateCluster(String),
+    /// More clusters than addresses.
+    #[error("--clusters: at most 50 clusters")]
+    TooManyClusters,
+    /// No cluster.
+    #[error("--clusters: name at least one cluster")]
+    NoClusters,
+    /// The state directory could not be prepared.
+    #[error("{doing} {}", path.display())]
+    StateDir {
+        /// `creating state directory` or `removing`.
+        doing: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sandbox did not start.
+    #[error(
+        "starting the sandbox on ports {base_port}.. (another `meridian up` running? pick \
+         --base-port)"
+    )]
+    Sandbox {
+        /// `--base-port`.
+        base_port: u16,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A sandbox cluster's URL or client.
+    #[error("a client for sandbox cluster {cluster}")]
+    SandboxClient {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A CRD was not installed.
+    #[error("cluster {cluster}: installing CRD {crd}")]
+    Crd {
+        /// The cluster.
+        cluster: String,
+        /// The CRD's name.
+        crd: String,
+        /// Why.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// One of Meridian's CRDs has no name (a bug in meridian-crds).
+    #[error("cluster {0}: CRD without a name")]
+    CrdWithoutName(String),
+    /// A manifest was not applied.
+    #[error("{what}")]
+    Apply {
+        /// What, where (e.g. `GatewayClass in east`).
+        what: String,
+        /// Why.
+        #[source]
+        source: ApplyError,
+    },
+    /// The distribution server did not start.
+    #[error("starting the distribution server on port {port}")]
+    Distribution {
+        /// `--distribution-port`.
+        port: u16,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A region's address pool is invalid.
+    #[error("address pool: {0}")]
+    AddressPool(String),
+    /// The controller did not start.
+    #[error("starting the controller")]
+    Controller(#[source] BoxError),
+    /// A proxy did not start.
+    #[error("starting the proxy of {cluster} (admin {admin})")]
+    Proxy {
+        /// Its cluster.
+        cluster: String,
+        /// Its admin address.
+        admin: SocketAddr,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A demo echo backend did not start.
+    #[error("starting the echo backend of zone {zone}")]
+    Echo {
+        /// Its zone.
+        zone: String,
+        /// Why.
+        #[source]
+        source: ActuatorError,
+    },
+    /// The demo Gateways did not become Programmed.
+    #[error("Gateways not Programmed after {0:?} (see the lines above for why)")]
+    NotProgrammed(Duration),
+    /// Waiting for Ctrl-C failed.
+    #[error("waiting for Ctrl-C")]
+    Signal(#[source] std::io::Error),
+}
 
 const DEMO: [(&str, &str); 5] = [
     (
@@ -111,20 +228,20 @@ struct ClusterPlan {
     backends: [Ipv4Addr; 2],
 }
 
-fn plan(args: &UpArgs) -> anyhow::Result<Vec<ClusterPlan>> {
+fn plan(args: &UpArgs) -> Result<Vec<ClusterPlan>, UpError> {
     let mut out: Vec<ClusterPlan> = Vec::new();
     for (i, spec) in args.clusters.iter().enumerate() {
         let (name, region) = spec
             .split_once('@')
             .unwrap_or((spec.as_str(), spec.as_str()));
         if name.is_empty() || region.is_empty() {
-            bail!("--clusters entry {spec:?}: expected NAME@REGION, e.g. east@us-east");
+            return Err(UpError::ClusterSpec(spec.clone()));
         }
         if out.iter().any(|c| c.name == name) {
-            bail!("--clusters: cluster {name:?} is listed twice");
+            return Err(UpError::DuplicateCluster(name.to_string()));
         }
         if i >= 50 {
-            bail!("--clusters: at most 50 clusters");
+            return Err(UpError::TooManyClusters);
         }
         let i = i as u8;
         out.push(ClusterPlan {
@@ -139,7 +256,7 @@ fn plan(args: &UpArgs) -> anyhow::Result<Vec<ClusterPlan>> {
         });
     }
     if out.is_empty() {
-        bail!("--clusters: name at least one cluster");
+        return Err(UpError::NoClusters);
     }
     Ok(out)
 }
@@ -148,16 +265,27 @@ fn say(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
 }
 
+/// Why the proxies will not be able to serve port 80.
+#[derive(Debug, thiserror::Error)]
+enum Port80 {
+    #[error(
+        "port 80 needs root or CAP_NET_BIND_SERVICE: run `sudo meridian up`, or grant the \
+         capability once with `sudo setcap cap_net_bind_service=+ep $(command -v meridian)`"
+    )]
+    NeedsPrivilege,
+    #[error("{addr}:80 cannot be bound: {error}")]
+    Bind {
+        addr: Ipv4Addr,
+        error: std::io::Error,
+    },
+}
+
 /// Whether this process may bind port 80 (root or CAP_NET_BIND_SERVICE).
-fn can_bind_low_ports(addr: Ipv4Addr) -> Result<(), String> {
+fn can_bind_low_ports(addr: Ipv4Addr) -> Result<(), Port80> {
     match std::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(addr), 80)) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(
-            "port 80 needs root or CAP_NET_BIND_SERVICE: run `sudo meridian up`, or grant the \
-             capability once with `sudo setcap cap_net_bind_service=+ep $(command -v meridian)`"
-                .to_string(),
-        ),
-        Err(e) => Err(format!("{addr}:80 cannot be bound: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(Port80::NeedsPrivilege),
+        Err(error) => Err(Port80::Bind { addr, error }),
     }
 }
 
@@ -180,17 +308,25 @@ fn endpoint_slice(c: &ClusterPlan) -> serde_json::Value {
     })
 }
 
-async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+async fn install_crds(cluster: &str, client: &kube::Client) -> Result<(), UpError> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in meridian_crds::all_crds() {
-        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        let name = crd
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| UpError::CrdWithoutName(cluster.to_string()))?;
         api.patch(
             &name,
             &PatchParams::apply("meridian-up").force(),
             &Patch::Apply(&crd),
         )
         .await
-        .with_context(|| format!("installing CRD {name}"))?;
+        .map_err(|source| UpError::Crd {
+            cluster: cluster.to_string(),
+            crd: name.clone(),
+            source: Box::new(source),
+        })?;
     }
     Ok(())
 }
@@ -199,7 +335,7 @@ async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
 async fn wait_programmed(
     clients: &[(String, kube::Client)],
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), UpError> {
     let deadline = Instant::now() + timeout;
     let mut done = vec![false; clients.len()];
     let mut last: Vec<String> = vec![String::new(); clients.len()];
@@ -244,7 +380,7 @@ async fn wait_programmed(
             break;
         }
         if Instant::now() > deadline {
-            bail!("Gateways not Programmed after {timeout:?} (see the lines above for why)");
+            return Err(UpError::NotProgrammed(timeout));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -272,7 +408,19 @@ async fn probe_regions(plans: &[ClusterPlan]) {
     }
 }
 
-async fn http_get(addr: SocketAddr) -> anyhow::Result<String> {
+/// Why a region did not answer the startup probe (printed, not fatal).
+#[derive(Debug, thiserror::Error)]
+enum NoAnswer {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    /// The status line of an answer other than 200.
+    #[error("{0}")]
+    Status(String),
+}
+
+async fn http_get(addr: SocketAddr) -> Result<String, NoAnswer> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -280,20 +428,21 @@ async fn http_get(addr: SocketAddr) -> anyhow::Result<String> {
             .await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
-        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
     };
     let text = tokio::time::timeout(Duration::from_secs(3), fut)
         .await
-        .context("timed out")??;
+        .map_err(|_| NoAnswer::Timeout)??;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     if !head.starts_with("HTTP/1.1 200") {
-        bail!("{}", head.lines().next().unwrap_or("no status line"));
+        let status = head.lines().next().unwrap_or("no status line");
+        return Err(NoAnswer::Status(status.to_string()));
     }
     Ok(body.to_string())
 }
 
 /// Runs until Ctrl-C: the numbered steps of the module docs, one function each.
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(args: UpArgs) -> Result<(), UpError> {
     let started = Instant::now();
     let plans = plan(&args)?;
     let sandbox_dir = prepare_state_dir(&args)?;
@@ -312,22 +461,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     print_try(&args, &plans, &kubeconfig, &proxies);
 
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c().await.map_err(UpError::Signal)?;
     stop(sandbox, clients, &backends, control, proxies).await;
     Ok(())
 }
 
 /// Creates the state directory; with `--fresh`, forgets the saved objects. Returns the
 /// sandbox's directory.
-fn prepare_state_dir(args: &UpArgs) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating state directory {}", args.state_dir.display()))?;
+fn prepare_state_dir(args: &UpArgs) -> Result<PathBuf, UpError> {
+    std::fs::create_dir_all(&args.state_dir).map_err(|source| UpError::StateDir {
+        doing: "creating state directory",
+        path: args.state_dir.clone(),
+        source,
+    })?;
     let sandbox_dir = args.state_dir.join("sandbox");
     if args.fresh && sandbox_dir.exists() {
-        std::fs::remove_dir_all(&sandbox_dir)
-            .with_context(|| format!("removing {}", sandbox_dir.display()))?;
+        std::fs::remove_dir_all(&sandbox_dir).map_err(|source| UpError::StateDir {
+            doing: "removing",
+            path: sandbox_dir.clone(),
+            source,
+        })?;
     }
     Ok(sandbox_dir)
 }
@@ -346,7 +499,7 @@ async fn start_sandbox(
     plans: &[ClusterPlan],
     sandbox_dir: PathBuf,
     kubeconfig: &Path,
-) -> anyhow::Result<(Sandbox, Vec<(String, kube::Client)>)> {
+) -> Result<(Sandbox, Vec<(String, kube::Client)>), UpError> {
     let sandbox = Sandbox::start(SandboxConfig {
         clusters: plans.iter().map(|c| c.name.clone()).collect(),
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -356,30 +509,35 @@ async fn start_sandbox(
         ..SandboxConfig::default()
     })
     .await
-    .with_context(|| {
-        format!(
-            "starting the sandbox on ports {}.. (another `meridian up` running? pick --base-port)",
-            args.base_port
-        )
+    .map_err(|e| UpError::Sandbox {
+        base_port: args.base_port,
+        source: e.into(),
     })?;
     let mut clients = Vec::new();
     for ep in sandbox.clusters() {
-        let config = kube::Config::new(ep.url.parse().context("sandbox URL")?);
-        clients.push((ep.name.clone(), kube::Client::try_from(config)?));
+        let client_error = |source: BoxError| UpError::SandboxClient {
+            cluster: ep.name.clone(),
+            source,
+        };
+        let url = ep.url.parse().map_err(|e| client_error(Box::new(e)))?;
+        let client = kube::Client::try_from(kube::Config::new(url))
+            .map_err(|e| client_error(Box::new(e)))?;
+        clients.push((ep.name.clone(), client));
         say(format!("sandbox: cluster {} at {}", ep.name, ep.url));
     }
     Ok((sandbox, clients))
 }
 
 /// Step 2: CRDs and the GatewayClass in every cluster.
-async fn install_meridian(clients: &[(String, kube::Client)]) -> anyhow::Result<()> {
+async fn install_meridian(clients: &[(String, kube::Client)]) -> Result<(), UpError> {
     for (name, client) in clients {
-        install_crds(client)
-            .await
-            .with_context(|| format!("cluster {name}"))?;
+        install_crds(name, client).await?;
         apply::apply_yaml(client, DEMO[1].1)
             .await
-            .with_context(|| format!("GatewayClass in {name}"))?;
+            .map_err(|source| UpError::Apply {
+                what: format!("GatewayClass in {name}"),
+                source,
+            })?;
     }
     say("crds: Gateway API, MCS and the `meridian` GatewayClass installed in every cluster");
     Ok(())
@@ -402,18 +560,16 @@ async fn start_controller(
     plans: &[ClusterPlan],
     clients: &[(String, kube::Client)],
     backends: Arc<LocalBackends>,
-) -> anyhow::Result<Control> {
+) -> Result<Control, UpError> {
     let token = format!("{:032x}", rand::random::<u128>());
     let server = DistributionServer::start(ServerConfig::new(
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.distribution_port),
         Some(token.clone()),
     ))
     .await
-    .with_context(|| {
-        format!(
-            "starting the distribution server on port {}",
-            args.distribution_port
-        )
+    .map_err(|e| UpError::Distribution {
+        port: args.distribution_port,
+        source: e.into(),
     })?;
     let server = Arc::new(server);
     let url = format!("http://{}", server.local_addr());
@@ -435,7 +591,9 @@ async fn start_controller(
         .collect();
     let mut controller_config = ControllerConfig::new(members, data_plane);
     controller_config.drill_actuator = Some(backends);
-    let controller = Controller::start(controller_config).await?;
+    let controller = Controller::start(controller_config)
+        .await
+        .map_err(|e| UpError::Controller(e.into()))?;
     say(format!(
         "controller: watching {} clusters, serving snapshots at {url}",
         plans.len()
@@ -450,17 +608,18 @@ async fn start_controller(
 
 /// Every Gateway of a region gets its own address from 127.0.(10+i).0/24 (the first one
 /// created, demo/web, gets the proxy's advertised .1), so examples can all use port 80.
-fn address_pools(plans: &[ClusterPlan]) -> anyhow::Result<AddressPools> {
+fn address_pools(plans: &[ClusterPlan]) -> Result<AddressPools, UpError> {
     let pools = plans
         .iter()
         .map(|p| {
             let first = p.proxy_address;
             let [a, b, c, _] = first.octets();
             // .254 is the east-west listener's (--multi-network).
-            AddressRange::new(first, Ipv4Addr::new(a, b, c, 253)).map(|r| (p.name.clone(), r))
+            AddressRange::new(first, Ipv4Addr::new(a, b, c, 253))
+                .map(|r| (p.name.clone(), r))
+                .map_err(|e| UpError::AddressPool(e.to_string()))
         })
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(anyhow::Error::msg)?;
+        .collect::<Result<Vec<_>, UpError>>()?;
     Ok(AddressPools::new(pools))
 }
 
@@ -476,7 +635,7 @@ async fn start_proxies(
     args: &UpArgs,
     plans: &[ClusterPlan],
     control: &Control,
-) -> anyhow::Result<Vec<Proxy>> {
+) -> Result<Vec<Proxy>, UpError> {
     let mut proxies = Vec::new();
     for (i, c) in plans.iter().enumerate() {
         let port = if args.admin_base_port == 0 {
@@ -495,7 +654,12 @@ async fn start_proxy(
     c: &ClusterPlan,
     admin: SocketAddr,
     control: &Control,
-) -> anyhow::Result<Proxy> {
+) -> Result<Proxy, UpError> {
+    let proxy_error = |source: BoxError| UpError::Proxy {
+        cluster: c.name.clone(),
+        admin,
+        source,
+    };
     let handle = Arc::new(
         ProxyHandle::start(ProxyConfig {
             admin: Some(admin),
@@ -510,7 +674,7 @@ async fn start_proxy(
             }),
         })
         .await
-        .with_context(|| format!("starting the proxy of {} (admin {admin})", c.name))?,
+        .map_err(|e| proxy_error(e.into()))?,
     );
     let client = Client::new(ClientConfig::new(
         control.url.clone(),
@@ -524,7 +688,8 @@ async fn start_proxy(
             address: Some(c.proxy_address.to_string()),
             east_west: handle.east_west_addr().map(|a| a.to_string()),
         },
-    ))?;
+    ))
+    .map_err(|e| proxy_error(e.into()))?;
     let h = handle.clone();
     let task = tokio::spawn(async move {
         meridian_proxy::follow_controller(&h, &client).await;
@@ -550,7 +715,7 @@ async fn start_demo(
     plans: &[ClusterPlan],
     clients: &[(String, kube::Client)],
     backends: &LocalBackends,
-) -> anyhow::Result<()> {
+) -> Result<(), UpError> {
     for c in plans {
         for (ip, zone) in c.backends.iter().zip(&c.zones) {
             let echo_args = echo::EchoArgs {
@@ -563,18 +728,27 @@ async fn start_demo(
             backends
                 .start(echo_args)
                 .await
-                .with_context(|| format!("starting the echo backend of zone {zone}"))?;
+                .map_err(|source| UpError::Echo {
+                    zone: zone.clone(),
+                    source,
+                })?;
         }
     }
     for (c, (name, client)) in plans.iter().zip(clients) {
         for (file, text) in DEMO {
             apply::apply_yaml(client, text)
                 .await
-                .with_context(|| format!("applying examples/demo/{file} to {name}"))?;
+                .map_err(|source| UpError::Apply {
+                    what: format!("applying examples/demo/{file} to {name}"),
+                    source,
+                })?;
         }
         apply::apply_object(client, &endpoint_slice(c), "demo")
             .await
-            .with_context(|| format!("EndpointSlice in {name}"))?;
+            .map_err(|source| UpError::Apply {
+                what: format!("EndpointSlice in {name}"),
+                source,
+            })?;
     }
     say("demo: echo backends in two zones per region; examples/demo applied to every cluster");
     Ok(())
@@ -585,7 +759,7 @@ async fn wait_demo(
     plans: &[ClusterPlan],
     clients: &[(String, kube::Client)],
     started: Instant,
-) -> anyhow::Result<()> {
+) -> Result<(), UpError> {
     wait_programmed(clients, Duration::from_secs(60)).await?;
     say(format!(
         "programmed: every Gateway Programmed=True in every cluster {:.1} s after start",

@@ -1,38 +1,31 @@
-//! An open-loop HTTP/1.1 load generator: requests are due on a fixed schedule, independent of
-//! how fast answers come back, and latency is measured from the time a request was *due*, not
-//! from the time it was sent. A server that stalls therefore cannot hide the requests that
-//! queued up behind the stall (the "coordinated omission" of closed-loop tools such as wrk).
+//! One latency run at a fixed request rate: the workspace's open-loop generator
+//! ([`meridian_drill::openloop`], shared with `meridian drill`) with the benchmark's reading of
+//! it: latency percentiles of the recorded period, the generator's own share, its CPU cost.
 //!
 //! Flow:
-//! 1. `connections` keep-alive HTTP/1.1 connections are opened up front (hyper client, one
-//!    current-thread tokio runtime, so the generator uses about one core like `wrk -t1`).
-//! 2. A pacer task on the same thread computes request `k`'s due time `start + k / rate`, waits
-//!    for it on a `timerfd` (tokio's own timers have 1 ms granularity; a timerfd in the runtime's
-//!    epoll set wakes within microseconds and needs no second thread to hand requests over), and
-//!    queues the due time.
-//! 3. Whichever connection is free takes the oldest due time, sends `GET /`, reads the whole
-//!    answer and records `answer complete − due`. If every connection is busy the request waits
-//!    in the queue and that wait counts as latency.
-//!    A connection the server closed is reopened (nginx closes one every 1000 requests).
-//! 4. Requests due during the warm-up are not recorded. The run is bounded: after the schedule
-//!    ends, answers get [`GRACE`]; requests still missing then are reported as unfinished.
+//! 1. `connections` keep-alive HTTP/1.1 connections are opened up front, on one current-thread
+//!    tokio runtime, so the generator uses about one core like `wrk -t1`; requests rotate over
+//!    them, and a connection the server closed is reopened (nginx closes one every 1000
+//!    requests). A connection that cannot be reopened is retired: the others take its share.
+//! 2. Request `k` is due at `start + k / rate` (µs-precise timerfd); a request waits for a free
+//!    connection when all are busy, and that wait counts as latency: latency runs from the due
+//!    time to the end of the answer, so a stalled server cannot hide the requests queued behind
+//!    it.
+//! 3. Requests due during the warm-up are sent but not recorded. The run is bounded: after the
+//!    schedule ends, answers get [`GRACE`]; requests still missing then are reported as
+//!    unfinished.
+//!
+//! Only a complete 2xx answer counts as ok.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use nix::sys::time::TimeSpec;
-use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use anyhow::Context;
+use meridian_drill::openloop::{
+    self, Endpoint, Finished, Generator, OnRefused, Recorder, Schedule,
+};
+use tokio::time::Instant;
 
 /// How long answers may take after the last request was due.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -50,7 +43,6 @@ pub struct Config {
     /// The recorded period.
     pub duration: Duration,
 }
-
 /// What a run measured. Latencies are in µs, from due time to the end of the answer.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -82,8 +74,11 @@ pub struct Report {
     pub total_errors: u64,
 }
 
+/// What the recorder collects while the run goes on.
 #[derive(Default)]
 struct Samples {
+    /// Requests due in the recorded period.
+    due: u64,
     latency_ns: Vec<u64>,
     send_delay_ns: Vec<u64>,
     errors: u64,
@@ -95,15 +90,6 @@ struct Samples {
 
 /// Runs the schedule against `cfg.addr` and reports latency percentiles.
 pub fn run(cfg: &Config) -> anyhow::Result<Report> {
-    if !(cfg.rate.is_finite() && cfg.rate > 0.0) {
-        bail!(
-            "the request rate must be a positive number, got {}",
-            cfg.rate
-        );
-    }
-    if cfg.connections == 0 {
-        bail!("at least one connection is needed");
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -111,78 +97,107 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     rt.block_on(drive(cfg))
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .with_context(|| format!("connecting to {addr} timed out"))?
-        .with_context(|| format!("connecting to {addr}"))?;
-    tcp.set_nodelay(true)?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(send)
+/// Sorts each finished request into the recorded period or the warm-up.
+struct Window {
+    from: Instant,
+    to: Instant,
+    samples: Mutex<Samples>,
+}
+
+impl Window {
+    fn contains(&self, t: Instant) -> bool {
+        t >= self.from && t < self.to
+    }
+
+    fn samples(&self) -> std::sync::MutexGuard<'_, Samples> {
+        // Only counters and pushes under the lock: a poisoned lock still holds consistent data.
+        self.samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Recorder for Window {
+    fn due(&self, due: Instant) {
+        if self.contains(due) {
+            self.samples().due += 1;
+        }
+    }
+
+    fn finished(&self, f: Finished) {
+        let ok = f.result.is_ok_and(|a| a.status.is_success());
+        let mut s = self.samples();
+        if ok {
+            s.total_ok += 1;
+        } else {
+            s.total_errors += 1;
+        }
+        if ok && self.contains(f.done) {
+            s.done_in_window += 1;
+        }
+        match (self.contains(f.due), ok, f.sent) {
+            (true, true, Some(sent)) => {
+                s.latency_ns.push((f.done - f.due).as_nanos() as u64);
+                s.send_delay_ns.push((sent - f.due).as_nanos() as u64);
+            }
+            (true, _, _) => s.errors += 1,
+            (false, _, _) => {} // warm-up
+        }
+    }
 }
 
 async fn drive(cfg: &Config) -> anyhow::Result<Report> {
-    let mut senders = Vec::with_capacity(cfg.connections);
-    for _ in 0..cfg.connections {
-        senders.push(connect(cfg.addr).await?);
-    }
-    let (tx, rx) = mpsc::unbounded_channel::<Instant>();
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let samples = Arc::new(Mutex::new(Samples::default()));
+    let generator = Generator::connect(openloop::Config {
+        endpoint: Endpoint::loopback(cfg.addr, &cfg.host)?,
+        rate: cfg.rate,
+        max_in_flight: cfg.connections,
+        open_up_front: true,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: None,
+        grace: Some(GRACE),
+        on_refused: OnRefused::RetireSlot,
+    })
+    .await?;
+    // The schedule starts a moment after the connections are open.
     let start = Instant::now() + Duration::from_millis(20);
     let from = start + cfg.warmup;
     let to = from + cfg.duration;
-    let total = ((cfg.warmup + cfg.duration).as_secs_f64() * cfg.rate).ceil() as u64;
+    let window = Arc::new(Window {
+        from,
+        to,
+        samples: Mutex::new(Samples::default()),
+    });
     let cpu_before = own_cpu_ticks();
-    let pacer = tokio::spawn(pace(tx, start, cfg.rate, total, (from, to)));
-
-    let host: Arc<str> = cfg.host.as_str().into();
-    let mut tasks = tokio::task::JoinSet::new();
-    for send in senders {
-        tasks.spawn(worker(
-            cfg.addr,
-            send,
-            rx.clone(),
-            host.clone(),
-            (from, to),
-            samples.clone(),
-        ));
-    }
-    let deadline = tokio::time::Instant::from_std(to + GRACE);
-    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {}
-    tasks.abort_all();
+    let schedule = Schedule {
+        start,
+        stop: to,
+        hard_stop: to,
+    };
+    let running = generator.start(schedule, window.clone());
+    running.done.await.context("the generator task failed")??;
     let cpu_after = own_cpu_ticks();
-    // The pacer has finished (workers end only once it drops the queue) unless the deadline
-    // cut them off, in which case it is long past its schedule too.
-    let due = tokio::time::timeout(Duration::from_secs(1), pacer)
-        .await
-        .context("the pacer did not finish")?
-        .context("the pacer task failed")??;
+    let samples = std::mem::take(&mut *window.samples());
+    Ok(report(cfg, samples, (cpu_before, cpu_after)))
+}
 
-    let mut s = std::mem::take(
-        &mut *samples
-            .lock()
-            .map_err(|_| anyhow::anyhow!("sample lock poisoned"))?,
-    );
+/// The figures of one run from what the recorder collected.
+fn report(cfg: &Config, mut s: Samples, cpu: (Option<u64>, Option<u64>)) -> Report {
     let ok = s.latency_ns.len() as u64;
     s.latency_ns.sort_unstable();
     s.send_delay_ns.sort_unstable();
     let us = |v: &[u64], q: f64| percentile(v, q) as f64 / 1_000.0;
-    Ok(Report {
-        due,
+    Report {
+        due: s.due,
         ok,
         errors: s.errors,
-        unfinished: due.saturating_sub(ok + s.errors),
+        unfinished: s.due.saturating_sub(ok + s.errors),
         p50_us: us(&s.latency_ns, 0.50),
         p99_us: us(&s.latency_ns, 0.99),
         p999_us: us(&s.latency_ns, 0.999),
         max_us: us(&s.latency_ns, 1.0),
         send_delay_p99_us: us(&s.send_delay_ns, 0.99),
         send_delay_p50_us: us(&s.send_delay_ns, 0.50),
-        generator_cpu_us_per_req: match (cpu_before, cpu_after) {
+        generator_cpu_us_per_req: match cpu {
             // Clock ticks are 1/100 s.
             (Some(b), Some(a)) if s.total_ok + s.total_errors > 0 => {
                 a.saturating_sub(b) as f64 * 10_000.0 / (s.total_ok + s.total_errors) as f64
@@ -192,7 +207,7 @@ async fn drive(cfg: &Config) -> anyhow::Result<Report> {
         answered_per_s: s.done_in_window as f64 / cfg.duration.as_secs_f64(),
         total_ok: s.total_ok,
         total_errors: s.total_errors,
-    })
+    }
 }
 
 /// The value below which a fraction `q` of the sorted samples lie (nearest rank).
@@ -209,141 +224,6 @@ fn own_cpu_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// A timerfd as tokio's `AsyncFd` wants it: owns the descriptor for its whole life.
-struct Timer(TimerFd);
-
-impl AsRawFd for Timer {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-/// Queues request `k`'s due time at that time, for `total` requests; returns how many requests
-/// fell due in the recorded window `[from, to)`. Dropping the queue sender at the end tells the
-/// workers to finish.
-async fn pace(
-    tx: mpsc::UnboundedSender<Instant>,
-    start: Instant,
-    rate: f64,
-    total: u64,
-    (from, to): (Instant, Instant),
-) -> anyhow::Result<u64> {
-    let fd = TimerFd::new(
-        ClockId::CLOCK_MONOTONIC,
-        TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-    )
-    .context("creating a timerfd")?;
-    // tokio 1.54 deprecates the safe constructor because an arbitrary `AsRawFd` type could close
-    // or swap its descriptor while registered; `Timer` owns its timerfd and never does either,
-    // and the workspace forbids the `unsafe` replacement.
-    #[allow(deprecated)]
-    let timer =
-        AsyncFd::with_interest(Timer(fd), Interest::READABLE).context("registering the timerfd")?;
-    let mut in_window = 0;
-    for k in 0..total {
-        let due = start + Duration::from_nanos((k as f64 * 1e9 / rate) as u64);
-        let now = Instant::now();
-        if due > now {
-            // A zero expiry would disarm the timer; `due > now` keeps it positive.
-            timer
-                .get_ref()
-                .0
-                .set(
-                    Expiration::OneShot(TimeSpec::from_duration(due - now)),
-                    TimerSetTimeFlags::empty(),
-                )
-                .context("arming the timerfd")?;
-            loop {
-                let mut ready = timer.readable().await?;
-                // Reading the expiry count rearms readiness; EAGAIN means not yet expired.
-                match ready.try_io(|t| t.get_ref().0.wait().map_err(std::io::Error::from)) {
-                    Ok(result) => {
-                        result?;
-                        break;
-                    }
-                    Err(_would_block) => continue,
-                }
-            }
-        }
-        if tx.send(due).is_err() {
-            break;
-        }
-        if due >= from && due < to {
-            in_window += 1;
-        }
-    }
-    Ok(in_window)
-}
-
-type Queue = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Instant>>>;
-
-async fn worker(
-    addr: SocketAddr,
-    mut send: SendRequest<Empty<Bytes>>,
-    rx: Queue,
-    host: Arc<str>,
-    (from, to): (Instant, Instant),
-    samples: Arc<Mutex<Samples>>,
-) {
-    loop {
-        let due = {
-            let mut q = rx.lock().await;
-            q.recv().await
-        };
-        let Some(due) = due else { return };
-        let recorded = due >= from && due < to;
-        // A server may close a keep-alive connection after N requests (nginx's
-        // `keepalive_requests 1000`); open a new one as a browser or wrk would. The reconnect
-        // time counts as latency of the request that waits for it.
-        let mut ready = send.ready().await.is_ok();
-        if !ready && let Ok(fresh) = connect(addr).await {
-            send = fresh;
-            ready = send.ready().await.is_ok();
-        }
-        let sent = Instant::now();
-        let outcome = if ready {
-            match hyper::Request::get("/")
-                .header(hyper::header::HOST, &*host)
-                .body(Empty::<Bytes>::new())
-            {
-                Ok(req) => match send.send_request(req).await {
-                    Ok(resp) => {
-                        let success = resp.status().is_success();
-                        success && resp.into_body().collect().await.is_ok()
-                    }
-                    Err(_) => false,
-                },
-                Err(_) => false,
-            }
-        } else {
-            false
-        };
-        let done = Instant::now();
-        if let Ok(mut s) = samples.lock() {
-            if outcome {
-                s.total_ok += 1;
-            } else {
-                s.total_errors += 1;
-            }
-            if outcome && done >= from && done < to {
-                s.done_in_window += 1;
-            }
-            match (recorded, outcome) {
-                (true, true) => {
-                    s.latency_ns.push((done - due).as_nanos() as u64);
-                    s.send_delay_ns.push((sent - due).as_nanos() as u64);
-                }
-                (true, false) => s.errors += 1,
-                (false, _) => {} // warm-up
-            }
-        }
-        if !ready {
-            // The server refuses new connections; the other connections take over this share.
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,45 @@ pub(crate) struct WriterConfig {
     pub timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Leader election (`--leader-elect`): writes happen only while this is `true`; a follower
+    /// keeps its jobs (latest status per object) and writes them if it becomes the leader.
+    /// `None`: always write.
+    pub write_gate: Option<watch::Receiver<bool>>,
+}
+
+/// Waits until the gate is open; `false` if the writer is to stop (shutdown, or the elector is
+/// gone: without it this replica cannot know it leads).
+async fn gate_open(
+    gate: &mut Option<watch::Receiver<bool>>,
+    shutdown: &mut watch::Receiver<bool>,
+    cluster: &str,
+) -> bool {
+    let Some(gate) = gate else {
+        return true;
+    };
+    if *gate.borrow_and_update() {
+        return true;
+    }
+    tracing::debug!(cluster, "not the leader: status writes wait");
+    tokio::select! {
+        open = gate.wait_for(|leads| *leads) => {
+            if open.is_err() {
+                tracing::warn!(cluster, "leader election stopped: no more status writes");
+            }
+            open.is_ok()
+        }
+        _ = crate::stopped(shutdown) => false,
+    }
+}
+
+/// Resolves when the gate closes (never without a gate).
+async fn gate_closed(gate: &mut Option<watch::Receiver<bool>>) {
+    match gate {
+        Some(g) => {
+            let _ = g.wait_for(|leads| !*leads).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 type WriteKey = (StatusKind, String, String);
@@ -420,10 +459,14 @@ impl StatusWriter {
     pub async fn run(
         self,
         client: kube::Client,
-        cfg: WriterConfig,
+        mut cfg: WriterConfig,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut gate = cfg.write_gate.take();
         loop {
+            if !gate_open(&mut gate, &mut shutdown, &self.cluster).await {
+                return;
+            }
             let (key, mut job) = match self.next_job() {
                 Ok(j) => j,
                 Err(when) => {
@@ -436,6 +479,7 @@ impl StatusWriter {
                     tokio::select! {
                         _ = sleep => {}
                         _ = self.shared.1.notified() => {}
+                        _ = gate_closed(&mut gate) => {}
                         _ = crate::stopped(&mut shutdown) => return,
                     }
                     continue;
@@ -446,6 +490,12 @@ impl StatusWriter {
             let result = tokio::select! {
                 r = tokio::time::timeout(cfg.timeout, write(&client, &cfg, &job)) => {
                     r.unwrap_or(Err(WriteError::Timeout))
+                }
+                _ = gate_closed(&mut gate) => {
+                    // Leadership lost mid-write: the job goes back, for the next leader term.
+                    let lost = Err(WriteError::Retry("leadership lost".into()));
+                    self.finish(key, job, &lost, Duration::ZERO);
+                    continue;
                 }
                 _ = crate::stopped(&mut shutdown) => return,
             };
@@ -831,6 +881,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
+            write_gate: None,
         };
         let task = tokio::spawn(writer.clone().run(client.clone(), cfg, stop_rx));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -874,6 +925,7 @@ mod tests {
             timeout,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
+            write_gate: None,
         }
     }
 
@@ -1125,6 +1177,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            write_gate: None,
         };
         assert_eq!(backoff(&cfg, 1), Duration::from_millis(100));
         assert_eq!(backoff(&cfg, 3), Duration::from_millis(400));

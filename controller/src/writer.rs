@@ -1133,6 +1133,62 @@ mod tests {
         sb.shutdown().await;
     }
 
+    /// Leader election: while the gate is closed nothing is written and the latest status per
+    /// object waits; opening it writes that status; closing it holds writes again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_wait_for_the_leadership_gate() {
+        let (sb, client) = gateway_api_sandbox().await;
+        let gws: Api<Gateway> = Api::namespaced(client.clone(), "default");
+        let gw: Gateway = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "default"},
+            "spec": {"gatewayClassName": "c", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+        .unwrap();
+        gws.create(&PostParams::default(), &gw).await.unwrap();
+        let w = writer();
+        let (gate_tx, gate_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut c = cfg(Duration::from_secs(5));
+        c.write_gate = Some(gate_rx);
+        let task = tokio::spawn(w.clone().run(client.clone(), c, stop_rx));
+        let at = |reason: &str| StatusUpdate {
+            namespace: Some("default".into()),
+            ..update("gw", 1, reason)
+        };
+        let reason = || async {
+            gws.get_status("gw")
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.conditions)
+                .map(|c| c[0].reason.clone())
+        };
+
+        // A follower: a write here takes milliseconds, so 300 ms without one shows it is held.
+        w.submit(at("First"), Some("1".into()), None);
+        w.submit(at("Latest"), Some("1".into()), None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(writes(&w, "ok"), 0);
+        assert_eq!(w.pending(), 1, "the latest status waits");
+        assert_eq!(reason().await, None);
+
+        gate_tx.send(true).unwrap();
+        wait_until("the held status to land", || writes(&w, "ok") == 1).await;
+        assert_eq!(reason().await.as_deref(), Some("Latest"));
+
+        gate_tx.send(false).unwrap();
+        w.submit(at("AfterStepDown"), Some("2".into()), None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(writes(&w, "ok"), 1, "a follower again writes nothing");
+        assert_eq!(reason().await.as_deref(), Some("Latest"));
+        assert_eq!(w.pending(), 1);
+
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        sb.shutdown().await;
+    }
+
     /// A connection that accepts but never answers (a dead API server whose socket still looks
     /// open) fails a write within the write client's read timeout, far below the write timeout.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,3 +333,83 @@ pub fn spawn_member_watcher(
         client, namespace, reserved, metrics, events, shutdown,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::members::member_secret;
+
+    const KUBECONFIG: &str = "\
+clusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+";
+
+    fn secret(cluster: &str, region: &str) -> Secret {
+        let spec = MemberSpec {
+            name: cluster.into(),
+            region: region.into(),
+            zones: vec![],
+            network: String::new(),
+            gateway_addresses: None,
+        };
+        member_secret("ns", &spec, KUBECONFIG)
+    }
+
+    fn names(events: &[MembershipEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                MembershipEvent::Added(m) => format!("added {}", m.spec.name),
+                MembershipEvent::Changed(m) => format!("changed {}", m.spec.name),
+                MembershipEvent::Removed { cluster, .. } => format!("removed {cluster}"),
+                MembershipEvent::Invalid { secret, .. } => format!("invalid {secret}"),
+            })
+            .collect()
+    }
+
+    fn membership() -> Membership {
+        let metrics = MemberMetrics::register(&Registry::new()).unwrap();
+        Membership::new("ns", BTreeSet::from(["local".to_string()]), metrics)
+    }
+
+    #[tokio::test]
+    async fn a_relist_removes_secrets_deleted_while_the_watch_was_down() {
+        let mut m = membership();
+        let mut all = Vec::new();
+        for s in [secret("east", "r"), secret("west", "r")] {
+            all.extend(m.handle(watcher::Event::Apply(s)).await);
+        }
+        assert_eq!(names(&all), ["added east", "added west"]);
+        // The watch restarts; only east is listed again, unchanged.
+        assert!(m.handle(watcher::Event::Init).await.is_empty());
+        assert!(
+            m.handle(watcher::Event::InitApply(secret("east", "r")))
+                .await
+                .is_empty(),
+            "an unchanged Secret emits nothing"
+        );
+        let done = m.handle(watcher::Event::InitDone).await;
+        assert_eq!(names(&done), ["removed west"]);
+        assert_eq!(m.metrics.clusters.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn renaming_the_cluster_of_a_secret_removes_the_old_member_first() {
+        let mut m = membership();
+        m.handle(watcher::Event::Apply(secret("east", "r"))).await;
+        let mut renamed = secret("north", "r");
+        renamed.metadata.name = Some("meridian-cluster-east".into());
+        let events = m.handle(watcher::Event::Apply(renamed)).await;
+        assert_eq!(names(&events), ["removed east", "added north"]);
+        // The flag's cluster is not for Secrets to take.
+        let events = m.handle(watcher::Event::Apply(secret("local", "r"))).await;
+        let [MembershipEvent::Invalid { error, .. }] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert!(error.to_string().contains("a --cluster flag"), "{error}");
+        assert_eq!(m.metrics.invalid.get(), 1);
+    }
+}

@@ -34,6 +34,7 @@
 //! [`Elector`] publishes the state as a `watch::Receiver<`[`Leadership`]`>` and as a
 //! `watch::Receiver<bool>` gate the status writers wait on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -169,12 +170,20 @@ fn identity_from(pod_name: Option<&str>, hostname: Option<&str>, pid: u32) -> St
 }
 
 /// A running campaign. Dropping it stops campaigning *without* releasing the Lease (as a crash
-/// would: others take over once it expires); [`Elector::shutdown`] releases it.
+/// would: others take over once it expires; this process stops leading at once);
+/// [`Elector::shutdown`] releases it.
 pub struct Elector {
     leadership: watch::Receiver<Leadership>,
     gate: watch::Receiver<bool>,
+    outputs: Arc<Outputs>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+}
+
+/// Where the campaign publishes (shared with [`Elector`], which closes the gate when dropped).
+struct Outputs {
+    state: watch::Sender<Leadership>,
+    gate: watch::Sender<bool>,
 }
 
 impl Elector {
@@ -184,18 +193,22 @@ impl Elector {
         let (state_tx, leadership) = watch::channel(Leadership::Follower { holder: None });
         let (gate_tx, gate) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
+        let outputs = Arc::new(Outputs {
+            state: state_tx,
+            gate: gate_tx,
+        });
         let campaign = Campaign {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
             observed: None,
             last_renew: None,
-            state_tx,
-            gate_tx,
+            outputs: outputs.clone(),
         };
         let task = tokio::spawn(campaign.run(stop_rx));
         Ok(Self {
             leadership,
             gate,
+            outputs,
             stop,
             task: Some(task),
         })
@@ -225,6 +238,11 @@ impl Drop for Elector {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            // Gate first: nothing of this process writes once it stopped campaigning.
+            self.outputs.gate.send_replace(false);
+            self.outputs
+                .state
+                .send_replace(Leadership::Follower { holder: None });
         }
     }
 }
@@ -246,8 +264,7 @@ struct Campaign {
     observed: Option<Observed>,
     /// While leading: when the last successful renewal was sent.
     last_renew: Option<Instant>,
-    state_tx: watch::Sender<Leadership>,
-    gate_tx: watch::Sender<bool>,
+    outputs: Arc<Outputs>,
 }
 
 impl Campaign {
@@ -306,7 +323,18 @@ impl Campaign {
 
     fn publish(&self, state: Leadership) {
         let leads = state.is_leader();
-        let changed = self.state_tx.send_if_modified(|s| {
+        let set_gate = || {
+            self.outputs.gate.send_if_modified(|g| {
+                let differs = *g != leads;
+                *g = leads;
+                differs
+            })
+        };
+        // The gate closes before anyone is told we follow, and opens only after.
+        if !leads {
+            set_gate();
+        }
+        let changed = self.outputs.state.send_if_modified(|s| {
             if *s == state {
                 false
             } else {
@@ -314,12 +342,9 @@ impl Campaign {
                 true
             }
         });
-        // The gate closes before anyone sees Follower... and opens only once we lead.
-        self.gate_tx.send_if_modified(|g| {
-            let differs = *g != leads;
-            *g = leads;
-            differs
-        });
+        if leads {
+            set_gate();
+        }
         if changed {
             match &state {
                 Leadership::Leader => {

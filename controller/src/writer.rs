@@ -110,7 +110,8 @@ async fn gate_open(
     let Some(gate) = gate else {
         return true;
     };
-    if *gate.borrow_and_update() {
+    // A gate whose elector is gone stays shut: this replica cannot know that it leads.
+    if *gate.borrow_and_update() && gate.has_changed().is_ok() {
         return true;
     }
     tracing::debug!(cluster, "not the leader: status writes wait");

@@ -280,3 +280,78 @@ fn dockerfile_builds_the_pinned_toolchain_into_a_non_root_image() {
     let ignore = std::fs::read_to_string(".dockerignore").unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
 }
+
+/// The indented command lines of README's "Install on real clusters" section.
+fn readme_install_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let section = readme
+        .split("## Install on real clusters")
+        .nth(1)
+        .expect("README has an \"Install on real clusters\" section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("    "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn readme_install_section_names_commands_that_exist() {
+    let commands = readme_install_commands();
+    assert!(commands.len() >= 8, "{commands:?}");
+    let mut applied = BTreeSet::new();
+    let mut added = BTreeSet::new();
+    for cmd in &commands {
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        match words[0] {
+            "docker" => assert!(matches!(words[1], "build" | "push"), "{cmd}"),
+            "kubectl" => {
+                if let Some(i) = words.iter().position(|w| *w == "-k") {
+                    let dir = words[i + 1];
+                    assert!(Path::new(dir).join("kustomization.yaml").exists(), "{cmd}");
+                    applied.insert(dir.to_string());
+                }
+            }
+            "meridian" => {
+                // Every flag of the command line is one `meridian <sub> <sub2> --help` lists.
+                let sub: Vec<&str> = words[1..]
+                    .iter()
+                    .take_while(|w| !w.starts_with('-'))
+                    .copied()
+                    .collect();
+                let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+                    .args(&sub[..sub.len().min(2)])
+                    .arg("--help")
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{cmd}: `meridian {sub:?} --help` fails"
+                );
+                let help = String::from_utf8(out.stdout).unwrap();
+                for flag in words.iter().filter(|w| w.starts_with("--")) {
+                    assert!(help.contains(*flag), "{cmd}: {flag} is not a flag");
+                }
+                if sub[..2] == ["cluster", "add"] {
+                    added.insert(sub[2].to_string());
+                }
+            }
+            other if other.starts_with("TOKEN=") => {}
+            other => panic!("README install step runs {other:?}, which this test does not know"),
+        }
+    }
+    // The controller's overlay and at least one other member, which is then added.
+    assert!(applied.contains("deploy/overlays/us-east"), "{applied:?}");
+    assert!(applied.len() >= 2);
+    assert!(!added.is_empty());
+
+    // docs/deploy.md walks through the same commands.
+    let guide = std::fs::read_to_string("docs/deploy.md").unwrap();
+    for cmd in commands
+        .iter()
+        .filter(|c| c.starts_with("meridian ") || c.starts_with("docker "))
+    {
+        assert!(guide.contains(cmd.as_str()), "docs/deploy.md lacks `{cmd}`");
+    }
+}

@@ -3,10 +3,18 @@
 //! | Path           | Answer                                                                  |
 //! |----------------|-------------------------------------------------------------------------|
 //! | `/healthz`     | 200 while the process runs                                              |
-//! | `/ready`       | 200 once a snapshot is served, else 503; JSON with generation, error and  |
-//! |                | the controller link (`controller: {url, connected, lastError}` or null) |
-//! | `/config_dump` | the served snapshot (private keys redacted), generation, last error     |
+//! | `/ready`       | 200 once a snapshot is served, else 503; JSON with generation, source,  |
+//! |                | error, the controller link (`controller: {url, connected, lastError}`   |
+//! |                | or null) and the state file (`stateFile` or null)                       |
+//! | `/config_dump` | the served snapshot (private keys redacted), generation, source, error  |
 //! | `/metrics`     | Prometheus text                                                         |
+//!
+//! `source` says where the served snapshot came from: `file` (`--snapshot`), `controller`, or
+//! `disk` (restored from `--state-dir` at start; `restored: {path, generation, writtenAt}` tells
+//! which), null before the first one. A proxy serving a restored snapshot is ready (200): it
+//! serves the last configuration it acknowledged, and taking every proxy out of its load
+//! balancer because the controller is down would turn a control-plane outage into a data-plane
+//! one. Whoever wants to know watches `source` or `meridian_proxy_snapshot_source{source="disk"}`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::state::Shared;
+use crate::state::{Shared, SnapshotSource};
 
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -81,16 +89,32 @@ fn answer<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
+            let source = shared.source();
             json_reply(
                 status,
                 &json!({
                     "ready": served.is_some(),
                     "generation": generation,
+                    "source": source.as_ref().map(SnapshotSource::label),
+                    "restored": match &source {
+                        Some(SnapshotSource::Disk(r)) => json!({
+                            "path": r.path,
+                            "generation": r.generation,
+                            "writtenAt": r.written_at,
+                        }),
+                        _ => Value::Null,
+                    },
                     "lastError": shared.last_error(),
                     "controller": shared.controller().map(|c| json!({
                         "url": c.url,
                         "connected": c.connected,
                         "lastError": c.last_error,
+                    })),
+                    "stateFile": shared.state_file().map(|f| json!({
+                        "path": f.path,
+                        "generation": f.written.as_ref().map(|w| w.0),
+                        "writtenAt": f.written.as_ref().map(|w| w.1.clone()),
+                        "lastError": f.last_error,
                     })),
                 }),
             )
@@ -107,6 +131,7 @@ fn answer<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
                 StatusCode::OK,
                 &json!({
                     "generation": generation,
+                    "source": shared.source().as_ref().map(SnapshotSource::label),
                     "lastError": shared.last_error(),
                     "snapshot": snapshot,
                 }),

@@ -3,11 +3,13 @@
 //! Ctrl-C.
 //!
 //! ```text
-//! run ─ source (flags checked, nothing started yet) ─ runtime ─ ProxyHandle::start
-//!     ─ --snapshot FILE: watch_file            ─┐
-//!     ─ --controller URL: Client (Hello with    ├─ until Ctrl-C ─ shutdown
-//!       the bound east-west address)           ─┘
-//!       ─ follow_controller
+//! run ─ source (flags checked, --state-dir created; nothing started yet) ─ runtime
+//!     ─ ProxyHandle::start
+//!     ─ --snapshot FILE: watch_file                       ─┐
+//!     ─ --controller URL: Client (Hello with the bound      ├─ until Ctrl-C ─ shutdown
+//!       east-west address)                                 ─┘
+//!       ─ follow_controller, or with --state-dir DIR follow_controller_with_state (serves
+//!         the kept snapshot at once, keeps every applied one)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,8 +18,9 @@ use std::path::PathBuf;
 use meridian_distribution::{Client, ClientConfig, ClientError, GatewayRef, Hello};
 use meridian_model::locality::Locality;
 
-use crate::controller::follow_controller;
+use crate::controller::{follow_controller, follow_controller_with_state};
 use crate::handle::{ProxyConfig, ProxyHandle, StartError};
+use crate::state_dir::{StateDir, StateDirError};
 use crate::watch::watch_file;
 
 /// Why `meridian proxy` could not run (nothing is served when it returns one of these).
@@ -37,6 +40,15 @@ pub enum RunError {
     /// `--controller` without `--cluster`.
     #[error("`--cluster NAME` is required with `--controller`")]
     NoCluster,
+    /// `--state-dir` without `--controller`.
+    #[error(
+        "`--state-dir DIR` keeps the controller's last snapshot: it needs `--controller URL` \
+         (a `--snapshot FILE` is its own state)"
+    )]
+    StateDirWithoutController,
+    /// The state directory cannot be created or read.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
     /// `--controller` without a token or `--insecure`.
     #[error(
         "`--controller` needs a token (`--token` or MERIDIAN_TOKEN); `--insecure` connects \
@@ -118,6 +130,13 @@ pub struct ProxyArgs {
     /// Zone this proxy runs in (endpoint preference).
     #[arg(long, default_value = "")]
     pub zone: String,
+    /// Directory where the last snapshot applied from the controller is kept (written
+    /// atomically after each one, at most once a second): a proxy restarting while the
+    /// controller is unreachable serves it at once (`/ready` says `"source": "disk"`). Refused
+    /// on start when corrupt, of another format version or of another `--cluster`. Default:
+    /// none (nothing kept). In a pod: an `emptyDir`, e.g. `/var/lib/meridian`.
+    #[arg(long, value_name = "DIR", requires = "controller")]
+    pub state_dir: Option<PathBuf>,
     /// East-west listener (`ip:port`, plain HTTP) where proxies of other networks reach this
     /// network's backends (multi-network clusters); reported to the controller. On an unspecified
     /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
@@ -146,7 +165,9 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
         .await?;
         let client = match &source {
             Source::File(_) => None,
-            Source::Controller { url, token, hello } => Some(controller_client(
+            Source::Controller {
+                url, token, hello, ..
+            } => Some(controller_client(
                 &handle,
                 url,
                 token,
@@ -156,8 +177,16 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
         };
         let serve = async {
             match (source, client) {
-                (Source::Controller { .. }, Some(client)) => {
+                (Source::Controller { state: None, .. }, Some(client)) => {
                     let _ = follow_controller(&handle, &client).await;
+                }
+                (
+                    Source::Controller {
+                        state: Some(state), ..
+                    },
+                    Some(client),
+                ) => {
+                    let _ = follow_controller_with_state(&handle, &client, &state).await;
                 }
                 (Source::File(path), _) => watch_file(&handle, path).await,
                 (Source::Controller { .. }, None) => {}
@@ -205,6 +234,8 @@ enum Source {
         url: String,
         token: Option<String>,
         hello: Box<Hello>,
+        /// `--state-dir`, opened.
+        state: Option<StateDir>,
     },
 }
 
@@ -232,6 +263,9 @@ fn source(args: &ProxyArgs) -> Result<Source, RunError> {
         (Some(_), Some(_)) => Err(RunError::BothSources),
         (None, None) => Err(RunError::NoSource),
         (Some(path), None) => {
+            if args.state_dir.is_some() {
+                return Err(RunError::StateDirWithoutController);
+            }
             if !path.is_file() {
                 return Err(RunError::NoSnapshotFile(path.clone()));
             }
@@ -271,10 +305,17 @@ fn controller_source(args: &ProxyArgs, url: &str) -> Result<Source, RunError> {
         token.clone(),
         hello.clone(),
     ))?;
+    // Last: creating the directory is the only check with a side effect.
+    let state = args
+        .state_dir
+        .as_ref()
+        .map(|dir| StateDir::open(dir, &args.cluster))
+        .transpose()?;
     Ok(Source::Controller {
         url: url.to_string(),
         token,
         hello: Box::new(hello),
+        state,
     })
 }
 
@@ -327,6 +368,37 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("NAMESPACE/NAME"), "{err}");
+    }
+
+    #[test]
+    fn the_state_dir_goes_with_the_controller_only() {
+        let err = Cli::try_parse_from(["p", "--state-dir", "/tmp/x"])
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // clap lets it pass next to `--snapshot` (which excludes `--controller`): `run` says no
+        // before it looks at anything else.
+        let cli =
+            Cli::try_parse_from(["p", "--snapshot", "s.json", "--state-dir", "/tmp/x"]).unwrap();
+        let err = super::source(&cli.args).err().unwrap();
+        assert!(
+            matches!(err, super::RunError::StateDirWithoutController),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from([
+            "p",
+            "--controller",
+            "http://c:1",
+            "--state-dir",
+            "/var/lib/meridian",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.state_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/meridian"))
+        );
+        let cli = Cli::try_parse_from(["p", "--controller", "http://c:1"]).unwrap();
+        assert_eq!(cli.args.state_dir, None, "nothing is kept by default");
     }
 
     #[test]

@@ -279,6 +279,8 @@ impl ProxyHandle {
             traffic,
             last_error: Default::default(),
             controller: Default::default(),
+            source: Default::default(),
+            state_file: Default::default(),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));

@@ -13,7 +13,7 @@
 //!          both ─► Forwarder (gateway/upstream.rs, gateway/response.rs): endpoint
 //!             (endpoints.rs) ─ upstream (pooled, h1 or h2c) ─ retries/failover ─ response
 //!             filters ─ served-by ─ traffic counters and metrics
-//! admin.rs: /healthz /ready /config_dump /metrics
+//! admin.rs: /healthz /ready /config_dump /metrics     state_dir.rs: the kept snapshot (--state-dir)
 //! ```
 //!
 //! Flows:
@@ -31,6 +31,12 @@
 //!    `meridian-distribution`). In both modes the last good snapshot keeps serving whatever
 //!    happens to its source. [`run`] (cli.rs) is `meridian proxy`: flags, runtime, source, until
 //!    Ctrl-C ([`RunError`] when it cannot).
+//! 5. With `--state-dir DIR`, `follow_controller_with_state` (controller.rs) first serves the
+//!    snapshot kept in DIR if it passes its checks ([`state_dir`]: format version, SHA-256,
+//!    cluster), then writes every snapshot applied from the controller there atomically, so a
+//!    proxy restarting while the controller is down serves at once. `/ready` and
+//!    `meridian_proxy_snapshot_source` tell where the served snapshot came from (`file`,
+//!    `controller`, `disk`); docs/proxy.md has the operator's view.
 //!
 //! Endpoint health: connect failures eject at once (endpoints.rs) and an active health checker
 //! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones.
@@ -70,12 +76,14 @@ mod listeners;
 mod metrics;
 mod mirror;
 mod state;
+pub mod state_dir;
 mod traffic;
 mod watch;
 
 pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};
-pub use controller::follow_controller;
+pub use controller::{follow_controller, follow_controller_with_state};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle, StartError};
+pub use state_dir::StateDir;
 pub(crate) use watch::BIND_RETRY;
 pub use watch::{WATCH_INTERVAL, decode, watch_file};

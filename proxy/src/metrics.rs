@@ -60,6 +60,16 @@ pub struct Metrics {
     pub controller_connected: IntGauge,
     /// Endpoints drained by failover drills in the served snapshot, by drill.
     pub drained_endpoints: IntGaugeVec,
+    /// 1 for where the served snapshot came from (`file`, `controller`, `disk`), 0 for the
+    /// others; all 0 before the first snapshot.
+    pub snapshot_source: IntGaugeVec,
+    /// Start-up restores from `--state-dir`, by result (`ok`, `none`, `corrupt`,
+    /// `unsupported_version`, `wrong_cluster`, `unreadable`, `refused`).
+    pub snapshot_restores: IntCounterVec,
+    /// Writes of the state file, by result (`ok`, `error`).
+    pub state_writes: IntCounterVec,
+    /// Generation in the state file as last written by this run (0 before the first write).
+    pub state_generation: IntGauge,
 }
 
 impl Metrics {
@@ -132,6 +142,37 @@ impl Metrics {
                          scopes)",
                     ),
                     &["drill"],
+                )?,
+            )?,
+            snapshot_source: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "meridian_proxy_snapshot_source",
+                        "1 for where the served snapshot came from: file (--snapshot), \
+                         controller, or disk (restored from --state-dir while the controller \
+                         has not sent one)",
+                    ),
+                    &["source"],
+                )?,
+            )?,
+            snapshot_restores: counter_vec(
+                &r,
+                "meridian_proxy_snapshot_restore_total",
+                "Start-up restores of the snapshot kept in --state-dir, by result",
+                &["result"],
+            )?,
+            state_writes: counter_vec(
+                &r,
+                "meridian_proxy_state_writes_total",
+                "Writes of the last acknowledged snapshot to --state-dir, by result",
+                &["result"],
+            )?,
+            state_generation: registered(
+                &r,
+                IntGauge::new(
+                    "meridian_proxy_state_written_generation",
+                    "Generation of the snapshot last written to --state-dir by this run",
                 )?,
             )?,
             registry: r,

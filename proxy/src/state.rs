@@ -65,6 +65,53 @@ pub(crate) struct Shared {
     pub controller: Mutex<Option<ControllerLink>>,
     /// The east-west listener's identity, if the proxy has one.
     pub east_west: Option<EastWestSide>,
+    /// Where the served snapshot came from (`None` before the first one).
+    pub source: Mutex<Option<SnapshotSource>>,
+    /// The state file with `--state-dir` (`None` without).
+    pub state_file: Mutex<Option<StateFileStatus>>,
+}
+
+/// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SnapshotSource {
+    /// `--snapshot FILE`.
+    File,
+    /// The controller's stream, in this run of the proxy.
+    Controller,
+    /// The state file of `--state-dir`, restored at start while the controller is not (yet)
+    /// heard from.
+    Disk(RestoredFrom),
+}
+
+impl SnapshotSource {
+    /// Every label value, so that the gauge shows the zeros too.
+    pub const LABELS: [&'static str; 3] = ["file", "controller", "disk"];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            SnapshotSource::File => "file",
+            SnapshotSource::Controller => "controller",
+            SnapshotSource::Disk(_) => "disk",
+        }
+    }
+}
+
+/// The state file a restored snapshot came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RestoredFrom {
+    pub path: String,
+    pub generation: u64,
+    pub written_at: String,
+}
+
+/// What `/ready` says about the state file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct StateFileStatus {
+    pub path: String,
+    /// Generation and time of the last successful write (in this run).
+    pub written: Option<(u64, String)>,
+    /// Why the last write or the restore failed (cleared by the next successful write).
+    pub last_error: Option<String>,
 }
 
 /// What requests on the east-west listener use in place of a Gateway listener and Gateway.
@@ -103,6 +150,36 @@ impl Shared {
             .controller_connected
             .set(i64::from(link.as_ref().is_some_and(|l| l.connected)));
         *self.controller.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+
+    pub fn source(&self) -> Option<SnapshotSource> {
+        self.source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records where the served snapshot now comes from (gauge: 1 for it, 0 for the others).
+    pub fn set_source(&self, source: SnapshotSource) {
+        for label in SnapshotSource::LABELS {
+            self.metrics
+                .snapshot_source
+                .with_label_values(&[label])
+                .set(i64::from(label == source.label()));
+        }
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    pub fn state_file(&self) -> Option<StateFileStatus> {
+        self.state_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn update_state_file(&self, f: impl FnOnce(&mut StateFileStatus)) {
+        let mut guard = self.state_file.lock().unwrap_or_else(|p| p.into_inner());
+        f(guard.get_or_insert_with(StateFileStatus::default));
     }
 
     pub fn set_last_error(&self, e: Option<String>) {

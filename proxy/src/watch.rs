@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use meridian_model::{Snapshot, SnapshotError};
 
 use crate::handle::{ApplyError, ProxyHandle};
+use crate::state::SnapshotSource;
 
 /// How often [`watch_file`] looks at the file.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(300);
@@ -50,7 +51,10 @@ pub async fn watch_file(handle: &ProxyHandle, path: PathBuf) {
                             last_read_error = None;
                             match decode(&text) {
                                 Ok(snapshot) => match handle.apply(snapshot).await {
-                                    Ok(_) => applied_text = Some(text),
+                                    Ok(_) => {
+                                        handle.shared().set_source(SnapshotSource::File);
+                                        applied_text = Some(text);
+                                    }
                                     Err(ApplyError::Bind { .. }) => {
                                         retry_at = Some(Instant::now() + BIND_RETRY);
                                     }

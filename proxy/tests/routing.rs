@@ -718,6 +718,7 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
         region: String::new(),
         zone: String::new(),
         east_west: None,
+        state_dir: None,
     };
     let err = meridian_proxy::run(args.clone()).unwrap_err();
     assert!(err.to_string().contains("--snapshot FILE"), "{err}");

@@ -60,6 +60,47 @@ pub fn server_side_apply(
     force: bool,
     mode: WriteMode,
 ) -> Result<Value, ApiError> {
+    check_applied(applied)?;
+    let mut applied = applied.clone();
+    if let Some(Value::Object(meta)) = applied.get_mut("metadata") {
+        meta.remove("managedFields");
+    }
+    let owned = owned_part(&applied, rt, mode);
+    let me = Manager {
+        name: manager,
+        subresource: if mode == WriteMode::Status {
+            "status"
+        } else {
+            ""
+        },
+        set: field_set(&owned, rt),
+    };
+    let mut entries = live.map(parse_managed_fields).unwrap_or_default();
+    let mut result = match live {
+        Some(l) => l.clone(),
+        None => json!({}),
+    };
+
+    // 2. Conflicts with other apply managers of the same subresource.
+    let conflicts = me.take_over_or_conflict(&mut entries, &result, &owned, force);
+    if !conflicts.is_empty() {
+        let name = applied["metadata"]["name"].as_str().unwrap_or("");
+        return Err(conflict_error(rt, name, &conflicts));
+    }
+
+    // 3. Merge, then drop what this manager stopped applying.
+    let mut names = Vec::new();
+    merge_applied(&mut result, &owned, &mut names, rt);
+    copy_identity(&mut result, &applied);
+    me.drop_unapplied(&mut result, &entries);
+
+    // 4. managedFields.
+    me.record(&mut result, entries, &applied["apiVersion"]);
+    Ok(result)
+}
+
+/// An apply body is an object with `apiVersion` and `kind`.
+fn check_applied(applied: &Value) -> Result<(), ApiError> {
     let Value::Object(am) = applied else {
         return Err(ApiError::bad_request("the apply body must be an object"));
     };
@@ -74,148 +115,169 @@ pub fn server_side_apply(
             )));
         }
     }
-    let mut applied = applied.clone();
-    if let Some(Value::Object(meta)) = applied.get_mut("metadata") {
-        meta.remove("managedFields");
-    }
-    let owned = owned_part(&applied, rt, mode);
-    let new_set = field_set(&owned, rt);
-    let subresource = if mode == WriteMode::Status {
-        "status"
-    } else {
-        ""
-    };
-    let mut entries = live.map(parse_managed_fields).unwrap_or_default();
-    let mut result = match live {
-        Some(l) => l.clone(),
-        None => json!({}),
-    };
+    Ok(())
+}
 
-    // 2. Conflicts with other apply managers of the same subresource.
-    let mut conflicts: Vec<(String, String)> = Vec::new();
-    for e in entries
-        .iter_mut()
-        .filter(|e| e.apply && e.manager != manager && e.subresource == subresource)
-    {
-        let clashing: Vec<FieldPath> = new_set
-            .iter()
-            .filter(|p| e.set.contains(*p) && !p.last().is_some_and(|l| l.starts_with("k:")))
-            .filter(|p| value_at(&result, p) != value_at(&owned, p))
-            .cloned()
-            .collect();
-        for p in clashing {
-            if force {
-                e.set.remove(&p);
-            } else {
-                conflicts.push((e.manager.clone(), display_path(&p)));
-            }
-        }
-    }
-    if !conflicts.is_empty() {
-        let n = conflicts.len();
-        let list: Vec<String> = conflicts
-            .iter()
-            .map(|(m, p)| format!("conflict with \"{m}\": {p}"))
-            .collect();
-        let name = applied["metadata"]["name"].as_str().unwrap_or("");
-        let mut err = ApiError::conflict_msg(
-            &rt.group,
-            &rt.plural,
-            name,
-            format!(
-                "Apply failed with {n} conflict{}: {}",
-                if n == 1 { "" } else { "s" },
-                list.join("\n")
+/// The 409 `Apply failed with N conflicts`, one cause per `(manager, field)`.
+fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[(String, String)]) -> ApiError {
+    let n = conflicts.len();
+    let list: Vec<String> = conflicts
+        .iter()
+        .map(|(m, p)| format!("conflict with \"{m}\": {p}"))
+        .collect();
+    let mut err = ApiError::conflict_msg(
+        &rt.group,
+        &rt.plural,
+        name,
+        format!(
+            "Apply failed with {n} conflict{}: {}",
+            if n == 1 { "" } else { "s" },
+            list.join("\n")
+        ),
+    );
+    if let Some(Value::Object(d)) = err.details.as_mut() {
+        d.insert(
+            "causes".into(),
+            Value::Array(
+                conflicts
+                    .iter()
+                    .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": p}))
+                    .collect(),
             ),
         );
-        if let Some(Value::Object(d)) = err.details.as_mut() {
-            d.insert(
-                "causes".into(),
-                Value::Array(
-                    conflicts
-                        .iter()
-                        .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": p}))
-                        .collect(),
-                ),
-            );
-        }
-        return Err(err);
     }
+    err
+}
 
-    // 3. Merge, then drop what this manager stopped applying.
-    let mut names = Vec::new();
-    merge_applied(&mut result, &owned, &mut names, rt);
-    if let (Value::Object(r), Value::Object(a)) = (&mut result, &applied) {
-        for k in ["apiVersion", "kind"] {
-            if let Some(v) = a.get(k) {
-                r.insert(k.into(), v.clone());
-            }
+/// `apiVersion`, `kind` and the identity fields come from the applied object (the store checks
+/// them against the URL).
+fn copy_identity(result: &mut Value, applied: &Value) {
+    let (Value::Object(r), Value::Object(a)) = (result, applied) else {
+        return;
+    };
+    for k in ["apiVersion", "kind"] {
+        if let Some(v) = a.get(k) {
+            r.insert(k.into(), v.clone());
         }
-        // Identity fields come from the applied object (the store checks them against the URL).
-        if let Some(Value::Object(am)) = a.get("metadata") {
-            let rm = r.entry("metadata").or_insert_with(|| json!({}));
-            if let Value::Object(rm) = rm {
-                for k in ["name", "namespace", "resourceVersion"] {
-                    if let Some(v) = am.get(k) {
-                        rm.insert(k.into(), v.clone());
-                    }
+    }
+    if let Some(Value::Object(am)) = a.get("metadata") {
+        let rm = r.entry("metadata").or_insert_with(|| json!({}));
+        if let Value::Object(rm) = rm {
+            for k in ["name", "namespace", "resourceVersion"] {
+                if let Some(v) = am.get(k) {
+                    rm.insert(k.into(), v.clone());
                 }
             }
         }
     }
-    let prev: FieldSet = entries
-        .iter()
-        .find(|e| e.apply && e.manager == manager && e.subresource == subresource)
-        .map(|e| e.set.clone())
-        .unwrap_or_default();
-    let others: Vec<&FieldSet> = entries
-        .iter()
-        .filter(|e| e.apply && !(e.manager == manager && e.subresource == subresource))
-        .map(|e| &e.set)
-        .collect();
-    for p in prev.difference(&new_set) {
-        let still_owned = others
+}
+
+/// The manager of this apply: its name, the subresource it writes ("" or "status") and the
+/// fields it applies now.
+struct Manager<'a> {
+    name: &'a str,
+    subresource: &'a str,
+    set: FieldSet,
+}
+
+impl Manager<'_> {
+    /// Whether `e` is this manager's own apply entry.
+    fn is_me(&self, e: &Entry) -> bool {
+        e.apply && e.manager == self.name && e.subresource == self.subresource
+    }
+
+    /// Leaves this apply sets that another apply manager of the same subresource owns with a
+    /// different live value: with `force` they move to this manager, otherwise they are
+    /// returned as `(other manager, field)` conflicts.
+    fn take_over_or_conflict(
+        &self,
+        entries: &mut [Entry],
+        live: &Value,
+        owned: &Value,
+        force: bool,
+    ) -> Vec<(String, String)> {
+        let mut conflicts = Vec::new();
+        for e in entries
+            .iter_mut()
+            .filter(|e| e.apply && e.manager != self.name && e.subresource == self.subresource)
+        {
+            let clashing: Vec<FieldPath> = self
+                .set
+                .iter()
+                .filter(|p| e.set.contains(*p) && !p.last().is_some_and(|l| l.starts_with("k:")))
+                .filter(|p| value_at(live, p) != value_at(owned, p))
+                .cloned()
+                .collect();
+            for p in clashing {
+                if force {
+                    e.set.remove(&p);
+                } else {
+                    conflicts.push((e.manager.clone(), display_path(&p)));
+                }
+            }
+        }
+        conflicts
+    }
+
+    /// Removes the fields this manager applied last time but not now, unless another apply
+    /// manager still owns them (or a field above or below them).
+    fn drop_unapplied(&self, result: &mut Value, entries: &[Entry]) {
+        let prev: FieldSet = entries
             .iter()
-            .any(|s| s.iter().any(|o| o.starts_with(p) || p.starts_with(o)));
-        if !still_owned {
-            remove_path(&mut result, p);
+            .find(|e| self.is_me(e))
+            .map(|e| e.set.clone())
+            .unwrap_or_default();
+        let others: Vec<&FieldSet> = entries
+            .iter()
+            .filter(|e| e.apply && !self.is_me(e))
+            .map(|e| &e.set)
+            .collect();
+        for p in prev.difference(&self.set) {
+            let still_owned = others
+                .iter()
+                .any(|s| s.iter().any(|o| o.starts_with(p) || p.starts_with(o)));
+            if !still_owned {
+                remove_path(result, p);
+            }
         }
     }
 
-    // 4. managedFields.
-    entries.retain(|e| !(e.apply && e.manager == manager && e.subresource == subresource));
-    let mut mf: Vec<Value> = entries
-        .iter()
-        .filter(|e| !e.set.is_empty() || !e.apply)
-        .map(|e| {
-            let mut raw = e.raw.clone();
-            if e.apply {
-                raw["fieldsV1"] = to_fields_v1(&e.set);
+    /// Rewrites `metadata.managedFields`: the other entries (apply entries that own nothing any
+    /// more are dropped) and this manager's new `Apply` entry.
+    fn record(&self, result: &mut Value, mut entries: Vec<Entry>, api_version: &Value) {
+        entries.retain(|e| !self.is_me(e));
+        let mut mf: Vec<Value> = entries
+            .iter()
+            .filter(|e| !e.set.is_empty() || !e.apply)
+            .map(|e| {
+                let mut raw = e.raw.clone();
+                if e.apply {
+                    raw["fieldsV1"] = to_fields_v1(&e.set);
+                }
+                raw
+            })
+            .collect();
+        if !self.set.is_empty() {
+            let mut entry = json!({
+                "manager": self.name,
+                "operation": "Apply",
+                "apiVersion": api_version,
+                "time": now_rfc3339(),
+                "fieldsType": "FieldsV1",
+                "fieldsV1": to_fields_v1(&self.set),
+            });
+            if !self.subresource.is_empty() {
+                entry["subresource"] = json!(self.subresource);
             }
-            raw
-        })
-        .collect();
-    if !new_set.is_empty() {
-        let mut entry = json!({
-            "manager": manager,
-            "operation": "Apply",
-            "apiVersion": applied["apiVersion"],
-            "time": now_rfc3339(),
-            "fieldsType": "FieldsV1",
-            "fieldsV1": to_fields_v1(&new_set),
-        });
-        if !subresource.is_empty() {
-            entry["subresource"] = json!(subresource);
+            mf.push(entry);
         }
-        mf.push(entry);
-    }
-    if let Value::Object(r) = &mut result {
-        let meta = r.entry("metadata").or_insert_with(|| json!({}));
-        if let Value::Object(meta) = meta {
-            meta.insert("managedFields".into(), Value::Array(mf));
+        if let Value::Object(r) = result {
+            let meta = r.entry("metadata").or_insert_with(|| json!({}));
+            if let Value::Object(meta) = meta {
+                meta.insert("managedFields".into(), Value::Array(mf));
+            }
         }
     }
-    Ok(result)
 }
 
 /// The part of the applied object the endpoint writes.

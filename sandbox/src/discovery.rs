@@ -107,6 +107,18 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if t.group.is_empty() && t.plural == "serviceaccounts" {
+            // The TokenRequest subresource (`kubectl create token`, see `crate::auth`).
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
     }
     if resources.is_empty() {
         return None;
@@ -142,6 +154,7 @@ mod tests {
         assert!(names.contains(&"namespaces"));
         assert!(names.contains(&"services/status"));
         assert!(!names.contains(&"configmaps/status"));
+        assert!(names.contains(&"serviceaccounts/token"));
         assert!(resource_list(&reg, "nope.io", "v1").is_none());
     }
 }

@@ -131,6 +131,28 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
+    /// 403 about a request the authorizer refused: `<resource>[.<group>] ["<name>"] is
+    /// forbidden: <why>`, or `forbidden: <why>` when no resource is involved (a path).
+    pub fn forbidden_request(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        if resource.is_empty() {
+            let mut e = Self::new(403, "Forbidden", format!("forbidden: {why}"));
+            e.details = Some(json!({}));
+            return e;
+        }
+        let qualified = group_resource(group, resource);
+        let message = if name.is_empty() {
+            format!("{qualified} is forbidden: {why}")
+        } else {
+            format!("{qualified} \"{name}\" is forbidden: {why}")
+        };
+        Self::new(403, "Forbidden", message).with_details(name, group, resource)
+    }
+
+    /// 401: the request carries credentials the server does not accept.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
     pub fn method_not_allowed() -> Self {
         let mut e = Self::new(
             405,

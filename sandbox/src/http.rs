@@ -11,15 +11,24 @@
 //! same JSON by [`crate::protobuf`]). Answers are always JSON, which clients that prefer protobuf
 //! accept because client-go decodes by the response Content-Type.
 //!
+//! Before routing, every request is authenticated ([`crate::auth`]: no credentials, the admin
+//! token, a ServiceAccount token, or 401; `Impersonate-User`/`-Group` switch to another identity
+//! if the caller may impersonate it) and, unless it is the admin, authorized ([`crate::rbac`],
+//! 403 otherwise). Two endpoints exist for that machinery: the ServiceAccount `token`
+//! subresource (TokenRequest, `kubectl create token`) and `SelfSubjectAccessReview`
+//! (`kubectl auth can-i`), answered from the same rules.
+//!
 //! Every handler returns `Result<Response, ApiError>`; errors become `Status` bodies, and a panic
 //! inside a handler is caught and answered with a 500 Status instead of dropping the connection.
 
 use crate::apply::server_side_apply;
+use crate::auth::{self, Identity};
 use crate::discovery;
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::openapi;
 use crate::patch::{self, PatchKind};
 use crate::protobuf;
+use crate::rbac::{self, RequestAttributes, ResourceAttributes};
 use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::{Body, Cluster};
@@ -130,6 +139,15 @@ async fn route(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Response
         .collect();
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let query = parse_query(parts.uri.query());
+    let identity = authenticate(&cluster, &parts)?;
+    if identity != Identity::Admin {
+        let attrs = RequestAttributes::from_request(&parts.method, &s, &query, parts.uri.path());
+        let decision = rbac::authorize(&cluster.lock(), &identity, &attrs);
+        if let Err(e) = decision {
+            cluster.record_denial(rbac::Denial::of(&identity, &attrs));
+            return Err(e);
+        }
+    }
     let get_only = |v: Option<Value>| -> Result<Response<Body>, ApiError> {
         if parts.method != Method::GET {
             return Err(ApiError::method_not_allowed());
@@ -166,6 +184,12 @@ async fn route(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Response
         ["openapi", "v3"] => get_only(Some(openapi::v3_root(&cluster.lock()))),
         ["openapi", "v3", "api", v] => get_only(openapi::v3_gv(&cluster.lock(), "", v)),
         ["openapi", "v3", "apis", g, v] => get_only(openapi::v3_gv(&cluster.lock(), g, v)),
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ] => self_subject_access_review(&cluster, &identity, parts, body).await,
         ["api", "v1", rest @ ..] => resource(cluster, "", "v1", rest, parts, body, query).await,
         ["apis", g, v, rest @ ..] => {
             let (g, v) = (g.to_string(), v.to_string());
@@ -175,6 +199,64 @@ async fn route(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Response
     }
 }
 
+/// Who the request acts as (see [`crate::auth`]): the authenticated identity, or the user it
+/// impersonates if it may (403 otherwise); 401 for credentials the cluster does not accept.
+fn authenticate(cluster: &Cluster, parts: &Parts) -> Result<Identity, ApiError> {
+    let authorization = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.to_str().map_err(|_| ApiError::unauthorized()))
+        .transpose()?;
+    let caller = cluster.authenticate(authorization)?;
+    let text = |v: &http::HeaderValue| {
+        v.to_str()
+            .map(str::to_string)
+            .map_err(|_| ApiError::bad_request("impersonation headers must be text"))
+    };
+    let groups = parts
+        .headers
+        .get_all("impersonate-group")
+        .iter()
+        .map(text)
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(user) = parts
+        .headers
+        .get("impersonate-user")
+        .map(text)
+        .transpose()?
+    else {
+        if !groups.is_empty() {
+            return Err(ApiError::bad_request(
+                "Impersonate-Group requires Impersonate-User",
+            ));
+        }
+        return Ok(caller);
+    };
+    let target = Identity::impersonated(&user, groups.clone());
+    if caller != Identity::Admin {
+        // The caller needs `impersonate` on the user (or ServiceAccount) and on each group.
+        let state = cluster.lock();
+        let asks = match &target {
+            Identity::ServiceAccount { namespace, name } => {
+                vec![("serviceaccounts", namespace.clone(), name.clone())]
+            }
+            _ => vec![("users", String::new(), user.clone())],
+        };
+        let groups = groups.iter().map(|g| ("groups", String::new(), g.clone()));
+        for (resource, namespace, name) in asks.into_iter().chain(groups) {
+            let attrs = RequestAttributes::Resource(ResourceAttributes {
+                verb: "impersonate".into(),
+                resource: resource.into(),
+                namespace,
+                name,
+                ..ResourceAttributes::default()
+            });
+            rbac::authorize(&state, &caller, &attrs)?;
+        }
+    }
+    Ok(target)
+}
+
 /// A parsed resource URL.
 struct Target {
     rt: Arc<ResourceType>,
@@ -182,6 +264,8 @@ struct Target {
     ns: Option<String>,
     name: Option<String>,
     status: bool,
+    /// The `token` subresource of a ServiceAccount (TokenRequest).
+    token: bool,
     watch_path: bool,
 }
 
@@ -214,9 +298,10 @@ fn parse_target(
     if ns.is_some() && !rt.namespaced {
         return Err(ApiError::unknown_resource());
     }
-    let status = match sub {
-        None => false,
-        Some("status") if rt.status_subresource => true,
+    let (status, token) = match sub {
+        None => (false, false),
+        Some("status") if rt.status_subresource => (true, false),
+        Some("token") if rt.group.is_empty() && rt.plural == "serviceaccounts" => (false, true),
         Some(_) => return Err(ApiError::unknown_resource()),
     };
     if watch_path && name.is_some() && status {
@@ -228,6 +313,7 @@ fn parse_target(
         ns: ns.map(str::to_string),
         name: name.map(str::to_string),
         status,
+        token,
         watch_path,
     })
 }
@@ -246,6 +332,14 @@ async fn resource(
     let format = Format::from_accept(&accept, q.get("includeObject").map(String::as_str));
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
     match (&parts.method, &t.name) {
+        (&Method::POST, Some(name)) if t.token => {
+            let body = decode_object(
+                &read_body(&parts, body).await?,
+                header(&parts, CONTENT_TYPE),
+            )?;
+            create_token(&cluster, &t, name, &body)
+        }
+        _ if t.token => Err(ApiError::method_not_allowed()),
         (&Method::GET, Some(name)) if !t.watch_path => get(&cluster, &t, name, format),
         (&Method::GET, _) if t.watch_path || q_bool(&q, "watch") => watch(cluster, t, &q, format),
         (&Method::GET, None) => list(&cluster, &t, &q, format),
@@ -303,6 +397,99 @@ async fn resource(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// TokenRequest: mints a token for the ServiceAccount `name` and answers with the TokenRequest,
+/// its `status` carrying the token and its expiry.
+fn create_token(
+    cluster: &Cluster,
+    t: &Target,
+    name: &str,
+    request: &Value,
+) -> Result<Response<Body>, ApiError> {
+    let kind = request["kind"].as_str().unwrap_or("TokenRequest");
+    if kind != "TokenRequest" {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind (TokenRequest)"
+        )));
+    }
+    let spec = &request["spec"];
+    let (seconds, expires) = auth::expiry_from_request(name, spec["expirationSeconds"].as_i64())?;
+    let ns = t.ns.as_deref().unwrap_or("");
+    let issued = cluster.mint_token(ns, name, expires)?;
+    let audiences = match spec["audiences"].as_array() {
+        Some(a) if !a.is_empty() => Value::Array(a.clone()),
+        _ => json!([auth::DEFAULT_AUDIENCE]),
+    };
+    Ok(json_response(
+        201,
+        &json!({
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": crate::util::now_rfc3339()},
+            "spec": {
+                "audiences": audiences,
+                "expirationSeconds": seconds,
+                "boundObjectRef": spec.get("boundObjectRef").cloned().unwrap_or(Value::Null),
+            },
+            "status": {"token": issued.token, "expirationTimestamp": issued.expiration_timestamp},
+        }),
+    ))
+}
+
+/// SelfSubjectAccessReview (`kubectl auth can-i`): whether the caller may do what the spec
+/// describes, decided as a real request of theirs would be.
+async fn self_subject_access_review(
+    cluster: &Cluster,
+    identity: &Identity,
+    parts: Parts,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    if parts.method != Method::POST {
+        return Err(ApiError::method_not_allowed());
+    }
+    let mut review = decode_object(
+        &read_body(&parts, body).await?,
+        header(&parts, CONTENT_TYPE),
+    )?;
+    let spec = &review["spec"];
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    let attrs = match (
+        spec.get("resourceAttributes"),
+        spec.get("nonResourceAttributes"),
+    ) {
+        (Some(r), None) => RequestAttributes::Resource(ResourceAttributes {
+            verb: text(r, "verb"),
+            group: text(r, "group"),
+            resource: text(r, "resource"),
+            subresource: text(r, "subresource"),
+            namespace: text(r, "namespace"),
+            name: text(r, "name"),
+        }),
+        (None, Some(n)) => RequestAttributes::NonResource {
+            verb: text(n, "verb"),
+            path: text(n, "path"),
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                "authorization.k8s.io",
+                "SelfSubjectAccessReview.authorization.k8s.io",
+                "",
+                "spec.resourceAttributes",
+                "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            ));
+        }
+    };
+    let status = match rbac::decide(&cluster.lock(), identity, &attrs) {
+        Ok(rbac::Allowed(reason)) if reason.is_empty() => json!({"allowed": true}),
+        Ok(rbac::Allowed(reason)) => json!({"allowed": true, "reason": reason}),
+        Err(rbac::Denied(reason)) if reason.is_empty() => json!({"allowed": false}),
+        Err(rbac::Denied(reason)) => json!({"allowed": false, "reason": reason}),
+    };
+    review["status"] = status;
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SelfSubjectAccessReview");
+    Ok(json_response(201, &review))
 }
 
 fn success_status(rt: &ResourceType, obj: &Value) -> Value {

@@ -1,19 +1,54 @@
 //! The kubeconfig written for a sandbox: one cluster, user and context per cluster, each named
-//! after the cluster, with the first cluster as `current-context`. No credentials: the sandbox
-//! serves plain HTTP on loopback without authentication.
+//! after the cluster, with the first cluster as `current-context`. The sandbox serves plain HTTP
+//! on loopback; a user carries no credentials (requests without credentials act as the admin)
+//! unless the cluster enforces RBAC for everyone, where it carries the admin token. A kubeconfig
+//! for a ServiceAccount token ([`Entry::token`]) is what a pod's in-cluster identity looks like
+//! from outside.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-/// Renders a kubeconfig for `(name, url)` pairs.
+/// One cluster of a kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Cluster, user and context name.
+    pub name: String,
+    pub url: String,
+    /// A bearer token for the user, if any.
+    pub token: Option<String>,
+    /// The context's default namespace.
+    pub namespace: String,
+}
+
+/// Renders a kubeconfig for `(name, url)` pairs, without credentials, namespace `default`.
 pub fn render(clusters: &[(String, String)]) -> String {
+    let entries: Vec<Entry> = clusters
+        .iter()
+        .map(|(name, url)| Entry {
+            name: name.clone(),
+            url: url.clone(),
+            token: None,
+            namespace: "default".into(),
+        })
+        .collect();
+    render_entries(&entries)
+}
+
+/// Renders a kubeconfig with one cluster, user and context per entry.
+pub fn render_entries(entries: &[Entry]) -> String {
+    let user = |e: &Entry| -> Value {
+        match &e.token {
+            Some(t) => json!({"token": t}),
+            None => json!({}),
+        }
+    };
     let doc = json!({
         "apiVersion": "v1",
         "kind": "Config",
         "preferences": {},
-        "clusters": clusters.iter().map(|(n, u)| json!({"name": n, "cluster": {"server": u}})).collect::<Vec<_>>(),
-        "users": clusters.iter().map(|(n, _)| json!({"name": n, "user": {}})).collect::<Vec<_>>(),
-        "contexts": clusters.iter().map(|(n, _)| json!({"name": n, "context": {"cluster": n, "user": n, "namespace": "default"}})).collect::<Vec<_>>(),
-        "current-context": clusters.first().map(|(n, _)| n.as_str()).unwrap_or(""),
+        "clusters": entries.iter().map(|e| json!({"name": e.name, "cluster": {"server": e.url}})).collect::<Vec<_>>(),
+        "users": entries.iter().map(|e| json!({"name": e.name, "user": user(e)})).collect::<Vec<_>>(),
+        "contexts": entries.iter().map(|e| json!({"name": e.name, "context": {"cluster": e.name, "user": e.name, "namespace": e.namespace}})).collect::<Vec<_>>(),
+        "current-context": entries.first().map(|e| e.name.as_str()).unwrap_or(""),
     });
     // serde_yaml cannot fail on a tree of plain JSON values; fall back to JSON (also valid YAML).
     serde_yaml::to_string(&doc).unwrap_or_else(|_| doc.to_string())

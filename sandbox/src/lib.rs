@@ -5,12 +5,15 @@
 //! watcher work unchanged: discovery, CRUD with resourceVersion conflicts, finalizers, namespaces,
 //! label/field selectors, paging, watches with bookmarks and 410 Expired, merge/JSON/strategic
 //! patches, server-side apply, the status subresource, CRD registration, Table output for
-//! `kubectl get`, OpenAPI v2/v3 documents for `kubectl apply` and `kubectl explain`, and the
-//! Kubernetes-protobuf request bodies of kubectl's `create secret|configmap|namespace|service`.
+//! `kubectl get`, OpenAPI v2/v3 documents for `kubectl apply` and `kubectl explain`, the
+//! Kubernetes-protobuf request bodies of kubectl's `create secret|configmap|namespace|service`,
+//! and what an install on a real cluster needs: Deployments, PodDisruptionBudgets,
+//! ServiceAccounts and the RBAC kinds, ServiceAccount tokens (TokenRequest) and RBAC.
 //!
 //! ```text
 //!   kubectl / kube-rs ──HTTP──▶ server (accept loop, hyper http1)
-//!                                 └─▶ http (routing, verbs) ──┬─▶ discovery / table / patch / apply
+//!                                 └─▶ http: auth (who) ─▶ rbac (may they) ─▶ routing, verbs
+//!                                                             ├─▶ discovery / table / patch / apply
 //!                                                             └─▶ store (State: objects, RV, history)
 //!                                                                   ├─▶ watch (streams from history)
 //!                                                                   └─▶ persist (debounced JSON snapshots)
@@ -22,7 +25,15 @@
 //! CRD's structural schema and CEL rules, 422 `Invalid` as the real server words it;
 //! `fieldValidation=Strict` refuses unknown fields), [`kubeconfig`], [`persist`], [`error`]
 //! (`Status` bodies), [`protobuf`] (protobuf request bodies into JSON), [`openapi`] (OpenAPI
-//! documents with CRD schemas).
+//! documents with CRD schemas), [`auth`] (bearer tokens, the TokenRequest API, impersonation),
+//! [`rbac`] (Role/ClusterRole rules through RoleBindings and ClusterRoleBindings, 403 `Status`).
+//!
+//! Identities: a request without credentials is the all-powerful admin (what `meridian up` and
+//! most tests use), unless the cluster enforces RBAC for everyone ([`SandboxConfig::enforce_rbac`],
+//! [`Sandbox::enforce_rbac`]); ServiceAccount tokens, minted per cluster by `kubectl create
+//! token` or [`Sandbox::mint_token`], are always held to RBAC. [`Sandbox::kubeconfig_for_token`]
+//! writes a kubeconfig for such a token (kube-rs sends it over plain HTTP; kubectl does not, and
+//! acts as a ServiceAccount with `--as`, which the admin may always do). See `docs/sandbox.md`.
 //!
 //! Fault injection for tests (and drills): [`Sandbox::stop_cluster`] closes one cluster's
 //! listener and cuts its connections like a killed API server, [`Sandbox::restart_cluster`]
@@ -39,16 +50,21 @@
 //! objects when they are loaded or their CRD changes, without a new resourceVersion; built-in
 //! kinds are not schema-validated; strategic merge is merge patch plus keyed list merging for well-known lists;
 //! server-side apply tracks apply managers only; lists are served from the latest state (the
-//! `resourceVersion` of a list request is not honoured as a snapshot); no authentication.
+//! `resourceVersion` of a list request is not honoured as a snapshot); tokens are opaque strings
+//! kept in memory (not JWTs; forgotten when the process restarts); RBAC has no aggregation rules,
+//! no `nonResourceURLs` rules, no default roles and no escalation checks ([`rbac`]); no
+//! controllers run (a Deployment is stored, no pods appear; no default ServiceAccount per
+//! namespace).
 //!
-//! Wire formats: protobuf request bodies are decoded only for Namespace, Secret, ConfigMap and
-//! Service (other kinds get a 415 saying JSON works) and answers are always JSON; built-in kinds
+//! Wire formats: protobuf request bodies are decoded only for Namespace, Secret, ConfigMap,
+//! Service, TokenRequest and SelfSubjectAccessReview (other kinds get a 415 saying JSON works) and answers are always JSON; built-in kinds
 //! publish a minimal OpenAPI schema (apiVersion, kind, metadata), CRD kinds their full schema;
 //! `/openapi/v2` asked for as protobuf is an empty document (no Rust crate provides its message
 //! type), so kubectl leaves the items of a `kind: List` file to the server, which validates custom
 //! objects (with `fieldValidation=Strict`, as kubectl sends it, unknown fields are refused).
 
 pub mod apply;
+pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod http;
@@ -57,6 +73,7 @@ pub mod openapi;
 pub mod patch;
 pub mod persist;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod schema;
 pub mod selectors;
@@ -67,6 +84,8 @@ pub mod util;
 pub mod watch;
 
 use anyhow::Context;
+pub use auth::CredentialError;
+use error::ApiError;
 use server::{Cluster, ClusterOptions};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -109,6 +128,10 @@ pub struct SandboxConfig {
     pub history_window: usize,
     /// Interval of BOOKMARK events on watches that allow them; `None` disables them.
     pub bookmark_interval: Option<Duration>,
+    /// RBAC for every request, not only for ServiceAccount tokens: requests without credentials
+    /// are `system:anonymous`, and the kubeconfig carries each cluster's admin token. See
+    /// [`Sandbox::enforce_rbac`].
+    pub enforce_rbac: bool,
 }
 
 impl Default for SandboxConfig {
@@ -121,6 +144,7 @@ impl Default for SandboxConfig {
             kubeconfig_path: None,
             history_window: 10_000,
             bookmark_interval: Some(Duration::from_secs(30)),
+            enforce_rbac: false,
         }
     }
 }
@@ -172,20 +196,26 @@ fn valid_cluster_name(n: &str) -> bool {
         && !n.ends_with('-')
 }
 
+/// At least one name, each a DNS label, none twice.
+fn check_cluster_names(names: &[String]) -> anyhow::Result<()> {
+    if names.is_empty() {
+        anyhow::bail!("at least one cluster name is required");
+    }
+    for (i, n) in names.iter().enumerate() {
+        if !valid_cluster_name(n) {
+            anyhow::bail!("invalid cluster name {n:?}: use lowercase letters, digits and '-'");
+        }
+        if names[..i].contains(n) {
+            anyhow::bail!("cluster name {n:?} is given twice");
+        }
+    }
+    Ok(())
+}
+
 impl Sandbox {
     /// Binds all listeners, loads snapshots and writes the kubeconfig if asked.
     pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
-        if cfg.clusters.is_empty() {
-            anyhow::bail!("at least one cluster name is required");
-        }
-        for (i, n) in cfg.clusters.iter().enumerate() {
-            if !valid_cluster_name(n) {
-                anyhow::bail!("invalid cluster name {n:?}: use lowercase letters, digits and '-'");
-            }
-            if cfg.clusters[..i].contains(n) {
-                anyhow::bail!("cluster name {n:?} is given twice");
-            }
-        }
+        check_cluster_names(&cfg.clusters)?;
         if let Some(dir) = &cfg.state_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating state dir {}", dir.display()))?;
@@ -195,68 +225,19 @@ impl Sandbox {
             history_window: cfg.history_window.max(1),
             bookmark_interval: cfg.bookmark_interval,
         };
-        let mut endpoints = Vec::new();
-        let mut clusters = Vec::new();
-        let mut listeners = Vec::new();
-        let mut tasks = Vec::new();
-        for (i, name) in cfg.clusters.iter().enumerate() {
-            let port = if cfg.base_port == 0 {
-                0
-            } else {
-                u16::try_from(i)
-                    .ok()
-                    .and_then(|i| cfg.base_port.checked_add(i))
-                    .context("port range overflows 65535")?
-            };
-            let listener = tokio::net::TcpListener::bind((cfg.bind, port))
-                .await
-                .with_context(|| format!("binding cluster {name} to {}:{port}", cfg.bind))?;
-            let addr = listener.local_addr()?;
-            let state = match &cfg.state_dir {
-                Some(dir) => persist::load(dir, name, opts.history_window)?,
-                None => store::State::new(opts.history_window),
-            };
-            let cluster = Arc::new(Cluster::new(
-                name.clone(),
-                addr,
-                opts.clone(),
-                state,
-                shutdown_rx.clone(),
-            ));
-            let (stop, stop_rx) = tokio::sync::watch::channel(false);
-            listeners.push(std::sync::Mutex::new(Listener {
-                stop,
-                task: Some(tokio::spawn(server::accept_loop(
-                    listener,
-                    Arc::clone(&cluster),
-                    stop_rx,
-                ))),
-            }));
-            if let Some(dir) = &cfg.state_dir {
-                tasks.push(tokio::spawn(persist::run(
-                    dir.clone(),
-                    Arc::clone(&cluster),
-                )));
-            }
-            let host = match addr.ip() {
-                IpAddr::V6(ip) => format!("[{ip}]"),
-                IpAddr::V4(ip) => ip.to_string(),
-            };
-            endpoints.push(ClusterEndpoint {
-                name: name.clone(),
-                url: format!("http://{host}:{}", addr.port()),
-                addr,
-            });
-            clusters.push(cluster);
-        }
-        let sandbox = Sandbox {
-            endpoints,
-            clusters,
-            listeners,
-            tasks,
+        let mut sandbox = Sandbox {
+            endpoints: Vec::new(),
+            clusters: Vec::new(),
+            listeners: Vec::new(),
+            tasks: Vec::new(),
             shutdown_tx,
             state_dir: cfg.state_dir.clone(),
         };
+        for (i, name) in cfg.clusters.iter().enumerate() {
+            sandbox
+                .serve_cluster(&cfg, i, name, &opts, &shutdown_rx)
+                .await?;
+        }
         if let Some(path) = &cfg.kubeconfig_path {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
@@ -268,6 +249,68 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// Starts cluster `i` of the config: binds its port, loads its snapshot, spawns its accept
+    /// loop (and persistence task) and records its endpoint.
+    async fn serve_cluster(
+        &mut self,
+        cfg: &SandboxConfig,
+        i: usize,
+        name: &str,
+        opts: &ClusterOptions,
+        shutdown_rx: &tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let port = if cfg.base_port == 0 {
+            0
+        } else {
+            u16::try_from(i)
+                .ok()
+                .and_then(|i| cfg.base_port.checked_add(i))
+                .context("port range overflows 65535")?
+        };
+        let listener = tokio::net::TcpListener::bind((cfg.bind, port))
+            .await
+            .with_context(|| format!("binding cluster {name} to {}:{port}", cfg.bind))?;
+        let addr = listener.local_addr()?;
+        let state = match &cfg.state_dir {
+            Some(dir) => persist::load(dir, name, opts.history_window)?,
+            None => store::State::new(opts.history_window),
+        };
+        let cluster = Arc::new(Cluster::new(
+            name.to_string(),
+            addr,
+            opts.clone(),
+            state,
+            shutdown_rx.clone(),
+        ));
+        cluster.tokens().anonymous_is_admin = !cfg.enforce_rbac;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        self.listeners.push(std::sync::Mutex::new(Listener {
+            stop,
+            task: Some(tokio::spawn(server::accept_loop(
+                listener,
+                Arc::clone(&cluster),
+                stop_rx,
+            ))),
+        }));
+        if let Some(dir) = &cfg.state_dir {
+            self.tasks.push(tokio::spawn(persist::run(
+                dir.clone(),
+                Arc::clone(&cluster),
+            )));
+        }
+        let host = match addr.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        self.endpoints.push(ClusterEndpoint {
+            name: name.to_string(),
+            url: format!("http://{host}:{}", addr.port()),
+            addr,
+        });
+        self.clusters.push(cluster);
+        Ok(())
+    }
+
     pub fn clusters(&self) -> &[ClusterEndpoint] {
         &self.endpoints
     }
@@ -277,14 +320,127 @@ impl Sandbox {
         self.endpoints.iter().find(|e| e.name == name)
     }
 
-    /// One context per cluster, context name = cluster name.
+    /// One context per cluster, context name = cluster name. The users carry no credentials
+    /// (the admin), except on clusters that enforce RBAC for everyone, where they carry the
+    /// cluster's admin token.
     pub fn kubeconfig_yaml(&self) -> String {
-        let pairs: Vec<(String, String)> = self
+        let entries: Vec<kubeconfig::Entry> = self
             .endpoints
             .iter()
-            .map(|e| (e.name.clone(), e.url.clone()))
+            .zip(&self.clusters)
+            .map(|(e, c)| {
+                let tokens = c.tokens();
+                kubeconfig::Entry {
+                    name: e.name.clone(),
+                    url: e.url.clone(),
+                    token: (!tokens.anonymous_is_admin).then(|| tokens.admin_token().to_string()),
+                    namespace: "default".into(),
+                }
+            })
             .collect();
-        kubeconfig::render(&pairs)
+        kubeconfig::render_entries(&entries)
+    }
+
+    fn find(&self, cluster: &str) -> Result<(&ClusterEndpoint, &Arc<Cluster>), CredentialError> {
+        self.endpoints
+            .iter()
+            .zip(&self.clusters)
+            .find(|(e, _)| e.name == cluster)
+            .ok_or_else(|| CredentialError::UnknownCluster(cluster.to_string()))
+    }
+
+    /// Turns RBAC on or off for requests without credentials on one cluster. Off (the default):
+    /// they act as the all-powerful admin, as `meridian up` and most tests expect. On: they are
+    /// `system:anonymous` and get 403 unless RBAC allows them; the admin then authenticates
+    /// with [`Sandbox::admin_token`] (which [`Sandbox::kubeconfig_yaml`] includes). ServiceAccount
+    /// tokens are subject to RBAC either way. kubectl sends no credentials over plain HTTP, so
+    /// on an enforcing cluster it is anonymous; kube-rs clients send the token.
+    pub fn enforce_rbac(&self, cluster: &str, on: bool) -> Result<(), CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        c.tokens().anonymous_is_admin = !on;
+        Ok(())
+    }
+
+    /// The requests RBAC refused on a cluster, oldest first (the last
+    /// [`rbac::DENIALS_KEPT`]): which identity asked for which verb on which resource. What a
+    /// real API server's audit log would show; tests use it to prove a permission is needed.
+    pub fn denials(&self, cluster: &str) -> Result<Vec<rbac::Denial>, CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        Ok(c.denials())
+    }
+
+    /// The bearer token that is always the admin of a cluster.
+    pub fn admin_token(&self, cluster: &str) -> Result<String, CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        Ok(c.tokens().admin_token().to_string())
+    }
+
+    /// Creates the ServiceAccount `namespace/name` on a cluster unless it exists (the namespace
+    /// must exist).
+    pub fn ensure_service_account(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        c.write(|s| {
+            let rt = s
+                .registry
+                .by_key("serviceaccounts")
+                .ok_or_else(|| ApiError::internal("serviceaccount type missing"))?;
+            if s.get(&rt, namespace, name).is_some() {
+                return Ok(());
+            }
+            let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                                        "metadata": {"name": name, "namespace": namespace}});
+            s.create(&rt, Some(namespace), sa, false).map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Mints a token for the ServiceAccount `namespace/name` of a cluster, valid for an hour, as
+    /// `kubectl create token` would get it. The account must exist
+    /// ([`Sandbox::ensure_service_account`]); the token is valid on this cluster only.
+    pub fn mint_token(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, CredentialError> {
+        let until = std::time::SystemTime::now() + auth::DEFAULT_TOKEN_LIFETIME;
+        self.mint_token_until(cluster, namespace, name, until)
+    }
+
+    /// [`Sandbox::mint_token`] with any expiry, past ones included (for tests of expiry; the
+    /// TokenRequest API itself refuses lifetimes under ten minutes).
+    pub fn mint_token_until(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        until: std::time::SystemTime,
+    ) -> Result<String, CredentialError> {
+        let (_, c) = self.find(cluster)?;
+        let expires = jiff::Timestamp::try_from(until)?;
+        Ok(c.mint_token(namespace, name, expires)?.token)
+    }
+
+    /// A kubeconfig with one context (named after the cluster, default namespace `namespace`)
+    /// whose user authenticates with `token`, e.g. from [`Sandbox::mint_token`].
+    pub fn kubeconfig_for_token(
+        &self,
+        cluster: &str,
+        token: &str,
+        namespace: &str,
+    ) -> Result<String, CredentialError> {
+        let (e, _) = self.find(cluster)?;
+        Ok(kubeconfig::render_entries(&[kubeconfig::Entry {
+            name: e.name.clone(),
+            url: e.url.clone(),
+            token: Some(token.to_string()),
+            namespace: namespace.to_string(),
+        }]))
     }
 
     /// Drops a cluster's whole watch history, so every resume from an earlier resourceVersion

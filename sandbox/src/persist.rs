@@ -26,7 +26,7 @@ pub fn load(dir: &Path, cluster: &str, history_window: usize) -> anyhow::Result<
             let snap: serde_json::Value = serde_json::from_slice(&bytes)
                 .with_context(|| format!("parsing {}", path.display()))?;
             State::restore(history_window, &snap)
-                .map_err(|e| anyhow::anyhow!("restoring {}: {e}", path.display()))
+                .with_context(|| format!("restoring {}", path.display()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::new(history_window)),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),

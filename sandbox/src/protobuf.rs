@@ -28,12 +28,15 @@
 //! in the tables (Go pointer fields, where an explicit `0` or `false` means something).
 //!
 //! Only the built-in kinds kubectl's generators create in the sandbox are decoded (Namespace,
-//! Secret, ConfigMap, Service). Any other kind is answered with a 415 Status naming the kind and
+//! Secret, ConfigMap, Service), plus the requests of `kubectl create token` (TokenRequest) and
+//! `kubectl auth can-i` (SelfSubjectAccessReview). Any other kind is answered with a 415 Status naming the kind and
 //! saying that JSON works; malformed bodies get a 400 Status. Responses are always JSON: client-go
 //! reads the response `Content-Type`, so a protobuf-preferring client accepts them.
 
 use crate::error::ApiError;
 use base64::Engine as _;
+use k8s_pb::api::authentication::v1 as authn;
+use k8s_pb::api::authorization::v1 as authz;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -351,6 +354,74 @@ json_message! {
         protocol => "protocol",
         error => "error",
     }
+    authn::TokenRequest {
+        metadata => "metadata",
+        spec => "spec",
+        status => "status",
+    }
+    authn::TokenRequestSpec {
+        audiences => "audiences",
+        expiration_seconds => "expirationSeconds" present,
+        bound_object_ref => "boundObjectRef",
+    }
+    authn::BoundObjectReference {
+        kind => "kind",
+        api_version => "apiVersion",
+        name => "name",
+        u_id => "uid",
+    }
+    authn::TokenRequestStatus {
+        token => "token",
+        expiration_timestamp => "expirationTimestamp",
+    }
+    authz::SelfSubjectAccessReview {
+        metadata => "metadata",
+        spec => "spec",
+        status => "status",
+    }
+    authz::SelfSubjectAccessReviewSpec {
+        resource_attributes => "resourceAttributes",
+        non_resource_attributes => "nonResourceAttributes",
+    }
+    authz::ResourceAttributes {
+        namespace => "namespace",
+        verb => "verb",
+        group => "group",
+        version => "version",
+        resource => "resource",
+        subresource => "subresource",
+        name => "name",
+        field_selector => "fieldSelector",
+        label_selector => "labelSelector",
+    }
+    authz::FieldSelectorAttributes {
+        raw_selector => "rawSelector",
+        requirements => "requirements",
+    }
+    authz::LabelSelectorAttributes {
+        raw_selector => "rawSelector",
+        requirements => "requirements",
+    }
+    meta::FieldSelectorRequirement {
+        key => "key",
+        operator => "operator",
+        values => "values",
+    }
+    meta::LabelSelectorRequirement {
+        key => "key",
+        operator => "operator",
+        values => "values",
+    }
+    authz::NonResourceAttributes {
+        path => "path",
+        verb => "verb",
+    }
+    authz::SubjectAccessReviewStatus {
+        allowed => "allowed" present,
+        denied => "denied" present,
+        reason => "reason",
+        evaluation_error => "evaluationError",
+    }
 }
 
 /// Decodes `raw` as the message `T` and converts it.
@@ -375,13 +446,21 @@ fn entry<T: k8s_pb::Resource + Message + Default + ToJson>() -> (&'static str, &
 }
 
 /// The kinds whose protobuf bodies are understood: `(apiVersion, kind, decoder)`.
-pub static SUPPORTED: std::sync::LazyLock<[(&'static str, &'static str, Decoder); 4]> =
+pub static SUPPORTED: std::sync::LazyLock<[(&'static str, &'static str, Decoder); 6]> =
     std::sync::LazyLock::new(|| {
         [
             entry::<core::Namespace>(),
             entry::<core::Secret>(),
             entry::<core::ConfigMap>(),
             entry::<core::Service>(),
+            // `kubectl create token` (k8s-pb has no `Resource` impl for this subresource kind).
+            (
+                "authentication.k8s.io/v1",
+                "TokenRequest",
+                decode_as::<authn::TokenRequest>,
+            ),
+            // `kubectl auth can-i`.
+            entry::<authz::SelfSubjectAccessReview>(),
         ]
     });
 

@@ -30,6 +30,20 @@ pub enum CellSource {
     NodeRoles,
     PodReady,
     PodRestarts,
+    /// `ready/desired` replicas of a Deployment.
+    DeploymentReady,
+    /// An integer at a path, 0 when absent (replica counts the controller has not written).
+    IntOrZero(&'static [&'static str]),
+    /// Container names (`false`) or images (`true`) of a pod template.
+    TemplateContainers(bool),
+    /// `k=v,...` of `spec.selector.matchLabels`.
+    MatchLabels,
+    /// The value at a path rendered as text, or the fallback when absent (`N/A`).
+    TextOr(&'static [&'static str], &'static str),
+    /// `Kind/name` of a binding's `roleRef`.
+    RoleRef,
+    /// A binding's subjects of one kind (`User`, `Group`, `ServiceAccount` as `ns:name`).
+    Subjects(&'static str),
 }
 
 /// One printer column.
@@ -218,9 +232,12 @@ pub fn version_priority(a: &str, b: &str) -> Ordering {
 pub const BUILTIN_GROUPS: &[&str] = &[
     "",
     "apiextensions.k8s.io",
+    "apps",
     "coordination.k8s.io",
     "discovery.k8s.io",
     "events.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -255,19 +272,31 @@ fn builtin(
     }
 }
 
-/// The built-in kinds every cluster serves.
+/// The built-in kinds every cluster serves, group by group in discovery order. Each group's
+/// function is a declarative table: kind, plural, scope, short names, categories, whether it has
+/// a status subresource, and the columns `kubectl get` prints for it.
 pub fn builtin_types() -> Vec<ResourceType> {
+    [
+        core_types(),
+        core_runtime_types(),
+        events_types(),
+        discovery_types(),
+        coordination_types(),
+        apiextensions_types(),
+        apps_types(),
+        policy_types(),
+        rbac_types(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `v1 (core)` kinds that configure: namespaces, services, secrets, config maps, service
+/// accounts.
+fn core_types() -> Vec<ResourceType> {
     use CellSource as C;
     use PrinterColumn as P;
-    let event_columns = || {
-        vec![
-            P::builtin("Last Seen", "string", 0, C::Path(".lastTimestamp".into())),
-            P::path("Type", ".type"),
-            P::path("Reason", ".reason"),
-            P::builtin("Object", "string", 0, C::EventObject),
-            P::path("Message", ".message"),
-        ]
-    };
     vec![
         builtin(
             "",
@@ -325,6 +354,36 @@ pub fn builtin_types() -> Vec<ResourceType> {
         ),
         builtin(
             "",
+            "ServiceAccount",
+            "serviceaccounts",
+            true,
+            &["sa"],
+            &[],
+            false,
+            vec![
+                P::builtin("Secrets", "integer", 0, C::Count(&["secrets"])),
+                P::age(),
+            ],
+        ),
+    ]
+}
+
+/// `v1 (core)` kinds that report on what runs: events, nodes, pods.
+fn core_runtime_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    let event_columns = || {
+        vec![
+            P::builtin("Last Seen", "string", 0, C::Path(".lastTimestamp".into())),
+            P::path("Type", ".type"),
+            P::path("Reason", ".reason"),
+            P::builtin("Object", "string", 0, C::EventObject),
+            P::path("Message", ".message"),
+        ]
+    };
+    vec![
+        builtin(
+            "",
             "Event",
             "events",
             true,
@@ -365,61 +424,206 @@ pub fn builtin_types() -> Vec<ResourceType> {
                 P::builtin("Node", "string", 1, C::Path(".spec.nodeName".into())),
             ],
         ),
-        builtin(
-            "events.k8s.io",
-            "Event",
-            "events",
-            true,
-            &["ev"],
-            &[],
-            false,
-            vec![
-                P::path("Type", ".type"),
-                P::path("Reason", ".reason"),
-                P::path("Note", ".note"),
-                P::age(),
-            ],
-        ),
-        builtin(
-            "discovery.k8s.io",
-            "EndpointSlice",
-            "endpointslices",
-            true,
-            &[],
-            &[],
-            false,
-            vec![
-                P::path("AddressType", ".addressType"),
-                P::builtin("Ports", "string", 0, C::EndpointSlicePorts),
-                P::builtin("Endpoints", "string", 0, C::EndpointSliceEndpoints),
-                P::age(),
-            ],
-        ),
-        builtin(
-            "coordination.k8s.io",
-            "Lease",
-            "leases",
-            true,
-            &[],
-            &[],
-            false,
-            vec![P::path("Holder", ".spec.holderIdentity"), P::age()],
-        ),
-        builtin(
-            "apiextensions.k8s.io",
-            "CustomResourceDefinition",
-            "customresourcedefinitions",
-            false,
-            &["crd", "crds"],
-            &["api-extensions"],
-            true,
-            vec![P::builtin(
-                "Created At",
+    ]
+}
+
+/// `events.k8s.io` kinds.
+fn events_types() -> Vec<ResourceType> {
+    use PrinterColumn as P;
+    vec![builtin(
+        "events.k8s.io",
+        "Event",
+        "events",
+        true,
+        &["ev"],
+        &[],
+        false,
+        vec![
+            P::path("Type", ".type"),
+            P::path("Reason", ".reason"),
+            P::path("Note", ".note"),
+            P::age(),
+        ],
+    )]
+}
+
+/// `discovery.k8s.io` kinds.
+fn discovery_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    vec![builtin(
+        "discovery.k8s.io",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+        &[],
+        &[],
+        false,
+        vec![
+            P::path("AddressType", ".addressType"),
+            P::builtin("Ports", "string", 0, C::EndpointSlicePorts),
+            P::builtin("Endpoints", "string", 0, C::EndpointSliceEndpoints),
+            P::age(),
+        ],
+    )]
+}
+
+/// `coordination.k8s.io` kinds.
+fn coordination_types() -> Vec<ResourceType> {
+    use PrinterColumn as P;
+    vec![builtin(
+        "coordination.k8s.io",
+        "Lease",
+        "leases",
+        true,
+        &[],
+        &[],
+        false,
+        vec![P::path("Holder", ".spec.holderIdentity"), P::age()],
+    )]
+}
+
+/// `apiextensions.k8s.io` kinds.
+fn apiextensions_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    vec![builtin(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+        &["crd", "crds"],
+        &["api-extensions"],
+        true,
+        vec![P::builtin(
+            "Created At",
+            "string",
+            0,
+            C::Path(".metadata.creationTimestamp".into()),
+        )],
+    )]
+}
+
+/// `apps` kinds (stored only: no controller creates ReplicaSets or pods).
+fn apps_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    vec![builtin(
+        "apps",
+        "Deployment",
+        "deployments",
+        true,
+        &["deploy"],
+        &["all"],
+        true,
+        vec![
+            P::builtin("Ready", "string", 0, C::DeploymentReady),
+            P::builtin(
+                "Up-to-date",
+                "integer",
+                0,
+                C::IntOrZero(&["status", "updatedReplicas"]),
+            ),
+            P::builtin(
+                "Available",
+                "integer",
+                0,
+                C::IntOrZero(&["status", "availableReplicas"]),
+            ),
+            P::age(),
+            P::builtin("Containers", "string", 1, C::TemplateContainers(false)),
+            P::builtin("Images", "string", 1, C::TemplateContainers(true)),
+            P::builtin("Selector", "string", 1, C::MatchLabels),
+        ],
+    )]
+}
+
+/// `policy` kinds.
+fn policy_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    vec![builtin(
+        "policy",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        true,
+        &["pdb"],
+        &[],
+        true,
+        vec![
+            P::builtin(
+                "Min Available",
                 "string",
                 0,
-                C::Path(".metadata.creationTimestamp".into()),
-            )],
-        ),
+                C::TextOr(&["spec", "minAvailable"], "N/A"),
+            ),
+            P::builtin(
+                "Max Unavailable",
+                "string",
+                0,
+                C::TextOr(&["spec", "maxUnavailable"], "N/A"),
+            ),
+            P::builtin(
+                "Allowed Disruptions",
+                "integer",
+                0,
+                C::IntOrZero(&["status", "disruptionsAllowed"]),
+            ),
+            P::age(),
+        ],
+    )]
+}
+
+/// `rbac.authorization.k8s.io` kinds; [`crate::rbac`] reads them to authorize service accounts.
+fn rbac_types() -> Vec<ResourceType> {
+    use CellSource as C;
+    use PrinterColumn as P;
+    let role = |kind: &str, plural: &str, namespaced: bool| {
+        let created = P::builtin(
+            "Created At",
+            "string",
+            0,
+            C::Path(".metadata.creationTimestamp".into()),
+        );
+        builtin(
+            "rbac.authorization.k8s.io",
+            kind,
+            plural,
+            namespaced,
+            &[],
+            &[],
+            false,
+            vec![created],
+        )
+    };
+    let binding = |kind: &str, plural: &str, namespaced: bool| {
+        builtin(
+            "rbac.authorization.k8s.io",
+            kind,
+            plural,
+            namespaced,
+            &[],
+            &[],
+            false,
+            vec![
+                P::builtin("Role", "string", 0, C::RoleRef),
+                P::age(),
+                P::builtin("Users", "string", 1, C::Subjects("User")),
+                P::builtin("Groups", "string", 1, C::Subjects("Group")),
+                P::builtin(
+                    "ServiceAccounts",
+                    "string",
+                    1,
+                    C::Subjects("ServiceAccount"),
+                ),
+            ],
+        )
+    };
+    vec![
+        role("ClusterRole", "clusterroles", false),
+        binding("ClusterRoleBinding", "clusterrolebindings", false),
+        role("Role", "roles", true),
+        binding("RoleBinding", "rolebindings", true),
     ]
 }
 
@@ -527,151 +731,22 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
 }
 
 /// Builds the resource type a CRD defines, or a 422 naming the offending field.
+///
+/// Steps: the names (group, plural, kind and the object name that must join them), the scope,
+/// then the versions (exactly one storage version, whose schema gives the status subresource and
+/// list types; every served version with its printer columns).
 pub fn crd_to_type(crd: &Value) -> Result<ResourceType, ApiError> {
-    let name = str_at(crd, &["metadata", "name"]).unwrap_or("");
-    let invalid = |field: &str, msg: &str| {
-        ApiError::invalid(
-            "apiextensions.k8s.io",
-            "CustomResourceDefinition",
-            name,
-            field,
-            msg,
-        )
+    let check = CrdCheck {
+        name: str_at(crd, &["metadata", "name"]).unwrap_or(""),
     };
-    let group = str_at(crd, &["spec", "group"]).unwrap_or("");
-    if group.is_empty() || !group.contains('.') {
-        return Err(invalid(
-            "spec.group",
-            "Invalid value: should be a domain with at least one dot",
-        ));
-    }
-    if BUILTIN_GROUPS.contains(&group) {
-        return Err(invalid("spec.group", "Invalid value: group is reserved"));
-    }
-    let plural = str_at(crd, &["spec", "names", "plural"]).unwrap_or("");
-    let kind = str_at(crd, &["spec", "names", "kind"]).unwrap_or("");
-    if plural.is_empty()
-        || plural
-            .chars()
-            .any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
-    {
-        return Err(invalid(
-            "spec.names.plural",
-            "Invalid value: must be a lowercase DNS label",
-        ));
-    }
-    if kind.is_empty() {
-        return Err(invalid("spec.names.kind", "Required value"));
-    }
-    if name != format!("{plural}.{group}") {
-        return Err(invalid(
-            "metadata.name",
-            &format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
-        ));
-    }
-    let scope = str_at(crd, &["spec", "scope"]).unwrap_or("");
-    let namespaced = match scope {
-        "Namespaced" => true,
-        "Cluster" => false,
-        other => {
-            return Err(invalid(
-                "spec.scope",
-                &format!(
-                    "Unsupported value: \"{other}\": supported values: \"Cluster\", \"Namespaced\""
-                ),
-            ));
-        }
-    };
-    let versions = crd
-        .get("spec")
-        .and_then(|s| s.get("versions"))
-        .and_then(Value::as_array)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            invalid(
-                "spec.versions",
-                "Required value: must have exactly one version marked as storage version",
-            )
-        })?;
-    let mut served = Vec::new();
-    let mut storage = None;
-    let mut status_subresource = false;
-    let mut list_types = BTreeMap::new();
-    for v in versions {
-        let vname = v.get("name").and_then(Value::as_str).unwrap_or("");
-        if vname.is_empty() {
-            return Err(invalid("spec.versions[].name", "Required value"));
-        }
-        if v.get("storage").and_then(Value::as_bool) == Some(true) {
-            if storage.is_some() {
-                return Err(invalid(
-                    "spec.versions",
-                    "Invalid value: must have exactly one version marked as storage version",
-                ));
-            }
-            storage = Some(vname.to_string());
-            status_subresource = v
-                .get("subresources")
-                .and_then(|s| s.get("status"))
-                .is_some();
-            if let Some(schema) = v.get("schema").and_then(|s| s.get("openAPIV3Schema")) {
-                collect_list_types(schema, &mut Vec::new(), &mut list_types);
-            }
-        }
-        if v.get("served").and_then(Value::as_bool) == Some(true) {
-            let mut columns = Vec::new();
-            for c in v
-                .get("additionalPrinterColumns")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
-                let path = c.get("jsonPath").and_then(Value::as_str).unwrap_or("");
-                let ctype = c.get("type").and_then(Value::as_str).unwrap_or("string");
-                if cname.is_empty() || path.is_empty() {
-                    return Err(invalid(
-                        "spec.versions[].additionalPrinterColumns",
-                        "Required value: name and jsonPath",
-                    ));
-                }
-                if !["string", "integer", "number", "boolean", "date"].contains(&ctype) {
-                    return Err(invalid(
-                        "spec.versions[].additionalPrinterColumns[].type",
-                        &format!("Unsupported value: \"{ctype}\""),
-                    ));
-                }
-                columns.push(PrinterColumn {
-                    name: cname.into(),
-                    type_: ctype.into(),
-                    format: c.get("format").and_then(Value::as_str).unwrap_or("").into(),
-                    description: c
-                        .get("description")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .into(),
-                    priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
-                    source: CellSource::Path(path.into()),
-                });
-            }
-            served.push(VersionInfo {
-                name: vname.into(),
-                columns,
-            });
-        }
-    }
-    let storage_version = storage.ok_or_else(|| {
-        invalid(
-            "spec.versions",
-            "Invalid value: must have exactly one version marked as storage version",
-        )
-    })?;
-    served.sort_by(|a, b| version_priority(&a.name, &b.name));
+    let (group, plural, kind) = check.names(crd)?;
+    let namespaced = check.scope(crd)?;
+    let versions = check.versions(crd)?;
     let names = crd.get("spec").and_then(|s| s.get("names"));
     Ok(ResourceType {
         group: group.into(),
-        versions: served,
-        storage_version,
+        versions: versions.served,
+        storage_version: versions.storage,
         kind: kind.into(),
         list_kind: str_at(crd, &["spec", "names", "listKind"])
             .map(str::to_string)
@@ -683,11 +758,187 @@ pub fn crd_to_type(crd: &Value) -> Result<ResourceType, ApiError> {
         namespaced,
         short_names: string_list(names.and_then(|n| n.get("shortNames"))),
         categories: string_list(names.and_then(|n| n.get("categories"))),
-        status_subresource,
+        status_subresource: versions.status_subresource,
         custom: true,
-        list_types,
+        list_types: versions.list_types,
         schemas: crate::schema::Schemas::from_crd(crd),
     })
+}
+
+/// What a CRD's `spec.versions` defines.
+struct CrdVersions {
+    /// Served versions, highest priority first.
+    served: Vec<VersionInfo>,
+    storage: String,
+    status_subresource: bool,
+    list_types: BTreeMap<String, ListType>,
+}
+
+const ONE_STORAGE_VERSION: &str = "must have exactly one version marked as storage version";
+
+/// The checks of one CRD, worded as 422s against it.
+struct CrdCheck<'a> {
+    name: &'a str,
+}
+
+impl<'a> CrdCheck<'a> {
+    fn invalid(&self, field: &str, msg: &str) -> ApiError {
+        ApiError::invalid(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            self.name,
+            field,
+            msg,
+        )
+    }
+
+    /// `(group, plural, kind)`, with the object name `plural.group`.
+    fn names(&self, crd: &'a Value) -> Result<(&'a str, &'a str, &'a str), ApiError> {
+        let group = str_at(crd, &["spec", "group"]).unwrap_or("");
+        if group.is_empty() || !group.contains('.') {
+            return Err(self.invalid(
+                "spec.group",
+                "Invalid value: should be a domain with at least one dot",
+            ));
+        }
+        if BUILTIN_GROUPS.contains(&group) {
+            return Err(self.invalid("spec.group", "Invalid value: group is reserved"));
+        }
+        let plural = str_at(crd, &["spec", "names", "plural"]).unwrap_or("");
+        let kind = str_at(crd, &["spec", "names", "kind"]).unwrap_or("");
+        if plural.is_empty()
+            || plural
+                .chars()
+                .any(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        {
+            return Err(self.invalid(
+                "spec.names.plural",
+                "Invalid value: must be a lowercase DNS label",
+            ));
+        }
+        if kind.is_empty() {
+            return Err(self.invalid("spec.names.kind", "Required value"));
+        }
+        if self.name != format!("{plural}.{group}") {
+            return Err(self.invalid(
+                "metadata.name",
+                &format!(
+                    "Invalid value: \"{}\": must be spec.names.plural+\".\"+spec.group",
+                    self.name
+                ),
+            ));
+        }
+        Ok((group, plural, kind))
+    }
+
+    /// Whether the kind is namespaced.
+    fn scope(&self, crd: &Value) -> Result<bool, ApiError> {
+        match str_at(crd, &["spec", "scope"]).unwrap_or("") {
+            "Namespaced" => Ok(true),
+            "Cluster" => Ok(false),
+            other => Err(self.invalid(
+                "spec.scope",
+                &format!(
+                    "Unsupported value: \"{other}\": supported values: \"Cluster\", \"Namespaced\""
+                ),
+            )),
+        }
+    }
+
+    fn versions(&self, crd: &Value) -> Result<CrdVersions, ApiError> {
+        let versions = crd
+            .get("spec")
+            .and_then(|s| s.get("versions"))
+            .and_then(Value::as_array)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                self.invalid(
+                    "spec.versions",
+                    &format!("Required value: {ONE_STORAGE_VERSION}"),
+                )
+            })?;
+        let mut served = Vec::new();
+        let mut storage = None;
+        let mut status_subresource = false;
+        let mut list_types = BTreeMap::new();
+        for v in versions {
+            let vname = v.get("name").and_then(Value::as_str).unwrap_or("");
+            if vname.is_empty() {
+                return Err(self.invalid("spec.versions[].name", "Required value"));
+            }
+            if v.get("storage").and_then(Value::as_bool) == Some(true) {
+                if storage.is_some() {
+                    return Err(self.invalid(
+                        "spec.versions",
+                        &format!("Invalid value: {ONE_STORAGE_VERSION}"),
+                    ));
+                }
+                storage = Some(vname.to_string());
+                status_subresource = v
+                    .get("subresources")
+                    .and_then(|s| s.get("status"))
+                    .is_some();
+                if let Some(schema) = v.get("schema").and_then(|s| s.get("openAPIV3Schema")) {
+                    collect_list_types(schema, &mut Vec::new(), &mut list_types);
+                }
+            }
+            if v.get("served").and_then(Value::as_bool) == Some(true) {
+                served.push(VersionInfo {
+                    name: vname.into(),
+                    columns: self.printer_columns(v)?,
+                });
+            }
+        }
+        let storage = storage.ok_or_else(|| {
+            self.invalid(
+                "spec.versions",
+                &format!("Invalid value: {ONE_STORAGE_VERSION}"),
+            )
+        })?;
+        served.sort_by(|a, b| version_priority(&a.name, &b.name));
+        Ok(CrdVersions {
+            served,
+            storage,
+            status_subresource,
+            list_types,
+        })
+    }
+
+    /// A served version's `additionalPrinterColumns`.
+    fn printer_columns(&self, version: &Value) -> Result<Vec<PrinterColumn>, ApiError> {
+        let mut columns = Vec::new();
+        for c in version
+            .get("additionalPrinterColumns")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+            let (cname, path) = (text("name"), text("jsonPath"));
+            let ctype = c.get("type").and_then(Value::as_str).unwrap_or("string");
+            if cname.is_empty() || path.is_empty() {
+                return Err(self.invalid(
+                    "spec.versions[].additionalPrinterColumns",
+                    "Required value: name and jsonPath",
+                ));
+            }
+            if !["string", "integer", "number", "boolean", "date"].contains(&ctype) {
+                return Err(self.invalid(
+                    "spec.versions[].additionalPrinterColumns[].type",
+                    &format!("Unsupported value: \"{ctype}\""),
+                ));
+            }
+            columns.push(PrinterColumn {
+                name: cname.into(),
+                type_: ctype.into(),
+                format: text("format").into(),
+                description: text("description").into(),
+                priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
+                source: CellSource::Path(path.into()),
+            });
+        }
+        Ok(columns)
+    }
 }
 
 fn collect_list_types(

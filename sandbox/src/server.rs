@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! Sandbox ──┬─ Cluster "east"  ── TcpListener ── accept loop ── connection tasks ── http::handle
-//!           │     └─ Mutex<State>, watch::Sender<rv> (wakes watches), Notify (wakes persistence)
+//!           │     ├─ Mutex<State>, watch::Sender<rv> (wakes watches), Notify (wakes persistence)
+//!           │     └─ Mutex<Tokens> (admin token, issued ServiceAccount tokens; see `auth`)
 //!           └─ Cluster "west"  ── ...
 //! ```
 //! Shutdown flips a `watch` flag: accept loops stop, watch streams end, connection tasks are
@@ -17,6 +18,8 @@
 //!   `404 page not found` (no `Status` body), as a real kube-apiserver does before its routes are
 //!   installed. Clients must not mistake that for "object deleted".
 
+use crate::auth::{Identity, IssuedToken, Tokens};
+use crate::error::ApiError;
 use crate::store::State;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -52,6 +55,10 @@ pub struct Cluster {
     pub shutdown: watch::Receiver<bool>,
     /// While set and in the future, every request gets the plain-text "starting" 404.
     starting_until: Mutex<Option<Instant>>,
+    /// The cluster's own credentials (admin token, issued ServiceAccount tokens).
+    tokens: Mutex<Tokens>,
+    /// The last requests RBAC refused, oldest first (an audit trail for tests and operators).
+    denials: Mutex<std::collections::VecDeque<crate::rbac::Denial>>,
 }
 
 impl Cluster {
@@ -72,7 +79,24 @@ impl Cluster {
             dirty: Notify::new(),
             shutdown,
             starting_until: Mutex::new(None),
+            tokens: Mutex::new(Tokens::default()),
+            denials: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Remembers a refused request; only the last [`crate::rbac::DENIALS_KEPT`] are kept.
+    pub fn record_denial(&self, denial: crate::rbac::Denial) {
+        let mut log = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == crate::rbac::DENIALS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(denial);
+    }
+
+    /// The requests RBAC refused, oldest first (at most [`crate::rbac::DENIALS_KEPT`]).
+    pub fn denials(&self) -> Vec<crate::rbac::Denial> {
+        let log = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().cloned().collect()
     }
 
     /// Makes the cluster answer every request with a plain-text `404 page not found` for `d`
@@ -118,6 +142,32 @@ impl Cluster {
             self.dirty.notify_one();
         }
         r
+    }
+
+    /// Locks the cluster's credentials. Lock order: tokens before state.
+    pub fn tokens(&self) -> MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Who sent a request with this `Authorization` header (`None`: no credentials); 401 for
+    /// credentials the cluster does not accept.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, ApiError> {
+        let tokens = self.tokens();
+        match authorization {
+            None => Ok(tokens.without_credentials()),
+            Some(value) => tokens.authenticate(&self.lock(), value),
+        }
+    }
+
+    /// Issues a token for the ServiceAccount `namespace/name` (404 if there is none).
+    pub fn mint_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        expires: jiff::Timestamp,
+    ) -> Result<IssuedToken, ApiError> {
+        let mut tokens = self.tokens();
+        tokens.mint(&self.lock(), namespace, name, expires)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

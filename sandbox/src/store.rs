@@ -62,6 +62,13 @@ pub enum WriteMode {
     Status,
 }
 
+/// Why a persisted snapshot cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot has no objects array")]
+    NoObjects,
+}
+
 /// Result of a DELETE.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeleteOutcome {
@@ -228,6 +235,120 @@ fn check_metadata(obj: &Value) -> Result<(), ApiError> {
                 return Err(ApiError::bad_request(format!(
                     "metadata.{field} must be a string"
                 )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A PUT body names its object as the URL does (or not at all: the URL's name is filled in).
+fn name_from_url(new: &mut Value, name: &str) -> Result<(), ApiError> {
+    let body_name = name_of(new).to_string();
+    if body_name.is_empty() {
+        meta_mut(new).insert("name".into(), json!(name));
+    } else if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    Ok(())
+}
+
+/// The object an update would store, before server-owned metadata: a status write changes only
+/// `status` (and the SSA bookkeeping in managedFields) of the live object; a main-resource write
+/// of a kind with a status subresource keeps the live `status`.
+fn update_candidate(rt: &ResourceType, old: &Value, mut new: Value, mode: WriteMode) -> Value {
+    let mut cand = match mode {
+        WriteMode::Status => {
+            let mut c = old.clone();
+            if let Value::Object(m) = &mut c {
+                match new.get("status") {
+                    Some(s) => m.insert("status".into(), s.clone()),
+                    None => m.remove("status"),
+                };
+            }
+            if let Some(mf) = new.get("metadata").and_then(|m| m.get("managedFields")) {
+                meta_mut(&mut c).insert("managedFields".into(), mf.clone());
+            }
+            c
+        }
+        WriteMode::Main => {
+            if rt.status_subresource
+                && let Value::Object(m) = &mut new
+            {
+                match old.get("status") {
+                    Some(s) => m.insert("status".into(), s.clone()),
+                    None => m.remove("status"),
+                };
+            }
+            new
+        }
+    };
+    if let Value::Object(m) = &mut cand {
+        m.insert("apiVersion".into(), json!(rt.storage_api_version()));
+    }
+    cand
+}
+
+/// Metadata clients cannot change on update comes from the live object (managedFields too, when
+/// the write sent none).
+fn keep_server_metadata(old: &Value, cand: &mut Value) {
+    let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let meta = meta_mut(cand);
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "resourceVersion",
+    ] {
+        match old_meta.get(k) {
+            Some(v) => meta.insert(k.into(), v.clone()),
+            None => meta.remove(k),
+        };
+    }
+    if !meta.contains_key("managedFields")
+        && let Some(mf) = old_meta.get("managedFields")
+    {
+        meta.insert("managedFields".into(), mf.clone());
+    }
+    meta.remove("selfLink");
+}
+
+/// Finalizers may only be removed once deletion started; new ones are ignored.
+fn keep_only_old_finalizers(old: &Value, cand: &mut Value) {
+    let old_f: Vec<Value> = old["metadata"]["finalizers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if let Some(Value::Array(f)) = meta_mut(cand).get_mut("finalizers") {
+        f.retain(|x| old_f.contains(x));
+    }
+}
+
+/// DeleteOptions `preconditions` (uid, resourceVersion) must match the live object: 409 if not.
+fn check_preconditions(
+    rt: &ResourceType,
+    name: &str,
+    old: &Value,
+    opts: &Value,
+) -> Result<(), ApiError> {
+    let Some(pre) = opts.get("preconditions") else {
+        return Ok(());
+    };
+    for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+        if let Some(want) = pre.get(field).and_then(Value::as_str) {
+            let have = meta_str(old, field);
+            if want != have {
+                return Err(ApiError::conflict_msg(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    format!(
+                        "Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
+                    ),
+                ));
             }
         }
     }
@@ -588,6 +709,11 @@ impl State {
     }
 
     /// PUT (and the final step of PATCH): replaces an existing object.
+    ///
+    /// Steps: the body must name the URL's object and match its resourceVersion; the candidate
+    /// takes the part `mode` writes from the body and the rest from the live object, keeps the
+    /// server-owned metadata, is admitted against the schema and defaulted; generation moves on a
+    /// spec change; a no-op write returns the live object; otherwise it commits.
     pub fn update(
         &mut self,
         rt: &ResourceType,
@@ -600,14 +726,7 @@ impl State {
         check_type(rt, &new)?;
         check_metadata(&new)?;
         let version = version_of(&new).to_string();
-        let body_name = name_of(&new).to_string();
-        if body_name.is_empty() {
-            meta_mut(&mut new).insert("name".into(), json!(name));
-        } else if body_name != name {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({body_name}) does not match the name on the URL ({name})"
-            )));
-        }
+        name_from_url(&mut new, name)?;
         self.place(rt, url_ns, &mut new, false)?;
         let ns = namespace_of(&new).to_string();
         let old = self
@@ -618,67 +737,10 @@ impl State {
         if !want_rv.is_empty() && want_rv != rv_of(&old) {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
-        let mut cand = match mode {
-            WriteMode::Status => {
-                let mut c = old.clone();
-                if let Value::Object(m) = &mut c {
-                    match new.get("status") {
-                        Some(s) => m.insert("status".into(), s.clone()),
-                        None => m.remove("status"),
-                    };
-                }
-                if let Some(mf) = new.get("metadata").and_then(|m| m.get("managedFields")) {
-                    meta_mut(&mut c).insert("managedFields".into(), mf.clone());
-                }
-                c
-            }
-            WriteMode::Main => {
-                if rt.status_subresource
-                    && let Value::Object(m) = &mut new
-                {
-                    match old.get("status") {
-                        Some(s) => m.insert("status".into(), s.clone()),
-                        None => m.remove("status"),
-                    };
-                }
-                new
-            }
-        };
-        if let Value::Object(m) = &mut cand {
-            m.insert("apiVersion".into(), json!(rt.storage_api_version()));
-        }
-        {
-            let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
-            let meta = meta_mut(&mut cand);
-            for k in [
-                "uid",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "generation",
-                "resourceVersion",
-            ] {
-                match old_meta.get(k) {
-                    Some(v) => meta.insert(k.into(), v.clone()),
-                    None => meta.remove(k),
-                };
-            }
-            if !meta.contains_key("managedFields")
-                && let Some(mf) = old_meta.get("managedFields")
-            {
-                meta.insert("managedFields".into(), mf.clone());
-            }
-            meta.remove("selfLink");
-        }
+        let mut cand = update_candidate(rt, &old, new, mode);
+        keep_server_metadata(&old, &mut cand);
         if !meta_str(&old, "deletionTimestamp").is_empty() {
-            // Finalizers may only be removed once deletion started; new ones are ignored.
-            let old_f: Vec<Value> = old["metadata"]["finalizers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if let Some(Value::Array(f)) = meta_mut(&mut cand).get_mut("finalizers") {
-                f.retain(|x| old_f.contains(x));
-            }
+            keep_only_old_finalizers(&old, &mut cand);
         }
         let fv = self.field_validation;
         crate::schema::admit_object(rt, &version, mode, fv, Some(&old), &mut cand)?;
@@ -693,11 +755,25 @@ impl State {
         if dry_run {
             return Ok(cand);
         }
+        self.commit_update(rt, &ns, name, old, cand)
+    }
+
+    /// Stores an updated object under the next resourceVersion. An object whose deletion was
+    /// waiting for finalizers goes away once the last one is removed; a namespace may finish
+    /// terminating; a CRD re-registers its type.
+    fn commit_update(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        old: Value,
+        mut cand: Value,
+    ) -> Result<Value, ApiError> {
         let rv = self.next_rv();
         meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
         let deleting = !meta_str(&cand, "deletionTimestamp").is_empty() && finalizers_empty(&cand);
         if deleting && !is_namespace(rt) {
-            self.take(rt, &ns, name);
+            self.take(rt, ns, name);
             self.record(rt, EventType::Deleted, cand.clone(), Some(old));
             self.after_remove(rt, &cand);
             return Ok(cand);
@@ -714,7 +790,9 @@ impl State {
         Ok(cand)
     }
 
-    /// DELETE of one object. `opts` is the DeleteOptions body (may be `null`).
+    /// DELETE of one object. `opts` is the DeleteOptions body (may be `null`). A namespace starts
+    /// terminating (see [`State::delete_namespace`]); an object with finalizers gets a
+    /// deletionTimestamp and waits; anything else goes at once.
     pub fn delete(
         &mut self,
         rt: &ResourceType,
@@ -727,80 +805,79 @@ impl State {
             .get(rt, ns, name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
-        if let Some(pre) = opts.get("preconditions") {
-            for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
-                if let Some(want) = pre.get(field).and_then(Value::as_str) {
-                    let have = meta_str(&old, field);
-                    if want != have {
-                        return Err(ApiError::conflict_msg(
-                            &rt.group,
-                            &rt.plural,
-                            name,
-                            format!(
-                                "Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        let pending = |s: &mut State, obj: Value| -> Value {
-            if !meta_str(&obj, "deletionTimestamp").is_empty() {
-                return obj;
-            }
-            let mut cand = obj.clone();
-            let g = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
-            {
-                let meta = meta_mut(&mut cand);
-                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-                meta.insert("generation".into(), json!(g));
-            }
-            if dry_run {
-                return cand;
-            }
-            let rv = s.next_rv();
-            meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
-            s.store(rt, cand.clone());
-            s.record(rt, EventType::Modified, cand.clone(), Some(obj));
-            cand
-        };
+        check_preconditions(rt, name, &old, opts)?;
         if is_namespace(rt) {
-            let mut cand = old.clone();
-            if meta_str(&old, "deletionTimestamp").is_empty() {
-                let meta = meta_mut(&mut cand);
-                meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-            }
-            if let Value::Object(m) = &mut cand {
-                let st = m.entry("status").or_insert_with(|| json!({}));
-                if let Value::Object(st) = st {
-                    st.insert("phase".into(), json!("Terminating"));
-                }
-            }
-            if dry_run {
-                return Ok(DeleteOutcome::Pending(cand));
-            }
-            if cand != old {
-                let rv = self.next_rv();
-                meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
-                self.store(rt, cand.clone());
-                self.record(rt, EventType::Modified, cand.clone(), Some(old));
-            }
-            self.delete_namespace_contents(name);
-            self.maybe_finalize_namespace(name);
-            return Ok(match self.get(rt, "", name) {
-                Some(o) => DeleteOutcome::Pending(o.clone()),
-                None => DeleteOutcome::Deleted(cand),
-            });
+            return Ok(self.delete_namespace(rt, name, old, dry_run));
         }
         if !finalizers_empty(&old) {
-            return Ok(DeleteOutcome::Pending(pending(self, old)));
+            return Ok(DeleteOutcome::Pending(self.mark_deleting(rt, old, dry_run)));
         }
         if dry_run {
             return Ok(DeleteOutcome::Deleted(old));
         }
         Ok(DeleteOutcome::Deleted(self.remove_now(rt, ns, name)))
+    }
+
+    /// Sets deletionTimestamp (and bumps generation) on an object its finalizers hold; an
+    /// object already deleting is returned as it is.
+    fn mark_deleting(&mut self, rt: &ResourceType, obj: Value, dry_run: bool) -> Value {
+        if !meta_str(&obj, "deletionTimestamp").is_empty() {
+            return obj;
+        }
+        let mut cand = obj.clone();
+        let g = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+        {
+            let meta = meta_mut(&mut cand);
+            meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+            meta.insert("generation".into(), json!(g));
+        }
+        if dry_run {
+            return cand;
+        }
+        let rv = self.next_rv();
+        meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
+        self.store(rt, cand.clone());
+        self.record(rt, EventType::Modified, cand.clone(), Some(obj));
+        cand
+    }
+
+    /// Deleting a namespace: it turns `Terminating`, its contents are deleted, and it goes once
+    /// empty and without finalizers.
+    fn delete_namespace(
+        &mut self,
+        rt: &ResourceType,
+        name: &str,
+        old: Value,
+        dry_run: bool,
+    ) -> DeleteOutcome {
+        let mut cand = old.clone();
+        if meta_str(&old, "deletionTimestamp").is_empty() {
+            let meta = meta_mut(&mut cand);
+            meta.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+        }
+        if let Value::Object(m) = &mut cand {
+            let st = m.entry("status").or_insert_with(|| json!({}));
+            if let Value::Object(st) = st {
+                st.insert("phase".into(), json!("Terminating"));
+            }
+        }
+        if dry_run {
+            return DeleteOutcome::Pending(cand);
+        }
+        if cand != old {
+            let rv = self.next_rv();
+            meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
+            self.store(rt, cand.clone());
+            self.record(rt, EventType::Modified, cand.clone(), Some(old));
+        }
+        self.delete_namespace_contents(name);
+        self.maybe_finalize_namespace(name);
+        match self.get(rt, "", name) {
+            Some(o) => DeleteOutcome::Pending(o.clone()),
+            None => DeleteOutcome::Deleted(cand),
+        }
     }
 
     /// Removes an object immediately, recording DELETED. Returns its last state.
@@ -903,12 +980,12 @@ impl State {
 
     /// Rebuilds a state from [`State::snapshot`] output. The history starts empty, so watches
     /// resuming from before the restart get 410 Expired and re-list.
-    pub fn restore(history_window: usize, snap: &Value) -> Result<State, String> {
+    pub fn restore(history_window: usize, snap: &Value) -> Result<State, SnapshotError> {
         let mut s = State::empty(history_window);
         let objs = snap
             .get("objects")
             .and_then(Value::as_array)
-            .ok_or("snapshot has no objects array")?;
+            .ok_or(SnapshotError::NoObjects)?;
         let mut max_rv: u64 = snap
             .get("resourceVersion")
             .and_then(Value::as_str)

@@ -81,6 +81,7 @@ enum Seg {
     Filter(Vec<String>, bool, Value),
 }
 
+/// Parses the JSONPath subset into segments; `None` for syntax it does not support.
 fn parse_path(path: &str) -> Option<Vec<Seg>> {
     let p = path.trim();
     let p = p
@@ -97,88 +98,102 @@ fn parse_path(path: &str) -> Option<Vec<Seg>> {
                 if chars.get(i) == Some(&'.') {
                     return None; // recursive descent is not supported
                 }
-                let start = i;
-                while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
-                    i += 1;
-                }
-                let name: String = chars[start..i].iter().collect();
+                let (name, next) = field_name(&chars, i);
+                i = next;
                 if !name.is_empty() {
                     segs.push(Seg::Field(name));
                 }
             }
             '[' => {
-                let start = i + 1;
-                let mut depth = 0;
-                let mut quote: Option<char> = None;
-                i += 1;
-                while i < chars.len() {
-                    let c = chars[i];
-                    match quote {
-                        Some(q) if c == q => quote = None,
-                        Some(_) => {}
-                        None if c == '"' || c == '\'' => quote = Some(c),
-                        None if c == '(' => depth += 1,
-                        None if c == ')' => depth -= 1,
-                        None if c == ']' && depth == 0 => break,
-                        None => {}
-                    }
-                    i += 1;
-                }
-                if i >= chars.len() {
-                    return None;
-                }
-                let inner: String = chars[start..i].iter().collect();
-                i += 1;
-                let inner = inner.trim();
-                if inner == "*" {
-                    segs.push(Seg::Wildcard);
-                } else if let Ok(n) = inner.parse::<i64>() {
-                    segs.push(Seg::Index(n));
-                } else if let Some(f) = inner.strip_prefix("?(").and_then(|x| x.strip_suffix(')')) {
-                    let (lhs, eq, rhs) = if let Some((l, r)) = f.split_once("==") {
-                        (l, true, r)
-                    } else if let Some((l, r)) = f.split_once("!=") {
-                        (l, false, r)
-                    } else {
-                        return None;
-                    };
-                    let lhs = lhs.trim().strip_prefix("@.")?;
-                    let rhs = rhs.trim();
-                    let value = if let Some(s) = rhs
-                        .strip_prefix('"')
-                        .and_then(|x| x.strip_suffix('"'))
-                        .or_else(|| rhs.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
-                    {
-                        Value::String(s.to_string())
-                    } else {
-                        serde_json::from_str(rhs).ok()?
-                    };
-                    segs.push(Seg::Filter(
-                        lhs.split('.').map(str::to_string).collect(),
-                        eq,
-                        value,
-                    ));
-                } else if let Some(k) = inner
-                    .strip_prefix('\'')
-                    .and_then(|x| x.strip_suffix('\''))
-                    .or_else(|| inner.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
-                {
-                    segs.push(Seg::Field(k.to_string()));
-                } else {
-                    return None;
-                }
+                let (inner, next) = bracket_contents(&chars, i)?;
+                i = next;
+                segs.push(bracket_segment(inner.trim())?);
             }
             _ => {
                 // A path without a leading dot ("spec.x") is accepted too.
-                let start = i;
-                while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
-                    i += 1;
-                }
-                segs.push(Seg::Field(chars[start..i].iter().collect()));
+                let (name, next) = field_name(&chars, i);
+                i = next;
+                segs.push(Seg::Field(name));
             }
         }
     }
     Some(segs)
+}
+
+/// The field name starting at `start` (up to the next `.` or `[`) and where it ends.
+fn field_name(chars: &[char], start: usize) -> (String, usize) {
+    let end = chars[start..]
+        .iter()
+        .position(|c| *c == '.' || *c == '[')
+        .map_or(chars.len(), |n| start + n);
+    (chars[start..end].iter().collect(), end)
+}
+
+/// What lies between the `[` at `open` and its `]` (quotes and parentheses may contain `]`),
+/// and the index after the `]`; `None` when it is never closed.
+fn bracket_contents(chars: &[char], open: usize) -> Option<(String, usize)> {
+    let mut depth = 0;
+    let mut quote: Option<char> = None;
+    let mut i = open + 1;
+    while i < chars.len() {
+        let c = chars[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '(' => depth += 1,
+            None if c == ')' => depth -= 1,
+            None if c == ']' && depth == 0 => {
+                return Some((chars[open + 1..i].iter().collect(), i + 1));
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `*`, an index, a filter `?(@.f=="v")` or a quoted key.
+fn bracket_segment(inner: &str) -> Option<Seg> {
+    if inner == "*" {
+        return Some(Seg::Wildcard);
+    }
+    if let Ok(n) = inner.parse::<i64>() {
+        return Some(Seg::Index(n));
+    }
+    if let Some(f) = inner.strip_prefix("?(").and_then(|x| x.strip_suffix(')')) {
+        return filter_segment(f);
+    }
+    unquote(inner).map(|k| Seg::Field(k.to_string()))
+}
+
+/// `s` without its surrounding single or double quotes, if it has them.
+fn unquote(s: &str) -> Option<&str> {
+    s.strip_prefix('\'')
+        .and_then(|x| x.strip_suffix('\''))
+        .or_else(|| s.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
+}
+
+/// `@.a.b == value` or `!=`; the value is a quoted string or JSON.
+fn filter_segment(f: &str) -> Option<Seg> {
+    let (lhs, eq, rhs) = if let Some((l, r)) = f.split_once("==") {
+        (l, true, r)
+    } else if let Some((l, r)) = f.split_once("!=") {
+        (l, false, r)
+    } else {
+        return None;
+    };
+    let lhs = lhs.trim().strip_prefix("@.")?;
+    let rhs = rhs.trim();
+    let value = match unquote(rhs) {
+        Some(s) => Value::String(s.to_string()),
+        None => serde_json::from_str(rhs).ok()?,
+    };
+    Some(Seg::Filter(
+        lhs.split('.').map(str::to_string).collect(),
+        eq,
+        value,
+    ))
 }
 
 /// Evaluates the JSONPath subset; every match in document order. Unsupported syntax matches nothing.
@@ -229,179 +244,250 @@ pub fn jsonpath<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
     cur
 }
 
+/// One cell: a JSONPath column typed as its column says, or a built-in kind's hand-written column.
 fn cell(col: &PrinterColumn, obj: &Value) -> Value {
     match &col.source {
-        CellSource::Path(p) => {
-            let Some(first) = jsonpath(obj, p).into_iter().next() else {
-                return Value::Null;
-            };
-            match col.type_.as_str() {
-                "date" => first
-                    .as_str()
-                    .and_then(seconds_since)
-                    .map(|s| json!(human_duration(s)))
-                    .unwrap_or(Value::Null),
-                "integer" => first.as_i64().map(Value::from).unwrap_or(Value::Null),
-                "number" => first.as_f64().map(Value::from).unwrap_or(Value::Null),
-                "boolean" => first.as_bool().map(Value::from).unwrap_or(Value::Null),
-                _ => match first {
-                    Value::String(s) => json!(s),
-                    Value::Null => Value::Null,
-                    other => json!(other.to_string()),
-                },
-            }
-        }
-        CellSource::Count(fields) => {
-            let n: usize = fields
-                .iter()
-                .filter_map(|f| obj.get(*f))
-                .map(|v| match v {
-                    Value::Object(m) => m.len(),
-                    Value::Array(a) => a.len(),
-                    _ => 0,
-                })
-                .sum();
-            json!(n)
-        }
-        CellSource::ServicePorts => {
-            let ports: Vec<String> = obj["spec"]["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    let proto = p["protocol"].as_str().unwrap_or("TCP");
-                    match p["nodePort"].as_i64() {
-                        Some(np) => format!("{}:{np}/{proto}", p["port"]),
-                        None => format!("{}/{proto}", p["port"]),
-                    }
-                })
-                .collect();
-            json!(if ports.is_empty() {
-                "<none>".to_string()
-            } else {
-                ports.join(",")
-            })
-        }
-        CellSource::ServiceExternalIp => {
-            let ips: Vec<String> = obj["status"]["loadBalancer"]["ingress"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|i| {
-                    i["ip"]
-                        .as_str()
-                        .or(i["hostname"].as_str())
-                        .map(str::to_string)
-                })
-                .chain(
-                    obj["spec"]["externalIPs"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|i| i.as_str().map(str::to_string)),
-                )
-                .collect();
-            if !ips.is_empty() {
-                json!(ips.join(","))
-            } else if obj["spec"]["type"] == "LoadBalancer" {
-                json!("<pending>")
-            } else {
-                json!("<none>")
-            }
-        }
-        CellSource::Selector(field) => {
-            let pairs: Vec<String> = obj["spec"][*field]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect();
-            json!(if pairs.is_empty() {
-                "<none>".to_string()
-            } else {
-                pairs.join(",")
-            })
-        }
-        CellSource::EndpointSlicePorts => {
-            let ports: Vec<String> = obj["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["port"].as_i64().map(|p| p.to_string()))
-                .collect();
-            json!(if ports.is_empty() {
-                "<unset>".to_string()
-            } else {
-                ports.join(",")
-            })
-        }
+        CellSource::Path(p) => path_cell(&col.type_, obj, p),
+        CellSource::Count(fields) => json!(entry_count(obj, fields)),
+        CellSource::ServicePorts => json!(joined_or(service_ports(obj), "<none>")),
+        CellSource::ServiceExternalIp => json!(service_external_ip(obj)),
+        CellSource::Selector(field) => json!(joined_or(string_map_pairs(obj, field), "<none>")),
+        CellSource::EndpointSlicePorts => json!(joined_or(endpoint_slice_ports(obj), "<unset>")),
         CellSource::EndpointSliceEndpoints => {
-            let addrs: Vec<String> = obj["endpoints"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
-                .filter_map(|a| a.as_str().map(str::to_string))
-                .collect();
-            json!(if addrs.is_empty() {
-                "<unset>".to_string()
-            } else {
-                addrs.join(",")
-            })
+            json!(joined_or(endpoint_slice_addresses(obj), "<unset>"))
         }
-        CellSource::EventObject => {
-            let io = &obj["involvedObject"];
-            json!(format!(
-                "{}/{}",
-                io["kind"].as_str().unwrap_or("").to_lowercase(),
-                io["name"].as_str().unwrap_or("")
-            ))
+        CellSource::EventObject => json!(event_object(obj)),
+        CellSource::NodeStatus => json!(node_status(obj)),
+        CellSource::NodeRoles => json!(joined_or(node_roles(obj), "<none>")),
+        CellSource::PodReady => json!(pod_ready(obj)),
+        CellSource::PodRestarts => json!(pod_restarts(obj)),
+        CellSource::DeploymentReady => json!(deployment_ready(obj)),
+        CellSource::IntOrZero(path) => json!(at(obj, path).as_i64().unwrap_or(0)),
+        CellSource::TemplateContainers(images) => {
+            json!(joined_or(template_containers(obj, *images), "<none>"))
         }
-        CellSource::NodeStatus => {
-            let ready = obj["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == "Ready")
-                .map(|c| c["status"] == "True");
-            json!(match ready {
-                Some(true) => "Ready",
-                _ => "NotReady",
-            })
-        }
-        CellSource::NodeRoles => {
-            let roles: Vec<&str> = obj["metadata"]["labels"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
-                .collect();
-            json!(if roles.is_empty() {
-                "<none>".to_string()
-            } else {
-                roles.join(",")
-            })
-        }
-        CellSource::PodReady => {
-            let statuses = obj["status"]["containerStatuses"].as_array();
-            let total = obj["spec"]["containers"].as_array().map_or(0, Vec::len);
-            let ready = statuses
-                .into_iter()
-                .flatten()
-                .filter(|s| s["ready"] == true)
-                .count();
-            json!(format!("{ready}/{total}"))
-        }
-        CellSource::PodRestarts => {
-            let n: i64 = obj["status"]["containerStatuses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s["restartCount"].as_i64())
-                .sum();
-            json!(n)
-        }
+        CellSource::MatchLabels => json!(joined_or(match_labels(obj), "<none>")),
+        CellSource::TextOr(path, fallback) => json!(text_or(at(obj, path), fallback)),
+        CellSource::RoleRef => json!(role_ref(obj)),
+        CellSource::Subjects(kind) => json!(subjects(obj, kind).join(", ")),
     }
+}
+
+/// `items` joined with commas, or `empty` when there are none (kubectl's `<none>`/`<unset>`).
+fn joined_or<S: AsRef<str>>(items: Vec<S>, empty: &str) -> String {
+    if items.is_empty() {
+        return empty.to_string();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The array at `v` as a slice (empty when it is no array).
+fn array(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// The first JSONPath match, rendered by the column type (`date` as an age).
+fn path_cell(type_: &str, obj: &Value, path: &str) -> Value {
+    let Some(first) = jsonpath(obj, path).into_iter().next() else {
+        return Value::Null;
+    };
+    match type_ {
+        "date" => first
+            .as_str()
+            .and_then(seconds_since)
+            .map(|s| json!(human_duration(s)))
+            .unwrap_or(Value::Null),
+        "integer" => first.as_i64().map(Value::from).unwrap_or(Value::Null),
+        "number" => first.as_f64().map(Value::from).unwrap_or(Value::Null),
+        "boolean" => first.as_bool().map(Value::from).unwrap_or(Value::Null),
+        _ => match first {
+            Value::String(s) => json!(s),
+            Value::Null => Value::Null,
+            other => json!(other.to_string()),
+        },
+    }
+}
+
+/// Entries of the objects or arrays at `fields` (ConfigMap/Secret DATA).
+fn entry_count(obj: &Value, fields: &[&str]) -> usize {
+    fields
+        .iter()
+        .filter_map(|f| obj.get(*f))
+        .map(|v| match v {
+            Value::Object(m) => m.len(),
+            Value::Array(a) => a.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// `80/TCP`, or `80:30080/TCP` with a node port.
+fn service_ports(obj: &Value) -> Vec<String> {
+    array(&obj["spec"]["ports"])
+        .iter()
+        .map(|p| {
+            let proto = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_i64() {
+                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                None => format!("{}/{proto}", p["port"]),
+            }
+        })
+        .collect()
+}
+
+/// Load-balancer ingress addresses and external IPs; `<pending>` for a LoadBalancer without any.
+fn service_external_ip(obj: &Value) -> String {
+    let ips: Vec<&str> = array(&obj["status"]["loadBalancer"]["ingress"])
+        .iter()
+        .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+        .chain(
+            array(&obj["spec"]["externalIPs"])
+                .iter()
+                .filter_map(Value::as_str),
+        )
+        .collect();
+    if !ips.is_empty() {
+        ips.join(",")
+    } else if obj["spec"]["type"] == "LoadBalancer" {
+        "<pending>".to_string()
+    } else {
+        "<none>".to_string()
+    }
+}
+
+/// `k=v` pairs of the string map at `spec.<field>` (a Service selector).
+fn string_map_pairs(obj: &Value, field: &str) -> Vec<String> {
+    obj["spec"][field]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect()
+}
+
+fn endpoint_slice_ports(obj: &Value) -> Vec<String> {
+    array(&obj["ports"])
+        .iter()
+        .filter_map(|p| p["port"].as_i64().map(|p| p.to_string()))
+        .collect()
+}
+
+fn endpoint_slice_addresses(obj: &Value) -> Vec<&str> {
+    array(&obj["endpoints"])
+        .iter()
+        .flat_map(|e| array(&e["addresses"]))
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// `kind/name` of a core Event's involved object.
+fn event_object(obj: &Value) -> String {
+    let io = &obj["involvedObject"];
+    format!(
+        "{}/{}",
+        io["kind"].as_str().unwrap_or("").to_lowercase(),
+        io["name"].as_str().unwrap_or("")
+    )
+}
+
+fn node_status(obj: &Value) -> &'static str {
+    let ready = array(&obj["status"]["conditions"])
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .is_some_and(|c| c["status"] == "True");
+    if ready { "Ready" } else { "NotReady" }
+}
+
+fn node_roles(obj: &Value) -> Vec<&str> {
+    obj["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+        .collect()
+}
+
+/// `ready/total` containers.
+fn pod_ready(obj: &Value) -> String {
+    let total = array(&obj["spec"]["containers"]).len();
+    let ready = array(&obj["status"]["containerStatuses"])
+        .iter()
+        .filter(|s| s["ready"] == true)
+        .count();
+    format!("{ready}/{total}")
+}
+
+fn pod_restarts(obj: &Value) -> i64 {
+    array(&obj["status"]["containerStatuses"])
+        .iter()
+        .filter_map(|s| s["restartCount"].as_i64())
+        .sum()
+}
+
+/// The value at a path of object fields (`Null` when any step is missing).
+fn at<'a>(obj: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(obj, |v, k| &v[*k])
+}
+
+/// A scalar as text (`2`, `50%`), or `fallback` when absent.
+fn text_or(v: &Value, fallback: &str) -> String {
+    match v {
+        Value::Null => fallback.to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `ready/desired`, the desired count defaulting to 1 as the real server defaults it.
+fn deployment_ready(obj: &Value) -> String {
+    let ready = obj["status"]["readyReplicas"].as_i64().unwrap_or(0);
+    let desired = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+    format!("{ready}/{desired}")
+}
+
+fn template_containers(obj: &Value, images: bool) -> Vec<&str> {
+    let field = if images { "image" } else { "name" };
+    array(&obj["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .filter_map(|c| c[field].as_str())
+        .collect()
+}
+
+fn match_labels(obj: &Value) -> Vec<String> {
+    obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect()
+}
+
+fn role_ref(obj: &Value) -> String {
+    let r = &obj["roleRef"];
+    format!(
+        "{}/{}",
+        r["kind"].as_str().unwrap_or(""),
+        r["name"].as_str().unwrap_or("")
+    )
+}
+
+/// Subjects of one kind; service accounts as `namespace:name`.
+fn subjects(obj: &Value, kind: &str) -> Vec<String> {
+    array(&obj["subjects"])
+        .iter()
+        .filter(|s| s["kind"] == kind)
+        .map(|s| {
+            let name = s["name"].as_str().unwrap_or("");
+            match s["namespace"].as_str() {
+                Some(ns) if kind == "ServiceAccount" => format!("{ns}:{name}"),
+                _ => name.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// `columnDefinitions` for a type/version (Name first).

@@ -230,7 +230,8 @@ async fn unknown_resources_methods_and_parameters() {
     for path in [
         "/apis/nope.example.com/v1/things",
         "/api/v1/deployments",
-        "/apis/apps/v1/namespaces/default/deployments",
+        // The sandbox serves apps/v1 Deployments, but no other kind of that group.
+        "/apis/apps/v1/namespaces/default/statefulsets",
         "/api/v2/configmaps",
         "/api/v1/namespaces/default/configmaps/x/scale",
         "/api/v1/namespaces/default/namespaces",

@@ -20,6 +20,20 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Why a rule could not be compiled or evaluated (such rules are logged and skipped).
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// The rule does not parse as CEL.
+    #[error(transparent)]
+    Compile(#[from] cel::ParseErrors),
+    /// Evaluation failed (a function the `cel` crate lacks, a missing field, ...).
+    #[error(transparent)]
+    Execute(#[from] cel::ExecutionError),
+    /// The rule evaluated to something other than a bool (rendered value).
+    #[error("rule did not evaluate to a bool: {0}")]
+    NotBool(String),
+}
+
 /// One compiled rule.
 #[derive(Clone)]
 pub struct Rule {
@@ -44,8 +58,8 @@ impl Rule {
         source: &str,
         message: Option<&str>,
         field_path: Option<&str>,
-    ) -> Result<Rule, String> {
-        let program = cel::Program::compile(source).map_err(|e| e.to_string())?;
+    ) -> Result<Rule, RuleError> {
+        let program = cel::Program::compile(source)?;
         Ok(Rule {
             source: source.to_string(),
             message: message
@@ -65,7 +79,7 @@ impl Rule {
         n: &Node,
         v: &Value,
         old: Option<&Value>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, RuleError> {
         let mut ctx = base.new_inner_scope();
         ctx.add_variable_from_value("self", to_cel(v, n));
         if let Some(old) = old {
@@ -73,8 +87,8 @@ impl Rule {
         }
         match self.program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("rule did not evaluate to a bool: {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(other) => Err(RuleError::NotBool(format!("{other:?}"))),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -119,6 +119,61 @@ fn u64_at(s: &Value, k: &str) -> Option<u64> {
     s.get(k).and_then(Value::as_u64)
 }
 
+/// A node's `pattern`, if the `regex` crate compiles it (skipped with a log line otherwise).
+fn compile_pattern(s: &Value, path: &str) -> Option<Pattern> {
+    let p = s.get("pattern").and_then(Value::as_str)?;
+    match Regex::new(p) {
+        Ok(re) => Some(Pattern {
+            source: p.to_string(),
+            re,
+        }),
+        Err(e) => {
+            tracing::warn!(path, pattern = p, error = %e, "schema pattern skipped");
+            None
+        }
+    }
+}
+
+/// An array's `x-kubernetes-list-type` (with its map keys); atomic unless it says otherwise.
+fn list_kind(s: &Value) -> ListKind {
+    match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => ListKind::Set,
+        Some("map") => ListKind::Map(
+            s.get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        _ => ListKind::Atomic,
+    }
+}
+
+/// A node's `x-kubernetes-validations` that compile (the others are skipped with a log line).
+fn compile_rules(s: &Value, path: &str) -> Vec<cel::Rule> {
+    let mut rules = Vec::new();
+    for r in s
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(src) = r.get("rule").and_then(Value::as_str) else {
+            continue;
+        };
+        let message = r.get("message").and_then(Value::as_str);
+        let field_path = r.get("fieldPath").and_then(Value::as_str);
+        match cel::Rule::compile(src, message, field_path) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => tracing::warn!(path, rule = src, error = %e, "CEL rule skipped"),
+        }
+    }
+    rules
+}
+
 impl Node {
     /// Compiles a JSON schema node. Never fails: parts this module cannot use are skipped
     /// (and logged), so a CRD a real server accepts is never refused here.
@@ -157,68 +212,33 @@ impl Node {
             int_or_string: flag("x-kubernetes-int-or-string"),
             ..Node::default()
         };
-        if let Some(p) = s.get("pattern").and_then(Value::as_str) {
-            match Regex::new(p) {
-                Ok(re) => {
-                    n.pattern = Some(Pattern {
-                        source: p.to_string(),
-                        re,
-                    })
-                }
-                Err(e) => tracing::warn!(path, pattern = p, error = %e, "schema pattern skipped"),
-            }
+        n.pattern = compile_pattern(s, path);
+        n.compile_children(s, path);
+        if n.ty.as_deref() == Some("array") {
+            n.list = Some(list_kind(s));
         }
+        n.rules = compile_rules(s, path);
+        n
+    }
+
+    /// The nodes below this one: properties, typed additionalProperties, list items.
+    fn compile_children(&mut self, s: &Value, path: &str) {
         if let Some(props) = s.get("properties").and_then(Value::as_object) {
             for (k, sub) in props {
-                n.properties
+                self.properties
                     .insert(k.clone(), Node::compile(sub, &format!("{path}.{k}")));
             }
         }
         match s.get("additionalProperties") {
-            Some(Value::Bool(b)) => n.additional_any = *b,
+            Some(Value::Bool(b)) => self.additional_any = *b,
             Some(sub @ Value::Object(_)) => {
-                n.additional = Some(Box::new(Node::compile(sub, &format!("{path}[*]"))));
+                self.additional = Some(Box::new(Node::compile(sub, &format!("{path}[*]"))));
             }
             _ => {}
         }
         if let Some(items) = s.get("items").filter(|i| i.is_object()) {
-            n.items = Some(Box::new(Node::compile(items, &format!("{path}[*]"))));
+            self.items = Some(Box::new(Node::compile(items, &format!("{path}[*]"))));
         }
-        if n.ty.as_deref() == Some("array") {
-            n.list = Some(
-                match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
-                    Some("set") => ListKind::Set,
-                    Some("map") => ListKind::Map(
-                        s.get("x-kubernetes-list-map-keys")
-                            .and_then(Value::as_array)
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(|k| k.as_str().map(str::to_string))
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    ),
-                    _ => ListKind::Atomic,
-                },
-            );
-        }
-        for r in s
-            .get("x-kubernetes-validations")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(src) = r.get("rule").and_then(Value::as_str) else {
-                continue;
-            };
-            let message = r.get("message").and_then(Value::as_str);
-            let field_path = r.get("fieldPath").and_then(Value::as_str);
-            match cel::Rule::compile(src, message, field_path) {
-                Ok(rule) => n.rules.push(rule),
-                Err(e) => tracing::warn!(path, rule = src, error = %e, "CEL rule skipped"),
-            }
-        }
-        n
     }
 
     /// Whether the node describes an object whose unknown fields are dropped.

@@ -213,57 +213,93 @@ fn type_ok(ty: &str, v: &Value) -> bool {
     }
 }
 
+/// Checks one value against its schema node, appending to `errors`. The steps run in the order
+/// the real server reports them: null and type first (a wrong type stops there), then enum, then
+/// the constraints of the value's own type, recursing into items and properties.
 fn check(n: &Node, v: &Value, path: &mut Vec<Seg>, errors: &mut Vec<FieldError>) {
-    let p = path_string(path);
-    let here = path.clone();
-    let invalid = |errors: &mut Vec<FieldError>, detail: String| {
-        errors.push(FieldError {
-            path: here.clone(),
-            kind: FieldErrorKind::Invalid(render(v), format!("{p} in body {detail}")),
-        })
-    };
-    if v.is_null() {
-        if n.nullable || n.preserve_unknown && n.ty.is_none() {
-            return;
-        }
-        let ty = n.ty.as_deref().unwrap_or("object");
-        errors.push(FieldError {
-            path: path.clone(),
-            kind: FieldErrorKind::TypeInvalid(
-                "\"null\"".into(),
-                format!("{p} in body must be of type {ty}: \"null\""),
-            ),
-        });
+    let mut at = At { n, v, path, errors };
+    if !at.check_null_and_type() {
         return;
     }
-    if n.int_or_string {
-        if !(v.is_string() || v.is_i64() || v.is_u64()) {
-            errors.push(FieldError {
-                path: path.clone(),
-                kind: FieldErrorKind::TypeInvalid(
+    at.check_enum();
+    match v {
+        Value::String(s) => at.check_string(s),
+        Value::Number(num) => at.check_number(num.as_f64().unwrap_or(0.0)),
+        Value::Array(items) => at.check_array(items),
+        Value::Object(map) => at.check_object(map),
+        _ => {}
+    }
+}
+
+/// One value being checked: its schema node, the value, where it is and the errors so far.
+struct At<'a, 'p> {
+    n: &'a Node,
+    v: &'a Value,
+    path: &'p mut Vec<Seg>,
+    errors: &'p mut Vec<FieldError>,
+}
+
+impl At<'_, '_> {
+    fn push(&mut self, kind: FieldErrorKind) {
+        self.errors.push(FieldError {
+            path: self.path.clone(),
+            kind,
+        });
+    }
+
+    /// `Invalid value: <v>: <path> in body <detail>`.
+    fn invalid(&mut self, detail: String) {
+        let p = path_string(self.path);
+        self.push(FieldErrorKind::Invalid(
+            render(self.v),
+            format!("{p} in body {detail}"),
+        ));
+    }
+
+    /// Null where the schema allows none, or a value of the wrong type; false when checking
+    /// stops here (nothing else is said about such a value).
+    fn check_null_and_type(&mut self) -> bool {
+        let (n, v) = (self.n, self.v);
+        let p = path_string(self.path);
+        if v.is_null() {
+            if !(n.nullable || n.preserve_unknown && n.ty.is_none()) {
+                let ty = n.ty.as_deref().unwrap_or("object");
+                self.push(FieldErrorKind::TypeInvalid(
+                    "\"null\"".into(),
+                    format!("{p} in body must be of type {ty}: \"null\""),
+                ));
+            }
+            return false;
+        }
+        if n.int_or_string {
+            if !(v.is_string() || v.is_i64() || v.is_u64()) {
+                self.push(FieldErrorKind::TypeInvalid(
                     render(v),
                     format!(
                         "{p} in body must be of type integer,string: \"{}\"",
                         type_name(v)
                     ),
-                ),
-            });
-            return;
-        }
-    } else if let Some(ty) = n.ty.as_deref()
-        && !type_ok(ty, v)
-    {
-        errors.push(FieldError {
-            path: path.clone(),
-            kind: FieldErrorKind::TypeInvalid(
+                ));
+                return false;
+            }
+        } else if let Some(ty) = n.ty.as_deref()
+            && !type_ok(ty, v)
+        {
+            self.push(FieldErrorKind::TypeInvalid(
                 render(v),
                 format!("{p} in body must be of type {ty}: \"{}\"", type_name(v)),
-            ),
-        });
-        return;
+            ));
+            return false;
+        }
+        true
     }
-    if !n.enum_.is_empty() && !n.enum_.contains(v) {
-        let supported = n
+
+    fn check_enum(&mut self) {
+        if self.n.enum_.is_empty() || self.n.enum_.contains(self.v) {
+            return;
+        }
+        let supported = self
+            .n
             .enum_
             .iter()
             .map(|e| match e {
@@ -271,118 +307,104 @@ fn check(n: &Node, v: &Value, path: &mut Vec<Seg>, errors: &mut Vec<FieldError>)
                 other => other.to_string(),
             })
             .collect();
-        errors.push(FieldError {
-            path: path.clone(),
-            kind: FieldErrorKind::NotSupported(render(v), supported),
-        });
+        self.push(FieldErrorKind::NotSupported(render(self.v), supported));
     }
-    match v {
-        Value::String(s) => {
-            let len = s.chars().count() as u64;
-            if let Some(max) = n.max_length
-                && len > max
-            {
-                invalid(errors, format!("should be at most {max} chars long"));
-            }
-            if let Some(min) = n.min_length
-                && len < min
-            {
-                invalid(errors, format!("should be at least {min} chars long"));
-            }
-            if let Some(pat) = &n.pattern
-                && !pat.re.is_match(s)
-            {
-                invalid(errors, format!("should match '{}'", pat.source));
+
+    fn check_string(&mut self, s: &str) {
+        let n = self.n;
+        let len = s.chars().count() as u64;
+        if let Some(max) = n.max_length
+            && len > max
+        {
+            self.invalid(format!("should be at most {max} chars long"));
+        }
+        if let Some(min) = n.min_length
+            && len < min
+        {
+            self.invalid(format!("should be at least {min} chars long"));
+        }
+        if let Some(pat) = &n.pattern
+            && !pat.re.is_match(s)
+        {
+            self.invalid(format!("should match '{}'", pat.source));
+        }
+    }
+
+    fn check_number(&mut self, x: f64) {
+        let n = self.n;
+        if let Some(min) = n.minimum {
+            if n.exclusive_minimum && x <= min {
+                self.invalid(format!("should be greater than {}", bound(min)));
+            } else if x < min {
+                self.invalid(format!("should be greater than or equal to {}", bound(min)));
             }
         }
-        Value::Number(num) => {
-            let x = num.as_f64().unwrap_or(0.0);
-            if let Some(min) = n.minimum {
-                if n.exclusive_minimum && x <= min {
-                    invalid(errors, format!("should be greater than {}", bound(min)));
-                } else if x < min {
-                    invalid(
-                        errors,
-                        format!("should be greater than or equal to {}", bound(min)),
-                    );
-                }
-            }
-            if let Some(max) = n.maximum {
-                if n.exclusive_maximum && x >= max {
-                    invalid(errors, format!("should be less than {}", bound(max)));
-                } else if x > max {
-                    invalid(
-                        errors,
-                        format!("should be less than or equal to {}", bound(max)),
-                    );
-                }
+        if let Some(max) = n.maximum {
+            if n.exclusive_maximum && x >= max {
+                self.invalid(format!("should be less than {}", bound(max)));
+            } else if x > max {
+                self.invalid(format!("should be less than or equal to {}", bound(max)));
             }
         }
-        Value::Array(items) => {
-            if let Some(max) = n.max_items
-                && items.len() as u64 > max
-            {
-                errors.push(FieldError {
-                    path: path.clone(),
-                    kind: FieldErrorKind::TooMany(items.len(), max),
-                });
-            }
-            if let Some(min) = n.min_items
-                && (items.len() as u64) < min
-            {
-                invalid(errors, format!("should have at least {min} items"));
-            }
-            check_list_uniqueness(n, items, path, errors);
-            if let Some(item_node) = n.items.as_deref() {
-                for (i, item) in items.iter().enumerate() {
-                    path.push(Seg::Index(i));
-                    check(item_node, item, path, errors);
-                    path.pop();
-                }
+    }
+
+    fn check_array(&mut self, items: &[Value]) {
+        let n = self.n;
+        if let Some(max) = n.max_items
+            && items.len() as u64 > max
+        {
+            self.push(FieldErrorKind::TooMany(items.len(), max));
+        }
+        if let Some(min) = n.min_items
+            && (items.len() as u64) < min
+        {
+            self.invalid(format!("should have at least {min} items"));
+        }
+        check_list_uniqueness(n, items, self.path, self.errors);
+        if let Some(item_node) = n.items.as_deref() {
+            for (i, item) in items.iter().enumerate() {
+                self.path.push(Seg::Index(i));
+                check(item_node, item, self.path, self.errors);
+                self.path.pop();
             }
         }
-        Value::Object(map) => {
-            for req in &n.required {
-                if !map.contains_key(req) {
-                    path.push(Seg::Field(req.clone()));
-                    errors.push(FieldError {
-                        path: path.clone(),
-                        kind: FieldErrorKind::Required,
-                    });
-                    path.pop();
-                }
-            }
-            if let Some(max) = n.max_properties
-                && map.len() as u64 > max
-            {
-                errors.push(FieldError {
-                    path: path.clone(),
-                    kind: FieldErrorKind::TooMany(map.len(), max),
-                });
-            }
-            if let Some(min) = n.min_properties
-                && (map.len() as u64) < min
-            {
-                invalid(errors, format!("should have at least {min} properties"));
-            }
-            let embedded_meta =
-                |k: &str| n.embedded && matches!(k, "apiVersion" | "kind" | "metadata");
-            for (k, child) in map {
-                if embedded_meta(k) {
-                    continue;
-                }
-                if let Some(sub) = n.properties.get(k) {
-                    path.push(Seg::Field(k.clone()));
-                    check(sub, child, path, errors);
-                    path.pop();
-                } else if let Some(sub) = n.additional.as_deref() {
-                    path.push(Seg::Key(k.clone()));
-                    check(sub, child, path, errors);
-                    path.pop();
-                }
+    }
+
+    fn check_object(&mut self, map: &serde_json::Map<String, Value>) {
+        let n = self.n;
+        for req in &n.required {
+            if !map.contains_key(req) {
+                self.path.push(Seg::Field(req.clone()));
+                self.push(FieldErrorKind::Required);
+                self.path.pop();
             }
         }
-        _ => {}
+        if let Some(max) = n.max_properties
+            && map.len() as u64 > max
+        {
+            self.push(FieldErrorKind::TooMany(map.len(), max));
+        }
+        if let Some(min) = n.min_properties
+            && (map.len() as u64) < min
+        {
+            self.invalid(format!("should have at least {min} properties"));
+        }
+        for (k, child) in map {
+            // An embedded resource's apiVersion/kind/metadata are not checked here.
+            if n.embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                continue;
+            }
+            let (sub, seg) = match n.properties.get(k) {
+                Some(sub) => (sub, Seg::Field(k.clone())),
+                None => match n.additional.as_deref() {
+                    Some(sub) => (sub, Seg::Key(k.clone())),
+                    None => continue,
+                },
+            };
+            self.path.push(seg);
+            check(sub, child, self.path, self.errors);
+            self.path.pop();
+        }
     }
 }
 

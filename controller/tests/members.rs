@@ -46,9 +46,8 @@ fn spec(name: &str, region: &str) -> MemberSpec {
     }
 }
 
-/// A member Secret for `spec` reaching `url` (the sandbox needs no credentials; the token is
-/// there because that is what `meridian cluster add` writes).
-fn secret_for(spec: &MemberSpec, url: &str) -> Secret {
+/// A member Secret for `spec` reaching `url` with `token`.
+fn secret_with(spec: &MemberSpec, url: &str, token: &str) -> Secret {
     let ep = MemberEndpoint {
         context: "x".into(),
         server: url.into(),
@@ -59,8 +58,14 @@ fn secret_for(spec: &MemberSpec, url: &str) -> Secret {
     meridian_controller::members::member_secret(
         NS,
         spec,
-        &cli::remote_kubeconfig(&spec.name, &ep, "token"),
+        &cli::remote_kubeconfig(&spec.name, &ep, token),
     )
+}
+
+/// A member Secret for `spec` reaching `url` (a token the sandbox does not know: fine where
+/// nothing connects).
+fn secret_for(spec: &MemberSpec, url: &str) -> Secret {
+    secret_with(spec, url, "token")
 }
 
 async fn next(rx: &mut mpsc::Receiver<MembershipEvent>) -> MembershipEvent {
@@ -107,8 +112,12 @@ async fn secrets_come_and_go_as_membership_events_and_bad_ones_hurt_no_member() 
     );
     let secrets: Api<Secret> = Api::namespaced(hub.clone(), NS);
 
-    // Added: the config reaches the member cluster.
-    let east = secret_for(&spec("east", "us-east"), &url("east"));
+    // Added: the config reaches the member cluster (with the token in the Secret).
+    let east = secret_with(
+        &spec("east", "us-east"),
+        &url("east"),
+        &sb.admin_token("east").unwrap(),
+    );
     apply(&secrets, &east).await;
     let MembershipEvent::Added(m) = next(&mut rx).await else {
         panic!("expected Added")
@@ -350,7 +359,6 @@ async fn cluster_command_writes_lists_and_removes_secrets() {
 /// The whole `meridian cluster add` path: ServiceAccount, binding, TokenRequest, and a Secret
 /// whose token the member cluster accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs sandbox TokenRequest"]
 async fn cluster_add_mints_a_dedicated_token_the_member_accepts() {
     let dir = std::env::temp_dir().join(format!("meridian-members-add-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -384,6 +392,18 @@ async fn cluster_add_mints_a_dedicated_token_the_member_accepts() {
     };
     let mut out = Vec::new();
     cli::add(&add, &mut out).await.unwrap();
+    // Again (a new token, the same Secret): idempotent.
+    cli::add(&add, &mut out).await.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("cluster east: Secret meridian-system/meridian-cluster-east written"),
+        "{out}"
+    );
+    let all = Api::<Secret>::namespaced(hub.clone(), NS)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 1);
     let secret = Api::<Secret>::namespaced(hub.clone(), NS)
         .get("meridian-cluster-east")
         .await

@@ -121,7 +121,7 @@ async fn one_leads_and_a_crashed_leader_is_replaced_once_its_lease_runs_out() {
     let a = Elector::start(client.clone(), config("a")).unwrap();
     let b = Elector::start(client.clone(), config("b")).unwrap();
     let sampler = Sampler::start(vec![a.leadership(), b.leadership()]);
-    let mut electors = vec![Some(a), Some(b)];
+    let mut electors = [Some(a), Some(b)];
     let first = the_leader(electors[0].as_ref().unwrap(), electors[1].as_ref().unwrap()).await;
     let other = 1 - first;
     let leader_id = ["a", "b"][first];

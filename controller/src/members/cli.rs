@@ -158,9 +158,9 @@ pub enum ClusterCmdError {
         step: String,
         /// The context it was done in.
         context: String,
-        /// The API's error.
+        /// The API's error (boxed: it is large).
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The TokenRequest answer had no token.
     #[error("the TokenRequest for {0} was answered without a token")]
@@ -363,7 +363,7 @@ fn api_error(
     move |source| ClusterCmdError::Api {
         step,
         context,
-        source,
+        source: Box::new(source),
     }
 }
 

@@ -33,6 +33,13 @@
 //!    the admin listener;
 //! 10. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
 //!     traffic counters, [`DrillActuator`] for kill/blackhole).
+//! 11. [`incluster`] — where the `--cluster` members' configuration comes from (a kubeconfig,
+//!     else the pod's service account).
+//! 12. [`members`] — member clusters from labelled kubeconfig Secrets (parser, watcher emitting
+//!     membership events, `meridian cluster add|list|remove`); not yet wired into a running
+//!     controller.
+//! 13. [`leader`] — Lease leader election (`--leader-elect`); its gate holds the status writers
+//!     of a follower.
 
 pub mod args;
 pub mod controller;

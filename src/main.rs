@@ -5,6 +5,8 @@
 //!                                          a proxy per region, demo backends)
 //! meridian controller --cluster … [--distribution-bind ADDR]
 //!                                          watch member clusters, write status, serve snapshots
+//! meridian cluster  add NAME --context C --region R --controller-context CC | list | remove NAME
+//!                                          member-cluster Secrets (a dedicated token per member)
 //! meridian proxy    --controller URL | --snapshot FILE
 //!                                          serve Gateways (data plane)
 //! meridian drill    --target REGION        fail a region under load and write a report
@@ -59,6 +61,8 @@ enum Command {
     Echo(meridian_local::echo::EchoArgs),
     /// Run the multi-cluster controller.
     Controller(meridian_controller::ControllerArgs),
+    /// Add, list or remove member clusters (kubeconfig Secrets the controller reads).
+    Cluster(meridian_controller::members::cli::ClusterArgs),
     /// Run everything locally: three clusters, the controller, a proxy per region and a demo.
     Up(meridian_local::UpArgs),
     /// Fail a region, cluster or zone on purpose under load and report how traffic moved.
@@ -75,7 +79,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `up` talks to a person through its own progress lines; component logs would drown them.
     init_tracing(
-        if matches!(cli.command, Command::Up(_) | Command::Drill(_)) {
+        if matches!(
+            cli.command,
+            Command::Up(_) | Command::Drill(_) | Command::Cluster(_)
+        ) {
             "warn"
         } else {
             "info"
@@ -105,6 +112,9 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code)
         }
         Command::Controller(args) => runtime()?.block_on(meridian_controller::serve(args, None)),
+        Command::Cluster(args) => {
+            Ok(runtime()?.block_on(meridian_controller::members::cli::run(args))?)
+        }
     }
 }
 

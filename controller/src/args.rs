@@ -83,9 +83,31 @@ pub struct ControllerArgs {
     /// delay plus a margin; 0 turns it off.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub proxy_reconnect_grace: Duration,
+    /// Run as one of several replicas: only the holder of the Lease `meridian-controller`
+    /// writes status; every replica keeps its watches warm for a quick takeover.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease, kept in the first --cluster (default:
+    /// $POD_NAMESPACE, else the pod's own namespace, else meridian-system).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// How long a Lease not renewed keeps the other replicas waiting.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
+    /// How long the leader keeps leading without renewing the Lease (less than the lease
+    /// duration, so it steps down before anyone else may take over).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: Duration,
+    /// Time between two attempts to acquire or renew the Lease.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub leader_election_retry_period: Duration,
+    /// Namespace of the member-cluster Secrets (`meridian cluster add`; default:
+    /// $POD_NAMESPACE, else the pod's own namespace, else meridian-system).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub cluster_secrets_namespace: Option<String>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(parse_duration_ms(s)?.unwrap_or(0)))
 }
 
@@ -137,7 +159,7 @@ pub struct NetworkSpec {
 }
 
 /// Network names show up in logs and docs only, but keep them to one plain token.
-fn check_network(network: &str) -> Result<(), String> {
+pub(crate) fn check_network(network: &str) -> Result<(), String> {
     let ok = !network.is_empty()
         && network.len() <= 63
         && network
@@ -191,7 +213,7 @@ pub fn apply_networks(specs: &mut [ClusterSpec], networks: &[NetworkSpec]) -> an
 }
 
 /// Cluster names end up in metrics labels, snapshot fields and logs: keep them DNS-label-like.
-fn check_name(name: &str) -> anyhow::Result<()> {
+pub(crate) fn check_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -347,6 +369,27 @@ impl ControllerArgs {
     }
 }
 
+impl ControllerArgs {
+    /// The leader-election settings of `--leader-elect` (`None` without it), checked; the
+    /// identity is `$POD_NAME`, else `HOSTNAME-PID`.
+    pub fn election_config(
+        &self,
+    ) -> Result<Option<crate::leader::ElectionConfig>, crate::leader::ElectionError> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let namespace =
+            crate::members::own_namespace_from_env(self.leader_election_namespace.as_deref());
+        let mut cfg =
+            crate::leader::ElectionConfig::new(namespace, crate::leader::default_identity());
+        cfg.lease_duration = self.leader_election_lease_duration;
+        cfg.renew_deadline = self.leader_election_renew_deadline;
+        cfg.retry_period = self.leader_election_retry_period;
+        cfg.check()?;
+        Ok(Some(cfg))
+    }
+}
+
 /// A kube client for one member cluster, from its kubeconfig context.
 pub async fn connect(kubeconfig: &Kubeconfig, spec: &ClusterSpec) -> anyhow::Result<kube::Client> {
     let config = cluster_config(kubeconfig, spec).await?;
@@ -424,6 +467,50 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--cluster", "a", "--clusters-file", "f"]).is_err());
         assert!(Cli::try_parse_from(["x", "--endpoint-grace", "soon"]).is_err());
         assert!(Cli::try_parse_from(["x", "--cluster", "Bad"]).is_err());
+    }
+
+    #[test]
+    fn leader_election_flags() {
+        let cli = Cli::try_parse_from(["x", "--cluster", "east"]).unwrap();
+        assert!(cli.args.election_config().unwrap().is_none());
+        let cli = Cli::try_parse_from([
+            "x",
+            "--cluster",
+            "east",
+            "--leader-elect",
+            "--leader-election-namespace",
+            "ha",
+            "--cluster-secrets-namespace",
+            "members",
+        ])
+        .unwrap();
+        let cfg = cli.args.election_config().unwrap().unwrap();
+        assert_eq!(cfg.namespace, "ha");
+        assert_eq!(cfg.lease_name, "meridian-controller");
+        assert_eq!(
+            (cfg.lease_duration, cfg.renew_deadline, cfg.retry_period),
+            (
+                Duration::from_secs(15),
+                Duration::from_secs(10),
+                Duration::from_secs(2)
+            )
+        );
+        assert_eq!(
+            cli.args.cluster_secrets_namespace.as_deref(),
+            Some("members")
+        );
+        let cli = Cli::try_parse_from([
+            "x",
+            "--leader-elect",
+            "--leader-election-renew-deadline",
+            "20s",
+        ])
+        .unwrap();
+        let err = cli.args.election_config().unwrap_err().to_string();
+        assert!(
+            err.contains("renew deadline (20s) < lease duration (15s)"),
+            "{err}"
+        );
     }
 
     #[test]

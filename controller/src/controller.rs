@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::args::{ControllerArgs, cluster_config};
+use crate::args::ControllerArgs;
 use crate::dataplane::{DataPlane, StaticDataPlane};
 use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
@@ -132,6 +132,9 @@ pub struct ControllerConfig {
     /// Longest wait for the proxies to acknowledge a drill's drain (or for the actuator); a
     /// drill whose target cannot be failed in time fails.
     pub drill_ack_timeout: Duration,
+    /// Leader election: status is written only while this is `true` (see
+    /// [`crate::leader::Elector::write_gate`]); `None` writes always.
+    pub write_gate: Option<watch::Receiver<bool>>,
 }
 
 impl ControllerConfig {
@@ -154,6 +157,7 @@ impl ControllerConfig {
             status_recheck: Duration::from_secs(1),
             drill_actuator: None,
             drill_ack_timeout: Duration::from_secs(30),
+            write_gate: None,
         }
     }
 }
@@ -192,6 +196,7 @@ impl Controller {
             status_recheck,
             drill_actuator,
             drill_ack_timeout,
+            write_gate,
         } = cfg;
         crate::args::check_unique(
             &clusters
@@ -234,6 +239,7 @@ impl Controller {
             timeout: write_timeout,
             backoff_base: Duration::from_millis(250),
             backoff_max: write_backoff_max,
+            write_gate,
         };
         // Bounded: a burst of watch events waits for the loop instead of growing memory.
         let (tx, rx) = mpsc::channel::<Msg>(4096);
@@ -912,12 +918,16 @@ pub async fn serve(
             StaticDataPlane::new(args.static_addresses.clone()) as Arc<dyn DataPlane>
         }
     };
-    let kubeconfig = args.load_kubeconfig()?;
-    let specs = args.cluster_specs(&kubeconfig)?;
+    let election = args.election_config()?;
+    let members = crate::incluster::static_members(&args).await?;
+    if let Some(ns) = &args.cluster_secrets_namespace {
+        // Until the supervisor can add clusters at run time (docs/deploy.md).
+        tracing::warn!(namespace = %ns, "member clusters from Secrets are not wired into the controller yet: only --cluster members are watched");
+    }
     let mut clusters = Vec::new();
     let mut write_clients = BTreeMap::new();
-    for spec in &specs {
-        let config = cluster_config(&kubeconfig, spec).await?;
+    for (spec, config) in &members {
+        let config = config.clone();
         let write_client = kube::Client::try_from(crate::writer::for_status_writes(config.clone()))
             .with_context(|| format!("cluster {}: building the status-write client", spec.name))?;
         write_clients.insert(spec.name.clone(), write_client);
@@ -929,17 +939,31 @@ pub async fn serve(
                 .with_network(spec.network()),
         );
     }
+    let lease_client = clusters.first().map(|c| c.client.clone());
     let mut cfg = ControllerConfig::new(clusters, data_plane);
     cfg.write_clients = write_clients;
     cfg.controller_name = args.controller_name.clone();
     cfg.endpoint_grace = args.endpoint_grace;
     cfg.debounce = args.debounce;
     cfg.admin = args.metrics;
+    // The Lease lives in the first member (in a pod: the cluster it runs in).
+    let elector = match (election, lease_client) {
+        (Some(e), Some(client)) => {
+            let elector = crate::leader::Elector::start(client, e)?;
+            cfg.write_gate = Some(elector.write_gate());
+            Some(elector)
+        }
+        _ => None,
+    };
     let handle = Controller::start(cfg).await?;
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
+    // Step down first: a successor starts writing while this replica winds down.
+    if let Some(elector) = elector {
+        elector.shutdown().await;
+    }
     handle.shutdown().await;
     Ok(())
 }

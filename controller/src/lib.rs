@@ -33,12 +33,22 @@
 //!    the admin listener;
 //! 10. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
 //!     traffic counters, [`DrillActuator`] for kill/blackhole).
+//! 11. [`incluster`] — where the `--cluster` members' configuration comes from (a kubeconfig,
+//!     else the pod's service account).
+//! 12. [`members`] — member clusters from labelled kubeconfig Secrets (parser, watcher emitting
+//!     membership events, `meridian cluster add|list|remove`); not yet wired into a running
+//!     controller.
+//! 13. [`leader`] — Lease leader election (`--leader-elect`); its gate holds the status writers
+//!     of a follower.
 
 pub mod args;
 pub mod controller;
 pub mod dataplane;
 pub mod distributed;
 pub mod drill;
+pub mod incluster;
+pub mod leader;
+pub mod members;
 pub mod metrics;
 pub mod refgrant;
 pub mod status;

@@ -94,6 +94,46 @@ pub(crate) struct WriterConfig {
     pub timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Leader election (`--leader-elect`): writes happen only while this is `true`; a follower
+    /// keeps its jobs (latest status per object) and writes them if it becomes the leader.
+    /// `None`: always write.
+    pub write_gate: Option<watch::Receiver<bool>>,
+}
+
+/// Waits until the gate is open; `false` if the writer is to stop (shutdown, or the elector is
+/// gone: without it this replica cannot know it leads).
+async fn gate_open(
+    gate: &mut Option<watch::Receiver<bool>>,
+    shutdown: &mut watch::Receiver<bool>,
+    cluster: &str,
+) -> bool {
+    let Some(gate) = gate else {
+        return true;
+    };
+    // A gate whose elector is gone stays shut: this replica cannot know that it leads.
+    if *gate.borrow_and_update() && gate.has_changed().is_ok() {
+        return true;
+    }
+    tracing::debug!(cluster, "not the leader: status writes wait");
+    tokio::select! {
+        open = gate.wait_for(|leads| *leads) => {
+            if open.is_err() {
+                tracing::warn!(cluster, "leader election stopped: no more status writes");
+            }
+            open.is_ok()
+        }
+        _ = crate::stopped(shutdown) => false,
+    }
+}
+
+/// Resolves when the gate closes (never without a gate).
+async fn gate_closed(gate: &mut Option<watch::Receiver<bool>>) {
+    match gate {
+        Some(g) => {
+            let _ = g.wait_for(|leads| !*leads).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 type WriteKey = (StatusKind, String, String);
@@ -420,10 +460,14 @@ impl StatusWriter {
     pub async fn run(
         self,
         client: kube::Client,
-        cfg: WriterConfig,
+        mut cfg: WriterConfig,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut gate = cfg.write_gate.take();
         loop {
+            if !gate_open(&mut gate, &mut shutdown, &self.cluster).await {
+                return;
+            }
             let (key, mut job) = match self.next_job() {
                 Ok(j) => j,
                 Err(when) => {
@@ -436,6 +480,7 @@ impl StatusWriter {
                     tokio::select! {
                         _ = sleep => {}
                         _ = self.shared.1.notified() => {}
+                        _ = gate_closed(&mut gate) => {}
                         _ = crate::stopped(&mut shutdown) => return,
                     }
                     continue;
@@ -446,6 +491,12 @@ impl StatusWriter {
             let result = tokio::select! {
                 r = tokio::time::timeout(cfg.timeout, write(&client, &cfg, &job)) => {
                     r.unwrap_or(Err(WriteError::Timeout))
+                }
+                _ = gate_closed(&mut gate) => {
+                    // Leadership lost mid-write: the job goes back, for the next leader term.
+                    let lost = Err(WriteError::Retry("leadership lost".into()));
+                    self.finish(key, job, &lost, Duration::ZERO);
+                    continue;
                 }
                 _ = crate::stopped(&mut shutdown) => return,
             };
@@ -831,6 +882,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
+            write_gate: None,
         };
         let task = tokio::spawn(writer.clone().run(client.clone(), cfg, stop_rx));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -874,6 +926,7 @@ mod tests {
             timeout,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
+            write_gate: None,
         }
     }
 
@@ -1081,6 +1134,62 @@ mod tests {
         sb.shutdown().await;
     }
 
+    /// Leader election: while the gate is closed nothing is written and the latest status per
+    /// object waits; opening it writes that status; closing it holds writes again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_wait_for_the_leadership_gate() {
+        let (sb, client) = gateway_api_sandbox().await;
+        let gws: Api<Gateway> = Api::namespaced(client.clone(), "default");
+        let gw: Gateway = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "default"},
+            "spec": {"gatewayClassName": "c", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+        .unwrap();
+        gws.create(&PostParams::default(), &gw).await.unwrap();
+        let w = writer();
+        let (gate_tx, gate_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut c = cfg(Duration::from_secs(5));
+        c.write_gate = Some(gate_rx);
+        let task = tokio::spawn(w.clone().run(client.clone(), c, stop_rx));
+        let at = |reason: &str| StatusUpdate {
+            namespace: Some("default".into()),
+            ..update("gw", 1, reason)
+        };
+        let reason = || async {
+            gws.get_status("gw")
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.conditions)
+                .map(|c| c[0].reason.clone())
+        };
+
+        // A follower: a write here takes milliseconds, so 300 ms without one shows it is held.
+        w.submit(at("First"), Some("1".into()), None);
+        w.submit(at("Latest"), Some("1".into()), None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(writes(&w, "ok"), 0);
+        assert_eq!(w.pending(), 1, "the latest status waits");
+        assert_eq!(reason().await, None);
+
+        gate_tx.send(true).unwrap();
+        wait_until("the held status to land", || writes(&w, "ok") == 1).await;
+        assert_eq!(reason().await.as_deref(), Some("Latest"));
+
+        gate_tx.send(false).unwrap();
+        w.submit(at("AfterStepDown"), Some("2".into()), None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(writes(&w, "ok"), 1, "a follower again writes nothing");
+        assert_eq!(reason().await.as_deref(), Some("Latest"));
+        assert_eq!(w.pending(), 1);
+
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        sb.shutdown().await;
+    }
+
     /// A connection that accepts but never answers (a dead API server whose socket still looks
     /// open) fails a write within the write client's read timeout, far below the write timeout.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1125,6 +1234,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            write_gate: None,
         };
         assert_eq!(backoff(&cfg, 1), Duration::from_millis(100));
         assert_eq!(backoff(&cfg, 3), Duration::from_millis(400));

@@ -49,6 +49,18 @@ impl AddressRange {
     }
 }
 
+/// `first-last`, a form [`FromStr`](std::str::FromStr) reads back.
+impl std::fmt::Display for AddressRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}-{}",
+            Ipv4Addr::from(self.first),
+            Ipv4Addr::from(self.last)
+        )
+    }
+}
+
 impl std::str::FromStr for AddressRange {
     type Err = String;
 

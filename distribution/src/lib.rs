@@ -93,10 +93,9 @@ pub mod protocol;
 pub mod server;
 
 pub use client::{Client, ClientConfig, ClientError, ClientStatus, Refused, Target};
-pub use protocol::{
-    Ack, AckResult, EndpointChange, GatewayRef, GatewayTrafficReport, Hello, TrafficReport,
-};
+pub use meridian_model::gateway::{GatewayRef, ProgrammedState, ProxyRefusal};
+pub use protocol::{Ack, AckResult, EndpointChange, GatewayTrafficReport, Hello, TrafficReport};
 pub use server::{
-    DistributionServer, ProgrammedState, ProxyState, PublishError, PublishKind, Published, Refusal,
-    ServerConfig, ServerError,
+    DistributionServer, ProxyState, PublishError, PublishKind, Published, Refusal, ServerConfig,
+    ServerError,
 };

@@ -18,7 +18,7 @@
 //! | module | owns |
 //! |---|---|
 //! | this one | [`ServerConfig`], starting and stopping, the shared state (`Inner`) and its locks |
-//! | `store` | per-cluster generations: numbering, the latest [`Version`](store) and its encoded lines, pending generations ([`DistributionServer::publish`]) |
+//! | `store` | per-cluster generations: numbering, the latest version and its encoded lines, pending generations ([`DistributionServer::publish`]) |
 //! | `registry` | the proxies known: connect, disconnect, acks, hellos ([`DistributionServer::state`], [`DistributionServer::east_west`], [`DistributionServer::addresses`]) |
 //! | `programmed` | whether a generation is served ([`DistributionServer::programmed`]) and settling pending generations |
 //! | `traffic` | proxies' traffic reports and the never-decreasing sums ([`DistributionServer::traffic`]) |

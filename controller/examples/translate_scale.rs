@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meridian_controller::{
-    CONTROLLER_NAME, EastWestListeners, GatewayRef, MissingRemote, ObjectKey, ProgrammedState,
-    TranslateConfig, World, refresh_endpoints, translate,
+    CONTROLLER_NAME, ClusterGatewayRef, EastWestListeners, MissingRemote, ObjectKey,
+    ProgrammedState, TranslateConfig, World, refresh_endpoints, translate,
 };
 use meridian_crds::mcs::{ServiceExport, ServiceExportSpec};
 
@@ -70,7 +70,7 @@ fn main() -> Result<(), String> {
             },
             status: None,
         });
-        let r = GatewayRef::new(*name, "apps", "gw");
+        let r = ClusterGatewayRef::new(*name, "apps", "gw");
         let ip: IpAddr = format!("10.0.{ci}.1").parse().map_err(|e| format!("{e}"))?;
         cfg.addresses.insert(r.clone(), vec![ip]);
         cfg.programmed.insert(r, ProgrammedState::Applied(1));

@@ -43,7 +43,7 @@ use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::status::StatusKind;
 use crate::translate::{
-    EastWestListeners, GatewayRef, MissingRemote, SUPPORTED_FEATURES, TranslateConfig,
+    ClusterGatewayRef, EastWestListeners, MissingRemote, SUPPORTED_FEATURES, TranslateConfig,
     UnreachableCluster, next_stale_expiry, refresh_endpoints, translate,
 };
 use crate::watch::{Msg, Touch, WatchCtx, supervise};
@@ -719,7 +719,11 @@ impl Reconciler {
         };
         for (cluster, state) in &self.world.clusters {
             for (key, _) in state.gateways() {
-                let gw = GatewayRef::new(cluster.clone(), key.namespace.clone(), key.name.clone());
+                let gw = ClusterGatewayRef::new(
+                    cluster.clone(),
+                    key.namespace.clone(),
+                    key.name.clone(),
+                );
                 let addresses: Vec<IpAddr> = self.data_plane.addresses(&gw);
                 cfg.programmed
                     .insert(gw.clone(), self.data_plane.programmed(&gw));

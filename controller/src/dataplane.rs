@@ -23,7 +23,7 @@ use meridian_model::Snapshot;
 use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
-use crate::translate::{GatewayRef, ProgrammedState};
+use crate::translate::{ClusterGatewayRef, ProgrammedState};
 
 /// Where snapshots go and where `Programmed` and Gateway addresses come from.
 ///
@@ -38,16 +38,16 @@ pub trait DataPlane: Send + Sync + 'static {
     /// proxies reconnect): the Gateway then keeps the `Programmed` condition and addresses its
     /// status has. An implementation returning it must bound that time and tick
     /// [`DataPlane::changes`] when it ends, so the truth gets written.
-    fn programmed(&self, gw: &GatewayRef) -> ProgrammedState;
+    fn programmed(&self, gw: &ClusterGatewayRef) -> ProgrammedState;
     /// Addresses the Gateway is served on (the first binds its listeners); empty means none
     /// assigned (`Programmed=False/AddressNotAssigned`).
-    fn addresses(&self, gw: &GatewayRef) -> Vec<IpAddr>;
+    fn addresses(&self, gw: &ClusterGatewayRef) -> Vec<IpAddr>;
     /// Ticks whenever what [`DataPlane::programmed`] or [`DataPlane::addresses`] return may have
     /// changed; the controller then translates again.
     fn changes(&self) -> watch::Receiver<u64>;
     /// Cumulative traffic counters of a Gateway summed over every proxy serving it (drill guards
     /// and timelines); `None` when the data plane reports none.
-    fn traffic(&self, _gw: &GatewayRef) -> Option<meridian_model::traffic::GatewayTraffic> {
+    fn traffic(&self, _gw: &ClusterGatewayRef) -> Option<meridian_model::traffic::GatewayTraffic> {
         None
     }
     /// East-west listeners (`ip:port`, with the zone of the proxy) of the connected proxies of
@@ -71,12 +71,12 @@ pub struct StaticDataPlane {
 #[derive(Default)]
 struct StaticInner {
     addresses: Vec<IpAddr>,
-    overrides: BTreeMap<GatewayRef, ProgrammedState>,
+    overrides: BTreeMap<ClusterGatewayRef, ProgrammedState>,
     snapshots: BTreeMap<String, Snapshot>,
     publish_counts: BTreeMap<String, u64>,
     /// Per cluster: the generation "proxies" stay at while acknowledgements are held.
     held_acks: BTreeMap<String, u64>,
-    traffic: BTreeMap<GatewayRef, GatewayTraffic>,
+    traffic: BTreeMap<ClusterGatewayRef, GatewayTraffic>,
     east_west: BTreeMap<String, Vec<(SocketAddr, String)>>,
 }
 
@@ -139,7 +139,7 @@ impl StaticDataPlane {
 
     /// Reports `state` for one Gateway instead of "applied" (ticks [`DataPlane::changes`]);
     /// `None` removes the override.
-    pub fn set_programmed(&self, gw: GatewayRef, state: Option<ProgrammedState>) {
+    pub fn set_programmed(&self, gw: ClusterGatewayRef, state: Option<ProgrammedState>) {
         {
             let mut inner = self.lock();
             match state {
@@ -170,7 +170,7 @@ impl StaticDataPlane {
 
     /// Test hook: changes a Gateway's cumulative traffic counters (what proxies would report),
     /// e.g. `dp.add_traffic(&gw, |t| t.record(Some("us-west"), None, 800))`.
-    pub fn add_traffic(&self, gw: &GatewayRef, f: impl FnOnce(&mut GatewayTraffic)) {
+    pub fn add_traffic(&self, gw: &ClusterGatewayRef, f: impl FnOnce(&mut GatewayTraffic)) {
         f(self.lock().traffic.entry(gw.clone()).or_default());
     }
 }
@@ -185,7 +185,7 @@ impl DataPlane for StaticDataPlane {
         self.published.send_modify(|n| *n += 1);
     }
 
-    fn programmed(&self, gw: &GatewayRef) -> ProgrammedState {
+    fn programmed(&self, gw: &ClusterGatewayRef) -> ProgrammedState {
         let inner = self.lock();
         if let Some(state) = inner.overrides.get(gw) {
             return state.clone();
@@ -197,11 +197,11 @@ impl DataPlane for StaticDataPlane {
         ProgrammedState::Applied(generation)
     }
 
-    fn traffic(&self, gw: &GatewayRef) -> Option<GatewayTraffic> {
+    fn traffic(&self, gw: &ClusterGatewayRef) -> Option<GatewayTraffic> {
         self.lock().traffic.get(gw).cloned()
     }
 
-    fn addresses(&self, _gw: &GatewayRef) -> Vec<IpAddr> {
+    fn addresses(&self, _gw: &ClusterGatewayRef) -> Vec<IpAddr> {
         self.lock().addresses.clone()
     }
 
@@ -227,17 +227,17 @@ mod tests {
     #[test]
     fn static_data_plane_records_and_overrides() {
         let dp = StaticDataPlane::new(vec!["127.0.0.1".parse().unwrap()]);
-        let gw = GatewayRef::new("east", "ns", "gw");
+        let gw = ClusterGatewayRef::new("east", "ns", "gw");
         let mut changes = dp.changes();
         assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(0));
         dp.publish("east", Snapshot::empty(3));
         assert_eq!(dp.publish_count("east"), 1);
         assert_eq!(dp.snapshot("east").unwrap().generation, 3);
         assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(3));
-        dp.set_programmed(gw.clone(), Some(ProgrammedState::Pending));
+        dp.set_programmed(gw.clone(), Some(ProgrammedState::pending()));
         assert!(changes.has_changed().unwrap());
         changes.mark_unchanged();
-        assert_eq!(dp.programmed(&gw), ProgrammedState::Pending);
+        assert_eq!(dp.programmed(&gw), ProgrammedState::pending());
         dp.set_addresses(vec![]);
         assert!(changes.has_changed().unwrap());
         assert!(dp.addresses(&gw).is_empty());
@@ -258,12 +258,12 @@ mod tests {
     #[test]
     fn static_data_plane_holds_acks_and_reports_injected_traffic() {
         let dp = StaticDataPlane::new(vec![]);
-        let gw = GatewayRef::new("east", "ns", "gw");
+        let gw = ClusterGatewayRef::new("east", "ns", "gw");
         dp.publish("east", Snapshot::empty(4));
         dp.hold_acks("east", true);
         dp.publish("east", Snapshot::empty(5));
         assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(4));
-        let other = GatewayRef::new("west", "ns", "gw");
+        let other = ClusterGatewayRef::new("west", "ns", "gw");
         assert_eq!(dp.programmed(&other), ProgrammedState::Applied(0));
         dp.hold_acks("east", false);
         assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(5));

@@ -36,12 +36,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use meridian_distribution::{DistributionServer, ProgrammedState as Served, ServerConfig};
+use meridian_distribution::{DistributionServer, ServerConfig};
 use meridian_model::Snapshot;
 use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
-use crate::{DataPlane, GatewayRef, ProgrammedState};
+use crate::{ClusterGatewayRef, DataPlane, ProgrammedState};
 
 pub mod addresses;
 
@@ -166,13 +166,6 @@ async fn forward_changes(
     }
 }
 
-fn dist_ref(gw: &GatewayRef) -> meridian_distribution::GatewayRef {
-    meridian_distribution::GatewayRef {
-        namespace: gw.namespace.clone(),
-        name: gw.name.clone(),
-    }
-}
-
 impl DataPlane for DistributedDataPlane {
     fn publish(&self, cluster: &str, snapshot: Snapshot) {
         match self.server.publish(cluster, snapshot) {
@@ -188,25 +181,18 @@ impl DataPlane for DistributedDataPlane {
         }
     }
 
-    fn programmed(&self, gw: &GatewayRef) -> ProgrammedState {
+    fn programmed(&self, gw: &ClusterGatewayRef) -> ProgrammedState {
         let state = match self.generation(&gw.cluster) {
-            None => ProgrammedState::Pending,
+            None => ProgrammedState::pending(),
             Some(generation) => {
-                match self
-                    .server
-                    .programmed_gateway(&gw.cluster, &dist_ref(gw), generation)
-                {
-                    Served::NoProxy => ProgrammedState::NoProxy,
-                    Served::Pending { .. } => ProgrammedState::Pending,
-                    Served::Applied => ProgrammedState::Applied(generation),
-                    Served::Refused { proxy_id, reason } => {
-                        ProgrammedState::Refused(format!("proxy {proxy_id}: {reason}"))
-                    }
-                }
+                self.server
+                    .programmed_gateway(&gw.cluster, &gw.gateway, generation)
             }
         };
         match state {
-            ProgrammedState::NoProxy | ProgrammedState::Pending if self.in_grace(&gw.cluster) => {
+            ProgrammedState::NoProxy | ProgrammedState::Pending { .. }
+                if self.in_grace(&gw.cluster) =>
+            {
                 ProgrammedState::Unknown
             }
             ProgrammedState::Applied(_) | ProgrammedState::Refused(_) => {
@@ -221,10 +207,10 @@ impl DataPlane for DistributedDataPlane {
         }
     }
 
-    fn addresses(&self, gw: &GatewayRef) -> Vec<IpAddr> {
+    fn addresses(&self, gw: &ClusterGatewayRef) -> Vec<IpAddr> {
         let advertised: Vec<IpAddr> = self
             .server
-            .addresses(&gw.cluster, &dist_ref(gw))
+            .addresses(&gw.cluster, &gw.gateway)
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
@@ -236,7 +222,7 @@ impl DataPlane for DistributedDataPlane {
         if advertised.is_empty() {
             return Vec::new();
         }
-        let key = format!("{}/{}", gw.namespace, gw.name);
+        let key = gw.gateway.to_string();
         match pools.address(&gw.cluster, &key, std::time::Instant::now()) {
             Some(ip) => vec![ip],
             None => {
@@ -250,8 +236,8 @@ impl DataPlane for DistributedDataPlane {
         self.changes.subscribe()
     }
 
-    fn traffic(&self, gw: &GatewayRef) -> Option<GatewayTraffic> {
-        self.server.traffic(&gw.cluster, &dist_ref(gw))
+    fn traffic(&self, gw: &ClusterGatewayRef) -> Option<GatewayTraffic> {
+        self.server.traffic(&gw.cluster, &gw.gateway)
     }
 
     fn east_west(&self, cluster: &str) -> Vec<(SocketAddr, String)> {

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
-use meridian_controller::{ControllerHandle, GatewayRef, ProgrammedState};
+use meridian_controller::{ClusterGatewayRef, ControllerHandle, ProgrammedState, ProxyRefusal};
 use meridian_crds::mcs::ServiceExport;
 use tokio::time::Instant;
 
@@ -256,8 +256,11 @@ async fn a_write_held_by_a_starting_api_server_lands_promptly_once_it_is_ready()
     sb.restart_cluster("east", None).await.unwrap();
     sb.set_starting("east", None).unwrap();
     env.dp.set_programmed(
-        GatewayRef::new("east", "infra", "gw"),
-        Some(ProgrammedState::Refused("bad listener".into())),
+        ClusterGatewayRef::new("east", "infra", "gw"),
+        Some(ProgrammedState::Refused(ProxyRefusal::new(
+            "p-1",
+            "bad listener",
+        ))),
     );
     // Five attempts: the next one is due 4 s after the last.
     eventually("five not-ready attempts", || async {

@@ -26,7 +26,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use meridian_controller::{
-    Controller, DrillActuator, DrillMode, DrillTarget, GatewayRef, MemberCluster, StaticDataPlane,
+    ClusterGatewayRef, Controller, DrillActuator, DrillMode, DrillTarget, MemberCluster,
+    StaticDataPlane,
 };
 use meridian_crds::mcs::ServiceExport;
 use meridian_crds::meridian::{DrillPhase, FailoverDrill, FailoverDrillStatus};
@@ -142,7 +143,7 @@ impl Load {
     fn start(dp: Arc<StaticDataPlane>, fail_when_drained: bool) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let gw = GatewayRef::new("east", "infra", "gw");
+        let gw = ClusterGatewayRef::new("east", "infra", "gw");
         let task = tokio::spawn(async move {
             // Bounded: at most 60 s of load.
             for _ in 0..1200 {

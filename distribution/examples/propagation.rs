@@ -155,9 +155,13 @@ async fn all_applied(srv: &DistributionServer, gens: &[(String, u64)]) -> anyhow
         let mut done = true;
         for (c, g) in gens {
             match srv.programmed(c, *g) {
-                ProgrammedState::Applied => {}
-                ProgrammedState::Refused { proxy_id, reason } => {
-                    anyhow::bail!("{proxy_id} refused generation {g}: {reason}")
+                ProgrammedState::Applied(_) => {}
+                ProgrammedState::Refused(refusal) => {
+                    anyhow::bail!(
+                        "{} refused generation {g}: {}",
+                        refusal.proxy_id,
+                        refusal.reason
+                    )
                 }
                 _ => done = false,
             }

@@ -68,9 +68,11 @@
 //!
 //! # Programmed
 //!
-//! [`DistributionServer::programmed`] is `Applied` only when every *connected* proxy of the
-//! cluster acknowledged that generation or a newer one, `Refused` when one refused it and has not
-//! applied a newer one, `Pending` otherwise, `NoProxy` when none is connected. Acks are per
+//! [`DistributionServer::programmed`] is `Applied(generation)` only when every *connected* proxy
+//! of the cluster acknowledged that generation or a newer one, `Refused` (naming the proxy) when
+//! one refused it and has not applied a newer one, `Pending` (naming the proxies still applying)
+//! otherwise, `NoProxy` when none is connected. The server never answers `Unknown`: that is the
+//! controller's word for a restart's reconnect grace. Acks are per
 //! stream: a proxy that reconnects is `Pending` until it acknowledges again (it does at once,
 //! without re-applying, when the content is what it already serves).
 //!
@@ -83,6 +85,24 @@
 //! delta's base (the proxy swaps only the affected rules of its router, no recompile); otherwise
 //! the client patches its held snapshot and applies it in full.
 //!
+//! # Layout and dependencies
+//!
+//! ```text
+//! protocol   wire types (Hello, Ack, TrafficReport, stream messages) + endpoint deltas
+//! server/    controller side: mod (config, start/stop), store (generations), registry (proxies,
+//!            acks), programmed (ProgrammedState), traffic (sums), auth, http, stream (feeds)
+//! client/    proxy side: mod (Client, reconnects), target (Target trait), stream (lines),
+//!            apply (held snapshot, retries, acks), traffic (reports)
+//! metrics    the server's Prometheus registry
+//! ```
+//!
+//! The crate depends on `meridian-model` only among workspace crates: snapshots, traffic
+//! counters and the shared vocabulary ([`GatewayRef`], [`ProgrammedState`], re-exported here)
+//! come from there. It never depends on the controller or the proxy; they depend on it (the
+//! controller's data-plane adapter runs a [`DistributionServer`], the proxy implements
+//! [`Target`] and runs a [`Client`]). Errors at its edges are typed: [`ServerError`],
+//! [`PublishError`], [`ClientError`].
+//!
 //! Limits today: plain HTTP only (no TLS/mTLS between proxy and controller), one shared token for
 //! every proxy, and the server finds an endpoint-only change by comparing whole snapshots
 //! (`publish`), which dominates an endpoint change at 10k routes.
@@ -93,10 +113,9 @@ pub mod protocol;
 pub mod server;
 
 pub use client::{Client, ClientConfig, ClientError, ClientStatus, Refused, Target};
-pub use protocol::{
-    Ack, AckResult, EndpointChange, GatewayRef, GatewayTrafficReport, Hello, TrafficReport,
-};
+pub use meridian_model::gateway::{GatewayRef, ProgrammedState, ProxyRefusal};
+pub use protocol::{Ack, AckResult, EndpointChange, GatewayTrafficReport, Hello, TrafficReport};
 pub use server::{
-    DistributionServer, ProgrammedState, ProxyState, PublishError, PublishKind, Published, Refusal,
-    ServerConfig, ServerError,
+    DistributionServer, ProxyState, PublishError, PublishKind, Published, Refusal, ServerConfig,
+    ServerError,
 };

@@ -40,74 +40,54 @@ impl Metrics {
             ]),
             &["cluster"],
         )?;
-        let pending = IntGaugeVec::new(
-            Opts::new(
+        registry.register(Box::new(propagation.clone()))?;
+        let r = &registry;
+        Ok(Self {
+            propagation,
+            pending: gauge(
+                r,
                 "meridian_distribution_pending_generations",
                 "Generations published but not yet applied or refused by every connected proxy",
-            ),
-            &["cluster"],
-        )?;
-        let nacks = IntCounterVec::new(
-            Opts::new(
+                &["cluster"],
+            )?,
+            nacks: counter(
+                r,
                 "meridian_distribution_nacks_total",
                 "Generations refused by a proxy",
-            ),
-            &["cluster"],
-        )?;
-        let connected = IntGaugeVec::new(
-            Opts::new(
+                &["cluster"],
+            )?,
+            connected: gauge(
+                r,
                 "meridian_distribution_connected_proxies",
                 "Proxies with an open stream",
-            ),
-            &["cluster"],
-        )?;
-        let published = IntCounterVec::new(
-            Opts::new(
+                &["cluster"],
+            )?,
+            published: counter(
+                r,
                 "meridian_distribution_published_total",
                 "Generations published",
-            ),
-            &["cluster", "kind"],
-        )?;
-        let unauthorized = IntCounterVec::new(
-            Opts::new(
+                &["cluster", "kind"],
+            )?,
+            unauthorized: counter(
+                r,
                 "meridian_distribution_unauthorized_total",
                 "Requests refused with 401 (missing or wrong token)",
-            ),
-            &["path"],
-        )?;
-        let traffic_reports = IntCounterVec::new(
-            Opts::new(
+                &["path"],
+            )?,
+            traffic_reports: counter(
+                r,
                 "meridian_distribution_traffic_reports_total",
                 "Traffic reports received from proxies",
-            ),
-            &["cluster"],
-        )?;
-        let traffic_restarts = IntCounterVec::new(
-            Opts::new(
+                &["cluster"],
+            )?,
+            traffic_restarts: counter(
+                r,
                 "meridian_distribution_traffic_restarts_total",
                 "Traffic reports whose counters went down (the proxy restarted); the previous \
                  counters stay in the Gateway's sum",
-            ),
-            &["cluster"],
-        )?;
-        registry.register(Box::new(propagation.clone()))?;
-        registry.register(Box::new(pending.clone()))?;
-        registry.register(Box::new(nacks.clone()))?;
-        registry.register(Box::new(connected.clone()))?;
-        registry.register(Box::new(published.clone()))?;
-        registry.register(Box::new(unauthorized.clone()))?;
-        registry.register(Box::new(traffic_reports.clone()))?;
-        registry.register(Box::new(traffic_restarts.clone()))?;
-        Ok(Self {
+                &["cluster"],
+            )?,
             registry,
-            propagation,
-            pending,
-            nacks,
-            connected,
-            published,
-            unauthorized,
-            traffic_reports,
-            traffic_restarts,
         })
     }
 
@@ -116,4 +96,28 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
+}
+
+/// A counter vector registered in `registry`.
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// A gauge vector registered in `registry`.
+fn gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }

@@ -3,9 +3,13 @@
 //! Every message on the stream is one JSON object on one line (newline-delimited JSON). Stream
 //! messages are externally tagged (`{"snapshot": {...}}`, `{"endpoints": {...}}`, `"ping"`) so a
 //! multi-megabyte snapshot is decoded in one pass, without serde buffering it to find a tag.
+//!
+//! The Gateways of a [`Hello`] are [`GatewayRef`]s, the model's name for a Gateway (re-exported
+//! here because the wire carries it: `{"namespace": …, "name": …}`).
 
 use std::collections::HashMap;
 
+pub use meridian_model::GatewayRef;
 use meridian_model::Snapshot;
 use meridian_model::snapshot::{
     Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Gateway, Listener, Route, Rule,
@@ -15,39 +19,6 @@ use serde::{Deserialize, Serialize};
 
 /// `Content-Type` of the stream.
 pub const STREAM_CONTENT_TYPE: &str = "application/x-ndjson";
-
-/// A Gateway a proxy serves.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GatewayRef {
-    /// Namespace of the Gateway.
-    pub namespace: String,
-    /// Name of the Gateway.
-    pub name: String,
-}
-
-impl std::str::FromStr for GatewayRef {
-    type Err = String;
-
-    /// Parses `namespace/name`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(GatewayRef {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                })
-            }
-            _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for GatewayRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// Body of `POST /v1/stream`: who the proxy is and what it serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -521,6 +492,25 @@ mod tests {
     }
 
     #[test]
+    fn hellos_name_their_gateways_by_namespace_and_name() {
+        let hello = Hello {
+            proxy_id: "p".into(),
+            cluster: "east".into(),
+            region: String::new(),
+            zone: String::new(),
+            gateways: Some(vec![GatewayRef::new("ns", "gw")]),
+            address: None,
+            east_west: None,
+        };
+        let text = serde_json::to_string(&hello).unwrap();
+        assert_eq!(
+            text,
+            r#"{"proxyId":"p","cluster":"east","region":"","zone":"","gateways":[{"namespace":"ns","name":"gw"}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Hello>(&text).unwrap(), hello);
+    }
+
+    #[test]
     fn peek_reads_the_generation_of_an_undecodable_snapshot() {
         let line = r#"{"snapshot":{"schema":"x","generation":12,"gateways":[{"bogus":1}]}}"#;
         assert!(serde_json::from_str::<Message>(line).is_err());
@@ -528,14 +518,5 @@ mod tests {
             serde_json::from_str::<Peek>(line).unwrap(),
             Peek::Snapshot { generation: 12 }
         ));
-    }
-
-    #[test]
-    fn gateway_refs_parse() {
-        let g: GatewayRef = "ns/gw".parse().unwrap();
-        assert_eq!(g.to_string(), "ns/gw");
-        assert!("gw".parse::<GatewayRef>().is_err());
-        assert!("/gw".parse::<GatewayRef>().is_err());
-        assert!("a/b/c".parse::<GatewayRef>().is_err());
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use meridian_distribution::{
     Client, ClientConfig, ClientStatus, DistributionServer, GatewayRef, Hello, ProgrammedState,
-    PublishKind, Refused, ServerConfig, ServerError, Target,
+    ProxyRefusal, PublishKind, Refused, ServerConfig, ServerError, Target,
 };
 use meridian_model::Snapshot;
 use meridian_proxy::ProxyHandle;
@@ -223,7 +223,10 @@ async fn programmed_flips_to_applied_only_after_the_ack_and_the_route_is_served(
         );
 
         gate.add_permits(1000);
-        wait_programmed(&srv, "east", generation, |s| *s == ProgrammedState::Applied).await;
+        wait_programmed(&srv, "east", generation, |s| {
+            *s == ProgrammedState::Applied(generation)
+        })
+        .await;
         let (status, _, body) = get(&client(), port, "/x", &[]).await;
         assert_eq!((status, body["name"].as_str()), (200, Some("a")));
         let st = srv.state();
@@ -236,7 +239,7 @@ async fn programmed_flips_to_applied_only_after_the_ack_and_the_route_is_served(
         };
         assert_eq!(
             srv.programmed_gateway("east", &gw, generation),
-            ProgrammedState::Applied
+            ProgrammedState::Applied(generation)
         );
         assert_eq!(srv.addresses("east", &gw), vec!["192.0.2.10".to_string()]);
 
@@ -293,7 +296,7 @@ async fn a_refused_snapshot_is_reported_and_the_previous_generation_keeps_servin
             .publish("east", http_snapshot(1, port, good()))
             .unwrap()
             .generation;
-        wait_programmed(&srv, "east", g1, |s| *s == ProgrammedState::Applied).await;
+        wait_programmed(&srv, "east", g1, |s| *s == ProgrammedState::Applied(g1)).await;
 
         // Another socket holds a port the next generation needs.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -313,10 +316,10 @@ async fn a_refused_snapshot_is_reported_and_the_previous_generation_keeps_servin
             .generation;
         assert_eq!(g2, 2);
         let state = wait_programmed(&srv, "east", g2, |s| {
-            matches!(s, ProgrammedState::Refused { .. })
+            matches!(s, ProgrammedState::Refused(_))
         })
         .await;
-        let ProgrammedState::Refused { proxy_id, reason } = state else {
+        let ProgrammedState::Refused(ProxyRefusal { proxy_id, reason }) = state else {
             unreachable!()
         };
         assert_eq!(proxy_id, "p1");
@@ -330,7 +333,7 @@ async fn a_refused_snapshot_is_reported_and_the_previous_generation_keeps_servin
         assert_eq!(refusal.reason, reason);
         assert_eq!(st[0].acked_generation, Some(g1));
         // g1 is still applied, and still served.
-        assert_eq!(srv.programmed("east", g1), ProgrammedState::Applied);
+        assert_eq!(srv.programmed("east", g1), ProgrammedState::Applied(g1));
         assert_eq!(proxy.generation(), Some(g1));
         assert_eq!(get(&client(), port, "/", &[]).await.0, 200);
         assert_eq!(
@@ -343,7 +346,7 @@ async fn a_refused_snapshot_is_reported_and_the_previous_generation_keeps_servin
 
         // Once the port is free the proxy's retry applies g2 without a new publish.
         drop(taken);
-        wait_programmed(&srv, "east", g2, |s| *s == ProgrammedState::Applied).await;
+        wait_programmed(&srv, "east", g2, |s| *s == ProgrammedState::Applied(g2)).await;
         assert_eq!(proxy.generation(), Some(g2));
         assert_eq!(get(&client(), taken_port, "/", &[]).await.0, 200);
         assert!(srv.state()[0].last_refusal.is_none());
@@ -365,7 +368,7 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
         let snap = || http_snapshot(7, port, vec![prefix_rule("/", vec![echo_backend(&a, 1)])]);
         let g = srv.publish("east", snap()).unwrap().generation;
         assert_eq!(g, 7);
-        wait_programmed(&srv, "east", g, |s| *s == ProgrammedState::Applied).await;
+        wait_programmed(&srv, "east", g, |s| *s == ProgrammedState::Applied(g)).await;
 
         let done = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
@@ -409,7 +412,7 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
         // and acknowledges it without re-applying.
         let srv = server_on(addr).await;
         let g = srv.publish("east", snap()).unwrap().generation;
-        wait_programmed(&srv, "east", g, |s| *s == ProgrammedState::Applied).await;
+        wait_programmed(&srv, "east", g, |s| *s == ProgrammedState::Applied(g)).await;
         assert!(status.borrow().connected);
         assert!(status.borrow().connects >= 2);
         assert_eq!(
@@ -439,7 +442,7 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
             .unwrap()
             .generation;
         assert_eq!(g2, g + 1);
-        wait_programmed(&srv, "east", g2, |s| *s == ProgrammedState::Applied).await;
+        wait_programmed(&srv, "east", g2, |s| *s == ProgrammedState::Applied(g2)).await;
         assert_eq!(get(&client(), port, "/", &[]).await.2["name"], "b");
         stop(task, proxy).await;
     })
@@ -465,14 +468,14 @@ async fn endpoint_only_changes_travel_as_deltas_and_are_served() {
             )
         };
         let g1 = srv.publish("east", with(&a)).unwrap().generation;
-        wait_programmed(&srv, "east", g1, |s| *s == ProgrammedState::Applied).await;
+        wait_programmed(&srv, "east", g1, |s| *s == ProgrammedState::Applied(g1)).await;
         assert_eq!(get(&client(), port, "/", &[]).await.2["name"], "a");
 
         // A full snapshot whose only change is an endpoint list is sent as a delta.
         let p2 = srv.publish("east", with(&b)).unwrap();
         assert_eq!(p2.kind, PublishKind::Endpoints);
         wait_programmed(&srv, "east", p2.generation, |s| {
-            *s == ProgrammedState::Applied
+            *s == ProgrammedState::Applied(p2.generation)
         })
         .await;
         assert_eq!(get(&client(), port, "/", &[]).await.2["name"], "b");
@@ -494,7 +497,7 @@ async fn endpoint_only_changes_travel_as_deltas_and_are_served() {
             (PublishKind::Endpoints, p2.generation + 1)
         );
         wait_programmed(&srv, "east", p3.generation, |s| {
-            *s == ProgrammedState::Applied
+            *s == ProgrammedState::Applied(p3.generation)
         })
         .await;
         assert_eq!(get(&client(), port, "/", &[]).await.2["name"], "a");

@@ -122,13 +122,16 @@ async fn deltas_take_the_fast_path_and_the_held_snapshot_stays_patched() {
     let log = || target.log.lock().unwrap().clone();
 
     let g1 = srv.publish("east", snap(1, 1)).unwrap().generation;
-    assert_eq!(settled(&srv, g1).await, ProgrammedState::Applied);
+    assert_eq!(settled(&srv, g1).await, ProgrammedState::Applied(g1));
     assert_eq!(log(), [format!("apply {g1}")]);
 
     // Served base: the delta itself, no snapshot.
     let p2 = srv.publish("east", snap(2, 1)).unwrap();
     assert_eq!(p2.kind, PublishKind::Endpoints);
-    assert_eq!(settled(&srv, p2.generation).await, ProgrammedState::Applied);
+    assert_eq!(
+        settled(&srv, p2.generation).await,
+        ProgrammedState::Applied(p2.generation)
+    );
     assert_eq!(log()[1..], [format!("fast {} {g1} ns/a:80", p2.generation)]);
 
     // Declined: the patched snapshot goes through `apply`, and it holds the earlier fast-path
@@ -136,7 +139,10 @@ async fn deltas_take_the_fast_path_and_the_held_snapshot_stays_patched() {
     *target.mode.lock().unwrap() = Mode::Decline;
     let p3 = srv.publish("east", snap(2, 3)).unwrap();
     assert_eq!(p3.kind, PublishKind::Endpoints);
-    assert_eq!(settled(&srv, p3.generation).await, ProgrammedState::Applied);
+    assert_eq!(
+        settled(&srv, p3.generation).await,
+        ProgrammedState::Applied(p3.generation)
+    );
     assert_eq!(log()[2..], [format!("apply {}", p3.generation)]);
     let last = target.applied.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last, *srv.latest("east").unwrap());
@@ -148,7 +154,7 @@ async fn deltas_take_the_fast_path_and_the_held_snapshot_stays_patched() {
     *target.mode.lock().unwrap() = Mode::Refuse;
     let p4 = srv.publish("east", snap(4, 3)).unwrap();
     match settled(&srv, p4.generation).await {
-        ProgrammedState::Refused { reason, .. } => assert_eq!(reason, "no thanks"),
+        ProgrammedState::Refused(refusal) => assert_eq!(refusal.reason, "no thanks"),
         other => panic!("{other:?}"),
     }
     assert_eq!(
@@ -161,7 +167,10 @@ async fn deltas_take_the_fast_path_and_the_held_snapshot_stays_patched() {
     *target.mode.lock().unwrap() = Mode::Accept;
     let p5 = srv.publish("east", snap(4, 5)).unwrap();
     assert_eq!(p5.kind, PublishKind::Endpoints);
-    assert_eq!(settled(&srv, p5.generation).await, ProgrammedState::Applied);
+    assert_eq!(
+        settled(&srv, p5.generation).await,
+        ProgrammedState::Applied(p5.generation)
+    );
     assert_eq!(log()[4..], [format!("apply {}", p5.generation)]);
     let mut want = snap(4, 5);
     want.generation = p5.generation;

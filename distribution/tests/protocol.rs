@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use meridian_distribution::{
-    DistributionServer, EndpointChange, GatewayRef, Hello, ProgrammedState, ServerConfig,
+    DistributionServer, EndpointChange, GatewayRef, Hello, ProgrammedState, ProxyRefusal,
+    ServerConfig,
 };
 use meridian_model::Snapshot;
 use serde_json::{Value, json};
@@ -134,7 +135,7 @@ async fn a_stream_gets_welcome_full_then_delta_and_acks_drive_programmed() {
     let applied =
         |g: u64| json!({"proxyId": "p1", "generation": g, "result": {"status": "applied"}});
     assert_eq!(ack(&srv, applied(g1)).await, 204);
-    assert_eq!(srv.programmed("east", g1), ProgrammedState::Applied);
+    assert_eq!(srv.programmed("east", g1), ProgrammedState::Applied(g1));
 
     // Endpoint change: this stream holds g1, so it gets the delta.
     let g2 = srv
@@ -179,16 +180,13 @@ async fn a_stream_gets_welcome_full_then_delta_and_acks_drive_programmed() {
     assert_eq!(ack(&srv, refused).await, 204);
     assert_eq!(
         srv.programmed("east", g2),
-        ProgrammedState::Refused {
-            proxy_id: "p2".into(),
-            reason: "no room".into()
-        }
+        ProgrammedState::Refused(ProxyRefusal::new("p2", "no room"))
     );
     // p2 disconnects: only p1 counts again.
     drop(late);
     let mut changes = srv.subscribe();
     tokio::time::timeout(Duration::from_secs(10), async {
-        while srv.programmed("east", g2) != ProgrammedState::Applied {
+        while srv.programmed("east", g2) != ProgrammedState::Applied(g2) {
             changes.changed().await.unwrap();
         }
     })
@@ -244,7 +242,7 @@ async fn gateway_filters_and_replaced_streams() {
     assert_eq!(ack(&srv, applied).await, 204);
     assert_eq!(
         srv.programmed_gateway("east", &a, g1),
-        ProgrammedState::Applied
+        ProgrammedState::Applied(g1)
     );
 
     // The same proxy id connecting again replaces (and ends) the first stream; its acks reset.

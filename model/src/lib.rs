@@ -10,8 +10,12 @@
 //! 5. [`hostname`] — wildcard matching and listener/route hostname intersection.
 //! 6. [`locality`] — endpoint preference tiers (zone, region, failover order).
 //! 7. [`traffic`] — per-Gateway request counters proxies report (drill guards and timelines).
+//! 8. [`gateway`] — naming a Gateway ([`GatewayRef`]) and whether the proxies serve it
+//!    ([`ProgrammedState`]), the vocabulary the controller, the distribution layer and the proxy
+//!    share.
 
 pub mod filters;
+pub mod gateway;
 pub mod headers;
 pub mod hostname;
 pub mod locality;
@@ -20,6 +24,7 @@ pub mod snapshot;
 pub mod traffic;
 pub mod validate;
 
+pub use gateway::{GatewayRef, ParseGatewayRefError, ProgrammedState, ProxyRefusal};
 pub use router::{Decision, Request, RouteMatch, Router};
 pub use snapshot::Snapshot;
 pub use validate::SnapshotError;

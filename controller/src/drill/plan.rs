@@ -16,7 +16,7 @@ use meridian_model::Snapshot;
 use meridian_model::snapshot::{Backend, BackendTarget, Drain, Endpoint};
 
 use super::{DrillMode, DrillTarget};
-use crate::translate::GatewayRef;
+use crate::translate::ClusterGatewayRef;
 use crate::world::ObjectKey;
 
 /// Abort guards with defaults applied.
@@ -242,12 +242,16 @@ pub(crate) fn gateway_in_scope(plan: &Plan, namespace: &str, name: &str) -> bool
 pub(crate) fn scoped_gateways(
     plan: &Plan,
     published: &BTreeMap<String, Arc<Snapshot>>,
-) -> Vec<GatewayRef> {
+) -> Vec<ClusterGatewayRef> {
     let mut out = Vec::new();
     for (cluster, snap) in published {
         for g in &snap.gateways {
             if gateway_in_scope(plan, &g.namespace, &g.name) {
-                out.push(GatewayRef::new(cluster.clone(), &g.namespace, &g.name));
+                out.push(ClusterGatewayRef::new(
+                    cluster.clone(),
+                    &g.namespace,
+                    &g.name,
+                ));
             }
         }
     }
@@ -284,7 +288,7 @@ pub(crate) fn resolve(
         .iter()
         .filter(|k| {
             !gws.iter()
-                .any(|g| g.namespace == k.namespace && g.name == k.name)
+                .any(|g| g.gateway.namespace == k.namespace && g.gateway.name == k.name)
         })
         .map(ToString::to_string)
         .collect();
@@ -592,8 +596,8 @@ mod tests {
         assert_eq!(
             scoped_gateways(&p, &published),
             vec![
-                GatewayRef::new("east", "demo", "web"),
-                GatewayRef::new("west", "demo", "web")
+                ClusterGatewayRef::new("east", "demo", "web"),
+                ClusterGatewayRef::new("west", "demo", "web")
             ]
         );
 

@@ -32,7 +32,7 @@ use super::plan::{Plan, Refusal, Resolved, gateway_in_scope, plan, resolve, scop
 use super::report::{Reporter, rfc3339_millis};
 use super::traffic::{Samples, figures, humantime, trip};
 use super::{DrillKey, DrillMode, DrillTarget};
-use crate::translate::{GatewayRef, ProgrammedState};
+use crate::translate::{ClusterGatewayRef, ProgrammedState};
 
 /// How long a rollback on controller shutdown may take (the controller waits 5 s per task).
 const SHUTDOWN_RESTORE: Duration = Duration::from_secs(3);
@@ -601,7 +601,7 @@ async fn wait_acked(
                 if !gateway_in_scope(plan, &g.namespace, &g.name) {
                     continue;
                 }
-                let gw = GatewayRef::new(cluster.clone(), &g.namespace, &g.name);
+                let gw = ClusterGatewayRef::new(cluster.clone(), &g.namespace, &g.name);
                 match ctx.data_plane.programmed(&gw) {
                     ProgrammedState::Applied(n) if n >= snap.generation => acked += 1,
                     ProgrammedState::NoProxy => no_proxy += 1,
@@ -615,7 +615,7 @@ async fn wait_acked(
                         "{cluster}/{}/{} (at generation {n} of {})",
                         g.namespace, g.name, snap.generation
                     )),
-                    ProgrammedState::Pending => waiting.push(format!(
+                    ProgrammedState::Pending { .. } => waiting.push(format!(
                         "{cluster}/{}/{} (generation {} not acknowledged)",
                         g.namespace, g.name, snap.generation
                     )),

@@ -25,7 +25,7 @@ use meridian_model::hostname;
 use meridian_model::snapshot::{self as model, Certificate, ListenerTls, Protocol};
 
 use super::selector::Selector;
-use super::{Ctx, GatewayRef, Problem, ProgrammedState, generation_of};
+use super::{ClusterGatewayRef, Ctx, Problem, ProgrammedState, generation_of};
 use crate::refgrant::{self, RefFrom, RefTo};
 use crate::status::{
     Cond, GATEWAY_GROUP, StatusKind, StatusUpdate, eq_ignoring_time, is_stale, merge_conditions,
@@ -355,7 +355,7 @@ fn build<'a>(
 /// before the proxies reconnect), the IP addresses the Gateway's status already lists: they keep
 /// being reported, and the Gateway stays in the snapshot on them. Empty otherwise.
 fn last_known_addresses(ctx: &Ctx<'_>, key: &ObjectKey, gw: &Gateway) -> Vec<IpAddr> {
-    let gref = GatewayRef::new(ctx.cluster_name, &key.namespace, &key.name);
+    let gref = ClusterGatewayRef::new(ctx.cluster_name, &key.namespace, &key.name);
     if ctx.cfg.programmed.get(&gref) != Some(&ProgrammedState::Unknown) {
         return Vec::new();
     }
@@ -380,7 +380,7 @@ fn resolve_addresses(
     let mut pool = ctx
         .cfg
         .addresses
-        .get(&GatewayRef::new(
+        .get(&ClusterGatewayRef::new(
             ctx.cluster_name,
             &key.namespace,
             &key.name,
@@ -960,7 +960,7 @@ pub(crate) fn finish(
     let state = ctx
         .cfg
         .programmed
-        .get(&GatewayRef::new(
+        .get(&ClusterGatewayRef::new(
             ctx.cluster_name,
             &key.namespace,
             &key.name,
@@ -986,7 +986,7 @@ pub(crate) fn finish(
                 "NoResources",
                 "no proxy serves this cluster",
             ),
-            ProgrammedState::Pending => Cond::new(
+            ProgrammedState::Pending { .. } => Cond::new(
                 "Programmed",
                 false,
                 "Pending",

@@ -52,6 +52,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::jiff::Timestamp;
 use meridian_model::Snapshot;
+pub use meridian_model::gateway::{GatewayRef, ProgrammedState, ProxyRefusal};
 
 use crate::status::{StatusKind, StatusUpdate};
 use crate::world::{ClusterName, ClusterState, World};
@@ -91,18 +92,17 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ReferenceGrant",
 ];
 
-/// A Gateway in a member cluster.
+/// A Gateway in a member cluster: the cluster, and the Gateway's [`GatewayRef`] there (the name
+/// the distribution layer and the proxies use).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GatewayRef {
+pub struct ClusterGatewayRef {
     /// Member cluster.
     pub cluster: ClusterName,
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
+    /// Namespace and name in that cluster.
+    pub gateway: GatewayRef,
 }
 
-impl GatewayRef {
+impl ClusterGatewayRef {
     /// A reference.
     pub fn new(
         cluster: impl Into<String>,
@@ -111,31 +111,9 @@ impl GatewayRef {
     ) -> Self {
         Self {
             cluster: cluster.into(),
-            namespace: namespace.into(),
-            name: name.into(),
+            gateway: GatewayRef::new(namespace, name),
         }
     }
-}
-
-/// What the data plane reports for a Gateway, as tracked by the distribution layer.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum ProgrammedState {
-    /// No proxy serves this Gateway's cluster: `Programmed=False/NoResources`.
-    NoProxy,
-    /// The latest content was sent but not yet acknowledged: `Programmed=False/Pending`.
-    #[default]
-    Pending,
-    /// The proxies serve a snapshot containing the latest content of this Gateway (the
-    /// generation they acknowledged): `Programmed=True/Programmed`. The generation is not written
-    /// into the condition, so a new snapshot does not cause a status write for every Gateway.
-    Applied(u64),
-    /// The proxies refused the snapshot: `Programmed=False/Invalid` with this reason.
-    Refused(String),
-    /// The data plane cannot tell yet: the controller (re)started and the proxies have not
-    /// reconnected within the data plane's reconnect grace. The Gateway keeps the `Programmed`
-    /// condition and the addresses its status already has (and stays in the snapshot on those
-    /// addresses); without them it is `Programmed=False/Pending`.
-    Unknown,
 }
 
 /// Inputs of translation that are not Kubernetes objects.
@@ -146,12 +124,12 @@ pub struct TranslateConfig {
     /// Reported in `GatewayClass.status.supportedFeatures` (sorted on output).
     pub supported_features: Vec<String>,
     /// Data-plane state per Gateway; a Gateway not listed is [`ProgrammedState::Pending`].
-    pub programmed: BTreeMap<GatewayRef, ProgrammedState>,
+    pub programmed: BTreeMap<ClusterGatewayRef, ProgrammedState>,
     /// Addresses the data plane can serve each Gateway on (first one binds the listeners). A
     /// Gateway with no entry has no address: `Programmed=False/AddressNotAssigned` and it is left
     /// out of the snapshot. When `spec.addresses` asks for IPs, each must be in this list
     /// (otherwise `AddressNotUsable`) and only those are used.
-    pub addresses: BTreeMap<GatewayRef, Vec<IpAddr>>,
+    pub addresses: BTreeMap<ClusterGatewayRef, Vec<IpAddr>>,
     /// Generation stamped on each cluster's snapshot (0 when absent).
     pub generations: BTreeMap<ClusterName, u64>,
     /// The clock, for `lastTransitionTime` of conditions that change.

@@ -140,13 +140,13 @@ fn accepted_gateway_is_programmed_with_a_typed_address() {
 #[test]
 fn programmed_follows_the_data_plane() {
     let w = base();
-    let r = GatewayRef::new(CLUSTER, INFRA, "same-namespace");
+    let r = ClusterGatewayRef::new(CLUSTER, INFRA, "same-namespace");
     let cases = [
-        (Some(ProgrammedState::Pending), "False", "Pending"),
+        (Some(ProgrammedState::pending()), "False", "Pending"),
         (None, "False", "Pending"),
         (Some(ProgrammedState::NoProxy), "False", "NoResources"),
         (
-            Some(ProgrammedState::Refused("bad".into())),
+            Some(ProgrammedState::Refused(ProxyRefusal::new("p-1", "bad"))),
             "False",
             "Invalid",
         ),
@@ -558,7 +558,7 @@ fn static_addresses() {
         east(&mut w).apply(g);
         let mut c = cfg(&w);
         c.addresses
-            .insert(GatewayRef::new(CLUSTER, INFRA, "g"), vec![usable]);
+            .insert(ClusterGatewayRef::new(CLUSTER, INFRA, "g"), vec![usable]);
         run(&w, &c)
     };
     // 1) an unknown type.
@@ -801,8 +801,8 @@ fn status_writes_are_idempotent_and_keep_transition_times() {
 
     // Programmed flips to Pending: only that condition gets the new time.
     later.programmed.insert(
-        GatewayRef::new(CLUSTER, INFRA, "same-namespace"),
-        ProgrammedState::Pending,
+        ClusterGatewayRef::new(CLUSTER, INFRA, "same-namespace"),
+        ProgrammedState::pending(),
     );
     let out = run(&w, &later);
     let g = gateway_status(&out, INFRA, "same-namespace");
@@ -888,7 +888,7 @@ fn gateways_sharing_an_address_do_not_break_the_snapshot() {
     let shared: IpAddr = "10.5.5.5".parse().unwrap();
     for n in ["old", "new"] {
         c.addresses
-            .insert(GatewayRef::new(CLUSTER, INFRA, n), vec![shared]);
+            .insert(ClusterGatewayRef::new(CLUSTER, INFRA, n), vec![shared]);
     }
     let out = run(&w, &c);
     is(

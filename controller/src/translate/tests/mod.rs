@@ -377,7 +377,7 @@ pub fn cfg(w: &World) -> TranslateConfig {
     };
     for (ci, (cluster, state)) in w.clusters.iter().enumerate() {
         for (gi, key) in state.gateways.keys().enumerate() {
-            let r = GatewayRef::new(cluster, &key.namespace, &key.name);
+            let r = ClusterGatewayRef::new(cluster, &key.namespace, &key.name);
             let ip: IpAddr = format!("10.0.{ci}.{}", gi + 1).parse().unwrap();
             cfg.addresses.insert(r.clone(), vec![ip]);
             cfg.programmed.insert(r, ProgrammedState::Applied(1));

@@ -1,0 +1,175 @@
+//! Applying and acknowledging: what the client holds across reconnects ([`Held`]), handing it
+//! to the target, retrying transient refusals and sending acks.
+//!
+//! ```text
+//! apply_desired ─► Target::apply ─► outcome ─┬─ Ok: applied, ack Applied, status.generation
+//!                                            └─ Refused: ack Refused; retry_after? ─► retry
+//! retry (timer) ─► Target::apply ─► Ok: ack Applied │ Refused: ack only when the reason changed
+//! ack ─► POST /v1/ack, up to ACK_TRIES tries of ACK_TIMEOUT (a lost ack is repaired by the
+//!        resync after the next reconnect)
+//! ```
+
+use std::time::Duration;
+
+use http::StatusCode;
+use meridian_model::Snapshot;
+use tokio::time::Instant;
+
+use super::{Client, Refused, Target, error_chain};
+use crate::protocol::{Ack, AckResult, EndpointsUpdate, patch_endpoints};
+
+/// Bound of one acknowledgement request.
+const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Tries per acknowledgement.
+const ACK_TRIES: u32 = 3;
+
+/// What survives reconnects.
+#[derive(Default)]
+pub(super) struct Held {
+    /// The last snapshot received (what the controller wants served).
+    pub(super) desired: Option<Snapshot>,
+    /// Whether `desired` is what the target serves.
+    pub(super) applied: bool,
+    /// When to try applying `desired` again, with the interval and the reason it failed last
+    /// time.
+    retry: Option<(Instant, Duration, String)>,
+}
+
+impl Held {
+    /// Whether the target already serves exactly `snapshot`.
+    pub(super) fn serves(&self, snapshot: &Snapshot) -> bool {
+        self.applied && self.desired.as_ref() == Some(snapshot)
+    }
+
+    /// When the held snapshot is to be applied again, if it is.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.retry.as_ref().map(|(at, _, _)| *at)
+    }
+
+    /// Forgets what the controller wants (it sent something we cannot decode).
+    pub(super) fn forget(&mut self) {
+        self.desired = None;
+        self.applied = false;
+        self.retry = None;
+    }
+
+    /// Patches the held snapshot with the endpoint delta `u` and numbers it `u.generation`.
+    pub(super) fn patch(&mut self, u: &EndpointsUpdate) {
+        if let Some(desired) = self.desired.as_mut() {
+            patch_endpoints(desired, &u.changes);
+            desired.generation = u.generation;
+        }
+    }
+}
+
+impl Client {
+    /// Applies `held.desired` and acknowledges the outcome.
+    pub(super) async fn apply_desired<T: Target>(&self, target: &T, held: &mut Held) {
+        let Some(snapshot) = held.desired.clone() else {
+            return;
+        };
+        let generation = snapshot.generation;
+        let result = target.apply(snapshot).await;
+        self.outcome(generation, result, target, held).await;
+    }
+
+    /// Records and acknowledges what applying `generation` gave.
+    pub(super) async fn outcome<T: Target>(
+        &self,
+        generation: u64,
+        result: Result<u64, Refused>,
+        target: &T,
+        held: &mut Held,
+    ) {
+        match result {
+            Ok(_) => {
+                held.applied = true;
+                held.retry = None;
+                self.acked(generation, target).await;
+            }
+            Err(r) => {
+                held.applied = false;
+                held.retry = r
+                    .retry_after
+                    .map(|d| (Instant::now() + d, d, r.reason.clone()));
+                self.ack(generation, AckResult::Refused { reason: r.reason })
+                    .await;
+            }
+        }
+    }
+
+    /// Tries the held snapshot again (its refusal was transient). Only a success or a new reason
+    /// is acknowledged, so a port that stays taken does not flood the controller with NACKs.
+    pub(super) async fn retry<T: Target>(&self, target: &T, held: &mut Held) {
+        let Some((_, every, old_reason)) = held.retry.take() else {
+            return;
+        };
+        let Some(s) = held.desired.clone() else {
+            return;
+        };
+        let generation = s.generation;
+        match target.apply(s).await {
+            Ok(_) => {
+                held.applied = true;
+                self.acked(generation, target).await;
+            }
+            Err(r) => {
+                held.retry = r
+                    .retry_after
+                    .map(|d| (Instant::now() + d.max(every), d, r.reason.clone()));
+                if r.reason != old_reason {
+                    self.ack(generation, AckResult::Refused { reason: r.reason })
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Acknowledges `generation` as applied and shows it in the status.
+    pub(super) async fn acked<T: Target>(&self, generation: u64, target: &T) {
+        self.ack(generation, AckResult::Applied).await;
+        self.set_status(target, |s| s.generation = Some(generation));
+    }
+
+    /// Sends one acknowledgement, with a few bounded tries. A lost ack is repaired by the resync
+    /// after the next reconnect.
+    pub(super) async fn ack(&self, generation: u64, result: AckResult) {
+        let ack = Ack {
+            proxy_id: self.cfg.hello.proxy_id.clone(),
+            generation,
+            result,
+        };
+        let body = match serde_json::to_vec(&ack) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode an ack");
+                return;
+            }
+        };
+        for try_no in 1..=ACK_TRIES {
+            let req = match self.request("/v1/ack", body.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build an ack");
+                    return;
+                }
+            };
+            match tokio::time::timeout(ACK_TIMEOUT, self.http.request(req)).await {
+                Ok(Ok(resp)) if resp.status().is_success() => return,
+                Ok(Ok(resp)) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    tracing::error!(generation, "the controller refused our token for an ack");
+                    return;
+                }
+                Ok(Ok(resp)) => {
+                    tracing::warn!(generation, status = %resp.status(), "ack not accepted");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(generation, try_no, error = %error_chain(&e), "ack failed");
+                }
+                Err(_) => tracing::warn!(generation, try_no, "ack timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

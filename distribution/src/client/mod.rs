@@ -1,0 +1,286 @@
+//! The proxy side: [`Client`] follows a controller's stream and programs a [`Target`] with it.
+//!
+//! ```text
+//! run ─► POST /v1/stream (Hello, bearer token) ─► 200: NDJSON lines ─┬─ welcome: connected
+//!  ▲                                                                 ├─ snapshot: apply ─► ack
+//!  │                                                                 ├─ endpoints: target serves the
+//!  │                                                                 │   base? apply_endpoints ─► ack
+//!  │                                                                 │   (else / None: apply the
+//!  │                                                                 │   patched snapshot ─► ack),
+//!  │                                                                 │   then patch the held snapshot
+//!  │                                                                 └─ ping: still alive
+//!  └── jittered exponential backoff (100 ms … 5 s) ◄── 401 / error / silence for 3 pings / EOF
+//!
+//! while the stream is open, every traffic_interval (1 s):
+//!   Target::traffic() ─ non-empty and changed since the last accepted report? ─► POST /v1/traffic
+//! ```
+//!
+//! Traffic reports run beside the stream in the same task, so a slow or failing report never
+//! delays a line or an acknowledgement; a failed one is logged at debug and the next tick sends
+//! the then-current counters (they are cumulative, nothing is lost). Each new stream starts by
+//! reporting again, since the server on the other end may be a restarted one that knows nothing.
+//!
+//! An endpoint delta reaches a target that serves its base as the delta itself
+//! ([`Target::apply_endpoints`]): the proxy updates its router without copying or recompiling
+//! the snapshot. The held snapshot is patched after the acknowledgement, so it stays what the
+//! controller wants for the next delta, a resync or a retry. A target without a fast path (the
+//! default) gets the patched snapshot through [`Target::apply`], as before.
+//!
+//! The client never stops its target: while the controller is gone the target keeps serving what
+//! it last applied (static stability). Across reconnects it keeps the last snapshot it received, so
+//! a resync that sends the same content is acknowledged without re-applying it.
+//!
+//! # Who owns what
+//!
+//! | module | owns |
+//! |---|---|
+//! | this one | [`ClientConfig`], [`ClientStatus`], [`ClientError`], the reconnect loop ([`Client::run`]) and its backoff, building requests |
+//! | `target` | the [`Target`] trait and [`Refused`] |
+//! | `stream` | one stream: opening it, splitting lines, decoding and acting on each message |
+//! | `apply` | what survives reconnects (`Held`), applying, retrying transient refusals, acks |
+//! | `traffic` | the traffic reports sent beside the stream |
+
+mod apply;
+mod stream;
+mod target;
+mod traffic;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+use tokio::sync::watch;
+
+pub use self::target::{Refused, Target};
+
+use self::apply::Held;
+use crate::protocol::Hello;
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Base URL of the controller's distribution server, `http://host:port` (a path prefix is
+    /// allowed). HTTPS is not supported yet: use it on a private network or behind a
+    /// TLS-terminating sidecar.
+    pub url: String,
+    /// Bearer token; `None` only against a server started with `insecure: true`.
+    pub token: Option<String>,
+    /// Who this proxy is.
+    pub hello: Hello,
+    /// First reconnect delay.
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// TCP connect bound.
+    pub connect_timeout: Duration,
+    /// How often [`Target::traffic`] is read and, when it changed, reported (`POST
+    /// /v1/traffic`) while a stream is open. Zero disables traffic reports.
+    pub traffic_interval: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: backoff 100 ms doubling up to 5 s, connect timeout 2 s, traffic reports every
+    /// second.
+    pub fn new(url: impl Into<String>, token: Option<String>, hello: Hello) -> Self {
+        Self {
+            url: url.into(),
+            token,
+            hello,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            traffic_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The connection as the proxy sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientStatus {
+    /// A stream is open and welcomed.
+    pub connected: bool,
+    /// Why the last stream ended or could not open; cleared by the next welcome.
+    pub last_error: Option<String>,
+    /// The last generation acknowledged as applied.
+    pub generation: Option<u64>,
+    /// Streams opened so far.
+    pub connects: u64,
+}
+
+/// Why a stream ended or did not open.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not `http://host[:port][/prefix]`.
+    #[error("invalid controller URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// 401: the token is missing or wrong.
+    #[error(
+        "the controller refused our token (401 Unauthorized): check --token / MERIDIAN_TOKEN: {0}"
+    )]
+    Unauthorized(String),
+    /// Any other non-200 answer.
+    #[error("the controller answered {status}: {body}")]
+    Status {
+        /// Status code.
+        status: StatusCode,
+        /// Body (trimmed).
+        body: String,
+    },
+    /// Connecting or reading failed.
+    #[error("controller connection failed: {0}")]
+    Connection(String),
+    /// Nothing arrived for too long.
+    #[error("no message from the controller for {0:?}")]
+    Silent(Duration),
+    /// A request (a traffic report) got no answer in time.
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The server closed the stream.
+    #[error("the controller closed the stream")]
+    Closed,
+    /// A message we cannot follow.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Follows one controller. Cheap to create; [`Client::run`] does the work.
+pub struct Client {
+    cfg: ClientConfig,
+    base: String,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    status: watch::Sender<ClientStatus>,
+}
+
+impl Client {
+    /// Validates the URL and builds the HTTP client.
+    pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let bad = |reason: &str| ClientError::InvalidUrl {
+            url: cfg.url.clone(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = cfg
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad(
+                    "https is not supported yet; use http:// on a private network or a TLS sidecar",
+                ));
+            }
+            _ => return Err(bad("expected http://host:port")),
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(bad("missing host"));
+        };
+        if uri.query().is_some() {
+            return Err(bad("no query string allowed"));
+        }
+        let base = format!("http://{authority}{}", uri.path().trim_end_matches('/'));
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new()).build(connector);
+        Ok(Client {
+            cfg,
+            base,
+            http,
+            status: watch::channel(ClientStatus::default()).0,
+        })
+    }
+
+    /// The controller's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// The connection status, updated as it changes.
+    pub fn status(&self) -> watch::Receiver<ClientStatus> {
+        self.status.subscribe()
+    }
+
+    /// Follows the controller forever: connects, applies, acknowledges, reconnects with backoff.
+    pub async fn run<T: Target>(&self, target: &T) -> Infallible {
+        let mut held = Held::default();
+        let mut attempt: u32 = 0;
+        loop {
+            let err = match self.session(target, &mut held, &mut attempt).await {
+                Ok(()) => ClientError::Closed,
+                Err(e) => e,
+            };
+            match &err {
+                ClientError::Unauthorized(_) => {
+                    tracing::error!(error = %err, "controller stream refused")
+                }
+                _ => {
+                    tracing::warn!(error = %err, "controller stream down; serving the last good snapshot")
+                }
+            }
+            self.set_status(target, |s| {
+                s.connected = false;
+                s.last_error = Some(err.to_string());
+            });
+            let delay = self.backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Equal jitter: a random delay in [d/2, d] with d = initial · 2^attempt, capped.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let d = self
+            .cfg
+            .backoff_initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.cfg.backoff_max);
+        let half = d / 2;
+        let extra = rand::rng().random_range(0..=half.as_micros().min(u128::from(u64::MAX)) as u64);
+        half + Duration::from_micros(extra)
+    }
+
+    fn set_status<T: Target>(&self, target: &T, f: impl FnOnce(&mut ClientStatus)) {
+        let mut next = self.status.borrow().clone();
+        f(&mut next);
+        // The target first: whoever watches `status()` then finds the target up to date.
+        target.status(&next);
+        self.status.send_if_modified(|s| {
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+
+    fn request(&self, path: &str, body: Vec<u8>) -> Result<Request<Full<Bytes>>, ClientError> {
+        let mut b = Request::post(format!("{}{path}", self.base))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = &self.cfg.token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))
+    }
+}
+
+/// An error with its sources, for logs ("connection refused" hides two levels down in hyper).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,239 @@
+//! HTTP: accepting connections, routing requests to their handlers, reading bounded JSON bodies
+//! and writing plain-text answers.
+//!
+//! ```text
+//! accept_loop ─► one task per connection (HTTP/1.1, 10 s header timeout, ends on shutdown)
+//!   handle ─┬─ GET  /healthz, /metrics                       (no token)
+//!           ├─ POST /v1/* without the bearer token ─► 401
+//!           ├─ POST /v1/stream  ─► Hello   ─► check_hello   ─► stream::open
+//!           ├─ POST /v1/ack     ─► Ack     ─► registry ack     (204 | 404)
+//!           ├─ POST /v1/traffic ─► report  ─► check_traffic ─► traffic report (204 | 400 | 404)
+//!           └─ anything else ─► 405 / 404
+//! ```
+//!
+//! Bodies are bounded before they are read when the client declares their length, and while
+//! they are read otherwise (`413`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::Inner;
+use super::auth::authorized;
+use super::registry::check_hello;
+use super::traffic::check_traffic;
+use crate::protocol::{Ack, Hello, TrafficReport};
+
+/// Largest accepted `Hello` or `Ack` body.
+const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// Largest accepted `TrafficReport` body (a proxy with thousands of Gateways stays well under).
+const MAX_TRAFFIC_BODY: usize = 1024 * 1024;
+
+/// Body of every response: a plain text or a stream of lines.
+pub(super) type ResBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Accepts connections until `stop` fires.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    inner: Arc<Inner>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    tokio::spawn(serve_connection(tcp, peer, inner.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "distribution accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::info!("distribution server stopped");
+}
+
+/// Serves one connection until it ends or the server stops.
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    inner: Arc<Inner>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let stop_feed = stop.clone();
+    let svc = service_fn(move |req| {
+        let (inner, stop) = (inner.clone(), stop_feed.clone());
+        async move { Ok::<_, Infallible>(handle(inner, req, stop).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(tcp), svc);
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(%peer, error = %e, "distribution connection ended");
+        },
+        // Dropping the connection closes the socket: proxies see the server go.
+        _ = stop.changed() => {}
+    }
+}
+
+/// Routes one request.
+async fn handle(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    stop: watch::Receiver<bool>,
+) -> Response<ResBody> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => metrics(&inner),
+        (&Method::POST, "/v1/stream" | "/v1/ack" | "/v1/traffic")
+            if !authorized(inner.token.as_deref(), &req) =>
+        {
+            unauthorized(&inner, &path)
+        }
+        (&Method::POST, "/v1/stream") => stream(inner, req, stop).await,
+        (&Method::POST, "/v1/ack") => ack(&inner, req).await,
+        (&Method::POST, "/v1/traffic") => traffic(&inner, req).await,
+        (_, "/v1/stream" | "/v1/ack" | "/v1/traffic") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: POST /v1/stream, POST /v1/ack, POST /v1/traffic, GET /healthz, \
+             GET /metrics\n",
+        ),
+    }
+}
+
+/// `GET /metrics`.
+fn metrics(inner: &Inner) -> Response<ResBody> {
+    match inner.metrics.render() {
+        Ok(t) => text(StatusCode::OK, t),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("metrics encoding failed: {e}\n"),
+        ),
+    }
+}
+
+/// `401` for a `/v1/*` request without the right token.
+fn unauthorized(inner: &Inner, path: &str) -> Response<ResBody> {
+    inner.metrics.unauthorized.with_label_values(&[path]).inc();
+    tracing::warn!(path, "request without a valid bearer token refused");
+    let mut resp = text(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (Authorization: Bearer <token>)\n",
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
+/// `POST /v1/stream`: opens the stream of a valid hello.
+async fn stream(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    stop: watch::Receiver<bool>,
+) -> Response<ResBody> {
+    let hello: Hello = match read_json(req, MAX_REQUEST_BODY).await {
+        Ok(h) => h,
+        Err(resp) => return resp,
+    };
+    if let Err(e) = check_hello(&hello) {
+        return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+    }
+    super::stream::open(inner, hello, stop)
+}
+
+/// `POST /v1/ack`.
+async fn ack(inner: &Inner, req: Request<Incoming>) -> Response<ResBody> {
+    let ack: Ack = match read_json(req, MAX_REQUEST_BODY).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    match inner.ack(ack) {
+        Ok(()) => text(StatusCode::NO_CONTENT, ""),
+        Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+    }
+}
+
+/// `POST /v1/traffic`.
+async fn traffic(inner: &Inner, req: Request<Incoming>) -> Response<ResBody> {
+    let report: TrafficReport = match read_json(req, MAX_TRAFFIC_BODY).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Err(e) = check_traffic(&report) {
+        return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+    }
+    match inner.report(report) {
+        Ok(()) => text(StatusCode::NO_CONTENT, ""),
+        Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+    }
+}
+
+/// A plain-text answer.
+fn text(status: StatusCode, body: impl Into<String>) -> Response<ResBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.into())).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Reads a JSON body of at most `limit` bytes; the error is the answer to send.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Response<ResBody>> {
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body too large: at most {limit} bytes\n"),
+        )
+    };
+    // Refused before reading when the client says how much it will send.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}\n"),
+                )
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}\n")))
+}

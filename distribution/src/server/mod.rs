@@ -1,0 +1,245 @@
+//! The controller side: [`DistributionServer`].
+//!
+//! ```text
+//! publish(cluster, snapshot) ─► renumber ─► serialize once ─► watch<Version> of the cluster
+//!                                  │                              │ one feed task per stream
+//!                                  └─ pending[generation] = now   ▼
+//!                                                  proxy ◄── NDJSON line (full, delta or ping)
+//! POST /v1/ack ─► ProxyEntry.acked / refusal ─► settle pending (histogram) ─► subscribe() ticks
+//! ```
+//!
+//! The latest version of each cluster sits in a `tokio::sync::watch`: a slow proxy never queues
+//! versions, it skips to the newest. A feed task sends the cheap endpoint delta only when the
+//! proxy holds exactly the delta's base generation; otherwise it sends the full snapshot (which
+//! already includes every patch), so a skipped version can never lose an endpoint change.
+//!
+//! # Who owns what
+//!
+//! | module | owns |
+//! |---|---|
+//! | this one | [`ServerConfig`], starting and stopping, the shared state (`Inner`) and its locks |
+//! | `store` | per-cluster generations: numbering, the latest version and its encoded lines, pending generations ([`DistributionServer::publish`]) |
+//! | `registry` | the proxies known: connect, disconnect, acks, hellos ([`DistributionServer::state`], [`DistributionServer::east_west`], [`DistributionServer::addresses`]) |
+//! | `programmed` | whether a generation is served ([`DistributionServer::programmed`]) and settling pending generations |
+//! | `traffic` | proxies' traffic reports and the never-decreasing sums ([`DistributionServer::traffic`]) |
+//! | `auth` | the bearer token |
+//! | `http` | accepting connections, routing `/v1/*`, `/healthz`, `/metrics`, request bodies |
+//! | `stream` | one proxy's NDJSON stream: welcome, versions, pings |
+//!
+//! Lock order: `Inner::proxies`, then a cluster entry or `Inner::retired`; `Inner::clusters`
+//! is only held to find or create an entry.
+//!
+//! # Traffic
+//!
+//! ```text
+//! POST /v1/traffic ─► per Gateway: went down? ─yes─► old counters ─► retired[cluster]
+//!                          │ no                                          │
+//!                          ▼                                             ▼
+//!                  ProxyEntry.traffic = report ──► traffic(cluster, gw) = Σ proxies + retired
+//! ```
+//!
+//! Proxies report cumulative counters; the controller turns two readings of
+//! [`DistributionServer::traffic`] into an interval with `GatewayTraffic::since`, which reads any
+//! decrease as a restart. So the sum must never go down, even though proxies come and go:
+//!
+//! - a disconnected proxy keeps its last report in the sum; when it is forgotten (ten minutes),
+//!   or reconnects under another cluster, that report is folded into its cluster's *retired*
+//!   accumulator;
+//! - a report in which a Gateway's counters went down (any counter: the proxy restarted) or that
+//!   no longer lists a Gateway folds the previous counters of that Gateway into the retired
+//!   accumulator before the new ones replace them.
+//!
+//! Every counter of the sum is therefore non-decreasing. Not detectable: a proxy that restarts
+//! and counts past its previous totals between two reports (the requests of its last interval
+//! before the restart are then lost, the sum still grows), and a proxy that comes back with
+//! the same id after being forgotten without restarting, or that leaves a Gateway out of a
+//! report and lists it again later with its old counters (those counters are then counted
+//! twice: one upward jump). Reports do not tick [`DistributionServer::subscribe`]: they arrive
+//! every second from every proxy and change nothing about `Programmed`.
+
+mod auth;
+mod http;
+mod programmed;
+mod registry;
+mod store;
+mod stream;
+mod traffic;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+
+pub use self::registry::{ProxyState, Refusal};
+pub use self::store::{PublishError, PublishKind, Published};
+
+use self::registry::ProxyEntry;
+use self::store::ClusterEntry;
+use self::traffic::Counters;
+
+/// At most this many Gateways in one hello or traffic report.
+const MAX_GATEWAYS: usize = 10_000;
+
+/// Settings of a [`DistributionServer`].
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// Shared bearer token every proxy must present.
+    pub token: Option<String>,
+    /// Accept proxies without a token. Required (and only meant) for local runs without one.
+    pub insecure: bool,
+    /// How often an idle stream carries a ping.
+    pub ping_interval: Duration,
+}
+
+impl ServerConfig {
+    /// A server on `bind` requiring `token` (or refusing to start without one unless
+    /// [`ServerConfig::insecure`] is set).
+    pub fn new(bind: SocketAddr, token: Option<String>) -> Self {
+        Self {
+            bind,
+            token,
+            insecure: false,
+            ping_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Neither a token nor `insecure`.
+    #[error(
+        "the distribution server needs a token (proxies authenticate with it); \
+         set `insecure: true` only for local runs without one"
+    )]
+    NoToken,
+    /// An empty token would accept `Authorization: Bearer `.
+    #[error("the distribution token must not be empty")]
+    EmptyToken,
+    /// The socket cannot be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        reason: String,
+    },
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// State shared by the public handle, the HTTP handlers and the feed tasks.
+struct Inner {
+    /// `None`: every request is let in (`insecure`).
+    token: Option<String>,
+    ping_interval: Duration,
+    clusters: Mutex<HashMap<String, Arc<Mutex<ClusterEntry>>>>,
+    // Lock order: `proxies` before any cluster entry.
+    proxies: Mutex<HashMap<String, ProxyEntry>>,
+    /// Per cluster: counters of proxies gone or restarted, kept so sums never go down.
+    // Lock order: `proxies` before `retired`.
+    retired: Mutex<HashMap<String, Counters>>,
+    changes: watch::Sender<u64>,
+    metrics: Metrics,
+    next_session: AtomicU64,
+}
+
+impl Inner {
+    /// Ticks [`DistributionServer::subscribe`].
+    fn notify(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here leaves state half-written across a panic; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running distribution server. Dropping it stops it like [`DistributionServer::shutdown`]
+/// (without waiting).
+pub struct DistributionServer {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl DistributionServer {
+    /// Binds and starts serving. Must run inside a tokio runtime.
+    pub async fn start(cfg: ServerConfig) -> Result<DistributionServer, ServerError> {
+        let token = auth::required_token(cfg.token, cfg.insecure)?;
+        let bind_error = |e: std::io::Error| ServerError::Bind {
+            addr: cfg.bind,
+            reason: e.to_string(),
+        };
+        let listener = TcpListener::bind(cfg.bind).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let inner = Arc::new(Inner {
+            token,
+            ping_interval: cfg.ping_interval.max(Duration::from_millis(10)),
+            clusters: Default::default(),
+            proxies: Default::default(),
+            retired: Default::default(),
+            changes: watch::channel(0).0,
+            metrics: Metrics::new()?,
+            next_session: AtomicU64::new(1),
+        });
+        let (shutdown, stop) = watch::channel(false);
+        let task = tokio::spawn(http::accept_loop(listener, inner.clone(), stop));
+        tracing::info!(%addr, authenticated = inner.token.is_some(), "distribution server up");
+        Ok(DistributionServer {
+            inner,
+            addr,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A counter that ticks whenever a proxy connects, disconnects or acknowledges: re-read
+    /// [`DistributionServer::state`] / [`DistributionServer::programmed`] /
+    /// [`DistributionServer::east_west`] when it changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// The Prometheus text of the server's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render().unwrap_or_default()
+    }
+
+    /// The metrics registry (to merge into the controller's own `/metrics`).
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.inner.metrics.registry
+    }
+
+    /// Stops listening and closes every connection (proxies keep serving and reconnect with
+    /// backoff).
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DistributionServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,0 +1,351 @@
+//! Generations and snapshots: what each cluster's proxies should serve.
+//!
+//! ```text
+//! publish / publish_endpoints ─► unchanged? ─yes─► Published{latest, Unchanged}
+//!                                   │ no
+//!                                   ▼
+//!          number (caller's if it moves forward, else previous + 1)
+//!          encode the delta line now (or the full line, when there is no delta)
+//!          pending[generation] = now ─► watch<Version> of the cluster ─► feed tasks
+//! ```
+//!
+//! One [`Version`] per cluster is current; it is encoded once and shared by every stream. A
+//! version published as a delta encodes its full line only when a stream that does not hold the
+//! delta's base first needs it. The pending map remembers publish times until `programmed`
+//! settles each generation (propagation histogram); it is bounded by [`MAX_PENDING`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use meridian_model::Snapshot;
+use tokio::sync::watch;
+
+use super::{DistributionServer, Inner, lock};
+use crate::protocol::{
+    EndpointChange, EndpointsUpdate, GatewayRef, Outgoing, endpoint_delta, patch_endpoints,
+};
+
+/// At most this many generations per cluster are tracked as pending.
+const MAX_PENDING: usize = 256;
+
+/// Why an endpoint update was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Deltas patch the latest full snapshot; there is none.
+    #[error("cluster {0:?} has no snapshot yet: publish a full snapshot first")]
+    NoSnapshot(String),
+    /// The snapshot does not serialize (cannot happen with the model's types, kept explicit).
+    #[error("snapshot of cluster {cluster:?} does not serialize: {reason}")]
+    Encode {
+        /// Cluster.
+        cluster: String,
+        /// serde_json's message.
+        reason: String,
+    },
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The generation the proxies will acknowledge (the previous one when unchanged).
+    pub generation: u64,
+    /// How it travels.
+    pub kind: PublishKind,
+}
+
+/// How a published generation travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishKind {
+    /// Same content as the latest: nothing was sent, the generation is the latest one.
+    Unchanged,
+    /// A full snapshot.
+    Full,
+    /// An endpoint-only delta (proxies holding an older base get the full snapshot instead).
+    Endpoints,
+}
+
+impl PublishKind {
+    /// Label of the `published` metric (an unchanged publish is not counted).
+    fn label(self) -> &'static str {
+        match self {
+            PublishKind::Unchanged => "unchanged",
+            PublishKind::Full => "full",
+            PublishKind::Endpoints => "endpoints",
+        }
+    }
+}
+
+/// One published generation of a cluster, serialized once for every stream.
+pub(super) struct Version {
+    pub(super) generation: u64,
+    snapshot: Arc<Snapshot>,
+    /// The full snapshot message, newline included; encoded when a stream first needs it
+    /// (streams holding the delta's base never do).
+    full_line: OnceLock<Bytes>,
+    /// The delta message from `base`, newline included.
+    delta: Option<(u64, Bytes)>,
+}
+
+impl Version {
+    /// The line to send to a stream whose last version was `sent` and that serves `gateways`
+    /// (`None`: all): the delta when it holds the delta's base, else the (filtered) snapshot.
+    pub(super) fn line_for(
+        &self,
+        sent: Option<u64>,
+        gateways: Option<&[GatewayRef]>,
+    ) -> Result<Bytes, serde_json::Error> {
+        if let Some((base, line)) = &self.delta
+            && sent == Some(*base)
+        {
+            return Ok(line.clone());
+        }
+        let Some(only) = gateways else {
+            if let Some(l) = self.full_line.get() {
+                return Ok(l.clone());
+            }
+            // Two streams may encode it at once; both results are equal.
+            let l = line(&Outgoing::Snapshot(&self.snapshot))?;
+            return Ok(self.full_line.get_or_init(|| l).clone());
+        };
+        let filtered = Snapshot {
+            schema: self.snapshot.schema.clone(),
+            generation: self.generation,
+            gateways: self
+                .snapshot
+                .gateways
+                .iter()
+                .filter(|g| {
+                    only.iter()
+                        .any(|r| r.namespace == g.namespace && r.name == g.name)
+                })
+                .cloned()
+                .collect(),
+            drains: self.snapshot.drains.clone(),
+            east_west: self.snapshot.east_west.clone(),
+        };
+        line(&Outgoing::Snapshot(&filtered))
+    }
+}
+
+/// One stream message, newline included.
+pub(super) fn line(m: &Outgoing<'_>) -> Result<Bytes, serde_json::Error> {
+    let mut v = serde_json::to_vec(m)?;
+    v.push(b'\n');
+    Ok(Bytes::from(v))
+}
+
+/// Everything the server keeps about one cluster's generations.
+pub(super) struct ClusterEntry {
+    /// The current version; feed tasks subscribe to it.
+    pub(super) latest: watch::Sender<Option<Arc<Version>>>,
+    last_generation: Option<u64>,
+    /// Published generations not yet settled, with their publish time.
+    pub(super) pending: BTreeMap<u64, Instant>,
+}
+
+/// The generation a publish gets: the caller's number when it moves forward, else the next one.
+fn next_generation(last: Option<u64>, asked: u64) -> u64 {
+    match last {
+        Some(last) if asked <= last => last.saturating_add(1),
+        None if asked == 0 => 1,
+        _ => asked,
+    }
+}
+
+/// A version's encoded lines, before it is stored.
+struct Encoded {
+    kind: PublishKind,
+    full_line: OnceLock<Bytes>,
+    delta: Option<(u64, Bytes)>,
+}
+
+impl Encoded {
+    /// Encodes the delta from `base` when there is one, else the full snapshot (every stream
+    /// needs it, and an encoding error belongs to the publish).
+    fn new(
+        snapshot: &Snapshot,
+        delta: Option<(u64, Vec<EndpointChange>)>,
+    ) -> Result<Self, serde_json::Error> {
+        let full_line = OnceLock::new();
+        match delta {
+            Some((base, changes)) => {
+                let update = EndpointsUpdate {
+                    generation: snapshot.generation,
+                    base,
+                    changes,
+                };
+                let l = line(&Outgoing::Endpoints(&update))?;
+                Ok(Encoded {
+                    kind: PublishKind::Endpoints,
+                    full_line,
+                    delta: Some((base, l)),
+                })
+            }
+            None => {
+                let _ = full_line.set(line(&Outgoing::Snapshot(snapshot))?);
+                Ok(Encoded {
+                    kind: PublishKind::Full,
+                    full_line,
+                    delta: None,
+                })
+            }
+        }
+    }
+}
+
+impl DistributionServer {
+    /// Publishes `snapshot` as the newest version for every proxy of `cluster`. Its generation
+    /// is kept when it is larger than the cluster's previous one, otherwise (0, or a restarted
+    /// caller counting again) the server assigns previous + 1; the result says which. Content
+    /// equal to the latest is not sent again; content differing only in endpoint lists travels as
+    /// an endpoint delta.
+    pub fn publish(&self, cluster: &str, snapshot: Snapshot) -> Result<Published, PublishError> {
+        let entry = self.inner.cluster(cluster);
+        let mut entry = lock(&entry);
+        let prev = entry.latest.borrow().clone();
+        let delta = match &prev {
+            None => None,
+            Some(p) => match endpoint_delta(&p.snapshot, &snapshot) {
+                Some(changes) if changes.is_empty() => {
+                    return Ok(Published {
+                        generation: p.generation,
+                        kind: PublishKind::Unchanged,
+                    });
+                }
+                Some(changes) => Some((p.generation, changes)),
+                None => None,
+            },
+        };
+        self.inner.store(cluster, &mut entry, snapshot, delta)
+    }
+
+    /// Publishes an endpoint-only change for `cluster`: patches its latest snapshot (every
+    /// resolved backend with a listed name, mirror backends included) into `generation` (same
+    /// numbering rule as [`DistributionServer::publish`]; 0 lets the server choose) and sends the
+    /// delta.
+    pub fn publish_endpoints(
+        &self,
+        cluster: &str,
+        generation: u64,
+        changes: Vec<EndpointChange>,
+    ) -> Result<Published, PublishError> {
+        let entry = self.inner.cluster(cluster);
+        let mut entry = lock(&entry);
+        let prev = entry
+            .latest
+            .borrow()
+            .clone()
+            .ok_or_else(|| PublishError::NoSnapshot(cluster.to_string()))?;
+        let mut snapshot = Snapshot::clone(&prev.snapshot);
+        snapshot.generation = generation;
+        if !patch_endpoints(&mut snapshot, &changes) {
+            return Ok(Published {
+                generation: prev.generation,
+                kind: PublishKind::Unchanged,
+            });
+        }
+        self.inner.store(
+            cluster,
+            &mut entry,
+            snapshot,
+            Some((prev.generation, changes)),
+        )
+    }
+
+    /// The generation of the latest snapshot published for `cluster`.
+    pub fn latest_generation(&self, cluster: &str) -> Option<u64> {
+        let entry = lock(&self.inner.clusters).get(cluster).cloned()?;
+        let e = lock(&entry);
+        e.last_generation
+    }
+
+    /// The latest snapshot published for `cluster`.
+    pub fn latest(&self, cluster: &str) -> Option<Arc<Snapshot>> {
+        let entry = lock(&self.inner.clusters).get(cluster).cloned()?;
+        let e = lock(&entry);
+        e.latest.borrow().as_ref().map(|v| v.snapshot.clone())
+    }
+}
+
+impl Inner {
+    /// The entry of `cluster`, created empty on first use.
+    pub(super) fn cluster(&self, cluster: &str) -> Arc<Mutex<ClusterEntry>> {
+        lock(&self.clusters)
+            .entry(cluster.to_string())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(ClusterEntry {
+                    latest: watch::channel(None).0,
+                    last_generation: None,
+                    pending: BTreeMap::new(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Numbers, serializes and stores a new version; called with the cluster entry locked.
+    fn store(
+        &self,
+        cluster: &str,
+        entry: &mut ClusterEntry,
+        mut snapshot: Snapshot,
+        delta: Option<(u64, Vec<EndpointChange>)>,
+    ) -> Result<Published, PublishError> {
+        let generation = next_generation(entry.last_generation, snapshot.generation);
+        snapshot.generation = generation;
+        let Encoded {
+            kind,
+            full_line,
+            delta,
+        } = Encoded::new(&snapshot, delta).map_err(|e| PublishError::Encode {
+            cluster: cluster.to_string(),
+            reason: e.to_string(),
+        })?;
+        entry.last_generation = Some(generation);
+        entry.pending.insert(generation, Instant::now());
+        while entry.pending.len() > MAX_PENDING {
+            entry.pending.pop_first();
+        }
+        self.count_pending(cluster, entry);
+        self.metrics
+            .published
+            .with_label_values(&[cluster, kind.label()])
+            .inc();
+        let old = entry.latest.send_replace(Some(Arc::new(Version {
+            generation,
+            snapshot: Arc::new(snapshot),
+            full_line,
+            delta,
+        })));
+        // Freeing a big snapshot takes tens of ms; keep it out of the caller's path.
+        if let (Some(old), Ok(rt)) = (old, tokio::runtime::Handle::try_current()) {
+            rt.spawn_blocking(move || drop(old));
+        }
+        tracing::debug!(cluster, generation, ?kind, "published");
+        Ok(Published { generation, kind })
+    }
+
+    /// Sets the pending-generations gauge of `cluster`.
+    pub(super) fn count_pending(&self, cluster: &str, entry: &ClusterEntry) {
+        self.metrics
+            .pending
+            .with_label_values(&[cluster])
+            .set(i64::try_from(entry.pending.len()).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_generation;
+
+    #[test]
+    fn generations_move_forward_whatever_the_caller_says() {
+        assert_eq!(next_generation(None, 0), 1);
+        assert_eq!(next_generation(None, 7), 7);
+        assert_eq!(next_generation(Some(7), 9), 9);
+        assert_eq!(next_generation(Some(7), 7), 8);
+        assert_eq!(next_generation(Some(7), 0), 8);
+        assert_eq!(next_generation(Some(u64::MAX), 3), u64::MAX);
+    }
+}

@@ -309,7 +309,7 @@ async fn a_restart_while_the_controller_is_down_serves_the_kept_snapshot_until_i
         assert_eq!(kept_generation(dir.path()), Some(1));
         // The proxy acknowledged what this controller sent, never the restored generation 8
         // (acks keep the highest generation: an ack of 8 would show here).
-        assert_eq!(srv.programmed(CLUSTER, 1), ProgrammedState::Applied);
+        assert_eq!(srv.programmed(CLUSTER, 1), ProgrammedState::Applied(1));
         let state = srv.state();
         assert_eq!(state.len(), 1, "{state:?}");
         assert_eq!(state[0].acked_generation, Some(1), "{state:?}");

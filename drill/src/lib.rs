@@ -52,28 +52,8 @@ use self::cluster::{Cluster, DrillView, GatewayTarget, Known};
 use self::figures::{FailKind, Moments, Outcome, Sample, ServedBy, Target};
 use self::load::{LoadConfig, Probe, ServedBySource};
 
-/// How the target is failed.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Proxies stop sending to the target (the controller's drain); nothing is broken.
-    Drain,
-    /// The target's backends are stopped: connections are refused (needs Meridian-owned
-    /// backends, e.g. `meridian up`).
-    Kill,
-    /// Packets to the target's backends are dropped: connections time out (`meridian up` as root
-    /// with nft).
-    Blackhole,
-}
-
-impl Mode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::Drain => "drain",
-            Mode::Kill => "kill",
-            Mode::Blackhole => "blackhole",
-        }
-    }
-}
+/// How the target is failed: the CRD's `spec.mode` enum, also the `--mode` value.
+pub use meridian_crds::meridian::DrillMode as Mode;
 
 /// Arguments of `meridian drill`.
 #[derive(clap::Args, Debug, Clone)]
@@ -305,7 +285,7 @@ fn drill_object(name: &str, gw: &GatewayTarget, p: &Plan, args: &DrillArgs) -> F
             }],
             service_imports: Vec::new(),
         }),
-        mode: Some(args.mode.as_str().to_string()),
+        mode: Some(args.mode),
         duration: Some(gw_duration(p.duration)),
         guards: (guards != DrillGuards::default()).then_some(guards),
     };

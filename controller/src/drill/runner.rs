@@ -400,12 +400,7 @@ impl Run {
     /// A drill found `Running` when this controller started: its runner died with the previous
     /// controller. Drains died with it too; kill/blackhole targets are restored here.
     async fn recover(&mut self, drill: &FailoverDrill) {
-        let mode = drill
-            .spec
-            .mode
-            .as_deref()
-            .and_then(DrillMode::parse)
-            .unwrap_or(DrillMode::Drain);
+        let mode = drill.spec.mode.unwrap_or_default();
         let target = DrillTarget {
             cluster: drill.spec.target.cluster.clone(),
             region: drill.spec.target.region.clone(),

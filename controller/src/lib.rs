@@ -52,7 +52,7 @@ pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberClust
 pub use dataplane::{DataPlane, StaticDataPlane};
 pub use distributed::DistributedDataPlane;
 pub use distributed::addresses::{AddressPools, AddressRange};
-pub use drill::{DrillActuator, DrillMode, DrillTarget};
+pub use drill::{ActuatorError, ActuatorFuture, DrillActuator, DrillMode, DrillTarget};
 pub use writer::{FIELD_MANAGER, for_status_writes};
 
 pub use status::{StatusKind, StatusUpdate};

@@ -19,10 +19,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
-use std::future::Future;
-use std::pin::Pin;
-
-use meridian_controller::{DrillActuator, DrillMode, DrillTarget};
+use meridian_controller::{ActuatorError, ActuatorFuture, DrillActuator, DrillMode, DrillTarget};
 use tokio::sync::Mutex;
 
 use crate::echo::{self, EchoArgs};
@@ -349,22 +346,22 @@ impl LocalBackends {
 }
 
 impl DrillActuator for LocalBackends {
-    fn fail(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+    fn fail(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_> {
         let target = target.clone();
-        Box::pin(async move { self.fail_target(mode, &target).await })
+        Box::pin(async move {
+            self.fail_target(mode, &target)
+                .await
+                .map_err(ActuatorError::from)
+        })
     }
 
-    fn restore(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+    fn restore(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_> {
         let target = target.clone();
-        Box::pin(async move { self.restore_target(mode, &target).await })
+        Box::pin(async move {
+            self.restore_target(mode, &target)
+                .await
+                .map_err(ActuatorError::from)
+        })
     }
 }
 

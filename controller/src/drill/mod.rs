@@ -74,25 +74,40 @@ impl std::fmt::Display for DrillTarget {
     }
 }
 
+/// Why a [`DrillActuator`] could not fail or restore a target. The reason goes into the
+/// drill's status as it is, so it says what to do (e.g. "blackhole needs nft: apt-get install
+/// -y nftables").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ActuatorError {
+    /// What went wrong, for a person.
+    pub reason: String,
+}
+
+impl From<String> for ActuatorError {
+    fn from(reason: String) -> Self {
+        Self { reason }
+    }
+}
+
+impl From<&str> for ActuatorError {
+    fn from(reason: &str) -> Self {
+        reason.to_string().into()
+    }
+}
+
+/// What [`DrillActuator::fail`] and [`DrillActuator::restore`] return: `Ok` describes what was
+/// done (a sentence for the drill's timeline).
+pub type ActuatorFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<String, ActuatorError>> + Send + 'a>>;
+
 /// Takes a drill's target down for modes `kill` and `blackhole`: implemented by whoever owns the
 /// backends (`meridian up` for its local echo backends). Without one, only `drain` drills run.
 pub trait DrillActuator: Send + Sync + 'static {
     /// Takes the target's backends down (Kill) or silently drops their packets (Blackhole).
-    /// Ok(description of what was done) or Err(clear reason, e.g. "blackhole needs nft: apt-get
-    /// install -y nftables").
-    #[allow(clippy::type_complexity)]
-    fn fail(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+    fn fail(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_>;
     /// Undoes `fail`. Must be idempotent.
-    #[allow(clippy::type_complexity)]
-    fn restore(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+    fn restore(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_>;
 }
 
 /// A drill object in one member cluster.

@@ -47,11 +47,14 @@ pub mod watch;
 pub mod world;
 mod writer;
 
-pub use args::{ClusterSpec, ControllerArgs, NetworkSpec};
-pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster, run, serve};
+pub use args::{ArgsError, ClusterSpec, ConnectError, ControllerArgs, NetworkSpec};
+pub use controller::{
+    Controller, ControllerConfig, ControllerHandle, MemberCluster, ReadyError, ServeError,
+    StartError, run, serve,
+};
 pub use dataplane::{DataPlane, StaticDataPlane};
-pub use distributed::DistributedDataPlane;
 pub use distributed::addresses::{AddressPools, AddressRange};
+pub use distributed::{DataPlaneError, DistributedDataPlane};
 pub use drill::{ActuatorError, ActuatorFuture, DrillActuator, DrillMode, DrillTarget};
 pub use writer::{FIELD_MANAGER, for_status_writes};
 

@@ -423,9 +423,6 @@ fn admin_response(path: &str, metrics: &Metrics, readiness: &Readiness) -> Respo
 }
 
 /// Binds the admin listener (fails fast on a bad or busy address).
-pub(crate) async fn bind_admin(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    use anyhow::Context as _;
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin listener on {addr}"))
+pub(crate) async fn bind_admin(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
 }

@@ -43,7 +43,7 @@ use crate::args::{
 use crate::dataplane::{DataPlane, StaticDataPlane};
 use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
-use crate::status::StatusKind;
+use crate::status::{StatusKind, StatusUpdate};
 use crate::translate::{
     EastWestListeners, GatewayRef, MissingRemote, SUPPORTED_FEATURES, TranslateConfig,
     UnreachableCluster, next_stale_expiry, refresh_endpoints, translate,
@@ -529,13 +529,7 @@ impl Reconciler {
                 }
                 _ = tokio::time::sleep_until(grace_end), if grace_pending => {
                     grace_pending = false;
-                    if !self.synced.iter().all(|s| *s) {
-                        tracing::warn!(
-                            waiting_for = %self.unsynced().join("; "),
-                            "startup grace over: synced clusters act without the others \
-                             (an unsynced cluster acts once every kind it serves is listed)"
-                        );
-                        self.dirty_full = true;
+                    if self.startup_grace_over() {
                         deadline.get_or_insert_with(Instant::now);
                     }
                 }
@@ -561,15 +555,34 @@ impl Reconciler {
                     self.publish_changed();
                 }
                 _ = crate::stopped(&mut shutdown) => {
-                    // Drains live in this process only: proxies must not keep them after it.
-                    for s in self.current.values_mut() {
-                        s.drains.clear();
-                    }
-                    self.publish_changed();
+                    self.withdraw_drains();
                     return;
                 }
             }
         }
+    }
+
+    /// The startup grace ended: clusters still syncing no longer hold the others back.
+    /// Returns whether a full pass is due (some cluster is not synced).
+    fn startup_grace_over(&mut self) -> bool {
+        if self.synced.iter().all(|s| *s) {
+            return false;
+        }
+        tracing::warn!(
+            waiting_for = %self.unsynced().join("; "),
+            "startup grace over: synced clusters act without the others \
+             (an unsynced cluster acts once every kind it serves is listed)"
+        );
+        self.dirty_full = true;
+        true
+    }
+
+    /// On shutdown: drains live in this process only, proxies must not keep them after it.
+    fn withdraw_drains(&mut self) {
+        for s in self.current.values_mut() {
+            s.drains.clear();
+        }
+        self.publish_changed();
     }
 
     /// Puts the drill runner's drains into every current snapshot.
@@ -767,8 +780,30 @@ impl Reconciler {
         self.east_west_missing = missing;
     }
 
+    /// Translates the whole world with what the data plane and the writers report now, then
+    /// hands the status to the writers.
     fn full_pass(&mut self) {
         let started = std::time::Instant::now();
+        let cfg = self.translate_config();
+        let out = translate(&self.world, &cfg);
+        self.east_west = cfg.east_west;
+        self.note_missing(out.east_west_missing);
+        self.stale_expiry = next_stale_expiry(&self.world, &self.unreachable, cfg.now);
+        self.metrics.translations.with_label_values(&["full"]).inc();
+        self.metrics
+            .translate_seconds
+            .with_label_values(&["full"])
+            .observe(started.elapsed().as_secs_f64());
+        self.current = out.snapshots;
+        self.apply_drains();
+        self.translated = true;
+        self.submit_status(out.status);
+    }
+
+    /// What translation needs besides the world: per Gateway the data plane's state and
+    /// addresses, the published generations, statuses of ours not yet seen, east-west
+    /// listeners (with several networks) and unreachable clusters.
+    fn translate_config(&self) -> TranslateConfig {
         let mut cfg = TranslateConfig {
             controller_name: self.controller_name.clone(),
             supported_features: SUPPORTED_FEATURES.iter().map(|s| s.to_string()).collect(),
@@ -807,19 +842,14 @@ impl Reconciler {
                 }
             }
         }
-        let out = translate(&self.world, &cfg);
-        self.east_west = cfg.east_west;
-        self.note_missing(out.east_west_missing);
-        self.stale_expiry = next_stale_expiry(&self.world, &self.unreachable, cfg.now);
-        self.metrics.translations.with_label_values(&["full"]).inc();
-        self.metrics
-            .translate_seconds
-            .with_label_values(&["full"])
-            .observe(started.elapsed().as_secs_f64());
-        self.current = out.snapshots;
-        self.apply_drains();
-        self.translated = true;
-        for update in out.status {
+        cfg
+    }
+
+    /// Hands each status update to its cluster's writer (with the indexed resourceVersion
+    /// and, for routes, the indexed copy to merge into); then lets the writers retire what
+    /// the watch has seen and, once a minute, forget deleted objects.
+    fn submit_status(&mut self, updates: Vec<StatusUpdate>) {
+        for update in updates {
             if !self.can_act(&update.cluster) {
                 // Written once the cluster acts: that triggers a full pass which emits it again.
                 continue;

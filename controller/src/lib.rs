@@ -32,7 +32,24 @@
 //!    server's; [`serve`] / [`run`] — `meridian controller` itself; [`metrics`] — Prometheus and
 //!    the admin listener;
 //! 10. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
-//!     traffic counters, [`DrillActuator`] for kill/blackhole).
+//!     traffic counters, [`DrillActuator`] for kill/blackhole). Its [`DrillMode`] is the CRD's
+//!     `spec.mode` enum (`meridian_crds::meridian::DrillMode`), re-exported.
+//!
+//! ## What this crate owns and may depend on
+//!
+//! It owns the translation of Gateway API, MCS and Meridian objects into snapshots and status,
+//! the watchers and status writers, the drill runner, every `meridian controller` flag and the
+//! data-plane adapter over the distribution server. It depends on `meridian-model` (snapshot
+//! types), `meridian-crds` (CRD types), `meridian-distribution` (the server the adapter wraps;
+//! that crate never depends on this one) and kube/Gateway API types — never on the proxy, the
+//! sandbox (tests only), the drill client or `meridian up`, which depend on it instead.
+//!
+//! Errors are typed at every public edge (no `anyhow` in the library): [`ArgsError`] and
+//! [`ConnectError`] for flags and kubeconfig contexts, [`StartError`] and [`ReadyError`] for a
+//! running controller, [`ServeError`] for [`run`]/[`serve`], [`DataPlaneError`] for the
+//! distribution server, [`DurationError`](translate::DurationError) for durations and
+//! [`ActuatorError`] for drill actuators. Status messages built by translation and the drill
+//! runner are typed enums too; their `Display` is the message.
 
 pub mod args;
 pub mod controller;

@@ -21,7 +21,9 @@
 //!
 //! [`FailoverDrill`] fails a locality for a while (drain, kill or blackhole), aborts on error
 //! or latency guards and rolls back by itself; the controller's `drill` module runs it and
-//! writes phase, timeline and traffic figures into its status (see `docs/drills.md`).
+//! writes phase, timeline and traffic figures into its status (see `docs/drills.md`). Its mode
+//! is [`DrillMode`], the one drill-mode type of the workspace: the controller runs it and, with
+//! this crate's `clap` feature, `meridian drill --mode` parses it.
 //!
 //! To add another kind: define it here with `#[derive(CustomResource)]` (`group =
 //! "meridian.dev"`, `version = "v1alpha1"`), push `Kind::crd()` in [`crds`] and run

@@ -175,9 +175,9 @@ pub enum ConnectError {
         cluster: String,
         /// `a client` or `the status-write client`.
         what: &'static str,
-        /// Why.
+        /// Why (boxed: a kube error is large).
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -538,7 +538,7 @@ pub(crate) fn client(
     kube::Client::try_from(config).map_err(|source| ConnectError::Client {
         cluster: spec.name.clone(),
         what,
-        source,
+        source: Box::new(source),
     })
 }
 

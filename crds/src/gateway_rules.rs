@@ -498,7 +498,7 @@ fn filters(e: &mut SchemaEditor<'_>, path: &str, backend: bool) {
 /// A RequestMirror filter: percent or fraction, and its backend.
 fn request_mirror(e: &mut SchemaEditor<'_>, mirror: &str) {
     e.at(
-        &mirror,
+        mirror,
         &[rule(
             "!(has(self.percent) && has(self.fraction))",
             "only one of percent and fraction may be set",

@@ -302,12 +302,37 @@ fn backends_of<'a>(snap: &'a Snapshot, plan: &Plan) -> Vec<&'a Backend> {
         .collect()
 }
 
-/// Checks the plan against the published snapshots and builds its drain.
+/// Checks the plan against the published snapshots and builds its drain: the scoped
+/// Gateways are published, the scoped ServiceImports are backends of their routes, and the
+/// target matches one of their endpoints.
 pub(crate) fn resolve(
     plan: &Plan,
     drill: &str,
     published: &BTreeMap<String, Arc<Snapshot>>,
 ) -> Result<Resolved, Refusal> {
+    check_gateways_published(plan, published)?;
+    let all: Vec<&Backend> = published
+        .values()
+        .flat_map(|s| backends_of(s, plan))
+        .collect();
+    let backends = import_backends(plan, &all)?;
+    let drain = Drain {
+        drill: drill.to_string(),
+        cluster: plan.target.cluster.clone(),
+        region: plan.target.region.clone(),
+        zone: plan.target.zone.clone(),
+        gateways: plan.gateways.iter().map(ToString::to_string).collect(),
+        backends: backends.clone(),
+    };
+    check_target_matches(plan, &drain, &all)?;
+    Ok(Resolved { drain, backends })
+}
+
+/// Some Gateway is published (unscoped), or every scoped one is.
+fn check_gateways_published(
+    plan: &Plan,
+    published: &BTreeMap<String, Arc<Snapshot>>,
+) -> Result<(), Refusal> {
     let gws = scoped_gateways(plan, published);
     if gws.is_empty() && plan.gateways.is_empty() {
         return Err(Refusal::invalid(
@@ -332,11 +357,12 @@ pub(crate) fn resolve(
             missing.join(" or ")
         )));
     }
+    Ok(())
+}
 
-    let all: Vec<&Backend> = published
-        .values()
-        .flat_map(|s| backends_of(s, plan))
-        .collect();
+/// The backend names of the scoped ServiceImports (empty: every backend); each must be a
+/// backend of some scoped route.
+fn import_backends(plan: &Plan, all: &[&Backend]) -> Result<Vec<String>, Refusal> {
     let mut names: BTreeSet<String> = BTreeSet::new();
     for import in &plan.imports {
         let found: Vec<&str> = all
@@ -352,42 +378,38 @@ pub(crate) fn resolve(
         }
         names.extend(found.into_iter().map(str::to_string));
     }
-    let backends: Vec<String> = names.into_iter().collect();
+    Ok(names.into_iter().collect())
+}
 
-    let drain = Drain {
-        drill: drill.to_string(),
-        cluster: plan.target.cluster.clone(),
-        region: plan.target.region.clone(),
-        zone: plan.target.zone.clone(),
-        gateways: plan.gateways.iter().map(ToString::to_string).collect(),
-        backends: backends.clone(),
-    };
+/// The drain matches at least one endpoint of the scoped backends; otherwise the refusal
+/// lists the localities seen (a drill that would drain nothing must not "succeed").
+fn check_target_matches(plan: &Plan, drain: &Drain, all: &[&Backend]) -> Result<(), Refusal> {
     let eps: Vec<&Endpoint> = all
         .iter()
-        .filter(|b| backends.is_empty() || backends.contains(&b.name))
+        .filter(|b| drain.backends.is_empty() || drain.backends.contains(&b.name))
         .flat_map(|b| match &b.target {
             BackendTarget::Endpoints { endpoints, .. } => endpoints.as_slice(),
             BackendTarget::Invalid { .. } => &[],
         })
         .collect();
-    if !eps.iter().any(|e| drain.matches(e)) {
-        let seen: BTreeSet<String> = eps
-            .iter()
-            .map(|e| format!("{}/{}/{}", e.cluster, e.region, e.zone))
-            .collect();
-        let seen: Vec<String> = seen.into_iter().take(10).collect();
-        return Err(Refusal::invalid(format!(
-            "target {} matches no endpoint of the scoped backends (endpoint localities \
-             cluster/region/zone: {})",
-            plan.target,
-            if seen.is_empty() {
-                "none".to_string()
-            } else {
-                seen.join(", ")
-            }
-        )));
+    if eps.iter().any(|e| drain.matches(e)) {
+        return Ok(());
     }
-    Ok(Resolved { drain, backends })
+    let seen: BTreeSet<String> = eps
+        .iter()
+        .map(|e| format!("{}/{}/{}", e.cluster, e.region, e.zone))
+        .collect();
+    let seen: Vec<String> = seen.into_iter().take(10).collect();
+    Err(Refusal::invalid(format!(
+        "target {} matches no endpoint of the scoped backends (endpoint localities \
+         cluster/region/zone: {})",
+        plan.target,
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join(", ")
+        }
+    )))
 }
 
 #[cfg(test)]

@@ -553,68 +553,13 @@ where
         .metrics
         .watch_events
         .with_label_values(&[&ctx.name, label]);
-    let errors = ctx
-        .metrics
-        .watch_errors
-        .with_label_values(&[&ctx.name, label]);
-    let decode_errors = ctx
-        .metrics
-        .decode_errors
-        .with_label_values(&[&ctx.name, label]);
     let api: Api<DeserializeGuard<K>> = Api::all(ctx.client.clone());
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
-    let mut buffer: Vec<K> = Vec::new();
-    let decode = |obj: DeserializeGuard<K>| -> Result<K, Option<ObjectKey>> {
-        obj.0.map_err(|invalid| {
-            decode_errors.inc();
-            let key = key_of(&invalid.metadata);
-            tracing::warn!(
-                cluster = %ctx.name,
-                kind = label,
-                object = %key.as_ref().map(ToString::to_string).unwrap_or_default(),
-                error = %invalid.error,
-                "object does not decode; left out of the index"
-            );
-            key
-        })
-    };
+    let mut mapper = EventMapper::<K>::new(&ctx);
     while let Some(event) = stream.next().await {
-        let (mutation, list_done) = match event {
-            Ok(Event::Init) => {
-                buffer.clear();
-                continue;
-            }
-            Ok(Event::InitApply(obj)) => {
-                if let Ok(obj) = decode(obj) {
-                    buffer.push(obj);
-                }
-                continue;
-            }
-            Ok(Event::InitDone) => {
-                let objs = std::mem::take(&mut buffer);
-                let n = objs.len();
-                tracing::debug!(cluster = %ctx.name, kind = label, objects = n, "listed");
-                let reset: Mutation = Box::new(move |state: &mut ClusterState| {
-                    state.reset(objs);
-                    Touch::Full
-                });
-                (reset, true)
-            }
-            Ok(Event::Apply(obj)) => match decode(obj) {
-                Ok(obj) => (apply_mutation(obj), false),
-                Err(Some(key)) => (delete_mutation::<K>(key), false),
-                Err(None) => continue,
-            },
-            Ok(Event::Delete(obj)) => match key_of(obj.meta()) {
-                Some(key) => (delete_mutation::<K>(key), false),
-                None => continue,
-            },
-            Err(e) => {
-                errors.inc();
-                tracing::warn!(cluster = %ctx.name, kind = label, error = %e, "watch failed; backing off");
-                continue;
-            }
+        let Some((mutation, list_done)) = mapper.map(event) else {
+            continue;
         };
         events.inc();
         let msg = Msg::Change {
@@ -626,5 +571,94 @@ where
         if ctx.tx.send(msg).await.is_err() {
             return;
         }
+    }
+}
+
+/// Turns a kind's watch events into index mutations: the objects of a (re-)list are collected
+/// and replace the kind's objects at once; objects that do not decode are counted, logged and
+/// left out (an update that stops decoding removes the object).
+struct EventMapper<'a, K> {
+    ctx: &'a WatchCtx,
+    label: &'static str,
+    /// Objects of the list in progress.
+    buffer: Vec<K>,
+    errors: prometheus::IntCounter,
+    decode_errors: prometheus::IntCounter,
+}
+
+impl<'a, K> EventMapper<'a, K>
+where
+    K: Indexed + Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+{
+    fn new(ctx: &'a WatchCtx) -> Self {
+        let label = kind_label(K::KIND);
+        let m = &ctx.metrics;
+        Self {
+            ctx,
+            label,
+            buffer: Vec::new(),
+            errors: m.watch_errors.with_label_values(&[&ctx.name, label]),
+            decode_errors: m.decode_errors.with_label_values(&[&ctx.name, label]),
+        }
+    }
+
+    /// The mutation an event brings and whether it completes a list; `None` for events that
+    /// change nothing yet (list in progress, undecodable, watch errors).
+    fn map(
+        &mut self,
+        event: Result<Event<DeserializeGuard<K>>, watcher::Error>,
+    ) -> Option<(Mutation, bool)> {
+        let (name, label) = (&self.ctx.name, self.label);
+        match event {
+            Ok(Event::Init) => {
+                self.buffer.clear();
+                None
+            }
+            Ok(Event::InitApply(obj)) => {
+                if let Ok(obj) = self.decode(obj) {
+                    self.buffer.push(obj);
+                }
+                None
+            }
+            Ok(Event::InitDone) => {
+                let objs = std::mem::take(&mut self.buffer);
+                let n = objs.len();
+                tracing::debug!(cluster = %name, kind = label, objects = n, "listed");
+                let reset: Mutation = Box::new(move |state: &mut ClusterState| {
+                    state.reset(objs);
+                    Touch::Full
+                });
+                Some((reset, true))
+            }
+            Ok(Event::Apply(obj)) => match self.decode(obj) {
+                Ok(obj) => Some((apply_mutation(obj), false)),
+                Err(Some(key)) => Some((delete_mutation::<K>(key), false)),
+                Err(None) => None,
+            },
+            Ok(Event::Delete(obj)) => {
+                key_of(obj.meta()).map(|key| (delete_mutation::<K>(key), false))
+            }
+            Err(e) => {
+                self.errors.inc();
+                tracing::warn!(cluster = %name, kind = label, error = %e, "watch failed; backing off");
+                None
+            }
+        }
+    }
+
+    /// The object, or (it does not decode) its key if it has one.
+    fn decode(&self, obj: DeserializeGuard<K>) -> Result<K, Option<ObjectKey>> {
+        obj.0.map_err(|invalid| {
+            self.decode_errors.inc();
+            let key = key_of(&invalid.metadata);
+            tracing::warn!(
+                cluster = %self.ctx.name,
+                kind = self.label,
+                object = %key.as_ref().map(ToString::to_string).unwrap_or_default(),
+                error = %invalid.error,
+                "object does not decode; left out of the index"
+            );
+            key
+        })
     }
 }

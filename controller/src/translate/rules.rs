@@ -265,86 +265,82 @@ fn translate_match(m: &HttpRouteRulesMatches) -> Result<Match, Problem> {
         path,
         query_params,
     } = m;
-    let path = match path {
-        None => PathMatch::default(),
-        Some(HttpRouteRulesMatchesPath { r#type, value }) => {
-            let value = value.clone().unwrap_or_else(|| "/".to_string());
-            match r#type
-                .as_ref()
-                .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
-            {
-                HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
-                HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::PathPrefix(value),
-                HttpRouteRulesMatchesPathType::RegularExpression => {
-                    PathMatch::RegularExpression(value)
-                }
-            }
-        }
-    };
-    let headers = headers
-        .iter()
-        .flatten()
-        .map(|h| {
-            let HttpRouteRulesMatchesHeaders {
-                name,
-                r#type,
-                value,
-            } = h;
-            HeaderMatch {
-                name: name.clone(),
-                value: value.clone(),
-                kind: match r#type {
-                    Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
-                        ValueMatchType::RegularExpression
-                    }
-                    Some(HttpRouteRulesMatchesHeadersType::Exact) | None => ValueMatchType::Exact,
-                },
-            }
-        })
-        .collect();
-    let query_params = query_params
-        .iter()
-        .flatten()
-        .map(|q| {
-            let HttpRouteRulesMatchesQueryParams {
-                name,
-                r#type,
-                value,
-            } = q;
-            QueryParamMatch {
-                name: name.clone(),
-                value: value.clone(),
-                kind: match r#type {
-                    Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
-                        ValueMatchType::RegularExpression
-                    }
-                    Some(HttpRouteRulesMatchesQueryParamsType::Exact) | None => {
-                        ValueMatchType::Exact
-                    }
-                },
-            }
-        })
-        .collect();
-    let method = method.as_ref().map(|m| {
-        match m {
-            HttpRouteRulesMatchesMethod::Get => "GET",
-            HttpRouteRulesMatchesMethod::Head => "HEAD",
-            HttpRouteRulesMatchesMethod::Post => "POST",
-            HttpRouteRulesMatchesMethod::Put => "PUT",
-            HttpRouteRulesMatchesMethod::Delete => "DELETE",
-            HttpRouteRulesMatchesMethod::Connect => "CONNECT",
-            HttpRouteRulesMatchesMethod::Options => "OPTIONS",
-            HttpRouteRulesMatchesMethod::Trace => "TRACE",
-            HttpRouteRulesMatchesMethod::Patch => "PATCH",
-        }
-        .to_string()
-    });
     Ok(Match {
-        path,
-        headers,
-        query_params,
-        method,
+        path: path.as_ref().map(path_match).unwrap_or_default(),
+        headers: headers.iter().flatten().map(header_match).collect(),
+        query_params: query_params
+            .iter()
+            .flatten()
+            .map(query_param_match)
+            .collect(),
+        method: method.as_ref().map(|m| method_name(m).to_string()),
     })
+}
+
+/// A path match; type `PathPrefix` and value `/` by default.
+fn path_match(p: &HttpRouteRulesMatchesPath) -> PathMatch {
+    let HttpRouteRulesMatchesPath { r#type, value } = p;
+    let value = value.clone().unwrap_or_else(|| "/".to_string());
+    match r#type
+        .as_ref()
+        .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
+    {
+        HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
+        HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::PathPrefix(value),
+        HttpRouteRulesMatchesPathType::RegularExpression => PathMatch::RegularExpression(value),
+    }
+}
+
+/// A header match; type `Exact` by default.
+fn header_match(h: &HttpRouteRulesMatchesHeaders) -> HeaderMatch {
+    let HttpRouteRulesMatchesHeaders {
+        name,
+        r#type,
+        value,
+    } = h;
+    HeaderMatch {
+        name: name.clone(),
+        value: value.clone(),
+        kind: match r#type {
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
+                ValueMatchType::RegularExpression
+            }
+            Some(HttpRouteRulesMatchesHeadersType::Exact) | None => ValueMatchType::Exact,
+        },
+    }
+}
+
+/// A query parameter match; type `Exact` by default.
+fn query_param_match(q: &HttpRouteRulesMatchesQueryParams) -> QueryParamMatch {
+    let HttpRouteRulesMatchesQueryParams {
+        name,
+        r#type,
+        value,
+    } = q;
+    QueryParamMatch {
+        name: name.clone(),
+        value: value.clone(),
+        kind: match r#type {
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                ValueMatchType::RegularExpression
+            }
+            Some(HttpRouteRulesMatchesQueryParamsType::Exact) | None => ValueMatchType::Exact,
+        },
+    }
+}
+
+fn method_name(m: &HttpRouteRulesMatchesMethod) -> &'static str {
+    match m {
+        HttpRouteRulesMatchesMethod::Get => "GET",
+        HttpRouteRulesMatchesMethod::Head => "HEAD",
+        HttpRouteRulesMatchesMethod::Post => "POST",
+        HttpRouteRulesMatchesMethod::Put => "PUT",
+        HttpRouteRulesMatchesMethod::Delete => "DELETE",
+        HttpRouteRulesMatchesMethod::Connect => "CONNECT",
+        HttpRouteRulesMatchesMethod::Options => "OPTIONS",
+        HttpRouteRulesMatchesMethod::Trace => "TRACE",
+        HttpRouteRulesMatchesMethod::Patch => "PATCH",
+    }
 }
 
 /// Parses a Gateway API duration (GEP-2257: `500ms`, `1s`, `1m30s`, `1h`) into milliseconds;

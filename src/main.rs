@@ -111,7 +111,9 @@ fn main() -> anyhow::Result<()> {
             let code = runtime()?.block_on(meridian_drill::run(args))?;
             std::process::exit(code)
         }
-        Command::Controller(args) => runtime()?.block_on(meridian_controller::serve(args, None)),
+        Command::Controller(args) => {
+            Ok(runtime()?.block_on(meridian_controller::serve(args, None))?)
+        }
         Command::Cluster(args) => {
             Ok(runtime()?.block_on(meridian_controller::members::cli::run(args))?)
         }

@@ -16,12 +16,170 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use serde::Deserialize;
 
 use crate::distributed::addresses::{AddressPools, AddressRange};
-use crate::translate::{CONTROLLER_NAME, parse_duration_ms};
+use crate::translate::{CONTROLLER_NAME, DurationError, parse_duration_ms};
+
+/// A flag, a clusters file or the member list that cannot be used; checked before anything
+/// starts. Each message names the flag or file and what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    /// A cluster name that is no DNS label.
+    #[error("invalid cluster name {0:?}: use 1-63 lowercase letters, digits and '-'")]
+    ClusterName(String),
+    /// A network name that is not one plain token.
+    #[error("invalid network name {0:?}: use 1-63 letters, digits, '-', '_' and '.'")]
+    NetworkName(String),
+    /// `--cluster NAME[=CONTEXT][@REGION]` with an empty part.
+    #[error("{value:?}: empty {part} after '{sep}'")]
+    ClusterFlag {
+        /// The flag's value.
+        value: String,
+        /// `region` or `context`.
+        part: &'static str,
+        /// `@` or `=`.
+        sep: char,
+    },
+    /// `--network` without `=`.
+    #[error("{0:?}: expected CLUSTER=NETWORK")]
+    NetworkFlagForm(String),
+    /// `--network CLUSTER=NETWORK` with an invalid network.
+    #[error("{value:?}: {source}")]
+    NetworkFlag {
+        /// The flag's value.
+        value: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<ArgsError>,
+    },
+    /// `--network` names a cluster twice.
+    #[error("--network: cluster {0:?} is given twice")]
+    NetworkTwice(String),
+    /// `--network` names a cluster that is not a member.
+    #[error(
+        "--network {cluster}={network}: no member cluster is named {cluster:?} (members: {})",
+        .members.join(", ")
+    )]
+    NetworkNotAMember {
+        /// The cluster named.
+        cluster: String,
+        /// Its network.
+        network: String,
+        /// The member clusters.
+        members: Vec<String>,
+    },
+    /// A duration flag that is no Gateway API duration.
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    /// The clusters file cannot be read.
+    #[error("reading {}: {source}", .path.display())]
+    ClustersFileRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The clusters file is not a list of clusters.
+    #[error("{}: expected a list of {{name, context, region, zones, network}}: {source}", .path.display())]
+    ClustersFileParse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// An entry of the clusters file has an invalid name or network.
+    #[error("{}: {}{source}", .path.display(), .cluster.as_ref().map(|c| format!("cluster {c}: ")).unwrap_or_default())]
+    ClustersFileEntry {
+        /// The file.
+        path: PathBuf,
+        /// The entry, when its name is valid.
+        cluster: Option<String>,
+        /// What is wrong with it.
+        #[source]
+        source: Box<ArgsError>,
+    },
+    /// A kubeconfig context whose name cannot name a member cluster.
+    #[error(
+        "naming a member cluster after its kubeconfig context; use --cluster NAME=CONTEXT: {0}"
+    )]
+    ContextName(#[source] Box<ArgsError>),
+    /// No member cluster at all.
+    #[error("no member clusters: give --cluster, --clusters-file, or a kubeconfig with contexts")]
+    NoClusters,
+    /// Two member clusters with one name.
+    #[error("cluster {0:?} is given twice")]
+    ClusterTwice(String),
+    /// `--gateway-addresses` without `=`.
+    #[error("--gateway-addresses {0:?}: expected CLUSTER=RANGE, e.g. east=10.0.10.0/24")]
+    GatewayAddressesForm(String),
+    /// `--gateway-addresses CLUSTER=RANGE` with an invalid range.
+    #[error("--gateway-addresses {value:?}: {reason}")]
+    GatewayAddressesRange {
+        /// The flag's value.
+        value: String,
+        /// What is wrong with the range.
+        reason: String,
+    },
+    /// `--gateway-addresses` names a cluster twice.
+    #[error("--gateway-addresses: cluster {0:?} is given twice")]
+    GatewayAddressesTwice(String),
+    /// `--gateway-addresses` without a distribution server.
+    #[error(
+        "--gateway-addresses needs --distribution-bind: addresses are handed out to Gateways \
+         served by proxies that connect to this controller"
+    )]
+    GatewayAddressesWithoutBind,
+    /// `--distribution-bind` without a token or `--insecure`.
+    #[error(
+        "--distribution-bind needs --token (or MERIDIAN_TOKEN) so only your proxies connect; \
+         pass --insecure to run without one on a trusted local machine"
+    )]
+    BindWithoutToken,
+}
+
+/// A member cluster's client cannot be built from the kubeconfig.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The kubeconfig cannot be read (`path`: `--kubeconfig`; `None`: `$KUBECONFIG` or
+    /// `~/.kube/config`).
+    #[error("reading {}: {source}", match .path {
+        Some(p) => format!("kubeconfig {}", p.display()),
+        None => "the kubeconfig ($KUBECONFIG or ~/.kube/config)".to_string(),
+    })]
+    Kubeconfig {
+        /// The file named by `--kubeconfig`.
+        path: Option<PathBuf>,
+        /// Why.
+        #[source]
+        source: KubeconfigError,
+    },
+    /// The cluster's context is missing or unusable.
+    #[error("cluster {cluster}: loading kubeconfig context {context:?}: {source}")]
+    Context {
+        /// The member cluster.
+        cluster: String,
+        /// Its kubeconfig context.
+        context: String,
+        /// Why.
+        #[source]
+        source: KubeconfigError,
+    },
+    /// The client cannot be built from the context's config.
+    #[error("cluster {cluster}: building {what}: {source}")]
+    Client {
+        /// The member cluster.
+        cluster: String,
+        /// `a client` or `the status-write client`.
+        what: &'static str,
+        /// Why (boxed: a kube error is large).
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
 
 /// Arguments of `meridian controller`.
 #[derive(clap::Args, Debug, Clone)]
@@ -107,7 +265,7 @@ pub struct ControllerArgs {
     pub cluster_secrets_namespace: Option<String>,
 }
 
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_millis(parse_duration_ms(s)?.unwrap_or(0)))
 }
 
@@ -159,7 +317,7 @@ pub struct NetworkSpec {
 }
 
 /// Network names show up in logs and docs only, but keep them to one plain token.
-pub(crate) fn check_network(network: &str) -> Result<(), String> {
+pub(crate) fn check_network(network: &str) -> Result<(), ArgsError> {
     let ok = !network.is_empty()
         && network.len() <= 63
         && network
@@ -168,21 +326,22 @@ pub(crate) fn check_network(network: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid network name {network:?}: use 1-63 letters, digits, '-', '_' and '.'"
-        ))
+        Err(ArgsError::NetworkName(network.to_string()))
     }
 }
 
 impl FromStr for NetworkSpec {
-    type Err = String;
+    type Err = ArgsError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let Some((cluster, network)) = s.split_once('=') else {
-            return Err(format!("{s:?}: expected CLUSTER=NETWORK"));
+            return Err(ArgsError::NetworkFlagForm(s.to_string()));
         };
-        check_name(cluster).map_err(|e| e.to_string())?;
-        check_network(network).map_err(|e| format!("{s:?}: {e}"))?;
+        check_name(cluster)?;
+        check_network(network).map_err(|e| ArgsError::NetworkFlag {
+            value: s.to_string(),
+            source: Box::new(e),
+        })?;
         Ok(NetworkSpec {
             cluster: cluster.to_string(),
             network: network.to_string(),
@@ -192,20 +351,21 @@ impl FromStr for NetworkSpec {
 
 /// Sets the network of each named cluster; a cluster that is not a member, or is named twice,
 /// is an error.
-pub fn apply_networks(specs: &mut [ClusterSpec], networks: &[NetworkSpec]) -> anyhow::Result<()> {
+pub fn apply_networks(
+    specs: &mut [ClusterSpec],
+    networks: &[NetworkSpec],
+) -> Result<(), ArgsError> {
     for (i, n) in networks.iter().enumerate() {
         if networks[..i].iter().any(|o| o.cluster == n.cluster) {
-            bail!("--network: cluster {:?} is given twice", n.cluster);
+            return Err(ArgsError::NetworkTwice(n.cluster.clone()));
         }
+        let members: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let Some(spec) = specs.iter_mut().find(|s| s.name == n.cluster) else {
-            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "--network {}={}: no member cluster is named {:?} (members: {})",
-                n.cluster,
-                n.network,
-                n.cluster,
-                names.join(", ")
-            );
+            return Err(ArgsError::NetworkNotAMember {
+                cluster: n.cluster.clone(),
+                network: n.network.clone(),
+                members,
+            });
         };
         spec.network = Some(n.network.clone());
     }
@@ -213,7 +373,7 @@ pub fn apply_networks(specs: &mut [ClusterSpec], networks: &[NetworkSpec]) -> an
 }
 
 /// Cluster names end up in metrics labels, snapshot fields and logs: keep them DNS-label-like.
-pub(crate) fn check_name(name: &str) -> anyhow::Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<(), ArgsError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -221,27 +381,33 @@ pub(crate) fn check_name(name: &str) -> anyhow::Result<()> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-');
-    if !ok {
-        bail!("invalid cluster name {name:?}: use 1-63 lowercase letters, digits and '-'");
+    if ok {
+        Ok(())
+    } else {
+        Err(ArgsError::ClusterName(name.to_string()))
     }
-    Ok(())
 }
 
 impl FromStr for ClusterSpec {
-    type Err = String;
+    type Err = ArgsError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let empty = |part, sep| ArgsError::ClusterFlag {
+            value: s.to_string(),
+            part,
+            sep,
+        };
         let (rest, region) = match s.rsplit_once('@') {
             Some((rest, region)) if !region.is_empty() => (rest, Some(region.to_string())),
-            Some(_) => return Err(format!("{s:?}: empty region after '@'")),
+            Some(_) => return Err(empty("region", '@')),
             None => (s, None),
         };
         let (name, context) = match rest.split_once('=') {
             Some((name, context)) if !context.is_empty() => (name, Some(context.to_string())),
-            Some(_) => return Err(format!("{s:?}: empty context after '='")),
+            Some(_) => return Err(empty("context", '=')),
             None => (rest, None),
         };
-        check_name(name).map_err(|e| e.to_string())?;
+        check_name(name)?;
         Ok(ClusterSpec {
             name: name.to_string(),
             context,
@@ -253,54 +419,67 @@ impl FromStr for ClusterSpec {
 }
 
 /// Reads a clusters file (a YAML list of [`ClusterSpec`]).
-pub fn read_clusters_file(path: &Path) -> anyhow::Result<Vec<ClusterSpec>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let specs: Vec<ClusterSpec> = serde_yaml::from_str(&text).with_context(|| {
-        format!(
-            "{}: expected a list of {{name, context, region, zones, network}}",
-            path.display()
-        )
+pub fn read_clusters_file(path: &Path) -> Result<Vec<ClusterSpec>, ArgsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ArgsError::ClustersFileRead {
+        path: path.to_path_buf(),
+        source,
     })?;
+    let specs: Vec<ClusterSpec> =
+        serde_yaml::from_str(&text).map_err(|source| ArgsError::ClustersFileParse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let entry = |cluster: Option<&str>, e: ArgsError| ArgsError::ClustersFileEntry {
+        path: path.to_path_buf(),
+        cluster: cluster.map(str::to_string),
+        source: Box::new(e),
+    };
     for s in &specs {
-        check_name(&s.name).with_context(|| path.display().to_string())?;
+        check_name(&s.name).map_err(|e| entry(None, e))?;
         if let Some(n) = &s.network {
-            check_network(n)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("{}: cluster {}", path.display(), s.name))?;
+            check_network(n).map_err(|e| entry(Some(&s.name), e))?;
         }
     }
     Ok(specs)
 }
 
 /// Rejects an empty list and duplicate names.
-pub fn check_unique(specs: &[ClusterSpec]) -> anyhow::Result<()> {
-    if specs.is_empty() {
-        bail!("no member clusters: give --cluster, --clusters-file, or a kubeconfig with contexts");
-    }
-    for (i, s) in specs.iter().enumerate() {
-        if specs[..i].iter().any(|o| o.name == s.name) {
-            bail!("cluster {:?} is given twice", s.name);
+pub fn check_unique(specs: &[ClusterSpec]) -> Result<(), ArgsError> {
+    check_unique_names(specs.iter().map(|s| s.name.as_str()))
+}
+
+/// Rejects an empty list and duplicate names.
+pub(crate) fn check_unique_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ArgsError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(ArgsError::ClusterTwice(name.to_string()));
         }
+    }
+    if seen.is_empty() {
+        return Err(ArgsError::NoClusters);
     }
     Ok(())
 }
 
 impl ControllerArgs {
     /// Loads the kubeconfig these arguments name.
-    pub fn load_kubeconfig(&self) -> anyhow::Result<Kubeconfig> {
+    pub fn load_kubeconfig(&self) -> Result<Kubeconfig, ConnectError> {
         match &self.kubeconfig {
-            Some(path) => Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display())),
-            None => {
-                Kubeconfig::read().context("reading the kubeconfig ($KUBECONFIG or ~/.kube/config)")
-            }
+            Some(path) => Kubeconfig::read_from(path),
+            None => Kubeconfig::read(),
         }
+        .map_err(|source| ConnectError::Kubeconfig {
+            path: self.kubeconfig.clone(),
+            source,
+        })
     }
 
     /// The member clusters: from --cluster, from --clusters-file, or every context of
     /// `kubeconfig`; with the networks of --network applied.
-    pub fn cluster_specs(&self, kubeconfig: &Kubeconfig) -> anyhow::Result<Vec<ClusterSpec>> {
+    pub fn cluster_specs(&self, kubeconfig: &Kubeconfig) -> Result<Vec<ClusterSpec>, ArgsError> {
         let mut specs = if let Some(path) = &self.clusters_file {
             read_clusters_file(path)?
         } else if !self.clusters.is_empty() {
@@ -308,9 +487,7 @@ impl ControllerArgs {
         } else {
             let mut specs = Vec::new();
             for c in &kubeconfig.contexts {
-                check_name(&c.name).context(
-                    "naming a member cluster after its kubeconfig context; use --cluster NAME=CONTEXT",
-                )?;
+                check_name(&c.name).map_err(|e| ArgsError::ContextName(Box::new(e)))?;
                 specs.push(ClusterSpec {
                     name: c.name.clone(),
                     context: None,
@@ -328,19 +505,21 @@ impl ControllerArgs {
 }
 
 /// `--gateway-addresses CLUSTER=RANGE` values, checked before anything starts.
-fn address_pools(values: &[String]) -> anyhow::Result<AddressPools> {
+fn address_pools(values: &[String]) -> Result<AddressPools, ArgsError> {
     let mut pools = Vec::new();
     for v in values {
         let Some((cluster, range)) = v.split_once('=') else {
-            anyhow::bail!(
-                "--gateway-addresses {v:?}: expected CLUSTER=RANGE, e.g. east=10.0.10.0/24"
-            );
+            return Err(ArgsError::GatewayAddressesForm(v.clone()));
         };
-        let range: AddressRange = range
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--gateway-addresses {v:?}: {e}"))?;
+        let range: AddressRange =
+            range
+                .parse()
+                .map_err(|reason| ArgsError::GatewayAddressesRange {
+                    value: v.clone(),
+                    reason,
+                })?;
         if pools.iter().any(|(c, _)| c == cluster) {
-            anyhow::bail!("--gateway-addresses: cluster {cluster:?} is given twice");
+            return Err(ArgsError::GatewayAddressesTwice(cluster.to_string()));
         }
         pools.push((cluster.to_string(), range));
     }
@@ -350,20 +529,14 @@ fn address_pools(values: &[String]) -> anyhow::Result<AddressPools> {
 impl ControllerArgs {
     /// Checks the flags that go with `--distribution-bind` (a token, or `--insecure`; address
     /// pools only with a distribution server) and returns the `--gateway-addresses` pools.
-    pub fn distribution_flags(&self) -> anyhow::Result<AddressPools> {
+    pub fn distribution_flags(&self) -> Result<AddressPools, ArgsError> {
         let pools = address_pools(&self.gateway_addresses)?;
         if self.distribution_bind.is_none() {
             if !pools.is_empty() {
-                anyhow::bail!(
-                    "--gateway-addresses needs --distribution-bind: addresses are handed out to \
-                     Gateways served by proxies that connect to this controller"
-                );
+                return Err(ArgsError::GatewayAddressesWithoutBind);
             }
         } else if self.token.is_none() && !self.insecure {
-            anyhow::bail!(
-                "--distribution-bind needs --token (or MERIDIAN_TOKEN) so only your proxies connect; \
-                 pass --insecure to run without one on a trusted local machine"
-            );
+            return Err(ArgsError::BindWithoutToken);
         }
         Ok(pools)
     }
@@ -391,31 +564,43 @@ impl ControllerArgs {
 }
 
 /// A kube client for one member cluster, from its kubeconfig context.
-pub async fn connect(kubeconfig: &Kubeconfig, spec: &ClusterSpec) -> anyhow::Result<kube::Client> {
+pub async fn connect(
+    kubeconfig: &Kubeconfig,
+    spec: &ClusterSpec,
+) -> Result<kube::Client, ConnectError> {
     let config = cluster_config(kubeconfig, spec).await?;
-    kube::Client::try_from(config)
-        .with_context(|| format!("cluster {}: building a client", spec.name))
+    client(spec, "a client", config)
+}
+
+/// A client from a member cluster's config (`what` names it in the error).
+pub(crate) fn client(
+    spec: &ClusterSpec,
+    what: &'static str,
+    config: kube::Config,
+) -> Result<kube::Client, ConnectError> {
+    kube::Client::try_from(config).map_err(|source| ConnectError::Client {
+        cluster: spec.name.clone(),
+        what,
+        source: Box::new(source),
+    })
 }
 
 /// The client config of a member cluster from its kubeconfig context.
 pub async fn cluster_config(
     kubeconfig: &Kubeconfig,
     spec: &ClusterSpec,
-) -> anyhow::Result<kube::Config> {
+) -> Result<kube::Config, ConnectError> {
     let options = KubeConfigOptions {
         context: Some(spec.context().to_string()),
         ..KubeConfigOptions::default()
     };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+    kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
         .await
-        .with_context(|| {
-            format!(
-                "cluster {}: loading kubeconfig context {:?}",
-                spec.name,
-                spec.context()
-            )
-        })?;
-    Ok(config)
+        .map_err(|source| ConnectError::Context {
+            cluster: spec.name.clone(),
+            context: spec.context().to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]

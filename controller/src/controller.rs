@@ -30,18 +30,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use k8s_openapi::jiff::Timestamp;
 use meridian_model::Snapshot;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::args::ControllerArgs;
+use crate::args::{
+    ArgsError, ClusterSpec, ConnectError, ControllerArgs, check_unique_names, client,
+};
 use crate::dataplane::{DataPlane, StaticDataPlane};
 use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
-use crate::status::StatusKind;
+use crate::status::{StatusKind, StatusUpdate};
 use crate::translate::{
     ClusterGatewayRef, EastWestListeners, MissingRemote, SUPPORTED_FEATURES, TranslateConfig,
     UnreachableCluster, next_stale_expiry, refresh_endpoints, translate,
@@ -175,154 +176,106 @@ pub struct ControllerHandle {
     admin_addr: Option<SocketAddr>,
 }
 
+/// Why [`Controller::start`] failed; nothing was left running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No clusters, or two with one name.
+    #[error(transparent)]
+    Clusters(#[from] ArgsError),
+    /// The metrics could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+    /// The admin listener could not be bound (bad or busy address).
+    #[error("binding the admin listener on {addr}: {source}")]
+    Admin {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why [`ControllerHandle::wait_ready`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadyError {
+    /// Some cluster's initial sync is not done yet.
+    #[error("clusters not synced after {timeout:?}: {readiness:?}")]
+    NotSynced {
+        /// How long was waited.
+        timeout: Duration,
+        /// Each cluster with whether its initial sync is done.
+        readiness: Vec<(String, bool)>,
+    },
+    /// The controller stopped while waiting.
+    #[error("controller stopped")]
+    Stopped,
+}
+
 impl Controller {
     /// Starts watchers, the reconcile loop, one status writer per cluster and the admin listener
     /// on the current tokio runtime.
-    pub async fn start(cfg: ControllerConfig) -> anyhow::Result<ControllerHandle> {
-        let ControllerConfig {
-            clusters,
-            controller_name,
-            data_plane,
-            debounce,
-            probe_interval,
-            unreachable_probe_interval,
-            probe_timeout,
-            endpoint_grace,
-            startup_grace,
-            write_timeout,
-            mut write_clients,
-            write_backoff_max,
-            admin,
-            status_recheck,
-            drill_actuator,
-            drill_ack_timeout,
-            write_gate,
-        } = cfg;
-        crate::args::check_unique(
-            &clusters
-                .iter()
-                .map(|c| crate::args::ClusterSpec {
-                    name: c.name.clone(),
-                    context: None,
-                    region: None,
-                    zones: Vec::new(),
-                    network: None,
-                })
-                .collect::<Vec<_>>(),
-        )?;
-        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+    ///
+    /// ```text
+    /// check names ─► metrics ─► admin listener ─► per cluster: status writer + supervisor
+    ///   ─► drill manager ─► reconcile loop (owns the World; the others feed it through `Msg`)
+    /// ```
+    pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, StartError> {
+        check_unique_names(cfg.clusters.iter().map(|c| c.name.as_str()))?;
+        let metrics = Arc::new(Metrics::new().map_err(StartError::Metrics)?);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let names: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<String> = cfg.clusters.iter().map(|c| c.name.clone()).collect();
         let (ready_tx, ready_rx) =
             watch::channel(names.iter().map(|n| (n.clone(), false)).collect());
         let (passes_tx, passes_rx) = watch::channel(0u64);
         let mut tasks = Vec::new();
-
-        let admin_addr = match admin {
+        let admin_addr = match cfg.admin {
             Some(addr) => {
-                let listener = bind_admin(addr).await?;
-                let local = listener.local_addr().context("admin listener address")?;
-                tasks.push(tokio::spawn(serve_admin(
-                    listener,
-                    Arc::clone(&metrics),
-                    ready_rx.clone(),
-                    shutdown_rx.clone(),
-                )));
-                tracing::info!(addr = %local, "admin listener (/healthz, /readyz, /metrics)");
+                let (local, task) =
+                    start_admin(addr, &metrics, ready_rx.clone(), shutdown_rx.clone()).await?;
+                tasks.push(task);
                 Some(local)
             }
             None => None,
         };
-
-        let writer_cfg = WriterConfig {
-            controller_name: controller_name.clone(),
-            timeout: write_timeout,
-            backoff_base: Duration::from_millis(250),
-            backoff_max: write_backoff_max,
-            write_gate,
-        };
         // Bounded: a burst of watch events waits for the loop instead of growing memory.
         let (tx, rx) = mpsc::channel::<Msg>(4096);
-        let mut world = World::new();
-        let mut writers = Vec::new();
-        for (i, c) in clusters.iter().enumerate() {
-            world
-                .add_cluster(c.name.clone(), c.region.clone(), c.zones.clone())
-                .network
-                .clone_from(&c.network);
-            let name: Arc<str> = Arc::from(c.name.as_str());
-            metrics.cluster_synced.with_label_values(&[&c.name]).set(0);
-            let writer = StatusWriter::new(name.clone(), Arc::clone(&metrics));
-            let write_client = write_clients
-                .remove(&c.name)
-                .unwrap_or_else(|| c.client.clone());
-            tasks.push(tokio::spawn(writer.clone().run(
-                write_client,
-                writer_cfg.clone(),
-                shutdown_rx.clone(),
-            )));
-            writers.push(writer);
-            let ctx = WatchCtx {
-                cluster: i,
-                name,
-                client: c.client.clone(),
-                tx: tx.clone(),
-                metrics: Arc::clone(&metrics),
-                probe_interval,
-                unreachable_probe_interval,
-                probe_timeout,
-                endpoint_grace,
-            };
-            tasks.push(tokio::spawn(supervise(ctx, shutdown_rx.clone())));
-        }
+        let (world, writers) = start_clusters(&cfg, &metrics, &tx, &shutdown_rx, &mut tasks);
         drop(tx);
         let drills = DrillShared::new(Arc::clone(&metrics));
         tasks.push(spawn_manager(
             ManagerConfig {
                 shared: Arc::clone(&drills),
-                data_plane: Arc::clone(&data_plane),
-                actuator: drill_actuator,
-                clients: clusters
+                data_plane: Arc::clone(&cfg.data_plane),
+                actuator: cfg.drill_actuator.clone(),
+                clients: cfg
+                    .clusters
                     .iter()
                     .map(|c| (c.name.clone(), c.client.clone()))
                     .collect(),
-                write_timeout,
-                ack_timeout: drill_ack_timeout,
-                startup_grace,
+                write_timeout: cfg.write_timeout,
+                ack_timeout: cfg.drill_ack_timeout,
+                startup_grace: cfg.startup_grace,
                 metrics: Arc::clone(&metrics),
             },
             shutdown_rx.clone(),
         ));
-        let reconciler = Reconciler {
+        let reconciler = Reconciler::new(LoopInputs {
             world,
-            names: names.clone(),
-            pending_kinds: vec![None; names.len()],
-            synced: vec![false; names.len()],
-            started: Instant::now(),
-            startup_grace,
-            data_plane,
+            names,
+            startup_grace: cfg.startup_grace,
+            data_plane: cfg.data_plane,
             writers,
-            controller_name,
-            current: BTreeMap::new(),
-            published: BTreeMap::new(),
-            translated: false,
-            dirty_full: false,
-            status_dirty: false,
-            dirty_services: BTreeMap::new(),
+            controller_name: cfg.controller_name,
             metrics: Arc::clone(&metrics),
             ready_tx,
             passes_tx,
-            last_prune: Instant::now(),
             drills,
-            unreachable: BTreeMap::new(),
-            stale_expiry: None,
-            east_west: EastWestListeners::new(),
-            east_west_missing: MissingRemote::new(),
-        };
+        });
         tasks.push(tokio::spawn(reconciler.run(
             rx,
-            debounce,
-            status_recheck,
+            cfg.debounce,
+            cfg.status_recheck,
             shutdown_rx,
         )));
         Ok(ControllerHandle {
@@ -334,6 +287,74 @@ impl Controller {
             admin_addr,
         })
     }
+}
+
+/// Binds the admin listener and starts serving it; returns its address and task.
+async fn start_admin(
+    addr: SocketAddr,
+    metrics: &Arc<Metrics>,
+    ready: watch::Receiver<Vec<(String, bool)>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let admin = |source| StartError::Admin { addr, source };
+    let listener = bind_admin(addr).await.map_err(admin)?;
+    let local = listener.local_addr().map_err(admin)?;
+    let task = tokio::spawn(serve_admin(listener, Arc::clone(metrics), ready, shutdown));
+    tracing::info!(addr = %local, "admin listener (/healthz, /readyz, /metrics)");
+    Ok((local, task))
+}
+
+/// Adds every member cluster to a new [`World`] and starts its status writer and its
+/// supervisor (which starts the watchers); returns the world and the writers, in cluster order.
+fn start_clusters(
+    cfg: &ControllerConfig,
+    metrics: &Arc<Metrics>,
+    tx: &mpsc::Sender<Msg>,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> (World, Vec<StatusWriter>) {
+    let writer_cfg = WriterConfig {
+        controller_name: cfg.controller_name.clone(),
+        timeout: cfg.write_timeout,
+        backoff_base: Duration::from_millis(250),
+        backoff_max: cfg.write_backoff_max,
+        write_gate: cfg.write_gate.clone(),
+    };
+    let mut world = World::new();
+    let mut writers = Vec::new();
+    for (i, c) in cfg.clusters.iter().enumerate() {
+        world
+            .add_cluster(c.name.clone(), c.region.clone(), c.zones.clone())
+            .network
+            .clone_from(&c.network);
+        let name: Arc<str> = Arc::from(c.name.as_str());
+        metrics.cluster_synced.with_label_values(&[&c.name]).set(0);
+        let writer = StatusWriter::new(name.clone(), Arc::clone(metrics));
+        let write_client = cfg
+            .write_clients
+            .get(&c.name)
+            .cloned()
+            .unwrap_or_else(|| c.client.clone());
+        tasks.push(tokio::spawn(writer.clone().run(
+            write_client,
+            writer_cfg.clone(),
+            shutdown.clone(),
+        )));
+        writers.push(writer);
+        let ctx = WatchCtx {
+            cluster: i,
+            name,
+            client: c.client.clone(),
+            tx: tx.clone(),
+            metrics: Arc::clone(metrics),
+            probe_interval: cfg.probe_interval,
+            unreachable_probe_interval: cfg.unreachable_probe_interval,
+            probe_timeout: cfg.probe_timeout,
+            endpoint_grace: cfg.endpoint_grace,
+        };
+        tasks.push(tokio::spawn(supervise(ctx, shutdown.clone())));
+    }
+    (world, writers)
 }
 
 impl ControllerHandle {
@@ -353,18 +374,16 @@ impl ControllerHandle {
     }
 
     /// Waits until every cluster finished its initial sync, or fails after `timeout`.
-    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ReadyError> {
         let mut rx = self.readiness.clone();
         tokio::time::timeout(timeout, rx.wait_for(|r| r.iter().all(|(_, ok)| *ok)))
             .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "clusters not synced after {timeout:?}: {:?}",
-                    self.readiness()
-                )
+            .map_err(|_| ReadyError::NotSynced {
+                timeout,
+                readiness: self.readiness(),
             })?
             .map(drop)
-            .map_err(|_| anyhow::anyhow!("controller stopped"))
+            .map_err(|_| ReadyError::Stopped)
     }
 
     /// Number of reconcile passes so far (each translation or endpoint refresh).
@@ -423,10 +442,54 @@ struct Reconciler {
     east_west_missing: MissingRemote,
 }
 
+/// What the reconcile loop is given at start; the rest of its state starts empty.
+struct LoopInputs {
+    world: World,
+    names: Vec<String>,
+    startup_grace: Duration,
+    data_plane: Arc<dyn DataPlane>,
+    writers: Vec<StatusWriter>,
+    controller_name: String,
+    metrics: Arc<Metrics>,
+    ready_tx: watch::Sender<Vec<(String, bool)>>,
+    passes_tx: watch::Sender<u64>,
+    drills: Arc<DrillShared>,
+}
+
 /// How often deleted objects are forgotten by the status writers.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl Reconciler {
+    fn new(i: LoopInputs) -> Self {
+        let clusters = i.names.len();
+        Self {
+            world: i.world,
+            names: i.names,
+            pending_kinds: vec![None; clusters],
+            synced: vec![false; clusters],
+            started: Instant::now(),
+            startup_grace: i.startup_grace,
+            data_plane: i.data_plane,
+            writers: i.writers,
+            controller_name: i.controller_name,
+            current: BTreeMap::new(),
+            published: BTreeMap::new(),
+            translated: false,
+            dirty_full: false,
+            status_dirty: false,
+            dirty_services: BTreeMap::new(),
+            metrics: i.metrics,
+            ready_tx: i.ready_tx,
+            passes_tx: i.passes_tx,
+            last_prune: Instant::now(),
+            drills: i.drills,
+            unreachable: BTreeMap::new(),
+            stale_expiry: None,
+            east_west: EastWestListeners::new(),
+            east_west_missing: MissingRemote::new(),
+        }
+    }
+
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Msg>,
@@ -470,13 +533,7 @@ impl Reconciler {
                 }
                 _ = tokio::time::sleep_until(grace_end), if grace_pending => {
                     grace_pending = false;
-                    if !self.synced.iter().all(|s| *s) {
-                        tracing::warn!(
-                            waiting_for = %self.unsynced().join("; "),
-                            "startup grace over: synced clusters act without the others \
-                             (an unsynced cluster acts once every kind it serves is listed)"
-                        );
-                        self.dirty_full = true;
+                    if self.startup_grace_over() {
                         deadline.get_or_insert_with(Instant::now);
                     }
                 }
@@ -502,15 +559,34 @@ impl Reconciler {
                     self.publish_changed();
                 }
                 _ = crate::stopped(&mut shutdown) => {
-                    // Drains live in this process only: proxies must not keep them after it.
-                    for s in self.current.values_mut() {
-                        s.drains.clear();
-                    }
-                    self.publish_changed();
+                    self.withdraw_drains();
                     return;
                 }
             }
         }
+    }
+
+    /// The startup grace ended: clusters still syncing no longer hold the others back.
+    /// Returns whether a full pass is due (some cluster is not synced).
+    fn startup_grace_over(&mut self) -> bool {
+        if self.synced.iter().all(|s| *s) {
+            return false;
+        }
+        tracing::warn!(
+            waiting_for = %self.unsynced().join("; "),
+            "startup grace over: synced clusters act without the others \
+             (an unsynced cluster acts once every kind it serves is listed)"
+        );
+        self.dirty_full = true;
+        true
+    }
+
+    /// On shutdown: drains live in this process only, proxies must not keep them after it.
+    fn withdraw_drains(&mut self) {
+        for s in self.current.values_mut() {
+            s.drains.clear();
+        }
+        self.publish_changed();
     }
 
     /// Puts the drill runner's drains into every current snapshot.
@@ -708,8 +784,30 @@ impl Reconciler {
         self.east_west_missing = missing;
     }
 
+    /// Translates the whole world with what the data plane and the writers report now, then
+    /// hands the status to the writers.
     fn full_pass(&mut self) {
         let started = std::time::Instant::now();
+        let cfg = self.translate_config();
+        let out = translate(&self.world, &cfg);
+        self.east_west = cfg.east_west;
+        self.note_missing(out.east_west_missing);
+        self.stale_expiry = next_stale_expiry(&self.world, &self.unreachable, cfg.now);
+        self.metrics.translations.with_label_values(&["full"]).inc();
+        self.metrics
+            .translate_seconds
+            .with_label_values(&["full"])
+            .observe(started.elapsed().as_secs_f64());
+        self.current = out.snapshots;
+        self.apply_drains();
+        self.translated = true;
+        self.submit_status(out.status);
+    }
+
+    /// What translation needs besides the world: per Gateway the data plane's state and
+    /// addresses, the published generations, statuses of ours not yet seen, east-west
+    /// listeners (with several networks) and unreachable clusters.
+    fn translate_config(&self) -> TranslateConfig {
         let mut cfg = TranslateConfig {
             controller_name: self.controller_name.clone(),
             supported_features: SUPPORTED_FEATURES.iter().map(|s| s.to_string()).collect(),
@@ -752,19 +850,14 @@ impl Reconciler {
                 }
             }
         }
-        let out = translate(&self.world, &cfg);
-        self.east_west = cfg.east_west;
-        self.note_missing(out.east_west_missing);
-        self.stale_expiry = next_stale_expiry(&self.world, &self.unreachable, cfg.now);
-        self.metrics.translations.with_label_values(&["full"]).inc();
-        self.metrics
-            .translate_seconds
-            .with_label_values(&["full"])
-            .observe(started.elapsed().as_secs_f64());
-        self.current = out.snapshots;
-        self.apply_drains();
-        self.translated = true;
-        for update in out.status {
+        cfg
+    }
+
+    /// Hands each status update to its cluster's writer (with the indexed resourceVersion
+    /// and, for routes, the indexed copy to merge into); then lets the writers retire what
+    /// the watch has seen and, once a minute, forget deleted objects.
+    fn submit_status(&mut self, updates: Vec<StatusUpdate>) {
+        for update in updates {
             if !self.can_act(&update.cluster) {
                 // Written once the cluster acts: that triggers a full pass which emits it again.
                 continue;
@@ -881,12 +974,41 @@ impl Reconciler {
     }
 }
 
+/// Why `meridian controller` ([`run`], [`serve`]) stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A flag or the member list is unusable.
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    /// A member cluster's client cannot be built.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The distribution server did not start.
+    #[error(transparent)]
+    DataPlane(#[from] crate::distributed::DataPlaneError),
+    /// The controller did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The async runtime did not start.
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The `--cluster` members cannot be configured (kubeconfig or in-cluster).
+    #[error(transparent)]
+    Members(#[from] crate::incluster::MembersError),
+    /// Leader election cannot start.
+    #[error(transparent)]
+    Election(#[from] crate::leader::ElectionError),
+    /// Ctrl-C could not be waited for.
+    #[error("waiting for Ctrl-C: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
 /// Runs `meridian controller` on its own runtime until Ctrl-C.
-pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
+pub fn run(args: ControllerArgs) -> Result<(), ServeError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?
+        .map_err(ServeError::Runtime)?
         .block_on(serve(args, None))
 }
 
@@ -897,7 +1019,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<()> {
 pub async fn serve(
     args: ControllerArgs,
     data_plane: Option<Arc<dyn DataPlane>>,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let pools = args.distribution_flags()?;
     let data_plane = match (data_plane, args.distribution_bind) {
         (Some(dp), _) => dp,
@@ -930,18 +1052,10 @@ pub async fn serve(
     }
     let mut clusters = Vec::new();
     let mut write_clients = BTreeMap::new();
-    for (spec, config) in &members {
-        let config = config.clone();
-        let write_client = kube::Client::try_from(crate::writer::for_status_writes(config.clone()))
-            .with_context(|| format!("cluster {}: building the status-write client", spec.name))?;
+    for (spec, config) in members {
+        let (cluster, write_client) = member(&spec, config)?;
         write_clients.insert(spec.name.clone(), write_client);
-        let client = kube::Client::try_from(config)
-            .with_context(|| format!("cluster {}: building a client", spec.name))?;
-        tracing::info!(cluster = %spec.name, context = spec.context(), region = spec.region(), network = spec.network(), "member cluster");
-        clusters.push(
-            MemberCluster::new(spec.name.clone(), spec.region(), spec.zones.clone(), client)
-                .with_network(spec.network()),
-        );
+        clusters.push(cluster);
     }
     let lease_client = clusters.first().map(|c| c.client.clone());
     let mut cfg = ControllerConfig::new(clusters, data_plane);
@@ -960,9 +1074,7 @@ pub async fn serve(
         _ => None,
     };
     let handle = Controller::start(cfg).await?;
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c().await.map_err(ServeError::Signal)?;
     tracing::info!("shutting down");
     // Step down first: a successor starts writing while this replica winds down.
     if let Some(elector) = elector {
@@ -970,4 +1082,22 @@ pub async fn serve(
     }
     handle.shutdown().await;
     Ok(())
+}
+
+/// One member cluster from its client configuration, with the client its status writes go
+/// through ([`crate::for_status_writes`]).
+fn member(
+    spec: &ClusterSpec,
+    config: kube::Config,
+) -> Result<(MemberCluster, kube::Client), ConnectError> {
+    let write_client = client(
+        spec,
+        "the status-write client",
+        crate::writer::for_status_writes(config.clone()),
+    )?;
+    let client = client(spec, "a client", config)?;
+    tracing::info!(cluster = %spec.name, context = spec.context(), region = spec.region(), network = spec.network(), "member cluster");
+    let cluster = MemberCluster::new(spec.name.clone(), spec.region(), spec.zones.clone(), client)
+        .with_network(spec.network());
+    Ok((cluster, write_client))
 }

@@ -35,7 +35,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use meridian_distribution::{DistributionServer, ServerConfig};
 use meridian_model::Snapshot;
 use meridian_model::traffic::GatewayTraffic;
@@ -50,6 +49,17 @@ use addresses::AddressPools;
 /// Default reconnect grace: the proxies' longest reconnect delay (5 s) plus their connect
 /// timeout (2 s) plus a margin for the first snapshot's acknowledgement.
 pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
+/// The distribution server did not start (e.g. its address is busy).
+#[derive(Debug, thiserror::Error)]
+#[error("starting the distribution server on {bind}: {source}")]
+pub struct DataPlaneError {
+    /// `--distribution-bind`.
+    pub bind: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: meridian_distribution::ServerError,
+}
 
 /// [`DataPlane`] over a [`DistributionServer`].
 pub struct DistributedDataPlane {
@@ -114,12 +124,12 @@ impl DistributedDataPlane {
         insecure: bool,
         pools: AddressPools,
         reconnect_grace: Duration,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, DataPlaneError> {
         let mut cfg = ServerConfig::new(bind, token);
         cfg.insecure = insecure;
         let server = DistributionServer::start(cfg)
             .await
-            .with_context(|| format!("starting the distribution server on {bind}"))?;
+            .map_err(|source| DataPlaneError { bind, source })?;
         tracing::info!(addr = %server.local_addr(), "distribution server listening");
         Ok(Self::new(Arc::new(server), pools, reconnect_grace))
     }

@@ -16,9 +16,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
-
-use crate::args::{ClusterSpec, ControllerArgs, apply_networks, check_unique, read_clusters_file};
+use crate::args::{
+    ArgsError, ClusterSpec, ConnectError, ControllerArgs, apply_networks, check_unique,
+    read_clusters_file,
+};
 
 /// Where the configuration comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,42 +83,84 @@ pub fn choose(available: &Available) -> Result<ConfigSource, NoConfig> {
     Err(NoConfig)
 }
 
+/// Why the `--cluster` members cannot be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum MembersError {
+    /// No configuration source at all.
+    #[error(transparent)]
+    NoConfig(#[from] NoConfig),
+    /// In a pod, the `--cluster` list does not name exactly the one cluster the pod runs in.
+    #[error(transparent)]
+    InCluster(#[from] InClusterSpecError),
+    /// A flag or the member list is unusable.
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    /// The kubeconfig or one of its contexts is unusable.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// `KUBERNETES_SERVICE_HOST` is set but the pod's credentials cannot be read.
+    #[error(
+        "in-cluster configuration (KUBERNETES_SERVICE_HOST is set): is the service-account \
+         token mounted (automountServiceAccountToken)? {0}"
+    )]
+    Pod(#[source] kube::config::InClusterError),
+}
+
+/// In a pod without a kubeconfig, the `--cluster` list must be the one cluster the pod runs in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InClusterSpecError {
+    /// No `--cluster` at all.
+    #[error(
+        "running in a pod without a kubeconfig: name the cluster it runs in with --cluster \
+         NAME@REGION (other members come from cluster Secrets: meridian cluster add)"
+    )]
+    None,
+    /// `--cluster NAME=CONTEXT`: there is no context in a pod.
+    #[error(
+        "--cluster {name}={context}: there is no kubeconfig in this pod, so no context to use; \
+         write --cluster {name}@{region}"
+    )]
+    Context {
+        /// The cluster's name.
+        name: String,
+        /// The context given.
+        context: String,
+        /// Its region.
+        region: String,
+    },
+    /// More than one member.
+    #[error(
+        "running in a pod without a kubeconfig, the service account reaches only the cluster \
+         the pod runs in, but {} clusters are given ({}): keep one --cluster and add the others \
+         with `meridian cluster add`",
+        .0.len(),
+        .0.join(", ")
+    )]
+    Many(Vec<String>),
+}
+
 /// In a pod the member list is the one cluster the pod runs in: one spec, without a context.
-pub fn check_in_cluster_specs(specs: &[ClusterSpec]) -> anyhow::Result<()> {
+pub fn check_in_cluster_specs(specs: &[ClusterSpec]) -> Result<(), InClusterSpecError> {
     match specs {
-        [] => bail!(
-            "running in a pod without a kubeconfig: name the cluster it runs in with --cluster \
-             NAME@REGION (other members come from cluster Secrets: meridian cluster add)"
-        ),
-        [one] => {
-            if let Some(ctx) = &one.context {
-                bail!(
-                    "--cluster {}={ctx}: there is no kubeconfig in this pod, so no context to \
-                     use; write --cluster {}@{}",
-                    one.name,
-                    one.name,
-                    one.region()
-                );
-            }
-            Ok(())
-        }
-        many => {
-            let names: Vec<&str> = many.iter().map(|s| s.name.as_str()).collect();
-            bail!(
-                "running in a pod without a kubeconfig, the service account reaches only the \
-                 cluster the pod runs in, but {} clusters are given ({}): keep one --cluster and \
-                 add the others with `meridian cluster add`",
-                many.len(),
-                names.join(", ")
-            )
-        }
+        [] => Err(InClusterSpecError::None),
+        [one] => match &one.context {
+            Some(ctx) => Err(InClusterSpecError::Context {
+                name: one.name.clone(),
+                context: ctx.clone(),
+                region: one.region().to_string(),
+            }),
+            None => Ok(()),
+        },
+        many => Err(InClusterSpecError::Many(
+            many.iter().map(|s| s.name.clone()).collect(),
+        )),
     }
 }
 
 /// The `--cluster` members with their client configs, from the source [`choose`] picks.
 pub async fn static_members(
     args: &ControllerArgs,
-) -> anyhow::Result<Vec<(ClusterSpec, kube::Config)>> {
+) -> Result<Vec<(ClusterSpec, kube::Config)>, MembersError> {
     let source = choose(&Available::from_env(args.kubeconfig.clone()))?;
     if source != ConfigSource::InCluster {
         let kubeconfig = args.load_kubeconfig()?;
@@ -136,10 +179,7 @@ pub async fn static_members(
     check_in_cluster_specs(&specs)?;
     check_unique(&specs)?;
     apply_networks(&mut specs, &args.networks)?;
-    let config = kube::Config::incluster().context(
-        "in-cluster configuration (KUBERNETES_SERVICE_HOST is set): is the service-account \
-         token mounted (automountServiceAccountToken)?",
-    )?;
+    let config = kube::Config::incluster().map_err(MembersError::Pod)?;
     tracing::info!(server = %config.cluster_url, "in-cluster configuration (the pod's service account)");
     Ok(specs.into_iter().map(|s| (s, config.clone())).collect())
 }

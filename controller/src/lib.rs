@@ -32,14 +32,24 @@
 //!    server's; [`serve`] / [`run`] — `meridian controller` itself; [`metrics`] — Prometheus and
 //!    the admin listener;
 //! 10. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
-//!     traffic counters, [`DrillActuator`] for kill/blackhole).
-//! 11. [`incluster`] — where the `--cluster` members' configuration comes from (a kubeconfig,
-//!     else the pod's service account).
-//! 12. [`members`] — member clusters from labelled kubeconfig Secrets (parser, watcher emitting
-//!     membership events, `meridian cluster add|list|remove`); not yet wired into a running
-//!     controller.
-//! 13. [`leader`] — Lease leader election (`--leader-elect`); its gate holds the status writers
-//!     of a follower.
+//!     traffic counters, [`DrillActuator`] for kill/blackhole). Its [`DrillMode`] is the CRD's
+//!     `spec.mode` enum (`meridian_crds::meridian::DrillMode`), re-exported.
+//!
+//! ## What this crate owns and may depend on
+//!
+//! It owns the translation of Gateway API, MCS and Meridian objects into snapshots and status,
+//! the watchers and status writers, the drill runner, every `meridian controller` flag and the
+//! data-plane adapter over the distribution server. It depends on `meridian-model` (snapshot
+//! types), `meridian-crds` (CRD types), `meridian-distribution` (the server the adapter wraps;
+//! that crate never depends on this one) and kube/Gateway API types — never on the proxy, the
+//! sandbox (tests only), the drill client or `meridian up`, which depend on it instead.
+//!
+//! Errors are typed at every public edge (no `anyhow` in the library): [`ArgsError`] and
+//! [`ConnectError`] for flags and kubeconfig contexts, [`StartError`] and [`ReadyError`] for a
+//! running controller, [`ServeError`] for [`run`]/[`serve`], [`DataPlaneError`] for the
+//! distribution server, [`DurationError`](translate::DurationError) for durations and
+//! [`ActuatorError`] for drill actuators. Status messages built by translation and the drill
+//! runner are typed enums too; their `Display` is the message.
 
 pub mod args;
 pub mod controller;
@@ -57,12 +67,15 @@ pub mod watch;
 pub mod world;
 mod writer;
 
-pub use args::{ClusterSpec, ControllerArgs, NetworkSpec};
-pub use controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster, run, serve};
+pub use args::{ArgsError, ClusterSpec, ConnectError, ControllerArgs, NetworkSpec};
+pub use controller::{
+    Controller, ControllerConfig, ControllerHandle, MemberCluster, ReadyError, ServeError,
+    StartError, run, serve,
+};
 pub use dataplane::{DataPlane, StaticDataPlane};
-pub use distributed::DistributedDataPlane;
 pub use distributed::addresses::{AddressPools, AddressRange};
-pub use drill::{DrillActuator, DrillMode, DrillTarget};
+pub use distributed::{DataPlaneError, DistributedDataPlane};
+pub use drill::{ActuatorError, ActuatorFuture, DrillActuator, DrillMode, DrillTarget};
 pub use writer::{FIELD_MANAGER, for_status_writes};
 
 pub use status::{StatusKind, StatusUpdate};

@@ -123,136 +123,242 @@ fn histogram(
     Ok(h)
 }
 
+/// Watches and initial sync.
+struct WatchFamily {
+    watch_events: IntCounterVec,
+    watch_errors: IntCounterVec,
+    decode_errors: IntCounterVec,
+    kind_watched: IntGaugeVec,
+    cluster_synced: IntGaugeVec,
+}
+
+fn watch_family(r: &Registry) -> prometheus::Result<WatchFamily> {
+    let by_kind = &["cluster", "kind"];
+    Ok(WatchFamily {
+        watch_events: counter(
+            r,
+            "meridian_controller_watch_events_total",
+            "Watch events applied to the index",
+            by_kind,
+        )?,
+        watch_errors: counter(
+            r,
+            "meridian_controller_watch_errors_total",
+            "Watch stream errors",
+            by_kind,
+        )?,
+        decode_errors: counter(
+            r,
+            "meridian_controller_decode_errors_total",
+            "Objects that failed to decode",
+            by_kind,
+        )?,
+        kind_watched: gauge(
+            r,
+            "meridian_controller_kind_watched",
+            "1 while a kind is watched in a cluster",
+            by_kind,
+        )?,
+        cluster_synced: gauge(
+            r,
+            "meridian_controller_cluster_synced",
+            "1 once a cluster finished its initial sync",
+            &["cluster"],
+        )?,
+    })
+}
+
+/// Member-cluster health (the cluster-level circuit breaker).
+struct MemberFamily {
+    cluster_reachable: IntGaugeVec,
+    member_reachable: IntGaugeVec,
+    member_seconds_since_contact: GaugeVec,
+    member_stale_endpoints: IntGaugeVec,
+}
+
+fn member_family(r: &Registry) -> prometheus::Result<MemberFamily> {
+    let since_contact = GaugeVec::new(
+        Opts::new(
+            "meridian_member_cluster_seconds_since_contact",
+            "Seconds since the last successful API probe of a member cluster",
+        ),
+        &["cluster"],
+    )?;
+    r.register(Box::new(since_contact.clone()))?;
+    Ok(MemberFamily {
+        cluster_reachable: gauge(
+            r,
+            "meridian_controller_cluster_reachable",
+            "1 while the last API probe of a cluster succeeded",
+            &["cluster"],
+        )?,
+        member_reachable: gauge(
+            r,
+            "meridian_member_cluster_reachable",
+            "1 while the last API probe of a member cluster succeeded",
+            &["cluster"],
+        )?,
+        member_seconds_since_contact: since_contact,
+        member_stale_endpoints: gauge(
+            r,
+            "meridian_member_cluster_stale_endpoints",
+            "Endpoints served from the last-known state of an unreachable member cluster",
+            &["cluster"],
+        )?,
+    })
+}
+
+/// Status writes.
+struct StatusFamily {
+    status_writes: IntCounterVec,
+    status_write_seconds: HistogramVec,
+    status_pending: IntGaugeVec,
+    status_skipped: IntCounterVec,
+}
+
+fn status_family(r: &Registry) -> prometheus::Result<StatusFamily> {
+    Ok(StatusFamily {
+        status_writes: counter(
+            r,
+            "meridian_controller_status_writes_total",
+            "Status writes by result",
+            &["cluster", "kind", "result"],
+        )?,
+        status_write_seconds: histogram(
+            r,
+            "meridian_controller_status_write_seconds",
+            "Status write latency",
+            &["cluster", "kind"],
+        )?,
+        status_pending: gauge(
+            r,
+            "meridian_controller_status_pending",
+            "Status updates waiting to be written",
+            &["cluster"],
+        )?,
+        status_skipped: counter(
+            r,
+            "meridian_controller_status_skipped_total",
+            "Status updates already written or queued",
+            &["cluster"],
+        )?,
+    })
+}
+
+/// Translation passes and what they publish.
+struct PassFamily {
+    translations: IntCounterVec,
+    translate_seconds: HistogramVec,
+    snapshots_published: IntCounterVec,
+    east_west_missing: IntGaugeVec,
+}
+
+fn pass_family(r: &Registry) -> prometheus::Result<PassFamily> {
+    Ok(PassFamily {
+        translations: counter(
+            r,
+            "meridian_controller_translations_total",
+            "Translation passes",
+            &["mode"],
+        )?,
+        translate_seconds: histogram(
+            r,
+            "meridian_controller_translate_seconds",
+            "Translation time",
+            &["mode"],
+        )?,
+        snapshots_published: counter(
+            r,
+            "meridian_controller_snapshots_published_total",
+            "Snapshots handed to the data plane",
+            &["cluster"],
+        )?,
+        east_west_missing: gauge(
+            r,
+            "meridian_east_west_missing_backends",
+            "Backends lacking the endpoints of another network's cluster that has no \
+             east-west listener",
+            &["cluster"],
+        )?,
+    })
+}
+
+/// FailoverDrills and their drains.
+struct DrillFamily {
+    drills: IntGaugeVec,
+    drains: prometheus::IntGauge,
+}
+
+fn drill_family(r: &Registry) -> prometheus::Result<DrillFamily> {
+    let drains = prometheus::IntGauge::new(
+        "meridian_controller_drains",
+        "Drains currently in every snapshot (FailoverDrill mode drain)",
+    )?;
+    r.register(Box::new(drains.clone()))?;
+    Ok(DrillFamily {
+        drills: gauge(
+            r,
+            "meridian_controller_drills",
+            "FailoverDrills by phase",
+            &["phase"],
+        )?,
+        drains,
+    })
+}
+
 impl Metrics {
-    /// Registers every metric in a fresh registry.
+    /// Registers every metric in a fresh registry, family by family.
     pub fn new() -> prometheus::Result<Self> {
         let r = Registry::new();
+        let WatchFamily {
+            watch_events,
+            watch_errors,
+            decode_errors,
+            kind_watched,
+            cluster_synced,
+        } = watch_family(&r)?;
+        let MemberFamily {
+            cluster_reachable,
+            member_reachable,
+            member_seconds_since_contact,
+            member_stale_endpoints,
+        } = member_family(&r)?;
+        let StatusFamily {
+            status_writes,
+            status_write_seconds,
+            status_pending,
+            status_skipped,
+        } = status_family(&r)?;
+        let PassFamily {
+            translations,
+            translate_seconds,
+            snapshots_published,
+            east_west_missing,
+        } = pass_family(&r)?;
+        let DrillFamily { drills, drains } = drill_family(&r)?;
         Ok(Self {
-            watch_events: counter(
-                &r,
-                "meridian_controller_watch_events_total",
-                "Watch events applied to the index",
-                &["cluster", "kind"],
-            )?,
-            watch_errors: counter(
-                &r,
-                "meridian_controller_watch_errors_total",
-                "Watch stream errors",
-                &["cluster", "kind"],
-            )?,
-            decode_errors: counter(
-                &r,
-                "meridian_controller_decode_errors_total",
-                "Objects that failed to decode",
-                &["cluster", "kind"],
-            )?,
-            kind_watched: gauge(
-                &r,
-                "meridian_controller_kind_watched",
-                "1 while a kind is watched in a cluster",
-                &["cluster", "kind"],
-            )?,
-            cluster_synced: gauge(
-                &r,
-                "meridian_controller_cluster_synced",
-                "1 once a cluster finished its initial sync",
-                &["cluster"],
-            )?,
-            cluster_reachable: gauge(
-                &r,
-                "meridian_controller_cluster_reachable",
-                "1 while the last API probe of a cluster succeeded",
-                &["cluster"],
-            )?,
-            member_reachable: gauge(
-                &r,
-                "meridian_member_cluster_reachable",
-                "1 while the last API probe of a member cluster succeeded",
-                &["cluster"],
-            )?,
-            member_seconds_since_contact: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "meridian_member_cluster_seconds_since_contact",
-                        "Seconds since the last successful API probe of a member cluster",
-                    ),
-                    &["cluster"],
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            member_stale_endpoints: gauge(
-                &r,
-                "meridian_member_cluster_stale_endpoints",
-                "Endpoints served from the last-known state of an unreachable member cluster",
-                &["cluster"],
-            )?,
+            registry: r,
+            watch_events,
+            watch_errors,
+            decode_errors,
+            kind_watched,
+            cluster_synced,
+            cluster_reachable,
+            member_reachable,
+            member_seconds_since_contact,
+            member_stale_endpoints,
             contacts: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
-            status_writes: counter(
-                &r,
-                "meridian_controller_status_writes_total",
-                "Status writes by result",
-                &["cluster", "kind", "result"],
-            )?,
-            status_write_seconds: histogram(
-                &r,
-                "meridian_controller_status_write_seconds",
-                "Status write latency",
-                &["cluster", "kind"],
-            )?,
-            status_pending: gauge(
-                &r,
-                "meridian_controller_status_pending",
-                "Status updates waiting to be written",
-                &["cluster"],
-            )?,
-            status_skipped: counter(
-                &r,
-                "meridian_controller_status_skipped_total",
-                "Status updates already written or queued",
-                &["cluster"],
-            )?,
-            translations: counter(
-                &r,
-                "meridian_controller_translations_total",
-                "Translation passes",
-                &["mode"],
-            )?,
-            translate_seconds: histogram(
-                &r,
-                "meridian_controller_translate_seconds",
-                "Translation time",
-                &["mode"],
-            )?,
-            snapshots_published: counter(
-                &r,
-                "meridian_controller_snapshots_published_total",
-                "Snapshots handed to the data plane",
-                &["cluster"],
-            )?,
-            drills: gauge(
-                &r,
-                "meridian_controller_drills",
-                "FailoverDrills by phase",
-                &["phase"],
-            )?,
-            drains: {
-                let g = prometheus::IntGauge::new(
-                    "meridian_controller_drains",
-                    "Drains currently in every snapshot (FailoverDrill mode drain)",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            east_west_missing: gauge(
-                &r,
-                "meridian_east_west_missing_backends",
-                "Backends lacking the endpoints of another network's cluster that has no \
-                 east-west listener",
-                &["cluster"],
-            )?,
-            registry: r,
+            status_writes,
+            status_write_seconds,
+            status_pending,
+            status_skipped,
+            translations,
+            translate_seconds,
+            snapshots_published,
+            drills,
+            drains,
+            east_west_missing,
         })
     }
 
@@ -423,9 +529,6 @@ fn admin_response(path: &str, metrics: &Metrics, readiness: &Readiness) -> Respo
 }
 
 /// Binds the admin listener (fails fast on a bad or busy address).
-pub(crate) async fn bind_admin(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    use anyhow::Context as _;
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin listener on {addr}"))
+pub(crate) async fn bind_admin(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
 }

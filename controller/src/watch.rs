@@ -205,134 +205,204 @@ async fn probe(client: &kube::Client) -> Result<BTreeSet<Kind>, kube::Error> {
 }
 
 /// Runs a cluster's supervisor until `shutdown` turns true, then stops its watchers.
+///
+/// ```text
+/// every probe_interval (unreachable: unreachable_probe_interval):
+///   probe ─ ok ─► back from unreachable? Reachability(None) ─► first time: Watching(kinds)
+///         │       ─► one watcher per served kind (started when its CRD appears, stopped and
+///         │          forgotten when it goes)
+///         └ failed/timed out ─► first failure: Reachability(since, grace end) ─► after the
+///                              endpoint grace: EndpointSlice watcher stopped, slices forgotten
+/// ```
 pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>) {
-    let mut running: BTreeMap<Kind, AbortOnDrop> = BTreeMap::new();
-    let mut announced = false;
-    let mut reported_missing: BTreeSet<Kind> = BTreeSet::new();
-    let mut unreachable_since: Option<Instant> = None;
-    let mut last_contact: Option<Timestamp> = None;
-    let mut withdrawn = false;
-    let name = ctx.name.clone();
-    ctx.metrics.member_registered(&name);
+    ctx.metrics.member_registered(&ctx.name);
+    let mut sup = Supervisor {
+        ctx,
+        running: BTreeMap::new(),
+        announced: false,
+        reported_missing: BTreeSet::new(),
+        unreachable_since: None,
+        last_contact: None,
+        withdrawn: false,
+    };
     loop {
-        match tokio::time::timeout(ctx.probe_timeout, probe(&ctx.client)).await {
-            Ok(Ok(available)) => {
-                ctx.metrics.member_contact(&name);
-                last_contact = Some(Timestamp::now());
-                if unreachable_since.take().is_some() {
-                    tracing::info!(cluster = %name, "cluster API reachable again");
-                    let msg = Msg::Reachability {
-                        cluster: ctx.cluster,
-                        unreachable: None,
-                    };
-                    if ctx.tx.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-                if withdrawn {
-                    tracing::info!(cluster = %name, "re-listing EndpointSlices withdrawn while unreachable");
-                    withdrawn = false;
-                }
-                if !announced {
-                    announced = true;
-                    let msg = Msg::Watching {
-                        cluster: ctx.cluster,
-                        kinds: available.clone(),
-                    };
-                    if ctx.tx.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-                for kind in ALL_KINDS {
-                    let label = kind_label(kind);
-                    let present = available.contains(&kind);
-                    if present && !running.contains_key(&kind) {
-                        if reported_missing.remove(&kind) {
-                            tracing::info!(cluster = %name, kind = label, "CRD now served: watching");
-                        }
-                        running.insert(kind, AbortOnDrop(spawn_watcher(kind, ctx.clone())));
-                        ctx.metrics
-                            .kind_watched
-                            .with_label_values(&[&name, label])
-                            .set(1);
-                    } else if !present {
-                        if reported_missing.insert(kind) {
-                            tracing::warn!(
-                                cluster = %name,
-                                kind = label,
-                                "CRD not installed in this cluster: kind skipped (re-probed every {:?})",
-                                ctx.probe_interval
-                            );
-                        }
-                        if let Some(task) = running.remove(&kind) {
-                            drop(task);
-                            ctx.metrics
-                                .kind_watched
-                                .with_label_values(&[&name, label])
-                                .set(0);
-                            if !forget_kind(&ctx, kind).await {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            failed => {
-                ctx.metrics.member_lost(&name);
-                if unreachable_since.is_none() {
-                    match &failed {
-                        Ok(Err(e)) => {
-                            tracing::warn!(cluster = %name, error = %e, "cluster API unreachable; serving last-known state")
-                        }
-                        _ => {
-                            tracing::warn!(cluster = %name, "cluster API probe timed out; serving last-known state")
-                        }
-                    }
-                    unreachable_since = Some(Instant::now());
-                    let since = Timestamp::now();
-                    let grace =
-                        SignedDuration::try_from(ctx.endpoint_grace).unwrap_or(SignedDuration::MAX);
-                    let msg = Msg::Reachability {
-                        cluster: ctx.cluster,
-                        unreachable: Some(UnreachableCluster {
-                            since,
-                            last_contact,
-                            grace_ends: since.saturating_add(grace).unwrap_or(Timestamp::MAX),
-                        }),
-                    };
-                    if ctx.tx.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-                let since = *unreachable_since.get_or_insert_with(Instant::now);
-                if !withdrawn && since.elapsed() >= ctx.endpoint_grace {
-                    withdrawn = true;
-                    // Dropping the handle stops the watcher.
-                    running.remove(&Kind::EndpointSlice);
-                    tracing::warn!(
-                        cluster = %name,
-                        grace = ?ctx.endpoint_grace,
-                        "cluster API unreachable beyond the endpoint grace period: withdrawing its endpoints"
-                    );
-                    if !forget_kind(&ctx, Kind::EndpointSlice).await {
-                        break;
-                    }
-                }
-            }
-        }
-        // An unreachable cluster is probed more often: the moment it answers again its
-        // pending status writes are retried and its status recomputed.
-        let pause = if unreachable_since.is_some() {
-            ctx.probe_interval.min(ctx.unreachable_probe_interval)
-        } else {
-            ctx.probe_interval
+        let probed = tokio::time::timeout(sup.ctx.probe_timeout, probe(&sup.ctx.client)).await;
+        let went_on = match probed {
+            Ok(Ok(available)) => sup.reachable(&available).await,
+            Ok(Err(e)) => sup.unreachable(Some(&e)).await,
+            Err(_) => sup.unreachable(None).await,
         };
+        if went_on.is_err() {
+            break;
+        }
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(sup.pause()) => {}
             _ = crate::stopped(&mut shutdown) => break,
         }
     }
-    // `running` drops here, stopping every watcher — also when this task itself is aborted.
+    // `sup.running` drops here, stopping every watcher — also when this task itself is aborted.
+}
+
+/// The reconcile loop is gone: the supervisor stops.
+struct LoopGone;
+
+/// One cluster's supervisor state between probes.
+struct Supervisor {
+    ctx: WatchCtx,
+    /// A watcher per watched kind.
+    running: BTreeMap<Kind, AbortOnDrop>,
+    /// `Msg::Watching` was sent (after the first successful probe).
+    announced: bool,
+    /// Kinds whose missing CRD was logged (logged once, until it appears).
+    reported_missing: BTreeSet<Kind>,
+    /// First failed probe of the current outage.
+    unreachable_since: Option<Instant>,
+    last_contact: Option<Timestamp>,
+    /// The EndpointSlices were withdrawn in this outage (the endpoint grace ran out).
+    withdrawn: bool,
+}
+
+impl Supervisor {
+    async fn send(&self, msg: Msg) -> Result<(), LoopGone> {
+        self.ctx.tx.send(msg).await.map_err(|_| LoopGone)
+    }
+
+    /// A successful probe: report the cluster back, announce its kinds once, and keep one
+    /// watcher per served kind.
+    async fn reachable(&mut self, available: &BTreeSet<Kind>) -> Result<(), LoopGone> {
+        let name = self.ctx.name.clone();
+        self.ctx.metrics.member_contact(&name);
+        self.last_contact = Some(Timestamp::now());
+        if self.unreachable_since.take().is_some() {
+            tracing::info!(cluster = %name, "cluster API reachable again");
+            self.send(Msg::Reachability {
+                cluster: self.ctx.cluster,
+                unreachable: None,
+            })
+            .await?;
+        }
+        if self.withdrawn {
+            tracing::info!(cluster = %name, "re-listing EndpointSlices withdrawn while unreachable");
+            self.withdrawn = false;
+        }
+        if !self.announced {
+            self.announced = true;
+            self.send(Msg::Watching {
+                cluster: self.ctx.cluster,
+                kinds: available.clone(),
+            })
+            .await?;
+        }
+        for kind in ALL_KINDS {
+            if available.contains(&kind) {
+                self.watch(kind);
+            } else {
+                self.skip(kind).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the watcher of a served kind, unless it runs.
+    fn watch(&mut self, kind: Kind) {
+        if self.running.contains_key(&kind) {
+            return;
+        }
+        let (name, label) = (&self.ctx.name, kind_label(kind));
+        if self.reported_missing.remove(&kind) {
+            tracing::info!(cluster = %name, kind = label, "CRD now served: watching");
+        }
+        self.running
+            .insert(kind, AbortOnDrop(spawn_watcher(kind, self.ctx.clone())));
+        self.ctx
+            .metrics
+            .kind_watched
+            .with_label_values(&[name, label])
+            .set(1);
+    }
+
+    /// A kind whose CRD is not served: logged once; a watcher of it is stopped and its objects
+    /// forgotten.
+    async fn skip(&mut self, kind: Kind) -> Result<(), LoopGone> {
+        let (name, label) = (&self.ctx.name, kind_label(kind));
+        if self.reported_missing.insert(kind) {
+            tracing::warn!(
+                cluster = %name,
+                kind = label,
+                "CRD not installed in this cluster: kind skipped (re-probed every {:?})",
+                self.ctx.probe_interval
+            );
+        }
+        if let Some(task) = self.running.remove(&kind) {
+            drop(task);
+            self.ctx
+                .metrics
+                .kind_watched
+                .with_label_values(&[name, label])
+                .set(0);
+            if !forget_kind(&self.ctx, kind).await {
+                return Err(LoopGone);
+            }
+        }
+        Ok(())
+    }
+
+    /// A failed probe (`None`: it timed out): the first one reports the outage; once the
+    /// endpoint grace has passed, the cluster's EndpointSlices are withdrawn.
+    async fn unreachable(&mut self, error: Option<&kube::Error>) -> Result<(), LoopGone> {
+        let name = self.ctx.name.clone();
+        self.ctx.metrics.member_lost(&name);
+        if self.unreachable_since.is_none() {
+            match error {
+                Some(e) => {
+                    tracing::warn!(cluster = %name, error = %e, "cluster API unreachable; serving last-known state")
+                }
+                None => {
+                    tracing::warn!(cluster = %name, "cluster API probe timed out; serving last-known state")
+                }
+            }
+            self.unreachable_since = Some(Instant::now());
+            let since = Timestamp::now();
+            let grace =
+                SignedDuration::try_from(self.ctx.endpoint_grace).unwrap_or(SignedDuration::MAX);
+            self.send(Msg::Reachability {
+                cluster: self.ctx.cluster,
+                unreachable: Some(UnreachableCluster {
+                    since,
+                    last_contact: self.last_contact,
+                    grace_ends: since.saturating_add(grace).unwrap_or(Timestamp::MAX),
+                }),
+            })
+            .await?;
+        }
+        let since = *self.unreachable_since.get_or_insert_with(Instant::now);
+        if !self.withdrawn && since.elapsed() >= self.ctx.endpoint_grace {
+            self.withdrawn = true;
+            // Dropping the handle stops the watcher.
+            self.running.remove(&Kind::EndpointSlice);
+            tracing::warn!(
+                cluster = %name,
+                grace = ?self.ctx.endpoint_grace,
+                "cluster API unreachable beyond the endpoint grace period: withdrawing its endpoints"
+            );
+            if !forget_kind(&self.ctx, Kind::EndpointSlice).await {
+                return Err(LoopGone);
+            }
+        }
+        Ok(())
+    }
+
+    /// An unreachable cluster is probed more often: the moment it answers again its pending
+    /// status writes are retried and its status recomputed.
+    fn pause(&self) -> Duration {
+        if self.unreachable_since.is_some() {
+            self.ctx
+                .probe_interval
+                .min(self.ctx.unreachable_probe_interval)
+        } else {
+            self.ctx.probe_interval
+        }
+    }
 }
 
 /// A task handle that stops the task when dropped.
@@ -483,68 +553,13 @@ where
         .metrics
         .watch_events
         .with_label_values(&[&ctx.name, label]);
-    let errors = ctx
-        .metrics
-        .watch_errors
-        .with_label_values(&[&ctx.name, label]);
-    let decode_errors = ctx
-        .metrics
-        .decode_errors
-        .with_label_values(&[&ctx.name, label]);
     let api: Api<DeserializeGuard<K>> = Api::all(ctx.client.clone());
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
-    let mut buffer: Vec<K> = Vec::new();
-    let decode = |obj: DeserializeGuard<K>| -> Result<K, Option<ObjectKey>> {
-        obj.0.map_err(|invalid| {
-            decode_errors.inc();
-            let key = key_of(&invalid.metadata);
-            tracing::warn!(
-                cluster = %ctx.name,
-                kind = label,
-                object = %key.as_ref().map(ToString::to_string).unwrap_or_default(),
-                error = %invalid.error,
-                "object does not decode; left out of the index"
-            );
-            key
-        })
-    };
+    let mut mapper = EventMapper::<K>::new(&ctx);
     while let Some(event) = stream.next().await {
-        let (mutation, list_done) = match event {
-            Ok(Event::Init) => {
-                buffer.clear();
-                continue;
-            }
-            Ok(Event::InitApply(obj)) => {
-                if let Ok(obj) = decode(obj) {
-                    buffer.push(obj);
-                }
-                continue;
-            }
-            Ok(Event::InitDone) => {
-                let objs = std::mem::take(&mut buffer);
-                let n = objs.len();
-                tracing::debug!(cluster = %ctx.name, kind = label, objects = n, "listed");
-                let reset: Mutation = Box::new(move |state: &mut ClusterState| {
-                    state.reset(objs);
-                    Touch::Full
-                });
-                (reset, true)
-            }
-            Ok(Event::Apply(obj)) => match decode(obj) {
-                Ok(obj) => (apply_mutation(obj), false),
-                Err(Some(key)) => (delete_mutation::<K>(key), false),
-                Err(None) => continue,
-            },
-            Ok(Event::Delete(obj)) => match key_of(obj.meta()) {
-                Some(key) => (delete_mutation::<K>(key), false),
-                None => continue,
-            },
-            Err(e) => {
-                errors.inc();
-                tracing::warn!(cluster = %ctx.name, kind = label, error = %e, "watch failed; backing off");
-                continue;
-            }
+        let Some((mutation, list_done)) = mapper.map(event) else {
+            continue;
         };
         events.inc();
         let msg = Msg::Change {
@@ -556,5 +571,94 @@ where
         if ctx.tx.send(msg).await.is_err() {
             return;
         }
+    }
+}
+
+/// Turns a kind's watch events into index mutations: the objects of a (re-)list are collected
+/// and replace the kind's objects at once; objects that do not decode are counted, logged and
+/// left out (an update that stops decoding removes the object).
+struct EventMapper<'a, K> {
+    ctx: &'a WatchCtx,
+    label: &'static str,
+    /// Objects of the list in progress.
+    buffer: Vec<K>,
+    errors: prometheus::IntCounter,
+    decode_errors: prometheus::IntCounter,
+}
+
+impl<'a, K> EventMapper<'a, K>
+where
+    K: Indexed + Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+{
+    fn new(ctx: &'a WatchCtx) -> Self {
+        let label = kind_label(K::KIND);
+        let m = &ctx.metrics;
+        Self {
+            ctx,
+            label,
+            buffer: Vec::new(),
+            errors: m.watch_errors.with_label_values(&[&ctx.name, label]),
+            decode_errors: m.decode_errors.with_label_values(&[&ctx.name, label]),
+        }
+    }
+
+    /// The mutation an event brings and whether it completes a list; `None` for events that
+    /// change nothing yet (list in progress, undecodable, watch errors).
+    fn map(
+        &mut self,
+        event: Result<Event<DeserializeGuard<K>>, watcher::Error>,
+    ) -> Option<(Mutation, bool)> {
+        let (name, label) = (&self.ctx.name, self.label);
+        match event {
+            Ok(Event::Init) => {
+                self.buffer.clear();
+                None
+            }
+            Ok(Event::InitApply(obj)) => {
+                if let Ok(obj) = self.decode(obj) {
+                    self.buffer.push(obj);
+                }
+                None
+            }
+            Ok(Event::InitDone) => {
+                let objs = std::mem::take(&mut self.buffer);
+                let n = objs.len();
+                tracing::debug!(cluster = %name, kind = label, objects = n, "listed");
+                let reset: Mutation = Box::new(move |state: &mut ClusterState| {
+                    state.reset(objs);
+                    Touch::Full
+                });
+                Some((reset, true))
+            }
+            Ok(Event::Apply(obj)) => match self.decode(obj) {
+                Ok(obj) => Some((apply_mutation(obj), false)),
+                Err(Some(key)) => Some((delete_mutation::<K>(key), false)),
+                Err(None) => None,
+            },
+            Ok(Event::Delete(obj)) => {
+                key_of(obj.meta()).map(|key| (delete_mutation::<K>(key), false))
+            }
+            Err(e) => {
+                self.errors.inc();
+                tracing::warn!(cluster = %name, kind = label, error = %e, "watch failed; backing off");
+                None
+            }
+        }
+    }
+
+    /// The object, or (it does not decode) its key if it has one.
+    fn decode(&self, obj: DeserializeGuard<K>) -> Result<K, Option<ObjectKey>> {
+        obj.0.map_err(|invalid| {
+            self.decode_errors.inc();
+            let key = key_of(&invalid.metadata);
+            tracing::warn!(
+                cluster = %self.ctx.name,
+                kind = self.label,
+                object = %key.as_ref().map(ToString::to_string).unwrap_or_default(),
+                error = %invalid.error,
+                "object does not decode; left out of the index"
+            );
+            key
+        })
     }
 }

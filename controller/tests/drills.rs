@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,8 +24,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use meridian_controller::{
-    ClusterGatewayRef, Controller, DrillActuator, DrillMode, DrillTarget, MemberCluster,
-    StaticDataPlane,
+    ActuatorFuture, ClusterGatewayRef, Controller, DrillActuator, DrillMode, DrillTarget,
+    MemberCluster, StaticDataPlane,
 };
 use meridian_crds::mcs::ServiceExport;
 use meridian_crds::meridian::{DrillPhase, FailoverDrill, FailoverDrillStatus};
@@ -590,28 +588,20 @@ impl FakeActuator {
 }
 
 impl DrillActuator for FakeActuator {
-    fn fail(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+    fn fail(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_> {
         let call = format!("fail {mode} {target}");
         Box::pin(async move {
             self.calls.lock().unwrap().push(call);
             match mode {
                 DrillMode::Blackhole => {
-                    Err("blackhole needs nft: apt-get install -y nftables".to_string())
+                    Err("blackhole needs nft: apt-get install -y nftables".into())
                 }
                 _ => Ok("stopped 1 echo backend".to_string()),
             }
         })
     }
 
-    fn restore(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+    fn restore(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_> {
         let call = format!("restore {mode} {target}");
         Box::pin(async move {
             self.calls.lock().unwrap().push(call);

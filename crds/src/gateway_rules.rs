@@ -168,10 +168,40 @@ fn secret_ref(e: &mut SchemaEditor<'_>, path: &str) {
     .at(&format!("{path}.namespace"), &namespace());
 }
 
+/// Gateway: class name, listeners, ListenerSets, addresses, infrastructure and status.
 fn gateway(e: &mut SchemaEditor<'_>) {
     e.at("spec.gatewayClassName", &name());
+    gateway_listener_list(e);
+    gateway_listener("spec.listeners[]", e);
 
-    // Listeners, as a list: bounds and the cross-listener rules.
+    // Which ListenerSets may attach: none unless the Gateway says so.
+    e.at(
+        "spec.allowedListeners.namespaces",
+        &[Default(json!({"from": "None"}))],
+    )
+    .at(
+        "spec.allowedListeners.namespaces.from",
+        &[Default(json!("None"))],
+    );
+
+    gateway_addresses(e);
+    e.at("spec.infrastructure.labels", &[MaxProperties(8)])
+        .at("spec.infrastructure.annotations", &[MaxProperties(8)]);
+    local_or_namespaced_ref(e, "spec.infrastructure.parametersRef", false);
+
+    e.at("status.addresses", &[MaxItems(16)])
+        .at("status.listeners", &[MaxItems(64)])
+        .at("status.listeners[].name", &section_name())
+        .at("status.listeners[].attachedRoutes", &[Minimum(0)])
+        .at("status.listeners[].supportedKinds", &[MaxItems(8)])
+        .at("status.listeners[].supportedKinds[].group", &group())
+        .at("status.listeners[].supportedKinds[].kind", &kind());
+    conditions(e, "status.conditions", None);
+    conditions(e, "status.listeners[].conditions", None);
+}
+
+/// Listeners, as a list: bounds and the cross-listener rules.
+fn gateway_listener_list(e: &mut SchemaEditor<'_>) {
     e.at(
         "spec.listeners",
         &[
@@ -203,7 +233,10 @@ fn gateway(e: &mut SchemaEditor<'_>) {
             ),
         ],
     );
-    let l = "spec.listeners[]";
+}
+
+/// One listener `l`: its fields, TLS, allowed routes and certificate references.
+fn gateway_listener(l: &str, e: &mut SchemaEditor<'_>) {
     e.at(&format!("{l}.name"), &section_name())
         .at(&format!("{l}.hostname"), &hostname())
         .at(&format!("{l}.port"), &port())
@@ -233,17 +266,10 @@ fn gateway(e: &mut SchemaEditor<'_>) {
         )
         .at(&format!("{l}.allowedRoutes.kinds[].kind"), &kind());
     secret_ref(e, &format!("{l}.tls.certificateRefs[]"));
+}
 
-    // Which ListenerSets may attach: none unless the Gateway says so.
-    e.at(
-        "spec.allowedListeners.namespaces",
-        &[Default(json!({"from": "None"}))],
-    )
-    .at(
-        "spec.allowedListeners.namespaces.from",
-        &[Default(json!("None"))],
-    );
-
+/// `spec.addresses`: unique values, IP addresses or DNS names by type.
+fn gateway_addresses(e: &mut SchemaEditor<'_>) {
     e.at(
         "spec.addresses",
         &[
@@ -284,20 +310,6 @@ fn gateway(e: &mut SchemaEditor<'_>) {
         ],
     )
     .at("spec.addresses[].value", &[MaxLength(253)]);
-
-    e.at("spec.infrastructure.labels", &[MaxProperties(8)])
-        .at("spec.infrastructure.annotations", &[MaxProperties(8)]);
-    local_or_namespaced_ref(e, "spec.infrastructure.parametersRef", false);
-
-    e.at("status.addresses", &[MaxItems(16)])
-        .at("status.listeners", &[MaxItems(64)])
-        .at("status.listeners[].name", &section_name())
-        .at("status.listeners[].attachedRoutes", &[Minimum(0)])
-        .at("status.listeners[].supportedKinds", &[MaxItems(8)])
-        .at("status.listeners[].supportedKinds[].group", &group())
-        .at("status.listeners[].supportedKinds[].kind", &kind());
-    conditions(e, "status.conditions", None);
-    conditions(e, "status.listeners[].conditions", None);
 }
 
 /// ParentReference (route -> Gateway): group and kind default to the Gateway.
@@ -460,29 +472,7 @@ fn filters(e: &mut SchemaEditor<'_>, path: &str, backend: bool) {
     e.at(&item, &item_rules);
     header_modifier(e, &format!("{item}.requestHeaderModifier"));
     header_modifier(e, &format!("{item}.responseHeaderModifier"));
-
-    let mirror = format!("{item}.requestMirror");
-    e.at(
-        &mirror,
-        &[rule(
-            "!(has(self.percent) && has(self.fraction))",
-            "only one of percent and fraction may be set",
-        )],
-    )
-    .at(&format!("{mirror}.percent"), &[Minimum(0), Maximum(100)])
-    .at(
-        &format!("{mirror}.fraction"),
-        &[rule(
-            "self.numerator <= self.denominator",
-            "numerator may not be larger than denominator",
-        )],
-    )
-    .at(&format!("{mirror}.fraction.numerator"), &[Minimum(0)])
-    .at(
-        &format!("{mirror}.fraction.denominator"),
-        &[Default(json!(100)), Minimum(1)],
-    );
-    backend_object_ref(e, &format!("{mirror}.backendRef"));
+    request_mirror(e, &format!("{item}.requestMirror"));
 
     let redirect = format!("{item}.requestRedirect");
     e.at(&format!("{redirect}.hostname"), &precise_hostname())
@@ -502,7 +492,36 @@ fn filters(e: &mut SchemaEditor<'_>, path: &str, backend: bool) {
         .at(&format!("{ext}.kind"), &kind())
         .at(&format!("{ext}.name"), &name());
 
-    let cors = format!("{item}.cors");
+    cors(e, &format!("{item}.cors"));
+}
+
+/// A RequestMirror filter: percent or fraction, and its backend.
+fn request_mirror(e: &mut SchemaEditor<'_>, mirror: &str) {
+    e.at(
+        mirror,
+        &[rule(
+            "!(has(self.percent) && has(self.fraction))",
+            "only one of percent and fraction may be set",
+        )],
+    )
+    .at(&format!("{mirror}.percent"), &[Minimum(0), Maximum(100)])
+    .at(
+        &format!("{mirror}.fraction"),
+        &[rule(
+            "self.numerator <= self.denominator",
+            "numerator may not be larger than denominator",
+        )],
+    )
+    .at(&format!("{mirror}.fraction.numerator"), &[Minimum(0)])
+    .at(
+        &format!("{mirror}.fraction.denominator"),
+        &[Default(json!(100)), Minimum(1)],
+    );
+    backend_object_ref(e, &format!("{mirror}.backendRef"));
+}
+
+/// A CORS filter: list bounds, set semantics, methods and header names.
+fn cors(e: &mut SchemaEditor<'_>, cors: &str) {
     e.at(&format!("{cors}.allowOrigins"), &[MaxItems(64), ListSet])
         .at(
             &format!("{cors}.allowOrigins[]"),
@@ -524,7 +543,43 @@ fn replaces_prefix(list: &str) -> String {
     )
 }
 
+/// HTTPRoute: parents, hostnames, rules (matches, filters, backends, timeouts) and status.
 fn http_route(e: &mut SchemaEditor<'_>) {
+    http_route_parents(e);
+    e.at("spec.hostnames", &[MaxItems(16)])
+        .at("spec.hostnames[]", &hostname());
+    http_route_rule_list(e);
+    let r = "spec.rules[]";
+    http_route_rule(e, r);
+    http_route_match(e, &format!("{r}.matches[]"));
+    filters(e, &format!("{r}.filters"), false);
+    e.at(&format!("{r}.backendRefs"), &[MaxItems(16)]).at(
+        &format!("{r}.backendRefs[].weight"),
+        &[Default(json!(1)), Minimum(0), Maximum(1_000_000)],
+    );
+    backend_object_ref(e, &format!("{r}.backendRefs[]"));
+    filters(e, &format!("{r}.backendRefs[].filters"), true);
+
+    e.at(
+        &format!("{r}.timeouts"),
+        &[rule(
+            "!(has(self.request) && has(self.backendRequest) && duration(self.request) != duration('0s') && duration(self.backendRequest) > duration(self.request))",
+            "the backendRequest timeout may not be longer than the request timeout",
+        )],
+    )
+    .at(&format!("{r}.timeouts.request"), &[Pattern(DURATION)])
+    .at(&format!("{r}.timeouts.backendRequest"), &[Pattern(DURATION)]);
+
+    e.at("status.parents", &[MaxItems(32)]).at(
+        "status.parents[].controllerName",
+        &[MinLength(1), MaxLength(253), Pattern(CONTROLLER_NAME)],
+    );
+    parent_ref(e, "status.parents[].parentRef");
+    conditions(e, "status.parents[].conditions", Some(1));
+}
+
+/// `spec.parentRefs`: bounds, sections when several name one parent, and each ref.
+fn http_route_parents(e: &mut SchemaEditor<'_>) {
     let same_parent = "a.group == b.group && a.kind == b.kind && a.name == b.name && (has(a.__namespace__) ? a.__namespace__ : '') == (has(b.__namespace__) ? b.__namespace__ : '')";
     e.at(
         "spec.parentRefs",
@@ -545,9 +600,10 @@ fn http_route(e: &mut SchemaEditor<'_>) {
         ],
     );
     parent_ref(e, "spec.parentRefs[]");
-    e.at("spec.hostnames", &[MaxItems(16)])
-        .at("spec.hostnames[]", &hostname());
+}
 
+/// `spec.rules`: bounds, the default catch-all rule, the total of matches and unique names.
+fn http_route_rule_list(e: &mut SchemaEditor<'_>) {
     // At most 128 matches over all rules: written out per index, CEL has no sum.
     let total = (0..16)
         .map(|i| {
@@ -570,7 +626,11 @@ fn http_route(e: &mut SchemaEditor<'_>) {
             ),
         ],
     );
-    let r = "spec.rules[]";
+}
+
+/// One rule `r`: redirects without backends, prefix rewrites with one PathPrefix match, its
+/// name and its matches (default `PathPrefix /`).
+fn http_route_rule(e: &mut SchemaEditor<'_>, r: &str) {
     e.at(
         r,
         &[
@@ -596,8 +656,11 @@ fn http_route(e: &mut SchemaEditor<'_>) {
             Default(json!([{"path": {"type": "PathPrefix", "value": "/"}}])),
         ],
     );
+}
 
-    let m = format!("{r}.matches[]");
+/// One match `m`: path (default `PathPrefix /`, URL path rules), headers, query parameters,
+/// method.
+fn http_route_match(e: &mut SchemaEditor<'_>, m: &str) {
     let exact_or_prefix = "self.type in ['Exact', 'PathPrefix']";
     e.at(
         &format!("{m}.path"),
@@ -653,31 +716,6 @@ fn http_route(e: &mut SchemaEditor<'_>) {
         &[MinLength(1), MaxLength(1024)],
     )
     .at(&format!("{m}.method"), &[Enum(HTTP_METHODS)]);
-
-    filters(e, &format!("{r}.filters"), false);
-    e.at(&format!("{r}.backendRefs"), &[MaxItems(16)]).at(
-        &format!("{r}.backendRefs[].weight"),
-        &[Default(json!(1)), Minimum(0), Maximum(1_000_000)],
-    );
-    backend_object_ref(e, &format!("{r}.backendRefs[]"));
-    filters(e, &format!("{r}.backendRefs[].filters"), true);
-
-    e.at(
-        &format!("{r}.timeouts"),
-        &[rule(
-            "!(has(self.request) && has(self.backendRequest) && duration(self.request) != duration('0s') && duration(self.backendRequest) > duration(self.request))",
-            "the backendRequest timeout may not be longer than the request timeout",
-        )],
-    )
-    .at(&format!("{r}.timeouts.request"), &[Pattern(DURATION)])
-    .at(&format!("{r}.timeouts.backendRequest"), &[Pattern(DURATION)]);
-
-    e.at("status.parents", &[MaxItems(32)]).at(
-        "status.parents[].controllerName",
-        &[MinLength(1), MaxLength(253), Pattern(CONTROLLER_NAME)],
-    );
-    parent_ref(e, "status.parents[].parentRef");
-    conditions(e, "status.parents[].conditions", Some(1));
 }
 
 fn reference_grant(e: &mut SchemaEditor<'_>) {

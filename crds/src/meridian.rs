@@ -21,7 +21,9 @@
 //!
 //! [`FailoverDrill`] fails a locality for a while (drain, kill or blackhole), aborts on error
 //! or latency guards and rolls back by itself; the controller's `drill` module runs it and
-//! writes phase, timeline and traffic figures into its status (see `docs/drills.md`).
+//! writes phase, timeline and traffic figures into its status (see `docs/drills.md`). Its mode
+//! is [`DrillMode`], the one drill-mode type of the workspace: the controller runs it and, with
+//! this crate's `clap` feature, `meridian drill --mode` parses it.
 //!
 //! To add another kind: define it here with `#[derive(CustomResource)]` (`group =
 //! "meridian.dev"`, `version = "v1alpha1"`), push `Kind::crd()` in [`crds`] and run
@@ -359,14 +361,57 @@ pub struct FailoverDrillSpec {
     /// backends are stopped; `blackhole`: their packets are dropped. `kill` and `blackhole` need
     /// Meridian-owned backends (e.g. `meridian up`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("enum" = ["drain", "kill", "blackhole"]))]
-    pub mode: Option<String>,
+    pub mode: Option<DrillMode>,
     /// How long the target stays failed (Gateway API duration, default `30s`, at most `1h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
     /// Abort guards, evaluated every second over a sliding window while the target is failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guards: Option<DrillGuards>,
+}
+
+/// How a drill fails its target (`spec.mode`). The API server refuses any other spelling (the
+/// schema is an enum), so the controller never sees one.
+///
+/// With the `clap` feature this is also the `--mode` value of `meridian drill` (same spelling).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+// The schema describes the field (kube renders the enum's description in place of the field's).
+#[schemars(
+    description = "`drain` (default): proxies treat the target's endpoints as failed; `kill`: the target's\nbackends are stopped; `blackhole`: their packets are dropped. `kill` and `blackhole` need\nMeridian-owned backends (e.g. `meridian up`)."
+)]
+pub enum DrillMode {
+    /// Proxies stop sending to the target (the controller's drain in the snapshots); no
+    /// workload is touched. Works everywhere.
+    #[default]
+    Drain,
+    /// The target's backends are stopped: connections are refused (needs Meridian-owned
+    /// backends, e.g. `meridian up`, through a drill actuator).
+    Kill,
+    /// Packets to the target's backends are dropped: connections time out (`meridian up` as
+    /// root with nft, through a drill actuator).
+    Blackhole,
+}
+
+impl DrillMode {
+    /// Every mode, in the order the schema and the CLI list them.
+    pub const ALL: [Self; 3] = [Self::Drain, Self::Kill, Self::Blackhole];
+
+    /// The spelling in `spec.mode` (and of `meridian drill --mode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drain => "drain",
+            Self::Kill => "kill",
+            Self::Blackhole => "blackhole",
+        }
+    }
+}
+
+impl std::fmt::Display for DrillMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The locality a drill fails. At least one field must be set.
@@ -682,6 +727,33 @@ spec:
     }
 
     #[test]
+    fn drill_modes_are_the_schema_enum() {
+        // Wire spelling, schema enum and Display agree; absent means drain.
+        for m in DrillMode::ALL {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+            assert_eq!(m.to_string(), m.as_str());
+        }
+        assert_eq!(DrillMode::default(), DrillMode::Drain);
+        let spec = |mode: serde_json::Value| {
+            serde_json::from_value::<FailoverDrillSpec>(
+                serde_json::json!({"target": {"region": "r"}, "mode": mode}),
+            )
+        };
+        assert_eq!(
+            spec(serde_json::json!("kill")).unwrap().mode,
+            Some(DrillMode::Kill)
+        );
+        // Any other spelling does not decode, and the error names it and the allowed ones.
+        for bad in ["explode", "Drain", ""] {
+            let err = spec(serde_json::json!(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`{bad}`")) && err.contains("`drain`, `kill`, `blackhole`"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn the_drill_crd_has_columns_status_and_validation() {
         let crd = crds()
             .into_iter()
@@ -710,6 +782,10 @@ spec:
         assert_eq!(
             spec["mode"]["enum"],
             serde_json::json!(["drain", "kill", "blackhole"])
+        );
+        assert_eq!(
+            spec["mode"]["enum"],
+            serde_json::to_value(DrillMode::ALL).unwrap()
         );
         assert_eq!(spec["target"]["minProperties"], 1);
         assert_eq!(

@@ -66,7 +66,7 @@ pub(crate) fn drill_object(
             }],
             service_imports: Vec::new(),
         }),
-        mode: Some(args.mode.as_str().to_string()),
+        mode: Some(args.mode),
         duration: Some(gw_duration(p.duration)),
         guards: (guards != DrillGuards::default()).then_some(guards),
     };

@@ -91,28 +91,8 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// How the target is failed.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Proxies stop sending to the target (the controller's drain); nothing is broken.
-    Drain,
-    /// The target's backends are stopped: connections are refused (needs Meridian-owned
-    /// backends, e.g. `meridian up`).
-    Kill,
-    /// Packets to the target's backends are dropped: connections time out (`meridian up` as root
-    /// with nft).
-    Blackhole,
-}
-
-impl Mode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::Drain => "drain",
-            Mode::Kill => "kill",
-            Mode::Blackhole => "blackhole",
-        }
-    }
-}
+/// How the target is failed: the CRD's `spec.mode` enum, also the `--mode` value.
+pub use meridian_crds::meridian::DrillMode as Mode;
 
 /// Runs the drill; returns the process exit status.
 pub async fn run(args: DrillArgs) -> Result<i32, DrillError> {

@@ -19,10 +19,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
-use std::future::Future;
-use std::pin::Pin;
-
-use meridian_controller::{DrillActuator, DrillMode, DrillTarget};
+use meridian_controller::{
+    ActuatorError as DrillActuatorError, ActuatorFuture, DrillActuator, DrillMode, DrillTarget,
+};
 use tokio::sync::Mutex;
 
 use crate::echo::{self, EchoArgs};
@@ -438,29 +437,21 @@ impl LocalBackends {
 }
 
 impl DrillActuator for LocalBackends {
-    fn fail(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+    fn fail(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_> {
         let target = target.clone();
         Box::pin(async move {
             self.fail_target(mode, &target)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| DrillActuatorError::from(e.to_string()))
         })
     }
 
-    fn restore(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+    fn restore(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_> {
         let target = target.clone();
         Box::pin(async move {
             self.restore_target(mode, &target)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| DrillActuatorError::from(e.to_string()))
         })
     }
 }

@@ -38,6 +38,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use meridian_crds::meridian::DrillMode;
 use meridian_crds::meridian::FailoverDrill;
 use meridian_model::Snapshot;
 use meridian_model::snapshot::Drain;
@@ -47,45 +48,6 @@ use crate::metrics::Metrics;
 use crate::world::World;
 
 pub(crate) use manager::{ManagerConfig, spawn_manager};
-
-/// How a drill fails its target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DrillMode {
-    /// Proxies treat the target's endpoints as failed (a drain in the snapshots); nothing else is
-    /// touched. Works everywhere.
-    Drain,
-    /// The target's backends are stopped (needs a [`DrillActuator`]).
-    Kill,
-    /// The target's backends' packets are silently dropped (needs a [`DrillActuator`]).
-    Blackhole,
-}
-
-impl DrillMode {
-    /// The spelling in `spec.mode`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Drain => "drain",
-            Self::Kill => "kill",
-            Self::Blackhole => "blackhole",
-        }
-    }
-
-    /// Parses `spec.mode` (exact, lower case).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "drain" => Some(Self::Drain),
-            "kill" => Some(Self::Kill),
-            "blackhole" => Some(Self::Blackhole),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for DrillMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The locality a drill fails; every set field must match an endpoint's locality.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -112,25 +74,40 @@ impl std::fmt::Display for DrillTarget {
     }
 }
 
+/// Why a [`DrillActuator`] could not fail or restore a target. The reason goes into the
+/// drill's status as it is, so it says what to do (e.g. "blackhole needs nft: apt-get install
+/// -y nftables").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ActuatorError {
+    /// What went wrong, for a person.
+    pub reason: String,
+}
+
+impl From<String> for ActuatorError {
+    fn from(reason: String) -> Self {
+        Self { reason }
+    }
+}
+
+impl From<&str> for ActuatorError {
+    fn from(reason: &str) -> Self {
+        reason.to_string().into()
+    }
+}
+
+/// What [`DrillActuator::fail`] and [`DrillActuator::restore`] return: `Ok` describes what was
+/// done (a sentence for the drill's timeline).
+pub type ActuatorFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<String, ActuatorError>> + Send + 'a>>;
+
 /// Takes a drill's target down for modes `kill` and `blackhole`: implemented by whoever owns the
 /// backends (`meridian up` for its local echo backends). Without one, only `drain` drills run.
 pub trait DrillActuator: Send + Sync + 'static {
     /// Takes the target's backends down (Kill) or silently drops their packets (Blackhole).
-    /// Ok(description of what was done) or Err(clear reason, e.g. "blackhole needs nft: apt-get
-    /// install -y nftables").
-    #[allow(clippy::type_complexity)]
-    fn fail(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+    fn fail(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_>;
     /// Undoes `fail`. Must be idempotent.
-    #[allow(clippy::type_complexity)]
-    fn restore(
-        &self,
-        mode: DrillMode,
-        target: &DrillTarget,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+    fn restore(&self, mode: DrillMode, target: &DrillTarget) -> ActuatorFuture<'_>;
 }
 
 /// A drill object in one member cluster.
@@ -255,10 +232,12 @@ mod tests {
 
     #[test]
     fn modes_and_targets_print_like_the_spec() {
+        // `spec.mode` is the CRD's enum: exact, lower case.
+        let parse = |s: &str| serde_json::from_value::<DrillMode>(serde_json::json!(s)).ok();
         for m in [DrillMode::Drain, DrillMode::Kill, DrillMode::Blackhole] {
-            assert_eq!(DrillMode::parse(m.as_str()), Some(m));
+            assert_eq!(parse(m.as_str()), Some(m));
         }
-        assert_eq!(DrillMode::parse("Drain"), None);
+        assert_eq!(parse("Drain"), None);
         let t = DrillTarget {
             cluster: None,
             region: Some("us-east".into()),

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_crds::meridian::{FailoverDrillSpec, IntOrString, drill as d, parse_duration};
+use meridian_crds::meridian::{
+    DrillGuards, DrillObjectRef, DrillTargetSpec, FailoverDrillSpec, IntOrString, drill as d,
+    parse_duration,
+};
 use meridian_model::Snapshot;
 use meridian_model::snapshot::{Backend, BackendTarget, Drain, Endpoint};
 
@@ -58,119 +61,35 @@ impl Refusal {
     }
 }
 
-/// Checks and defaults a spec. `namespace` is the drill's (default of scope refs).
+/// Checks and defaults a spec. `namespace` is the drill's (default of scope refs). Every
+/// problem of the spec is named in one refusal; a valid kill/blackhole drill without an
+/// actuator is refused as unsupported.
 pub(crate) fn plan(
     spec: &FailoverDrillSpec,
     namespace: &str,
     have_actuator: bool,
 ) -> Result<Plan, Refusal> {
-    let mut problems = Vec::new();
-
-    let field = |name: &str, v: &Option<String>, problems: &mut Vec<String>| match v {
-        Some(s) if s.trim().is_empty() => {
-            problems.push(format!("target.{name} must not be empty"));
-            None
-        }
-        other => other.clone(),
-    };
-    let target = DrillTarget {
-        cluster: field("cluster", &spec.target.cluster, &mut problems),
-        region: field("region", &spec.target.region, &mut problems),
-        zone: field("zone", &spec.target.zone, &mut problems),
-    };
-    if target.cluster.is_none() && target.region.is_none() && target.zone.is_none() {
-        problems.push("target needs at least one of cluster, region, zone".into());
-    }
-
-    let mode = match spec.mode.as_deref() {
-        None => DrillMode::Drain,
-        Some(m) => DrillMode::parse(m).unwrap_or_else(|| {
-            problems.push(format!("mode {m:?} is not one of drain, kill, blackhole"));
-            DrillMode::Drain
-        }),
-    };
-
-    let mut duration_of = |field: &str, v: Option<&str>, default: Duration, max: Duration| {
-        let Some(s) = v else { return default };
-        match parse_duration(s) {
-            Ok(d) if d.is_zero() => {
-                problems.push(format!("{field} must be more than 0"));
-                default
-            }
-            Ok(d) if d > max => {
-                problems.push(format!("{field} {s} is longer than the maximum {max:?}"));
-                default
-            }
-            Ok(d) => d,
-            Err(e) => {
-                problems.push(format!("{field}: {e}"));
-                default
-            }
-        }
-    };
-    let duration = duration_of(
+    let mut problems = Problems::default();
+    let target = problems.target(&spec.target);
+    // The API server refuses any other mode (the CRD's enum), so there is none to report.
+    let mode = spec.mode.unwrap_or_default();
+    let duration = problems.duration(
         "duration",
         spec.duration.as_deref(),
         d::DEFAULT_DURATION,
         d::MAX_DURATION,
     );
-    let g = spec.guards.clone().unwrap_or_default();
-    let window = duration_of(
-        "guards.window",
-        g.window.as_deref(),
-        d::DEFAULT_WINDOW,
-        d::MAX_WINDOW,
-    );
-    let max_p99 = g.max_p99_latency.as_deref().map(|s| {
-        duration_of(
-            "guards.maxP99Latency",
-            Some(s),
-            Duration::ZERO,
-            d::MAX_WINDOW,
-        )
-    });
-    if window < Duration::from_secs(1) {
-        problems.push(format!(
-            "guards.window {window:?} is shorter than 1s (guards are evaluated every second)"
-        ));
-    }
-    let max_error_percent = match &g.max_error_percent {
-        None => None,
-        Some(v) => match parse_percent(v) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                problems.push(e);
-                None
-            }
-        },
-    };
-
-    let refs = |what: &str, list: Option<&Vec<_>>, problems: &mut Vec<String>| {
-        let mut out: Vec<ObjectKey> = Vec::new();
-        for r in list.into_iter().flatten() {
-            let r: &meridian_crds::meridian::DrillObjectRef = r;
-            let ns = r.namespace.as_deref().unwrap_or(namespace);
-            if r.name.is_empty() || ns.is_empty() {
-                problems.push(format!("scope.{what}: every entry needs a name"));
-                continue;
-            }
-            let key = ObjectKey::new(ns, &r.name);
-            if !out.contains(&key) {
-                out.push(key);
-            }
-        }
-        out
-    };
+    let guards = problems.guards(&spec.guards.clone().unwrap_or_default());
     let scope = spec.scope.as_ref();
-    let gateways = refs("gateways", scope.map(|s| &s.gateways), &mut problems);
-    let imports = refs(
+    let gateways = problems.scope_refs("gateways", scope.map(|s| &s.gateways), namespace);
+    let imports = problems.scope_refs(
         "serviceImports",
         scope.map(|s| &s.service_imports),
-        &mut problems,
+        namespace,
     );
 
-    if !problems.is_empty() {
-        return Err(Refusal::invalid(problems.join("; ")));
+    if !problems.0.is_empty() {
+        return Err(Refusal::invalid(problems.0.join("; ")));
     }
     if mode != DrillMode::Drain && !have_actuator {
         return Err(Refusal {
@@ -187,27 +106,145 @@ pub(crate) fn plan(
         gateways,
         imports,
         duration,
-        guards: Guards {
+        guards,
+    })
+}
+
+/// The problems of a spec so far, in field order. Each check notes what is wrong and goes on
+/// with a default, so that one refusal names them all.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    /// `spec.target`: set fields must not be blank, and one must be set.
+    fn target(&mut self, t: &DrillTargetSpec) -> DrillTarget {
+        let mut field = |name: &str, v: &Option<String>| match v {
+            Some(s) if s.trim().is_empty() => {
+                self.0.push(format!("target.{name} must not be empty"));
+                None
+            }
+            other => other.clone(),
+        };
+        let target = DrillTarget {
+            cluster: field("cluster", &t.cluster),
+            region: field("region", &t.region),
+            zone: field("zone", &t.zone),
+        };
+        if target.cluster.is_none() && target.region.is_none() && target.zone.is_none() {
+            self.0
+                .push("target needs at least one of cluster, region, zone".into());
+        }
+        target
+    }
+
+    /// A duration field: `default` when absent, or when invalid, zero or over `max` (noted).
+    fn duration(
+        &mut self,
+        field: &str,
+        v: Option<&str>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
+        let Some(s) = v else { return default };
+        match parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                self.0.push(format!("{field} must be more than 0"));
+                default
+            }
+            Ok(d) if d > max => {
+                self.0
+                    .push(format!("{field} {s} is longer than the maximum {max:?}"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.0.push(format!("{field}: {e}"));
+                default
+            }
+        }
+    }
+
+    /// `spec.guards` with defaults applied.
+    fn guards(&mut self, g: &DrillGuards) -> Guards {
+        let window = self.duration(
+            "guards.window",
+            g.window.as_deref(),
+            d::DEFAULT_WINDOW,
+            d::MAX_WINDOW,
+        );
+        let max_p99 = g.max_p99_latency.as_deref().map(|s| {
+            self.duration(
+                "guards.maxP99Latency",
+                Some(s),
+                Duration::ZERO,
+                d::MAX_WINDOW,
+            )
+        });
+        if window < Duration::from_secs(1) {
+            self.0.push(format!(
+                "guards.window {window:?} is shorter than 1s (guards are evaluated every second)"
+            ));
+        }
+        let max_error_percent = g.max_error_percent.as_ref().and_then(|v| {
+            parse_percent(v)
+                .map_err(|e| self.0.push(e.to_string()))
+                .ok()
+        });
+        Guards {
             max_error_percent,
             max_p99: max_p99.filter(|d| !d.is_zero()),
             window,
             min_requests: g.min_requests.unwrap_or(d::DEFAULT_MIN_REQUESTS),
-        },
-    })
+        }
+    }
+
+    /// `spec.scope.<what>`: namespaced keys (the drill's namespace by default), without
+    /// repeats.
+    fn scope_refs(
+        &mut self,
+        what: &str,
+        list: Option<&Vec<DrillObjectRef>>,
+        namespace: &str,
+    ) -> Vec<ObjectKey> {
+        let mut out: Vec<ObjectKey> = Vec::new();
+        for r in list.into_iter().flatten() {
+            let ns = r.namespace.as_deref().unwrap_or(namespace);
+            if r.name.is_empty() || ns.is_empty() {
+                self.0
+                    .push(format!("scope.{what}: every entry needs a name"));
+                continue;
+            }
+            let key = ObjectKey::new(ns, &r.name);
+            if !out.contains(&key) {
+                out.push(key);
+            }
+        }
+        out
+    }
+}
+
+/// Why `guards.maxErrorPercent` is invalid.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(crate) enum PercentError {
+    /// A string that is not a decimal number.
+    #[error("guards.maxErrorPercent {0:?} is not a number (e.g. 1 or \"0.5\")")]
+    NotANumber(String),
+    /// Outside 0–100 (or not finite).
+    #[error("guards.maxErrorPercent {0} is not between 0 and 100")]
+    OutOfRange(f64),
 }
 
 /// `maxErrorPercent`: an integer or a decimal string, 0–100.
-fn parse_percent(v: &IntOrString) -> Result<f64, String> {
+fn parse_percent(v: &IntOrString) -> Result<f64, PercentError> {
     let p = match v {
         IntOrString::Int(i) => f64::from(*i),
-        IntOrString::String(s) => s.trim().parse::<f64>().map_err(|_| {
-            format!("guards.maxErrorPercent {s:?} is not a number (e.g. 1 or \"0.5\")")
-        })?,
+        IntOrString::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| PercentError::NotANumber(s.clone()))?,
     };
     if !p.is_finite() || !(0.0..=100.0).contains(&p) {
-        return Err(format!(
-            "guards.maxErrorPercent {p} is not between 0 and 100"
-        ));
+        return Err(PercentError::OutOfRange(p));
     }
     Ok(p)
 }
@@ -269,12 +306,37 @@ fn backends_of<'a>(snap: &'a Snapshot, plan: &Plan) -> Vec<&'a Backend> {
         .collect()
 }
 
-/// Checks the plan against the published snapshots and builds its drain.
+/// Checks the plan against the published snapshots and builds its drain: the scoped
+/// Gateways are published, the scoped ServiceImports are backends of their routes, and the
+/// target matches one of their endpoints.
 pub(crate) fn resolve(
     plan: &Plan,
     drill: &str,
     published: &BTreeMap<String, Arc<Snapshot>>,
 ) -> Result<Resolved, Refusal> {
+    check_gateways_published(plan, published)?;
+    let all: Vec<&Backend> = published
+        .values()
+        .flat_map(|s| backends_of(s, plan))
+        .collect();
+    let backends = import_backends(plan, &all)?;
+    let drain = Drain {
+        drill: drill.to_string(),
+        cluster: plan.target.cluster.clone(),
+        region: plan.target.region.clone(),
+        zone: plan.target.zone.clone(),
+        gateways: plan.gateways.iter().map(ToString::to_string).collect(),
+        backends: backends.clone(),
+    };
+    check_target_matches(plan, &drain, &all)?;
+    Ok(Resolved { drain, backends })
+}
+
+/// Some Gateway is published (unscoped), or every scoped one is.
+fn check_gateways_published(
+    plan: &Plan,
+    published: &BTreeMap<String, Arc<Snapshot>>,
+) -> Result<(), Refusal> {
     let gws = scoped_gateways(plan, published);
     if gws.is_empty() && plan.gateways.is_empty() {
         return Err(Refusal::invalid(
@@ -299,11 +361,12 @@ pub(crate) fn resolve(
             missing.join(" or ")
         )));
     }
+    Ok(())
+}
 
-    let all: Vec<&Backend> = published
-        .values()
-        .flat_map(|s| backends_of(s, plan))
-        .collect();
+/// The backend names of the scoped ServiceImports (empty: every backend); each must be a
+/// backend of some scoped route.
+fn import_backends(plan: &Plan, all: &[&Backend]) -> Result<Vec<String>, Refusal> {
     let mut names: BTreeSet<String> = BTreeSet::new();
     for import in &plan.imports {
         let found: Vec<&str> = all
@@ -319,42 +382,38 @@ pub(crate) fn resolve(
         }
         names.extend(found.into_iter().map(str::to_string));
     }
-    let backends: Vec<String> = names.into_iter().collect();
+    Ok(names.into_iter().collect())
+}
 
-    let drain = Drain {
-        drill: drill.to_string(),
-        cluster: plan.target.cluster.clone(),
-        region: plan.target.region.clone(),
-        zone: plan.target.zone.clone(),
-        gateways: plan.gateways.iter().map(ToString::to_string).collect(),
-        backends: backends.clone(),
-    };
+/// The drain matches at least one endpoint of the scoped backends; otherwise the refusal
+/// lists the localities seen (a drill that would drain nothing must not "succeed").
+fn check_target_matches(plan: &Plan, drain: &Drain, all: &[&Backend]) -> Result<(), Refusal> {
     let eps: Vec<&Endpoint> = all
         .iter()
-        .filter(|b| backends.is_empty() || backends.contains(&b.name))
+        .filter(|b| drain.backends.is_empty() || drain.backends.contains(&b.name))
         .flat_map(|b| match &b.target {
             BackendTarget::Endpoints { endpoints, .. } => endpoints.as_slice(),
             BackendTarget::Invalid { .. } => &[],
         })
         .collect();
-    if !eps.iter().any(|e| drain.matches(e)) {
-        let seen: BTreeSet<String> = eps
-            .iter()
-            .map(|e| format!("{}/{}/{}", e.cluster, e.region, e.zone))
-            .collect();
-        let seen: Vec<String> = seen.into_iter().take(10).collect();
-        return Err(Refusal::invalid(format!(
-            "target {} matches no endpoint of the scoped backends (endpoint localities \
-             cluster/region/zone: {})",
-            plan.target,
-            if seen.is_empty() {
-                "none".to_string()
-            } else {
-                seen.join(", ")
-            }
-        )));
+    if eps.iter().any(|e| drain.matches(e)) {
+        return Ok(());
     }
-    Ok(Resolved { drain, backends })
+    let seen: BTreeSet<String> = eps
+        .iter()
+        .map(|e| format!("{}/{}/{}", e.cluster, e.region, e.zone))
+        .collect();
+    let seen: Vec<String> = seen.into_iter().take(10).collect();
+    Err(Refusal::invalid(format!(
+        "target {} matches no endpoint of the scoped backends (endpoint localities \
+         cluster/region/zone: {})",
+        plan.target,
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join(", ")
+        }
+    )))
 }
 
 #[cfg(test)]
@@ -429,10 +488,6 @@ mod tests {
                 "target.region must not be empty",
             ),
             (
-                "  target: {region: r}\n  mode: explode\n",
-                "mode \"explode\" is not one of drain, kill, blackhole",
-            ),
-            (
                 "  target: {region: r}\n  duration: 2h\n",
                 "longer than the maximum",
             ),
@@ -468,7 +523,7 @@ mod tests {
         }
         // Several problems at once are all reported.
         let err = plan(
-            &spec("  target: {}\n  mode: x\n  duration: y\n"),
+            &spec("  target: {}\n  guards: {window: 500ms}\n  duration: y\n"),
             "demo",
             true,
         )

@@ -16,12 +16,14 @@
 //! acknowledgement and the actuator by the controller's drill ack timeout, status writes and
 //! Events by the write timeout.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use meridian_crds::meridian::{DrillPhase, FailoverDrill, drill as d};
+use meridian_model::Snapshot;
 use meridian_model::snapshot::Drain;
 use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
@@ -31,7 +33,7 @@ use super::manager::{DrillCtx, SlotGuard, created};
 use super::plan::{Plan, Refusal, Resolved, gateway_in_scope, plan, resolve, scoped_gateways};
 use super::report::{Reporter, rfc3339_millis};
 use super::traffic::{Samples, figures, humantime, trip};
-use super::{DrillKey, DrillMode, DrillTarget};
+use super::{ActuatorError, DrillKey, DrillMode, DrillTarget};
 use crate::translate::{ClusterGatewayRef, ProgrammedState};
 
 /// How long a rollback on controller shutdown may take (the controller waits 5 s per task).
@@ -47,6 +49,20 @@ enum Stop {
     Deleted,
     /// The controller shuts down: restore quickly, write Failed.
     Shutdown,
+}
+
+/// The traffic counters at the end of the baseline.
+struct Baseline {
+    /// Traffic during the baseline window.
+    before: GatewayTraffic,
+    /// Totals when the target is about to fail (what "during" counts from).
+    fail_base: GatewayTraffic,
+}
+
+/// Traffic before and while the target was failed.
+struct Measured {
+    before: GatewayTraffic,
+    during: GatewayTraffic,
 }
 
 struct Signals {
@@ -171,19 +187,51 @@ impl Run {
         }
     }
 
+    /// Runs a drill that has the slot: resolve, baseline, fail, hold under the guards,
+    /// restore, after-period, figures. Every step that ends the drill writes its own terminal
+    /// status and returns `None`.
     async fn execute(&mut self, plan: &Plan) {
-        let ctx = Arc::clone(&self.ctx);
-        let resolved = match resolve(plan, &self.id, &ctx.shared.published()) {
+        let resolved = match resolve(plan, &self.id, &self.ctx.shared.published()) {
             Ok(r) => r,
             Err(r) => return self.refuse(r).await,
         };
-        let window = plan.guards.window;
+        self.report_started(plan, &resolved).await;
+        let mut samples = Samples::default();
+        let Some(baseline) = self.baseline(&mut samples, plan).await else {
+            return;
+        };
+        let Some(fail_requested) = self.fail(plan, &resolved).await else {
+            return;
+        };
+        let tripped = match self.hold(&mut samples, plan, fail_requested).await {
+            Ok(tripped) => tripped,
+            Err(stop) => return self.stopped_while_failed(plan, stop).await,
+        };
+        let during = samples
+            .latest()
+            .map(|t| t.since(&baseline.fail_base))
+            .unwrap_or_default();
+        let measured = Measured {
+            before: baseline.before,
+            during,
+        };
+        if self.restore(plan, tripped.as_deref(), &measured).await {
+            self.after_period(&mut samples, plan, measured, tripped)
+                .await;
+        }
+    }
+
+    /// `Running`, `Accepted`, `Complete=False`, the Started entry and Event.
+    async fn report_started(&mut self, plan: &Plan, resolved: &Resolved) {
         let started = Timestamp::now();
-        let what = describe(plan, &resolved);
+        let what = describe(plan, resolved);
         tracing::info!(drill = %self.key, "drill started: {what}");
         self.rep.status.phase = Some(DrillPhase::Running);
         self.rep.status.start_time = Some(rfc3339_millis(started));
-        self.rep.status.message = Some(format!("measuring the baseline for {}", humantime(window)));
+        self.rep.status.message = Some(format!(
+            "measuring the baseline for {}",
+            humantime(plan.guards.window)
+        ));
         self.rep
             .condition(d::ACCEPTED, true, d::REASON_ACCEPTED, "the drill is valid");
         self.rep.condition(
@@ -195,12 +243,14 @@ impl Run {
         self.rep.timeline(d::STARTED, what.clone(), started);
         self.rep.write().await;
         self.rep.event(false, d::STARTED, &what).await;
+    }
 
-        // Baseline.
-        let mut samples = Samples::default();
-        self.sample(&mut samples, plan);
+    /// Measures one window before the target fails. `None`: the drill was deleted or the
+    /// controller shut down (then it is `Failed`; nothing was failed, nothing to restore).
+    async fn baseline(&mut self, samples: &mut Samples, plan: &Plan) -> Option<Baseline> {
+        self.sample(samples, plan);
         let base0 = samples.latest().cloned().unwrap_or_default();
-        if let Err(stop) = self.measure(&mut samples, plan, window).await {
+        if let Err(stop) = self.measure(samples, plan, plan.guards.window).await {
             if stop == Stop::Shutdown {
                 self.finish(
                     DrillPhase::Failed,
@@ -209,24 +259,35 @@ impl Run {
                 )
                 .await;
             }
-            return;
+            return None;
         }
         let fail_base = samples.latest().cloned().unwrap_or_default();
-        let before = fail_base.since(&base0);
+        Some(Baseline {
+            before: fail_base.since(&base0),
+            fail_base,
+        })
+    }
 
-        // Fail the target.
+    /// Fails the target and reports `TargetFailed` (failTime). Returns when the failure was
+    /// requested (the guards' windows start there); `None` when the drill ended instead (it
+    /// could not be failed, was deleted, or the controller stops).
+    async fn fail(&mut self, plan: &Plan, resolved: &Resolved) -> Option<Instant> {
+        let ctx = Arc::clone(&self.ctx);
         let fail_requested = Instant::now();
         self.rep.status.message = Some(format!("failing the target ({})", plan.mode));
-        let failed = self.sig.guard(fail_target(&ctx, plan, &resolved)).await;
-        let done = match failed {
-            Err(stop) => return self.stopped_while_failed(plan, stop).await,
+        let done = match self.sig.guard(fail_target(&ctx, plan, resolved)).await {
+            Err(stop) => {
+                self.stopped_while_failed(plan, stop).await;
+                return None;
+            }
             Ok(Err(why)) => {
                 let restored = restore_target(&ctx, plan, &self.id, Some(ctx.ack_timeout)).await;
                 let msg = match restored {
                     Ok(_) => format!("{why}; target restored"),
                     Err(e) => format!("{why}; restoring the target failed too: {e}"),
                 };
-                return self.finish(DrillPhase::Failed, d::FAILED, msg).await;
+                self.finish(DrillPhase::Failed, d::FAILED, msg).await;
+                return None;
             }
             Ok(Ok(done)) => done,
         };
@@ -241,83 +302,105 @@ impl Run {
         self.rep.timeline(d::TARGET_FAILED, done.clone(), fail_time);
         self.rep.write().await;
         self.rep.event(false, d::TARGET_FAILED, &done).await;
+        Some(fail_requested)
+    }
 
-        // Run, guards every second.
+    /// Keeps the target failed for the drill's duration, sampling and checking the guards
+    /// every second. `Ok(Some(why))`: a guard tripped.
+    async fn hold(
+        &mut self,
+        samples: &mut Samples,
+        plan: &Plan,
+        fail_requested: Instant,
+    ) -> Result<Option<String>, Stop> {
         let end = Instant::now() + plan.duration;
-        let mut tripped: Option<String> = None;
         loop {
             let now = Instant::now();
             if now >= end {
-                break;
+                return Ok(None);
             }
             let next = (now + Duration::from_secs(1)).min(end);
-            if let Err(stop) = self.sig.guard(tokio::time::sleep_until(next)).await {
-                return self.stopped_while_failed(plan, stop).await;
-            }
-            self.sample(&mut samples, plan);
+            self.sig.guard(tokio::time::sleep_until(next)).await?;
+            self.sample(samples, plan);
             if let Some(why) = samples
-                .window(window, fail_requested)
+                .window(plan.guards.window, fail_requested)
                 .and_then(|w| trip(&plan.guards, &w))
             {
-                tripped = Some(why);
-                break;
+                return Ok(Some(why));
             }
         }
-        let during = samples
-            .latest()
-            .map(|t| t.since(&fail_base))
-            .unwrap_or_default();
-        // Restore first, write afterwards: on a trip the rollback must not wait for the API.
-        // (Not interruptible: it is what an interruption would do, and it is bounded.)
+    }
+
+    /// Restores the target, then reports it (and a tripped guard). Restore first, write
+    /// afterwards: on a trip the rollback must not wait for the API. (Not interruptible: it is
+    /// what an interruption would do, and it is bounded.) `false`: restoring failed and the
+    /// drill is `Failed`.
+    async fn restore(&mut self, plan: &Plan, tripped: Option<&str>, measured: &Measured) -> bool {
+        let ctx = Arc::clone(&self.ctx);
         let tripped_at = Timestamp::now();
         let restored = restore_target(&ctx, plan, &self.id, Some(ctx.ack_timeout)).await;
         let restore_time = Timestamp::now();
-        if let Some(why) = &tripped {
+        if let Some(why) = tripped {
             tracing::warn!(drill = %self.key, "guard tripped: {why}; rolled back");
-            self.rep.status.abort_reason = Some(why.clone());
-            self.rep.timeline(d::GUARD_TRIPPED, why.clone(), tripped_at);
+            self.rep.status.abort_reason = Some(why.to_string());
+            self.rep
+                .timeline(d::GUARD_TRIPPED, why.to_string(), tripped_at);
             self.rep
                 .timeline(d::ABORTED, "rolling back at once".to_string(), tripped_at);
         }
         match restored {
             Ok(msg) => {
+                let window = humantime(plan.guards.window);
                 self.rep.status.restore_time = Some(rfc3339_millis(restore_time));
                 self.rep.timeline(d::RESTORED, msg.clone(), restore_time);
-                self.rep.status.message = Some(match &tripped {
-                    None => format!("target restored; measuring for {}", humantime(window)),
-                    Some(why) => format!(
-                        "aborted: {why}; target restored; measuring for {}",
-                        humantime(window)
-                    ),
+                self.rep.status.message = Some(match tripped {
+                    None => format!("target restored; measuring for {window}"),
+                    Some(why) => {
+                        format!("aborted: {why}; target restored; measuring for {window}")
+                    }
                 });
                 self.rep.write().await;
-                if let Some(why) = &tripped {
+                if let Some(why) = tripped {
                     self.rep.event(true, d::GUARD_TRIPPED, why).await;
                 }
                 self.rep.event(false, d::RESTORED, &msg).await;
+                true
             }
             Err(e) => {
-                if let Some(why) = &tripped {
+                if let Some(why) = tripped {
                     self.rep.event(true, d::GUARD_TRIPPED, why).await;
                 }
-                self.rep.status.figures =
-                    Some(figures(&before, &during, &GatewayTraffic::default()));
+                self.rep.status.figures = Some(figures(
+                    &measured.before,
+                    &measured.during,
+                    &GatewayTraffic::default(),
+                ));
                 let msg = format!("restoring the target failed: {e}; restore it by hand");
-                return self.finish(DrillPhase::Failed, d::FAILED, msg).await;
+                self.finish(DrillPhase::Failed, d::FAILED, msg).await;
+                false
             }
         }
+    }
 
-        // After-period.
-        self.sample(&mut samples, plan);
+    /// Measures one window after the restore, then ends the drill with its figures:
+    /// `Succeeded`, or `Aborted` when a guard tripped. A deleted drill ends silently.
+    async fn after_period(
+        &mut self,
+        samples: &mut Samples,
+        plan: &Plan,
+        measured: Measured,
+        tripped: Option<String>,
+    ) {
+        self.sample(samples, plan);
         let after_base = samples.latest().cloned().unwrap_or_default();
-        if self.measure(&mut samples, plan, window).await == Err(Stop::Deleted) {
+        if self.measure(samples, plan, plan.guards.window).await == Err(Stop::Deleted) {
             return;
         }
         let after = samples
             .latest()
             .map(|t| t.since(&after_base))
             .unwrap_or_default();
-        let figs = figures(&before, &during, &after);
+        let figs = figures(&measured.before, &measured.during, &after);
         let summary = summarize(&figs);
         self.rep.status.figures = Some(figs);
         match tripped {
@@ -400,12 +483,7 @@ impl Run {
     /// A drill found `Running` when this controller started: its runner died with the previous
     /// controller. Drains died with it too; kill/blackhole targets are restored here.
     async fn recover(&mut self, drill: &FailoverDrill) {
-        let mode = drill
-            .spec
-            .mode
-            .as_deref()
-            .and_then(DrillMode::parse)
-            .unwrap_or(DrillMode::Drain);
+        let mode = drill.spec.mode.unwrap_or_default();
         let target = DrillTarget {
             cluster: drill.spec.target.cluster.clone(),
             region: drill.spec.target.region.clone(),
@@ -508,34 +586,92 @@ fn summarize(f: &meridian_crds::meridian::DrillFigures) -> String {
     s
 }
 
+/// Why the target could not be failed or restored. The message goes into the drill's status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TargetError {
+    /// The drain was published but the proxies did not acknowledge it.
+    #[error("the proxies did not take the drain: {0}")]
+    DrainNotTaken(#[source] AckError),
+    /// Kill and blackhole need an actuator ([`plan`] refuses such drills without one).
+    #[error("mode {0} needs a drill actuator")]
+    NoActuator(DrillMode),
+    /// The actuator refused or failed to fail the target.
+    #[error("the actuator could not {mode} {target}: {source}")]
+    FailRefused {
+        mode: DrillMode,
+        target: DrillTarget,
+        #[source]
+        source: ActuatorError,
+    },
+    /// The actuator did not fail the target in time.
+    #[error("the actuator did not {mode} {target} within {}", humantime(*.limit))]
+    FailTimedOut {
+        mode: DrillMode,
+        target: DrillTarget,
+        limit: Duration,
+    },
+    /// The actuator could not restore the target (its own words).
+    #[error(transparent)]
+    RestoreRefused(#[from] ActuatorError),
+    /// The actuator did not restore the target in time.
+    #[error("the actuator did not restore within {}", humantime(*.0))]
+    RestoreTimedOut(Duration),
+}
+
+/// Why the proxies did not acknowledge the snapshots a drill waits for.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AckError {
+    /// A proxy refused the snapshot.
+    #[error(
+        "the proxies of Gateway {} in {} refused snapshot {generation}: {why}",
+        .gateway.gateway, .gateway.cluster
+    )]
+    Refused {
+        gateway: ClusterGatewayRef,
+        generation: u64,
+        why: meridian_model::ProxyRefusal,
+    },
+    /// Not every proxy acknowledged in time; `waiting` names the first few that did not.
+    #[error("not acknowledged within {}: {}{}", humantime(*.timeout), .waiting.join(", "),
+        if *.more > 0 { format!(" and {} more", .more) } else { String::new() })]
+    TimedOut {
+        timeout: Duration,
+        waiting: Vec<String>,
+        /// How many more were waited for.
+        more: usize,
+    },
+}
+
 /// Fails the target: publishes the drain and waits for the proxies, or calls the actuator.
 /// `Ok` describes what was done.
-async fn fail_target(ctx: &DrillCtx, plan: &Plan, resolved: &Resolved) -> Result<String, String> {
+async fn fail_target(
+    ctx: &DrillCtx,
+    plan: &Plan,
+    resolved: &Resolved,
+) -> Result<String, TargetError> {
     match plan.mode {
         DrillMode::Drain => {
             ctx.shared.set_drain(resolved.drain.clone());
             let want = ctx.shared.drains();
             let acked = wait_acked(ctx, plan, &want, ctx.ack_timeout)
                 .await
-                .map_err(|e| format!("the proxies did not take the drain: {e}"))?;
+                .map_err(TargetError::DrainNotTaken)?;
             Ok(format!("drain of {} {acked}", plan.target))
         }
         mode => {
-            let actuator = ctx
-                .actuator
-                .as_ref()
-                .ok_or_else(|| format!("mode {mode} needs a drill actuator"))?;
+            let actuator = ctx.actuator.as_ref().ok_or(TargetError::NoActuator(mode))?;
             match tokio::time::timeout(ctx.ack_timeout, actuator.fail(mode, &plan.target)).await {
                 Ok(Ok(done)) => Ok(done),
-                Ok(Err(e)) => Err(format!(
-                    "the actuator could not {mode} {}: {e}",
-                    plan.target
-                )),
-                Err(_) => Err(format!(
-                    "the actuator did not {mode} {} within {}",
-                    plan.target,
-                    humantime(ctx.ack_timeout)
-                )),
+                Ok(Err(source)) => Err(TargetError::FailRefused {
+                    mode,
+                    target: plan.target.clone(),
+                    source,
+                }),
+                Err(_) => Err(TargetError::FailTimedOut {
+                    mode,
+                    target: plan.target.clone(),
+                    limit: ctx.ack_timeout,
+                }),
             }
         }
     }
@@ -549,7 +685,7 @@ async fn restore_target(
     plan: &Plan,
     id: &str,
     ack: Option<Duration>,
-) -> Result<String, String> {
+) -> Result<String, TargetError> {
     match plan.mode {
         DrillMode::Drain => {
             ctx.shared.remove_drain(id);
@@ -563,20 +699,71 @@ async fn restore_target(
             })
         }
         mode => {
-            let actuator = ctx
-                .actuator
-                .as_ref()
-                .ok_or_else(|| format!("mode {mode} needs a drill actuator"))?;
+            let actuator = ctx.actuator.as_ref().ok_or(TargetError::NoActuator(mode))?;
             let limit = ack.unwrap_or(SHUTDOWN_RESTORE);
             match tokio::time::timeout(limit, actuator.restore(mode, &plan.target)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "the actuator did not restore within {}",
-                    humantime(limit)
+                Ok(r) => Ok(r?),
+                Err(_) => Err(TargetError::RestoreTimedOut(limit)),
+            }
+        }
+    }
+}
+
+/// How far the proxies of one pass over the published snapshots are.
+#[derive(Default)]
+struct AckTally {
+    acked: usize,
+    no_proxy: usize,
+    /// Who has not acknowledged yet, and why.
+    waiting: Vec<String>,
+}
+
+/// Counts, in every published snapshot, the scoped Gateways whose proxies acknowledged a
+/// snapshot carrying exactly `want` as drains. `Err`: a proxy refused one.
+fn tally_acks(
+    ctx: &DrillCtx,
+    plan: &Plan,
+    want: &[Drain],
+    published: &BTreeMap<String, Arc<Snapshot>>,
+) -> Result<AckTally, AckError> {
+    let mut t = AckTally::default();
+    for (cluster, snap) in published {
+        if snap.drains != want {
+            t.waiting
+                .push(format!("{cluster}: snapshot not published yet"));
+            continue;
+        }
+        for g in &snap.gateways {
+            if !gateway_in_scope(plan, &g.namespace, &g.name) {
+                continue;
+            }
+            let gw = ClusterGatewayRef::new(cluster.clone(), &g.namespace, &g.name);
+            match ctx.data_plane.programmed(&gw) {
+                ProgrammedState::Applied(n) if n >= snap.generation => t.acked += 1,
+                ProgrammedState::NoProxy => t.no_proxy += 1,
+                ProgrammedState::Refused(why) => {
+                    return Err(AckError::Refused {
+                        gateway: gw,
+                        generation: snap.generation,
+                        why,
+                    });
+                }
+                ProgrammedState::Applied(n) => t.waiting.push(format!(
+                    "{cluster}/{}/{} (at generation {n} of {})",
+                    g.namespace, g.name, snap.generation
+                )),
+                ProgrammedState::Pending { .. } => t.waiting.push(format!(
+                    "{cluster}/{}/{} (generation {} not acknowledged)",
+                    g.namespace, g.name, snap.generation
+                )),
+                ProgrammedState::Unknown => t.waiting.push(format!(
+                    "{cluster}/{}/{} (proxies not reconnected yet)",
+                    g.namespace, g.name
                 )),
             }
         }
     }
+    Ok(t)
 }
 
 /// Waits until every published snapshot carries exactly `want` as drains and every connected
@@ -586,68 +773,33 @@ async fn wait_acked(
     plan: &Plan,
     want: &[Drain],
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, AckError> {
     let deadline = Instant::now() + timeout;
     loop {
         let published = ctx.shared.published();
-        let mut waiting: Vec<String> = Vec::new();
-        let (mut acked, mut no_proxy) = (0usize, 0usize);
-        for (cluster, snap) in &published {
-            if snap.drains != want {
-                waiting.push(format!("{cluster}: snapshot not published yet"));
-                continue;
-            }
-            for g in &snap.gateways {
-                if !gateway_in_scope(plan, &g.namespace, &g.name) {
-                    continue;
-                }
-                let gw = ClusterGatewayRef::new(cluster.clone(), &g.namespace, &g.name);
-                match ctx.data_plane.programmed(&gw) {
-                    ProgrammedState::Applied(n) if n >= snap.generation => acked += 1,
-                    ProgrammedState::NoProxy => no_proxy += 1,
-                    ProgrammedState::Refused(why) => {
-                        return Err(format!(
-                            "the proxies of Gateway {}/{} in {cluster} refused snapshot {}: {why}",
-                            g.namespace, g.name, snap.generation
-                        ));
-                    }
-                    ProgrammedState::Applied(n) => waiting.push(format!(
-                        "{cluster}/{}/{} (at generation {n} of {})",
-                        g.namespace, g.name, snap.generation
-                    )),
-                    ProgrammedState::Pending { .. } => waiting.push(format!(
-                        "{cluster}/{}/{} (generation {} not acknowledged)",
-                        g.namespace, g.name, snap.generation
-                    )),
-                    ProgrammedState::Unknown => waiting.push(format!(
-                        "{cluster}/{}/{} (proxies not reconnected yet)",
-                        g.namespace, g.name
-                    )),
-                }
-            }
-        }
-        if waiting.is_empty() {
+        let mut t = tally_acks(ctx, plan, want, &published)?;
+        if t.waiting.is_empty() {
             let mut s = format!(
-                "acknowledged by the proxies of {acked} Gateway(s) in {} cluster(s)",
+                "acknowledged by the proxies of {} Gateway(s) in {} cluster(s)",
+                t.acked,
                 published.len()
             );
-            if no_proxy > 0 {
-                s.push_str(&format!("; {no_proxy} Gateway(s) have no connected proxy"));
+            if t.no_proxy > 0 {
+                s.push_str(&format!(
+                    "; {} Gateway(s) have no connected proxy",
+                    t.no_proxy
+                ));
             }
             return Ok(s);
         }
         if Instant::now() >= deadline {
-            let more = waiting.len().saturating_sub(5);
-            waiting.truncate(5);
-            let mut s = format!(
-                "not acknowledged within {}: {}",
-                humantime(timeout),
-                waiting.join(", ")
-            );
-            if more > 0 {
-                s.push_str(&format!(" and {more} more"));
-            }
-            return Err(s);
+            let more = t.waiting.len().saturating_sub(5);
+            t.waiting.truncate(5);
+            return Err(AckError::TimedOut {
+                timeout,
+                waiting: t.waiting,
+                more,
+            });
         }
         tokio::time::sleep(ACK_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
     }

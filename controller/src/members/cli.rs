@@ -587,7 +587,7 @@ pub async fn add(args: &AddArgs, out: &mut dyn Write) -> Result<(), ClusterCmdEr
     }
     let network = args.network.clone().unwrap_or_default();
     if !network.is_empty() {
-        crate::args::check_network(&network).map_err(ClusterCmdError::Flag)?;
+        crate::args::check_network(&network).map_err(|e| ClusterCmdError::Flag(e.to_string()))?;
     }
     let spec = MemberSpec {
         name: args.name.clone(),

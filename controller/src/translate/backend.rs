@@ -224,7 +224,7 @@ pub(crate) fn service_endpoints(
         name: port_name,
         ..
     } = sport;
-    let protocol = backend_protocol(app_protocol.as_deref()).map_err(|ap| {
+    let protocol = backend_protocol(app_protocol.as_deref()).map_err(|UnsupportedAppProtocol(ap)| {
         Problem::new(
             "UnsupportedProtocol",
             format!("Service {key} port {port} has appProtocol {ap:?}; the proxy speaks only cleartext HTTP/1.1 and h2c to backends"),
@@ -286,13 +286,17 @@ pub(crate) fn service_endpoints(
     Ok((protocol, found.into_values().collect()))
 }
 
-/// Maps a Service port's `appProtocol` to how the proxy talks to it; `Err` carries a protocol
-/// the proxy cannot speak (TLS upstreams).
-fn backend_protocol(app_protocol: Option<&str>) -> Result<BackendProtocol, String> {
+/// An `appProtocol` the proxy cannot speak to a backend (TLS upstreams).
+#[derive(Debug, thiserror::Error)]
+#[error("appProtocol {0:?} is not spoken to backends")]
+struct UnsupportedAppProtocol(String);
+
+/// Maps a Service port's `appProtocol` to how the proxy talks to it.
+fn backend_protocol(app_protocol: Option<&str>) -> Result<BackendProtocol, UnsupportedAppProtocol> {
     match app_protocol {
         Some("kubernetes.io/h2c") => Ok(BackendProtocol::H2c),
         Some(p @ ("https" | "HTTPS" | "kubernetes.io/wss" | "kubernetes.io/tls")) => {
-            Err(p.to_string())
+            Err(UnsupportedAppProtocol(p.to_string()))
         }
         // `http`, `kubernetes.io/ws` (upgrades pass through HTTP/1.1) and unknown hints.
         _ => Ok(BackendProtocol::Http1),

@@ -243,16 +243,44 @@ pub(crate) fn refresh(
                 p.clone_from(&policy);
             }
         }
-        let entry = missing.entry(cluster.clone()).or_default();
-        if l.missing.is_empty() {
-            entry.remove(name);
-        } else {
-            entry.insert(name.to_string(), l.missing);
-        }
-        if entry.is_empty() {
-            missing.remove(cluster);
-        }
+        note_missing(missing, cluster, name, l.missing);
     }
+    changed.extend(patch_sections(
+        world, snapshots, name, protocol, raw, &wanted,
+    ));
+    changed
+}
+
+/// Records what backend `name` of `cluster`'s snapshot lacks (nothing: forgets it).
+fn note_missing(
+    missing: &mut MissingRemote,
+    cluster: &ClusterName,
+    name: &str,
+    lacks: BTreeSet<ClusterName>,
+) {
+    let entry = missing.entry(cluster.clone()).or_default();
+    if lacks.is_empty() {
+        entry.remove(name);
+    } else {
+        entry.insert(name.to_string(), lacks);
+    }
+    if entry.is_empty() {
+        missing.remove(cluster);
+    }
+}
+
+/// Sets the `name` entry of every snapshot's east-west section: present (with the endpoints of
+/// the snapshot's own network and the policy found) where `wanted` names its network, absent
+/// elsewhere. Returns the clusters whose section changed.
+fn patch_sections(
+    world: &World,
+    snapshots: &mut BTreeMap<ClusterName, Snapshot>,
+    name: &str,
+    protocol: BackendProtocol,
+    raw: &[Endpoint],
+    wanted: &BTreeMap<String, Option<FailoverPolicy>>,
+) -> BTreeSet<ClusterName> {
+    let mut changed = BTreeSet::new();
     for (cluster, snapshot) in snapshots.iter_mut() {
         let own = world.network(cluster).unwrap_or_default();
         let desired = wanted.get(own).map(|failover| EastWestBackend {

@@ -221,27 +221,68 @@ const TARGET_KINDS: [(&str, &str); 3] = [
     (GATEWAY_GROUP, "HTTPRoute"),
 ];
 
+/// Why a FailoverPolicy is invalid: the first invalid field. The message is the policy's
+/// `Accepted=False/Invalid` message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PolicyInvalid {
+    #[error("targetRefs: at least one target is required")]
+    NoTargets,
+    #[error(
+        "targetRefs[{index}]: kind {kind:?} of group {group:?} cannot be targeted (ServiceImport \
+         of {MCS_GROUP:?}, Service of \"\", HTTPRoute of {GATEWAY_GROUP:?})"
+    )]
+    TargetKind {
+        index: usize,
+        group: String,
+        kind: String,
+    },
+    #[error("targetRefs[{0}].name is empty")]
+    TargetName(usize),
+    /// A duration field (`field` is its path in the spec).
+    #[error("{field}: {source}")]
+    Duration {
+        field: &'static str,
+        #[source]
+        source: crd::DurationError,
+    },
+    #[error("weights: percent {percent} for {from} → {region} is above 100")]
+    Weight {
+        percent: u32,
+        from: String,
+        region: String,
+    },
+    #[error("spill.minHealthyPercent {0} is above 100")]
+    MinHealthyPercent(u32),
+    #[error("healthCheck.http.path {0:?} must be an absolute path without spaces")]
+    HealthCheckPath(String),
+}
+
 /// Validates a whole policy: its targets and every field. `Err` names the first invalid field.
-pub(crate) fn validate(spec: &crd::FailoverPolicySpec) -> Result<Attached, String> {
+pub(crate) fn validate(spec: &crd::FailoverPolicySpec) -> Result<Attached, PolicyInvalid> {
     if spec.target_refs.is_empty() {
-        return Err("targetRefs: at least one target is required".to_string());
+        return Err(PolicyInvalid::NoTargets);
     }
-    for (i, t) in spec.target_refs.iter().enumerate() {
+    for (index, t) in spec.target_refs.iter().enumerate() {
         if !TARGET_KINDS.contains(&(t.group.as_str(), t.kind.as_str())) {
-            return Err(format!(
-                "targetRefs[{i}]: kind {:?} of group {:?} cannot be targeted (ServiceImport of \
-                 {MCS_GROUP:?}, Service of \"\", HTTPRoute of {GATEWAY_GROUP:?})",
-                t.kind, t.group
-            ));
+            return Err(PolicyInvalid::TargetKind {
+                index,
+                group: t.group.clone(),
+                kind: t.kind.clone(),
+            });
         }
         if t.name.is_empty() {
-            return Err(format!("targetRefs[{i}].name is empty"));
+            return Err(PolicyInvalid::TargetName(index));
         }
     }
     let stale_ttl = spec
         .stale_endpoint_ttl
         .as_deref()
-        .map(|s| parse_duration(s).map_err(|e| format!("staleEndpointTTL: {e}")))
+        .map(|s| {
+            parse_duration(s).map_err(|source| PolicyInvalid::Duration {
+                field: "staleEndpointTTL",
+                source,
+            })
+        })
         .transpose()?;
     Ok(Attached {
         model: to_model(spec)?,
@@ -254,8 +295,21 @@ fn target_label(t: &PolicyTargetRef) -> String {
     format!("{} {}", t.kind, t.name)
 }
 
+/// A policy target that is not there; the message goes into the policy's status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum TargetMissing {
+    #[error("no ServiceImport {key} in cluster {cluster} and no member cluster exports it")]
+    ServiceImport { key: ObjectKey, cluster: String },
+    #[error("no {kind} {key} in cluster {cluster}")]
+    Object {
+        kind: String,
+        key: ObjectKey,
+        cluster: String,
+    },
+}
+
 /// Whether a (valid) target exists for a policy in `namespace` of this cluster; `Err` says why not.
-fn target_exists(ctx: &Ctx<'_>, namespace: &str, t: &PolicyTargetRef) -> Result<(), String> {
+fn target_exists(ctx: &Ctx<'_>, namespace: &str, t: &PolicyTargetRef) -> Result<(), TargetMissing> {
     let key = ObjectKey::new(namespace, t.name.as_str());
     let cluster = ctx.cluster;
     let found = match t.kind.as_str() {
@@ -266,18 +320,17 @@ fn target_exists(ctx: &Ctx<'_>, namespace: &str, t: &PolicyTargetRef) -> Result<
                 || ctx.world.clusters.values().any(|c| c.exports(&key))
         }
     };
+    let cluster = ctx.cluster_name.to_string();
     if found {
         Ok(())
     } else if t.kind == "ServiceImport" {
-        Err(format!(
-            "no ServiceImport {key} in cluster {} and no member cluster exports it",
-            ctx.cluster_name
-        ))
+        Err(TargetMissing::ServiceImport { key, cluster })
     } else {
-        Err(format!(
-            "no {} {key} in cluster {}",
-            t.kind, ctx.cluster_name
-        ))
+        Err(TargetMissing::Object {
+            kind: t.kind.clone(),
+            key,
+            cluster,
+        })
     }
 }
 
@@ -287,7 +340,7 @@ pub(crate) fn policy_status(ctx: &Ctx<'_>, out: &mut Vec<StatusUpdate>) {
     if policies.is_empty() {
         return;
     }
-    let verdicts: BTreeMap<&ObjectKey, Result<(), String>> = policies
+    let verdicts: BTreeMap<&ObjectKey, Result<(), PolicyInvalid>> = policies
         .iter()
         .map(|(k, p)| (k, validate(&p.spec).map(drop)))
         .collect();
@@ -356,9 +409,9 @@ pub(crate) fn policy_status(ctx: &Ctx<'_>, out: &mut Vec<StatusUpdate>) {
     }
 }
 
-fn why_invalid(v: Option<&Result<(), String>>) -> String {
+fn why_invalid(v: Option<&Result<(), PolicyInvalid>>) -> String {
     match v {
-        Some(Err(why)) => why.clone(),
+        Some(Err(why)) => why.to_string(),
         _ => "not validated".to_string(),
     }
 }
@@ -376,7 +429,7 @@ fn judge_targets(
     let mut targets = Vec::with_capacity(refs.len());
     for t in refs {
         let verdict = match target_exists(ctx, &key.namespace, t) {
-            Err(why) => Err((condition::REASON_TARGET_NOT_FOUND, why)),
+            Err(why) => Err((condition::REASON_TARGET_NOT_FOUND, why.to_string())),
             Ok(()) => match winners.get(&(
                 key.namespace.as_str(),
                 t.group.as_str(),
@@ -485,72 +538,31 @@ pub(crate) fn stale_endpoints_condition<'r>(
     ))
 }
 
-fn ms(field: &str, v: Option<&str>) -> Result<u64, String> {
+/// A duration field in milliseconds (absent: 0).
+fn ms(field: &'static str, v: Option<&str>) -> Result<u64, PolicyInvalid> {
     match v {
         None => Ok(0),
         Some(s) => parse_duration(s)
             .map(|d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .map_err(|e| format!("{field}: {e}")),
+            .map_err(|source| PolicyInvalid::Duration { field, source }),
     }
 }
 
 /// Converts a policy spec; `Err` names the first invalid field.
-pub(crate) fn to_model(spec: &crd::FailoverPolicySpec) -> Result<model::FailoverPolicy, String> {
-    for w in &spec.weights {
-        if w.percent > 100 {
-            return Err(format!(
-                "weights: percent {} for {} → {} is above 100",
-                w.percent, w.from, w.region
-            ));
-        }
+pub(crate) fn to_model(
+    spec: &crd::FailoverPolicySpec,
+) -> Result<model::FailoverPolicy, PolicyInvalid> {
+    if let Some(w) = spec.weights.iter().find(|w| w.percent > 100) {
+        return Err(PolicyInvalid::Weight {
+            percent: w.percent,
+            from: w.from.clone(),
+            region: w.region.clone(),
+        });
     }
     let min_healthy_percent = spec.spill.as_ref().map_or(0, |s| s.min_healthy_percent);
     if min_healthy_percent > 100 {
-        return Err(format!(
-            "spill.minHealthyPercent {min_healthy_percent} is above 100"
-        ));
+        return Err(PolicyInvalid::MinHealthyPercent(min_healthy_percent));
     }
-    let health_check = match &spec.health_check {
-        None => None,
-        Some(h) => Some(Box::new(model::HealthCheck {
-            http_path: h.http.as_ref().map(|x| x.path.clone()),
-            interval_ms: ms("healthCheck.interval", h.interval.as_deref())?,
-            timeout_ms: ms("healthCheck.timeout", h.timeout.as_deref())?,
-            unhealthy_threshold: h.unhealthy_threshold.unwrap_or(0),
-            healthy_threshold: h.healthy_threshold.unwrap_or(0),
-        })),
-    };
-    if let Some(path) = health_check.as_ref().and_then(|h| h.http_path.as_ref())
-        && (!path.starts_with('/')
-            || path
-                .chars()
-                .any(|c| c.is_ascii_whitespace() || c.is_ascii_control()))
-    {
-        return Err(format!(
-            "healthCheck.http.path {path:?} must be an absolute path without spaces"
-        ));
-    }
-    let outlier_detection = match &spec.outlier_detection {
-        None => None,
-        Some(o) => Some(Box::new(model::OutlierDetection {
-            consecutive_5xx: o.consecutive_5xx.unwrap_or(0),
-            base_ejection_ms: ms(
-                "outlierDetection.baseEjectionTime",
-                o.base_ejection_time.as_deref(),
-            )?,
-            max_ejection_ms: ms(
-                "outlierDetection.maxEjectionTime",
-                o.max_ejection_time.as_deref(),
-            )?,
-        })),
-    };
-    let failback = match &spec.failback {
-        None => None,
-        Some(f) => Some(Box::new(model::Failback {
-            hysteresis_ms: ms("failback.hysteresis", f.hysteresis.as_deref())?,
-            slow_start_ms: ms("failback.slowStart", f.slow_start.as_deref())?,
-        })),
-    };
     Ok(model::FailoverPolicy {
         region_order: Vec::new(),
         failover: spec
@@ -576,16 +588,62 @@ pub(crate) fn to_model(spec: &crd::FailoverPolicySpec) -> Result<model::Failover
             .as_ref()
             .map(|g| g.regions.clone())
             .unwrap_or_default(),
-        health_check,
-        outlier_detection,
+        health_check: spec.health_check.as_ref().map(health_check).transpose()?,
+        outlier_detection: spec
+            .outlier_detection
+            .as_ref()
+            .map(outlier_detection)
+            .transpose()?,
         retry: spec.retry.as_ref().map(|r| {
             Box::new(model::FailoverRetry {
                 attempts: r.attempts.unwrap_or(0),
                 budget_percent: r.budget_percent.unwrap_or(0).min(100),
             })
         }),
-        failback,
+        failback: spec.failback.as_ref().map(failback).transpose()?,
     })
+}
+
+fn health_check(h: &crd::HealthCheck) -> Result<Box<model::HealthCheck>, PolicyInvalid> {
+    let hc = model::HealthCheck {
+        http_path: h.http.as_ref().map(|x| x.path.clone()),
+        interval_ms: ms("healthCheck.interval", h.interval.as_deref())?,
+        timeout_ms: ms("healthCheck.timeout", h.timeout.as_deref())?,
+        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(0),
+        healthy_threshold: h.healthy_threshold.unwrap_or(0),
+    };
+    if let Some(path) = &hc.http_path
+        && (!path.starts_with('/')
+            || path
+                .chars()
+                .any(|c| c.is_ascii_whitespace() || c.is_ascii_control()))
+    {
+        return Err(PolicyInvalid::HealthCheckPath(path.clone()));
+    }
+    Ok(Box::new(hc))
+}
+
+fn outlier_detection(
+    o: &crd::OutlierDetection,
+) -> Result<Box<model::OutlierDetection>, PolicyInvalid> {
+    Ok(Box::new(model::OutlierDetection {
+        consecutive_5xx: o.consecutive_5xx.unwrap_or(0),
+        base_ejection_ms: ms(
+            "outlierDetection.baseEjectionTime",
+            o.base_ejection_time.as_deref(),
+        )?,
+        max_ejection_ms: ms(
+            "outlierDetection.maxEjectionTime",
+            o.max_ejection_time.as_deref(),
+        )?,
+    }))
+}
+
+fn failback(f: &crd::Failback) -> Result<Box<model::Failback>, PolicyInvalid> {
+    Ok(Box::new(model::Failback {
+        hysteresis_ms: ms("failback.hysteresis", f.hysteresis.as_deref())?,
+        slow_start_ms: ms("failback.slowStart", f.slow_start.as_deref())?,
+    }))
 }
 
 /// Calls `f` on every endpoint of every backend of `routes`, mirror backends included.
@@ -697,7 +755,7 @@ mod tests {
     fn invalid_fields_are_named() {
         let bad = |yaml: &str| {
             let spec: FailoverPolicySpec = serde_yaml::from_str(yaml).unwrap();
-            to_model(&spec).unwrap_err()
+            to_model(&spec).unwrap_err().to_string()
         };
         let refs = "targetRefs: []\n";
         assert!(

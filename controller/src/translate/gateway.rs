@@ -248,6 +248,8 @@ pub(crate) fn build_all<'a>(
     out
 }
 
+/// Validates one Gateway: its own problems, addresses, gateway-level references and
+/// listeners (with conflicts between them).
 fn build<'a>(
     ctx: &Ctx<'a>,
     key: &ObjectKey,
@@ -257,68 +259,12 @@ fn build<'a>(
     let GatewaySpec {
         addresses,
         allowed_listeners: _, // ListenerSets are not supported; the default admits none.
-        gateway_class_name,
-        infrastructure,
+        gateway_class_name: _,
+        infrastructure: _,
         listeners,
         tls,
     } = &gw.spec;
-    let mut problem = None;
-    if !class_accepted {
-        problem = Some(Problem::new(
-            "Invalid",
-            format!("GatewayClass {gateway_class_name:?} is not accepted"),
-        ));
-    }
-    if let Some(GatewayInfrastructure {
-        parameters_ref: Some(p),
-        ..
-    }) = infrastructure
-    {
-        problem.get_or_insert(Problem::new(
-            "InvalidParameters",
-            format!(
-                "infrastructure.parametersRef {}/{} {:?} is not supported",
-                p.group, p.kind, p.name
-            ),
-        ));
-    }
-    if let Some(GatewayTls {
-        frontend: Some(_), ..
-    }) = tls
-    {
-        // Accepting it without enforcing client certificates would silently weaken security.
-        problem.get_or_insert(Problem::new(
-            "Invalid",
-            "spec.tls.frontend (client certificate validation) is not supported",
-        ));
-    }
-    // spec.tls.backend.clientCertificateRef: the proxy does not originate TLS, so the certificate
-    // is never used, but the reference is still checked and reported truthfully.
-    let refs = match tls {
-        Some(GatewayTls {
-            backend:
-                Some(GatewayTlsBackend {
-                    client_certificate_ref: Some(r),
-                }),
-            ..
-        }) => {
-            let GatewayTlsBackendClientCertificateRef {
-                group,
-                kind,
-                name,
-                namespace,
-            } = r;
-            let r = SecretRef {
-                field: "clientCertificateRef",
-                group: group.as_deref().unwrap_or(""),
-                kind: kind.as_deref().unwrap_or("Secret"),
-                namespace: namespace.as_deref().unwrap_or(&key.namespace),
-                name,
-            };
-            Some(resolve_secret(ctx, &key.namespace, r, "InvalidClientCertificateRef").err())
-        }
-        _ => None,
-    };
+    let mut problem = gateway_problem(&gw.spec, class_accepted);
     let (addrs, address_accept_problem, address_problem) = resolve_addresses(
         ctx,
         key,
@@ -347,8 +293,76 @@ fn build<'a>(
         address_problem,
         addresses: addrs,
         listeners: states,
-        refs,
+        refs: backend_client_certificate(ctx, key, tls.as_ref()),
     }
+}
+
+/// Why the Gateway itself is not Accepted (before addresses and listeners): the first of an
+/// unaccepted class, infrastructure parameters, and client certificate validation.
+fn gateway_problem(spec: &GatewaySpec, class_accepted: bool) -> Option<Problem> {
+    if !class_accepted {
+        return Some(Problem::new(
+            "Invalid",
+            format!("GatewayClass {:?} is not accepted", spec.gateway_class_name),
+        ));
+    }
+    if let Some(GatewayInfrastructure {
+        parameters_ref: Some(p),
+        ..
+    }) = &spec.infrastructure
+    {
+        return Some(Problem::new(
+            "InvalidParameters",
+            format!(
+                "infrastructure.parametersRef {}/{} {:?} is not supported",
+                p.group, p.kind, p.name
+            ),
+        ));
+    }
+    if let Some(GatewayTls {
+        frontend: Some(_), ..
+    }) = &spec.tls
+    {
+        // Accepting it without enforcing client certificates would silently weaken security.
+        return Some(Problem::new(
+            "Invalid",
+            "spec.tls.frontend (client certificate validation) is not supported",
+        ));
+    }
+    None
+}
+
+/// `spec.tls.backend.clientCertificateRef`: the proxy does not originate TLS, so the
+/// certificate is never used, but the reference is still checked and reported truthfully.
+/// `None` without one; `Some(None)` when it resolves.
+fn backend_client_certificate(
+    ctx: &Ctx<'_>,
+    key: &ObjectKey,
+    tls: Option<&GatewayTls>,
+) -> Option<Option<Problem>> {
+    let Some(GatewayTls {
+        backend: Some(GatewayTlsBackend {
+            client_certificate_ref: Some(r),
+        }),
+        ..
+    }) = tls
+    else {
+        return None;
+    };
+    let GatewayTlsBackendClientCertificateRef {
+        group,
+        kind,
+        name,
+        namespace,
+    } = r;
+    let r = SecretRef {
+        field: "clientCertificateRef",
+        group: group.as_deref().unwrap_or(""),
+        kind: kind.as_deref().unwrap_or("Secret"),
+        namespace: namespace.as_deref().unwrap_or(&key.namespace),
+        name,
+    };
+    Some(resolve_secret(ctx, &key.namespace, r, "InvalidClientCertificateRef").err())
 }
 
 /// While the data plane cannot tell ([`ProgrammedState::Unknown`]: after a controller restart,
@@ -444,6 +458,8 @@ fn resolve_addresses(
     (pool, None, None)
 }
 
+/// Validates one listener: protocol, port, hostname and TLS fit (`Accepted`), allowed route
+/// kinds and certificates (`ResolvedRefs`), and which namespaces may attach.
 fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerState {
     let GatewayListeners {
         allowed_routes,
@@ -489,65 +505,95 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
             ))
         }
     }
-    if let Some(h) = &st.hostname
-        && !hostname::is_valid_pattern(h)
+    if let Some(p) =
+        hostname_problem(st.hostname.as_deref()).or_else(|| tls_problem(st.protocol, tls.as_ref()))
     {
-        st.accepted.get_or_insert(Problem::new(
-            "UnsupportedValue",
-            format!("hostname {h:?} is not a valid DNS name or wildcard"),
-        ));
+        st.accepted.get_or_insert(p);
     }
-    match (st.protocol, tls) {
-        (Some(Protocol::Http), Some(_)) => {
-            st.accepted.get_or_insert(Problem::new(
-                "UnsupportedValue",
-                "tls must not be set on an HTTP listener",
-            ));
+    let kinds = allowed_routes
+        .as_ref()
+        .and_then(|a| a.kinds.as_deref())
+        .unwrap_or_default();
+    (st.http_route_kind, st.resolved) = allowed_kinds(kinds);
+    st.allowed = allowed_namespaces(allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()));
+    if st.protocol == Some(Protocol::Https) && st.accepted.is_none() {
+        let refs = tls
+            .as_ref()
+            .and_then(|t| t.certificate_refs.as_deref())
+            .unwrap_or_default();
+        let (certs, problem) = resolve_certificates(ctx, gw_ns, refs);
+        st.certificates = certs;
+        if let Some(p) = problem {
+            // A certificate problem is what keeps the listener from serving: report it first.
+            st.resolved = Some(p);
         }
+    }
+    st
+}
+
+/// A listener hostname that is no DNS name or wildcard.
+fn hostname_problem(hostname: Option<&str>) -> Option<Problem> {
+    let h = hostname.filter(|h| !hostname::is_valid_pattern(h))?;
+    Some(Problem::new(
+        "UnsupportedValue",
+        format!("hostname {h:?} is not a valid DNS name or wildcard"),
+    ))
+}
+
+/// `tls` that does not fit the listener's protocol.
+fn tls_problem(protocol: Option<Protocol>, tls: Option<&GatewayListenersTls>) -> Option<Problem> {
+    match (protocol, tls) {
+        (Some(Protocol::Http), Some(_)) => Some(Problem::new(
+            "UnsupportedValue",
+            "tls must not be set on an HTTP listener",
+        )),
         (
             Some(Protocol::Https),
             Some(GatewayListenersTls {
                 mode: Some(GatewayListenersTlsMode::Passthrough),
                 ..
             }),
-        ) => {
-            st.accepted.get_or_insert(Problem::new(
-                "UnsupportedValue",
-                "tls.mode Passthrough is not valid on an HTTPS listener (use protocol TLS)",
-            ));
-        }
-        _ => {}
+        ) => Some(Problem::new(
+            "UnsupportedValue",
+            "tls.mode Passthrough is not valid on an HTTPS listener (use protocol TLS)",
+        )),
+        _ => None,
     }
+}
 
-    // allowedRoutes: kinds (default from the protocol) and namespaces (default Same).
-    let kinds = allowed_routes
-        .as_ref()
-        .and_then(|a| a.kinds.as_deref())
-        .unwrap_or_default();
+/// `allowedRoutes.kinds` (empty: the protocol's default, HTTPRoute): whether HTTPRoute is
+/// among them, and the `InvalidRouteKinds` problem naming the others.
+fn allowed_kinds(kinds: &[GatewayListenersAllowedRoutesKinds]) -> (bool, Option<Problem>) {
     if kinds.is_empty() {
-        st.http_route_kind = true;
-    } else {
-        let mut invalid = Vec::new();
-        for GatewayListenersAllowedRoutesKinds { group, kind } in kinds {
-            let group = group.as_deref().unwrap_or(GATEWAY_GROUP);
-            if group == GATEWAY_GROUP && kind == "HTTPRoute" {
-                st.http_route_kind = true;
-            } else {
-                invalid.push(format!("{kind}.{group}"));
-            }
-        }
-        if !invalid.is_empty() {
-            st.resolved = Some(Problem::new(
-                "InvalidRouteKinds",
-                format!(
-                    "route kind(s) {} are not supported (HTTPRoute is)",
-                    invalid.join(", ")
-                ),
-            ));
+        return (true, None);
+    }
+    let mut http_route = false;
+    let mut invalid = Vec::new();
+    for GatewayListenersAllowedRoutesKinds { group, kind } in kinds {
+        let group = group.as_deref().unwrap_or(GATEWAY_GROUP);
+        if group == GATEWAY_GROUP && kind == "HTTPRoute" {
+            http_route = true;
+        } else {
+            invalid.push(format!("{kind}.{group}"));
         }
     }
-    let namespaces = allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
-    st.allowed = match namespaces.and_then(|n| n.from.as_ref()) {
+    let problem = (!invalid.is_empty()).then(|| {
+        Problem::new(
+            "InvalidRouteKinds",
+            format!(
+                "route kind(s) {} are not supported (HTTPRoute is)",
+                invalid.join(", ")
+            ),
+        )
+    });
+    (http_route, problem)
+}
+
+/// `allowedRoutes.namespaces` (default `Same`).
+fn allowed_namespaces(
+    namespaces: Option<&GatewayListenersAllowedRoutesNamespaces>,
+) -> AllowedNamespaces {
+    match namespaces.and_then(|n| n.from.as_ref()) {
         None | Some(GatewayListenersAllowedRoutesNamespacesFrom::Same) => AllowedNamespaces::Same,
         Some(GatewayListenersAllowedRoutesNamespacesFrom::All) => AllowedNamespaces::All,
         Some(GatewayListenersAllowedRoutesNamespacesFrom::Selector) => {
@@ -565,21 +611,7 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
                 )
             }))
         }
-    };
-
-    if st.protocol == Some(Protocol::Https) && st.accepted.is_none() {
-        let refs = tls
-            .as_ref()
-            .and_then(|t| t.certificate_refs.as_deref())
-            .unwrap_or_default();
-        let (certs, problem) = resolve_certificates(ctx, gw_ns, refs);
-        st.certificates = certs;
-        if let Some(p) = problem {
-            // A certificate problem is what keeps the listener from serving: report it first.
-            st.resolved = Some(p);
-        }
     }
-    st
 }
 
 /// Resolves certificateRefs; returns the usable certificates and the first problem.
@@ -922,25 +954,51 @@ fn last_known_programmed(gateway: &Gateway, generation: i64) -> Cond {
 }
 
 /// Computes the Gateway's status and its snapshot entry (only served listeners).
+///
+/// ```text
+/// problem, listener validity ─► Accepted ─┐
+/// served listeners, addresses, data plane ─► Programmed ─┼─► Gateway status (+ ResolvedRefs,
+/// served routes' unreachable clusters ─► StaleEndpoints ─┘    StaleEndpoints, listener status)
+/// accepted, addresses, served listeners ─► snapshot entry
+/// ```
 pub(crate) fn finish(
     ctx: &Ctx<'_>,
     gw: GatewayState<'_>,
 ) -> (Option<model::Gateway>, Option<StatusUpdate>) {
-    let GatewayState {
-        key,
-        gateway,
-        generation,
-        problem,
-        address_problem,
-        addresses,
-        listeners,
-        refs,
-    } = gw;
-    let now = ctx.cfg.now;
-    let with_status: Vec<&ListenerState> = listeners.iter().filter(|l| l.has_status).collect();
+    let accepted = accepted_condition(gw.problem.as_ref(), &gw.listeners);
+    let any_served = gw.listeners.iter().any(ListenerState::served);
+    let programmed = programmed_condition(ctx, &gw, accepted.status, any_served);
+    // Only a Gateway that serves can serve stale endpoints.
+    let serving = accepted.status && gw.address_problem.is_none();
+    let stale_endpoints = serving
+        .then(|| {
+            super::failover::stale_endpoints_condition(
+                ctx,
+                gw.listeners
+                    .iter()
+                    .filter(|l| l.served())
+                    .flat_map(|l| &l.routes),
+            )
+        })
+        .flatten();
+    let update = gateway_status_update(ctx, &gw, accepted, programmed, stale_endpoints);
+    let snapshot = match gw.addresses.first() {
+        Some(address) if serving && any_served => Some(snapshot_gateway(
+            gw.key.clone(),
+            gw.gateway,
+            *address,
+            gw.listeners,
+        )),
+        _ => None,
+    };
+    (snapshot, update)
+}
+
+/// The Gateway's `Accepted`: its own problem first, then how many listeners are valid.
+fn accepted_condition(problem: Option<&Problem>, listeners: &[ListenerState]) -> Cond {
     let valid = listeners.iter().filter(|l| l.valid()).count();
     let all = listeners.len();
-    let accepted = match &problem {
+    match problem {
         Some(p) => Cond::new("Accepted", false, p.reason, p.message.clone()),
         None if valid == 0 => Cond::new(
             "Accepted",
@@ -955,124 +1013,116 @@ pub(crate) fn finish(
             format!("{} of {all} listeners are not valid", all - valid),
         ),
         None => Cond::new("Accepted", true, "Accepted", "Gateway accepted"),
-    };
-    let served: Vec<&ListenerState> = listeners.iter().filter(|l| l.served()).collect();
+    }
+}
+
+/// The Gateway's `Programmed`: not accepted, nothing to serve and address problems first; then
+/// what the data plane reports for it.
+fn programmed_condition(
+    ctx: &Ctx<'_>,
+    gw: &GatewayState<'_>,
+    accepted: bool,
+    any_served: bool,
+) -> Cond {
+    if !accepted {
+        return Cond::new(
+            "Programmed",
+            false,
+            "Invalid",
+            "the Gateway is not accepted",
+        );
+    }
+    if !any_served {
+        return Cond::new("Programmed", false, "Invalid", "no listener can be served");
+    }
+    if let Some(p) = &gw.address_problem {
+        return Cond::new("Programmed", false, p.reason, p.message.clone());
+    }
     let state = ctx
         .cfg
         .programmed
         .get(&ClusterGatewayRef::new(
             ctx.cluster_name,
-            &key.namespace,
-            &key.name,
+            &gw.key.namespace,
+            &gw.key.name,
         ))
         .cloned()
         .unwrap_or_default();
-    let programmed = if !accepted.status {
-        Cond::new(
+    match state {
+        ProgrammedState::NoProxy => Cond::new(
+            "Programmed",
+            false,
+            "NoResources",
+            "no proxy serves this cluster",
+        ),
+        ProgrammedState::Pending { .. } => Cond::new(
+            "Programmed",
+            false,
+            "Pending",
+            "waiting for the proxies to apply the configuration",
+        ),
+        ProgrammedState::Refused(why) => Cond::new(
             "Programmed",
             false,
             "Invalid",
-            "the Gateway is not accepted",
-        )
-    } else if served.is_empty() {
-        Cond::new("Programmed", false, "Invalid", "no listener can be served")
-    } else if let Some(p) = &address_problem {
-        Cond::new("Programmed", false, p.reason, p.message.clone())
-    } else {
-        match &state {
-            ProgrammedState::NoProxy => Cond::new(
-                "Programmed",
-                false,
-                "NoResources",
-                "no proxy serves this cluster",
-            ),
-            ProgrammedState::Pending { .. } => Cond::new(
-                "Programmed",
-                false,
-                "Pending",
-                "waiting for the proxies to apply the configuration",
-            ),
-            ProgrammedState::Refused(why) => Cond::new(
-                "Programmed",
-                false,
-                "Invalid",
-                format!("the proxies refused the configuration: {why}"),
-            ),
-            ProgrammedState::Applied(_) => {
-                Cond::new("Programmed", true, "Programmed", "served by the proxies")
-            }
-            ProgrammedState::Unknown => last_known_programmed(gateway, generation),
+            format!("the proxies refused the configuration: {why}"),
+        ),
+        ProgrammedState::Applied(_) => {
+            Cond::new("Programmed", true, "Programmed", "served by the proxies")
         }
-    };
-    let stale_endpoints = (accepted.status && address_problem.is_none())
-        .then(|| {
-            super::failover::stale_endpoints_condition(ctx, served.iter().flat_map(|l| &l.routes))
-        })
-        .flatten();
-    let gateway_programmed = programmed.status;
-    let pending_reason = programmed.message.clone();
+        ProgrammedState::Unknown => last_known_programmed(gw.gateway, gw.generation),
+    }
+}
 
-    // Status of every listener, in spec order.
-    let old_status = gateway.status.as_ref();
+/// The Gateway's whole status (conditions, addresses, every listener in spec order), queued
+/// when it changed and the indexed copy is not stale.
+fn gateway_status_update(
+    ctx: &Ctx<'_>,
+    gw: &GatewayState<'_>,
+    accepted: Cond,
+    programmed: Cond,
+    stale_endpoints: Option<Cond>,
+) -> Option<StatusUpdate> {
+    let (now, generation) = (ctx.cfg.now, gw.generation);
+    let old_status = gw.gateway.status.as_ref();
     let old_listeners = old_status
         .and_then(|s| s.listeners.as_deref())
         .unwrap_or_default();
     let old_conditions = old_status
         .and_then(|s| s.conditions.as_deref())
         .unwrap_or_default();
-    let stale = is_stale(old_conditions, generation)
-        || is_stale(old_listeners.iter().flat_map(|l| &l.conditions), generation);
-
-    let listener_status: Vec<GatewayStatusListeners> = with_status
+    if is_stale(old_conditions, generation)
+        || is_stale(old_listeners.iter().flat_map(|l| &l.conditions), generation)
+    {
+        return None;
+    }
+    let listener_status: Vec<GatewayStatusListeners> = gw
+        .listeners
         .iter()
+        .filter(|l| l.has_status)
         .map(|l| {
-            let l_programmed = if !l.served() || !accepted.status {
-                Cond::new("Programmed", false, "Invalid", "the listener is not valid")
-            } else if gateway_programmed {
-                Cond::new("Programmed", true, "Programmed", "listener served")
-            } else {
-                Cond::new("Programmed", false, "Pending", pending_reason.clone())
-            };
-            let conflicted = match &l.conflicted {
-                None => Cond::new("Conflicted", false, "NoConflicts", "no conflicts"),
-                Some(p) => Cond::new("Conflicted", true, p.reason, p.message.clone()),
-            };
-            let conds = vec![
-                cond("Accepted", &l.accepted, "Accepted", "listener accepted"),
-                conflicted,
-                l_programmed,
-                cond(
-                    "ResolvedRefs",
-                    &l.resolved,
-                    "ResolvedRefs",
-                    "all references resolved",
-                ),
-            ];
-            let old = old_listeners
-                .iter()
-                .find(|o| o.name == l.name)
-                .map(|o| o.conditions.as_slice())
-                .unwrap_or_default();
-            let supported_kinds = if l.http_route_kind && l.protocol.is_some() {
-                vec![GatewayStatusListenersSupportedKinds {
-                    group: Some(GATEWAY_GROUP.to_string()),
-                    kind: "HTTPRoute".to_string(),
-                }]
-            } else {
-                Vec::new()
-            };
-            GatewayStatusListeners {
-                attached_routes: i32::try_from(l.attached.len()).unwrap_or(i32::MAX),
-                conditions: merge_conditions(old, stamp_all(conds, generation, now), now),
-                name: l.name.clone(),
-                supported_kinds: Some(supported_kinds),
-            }
+            listener_status(
+                l,
+                old_listeners,
+                accepted.status,
+                &programmed,
+                generation,
+                now,
+            )
         })
         .collect();
-
+    let refs = gw
+        .refs
+        .as_ref()
+        .map(|p| cond("ResolvedRefs", p, "ResolvedRefs", "all references resolved"));
+    let conditions = [accepted, programmed]
+        .into_iter()
+        .chain(refs)
+        .chain(stale_endpoints)
+        .collect();
     let new_status = GatewayStatus {
-        addresses: (!addresses.is_empty()).then(|| {
-            addresses
+        addresses: (!gw.addresses.is_empty()).then(|| {
+            gw.addresses
                 .iter()
                 .map(|ip| GatewayStatusAddresses {
                     r#type: Some("IPAddress".to_string()),
@@ -1083,67 +1133,110 @@ pub(crate) fn finish(
         attached_listener_sets: None,
         conditions: Some(merge_conditions(
             old_conditions,
-            stamp_all(
-                [accepted.clone(), programmed]
-                    .into_iter()
-                    .chain(refs.map(|p| {
-                        cond(
-                            "ResolvedRefs",
-                            &p,
-                            "ResolvedRefs",
-                            "all references resolved",
-                        )
-                    }))
-                    .chain(stale_endpoints)
-                    .collect(),
-                generation,
-                now,
-            ),
+            stamp_all(conditions, generation, now),
             now,
         )),
         listeners: Some(listener_status),
     };
     let mut updates = Vec::new();
-    if !stale {
-        push_if_changed(
-            ctx,
-            &mut updates,
-            StatusKind::Gateway,
-            Some(&key.namespace),
-            &key.name,
-            generation,
-            old_status,
-            &new_status,
-        );
-    }
+    push_if_changed(
+        ctx,
+        &mut updates,
+        StatusKind::Gateway,
+        Some(&gw.key.namespace),
+        &gw.key.name,
+        generation,
+        old_status,
+        &new_status,
+    );
+    updates.pop()
+}
 
-    let snapshot = match addresses.first() {
-        Some(address) if accepted.status && address_problem.is_none() && !served.is_empty() => {
-            let mut out = model::Gateway {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                listeners: Vec::new(),
-                served_by_header: served_by_header(gateway),
-            };
-            for l in listeners.into_iter().filter(ListenerState::served) {
-                let Some(protocol) = l.protocol else { continue };
-                let mut routes = l.routes;
-                routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-                out.listeners.push(model::Listener {
-                    name: l.name,
-                    address: *address,
-                    port: l.port,
-                    protocol,
-                    hostname: l.hostname,
-                    tls: (protocol == Protocol::Https).then_some(ListenerTls {
-                        certificates: l.certificates,
-                    }),
-                    routes,
-                });
-            }
-            Some(out)
-        }
-        _ => None,
+/// One listener's status entry: its own conditions, `Programmed` following the Gateway's.
+fn listener_status(
+    l: &ListenerState,
+    old_listeners: &[GatewayStatusListeners],
+    gateway_accepted: bool,
+    gateway_programmed: &Cond,
+    generation: i64,
+    now: k8s_openapi::jiff::Timestamp,
+) -> GatewayStatusListeners {
+    let programmed = if !l.served() || !gateway_accepted {
+        Cond::new("Programmed", false, "Invalid", "the listener is not valid")
+    } else if gateway_programmed.status {
+        Cond::new("Programmed", true, "Programmed", "listener served")
+    } else {
+        Cond::new(
+            "Programmed",
+            false,
+            "Pending",
+            gateway_programmed.message.clone(),
+        )
     };
-    (snapshot, updates.pop())
+    let conflicted = match &l.conflicted {
+        None => Cond::new("Conflicted", false, "NoConflicts", "no conflicts"),
+        Some(p) => Cond::new("Conflicted", true, p.reason, p.message.clone()),
+    };
+    let conds = vec![
+        cond("Accepted", &l.accepted, "Accepted", "listener accepted"),
+        conflicted,
+        programmed,
+        cond(
+            "ResolvedRefs",
+            &l.resolved,
+            "ResolvedRefs",
+            "all references resolved",
+        ),
+    ];
+    let old = old_listeners
+        .iter()
+        .find(|o| o.name == l.name)
+        .map(|o| o.conditions.as_slice())
+        .unwrap_or_default();
+    let supported_kinds = if l.http_route_kind && l.protocol.is_some() {
+        vec![GatewayStatusListenersSupportedKinds {
+            group: Some(GATEWAY_GROUP.to_string()),
+            kind: "HTTPRoute".to_string(),
+        }]
+    } else {
+        Vec::new()
+    };
+    GatewayStatusListeners {
+        attached_routes: i32::try_from(l.attached.len()).unwrap_or(i32::MAX),
+        conditions: merge_conditions(old, stamp_all(conds, generation, now), now),
+        name: l.name.clone(),
+        supported_kinds: Some(supported_kinds),
+    }
+}
+
+/// The snapshot entry: the served listeners on `address`, routes in name order.
+fn snapshot_gateway(
+    key: ObjectKey,
+    gateway: &Gateway,
+    address: IpAddr,
+    listeners: Vec<ListenerState>,
+) -> model::Gateway {
+    let mut out = model::Gateway {
+        namespace: key.namespace,
+        name: key.name,
+        listeners: Vec::new(),
+        served_by_header: served_by_header(gateway),
+    };
+    for l in listeners.into_iter().filter(ListenerState::served) {
+        let Some(protocol) = l.protocol else { continue };
+        let mut routes = l.routes;
+        routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out.listeners.push(model::Listener {
+            name: l.name,
+            address,
+            port: l.port,
+            protocol,
+            hostname: l.hostname,
+            tls: (protocol == Protocol::Https).then_some(ListenerTls {
+                certificates: l.certificates,
+            }),
+            routes,
+        });
+    }
+    out
 }

@@ -61,7 +61,7 @@ pub use self::east_west::{EastWestListeners, MissingRemote};
 pub(crate) use self::failover::stale_endpoint_counts;
 pub use self::failover::{UnreachableCluster, next_stale_expiry};
 pub use self::refresh::refresh_endpoints;
-pub use self::rules::parse_duration_ms;
+pub use self::rules::{DurationError, parse_duration_ms};
 
 /// Default `spec.controllerName` of the GatewayClasses Meridian owns.
 pub const CONTROLLER_NAME: &str = "meridian.dev/gateway-controller";

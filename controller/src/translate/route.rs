@@ -44,6 +44,11 @@ struct ParentKey {
 }
 
 /// Attaches one route and returns its status update, if its status must change.
+///
+/// ```text
+/// parentRefs naming our Gateways ─► rules translated once ─► route-level problem,
+///   ResolvedRefs, PartiallyInvalid ─► per parent: attach (Accepted) ─► status.parents merged
+/// ```
 pub(crate) fn process(
     ctx: &Ctx<'_>,
     key: &ObjectKey,
@@ -63,10 +68,77 @@ pub(crate) fn process(
     } = spec;
     let controller = ctx.cfg.controller_name.as_str();
     let generation = generation_of(metadata);
-    let now = ctx.cfg.now;
 
+    let ours = our_parents(key, parent_refs.as_deref().unwrap_or_default(), gateways);
+    let existing: &[HttpRouteStatusParents] = status
+        .as_ref()
+        .map(|s| s.parents.as_slice())
+        .unwrap_or_default();
+    let had_ours = existing.iter().any(|p| p.controller_name == controller);
+    if ours.is_empty() && !had_ours {
+        return None;
+    }
+    let stale = is_stale(
+        existing
+            .iter()
+            .filter(|p| p.controller_name == controller)
+            .flat_map(|p| &p.conditions),
+        generation,
+    );
+
+    let mut translated = if ours.is_empty() {
+        RouteRules::default()
+    } else {
+        translate_rules(ctx, &key.namespace, rules.as_ref(), cache)
+    };
+    super::failover::attach_route_policy(ctx, key, &mut translated.rules);
+    let route = RouteVerdict::new(
+        hostnames.as_deref().unwrap_or_default(),
+        translated,
+        metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(0),
+    );
+    // Attach even when the indexed status is stale: the listeners count the route either way.
+    let entries: Vec<HttpRouteStatusParents> = ours
+        .iter()
+        .filter_map(|pk| {
+            let gw = gateways.get_mut(&ObjectKey::new(pk.namespace.as_str(), pk.name.as_str()))?;
+            let accepted = attach(ctx, key, pk, gw, &route);
+            Some(parent_entry(ctx, pk, &route, accepted, generation))
+        })
+        .collect();
+    if stale {
+        return None;
+    }
+    let new_status = HttpRouteStatus {
+        parents: merge_route_parents(existing, entries, controller, &key.namespace, ctx.cfg.now),
+    };
+    let mut out = Vec::new();
+    let old_status = status.clone().unwrap_or_default();
+    push_if_changed(
+        ctx,
+        &mut out,
+        StatusKind::HttpRoute,
+        Some(&key.namespace),
+        &key.name,
+        generation,
+        Some(&old_status),
+        &new_status,
+    );
+    out.pop()
+}
+
+/// The route's parentRefs that name a Gateway of ours, defaults applied, without repeats.
+fn our_parents(
+    key: &ObjectKey,
+    parent_refs: &[HttpRouteParentRefs],
+    gateways: &BTreeMap<ObjectKey, GatewayState<'_>>,
+) -> Vec<ParentKey> {
     let mut ours: Vec<ParentKey> = Vec::new();
-    for p in parent_refs.iter().flatten() {
+    for p in parent_refs {
         let HttpRouteParentRefs {
             group,
             kind,
@@ -92,53 +164,67 @@ pub(crate) fn process(
             ours.push(pk);
         }
     }
-    let existing: &[HttpRouteStatusParents] = status
-        .as_ref()
-        .map(|s| s.parents.as_slice())
-        .unwrap_or_default();
-    let had_ours = existing.iter().any(|p| p.controller_name == controller);
-    if ours.is_empty() && !had_ours {
-        return None;
-    }
-    let stale = is_stale(
-        existing
-            .iter()
-            .filter(|p| p.controller_name == controller)
-            .flat_map(|p| &p.conditions),
-        generation,
-    );
+    ours
+}
 
-    let mut translated = if ours.is_empty() {
-        RouteRules::default()
-    } else {
-        translate_rules(ctx, &key.namespace, rules.as_ref(), cache)
-    };
-    super::failover::attach_route_policy(ctx, key, &mut translated.rules);
-    let route_hostnames: Vec<String> = hostnames
-        .iter()
-        .flatten()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
-    let route_problem = if let Some(bad) = route_hostnames
-        .iter()
-        .find(|h| !hostname::is_valid_pattern(h))
-    {
-        Some(Problem::new(
+/// What holds for a route whatever parent it attaches to.
+struct RouteVerdict {
+    /// Lower-cased `spec.hostnames`.
+    hostnames: Vec<String>,
+    /// Why the route cannot be accepted anywhere (invalid hostname, every rule invalid).
+    problem: Option<Problem>,
+    translated: RouteRules,
+    /// `ResolvedRefs`.
+    resolved: Cond,
+    /// `PartiallyInvalid` (dropped rules, degraded parts) of an otherwise acceptable route.
+    partially_invalid: Option<Cond>,
+    /// Creation time (seconds), the snapshot's tie-breaker between routes.
+    created_at: i64,
+}
+
+impl RouteVerdict {
+    fn new(hostnames: &[String], translated: RouteRules, created_at: i64) -> Self {
+        let hostnames: Vec<String> = hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let problem = route_problem(&hostnames, &translated);
+        let resolved = resolved_condition(&translated);
+        let partially_invalid = if problem.is_none() {
+            partially_invalid_condition(&translated)
+        } else {
+            None
+        };
+        Self {
+            hostnames,
+            problem,
+            translated,
+            resolved,
+            partially_invalid,
+            created_at,
+        }
+    }
+}
+
+/// An invalid hostname, else (when every rule was dropped) the first rule's problem.
+fn route_problem(hostnames: &[String], translated: &RouteRules) -> Option<Problem> {
+    if let Some(bad) = hostnames.iter().find(|h| !hostname::is_valid_pattern(h)) {
+        return Some(Problem::new(
             "UnsupportedValue",
             format!("hostname {bad:?} is not a valid DNS name or wildcard"),
-        ))
-    } else if translated.total > 0 && translated.rules.is_empty() {
-        translated.dropped.first().map(|(idx, p)| {
+        ));
+    }
+    if translated.total > 0 && translated.rules.is_empty() {
+        return translated.dropped.first().map(|(idx, p)| {
             Problem::new(
                 p.reason,
                 format!("all rules are invalid; rule {idx}: {}", p.message),
             )
-        })
-    } else {
-        None
-    };
+        });
+    }
+    None
+}
 
-    let resolved = match translated.unresolved.first() {
+/// `ResolvedRefs`: every unresolved reference named, with the first one's reason.
+fn resolved_condition(translated: &RouteRules) -> Cond {
+    match translated.unresolved.first() {
         None => Cond::new(
             "ResolvedRefs",
             true,
@@ -156,100 +242,67 @@ pub(crate) fn process(
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
-    };
-    let partially_invalid = {
-        let mut notes: Vec<String> = translated
-            .dropped
-            .iter()
-            .map(|(idx, p)| format!("Dropped Rule {idx}: {}", p.message))
-            .collect();
-        notes.extend(translated.degraded.iter().cloned());
-        (route_problem.is_none() && !notes.is_empty()).then(|| {
-            Cond::new(
-                "PartiallyInvalid",
-                true,
-                "UnsupportedValue",
-                notes.join("; "),
-            )
-        })
-    };
+    }
+}
 
-    let created_at = metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second())
-        .unwrap_or(0);
-    let mut entries = Vec::with_capacity(ours.len());
-    for pk in &ours {
-        let gw_key = ObjectKey::new(pk.namespace.as_str(), pk.name.as_str());
-        let Some(gw) = gateways.get_mut(&gw_key) else {
-            continue;
-        };
-        let accepted = match attach(
-            ctx,
-            key,
-            pk,
-            gw,
-            &route_hostnames,
-            route_problem.as_ref(),
-            &translated,
-            created_at,
-        ) {
-            Ok(listeners) => Cond::new(
-                "Accepted",
-                true,
-                "Accepted",
-                format!("attached to listener(s) {}", listeners.join(", ")),
-            ),
-            Err(p) => Cond::new("Accepted", false, p.reason, p.message),
-        };
-        let mut conds = vec![accepted, resolved.clone()];
-        conds.extend(partially_invalid.clone());
-        entries.push(HttpRouteStatusParents {
-            conditions: stamp_all(conds, generation, now),
-            controller_name: controller.to_string(),
-            parent_ref: HttpRouteStatusParentsParentRef {
-                group: Some(GATEWAY_GROUP.to_string()),
-                kind: Some("Gateway".to_string()),
-                name: pk.name.clone(),
-                namespace: Some(pk.namespace.clone()),
-                port: pk.port,
-                section_name: pk.section_name.clone(),
-            },
-        });
-    }
-    if stale {
-        return None;
-    }
-    let new_status = HttpRouteStatus {
-        parents: merge_route_parents(existing, entries, controller, &key.namespace, now),
+/// `PartiallyInvalid=True` naming every dropped rule and degraded part; `None` without any.
+fn partially_invalid_condition(translated: &RouteRules) -> Option<Cond> {
+    let mut notes: Vec<String> = translated
+        .dropped
+        .iter()
+        .map(|(idx, p)| format!("Dropped Rule {idx}: {}", p.message))
+        .collect();
+    notes.extend(translated.degraded.iter().cloned());
+    (!notes.is_empty()).then(|| {
+        Cond::new(
+            "PartiallyInvalid",
+            true,
+            "UnsupportedValue",
+            notes.join("; "),
+        )
+    })
+}
+
+/// The route's `status.parents` entry for one of our parents.
+fn parent_entry(
+    ctx: &Ctx<'_>,
+    pk: &ParentKey,
+    route: &RouteVerdict,
+    attached: Result<Vec<String>, Problem>,
+    generation: i64,
+) -> HttpRouteStatusParents {
+    let accepted = match attached {
+        Ok(listeners) => Cond::new(
+            "Accepted",
+            true,
+            "Accepted",
+            format!("attached to listener(s) {}", listeners.join(", ")),
+        ),
+        Err(p) => Cond::new("Accepted", false, p.reason, p.message),
     };
-    let mut out = Vec::new();
-    let old_status = status.clone().unwrap_or_default();
-    push_if_changed(
-        ctx,
-        &mut out,
-        StatusKind::HttpRoute,
-        Some(&key.namespace),
-        &key.name,
-        generation,
-        Some(&old_status),
-        &new_status,
-    );
-    out.pop()
+    let mut conds = vec![accepted, route.resolved.clone()];
+    conds.extend(route.partially_invalid.clone());
+    HttpRouteStatusParents {
+        conditions: stamp_all(conds, generation, ctx.cfg.now),
+        controller_name: ctx.cfg.controller_name.clone(),
+        parent_ref: HttpRouteStatusParentsParentRef {
+            group: Some(GATEWAY_GROUP.to_string()),
+            kind: Some("Gateway".to_string()),
+            name: pk.name.clone(),
+            namespace: Some(pk.namespace.clone()),
+            port: pk.port,
+            section_name: pk.section_name.clone(),
+        },
+    }
 }
 
 /// Attaches the route to the listeners `pk` selects; returns their names, or why it cannot.
-#[allow(clippy::too_many_arguments)]
 fn attach(
     ctx: &Ctx<'_>,
     key: &ObjectKey,
     pk: &ParentKey,
     gw: &mut GatewayState<'_>,
-    route_hostnames: &[String],
-    route_problem: Option<&Problem>,
-    translated: &RouteRules,
-    created_at: i64,
+    route: &RouteVerdict,
 ) -> Result<Vec<String>, Problem> {
     let selected: Vec<usize> = (0..gw.listeners.len())
         .filter(|&i| {
@@ -292,7 +345,7 @@ fn attach(
     let accepting: Vec<(usize, Vec<String>)> = allowed
         .into_iter()
         .filter_map(|i| {
-            effective_hostnames(gw.listeners[i].hostname.as_deref(), route_hostnames)
+            effective_hostnames(gw.listeners[i].hostname.as_deref(), &route.hostnames)
                 .map(|h| (i, h))
         })
         .collect();
@@ -305,7 +358,7 @@ fn attach(
             ),
         ));
     }
-    if let Some(p) = route_problem {
+    if let Some(p) = &route.problem {
         return Err(p.clone());
     }
     let mut names = Vec::with_capacity(accepting.len());
@@ -316,9 +369,9 @@ fn attach(
             l.routes.push(model::Route {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
-                created_at,
+                created_at: route.created_at,
                 hostnames,
-                rules: translated.rules.clone(),
+                rules: route.translated.rules.clone(),
             });
         }
     }

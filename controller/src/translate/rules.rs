@@ -265,99 +265,113 @@ fn translate_match(m: &HttpRouteRulesMatches) -> Result<Match, Problem> {
         path,
         query_params,
     } = m;
-    let path = match path {
-        None => PathMatch::default(),
-        Some(HttpRouteRulesMatchesPath { r#type, value }) => {
-            let value = value.clone().unwrap_or_else(|| "/".to_string());
-            match r#type
-                .as_ref()
-                .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
-            {
-                HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
-                HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::PathPrefix(value),
-                HttpRouteRulesMatchesPathType::RegularExpression => {
-                    PathMatch::RegularExpression(value)
-                }
-            }
-        }
-    };
-    let headers = headers
-        .iter()
-        .flatten()
-        .map(|h| {
-            let HttpRouteRulesMatchesHeaders {
-                name,
-                r#type,
-                value,
-            } = h;
-            HeaderMatch {
-                name: name.clone(),
-                value: value.clone(),
-                kind: match r#type {
-                    Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
-                        ValueMatchType::RegularExpression
-                    }
-                    Some(HttpRouteRulesMatchesHeadersType::Exact) | None => ValueMatchType::Exact,
-                },
-            }
-        })
-        .collect();
-    let query_params = query_params
-        .iter()
-        .flatten()
-        .map(|q| {
-            let HttpRouteRulesMatchesQueryParams {
-                name,
-                r#type,
-                value,
-            } = q;
-            QueryParamMatch {
-                name: name.clone(),
-                value: value.clone(),
-                kind: match r#type {
-                    Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
-                        ValueMatchType::RegularExpression
-                    }
-                    Some(HttpRouteRulesMatchesQueryParamsType::Exact) | None => {
-                        ValueMatchType::Exact
-                    }
-                },
-            }
-        })
-        .collect();
-    let method = method.as_ref().map(|m| {
-        match m {
-            HttpRouteRulesMatchesMethod::Get => "GET",
-            HttpRouteRulesMatchesMethod::Head => "HEAD",
-            HttpRouteRulesMatchesMethod::Post => "POST",
-            HttpRouteRulesMatchesMethod::Put => "PUT",
-            HttpRouteRulesMatchesMethod::Delete => "DELETE",
-            HttpRouteRulesMatchesMethod::Connect => "CONNECT",
-            HttpRouteRulesMatchesMethod::Options => "OPTIONS",
-            HttpRouteRulesMatchesMethod::Trace => "TRACE",
-            HttpRouteRulesMatchesMethod::Patch => "PATCH",
-        }
-        .to_string()
-    });
     Ok(Match {
-        path,
-        headers,
-        query_params,
-        method,
+        path: path.as_ref().map(path_match).unwrap_or_default(),
+        headers: headers.iter().flatten().map(header_match).collect(),
+        query_params: query_params
+            .iter()
+            .flatten()
+            .map(query_param_match)
+            .collect(),
+        method: method.as_ref().map(|m| method_name(m).to_string()),
     })
+}
+
+/// A path match; type `PathPrefix` and value `/` by default.
+fn path_match(p: &HttpRouteRulesMatchesPath) -> PathMatch {
+    let HttpRouteRulesMatchesPath { r#type, value } = p;
+    let value = value.clone().unwrap_or_else(|| "/".to_string());
+    match r#type
+        .as_ref()
+        .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
+    {
+        HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
+        HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::PathPrefix(value),
+        HttpRouteRulesMatchesPathType::RegularExpression => PathMatch::RegularExpression(value),
+    }
+}
+
+/// A header match; type `Exact` by default.
+fn header_match(h: &HttpRouteRulesMatchesHeaders) -> HeaderMatch {
+    let HttpRouteRulesMatchesHeaders {
+        name,
+        r#type,
+        value,
+    } = h;
+    HeaderMatch {
+        name: name.clone(),
+        value: value.clone(),
+        kind: match r#type {
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
+                ValueMatchType::RegularExpression
+            }
+            Some(HttpRouteRulesMatchesHeadersType::Exact) | None => ValueMatchType::Exact,
+        },
+    }
+}
+
+/// A query parameter match; type `Exact` by default.
+fn query_param_match(q: &HttpRouteRulesMatchesQueryParams) -> QueryParamMatch {
+    let HttpRouteRulesMatchesQueryParams {
+        name,
+        r#type,
+        value,
+    } = q;
+    QueryParamMatch {
+        name: name.clone(),
+        value: value.clone(),
+        kind: match r#type {
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                ValueMatchType::RegularExpression
+            }
+            Some(HttpRouteRulesMatchesQueryParamsType::Exact) | None => ValueMatchType::Exact,
+        },
+    }
+}
+
+fn method_name(m: &HttpRouteRulesMatchesMethod) -> &'static str {
+    match m {
+        HttpRouteRulesMatchesMethod::Get => "GET",
+        HttpRouteRulesMatchesMethod::Head => "HEAD",
+        HttpRouteRulesMatchesMethod::Post => "POST",
+        HttpRouteRulesMatchesMethod::Put => "PUT",
+        HttpRouteRulesMatchesMethod::Delete => "DELETE",
+        HttpRouteRulesMatchesMethod::Connect => "CONNECT",
+        HttpRouteRulesMatchesMethod::Options => "OPTIONS",
+        HttpRouteRulesMatchesMethod::Trace => "TRACE",
+        HttpRouteRulesMatchesMethod::Patch => "PATCH",
+    }
 }
 
 /// Parses a Gateway API duration (GEP-2257: `500ms`, `1s`, `1m30s`, `1h`) into milliseconds;
 /// `0s` (any zero duration) means "no timeout" and gives `None`.
-pub fn parse_duration_ms(s: &str) -> Result<Option<u64>, String> {
-    let d =
-        gateway_api::Duration::from_str(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+pub fn parse_duration_ms(s: &str) -> Result<Option<u64>, DurationError> {
+    let d = gateway_api::Duration::from_str(s).map_err(|reason| DurationError::Invalid {
+        value: s.to_string(),
+        reason,
+    })?;
     if d.is_zero() {
         return Ok(None);
     }
     u64::try_from(d.as_millis())
         .map(Some)
-        .map_err(|_| format!("duration {s:?} is too long"))
+        .map_err(|_| DurationError::TooLong(s.to_string()))
+}
+
+/// Why [`parse_duration_ms`] refuses a duration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Not a GEP-2257 duration.
+    #[error("invalid duration {value:?}: {reason}")]
+    Invalid {
+        /// The text given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// More milliseconds than fit in 64 bits.
+    #[error("duration {0:?} is too long")]
+    TooLong(String),
 }
 
 fn translate_timeouts(t: Option<&HttpRouteRulesTimeouts>) -> Result<Timeouts, Problem> {
@@ -430,6 +444,9 @@ fn missing(ty: &str, field: &str) -> Problem {
     unsupported(format!("filter type {ty} without its {field:?} field"))
 }
 
+/// One route filter: the model's filter, a filter the proxy does not implement (CORS,
+/// ExtensionRef: reported, not applied), or why the filter is invalid. A mirror's unresolved
+/// backend goes to `unresolved` (the filter stays, its target invalid).
 fn translate_filter(
     ctx: &Ctx<'_>,
     namespace: &str,
@@ -467,100 +484,16 @@ fn translate_filter(
             Filter::RequestRedirect(translate_redirect(r)?)
         }
         HttpRouteRulesFiltersType::UrlRewrite => {
-            let HttpRouteRulesFiltersUrlRewrite { hostname, path } = url_rewrite
+            let u = url_rewrite
                 .as_ref()
                 .ok_or_else(|| missing("URLRewrite", "urlRewrite"))?;
-            let path = path
-                .as_ref()
-                .map(|p| {
-                    let HttpRouteRulesFiltersUrlRewritePath {
-                        replace_full_path,
-                        replace_prefix_match,
-                        r#type,
-                    } = p;
-                    match r#type {
-                        HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath => {
-                            path_modifier(true, replace_full_path)
-                        }
-                        HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch => {
-                            path_modifier(false, replace_prefix_match)
-                        }
-                    }
-                })
-                .transpose()?;
-            Filter::UrlRewrite(UrlRewrite {
-                hostname: hostname.clone(),
-                path,
-            })
+            Filter::UrlRewrite(translate_url_rewrite(u)?)
         }
         HttpRouteRulesFiltersType::RequestMirror => {
-            let HttpRouteRulesFiltersRequestMirror {
-                backend_ref,
-                fraction,
-                percent,
-            } = request_mirror
+            let m = request_mirror
                 .as_ref()
                 .ok_or_else(|| missing("RequestMirror", "requestMirror"))?;
-            let percent = match (percent, fraction) {
-                (Some(_), Some(_)) => {
-                    return Err(unsupported(
-                        "requestMirror: percent and fraction are exclusive",
-                    ));
-                }
-                (None, None) => 100.0,
-                (Some(p), None) if (0..=100).contains(p) => f64::from(*p),
-                (Some(p), None) => {
-                    return Err(unsupported(format!(
-                        "requestMirror: percent {p} is outside 0–100"
-                    )));
-                }
-                (
-                    None,
-                    Some(HttpRouteRulesFiltersRequestMirrorFraction {
-                        denominator,
-                        numerator,
-                    }),
-                ) => {
-                    let d = denominator.unwrap_or(100);
-                    if d <= 0 || *numerator < 0 || *numerator > d {
-                        return Err(unsupported(format!(
-                            "requestMirror: fraction {numerator}/{d} is not within 0–1"
-                        )));
-                    }
-                    f64::from(*numerator) * 100.0 / f64::from(d)
-                }
-            };
-            let HttpRouteRulesFiltersRequestMirrorBackendRef {
-                group,
-                kind,
-                name,
-                namespace: ref_ns,
-                port,
-            } = backend_ref;
-            let r = BackendRef {
-                group: group.as_deref().unwrap_or(""),
-                kind: kind.as_deref().unwrap_or("Service"),
-                namespace: ref_ns.as_deref().unwrap_or(namespace),
-                name,
-                port: *port,
-            };
-            let target = match backend::resolve(ctx, namespace, r, cache) {
-                Ok(t) => t,
-                Err(p) => {
-                    let reason = p.reason.to_string();
-                    unresolved.push(p);
-                    BackendTarget::Invalid { reason }
-                }
-            };
-            Filter::RequestMirror(RequestMirror {
-                backend: Backend {
-                    name: r.display(),
-                    weight: 1,
-                    filters: Vec::new(),
-                    target,
-                },
-                percent,
-            })
+            Filter::RequestMirror(translate_mirror(ctx, namespace, m, cache, unresolved)?)
         }
         HttpRouteRulesFiltersType::ExtensionRef => {
             let what = match extension_ref {
@@ -573,6 +506,111 @@ fn translate_filter(
         }
         HttpRouteRulesFiltersType::Cors => return Ok(Translated::Unsupported("CORS".to_string())),
     }))
+}
+
+fn translate_url_rewrite(u: &HttpRouteRulesFiltersUrlRewrite) -> Result<UrlRewrite, Problem> {
+    let HttpRouteRulesFiltersUrlRewrite { hostname, path } = u;
+    let path = path
+        .as_ref()
+        .map(|p| {
+            let HttpRouteRulesFiltersUrlRewritePath {
+                replace_full_path,
+                replace_prefix_match,
+                r#type,
+            } = p;
+            match r#type {
+                HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath => {
+                    path_modifier(true, replace_full_path)
+                }
+                HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch => {
+                    path_modifier(false, replace_prefix_match)
+                }
+            }
+        })
+        .transpose()?;
+    Ok(UrlRewrite {
+        hostname: hostname.clone(),
+        path,
+    })
+}
+
+/// A mirror filter: its share of requests and its backend (resolved like a backendRef).
+fn translate_mirror(
+    ctx: &Ctx<'_>,
+    namespace: &str,
+    m: &HttpRouteRulesFiltersRequestMirror,
+    cache: &mut backend::Cache,
+    unresolved: &mut Vec<Problem>,
+) -> Result<RequestMirror, Problem> {
+    let HttpRouteRulesFiltersRequestMirror {
+        backend_ref,
+        fraction,
+        percent,
+    } = m;
+    let percent = mirror_percent(*percent, fraction.as_ref())?;
+    let HttpRouteRulesFiltersRequestMirrorBackendRef {
+        group,
+        kind,
+        name,
+        namespace: ref_ns,
+        port,
+    } = backend_ref;
+    let r = BackendRef {
+        group: group.as_deref().unwrap_or(""),
+        kind: kind.as_deref().unwrap_or("Service"),
+        namespace: ref_ns.as_deref().unwrap_or(namespace),
+        name,
+        port: *port,
+    };
+    let target = match backend::resolve(ctx, namespace, r, cache) {
+        Ok(t) => t,
+        Err(p) => {
+            let reason = p.reason.to_string();
+            unresolved.push(p);
+            BackendTarget::Invalid { reason }
+        }
+    };
+    Ok(RequestMirror {
+        backend: Backend {
+            name: r.display(),
+            weight: 1,
+            filters: Vec::new(),
+            target,
+        },
+        percent,
+    })
+}
+
+/// `percent` or `fraction` (exclusive; neither: every request) as a percentage.
+fn mirror_percent(
+    percent: Option<i32>,
+    fraction: Option<&HttpRouteRulesFiltersRequestMirrorFraction>,
+) -> Result<f64, Problem> {
+    match (percent, fraction) {
+        (Some(_), Some(_)) => Err(unsupported(
+            "requestMirror: percent and fraction are exclusive",
+        )),
+        (None, None) => Ok(100.0),
+        (Some(p), None) if (0..=100).contains(&p) => Ok(f64::from(p)),
+        (Some(p), None) => Err(unsupported(format!(
+            "requestMirror: percent {p} is outside 0–100"
+        ))),
+        (
+            None,
+            Some(HttpRouteRulesFiltersRequestMirrorFraction {
+                denominator,
+                numerator,
+            }),
+        ) => {
+            let d = denominator.unwrap_or(100);
+            if d <= 0 || *numerator < 0 || *numerator > d {
+                return Err(unsupported(format!(
+                    "requestMirror: fraction {numerator}/{d} is not within 0–1"
+                )));
+            }
+            Ok(f64::from(*numerator) * 100.0 / f64::from(d))
+        }
+    }
 }
 
 fn translate_redirect(

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! wait     ─ eventually / eventually_async: poll a check until it holds, bounded; holds_for:
-//!            a check that must keep holding for a while (a quiet period)
+//!            a check that must keep holding for a while; settles: a counter that stopped moving
 //! net      ─ free_port: a loopback port for configs that cannot say "port 0"
 //! echo     ─ Echo: an in-process HTTP backend that answers with what it saw and records it
 //! process  ─ Stop (a child stopped on drop), lines (a child's stdout on a channel), tool
@@ -23,4 +23,6 @@ pub mod wait;
 pub use echo::{Echo, Seen};
 pub use net::free_port;
 pub use process::{ScratchDir, Stop, lines, rest, tool_present, wait_or_kill};
-pub use wait::{Outcome, eventually, eventually_async, holds_for, holds_for_async};
+pub use wait::{
+    Outcome, eventually, eventually_async, eventually_blocking, holds_for, holds_for_async, settles,
+};

@@ -79,6 +79,30 @@ pub async fn eventually<O: Outcome>(
     }
 }
 
+/// [`eventually`] for tests without a runtime (end-to-end tests that drive child processes and
+/// `kubectl` synchronously): polls `check` every `every` on the wall clock, for at most `within`.
+///
+/// # Panics
+/// When `within` passes first, naming `what` and the check's last answer.
+pub fn eventually_blocking<O: Outcome>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> O,
+) -> O::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let last = match check().outcome() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}; last: {last}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Polls the async `check` every [`ASYNC_POLL`] until it holds, for at most `within`; returns its
 /// value. One call that takes longer than [`CALL_BOUND`] (or than what is left) counts as "not
 /// yet".
@@ -105,6 +129,37 @@ where
             panic!("timed out after {within:?} waiting for {what}; last: {last}");
         }
         tokio::time::sleep(ASYNC_POLL).await;
+    }
+}
+
+/// Waits until `read` has returned the same value for `quiet` (polled every [`SYNC_POLL`]), for
+/// at most `within`; returns that value. For counters that stop moving once the system is idle
+/// (writes, passes): the quiet period is what "settled" means, so it is wall time by nature.
+///
+/// # Panics
+/// When the value still changes after `within`, naming `what` and the last two values.
+pub async fn settles<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    quiet: Duration,
+    mut read: impl FnMut() -> T,
+) -> T {
+    let deadline = Instant::now() + within;
+    let mut last = read();
+    let mut since = Instant::now();
+    loop {
+        if since.elapsed() >= quiet {
+            return last;
+        }
+        if Instant::now() >= deadline {
+            panic!("{what} did not settle within {within:?}; last value {last:?}");
+        }
+        tokio::time::sleep(SYNC_POLL).await;
+        let now = read();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
     }
 }
 
@@ -224,6 +279,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_blocking_wait_returns_the_value_or_panics_with_the_last_answer() {
+        let mut n = 0;
+        let got = eventually_blocking("n = 3", Duration::from_secs(30), Duration::ZERO, || {
+            n += 1;
+            if n == 3 {
+                Ok(n)
+            } else {
+                Err(format!("n = {n}"))
+            }
+        });
+        assert_eq!(got, 3);
+        let e = std::panic::catch_unwind(|| {
+            eventually_blocking("never", Duration::ZERO, Duration::ZERO, || false)
+        })
+        .unwrap_err();
+        assert!(panic_message(e).contains("waiting for never; last: false"));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_async_check_that_hangs_counts_as_not_yet() {
         let calls = Cell::new(0);
@@ -241,6 +315,38 @@ mod tests {
         .await;
         assert_eq!(calls.get(), 2);
         assert_eq!(start.elapsed(), CALL_BOUND + ASYNC_POLL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settles_returns_once_the_value_stopped_changing_for_the_quiet_period() {
+        let start = Instant::now();
+        // Changes every 20 ms until 200 ms in, then stays.
+        let value =
+            move || (start.elapsed().min(Duration::from_millis(200)).as_millis() / 20) as u64;
+        let got = settles(
+            "the counter",
+            Duration::from_secs(10),
+            Duration::from_millis(500),
+            value,
+        )
+        .await;
+        assert_eq!(got, 10);
+        assert_eq!(start.elapsed(), Duration::from_millis(700));
+
+        let start = Instant::now();
+        let forever = move || start.elapsed();
+        let e = tokio::spawn(async move {
+            settles(
+                "a clock",
+                Duration::from_secs(1),
+                Duration::from_millis(100),
+                forever,
+            )
+            .await;
+        })
+        .await
+        .unwrap_err();
+        assert!(panic_message(e.into_panic()).contains("a clock did not settle within 1s"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{Stop, lines};
+use meridian_test_support::process::{rest, wait_or_kill};
 
 /// A plain HTTP/1.1 GET; the body.
 fn http_get(addr: &str, path: &str) -> String {
@@ -50,20 +51,11 @@ fn drill(kubeconfig: &Path, report: &Path, args: &[&str]) -> Run {
         .unwrap();
     let rx = lines(&mut child, "drill");
     let mut child = Stop(child);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let code = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "meridian drill {args:?} ran past 90 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    // The reader thread ends with the pipe; give it a moment to pass the last lines on.
-    std::thread::sleep(Duration::from_millis(100));
-    let stdout: Vec<String> = rx.try_iter().collect();
+    let exit = wait_or_kill(&mut child.0, Duration::from_secs(90));
+    assert!(exit.in_time, "meridian drill {args:?} ran past 90 s");
+    let code = exit.status.and_then(|s| s.code());
+    // Its last lines: the reader thread passes them on until the pipe closes.
+    let stdout = rest(&rx, Duration::from_secs(10));
     let json = std::fs::read_to_string(report.join("report.json"))
         .unwrap_or_else(|e| panic!("report.json of {args:?}: {e}\n{}", stdout.join("\n")));
     Run {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use meridian_test_support::tool_present;
 use openssl::ssl::{SslConnector, SslMethod};
 use openssl::x509::X509;
 
@@ -36,10 +37,6 @@ fn sh_blocks(markdown: &str) -> Vec<String> {
         }
     }
     blocks
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("version").output().is_ok()
 }
 
 /// Runs a README block with bash (stop at the first failing line) in `work`.
@@ -81,7 +78,7 @@ fn https_get(addr: &str, host: &str, ca: &Path, path: &str) -> Result<(X509, Str
 
 #[test]
 fn https_example_terminates_tls_with_the_secret_kubectl_made() {
-    if !common::have_kubectl() || !have("openssl") {
+    if !common::have_kubectl() || !tool_present("openssl", &["version"]) {
         eprintln!("SKIP: kubectl and openssl are needed (the example's README uses both)");
         return;
     }
@@ -161,7 +158,7 @@ fn https_example_terminates_tls_with_the_secret_kubectl_made() {
     assert!(other.is_err(), "{other:?}");
 
     // The README's try-it lines, as a user runs them in the same shell (its exports apply).
-    if have("curl") {
+    if tool_present("curl", &["--version"]) {
         let exports: String = blocks[0]
             .lines()
             .filter(|l| l.starts_with("export "))

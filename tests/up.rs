@@ -5,9 +5,14 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use meridian_test_support::eventually_blocking;
 
 mod common;
+
+/// Interval between two `kubectl get` polls.
+const POLL: Duration = Duration::from_millis(200);
 
 fn get(addr: &str) -> String {
     get_path(addr, "/hello")
@@ -114,18 +119,20 @@ fn up_serves_every_region_from_its_own_backends() {
     assert!(routes.len() >= 6, "examples define HTTPRoutes: {routes:?}");
     let jsonpath = r#"-o=jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}"#;
     for route in &routes {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = kubectl(&["get", "httproute", "-n", "demo", route, jsonpath]);
-            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "example route {route} not Accepted within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually_blocking(
+            &format!("example route {route} Accepted"),
+            Duration::from_secs(30),
+            POLL,
+            || {
+                let out = kubectl(&["get", "httproute", "-n", "demo", route, jsonpath]);
+                let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if status == "True" {
+                    Ok(())
+                } else {
+                    Err(status)
+                }
+            },
+        );
     }
 
     // A second Gateway in the same region gets its own address, so it can listen on port 80 too.
@@ -158,26 +165,26 @@ spec:
         .unwrap();
     std::io::Write::write_all(&mut apply.stdin.take().unwrap(), second.as_bytes()).unwrap();
     assert!(apply.wait().unwrap().success(), "apply the second Gateway");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let address = loop {
-        let out = kubectl(&[
-            "get",
-            "gateway",
-            "-n",
-            "demo",
-            "second",
-            r#"-o=jsonpath={.status.conditions[?(@.type=="Programmed")].status} {.status.addresses[0].value}"#,
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if let Some(addr) = text.strip_prefix("True ") {
-            break addr.trim().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "second Gateway not Programmed within 30 s: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let address = eventually_blocking(
+        "the second Gateway Programmed",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let out = kubectl(&[
+                "get",
+                "gateway",
+                "-n",
+                "demo",
+                "second",
+                r#"-o=jsonpath={.status.conditions[?(@.type=="Programmed")].status} {.status.addresses[0].value}"#,
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            match text.strip_prefix("True ") {
+                Some(addr) => Ok(addr.trim().to_string()),
+                None => Err(text),
+            }
+        },
+    );
     assert_eq!(address, "127.0.10.2", "the second Gateway's own address");
     let answer = get_path(&address, "/second");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

@@ -81,7 +81,7 @@ async fn caught_up(client: &kube::Client, log: &Mutex<Vec<Version>>) {
         .metadata
         .resource_version
         .unwrap();
-    eventually("the recorder to catch up", || async {
+    eventually_async("the recorder to catch up", WAIT, || async {
         if log.lock().unwrap().iter().any(|v| v.resource_version == rv) {
             Ok(())
         } else {
@@ -148,15 +148,19 @@ async fn a_stale_status_computed_while_the_gateways_cluster_was_down_never_lands
         route_obj("app", "web", ("infra", "gw"), import_ref("echo", 80)),
     )
     .await;
-    eventually("east's Gateway programmed, serving central", || async {
-        let c = conditions(&east).await;
-        let served = env.dp.snapshot("east").map(|s| endpoints(&s).len());
-        if c.iter().any(|(t, s, _)| t == "Programmed" && s == "True") && served == Some(1) {
-            Ok(())
-        } else {
-            Err(format!("{c:?}, endpoints {served:?}"))
-        }
-    })
+    eventually_async(
+        "east's Gateway programmed, serving central",
+        WAIT,
+        || async {
+            let c = conditions(&east).await;
+            let served = env.dp.snapshot("east").map(|s| endpoints(&s).len());
+            if c.iter().any(|(t, s, _)| t == "Programmed" && s == "True") && served == Some(1) {
+                Ok(())
+            } else {
+                Err(format!("{c:?}, endpoints {served:?}"))
+            }
+        },
+    )
     .await;
     let (log, recorder) = record(&east);
     caught_up(&east, &log).await;
@@ -168,7 +172,7 @@ async fn a_stale_status_computed_while_the_gateways_cluster_was_down_never_lands
     east_sb.stop_cluster("east").await.unwrap();
     let failed = gateway_writes(&env.ctl, "east", "error");
     central_sb.stop_cluster("central").await.unwrap();
-    eventually("a failed write of the stale status", || async {
+    eventually_async("a failed write of the stale status", WAIT, || async {
         let n = gateway_writes(&env.ctl, "east", "error");
         if n > failed {
             Ok(())
@@ -187,7 +191,7 @@ async fn a_stale_status_computed_while_the_gateways_cluster_was_down_never_lands
     // central comes back (east still down): the stale status is outdated before it landed.
     central_sb.restart_cluster("central", None).await.unwrap();
     // A pass with central reachable: it no longer counts central's endpoints as stale.
-    eventually("a pass with central back", || async {
+    eventually_async("a pass with central back", WAIT, || async {
         match stale_endpoints(&env.ctl, "central") {
             Some(0) => Ok(()),
             other => Err(format!("{other:?}")),
@@ -198,7 +202,7 @@ async fn a_stale_status_computed_while_the_gateways_cluster_was_down_never_lands
     // Then east: whatever is written now must not carry StaleEndpoints=True.
     east_sb.restart_cluster("east", None).await.unwrap();
     let back = Instant::now();
-    eventually("east's writer idle", || async {
+    eventually_async("east's writer idle", WAIT, || async {
         let n = pending(&env.ctl, "east");
         if n == 0 {
             Ok(())
@@ -239,7 +243,7 @@ async fn a_write_held_by_a_starting_api_server_lands_promptly_once_it_is_ready()
     let east = env.c("east").clone();
     apply::<GatewayClass>(&east, gateway_class(CLASS, ME)).await;
     apply::<Gateway>(&east, gateway_obj("infra", "gw", CLASS)).await;
-    eventually("the Gateway programmed", || async {
+    eventually_async("the Gateway programmed", WAIT, || async {
         let c = conditions(&east).await;
         if c.iter().any(|(t, s, _)| t == "Programmed" && s == "True") {
             Ok(())
@@ -263,7 +267,7 @@ async fn a_write_held_by_a_starting_api_server_lands_promptly_once_it_is_ready()
         ))),
     );
     // Five attempts: the next one is due 4 s after the last.
-    eventually("five not-ready attempts", || async {
+    eventually_async("five not-ready attempts", WAIT, || async {
         let n = gateway_writes(&env.ctl, "east", "not_ready");
         if n >= 5 { Ok(()) } else { Err(format!("{n}")) }
     })
@@ -273,7 +277,7 @@ async fn a_write_held_by_a_starting_api_server_lands_promptly_once_it_is_ready()
 
     sb.set_starting("east", Some(Duration::ZERO)).unwrap();
     let ready = Instant::now();
-    eventually("Programmed=False/Invalid written", || async {
+    eventually_async("Programmed=False/Invalid written", WAIT, || async {
         let c = conditions(&east).await;
         if c.iter()
             .any(|(t, s, r)| t == "Programmed" && s == "False" && r == "Invalid")

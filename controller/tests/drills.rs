@@ -59,7 +59,7 @@ async fn start(tweak: impl FnOnce(&mut meridian_controller::ControllerConfig)) -
     }
     for cluster in ["east", "west"] {
         let dp = env.dp.clone();
-        eventually("endpoints of both regions", || {
+        eventually_async("endpoints of both regions", WAIT, || {
             let dp = dp.clone();
             async move {
                 let s = dp.snapshot(cluster).ok_or("no snapshot")?;
@@ -102,7 +102,7 @@ async fn status(c: &kube::Client, name: &str) -> FailoverDrillStatus {
 }
 
 async fn wait_phase(c: &kube::Client, name: &str, phase: DrillPhase) -> FailoverDrillStatus {
-    eventually(&format!("drill {name} {phase:?}"), || async {
+    eventually_async(&format!("drill {name} {phase:?}"), WAIT, || async {
         let s = status(c, name).await;
         if s.phase == Some(phase) {
             Ok(s)
@@ -158,6 +158,8 @@ impl Load {
                         }
                     }
                 });
+                // Kept: paces the synthetic load (ten requests every 50 ms, like a steady
+                // stream), which the drill's per-second windows then see.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
@@ -182,7 +184,7 @@ async fn events_of(c: &kube::Client, name: &str) -> Vec<K8sEvent> {
 }
 
 async fn wait_events(c: &kube::Client, name: &str, reasons: &[&str]) -> Vec<K8sEvent> {
-    eventually("drill events", || async {
+    eventually_async("drill events", WAIT, || async {
         let evs = events_of(c, name).await;
         let got: Vec<String> = evs.iter().filter_map(|e| e.reason.clone()).collect();
         if reasons.iter().all(|r| got.iter().any(|g| g == r)) {
@@ -222,7 +224,7 @@ async fn a_drain_drill_fails_the_region_and_restores_it() {
             seen.push(p);
         }
     };
-    eventually("drain in every snapshot", || {
+    eventually_async("drain in every snapshot", WAIT, || {
         let dp = env.dp.clone();
         let east = east.clone();
         async move {
@@ -261,7 +263,7 @@ async fn a_drain_drill_fails_the_region_and_restores_it() {
     );
     assert_eq!(env.ctl.metrics().drains.get(), 1);
 
-    let s = eventually("drill finished", || async {
+    let s = eventually_async("drill finished", WAIT, || async {
         let s = status(&east, "east-down").await;
         note(s.phase);
         match s.phase {
@@ -332,7 +334,7 @@ async fn a_drain_drill_fails_the_region_and_restores_it() {
             .all(|e| e.reporting_controller.as_deref() == Some("meridian")),
         "{evs:?}"
     );
-    eventually("drills by phase metric", || async {
+    eventually_async("drills by phase metric", WAIT, || async {
         let m = env
             .ctl
             .metrics()
@@ -358,7 +360,7 @@ async fn fail_time_waits_for_the_proxies_and_a_proxy_that_never_acks_fails_the_d
         drill("stuck", east_down("1s", json!({"window": "1s"}))),
     )
     .await;
-    eventually("drain published", || async {
+    eventually_async("drain published", WAIT, || async {
         if has_drain(&env.dp, "east") {
             Ok(())
         } else {
@@ -388,7 +390,7 @@ async fn fail_time_waits_for_the_proxies_and_a_proxy_that_never_acks_fails_the_d
         drill("late", east_down("1s", json!({"window": "1s"}))),
     )
     .await;
-    eventually("second drain published", || async {
+    eventually_async("second drain published", WAIT, || async {
         if has_drain(&env_dp, "east") {
             Ok(())
         } else {
@@ -396,8 +398,18 @@ async fn fail_time_waits_for_the_proxies_and_a_proxy_that_never_acks_fails_the_d
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(status(&east, "late").await.fail_time, None);
+    // While the acks are held, failTime stays unset (checked throughout).
+    holds_for_async(
+        "failTime unset while acks are held",
+        Duration::from_millis(800),
+        || async {
+            match status(&east, "late").await.fail_time {
+                None => Ok(()),
+                Some(t) => Err(format!("failTime {t:?}")),
+            }
+        },
+    )
+    .await;
     let released = Timestamp::now();
     env.dp.hold_acks("east", false);
     let s = wait_phase(&east, "late", DrillPhase::Succeeded).await;
@@ -674,7 +686,7 @@ async fn an_actuator_fails_and_restores_kill_and_blackhole_targets() {
         ),
     )
     .await;
-    eventually("long drill failed its target", || async {
+    eventually_async("long drill failed its target", WAIT, || async {
         let s = status(&east, "long").await;
         if s.fail_time.is_some() {
             Ok(())
@@ -684,7 +696,7 @@ async fn an_actuator_fails_and_restores_kill_and_blackhole_targets() {
     })
     .await;
     delete::<FailoverDrill>(&east, Some("app"), "long").await;
-    eventually("restore after delete", || async {
+    eventually_async("restore after delete", WAIT, || async {
         let c = act.calls();
         if c.len() == 6 {
             Ok(c)
@@ -710,7 +722,7 @@ async fn one_drill_at_a_time_and_deleting_a_running_drill_rolls_back() {
         drill("first", east_down("60s", json!({"window": "1s"}))),
     )
     .await;
-    eventually("first drill failed its target", || async {
+    eventually_async("first drill failed its target", WAIT, || async {
         let s = status(&east, "first").await;
         if s.fail_time.is_some() {
             Ok(())
@@ -725,7 +737,7 @@ async fn one_drill_at_a_time_and_deleting_a_running_drill_rolls_back() {
         drill("second", east_down("1s", json!({"window": "1s"}))),
     )
     .await;
-    let s = eventually("second waits", || async {
+    let s = eventually_async("second waits", WAIT, || async {
         let s = status(&west, "second").await;
         if s.conditions.iter().any(|c| c.reason == "Conflicted") {
             Ok(s)
@@ -741,7 +753,7 @@ async fn one_drill_at_a_time_and_deleting_a_running_drill_rolls_back() {
     // Deleting the running drill withdraws its drain at once; then the second one runs.
     delete::<FailoverDrill>(&east, Some("app"), "first").await;
     let deleted = tokio::time::Instant::now();
-    eventually("drain withdrawn", || async {
+    eventually_async("drain withdrawn", WAIT, || async {
         let d = env
             .dp
             .snapshot("east")
@@ -774,7 +786,7 @@ async fn shutdown_rolls_back_and_a_restarted_controller_fails_a_running_drill() 
         drill("during", east_down("60s", json!({"window": "1s"}))),
     )
     .await;
-    eventually("target failed", || async {
+    eventually_async("target failed", WAIT, || async {
         let s = status(&east, "during").await;
         if s.fail_time.is_some() {
             Ok(())
@@ -823,7 +835,7 @@ async fn shutdown_rolls_back_and_a_restarted_controller_fails_a_running_drill() 
     let ctl = Controller::start(fast_config(members, dp2.clone()))
         .await
         .unwrap();
-    let s = eventually("restarted controller fails the drill", || async {
+    let s = eventually_async("restarted controller fails the drill", WAIT, || async {
         let s = status(&east, "during").await;
         if s.message.as_deref() == Some("controller restarted during the drill; target restored") {
             Ok(s)

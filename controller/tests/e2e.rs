@@ -51,32 +51,28 @@ fn write_attempts(env: &Env) -> u64 {
         .sum()
 }
 
-/// Waits until no status write happens for 500 ms, then asserts none happens for 2 s more.
+/// Waits until no status write happens for 500 ms, then asserts that neither a status write
+/// nor a reconcile pass happens for 2 s more (checked throughout, not only at the end).
 async fn assert_no_write_storm(env: &Env) {
-    eventually("status writes to settle", || async {
-        let before = write_attempts(env);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = write_attempts(env);
-        if before == after {
-            Ok(())
-        } else {
-            Err(format!("{before} -> {after}"))
-        }
-    })
-    .await;
-    let before = write_attempts(env);
+    let quiet = Duration::from_millis(500);
+    let before = settles("status writes", WAIT, quiet, || write_attempts(env)).await;
     let passes = env.ctl.passes();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        write_attempts(env),
-        before,
-        "status writes during a quiet period"
-    );
-    assert_eq!(
-        env.ctl.passes(),
-        passes,
-        "reconcile passes during a quiet period"
-    );
+    holds_for(
+        "no status writes or passes during a quiet period",
+        Duration::from_secs(2),
+        || {
+            let now = (write_attempts(env), env.ctl.passes());
+            if now == (before, passes) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "(writes, passes) went from {:?} to {now:?}",
+                    (before, passes)
+                ))
+            }
+        },
+    )
+    .await;
 }
 
 async fn setup_gateway(client: &kube::Client) {
@@ -98,7 +94,7 @@ async fn gateway_route_status_and_snapshot() {
     // GatewayClass: Accepted, supportedFeatures.
     apply::<GatewayClass>(east, gateway_class(CLASS, ME)).await;
     apply::<GatewayClass>(east, gateway_class("someone-else", "example.com/other")).await;
-    eventually("GatewayClass Accepted", || async {
+    eventually_async("GatewayClass Accepted", WAIT, || async {
         let gc = Api::<GatewayClass>::all(east.clone())
             .get(CLASS)
             .await
@@ -137,8 +133,9 @@ async fn gateway_route_status_and_snapshot() {
     )
     .await;
 
-    eventually(
+    eventually_async(
         "Gateway Accepted/Programmed with address and attached route",
+        WAIT,
         || async {
             let gw = gateway(east, "infra", "gw").await;
             let st = gw.status.ok_or("no status")?;
@@ -181,7 +178,7 @@ async fn gateway_route_status_and_snapshot() {
         ("True".to_string(), "Accepted".to_string(), Some(1)),
         ("True".to_string(), "ResolvedRefs".to_string(), Some(1)),
     );
-    eventually("route parent Accepted/ResolvedRefs", || async {
+    eventually_async("route parent Accepted/ResolvedRefs", WAIT, || async {
         let got = our_parent(east, "app", "web").await?;
         if got == ok1 {
             Ok(())
@@ -200,7 +197,7 @@ async fn gateway_route_status_and_snapshot() {
     assert_eq!(p.parent_ref.namespace.as_deref(), Some("infra"));
 
     // The snapshot of east carries the route with the endpoint, tagged with cluster and region.
-    let snap = eventually("east snapshot with the endpoint", || async {
+    let snap = eventually_async("east snapshot with the endpoint", WAIT, || async {
         let s = env.dp.snapshot("east").ok_or("no snapshot")?;
         let eps = endpoints(&s);
         if eps.len() == 1 {
@@ -236,7 +233,7 @@ async fn gateway_route_status_and_snapshot() {
         route_obj("app", "web", ("infra", "gw"), service_ref("missing", 80)),
     )
     .await;
-    eventually("ResolvedRefs BackendNotFound", || async {
+    eventually_async("ResolvedRefs BackendNotFound", WAIT, || async {
         let got = our_parent(east, "app", "web").await?;
         if got.1 == ("False".into(), "BackendNotFound".into(), Some(2)) && got.0.0 == "True" {
             Ok(())
@@ -250,7 +247,7 @@ async fn gateway_route_status_and_snapshot() {
         route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80)),
     )
     .await;
-    eventually("ResolvedRefs fixed", || async {
+    eventually_async("ResolvedRefs fixed", WAIT, || async {
         let got = our_parent(east, "app", "web").await?;
         if got.1 == ("True".into(), "ResolvedRefs".into(), Some(3)) {
             Ok(())
@@ -274,7 +271,7 @@ async fn gateway_route_status_and_snapshot() {
         slice("app", "echo-1", "echo", &["10.1.0.5", "10.1.0.6"], "z1"),
     )
     .await;
-    eventually("snapshot with two endpoints", || async {
+    eventually_async("snapshot with two endpoints", WAIT, || async {
         let s = env.dp.snapshot("east").ok_or("no snapshot")?;
         let n = endpoints(&s).len();
         if n == 2 {
@@ -351,7 +348,7 @@ async fn gateway_route_status_and_snapshot() {
 
     // Deleting the route detaches it: attachedRoutes back to 0, route gone from the snapshot.
     delete::<HttpRoute>(east, Some("app"), "web").await;
-    eventually("route detached", || async {
+    eventually_async("route detached", WAIT, || async {
         let gw = gateway(east, "infra", "gw").await;
         let n = gw.status.and_then(|s| s.listeners).unwrap_or_default()[0].attached_routes;
         let s = env.dp.snapshot("east").ok_or("no snapshot")?;
@@ -406,7 +403,7 @@ async fn service_import_gathers_endpoints_from_every_cluster() {
             }
         }
     };
-    let got = eventually("endpoints of three clusters", || tags(3)).await;
+    let got = eventually_async("endpoints of three clusters", WAIT, || tags(3)).await;
     let t = |c: &str, r: &str| (c.to_string(), r.to_string(), format!("{c}-a"));
     assert_eq!(
         got,
@@ -416,7 +413,7 @@ async fn service_import_gathers_endpoints_from_every_cluster() {
             t("west", "us-west")
         ]
     );
-    eventually("route resolved", || async {
+    eventually_async("route resolved", WAIT, || async {
         let got = our_parent(east, "app", "web").await?;
         if got.1.0 == "True" {
             Ok(())
@@ -428,7 +425,7 @@ async fn service_import_gathers_endpoints_from_every_cluster() {
 
     // West stops exporting: its endpoints leave the snapshot.
     delete::<ServiceExport>(env.c("west"), Some("app"), "echo").await;
-    let got = eventually("endpoints of two clusters", || tags(2)).await;
+    let got = eventually_async("endpoints of two clusters", WAIT, || tags(2)).await;
     assert!(got.iter().all(|(c, _, _)| c != "west"), "{got:?}");
     env.shutdown().await;
 }
@@ -445,7 +442,7 @@ async fn other_controllers_route_parents_are_preserved() {
         route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80)),
     )
     .await;
-    eventually("our parent entry", || async {
+    eventually_async("our parent entry", WAIT, || async {
         our_parent(east, "app", "web").await
     })
     .await;
@@ -470,7 +467,7 @@ async fn other_controllers_route_parents_are_preserved() {
     let mut changed = route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80));
     changed["spec"]["hostnames"] = json!(["other.example.com"]);
     apply::<HttpRoute>(east, changed).await;
-    eventually("our entry at generation 2 next to theirs", || async {
+    eventually_async("our entry at generation 2 next to theirs", WAIT, || async {
         let r = route(east, "app", "web").await;
         let parents = r.status.map(|s| s.parents).unwrap_or_default();
         let ours = parents
@@ -537,7 +534,7 @@ async fn an_unreachable_cluster_does_not_stall_the_others() {
         cs.sort();
         Ok::<_, String>(cs)
     };
-    eventually("east and central endpoints", || async {
+    eventually_async("east and central endpoints", WAIT, || async {
         let cs = clusters_in_snapshot(env.dp.clone()).await?;
         if cs == ["central", "east"] {
             Ok(())
@@ -554,7 +551,7 @@ async fn an_unreachable_cluster_does_not_stall_the_others() {
     let mut changed = route_obj("app", "web", ("infra", "gw"), import_ref("echo", 80));
     changed["spec"]["hostnames"] = json!(["changed.example.com"]);
     apply::<HttpRoute>(&east, changed).await;
-    eventually("east route status at generation 2", || async {
+    eventually_async("east route status at generation 2", WAIT, || async {
         let got = our_parent(&east, "app", "web").await?;
         if got.0.2 == Some(2) {
             Ok(())
@@ -565,7 +562,7 @@ async fn an_unreachable_cluster_does_not_stall_the_others() {
     .await;
     let west = env.c("west").clone();
     setup_gateway(&west).await;
-    eventually("west Gateway Programmed", || async {
+    eventually_async("west Gateway Programmed", WAIT, || async {
         let gw = gateway(&west, "infra", "gw").await;
         let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
         match csr(&conds, "Programmed") {
@@ -584,7 +581,7 @@ async fn an_unreachable_cluster_does_not_stall_the_others() {
     );
 
     // Past the endpoint grace period central's endpoints are withdrawn; east's stay.
-    eventually("central endpoints withdrawn", || async {
+    eventually_async("central endpoints withdrawn", WAIT, || async {
         let cs = clusters_in_snapshot(env.dp.clone()).await?;
         if cs == ["east"] {
             Ok(())
@@ -612,14 +609,18 @@ async fn missing_crds_are_skipped_then_picked_up() {
     let west = env.c("west");
     install_crds(west).await;
     setup_gateway(west).await;
-    eventually("west Gateway Accepted after the CRDs appear", || async {
-        let gw = gateway(west, "infra", "gw").await;
-        let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
-        match csr(&conds, "Accepted") {
-            Some((s, _, Some(1))) if s == "True" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    eventually_async(
+        "west Gateway Accepted after the CRDs appear",
+        WAIT,
+        || async {
+            let gw = gateway(west, "infra", "gw").await;
+            let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
+            match csr(&conds, "Accepted") {
+                Some((s, _, Some(1))) if s == "True" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     env.shutdown().await;
 }
@@ -665,14 +666,18 @@ async fn a_cluster_down_from_the_start_delays_the_others_only_by_the_startup_gra
     let cfg = fast_config(members, dp.clone()); // startup_grace = 3 s
     let started = std::time::Instant::now();
     let ctl = meridian_controller::Controller::start(cfg).await.unwrap();
-    eventually("east Gateway Accepted without the dead cluster", || async {
-        let gw = gateway(&east, "infra", "gw").await;
-        let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
-        match csr(&conds, "Accepted") {
-            Some((s, _, _)) if s == "True" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    eventually_async(
+        "east Gateway Accepted without the dead cluster",
+        WAIT,
+        || async {
+            let gw = gateway(&east, "infra", "gw").await;
+            let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
+            match csr(&conds, "Accepted") {
+                Some((s, _, _)) if s == "True" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     let waited = started.elapsed();
     assert!(
@@ -742,7 +747,7 @@ async fn an_object_that_does_not_decode_does_not_stop_the_watch() {
         route_obj("app", "good", ("infra", "gw"), service_ref("echo", 80)),
     )
     .await;
-    eventually("the good route is served", || async {
+    eventually_async("the good route is served", WAIT, || async {
         let got = our_parent(east, "app", "good").await?;
         let s = env.dp.snapshot("east").ok_or("no snapshot")?;
         let routes: Vec<String> = s
@@ -895,13 +900,13 @@ async fn a_cluster_api_restart_is_picked_up() {
             }
         }
     };
-    eventually("both clusters' endpoints", || {
+    eventually_async("both clusters' endpoints", WAIT, || {
         clusters_served(&["central", "east"])
     })
     .await;
 
     central_sb.shutdown().await;
-    eventually("central withdrawn after the grace", || {
+    eventually_async("central withdrawn after the grace", WAIT, || {
         clusters_served(&["east"])
     })
     .await;
@@ -909,13 +914,13 @@ async fn a_cluster_api_restart_is_picked_up() {
     let central_sb = meridian_sandbox::Sandbox::start(persisted_central(&dir, port))
         .await
         .unwrap();
-    eventually("central endpoints back after the restart", || {
+    eventually_async("central endpoints back after the restart", WAIT, || {
         clusters_served(&["central", "east"])
     })
     .await;
     // Status is written in the restarted cluster too.
     setup_gateway(&central).await;
-    eventually("central Gateway Accepted", || async {
+    eventually_async("central Gateway Accepted", WAIT, || async {
         let gw = gateway(&central, "infra", "gw").await;
         let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
         match csr(&conds, "Accepted") {
@@ -969,8 +974,8 @@ async fn deleting_a_reference_grant_revokes_access() {
             }
         }
     };
-    eventually("granted", || state("True", "ResolvedRefs", 1)).await;
+    eventually_async("granted", WAIT, || state("True", "ResolvedRefs", 1)).await;
     delete::<ReferenceGrant>(east, Some("other"), "allow-app").await;
-    eventually("revoked", || state("False", "RefNotPermitted", 0)).await;
+    eventually_async("revoked", WAIT, || state("False", "RefNotPermitted", 0)).await;
     env.shutdown().await;
 }

@@ -74,10 +74,14 @@ async fn verdict(client: &kube::Client, name: &str) -> Result<Verdict, String> {
 }
 
 async fn wait_verdict(client: &kube::Client, name: &str, ok: impl Fn(&Verdict) -> bool) -> Verdict {
-    eventually(&format!("status of FailoverPolicy {name}"), || async {
-        let v = verdict(client, name).await?;
-        if ok(&v) { Ok(v) } else { Err(format!("{v:?}")) }
-    })
+    eventually_async(
+        &format!("status of FailoverPolicy {name}"),
+        WAIT,
+        || async {
+            let v = verdict(client, name).await?;
+            if ok(&v) { Ok(v) } else { Err(format!("{v:?}")) }
+        },
+    )
     .await
 }
 
@@ -106,7 +110,7 @@ async fn policy_status_accepted_not_found_invalid_and_conflicted() {
     .await;
 
     // The older policy's name sorts last, so only its age can make it win.
-    apply::<FailoverPolicy>(
+    let first = apply::<FailoverPolicy>(
         &east,
         policy(
             "zz-first",
@@ -114,8 +118,12 @@ async fn policy_status_accepted_not_found_invalid_and_conflicted() {
         ),
     )
     .await;
-    // creationTimestamp has whole seconds.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // creationTimestamp has whole seconds: the second policy must be created in a later one.
+    let created = first.metadata.creation_timestamp.unwrap().0.as_second();
+    eventually("the clock to pass zz-first's creation second", WAIT, || {
+        k8s_openapi::jiff::Timestamp::now().as_second() > created
+    })
+    .await;
     apply::<FailoverPolicy>(
         &east,
         policy(
@@ -173,7 +181,7 @@ async fn policy_status_accepted_not_found_invalid_and_conflicted() {
     );
 
     // The winner is the one in the snapshot: its geo-fence travels with the backend.
-    eventually("zz-first's policy in the snapshot", || async {
+    eventually_async("zz-first's policy in the snapshot", WAIT, || async {
         let s = env.dp.snapshot("east").ok_or("no snapshot")?;
         let b = s
             .gateways
@@ -220,10 +228,17 @@ async fn policy_status_accepted_not_found_invalid_and_conflicted() {
     );
 
     // Quiet now: no further policy status writes.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let writes = policy_writes(&env.ctl, "east");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(policy_writes(&env.ctl, "east"), writes, "write storm");
+    let quiet = Duration::from_millis(1000);
+    let writes = settles("policy status writes", WAIT, quiet, || {
+        policy_writes(&env.ctl, "east")
+    })
+    .await;
+    holds_for(
+        "no policy status writes (write storm)",
+        Duration::from_millis(1500),
+        || policy_writes(&env.ctl, "east") == writes,
+    )
+    .await;
     assert!(writes >= 5, "every policy status was written: {writes}");
     env.shutdown().await;
 }
@@ -252,14 +267,18 @@ async fn served_clusters(dp: &Arc<StaticDataPlane>) -> Result<Vec<String>, Strin
 }
 
 async fn wait_served(dp: &Arc<StaticDataPlane>, want: &[&str]) {
-    eventually(&format!("east's snapshot serving {want:?}"), || async {
-        let cs = served_clusters(dp).await?;
-        if cs == want {
-            Ok(())
-        } else {
-            Err(format!("{cs:?}"))
-        }
-    })
+    eventually_async(
+        &format!("east's snapshot serving {want:?}"),
+        WAIT,
+        || async {
+            let cs = served_clusters(dp).await?;
+            if cs == want {
+                Ok(())
+            } else {
+                Err(format!("{cs:?}"))
+            }
+        },
+    )
     .await;
 }
 
@@ -303,14 +322,18 @@ async fn stale_endpoints_are_reported_until_the_grace_withdraws_them() {
     let central = env.c("central").clone();
     serve_echo_from(&east, &central).await;
     wait_served(&env.dp, &["central", "east"]).await;
-    eventually("Gateway programmed without StaleEndpoints", || async {
-        let conds = gateway_conditions(&east).await;
-        if conds.contains(&("Programmed".into(), "True".into())) {
-            Ok(())
-        } else {
-            Err(format!("{conds:?}"))
-        }
-    })
+    eventually_async(
+        "Gateway programmed without StaleEndpoints",
+        WAIT,
+        || async {
+            let conds = gateway_conditions(&east).await;
+            if conds.contains(&("Programmed".into(), "True".into())) {
+                Ok(())
+            } else {
+                Err(format!("{conds:?}"))
+            }
+        },
+    )
     .await;
     assert_eq!(stale_condition(&east).await, None);
     assert_eq!(
@@ -336,12 +359,13 @@ async fn stale_endpoints_are_reported_until_the_grace_withdraws_them() {
     // central's API goes away.
     let stopped = std::time::Instant::now();
     env.sandboxes[1].take().unwrap().shutdown().await;
-    let (status, reason, message) = eventually("StaleEndpoints on east's Gateway", || async {
-        stale_condition(&east)
-            .await
-            .ok_or_else(|| "no condition".to_string())
-    })
-    .await;
+    let (status, reason, message) =
+        eventually_async("StaleEndpoints on east's Gateway", WAIT, || async {
+            stale_condition(&east)
+                .await
+                .ok_or_else(|| "no condition".to_string())
+        })
+        .await;
     let appeared = stopped.elapsed();
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -399,6 +423,7 @@ async fn stale_endpoints_are_reported_until_the_grace_withdraws_them() {
         "central",
     )
     .unwrap();
+    // Kept: the gauge measures elapsed wall time, so wall time must pass for it to grow.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let after = metric(
         &env.ctl,
@@ -413,7 +438,7 @@ async fn stale_endpoints_are_reported_until_the_grace_withdraws_them() {
 
     // Past the grace the endpoints are withdrawn and the condition goes with them.
     wait_served(&env.dp, &["east"]).await;
-    eventually("StaleEndpoints removed after the grace", || async {
+    eventually_async("StaleEndpoints removed after the grace", WAIT, || async {
         match stale_condition(&east).await {
             None => Ok(()),
             Some(c) => Err(format!("{c:?}")),
@@ -483,7 +508,7 @@ async fn stale_endpoints_condition_clears_when_the_cluster_is_back() {
     wait_served(&dp, &["central", "east"]).await;
 
     central_sb.shutdown().await;
-    eventually("StaleEndpoints on east's Gateway", || async {
+    eventually_async("StaleEndpoints on east's Gateway", WAIT, || async {
         match stale_condition(&east).await {
             Some(c) if c.2.contains("central") => Ok(()),
             other => Err(format!("{other:?}")),
@@ -498,12 +523,16 @@ async fn stale_endpoints_condition_clears_when_the_cluster_is_back() {
     let central_sb = meridian_sandbox::Sandbox::start(persisted_central(&dir, port))
         .await
         .unwrap();
-    eventually("StaleEndpoints removed once central is back", || async {
-        match stale_condition(&east).await {
-            None => Ok(()),
-            Some(c) => Err(format!("{c:?}")),
-        }
-    })
+    eventually_async(
+        "StaleEndpoints removed once central is back",
+        WAIT,
+        || async {
+            match stale_condition(&east).await {
+                None => Ok(()),
+                Some(c) => Err(format!("{c:?}")),
+            }
+        },
+    )
     .await;
     assert_eq!(
         metric(&ctl, "meridian_member_cluster_reachable", "central"),
@@ -558,12 +587,16 @@ async fn stale_endpoint_ttl_drops_endpoints_before_the_grace() {
         dropped >= Duration::from_secs(2) && dropped < Duration::from_secs(10),
         "dropped after {dropped:?} (TTL 2 s, grace 120 s)"
     );
-    eventually("no StaleEndpoints once the TTL dropped them", || async {
-        match stale_condition(&east).await {
-            None => Ok(()),
-            Some(c) => Err(format!("{c:?}")),
-        }
-    })
+    eventually_async(
+        "no StaleEndpoints once the TTL dropped them",
+        WAIT,
+        || async {
+            match stale_condition(&east).await {
+                None => Ok(()),
+                Some(c) => Err(format!("{c:?}")),
+            }
+        },
+    )
     .await;
     assert_eq!(
         metric(

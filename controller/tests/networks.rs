@@ -66,7 +66,7 @@ async fn wait_east(dp: &Arc<StaticDataPlane>, want: &[(&str, &str, bool, bool)])
         .iter()
         .map(|(a, c, r, e)| (a.to_string(), c.to_string(), *r, *e))
         .collect();
-    eventually(&format!("east's endpoints {want:?}"), || async {
+    eventually_async(&format!("east's endpoints {want:?}"), WAIT, || async {
         let got = east_endpoints(dp)?;
         if got == want {
             Ok(())
@@ -106,14 +106,14 @@ async fn east_west_listeners_and_endpoint_changes_reach_the_snapshots() {
     // Central has no proxy with an east-west listener: its endpoint is left out of east's
     // snapshot and counted; central still learns what to serve (it has no Gateway at all).
     wait_east(&env.dp, &[("10.7.0.1:8080", "east", true, false)]).await;
-    eventually("central's section", || async {
+    eventually_async("central's section", WAIT, || async {
         let s = central_section(&env.dp)?;
         (s == [("10.7.0.2:8080".to_string(), true)])
             .then_some(())
             .ok_or(format!("{s:?}"))
     })
     .await;
-    eventually("the missing-backend gauge", || async {
+    eventually_async("the missing-backend gauge", WAIT, || async {
         let m = metric(&env.ctl, "meridian_east_west_missing_backends", "east");
         (m == Some(1.0)).then_some(()).ok_or(format!("{m:?}"))
     })
@@ -165,7 +165,7 @@ async fn east_west_listeners_and_endpoint_changes_reach_the_snapshots() {
         ],
     )
     .await;
-    eventually("central's section follows", || async {
+    eventually_async("central's section follows", WAIT, || async {
         let s = central_section(&env.dp)?;
         (s == [("10.7.0.2:8080".to_string(), false)])
             .then_some(())

@@ -25,6 +25,7 @@ use meridian_distribution::{
 };
 use meridian_model::Snapshot;
 use meridian_sandbox::{Sandbox, SandboxConfig};
+use meridian_test_support::{eventually, eventually_async};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -96,18 +97,10 @@ async fn caught_up(client: &Client, log: &Mutex<Vec<Version>>) {
         .metadata
         .resource_version
         .unwrap();
-    eventually("the recorder to catch up", || {
+    eventually("the recorder to catch up", WAIT, || {
         log.lock().unwrap().iter().any(|v| v.resource_version == rv)
     })
     .await;
-}
-
-async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn sandbox_with_gateway() -> (Sandbox, Client) {
@@ -190,19 +183,14 @@ impl Stack {
     /// Stops the controller, then the distribution server (closing its port).
     async fn stop(self) {
         self.ctl.shutdown().await;
-        let mut server = self.server;
-        let deadline = Instant::now() + WAIT;
         // The controller's tasks held the data plane (and so the server); they are gone now,
-        // but give dropped tasks a moment.
-        let server = loop {
-            match Arc::try_unwrap(server) {
-                Ok(s) => break s,
-                Err(s) => {
-                    assert!(Instant::now() < deadline, "server still shared");
-                    server = s;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
+        // but dropped tasks release their share a moment later.
+        eventually("the server no longer shared", WAIT, || {
+            Arc::strong_count(&self.server) == 1
+        })
+        .await;
+        let Ok(server) = Arc::try_unwrap(self.server) else {
+            panic!("server shared again");
         };
         server.shutdown().await;
     }
@@ -250,15 +238,15 @@ async fn converged() -> (Sandbox, Client, Stack, tokio::task::JoinHandle<()>) {
     .await;
     let proxy = proxy(stack.addr());
     let api: Api<Gateway> = Api::namespaced(client.clone(), "infra");
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually_async("Programmed=True on the proxy's address", WAIT, || async {
         let v = version_of(&api.get("gw").await.unwrap());
         if programmed_true_on_proxy_address(&v) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
         }
-        assert!(Instant::now() < deadline, "never programmed: {v:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     (sb, client, stack, proxy)
 }
 
@@ -275,23 +263,24 @@ async fn a_controller_restart_does_not_report_an_outage() {
     stack.stop().await;
     let stack = Stack::start(&client, addr, Duration::from_secs(10)).await;
     let passes = stack.ctl.passes();
-    eventually("a pass of the new controller", || {
+    eventually("a pass of the new controller", WAIT, || {
         stack.ctl.passes() > passes
     })
     .await;
     let proxy_task = proxy(addr);
     eventually(
         "the proxy to acknowledge the new controller's snapshot",
+        WAIT,
         || stack.acked(),
     )
     .await;
     // Whatever the new controller writes after the acknowledgement has been written.
     let passes = stack.ctl.passes();
-    eventually("a pass after the acknowledgement", || {
+    eventually("a pass after the acknowledgement", WAIT, || {
         stack.ctl.passes() > passes
     })
     .await;
-    eventually("no status write pending", || {
+    eventually("no status write pending", WAIT, || {
         stack
             .ctl
             .metrics()
@@ -328,7 +317,7 @@ async fn without_proxies_the_truth_is_written_once_the_grace_is_over() {
 
     let grace = Duration::from_secs(2);
     let stack = Stack::start(&client, addr, grace).await;
-    eventually("Programmed=False once the grace is over", || {
+    eventually("Programmed=False once the grace is over", WAIT, || {
         log.lock()
             .unwrap()
             .iter()

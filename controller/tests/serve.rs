@@ -15,8 +15,10 @@ use meridian_model::Snapshot;
 use meridian_sandbox::{Sandbox, SandboxConfig};
 
 use common::{
-    ME, apply, client_for, cond, eventually, gateway, gateway_class, gateway_obj, install_crds,
+    ME, WAIT, apply, client_for, cond, eventually_async, gateway, gateway_class, gateway_obj,
+    install_crds,
 };
+use meridian_test_support::{ScratchDir, free_port};
 
 #[derive(Parser)]
 struct Cli {
@@ -33,14 +35,6 @@ impl Target for Ack {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() {
     let sb = Sandbox::start(SandboxConfig::ephemeral(&["east"]))
@@ -48,10 +42,8 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
         .unwrap();
     let east = client_for(&sb.cluster("east").unwrap().url);
     install_crds(&east).await;
-    let dir = std::env::temp_dir().join(format!("meridian-serve-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, sb.kubeconfig_yaml()).unwrap();
+    let dir = ScratchDir::new("serve");
+    let kubeconfig = dir.write("kubeconfig", &sb.kubeconfig_yaml());
     let bind = format!("127.0.0.1:{}", free_port());
     let argv = |extra: &[&str]| {
         let base = [
@@ -85,14 +77,18 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
     let controller = tokio::spawn(meridian_controller::serve(args, None));
 
     // No proxy yet: computed, not Programmed.
-    eventually("Programmed=False before any proxy connects", || async {
-        let gw = gateway(&east, "default", "web").await;
-        let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
-        match cond(&conds, "Programmed") {
-            Some(c) if c.status == "False" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    eventually_async(
+        "Programmed=False before any proxy connects",
+        WAIT,
+        || async {
+            let gw = gateway(&east, "default", "web").await;
+            let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
+            match cond(&conds, "Programmed") {
+                Some(c) if c.status == "False" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
 
     let hello = Hello {
@@ -110,19 +106,23 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
 
     // The proxy acknowledged: Programmed, on the first address of the cluster's pool (not the
     // proxy's advertised one).
-    let address = eventually("Programmed=True once the proxy acknowledges", || async {
-        let gw = gateway(&east, "default", "web").await;
-        let status = gw.status.unwrap_or_default();
-        let conds = status.conditions.unwrap_or_default();
-        match cond(&conds, "Programmed") {
-            Some(c) if c.status == "True" => Ok(status
-                .addresses
-                .unwrap_or_default()
-                .first()
-                .map(|a| a.value.clone())),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let address = eventually_async(
+        "Programmed=True once the proxy acknowledges",
+        WAIT,
+        || async {
+            let gw = gateway(&east, "default", "web").await;
+            let status = gw.status.unwrap_or_default();
+            let conds = status.conditions.unwrap_or_default();
+            match cond(&conds, "Programmed") {
+                Some(c) if c.status == "True" => Ok(status
+                    .addresses
+                    .unwrap_or_default()
+                    .first()
+                    .map(|a| a.value.clone())),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     assert_eq!(address.as_deref(), Some("127.0.10.5"));
 
@@ -130,5 +130,4 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
     controller.abort();
     let _ = controller.await;
     sb.shutdown().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }

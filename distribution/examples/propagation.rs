@@ -28,6 +28,7 @@ use meridian_distribution::{
 };
 use meridian_model::{Router, Snapshot};
 use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_test_support::free_port;
 use serde_json::json;
 
 /// A proxy stand-in: decodes (done by the client) and compiles, binds nothing; endpoint
@@ -138,14 +139,6 @@ fn snapshot(routes: usize, port: u16, variant: usize, endpoint_port: u16) -> Sna
             "routes": routes}]}]
     }))
     .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn all_applied(srv: &DistributionServer, gens: &[(String, u64)]) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ mod common;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,6 +21,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 const TOKEN: &str = "s3cret-token";
+/// Bound of a wait for load to reach a backend.
+const LOAD_SEEN: Duration = Duration::from_secs(20);
 
 async fn bounded<F: Future<Output = ()>>(f: F) {
     tokio::time::timeout(TEST_TIMEOUT, f)
@@ -65,10 +67,13 @@ fn client_for(srv: &DistributionServer, hello: Hello, token: &str) -> Client {
 struct Gated {
     proxy: Arc<ProxyHandle>,
     gate: Arc<Semaphore>,
+    /// Snapshots that reached the gate.
+    arrived: Arc<AtomicUsize>,
 }
 
 impl Target for Gated {
     async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
         let _permit = self.gate.acquire().await;
         Target::apply(&*self.proxy, snapshot).await
     }
@@ -172,9 +177,11 @@ async fn programmed_flips_to_applied_only_after_the_ack_and_the_route_is_served(
         let port = free_port();
         let proxy = Arc::new(proxy().await);
         let gate = Arc::new(Semaphore::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
         let target = Gated {
             proxy: proxy.clone(),
             gate: gate.clone(),
+            arrived: arrived.clone(),
         };
         let follower = client_for(&srv, hello("p1", "east"), TOKEN);
         let task = tokio::spawn(async move {
@@ -197,8 +204,11 @@ async fn programmed_flips_to_applied_only_after_the_ack_and_the_route_is_served(
             .unwrap();
         assert_eq!(published.kind, PublishKind::Full);
         let generation = published.generation;
-        // The proxy has the snapshot (or will) but has not applied it: not Applied, not served.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The proxy has the snapshot but has not applied it: not Applied, not served.
+        eventually("the snapshot to reach the proxy", WAIT, || {
+            arrived.load(Ordering::SeqCst) == 1
+        })
+        .await;
         assert_eq!(
             srv.programmed("east", generation),
             ProgrammedState::Pending {
@@ -377,7 +387,8 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
             workers.push(tokio::spawn(async move {
                 let c = client();
                 let (mut ok, mut failed) = (0u32, 0u32);
-                let end = Instant::now() + Duration::from_secs(5);
+                // Until the test has seen every phase; bounded regardless.
+                let end = Instant::now() + Duration::from_secs(40);
                 while !done.load(Ordering::Acquire) && Instant::now() < end {
                     match c.get(format!("http://127.0.0.1:{port}/load")).send().await {
                         Ok(r) if r.status() == 200 => ok += 1,
@@ -387,7 +398,11 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
                 (ok, failed)
             }));
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let served = a.count();
+        eventually("load through the proxy", LOAD_SEEN, || {
+            a.count() >= served + 30
+        })
+        .await;
         srv.shutdown().await;
         // The proxy notices, says so, and keeps serving.
         tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| !s.connected))
@@ -402,7 +417,12 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
             metric(&proxy.metrics_text(), "meridian_proxy_controller_connected"),
             Some(0.0)
         );
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // The controller stays away while the load goes on.
+        let served = a.count();
+        eventually("load while the controller is away", LOAD_SEEN, || {
+            a.count() >= served + 100
+        })
+        .await;
         let applied_before = metric(
             &proxy.metrics_text(),
             "meridian_proxy_snapshot_applied_total",
@@ -422,7 +442,11 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
             ),
             applied_before
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let served = a.count();
+        eventually("load after the resync", LOAD_SEEN, || {
+            a.count() >= served + 30
+        })
+        .await;
         done.store(true, Ordering::Release);
         let mut total = 0;
         for w in workers {

@@ -14,6 +14,7 @@ use meridian_distribution::{
 };
 use meridian_model::Snapshot;
 use meridian_model::traffic::{FailureKind, GatewayTraffic};
+use meridian_test_support::eventually;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -143,17 +144,8 @@ fn run_client(
     })
 }
 
-/// Polls (bounded) until `f` holds; reports don't tick `subscribe()`.
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Bound of one wait. The server's sums are polled: reports don't tick `subscribe()`.
+const WAIT: Duration = Duration::from_secs(15);
 
 fn metric(srv: &DistributionServer, name: &str, cluster: &str) -> u64 {
     let needle = format!("{name}{{cluster=\"{cluster}\"}} ");
@@ -187,18 +179,18 @@ async fn clients_report_and_the_server_sums_proxies_of_a_cluster() {
         ];
 
         let want_web = sum(&[&counters(10, 1), &counters(5, 2)]);
-        eventually("east web = p1 + p2", || {
+        eventually("east web = p1 + p2", WAIT, || {
             srv.traffic("east", &gw("web")).as_ref() == Some(&want_web)
         })
         .await;
         assert_eq!(want_web.requests, 18);
         assert_eq!(want_web.failures(), 3);
-        eventually("east api = p2", || {
+        eventually("east api = p2", WAIT, || {
             srv.traffic("east", &gw("api")) == Some(counters(3, 0))
         })
         .await;
         // Other clusters and unreported Gateways stay apart.
-        eventually("west web = p3", || {
+        eventually("west web = p3", WAIT, || {
             srv.traffic("west", &gw("web")) == Some(counters(40, 0))
         })
         .await;
@@ -209,11 +201,12 @@ async fn clients_report_and_the_server_sums_proxies_of_a_cluster() {
         let reports = metric(&srv, "meridian_distribution_traffic_reports_total", "east");
         assert!(reports >= 2, "{reports}");
         let calls = t1.calls.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(
-            t1.calls.load(Ordering::Relaxed) >= calls + 3,
-            "the client stopped reading its target's counters"
-        );
+        eventually(
+            "the client to read its target's counters eight more times (400 ms of ticks)",
+            WAIT,
+            || t1.calls.load(Ordering::Relaxed) >= calls + 8,
+        )
+        .await;
         assert_eq!(
             metric(&srv, "meridian_distribution_traffic_reports_total", "east"),
             reports,
@@ -223,7 +216,7 @@ async fn clients_report_and_the_server_sums_proxies_of_a_cluster() {
         // New counts arrive on the next tick.
         t1.set(vec![entry("web", counters(12, 1))]);
         let want = sum(&[&counters(12, 1), &counters(5, 2)]);
-        eventually("east web after p1 counted more", || {
+        eventually("east web after p1 counted more", WAIT, || {
             srv.traffic("east", &gw("web")).as_ref() == Some(&want)
         })
         .await;
@@ -251,17 +244,24 @@ async fn a_zero_traffic_interval_sends_nothing() {
                 control.clone(),
             ),
         ];
-        eventually("both streams open", || {
+        eventually("both streams open", WAIT, || {
             let s = srv.state();
             s.len() == 2 && s.iter().all(|p| p.connected)
         })
         .await;
         // The same setup with an interval does report...
-        eventually("the control client's report", || {
+        eventually("the control client's report", WAIT, || {
             srv.traffic("east", &gw("loud")).is_some()
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ...over several more of its ticks...
+        let control_calls = control.calls.load(Ordering::Relaxed);
+        eventually(
+            "six more ticks (300 ms) of the control client",
+            WAIT,
+            || control.calls.load(Ordering::Relaxed) >= control_calls + 6,
+        )
+        .await;
         // ...and with zero it never even asks its target.
         assert_eq!(quiet.calls.load(Ordering::Relaxed), 0);
         assert_eq!(srv.traffic("east", &gw("quiet")), None);
@@ -367,7 +367,7 @@ async fn the_sum_never_goes_down_when_proxies_restart_leave_or_move() {
 
         // p2 disconnects: its counters stay.
         drop(s2);
-        eventually("p2 disconnected", || {
+        eventually("p2 disconnected", WAIT, || {
             srv.state()
                 .iter()
                 .any(|p| p.proxy_id == "p2" && !p.connected)

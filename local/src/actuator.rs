@@ -483,15 +483,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::io::{Read, Write};
 
-    use super::*;
+    use meridian_test_support::free_port;
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
+    use super::*;
 
     fn echo(zone: &str, port: u16) -> EchoArgs {
         EchoArgs {

@@ -617,6 +617,7 @@ mod tests {
         Backend, BackendProtocol, BackendTarget, Drain, EastWestBackend, Endpoint, Filter,
         Gateway as SnapshotGateway, Listener, Match, PathMatch, RequestMirror, Route, Rule,
     };
+    use meridian_test_support::free_port;
 
     use super::*;
 
@@ -800,14 +801,6 @@ mod tests {
             .collect();
         out.push(format!("{drained_metric:?}"));
         out.join("\n")
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
     }
 
     #[tokio::test]

@@ -404,6 +404,7 @@ fn namespace_backend_child() {
             println!("LISTEN {name} {}", listener.local_addr().unwrap());
             tokio::spawn(serve(listener, name));
         }
+        // Kept: the child's own upper bound on its life (the parent normally ends it sooner).
         tokio::time::sleep(CHILD_LIFETIME).await;
     });
     std::process::exit(0);
@@ -599,6 +600,10 @@ async fn blackholed_region_fails_over_and_back() {
 
         let start = Instant::now();
         let load = tokio::spawn(load(port, start));
+        // Kept: the schedule is part of what is measured. The load is open-loop (a GET every
+        // PERIOD whatever happens), the cut must come once the proxy's 10 s retry-budget window
+        // is full, and it must outlast the client timeout (see the constants); failover.rs
+        // shows the same failover driven by events instead.
         tokio::time::sleep(CUT_AT.saturating_sub(start.elapsed())).await;
         let cut = start.elapsed();
         ns.blackhole().unwrap();

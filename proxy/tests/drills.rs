@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Echo, TEST_TIMEOUT, client, eventually, free_port, get};
+use common::{Echo, TEST_TIMEOUT, WAIT, client, eventually, free_port, get};
 use meridian_distribution::Target;
 use meridian_model::Snapshot;
 use meridian_model::locality::Locality;
 use meridian_model::traffic::{FailureKind, GatewayTraffic};
 use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_test_support::eventually_async;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -226,7 +227,7 @@ async fn a_region_drain_moves_traffic_to_the_next_tier_without_a_failed_get_and_
 
         // Every request is counted, by the region of the endpoint that answered.
         let total = 100 + sent as u64;
-        eventually("traffic counters to catch up", || {
+        eventually("traffic counters to catch up", WAIT, || {
             traffic_of(&proxy, "web").requests == total
         })
         .await;
@@ -318,7 +319,7 @@ async fn a_drain_affects_only_the_gateways_and_backends_it_scopes_and_the_header
         let reports = proxy.traffic();
         let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a"]);
-        eventually("Gateway a's counters", || {
+        eventually("Gateway a's counters", WAIT, || {
             traffic_of(&proxy, "a").requests == 41
         })
         .await;
@@ -366,8 +367,16 @@ async fn a_lifted_drain_returns_through_the_failback_hysteresis() {
             held.iter().all(|r| r.0 == 200 && r.1 == "west/us-west/a"),
             "{held:?}"
         );
-        // …and back once it is over.
-        tokio::time::sleep(Duration::from_millis(1600).saturating_sub(lifted.elapsed())).await;
+        // …and back once it is over: the first GET east, then every GET.
+        eventually_async(
+            "a GET answered by us-east after the hysteresis",
+            WAIT,
+            || async {
+                let one = gets(&c, port, "/", 1).await;
+                one[0].0 == 200 && one[0].1 == "east/us-east/a"
+            },
+        )
+        .await;
         let back = gets(&c, port, "/", 10).await;
         assert!(
             back.iter().all(|r| r.0 == 200 && r.1 == "east/us-east/a"),
@@ -439,7 +448,7 @@ async fn traffic_counters_count_failures_by_kind() {
             assert_eq!(s, 502);
         }
         let total = 5 + 2 + 3 + 4 + 1 + 2;
-        eventually("traffic counters to catch up", || {
+        eventually("traffic counters to catch up", WAIT, || {
             traffic_of(&proxy, "web").requests == total
         })
         .await;

@@ -13,7 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Echo, TEST_TIMEOUT, answered_by, client, eventually, free_port, get_url};
+use common::{Echo, TEST_TIMEOUT, WAIT, answered_by, client, eventually, free_port, get_url};
 use meridian_model::Snapshot;
 use meridian_model::locality::Locality;
 use meridian_proxy::{ApplyError, ProxyConfig, ProxyHandle};
@@ -332,12 +332,13 @@ async fn stopping_one_remote_proxy_costs_no_get() {
                         failed.push((sent, status, body));
                     }
                     sent += 1;
+                    // Kept: paces the load (a steady stream, not a burst).
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 (sent, failed)
             }
         });
-        eventually("traffic through B1", || {
+        eventually("traffic through B1", WAIT, || {
             w.b1.east_west_traffic().unwrap().requests >= 30
         })
         .await;
@@ -347,7 +348,7 @@ async fn stopping_one_remote_proxy_costs_no_get() {
         );
         w.b1.shutdown().await;
         let b2_at_stop = w.b2.east_west_traffic().unwrap().requests;
-        eventually("B2 taking over", || {
+        eventually("B2 taking over", WAIT, || {
             w.b2.east_west_traffic().unwrap().requests > b2_at_stop + 100
         })
         .await;
@@ -499,7 +500,7 @@ async fn http_health_checks_reach_the_backend_behind_the_remote_proxy() {
                     && s.headers.get("user-agent").map(String::as_str) == Some("meridian-health")
             })
         };
-        eventually("probes through both remote proxies", || {
+        eventually("probes through both remote proxies", WAIT, || {
             probed(&e1) && probed(&e2)
         })
         .await;
@@ -513,12 +514,14 @@ async fn http_health_checks_reach_the_backend_behind_the_remote_proxy() {
         b1.apply(receiver_snapshot(2, &[(APP, gone)]))
             .await
             .unwrap();
-        eventually("A ejecting B1", || {
+        eventually("A ejecting B1", WAIT, || {
             a.metrics_text()
                 .lines()
                 .any(|l| l == "meridian_proxy_endpoint_ejections_total 1")
         })
         .await;
+        // Kept: this waits past the proxy's minimum ejection time (on its own clock), which is
+        // the behaviour under test: B1 must stay out after it because the probes keep failing.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let c = client();
         let url = format!("http://127.0.0.1:{port}/app");

@@ -18,11 +18,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Echo, TEST_TIMEOUT, answered_by, client, eventually, free_port, get_url};
+use common::{Echo, TEST_TIMEOUT, WAIT, answered_by, client, eventually, free_port, get_url};
 use meridian_model::Snapshot;
 use meridian_model::locality::Locality;
 use meridian_model::traffic::FailureKind;
 use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_test_support::eventually_async;
 use serde_json::{Value, json};
 
 const APP: &str = "default/app:80";
@@ -198,6 +199,7 @@ async fn a_zone_drain_holds_on_the_east_west_listener_and_lifts_through_failback
             if back_at.is_some_and(|t| done.duration_since(t) > Duration::from_millis(200)) {
                 break;
             }
+            // Kept: paces the GETs that measure the hysteresis (a time window under test).
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let back_at = back_at.expect("EA came back within 400 GETs");
@@ -319,6 +321,7 @@ async fn a_full_drain_answers_503_and_the_sender_fails_over_without_a_failed_get
             }
             assert_eq!(answered_by(&body), "c");
             assert_eq!(served_by.as_deref(), Some("south/ap-south/c-a"));
+            // Kept: paces the GETs (a steady stream over the drain, not a burst).
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(
@@ -343,18 +346,18 @@ async fn a_full_drain_answers_503_and_the_sender_fails_over_without_a_failed_get
         let (status, served_by, body) = get_url(&c, &direct, &[("x-meridian-backend", APP)]).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(served_by.as_deref(), Some("west/eu-west/b-a"));
-        let mut answered = String::new();
-        for _ in 0..200 {
-            let (status, _, body) = get_url(&c, &w.url, &[]).await;
-            assert_eq!(status, 200, "{body}");
-            answered = answered_by(&body);
-            if answered != "c" {
-                break;
+        let answered = eventually_async("A to stop sending to C", Duration::from_secs(10), || {
+            let (c, url) = (&c, &w.url);
+            async move {
+                let (status, _, body) = get_url(c, url, &[]).await;
+                assert_eq!(status, 200, "{body}");
+                let answered = answered_by(&body);
+                (answered != "c").then_some(answered)
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
         assert_eq!(answered, "ea", "A went back to B within 10 s");
-        eventually("no stray failures", || {
+        eventually("no stray failures", WAIT, || {
             w.a.traffic()[0].traffic.failed.is_empty()
         })
         .await;

@@ -3,6 +3,11 @@
 //! restarted. Measures failed requests, time until ≥ 95 % of traffic is on the next tier, and the
 //! failback time (health check re-admission), and prints them.
 //!
+//! The run is driven by what the load sees, not by a wall-clock schedule: the kill comes once
+//! there is enough steady load, the restart once the next tier has answered enough requests,
+//! the end once traffic is back. On a slow machine the phases take longer; the figures (read
+//! from the samples' own timestamps) and their bounds are the same.
+//!
 //! Default behaviour only (no FailoverPolicy): tiers are us-east zone a, us-east zone b, then the
 //! other regions alphabetically (eu-west, then us-west).
 #![allow(clippy::unwrap_used)]
@@ -11,6 +16,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,11 @@ use meridian_proxy::{ProxyConfig, ProxyHandle};
 use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::task::JoinSet;
+
+use common::eventually;
+
+/// Bound of each phase of the run (steady load, shift, failback).
+const PHASE: Duration = Duration::from_secs(20);
 
 /// A backend that can be stopped hard (listener closed, every connection dropped) and restarted
 /// on the same port.
@@ -105,6 +116,46 @@ impl Backend {
 /// One request's outcome: start time since the run began, status (0 = transport error), region.
 type Sample = (Duration, u16, String);
 
+/// Samples that started in `[from, to)`: how many were answered by `region`, and how many there
+/// were.
+fn share(samples: &[Sample], from: Duration, to: Duration, region: &str) -> (usize, usize) {
+    let w: Vec<&Sample> = samples.iter().filter(|s| s.0 >= from && s.0 < to).collect();
+    let hit = w.iter().filter(|s| s.2 == region).count();
+    (hit, w.len())
+}
+
+/// The first `step` window from `from` on (sliding by `slide`, ending before `until`) with at
+/// least one sample and ≥ 95 % of them answered by `region`: where it ends, relative to `from`.
+fn first_window_mostly_on(
+    samples: &[Sample],
+    (from, until): (Duration, Duration),
+    (step, slide): (Duration, Duration),
+    region: &str,
+) -> Option<Duration> {
+    let mut t = from;
+    while t + step <= until {
+        let (hit, n) = share(samples, t, t + step, region);
+        if n > 0 && hit * 100 >= n * 95 {
+            return Some(t + step - from);
+        }
+        t += slide;
+    }
+    None
+}
+
+/// How many requests started at or after `from`.
+fn started_since(samples: &Mutex<Vec<Sample>>, from: Duration) -> usize {
+    samples
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.0 >= from)
+        .count()
+}
+
+/// Every phase of the run waits for what it needs (enough answers, the shift, the failback),
+/// bounded, instead of a wall-clock schedule; the figures are then computed from the samples'
+/// own timestamps as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_check() {
     let run = async {
@@ -148,18 +199,18 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
 
         let start = Instant::now();
         let samples: Arc<Mutex<Vec<Sample>>> = Default::default();
-        let stop_at = Duration::from_secs(9);
+        let done = Arc::new(AtomicBool::new(false));
         let mut clients = JoinSet::new();
         for _ in 0..4 {
-            let samples = samples.clone();
+            let (samples, done) = (samples.clone(), done.clone());
             clients.spawn(async move {
                 let c = common::client();
-                // Bounded by time and count.
+                // Until the test has seen every phase; bounded by count regardless.
                 for _ in 0..200_000 {
-                    let t = start.elapsed();
-                    if t >= stop_at {
+                    if done.load(Ordering::Acquire) {
                         break;
                     }
+                    let t = start.elapsed();
                     let (status, body) =
                         match c.get(format!("http://127.0.0.1:{port}/")).send().await {
                             Ok(r) => {
@@ -174,35 +225,54 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
             });
         }
 
-        let kill_at = Duration::from_secs(2);
-        let restart_at = Duration::from_millis(4500);
-        tokio::time::sleep(kill_at.saturating_sub(start.elapsed())).await;
+        // Steady state first: enough answers to judge "local first". The requests in flight at
+        // the kill (one per client) started before it but are answered by the next tier, so
+        // there must be enough of them for those few not to matter (4 of 1000 < 1 %).
+        eventually("load before the kill", PHASE, || {
+            started_since(&samples, Duration::ZERO) >= 1000
+        })
+        .await;
         let killed = start.elapsed();
         for b in backends.iter().filter(|b| b.region == "us-east") {
             b.stop();
         }
-        tokio::time::sleep(restart_at.saturating_sub(start.elapsed())).await;
+        // The shift is judged from 1 s after the kill: run until that part has enough answers.
+        let judged_from = killed + Duration::from_secs(1);
+        eventually("load on the next tier after the kill", PHASE, || {
+            start.elapsed() >= judged_from + Duration::from_millis(500)
+                && started_since(&samples, judged_from) >= 200
+        })
+        .await;
         let restarted = start.elapsed();
         for b in backends.iter().filter(|b| b.region == "us-east") {
             b.restart();
         }
+        // Failback: until a 200 ms window after the restart is ≥ 95 % back on us-east, sliding
+        // by 50 ms (bounded; whether it came back soon enough is asserted below).
+        let fb_step = Duration::from_millis(200);
+        let fb_slide = Duration::from_millis(50);
+        eventually("traffic back on us-east", PHASE, || {
+            // Windows that ended a moment ago: requests started in them have been answered.
+            let settled = start.elapsed().saturating_sub(Duration::from_millis(100));
+            let s = samples.lock().unwrap();
+            first_window_mostly_on(&s, (restarted, settled), (fb_step, fb_slide), "us-east")
+                .is_some()
+        })
+        .await;
+        done.store(true, Ordering::Release);
         while clients.join_next().await.is_some() {}
+        let stopped = start.elapsed();
 
         let samples = samples.lock().unwrap().clone();
         let total = samples.len();
         let failed: Vec<&Sample> = samples.iter().filter(|s| s.1 != 200).collect();
-        let share = |from: Duration, to: Duration, region: &str| {
-            let w: Vec<&Sample> = samples.iter().filter(|s| s.0 >= from && s.0 < to).collect();
-            let hit = w.iter().filter(|s| s.2 == region).count();
-            (hit, w.len())
-        };
         // Time to shift: the first 100 ms window after the kill from which every later window
         // (until the restart) has ≥ 95 % on the next tier.
         let step = Duration::from_millis(100);
         let mut windows = Vec::new();
         let mut t = killed;
         while t + step <= restarted {
-            let (hit, n) = share(t, t + step, "eu-west");
+            let (hit, n) = share(&samples, t, t + step, "eu-west");
             windows.push((t, n == 0 || hit * 100 >= n * 95));
             t += step;
         }
@@ -211,25 +281,19 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
             .rposition(|(_, ok)| !ok)
             .map_or(Some(killed), |i| windows.get(i + 1).map(|w| w.0))
             .map(|t| t.saturating_sub(killed));
-        // Failback: the first 200 ms window after the restart with ≥ 95 % back on us-east.
-        let fb_step = Duration::from_millis(200);
-        let mut failback = None;
-        let mut t = restarted;
-        while t + fb_step <= stop_at {
-            let (hit, n) = share(t, t + fb_step, "us-east");
-            if n > 0 && hit * 100 >= n * 95 {
-                failback = Some(t + fb_step - restarted);
-                break;
-            }
-            t += Duration::from_millis(50);
-        }
+        let failback = first_window_mostly_on(
+            &samples,
+            (restarted, stopped),
+            (fb_step, fb_slide),
+            "us-east",
+        );
         let first_back = samples
             .iter()
             .filter(|s| s.0 >= restarted && s.2 == "us-east")
             .map(|s| s.0 - restarted)
             .min();
-        let (before_hit, before_n) = share(Duration::ZERO, killed, "us-east");
-        let (after_hit, after_n) = share(killed + Duration::from_secs(1), restarted, "eu-west");
+        let (before_hit, before_n) = share(&samples, Duration::ZERO, killed, "us-east");
+        let (after_hit, after_n) = share(&samples, judged_from, restarted, "eu-west");
         let metrics = proxy.metrics_text();
         let retries: Vec<&str> = metrics
             .lines()
@@ -259,7 +323,7 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
         assert!(failback <= Duration::from_secs(4), "failback {failback:?}");
         proxy.shutdown().await;
     };
-    tokio::time::timeout(Duration::from_secs(60), run)
+    tokio::time::timeout(Duration::from_secs(90), run)
         .await
         .expect("failover test timed out");
 }

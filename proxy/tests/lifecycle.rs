@@ -33,15 +33,17 @@ async fn snapshot_swap_under_load_drops_no_request() {
         .await
         .unwrap();
         let swapped = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for _ in 0..4 {
-            let swapped = swapped.clone();
+            let (swapped, done) = (swapped.clone(), done.clone());
             workers.push(tokio::spawn(async move {
                 let c = client();
                 let (mut ok, mut failed, mut stale_after_swap) = (0u32, 0u32, 0u32);
                 let mut names = std::collections::HashSet::new();
-                let end = Instant::now() + Duration::from_secs(2);
-                while Instant::now() < end {
+                // Until the test has seen load on both sides of the swap; bounded regardless.
+                let end = Instant::now() + Duration::from_secs(30);
+                while !done.load(Ordering::Acquire) && Instant::now() < end {
                     let was_swapped = swapped.load(Ordering::Acquire);
                     match c.get(format!("http://127.0.0.1:{port}/load")).send().await {
                         Ok(r) if r.status() == 200 => {
@@ -60,7 +62,9 @@ async fn snapshot_swap_under_load_drops_no_request() {
                 (ok, failed, stale_after_swap, names)
             }));
         }
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // The swap happens under load: once the old backend has answered a good number of
+        // requests, and the load goes on until the new one has too.
+        eventually("load on the old route", WAIT, || a.count() >= 60).await;
         p.apply(http_snapshot(
             2,
             port,
@@ -69,6 +73,8 @@ async fn snapshot_swap_under_load_drops_no_request() {
         .await
         .unwrap();
         swapped.store(true, Ordering::Release);
+        eventually("load on the new route", WAIT, || b.count() >= 60).await;
+        done.store(true, Ordering::Release);
         let mut total = 0;
         let mut all_names = std::collections::HashSet::new();
         for w in workers {
@@ -199,7 +205,10 @@ async fn request_in_flight_on_a_removed_listener_finishes() {
         let rules = || vec![prefix_rule("/", vec![echo_backend(&a, 1)])];
         p.apply(http_snapshot(1, p1, rules())).await.unwrap();
         let slow = tokio::spawn(async move { get(&client(), p1, "/?delay=800", &[]).await.0 });
-        eventually("the slow request to reach the backend", || a.count() == 1).await;
+        eventually("the slow request to reach the backend", WAIT, || {
+            a.count() == 1
+        })
+        .await;
         p.apply(http_snapshot(2, p2, rules())).await.unwrap();
         assert!(
             tokio::net::TcpStream::connect(("127.0.0.1", p1))
@@ -301,21 +310,16 @@ async fn snapshot_file_is_watched_and_reloaded() {
             let wait_gen = |g: u64| {
                 let p = &p;
                 async move {
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while p.generation() != Some(g) {
-                        assert!(Instant::now() < deadline, "generation {g} never served");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    eventually(&format!("generation {g} served"), WAIT, || {
+                        p.generation() == Some(g)
+                    })
+                    .await;
                 }
             };
             wait_gen(1).await;
             assert_eq!(get(&client(), port, "/", &[]).await.2["name"], "a");
             write("{ not json");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while p.last_error().is_none() {
-                assert!(Instant::now() < deadline, "broken file never refused");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            eventually("the broken file refused", WAIT, || p.last_error().is_some()).await;
             assert_eq!(p.generation(), Some(1));
             assert_eq!(get(&client(), port, "/", &[]).await.2["name"], "a");
             write(&json_of(2, &b));

@@ -229,7 +229,7 @@ async fn mirror_copy_reaches_the_mirror_backend_with_earlier_header_edits() {
         p.apply(http_snapshot(1, port, rules)).await.unwrap();
         let (s, _, body) = get(&client(), port, "/mirror?id=42", &[]).await;
         assert_eq!((s, body["name"].as_str()), (200, Some("main")));
-        eventually("the mirror copy", || mirror.count() == 1).await;
+        eventually("the mirror copy", WAIT, || mirror.count() == 1).await;
         let copy = &mirror.seen()[0];
         assert_eq!(copy.path, "/mirror?id=42");
         assert_eq!(
@@ -621,8 +621,14 @@ async fn mirror_percent_samples_copies() {
         for _ in 0..200 {
             assert_eq!(get(&c, port, "/", &[]).await.0, 200);
         }
+        // Copies go out in the background: wait until every copy the proxy counted as sent
+        // has arrived.
+        let sent = metric_sum(&p.metrics_text(), "meridian_proxy_mirror_sent_total");
+        eventually("every mirror copy sent to arrive", WAIT, || {
+            mirror.count() as f64 == sent
+        })
+        .await;
         // Binomial(200, 0.5): mean 100, sd ~7; allow 5 sd.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let copies = mirror.count();
         assert!((65..=135).contains(&copies), "{copies} copies");
         assert_eq!(main.count(), 200);

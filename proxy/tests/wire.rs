@@ -265,6 +265,8 @@ async fn request_split_across_packets_is_read_whole() {
         let req = get_request("/split/path", "x-extra: 1\r\n");
         for piece in [&req[..5], &req[5..30], &req[30..]] {
             tcp.write_all(piece.as_bytes()).await.unwrap();
+            // Kept: the gap between the pieces is what is tested (each arrives on its own,
+            // and the proxy's read of the first one returns before the next is sent).
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut buf = Vec::new();

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{PostParams, WatchEvent, WatchParams};
 use meridian_sandbox::{Sandbox, SandboxConfig};
+use meridian_test_support::eventually_async;
 use serde_json::json;
 use std::time::Duration;
 
@@ -126,14 +127,12 @@ async fn a_starting_cluster_answers_plain_text_404_until_it_is_ready() {
             .status,
         404
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if cms.get("a").await.is_ok() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_async(
+        "the restarted cluster ready",
+        Duration::from_secs(10),
+        || async { cms.get("a").await.is_ok() },
+    )
+    .await;
     assert!(restarted.elapsed() >= Duration::from_millis(400));
     sb.shutdown().await;
 }

@@ -12,6 +12,7 @@ use kube::api::{
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 use meridian_sandbox::{Sandbox, SandboxConfig};
+use meridian_test_support::eventually_async;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -267,7 +268,7 @@ async fn reflector_converges_over_a_long_change_sequence() {
         .map(|c| (c.name_any(), c.data.unwrap_or_default()["v"].clone()))
         .collect();
     assert_eq!(server, expected, "the store itself applied every operation");
-    eventually(
+    eventually_async(
         "reflector matches the store",
         Duration::from_secs(20),
         || {
@@ -342,7 +343,7 @@ async fn watch_from_compacted_version_gets_410_and_watcher_relists() {
     let mut watched = cm("watched-1", "1");
     watched.metadata.labels = Some([("watched".to_string(), "yes".to_string())].into());
     cms.create(&PostParams::default(), &watched).await.unwrap();
-    eventually("watcher sees watched-1", Duration::from_secs(5), || {
+    eventually_async("watcher sees watched-1", Duration::from_secs(5), || {
         let r = reader.clone();
         async move { r.state().len() == 1 }
     })
@@ -353,7 +354,7 @@ async fn watch_from_compacted_version_gets_410_and_watcher_relists() {
             .await
             .unwrap();
     }
-    eventually(
+    eventually_async(
         "watcher re-listed after 410",
         Duration::from_secs(10),
         || {
@@ -365,7 +366,7 @@ async fn watch_from_compacted_version_gets_410_and_watcher_relists() {
     // And it still follows changes afterwards.
     watched.metadata.name = Some("watched-2".into());
     cms.create(&PostParams::default(), &watched).await.unwrap();
-    eventually(
+    eventually_async(
         "watcher sees watched-2 after the re-list",
         Duration::from_secs(10),
         || {

@@ -6,8 +6,9 @@ mod common;
 use common::*;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use meridian_test_support::{ScratchDir, eventually_async, tool_present};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,27 +64,7 @@ impl Kubectl {
 }
 
 fn kubectl_present() -> bool {
-    let found = std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIPPED: `kubectl` is not on PATH; the kubectl tests need it");
-    }
-    found
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meridian-sandbox-{tag}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
+    tool_present("kubectl", &["version", "--client"])
 }
 
 const OBJECTS: &str = r#"apiVersion: v1
@@ -131,7 +112,7 @@ async fn kubectl_apply_get_describe_wait_watch_delete() {
     if !kubectl_present() {
         return;
     }
-    let dir = temp_dir("kubectl");
+    let dir = ScratchDir::new("sandbox-kubectl");
     let mut cfg = meridian_sandbox::SandboxConfig::ephemeral(&["east", "west"]);
     cfg.kubeconfig_path = Some(dir.join("kubeconfig"));
     let sb = meridian_sandbox::Sandbox::start(cfg).await.unwrap();
@@ -140,10 +121,10 @@ async fn kubectl_apply_get_describe_wait_watch_delete() {
         cache: dir.join("cache"),
     };
     let crd_yaml = serde_yaml::to_string(&gateway_crd()).unwrap();
-    write(&dir.join("crds/gateway.yaml"), &crd_yaml);
-    write(&dir.join("manifests/00-namespace.yaml"), OBJECTS);
-    write(&dir.join("manifests/10-gateway.yaml"), GATEWAY);
-    write(&dir.join("ssa/gw2.yaml"), SSA_GATEWAY);
+    dir.write("crds/gateway.yaml", &crd_yaml);
+    dir.write("manifests/00-namespace.yaml", OBJECTS);
+    dir.write("manifests/10-gateway.yaml", GATEWAY);
+    dir.write("ssa/gw2.yaml", SSA_GATEWAY);
     let path = |p: &str| dir.join(p).to_string_lossy().into_owned();
 
     // apply -f a directory of CRDs, wait for Established, then a directory of objects.
@@ -173,8 +154,8 @@ async fn kubectl_apply_get_describe_wait_watch_delete() {
         "{out}"
     );
     // Changing a built-in and re-applying goes through the patch path.
-    write(
-        &dir.join("manifests/00-namespace.yaml"),
+    dir.write(
+        "manifests/00-namespace.yaml",
         &OBJECTS.replace("a: \"1\"", "b: \"2\""),
     );
     let out = k.ok(&["apply", "-f", &path("manifests")]).await;
@@ -263,7 +244,7 @@ async fn kubectl_apply_get_describe_wait_watch_delete() {
             sink.lock().unwrap().push(line);
         }
     });
-    eventually(
+    eventually_async(
         "get -w printed the initial rows",
         Duration::from_secs(15),
         || {
@@ -272,7 +253,8 @@ async fn kubectl_apply_get_describe_wait_watch_delete() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No pause needed here: `get -w` watches from its list's resourceVersion, so the update
+    // below reaches it whether its watch request is already open or not.
     gateways(&client, "team")
         .patch_status(
             "gw1",
@@ -294,7 +276,7 @@ async fn kubectl_apply_get_describe_wait_watch_delete() {
         String::from_utf8_lossy(&waited.stderr)
     );
     assert!(String::from_utf8_lossy(&waited.stdout).contains("condition met"));
-    eventually(
+    eventually_async(
         "get -w printed the updated row",
         Duration::from_secs(15),
         || {
@@ -367,7 +349,6 @@ async fn kubectl_apply_get_describe_wait_watch_delete() {
     assert!(!out.ok);
 
     sb.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `kubectl get -o yaml` output shape: a `v1 List` mixing a built-in and two CRD kinds.
@@ -409,16 +390,7 @@ items:
 "#;
 
 fn openssl_present() -> bool {
-    let found = std::process::Command::new("openssl")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("SKIPPED: `openssl` is not on PATH; the test makes a certificate with it");
-    }
-    found
+    tool_present("openssl", &["version"])
 }
 
 /// Every imperative generator below sends its object as Kubernetes protobuf; each object is
@@ -432,7 +404,7 @@ async fn kubectl_create_generators_list_apply_and_explain() {
     if !kubectl_present() || !openssl_present() {
         return;
     }
-    let dir = temp_dir("kubectl-create");
+    let dir = ScratchDir::new("sandbox-kubectl-create");
     let mut cfg = meridian_sandbox::SandboxConfig::ephemeral(&["east"]);
     cfg.kubeconfig_path = Some(dir.join("kubeconfig"));
     let sb = meridian_sandbox::Sandbox::start(cfg).await.unwrap();
@@ -576,7 +548,7 @@ async fn kubectl_create_generators_list_apply_and_explain() {
         "crd/httproutes.gateway.networking.k8s.io",
     ])
     .await;
-    write(&dir.join("list.yaml"), LIST);
+    dir.write("list.yaml", LIST);
     let out = k.ok(&["apply", "-f", &path("list.yaml")]).await;
     for line in [
         "configmap/from-list created",
@@ -641,5 +613,4 @@ async fn kubectl_create_generators_list_apply_and_explain() {
     assert!(out.contains("built-in kind"), "{out}");
 
     sb.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,7 @@ use common::*;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use meridian_test_support::{ScratchDir, tool_present};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -127,18 +128,10 @@ async fn kubectl_applies_the_shipped_crd_directory() {
         eprintln!("SKIPPED: no CRD YAML found under {}", crd_dir().display());
         return;
     }
-    let has_kubectl = std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_kubectl {
-        eprintln!("SKIPPED: `kubectl` is not on PATH");
+    if !tool_present("kubectl", &["version", "--client"]) {
         return;
     }
-    let dir = std::env::temp_dir().join(format!(
-        "meridian-sandbox-realcrds-{}",
-        uuid::Uuid::new_v4()
-    ));
+    let dir = ScratchDir::new("sandbox-realcrds");
     let mut cfg = meridian_sandbox::SandboxConfig::ephemeral(&["c1"]);
     cfg.kubeconfig_path = Some(dir.join("kubeconfig"));
     let sb = meridian_sandbox::Sandbox::start(cfg).await.unwrap();
@@ -310,7 +303,6 @@ async fn kubectl_applies_the_shipped_crd_directory() {
         "{err}"
     );
     sb.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Objects are checked against the shipped schemas through the kube-rs client: 422 with the

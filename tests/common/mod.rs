@@ -1,57 +1,18 @@
 //! What the end-to-end tests share: `meridian up` as a child process that is stopped on every
-//! path, and its output lines.
+//! path, and its output lines (the child guard and line reader come from
+//! `meridian-test-support`).
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A child process stopped on drop: SIGINT (what Ctrl-C sends; `up` shuts down cleanly on it),
-/// then SIGKILL after 15 s.
-pub struct Stop(pub Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.0.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Output lines of a child, echoed with a prefix, on a channel.
-pub fn lines(child: &mut Child, prefix: &'static str) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{prefix}> {line}");
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
+pub use meridian_test_support::process::{Stop, lines};
 
 /// Whether kubectl can run here (the e2e tests skip without it).
 pub fn have_kubectl() -> bool {
-    Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_ok()
+    meridian_test_support::tool_present("kubectl", &["version", "--client"])
 }
 
 /// A running `meridian up`.

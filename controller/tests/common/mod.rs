@@ -3,7 +3,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,12 @@ use meridian_model::snapshot::{BackendTarget, Endpoint, Snapshot};
 use meridian_sandbox::{Sandbox, SandboxConfig};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+// Bounded waits (`eventually_async(what, WAIT, check)` and friends), shared by every test crate.
+#[allow(unused_imports)]
+pub use meridian_test_support::{
+    eventually, eventually_async, holds_for, holds_for_async, settles,
+};
 
 pub const ME: &str = "meridian.dev/gateway-controller";
 /// Every wait in these tests is bounded by this.
@@ -171,27 +176,6 @@ pub async fn delete<K: Resource<DynamicType = ()>>(client: &Client, ns: Option<&
         .delete(name, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("deleting {name}: {e}"));
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most [`WAIT`]; panics with `what` and
-/// the last debug value otherwise.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let last = match tokio::time::timeout(Duration::from_secs(5), f()).await {
-            Ok(Ok(v)) => return v,
-            Ok(Err(e)) => e,
-            Err(_) => "poll timed out".to_string(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out waiting for {what}; last: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 pub fn cond<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {

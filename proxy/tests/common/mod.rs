@@ -1,229 +1,33 @@
-//! Test helpers: a hyper-1 echo backend, snapshot builders and clients. Loopback only, ephemeral
-//! ports, every wait bounded.
+//! Test helpers: snapshot builders, clients and a flaky raw server; the echo backend, free ports
+//! and bounded waits come from `meridian-test-support`. Loopback only, ephemeral ports, every
+//! wait bounded.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meridian_model::Snapshot;
 use meridian_proxy::{ProxyConfig, ProxyHandle};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+// Not every test binary that includes this module uses all of these.
+#[allow(unused_imports)]
+pub use meridian_test_support::{Echo, eventually, free_port};
+
 /// Default bound for every test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of one wait for something a test set in motion.
+pub const WAIT: Duration = Duration::from_secs(5);
 
-/// What the echo backend saw.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub host: Option<String>,
-    pub headers: HashMap<String, String>,
-    pub version: String,
-}
-
-/// A running echo backend.
-///
-/// Answers JSON `{name, method, path, host, version, headers}`. Request controls:
-/// - `?delay=MS` in the query: wait before answering;
-/// - `x-echo-status: CODE`: answer with that status;
-/// - `x-echo-response-header: Name=value` (repeatable): add that response header;
-/// - `x-echo-fail-times: N` + `x-echo-id: ID`: the first N requests with that id answer
-///   `x-echo-fail-status` (default 500), later ones 200.
-#[derive(Clone)]
-pub struct Echo {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-    failures: Arc<Mutex<HashMap<String, u32>>>,
-    task: Arc<tokio::task::JoinHandle<()>>,
-}
-
-impl Echo {
-    pub async fn start(name: &str) -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<Seen>>> = Default::default();
-        let failures: Arc<Mutex<HashMap<String, u32>>> = Default::default();
-        let (n, s, f) = (name.to_string(), seen.clone(), failures.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (n, s, f) = (n.clone(), s.clone(), f.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let (n, s, f) = (n.clone(), s.clone(), f.clone());
-                        async move { Ok::<_, Infallible>(echo(req, &n, &s, &f).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Echo {
-            name: name.to_string(),
-            addr,
-            seen,
-            failures,
-            task: Arc::new(task),
-        }
-    }
-
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Stops accepting (the port is closed; connections in flight may finish).
-    pub fn stop(&self) {
-        self.task.abort();
-    }
-
-    /// Endpoint JSON for snapshots.
-    pub fn endpoint(&self) -> Value {
-        json!({"address": self.addr.ip().to_string(), "port": self.addr.port()})
-    }
-}
-
-async fn echo(
-    mut req: Request<hyper::body::Incoming>,
-    name: &str,
-    seen: &Mutex<Vec<Seen>>,
-    failures: &Mutex<HashMap<String, u32>>,
-) -> Response<Full<Bytes>> {
-    let mut headers: HashMap<String, String> = HashMap::new();
-    for (k, v) in req.headers() {
-        let v = v.to_str().unwrap_or("").to_string();
-        headers
-            .entry(k.as_str().to_string())
-            .and_modify(|old| {
-                old.push(',');
-                old.push_str(&v);
-            })
-            .or_insert(v);
-    }
-    let host = headers
-        .get("host")
-        .cloned()
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
-    let s = Seen {
-        method: req.method().to_string(),
-        path: path.clone(),
-        host: host.clone(),
-        headers: headers.clone(),
-        version: format!("{:?}", req.version()),
-    };
-    seen.lock().unwrap().push(s.clone());
-
-    // `Upgrade: websocket`: switch protocols and echo raw bytes back, prefixed with our name.
-    if req
-        .headers()
-        .get("upgrade")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-    {
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let name = name.to_string();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let mut io = TokioIo::new(upgraded);
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = io.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                let mut out = format!("{name}:").into_bytes();
-                out.extend_from_slice(&buf[..n]);
-                if io.write_all(&out).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut()
-            .insert("upgrade", "websocket".parse().unwrap());
-        resp.headers_mut()
-            .insert("connection", "upgrade".parse().unwrap());
-        return resp;
-    }
-
-    if let Some(q) = req.uri().query() {
-        for pair in q.split('&') {
-            if let Some(ms) = pair.strip_prefix("delay=") {
-                let ms: u64 = ms.parse().unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-        }
-    }
-    let mut status: u16 = headers
-        .get("x-echo-status")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    if let (Some(times), Some(id)) = (headers.get("x-echo-fail-times"), headers.get("x-echo-id")) {
-        let times: u32 = times.parse().unwrap_or(0);
-        let mut f = failures.lock().unwrap();
-        let n = f.entry(id.clone()).or_insert(0);
-        *n += 1;
-        if *n <= times {
-            status = headers
-                .get("x-echo-fail-status")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(500);
-        }
-    }
-    let body = json!({
-        "name": name,
-        "method": s.method,
-        "path": path,
-        "host": host,
-        "version": s.version,
-        "headers": headers,
-    });
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    resp.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    for v in req.headers().get_all("x-echo-response-header") {
-        if let Some((n, val)) = v.to_str().unwrap_or("").split_once('=') {
-            resp.headers_mut().append(
-                http::HeaderName::from_bytes(n.trim().as_bytes()).unwrap(),
-                val.trim().parse().unwrap(),
-            );
-        }
-    }
-    resp
-}
-
-/// A free loopback port (bound then released; snapshots cannot use port 0).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The sum of every sample in the metrics `text` whose line starts with `prefix` (a name, or a
+/// name with labels); 0 when there is none.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A backend JSON with endpoints.
@@ -319,18 +123,6 @@ pub async fn get(
         h,
         serde_json::from_str(&text).unwrap_or(Value::Null),
     )
-}
-
-/// Waits (bounded) until `f` holds.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A raw HTTP/1.1 server that drops the first `failures` connections after reading the request

@@ -6,7 +6,7 @@
 //!   every Deployment: non-root, read-only root filesystem, no capabilities, probes, resources,
 //!     a PodDisruptionBudget selecting it; its args are flags `meridian <cmd> --help` knows
 //!   each overlay: its own cluster/region; exactly one runs the controller
-//! crds/kustomization.yaml ─ lists exactly what `meridian crds --write` renders
+//! crds/Kustomization ─ lists exactly what `meridian crds --write` renders
 //! Dockerfile ─ parsed: toolchain = rust-toolchain.toml, the build packages ./dev installs,
 //!   a locked release build of the binary, a non-root runtime stage
 //! ```
@@ -162,7 +162,7 @@ fn crds_kustomization_lists_exactly_what_the_binary_renders() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     std::fs::remove_dir_all(&dir).unwrap();
-    let listed: BTreeSet<String> = std::fs::read_to_string("crds/kustomization.yaml")
+    let listed: BTreeSet<String> = std::fs::read_to_string("crds/Kustomization")
         .unwrap()
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- "))

@@ -75,6 +75,33 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
             found: s.schema.clone(),
         });
     }
+    validate_drains(s)?;
+    validate_east_west(s)?;
+    let mut sockets = Sockets::new();
+    let mut gateways = HashSet::new();
+    for gw in &s.gateways {
+        let gw_loc = format!("gateway {}/{}", gw.namespace, gw.name);
+        if !gateways.insert((&gw.namespace, &gw.name)) {
+            return Err(invalid(&gw_loc, "appears twice"));
+        }
+        let mut names = HashSet::new();
+        for l in &gw.listeners {
+            let loc = format!("{gw_loc} listener {}", l.name);
+            if !names.insert(&l.name) {
+                return Err(invalid(&loc, "duplicate listener name"));
+            }
+            validate_listener(&loc, l)?;
+            claim_socket(&mut sockets, &loc, l)?;
+            for r in &l.routes {
+                validate_route(&loc, r)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A drain of everything is refused: it would take every endpoint away.
+fn validate_drains(s: &Snapshot) -> Result<(), SnapshotError> {
     for (i, d) in s.drains.iter().enumerate() {
         if !d.has_target() {
             return Err(invalid(
@@ -83,6 +110,11 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// East-west backends: unique names, and only endpoints on this proxy's own network.
+fn validate_east_west(s: &Snapshot) -> Result<(), SnapshotError> {
     let mut east_west = HashSet::new();
     for b in &s.east_west {
         let loc = format!("east-west backend {:?}", b.name);
@@ -98,72 +130,63 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
             ));
         }
     }
-    let mut sockets: HashMap<SocketAddr, Vec<(String, Protocol, Option<String>)>> = HashMap::new();
-    let mut gateways = HashSet::new();
-    for gw in &s.gateways {
-        let gw_loc = format!("gateway {}/{}", gw.namespace, gw.name);
-        if !gateways.insert((&gw.namespace, &gw.name)) {
-            return Err(invalid(&gw_loc, "appears twice"));
+    Ok(())
+}
+
+/// One listener on its own: port, hostname, and TLS material that fits its protocol.
+fn validate_listener(loc: &str, l: &Listener) -> Result<(), SnapshotError> {
+    if l.port == 0 {
+        return Err(invalid(loc, "port 0 is not a valid listener port"));
+    }
+    if let Some(h) = &l.hostname
+        && !hostname::is_valid_pattern(h)
+    {
+        return Err(invalid(loc, format!("invalid hostname {h:?}")));
+    }
+    match (l.protocol, &l.tls) {
+        (Protocol::Https, None) => Err(invalid(loc, "HTTPS listener without TLS certificates")),
+        (Protocol::Https, Some(t)) if t.certificates.is_empty() => {
+            Err(invalid(loc, "HTTPS listener without TLS certificates"))
         }
-        let mut names = HashSet::new();
-        for l in &gw.listeners {
-            let loc = format!("{gw_loc} listener {}", l.name);
-            if !names.insert(&l.name) {
-                return Err(invalid(&loc, "duplicate listener name"));
-            }
-            if l.port == 0 {
-                return Err(invalid(&loc, "port 0 is not a valid listener port"));
-            }
-            if let Some(h) = &l.hostname
-                && !hostname::is_valid_pattern(h)
-            {
-                return Err(invalid(&loc, format!("invalid hostname {h:?}")));
-            }
-            match (l.protocol, &l.tls) {
-                (Protocol::Https, None) => {
-                    return Err(invalid(&loc, "HTTPS listener without TLS certificates"));
-                }
-                (Protocol::Https, Some(t)) if t.certificates.is_empty() => {
-                    return Err(invalid(&loc, "HTTPS listener without TLS certificates"));
-                }
-                (Protocol::Https, Some(t)) => {
-                    for c in &t.certificates {
-                        if !c.cert_pem.contains("-----BEGIN") || !c.key_pem.contains("-----BEGIN") {
-                            return Err(invalid(&loc, "certificate or key is not PEM"));
-                        }
-                    }
-                }
-                (Protocol::Http, Some(_)) => {
-                    return Err(invalid(&loc, "HTTP listener must not carry TLS material"));
-                }
-                (Protocol::Http, None) => {}
-            }
-            let socket = SocketAddr::new(l.address, l.port);
-            let hn = l.hostname.as_ref().map(|h| h.to_ascii_lowercase());
-            let peers = sockets.entry(socket).or_default();
-            for (other, proto, other_host) in peers.iter() {
-                if *proto != l.protocol {
-                    return Err(SnapshotError::ProtocolConflict {
-                        socket,
-                        a: other.clone(),
-                        b: loc.clone(),
-                    });
-                }
-                if *other_host == hn {
-                    return Err(SnapshotError::HostnameConflict {
-                        socket,
-                        a: other.clone(),
-                        b: loc.clone(),
-                        hostname: hn,
-                    });
+        (Protocol::Https, Some(t)) => {
+            for c in &t.certificates {
+                if !c.cert_pem.contains("-----BEGIN") || !c.key_pem.contains("-----BEGIN") {
+                    return Err(invalid(loc, "certificate or key is not PEM"));
                 }
             }
-            peers.push((loc.clone(), l.protocol, hn));
-            for r in &l.routes {
-                validate_route(&loc, r)?;
-            }
+            Ok(())
+        }
+        (Protocol::Http, Some(_)) => Err(invalid(loc, "HTTP listener must not carry TLS material")),
+        (Protocol::Http, None) => Ok(()),
+    }
+}
+
+/// The listeners seen so far on each socket: location, protocol, lower-cased hostname.
+type Sockets = HashMap<SocketAddr, Vec<(String, Protocol, Option<String>)>>;
+
+/// Listeners sharing a socket must speak one protocol and differ in hostname.
+fn claim_socket(sockets: &mut Sockets, loc: &str, l: &Listener) -> Result<(), SnapshotError> {
+    let socket = SocketAddr::new(l.address, l.port);
+    let hn = l.hostname.as_ref().map(|h| h.to_ascii_lowercase());
+    let peers = sockets.entry(socket).or_default();
+    for (other, proto, other_host) in peers.iter() {
+        if *proto != l.protocol {
+            return Err(SnapshotError::ProtocolConflict {
+                socket,
+                a: other.clone(),
+                b: loc.to_string(),
+            });
+        }
+        if *other_host == hn {
+            return Err(SnapshotError::HostnameConflict {
+                socket,
+                a: other.clone(),
+                b: loc.to_string(),
+                hostname: hn,
+            });
         }
     }
+    peers.push((loc.to_string(), l.protocol, hn));
     Ok(())
 }
 

@@ -34,6 +34,19 @@ fn counter_vec(
     registered(r, IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    registered(r, IntGauge::new(name, help)?)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    registered(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
 /// All metrics the proxy exports on `/metrics`.
 #[derive(Clone)]
 pub struct Metrics {
@@ -89,12 +102,10 @@ impl Metrics {
                 &["listener", "route", "status"],
             )?,
             upstream_latency: registered(&r, HistogramVec::new(latency, &["route"])?)?,
-            generation: registered(
+            generation: gauge(
                 &r,
-                IntGauge::new(
-                    "meridian_proxy_snapshot_generation",
-                    "Generation of the snapshot being served",
-                )?,
+                "meridian_proxy_snapshot_generation",
+                "Generation of the snapshot being served",
             )?,
             snapshot_applied: counter(
                 &r,
@@ -124,37 +135,25 @@ impl Metrics {
                 "Upstream retries",
                 &["reason"],
             )?,
-            controller_connected: registered(
+            controller_connected: gauge(
                 &r,
-                IntGauge::new(
-                    "meridian_proxy_controller_connected",
-                    "1 while the stream from the controller is open; the last good snapshot \
-                     keeps serving either way",
-                )?,
+                "meridian_proxy_controller_connected",
+                "1 while the stream from the controller is open; the last good snapshot keeps \
+                 serving either way",
             )?,
-            drained_endpoints: registered(
+            drained_endpoints: gauge_vec(
                 &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "meridian_proxy_drained_endpoints",
-                        "Distinct endpoint addresses a failover drill drains in the served \
-                         snapshot (treated as failed for the Gateways and backends the drill \
-                         scopes)",
-                    ),
-                    &["drill"],
-                )?,
+                "meridian_proxy_drained_endpoints",
+                "Distinct endpoint addresses a failover drill drains in the served snapshot \
+                 (treated as failed for the Gateways and backends the drill scopes)",
+                &["drill"],
             )?,
-            snapshot_source: registered(
+            snapshot_source: gauge_vec(
                 &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "meridian_proxy_snapshot_source",
-                        "1 for where the served snapshot came from: file (--snapshot), \
-                         controller, or disk (restored from --state-dir while the controller \
-                         has not sent one)",
-                    ),
-                    &["source"],
-                )?,
+                "meridian_proxy_snapshot_source",
+                "1 for where the served snapshot came from: file (--snapshot), controller, or \
+                 disk (restored from --state-dir while the controller has not sent one)",
+                &["source"],
             )?,
             snapshot_restores: counter_vec(
                 &r,
@@ -168,12 +167,10 @@ impl Metrics {
                 "Writes of the last acknowledged snapshot to --state-dir, by result",
                 &["result"],
             )?,
-            state_generation: registered(
+            state_generation: gauge(
                 &r,
-                IntGauge::new(
-                    "meridian_proxy_state_written_generation",
-                    "Generation of the snapshot last written to --state-dir by this run",
-                )?,
+                "meridian_proxy_state_written_generation",
+                "Generation of the snapshot last written to --state-dir by this run",
             )?,
             registry: r,
         })

@@ -627,9 +627,9 @@ pub(crate) enum AckError {
         .gateway.gateway, .gateway.cluster
     )]
     Refused {
-        gateway: ClusterGatewayRef,
+        gateway: Box<ClusterGatewayRef>,
         generation: u64,
-        why: meridian_model::ProxyRefusal,
+        why: Box<meridian_model::ProxyRefusal>,
     },
     /// Not every proxy acknowledged in time; `waiting` names the first few that did not.
     #[error("not acknowledged within {}: {}{}", humantime(*.timeout), .waiting.join(", "),
@@ -743,9 +743,9 @@ fn tally_acks(
                 ProgrammedState::NoProxy => t.no_proxy += 1,
                 ProgrammedState::Refused(why) => {
                     return Err(AckError::Refused {
-                        gateway: gw,
+                        gateway: Box::new(gw),
                         generation: snap.generation,
-                        why,
+                        why: Box::new(why),
                     });
                 }
                 ProgrammedState::Applied(n) => t.waiting.push(format!(

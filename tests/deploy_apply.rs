@@ -57,6 +57,23 @@ fn rendered(overlay: &str) -> BTreeSet<String> {
     objects
 }
 
+/// `name=resourceVersion` of the namespaced objects the overlays install.
+fn versions(kubeconfig: &Path, context: &str) -> String {
+    kubectl(
+        kubeconfig,
+        &[
+            "--context",
+            context,
+            "get",
+            "deployments,services,serviceaccounts,roles,rolebindings,configmaps,poddisruptionbudgets",
+            "-n",
+            "meridian-system",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}",
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_overlay_applies_to_its_cluster_and_a_second_apply_changes_nothing() {
     let sandbox = Sandbox::start(SandboxConfig::ephemeral(&["east", "west", "central"]))
@@ -114,37 +131,13 @@ async fn every_overlay_applies_to_its_cluster_and_a_second_apply_changes_nothing
         }
 
         // A second apply: nothing is created, and no object changes its resourceVersion.
-        let before = kubectl(
-            &kubeconfig,
-            &[
-                "--context",
-                context,
-                "get",
-                "deployments,services,serviceaccounts,roles,rolebindings,configmaps,poddisruptionbudgets",
-                "-n",
-                "meridian-system",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}",
-            ],
-        );
+        let before = versions(&kubeconfig, context);
         let second = kubectl(&kubeconfig, &["--context", context, "apply", "-k", &path]);
         assert!(
             !second.lines().any(|l| l.ends_with(" created")),
             "{overlay}: second apply created objects\n{second}"
         );
-        let after = kubectl(
-            &kubeconfig,
-            &[
-                "--context",
-                context,
-                "get",
-                "deployments,services,serviceaccounts,roles,rolebindings,configmaps,poddisruptionbudgets",
-                "-n",
-                "meridian-system",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}",
-            ],
-        );
+        let after = versions(&kubeconfig, context);
         assert_eq!(
             before, after,
             "{overlay}: a second apply changed objects\n{second}"

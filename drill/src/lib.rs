@@ -77,22 +77,9 @@ pub enum DrillError {
     Report(#[from] ReportError),
 }
 
-/// An error and its sources, `: `-separated (what `{:#}` printed for the errors of old).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    // Bounded: source chains are finite; 16 links is far more than any error here has.
-    for _ in 0..16 {
-        let Some(s) = source else { break };
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// How the target is failed: the CRD's `spec.mode` enum, also the `--mode` value.
 pub use meridian_crds::meridian::DrillMode as Mode;
+pub(crate) use meridian_model::error_chain;
 
 /// Runs the drill; returns the process exit status.
 pub async fn run(args: DrillArgs) -> Result<i32, DrillError> {

@@ -29,18 +29,5 @@ pub mod up;
 pub use actuator::ActuatorError;
 pub use apply::ApplyError;
 pub use echo::EchoError;
+pub(crate) use meridian_model::error_chain;
 pub use up::{UpArgs, UpError, run};
-
-/// An error and its sources, `: `-separated: one line for a status message or a log.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    // Bounded: source chains are finite; 16 links is far more than any error here has.
-    for _ in 0..16 {
-        let Some(s) = source else { break };
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}

@@ -14,6 +14,7 @@
 //!    ([`ProgrammedState`]), the vocabulary the controller, the distribution layer and the proxy
 //!    share.
 
+pub mod error_chain;
 pub mod filters;
 pub mod gateway;
 pub mod headers;
@@ -24,6 +25,7 @@ pub mod snapshot;
 pub mod traffic;
 pub mod validate;
 
+pub use error_chain::error_chain;
 pub use gateway::{GatewayRef, ParseGatewayRefError, ProgrammedState, ProxyRefusal};
 pub use router::{Decision, Request, RouteMatch, Router};
 pub use snapshot::Snapshot;

@@ -61,6 +61,7 @@ pub use self::target::{Refused, Target};
 
 use self::apply::Held;
 use crate::protocol::Hello;
+use meridian_model::error_chain;
 
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
@@ -271,16 +272,4 @@ impl Client {
         b.body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))
     }
-}
-
-/// An error with its sources, for logs ("connection refused" hides two levels down in hyper).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }

@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     );
     match cli.command {
         Command::Proxy(args) => Ok(meridian_proxy::run(args)?),
-        Command::Sandbox(args) => runtime()?.block_on(meridian_sandbox::run(args)),
+        Command::Sandbox(args) => Ok(runtime()?.block_on(meridian_sandbox::run(args))?),
         Command::Crds { write: None } => {
             let yaml =
                 meridian_crds::render_yaml(&meridian_crds::all_crds()).context("rendering CRDs")?;

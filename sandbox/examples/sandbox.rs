@@ -14,6 +14,6 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), meridian_sandbox::SandboxError> {
     meridian_sandbox::run(Cli::parse().args).await
 }

@@ -34,6 +34,10 @@
 //! token` or [`Sandbox::mint_token`], are always held to RBAC. [`Sandbox::kubeconfig_for_token`]
 //! writes a kubeconfig for such a token (kube-rs sends it over plain HTTP; kubectl does not, and
 //! acts as a ServiceAccount with `--as`, which the admin may always do). See `docs/sandbox.md`.
+//! Refused requests are kept per cluster ([`Sandbox::denials`]), like an audit log.
+//!
+//! Errors: [`SandboxError`] for starting, stopping and restarting clusters and for their state
+//! files; [`CredentialError`] for tokens; what a client gets is a `Status` ([`error::ApiError`]).
 //!
 //! Fault injection for tests (and drills): [`Sandbox::stop_cluster`] closes one cluster's
 //! listener and cuts its connections like a killed API server, [`Sandbox::restart_cluster`]
@@ -83,12 +87,11 @@ pub mod table;
 pub mod util;
 pub mod watch;
 
-use anyhow::Context;
 pub use auth::CredentialError;
 use error::ApiError;
 use server::{Cluster, ClusterOptions};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -196,17 +199,106 @@ fn valid_cluster_name(n: &str) -> bool {
         && !n.ends_with('-')
 }
 
+/// Why the sandbox, or one of its clusters, cannot do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// No cluster names were given.
+    #[error("at least one cluster name is required")]
+    NoClusters,
+    /// A cluster name is not a DNS label.
+    #[error("invalid cluster name {0:?}: use lowercase letters, digits and '-'")]
+    InvalidClusterName(String),
+    /// A cluster name is given twice.
+    #[error("cluster name {0:?} is given twice")]
+    DuplicateClusterName(String),
+    /// No cluster of that name.
+    #[error("no cluster {0:?} in this sandbox")]
+    UnknownCluster(String),
+    /// `base_port` plus the cluster's index does not fit a port.
+    #[error("port range overflows 65535 (base port {base_port}, {clusters} clusters)")]
+    PortOverflow {
+        /// The first port.
+        base_port: u16,
+        /// How many clusters.
+        clusters: usize,
+    },
+    /// A cluster's address cannot be bound.
+    #[error("binding cluster {cluster} to {addr}: {source}")]
+    Bind {
+        /// The cluster.
+        cluster: String,
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or directory of the sandbox cannot be read or written.
+    #[error("{doing} {}: {source}", .path.display())]
+    Io {
+        /// `creating`, `writing`, `reading`, `renaming to`.
+        doing: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A saved cluster state is not JSON.
+    #[error("parsing {}: {source}", .path.display())]
+    StateParse {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A saved cluster state is JSON but not a sandbox snapshot.
+    #[error("restoring {}: {source}", .path.display())]
+    StateRestore {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: store::SnapshotError,
+    },
+    /// A cluster's state cannot be encoded.
+    #[error("encoding the state of cluster {cluster}: {source}")]
+    StateEncode {
+        /// The cluster.
+        cluster: String,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Ctrl-C cannot be waited for (`meridian sandbox`).
+    #[error("waiting for Ctrl-C: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+impl SandboxError {
+    /// An I/O error on `path` while `doing` something to it.
+    pub(crate) fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| SandboxError::Io {
+            doing,
+            path,
+            source,
+        }
+    }
+}
+
 /// At least one name, each a DNS label, none twice.
-fn check_cluster_names(names: &[String]) -> anyhow::Result<()> {
+fn check_cluster_names(names: &[String]) -> Result<(), SandboxError> {
     if names.is_empty() {
-        anyhow::bail!("at least one cluster name is required");
+        return Err(SandboxError::NoClusters);
     }
     for (i, n) in names.iter().enumerate() {
         if !valid_cluster_name(n) {
-            anyhow::bail!("invalid cluster name {n:?}: use lowercase letters, digits and '-'");
+            return Err(SandboxError::InvalidClusterName(n.clone()));
         }
         if names[..i].contains(n) {
-            anyhow::bail!("cluster name {n:?} is given twice");
+            return Err(SandboxError::DuplicateClusterName(n.clone()));
         }
     }
     Ok(())
@@ -214,11 +306,10 @@ fn check_cluster_names(names: &[String]) -> anyhow::Result<()> {
 
 impl Sandbox {
     /// Binds all listeners, loads snapshots and writes the kubeconfig if asked.
-    pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
+    pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
         check_cluster_names(&cfg.clusters)?;
         if let Some(dir) = &cfg.state_dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating state dir {}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(SandboxError::io("creating state dir", dir))?;
         }
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let opts = ClusterOptions {
@@ -240,11 +331,10 @@ impl Sandbox {
         }
         if let Some(path) = &cfg.kubeconfig_path {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(SandboxError::io("creating", parent))?;
             }
             std::fs::write(path, sandbox.kubeconfig_yaml())
-                .with_context(|| format!("writing kubeconfig {}", path.display()))?;
+                .map_err(SandboxError::io("writing kubeconfig", path))?;
         }
         Ok(sandbox)
     }
@@ -258,19 +348,27 @@ impl Sandbox {
         name: &str,
         opts: &ClusterOptions,
         shutdown_rx: &tokio::sync::watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), SandboxError> {
         let port = if cfg.base_port == 0 {
             0
         } else {
             u16::try_from(i)
                 .ok()
                 .and_then(|i| cfg.base_port.checked_add(i))
-                .context("port range overflows 65535")?
+                .ok_or(SandboxError::PortOverflow {
+                    base_port: cfg.base_port,
+                    clusters: cfg.clusters.len(),
+                })?
+        };
+        let bind_error = |source| SandboxError::Bind {
+            cluster: name.to_string(),
+            addr: SocketAddr::new(cfg.bind, port),
+            source,
         };
         let listener = tokio::net::TcpListener::bind((cfg.bind, port))
             .await
-            .with_context(|| format!("binding cluster {name} to {}:{port}", cfg.bind))?;
-        let addr = listener.local_addr()?;
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         let state = match &cfg.state_dir {
             Some(dir) => persist::load(dir, name, opts.history_window)?,
             None => store::State::new(opts.history_window),
@@ -455,11 +553,11 @@ impl Sandbox {
         }
     }
 
-    fn index(&self, cluster: &str) -> anyhow::Result<usize> {
+    fn index(&self, cluster: &str) -> Result<usize, SandboxError> {
         self.clusters
             .iter()
             .position(|c| c.name == cluster)
-            .with_context(|| format!("no cluster {cluster:?} in this sandbox"))
+            .ok_or_else(|| SandboxError::UnknownCluster(cluster.to_string()))
     }
 
     fn listener(&self, i: usize) -> std::sync::MutexGuard<'_, Listener> {
@@ -470,7 +568,7 @@ impl Sandbox {
     /// refused) and every open connection, watch streams included, is cut. The objects stay (and
     /// are flushed to the state dir when persisting); [`Sandbox::restart_cluster`] serves them
     /// again. Stopping a stopped cluster does nothing.
-    pub async fn stop_cluster(&self, cluster: &str) -> anyhow::Result<()> {
+    pub async fn stop_cluster(&self, cluster: &str) -> Result<(), SandboxError> {
         let i = self.index(cluster)?;
         let task = {
             let mut l = self.listener(i);
@@ -495,7 +593,7 @@ impl Sandbox {
         &self,
         cluster: &str,
         starting: Option<Duration>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), SandboxError> {
         let i = self.index(cluster)?;
         let c = Arc::clone(&self.clusters[i]);
         if let Some(d) = starting {
@@ -508,7 +606,11 @@ impl Sandbox {
         // again despite connections in TIME_WAIT.
         let listener = tokio::net::TcpListener::bind(c.addr)
             .await
-            .with_context(|| format!("binding cluster {cluster} to {} again", c.addr))?;
+            .map_err(|source| SandboxError::Bind {
+                cluster: cluster.to_string(),
+                addr: c.addr,
+                source,
+            })?;
         let mut l = self.listener(i);
         l.stop.send_replace(false);
         let stop_rx = l.stop.subscribe();
@@ -519,7 +621,11 @@ impl Sandbox {
     /// Makes a running cluster answer every request with a plain-text `404 page not found`
     /// (not a `Status` object) for `duration`, as a real API server does while it starts;
     /// `None` keeps it up until called again, `Some(Duration::ZERO)` ends it.
-    pub fn set_starting(&self, cluster: &str, duration: Option<Duration>) -> anyhow::Result<()> {
+    pub fn set_starting(
+        &self,
+        cluster: &str,
+        duration: Option<Duration>,
+    ) -> Result<(), SandboxError> {
         let i = self.index(cluster)?;
         self.clusters[i].set_starting(duration);
         Ok(())
@@ -546,7 +652,7 @@ impl Sandbox {
 }
 
 /// `meridian sandbox`: start, print the cluster URLs and kubeconfig path, wait for Ctrl-C, stop.
-pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
+pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     let kubeconfig = args.state_dir.join("kubeconfig");
     let cfg = SandboxConfig {
         clusters: args.clusters,
@@ -572,7 +678,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     );
     tokio::signal::ctrl_c()
         .await
-        .context("waiting for Ctrl-C")?;
+        .map_err(SandboxError::Signal)?;
     println!("shutting down");
     sandbox.shutdown().await;
     Ok(())

@@ -5,9 +5,9 @@
 //! final snapshot. On start the snapshot is loaded, the resourceVersion counter continues from
 //! it, and the watch history starts empty (resumes from before the restart get 410 and re-list).
 
+use crate::SandboxError;
 use crate::server::Cluster;
 use crate::store::State;
-use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,31 +19,39 @@ pub fn state_file(dir: &Path, cluster: &str) -> PathBuf {
 }
 
 /// Loads a cluster's state, or a fresh one when there is no snapshot yet.
-pub fn load(dir: &Path, cluster: &str, history_window: usize) -> anyhow::Result<State> {
+pub fn load(dir: &Path, cluster: &str, history_window: usize) -> Result<State, SandboxError> {
     let path = state_file(dir, cluster);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let snap: serde_json::Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("parsing {}", path.display()))?;
+            let snap: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|source| SandboxError::StateParse {
+                    path: path.clone(),
+                    source,
+                })?;
             State::restore(history_window, &snap)
-                .with_context(|| format!("restoring {}", path.display()))
+                .map_err(|source| SandboxError::StateRestore { path, source })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::new(history_window)),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(SandboxError::io("reading", &path)(e)),
     }
 }
 
 /// Writes a cluster's snapshot now.
-pub async fn save(dir: &Path, cluster: &Cluster) -> anyhow::Result<()> {
-    let bytes = serde_json::to_vec(&cluster.lock().snapshot())?;
+pub async fn save(dir: &Path, cluster: &Cluster) -> Result<(), SandboxError> {
+    let bytes = serde_json::to_vec(&cluster.lock().snapshot()).map_err(|source| {
+        SandboxError::StateEncode {
+            cluster: cluster.name.clone(),
+            source,
+        }
+    })?;
     let path = state_file(dir, &cluster.name);
     let tmp = path.with_extension("json.tmp");
     tokio::fs::write(&tmp, &bytes)
         .await
-        .with_context(|| format!("writing {}", tmp.display()))?;
+        .map_err(SandboxError::io("writing", &tmp))?;
     tokio::fs::rename(&tmp, &path)
         .await
-        .with_context(|| format!("renaming to {}", path.display()))?;
+        .map_err(SandboxError::io("renaming to", &path))?;
     Ok(())
 }
 

@@ -65,6 +65,8 @@ const SA: &str = "meridian-controller";
 const CLASS: &str = "meridian";
 /// How long one case may take to show its denial.
 const CASE_WAIT: Duration = Duration::from_secs(15);
+/// How long a case's controller keeps running after its denial, with nothing else refused.
+const SETTLE: Duration = Duration::from_millis(500);
 
 // --- the manifests in deploy/ -------------------------------------------------------------------
 
@@ -72,8 +74,7 @@ const CASE_WAIT: Duration = Duration::from_secs(15);
 /// skipped).
 fn yaml_docs(rel: &str) -> Vec<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| {
             let v = serde_yaml::Value::deserialize(doc)
@@ -232,8 +233,7 @@ impl Part {
 
     /// Whether this part is only used after a failed route status write (see the module doc).
     fn rare(&self) -> bool {
-        matches!(&self.cut, Cut::Verb(v) if v == "get")
-            && self.resources == ["httproutes/status"]
+        matches!(&self.cut, Cut::Verb(v) if v == "get") && self.resources == ["httproutes/status"]
     }
 
     fn describe(&self) -> String {
@@ -558,7 +558,10 @@ impl World {
             .unwrap();
         let leases = Api::<Lease>::namespaced(self.admin.clone(), &self.m.namespace);
         if leases.get_opt(LEASE_NAME).await.unwrap().is_some() {
-            leases.delete(LEASE_NAME, &Default::default()).await.unwrap();
+            leases
+                .delete(LEASE_NAME, &Default::default())
+                .await
+                .unwrap();
         }
         apply::<FailoverDrill>(&self.admin, drill(drill_name)).await;
     }
@@ -566,7 +569,8 @@ impl World {
     /// Changes the route's spec (a new status is due) and makes the API answer like a starting
     /// server for a moment: the status write fails once and its retry re-reads the route.
     async fn force_route_reread(&self, round: usize) {
-        let body = json!({"spec": {"hostnames": ["echo.example.com", format!("r{round}.example.com")]}});
+        let body =
+            json!({"spec": {"hostnames": ["echo.example.com", format!("r{round}.example.com")]}});
         dyn_api::<HttpRoute>(&self.admin, Some("app"))
             .patch("web", &PatchParams::default(), &Patch::Merge(&body))
             .await
@@ -603,33 +607,42 @@ async fn full_roles_suffice(w: &World) {
     run.ctl.wait_ready(WAIT).await.unwrap();
     let c = &w.admin;
     eventually_async("GatewayClass Accepted", WAIT, || async {
-        let gc = Api::<GatewayClass>::all(c.clone()).get(CLASS).await.unwrap();
+        let gc = Api::<GatewayClass>::all(c.clone())
+            .get(CLASS)
+            .await
+            .unwrap();
         let got = condition_of(gc.status.and_then(|s| s.conditions), "Accepted")?;
         (got.0 == "True").then_some(()).ok_or(format!("{got:?}"))
     })
     .await;
-    eventually_async("Gateway Programmed, both listeners resolved", WAIT, || async {
-        let g = gateway(c, "infra", "gw").await;
-        let status = g.status.unwrap_or_default();
-        let programmed = condition_of(status.conditions.clone(), "Programmed")?;
-        let listeners: Vec<(String, (String, String))> = status
-            .listeners
-            .unwrap_or_default()
-            .into_iter()
-            .map(|l| {
-                let c = cond(&l.conditions, "ResolvedRefs")
-                    .map(|c| (c.status.clone(), c.reason.clone()))
-                    .unwrap_or_default();
-                (l.name, c)
-            })
-            .collect();
-        let resolved = listeners.len() == 2 && listeners.iter().all(|(_, c)| c.0 == "True");
-        if programmed.0 == "True" && resolved {
-            Ok(())
-        } else {
-            Err(format!("Programmed {programmed:?}, listeners {listeners:?}"))
-        }
-    })
+    eventually_async(
+        "Gateway Programmed, both listeners resolved",
+        WAIT,
+        || async {
+            let g = gateway(c, "infra", "gw").await;
+            let status = g.status.unwrap_or_default();
+            let programmed = condition_of(status.conditions.clone(), "Programmed")?;
+            let listeners: Vec<(String, (String, String))> = status
+                .listeners
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| {
+                    let c = cond(&l.conditions, "ResolvedRefs")
+                        .map(|c| (c.status.clone(), c.reason.clone()))
+                        .unwrap_or_default();
+                    (l.name, c)
+                })
+                .collect();
+            let resolved = listeners.len() == 2 && listeners.iter().all(|(_, c)| c.0 == "True");
+            if programmed.0 == "True" && resolved {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Programmed {programmed:?}, listeners {listeners:?}"
+                ))
+            }
+        },
+    )
     .await;
     eventually_async("route Accepted and ResolvedRefs", WAIT, || async {
         let (a, r) = our_parent(c, "app", "web").await?;
@@ -688,7 +701,10 @@ async fn full_roles_suffice(w: &World) {
             .collect();
         (r.metadata.generation > before && ours == [r.metadata.generation])
             .then_some(())
-            .ok_or(format!("generation {:?}, ours {ours:?}", r.metadata.generation))
+            .ok_or(format!(
+                "generation {:?}, ours {ours:?}",
+                r.metadata.generation
+            ))
     })
     .await;
     let lease = Api::<Lease>::namespaced(c.clone(), &w.m.namespace)
@@ -725,7 +741,7 @@ async fn case(w: &World, n: usize, part: &Part) -> Vec<Refused> {
     };
     let (must, verbs) = (&must, &verbs);
     let mut round = 0;
-    let seen = eventually_async(&part.describe(), CASE_WAIT, || {
+    eventually_async(&part.describe(), CASE_WAIT, || {
         round += 1;
         let rare = part.rare() && round % 10 == 1;
         async move {
@@ -740,12 +756,32 @@ async fn case(w: &World, n: usize, part: &Part) -> Vec<Refused> {
             if missing.is_empty() {
                 Ok(got)
             } else {
-                Err(format!("no 403 yet on {missing:?} {verbs:?}; refused so far: {got:?}"))
+                Err(format!(
+                    "no 403 yet on {missing:?} {verbs:?}; refused so far: {got:?}"
+                ))
             }
         }
     })
     .await;
-    let _ = seen;
+    // The rest of the controller keeps working meanwhile: its watchers, status writes, Lease
+    // renewals (every 200 ms) and the drill's first status write and Event are not refused.
+    holds_for_async(
+        &format!("{}: nothing else refused", part.describe()),
+        SETTLE,
+        || async {
+            let outside: Vec<Refused> = w
+                .refused_since(from)
+                .into_iter()
+                .filter(|d| !part.covers(d))
+                .collect();
+            if outside.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("refused outside the removed part: {outside:?}"))
+            }
+        },
+    )
+    .await;
     Api::<FailoverDrill>::namespaced(w.admin.clone(), "app")
         .delete(&drill_name, &Default::default())
         .await
@@ -796,9 +832,10 @@ async fn the_shipped_roles_are_sufficient_and_every_rule_is_needed() {
         println!("{what}\n    -> {} ({took:.1?})", seen.join("; "));
     }
     println!(
-        "{} cases, {:.1?} in all",
+        "{} cases, {:.1?} in all, {} refusals in the audit",
         table.len(),
-        started.elapsed()
+        started.elapsed(),
+        w.denial_count()
     );
     w.sb.shutdown().await;
 }

@@ -763,8 +763,8 @@ async fn case(w: &World, n: usize, part: &Part) -> Vec<Refused> {
         }
     })
     .await;
-    // The rest of the controller keeps working meanwhile: its watchers, status writes, Lease
-    // renewals (every 200 ms) and the drill's first status write and Event are not refused.
+    // Whatever else the controller does meanwhile (watchers, status writes, Lease renewals every
+    // 200 ms, the drill's first writes) is not refused: the removed part is all that is missing.
     holds_for_async(
         &format!("{}: nothing else refused", part.describe()),
         SETTLE,

@@ -20,6 +20,7 @@ use meridian_distribution::{
 use meridian_model::Snapshot;
 use meridian_proxy::state_dir::{REJECTED_SUFFIX, STATE_FILE};
 use meridian_proxy::{ProxyConfig, ProxyHandle, StateDir};
+use meridian_test_support::wait::eventually_async;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -147,18 +148,15 @@ impl Running {
 
     /// Waits (bounded) until `/ready` satisfies `want`; returns it.
     async fn wait_ready(&self, what: &str, want: impl Fn(u16, &Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        eventually_async(what, WAIT, || async {
             let (status, ready) = self.ready().await;
             if want(status, &ready) {
-                return ready;
+                Ok(ready)
+            } else {
+                Err(format!("/ready = {status} {ready}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: /ready = {status} {ready}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -189,18 +187,13 @@ async fn answered_on(port: u16) -> Option<String> {
 }
 
 async fn wait_answered_by(port: u16, name: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = answered_on(port).await;
-        if got.as_deref() == Some(name) {
-            return;
+    eventually_async(&format!("{name} to answer on :{port}"), WAIT, || async {
+        match answered_on(port).await {
+            Some(got) if got == name => Ok(()),
+            got => Err(format!("last answer {got:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {name} to answer on :{port}; last answer {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 fn kept_generation(dir: &Path) -> Option<u64> {

@@ -629,7 +629,7 @@ pub(crate) enum AckError {
     Refused {
         gateway: ClusterGatewayRef,
         generation: u64,
-        why: meridian_model::ProxyRefusal,
+        why: Box<meridian_model::ProxyRefusal>,
     },
     /// Not every proxy acknowledged in time; `waiting` names the first few that did not.
     #[error("not acknowledged within {}: {}{}", humantime(*.timeout), .waiting.join(", "),
@@ -745,7 +745,7 @@ fn tally_acks(
                     return Err(AckError::Refused {
                         gateway: gw,
                         generation: snap.generation,
-                        why,
+                        why: Box::new(why),
                     });
                 }
                 ProgrammedState::Applied(n) => t.waiting.push(format!(

@@ -403,6 +403,48 @@ mod tests {
         }
     }
 
+    fn gw(cluster: &str) -> ClusterGatewayRef {
+        ClusterGatewayRef::new(cluster.to_string(), "infra".to_string(), "gw".to_string())
+    }
+
+    /// A follower judges nothing (no proxies follow it); becoming the leader starts the
+    /// reconnect grace again, and its end ticks so the truth gets written.
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_reports_unknown_and_a_new_leader_gets_the_reconnect_grace() {
+        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
+        cfg.insecure = true;
+        let server = Arc::new(DistributionServer::start(cfg).await.unwrap());
+        let (leading, gate) = watch::channel(false);
+        let grace = Duration::from_secs(10);
+        let dp = DistributedDataPlane::with_leadership(
+            server,
+            AddressPools::default(),
+            grace,
+            Some(gate),
+        );
+        dp.publish("east", Snapshot::empty(1));
+        // Long after the start-up grace: a follower still says Unknown.
+        tokio::time::sleep(grace * 3).await;
+        assert_eq!(dp.programmed(&gw("east")), ProgrammedState::Unknown);
+
+        let mut changes = dp.changes();
+        changes.mark_unchanged();
+        leading.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(1), changes.changed())
+            .await
+            .expect("becoming the leader ticks")
+            .unwrap();
+        // No proxy yet, but within the new leader's grace: Unknown, not NoProxy.
+        tokio::time::sleep(grace / 2).await;
+        assert_eq!(dp.programmed(&gw("east")), ProgrammedState::Unknown);
+        changes.mark_unchanged();
+        tokio::time::timeout(grace, changes.changed())
+            .await
+            .expect("the end of the grace ticks")
+            .unwrap();
+        assert_eq!(dp.programmed(&gw("east")), ProgrammedState::NoProxy);
+    }
+
     #[tokio::test]
     async fn east_west_listeners_come_from_connected_proxies() {
         let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);

@@ -26,7 +26,7 @@ use kube::api::{DeleteParams, PostParams};
 use meridian_controller::members::cli::{self, MemberEndpoint};
 use meridian_controller::members::{MemberMetrics, MemberSpec, follow_member_secrets};
 use meridian_controller::{
-    AddressPools, Controller, ControllerConfig, DistributedDataPlane, MemberCluster,
+    AddressPools, Controller, ControllerConfig, DistributedDataPlane, MemberCluster, MemberError,
 };
 use meridian_crds::mcs::ServiceExport;
 use meridian_distribution::{DistributionServer, ServerConfig};
@@ -132,6 +132,17 @@ async fn a_member_joins_and_leaves_through_a_secret_while_traffic_runs() {
         MemberMetrics::register(ctl.metrics().registry()).unwrap(),
         stop_rx,
     );
+
+    // The controller's view of its members: a name taken or unknown is refused, nothing changes.
+    let again = MemberCluster::new("west", "us-west", vec![], west.clone());
+    assert!(matches!(
+        ctl.add_cluster(again, west.clone(), None).await,
+        Err(MemberError::AlreadyMember(name)) if name == "west"
+    ));
+    assert!(matches!(
+        ctl.remove_cluster("nowhere").await,
+        Err(MemberError::NotMember(name)) if name == "nowhere"
+    ));
 
     let url = format!("http://{}", server.local_addr());
     let _proxy_e = LiveProxy::start("east", "us-east", &url).await;

@@ -170,7 +170,7 @@ fn record(client: &Client) -> (Arc<Mutex<Vec<Option<String>>>>, tokio::task::Joi
                     .status
                     .and_then(|s| s.conditions)
                     .and_then(|cs| cs.into_iter().find(|c| c.type_ == "Programmed"))
-                    .map(|c| c.status);
+                    .map(|c| format!("{}/{}", c.status, c.reason));
                 sink.lock().unwrap().push(programmed);
             }
         }
@@ -236,7 +236,7 @@ async fn takeover(crash: bool) {
     let (log, rec) = record(&client);
     eventually("the Gateway Programmed", WAIT, || {
         let l = log.lock().unwrap();
-        (l.last().cloned().flatten().as_deref() == Some("True"))
+        (l.last().cloned().flatten().as_deref() == Some("True/Programmed"))
             .then_some(())
             .ok_or(format!("{l:?}"))
     })
@@ -277,7 +277,12 @@ async fn takeover(crash: bool) {
     holds_for(
         "Programmed stays True past the reconnect grace",
         RECONNECT_GRACE + Duration::from_secs(1),
-        || log.lock().unwrap().last().cloned().flatten().as_deref() == Some("True"),
+        || {
+            let l = log.lock().unwrap();
+            (l.last().cloned().flatten().as_deref() == Some("True/Programmed"))
+                .then_some(())
+                .ok_or(format!("{l:?}"))
+        },
     )
     .await;
     let (ok, failures) = load.finish().await;
@@ -285,7 +290,7 @@ async fn takeover(crash: bool) {
     let flaps = versions
         .iter()
         .skip(versions_before.saturating_sub(1))
-        .filter(|p| p.as_deref() != Some("True"))
+        .filter(|p| p.as_deref() != Some("True/Programmed"))
         .count();
     eprintln!(
         "leader {} ({}): new leader {} wrote status {:.2}s after the kill (lease {LEASE:?}); \

@@ -12,7 +12,17 @@
 //!                                                 4. status updates ─► StatusWriter (per cluster)
 //!  DataPlane::changes() ──────────────────────────► (full translation: Programmed, addresses)
 //!  Msg::Reachability(back) ──► StatusWriter::retry_now (failed writes go at once) + full pass
+//!  Msg::Member (ControllerHandle::members) ─► add: new index, writer + supervisor started
+//!                                             remove: writer + supervisor stopped, endpoints
+//!                                             withdrawn after the endpoint grace
 //! ```
+//!
+//! Member clusters can join and leave while the loop runs ([`Members`]). Each has an index (the
+//! one its supervisor's messages carry); one that leaves or reconnects keeps its old index,
+//! marked inactive so that messages still in flight from its stopped supervisor are ignored,
+//! and a reconnect gets a new index. A cluster that left is not acted for: nothing more is
+//! published for its proxies and no status is written to it; what the world holds for it
+//! (its endpoints in the other clusters' ServiceImports) goes once the endpoint grace ends.
 //!
 //! Every full pass also reports, for objects with a status of ours not yet seen in the index,
 //! the status their copy already has; the writer then supersedes a write of ours that became

@@ -121,10 +121,10 @@ impl Replica {
         }
         // The server stops with its last owner (the data plane went with the controller):
         // the proxies' streams close and they reconnect through the forwarder.
-        if let Some(server) = self.server.take() {
-            if let Ok(server) = Arc::try_unwrap(server) {
-                server.shutdown().await;
-            }
+        if let Some(server) = self.server.take()
+            && let Ok(server) = Arc::try_unwrap(server)
+        {
+            server.shutdown().await;
         }
     }
 }
@@ -155,8 +155,11 @@ async fn forwarder(replicas: Vec<SocketAddr>) -> (SocketAddr, tokio::task::JoinH
     (addr, task)
 }
 
-/// Every stored version of `infra/gw`: its `Programmed` status.
-fn record(client: &Client) -> (Arc<Mutex<Vec<Option<String>>>>, tokio::task::JoinHandle<()>) {
+/// `status/reason` of the `Programmed` condition of each stored version of the Gateway.
+type Versions = Arc<Mutex<Vec<Option<String>>>>;
+
+/// Every stored version of `infra/gw`: its `Programmed` status and reason.
+fn record(client: &Client) -> (Versions, tokio::task::JoinHandle<()>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let api: Api<Gateway> = Api::namespaced(client.clone(), "infra");
     let sink = Arc::clone(&log);

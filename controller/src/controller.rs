@@ -12,7 +12,17 @@
 //!                                                 4. status updates ─► StatusWriter (per cluster)
 //!  DataPlane::changes() ──────────────────────────► (full translation: Programmed, addresses)
 //!  Msg::Reachability(back) ──► StatusWriter::retry_now (failed writes go at once) + full pass
+//!  Msg::Member (ControllerHandle::members) ─► add: new index, writer + supervisor started
+//!                                             remove: writer + supervisor stopped, endpoints
+//!                                             withdrawn after the endpoint grace
 //! ```
+//!
+//! Member clusters can join and leave while the loop runs ([`Members`]). Each has an index (the
+//! one its supervisor's messages carry); one that leaves or reconnects keeps its old index,
+//! marked inactive so that messages still in flight from its stopped supervisor are ignored,
+//! and a reconnect gets a new index. A cluster that left is not acted for: nothing more is
+//! published for its proxies and no status is written to it; what the world holds for it
+//! (its endpoints in the other clusters' ServiceImports) goes once the endpoint grace ends.
 //!
 //! Every full pass also reports, for objects with a status of ours not yet seen in the index,
 //! the status their copy already has; the writer then supersedes a write of ours that became
@@ -32,7 +42,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use meridian_model::Snapshot;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -40,6 +50,7 @@ use crate::args::{
     ArgsError, ClusterSpec, ConnectError, ControllerArgs, check_unique_names, client,
 };
 use crate::dataplane::{DataPlane, StaticDataPlane};
+use crate::distributed::addresses::AddressRange;
 use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::status::{StatusKind, StatusUpdate};
@@ -91,6 +102,111 @@ impl MemberCluster {
         self.network = network.into();
         self
     }
+}
+
+/// A change of the member clusters of a running controller (see
+/// [`ControllerHandle::add_cluster`]).
+pub(crate) struct MemberChange {
+    op: MemberOp,
+    reply: oneshot::Sender<Result<(), MemberError>>,
+}
+
+enum MemberOp {
+    /// Start watching a cluster.
+    Add(Box<AddMember>),
+    /// Stop watching a cluster; its endpoints go after the endpoint grace.
+    Remove { name: String },
+}
+
+/// Adds, reconnects and removes member clusters of a running controller; cheap to clone (see
+/// [`ControllerHandle::members`]).
+#[derive(Clone)]
+pub struct Members {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Members {
+    /// Starts watching member cluster `cluster` while the controller runs (a kubeconfig Secret
+    /// appeared): its status is written through `write_client` (build it with
+    /// [`crate::for_status_writes`]), its Gateways get addresses from `pool` when given. It acts
+    /// (snapshots, status) once its initial sync is done.
+    pub async fn add_cluster(
+        &self,
+        cluster: MemberCluster,
+        write_client: kube::Client,
+        pool: Option<AddressRange>,
+    ) -> Result<(), MemberError> {
+        self.send(MemberOp::Add(Box::new(AddMember {
+            cluster,
+            write_client,
+            pool,
+            replace: false,
+        })))
+        .await
+    }
+
+    /// Reconnects member cluster `cluster.name` with a new configuration (its Secret was
+    /// edited): its watchers and writer start again; what is indexed for it stays until the new
+    /// watchers have listed again, so its endpoints are served throughout.
+    pub async fn replace_cluster(
+        &self,
+        cluster: MemberCluster,
+        write_client: kube::Client,
+        pool: Option<AddressRange>,
+    ) -> Result<(), MemberError> {
+        self.send(MemberOp::Add(Box::new(AddMember {
+            cluster,
+            write_client,
+            pool,
+            replace: true,
+        })))
+        .await
+    }
+
+    /// Stops watching member cluster `name` (its Secret was deleted): its watchers and status
+    /// writer stop at once (the controller no longer manages its objects, so it stops writing
+    /// their status) and nothing more is published for its proxies; its endpoints stay in the
+    /// other clusters' snapshots for the endpoint grace, then are withdrawn.
+    pub async fn remove_cluster(&self, name: &str) -> Result<(), MemberError> {
+        self.send(MemberOp::Remove {
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    async fn send(&self, op: MemberOp) -> Result<(), MemberError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Member(Box::new(MemberChange { op, reply })))
+            .await
+            .map_err(|_| MemberError::Stopped)?;
+        answer.await.map_err(|_| MemberError::Stopped)?
+    }
+}
+
+/// A cluster to start watching (`replace`: one that is a member already, reconnecting it).
+struct AddMember {
+    cluster: MemberCluster,
+    write_client: kube::Client,
+    pool: Option<AddressRange>,
+    replace: bool,
+}
+
+/// Why a member cluster could not be added, replaced or removed; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    /// `add_cluster` with the name of a cluster that is a member already.
+    #[error("cluster {0} is a member already (replace it to reconnect)")]
+    AlreadyMember(String),
+    /// `replace_cluster` or `remove_cluster` of a cluster that is not a member.
+    #[error("cluster {0} is not a member")]
+    NotMember(String),
+    /// The name is not usable.
+    #[error(transparent)]
+    Name(#[from] ArgsError),
+    /// The controller stopped.
+    #[error("controller stopped")]
+    Stopped,
 }
 
 /// Everything [`Controller::start`] needs.
@@ -174,6 +290,8 @@ pub struct ControllerHandle {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
+    /// To the reconcile loop: member clusters joining and leaving.
+    tx: mpsc::Sender<Msg>,
 }
 
 /// Why [`Controller::start`] failed; nothing was left running.
@@ -240,8 +358,33 @@ impl Controller {
         };
         // Bounded: a burst of watch events waits for the loop instead of growing memory.
         let (tx, rx) = mpsc::channel::<Msg>(4096);
-        let (world, writers) = start_clusters(&cfg, &metrics, &tx, &shutdown_rx, &mut tasks);
-        drop(tx);
+        let spawner = Spawner {
+            tx: tx.clone(),
+            metrics: Arc::clone(&metrics),
+            writer_cfg: WriterConfig {
+                controller_name: cfg.controller_name.clone(),
+                timeout: cfg.write_timeout,
+                backoff_base: Duration::from_millis(250),
+                backoff_max: cfg.write_backoff_max,
+                write_gate: cfg.write_gate.clone(),
+            },
+            probe_interval: cfg.probe_interval,
+            unreachable_probe_interval: cfg.unreachable_probe_interval,
+            probe_timeout: cfg.probe_timeout,
+            endpoint_grace: cfg.endpoint_grace,
+            shutdown: shutdown_rx.clone(),
+        };
+        let mut world = World::new();
+        let mut slots = Vec::new();
+        for (i, c) in cfg.clusters.iter().enumerate() {
+            let write_client = cfg
+                .write_clients
+                .get(&c.name)
+                .cloned()
+                .unwrap_or_else(|| c.client.clone());
+            add_to_world(&mut world, c);
+            slots.push(spawner.spawn(i, c, write_client));
+        }
         let drills = DrillShared::new(Arc::clone(&metrics));
         tasks.push(spawn_manager(
             ManagerConfig {
@@ -263,9 +406,10 @@ impl Controller {
         let reconciler = Reconciler::new(LoopInputs {
             world,
             names,
+            slots,
+            spawner,
             startup_grace: cfg.startup_grace,
             data_plane: cfg.data_plane,
-            writers,
             controller_name: cfg.controller_name,
             metrics: Arc::clone(&metrics),
             ready_tx,
@@ -285,6 +429,7 @@ impl Controller {
             shutdown: shutdown_tx,
             tasks,
             admin_addr,
+            tx,
         })
     }
 }
@@ -304,57 +449,96 @@ async fn start_admin(
     Ok((local, task))
 }
 
-/// Adds every member cluster to a new [`World`] and starts its status writer and its
-/// supervisor (which starts the watchers); returns the world and the writers, in cluster order.
-fn start_clusters(
-    cfg: &ControllerConfig,
-    metrics: &Arc<Metrics>,
-    tx: &mpsc::Sender<Msg>,
-    shutdown: &watch::Receiver<bool>,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> (World, Vec<StatusWriter>) {
-    let writer_cfg = WriterConfig {
-        controller_name: cfg.controller_name.clone(),
-        timeout: cfg.write_timeout,
-        backoff_base: Duration::from_millis(250),
-        backoff_max: cfg.write_backoff_max,
-        write_gate: cfg.write_gate.clone(),
-    };
-    let mut world = World::new();
-    let mut writers = Vec::new();
-    for (i, c) in cfg.clusters.iter().enumerate() {
-        world
-            .add_cluster(c.name.clone(), c.region.clone(), c.zones.clone())
-            .network
-            .clone_from(&c.network);
+/// Adds a member cluster to the world (or updates its region, zones and network, keeping what
+/// is indexed for it).
+fn add_to_world(world: &mut World, c: &MemberCluster) {
+    world
+        .add_cluster(c.name.clone(), c.region.clone(), c.zones.clone())
+        .network
+        .clone_from(&c.network);
+}
+
+/// What starting one member cluster's status writer and supervisor needs; kept by the reconcile
+/// loop so clusters can join while it runs.
+struct Spawner {
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+    writer_cfg: WriterConfig,
+    probe_interval: Duration,
+    unreachable_probe_interval: Duration,
+    probe_timeout: Duration,
+    endpoint_grace: Duration,
+    /// The controller's shutdown.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One member cluster's running parts, at its index in the reconcile loop's vectors. A cluster
+/// that leaves or reconnects keeps its index (messages still in flight from its old supervisor
+/// carry it and are ignored); a reconnect gets a new one.
+struct Slot {
+    /// Stops the writer and the supervisor (which stops the watchers).
+    stop: Arc<watch::Sender<bool>>,
+    writer: StatusWriter,
+    tasks: Vec<JoinHandle<()>>,
+    /// `false` once the cluster left or was replaced.
+    active: bool,
+}
+
+impl Slot {
+    /// Stops the cluster's writer and supervisor (without waiting for them).
+    fn stop(&mut self) {
+        self.active = false;
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Spawner {
+    /// Starts the status writer and the supervisor of cluster `c` at index `i`. They stop when
+    /// the slot's `stop` fires or the controller shuts down.
+    fn spawn(&self, i: usize, c: &MemberCluster, write_client: kube::Client) -> Slot {
         let name: Arc<str> = Arc::from(c.name.as_str());
-        metrics.cluster_synced.with_label_values(&[&c.name]).set(0);
-        let writer = StatusWriter::new(name.clone(), Arc::clone(metrics));
-        let write_client = cfg
-            .write_clients
-            .get(&c.name)
-            .cloned()
-            .unwrap_or_else(|| c.client.clone());
+        self.metrics
+            .cluster_synced
+            .with_label_values(&[&c.name])
+            .set(0);
+        let (stop, stop_rx) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let mut tasks = Vec::new();
+        // The controller's shutdown stops this cluster too; the forwarder ends with the cluster.
+        let (fwd_stop, mut global) = (Arc::clone(&stop), self.shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = crate::stopped(&mut global) => {
+                    let _ = fwd_stop.send(true);
+                }
+                _ = fwd_stop.closed() => {}
+            }
+        }));
+        let writer = StatusWriter::new(name.clone(), Arc::clone(&self.metrics));
         tasks.push(tokio::spawn(writer.clone().run(
             write_client,
-            writer_cfg.clone(),
-            shutdown.clone(),
+            self.writer_cfg.clone(),
+            stop_rx.clone(),
         )));
-        writers.push(writer);
         let ctx = WatchCtx {
             cluster: i,
             name,
             client: c.client.clone(),
-            tx: tx.clone(),
-            metrics: Arc::clone(metrics),
-            probe_interval: cfg.probe_interval,
-            unreachable_probe_interval: cfg.unreachable_probe_interval,
-            probe_timeout: cfg.probe_timeout,
-            endpoint_grace: cfg.endpoint_grace,
+            tx: self.tx.clone(),
+            metrics: Arc::clone(&self.metrics),
+            probe_interval: self.probe_interval,
+            unreachable_probe_interval: self.unreachable_probe_interval,
+            probe_timeout: self.probe_timeout,
+            endpoint_grace: self.endpoint_grace,
         };
-        tasks.push(tokio::spawn(supervise(ctx, shutdown.clone())));
+        tasks.push(tokio::spawn(supervise(ctx, stop_rx)));
+        Slot {
+            stop,
+            writer,
+            tasks,
+            active: true,
+        }
     }
-    (world, writers)
 }
 
 impl ControllerHandle {
@@ -391,6 +575,42 @@ impl ControllerHandle {
         *self.passes.borrow()
     }
 
+    /// Adds, reconnects and removes member clusters while the controller runs.
+    pub fn members(&self) -> Members {
+        Members {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// [`Members::add_cluster`].
+    pub async fn add_cluster(
+        &self,
+        cluster: MemberCluster,
+        write_client: kube::Client,
+        pool: Option<AddressRange>,
+    ) -> Result<(), MemberError> {
+        self.members()
+            .add_cluster(cluster, write_client, pool)
+            .await
+    }
+
+    /// [`Members::replace_cluster`].
+    pub async fn replace_cluster(
+        &self,
+        cluster: MemberCluster,
+        write_client: kube::Client,
+        pool: Option<AddressRange>,
+    ) -> Result<(), MemberError> {
+        self.members()
+            .replace_cluster(cluster, write_client, pool)
+            .await
+    }
+
+    /// [`Members::remove_cluster`].
+    pub async fn remove_cluster(&self, name: &str) -> Result<(), MemberError> {
+        self.members().remove_cluster(name).await
+    }
+
     /// Stops every task and waits for them (bounded).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -407,14 +627,19 @@ impl ControllerHandle {
 
 struct Reconciler {
     world: World,
+    /// Member cluster names by index (the index messages carry); see [`Slot`].
     names: Vec<String>,
+    /// Per index, the cluster's running parts.
+    slots: Vec<Slot>,
+    spawner: Spawner,
+    /// Clusters that left, with when their endpoints are withdrawn (the endpoint grace).
+    removals: BTreeMap<String, Instant>,
     /// Kinds whose first list each cluster still waits for (`None` before the first probe).
     pending_kinds: Vec<Option<BTreeSet<Kind>>>,
     synced: Vec<bool>,
     started: Instant,
     startup_grace: Duration,
     data_plane: Arc<dyn DataPlane>,
-    writers: Vec<StatusWriter>,
     controller_name: String,
     /// Latest computed snapshot per cluster.
     current: BTreeMap<String, Snapshot>,
@@ -446,9 +671,10 @@ struct Reconciler {
 struct LoopInputs {
     world: World,
     names: Vec<String>,
+    slots: Vec<Slot>,
+    spawner: Spawner,
     startup_grace: Duration,
     data_plane: Arc<dyn DataPlane>,
-    writers: Vec<StatusWriter>,
     controller_name: String,
     metrics: Arc<Metrics>,
     ready_tx: watch::Sender<Vec<(String, bool)>>,
@@ -465,12 +691,14 @@ impl Reconciler {
         Self {
             world: i.world,
             names: i.names,
+            slots: i.slots,
+            spawner: i.spawner,
+            removals: BTreeMap::new(),
             pending_kinds: vec![None; clusters],
             synced: vec![false; clusters],
             started: Instant::now(),
             startup_grace: i.startup_grace,
             data_plane: i.data_plane,
-            writers: i.writers,
             controller_name: i.controller_name,
             current: BTreeMap::new(),
             published: BTreeMap::new(),
@@ -508,6 +736,7 @@ impl Reconciler {
         loop {
             let wake = deadline;
             let wake_recheck = recheck;
+            let wake_removal = self.removals.values().min().copied();
             let wake_expiry = self.stale_expiry.map(|t| {
                 let wait = t.duration_since(Timestamp::now());
                 Instant::now() + Duration::try_from(wait).unwrap_or(Duration::ZERO)
@@ -553,6 +782,11 @@ impl Reconciler {
                     self.dirty_full = true;
                     self.pass(false);
                 }
+                _ = async { if let Some(t) = wake_removal { tokio::time::sleep_until(t).await } }, if wake_removal.is_some() => {
+                    if self.withdraw_removed() {
+                        self.pass(false);
+                    }
+                }
                 _ = drains.changed() => {
                     // No translation needed: the drains go into the current snapshots as they are.
                     self.apply_drains();
@@ -560,6 +794,7 @@ impl Reconciler {
                 }
                 _ = crate::stopped(&mut shutdown) => {
                     self.withdraw_drains();
+                    self.stop_clusters().await;
                     return;
                 }
             }
@@ -569,7 +804,7 @@ impl Reconciler {
     /// The startup grace ended: clusters still syncing no longer hold the others back.
     /// Returns whether a full pass is due (some cluster is not synced).
     fn startup_grace_over(&mut self) -> bool {
-        if self.synced.iter().all(|s| *s) {
+        if self.all_synced() {
             return false;
         }
         tracing::warn!(
@@ -579,6 +814,21 @@ impl Reconciler {
         );
         self.dirty_full = true;
         true
+    }
+
+    /// On shutdown: every cluster's writer and supervisor stop; waits for them (bounded).
+    async fn stop_clusters(&mut self) {
+        for slot in &mut self.slots {
+            slot.stop();
+            for mut t in slot.tasks.drain(..) {
+                if tokio::time::timeout(Duration::from_secs(5), &mut t)
+                    .await
+                    .is_err()
+                {
+                    t.abort();
+                }
+            }
+        }
     }
 
     /// On shutdown: drains live in this process only, proxies must not keep them after it.
@@ -604,7 +854,7 @@ impl Reconciler {
         self.names
             .iter()
             .enumerate()
-            .filter(|(i, _)| !self.synced[*i])
+            .filter(|(i, _)| self.slots[*i].active && !self.synced[*i])
             .map(|(i, n)| match &self.pending_kinds[i] {
                 None => format!("{n}: API not reached yet"),
                 Some(kinds) => {
@@ -618,7 +868,34 @@ impl Reconciler {
 
     /// Applies one message; returns whether a pass is needed.
     fn handle(&mut self, msg: Msg) -> bool {
+        let from = match &msg {
+            Msg::Reachability { cluster, .. }
+            | Msg::Watching { cluster, .. }
+            | Msg::Change { cluster, .. } => Some(*cluster),
+            Msg::Member(_) => None,
+        };
+        if from.is_some_and(|i| !self.slots.get(i).is_some_and(|s| s.active)) {
+            // From the supervisor of a cluster that left or reconnected since.
+            return false;
+        }
         match msg {
+            Msg::Member(change) => {
+                let result = match change.op {
+                    MemberOp::Add(add) => {
+                        let AddMember {
+                            cluster,
+                            write_client,
+                            pool,
+                            replace,
+                        } = *add;
+                        self.add_member(&cluster, write_client, pool, replace)
+                    }
+                    MemberOp::Remove { name } => self.remove_member(&name),
+                };
+                let needed = result.is_ok();
+                let _ = change.reply.send(result);
+                needed
+            }
             Msg::Reachability {
                 cluster,
                 unreachable,
@@ -634,8 +911,8 @@ impl Reconciler {
                         self.unreachable.remove(&name);
                         // Writes that failed while it was away go now, not after their backoff
                         // (the pass this triggers supersedes those that became outdated).
-                        if let Some(w) = self.writers.get(cluster) {
-                            w.retry_now();
+                        if let Some(s) = self.slots.get(cluster) {
+                            s.writer.retry_now();
                         }
                     }
                 }
@@ -706,23 +983,128 @@ impl Reconciler {
             .cluster_synced
             .with_label_values(&[name])
             .set(1);
-        let readiness = self
-            .names
-            .iter()
-            .cloned()
-            .zip(self.synced.iter().copied())
-            .collect();
-        self.ready_tx.send_replace(readiness);
+        self.send_readiness();
         self.dirty_full = true;
         true
     }
 
+    /// Publishes each active member cluster with whether its initial sync is done.
+    fn send_readiness(&self) {
+        let readiness = self
+            .active()
+            .map(|i| (self.names[i].clone(), self.synced[i]))
+            .collect();
+        self.ready_tx.send_replace(readiness);
+    }
+
+    /// The index of active member cluster `name`.
+    fn slot(&self, name: &str) -> Option<usize> {
+        self.names
+            .iter()
+            .zip(&self.slots)
+            .position(|(n, s)| s.active && n == name)
+    }
+
+    /// Indexes of the active member clusters.
+    fn active(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.names.len()).filter(|i| self.slots[*i].active)
+    }
+
+    fn all_synced(&self) -> bool {
+        self.active().all(|i| self.synced[i])
+    }
+
+    /// A member cluster that left is not acted for: nothing is published for its proxies and
+    /// no status is written to it.
     fn can_act(&self, cluster: &str) -> bool {
-        let Some(i) = self.names.iter().position(|n| n == cluster) else {
+        let Some(i) = self.slot(cluster) else {
             return false;
         };
-        self.synced[i]
-            && (self.synced.iter().all(|s| *s) || self.started.elapsed() >= self.startup_grace)
+        self.synced[i] && (self.all_synced() || self.started.elapsed() >= self.startup_grace)
+    }
+
+    /// A member cluster joins (or, `replace`, reconnects): a new index with its own writer and
+    /// supervisor; what the world holds for it is kept (a reconnect's watchers re-list it) and
+    /// a pending withdrawal of its endpoints is called off.
+    fn add_member(
+        &mut self,
+        cluster: &MemberCluster,
+        write_client: kube::Client,
+        pool: Option<AddressRange>,
+        replace: bool,
+    ) -> Result<(), MemberError> {
+        check_unique_names([cluster.name.as_str()])?;
+        match (self.slot(&cluster.name), replace) {
+            (Some(_), false) => return Err(MemberError::AlreadyMember(cluster.name.clone())),
+            (None, true) => return Err(MemberError::NotMember(cluster.name.clone())),
+            (Some(old), true) => self.slots[old].stop(),
+            (None, false) => {}
+        }
+        if self.removals.remove(&cluster.name).is_some() {
+            tracing::info!(cluster = %cluster.name, "member cluster back before its endpoints were withdrawn");
+        }
+        self.unreachable.remove(&cluster.name);
+        add_to_world(&mut self.world, cluster);
+        self.data_plane.cluster_added(&cluster.name, pool);
+        let i = self.names.len();
+        self.slots
+            .push(self.spawner.spawn(i, cluster, write_client));
+        self.names.push(cluster.name.clone());
+        self.pending_kinds.push(None);
+        self.synced.push(false);
+        tracing::info!(cluster = %cluster.name, region = %cluster.region, network = %cluster.network, replace, "member cluster added at run time");
+        self.send_readiness();
+        self.dirty_full = true;
+        Ok(())
+    }
+
+    /// A member cluster leaves: its writer and supervisor stop now, its endpoints are withdrawn
+    /// after the endpoint grace ([`Reconciler::withdraw_removed`]).
+    fn remove_member(&mut self, name: &str) -> Result<(), MemberError> {
+        let i = self
+            .slot(name)
+            .ok_or_else(|| MemberError::NotMember(name.to_string()))?;
+        self.slots[i].stop();
+        self.unreachable.remove(name);
+        self.data_plane.cluster_removed(name);
+        self.published.remove(name);
+        let grace = self.spawner.endpoint_grace;
+        self.removals
+            .insert(name.to_string(), Instant::now() + grace);
+        self.metrics
+            .cluster_synced
+            .with_label_values(&[name])
+            .set(0);
+        tracing::info!(cluster = %name, ?grace, "member cluster removed: watchers and status writes stopped; its endpoints are withdrawn after the endpoint grace");
+        self.send_readiness();
+        self.dirty_full = true;
+        Ok(())
+    }
+
+    /// The endpoint grace of clusters that left has ended: they leave the world (and with them
+    /// their endpoints leave the other clusters' snapshots). Returns whether any did.
+    fn withdraw_removed(&mut self) -> bool {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .removals
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &due {
+            self.removals.remove(name);
+            self.world.remove_cluster(name);
+            self.current.remove(name);
+            self.east_west_missing.remove(name);
+            tracing::info!(cluster = %name, "endpoint grace of the removed member cluster over: its endpoints are withdrawn");
+        }
+        if !due.is_empty() {
+            self.dirty_full = true;
+            self.slots.iter_mut().filter(|s| !s.active).for_each(|s| {
+                s.tasks.retain(|t| !t.is_finished());
+            });
+        }
+        !due.is_empty()
     }
 
     /// One pass: a full translation when anything but EndpointSlices changed (or a status
@@ -743,7 +1125,7 @@ impl Reconciler {
         self.publish_changed();
         let stale =
             crate::translate::stale_endpoint_counts(self.published.values(), &self.unreachable);
-        for name in &self.names {
+        for name in self.active().map(|i| &self.names[i]) {
             let n = stale.get(name).copied().unwrap_or(0);
             self.metrics
                 .member_stale_endpoints
@@ -835,15 +1217,15 @@ impl Reconciler {
             .iter()
             .map(|(c, s)| (c.clone(), s.generation))
             .collect();
-        for (i, w) in self.writers.iter().enumerate() {
-            let keys = w.unconfirmed();
+        for i in self.active() {
+            let keys = self.slots[i].writer.unconfirmed();
             if !keys.is_empty() {
                 cfg.unconfirmed
                     .insert(self.names[i].clone(), keys.into_iter().collect());
             }
         }
         if self.world.multi_network() {
-            for name in &self.names {
+            for name in self.active().map(|i| &self.names[i]) {
                 let listeners = self.data_plane.east_west(name);
                 if !listeners.is_empty() {
                     cfg.east_west.insert(name.clone(), listeners);
@@ -862,7 +1244,7 @@ impl Reconciler {
                 // Written once the cluster acts: that triggers a full pass which emits it again.
                 continue;
             }
-            let Some(i) = self.names.iter().position(|n| *n == update.cluster) else {
+            let Some(i) = self.slot(&update.cluster) else {
                 continue;
             };
             let key = ObjectKey::new(
@@ -878,12 +1260,13 @@ impl Reconciler {
                 _ => None,
             };
             if update.settles {
-                self.writers[i].settle(update, source_rv, route);
+                self.slots[i].writer.settle(update, source_rv, route);
             } else {
-                self.writers[i].submit(update, source_rv, route);
+                self.slots[i].writer.submit(update, source_rv, route);
             }
         }
-        for (i, w) in self.writers.iter().enumerate() {
+        for i in self.active() {
+            let w = &self.slots[i].writer;
             if !self.can_act(&self.names[i]) {
                 continue;
             }
@@ -897,7 +1280,8 @@ impl Reconciler {
         }
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.last_prune = Instant::now();
-            for (i, w) in self.writers.iter().enumerate() {
+            for i in self.active() {
+                let w = &self.slots[i].writer;
                 if let Some(state) = self.world.cluster(&self.names[i]) {
                     w.prune(|kind, ns, name| state.contains(kind, &ObjectKey::new(ns, name)));
                 }
@@ -1021,16 +1405,34 @@ pub async fn serve(
     data_plane: Option<Arc<dyn DataPlane>>,
 ) -> Result<(), ServeError> {
     let pools = args.distribution_flags()?;
+    let election = args.election_config()?;
+    let members = crate::incluster::static_members(&args).await?;
+    let mut clusters = Vec::new();
+    let mut write_clients = BTreeMap::new();
+    for (spec, config) in members {
+        let (cluster, write_client) = member(&spec, config)?;
+        write_clients.insert(spec.name.clone(), write_client);
+        clusters.push(cluster);
+    }
+    // The Lease lives in the first member (in a pod: the cluster it runs in), and so do the
+    // member-cluster Secrets.
+    let first_client = clusters.first().map(|c| c.client.clone());
+    let elector = match (election, first_client.clone()) {
+        (Some(e), Some(client)) => Some(crate::leader::Elector::start(client, e)?),
+        _ => None,
+    };
+    let gate = elector.as_ref().map(crate::leader::Elector::write_gate);
     let data_plane = match (data_plane, args.distribution_bind) {
         (Some(dp), _) => dp,
         (None, Some(bind)) => {
-            let token = args.token.clone();
+            // A follower's server turns proxies away: they reach the leader (docs/deploy.md).
             crate::distributed::DistributedDataPlane::start(
                 bind,
-                token,
+                args.token.clone(),
                 args.insecure,
                 pools,
                 args.proxy_reconnect_grace,
+                gate.clone(),
             )
             .await?
         }
@@ -1044,38 +1446,39 @@ pub async fn serve(
             StaticDataPlane::new(args.static_addresses.clone()) as Arc<dyn DataPlane>
         }
     };
-    let election = args.election_config()?;
-    let members = crate::incluster::static_members(&args).await?;
-    if let Some(ns) = &args.cluster_secrets_namespace {
-        // Until the supervisor can add clusters at run time (docs/deploy.md).
-        tracing::warn!(namespace = %ns, "member clusters from Secrets are not wired into the controller yet: only --cluster members are watched");
-    }
-    let mut clusters = Vec::new();
-    let mut write_clients = BTreeMap::new();
-    for (spec, config) in members {
-        let (cluster, write_client) = member(&spec, config)?;
-        write_clients.insert(spec.name.clone(), write_client);
-        clusters.push(cluster);
-    }
-    let lease_client = clusters.first().map(|c| c.client.clone());
+    let reserved: BTreeSet<String> = clusters.iter().map(|c| c.name.clone()).collect();
     let mut cfg = ControllerConfig::new(clusters, data_plane);
     cfg.write_clients = write_clients;
     cfg.controller_name = args.controller_name.clone();
     cfg.endpoint_grace = args.endpoint_grace;
     cfg.debounce = args.debounce;
     cfg.admin = args.metrics;
-    // The Lease lives in the first member (in a pod: the cluster it runs in).
-    let elector = match (election, lease_client) {
-        (Some(e), Some(client)) => {
-            let elector = crate::leader::Elector::start(client, e)?;
-            cfg.write_gate = Some(elector.write_gate());
-            Some(elector)
-        }
-        _ => None,
-    };
+    cfg.write_gate = gate;
     let handle = Controller::start(cfg).await?;
+    let (stop_members, stop_rx) = watch::channel(false);
+    let follower = match first_client {
+        Some(client) => {
+            let namespace =
+                crate::members::own_namespace_from_env(args.cluster_secrets_namespace.as_deref());
+            let metrics = crate::members::MemberMetrics::register(handle.metrics().registry())
+                .map_err(StartError::Metrics)?;
+            Some(crate::members::follow_member_secrets(
+                handle.members(),
+                client,
+                namespace,
+                reserved,
+                metrics,
+                stop_rx,
+            ))
+        }
+        None => None,
+    };
     tokio::signal::ctrl_c().await.map_err(ServeError::Signal)?;
     tracing::info!("shutting down");
+    let _ = stop_members.send(true);
+    if let Some(f) = follower {
+        let _ = tokio::time::timeout(Duration::from_secs(5), f).await;
+    }
     // Step down first: a successor starts writing while this replica winds down.
     if let Some(elector) = elector {
         elector.shutdown().await;

@@ -58,6 +58,13 @@ pub trait DataPlane: Send + Sync + 'static {
     fn east_west(&self, _cluster: &str) -> Vec<(SocketAddr, String)> {
         Vec::new()
     }
+    /// A member cluster joined while the controller runs (or reconnected with a new
+    /// configuration), with the range its Gateways get their addresses from (`None`: the
+    /// proxies' advertised addresses).
+    fn cluster_added(&self, _cluster: &str, _pool: Option<crate::AddressRange>) {}
+    /// A member cluster left: nothing more is published for it (its proxies keep serving
+    /// what they have) and its address pool is released.
+    fn cluster_removed(&self, _cluster: &str) {}
 }
 
 /// A [`DataPlane`] without proxies: fixed addresses, instant "acknowledgement", and a record of

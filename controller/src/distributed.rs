@@ -24,6 +24,18 @@
 //! the end of the grace [`DataPlane::changes`] ticks, so the truth (e.g. no proxy at all) is
 //! written then.
 //!
+//! Leader election: with several controller replicas
+//! ([`DistributedDataPlane::with_leadership`]), only the leader's server serves proxies; a
+//! follower answers `503` and a replica that stops leading closes its streams, so the proxies
+//! (through the controller Service) end up on the leader. A follower reports every Gateway
+//! [`ProgrammedState::Unknown`] (it has no proxies to judge by; its writes are gated anyway),
+//! and becoming the leader starts the reconnect grace again: a takeover is handled like a
+//! restart, so `Programmed` does not flap while the proxies move over.
+//!
+//! Member clusters that join at run time bring their address pool with them
+//! ([`DataPlane::cluster_added`]); a removed cluster's pool and publication record are dropped
+//! ([`DataPlane::cluster_removed`]).
+//!
 //! The controller owns this adapter (and depends on `meridian-distribution` for it); the
 //! distribution crate knows only snapshots and acks and never depends on the controller.
 //! [`DistributedDataPlane::start`] is what `meridian controller --distribution-bind` runs (through
@@ -68,13 +80,39 @@ pub struct DistributedDataPlane {
     published: Mutex<BTreeMap<String, u64>>,
     /// Per-cluster pools of per-Gateway addresses (empty: proxies' advertised addresses).
     pools: Mutex<AddressPools>,
-    /// End of the reconnect grace (see the module docs).
-    grace_ends: tokio::time::Instant,
-    /// Clusters whose proxies reported (acknowledged or refused) since start: out of the grace.
-    reported: Mutex<BTreeSet<String>>,
-    /// The server's ticks, plus one when the grace ends.
+    /// The reconnect grace (see the module docs), shared with the task forwarding ticks.
+    grace: Arc<Grace>,
+    /// Leader election: `false` while another replica leads (`None`: always leading).
+    leading: Option<watch::Receiver<bool>>,
+    /// The server's ticks, plus one when the grace ends or leadership changes.
     changes: watch::Sender<u64>,
     forward: tokio::task::JoinHandle<()>,
+}
+
+/// The reconnect grace: restarted at start and whenever this replica becomes the leader.
+struct Grace {
+    reconnect_grace: Duration,
+    /// End of the current grace.
+    ends: Mutex<tokio::time::Instant>,
+    /// Clusters whose proxies reported (acknowledged or refused) since it began: out of it.
+    reported: Mutex<BTreeSet<String>>,
+}
+
+impl Grace {
+    /// Starts the grace again (from now); returns its end.
+    fn restart(&self) -> tokio::time::Instant {
+        let ends = tokio::time::Instant::now() + self.reconnect_grace;
+        *self.ends.lock().unwrap_or_else(PoisonError::into_inner) = ends;
+        self.reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        ends
+    }
+
+    fn ends(&self) -> tokio::time::Instant {
+        *self.ends.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Drop for DistributedDataPlane {
@@ -97,19 +135,41 @@ impl DistributedDataPlane {
         pools: AddressPools,
         reconnect_grace: Duration,
     ) -> Arc<Self> {
-        let grace_ends = tokio::time::Instant::now() + reconnect_grace;
+        Self::with_leadership(server, pools, reconnect_grace, None)
+    }
+
+    /// Like [`DistributedDataPlane::new`], for one of several controller replicas: `leading` is
+    /// the leader-election gate ([`crate::leader::Elector::write_gate`]; the server should be
+    /// started with the same receiver as [`ServerConfig::serving`]). While it is `false`,
+    /// [`DataPlane::programmed`] is [`ProgrammedState::Unknown`] for every Gateway (a follower
+    /// has no proxies and must not judge from their absence); when it turns `true`, the
+    /// reconnect grace starts again, so the new leader keeps `Programmed` while the proxies move
+    /// over to it (see the module docs).
+    pub fn with_leadership(
+        server: Arc<DistributionServer>,
+        pools: AddressPools,
+        reconnect_grace: Duration,
+        leading: Option<watch::Receiver<bool>>,
+    ) -> Arc<Self> {
+        let grace = Arc::new(Grace {
+            reconnect_grace,
+            ends: Mutex::new(tokio::time::Instant::now()),
+            reported: Mutex::new(BTreeSet::new()),
+        });
+        grace.restart();
         let (changes, _) = watch::channel(0u64);
         let forward = tokio::spawn(forward_changes(
             server.subscribe(),
             changes.clone(),
-            grace_ends,
+            Arc::clone(&grace),
+            leading.clone(),
         ));
         Arc::new(Self {
             server,
             published: Mutex::new(BTreeMap::new()),
             pools: Mutex::new(pools),
-            grace_ends,
-            reported: Mutex::new(BTreeSet::new()),
+            grace,
+            leading,
             changes,
             forward,
         })
@@ -118,30 +178,49 @@ impl DistributedDataPlane {
     /// Starts a distribution server on `bind` (proxies present `token`; `insecure` lets them in
     /// without one) and the data plane over it. `meridian controller` checks these flags first
     /// with [`ControllerArgs::distribution_flags`](crate::ControllerArgs::distribution_flags).
+    /// `leading`: see [`DistributedDataPlane::with_leadership`] (the server turns proxies away
+    /// with `503` while it is `false`).
     pub async fn start(
         bind: SocketAddr,
         token: Option<String>,
         insecure: bool,
         pools: AddressPools,
         reconnect_grace: Duration,
+        leading: Option<watch::Receiver<bool>>,
     ) -> Result<Arc<Self>, DataPlaneError> {
         let mut cfg = ServerConfig::new(bind, token);
         cfg.insecure = insecure;
+        cfg.serving = leading.clone();
         let server = DistributionServer::start(cfg)
             .await
             .map_err(|source| DataPlaneError { bind, source })?;
         tracing::info!(addr = %server.local_addr(), "distribution server listening");
-        Ok(Self::new(Arc::new(server), pools, reconnect_grace))
+        Ok(Self::with_leadership(
+            Arc::new(server),
+            pools,
+            reconnect_grace,
+            leading,
+        ))
+    }
+
+    /// The distribution server's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
     }
 
     /// Whether `cluster` is still in the reconnect grace.
     fn in_grace(&self, cluster: &str) -> bool {
-        tokio::time::Instant::now() < self.grace_ends
+        tokio::time::Instant::now() < self.grace.ends()
             && !self
+                .grace
                 .reported
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .contains(cluster)
+    }
+
+    fn leading(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
     }
 
     fn generation(&self, cluster: &str) -> Option<u64> {
@@ -153,14 +232,23 @@ impl DistributedDataPlane {
     }
 }
 
-/// Passes the server's ticks on, and ticks once more when the reconnect grace ends.
+/// Passes the server's ticks on, ticks once more when the reconnect grace ends, and restarts
+/// the grace (with a tick) whenever this replica becomes the leader.
 async fn forward_changes(
     mut server: watch::Receiver<u64>,
     changes: watch::Sender<u64>,
-    grace_ends: tokio::time::Instant,
+    grace: Arc<Grace>,
+    mut leading: Option<watch::Receiver<bool>>,
 ) {
-    let mut grace_pending = true;
+    let mut grace_ends = Some(grace.ends());
+    let mut was_leading = leading.as_ref().is_none_or(|l| *l.borrow());
     loop {
+        let gate = async {
+            match leading.as_mut() {
+                Some(l) => l.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = server.changed() => {
                 if r.is_err() {
@@ -168,8 +256,26 @@ async fn forward_changes(
                 }
                 changes.send_modify(|n| *n += 1);
             }
-            _ = tokio::time::sleep_until(grace_ends), if grace_pending => {
-                grace_pending = false;
+            _ = async { if let Some(t) = grace_ends { tokio::time::sleep_until(t).await } }, if grace_ends.is_some() => {
+                grace_ends = None;
+                changes.send_modify(|n| *n += 1);
+            }
+            open = gate => {
+                let Some(l) = leading.as_mut().filter(|_| open) else {
+                    // The elector is gone: this replica no longer knows it leads.
+                    leading = None;
+                    was_leading = false;
+                    changes.send_modify(|n| *n += 1);
+                    continue;
+                };
+                let now_leading = *l.borrow_and_update();
+                if now_leading && !was_leading {
+                    // The proxies are still connected to the old leader or on their way here:
+                    // give them the reconnect grace before judging from their absence.
+                    grace_ends = Some(grace.restart());
+                    tracing::info!("leading: reconnect grace started for the proxies");
+                }
+                was_leading = now_leading;
                 changes.send_modify(|n| *n += 1);
             }
         }
@@ -192,6 +298,10 @@ impl DataPlane for DistributedDataPlane {
     }
 
     fn programmed(&self, gw: &ClusterGatewayRef) -> ProgrammedState {
+        if !self.leading() {
+            // The proxies follow the leader: a follower's server has none to ask.
+            return ProgrammedState::Unknown;
+        }
         let state = match self.generation(&gw.cluster) {
             None => ProgrammedState::pending(),
             Some(generation) => {
@@ -207,7 +317,8 @@ impl DataPlane for DistributedDataPlane {
             }
             ProgrammedState::Applied(_) | ProgrammedState::Refused(_) => {
                 // A proxy of this cluster reports: from now on its answers are the truth.
-                self.reported
+                self.grace
+                    .reported
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(gw.cluster.clone());
@@ -253,6 +364,24 @@ impl DataPlane for DistributedDataPlane {
     fn east_west(&self, cluster: &str) -> Vec<(SocketAddr, String)> {
         self.server.east_west(cluster)
     }
+
+    fn cluster_added(&self, cluster: &str, pool: Option<addresses::AddressRange>) {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set(cluster, pool);
+    }
+
+    fn cluster_removed(&self, cluster: &str) {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set(cluster, None);
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cluster);
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +401,48 @@ mod tests {
         async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
             Ok(snapshot.generation)
         }
+    }
+
+    fn gw(cluster: &str) -> ClusterGatewayRef {
+        ClusterGatewayRef::new(cluster.to_string(), "infra".to_string(), "gw".to_string())
+    }
+
+    /// A follower judges nothing (no proxies follow it); becoming the leader starts the
+    /// reconnect grace again, and its end ticks so the truth gets written.
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_reports_unknown_and_a_new_leader_gets_the_reconnect_grace() {
+        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
+        cfg.insecure = true;
+        let server = Arc::new(DistributionServer::start(cfg).await.unwrap());
+        let (leading, gate) = watch::channel(false);
+        let grace = Duration::from_secs(10);
+        let dp = DistributedDataPlane::with_leadership(
+            server,
+            AddressPools::default(),
+            grace,
+            Some(gate),
+        );
+        dp.publish("east", Snapshot::empty(1));
+        // Long after the start-up grace: a follower still says Unknown.
+        tokio::time::sleep(grace * 3).await;
+        assert_eq!(dp.programmed(&gw("east")), ProgrammedState::Unknown);
+
+        let mut changes = dp.changes();
+        changes.mark_unchanged();
+        leading.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(1), changes.changed())
+            .await
+            .expect("becoming the leader ticks")
+            .unwrap();
+        // No proxy yet, but within the new leader's grace: Unknown, not NoProxy.
+        tokio::time::sleep(grace / 2).await;
+        assert_eq!(dp.programmed(&gw("east")), ProgrammedState::Unknown);
+        changes.mark_unchanged();
+        tokio::time::timeout(grace, changes.changed())
+            .await
+            .expect("the end of the grace ticks")
+            .unwrap();
+        assert_eq!(dp.programmed(&gw("east")), ProgrammedState::NoProxy);
     }
 
     #[tokio::test]

@@ -69,8 +69,8 @@ mod writer;
 
 pub use args::{ArgsError, ClusterSpec, ConnectError, ControllerArgs, NetworkSpec};
 pub use controller::{
-    Controller, ControllerConfig, ControllerHandle, MemberCluster, ReadyError, ServeError,
-    StartError, run, serve,
+    Controller, ControllerConfig, ControllerHandle, MemberCluster, MemberError, Members,
+    ReadyError, ServeError, StartError, run, serve,
 };
 pub use dataplane::{DataPlane, StaticDataPlane};
 pub use distributed::addresses::{AddressPools, AddressRange};

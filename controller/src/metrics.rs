@@ -411,6 +411,12 @@ impl Metrics {
         }
     }
 
+    /// The registry every metric of this controller is in (to register more, e.g.
+    /// [`crate::members::MemberMetrics`]; `/metrics` serves them too).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
         self.refresh_contact_ages();

@@ -108,6 +108,8 @@ pub(crate) enum Msg {
         cluster: usize,
         unreachable: Option<UnreachableCluster>,
     },
+    /// A member cluster joins, reconnects or leaves ([`crate::ControllerHandle::add_cluster`]).
+    Member(Box<crate::controller::MemberChange>),
 }
 
 /// Settings shared by a cluster's supervisor and watchers.

@@ -370,6 +370,11 @@ impl World {
         state
     }
 
+    /// Forgets a member cluster and everything indexed for it.
+    pub fn remove_cluster(&mut self, name: &str) -> Option<ClusterState> {
+        self.clusters.remove(name)
+    }
+
     /// The state of a member cluster, if known.
     pub fn cluster(&self, name: &str) -> Option<&ClusterState> {
         self.clusters.get(name)

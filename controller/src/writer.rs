@@ -320,14 +320,19 @@ impl StatusWriter {
     ) -> bool {
         let key = key_of(&update);
         let mut state = self.lock();
-        match state.recent.get(&key) {
-            Some(r) if r.source_rv == source_rv && !eq_ignoring_time(&r.status, &update.status) => {
-            }
+        let same_copy = match state.recent.get(&key) {
+            Some(r) if !eq_ignoring_time(&r.status, &update.status) => r.source_rv == source_rv,
             _ => return false,
-        }
+        };
         let object = format!("{}/{}", key.1, key.2);
         let never_sent = state.in_flight.as_ref() != Some(&key)
             && state.pending.get(&key).is_some_and(|j| j.attempts == 0);
+        // A write never sent is outdated whatever copy it was computed against: the copy now
+        // says what we want. (E.g. a follower's writes wait for leadership while the leader
+        // writes; on takeover they must not replace what the leader wrote.)
+        if !same_copy && !never_sent {
+            return false;
+        }
         if never_sent {
             state.pending.remove(&key);
             state.recent.remove(&key);
@@ -985,16 +990,17 @@ mod tests {
         // Queued, never sent: dropped and forgotten (it may be submitted again later).
         assert!(w.submit(update("a", 1, "Stale"), rv(), None));
         assert!(
-            !w.settle(update("a", 1, "Clean"), Some("4".into()), None),
-            "other copy"
-        );
-        assert!(
             !w.settle(update("a", 1, "Stale"), rv(), None),
             "same status"
         );
         assert!(w.settle(update("a", 1, "Clean"), rv(), None));
         assert_eq!(w.pending(), 0);
         assert!(w.unconfirmed().is_empty());
+        // Also when the copy moved on since (another writer, e.g. the leader while this
+        // replica's writes waited for leadership, wrote what we want now).
+        assert!(w.submit(update("a", 1, "Stale"), rv(), None));
+        assert!(w.settle(update("a", 1, "Clean"), Some("6".into()), None));
+        assert_eq!(w.pending(), 0);
         assert!(w.submit(update("a", 1, "Stale"), rv(), None));
 
         // Sent and failed (it may have landed): the copy's status is written after it.

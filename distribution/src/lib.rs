@@ -116,6 +116,6 @@ pub use client::{Client, ClientConfig, ClientError, ClientStatus, Refused, Targe
 pub use meridian_model::gateway::{GatewayRef, ProgrammedState, ProxyRefusal};
 pub use protocol::{Ack, AckResult, EndpointChange, GatewayTrafficReport, Hello, TrafficReport};
 pub use server::{
-    DistributionServer, ProxyState, PublishError, PublishKind, Published, Refusal, ServerConfig,
-    ServerError,
+    DistributionServer, NOT_LEADER, ProxyState, PublishError, PublishKind, Published, Refusal,
+    ServerConfig, ServerError,
 };

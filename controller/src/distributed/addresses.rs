@@ -135,6 +135,28 @@ impl AddressPools {
         }
     }
 
+    /// Gives `cluster` the pool `range` (`None`: takes its pool away). An unchanged range keeps
+    /// the addresses its Gateways hold; a new one starts empty.
+    pub fn set(&mut self, cluster: &str, range: Option<AddressRange>) {
+        match range {
+            None => {
+                self.pools.remove(cluster);
+            }
+            Some(range) => {
+                if self.pools.get(cluster).is_some_and(|p| p.range == range) {
+                    return;
+                }
+                self.pools.insert(
+                    cluster.to_string(),
+                    Pool {
+                        range,
+                        held: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Whether no cluster has a pool.
     pub fn is_empty(&self) -> bool {
         self.pools.is_empty()

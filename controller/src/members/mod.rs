@@ -28,10 +28,11 @@
 //! add|list|remove`, which writes such Secrets with a token of a dedicated service account of the
 //! member cluster (never the user's own credentials).
 //!
-//! The controller does not act on the events yet: adding and removing watchers of a running
-//! controller is wired in once the supervisor's refactoring lands (docs/deploy.md).
+//! [`follow`](follow_member_secrets) applies the events to the running controller
+//! ([`crate::Members`]): `meridian controller` follows the Secrets of its own namespace.
 
 pub mod cli;
+mod follow;
 mod secret;
 mod watcher;
 
@@ -39,6 +40,9 @@ use std::path::Path;
 
 use crate::distributed::addresses::AddressRange;
 
+pub use follow::{
+    MemberClientError, apply_membership_event, follow_member_secrets, member_cluster,
+};
 pub use secret::{
     MemberSecretError, ParsedMember, member_config, member_secret, parse_member_secret,
     secret_name_for,

@@ -6,7 +6,9 @@
 //!                                            └─ Refused: ack Refused; retry_after? ─► retry
 //! retry (timer) ─► Target::apply ─► Ok: ack Applied │ Refused: ack only when the reason changed
 //! ack ─► POST /v1/ack, up to ACK_TRIES tries of ACK_TIMEOUT (a lost ack is repaired by the
-//!        resync after the next reconnect)
+//!        resync after the next reconnect); a 503 (the request reached a follower replica
+//!        through the controller Service: acks travel on their own connections) is tried again
+//!        on a new connection, which may reach the leader
 //! ```
 
 use std::time::Duration;
@@ -21,7 +23,7 @@ use crate::protocol::{Ack, AckResult, EndpointsUpdate, patch_endpoints};
 /// Bound of one acknowledgement request.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries per acknowledgement.
-const ACK_TRIES: u32 = 3;
+const ACK_TRIES: u32 = 5;
 
 /// What survives reconnects.
 #[derive(Default)]
@@ -159,6 +161,10 @@ impl Client {
                 Ok(Ok(resp)) if resp.status() == StatusCode::UNAUTHORIZED => {
                     tracing::error!(generation, "the controller refused our token for an ack");
                     return;
+                }
+                Ok(Ok(resp)) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    // A follower (it closed the connection): the next one may reach the leader.
+                    tracing::debug!(generation, try_no, "ack reached a follower replica; again");
                 }
                 Ok(Ok(resp)) => {
                     tracing::warn!(generation, status = %resp.status(), "ack not accepted");

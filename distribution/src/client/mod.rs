@@ -10,6 +10,8 @@
 //!  │                                                                 │   then patch the held snapshot
 //!  │                                                                 └─ ping: still alive
 //!  └── jittered exponential backoff (100 ms … 5 s) ◄── 401 / error / silence for 3 pings / EOF
+//!      (after a 503 from a follower controller replica: at most 1 s, the next connection
+//!       through the Service may reach the leader)
 //!
 //! while the stream is open, every traffic_interval (1 s):
 //!   Target::traffic() ─ non-empty and changed since the last accepted report? ─► POST /v1/traffic
@@ -62,6 +64,9 @@ pub use self::target::{Refused, Target};
 use self::apply::Held;
 use crate::protocol::Hello;
 use meridian_model::error_chain;
+
+/// Longest pause before reconnecting after a `503` (a follower controller replica).
+const NOT_LEADER_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
@@ -233,7 +238,13 @@ impl Client {
                 s.connected = false;
                 s.last_error = Some(err.to_string());
             });
-            let delay = self.backoff(attempt);
+            let mut delay = self.backoff(attempt);
+            if matches!(&err, ClientError::Status { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE)
+            {
+                // A follower replica (or one starting): through a Service the next connection may
+                // reach the leader, so try again soon instead of backing off to the maximum.
+                delay = delay.min(NOT_LEADER_RETRY_MAX);
+            }
             attempt = attempt.saturating_add(1);
             tokio::time::sleep(delay).await;
         }

@@ -5,6 +5,8 @@
 //! accept_loop ─► one task per connection (HTTP/1.1, 10 s header timeout, ends on shutdown)
 //!   handle ─┬─ GET  /healthz, /metrics                       (no token)
 //!           ├─ POST /v1/* without the bearer token ─► 401
+//!           ├─ POST /v1/* while not the leader (ServerConfig::serving) ─► 503, Retry-After: 1,
+//!           │                                                    Connection: close
 //!           ├─ POST /v1/stream  ─► Hello   ─► check_hello   ─► stream::open
 //!           ├─ POST /v1/ack     ─► Ack     ─► registry ack     (204 | 404)
 //!           ├─ POST /v1/traffic ─► report  ─► check_traffic ─► traffic report (204 | 400 | 404)
@@ -106,6 +108,9 @@ async fn handle(
         {
             unauthorized(&inner, &path)
         }
+        (&Method::POST, "/v1/stream" | "/v1/ack" | "/v1/traffic") if !inner.serving() => {
+            not_leader()
+        }
         (&Method::POST, "/v1/stream") => stream(inner, req, stop).await,
         (&Method::POST, "/v1/ack") => ack(&inner, req).await,
         (&Method::POST, "/v1/traffic") => traffic(&inner, req).await,
@@ -143,6 +148,18 @@ fn unauthorized(inner: &Inner, path: &str) -> Response<ResBody> {
         header::WWW_AUTHENTICATE,
         http::HeaderValue::from_static("Bearer"),
     );
+    resp
+}
+
+/// `503` from a follower: the proxy's client retries soon; through a Service the next
+/// connection may reach the leader. The connection is closed (`Connection: close`): a client
+/// reusing it would only ever reach this replica again.
+fn not_leader() -> Response<ResBody> {
+    let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, super::NOT_LEADER);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    resp.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     resp
 }
 

@@ -98,7 +98,16 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// How often an idle stream carries a ping.
     pub ping_interval: Duration,
+    /// Leader election: streams are served only while this is `true`; a follower answers
+    /// `POST /v1/stream` with `503` ([`NOT_LEADER`]) and closes the streams it has when it
+    /// stops leading, so proxies reconnect and (through a Service) reach the leader. `None`:
+    /// always serve.
+    pub serving: Option<watch::Receiver<bool>>,
 }
+
+/// Body of the `503` a follower answers `POST /v1/stream` (and acks and traffic reports) with.
+pub const NOT_LEADER: &str = "this controller replica is not the leader: reconnect (through the \
+                              controller Service the next connection may reach the leader)\n";
 
 impl ServerConfig {
     /// A server on `bind` requiring `token` (or refusing to start without one unless
@@ -109,6 +118,7 @@ impl ServerConfig {
             token,
             insecure: false,
             ping_interval: Duration::from_secs(5),
+            serving: None,
         }
     }
 }
@@ -152,12 +162,19 @@ struct Inner {
     changes: watch::Sender<u64>,
     metrics: Metrics,
     next_session: AtomicU64,
+    /// See [`ServerConfig::serving`].
+    serving: Option<watch::Receiver<bool>>,
 }
 
 impl Inner {
     /// Ticks [`DistributionServer::subscribe`].
     fn notify(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether proxies are served now (see [`ServerConfig::serving`]).
+    fn serving(&self) -> bool {
+        self.serving.as_ref().is_none_or(|s| *s.borrow())
     }
 }
 
@@ -194,6 +211,7 @@ impl DistributionServer {
             changes: watch::channel(0).0,
             metrics: Metrics::new()?,
             next_session: AtomicU64::new(1),
+            serving: cfg.serving,
         });
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(http::accept_loop(listener, inner.clone(), stop));

@@ -4,8 +4,9 @@
 //! open: registry connect (session, kicked) ─► subscribe to the cluster's watch<Version>
 //!       ─► spawn feed ─► 200 application/x-ndjson, body = lines from the feed's channel
 //! feed: welcome ─► loop { new version ─► delta or full line  |  idle ping_interval ─► ping }
-//!       ends on: replaced by a newer stream (kicked), server stop, proxy gone, a line not taken
-//!       within WRITE_TIMEOUT, an encoding error ─► registry disconnect(session)
+//!       ends on: replaced by a newer stream (kicked), server stop, this replica no longer
+//!       leading (ServerConfig::serving), proxy gone, a line not taken within WRITE_TIMEOUT, an
+//!       encoding error ─► registry disconnect(session)
 //! ```
 //!
 //! The channel between the feed and the body holds a few lines: a proxy that does not read
@@ -114,10 +115,25 @@ impl Feed {
         let mut ping = tokio::time::interval(self.inner.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();
+        // A replica that stops leading closes its streams: the proxies reconnect to the leader.
+        let mut serving = self.inner.serving.clone();
+        let lost_leadership = async {
+            match serving.as_mut() {
+                Some(s) => {
+                    let _ = s.wait_for(|leads| !*leads).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(lost_leadership);
         while ok {
             tokio::select! {
                 _ = &mut kicked => break,
                 _ = stop.changed() => break,
+                () = &mut lost_leadership => {
+                    tracing::info!(proxy = %self.hello.proxy_id, "no longer the leader: closing the proxy's stream");
+                    break;
+                }
                 () = self.tx.closed() => break,
                 changed = versions.changed() => {
                     if changed.is_err() {

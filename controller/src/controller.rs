@@ -136,13 +136,7 @@ impl Members {
         write_client: kube::Client,
         pool: Option<AddressRange>,
     ) -> Result<(), MemberError> {
-        self.send(MemberOp::Add(Box::new(AddMember {
-            cluster,
-            write_client,
-            pool,
-            replace: false,
-        })))
-        .await
+        self.add(cluster, write_client, pool, false).await
     }
 
     /// Reconnects member cluster `cluster.name` with a new configuration (its Secret was
@@ -154,11 +148,22 @@ impl Members {
         write_client: kube::Client,
         pool: Option<AddressRange>,
     ) -> Result<(), MemberError> {
+        self.add(cluster, write_client, pool, true).await
+    }
+
+    /// [`Members::add_cluster`], or with `replace` [`Members::replace_cluster`].
+    async fn add(
+        &self,
+        cluster: MemberCluster,
+        write_client: kube::Client,
+        pool: Option<AddressRange>,
+        replace: bool,
+    ) -> Result<(), MemberError> {
         self.send(MemberOp::Add(Box::new(AddMember {
             cluster,
             write_client,
             pool,
-            replace: true,
+            replace,
         })))
         .await
     }

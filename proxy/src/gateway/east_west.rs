@@ -15,14 +15,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use meridian_model::router::CompiledRule;
 use meridian_model::snapshot::{Backend, BackendTarget, EastWestBackend, Endpoint, Rule};
 use meridian_model::traffic::FailureKind;
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Outcome, Target, Upstream};
 use super::{
@@ -245,10 +243,7 @@ impl Forwarder {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for EastWestProxy {
-    type CTX = Ctx;
-
+forwarding_proxy!(EastWestProxy {
     fn new_ctx(&self) -> Ctx {
         Ctx::new()
     }
@@ -264,73 +259,10 @@ impl ProxyHttp for EastWestProxy {
         self.serve_named(session, ctx).await
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        self.fwd.upstream_peer(ctx).await
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        peer: &HttpPeer,
-        ctx: &mut Ctx,
-        e: Box<Error>,
-    ) -> Box<Error> {
-        self.fwd.fail_to_connect(peer, ctx, e)
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut Ctx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        self.fwd
-            .error_while_proxy(peer, session, e, ctx, client_reused)
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        Forwarder::upstream_request_filter(upstream, ctx)
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        self.fwd.upstream_response_filter(session, resp, ctx)
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        Forwarder::response_filter(resp, ctx);
-        Ok(())
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        Forwarder::fail_to_proxy(session, e, ctx).await
-    }
-
-    /// As for the Gateway proxy: [`Forwarder::logging`] reports failures.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
-        true
-    }
-
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         self.fwd.logging(session, e, ctx, EAST_WEST);
     }
-}
+});
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,8 @@
 //! The two pingora `ProxyHttp` applications: [`GatewayProxy`] on the Gateway listeners and
 //! [`EastWestProxy`] on the east-west listener. Each decides where a request goes in its own
 //! `request_filter`; from there on both hand the request to one [`Forwarder`] (upstream tries,
-//! failover, response handling, counters), so the two roles differ in nothing else.
+//! failover, response handling, counters), so the two roles differ in nothing else: the
+//! `forwarding_proxy!` macro writes those shared `ProxyHttp` steps once for both.
 //!
 //! ```text
 //! GatewayProxy::request_filter (route.rs)        EastWestProxy::request_filter (east_west.rs)
@@ -50,6 +51,99 @@
 //! response_filter: pass the remote served-by
 //!   through (served_by_header) or strip it
 //! ```
+
+/// `impl ProxyHttp` for a role: the role's own methods (`new_ctx`, `request_filter`, `logging`)
+/// plus every step both roles hand to their [`Forwarder`] unchanged (upstream choice, retries,
+/// response filters, failure answers). Written once here so the two roles cannot drift apart.
+/// The role's type needs a `fwd: Forwarder` field.
+macro_rules! forwarding_proxy {
+    ($role:ty { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl pingora_proxy::ProxyHttp for $role {
+            type CTX = super::ctx::Ctx;
+
+            $($own)*
+
+            async fn upstream_peer(
+                &self,
+                _session: &mut pingora_proxy::Session,
+                ctx: &mut super::ctx::Ctx,
+            ) -> pingora_error::Result<Box<pingora_core::upstreams::peer::HttpPeer>> {
+                self.fwd.upstream_peer(ctx).await
+            }
+
+            fn fail_to_connect(
+                &self,
+                _session: &mut pingora_proxy::Session,
+                peer: &pingora_core::upstreams::peer::HttpPeer,
+                ctx: &mut super::ctx::Ctx,
+                e: Box<pingora_error::Error>,
+            ) -> Box<pingora_error::Error> {
+                self.fwd.fail_to_connect(peer, ctx, e)
+            }
+
+            fn error_while_proxy(
+                &self,
+                peer: &pingora_core::upstreams::peer::HttpPeer,
+                session: &mut pingora_proxy::Session,
+                e: Box<pingora_error::Error>,
+                ctx: &mut super::ctx::Ctx,
+                client_reused: bool,
+            ) -> Box<pingora_error::Error> {
+                self.fwd
+                    .error_while_proxy(peer, session, e, ctx, client_reused)
+            }
+
+            async fn upstream_request_filter(
+                &self,
+                _session: &mut pingora_proxy::Session,
+                upstream: &mut pingora_http::RequestHeader,
+                ctx: &mut super::ctx::Ctx,
+            ) -> pingora_error::Result<()> {
+                super::Forwarder::upstream_request_filter(upstream, ctx)
+            }
+
+            async fn upstream_response_filter(
+                &self,
+                session: &mut pingora_proxy::Session,
+                resp: &mut pingora_http::ResponseHeader,
+                ctx: &mut super::ctx::Ctx,
+            ) -> pingora_error::Result<()> {
+                self.fwd.upstream_response_filter(session, resp, ctx)
+            }
+
+            async fn response_filter(
+                &self,
+                _session: &mut pingora_proxy::Session,
+                resp: &mut pingora_http::ResponseHeader,
+                ctx: &mut super::ctx::Ctx,
+            ) -> pingora_error::Result<()> {
+                super::Forwarder::response_filter(resp, ctx);
+                Ok(())
+            }
+
+            async fn fail_to_proxy(
+                &self,
+                session: &mut pingora_proxy::Session,
+                e: &pingora_error::Error,
+                ctx: &mut super::ctx::Ctx,
+            ) -> pingora_proxy::FailToProxy {
+                super::Forwarder::fail_to_proxy(session, e, ctx).await
+            }
+
+            /// pingora logs every failed request at error level; `logging` reports failures
+            /// instead (see [`Forwarder::logging`](super::Forwarder::logging)).
+            fn suppress_error_log(
+                &self,
+                _session: &pingora_proxy::Session,
+                _ctx: &super::ctx::Ctx,
+                _e: &pingora_error::Error,
+            ) -> bool {
+                true
+            }
+        }
+    };
+}
 
 mod ctx;
 mod east_west;

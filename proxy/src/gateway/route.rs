@@ -10,14 +10,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use meridian_model::router::{CompiledRule, Decision, Request, RouteMatch};
 use meridian_model::snapshot::{Backend, BackendTarget, Endpoint, FailoverPolicy, Filter};
 use meridian_model::traffic::FailureKind;
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Routing, Target};
 use super::filters::{self, request_host};
@@ -201,10 +198,7 @@ pub(super) fn local_addr(session: &Session) -> Option<SocketAddr> {
         .copied()
 }
 
-#[async_trait]
-impl ProxyHttp for GatewayProxy {
-    type CTX = Ctx;
-
+forwarding_proxy!(GatewayProxy {
     fn new_ctx(&self) -> Ctx {
         Ctx::new()
     }
@@ -224,70 +218,6 @@ impl ProxyHttp for GatewayProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        self.fwd.upstream_peer(ctx).await
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        peer: &HttpPeer,
-        ctx: &mut Ctx,
-        e: Box<Error>,
-    ) -> Box<Error> {
-        self.fwd.fail_to_connect(peer, ctx, e)
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut Ctx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        self.fwd
-            .error_while_proxy(peer, session, e, ctx, client_reused)
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        Forwarder::upstream_request_filter(upstream, ctx)
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        self.fwd.upstream_response_filter(session, resp, ctx)
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        Forwarder::response_filter(resp, ctx);
-        Ok(())
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        Forwarder::fail_to_proxy(session, e, ctx).await
-    }
-
-    /// pingora logs every failed request at error level; `logging` reports failures instead
-    /// (see [`Forwarder::logging`]).
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
-        true
-    }
-
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let listener = match &ctx.routing.listener {
             Some(l) => format!("{}/{}/{}", l.gateway_namespace, l.gateway_name, l.name),
@@ -295,4 +225,4 @@ impl ProxyHttp for GatewayProxy {
         };
         self.fwd.logging(session, e, ctx, &listener);
     }
-}
+});

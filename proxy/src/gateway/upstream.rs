@@ -186,14 +186,24 @@ impl Forwarder {
             tracing::debug!(%peer, retry = false, "connect failed");
             return e;
         };
-        if let Some(t) = &up.current {
-            self.eject(t.key, &e, "endpoint ejected after connect failure");
-        }
+        // Already ejected by the time this try failed: another request (or the health checker)
+        // found the endpoint dead while this one was connecting.
+        let known_dead = up
+            .current
+            .as_ref()
+            .is_some_and(|t| !self.eject(t.key, &e, "endpoint ejected after connect failure"));
         if up.deadline_passed() {
             e.set_retry(false);
             return e;
         }
-        if up.left.failovers > 0 && self.shared.budget.try_retry(up.left.budget_percent) {
+        // The retry budget guards against retries that add load to a struggling service. Moving
+        // on from an endpoint already known dead is not that: it received nothing and no new
+        // request goes to it, so only the request's own failover allowance bounds it. Without
+        // this, the requests in flight when a region goes silent (all waiting out their connect
+        // timeout) exhaust a budget whose window holds little traffic yet, e.g. just after start.
+        if up.left.failovers > 0
+            && (known_dead || self.shared.budget.try_retry(up.left.budget_percent))
+        {
             up.left.failovers -= 1;
             e.set_retry(true);
         } else if up.left.retries > 0 {
@@ -290,11 +300,19 @@ impl Forwarder {
     }
 
     /// Ejects `key` (counted and logged once per ejection).
-    pub(super) fn eject(&self, key: EndpointKey, e: &dyn std::fmt::Display, why: &'static str) {
-        if self.shared.ejections.eject(key) {
+    /// Ejects `key`; `true` when this ejected it (`false`: it was ejected already).
+    pub(super) fn eject(
+        &self,
+        key: EndpointKey,
+        e: &dyn std::fmt::Display,
+        why: &'static str,
+    ) -> bool {
+        let fresh = self.shared.ejections.eject(key);
+        if fresh {
             self.shared.metrics.ejections.inc();
             tracing::info!(endpoint = %key, error = %e, "{why}");
         }
+        fresh
     }
 
     pub(super) fn count_retry(&self, reason: &str) {

@@ -1054,6 +1054,19 @@ mod tests {
         assert!(!WriteError::Gone.is_transient());
     }
 
+    /// Creates Gateway `default/gw` (one HTTP listener); the namespace's Gateway API.
+    async fn create_gateway(client: &kube::Client) -> Api<Gateway> {
+        let gws: Api<Gateway> = Api::namespaced(client.clone(), "default");
+        let gw: Gateway = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "default"},
+            "spec": {"gatewayClassName": "c", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+        .unwrap();
+        gws.create(&PostParams::default(), &gw).await.unwrap();
+        gws
+    }
+
     async fn gateway_api_sandbox() -> (meridian_sandbox::Sandbox, kube::Client) {
         let sb =
             meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
@@ -1090,14 +1103,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_survive_a_starting_api_server_and_are_dropped_for_gone_objects() {
         let (sb, client) = gateway_api_sandbox().await;
-        let gws: Api<Gateway> = Api::namespaced(client.clone(), "default");
-        let gw: Gateway = serde_json::from_value(json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "gw", "namespace": "default"},
-            "spec": {"gatewayClassName": "c", "listeners": [
-                {"name": "http", "port": 80, "protocol": "HTTP"}]}}))
-        .unwrap();
-        gws.create(&PostParams::default(), &gw).await.unwrap();
+        let gws = create_gateway(&client).await;
         let w = writer();
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(w.clone().run(
@@ -1145,14 +1151,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_wait_for_the_leadership_gate() {
         let (sb, client) = gateway_api_sandbox().await;
-        let gws: Api<Gateway> = Api::namespaced(client.clone(), "default");
-        let gw: Gateway = serde_json::from_value(json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "gw", "namespace": "default"},
-            "spec": {"gatewayClassName": "c", "listeners": [
-                {"name": "http", "port": 80, "protocol": "HTTP"}]}}))
-        .unwrap();
-        gws.create(&PostParams::default(), &gw).await.unwrap();
+        let gws = create_gateway(&client).await;
         let w = writer();
         let (gate_tx, gate_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -276,6 +276,24 @@ pub async fn connect(kc: &Kubeconfig, context: Option<&str>) -> Result<Cluster, 
     Ok(Cluster { context, client })
 }
 
+/// Test fixtures other modules' tests share.
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::GatewayTarget;
+
+    /// `demo/web` as `meridian up` serves it in us-east.
+    pub(crate) fn demo_gateway() -> GatewayTarget {
+        GatewayTarget {
+            namespace: "demo".into(),
+            name: "web".into(),
+            address: "127.0.10.1".into(),
+            port: 80,
+            hostname: None,
+            served_by_header: true,
+        }
+    }
+}
+
 /// The Gateway the drill loads, and where to reach it.
 #[derive(Clone, Debug)]
 pub struct GatewayTarget {

@@ -344,16 +344,7 @@ mod tests {
     use crate::args::tests::args;
     use crate::figures::ServedBy;
 
-    fn gw() -> GatewayTarget {
-        GatewayTarget {
-            namespace: "demo".into(),
-            name: "web".into(),
-            address: "127.0.10.1".into(),
-            port: 80,
-            hostname: None,
-            served_by_header: true,
-        }
-    }
+    use crate::cluster::tests::demo_gateway as gw;
 
     #[test]
     fn drill_object_carries_target_scope_mode_and_guards() {

@@ -256,16 +256,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn gw() -> GatewayTarget {
-        GatewayTarget {
-            namespace: "demo".into(),
-            name: "web".into(),
-            address: "127.0.10.1".into(),
-            port: 80,
-            hostname: None,
-            served_by_header: true,
-        }
-    }
+    use crate::cluster::tests::demo_gateway as gw;
 
     #[test]
     fn url_comes_from_the_gateway_unless_given() {

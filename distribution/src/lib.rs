@@ -109,6 +109,7 @@
 
 pub mod client;
 mod metrics;
+pub mod pki;
 pub mod protocol;
 pub mod server;
 

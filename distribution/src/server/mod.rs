@@ -22,6 +22,7 @@
 //! | `registry` | the proxies known: connect, disconnect, acks, hellos ([`DistributionServer::state`], [`DistributionServer::east_west`], [`DistributionServer::addresses`]) |
 //! | `programmed` | whether a generation is served ([`DistributionServer::programmed`]) and settling pending generations |
 //! | `traffic` | proxies' traffic reports and the never-decreasing sums ([`DistributionServer::traffic`]) |
+//! | `admission` | what the owner decides: [`BootstrapVerifier`], [`AddressPolicy`] |
 //! | `auth` | the bearer token |
 //! | `http` | accepting connections, routing `/v1/*`, `/healthz`, `/metrics`, request bodies |
 //! | `stream` | one proxy's NDJSON stream: welcome, versions, pings |
@@ -57,6 +58,7 @@
 //! twice: one upward jump). Reports do not tick [`DistributionServer::subscribe`]: they arrive
 //! every second from every proxy and change nothing about `Programmed`.
 
+mod admission;
 mod auth;
 mod http;
 mod programmed;
@@ -77,6 +79,10 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 
+pub use self::admission::{
+    AddressPolicy, AnyAddress, BootstrapClaim, BootstrapGrant, BootstrapRefusal, BootstrapVerifier,
+    BoxFuture,
+};
 pub use self::registry::{ProxyState, Refusal};
 pub use self::store::{PublishError, PublishKind, Published};
 

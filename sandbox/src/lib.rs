@@ -521,7 +521,10 @@ impl Sandbox {
     ) -> Result<String, CredentialError> {
         let (_, c) = self.find(cluster)?;
         let expires = jiff::Timestamp::try_from(until)?;
-        Ok(c.mint_token(namespace, name, expires)?.token)
+        Ok(
+            c.mint_token(namespace, name, &auth::TokenTerms::api_token(expires))?
+                .token,
+        )
     }
 
     /// A kubeconfig with one context (named after the cluster, default namespace `namespace`)

@@ -1,19 +1,31 @@
-//! Authentication: who sent a request, from its `Authorization: Bearer` header.
+//! Authentication: who sent a request, from its `Authorization: Bearer` header, and the
+//! TokenReview API, which asks the same question about any token.
 //!
 //! ```text
 //!   no credentials ──▶ Admin            (or Anonymous on a cluster that enforces RBAC for everyone)
 //!   admin token    ──▶ Admin            (all-powerful, never checked by RBAC)
-//!   issued token   ──▶ ServiceAccount   (if unexpired and the ServiceAccount still exists, same uid)
+//!   issued token   ──▶ ServiceAccount   (if for the API server's audience, unexpired, its
+//!                                        ServiceAccount still exists with the same uid, and the
+//!                                        object it is bound to, if any, too)
 //!   anything else  ──▶ 401 Unauthorized (`Status` reason Unauthorized, as a real server answers)
 //! ```
 //!
 //! Tokens are minted per cluster by the TokenRequest subresource
 //! (`POST /api/v1/namespaces/NS/serviceaccounts/NAME/token`, what `kubectl create token` sends)
 //! or by [`crate::Sandbox::mint_token`]. A token is an opaque random string (not a JWT) kept in
-//! its cluster's [`Tokens`]: it means nothing to another cluster, and it dies with its
-//! ServiceAccount (a token names the account's uid, as a bound token does). Expiry is wall-clock
-//! time, as in `status.expirationTimestamp`. Tokens live in memory only: a sandbox process that
-//! restarts from its state dir has forgotten them (the admin token is new as well).
+//! its cluster's [`Tokens`] with what a real token's claims say: the ServiceAccount and its uid,
+//! the expiry (wall-clock time, as in `status.expirationTimestamp`), the audiences
+//! (`spec.audiences`, default [`DEFAULT_AUDIENCE`]), an id (reported as the credential id) and
+//! the Pod, Secret or Node of `spec.boundObjectRef`. It means nothing to another cluster, and it
+//! dies with its ServiceAccount or bound object. Tokens live in memory only: a sandbox process
+//! that restarts from its state dir has forgotten them (the admin token is new as well).
+//!
+//! [`Tokens::review`] is the one check: a request's bearer token is reviewed for the API
+//! server's own audience (so a token minted for another audience, such as a Meridian proxy's
+//! bootstrap credential for `meridian`, is no API credential), a TokenReview for the audiences it
+//! names. Its failures are the reasons a real server gives in `status.error`
+//! (`invalid bearer token`, `token audiences ["a"] is invalid for the target audiences ["b"]`,
+//! `service account token has expired`, `serviceaccounts "NAME" not found`, ...).
 
 use crate::error::ApiError;
 use crate::store::State;

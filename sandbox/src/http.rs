@@ -6,10 +6,15 @@
 //! (the legacy `/watch/` prefix is accepted). Verbs map as GET → get/list/watch, POST → create,
 //! PUT → update, PATCH → patch (merge, JSON, strategic, apply), DELETE → delete/deletecollection.
 //!
-//! POST and PUT bodies may be JSON, YAML, or Kubernetes protobuf (`application/vnd.kubernetes.protobuf`,
-//! what kubectl's `create secret|configmap|namespace|service` generators send; decoded into the
-//! same JSON by [`crate::protobuf`]). Answers are always JSON, which clients that prefer protobuf
-//! accept because client-go decodes by the response Content-Type.
+//! POST and PUT bodies (and DeleteOptions bodies) may be JSON (`application/json`, or no
+//! Content-Type, as kube-apiserver defaults), YAML (`application/yaml`), or Kubernetes protobuf
+//! (`application/vnd.kubernetes.protobuf`, what kubectl's `create secret|configmap|namespace|service`
+//! generators send; decoded into the same JSON by [`crate::protobuf`]); PATCH bodies are one of
+//! the four patch types ([`crate::patch`]). Any other Content-Type is a 415 before the body is
+//! decoded, as on a real server; this also refuses the `text/plain` and form bodies a web page
+//! may send cross-site without a preflight (see [`crate::guard`] for the `Host`/`Origin` side).
+//! Answers are always JSON, which clients that prefer protobuf accept because client-go decodes
+//! by the response Content-Type.
 //!
 //! Before routing, every request is authenticated ([`crate::auth`]: no credentials, the admin
 //! token, a ServiceAccount token, or 401; `Impersonate-User`/`-Group` switch to another identity

@@ -12,7 +12,7 @@
 //! RBAC.
 //!
 //! ```text
-//!   kubectl / kube-rs ──HTTP──▶ server (accept loop, hyper http1)
+//!   kubectl / kube-rs ──HTTP──▶ server (accept loop, hyper http1) ─▶ guard (Host, Origin)
 //!                                 └─▶ http: auth (who) ─▶ rbac (may they) ─▶ routing, verbs
 //!                                                             ├─▶ discovery / table / patch / apply
 //!                                                             └─▶ store (State: objects, RV, history)
@@ -28,7 +28,13 @@
 //! (`Status` bodies), [`protobuf`] (protobuf request bodies into JSON), [`openapi`] (OpenAPI
 //! documents with CRD schemas), [`auth`] (bearer tokens, the TokenRequest and TokenReview APIs,
 //! impersonation),
-//! [`rbac`] (Role/ClusterRole rules through RoleBindings and ClusterRoleBindings, 403 `Status`).
+//! [`rbac`] (Role/ClusterRole rules through RoleBindings and ClusterRoleBindings, 403 `Status`),
+//! [`guard`] (`Host` and `Origin` checks that keep web pages out: DNS rebinding, cross-site
+//! requests; [`SandboxConfig::allowed_hosts`]).
+//!
+//! Local safety: bodies in media types a real API server does not read get 415 ([`http`]),
+//! foreign `Host`/`Origin` values 403 ([`guard`]), and state files and the kubeconfig are
+//! written 0600 in directories created 0700 ([`persist`]). See `docs/sandbox.md`.
 //!
 //! Identities: a request without credentials is the all-powerful admin (what `meridian up` and
 //! most tests use), unless the cluster enforces RBAC for everyone ([`SandboxConfig::enforce_rbac`],

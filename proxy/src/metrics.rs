@@ -1,11 +1,33 @@
 //! Prometheus metrics of one proxy, in a registry of its own (several proxies can live in one
 //! process, e.g. in tests or `meridian up`).
 
+use std::sync::Arc;
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+use crate::mesh::Mesh;
+
+/// The certificate expiry gauge, computed when scraped (a renewal needs no hook here).
+struct ExpiryCollector {
+    mesh: Option<Arc<Mesh>>,
+    gauge: IntGauge,
+}
+
+impl Collector for ExpiryCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge
+            .set(self.mesh.as_ref().map_or(0, |m| m.expiry_unix()));
+        self.gauge.collect()
+    }
+}
 
 /// Buckets of `meridian_proxy_upstream_latency_seconds`.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -83,6 +105,9 @@ pub struct Metrics {
     pub state_writes: IntCounterVec,
     /// Generation in the state file as last written by this run (0 before the first write).
     pub state_generation: IntGauge,
+    /// Refused TLS handshakes, by listener (`east-west`) and reason (`no-certificate`,
+    /// `unknown-ca`, `wrong-identity`, `other`).
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -172,6 +197,13 @@ impl Metrics {
                 "meridian_proxy_state_written_generation",
                 "Generation of the snapshot last written to --state-dir by this run",
             )?,
+            tls_handshake_failures: counter_vec(
+                &r,
+                "meridian_proxy_tls_handshake_failures_total",
+                "TLS handshakes refused, by listener and reason (no-certificate, unknown-ca, \
+                 wrong-identity, other)",
+                &["listener", "reason"],
+            )?,
             registry: r,
         })
     }
@@ -179,6 +211,15 @@ impl Metrics {
     /// Adds a collector computed at scrape time (e.g. the per-Gateway traffic counters).
     pub fn register(&self, c: Box<dyn Collector>) -> Result<(), prometheus::Error> {
         self.registry.register(c)
+    }
+
+    /// Adds `meridian_proxy_certificate_expiry_seconds`, read from `mesh` at scrape time.
+    pub(crate) fn register_expiry(&self, mesh: Option<Arc<Mesh>>) -> Result<(), prometheus::Error> {
+        let gauge = IntGauge::new(
+            "meridian_proxy_certificate_expiry_seconds",
+            "Unix time at which the proxy's current mesh certificate expires (0 without one)",
+        )?;
+        self.register(Box::new(ExpiryCollector { mesh, gauge }))
     }
 
     /// The Prometheus text exposition of every metric.

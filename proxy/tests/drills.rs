@@ -66,6 +66,7 @@ async fn proxy_in_us_east() -> ProxyHandle {
             zone: "a".into(),
         },
         east_west: None,
+        ..Default::default()
     })
     .await
     .unwrap()

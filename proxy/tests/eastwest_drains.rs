@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{Echo, TEST_TIMEOUT, WAIT, answered_by, client, eventually, free_port, get_url};
 use meridian_model::Snapshot;
-use meridian_model::locality::Locality;
 use meridian_model::traffic::FailureKind;
-use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_proxy::ProxyHandle;
 use meridian_test_support::eventually_async;
 use serde_json::{Value, json};
 
@@ -38,17 +37,9 @@ fn endpoint(addr: SocketAddr, cluster: &str, region: &str, zone: &str, east_west
 }
 
 async fn proxy_at(cluster: &str, region: &str, zone: &str, east_west: bool) -> ProxyHandle {
-    ProxyHandle::start(ProxyConfig {
-        admin: None,
-        locality: Locality {
-            cluster: cluster.into(),
-            region: region.into(),
-            zone: zone.into(),
-        },
-        east_west: east_west.then(|| "127.0.0.1:0".parse().unwrap()),
-    })
-    .await
-    .unwrap()
+    common::mesh::proxy(cluster, region, zone, east_west)
+        .await
+        .0
 }
 
 /// B's snapshot: APP from EA (zone b-a) and EB (zone b-b), failback hysteresis, `drains`.

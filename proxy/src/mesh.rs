@@ -121,11 +121,19 @@ struct ClientCert {
     cert_key: Arc<CertKey>,
 }
 
+/// The health probes' TLS client, with the credentials and bundle it came from.
+struct ProbeConnector {
+    creds: Arc<Credentials>,
+    bundle: Arc<TrustBundle>,
+    connector: SslConnector,
+}
+
 /// The proxy's mesh identity as both ends of the east-west hop use it.
 pub(crate) struct Mesh {
     store: Arc<CertStore>,
     trust: ArcSwapOption<Trust>,
     client: ArcSwapOption<ClientCert>,
+    probe: ArcSwapOption<ProbeConnector>,
 }
 
 /// Verify errors that mean "not signed by a CA we trust".
@@ -144,6 +152,7 @@ impl Mesh {
             store,
             trust: ArcSwapOption::empty(),
             client: ArcSwapOption::empty(),
+            probe: ArcSwapOption::empty(),
         }
     }
 
@@ -251,21 +260,49 @@ impl Mesh {
     pub fn probe_ssl(&self, cluster: &str) -> Option<Ssl> {
         let creds = self.store.credentials()?;
         let trust = self.trust().ok()?;
-        let build = || -> Result<Ssl, ErrorStack> {
-            let mut b = SslConnector::builder(SslMethod::tls_client())?;
-            b.set_min_proto_version(Some(SslVersion::TLS1_3))?;
-            b.set_cert_store(clone_store(&trust)?);
-            b.set_private_key(creds.key())?;
-            b.set_certificate(creds.leaf())?;
-            for c in &creds.chain()[1..] {
-                b.add_extra_chain_cert(c.clone())?;
+        let name = trust.bundle.trust_domain().cluster_dns_name(cluster);
+        let cached = self
+            .probe
+            .load_full()
+            .filter(|p| Arc::ptr_eq(&p.creds, &creds) && Arc::ptr_eq(&p.bundle, &trust.bundle));
+        let connector = match cached {
+            Some(p) => p,
+            None => {
+                // Built once per renewal: a connector reads the system's CA files when made.
+                let built = probe_connector(&creds, &trust)
+                    .inspect_err(
+                        |e| tracing::debug!(error = %e, "east-west probe TLS setup failed"),
+                    )
+                    .ok()?;
+                let p = Arc::new(ProbeConnector {
+                    creds,
+                    bundle: trust.bundle.clone(),
+                    connector: built,
+                });
+                self.probe.store(Some(p.clone()));
+                p
             }
-            b.build().configure()?.into_ssl(&self.server_name(cluster))
         };
-        build()
+        connector
+            .connector
+            .configure()
+            .and_then(|c| c.into_ssl(&name))
             .inspect_err(|e| tracing::debug!(error = %e, "east-west probe TLS setup failed"))
             .ok()
     }
+}
+
+/// The health probes' TLS client for the credentials and bundle it was made from.
+fn probe_connector(creds: &Credentials, trust: &Trust) -> Result<SslConnector, ErrorStack> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_3))?;
+    b.set_cert_store(clone_store(trust)?);
+    b.set_private_key(creds.key())?;
+    b.set_certificate(creds.leaf())?;
+    for c in &creds.chain()[1..] {
+        b.add_extra_chain_cert(c.clone())?;
+    }
+    Ok(b.build())
 }
 
 /// A fresh store with the bundle's certificates (a connector takes its store by value).

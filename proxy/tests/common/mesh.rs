@@ -23,7 +23,7 @@ pub const TTL: Duration = Duration::from_secs(3600);
 /// The mesh of this test binary.
 pub fn ca() -> &'static Ca {
     static CA: OnceLock<Ca> = OnceLock::new();
-    CA.get_or_init(|| new_ca())
+    CA.get_or_init(new_ca)
 }
 
 /// A CA of another mesh with the same trust domain name (its certificates must not be trusted).

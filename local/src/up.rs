@@ -17,7 +17,9 @@
 //! 3. Start the distribution server and the controller (`start_controller`, through the
 //!    controller crate's `DistributedDataPlane`, as `meridian controller` runs it), then one proxy
 //!    per cluster (`start_proxies`); proxy `i` advertises `127.0.(10+i).1`, so every region has its
-//!    own address for port 80.
+//!    own address for port 80. Each proxy gets a certificate of an in-memory mesh CA made for the
+//!    run (its identity: cluster, region, zone, proxy id), which the east-west hop of
+//!    `--multi-network` uses for mutual TLS.
 //! 4. With the demo (`start_demo`): start echo backends (`127.0.(100+i).{1,2}:8080`, zones
 //!    `<region>-a/-b`) and apply `examples/demo/` plus each cluster's EndpointSlice to every
 //!    cluster.
@@ -35,6 +37,9 @@ use kube::api::{Api, Patch, PatchParams};
 use meridian_controller::distributed::DistributedDataPlane;
 use meridian_controller::distributed::addresses::{AddressPools, AddressRange};
 use meridian_controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster};
+use meridian_distribution::pki::{
+    Ca, CertStore, Credentials, PkiError, ProxyIdentity, TrustDomain, csr_pem, new_key,
+};
 use meridian_distribution::{Client, ClientConfig, DistributionServer, Hello, ServerConfig};
 use meridian_model::locality::Locality;
 use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
@@ -133,6 +138,9 @@ pub enum UpError {
     /// The controller did not start.
     #[error("starting the controller")]
     Controller(#[source] BoxError),
+    /// The run's mesh CA cannot be made.
+    #[error("creating the mesh CA")]
+    Identity(#[source] BoxError),
     /// A proxy did not start.
     #[error("starting the proxy of {cluster} (admin {admin})")]
     Proxy {
@@ -636,6 +644,10 @@ async fn start_proxies(
     plans: &[ClusterPlan],
     control: &Control,
 ) -> Result<Vec<Proxy>, UpError> {
+    // The mesh CA of this run, in memory only: every proxy gets a certificate from it (the
+    // east-west hop of --multi-network is mutual TLS with them).
+    let ca = Ca::generate(&TrustDomain::default(), MESH_CA_VALIDITY)
+        .map_err(|e| UpError::Identity(e.into()))?;
     let mut proxies = Vec::new();
     for (i, c) in plans.iter().enumerate() {
         let port = if args.admin_base_port == 0 {
@@ -644,7 +656,7 @@ async fn start_proxies(
             args.admin_base_port + i as u16
         };
         let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        proxies.push(start_proxy(args, c, admin, control).await?);
+        proxies.push(start_proxy(args, c, admin, control, &ca).await?);
     }
     Ok(proxies)
 }
@@ -654,12 +666,15 @@ async fn start_proxy(
     c: &ClusterPlan,
     admin: SocketAddr,
     control: &Control,
+    ca: &Ca,
 ) -> Result<Proxy, UpError> {
     let proxy_error = |source: BoxError| UpError::Proxy {
         cluster: c.name.clone(),
         admin,
         source,
     };
+    let proxy_id = format!("{}-proxy", c.name);
+    let identity = proxy_identity(ca, c, &proxy_id).map_err(|e| proxy_error(e.into()))?;
     let handle = Arc::new(
         ProxyHandle::start(ProxyConfig {
             admin: Some(admin),
@@ -674,6 +689,8 @@ async fn start_proxy(
                 let [a, b, c, _] = c.proxy_address.octets();
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 254)), 15443)
             }),
+            identity: Some(Arc::new(identity)),
+            east_west_plaintext: false,
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,
@@ -682,7 +699,7 @@ async fn start_proxy(
         control.url.clone(),
         Some(control.token.clone()),
         Hello {
-            proxy_id: format!("{}-proxy", c.name),
+            proxy_id,
             cluster: c.name.clone(),
             region: c.region.clone(),
             zone: c.zones[0].clone(),
@@ -710,6 +727,23 @@ async fn start_proxy(
         task,
         admin,
     })
+}
+
+/// How long the in-memory mesh CA of a run is valid.
+const MESH_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long a proxy certificate issued by `meridian up` is valid. Nothing renews it yet (the
+/// controller link's bootstrap and renewal will), so it outlives any demo session.
+const PROXY_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A certificate of the run's mesh for the proxy of cluster `c`, issued as a proxy gets one:
+/// its own key, a CSR, the CA's signature.
+fn proxy_identity(ca: &Ca, c: &ClusterPlan, proxy_id: &str) -> Result<CertStore, PkiError> {
+    let who = ProxyIdentity::new(&c.name, &c.region, &c.zones[0], proxy_id)?;
+    let key = new_key()?;
+    let csr = csr_pem(&key, &who)?;
+    let pem = ca.issue_proxy(csr.as_bytes(), &who, PROXY_CERT_TTL)?;
+    let creds = Credentials::new(pem, key, ca.trust_domain())?;
+    Ok(CertStore::with_credentials(ca.bundle(), creds))
 }
 
 /// Step 4: echo backends in two zones per region, and the demo manifests in every cluster.

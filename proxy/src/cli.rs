@@ -179,8 +179,9 @@ pub struct ProxyArgs {
     /// none (nothing kept). In a pod: an `emptyDir`, e.g. `/var/lib/meridian`.
     #[arg(long, value_name = "DIR", requires = "controller")]
     pub state_dir: Option<PathBuf>,
-    /// East-west listener (`ip:port`, plain HTTP) where proxies of other networks reach this
-    /// network's backends (multi-network clusters); reported to the controller. On an unspecified
+    /// East-west listener (`ip:port`, mutual TLS with the proxy's mesh identity) where proxies
+    /// of other networks reach this network's backends (multi-network clusters); reported to the
+    /// controller. Needs the mesh identity (a certificate from the controller). On an unspecified
     /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
     #[arg(long = "east-west", value_name = "ADDR")]
     pub east_west: Option<SocketAddr>,
@@ -205,6 +206,10 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
                 zone: args.zone.clone(),
             },
             east_west: args.east_west,
+            // The certificate comes with the controller link's bootstrap (not wired here yet):
+            // until then `--east-west` refuses to start (StartError::NoIdentity).
+            identity: None,
+            east_west_plaintext: false,
         })
         .await?;
         let client = match &source {

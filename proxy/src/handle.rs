@@ -14,7 +14,8 @@
 //! carry over exactly as with `apply`.
 //!
 //! ```text
-//! start ─ metrics ─ bind east-west (a taken port fails the start) ─ Shared
+//! start ─ metrics ─ hop security (identity? east-west without one fails the start)
+//!       ─ bind east-west (a taken port fails the start) ─ Shared
 //!       ─ HttpProxy<GatewayProxy> + accept context (sockets come with snapshots)
 //!       ─ HttpProxy<EastWestProxy> + its accept loop (with ProxyConfig::east_west)
 //!       ─ health checker task ─ admin listener
@@ -23,7 +24,9 @@
 //! With [`ProxyConfig::east_west`] the proxy also runs an east-west listener from the start: a
 //! second pingora app ([`EastWestProxy`](crate::gateway::EastWestProxy)) over the same shared
 //! state, serving the served snapshot's `east_west` backends to proxies of other networks (a
-//! snapshot without them leaves it answering 404). [`StartError`] says why a start failed.
+//! snapshot without them leaves it answering 404). It speaks only mutual TLS with the mesh
+//! identity of [`ProxyConfig::identity`] (mesh.rs), so a proxy without one cannot open it.
+//! [`StartError`] says why a start failed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use meridian_distribution::pki::CertStore;
 use meridian_distribution::{EndpointChange, GatewayTrafficReport};
 
 use meridian_model::locality::Locality;
@@ -52,10 +56,11 @@ use crate::admin::{self, AdminAuth};
 use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
 use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
-use crate::listeners::{self, AcceptCtx, ListenerSet};
+use crate::listeners::{self, AcceptCtx, ListenerSet, Sockets};
+use crate::mesh::{HandshakeFailure, Mesh};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
-use crate::state::{EastWestSide, Served, Shared, TlsCert};
+use crate::state::{EastWestSide, HopSecurity, Served, Shared, TlsCert};
 use crate::traffic::{TrafficCollector, TrafficRegistry};
 
 /// How long `shutdown` waits for connections in flight.
@@ -72,10 +77,18 @@ pub struct ProxyConfig {
     pub admin_auth: AdminAuth,
     /// Where this proxy runs (endpoint preference).
     pub locality: Locality,
-    /// East-west listener (plain HTTP/1.1 and h2c) serving the snapshot's east-west backends to
-    /// proxies of other networks; `None` runs none. Port 0 takes a free port
-    /// ([`ProxyHandle::east_west_addr`] tells which).
+    /// East-west listener (mutual TLS 1.3, HTTP/1.1 and h2) serving the snapshot's east-west
+    /// backends to proxies of other networks; `None` runs none. Port 0 takes a free port
+    /// ([`ProxyHandle::east_west_addr`] tells which). Needs [`ProxyConfig::identity`].
     pub east_west: Option<SocketAddr>,
+    /// The proxy's mesh identity: its current certificate (renewals swap it in the store) and
+    /// the mesh CA bundle. The east-west hop, both ways, is mutual TLS with it; without it the
+    /// proxy runs no east-west listener and its tries at east-west endpoints fail.
+    pub identity: Option<Arc<CertStore>>,
+    /// Plain HTTP on the east-west hop, both ways, without any identity: only for benchmarks
+    /// comparing with mutual TLS and for tests. Not reachable from the command line.
+    #[doc(hidden)]
+    pub east_west_plaintext: bool,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -158,6 +171,12 @@ pub enum StartError {
     /// OpenSSL cannot set up the TLS acceptor.
     #[error(transparent)]
     Tls(#[from] ErrorStack),
+    /// An east-west listener was asked for without [`ProxyConfig::identity`].
+    #[error(
+        "east-west needs the mesh identity (a certificate from the controller): this proxy has \
+         none, so it cannot open the east-west listener {0}"
+    )]
+    NoIdentity(SocketAddr),
 }
 
 /// The Gateway listeners' pingora app.
@@ -208,20 +227,35 @@ fn east_west_side(local: SocketAddr, traffic: &TrafficRegistry) -> Option<EastWe
     })
 }
 
-/// Starts the accept loop of the east-west listener, bound at `local` (asked for as `addr`).
+/// Starts the accept loop of the east-west listener, bound at `local` (asked for as `addr`):
+/// mutual TLS with the mesh identity, or plain HTTP with `Shared::hop` plaintext.
 fn start_east_west(
     (addr, local, listener): (SocketAddr, SocketAddr, TcpListener),
     shared: &Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     active: Arc<AtomicUsize>,
 ) -> Result<EastWestListener, StartError> {
+    let mesh = match &shared.hop {
+        HopSecurity::Mesh(m) => Some(m.clone()),
+        HopSecurity::Plaintext => None,
+        HopSecurity::NoIdentity => return Err(StartError::NoIdentity(addr)),
+    };
+    if mesh.is_some() {
+        // Every reason from the start, so a dashboard sees zeros rather than nothing.
+        for reason in HandshakeFailure::ALL {
+            shared
+                .metrics
+                .tls_handshake_failures
+                .with_label_values(&[EAST_WEST, reason.label()]);
+        }
+    }
     let accept = Arc::new(AcceptCtx {
         app: Arc::new(app(EastWestProxy::new(shared.clone()))),
         shared: shared.clone(),
         shutdown,
-        tls: listeners::tls_acceptor()?,
+        tls: listeners::east_west_acceptor()?,
         active,
-        plain: true,
+        sockets: Sockets::EastWest(mesh),
     });
     let mut set = ListenerSet::default();
     set.start(vec![(addr, listener)], &accept);
@@ -269,6 +303,18 @@ impl ProxyHandle {
             None => TrafficRegistry::default(),
         });
         metrics.register(Box::new(TrafficCollector::new(traffic.clone())?))?;
+        let hop = match (&cfg.identity, cfg.east_west_plaintext) {
+            (_, true) => HopSecurity::Plaintext,
+            (Some(store), false) => HopSecurity::Mesh(Arc::new(Mesh::new(store.clone()))),
+            (None, false) => HopSecurity::NoIdentity,
+        };
+        metrics.register_expiry(match &hop {
+            HopSecurity::Mesh(m) => Some(m.clone()),
+            _ => None,
+        })?;
+        if let (Some(addr), HopSecurity::NoIdentity) = (cfg.east_west, &hop) {
+            return Err(StartError::NoIdentity(addr));
+        }
         // Bound first: a taken port fails the start before any task runs.
         let east_west_socket = match cfg.east_west {
             Some(addr) => {
@@ -287,6 +333,7 @@ impl ProxyHandle {
             east_west: east_west_socket
                 .as_ref()
                 .and_then(|(_, local, _)| east_west_side(*local, &traffic)),
+            hop,
             traffic,
             last_error: Default::default(),
             controller: Default::default(),
@@ -301,7 +348,7 @@ impl ProxyHandle {
             shutdown: shutdown_rx.clone(),
             tls: listeners::tls_acceptor()?,
             active: active.clone(),
-            plain: false,
+            sockets: Sockets::Gateway,
         });
         let east_west = east_west_socket
             .map(|socket| start_east_west(socket, &shared, shutdown_rx, active))

@@ -18,7 +18,9 @@
 //! health per backend that uses it. Its TCP probe is one connect shared by those keys; an HTTP
 //! probe is sent per backend and carries
 //! `x-meridian-backend: <backend>`, so the remote proxy answers it from that backend's endpoints
-//! (a backend without healthy endpoints over there fails its probe; the others do not). The
+//! (a backend without healthy endpoints over there fails its probe; the others do not). Both
+//! run over mutual TLS (mesh.rs): the handshake, expecting a proxy of the endpoint's cluster, is
+//! part of the connect. The
 //! endpoints of the snapshot's east-west backends (what this proxy serves to other networks) are
 //! probed like any other.
 
@@ -31,13 +33,14 @@ use futures::StreamExt;
 use meridian_model::snapshot::{
     Backend, BackendTarget, Endpoint, FailoverPolicy, Filter, Snapshot,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pingora_core::tls::tokio_ssl::SslStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::endpoints::{EndpointKey, ProbeOutcome, Readmit};
 use crate::gateway::BACKEND_HEADER;
-use crate::state::Shared;
+use crate::state::{HopSecurity, Shared};
 
 /// Probe interval without a policy.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -59,6 +62,8 @@ pub(crate) struct Probe {
     pub readmit: Readmit,
     /// For an east-west endpoint: the backend named in `x-meridian-backend` of HTTP probes.
     pub east_west_backend: Option<String>,
+    /// For an east-west endpoint: the cluster of the remote proxy (mutual TLS expects it).
+    pub east_west_cluster: Option<String>,
 }
 
 impl Probe {
@@ -84,6 +89,7 @@ impl Probe {
                 slow_start: fb.map_or(Duration::ZERO, |f| Duration::from_millis(f.slow_start_ms)),
             },
             east_west_backend: None,
+            east_west_cluster: None,
         }
     }
 }
@@ -105,6 +111,7 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
                     .clone();
                 if e.east_west {
                     p.east_west_backend = Some(backend.to_string());
+                    p.east_west_cluster = Some(e.cluster.clone());
                 }
                 p
             });
@@ -148,38 +155,59 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
     out
 }
 
-/// One probe: connect (and GET the path) within the timeout.
-pub(crate) async fn probe(addr: SocketAddr, p: &Probe) -> bool {
+/// One probe: connect (and GET the path) within the timeout. An east-west endpoint is a remote
+/// proxy's mutual TLS listener: the TLS handshake (with the same identity and expectations as a
+/// try, mesh.rs) is part of the connect, and the GET goes over it.
+pub(crate) async fn probe(addr: SocketAddr, p: &Probe, hop: &HopSecurity) -> bool {
     let work = async {
-        let mut tcp = TcpStream::connect(addr).await.ok()?;
-        let Some(path) = &p.http_path else {
-            return Some(true);
-        };
-        let via = match &p.east_west_backend {
-            // A name that cannot be a header value cannot be asked for: the probe fails.
-            Some(b) if http::HeaderValue::from_str(b).is_err() => return None,
-            Some(b) => format!("{BACKEND_HEADER}: {b}\r\n"),
-            None => String::new(),
-        };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: meridian-health\r\n{via}Connection: close\r\n\r\n"
-        );
-        tcp.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = vec![0u8; HTTP_PROBE_READ];
-        let mut n = 0;
-        while n < 12 {
-            let got = tcp.read(&mut buf[n..]).await.ok()?;
-            if got == 0 {
-                break;
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        match (&p.east_west_cluster, hop) {
+            (Some(cluster), HopSecurity::Mesh(mesh)) => {
+                let ssl = mesh.probe_ssl(cluster)?;
+                let mut tls = SslStream::new(ssl, tcp).ok()?;
+                std::pin::Pin::new(&mut tls).connect().await.ok()?;
+                http_probe(tls, addr, p).await
             }
-            n += got;
+            // Nothing to prove who we are with: the remote proxy would refuse us.
+            (Some(_), HopSecurity::NoIdentity) => None,
+            _ => http_probe(tcp, addr, p).await,
         }
-        // "HTTP/1.1 200" — 2xx and 3xx count as healthy.
-        let line = std::str::from_utf8(&buf[..n]).ok()?;
-        let code = line.split(' ').nth(1)?.get(..3)?;
-        Some(code.starts_with('2') || code.starts_with('3'))
     };
     matches!(tokio::time::timeout(p.timeout, work).await, Ok(Some(true)))
+}
+
+/// The HTTP part of a probe on a connected stream (`true` right away for a TCP probe).
+async fn http_probe<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: S,
+    addr: SocketAddr,
+    p: &Probe,
+) -> Option<bool> {
+    let Some(path) = &p.http_path else {
+        return Some(true);
+    };
+    let via = match &p.east_west_backend {
+        // A name that cannot be a header value cannot be asked for: the probe fails.
+        Some(b) if http::HeaderValue::from_str(b).is_err() => return None,
+        Some(b) => format!("{BACKEND_HEADER}: {b}\r\n"),
+        None => String::new(),
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: meridian-health\r\n{via}Connection: close\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; HTTP_PROBE_READ];
+    let mut n = 0;
+    while n < 12 {
+        let got = tcp.read(&mut buf[n..]).await.ok()?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    // "HTTP/1.1 200" — 2xx and 3xx count as healthy.
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    let code = line.split(' ').nth(1)?.get(..3)?;
+    Some(code.starts_with('2') || code.starts_with('3'))
 }
 
 /// Runs the health checker until `shutdown` turns true.
@@ -202,7 +230,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         if due.is_empty() {
             continue;
         }
-        let results = probe_all(due).await;
+        let results = probe_all(due, &shared.hop).await;
         record_results(&shared, results);
     }
 }
@@ -255,7 +283,10 @@ impl Rounds {
 /// Probes the `due` endpoints, at most [`MAX_IN_FLIGHT`] at a time: one connection per distinct
 /// probe, since the keys of one east-west endpoint (one per backend) share a TCP probe (a TCP
 /// connect says nothing about a backend). The result of each probe, with the keys it stands for.
-async fn probe_all(due: Vec<(EndpointKey, Probe)>) -> Vec<(bool, Vec<(EndpointKey, Readmit)>)> {
+async fn probe_all(
+    due: Vec<(EndpointKey, Probe)>,
+    hop: &HopSecurity,
+) -> Vec<(bool, Vec<(EndpointKey, Readmit)>)> {
     let mut groups: HashMap<ProbeRequest, (Probe, Vec<(EndpointKey, Readmit)>)> = HashMap::new();
     for (key, p) in due {
         groups
@@ -265,7 +296,7 @@ async fn probe_all(due: Vec<(EndpointKey, Probe)>) -> Vec<(bool, Vec<(EndpointKe
             .push((key, p.readmit));
     }
     futures::stream::iter(groups)
-        .map(|(req, (p, keys))| async move { (probe(req.addr, &p).await, keys) })
+        .map(|(req, (p, keys))| async move { (probe(req.addr, &p, hop).await, keys) })
         .buffer_unordered(MAX_IN_FLIGHT)
         .collect()
         .await
@@ -297,6 +328,8 @@ struct ProbeRequest {
     http_path: Option<String>,
     /// Only an HTTP probe carries the backend.
     backend: Option<String>,
+    /// Mutual TLS to a proxy of this cluster (an east-west endpoint).
+    tls_cluster: Option<String>,
 }
 
 impl ProbeRequest {
@@ -306,6 +339,7 @@ impl ProbeRequest {
             timeout: p.timeout,
             http_path: p.http_path.clone(),
             backend: p.http_path.as_ref().and(p.east_west_backend.clone()),
+            tls_cluster: p.east_west_cluster.clone(),
         }
     }
 }
@@ -343,10 +377,10 @@ mod tests {
             east_west_backend: b.map(str::to_string),
             ..Probe::from_policy(None)
         };
-        assert!(probe(addr, &via(Some("ns/a:80"))).await);
-        assert!(!probe(addr, &via(Some("ns/b:80"))).await);
+        assert!(probe(addr, &via(Some("ns/a:80")), &HopSecurity::Plaintext).await);
+        assert!(!probe(addr, &via(Some("ns/b:80")), &HopSecurity::Plaintext).await);
         // A name that cannot be a header value fails without asking.
-        assert!(!probe(addr, &via(Some("bad\r\nname"))).await);
+        assert!(!probe(addr, &via(Some("bad\r\nname")), &HopSecurity::Plaintext).await);
         server.abort();
     }
 
@@ -428,19 +462,19 @@ mod tests {
         });
         let tcp = Probe::from_policy(None);
         assert_eq!(tcp.interval, DEFAULT_INTERVAL);
-        assert!(probe(up, &tcp).await);
+        assert!(probe(up, &tcp, &HopSecurity::Plaintext).await);
         let http = |path: &str| Probe {
             http_path: Some(path.to_string()),
             ..Probe::from_policy(None)
         };
-        assert!(probe(up, &http("/ok")).await);
-        assert!(!probe(up, &http("/bad")).await);
+        assert!(probe(up, &http("/ok"), &HopSecurity::Plaintext).await);
+        assert!(!probe(up, &http("/bad"), &HopSecurity::Plaintext).await);
         server.abort();
         // A closed port.
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        assert!(!probe(closed, &tcp).await);
+        assert!(!probe(closed, &tcp, &HopSecurity::Plaintext).await);
     }
 }

@@ -8,7 +8,7 @@
 //!                                                                             │ request/handshake
 //! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HttpProxy<GatewayProxy>
 //!             gateway/route.rs: route ─ filters (gateway/filters.rs) ─ weighted backend
-//! remote proxy ─► east-west listener (plain) ──────────────────► HttpProxy<EastWestProxy>
+//! remote proxy ─► east-west listener (mutual TLS, mesh.rs) ────► HttpProxy<EastWestProxy>
 //!             gateway/east_west.rs: the backend named in x-meridian-backend
 //!          both ─► Forwarder (gateway/upstream.rs, gateway/response.rs): endpoint
 //!             (endpoints.rs) ─ upstream (pooled, h1 or h2c) ─ retries/failover ─ response
@@ -54,8 +54,10 @@
 //! from its own endpoints (`Snapshot.east_west`) on its east-west listener
 //! ([`ProxyConfig::east_west`], `--east-west ADDR`), adding `x-meridian-served-by`. Both ends live
 //! in gateway/east_west.rs (the receiver is its own `ProxyHttp`, `EastWestProxy`; the sender is
-//! any try at such an endpoint); health is kept per (remote proxy, backend) (endpoints.rs). Plain
-//! HTTP between proxies: there is no mTLS on the east-west hop yet.
+//! any try at such an endpoint); health is kept per (remote proxy, backend) (endpoints.rs). The
+//! hop is mutual TLS 1.3 with the proxy's mesh identity ([`ProxyConfig::identity`], mesh.rs): the
+//! listener admits only proxies of other clusters of the mesh, the sender only the cluster the
+//! endpoint belongs to.
 //!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but
@@ -74,6 +76,7 @@ mod handle;
 mod headers;
 mod health;
 mod listeners;
+mod mesh;
 mod metrics;
 mod mirror;
 mod state;

@@ -15,8 +15,15 @@
 //! ```
 //!
 //! The east-west listener (for proxies of other networks) runs the same loop with its own app
-//! (`HttpProxy<EastWestProxy>`, gateway/east_west.rs) and is always plain HTTP (HTTP/1.1 or h2c),
-//! whatever the snapshot says.
+//! (`HttpProxy<EastWestProxy>`, gateway/east_west.rs), whatever the snapshot says: mutual TLS 1.3
+//! with the proxy's mesh identity (mesh.rs), ALPN h2/http1.1:
+//!
+//! ```text
+//! EAST-WEST ─► openssl handshake; per handshake (certificate callback, `Mesh::accept`): our
+//!              current certificate, the current mesh bundle as trust store, a verify callback
+//!              admitting only proxies of other clusters ─► app.process_new
+//!              failed ─► counted by reason (meridian_proxy_tls_handshake_failures_total), closed
+//! ```
 //!
 //! A stopped loop closes its socket; connections it accepted keep running until they finish.
 //! The protocol of a socket is read from the current snapshot for every connection, so a socket
@@ -43,14 +50,15 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::tls::error::ErrorStack;
 use pingora_core::tls::ext;
 use pingora_core::tls::ssl::{
-    AlpnError, NameType, SslAcceptor, SslMethod, SslVersion, select_next_proto,
+    AlpnError, NameType, SslAcceptor, SslMethod, SslVerifyMode, SslVersion, select_next_proto,
 };
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::buffered::Buffered;
-use crate::gateway::TlsConnInfo;
+use crate::gateway::{EAST_WEST, TlsConnInfo};
+use crate::mesh::{HandshakeFailure, Mesh, Verdict};
 use crate::state::Shared;
 
 /// What an accept loop feeds connections to (a pingora `HttpProxy`).
@@ -68,8 +76,17 @@ pub(crate) struct AcceptCtx<A> {
     pub tls: SslAcceptor,
     /// Connections being served (for graceful shutdown).
     pub active: Arc<AtomicUsize>,
-    /// Every socket of this context is plain HTTP (the east-west listener): no snapshot lookup.
-    pub plain: bool,
+    /// What the sockets of this context are.
+    pub sockets: Sockets,
+}
+
+/// The sockets of an accept context.
+pub(crate) enum Sockets {
+    /// Gateway listeners: HTTP or HTTPS as the served snapshot says.
+    Gateway,
+    /// The east-west listener: mutual TLS with this mesh identity, or plain HTTP without one
+    /// (only with `ProxyConfig::east_west_plaintext`, for benchmarks).
+    EastWest(Option<Arc<Mesh>>),
 }
 
 /// Builds the TLS acceptor: no static certificate (the callback installs one per handshake),
@@ -77,6 +94,21 @@ pub(crate) struct AcceptCtx<A> {
 pub(crate) fn tls_acceptor() -> Result<SslAcceptor, ErrorStack> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_alpn_select_callback(|_, client| {
+        select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
+    });
+    Ok(b.build())
+}
+
+/// The east-west listener's TLS acceptor: TLS 1.3 only, a client certificate required, no
+/// session tickets (every connection is verified against the current bundle), ALPN preferring h2.
+/// Certificate, trust store and identity check come per handshake (`Mesh::accept`).
+pub(crate) fn east_west_acceptor() -> Result<SslAcceptor, ErrorStack> {
+    let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_3))?;
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    b.set_num_tickets(0)?;
+    b.set_session_id_context(b"meridian-east-west")?;
     b.set_alpn_select_callback(|_, client| {
         select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
     });
@@ -181,11 +213,11 @@ async fn accept_loop<A: App>(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
+                Ok((tcp, peer)) => {
                     let ctx = ctx.clone();
                     ctx.active.fetch_add(1, Ordering::AcqRel);
                     tokio::spawn(async move {
-                        serve_connection(tcp, addr, &ctx).await;
+                        serve_connection(tcp, addr, peer, &ctx).await;
                         ctx.active.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
@@ -202,6 +234,7 @@ async fn accept_loop<A: App>(
 async fn serve_connection<A: App>(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
+    peer: SocketAddr,
     ctx: &AcceptCtx<A>,
 ) {
     if let Err(e) = tcp.set_nodelay(true) {
@@ -212,14 +245,21 @@ async fn serve_connection<A: App>(
     l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
     // Under TLS too, as pingora layers it: records are read whole and written together.
     let l4 = Buffered::new(l4);
-    let protocol = if ctx.plain {
-        Some(Protocol::Http)
-    } else {
-        ctx.shared
+    let protocol = match &ctx.sockets {
+        Sockets::EastWest(None) => Some(Protocol::Http),
+        Sockets::EastWest(Some(mesh)) => {
+            let Some(s) = east_west_handshake(l4, addr, peer, mesh, ctx).await else {
+                return;
+            };
+            ctx.app.process_new(s, &ctx.shutdown).await;
+            return;
+        }
+        Sockets::Gateway => ctx
+            .shared
             .served
             .load()
             .as_ref()
-            .and_then(|s| s.protocol(addr))
+            .and_then(|s| s.protocol(addr)),
     };
     let stream: Stream = match protocol {
         Some(Protocol::Http) => Box::new(l4),
@@ -245,6 +285,55 @@ async fn serve_connection<A: App>(
         None => return,
     };
     ctx.app.process_new(stream, &ctx.shutdown).await;
+}
+
+/// The mutual TLS handshake of an east-west connection from `peer`; `None` (counted and logged
+/// with its reason) when it failed.
+async fn east_west_handshake<A: App>(
+    l4: Buffered<L4Stream>,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    mesh: &Arc<Mesh>,
+    ctx: &AcceptCtx<A>,
+) -> Option<Stream> {
+    let callbacks = MeshAccept {
+        mesh: mesh.clone(),
+        verdict: Arc::new(Verdict::default()),
+    };
+    let handshake = handshake_with_callback(&ctx.tls, l4, &callbacks);
+    let (reason, error) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(s)) => return Some(Box::new(s)),
+        Ok(Err(e)) => (
+            callbacks
+                .verdict
+                .get()
+                .unwrap_or_else(|| HandshakeFailure::of_error(&e)),
+            e.to_string(),
+        ),
+        Err(_) => (HandshakeFailure::Other, "timed out".to_string()),
+    };
+    ctx.shared
+        .metrics
+        .tls_handshake_failures
+        .with_label_values(&[EAST_WEST, reason.label()])
+        .inc();
+    tracing::debug!(socket = %addr, %peer, reason = reason.label(), %error, "east-west TLS handshake refused");
+    None
+}
+
+/// Sets up each east-west handshake from the mesh identity held right now.
+struct MeshAccept {
+    mesh: Arc<Mesh>,
+    verdict: Arc<Verdict>,
+}
+
+#[async_trait]
+impl TlsAccept for MeshAccept {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        if let Err(why) = self.mesh.accept(ssl, self.verdict.clone()) {
+            tracing::warn!("east-west handshake refused: {why}");
+        }
+    }
 }
 
 /// Chooses the certificate during the handshake from the router being served right now.

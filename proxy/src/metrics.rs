@@ -1,11 +1,33 @@
 //! Prometheus metrics of one proxy, in a registry of its own (several proxies can live in one
 //! process, e.g. in tests or `meridian up`).
 
+use std::sync::Arc;
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+use crate::mesh::Mesh;
+
+/// The certificate expiry gauge, computed when scraped (a renewal needs no hook here).
+struct ExpiryCollector {
+    mesh: Option<Arc<Mesh>>,
+    gauge: IntGauge,
+}
+
+impl Collector for ExpiryCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge
+            .set(self.mesh.as_ref().map_or(0, |m| m.expiry_unix()));
+        self.gauge.collect()
+    }
+}
 
 /// Buckets of `meridian_proxy_upstream_latency_seconds`.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -86,6 +108,9 @@ pub struct Metrics {
     /// Admin requests refused for want of a valid token, by path (`/config_dump`, `/metrics`,
     /// `other`).
     pub admin_refused: IntCounterVec,
+    /// Refused TLS handshakes, by listener (`east-west`) and reason (`no-certificate`,
+    /// `unknown-ca`, `wrong-identity`, `other`).
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -181,6 +206,13 @@ impl Metrics {
                 "Admin listener requests refused (401) for want of a valid bearer token",
                 &["path"],
             )?,
+            tls_handshake_failures: counter_vec(
+                &r,
+                "meridian_proxy_tls_handshake_failures_total",
+                "TLS handshakes refused, by listener and reason (no-certificate, unknown-ca, \
+                 wrong-identity, other)",
+                &["listener", "reason"],
+            )?,
             registry: r,
         })
     }
@@ -188,6 +220,15 @@ impl Metrics {
     /// Adds a collector computed at scrape time (e.g. the per-Gateway traffic counters).
     pub fn register(&self, c: Box<dyn Collector>) -> Result<(), prometheus::Error> {
         self.registry.register(c)
+    }
+
+    /// Adds `meridian_proxy_certificate_expiry_seconds`, read from `mesh` at scrape time.
+    pub(crate) fn register_expiry(&self, mesh: Option<Arc<Mesh>>) -> Result<(), prometheus::Error> {
+        let gauge = IntGauge::new(
+            "meridian_proxy_certificate_expiry_seconds",
+            "Unix time at which the proxy's current mesh certificate expires (0 without one)",
+        )?;
+        self.register(Box::new(ExpiryCollector { mesh, gauge }))
     }
 
     /// The Prometheus text exposition of every metric.

@@ -17,6 +17,7 @@ use pingora_core::tls::x509::X509;
 use crate::budget::RetryBudget;
 use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::traffic::TrafficRegistry;
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     pub controller: Mutex<Option<ControllerLink>>,
     /// The east-west listener's identity, if the proxy has one.
     pub east_west: Option<EastWestSide>,
+    /// How tries and probes at east-west endpoints are secured.
+    pub hop: HopSecurity,
     /// Where the served snapshot came from (`None` before the first one).
     pub source: Mutex<Option<SnapshotSource>>,
     /// The state file with `--state-dir` (`None` without).
@@ -112,6 +115,17 @@ pub(crate) struct StateFileStatus {
     pub written: Option<(u64, String)>,
     /// Why the last write or the restore failed (cleared by the next successful write).
     pub last_error: Option<String>,
+}
+
+/// How this proxy secures the east-west hops it sends.
+pub(crate) enum HopSecurity {
+    /// Mutual TLS with the proxy's mesh identity.
+    Mesh(Arc<Mesh>),
+    /// No identity: a try at an east-west endpoint fails its handshake (there is nothing to
+    /// prove who we are with), so it moves on like after a refused connection.
+    NoIdentity,
+    /// Plain HTTP (`ProxyConfig::east_west_plaintext`: benchmarks and tests only).
+    Plaintext,
 }
 
 /// What requests on the east-west listener use in place of a Gateway listener and Gateway.

@@ -13,29 +13,20 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::mesh;
 use common::{Echo, TEST_TIMEOUT, WAIT, answered_by, client, eventually, free_port, get_url};
 use meridian_model::Snapshot;
-use meridian_model::locality::Locality;
-use meridian_proxy::{AdminAuth, ApplyError, ProxyConfig, ProxyHandle};
+use meridian_proxy::{ApplyError, ProxyHandle};
 use serde_json::{Value, json};
 
 const APP: &str = "default/app:80";
 const OTHER: &str = "default/other:80";
 
-/// A proxy with an east-west listener on an ephemeral loopback port.
+/// A proxy of the test mesh, with an east-west listener on an ephemeral loopback port.
 async fn proxy_at(cluster: &str, region: &str, zone: &str, east_west: bool) -> ProxyHandle {
-    ProxyHandle::start(ProxyConfig {
-        admin: None,
-        admin_auth: AdminAuth::None,
-        locality: Locality {
-            cluster: cluster.into(),
-            region: region.into(),
-            zone: zone.into(),
-        },
-        east_west: east_west.then(|| "127.0.0.1:0".parse().unwrap()),
-    })
-    .await
-    .unwrap()
+    common::mesh::proxy(cluster, region, zone, east_west)
+        .await
+        .0
 }
 
 /// An endpoint JSON with a locality.
@@ -247,23 +238,32 @@ async fn the_east_west_listener_needs_a_known_backend_and_follows_the_snapshot()
     tokio::time::timeout(TEST_TIMEOUT, async {
         let e1 = Echo::start("e1").await;
         let b = proxy_at("west", "eu-west", "a", true).await;
-        let c = client();
-        let url = format!("http://{}/x", b.east_west_addr().unwrap());
+        let addr = b.east_west_addr().unwrap();
+        // A proxy of another cluster of the mesh, as the listener requires.
+        let me = mesh::proxy_creds(mesh::ca(), "east", "a", "east-a");
+        let get = |backend: &'static str| {
+            let me = me.clone();
+            async move {
+                mesh::get(addr, "west", Some(&me), backend, false)
+                    .await
+                    .unwrap()
+            }
+        };
         // Nothing served yet: every name is unknown.
-        let (status, _, body) = get_url(&c, &url, &[("x-meridian-backend", APP)]).await;
+        let (status, _, body) = get(APP).await;
         assert_eq!(status, 404, "{body}");
 
         b.apply(receiver_snapshot(1, &[(APP, local_endpoints(&[&e1]))]))
             .await
             .unwrap();
-        let (status, _, body) = get_url(&c, &url, &[]).await;
+        let (status, _, body) = get("").await;
         assert_eq!(status, 400);
-        assert!(body.contains("x-meridian-backend is required"), "{body}");
-        let (status, _, body) =
-            get_url(&c, &url, &[("x-meridian-backend", "default/nope:80")]).await;
+        assert!(body.contains("x-meridian-backend is empty"), "{body}");
+        // An unknown name: a 404 that names nothing.
+        let (status, _, body) = get("default/nope:80").await;
         assert_eq!(status, 404);
-        assert!(body.contains("default/nope:80"), "{body}");
-        let (status, served_by, body) = get_url(&c, &url, &[("x-meridian-backend", APP)]).await;
+        assert_eq!(body, "not found\n");
+        let (status, served_by, body) = get(APP).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(answered_by(&body), "e1");
         assert_eq!(served_by.as_deref(), Some("west/eu-west/z1"));
@@ -271,21 +271,10 @@ async fn the_east_west_listener_needs_a_known_backend_and_follows_the_snapshot()
         let seen = e1.seen();
         assert_eq!(seen.last().unwrap().path, "/x");
 
-        // h2c works too.
-        let h2 = reqwest::Client::builder()
-            .no_proxy()
-            .http2_prior_knowledge()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let resp = h2
-            .get(&url)
-            .header("x-meridian-backend", APP)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
-        assert_eq!(resp.status().as_u16(), 200);
+        // h2 (ALPN) works too.
+        let (status, _, body) = mesh::get(addr, "west", Some(&me), APP, true).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(answered_by(&body), "e1");
 
         let t = b.east_west_traffic().unwrap();
         assert_eq!(t.requests, 5);
@@ -301,13 +290,13 @@ async fn the_east_west_listener_needs_a_known_backend_and_follows_the_snapshot()
         assert!(matches!(err, ApplyError::Invalid(_)), "{err}");
         assert!(err.to_string().contains("east-west"), "{err}");
         assert_eq!(b.generation(), Some(1));
-        let (status, _, body) = get_url(&c, &url, &[("x-meridian-backend", APP)]).await;
+        let (status, _, body) = get(APP).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(answered_by(&body), "e1");
 
         // A snapshot without east-west backends: 404 again.
         b.apply(receiver_snapshot(3, &[])).await.unwrap();
-        let (status, _, body) = get_url(&c, &url, &[("x-meridian-backend", APP)]).await;
+        let (status, _, body) = get(APP).await;
         assert_eq!(status, 404, "{body}");
     })
     .await

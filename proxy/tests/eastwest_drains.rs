@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::{Echo, TEST_TIMEOUT, WAIT, answered_by, client, eventually, free_port, get_url};
 use meridian_model::Snapshot;
-use meridian_model::locality::Locality;
 use meridian_model::traffic::FailureKind;
-use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
+use meridian_proxy::ProxyHandle;
 use meridian_test_support::eventually_async;
 use serde_json::{Value, json};
 
@@ -38,18 +37,9 @@ fn endpoint(addr: SocketAddr, cluster: &str, region: &str, zone: &str, east_west
 }
 
 async fn proxy_at(cluster: &str, region: &str, zone: &str, east_west: bool) -> ProxyHandle {
-    ProxyHandle::start(ProxyConfig {
-        admin: None,
-        admin_auth: AdminAuth::None,
-        locality: Locality {
-            cluster: cluster.into(),
-            region: region.into(),
-            zone: zone.into(),
-        },
-        east_west: east_west.then(|| "127.0.0.1:0".parse().unwrap()),
-    })
-    .await
-    .unwrap()
+    common::mesh::proxy(cluster, region, zone, east_west)
+        .await
+        .0
 }
 
 /// B's snapshot: APP from EA (zone b-a) and EB (zone b-b), failback hysteresis, `drains`.
@@ -296,8 +286,11 @@ async fn a_full_drain_answers_503_and_the_sender_fails_over_without_a_failed_get
         let (ea_before, eb_before) = (w.ea.count(), w.eb.count());
 
         // B's own answer: 503, a reason, no served-by (so a sender knows it is not an endpoint's).
-        let direct = format!("http://{}/", w.b.east_west_addr().unwrap());
-        let (status, served_by, body) = get_url(&c, &direct, &[("x-meridian-backend", APP)]).await;
+        let me = common::mesh::proxy_creds(common::mesh::ca(), "east", "a", "east-a");
+        let (status, served_by, body) =
+            common::mesh::get(w.b.east_west_addr().unwrap(), "west", Some(&me), APP, false)
+                .await
+                .unwrap();
         assert_eq!(status, 503, "{body}");
         assert_eq!(served_by, None);
         assert!(body.contains("drained"), "{body}");
@@ -344,7 +337,10 @@ async fn a_full_drain_answers_503_and_the_sender_fails_over_without_a_failed_get
         w.b.apply(receiver_snapshot(3, &w.ea, &w.eb, json!([])))
             .await
             .unwrap();
-        let (status, served_by, body) = get_url(&c, &direct, &[("x-meridian-backend", APP)]).await;
+        let (status, served_by, body) =
+            common::mesh::get(w.b.east_west_addr().unwrap(), "west", Some(&me), APP, false)
+                .await
+                .unwrap();
         assert_eq!(status, 200, "{body}");
         assert_eq!(served_by.as_deref(), Some("west/eu-west/b-a"));
         let answered = eventually_async("A to stop sending to C", Duration::from_secs(10), || {

@@ -1,15 +1,33 @@
 //! Both ends of an east-west hop (multi-network clusters).
 //!
+//! ```text
+//! sender proxy (cluster A)                           receiver proxy (cluster B)
+//! try at endpoint {east_west, cluster B} ──TLS 1.3──► east-west listener (listeners.rs)
+//!   client certificate: A's current one (CertStore)     requires a client certificate of the
+//!   trusts: the mesh bundle only                         mesh CA naming a proxy of a cluster
+//!   SNI + host name: B.proxy.<trust domain>              other than B (else the handshake fails,
+//!   handshake failed ─► failed try, next endpoint        counted by reason)
+//!   x-meridian-backend: <backend> ─────────────────────► EastWestProxy::request_filter
+//!                                                        unknown backend: 404 "not found"
+//! ```
+//!
+//! Who may talk is settled by the TLS handshake (mesh.rs) before any request is read: the
+//! listener admits only proxies of other clusters of the same mesh, and the sender knows it
+//! reached a proxy of the cluster its snapshot says the endpoint is in. Certificates are read
+//! from the proxy's `CertStore` per connection, so a renewal takes effect on the next handshake.
+//!
 //! Receiver: [`EastWestProxy`] serves the east-west listener, where proxies of other networks
 //! name a backend of this proxy's snapshot (`Snapshot.east_west`) in `x-meridian-backend`. Each
 //! such backend is a one-backend rule ([`east_west_rules`]), so after `request_filter` the
 //! request takes the [`Forwarder`]'s path like a routed one; its Gateway entry (the listener's
-//! own traffic counters) always adds `x-meridian-served-by`.
+//! own traffic counters) always adds `x-meridian-served-by`. A name it does not serve gets a
+//! plain 404 whose body names nothing (neither the name asked for nor any that exists).
 //!
 //! Sender: a try at an endpoint marked `east_west` (a remote proxy's east-west listener) from
-//! either proxy. The [`Forwarder`] names the backend on the hop (`upstream_request_filter`),
-//! takes the remote proxy's served-by as the real endpoint ([`take_remote_served_by`]) and treats
-//! a response the remote proxy made itself as a failed try ([`Forwarder::east_west_refusal`]).
+//! either proxy, over mutual TLS (`Forwarder::upstream_peer`, upstream.rs). The [`Forwarder`]
+//! names the backend on the hop (`upstream_request_filter`), takes the remote proxy's served-by
+//! as the real endpoint ([`take_remote_served_by`]) and treats a response the remote proxy made
+//! itself as a failed try ([`Forwarder::east_west_refusal`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,9 +47,6 @@ use super::{
 use crate::drain::BackendDrain;
 use crate::endpoints;
 use crate::state::Shared;
-
-/// Longest backend name quoted back in a 404 of the east-west listener.
-const MAX_QUOTED_NAME: usize = 200;
 
 /// The proxy of the east-west listener: serves the backend a request names.
 pub struct EastWestProxy {
@@ -53,8 +68,8 @@ impl EastWestProxy {
         Some((rule, served.gateways.east_west_drain(name)))
     }
 
-    /// The backend the request names (400 without, 404 when the served snapshot has no such
-    /// east-west backend), its drain view (503 when every ready endpoint is drained), then the
+    /// The backend the request names (400 without, a 404 naming nothing when the served
+    /// snapshot has no such east-west backend), its drain view (503 when every ready endpoint is drained), then the
     /// [`Forwarder`]'s path.
     async fn serve_named(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let name = match named_backend(session.req_header()) {
@@ -65,13 +80,9 @@ impl EastWestProxy {
             .lookup(&name)
             .filter(|_| ctx.routing.listener.is_some());
         let Some((rule, drain)) = found else {
-            let quoted: String = name.chars().take(MAX_QUOTED_NAME).collect();
-            return respond_text(
-                session,
-                404,
-                format!("no east-west backend {quoted:?} on this proxy\n"),
-            )
-            .await;
+            // Names nothing: the body must not tell a prober which names exist or echo its own.
+            tracing::debug!(backend = %name, "east-west request for a backend not served here");
+            return respond_text(session, 404, "not found\n".to_string()).await;
         };
         session.req_header_mut().remove_header(BACKEND_HEADER);
         ctx.routing.rule = Some(rule.clone());

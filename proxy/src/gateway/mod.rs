@@ -35,7 +35,8 @@
 //!
 //! East-west (multi-network clusters): the receiving end is [`EastWestProxy`]; the sending end
 //! is any try at an endpoint marked `east_west` (a remote proxy's east-west listener), handled
-//! by the [`Forwarder`] whichever proxy sends it (east_west.rs, "sender side"):
+//! by the [`Forwarder`] whichever proxy sends it (east_west.rs, "sender side"). The hop is
+//! mutual TLS with the proxies' mesh identities (mesh.rs), settled before any request is read:
 //!
 //! ```text
 //! sender (Forwarder, east_west endpoint)        receiver (EastWestProxy)

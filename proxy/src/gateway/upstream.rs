@@ -7,6 +7,7 @@
 //!         (backend's failover policy; ready, undrained endpoints bound them)
 //! upstream_peer ─ back off (pending retry) ─ deadline? 504 ─ choose_endpoint (locality tier,
 //!                 skipping ejected, drained and tried ones; all tried → start over) ─ peer
+//!                 (an east-west endpoint: mutual TLS to `<cluster>.proxy.<trust domain>`)
 //! fail_to_connect ─ eject ─ failover (budgeted) or rule retry (with back-off) or give up
 //! error_while_proxy ─ client gone? give up ─ our status marker? ─ pingora's stale-connection
 //!                     retry ─ eject on a reset of a fresh connection ─ rule retry ─ failover
@@ -30,7 +31,7 @@ use super::response::client_went_away;
 use super::{ms, status_error};
 use crate::budget::DEFAULT_PERCENT;
 use crate::endpoints::{self, EndpointKey, NoEndpoint};
-use crate::state::Shared;
+use crate::state::{HopSecurity, Shared};
 
 /// Connect timeout when the rule sets no per-try timeout. 2 s: a blackholed endpoint costs a
 /// request at most this before it moves on (1 s would spend two retries per request on a dead
@@ -58,6 +59,8 @@ struct Picked {
     index: usize,
     key: EndpointKey,
     protocol: BackendProtocol,
+    /// For an east-west endpoint (a remote proxy's east-west listener): its cluster.
+    east_west: Option<String>,
 }
 
 impl Forwarder {
@@ -139,7 +142,27 @@ impl Forwarder {
         if up.latency == LatencyClock::Idle {
             up.latency = LatencyClock::Running(Instant::now());
         }
-        Ok(Box::new(peer(addr, up.try_budget(), picked.protocol)))
+        let mut peer = peer(addr, up.try_budget(), picked.protocol);
+        if let Some(cluster) = &picked.east_west {
+            self.secure_east_west(&mut peer, cluster);
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// A try at a remote proxy's east-west listener in `cluster`: mutual TLS with our mesh
+    /// identity, expecting a proxy of that cluster (mesh.rs). Without an identity the peer
+    /// trusts nothing, so the handshake fails and the try moves on like a refused connection.
+    fn secure_east_west(&self, peer: &mut HttpPeer, cluster: &str) {
+        match &self.shared.hop {
+            HopSecurity::Mesh(m) => m.secure_peer(peer, cluster),
+            HopSecurity::Plaintext => {}
+            HopSecurity::NoIdentity => {
+                tracing::debug!(%peer, "east-west try without a mesh identity: it will fail");
+                peer.scheme = pingora_core::upstreams::peer::Scheme::HTTPS;
+                peer.sni = cluster.to_string();
+                peer.options.ca = Some(Arc::new(Box::new([])));
+            }
+        }
     }
 
     /// The endpoint of `backend` for the next try of `up`: by locality tier, skipping ejected,
@@ -175,6 +198,7 @@ impl Forwarder {
             index,
             key: EndpointKey::of(e, &backend.name),
             protocol: *protocol,
+            east_west: e.east_west.then(|| e.cluster.clone()),
         })
     }
 

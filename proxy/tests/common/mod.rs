@@ -12,6 +12,8 @@ use meridian_proxy::{ProxyConfig, ProxyHandle};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+pub mod mesh;
+
 // Not every test binary that includes this module uses all of these.
 #[allow(unused_imports)]
 pub use meridian_test_support::{Echo, eventually, free_port};

@@ -674,6 +674,8 @@ async fn start_proxy(
                 let [a, b, c, _] = c.proxy_address.octets();
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 254)), 15443)
             }),
+            // The proxy's defaults (merge slashes, keep %2F/%5C encoded).
+            paths: Default::default(),
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use meridian_distribution::{EndpointChange, GatewayTrafficReport};
 
 use meridian_model::locality::Locality;
+use meridian_model::path::PathNormalization;
 use meridian_model::router::ListenerInfo;
 use meridian_model::snapshot::{Protocol, Snapshot};
 use meridian_model::traffic::GatewayTraffic;
@@ -76,6 +77,9 @@ pub struct ProxyConfig {
     /// proxies of other networks; `None` runs none. Port 0 takes a free port
     /// ([`ProxyHandle::east_west_addr`] tells which).
     pub east_west: Option<SocketAddr>,
+    /// How request paths on the Gateway listeners are normalised before routing and
+    /// forwarding (default: merge slashes, keep `%2F`/`%5C` encoded).
+    pub paths: PathNormalization,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -292,6 +296,7 @@ impl ProxyHandle {
             controller: Default::default(),
             source: Default::default(),
             state_file: Default::default(),
+            paths: cfg.paths,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));

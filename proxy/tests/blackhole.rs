@@ -565,6 +565,7 @@ async fn blackholed_region_fails_over_and_back() {
                 zone: "a".into(),
             },
             east_west: None,
+            paths: Default::default(),
         })
         .await
         .unwrap();

@@ -67,6 +67,7 @@ async fn proxy_in_us_east() -> ProxyHandle {
             zone: "a".into(),
         },
         east_west: None,
+        paths: Default::default(),
     })
     .await
     .unwrap()

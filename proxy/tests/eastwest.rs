@@ -33,6 +33,7 @@ async fn proxy_at(cluster: &str, region: &str, zone: &str, east_west: bool) -> P
             zone: zone.into(),
         },
         east_west: east_west.then(|| "127.0.0.1:0".parse().unwrap()),
+        paths: Default::default(),
     })
     .await
     .unwrap()

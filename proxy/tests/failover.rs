@@ -179,6 +179,7 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
                 zone: "a".into(),
             },
             east_west: None,
+            paths: Default::default(),
         })
         .await
         .unwrap();
@@ -361,6 +362,7 @@ async fn a_policy_orders_regions_and_a_geo_fence_answers_503_instead_of_leaving(
                 zone: "a".into(),
             },
             east_west: None,
+            paths: Default::default(),
         })
         .await
         .unwrap();

@@ -33,6 +33,7 @@ impl LiveProxy {
                     zone: format!("{cluster}-a"),
                 },
                 east_west: None,
+                paths: Default::default(),
             })
             .await
             .unwrap(),

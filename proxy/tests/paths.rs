@@ -295,3 +295,34 @@ async fn rewrites_and_redirects_work_on_the_normal_form() {
     })
     .await;
 }
+
+#[test]
+fn command_line_flags_set_the_path_settings() {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: meridian_proxy::ProxyArgs,
+    }
+
+    let defaults = Cli::try_parse_from(["meridian"]).unwrap().proxy;
+    assert!(defaults.merge_slashes);
+    assert_eq!(defaults.escaped_slashes, EscapedSlashes::Keep);
+    let set = Cli::try_parse_from([
+        "meridian",
+        "--merge-slashes",
+        "false",
+        "--escaped-slashes",
+        "reject",
+    ])
+    .unwrap()
+    .proxy;
+    assert!(!set.merge_slashes);
+    assert_eq!(set.escaped_slashes, EscapedSlashes::Reject);
+    let err = Cli::try_parse_from(["meridian", "--escaped-slashes", "drop"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("keep, reject or decode"), "{err}");
+}

@@ -691,6 +691,8 @@ async fn start_proxy(
             }),
             identity: Some(Arc::new(identity)),
             east_west_plaintext: false,
+            // The proxy's defaults (merge slashes, keep %2F/%5C encoded).
+            paths: Default::default(),
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

@@ -13,6 +13,8 @@
 //! 8. [`gateway`] — naming a Gateway ([`GatewayRef`]) and whether the proxies serve it
 //!    ([`ProgrammedState`]), the vocabulary the controller, the distribution layer and the proxy
 //!    share.
+//! 9. [`path`] — request path normalisation (dot segments, escapes, slashes) done before
+//!    routing, so rules and backends see the same path.
 
 pub mod error_chain;
 pub mod filters;
@@ -20,6 +22,7 @@ pub mod gateway;
 pub mod headers;
 pub mod hostname;
 pub mod locality;
+pub mod path;
 pub mod router;
 pub mod snapshot;
 pub mod traffic;

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use meridian_distribution::{Client, ClientConfig, ClientError, GatewayRef, Hello};
 use meridian_model::locality::Locality;
+use meridian_model::path::{EscapedSlashes, PathNormalization};
 
 use crate::admin::AdminAuth;
 use crate::controller::{follow_controller, follow_controller_with_state};
@@ -185,6 +186,13 @@ pub struct ProxyArgs {
     /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
     #[arg(long = "east-west", value_name = "ADDR")]
     pub east_west: Option<SocketAddr>,
+    /// Merge runs of `/` in request paths (`//admin` is `/admin`) before routing and forwarding.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub merge_slashes: bool,
+    /// What `%2F`/`%5C` (and a raw `\`) in a request path mean: `keep` (stay encoded, not a
+    /// separator), `reject` (400) or `decode` (a `/` separator).
+    #[arg(long, value_name = "keep|reject|decode", default_value_t = EscapedSlashes::Keep)]
+    pub escaped_slashes: EscapedSlashes,
 }
 
 /// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -210,6 +218,10 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
             // until then `--east-west` refuses to start (StartError::NoIdentity).
             identity: None,
             east_west_plaintext: false,
+            paths: PathNormalization {
+                merge_slashes: args.merge_slashes,
+                escaped_slashes: args.escaped_slashes,
+            },
         })
         .await?;
         let client = match &source {

@@ -38,6 +38,7 @@ use meridian_distribution::pki::CertStore;
 use meridian_distribution::{EndpointChange, GatewayTrafficReport};
 
 use meridian_model::locality::Locality;
+use meridian_model::path::PathNormalization;
 use meridian_model::router::ListenerInfo;
 use meridian_model::snapshot::{Protocol, Snapshot};
 use meridian_model::traffic::GatewayTraffic;
@@ -89,6 +90,9 @@ pub struct ProxyConfig {
     /// comparing with mutual TLS and for tests. Not reachable from the command line.
     #[doc(hidden)]
     pub east_west_plaintext: bool,
+    /// How request paths on the Gateway listeners are normalised before routing and
+    /// forwarding (default: merge slashes, keep `%2F`/`%5C` encoded).
+    pub paths: PathNormalization,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -339,6 +343,7 @@ impl ProxyHandle {
             controller: Default::default(),
             source: Default::default(),
             state_file: Default::default(),
+            paths: cfg.paths,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));

@@ -7,7 +7,8 @@
 //!  controller stream) └──────────────────────────────────────────────┘        │ load() per
 //!                                                                             │ request/handshake
 //! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HttpProxy<GatewayProxy>
-//!             gateway/route.rs: route ─ filters (gateway/filters.rs) ─ weighted backend
+//!             gateway/route.rs: path normalised (gateway/path.rs; 400) ─ route ─ filters
+//!             (gateway/filters.rs) ─ weighted backend
 //! remote proxy ─► east-west listener (mutual TLS, mesh.rs) ────► HttpProxy<EastWestProxy>
 //!             gateway/east_west.rs: the backend named in x-meridian-backend
 //!          both ─► Forwarder (gateway/upstream.rs, gateway/response.rs): endpoint
@@ -23,7 +24,10 @@
 //!    the health checker and the admin listener ([`StartError`] when it cannot).
 //! 2. `ProxyHandle::apply(snapshot)` compiles it, binds the sockets it adds, swaps the router,
 //!    closes the sockets it drops (connections in flight finish).
-//! 3. Each request takes the router once, clones its matched rule into its context
+//! 3. Each request's path is first rewritten into its normal form (gateway/path.rs, settings
+//!    [`ProxyConfig::paths`], `--merge-slashes`, `--escaped-slashes`): dot segments removed,
+//!    unreserved escapes decoded, `//` merged; rules, filters and the backend all see that path,
+//!    and a path that cannot be normalised gets 400. Then it takes the router once, clones its matched rule into its context
 //!    (gateway/ctx.rs) and never looks at the router again, so swaps are invisible to requests in
 //!    flight.
 //! 4. `watch_file` (watch.rs) polls a snapshot file and applies each new version (`meridian

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use meridian_model::Router;
 use meridian_model::locality::Locality;
+use meridian_model::path::PathNormalization;
 use meridian_model::router::{CompiledRule, ListenerInfo};
 use meridian_model::snapshot::Protocol;
 use pingora_core::tls::pkey::{PKey, Private};
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub source: Mutex<Option<SnapshotSource>>,
     /// The state file with `--state-dir` (`None` without).
     pub state_file: Mutex<Option<StateFileStatus>>,
+    /// How request paths are normalised before routing (gateway/path.rs).
+    pub paths: PathNormalization,
 }
 
 /// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).

@@ -7,6 +7,7 @@
 //! ```text
 //! GatewayProxy::request_filter (route.rs)        EastWestProxy::request_filter (east_west.rs)
 //!   hygiene checks (400/431)                       hygiene checks (400/431)
+//!   path normalised in the head (400; path.rs)
 //!   drop any client x-meridian-backend             x-meridian-backend required (400), names
 //!   router.route(local, SNI, Host, method,           a Snapshot.east_west backend (404); removed
 //!     path, query, headers)                        its one-backend rule (east_west_rules)
@@ -149,6 +150,7 @@ macro_rules! forwarding_proxy {
 mod ctx;
 mod east_west;
 mod filters;
+mod path;
 mod response;
 mod route;
 mod upstream;

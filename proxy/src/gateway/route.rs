@@ -2,7 +2,8 @@
 //! runs the request-side filters in named steps; every other hook is the [`Forwarder`]'s.
 //!
 //! ```text
-//! request_filter ─ hygiene ─ route (served router) ─ rule redirect? ─ rule filters
+//! request_filter ─ hygiene ─ path normalisation (path.rs; 400) ─ route (served router)
+//!                ─ rule redirect? ─ rule filters
 //!                ─ choose_backend (weighted; 500/503) ─ backend redirect? ─ backend filters
 //!                ─ Forwarder::start (limits, allowances)
 //! ```
@@ -18,7 +19,7 @@ use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Routing, Target};
 use super::filters::{self, request_host};
-use super::{BACKEND_HEADER, Forwarder, TlsConnInfo, refuse_malformed, respond};
+use super::{BACKEND_HEADER, Forwarder, TlsConnInfo, refuse_malformed, respond, respond_text};
 use crate::endpoints;
 use crate::headers::ReqHeaders;
 use crate::state::Shared;
@@ -206,6 +207,15 @@ forwarding_proxy!(GatewayProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if let Some(answered) = refuse_malformed(session, "request refused").await? {
             return Ok(answered);
+        }
+        // Rules, filters and the backend all see the normal form of the path.
+        if let Err(e) = super::path::normalize_request(
+            session.req_header_mut(),
+            &self.fwd.shared.paths,
+        ) {
+            tracing::debug!(reason = %e, "request path refused");
+            session.set_keepalive(None);
+            return respond_text(session, 400, format!("{e}\n")).await;
         }
         // Only this proxy picks the backend of an east-west hop.
         session.req_header_mut().remove_header(BACKEND_HEADER);

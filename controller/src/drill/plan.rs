@@ -142,7 +142,7 @@ pub(crate) fn plan(
 
 /// `15m` for whole minutes, else seconds.
 fn minutes(d: Duration) -> String {
-    if d.subsec_nanos() == 0 && d.as_secs() % 60 == 0 {
+    if d.subsec_nanos() == 0 && d.as_secs().is_multiple_of(60) {
         format!("{}m", d.as_secs() / 60)
     } else {
         super::traffic::humantime(d)

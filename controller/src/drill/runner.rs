@@ -6,7 +6,7 @@
 //!  check_grants() refuses ─► Failed (Accepted=False/RefNotPermitted)
 //!  Pending (Accepted) ─► wait for the slot (Accepted=False/Conflicted naming what it waits for)
 //!  check_grants() / resolve() refuses ─► Failed (Accepted=False/RefNotPermitted|Invalid)
-//!  Running: Started ─► baseline (one window) ─► fail target ─► TargetFailed (failTime)
+//!  Running: Started ─► baseline (one window) ─► grants ─► fail target ─► TargetFailed (failTime)
 //!     ─► every 1 s: sample, guards ─► trip: GuardTripped + Aborted
 //!                   grants ─► one removed: Aborted (Accepted=False/RefNotPermitted)
 //!     ─► restore ─► Restored (restoreTime) ─► after-period (one window) ─► Completed
@@ -225,6 +225,10 @@ impl Run {
         let Some(baseline) = self.baseline(&mut samples, plan).await else {
             return;
         };
+        // A grant removed during the baseline: nothing was failed yet, refuse.
+        if let Err(r) = self.check_grants(plan) {
+            return self.refuse(r).await;
+        }
         let Some(fail_requested) = self.fail(plan, &resolved).await else {
             return;
         };

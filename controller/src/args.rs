@@ -263,6 +263,24 @@ pub struct ControllerArgs {
     /// $POD_NAMESPACE, else the pod's own namespace, else meridian-system).
     #[arg(long, value_name = "NAMESPACE")]
     pub cluster_secrets_namespace: Option<String>,
+    /// Longest `spec.duration` of a FailoverDrill (Gateway API duration, 1s to 1h); a drill
+    /// asking for more is refused with `Accepted=False/Invalid`.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_drill_max_duration)]
+    pub drill_max_duration: Duration,
+    /// How many FailoverDrills may run at once (one per namespace, scopes disjoint); the others
+    /// wait `Pending`.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_drills: u16,
+}
+
+/// `--drill-max-duration`: a Gateway API duration from 1s to the CRD's 1h.
+fn parse_drill_max_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    let max = meridian_crds::meridian::drill::MAX_DURATION;
+    if d < Duration::from_secs(1) || d > max {
+        return Err(format!("{s} is not between 1s and 1h"));
+    }
+    Ok(d)
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
@@ -652,6 +670,38 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--cluster", "a", "--clusters-file", "f"]).is_err());
         assert!(Cli::try_parse_from(["x", "--endpoint-grace", "soon"]).is_err());
         assert!(Cli::try_parse_from(["x", "--cluster", "Bad"]).is_err());
+    }
+
+    #[test]
+    fn drill_limits_have_defaults_and_bounds() {
+        let cli = Cli::try_parse_from(["x", "--cluster", "east"]).unwrap();
+        assert_eq!(cli.args.drill_max_duration, Duration::from_secs(15 * 60));
+        assert_eq!(cli.args.max_concurrent_drills, 4);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--drill-max-duration",
+            "1h",
+            "--max-concurrent-drills",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.drill_max_duration, Duration::from_secs(3600));
+        assert_eq!(cli.args.max_concurrent_drills, 1);
+        for bad in [
+            ["--drill-max-duration", "2h"],
+            ["--drill-max-duration", "500ms"],
+            ["--drill-max-duration", "soon"],
+            ["--max-concurrent-drills", "0"],
+        ] {
+            let Err(err) = Cli::try_parse_from(["x", bad[0], bad[1]]) else {
+                panic!("{bad:?} accepted");
+            };
+            assert!(err.to_string().contains(bad[0]), "{err}");
+        }
+        let Err(err) = Cli::try_parse_from(["x", "--drill-max-duration", "2h"]) else {
+            panic!("2h accepted");
+        };
+        assert!(err.to_string().contains("not between 1s and 1h"), "{err}");
     }
 
     #[test]

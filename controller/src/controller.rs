@@ -254,6 +254,10 @@ pub struct ControllerConfig {
     /// Longest wait for the proxies to acknowledge a drill's drain (or for the actuator); a
     /// drill whose target cannot be failed in time fails.
     pub drill_ack_timeout: Duration,
+    /// Longest `spec.duration` of a FailoverDrill (at most 1h); longer drills are refused.
+    pub drill_max_duration: Duration,
+    /// How many FailoverDrills (of different namespaces, with disjoint scopes) may run at once.
+    pub max_concurrent_drills: usize,
     /// Leader election: status is written only while this is `true` (see
     /// [`crate::leader::Elector::write_gate`]); `None` writes always.
     pub write_gate: Option<watch::Receiver<bool>>,
@@ -279,6 +283,8 @@ impl ControllerConfig {
             status_recheck: Duration::from_secs(1),
             drill_actuator: None,
             drill_ack_timeout: Duration::from_secs(30),
+            drill_max_duration: meridian_crds::meridian::drill::DEFAULT_MAX_DURATION,
+            max_concurrent_drills: 4,
             write_gate: None,
         }
     }
@@ -403,6 +409,8 @@ impl Controller {
                     .collect(),
                 write_timeout: cfg.write_timeout,
                 ack_timeout: cfg.drill_ack_timeout,
+                max_duration: cfg.drill_max_duration,
+                max_concurrent: cfg.max_concurrent_drills,
                 startup_grace: cfg.startup_grace,
                 metrics: Arc::clone(&metrics),
             },
@@ -947,6 +955,9 @@ impl Reconciler {
                 if kind == Kind::FailoverDrill {
                     self.drills.set_drills(&self.world);
                 }
+                if kind == Kind::ReferenceGrant {
+                    self.drills.set_grants(&self.world);
+                }
                 let mut needed = match touch {
                     Touch::Nothing => false,
                     Touch::StatusOnly => {
@@ -1457,6 +1468,8 @@ pub async fn serve(
     cfg.controller_name = args.controller_name.clone();
     cfg.endpoint_grace = args.endpoint_grace;
     cfg.debounce = args.debounce;
+    cfg.drill_max_duration = args.drill_max_duration;
+    cfg.max_concurrent_drills = usize::from(args.max_concurrent_drills);
     cfg.admin = args.metrics;
     cfg.write_gate = gate;
     let handle = Controller::start(cfg).await?;

@@ -8,12 +8,19 @@
 //! attachment is not a reference in this sense (it is governed by `allowedRoutes`) and never
 //! comes here.
 //!
+//! FailoverDrills use the same rule for the Gateways and ServiceImports their scope names
+//! (referrer `meridian.dev`/`FailoverDrill`), through [`permits_in`] on the grants the drill
+//! runner keeps.
+//!
 //! Grants are looked up in the referrer's own cluster: namespaces are only "the same" across
 //! clusters for MCS objects, and a grant is a local permission.
 
 use gateway_api::referencegrants::{
     ReferenceGrant, ReferenceGrantFrom, ReferenceGrantSpec, ReferenceGrantTo,
 };
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::world::{ClusterState, ObjectKey};
 
@@ -43,18 +50,26 @@ pub struct RefTo<'a> {
 
 /// Whether `from` may refer to `to` in this cluster.
 pub fn permits(cluster: &ClusterState, from: RefFrom<'_>, to: RefTo<'_>) -> bool {
+    permits_in(&cluster.reference_grants, from, to)
+}
+
+/// [`permits`] over one cluster's ReferenceGrants (as [`ClusterState`] indexes them).
+pub(crate) fn permits_in(
+    grants: &BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
+    from: RefFrom<'_>,
+    to: RefTo<'_>,
+) -> bool {
     if from.namespace == to.namespace {
         return true;
     }
-    grants_in(cluster, to.namespace).any(|grant| grant_allows(grant, from, to))
+    grants_in(grants, to.namespace).any(|grant| grant_allows(grant, from, to))
 }
 
 fn grants_in<'c>(
-    cluster: &'c ClusterState,
+    grants: &'c BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     namespace: &'c str,
 ) -> impl Iterator<Item = &'c ReferenceGrant> {
-    cluster
-        .reference_grants
+    grants
         .range(ObjectKey::new(namespace, "")..)
         .take_while(move |(k, _)| k.namespace == namespace)
         .map(|(_, g)| g.as_ref())

@@ -4,6 +4,9 @@
 //!
 //! Durations are 1–3 s and guard windows 1 s so that every drill finishes in a few seconds;
 //! every wait is bounded by `common::WAIT`.
+//!
+//! The drills live in namespace `app` and drill Gateway `infra/gw`, which a ReferenceGrant in
+//! `infra` allows; the scope tests take it away, and add Gateways of other namespaces.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +20,7 @@ use common::*;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
@@ -35,8 +39,22 @@ use serde_json::{Value, json};
 const CLASS: &str = "meridian";
 const IMPORT_BACKEND: &str = "app/echo:80 (ServiceImport)";
 
+/// Lets FailoverDrills of `from` name `kind`s (`Gateway` or `ServiceImport`) of `ns`.
+fn drill_grant(ns: &str, from: &str, kind: &str) -> Value {
+    let group = if kind == "Gateway" {
+        "gateway.networking.k8s.io"
+    } else {
+        "multicluster.x-k8s.io"
+    };
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant",
+        "metadata": {"name": format!("drills-from-{from}"), "namespace": ns},
+        "spec": {"from": [{"group": "meridian.dev", "kind": "FailoverDrill", "namespace": from}],
+                 "to": [{"group": group, "kind": kind}]}})
+}
+
 /// Two clusters, each exporting `app/echo`, each with Gateway `infra/gw` routing to the
-/// ServiceImport; waits until east's snapshot has endpoints of both regions.
+/// ServiceImport and a ReferenceGrant letting drills of `app` name `infra`'s Gateways; waits
+/// until east's snapshot has endpoints of both regions.
 async fn start(tweak: impl FnOnce(&mut meridian_controller::ControllerConfig)) -> Env {
     let env = start_env(&[&["east", "west"]], |_| true, tweak).await;
     env.ctl.wait_ready(WAIT).await.unwrap();
@@ -56,6 +74,7 @@ async fn start(tweak: impl FnOnce(&mut meridian_controller::ControllerConfig)) -
             route_obj("app", "web", ("infra", "gw"), import_ref("echo", 80)),
         )
         .await;
+        apply::<ReferenceGrant>(c, drill_grant("infra", "app", "Gateway")).await;
     }
     for cluster in ["east", "west"] {
         let dp = env.dp.clone();
@@ -80,8 +99,12 @@ async fn start(tweak: impl FnOnce(&mut meridian_controller::ControllerConfig)) -
 }
 
 fn drill(name: &str, spec: Value) -> Value {
+    drill_in("app", name, spec)
+}
+
+fn drill_in(ns: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "FailoverDrill",
-        "metadata": {"name": name, "namespace": "app"}, "spec": spec})
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
 }
 
 /// A drain of us-east on `infra/gw`, backend `app/echo`.
@@ -93,7 +116,11 @@ fn east_down(duration: &str, guards: Value) -> Value {
 }
 
 async fn status(c: &kube::Client, name: &str) -> FailoverDrillStatus {
-    Api::<FailoverDrill>::namespaced(c.clone(), "app")
+    status_in(c, "app", name).await
+}
+
+async fn status_in(c: &kube::Client, ns: &str, name: &str) -> FailoverDrillStatus {
+    Api::<FailoverDrill>::namespaced(c.clone(), ns)
         .get(name)
         .await
         .unwrap()
@@ -102,8 +129,17 @@ async fn status(c: &kube::Client, name: &str) -> FailoverDrillStatus {
 }
 
 async fn wait_phase(c: &kube::Client, name: &str, phase: DrillPhase) -> FailoverDrillStatus {
-    eventually_async(&format!("drill {name} {phase:?}"), WAIT, || async {
-        let s = status(c, name).await;
+    wait_phase_in(c, "app", name, phase).await
+}
+
+async fn wait_phase_in(
+    c: &kube::Client,
+    ns: &str,
+    name: &str,
+    phase: DrillPhase,
+) -> FailoverDrillStatus {
+    eventually_async(&format!("drill {ns}/{name} {phase:?}"), WAIT, || async {
+        let s = status_in(c, ns, name).await;
         if s.phase == Some(phase) {
             Ok(s)
         } else {
@@ -535,7 +571,27 @@ async fn invalid_and_unsupported_drills_fail_with_a_reason() {
         &east,
         drill(
             "nowhere",
-            json!({"target": {"region": "us-esat"}, "duration": "1s", "guards": {"window": "1s"}}),
+            json!({"target": {"region": "us-esat"}, "duration": "1s", "guards": {"window": "1s"},
+                   "scope": {"gateways": [{"namespace": "infra", "name": "gw"}]}}),
+        ),
+    )
+    .await;
+    // Longer than the controller's cap (default 15m), within the CRD's 1h.
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "long",
+            json!({"target": {"region": "us-east"}, "duration": "20m",
+                   "scope": {"gateways": [{"namespace": "infra", "name": "gw"}]}}),
+        ),
+    )
+    .await;
+    // Unscoped means app's own Gateways, and app has none (infra's do not count).
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "unscoped",
+            json!({"target": {"region": "us-east"}, "duration": "1s", "guards": {"window": "1s"}}),
         ),
     )
     .await;
@@ -566,6 +622,11 @@ async fn invalid_and_unsupported_drills_fail_with_a_reason() {
     for (name, want) in [
         ("nowhere", "matches no endpoint"),
         ("no-gw", "named app/nope"),
+        (
+            "long",
+            "duration 20m is longer than this controller's maximum of 15m (--drill-max-duration)",
+        ),
+        ("unscoped", "in namespace app is published"),
     ] {
         let s = wait_phase(&east, name, DrillPhase::Failed).await;
         assert_eq!(
@@ -634,7 +695,7 @@ async fn an_actuator_fails_and_restores_kill_and_blackhole_targets() {
         drill(
             "kill",
             json!({"target": {"cluster": "east"}, "mode": "kill", "duration": "1s",
-                   "guards": {"window": "1s"}}),
+                   "guards": {"window": "1s"}, "scope": {"gateways": [{"namespace": "infra", "name": "gw"}]}}),
         ),
     )
     .await;
@@ -658,7 +719,7 @@ async fn an_actuator_fails_and_restores_kill_and_blackhole_targets() {
         drill(
             "hole",
             json!({"target": {"cluster": "east"}, "mode": "blackhole", "duration": "1s",
-                   "guards": {"window": "1s"}}),
+                   "guards": {"window": "1s"}, "scope": {"gateways": [{"namespace": "infra", "name": "gw"}]}}),
         ),
     )
     .await;
@@ -682,7 +743,7 @@ async fn an_actuator_fails_and_restores_kill_and_blackhole_targets() {
         drill(
             "long",
             json!({"target": {"cluster": "east"}, "mode": "kill", "duration": "60s",
-                   "guards": {"window": "1s"}}),
+                   "guards": {"window": "1s"}, "scope": {"gateways": [{"namespace": "infra", "name": "gw"}]}}),
         ),
     )
     .await;
@@ -713,7 +774,7 @@ async fn an_actuator_fails_and_restores_kill_and_blackhole_targets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_drill_at_a_time_and_deleting_a_running_drill_rolls_back() {
+async fn one_drill_per_namespace_and_deleting_a_running_drill_rolls_back() {
     let env = start(|_| {}).await;
     let east = env.c("east").clone();
     let west = env.c("west").clone();
@@ -747,7 +808,10 @@ async fn one_drill_at_a_time_and_deleting_a_running_drill_rolls_back() {
     })
     .await;
     assert_eq!(s.phase, Some(DrillPhase::Pending));
-    assert!(s.message.unwrap().contains("app/first in east"));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("waiting for drill app/first in east to finish (one drill runs per namespace)")
+    );
     assert!(has_drain(&env.dp, "east"));
 
     // Deleting the running drill withdraws its drain at once; then the second one runs.
@@ -851,4 +915,293 @@ async fn shutdown_rolls_back_and_a_restarted_controller_fails_a_running_drill() 
     for sb in sandboxes.into_iter().flatten() {
         sb.shutdown().await;
     }
+}
+
+/// Gateway `ns/name` of our class listening on `port` (each Gateway its own port: Gateways
+/// sharing an address and port conflict).
+fn gateway_on(ns: &str, name: &str, port: u16) -> Value {
+    let mut gw = gateway_obj(ns, name, CLASS);
+    gw["spec"]["listeners"][0]["port"] = json!(port);
+    gw
+}
+
+/// The drain of `drill` (`namespace/name`) in `cluster`'s latest snapshot.
+fn drain_of(
+    dp: &StaticDataPlane,
+    cluster: &str,
+    drill: &str,
+) -> Option<meridian_model::snapshot::Drain> {
+    dp.snapshot(cluster)?
+        .drains
+        .into_iter()
+        .find(|d| d.drill == drill)
+}
+
+/// A us-east endpoint as east's snapshot has it.
+fn east_endpoint(dp: &StaticDataPlane) -> meridian_model::snapshot::Endpoint {
+    let s = dp.snapshot("east").unwrap();
+    endpoints(&s)
+        .into_iter()
+        .find(|e| e.region == "us-east")
+        .unwrap()
+}
+
+async fn wait_failed_target(c: &kube::Client, ns: &str, name: &str) -> FailoverDrillStatus {
+    eventually_async(&format!("{ns}/{name} failed its target"), WAIT, || async {
+        let s = status_in(c, ns, name).await;
+        if s.fail_time.is_some() && s.phase == Some(DrillPhase::Running) {
+            Ok(s)
+        } else {
+            Err(format!("{:?} {:?}", s.phase, s.message))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_stays_in_its_namespace_unless_a_reference_grant_allows_another() {
+    let env = start(|_| {}).await;
+    let east = env.c("east").clone();
+    // app gets a Gateway of its own; infra/gw plays "another namespace".
+    apply::<Gateway>(&east, gateway_on("app", "own", 8081)).await;
+    apply::<HttpRoute>(
+        &east,
+        route_obj("app", "own-r", ("app", "own"), import_ref("echo", 80)),
+    )
+    .await;
+    let dp = env.dp.clone();
+    eventually_async("app/own and infra/gw published", WAIT, || async {
+        let s = dp.snapshot("east").ok_or("no snapshot")?;
+        let names: Vec<String> = s
+            .gateways
+            .iter()
+            .map(|g| format!("{}/{}", g.namespace, g.name))
+            .collect();
+        if names == ["app/own", "infra/gw"] {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+
+    // Without the grant in infra, naming infra/gw is refused and nothing is drained.
+    delete::<ReferenceGrant>(&east, Some("infra"), "drills-from-app").await;
+    apply::<FailoverDrill>(
+        &east,
+        drill("foreign", east_down("1s", json!({"window": "1s"}))),
+    )
+    .await;
+    let s = wait_phase(&east, "foreign", DrillPhase::Failed).await;
+    assert_eq!(
+        cond(&s, "Accepted"),
+        ("False".into(), "RefNotPermitted".into())
+    );
+    let msg = s.message.unwrap();
+    assert!(
+        msg.contains("may only target namespace(s) infra with a ReferenceGrant there")
+            && msg.contains(
+                "Gateway infra/gw (a ReferenceGrant in namespace infra with from {group: \
+                 meridian.dev, kind: FailoverDrill, namespace: app} and to {group: \
+                 gateway.networking.k8s.io, kind: Gateway, name: gw} would allow it)"
+            ),
+        "{msg}"
+    );
+    assert!(s.start_time.is_none() && s.fail_time.is_none());
+    assert_eq!(env.ctl.metrics().drains.get(), 0);
+
+    // Unscoped: only app's Gateways are drained; infra/gw keeps its us-east endpoints.
+    apply::<FailoverDrill>(
+        &east,
+        drill(
+            "own",
+            json!({"target": {"region": "us-east"}, "duration": "60s", "guards": {"window": "1s"}}),
+        ),
+    )
+    .await;
+    wait_failed_target(&east, "app", "own").await;
+    let drain = drain_of(&env.dp, "east", "app/own").unwrap();
+    assert_eq!(drain.gateways, vec!["app/own".to_string()]);
+    let snap = env.dp.snapshot("east").unwrap();
+    let ep = east_endpoint(&env.dp);
+    assert!(snap.is_drained("app/own", IMPORT_BACKEND, &ep));
+    assert!(!snap.is_drained("infra/gw", IMPORT_BACKEND, &ep));
+    // The west cluster's snapshot carries the same, named drain.
+    assert_eq!(drain_of(&env.dp, "west", "app/own"), Some(drain));
+    delete::<FailoverDrill>(&east, Some("app"), "own").await;
+    eventually_async("own drain withdrawn", WAIT, || async {
+        match drain_of(&env.dp, "east", "app/own") {
+            None => Ok(()),
+            Some(d) => Err(format!("{d:?}")),
+        }
+    })
+    .await;
+
+    // With the grant back, the same drill runs.
+    apply::<ReferenceGrant>(&east, drill_grant("infra", "app", "Gateway")).await;
+    apply::<FailoverDrill>(
+        &east,
+        drill("granted", east_down("60s", json!({"window": "1s"}))),
+    )
+    .await;
+    wait_failed_target(&east, "app", "granted").await;
+    assert!(drain_of(&env.dp, "east", "app/granted").is_some());
+
+    // The grant removed mid-drill: aborted and restored at once.
+    delete::<ReferenceGrant>(&east, Some("infra"), "drills-from-app").await;
+    let removed = tokio::time::Instant::now();
+    eventually_async("drain withdrawn after the grant went", WAIT, || async {
+        match drain_of(&env.dp, "east", "app/granted") {
+            None => Ok(()),
+            Some(d) => Err(format!("{d:?}")),
+        }
+    })
+    .await;
+    assert!(
+        removed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        removed.elapsed()
+    );
+    let s = wait_phase(&east, "granted", DrillPhase::Aborted).await;
+    assert_eq!(
+        cond(&s, "Accepted"),
+        ("False".into(), "RefNotPermitted".into())
+    );
+    assert!(
+        s.abort_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("Gateway infra/gw")),
+        "{:?}",
+        s.abort_reason
+    );
+    assert_eq!(
+        timeline(&s),
+        [
+            "Started",
+            "TargetFailed",
+            "Aborted",
+            "Restored",
+            "Completed"
+        ]
+    );
+    assert!(s.restore_time.is_some());
+    assert_eq!(env.ctl.metrics().drains.get(), 0);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drills_of_other_namespaces_run_side_by_side_unless_their_scopes_overlap() {
+    let env = start(|_| {}).await;
+    let east = env.c("east").clone();
+    for ns in ["team", "ops"] {
+        apply::<k8s_openapi::api::core::v1::Namespace>(
+            &east,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await;
+    }
+    // app/own and team/gw2, both routing to app/echo.
+    apply::<Gateway>(&east, gateway_on("app", "own", 8081)).await;
+    apply::<Gateway>(&east, gateway_on("team", "gw2", 8082)).await;
+    apply::<HttpRoute>(
+        &east,
+        route_obj("app", "own-r", ("app", "own"), import_ref("echo", 80)),
+    )
+    .await;
+    apply::<HttpRoute>(
+        &east,
+        route_obj("app", "gw2-r", ("team", "gw2"), import_ref("echo", 80)),
+    )
+    .await;
+    // ops may name team's Gateways (so its drill is refused for the overlap, not the grant).
+    apply::<ReferenceGrant>(&east, drill_grant("team", "ops", "Gateway")).await;
+    let dp = env.dp.clone();
+    eventually_async("app/own and team/gw2 published", WAIT, || async {
+        let s = dp.snapshot("east").ok_or("no snapshot")?;
+        let n = s
+            .gateways
+            .iter()
+            .filter(|g| {
+                matches!(
+                    (g.namespace.as_str(), g.name.as_str()),
+                    ("app", "own") | ("team", "gw2")
+                )
+            })
+            .count();
+        if n == 2 {
+            Ok(())
+        } else {
+            let names: Vec<String> = s
+                .gateways
+                .iter()
+                .map(|g| format!("{}/{}", g.namespace, g.name))
+                .collect();
+            Err(format!("{n} of 2: {names:?}"))
+        }
+    })
+    .await;
+
+    let unscoped = |duration: &str| json!({"target": {"region": "us-east"}, "duration": duration, "guards": {"window": "1s"}});
+    apply::<FailoverDrill>(&east, drill_in("app", "a1", unscoped("60s"))).await;
+    apply::<FailoverDrill>(&east, drill_in("team", "t1", unscoped("60s"))).await;
+    // Both hold their target failed at the same time.
+    wait_failed_target(&east, "app", "a1").await;
+    wait_failed_target(&east, "team", "t1").await;
+    assert_eq!(
+        status_in(&east, "app", "a1").await.phase,
+        Some(DrillPhase::Running)
+    );
+    let a1 = drain_of(&env.dp, "east", "app/a1").unwrap();
+    let t1 = drain_of(&env.dp, "east", "team/t1").unwrap();
+    assert_eq!(a1.gateways, vec!["app/own".to_string()]);
+    assert_eq!(t1.gateways, vec!["team/gw2".to_string()]);
+    assert_eq!(env.ctl.metrics().drains.get(), 2);
+
+    // Overlapping (ops names team/gw2) and same-namespace drills wait, naming the running one.
+    apply::<FailoverDrill>(
+        &east,
+        drill_in(
+            "ops",
+            "o1",
+            json!({"target": {"region": "us-east"}, "duration": "1s", "guards": {"window": "1s"},
+                   "scope": {"gateways": [{"namespace": "team", "name": "gw2"}]}}),
+        ),
+    )
+    .await;
+    apply::<FailoverDrill>(&east, drill_in("app", "a2", unscoped("1s"))).await;
+    for (ns, name, want) in [
+        (
+            "ops",
+            "o1",
+            "waiting for drill team/t1 in east to finish (their scopes overlap)",
+        ),
+        (
+            "app",
+            "a2",
+            "waiting for drill app/a1 in east to finish (one drill runs per namespace)",
+        ),
+    ] {
+        let s = eventually_async(&format!("{ns}/{name} waits"), WAIT, || async {
+            let s = status_in(&east, ns, name).await;
+            if s.message.as_deref() == Some(want) {
+                Ok(s)
+            } else {
+                Err(format!("{:?} {:?}", s.phase, s.message))
+            }
+        })
+        .await;
+        assert_eq!(s.phase, Some(DrillPhase::Pending));
+        assert_eq!(cond(&s, "Accepted"), ("False".into(), "Conflicted".into()));
+        assert!(s.start_time.is_none());
+    }
+    // Still running side by side, and nobody else drained anything.
+    assert_eq!(env.ctl.metrics().drains.get(), 2);
+
+    // Once the running drills go, the waiting ones run.
+    delete::<FailoverDrill>(&east, Some("app"), "a1").await;
+    delete::<FailoverDrill>(&east, Some("team"), "t1").await;
+    wait_phase_in(&east, "ops", "o1", DrillPhase::Succeeded).await;
+    wait_phase_in(&east, "app", "a2", DrillPhase::Succeeded).await;
+    assert!(!has_drain(&env.dp, "east"));
+    env.shutdown().await;
 }

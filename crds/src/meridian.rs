@@ -286,7 +286,14 @@ pub mod drill {
     pub const REASON_INVALID: &str = "Invalid";
     /// Reason: the mode needs an actuator this controller does not have.
     pub const REASON_MODE_UNSUPPORTED: &str = "ModeUnsupported";
-    /// Reason: another drill is running; this one waits (phase `Pending`).
+    /// Reason: the scope names a Gateway or ServiceImport of another namespace and no
+    /// ReferenceGrant in that namespace lets FailoverDrills of the drill's namespace refer to it
+    /// (message names the namespaces and the grant that would allow it). Also the reason of
+    /// `Aborted` when such a grant is removed while the drill runs.
+    pub const REASON_REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    /// Reason: another drill with an overlapping scope, or of the same namespace, is running,
+    /// or the controller's cap of concurrent drills is reached; this one waits (phase
+    /// `Pending`).
     pub const REASON_CONFLICTED: &str = "Conflicted";
     /// Reason of `Complete=False` while the drill runs.
     pub const REASON_RUNNING: &str = "Running";
@@ -306,8 +313,11 @@ pub mod drill {
     /// Timeline entry: the drill could not run or finish.
     pub const FAILED: &str = "Failed";
 
-    /// Longest `spec.duration` accepted.
+    /// Longest `spec.duration` any controller accepts; a controller may cap lower
+    /// (`--drill-max-duration`, default [`DEFAULT_MAX_DURATION`]).
     pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(3600);
+    /// The controller's default cap of `spec.duration` (`--drill-max-duration`).
+    pub const DEFAULT_MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(15 * 60);
     /// Default `spec.duration`.
     pub const DEFAULT_DURATION: std::time::Duration = std::time::Duration::from_secs(30);
     /// Default `spec.guards.window`.
@@ -330,7 +340,13 @@ pub mod drill {
 ///
 /// Modes: `drain` (default) tells every proxy to treat the target's endpoints as failed through a
 /// drain in the snapshots — no workload is touched; `kill` and `blackhole` need a drill actuator
-/// (Meridian-owned backends, e.g. `meridian up`). Only one drill runs at a time per controller.
+/// (Meridian-owned backends, e.g. `meridian up`).
+///
+/// A drill concerns only its own namespace unless granted: an absent scope means every Gateway
+/// of the drill's namespace, and naming a Gateway or ServiceImport of another namespace needs a
+/// ReferenceGrant there (from `meridian.dev`/`FailoverDrill` of the drill's namespace, to
+/// `Gateway` or `ServiceImport`). One drill runs per namespace; drills of different namespaces
+/// run at once unless their scopes overlap (up to a controller-wide cap).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "meridian.dev",
@@ -353,8 +369,9 @@ pub mod drill {
 pub struct FailoverDrillSpec {
     /// The locality to fail: every set field must match an endpoint's locality.
     pub target: DrillTargetSpec,
-    /// Which traffic the drill concerns; absent = every Gateway of Meridian's classes and every
-    /// backend.
+    /// Which traffic the drill concerns; absent = every Gateway of Meridian's classes in the
+    /// drill's namespace and every backend of their routes. Objects of other namespaces need a
+    /// ReferenceGrant in their namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<DrillScope>,
     /// `drain` (default): proxies treat the target's endpoints as failed; `kill`: the target's
@@ -362,7 +379,8 @@ pub struct FailoverDrillSpec {
     /// Meridian-owned backends (e.g. `meridian up`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<DrillMode>,
-    /// How long the target stays failed (Gateway API duration, default `30s`, at most `1h`).
+    /// How long the target stays failed (Gateway API duration, default `30s`, at most `1h`;
+    /// the controller may cap it lower, by default at `15m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
     /// Abort guards, evaluated every second over a sliding window while the target is failed.
@@ -434,7 +452,8 @@ pub struct DrillTargetSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DrillScope {
-    /// Only these Gateways (empty = every Gateway of Meridian's classes).
+    /// Only these Gateways (empty = every Gateway of Meridian's classes in the drill's
+    /// namespace).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<DrillObjectRef>,
     /// Only backends that are these ServiceImports (empty = every backend).
@@ -446,7 +465,8 @@ pub struct DrillScope {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DrillObjectRef {
-    /// Namespace; defaults to the drill's.
+    /// Namespace; defaults to the drill's. Another namespace needs a ReferenceGrant there that
+    /// lets FailoverDrills of the drill's namespace refer to the object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Name.

@@ -30,14 +30,16 @@ pub struct DrillArgs {
     /// How to fail the target.
     #[arg(long, value_enum, default_value_t = Mode::Drain)]
     pub mode: Mode,
-    /// How long the target stays failed (Gateway API duration: 30s, 2m, 1m30s; at most 1h).
+    /// How long the target stays failed (Gateway API duration: 30s, 2m, 1m30s; at most 1h, and
+    /// at most the controller's --drill-max-duration, 15m unless set).
     #[arg(long, default_value = "30s")]
     pub duration: String,
     /// Requests per second sent through the Gateway (`200` or `200/s`).
     #[arg(long, default_value = "200", value_name = "RATE")]
     pub load: String,
     /// Gateway to load and scope the drill to, NAMESPACE/NAME (default: the only Gateway, or the
-    /// first in namespace demo).
+    /// first in namespace demo). The drill is created in the Gateway's namespace, so it needs no
+    /// ReferenceGrant.
     #[arg(long)]
     pub gateway: Option<String>,
     /// URL to load (default: the Gateway's status address and first HTTP listener port).

@@ -373,7 +373,11 @@ mod tests {
             o["spec"]["target"],
             serde_json::json!({"region": "us-east", "zone": "us-east-a"})
         );
-        assert_eq!(o["spec"]["scope"]["gateways"][0]["name"], "web");
+        // The drill lives in the Gateway's namespace and names it: no ReferenceGrant needed.
+        assert_eq!(
+            o["spec"]["scope"]["gateways"],
+            serde_json::json!([{"namespace": "demo", "name": "web"}])
+        );
         assert_eq!(o["spec"]["mode"], "kill");
         assert_eq!(o["spec"]["duration"], "1500ms");
         assert_eq!(o["spec"]["guards"]["maxErrorPercent"], 5);

@@ -4,21 +4,35 @@
 //!  watchers ─► World (FailoverDrill per cluster) ─► reconcile loop ─► DrillShared.drills
 //!                                                                        │
 //!  manager: one task per non-terminal drill (key + uid) ◄────────────────┘
-//!    drill task: validate ─► wait for the run slot ─► Started ─► baseline (one window)
+//!    drill task: validate, check grants ─► wait for the run slot ─► grants again ─► Started
+//!       ─► baseline (one window)
 //!       ─► fail the target: drain ─► DrillShared.drains ─► reconcile loop puts it into every
 //!                                    cluster's snapshot, publishes, proxies ack (failTime)
 //!                           kill/blackhole ─► DrillActuator::fail (failTime)
 //!       ─► every second: traffic of the scoped Gateways (DataPlane::traffic, all clusters),
-//!          sliding-window guards ─► trip: GuardTripped + Aborted, roll back at once
+//!          sliding-window guards ─► trip: GuardTripped + Aborted, roll back at once;
+//!          grants checked again ─► one removed: Aborted (RefNotPermitted), roll back at once
 //!       ─► restore (drain removed and acked / DrillActuator::restore) (restoreTime)
 //!       ─► after-period (one window) ─► figures ─► Succeeded | Aborted
 //! ```
 //!
 //! Each drill task is the only writer of its drill's status (merge patch of the status
 //! subresource, whole status each time, so retries are idempotent) and emits Kubernetes Events
-//! (`events.k8s.io/v1`, reporting controller `meridian`) at every step. Only one drill runs at a
-//! time per controller: the others stay `Pending` with `Accepted=False/Conflicted` naming the
-//! running one, and start oldest first.
+//! (`events.k8s.io/v1`, reporting controller `meridian`) at every step.
+//!
+//! A drill stays in its namespace: an empty scope means the Gateways of the drill's namespace,
+//! and a Gateway or ServiceImport of another namespace needs a ReferenceGrant there (the rule of
+//! Gateway API references, [`crate::refgrant`]; grants of the drill's own cluster count), else
+//! the drill is refused with `Accepted=False/RefNotPermitted`. Grants are read again when the
+//! drill starts and every second while its target is failed: a grant removed mid-drill aborts
+//! it and restores the target at once.
+//!
+//! One drill runs per namespace (namespaces are the same across member clusters, as for MCS),
+//! and drills of different namespaces run at once unless their scopes overlap (a Gateway or
+//! ServiceImport in common; kill/blackhole overlap everything, as they stop shared backends),
+//! up to the controller's cap (`--max-concurrent-drills`). The others stay `Pending` with
+//! `Accepted=False/Conflicted` naming what they wait for, and start oldest first. Every
+//! `spec.duration` is capped by `--drill-max-duration` (default 15 min).
 //!
 //! Rollback happens at the end, when a guard trips, when the drill is deleted (the task is
 //! cancelled and restores the target before it exits), and when the controller shuts down (the
@@ -38,6 +52,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use gateway_api::referencegrants::ReferenceGrant;
 pub use meridian_crds::meridian::DrillMode;
 use meridian_crds::meridian::FailoverDrill;
 use meridian_model::Snapshot;
@@ -45,7 +60,7 @@ use meridian_model::snapshot::Drain;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::world::World;
+use crate::world::{ObjectKey, World};
 
 pub(crate) use manager::{ManagerConfig, spawn_manager};
 
@@ -127,6 +142,9 @@ impl std::fmt::Display for DrillKey {
 /// Every FailoverDrill of every member cluster, as indexed.
 pub(crate) type DrillSet = Arc<BTreeMap<DrillKey, Arc<FailoverDrill>>>;
 
+/// The ReferenceGrants of one member cluster, as indexed.
+pub(crate) type Grants = BTreeMap<ObjectKey, Arc<ReferenceGrant>>;
+
 /// What the reconcile loop and the drill runner share.
 ///
 /// The runner writes `drains`; the reconcile loop puts them into every cluster's snapshot and
@@ -136,6 +154,8 @@ pub(crate) struct DrillShared {
     drains: watch::Sender<Vec<Drain>>,
     published: watch::Sender<BTreeMap<String, Arc<Snapshot>>>,
     drills: watch::Sender<DrillSet>,
+    /// ReferenceGrants per member cluster (what lets a drill name other namespaces).
+    grants: watch::Sender<Arc<BTreeMap<String, Arc<Grants>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -145,6 +165,7 @@ impl DrillShared {
             drains: watch::channel(Vec::new()).0,
             published: watch::channel(BTreeMap::new()).0,
             drills: watch::channel(DrillSet::default()).0,
+            grants: watch::channel(Arc::default()).0,
             metrics,
         })
     }
@@ -222,6 +243,25 @@ impl DrillShared {
 
     pub(crate) fn subscribe_drills(&self) -> watch::Receiver<DrillSet> {
         self.drills.subscribe()
+    }
+
+    /// Called by the reconcile loop after a ReferenceGrant change was applied to the index.
+    pub(crate) fn set_grants(&self, world: &World) {
+        let grants = world
+            .clusters
+            .iter()
+            .map(|(cluster, state)| (cluster.clone(), Arc::new(state.reference_grants.clone())))
+            .collect();
+        self.grants.send_replace(Arc::new(grants));
+    }
+
+    /// The ReferenceGrants of one member cluster now (none when it has none).
+    pub(crate) fn grants(&self, cluster: &str) -> Arc<Grants> {
+        self.grants
+            .borrow()
+            .get(cluster)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 

@@ -3,10 +3,12 @@
 //! ```text
 //!  status Running at startup ─► recover: actuator.restore (kill/blackhole), Failed
 //!  plan() refuses ─► Failed (Accepted=False/Invalid|ModeUnsupported)
-//!  Pending (Accepted) ─► wait for the slot (Accepted=False/Conflicted naming the running drill)
-//!  resolve() refuses ─► Failed (Accepted=False/Invalid)
-//!  Running: Started ─► baseline (one window) ─► fail target ─► TargetFailed (failTime)
+//!  check_grants() refuses ─► Failed (Accepted=False/RefNotPermitted)
+//!  Pending (Accepted) ─► wait for the slot (Accepted=False/Conflicted naming what it waits for)
+//!  check_grants() / resolve() refuses ─► Failed (Accepted=False/RefNotPermitted|Invalid)
+//!  Running: Started ─► baseline (one window) ─► grants ─► fail target ─► TargetFailed (failTime)
 //!     ─► every 1 s: sample, guards ─► trip: GuardTripped + Aborted
+//!                   grants ─► one removed: Aborted (Accepted=False/RefNotPermitted)
 //!     ─► restore ─► Restored (restoreTime) ─► after-period (one window) ─► Completed
 //!        ─► Succeeded | Aborted (figures)
 //!  deleted ─► restore, end (nothing to write to)   shutdown ─► restore, Failed
@@ -30,7 +32,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::manager::{DrillCtx, SlotGuard, created};
-use super::plan::{Plan, Refusal, Resolved, gateway_in_scope, plan, resolve, scoped_gateways};
+use super::plan::{
+    Footprint, Plan, Refusal, Resolved, check_grants, gateway_in_scope, plan, resolve,
+    scoped_gateways,
+};
 use super::report::{Reporter, rfc3339_millis};
 use super::traffic::{Samples, figures, humantime, trip};
 use super::{ActuatorError, DrillKey, DrillMode, DrillTarget};
@@ -57,6 +62,13 @@ struct Baseline {
     before: GatewayTraffic,
     /// Totals when the target is about to fail (what "during" counts from).
     fail_base: GatewayTraffic,
+}
+
+/// Why a drill was cut short while its target was failed.
+struct Trip {
+    /// A ReferenceGrant the scope needs was removed (else: a guard tripped).
+    revoked: bool,
+    why: String,
 }
 
 /// Traffic before and while the target was failed.
@@ -138,12 +150,17 @@ impl Run {
             &drill.spec,
             &self.key.namespace,
             self.ctx.actuator.is_some(),
-        ) {
+            self.ctx.max_duration,
+        )
+        .and_then(|p| self.check_grants(&p).map(|()| p))
+        {
             Ok(p) => p,
             Err(r) => return self.refuse(r).await,
         };
         let ctx = Arc::clone(&self.ctx);
-        let place = ctx.slot.enqueue(created(drill), self.key.clone());
+        let place = ctx
+            .slot
+            .enqueue(created(drill), self.key.clone(), Footprint::of(&plan));
         if self.wait_turn(&place).await.is_err() {
             // Nothing was done yet: nothing to restore. A deleted drill needs no status; on
             // shutdown it stays Pending and the next controller runs it.
@@ -168,9 +185,8 @@ impl Run {
         loop {
             match ctx.slot.try_take(place) {
                 Ok(()) => return Ok(()),
-                Err(blocker) => {
-                    let msg =
-                        format!("waiting for drill {blocker} to finish (one drill runs at a time)");
+                Err(blocked) => {
+                    let msg = blocked.to_string();
                     if noted.as_deref() != Some(msg.as_str()) {
                         tracing::info!(drill = %self.key, "{msg}");
                         self.rep.status.phase = Some(DrillPhase::Pending);
@@ -191,15 +207,28 @@ impl Run {
     /// restore, after-period, figures. Every step that ends the drill writes its own terminal
     /// status and returns `None`.
     async fn execute(&mut self, plan: &Plan) {
-        let resolved = match resolve(plan, &self.id, &self.ctx.shared.published()) {
+        // A grant may have gone while the drill waited.
+        let resolved = match self
+            .check_grants(plan)
+            .and_then(|()| resolve(plan, &self.id, &self.ctx.shared.published()))
+        {
             Ok(r) => r,
             Err(r) => return self.refuse(r).await,
         };
         self.report_started(plan, &resolved).await;
+        // From here on the drill concerns exactly the Gateways its drain names.
+        let plan = &Plan {
+            gateways: resolved.gateways.clone(),
+            ..plan.clone()
+        };
         let mut samples = Samples::default();
         let Some(baseline) = self.baseline(&mut samples, plan).await else {
             return;
         };
+        // A grant removed during the baseline: nothing was failed yet, refuse.
+        if let Err(r) = self.check_grants(plan) {
+            return self.refuse(r).await;
+        }
         let Some(fail_requested) = self.fail(plan, &resolved).await else {
             return;
         };
@@ -215,7 +244,7 @@ impl Run {
             before: baseline.before,
             during,
         };
-        if self.restore(plan, tripped.as_deref(), &measured).await {
+        if self.restore(plan, tripped.as_ref(), &measured).await {
             self.after_period(&mut samples, plan, measured, tripped)
                 .await;
         }
@@ -305,14 +334,19 @@ impl Run {
         Some(fail_requested)
     }
 
+    /// The drill's scope against the ReferenceGrants of its cluster now.
+    fn check_grants(&self, plan: &Plan) -> Result<(), Refusal> {
+        check_grants(plan, &self.ctx.shared.grants(&self.key.cluster))
+    }
+
     /// Keeps the target failed for the drill's duration, sampling and checking the guards
-    /// every second. `Ok(Some(why))`: a guard tripped.
+    /// and the grants every second. `Ok(Some(_))`: a guard tripped or a grant went away.
     async fn hold(
         &mut self,
         samples: &mut Samples,
         plan: &Plan,
         fail_requested: Instant,
-    ) -> Result<Option<String>, Stop> {
+    ) -> Result<Option<Trip>, Stop> {
         let end = Instant::now() + plan.duration;
         loop {
             let now = Instant::now();
@@ -322,11 +356,20 @@ impl Run {
             let next = (now + Duration::from_secs(1)).min(end);
             self.sig.guard(tokio::time::sleep_until(next)).await?;
             self.sample(samples, plan);
+            if let Err(r) = self.check_grants(plan) {
+                return Ok(Some(Trip {
+                    revoked: true,
+                    why: r.message,
+                }));
+            }
             if let Some(why) = samples
                 .window(plan.guards.window, fail_requested)
                 .and_then(|w| trip(&plan.guards, &w))
             {
-                return Ok(Some(why));
+                return Ok(Some(Trip {
+                    revoked: false,
+                    why,
+                }));
             }
         }
     }
@@ -335,19 +378,43 @@ impl Run {
     /// afterwards: on a trip the rollback must not wait for the API. (Not interruptible: it is
     /// what an interruption would do, and it is bounded.) `false`: restoring failed and the
     /// drill is `Failed`.
-    async fn restore(&mut self, plan: &Plan, tripped: Option<&str>, measured: &Measured) -> bool {
+    async fn restore(&mut self, plan: &Plan, trip: Option<&Trip>, measured: &Measured) -> bool {
         let ctx = Arc::clone(&self.ctx);
         let tripped_at = Timestamp::now();
         let restored = restore_target(&ctx, plan, &self.id, Some(ctx.ack_timeout)).await;
         let restore_time = Timestamp::now();
-        if let Some(why) = tripped {
-            tracing::warn!(drill = %self.key, "guard tripped: {why}; rolled back");
-            self.rep.status.abort_reason = Some(why.to_string());
-            self.rep
-                .timeline(d::GUARD_TRIPPED, why.to_string(), tripped_at);
-            self.rep
-                .timeline(d::ABORTED, "rolling back at once".to_string(), tripped_at);
+        let tripped = trip.map(|t| t.why.as_str());
+        match trip {
+            Some(Trip { revoked: true, why }) => {
+                tracing::warn!(drill = %self.key, "grant removed: {why}; rolled back");
+                self.rep.status.abort_reason = Some(why.clone());
+                self.rep
+                    .condition(d::ACCEPTED, false, d::REASON_REF_NOT_PERMITTED, why);
+                self.rep.timeline(
+                    d::ABORTED,
+                    format!("{why}; rolling back at once"),
+                    tripped_at,
+                );
+            }
+            Some(Trip {
+                revoked: false,
+                why,
+            }) => {
+                tracing::warn!(drill = %self.key, "guard tripped: {why}; rolled back");
+                self.rep.status.abort_reason = Some(why.clone());
+                self.rep.timeline(d::GUARD_TRIPPED, why.clone(), tripped_at);
+                self.rep
+                    .timeline(d::ABORTED, "rolling back at once".to_string(), tripped_at);
+            }
+            None => {}
         }
+        let trip_event = trip.map(|t| {
+            if t.revoked {
+                (d::ABORTED, t.why.as_str())
+            } else {
+                (d::GUARD_TRIPPED, t.why.as_str())
+            }
+        });
         match restored {
             Ok(msg) => {
                 let window = humantime(plan.guards.window);
@@ -360,15 +427,15 @@ impl Run {
                     }
                 });
                 self.rep.write().await;
-                if let Some(why) = tripped {
-                    self.rep.event(true, d::GUARD_TRIPPED, why).await;
+                if let Some((reason, why)) = trip_event {
+                    self.rep.event(true, reason, why).await;
                 }
                 self.rep.event(false, d::RESTORED, &msg).await;
                 true
             }
             Err(e) => {
-                if let Some(why) = tripped {
-                    self.rep.event(true, d::GUARD_TRIPPED, why).await;
+                if let Some((reason, why)) = trip_event {
+                    self.rep.event(true, reason, why).await;
                 }
                 self.rep.status.figures = Some(figures(
                     &measured.before,
@@ -389,7 +456,7 @@ impl Run {
         samples: &mut Samples,
         plan: &Plan,
         measured: Measured,
-        tripped: Option<String>,
+        tripped: Option<Trip>,
     ) {
         self.sample(samples, plan);
         let after_base = samples.latest().cloned().unwrap_or_default();
@@ -408,7 +475,7 @@ impl Run {
                 self.finish(DrillPhase::Succeeded, d::COMPLETED, summary)
                     .await
             }
-            Some(why) => {
+            Some(Trip { why, .. }) => {
                 self.finish(
                     DrillPhase::Aborted,
                     d::COMPLETED,
@@ -542,14 +609,16 @@ impl Run {
 
 /// What the drill does, for the Started entry.
 fn describe(plan: &Plan, resolved: &Resolved) -> String {
+    let named = resolved
+        .gateways
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let gws = if plan.gateways.is_empty() {
-        "every Gateway".to_string()
+        format!("the Gateways of namespace {} ({named})", plan.namespace)
     } else {
-        plan.gateways
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        named
     };
     let backends = if resolved.backends.is_empty() {
         "every backend".to_string()
@@ -652,8 +721,8 @@ async fn fail_target(
     match plan.mode {
         DrillMode::Drain => {
             ctx.shared.set_drain(resolved.drain.clone());
-            let want = ctx.shared.drains();
-            let acked = wait_acked(ctx, plan, &want, ctx.ack_timeout)
+            let want = Want::Has(&resolved.drain);
+            let acked = wait_acked(ctx, plan, want, ctx.ack_timeout)
                 .await
                 .map_err(TargetError::DrainNotTaken)?;
             Ok(format!("drain of {} {acked}", plan.target))
@@ -692,11 +761,12 @@ async fn restore_target(
             let Some(timeout) = ack else {
                 return Ok("drain removed".into());
             };
-            let want = ctx.shared.drains();
-            Ok(match wait_acked(ctx, plan, &want, timeout).await {
-                Ok(acked) => format!("drain removed; {acked}"),
-                Err(e) => format!("drain removed, but {e}"),
-            })
+            Ok(
+                match wait_acked(ctx, plan, Want::Lacks(id), timeout).await {
+                    Ok(acked) => format!("drain removed; {acked}"),
+                    Err(e) => format!("drain removed, but {e}"),
+                },
+            )
         }
         mode => {
             let actuator = ctx.actuator.as_ref().ok_or(TargetError::NoActuator(mode))?;
@@ -705,6 +775,25 @@ async fn restore_target(
                 Ok(r) => Ok(r?),
                 Err(_) => Err(TargetError::RestoreTimedOut(limit)),
             }
+        }
+    }
+}
+
+/// What the snapshots a drill waits for must say about its drain. Other drills' drains come
+/// and go meanwhile (drills of other namespaces run side by side), so only this drill's counts.
+#[derive(Clone, Copy)]
+enum Want<'a> {
+    /// The drain is in the snapshot as it is.
+    Has(&'a Drain),
+    /// No drain of this drill (`namespace/name`) is.
+    Lacks(&'a str),
+}
+
+impl Want<'_> {
+    fn satisfied_by(self, drains: &[Drain]) -> bool {
+        match self {
+            Self::Has(d) => drains.contains(d),
+            Self::Lacks(id) => drains.iter().all(|d| d.drill != id),
         }
     }
 }
@@ -719,16 +808,16 @@ struct AckTally {
 }
 
 /// Counts, in every published snapshot, the scoped Gateways whose proxies acknowledged a
-/// snapshot carrying exactly `want` as drains. `Err`: a proxy refused one.
+/// snapshot whose drains satisfy `want`. `Err`: a proxy refused one.
 fn tally_acks(
     ctx: &DrillCtx,
     plan: &Plan,
-    want: &[Drain],
+    want: Want<'_>,
     published: &BTreeMap<String, Arc<Snapshot>>,
 ) -> Result<AckTally, AckError> {
     let mut t = AckTally::default();
     for (cluster, snap) in published {
-        if snap.drains != want {
+        if !want.satisfied_by(&snap.drains) {
             t.waiting
                 .push(format!("{cluster}: snapshot not published yet"));
             continue;
@@ -766,12 +855,12 @@ fn tally_acks(
     Ok(t)
 }
 
-/// Waits until every published snapshot carries exactly `want` as drains and every connected
-/// proxy of the scoped Gateways acknowledged it. `Ok` says how many acknowledged.
+/// Waits until every published snapshot satisfies `want` and every connected proxy of the
+/// scoped Gateways acknowledged it. `Ok` says how many acknowledged.
 async fn wait_acked(
     ctx: &DrillCtx,
     plan: &Plan,
-    want: &[Drain],
+    want: Want<'_>,
     timeout: Duration,
 ) -> Result<String, AckError> {
     let deadline = Instant::now() + timeout;

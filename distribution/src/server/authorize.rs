@@ -215,13 +215,31 @@ mod tests {
             address: Some(a.into()),
             ..hello()
         };
-        for bad in ["0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "a b", "-x.example", ""] {
-            assert_eq!(reason(&with(bad), "10.1.1.1", &AnyAddress), Some("address"), "{bad}");
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "255.255.255.255",
+            "a b",
+            "-x.example",
+            "",
+        ] {
+            assert_eq!(
+                reason(&with(bad), "10.1.1.1", &AnyAddress),
+                Some("address"),
+                "{bad}"
+            );
         }
-        assert_eq!(reason(&with("gw.example.com"), "10.1.1.1", &AnyAddress), None);
+        assert_eq!(
+            reason(&with("gw.example.com"), "10.1.1.1", &AnyAddress),
+            None
+        );
         assert_eq!(reason(&with("10.0.10.7"), "10.1.1.1", &Pool), None);
         assert_eq!(reason(&with("lb.example"), "10.1.1.1", &Pool), None);
-        assert_eq!(reason(&with("10.0.11.7"), "10.1.1.1", &Pool), Some("address"));
+        assert_eq!(
+            reason(&with("10.0.11.7"), "10.1.1.1", &Pool),
+            Some("address")
+        );
     }
 
     #[test]
@@ -232,8 +250,16 @@ mod tests {
         };
         assert_eq!(reason(&with("10.1.1.1:15443"), "10.1.1.1", &Pool), None);
         assert_eq!(reason(&with("127.0.0.1:15443"), "127.0.0.1", &Pool), None);
-        assert_eq!(reason(&with("[::1]:15443"), "127.0.0.1", &Pool), None, "both loopback");
-        assert_eq!(reason(&with("10.0.10.9:15443"), "192.168.1.1", &Pool), None, "pool");
+        assert_eq!(
+            reason(&with("[::1]:15443"), "127.0.0.1", &Pool),
+            None,
+            "both loopback"
+        );
+        assert_eq!(
+            reason(&with("10.0.10.9:15443"), "192.168.1.1", &Pool),
+            None,
+            "pool"
+        );
         assert_eq!(
             reason(&with("10.9.9.9:15443"), "10.1.1.1", &Pool),
             Some("east-west")
@@ -247,8 +273,16 @@ mod tests {
 
     #[test]
     fn only_proxy_certificates_and_own_ids() {
-        assert!(proxy_of(None).unwrap_err().contains("client certificate is needed"));
-        assert!(proxy_of(Some(&Peer::Controller)).unwrap_err().contains("controller"));
+        assert!(
+            proxy_of(None)
+                .unwrap_err()
+                .contains("client certificate is needed")
+        );
+        assert!(
+            proxy_of(Some(&Peer::Controller))
+                .unwrap_err()
+                .contains("controller")
+        );
         let p = Peer::Proxy(who());
         assert_eq!(proxy_of(Some(&p)).unwrap(), &who());
         assert!(same_proxy(&who(), "p1").is_ok());

@@ -127,7 +127,10 @@ impl Inner {
                 "not-a-proxy",
                 "the controller's certificate cannot get a proxy certificate\n",
             )),
-            None => self.bootstrap(body, headers).await.map(|w| (w, "bootstrap")),
+            None => self
+                .bootstrap(body, headers)
+                .await
+                .map(|w| (w, "bootstrap")),
         }
     }
 
@@ -162,7 +165,11 @@ impl Inner {
         };
         // The names must be able to form an identity before anyone is asked about them.
         if let Err(e) = ProxyIdentity::new(&body.cluster, "region", &body.zone, &body.proxy_id) {
-            return Err(refused(StatusCode::BAD_REQUEST, "bad-request", format!("{e}\n")));
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("{e}\n"),
+            ));
         }
         let claim = BootstrapClaim {
             cluster: body.cluster.clone(),
@@ -175,7 +182,10 @@ impl Inner {
                 refused(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    format!("cannot verify the bootstrap credential now: {}\n", r.message),
+                    format!(
+                        "cannot verify the bootstrap credential now: {}\n",
+                        r.message
+                    ),
                 )
             } else {
                 refused(
@@ -209,14 +219,12 @@ impl Inner {
                 ),
             ));
         }
-        ProxyIdentity::new(&body.cluster, &grant.region, &body.zone, &body.proxy_id).map_err(
-            |e| {
-                refused(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("the cluster's region cannot be part of an identity: {e}\n"),
-                )
-            },
-        )
+        ProxyIdentity::new(&body.cluster, &grant.region, &body.zone, &body.proxy_id).map_err(|e| {
+            refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the cluster's region cannot be part of an identity: {e}\n"),
+            )
+        })
     }
 }

@@ -89,8 +89,8 @@ pub use self::admission::{
     BoxFuture,
 };
 pub use self::registry::{ProxyState, Refusal};
-pub use self::traffic::{MAX_REQUESTS_PER_SECOND, RATE_SLACK};
 pub use self::store::{PublishError, PublishKind, Published};
+pub use self::traffic::{MAX_REQUESTS_PER_SECOND, RATE_SLACK};
 
 use self::registry::ProxyEntry;
 use self::store::ClusterEntry;

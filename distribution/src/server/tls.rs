@@ -145,7 +145,12 @@ fn reason_label(reasons: &[String], io: bool) -> &'static str {
             .iter()
             .any(|r| needles.iter().any(|n| r.contains(n)))
     };
-    if any(&["http request", "wrong version number", "packet length too long", "https proxy request"]) {
+    if any(&[
+        "http request",
+        "wrong version number",
+        "packet length too long",
+        "https proxy request",
+    ]) {
         "no-tls"
     } else if any(&[
         "unsupported protocol",
@@ -174,13 +179,19 @@ mod tests {
             dns: vec!["ctl.example".into(), "localhost".into()],
             ips: vec![],
         };
-        let n = server_names(&names, "10.1.2.3:7000".parse().unwrap_or_else(|_| unreachable!()));
+        let n = server_names(
+            &names,
+            "10.1.2.3:7000".parse().unwrap_or_else(|_| unreachable!()),
+        );
         assert_eq!(n.dns, ["ctl.example", "localhost"]);
         assert_eq!(
             n.ips,
             [IpAddr::from([10, 1, 2, 3]), IpAddr::from([127, 0, 0, 1])]
         );
-        let n = server_names(&ServerNames::default(), "0.0.0.0:7000".parse().unwrap_or_else(|_| unreachable!()));
+        let n = server_names(
+            &ServerNames::default(),
+            "0.0.0.0:7000".parse().unwrap_or_else(|_| unreachable!()),
+        );
         assert_eq!(n.ips, [IpAddr::from([127, 0, 0, 1])]);
     }
 
@@ -190,9 +201,18 @@ mod tests {
         assert_eq!(reason_label(&r("http request"), false), "no-tls");
         assert_eq!(reason_label(&r("wrong version number"), false), "no-tls");
         assert_eq!(reason_label(&r("unsupported protocol"), false), "protocol");
-        assert_eq!(reason_label(&r("certificate verify failed"), false), "bad-certificate");
-        assert_eq!(reason_label(&r("tlsv1 alert unknown ca"), false), "bad-certificate");
-        assert_eq!(reason_label(&r("unexpected eof while reading"), false), "closed");
+        assert_eq!(
+            reason_label(&r("certificate verify failed"), false),
+            "bad-certificate"
+        );
+        assert_eq!(
+            reason_label(&r("tlsv1 alert unknown ca"), false),
+            "bad-certificate"
+        );
+        assert_eq!(
+            reason_label(&r("unexpected eof while reading"), false),
+            "closed"
+        );
         assert_eq!(reason_label(&[], true), "closed");
         assert_eq!(reason_label(&r("something new"), false), "other");
     }

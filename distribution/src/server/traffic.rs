@@ -235,7 +235,12 @@ impl Inner {
             .collect();
         let now = Instant::now();
         let same_stream = p.reported.is_some_and(|r| r.session == p.session);
-        plausible(&p.traffic, &new, same_stream, p.reported.map(|r| now - r.at))?;
+        plausible(
+            &p.traffic,
+            &new,
+            same_stream,
+            p.reported.map(|r| now - r.at),
+        )?;
         p.reported = Some(super::registry::Reported {
             session: p.session,
             at: now,
@@ -480,7 +485,8 @@ mod tests {
         };
         assert_eq!(reason(counters(3)), None);
         let mut t = counters(3);
-        t.failed.insert(meridian_model::traffic::FailureKind::Connect, 4);
+        t.failed
+            .insert(meridian_model::traffic::FailureKind::Connect, 4);
         assert_eq!(reason(t), Some("failures"));
         let mut t = counters(3);
         t.by_region.insert("r2".into(), 1);
@@ -492,8 +498,10 @@ mod tests {
         let mut t = counters(3);
         t.requests = u64::MAX - 1;
         t.by_region.insert("r2".into(), u64::MAX);
-        t.failed.insert(meridian_model::traffic::FailureKind::Connect, u64::MAX);
-        t.failed.insert(meridian_model::traffic::FailureKind::Timeout, u64::MAX);
+        t.failed
+            .insert(meridian_model::traffic::FailureKind::Connect, u64::MAX);
+        t.failed
+            .insert(meridian_model::traffic::FailureKind::Timeout, u64::MAX);
         assert_eq!(reason(t), Some("failures"));
     }
 
@@ -505,7 +513,11 @@ mod tests {
             plausible(&before, &after, true, second),
             Err(Implausible::Decrease(GatewayRef::new("ns", "web")))
         );
-        assert_eq!(plausible(&before, &after, false, second), Ok(()), "a new stream");
+        assert_eq!(
+            plausible(&before, &after, false, second),
+            Ok(()),
+            "a new stream"
+        );
         assert_eq!(plausible(&before, &one(counters(6)), true, second), Ok(()));
     }
 
@@ -528,15 +540,31 @@ mod tests {
             })
         );
         // After a restart (new stream, counters went down) the new counters are the growth.
-        assert_eq!(plausible(&base, &at(limit + 1), false, elapsed).unwrap_err().reason(), "rate");
+        assert_eq!(
+            plausible(&base, &at(limit + 1), false, elapsed)
+                .unwrap_err()
+                .reason(),
+            "rate"
+        );
         assert_eq!(plausible(&base, &at(limit), false, elapsed), Ok(()));
         // The first report is not bounded; huge values saturate.
-        assert_eq!(plausible(&Counters::new(), &at(u64::MAX), true, None), Ok(()));
-        let mut two = at(u64::MAX);
-        two.insert(GatewayRef::new("ns", "api"), at(u64::MAX).into_values().next().unwrap());
         assert_eq!(
-            plausible(&Counters::new(), &two, true, Some(Duration::from_secs(u64::MAX)))
-                .map_err(|e| e.reason()),
+            plausible(&Counters::new(), &at(u64::MAX), true, None),
+            Ok(())
+        );
+        let mut two = at(u64::MAX);
+        two.insert(
+            GatewayRef::new("ns", "api"),
+            at(u64::MAX).into_values().next().unwrap(),
+        );
+        assert_eq!(
+            plausible(
+                &Counters::new(),
+                &two,
+                true,
+                Some(Duration::from_secs(u64::MAX))
+            )
+            .map_err(|e| e.reason()),
             Ok(()),
             "saturated bound"
         );
@@ -551,13 +579,19 @@ mod tests {
         let _ = inner.connect(&entry("a", None, None).hello);
         inner.report(report("a", 5)).unwrap();
         let err = inner.report(report("a", 3)).unwrap_err();
-        assert!(matches!(err, ReportError::Implausible(Implausible::Decrease(_))), "{err}");
+        assert!(
+            matches!(err, ReportError::Implausible(Implausible::Decrease(_))),
+            "{err}"
+        );
         assert_eq!(srv.traffic("c", &web), Some(counters(5)));
         tokio::time::advance(Duration::from_secs(1)).await;
         let mut huge = report("a", 5);
         huge.gateways[0].traffic.requests = 3 * MAX_REQUESTS_PER_SECOND + RATE_SLACK;
         let err = inner.report(huge).unwrap_err();
-        assert!(matches!(err, ReportError::Implausible(Implausible::Rate { .. })), "{err}");
+        assert!(
+            matches!(err, ReportError::Implausible(Implausible::Rate { .. })),
+            "{err}"
+        );
         assert_eq!(srv.traffic("c", &web), Some(counters(5)));
         // The proxy restarts: a new stream may start lower.
         let _ = inner.connect(&entry("a", None, None).hello);

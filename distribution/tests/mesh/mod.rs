@@ -164,3 +164,60 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
+
+/// One TLS connection accepted by a fake controller.
+pub type Tls = tokio_openssl::SslStream<tokio::net::TcpStream>;
+
+/// A listener for a scripted fake controller speaking TLS with a controller certificate of this
+/// process's CA: the listener, its `https://` URL, and the acceptor for [`accept_tls`].
+pub async fn fake_controller_listener() -> (
+    tokio::net::TcpListener,
+    String,
+    Arc<openssl::ssl::SslAcceptor>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let ca = ca();
+    let creds = ca
+        .issue_server(
+            &Peer::Controller,
+            &["localhost".into()],
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let acceptor = meridian_distribution::pki::server_acceptor(
+        &creds,
+        &ca.bundle(),
+        meridian_distribution::pki::ClientCerts::Optional,
+    )
+    .unwrap();
+    (listener, url, Arc::new(acceptor))
+}
+
+/// The TLS handshake of a fake controller's connection.
+pub async fn accept_tls(acceptor: &openssl::ssl::SslAcceptor, tcp: tokio::net::TcpStream) -> Tls {
+    let ssl = openssl::ssl::Ssl::new(acceptor.context()).unwrap();
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut s).accept().await.unwrap();
+    s
+}
+
+/// A raw TLS connection to the server at `addr` as the proxy saying `h` (for tests that write
+/// HTTP by hand).
+pub async fn connect_as(addr: SocketAddr, h: &Hello) -> Tls {
+    let store = store_for(h);
+    let creds = store.credentials();
+    let connector = client_connector(creds.as_deref(), &store.bundle(), Peer::Controller)
+        .unwrap()
+        .build();
+    let ssl = connector
+        .configure()
+        .unwrap()
+        .into_ssl(&addr.ip().to_string())
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut s).connect().await.unwrap();
+    s
+}

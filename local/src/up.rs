@@ -35,6 +35,7 @@ use kube::api::{Api, Patch, PatchParams};
 use meridian_controller::distributed::DistributedDataPlane;
 use meridian_controller::distributed::addresses::{AddressPools, AddressRange};
 use meridian_controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster};
+use meridian_distribution::pki::{Ca, CertStore, ProxyIdentity, TrustDomain};
 use meridian_distribution::{Client, ClientConfig, DistributionServer, Hello, ServerConfig};
 use meridian_model::locality::Locality;
 use meridian_proxy::{ProxyConfig, ProxyHandle};
@@ -547,10 +548,10 @@ async fn install_meridian(clients: &[(String, kube::Client)]) -> Result<(), UpEr
 struct Control {
     server: Arc<DistributionServer>,
     controller: ControllerHandle,
-    /// `http://` URL of the distribution server.
+    /// `https://` URL of the distribution server.
     url: String,
-    /// Bearer token the proxies present.
-    token: String,
+    /// The mesh CA (in memory, made for this run): the proxies' certificates come from it.
+    ca: Arc<Ca>,
 }
 
 /// Step 3a: the distribution server and the controller, through the controller crate's
@@ -561,18 +562,23 @@ async fn start_controller(
     clients: &[(String, kube::Client)],
     backends: Arc<LocalBackends>,
 ) -> Result<Control, UpError> {
-    let token = format!("{:032x}", rand::random::<u128>());
+    let distribution_error = |e: BoxError| UpError::Distribution {
+        port: args.distribution_port,
+        source: e,
+    };
+    // A mesh CA for this run only: the distribution link is mutual TLS like in a cluster.
+    let ca = Arc::new(
+        Ca::generate(&TrustDomain::default(), Duration::from_secs(30 * 24 * 3600))
+            .map_err(|e| distribution_error(e.into()))?,
+    );
     let server = DistributionServer::start(ServerConfig::new(
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.distribution_port),
-        Some(token.clone()),
+        ca.clone(),
     ))
     .await
-    .map_err(|e| UpError::Distribution {
-        port: args.distribution_port,
-        source: e.into(),
-    })?;
+    .map_err(|e| distribution_error(e.into()))?;
     let server = Arc::new(server);
-    let url = format!("http://{}", server.local_addr());
+    let url = format!("https://{}", server.local_addr());
     let data_plane = DistributedDataPlane::with_pools(server.clone(), address_pools(plans)?);
     let members = plans
         .iter()
@@ -602,7 +608,7 @@ async fn start_controller(
         server,
         controller,
         url,
-        token,
+        ca,
     })
 }
 
@@ -676,18 +682,27 @@ async fn start_proxy(
         .await
         .map_err(|e| proxy_error(e.into()))?,
     );
+    let hello = Hello {
+        proxy_id: format!("{}-proxy", c.name),
+        cluster: c.name.clone(),
+        region: c.region.clone(),
+        zone: c.zones[0].clone(),
+        gateways: None,
+        address: Some(c.proxy_address.to_string()),
+        east_west: handle.east_west_addr().map(|a| a.to_string()),
+    };
+    // Issued straight from the in-memory CA (the proxy runs in this process): no bootstrap.
+    let identity = ProxyIdentity::new(&hello.cluster, &hello.region, &hello.zone, &hello.proxy_id)
+        .map_err(|e| proxy_error(e.into()))
+        .and_then(|who| {
+            CertStore::issued(&control.ca, &who, Duration::from_secs(24 * 3600))
+                .map_err(|e| proxy_error(e.into()))
+        })?;
     let client = Client::new(ClientConfig::new(
         control.url.clone(),
-        Some(control.token.clone()),
-        Hello {
-            proxy_id: format!("{}-proxy", c.name),
-            cluster: c.name.clone(),
-            region: c.region.clone(),
-            zone: c.zones[0].clone(),
-            gateways: None,
-            address: Some(c.proxy_address.to_string()),
-            east_west: handle.east_west_addr().map(|a| a.to_string()),
-        },
+        hello,
+        Arc::new(identity),
+        None,
     ))
     .map_err(|e| proxy_error(e.into()))?;
     let h = handle.clone();

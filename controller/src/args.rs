@@ -571,8 +571,11 @@ impl ControllerArgs {
                      cannot verify this controller unless given its certificate, and a restart \
                      makes a new one"
                 );
-                Ca::generate(&TrustDomain::default(), Duration::from_secs(365 * 24 * 3600))
-                    .map_err(|e| ArgsError::Ca(e.to_string()))?
+                Ca::generate(
+                    &TrustDomain::default(),
+                    Duration::from_secs(365 * 24 * 3600),
+                )
+                .map_err(|e| ArgsError::Ca(e.to_string()))?
             }
             _ => return Err(ArgsError::CaHalf),
         };
@@ -805,8 +808,8 @@ mod tests {
         let half = Cli::try_parse_from(["x", "--cluster", "east", "--ca-cert-file", "ca.crt"]);
         assert!(half.is_err());
 
-        let pools = check(&[&bind[..], &["--gateway-addresses", "east=10.0.10.0/24"]].concat())
-            .unwrap();
+        let pools =
+            check(&[&bind[..], &["--gateway-addresses", "east=10.0.10.0/24"]].concat()).unwrap();
         assert!(pools.has_pool("east") && !pools.has_pool("west"));
         let err = check(&["--gateway-addresses", "east=10.0.10.0/24"]).unwrap_err();
         assert!(

@@ -68,7 +68,10 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
     .await
     .unwrap_err()
     .to_string();
-    assert!(err.contains("mesh CA") && err.contains("missing.crt"), "{err}");
+    assert!(
+        err.contains("mesh CA") && err.contains("missing.crt"),
+        "{err}"
+    );
     assert!(std::net::TcpStream::connect(&bind).is_err());
     // The mesh CA, as its Secret would hold it.
     let ca = common::test_ca();

@@ -244,14 +244,21 @@ fn costs(routes: usize) -> anyhow::Result<Costs> {
 }
 
 async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
-    let ca = Arc::new(Ca::generate(&TrustDomain::default(), Duration::from_secs(3600))?);
+    let ca = Arc::new(Ca::generate(
+        &TrustDomain::default(),
+        Duration::from_secs(3600),
+    )?);
     let cfg = ServerConfig::new("127.0.0.1:0".parse()?, ca.clone());
     let srv = DistributionServer::start(cfg).await?;
     let url = format!("https://{}", srv.local_addr());
     // Every proxy gets its certificate straight from the CA (no bootstrap round trip).
     let store = |h: &Hello| -> anyhow::Result<Arc<CertStore>> {
         let who = ProxyIdentity::new(&h.cluster, &h.region, &h.zone, &h.proxy_id)?;
-        Ok(Arc::new(CertStore::issued(&ca, &who, Duration::from_secs(3600))?))
+        Ok(Arc::new(CertStore::issued(
+            &ca,
+            &who,
+            Duration::from_secs(3600),
+        )?))
     };
     let mut tasks = Vec::new();
     let mut proxies = Vec::new();

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use meridian_distribution::{Client, ClientConfig, Hello, Refused, Target};
 use meridian_model::Snapshot;
+use mesh::Tls;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use mesh::Tls;
 use tokio::sync::mpsc;
 
 /// Records what it applies.

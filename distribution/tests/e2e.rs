@@ -383,8 +383,7 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
         let a = Echo::start("a").await;
         let port = free_port();
         let proxy = Arc::new(proxy().await);
-        let (task, mut status) =
-            follow(client_for(&srv, hello("p1", "east")), proxy.clone());
+        let (task, mut status) = follow(client_for(&srv, hello("p1", "east")), proxy.clone());
         let snap = || http_snapshot(7, port, vec![prefix_rule("/", vec![echo_backend(&a, 1)])]);
         let g = srv.publish("east", snap()).unwrap().generation;
         assert_eq!(g, 7);
@@ -595,7 +594,10 @@ async fn a_certificate_of_another_mesh_is_refused_and_the_client_reports_it() {
         assert!(err.contains("controller connection failed"), "{err}");
         let r = ready(&proxy).await;
         assert!(
-            r["controller"]["lastError"].as_str().unwrap().contains("connection failed"),
+            r["controller"]["lastError"]
+                .as_str()
+                .unwrap()
+                .contains("connection failed"),
             "{r}"
         );
         assert!(srv.state().is_empty(), "a foreign proxy was registered");

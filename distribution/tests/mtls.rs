@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meridian_distribution::client::BootstrapCredential;
-use meridian_distribution::pki::{
-    CertStore, Credentials, Peer, ProxyIdentity, csr_pem, new_key,
-};
+use meridian_distribution::pki::{CertStore, Credentials, Peer, ProxyIdentity, csr_pem, new_key};
 use meridian_distribution::protocol::{CertificateRequest, CertificateResponse};
 use meridian_distribution::server::{
     AddressPolicy, BootstrapClaim, BootstrapGrant, BootstrapRefusal, BootstrapVerifier, BoxFuture,
@@ -134,7 +132,9 @@ async fn a_plaintext_client_fails_the_handshake() {
         let srv = server().await;
         // What a proxy sent before: plain HTTP.
         let body = serde_json::to_vec(&hello("p1")).unwrap();
-        let mut tcp = tokio::net::TcpStream::connect(srv.local_addr()).await.unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(srv.local_addr())
+            .await
+            .unwrap();
         let head = format!(
             "POST /v1/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n\r\n",
@@ -146,7 +146,10 @@ async fn a_plaintext_client_fails_the_handshake() {
         let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
             .await
             .expect("the server closes a plaintext connection");
-        assert!(!out.starts_with(b"HTTP/"), "an HTTP answer to plaintext: {out:?}");
+        assert!(
+            !out.starts_with(b"HTTP/"),
+            "an HTTP answer to plaintext: {out:?}"
+        );
         assert!(srv.state().is_empty());
         meridian_test_support::eventually("the failure counted", WAIT, || {
             sample(
@@ -192,7 +195,10 @@ async fn a_client_without_a_certificate_gets_401() {
             .issue_server(&Peer::Controller, &[], &[], Duration::from_secs(600))
             .unwrap();
         let r = Https::new(&ca.bundle(), Some(&ctl))
-            .post(url(&srv, "/v1/stream"), serde_json::to_vec(&hello("p1")).unwrap())
+            .post(
+                url(&srv, "/v1/stream"),
+                serde_json::to_vec(&hello("p1")).unwrap(),
+            )
             .await;
         assert_eq!(r.status(), 401);
         assert!(r.text().await.contains("controller's certificate"));
@@ -375,7 +381,11 @@ async fn acks_and_traffic_for_another_proxy_are_refused() {
         let r = p2.post(url(&srv, "/v1/ack"), refusal.to_string()).await;
         assert_eq!(r.status(), 403);
         assert!(r.text().await.contains("\"p2\""));
-        let p1_state = srv.state().into_iter().find(|p| p.proxy_id == "p1").unwrap();
+        let p1_state = srv
+            .state()
+            .into_iter()
+            .find(|p| p.proxy_id == "p1")
+            .unwrap();
         assert_eq!(p1_state.last_refusal, None, "p2 refused for p1");
         assert_eq!(
             srv.programmed("east", g),
@@ -512,7 +522,11 @@ async fn bootstrap_issues_certificates_only_for_what_the_credential_proves() {
         // Good token: a certificate naming the claim, with the region the controller knows.
         let (key, body) = cert_request(&hello("p1"));
         let r = Https::anonymous()
-            .post_with(url(&srv, "/v1/certificate"), body, &[("authorization", "Bearer good")])
+            .post_with(
+                url(&srv, "/v1/certificate"),
+                body,
+                &[("authorization", "Bearer good")],
+            )
             .await;
         assert_eq!(r.status(), 200);
         let answer: CertificateResponse = serde_json::from_str(&r.text().await).unwrap();
@@ -561,13 +575,31 @@ async fn bootstrap_issues_certificates_only_for_what_the_credential_proves() {
         // A CSR that is no CSR.
         let bad = json!({"cluster": "east", "zone": "a", "proxyId": "p1", "csr": "nope"});
         let r = Https::anonymous()
-            .post_with(url(&srv, "/v1/certificate"), bad.to_string(), &[("authorization", "Bearer good")])
+            .post_with(
+                url(&srv, "/v1/certificate"),
+                bad.to_string(),
+                &[("authorization", "Bearer good")],
+            )
             .await;
         assert_eq!(r.status(), 400);
         let m = srv.metrics_text();
-        let issued = |kind| sample(&m, "meridian_distribution_certificates_issued_total", "kind", kind);
+        let issued = |kind| {
+            sample(
+                &m,
+                "meridian_distribution_certificates_issued_total",
+                "kind",
+                kind,
+            )
+        };
         assert_eq!(issued("bootstrap"), 2.0);
-        let refused = |reason| sample(&m, "meridian_distribution_certificate_refused_total", "reason", reason);
+        let refused = |reason| {
+            sample(
+                &m,
+                "meridian_distribution_certificate_refused_total",
+                "reason",
+                reason,
+            )
+        };
         assert_eq!(refused("zone"), 1.0);
         assert_eq!(refused("unavailable"), 1.0);
         assert_eq!(refused("bad-csr"), 1.0);
@@ -614,7 +646,12 @@ async fn renewals_over_mtls_keep_the_identity() {
         }
         let m = srv.metrics_text();
         assert_eq!(
-            sample(&m, "meridian_distribution_certificates_issued_total", "kind", "renewal"),
+            sample(
+                &m,
+                "meridian_distribution_certificates_issued_total",
+                "kind",
+                "renewal"
+            ),
             1.0
         );
     })
@@ -645,7 +682,10 @@ impl Target for Growing {
     }
 }
 
-fn run(client: Client, target: Arc<Growing>) -> (tokio::task::JoinHandle<()>, watch::Receiver<ClientStatus>) {
+fn run(
+    client: Client,
+    target: Arc<Growing>,
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<ClientStatus>) {
     let status = client.status();
     let task = tokio::spawn(async move {
         let _ = client.run(&*target).await;
@@ -703,7 +743,10 @@ async fn a_proxy_without_a_certificate_bootstraps_and_follows() {
             .unwrap()
             .clone();
         assert!(
-            s.last_error.as_deref().unwrap().contains("no bootstrap credential"),
+            s.last_error
+                .as_deref()
+                .unwrap()
+                .contains("no bootstrap credential"),
             "{s:?}"
         );
         // A refused credential says so.
@@ -721,7 +764,10 @@ async fn a_proxy_without_a_certificate_bootstraps_and_follows() {
             .unwrap()
             .clone();
         let err = s.last_error.unwrap();
-        assert!(err.contains("refused our client certificate or bootstrap credential"), "{err}");
+        assert!(
+            err.contains("refused our client certificate or bootstrap credential"),
+            "{err}"
+        );
         task.abort();
         assert!(srv.state().iter().all(|p| p.proxy_id == "p1"));
     })
@@ -738,7 +784,8 @@ async fn certificates_rotate_under_load_without_dropping_the_stream() {
         .await;
         let me = hello("p1");
         let store = Arc::new(
-            CertStore::issued(&mesh::ca(), &mesh::identity_of(&me), Duration::from_secs(3)).unwrap(),
+            CertStore::issued(&mesh::ca(), &mesh::identity_of(&me), Duration::from_secs(3))
+                .unwrap(),
         );
         let mut cfg = ClientConfig::new(
             url(&srv, ""),
@@ -774,28 +821,53 @@ async fn certificates_rotate_under_load_without_dropping_the_stream() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let m = srv.metrics_text();
-        let renewals = sample(&m, "meridian_distribution_certificates_issued_total", "kind", "renewal");
-        let server_renewals = metric(&m, "meridian_distribution_server_certificate_renewals_total ").unwrap_or(0.0);
+        let renewals = sample(
+            &m,
+            "meridian_distribution_certificates_issued_total",
+            "kind",
+            "renewal",
+        );
+        let server_renewals = metric(
+            &m,
+            "meridian_distribution_server_certificate_renewals_total ",
+        )
+        .unwrap_or(0.0);
         println!(
             "{published} generations published and acknowledged; {renewals} proxy and \
              {server_renewals} server certificate renewals"
         );
         assert!(renewals >= 2.0, "proxy certificate renewals: {renewals}");
-        assert!(server_renewals >= 2.0, "server certificate renewals: {server_renewals}");
+        assert!(
+            server_renewals >= 2.0,
+            "server certificate renewals: {server_renewals}"
+        );
         let s = status.borrow().clone();
         assert_eq!(s.connects, 1, "the stream dropped: {s:?}");
         assert!(s.connected);
-        assert_eq!(metric(&m, "meridian_distribution_nacks_total{cluster=\"east\"} "), None);
+        assert_eq!(
+            metric(&m, "meridian_distribution_nacks_total{cluster=\"east\"} "),
+            None
+        );
         assert!(
             !m.lines()
                 .any(|l| l.starts_with("meridian_distribution_traffic_refused_total{")),
             "a traffic report was refused"
         );
         assert!(
-            metric(&m, "meridian_distribution_traffic_reports_total{cluster=\"east\"} ").unwrap() >= 20.0
+            metric(
+                &m,
+                "meridian_distribution_traffic_reports_total{cluster=\"east\"} "
+            )
+            .unwrap()
+                >= 20.0
         );
         assert_eq!(
-            sample(&m, "meridian_distribution_tls_handshake_failures_total", "reason", "bad-certificate"),
+            sample(
+                &m,
+                "meridian_distribution_tls_handshake_failures_total",
+                "reason",
+                "bad-certificate"
+            ),
             0.0
         );
         assert!(s.certificate_expiry.is_some());
@@ -813,5 +885,8 @@ fn certificate_requests_round_trip() {
         csr: "x".into(),
     })
     .unwrap();
-    assert_eq!(v, json!({"cluster": "east", "zone": "a", "proxyId": "p1", "csr": "x"}));
+    assert_eq!(
+        v,
+        json!({"cluster": "east", "zone": "a", "proxyId": "p1", "csr": "x"})
+    );
 }

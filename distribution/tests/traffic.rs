@@ -17,12 +17,11 @@ use meridian_distribution::{
 use meridian_model::Snapshot;
 use meridian_model::traffic::{FailureKind, GatewayTraffic};
 use meridian_test_support::eventually;
+use mesh::{Https, Tls};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use mesh::{Https, Tls};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
 
 async fn bounded<F: Future<Output = ()>>(f: F) {
     tokio::time::timeout(Duration::from_secs(60), f)

@@ -320,8 +320,8 @@ fn controller_source(args: &ProxyArgs, url: &str) -> Result<Source, RunError> {
         reason,
     };
     let pem = std::fs::read(ca_file).map_err(|e| ca_error(e.to_string()))?;
-    let bundle =
-        TrustBundle::from_pem(&pem, &TrustDomain::default()).map_err(|e| ca_error(e.to_string()))?;
+    let bundle = TrustBundle::from_pem(&pem, &TrustDomain::default())
+        .map_err(|e| ca_error(e.to_string()))?;
     let identity = Arc::new(CertStore::new(bundle));
     let bootstrap = BootstrapCredential::File(token_file.clone());
     if let Some(ew) = args.east_west {

@@ -524,9 +524,10 @@ mod tests {
     #[test]
     fn growth_is_bounded_by_the_elapsed_time() {
         let at = |n: u64| {
-            let mut t = GatewayTraffic::default();
-            t.requests = n;
-            one(t)
+            one(GatewayTraffic {
+                requests: n,
+                ..Default::default()
+            })
         };
         let base = at(1_000);
         let limit = 2 * MAX_REQUESTS_PER_SECOND + RATE_SLACK; // 1.5 s rounds up to 2
@@ -547,7 +548,10 @@ mod tests {
                 .reason(),
             "rate"
         );
-        assert_eq!(plausible(&before_restart, &at(limit), false, elapsed), Ok(()));
+        assert_eq!(
+            plausible(&before_restart, &at(limit), false, elapsed),
+            Ok(())
+        );
         // The first report is not bounded; huge values saturate.
         assert_eq!(
             plausible(&Counters::new(), &at(u64::MAX), true, None),

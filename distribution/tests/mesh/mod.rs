@@ -98,8 +98,12 @@ impl Https {
 
     /// `GET url`.
     pub async fn get(&self, url: impl AsRef<str>) -> Resp {
-        self.send(Request::get(url.as_ref()).body(Full::new(Bytes::new())).unwrap())
-            .await
+        self.send(
+            Request::get(url.as_ref())
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
     }
 
     /// Any request; panics when it cannot be sent (use `try_send` to see why).

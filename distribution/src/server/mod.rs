@@ -6,7 +6,14 @@
 //!                                  └─ pending[generation] = now   ▼
 //!                                                  proxy ◄── NDJSON line (full, delta or ping)
 //! POST /v1/ack ─► ProxyEntry.acked / refusal ─► settle pending (histogram) ─► subscribe() ticks
+//! accept ─► TLS 1.3 handshake (server certificate of the mesh CA, client certificate optional)
+//!        ─► the client certificate's identity authorizes every /v1/* request
 //! ```
+//!
+//! Every connection is TLS; the identity in a proxy's certificate is what lets it open a stream
+//! (for its own cluster, zone and id only), acknowledge and report traffic (for itself only).
+//! Proxies get certificates from `POST /v1/certificate` (module `certificate`): the first with
+//! a bootstrap credential the owner's [`BootstrapVerifier`] accepts, the next ones over mTLS.
 //!
 //! The latest version of each cluster sits in a `tokio::sync::watch`: a slow proxy never queues
 //! versions, it skips to the newest. A feed task sends the cheap endpoint delta only when the
@@ -23,7 +30,9 @@
 //! | `programmed` | whether a generation is served ([`DistributionServer::programmed`]) and settling pending generations |
 //! | `traffic` | proxies' traffic reports and the never-decreasing sums ([`DistributionServer::traffic`]) |
 //! | `admission` | what the owner decides: [`BootstrapVerifier`], [`AddressPolicy`] |
-//! | `auth` | the bearer token |
+//! | `tls` | the server's own certificate and its renewal, handshakes and their failure reasons |
+//! | `authorize` | what a proxy certificate allows: hellos (cluster, zone, addresses, east-west), own id |
+//! | `certificate` | `POST /v1/certificate`: bootstrap and renewal |
 //! | `http` | accepting connections, routing `/v1/*`, `/healthz`, `/metrics`, request bodies |
 //! | `stream` | one proxy's NDJSON stream: welcome, versions, pings |
 //!
@@ -49,6 +58,9 @@
 //! - a report in which a Gateway's counters went down (any counter: the proxy restarted) or that
 //!   no longer lists a Gateway folds the previous counters of that Gateway into the retired
 //!   accumulator before the new ones replace them.
+//!
+//! Reports that cannot be true are refused before any of this (module `traffic`: failures above
+//! requests, a decrease within one stream, an impossible rate).
 //!
 //! Every counter of the sum is therefore non-decreasing. Not detectable: a proxy that restarts
 //! and counts past its previous totals between two reports (the requests of its last interval

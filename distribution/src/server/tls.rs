@@ -14,6 +14,10 @@
 //! without a verified proxy certificate (module `http`). A certificate that *is* presented must
 //! verify against the mesh CA, or the handshake fails (a certificate of another mesh).
 //!
+//! A connection is authenticated once, at its handshake: it keeps the identity of the
+//! certificate it was opened with until it closes, even past that certificate's expiry (a
+//! stream outlives renewals by design; idle pooled connections of the client close after 90 s).
+//!
 //! The server issues no session tickets: a resumed session would carry the identity of the
 //! connection it came from, and a proxy's first connection (bootstrap) has none.
 

@@ -262,7 +262,7 @@ fn an_issued_store_holds_the_identity_and_trusts_the_ca() {
         store.bundle().to_pem().unwrap(),
         ca.bundle().to_pem().unwrap()
     );
-    let mut ticks = store.subscribe();
+    let ticks = store.subscribe();
     store.set((*creds).clone());
     assert!(ticks.has_changed().unwrap());
 }

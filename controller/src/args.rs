@@ -6,9 +6,11 @@
 //! --cluster west@us-west            ├─► Vec<ClusterSpec> ──► connect() ──► MemberCluster { client, … }
 //! --clusters-file clusters.yaml    ─┘     (none given: one member per kubeconfig context)
 //! --network east=net-a              ──► ClusterSpec::network (default "": one flat network)
-//! --distribution-bind ADDR --token T ─┐
-//! --insecure                          ├─► distribution_flags() ──► AddressPools (checked before
-//! --gateway-addresses east=RANGE     ─┘                             anything starts)
+//! --distribution-bind ADDR           ─┐
+//! --gateway-addresses east=RANGE     ─┴─► distribution_flags() ──► AddressPools (checked before
+//!                                                                    anything starts)
+//! --ca-cert-file F --ca-key-file K    ──► distribution_tls() ──► DistributionTls (the mesh CA,
+//! --distribution-name DNS|IP (repeated)                         an in-memory one without files)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -133,12 +135,15 @@ pub enum ArgsError {
          served by proxies that connect to this controller"
     )]
     GatewayAddressesWithoutBind,
-    /// `--distribution-bind` without a token or `--insecure`.
+    /// Only one of `--ca-cert-file` and `--ca-key-file`.
     #[error(
-        "--distribution-bind needs --token (or MERIDIAN_TOKEN) so only your proxies connect; \
-         pass --insecure to run without one on a trusted local machine"
+        "--ca-cert-file and --ca-key-file go together (the mesh CA's certificate and key, e.g. \
+         tls.crt and tls.key of its Secret)"
     )]
-    BindWithoutToken,
+    CaHalf,
+    /// The mesh CA cannot be read or generated.
+    #[error("mesh CA: {0}")]
+    Ca(String),
 }
 
 /// A member cluster's client cannot be built from the kubeconfig.
@@ -224,12 +229,19 @@ pub struct ControllerArgs {
     /// Quiet time collected after a watch event before translating.
     #[arg(long, default_value = "30ms", value_parser = parse_duration)]
     pub debounce: Duration,
-    /// Bearer token proxies must present to the distribution server.
-    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Accept proxies without a token (local runs only).
-    #[arg(long)]
-    pub insecure: bool,
+    /// The mesh CA's certificate (PEM): it issues the distribution server's certificate and
+    /// the proxies'. Without `--ca-cert-file`/`--ca-key-file` a CA is generated in memory
+    /// (proxies must then be given its certificate, and it is lost on restart).
+    #[arg(long, value_name = "PATH", requires = "ca_key_file")]
+    pub ca_cert_file: Option<PathBuf>,
+    /// The mesh CA's private key (PEM).
+    #[arg(long, value_name = "PATH", requires = "ca_cert_file")]
+    pub ca_key_file: Option<PathBuf>,
+    /// An extra name (DNS name or IP) of the distribution server's certificate, the one proxies
+    /// reach it by (e.g. the controller Service's DNS name); repeatable. The bound IP,
+    /// `localhost` and 127.0.0.1 are always included.
+    #[arg(long = "distribution-name", value_name = "DNS")]
+    pub distribution_names: Vec<String>,
     /// Give every Gateway of CLUSTER its own address from RANGE (`A.B.C.D-A.B.C.E` or
     /// `A.B.C.D/N`) instead of the proxies' advertised address; repeat per cluster. The
     /// proxies bind the Gateway's address, so it must be routed to them.
@@ -545,18 +557,54 @@ fn address_pools(values: &[String]) -> Result<AddressPools, ArgsError> {
 }
 
 impl ControllerArgs {
-    /// Checks the flags that go with `--distribution-bind` (a token, or `--insecure`; address
-    /// pools only with a distribution server) and returns the `--gateway-addresses` pools.
+    /// Checks the flags that go with `--distribution-bind` (address pools only with a
+    /// distribution server; the CA files together) and returns the `--gateway-addresses` pools.
     pub fn distribution_flags(&self) -> Result<AddressPools, ArgsError> {
         let pools = address_pools(&self.gateway_addresses)?;
-        if self.distribution_bind.is_none() {
-            if !pools.is_empty() {
-                return Err(ArgsError::GatewayAddressesWithoutBind);
-            }
-        } else if self.token.is_none() && !self.insecure {
-            return Err(ArgsError::BindWithoutToken);
+        if self.distribution_bind.is_none() && !pools.is_empty() {
+            return Err(ArgsError::GatewayAddressesWithoutBind);
+        }
+        if self.ca_cert_file.is_some() != self.ca_key_file.is_some() {
+            return Err(ArgsError::CaHalf);
         }
         Ok(pools)
+    }
+
+    /// The distribution server's identity settings: the mesh CA from `--ca-cert-file` /
+    /// `--ca-key-file` (or a new in-memory one, with a warning) and `--distribution-name`s.
+    /// No bootstrap verifier yet: proxies must be given certificates.
+    pub fn distribution_tls(&self) -> Result<crate::distributed::DistributionTls, ArgsError> {
+        use meridian_distribution::pki::{Ca, TrustDomain};
+        let ca = match (&self.ca_cert_file, &self.ca_key_file) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).map_err(|e| ArgsError::Ca(format!("{}: {e}", p.display())))
+                };
+                Ca::from_pem(&read(cert)?, &read(key)?, &TrustDomain::default())
+                    .map_err(|e| ArgsError::Ca(e.to_string()))?
+            }
+            (None, None) => {
+                tracing::warn!(
+                    "no --ca-cert-file/--ca-key-file: generated a mesh CA in memory; proxies \
+                     cannot verify this controller unless given its certificate, and a restart \
+                     makes a new one"
+                );
+                Ca::generate(
+                    &TrustDomain::default(),
+                    Duration::from_secs(365 * 24 * 3600),
+                )
+                .map_err(|e| ArgsError::Ca(e.to_string()))?
+            }
+            _ => return Err(ArgsError::CaHalf),
+        };
+        let mut tls = crate::distributed::DistributionTls::new(std::sync::Arc::new(ca));
+        for name in &self.distribution_names {
+            match name.parse::<IpAddr>() {
+                Ok(ip) => tls.server_names.ips.push(ip),
+                Err(_) => tls.server_names.dns.push(name.clone()),
+            }
+        }
+        Ok(tls)
     }
 }
 
@@ -804,25 +852,14 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         let bind = ["--distribution-bind", "127.0.0.1:0"];
-        let err = check(&bind).unwrap_err();
-        assert!(
-            err.contains("--distribution-bind needs --token (or MERIDIAN_TOKEN)")
-                && err.contains("--insecure"),
-            "{err}"
-        );
-        assert!(check(&[&bind[..], &["--token", "t"]].concat()).is_ok());
-        assert!(check(&[&bind[..], &["--insecure"]].concat()).is_ok());
-        // Without a distribution server the controller starts with no token at all.
+        assert!(check(&bind).is_ok());
         assert!(check(&[]).is_ok());
+        // The CA files go together.
+        let half = Cli::try_parse_from(["x", "--cluster", "east", "--ca-cert-file", "ca.crt"]);
+        assert!(half.is_err());
 
-        let pools = check(
-            &[
-                &bind[..],
-                &["--insecure", "--gateway-addresses", "east=10.0.10.0/24"],
-            ]
-            .concat(),
-        )
-        .unwrap();
+        let pools =
+            check(&[&bind[..], &["--gateway-addresses", "east=10.0.10.0/24"]].concat()).unwrap();
         assert!(pools.has_pool("east") && !pools.has_pool("west"));
         let err = check(&["--gateway-addresses", "east=10.0.10.0/24"]).unwrap_err();
         assert!(

@@ -1421,6 +1421,11 @@ pub async fn serve(
     data_plane: Option<Arc<dyn DataPlane>>,
 ) -> Result<(), ServeError> {
     let pools = args.distribution_flags()?;
+    // The CA is read (or made) before anything starts: a bad file is refused at once.
+    let tls = match args.distribution_bind {
+        Some(_) => Some(args.distribution_tls()?),
+        None => None,
+    };
     let election = args.election_config()?;
     let members = crate::incluster::static_members(&args).await?;
     let mut clusters = Vec::new();
@@ -1438,14 +1443,13 @@ pub async fn serve(
         _ => None,
     };
     let gate = elector.as_ref().map(crate::leader::Elector::write_gate);
-    let data_plane = match (data_plane, args.distribution_bind) {
+    let data_plane = match (data_plane, args.distribution_bind.zip(tls)) {
         (Some(dp), _) => dp,
-        (None, Some(bind)) => {
+        (None, Some((bind, tls))) => {
             // A follower's server turns proxies away: they reach the leader (docs/deploy.md).
             crate::distributed::DistributedDataPlane::start(
                 bind,
-                args.token.clone(),
-                args.insecure,
+                tls,
                 pools,
                 args.proxy_reconnect_grace,
                 gate.clone(),

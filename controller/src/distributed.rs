@@ -47,6 +47,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use meridian_distribution::pki::Ca;
+use meridian_distribution::server::{AddressPolicy, AnyAddress, BootstrapVerifier, ServerNames};
 use meridian_distribution::{DistributionServer, ServerConfig};
 use meridian_model::Snapshot;
 use meridian_model::traffic::GatewayTraffic;
@@ -57,6 +59,32 @@ use crate::{ClusterGatewayRef, DataPlane, ProgrammedState};
 pub mod addresses;
 
 use addresses::AddressPools;
+
+/// The identity settings of the distribution server [`DistributedDataPlane::start`] runs (the
+/// [`ServerConfig`] fields about TLS and admission).
+#[derive(Clone)]
+pub struct DistributionTls {
+    /// The mesh CA: issues the server's and the proxies' certificates.
+    pub ca: Arc<Ca>,
+    /// Extra names of the server's certificate (`--distribution-name`).
+    pub server_names: ServerNames,
+    /// Verifies bootstrap credentials; `None`: proxies must bring a certificate (renewals only).
+    pub bootstrap: Option<Arc<dyn BootstrapVerifier>>,
+    /// Which addresses proxies may advertise.
+    pub addresses: Arc<dyn AddressPolicy>,
+}
+
+impl DistributionTls {
+    /// `ca`, no extra names, no bootstrap, any concrete address.
+    pub fn new(ca: Arc<Ca>) -> Self {
+        DistributionTls {
+            ca,
+            server_names: ServerNames::default(),
+            bootstrap: None,
+            addresses: Arc::new(AnyAddress),
+        }
+    }
+}
 
 /// Default reconnect grace: the proxies' longest reconnect delay (5 s) plus their connect
 /// timeout (2 s) plus a margin for the first snapshot's acknowledgement.
@@ -175,21 +203,22 @@ impl DistributedDataPlane {
         })
     }
 
-    /// Starts a distribution server on `bind` (proxies present `token`; `insecure` lets them in
-    /// without one) and the data plane over it. `meridian controller` checks these flags first
+    /// Starts a distribution server on `bind` (mutual TLS with the certificates of
+    /// `tls.ca`) and the data plane over it. `meridian controller` checks these flags first
     /// with [`ControllerArgs::distribution_flags`](crate::ControllerArgs::distribution_flags).
     /// `leading`: see [`DistributedDataPlane::with_leadership`] (the server turns proxies away
     /// with `503` while it is `false`).
     pub async fn start(
         bind: SocketAddr,
-        token: Option<String>,
-        insecure: bool,
+        tls: DistributionTls,
         pools: AddressPools,
         reconnect_grace: Duration,
         leading: Option<watch::Receiver<bool>>,
     ) -> Result<Arc<Self>, DataPlaneError> {
-        let mut cfg = ServerConfig::new(bind, token);
-        cfg.insecure = insecure;
+        let mut cfg = ServerConfig::new(bind, tls.ca);
+        cfg.server_names = tls.server_names;
+        cfg.bootstrap = tls.bootstrap;
+        cfg.addresses = tls.addresses;
         cfg.serving = leading.clone();
         let server = DistributionServer::start(cfg)
             .await
@@ -390,7 +419,17 @@ mod tests {
 
     use std::time::Duration;
 
+    use meridian_distribution::pki::{CertStore, ProxyIdentity, TrustDomain};
     use meridian_distribution::{Client, ClientConfig, Hello, Refused, Target};
+
+    /// The mesh CA of these tests.
+    fn test_ca() -> Arc<Ca> {
+        static CA: std::sync::OnceLock<Arc<Ca>> = std::sync::OnceLock::new();
+        CA.get_or_init(|| {
+            Arc::new(Ca::generate(&TrustDomain::default(), Duration::from_secs(3600)).unwrap())
+        })
+        .clone()
+    }
 
     use super::*;
 
@@ -411,8 +450,7 @@ mod tests {
     /// reconnect grace again, and its end ticks so the truth gets written.
     #[tokio::test(start_paused = true)]
     async fn a_follower_reports_unknown_and_a_new_leader_gets_the_reconnect_grace() {
-        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
-        cfg.insecure = true;
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), test_ca());
         let server = Arc::new(DistributionServer::start(cfg).await.unwrap());
         let (leading, gate) = watch::channel(false);
         let grace = Duration::from_secs(10);
@@ -447,8 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn east_west_listeners_come_from_connected_proxies() {
-        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
-        cfg.insecure = true;
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), test_ca());
         let server = Arc::new(DistributionServer::start(cfg).await.unwrap());
         let dp = DistributedDataPlane::with_pools(server.clone(), AddressPools::default());
         let mut changes = dp.changes();
@@ -464,8 +501,12 @@ mod tests {
             address: None,
             east_west: Some("127.0.0.1:15443".into()),
         };
-        let url = format!("http://{}", server.local_addr());
-        let client = Client::new(ClientConfig::new(url, None, hello)).unwrap();
+        let url = format!("https://{}", server.local_addr());
+        let who = ProxyIdentity::new(&hello.cluster, &hello.region, &hello.zone, &hello.proxy_id)
+            .unwrap();
+        let identity =
+            Arc::new(CertStore::issued(&test_ca(), &who, Duration::from_secs(600)).unwrap());
+        let client = Client::new(ClientConfig::new(url, hello, identity, None)).unwrap();
         let run = tokio::spawn(async move { client.run(&Accept).await });
         let want = vec![(
             "127.0.0.1:15443".parse::<SocketAddr>().unwrap(),

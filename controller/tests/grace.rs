@@ -24,7 +24,12 @@ const GRACE: Duration = Duration::from_secs(10);
 const MS: Duration = Duration::from_millis(1);
 
 async fn data_plane(grace: Duration) -> Arc<DistributedDataPlane> {
-    let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Some("t0ken".into()));
+    let ca = meridian_distribution::pki::Ca::generate(
+        &meridian_distribution::pki::TrustDomain::default(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Arc::new(ca));
     let server = DistributionServer::start(cfg).await.unwrap();
     DistributedDataPlane::new(Arc::new(server), AddressPools::default(), grace)
 }

@@ -68,8 +68,7 @@ impl Replica {
         ecfg.retry_period = Duration::from_millis(500);
         let elector = Elector::start(client.clone(), ecfg).unwrap();
         let gate = elector.write_gate();
-        let mut scfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
-        scfg.insecure = true;
+        let mut scfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), common::test_ca());
         scfg.serving = Some(gate.clone());
         let server = Arc::new(DistributionServer::start(scfg).await.unwrap());
         let addr = server.local_addr();
@@ -235,7 +234,7 @@ async fn takeover(crash: bool) {
         Replica::start("replica-b", &client).await,
     ];
     let (fwd, fwd_task) = forwarder(replicas.iter().map(|r| r.addr).collect()).await;
-    let _proxy = LiveProxy::start("east", "us-east", &format!("http://{fwd}")).await;
+    let _proxy = LiveProxy::start("east", "us-east", &format!("https://{fwd}")).await;
     let (log, rec) = record(&client);
     eventually("the Gateway Programmed", WAIT, || {
         let l = log.lock().unwrap();

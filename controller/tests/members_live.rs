@@ -102,8 +102,7 @@ async fn a_member_joins_and_leaves_through_a_secret_while_traffic_runs() {
     }
 
     // The controller with the distribution server, over east and west only.
-    let mut scfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
-    scfg.insecure = true;
+    let scfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), common::test_ca());
     let server = Arc::new(DistributionServer::start(scfg).await.unwrap());
     let dp = DistributedDataPlane::new(
         server.clone(),
@@ -144,7 +143,7 @@ async fn a_member_joins_and_leaves_through_a_secret_while_traffic_runs() {
         Err(MemberError::NotMember(name)) if name == "nowhere"
     ));
 
-    let url = format!("http://{}", server.local_addr());
+    let url = format!("https://{}", server.local_addr());
     let _proxy_e = LiveProxy::start("east", "us-east", &url).await;
     let _proxy_w = LiveProxy::start("west", "us-west", &url).await;
     eventually_async("east's proxy reaches west's backend", WAIT, || async {

@@ -30,6 +30,23 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use meridian_controller::AddressPools;
+use meridian_distribution::pki::{Ca, CertStore, ProxyIdentity, TrustDomain};
+
+/// The mesh CA of every server this test starts (a restarted controller keeps its CA).
+fn test_ca() -> Arc<Ca> {
+    static CA: std::sync::OnceLock<Arc<Ca>> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        Arc::new(Ca::generate(&TrustDomain::default(), Duration::from_secs(3600)).unwrap())
+    })
+    .clone()
+}
+
+/// A certificate for the proxy saying `hello`.
+fn proxy_identity(hello: &Hello) -> Arc<CertStore> {
+    let who =
+        ProxyIdentity::new(&hello.cluster, &hello.region, &hello.zone, &hello.proxy_id).unwrap();
+    Arc::new(CertStore::issued(&test_ca(), &who, Duration::from_secs(3600)).unwrap())
+}
 use meridian_controller::DistributedDataPlane;
 
 /// Bound of every wait.
@@ -156,8 +173,7 @@ struct Stack {
 
 impl Stack {
     async fn start(client: &Client, bind: SocketAddr, grace: Duration) -> Stack {
-        let mut cfg = ServerConfig::new(bind, None);
-        cfg.insecure = true;
+        let cfg = ServerConfig::new(bind, test_ca());
         let server = Arc::new(DistributionServer::start(cfg).await.unwrap());
         let started = Instant::now();
         let dp = DistributedDataPlane::new(server.clone(), AddressPools::default(), grace);
@@ -215,7 +231,8 @@ fn proxy(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
         address: Some("127.0.0.1".into()),
         east_west: None,
     };
-    let mut cfg = ClientConfig::new(format!("http://{addr}"), None, hello);
+    let identity = proxy_identity(&hello);
+    let mut cfg = ClientConfig::new(format!("https://{addr}"), hello, identity, None);
     cfg.backoff_max = Duration::from_millis(500);
     let client = ProxyClient::new(cfg).unwrap();
     tokio::spawn(async move {

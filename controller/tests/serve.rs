@@ -58,19 +58,35 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
         Cli::try_parse_from(base.iter().chain(extra)).unwrap().args
     };
 
-    // Without a token the flags are refused before anything starts (no listener on `bind`).
-    let err = meridian_controller::serve(argv(&[]), None)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("--distribution-bind needs --token"), "{err}");
+    // A CA that cannot be read is refused before anything starts (no listener on `bind`).
+    let missing = dir.path().join("missing.crt");
+    let missing = missing.to_str().unwrap();
+    let err = meridian_controller::serve(
+        argv(&["--ca-cert-file", missing, "--ca-key-file", missing]),
+        None,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("mesh CA") && err.contains("missing.crt"),
+        "{err}"
+    );
     assert!(std::net::TcpStream::connect(&bind).is_err());
+    // The mesh CA, as its Secret would hold it.
+    let ca = common::test_ca();
+    let ca_crt = dir.write("ca.crt", &ca.cert_pem().unwrap());
+    let ca_key = dir.write("ca.key", &ca.key_pem().unwrap());
 
     apply::<GatewayClass>(&east, gateway_class("meridian", ME)).await;
     apply::<Gateway>(&east, gateway_obj("default", "web", "meridian")).await;
     let args = argv(&[
-        "--token",
-        "s3cret",
+        "--ca-cert-file",
+        ca_crt.to_str().unwrap(),
+        "--ca-key-file",
+        ca_key.to_str().unwrap(),
+        "--distribution-name",
+        "meridian.example",
         "--gateway-addresses",
         "east=127.0.10.5-127.0.10.6",
     ]);
@@ -100,8 +116,9 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
         address: Some("127.0.10.1".into()),
         east_west: None,
     };
-    let url = format!("http://{bind}");
-    let proxy = Client::new(ClientConfig::new(url, Some("s3cret".into()), hello)).unwrap();
+    let url = format!("https://{bind}");
+    let identity = common::proxy_identity(&hello);
+    let proxy = Client::new(ClientConfig::new(url, hello, identity, None)).unwrap();
     let proxy = tokio::spawn(async move { proxy.run(&Ack).await });
 
     // The proxy acknowledged: Programmed, on the first address of the cluster's pool (not the

@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meridian_distribution::pki::{Ca, CertStore, ProxyIdentity, TrustDomain};
 use meridian_distribution::protocol::{endpoint_delta, patch_endpoints};
 use meridian_distribution::{
     Client, ClientConfig, DistributionServer, EndpointChange, Hello, ProgrammedState, PublishKind,
@@ -243,10 +244,22 @@ fn costs(routes: usize) -> anyhow::Result<Costs> {
 }
 
 async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, None);
-    cfg.insecure = true;
+    let ca = Arc::new(Ca::generate(
+        &TrustDomain::default(),
+        Duration::from_secs(3600),
+    )?);
+    let cfg = ServerConfig::new("127.0.0.1:0".parse()?, ca.clone());
     let srv = DistributionServer::start(cfg).await?;
-    let url = format!("http://{}", srv.local_addr());
+    let url = format!("https://{}", srv.local_addr());
+    // Every proxy gets its certificate straight from the CA (no bootstrap round trip).
+    let store = |h: &Hello| -> anyhow::Result<Arc<CertStore>> {
+        let who = ProxyIdentity::new(&h.cluster, &h.region, &h.zone, &h.proxy_id)?;
+        Ok(Arc::new(CertStore::issued(
+            &ca,
+            &who,
+            Duration::from_secs(3600),
+        )?))
+    };
     let mut tasks = Vec::new();
     let mut proxies = Vec::new();
     let clusters: Vec<(String, u16)> = (0..a.clusters)
@@ -256,28 +269,22 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
         let hello = |id: String| Hello {
             proxy_id: id,
             cluster: cluster.clone(),
-            region: String::new(),
-            zone: String::new(),
+            region: "bench".into(),
+            zone: "bench-a".into(),
             gateways: None,
             address: None,
             east_west: None,
         };
         let proxy = Arc::new(ProxyHandle::start(ProxyConfig::default()).await?);
         proxies.push(proxy.clone());
-        let client = Client::new(ClientConfig::new(
-            &url,
-            None,
-            hello(format!("{cluster}-proxy")),
-        ))?;
+        let h = hello(format!("{cluster}-proxy"));
+        let client = Client::new(ClientConfig::new(&url, h.clone(), store(&h)?, None))?;
         tasks.push(tokio::spawn(async move {
             let _ = meridian_proxy::follow_controller(&proxy, &client).await;
         }));
         for k in 0..a.extra {
-            let client = Client::new(ClientConfig::new(
-                &url,
-                None,
-                hello(format!("{cluster}-standin-{k}")),
-            ))?;
+            let h = hello(format!("{cluster}-standin-{k}"));
+            let client = Client::new(ClientConfig::new(&url, h.clone(), store(&h)?, None))?;
             tasks.push(tokio::spawn(async move {
                 let _ = client.run(&CompileOnly::default()).await;
             }));

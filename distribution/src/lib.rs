@@ -4,7 +4,7 @@
 //! ```text
 //!   controller                                   proxies (one or more per member cluster)
 //! ┌──────────────────────────────┐             ┌──────────────────────────────────────────┐
-//! │ DistributionServer           │  POST       │ Client::run(target = ProxyHandle)        │
+//! │ DistributionServer (TLS 1.3) │  POST       │ Client::run(target = ProxyHandle), mTLS  │
 //! │  publish(cluster, snapshot) ─┼─ /v1/stream ◄─ Hello{proxyId, cluster, region, zone,   │
 //! │  publish_endpoints(..)       │  200 NDJSON ─┼►  gateways, address}                    │
 //! │                              │  welcome,   │  snapshot ─► apply ─┐                    │
@@ -16,12 +16,42 @@
 //! └──────────────────────────────┘             └──────────────────────────────────────────┘
 //! ```
 //!
+//! # Transport and identity
+//!
+//! The server speaks only TLS 1.3 (HTTP/1.1 inside); a plaintext client fails the handshake.
+//! Its certificate is issued by the mesh CA ([`pki::Ca`]), names
+//! `spiffe://<trust domain>/controller` and the host names and IPs proxies reach it at, and is
+//! renewed two thirds into its lifetime (new connections get the new one). Proxies trust only
+//! the mesh CA and check both the host name and the controller identity.
+//!
+//! Client certificates are optional at the TLS level but a presented one must chain to the mesh
+//! CA (else the handshake fails). A proxy's certificate names
+//! `spiffe://<td>/cluster/<c>/region/<r>/zone/<z>/proxy/<id>`, and that identity decides what it
+//! may do:
+//!
+//! - `/v1/stream`, `/v1/ack` and `/v1/traffic` need a verified *proxy* certificate (`401`
+//!   otherwise; the controller's own certificate is no proxy's);
+//! - a hello must name the certificate's cluster, region, zone and proxy id (`403`), so a
+//!   proxy only receives its own cluster's snapshots and can only replace its own stream;
+//! - a hello's `address` must be a concrete IP (not unspecified, multicast or broadcast) or a
+//!   host name that the cluster's [`AddressPolicy`](server::AddressPolicy) allows (`403`);
+//! - its `eastWest` listener must be on the proxy's own host: the IP the connection comes from,
+//!   loopback when both are, or an address the cluster's policy allows (`403`);
+//! - acks and traffic reports must name the certificate's proxy id (`403`).
+//!
+//! `GET /healthz` and `GET /metrics` need no certificate.
+//!
 //! # Protocol (HTTP/1.1, JSON)
 //!
-//! Every request to `/v1/*` carries `Authorization: Bearer <token>` unless the server runs with
-//! `insecure: true`; a missing or wrong token gets `401` (and the proxy logs that its token was
-//! refused). `GET /healthz` and `GET /metrics` need no token.
-//!
+//! 0. `POST /v1/certificate` with a [`CertificateRequest`](protocol::CertificateRequest)
+//!    (`{"cluster","zone","proxyId","csr"}`, the CSR in PEM; ≤ 64 KiB) answers `200`
+//!    `{"certificate","caBundle"}` (PEM chain, PEM CAs). With a verified proxy certificate it is a
+//!    *renewal*: the body must name exactly that identity (`403`). Without one it is a
+//!    *bootstrap*: `Authorization: Bearer <credential>` is needed (`401`), the server must have a
+//!    [`BootstrapVerifier`](server::BootstrapVerifier) (`403` "bootstrap disabled"), which must
+//!    accept it (`401`; `503` with `Retry-After` when it cannot decide now), and its grant must
+//!    admit the claimed zone and proxy id (`403`); the region comes from the grant. A CSR that
+//!    does not parse or verify gets `400`. The CA writes only the verified names.
 //! 1. `POST /v1/stream` with a [`Hello`] body
 //!    (`{"proxyId","cluster","region","zone","gateways":[{"namespace","name"}]|absent,"address",
 //!    "eastWest"}`; `eastWest` is the `ip:port` of the proxy's east-west listener for
@@ -40,14 +70,17 @@
 //!    A newer stream with the same `proxyId` replaces the older one.
 //! 2. `POST /v1/ack` with an [`Ack`] body
 //!    (`{"proxyId","generation","result":{"status":"applied"}|{"status":"refused","reason"}}`)
-//!    answers `204`, or `404` for a proxy id the server does not know (it never opened a
-//!    stream, or has been gone for ten minutes).
+//!    answers `204`, `403` for another proxy's id, or `404` for a proxy id the server does not
+//!    know (it never opened a stream, or has been gone for ten minutes).
 //! 3. `POST /v1/traffic` with a [`TrafficReport`] body
 //!    (`{"proxyId","gateways":[{"namespace","name","traffic":{…GatewayTraffic…}}]}`), sent by
 //!    the client while its stream is open, every `traffic_interval` (1 s) when the counters
-//!    changed, answers `204`; `404` for an unknown proxy id, `400` for a body that does not
-//!    decode or lists a Gateway twice, `413` past 1 MiB. Counters are cumulative since the proxy
-//!    started. (Bodies of `/v1/stream` and `/v1/ack` are bounded at 64 KiB, also `413`.)
+//!    changed, answers `204`; `403` for another proxy's id, `404` for an unknown proxy id,
+//!    `400` for a body that does not decode, lists a Gateway twice or carries implausible
+//!    counters (more failures, requests by region or latency samples than requests; a decrease
+//!    within one stream; growth above [`server::MAX_REQUESTS_PER_SECOND`]), `413` past 1 MiB.
+//!    Counters are cumulative since the proxy started. (Bodies of `/v1/stream` and `/v1/ack` are
+//!    bounded at 64 KiB, also `413`.)
 //!
 //! # Traffic
 //!
@@ -80,6 +113,8 @@
 //!
 //! Proxies never stop serving because the controller is gone: the client keeps the last applied
 //! snapshot and reconnects with jittered exponential backoff (100 ms doubling, capped at 5 s).
+//! Its certificate is renewed beside the open stream (never dropping it); before each new stream
+//! the client makes sure it holds one valid for at least a minute (renewal, else bootstrap).
 //!
 //! An endpoint delta is applied through [`Target::apply_endpoints`] when the target serves the
 //! delta's base (the proxy swaps only the affected rules of its router, no recompile); otherwise
@@ -89,10 +124,14 @@
 //!
 //! ```text
 //! protocol   wire types (Hello, Ack, TrafficReport, stream messages) + endpoint deltas
+//! pki/       identity: mesh CA, certificates, SPIFFE identities, TLS 1.3 settings, CertStore
 //! server/    controller side: mod (config, start/stop), store (generations), registry (proxies,
-//!            acks), programmed (ProgrammedState), traffic (sums), auth, http, stream (feeds)
+//!            acks), programmed (ProgrammedState), traffic (sums, plausibility), tls (server
+//!            certificate, handshakes), authorize (what a certificate allows), certificate
+//!            (bootstrap, renewal), admission (owner's policies), http, stream (feeds)
 //! client/    proxy side: mod (Client, reconnects), target (Target trait), stream (lines),
-//!            apply (held snapshot, retries, acks), traffic (reports)
+//!            apply (held snapshot, retries, acks), traffic (reports), identity (certificates),
+//!            tls (HTTPS with the current certificate)
 //! metrics    the server's Prometheus registry
 //! ```
 //!
@@ -103,9 +142,9 @@
 //! [`Target`] and runs a [`Client`]). Errors at its edges are typed: [`ServerError`],
 //! [`PublishError`], [`ClientError`].
 //!
-//! Limits today: plain HTTP only (no TLS/mTLS between proxy and controller), one shared token for
-//! every proxy, and the server finds an endpoint-only change by comparing whole snapshots
-//! (`publish`), which dominates an endpoint change at 10k routes.
+//! Limits today: the server finds an endpoint-only change by comparing whole snapshots
+//! (`publish`), which dominates an endpoint change at 10k routes; a proxy's first traffic report
+//! to a server is not rate-bounded (it may follow a controller restart with days of counters).
 
 pub mod client;
 mod metrics;
@@ -113,10 +152,12 @@ pub mod pki;
 pub mod protocol;
 pub mod server;
 
-pub use client::{Client, ClientConfig, ClientError, ClientStatus, Refused, Target};
+pub use client::{
+    BootstrapCredential, Client, ClientConfig, ClientError, ClientStatus, Refused, Target,
+};
 pub use meridian_model::gateway::{GatewayRef, ProgrammedState, ProxyRefusal};
 pub use protocol::{Ack, AckResult, EndpointChange, GatewayTrafficReport, Hello, TrafficReport};
 pub use server::{
     DistributionServer, NOT_LEADER, ProxyState, PublishError, PublishKind, Published, Refusal,
-    ServerConfig, ServerError,
+    ServerConfig, ServerError, ServerNames,
 };

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the distribution server, in a registry of its own.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// What the server exports.
@@ -18,8 +19,22 @@ pub(crate) struct Metrics {
     pub connected: IntGaugeVec,
     /// Generations published, by kind (`full`, `endpoints`).
     pub published: IntCounterVec,
-    /// Requests refused for a missing or wrong token.
+    /// Requests refused with 401 (no proxy certificate).
     pub unauthorized: IntCounterVec,
+    /// TLS handshakes that failed, by reason.
+    pub handshake_failures: IntCounterVec,
+    /// Hellos refused (the certificate does not allow them), by reason.
+    pub hello_refused: IntCounterVec,
+    /// Certificates issued to proxies, by kind (`bootstrap`, `renewal`).
+    pub certificates_issued: IntCounterVec,
+    /// Certificate requests refused, by reason.
+    pub certificate_refused: IntCounterVec,
+    /// Traffic reports refused (implausible counters, another proxy's id), by reason.
+    pub traffic_refused: IntCounterVec,
+    /// When the server's current certificate expires (unix seconds).
+    pub server_cert_expiry: IntGauge,
+    /// Renewals of the server's own certificate.
+    pub server_cert_renewals: IntCounter,
     /// Traffic reports stored.
     pub traffic_reports: IntCounterVec,
     /// Traffic reports whose counters went down (a proxy restarted).
@@ -71,9 +86,57 @@ impl Metrics {
             unauthorized: counter(
                 r,
                 "meridian_distribution_unauthorized_total",
-                "Requests refused with 401 (missing or wrong token)",
+                "Requests refused with 401 (no verified proxy client certificate)",
                 &["path"],
             )?,
+            handshake_failures: counter(
+                r,
+                "meridian_distribution_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason (no-tls, protocol, bad-certificate, \
+                 timeout, closed, other)",
+                &["reason"],
+            )?,
+            hello_refused: counter(
+                r,
+                "meridian_distribution_hello_refused_total",
+                "Stream hellos refused because the proxy's certificate does not allow them, by \
+                 reason",
+                &["reason"],
+            )?,
+            certificates_issued: counter(
+                r,
+                "meridian_distribution_certificates_issued_total",
+                "Certificates issued to proxies, by kind (bootstrap, renewal)",
+                &["kind"],
+            )?,
+            certificate_refused: counter(
+                r,
+                "meridian_distribution_certificate_refused_total",
+                "Certificate requests refused, by reason",
+                &["reason"],
+            )?,
+            traffic_refused: counter(
+                r,
+                "meridian_distribution_traffic_refused_total",
+                "Traffic reports refused (implausible counters, another proxy's id), by reason",
+                &["reason"],
+            )?,
+            server_cert_expiry: {
+                let g = IntGauge::new(
+                    "meridian_distribution_server_certificate_expiry_seconds",
+                    "When the distribution server's current certificate expires (unix time)",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            server_cert_renewals: {
+                let c = IntCounter::new(
+                    "meridian_distribution_server_certificate_renewals_total",
+                    "Renewals of the distribution server's own certificate",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             traffic_reports: counter(
                 r,
                 "meridian_distribution_traffic_reports_total",

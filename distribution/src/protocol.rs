@@ -123,6 +123,32 @@ pub(crate) enum Outgoing<'a> {
     Ping,
 }
 
+/// Body of `POST /v1/certificate`: the identity a proxy asks a certificate for and its CSR. The
+/// region is not asked: it comes from the proxy's current certificate (renewal) or from the
+/// controller's verification of the bootstrap credential.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRequest {
+    /// Member cluster.
+    pub cluster: String,
+    /// Zone.
+    pub zone: String,
+    /// The proxy's id.
+    pub proxy_id: String,
+    /// PEM certificate signing request (the proxy keeps its private key).
+    pub csr: String,
+}
+
+/// Answer `200` to `POST /v1/certificate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateResponse {
+    /// The certificate, PEM, leaf first.
+    pub certificate: String,
+    /// The CAs to trust from now on, PEM.
+    pub ca_bundle: String,
+}
+
 /// Body of `POST /v1/ack`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -2,14 +2,16 @@
 //! our server never sends — undecodable snapshots, deltas on a base it does not hold, silence.
 #![allow(clippy::unwrap_used)]
 
+mod mesh;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_distribution::{Client, ClientConfig, Hello, Refused, Target};
 use meridian_model::Snapshot;
+use mesh::Tls;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// Records what it applies.
@@ -32,7 +34,7 @@ impl Target for Recorder {
 }
 
 /// Reads one HTTP/1.1 request (headers and a Content-Length body).
-async fn read_request(tcp: &mut TcpStream) -> (String, Vec<u8>) {
+async fn read_request(tcp: &mut Tls) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -60,21 +62,21 @@ async fn read_request(tcp: &mut TcpStream) -> (String, Vec<u8>) {
 }
 
 enum Seen {
-    Stream(TcpStream),
+    Stream(Tls),
     Ack(Value),
 }
 
 /// A fake controller: stream requests are handed to the test (which writes lines itself), acks
 /// are answered 204 and reported.
 async fn fake() -> (String, mpsc::UnboundedReceiver<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (listener, url, acceptor) = mesh::fake_controller_listener().await;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let tx = tx.clone();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (tx, acceptor) = (tx.clone(), acceptor.clone());
             tokio::spawn(async move {
+                let mut tcp = mesh::accept_tls(&acceptor, tcp).await;
                 loop {
                     let (head, body) = read_request(&mut tcp).await;
                     if head.starts_with("POST /v1/stream") {
@@ -105,7 +107,7 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
         .unwrap()
 }
 
-async fn next_stream(rx: &mut mpsc::UnboundedReceiver<Seen>) -> TcpStream {
+async fn next_stream(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Tls {
     match next(rx).await {
         Seen::Stream(s) => s,
         Seen::Ack(a) => panic!("expected a stream, got ack {a}"),
@@ -129,13 +131,14 @@ async fn undecodable_snapshots_are_refused_and_bad_deltas_force_a_resync() {
         let hello = Hello {
             proxy_id: "p1".into(),
             cluster: "east".into(),
-            region: String::new(),
-            zone: String::new(),
+            region: "r1".into(),
+            zone: "z1".into(),
             gateways: None,
             address: None,
             east_west: None,
         };
-        let mut cfg = ClientConfig::new(url, None, hello);
+        let identity = mesh::store_for(&hello);
+        let mut cfg = ClientConfig::new(url, hello, identity, None);
         cfg.backoff_initial = Duration::from_millis(10);
         let client = Arc::new(Client::new(cfg).unwrap());
         let target = Arc::new(Recorder::default());

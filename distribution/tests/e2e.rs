@@ -4,6 +4,7 @@
 
 #[path = "../../proxy/tests/common/mod.rs"]
 mod common;
+mod mesh;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,14 +14,13 @@ use std::time::{Duration, Instant};
 use common::*;
 use meridian_distribution::{
     Client, ClientConfig, ClientStatus, DistributionServer, GatewayRef, Hello, ProgrammedState,
-    ProxyRefusal, PublishKind, Refused, ServerConfig, ServerError, Target,
+    ProxyRefusal, PublishKind, Refused, ServerConfig, Target,
 };
 use meridian_model::Snapshot;
 use meridian_proxy::ProxyHandle;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-const TOKEN: &str = "s3cret-token";
 /// Bound of a wait for load to reach a backend.
 const LOAD_SEEN: Duration = Duration::from_secs(20);
 
@@ -35,7 +35,7 @@ async fn server() -> DistributionServer {
 }
 
 async fn server_on(addr: std::net::SocketAddr) -> DistributionServer {
-    let mut cfg = ServerConfig::new(addr, Some(TOKEN.to_string()));
+    let mut cfg: ServerConfig = mesh::server_config(addr);
     cfg.ping_interval = Duration::from_millis(200);
     DistributionServer::start(cfg).await.unwrap()
 }
@@ -52,11 +52,21 @@ fn hello(id: &str, cluster: &str) -> Hello {
     }
 }
 
-fn client_for(srv: &DistributionServer, hello: Hello, token: &str) -> Client {
+fn client_for(srv: &DistributionServer, hello: Hello) -> Client {
+    let identity = mesh::store_for(&hello);
+    client_with(srv, hello, identity)
+}
+
+fn client_with(
+    srv: &DistributionServer,
+    hello: Hello,
+    identity: Arc<meridian_distribution::pki::CertStore>,
+) -> Client {
     let mut cfg = ClientConfig::new(
-        format!("http://{}", srv.local_addr()),
-        Some(token.to_string()),
+        format!("https://{}", srv.local_addr()),
         hello,
+        identity,
+        None,
     );
     // Quick reconnects keep the tests short; the cap is what the production default uses.
     cfg.backoff_initial = Duration::from_millis(20);
@@ -183,7 +193,7 @@ async fn programmed_flips_to_applied_only_after_the_ack_and_the_route_is_served(
             gate: gate.clone(),
             arrived: arrived.clone(),
         };
-        let follower = client_for(&srv, hello("p1", "east"), TOKEN);
+        let follower = client_for(&srv, hello("p1", "east"));
         let task = tokio::spawn(async move {
             let _ = follower.run(&target).await;
         });
@@ -300,7 +310,7 @@ async fn a_refused_snapshot_is_reported_and_the_previous_generation_keeps_servin
         let a = Echo::start("a").await;
         let port = free_port();
         let proxy = Arc::new(proxy().await);
-        let (task, _) = follow(client_for(&srv, hello("p1", "east"), TOKEN), proxy.clone());
+        let (task, _) = follow(client_for(&srv, hello("p1", "east")), proxy.clone());
         let good = || vec![prefix_rule("/", vec![echo_backend(&a, 1)])];
         let g1 = srv
             .publish("east", http_snapshot(1, port, good()))
@@ -373,8 +383,7 @@ async fn killing_the_controller_under_load_fails_no_request_and_proxies_resync_a
         let a = Echo::start("a").await;
         let port = free_port();
         let proxy = Arc::new(proxy().await);
-        let (task, mut status) =
-            follow(client_for(&srv, hello("p1", "east"), TOKEN), proxy.clone());
+        let (task, mut status) = follow(client_for(&srv, hello("p1", "east")), proxy.clone());
         let snap = || http_snapshot(7, port, vec![prefix_rule("/", vec![echo_backend(&a, 1)])]);
         let g = srv.publish("east", snap()).unwrap().generation;
         assert_eq!(g, 7);
@@ -480,7 +489,7 @@ async fn endpoint_only_changes_travel_as_deltas_and_are_served() {
         let (a, b) = (Echo::start("a").await, Echo::start("b").await);
         let port = free_port();
         let proxy = Arc::new(proxy().await);
-        let (task, _) = follow(client_for(&srv, hello("p1", "east"), TOKEN), proxy.clone());
+        let (task, _) = follow(client_for(&srv, hello("p1", "east")), proxy.clone());
         let with = |e: &Echo| {
             http_snapshot(
                 0,
@@ -555,14 +564,23 @@ async fn endpoint_only_changes_travel_as_deltas_and_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_token_gets_401_and_the_client_reports_it() {
+async fn a_certificate_of_another_mesh_is_refused_and_the_client_reports_it() {
     bounded(async {
         let srv = server().await;
         let proxy = Arc::new(proxy().await);
-        let (task, mut status) = follow(
-            client_for(&srv, hello("p1", "east"), "wrong"),
-            proxy.clone(),
-        );
+        // Trusts our CA (so it would accept the server), presents another mesh's certificate.
+        let h = hello("p1", "east");
+        let foreign = meridian_distribution::pki::CertStore::issued(
+            &mesh::other_ca(),
+            &mesh::identity_of(&h),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let identity = Arc::new(meridian_distribution::pki::CertStore::with_credentials(
+            mesh::ca().bundle(),
+            (*foreign.credentials().unwrap()).clone(),
+        ));
+        let (task, mut status) = follow(client_with(&srv, h, identity), proxy.clone());
         let s = tokio::time::timeout(
             Duration::from_secs(10),
             status.wait_for(|s| s.last_error.is_some()),
@@ -573,79 +591,25 @@ async fn a_wrong_token_gets_401_and_the_client_reports_it() {
         .clone();
         assert!(!s.connected);
         let err = s.last_error.unwrap();
-        assert!(
-            err.contains("401") && err.contains("MERIDIAN_TOKEN"),
-            "{err}"
-        );
+        assert!(err.contains("controller connection failed"), "{err}");
         let r = ready(&proxy).await;
         assert!(
             r["controller"]["lastError"]
                 .as_str()
                 .unwrap()
-                .contains("401"),
+                .contains("connection failed"),
             "{r}"
         );
-        assert!(
-            srv.state().is_empty(),
-            "an unauthenticated proxy was registered"
-        );
+        assert!(srv.state().is_empty(), "a foreign proxy was registered");
         assert!(
             metric(
                 &srv.metrics_text(),
-                "meridian_distribution_unauthorized_total{path=\"/v1/stream\"}"
+                "meridian_distribution_tls_handshake_failures_total{reason=\"bad-certificate\"}"
             )
             .unwrap()
                 >= 1.0
         );
-
-        // Acks need the token too, and no token at all is refused the same way.
-        let url = format!("http://{}/v1/ack", srv.local_addr());
-        let body = r#"{"proxyId":"p1","generation":1,"result":{"status":"applied"}}"#;
-        let resp = client().post(&url).body(body).send().await.unwrap();
-        assert_eq!(resp.status(), 401);
-        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
-        let resp = client()
-            .post(&url)
-            .bearer_auth(TOKEN)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 404, "ack of a proxy without a stream");
         stop(task, proxy).await;
     })
     .await;
-}
-
-#[tokio::test]
-async fn a_server_without_a_token_must_be_explicitly_insecure() {
-    let bind = "127.0.0.1:0".parse().unwrap();
-    let err = DistributionServer::start(ServerConfig::new(bind, None))
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(err, ServerError::NoToken), "{err}");
-    let err = DistributionServer::start(ServerConfig::new(bind, Some(String::new())))
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(err, ServerError::EmptyToken), "{err}");
-
-    let mut cfg = ServerConfig::new(bind, None);
-    cfg.insecure = true;
-    let srv = DistributionServer::start(cfg).await.unwrap();
-    let body = serde_json::to_vec(&hello("p1", "east")).unwrap();
-    let mut resp = client()
-        .post(format!("http://{}/v1/stream", srv.local_addr()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(first.starts_with(b"{\"welcome\""), "{first:?}");
 }

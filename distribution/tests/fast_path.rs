@@ -3,6 +3,8 @@
 //! used when the target declines or does not serve the base. Real server and client on loopback.
 #![allow(clippy::unwrap_used)]
 
+mod mesh;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,26 +97,28 @@ async fn settled(srv: &DistributionServer, generation: u64) -> ProgrammedState {
 
 #[tokio::test]
 async fn deltas_take_the_fast_path_and_the_held_snapshot_stays_patched() {
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
-    cfg.insecure = true;
+    let cfg: ServerConfig = mesh::server_config("127.0.0.1:0".parse().unwrap());
     let srv = DistributionServer::start(cfg).await.unwrap();
     let target = Arc::new(Fast {
         mode: Mutex::new(Mode::Accept),
         log: Mutex::default(),
         applied: Mutex::default(),
     });
+    let hello = Hello {
+        proxy_id: "p1".into(),
+        cluster: "east".into(),
+        region: "r1".into(),
+        zone: "z1".into(),
+        gateways: None,
+        address: None,
+        east_west: None,
+    };
+    let identity = mesh::store_for(&hello);
     let client = Client::new(ClientConfig::new(
-        format!("http://{}", srv.local_addr()),
+        format!("https://{}", srv.local_addr()),
+        hello,
+        identity,
         None,
-        Hello {
-            proxy_id: "p1".into(),
-            cluster: "east".into(),
-            region: String::new(),
-            zone: String::new(),
-            gateways: None,
-            address: None,
-            east_west: None,
-        },
     ))
     .unwrap();
     let t = target.clone();

@@ -3,6 +3,8 @@
 //! serves, and one that stops leading closes the streams it has so its proxies reconnect.
 #![allow(clippy::unwrap_used)]
 
+mod mesh;
+
 use std::time::Duration;
 
 use meridian_distribution::{
@@ -11,7 +13,6 @@ use meridian_distribution::{
 use meridian_model::Snapshot;
 use meridian_test_support::eventually;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -40,7 +41,7 @@ fn hello() -> Hello {
 /// closed the connection (bounded).
 async fn raw_stream_request(addr: std::net::SocketAddr) -> String {
     let body = serde_json::to_vec(&hello()).unwrap();
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tcp = mesh::connect_as(addr, &hello()).await;
     let head = format!(
         "POST /v1/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n",
@@ -60,8 +61,7 @@ async fn raw_stream_request(addr: std::net::SocketAddr) -> String {
 #[tokio::test]
 async fn a_follower_turns_proxies_away_and_a_leader_that_steps_down_closes_their_streams() {
     let (leading, serving) = watch::channel(false);
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
-    cfg.insecure = true;
+    let mut cfg: ServerConfig = mesh::server_config("127.0.0.1:0".parse().unwrap());
     cfg.serving = Some(serving);
     let server = DistributionServer::start(cfg).await.unwrap();
     server.publish("east", Snapshot::empty(1)).unwrap();
@@ -76,9 +76,10 @@ async fn a_follower_turns_proxies_away_and_a_leader_that_steps_down_closes_their
 
     // A client keeps trying (soon: at most 1 s apart) and gets in once the replica leads.
     let client = Client::new(ClientConfig::new(
-        format!("http://{}", server.local_addr()),
-        None,
+        format!("https://{}", server.local_addr()),
         hello(),
+        mesh::store_for(&hello()),
+        None,
     ))
     .unwrap();
     let status = client.status();

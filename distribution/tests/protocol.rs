@@ -1,8 +1,13 @@
-//! The wire protocol as a proxy sees it, driven by hand with a plain HTTP client: what is sent
-//! when, filtering by Gateway, stream replacement, acks and bad input. Loopback, bounded.
+//! The wire protocol as a proxy sees it, driven by hand with an HTTPS client presenting the
+//! proxy's certificate: what is sent when, filtering by Gateway, stream replacement, acks and bad
+//! input. Loopback, bounded.
 #![allow(clippy::unwrap_used)]
 
+mod mesh;
+
 use std::time::Duration;
+
+use mesh::{Https, Resp};
 
 use meridian_distribution::{
     DistributionServer, EndpointChange, GatewayRef, Hello, ProgrammedState, ProxyRefusal,
@@ -11,28 +16,18 @@ use meridian_distribution::{
 use meridian_model::Snapshot;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "t0k3n";
-
 async fn server() -> DistributionServer {
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Some(TOKEN.into()));
+    let mut cfg: ServerConfig = mesh::server_config("127.0.0.1:0".parse().unwrap());
     cfg.ping_interval = Duration::from_millis(100);
     DistributionServer::start(cfg).await.unwrap()
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 fn hello(id: &str, gateways: Option<Vec<&str>>) -> Hello {
     Hello {
         proxy_id: id.into(),
         cluster: "east".into(),
-        region: String::new(),
-        zone: String::new(),
+        region: "r1".into(),
+        zone: "z1".into(),
         gateways: gateways.map(|g| g.into_iter().map(|s| s.parse().unwrap()).collect()),
         address: Some(format!("{id}.example")),
         east_west: None,
@@ -58,19 +53,18 @@ fn snap(port: u16) -> Snapshot {
 
 /// A stream read line by line.
 struct Stream {
-    resp: reqwest::Response,
+    resp: Resp,
     buf: Vec<u8>,
 }
 
 impl Stream {
     async fn open(srv: &DistributionServer, hello: &Hello) -> Stream {
-        let resp = http()
-            .post(format!("http://{}/v1/stream", srv.local_addr()))
-            .bearer_auth(TOKEN)
-            .body(serde_json::to_vec(hello).unwrap())
-            .send()
-            .await
-            .unwrap();
+        let resp = Https::proxy(hello)
+            .post(
+                &format!("https://{}/v1/stream", srv.local_addr()),
+                serde_json::to_vec(hello).unwrap(),
+            )
+            .await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
         Stream {
@@ -101,14 +95,15 @@ impl Stream {
     }
 }
 
+/// An ack sent as the proxy it names (zone `z1`).
 async fn ack(srv: &DistributionServer, body: Value) -> u16 {
-    http()
-        .post(format!("http://{}/v1/ack", srv.local_addr()))
-        .bearer_auth(TOKEN)
-        .body(body.to_string())
-        .send()
+    let id = body["proxyId"].as_str().unwrap();
+    Https::proxy(&hello(id, None))
+        .post(
+            &format!("https://{}/v1/ack", srv.local_addr()),
+            body.to_string(),
+        )
         .await
-        .unwrap()
         .status()
         .as_u16()
 }
@@ -271,54 +266,34 @@ async fn gateway_filters_and_replaced_streams() {
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let srv = server().await;
-    let base = format!("http://{}", srv.local_addr());
-    let post = |path: &str, body: &'static str| {
-        http()
-            .post(format!("{base}{path}"))
-            .bearer_auth(TOKEN)
-            .body(body)
-            .send()
-    };
-    let r = post("/v1/stream", "{not json").await.unwrap();
+    let base = format!("https://{}", srv.local_addr());
+    let http = Https::proxy(&hello("p", None));
+    let post = |path: &str, body: &'static str| http.post(format!("{base}{path}"), body);
+    let r = post("/v1/stream", "{not json").await;
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("invalid JSON"));
-    let r = post("/v1/stream", r#"{"proxyId":"","cluster":"east"}"#)
-        .await
-        .unwrap();
+    assert!(r.text().await.contains("invalid JSON"));
+    let r = post("/v1/stream", r#"{"proxyId":"","cluster":"east"}"#).await;
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("proxyId"));
-    let r = post("/v1/stream", r#"{"proxyId":"p","cluster":""}"#)
-        .await
-        .unwrap();
+    assert!(r.text().await.contains("proxyId"));
+    let r = post("/v1/stream", r#"{"proxyId":"p","cluster":""}"#).await;
     assert_eq!(r.status(), 400);
     let r = post(
         "/v1/ack",
         r#"{"proxyId":"p","generation":1,"result":{"status":"maybe"}}"#,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 400);
-    let r = http()
-        .get(format!("{base}/v1/stream"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(&format!("{base}/v1/stream")).await;
     assert_eq!(r.status(), 405);
-    let r = http().get(format!("{base}/nope")).send().await.unwrap();
+    let r = http.get(&format!("{base}/nope")).await;
     assert_eq!(r.status(), 404);
-    let r = http().get(format!("{base}/healthz")).send().await.unwrap();
+    let r = Https::anonymous().get(&format!("{base}/healthz")).await;
     assert_eq!(r.status(), 200);
     // Oversized bodies are refused, not buffered.
     let big = "x".repeat(200 * 1024);
-    let r = http()
-        .post(format!("{base}/v1/stream"))
-        .bearer_auth(TOKEN)
-        .body(big)
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(&format!("{base}/v1/stream"), big).await;
     assert_eq!(r.status(), 413);
-    assert!(r.text().await.unwrap().contains("too large"));
+    assert!(r.text().await.contains("too large"));
     // Deltas need a full snapshot first.
     let err = srv.publish_endpoints("nowhere", 0, vec![]).unwrap_err();
     assert!(
@@ -395,15 +370,15 @@ async fn east_west_listeners_follow_connected_proxies() {
         ("0.0.0.0:15443", "unspecified"),
         ("10.0.0.1:0", "port 0"),
     ] {
-        let r = http()
-            .post(format!("http://{}/v1/stream", srv.local_addr()))
-            .bearer_auth(TOKEN)
-            .body(serde_json::to_vec(&with_listener("bad", "z", Some(bad))).unwrap())
-            .send()
-            .await
-            .unwrap();
+        let h = with_listener("bad", "z", Some(bad));
+        let r = Https::proxy(&h)
+            .post(
+                &format!("https://{}/v1/stream", srv.local_addr()),
+                serde_json::to_vec(&h).unwrap(),
+            )
+            .await;
         assert_eq!(r.status(), 400, "{bad}");
-        let text = r.text().await.unwrap();
+        let text = r.text().await;
         assert!(
             text.contains("eastWest") && text.contains(why),
             "{bad}: {text}"

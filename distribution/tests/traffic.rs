@@ -3,6 +3,8 @@
 //! requests, and the client's behaviour against a scripted fake controller. Loopback, bounded.
 #![allow(clippy::unwrap_used)]
 
+mod mesh;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,13 +17,11 @@ use meridian_distribution::{
 use meridian_model::Snapshot;
 use meridian_model::traffic::{FailureKind, GatewayTraffic};
 use meridian_test_support::eventually;
+use mesh::{Https, Tls};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-const TOKEN: &str = "tr4ffic";
 
 async fn bounded<F: Future<Output = ()>>(f: F) {
     tokio::time::timeout(Duration::from_secs(60), f)
@@ -30,7 +30,7 @@ async fn bounded<F: Future<Output = ()>>(f: F) {
 }
 
 async fn server() -> DistributionServer {
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), Some(TOKEN.into()));
+    let mut cfg: ServerConfig = mesh::server_config("127.0.0.1:0".parse().unwrap());
     cfg.ping_interval = Duration::from_millis(100);
     DistributionServer::start(cfg).await.unwrap()
 }
@@ -39,8 +39,8 @@ fn hello(id: &str, cluster: &str) -> Hello {
     Hello {
         proxy_id: id.into(),
         cluster: cluster.into(),
-        region: String::new(),
-        zone: String::new(),
+        region: "r1".into(),
+        zone: "z1".into(),
         gateways: None,
         address: None,
         east_west: None,
@@ -135,7 +135,8 @@ fn run_client(
     interval: Duration,
     target: Arc<Counting>,
 ) -> JoinHandle<()> {
-    let mut cfg = ClientConfig::new(url, Some(TOKEN.to_string()), hello);
+    let identity = mesh::store_for(&hello);
+    let mut cfg = ClientConfig::new(url, hello, identity, None);
     cfg.backoff_initial = Duration::from_millis(20);
     cfg.traffic_interval = interval;
     let client = Client::new(cfg).unwrap();
@@ -159,7 +160,7 @@ fn metric(srv: &DistributionServer, name: &str, cluster: &str) -> u64 {
 async fn clients_report_and_the_server_sums_proxies_of_a_cluster() {
     bounded(async {
         let srv = server().await;
-        let url = format!("http://{}", srv.local_addr());
+        let url = format!("https://{}", srv.local_addr());
         let (t1, t2, t3) = (
             Arc::new(Counting::default()),
             Arc::new(Counting::default()),
@@ -231,7 +232,7 @@ async fn clients_report_and_the_server_sums_proxies_of_a_cluster() {
 async fn a_zero_traffic_interval_sends_nothing() {
     bounded(async {
         let srv = server().await;
-        let url = format!("http://{}", srv.local_addr());
+        let url = format!("https://{}", srv.local_addr());
         let (quiet, control) = (Arc::new(Counting::default()), Arc::new(Counting::default()));
         quiet.set(vec![entry("quiet", counters(4, 0))]);
         control.set(vec![entry("loud", counters(4, 0))]);
@@ -273,40 +274,32 @@ async fn a_zero_traffic_interval_sends_nothing() {
     .await;
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
 /// Opens a stream by hand; the proxy stays connected while the response is held.
-async fn open(srv: &DistributionServer, hello: &Hello) -> reqwest::Response {
-    let resp = http()
-        .post(format!("http://{}/v1/stream", srv.local_addr()))
-        .bearer_auth(TOKEN)
-        .body(serde_json::to_vec(hello).unwrap())
-        .send()
-        .await
-        .unwrap();
+async fn open(srv: &DistributionServer, hello: &Hello) -> mesh::Resp {
+    let resp = Https::proxy(hello)
+        .post(
+            format!("https://{}/v1/stream", srv.local_addr()),
+            serde_json::to_vec(hello).unwrap(),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     resp
 }
 
+/// A report sent as proxy `id` of cluster east.
 async fn report(srv: &DistributionServer, id: &str, gateways: Vec<GatewayTrafficReport>) {
     let body = TrafficReport {
         proxy_id: id.into(),
         gateways,
     };
-    let r = http()
-        .post(format!("http://{}/v1/traffic", srv.local_addr()))
-        .bearer_auth(TOKEN)
-        .body(serde_json::to_vec(&body).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let r = Https::proxy(&hello(id, "east"))
+        .post(
+            format!("https://{}/v1/traffic", srv.local_addr()),
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    let status = r.status();
+    assert_eq!(status, 204, "{}", r.text().await);
 }
 
 /// Checks the current sum of `web` in east against `want` and against the previous reading.
@@ -350,8 +343,9 @@ async fn the_sum_never_goes_down_when_proxies_restart_leave_or_move() {
             sum(&[&counters(90, 10), &counters(9, 1), &counters(50, 0)]),
             "p1 counting on",
         );
-        // A restart that shows in one counter only (failures went down, requests went up) is
-        // a restart too.
+        // A restart (a new stream) that shows in one counter only (failures went down,
+        // requests went up) is a restart too.
+        let _s1c = open(&srv, &hello("p1", "east")).await;
         report(&srv, "p1", vec![entry("web", counters(20, 0))]).await;
         let retired_p1 = sum(&[&counters(90, 10), &counters(9, 1)]);
         step(
@@ -409,69 +403,62 @@ async fn the_sum_never_goes_down_when_proxies_restart_leave_or_move() {
 async fn bad_traffic_requests_get_clear_errors() {
     let srv = server().await;
     let _s = open(&srv, &hello("p1", "east")).await;
-    let url = format!("http://{}/v1/traffic", srv.local_addr());
+    let url = format!("https://{}/v1/traffic", srv.local_addr());
     let good = json!({"proxyId": "p1", "gateways": [
         {"namespace": "ns", "name": "web", "traffic": {"requests": 1}}]});
-    let post = |token: Option<&str>, body: String| {
-        let mut b = http().post(&url).body(body);
-        if let Some(t) = token {
-            b = b.bearer_auth(t);
-        }
-        b.send()
-    };
+    let p1 = Https::proxy(&hello("p1", "east"));
+    let post = |body: String| p1.post(&url, body);
 
-    let r = post(None, good.to_string()).await.unwrap();
+    let r = Https::anonymous().post(&url, good.to_string()).await;
     assert_eq!(r.status(), 401);
-    assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    let r = post(Some("wrong"), good.to_string()).await.unwrap();
-    assert_eq!(r.status(), 401);
+    assert!(r.text().await.contains("client certificate"));
     assert_eq!(srv.traffic("east", &gw("web")), None);
 
-    let mut unknown = good.clone();
-    unknown["proxyId"] = json!("ghost");
-    let r = post(Some(TOKEN), unknown.to_string()).await.unwrap();
+    // Another proxy's certificate cannot report for p1.
+    let r = Https::proxy(&hello("p2", "east"))
+        .post(&url, good.to_string())
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(srv.traffic("east", &gw("web")), None);
+    // A proxy without a stream is unknown.
+    let mut ghost = good.clone();
+    ghost["proxyId"] = json!("ghost");
+    let r = Https::proxy(&hello("ghost", "east"))
+        .post(&url, ghost.to_string())
+        .await;
     assert_eq!(r.status(), 404);
-    assert!(r.text().await.unwrap().contains("unknown proxy \"ghost\""));
+    assert!(r.text().await.contains("unknown proxy \"ghost\""));
 
-    let r = post(Some(TOKEN), "{not json".into()).await.unwrap();
+    let r = post("{not json".into()).await;
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("invalid JSON"));
+    assert!(r.text().await.contains("invalid JSON"));
     let r = post(
-        Some(TOKEN),
         json!({"proxyId": "p1", "gateways": [{"namespace": "ns", "name": "web",
             "traffic": {"requests": -1}}]})
         .to_string(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 400);
     let twice = json!({"proxyId": "p1", "gateways": [
         {"namespace": "ns", "name": "web", "traffic": {}},
         {"namespace": "ns", "name": "web", "traffic": {}}]});
-    let r = post(Some(TOKEN), twice.to_string()).await.unwrap();
+    let r = post(twice.to_string()).await;
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("ns/web is listed twice"));
-    let r = post(Some(TOKEN), json!({"proxyId": ""}).to_string())
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("proxyId"));
+    assert!(r.text().await.contains("ns/web is listed twice"));
+    let r = post(json!({"proxyId": ""}).to_string()).await;
+    assert_eq!(r.status(), 403, "an empty id is not the certificate's");
     let r = post(
-        Some(TOKEN),
         json!({"proxyId": "p1", "gateways": [{"namespace": "ns", "name": "web",
-            "traffic": {"latency": {"counts": vec![1; 40]}}}]})
+            "traffic": {"requests": 40, "latency": {"counts": vec![1; 40]}}}]})
         .to_string(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("buckets"));
+    assert!(r.text().await.contains("buckets"));
     // Past 1 MiB: refused without being buffered.
-    let r = post(Some(TOKEN), "x".repeat(2 * 1024 * 1024))
-        .await
-        .unwrap();
+    let r = post("x".repeat(2 * 1024 * 1024)).await;
     assert_eq!(r.status(), 413);
-    let r = http().get(&url).send().await.unwrap();
+    let r = p1.get(&url).await;
     assert_eq!(r.status(), 405);
     assert_eq!(
         srv.traffic("east", &gw("web")),
@@ -479,7 +466,7 @@ async fn bad_traffic_requests_get_clear_errors() {
         "a bad report was stored"
     );
 
-    let r = post(Some(TOKEN), good.to_string()).await.unwrap();
+    let r = post(good.to_string()).await;
     assert_eq!(r.status(), 204);
     assert_eq!(srv.traffic("east", &gw("web")).unwrap().requests, 1);
     assert_eq!(
@@ -489,7 +476,7 @@ async fn bad_traffic_requests_get_clear_errors() {
 }
 
 /// Reads one HTTP/1.1 request (headers and a Content-Length body).
-async fn read_request(tcp: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+async fn read_request(tcp: &mut Tls) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -531,7 +518,7 @@ enum TrafficAnswer {
 }
 
 enum Seen {
-    Stream(TcpStream),
+    Stream(Tls),
     Ack(Value),
     Traffic(Value),
 }
@@ -539,15 +526,15 @@ enum Seen {
 /// A scripted controller: streams are handed to the test (welcome already written), acks get
 /// 204, traffic reports get what `answer` says; everything is reported.
 async fn fake(answer: TrafficAnswer) -> (String, mpsc::UnboundedReceiver<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (listener, url, acceptor) = mesh::fake_controller_listener().await;
     let (tx, rx) = mpsc::unbounded_channel();
     let reports = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let (tx, reports) = (tx.clone(), reports.clone());
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (tx, reports, acceptor) = (tx.clone(), reports.clone(), acceptor.clone());
             tokio::spawn(async move {
+                let mut tcp = mesh::accept_tls(&acceptor, tcp).await;
                 while let Some((head, body)) = read_request(&mut tcp).await {
                     if head.starts_with("POST /v1/stream") {
                         tcp.write_all(

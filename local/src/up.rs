@@ -37,9 +37,7 @@ use kube::api::{Api, Patch, PatchParams};
 use meridian_controller::distributed::DistributedDataPlane;
 use meridian_controller::distributed::addresses::{AddressPools, AddressRange};
 use meridian_controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster};
-use meridian_distribution::pki::{
-    Ca, CertStore, Credentials, PkiError, ProxyIdentity, TrustDomain, csr_pem, new_key,
-};
+use meridian_distribution::pki::{Ca, CertStore, ProxyIdentity, TrustDomain};
 use meridian_distribution::{Client, ClientConfig, DistributionServer, Hello, ServerConfig};
 use meridian_model::locality::Locality;
 use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
@@ -555,10 +553,10 @@ async fn install_meridian(clients: &[(String, kube::Client)]) -> Result<(), UpEr
 struct Control {
     server: Arc<DistributionServer>,
     controller: ControllerHandle,
-    /// `http://` URL of the distribution server.
+    /// `https://` URL of the distribution server.
     url: String,
-    /// Bearer token the proxies present.
-    token: String,
+    /// The mesh CA (in memory, made for this run): the proxies' certificates come from it.
+    ca: Arc<Ca>,
 }
 
 /// Step 3a: the distribution server and the controller, through the controller crate's
@@ -569,18 +567,23 @@ async fn start_controller(
     clients: &[(String, kube::Client)],
     backends: Arc<LocalBackends>,
 ) -> Result<Control, UpError> {
-    let token = format!("{:032x}", rand::random::<u128>());
+    let distribution_error = |e: BoxError| UpError::Distribution {
+        port: args.distribution_port,
+        source: e,
+    };
+    // A mesh CA for this run only: the distribution link is mutual TLS like in a cluster.
+    let ca = Arc::new(
+        Ca::generate(&TrustDomain::default(), Duration::from_secs(30 * 24 * 3600))
+            .map_err(|e| distribution_error(e.into()))?,
+    );
     let server = DistributionServer::start(ServerConfig::new(
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.distribution_port),
-        Some(token.clone()),
+        ca.clone(),
     ))
     .await
-    .map_err(|e| UpError::Distribution {
-        port: args.distribution_port,
-        source: e.into(),
-    })?;
+    .map_err(|e| distribution_error(e.into()))?;
     let server = Arc::new(server);
-    let url = format!("http://{}", server.local_addr());
+    let url = format!("https://{}", server.local_addr());
     let data_plane = DistributedDataPlane::with_pools(server.clone(), address_pools(plans)?);
     let members = plans
         .iter()
@@ -610,7 +613,7 @@ async fn start_controller(
         server,
         controller,
         url,
-        token,
+        ca,
     })
 }
 
@@ -644,10 +647,6 @@ async fn start_proxies(
     plans: &[ClusterPlan],
     control: &Control,
 ) -> Result<Vec<Proxy>, UpError> {
-    // The mesh CA of this run, in memory only: every proxy gets a certificate from it (the
-    // east-west hop of --multi-network is mutual TLS with them).
-    let ca = Ca::generate(&TrustDomain::default(), MESH_CA_VALIDITY)
-        .map_err(|e| UpError::Identity(e.into()))?;
     let mut proxies = Vec::new();
     for (i, c) in plans.iter().enumerate() {
         let port = if args.admin_base_port == 0 {
@@ -656,7 +655,7 @@ async fn start_proxies(
             args.admin_base_port + i as u16
         };
         let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        proxies.push(start_proxy(args, c, admin, control, &ca).await?);
+        proxies.push(start_proxy(args, c, admin, control).await?);
     }
     Ok(proxies)
 }
@@ -666,7 +665,6 @@ async fn start_proxy(
     c: &ClusterPlan,
     admin: SocketAddr,
     control: &Control,
-    ca: &Ca,
 ) -> Result<Proxy, UpError> {
     let proxy_error = |source: BoxError| UpError::Proxy {
         cluster: c.name.clone(),
@@ -674,7 +672,14 @@ async fn start_proxy(
         source,
     };
     let proxy_id = format!("{}-proxy", c.name);
-    let identity = proxy_identity(ca, c, &proxy_id).map_err(|e| proxy_error(e.into()))?;
+    // One identity for both links (controller and east-west), issued straight from the run's
+    // in-memory CA: the proxy runs in this process.
+    let identity = ProxyIdentity::new(&c.name, &c.region, &c.zones[0], &proxy_id)
+        .map_err(|e| proxy_error(e.into()))
+        .and_then(|who| {
+            CertStore::issued(&control.ca, &who, PROXY_CERT_TTL).map_err(|e| proxy_error(e.into()))
+        })
+        .map(Arc::new)?;
     let handle = Arc::new(
         ProxyHandle::start(ProxyConfig {
             admin: Some(admin),
@@ -689,7 +694,7 @@ async fn start_proxy(
                 let [a, b, c, _] = c.proxy_address.octets();
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, 254)), 15443)
             }),
-            identity: Some(Arc::new(identity)),
+            identity: Some(identity.clone()),
             east_west_plaintext: false,
             // The proxy's defaults (merge slashes, keep %2F/%5C encoded).
             paths: Default::default(),
@@ -697,18 +702,20 @@ async fn start_proxy(
         .await
         .map_err(|e| proxy_error(e.into()))?,
     );
+    let hello = Hello {
+        proxy_id,
+        cluster: c.name.clone(),
+        region: c.region.clone(),
+        zone: c.zones[0].clone(),
+        gateways: None,
+        address: Some(c.proxy_address.to_string()),
+        east_west: handle.east_west_addr().map(|a| a.to_string()),
+    };
     let client = Client::new(ClientConfig::new(
         control.url.clone(),
-        Some(control.token.clone()),
-        Hello {
-            proxy_id,
-            cluster: c.name.clone(),
-            region: c.region.clone(),
-            zone: c.zones[0].clone(),
-            gateways: None,
-            address: Some(c.proxy_address.to_string()),
-            east_west: handle.east_west_addr().map(|a| a.to_string()),
-        },
+        hello,
+        identity,
+        None,
     ))
     .map_err(|e| proxy_error(e.into()))?;
     let h = handle.clone();
@@ -731,22 +738,9 @@ async fn start_proxy(
     })
 }
 
-/// How long the in-memory mesh CA of a run is valid.
-const MESH_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
-/// How long a proxy certificate issued by `meridian up` is valid. Nothing renews it yet (the
-/// controller link's bootstrap and renewal will), so it outlives any demo session.
-const PROXY_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// A certificate of the run's mesh for the proxy of cluster `c`, issued as a proxy gets one:
-/// its own key, a CSR, the CA's signature.
-fn proxy_identity(ca: &Ca, c: &ClusterPlan, proxy_id: &str) -> Result<CertStore, PkiError> {
-    let who = ProxyIdentity::new(&c.name, &c.region, &c.zones[0], proxy_id)?;
-    let key = new_key()?;
-    let csr = csr_pem(&key, &who)?;
-    let pem = ca.issue_proxy(csr.as_bytes(), &who, PROXY_CERT_TTL)?;
-    let creds = Credentials::new(pem, key, ca.trust_domain())?;
-    Ok(CertStore::with_credentials(ca.bundle(), creds))
-}
+/// How long a proxy certificate issued by `meridian up` is valid (the client renews it at two
+/// thirds over the controller link).
+const PROXY_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Step 4: echo backends in two zones per region, and the demo manifests in every cluster.
 async fn start_demo(

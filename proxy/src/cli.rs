@@ -20,7 +20,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use meridian_distribution::client::BootstrapCredential;
+use meridian_distribution::pki::{CertStore, TrustBundle, TrustDomain};
 use meridian_distribution::{Client, ClientConfig, ClientError, GatewayRef, Hello};
 use meridian_model::locality::Locality;
 use meridian_model::path::{EscapedSlashes, PathNormalization};
@@ -57,12 +60,26 @@ pub enum RunError {
     /// The state directory cannot be created or read.
     #[error(transparent)]
     StateDir(#[from] StateDirError),
-    /// `--controller` without a token or `--insecure`.
+    /// `--controller` without `--ca-file`.
     #[error(
-        "`--controller` needs a token (`--token` or MERIDIAN_TOKEN); `--insecure` connects \
-         without one (local runs only)"
+        "`--controller` needs `--ca-file PATH`: the mesh CA bundle (PEM) the controller's \
+         certificate is checked against"
     )]
-    NoToken,
+    NoCaFile,
+    /// `--controller` without `--bootstrap-token-file`.
+    #[error(
+        "`--controller` needs `--bootstrap-token-file PATH`: the token (e.g. a projected \
+         ServiceAccount token) the proxy gets its certificate with"
+    )]
+    NoBootstrapToken,
+    /// The CA bundle cannot be read.
+    #[error("--ca-file {}: {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The east-west address to report cannot be worked out.
     #[error(transparent)]
     Advertise(#[from] AdvertiseError),
@@ -133,16 +150,18 @@ pub struct ProxyArgs {
     /// Snapshot file (JSON) to serve; watched and hot-reloaded.
     #[arg(long, conflicts_with = "controller")]
     pub snapshot: Option<PathBuf>,
-    /// Controller distribution URL (`http://host:port`): follow it, acknowledging every
-    /// generation; the last good snapshot keeps serving while it is unreachable.
+    /// Controller distribution URL (`https://host:port`, mutual TLS 1.3): follow it,
+    /// acknowledging every generation; the last good snapshot keeps serving while it is
+    /// unreachable.
     #[arg(long, value_name = "URL")]
     pub controller: Option<String>,
-    /// Bearer token for the controller.
-    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Talk to the controller without a token (local runs; the controller must allow it too).
-    #[arg(long)]
-    pub insecure: bool,
+    /// The mesh CA bundle (PEM) the controller's certificate must chain to.
+    #[arg(long, value_name = "PATH", env = "MERIDIAN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// File holding the bootstrap token the proxy gets its certificate with (a projected
+    /// ServiceAccount token; re-read at each use, the kubelet rotates it).
+    #[arg(long, value_name = "PATH", env = "MERIDIAN_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
     /// Identity reported to the controller (default: $HOSTNAME, else `proxy-<pid>`).
     #[arg(long)]
     pub proxy_id: Option<String>,
@@ -227,11 +246,16 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
         let client = match &source {
             Source::File(_) => None,
             Source::Controller {
-                url, token, hello, ..
+                url,
+                identity,
+                bootstrap,
+                hello,
+                ..
             } => Some(controller_client(
                 &handle,
                 url,
-                token,
+                identity,
+                bootstrap,
                 hello,
                 args.advertise_address.as_deref(),
             )?),
@@ -272,7 +296,8 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
 fn controller_client(
     handle: &ProxyHandle,
     url: &str,
-    token: &Option<String>,
+    identity: &Arc<CertStore>,
+    bootstrap: &BootstrapCredential,
     hello: &Hello,
     advertise: Option<&str>,
 ) -> Result<Client, RunError> {
@@ -283,8 +308,9 @@ fn controller_client(
         .transpose()?;
     Ok(Client::new(ClientConfig::new(
         url.to_string(),
-        token.clone(),
         hello,
+        identity.clone(),
+        Some(bootstrap.clone()),
     ))?)
 }
 
@@ -293,7 +319,9 @@ enum Source {
     /// The client is built once the proxy runs (the Hello reports its east-west address).
     Controller {
         url: String,
-        token: Option<String>,
+        /// The proxy's certificate (none until the client bootstraps) and trusted CAs.
+        identity: Arc<CertStore>,
+        bootstrap: BootstrapCredential,
         hello: Box<Hello>,
         /// `--state-dir`, opened.
         state: Option<StateDir>,
@@ -373,10 +401,21 @@ fn controller_source(args: &ProxyArgs, url: &str) -> Result<Source, RunError> {
     if args.cluster.is_empty() {
         return Err(RunError::NoCluster);
     }
-    let token = args.token.clone().filter(|t| !t.is_empty());
-    if token.is_none() && !args.insecure {
-        return Err(RunError::NoToken);
-    }
+    let Some(ca_file) = &args.ca_file else {
+        return Err(RunError::NoCaFile);
+    };
+    let Some(token_file) = &args.bootstrap_token_file else {
+        return Err(RunError::NoBootstrapToken);
+    };
+    let ca_error = |reason: String| RunError::CaFile {
+        path: ca_file.clone(),
+        reason,
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| ca_error(e.to_string()))?;
+    let bundle = TrustBundle::from_pem(&pem, &TrustDomain::default())
+        .map_err(|e| ca_error(e.to_string()))?;
+    let identity = Arc::new(CertStore::new(bundle));
+    let bootstrap = BootstrapCredential::File(token_file.clone());
     if let Some(ew) = args.east_west {
         // Fails now rather than after the proxy started.
         east_west_advertised(ew, args.advertise_address.as_deref())?;
@@ -394,8 +433,9 @@ fn controller_source(args: &ProxyArgs, url: &str) -> Result<Source, RunError> {
     // east-west address.
     Client::new(ClientConfig::new(
         url.to_string(),
-        token.clone(),
         hello.clone(),
+        identity.clone(),
+        Some(bootstrap.clone()),
     ))?;
     // Last: creating the directory is the only check with a side effect.
     let state = args
@@ -405,7 +445,8 @@ fn controller_source(args: &ProxyArgs, url: &str) -> Result<Source, RunError> {
         .transpose()?;
     Ok(Source::Controller {
         url: url.to_string(),
-        token,
+        identity,
+        bootstrap,
         hello: Box::new(hello),
         state,
     })
@@ -443,8 +484,10 @@ mod tests {
             "http://c:1",
             "--cluster",
             "east",
-            "--token",
-            "t",
+            "--ca-file",
+            "/etc/meridian/ca.crt",
+            "--bootstrap-token-file",
+            "/var/run/secrets/meridian/token",
             "--gateway",
             "ns/a",
             "--gateway",
@@ -455,7 +498,10 @@ mod tests {
         .unwrap();
         let names: Vec<String> = cli.args.gateways.iter().map(|g| g.to_string()).collect();
         assert_eq!(names, vec!["ns/a", "ns/b"]);
-        assert_eq!(cli.args.token.as_deref(), Some("t"));
+        assert_eq!(
+            cli.args.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/meridian/ca.crt"))
+        );
         let err = Cli::try_parse_from(["p", "--gateway", "no-namespace"])
             .err()
             .unwrap();

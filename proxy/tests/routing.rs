@@ -714,8 +714,8 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
     let args = meridian_proxy::ProxyArgs {
         snapshot: None,
         controller: None,
-        token: None,
-        insecure: false,
+        ca_file: None,
+        bootstrap_token_file: None,
         proxy_id: None,
         gateways: Vec::new(),
         advertise_address: None,
@@ -736,39 +736,66 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
 
     let both = meridian_proxy::ProxyArgs {
         snapshot: Some("/nonexistent.json".into()),
-        controller: Some("http://127.0.0.1:1".into()),
+        controller: Some("https://127.0.0.1:1".into()),
         ..args.clone()
     };
     let err = meridian_proxy::run(both).unwrap_err();
     assert!(err.to_string().contains("exclude each other"), "{err}");
 
     let controller = meridian_proxy::ProxyArgs {
-        controller: Some("http://127.0.0.1:1".into()),
+        controller: Some("https://127.0.0.1:1".into()),
         cluster: "east".into(),
+        region: "us-east".into(),
+        zone: "a".into(),
         ..args.clone()
     };
     let err = meridian_proxy::run(controller.clone()).unwrap_err();
-    assert!(err.to_string().contains("MERIDIAN_TOKEN"), "{err}");
+    assert!(err.to_string().contains("--ca-file"), "{err}");
     let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
         cluster: String::new(),
         ..controller.clone()
     })
     .unwrap_err();
     assert!(err.to_string().contains("--cluster NAME"), "{err}");
+
+    // The mesh CA and a bootstrap token, as mounted in a pod.
+    let dir = std::env::temp_dir().join(format!("meridian-routing-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = meridian_distribution::pki::Ca::generate(
+        &meridian_distribution::pki::TrustDomain::default(),
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, ca.cert_pem().unwrap()).unwrap();
+    let not_pem = dir.join("token");
+    std::fs::write(&not_pem, "a-token").unwrap();
+    let with_ca = meridian_proxy::ProxyArgs {
+        ca_file: Some(ca_file.clone()),
+        ..controller.clone()
+    };
+    let err = meridian_proxy::run(with_ca.clone()).unwrap_err();
+    assert!(err.to_string().contains("--bootstrap-token-file"), "{err}");
+    let ready = meridian_proxy::ProxyArgs {
+        bootstrap_token_file: Some(not_pem.clone()),
+        ..with_ca
+    };
     let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
-        controller: Some("https://127.0.0.1:1".into()),
-        insecure: true,
-        ..controller
+        ca_file: Some(not_pem.clone()),
+        ..ready.clone()
     })
     .unwrap_err();
-    assert!(err.to_string().contains("https is not supported"), "{err}");
-    // An east-west listener on every address needs an IP to report.
+    assert!(err.to_string().contains("--ca-file"), "{err}");
     let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
         controller: Some("http://127.0.0.1:1".into()),
-        cluster: "east".into(),
-        insecure: true,
+        ..ready.clone()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("speaks only TLS"), "{err}");
+    // An east-west listener on every address needs an IP to report.
+    let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
         east_west: Some("0.0.0.0:0".parse().unwrap()),
-        ..args.clone()
+        ..ready
     })
     .unwrap_err();
     assert!(err.to_string().contains("--advertise-address"), "{err}");
@@ -783,4 +810,5 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
         "{err}"
     );
     assert!(err.to_string().contains("--admin-token-file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

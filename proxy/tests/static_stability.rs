@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use meridian_distribution::pki::{Ca, CertStore, ProxyIdentity, TrustDomain};
 use meridian_distribution::{
     Client, ClientConfig, DistributionServer, Hello, ProgrammedState, ServerConfig,
 };
@@ -24,7 +25,14 @@ use meridian_test_support::wait::eventually_async;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-const TOKEN: &str = "static-stability-token";
+/// The mesh CA of every controller these tests start (a restarted controller keeps its CA).
+fn ca() -> Arc<Ca> {
+    static CA: std::sync::OnceLock<Arc<Ca>> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        Arc::new(Ca::generate(&TrustDomain::default(), Duration::from_secs(3600)).unwrap())
+    })
+    .clone()
+}
 const CLUSTER: &str = "east";
 /// Bound of every wait for a condition.
 const WAIT: Duration = Duration::from_secs(20);
@@ -61,7 +69,7 @@ impl Drop for TempDir {
 }
 
 async fn server_on(addr: SocketAddr) -> DistributionServer {
-    let mut cfg = ServerConfig::new(addr, Some(TOKEN.to_string()));
+    let mut cfg = ServerConfig::new(addr, ca());
     cfg.ping_interval = Duration::from_millis(200);
     DistributionServer::start(cfg).await.unwrap()
 }
@@ -89,9 +97,10 @@ impl Running {
             .await
             .unwrap(),
         );
+        let who = ProxyIdentity::new(CLUSTER, "r1", "z1", "east-proxy").unwrap();
+        let identity = Arc::new(CertStore::issued(&ca(), &who, Duration::from_secs(3600)).unwrap());
         let mut cfg = ClientConfig::new(
-            format!("http://{controller}"),
-            Some(TOKEN.to_string()),
+            format!("https://{controller}"),
             Hello {
                 proxy_id: "east-proxy".to_string(),
                 cluster: CLUSTER.to_string(),
@@ -101,6 +110,8 @@ impl Running {
                 address: None,
                 east_west: None,
             },
+            identity,
+            None,
         );
         // Quick reconnects keep the test short once the controller is back.
         cfg.backoff_initial = Duration::from_millis(20);

@@ -38,19 +38,17 @@ impl LiveProxy {
             .await
             .unwrap(),
         );
-        let mut cfg = ClientConfig::new(
-            url,
-            None,
-            Hello {
-                proxy_id: format!("{cluster}-proxy"),
-                cluster: cluster.into(),
-                region: region.into(),
-                zone: format!("{cluster}-a"),
-                gateways: None,
-                address: Some("127.0.0.1".into()),
-                east_west: None,
-            },
-        );
+        let hello = Hello {
+            proxy_id: format!("{cluster}-proxy"),
+            cluster: cluster.into(),
+            region: region.into(),
+            zone: format!("{cluster}-a"),
+            gateways: None,
+            address: Some("127.0.0.1".into()),
+            east_west: None,
+        };
+        let identity = crate::common::proxy_identity(&hello);
+        let mut cfg = ClientConfig::new(url, hello, identity, None);
         cfg.backoff_max = Duration::from_secs(1);
         let client = DistClient::new(cfg).unwrap();
         let h = handle.clone();

@@ -314,3 +314,37 @@ pub async fn east_and_persisted_central(
         .unwrap();
     (east, central)
 }
+
+/// The mesh CA of this test process: every distribution server a test starts issues from it,
+/// and every proxy a test runs holds a certificate of it.
+pub fn test_ca() -> Arc<meridian_distribution::pki::Ca> {
+    static CA: std::sync::OnceLock<Arc<meridian_distribution::pki::Ca>> =
+        std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        Arc::new(
+            meridian_distribution::pki::Ca::generate(
+                &meridian_distribution::pki::TrustDomain::default(),
+                Duration::from_secs(24 * 3600),
+            )
+            .unwrap(),
+        )
+    })
+    .clone()
+}
+
+/// A certificate store for the proxy saying `hello`, issued by [`test_ca`].
+pub fn proxy_identity(
+    hello: &meridian_distribution::Hello,
+) -> Arc<meridian_distribution::pki::CertStore> {
+    let who = meridian_distribution::pki::ProxyIdentity::new(
+        &hello.cluster,
+        &hello.region,
+        &hello.zone,
+        &hello.proxy_id,
+    )
+    .unwrap();
+    Arc::new(
+        meridian_distribution::pki::CertStore::issued(&test_ca(), &who, Duration::from_secs(3600))
+            .unwrap(),
+    )
+}

@@ -158,8 +158,16 @@ impl Client {
             };
             match tokio::time::timeout(ACK_TIMEOUT, self.http.request(req)).await {
                 Ok(Ok(resp)) if resp.status().is_success() => return,
-                Ok(Ok(resp)) if resp.status() == StatusCode::UNAUTHORIZED => {
-                    tracing::error!(generation, "the controller refused our token for an ack");
+                Ok(Ok(resp))
+                    if matches!(
+                        resp.status(),
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                    ) =>
+                {
+                    tracing::error!(
+                        generation,
+                        "the controller refused our client certificate for an ack"
+                    );
                     return;
                 }
                 Ok(Ok(resp)) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {

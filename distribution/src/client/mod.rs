@@ -1,7 +1,7 @@
 //! The proxy side: [`Client`] follows a controller's stream and programs a [`Target`] with it.
 //!
 //! ```text
-//! run ─► POST /v1/stream (Hello, bearer token) ─► 200: NDJSON lines ─┬─ welcome: connected
+//! run ─► certificate ok? ─► POST /v1/stream (Hello, mTLS) ─► 200: NDJSON lines ─┬─ welcome: connected
 //!  ▲                                                                 ├─ snapshot: apply ─► ack
 //!  │                                                                 ├─ endpoints: target serves the
 //!  │                                                                 │   base? apply_endpoints ─► ack
@@ -9,13 +9,27 @@
 //!  │                                                                 │   patched snapshot ─► ack),
 //!  │                                                                 │   then patch the held snapshot
 //!  │                                                                 └─ ping: still alive
-//!  └── jittered exponential backoff (100 ms … 5 s) ◄── 401 / error / silence for 3 pings / EOF
+//!  └── jittered exponential backoff (100 ms … 5 s) ◄── 401 / 403 / error / silence for 3 pings / EOF
 //!      (after a 503 from a follower controller replica: at most 1 s, the next connection
 //!       through the Service may reach the leader)
 //!
 //! while the stream is open, every traffic_interval (1 s):
 //!   Target::traffic() ─ non-empty and changed since the last accepted report? ─► POST /v1/traffic
+//! while the stream is open, at the certificate's renew_at (2/3 of its life, jittered):
+//!   new key + CSR ─► POST /v1/certificate over mTLS ─► CertStore::set (the stream is untouched)
 //! ```
+//!
+//! # Identity
+//!
+//! The client speaks only HTTPS (TLS 1.3, module `tls`) and proves who it is with the
+//! certificate in its [`CertStore`](crate::pki::CertStore), which names the hello's cluster,
+//! region, zone and proxy id. Before every stream it makes sure the store holds such a
+//! certificate valid for at least another minute; if not it gets one (module `identity`):
+//! over mTLS while the current certificate is still valid (a renewal), else with the bootstrap
+//! credential (a ServiceAccount token, re-read from its file each time). Each TLS connection
+//! presents the store's certificate *of the moment it opens* and trusts the store's bundle of
+//! that moment, so a renewal or a new CA bundle needs no new HTTP client and never touches a
+//! connection already open.
 //!
 //! Traffic reports run beside the stream in the same task, so a slow or failing report never
 //! delays a line or an acknowledgement; a failed one is logged at debug and the next tick sends
@@ -41,27 +55,32 @@
 //! | `stream` | one stream: opening it, splitting lines, decoding and acting on each message |
 //! | `apply` | what survives reconnects (`Held`), applying, retrying transient refusals, acks |
 //! | `traffic` | the traffic reports sent beside the stream |
+//! | `identity` | the proxy's certificate: bootstrap, renewal, [`BootstrapCredential`] |
+//! | `tls` | the HTTPS clients presenting the current certificate |
 
 mod apply;
+mod identity;
 mod stream;
 mod target;
+mod tls;
 mod traffic;
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use tokio::sync::watch;
 
+pub use self::identity::BootstrapCredential;
 pub use self::target::{Refused, Target};
 
 use self::apply::Held;
+use self::tls::Https;
+use crate::pki::{CertStore, ProxyIdentity};
 use crate::protocol::Hello;
 use meridian_model::error_chain;
 
@@ -71,14 +90,18 @@ const NOT_LEADER_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Base URL of the controller's distribution server, `http://host:port` (a path prefix is
-    /// allowed). HTTPS is not supported yet: use it on a private network or behind a
-    /// TLS-terminating sidecar.
+    /// Base URL of the controller's distribution server, `https://host:port` (a path prefix is
+    /// allowed). The controller's certificate must name `host` and the controller's identity.
     pub url: String,
-    /// Bearer token; `None` only against a server started with `insecure: true`.
-    pub token: Option<String>,
-    /// Who this proxy is.
+    /// Who this proxy is. Its cluster, region, zone and proxy id are the identity of its
+    /// certificate.
     pub hello: Hello,
+    /// The proxy's certificate and the CAs it trusts (the controller's); renewals are stored
+    /// here, so other links of the proxy (east-west) present the same current certificate.
+    pub identity: Arc<CertStore>,
+    /// Credential for a first certificate when the store has none valid; `None`: the store
+    /// must be given one ([`CertStore::issued`], a mounted certificate).
+    pub bootstrap: Option<BootstrapCredential>,
     /// First reconnect delay.
     pub backoff_initial: Duration,
     /// Largest reconnect delay.
@@ -93,11 +116,17 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Defaults: backoff 100 ms doubling up to 5 s, connect timeout 2 s, traffic reports every
     /// second.
-    pub fn new(url: impl Into<String>, token: Option<String>, hello: Hello) -> Self {
+    pub fn new(
+        url: impl Into<String>,
+        hello: Hello,
+        identity: Arc<CertStore>,
+        bootstrap: Option<BootstrapCredential>,
+    ) -> Self {
         Self {
             url: url.into(),
-            token,
             hello,
+            identity,
+            bootstrap,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
@@ -117,12 +146,14 @@ pub struct ClientStatus {
     pub generation: Option<u64>,
     /// Streams opened so far.
     pub connects: u64,
+    /// When the proxy's current certificate expires.
+    pub certificate_expiry: Option<SystemTime>,
 }
 
 /// Why a stream ended or did not open.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not `http://host[:port][/prefix]`.
+    /// The URL is not `https://host[:port][/prefix]`.
     #[error("invalid controller URL {url:?}: {reason}")]
     InvalidUrl {
         /// URL.
@@ -130,11 +161,26 @@ pub enum ClientError {
         /// What is wrong.
         reason: String,
     },
-    /// 401: the token is missing or wrong.
+    /// The controller refused our certificate or bootstrap credential (401, or 403 for a
+    /// certificate request).
     #[error(
-        "the controller refused our token (401 Unauthorized): check --token / MERIDIAN_TOKEN: {0}"
+        "the controller refused our client certificate or bootstrap credential: {0} (check that \
+         the proxy trusts the controller's CA (--ca-file) and that its bootstrap token \
+         (--bootstrap-token-file) is for this cluster)"
     )]
     Unauthorized(String),
+    /// No valid certificate and no bootstrap credential to get one.
+    #[error(
+        "no valid client certificate for {0} and no bootstrap credential to get one: give the \
+         proxy a bootstrap token (--bootstrap-token-file) or a certificate"
+    )]
+    NoCredential(String),
+    /// The hello cannot be a certificate's identity.
+    #[error("the hello cannot name a certificate: {0}")]
+    InvalidIdentity(String),
+    /// Making a key or CSR, or reading the certificate the controller sent, failed.
+    #[error("certificate: {0}")]
+    Certificate(String),
     /// Any other non-200 answer.
     #[error("the controller answered {status}: {body}")]
     Status {
@@ -164,12 +210,17 @@ pub enum ClientError {
 pub struct Client {
     cfg: ClientConfig,
     base: String,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    /// The identity of the hello (and of the certificate).
+    who: ProxyIdentity,
+    /// Presents the store's current certificate.
+    http: Https,
+    /// Presents none (bootstrap).
+    anon: Https,
     status: watch::Sender<ClientStatus>,
 }
 
 impl Client {
-    /// Validates the URL and builds the HTTP client.
+    /// Validates the URL and the identity and builds the HTTPS clients.
     pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
         let bad = |reason: &str| ClientError::InvalidUrl {
             url: cfg.url.clone(),
@@ -180,13 +231,13 @@ impl Client {
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+            Some("https") => {}
+            Some("http") => {
                 return Err(bad(
-                    "https is not supported yet; use http:// on a private network or a TLS sidecar",
+                    "the controller speaks only TLS (mutual TLS 1.3): use https://",
                 ));
             }
-            _ => return Err(bad("expected http://host:port")),
+            _ => return Err(bad("expected https://host:port")),
         }
         let Some(authority) = uri.authority() else {
             return Err(bad("missing host"));
@@ -194,16 +245,23 @@ impl Client {
         if uri.query().is_some() {
             return Err(bad("no query string allowed"));
         }
-        let base = format!("http://{authority}{}", uri.path().trim_end_matches('/'));
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        let http = HttpClient::builder(TokioExecutor::new()).build(connector);
+        let h = &cfg.hello;
+        let who = ProxyIdentity::new(&h.cluster, &h.region, &h.zone, &h.proxy_id)
+            .map_err(|e| ClientError::InvalidIdentity(e.to_string()))?;
+        let base = format!("https://{authority}{}", uri.path().trim_end_matches('/'));
+        let http = tls::https(&cfg, true)?;
+        let anon = tls::https(&cfg, false)?;
+        let status = ClientStatus {
+            certificate_expiry: cfg.identity.credentials().map(|c| c.not_after()),
+            ..ClientStatus::default()
+        };
         Ok(Client {
             cfg,
             base,
+            who,
             http,
-            status: watch::channel(ClientStatus::default()).0,
+            anon,
+            status: watch::channel(status).0,
         })
     }
 
@@ -227,7 +285,9 @@ impl Client {
                 Err(e) => e,
             };
             match &err {
-                ClientError::Unauthorized(_) => {
+                ClientError::Unauthorized(_)
+                | ClientError::NoCredential(_)
+                | ClientError::Certificate(_) => {
                     tracing::error!(error = %err, "controller stream refused")
                 }
                 _ => {
@@ -275,12 +335,9 @@ impl Client {
     }
 
     fn request(&self, path: &str, body: Vec<u8>) -> Result<Request<Full<Bytes>>, ClientError> {
-        let mut b = Request::post(format!("{}{path}", self.base))
-            .header(header::CONTENT_TYPE, "application/json");
-        if let Some(t) = &self.cfg.token {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        b.body(Full::new(Bytes::from(body)))
+        Request::post(format!("{}{path}", self.base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Protocol(format!("cannot build the request: {e}")))
     }
 }

@@ -2,8 +2,9 @@
 //! decode each and act on it.
 //!
 //! ```text
-//! session ─► POST /v1/stream ─► 200? ─┬─ follow (lines) ──────────┐ whichever ends first;
-//!                 │ 401 / other         └─ report traffic (forever) ┘ traffic never does
+//! session ─► certificate ─► POST /v1/stream ─► 200? ─┬─ follow (lines) ──────────────┐ whichever
+//!                                 │ 401 / other        ├─ report traffic (forever)    │ ends first;
+//!                                 ▼                    └─ renew certificate (forever) ┘ only follow does
 //!                 ▼
 //!            ClientError::Unauthorized / Status
 //! follow: frames ─► lines ─► handle ─┬─ welcome: connected, idle bound = 3 pings + 1 s
@@ -41,6 +42,7 @@ impl Client {
         held: &mut Held,
         attempt: &mut u32,
     ) -> Result<(), ClientError> {
+        self.ensure_certificate(target).await?;
         let hello = serde_json::to_vec(&self.cfg.hello)
             .map_err(|e| ClientError::Protocol(format!("cannot encode hello: {e}")))?;
         let req = self.request("/v1/stream", hello)?;
@@ -60,6 +62,7 @@ impl Client {
         tokio::select! {
             r = self.follow(resp.into_body(), target, held, attempt) => r,
             never = self.report_traffic(target) => match never {},
+            never = self.renew_certificates(target) => match never {},
         }
     }
 

@@ -27,7 +27,9 @@ use openssl::x509::{X509, X509Builder, X509NameBuilder, X509Ref, X509Req, X509Re
 use super::identity::{Peer, ProxyIdentity, TrustDomain};
 
 /// Certificates start this long before they are issued, so a peer whose clock is a little
-/// behind does not refuse a fresh one.
+/// behind does not refuse a fresh one. At most a quarter of the lifetime: a short-lived
+/// certificate (seconds, in tests) would otherwise be due for renewal (two thirds into its
+/// validity) before it was even issued.
 const BACKDATE: Duration = Duration::from_secs(60);
 
 /// Why a certificate or key could not be made, read or used.
@@ -504,7 +506,7 @@ fn set_validity(b: &mut X509Builder, ttl: Duration) -> Result<(), PkiError> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|e| PkiError::Invalid(format!("clock before 1970: {e}")))?;
-    let start = now.saturating_sub(BACKDATE).as_secs();
+    let start = now.saturating_sub(BACKDATE.min(ttl / 4)).as_secs();
     let end = now.saturating_add(ttl).as_secs();
     let to_time = |s: u64| {
         i64::try_from(s)

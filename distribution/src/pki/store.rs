@@ -7,7 +7,10 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
-use super::ca::{Credentials, TrustBundle};
+use std::time::Duration;
+
+use super::ca::{Ca, Credentials, PkiError, TrustBundle, csr_pem, new_key};
+use super::identity::ProxyIdentity;
 
 /// Current credentials (none before the first certificate) and trust bundle.
 pub struct CertStore {
@@ -40,6 +43,17 @@ impl CertStore {
         let s = CertStore::new(bundle);
         s.set(creds);
         s
+    }
+
+    /// A store trusting `ca` and holding a certificate for `who` issued directly by it (a
+    /// fresh key, its CSR, [`Ca::issue_proxy`]): for proxies started in the controller's own
+    /// process (`meridian up`) and tests, which need no bootstrap.
+    pub fn issued(ca: &Ca, who: &ProxyIdentity, ttl: Duration) -> Result<CertStore, PkiError> {
+        let key = new_key()?;
+        let csr = csr_pem(&key, who)?;
+        let pem = ca.issue_proxy(csr.as_bytes(), who, ttl)?;
+        let creds = Credentials::new(pem, key, ca.trust_domain())?;
+        Ok(CertStore::with_credentials(ca.bundle(), creds))
     }
 
     /// The credentials to present now.

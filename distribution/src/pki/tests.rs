@@ -240,3 +240,29 @@ fn a_ca_round_trips_through_pem_with_its_trust_domain() {
     let pem = leaf.leaf().to_pem().unwrap();
     assert!(Ca::from_pem(&pem, &key, &TrustDomain::default()).is_err());
 }
+
+#[test]
+fn short_lived_certificates_are_not_due_before_they_are_issued() {
+    let ca = mesh("a.mesh");
+    let before = std::time::SystemTime::now();
+    let c = proxy_creds(&ca, &proxy("a", "p"), Duration::from_secs(4));
+    // Backdated by a quarter of the lifetime, not a minute: renewal is still ahead.
+    assert!(c.renew_at() > before, "{c:?}");
+    assert!(c.not_after() > before + Duration::from_secs(3));
+}
+
+#[test]
+fn an_issued_store_holds_the_identity_and_trusts_the_ca() {
+    let ca = mesh("a.mesh");
+    let who = proxy("east", "p1");
+    let store = CertStore::issued(&ca, &who, Duration::from_secs(60)).unwrap();
+    let creds = store.credentials().unwrap();
+    assert_eq!(creds.peer(), &Peer::Proxy(who));
+    assert_eq!(
+        store.bundle().to_pem().unwrap(),
+        ca.bundle().to_pem().unwrap()
+    );
+    let ticks = store.subscribe();
+    store.set((*creds).clone());
+    assert!(ticks.has_changed().unwrap());
+}

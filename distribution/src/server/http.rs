@@ -1,15 +1,18 @@
-//! HTTP: accepting connections, routing requests to their handlers, reading bounded JSON bodies
-//! and writing plain-text answers.
+//! HTTP over TLS: accepting connections, routing requests to their handlers, reading bounded
+//! JSON bodies and writing plain-text answers.
 //!
 //! ```text
-//! accept_loop ─► one task per connection (HTTP/1.1, 10 s header timeout, ends on shutdown)
-//!   handle ─┬─ GET  /healthz, /metrics                       (no token)
-//!           ├─ POST /v1/* without the bearer token ─► 401
+//! accept_loop ─► one task per connection: TLS handshake (module `tls`) ─► verified Peer?
+//!   ─► HTTP/1.1 (10 s header timeout, ends on shutdown)
+//!   handle ─┬─ GET  /healthz, /metrics                       (no client certificate needed)
+//!           ├─ POST /v1/certificate ─► CertificateRequest ─► module `certificate`
+//!           ├─ POST /v1/stream|ack|traffic without a proxy certificate ─► 401
 //!           ├─ POST /v1/* while not the leader (ServerConfig::serving) ─► 503, Retry-After: 1,
 //!           │                                                    Connection: close
-//!           ├─ POST /v1/stream  ─► Hello   ─► check_hello   ─► stream::open
-//!           ├─ POST /v1/ack     ─► Ack     ─► registry ack     (204 | 404)
-//!           ├─ POST /v1/traffic ─► report  ─► check_traffic ─► traffic report (204 | 400 | 404)
+//!           ├─ POST /v1/stream  ─► Hello  ─► check_hello (400) ─► authorize_hello (403) ─► stream::open
+//!           ├─ POST /v1/ack     ─► Ack    ─► own id? (403) ─► registry ack (204 | 404)
+//!           ├─ POST /v1/traffic ─► report ─► own id? (403) ─► check_traffic (400)
+//!           │                                 ─► traffic report (204 | 400 implausible | 404)
 //!           └─ anything else ─► 405 / 404
 //! ```
 //!
@@ -17,6 +20,7 @@
 //! they are read otherwise (`413`).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,18 +35,27 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::Inner;
-use super::auth::authorized;
+use super::authorize::{Forbidden, authorize_hello, proxy_of, same_proxy};
 use super::registry::check_hello;
-use super::traffic::check_traffic;
-use crate::protocol::{Ack, Hello, TrafficReport};
+use super::traffic::{ReportError, check_traffic};
+use crate::pki::{Peer, verified_peer};
+use crate::protocol::{Ack, CertificateRequest, Hello, TrafficReport};
 
-/// Largest accepted `Hello` or `Ack` body.
+/// Largest accepted `Hello`, `Ack` or certificate request body.
 const MAX_REQUEST_BODY: usize = 64 * 1024;
 /// Largest accepted `TrafficReport` body (a proxy with thousands of Gateways stays well under).
 const MAX_TRAFFIC_BODY: usize = 1024 * 1024;
 
 /// Body of every response: a plain text or a stream of lines.
 pub(super) type ResBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Who is on the other end of a connection.
+struct Conn {
+    /// What its verified certificate names (`None`: it presented none).
+    peer: Option<Peer>,
+    /// Where it connects from.
+    addr: SocketAddr,
+}
 
 /// Accepts connections until `stop` fires.
 pub(super) async fn accept_loop(
@@ -70,23 +83,43 @@ pub(super) async fn accept_loop(
 /// Serves one connection until it ends or the server stops.
 async fn serve_connection(
     tcp: TcpStream,
-    peer: std::net::SocketAddr,
+    addr: SocketAddr,
     inner: Arc<Inner>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let tls = tokio::select! {
+        r = super::tls::handshake(&inner, tcp) => r,
+        _ = stop.changed() => return,
+    };
+    let tls = match tls {
+        Ok(s) => s,
+        Err(reason) => {
+            inner
+                .metrics
+                .handshake_failures
+                .with_label_values(&[reason])
+                .inc();
+            tracing::debug!(peer = %addr, reason, "distribution TLS handshake failed");
+            return;
+        }
+    };
+    let conn = Arc::new(Conn {
+        peer: verified_peer(tls.ssl(), inner.ca.trust_domain()),
+        addr,
+    });
     let stop_feed = stop.clone();
     let svc = service_fn(move |req| {
-        let (inner, stop) = (inner.clone(), stop_feed.clone());
-        async move { Ok::<_, Infallible>(handle(inner, req, stop).await) }
+        let (inner, stop, conn) = (inner.clone(), stop_feed.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(handle(inner, req, &conn, stop).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(tcp), svc);
+        .serve_connection(TokioIo::new(tls), svc);
     tokio::select! {
-        r = conn => if let Err(e) = r {
-            tracing::debug!(%peer, error = %e, "distribution connection ended");
+        r = http => if let Err(e) = r {
+            tracing::debug!(peer = %addr, error = %e, "distribution connection ended");
         },
         // Dropping the connection closes the socket: proxies see the server go.
         _ = stop.changed() => {}
@@ -97,30 +130,35 @@ async fn serve_connection(
 async fn handle(
     inner: Arc<Inner>,
     req: Request<Incoming>,
+    conn: &Conn,
     stop: watch::Receiver<bool>,
 ) -> Response<ResBody> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/metrics") => metrics(&inner),
-        (&Method::POST, "/v1/stream" | "/v1/ack" | "/v1/traffic")
-            if !authorized(inner.token.as_deref(), &req) =>
-        {
-            unauthorized(&inner, &path)
+        (&Method::POST, "/v1/certificate") => certificate(&inner, req, conn).await,
+        (&Method::POST, "/v1/stream" | "/v1/ack" | "/v1/traffic") => {
+            let who = match proxy_of(conn.peer.as_ref()) {
+                Ok(who) => who,
+                Err(message) => return unauthorized(&inner, &path, message),
+            };
+            if !inner.serving() {
+                return not_leader();
+            }
+            match path.as_str() {
+                "/v1/stream" => stream(inner, req, who, conn, stop).await,
+                "/v1/ack" => ack(&inner, req, who).await,
+                _ => traffic(&inner, req, who).await,
+            }
         }
-        (&Method::POST, "/v1/stream" | "/v1/ack" | "/v1/traffic") if !inner.serving() => {
-            not_leader()
-        }
-        (&Method::POST, "/v1/stream") => stream(inner, req, stop).await,
-        (&Method::POST, "/v1/ack") => ack(&inner, req).await,
-        (&Method::POST, "/v1/traffic") => traffic(&inner, req).await,
-        (_, "/v1/stream" | "/v1/ack" | "/v1/traffic") => {
+        (_, "/v1/stream" | "/v1/ack" | "/v1/traffic" | "/v1/certificate") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: POST /v1/stream, POST /v1/ack, POST /v1/traffic, GET /healthz, \
-             GET /metrics\n",
+            "not found: POST /v1/stream, POST /v1/ack, POST /v1/traffic, POST /v1/certificate, \
+             GET /healthz, GET /metrics\n",
         ),
     }
 }
@@ -136,19 +174,16 @@ fn metrics(inner: &Inner) -> Response<ResBody> {
     }
 }
 
-/// `401` for a `/v1/*` request without the right token.
-fn unauthorized(inner: &Inner, path: &str) -> Response<ResBody> {
+/// `401` for a `/v1/*` request without a proxy's client certificate.
+fn unauthorized(inner: &Inner, path: &str, message: &'static str) -> Response<ResBody> {
     inner.metrics.unauthorized.with_label_values(&[path]).inc();
-    tracing::warn!(path, "request without a valid bearer token refused");
-    let mut resp = text(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong bearer token (Authorization: Bearer <token>)\n",
-    );
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        http::HeaderValue::from_static("Bearer"),
-    );
-    resp
+    tracing::warn!(path, "request without a proxy client certificate refused");
+    text(StatusCode::UNAUTHORIZED, message)
+}
+
+/// `403` for a request the certificate does not allow.
+fn forbidden(f: Forbidden) -> Response<ResBody> {
+    text(StatusCode::FORBIDDEN, format!("{}\n", f.message))
 }
 
 /// `503` from a follower: the proxy's client retries soon; through a Service the next
@@ -163,10 +198,12 @@ fn not_leader() -> Response<ResBody> {
     resp
 }
 
-/// `POST /v1/stream`: opens the stream of a valid hello.
+/// `POST /v1/stream`: opens the stream of a valid hello the certificate allows.
 async fn stream(
     inner: Arc<Inner>,
     req: Request<Incoming>,
+    who: &crate::pki::ProxyIdentity,
+    conn: &Conn,
     stop: watch::Receiver<bool>,
 ) -> Response<ResBody> {
     let hello: Hello = match read_json(req, MAX_REQUEST_BODY).await {
@@ -176,33 +213,121 @@ async fn stream(
     if let Err(e) = check_hello(&hello) {
         return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
+    if let Err(f) = authorize_hello(who, &hello, conn.addr.ip(), inner.addresses.as_ref()) {
+        inner
+            .metrics
+            .hello_refused
+            .with_label_values(&[f.reason])
+            .inc();
+        tracing::warn!(%who, reason = f.reason, message = %f.message, "hello refused");
+        return forbidden(f);
+    }
     super::stream::open(inner, hello, stop)
 }
 
-/// `POST /v1/ack`.
-async fn ack(inner: &Inner, req: Request<Incoming>) -> Response<ResBody> {
+/// `POST /v1/ack`: only for the certificate's own proxy.
+async fn ack(
+    inner: &Inner,
+    req: Request<Incoming>,
+    who: &crate::pki::ProxyIdentity,
+) -> Response<ResBody> {
     let ack: Ack = match read_json(req, MAX_REQUEST_BODY).await {
         Ok(a) => a,
         Err(resp) => return resp,
     };
+    if let Err(f) = same_proxy(who, &ack.proxy_id) {
+        tracing::warn!(%who, message = %f.message, "ack refused");
+        return forbidden(f);
+    }
     match inner.ack(ack) {
         Ok(()) => text(StatusCode::NO_CONTENT, ""),
         Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
     }
 }
 
-/// `POST /v1/traffic`.
-async fn traffic(inner: &Inner, req: Request<Incoming>) -> Response<ResBody> {
+/// `POST /v1/traffic`: only for the certificate's own proxy, only plausible counters.
+async fn traffic(
+    inner: &Inner,
+    req: Request<Incoming>,
+    who: &crate::pki::ProxyIdentity,
+) -> Response<ResBody> {
     let report: TrafficReport = match read_json(req, MAX_TRAFFIC_BODY).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    if let Err(f) = same_proxy(who, &report.proxy_id) {
+        inner
+            .metrics
+            .traffic_refused
+            .with_label_values(&[f.reason])
+            .inc();
+        return forbidden(f);
+    }
     if let Err(e) = check_traffic(&report) {
+        inner
+            .metrics
+            .traffic_refused
+            .with_label_values(&[e.reason()])
+            .inc();
         return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
     match inner.report(report) {
         Ok(()) => text(StatusCode::NO_CONTENT, ""),
-        Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+        Err(ReportError::Unknown(e)) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+        Err(ReportError::Implausible(e)) => {
+            inner
+                .metrics
+                .traffic_refused
+                .with_label_values(&[e.reason()])
+                .inc();
+            tracing::warn!(%who, error = %e, "implausible traffic report refused");
+            text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+        }
+    }
+}
+
+/// `POST /v1/certificate`: a first certificate or a renewal.
+async fn certificate(inner: &Inner, req: Request<Incoming>, conn: &Conn) -> Response<ResBody> {
+    let headers = req.headers().clone();
+    let body: CertificateRequest = match read_json(req, MAX_REQUEST_BODY).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    match inner.certificate(body, conn.peer.as_ref(), &headers).await {
+        Ok(answer) => match serde_json::to_vec(&answer) {
+            Ok(json) => {
+                let mut resp = Response::new(Full::new(Bytes::from(json)).boxed_unsync());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                resp.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                resp
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the certificate: {e}\n"),
+            ),
+        },
+        Err(r) => {
+            let mut resp = text(r.status, r.message);
+            if r.status == StatusCode::SERVICE_UNAVAILABLE {
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    http::HeaderValue::from(super::certificate::RETRY_AFTER_SECS),
+                );
+            }
+            if r.status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            resp
+        }
     }
 }
 

@@ -6,7 +6,14 @@
 //!                                  └─ pending[generation] = now   ▼
 //!                                                  proxy ◄── NDJSON line (full, delta or ping)
 //! POST /v1/ack ─► ProxyEntry.acked / refusal ─► settle pending (histogram) ─► subscribe() ticks
+//! accept ─► TLS 1.3 handshake (server certificate of the mesh CA, client certificate optional)
+//!        ─► the client certificate's identity authorizes every /v1/* request
 //! ```
+//!
+//! Every connection is TLS; the identity in a proxy's certificate is what lets it open a stream
+//! (for its own cluster, zone and id only), acknowledge and report traffic (for itself only).
+//! Proxies get certificates from `POST /v1/certificate` (module `certificate`): the first with
+//! a bootstrap credential the owner's [`BootstrapVerifier`] accepts, the next ones over mTLS.
 //!
 //! The latest version of each cluster sits in a `tokio::sync::watch`: a slow proxy never queues
 //! versions, it skips to the newest. A feed task sends the cheap endpoint delta only when the
@@ -23,7 +30,9 @@
 //! | `programmed` | whether a generation is served ([`DistributionServer::programmed`]) and settling pending generations |
 //! | `traffic` | proxies' traffic reports and the never-decreasing sums ([`DistributionServer::traffic`]) |
 //! | `admission` | what the owner decides: [`BootstrapVerifier`], [`AddressPolicy`] |
-//! | `auth` | the bearer token |
+//! | `tls` | the server's own certificate and its renewal, handshakes and their failure reasons |
+//! | `authorize` | what a proxy certificate allows: hellos (cluster, zone, addresses, east-west), own id |
+//! | `certificate` | `POST /v1/certificate`: bootstrap and renewal |
 //! | `http` | accepting connections, routing `/v1/*`, `/healthz`, `/metrics`, request bodies |
 //! | `stream` | one proxy's NDJSON stream: welcome, versions, pings |
 //!
@@ -50,6 +59,9 @@
 //!   no longer lists a Gateway folds the previous counters of that Gateway into the retired
 //!   accumulator before the new ones replace them.
 //!
+//! Reports that cannot be true are refused before any of this (module `traffic`: failures above
+//! requests, a decrease within one stream, an impossible rate).
+//!
 //! Every counter of the sum is therefore non-decreasing. Not detectable: a proxy that restarts
 //! and counts past its previous totals between two reports (the requests of its last interval
 //! before the restart are then lost, the sum still grows), and a proxy that comes back with
@@ -59,25 +71,30 @@
 //! every second from every proxy and change nothing about `Programmed`.
 
 mod admission;
-mod auth;
+mod authorize;
+mod certificate;
 mod http;
 mod programmed;
 mod registry;
 mod store;
 mod stream;
+mod tls;
 mod traffic;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use openssl::ssl::SslAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
+use crate::pki::{Ca, PkiError, TrustBundle};
 
 pub use self::admission::{
     AddressPolicy, AnyAddress, BootstrapClaim, BootstrapGrant, BootstrapRefusal, BootstrapVerifier,
@@ -85,6 +102,7 @@ pub use self::admission::{
 };
 pub use self::registry::{ProxyState, Refusal};
 pub use self::store::{PublishError, PublishKind, Published};
+pub use self::traffic::{MAX_REQUESTS_PER_SECOND, RATE_SLACK};
 
 use self::registry::ProxyEntry;
 use self::store::ClusterEntry;
@@ -94,14 +112,26 @@ use self::traffic::Counters;
 const MAX_GATEWAYS: usize = 10_000;
 
 /// Settings of a [`DistributionServer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Where to listen.
     pub bind: SocketAddr,
-    /// Shared bearer token every proxy must present.
-    pub token: Option<String>,
-    /// Accept proxies without a token. Required (and only meant) for local runs without one.
-    pub insecure: bool,
+    /// The mesh CA: issues the server's own certificate and the proxies' certificates, and is
+    /// the only CA the server trusts for client certificates.
+    pub ca: Arc<Ca>,
+    /// Names proxies reach the server at, written into its certificate. The bound IP (unless
+    /// unspecified), `localhost` and `127.0.0.1` are added.
+    pub server_names: ServerNames,
+    /// Lifetime of the server's own certificate (default 24 h). The server renews it two thirds
+    /// in: new connections get the new one, open ones keep theirs.
+    pub server_cert_ttl: Duration,
+    /// Lifetime of the certificates issued to proxies (default 24 h).
+    pub proxy_cert_ttl: Duration,
+    /// Checks bootstrap credentials for first certificates (`POST /v1/certificate` without a
+    /// client certificate). `None`: no first certificates, renewals only (`403`).
+    pub bootstrap: Option<Arc<dyn BootstrapVerifier>>,
+    /// Which addresses the proxies of a cluster may advertise (default [`AnyAddress`]).
+    pub addresses: Arc<dyn AddressPolicy>,
     /// How often an idle stream carries a ping.
     pub ping_interval: Duration,
     /// Leader election: streams are served only while this is `true`; a follower answers
@@ -111,18 +141,49 @@ pub struct ServerConfig {
     pub serving: Option<watch::Receiver<bool>>,
 }
 
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("bind", &self.bind)
+            .field("ca", &self.ca)
+            .field("server_names", &self.server_names)
+            .field("server_cert_ttl", &self.server_cert_ttl)
+            .field("proxy_cert_ttl", &self.proxy_cert_ttl)
+            .field("bootstrap", &self.bootstrap.is_some())
+            .field("ping_interval", &self.ping_interval)
+            .field("serving", &self.serving.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Extra names of the server's certificate (subject alternative names).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerNames {
+    /// DNS names (the controller Service's names, a load balancer's name, ...).
+    pub dns: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<IpAddr>,
+}
+
 /// Body of the `503` a follower answers `POST /v1/stream` (and acks and traffic reports) with.
 pub const NOT_LEADER: &str = "this controller replica is not the leader: reconnect (through the \
                               controller Service the next connection may reach the leader)\n";
 
+/// Default lifetime of the server's and the proxies' certificates.
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
 impl ServerConfig {
-    /// A server on `bind` requiring `token` (or refusing to start without one unless
-    /// [`ServerConfig::insecure`] is set).
-    pub fn new(bind: SocketAddr, token: Option<String>) -> Self {
+    /// A server on `bind` with certificates of `ca`: 24 h certificates, no bootstrap (renewals
+    /// only), any concrete address allowed, pings every 5 s.
+    pub fn new(bind: SocketAddr, ca: Arc<Ca>) -> Self {
         Self {
             bind,
-            token,
-            insecure: false,
+            ca,
+            server_names: ServerNames::default(),
+            server_cert_ttl: DEFAULT_CERT_TTL,
+            proxy_cert_ttl: DEFAULT_CERT_TTL,
+            bootstrap: None,
+            addresses: Arc::new(AnyAddress),
             ping_interval: Duration::from_secs(5),
             serving: None,
         }
@@ -132,15 +193,17 @@ impl ServerConfig {
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// Neither a token nor `insecure`.
-    #[error(
-        "the distribution server needs a token (proxies authenticate with it); \
-         set `insecure: true` only for local runs without one"
-    )]
-    NoToken,
-    /// An empty token would accept `Authorization: Bearer `.
-    #[error("the distribution token must not be empty")]
-    EmptyToken,
+    /// The server's own certificate cannot be issued.
+    #[error("cannot issue the distribution server's certificate: {0}")]
+    Certificate(#[from] PkiError),
+    /// A certificate lifetime too short to be renewed in time.
+    #[error("{what} must be at least 1 s (got {got:?})")]
+    Ttl {
+        /// Which setting.
+        what: &'static str,
+        /// Its value.
+        got: Duration,
+    },
     /// The socket cannot be bound.
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
@@ -156,8 +219,14 @@ pub enum ServerError {
 
 /// State shared by the public handle, the HTTP handlers and the feed tasks.
 struct Inner {
-    /// `None`: every request is let in (`insecure`).
-    token: Option<String>,
+    /// The mesh CA (issues certificates; the trust bundle is its certificate).
+    ca: Arc<Ca>,
+    /// The TLS settings new connections are accepted with (swapped when the server's own
+    /// certificate is renewed).
+    tls: ArcSwap<SslAcceptor>,
+    proxy_cert_ttl: Duration,
+    bootstrap: Option<Arc<dyn BootstrapVerifier>>,
+    addresses: Arc<dyn AddressPolicy>,
     ping_interval: Duration,
     clusters: Mutex<HashMap<String, Arc<Mutex<ClusterEntry>>>>,
     // Lock order: `proxies` before any cluster entry.
@@ -201,27 +270,47 @@ pub struct DistributionServer {
 impl DistributionServer {
     /// Binds and starts serving. Must run inside a tokio runtime.
     pub async fn start(cfg: ServerConfig) -> Result<DistributionServer, ServerError> {
-        let token = auth::required_token(cfg.token, cfg.insecure)?;
+        for (what, got) in [
+            ("server_cert_ttl", cfg.server_cert_ttl),
+            ("proxy_cert_ttl", cfg.proxy_cert_ttl),
+        ] {
+            if got < Duration::from_secs(1) {
+                return Err(ServerError::Ttl { what, got });
+            }
+        }
         let bind_error = |e: std::io::Error| ServerError::Bind {
             addr: cfg.bind,
             reason: e.to_string(),
         };
         let listener = TcpListener::bind(cfg.bind).await.map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
+        let names = tls::server_names(&cfg.server_names, addr);
+        let metrics = Metrics::new()?;
+        let acceptor = tls::acceptor(&cfg.ca, &names, cfg.server_cert_ttl, &metrics)?;
         let inner = Arc::new(Inner {
-            token,
+            ca: cfg.ca,
+            tls: ArcSwap::from_pointee(acceptor),
+            proxy_cert_ttl: cfg.proxy_cert_ttl,
+            bootstrap: cfg.bootstrap,
+            addresses: cfg.addresses,
             ping_interval: cfg.ping_interval.max(Duration::from_millis(10)),
             clusters: Default::default(),
             proxies: Default::default(),
             retired: Default::default(),
             changes: watch::channel(0).0,
-            metrics: Metrics::new()?,
+            metrics,
             next_session: AtomicU64::new(1),
             serving: cfg.serving,
         });
         let (shutdown, stop) = watch::channel(false);
+        tokio::spawn(tls::renew_server_certificate(
+            inner.clone(),
+            names,
+            cfg.server_cert_ttl,
+            stop.clone(),
+        ));
         let task = tokio::spawn(http::accept_loop(listener, inner.clone(), stop));
-        tracing::info!(%addr, authenticated = inner.token.is_some(), "distribution server up");
+        tracing::info!(%addr, trust_domain = %inner.ca.trust_domain(), "distribution server up (TLS 1.3, client certificates)");
         Ok(DistributionServer {
             inner,
             addr,
@@ -233,6 +322,11 @@ impl DistributionServer {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The CAs proxies must trust to verify this server (the mesh CA).
+    pub fn trust_bundle(&self) -> TrustBundle {
+        self.inner.ca.bundle()
     }
 
     /// A counter that ticks whenever a proxy connects, disconnects or acknowledges: re-read

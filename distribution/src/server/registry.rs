@@ -113,10 +113,19 @@ pub(super) fn check_hello(h: &Hello) -> Result<(), InvalidHello> {
     Ok(())
 }
 
+/// When a proxy's latest traffic report was stored, on which stream.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reported {
+    /// The session of the stream open then.
+    pub(super) session: u64,
+    /// When.
+    pub(super) at: tokio::time::Instant,
+}
+
 /// One known proxy.
 pub(super) struct ProxyEntry {
     pub(super) hello: Hello,
-    session: u64,
+    pub(super) session: u64,
     pub(super) connected: bool,
     pub(super) last_seen: SystemTime,
     pub(super) acked: Option<u64>,
@@ -125,6 +134,8 @@ pub(super) struct ProxyEntry {
     pub(super) kick: Option<oneshot::Sender<()>>,
     /// Its latest traffic report, per Gateway (cumulative counters).
     pub(super) traffic: Counters,
+    /// When that report came (`None`: no report yet).
+    pub(super) reported: Option<Reported>,
 }
 
 impl ProxyEntry {
@@ -250,10 +261,12 @@ impl Inner {
         // A reconnecting proxy keeps its counters (the next report tells whether it restarted);
         // one that moved to another cluster leaves them to its old cluster.
         let mut traffic = Counters::new();
+        let mut reported = None;
         if let Some(old) = proxies.get_mut(&hello.proxy_id) {
             let counters = std::mem::take(&mut old.traffic);
             if old.hello.cluster == hello.cluster {
                 traffic = counters;
+                reported = old.reported;
             } else if !counters.is_empty() {
                 departed.push((old.hello.cluster.clone(), counters));
             }
@@ -271,6 +284,7 @@ impl Inner {
             refusal: None,
             kick: Some(kick),
             traffic,
+            reported,
         };
         if let Some(old) = proxies.insert(hello.proxy_id.clone(), entry)
             && old.hello.cluster != hello.cluster
@@ -366,6 +380,7 @@ pub(super) fn test_entry(id: &str, acked: Option<u64>, refusal: Option<(u64, &st
         }),
         kick: None,
         traffic: Counters::new(),
+        reported: None,
     }
 }
 

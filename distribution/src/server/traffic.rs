@@ -2,14 +2,36 @@
 //! are in the parent module's docs).
 //!
 //! ```text
-//! POST /v1/traffic ─► check_traffic ─► Inner::report: per Gateway, went down or left out?
-//!                                        yes: previous counters ─► retire(cluster)
-//!                                      ProxyEntry.traffic = report
+//! POST /v1/traffic ─► check_traffic (consistent counters) ─► Inner::report:
+//!                       plausible against the proxy's previous report? (no: 400, nothing kept)
+//!                       per Gateway, went down or left out? yes: previous counters ─► retire(cluster)
+//!                       ProxyEntry.traffic = report
 //! traffic(cluster, gw) = Σ ProxyEntry.traffic[gw] of the cluster's proxies + retired[cluster][gw]
 //! ```
+//!
+//! # Plausibility
+//!
+//! Counters feed drill guards, so a report is refused (`400`, nothing of it kept,
+//! `meridian_distribution_traffic_refused_total{reason}`) when
+//!
+//! - a Gateway's failures (all kinds), its requests by region, or its latency samples add up to
+//!   more than its requests (`failures`, `regions`, `latency`): every request is counted once in
+//!   `requests` and at most once in each of the others;
+//! - a counter went down since the previous report *of the same stream* (`decrease`): a proxy
+//!   restarts only with a new stream, so a decrease within one is forged. A new stream may
+//!   start lower (the restart the retired accumulator handles);
+//! - the proxy's requests grew faster than [`MAX_REQUESTS_PER_SECOND`] since its previous
+//!   report, plus [`RATE_SLACK`] (`rate`). Across a restart the new counters count from the
+//!   restart, which came after the previous report, so the same bound holds. A proxy's first
+//!   report to this server is not bounded (it may carry days of counters after a controller
+//!   restart).
+//!
+//! Every sum over counters from the network saturates: no report can overflow or wrap one.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use meridian_model::traffic::{GatewayTraffic, LATENCY_BOUNDS_US};
 
@@ -19,6 +41,56 @@ use crate::protocol::{GatewayRef, TrafficReport};
 
 /// Cumulative traffic counters per Gateway.
 pub(super) type Counters = BTreeMap<GatewayRef, GatewayTraffic>;
+
+/// Fastest growth of one proxy's request counters (all its Gateways) accepted between two of its
+/// reports, per second: far above what one proxy serves, far below forged jumps.
+pub const MAX_REQUESTS_PER_SECOND: u64 = 10_000_000;
+/// Requests accepted on top of the rate bound, for reports that arrive close together after a
+/// delay on the way (the bound is on arrival times, the counters were read earlier).
+pub const RATE_SLACK: u64 = 1_000_000;
+
+/// Why `Inner::report` refused or could not store a report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum ReportError {
+    /// `404`.
+    #[error(transparent)]
+    Unknown(#[from] UnknownProxy),
+    /// `400`.
+    #[error(transparent)]
+    Implausible(#[from] Implausible),
+}
+
+/// Counters that cannot follow the proxy's previous report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Implausible {
+    /// A counter went down within one stream.
+    #[error(
+        "gateway {0}: counters went down since the previous report of this stream (a proxy's \
+         counters only restart with the proxy)"
+    )]
+    Decrease(GatewayRef),
+    /// Requests grew faster than the bound.
+    #[error(
+        "requests grew by {increase} in {elapsed_ms} ms, more than {MAX_REQUESTS_PER_SECOND}/s \
+         (+{RATE_SLACK})"
+    )]
+    Rate {
+        /// Growth since the previous report.
+        increase: u64,
+        /// Time since the previous report.
+        elapsed_ms: u128,
+    },
+}
+
+impl Implausible {
+    /// Metric label.
+    pub(super) fn reason(&self) -> &'static str {
+        match self {
+            Implausible::Decrease(_) => "decrease",
+            Implausible::Rate { .. } => "rate",
+        }
+    }
+}
 
 /// Why a traffic report is refused: `400` with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +117,39 @@ pub(super) enum InvalidTrafficReport {
         /// Buckets there are.
         max: usize,
     },
+    /// More failures, requests by region or latency samples than requests.
+    #[error("gateway {gateway}: {what} ({count}) exceed requests ({requests})")]
+    Inconsistent {
+        /// The Gateway.
+        gateway: GatewayRef,
+        /// `failures`, `requests by region` or `latency samples`.
+        what: &'static str,
+        /// Their sum.
+        count: u64,
+        /// Its requests.
+        requests: u64,
+    },
+}
+
+impl InvalidTrafficReport {
+    /// Metric label.
+    pub(super) fn reason(&self) -> &'static str {
+        match self {
+            InvalidTrafficReport::Inconsistent { what, .. } => match *what {
+                "failures" => "failures",
+                "requests by region" => "regions",
+                _ => "latency",
+            },
+            _ => "invalid",
+        }
+    }
+}
+
+/// A saturating sum (counters come from the network).
+fn saturating_sum<'a>(values: impl IntoIterator<Item = &'a u64>) -> u64 {
+    values
+        .into_iter()
+        .fold(0u64, |acc, n| acc.saturating_add(*n))
 }
 
 /// Checks a traffic report before it is stored.
@@ -72,6 +177,21 @@ pub(super) fn check_traffic(r: &TrafficReport) -> Result<(), InvalidTrafficRepor
                 buckets,
                 max,
             });
+        }
+        let t = &g.traffic;
+        for (what, count) in [
+            ("failures", saturating_sum(t.failed.values())),
+            ("requests by region", saturating_sum(t.by_region.values())),
+            ("latency samples", saturating_sum(&t.latency.counts)),
+        ] {
+            if count > t.requests {
+                return Err(InvalidTrafficReport::Inconsistent {
+                    gateway: gateway(),
+                    what,
+                    count,
+                    requests: t.requests,
+                });
+            }
         }
     }
     Ok(())
@@ -103,17 +223,29 @@ impl DistributionServer {
 impl Inner {
     /// Stores a proxy's traffic report, folding counters that went down (or Gateways no longer
     /// reported) into the cluster's retired accumulator first.
-    pub(super) fn report(&self, report: TrafficReport) -> Result<(), UnknownProxy> {
+    pub(super) fn report(&self, report: TrafficReport) -> Result<(), ReportError> {
         let mut proxies = lock(&self.proxies);
         let Some(p) = proxies.get_mut(&report.proxy_id) else {
-            return Err(UnknownProxy(report.proxy_id));
+            return Err(UnknownProxy(report.proxy_id).into());
         };
-        p.last_seen = SystemTime::now();
         let new: Counters = report
             .gateways
             .into_iter()
             .map(|g| (GatewayRef::new(g.namespace, g.name), g.traffic))
             .collect();
+        let now = Instant::now();
+        let same_stream = p.reported.is_some_and(|r| r.session == p.session);
+        plausible(
+            &p.traffic,
+            &new,
+            same_stream,
+            p.reported.map(|r| now - r.at),
+        )?;
+        p.reported = Some(super::registry::Reported {
+            session: p.session,
+            at: now,
+        });
+        p.last_seen = SystemTime::now();
         let mut restarted = false;
         let mut folded = Vec::new();
         for (gw, before) in std::mem::take(&mut p.traffic) {
@@ -160,6 +292,44 @@ impl Inner {
             accumulate(sums.entry(gw).or_default(), &t);
         }
     }
+}
+
+/// Whether `new` can follow `before`, the proxy's previous report (`elapsed` ago; `None`: this
+/// is its first). See the module docs.
+fn plausible(
+    before: &Counters,
+    new: &Counters,
+    same_stream: bool,
+    elapsed: Option<std::time::Duration>,
+) -> Result<(), Implausible> {
+    let mut increase = 0u64;
+    for (gw, now) in new {
+        let grew = match before.get(gw) {
+            Some(b) if went_down(now, b) => {
+                if same_stream {
+                    return Err(Implausible::Decrease(gw.clone()));
+                }
+                now.requests // restarted: counted from the restart
+            }
+            Some(b) => now.requests.saturating_sub(b.requests),
+            None => now.requests,
+        };
+        increase = increase.saturating_add(grew);
+    }
+    if let Some(elapsed) = elapsed {
+        // Whole seconds, rounded up: reports a few ms apart still get a second's worth.
+        let secs = elapsed.as_secs().saturating_add(1);
+        let allowed = secs
+            .saturating_mul(MAX_REQUESTS_PER_SECOND)
+            .saturating_add(RATE_SLACK);
+        if increase > allowed {
+            return Err(Implausible::Rate {
+                increase,
+                elapsed_ms: elapsed.as_millis(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Adds `from` into `into`, saturating: counters come from the network.
@@ -229,8 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn forgotten_proxies_leave_their_counters_in_the_sum() {
-        let mut cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
-        cfg.insecure = true;
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), test_ca());
         let srv = DistributionServer::start(cfg).await.unwrap();
         let inner = &srv.inner;
         let web = GatewayRef {
@@ -296,6 +465,143 @@ mod tests {
             slower.record(Some("r1"), None, 900_000);
         }
         assert!(went_down(&slower, &before), "the 2 ms bucket went down");
+    }
+
+    fn test_ca() -> std::sync::Arc<crate::pki::Ca> {
+        let td = crate::pki::TrustDomain::default();
+        std::sync::Arc::new(crate::pki::Ca::generate(&td, Duration::from_secs(3600)).unwrap())
+    }
+
+    fn one(t: GatewayTraffic) -> Counters {
+        [(GatewayRef::new("ns", "web"), t)].into_iter().collect()
+    }
+
+    #[test]
+    fn failures_regions_and_latency_never_exceed_requests() {
+        let reason = |t: GatewayTraffic| {
+            let mut r = report("a", 0);
+            r.gateways[0].traffic = t;
+            check_traffic(&r).err().map(|e| e.reason())
+        };
+        assert_eq!(reason(counters(3)), None);
+        let mut t = counters(3);
+        t.failed
+            .insert(meridian_model::traffic::FailureKind::Connect, 4);
+        assert_eq!(reason(t), Some("failures"));
+        let mut t = counters(3);
+        t.by_region.insert("r2".into(), 1);
+        assert_eq!(reason(t), Some("regions"));
+        let mut t = counters(3);
+        t.latency.add(0, 1);
+        assert_eq!(reason(t), Some("latency"));
+        // Sums that would overflow saturate instead (and are then too many).
+        let mut t = counters(3);
+        t.requests = u64::MAX - 1;
+        t.by_region.insert("r2".into(), u64::MAX);
+        t.failed
+            .insert(meridian_model::traffic::FailureKind::Connect, u64::MAX);
+        t.failed
+            .insert(meridian_model::traffic::FailureKind::Timeout, u64::MAX);
+        assert_eq!(reason(t), Some("failures"));
+    }
+
+    #[test]
+    fn decreases_are_refused_within_a_stream_only() {
+        let (before, after) = (one(counters(5)), one(counters(4)));
+        let second = Some(Duration::from_secs(1));
+        assert_eq!(
+            plausible(&before, &after, true, second),
+            Err(Implausible::Decrease(GatewayRef::new("ns", "web")))
+        );
+        assert_eq!(
+            plausible(&before, &after, false, second),
+            Ok(()),
+            "a new stream"
+        );
+        assert_eq!(plausible(&before, &one(counters(6)), true, second), Ok(()));
+    }
+
+    #[test]
+    fn growth_is_bounded_by_the_elapsed_time() {
+        let at = |n: u64| {
+            one(GatewayTraffic {
+                requests: n,
+                ..Default::default()
+            })
+        };
+        let base = at(1_000);
+        let limit = 2 * MAX_REQUESTS_PER_SECOND + RATE_SLACK; // 1.5 s rounds up to 2
+        let elapsed = Some(Duration::from_millis(1_500));
+        assert_eq!(plausible(&base, &at(1_000 + limit), true, elapsed), Ok(()));
+        assert_eq!(
+            plausible(&base, &at(1_001 + limit), true, elapsed),
+            Err(Implausible::Rate {
+                increase: limit + 1,
+                elapsed_ms: 1_500
+            })
+        );
+        // After a restart (new stream, counters went down) the new counters are the growth.
+        let before_restart = at(10 * limit);
+        assert_eq!(
+            plausible(&before_restart, &at(limit + 1), false, elapsed)
+                .unwrap_err()
+                .reason(),
+            "rate"
+        );
+        assert_eq!(
+            plausible(&before_restart, &at(limit), false, elapsed),
+            Ok(())
+        );
+        // The first report is not bounded; huge values saturate.
+        assert_eq!(
+            plausible(&Counters::new(), &at(u64::MAX), true, None),
+            Ok(())
+        );
+        let mut two = at(u64::MAX);
+        two.insert(
+            GatewayRef::new("ns", "api"),
+            at(u64::MAX).into_values().next().unwrap(),
+        );
+        assert_eq!(
+            plausible(
+                &Counters::new(),
+                &two,
+                true,
+                Some(Duration::from_secs(u64::MAX))
+            )
+            .map_err(|e| e.reason()),
+            Ok(()),
+            "saturated bound"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_report_changes_nothing() {
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), test_ca());
+        let srv = DistributionServer::start(cfg).await.unwrap();
+        let inner = &srv.inner;
+        let web = GatewayRef::new("ns", "web");
+        let _ = inner.connect(&entry("a", None, None).hello);
+        inner.report(report("a", 5)).unwrap();
+        let err = inner.report(report("a", 3)).unwrap_err();
+        assert!(
+            matches!(err, ReportError::Implausible(Implausible::Decrease(_))),
+            "{err}"
+        );
+        assert_eq!(srv.traffic("c", &web), Some(counters(5)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut huge = report("a", 5);
+        huge.gateways[0].traffic.requests = 3 * MAX_REQUESTS_PER_SECOND + RATE_SLACK;
+        let err = inner.report(huge).unwrap_err();
+        assert!(
+            matches!(err, ReportError::Implausible(Implausible::Rate { .. })),
+            "{err}"
+        );
+        assert_eq!(srv.traffic("c", &web), Some(counters(5)));
+        // The proxy restarts: a new stream may start lower.
+        let _ = inner.connect(&entry("a", None, None).hello);
+        inner.report(report("a", 2)).unwrap();
+        assert_eq!(srv.traffic("c", &web).unwrap().requests, 7);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use meridian_proxy::{ProxyConfig, ProxyHandle};
 use openssl::ssl::{SslConnector, SslMethod, SslVersion};
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
-use pingora_core::tls::tokio_ssl::SslStream;
+use tokio_openssl::SslStream;
 
 /// How long test certificates live.
 pub const TTL: Duration = Duration::from_secs(3600);

@@ -263,6 +263,9 @@ pub struct ControllerArgs {
     /// $POD_NAMESPACE, else the pod's own namespace, else meridian-system).
     #[arg(long, value_name = "NAMESPACE")]
     pub cluster_secrets_namespace: Option<String>,
+    /// Mesh identity: the CA Secret, the trust domain, the proxies' ServiceAccounts.
+    #[command(flatten)]
+    pub mesh: crate::mesh::MeshArgs,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
@@ -506,6 +509,13 @@ impl ControllerArgs {
 
 /// `--gateway-addresses CLUSTER=RANGE` values, checked before anything starts.
 fn address_pools(values: &[String]) -> Result<AddressPools, ArgsError> {
+    Ok(AddressPools::new(gateway_address_ranges(values)?))
+}
+
+/// The ranges of `--gateway-addresses CLUSTER=RANGE` values, checked.
+pub(crate) fn gateway_address_ranges(
+    values: &[String],
+) -> Result<Vec<(String, AddressRange)>, ArgsError> {
     let mut pools = Vec::new();
     for v in values {
         let Some((cluster, range)) = v.split_once('=') else {
@@ -523,7 +533,7 @@ fn address_pools(values: &[String]) -> Result<AddressPools, ArgsError> {
         }
         pools.push((cluster.to_string(), range));
     }
-    Ok(AddressPools::new(pools))
+    Ok(pools)
 }
 
 impl ControllerArgs {

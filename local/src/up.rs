@@ -37,7 +37,7 @@ use meridian_controller::distributed::addresses::{AddressPools, AddressRange};
 use meridian_controller::{Controller, ControllerConfig, ControllerHandle, MemberCluster};
 use meridian_distribution::{Client, ClientConfig, DistributionServer, Hello, ServerConfig};
 use meridian_model::locality::Locality;
-use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
 use meridian_sandbox::{Sandbox, SandboxConfig};
 
 use crate::actuator::{ActuatorError, LocalBackends};
@@ -663,6 +663,8 @@ async fn start_proxy(
     let handle = Arc::new(
         ProxyHandle::start(ProxyConfig {
             admin: Some(admin),
+            // Loopback, and a local run: no admin token.
+            admin_auth: AdminAuth::None,
             locality: Locality {
                 cluster: c.name.clone(),
                 region: c.region.clone(),

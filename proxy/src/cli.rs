@@ -3,7 +3,8 @@
 //! Ctrl-C.
 //!
 //! ```text
-//! run ─ source (flags checked, --state-dir created; nothing started yet) ─ runtime
+//! run ─ admin_auth (--admin, --admin-token-file read, --admin-insecure)
+//!     ─ source (flags checked, --state-dir created; nothing started yet) ─ runtime
 //!     ─ ProxyHandle::start
 //!     ─ --snapshot FILE: watch_file                       ─┐
 //!     ─ --controller URL: Client (Hello with the bound      ├─ until Ctrl-C ─ shutdown
@@ -11,6 +12,11 @@
 //!       ─ follow_controller, or with --state-dir DIR follow_controller_with_state (serves
 //!         the kept snapshot at once, keeps every applied one)
 //! ```
+//!
+//! The admin listener's credentials ([`admin_auth`]): on a loopback `--admin` none are needed;
+//! on any other address (`0.0.0.0` included) `--admin-token-file` is required, or
+//! `--admin-insecure` to serve it open anyway (logged as a warning). A token given is always
+//! required, on loopback too.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -18,6 +24,7 @@ use std::path::PathBuf;
 use meridian_distribution::{Client, ClientConfig, ClientError, GatewayRef, Hello};
 use meridian_model::locality::Locality;
 
+use crate::admin::AdminAuth;
 use crate::controller::{follow_controller, follow_controller_with_state};
 use crate::handle::{ProxyConfig, ProxyHandle, StartError};
 use crate::state_dir::{StateDir, StateDirError};
@@ -58,6 +65,32 @@ pub enum RunError {
     /// The east-west address to report cannot be worked out.
     #[error(transparent)]
     Advertise(#[from] AdvertiseError),
+    /// The admin listener is asked to serve a non-loopback address with no token.
+    #[error(
+        "`--admin {addr}` is not a loopback address: give `--admin-token-file PATH` (a file \
+         holding the token callers send as `Authorization: Bearer <token>`, e.g. a mounted \
+         Secret) or bind `--admin 127.0.0.1:{port}`; `--admin-insecure` serves it without \
+         credentials",
+        port = .addr.port()
+    )]
+    AdminWithoutToken {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// The admin token file cannot be read.
+    #[error("`--admin-token-file {}` cannot be read: {error}", .path.display())]
+    AdminTokenUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The admin token file holds nothing but whitespace.
+    #[error(
+        "`--admin-token-file {}` is empty: it must hold the admin token",
+        .0.display()
+    )]
+    AdminTokenEmpty(PathBuf),
     /// The controller client refuses its settings (e.g. the URL).
     #[error(transparent)]
     Controller(#[from] ClientError),
@@ -118,9 +151,18 @@ pub struct ProxyArgs {
     /// Address reported to the controller for Gateway `status.addresses`.
     #[arg(long)]
     pub advertise_address: Option<String>,
-    /// Admin listener (healthz, ready, config_dump, metrics).
+    /// Admin listener (healthz, ready, config_dump, metrics). Any address but a loopback one
+    /// needs `--admin-token-file` (or `--admin-insecure`).
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// File holding the admin token (surrounding whitespace trimmed; e.g. a mounted Secret):
+    /// every admin path but /healthz and /ready then needs `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve the admin listener on a non-loopback `--admin` without a token (anyone who reaches
+    /// it reads the configuration and metrics).
+    #[arg(long, conflicts_with = "admin_token_file")]
+    pub admin_insecure: bool,
     /// Member cluster this proxy runs in.
     #[arg(long, default_value = "")]
     pub cluster: String,
@@ -147,6 +189,7 @@ pub struct ProxyArgs {
 /// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
 /// file (reloading it when it changes) or follows the controller.
 pub fn run(args: ProxyArgs) -> Result<(), RunError> {
+    let admin_auth = admin_auth(&args)?;
     let source = source(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -155,6 +198,7 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
     runtime.block_on(async move {
         let handle = ProxyHandle::start(ProxyConfig {
             admin: Some(args.admin),
+            admin_auth,
             locality: Locality {
                 cluster: args.cluster.clone(),
                 region: args.region.clone(),
@@ -255,6 +299,37 @@ pub fn east_west_advertised(
         advertise: a.to_string(),
     })?;
     Ok(SocketAddr::new(ip, bound.port()).to_string())
+}
+
+/// The admin listener's credentials, from `--admin`, `--admin-token-file` and
+/// `--admin-insecure`: a token when a file is given (wherever the listener is), none on a
+/// loopback address, and an error for a non-loopback one without either flag.
+pub(crate) fn admin_auth(args: &ProxyArgs) -> Result<AdminAuth, RunError> {
+    if let Some(path) = &args.admin_token_file {
+        let text =
+            std::fs::read_to_string(path).map_err(|error| RunError::AdminTokenUnreadable {
+                path: path.clone(),
+                error,
+            })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(RunError::AdminTokenEmpty(path.clone()));
+        }
+        return Ok(AdminAuth::Token(token.to_string()));
+    }
+    if args.admin.ip().is_loopback() {
+        return Ok(AdminAuth::None);
+    }
+    if !args.admin_insecure {
+        return Err(RunError::AdminWithoutToken { addr: args.admin });
+    }
+    tracing::warn!(
+        admin = %args.admin,
+        "--admin-insecure: the admin listener serves /config_dump and /metrics WITHOUT \
+         credentials on a non-loopback address; anyone who reaches it reads this proxy's \
+         configuration. Give --admin-token-file instead outside local experiments"
+    );
+    Ok(AdminAuth::None)
 }
 
 /// Checks the flags and builds the snapshot source.
@@ -421,5 +496,100 @@ mod tests {
             "10.1.2.3:15443"
         );
         assert!(Cli::try_parse_from(["p", "--east-west", "nope"]).is_err());
+    }
+
+    /// A file under the system temp dir holding `text`, removed on drop.
+    struct TokenFile(std::path::PathBuf);
+
+    impl TokenFile {
+        fn new(text: &str) -> TokenFile {
+            let path = std::env::temp_dir().join(format!(
+                "meridian-admin-token-{}-{}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            std::fs::write(&path, text).unwrap();
+            TokenFile(path)
+        }
+    }
+
+    impl Drop for TokenFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn admin_auth(flags: &[&str]) -> Result<super::AdminAuth, super::RunError> {
+        let mut argv = vec!["p", "--snapshot", "s.json"];
+        argv.extend_from_slice(flags);
+        super::admin_auth(&Cli::try_parse_from(argv).unwrap().args)
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_needs_a_token_or_an_explicit_insecure() {
+        use super::{AdminAuth, RunError};
+
+        // Loopback (all of 127.0.0.0/8 and ::1) needs nothing; the default is loopback.
+        assert_eq!(admin_auth(&[]).unwrap(), AdminAuth::None);
+        assert_eq!(
+            admin_auth(&["--admin", "127.0.0.2:15000"]).unwrap(),
+            AdminAuth::None
+        );
+        assert_eq!(
+            admin_auth(&["--admin", "[::1]:15000"]).unwrap(),
+            AdminAuth::None
+        );
+
+        for addr in ["0.0.0.0:15000", "10.1.2.3:15000", "[::]:15000"] {
+            let err = admin_auth(&["--admin", addr]).unwrap_err();
+            assert!(
+                matches!(err, RunError::AdminWithoutToken { addr: a } if a.to_string() == addr),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains("--admin-token-file"), "{text}");
+            assert!(text.contains("--admin 127.0.0.1:15000"), "{text}");
+            assert_eq!(
+                admin_auth(&["--admin", addr, "--admin-insecure"]).unwrap(),
+                AdminAuth::None
+            );
+        }
+
+        // The file's token, trimmed (a Secret written with a trailing newline), is required
+        // wherever the listener is.
+        let file = TokenFile::new("  s3cret\n");
+        let path = file.0.to_str().unwrap();
+        for addr in ["0.0.0.0:15000", "127.0.0.1:15000"] {
+            assert_eq!(
+                admin_auth(&["--admin", addr, "--admin-token-file", path]).unwrap(),
+                AdminAuth::Token("s3cret".to_string())
+            );
+        }
+        let err = Cli::try_parse_from(["p", "--admin-token-file", path, "--admin-insecure"])
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn an_empty_or_missing_admin_token_file_is_refused() {
+        use super::RunError;
+
+        let blank = TokenFile::new(" \n\t\n");
+        let path = blank.0.to_str().unwrap();
+        let err =
+            admin_auth(&["--admin", "0.0.0.0:15000", "--admin-token-file", path]).unwrap_err();
+        assert!(
+            matches!(&err, RunError::AdminTokenEmpty(p) if p == &blank.0),
+            "{err}"
+        );
+        assert!(err.to_string().contains("is empty"), "{err}");
+
+        let gone = blank.0.with_extension("missing");
+        let err = admin_auth(&["--admin-token-file", gone.to_str().unwrap()]).unwrap_err();
+        assert!(
+            matches!(&err, RunError::AdminTokenUnreadable { path, .. } if path == &gone),
+            "{err}"
+        );
     }
 }

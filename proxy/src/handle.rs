@@ -48,7 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin;
+use crate::admin::{self, AdminAuth};
 use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
 use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
@@ -66,6 +66,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ProxyConfig {
     /// Admin listener (`/healthz`, `/ready`, `/config_dump`, `/metrics`); `None` disables it.
     pub admin: Option<SocketAddr>,
+    /// Credentials the admin listener asks for on every path but `/healthz` and `/ready`.
+    /// Taken as given, whatever the address: `meridian proxy` decides it from `--admin`,
+    /// `--admin-token-file` and `--admin-insecure` (a non-loopback address needs a token).
+    pub admin_auth: AdminAuth,
     /// Where this proxy runs (endpoint preference).
     pub locality: Locality,
     /// East-west listener (plain HTTP/1.1 and h2c) serving the snapshot's east-west backends to
@@ -232,6 +236,7 @@ fn start_east_west(
 /// Binds the admin listener and serves it until `shutdown`.
 async fn start_admin(
     addr: SocketAddr,
+    auth: AdminAuth,
     shared: &Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
@@ -243,8 +248,14 @@ async fn start_admin(
             error,
         })?;
     let local = listener.local_addr()?;
-    let task = tokio::spawn(admin::serve(listener, shared.clone(), shutdown));
-    tracing::info!(admin = %local, "admin listener up");
+    let token = matches!(auth, AdminAuth::Token(_));
+    let task = tokio::spawn(admin::serve(
+        listener,
+        shared.clone(),
+        Arc::new(auth),
+        shutdown,
+    ));
+    tracing::info!(admin = %local, token, "admin listener up");
     Ok((local, task))
 }
 
@@ -297,7 +308,15 @@ impl ProxyHandle {
             .transpose()?;
         tokio::spawn(crate::health::run(shared.clone(), shutdown_tx.subscribe()));
         let admin = match cfg.admin {
-            Some(addr) => Some(start_admin(addr, &shared, shutdown_tx.subscribe()).await?),
+            Some(addr) => Some(
+                start_admin(
+                    addr,
+                    cfg.admin_auth.clone(),
+                    &shared,
+                    shutdown_tx.subscribe(),
+                )
+                .await?,
+            ),
             None => None,
         };
         Ok(ProxyHandle {

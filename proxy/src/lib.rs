@@ -13,7 +13,8 @@
 //!          both ─► Forwarder (gateway/upstream.rs, gateway/response.rs): endpoint
 //!             (endpoints.rs) ─ upstream (pooled, h1 or h2c) ─ retries/failover ─ response
 //!             filters ─ served-by ─ traffic counters and metrics
-//! admin.rs: /healthz /ready /config_dump /metrics     state_dir.rs: the kept snapshot (--state-dir)
+//! admin.rs: /healthz /ready (open to probes), /config_dump /metrics (bearer token if set)
+//! state_dir.rs: the kept snapshot (--state-dir)
 //! ```
 //!
 //! Flows:
@@ -80,6 +81,7 @@ pub mod state_dir;
 mod traffic;
 mod watch;
 
+pub use admin::AdminAuth;
 pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};
 pub use controller::{follow_controller, follow_controller_with_state};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub state_writes: IntCounterVec,
     /// Generation in the state file as last written by this run (0 before the first write).
     pub state_generation: IntGauge,
+    /// Admin requests refused for want of a valid token, by path (`/config_dump`, `/metrics`,
+    /// `other`).
+    pub admin_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -171,6 +174,12 @@ impl Metrics {
                 &r,
                 "meridian_proxy_state_written_generation",
                 "Generation of the snapshot last written to --state-dir by this run",
+            )?,
+            admin_refused: counter_vec(
+                &r,
+                "meridian_proxy_admin_refused_total",
+                "Admin listener requests refused (401) for want of a valid bearer token",
+                &["path"],
             )?,
             registry: r,
         })

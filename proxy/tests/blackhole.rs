@@ -43,7 +43,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use meridian_model::locality::Locality;
-use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -558,6 +558,7 @@ async fn blackholed_region_fails_over_and_back() {
 
         let proxy = ProxyHandle::start(ProxyConfig {
             admin: None,
+            admin_auth: AdminAuth::None,
             locality: Locality {
                 cluster: "east".into(),
                 region: "us-east".into(),

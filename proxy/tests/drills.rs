@@ -15,7 +15,7 @@ use meridian_distribution::Target;
 use meridian_model::Snapshot;
 use meridian_model::locality::Locality;
 use meridian_model::traffic::{FailureKind, GatewayTraffic};
-use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
 use meridian_test_support::eventually_async;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -60,6 +60,7 @@ async fn world() -> Vec<Located> {
 async fn proxy_in_us_east() -> ProxyHandle {
     ProxyHandle::start(ProxyConfig {
         admin: Some("127.0.0.1:0".parse().unwrap()),
+        admin_auth: AdminAuth::None,
         locality: Locality {
             cluster: "east".into(),
             region: "us-east".into(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::{Echo, TEST_TIMEOUT, WAIT, answered_by, client, eventually, free_port, get_url};
 use meridian_model::Snapshot;
 use meridian_model::locality::Locality;
-use meridian_proxy::{ApplyError, ProxyConfig, ProxyHandle};
+use meridian_proxy::{AdminAuth, ApplyError, ProxyConfig, ProxyHandle};
 use serde_json::{Value, json};
 
 const APP: &str = "default/app:80";
@@ -26,6 +26,7 @@ const OTHER: &str = "default/other:80";
 async fn proxy_at(cluster: &str, region: &str, zone: &str, east_west: bool) -> ProxyHandle {
     ProxyHandle::start(ProxyConfig {
         admin: None,
+        admin_auth: AdminAuth::None,
         locality: Locality {
             cluster: cluster.into(),
             region: region.into(),

@@ -22,7 +22,7 @@ use common::{Echo, TEST_TIMEOUT, WAIT, answered_by, client, eventually, free_por
 use meridian_model::Snapshot;
 use meridian_model::locality::Locality;
 use meridian_model::traffic::FailureKind;
-use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
 use meridian_test_support::eventually_async;
 use serde_json::{Value, json};
 
@@ -40,6 +40,7 @@ fn endpoint(addr: SocketAddr, cluster: &str, region: &str, zone: &str, east_west
 async fn proxy_at(cluster: &str, region: &str, zone: &str, east_west: bool) -> ProxyHandle {
     ProxyHandle::start(ProxyConfig {
         admin: None,
+        admin_auth: AdminAuth::None,
         locality: Locality {
             cluster: cluster.into(),
             region: region.into(),

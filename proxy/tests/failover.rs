@@ -26,7 +26,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use meridian_model::locality::Locality;
-use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
 use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio::task::JoinSet;
@@ -172,6 +172,7 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
         }
         let proxy = ProxyHandle::start(ProxyConfig {
             admin: None,
+            admin_auth: AdminAuth::None,
             locality: Locality {
                 cluster: "east".into(),
                 region: "us-east".into(),
@@ -353,6 +354,7 @@ async fn a_policy_orders_regions_and_a_geo_fence_answers_503_instead_of_leaving(
         let eu = Backend::start("eu-west", "a").await;
         let proxy = ProxyHandle::start(ProxyConfig {
             admin: None,
+            admin_auth: AdminAuth::None,
             locality: Locality {
                 cluster: "east".into(),
                 region: "us-east".into(),

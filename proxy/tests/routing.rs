@@ -720,6 +720,8 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
         gateways: Vec::new(),
         advertise_address: None,
         admin: "127.0.0.1:0".parse().unwrap(),
+        admin_token_file: None,
+        admin_insecure: false,
         cluster: String::new(),
         region: String::new(),
         zone: String::new(),
@@ -768,4 +770,15 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("--advertise-address"), "{err}");
+    // An admin listener off loopback needs a token: refused before anything else is looked at.
+    let err = meridian_proxy::run(meridian_proxy::ProxyArgs {
+        admin: "0.0.0.0:0".parse().unwrap(),
+        ..args.clone()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, meridian_proxy::RunError::AdminWithoutToken { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--admin-token-file"), "{err}");
 }

@@ -84,12 +84,14 @@ fn types_in<'a>(
 pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
     for t in types_in(reg, group, version) {
+        // A review kind can only be created; `kubectl api-resources --verbs=list` leaves it out.
+        let verbs: &[&str] = if t.create_only { &["create"] } else { VERBS };
         let mut r = json!({
             "name": t.plural,
             "singularName": t.singular,
             "namespaced": t.namespaced,
             "kind": t.kind,
-            "verbs": VERBS,
+            "verbs": verbs,
         });
         if !t.short_names.is_empty() {
             r["shortNames"] = json!(t.short_names);
@@ -156,5 +158,27 @@ mod tests {
         assert!(!names.contains(&"configmaps/status"));
         assert!(names.contains(&"serviceaccounts/token"));
         assert!(resource_list(&reg, "nope.io", "v1").is_none());
+    }
+
+    #[test]
+    fn token_reviews_are_a_cluster_scoped_create_only_resource() {
+        let reg = Registry::default();
+        let groups = api_group_list(&reg);
+        let authn = groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "authentication.k8s.io")
+            .unwrap();
+        assert_eq!(
+            authn["preferredVersion"]["groupVersion"],
+            "authentication.k8s.io/v1"
+        );
+        let doc = resource_list(&reg, "authentication.k8s.io", "v1").unwrap();
+        assert_eq!(
+            doc["resources"],
+            json!([{"name": "tokenreviews", "singularName": "tokenreview", "namespaced": false,
+                    "kind": "TokenReview", "verbs": ["create"]}])
+        );
     }
 }

@@ -14,8 +14,9 @@
 //! Before routing, every request is authenticated ([`crate::auth`]: no credentials, the admin
 //! token, a ServiceAccount token, or 401; `Impersonate-User`/`-Group` switch to another identity
 //! if the caller may impersonate it) and, unless it is the admin, authorized ([`crate::rbac`],
-//! 403 otherwise). Two endpoints exist for that machinery: the ServiceAccount `token`
-//! subresource (TokenRequest, `kubectl create token`) and `SelfSubjectAccessReview`
+//! 403 otherwise). Three endpoints exist for that machinery: the ServiceAccount `token`
+//! subresource (TokenRequest, `kubectl create token`), `TokenReview` (is this token valid here,
+//! and whose is it; answered from the same tokens, never stored) and `SelfSubjectAccessReview`
 //! (`kubectl auth can-i`), answered from the same rules.
 //!
 //! Every handler returns `Result<Response, ApiError>`; errors become `Status` bodies, and a panic
@@ -328,6 +329,9 @@ async fn resource(
     q: Query,
 ) -> Result<Response<Body>, ApiError> {
     let t = parse_target(&cluster, group, version, rest)?;
+    if t.rt.create_only {
+        return token_review(&cluster, &t, parts, body).await;
+    }
     let accept = header(&parts, ACCEPT).to_string();
     let format = Format::from_accept(&accept, q.get("includeObject").map(String::as_str));
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
@@ -399,6 +403,37 @@ async fn resource(
     }
 }
 
+/// The strings of a JSON array field (`spec.audiences`); anything else is none.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A 400 unless the body's `apiVersion`/`kind` (when given) are `authentication.k8s.io/v1`
+/// `kind`, as the real server's decoder answers for a body of another type.
+fn expect_kind(body: &Value, kind: &str) -> Result<(), ApiError> {
+    let api_version = body["apiVersion"]
+        .as_str()
+        .unwrap_or("authentication.k8s.io/v1");
+    if api_version != "authentication.k8s.io/v1" {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version (authentication.k8s.io/v1)"
+        )));
+    }
+    let sent = body["kind"].as_str().unwrap_or(kind);
+    if sent != kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({sent}) does not match the expected kind ({kind})"
+        )));
+    }
+    Ok(())
+}
+
 /// TokenRequest: mints a token for the ServiceAccount `name` and answers with the TokenRequest,
 /// its `status` carrying the token and its expiry.
 fn create_token(
@@ -416,11 +451,13 @@ fn create_token(
     let spec = &request["spec"];
     let (seconds, expires) = auth::expiry_from_request(name, spec["expirationSeconds"].as_i64())?;
     let ns = t.ns.as_deref().unwrap_or("");
-    let issued = cluster.mint_token(ns, name, expires)?;
-    let audiences = match spec["audiences"].as_array() {
-        Some(a) if !a.is_empty() => Value::Array(a.clone()),
-        _ => json!([auth::DEFAULT_AUDIENCE]),
-    };
+    let mut terms = auth::TokenTerms::api_token(expires);
+    let audiences = strings(&spec["audiences"]);
+    if !audiences.is_empty() {
+        terms.audiences = audiences;
+    }
+    terms.bound_ref = spec.get("boundObjectRef").filter(|r| !r.is_null()).cloned();
+    let issued = cluster.mint_token(ns, name, &terms)?;
     Ok(json_response(
         201,
         &json!({
@@ -428,13 +465,73 @@ fn create_token(
             "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": name, "namespace": ns, "creationTimestamp": crate::util::now_rfc3339()},
             "spec": {
-                "audiences": audiences,
+                "audiences": terms.audiences,
                 "expirationSeconds": seconds,
-                "boundObjectRef": spec.get("boundObjectRef").cloned().unwrap_or(Value::Null),
+                "boundObjectRef": terms.bound_ref.unwrap_or(Value::Null),
             },
             "status": {"token": issued.token, "expirationTimestamp": issued.expiration_timestamp},
         }),
     ))
+}
+
+/// TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`): whether `spec.token` is
+/// valid on this cluster for one of `spec.audiences` (none: the API server's own audience), and
+/// whose it is. As on a real server the review is answered `201` either way, with
+/// `status.authenticated` and `status.user` or with `status.error`, and nothing is stored; an
+/// empty token is a 400. Any other method on the collection is a 405 (the resource has no
+/// get, list or watch), any path below it a 404.
+async fn token_review(
+    cluster: &Cluster,
+    t: &Target,
+    parts: Parts,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    if t.name.is_some() || t.watch_path {
+        return Err(ApiError::unknown_resource());
+    }
+    if parts.method != Method::POST {
+        return Err(ApiError::method_not_allowed());
+    }
+    let mut review = decode_object(
+        &read_body(&parts, body).await?,
+        header(&parts, CONTENT_TYPE),
+    )?;
+    expect_kind(&review, "TokenReview")?;
+    let token = review["spec"]["token"].as_str().unwrap_or("").to_string();
+    if token.is_empty() {
+        return Err(ApiError::bad_request(
+            "token is required for TokenReview in authentication",
+        ));
+    }
+    let audiences = strings(&review["spec"]["audiences"]);
+    // Serialized as the real server's Go types are: `authenticated` and `error` only when set,
+    // `user` always (an empty object when the token is not valid).
+    let status = match cluster.review_token(&token, &audiences) {
+        Ok(r) => {
+            let mut user = json!({
+                "username": r.identity.user(),
+                "groups": r.identity.groups(),
+            });
+            if !r.uid.is_empty() {
+                user["uid"] = json!(r.uid);
+            }
+            if !r.extra.is_empty() {
+                user["extra"] = json!(r.extra);
+            }
+            json!({"authenticated": true, "user": user, "audiences": r.audiences})
+        }
+        Err(why) => json!({"user": {}, "error": why}),
+    };
+    review["apiVersion"] = json!("authentication.k8s.io/v1");
+    review["kind"] = json!("TokenReview");
+    if !review["metadata"].is_object() {
+        review["metadata"] = json!({});
+    }
+    if let Some(meta) = review["metadata"].as_object_mut() {
+        meta.entry("creationTimestamp").or_insert(Value::Null);
+    }
+    review["status"] = status;
+    Ok(json_response(201, &review))
 }
 
 /// SelfSubjectAccessReview (`kubectl auth can-i`): whether the caller may do what the spec

@@ -8,7 +8,8 @@
 //! `kubectl get`, OpenAPI v2/v3 documents for `kubectl apply` and `kubectl explain`, the
 //! Kubernetes-protobuf request bodies of kubectl's `create secret|configmap|namespace|service`,
 //! and what an install on a real cluster needs: Deployments, PodDisruptionBudgets,
-//! ServiceAccounts and the RBAC kinds, ServiceAccount tokens (TokenRequest) and RBAC.
+//! ServiceAccounts and the RBAC kinds, ServiceAccount tokens (TokenRequest, TokenReview) and
+//! RBAC.
 //!
 //! ```text
 //!   kubectl / kube-rs ──HTTP──▶ server (accept loop, hyper http1)
@@ -25,7 +26,8 @@
 //! CRD's structural schema and CEL rules, 422 `Invalid` as the real server words it;
 //! `fieldValidation=Strict` refuses unknown fields), [`kubeconfig`], [`persist`], [`error`]
 //! (`Status` bodies), [`protobuf`] (protobuf request bodies into JSON), [`openapi`] (OpenAPI
-//! documents with CRD schemas), [`auth`] (bearer tokens, the TokenRequest API, impersonation),
+//! documents with CRD schemas), [`auth`] (bearer tokens, the TokenRequest and TokenReview APIs,
+//! impersonation),
 //! [`rbac`] (Role/ClusterRole rules through RoleBindings and ClusterRoleBindings, 403 `Status`).
 //!
 //! Identities: a request without credentials is the all-powerful admin (what `meridian up` and
@@ -63,6 +65,7 @@
 //! Wire formats: protobuf request bodies are decoded only for Namespace, Secret, ConfigMap,
 //! Service, TokenRequest and SelfSubjectAccessReview (other kinds get a 415 saying JSON works) and answers are always JSON; built-in kinds
 //! publish a minimal OpenAPI schema (apiVersion, kind, metadata), CRD kinds their full schema;
+//! discovery is the legacy (non-aggregated) format only;
 //! `/openapi/v2` asked for as protobuf is an empty document (no Rust crate provides its message
 //! type), so kubectl leaves the items of a `kind: List` file to the server, which validates custom
 //! objects (with `fieldValidation=Strict`, as kubectl sends it, unknown fields are refused).
@@ -521,7 +524,10 @@ impl Sandbox {
     ) -> Result<String, CredentialError> {
         let (_, c) = self.find(cluster)?;
         let expires = jiff::Timestamp::try_from(until)?;
-        Ok(c.mint_token(namespace, name, expires)?.token)
+        Ok(
+            c.mint_token(namespace, name, &auth::TokenTerms::api_token(expires))?
+                .token,
+        )
     }
 
     /// A kubeconfig with one context (named after the cluster, default namespace `namespace`)

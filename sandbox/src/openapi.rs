@@ -197,6 +197,31 @@ fn patch_operation(t: &ResourceType, group: &str, version: &str, v2: bool) -> Va
     })
 }
 
+/// The only operation of a create-only kind (TokenReview): `post` on its collection, as the real
+/// server publishes it. Having no `patch`, kubectl does not take it for a kind whose fields the
+/// server validates, and sends it as it would to a real server.
+fn create_operation(t: &ResourceType, group: &str, version: &str) -> Value {
+    json!({
+        "operationId": format!("create{}", t.kind),
+        "x-kubernetes-action": "post",
+        "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": t.kind},
+        "responses": {"201": {"description": "Created"}},
+    })
+}
+
+/// The path and operations a kind publishes: `patch` on an object, or `post` on the collection
+/// of a create-only kind.
+fn operations(t: &ResourceType, group: &str, version: &str, v2: bool) -> (String, Value) {
+    if t.create_only {
+        let path = format!("/{}/{}", gv_path(group, version), t.plural);
+        return (path, json!({"post": create_operation(t, group, version)}));
+    }
+    (
+        item_path(t, group, version),
+        json!({"patch": patch_operation(t, group, version, v2)}),
+    )
+}
+
 fn item_path(t: &ResourceType, group: &str, version: &str) -> String {
     let prefix = format!("/{}", gv_path(group, version));
     if t.namespaced {
@@ -212,10 +237,8 @@ pub fn v3_gv(state: &State, group: &str, version: &str) -> Option<Value> {
     let mut paths = Map::new();
     let mut schemas = Map::new();
     for t in types_in(state, group, version) {
-        paths.insert(
-            item_path(t, group, version),
-            json!({"patch": patch_operation(t, group, version, false)}),
-        );
+        let (path, ops) = operations(t, group, version, false);
+        paths.insert(path, ops);
         schemas.insert(
             schema_name(t, version),
             kind_schema(state, t, version, prefix),
@@ -268,10 +291,8 @@ pub fn v2_json(state: &State) -> Value {
     for (group, versions) in state.registry.groups() {
         for v in versions {
             for t in types_in(state, &group, &v) {
-                paths.insert(
-                    item_path(t, &group, &v),
-                    json!({"patch": patch_operation(t, &group, &v, true)}),
-                );
+                let (path, ops) = operations(t, &group, &v, true);
+                paths.insert(path, ops);
                 definitions.insert(schema_name(t, &v), kind_schema(state, t, &v, prefix));
             }
         }

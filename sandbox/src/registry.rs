@@ -121,6 +121,9 @@ pub struct ResourceType {
     pub list_types: BTreeMap<String, ListType>,
     /// Compiled structural schemas by version (custom types only), see [`crate::schema`].
     pub schemas: crate::schema::Schemas,
+    /// A review kind (TokenReview): `create` is its only verb, the HTTP layer answers it and
+    /// nothing is stored, as on a real server.
+    pub create_only: bool,
 }
 
 impl ResourceType {
@@ -233,6 +236,7 @@ pub const BUILTIN_GROUPS: &[&str] = &[
     "",
     "apiextensions.k8s.io",
     "apps",
+    "authentication.k8s.io",
     "coordination.k8s.io",
     "discovery.k8s.io",
     "events.k8s.io",
@@ -269,6 +273,7 @@ fn builtin(
         custom: false,
         list_types: BTreeMap::new(),
         schemas: Default::default(),
+        create_only: false,
     }
 }
 
@@ -286,10 +291,29 @@ pub fn builtin_types() -> Vec<ResourceType> {
         apps_types(),
         policy_types(),
         rbac_types(),
+        authentication_types(),
     ]
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// `authentication.k8s.io` kinds: TokenReview, created (never stored) to ask whether a bearer
+/// token is valid and whose it is (see `crate::auth`). The group's other API, TokenRequest, is the
+/// ServiceAccount `token` subresource.
+fn authentication_types() -> Vec<ResourceType> {
+    let mut review = builtin(
+        "authentication.k8s.io",
+        "TokenReview",
+        "tokenreviews",
+        false,
+        &[],
+        &[],
+        false,
+        Vec::new(),
+    );
+    review.create_only = true;
+    vec![review]
 }
 
 /// `v1 (core)` kinds that configure: namespaces, services, secrets, config maps, service
@@ -762,6 +786,7 @@ pub fn crd_to_type(crd: &Value) -> Result<ResourceType, ApiError> {
         custom: true,
         list_types: versions.list_types,
         schemas: crate::schema::Schemas::from_crd(crd),
+        create_only: false,
     })
 }
 

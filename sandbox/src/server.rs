@@ -18,7 +18,7 @@
 //!   `404 page not found` (no `Status` body), as a real kube-apiserver does before its routes are
 //!   installed. Clients must not mistake that for "object deleted".
 
-use crate::auth::{Identity, IssuedToken, Tokens};
+use crate::auth::{Identity, IssuedToken, Reviewed, TokenTerms, Tokens};
 use crate::error::ApiError;
 use crate::store::State;
 use bytes::Bytes;
@@ -164,10 +164,16 @@ impl Cluster {
         &self,
         namespace: &str,
         name: &str,
-        expires: jiff::Timestamp,
+        terms: &TokenTerms,
     ) -> Result<IssuedToken, ApiError> {
         let mut tokens = self.tokens();
-        tokens.mint(&self.lock(), namespace, name, expires)
+        tokens.mint(&self.lock(), namespace, name, terms)
+    }
+
+    /// Whose `token` is, if it is valid for one of `audiences` (see [`Tokens::review`]).
+    pub fn review_token(&self, token: &str, audiences: &[String]) -> Result<Reviewed, String> {
+        let tokens = self.tokens();
+        tokens.review(&self.lock(), token, audiences)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

@@ -152,6 +152,32 @@ fn valid_dns_subdomain(s: &str) -> bool {
         })
 }
 
+/// Why a name is not a path segment (the rule for RBAC objects, whose names such as
+/// `system:auth-delegator` are not DNS subdomains), worded as the real validation words it.
+fn path_segment_error(s: &str) -> Option<String> {
+    match s {
+        "." | ".." => Some(format!("may not be '{s}'")),
+        _ => ['/', '%']
+            .into_iter()
+            .find(|c| s.contains(*c))
+            .map(|c| format!("may not contain '{c}'")),
+    }
+}
+
+/// Why `name` cannot name an object of `rt`: RBAC objects need a path segment, namespaces a DNS
+/// label, everything else a DNS subdomain.
+fn name_error(rt: &ResourceType, name: &str) -> Option<String> {
+    if rt.group == crate::rbac::GROUP {
+        return path_segment_error(name);
+    }
+    let ok = if rt.namespaced || !is_namespace(rt) {
+        valid_dns_subdomain(name)
+    } else {
+        valid_dns_label(name)
+    };
+    (!ok).then(|| "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".to_string())
+}
+
 fn valid_dns_label(s: &str) -> bool {
     s.len() <= 63 && !s.contains('.') && valid_dns_subdomain(s)
 }
@@ -564,20 +590,13 @@ impl State {
             meta_mut(&mut obj).insert("name".into(), json!(name));
         }
         let name = name_of(&obj).to_string();
-        let name_ok = if rt.namespaced || !is_namespace(rt) {
-            valid_dns_subdomain(&name)
-        } else {
-            valid_dns_label(&name)
-        };
-        if !name_ok {
+        if let Some(why) = name_error(rt, &name) {
             return Err(ApiError::invalid(
                 &rt.group,
                 &rt.kind,
                 &name,
                 "metadata.name",
-                &format!(
-                    "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-                ),
+                &format!("Invalid value: \"{name}\": {why}"),
             ));
         }
         self.place(rt, url_ns, &mut obj, true)?;
@@ -1119,6 +1138,34 @@ mod tests {
             .create(&cmt, Some("default"), cm("c", "other"), false)
             .unwrap_err();
         assert_eq!(e.code, 400);
+    }
+
+    #[test]
+    fn rbac_names_are_path_segments_other_names_dns_subdomains() {
+        let mut s = State::new(100);
+        let roles = s
+            .registry
+            .by_key("clusterroles.rbac.authorization.k8s.io")
+            .unwrap();
+        let role = |n: &str| {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                   "metadata": {"name": n}})
+        };
+        s.create(&roles, None, role("system:auth-delegator"), false)
+            .unwrap();
+        let e = s.create(&roles, None, role("a/b"), false).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                422,
+                "ClusterRole \"a/b\" is invalid: metadata.name: Invalid value: \"a/b\": may not contain '/'"
+            )
+        );
+        let (cmt, _) = types(&s);
+        let e = s
+            .create(&cmt, Some("default"), cm("system:x", ""), false)
+            .unwrap_err();
+        assert_eq!(e.code, 422);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use meridian_distribution::{Client as DistClient, ClientConfig, Hello};
 use meridian_model::locality::Locality;
-use meridian_proxy::{ProxyConfig, ProxyHandle};
+use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -26,6 +26,7 @@ impl LiveProxy {
         let handle = Arc::new(
             ProxyHandle::start(ProxyConfig {
                 admin: None,
+                admin_auth: AdminAuth::None,
                 locality: Locality {
                     cluster: cluster.into(),
                     region: region.into(),

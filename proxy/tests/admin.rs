@@ -1,0 +1,138 @@
+//! The admin listener with a token ([`AdminAuth::Token`]): kubelet's probe paths stay open,
+//! everything else needs `Authorization: Bearer <token>`; refusals are `401` with
+//! `WWW-Authenticate: Bearer` and counted; `/config_dump` shows no credential header value.
+//!
+//! The listener is on 127.0.0.2, a loopback address: whether a token is needed is the
+//! `ProxyConfig` knob, which `meridian proxy` sets from its flags (tested in cli.rs), not the
+//! address.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TEST_TIMEOUT, client, free_port, http_snapshot, metric_sum};
+use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "admin-s3cret";
+
+/// GET `path` on the admin listener at `admin` with an optional `Authorization` header: status,
+/// `WWW-Authenticate`, body.
+async fn fetch(
+    c: &reqwest::Client,
+    admin: std::net::SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, Option<String>, String) {
+    let mut rb = c.get(format!("http://{admin}{path}"));
+    if let Some(a) = authorization {
+        rb = rb.header("authorization", a);
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, challenge, resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_admin_paths_need_the_bearer_token_and_probes_stay_open() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let proxy = ProxyHandle::start(ProxyConfig {
+            admin: Some("127.0.0.2:0".parse().unwrap()),
+            admin_auth: AdminAuth::Token(TOKEN.to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let admin = proxy.admin_addr().unwrap();
+        assert_eq!(admin.ip().to_string(), "127.0.0.2");
+        let port = free_port();
+        // A snapshot carrying a credential in a request header modifier.
+        let rule = json!({
+            "matches": [{"path": {"type": "pathPrefix", "value": "/"}}],
+            "filters": [{"type": "requestHeaderModifier",
+                "set": [{"name": "Authorization", "value": "Bearer upstream-s3cret"},
+                        {"name": "x-tenant", "value": "blue"}]}],
+            "backends": [],
+        });
+        proxy.apply(http_snapshot(1, port, vec![rule])).await.unwrap();
+        let c = client();
+        let good = format!("Bearer {TOKEN}");
+
+        // Probes carry no credentials.
+        let (s, challenge, body) = fetch(&c, admin, "/healthz", None).await;
+        assert_eq!((s, challenge, body.as_str()), (200, None, "ok\n"));
+        let (s, _, body) = fetch(&c, admin, "/ready", None).await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["generation"], 1);
+
+        // No token, a wrong one, another scheme: 401 with a Bearer challenge, nothing leaked.
+        let refused = [
+            ("/config_dump", None),
+            ("/config_dump", Some("Bearer admin-s3cre")),
+            ("/config_dump", Some("Bearer admin-s3cret-and-more")),
+            ("/metrics", Some("Basic YWRtaW46YWRtaW4=")),
+            ("/metrics", Some(TOKEN)),
+            ("/nope", None),
+        ];
+        for (path, authorization) in refused {
+            let (s, challenge, body) = fetch(&c, admin, path, authorization).await;
+            assert_eq!(s, 401, "{path} with {authorization:?}: {body}");
+            assert_eq!(challenge.as_deref(), Some("Bearer"), "{path}");
+            assert!(!body.contains("generation"), "{body}");
+        }
+
+        // The right token opens every path; unknown ones are then a plain 404.
+        let (s, _, body) = fetch(&c, admin, "/config_dump", Some(&good)).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(!body.contains("upstream-s3cret"), "{body}");
+        let dump: Value = serde_json::from_str(&body).unwrap();
+        let set = &dump["snapshot"]["gateways"][0]["listeners"][0]["routes"][0]["rules"][0]
+            ["filters"][0]["set"];
+        assert_eq!(
+            set,
+            &json!([{"name": "Authorization", "value": "<redacted>"},
+                    {"name": "x-tenant", "value": "blue"}])
+        );
+        let (s, _, _) = fetch(&c, admin, "/nope", Some(&good)).await;
+        assert_eq!(s, 404);
+
+        let (s, _, metrics) = fetch(&c, admin, "/metrics", Some(&good)).await;
+        assert_eq!(s, 200);
+        let refused_on = |path: &str| {
+            metric_sum(
+                &metrics,
+                &format!("meridian_proxy_admin_refused_total{{path=\"{path}\"}}"),
+            )
+        };
+        assert_eq!(refused_on("/config_dump"), 3.0, "{metrics}");
+        assert_eq!(refused_on("/metrics"), 2.0, "{metrics}");
+        assert_eq!(refused_on("other"), 1.0, "{metrics}");
+        assert_eq!(
+            metric_sum(&metrics, "meridian_proxy_admin_refused_total"),
+            6.0,
+            "the probes were never refused"
+        );
+        proxy.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_every_admin_path_is_open() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let proxy = common::proxy().await;
+        let admin = proxy.admin_addr().unwrap();
+        let c = client();
+        for path in ["/healthz", "/config_dump", "/metrics"] {
+            let (s, challenge, body) = fetch(&c, admin, path, None).await;
+            assert_eq!((s, challenge), (200, None), "{path}: {body}");
+        }
+        proxy.shutdown().await;
+    })
+    .await
+    .unwrap();
+}

@@ -15,6 +15,8 @@
 //!  Msg::Member (ControllerHandle::members) ─► add: new index, writer + supervisor started
 //!                                             remove: writer + supervisor stopped, endpoints
 //!                                             withdrawn after the endpoint grace
+//!  after each member change ─► ControllerHandle::member_directory (watch): every member now,
+//!                              for what follows them all (mesh trust bundle, bootstrap verifier)
 //! ```
 //!
 //! Member clusters can join and leave while the loop runs ([`Members`]). Each has an index (the

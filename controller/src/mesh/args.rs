@@ -147,11 +147,11 @@ fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
 }
 
 /// Mesh identity flags of `meridian controller`.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct MeshArgs {
     /// The `kubernetes.io/tls` Secret holding the mesh CA (`tls.crt`, `tls.key`; a cert-manager
     /// Certificate with isCA: true fits), in the controller's own cluster. Created with a new
-    /// CA when absent; never overwritten. Default: <controller namespace>/meridian-ca.
+    /// CA when absent; never overwritten. Default: meridian-ca in the controller's namespace.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_ca_secret)]
     pub ca_secret: Option<ServiceAccountRef>,
     /// Trust domain of a CA the controller creates (the `spiffe://` prefix of every identity);
@@ -163,16 +163,6 @@ pub struct MeshArgs {
     /// meridian-system/meridian-proxy.
     #[arg(long = "proxy-service-account", value_name = "NAMESPACE/NAME")]
     pub proxy_service_accounts: Vec<ServiceAccountRef>,
-}
-
-impl Default for MeshArgs {
-    fn default() -> Self {
-        Self {
-            ca_secret: None,
-            trust_domain: TrustDomain::default(),
-            proxy_service_accounts: Vec::new(),
-        }
-    }
 }
 
 /// The mesh flags with their defaults filled in, checked.

@@ -211,6 +211,15 @@ pub async fn prepare(
 }
 
 impl Mesh {
+    /// The CA, the verifier and the address policy, as the distribution server takes them.
+    pub fn parts(&self) -> (Arc<Ca>, Arc<dyn BootstrapVerifier>, Arc<dyn AddressPolicy>) {
+        (
+            Arc::clone(&self.ca),
+            Arc::clone(&self.verifier),
+            Arc::clone(&self.addresses),
+        )
+    }
+
     /// Hands the verifier and the address policy the running controller's member clusters and
     /// starts publishing the trust bundle to each of them (until `shutdown` turns true).
     pub fn attach(

@@ -1,6 +1,7 @@
 //! Mesh identity against the sandbox: the CA Secret (created once however many replicas race,
 //! a malformed one refused and left alone), the trust bundle ConfigMap in every member cluster
-//! (one that joins at run time included, one whose namespace appears late retried), and
+//! (one that joins at run time included, one whose namespace appears late retried, one that is
+//! down holding up nobody), and
 //! bootstrap tokens checked with TokenReviews in the cluster the proxy claims.
 //!
 //! ```text
@@ -229,7 +230,14 @@ async fn the_trust_bundle_reaches_every_member_including_one_that_joins_later() 
             .unwrap()
             .is_some()
     );
-    let ctl = controller(vec![member("east", &[], east), member("west", &[], west)]).await;
+    // South's API server is not there at all: its apply keeps failing, the others do not wait.
+    let south = client_for("http://127.0.0.1:9");
+    let ctl = controller(vec![
+        member("east", &[], east),
+        member("south", &[], &south),
+        member("west", &[], west),
+    ])
+    .await;
     let (stop, stop_rx) = watch::channel(false);
     let publisher = mesh.attach(ctl.member_directory(), stop_rx).unwrap();
     for (name, c) in [("east", east), ("west", west)] {

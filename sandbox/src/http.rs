@@ -6,10 +6,15 @@
 //! (the legacy `/watch/` prefix is accepted). Verbs map as GET → get/list/watch, POST → create,
 //! PUT → update, PATCH → patch (merge, JSON, strategic, apply), DELETE → delete/deletecollection.
 //!
-//! POST and PUT bodies may be JSON, YAML, or Kubernetes protobuf (`application/vnd.kubernetes.protobuf`,
-//! what kubectl's `create secret|configmap|namespace|service` generators send; decoded into the
-//! same JSON by [`crate::protobuf`]). Answers are always JSON, which clients that prefer protobuf
-//! accept because client-go decodes by the response Content-Type.
+//! POST and PUT bodies (and DeleteOptions bodies) may be JSON (`application/json`, or no
+//! Content-Type, as kube-apiserver defaults), YAML (`application/yaml`), or Kubernetes protobuf
+//! (`application/vnd.kubernetes.protobuf`, what kubectl's `create secret|configmap|namespace|service`
+//! generators send; decoded into the same JSON by [`crate::protobuf`]); PATCH bodies are one of
+//! the four patch types ([`crate::patch`]). Any other Content-Type is a 415 before the body is
+//! decoded, as on a real server; this also refuses the `text/plain` and form bodies a web page
+//! may send cross-site without a preflight (see [`crate::guard`] for the `Host`/`Origin` side).
+//! Answers are always JSON, which clients that prefer protobuf accept because client-go decodes
+//! by the response Content-Type.
 //!
 //! Before routing, every request is authenticated ([`crate::auth`]: no credentials, the admin
 //! token, a ServiceAccount token, or 401; `Impersonate-User`/`-Group` switch to another identity
@@ -96,7 +101,7 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
     response(code, "application/json", full(v.to_string().into_bytes()))
 }
 
-fn error_response(e: &ApiError) -> Response<Body> {
+pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.to_status())
 }
 
@@ -337,10 +342,7 @@ async fn resource(
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
     match (&parts.method, &t.name) {
         (&Method::POST, Some(name)) if t.token => {
-            let body = decode_object(
-                &read_body(&parts, body).await?,
-                header(&parts, CONTENT_TYPE),
-            )?;
+            let body = read_object(&parts, body).await?;
             create_token(&cluster, &t, name, &body)
         }
         _ if t.token => Err(ApiError::method_not_allowed()),
@@ -348,10 +350,7 @@ async fn resource(
         (&Method::GET, _) if t.watch_path || q_bool(&q, "watch") => watch(cluster, t, &q, format),
         (&Method::GET, None) => list(&cluster, &t, &q, format),
         (&Method::POST, None) => {
-            let obj = decode_object(
-                &read_body(&parts, body).await?,
-                header(&parts, CONTENT_TYPE),
-            )?;
+            let obj = read_object(&parts, body).await?;
             let fv = field_validation(&q)?;
             let created = cluster.write(|s| {
                 s.with_field_validation(fv, |s| s.create(&t.rt, t.ns.as_deref(), obj, dry_run))
@@ -359,10 +358,7 @@ async fn resource(
             Ok(json_response(201, &to_version(created, &t.rt, &t.version)))
         }
         (&Method::PUT, Some(name)) => {
-            let obj = decode_object(
-                &read_body(&parts, body).await?,
-                header(&parts, CONTENT_TYPE),
-            )?;
+            let obj = read_object(&parts, body).await?;
             let mode = if t.status {
                 WriteMode::Status
             } else {
@@ -382,8 +378,7 @@ async fn resource(
             patch(&cluster, &t, name, kind, &bytes, &q, dry_run)
         }
         (&Method::DELETE, Some(name)) if !t.status => {
-            let bytes = read_body(&parts, body).await?;
-            let opts = decode_optional(&bytes)?;
+            let opts = read_optional(&parts, body).await?;
             let ns = t.ns.clone().unwrap_or_default();
             let out = cluster.write(|s| s.delete(&t.rt, &ns, name, &opts, dry_run))?;
             Ok(match out {
@@ -395,8 +390,7 @@ async fn resource(
             })
         }
         (&Method::DELETE, None) => {
-            let bytes = read_body(&parts, body).await?;
-            let opts = decode_optional(&bytes)?;
+            let opts = read_optional(&parts, body).await?;
             delete_collection(&cluster, &t, &q, &opts, dry_run)
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -492,10 +486,7 @@ async fn token_review(
     if parts.method != Method::POST {
         return Err(ApiError::method_not_allowed());
     }
-    let mut review = decode_object(
-        &read_body(&parts, body).await?,
-        header(&parts, CONTENT_TYPE),
-    )?;
+    let mut review = read_object(&parts, body).await?;
     expect_kind(&review, "TokenReview")?;
     let token = review["spec"]["token"].as_str().unwrap_or("").to_string();
     if token.is_empty() {
@@ -545,10 +536,7 @@ async fn self_subject_access_review(
     if parts.method != Method::POST {
         return Err(ApiError::method_not_allowed());
     }
-    let mut review = decode_object(
-        &read_body(&parts, body).await?,
-        header(&parts, CONTENT_TYPE),
-    )?;
+    let mut review = read_object(&parts, body).await?;
     let spec = &review["spec"];
     let text = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
     let attrs = match (
@@ -605,6 +593,18 @@ fn success_status(rt: &ResourceType, obj: &Value) -> Value {
 /// which is usually still sending, sees the 413 instead of a broken pipe.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Reads and discards a body, up to [`DRAIN_LIMIT`].
+async fn drain(body: &mut Incoming) -> Result<(), hyper::Error> {
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        seen += frame?.data_ref().map_or(0, Bytes::len);
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    Ok(())
+}
+
 async fn read_body(parts: &Parts, mut body: Incoming) -> Result<Bytes, ApiError> {
     let declared = header(parts, CONTENT_LENGTH).parse::<usize>().ok();
     let mut buf = Vec::new();
@@ -634,24 +634,101 @@ async fn read_body(parts: &Parts, mut body: Incoming) -> Result<Bytes, ApiError>
     Ok(Bytes::from(buf))
 }
 
-/// Decodes a JSON, YAML or Kubernetes protobuf document (YAML when the Content-Type says so or
-/// JSON fails; protobuf only when the Content-Type says so, see [`protobuf`]).
-fn decode_value(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
-    if protobuf::is_protobuf(content_type) {
+/// What a POST, PUT or DELETE body is written in, from its Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    /// `application/json`, or no Content-Type at all: kube-apiserver reads a body without one
+    /// with its first serializer, JSON.
+    Json,
+    /// `application/yaml`.
+    Yaml,
+    /// `application/vnd.kubernetes.protobuf` (see [`protobuf`]).
+    Protobuf,
+}
+
+/// The body media types a real API server reads for create, update and delete, in its order.
+const BODY_MEDIA_TYPES: &str =
+    "application/json, application/yaml, application/vnd.kubernetes.protobuf";
+
+impl BodyFormat {
+    /// The format a Content-Type names, or 415 for any other (`text/plain`, form encodings, a
+    /// YAML or protobuf flavour the real server does not read). Parameters such as `charset`
+    /// are ignored, as the real server ignores them. Refusing everything else is also what keeps
+    /// a web page from writing here: the only types a browser may POST cross-site without asking
+    /// first are `text/plain` and the two form encodings.
+    fn of(content_type: &str) -> Result<BodyFormat, ApiError> {
+        if content_type.trim().is_empty() {
+            return Ok(BodyFormat::Json);
+        }
+        let base = content_type.split(';').next().unwrap_or("").trim();
+        if base.eq_ignore_ascii_case("application/json") {
+            Ok(BodyFormat::Json)
+        } else if base.eq_ignore_ascii_case("application/yaml") {
+            Ok(BodyFormat::Yaml)
+        } else if protobuf::is_protobuf(base) {
+            Ok(BodyFormat::Protobuf)
+        } else {
+            Err(ApiError::unsupported_media_type(
+                content_type,
+                BODY_MEDIA_TYPES,
+            ))
+        }
+    }
+}
+
+/// The request's Content-Type ("" when there is none); one that is not text is a 415.
+fn content_type(parts: &Parts) -> Result<&str, ApiError> {
+    match parts.headers.get(CONTENT_TYPE) {
+        None => Ok(""),
+        Some(v) => v.to_str().map_err(|_| {
+            ApiError::unsupported_media_type(
+                &String::from_utf8_lossy(v.as_bytes()),
+                BODY_MEDIA_TYPES,
+            )
+        }),
+    }
+}
+
+/// The body's format, checked before the body is read. A refused body is still drained (up
+/// to [`DRAIN_LIMIT`]) so that a client that is still sending sees the 415, not a broken pipe.
+async fn checked_format(parts: &Parts, body: &mut Incoming) -> Result<BodyFormat, ApiError> {
+    match content_type(parts).and_then(BodyFormat::of) {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            let _ = drain(body).await;
+            Err(e)
+        }
+    }
+}
+
+/// A POST or PUT body: Content-Type checked, then read and decoded into one object.
+async fn read_object(parts: &Parts, mut body: Incoming) -> Result<Value, ApiError> {
+    let format = checked_format(parts, &mut body).await?;
+    decode_object(&read_body(parts, body).await?, format)
+}
+
+/// A DELETE body (DeleteOptions), which may be empty; a non-empty one is held to the same
+/// media types as a create.
+async fn read_optional(parts: &Parts, mut body: Incoming) -> Result<Value, ApiError> {
+    let format = checked_format(parts, &mut body).await?;
+    let bytes = read_body(parts, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    decode_object(&bytes, format)
+}
+
+/// Decodes a JSON, YAML or Kubernetes protobuf document.
+fn decode_value(bytes: &[u8], format: BodyFormat) -> Result<Value, ApiError> {
+    if format == BodyFormat::Protobuf {
         // kubectl's imperative `create secret|configmap|namespace|service` send built-in kinds
         // this way; the object is stored as the JSON it would have sent otherwise.
         return protobuf::decode(bytes);
     }
-    if content_type.contains("protobuf") {
-        return Err(ApiError::unsupported_media_type(
-            content_type,
-            "application/json, application/yaml, application/vnd.kubernetes.protobuf",
-        ));
-    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    let yaml = content_type.contains("yaml");
+    let yaml = format == BodyFormat::Yaml;
     let json_err = if yaml {
         None
     } else {
@@ -669,22 +746,14 @@ fn decode_value(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
     }
 }
 
-fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
-    let v = decode_value(bytes, content_type)?;
+fn decode_object(bytes: &[u8], format: BodyFormat) -> Result<Value, ApiError> {
+    let v = decode_value(bytes, format)?;
     if !v.is_object() {
         return Err(ApiError::bad_request(
             "the request body must be a single JSON/YAML object",
         ));
     }
     Ok(v)
-}
-
-/// DeleteOptions bodies are optional.
-fn decode_optional(bytes: &[u8]) -> Result<Value, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Null);
-    }
-    decode_object(bytes, "application/json")
 }
 
 fn get(
@@ -877,8 +946,8 @@ fn patch(
     dry_run: bool,
 ) -> Result<Response<Body>, ApiError> {
     let body = match kind {
-        PatchKind::Apply => decode_value(bytes, "application/yaml")?,
-        _ => decode_value(bytes, "application/json")?,
+        PatchKind::Apply => decode_value(bytes, BodyFormat::Yaml)?,
+        _ => decode_value(bytes, BodyFormat::Json)?,
     };
     let mode = if t.status {
         WriteMode::Status
@@ -991,39 +1060,51 @@ mod tests {
 
     #[test]
     fn body_decoding() {
-        assert!(decode_object(b"{\"a\":1}", "application/json").is_ok());
-        assert!(decode_object(b"a: 1\n", "application/yaml").is_ok());
+        let json = BodyFormat::Json;
+        assert!(decode_object(b"{\"a\":1}", json).is_ok());
+        assert!(decode_object(b"a: 1\n", BodyFormat::Yaml).is_ok());
+        assert_eq!(decode_object(b"{nope", json).unwrap_err().code, 400);
+        assert_eq!(decode_object(b"[1]", json).unwrap_err().code, 400);
+        assert_eq!(decode_object(b"", json).unwrap_err().code, 400);
+        // Kubernetes protobuf without the magic prefix is malformed (400).
         assert_eq!(
-            decode_object(b"{nope", "application/json")
-                .unwrap_err()
-                .code,
+            decode_object(b"x", BodyFormat::Protobuf).unwrap_err().code,
             400
         );
         assert_eq!(
-            decode_object(b"[1]", "application/json").unwrap_err().code,
+            decode_object(b"a: [", BodyFormat::Yaml).unwrap_err().code,
             400
         );
-        assert_eq!(
-            decode_object(b"", "application/json").unwrap_err().code,
-            400
-        );
-        // Kubernetes protobuf without the magic prefix is malformed (400), other protobuf
-        // flavours are unknown formats (415).
-        assert_eq!(
-            decode_object(b"x", "application/vnd.kubernetes.protobuf")
-                .unwrap_err()
-                .code,
-            400
-        );
-        assert_eq!(
-            decode_object(b"x", "application/x-protobuf")
-                .unwrap_err()
-                .code,
-            415
-        );
-        assert_eq!(
-            decode_object(b"a: [", "application/yaml").unwrap_err().code,
-            400
-        );
+    }
+
+    #[test]
+    fn body_media_types_are_the_real_servers() {
+        for (ct, want) in [
+            ("", BodyFormat::Json),
+            ("application/json", BodyFormat::Json),
+            ("Application/JSON; charset=utf-8", BodyFormat::Json),
+            ("application/yaml", BodyFormat::Yaml),
+            ("application/yaml;charset=UTF-8", BodyFormat::Yaml),
+            ("application/vnd.kubernetes.protobuf", BodyFormat::Protobuf),
+        ] {
+            assert_eq!(BodyFormat::of(ct).unwrap(), want, "{ct}");
+        }
+        for ct in [
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/x-yaml",
+            "text/yaml",
+            "application/x-protobuf",
+            "application/json-seq",
+            "*/*",
+            "; charset=utf-8",
+            "application/jsonx",
+        ] {
+            let e = BodyFormat::of(ct).unwrap_err();
+            assert_eq!((e.code, e.reason), (415, "UnsupportedMediaType"), "{ct}");
+            assert!(e.message.contains(BODY_MEDIA_TYPES), "{}", e.message);
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! on loopback; a user carries no credentials (requests without credentials act as the admin)
 //! unless the cluster enforces RBAC for everyone, where it carries the admin token. A kubeconfig
 //! for a ServiceAccount token ([`Entry::token`]) is what a pod's in-cluster identity looks like
-//! from outside.
+//! from outside. The sandbox writes it with mode 0600 (see [`crate::persist::write_private`]).
 
 use serde_json::{Value, json};
 

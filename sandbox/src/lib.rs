@@ -12,7 +12,7 @@
 //! RBAC.
 //!
 //! ```text
-//!   kubectl / kube-rs ──HTTP──▶ server (accept loop, hyper http1)
+//!   kubectl / kube-rs ──HTTP──▶ server (accept loop, hyper http1) ─▶ guard (Host, Origin)
 //!                                 └─▶ http: auth (who) ─▶ rbac (may they) ─▶ routing, verbs
 //!                                                             ├─▶ discovery / table / patch / apply
 //!                                                             └─▶ store (State: objects, RV, history)
@@ -28,7 +28,13 @@
 //! (`Status` bodies), [`protobuf`] (protobuf request bodies into JSON), [`openapi`] (OpenAPI
 //! documents with CRD schemas), [`auth`] (bearer tokens, the TokenRequest and TokenReview APIs,
 //! impersonation),
-//! [`rbac`] (Role/ClusterRole rules through RoleBindings and ClusterRoleBindings, 403 `Status`).
+//! [`rbac`] (Role/ClusterRole rules through RoleBindings and ClusterRoleBindings, 403 `Status`),
+//! [`guard`] (`Host` and `Origin` checks that keep web pages out: DNS rebinding, cross-site
+//! requests; [`SandboxConfig::allowed_hosts`]).
+//!
+//! Local safety: bodies in media types a real API server does not read get 415 ([`http`]),
+//! foreign `Host`/`Origin` values 403 ([`guard`]), and state files and the kubeconfig are
+//! written 0600 in directories created 0700 ([`persist`]). See `docs/sandbox.md`.
 //!
 //! Identities: a request without credentials is the all-powerful admin (what `meridian up` and
 //! most tests use), unless the cluster enforces RBAC for everyone ([`SandboxConfig::enforce_rbac`],
@@ -74,6 +80,7 @@ pub mod apply;
 pub mod auth;
 pub mod discovery;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod kubeconfig;
 pub mod openapi;
@@ -117,6 +124,11 @@ pub struct SandboxArgs {
     /// Keep objects across restarts in state_dir; `--no-persist` keeps everything in memory.
     #[arg(long = "no-persist", action = clap::ArgAction::SetFalse)]
     pub persist: bool,
+    /// Extra host names (or IP addresses) the API answers to besides localhost and loopback
+    /// IPs, when bound to loopback (repeatable or comma-separated). Requests for any other
+    /// `Host`, and from web pages of other origins, get 403.
+    #[arg(long = "allowed-host", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// How to start a [`Sandbox`].
@@ -138,6 +150,10 @@ pub struct SandboxConfig {
     /// are `system:anonymous`, and the kubeconfig carries each cluster's admin token. See
     /// [`Sandbox::enforce_rbac`].
     pub enforce_rbac: bool,
+    /// Host names or IP addresses answered besides `localhost` and loopback IPs, in `Host`
+    /// (checked when `bind` is a loopback address) and `Origin` (always checked). Anything else
+    /// gets 403: see [`guard`].
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -151,6 +167,7 @@ impl Default for SandboxConfig {
             history_window: 10_000,
             bookmark_interval: Some(Duration::from_secs(30)),
             enforce_rbac: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -274,6 +291,9 @@ pub enum SandboxError {
         #[source]
         source: serde_json::Error,
     },
+    /// An allowed host is not a host name or IP address.
+    #[error(transparent)]
+    InvalidAllowedHost(#[from] guard::InvalidAllowedHost),
     /// Ctrl-C cannot be waited for (`meridian sandbox`).
     #[error("waiting for Ctrl-C: {0}")]
     Signal(#[source] std::io::Error),
@@ -311,13 +331,15 @@ impl Sandbox {
     /// Binds all listeners, loads snapshots and writes the kubeconfig if asked.
     pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
         check_cluster_names(&cfg.clusters)?;
+        let hosts = guard::HostPolicy::new(cfg.bind, &cfg.allowed_hosts)?;
         if let Some(dir) = &cfg.state_dir {
-            std::fs::create_dir_all(dir).map_err(SandboxError::io("creating state dir", dir))?;
+            persist::create_private_dir(dir)?;
         }
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let opts = ClusterOptions {
             history_window: cfg.history_window.max(1),
             bookmark_interval: cfg.bookmark_interval,
+            hosts,
         };
         let mut sandbox = Sandbox {
             endpoints: Vec::new(),
@@ -334,10 +356,10 @@ impl Sandbox {
         }
         if let Some(path) = &cfg.kubeconfig_path {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(SandboxError::io("creating", parent))?;
+                persist::create_private_dir(parent)?;
             }
-            std::fs::write(path, sandbox.kubeconfig_yaml())
-                .map_err(SandboxError::io("writing kubeconfig", path))?;
+            // 0600: on a cluster that enforces RBAC it carries the admin token.
+            persist::write_private(path, sandbox.kubeconfig_yaml().as_bytes())?;
         }
         Ok(sandbox)
     }
@@ -666,6 +688,7 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
         base_port: args.base_port,
         state_dir: args.persist.then(|| args.state_dir.clone()),
         kubeconfig_path: Some(kubeconfig.clone()),
+        allowed_hosts: args.allowed_hosts,
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::start(cfg).await?;

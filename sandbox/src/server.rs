@@ -9,6 +9,9 @@
 //! Shutdown flips a `watch` flag: accept loops stop, watch streams end, connection tasks are
 //! aborted, then persistence is flushed by the caller.
 //!
+//! Every request first passes [`crate::guard`] (`Host` and `Origin`, 403 otherwise), then goes
+//! to [`crate::http::handle`].
+//!
 //! Fault injection (for tests and drills; see `Sandbox::stop_cluster`, `Sandbox::restart_cluster`
 //! and `Sandbox::set_starting`):
 //! - each accept loop also has its own stop flag: the listener closes and every open connection
@@ -42,6 +45,8 @@ pub struct ClusterOptions {
     pub history_window: usize,
     /// How often watches that allow bookmarks get one; `None` disables periodic bookmarks.
     pub bookmark_interval: Option<Duration>,
+    /// Which `Host` and `Origin` values are answered (see [`crate::guard`]).
+    pub hosts: crate::guard::HostPolicy,
 }
 
 pub struct Cluster {
@@ -243,6 +248,12 @@ pub async fn accept_loop(
                     let svc = hyper::service::service_fn(move |req| {
                         let c = Arc::clone(&c);
                         async move {
+                            // Before anything else, even the "starting" answer: a web page
+                            // gets nothing from this server (see `guard`).
+                            if let Err(e) = c.opts.hosts.check(req.headers(), req.uri()) {
+                                tracing::warn!(cluster = %c.name, error = %e.message, "request refused");
+                                return Ok(crate::http::error_response(&e));
+                            }
                             if c.starting() {
                                 return Ok::<_, Infallible>(starting_response());
                             }

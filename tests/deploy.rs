@@ -355,3 +355,211 @@ fn readme_install_section_names_commands_that_exist() {
         assert!(guide.contains(cmd.as_str()), "docs/deploy.md lacks `{cmd}`");
     }
 }
+
+/// The `ServiceAccount` subjects of the bindings (of `kind`) that grant role `role`.
+fn bound_to<'a>(objects: &'a [Value], kind: &str, role: &str) -> BTreeSet<&'a str> {
+    of_kind(objects, kind)
+        .into_iter()
+        .filter(|b| b["roleRef"]["name"] == role)
+        .flat_map(|b| b["subjects"].as_array().unwrap())
+        .filter(|s| s["kind"] == "ServiceAccount")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect()
+}
+
+/// The one rule of role `name` (of `kind`), as (groups, resources, resourceNames, verbs).
+fn rules_of(objects: &[Value], kind: &str, name: &str) -> Vec<[Vec<String>; 4]> {
+    let role = of_kind(objects, kind)
+        .into_iter()
+        .find(|r| self::name(r) == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"));
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            [
+                list(&r["apiGroups"]),
+                list(&r["resources"]),
+                list(&r["resourceNames"]),
+                list(&r["verbs"]),
+            ]
+        })
+        .collect()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Mesh identity in every overlay: the proxy bootstraps with a projected token for the audience
+/// the controller's verifier asks for and trusts the ConfigMap the controller publishes; the
+/// roles for TokenReviews and the bundle are bound to the controller's and the remote identity;
+/// only the controller's cluster has the CA Secret's role; no shared token is left.
+#[test]
+fn proxies_bootstrap_with_a_projected_token_and_trust_the_mesh_ca() {
+    use meridian_controller::mesh::{BUNDLE_CONFIGMAP, BUNDLE_KEY, PROXY_TOKEN_AUDIENCE};
+
+    let mut ca_secret_roles = 0;
+    for overlay in OVERLAYS {
+        let objects = render(&format!("deploy/overlays/{overlay}"));
+        let text = serde_json::to_string(&objects).unwrap();
+        assert!(
+            !text.contains("meridian-distribution-token") && !text.contains("MERIDIAN_TOKEN"),
+            "{overlay}: the shared distribution token is still referenced"
+        );
+        let member = of_kind(&objects, "ConfigMap")
+            .into_iter()
+            .find(|c| name(c) == "meridian-member")
+            .unwrap();
+        let url = member["data"]["controller-url"].as_str().unwrap();
+        assert!(url.starts_with("https://"), "{overlay}: {url}");
+
+        let proxy = of_kind(&objects, "Deployment")
+            .into_iter()
+            .find(|d| name(d) == "meridian-proxy")
+            .unwrap();
+        let pod = &proxy["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "meridian-proxy", "{overlay}");
+        assert_eq!(pod["automountServiceAccountToken"], false, "{overlay}");
+        let volumes = pod["volumes"].as_array().unwrap();
+        let c = &pod["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let flag = |f: &str| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(&format!("--{f}=")))
+                .unwrap_or_else(|| panic!("{overlay}: proxy has no --{f}"))
+                .to_string()
+        };
+        assert!(!args.iter().any(|a| a.starts_with("--token")), "{overlay}");
+        let mount_of = |volume: &str| -> String {
+            c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == volume)
+                .map(|m| {
+                    assert_eq!(m["readOnly"], true, "{overlay}: {volume}");
+                    m["mountPath"].as_str().unwrap().to_string()
+                })
+                .unwrap_or_else(|| panic!("{overlay}: {volume} is not mounted"))
+        };
+
+        // The projected token: audience, lifetime, and the file --bootstrap-token-file reads.
+        let (token_volume, source) = volumes
+            .iter()
+            .find_map(|v| {
+                let sources = v["projected"]["sources"].as_array()?;
+                let s = sources
+                    .iter()
+                    .find(|s| s["serviceAccountToken"].is_object())?;
+                Some((v["name"].as_str().unwrap(), &s["serviceAccountToken"]))
+            })
+            .unwrap_or_else(|| panic!("{overlay}: no projected ServiceAccount token"));
+        assert_eq!(source["audience"], PROXY_TOKEN_AUDIENCE, "{overlay}");
+        assert_eq!(source["expirationSeconds"], 3600, "{overlay}");
+        let token_file = format!(
+            "{}/{}",
+            mount_of(token_volume),
+            source["path"].as_str().unwrap()
+        );
+        assert_eq!(token_file, "/var/run/secrets/meridian/token");
+        assert_eq!(flag("bootstrap-token-file"), token_file, "{overlay}");
+
+        // The trust bundle ConfigMap, and the file --ca-file reads.
+        let ca_volume = volumes
+            .iter()
+            .find(|v| v["configMap"]["name"] == BUNDLE_CONFIGMAP)
+            .unwrap_or_else(|| panic!("{overlay}: {BUNDLE_CONFIGMAP} is not a volume"));
+        let item = &ca_volume["configMap"]["items"][0];
+        assert_eq!(item["key"], BUNDLE_KEY, "{overlay}");
+        let ca_file = format!(
+            "{}/{}",
+            mount_of(ca_volume["name"].as_str().unwrap()),
+            item["path"].as_str().unwrap()
+        );
+        assert_eq!(ca_file, "/etc/meridian/ca/ca.crt");
+        assert_eq!(flag("ca-file"), ca_file, "{overlay}");
+
+        // Roles: TokenReviews and the bundle for both controller identities, nothing for proxies.
+        let both = BTreeSet::from(["meridian-controller", "meridian-remote"]);
+        assert_eq!(
+            rules_of(&objects, "ClusterRole", "meridian-token-reviewer"),
+            vec![[
+                strings(&["authentication.k8s.io"]),
+                strings(&["tokenreviews"]),
+                vec![],
+                strings(&["create"]),
+            ]]
+        );
+        assert_eq!(
+            bound_to(&objects, "ClusterRoleBinding", "meridian-token-reviewer"),
+            both
+        );
+        assert_eq!(
+            rules_of(&objects, "Role", "meridian-ca-bundle"),
+            vec![[
+                strings(&[""]),
+                strings(&["configmaps"]),
+                strings(&[BUNDLE_CONFIGMAP]),
+                strings(&["patch"]),
+            ]]
+        );
+        assert_eq!(
+            bound_to(&objects, "RoleBinding", "meridian-ca-bundle"),
+            both
+        );
+        for kind in ["RoleBinding", "ClusterRoleBinding"] {
+            for b in of_kind(&objects, kind) {
+                let subjects = b["subjects"].as_array().unwrap();
+                assert!(
+                    !subjects.iter().any(|s| s["name"] == "meridian-proxy"),
+                    "{overlay}: {kind} {} grants the proxy something",
+                    name(b)
+                );
+            }
+        }
+        let controller_here = of_kind(&objects, "Deployment")
+            .iter()
+            .any(|d| name(d) == "meridian-controller");
+        let has_secret_role = of_kind(&objects, "Role")
+            .iter()
+            .any(|r| name(r) == "meridian-ca-secret");
+        assert_eq!(controller_here, has_secret_role, "{overlay}");
+        if has_secret_role {
+            ca_secret_roles += 1;
+            assert_eq!(
+                rules_of(&objects, "Role", "meridian-ca-secret"),
+                vec![
+                    [
+                        strings(&[""]),
+                        strings(&["secrets"]),
+                        strings(&["meridian-ca"]),
+                        strings(&["get"]),
+                    ],
+                    [
+                        strings(&[""]),
+                        strings(&["secrets"]),
+                        vec![],
+                        strings(&["create"]),
+                    ],
+                ]
+            );
+            assert_eq!(
+                bound_to(&objects, "RoleBinding", "meridian-ca-secret"),
+                BTreeSet::from(["meridian-controller"])
+            );
+        }
+    }
+    assert_eq!(ca_secret_roles, 1);
+}

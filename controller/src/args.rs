@@ -283,6 +283,9 @@ pub struct ControllerArgs {
     /// wait `Pending`.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_drills: u16,
+    /// Mesh identity: the CA Secret, the trust domain, the proxies' ServiceAccounts.
+    #[command(flatten)]
+    pub mesh: crate::mesh::MeshArgs,
 }
 
 /// `--drill-max-duration`: a Gateway API duration from 1s to the CRD's 1h.
@@ -536,6 +539,13 @@ impl ControllerArgs {
 
 /// `--gateway-addresses CLUSTER=RANGE` values, checked before anything starts.
 fn address_pools(values: &[String]) -> Result<AddressPools, ArgsError> {
+    Ok(AddressPools::new(gateway_address_ranges(values)?))
+}
+
+/// The ranges of `--gateway-addresses CLUSTER=RANGE` values, checked.
+pub(crate) fn gateway_address_ranges(
+    values: &[String],
+) -> Result<Vec<(String, AddressRange)>, ArgsError> {
     let mut pools = Vec::new();
     for v in values {
         let Some((cluster, range)) = v.split_once('=') else {
@@ -553,7 +563,7 @@ fn address_pools(values: &[String]) -> Result<AddressPools, ArgsError> {
         }
         pools.push((cluster.to_string(), range));
     }
-    Ok(AddressPools::new(pools))
+    Ok(pools)
 }
 
 impl ControllerArgs {

@@ -15,6 +15,8 @@
 //!  Msg::Member (ControllerHandle::members) ─► add: new index, writer + supervisor started
 //!                                             remove: writer + supervisor stopped, endpoints
 //!                                             withdrawn after the endpoint grace
+//!  after each member change ─► ControllerHandle::member_directory (watch): every member now,
+//!                              for what follows them all (mesh trust bundle, bootstrap verifier)
 //! ```
 //!
 //! Member clusters can join and leave while the loop runs ([`Members`]). Each has an index (the
@@ -103,6 +105,20 @@ impl MemberCluster {
         self
     }
 }
+
+/// A member cluster as the controller runs it now, with its Gateway address pool when one came
+/// with it at run time (`--gateway-addresses` pools of `--cluster` members are not repeated
+/// here). See [`ControllerHandle::member_directory`].
+#[derive(Clone)]
+pub struct MemberEntry {
+    /// The cluster, its client included.
+    pub cluster: MemberCluster,
+    /// The pool given to [`Members::add_cluster`] / [`Members::replace_cluster`].
+    pub pool: Option<AddressRange>,
+}
+
+/// Every member cluster the controller runs now, by name; kept by the reconcile loop.
+pub type MemberDirectory = BTreeMap<String, MemberEntry>;
 
 /// A change of the member clusters of a running controller (see
 /// [`ControllerHandle::add_cluster`]).
@@ -303,6 +319,8 @@ pub struct ControllerHandle {
     admin_addr: Option<SocketAddr>,
     /// To the reconcile loop: member clusters joining and leaving.
     tx: mpsc::Sender<Msg>,
+    /// The member clusters now (the reconcile loop updates it after each change).
+    directory: watch::Receiver<MemberDirectory>,
 }
 
 /// Why [`Controller::start`] failed; nothing was left running.
@@ -385,6 +403,18 @@ impl Controller {
             endpoint_grace: cfg.endpoint_grace,
             shutdown: shutdown_rx.clone(),
         };
+        let (directory_tx, directory_rx) = watch::channel(
+            cfg.clusters
+                .iter()
+                .map(|c| {
+                    let entry = MemberEntry {
+                        cluster: c.clone(),
+                        pool: None,
+                    };
+                    (c.name.clone(), entry)
+                })
+                .collect::<MemberDirectory>(),
+        );
         let mut world = World::new();
         let mut slots = Vec::new();
         for (i, c) in cfg.clusters.iter().enumerate() {
@@ -428,6 +458,7 @@ impl Controller {
             ready_tx,
             passes_tx,
             drills,
+            directory: directory_tx,
         });
         tasks.push(tokio::spawn(reconciler.run(
             rx,
@@ -443,6 +474,7 @@ impl Controller {
             tasks,
             admin_addr,
             tx,
+            directory: directory_rx,
         })
     }
 }
@@ -595,6 +627,13 @@ impl ControllerHandle {
         }
     }
 
+    /// The member clusters the controller runs now, updated as they join, reconnect and leave
+    /// (for what follows every member, e.g. the mesh trust bundle and the bootstrap verifier in
+    /// [`crate::mesh`]).
+    pub fn member_directory(&self) -> watch::Receiver<MemberDirectory> {
+        self.directory.clone()
+    }
+
     /// [`Members::add_cluster`].
     pub async fn add_cluster(
         &self,
@@ -666,6 +705,8 @@ struct Reconciler {
     metrics: Arc<Metrics>,
     ready_tx: watch::Sender<Vec<(String, bool)>>,
     passes_tx: watch::Sender<u64>,
+    /// The member clusters now, for [`ControllerHandle::member_directory`].
+    directory: watch::Sender<MemberDirectory>,
     last_prune: Instant,
     /// Drains from the drill runner go into every snapshot; drills and publishes go back to it.
     drills: Arc<DrillShared>,
@@ -693,6 +734,7 @@ struct LoopInputs {
     ready_tx: watch::Sender<Vec<(String, bool)>>,
     passes_tx: watch::Sender<u64>,
     drills: Arc<DrillShared>,
+    directory: watch::Sender<MemberDirectory>,
 }
 
 /// How often deleted objects are forgotten by the status writers.
@@ -722,6 +764,7 @@ impl Reconciler {
             metrics: i.metrics,
             ready_tx: i.ready_tx,
             passes_tx: i.passes_tx,
+            directory: i.directory,
             last_prune: Instant::now(),
             drills: i.drills,
             unreachable: BTreeMap::new(),
@@ -901,9 +944,23 @@ impl Reconciler {
                             pool,
                             replace,
                         } = *add;
-                        self.add_member(&cluster, write_client, pool, replace)
+                        let result = self.add_member(&cluster, write_client, pool, replace);
+                        if result.is_ok() {
+                            self.directory.send_modify(|d| {
+                                d.insert(cluster.name.clone(), MemberEntry { cluster, pool });
+                            });
+                        }
+                        result
                     }
-                    MemberOp::Remove { name } => self.remove_member(&name),
+                    MemberOp::Remove { name } => {
+                        let result = self.remove_member(&name);
+                        if result.is_ok() {
+                            self.directory.send_modify(|d| {
+                                d.remove(&name);
+                            });
+                        }
+                        result
+                    }
                 };
                 let needed = result.is_ok();
                 let _ = change.reply.send(result);

@@ -31,7 +31,11 @@
 //! 9. [`args`] — every `meridian controller` flag ([`ControllerArgs`]), including the distribution
 //!    server's; [`serve`] / [`run`] — `meridian controller` itself; [`metrics`] — Prometheus and
 //!    the admin listener;
-//! 10. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
+//! 10. [`mesh`] — mesh identity: the CA from its Secret, the trust bundle ConfigMap in every
+//!     member cluster, the TokenReview [`BootstrapVerifier`](meridian_distribution::server::BootstrapVerifier)
+//!     and the address-pool [`AddressPolicy`](meridian_distribution::server::AddressPolicy) the
+//!     distribution server asks before it issues a certificate or accepts an address;
+//! 11. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
 //!     traffic counters, [`DrillActuator`] for kill/blackhole). Its [`DrillMode`] is the CRD's
 //!     `spec.mode` enum (`meridian_crds::meridian::DrillMode`), re-exported.
 //!
@@ -59,6 +63,7 @@ pub mod drill;
 pub mod incluster;
 pub mod leader;
 pub mod members;
+pub mod mesh;
 pub mod metrics;
 pub mod refgrant;
 pub mod status;
@@ -69,8 +74,8 @@ mod writer;
 
 pub use args::{ArgsError, ClusterSpec, ConnectError, ControllerArgs, NetworkSpec};
 pub use controller::{
-    Controller, ControllerConfig, ControllerHandle, MemberCluster, MemberError, Members,
-    ReadyError, ServeError, StartError, run, serve,
+    Controller, ControllerConfig, ControllerHandle, MemberCluster, MemberDirectory, MemberEntry,
+    MemberError, Members, ReadyError, ServeError, StartError, run, serve,
 };
 pub use dataplane::{DataPlane, StaticDataPlane};
 pub use distributed::addresses::{AddressPools, AddressRange};

@@ -19,6 +19,11 @@
 //!     refused meanwhile: the part is needed, and it is the only thing missing.
 //! ```
 //!
+//! A second test does the same for the mesh identity roles (deploy/base/mesh.yaml,
+//! deploy/controller/mesh.yaml): the CA Secret read and created, the bundle ConfigMap applied and
+//! a proxy's token reviewed, under the controller's and `meridian-remote`'s tokens; each rule
+//! removed gets exactly its 403; a proxy's own token is refused all of it.
+//!
 //! Before each case every status the controller writes is wiped, the Lease deleted and a fresh
 //! drill created, so that every path (watchers, status writes, drill status and Events, Lease
 //! create, get and update) runs in every case. The one rare path, `get` on `httproutes/status`
@@ -837,5 +842,230 @@ async fn the_shipped_roles_are_sufficient_and_every_rule_is_needed() {
         started.elapsed(),
         w.denial_count()
     );
+    w.sb.shutdown().await;
+}
+
+// --- mesh identity -------------------------------------------------------------------------------
+
+/// The mesh identity roles and bindings (deploy/base/mesh.yaml in every member,
+/// deploy/controller/mesh.yaml where the controller runs), namespaced as kustomize would.
+fn mesh_manifests(namespace: &str) -> Vec<Value> {
+    let mut objects = yaml_docs("deploy/base/mesh.yaml");
+    objects.extend(yaml_docs("deploy/controller/mesh.yaml"));
+    for o in &mut objects {
+        if !o["kind"].as_str().unwrap().starts_with("Cluster") {
+            o["metadata"]["namespace"] = json!(namespace);
+        }
+    }
+    objects
+}
+
+/// What the controller does for mesh identity, under `controller` (its own cluster's identity)
+/// and `remote` (the identity of a member Secret): read or create the CA Secret, apply the
+/// bundle, review a proxy's token. Returns what failed.
+async fn mesh_work(
+    w: &World,
+    ns: &str,
+    controller: &Client,
+    remote: &Client,
+    token: &str,
+) -> Vec<String> {
+    use meridian_controller::mesh::{self, MeshMembers, TokenReviewVerifier, load_or_create_ca};
+    use meridian_controller::{MemberDirectory, MemberEntry};
+    use meridian_distribution::pki::TrustDomain;
+    use meridian_distribution::server::{BootstrapClaim, BootstrapVerifier as _};
+
+    let mut failed = Vec::new();
+    // Absent first, so that the create runs; then present, so that the read does.
+    let secrets = Api::<Secret>::namespaced(w.admin.clone(), ns);
+    if secrets.get_opt("meridian-ca").await.unwrap().is_some() {
+        secrets
+            .delete("meridian-ca", &Default::default())
+            .await
+            .unwrap();
+    }
+    let td = TrustDomain::default();
+    for round in ["create", "read"] {
+        if let Err(e) = load_or_create_ca(controller.clone(), ns, "meridian-ca", &td).await {
+            failed.push(format!("CA ({round}): {e}"));
+        }
+    }
+    let pem = "-----BEGIN CERTIFICATE-----\nTUVSSURJQU4=\n-----END CERTIFICATE-----\n";
+    for (who, c) in [("controller", controller), ("remote", remote)] {
+        if let Err(e) = mesh::apply_bundle(c.clone(), ns, pem).await {
+            failed.push(format!("bundle ({who}): {e}"));
+        }
+        let member = MemberCluster::new(CLUSTER, REGION, vec!["a".into()], c.clone());
+        let directory = MemberDirectory::from([(
+            CLUSTER.to_string(),
+            MemberEntry {
+                cluster: member,
+                pool: None,
+            },
+        )]);
+        let (_tx, rx) = tokio::sync::watch::channel(directory);
+        let accounts = vec![format!("{ns}/meridian-proxy").parse().unwrap()];
+        let verifier = TokenReviewVerifier::new(MeshMembers::new(rx), accounts);
+        let claim = BootstrapClaim {
+            cluster: CLUSTER.into(),
+            zone: "a".into(),
+            proxy_id: "p".into(),
+            credential: token.to_string(),
+        };
+        match verifier.verify(&claim).await {
+            Ok(g) => assert_eq!(g.region, REGION),
+            Err(r) => failed.push(format!("review ({who}): {} {}", r.reason, r.message)),
+        }
+    }
+    failed
+}
+
+/// Replaces the rules of `role` (a ClusterRole or a Role).
+async fn set_rules(admin: &Client, role: &Value, rules: Value) {
+    let name = role["metadata"]["name"].as_str().unwrap();
+    let api = match role["kind"].as_str().unwrap() {
+        "ClusterRole" => dyn_api::<ClusterRole>(admin, None),
+        _ => dyn_api::<Role>(admin, role["metadata"]["namespace"].as_str()),
+    };
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "rules": rules })),
+    )
+    .await
+    .unwrap();
+}
+
+/// The mesh roles as shipped let the controller (and `meridian-remote`) do their mesh work with
+/// nothing refused; each of their rules, removed, gets exactly its 403; a proxy's own token can
+/// neither read the CA Secret nor review tokens nor write the bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_roles_are_sufficient_every_rule_is_needed_and_proxies_get_nothing() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview};
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let w = setup().await;
+    let ns = w.m.namespace.clone();
+    for o in mesh_manifests(&ns) {
+        admin_apply(&w.admin, o).await;
+    }
+    let remote_token = w.sb.mint_token(CLUSTER, &ns, "meridian-remote").unwrap();
+    let remote = token_client(&w.sb, &remote_token, &ns).await;
+    let remote_user = format!("system:serviceaccount:{ns}:meridian-remote");
+    // The proxy's bootstrap token, as the kubelet projects it (audience meridian).
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["meridian".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bootstrap = Api::<ServiceAccount>::namespaced(w.admin.clone(), &ns)
+        .create_token_request("meridian-proxy", &Default::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let ours = |from: usize| {
+        let mut got = refused(&w.sb.denials(CLUSTER).unwrap(), from, &w.user);
+        got.extend(refused(&w.sb.denials(CLUSTER).unwrap(), from, &remote_user));
+        got
+    };
+
+    // As shipped: everything works, nothing refused.
+    let from = w.denial_count();
+    let failed = mesh_work(&w, &ns, &w.token, &remote, &bootstrap).await;
+    assert_eq!(failed, Vec::<String>::new());
+    assert_eq!(ours(from), vec![]);
+
+    // A proxy's API token (if it had one mounted) gets none of it.
+    let proxy_token = w.sb.mint_token(CLUSTER, &ns, "meridian-proxy").unwrap();
+    let proxy = token_client(&w.sb, &proxy_token, &ns).await;
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("proxy {what}: expected 403, got {other:?}"),
+    };
+    forbidden(
+        Api::<Secret>::namespaced(proxy.clone(), &ns)
+            .get("meridian-ca")
+            .await
+            .map(drop),
+        "reads the CA Secret",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(proxy.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .map(drop),
+        "lists Secrets",
+    );
+    forbidden(
+        Api::<TokenReview>::all(proxy.clone())
+            .create(&Default::default(), &TokenReview::default())
+            .await
+            .map(drop),
+        "creates a TokenReview",
+    );
+    forbidden(
+        meridian_controller::mesh::apply_bundle(proxy.clone(), &ns, "x").await,
+        "writes the bundle",
+    );
+    forbidden(
+        Api::<ConfigMap>::namespaced(proxy.clone(), &ns)
+            .get("meridian-ca")
+            .await
+            .map(drop),
+        "reads the bundle through the API",
+    );
+
+    // Every rule is needed: without it, a 403 on exactly that rule and nothing else.
+    let roles: Vec<Value> = mesh_manifests(&ns)
+        .into_iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+        .collect();
+    assert_eq!(roles.len(), 3, "token reviewer, bundle, CA Secret");
+    let mut table = Vec::new();
+    for role in &roles {
+        let rules = role["rules"].as_array().unwrap();
+        for (i, rule) in rules.iter().enumerate() {
+            let mut cut = rules.clone();
+            cut.remove(i);
+            set_rules(&w.admin, role, Value::Array(cut)).await;
+            let from = w.denial_count();
+            let failed = mesh_work(&w, &ns, &w.token, &remote, &bootstrap).await;
+            set_rules(&w.admin, role, role["rules"].clone()).await;
+            let what = format!(
+                "{} {} rule {i}",
+                role["kind"].as_str().unwrap(),
+                role["metadata"]["name"].as_str().unwrap()
+            );
+            let got = ours(from);
+            assert!(
+                !got.is_empty() && !failed.is_empty(),
+                "{what}: nothing refused without it"
+            );
+            let (groups, resources, verbs) = (
+                strings(&rule["apiGroups"]),
+                strings(&rule["resources"]),
+                strings(&rule["verbs"]),
+            );
+            for d in &got {
+                assert!(
+                    groups.contains(&d.group)
+                        && resources.contains(&d.resource)
+                        && verbs.contains(&d.verb),
+                    "{what}: refused outside the rule: {d}"
+                );
+            }
+            table.push((what, got));
+        }
+    }
+    println!("\nmesh role without -> 403s");
+    for (what, got) in &table {
+        let seen: Vec<String> = got.iter().map(ToString::to_string).collect();
+        println!("{what}\n    -> {}", seen.join("; "));
+    }
     w.sb.shutdown().await;
 }

@@ -43,6 +43,11 @@ impl AddressRange {
         u64::from(self.last - self.first) + 1
     }
 
+    /// Whether `ip` is inside the range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&u32::from(ip))
+    }
+
     /// The `i`-th address, if inside.
     fn nth(&self, i: u64) -> Option<Ipv4Addr> {
         (i < self.len()).then(|| Ipv4Addr::from(self.first + i as u32))
@@ -205,6 +210,9 @@ mod tests {
         assert_eq!(cidr.nth(253), Some(Ipv4Addr::new(127, 0, 10, 254)));
         assert_eq!(range("10.0.0.7/32").len(), 1);
         assert_eq!(range("10.0.0.7").len(), 1);
+        assert!(cidr.contains(Ipv4Addr::new(127, 0, 10, 1)));
+        assert!(!cidr.contains(Ipv4Addr::new(127, 0, 10, 255)));
+        assert!(!cidr.contains(Ipv4Addr::new(127, 0, 11, 1)));
         let err = "127.0.10.9-127.0.10.1".parse::<AddressRange>().unwrap_err();
         assert!(err.contains("empty"), "{err}");
         let err = "127.0.10.0/33".parse::<AddressRange>().unwrap_err();

@@ -691,6 +691,8 @@ async fn start_proxy(
             }),
             identity: Some(Arc::new(identity)),
             east_west_plaintext: false,
+            // The proxy's default timeouts and connection cap (docs/proxy.md).
+            limits: Default::default(),
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! run ─ admin_auth (--admin, --admin-token-file read, --admin-insecure)
-//!     ─ source (flags checked, --state-dir created; nothing started yet) ─ runtime
+//!     ─ source (flags checked, --state-dir created; nothing started yet)
+//!     ─ soft RLIMIT_NOFILE raised to the hard limit (logged) ─ runtime
 //!     ─ ProxyHandle::start
 //!     ─ --snapshot FILE: watch_file                       ─┐
 //!     ─ --controller URL: Client (Hello with the bound      ├─ until Ctrl-C ─ shutdown
@@ -27,6 +28,7 @@ use meridian_model::locality::Locality;
 use crate::admin::AdminAuth;
 use crate::controller::{follow_controller, follow_controller_with_state};
 use crate::handle::{ProxyConfig, ProxyHandle, StartError};
+use crate::limits::{LimitArgs, raise_nofile_limit};
 use crate::state_dir::{StateDir, StateDirError};
 use crate::watch::watch_file;
 
@@ -185,6 +187,11 @@ pub struct ProxyArgs {
     /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
     #[arg(long = "east-west", value_name = "ADDR")]
     pub east_west: Option<SocketAddr>,
+
+    // ── Downstream timeouts and limits (limits.rs; docs/proxy.md "Limits and timeouts") ──
+    /// Header, keep-alive idle, request and backend connect timeouts; connection cap.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -192,6 +199,8 @@ pub struct ProxyArgs {
 pub fn run(args: ProxyArgs) -> Result<(), RunError> {
     let admin_auth = admin_auth(&args)?;
     let source = source(&args)?;
+    // Every connection costs a descriptor: the connection cap, not EMFILE, should bound a flood.
+    raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("meridian-proxy")
@@ -210,6 +219,7 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
             // until then `--east-west` refuses to start (StartError::NoIdentity).
             identity: None,
             east_west_plaintext: false,
+            limits: args.limits.limits(),
         })
         .await?;
         let client = match &source {

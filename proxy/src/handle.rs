@@ -56,6 +56,7 @@ use crate::admin::{self, AdminAuth};
 use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
 use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
+use crate::limits::Limits;
 use crate::listeners::{self, AcceptCtx, ListenerSet, Sockets};
 use crate::mesh::{HandshakeFailure, Mesh};
 use crate::metrics::Metrics;
@@ -89,6 +90,9 @@ pub struct ProxyConfig {
     /// comparing with mutual TLS and for tests. Not reachable from the command line.
     #[doc(hidden)]
     pub east_west_plaintext: bool,
+    /// Downstream timeouts, the backend connect timeout and the connection cap per listener
+    /// socket (limits.rs).
+    pub limits: Limits,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -185,7 +189,7 @@ type GatewayApp = HttpProxy<GatewayProxy>;
 type EastWestApp = HttpProxy<EastWestProxy>;
 
 /// One pingora app over the shared state (both proxies hold it).
-fn app<SV: ProxyHttp>(proxy: SV) -> HttpProxy<SV> {
+fn app<SV: ProxyHttp>(proxy: SV, limits: &Limits) -> HttpProxy<SV> {
     let conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..ServerConf::default()
@@ -195,6 +199,9 @@ fn app<SV: ProxyHttp>(proxy: SV) -> HttpProxy<SV> {
     let mut options = HttpServerOptions::default();
     // Plain listeners accept HTTP/2 with prior knowledge as well as HTTP/1.1.
     options.h2c = true;
+    // HTTP/1 idle connections are closed by the accept path's clock (limits.rs); HTTP/2 ones
+    // by pingora when no stream has been open this long.
+    options.h2_idle_timeout = Some(limits.idle_timeout);
     app.server_options = Some(options);
     app
 }
@@ -250,12 +257,13 @@ fn start_east_west(
         }
     }
     let accept = Arc::new(AcceptCtx {
-        app: Arc::new(app(EastWestProxy::new(shared.clone()))),
+        app: Arc::new(app(EastWestProxy::new(shared.clone()), &shared.limits)),
         shared: shared.clone(),
         shutdown,
         tls: listeners::east_west_acceptor()?,
         active,
         sockets: Sockets::EastWest(mesh),
+        limits: shared.limits,
     });
     let mut set = ListenerSet::default();
     set.start(vec![(addr, listener)], &accept);
@@ -339,16 +347,18 @@ impl ProxyHandle {
             controller: Default::default(),
             source: Default::default(),
             state_file: Default::default(),
+            limits: cfg.limits,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
         let accept = Arc::new(AcceptCtx {
-            app: Arc::new(app(GatewayProxy::new(shared.clone()))),
+            app: Arc::new(app(GatewayProxy::new(shared.clone()), &cfg.limits)),
             shared: shared.clone(),
             shutdown: shutdown_rx.clone(),
             tls: listeners::tls_acceptor()?,
             active: active.clone(),
             sockets: Sockets::Gateway,
+            limits: cfg.limits,
         });
         let east_west = east_west_socket
             .map(|socket| start_east_west(socket, &shared, shutdown_rx, active))

@@ -17,6 +17,7 @@ use pingora_core::tls::x509::X509;
 use crate::budget::RetryBudget;
 use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
+use crate::limits::Limits;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub source: Mutex<Option<SnapshotSource>>,
     /// The state file with `--state-dir` (`None` without).
     pub state_file: Mutex<Option<StateFileStatus>>,
+    /// Timeouts and connection limits (limits.rs).
+    pub limits: Limits,
 }
 
 /// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).

@@ -20,7 +20,7 @@
 //! Reads fill a buffer of [`READ_CAPACITY`] bytes; reads at least that large bypass it. `Peek` (the
 //! h2c preface check) looks into the read buffer without consuming it; [`Buffered::sniff_h2c`]
 //! decides h2c or HTTP/1 as soon as the bytes received so far stop matching the HTTP/2 preface,
-//! so a request shorter than the preface (`OPTIONS / HTTP/1.0\r\n\r\n`, 23 bytes) is not held.
+//! so a request shorter than the preface (`OPTIONS / HTTP/1.0\r\n\r\n`, 22 bytes) is not held.
 //!
 //! With a connection clock ([`Buffered::with_clock`], limits.rs), every read that would wait
 //! first checks the clock's deadline (header or keep-alive idle timeout) and fails with

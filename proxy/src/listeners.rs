@@ -22,7 +22,7 @@
 //!
 //! The HTTP/1 loop is ours rather than pingora's `process_new` for two reasons: pingora's
 //! keep-alive wait is per read and unbounded once a client asks for keep-alive, and its h2c check
-//! waits for 24 bytes before answering anything (a 23-byte `OPTIONS / HTTP/1.0` health check hung).
+//! waits for 24 bytes before answering anything (a 22-byte `OPTIONS / HTTP/1.0` health check hung).
 //!
 //! The east-west listener (for proxies of other networks) runs the same loop with its own app
 //! (`HttpProxy<EastWestProxy>`, gateway/east_west.rs), whatever the snapshot says: mutual TLS 1.3

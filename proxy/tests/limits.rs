@@ -113,17 +113,27 @@ async fn a_request_shorter_than_the_h2_preface_is_answered_at_once() {
         let took = started.elapsed();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         // HTTP/1.0 without keep-alive: the proxy closes after the answer.
-        assert!(closed_within(&mut tcp, Duration::from_secs(2)).await.is_some());
+        assert!(
+            closed_within(&mut tcp, Duration::from_secs(2))
+                .await
+                .is_some()
+        );
         println!("OPTIONS / HTTP/1.0 (22 bytes) answered in {took:?}");
 
         // Bytes that could still be the preface but are not (`PRI ` then something else) are
         // HTTP/1 too, and a real h2c client still gets HTTP/2.
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        tcp.write_all(b"PRI / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-        let head = response_head(&mut tcp, Duration::from_secs(2)).await.unwrap();
+        tcp.write_all(b"PRI / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let head = response_head(&mut tcp, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert!(head.starts_with("HTTP/1.1 "), "{head}");
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
         // An empty SETTINGS frame: the server answers with its own SETTINGS (frame type 4).
         tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
         let mut frame = [0u8; 9];
@@ -145,11 +155,16 @@ async fn a_silent_connection_is_closed_after_the_header_timeout() {
         let took = closed_within(&mut tcp, Duration::from_secs(5))
             .await
             .expect("a silent connection still open after 5 s");
-        assert!(took >= HEADER_TIMEOUT - Duration::from_millis(50), "{took:?}");
+        assert!(
+            took >= HEADER_TIMEOUT - Duration::from_millis(50),
+            "{took:?}"
+        );
         println!("silent connection closed after {took:?} (header timeout {HEADER_TIMEOUT:?})");
         // Half a header, then silence: the same deadline (from the accept).
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
         let took = closed_within(&mut tcp, Duration::from_secs(5))
             .await
             .expect("a half header still open after 5 s");
@@ -222,7 +237,12 @@ async fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
         let (p, _echo, port) = serve(short_limits()).await;
         // The client asks for a long keep-alive; the proxy's limit wins.
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        for _ in 0..3 {
+        for i in 0..3 {
+            if i > 0 {
+                // Kept alive: idle a little less than the limit, then the next request. Longer
+                // than the header timeout: the idle wait is not a header wait.
+                tokio::time::sleep(IDLE_TIMEOUT - Duration::from_millis(150)).await;
+            }
             tcp.write_all(
                 b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nKeep-Alive: timeout=3600\r\n\r\n",
             )
@@ -230,14 +250,12 @@ async fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
             .unwrap();
             let head = response_head(&mut tcp, Duration::from_secs(2)).await.unwrap();
             assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            // Kept alive: idle a little less than the limit, then the next request. Longer than
-            // the header timeout: the idle wait is not a header wait.
-            tokio::time::sleep(IDLE_TIMEOUT - Duration::from_millis(150)).await;
         }
         // The body of the last answer may still be arriving; then idle until closed.
         let took = closed_within(&mut tcp, Duration::from_secs(5))
             .await
             .expect("a kept-alive idle connection still open after 5 s");
+        assert!(took >= IDLE_TIMEOUT - Duration::from_millis(50), "{took:?}");
         assert!(took < IDLE_TIMEOUT * 2, "{took:?}");
         println!(
             "kept-alive connection closed {took:?} into its idle wait (idle timeout \
@@ -298,7 +316,10 @@ async fn connections_over_the_cap_are_shed_and_counted() {
         for _ in 0..CAP {
             held.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
         }
-        eventually("the cap reached", WAIT, || open_gauge(&p, port) == CAP as f64).await;
+        eventually("the cap reached", WAIT, || {
+            open_gauge(&p, port) == CAP as f64
+        })
+        .await;
         for _ in 0..OVER {
             let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;

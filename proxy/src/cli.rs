@@ -461,6 +461,58 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_flags_default_to_the_proxy_defaults_and_parse_durations() {
+        use std::time::Duration;
+
+        use crate::limits::Limits;
+
+        let cli = Cli::try_parse_from(["p", "--snapshot", "s.json"]).unwrap();
+        assert_eq!(cli.args.limits.limits(), Limits::default());
+        assert_eq!(
+            super::LimitArgs::default().limits(),
+            Limits::default(),
+            "Default for LimitArgs and the clap defaults agree"
+        );
+        let cli = Cli::try_parse_from([
+            "p",
+            "--header-timeout",
+            "500ms",
+            "--idle-timeout",
+            "2m",
+            "--request-timeout",
+            "30s",
+            "--backend-connect-timeout",
+            "1s",
+            "--max-connections",
+            "200",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.limits.limits(),
+            Limits {
+                header_timeout: Duration::from_millis(500),
+                idle_timeout: Duration::from_secs(120),
+                request_timeout: Some(Duration::from_secs(30)),
+                connect_timeout: Duration::from_secs(1),
+                max_connections: 200,
+            }
+        );
+        for bad in [
+            ["--header-timeout", "10"],
+            ["--idle-timeout", "0s"],
+            ["--max-connections", "0"],
+            ["--request-timeout", "soon"],
+        ] {
+            let err = Cli::try_parse_from(["p", bad[0], bad[1]]).err().unwrap();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_state_dir_goes_with_the_controller_only() {
         let err = Cli::try_parse_from(["p", "--state-dir", "/tmp/x"])
             .err()

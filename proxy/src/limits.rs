@@ -111,6 +111,20 @@ pub struct LimitArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalDuration(pub Option<Duration>);
 
+/// The flags' defaults, i.e. [`Limits::default`].
+impl Default for LimitArgs {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitArgs {
+            header_timeout: l.header_timeout,
+            idle_timeout: l.idle_timeout,
+            request_timeout: OptionalDuration(l.request_timeout),
+            backend_connect_timeout: l.connect_timeout,
+            max_connections: l.max_connections,
+        }
+    }
+}
+
 impl LimitArgs {
     /// The limits the flags ask for.
     pub fn limits(&self) -> Limits {

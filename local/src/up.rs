@@ -698,6 +698,8 @@ async fn start_proxy(
             east_west_plaintext: false,
             // The proxy's defaults (merge slashes, keep %2F/%5C encoded).
             paths: Default::default(),
+            // The proxy's default timeouts and connection cap (docs/proxy.md).
+            limits: Default::default(),
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

@@ -18,9 +18,16 @@
 //! says anything more), and dropping the stream sends what it can without waiting.
 //!
 //! Reads fill a buffer of [`READ_CAPACITY`] bytes; reads at least that large bypass it. `Peek` (the
-//! h2c preface check) looks into the read buffer without consuming it.
+//! h2c preface check) looks into the read buffer without consuming it; [`Buffered::sniff_h2c`]
+//! decides h2c or HTTP/1 as soon as the bytes received so far stop matching the HTTP/2 preface,
+//! so a request shorter than the preface (`OPTIONS / HTTP/1.0\r\n\r\n`, 22 bytes) is not held.
+//!
+//! With a connection clock ([`Buffered::with_clock`], limits.rs), every read that would wait
+//! first checks the clock's deadline (header or keep-alive idle timeout) and fails with
+//! `TimedOut` once it has passed; bytes arriving tell the clock that a request has begun.
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +42,12 @@ use pingora_core::protocols::{
     TimingDigest, UniqueID, UniqueIDType,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::limits::ConnClock;
+
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Read buffer size: a whole TLS record (16 KiB plus its framing) or a large request header in one
 /// `recv`.
@@ -53,6 +66,10 @@ pub(crate) struct Buffered<S: AsyncWrite + Unpin> {
     /// Unsent bytes are `write[write_pos..]`.
     write: Vec<u8>,
     write_pos: usize,
+    /// The connection's deadlines (none without a clock).
+    clock: Option<Arc<ConnClock>>,
+    /// Armed at the clock's deadline while a read waits.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S: AsyncWrite + Unpin> Buffered<S> {
@@ -64,6 +81,45 @@ impl<S: AsyncWrite + Unpin> Buffered<S> {
             read_end: 0,
             write: Vec::new(),
             write_pos: 0,
+            clock: None,
+            timer: None,
+        }
+    }
+
+    /// Reads give up when `clock`'s deadline passes.
+    pub(crate) fn with_clock(mut self, clock: Arc<ConnClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// A read is about to wait: `Err(TimedOut)` when the clock's deadline has passed, else the
+    /// timer is armed to wake the task at the deadline.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(deadline) = self.clock.as_ref().and_then(|c| c.deadline()) else {
+            return Ok(());
+        };
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            let what = self.clock.as_ref().map_or("timeout", |c| c.expired_what());
+            tracing::debug!("closing a downstream connection: {what}");
+            return Err(io::Error::new(io::ErrorKind::TimedOut, what));
+        }
+        Ok(())
+    }
+
+    fn data_arrived(&self) {
+        if let Some(c) = &self.clock {
+            c.data_arrived();
         }
     }
 
@@ -117,11 +173,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
                 self.read_end += n;
+                if n > 0 {
+                    self.data_arrived();
+                }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 self.send_before_waiting(cx)?;
+                self.check_deadline(cx)?;
                 Poll::Pending
             }
         }
@@ -144,6 +204,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
+    /// Whether the client opens with the HTTP/2 preface (h2c with prior knowledge), decided as
+    /// soon as the bytes received so far differ from it: an HTTP/1 request of any length is
+    /// answered without waiting for 24 bytes. Consumes nothing. `Err` when the client closes
+    /// first (or the clock's deadline passes).
+    pub(crate) async fn sniff_h2c(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| {
+            loop {
+                let seen = &self.read[self.read_pos..self.read_end];
+                let n = seen.len().min(H2_PREFACE.len());
+                if seen[..n] != H2_PREFACE[..n] {
+                    return Poll::Ready(Ok(false));
+                }
+                if n == H2_PREFACE.len() {
+                    return Poll::Ready(Ok(true));
+                }
+                // At most 24 more bytes are needed; the loop ends within as many reads.
+                if ready!(self.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::UnexpectedEof)));
+                }
+            }
+        })
+        .await
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Buffered<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -152,9 +238,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Buffered<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.read_pos == this.read_end && buf.remaining() >= READ_CAPACITY {
+            let before = buf.filled().len();
             let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-            if polled.is_pending() {
-                this.send_before_waiting(cx)?;
+            match &polled {
+                Poll::Pending => {
+                    this.send_before_waiting(cx)?;
+                    this.check_deadline(cx)?;
+                }
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.data_arrived(),
+                Poll::Ready(_) => {}
             }
             return polled;
         }

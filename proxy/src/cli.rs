@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! run ─ admin_auth (--admin, --admin-token-file read, --admin-insecure)
-//!     ─ source (flags checked, --state-dir created; nothing started yet) ─ runtime
+//!     ─ source (flags checked, --state-dir created; nothing started yet)
+//!     ─ soft RLIMIT_NOFILE raised to the hard limit (logged) ─ runtime
 //!     ─ ProxyHandle::start
 //!     ─ --snapshot FILE: watch_file                       ─┐
 //!     ─ --controller URL: Client (Hello with the bound      ├─ until Ctrl-C ─ shutdown
@@ -31,6 +32,7 @@ use meridian_model::path::{EscapedSlashes, PathNormalization};
 use crate::admin::AdminAuth;
 use crate::controller::{follow_controller, follow_controller_with_state};
 use crate::handle::{ProxyConfig, ProxyHandle, StartError};
+use crate::limits::{LimitArgs, raise_nofile_limit};
 use crate::state_dir::{StateDir, StateDirError};
 use crate::watch::watch_file;
 
@@ -212,6 +214,11 @@ pub struct ProxyArgs {
     /// separator), `reject` (400) or `decode` (a `/` separator).
     #[arg(long, value_name = "keep|reject|decode", default_value_t = EscapedSlashes::Keep)]
     pub escaped_slashes: EscapedSlashes,
+
+    // ── Downstream timeouts and limits (limits.rs; docs/proxy.md "Limits and timeouts") ──
+    /// Header, keep-alive idle, request and backend connect timeouts; connection cap.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -219,6 +226,8 @@ pub struct ProxyArgs {
 pub fn run(args: ProxyArgs) -> Result<(), RunError> {
     let admin_auth = admin_auth(&args)?;
     let source = source(&args)?;
+    // Every connection costs a descriptor: the connection cap, not EMFILE, should bound a flood.
+    raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("meridian-proxy")
@@ -241,6 +250,7 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
                 merge_slashes: args.merge_slashes,
                 escaped_slashes: args.escaped_slashes,
             },
+            limits: args.limits.limits(),
         })
         .await?;
         let client = match &source {
@@ -506,6 +516,58 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("NAMESPACE/NAME"), "{err}");
+    }
+
+    #[test]
+    fn the_limit_flags_default_to_the_proxy_defaults_and_parse_durations() {
+        use std::time::Duration;
+
+        use crate::limits::Limits;
+
+        let cli = Cli::try_parse_from(["p", "--snapshot", "s.json"]).unwrap();
+        assert_eq!(cli.args.limits.limits(), Limits::default());
+        assert_eq!(
+            super::LimitArgs::default().limits(),
+            Limits::default(),
+            "Default for LimitArgs and the clap defaults agree"
+        );
+        let cli = Cli::try_parse_from([
+            "p",
+            "--header-timeout",
+            "500ms",
+            "--idle-timeout",
+            "2m",
+            "--request-timeout",
+            "30s",
+            "--backend-connect-timeout",
+            "1s",
+            "--max-connections",
+            "200",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.limits.limits(),
+            Limits {
+                header_timeout: Duration::from_millis(500),
+                idle_timeout: Duration::from_secs(120),
+                request_timeout: Some(Duration::from_secs(30)),
+                connect_timeout: Duration::from_secs(1),
+                max_connections: 200,
+            }
+        );
+        for bad in [
+            ["--header-timeout", "10"],
+            ["--idle-timeout", "0s"],
+            ["--max-connections", "0"],
+            ["--request-timeout", "soon"],
+        ] {
+            let err = Cli::try_parse_from(["p", bad[0], bad[1]]).err().unwrap();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,7 @@ use crate::admin::{self, AdminAuth};
 use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
 use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
+use crate::limits::Limits;
 use crate::listeners::{self, AcceptCtx, ListenerSet, Sockets};
 use crate::mesh::{HandshakeFailure, Mesh};
 use crate::metrics::Metrics;
@@ -93,6 +94,9 @@ pub struct ProxyConfig {
     /// How request paths on the Gateway listeners are normalised before routing and
     /// forwarding (default: merge slashes, keep `%2F`/`%5C` encoded).
     pub paths: PathNormalization,
+    /// Downstream timeouts, the backend connect timeout and the connection cap per listener
+    /// socket (limits.rs).
+    pub limits: Limits,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -189,7 +193,7 @@ type GatewayApp = HttpProxy<GatewayProxy>;
 type EastWestApp = HttpProxy<EastWestProxy>;
 
 /// One pingora app over the shared state (both proxies hold it).
-fn app<SV: ProxyHttp>(proxy: SV) -> HttpProxy<SV> {
+fn app<SV: ProxyHttp>(proxy: SV, limits: &Limits) -> HttpProxy<SV> {
     let conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..ServerConf::default()
@@ -199,6 +203,9 @@ fn app<SV: ProxyHttp>(proxy: SV) -> HttpProxy<SV> {
     let mut options = HttpServerOptions::default();
     // Plain listeners accept HTTP/2 with prior knowledge as well as HTTP/1.1.
     options.h2c = true;
+    // HTTP/1 idle connections are closed by the accept path's clock (limits.rs); HTTP/2 ones
+    // by pingora when no stream has been open this long.
+    options.h2_idle_timeout = Some(limits.idle_timeout);
     app.server_options = Some(options);
     app
 }
@@ -254,12 +261,13 @@ fn start_east_west(
         }
     }
     let accept = Arc::new(AcceptCtx {
-        app: Arc::new(app(EastWestProxy::new(shared.clone()))),
+        app: Arc::new(app(EastWestProxy::new(shared.clone()), &shared.limits)),
         shared: shared.clone(),
         shutdown,
         tls: listeners::east_west_acceptor()?,
         active,
         sockets: Sockets::EastWest(mesh),
+        limits: shared.limits,
     });
     let mut set = ListenerSet::default();
     set.start(vec![(addr, listener)], &accept);
@@ -344,16 +352,18 @@ impl ProxyHandle {
             source: Default::default(),
             state_file: Default::default(),
             paths: cfg.paths,
+            limits: cfg.limits,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
         let accept = Arc::new(AcceptCtx {
-            app: Arc::new(app(GatewayProxy::new(shared.clone()))),
+            app: Arc::new(app(GatewayProxy::new(shared.clone()), &cfg.limits)),
             shared: shared.clone(),
             shutdown: shutdown_rx.clone(),
             tls: listeners::tls_acceptor()?,
             active: active.clone(),
             sockets: Sockets::Gateway,
+            limits: cfg.limits,
         });
         let east_west = east_west_socket
             .map(|socket| start_east_west(socket, &shared, shutdown_rx, active))

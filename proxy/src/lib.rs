@@ -63,6 +63,11 @@
 //! listener admits only proxies of other clusters of the mesh, the sender only the cluster the
 //! endpoint belongs to.
 //!
+//! Downstream limits (limits.rs): a header timeout from the accept (slowloris, silent clients), a
+//! keep-alive idle timeout, a default request deadline for rules without one, the backend connect
+//! timeout and a connection cap per listener socket, set by [`Limits`] (`meridian proxy` flags
+//! [`LimitArgs`]); docs/proxy.md "Limits and timeouts" has the defaults.
+//!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but
 //! pingora 0.9.1 can tear an upgraded tunnel down right after the `101` when the backend answers
@@ -79,6 +84,7 @@ mod gateway;
 mod handle;
 mod headers;
 mod health;
+mod limits;
 mod listeners;
 mod mesh;
 mod metrics;
@@ -93,6 +99,7 @@ pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};
 pub use controller::{follow_controller, follow_controller_with_state};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle, StartError};
+pub use limits::{LimitArgs, Limits, OptionalDuration, parse_duration, raise_nofile_limit};
 pub use state_dir::StateDir;
 pub(crate) use watch::BIND_RETRY;
 pub use watch::{WATCH_INTERVAL, decode, watch_file};

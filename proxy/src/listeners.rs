@@ -7,12 +7,22 @@
 //! ```text
 //! apply(snapshot) ── bind every new socket (all or nothing) ── swap the router ── start loops
 //!                                                                         └─ stop removed loops
-//! accept loop ── TcpStream ─► pingora l4 Stream (+ socket digest: local address for routing)
-//!                  ─► read + write buffers (buffered.rs)
-//!                  HTTP  ─► app.process_new (HTTP/1.1, or h2c when the preface says so)
+//! accept loop ── over --max-connections on this socket? close at once (counted, limits.rs)
+//!   ── TcpStream ─► pingora l4 Stream (+ socket digest: local address for routing)
+//!                  ─► read + write buffers with the connection clock (buffered.rs, limits.rs:
+//!                     header and keep-alive idle deadlines)
+//!                  HTTP  ─► h2c preface? (decided on the first byte that differs from it)
 //!                  HTTPS ─► openssl handshake, certificate chosen by SNI from the current router,
-//!                           ALPN h2/http1.1, SNI kept in the SSL digest ─► app.process_new
+//!                           ALPN h2/http1.1, SNI kept in the SSL digest
+//!                  h2     ─► app.process_new (clock off: pingora's h2 idle timeout)
+//!                  HTTP/1 ─► our keep-alive loop: app.process_new_http per request, the clock
+//!                            handed to the request hooks (header read ─► busy), idle between
+//!                            requests
 //! ```
+//!
+//! The HTTP/1 loop is ours rather than pingora's `process_new` for two reasons: pingora's
+//! keep-alive wait is per read and unbounded once a client asks for keep-alive, and its h2c check
+//! waits for 24 bytes before answering anything (a 22-byte `OPTIONS / HTTP/1.0` health check hung).
 //!
 //! The east-west listener (for proxies of other networks) runs the same loop with its own app
 //! (`HttpProxy<EastWestProxy>`, gateway/east_west.rs), whatever the snapshot says: mutual TLS 1.3
@@ -39,9 +49,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_model::snapshot::Protocol;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::ALPN;
 use pingora_core::protocols::SocketDigest;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::TlsRef;
 use pingora_core::protocols::tls::server::handshake_with_callback;
@@ -58,12 +70,13 @@ use tokio::task::JoinHandle;
 
 use crate::buffered::Buffered;
 use crate::gateway::{EAST_WEST, TlsConnInfo};
+use crate::limits::{ClockHandle, ConnClock, ConnGate, Limits};
 use crate::mesh::{HandshakeFailure, Mesh, Verdict};
 use crate::state::Shared;
 
 /// What an accept loop feeds connections to (a pingora `HttpProxy`).
-pub(crate) trait App: ServerApp + Send + Sync + 'static {}
-impl<T: ServerApp + Send + Sync + 'static> App for T {}
+pub(crate) trait App: HttpServerApp + ServerApp + Send + Sync + 'static {}
+impl<T: HttpServerApp + ServerApp + Send + Sync + 'static> App for T {}
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +91,8 @@ pub(crate) struct AcceptCtx<A> {
     pub active: Arc<AtomicUsize>,
     /// What the sockets of this context are.
     pub sockets: Sockets,
+    /// Timeouts and the connection cap of every socket of this context.
+    pub limits: Limits,
 }
 
 /// The sockets of an accept context.
@@ -159,7 +174,12 @@ impl ListenerSet {
         for (addr, listener) in bound {
             let local = listener.local_addr().unwrap_or(addr);
             let (stop, stop_rx) = watch::channel(false);
-            let task = tokio::spawn(accept_loop(listener, addr, ctx.clone(), stop_rx));
+            let label = match ctx.sockets {
+                Sockets::Gateway => addr.to_string(),
+                Sockets::EastWest(_) => EAST_WEST.to_string(),
+            };
+            let gate = ConnGate::new(&ctx.shared.metrics, &label, ctx.limits.max_connections);
+            let task = tokio::spawn(accept_loop(listener, addr, gate, ctx.clone(), stop_rx));
             tracing::info!(socket = %addr, "listening");
             self.running.insert(
                 addr,
@@ -202,6 +222,7 @@ impl ListenerSet {
 async fn accept_loop<A: App>(
     listener: TcpListener,
     addr: SocketAddr,
+    gate: ConnGate,
     ctx: Arc<AcceptCtx<A>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -214,11 +235,20 @@ async fn accept_loop<A: App>(
             }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Over the cap: closed at once (dropped), before any byte is read or
+                    // written. Cheaper than a 503 (which would need the request read first, or
+                    // a reset for unread bytes) and the same for every protocol; a load
+                    // balancer in front retries another proxy on a closed connection.
+                    let Some(admitted) = gate.admit() else {
+                        tracing::debug!(socket = %addr, %peer, "connection shed: --max-connections reached");
+                        continue;
+                    };
                     let ctx = ctx.clone();
                     ctx.active.fetch_add(1, Ordering::AcqRel);
                     tokio::spawn(async move {
                         serve_connection(tcp, addr, peer, &ctx).await;
                         ctx.active.fetch_sub(1, Ordering::AcqRel);
+                        drop(admitted);
                     });
                 }
                 Err(e) => {
@@ -243,15 +273,17 @@ async fn serve_connection<A: App>(
     let fd = tcp.as_raw_fd();
     let mut l4 = L4Stream::from(tcp);
     l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
+    // The header deadline runs from the accept: a TLS handshake and an h2c sniff count too.
+    let clock = ConnClock::new(&ctx.limits);
     // Under TLS too, as pingora layers it: records are read whole and written together.
-    let l4 = Buffered::new(l4);
+    let mut l4 = Buffered::new(l4).with_clock(clock.clone());
     let protocol = match &ctx.sockets {
         Sockets::EastWest(None) => Some(Protocol::Http),
         Sockets::EastWest(Some(mesh)) => {
             let Some(s) = east_west_handshake(l4, addr, peer, mesh, ctx).await else {
                 return;
             };
-            ctx.app.process_new(s, &ctx.shutdown).await;
+            serve_http(s, false, clock, ctx).await;
             return;
         }
         Sockets::Gateway => ctx
@@ -261,8 +293,17 @@ async fn serve_connection<A: App>(
             .as_ref()
             .and_then(|s| s.protocol(addr)),
     };
-    let stream: Stream = match protocol {
-        Some(Protocol::Http) => Box::new(l4),
+    match protocol {
+        Some(Protocol::Http) => {
+            let h2c = match l4.sniff_h2c().await {
+                Ok(h2c) => h2c,
+                Err(e) => {
+                    tracing::debug!(socket = %addr, %peer, error = %e, "closed before a request");
+                    return;
+                }
+            };
+            serve_http(Box::new(l4), h2c, clock, ctx).await;
+        }
         Some(Protocol::Https) => {
             let callbacks = CertByRouter {
                 shared: ctx.shared.clone(),
@@ -270,21 +311,69 @@ async fn serve_connection<A: App>(
             };
             let handshake = handshake_with_callback(&ctx.tls, l4, &callbacks);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                Ok(Ok(s)) => Box::new(s),
+                Ok(Ok(s)) => serve_http(Box::new(s), false, clock, ctx).await,
                 Ok(Err(e)) => {
                     tracing::debug!(socket = %addr, error = %e, "TLS handshake failed");
-                    return;
                 }
                 Err(_) => {
                     tracing::debug!(socket = %addr, "TLS handshake timed out");
-                    return;
                 }
             }
         }
         // The socket left the snapshot between accept and here.
-        None => return,
-    };
-    ctx.app.process_new(stream, &ctx.shutdown).await;
+        None => {}
+    }
+}
+
+/// Serves a connection whose protocol is settled: HTTP/2 (`h2c`, or ALPN h2 after TLS) by
+/// pingora, HTTP/1 by [`serve_http1`].
+async fn serve_http<A: App>(stream: Stream, h2c: bool, clock: Arc<ConnClock>, ctx: &AcceptCtx<A>) {
+    if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        // pingora's HTTP/2 idle timeout (server options) closes it when no stream is open.
+        clock.off();
+        ctx.app.process_new(stream, &ctx.shutdown).await;
+        return;
+    }
+    serve_http1(stream, &clock, ctx).await;
+}
+
+/// pingora's HTTP/1 keep-alive loop with our deadlines: each request is one
+/// `process_new_http`; the connection's clock rides along as the connection's user context
+/// (pingora hands it to `on_connection_reuse` once the header is read, which stops the header
+/// deadline), and the idle deadline runs between requests. pingora's own per-read keep-alive
+/// timeout is set too, to a value the clock always beats.
+async fn serve_http1<A: App>(stream: Stream, clock: &Arc<ConnClock>, ctx: &AcceptCtx<A>) {
+    let keepalive_secs = ctx
+        .limits
+        .idle_timeout
+        .max(ctx.limits.header_timeout)
+        .as_secs()
+        .saturating_add(1);
+    let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive_reuses_remaining(
+        ctx.app
+            .server_options()
+            .and_then(|o| o.keepalive_request_limit),
+    );
+    // One turn per request; ends when the client or a deadline closes the connection, or
+    // pingora does not keep it (Connection: close, errors, shutdown).
+    loop {
+        if *ctx.shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(keepalive_secs));
+        }
+        session.set_connection_user_context(Some(Box::new(ClockHandle(clock.clone()))));
+        let Some(reused) = ctx.app.process_new_http(session, &ctx.shutdown).await else {
+            return;
+        };
+        clock.idle();
+        let (stream, settings) = reused.consume();
+        session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+    }
 }
 
 /// The mutual TLS handshake of an east-west connection from `peer`; `None` (counted and logged

@@ -111,6 +111,11 @@ pub struct Metrics {
     /// Refused TLS handshakes, by listener (`east-west`) and reason (`no-certificate`,
     /// `unknown-ca`, `wrong-identity`, `other`).
     pub tls_handshake_failures: IntCounterVec,
+    /// Downstream connections open, by listener socket (`ip:port`, or `east-west`).
+    pub connections_open: IntGaugeVec,
+    /// Connections closed right after the accept because their listener socket had
+    /// `--max-connections` open, by listener socket.
+    pub connections_shed: IntCounterVec,
 }
 
 impl Metrics {
@@ -212,6 +217,19 @@ impl Metrics {
                 "TLS handshakes refused, by listener and reason (no-certificate, unknown-ca, \
                  wrong-identity, other)",
                 &["listener", "reason"],
+            )?,
+            connections_open: gauge_vec(
+                &r,
+                "meridian_proxy_connections_open",
+                "Downstream connections open, by listener socket",
+                &["listener"],
+            )?,
+            connections_shed: counter_vec(
+                &r,
+                "meridian_proxy_connections_shed_total",
+                "Connections closed at once because their listener socket had --max-connections \
+                 open",
+                &["listener"],
             )?,
             registry: r,
         })

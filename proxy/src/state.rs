@@ -18,6 +18,7 @@ use pingora_core::tls::x509::X509;
 use crate::budget::RetryBudget;
 use crate::drain::{GatewayEntry, GatewayTable};
 use crate::endpoints::Ejections;
+use crate::limits::Limits;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
@@ -75,6 +76,8 @@ pub(crate) struct Shared {
     pub state_file: Mutex<Option<StateFileStatus>>,
     /// How request paths are normalised before routing (gateway/path.rs).
     pub paths: PathNormalization,
+    /// Timeouts and connection limits (limits.rs).
+    pub limits: Limits,
 }
 
 /// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).

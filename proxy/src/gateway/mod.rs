@@ -133,6 +133,18 @@ macro_rules! forwarding_proxy {
                 super::Forwarder::fail_to_proxy(session, e, ctx).await
             }
 
+            /// Called by pingora right after each HTTP/1 request header is read, with the
+            /// connection's clock that our keep-alive loop (listeners.rs) attached: the header
+            /// deadline stops here, the request's own timeouts take over (limits.rs).
+            fn on_connection_reuse(
+                &self,
+                _session: &mut pingora_proxy::Session,
+                _ctx: &mut super::ctx::Ctx,
+                connection: Box<dyn std::any::Any + Send + Sync>,
+            ) {
+                crate::limits::header_read(connection.as_ref());
+            }
+
             /// pingora logs every failed request at error level; `logging` reports failures
             /// instead (see [`Forwarder::logging`](super::Forwarder::logging)).
             fn suppress_error_log(

@@ -33,11 +33,10 @@ use crate::budget::DEFAULT_PERCENT;
 use crate::endpoints::{self, EndpointKey, NoEndpoint};
 use crate::state::{HopSecurity, Shared};
 
-/// Connect timeout when the rule sets no per-try timeout. 2 s: a blackholed endpoint costs a
-/// request at most this before it moves on (1 s would spend two retries per request on a dead
-/// zone before the health checker ejects it and exhaust the retry budget), and one lost SYN
-/// (resent after 1 s) still connects.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+// The connect timeout (`Limits::connect_timeout`, `--backend-connect-timeout`) defaults to 2 s: a
+// blackholed endpoint costs a request at most this before it moves on (1 s would spend two
+// retries per request on a dead zone before the health checker ejects it and exhaust the retry
+// budget), and one lost SYN (resent after 1 s) still connects. A try's own timeout caps it.
 /// Sent data unacknowledged this long kills an upstream connection (TCP_USER_TIMEOUT): a request
 /// on a pooled connection into a region whose packets vanish fails over instead of waiting for
 /// the client to give up. Keep-alive probes find dead idle pooled connections the same way.
@@ -74,8 +73,14 @@ impl Forwarder {
         failover: Option<&FailoverPolicy>,
     ) -> Upstream {
         let rule = &target.rule.rule;
+        // The rule's `timeouts.request` wins, zero (no deadline) included; the proxy's default
+        // (`--request-timeout`, off unless set) fills in for rules without one.
+        let request = match rule.timeouts.request_ms {
+            Some(_) => ms(rule.timeouts.request_ms),
+            None => self.shared.limits.request_timeout,
+        };
         let limits = Limits {
-            deadline: ms(rule.timeouts.request_ms).map(|d| Instant::now() + d),
+            deadline: request.map(|d| Instant::now() + d),
             per_try: ms(rule.timeouts.backend_request_ms),
         };
         // Drained endpoints are never tried, so they do not earn extra tries either.
@@ -142,7 +147,8 @@ impl Forwarder {
         if up.latency == LatencyClock::Idle {
             up.latency = LatencyClock::Running(Instant::now());
         }
-        let mut peer = peer(addr, up.try_budget(), picked.protocol);
+        let connect = self.shared.limits.connect_timeout;
+        let mut peer = peer(addr, up.try_budget(), connect, picked.protocol);
         if let Some(cluster) = &picked.east_west {
             self.secure_east_west(&mut peer, cluster);
         }
@@ -372,13 +378,19 @@ async fn back_off(up: &mut Upstream) {
     }
 }
 
-/// An upstream peer at `addr`: plain TCP, timeouts from the try's `budget`, pooled with
-/// keep-alive probes, HTTP/2 with prior knowledge for h2c backends.
-fn peer(addr: SocketAddr, budget: Option<Duration>, protocol: BackendProtocol) -> HttpPeer {
+/// An upstream peer at `addr`: plain TCP, timeouts from the try's `budget` (the `connect`
+/// timeout capped by it), pooled with keep-alive probes, HTTP/2 with prior knowledge for h2c
+/// backends.
+fn peer(
+    addr: SocketAddr,
+    budget: Option<Duration>,
+    connect: Duration,
+    protocol: BackendProtocol,
+) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, false, String::new());
     peer.options.connection_timeout = Some(match budget {
-        Some(b) => b.min(DEFAULT_CONNECT_TIMEOUT),
-        None => DEFAULT_CONNECT_TIMEOUT,
+        Some(b) => b.min(connect),
+        None => connect,
     });
     peer.options.read_timeout = budget;
     peer.options.write_timeout = budget;

@@ -247,7 +247,8 @@ fn routing_is_deterministic_and_case_insensitive() {
                 prop_assert!(has_bad_regex, "a valid generated snapshot was refused");
                 return Ok(());
             };
-            let again = Router::compile(snapshot).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let again =
+                Router::compile(snapshot).map_err(|e| TestCaseError::fail(e.to_string()))?;
             for req in &requests {
                 let first = outcome(&route_with(&router, req, &req.host));
                 prop_assert_eq!(&first, &outcome(&route_with(&router, req, &req.host)));
@@ -291,7 +292,11 @@ fn exact_path_beats_prefix() {
             }
             let segments: Vec<&str> = req.path.split('/').collect();
             let prefix = segments[..segments.len().saturating_sub(cut).max(1)].join("/");
-            let prefix = if prefix.is_empty() { "/".to_string() } else { prefix };
+            let prefix = if prefix.is_empty() {
+                "/".to_string()
+            } else {
+                prefix
+            };
             let exact_rule = Rule {
                 matches: vec![Match {
                     path: PathMatch::Exact(req.path.clone()),

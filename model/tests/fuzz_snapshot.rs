@@ -31,30 +31,140 @@ const REGRESSIONS: &str = "tests/fuzz_snapshot.proptest-regressions";
 /// Field names and enum tags of the snapshot format: generated objects use them as keys and
 /// strings, so decoding goes deeper than the first `deny_unknown_fields`.
 const WORDS: &[&str] = &[
-    "schema", "generation", "gateways", "namespace", "name", "listeners", "address", "port",
-    "protocol", "hostname", "tls", "routes", "rules", "matches", "path", "type", "value",
-    "headers", "queryParams", "method", "filters", "backends", "weight", "target", "endpoints",
-    "timeouts", "retry", "attempts", "codes", "requestMs", "hostnames", "createdAt", "drains",
-    "drill", "cluster", "region", "zone", "eastWest", "east_west", "failover", "percent",
-    "statusCode", "scheme", "set", "add", "remove", "certificates", "certPem", "keyPem",
-    "HTTP", "HTTPS", "exact", "pathPrefix", "regularExpression", "endpoints", "invalid",
-    "reason", "requestHeaderModifier", "requestRedirect", "urlRewrite", "requestMirror",
-    "replaceFullPath", "replacePrefixMatch", "backend", "ready", "h2c", "http1",
-    "meridian.dev/snapshot/v1", "servedByHeader", "regionOrder", "minHealthyPercent",
+    "schema",
+    "generation",
+    "gateways",
+    "namespace",
+    "name",
+    "listeners",
+    "address",
+    "port",
+    "protocol",
+    "hostname",
+    "tls",
+    "routes",
+    "rules",
+    "matches",
+    "path",
+    "type",
+    "value",
+    "headers",
+    "queryParams",
+    "method",
+    "filters",
+    "backends",
+    "weight",
+    "target",
+    "endpoints",
+    "timeouts",
+    "retry",
+    "attempts",
+    "codes",
+    "requestMs",
+    "hostnames",
+    "createdAt",
+    "drains",
+    "drill",
+    "cluster",
+    "region",
+    "zone",
+    "eastWest",
+    "east_west",
+    "failover",
+    "percent",
+    "statusCode",
+    "scheme",
+    "set",
+    "add",
+    "remove",
+    "certificates",
+    "certPem",
+    "keyPem",
+    "HTTP",
+    "HTTPS",
+    "exact",
+    "pathPrefix",
+    "regularExpression",
+    "endpoints",
+    "invalid",
+    "reason",
+    "requestHeaderModifier",
+    "requestRedirect",
+    "urlRewrite",
+    "requestMirror",
+    "replaceFullPath",
+    "replacePrefixMatch",
+    "backend",
+    "ready",
+    "h2c",
+    "http1",
+    "meridian.dev/snapshot/v1",
+    "servedByHeader",
+    "regionOrder",
+    "minHealthyPercent",
 ];
 
 /// Strings that have broken parsers before, somewhere.
 const ODD_STRINGS: &[&str] = &[
-    "", " ", "*", "*.", "*.*", ".", "..", "/", "//", "/..", "/%2e%2e/", "%", "%zz", "%00",
-    "(", ")", "[", "a{2,}", "\\", "\u{0}", "\r\n", "x\ry", "é", "ÅÅ.example.com", "::", "[::1]",
-    "0.0.0.0", "255.255.255.255", "1.2.3.4:80", "-a.example.com", "a..b", "A.EXAMPLE.COM",
-    "*.example.com", "example.com.", "GET", "get", "X-Header", "x header", "x:y",
+    "",
+    " ",
+    "*",
+    "*.",
+    "*.*",
+    ".",
+    "..",
+    "/",
+    "//",
+    "/..",
+    "/%2e%2e/",
+    "%",
+    "%zz",
+    "%00",
+    "(",
+    ")",
+    "[",
+    "a{2,}",
+    "\\",
+    "\u{0}",
+    "\r\n",
+    "x\ry",
+    "é",
+    "ÅÅ.example.com",
+    "::",
+    "[::1]",
+    "0.0.0.0",
+    "255.255.255.255",
+    "1.2.3.4:80",
+    "-a.example.com",
+    "a..b",
+    "A.EXAMPLE.COM",
+    "*.example.com",
+    "example.com.",
+    "GET",
+    "get",
+    "X-Header",
+    "x header",
+    "x:y",
 ];
 
 const BIG_NUMBERS: &[&str] = &[
-    "0", "-1", "1", "65535", "65536", "4294967295", "4294967296", "18446744073709551615",
-    "18446744073709551616", "-9223372036854775808", "1e308", "-1e308", "0.5", "100.0",
-    "100.000001", "-0.0", "1e-320",
+    "0",
+    "-1",
+    "1",
+    "65535",
+    "65536",
+    "4294967295",
+    "4294967296",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "1e308",
+    "-1e308",
+    "0.5",
+    "100.0",
+    "100.000001",
+    "-0.0",
+    "1e-320",
 ];
 
 fn word() -> impl Strategy<Value = String> {
@@ -117,16 +227,31 @@ fn snapshot_like() -> impl Strategy<Value = Value> {
 /// One change to a document; `at` picks the node (modulo the node count).
 #[derive(Clone, Debug)]
 enum Mutation {
-    Replace { at: usize, with: Value },
+    Replace {
+        at: usize,
+        with: Value,
+    },
     /// Replace a string by an odd string or a number by an extreme one (the type stays, so the
     /// document still decodes more often than not and the change reaches validation).
-    SameType { at: usize, text: String, number: Value },
+    SameType {
+        at: usize,
+        text: String,
+        number: Value,
+    },
     /// Nest the node in `depth` arrays.
-    Nest { at: usize, depth: usize },
+    Nest {
+        at: usize,
+        depth: usize,
+    },
     /// Duplicate an element of the array at or above the node.
-    Duplicate { at: usize },
+    Duplicate {
+        at: usize,
+    },
     /// Drop a key of the object at or above the node.
-    DropKey { at: usize, key: usize },
+    DropKey {
+        at: usize,
+        key: usize,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -306,9 +431,12 @@ fn check_decision(router: &Router, d: &Decision) {
         let _ = m.rule.pick_backend(u64::MAX);
         let _ = m.rule.redirect();
         assert!(
-            router.snapshot().gateways.iter().any(|g| g.namespace
-                == m.listener.gateway_namespace
-                && g.name == m.listener.gateway_name),
+            router
+                .snapshot()
+                .gateways
+                .iter()
+                .any(|g| g.namespace == m.listener.gateway_namespace
+                    && g.name == m.listener.gateway_name),
             "matched listener of an unknown Gateway"
         );
     }
@@ -333,14 +461,16 @@ fn arbitrary_request() -> impl Strategy<Value = ArbitraryRequest> {
         proptest::option::of("[a-z=&%0-9]{0,12}"),
         prop::collection::vec((word(), word()), 0..4),
     )
-        .prop_map(|(sni, host, method, path, query, headers)| ArbitraryRequest {
-            sni,
-            host,
-            method,
-            path,
-            query,
-            headers,
-        })
+        .prop_map(
+            |(sni, host, method, path, query, headers)| ArbitraryRequest {
+                sni,
+                host,
+                method,
+                path,
+                query,
+                headers,
+            },
+        )
 }
 
 /// How far a document got: counted per target so the summary shows the inputs reached the
@@ -412,7 +542,8 @@ fn corpus_replays() {
             assert!(!e.to_string().is_empty(), "{name}: empty error");
         }
         if let Ok(doc) = serde_json::from_str::<Value>(text) {
-            check_document(&doc, &[], &Reached::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            check_document(&doc, &[], &Reached::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
     fuzz_support::corpus_summary("snapshot", files.len(), bytes);
@@ -425,7 +556,10 @@ fn arbitrary_documents_never_panic() {
         "snapshot/arbitrary",
         2_000,
         REGRESSIONS,
-        (snapshot_like(), prop::collection::vec(arbitrary_request(), 0..3)),
+        (
+            snapshot_like(),
+            prop::collection::vec(arbitrary_request(), 0..3),
+        ),
         |(doc, requests)| check_document(&doc, &requests, &reached),
     );
     reached.print("snapshot/arbitrary");

@@ -32,8 +32,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use meridian_controller::{
-    CONTROLLER_NAME, ClusterGatewayRef, ProgrammedState, StatusKind, TranslateConfig, World,
-    translate,
+    CONTROLLER_NAME, ClusterGatewayRef, ClusterState, Indexed, ProgrammedState, StatusKind,
+    TranslateConfig, World, translate,
 };
 use meridian_model::Router;
 use proptest::prelude::*;
@@ -578,16 +578,24 @@ fn world_of(objects: &Objects) -> World {
         c.apply(secret);
     }
     for v in &objects.0 {
-        match v["kind"].as_str() {
-            Some("Gateway") => drop(decode::<Gateway>(v).map(|o| c.apply(o))),
-            Some("HTTPRoute") => drop(decode::<HttpRoute>(v).map(|o| c.apply(o))),
-            Some("Service") => drop(decode::<Service>(v).map(|o| c.apply(o))),
-            Some("EndpointSlice") => drop(decode::<EndpointSlice>(v).map(|o| c.apply(o))),
-            Some("ReferenceGrant") => drop(decode::<ReferenceGrant>(v).map(|o| c.apply(o))),
-            _ => {}
-        }
+        apply(c, v);
     }
     w
+}
+
+/// Indexes `v` if it decodes as the kind it names; whether it did.
+fn apply(c: &mut ClusterState, v: &Value) -> bool {
+    fn put<T: DeserializeOwned + Indexed>(c: &mut ClusterState, v: &Value) -> bool {
+        decode::<T>(v).map(|o| c.apply(o)).is_some()
+    }
+    match v["kind"].as_str() {
+        Some("Gateway") => put::<Gateway>(c, v),
+        Some("HTTPRoute") => put::<HttpRoute>(c, v),
+        Some("Service") => put::<Service>(c, v),
+        Some("EndpointSlice") => put::<EndpointSlice>(c, v),
+        Some("ReferenceGrant") => put::<ReferenceGrant>(c, v),
+        _ => false,
+    }
 }
 
 /// Every Gateway has an address and the proxies applied it, so `Programmed` is not the reason
@@ -749,6 +757,12 @@ fn corpus_replays() {
         let text = std::fs::read_to_string(f).unwrap();
         bytes += text.len();
         let objects: Vec<Value> = serde_json::from_str(&text).unwrap();
+        // A corpus object the types cannot hold would silently test nothing.
+        let mut scratch = World::new();
+        let c = scratch.add_cluster(CLUSTER, "us-east", Vec::new());
+        for v in &objects {
+            assert!(apply(c, v), "{}: does not decode: {v}", f.display());
+        }
         check(&Objects(objects), &Reached::default())
             .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
     }

@@ -14,6 +14,8 @@
 //! - Header reads ([`HeaderSource`] over a slice): case-insensitive, repeated headers joined
 //!   with `,`.
 
+#![allow(clippy::unwrap_used)]
+
 mod fuzz_support;
 
 use std::collections::BTreeMap;

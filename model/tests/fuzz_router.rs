@@ -13,6 +13,8 @@
 //! - Gateway API precedence: with an `Exact` rule for the request's path and no other condition,
 //!   a `PathPrefix` rule covering the same path never wins, whatever the routes' ages and names.
 
+#![allow(clippy::unwrap_used)]
+
 mod fuzz_support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -13,6 +13,8 @@
 //! requests aimed at its own sockets and hostnames as well as arbitrary ones. Corpus files named
 //! `valid-*` must compile and `invalid-*` must be refused with an error.
 
+#![allow(clippy::unwrap_used)]
+
 mod fuzz_support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -15,6 +15,10 @@
 //!    share.
 //! 9. [`path`] — request path normalisation (dot segments, escapes, slashes) done before
 //!    routing, so rules and backends see the same path.
+//!
+//! Besides the table tests, `tests/fuzz_*.rs` are property-based fuzz targets of the snapshot
+//! decoder, the router and the edge helpers (paths, hosts, query, header filters), with a corpus
+//! in `tests/corpus/` (docs/fuzzing.md).
 
 pub mod error_chain;
 pub mod filters;

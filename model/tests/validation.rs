@@ -204,6 +204,32 @@ fn cr_lf_or_nul_in_a_header_value_is_refused() {
     );
 }
 
+/// Found by tests/fuzz_edge.rs: validation let other control characters through, which the
+/// proxy's header types refuse, so the edit was silently skipped on every request.
+#[test]
+fn other_control_characters_in_a_header_value_are_refused_and_tab_and_utf8_pass() {
+    let with_value = |value: &str| {
+        Filter::RequestHeaderModifier(HeaderModifier {
+            set: vec![HeaderValue {
+                name: "X-Set".to_string(),
+                value: value.to_string(),
+            }],
+            add: vec![],
+            remove: vec![],
+        })
+    };
+    for bad in ["\u{1}", "a\u{7f}", "\u{1b}[31mred", "a\u{1f}b"] {
+        refused(
+            one_rule(rule().filter(with_value(bad)).to("v1")),
+            &[RULE_LOC, "X-Set", "control character"],
+        );
+    }
+    for good in ["\tindented", "café", " spaced ", "a,b;q=0.5", ""] {
+        Router::compile(snapshot(one_rule(rule().filter(with_value(good)).to("v1"))))
+            .unwrap_or_else(|e| panic!("{good:?} refused: {e}"));
+    }
+}
+
 #[test]
 fn replace_prefix_match_needs_exactly_one_path_prefix() {
     let rewrite = || {

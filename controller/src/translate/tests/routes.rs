@@ -940,6 +940,26 @@ fn invalid_rules_are_dropped_with_partially_invalid() {
             "weight -1",
         ),
         (
+            // Found by tests/fuzz_edge.rs: the proxy's header types refuse control characters,
+            // so such an edit used to be served and then silently skipped on every request.
+            "control character in a header value",
+            HttpRouteRules {
+                filters: Some(vec![HttpRouteRulesFilters {
+                    r#type: HttpRouteRulesFiltersType::RequestHeaderModifier,
+                    request_header_modifier: Some(HttpRouteRulesFiltersRequestHeaderModifier {
+                        set: Some(vec![HttpRouteRulesFiltersRequestHeaderModifierSet {
+                            name: "x-bell".into(),
+                            value: "ding\u{7}".into(),
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            "control character",
+        ),
+        (
             "filter without its field",
             HttpRouteRules {
                 filters: Some(vec![HttpRouteRulesFilters {

@@ -263,7 +263,7 @@ fn validate_filters(loc: &str, filters: &[Filter], rule: &Rule) -> Result<(), Sn
         match f {
             Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
                 for hv in m.set.iter().chain(&m.add) {
-                    check_header_name(loc, &hv.name)?;
+                    check_filter_header_name(loc, &hv.name)?;
                     if hv.value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
                         return Err(invalid(
                             loc,
@@ -272,7 +272,7 @@ fn validate_filters(loc: &str, filters: &[Filter], rule: &Rule) -> Result<(), Sn
                     }
                 }
                 for n in &m.remove {
-                    check_header_name(loc, n)?;
+                    check_filter_header_name(loc, n)?;
                 }
             }
             Filter::RequestRedirect(r) => {
@@ -378,6 +378,19 @@ fn is_valid_host(h: &str) -> bool {
 fn check_header_name(loc: &str, name: &str) -> Result<(), SnapshotError> {
     if name.is_empty() || !name.bytes().all(is_token_byte) {
         return Err(invalid(loc, format!("invalid header name {name:?}")));
+    }
+    Ok(())
+}
+
+/// A header name a filter may edit: a valid token that is not a hop-by-hop or framing header
+/// ([`crate::headers::FILTER_RESERVED`]).
+fn check_filter_header_name(loc: &str, name: &str) -> Result<(), SnapshotError> {
+    check_header_name(loc, name)?;
+    if crate::headers::is_filter_reserved(name) {
+        return Err(invalid(
+            loc,
+            format!("header filter may not edit the hop-by-hop or framing header {name:?}"),
+        ));
     }
     Ok(())
 }

@@ -42,7 +42,13 @@ mod tests {
 
     #[test]
     fn reserved_names_match_case_insensitively() {
-        for n in ["Content-Length", "TRANSFER-ENCODING", "host", "Connection", "te"] {
+        for n in [
+            "Content-Length",
+            "TRANSFER-ENCODING",
+            "host",
+            "Connection",
+            "te",
+        ] {
             assert!(is_filter_reserved(n), "{n}");
         }
         for n in ["x-gw", "content-type", "hosts", "x-forwarded-for", "tee"] {

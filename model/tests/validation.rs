@@ -210,7 +210,14 @@ fn header_filters_may_not_touch_hop_by_hop_or_framing_headers() {
         name: name.to_string(),
         value: "1".to_string(),
     };
-    for name in ["Content-Length", "transfer-encoding", "Host", "Connection", "TE", "upgrade"] {
+    for name in [
+        "Content-Length",
+        "transfer-encoding",
+        "Host",
+        "Connection",
+        "TE",
+        "upgrade",
+    ] {
         let cases = [
             Filter::RequestHeaderModifier(HeaderModifier {
                 set: vec![hv(name)],

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! GatewayProxy::request_filter (route.rs)        EastWestProxy::request_filter (east_west.rs)
-//!   hygiene checks (400/431)                       hygiene checks (400/431)
+//!   hygiene checks (400/431), framing.rs           hygiene checks (400/431), framing.rs
+//!   drop Connection-nominated headers
 //!   drop any client x-meridian-backend             x-meridian-backend required (400), names
 //!   router.route(local, SNI, Host, method,           a Snapshot.east_west backend (404); removed
 //!     path, query, headers)                        its one-backend rule (east_west_rules)
@@ -149,6 +150,7 @@ macro_rules! forwarding_proxy {
 mod ctx;
 mod east_west;
 mod filters;
+mod framing;
 mod response;
 mod route;
 mod upstream;
@@ -201,10 +203,11 @@ async fn respond_text(session: &mut Session, code: u16, reason: String) -> Resul
     Ok(true)
 }
 
-/// Refuses a request that fails the hygiene checks (headers.rs) and closes the connection after
+/// Refuses a request that fails the hygiene checks (headers.rs, framing.rs) and closes the connection after
 /// the answer; `Ok(None)` when the request passes.
 async fn refuse_malformed(session: &mut Session, what: &'static str) -> Result<Option<bool>> {
-    let Err(refusal) = crate::headers::check_request(session.req_header()) else {
+    let req = session.req_header();
+    let Err(refusal) = crate::headers::check_request(req).and_then(|()| framing::check(req)) else {
         return Ok(None);
     };
     tracing::debug!(reason = refusal.reason, "{what}");

@@ -2,7 +2,8 @@
 //! runs the request-side filters in named steps; every other hook is the [`Forwarder`]'s.
 //!
 //! ```text
-//! request_filter ─ hygiene ─ route (served router) ─ rule redirect? ─ rule filters
+//! request_filter ─ hygiene, framing ─ drop Connection-nominated headers
+//!                ─ route (served router) ─ rule redirect? ─ rule filters
 //!                ─ choose_backend (weighted; 500/503) ─ backend redirect? ─ backend filters
 //!                ─ Forwarder::start (limits, allowances)
 //! ```
@@ -18,7 +19,7 @@ use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Routing, Target};
 use super::filters::{self, request_host};
-use super::{BACKEND_HEADER, Forwarder, TlsConnInfo, refuse_malformed, respond};
+use super::{BACKEND_HEADER, Forwarder, TlsConnInfo, framing, refuse_malformed, respond};
 use crate::endpoints;
 use crate::headers::ReqHeaders;
 use crate::state::Shared;
@@ -207,6 +208,9 @@ forwarding_proxy!(GatewayProxy {
         if let Some(answered) = refuse_malformed(session, "request refused").await? {
             return Ok(answered);
         }
+        // Nominated headers go before the filters run, so a client cannot strip a header a
+        // filter sets (pingora would remove them after the filters: framing.rs).
+        framing::strip_nominated(session.req_header_mut());
         // Only this proxy picks the backend of an east-west hop.
         session.req_header_mut().remove_header(BACKEND_HEADER);
         match self.route(session, &mut ctx.routing) {

@@ -691,6 +691,7 @@ async fn start_proxy(
             }),
             identity: Some(Arc::new(identity)),
             east_west_plaintext: false,
+            edge: Default::default(),
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

@@ -185,6 +185,9 @@ pub struct ProxyArgs {
     /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
     #[arg(long = "east-west", value_name = "ADDR")]
     pub east_west: Option<SocketAddr>,
+    /// Forwarding headers (edge.rs).
+    #[command(flatten)]
+    pub edge: crate::edge::EdgeArgs,
 }
 
 /// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -210,6 +213,7 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
             // until then `--east-west` refuses to start (StartError::NoIdentity).
             identity: None,
             east_west_plaintext: false,
+            edge: args.edge.config(),
         })
         .await?;
         let client = match &source {

@@ -54,6 +54,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminAuth};
 use crate::drain::{GatewayEntry, GatewayTable};
+use crate::edge::{Edge, EdgeConfig};
 use crate::endpoints::Ejections;
 use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
 use crate::listeners::{self, AcceptCtx, ListenerSet, Sockets};
@@ -89,6 +90,8 @@ pub struct ProxyConfig {
     /// comparing with mutual TLS and for tests. Not reachable from the command line.
     #[doc(hidden)]
     pub east_west_plaintext: bool,
+    /// Forwarding headers and loop guard (edge.rs).
+    pub edge: EdgeConfig,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -339,6 +342,10 @@ impl ProxyHandle {
             controller: Default::default(),
             source: Default::default(),
             state_file: Default::default(),
+            edge: Edge::new(
+                &cfg.edge,
+                east_west_socket.as_ref().map(|(_, local, _)| *local),
+            ),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub source: Mutex<Option<SnapshotSource>>,
     /// The state file with `--state-dir` (`None` without).
     pub state_file: Mutex<Option<StateFileStatus>>,
+    /// Forwarding-header settings and the loop guard (edge.rs).
+    pub edge: crate::edge::Edge,
 }
 
 /// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).

@@ -97,6 +97,7 @@ async fn content_length_lists_are_refused_before_the_backend() {
         let raw = format!("POST / HTTP/1.1\r\nhost: f.test\r\n{cl}\r\nhello");
         let a = exchange(port, raw.as_bytes()).await;
         assert_eq!(a.status, Some(400), "{cl:?}: {a:?}");
+        assert!(a.head.contains("connection: close"), "{cl:?}: {a:?}");
         assert!(a.closed, "{cl:?}: connection left open");
     }
     assert_eq!(echo.count(), 0, "an ambiguous request reached the backend");

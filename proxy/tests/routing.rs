@@ -727,6 +727,7 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
         zone: String::new(),
         east_west: None,
         state_dir: None,
+        edge: Default::default(),
     };
     let err = meridian_proxy::run(args.clone()).unwrap_err();
     assert!(err.to_string().contains("--snapshot FILE"), "{err}");

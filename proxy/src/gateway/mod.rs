@@ -102,7 +102,7 @@ macro_rules! forwarding_proxy {
                 upstream: &mut pingora_http::RequestHeader,
                 ctx: &mut super::ctx::Ctx,
             ) -> pingora_error::Result<()> {
-                super::Forwarder::upstream_request_filter(upstream, ctx)
+                self.fwd.upstream_request_filter(upstream, ctx)
             }
 
             async fn upstream_response_filter(
@@ -150,6 +150,7 @@ macro_rules! forwarding_proxy {
 mod ctx;
 mod east_west;
 mod filters;
+mod forwarded;
 mod framing;
 mod response;
 mod route;
@@ -201,6 +202,17 @@ async fn respond_text(session: &mut Session, code: u16, reason: String) -> Resul
         .write_error_response(resp, bytes::Bytes::from(reason))
         .await?;
     Ok(true)
+}
+
+/// Answers 508 Loop Detected (and closes) when the request already passed through this proxy
+/// (its `Via` holds our entry, edge.rs); `Ok(None)` otherwise.
+async fn refuse_loop(session: &mut Session, edge: &crate::edge::Edge) -> Result<Option<bool>> {
+    if !edge.looped(session.req_header()) {
+        return Ok(None);
+    }
+    tracing::warn!("request came back to this proxy (its Via entry is present): 508");
+    session.set_keepalive(None);
+    respond(session, 508).await.map(Some)
 }
 
 /// Refuses a request that fails the hygiene checks (headers.rs, framing.rs) and closes the connection after

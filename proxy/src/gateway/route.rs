@@ -2,8 +2,9 @@
 //! runs the request-side filters in named steps; every other hook is the [`Forwarder`]'s.
 //!
 //! ```text
-//! request_filter ─ hygiene, framing ─ drop Connection-nominated headers
-//!                ─ route (served router) ─ rule redirect? ─ rule filters
+//! request_filter ─ hygiene, framing ─ own Via entry? 508 ─ drop Connection-nominated headers
+//!                ─ route (served router) ─ forwarding headers (forwarded.rs)
+//!                ─ rule redirect? ─ rule filters
 //!                ─ choose_backend (weighted; 500/503) ─ backend redirect? ─ backend filters
 //!                ─ Forwarder::start (limits, allowances)
 //! ```
@@ -12,14 +13,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meridian_model::router::{CompiledRule, Decision, Request, RouteMatch};
-use meridian_model::snapshot::{Backend, BackendTarget, Endpoint, FailoverPolicy, Filter};
+use meridian_model::snapshot::{
+    Backend, BackendTarget, Endpoint, FailoverPolicy, Filter, Protocol,
+};
 use meridian_model::traffic::FailureKind;
 use pingora_error::{Error, Result};
 use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Routing, Target};
 use super::filters::{self, request_host};
-use super::{BACKEND_HEADER, Forwarder, TlsConnInfo, framing, refuse_malformed, respond};
+use super::{
+    BACKEND_HEADER, Forwarder, TlsConnInfo, forwarded, framing, refuse_loop, refuse_malformed,
+    respond,
+};
 use crate::endpoints;
 use crate::headers::ReqHeaders;
 use crate::state::Shared;
@@ -208,6 +214,9 @@ forwarding_proxy!(GatewayProxy {
         if let Some(answered) = refuse_malformed(session, "request refused").await? {
             return Ok(answered);
         }
+        if let Some(answered) = refuse_loop(session, &self.fwd.shared.edge).await? {
+            return Ok(answered);
+        }
         // Nominated headers go before the filters run, so a client cannot strip a header a
         // filter sets (pingora would remove them after the filters: framing.rs).
         framing::strip_nominated(session.req_header_mut());
@@ -216,6 +225,16 @@ forwarding_proxy!(GatewayProxy {
         match self.route(session, &mut ctx.routing) {
             Ok(m) => {
                 ctx.routing.rule = Some(m.rule.clone());
+                let peer = session
+                    .as_downstream()
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let https = m.listener.protocol == Protocol::Https;
+                let hops = self.fwd.shared.edge.xff_trusted_hops;
+                // Before the filters, so a filter (and a mirror copy) sees the final values.
+                ctx.routing.client =
+                    forwarded::apply(session.req_header_mut(), peer, https, hops);
                 self.serve_match(session, ctx, m).await
             }
             Err(code) => respond(session, code).await,

@@ -224,6 +224,12 @@ pub struct ControllerArgs {
     /// Quiet time collected after a watch event before translating.
     #[arg(long, default_value = "30ms", value_parser = parse_duration)]
     pub debounce: Duration,
+    /// Keep loopback EndpointSlice addresses as backend endpoints (local runs whose backends
+    /// listen on 127.0.0.0/8). Without it they are left out, like link-local, unspecified and
+    /// multicast ones, and each HTTPRoute using them names them in its
+    /// `meridian.dev/EndpointsRefused` condition.
+    #[arg(long)]
+    pub allow_loopback_endpoints: bool,
     /// Bearer token proxies must present to the distribution server.
     #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

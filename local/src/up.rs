@@ -599,6 +599,8 @@ async fn start_controller(
         .collect();
     let mut controller_config = ControllerConfig::new(members, data_plane);
     controller_config.drill_actuator = Some(backends);
+    // The demo's backends listen on loopback addresses.
+    controller_config.allow_loopback_endpoints = true;
     let controller = Controller::start(controller_config)
         .await
         .map_err(|e| UpError::Controller(e.into()))?;

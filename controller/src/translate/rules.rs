@@ -51,6 +51,8 @@ pub(crate) struct RouteRules {
     pub unresolved: Vec<Problem>,
     /// Kept rules or backends that answer 500 because of an unsupported filter.
     pub degraded: Vec<String>,
+    /// Backends' endpoints the address policy left out (`backend: address (why), …`).
+    pub refused: Vec<String>,
 }
 
 fn unsupported(message: impl Into<String>) -> Problem {
@@ -93,6 +95,10 @@ pub(crate) fn translate_rules(
             Err(p) => out.dropped.push((idx, p)),
         }
     }
+    let mut refused = std::mem::take(&mut cache.refused);
+    refused.sort();
+    refused.dedup();
+    out.refused = refused;
     out
 }
 

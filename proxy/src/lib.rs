@@ -7,7 +7,9 @@
 //!  controller stream) └──────────────────────────────────────────────┘        │ load() per
 //!                                                                             │ request/handshake
 //! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HttpProxy<GatewayProxy>
-//!             gateway/route.rs: route ─ filters (gateway/filters.rs) ─ weighted backend
+//!             gateway/route.rs: framing checks (gateway/framing.rs) ─ Via loop guard
+//!             (edge.rs) ─ route ─ forwarding headers (gateway/forwarded.rs) ─ filters
+//!             (gateway/filters.rs) ─ weighted backend
 //! remote proxy ─► east-west listener (mutual TLS, mesh.rs) ────► HttpProxy<EastWestProxy>
 //!             gateway/east_west.rs: the backend named in x-meridian-backend
 //!          both ─► Forwarder (gateway/upstream.rs, gateway/response.rs): endpoint
@@ -58,6 +60,13 @@
 //! hop is mutual TLS 1.3 with the proxy's mesh identity ([`ProxyConfig::identity`], mesh.rs): the
 //! listener admits only proxies of other clusters of the mesh, the sender only the cluster the
 //! endpoint belongs to.
+//!
+//! Edge behaviour (docs/proxy.md, "Edge behaviour"): ambiguous framing is answered 400 and the
+//! connection closed (gateway/framing.rs, on top of pingora's own checks); `Connection`-nominated
+//! headers go before the route's filters run; `X-Forwarded-For`/`-Proto` follow
+//! [`EdgeConfig::xff_trusted_hops`] (gateway/forwarded.rs); endpoints on the proxy's own
+//! listeners are never tried and a request carrying the proxy's own `Via` entry gets 508
+//! (edge.rs).
 //!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but

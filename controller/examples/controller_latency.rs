@@ -195,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let mut cfg = ControllerConfig::new(members, dp.clone());
+    cfg.allow_loopback_endpoints = true;
     cfg.debounce = Duration::from_millis(20);
     let started = Instant::now();
     let ctl = Controller::start(cfg).await?;

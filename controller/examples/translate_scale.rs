@@ -214,6 +214,7 @@ fn main() -> Result<(), String> {
             &key,
             &EastWestListeners::new(),
             &mut MissingRemote::new(),
+            &mut meridian_controller::AddressPolicy::default(),
         );
         let elapsed = start.elapsed();
         println!(

@@ -242,6 +242,12 @@ pub struct ControllerArgs {
     /// `localhost` and 127.0.0.1 are always included.
     #[arg(long = "distribution-name", value_name = "DNS")]
     pub distribution_names: Vec<String>,
+    /// Keep loopback EndpointSlice addresses as backend endpoints (local runs whose backends
+    /// listen on 127.0.0.0/8). Without it they are left out, like link-local, unspecified and
+    /// multicast ones, and each HTTPRoute using them names them in its
+    /// `meridian.dev/EndpointsRefused` condition.
+    #[arg(long)]
+    pub allow_loopback_endpoints: bool,
     /// Give every Gateway of CLUSTER its own address from RANGE (`A.B.C.D-A.B.C.E` or
     /// `A.B.C.D/N`) instead of the proxies' advertised address; repeat per cluster. The
     /// proxies bind the Gateway's address, so it must be routed to them.

@@ -57,8 +57,8 @@ use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::status::{StatusKind, StatusUpdate};
 use crate::translate::{
-    ClusterGatewayRef, EastWestListeners, MissingRemote, SUPPORTED_FEATURES, TranslateConfig,
-    UnreachableCluster, next_stale_expiry, refresh_endpoints, translate,
+    AddressPolicy, ClusterGatewayRef, EastWestListeners, MissingRemote, SUPPORTED_FEATURES,
+    TranslateConfig, UnreachableCluster, next_stale_expiry, refresh_endpoints, translate,
 };
 use crate::watch::{Msg, Touch, WatchCtx, supervise};
 use crate::world::{Kind, ObjectKey, World};
@@ -277,6 +277,9 @@ pub struct ControllerConfig {
     /// Leader election: status is written only while this is `true` (see
     /// [`crate::leader::Elector::write_gate`]); `None` writes always.
     pub write_gate: Option<watch::Receiver<bool>>,
+    /// Keep loopback endpoint addresses (`--allow-loopback-endpoints`; `meridian up`, tests
+    /// with local backends). Default: refused like link-local, unspecified and multicast ones.
+    pub allow_loopback_endpoints: bool,
 }
 
 impl ControllerConfig {
@@ -302,6 +305,7 @@ impl ControllerConfig {
             drill_max_duration: meridian_crds::meridian::drill::DEFAULT_MAX_DURATION,
             max_concurrent_drills: 4,
             write_gate: None,
+            allow_loopback_endpoints: false,
         }
     }
 }
@@ -459,6 +463,7 @@ impl Controller {
             passes_tx,
             drills,
             directory: directory_tx,
+            allow_loopback_endpoints: cfg.allow_loopback_endpoints,
         });
         tasks.push(tokio::spawn(reconciler.run(
             rx,
@@ -719,6 +724,11 @@ struct Reconciler {
     east_west: EastWestListeners,
     /// What the current snapshots leave out for lack of east-west listeners.
     east_west_missing: MissingRemote,
+    /// `TranslateConfig::allow_loopback_endpoints`.
+    allow_loopback_endpoints: bool,
+    /// The last full pass named refused endpoints in some route's status: endpoint changes
+    /// need full passes until it names none (translate::AddressPolicy).
+    endpoints_refused: bool,
 }
 
 /// What the reconcile loop is given at start; the rest of its state starts empty.
@@ -735,6 +745,7 @@ struct LoopInputs {
     passes_tx: watch::Sender<u64>,
     drills: Arc<DrillShared>,
     directory: watch::Sender<MemberDirectory>,
+    allow_loopback_endpoints: bool,
 }
 
 /// How often deleted objects are forgotten by the status writers.
@@ -767,6 +778,8 @@ impl Reconciler {
             directory: i.directory,
             last_prune: Instant::now(),
             drills: i.drills,
+            allow_loopback_endpoints: i.allow_loopback_endpoints,
+            endpoints_refused: false,
             unreachable: BTreeMap::new(),
             stale_expiry: None,
             east_west: EastWestListeners::new(),
@@ -1186,12 +1199,21 @@ impl Reconciler {
     /// While a member cluster is unreachable every pass is a full translation: only translation
     /// applies a FailoverPolicy's staleEndpointTTL (an endpoint refresh would bring back
     /// endpoints it dropped).
+    ///
+    /// Refused endpoint addresses are named in route status, which only translation writes: an
+    /// endpoint refresh that refuses one, or any refresh while the status names some, is
+    /// followed by a full pass.
     fn pass(&mut self, recheck_due: bool) {
-        if self.dirty_full || recheck_due || !self.translated || !self.unreachable.is_empty() {
+        if self.dirty_full
+            || recheck_due
+            || !self.translated
+            || !self.unreachable.is_empty()
+            || (self.endpoints_refused && !self.dirty_services.is_empty())
+        {
             self.full_pass();
             self.status_dirty = false;
-        } else {
-            self.endpoints_pass();
+        } else if self.endpoints_pass() {
+            self.full_pass();
         }
         self.dirty_full = false;
         self.dirty_services.clear();
@@ -1247,6 +1269,7 @@ impl Reconciler {
         let out = translate(&self.world, &cfg);
         self.east_west = cfg.east_west;
         self.note_missing(out.east_west_missing);
+        self.endpoints_refused = out.endpoints_refused;
         self.stale_expiry = next_stale_expiry(&self.world, &self.unreachable, cfg.now);
         self.metrics.translations.with_label_values(&["full"]).inc();
         self.metrics
@@ -1268,6 +1291,7 @@ impl Reconciler {
             supported_features: SUPPORTED_FEATURES.iter().map(|s| s.to_string()).collect(),
             now: Timestamp::now(),
             unreachable: self.unreachable.clone(),
+            allow_loopback_endpoints: self.allow_loopback_endpoints,
             ..TranslateConfig::default()
         };
         for (cluster, state) in &self.world.clusters {
@@ -1362,9 +1386,15 @@ impl Reconciler {
         }
     }
 
-    fn endpoints_pass(&mut self) {
+    /// Refreshes the endpoints of the changed Services; `true` when the address policy refused
+    /// one (a full pass must name it).
+    fn endpoints_pass(&mut self) -> bool {
         let started = std::time::Instant::now();
         let mut missing = self.east_west_missing.clone();
+        let mut policy = AddressPolicy {
+            allow_loopback: self.allow_loopback_endpoints,
+            refused_seen: false,
+        };
         for (i, services) in &self.dirty_services {
             let name = &self.names[*i];
             for svc in services {
@@ -1375,6 +1405,7 @@ impl Reconciler {
                     svc,
                     &self.east_west,
                     &mut missing,
+                    &mut policy,
                 );
             }
         }
@@ -1387,6 +1418,7 @@ impl Reconciler {
             .translate_seconds
             .with_label_values(&["endpoints"])
             .observe(started.elapsed().as_secs_f64());
+        policy.refused_seen
     }
 
     /// Publishes every snapshot whose content differs from the last one published.
@@ -1533,6 +1565,7 @@ pub async fn serve(
     cfg.max_concurrent_drills = usize::from(args.max_concurrent_drills);
     cfg.admin = args.metrics;
     cfg.write_gate = gate;
+    cfg.allow_loopback_endpoints = args.allow_loopback_endpoints;
     let handle = Controller::start(cfg).await?;
     let (stop_members, stop_rx) = watch::channel(false);
     let follower = match first_client {

@@ -85,9 +85,9 @@ pub use writer::{FIELD_MANAGER, for_status_writes};
 
 pub use status::{StatusKind, StatusUpdate};
 pub use translate::{
-    CONTROLLER_NAME, ClusterGatewayRef, EastWestListeners, GatewayRef, MissingRemote, Output,
-    ProgrammedState, ProxyRefusal, SUPPORTED_FEATURES, TranslateConfig, refresh_endpoints,
-    translate,
+    AddressPolicy, CONTROLLER_NAME, ClusterGatewayRef, EastWestListeners, GatewayRef,
+    MissingRemote, Output, ProgrammedState, ProxyRefusal, SUPPORTED_FEATURES, TranslateConfig,
+    refresh_endpoints, translate,
 };
 pub use world::{ClusterName, ClusterState, Indexed, Kind, ObjectKey, World};
 

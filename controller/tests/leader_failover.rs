@@ -85,6 +85,7 @@ impl Replica {
             client.clone(),
         )];
         let mut cfg = ControllerConfig::new(members, dp);
+        cfg.allow_loopback_endpoints = true;
         cfg.debounce = Duration::from_millis(20);
         cfg.probe_interval = Duration::from_millis(300);
         cfg.startup_grace = Duration::from_secs(2);

@@ -114,6 +114,7 @@ async fn a_member_joins_and_leaves_through_a_secret_while_traffic_runs() {
         MemberCluster::new("west", "us-west", vec!["west-a".into()], west.clone()),
     ];
     let mut cfg = ControllerConfig::new(members, dp);
+    cfg.allow_loopback_endpoints = true;
     cfg.debounce = Duration::from_millis(20);
     cfg.probe_interval = Duration::from_millis(300);
     cfg.probe_timeout = Duration::from_secs(2);

@@ -179,6 +179,7 @@ impl Stack {
         let dp = DistributedDataPlane::new(server.clone(), AddressPools::default(), grace);
         let member = MemberCluster::new("east", "us-east", vec![], client.clone());
         let mut cfg = ControllerConfig::new(vec![member], dp);
+        cfg.allow_loopback_endpoints = true;
         cfg.debounce = Duration::from_millis(20);
         cfg.probe_interval = Duration::from_millis(300);
         cfg.startup_grace = Duration::from_secs(1);

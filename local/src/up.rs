@@ -602,6 +602,8 @@ async fn start_controller(
         .collect();
     let mut controller_config = ControllerConfig::new(members, data_plane);
     controller_config.drill_actuator = Some(backends);
+    // The demo's backends listen on loopback addresses.
+    controller_config.allow_loopback_endpoints = true;
     let controller = Controller::start(controller_config)
         .await
         .map_err(|e| UpError::Controller(e.into()))?;
@@ -700,6 +702,7 @@ async fn start_proxy(
             paths: Default::default(),
             // The proxy's default timeouts and connection cap (docs/proxy.md).
             limits: Default::default(),
+            edge: Default::default(),
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

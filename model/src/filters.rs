@@ -4,6 +4,7 @@
 //! conformance suite checks byte-for-byte (Location ports, `//`-free prefix rewrites, `add` joined
 //! with a plain comma) is decided here and table-tested.
 
+use crate::headers::is_filter_reserved;
 use crate::snapshot::{HeaderModifier, PathModifier, RequestRedirect};
 
 /// Mutable access to a header map. Names given to these methods may be in any case.
@@ -17,18 +18,19 @@ pub trait HeaderEdit {
 }
 
 /// Applies a header modifier: `set`, then `add` (appended to an existing value with `,`), then
-/// `remove`.
+/// `remove`. Edits of hop-by-hop or framing headers ([`is_filter_reserved`]) are skipped:
+/// validation refuses them, this is the last line of defence.
 pub fn apply_header_modifier(m: &HeaderModifier, headers: &mut impl HeaderEdit) {
-    for hv in &m.set {
+    for hv in m.set.iter().filter(|hv| !is_filter_reserved(&hv.name)) {
         headers.set(&hv.name, &hv.value);
     }
-    for hv in &m.add {
+    for hv in m.add.iter().filter(|hv| !is_filter_reserved(&hv.name)) {
         match headers.get(&hv.name) {
             Some(old) if !old.is_empty() => headers.set(&hv.name, &format!("{old},{}", hv.value)),
             _ => headers.set(&hv.name, &hv.value),
         }
     }
-    for name in &m.remove {
+    for name in m.remove.iter().filter(|n| !is_filter_reserved(n)) {
         headers.remove(name);
     }
 }
@@ -178,6 +180,24 @@ mod tests {
         };
         apply_header_modifier(&m, &mut h);
         assert_eq!(h.get("x-header-add").as_deref(), Some("add-appends-values"));
+    }
+
+    #[test]
+    fn edits_of_framing_headers_are_skipped() {
+        let mut h = Map(vec![
+            ("content-length".into(), "5".into()),
+            ("host".into(), "a.example".into()),
+        ]);
+        let m = HeaderModifier {
+            set: vec![hv("Content-Length", "0"), hv("x-ok", "1")],
+            add: vec![hv("Transfer-Encoding", "chunked")],
+            remove: vec!["Host".into()],
+        };
+        apply_header_modifier(&m, &mut h);
+        assert_eq!(h.get("content-length").as_deref(), Some("5"));
+        assert_eq!(h.get("transfer-encoding"), None);
+        assert_eq!(h.get("host").as_deref(), Some("a.example"));
+        assert_eq!(h.get("x-ok").as_deref(), Some("1"));
     }
 
     #[test]

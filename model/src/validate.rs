@@ -263,7 +263,7 @@ fn validate_filters(loc: &str, filters: &[Filter], rule: &Rule) -> Result<(), Sn
         match f {
             Filter::RequestHeaderModifier(m) | Filter::ResponseHeaderModifier(m) => {
                 for hv in m.set.iter().chain(&m.add) {
-                    check_header_name(loc, &hv.name)?;
+                    check_filter_header_name(loc, &hv.name)?;
                     if !hv.value.bytes().all(is_field_value_byte) {
                         return Err(invalid(
                             loc,
@@ -276,7 +276,7 @@ fn validate_filters(loc: &str, filters: &[Filter], rule: &Rule) -> Result<(), Sn
                     }
                 }
                 for n in &m.remove {
-                    check_header_name(loc, n)?;
+                    check_filter_header_name(loc, n)?;
                 }
             }
             Filter::RequestRedirect(r) => {
@@ -391,6 +391,19 @@ fn check_header_name(loc: &str, name: &str) -> Result<(), SnapshotError> {
 /// dropped silently at request time; validation refuses it instead (found by tests/fuzz_edge.rs).
 fn is_field_value_byte(b: u8) -> bool {
     b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
+/// A header name a filter may edit: a valid token that is not a hop-by-hop or framing header
+/// ([`crate::headers::FILTER_RESERVED`]).
+fn check_filter_header_name(loc: &str, name: &str) -> Result<(), SnapshotError> {
+    check_header_name(loc, name)?;
+    if crate::headers::is_filter_reserved(name) {
+        return Err(invalid(
+            loc,
+            format!("header filter may not edit the hop-by-hop or framing header {name:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// RFC 9110 `tchar`.

@@ -231,6 +231,53 @@ fn other_control_characters_in_a_header_value_are_refused_and_tab_and_utf8_pass(
 }
 
 #[test]
+fn header_filters_may_not_touch_hop_by_hop_or_framing_headers() {
+    let hv = |name: &str| HeaderValue {
+        name: name.to_string(),
+        value: "1".to_string(),
+    };
+    for name in [
+        "Content-Length",
+        "transfer-encoding",
+        "Host",
+        "Connection",
+        "TE",
+        "upgrade",
+    ] {
+        let cases = [
+            Filter::RequestHeaderModifier(HeaderModifier {
+                set: vec![hv(name)],
+                add: vec![],
+                remove: vec![],
+            }),
+            Filter::RequestHeaderModifier(HeaderModifier {
+                set: vec![],
+                add: vec![hv(name)],
+                remove: vec![],
+            }),
+            Filter::ResponseHeaderModifier(HeaderModifier {
+                set: vec![],
+                add: vec![],
+                remove: vec![name.to_string()],
+            }),
+        ];
+        for f in cases {
+            refused(
+                one_rule(rule().filter(f).to("v1")),
+                &[RULE_LOC, name, "hop-by-hop or framing"],
+            );
+        }
+    }
+    // Ordinary names still pass.
+    let f = Filter::RequestHeaderModifier(HeaderModifier {
+        set: vec![hv("x-gw")],
+        add: vec![hv("content-type")],
+        remove: vec!["x-old".to_string()],
+    });
+    validate(&snapshot(one_rule(rule().filter(f).to("v1")))).unwrap();
+}
+
+#[test]
 fn replace_prefix_match_needs_exactly_one_path_prefix() {
     let rewrite = || {
         Filter::UrlRewrite(UrlRewrite {

@@ -219,6 +219,9 @@ pub struct ProxyArgs {
     /// Header, keep-alive idle, request and backend connect timeouts; connection cap.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Forwarding headers (edge.rs).
+    #[command(flatten)]
+    pub edge: crate::edge::EdgeArgs,
 }
 
 /// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -251,6 +254,7 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
                 escaped_slashes: args.escaped_slashes,
             },
             limits: args.limits.limits(),
+            edge: args.edge.config(),
         })
         .await?;
         let client = match &source {

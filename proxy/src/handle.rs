@@ -55,6 +55,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminAuth};
 use crate::drain::{GatewayEntry, GatewayTable};
+use crate::edge::{Edge, EdgeConfig};
 use crate::endpoints::Ejections;
 use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
 use crate::limits::Limits;
@@ -97,6 +98,8 @@ pub struct ProxyConfig {
     /// Downstream timeouts, the backend connect timeout and the connection cap per listener
     /// socket (limits.rs).
     pub limits: Limits,
+    /// Forwarding headers and loop guard (edge.rs).
+    pub edge: EdgeConfig,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -353,6 +356,10 @@ impl ProxyHandle {
             state_file: Default::default(),
             paths: cfg.paths,
             limits: cfg.limits,
+            edge: Edge::new(
+                &cfg.edge,
+                east_west_socket.as_ref().map(|(_, local, _)| *local),
+            ),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));

@@ -7,7 +7,9 @@
 //!  controller stream) └──────────────────────────────────────────────┘        │ load() per
 //!                                                                             │ request/handshake
 //! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HttpProxy<GatewayProxy>
-//!             gateway/route.rs: path normalised (gateway/path.rs; 400) ─ route ─ filters
+//!             gateway/route.rs: framing checks (gateway/framing.rs) ─ path normalised
+//!             (gateway/path.rs; 400) ─ Via loop guard (edge.rs) ─ route ─ forwarding headers
+//!             (gateway/forwarded.rs) ─ filters
 //!             (gateway/filters.rs) ─ weighted backend
 //! remote proxy ─► east-west listener (mutual TLS, mesh.rs) ────► HttpProxy<EastWestProxy>
 //!             gateway/east_west.rs: the backend named in x-meridian-backend
@@ -68,6 +70,13 @@
 //! timeout and a connection cap per listener socket, set by [`Limits`] (`meridian proxy` flags
 //! [`LimitArgs`]); docs/proxy.md "Limits and timeouts" has the defaults.
 //!
+//! Edge behaviour (docs/proxy.md, "Edge behaviour"): ambiguous framing is answered 400 and the
+//! connection closed (gateway/framing.rs, on top of pingora's own checks); `Connection`-nominated
+//! headers go before the route's filters run; `X-Forwarded-For`/`-Proto` follow
+//! [`EdgeConfig::xff_trusted_hops`] (gateway/forwarded.rs); endpoints on the proxy's own
+//! listeners are never tried and a request carrying the proxy's own `Via` entry gets 508
+//! (edge.rs).
+//!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but
 //! pingora 0.9.1 can tear an upgraded tunnel down right after the `101` when the backend answers
@@ -79,6 +88,7 @@ mod buffered;
 mod cli;
 mod controller;
 pub mod drain;
+pub mod edge;
 pub mod endpoints;
 mod gateway;
 mod handle;
@@ -97,6 +107,7 @@ mod watch;
 pub use admin::AdminAuth;
 pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};
 pub use controller::{follow_controller, follow_controller_with_state};
+pub use edge::{EdgeArgs, EdgeConfig};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle, StartError};
 pub use limits::{LimitArgs, Limits, OptionalDuration, parse_duration, raise_nofile_limit};

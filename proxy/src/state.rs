@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub paths: PathNormalization,
     /// Timeouts and connection limits (limits.rs).
     pub limits: Limits,
+    /// Forwarding-header settings and the loop guard (edge.rs).
+    pub edge: crate::edge::Edge,
 }
 
 /// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).

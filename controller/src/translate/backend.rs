@@ -16,6 +16,17 @@
 //! which is what makes headless and selector-less Services (hand-written slices) work. A Service
 //! that exists but has no ready endpoint resolves fine (the proxy answers 503, not 500).
 //!
+//! Endpoint address policy: an EndpointSlice can name any address, and the proxy would connect
+//! to it from inside the edge. Loopback (the proxy's own host and listeners), link-local
+//! (`169.254.0.0/16`, `fe80::/10`: cloud metadata services), unspecified (`0.0.0.0` connects to
+//! the local host) and multicast addresses are left out of every snapshot ([`admit`]); loopback
+//! ones are kept with `meridian controller --allow-loopback-endpoints` (`meridian up`, tests).
+//! The HTTPRoute names them in a Meridian condition on each parent,
+//! `meridian.dev/EndpointsRefused=True` reason `RefusedAddress` (the Gateway API has no
+//! condition for one refused address of a resolved backend: the reference itself resolves, so
+//! `ResolvedRefs` stays as it is). A backend left with no endpoint answers 503 like any backend
+//! without a ready endpoint. The endpoint-only refresh path applies the same filter.
+//!
 //! A `port` is required for both kinds (the upstream CRD enforces it for Services with CEL); a
 //! missing port is reported as **BackendNotFound** ("no port given"), since no Service port can be
 //! found — the spec names no dedicated reason.
@@ -68,9 +79,58 @@ type Resolved = Result<(BackendProtocol, Vec<Endpoint>), Problem>;
 #[derive(Default)]
 pub(crate) struct Cache {
     map: HashMap<(String, String, String, String, Option<i32>), Resolved>,
+    /// Endpoints refused by the address policy since the last route took them.
+    pub refused: Vec<String>,
+    /// Whether the address policy refused any endpoint in this pass.
+    pub refused_any: bool,
 }
 
-/// Resolves a reference made by an HTTPRoute in `route_namespace`.
+/// Why an endpoint address is never a backend (module docs), `None` when it may be one.
+pub(crate) fn refused_address(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_multicast() {
+        return Some("multicast");
+    }
+    if ip.is_loopback() && !allow_loopback {
+        return Some("loopback");
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    link_local.then_some("link-local")
+}
+
+/// Splits `endpoints` into those the address policy admits and the refused ones, named
+/// `address:port (why)`.
+pub(crate) fn admit(endpoints: &[Endpoint], allow_loopback: bool) -> (Vec<Endpoint>, Vec<String>) {
+    let mut refused = Vec::new();
+    let kept = endpoints
+        .iter()
+        .filter(|e| match refused_address(e.address, allow_loopback) {
+            Some(why) => {
+                refused.push(format!(
+                    "{} ({why})",
+                    std::net::SocketAddr::new(e.address, e.port)
+                ));
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect();
+    (kept, refused)
+}
+
+/// Resolves a reference made by an HTTPRoute in `route_namespace`. Endpoints the address policy
+/// refuses are left out and named in `cache.refused` (`<backend>: <address> (why), …`), which
+/// the route's translation takes after each route.
 pub(crate) fn resolve(
     ctx: &Ctx<'_>,
     route_namespace: &str,
@@ -126,15 +186,24 @@ pub(crate) fn resolve(
         .entry(key)
         .or_insert_with(|| resolve_uncached(ctx, r));
     match resolved {
-        Ok((protocol, endpoints)) => Ok(super::failover::backend_target(
-            ctx,
-            r.namespace,
-            r.group,
-            r.kind,
-            r.name,
-            *protocol,
-            endpoints,
-        )),
+        Ok((protocol, endpoints)) => {
+            let (endpoints, bad) = admit(endpoints, ctx.cfg.allow_loopback_endpoints);
+            if !bad.is_empty() {
+                cache.refused_any = true;
+                cache
+                    .refused
+                    .push(format!("{}: {}", r.display(), bad.join(", ")));
+            }
+            Ok(super::failover::backend_target(
+                ctx,
+                r.namespace,
+                r.group,
+                r.kind,
+                r.name,
+                *protocol,
+                &endpoints,
+            ))
+        }
         Err(p) => Err(p.clone()),
     }
 }

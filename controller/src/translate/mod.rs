@@ -60,7 +60,7 @@ use crate::world::{ClusterName, ClusterState, World};
 pub use self::east_west::{EastWestListeners, MissingRemote};
 pub(crate) use self::failover::stale_endpoint_counts;
 pub use self::failover::{UnreachableCluster, next_stale_expiry};
-pub use self::refresh::refresh_endpoints;
+pub use self::refresh::{AddressPolicy, refresh_endpoints};
 pub use self::rules::{DurationError, parse_duration_ms};
 
 /// Default `spec.controllerName` of the GatewayClasses Meridian owns.
@@ -147,6 +147,10 @@ pub struct TranslateConfig {
     /// shown yet. For these, a status equal to the indexed copy is reported too, with
     /// [`StatusUpdate::settles`] set, so a write computed earlier can be superseded.
     pub unconfirmed: BTreeMap<ClusterName, BTreeSet<(StatusKind, String, String)>>,
+    /// Loopback endpoint addresses are kept (`--allow-loopback-endpoints`: `meridian up` and
+    /// tests with local backends). Without it they are refused like link-local, unspecified and
+    /// multicast ones (module `backend`, "Endpoint address policy").
+    pub allow_loopback_endpoints: bool,
 }
 
 impl Default for TranslateConfig {
@@ -161,6 +165,7 @@ impl Default for TranslateConfig {
             unreachable: BTreeMap::new(),
             east_west: EastWestListeners::new(),
             unconfirmed: BTreeMap::new(),
+            allow_loopback_endpoints: false,
         }
     }
 }
@@ -178,6 +183,10 @@ pub struct Output {
     /// of its snapshot because those clusters have no proxy with an east-west listener (empty
     /// with one network).
     pub east_west_missing: MissingRemote,
+    /// Some route names endpoints the address policy refused (`meridian.dev/EndpointsRefused`):
+    /// until a translation without any, endpoint changes get full translations, so the
+    /// condition follows them.
+    pub endpoints_refused: bool,
 }
 
 /// Translation context for one cluster.
@@ -232,6 +241,7 @@ pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
         }
         failover::policy_status(&ctx, &mut out.status);
         out.snapshots.insert(cluster_name.clone(), snapshot);
+        out.endpoints_refused |= backends.refused_any;
     }
     out.east_west_missing = east_west::apply(world, &cfg.east_west, &mut out.snapshots);
     out

@@ -19,6 +19,9 @@
 //! and its record of what was left out for lack of them; both are updated in place. A change of
 //! the listeners themselves needs a full translation.
 //!
+//! Endpoints go through the same address policy as in a full translation ([`AddressPolicy`]);
+//! when it refuses one, the caller runs a full translation for the route status.
+//!
 //! Only backends that already resolved (`BackendTarget::Endpoints`) are touched, and mirror
 //! backends are included. Any other kind of change (Service, grant, export, route, Gateway, …)
 //! needs a full [`super::translate`]. The caller renumbers the snapshots that changed.
@@ -46,6 +49,7 @@ pub fn refresh_endpoints(
     service: &ObjectKey,
     listeners: &EastWestListeners,
     missing: &mut MissingRemote,
+    policy: &mut AddressPolicy,
 ) -> BTreeSet<ClusterName> {
     let mut changed = BTreeSet::new();
     let Some(state) = world.cluster(cluster) else {
@@ -73,7 +77,7 @@ pub fn refresh_endpoints(
         if let (Some(snapshot), Ok((protocol, eps))) = (
             snapshots.get_mut(cluster),
             backend::service_endpoints(cluster, state, service, port),
-        ) && patch(snapshot, &r.display(), protocol, &eps)
+        ) && patch(snapshot, &r.display(), protocol, &policy.admit(&eps))
         {
             changed.insert(cluster.to_string());
         }
@@ -87,12 +91,32 @@ pub fn refresh_endpoints(
         };
         let name = r.display();
         if let Ok((protocol, eps)) = backend::import_endpoints(world, service, port, &name) {
+            let eps = policy.admit(&eps);
             changed.extend(east_west::refresh(
                 world, listeners, snapshots, &name, protocol, &eps, missing,
             ));
         }
     }
     changed
+}
+
+/// The endpoint address policy of a refresh (module `backend`): refused endpoints are left out
+/// as in a full translation, and `refused_seen` tells the caller that some were, so it runs a
+/// full translation to name them in the routes' status (which a refresh does not write).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddressPolicy {
+    /// `TranslateConfig::allow_loopback_endpoints`.
+    pub allow_loopback: bool,
+    /// Set when an endpoint was refused.
+    pub refused_seen: bool,
+}
+
+impl AddressPolicy {
+    fn admit(&mut self, eps: &[Endpoint]) -> Vec<Endpoint> {
+        let (kept, refused) = backend::admit(eps, self.allow_loopback);
+        self.refused_seen |= !refused.is_empty();
+        kept
+    }
 }
 
 /// Replaces the endpoints of every resolved backend named `name`; returns whether anything changed.

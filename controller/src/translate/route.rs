@@ -178,6 +178,8 @@ struct RouteVerdict {
     resolved: Cond,
     /// `PartiallyInvalid` (dropped rules, degraded parts) of an otherwise acceptable route.
     partially_invalid: Option<Cond>,
+    /// `meridian.dev/EndpointsRefused` (backend.rs, endpoint address policy).
+    endpoints_refused: Option<Cond>,
     /// Creation time (seconds), the snapshot's tie-breaker between routes.
     created_at: i64,
 }
@@ -192,12 +194,25 @@ impl RouteVerdict {
         } else {
             None
         };
+        let endpoints_refused = (!translated.refused.is_empty()).then(|| {
+            Cond::new(
+                ENDPOINTS_REFUSED,
+                true,
+                "RefusedAddress",
+                format!(
+                    "endpoints left out by the address policy (loopback, link-local, \
+                     unspecified, multicast): {}",
+                    translated.refused.join("; ")
+                ),
+            )
+        });
         Self {
             hostnames,
             problem,
             translated,
             resolved,
             partially_invalid,
+            endpoints_refused,
             created_at,
         }
     }
@@ -221,6 +236,9 @@ fn route_problem(hostnames: &[String], translated: &RouteRules) -> Option<Proble
     }
     None
 }
+
+/// Condition type naming the endpoints the address policy refused (backend.rs).
+pub(crate) const ENDPOINTS_REFUSED: &str = "meridian.dev/EndpointsRefused";
 
 /// `ResolvedRefs`: every unresolved reference named, with the first one's reason.
 fn resolved_condition(translated: &RouteRules) -> Cond {
@@ -282,6 +300,7 @@ fn parent_entry(
     };
     let mut conds = vec![accepted, route.resolved.clone()];
     conds.extend(route.partially_invalid.clone());
+    conds.extend(route.endpoints_refused.clone());
     HttpRouteStatusParents {
         conditions: stamp_all(conds, generation, ctx.cfg.now),
         controller_name: ctx.cfg.controller_name.clone(),

@@ -8,6 +8,9 @@
 //! What the upstream CEL rules would reject is rejected here, per rule:
 //! * a value the proxy cannot serve (bad path, header name, regex, status code, weight, timeout,
 //!   `backendRequest` > `request`, …) drops the rule with **UnsupportedValue**;
+//! * a header filter that edits a hop-by-hop or framing header (`connection`, `content-length`,
+//!   `host`, … — [`meridian_model::headers::FILTER_RESERVED`]) drops the rule with
+//!   **UnsupportedValue** naming the header;
 //! * `RequestRedirect` together with `URLRewrite` or with backendRefs drops the rule with
 //!   **IncompatibleFilters**;
 //! * as a last line, every kept rule is compiled by the proxy's own router
@@ -48,6 +51,8 @@ pub(crate) struct RouteRules {
     pub unresolved: Vec<Problem>,
     /// Kept rules or backends that answer 500 because of an unsupported filter.
     pub degraded: Vec<String>,
+    /// Backends' endpoints the address policy left out (`backend: address (why), …`).
+    pub refused: Vec<String>,
 }
 
 fn unsupported(message: impl Into<String>) -> Problem {
@@ -90,6 +95,10 @@ pub(crate) fn translate_rules(
             Err(p) => out.dropped.push((idx, p)),
         }
     }
+    let mut refused = std::mem::take(&mut cache.refused);
+    refused.sort();
+    refused.dedup();
+    out.refused = refused;
     out
 }
 
@@ -440,6 +449,29 @@ macro_rules! header_modifier {
     }};
 }
 
+/// Refuses a header filter that sets, adds or removes a hop-by-hop or framing header
+/// ([`meridian_model::headers::FILTER_RESERVED`]): an edit after parsing would change how the
+/// next hop frames or routes the message. The rule is dropped with `UnsupportedValue`, naming the
+/// headers (the proxy would refuse the whole snapshot otherwise).
+fn no_reserved_headers(ty: &str, m: HeaderModifier) -> Result<HeaderModifier, Problem> {
+    let mut reserved: Vec<&str> = m
+        .set
+        .iter()
+        .chain(&m.add)
+        .map(|h| h.name.as_str())
+        .chain(m.remove.iter().map(String::as_str))
+        .filter(|n| meridian_model::headers::is_filter_reserved(n))
+        .collect();
+    if reserved.is_empty() {
+        return Ok(m);
+    }
+    reserved.dedup();
+    Err(unsupported(format!(
+        "filter {ty} may not edit hop-by-hop or framing header(s) {}",
+        reserved.join(", ")
+    )))
+}
+
 fn missing(ty: &str, field: &str) -> Problem {
     unsupported(format!("filter type {ty} without its {field:?} field"))
 }
@@ -469,13 +501,19 @@ fn translate_filter(
             let m = request_header_modifier
                 .as_ref()
                 .ok_or_else(|| missing("RequestHeaderModifier", "requestHeaderModifier"))?;
-            Filter::RequestHeaderModifier(header_modifier!(m))
+            Filter::RequestHeaderModifier(no_reserved_headers(
+                "RequestHeaderModifier",
+                header_modifier!(m),
+            )?)
         }
         HttpRouteRulesFiltersType::ResponseHeaderModifier => {
             let m = response_header_modifier
                 .as_ref()
                 .ok_or_else(|| missing("ResponseHeaderModifier", "responseHeaderModifier"))?;
-            Filter::ResponseHeaderModifier(header_modifier!(m))
+            Filter::ResponseHeaderModifier(no_reserved_headers(
+                "ResponseHeaderModifier",
+                header_modifier!(m),
+            )?)
         }
         HttpRouteRulesFiltersType::RequestRedirect => {
             let r = request_redirect

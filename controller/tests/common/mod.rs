@@ -66,6 +66,8 @@ pub fn fast_config(clusters: Vec<MemberCluster>, dp: Arc<StaticDataPlane>) -> Co
     cfg.write_timeout = Duration::from_secs(3);
     cfg.write_backoff_max = Duration::from_secs(1);
     cfg.status_recheck = Duration::from_millis(200);
+    // The tests' backends listen on loopback.
+    cfg.allow_loopback_endpoints = true;
     cfg
 }
 

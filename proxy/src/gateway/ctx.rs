@@ -41,6 +41,8 @@ pub(super) struct Routing {
     pub gateway: Option<Arc<GatewayEntry>>,
     /// The matched rule: route label, retry policy, response filters.
     pub rule: Option<Arc<CompiledRule>>,
+    /// The client address by the forwarding-header policy (forwarded.rs), for the log line.
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Routing {

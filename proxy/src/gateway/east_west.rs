@@ -42,7 +42,8 @@ use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Outcome, Target, Upstream};
 use super::{
-    BACKEND_HEADER, EAST_WEST, Forwarder, SERVED_BY_HEADER, refuse_malformed, respond, respond_text,
+    BACKEND_HEADER, EAST_WEST, Forwarder, SERVED_BY_HEADER, refuse_loop, refuse_malformed, respond,
+    respond_text,
 };
 use crate::drain::BackendDrain;
 use crate::endpoints;
@@ -265,6 +266,9 @@ forwarding_proxy!(EastWestProxy {
             ctx.routing.gateway = Some(side.gateway.clone());
         }
         if let Some(answered) = refuse_malformed(session, "east-west request refused").await? {
+            return Ok(answered);
+        }
+        if let Some(answered) = refuse_loop(session, &self.fwd.shared.edge).await? {
             return Ok(answered);
         }
         self.serve_named(session, ctx).await

@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! GatewayProxy::request_filter (route.rs)        EastWestProxy::request_filter (east_west.rs)
-//!   hygiene checks (400/431)                       hygiene checks (400/431)
+//!   hygiene checks (400/431), framing.rs           hygiene checks (400/431), framing.rs
 //!   path normalised in the head (400; path.rs)
+//!   drop Connection-nominated headers
 //!   drop any client x-meridian-backend             x-meridian-backend required (400), names
 //!   router.route(local, SNI, Host, method,           a Snapshot.east_west backend (404); removed
 //!     path, query, headers)                        its one-backend rule (east_west_rules)
@@ -102,7 +103,7 @@ macro_rules! forwarding_proxy {
                 upstream: &mut pingora_http::RequestHeader,
                 ctx: &mut super::ctx::Ctx,
             ) -> pingora_error::Result<()> {
-                super::Forwarder::upstream_request_filter(upstream, ctx)
+                self.fwd.upstream_request_filter(upstream, ctx)
             }
 
             async fn upstream_response_filter(
@@ -162,6 +163,8 @@ macro_rules! forwarding_proxy {
 mod ctx;
 mod east_west;
 mod filters;
+mod forwarded;
+mod framing;
 mod path;
 mod response;
 mod route;
@@ -215,10 +218,22 @@ async fn respond_text(session: &mut Session, code: u16, reason: String) -> Resul
     Ok(true)
 }
 
-/// Refuses a request that fails the hygiene checks (headers.rs) and closes the connection after
+/// Answers 508 Loop Detected (and closes) when the request already passed through this proxy
+/// (its `Via` holds our entry, edge.rs); `Ok(None)` otherwise.
+async fn refuse_loop(session: &mut Session, edge: &crate::edge::Edge) -> Result<Option<bool>> {
+    if !edge.looped(session.req_header()) {
+        return Ok(None);
+    }
+    tracing::warn!("request came back to this proxy (its Via entry is present): 508");
+    session.set_keepalive(None);
+    respond(session, 508).await.map(Some)
+}
+
+/// Refuses a request that fails the hygiene checks (headers.rs, framing.rs) and closes the connection after
 /// the answer; `Ok(None)` when the request passes.
 async fn refuse_malformed(session: &mut Session, what: &'static str) -> Result<Option<bool>> {
-    let Err(refusal) = crate::headers::check_request(session.req_header()) else {
+    let req = session.req_header();
+    let Err(refusal) = crate::headers::check_request(req).and_then(|()| framing::check(req)) else {
         return Ok(None);
     };
     tracing::debug!(reason = refusal.reason, "{what}");

@@ -242,6 +242,7 @@ fn log_failure(e: &Error, ctx: &Ctx, listener: &str, failure: Option<FailureKind
         tracing::warn!(
             listener = %listener,
             route = %ctx.route_label(),
+            client = ?ctx.routing.client,
             upstream = ?current,
             served_by = ctx.served_by().as_deref().unwrap_or(""),
             attempts,

@@ -2,7 +2,9 @@
 //! runs the request-side filters in named steps; every other hook is the [`Forwarder`]'s.
 //!
 //! ```text
-//! request_filter ─ hygiene ─ path normalisation (path.rs; 400) ─ route (served router)
+//! request_filter ─ hygiene, framing ─ path normalisation (path.rs; 400) ─ own Via entry? 508
+//!                ─ drop Connection-nominated headers ─ route (served router)
+//!                ─ forwarding headers (forwarded.rs)
 //!                ─ rule redirect? ─ rule filters
 //!                ─ choose_backend (weighted; 500/503) ─ backend redirect? ─ backend filters
 //!                ─ Forwarder::start (limits, allowances)
@@ -12,14 +14,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meridian_model::router::{CompiledRule, Decision, Request, RouteMatch};
-use meridian_model::snapshot::{Backend, BackendTarget, Endpoint, FailoverPolicy, Filter};
+use meridian_model::snapshot::{
+    Backend, BackendTarget, Endpoint, FailoverPolicy, Filter, Protocol,
+};
 use meridian_model::traffic::FailureKind;
 use pingora_error::{Error, Result};
 use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Routing, Target};
 use super::filters::{self, request_host};
-use super::{BACKEND_HEADER, Forwarder, TlsConnInfo, refuse_malformed, respond, respond_text};
+use super::{
+    BACKEND_HEADER, Forwarder, TlsConnInfo, forwarded, framing, refuse_loop, refuse_malformed,
+    respond, respond_text,
+};
 use crate::endpoints;
 use crate::headers::ReqHeaders;
 use crate::state::Shared;
@@ -217,11 +224,27 @@ forwarding_proxy!(GatewayProxy {
             session.set_keepalive(None);
             return respond_text(session, 400, format!("{e}\n")).await;
         }
+        if let Some(answered) = refuse_loop(session, &self.fwd.shared.edge).await? {
+            return Ok(answered);
+        }
+        // Nominated headers go before the filters run, so a client cannot strip a header a
+        // filter sets (pingora would remove them after the filters: framing.rs).
+        framing::strip_nominated(session.req_header_mut());
         // Only this proxy picks the backend of an east-west hop.
         session.req_header_mut().remove_header(BACKEND_HEADER);
         match self.route(session, &mut ctx.routing) {
             Ok(m) => {
                 ctx.routing.rule = Some(m.rule.clone());
+                let peer = session
+                    .as_downstream()
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let https = m.listener.protocol == Protocol::Https;
+                let hops = self.fwd.shared.edge.xff_trusted_hops;
+                // Before the filters, so a filter (and a mirror copy) sees the final values.
+                ctx.routing.client =
+                    forwarded::apply(session.req_header_mut(), peer, https, hops);
                 self.serve_match(session, ctx, m).await
             }
             Err(code) => respond(session, code).await,

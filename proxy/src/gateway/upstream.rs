@@ -172,7 +172,9 @@ impl Forwarder {
     }
 
     /// The endpoint of `backend` for the next try of `up`: by locality tier, skipping ejected,
-    /// drained and already tried ones; when every one was tried, starting over.
+    /// drained and already tried ones; when every one was tried, starting over. Endpoints the
+    /// loop guard refuses (edge.rs: this proxy's own listeners, unspecified, multicast) count as
+    /// tried forever.
     fn choose_endpoint(&self, backend: &Backend, up: &Upstream) -> Option<Picked> {
         let BackendTarget::Endpoints {
             protocol,
@@ -181,6 +183,27 @@ impl Forwarder {
         } = &backend.target
         else {
             return None;
+        };
+        let served = self.shared.served.load();
+        let listeners = served.as_ref().map(|s| &s.protocols);
+        let refused: Vec<SocketAddr> = endpoints
+            .iter()
+            .map(|e| SocketAddr::new(e.address, e.port))
+            .filter(|&a| match self.shared.edge.refused_endpoint(a, listeners) {
+                Some(why) => {
+                    tracing::debug!(endpoint = %a, ?why, backend = %backend.name, "endpoint refused");
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        let mut tried_or_refused;
+        let tried: &[SocketAddr] = if refused.is_empty() {
+            &up.tried
+        } else {
+            tried_or_refused = refused.clone();
+            tried_or_refused.extend_from_slice(&up.tried);
+            &tried_or_refused
         };
         let choose = |tried: &[SocketAddr]| {
             endpoints::choose(
@@ -193,9 +216,9 @@ impl Forwarder {
                 up.target.drain.as_deref(),
             )
         };
-        let index = match choose(&up.tried) {
+        let index = match choose(tried) {
             // Retrying after every endpoint was tried: start over.
-            Err(NoEndpoint::AllTried) => choose(&[]),
+            Err(NoEndpoint::AllTried) => choose(&refused),
             other => other,
         };
         let index = index.ok()?;
@@ -354,8 +377,9 @@ impl Forwarder {
     }
 
     /// Names the backend on a hop to a remote proxy's east-west listener (replacing whatever a
-    /// filter set); never sent anywhere else.
-    pub fn upstream_request_filter(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    /// filter set); never sent anywhere else. Adds this proxy's `Via` entry (loop guard, edge.rs).
+    pub fn upstream_request_filter(&self, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        self.shared.edge.add_via(upstream);
         if ctx.east_west_hop()
             && let Some(b) = ctx.backend()
         {

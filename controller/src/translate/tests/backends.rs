@@ -511,6 +511,7 @@ fn refresh(
         service,
         &EastWestListeners::new(),
         &mut missing,
+        &mut crate::translate::AddressPolicy::default(),
     );
     assert!(missing.is_empty());
     changed
@@ -531,4 +532,144 @@ fn endpoints_in(
         model::BackendTarget::Endpoints { endpoints, .. } => endpoints.clone(),
         t => panic!("{t:?}"),
     }
+}
+
+#[test]
+fn loopback_link_local_unspecified_and_multicast_endpoints_are_refused_and_named() {
+    let mut w = base();
+    let c = east(&mut w);
+    c.apply(svc(INFRA, "odd", &[(Some("http"), 8080, None)]));
+    c.apply(slice(
+        INFRA,
+        "odd-a",
+        "odd",
+        (Some("http"), 3000),
+        &[
+            ("10.4.0.1", None, None),
+            ("127.0.0.1", None, None),
+            ("169.254.169.254", None, None),
+            ("0.0.0.0", None, None),
+            ("224.0.0.1", None, None),
+        ],
+    ));
+    c.apply(slice(
+        INFRA,
+        "odd-v6",
+        "odd",
+        (Some("http"), 3000),
+        &[
+            ("::1", None, None),
+            ("fe80::1", None, None),
+            ("::ffff:127.0.0.2", None, None),
+        ],
+    ));
+    c.apply(route(
+        INFRA,
+        "r",
+        vec![parent(GW)],
+        &[],
+        vec![to(vec![backend("odd", 8080)])],
+    ));
+    let out = run(&w, &cfg(&w));
+    let (_, eps) = endpoints(&out, CLUSTER, "r", 0);
+    assert_eq!(addrs(&eps), ["10.4.0.1:3000"]);
+    assert!(out.endpoints_refused);
+    let p = route_parent(&out, INFRA, "r", INFRA, GW);
+    // The reference itself resolves: the route stays Accepted with ResolvedRefs True.
+    is(p, "Accepted", "True", "Accepted");
+    is(p, "ResolvedRefs", "True", "ResolvedRefs");
+    is(p, "meridian.dev/EndpointsRefused", "True", "RefusedAddress");
+    let msg = message(p, "meridian.dev/EndpointsRefused");
+    for a in [
+        "127.0.0.1:3000 (loopback)",
+        "169.254.169.254:3000 (link-local)",
+        "0.0.0.0:3000 (unspecified)",
+        "224.0.0.1:3000 (multicast)",
+        "[::1]:3000 (loopback)",
+        "[fe80::1]:3000 (link-local)",
+        "[::ffff:127.0.0.2]:3000 (loopback)",
+    ] {
+        assert!(msg.contains(a), "{a} not in {msg:?}");
+    }
+    assert!(msg.contains("infra/odd:8080"), "{msg}");
+    assert!(!msg.contains("10.4.0.1"), "{msg}");
+
+    // Allowed loopback: kept; the others are still refused.
+    let mut allow = cfg(&w);
+    allow.allow_loopback_endpoints = true;
+    let out = run(&w, &allow);
+    let (_, eps) = endpoints(&out, CLUSTER, "r", 0);
+    assert_eq!(
+        addrs(&eps),
+        [
+            "10.4.0.1:3000",
+            "127.0.0.1:3000",
+            "[::1]:3000",
+            "[::ffff:127.0.0.2]:3000"
+        ]
+    );
+    let msg = message(
+        route_parent(&out, INFRA, "r", INFRA, GW),
+        "meridian.dev/EndpointsRefused",
+    );
+    assert!(
+        !msg.contains("(loopback)") && msg.contains("169.254.169.254"),
+        "{msg}"
+    );
+
+    // The endpoint-only refresh applies the same policy and says it refused something.
+    let mut snaps = run(&w, &cfg(&w)).snapshots;
+    east(&mut w).apply(slice(
+        INFRA,
+        "odd-a",
+        "odd",
+        (Some("http"), 3000),
+        &[("10.4.0.2", None, None), ("127.0.0.9", None, None)],
+    ));
+    let mut policy = crate::translate::AddressPolicy::default();
+    let mut missing = MissingRemote::new();
+    refresh_endpoints(
+        &w,
+        &mut snaps,
+        CLUSTER,
+        &crate::ObjectKey::new(INFRA, "odd"),
+        &EastWestListeners::new(),
+        &mut missing,
+        &mut policy,
+    );
+    assert!(policy.refused_seen);
+    let full = run(&w, &cfg(&w));
+    assert_eq!(snaps, full.snapshots, "patched == retranslated");
+
+    // Only ordinary addresses: no condition.
+    let mut w = base();
+    east(&mut w).apply(route(
+        INFRA,
+        "r",
+        vec![parent(GW)],
+        &[],
+        vec![to(vec![backend("infra-backend-v1", 8080)])],
+    ));
+    let out = run(&w, &cfg(&w));
+    assert!(!out.endpoints_refused);
+    let p = route_parent(&out, INFRA, "r", INFRA, GW);
+    assert!(
+        p["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] != "meridian.dev/EndpointsRefused")
+    );
+}
+
+fn message(holder: &serde_json::Value, type_: &str) -> String {
+    holder["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

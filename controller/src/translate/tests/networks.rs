@@ -426,6 +426,10 @@ fn refresh_matches(
         &ObjectKey::new("shop", "cart"),
         &cfg.east_west,
         missing,
+        &mut crate::translate::AddressPolicy {
+            allow_loopback: cfg.allow_loopback_endpoints,
+            refused_seen: false,
+        },
     );
     let full = translate(w, cfg);
     assert_eq!(*snapshots, full.snapshots, "patched == retranslated");

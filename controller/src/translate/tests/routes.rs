@@ -1131,3 +1131,84 @@ fn writer_can_re_merge_our_entries_over_a_fresh_copy() {
     assert_eq!(merged[0], theirs);
     assert_eq!(merged[1].parent_ref.name, GW);
 }
+
+#[test]
+fn header_filters_on_hop_by_hop_or_framing_headers_drop_the_rule() {
+    let request = |name: &str| HttpRouteRules {
+        filters: Some(vec![HttpRouteRulesFilters {
+            r#type: HttpRouteRulesFiltersType::RequestHeaderModifier,
+            request_header_modifier: Some(HttpRouteRulesFiltersRequestHeaderModifier {
+                set: Some(vec![HttpRouteRulesFiltersRequestHeaderModifierSet {
+                    name: name.into(),
+                    value: "0".into(),
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        backend_refs: Some(vec![backend("infra-backend-v1", 8080)]),
+        ..Default::default()
+    };
+    let response_remove = |name: &str| HttpRouteRules {
+        filters: Some(vec![HttpRouteRulesFilters {
+            r#type: HttpRouteRulesFiltersType::ResponseHeaderModifier,
+            response_header_modifier: Some(HttpRouteRulesFiltersResponseHeaderModifier {
+                remove: Some(vec![name.into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let backend_add = |name: &str| {
+        to(vec![HttpRouteRulesBackendRefs {
+            filters: Some(vec![HttpRouteRulesBackendRefsFilters {
+                r#type: HttpRouteRulesBackendRefsFiltersType::RequestHeaderModifier,
+                request_header_modifier: Some(
+                    HttpRouteRulesBackendRefsFiltersRequestHeaderModifier {
+                        add: Some(vec![
+                            HttpRouteRulesBackendRefsFiltersRequestHeaderModifierAdd {
+                                name: name.into(),
+                                value: "x".into(),
+                            },
+                        ]),
+                        ..Default::default()
+                    },
+                ),
+                ..Default::default()
+            }]),
+            ..backend("infra-backend-v1", 8080)
+        }])
+    };
+    for (rule, name) in [
+        (request("Content-Length"), "Content-Length"),
+        (request("transfer-encoding"), "transfer-encoding"),
+        (request("Host"), "Host"),
+        (response_remove("Connection"), "Connection"),
+        (backend_add("Upgrade"), "Upgrade"),
+    ] {
+        let (out, _) = one_rule(rule);
+        let p = route_parent(&out, INFRA, "r", INFRA, GW);
+        is(p, "Accepted", "True", "Accepted");
+        is(p, "PartiallyInvalid", "True", "UnsupportedValue");
+        let m = p["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "PartiallyInvalid")
+            .unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(m.starts_with("Dropped Rule 0"), "{name}: {m}");
+        assert!(
+            m.contains(name) && m.contains("hop-by-hop or framing"),
+            "{name}: {m:?}"
+        );
+        // The other rule is still served; the dropped one never reaches the snapshot.
+        assert_eq!(snap_route(&out, INFRA, GW, "http", "r").rules.len(), 1);
+    }
+    // An ordinary header is kept.
+    let (out, _) = one_rule(request("x-gw"));
+    assert_eq!(snap_route(&out, INFRA, GW, "http", "r").rules.len(), 2);
+}

@@ -408,6 +408,16 @@ async fn demo(c: &Client) {
                      "to": [{"group": "", "kind": "Secret", "name": "gw-cert"}]}}),
     )
     .await;
+    // The drill of `app` names infra/gw: drills stay in their namespace unless granted.
+    apply::<ReferenceGrant>(
+        c,
+        json!({"apiVersion": api_version::<ReferenceGrant>(), "kind": "ReferenceGrant",
+            "metadata": {"name": "drills-from-app", "namespace": "infra"},
+            "spec": {"from": [{"group": "meridian.dev", "kind": "FailoverDrill",
+                               "namespace": "app"}],
+                     "to": [{"group": "gateway.networking.k8s.io", "kind": "Gateway"}]}}),
+    )
+    .await;
     apply::<Service>(c, service("app", "echo")).await;
     apply::<EndpointSlice>(
         c,

@@ -75,7 +75,7 @@ struct Record {
     outcome: Outcome,
 }
 
-/// An open-loop client: a request every 1/RATE s to `targets[0]` (retried once on `targets[1]`
+/// An open-loop client: a request every 1/`rate` s to `targets[0]` (retried once on `targets[1]`
 /// when the connect is refused), at most `max` requests or until stopped.
 struct Load {
     records: Arc<Mutex<Vec<Record>>>,
@@ -84,13 +84,13 @@ struct Load {
 }
 
 impl Load {
-    fn start(targets: Vec<SocketAddr>, path: &str, max: u64) -> Load {
+    fn start(targets: Vec<SocketAddr>, path: &str, rate: u64, max: u64) -> Load {
         let records = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
         let recs = records.clone();
         let path = path.to_string();
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
             let mut requests = tokio::task::JoinSet::new();
             for _ in 0..max {
                 tokio::select! {
@@ -380,7 +380,7 @@ async fn proxy_sigterm_drains_gracefully_under_load() {
     let b = FileProxy::start(&dir, "b", &echo).await;
 
     // 200 ms answers: at 200 req/s about 40 requests are in flight on A at any moment.
-    let load = Load::start(vec![a.addr, b.addr], "/chaos?delay=200", 4 * RATE);
+    let load = Load::start(vec![a.addr, b.addr], "/chaos?delay=200", RATE, 4 * RATE);
     let sent_before = |load: &Load| load.records().len();
     eventually_async("one second of load answered", WAIT, || {
         let n = sent_before(&load);
@@ -468,7 +468,7 @@ async fn a_refused_snapshot_keeps_the_last_good_one_serving() {
     let proxy = FileProxy::start(&dir, "p", &echo).await;
     let port = proxy.addr.port();
 
-    let load = Load::start(vec![proxy.addr], "/chaos?delay=20", 6 * RATE);
+    let load = Load::start(vec![proxy.addr], "/chaos?delay=20", RATE, 6 * RATE);
     let mut reasons = Vec::new();
     for (what, text) in [
         (
@@ -525,4 +525,546 @@ async fn a_refused_snapshot_keeps_the_last_good_one_serving() {
     assert_eq!(t.ok, t.sent);
     assert!(reasons[0].contains("not valid JSON"), "{}", reasons[0]);
     assert!(reasons[1].contains("v999"), "{}", reasons[1]);
+}
+
+// ── A controller process and member clusters ────────────────────────────────────────────────
+
+/// Two member clusters (`east`, `west`), each its own `meridian sandbox` process (so one can be
+/// killed), a `meridian controller` process with a mesh CA from files (a restarted controller
+/// keeps it), and one in-process proxy per cluster following it with a certificate of that CA.
+///
+/// The proxies run in the test process: `meridian controller` does not verify bootstrap tokens
+/// yet (proxies must be given certificates, controller/src/args.rs `distribution_tls`), and
+/// `meridian proxy` takes only a bootstrap token; what is killed here is the controller and a
+/// member API, both real processes.
+struct Mesh {
+    dir: ScratchDir,
+    kubeconfig: std::path::PathBuf,
+    sandboxes: Vec<(&'static str, Stop)>,
+    controller: Option<Stop>,
+    controller_args: Vec<String>,
+    proxies: Vec<MeshProxy>,
+}
+
+/// An in-process proxy of one cluster following the controller.
+struct MeshProxy {
+    cluster: &'static str,
+    /// Its Gateway's listener.
+    addr: SocketAddr,
+    admin: u16,
+    handle: Arc<meridian_proxy::ProxyHandle>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const CLUSTERS: [&str; 2] = ["east", "west"];
+
+/// Objects of one cluster: the Gateway `chaos/web` on `port`, a route of every path to the
+/// Service `echo`, whose EndpointSlice points at `echo`.
+fn cluster_objects(port: u16, echo: &Echo) -> String {
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "chaos"}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "meridian"},
+            "spec": {"controllerName": "meridian.dev/gateway-controller"}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "web", "namespace": "chaos"},
+            "spec": {"gatewayClassName": "meridian",
+                     "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}]}}),
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo", "namespace": "chaos"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": echo.addr.port()}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "echo-1", "namespace": "chaos",
+                         "labels": {"kubernetes.io/service-name": "echo"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [echo.addr.ip().to_string()],
+                           "conditions": {"ready": true}}],
+            "ports": [{"name": "http", "port": echo.addr.port(), "protocol": "TCP"}]}),
+        route("all", "/"),
+    ];
+    objects
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The HTTPRoute `chaos/NAME` of `prefix` to the Service `echo` on Gateway `web`.
+fn route(name: &str, prefix: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "chaos"},
+        "spec": {"parentRefs": [{"name": "web"}],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                            "backendRefs": [{"name": "echo", "port": 80}]}]}})
+}
+
+/// Runs kubectl against `context` of `kubeconfig` with `stdin`; stdout, or what went wrong.
+async fn kubectl(
+    kubeconfig: &Path,
+    context: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, String> {
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        // A private discovery cache: ports differ from run to run.
+        .arg("--cache-dir")
+        .arg(kubeconfig.with_file_name("kube-cache"))
+        .args(["--context", context, "--request-timeout", "5s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("kubectl: {e}"))?;
+    let mut input = child.stdin.take().ok_or("no stdin")?;
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .await
+        .map_err(|e| format!("kubectl stdin: {e}"))?;
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .map_err(|_| format!("kubectl {args:?} ran past 15 s"))?
+        .map_err(|e| format!("kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The first line of `rx` starting with `prefix`, within `WAIT`.
+fn line_starting(rx: &std::sync::mpsc::Receiver<String>, prefix: &str) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+        }
+    }
+}
+
+impl Mesh {
+    async fn start(echo: &Echo) -> Mesh {
+        let dir = ScratchDir::new("chaos-mesh");
+        let ca = meridian_distribution::pki::Ca::generate(
+            &meridian_distribution::pki::TrustDomain::default(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let ca_cert = dir.write("ca.crt", &ca.cert_pem().unwrap());
+        let ca_key = dir.write("ca.key", &ca.key_pem().unwrap());
+
+        let mut sandboxes = Vec::new();
+        let mut kubeconfigs = Vec::new();
+        for cluster in CLUSTERS {
+            let state = dir.join(cluster);
+            let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+                .args([
+                    "sandbox",
+                    "--clusters",
+                    cluster,
+                    "--base-port",
+                    "0",
+                    "--no-persist",
+                ])
+                .arg("--state-dir")
+                .arg(&state)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let rx = meridian_test_support::lines(&mut child, "sandbox");
+            let child = Stop(child);
+            let line = tokio::task::block_in_place(|| line_starting(&rx, "kubeconfig: "));
+            kubeconfigs.push(line["kubeconfig: ".len()..].to_string());
+            sandboxes.push((cluster, child));
+        }
+        // One kubeconfig with both contexts (the controller reads one file).
+        let merged = tokio::process::Command::new("kubectl")
+            .args(["config", "view", "--flatten"])
+            .env("KUBECONFIG", kubeconfigs.join(":"))
+            .output()
+            .await
+            .unwrap();
+        assert!(merged.status.success(), "kubectl config view --flatten");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, &merged.stdout).unwrap();
+
+        let crds = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .arg("crds")
+            .output()
+            .unwrap();
+        assert!(crds.status.success(), "meridian crds");
+        let crds = String::from_utf8(crds.stdout).unwrap();
+        let mut ports = Vec::new();
+        for cluster in CLUSTERS {
+            kubectl(&kubeconfig, cluster, &["apply", "-f", "-"], Some(&crds))
+                .await
+                .unwrap();
+            let port = free_port();
+            let objects = cluster_objects(port, echo);
+            kubectl(&kubeconfig, cluster, &["apply", "-f", "-"], Some(&objects))
+                .await
+                .unwrap();
+            ports.push(port);
+        }
+
+        let distribution = free_port();
+        let controller_args: Vec<String> = [
+            "controller",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--cluster",
+            "east",
+            "--cluster",
+            "west",
+            "--distribution-bind",
+            &format!("127.0.0.1:{distribution}"),
+            "--ca-cert-file",
+            ca_cert.to_str().unwrap(),
+            "--ca-key-file",
+            ca_key.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut mesh = Mesh {
+            dir,
+            kubeconfig,
+            sandboxes,
+            controller: None,
+            controller_args,
+            proxies: Vec::new(),
+        };
+        mesh.start_controller();
+
+        let url = format!("https://127.0.0.1:{distribution}");
+        for (cluster, port) in CLUSTERS.into_iter().zip(ports) {
+            mesh.proxies
+                .push(MeshProxy::start(cluster, port, &url, &ca).await);
+        }
+        for cluster in CLUSTERS {
+            mesh.wait_programmed(cluster).await;
+        }
+        for p in &mesh.proxies {
+            let addr = p.addr;
+            eventually_async(&format!("{} answers", p.cluster), WAIT, || async move {
+                match one(&[addr], "/").await.outcome {
+                    Outcome::Ok => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
+        }
+        mesh
+    }
+
+    fn start_controller(&mut self) {
+        // Its log is mostly the dead member's watch retries; MERIDIAN_CHAOS_LOG=1 shows it.
+        let log = if std::env::var_os("MERIDIAN_CHAOS_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(&self.controller_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.controller = Some(Stop(child));
+    }
+
+    /// SIGKILL to the controller, reaped.
+    fn kill_controller(&mut self) {
+        let mut stop = self.controller.take().unwrap();
+        kill(&stop.0, "KILL");
+        let exit = tokio::task::block_in_place(|| wait_or_kill(&mut stop.0, WAIT));
+        assert!(exit.in_time);
+    }
+
+    /// SIGKILL to the sandbox of `cluster`, reaped.
+    fn kill_sandbox(&mut self, cluster: &str) {
+        let at = self
+            .sandboxes
+            .iter()
+            .position(|(c, _)| *c == cluster)
+            .unwrap();
+        let (_, mut stop) = self.sandboxes.remove(at);
+        kill(&stop.0, "KILL");
+        let exit = tokio::task::block_in_place(|| wait_or_kill(&mut stop.0, WAIT));
+        assert!(exit.in_time);
+    }
+
+    async fn wait_programmed(&self, cluster: &str) {
+        let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Programmed")].status}"#;
+        eventually_async(&format!("{cluster}: Gateway Programmed"), WAIT, || async {
+            let out = kubectl(
+                &self.kubeconfig,
+                cluster,
+                &["get", "gateway", "-n", "chaos", "web", jsonpath],
+                None,
+            )
+            .await?;
+            if out.trim() == "True" {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        })
+        .await;
+    }
+
+    /// `kubectl get gateway -w`: every Programmed status the API server stores, as lines.
+    fn watch_programmed(&self, cluster: &str) -> (Stop, std::sync::mpsc::Receiver<String>) {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.kubeconfig.with_file_name("kube-cache"))
+            .args(["--context", cluster, "get", "gateway", "-n", "chaos", "web", "-w"])
+            .arg(
+                r#"-o=jsonpath={.metadata.resourceVersion} {.status.conditions[?(@.type=="Programmed")].status}{"\n"}"#,
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let rx = meridian_test_support::lines(&mut child, "watch");
+        (Stop(child), rx)
+    }
+
+    /// Whether every proxy's link to the controller is up (its `/ready`).
+    async fn proxies_connected(&self) -> Result<(), String> {
+        for p in &self.proxies {
+            let ready = get_json(p.admin, "/ready").await?;
+            if ready["controller"]["connected"] != true {
+                return Err(format!("{}: {ready}", p.cluster));
+            }
+        }
+        Ok(())
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.proxies.iter().map(|p| p.addr).collect()
+    }
+}
+
+impl MeshProxy {
+    async fn start(
+        cluster: &'static str,
+        port: u16,
+        url: &str,
+        ca: &meridian_distribution::pki::Ca,
+    ) -> MeshProxy {
+        use meridian_distribution::pki::{CertStore, ProxyIdentity};
+        use meridian_distribution::{Client, ClientConfig, Hello};
+        let admin = free_port();
+        let zone = format!("{cluster}-a");
+        let handle = Arc::new(
+            meridian_proxy::ProxyHandle::start(meridian_proxy::ProxyConfig {
+                admin: Some(SocketAddr::from(([127, 0, 0, 1], admin))),
+                locality: meridian_model::locality::Locality {
+                    cluster: cluster.into(),
+                    region: cluster.into(),
+                    zone: zone.clone(),
+                },
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+        let hello = Hello {
+            proxy_id: format!("{cluster}-proxy"),
+            cluster: cluster.into(),
+            region: cluster.into(),
+            zone: zone.clone(),
+            gateways: None,
+            address: Some("127.0.0.1".into()),
+            east_west: None,
+        };
+        let who = ProxyIdentity::new(cluster, cluster, &zone, &hello.proxy_id).unwrap();
+        let identity = Arc::new(CertStore::issued(ca, &who, Duration::from_secs(3600)).unwrap());
+        let mut cfg = ClientConfig::new(url, hello, identity, None);
+        // Reconnect quickly once the controller is back.
+        cfg.backoff_max = Duration::from_millis(500);
+        let client = Client::new(cfg).unwrap();
+        let h = handle.clone();
+        let task = tokio::spawn(async move {
+            meridian_proxy::follow_controller(&h, &client).await;
+        });
+        MeshProxy {
+            cluster,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin,
+            handle,
+            task,
+        }
+    }
+}
+
+impl Drop for MeshProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The Programmed statuses a watch printed so far (`resourceVersion status` lines).
+fn history(rx: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
+    rx.try_iter().collect()
+}
+
+/// SIGKILL to the controller under load, then a restart with the same CA: proxies keep serving
+/// their last snapshot (0 failed), reconnect to the new controller, and the Gateways' Programmed
+/// condition never leaves True. Then SIGKILL to the west cluster's API server under load: both
+/// Gateways keep serving (0 failed) and the controller keeps writing east's status (a new route
+/// there is Accepted) and programming east's proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_and_member_down_under_load() {
+    if !meridian_test_support::tool_present("kubectl", &["version", "--client"]) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let echo = Echo::start("backend").await;
+    let mut mesh = Mesh::start(&echo).await;
+    let watches: Vec<_> = CLUSTERS.iter().map(|c| mesh.watch_programmed(c)).collect();
+
+    // ── Controller killed and restarted ──
+    let loads: Vec<Load> = mesh
+        .addrs()
+        .into_iter()
+        .map(|a| Load::start(vec![a], "/chaos?delay=20", RATE / 2, 20 * RATE))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = Instant::now();
+    mesh.kill_controller();
+    eventually_async("the proxies see the controller gone", WAIT, || async {
+        match mesh.proxies_connected().await {
+            Ok(()) => Err("still connected".to_string()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
+    // Static stability: nothing to talk to, traffic as before.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let restarted = Instant::now();
+    mesh.start_controller();
+    eventually_async("the proxies reconnect", WAIT, || mesh.proxies_connected()).await;
+    let reconnected = Instant::now();
+    for cluster in CLUSTERS {
+        mesh.wait_programmed(cluster).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut records = Vec::new();
+    for load in loads {
+        records.extend(load.finish().await);
+    }
+    let t = tally(&records);
+    let histories: Vec<Vec<String>> = watches.iter().map(|(_, rx)| history(rx)).collect();
+    println!(
+        "chaos controller-kill: sent {}, ok {}, failed {}, controller down {} ms, proxies \
+         reconnected {} ms after the restart, Programmed history east {:?} west {:?}",
+        t.sent,
+        t.ok,
+        t.failed,
+        (restarted - killed).as_millis(),
+        (reconnected - restarted).as_millis(),
+        histories[0],
+        histories[1],
+    );
+    assert_eq!(t.failed, 0, "failed requests: {:?}", failures(&records));
+    assert_eq!(t.ok, t.sent);
+    for (cluster, h) in CLUSTERS.iter().zip(&histories) {
+        assert!(!h.is_empty(), "{cluster}: the watch saw the Gateway");
+        assert!(
+            h.iter().all(|l| l.ends_with(" True")),
+            "{cluster}: Programmed never left True: {h:?}"
+        );
+    }
+
+    // ── A member API down ──
+    let loads: Vec<Load> = mesh
+        .addrs()
+        .into_iter()
+        .map(|a| Load::start(vec![a], "/chaos?delay=20", RATE / 2, 20 * RATE))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let down = Instant::now();
+    mesh.kill_sandbox("west");
+    // East keeps being reconciled: a new route there is accepted and served.
+    kubectl(
+        &mesh.kubeconfig,
+        "east",
+        &["apply", "-f", "-"],
+        Some(&route("second", "/second").to_string()),
+    )
+    .await
+    .unwrap();
+    let jsonpath = r#"-o=jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}"#;
+    eventually_async("east: the new route Accepted", WAIT, || async {
+        let out = kubectl(
+            &mesh.kubeconfig,
+            "east",
+            &["get", "httproute", "-n", "chaos", "second", jsonpath],
+            None,
+        )
+        .await?;
+        if out.trim() == "True" {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+    let east_updated = Instant::now();
+    let east_admin = mesh.proxies[0].admin;
+    eventually_async("east's proxy serves the new route", WAIT, || async {
+        let dump = get_json(east_admin, "/config_dump").await?;
+        let routes: Vec<&str> = dump["snapshot"]["gateways"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["listeners"].as_array().into_iter().flatten())
+            .flat_map(|l| l["routes"].as_array().into_iter().flatten())
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        if routes.contains(&"second") {
+            Ok(())
+        } else {
+            Err(format!("{routes:?}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut records = Vec::new();
+    let mut per_cluster = Vec::new();
+    for (cluster, load) in CLUSTERS.iter().zip(loads) {
+        let mine = load.finish().await;
+        let t = tally(&mine);
+        per_cluster.push(format!("{cluster} {}/{} ok", t.ok, t.sent));
+        records.extend(mine);
+    }
+    let t = tally(&records);
+    println!(
+        "chaos member-down: sent {}, ok {}, failed {} ({}), east's status written {} ms after \
+         west's API went down",
+        t.sent,
+        t.ok,
+        t.failed,
+        per_cluster.join(", "),
+        (east_updated - down).as_millis(),
+    );
+    assert_eq!(t.failed, 0, "failed requests: {:?}", failures(&records));
+    assert_eq!(t.ok, t.sent);
+    drop(watches);
+    drop(mesh);
 }

@@ -391,12 +391,6 @@ async fn proxy_sigterm_drains_gracefully_under_load() {
     kill(a.child(), "TERM");
     let exit = tokio::task::block_in_place(|| wait_or_kill(a.child(), PROXY_DRAIN * 2));
     let exited = Instant::now();
-    assert!(exit.in_time, "the proxy exits within its drain bound");
-    assert_eq!(
-        exit.status.and_then(|s| s.code()),
-        Some(0),
-        "a SIGTERM is a clean stop"
-    );
     // Keep sending after A is gone: everything goes to B.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let records = load.finish().await;
@@ -421,7 +415,7 @@ async fn proxy_sigterm_drains_gracefully_under_load() {
     let last_a_answer = in_flight.iter().map(|r| r.done).max();
     println!(
         "chaos proxy-sigterm: sent {}, ok {}, failed {}, refused by A then sent to B {}, \
-         in flight on A at SIGTERM {} (completed {}), A exited {} ms after SIGTERM \
+         in flight on A at SIGTERM {} (completed {}), A exited {} ms after SIGTERM with {:?} \
          (last in-flight answer {} ms), first refused connect {} ms after SIGTERM",
         t.sent,
         t.ok,
@@ -430,10 +424,17 @@ async fn proxy_sigterm_drains_gracefully_under_load() {
         in_flight.len(),
         in_flight_ok,
         (exited - signalled).as_millis(),
+        exit.status,
         last_a_answer.map_or(0, |l| (l - signalled).as_millis()),
         first_refused.map_or(-1, |f| (f - signalled).as_millis() as i64),
     );
     assert_eq!(t.failed, 0, "failed requests: {:?}", failures(&records));
+    assert!(exit.in_time, "the proxy exits within its drain bound");
+    assert_eq!(
+        exit.status.and_then(|s| s.code()),
+        Some(0),
+        "a SIGTERM is a clean stop"
+    );
     assert_eq!(t.ok, t.sent, "every request answered by A or B");
     assert!(
         in_flight.len() >= 10,
@@ -538,12 +539,13 @@ async fn a_refused_snapshot_keeps_the_last_good_one_serving() {
 /// `meridian proxy` takes only a bootstrap token; what is killed here is the controller and a
 /// member API, both real processes.
 struct Mesh {
-    dir: ScratchDir,
     kubeconfig: std::path::PathBuf,
     sandboxes: Vec<(&'static str, Stop)>,
     controller: Option<Stop>,
     controller_args: Vec<String>,
     proxies: Vec<MeshProxy>,
+    /// Kubeconfigs, CA files, sandbox state: removed last (fields drop in order).
+    _dir: ScratchDir,
 }
 
 /// An in-process proxy of one cluster following the controller.
@@ -552,7 +554,7 @@ struct MeshProxy {
     /// Its Gateway's listener.
     addr: SocketAddr,
     admin: u16,
-    handle: Arc<meridian_proxy::ProxyHandle>,
+    /// Follows the controller; holds the proxy.
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -738,12 +740,12 @@ impl Mesh {
         .map(|s| s.to_string())
         .collect();
         let mut mesh = Mesh {
-            dir,
             kubeconfig,
             sandboxes,
             controller: None,
             controller_args,
             proxies: Vec::new(),
+            _dir: dir,
         };
         mesh.start_controller();
 
@@ -870,19 +872,17 @@ impl MeshProxy {
         use meridian_distribution::{Client, ClientConfig, Hello};
         let admin = free_port();
         let zone = format!("{cluster}-a");
-        let handle = Arc::new(
-            meridian_proxy::ProxyHandle::start(meridian_proxy::ProxyConfig {
-                admin: Some(SocketAddr::from(([127, 0, 0, 1], admin))),
-                locality: meridian_model::locality::Locality {
-                    cluster: cluster.into(),
-                    region: cluster.into(),
-                    zone: zone.clone(),
-                },
-                ..Default::default()
-            })
-            .await
-            .unwrap(),
-        );
+        let handle = meridian_proxy::ProxyHandle::start(meridian_proxy::ProxyConfig {
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], admin))),
+            locality: meridian_model::locality::Locality {
+                cluster: cluster.into(),
+                region: cluster.into(),
+                zone: zone.clone(),
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         let hello = Hello {
             proxy_id: format!("{cluster}-proxy"),
             cluster: cluster.into(),
@@ -898,15 +898,13 @@ impl MeshProxy {
         // Reconnect quickly once the controller is back.
         cfg.backoff_max = Duration::from_millis(500);
         let client = Client::new(cfg).unwrap();
-        let h = handle.clone();
         let task = tokio::spawn(async move {
-            meridian_proxy::follow_controller(&h, &client).await;
+            meridian_proxy::follow_controller(&handle, &client).await;
         });
         MeshProxy {
             cluster,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             admin,
-            handle,
             task,
         }
     }

@@ -13,6 +13,12 @@
 //! snapshot_refused   one proxy; its file is replaced by undecodable JSON, then by a snapshot of
 //!                    an unknown schema: both refused (reported on /ready), the last good one keeps
 //!                    serving; a good one afterwards is applied
+//! controller_killed_and_member_down (one setup, two scenarios; Mesh):
+//!   sandbox east, sandbox west, meridian controller (processes) ─► proxy east, proxy west
+//!   controller-kill  SIGKILL to the controller, restart with the same CA files: proxies serve
+//!                    on, reconnect; `kubectl get gateway -w` never shows Programmed ≠ True
+//!   member-down      SIGKILL to west's API server: both Gateways serve on; a route applied in
+//!                    east is Accepted and reaches east's proxy
 //! ```
 //!
 //! Each scenario prints `chaos <scenario>: sent N, ok N, failed N, …` (docs/chaos.md has the
@@ -415,7 +421,7 @@ async fn proxy_sigterm_drains_gracefully_under_load() {
     let last_a_answer = in_flight.iter().map(|r| r.done).max();
     println!(
         "chaos proxy-sigterm: sent {}, ok {}, failed {}, refused by A then sent to B {}, \
-         in flight on A at SIGTERM {} (completed {}), A exited {} ms after SIGTERM with {:?} \
+         in flight on A at SIGTERM {} (completed {}), A exited {} ms after SIGTERM ({}) \
          (last in-flight answer {} ms), first refused connect {} ms after SIGTERM",
         t.sent,
         t.ok,
@@ -424,7 +430,8 @@ async fn proxy_sigterm_drains_gracefully_under_load() {
         in_flight.len(),
         in_flight_ok,
         (exited - signalled).as_millis(),
-        exit.status,
+        exit.status
+            .map_or("no status".to_string(), |s| s.to_string()),
         last_a_answer.map_or(0, |l| (l - signalled).as_millis()),
         first_refused.map_or(-1, |f| (f - signalled).as_millis() as i64),
     );

@@ -1,6 +1,7 @@
 //! `meridian proxy`: the command line ([`ProxyArgs`]) and [`run`], which checks the flags,
 //! starts a [`ProxyHandle`] in its own tokio runtime and feeds it from the snapshot source until
-//! Ctrl-C.
+//! SIGTERM or Ctrl-C, then drains ([`ProxyHandle::shutdown`]: listeners close first, requests in
+//! flight finish, bounded) and exits.
 //!
 //! ```text
 //! run ─ admin_auth (--admin, --admin-token-file read, --admin-insecure)
@@ -8,10 +9,12 @@
 //!     ─ soft RLIMIT_NOFILE raised to the hard limit (logged) ─ runtime
 //!     ─ ProxyHandle::start
 //!     ─ --snapshot FILE: watch_file                       ─┐
-//!     ─ --controller URL: Client (Hello with the bound      ├─ until Ctrl-C ─ shutdown
+//!     ─ --controller URL: Client (Hello with the bound      ├─ until a signal ─ shutdown
 //!       east-west address)                                 ─┘
 //!       ─ follow_controller, or with --state-dir DIR follow_controller_with_state (serves
 //!         the kept snapshot at once, keeps every applied one)
+//! SIGTERM / Ctrl-C ─ shutdown: stop accepting (sockets closed) ─ in-flight requests finish
+//!                    (at most DRAIN_TIMEOUT) ─ exit 0
 //! ```
 //!
 //! The admin listener's credentials ([`admin_auth`]): on a loopback `--admin` none are needed;
@@ -224,7 +227,7 @@ pub struct ProxyArgs {
     pub edge: crate::edge::EdgeArgs,
 }
 
-/// Runs `meridian proxy` until Ctrl-C: builds its own tokio runtime, then serves the snapshot
+/// Runs `meridian proxy` until SIGTERM or Ctrl-C: builds its own tokio runtime, then serves the snapshot
 /// file (reloading it when it changes) or follows the controller.
 pub fn run(args: ProxyArgs) -> Result<(), RunError> {
     let admin_auth = admin_auth(&args)?;
@@ -293,16 +296,43 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
         };
         tokio::select! {
             () = serve => {}
-            signal = tokio::signal::ctrl_c() => {
-                if let Err(e) = signal {
-                    tracing::error!(error = %e, "cannot wait for Ctrl-C; shutting down");
-                }
-                tracing::info!("shutting down");
+            signal = stop_signal() => {
+                tracing::info!(signal, "shutting down: listeners close, requests in flight finish");
             }
         }
         handle.shutdown().await;
+        tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send to stop a process) and
+/// names it. Both mean the same graceful stop: without a SIGTERM handler the process would die at
+/// once and cut every request in flight. A handler that cannot be installed is logged and leaves
+/// the other signal in charge.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot wait for SIGTERM; Ctrl-C still stops");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let int = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot wait for Ctrl-C; SIGTERM still stops");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => "SIGTERM",
+        () = int => "SIGINT",
+    }
 }
 
 /// The controller client of a started proxy: its Hello reports the east-west address actually

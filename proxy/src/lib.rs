@@ -37,7 +37,7 @@
 //!    streams and acknowledges each generation (`meridian proxy --controller URL`, protocol in
 //!    `meridian-distribution`). In both modes the last good snapshot keeps serving whatever
 //!    happens to its source. [`run`] (cli.rs) is `meridian proxy`: flags, runtime, source, until
-//!    Ctrl-C ([`RunError`] when it cannot).
+//!    SIGTERM or Ctrl-C, then drains gracefully ([`RunError`] when it cannot start).
 //! 5. With `--state-dir DIR`, `follow_controller_with_state` (controller.rs) first serves the
 //!    snapshot kept in DIR if it passes its checks ([`state_dir`]: format version, SHA-256,
 //!    cluster), then writes every snapshot applied from the controller there atomically, so a

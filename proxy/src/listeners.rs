@@ -35,7 +35,9 @@
 //!              failed ─► counted by reason (meridian_proxy_tls_handshake_failures_total), closed
 //! ```
 //!
-//! A stopped loop closes its socket; connections it accepted keep running until they finish.
+//! A stopped loop first accepts what waits in the kernel's accept queue (`take_queued`: those
+//! clients completed a handshake and may have sent a request; closing would reset them), then
+//! closes its socket; connections it accepted keep running until they finish.
 //! The protocol of a socket is read from the current snapshot for every connection, so a socket
 //! that switches between HTTP and HTTPS needs no rebind.
 
@@ -64,7 +66,7 @@ use pingora_core::tls::ext;
 use pingora_core::tls::ssl::{
     AlpnError, NameType, SslAcceptor, SslMethod, SslVerifyMode, SslVersion, select_next_proto,
 };
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -234,23 +236,7 @@ async fn accept_loop<A: App>(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    // Over the cap: closed at once (dropped), before any byte is read or
-                    // written. Cheaper than a 503 (which would need the request read first, or
-                    // a reset for unread bytes) and the same for every protocol; a load
-                    // balancer in front retries another proxy on a closed connection.
-                    let Some(admitted) = gate.admit() else {
-                        tracing::debug!(socket = %addr, %peer, "connection shed: --max-connections reached");
-                        continue;
-                    };
-                    let ctx = ctx.clone();
-                    ctx.active.fetch_add(1, Ordering::AcqRel);
-                    tokio::spawn(async move {
-                        serve_connection(tcp, addr, peer, &ctx).await;
-                        ctx.active.fetch_sub(1, Ordering::AcqRel);
-                        drop(admitted);
-                    });
-                }
+                Ok((tcp, peer)) => spawn_served(tcp, addr, peer, &gate, &ctx),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(socket = %addr, error = %e, "accept failed");
@@ -259,10 +245,79 @@ async fn accept_loop<A: App>(
             }
         }
     }
+    take_queued(listener, addr, &gate, &ctx);
+}
+
+/// Serves an accepted connection in its own task, or closes it at once when the socket's
+/// connection cap is reached.
+fn spawn_served<A: App>(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    gate: &ConnGate,
+    ctx: &Arc<AcceptCtx<A>>,
+) {
+    // Over the cap: closed at once (dropped), before any byte is read or written. Cheaper than
+    // a 503 (which would need the request read first, or a reset for unread bytes) and the same
+    // for every protocol; a load balancer in front retries another proxy on a closed connection.
+    let Some(admitted) = gate.admit() else {
+        tracing::debug!(socket = %addr, %peer, "connection shed: --max-connections reached");
+        return;
+    };
+    let ctx = ctx.clone();
+    ctx.active.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async move {
+        serve_connection(tcp, addr, peer, &ctx).await;
+        ctx.active.fetch_sub(1, Ordering::AcqRel);
+        drop(admitted);
+    });
+}
+
+/// Before a stopped loop closes its socket: accepts what already waits in the kernel's accept
+/// queue (handshakes completed, possibly a request sent) and serves it like any connection.
+/// Closing the socket would reset those clients although they were never refused. The queue is
+/// read without waiting (the socket is non-blocking), so this ends at the first empty read.
+fn take_queued<A: App>(
+    listener: TcpListener,
+    addr: SocketAddr,
+    gate: &ConnGate,
+    ctx: &Arc<AcceptCtx<A>>,
+) {
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(socket = %addr, error = %e, "cannot read the accept queue before closing");
+            return;
+        }
+    };
+    let mut taken = 0usize;
+    // Bounded by the listen backlog (1024, `bind`); the bound only guards against a queue that
+    // refills as fast as it is read.
+    for _ in 0..=1024 {
+        let Ok((std_tcp, peer)) = listener.accept() else {
+            // WouldBlock (the queue is empty) or an error: close now either way.
+            break;
+        };
+        let tcp = std_tcp
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(std_tcp));
+        match tcp {
+            Ok(tcp) => {
+                taken += 1;
+                spawn_served(tcp, addr, peer, gate, ctx);
+            }
+            Err(e) => {
+                tracing::warn!(socket = %addr, %peer, error = %e, "queued connection dropped")
+            }
+        }
+    }
+    if taken > 0 {
+        tracing::info!(socket = %addr, connections = taken, "served connections queued at close");
+    }
 }
 
 async fn serve_connection<A: App>(
-    tcp: tokio::net::TcpStream,
+    tcp: TcpStream,
     addr: SocketAddr,
     peer: SocketAddr,
     ctx: &AcceptCtx<A>,

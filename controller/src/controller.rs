@@ -1505,11 +1505,12 @@ pub fn run(args: ControllerArgs) -> Result<(), ServeError> {
 /// Runs the controller on the current runtime until Ctrl-C. With `--distribution-bind` it first
 /// sets up the mesh identity ([`crate::mesh::prepare`]: the CA from `--ca-cert-file`/
 /// `--ca-key-file` or the `--ca-secret` Secret of the first member, the TokenReview bootstrap
-/// verifier, the `--gateway-addresses` address policy), starts
-/// the distribution server, hands the mesh the running controller's members
-/// ([`crate::mesh::Mesh::attach`]: trust bundle ConfigMaps), and Gateways are Programmed only once their proxies acknowledge them
-/// ([`DistributedDataPlane`](crate::DistributedDataPlane)); without it, `--static-address` decides what Gateways report (see
-/// [`StaticDataPlane`]). `data_plane`, when given, replaces either.
+/// verifier, the `--gateway-addresses` address policy), starts the distribution server, hands
+/// the mesh the running controller's members ([`crate::mesh::Mesh::attach`]: verifier, policy,
+/// trust bundle ConfigMaps), and Gateways are Programmed only once their proxies acknowledge
+/// them ([`DistributedDataPlane`](crate::DistributedDataPlane)); without it,
+/// `--static-address` decides what Gateways report (see [`StaticDataPlane`]). `data_plane`, when
+/// given, replaces either (and no mesh identity is set up then: nothing serves proxies).
 pub async fn serve(
     args: ControllerArgs,
     data_plane: Option<Arc<dyn DataPlane>>,
@@ -1529,10 +1530,11 @@ pub async fn serve(
     let first_client = clusters.first().map(|c| c.client.clone());
     // The mesh identity is read (or its Secret created) before anything starts: a bad CA file
     // or an unreachable home cluster is refused at once, with no listener open.
-    let mesh = match (args.distribution_bind, clusters.first()) {
-        (None, _) => None,
-        (Some(_), None) => return Err(ServeError::NoHomeCluster),
-        (Some(_), Some(home)) => Some(prepare_mesh(&args, home).await?),
+    let serves_proxies = args.distribution_bind.is_some() && data_plane.is_none();
+    let mesh = match (serves_proxies, clusters.first()) {
+        (false, _) => None,
+        (true, None) => return Err(ServeError::NoHomeCluster),
+        (true, Some(home)) => Some(prepare_mesh(&args, home).await?),
     };
     let tls = mesh.as_ref().map(|m| args.distribution_tls(m));
     let elector = match (election, first_client.clone()) {

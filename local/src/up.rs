@@ -597,10 +597,7 @@ impl MeshPlace {
     fn new() -> Result<MeshPlace, UpError> {
         let proxy_account: ServiceAccountRef = mesh::DEFAULT_PROXY_SERVICE_ACCOUNT
             .parse()
-            .map_err(|e: mesh::MeshArgsError| UpError::Identity {
-                cluster: String::new(),
-                source: e.into(),
-            })?;
+            .map_err(|e: mesh::MeshArgsError| UpError::Controller(e.into()))?;
         Ok(MeshPlace {
             namespace: meridian_controller::members::own_namespace_from_env(None),
             proxy_account,

@@ -2,7 +2,8 @@
 //! --distribution-bind` against a Kubernetes API (the sandbox) makes its mesh CA Secret and
 //! publishes the trust bundle ConfigMap; `meridian proxy --ca-file <that bundle>
 //! --bootstrap-token-file <a ServiceAccount token>` trades the token for a certificate and
-//! serves the Gateway, which turns Programmed=True. A token of another ServiceAccount, or one
+//! serves the Gateway, which turns Programmed=True (its `--east-west` listener runs on the same
+//! certificate). A token of another ServiceAccount, or one
 //! for the Kubernetes API's audience, gets no certificate, and the proxy's `/ready` says why.
 //!
 //! ```text
@@ -69,8 +70,15 @@ fn http_get(addr: &str, path: &str) -> Result<String, String> {
         .unwrap_or(out))
 }
 
-/// `meridian proxy` following `controller` as cluster east with `token_file`.
-fn proxy(controller: &str, ca_file: &Path, token_file: &Path, id: &str, admin: &str) -> Stop {
+/// `meridian proxy` following `controller` as cluster east with `token_file` (and `extra` flags).
+fn proxy(
+    controller: &str,
+    ca_file: &Path,
+    token_file: &Path,
+    id: &str,
+    admin: &str,
+    extra: &[&str],
+) -> Stop {
     Stop(
         Command::new(env!("CARGO_BIN_EXE_meridian"))
             .args(["proxy", "--controller", controller])
@@ -88,6 +96,7 @@ fn proxy(controller: &str, ca_file: &Path, token_file: &Path, id: &str, admin: &
             .arg(ca_file)
             .arg("--bootstrap-token-file")
             .arg(token_file)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -233,6 +242,9 @@ fn a_proxy_bootstraps_from_the_command_line_and_wrong_tokens_are_refused() {
         &token("meridian-proxy", Some("meridian")),
         "east-1",
         &admin,
+        // East-west from the command line: the listener presents the certificate the
+        // controller link bootstrapped (one store for both).
+        &["--east-west", "127.0.0.1:0"],
     );
     let address = eventually_blocking("Gateway demo/web Programmed=True", WAIT, POLL, || {
         let (_, out, err) = k(
@@ -263,6 +275,12 @@ fn a_proxy_bootstraps_from_the_command_line_and_wrong_tokens_are_refused() {
         .unwrap()
         .as_secs();
     assert!(expiry > now + 60, "expiry {expiry}, now {now}");
+    assert!(
+        metrics.contains(
+            r#"meridian_proxy_tls_handshake_failures_total{listener="east-west",reason="no-certificate"} 0"#
+        ),
+        "the east-west listener runs with the mesh identity: {metrics}"
+    );
     drop(good);
 
     // Another ServiceAccount of the same cluster: refused by name.
@@ -273,6 +291,7 @@ fn a_proxy_bootstraps_from_the_command_line_and_wrong_tokens_are_refused() {
         &token("intruder", Some("meridian")),
         "east-2",
         &admin,
+        &[],
     );
     let why = refused_reason(&admin);
     assert!(
@@ -289,6 +308,7 @@ fn a_proxy_bootstraps_from_the_command_line_and_wrong_tokens_are_refused() {
         &token("meridian-proxy", None),
         "east-3",
         &admin,
+        &[],
     );
     let why = refused_reason(&admin);
     assert!(why.contains("did not accept the token"), "{why}");

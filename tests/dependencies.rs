@@ -20,7 +20,12 @@ use toml::{Table, Value};
 
 /// Dependencies declared but not visible as a path in the sources: (package, dependency key,
 /// why).
-const ALLOW: &[(&str, &str, &str)] = &[];
+const ALLOW: &[(&str, &str, &str)] = &[(
+    "meridian-distribution",
+    "reqwest",
+    "distribution/tests/e2e.rs includes proxy/tests/common/mod.rs by #[path], whose HTTP \
+     client is reqwest; the scan sees only the crate's own directory",
+)];
 
 /// The dependency tables of a manifest, target-specific ones included.
 fn dependency_tables(manifest: &Table) -> Vec<&Table> {

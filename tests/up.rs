@@ -83,6 +83,107 @@ fn up_serves_every_region_from_its_own_backends() {
         assert_eq!(v["path"], "/hello");
     }
 
+    // The mesh identity, as a real install has it: the CA Secret in the first cluster only,
+    // its certificate as the trust bundle ConfigMap in every cluster.
+    let kubectl_in = |ctx: &str, args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.join("kube-cache"))
+            .args(["--context", ctx, "-n", "meridian-system"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, secret, err) = kubectl_in(
+        "east",
+        &[
+            "get",
+            "secret",
+            "meridian-ca",
+            r#"-o=jsonpath={.type} {.data.tls\.crt}"#,
+        ],
+    );
+    assert!(ok, "the CA Secret in east: {err}");
+    let (kind, crt) = secret.split_once(' ').unwrap();
+    assert_eq!(kind, "kubernetes.io/tls");
+    let ca_pem = String::from_utf8(openssl::base64::decode_block(crt.trim()).unwrap()).unwrap();
+    assert!(ca_pem.contains("BEGIN CERTIFICATE"), "{ca_pem}");
+    for ctx in ["east", "west", "central"] {
+        let (ok, bundle, err) = kubectl_in(
+            ctx,
+            &[
+                "get",
+                "configmap",
+                "meridian-ca",
+                r#"-o=jsonpath={.data.ca\.crt}"#,
+            ],
+        );
+        assert!(ok, "{ctx}: the trust bundle ConfigMap: {err}");
+        assert_eq!(bundle.trim(), ca_pem.trim(), "{ctx}: the bundle is the CA");
+        if ctx != "east" {
+            let (ok, _, _) = kubectl_in(ctx, &["get", "secret", "meridian-ca"]);
+            assert!(!ok, "{ctx}: the CA key stays in the first cluster only");
+        }
+    }
+    // Every proxy bootstrapped a certificate naming its cluster (printed with the time it
+    // took) and its metrics show it unexpired.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for (ctx, region) in [
+        ("east", "us-east"),
+        ("west", "us-west"),
+        ("central", "eu-central"),
+    ] {
+        // "bootstrap: east (east-proxy) certificate spiffe://meridian.mesh/cluster/east/… after
+        // 0.05 s, first snapshot applied after 0.31 s"
+        let line = up
+            .startup
+            .iter()
+            .find(|l| l.starts_with(&format!("bootstrap: {ctx} ")))
+            .unwrap_or_else(|| panic!("no bootstrap line for {ctx}: {:#?}", up.startup));
+        assert!(
+            line.contains(&format!(
+                "certificate spiffe://meridian.mesh/cluster/{ctx}/region/{region}/zone/{region}-a/proxy/{ctx}-proxy after "
+            )) && line.contains("first snapshot applied after"),
+            "{line}"
+        );
+        println!("{line}");
+        // "proxy: east (us-east, zone us-east-a) serves at …, admin http://A"
+        let admin = up
+            .startup
+            .iter()
+            .find(|l| l.starts_with(&format!("proxy: {ctx} ")))
+            .and_then(|l| l.split("admin http://").nth(1))
+            .and_then(|s| s.split(',').next())
+            .unwrap()
+            .to_string();
+        let (host, port) = admin.rsplit_once(':').unwrap();
+        let mut s = TcpStream::connect((host, port.parse::<u16>().unwrap())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut metrics = String::new();
+        s.read_to_string(&mut metrics).unwrap();
+        let expiry: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("meridian_proxy_certificate_expiry_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{ctx}: no certificate expiry metric"));
+        assert!(
+            expiry > now + 60.0,
+            "{ctx}: the proxy's certificate expires at {expiry}, now is {now}"
+        );
+    }
+
     // Every example users copy is accepted by the running controller.
     let kubectl = |args: &[&str]| {
         Command::new("kubectl")

@@ -9,8 +9,10 @@
 //! --distribution-bind ADDR           ─┐
 //! --gateway-addresses east=RANGE     ─┴─► distribution_flags() ──► AddressPools (checked before
 //!                                                                    anything starts)
-//! --ca-cert-file F --ca-key-file K    ──► distribution_tls() ──► DistributionTls (the mesh CA,
-//! --distribution-name DNS|IP (repeated)                         an in-memory one without files)
+//! --ca-cert-file F --ca-key-file K    ──► ca_source() ──► mesh::prepare (else the --ca-secret
+//!                                                            Secret of the first member)
+//! mesh::Mesh + --distribution-name DNS|IP (repeated) ──► distribution_tls() ──► DistributionTls
+//!                                       (CA, TokenReview bootstrap verifier, pool address policy)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -141,9 +143,6 @@ pub enum ArgsError {
          tls.crt and tls.key of its Secret)"
     )]
     CaHalf,
-    /// The mesh CA cannot be read or generated.
-    #[error("mesh CA: {0}")]
-    Ca(String),
 }
 
 /// A member cluster's client cannot be built from the kubeconfig.
@@ -230,8 +229,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "30ms", value_parser = parse_duration)]
     pub debounce: Duration,
     /// The mesh CA's certificate (PEM): it issues the distribution server's certificate and
-    /// the proxies'. Without `--ca-cert-file`/`--ca-key-file` a CA is generated in memory
-    /// (proxies must then be given its certificate, and it is lost on restart).
+    /// the proxies'. Without `--ca-cert-file`/`--ca-key-file` the CA is kept in the
+    /// `--ca-secret` Secret of the first member cluster (created there when absent).
     #[arg(long, value_name = "PATH", requires = "ca_key_file")]
     pub ca_cert_file: Option<PathBuf>,
     /// The mesh CA's private key (PEM).
@@ -586,41 +585,37 @@ impl ControllerArgs {
         Ok(pools)
     }
 
-    /// The distribution server's identity settings: the mesh CA from `--ca-cert-file` /
-    /// `--ca-key-file` (or a new in-memory one, with a warning) and `--distribution-name`s.
-    /// No bootstrap verifier yet: proxies must be given certificates.
-    pub fn distribution_tls(&self) -> Result<crate::distributed::DistributionTls, ArgsError> {
-        use meridian_distribution::pki::{Ca, TrustDomain};
-        let ca = match (&self.ca_cert_file, &self.ca_key_file) {
-            (Some(cert), Some(key)) => {
-                let read = |p: &PathBuf| {
-                    std::fs::read(p).map_err(|e| ArgsError::Ca(format!("{}: {e}", p.display())))
-                };
-                Ca::from_pem(&read(cert)?, &read(key)?, &TrustDomain::default())
-                    .map_err(|e| ArgsError::Ca(e.to_string()))?
-            }
-            (None, None) => {
-                tracing::warn!(
-                    "no --ca-cert-file/--ca-key-file: generated a mesh CA in memory; proxies \
-                     cannot verify this controller unless given its certificate, and a restart \
-                     makes a new one"
-                );
-                Ca::generate(
-                    &TrustDomain::default(),
-                    Duration::from_secs(365 * 24 * 3600),
-                )
-                .map_err(|e| ArgsError::Ca(e.to_string()))?
-            }
-            _ => return Err(ArgsError::CaHalf),
-        };
-        let mut tls = crate::distributed::DistributionTls::new(std::sync::Arc::new(ca));
+    /// Where the mesh CA comes from: `--ca-cert-file`/`--ca-key-file` when given, else `None`
+    /// (the `--ca-secret` Secret of the controller's own cluster, read or created by
+    /// [`crate::mesh::prepare`]).
+    pub fn ca_source(&self) -> Option<crate::mesh::CaSource> {
+        match (&self.ca_cert_file, &self.ca_key_file) {
+            (Some(cert), Some(key)) => Some(crate::mesh::CaSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The distribution server's identity settings: the mesh CA, the bootstrap verifier and
+    /// the address policy of `mesh` ([`crate::mesh::prepare`]), plus the `--distribution-name`s
+    /// as extra names of the server's certificate.
+    pub fn distribution_tls(
+        &self,
+        mesh: &crate::mesh::Mesh,
+    ) -> crate::distributed::DistributionTls {
+        let (ca, verifier, addresses) = mesh.parts();
+        let mut tls = crate::distributed::DistributionTls::new(ca);
+        tls.bootstrap = Some(verifier);
+        tls.addresses = addresses;
         for name in &self.distribution_names {
             match name.parse::<IpAddr>() {
                 Ok(ip) => tls.server_names.ips.push(ip),
                 Err(_) => tls.server_names.dns.push(name.clone()),
             }
         }
-        Ok(tls)
+        tls
     }
 }
 

@@ -1490,6 +1490,39 @@ pub enum ServeError {
     /// Ctrl-C could not be waited for.
     #[error("waiting for Ctrl-C: {0}")]
     Signal(#[source] std::io::Error),
+    /// `--distribution-bind` without any member cluster to keep the mesh CA in.
+    #[error(
+        "--distribution-bind needs a member cluster to keep the mesh CA Secret in (the first \
+         --cluster, or the one the controller runs in)"
+    )]
+    NoHomeCluster,
+    /// The mesh CA Secret cannot be read or created in the first member cluster.
+    #[error(
+        "mesh CA: {source}; the controller keeps its CA in a Secret of its first member \
+         cluster {cluster:?}: make that cluster reachable (and the Secret's namespace exist), or \
+         give the CA as --ca-cert-file/--ca-key-file"
+    )]
+    MeshCa {
+        /// The first member cluster.
+        cluster: String,
+        /// Why.
+        #[source]
+        source: Box<crate::mesh::CaError>,
+    },
+    /// The first member cluster did not answer in time.
+    #[error(
+        "mesh CA: cluster {cluster:?} did not answer within {after:?} while reading or creating \
+         the CA Secret; make it reachable, or give the CA as --ca-cert-file/--ca-key-file"
+    )]
+    MeshCaTimeout {
+        /// The first member cluster.
+        cluster: String,
+        /// The bound.
+        after: Duration,
+    },
+    /// The mesh identity flags or CA files are unusable.
+    #[error("mesh CA: {0}")]
+    Mesh(#[source] crate::mesh::MeshError),
 }
 
 /// Runs `meridian controller` on its own runtime until Ctrl-C.
@@ -1501,20 +1534,20 @@ pub fn run(args: ControllerArgs) -> Result<(), ServeError> {
         .block_on(serve(args, None))
 }
 
-/// Runs the controller on the current runtime until Ctrl-C. With `--distribution-bind` it starts
-/// the distribution server and Gateways are Programmed only once their proxies acknowledge them
-/// ([`DistributedDataPlane`](crate::DistributedDataPlane)); without it, `--static-address` decides what Gateways report (see
-/// [`StaticDataPlane`]). `data_plane`, when given, replaces either.
+/// Runs the controller on the current runtime until Ctrl-C. With `--distribution-bind` it first
+/// sets up the mesh identity ([`crate::mesh::prepare`]: the CA from `--ca-cert-file`/
+/// `--ca-key-file` or the `--ca-secret` Secret of the first member, the TokenReview bootstrap
+/// verifier, the `--gateway-addresses` address policy), starts the distribution server, hands
+/// the mesh the running controller's members ([`crate::mesh::Mesh::attach`]: verifier, policy,
+/// trust bundle ConfigMaps), and Gateways are Programmed only once their proxies acknowledge
+/// them ([`DistributedDataPlane`](crate::DistributedDataPlane)); without it,
+/// `--static-address` decides what Gateways report (see [`StaticDataPlane`]). `data_plane`, when
+/// given, replaces either (and no mesh identity is set up then: nothing serves proxies).
 pub async fn serve(
     args: ControllerArgs,
     data_plane: Option<Arc<dyn DataPlane>>,
 ) -> Result<(), ServeError> {
     let pools = args.distribution_flags()?;
-    // The CA is read (or made) before anything starts: a bad file is refused at once.
-    let tls = match args.distribution_bind {
-        Some(_) => Some(args.distribution_tls()?),
-        None => None,
-    };
     let election = args.election_config()?;
     let members = crate::incluster::static_members(&args).await?;
     let mut clusters = Vec::new();
@@ -1525,8 +1558,17 @@ pub async fn serve(
         clusters.push(cluster);
     }
     // The Lease lives in the first member (in a pod: the cluster it runs in), and so do the
-    // member-cluster Secrets.
+    // member-cluster Secrets and the mesh CA Secret.
     let first_client = clusters.first().map(|c| c.client.clone());
+    // The mesh identity is read (or its Secret created) before anything starts: a bad CA file
+    // or an unreachable home cluster is refused at once, with no listener open.
+    let serves_proxies = args.distribution_bind.is_some() && data_plane.is_none();
+    let mesh = match (serves_proxies, clusters.first()) {
+        (false, _) => None,
+        (true, None) => return Err(ServeError::NoHomeCluster),
+        (true, Some(home)) => Some(prepare_mesh(&args, home).await?),
+    };
+    let tls = mesh.as_ref().map(|m| args.distribution_tls(m));
     let elector = match (election, first_client.clone()) {
         (Some(e), Some(client)) => Some(crate::leader::Elector::start(client, e)?),
         _ => None,
@@ -1568,6 +1610,15 @@ pub async fn serve(
     cfg.allow_loopback_endpoints = args.allow_loopback_endpoints;
     let handle = Controller::start(cfg).await?;
     let (stop_members, stop_rx) = watch::channel(false);
+    // From now on the verifier and the address policy know the member clusters, and every
+    // member (one that joins later too) gets the trust bundle ConfigMap.
+    let publisher = match &mesh {
+        Some(m) => Some(
+            m.attach(handle.member_directory(), stop_rx.clone())
+                .map_err(|source| ServeError::Mesh(source.into()))?,
+        ),
+        None => None,
+    };
     let follower = match first_client {
         Some(client) => {
             let namespace =
@@ -1591,12 +1642,48 @@ pub async fn serve(
     if let Some(f) = follower {
         let _ = tokio::time::timeout(Duration::from_secs(5), f).await;
     }
+    if let Some(p) = publisher {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
     // Step down first: a successor starts writing while this replica winds down.
     if let Some(elector) = elector {
         elector.shutdown().await;
     }
     handle.shutdown().await;
     Ok(())
+}
+
+/// How long reading or creating the mesh CA Secret may take before `meridian controller`
+/// gives up (the API server is unreachable or hangs).
+const MESH_CA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The mesh identity of `meridian controller --distribution-bind`: the CA from the CA files or
+/// the `--ca-secret` Secret of `home` (the first member), the TokenReview verifier and the pool
+/// address policy. There is no in-memory fallback: a CA that vanished on restart would strand
+/// every proxy holding a certificate of the old one.
+async fn prepare_mesh(
+    args: &ControllerArgs,
+    home: &MemberCluster,
+) -> Result<crate::mesh::Mesh, ServeError> {
+    let source = args.ca_source();
+    let from_secret = source.is_none();
+    let prepared = tokio::time::timeout(
+        MESH_CA_TIMEOUT,
+        crate::mesh::prepare(args, home.client.clone(), source),
+    )
+    .await;
+    match prepared {
+        Ok(Ok(mesh)) => Ok(mesh),
+        Ok(Err(crate::mesh::MeshError::Ca(source))) if from_secret => Err(ServeError::MeshCa {
+            cluster: home.name.clone(),
+            source: Box::new(source),
+        }),
+        Ok(Err(e)) => Err(ServeError::Mesh(e)),
+        Err(_) => Err(ServeError::MeshCaTimeout {
+            cluster: home.name.clone(),
+            after: MESH_CA_TIMEOUT,
+        }),
+    }
 }
 
 /// One member cluster from its client configuration, with the client its status writes go

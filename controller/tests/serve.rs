@@ -1,7 +1,10 @@
 //! `meridian controller --distribution-bind` from the library: [`meridian_controller::serve`]
 //! checks the distribution flags, starts the distribution server itself, and a Gateway is
 //! Programmed only once a proxy connected to that server acknowledges it — on the address its
-//! `--gateway-addresses` pool hands out.
+//! `--gateway-addresses` pool hands out; a proxy advertising an address outside that pool is
+//! refused. A CA file that cannot be read, or a CA Secret that cannot be made in the first
+//! member, stops it before anything listens. (`tests/secure_links.rs` at the workspace root runs
+//! the real binaries with the CA Secret and bootstrap tokens.)
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -73,6 +76,19 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
         "{err}"
     );
     assert!(std::net::TcpStream::connect(&bind).is_err());
+    // Without CA files the CA lives in a Secret of the first member: a namespace that does
+    // not exist there is a clear error, not an in-memory CA that a restart would replace.
+    let err = meridian_controller::serve(argv(&["--ca-secret", "nowhere/meridian-ca"]), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("CA Secret nowhere/meridian-ca")
+            && err.contains("first member cluster \"east\"")
+            && err.contains("--ca-cert-file"),
+        "{err}"
+    );
+    assert!(std::net::TcpStream::connect(&bind).is_err());
     // The mesh CA, as its Secret would hold it.
     let ca = common::test_ca();
     let ca_crt = dir.write("ca.crt", &ca.cert_pem().unwrap());
@@ -107,7 +123,7 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
     )
     .await;
 
-    let hello = Hello {
+    let mut hello = Hello {
         proxy_id: "east-1".into(),
         cluster: "east".into(),
         region: "us-east".into(),
@@ -117,12 +133,35 @@ async fn distribution_bind_starts_the_server_and_gateways_wait_for_proxy_acks() 
         east_west: None,
     };
     let url = format!("https://{bind}");
+    // An address outside the cluster's --gateway-addresses pool is refused (the pool is the
+    // address policy): the proxy is told why and nothing is Programmed.
+    let identity = common::proxy_identity(&hello);
+    let outside = Client::new(ClientConfig::new(
+        url.clone(),
+        hello.clone(),
+        identity,
+        None,
+    ))
+    .unwrap();
+    let mut outside_status = outside.status();
+    let outside = tokio::spawn(async move { outside.run(&Ack).await });
+    let why = tokio::time::timeout(WAIT, outside_status.wait_for(|s| s.last_error.is_some()))
+        .await
+        .unwrap()
+        .unwrap()
+        .last_error
+        .clone()
+        .unwrap();
+    assert!(why.contains("127.0.10.1"), "{why}");
+    outside.abort();
+
+    hello.address = Some("127.0.10.6".into());
     let identity = common::proxy_identity(&hello);
     let proxy = Client::new(ClientConfig::new(url, hello, identity, None)).unwrap();
     let proxy = tokio::spawn(async move { proxy.run(&Ack).await });
 
     // The proxy acknowledged: Programmed, on the first address of the cluster's pool (not the
-    // proxy's advertised one).
+    // proxy's advertised .6).
     let address = eventually_async(
         "Programmed=True once the proxy acknowledges",
         WAIT,

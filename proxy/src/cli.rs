@@ -7,10 +7,14 @@
 //! run ─ admin_auth (--admin, --admin-token-file read, --admin-insecure)
 //!     ─ source (flags checked, --state-dir created; nothing started yet)
 //!     ─ soft RLIMIT_NOFILE raised to the hard limit (logged) ─ runtime
-//!     ─ ProxyHandle::start
+//!     ─ ProxyHandle::start (identity: the CertStore below, for --east-west mTLS and the
+//!       meridian_proxy_certificate_expiry_seconds metric)
 //!     ─ --snapshot FILE: watch_file                       ─┐
 //!     ─ --controller URL: Client (Hello with the bound      ├─ until a signal ─ shutdown
 //!       east-west address)                                 ─┘
+//!       identity: one Arc<CertStore> trusting --ca-file; the client fills it with a first
+//!       certificate (POST /v1/certificate, Bearer <--bootstrap-token-file>, re-read at each
+//!       use) and renews it there
 //!       ─ follow_controller, or with --state-dir DIR follow_controller_with_state (serves
 //!         the kept snapshot at once, keeps every applied one)
 //! SIGTERM / Ctrl-C ─ shutdown: stop accepting (sockets closed) ─ in-flight requests finish
@@ -206,7 +210,8 @@ pub struct ProxyArgs {
     pub state_dir: Option<PathBuf>,
     /// East-west listener (`ip:port`, mutual TLS with the proxy's mesh identity) where proxies
     /// of other networks reach this network's backends (multi-network clusters); reported to the
-    /// controller. Needs the mesh identity (a certificate from the controller). On an unspecified
+    /// controller. Needs `--controller`: the certificate it presents is the one the controller
+    /// link bootstraps and renews (handshakes fail until the first one arrives). On an unspecified
     /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
     #[arg(long = "east-west", value_name = "ADDR")]
     pub east_west: Option<SocketAddr>,
@@ -248,9 +253,14 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
                 zone: args.zone.clone(),
             },
             east_west: args.east_west,
-            // The certificate comes with the controller link's bootstrap (not wired here yet):
-            // until then `--east-west` refuses to start (StartError::NoIdentity).
-            identity: None,
+            // One identity for both links: the controller client bootstraps and renews the
+            // certificate in this store, and the east-west hop presents whatever it holds now.
+            // A `--snapshot` proxy has none, so `--east-west` refuses to start there
+            // (StartError::NoIdentity).
+            identity: match &source {
+                Source::Controller { identity, .. } => Some(identity.clone()),
+                Source::File(_) => None,
+            },
             east_west_plaintext: false,
             paths: PathNormalization {
                 merge_slashes: args.merge_slashes,

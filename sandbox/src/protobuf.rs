@@ -38,6 +38,7 @@ use base64::Engine as _;
 use k8s_pb::api::authentication::v1 as authn;
 use k8s_pb::api::authorization::v1 as authz;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::rbac::v1 as rbac;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
@@ -354,6 +355,68 @@ json_message! {
         protocol => "protocol",
         error => "error",
     }
+    core::ServiceAccount {
+        metadata => "metadata",
+        secrets => "secrets",
+        image_pull_secrets => "imagePullSecrets",
+        automount_service_account_token => "automountServiceAccountToken" present,
+    }
+    core::ObjectReference {
+        kind => "kind",
+        namespace => "namespace",
+        name => "name",
+        uid => "uid",
+        api_version => "apiVersion",
+        resource_version => "resourceVersion",
+        field_path => "fieldPath",
+    }
+    core::LocalObjectReference {
+        name => "name",
+    }
+    rbac::Role {
+        metadata => "metadata",
+        rules => "rules",
+    }
+    rbac::ClusterRole {
+        metadata => "metadata",
+        rules => "rules",
+        aggregation_rule => "aggregationRule",
+    }
+    rbac::PolicyRule {
+        verbs => "verbs",
+        api_groups => "apiGroups",
+        resources => "resources",
+        resource_names => "resourceNames",
+        non_resource_ur_ls => "nonResourceURLs",
+    }
+    rbac::AggregationRule {
+        cluster_role_selectors => "clusterRoleSelectors",
+    }
+    meta::LabelSelector {
+        match_labels => "matchLabels",
+        match_expressions => "matchExpressions",
+    }
+    rbac::RoleBinding {
+        metadata => "metadata",
+        subjects => "subjects",
+        role_ref => "roleRef",
+    }
+    rbac::ClusterRoleBinding {
+        metadata => "metadata",
+        subjects => "subjects",
+        role_ref => "roleRef",
+    }
+    rbac::Subject {
+        kind => "kind",
+        api_group => "apiGroup",
+        name => "name",
+        namespace => "namespace",
+    }
+    rbac::RoleRef {
+        api_group => "apiGroup",
+        kind => "kind",
+        name => "name",
+    }
     authn::TokenRequest {
         metadata => "metadata",
         spec => "spec",
@@ -446,13 +509,19 @@ fn entry<T: k8s_pb::Resource + Message + Default + ToJson>() -> (&'static str, &
 }
 
 /// The kinds whose protobuf bodies are understood: `(apiVersion, kind, decoder)`.
-pub static SUPPORTED: std::sync::LazyLock<[(&'static str, &'static str, Decoder); 6]> =
+pub static SUPPORTED: std::sync::LazyLock<[(&'static str, &'static str, Decoder); 11]> =
     std::sync::LazyLock::new(|| {
         [
             entry::<core::Namespace>(),
             entry::<core::Secret>(),
             entry::<core::ConfigMap>(),
             entry::<core::Service>(),
+            entry::<core::ServiceAccount>(),
+            // `kubectl create role|clusterrole|rolebinding|clusterrolebinding`.
+            entry::<rbac::Role>(),
+            entry::<rbac::ClusterRole>(),
+            entry::<rbac::RoleBinding>(),
+            entry::<rbac::ClusterRoleBinding>(),
             // `kubectl create token` (k8s-pb has no `Resource` impl for this subresource kind).
             (
                 "authentication.k8s.io/v1",
@@ -688,6 +757,172 @@ mod tests {
         assert_eq!(v["data"], json!({"k": ""}), "map values keep empty strings");
         assert_eq!(v["binaryData"], json!({"b": "AQID"}));
         assert_eq!(v["immutable"], true);
+    }
+
+    #[test]
+    fn service_account_keeps_references_and_an_explicit_false() {
+        let sa = core::ServiceAccount {
+            metadata: Some(go_meta("bot", "team")),
+            secrets: vec![core::ObjectReference {
+                name: Some("bot-token".into()),
+                namespace: Some(String::new()),
+                field_path: Some(String::new()),
+                ..Default::default()
+            }],
+            image_pull_secrets: vec![core::LocalObjectReference {
+                name: Some("registry".into()),
+            }],
+            automount_service_account_token: Some(false),
+        };
+        let v = decode(&envelope(&sa)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "bot", "namespace": "team"},
+                "secrets": [{"name": "bot-token"}],
+                "imagePullSecrets": [{"name": "registry"}],
+                "automountServiceAccountToken": false,
+            })
+        );
+        // What `kubectl create serviceaccount` sends: no lists, the pointer unset.
+        let bare = core::ServiceAccount {
+            metadata: Some(go_meta("plain", "team")),
+            ..Default::default()
+        };
+        let v = decode(&envelope(&bare)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "plain", "namespace": "team"},
+            })
+        );
+    }
+
+    #[test]
+    fn roles_and_cluster_roles_keep_rules_and_aggregation() {
+        let role = rbac::Role {
+            metadata: Some(go_meta("reader", "team")),
+            rules: vec![rbac::PolicyRule {
+                verbs: vec!["get".into(), "list".into()],
+                api_groups: vec![String::new(), "gateway.networking.k8s.io".into()],
+                resources: vec!["gateways".into(), "gateways/status".into()],
+                resource_names: vec!["gw1".into()],
+                non_resource_ur_ls: vec![],
+            }],
+        };
+        let v = decode(&envelope(&role)).unwrap();
+        assert_eq!(v["apiVersion"], "rbac.authorization.k8s.io/v1");
+        assert_eq!(v["kind"], "Role");
+        assert_eq!(
+            v["rules"],
+            json!([{
+                "verbs": ["get", "list"],
+                // The core group is the empty string, kept inside the list.
+                "apiGroups": ["", "gateway.networking.k8s.io"],
+                "resources": ["gateways", "gateways/status"],
+                "resourceNames": ["gw1"],
+            }])
+        );
+
+        let cluster_role = rbac::ClusterRole {
+            metadata: Some(go_meta("health", "")),
+            rules: vec![rbac::PolicyRule {
+                verbs: vec!["get".into()],
+                non_resource_ur_ls: vec!["/healthz".into()],
+                ..Default::default()
+            }],
+            aggregation_rule: None,
+        };
+        let v = decode(&envelope(&cluster_role)).unwrap();
+        assert_eq!(v["kind"], "ClusterRole");
+        assert_eq!(v["metadata"], json!({"name": "health"}));
+        assert_eq!(
+            v["rules"],
+            json!([{"verbs": ["get"], "nonResourceURLs": ["/healthz"]}])
+        );
+        assert!(v.get("aggregationRule").is_none(), "{v}");
+
+        let aggregated = rbac::ClusterRole {
+            metadata: Some(go_meta("view-all", "")),
+            rules: vec![],
+            aggregation_rule: Some(rbac::AggregationRule {
+                cluster_role_selectors: vec![meta::LabelSelector {
+                    match_labels: BTreeMap::from([("agg".to_string(), "true".to_string())]),
+                    match_expressions: vec![meta::LabelSelectorRequirement {
+                        key: Some("tier".into()),
+                        operator: Some("In".into()),
+                        values: vec!["a".into(), "b".into()],
+                    }],
+                }],
+            }),
+        };
+        let v = decode(&envelope(&aggregated)).unwrap();
+        assert!(v.get("rules").is_none(), "{v}");
+        assert_eq!(
+            v["aggregationRule"],
+            json!({"clusterRoleSelectors": [{
+                "matchLabels": {"agg": "true"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}],
+            }]})
+        );
+    }
+
+    #[test]
+    fn bindings_keep_subjects_and_role_ref() {
+        let subjects = vec![
+            rbac::Subject {
+                kind: Some("ServiceAccount".into()),
+                api_group: Some(String::new()),
+                name: Some("bot".into()),
+                namespace: Some("team".into()),
+            },
+            rbac::Subject {
+                kind: Some("User".into()),
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                name: Some("alice".into()),
+                namespace: Some(String::new()),
+            },
+        ];
+        let want_subjects = json!([
+            {"kind": "ServiceAccount", "name": "bot", "namespace": "team"},
+            {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"},
+        ]);
+        let binding = rbac::RoleBinding {
+            metadata: Some(go_meta("read", "team")),
+            subjects: subjects.clone(),
+            role_ref: Some(rbac::RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: Some("Role".into()),
+                name: Some("reader".into()),
+            }),
+        };
+        let v = decode(&envelope(&binding)).unwrap();
+        assert_eq!(v["kind"], "RoleBinding");
+        assert_eq!(v["metadata"], json!({"name": "read", "namespace": "team"}));
+        assert_eq!(v["subjects"], want_subjects);
+        assert_eq!(
+            v["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"})
+        );
+
+        let cluster_binding = rbac::ClusterRoleBinding {
+            metadata: Some(go_meta("health", "")),
+            subjects,
+            role_ref: Some(rbac::RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: Some("ClusterRole".into()),
+                name: Some("health".into()),
+            }),
+        };
+        let v = decode(&envelope(&cluster_binding)).unwrap();
+        assert_eq!(v["apiVersion"], "rbac.authorization.k8s.io/v1");
+        assert_eq!(v["kind"], "ClusterRoleBinding");
+        assert_eq!(v["subjects"], want_subjects);
+        assert_eq!(v["roleRef"]["kind"], "ClusterRole");
     }
 
     #[test]

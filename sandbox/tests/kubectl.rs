@@ -531,6 +531,171 @@ async fn kubectl_create_generators_list_apply_and_explain() {
     assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
     assert_eq!(ports[0].name.as_deref(), Some("80-8080"));
 
+    // create serviceaccount, then the RBAC generators, each read back with `get -o json`.
+    let get_json = |args: &'static [&'static str]| {
+        let k = &k;
+        async move {
+            let mut full = vec!["get"];
+            full.extend_from_slice(args);
+            full.extend_from_slice(&["-o", "json"]);
+            serde_json::from_str::<serde_json::Value>(&k.ok(&full).await).unwrap()
+        }
+    };
+    let out = k
+        .ok(&["create", "serviceaccount", "bot", "-n", "team"])
+        .await;
+    assert!(out.contains("serviceaccount/bot created"), "{out}");
+    let sa = get_json(&["serviceaccount", "bot", "-n", "team"]).await;
+    assert_eq!(sa["apiVersion"], "v1");
+    assert_eq!(sa["kind"], "ServiceAccount");
+    assert_eq!(sa["metadata"]["name"], "bot");
+    assert_eq!(sa["metadata"]["namespace"], "team");
+    assert!(
+        sa["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty()),
+        "{sa}"
+    );
+    assert!(sa.get("automountServiceAccountToken").is_none(), "{sa}");
+    // `create token` is a subresource of the account just made, and names a missing one.
+    let token = k.ok(&["create", "token", "bot", "-n", "team"]).await;
+    assert!(!token.trim().is_empty() && !token.trim().contains(char::is_whitespace));
+    let missing = k.run(&["create", "token", "nobody", "-n", "team"]).await;
+    assert!(!missing.ok, "{}", missing.stdout);
+    assert!(
+        missing.stderr.contains("\"nobody\" not found"),
+        "{}",
+        missing.stderr
+    );
+
+    let out = k
+        .ok(&[
+            "create",
+            "role",
+            "reader",
+            "--verb=get",
+            "--verb=list",
+            "--resource=configmaps,secrets",
+            "--resource-name=settings",
+            "-n",
+            "team",
+        ])
+        .await;
+    assert!(
+        out.contains("role.rbac.authorization.k8s.io/reader created"),
+        "{out}"
+    );
+    let role = get_json(&["role", "reader", "-n", "team"]).await;
+    assert_eq!(role["apiVersion"], "rbac.authorization.k8s.io/v1");
+    assert_eq!(role["kind"], "Role");
+    assert_eq!(
+        role["rules"],
+        json!([{
+            "verbs": ["get", "list"],
+            "apiGroups": [""],
+            "resources": ["configmaps", "secrets"],
+            "resourceNames": ["settings"],
+        }])
+    );
+
+    let out = k
+        .ok(&[
+            "create",
+            "rolebinding",
+            "read",
+            "--role=reader",
+            "--serviceaccount=team:bot",
+            "--user=alice",
+            "-n",
+            "team",
+        ])
+        .await;
+    assert!(
+        out.contains("rolebinding.rbac.authorization.k8s.io/read created"),
+        "{out}"
+    );
+    let binding = get_json(&["rolebinding", "read", "-n", "team"]).await;
+    assert_eq!(binding["kind"], "RoleBinding");
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"})
+    );
+    let subjects = binding["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), 2, "{binding}");
+    assert!(subjects.contains(&json!(
+        {"kind": "ServiceAccount", "name": "bot", "namespace": "team"}
+    )));
+    assert!(subjects.contains(&json!(
+        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}
+    )));
+
+    let out = k
+        .ok(&[
+            "create",
+            "clusterrole",
+            "health",
+            "--verb=get",
+            "--non-resource-url=/healthz",
+        ])
+        .await;
+    assert!(
+        out.contains("clusterrole.rbac.authorization.k8s.io/health created"),
+        "{out}"
+    );
+    let cluster_role = get_json(&["clusterrole", "health"]).await;
+    assert_eq!(cluster_role["kind"], "ClusterRole");
+    assert!(cluster_role["metadata"].get("namespace").is_none());
+    assert_eq!(
+        cluster_role["rules"],
+        json!([{"verbs": ["get"], "nonResourceURLs": ["/healthz"]}])
+    );
+    let out = k
+        .ok(&[
+            "create",
+            "clusterrole",
+            "gateway-view",
+            "--aggregation-rule=meridian.io/aggregate-to-view=true",
+        ])
+        .await;
+    assert!(
+        out.contains("clusterrole.rbac.authorization.k8s.io/gateway-view created"),
+        "{out}"
+    );
+    let aggregated = get_json(&["clusterrole", "gateway-view"]).await;
+    assert_eq!(
+        aggregated["aggregationRule"],
+        json!({"clusterRoleSelectors": [{"matchLabels": {"meridian.io/aggregate-to-view": "true"}}]})
+    );
+
+    let out = k
+        .ok(&[
+            "create",
+            "clusterrolebinding",
+            "health",
+            "--clusterrole=health",
+            "--group=ops",
+            "--serviceaccount=team:bot",
+        ])
+        .await;
+    assert!(
+        out.contains("clusterrolebinding.rbac.authorization.k8s.io/health created"),
+        "{out}"
+    );
+    let cluster_binding = get_json(&["clusterrolebinding", "health"]).await;
+    assert_eq!(cluster_binding["kind"], "ClusterRoleBinding");
+    assert_eq!(
+        cluster_binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "health"})
+    );
+    let subjects = cluster_binding["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), 2, "{cluster_binding}");
+    assert!(subjects.contains(&json!(
+        {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "ops"}
+    )));
+    assert!(subjects.contains(&json!(
+        {"kind": "ServiceAccount", "name": "bot", "namespace": "team"}
+    )));
+
     // apply -f of a `kind: List` (kubectl validates its items against /openapi/v2 itself).
     for crd in ["gateways", "httproutes"] {
         let file = format!(

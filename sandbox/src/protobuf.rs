@@ -35,10 +35,13 @@
 
 use crate::error::ApiError;
 use base64::Engine as _;
+use k8s_pb::api::apps::v1 as apps;
 use k8s_pb::api::authentication::v1 as authn;
 use k8s_pb::api::authorization::v1 as authz;
 use k8s_pb::api::core::v1 as core;
+use k8s_pb::api::policy::v1 as policy;
 use k8s_pb::api::rbac::v1 as rbac;
+use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
@@ -60,9 +63,14 @@ pub fn is_protobuf(content_type: &str) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(MEDIA_TYPE))
 }
 
-/// A conversion failure inside a decoded message (a value JSON cannot carry as Kubernetes would).
+/// A conversion failure inside a decoded message.
 #[derive(Debug)]
-pub struct ConvError(String);
+pub enum ConvError {
+    /// A value JSON cannot carry as Kubernetes would (400).
+    Invalid(String),
+    /// A well-formed field of a nested type the sandbox does not decode from protobuf (415).
+    NotDecoded(String),
+}
 
 /// Converts a decoded `k8s-pb` message (or a leaf of one) to the JSON Kubernetes would write.
 /// `Ok(None)` means "omit the field".
@@ -130,6 +138,38 @@ impl ToJson for BTreeMap<String, Vec<u8>> {
     }
 }
 
+/// `map<string, Quantity>` (resource limits and requests): JSON carries each quantity as its
+/// canonical string (`"500m"`, `"1Gi"`).
+impl ToJson for BTreeMap<String, Quantity> {
+    fn to_json(&self) -> Result<Option<Value>, ConvError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Map::new();
+        for (name, Quantity { string }) in self {
+            let q = string.as_deref().filter(|q| !q.is_empty()).ok_or_else(|| {
+                ConvError::Invalid(format!("the quantity of resource {name:?} is empty"))
+            })?;
+            out.insert(name.clone(), Value::String(q.to_string()));
+        }
+        Ok(Some(Value::Object(out)))
+    }
+}
+
+/// `map<string, Time>` (a PodDisruptionBudget's `disruptedPods`): each time as RFC 3339.
+impl ToJson for BTreeMap<String, meta::Time> {
+    fn to_json(&self) -> Result<Option<Value>, ConvError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Map::new();
+        for (name, time) in self {
+            out.insert(name.clone(), time.to_json()?.unwrap_or(Value::Null));
+        }
+        Ok(Some(Value::Object(out)))
+    }
+}
+
 /// A repeated message field: a list of objects.
 impl<T: ToJson> ToJson for Vec<T> {
     fn to_json(&self) -> Result<Option<Value>, ConvError> {
@@ -164,7 +204,7 @@ impl ToJson for meta::Time {
             return Ok(None);
         }
         let t = jiff::Timestamp::from_second(seconds)
-            .map_err(|e| ConvError(format!("time {seconds}s is out of range: {e}")))?;
+            .map_err(|e| ConvError::Invalid(format!("time {seconds}s is out of range: {e}")))?;
         Ok(Some(Value::String(
             t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         )))
@@ -182,7 +222,9 @@ impl ToJson for IntOrString {
         match r#type.unwrap_or(0) {
             0 => Ok(Some(json!(int_val.unwrap_or(0)))),
             1 => Ok(Some(json!(str_val.clone().unwrap_or_default()))),
-            t => Err(ConvError(format!("IntOrString has unknown type {t}"))),
+            t => Err(ConvError::Invalid(format!(
+                "IntOrString has unknown type {t}"
+            ))),
         }
     }
 }
@@ -193,9 +235,9 @@ impl ToJson for meta::FieldsV1 {
         let meta::FieldsV1 { raw } = self;
         match raw {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(bytes)
-                .map(Some)
-                .map_err(|e| ConvError(format!("managedFields fieldsV1 is not JSON: {e}"))),
+            Some(bytes) => serde_json::from_slice(bytes).map(Some).map_err(|e| {
+                ConvError::Invalid(format!("managedFields fieldsV1 is not JSON: {e}"))
+            }),
         }
     }
 }
@@ -220,6 +262,51 @@ macro_rules! json_message {
     (@field $field:ident) => { $field.to_json() };
     (@field $field:ident present) => { $field.to_json_present() };
 }
+
+/// Nested message types of a Pod template that kubectl's `create deployment` never fills in, and
+/// that have no table here: absent or empty (Go writes non-pointer structs even when empty) they
+/// are `{}` like any empty message; with content they are refused with a 415 naming the field
+/// type, never dropped.
+macro_rules! not_decoded {
+    ($($ty:path),* $(,)?) => {$(
+        impl ToJson for $ty {
+            fn to_json(&self) -> Result<Option<Value>, ConvError> {
+                if *self == <$ty>::default() {
+                    return Ok(Some(json!({})));
+                }
+                Err(ConvError::NotDecoded(format!(
+                    "a {} in a Pod template",
+                    stringify!($ty).rsplit("::").next().unwrap_or_default().trim()
+                )))
+            }
+        }
+    )*};
+}
+
+not_decoded!(
+    core::Volume,
+    core::EphemeralContainer,
+    core::PodSecurityContext,
+    core::Affinity,
+    core::Toleration,
+    core::HostAlias,
+    core::PodDnsConfig,
+    core::PodReadinessGate,
+    core::TopologySpreadConstraint,
+    core::PodOs,
+    core::PodSchedulingGate,
+    core::PodResourceClaim,
+    core::WorkloadReference,
+    core::EnvFromSource,
+    core::EnvVarSource,
+    core::ContainerResizePolicy,
+    core::ContainerRestartRule,
+    core::VolumeMount,
+    core::VolumeDevice,
+    core::Probe,
+    core::Lifecycle,
+    core::SecurityContext,
+);
 
 json_message! {
     meta::ObjectMeta {
@@ -417,6 +504,164 @@ json_message! {
         kind => "kind",
         name => "name",
     }
+    apps::Deployment {
+        metadata => "metadata",
+        spec => "spec",
+        status => "status",
+    }
+    apps::DeploymentSpec {
+        replicas => "replicas" present,
+        selector => "selector",
+        template => "template",
+        strategy => "strategy",
+        min_ready_seconds => "minReadySeconds",
+        revision_history_limit => "revisionHistoryLimit" present,
+        paused => "paused",
+        progress_deadline_seconds => "progressDeadlineSeconds" present,
+    }
+    apps::DeploymentStrategy {
+        r#type => "type",
+        rolling_update => "rollingUpdate",
+    }
+    apps::RollingUpdateDeployment {
+        max_unavailable => "maxUnavailable",
+        max_surge => "maxSurge",
+    }
+    apps::DeploymentStatus {
+        observed_generation => "observedGeneration",
+        replicas => "replicas",
+        updated_replicas => "updatedReplicas",
+        ready_replicas => "readyReplicas",
+        available_replicas => "availableReplicas",
+        unavailable_replicas => "unavailableReplicas",
+        terminating_replicas => "terminatingReplicas" present,
+        conditions => "conditions",
+        collision_count => "collisionCount" present,
+    }
+    apps::DeploymentCondition {
+        r#type => "type",
+        status => "status",
+        last_update_time => "lastUpdateTime",
+        last_transition_time => "lastTransitionTime",
+        reason => "reason",
+        message => "message",
+    }
+    core::PodTemplateSpec {
+        metadata => "metadata",
+        spec => "spec",
+    }
+    core::PodSpec {
+        volumes => "volumes",
+        init_containers => "initContainers",
+        containers => "containers",
+        ephemeral_containers => "ephemeralContainers",
+        restart_policy => "restartPolicy",
+        termination_grace_period_seconds => "terminationGracePeriodSeconds" present,
+        active_deadline_seconds => "activeDeadlineSeconds" present,
+        dns_policy => "dnsPolicy",
+        node_selector => "nodeSelector",
+        service_account_name => "serviceAccountName",
+        service_account => "serviceAccount",
+        automount_service_account_token => "automountServiceAccountToken" present,
+        node_name => "nodeName",
+        host_network => "hostNetwork",
+        host_pid => "hostPID",
+        host_ipc => "hostIPC",
+        share_process_namespace => "shareProcessNamespace" present,
+        security_context => "securityContext",
+        image_pull_secrets => "imagePullSecrets",
+        hostname => "hostname",
+        subdomain => "subdomain",
+        affinity => "affinity",
+        scheduler_name => "schedulerName",
+        tolerations => "tolerations",
+        host_aliases => "hostAliases",
+        priority_class_name => "priorityClassName",
+        priority => "priority" present,
+        dns_config => "dnsConfig",
+        readiness_gates => "readinessGates",
+        runtime_class_name => "runtimeClassName" present,
+        enable_service_links => "enableServiceLinks" present,
+        preemption_policy => "preemptionPolicy" present,
+        overhead => "overhead",
+        topology_spread_constraints => "topologySpreadConstraints",
+        set_hostname_as_fqdn => "setHostnameAsFQDN" present,
+        os => "os",
+        host_users => "hostUsers" present,
+        scheduling_gates => "schedulingGates",
+        resource_claims => "resourceClaims",
+        resources => "resources",
+        hostname_override => "hostnameOverride" present,
+        workload_ref => "workloadRef",
+    }
+    core::Container {
+        name => "name",
+        image => "image",
+        command => "command",
+        args => "args",
+        working_dir => "workingDir",
+        ports => "ports",
+        env_from => "envFrom",
+        env => "env",
+        resources => "resources",
+        resize_policy => "resizePolicy",
+        restart_policy => "restartPolicy" present,
+        restart_policy_rules => "restartPolicyRules",
+        volume_mounts => "volumeMounts",
+        volume_devices => "volumeDevices",
+        liveness_probe => "livenessProbe",
+        readiness_probe => "readinessProbe",
+        startup_probe => "startupProbe",
+        lifecycle => "lifecycle",
+        termination_message_path => "terminationMessagePath",
+        termination_message_policy => "terminationMessagePolicy",
+        image_pull_policy => "imagePullPolicy",
+        security_context => "securityContext",
+        stdin => "stdin",
+        stdin_once => "stdinOnce",
+        tty => "tty",
+    }
+    core::ContainerPort {
+        name => "name",
+        host_port => "hostPort",
+        container_port => "containerPort",
+        protocol => "protocol",
+        host_ip => "hostIP",
+    }
+    core::EnvVar {
+        name => "name",
+        value => "value",
+        value_from => "valueFrom",
+    }
+    core::ResourceRequirements {
+        limits => "limits",
+        requests => "requests",
+        claims => "claims",
+    }
+    core::ResourceClaim {
+        name => "name",
+        request => "request",
+    }
+    policy::PodDisruptionBudget {
+        metadata => "metadata",
+        spec => "spec",
+        status => "status",
+    }
+    policy::PodDisruptionBudgetSpec {
+        min_available => "minAvailable",
+        selector => "selector",
+        max_unavailable => "maxUnavailable",
+        unhealthy_pod_eviction_policy => "unhealthyPodEvictionPolicy" present,
+    }
+    policy::PodDisruptionBudgetStatus {
+        observed_generation => "observedGeneration",
+        disrupted_pods => "disruptedPods",
+        disruptions_allowed => "disruptionsAllowed",
+        current_healthy => "currentHealthy",
+        desired_healthy => "desiredHealthy",
+        expected_pods => "expectedPods",
+        conditions => "conditions",
+    }
     authn::TokenRequest {
         metadata => "metadata",
         spec => "spec",
@@ -495,8 +740,12 @@ fn decode_as<T: Message + Default + ToJson>(raw: &[u8]) -> Result<Value, ApiErro
     match msg.to_json() {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Ok(json!({})),
-        Err(ConvError(why)) => Err(ApiError::bad_request(format!(
+        Err(ConvError::Invalid(why)) => Err(ApiError::bad_request(format!(
             "the protobuf body could not be converted: {why}"
+        ))),
+        Err(ConvError::NotDecoded(what)) => Err(unsupported(&format!(
+            "{what} is not decoded from protobuf by this sandbox; send the object as JSON \
+             (Content-Type: application/json), e.g. with `kubectl apply -f` or `kubectl create -f`"
         ))),
     }
 }
@@ -509,7 +758,7 @@ fn entry<T: k8s_pb::Resource + Message + Default + ToJson>() -> (&'static str, &
 }
 
 /// The kinds whose protobuf bodies are understood: `(apiVersion, kind, decoder)`.
-pub static SUPPORTED: std::sync::LazyLock<[(&'static str, &'static str, Decoder); 11]> =
+pub static SUPPORTED: std::sync::LazyLock<[(&'static str, &'static str, Decoder); 13]> =
     std::sync::LazyLock::new(|| {
         [
             entry::<core::Namespace>(),
@@ -522,6 +771,10 @@ pub static SUPPORTED: std::sync::LazyLock<[(&'static str, &'static str, Decoder)
             entry::<rbac::ClusterRole>(),
             entry::<rbac::RoleBinding>(),
             entry::<rbac::ClusterRoleBinding>(),
+            // `kubectl create deployment`.
+            entry::<apps::Deployment>(),
+            // `kubectl create poddisruptionbudget`.
+            entry::<policy::PodDisruptionBudget>(),
             // `kubectl create token` (k8s-pb has no `Resource` impl for this subresource kind).
             (
                 "authentication.k8s.io/v1",
@@ -925,6 +1178,281 @@ mod tests {
         assert_eq!(v["roleRef"]["kind"], "ClusterRole");
     }
 
+    fn labels(app: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("app".to_string(), app.to_string())])
+    }
+
+    /// A Deployment as `kubectl create deployment web --image=nginx --port=8080 --replicas=2`
+    /// builds it, with the empty structs Go's encoder writes.
+    fn created_deployment() -> apps::Deployment {
+        apps::Deployment {
+            metadata: Some(meta::ObjectMeta {
+                labels: labels("web"),
+                ..go_meta("web", "team")
+            }),
+            spec: Some(apps::DeploymentSpec {
+                replicas: Some(2),
+                selector: Some(meta::LabelSelector {
+                    match_labels: labels("web"),
+                    match_expressions: vec![],
+                }),
+                template: Some(core::PodTemplateSpec {
+                    metadata: Some(meta::ObjectMeta {
+                        labels: labels("web"),
+                        ..go_meta("", "")
+                    }),
+                    spec: Some(core::PodSpec {
+                        containers: vec![core::Container {
+                            name: Some("nginx".into()),
+                            image: Some("nginx".into()),
+                            ports: vec![core::ContainerPort {
+                                container_port: Some(8080),
+                                host_port: Some(0),
+                                protocol: Some(String::new()),
+                                ..Default::default()
+                            }],
+                            resources: Some(core::ResourceRequirements::default()),
+                            working_dir: Some(String::new()),
+                            stdin: Some(false),
+                            ..Default::default()
+                        }],
+                        restart_policy: Some(String::new()),
+                        host_network: Some(false),
+                        ..Default::default()
+                    }),
+                }),
+                strategy: Some(apps::DeploymentStrategy::default()),
+                min_ready_seconds: Some(0),
+                paused: Some(false),
+                ..Default::default()
+            }),
+            status: Some(apps::DeploymentStatus::default()),
+        }
+    }
+
+    #[test]
+    fn deployment_from_kubectl_create_deployment() {
+        let v = decode(&envelope(&created_deployment())).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "team", "labels": {"app": "web"}},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{
+                            "name": "nginx",
+                            "image": "nginx",
+                            "ports": [{"containerPort": 8080}],
+                            "resources": {},
+                        }]},
+                    },
+                    "strategy": {},
+                },
+                "status": {},
+            })
+        );
+    }
+
+    #[test]
+    fn deployment_resources_env_and_rolling_update() {
+        let mut d = created_deployment();
+        let spec = d.spec.as_mut().unwrap();
+        spec.strategy = Some(apps::DeploymentStrategy {
+            r#type: Some("RollingUpdate".into()),
+            rolling_update: Some(apps::RollingUpdateDeployment {
+                max_unavailable: Some(IntOrString {
+                    r#type: Some(0),
+                    int_val: Some(0),
+                    str_val: Some(String::new()),
+                }),
+                max_surge: Some(IntOrString {
+                    r#type: Some(1),
+                    int_val: Some(0),
+                    str_val: Some("25%".into()),
+                }),
+            }),
+        });
+        spec.revision_history_limit = Some(0);
+        let pod = spec.template.as_mut().unwrap().spec.as_mut().unwrap();
+        pod.service_account_name = Some("proxy".into());
+        pod.termination_grace_period_seconds = Some(0);
+        let c = &mut pod.containers[0];
+        c.args = vec!["--listen".into(), ":8080".into()];
+        c.env = vec![core::EnvVar {
+            name: Some("MODE".into()),
+            value: Some("edge".into()),
+            value_from: None,
+        }];
+        c.resources = Some(core::ResourceRequirements {
+            limits: BTreeMap::from([(
+                "memory".to_string(),
+                Quantity {
+                    string: Some("128Mi".into()),
+                },
+            )]),
+            requests: BTreeMap::from([(
+                "cpu".to_string(),
+                Quantity {
+                    string: Some("250m".into()),
+                },
+            )]),
+            claims: vec![],
+        });
+        let v = decode(&envelope(&d)).unwrap();
+        assert_eq!(
+            v["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}})
+        );
+        // Pointer fields keep their explicit zero.
+        assert_eq!(v["spec"]["revisionHistoryLimit"], 0);
+        let pod = &v["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "proxy");
+        assert_eq!(pod["terminationGracePeriodSeconds"], 0);
+        assert_eq!(
+            pod["containers"][0]["resources"],
+            json!({"limits": {"memory": "128Mi"}, "requests": {"cpu": "250m"}})
+        );
+        assert_eq!(pod["containers"][0]["args"], json!(["--listen", ":8080"]));
+        assert_eq!(
+            pod["containers"][0]["env"],
+            json!([{"name": "MODE", "value": "edge"}])
+        );
+
+        // A quantity without its string is malformed.
+        let c = &mut d
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0];
+        c.resources
+            .as_mut()
+            .unwrap()
+            .limits
+            .insert("cpu".into(), Quantity { string: None });
+        let e = decode(&envelope(&d)).unwrap_err();
+        assert_eq!(e.code, 400, "{}", e.message);
+        assert!(e.message.contains("\"cpu\""), "{}", e.message);
+    }
+
+    #[test]
+    fn pod_template_parts_without_a_table_are_415_never_dropped() {
+        let mut d = created_deployment();
+        let pod = d
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap();
+        pod.volumes = vec![core::Volume {
+            name: Some("config".into()),
+            ..Default::default()
+        }];
+        let e = decode(&envelope(&d)).unwrap_err();
+        assert_eq!(e.code, 415, "{}", e.message);
+        assert!(
+            e.message.contains("a Volume in a Pod template"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("application/json"), "{}", e.message);
+
+        let mut d = created_deployment();
+        let pod = d
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap();
+        pod.containers[0].readiness_probe = Some(core::Probe {
+            period_seconds: Some(5),
+            ..Default::default()
+        });
+        let e = decode(&envelope(&d)).unwrap_err();
+        assert_eq!(e.code, 415, "{}", e.message);
+        assert!(
+            e.message.contains("a Probe in a Pod template"),
+            "{}",
+            e.message
+        );
+
+        // An empty pointer struct is written by Go as `{}`: kept, not refused.
+        let mut d = created_deployment();
+        let pod = d
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap();
+        pod.security_context = Some(core::PodSecurityContext::default());
+        let v = decode(&envelope(&d)).unwrap();
+        assert_eq!(v["spec"]["template"]["spec"]["securityContext"], json!({}));
+    }
+
+    #[test]
+    fn pod_disruption_budget_min_available_and_status() {
+        let pdb = policy::PodDisruptionBudget {
+            metadata: Some(go_meta("web", "team")),
+            spec: Some(policy::PodDisruptionBudgetSpec {
+                min_available: Some(IntOrString {
+                    r#type: Some(1),
+                    int_val: Some(0),
+                    str_val: Some("50%".into()),
+                }),
+                selector: Some(meta::LabelSelector {
+                    match_labels: labels("web"),
+                    match_expressions: vec![],
+                }),
+                max_unavailable: None,
+                unhealthy_pod_eviction_policy: None,
+            }),
+            status: Some(policy::PodDisruptionBudgetStatus {
+                disrupted_pods: BTreeMap::from([(
+                    "web-1".to_string(),
+                    meta::Time {
+                        seconds: Some(1_700_000_000),
+                        nanos: Some(0),
+                    },
+                )]),
+                expected_pods: Some(3),
+                ..Default::default()
+            }),
+        };
+        let v = decode(&envelope(&pdb)).unwrap();
+        assert_eq!(v["apiVersion"], "policy/v1");
+        assert_eq!(v["kind"], "PodDisruptionBudget");
+        assert_eq!(
+            v["spec"],
+            json!({"minAvailable": "50%", "selector": {"matchLabels": {"app": "web"}}})
+        );
+        assert_eq!(
+            v["status"],
+            json!({"disruptedPods": {"web-1": "2023-11-14T22:13:20Z"}, "expectedPods": 3})
+        );
+    }
+
     #[test]
     fn malformed_bodies_are_400_not_panics() {
         // No magic.
@@ -955,9 +1483,9 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_415_naming_the_kind_and_json() {
-        let e = decode(&wrap("apps/v1", "Deployment", vec![])).unwrap_err();
+        let e = decode(&wrap("batch/v1", "Job", vec![])).unwrap_err();
         assert_eq!(e.code, 415);
-        assert!(e.message.contains("Deployment (apps/v1)"), "{}", e.message);
+        assert!(e.message.contains("Job (batch/v1)"), "{}", e.message);
         assert!(e.message.contains("application/json"), "{}", e.message);
         assert_eq!(e.to_status()["reason"], "UnsupportedMediaType");
     }

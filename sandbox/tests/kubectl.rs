@@ -696,6 +696,62 @@ async fn kubectl_create_generators_list_apply_and_explain() {
         {"kind": "ServiceAccount", "name": "bot", "namespace": "team"}
     )));
 
+    // create deployment and create poddisruptionbudget (apps/v1 and policy/v1 in protobuf).
+    let out = k
+        .ok(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=registry.example/echo:1.2",
+            "--port=8080",
+            "--replicas=2",
+            "-n",
+            "team",
+            "--",
+            "echo",
+            "--listen=:8080",
+        ])
+        .await;
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    let deployment = get_json(&["deployment", "web", "-n", "team"]).await;
+    assert_eq!(deployment["apiVersion"], "apps/v1");
+    assert_eq!(deployment["kind"], "Deployment");
+    assert_eq!(deployment["metadata"]["labels"], json!({"app": "web"}));
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 2);
+    assert_eq!(spec["selector"], json!({"matchLabels": {"app": "web"}}));
+    assert_eq!(
+        spec["template"]["metadata"]["labels"],
+        json!({"app": "web"})
+    );
+    let containers = spec["template"]["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1, "{deployment}");
+    assert_eq!(containers[0]["name"], "echo");
+    assert_eq!(containers[0]["image"], "registry.example/echo:1.2");
+    assert_eq!(containers[0]["command"], json!(["echo", "--listen=:8080"]));
+    assert_eq!(containers[0]["ports"], json!([{"containerPort": 8080}]));
+    let out = k
+        .ok(&[
+            "create",
+            "poddisruptionbudget",
+            "web",
+            "--selector=app=web",
+            "--min-available=50%",
+            "-n",
+            "team",
+        ])
+        .await;
+    assert!(
+        out.contains("poddisruptionbudget.policy/web created"),
+        "{out}"
+    );
+    let pdb = get_json(&["poddisruptionbudget", "web", "-n", "team"]).await;
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(
+        pdb["spec"],
+        json!({"minAvailable": "50%", "selector": {"matchLabels": {"app": "web"}}})
+    );
+
     // apply -f of a `kind: List` (kubectl validates its items against /openapi/v2 itself).
     for crd in ["gateways", "httproutes"] {
         let file = format!(

@@ -6,7 +6,8 @@
 //! label/field selectors, paging, watches with bookmarks and 410 Expired, merge/JSON/strategic
 //! patches, server-side apply, the status subresource, CRD registration, Table output for
 //! `kubectl get`, OpenAPI v2/v3 documents for `kubectl apply` and `kubectl explain`, the
-//! Kubernetes-protobuf request bodies of kubectl's `create secret|configmap|namespace|service`,
+//! Kubernetes-protobuf request bodies of kubectl's `create secret|configmap|namespace|service|
+//! serviceaccount|role|clusterrole|rolebinding|clusterrolebinding|deployment|poddisruptionbudget`,
 //! and what an install on a real cluster needs: Deployments, PodDisruptionBudgets,
 //! ServiceAccounts and the RBAC kinds, ServiceAccount tokens (TokenRequest, TokenReview) and
 //! RBAC.
@@ -69,7 +70,9 @@
 //! namespace).
 //!
 //! Wire formats: protobuf request bodies are decoded only for Namespace, Secret, ConfigMap,
-//! Service, TokenRequest and SelfSubjectAccessReview (other kinds get a 415 saying JSON works) and answers are always JSON; built-in kinds
+//! Service, ServiceAccount, the four RBAC kinds, Deployment (not every Pod-template field),
+//! PodDisruptionBudget, TokenRequest and SelfSubjectAccessReview (anything else gets a 415 saying
+//! JSON works) and answers are always JSON; built-in kinds
 //! publish a minimal OpenAPI schema (apiVersion, kind, metadata), CRD kinds their full schema;
 //! discovery is the legacy (non-aggregated) format only;
 //! `/openapi/v2` asked for as protobuf is an empty document (no Rust crate provides its message

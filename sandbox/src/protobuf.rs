@@ -1,7 +1,8 @@
 //! Kubernetes protobuf request bodies, turned into the JSON objects the store keeps.
 //!
-//! kubectl's imperative generators (`kubectl create secret|configmap|namespace|service ...`) go
-//! through client-go's typed clients, which send built-in kinds as
+//! kubectl's imperative generators (`kubectl create secret|configmap|namespace|service|
+//! serviceaccount|role|clusterrole|rolebinding|clusterrolebinding|deployment|poddisruptionbudget
+//! ...`) go through client-go's typed clients, which send built-in kinds as
 //! `Content-Type: application/vnd.kubernetes.protobuf`. Such a body is:
 //!
 //! ```text
@@ -28,9 +29,15 @@
 //! in the tables (Go pointer fields, where an explicit `0` or `false` means something).
 //!
 //! Only the built-in kinds kubectl's generators create in the sandbox are decoded (Namespace,
-//! Secret, ConfigMap, Service), plus the requests of `kubectl create token` (TokenRequest) and
-//! `kubectl auth can-i` (SelfSubjectAccessReview). Any other kind is answered with a 415 Status naming the kind and
-//! saying that JSON works; malformed bodies get a 400 Status. Responses are always JSON: client-go
+//! Secret, ConfigMap, Service, ServiceAccount, Role, ClusterRole, RoleBinding,
+//! ClusterRoleBinding, Deployment, PodDisruptionBudget), plus the requests of `kubectl create
+//! token` (TokenRequest) and `kubectl auth can-i` (SelfSubjectAccessReview). Any other kind is
+//! answered with a 415 Status naming the kind and saying that JSON works; malformed bodies get a
+//! 400 Status. A Deployment's Pod template has a table for what `kubectl create deployment`
+//! fills in (containers with image, command, args, ports, env values, resources; the pod-level
+//! scalars and maps); the rarer nested types (volumes, probes, security contexts, affinity,
+//! tolerations, ...) are listed in `not_decoded!`: empty they are `{}`, with content the whole
+//! body is a 415 naming the type, so nothing is stored with a part silently missing. Responses are always JSON: client-go
 //! reads the response `Content-Type`, so a protobuf-preferring client accepts them.
 
 use crate::error::ApiError;

@@ -758,7 +758,8 @@ async fn apply_accepts_yaml_bodies_and_dry_run_changes_nothing() {
 
 /// Kubernetes protobuf bodies over HTTP: a ConfigMap as client-go encodes it is created and
 /// answered in JSON; a truncated body is a 400 Status; a kind the sandbox does not decode from
-/// protobuf is a 415 Status naming it and saying JSON works; the server keeps serving.
+/// protobuf (or a Pod-template part it has no table for) is a 415 Status naming it and saying
+/// JSON works, storing nothing; the server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protobuf_bodies_are_decoded_or_refused_with_a_status() {
     use k8s_pb::api::core::v1::ConfigMap;
@@ -819,6 +820,40 @@ async fn protobuf_bodies_are_decoded_or_refused_with_a_status() {
         msg.contains("Lease (coordination.k8s.io/v1)") && msg.contains("JSON"),
         "{msg}"
     );
+
+    // A Deployment is decoded, but a Pod-template part without a conversion table (here a
+    // volume) is refused as a whole: 415, nothing stored, nothing silently dropped.
+    let deployment = k8s_pb::api::apps::v1::Deployment {
+        metadata: Some(ObjectMeta {
+            name: Some("with-volume".into()),
+            ..Default::default()
+        }),
+        spec: Some(k8s_pb::api::apps::v1::DeploymentSpec {
+            template: Some(k8s_pb::api::core::v1::PodTemplateSpec {
+                metadata: None,
+                spec: Some(k8s_pb::api::core::v1::PodSpec {
+                    volumes: vec![k8s_pb::api::core::v1::Volume {
+                        name: Some("config".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    let body = envelope("apps/v1", "Deployment", deployment.encode_to_vec());
+    let s = assert_status(
+        &raw(&base, "POST", deployments, &proto, body).await,
+        415,
+        "UnsupportedMediaType",
+    );
+    let msg = s["message"].as_str().unwrap();
+    assert!(msg.contains("Volume") && msg.contains("JSON"), "{msg}");
+    let left = get_json(&base, &format!("{deployments}/with-volume")).await;
+    assert_eq!(left.status, 404, "{}", left.text());
 
     assert_eq!(get_json(&base, &format!("{CMS}/pb")).await.status, 200);
     sb.shutdown().await;

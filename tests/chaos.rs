@@ -742,6 +742,8 @@ impl Mesh {
             ca_cert.to_str().unwrap(),
             "--ca-key-file",
             ca_key.to_str().unwrap(),
+            // The echo backends listen on loopback.
+            "--allow-loopback-endpoints",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -15,7 +15,7 @@
 //! as a crashed process would. The nft table is deleted by restore, by [`LocalBackends::shutdown`]
 //! and, as a last resort, when the [`LocalBackends`] is dropped (any exit path of `up`).
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
@@ -131,14 +131,11 @@ impl Default for LocalBackends {
 /// How long a (re)started backend may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn accepts(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-}
-
-/// Starts one backend on its own runtime and waits until it accepts connections.
+/// Starts one backend on its own runtime and waits until its socket is bound (by this backend:
+/// a connect probe could reach another process that took the port first).
 async fn start_backend(args: &EchoArgs) -> Result<Running, ActuatorError> {
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<String>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let a = args.clone();
     let thread = std::thread::Builder::new()
         .name(format!("echo-{}", a.zone))
@@ -149,15 +146,23 @@ async fn start_backend(args: &EchoArgs) -> Result<Running, ActuatorError> {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = err_tx.send(format!("starting a runtime: {e}"));
+                    let _ = bound_tx.send(Err(format!("starting a runtime: {e}")));
                     return;
                 }
             };
             rt.block_on(async move {
+                let listener = match echo::bind(a.listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(error_chain(&e)));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send(Ok(()));
                 tokio::select! {
-                    r = echo::run(a) => {
+                    r = echo::serve(listener, a) => {
                         if let Err(e) = r {
-                            let _ = err_tx.send(error_chain(&e));
+                            tracing::warn!(error = %error_chain(&e), "echo backend stopped");
                         }
                     }
                     _ = stop_rx => {}
@@ -170,31 +175,22 @@ async fn start_backend(args: &EchoArgs) -> Result<Running, ActuatorError> {
             name: args.name.clone(),
             error,
         })?;
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(reason) = err_rx.try_recv() {
-            return Err(ActuatorError::Backend {
-                name: args.name.clone(),
-                listen: args.listen,
-                reason,
-            });
-        }
-        let addr = args.listen;
-        if tokio::task::spawn_blocking(move || accepts(addr))
-            .await
-            .unwrap_or(false)
-        {
-            return Ok(Running { stop, thread });
-        }
-        if tokio::time::Instant::now() > deadline {
+    match tokio::time::timeout(START_TIMEOUT, bound_rx).await {
+        Ok(Ok(Ok(()))) => Ok(Running { stop, thread }),
+        Ok(Ok(Err(reason))) => Err(ActuatorError::Backend {
+            name: args.name.clone(),
+            listen: args.listen,
+            reason,
+        }),
+        // The thread ended without a word (it panicked) or took too long.
+        Ok(Err(_)) | Err(_) => {
             let _ = stop.send(());
-            return Err(ActuatorError::NotAccepting {
+            Err(ActuatorError::NotAccepting {
                 name: args.name.clone(),
                 listen: args.listen,
                 within: START_TIMEOUT,
-            });
+            })
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -482,6 +478,7 @@ impl Drop for LocalBackends {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::io::{Read, Write};
+    use std::net::TcpStream;
 
     use meridian_test_support::free_port;
 

@@ -76,12 +76,21 @@ struct Identity {
 
 /// Serves until the process is stopped. Speaks HTTP/1.1 and h2c.
 pub async fn run(args: EchoArgs) -> Result<(), EchoError> {
-    let listener = TcpListener::bind(args.listen)
+    let listener = bind(args.listen).await?;
+    serve(listener, args).await
+}
+
+/// Binds the backend's socket (split from [`serve`] so a caller knows the socket is *ours*
+/// before it counts the backend as up: a connect probe alone may reach whoever else holds the
+/// port).
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener, EchoError> {
+    TcpListener::bind(listen)
         .await
-        .map_err(|source| EchoError::Bind {
-            listen: args.listen,
-            source,
-        })?;
+        .map_err(|source| EchoError::Bind { listen, source })
+}
+
+/// Serves on a socket from [`bind`] until the task is dropped.
+pub async fn serve(listener: TcpListener, args: EchoArgs) -> Result<(), EchoError> {
     let id = Arc::new(Identity {
         name: args.name,
         cluster: args.cluster,

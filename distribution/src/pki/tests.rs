@@ -21,6 +21,17 @@ fn proxy_creds(ca: &Ca, who: &ProxyIdentity, ttl: Duration) -> Credentials {
     Credentials::new(pem, key, ca.trust_domain()).unwrap()
 }
 
+/// The controller's credentials, reached as `ctl`.
+fn controller_creds(ca: &Ca) -> Credentials {
+    ca.issue_server(
+        &Peer::Controller,
+        &["ctl".into()],
+        &[],
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
 fn mesh(name: &str) -> Ca {
     Ca::generate(&TrustDomain::new(name).unwrap(), Duration::from_secs(3600)).unwrap()
 }
@@ -78,14 +89,7 @@ async fn mutual_tls_names_both_ends() {
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused_or_anonymous() {
     let ca = mesh("a.mesh");
-    let ctl = ca
-        .issue_server(
-            &Peer::Controller,
-            &["ctl".into()],
-            &[],
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let ctl = controller_creds(&ca);
     let required = server_acceptor(&ctl, &ca.bundle(), ClientCerts::Required).unwrap();
     let client = client_connector(None, &ca.bundle(), Peer::Controller).unwrap();
     assert!(handshake(required, client, "ctl").await.is_err());
@@ -98,14 +102,7 @@ async fn a_client_without_a_certificate_is_refused_or_anonymous() {
 async fn another_mesh_is_refused_both_ways() {
     let ours = mesh("a.mesh");
     let theirs = mesh("a.mesh");
-    let ctl = ours
-        .issue_server(
-            &Peer::Controller,
-            &["ctl".into()],
-            &[],
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let ctl = controller_creds(&ours);
     // A client certificate of another CA (same trust domain name even).
     let foreign = proxy_creds(&theirs, &proxy("us-east", "p1"), Duration::from_secs(600));
     let acceptor = server_acceptor(&ctl, &ours.bundle(), ClientCerts::Optional).unwrap();
@@ -136,14 +133,7 @@ async fn a_proxy_certificate_cannot_pose_as_the_controller() {
 #[tokio::test]
 async fn host_names_are_checked() {
     let ca = mesh("a.mesh");
-    let ctl = ca
-        .issue_server(
-            &Peer::Controller,
-            &["ctl".into()],
-            &[],
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let ctl = controller_creds(&ca);
     let acceptor = server_acceptor(&ctl, &ca.bundle(), ClientCerts::Optional).unwrap();
     let client = client_connector(None, &ca.bundle(), Peer::Controller).unwrap();
     assert!(handshake(acceptor, client, "elsewhere").await.is_err());
@@ -152,14 +142,7 @@ async fn host_names_are_checked() {
 #[tokio::test]
 async fn tls_1_2_is_refused() {
     let ca = mesh("a.mesh");
-    let ctl = ca
-        .issue_server(
-            &Peer::Controller,
-            &["ctl".into()],
-            &[],
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let ctl = controller_creds(&ca);
     let acceptor = server_acceptor(&ctl, &ca.bundle(), ClientCerts::Optional).unwrap();
     let mut old = SslConnector::builder(SslMethod::tls_client()).unwrap();
     old.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();

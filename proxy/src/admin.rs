@@ -6,7 +6,8 @@
 //! | `/ready`       | never             | 200 once a snapshot is served, else 503; JSON with      |
 //! |                |                   | generation, source, error, the controller link          |
 //! |                |                   | (`controller: {url, connected, lastError}` or null) and |
-//! |                |                   | the state file (`stateFile` or null)                    |
+//! |                |                   | the state file (`stateFile` or null) and the mesh       |
+//! |                |                   | identity (`identity: {uri, notAfter, renewAt}` or null) |
 //! | `/config_dump` | with a token      | the served snapshot (secrets redacted), generation,     |
 //! |                |                   | source, error                                           |
 //! | `/metrics`     | with a token      | Prometheus text                                         |
@@ -27,6 +28,13 @@
 //! backends and mirror backends alike) whose name carries credentials ([`secret_header`]). The
 //! name stays visible, the value reads `<redacted>`.
 //!
+//! `identity` shows the certificate the proxy presents on the east-west hop as it is now (a
+//! renewal shows at the next request): its `spiffe://` URI, its end of validity and when it is
+//! due for renewal, both RFC 3339. Nothing secret: no key, no PEM. It is null without an
+//! identity, and before the first certificate arrives. It does not affect readiness: a proxy
+//! serves its Gateways' traffic without one; `meridian_proxy_certificate_expiry_seconds` is the
+//! number to alert on.
+//!
 //! `source` says where the served snapshot came from: `file` (`--snapshot`), `controller`, or
 //! `disk` (restored from `--state-dir` at start; `restored: {path, generation, writtenAt}` tells
 //! which), null before the first one. A proxy serving a restored snapshot is ready (200): it
@@ -42,6 +50,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use meridian_distribution::pki::CertStore;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -232,6 +241,7 @@ fn answer<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
                         "writtenAt": f.written.as_ref().map(|w| w.1.clone()),
                         "lastError": f.last_error,
                     })),
+                    "identity": shared.identity.as_deref().map_or(Value::Null, identity),
                 }),
             )
         }
@@ -267,6 +277,25 @@ fn answer<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
             "not found: try /healthz, /ready, /config_dump, /metrics\n".to_string(),
         ),
     }
+}
+
+/// `/ready`'s `identity`: who the current certificate names and when it ends and is renewed;
+/// null before the first certificate.
+fn identity(store: &CertStore) -> Value {
+    let Some(creds) = store.credentials() else {
+        return Value::Null;
+    };
+    json!({
+        "uri": creds.peer().uri(store.bundle().trust_domain()),
+        "notAfter": rfc3339(creds.not_after()),
+        "renewAt": rfc3339(creds.renew_at()),
+    })
+}
+
+/// A point in time as RFC 3339 (UTC); null if it is outside what a timestamp can hold (a
+/// certificate's dates come from whoever issued it).
+fn rfc3339(t: std::time::SystemTime) -> Value {
+    jiff::Timestamp::try_from(t).map_or(Value::Null, |ts| Value::String(ts.to_string()))
 }
 
 /// Removes every secret from a snapshot's JSON, in place: private keys, fields named like a

@@ -349,6 +349,7 @@ impl ProxyHandle {
                 .as_ref()
                 .and_then(|(_, local, _)| east_west_side(*local, &traffic)),
             hop,
+            identity: cfg.identity.clone(),
             traffic,
             last_error: Default::default(),
             controller: Default::default(),

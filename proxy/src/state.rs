@@ -70,6 +70,9 @@ pub(crate) struct Shared {
     pub east_west: Option<EastWestSide>,
     /// How tries and probes at east-west endpoints are secured.
     pub hop: HopSecurity,
+    /// The proxy's mesh identity ([`crate::ProxyConfig::identity`]), read by `/ready`; kept
+    /// apart from `hop`, which forgets it when the hop is plaintext.
+    pub identity: Option<Arc<meridian_distribution::pki::CertStore>>,
     /// Where the served snapshot came from (`None` before the first one).
     pub source: Mutex<Option<SnapshotSource>>,
     /// The state file with `--state-dir` (`None` without).

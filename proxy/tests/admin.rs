@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::{TEST_TIMEOUT, client, free_port, http_snapshot, metric_sum};
+use std::sync::Arc;
+
+use common::{TEST_TIMEOUT, client, free_port, http_snapshot, mesh, metric_sum};
+use meridian_distribution::pki::CertStore;
 use meridian_proxy::{AdminAuth, ProxyConfig, ProxyHandle};
 use serde_json::{Value, json};
 
@@ -131,6 +134,80 @@ async fn without_a_token_every_admin_path_is_open() {
             let (s, challenge, body) = fetch(&c, admin, path, None).await;
             assert_eq!((s, challenge), (200, None), "{path}: {body}");
         }
+        proxy.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+/// `/ready`'s status and JSON.
+async fn ready(c: &reqwest::Client, admin: std::net::SocketAddr) -> (u16, Value) {
+    let (s, _, body) = fetch(c, admin, "/ready", None).await;
+    (s, serde_json::from_str(&body).unwrap())
+}
+
+/// The RFC 3339 text of `/ready`, as a time.
+fn time(v: &Value) -> std::time::SystemTime {
+    let ts: jiff::Timestamp = v.as_str().unwrap().parse().unwrap();
+    ts.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_shows_the_mesh_identity_without_key_material_and_readiness_ignores_it() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let c = client();
+
+        // No identity at all: null.
+        let plain = common::proxy().await;
+        let (s, v) = ready(&c, plain.admin_addr().unwrap()).await;
+        assert_eq!(s, 503);
+        assert!(v.get("identity").unwrap().is_null(), "{v}");
+        plain.shutdown().await;
+
+        // An identity whose first certificate has not arrived yet: still null.
+        let store = Arc::new(CertStore::new(mesh::ca().bundle()));
+        let proxy = ProxyHandle::start(ProxyConfig {
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            identity: Some(store.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let admin = proxy.admin_addr().unwrap();
+        let (s, v) = ready(&c, admin).await;
+        assert_eq!(s, 503);
+        assert!(v["identity"].is_null(), "{v}");
+
+        // The certificate arrives: shown at the next request; readiness still waits for a
+        // snapshot.
+        let creds = mesh::proxy_creds(mesh::ca(), "west", "z1", "west-1");
+        let (not_after, renew_at) = (creds.not_after(), creds.renew_at());
+        assert!(renew_at < not_after);
+        store.set(creds);
+        let (s, v) = ready(&c, admin).await;
+        assert_eq!((s, &v["ready"]), (503, &json!(false)), "{v}");
+        let identity = &v["identity"];
+        assert_eq!(
+            identity["uri"], "spiffe://meridian.mesh/cluster/west/region/r1/zone/z1/proxy/west-1",
+            "{v}"
+        );
+        assert_eq!(time(&identity["notAfter"]), not_after, "{v}");
+        assert_eq!(time(&identity["renewAt"]), renew_at, "{v}");
+        assert_eq!(
+            identity.as_object().unwrap().len(),
+            3,
+            "uri, notAfter and renewAt only: {v}"
+        );
+        let text = v.to_string();
+        assert!(!text.contains("BEGIN"), "no PEM of any kind: {text}");
+
+        proxy
+            .apply(http_snapshot(1, free_port(), vec![]))
+            .await
+            .unwrap();
+        let (s, v) = ready(&c, admin).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["identity"], *identity);
         proxy.shutdown().await;
     })
     .await

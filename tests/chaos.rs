@@ -14,7 +14,8 @@
 //!                    an unknown schema: both refused (reported on /ready), the last good one keeps
 //!                    serving; a good one afterwards is applied
 //! controller_killed_and_member_down (one setup, two scenarios; Mesh):
-//!   sandbox east, sandbox west, meridian controller (processes) ─► proxy east, proxy west
+//!   sandbox east, sandbox west, meridian controller, `meridian proxy` east and west (processes,
+//!   bootstrapped with a ServiceAccount token of their own cluster and its `meridian-ca` bundle)
 //!   controller-kill  SIGKILL to the controller, restart with the same CA files: proxies serve
 //!                    on, reconnect; `kubectl get gateway -w` never shows Programmed ≠ True
 //!   member-down      SIGKILL to west's API server: both Gateways serve on; a route applied in
@@ -539,30 +540,27 @@ async fn a_refused_snapshot_keeps_the_last_good_one_serving() {
 
 /// Two member clusters (`east`, `west`), each its own `meridian sandbox` process (so one can be
 /// killed), a `meridian controller` process with a mesh CA from files (a restarted controller
-/// keeps it), and one in-process proxy per cluster following it with a certificate of that CA.
-///
-/// The proxies run in the test process: `meridian controller` does not verify bootstrap tokens
-/// yet (proxies must be given certificates, controller/src/args.rs `distribution_tls`), and
-/// `meridian proxy` takes only a bootstrap token; what is killed here is the controller and a
-/// member API, both real processes.
+/// keeps it, so the proxies' certificates stay good), and one `meridian proxy` process per
+/// cluster following it, as an install runs them: `--ca-file` is the `meridian-ca` ConfigMap the
+/// controller publishes in that cluster, `--bootstrap-token-file` a TokenRequest token of that
+/// cluster's `meridian-system/meridian-proxy` for audience `meridian`.
 struct Mesh {
     kubeconfig: std::path::PathBuf,
     sandboxes: Vec<(&'static str, Stop)>,
     controller: Option<Stop>,
     controller_args: Vec<String>,
     proxies: Vec<MeshProxy>,
-    /// Kubeconfigs, CA files, sandbox state: removed last (fields drop in order).
-    _dir: ScratchDir,
+    /// Kubeconfigs, CA files, tokens, sandbox state: removed last (fields drop in order).
+    dir: ScratchDir,
 }
 
-/// An in-process proxy of one cluster following the controller.
+/// A `meridian proxy` of one cluster following the controller.
 struct MeshProxy {
     cluster: &'static str,
     /// Its Gateway's listener.
     addr: SocketAddr,
     admin: u16,
-    /// Follows the controller; holds the proxy.
-    task: tokio::task::JoinHandle<()>,
+    _child: Stop,
 }
 
 const CLUSTERS: [&str; 2] = ["east", "west"];
@@ -572,6 +570,10 @@ const CLUSTERS: [&str; 2] = ["east", "west"];
 fn cluster_objects(port: u16, echo: &Echo) -> String {
     let objects = [
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "chaos"}}),
+        // Where the controller publishes the trust bundle, and the proxies' ServiceAccount.
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "meridian-system"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "meridian-proxy", "namespace": "meridian-system"}}),
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
             "metadata": {"name": "meridian"},
             "spec": {"controllerName": "meridian.dev/gateway-controller"}}),
@@ -732,10 +734,12 @@ impl Mesh {
             "controller",
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
+            // Regions named after the clusters: a bootstrapped certificate carries the
+            // member's region, which the proxy's --region must match.
             "--cluster",
-            "east",
+            "east@east",
             "--cluster",
-            "west",
+            "west@west",
             "--distribution-bind",
             &format!("127.0.0.1:{distribution}"),
             "--ca-cert-file",
@@ -754,14 +758,14 @@ impl Mesh {
             controller: None,
             controller_args,
             proxies: Vec::new(),
-            _dir: dir,
+            dir,
         };
         mesh.start_controller();
 
         let url = format!("https://127.0.0.1:{distribution}");
         for (cluster, port) in CLUSTERS.into_iter().zip(ports) {
-            mesh.proxies
-                .push(MeshProxy::start(cluster, port, &url, &ca).await);
+            let proxy = MeshProxy::start(&mesh, cluster, port, &url).await;
+            mesh.proxies.push(proxy);
         }
         for cluster in CLUSTERS {
             mesh.wait_programmed(cluster).await;
@@ -871,57 +875,76 @@ impl Mesh {
 }
 
 impl MeshProxy {
-    async fn start(
-        cluster: &'static str,
-        port: u16,
-        url: &str,
-        ca: &meridian_distribution::pki::Ca,
-    ) -> MeshProxy {
-        use meridian_distribution::pki::{CertStore, ProxyIdentity};
-        use meridian_distribution::{Client, ClientConfig, Hello};
-        let admin = free_port();
-        let zone = format!("{cluster}-a");
-        let handle = meridian_proxy::ProxyHandle::start(meridian_proxy::ProxyConfig {
-            admin: Some(SocketAddr::from(([127, 0, 0, 1], admin))),
-            locality: meridian_model::locality::Locality {
-                cluster: cluster.into(),
-                region: cluster.into(),
-                zone: zone.clone(),
-            },
-            ..Default::default()
-        })
+    /// Mints the bootstrap token, waits for the trust bundle the controller publishes in
+    /// `cluster`, and starts the proxy.
+    async fn start(mesh: &Mesh, cluster: &'static str, port: u16, url: &str) -> MeshProxy {
+        let dir = &mesh.dir;
+        let token = kubectl(
+            &mesh.kubeconfig,
+            cluster,
+            &[
+                "-n",
+                "meridian-system",
+                "create",
+                "token",
+                "meridian-proxy",
+                "--audience",
+                "meridian",
+            ],
+            None,
+        )
         .await
         .unwrap();
-        let hello = Hello {
-            proxy_id: format!("{cluster}-proxy"),
-            cluster: cluster.into(),
-            region: cluster.into(),
-            zone: zone.clone(),
-            gateways: None,
-            address: Some("127.0.0.1".into()),
-            east_west: None,
-        };
-        let who = ProxyIdentity::new(cluster, cluster, &zone, &hello.proxy_id).unwrap();
-        let identity = Arc::new(CertStore::issued(ca, &who, Duration::from_secs(3600)).unwrap());
-        let mut cfg = ClientConfig::new(url, hello, identity, None);
-        // Reconnect quickly once the controller is back.
-        cfg.backoff_max = Duration::from_millis(500);
-        let client = Client::new(cfg).unwrap();
-        let task = tokio::spawn(async move {
-            meridian_proxy::follow_controller(&handle, &client).await;
-        });
+        let token_file = dir.write(format!("{cluster}.token"), token.trim());
+        let bundle = eventually_async(
+            &format!("{cluster}: the meridian-ca ConfigMap"),
+            WAIT,
+            || async {
+                let out = kubectl(
+                    &mesh.kubeconfig,
+                    cluster,
+                    &[
+                        "-n",
+                        "meridian-system",
+                        "get",
+                        "configmap",
+                        "meridian-ca",
+                        r#"-o=jsonpath={.data.ca\.crt}"#,
+                    ],
+                    None,
+                )
+                .await?;
+                if out.contains("BEGIN CERTIFICATE") {
+                    Ok(out)
+                } else {
+                    Err(out)
+                }
+            },
+        )
+        .await;
+        let ca_file = dir.write(format!("{cluster}-ca.crt"), &bundle);
+        let admin = free_port();
+        let zone = format!("{cluster}-a");
+        let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["proxy", "--controller", url])
+            .args(["--cluster", cluster, "--region", cluster, "--zone", &zone])
+            .args(["--proxy-id", &format!("{cluster}-proxy")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--advertise-address", "127.0.0.1"])
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .arg("--bootstrap-token-file")
+            .arg(&token_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
         MeshProxy {
             cluster,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             admin,
-            task,
+            _child: Stop(child),
         }
-    }
-}
-
-impl Drop for MeshProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -29,25 +29,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// `kubectl --kubeconfig K --context east ARGS` with `stdin`: (success, stdout, stderr).
 fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(["--context", "east"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::kubectl_east(kubeconfig, cache, args, Some(stdin));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),

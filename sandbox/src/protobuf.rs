@@ -1352,11 +1352,9 @@ mod tests {
         assert!(e.message.contains("\"cpu\""), "{}", e.message);
     }
 
-    #[test]
-    fn pod_template_parts_without_a_table_are_415_never_dropped() {
-        let mut d = created_deployment();
-        let pod = d
-            .spec
+    /// The Pod template's spec of a Deployment built by `created_deployment`.
+    fn pod_spec(d: &mut apps::Deployment) -> &mut core::PodSpec {
+        d.spec
             .as_mut()
             .unwrap()
             .template
@@ -1364,7 +1362,13 @@ mod tests {
             .unwrap()
             .spec
             .as_mut()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn pod_template_parts_without_a_table_are_415_never_dropped() {
+        let mut d = created_deployment();
+        let pod = pod_spec(&mut d);
         pod.volumes = vec![core::Volume {
             name: Some("config".into()),
             ..Default::default()
@@ -1379,16 +1383,7 @@ mod tests {
         assert!(e.message.contains("application/json"), "{}", e.message);
 
         let mut d = created_deployment();
-        let pod = d
-            .spec
-            .as_mut()
-            .unwrap()
-            .template
-            .as_mut()
-            .unwrap()
-            .spec
-            .as_mut()
-            .unwrap();
+        let pod = pod_spec(&mut d);
         pod.containers[0].readiness_probe = Some(core::Probe {
             period_seconds: Some(5),
             ..Default::default()
@@ -1403,16 +1398,7 @@ mod tests {
 
         // An empty pointer struct is written by Go as `{}`: kept, not refused.
         let mut d = created_deployment();
-        let pod = d
-            .spec
-            .as_mut()
-            .unwrap()
-            .template
-            .as_mut()
-            .unwrap()
-            .spec
-            .as_mut()
-            .unwrap();
+        let pod = pod_spec(&mut d);
         pod.security_context = Some(core::PodSecurityContext::default());
         let v = decode(&envelope(&d)).unwrap();
         assert_eq!(v["spec"]["template"]["spec"]["securityContext"], json!({}));

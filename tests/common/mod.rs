@@ -3,12 +3,36 @@
 //! `meridian-test-support`).
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub use meridian_test_support::process::{Stop, lines};
+
+/// Runs `kubectl --kubeconfig K --cache-dir C --context east ARGS`, feeding `stdin` when given.
+pub fn kubectl_east(kubeconfig: &Path, cache: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--context", "east"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    // Closed, so kubectl reading `-f -` sees the end.
+    drop(input);
+    child.wait_with_output().unwrap()
+}
 
 /// Whether kubectl can run here (the e2e tests skip without it).
 pub fn have_kubectl() -> bool {

@@ -13,8 +13,10 @@
 //! 8. [`gateway`] — naming a Gateway ([`GatewayRef`]) and whether the proxies serve it
 //!    ([`ProgrammedState`]), the vocabulary the controller, the distribution layer and the proxy
 //!    share.
-//! 9. [`path`] — request path normalisation (dot segments, escapes, slashes) done before
-//!    routing, so rules and backends see the same path.
+//! 9. [`patch`] — the route-level difference between two snapshots ([`patch::diff`]) and
+//!    applying it, so a change travels as what it touches, not as the whole snapshot.
+//! 10. [`path`] — request path normalisation (dot segments, escapes, slashes) done before
+//!     routing, so rules and backends see the same path.
 //!
 //! Besides the table tests, `tests/fuzz_*.rs` are property-based fuzz targets of the snapshot
 //! decoder, the router and the edge helpers (paths, hosts, query, header filters), with a corpus
@@ -26,6 +28,7 @@ pub mod gateway;
 pub mod headers;
 pub mod hostname;
 pub mod locality;
+pub mod patch;
 pub mod path;
 pub mod router;
 pub mod snapshot;

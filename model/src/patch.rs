@@ -1,0 +1,485 @@
+//! Snapshot patches: the difference between two snapshots, route by route, so a change to one
+//! route of a 10k-route snapshot travels (and is applied) as that route, not as the whole
+//! snapshot.
+//!
+//! ```text
+//! diff(prev, next) ─► SnapshotPatch { base, generation, gateways: [piece…], drains?, eastWest? }
+//! patch.apply(&mut snapshot of generation base) ─► check every piece against the snapshot
+//!                                                 ─► rebuild the touched lists ─► == next
+//! ```
+//!
+//! # Shape
+//!
+//! Each list the patch touches (the Gateways of the snapshot, the listeners of a Gateway, the
+//! routes of a listener) is rebuilt from *pieces*, in order:
+//!
+//! - `{"keep":[from,len]}`: the base's items `from .. from+len`, unchanged;
+//! - `{"edit":{"at":i,…}}`: the base's item `i` with a nested patch (a Gateway: its
+//!   `servedByHeader` when it changed and its listeners as pieces; a listener whose settings did
+//!   not change: its routes as pieces);
+//! - `{"put":{…}}`: a whole new item (a new or changed route; a listener whose address, port,
+//!   protocol, hostname or TLS changed; a new Gateway).
+//!
+//! An item of the base no piece names is removed. Pieces are positional, so any order, and
+//! duplicate names, are reproduced exactly: `apply(prev, diff(prev, next)) == next`, field for
+//! field and therefore byte for byte once serialized. Drains and east-west backends are
+//! replaced whole when they changed (`None`: unchanged), as is the schema.
+//!
+//! # Cost
+//!
+//! [`diff`] walks both snapshots once. Items are matched by position first (the common prefix and
+//! suffix of a list, where a changed route costs one comparison) and by name in the middle (a
+//! hash map over the middle only), and compared with `==`, which stops at the first difference
+//! and is a plain memory walk for the equal ones. No hashing of whole routes, no serialization.
+//! [`SnapshotPatch::apply`] checks the pieces against the snapshot (bounds, every base item used
+//! at most once) before it changes anything, so a patch that does not fit leaves the snapshot as
+//! it was; it then rebuilds only the lists the patch touches, moving the kept items (no clones).
+//!
+//! A proxy serving only some Gateways gets the patch of its own view:
+//! [`SnapshotPatch::for_gateways`] renumbers the Gateway-level pieces for the filtered base.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gateway::GatewayRef;
+use crate::snapshot::{Drain, EastWestBackend, Gateway, Listener, Route, Snapshot};
+
+/// The change from one snapshot to the next, by Gateway, listener and route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotPatch {
+    /// The generation the patch applies to.
+    pub base: u64,
+    /// The generation the patched snapshot gets.
+    pub generation: u64,
+    /// The new schema, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// The new Gateway list, as pieces of the base's.
+    #[serde(default)]
+    pub gateways: Vec<Piece<Gateway, GatewayEdit>>,
+    /// The new drains, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drains: Option<Vec<Drain>>,
+    /// The new east-west backends, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub east_west: Option<Vec<EastWestBackend>>,
+}
+
+/// One piece of a rebuilt list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Piece<T, E> {
+    /// The base's items `from .. from + len`, unchanged.
+    Keep(usize, usize),
+    /// One item of the base, changed in part.
+    Edit(E),
+    /// A whole item.
+    Put(T),
+}
+
+/// A Gateway of the base with changed listeners or `servedByHeader`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayEdit {
+    /// Its position in the base's Gateway list.
+    pub at: usize,
+    /// The new `servedByHeader`, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by_header: Option<bool>,
+    /// The new listener list, as pieces of the base Gateway's.
+    #[serde(default)]
+    pub listeners: Vec<Piece<Listener, ListenerEdit>>,
+}
+
+/// A listener of the base whose settings are unchanged and whose routes changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerEdit {
+    /// Its position in the base Gateway's listener list.
+    pub at: usize,
+    /// The new route list, as pieces of the base listener's.
+    #[serde(default)]
+    pub routes: Vec<Piece<Route, NoEdit>>,
+}
+
+/// Routes are replaced whole: there is no route edit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoEdit {}
+
+/// Why a patch does not apply to a snapshot (the snapshot is left as it was).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    /// The snapshot is not the patch's base.
+    #[error("the patch applies to generation {base}, the snapshot is generation {held}")]
+    Base {
+        /// The patch's base.
+        base: u64,
+        /// The snapshot's generation.
+        held: u64,
+    },
+    /// A piece names items the base does not have, or one item twice.
+    #[error("{what}: {why}")]
+    Piece {
+        /// Which list (`gateways`, `gateway 2 listeners`, …).
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl SnapshotPatch {
+    /// Whether the patch changes nothing but the generation.
+    pub fn is_empty(&self, base_gateways: usize) -> bool {
+        self.schema.is_none()
+            && self.drains.is_none()
+            && self.east_west.is_none()
+            && identity(&self.gateways, base_gateways)
+    }
+
+    /// Whether the patch keeps nothing of the base's Gateways (it is then no smaller than the
+    /// snapshot it makes).
+    pub fn keeps_nothing(&self) -> bool {
+        !self.gateways.is_empty() && self.gateways.iter().all(|p| matches!(p, Piece::Put(_)))
+    }
+
+    /// Applies the patch to `snapshot`, which must be of generation [`SnapshotPatch::base`].
+    /// All or nothing: on error `snapshot` is unchanged.
+    pub fn apply(self, snapshot: &mut Snapshot) -> Result<(), PatchError> {
+        if snapshot.generation != self.base {
+            return Err(PatchError::Base {
+                base: self.base,
+                held: snapshot.generation,
+            });
+        }
+        check_gateways(&self.gateways, &snapshot.gateways)?;
+        let old = std::mem::take(&mut snapshot.gateways);
+        snapshot.gateways = rebuild(old, self.gateways, edit_gateway);
+        if let Some(schema) = self.schema {
+            snapshot.schema = schema;
+        }
+        if let Some(drains) = self.drains {
+            snapshot.drains = drains;
+        }
+        if let Some(east_west) = self.east_west {
+            snapshot.east_west = east_west;
+        }
+        snapshot.generation = self.generation;
+        Ok(())
+    }
+
+    /// The patch as a proxy serving only the Gateways `serves` accepts sees it: its base is the
+    /// filtered `base` (the Gateway list of the full base, in order), and applying the result to
+    /// it gives the filtered next snapshot. Pieces of other Gateways are dropped and positions
+    /// renumbered.
+    pub fn for_gateways(
+        &self,
+        base: &[GatewayRef],
+        serves: impl Fn(&str, &str) -> bool,
+    ) -> SnapshotPatch {
+        // Position of each served base Gateway in the filtered base.
+        let mut next = 0;
+        let remap: Vec<Option<usize>> = base
+            .iter()
+            .map(|g| {
+                serves(&g.namespace, &g.name).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let mut gateways = Vec::new();
+        for piece in &self.gateways {
+            match piece {
+                Piece::Keep(from, len) => {
+                    for i in *from..from.saturating_add(*len) {
+                        if let Some(Some(j)) = remap.get(i) {
+                            push_keep(&mut gateways, *j, 1);
+                        }
+                    }
+                }
+                Piece::Edit(e) => {
+                    if let Some(Some(j)) = remap.get(e.at) {
+                        gateways.push(Piece::Edit(GatewayEdit {
+                            at: *j,
+                            ..e.clone()
+                        }));
+                    }
+                }
+                Piece::Put(g) => {
+                    if serves(&g.namespace, &g.name) {
+                        gateways.push(Piece::Put(g.clone()));
+                    }
+                }
+            }
+        }
+        SnapshotPatch {
+            base: self.base,
+            generation: self.generation,
+            schema: self.schema.clone(),
+            gateways,
+            drains: self.drains.clone(),
+            east_west: self.east_west.clone(),
+        }
+    }
+}
+
+/// The patch that turns `prev` into `next` (see the module docs).
+pub fn diff(prev: &Snapshot, next: &Snapshot) -> SnapshotPatch {
+    SnapshotPatch {
+        base: prev.generation,
+        generation: next.generation,
+        schema: (prev.schema != next.schema).then(|| next.schema.clone()),
+        gateways: diff_list(
+            &prev.gateways,
+            &next.gateways,
+            |g| (g.namespace.as_str(), g.name.as_str()),
+            diff_gateway,
+        ),
+        drains: (prev.drains != next.drains).then(|| next.drains.clone()),
+        east_west: (prev.east_west != next.east_west).then(|| next.east_west.clone()),
+    }
+}
+
+/// A Gateway with the same name: always an edit (its identity did not change).
+fn diff_gateway(at: usize, a: &Gateway, b: &Gateway) -> Piece<Gateway, GatewayEdit> {
+    Piece::Edit(GatewayEdit {
+        at,
+        served_by_header: (a.served_by_header != b.served_by_header).then_some(b.served_by_header),
+        listeners: diff_list(
+            &a.listeners,
+            &b.listeners,
+            |l| l.name.as_str(),
+            diff_listener,
+        ),
+    })
+}
+
+/// A listener with the same name: an edit of its routes when its settings are unchanged, else
+/// the whole listener.
+fn diff_listener(at: usize, a: &Listener, b: &Listener) -> Piece<Listener, ListenerEdit> {
+    // Destructured, so a field added to the listener is a compile error here instead of a
+    // setting silently dropped from the patch.
+    let Listener {
+        name,
+        address,
+        port,
+        protocol,
+        hostname,
+        tls,
+        routes,
+    } = a;
+    let same_settings = *name == b.name
+        && *address == b.address
+        && *port == b.port
+        && *protocol == b.protocol
+        && *hostname == b.hostname
+        && *tls == b.tls;
+    if !same_settings {
+        return Piece::Put(b.clone());
+    }
+    Piece::Edit(ListenerEdit {
+        at,
+        routes: diff_list(
+            routes,
+            &b.routes,
+            |r| (r.namespace.as_str(), r.name.as_str()),
+            |_, _, b| Piece::Put(b.clone()),
+        ),
+    })
+}
+
+/// The pieces that rebuild `new` from `old`. Items are matched by position over the common
+/// prefix and suffix of names and by name (first unused occurrence) in between; a matched item
+/// that is equal is kept, a different one goes through `changed`, an unmatched one is put.
+fn diff_list<'a, T: PartialEq + Clone, E, K: Hash + Eq + 'a>(
+    old: &'a [T],
+    new: &'a [T],
+    key: impl Fn(&'a T) -> K,
+    changed: impl Fn(usize, &'a T, &'a T) -> Piece<T, E>,
+) -> Vec<Piece<T, E>> {
+    let mut out = Vec::new();
+    let same_at = |i: usize, j: usize| key(&old[i]) == key(&new[j]);
+    let mut head = 0;
+    while head < old.len() && head < new.len() && same_at(head, head) {
+        head += 1;
+    }
+    let mut tail = 0;
+    while tail < old.len() - head
+        && tail < new.len() - head
+        && same_at(old.len() - 1 - tail, new.len() - 1 - tail)
+    {
+        tail += 1;
+    }
+    let matched = |out: &mut Vec<Piece<T, E>>, i: usize, j: usize| {
+        if old[i] == new[j] {
+            push_keep(out, i, 1);
+        } else {
+            out.push(changed(i, &old[i], &new[j]));
+        }
+    };
+    for i in 0..head {
+        matched(&mut out, i, i);
+    }
+    let (old_mid, new_mid) = (head..old.len() - tail, head..new.len() - tail);
+    if !new_mid.is_empty() {
+        let mut by_key: HashMap<K, VecDeque<usize>> = HashMap::new();
+        for i in old_mid.clone() {
+            by_key.entry(key(&old[i])).or_default().push_back(i);
+        }
+        for j in new_mid {
+            match by_key.get_mut(&key(&new[j])).and_then(VecDeque::pop_front) {
+                Some(i) => matched(&mut out, i, j),
+                None => out.push(Piece::Put(new[j].clone())),
+            }
+        }
+    }
+    for k in 0..tail {
+        matched(&mut out, old.len() - tail + k, new.len() - tail + k);
+    }
+    out
+}
+
+/// Appends `Keep(from, len)`, merged into the previous piece when it continues it.
+fn push_keep<T, E>(out: &mut Vec<Piece<T, E>>, from: usize, len: usize) {
+    if let Some(Piece::Keep(f, l)) = out.last_mut()
+        && *f + *l == from
+    {
+        *l += len;
+        return;
+    }
+    out.push(Piece::Keep(from, len));
+}
+
+/// Whether `pieces` rebuild a list of `len` items unchanged.
+fn identity<T, E>(pieces: &[Piece<T, E>], len: usize) -> bool {
+    match pieces {
+        [] => len == 0,
+        [Piece::Keep(0, l)] => *l == len,
+        _ => false,
+    }
+}
+
+/// Checks that `pieces` fit a base list of `len` items: in bounds, no item used twice. Calls
+/// `edit` on every edit with the base item it names.
+fn check_list<T, E>(
+    pieces: &[Piece<T, E>],
+    len: usize,
+    what: &dyn Fn() -> String,
+    mut edit: impl FnMut(&E) -> Result<usize, PatchError>,
+) -> Result<(), PatchError> {
+    let mut used = vec![false; len];
+    let mut take = |from: usize, n: usize| -> Result<(), PatchError> {
+        let fail = |why: String| PatchError::Piece { what: what(), why };
+        let end = from
+            .checked_add(n)
+            .filter(|end| *end <= len)
+            .ok_or_else(|| fail(format!("items {from}+{n} of {len}")))?;
+        for (i, u) in used[from..end].iter_mut().enumerate() {
+            if std::mem::replace(u, true) {
+                return Err(fail(format!("item {} used twice", from + i)));
+            }
+        }
+        Ok(())
+    };
+    for piece in pieces {
+        match piece {
+            Piece::Keep(from, n) => take(*from, *n)?,
+            Piece::Edit(e) => {
+                let at = edit(e)?;
+                take(at, 1)?;
+            }
+            Piece::Put(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_gateways(
+    pieces: &[Piece<Gateway, GatewayEdit>],
+    base: &[Gateway],
+) -> Result<(), PatchError> {
+    check_list(pieces, base.len(), &|| "gateways".to_string(), |e| {
+        let Some(g) = base.get(e.at) else {
+            return Ok(e.at); // reported as out of bounds by the caller
+        };
+        check_list(
+            &e.listeners,
+            g.listeners.len(),
+            &|| format!("gateway {} listeners", e.at),
+            |le| {
+                if let Some(l) = g.listeners.get(le.at) {
+                    check_list(
+                        &le.routes,
+                        l.routes.len(),
+                        &|| format!("gateway {} listener {} routes", e.at, le.at),
+                        |never| match *never {},
+                    )?;
+                }
+                Ok(le.at)
+            },
+        )?;
+        Ok(e.at)
+    })
+}
+
+/// Rebuilds a checked list: kept items are moved out of `old`, edits applied with `edit`.
+fn rebuild<T, E: At>(old: Vec<T>, pieces: Vec<Piece<T, E>>, edit: impl Fn(T, E) -> T) -> Vec<T> {
+    let mut old: Vec<Option<T>> = old.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(pieces.len().max(old.len()));
+    for piece in pieces {
+        match piece {
+            Piece::Keep(from, n) => {
+                out.extend(old[from..from + n].iter_mut().filter_map(Option::take));
+            }
+            Piece::Edit(e) => {
+                if let Some(item) = old.get_mut(e.at()).and_then(Option::take) {
+                    out.push(edit(item, e));
+                }
+            }
+            Piece::Put(item) => out.push(item),
+        }
+    }
+    // Items no piece named (removed) are dropped with `old`.
+    out
+}
+
+/// The base position an edit names.
+trait At {
+    fn at(&self) -> usize;
+}
+
+impl At for GatewayEdit {
+    fn at(&self) -> usize {
+        self.at
+    }
+}
+
+impl At for ListenerEdit {
+    fn at(&self) -> usize {
+        self.at
+    }
+}
+
+impl At for NoEdit {
+    fn at(&self) -> usize {
+        match *self {}
+    }
+}
+
+fn edit_gateway(mut g: Gateway, e: GatewayEdit) -> Gateway {
+    if let Some(s) = e.served_by_header {
+        g.served_by_header = s;
+    }
+    let old = std::mem::take(&mut g.listeners);
+    g.listeners = rebuild(old, e.listeners, edit_listener);
+    g
+}
+
+fn edit_listener(mut l: Listener, e: ListenerEdit) -> Listener {
+    let old = std::mem::take(&mut l.routes);
+    l.routes = rebuild(old, e.routes, |_, never: NoEdit| match never {});
+    l
+}

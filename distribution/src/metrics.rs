@@ -17,8 +17,14 @@ pub(crate) struct Metrics {
     pub nacks: IntCounterVec,
     /// Proxies with an open stream.
     pub connected: IntGaugeVec,
-    /// Generations published, by kind (`full`, `endpoints`).
+    /// Generations published, by kind (`full`, `endpoints`, `patch`).
     pub published: IntCounterVec,
+    /// Stream message bytes sent, by kind (`snapshot`, `patch`, `endpoints`).
+    pub sent_bytes: IntCounterVec,
+    /// Stream messages sent, by kind.
+    pub sent_messages: IntCounterVec,
+    /// Full snapshots sent because a patch did not fit what a proxy holds.
+    pub patch_fallbacks: IntCounterVec,
     /// Requests refused with 401 (no proxy certificate).
     pub unauthorized: IntCounterVec,
     /// TLS handshakes that failed, by reason.
@@ -80,8 +86,26 @@ impl Metrics {
             published: counter(
                 r,
                 "meridian_distribution_published_total",
-                "Generations published",
+                "Generations published, by how they travel (full, endpoints, patch)",
                 &["cluster", "kind"],
+            )?,
+            sent_bytes: counter(
+                r,
+                "meridian_distribution_sent_bytes_total",
+                "Bytes of snapshot, patch and endpoint messages written to proxy streams",
+                &["cluster", "kind"],
+            )?,
+            sent_messages: counter(
+                r,
+                "meridian_distribution_sent_messages_total",
+                "Snapshot, patch and endpoint messages written to proxy streams",
+                &["cluster", "kind"],
+            )?,
+            patch_fallbacks: counter(
+                r,
+                "meridian_distribution_patch_fallbacks_total",
+                "Full snapshots sent to a proxy because a patch did not fit the snapshot it holds",
+                &["cluster"],
             )?,
             unauthorized: counter(
                 r,

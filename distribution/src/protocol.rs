@@ -1,8 +1,15 @@
 //! Wire types of the distribution protocol and the endpoint-delta logic both sides share.
 //!
 //! Every message on the stream is one JSON object on one line (newline-delimited JSON). Stream
-//! messages are externally tagged (`{"snapshot": {...}}`, `{"endpoints": {...}}`, `"ping"`) so a
-//! multi-megabyte snapshot is decoded in one pass, without serde buffering it to find a tag.
+//! messages are externally tagged (`{"snapshot": {...}}`, `{"patch": {...}}`,
+//! `{"endpoints": {...}}`, `"ping"`) so a multi-megabyte snapshot is decoded in one pass, without
+//! serde buffering it to find a tag.
+//!
+//! Compatibility: a client announces what it understands beyond full snapshots and endpoint
+//! deltas in the `capabilities` of its [`StreamHello`] (today only [`CAPABILITY_PATCH`]); the
+//! server sends a message kind only to a stream that announced it. Neither side refuses unknown
+//! hello fields, so an old proxy and a new server (or the reverse) still talk: the old side just
+//! never sees a patch.
 //!
 //! The Gateways of a [`Hello`] are [`GatewayRef`]s, the model's name for a Gateway (re-exported
 //! here because the wire carries it: `{"namespace": …, "name": …}`).
@@ -11,6 +18,7 @@ use std::collections::HashMap;
 
 pub use meridian_model::GatewayRef;
 use meridian_model::Snapshot;
+use meridian_model::patch::SnapshotPatch;
 use meridian_model::snapshot::{
     Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Gateway, Listener, Route, Rule,
 };
@@ -55,6 +63,31 @@ impl Hello {
     }
 }
 
+/// The capability of a client that applies [`Message::Patch`].
+pub const CAPABILITY_PATCH: &str = "patch";
+
+/// The body of `POST /v1/stream` as it travels: the [`Hello`] (who the proxy is) plus what the
+/// client's code understands. Kept apart from [`Hello`], which describes the proxy and is what
+/// the server keeps about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamHello {
+    /// Who the proxy is.
+    #[serde(flatten)]
+    pub hello: Hello,
+    /// Stream message kinds the client understands beyond `snapshot` and `endpoints`
+    /// ([`CAPABILITY_PATCH`]); unknown ones are ignored. Absent for old clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+}
+
+impl StreamHello {
+    /// Whether the client applies snapshot patches.
+    pub fn patches(&self) -> bool {
+        self.capabilities.iter().any(|c| c == CAPABILITY_PATCH)
+    }
+}
+
 /// The welcome line, the first message of every stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,6 +120,9 @@ pub enum Message {
     /// Endpoint-only update: patch the snapshot of generation `base` into generation
     /// `generation`.
     Endpoints(EndpointsUpdate),
+    /// Route-level change: the snapshot of generation `base` patched into generation
+    /// `generation` (only to clients with [`CAPABILITY_PATCH`]).
+    Patch(SnapshotPatch),
     /// Keepalive.
     Ping,
 }
@@ -110,6 +146,7 @@ pub(crate) enum Peek {
     Welcome {},
     Snapshot { generation: u64 },
     Endpoints { generation: u64 },
+    Patch { generation: u64 },
     Ping,
 }
 
@@ -120,6 +157,7 @@ pub(crate) enum Outgoing<'a> {
     Welcome(&'a Welcome),
     Snapshot(&'a Snapshot),
     Endpoints(&'a EndpointsUpdate),
+    Patch(&'a SnapshotPatch),
     Ping,
 }
 
@@ -159,6 +197,11 @@ pub struct Ack {
     pub generation: u64,
     /// What happened to it.
     pub result: AckResult,
+    /// With a refusal: the proxy does not hold the base the refused patch was made for, so
+    /// patches cannot reach it; the server answers with the full snapshot. Absent (false) from
+    /// old clients, ignored by old servers (which send no patches).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resync: bool,
 }
 
 /// Body of `POST /v1/traffic`: a proxy's cumulative counters per Gateway it serves (sent about
@@ -510,6 +553,7 @@ mod tests {
             result: AckResult::Refused {
                 reason: "no".into(),
             },
+            resync: false,
         };
         assert_eq!(
             serde_json::to_value(&ack).unwrap(),

@@ -136,11 +136,29 @@ impl Client {
     /// Sends one acknowledgement, with a few bounded tries. A lost ack is repaired by the resync
     /// after the next reconnect.
     pub(super) async fn ack(&self, generation: u64, result: AckResult) {
-        let ack = Ack {
+        self.send_ack(Ack {
             proxy_id: self.cfg.hello.proxy_id.clone(),
             generation,
             result,
-        };
+            resync: false,
+        })
+        .await;
+    }
+
+    /// Refuses a patch that does not fit the held snapshot and asks for the full snapshot
+    /// (a lost one is repaired by the next reconnect, which starts with a full snapshot).
+    pub(super) async fn refuse_patch(&self, generation: u64, reason: String) {
+        self.send_ack(Ack {
+            proxy_id: self.cfg.hello.proxy_id.clone(),
+            generation,
+            result: AckResult::Refused { reason },
+            resync: true,
+        })
+        .await;
+    }
+
+    async fn send_ack(&self, ack: Ack) {
+        let generation = ack.generation;
         let body = match serde_json::to_vec(&ack) {
             Ok(b) => b,
             Err(e) => {

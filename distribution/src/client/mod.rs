@@ -8,6 +8,10 @@
 //!  │                                                                 │   (else / None: apply the
 //!  │                                                                 │   patched snapshot ─► ack),
 //!  │                                                                 │   then patch the held snapshot
+//!  │                                                                 ├─ patch: on the held base?
+//!  │                                                                 │   patch it ─► apply ─► ack
+//!  │                                                                 │   (else NACK: the server
+//!  │                                                                 │   sends the full snapshot)
 //!  │                                                                 └─ ping: still alive
 //!  └── jittered exponential backoff (100 ms … 5 s) ◄── 401 / 403 / error / silence for 3 pings / EOF
 //!      (after a 503 from a follower controller replica: at most 1 s, the next connection
@@ -41,6 +45,13 @@
 //! the snapshot. The held snapshot is patched after the acknowledgement, so it stays what the
 //! controller wants for the next delta, a resync or a retry. A target without a fast path (the
 //! default) gets the patched snapshot through [`Target::apply`], as before.
+//!
+//! A route-level patch (announced with `capabilities: ["patch"]` in the hello unless
+//! [`ClientConfig::patches`] is off) is applied to the held snapshot, all or nothing, and the
+//! result goes through [`Target::apply`] like a full snapshot: same acknowledgement, same
+//! refusals, same retries. A patch that does not fit the held snapshot (another base) is refused:
+//! the held snapshot and what the target serves stay as they were, and the server answers the
+//! refusal with the full snapshot.
 //!
 //! The client never stops its target: while the controller is gone the target keeps serving what
 //! it last applied (static stability). Across reconnects it keeps the last snapshot it received, so
@@ -111,6 +122,9 @@ pub struct ClientConfig {
     /// How often [`Target::traffic`] is read and, when it changed, reported (`POST
     /// /v1/traffic`) while a stream is open. Zero disables traffic reports.
     pub traffic_interval: Duration,
+    /// Announce (and apply) route-level snapshot patches; off: full snapshots and endpoint
+    /// deltas only, as a client from before patches (default on).
+    pub patches: bool,
 }
 
 impl ClientConfig {
@@ -131,6 +145,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             traffic_interval: Duration::from_secs(1),
+            patches: true,
         }
     }
 }

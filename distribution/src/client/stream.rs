@@ -11,6 +11,8 @@
 //!                                    ├─ ping: nothing
 //!                                    ├─ snapshot: held already applied? ack : apply ─► ack
 //!                                    ├─ endpoints: on our base? fast path or patched apply ─► ack
+//!                                    ├─ patch: on our base? patch the held snapshot ─► apply ─► ack
+//!                                    │         else NACK, held snapshot untouched
 //!                                    └─ undecodable: a snapshot/delta? NACK it : protocol error
 //!         a transient refusal's retry timer fires ─► apply the held snapshot again
 //! ```
@@ -24,7 +26,11 @@ use tokio::time::Instant;
 
 use super::apply::Held;
 use super::{Client, ClientError, Target, error_chain};
-use crate::protocol::{AckResult, EndpointsUpdate, Message, Peek, Welcome};
+use meridian_model::patch::SnapshotPatch;
+
+use crate::protocol::{
+    AckResult, CAPABILITY_PATCH, EndpointsUpdate, Message, Peek, StreamHello, Welcome,
+};
 
 /// Longest stream line accepted (a full snapshot).
 const MAX_LINE: usize = 512 * 1024 * 1024;
@@ -43,7 +49,15 @@ impl Client {
         attempt: &mut u32,
     ) -> Result<(), ClientError> {
         self.ensure_certificate(target).await?;
-        let hello = serde_json::to_vec(&self.cfg.hello)
+        let hello = StreamHello {
+            hello: self.cfg.hello.clone(),
+            capabilities: if self.cfg.patches {
+                vec![CAPABILITY_PATCH.to_string()]
+            } else {
+                Vec::new()
+            },
+        };
+        let hello = serde_json::to_vec(&hello)
             .map_err(|e| ClientError::Protocol(format!("cannot encode hello: {e}")))?;
         let req = self.request("/v1/stream", hello)?;
         let resp = tokio::time::timeout(WELCOME_TIMEOUT, self.http.request(req))
@@ -140,8 +154,31 @@ impl Client {
                 }
             }
             Message::Endpoints(u) => self.endpoints(u, target, held).await?,
+            Message::Patch(p) => self.patch(p, target, held).await,
         }
         Ok(None)
+    }
+
+    /// A route-level patch: applied to the held snapshot (all or nothing), which then goes to
+    /// the target in full. One that does not fit is refused and changes nothing.
+    async fn patch<T: Target>(&self, p: SnapshotPatch, target: &T, held: &mut Held) {
+        let generation = p.generation;
+        let result = match held.desired.as_mut() {
+            Some(desired) => p.apply(desired).map_err(|e| e.to_string()),
+            None => Err(format!(
+                "a patch on generation {} but no snapshot is held",
+                p.base
+            )),
+        };
+        match result {
+            Ok(()) => self.apply_desired(target, held).await,
+            Err(e) => {
+                let reason = format!("patch to generation {generation} does not apply: {e}");
+                tracing::warn!(%reason, "patch refused; the controller sends the full snapshot");
+                target.refuse(&reason);
+                self.refuse_patch(generation, reason).await;
+            }
+        }
     }
 
     /// The stream is live: marks the client connected; returns the server's ping interval.
@@ -204,7 +241,11 @@ impl Client {
         held: &mut Held,
     ) -> Result<(), ClientError> {
         match serde_json::from_slice::<Peek>(line) {
-            Ok(Peek::Snapshot { generation } | Peek::Endpoints { generation }) => {
+            Ok(
+                Peek::Snapshot { generation }
+                | Peek::Endpoints { generation }
+                | Peek::Patch { generation },
+            ) => {
                 let reason = format!("generation {generation} does not decode: {e}");
                 target.refuse(&reason);
                 // We no longer know what the controller wants; the next delta forces a resync.

@@ -9,7 +9,7 @@
 //!           ├─ POST /v1/stream|ack|traffic without a proxy certificate ─► 401
 //!           ├─ POST /v1/* while not the leader (ServerConfig::serving) ─► 503, Retry-After: 1,
 //!           │                                                    Connection: close
-//!           ├─ POST /v1/stream  ─► Hello  ─► check_hello (400) ─► authorize_hello (403) ─► stream::open
+//!           ├─ POST /v1/stream  ─► StreamHello ─► check_hello (400) ─► authorize_hello (403) ─► stream::open
 //!           ├─ POST /v1/ack     ─► Ack    ─► own id? (403) ─► registry ack (204 | 404)
 //!           ├─ POST /v1/traffic ─► report ─► own id? (403) ─► check_traffic (400)
 //!           │                                 ─► traffic report (204 | 400 implausible | 404)
@@ -39,7 +39,7 @@ use super::authorize::{Forbidden, authorize_hello, proxy_of, same_proxy};
 use super::registry::check_hello;
 use super::traffic::{ReportError, check_traffic};
 use crate::pki::{Peer, verified_peer};
-use crate::protocol::{Ack, CertificateRequest, Hello, TrafficReport};
+use crate::protocol::{Ack, CertificateRequest, StreamHello, TrafficReport};
 
 /// Largest accepted `Hello`, `Ack` or certificate request body.
 const MAX_REQUEST_BODY: usize = 64 * 1024;
@@ -206,10 +206,12 @@ async fn stream(
     conn: &Conn,
     stop: watch::Receiver<bool>,
 ) -> Response<ResBody> {
-    let hello: Hello = match read_json(req, MAX_REQUEST_BODY).await {
+    let stream_hello: StreamHello = match read_json(req, MAX_REQUEST_BODY).await {
         Ok(h) => h,
         Err(resp) => return resp,
     };
+    let patches = stream_hello.patches();
+    let hello = stream_hello.hello;
     if let Err(e) = check_hello(&hello) {
         return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
     }
@@ -222,7 +224,7 @@ async fn stream(
         tracing::warn!(%who, reason = f.reason, message = %f.message, "hello refused");
         return forbidden(f);
     }
-    super::stream::open(inner, hello, stop)
+    super::stream::open(inner, hello, patches, stop)
 }
 
 /// `POST /v1/ack`: only for the certificate's own proxy.

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::traffic::Counters;
 use super::{DistributionServer, Inner, MAX_GATEWAYS, lock};
@@ -132,6 +132,9 @@ pub(super) struct ProxyEntry {
     pub(super) refusal: Option<Refusal>,
     /// Dropping it ends the feed task of this entry's stream.
     pub(super) kick: Option<oneshot::Sender<()>>,
+    /// Counts the resyncs asked on this entry's stream (refusals of patches that did not fit);
+    /// its feed task watches it and sends the full snapshot.
+    pub(super) resyncs: watch::Sender<u64>,
     /// Its latest traffic report, per Gateway (cumulative counters).
     pub(super) traffic: Counters,
     /// When that report came (`None`: no report yet).
@@ -250,11 +253,15 @@ fn forget_stale(
 }
 
 impl Inner {
-    /// Registers a new stream; returns its session and the receiver that fires when a newer
-    /// stream of the same proxy replaces it.
-    pub(super) fn connect(&self, hello: &Hello) -> (u64, oneshot::Receiver<()>) {
+    /// Registers a new stream; returns its session, the receiver that fires when a newer
+    /// stream of the same proxy replaces it and the count of resyncs the proxy asked for on it.
+    pub(super) fn connect(
+        &self,
+        hello: &Hello,
+    ) -> (u64, oneshot::Receiver<()>, watch::Receiver<u64>) {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (kick, kicked) = oneshot::channel();
+        let (resyncs, resync) = watch::channel(0);
         let now = SystemTime::now();
         let mut proxies = lock(&self.proxies);
         let mut departed = forget_stale(&mut proxies, now);
@@ -283,6 +290,7 @@ impl Inner {
             acked: None,
             refusal: None,
             kick: Some(kick),
+            resyncs,
             traffic,
             reported,
         };
@@ -296,7 +304,7 @@ impl Inner {
         drop(proxies);
         tracing::info!(proxy = %hello.proxy_id, cluster = %hello.cluster, session, "proxy connected");
         self.notify();
-        (session, kicked)
+        (session, kicked, resync)
     }
 
     /// Marks the proxy's stream `session` closed (a no-op when a newer stream replaced it).
@@ -337,6 +345,9 @@ impl Inner {
                     .with_label_values(&[&p.hello.cluster])
                     .inc();
                 tracing::warn!(proxy = %ack.proxy_id, generation = ack.generation, %reason, "generation refused");
+                if ack.resync {
+                    p.resyncs.send_modify(|n| *n = n.wrapping_add(1));
+                }
             }
         }
         p.record(ack.generation, ack.result);
@@ -379,6 +390,7 @@ pub(super) fn test_entry(id: &str, acked: Option<u64>, refusal: Option<(u64, &st
             reason: r.into(),
         }),
         kick: None,
+        resyncs: watch::channel(0).0,
         traffic: Counters::new(),
         reported: None,
     }

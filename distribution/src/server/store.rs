@@ -1,18 +1,28 @@
 //! Generations and snapshots: what each cluster's proxies should serve.
 //!
 //! ```text
-//! publish / publish_endpoints ─► unchanged? ─yes─► Published{latest, Unchanged}
-//!                                   │ no
-//!                                   ▼
+//! publish ─► equal to the latest? ─yes─► Published{latest, Unchanged}
+//!              │ no
+//!              ▼
+//!            endpoints only? ─yes─► endpoint delta
+//!              │ no
+//!              ▼
+//!            patch::diff(latest, new) ─► keeps nothing, or no smaller than the latest's full
+//!              │                          line? ─yes─► full snapshot
+//!              ▼ patch
+//! publish_endpoints ─► endpoint delta
+//!
 //!          number (caller's if it moves forward, else previous + 1)
-//!          encode the delta line now (or the full line, when there is no delta)
+//!          encode the delta or patch line now (or the full line, when there is neither)
 //!          pending[generation] = now ─► watch<Version> of the cluster ─► feed tasks
 //! ```
 //!
 //! One [`Version`] per cluster is current; it is encoded once and shared by every stream. A
-//! version published as a delta encodes its full line only when a stream that does not hold the
-//! delta's base first needs it. The pending map remembers publish times until `programmed`
-//! settles each generation (propagation histogram); it is bounded by [`MAX_PENDING`].
+//! version published as a delta or a patch encodes its full line only when a stream that does
+//! not hold the base (or, for a patch, did not announce `patch` in its hello) first needs it. A
+//! stream serving only some Gateways gets the patch of its own view, encoded for it. The
+//! pending map remembers publish times until `programmed` settles each generation (propagation
+//! histogram); it is bounded by [`MAX_PENDING`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,6 +30,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use meridian_model::Snapshot;
+use meridian_model::patch::{self, SnapshotPatch};
 use tokio::sync::watch;
 
 use super::{DistributionServer, Inner, lock};
@@ -64,6 +75,9 @@ pub enum PublishKind {
     Full,
     /// An endpoint-only delta (proxies holding an older base get the full snapshot instead).
     Endpoints,
+    /// A route-level patch (proxies holding an older base, or that do not apply patches, get
+    /// the full snapshot instead).
+    Patch,
 }
 
 impl PublishKind {
@@ -73,6 +87,7 @@ impl PublishKind {
             PublishKind::Unchanged => "unchanged",
             PublishKind::Full => "full",
             PublishKind::Endpoints => "endpoints",
+            PublishKind::Patch => "patch",
         }
     }
 }
@@ -82,32 +97,85 @@ pub(super) struct Version {
     pub(super) generation: u64,
     snapshot: Arc<Snapshot>,
     /// The full snapshot message, newline included; encoded when a stream first needs it
-    /// (streams holding the delta's base never do).
+    /// (streams holding the base of a delta or patch never do).
     full_line: OnceLock<Bytes>,
-    /// The delta message from `base`, newline included.
-    delta: Option<(u64, Bytes)>,
+    /// How this version travels to a stream holding the previous one.
+    change: Option<Change>,
+}
+
+/// A version's cheap form, for streams holding its base.
+enum Change {
+    /// Endpoint lists only: the delta message from `base`, newline included.
+    Endpoints { base: u64, line: Bytes },
+    /// A route-level patch from `base`.
+    Patch {
+        base: u64,
+        patch: SnapshotPatch,
+        /// The base's Gateways in order (to renumber the patch for a filtered stream).
+        base_gateways: Vec<GatewayRef>,
+        /// The patch message, newline included (for streams serving every Gateway).
+        line: Bytes,
+    },
+}
+
+/// Which kind of message a stream got (label of the sent-bytes metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LineKind {
+    Snapshot,
+    Endpoints,
+    Patch,
+}
+
+impl LineKind {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            LineKind::Snapshot => "snapshot",
+            LineKind::Endpoints => "endpoints",
+            LineKind::Patch => "patch",
+        }
+    }
 }
 
 impl Version {
-    /// The line to send to a stream whose last version was `sent` and that serves `gateways`
-    /// (`None`: all): the delta when it holds the delta's base, else the (filtered) snapshot.
+    /// The line to send to a stream whose last version was `sent`, that serves `gateways`
+    /// (`None`: all) and applies patches or not: the delta or patch when it holds the base, else
+    /// the (filtered) snapshot.
     pub(super) fn line_for(
         &self,
         sent: Option<u64>,
         gateways: Option<&[GatewayRef]>,
-    ) -> Result<Bytes, serde_json::Error> {
-        if let Some((base, line)) = &self.delta
-            && sent == Some(*base)
-        {
-            return Ok(line.clone());
+        patches: bool,
+    ) -> Result<(Bytes, LineKind), serde_json::Error> {
+        match &self.change {
+            Some(Change::Endpoints { base, line }) if sent == Some(*base) => {
+                return Ok((line.clone(), LineKind::Endpoints));
+            }
+            Some(Change::Patch {
+                base,
+                patch,
+                base_gateways,
+                line: l,
+            }) if patches && sent == Some(*base) => {
+                let l = match gateways {
+                    None => l.clone(),
+                    Some(only) => {
+                        let mine = patch.for_gateways(base_gateways, |ns, name| {
+                            only.iter().any(|r| r.namespace == ns && r.name == name)
+                        });
+                        line(&Outgoing::Patch(&mine))?
+                    }
+                };
+                return Ok((l, LineKind::Patch));
+            }
+            _ => {}
         }
         let Some(only) = gateways else {
             if let Some(l) = self.full_line.get() {
-                return Ok(l.clone());
+                return Ok((l.clone(), LineKind::Snapshot));
             }
             // Two streams may encode it at once; both results are equal.
             let l = line(&Outgoing::Snapshot(&self.snapshot))?;
-            return Ok(self.full_line.get_or_init(|| l).clone());
+            return Ok((self.full_line.get_or_init(|| l).clone(), LineKind::Snapshot));
         };
         let filtered = Snapshot {
             schema: self.snapshot.schema.clone(),
@@ -125,7 +193,7 @@ impl Version {
             drains: self.snapshot.drains.clone(),
             east_west: self.snapshot.east_west.clone(),
         };
-        line(&Outgoing::Snapshot(&filtered))
+        Ok((line(&Outgoing::Snapshot(&filtered))?, LineKind::Snapshot))
     }
 }
 
@@ -154,44 +222,78 @@ fn next_generation(last: Option<u64>, asked: u64) -> u64 {
     }
 }
 
+/// How a new version relates to the latest one, before it is numbered.
+enum Base {
+    /// No usable base: a full snapshot.
+    None,
+    /// Endpoint lists changed only.
+    Endpoints(u64, Vec<EndpointChange>),
+    /// A route-level patch, with the base's Gateways; `full_len`: the base's full line length,
+    /// when it was encoded (a patch at least that long is sent as a full snapshot).
+    Patch {
+        base: u64,
+        patch: SnapshotPatch,
+        base_gateways: Vec<GatewayRef>,
+        full_len: Option<usize>,
+    },
+}
+
 /// A version's encoded lines, before it is stored.
 struct Encoded {
     kind: PublishKind,
     full_line: OnceLock<Bytes>,
-    delta: Option<(u64, Bytes)>,
+    change: Option<Change>,
 }
 
 impl Encoded {
-    /// Encodes the delta from `base` when there is one, else the full snapshot (every stream
+    /// Encodes the delta or patch when there is one, else the full snapshot (every stream
     /// needs it, and an encoding error belongs to the publish).
-    fn new(
-        snapshot: &Snapshot,
-        delta: Option<(u64, Vec<EndpointChange>)>,
-    ) -> Result<Self, serde_json::Error> {
+    fn new(snapshot: &Snapshot, base: Base) -> Result<Self, serde_json::Error> {
         let full_line = OnceLock::new();
-        match delta {
-            Some((base, changes)) => {
+        match base {
+            Base::Endpoints(base, changes) => {
                 let update = EndpointsUpdate {
                     generation: snapshot.generation,
                     base,
                     changes,
                 };
                 let l = line(&Outgoing::Endpoints(&update))?;
-                Ok(Encoded {
+                return Ok(Encoded {
                     kind: PublishKind::Endpoints,
                     full_line,
-                    delta: Some((base, l)),
-                })
+                    change: Some(Change::Endpoints { base, line: l }),
+                });
             }
-            None => {
-                let _ = full_line.set(line(&Outgoing::Snapshot(snapshot))?);
-                Ok(Encoded {
-                    kind: PublishKind::Full,
-                    full_line,
-                    delta: None,
-                })
+            Base::Patch {
+                base,
+                mut patch,
+                base_gateways,
+                full_len,
+            } => {
+                patch.base = base;
+                patch.generation = snapshot.generation;
+                let l = line(&Outgoing::Patch(&patch))?;
+                if full_len.is_none_or(|n| l.len() < n) {
+                    return Ok(Encoded {
+                        kind: PublishKind::Patch,
+                        full_line,
+                        change: Some(Change::Patch {
+                            base,
+                            patch,
+                            base_gateways,
+                            line: l,
+                        }),
+                    });
+                }
             }
+            Base::None => {}
         }
+        let _ = full_line.set(line(&Outgoing::Snapshot(snapshot))?);
+        Ok(Encoded {
+            kind: PublishKind::Full,
+            full_line,
+            change: None,
+        })
     }
 }
 
@@ -200,13 +302,15 @@ impl DistributionServer {
     /// is kept when it is larger than the cluster's previous one, otherwise (0, or a restarted
     /// caller counting again) the server assigns previous + 1; the result says which. Content
     /// equal to the latest is not sent again; content differing only in endpoint lists travels as
-    /// an endpoint delta.
+    /// an endpoint delta, any other change as a route-level patch to the streams that apply
+    /// patches (unless the patch keeps nothing of the latest snapshot, or is no smaller than its
+    /// already encoded full line: then as a full snapshot).
     pub fn publish(&self, cluster: &str, snapshot: Snapshot) -> Result<Published, PublishError> {
         let entry = self.inner.cluster(cluster);
         let mut entry = lock(&entry);
         let prev = entry.latest.borrow().clone();
-        let delta = match &prev {
-            None => None,
+        let base = match &prev {
+            None => Base::None,
             Some(p) => match endpoint_delta(&p.snapshot, &snapshot) {
                 Some(changes) if changes.is_empty() => {
                     return Ok(Published {
@@ -214,11 +318,28 @@ impl DistributionServer {
                         kind: PublishKind::Unchanged,
                     });
                 }
-                Some(changes) => Some((p.generation, changes)),
-                None => None,
+                Some(changes) => Base::Endpoints(p.generation, changes),
+                None => {
+                    let patch = patch::diff(&p.snapshot, &snapshot);
+                    if patch.keeps_nothing() {
+                        Base::None
+                    } else {
+                        Base::Patch {
+                            base: p.generation,
+                            patch,
+                            base_gateways: p
+                                .snapshot
+                                .gateways
+                                .iter()
+                                .map(|g| GatewayRef::new(&g.namespace, &g.name))
+                                .collect(),
+                            full_len: p.full_line.get().map(Bytes::len),
+                        }
+                    }
+                }
             },
         };
-        self.inner.store(cluster, &mut entry, snapshot, delta)
+        self.inner.store(cluster, &mut entry, snapshot, base)
     }
 
     /// Publishes an endpoint-only change for `cluster`: patches its latest snapshot (every
@@ -250,7 +371,7 @@ impl DistributionServer {
             cluster,
             &mut entry,
             snapshot,
-            Some((prev.generation, changes)),
+            Base::Endpoints(prev.generation, changes),
         )
     }
 
@@ -290,15 +411,15 @@ impl Inner {
         cluster: &str,
         entry: &mut ClusterEntry,
         mut snapshot: Snapshot,
-        delta: Option<(u64, Vec<EndpointChange>)>,
+        base: Base,
     ) -> Result<Published, PublishError> {
         let generation = next_generation(entry.last_generation, snapshot.generation);
         snapshot.generation = generation;
         let Encoded {
             kind,
             full_line,
-            delta,
-        } = Encoded::new(&snapshot, delta).map_err(|e| PublishError::Encode {
+            change,
+        } = Encoded::new(&snapshot, base).map_err(|e| PublishError::Encode {
             cluster: cluster.to_string(),
             reason: e.to_string(),
         })?;
@@ -316,7 +437,7 @@ impl Inner {
             generation,
             snapshot: Arc::new(snapshot),
             full_line,
-            delta,
+            change,
         })));
         // Freeing a big snapshot takes tens of ms; keep it out of the caller's path.
         if let (Some(old), Ok(rt)) = (old, tokio::runtime::Handle::try_current()) {

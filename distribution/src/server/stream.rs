@@ -3,7 +3,9 @@
 //! ```text
 //! open: registry connect (session, kicked) ─► subscribe to the cluster's watch<Version>
 //!       ─► spawn feed ─► 200 application/x-ndjson, body = lines from the feed's channel
-//! feed: welcome ─► loop { new version ─► delta or full line  |  idle ping_interval ─► ping }
+//! feed: welcome ─► loop { new version ─► delta, patch or full line
+//!                        | the proxy asks for a resync after a patch ─► the current version, full
+//!                        | idle ping_interval ─► ping }
 //!       ends on: replaced by a newer stream (kicked), server stop, this replica no longer
 //!       leading (ServerConfig::serving), proxy gone, a line not taken within WRITE_TIMEOUT, an
 //!       encoding error ─► registry disconnect(session)
@@ -11,6 +13,13 @@
 //!
 //! The channel between the feed and the body holds a few lines: a proxy that does not read
 //! blocks the feed, which then skips to the newest version instead of queueing every one.
+//!
+//! Patches go only to a stream whose hello announced `patch`, and only when the last version
+//! sent on it is the patch's base. A proxy refusing a patch that does not fit what it holds
+//! (`resync` in its ack) gets the current version as a full snapshot right away, and patches
+//! again from there. A patch whose *content* the proxy refuses (a port it cannot bind) needs no
+//! resync: the proxy holds the patched snapshot, keeps serving its last good one and retries
+//! like after a refused full snapshot.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -26,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Inner;
 use super::http::ResBody;
-use super::store::{Version, line};
+use super::store::{LineKind, Version, line};
 use crate::protocol::{Hello, Outgoing, STREAM_CONTENT_TYPE, Welcome};
 
 /// A stream whose proxy does not take a line for this long is closed.
@@ -36,9 +45,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) fn open(
     inner: Arc<Inner>,
     hello: Hello,
+    patches: bool,
     stop: watch::Receiver<bool>,
 ) -> Response<ResBody> {
-    let (session, kicked) = inner.connect(&hello);
+    let (session, kicked, resync) = inner.connect(&hello);
     let mut versions = lock_latest(&inner, &hello.cluster);
     // Deliver the current version right away.
     versions.mark_changed();
@@ -46,10 +56,11 @@ pub(super) fn open(
     let feed = Feed {
         inner,
         hello,
+        patches,
         session,
         tx,
     };
-    tokio::spawn(feed.run(versions, kicked, stop));
+    tokio::spawn(feed.run(versions, kicked, resync, stop));
     let mut resp = Response::new(ChannelBody(rx).boxed_unsync());
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -86,12 +97,23 @@ impl Body for ChannelBody {
 struct Feed {
     inner: Arc<Inner>,
     hello: Hello,
+    /// The client applies patches (it announced `patch`).
+    patches: bool,
     session: u64,
     tx: mpsc::Sender<Bytes>,
 }
 
+/// What a stream was sent.
+#[derive(Default)]
+struct Sent {
+    /// The generation of the last version sent.
+    generation: Option<u64>,
+    /// Whether a patch was sent since the last full snapshot.
+    patched: bool,
+}
+
 /// What became of a new version.
-enum Sent {
+enum Outcome {
     /// Written (or not, `false`: the proxy did not take it in time).
     Line(bool),
     /// Nothing to send: no version yet, or the stream holds it already.
@@ -107,11 +129,12 @@ impl Feed {
         self,
         mut versions: watch::Receiver<Option<Arc<Version>>>,
         mut kicked: oneshot::Receiver<()>,
+        mut resync: watch::Receiver<u64>,
         mut stop: watch::Receiver<bool>,
     ) {
         let ping_line = line(&Outgoing::Ping).unwrap_or_else(|_| Bytes::from_static(b"\"ping\"\n"));
         let mut ok = self.welcome().await;
-        let mut sent: Option<u64> = None;
+        let mut sent = Sent::default();
         let mut ping = tokio::time::interval(self.inner.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.reset();
@@ -141,12 +164,37 @@ impl Feed {
                     }
                     let version = versions.borrow_and_update().clone();
                     match self.version(version.as_deref(), &mut sent).await {
-                        Sent::Line(taken) => {
+                        Outcome::Line(taken) => {
                             ok = taken;
                             ping.reset();
                         }
-                        Sent::Nothing => {}
-                        Sent::Failed => break,
+                        Outcome::Nothing => {}
+                        Outcome::Failed => break,
+                    }
+                }
+                changed = resync.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if !sent.patched {
+                        continue;
+                    }
+                    // The proxy does not hold what we sent: start again from a full snapshot.
+                    tracing::info!(proxy = %self.hello.proxy_id, "patch did not fit: sending the full snapshot");
+                    self.inner
+                        .metrics
+                        .patch_fallbacks
+                        .with_label_values(&[&self.hello.cluster])
+                        .inc();
+                    sent = Sent::default();
+                    let version = versions.borrow().clone();
+                    match self.version(version.as_deref(), &mut sent).await {
+                        Outcome::Line(taken) => {
+                            ok = taken;
+                            ping.reset();
+                        }
+                        Outcome::Nothing => {}
+                        Outcome::Failed => break,
                     }
                 }
                 _ = ping.tick() => ok = self.send(ping_line.clone()).await,
@@ -179,23 +227,43 @@ impl Feed {
         }
     }
 
-    /// Sends `version` unless the stream already holds it; `sent` is the last generation sent.
-    async fn version(&self, version: Option<&Version>, sent: &mut Option<u64>) -> Sent {
+    /// Sends `version` unless the stream already holds it; `sent` is what it was sent.
+    async fn version(&self, version: Option<&Version>, sent: &mut Sent) -> Outcome {
         let Some(v) = version else {
-            return Sent::Nothing;
+            return Outcome::Nothing;
         };
-        if *sent == Some(v.generation) {
-            return Sent::Nothing;
+        if sent.generation == Some(v.generation) {
+            return Outcome::Nothing;
         }
-        match v.line_for(*sent, self.hello.gateways.as_deref()) {
-            Ok(l) => {
+        match v.line_for(
+            sent.generation,
+            self.hello.gateways.as_deref(),
+            self.patches,
+        ) {
+            Ok((l, kind)) => {
+                let labels = [self.hello.cluster.as_str(), kind.label()];
+                self.inner
+                    .metrics
+                    .sent_bytes
+                    .with_label_values(&labels)
+                    .inc_by(l.len() as u64);
+                self.inner
+                    .metrics
+                    .sent_messages
+                    .with_label_values(&labels)
+                    .inc();
                 let taken = self.send(l).await;
-                *sent = Some(v.generation);
-                Sent::Line(taken)
+                sent.generation = Some(v.generation);
+                match kind {
+                    LineKind::Patch => sent.patched = true,
+                    LineKind::Snapshot => sent.patched = false,
+                    LineKind::Endpoints => {}
+                }
+                Outcome::Line(taken)
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a snapshot; closing the stream");
-                Sent::Failed
+                Outcome::Failed
             }
         }
     }

@@ -581,6 +581,50 @@ mod tests {
     }
 
     #[test]
+    fn capabilities_travel_beside_the_hello_and_old_peers_ignore_them() {
+        let hello = Hello {
+            proxy_id: "p".into(),
+            cluster: "east".into(),
+            region: String::new(),
+            zone: String::new(),
+            gateways: None,
+            address: None,
+            east_west: None,
+        };
+        // An old client's hello: no capabilities, no patches.
+        let old = serde_json::to_string(&hello).unwrap();
+        let read: StreamHello = serde_json::from_str(&old).unwrap();
+        assert_eq!(read.hello, hello);
+        assert!(!read.patches());
+        // A new client's hello, as an old server reads it: the same Hello.
+        let new = serde_json::to_string(&StreamHello {
+            hello: hello.clone(),
+            capabilities: vec![CAPABILITY_PATCH.into(), "later".into()],
+        })
+        .unwrap();
+        assert_eq!(
+            new,
+            r#"{"proxyId":"p","cluster":"east","region":"","zone":"","capabilities":["patch","later"]}"#
+        );
+        assert_eq!(serde_json::from_str::<Hello>(&new).unwrap(), hello);
+        assert!(serde_json::from_str::<StreamHello>(&new).unwrap().patches());
+        // An ack asking for a resync, as an old server reads it: a plain refusal.
+        let ack: Ack = serde_json::from_str(
+            r#"{"proxyId":"p","generation":3,"resync":true,"result":{"status":"refused","reason":"x"}}"#,
+        )
+        .unwrap();
+        assert!(ack.resync);
+        assert!(
+            !serde_json::to_string(&Ack {
+                resync: false,
+                ..ack
+            })
+            .unwrap()
+            .contains("resync")
+        );
+    }
+
+    #[test]
     fn peek_reads_the_generation_of_an_undecodable_snapshot() {
         let line = r#"{"snapshot":{"schema":"x","generation":12,"gateways":[{"bogus":1}]}}"#;
         assert!(serde_json::from_str::<Message>(line).is_err());

@@ -200,3 +200,81 @@ async fn undecodable_snapshots_are_refused_and_bad_deltas_force_a_resync() {
     .await
     .expect("test exceeded its time bound");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_on_another_base_is_refused_with_a_resync_and_changes_nothing() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (url, mut rx) = fake().await;
+        let hello = Hello {
+            proxy_id: "p1".into(),
+            cluster: "east".into(),
+            region: "r1".into(),
+            zone: "z1".into(),
+            gateways: None,
+            address: None,
+            east_west: None,
+        };
+        let identity = mesh::store_for(&hello);
+        let cfg = ClientConfig::new(url, hello, identity, None);
+        let client = Arc::new(Client::new(cfg).unwrap());
+        let target = Arc::new(Recorder::default());
+        let (c, t) = (client.clone(), target.clone());
+        let task = tokio::spawn(async move {
+            let _ = c.run(&*t).await;
+        });
+
+        let mut s = next_stream(&mut rx).await;
+        s.write_all(format!("{SNAP}\n").as_bytes()).await.unwrap();
+        assert_eq!(next_ack(&mut rx).await["generation"], 5);
+
+        // A patch made for generation 4: refused, with a resync asked; nothing applied.
+        s.write_all(b"{\"patch\":{\"base\":4,\"generation\":6,\"gateways\":[]}}\n")
+            .await
+            .unwrap();
+        let ack = next_ack(&mut rx).await;
+        assert_eq!(ack["generation"], 6);
+        assert_eq!(ack["resync"], true, "{ack}");
+        assert_eq!(ack["result"]["status"], "refused");
+        assert!(
+            ack["result"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("applies to generation 4"),
+            "{ack}"
+        );
+        assert_eq!(target.applied.lock().unwrap().len(), 1);
+        assert_eq!(target.refused.lock().unwrap().len(), 1);
+
+        // A patch on the held base (a Gateway put) is applied through the target in full.
+        let gw = r#"{"namespace":"ns","name":"gw","listeners":[]}"#;
+        s.write_all(
+            format!(
+                "{{\"patch\":{{\"base\":5,\"generation\":7,\"gateways\":[{{\"put\":{gw}}}]}}}}\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let ack = next_ack(&mut rx).await;
+        assert_eq!(ack["generation"], 7);
+        assert_eq!(ack["result"]["status"], "applied");
+        assert!(ack.get("resync").is_none(), "{ack}");
+        let applied = target.applied.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(applied.generation, 7);
+        assert_eq!(applied.gateways.len(), 1);
+        assert_eq!(applied.gateways[0].name, "gw");
+
+        // A patch that does not decode is refused like an undecodable snapshot.
+        s.write_all(b"{\"patch\":{\"base\":7,\"generation\":8,\"gateways\":[{\"bogus\":1}]}}\n")
+            .await
+            .unwrap();
+        let ack = next_ack(&mut rx).await;
+        assert_eq!(ack["generation"], 8);
+        assert_eq!(ack["result"]["status"], "refused");
+        assert_eq!(target.applied.lock().unwrap().len(), 2);
+        drop(s);
+        task.abort();
+    })
+    .await
+    .expect("test exceeded its time bound");
+}

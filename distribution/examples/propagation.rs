@@ -4,7 +4,7 @@
 //! Per route count: one distribution server, `--clusters` member clusters each followed by one
 //! real proxy (`ProxyHandle`: decode, compile, bind, swap) plus `--extra` stand-in proxies per
 //! cluster (decode and compile only; in-process proxies of one cluster cannot share a port).
-//! Each iteration changes one route (full snapshot) in every cluster, then one backend's
+//! Each iteration changes one route (a route-level patch) in every cluster, then one backend's
 //! endpoints (delta path: the real proxies take `ProxyHandle::apply_endpoints`, the stand-ins
 //! `Router::with_endpoints`), and times until `programmed()` is `Applied` for every cluster.
 //! Everything shares one process, so on a small machine the proxies compete for the same cores;
@@ -308,8 +308,8 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
 
     let (mut full, mut delta, mut publish) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=a.iterations {
-        // A route change: full snapshots. (Built before the clock starts: building a 10k-route
-        // snapshot from JSON here costs more than distributing it.)
+        // A route change: a patch (the clients announce patches). (Built before the clock
+        // starts: building a 10k-route snapshot from JSON here costs more than distributing it.)
         let next: Vec<Snapshot> = clusters
             .iter()
             .map(|(_, port)| snapshot(routes, *port, i, 8080 + i as u16))
@@ -318,7 +318,7 @@ async fn run(routes: usize, a: &Args) -> anyhow::Result<()> {
         let mut gens = Vec::new();
         for ((cluster, _), s) in clusters.iter().zip(next) {
             let p = srv.publish(cluster, s)?;
-            anyhow::ensure!(p.kind == PublishKind::Full, "expected a full snapshot");
+            anyhow::ensure!(p.kind == PublishKind::Patch, "expected a patch");
             gens.push((cluster.clone(), p.generation));
         }
         all_applied(&srv, &gens).await?;

@@ -6,11 +6,13 @@
 //! ┌──────────────────────────────┐             ┌──────────────────────────────────────────┐
 //! │ DistributionServer (TLS 1.3) │  POST       │ Client::run(target = ProxyHandle), mTLS  │
 //! │  publish(cluster, snapshot) ─┼─ /v1/stream ◄─ Hello{proxyId, cluster, region, zone,   │
-//! │  publish_endpoints(..)       │  200 NDJSON ─┼►  gateways, address}                    │
+//! │  publish_endpoints(..)       │  200 NDJSON ─┼►  gateways, address, capabilities}      │
 //! │                              │  welcome,   │  snapshot ─► apply ─┐                    │
-//! │  state(), programmed(..),    │  snapshot,  │  endpoints ─► patch, apply                │
-//! │  subscribe(), metrics_text() │  endpoints, │  ping                ▼                    │
-//! │                              ◄─ /v1/ack ───┼─ Ack{proxyId, generation, applied|refused}│
+//! │  state(), programmed(..),    │  snapshot,  │  patch ─► patch held, apply              │
+//! │  subscribe(), metrics_text() │  patch,     │  endpoints ─► patch, apply               │
+//! │                              │  endpoints, │  ping                ▼                    │
+//! │                              ◄─ /v1/ack ───┼─ Ack{proxyId, generation, applied|refused,│
+//! │                              │             │      resync}                              │
 //! │  traffic(cluster, gateway)   ◄─ /v1/traffic┼─ TrafficReport{proxyId, gateways} every 1s│
 //! │   (Σ proxies + retired)      │             │   (Target::traffic, when it changed)      │
 //! └──────────────────────────────┘             └──────────────────────────────────────────┘
@@ -52,14 +54,28 @@
 //!    accept it (`401`; `503` with `Retry-After` when it cannot decide now), and its grant must
 //!    admit the claimed zone and proxy id (`403`); the region comes from the grant. A CSR that
 //!    does not parse or verify gets `400`. The CA writes only the verified names.
-//! 1. `POST /v1/stream` with a [`Hello`] body
+//! 1. `POST /v1/stream` with a [`StreamHello`](protocol::StreamHello) body: the [`Hello`]
 //!    (`{"proxyId","cluster","region","zone","gateways":[{"namespace","name"}]|absent,"address",
 //!    "eastWest"}`; `eastWest` is the `ip:port` of the proxy's east-west listener for
-//!    multi-network clusters, absent without one, `400` when it is not a concrete `ip:port`)
+//!    multi-network clusters, absent without one, `400` when it is not a concrete `ip:port`) plus
+//!    `"capabilities":["patch"]` from a client that applies patches (absent from older clients;
+//!    unknown capabilities and unknown fields are ignored by both sides)
 //!    answers `200` with a never-ending `application/x-ndjson` body, one message per line:
 //!    - `{"welcome":{"pingIntervalMs":5000}}` first;
 //!    - `{"snapshot":{…Snapshot…}}`: a full [`Snapshot`](meridian_model::Snapshot) (filtered to
-//!      the Hello's Gateways), sent on connect if the cluster has one and on every change;
+//!      the Hello's Gateways), sent on connect if the cluster has one, and on a change the
+//!      stream cannot get as a patch or delta;
+//!    - `{"patch":{"base":B,"generation":G,"gateways":[pieces],"drains"?,"eastWest"?}}`: a
+//!      route-level [`SnapshotPatch`](meridian_model::patch::SnapshotPatch), only to a stream
+//!      that announced `patch` and whose last message was generation `B`. Each list it touches
+//!      (Gateways, a Gateway's listeners, a listener's routes) is rebuilt from pieces of the
+//!      base's: `{"keep":[from,len]}`, `{"edit":{"at":i,…}}` (a Gateway's listeners, a
+//!      listener's routes), `{"put":{…}}` (a whole new or changed route, listener or Gateway);
+//!      what no piece names is removed. A filtered stream gets the patch of its own view. The
+//!      proxy applies it to its generation-`B` snapshot (all or nothing) and applies the result
+//!      like a full snapshot. One that does not fit is refused with `"resync":true` in the ack;
+//!      the server then sends the full snapshot at once. A patch that keeps nothing of the base,
+//!      or is no smaller than the base's already encoded full line, is sent as a full snapshot;
 //!    - `{"endpoints":{"generation":G,"base":B,"changes":[{"backend","protocol","endpoints"}]}}`:
 //!      only endpoint lists changed; the proxy patches its generation-`B` snapshot into
 //!      generation `G` (a proxy holding anything else reconnects to resync). The server sends a
@@ -69,9 +85,10 @@
 //!
 //!    A newer stream with the same `proxyId` replaces the older one.
 //! 2. `POST /v1/ack` with an [`Ack`] body
-//!    (`{"proxyId","generation","result":{"status":"applied"}|{"status":"refused","reason"}}`)
-//!    answers `204`, `403` for another proxy's id, or `404` for a proxy id the server does not
-//!    know (it never opened a stream, or has been gone for ten minutes).
+//!    (`{"proxyId","generation","result":{"status":"applied"}|{"status":"refused","reason"},
+//!    "resync":true|absent}`) answers `204`, `403` for another proxy's id, or `404` for a proxy
+//!    id the server does not know (it never opened a stream, or has been gone for ten minutes).
+//!    `resync` comes with the refusal of a patch that does not fit what the proxy holds.
 //! 3. `POST /v1/traffic` with a [`TrafficReport`] body
 //!    (`{"proxyId","gateways":[{"namespace","name","traffic":{…GatewayTraffic…}}]}`), sent by
 //!    the client while its stream is open, every `traffic_interval` (1 s) when the counters
@@ -123,7 +140,8 @@
 //! # Layout and dependencies
 //!
 //! ```text
-//! protocol   wire types (Hello, Ack, TrafficReport, stream messages) + endpoint deltas
+//! protocol   wire types (Hello, StreamHello, Ack, TrafficReport, stream messages) + endpoint
+//!            deltas (route-level patches are meridian_model::patch)
 //! pki/       identity: mesh CA, certificates, SPIFFE identities, TLS 1.3 settings, CertStore
 //! server/    controller side: mod (config, start/stop), store (generations), registry (proxies,
 //!            acks), programmed (ProgrammedState), traffic (sums, plausibility), tls (server
@@ -142,9 +160,21 @@
 //! [`Target`] and runs a [`Client`]). Errors at its edges are typed: [`ServerError`],
 //! [`PublishError`], [`ClientError`].
 //!
-//! Limits today: the server finds an endpoint-only change by comparing whole snapshots
-//! (`publish`), which dominates an endpoint change at 10k routes; a proxy's first traffic report
-//! to a server is not rate-bounded (it may follow a controller restart with days of counters).
+//! # Metrics of the stream
+//!
+//! `meridian_distribution_published_total{cluster,kind}` counts generations by how they travel
+//! (`full`, `patch`, `endpoints`); `meridian_distribution_sent_messages_total{cluster,kind}` and
+//! `meridian_distribution_sent_bytes_total{cluster,kind}` what the streams were actually written
+//! (`snapshot`, `patch`, `endpoints`: a proxy that missed a base or does not apply patches gets
+//! snapshots); `meridian_distribution_patch_fallbacks_total{cluster}` the full snapshots sent
+//! because a patch did not fit.
+//!
+//! Limits today: the server finds what changed by comparing whole snapshots (`publish`: the
+//! endpoint-only check, then the patch diff; both are plain comparisons, no encoding, but they
+//! walk every route); a proxy applies a patch to its held snapshot and then compiles the whole
+//! router from it (only endpoint deltas have an incremental router path); a proxy's first
+//! traffic report to a server is not rate-bounded (it may follow a controller restart with days
+//! of counters).
 
 pub mod client;
 mod metrics;

@@ -4,7 +4,9 @@
 //! snapshot; its result becomes the acknowledgement. A refusal because a socket could not be
 //! bound is retried every few seconds (the port may be freed), and only a change is reported
 //! again. An endpoint-only delta takes [`ProxyHandle::apply_endpoints`] (no recompile of the
-//! whole router) when the proxy serves its base. The connection status lands on `/ready` (`controller`) and in
+//! whole router) when the proxy serves its base. A route-level patch is applied by the client to
+//! its held snapshot and arrives here as that whole snapshot, through [`ProxyHandle::apply`]
+//! (and is persisted whole like any other). The connection status lands on `/ready` (`controller`) and in
 //! `meridian_proxy_controller_connected`; the served snapshot never depends on it. The client
 //! reports the per-Gateway traffic counters ([`ProxyHandle::traffic`]) back to the controller.
 //!

@@ -1,10 +1,10 @@
 //! The controller side: [`DistributionServer`].
 //!
 //! ```text
-//! publish(cluster, snapshot) ─► renumber ─► serialize once ─► watch<Version> of the cluster
+//! publish(cluster, snapshot) ─► diff, renumber ─► serialize once ─► watch<Version> of the cluster
 //!                                  │                              │ one feed task per stream
 //!                                  └─ pending[generation] = now   ▼
-//!                                                  proxy ◄── NDJSON line (full, delta or ping)
+//!                                          proxy ◄── NDJSON line (full, patch, delta or ping)
 //! POST /v1/ack ─► ProxyEntry.acked / refusal ─► settle pending (histogram) ─► subscribe() ticks
 //! accept ─► TLS 1.3 handshake (server certificate of the mesh CA, client certificate optional)
 //!        ─► the client certificate's identity authorizes every /v1/* request
@@ -16,9 +16,10 @@
 //! a bootstrap credential the owner's [`BootstrapVerifier`] accepts, the next ones over mTLS.
 //!
 //! The latest version of each cluster sits in a `tokio::sync::watch`: a slow proxy never queues
-//! versions, it skips to the newest. A feed task sends the cheap endpoint delta only when the
-//! proxy holds exactly the delta's base generation; otherwise it sends the full snapshot (which
-//! already includes every patch), so a skipped version can never lose an endpoint change.
+//! versions, it skips to the newest. A feed task sends the cheap endpoint delta or route-level
+//! patch only when the proxy holds exactly its base generation (and, for a patch, announced
+//! `patch`); otherwise it sends the full snapshot (which already includes every change), so a
+//! skipped version can never lose one.
 //!
 //! # Who owns what
 //!

@@ -137,7 +137,11 @@ async fn run(routes: usize, iterations: usize) -> anyhow::Result<()> {
         let t = Instant::now();
         let p = srv.publish("c", copy)?;
         s.server_publish.push(t.elapsed());
-        anyhow::ensure!(p.kind == PublishKind::Patch, "expected a patch, got {:?}", p.kind);
+        anyhow::ensure!(
+            p.kind == PublishKind::Patch,
+            "expected a patch, got {:?}",
+            p.kind
+        );
 
         // Proxy side: decode the whole snapshot ...
         let t = Instant::now();

@@ -1582,18 +1582,19 @@ mod tests {
                     .all(|(n, r)| api.last_reason(n).as_deref() == Some(r.as_str()))
         })
         .await;
-        let s = api.stats();
-        assert!(
-            s.per_path_max.values().all(|&m| m == 1),
-            "one write per object at a time"
-        );
-        assert!(s.max <= 6, "{} in flight", s.max);
-        assert!(
-            s.requests <= 100,
-            "at most one write per status: {}",
-            s.requests
-        );
-        drop(s);
+        {
+            let s = api.stats();
+            assert!(
+                s.per_path_max.values().all(|&m| m == 1),
+                "one write per object at a time"
+            );
+            assert!(s.max <= 6, "{} in flight", s.max);
+            assert!(
+                s.requests <= 100,
+                "at most one write per status: {}",
+                s.requests
+            );
+        }
         stop_tx.send(true).unwrap();
         task.await.unwrap();
     }

@@ -375,15 +375,18 @@ impl Run {
         let gw_path = format!("/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/gateways/gw");
         let routes_path = format!("/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes");
         // Bounded by the deadline; a Gateway poll every 50 ms, a list of routes once its
-        // Gateway is done (and then at most every 500 ms).
+        // Gateway is done and no status write is pending (and then at most every 500 ms).
         while Instant::now() < deadline {
             let mut accepted_counts = Vec::new();
+            let writes_pending = self.status_writes_pending();
             for (i, conn) in conns.iter_mut().enumerate() {
                 if !gateways_done[i] {
                     let gw = conn.get(&gw_path)?.json()?;
                     gateways_done[i] = gateway_converged(&gw, self.n);
                 }
-                if gateways_done[i] && !routes_done[i] {
+                // A list of every route is heavy for the API under test: only once the
+                // controller has no status write left to make (when its /metrics says so).
+                if gateways_done[i] && !routes_done[i] && !writes_pending {
                     let list = conn.get(&routes_path)?.json()?;
                     let accepted = accepted_routes(&list);
                     routes_done[i] = accepted >= self.n;
@@ -409,6 +412,19 @@ impl Run {
         }
         eprintln!("warning: not converged within --timeout");
         Ok(None)
+    }
+
+    /// Whether the controller's /metrics shows status writes still queued
+    /// (`meridian_controller_status_pending`; `false` for a binary without that gauge).
+    fn status_writes_pending(&self) -> bool {
+        const NAME: &str = "meridian_controller_status_pending";
+        match Conn::local(self.metrics_port).get("/metrics") {
+            Ok(a) if a.ok() => {
+                let text = String::from_utf8_lossy(&a.body);
+                text.contains(NAME) && sum_metric(&text, NAME, |_| true) > 0.0
+            }
+            _ => false,
+        }
     }
 
     /// `--changes` changes of `kind` in cluster c0: controller CPU per change (ms), changes

@@ -14,9 +14,10 @@
 //!   2. convergence: until every Gateway is Programmed with attachedRoutes == N and every route
 //!      Accepted by us (status read from the API) → time from the first and from the last write
 //!   3. RSS after convergence, minus RSS before the apply, per route
-//!   4. per change kind, --changes changes --spacing-ms apart in cluster c0; controller
-//!      utime+stime from /proc before and after (after its CPU is quiet again) / changes;
-//!      route create / update: time until c0's proxy answers 200 for the new host (polled)
+//!   4. per change kind, --changes changes --spacing-ms apart in cluster c0 (the same pace for
+//!      every kind); controller utime+stime from /proc before and after (after its CPU is quiet
+//!      again) / changes; route create / update: time until c0's proxy answers 200 for the new
+//!      host (polled on a thread per change, while the next changes stream in)
 //!   5. translate-seconds histograms from the controller's /metrics
 //! ```
 //!
@@ -427,20 +428,21 @@ impl Run {
         }
     }
 
-    /// `--changes` changes of `kind` in cluster c0: controller CPU per change (ms), changes
-    /// made, and for route changes the apply → served samples (ms) and how many were not served
-    /// within [`SERVED_TIMEOUT`].
+    /// `--changes` changes of `kind` in cluster c0, one every `--spacing-ms` whatever kind (a
+    /// route change's apply → served time is polled on a thread of its own, so the next change
+    /// does not wait for it): controller CPU per change (ms), changes made, and for route
+    /// changes the apply → served samples (ms) and how many were not served within
+    /// [`SERVED_TIMEOUT`].
     #[allow(clippy::type_complexity)]
     fn changes(&self, kind: Change) -> anyhow::Result<(f64, usize, Option<(Vec<f64>, usize)>)> {
         let c = &self.clusters[0];
         let mut api = Conn::new(&c.url)?;
-        let mut proxy = Conn::local(c.port);
         let k = usize::from(self.opts.changes);
         let spacing = Duration::from_millis(self.opts.spacing_ms);
-        let mut samples = Vec::new();
-        let mut missed = 0;
         settle_cpu(self.controller_pid);
         let before = sys::cpu_ticks_tree(self.controller_pid).context("controller gone")?;
+        // At most one poller per change, each bounded by SERVED_TIMEOUT.
+        let mut pollers = Vec::new();
         for j in 0..k {
             let t0 = Instant::now();
             let (path, verb, obj, host) = kind.write(j, self.n, c, self.echo_port);
@@ -452,13 +454,22 @@ impl Run {
                 bail!("{} {path}: {} {}", kind.label(), a.status, a.text());
             }
             if let Some(host) = host {
-                match wait_served(&mut proxy, &host) {
-                    Some(at) => samples.push((at - t0).as_secs_f64() * 1000.0),
-                    None => missed += 1,
-                }
+                let port = c.port;
+                pollers.push(std::thread::spawn(move || {
+                    let mut proxy = Conn::local(port);
+                    wait_served(&mut proxy, &host).map(|at| (at - t0).as_secs_f64() * 1000.0)
+                }));
             }
             if let Some(rest) = spacing.checked_sub(t0.elapsed()) {
                 std::thread::sleep(rest);
+            }
+        }
+        let mut samples = Vec::new();
+        let mut missed = 0;
+        for p in pollers {
+            match p.join() {
+                Ok(Some(ms)) => samples.push(ms),
+                _ => missed += 1,
             }
         }
         settle_cpu(self.controller_pid);
@@ -670,8 +681,9 @@ fn accepted_routes(list: &Value) -> usize {
         .count()
 }
 
-/// Polls the proxy (a request every 2 ms) until `host` answers 200; when it did, or `None`
-/// after [`SERVED_TIMEOUT`].
+/// Polls the proxy (a request every 5 ms: several pollers may run at once, and they share the
+/// machine with what they measure) until `host` answers 200; when it did, or `None` after
+/// [`SERVED_TIMEOUT`].
 fn wait_served(proxy: &mut Conn, host: &str) -> Option<Instant> {
     let deadline = Instant::now() + SERVED_TIMEOUT;
     while Instant::now() < deadline {
@@ -680,7 +692,7 @@ fn wait_served(proxy: &mut Conn, host: &str) -> Option<Instant> {
         {
             return Some(Instant::now());
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(5));
     }
     None
 }

@@ -22,7 +22,8 @@
 //! up to `concurrency` run at once. Writes of one object never overlap: an object with a write in
 //! flight is skipped when picking the next job, so its newer status waits and is written after
 //! the one in flight, whatever order the writes of other objects finish in. Pending jobs are
-//! indexed by due time, so picking the next one does not scan the whole queue.
+//! indexed by due time (and the failed ones kept apart), so neither picking the next job nor
+//! bringing failed ones forward after a success scans the whole queue.
 //!
 //! The writer is keyed by object: a newer status replaces a queued or backing-off one (statuses
 //! computed one after the other before a write are merged into one write of the latest), and
@@ -195,6 +196,9 @@ struct State {
     /// `pending` ordered by when each job is due: the next job is found without scanning every
     /// pending one (thousands at a cold start).
     due: BTreeSet<(Instant, WriteKey)>,
+    /// The keys of `pending` whose job failed before (`attempts > 0`): the ones
+    /// [`State::retry_failed_now`] looks at, without scanning every pending job on each success.
+    failed: BTreeSet<WriteKey>,
     recent: HashMap<WriteKey, Recent>,
     /// The objects whose write is under way (at most the writer's concurrency; never two
     /// writes of one object at once).
@@ -207,6 +211,11 @@ impl State {
     /// Queues `job` for `key`, replacing a job queued for it.
     fn put(&mut self, key: WriteKey, job: Job) {
         let when = job.not_before;
+        if job.attempts > 0 {
+            self.failed.insert(key.clone());
+        } else {
+            self.failed.remove(&key);
+        }
         if let Some(old) = self.pending.insert(key.clone(), job) {
             self.due.remove(&(old.not_before, key.clone()));
         }
@@ -217,6 +226,7 @@ impl State {
     fn take(&mut self, key: &WriteKey) -> Option<(WriteKey, Job)> {
         let (key, job) = self.pending.remove_entry(key)?;
         self.due.remove(&(job.not_before, key.clone()));
+        self.failed.remove(&key);
         Some((key, job))
     }
 
@@ -224,8 +234,10 @@ impl State {
     fn retry_failed_now(&mut self) -> bool {
         let now = Instant::now();
         let mut moved = Vec::new();
-        for (key, job) in self.pending.iter_mut() {
-            if job.attempts > 0 && job.not_before > now {
+        for key in &self.failed {
+            if let Some(job) = self.pending.get_mut(key)
+                && job.not_before > now
+            {
                 moved.push((job.not_before, key.clone()));
                 job.not_before = now;
             }

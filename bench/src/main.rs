@@ -19,6 +19,12 @@
 //! `load --port P --rate R` runs the open-loop generator alone against a running server, for
 //! profiling by hand.
 //!
+//! `scale` (not part of `all`) measures the controller at scale: it starts the local API, a
+//! controller and one proxy per cluster as processes of the meridian binary, bulk-applies
+//! generated worlds of 1k / 10k (/ 50k on request) routes, and reports the apply rate,
+//! convergence time, controller CPU per change by kind, apply → served latency, RSS per route
+//! and translation times (see `scale`).
+//!
 //! Tables go to stdout as Markdown; progress to stderr. Nothing is installed: a missing tool is
 //! reported with the Debian package that provides it, and the figures that need it are skipped.
 //! Every run is bounded (rounds × targets × durations, start-up and answer timeouts); `all` with
@@ -31,9 +37,11 @@
 
 mod fixed_rate;
 mod http;
+mod kapi;
 mod latency;
 mod matching;
 mod memory;
+mod scale;
 mod stack;
 mod sys;
 mod tls;
@@ -73,6 +81,9 @@ enum Cmd {
     Match,
     /// Open-loop load at a fixed rate against a running server (for profiling by hand).
     Load(LoadArgs),
+    /// The controller at scale: bulk-apply rate, convergence, CPU per change by kind, apply →
+    /// served latency, RSS per route (1k / 10k routes by default; 50k on request).
+    Scale(scale::ScaleOpts),
 }
 
 /// Options of `load`.
@@ -158,22 +169,8 @@ impl Env {
         let nginx = optional("nginx", "nginx-light");
         let haproxy = optional("haproxy", "haproxy");
         let openssl = optional("openssl", "openssl");
-        let meridian = opts.meridian.clone().unwrap_or_else(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| PathBuf::from("target"), PathBuf::from);
-            target.join("release/meridian")
-        });
-        for bin in std::iter::once(&meridian).chain(&opts.compare) {
-            if !bin.exists() {
-                bail!(
-                    "{} not found: build it first with `cargo build --release -p meridian` \
-                     (or pass --meridian PATH)",
-                    bin.display()
-                );
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("meridian-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let meridian = meridian_bin(opts.meridian.as_ref(), opts.compare.as_ref())?;
+        let dir = scratch_dir()?;
         Ok(Env {
             dir,
             meridian,
@@ -220,6 +217,33 @@ impl Env {
             })
             .collect()
     }
+}
+
+/// The meridian binary to run (`--meridian`, else target/release/meridian under
+/// CARGO_TARGET_DIR or ./target); it and `compare` must exist.
+fn meridian_bin(meridian: Option<&PathBuf>, compare: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    let meridian = meridian.cloned().unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| PathBuf::from("target"), PathBuf::from);
+        target.join("release/meridian")
+    });
+    for bin in std::iter::once(&meridian).chain(compare) {
+        if !bin.exists() {
+            bail!(
+                "{} not found: build it first with `cargo build --release -p meridian` \
+                 (or pass --meridian PATH)",
+                bin.display()
+            );
+        }
+    }
+    Ok(meridian)
+}
+
+/// The run's scratch directory (configurations, logs, the local API's state).
+fn scratch_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("meridian-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 impl Drop for Env {
@@ -328,6 +352,20 @@ fn main() -> anyhow::Result<()> {
         Cmd::Memory(opts) => {
             header();
             memory::run(&Env::new(&opts)?, &opts)?;
+        }
+        Cmd::Scale(opts) => {
+            header();
+            let meridian = meridian_bin(opts.meridian.as_ref(), opts.compare.as_ref())?;
+            let dir = scratch_dir()?;
+            match scale::run(&opts, meridian, &dir) {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Err(e) => {
+                    eprintln!("logs kept in {}", dir.display());
+                    return Err(e);
+                }
+            }
         }
     }
     eprintln!("done in {:.0} s", start.elapsed().as_secs_f64());

@@ -288,6 +288,11 @@ pub struct ControllerArgs {
     /// wait `Pending`.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_drills: u16,
+    /// Status writes in flight at once per member cluster (1 to 256), each of a different
+    /// object; a status that changes again before its write is merged into it.
+    #[arg(long, value_name = "N", default_value_t = crate::writer::DEFAULT_CONCURRENCY,
+        value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub status_write_concurrency: u16,
     /// Mesh identity: the CA Secret, the trust domain, the proxies' ServiceAccounts.
     #[command(flatten)]
     pub mesh: crate::mesh::MeshArgs,
@@ -736,14 +741,21 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--cluster", "east"]).unwrap();
         assert_eq!(cli.args.drill_max_duration, Duration::from_secs(15 * 60));
         assert_eq!(cli.args.max_concurrent_drills, 4);
+        assert_eq!(
+            cli.args.status_write_concurrency,
+            crate::writer::DEFAULT_CONCURRENCY
+        );
         let cli = Cli::try_parse_from([
             "x",
             "--drill-max-duration",
             "1h",
             "--max-concurrent-drills",
             "1",
+            "--status-write-concurrency",
+            "32",
         ])
         .unwrap();
+        assert_eq!(cli.args.status_write_concurrency, 32);
         assert_eq!(cli.args.drill_max_duration, Duration::from_secs(3600));
         assert_eq!(cli.args.max_concurrent_drills, 1);
         for bad in [
@@ -751,6 +763,8 @@ mod tests {
             ["--drill-max-duration", "500ms"],
             ["--drill-max-duration", "soon"],
             ["--max-concurrent-drills", "0"],
+            ["--status-write-concurrency", "0"],
+            ["--status-write-concurrency", "257"],
         ] {
             let Err(err) = Cli::try_parse_from(["x", bad[0], bad[1]]) else {
                 panic!("{bad:?} accepted");

@@ -259,6 +259,8 @@ pub struct ControllerConfig {
     pub write_clients: BTreeMap<String, kube::Client>,
     /// Longest pause between retries of a failed status write.
     pub write_backoff_max: Duration,
+    /// Status writes in flight at once per member cluster (each of a different object).
+    pub status_write_concurrency: usize,
     /// Admin listener (/healthz, /readyz, /metrics); port 0 picks one.
     pub admin: Option<SocketAddr>,
     /// Changes that touch only the status of our objects (mostly the echo of our own writes)
@@ -298,6 +300,7 @@ impl ControllerConfig {
             write_timeout: Duration::from_secs(10),
             write_clients: BTreeMap::new(),
             write_backoff_max: Duration::from_secs(30),
+            status_write_concurrency: usize::from(crate::writer::DEFAULT_CONCURRENCY),
             admin: None,
             status_recheck: Duration::from_secs(1),
             drill_actuator: None,
@@ -400,6 +403,7 @@ impl Controller {
                 backoff_base: Duration::from_millis(250),
                 backoff_max: cfg.write_backoff_max,
                 write_gate: cfg.write_gate.clone(),
+                concurrency: cfg.status_write_concurrency,
             },
             probe_interval: cfg.probe_interval,
             unreachable_probe_interval: cfg.unreachable_probe_interval,
@@ -1605,6 +1609,7 @@ pub async fn serve(
     cfg.debounce = args.debounce;
     cfg.drill_max_duration = args.drill_max_duration;
     cfg.max_concurrent_drills = usize::from(args.max_concurrent_drills);
+    cfg.status_write_concurrency = usize::from(args.status_write_concurrency);
     cfg.admin = args.metrics;
     cfg.write_gate = gate;
     cfg.allow_loopback_endpoints = args.allow_loopback_endpoints;

@@ -1,9 +1,12 @@
-//! The status writer: one task per member cluster that sends what translation computed.
+//! The status writer: one per member cluster, sending what translation computed, several
+//! writes in flight at once.
 //!
 //! ```text
 //! reconcile loop ── submit(update, resourceVersion of the indexed copy) ──► pending (one per object,
 //!                                                                          latest wins; never blocks)
-//! writer task: take the due job with the earliest time ─► write (bounded by a timeout)
+//! writer task: while fewer than `concurrency` writes are in flight (--status-write-concurrency,
+//!     default 8): take the due job with the earliest time whose object has no write in flight
+//!     ─► write (bounded by a timeout), concurrently with the others
 //!     GatewayClass, Gateway, FailoverPolicy: server-side apply of `status` (field manager
 //!         `meridian`, force)
 //!     HTTPRoute: PUT …/status of the indexed copy (its resourceVersion guards the write);
@@ -13,8 +16,18 @@
 //!         backoff, and at once when the API answers again (retry_now, or another write succeeding)
 //! ```
 //!
-//! The writer is keyed by object: a newer status replaces a queued or backing-off one, and one
-//! computed while a write is in flight is written right after it. A 404 is "object gone" only
+//! Concurrency: a cold start with thousands of routes queues thousands of writes, and one at a
+//! time they would take one API round trip each. Writes of different objects are independent
+//! (each object's write carries its own status, and an HTTPRoute's its own resourceVersion), so
+//! up to `concurrency` run at once. Writes of one object never overlap: an object with a write in
+//! flight is skipped when picking the next job, so its newer status waits and is written after
+//! the one in flight, whatever order the writes of other objects finish in. Pending jobs are
+//! indexed by due time (and the failed ones kept apart), so neither picking the next job nor
+//! bringing failed ones forward after a success scans the whole queue.
+//!
+//! The writer is keyed by object: a newer status replaces a queued or backing-off one (statuses
+//! computed one after the other before a write are merged into one write of the latest), and
+//! one computed while that object's write is in flight is written right after it. A 404 is "object gone" only
 //! when it carries a `Status` with reason `NotFound`; kube-rs turns the plain-text
 //! `404 page not found` of an API server that is still starting into a `Status` without that
 //! reason, and that write is kept and retried (not lost, not dropped).
@@ -26,6 +39,9 @@
 //! never attempted is simply dropped, anything that may have landed is followed by the copy's
 //! status. So a write computed before a state change (say, `StaleEndpoints=True` while a member
 //! cluster was down) never lands after it.
+//!
+//! Leader election: writes start only while the gate is open; a write in flight when it closes
+//! hands its job back unchanged, for the next leader term.
 //!
 //! Translation emits a status only when it differs from the indexed copy, and that copy lags
 //! behind our own writes until the watch delivers them. The writer therefore remembers, per
@@ -42,6 +58,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParents};
@@ -66,6 +83,11 @@ pub const MAX_SAME_WRITES: u32 = 3;
 /// The window in which [`MAX_SAME_WRITES`] is counted: a storm repeats within milliseconds, while
 /// a status legitimately restored much later (someone cleared it) is written again.
 pub const SAME_WRITES_WINDOW: Duration = Duration::from_secs(60);
+
+/// Status writes in flight at once per member cluster unless told otherwise
+/// (`--status-write-concurrency`): enough to hide the round trip of each write at a cold start
+/// with thousands of routes, few enough not to crowd an API server's other clients.
+pub const DEFAULT_CONCURRENCY: u16 = 8;
 
 /// Conflicts resolved in place (re-read and re-merge) before a route write is retried later.
 const MAX_CONFLICTS: u32 = 3;
@@ -98,6 +120,9 @@ pub(crate) struct WriterConfig {
     /// keeps its jobs (latest status per object) and writes them if it becomes the leader.
     /// `None`: always write.
     pub write_gate: Option<watch::Receiver<bool>>,
+    /// Writes in flight at once (`--status-write-concurrency`; at least 1). Each is a
+    /// different object.
+    pub concurrency: usize,
 }
 
 /// Waits until the gate is open; `false` if the writer is to stop (shutdown, or the elector is
@@ -145,6 +170,16 @@ struct Job {
     not_before: Instant,
 }
 
+/// What a write attempt hands back to the run loop: the job (for a retry) and how it went.
+struct Attempt {
+    key: WriteKey,
+    job: Job,
+    result: Result<(), WriteError>,
+    started: Instant,
+    /// Leadership was lost mid-write: the job goes back as it was, for the next term.
+    lost_leadership: bool,
+}
+
 struct Recent {
     source_rv: Option<String>,
     generation: i64,
@@ -155,26 +190,81 @@ struct Recent {
 
 #[derive(Default)]
 struct State {
+    /// The latest status per object not written yet; only through [`State::put`] and
+    /// [`State::take`], which keep `due` in step.
     pending: BTreeMap<WriteKey, Job>,
+    /// `pending` ordered by when each job is due: the next job is found without scanning every
+    /// pending one (thousands at a cold start).
+    due: BTreeSet<(Instant, WriteKey)>,
+    /// The keys of `pending` whose job failed before (`attempts > 0`): the ones
+    /// [`State::retry_failed_now`] looks at, without scanning every pending job on each success.
+    failed: BTreeSet<WriteKey>,
     recent: HashMap<WriteKey, Recent>,
-    /// The object whose write is under way.
-    in_flight: Option<WriteKey>,
+    /// The objects whose write is under way (at most the writer's concurrency; never two
+    /// writes of one object at once).
+    in_flight: BTreeSet<WriteKey>,
     /// Objects with a status of ours not yet seen in the index (see [`StatusWriter::settle`]).
     unconfirmed: BTreeSet<WriteKey>,
 }
 
 impl State {
+    /// Queues `job` for `key`, replacing a job queued for it.
+    fn put(&mut self, key: WriteKey, job: Job) {
+        let when = job.not_before;
+        if job.attempts > 0 {
+            self.failed.insert(key.clone());
+        } else {
+            self.failed.remove(&key);
+        }
+        if let Some(old) = self.pending.insert(key.clone(), job) {
+            self.due.remove(&(old.not_before, key.clone()));
+        }
+        self.due.insert((when, key));
+    }
+
+    /// Removes the job queued for `key`.
+    fn take(&mut self, key: &WriteKey) -> Option<(WriteKey, Job)> {
+        let (key, job) = self.pending.remove_entry(key)?;
+        self.due.remove(&(job.not_before, key.clone()));
+        self.failed.remove(&key);
+        Some((key, job))
+    }
+
     /// Brings every job that failed before forward to now: the API answers again.
     fn retry_failed_now(&mut self) -> bool {
         let now = Instant::now();
-        let mut any = false;
-        for job in self.pending.values_mut() {
-            if job.attempts > 0 && job.not_before > now {
+        let mut moved = Vec::new();
+        for key in &self.failed {
+            if let Some(job) = self.pending.get_mut(key)
+                && job.not_before > now
+            {
+                moved.push((job.not_before, key.clone()));
                 job.not_before = now;
-                any = true;
             }
         }
-        any
+        for (was, key) in &moved {
+            self.due.remove(&(*was, key.clone()));
+            self.due.insert((now, key.clone()));
+        }
+        !moved.is_empty()
+    }
+
+    /// The job due first among objects without a write under way: `Ok` if due now,
+    /// `Err(Some(when))` if later, `Err(None)` if there is none. Skips at most one entry per
+    /// write in flight.
+    fn next_due(&mut self, now: Instant) -> Result<(WriteKey, Job), Option<Instant>> {
+        let (when, key) = self
+            .due
+            .iter()
+            .find(|(_, k)| !self.in_flight.contains(k))
+            .cloned()
+            .ok_or(None)?;
+        if when > now {
+            return Err(Some(when));
+        }
+        let job = self.take(&key).ok_or(None)?;
+        self.in_flight.insert(key);
+        Ok(job)
     }
 }
 
@@ -293,7 +383,7 @@ impl StatusWriter {
             },
         );
         state.unconfirmed.insert(key.clone());
-        state.pending.insert(
+        state.put(
             key,
             Job {
                 update,
@@ -325,7 +415,7 @@ impl StatusWriter {
             _ => return false,
         };
         let object = format!("{}/{}", key.1, key.2);
-        let never_sent = state.in_flight.as_ref() != Some(&key)
+        let never_sent = !state.in_flight.contains(&key)
             && state.pending.get(&key).is_some_and(|j| j.attempts == 0);
         // A write never sent is outdated whatever copy it was computed against: the copy now
         // says what we want. (E.g. a follower's writes wait for leadership while the leader
@@ -334,7 +424,7 @@ impl StatusWriter {
             return false;
         }
         if never_sent {
-            state.pending.remove(&key);
+            state.take(&key);
             state.recent.remove(&key);
             state.unconfirmed.remove(&key);
             self.metrics
@@ -373,10 +463,11 @@ impl StatusWriter {
             recent,
             in_flight,
             unconfirmed,
+            ..
         } = &mut *state;
         unconfirmed.retain(|k| {
             pending.contains_key(k)
-                || in_flight.as_ref() == Some(k)
+                || in_flight.contains(k)
                 || recent
                     .get(k)
                     .is_some_and(|r| r.source_rv == current_rv(k.0, &k.1, &k.2))
@@ -409,21 +500,10 @@ impl StatusWriter {
         self.lock().pending.len()
     }
 
-    /// The job due first: `Ok(job)` if due now, `Err(Some(when))` if later, `Err(None)` if none.
+    /// The job due first among objects without a write under way, now marked in flight:
+    /// `Ok(job)` if due now, `Err(Some(when))` if later, `Err(None)` if none.
     fn next_job(&self) -> Result<(WriteKey, Job), Option<Instant>> {
-        let mut state = self.lock();
-        let (key, when) = state
-            .pending
-            .iter()
-            .min_by_key(|(_, j)| j.not_before)
-            .map(|(k, j)| (k.clone(), j.not_before))
-            .ok_or(None)?;
-        if when > Instant::now() {
-            return Err(Some(when));
-        }
-        let job = state.pending.remove_entry(&key).ok_or(None)?;
-        state.in_flight = Some(key);
-        Ok(job)
+        self.lock().next_due(Instant::now())
     }
 
     /// Books the outcome of a write: a failed job goes back (unless a newer status replaced it)
@@ -436,7 +516,7 @@ impl StatusWriter {
         delay: Duration,
     ) {
         let mut state = self.lock();
-        state.in_flight = None;
+        state.in_flight.remove(&key);
         match result {
             Ok(()) => {
                 if state.retry_failed_now() {
@@ -446,7 +526,9 @@ impl StatusWriter {
             Err(e) if e.is_transient() => {
                 job.not_before = Instant::now() + delay;
                 // A newer status for the same object replaces the failed one.
-                state.pending.entry(key).or_insert(job);
+                if !state.pending.contains_key(&key) {
+                    state.put(key, job);
+                }
             }
             Err(_) => {
                 // Dropped for good: nothing of ours waits to be seen.
@@ -461,7 +543,8 @@ impl StatusWriter {
             .set(state.pending.len() as i64);
     }
 
-    /// Runs the writer until `shutdown` turns true.
+    /// Runs the writer until `shutdown` turns true: up to `cfg.concurrency` writes in flight,
+    /// never two of one object.
     pub async fn run(
         self,
         client: kube::Client,
@@ -469,78 +552,133 @@ impl StatusWriter {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut gate = cfg.write_gate.take();
+        let limit = cfg.concurrency.max(1);
+        let cfg = Arc::new(cfg);
+        let mut running = FuturesUnordered::new();
         loop {
-            if !gate_open(&mut gate, &mut shutdown, &self.cluster).await {
+            // Only an idle writer waits for the gate: writes under way end first (each one
+            // watches the gate itself and hands its job back when leadership goes).
+            if running.is_empty() && !gate_open(&mut gate, &mut shutdown, &self.cluster).await {
                 return;
             }
-            let (key, mut job) = match self.next_job() {
-                Ok(j) => j,
-                Err(when) => {
-                    let sleep = async {
-                        match when {
-                            Some(t) => tokio::time::sleep_until(t).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        _ = sleep => {}
-                        _ = self.shared.1.notified() => {}
-                        _ = gate_closed(&mut gate) => {}
-                        _ = crate::stopped(&mut shutdown) => return,
+            let leads = leading(&gate);
+            if !leads && running.is_empty() {
+                // The gate closed again since it opened: wait for it at the top.
+                continue;
+            }
+            let mut next_due = None;
+            // Bounded by `limit`: every pass adds one write or stops.
+            while leads && running.len() < limit {
+                match self.next_job() {
+                    Ok((key, job)) => running.push(attempt(
+                        client.clone(),
+                        Arc::clone(&cfg),
+                        gate.clone(),
+                        key,
+                        job,
+                    )),
+                    Err(when) => {
+                        next_due = when;
+                        break;
                     }
-                    continue;
-                }
-            };
-            let kind = job.update.kind.kind();
-            let started = Instant::now();
-            let result = tokio::select! {
-                r = tokio::time::timeout(cfg.timeout, write(&client, &cfg, &job)) => {
-                    r.unwrap_or(Err(WriteError::Timeout))
-                }
-                _ = gate_closed(&mut gate) => {
-                    // Leadership lost mid-write: the job goes back, for the next leader term.
-                    let lost = Err(WriteError::Retry("leadership lost".into()));
-                    self.finish(key, job, &lost, Duration::ZERO);
-                    continue;
-                }
-                _ = crate::stopped(&mut shutdown) => return,
-            };
-            self.metrics
-                .status_write_seconds
-                .with_label_values(&[&self.cluster, kind])
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics
-                .status_writes
-                .with_label_values(&[&self.cluster, kind, result_label(&result)])
-                .inc();
-            let object = format!("{}/{}", key.1, key.2);
-            let mut delay = Duration::ZERO;
-            match &result {
-                Ok(()) => tracing::debug!(cluster = %self.cluster, kind, %object, "status written"),
-                Err(WriteError::Gone) => {
-                    tracing::debug!(cluster = %self.cluster, kind, %object, "object gone; status dropped")
-                }
-                Err(WriteError::Stale) => tracing::debug!(
-                    cluster = %self.cluster, kind, %object,
-                    "object has a newer generation; status dropped until it is translated again"
-                ),
-                Err(WriteError::Invalid(msg)) => tracing::error!(
-                    cluster = %self.cluster, kind, %object, error = %msg,
-                    "status rejected by the API server; not retried"
-                ),
-                Err(e) => {
-                    let attempts = job.attempts + 1;
-                    job.attempts = attempts;
-                    delay = backoff(&cfg, attempts);
-                    tracing::warn!(
-                        cluster = %self.cluster, kind, %object, error = %e, attempt = attempts,
-                        retry_in = ?delay, "status write failed; retried then, or as soon as the API answers again"
-                    );
                 }
             }
-            self.finish(key, job, &result, delay);
+            let sleep = async {
+                match next_due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(done) = running.next(), if !running.is_empty() => self.book(&cfg, done),
+                _ = sleep => {}
+                _ = self.shared.1.notified() => {}
+                _ = gate_closed(&mut gate), if leads => {}
+                _ = crate::stopped(&mut shutdown) => return,
+            }
         }
     }
+
+    /// Books one finished attempt: metrics, the log line, and the job's fate ([`Self::finish`]).
+    fn book(&self, cfg: &WriterConfig, done: Attempt) {
+        let Attempt {
+            key,
+            mut job,
+            result,
+            started,
+            lost_leadership,
+        } = done;
+        if lost_leadership {
+            // The job goes back as it was, for the next leader term.
+            self.finish(key, job, &result, Duration::ZERO);
+            return;
+        }
+        let kind = job.update.kind.kind();
+        self.metrics
+            .status_write_seconds
+            .with_label_values(&[&self.cluster, kind])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .status_writes
+            .with_label_values(&[&self.cluster, kind, result_label(&result)])
+            .inc();
+        let object = format!("{}/{}", key.1, key.2);
+        let mut delay = Duration::ZERO;
+        match &result {
+            Ok(()) => tracing::debug!(cluster = %self.cluster, kind, %object, "status written"),
+            Err(WriteError::Gone) => {
+                tracing::debug!(cluster = %self.cluster, kind, %object, "object gone; status dropped")
+            }
+            Err(WriteError::Stale) => tracing::debug!(
+                cluster = %self.cluster, kind, %object,
+                "object has a newer generation; status dropped until it is translated again"
+            ),
+            Err(WriteError::Invalid(msg)) => tracing::error!(
+                cluster = %self.cluster, kind, %object, error = %msg,
+                "status rejected by the API server; not retried"
+            ),
+            Err(e) => {
+                let attempts = job.attempts + 1;
+                job.attempts = attempts;
+                delay = backoff(cfg, attempts);
+                tracing::warn!(
+                    cluster = %self.cluster, kind, %object, error = %e, attempt = attempts,
+                    retry_in = ?delay, "status write failed; retried then, or as soon as the API answers again"
+                );
+            }
+        }
+        self.finish(key, job, &result, delay);
+    }
+}
+
+/// One write of `job`, bounded by the write timeout, given up when leadership goes.
+async fn attempt(
+    client: kube::Client,
+    cfg: Arc<WriterConfig>,
+    mut gate: Option<watch::Receiver<bool>>,
+    key: WriteKey,
+    job: Job,
+) -> Attempt {
+    let started = Instant::now();
+    let (result, lost_leadership) = tokio::select! {
+        r = tokio::time::timeout(cfg.timeout, write(&client, &cfg, &job)) => {
+            (r.unwrap_or(Err(WriteError::Timeout)), false)
+        }
+        _ = gate_closed(&mut gate) => (Err(WriteError::Retry("leadership lost".into())), true),
+    };
+    Attempt {
+        key,
+        job,
+        result,
+        started,
+        lost_leadership,
+    }
+}
+
+/// Whether writes may start now (no gate, or a gate that is open and still has its elector).
+fn leading(gate: &Option<watch::Receiver<bool>>) -> bool {
+    gate.as_ref()
+        .is_none_or(|g| *g.borrow() && g.has_changed().is_ok())
 }
 
 fn backoff(cfg: &WriterConfig, attempts: u32) -> Duration {
@@ -888,6 +1026,7 @@ mod tests {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
             write_gate: None,
+            concurrency: 4,
         };
         let task = tokio::spawn(writer.clone().run(client.clone(), cfg, stop_rx));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -932,6 +1071,7 @@ mod tests {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
             write_gate: None,
+            concurrency: 4,
         }
     }
 
@@ -1232,6 +1372,245 @@ mod tests {
         holder.abort();
     }
 
+    /// A fake API server for status writes: answers each request with its own body after a
+    /// delay (`delay(n)` for the n-th request) and counts requests in flight, overall and per
+    /// object path, and keeps the last body received per path.
+    struct FakeApi {
+        url: String,
+        stats: Arc<Mutex<FakeStats>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    #[derive(Default)]
+    struct FakeStats {
+        requests: usize,
+        now: usize,
+        max: usize,
+        per_path_now: HashMap<String, usize>,
+        per_path_max: HashMap<String, usize>,
+        last_body: HashMap<String, Value>,
+    }
+
+    impl FakeApi {
+        async fn start(delay: fn(usize) -> Duration) -> FakeApi {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let stats = Arc::new(Mutex::new(FakeStats::default()));
+            let shared = Arc::clone(&stats);
+            let task = tokio::spawn(async move {
+                // Bounded: the client pools its connections; a test opens a few dozen at most.
+                for _ in 0..256 {
+                    let Ok((sock, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let stats = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let mut sock = BufReader::new(sock);
+                        // One request per pass; a connection carries a bounded number.
+                        for _ in 0..10_000 {
+                            let mut line = String::new();
+                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let path = line
+                                .split_whitespace()
+                                .nth(1)
+                                .unwrap_or("")
+                                .split('?')
+                                .next()
+                                .unwrap_or("")
+                                .to_string();
+                            let mut length = 0;
+                            for _ in 0..100 {
+                                let mut h = String::new();
+                                sock.read_line(&mut h).await.unwrap();
+                                let h = h.trim_end();
+                                if h.is_empty() {
+                                    break;
+                                }
+                                if let Some((k, v)) = h.split_once(':')
+                                    && k.eq_ignore_ascii_case("content-length")
+                                {
+                                    length = v.trim().parse().unwrap();
+                                }
+                            }
+                            let mut body = vec![0; length];
+                            sock.read_exact(&mut body).await.unwrap();
+                            let n = {
+                                let mut s = stats.lock().unwrap();
+                                s.requests += 1;
+                                s.now += 1;
+                                s.max = s.max.max(s.now);
+                                let on_path = s.per_path_now.entry(path.clone()).or_default();
+                                *on_path += 1;
+                                let on_path = *on_path;
+                                let max = s.per_path_max.entry(path.clone()).or_default();
+                                *max = (*max).max(on_path);
+                                s.last_body
+                                    .insert(path.clone(), serde_json::from_slice(&body).unwrap());
+                                s.requests
+                            };
+                            tokio::time::sleep(delay(n)).await;
+                            {
+                                let mut s = stats.lock().unwrap();
+                                s.now -= 1;
+                                *s.per_path_now.get_mut(&path).unwrap() -= 1;
+                            }
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                 content-length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            let sock = sock.get_mut();
+                            sock.write_all(head.as_bytes()).await.unwrap();
+                            sock.write_all(&body).await.unwrap();
+                        }
+                    });
+                }
+            });
+            FakeApi { url, stats, task }
+        }
+
+        fn client(&self) -> kube::Client {
+            kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
+        }
+
+        fn stats(&self) -> MutexGuard<'_, FakeStats> {
+            self.stats.lock().unwrap()
+        }
+
+        /// The reason of the last status written for Gateway `ns/name`.
+        fn last_reason(&self, name: &str) -> Option<String> {
+            let path =
+                format!("/apis/gateway.networking.k8s.io/v1/namespaces/ns/gateways/{name}/status");
+            let s = self.stats();
+            let body = s.last_body.get(&path)?;
+            body["status"]["conditions"][0]["reason"]
+                .as_str()
+                .map(str::to_string)
+        }
+    }
+
+    impl Drop for FakeApi {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Starts `w` against `api` with `concurrency` writes in flight at most.
+    fn run_against(
+        w: &StatusWriter,
+        api: &FakeApi,
+        concurrency: usize,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut c = cfg(Duration::from_secs(10));
+        c.concurrency = concurrency;
+        let task = tokio::spawn(w.clone().run(api.client(), c, stop_rx));
+        (stop_tx, task)
+    }
+
+    /// Writes of different objects overlap, up to the bound and never beyond it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_overlap_up_to_the_concurrency_bound() {
+        let api = FakeApi::start(|_| Duration::from_millis(100)).await;
+        let w = writer();
+        for i in 0..24 {
+            assert!(w.submit(update(&format!("gw-{i}"), 1, "X"), Some("1".into()), None));
+        }
+        let started = Instant::now();
+        let (stop_tx, task) = run_against(&w, &api, 4);
+        wait_until("24 writes", || writes(&w, "ok") == 24).await;
+        let took = started.elapsed();
+        assert_eq!(api.stats().requests, 24);
+        assert_eq!(api.stats().max, 4, "4 in flight at most, and 4 reached");
+        // One at a time would take 2.4 s; four at a time about 0.6 s.
+        assert!(took < Duration::from_millis(2_000), "took {took:?}");
+        assert_eq!(w.pending(), 0);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// A status computed while its object's write is in flight waits for that write (never two
+    /// writes of one object at once), and statuses computed meanwhile are merged: the latest is
+    /// written once, after the one in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_object_is_never_written_twice_at_once() {
+        let api = FakeApi::start(|_| Duration::from_millis(150)).await;
+        let w = writer();
+        let (stop_tx, task) = run_against(&w, &api, 8);
+        assert!(w.submit(update("a", 1, "First"), Some("1".into()), None));
+        wait_until("the first write in flight", || api.stats().now == 1).await;
+        assert!(w.submit(update("a", 1, "Second"), Some("1".into()), None));
+        assert!(w.submit(update("a", 1, "Third"), Some("1".into()), None));
+        assert!(w.submit(update("b", 1, "Other"), Some("1".into()), None));
+        wait_until("every write", || writes(&w, "ok") == 3).await;
+        let path = |n: &str| {
+            format!("/apis/gateway.networking.k8s.io/v1/namespaces/ns/gateways/{n}/status")
+        };
+        {
+            let s = api.stats();
+            assert_eq!(s.requests, 3, "First, then Third (Second merged), and b");
+            assert_eq!(s.per_path_max[&path("a")], 1);
+            assert_eq!(s.max, 2, "b overlapped a's first write");
+        }
+        assert_eq!(api.last_reason("a").as_deref(), Some("Third"));
+        assert_eq!(api.last_reason("b").as_deref(), Some("Other"));
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// Whatever the order in which concurrent writes finish, each object ends with the last
+    /// status submitted for it, and no object ever has two writes in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_status_of_every_object_lands_whatever_the_order() {
+        // Uneven answer times, so writes finish out of order.
+        let api = FakeApi::start(|n| Duration::from_millis((n as u64 * 7_919) % 37 + 1)).await;
+        let w = writer();
+        let (stop_tx, task) = run_against(&w, &api, 6);
+        let mut last = BTreeMap::new();
+        let mut rv = 0u64;
+        // A deterministic spread: object i gets its k-th status at step i * 3 + k * 7 (mod 50).
+        for step in 0..50u64 {
+            for i in 0..20u64 {
+                for k in 0..5u64 {
+                    if (i * 3 + k * 7) % 50 == step {
+                        rv += 1;
+                        let name = format!("gw-{i}");
+                        let reason = format!("R{k}");
+                        assert!(w.submit(update(&name, 1, &reason), Some(rv.to_string()), None));
+                        last.insert(name, reason);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        wait_until("every object's last status written", || {
+            w.pending() == 0
+                && api.stats().now == 0
+                && last
+                    .iter()
+                    .all(|(n, r)| api.last_reason(n).as_deref() == Some(r.as_str()))
+        })
+        .await;
+        {
+            let s = api.stats();
+            assert!(
+                s.per_path_max.values().all(|&m| m == 1),
+                "one write per object at a time"
+            );
+            assert!(s.max <= 6, "{} in flight", s.max);
+            assert!(
+                s.requests <= 100,
+                "at most one write per status: {}",
+                s.requests
+            );
+        }
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let cfg = WriterConfig {
@@ -1240,6 +1619,7 @@ mod tests {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             write_gate: None,
+            concurrency: 1,
         };
         assert_eq!(backoff(&cfg, 1), Duration::from_millis(100));
         assert_eq!(backoff(&cfg, 3), Duration::from_millis(400));

@@ -571,14 +571,21 @@ async fn an_unreachable_cluster_does_not_stall_the_others() {
         }
     })
     .await;
-    assert_eq!(
-        env.ctl
+    // Reported unreachable by its supervisor's probe (it may still be waiting out its probe
+    // timeout: status writes to east and west, several in flight, can be quicker than that).
+    eventually_async("central reported unreachable", WAIT, || async {
+        match env
+            .ctl
             .metrics()
             .cluster_reachable
             .with_label_values(&["central"])
-            .get(),
-        0
-    );
+            .get()
+        {
+            0 => Ok(()),
+            other => Err(format!("cluster_reachable{{central}} = {other}")),
+        }
+    })
+    .await;
 
     // Past the endpoint grace period central's endpoints are withdrawn; east's stay.
     eventually_async("central endpoints withdrawn", WAIT, || async {

@@ -4,8 +4,9 @@
 //! fresh temp directory, as `meridian up` does), installs the HTTPRoute CRD, then K writers POST
 //! N objects over keep-alive HTTP/1.1 connections: a third each of Services, EndpointSlices and
 //! HTTPRoutes (the mix of the controller's scale benchmark). It prints the write rate of every
-//! window of `--window` writes and the cumulative time at each `--mark`, then how long the
-//! shutdown flush took. Every answer must be 201; anything else stops the run with an error.
+//! window of `--window` writes as it goes (so a run cut short by `--timeout-secs` still shows
+//! how far it got), the cumulative time at each `--mark`, then how long the shutdown flush took.
+//! Every answer must be 201; anything else stops the run with an error.
 //!
 //! How to run (release build; it is a measurement):
 //!   cargo run --release -p meridian-sandbox --example write_rate -- --objects 30000 --writers 8
@@ -148,9 +149,9 @@ fn object(i: usize) -> (&'static str, Value) {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let cli = Cli::parse();
-    let state_dir = cli.persist.then(|| {
-        std::env::temp_dir().join(format!("meridian-write-rate-{}", std::process::id()))
-    });
+    let state_dir = cli
+        .persist
+        .then(|| std::env::temp_dir().join(format!("meridian-write-rate-{}", std::process::id())));
     let sb = Sandbox::start(SandboxConfig {
         state_dir: state_dir.clone(),
         ..SandboxConfig::ephemeral(&["east"])
@@ -174,10 +175,17 @@ async fn main() -> Result<(), Error> {
     let done = Arc::new(AtomicUsize::new(0));
     let stamps = Arc::new(std::sync::Mutex::new(Vec::<(usize, Instant)>::new()));
     let start = Instant::now();
+    eprintln!(
+        "write_rate: {} objects, {} writers, persistence {}",
+        cli.objects,
+        cli.writers,
+        if cli.persist { "on" } else { "off" }
+    );
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..cli.writers.max(1) {
         let (next, done, stamps) = (next.clone(), done.clone(), stamps.clone());
         let (total, window, marks) = (cli.objects, cli.window.max(1), cli.marks.clone());
+        let start = start;
         writers.spawn(async move {
             let mut conn = Conn::open(addr).await?;
             loop {
@@ -190,8 +198,24 @@ async fn main() -> Result<(), Error> {
                     .await?;
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if d % window == 0 || marks.contains(&d) || d == total {
+                    let now = Instant::now();
                     let mut s = stamps.lock().unwrap_or_else(|p| p.into_inner());
-                    s.push((d, Instant::now()));
+                    if d % window == 0 {
+                        // Windows complete in order: `d - window` was stamped before `d`.
+                        let from = s
+                            .iter()
+                            .rev()
+                            .find(|(n, _)| *n == d - window)
+                            .map_or(start, |(_, t)| *t);
+                        let rate = window as f64 / now.duration_since(from).as_secs_f64();
+                        eprintln!(
+                            "  [{:>7.1} s] stored {:>6} {:>8.0} writes/s",
+                            now.duration_since(start).as_secs_f64(),
+                            d,
+                            rate
+                        );
+                    }
+                    s.push((d, now));
                 }
             }
         });
@@ -240,7 +264,10 @@ async fn main() -> Result<(), Error> {
     );
     let flush = Instant::now();
     sb.shutdown().await;
-    println!("  shutdown (final flush): {:.2} s", flush.elapsed().as_secs_f64());
+    println!(
+        "  shutdown (final flush): {:.2} s",
+        flush.elapsed().as_secs_f64()
+    );
     if let Some(dir) = state_dir {
         let size: u64 = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok()?.metadata().ok())

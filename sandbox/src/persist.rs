@@ -544,7 +544,9 @@ impl Log {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             // Harmless: its records are at or below the snapshot's resourceVersion and are
             // skipped when loading. New records go after them.
-            Err(e) => tracing::warn!(log = %path.display(), error = %e, "removing the compacted log"),
+            Err(e) => {
+                tracing::warn!(log = %path.display(), error = %e, "removing the compacted log")
+            }
         }
         self.log_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         self.snapshot_bytes = bytes;
@@ -604,9 +606,7 @@ impl Persister {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || me.step(true).map(|_| ()))
             .await
-            .map_err(|e| {
-                SandboxError::io("writing", &self.log().dir)(std::io::Error::other(e))
-            })?
+            .map_err(|e| SandboxError::io("writing", &self.log().dir)(std::io::Error::other(e)))?
     }
 }
 
@@ -640,5 +640,315 @@ pub async fn run(persister: Arc<Persister>) {
                 Some(Instant::now() + SYNC_INTERVAL)
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::WriteMode;
+    use meridian_test_support::process::ScratchDir;
+    use serde_json::json;
+
+    fn cm(name: &str, v: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "default"}, "data": {"v": v}})
+    }
+
+    fn widget_crd() -> Value {
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                        "type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}})
+    }
+
+    /// Creates, updates and deletes a few objects of built-in and custom kinds.
+    fn some_writes(s: &mut State, tag: &str) {
+        let cms = s.registry.by_key("configmaps").unwrap();
+        for i in 0..5 {
+            s.create(&cms, Some("default"), cm(&format!("{tag}-{i}"), "1"), false)
+                .unwrap();
+        }
+        let mut changed = s.get(&cms, "default", &format!("{tag}-1")).unwrap().clone();
+        changed["data"]["v"] = json!("2");
+        s.update(
+            &cms,
+            Some("default"),
+            &format!("{tag}-1"),
+            changed,
+            WriteMode::Main,
+            false,
+        )
+        .unwrap();
+        s.delete(&cms, "default", &format!("{tag}-2"), &Value::Null, false)
+            .unwrap();
+        let crds = s
+            .registry
+            .by_key("customresourcedefinitions.apiextensions.k8s.io")
+            .unwrap();
+        if s.get(&crds, "", "widgets.example.com").is_none() {
+            s.create(&crds, None, widget_crd(), false).unwrap();
+        }
+        let widgets = s.registry.by_key("widgets.example.com").unwrap();
+        let w = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                       "metadata": {"name": format!("{tag}-w")}, "spec": {"size": 3}});
+        s.create(&widgets, Some("default"), w, false).unwrap();
+    }
+
+    /// Writes through a [`Log`] as the background task does: the journal after every write.
+    fn persisted(dir: &Path, policy: Policy, f: impl FnOnce(&mut State, &mut Log)) -> State {
+        let (mut s, loaded) = load(dir, "c", 100).unwrap();
+        let mut log = Log::new(dir, "c", loaded, policy);
+        log.append(&s.take_journal()).unwrap();
+        f(&mut s, &mut log);
+        log.append(&s.take_journal()).unwrap();
+        s
+    }
+
+    fn never_compact() -> Policy {
+        Policy {
+            compact_min_bytes: u64::MAX,
+            ..Policy::default()
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_log_replays_after_a_restart_and_the_counter_continues() {
+        let dir = ScratchDir::new("persist-replay");
+        let before = persisted(dir.path(), never_compact(), |s, log| {
+            some_writes(s, "a");
+            log.append(&s.take_journal()).unwrap();
+            some_writes(s, "b");
+        });
+        assert_eq!(
+            files(dir.path()),
+            ["c.log"],
+            "no snapshot yet: all in the log"
+        );
+        assert_eq!(mode(&log_file(dir.path(), "c")), 0o600);
+
+        let (mut after, loaded) = load(dir.path(), "c", 100).unwrap();
+        assert_eq!(after.snapshot(), before.snapshot());
+        assert_eq!(after.rv, before.rv);
+        assert!(loaded.log_bytes > 0);
+        let widgets = after.registry.by_key("widgets.example.com").unwrap();
+        assert_eq!(
+            after.get(&widgets, "default", "b-w").unwrap()["spec"]["size"],
+            3
+        );
+        let cms = after.registry.by_key("configmaps").unwrap();
+        assert!(
+            after.get(&cms, "default", "a-2").is_none(),
+            "deleted stays deleted"
+        );
+        assert_eq!(after.get(&cms, "default", "a-1").unwrap()["data"]["v"], "2");
+        // Nothing from before the restart can be resumed; new writes continue the counter.
+        assert!(after.events_after(before.rv - 1).is_err());
+        let o = after
+            .create(&cms, Some("default"), cm("new", "1"), false)
+            .unwrap();
+        assert_eq!(
+            o["metadata"]["resourceVersion"],
+            (before.rv + 1).to_string()
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_set_aside_and_new_records_follow_the_good_ones() {
+        let dir = ScratchDir::new("persist-torn");
+        let before = persisted(dir.path(), never_compact(), |s, _| some_writes(s, "a"));
+        let path = log_file(dir.path(), "c");
+        let good = std::fs::read(&path).unwrap();
+
+        // A crash mid-append: half of the next record reached the file.
+        let mut extra = State::new(100);
+        let cms = extra.registry.by_key("configmaps").unwrap();
+        extra.enable_journal();
+        extra
+            .create(&cms, Some("default"), cm("torn", "1"), false)
+            .unwrap();
+        let mut record = Vec::new();
+        for e in extra.take_journal() {
+            encode_record(&mut record, &e);
+        }
+        let torn = &record[..record.len() / 2];
+        std::fs::write(&path, [good.as_slice(), torn].concat()).unwrap();
+
+        let (after, loaded) = load(dir.path(), "c", 100).unwrap();
+        assert_eq!(
+            after.snapshot(),
+            before.snapshot(),
+            "the good records, all of them"
+        );
+        assert!(after.get(&cms, "default", "torn").is_none());
+        assert_eq!(loaded.log_bytes, good.len() as u64);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            good,
+            "cut back to the good records"
+        );
+        let side: Vec<String> = files(dir.path())
+            .into_iter()
+            .filter(|n| n.starts_with("c.log.torn-"))
+            .collect();
+        assert_eq!(side.len(), 1, "{side:?}");
+        let side = dir.path().join(&side[0]);
+        assert_eq!(
+            std::fs::read(&side).unwrap(),
+            torn,
+            "the torn bytes are kept"
+        );
+        assert_eq!(mode(&side), 0o600);
+        std::fs::remove_file(&side).unwrap();
+
+        // Records appended after the cut are read on the next load.
+        let again = persisted(dir.path(), never_compact(), |s, _| some_writes(s, "b"));
+        let (last, _) = load(dir.path(), "c", 100).unwrap();
+        assert_eq!(last.snapshot(), again.snapshot());
+        assert!(last.get(&cms, "default", "b-4").is_some());
+        assert!(last.get(&cms, "default", "a-4").is_some());
+    }
+
+    #[test]
+    fn a_damaged_record_ends_the_log() {
+        let dir = ScratchDir::new("persist-crc");
+        persisted(dir.path(), never_compact(), |s, log| {
+            some_writes(s, "a");
+            log.append(&s.take_journal()).unwrap();
+            some_writes(s, "b");
+        });
+        let path = log_file(dir.path(), "c");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let whole = decode_log(&bytes).unwrap();
+        assert!(whole.torn.is_none());
+        // Flip one byte inside the payload of the last record.
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x20;
+        let damaged = decode_log(&bytes).unwrap();
+        assert_eq!(damaged.records.len(), whole.records.len() - 1);
+        assert!(
+            damaged.torn.as_deref().unwrap().contains("checksum"),
+            "{:?}",
+            damaged.torn
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_our_log_is_refused_and_left_alone() {
+        let dir = ScratchDir::new("persist-foreign");
+        let path = dir.write("c.log", "{\"hello\": 1}\n");
+        let Err(e) = load(dir.path(), "c", 100) else {
+            panic!("a foreign log must not load");
+        };
+        assert!(matches!(e, SandboxError::StateLog { .. }), "{e}");
+        assert!(e.to_string().contains("c.log"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"hello\": 1}\n");
+        // A header cut short by a crash right after the file was created is an empty log.
+        std::fs::write(&path, &LOG_MAGIC[..3]).unwrap();
+        let (s, _) = load(dir.path(), "c", 100).unwrap();
+        assert!(
+            s.get(&s.registry.by_key("namespaces").unwrap(), "", "default")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_everything_and_restarts_from_snapshot_plus_log() {
+        let dir = ScratchDir::new("persist-compact");
+        let policy = Policy {
+            compact_min_bytes: 1,
+            ..Policy::default()
+        };
+        let mut compactions = 0;
+        let before = persisted(dir.path(), policy, |s, log| {
+            some_writes(s, "a");
+            log.append(&s.take_journal()).unwrap();
+            assert!(log.compaction_due(Instant::now()).0, "past the threshold");
+            let old_log = std::fs::read(log_file(dir.path(), "c")).unwrap();
+            // A write committed while the compaction runs is in the snapshot as well.
+            some_writes(s, "b");
+            let (rv, objects) = s.snapshot_objects();
+            log.compact(rv, &objects, &s.take_journal()).unwrap();
+            compactions += 1;
+            assert_eq!(log.log_bytes(), 0);
+            assert_eq!(files(dir.path()), ["c.json"], "the log is gone");
+            assert_eq!(mode(&state_file(dir.path(), "c")), 0o600);
+            let (loaded, _) = load(dir.path(), "c", 100).unwrap();
+            assert_eq!(
+                loaded.snapshot(),
+                s.snapshot(),
+                "the snapshot alone is everything"
+            );
+
+            // A crash between the snapshot's rename and the log's removal leaves the old log:
+            // its records are at or below the snapshot's resourceVersion and change nothing.
+            std::fs::write(log_file(dir.path(), "c"), &old_log).unwrap();
+            let (loaded, _) = load(dir.path(), "c", 100).unwrap();
+            assert_eq!(loaded.snapshot(), s.snapshot());
+            std::fs::remove_file(log_file(dir.path(), "c")).unwrap();
+
+            // Writes after the compaction go to a new log.
+            some_writes(s, "c");
+        });
+        assert_eq!(compactions, 1);
+        assert_eq!(files(dir.path()), ["c.json", "c.log"]);
+        let (after, _) = load(dir.path(), "c", 100).unwrap();
+        assert_eq!(after.snapshot(), before.snapshot());
+        assert_eq!(after.rv, before.rv);
+        let cms = after.registry.by_key("configmaps").unwrap();
+        for tag in ["a", "b", "c"] {
+            assert!(
+                after.get(&cms, "default", &format!("{tag}-4")).is_some(),
+                "{tag}"
+            );
+        }
+    }
+
+    #[test]
+    fn compaction_is_due_by_size_or_after_a_quiet_spell() {
+        let dir = ScratchDir::new("persist-due");
+        let policy = Policy {
+            compact_ratio: 1.0,
+            compact_min_bytes: 100,
+            idle_compact: Duration::from_secs(3600),
+        };
+        let mut log = Log::new(
+            dir.path(),
+            "c",
+            Loaded {
+                snapshot_bytes: 1000,
+                log_bytes: 0,
+            },
+            policy,
+        );
+        let now = Instant::now();
+        assert_eq!(log.compaction_due(now), (false, None), "nothing to compact");
+        log.log_bytes = 999;
+        let (due, at) = log.compaction_due(now);
+        assert!(!due, "smaller than the snapshot");
+        assert!(at.unwrap() >= now + Duration::from_secs(3599), "{at:?}");
+        assert!(log.compaction_due(at.unwrap()).0, "idle long enough");
+        log.log_bytes = 1000;
+        assert!(log.compaction_due(now).0, "as large as the snapshot");
+        log.snapshot_bytes = 10;
+        log.log_bytes = 99;
+        assert!(!log.compaction_due(now).0, "below the minimum");
     }
 }

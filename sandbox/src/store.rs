@@ -56,7 +56,7 @@ impl EventType {
 }
 
 /// One change, as kept in the history window (and handed to the log writer).
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Event {
     pub rv: u64,
     /// The resource type key (`plural.group`).
@@ -109,6 +109,8 @@ pub struct State {
     /// Every kind's resumes expire at or below this: the history was dropped as a whole
     /// ([`State::compact`]) or started empty (a restored state).
     pub compacted_through: u64,
+    /// The resourceVersion of the last event (of any kind) that fell out of the window.
+    trimmed_through: u64,
     history_window: usize,
     /// Kinds written since the last [`State::take_touched`] (a handful per write).
     touched: Vec<String>,
@@ -469,6 +471,7 @@ impl State {
             history: VecDeque::new(),
             kind_history: HashMap::new(),
             compacted_through: 0,
+            trimmed_through: 0,
             history_window: history_window.max(1),
             touched: Vec::new(),
             journal: None,
@@ -545,7 +548,9 @@ impl State {
         use std::ops::Bound;
         // Keys sort by namespace first: one namespace is the range from ("ns", "") on.
         let lower = match (after, ns) {
-            (Some(k), Some(n)) if k.0.as_str() < n => Bound::Included((n.to_string(), String::new())),
+            (Some(k), Some(n)) if k.0.as_str() < n => {
+                Bound::Included((n.to_string(), String::new()))
+            }
             (Some(k), _) => Bound::Excluded(k.clone()),
             (None, Some(n)) => Bound::Included((n.to_string(), String::new())),
             (None, None) => Bound::Unbounded,
@@ -562,7 +567,11 @@ impl State {
     /// snapshot holds). Clones pointers only, so the lock is held briefly; the caller encodes.
     pub fn snapshot_objects(&self) -> (u64, Vec<Arc<Value>>) {
         const CRD_KEY: &str = "customresourcedefinitions.apiextensions.k8s.io";
-        let crds = self.objects.get(CRD_KEY).into_iter().flat_map(|m| m.values());
+        let crds = self
+            .objects
+            .get(CRD_KEY)
+            .into_iter()
+            .flat_map(|m| m.values());
         let rest = self
             .objects
             .iter()
@@ -576,10 +585,12 @@ impl State {
         self.objects.values().map(BTreeMap::len).sum()
     }
 
-    /// History events after `cursor`, or `Err(compacted_through)` when some were compacted away.
+    /// History events of every kind after `cursor`, or `Err(through)` when some of them fell out
+    /// of the window or were compacted away. (Watches read their kind's: [`State::kind_events_after`].)
     pub fn events_after(&self, cursor: u64) -> Result<Vec<Arc<Event>>, u64> {
-        if cursor < self.compacted_through {
-            return Err(self.compacted_through);
+        let through = self.compacted_through.max(self.trimmed_through);
+        if cursor < through {
+            return Err(through);
         }
         let start = self.history.partition_point(|e| e.rv <= cursor);
         Ok(self.history.range(start..).cloned().collect())
@@ -627,7 +638,10 @@ impl State {
 
     /// The committed events the log writer has not taken yet, in resourceVersion order.
     pub fn take_journal(&mut self) -> Vec<Arc<Event>> {
-        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -666,6 +680,7 @@ impl State {
             let Some(old) = self.history.pop_front() else {
                 break;
             };
+            self.trimmed_through = old.rv;
             // Both are in resourceVersion order: the oldest of the window is its kind's oldest.
             if let Some(h) = self.kind_history.get_mut(&old.res) {
                 h.events.pop_front();
@@ -900,7 +915,9 @@ impl State {
     /// so allocating does not walk the Services already there (a fresh state walks the taken
     /// prefix once).
     fn free_cluster_ip(&mut self) -> Option<String> {
-        let start = self.next_cluster_ip.clamp(CLUSTER_IP_FIRST, CLUSTER_IP_END - 1);
+        let start = self
+            .next_cluster_ip
+            .clamp(CLUSTER_IP_FIRST, CLUSTER_IP_END - 1);
         let n = (start..CLUSTER_IP_END)
             .chain(CLUSTER_IP_FIRST..start)
             .find(|n| !self.cluster_ips.contains(&cluster_ip(*n)))?;
@@ -1547,6 +1564,148 @@ mod tests {
         let r = State::restore(100, &snap).unwrap();
         let got = r.get(&wt, "default", "old").unwrap();
         assert_eq!(got["spec"], json!({"size": 99, "color": "red"}));
+    }
+
+    #[test]
+    fn a_quiet_kind_keeps_its_resumes_while_other_kinds_fill_the_window() {
+        let mut s = State::new(3);
+        let (cmt, _) = types(&s);
+        let secrets = s.registry.by_key("secrets").unwrap();
+        assert_eq!(s.take_touched(), ["namespaces"], "the default namespaces");
+        s.create(&cmt, Some("default"), cm("a", ""), false).unwrap();
+        let after_cm = s.rv;
+        let secret =
+            |n: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": n}});
+        s.create(&secrets, Some("default"), secret("s0"), false)
+            .unwrap();
+        let first_secret = s.rv;
+        assert_eq!(s.take_touched(), ["configmaps", "secrets"]);
+        for i in 1..5 {
+            s.create(&secrets, Some("default"), secret(&format!("s{i}")), false)
+                .unwrap();
+        }
+        assert_eq!(s.take_touched(), ["secrets"], "each kind once");
+        // The whole window is Secrets now: the cluster-wide view has expired...
+        assert!(s.events_after(after_cm).is_err());
+        // ...but a ConfigMap watch at the ConfigMap's RV missed nothing of its kind.
+        assert_eq!(
+            s.kind_events_after("configmaps", after_cm).unwrap().len(),
+            0
+        );
+        assert_eq!(s.expired_through("configmaps"), after_cm);
+        assert_eq!(
+            s.kind_events_after("configmaps", after_cm - 1),
+            Err(after_cm)
+        );
+        // Secrets read only Secrets, and expire as their own events fall out.
+        let recent = s.kind_events_after("secrets", s.rv - 2).unwrap();
+        assert_eq!(recent.len(), 2);
+        assert!(recent.iter().all(|e| e.res == "secrets"));
+        assert!(s.kind_events_after("secrets", first_secret).is_err());
+        // Compacting the history expires every kind.
+        s.compact();
+        assert_eq!(s.kind_events_after("configmaps", after_cm), Err(s.rv));
+    }
+
+    #[test]
+    fn lists_of_one_namespace_read_its_range_and_continue_across() {
+        let mut s = State::new(100);
+        let (cmt, nst) = types(&s);
+        for ns in ["a", "b", "c"] {
+            s.create(
+                &nst,
+                None,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                false,
+            )
+            .unwrap();
+            for n in ["x", "y"] {
+                s.create(&cmt, Some(ns), cm(n, ""), false).unwrap();
+            }
+        }
+        let names = |ns: Option<&str>, after: Option<&ObjKey>| -> Vec<String> {
+            s.list(&cmt, ns, after)
+                .map(|((ns, n), _)| format!("{ns}/{n}"))
+                .collect()
+        };
+        assert_eq!(names(Some("b"), None), ["b/x", "b/y"]);
+        assert_eq!(names(Some("b"), Some(&("b".into(), "x".into()))), ["b/y"]);
+        assert_eq!(
+            names(Some("b"), Some(&("a".into(), "y".into()))),
+            ["b/x", "b/y"]
+        );
+        assert!(names(Some("b"), Some(&("c".into(), "x".into()))).is_empty());
+        assert!(names(Some("zz"), None).is_empty());
+        assert_eq!(names(None, Some(&("b".into(), "y".into()))), ["c/x", "c/y"]);
+        assert_eq!(names(None, None).len(), 6);
+    }
+
+    #[test]
+    fn cluster_ips_stay_unique_through_deletes_and_restores() {
+        let mut s = State::new(100);
+        let svc = s.registry.by_key("services").unwrap();
+        let service = |n: &str, ip: Option<&str>| {
+            let mut o = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": n},
+                               "spec": {"ports": [{"port": 80}]}});
+            if let Some(ip) = ip {
+                o["spec"]["clusterIP"] = json!(ip);
+            }
+            o
+        };
+        let ip = |o: &Value| o["spec"]["clusterIP"].as_str().unwrap().to_string();
+        // One set by hand where the allocator would go next.
+        let fixed = s
+            .create(
+                &svc,
+                Some("default"),
+                service("fixed", Some("10.96.0.12")),
+                false,
+            )
+            .unwrap();
+        assert_eq!(ip(&fixed), "10.96.0.12");
+        let mut ips: Vec<String> = (0..4)
+            .map(|i| {
+                ip(&s
+                    .create(
+                        &svc,
+                        Some("default"),
+                        service(&format!("s{i}"), None),
+                        false,
+                    )
+                    .unwrap())
+            })
+            .collect();
+        ips.push(ip(&fixed));
+        let distinct: BTreeSet<&String> = ips.iter().collect();
+        assert_eq!(distinct.len(), ips.len(), "{ips:?}");
+        // A freed address may be handed out again, a held one never.
+        s.delete(&svc, "default", "s1", &Value::Null, false)
+            .unwrap();
+        let mut restored = State::restore(100, &s.snapshot()).unwrap();
+        let mut held: BTreeSet<String> = restored
+            .list(&svc, None, None)
+            .map(|(_, o)| ip(o))
+            .collect();
+        for i in 0..300 {
+            let o = restored
+                .create(
+                    &svc,
+                    Some("default"),
+                    service(&format!("n{i}"), None),
+                    false,
+                )
+                .unwrap();
+            assert!(held.insert(ip(&o)), "{} handed out twice", ip(&o));
+        }
+        let headless = restored
+            .create(
+                &svc,
+                Some("default"),
+                service("headless", Some("None")),
+                false,
+            )
+            .unwrap();
+        assert_eq!(ip(&headless), "None");
     }
 
     #[test]

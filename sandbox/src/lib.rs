@@ -146,7 +146,8 @@ pub struct SandboxConfig {
     pub state_dir: Option<PathBuf>,
     /// Where to write the kubeconfig, if anywhere.
     pub kubeconfig_path: Option<PathBuf>,
-    /// Events kept per cluster for watch resumption (older resourceVersions get 410 Expired).
+    /// Events kept per cluster for watch resumption. A watch of a kind resuming from before
+    /// that kind's oldest kept event gets 410 Expired (writes to other kinds do not expire it).
     pub history_window: usize,
     /// Interval of BOOKMARK events on watches that allow them; `None` disables them.
     pub bookmark_interval: Option<Duration>,

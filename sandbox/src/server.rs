@@ -42,7 +42,8 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// Tunables shared by all clusters of a sandbox.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Events kept for watch resumption; older resourceVersions get 410 Expired.
+    /// Events kept for watch resumption; a kind's resumes from before its oldest kept event get
+    /// 410 Expired.
     pub history_window: usize,
     /// How often watches that allow bookmarks get one; `None` disables periodic bookmarks.
     pub bookmark_interval: Option<Duration>,

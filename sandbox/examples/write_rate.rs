@@ -185,7 +185,6 @@ async fn main() -> Result<(), Error> {
     for _ in 0..cli.writers.max(1) {
         let (next, done, stamps) = (next.clone(), done.clone(), stamps.clone());
         let (total, window, marks) = (cli.objects, cli.window.max(1), cli.marks.clone());
-        let start = start;
         writers.spawn(async move {
             let mut conn = Conn::open(addr).await?;
             loop {

@@ -1,6 +1,7 @@
 //! Per-write work that does not grow with the store (issue #20), seen from a client: watches
 //! that only their own kind's writes concern, and a persistence log that has every write soon
 //! after it is answered.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

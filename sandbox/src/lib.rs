@@ -18,7 +18,8 @@
 //!                                                             ├─▶ discovery / table / patch / apply
 //!                                                             └─▶ store (State: objects, RV, history)
 //!                                                                   ├─▶ watch (streams from history)
-//!                                                                   └─▶ persist (debounced JSON snapshots)
+//!                                                                   └─▶ persist (append-only log,
+//!                                                                        compacted into snapshots)
 //! ```
 //!
 //! Modules: [`store`] (objects and write semantics), [`watch`], [`http`] (routing), [`discovery`],
@@ -145,7 +146,8 @@ pub struct SandboxConfig {
     pub state_dir: Option<PathBuf>,
     /// Where to write the kubeconfig, if anywhere.
     pub kubeconfig_path: Option<PathBuf>,
-    /// Events kept per cluster for watch resumption (older resourceVersions get 410 Expired).
+    /// Events kept per cluster for watch resumption. A watch of a kind resuming from before
+    /// that kind's oldest kept event gets 410 Expired (writes to other kinds do not expire it).
     pub history_window: usize,
     /// Interval of BOOKMARK events on watches that allow them; `None` disables them.
     pub bookmark_interval: Option<Duration>,
@@ -209,8 +211,9 @@ pub struct Sandbox {
     /// Per cluster (same order as `clusters`).
     listeners: Vec<std::sync::Mutex<Listener>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Per cluster (same order as `clusters`) when persisting.
+    persisters: Vec<Arc<persist::Persister>>,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
-    state_dir: Option<PathBuf>,
 }
 
 fn valid_cluster_name(n: &str) -> bool {
@@ -275,6 +278,15 @@ pub enum SandboxError {
         /// What is wrong with it.
         #[source]
         source: serde_json::Error,
+    },
+    /// A cluster's persistence log is not one the sandbox wrote (see [`persist`]); nothing was
+    /// changed. A torn end of a log (a crash mid-write) is not an error: it is set aside.
+    #[error("reading {}: {reason}", .path.display())]
+    StateLog {
+        /// The log file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A saved cluster state is JSON but not a sandbox snapshot.
     #[error("restoring {}: {source}", .path.display())]
@@ -349,8 +361,8 @@ impl Sandbox {
             clusters: Vec::new(),
             listeners: Vec::new(),
             tasks: Vec::new(),
+            persisters: Vec::new(),
             shutdown_tx,
-            state_dir: cfg.state_dir.clone(),
         };
         for (i, name) in cfg.clusters.iter().enumerate() {
             sandbox
@@ -397,9 +409,12 @@ impl Sandbox {
             .await
             .map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
-        let state = match &cfg.state_dir {
+        let (state, loaded) = match &cfg.state_dir {
             Some(dir) => persist::load(dir, name, opts.history_window)?,
-            None => store::State::new(opts.history_window),
+            None => (
+                store::State::new(opts.history_window),
+                persist::Loaded::default(),
+            ),
         };
         let cluster = Arc::new(Cluster::new(
             name.to_string(),
@@ -419,10 +434,15 @@ impl Sandbox {
             ))),
         }));
         if let Some(dir) = &cfg.state_dir {
-            self.tasks.push(tokio::spawn(persist::run(
-                dir.clone(),
+            let persister = Arc::new(persist::Persister::new(
+                dir,
                 Arc::clone(&cluster),
-            )));
+                loaded,
+                persist::Policy::default(),
+            ));
+            self.tasks
+                .push(tokio::spawn(persist::run(Arc::clone(&persister))));
+            self.persisters.push(persister);
         }
         let host = match addr.ip() {
             IpAddr::V6(ip) => format!("[{ip}]"),
@@ -610,8 +630,8 @@ impl Sandbox {
             // The loop only aborts its connections and returns: no wait beyond that.
             let _ = task.await;
         }
-        if let Some(dir) = &self.state_dir {
-            persist::save(dir, &self.clusters[i]).await?;
+        if let Some(p) = self.persisters.get(i) {
+            p.save().await?;
         }
         Ok(())
     }
@@ -672,11 +692,9 @@ impl Sandbox {
         for t in listeners.chain(self.tasks) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        if let Some(dir) = &self.state_dir {
-            for c in &self.clusters {
-                if let Err(e) = persist::save(dir, c).await {
-                    tracing::warn!(cluster = %c.name, error = %e, "final snapshot failed");
-                }
+        for (p, c) in self.persisters.iter().zip(&self.clusters) {
+            if let Err(e) = p.save().await {
+                tracing::warn!(cluster = %c.name, error = %e, "final snapshot failed");
             }
         }
     }

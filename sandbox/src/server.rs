@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! Sandbox ──┬─ Cluster "east"  ── TcpListener ── accept loop ── connection tasks ── http::handle
-//!           │     ├─ Mutex<State>, watch::Sender<rv> (wakes watches), Notify (wakes persistence)
+//!           │     ├─ Mutex<State>, a watch::Sender<rv> per kind (wakes that kind's watches),
+//!           │     │  Notify (wakes persistence)
 //!           │     └─ Mutex<Tokens> (admin token, issued ServiceAccount tokens; see `auth`)
 //!           └─ Cluster "west"  ── ...
 //! ```
@@ -41,7 +42,8 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// Tunables shared by all clusters of a sandbox.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Events kept for watch resumption; older resourceVersions get 410 Expired.
+    /// Events kept for watch resumption; a kind's resumes from before its oldest kept event get
+    /// 410 Expired.
     pub history_window: usize,
     /// How often watches that allow bookmarks get one; `None` disables periodic bookmarks.
     pub bookmark_interval: Option<Duration>,
@@ -54,7 +56,9 @@ pub struct Cluster {
     pub addr: SocketAddr,
     pub opts: ClusterOptions,
     state: Mutex<State>,
-    rv_tx: watch::Sender<u64>,
+    /// The last resourceVersion committed to each kind (type key), for that kind's watches: a
+    /// write wakes only the watches of the kinds it touched.
+    kind_rv: Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
     /// Signalled after every committed change (persistence debounces on it).
     pub dirty: Notify,
     pub shutdown: watch::Receiver<bool>,
@@ -74,13 +78,12 @@ impl Cluster {
         state: State,
         shutdown: watch::Receiver<bool>,
     ) -> Cluster {
-        let (rv_tx, _) = watch::channel(state.rv);
         Cluster {
             name,
             addr,
             opts,
             state: Mutex::new(state),
-            rv_tx,
+            kind_rv: Mutex::new(std::collections::HashMap::new()),
             dirty: Notify::new(),
             shutdown,
             starting_until: Mutex::new(None),
@@ -134,16 +137,24 @@ impl Cluster {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs a write and wakes watches and persistence if it committed anything.
+    /// Runs a write and, if it committed anything, wakes the watches of the kinds it touched
+    /// and persistence.
     pub fn write<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let (r, before, after) = {
+        let (r, before, after, touched) = {
             let mut g = self.lock();
             let before = g.rv;
             let r = f(&mut g);
-            (r, before, g.rv)
+            let touched = g.take_touched();
+            (r, before, g.rv, touched)
         };
         if after != before {
-            self.rv_tx.send_replace(after);
+            let senders = self.kind_rv.lock().unwrap_or_else(|p| p.into_inner());
+            for kind in &touched {
+                if let Some(tx) = senders.get(kind) {
+                    tx.send_replace(after);
+                }
+            }
+            drop(senders);
             self.dirty.notify_one();
         }
         r
@@ -181,8 +192,14 @@ impl Cluster {
         tokens.review(&self.lock(), token, audiences)
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.rv_tx.subscribe()
+    /// Changes whenever a write touches the kind `key` (a type key, `plural.group`).
+    pub fn subscribe_kind(&self, key: &str) -> watch::Receiver<u64> {
+        let rv = self.lock().rv;
+        let mut senders = self.kind_rv.lock().unwrap_or_else(|p| p.into_inner());
+        senders
+            .entry(key.to_string())
+            .or_insert_with(|| watch::channel(rv).0)
+            .subscribe()
     }
 }
 

@@ -6,7 +6,22 @@
 //!    metadata (uid, creationTimestamp, generation, deletionTimestamp), enforce resourceVersion
 //!    preconditions and the status-subresource split, and skip no-op writes;
 //! 3. a real change takes the next resourceVersion of the cluster-wide counter and is appended
-//!    to the bounded event history that watches read from (see `watch`).
+//!    to the bounded event history that watches read from (see `watch`), and, when the cluster
+//!    persists, to the journal the log writer drains (see `persist`).
+//!
+//! Cost per write does not grow with the store (issue #20): objects are kept per kind, each
+//! kind in a `BTreeMap` by `(namespace, name)`, as `Arc<Value>` shared with the history events
+//! (a write clones its object once, a snapshot for persistence clones pointers, not objects);
+//! a list or watch of one kind reads only that kind's map, and of one namespace only that
+//! namespace's key range; the history is indexed by kind, so a watch collects only its kind's
+//! events, and the kinds a write touched are reported ([`State::take_touched`]) so only their
+//! watches wake; Service cluster IPs come from an index of the allocated ones, not a scan of
+//! every Service.
+//!
+//! The history window is shared by the cluster (`history_window` events in all), but how far
+//! back a watch may resume is tracked per kind, as a real API server's watch cache does per
+//! resource: trimming the window expires a kind's resumes only once one of *its* events falls
+//! out, so a quiet kind's watch is not sent 410 because other kinds were busy.
 //!
 //! Kind-specific hooks: Namespaces get `status.phase` and the `kubernetes.io/metadata.name`
 //! label, and deleting one marks it Terminating, deletes its contents and removes it once empty;
@@ -17,7 +32,7 @@ use crate::error::ApiError;
 use crate::registry::{Registry, ResourceType, crd_to_type};
 use crate::util::{meta_mut, meta_str, name_of, namespace_of, now_rfc3339, random_suffix};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// `(namespace, name)`; the namespace is "" for cluster-scoped objects.
@@ -40,17 +55,17 @@ impl EventType {
     }
 }
 
-/// One change, as kept in the history window.
-#[derive(Debug)]
+/// One change, as kept in the history window (and handed to the log writer).
+#[derive(Debug, PartialEq)]
 pub struct Event {
     pub rv: u64,
     /// The resource type key (`plural.group`).
     pub res: String,
     pub etype: EventType,
     /// The object after the change (for DELETED: the last state, with the deletion's RV).
-    pub obj: Value,
+    pub obj: Arc<Value>,
     /// The object before a MODIFIED change, so selector watches can turn it into ADDED/DELETED.
-    pub prev: Option<Value>,
+    pub prev: Option<Arc<Value>>,
 }
 
 /// Which part of an object a write may change.
@@ -85,13 +100,65 @@ pub struct State {
     /// The last resourceVersion handed out.
     pub rv: u64,
     pub registry: Registry,
-    objects: BTreeMap<String, BTreeMap<ObjKey, Value>>,
+    /// Per kind (type key), per `(namespace, name)`.
+    objects: BTreeMap<String, BTreeMap<ObjKey, Arc<Value>>>,
+    /// The window, all kinds in resourceVersion order (it decides what falls out).
     history: VecDeque<Arc<Event>>,
-    /// Events with `rv <= compacted_through` are no longer in the history.
+    /// The same events by kind, so a watch reads only its own.
+    kind_history: HashMap<String, KindHistory>,
+    /// Every kind's resumes expire at or below this: the history was dropped as a whole
+    /// ([`State::compact`]) or started empty (a restored state).
     pub compacted_through: u64,
+    /// The resourceVersion of the last event (of any kind) that fell out of the window.
+    trimmed_through: u64,
     history_window: usize,
+    /// Kinds written since the last [`State::take_touched`] (a handful per write).
+    touched: Vec<String>,
+    /// Committed events the log writer has not taken yet; `None` when not persisting.
+    journal: Option<Vec<Arc<Event>>>,
+    /// Cluster IPs held by Services, so allocating one does not scan every Service.
+    cluster_ips: BTreeSet<String>,
+    /// Where the next cluster IP search starts (see [`State::free_cluster_ip`]).
+    next_cluster_ip: u32,
     /// `fieldValidation` of the request being served (see [`State::with_field_validation`]).
     pub field_validation: crate::schema::FieldValidation,
+}
+
+/// One kind's events in the window and how far its resumes have expired.
+#[derive(Debug, Default)]
+struct KindHistory {
+    events: VecDeque<Arc<Event>>,
+    /// The resourceVersion of this kind's last event that fell out of the window.
+    expired_through: u64,
+}
+
+/// One record of the persistence log, replayed by [`State::replay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayOp {
+    /// The object as stored (created or updated).
+    Put,
+    /// The object is gone (the record carries enough of it to find it: apiVersion, kind,
+    /// namespace, name).
+    Delete,
+}
+
+/// The first IPv4 address handed out to Services (10.96.0.1) and how many there are.
+const CLUSTER_IP_FIRST: u32 = 10;
+const CLUSTER_IP_END: u32 = 65_000;
+
+fn cluster_ip(n: u32) -> String {
+    format!("10.96.{}.{}", n / 250, n % 250 + 1)
+}
+
+fn cluster_ip_of(obj: &Value) -> Option<&str> {
+    obj.get("spec")?
+        .get("clusterIP")?
+        .as_str()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+}
+
+fn is_service(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.plural == "services"
 }
 
 fn is_namespace(rt: &ResourceType) -> bool {
@@ -402,8 +469,14 @@ impl State {
             registry: Registry::default(),
             objects: BTreeMap::new(),
             history: VecDeque::new(),
+            kind_history: HashMap::new(),
             compacted_through: 0,
+            trimmed_through: 0,
             history_window: history_window.max(1),
+            touched: Vec::new(),
+            journal: None,
+            cluster_ips: BTreeSet::new(),
+            next_cluster_ip: CLUSTER_IP_FIRST,
             field_validation: Default::default(),
         }
     }
@@ -443,7 +516,8 @@ impl State {
         };
         if let Some(objs) = self.objects.get_mut(&rt.key()) {
             for obj in objs.values_mut() {
-                crate::schema::apply_defaults(&schema, obj);
+                // Copies an object only while a history event still shares it.
+                crate::schema::apply_defaults(&schema, Arc::make_mut(obj));
             }
         }
     }
@@ -452,9 +526,19 @@ impl State {
         self.objects
             .get(&rt.key())?
             .get(&(ns.to_string(), name.to_string()))
+            .map(|o| &**o)
+    }
+
+    /// The stored object itself (shared, not copied).
+    fn get_shared(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<Arc<Value>> {
+        self.objects
+            .get(&rt.key())?
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Objects of a type in key order, optionally in one namespace, strictly after `after`.
+    /// Reads only that type's objects, and of one namespace only its key range.
     pub fn list<'a>(
         &'a self,
         rt: &ResourceType,
@@ -462,30 +546,102 @@ impl State {
         after: Option<&'a ObjKey>,
     ) -> impl Iterator<Item = (&'a ObjKey, &'a Value)> + 'a {
         use std::ops::Bound;
-        let lower = match after {
-            Some(k) => Bound::Excluded(k.clone()),
-            None => Bound::Unbounded,
+        // Keys sort by namespace first: one namespace is the range from ("ns", "") on.
+        let lower = match (after, ns) {
+            (Some(k), Some(n)) if k.0.as_str() < n => {
+                Bound::Included((n.to_string(), String::new()))
+            }
+            (Some(k), _) => Bound::Excluded(k.clone()),
+            (None, Some(n)) => Bound::Included((n.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
         };
         self.objects
             .get(&rt.key())
             .into_iter()
             .flat_map(move |m| m.range((lower.clone(), Bound::Unbounded)))
-            .filter(move |((ons, _), _)| ns.is_none_or(|n| n == ons))
+            .take_while(move |((ons, _), _)| ns.is_none_or(|n| n == ons))
+            .map(|(k, o)| (k, &**o))
     }
 
-    /// History events after `cursor`, or `Err(compacted_through)` when some were compacted away.
+    /// Every stored object with the resourceVersion it is current at, CRDs first (what a
+    /// snapshot holds). Clones pointers only, so the lock is held briefly; the caller encodes.
+    pub fn snapshot_objects(&self) -> (u64, Vec<Arc<Value>>) {
+        const CRD_KEY: &str = "customresourcedefinitions.apiextensions.k8s.io";
+        let crds = self
+            .objects
+            .get(CRD_KEY)
+            .into_iter()
+            .flat_map(|m| m.values());
+        let rest = self
+            .objects
+            .iter()
+            .filter(|(k, _)| *k != CRD_KEY)
+            .flat_map(|(_, m)| m.values());
+        (self.rv, crds.chain(rest).cloned().collect())
+    }
+
+    /// How many objects are stored.
+    pub fn object_count(&self) -> usize {
+        self.objects.values().map(BTreeMap::len).sum()
+    }
+
+    /// History events of every kind after `cursor`, or `Err(through)` when some of them fell out
+    /// of the window or were compacted away. (Watches read their kind's: [`State::kind_events_after`].)
     pub fn events_after(&self, cursor: u64) -> Result<Vec<Arc<Event>>, u64> {
-        if cursor < self.compacted_through {
-            return Err(self.compacted_through);
+        let through = self.compacted_through.max(self.trimmed_through);
+        if cursor < through {
+            return Err(through);
         }
         let start = self.history.partition_point(|e| e.rv <= cursor);
         Ok(self.history.range(start..).cloned().collect())
     }
 
+    /// The resourceVersion at or below which resumes of the kind `key` have expired.
+    pub fn expired_through(&self, key: &str) -> u64 {
+        self.kind_history
+            .get(key)
+            .map_or(0, |h| h.expired_through)
+            .max(self.compacted_through)
+    }
+
+    /// The kind's history events after `cursor`, or `Err(expired_through)` when some of its
+    /// events after `cursor` fell out of the window. Reads no other kind's events.
+    pub fn kind_events_after(&self, key: &str, cursor: u64) -> Result<Vec<Arc<Event>>, u64> {
+        let expired = self.expired_through(key);
+        if cursor < expired {
+            return Err(expired);
+        }
+        let Some(h) = self.kind_history.get(key) else {
+            return Ok(Vec::new());
+        };
+        let start = h.events.partition_point(|e| e.rv <= cursor);
+        Ok(h.events.range(start..).cloned().collect())
+    }
+
     /// Drops all history up to the current resourceVersion (used by tests to force 410s).
     pub fn compact(&mut self) {
         self.history.clear();
+        self.kind_history.clear();
         self.compacted_through = self.rv;
+    }
+
+    /// The kinds written since the last call (each once), so only their watches are woken.
+    pub fn take_touched(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// From now on, every committed event is also kept for the log writer
+    /// ([`State::take_journal`]).
+    pub fn enable_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The committed events the log writer has not taken yet, in resourceVersion order.
+    pub fn take_journal(&mut self) -> Vec<Arc<Event>> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -493,35 +649,85 @@ impl State {
         self.rv
     }
 
-    fn record(&mut self, rt: &ResourceType, etype: EventType, obj: Value, prev: Option<Value>) {
-        let rv = self.rv;
-        self.history.push_back(Arc::new(Event {
-            rv,
-            res: rt.key(),
+    fn record(
+        &mut self,
+        rt: &ResourceType,
+        etype: EventType,
+        obj: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    ) {
+        let res = rt.key();
+        let event = Arc::new(Event {
+            rv: self.rv,
+            res: res.clone(),
             etype,
             obj,
             prev,
-        }));
+        });
+        if let Some(j) = &mut self.journal {
+            j.push(Arc::clone(&event));
+        }
+        self.history.push_back(Arc::clone(&event));
+        if !self.touched.contains(&res) {
+            self.touched.push(res.clone());
+        }
+        self.kind_history
+            .entry(res)
+            .or_default()
+            .events
+            .push_back(event);
         while self.history.len() > self.history_window {
-            if let Some(old) = self.history.pop_front() {
-                self.compacted_through = old.rv;
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
+            self.trimmed_through = old.rv;
+            // Both are in resourceVersion order: the oldest of the window is its kind's oldest.
+            if let Some(h) = self.kind_history.get_mut(&old.res) {
+                h.events.pop_front();
+                h.expired_through = old.rv;
             }
         }
     }
 
-    fn store(&mut self, rt: &ResourceType, obj: Value) {
+    /// Stores `obj` (replacing the object of the same name) and returns the shared copy.
+    fn store(&mut self, rt: &ResourceType, obj: Value) -> Arc<Value> {
         let key = (namespace_of(&obj).to_string(), name_of(&obj).to_string());
-        self.objects.entry(rt.key()).or_default().insert(key, obj);
+        let obj = Arc::new(obj);
+        let old = self
+            .objects
+            .entry(rt.key())
+            .or_default()
+            .insert(key, Arc::clone(&obj));
+        if is_service(rt) {
+            self.index_cluster_ip(old.as_deref(), Some(&obj));
+        }
+        obj
     }
 
-    fn take(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Option<Value> {
+    fn take(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Option<Arc<Value>> {
         let key = rt.key();
         let map = self.objects.get_mut(&key)?;
         let v = map.remove(&(ns.to_string(), name.to_string()));
         if map.is_empty() {
             self.objects.remove(&key);
         }
+        if is_service(rt) {
+            self.index_cluster_ip(v.as_deref(), None);
+        }
         v
+    }
+
+    /// Keeps [`State::cluster_ips`] in step with a Service replaced by another (or removed).
+    fn index_cluster_ip(&mut self, old: Option<&Value>, new: Option<&Value>) {
+        let (old, new) = (old.and_then(cluster_ip_of), new.and_then(cluster_ip_of));
+        if old != new {
+            if let Some(ip) = old {
+                self.cluster_ips.remove(ip);
+            }
+            if let Some(ip) = new {
+                self.cluster_ips.insert(ip.to_string());
+            }
+        }
     }
 
     /// Namespace checks for a namespaced write: the body must agree with the URL, and the
@@ -629,12 +835,12 @@ impl State {
         }
         let rv = self.next_rv();
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
-        self.store(rt, obj.clone());
-        self.record(rt, EventType::Added, obj.clone(), None);
+        let stored = self.store(rt, obj);
+        self.record(rt, EventType::Added, Arc::clone(&stored), None);
         if is_crd(rt) {
-            self.register_crd(&obj)?;
+            self.register_crd(&stored)?;
         }
-        Ok(obj)
+        Ok((*stored).clone())
     }
 
     /// Server-owned defaults and kind hooks applied to every write of a kind.
@@ -668,21 +874,7 @@ impl State {
         Ok(())
     }
 
-    fn service_defaults(&self, obj: &mut Value) {
-        let in_use: BTreeSet<String> = self
-            .registry
-            .by_key("services")
-            .map(|svc| {
-                self.list(&svc, None, None)
-                    .filter_map(|(_, s)| {
-                        s.get("spec")?
-                            .get("clusterIP")?
-                            .as_str()
-                            .map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    fn service_defaults(&mut self, obj: &mut Value) {
         let Value::Object(m) = obj else { return };
         let spec = m.entry("spec").or_insert_with(|| json!({}));
         let Value::Object(spec) = spec else { return };
@@ -698,9 +890,7 @@ impl State {
                 .and_then(Value::as_str)
                 .is_none_or(str::is_empty)
         {
-            let ip = (10u32..65000)
-                .map(|n| format!("10.96.{}.{}", n / 250, n % 250 + 1))
-                .find(|ip| !in_use.contains(ip));
+            let ip = self.free_cluster_ip();
             if let Some(ip) = ip {
                 spec.insert("clusterIP".into(), json!(ip));
                 spec.insert("clusterIPs".into(), json!([ip]));
@@ -718,6 +908,21 @@ impl State {
                 }
             }
         }
+    }
+
+    /// A free Service cluster IP: the first one not in use from where the last allocation
+    /// stopped, wrapping around once. Each probe is an index lookup, and the cursor moves on,
+    /// so allocating does not walk the Services already there (a fresh state walks the taken
+    /// prefix once).
+    fn free_cluster_ip(&mut self) -> Option<String> {
+        let start = self
+            .next_cluster_ip
+            .clamp(CLUSTER_IP_FIRST, CLUSTER_IP_END - 1);
+        let n = (start..CLUSTER_IP_END)
+            .chain(CLUSTER_IP_FIRST..start)
+            .find(|n| !self.cluster_ips.contains(&cluster_ip(*n)))?;
+        self.next_cluster_ip = n + 1;
+        Some(cluster_ip(n))
     }
 
     fn register_crd(&mut self, crd: &Value) -> Result<(), ApiError> {
@@ -749,8 +954,7 @@ impl State {
         self.place(rt, url_ns, &mut new, false)?;
         let ns = namespace_of(&new).to_string();
         let old = self
-            .get(rt, &ns, name)
-            .cloned()
+            .get_shared(rt, &ns, name)
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
         let want_rv = rv_of(&new).to_string();
         if !want_rv.is_empty() && want_rv != rv_of(&old) {
@@ -762,14 +966,14 @@ impl State {
             keep_only_old_finalizers(&old, &mut cand);
         }
         let fv = self.field_validation;
-        crate::schema::admit_object(rt, &version, mode, fv, Some(&old), &mut cand)?;
-        self.defaults_on_write(rt, Some(&old), &mut cand)?;
+        crate::schema::admit_object(rt, &version, mode, fv, Some(&*old), &mut cand)?;
+        self.defaults_on_write(rt, Some(&*old), &mut cand)?;
         if generation_changed(&old, &cand) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             meta_mut(&mut cand).insert("generation".into(), json!(g));
         }
-        if cand == old {
-            return Ok(old);
+        if cand == *old {
+            return Ok(Arc::unwrap_or_clone(old));
         }
         if dry_run {
             return Ok(cand);
@@ -785,7 +989,7 @@ impl State {
         rt: &ResourceType,
         ns: &str,
         name: &str,
-        old: Value,
+        old: Arc<Value>,
         mut cand: Value,
     ) -> Result<Value, ApiError> {
         let rv = self.next_rv();
@@ -793,20 +997,24 @@ impl State {
         let deleting = !meta_str(&cand, "deletionTimestamp").is_empty() && finalizers_empty(&cand);
         if deleting && !is_namespace(rt) {
             self.take(rt, ns, name);
-            self.record(rt, EventType::Deleted, cand.clone(), Some(old));
-            self.after_remove(rt, &cand);
-            return Ok(cand);
+            let gone = Arc::new(cand);
+            self.record(rt, EventType::Deleted, Arc::clone(&gone), Some(old));
+            self.after_remove(rt, &gone);
+            return Ok((*gone).clone());
         }
-        self.store(rt, cand.clone());
-        self.record(rt, EventType::Modified, cand.clone(), Some(old));
+        let stored = self.store(rt, cand);
+        self.record(rt, EventType::Modified, Arc::clone(&stored), Some(old));
         if is_crd(rt) {
-            self.register_crd(&cand)?;
+            self.register_crd(&stored)?;
         }
         if is_namespace(rt) {
             self.maybe_finalize_namespace(name);
-            return Ok(self.get(rt, "", name).cloned().unwrap_or(cand));
+            return Ok(self
+                .get(rt, "", name)
+                .cloned()
+                .unwrap_or_else(|| (*stored).clone()));
         }
-        Ok(cand)
+        Ok((*stored).clone())
     }
 
     /// DELETE of one object. `opts` is the DeleteOptions body (may be `null`). A namespace starts
@@ -856,8 +1064,8 @@ impl State {
         }
         let rv = self.next_rv();
         meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
-        self.store(rt, cand.clone());
-        self.record(rt, EventType::Modified, cand.clone(), Some(obj));
+        let stored = self.store(rt, cand.clone());
+        self.record(rt, EventType::Modified, stored, Some(Arc::new(obj)));
         cand
     }
 
@@ -888,8 +1096,8 @@ impl State {
         if cand != old {
             let rv = self.next_rv();
             meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
-            self.store(rt, cand.clone());
-            self.record(rt, EventType::Modified, cand.clone(), Some(old));
+            let stored = self.store(rt, cand.clone());
+            self.record(rt, EventType::Modified, stored, Some(Arc::new(old)));
         }
         self.delete_namespace_contents(name);
         self.maybe_finalize_namespace(name);
@@ -901,15 +1109,16 @@ impl State {
 
     /// Removes an object immediately, recording DELETED. Returns its last state.
     fn remove_now(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Value {
-        let Some(mut obj) = self.take(rt, ns, name) else {
+        let Some(prev) = self.take(rt, ns, name) else {
             return Value::Null;
         };
-        let prev = obj.clone();
+        let mut obj = (*prev).clone();
         let rv = self.next_rv();
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
-        self.record(rt, EventType::Deleted, obj.clone(), Some(prev));
+        let obj = Arc::new(obj);
+        self.record(rt, EventType::Deleted, Arc::clone(&obj), Some(prev));
         self.after_remove(rt, &obj);
-        obj
+        Arc::unwrap_or_clone(obj)
     }
 
     fn after_remove(&mut self, rt: &ResourceType, obj: &Value) {
@@ -981,57 +1190,106 @@ impl State {
 
     /// Every stored object (CRDs first, so a restore can register their types before their objects).
     pub fn snapshot(&self) -> Value {
-        let mut crds = Vec::new();
-        let mut rest = Vec::new();
-        for (key, objs) in &self.objects {
-            let is_crd_key = key == "customresourcedefinitions.apiextensions.k8s.io";
-            for o in objs.values() {
-                if is_crd_key {
-                    crds.push(o.clone());
-                } else {
-                    rest.push(o.clone());
-                }
-            }
-        }
-        crds.extend(rest);
-        json!({"resourceVersion": self.rv.to_string(), "objects": crds})
+        let (rv, objs) = self.snapshot_objects();
+        let objs: Vec<Value> = objs.iter().map(|o| (**o).clone()).collect();
+        json!({"resourceVersion": rv.to_string(), "objects": objs})
     }
 
     /// Rebuilds a state from [`State::snapshot`] output. The history starts empty, so watches
     /// resuming from before the restart get 410 Expired and re-list.
     pub fn restore(history_window: usize, snap: &Value) -> Result<State, SnapshotError> {
+        let mut s = State::load_snapshot(history_window, snap.clone())?;
+        s.finish_load();
+        Ok(s)
+    }
+
+    /// A state with nothing in it, not even the default namespaces: where a load without a
+    /// snapshot starts (the log replays from the first write on). See [`State::finish_load`].
+    pub fn blank(history_window: usize) -> State {
+        State::empty(history_window)
+    }
+
+    /// The first step of a load: the objects and counter of a snapshot, as they were stored
+    /// (objects of unknown kinds and invalid CRDs are skipped with a warning). Then
+    /// [`State::replay`] the log, then [`State::finish_load`].
+    pub fn load_snapshot(history_window: usize, snap: Value) -> Result<State, SnapshotError> {
         let mut s = State::empty(history_window);
-        let objs = snap
-            .get("objects")
-            .and_then(Value::as_array)
-            .ok_or(SnapshotError::NoObjects)?;
+        let Value::Object(mut snap) = snap else {
+            return Err(SnapshotError::NoObjects);
+        };
+        let Some(Value::Array(objs)) = snap.remove("objects") else {
+            return Err(SnapshotError::NoObjects);
+        };
         let mut max_rv: u64 = snap
             .get("resourceVersion")
             .and_then(Value::as_str)
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
         for o in objs {
-            let api_version = o.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-            let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
-            let Some(rt) = s.registry.by_kind(api_version, kind) else {
-                tracing::warn!(api_version, kind, "skipping stored object of unknown kind");
-                continue;
-            };
-            if let Ok(rv) = rv_of(o).parse::<u64>() {
+            if let Ok(rv) = rv_of(&o).parse::<u64>() {
                 max_rv = max_rv.max(rv);
             }
-            if is_crd(&rt)
-                && let Err(e) = s.register_crd(o)
-            {
-                tracing::warn!(error = %e, "skipping invalid stored CRD");
-                continue;
-            }
-            s.store(&rt, o.clone());
+            s.load_object(o);
         }
         s.rv = max_rv;
-        s.compacted_through = max_rv;
+        Ok(s)
+    }
+
+    /// Stores an object read from disk under its own kind (registering a CRD's type).
+    fn load_object(&mut self, o: Value) {
+        let api_version = o.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
+        let Some(rt) = self.registry.by_kind(api_version, kind) else {
+            tracing::warn!(api_version, kind, "skipping stored object of unknown kind");
+            return;
+        };
+        if is_crd(&rt)
+            && let Err(e) = self.register_crd(&o)
+        {
+            tracing::warn!(error = %e, "skipping invalid stored CRD");
+            return;
+        }
+        self.store(&rt, o);
+    }
+
+    /// Applies one record of the persistence log: the write that took resourceVersion `rv`.
+    /// Records at or below the state's resourceVersion are already in it (a snapshot written
+    /// just before the log was cleared) and are skipped. No events are recorded.
+    pub fn replay(&mut self, rv: u64, op: ReplayOp, obj: Value) {
+        if rv <= self.rv {
+            return;
+        }
+        self.rv = rv;
+        match op {
+            ReplayOp::Put => self.load_object(obj),
+            ReplayOp::Delete => {
+                let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+                let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+                // A kind already gone: its CRD's deletion took its objects with it.
+                let Some(rt) = self.registry.by_kind(api_version, kind) else {
+                    return;
+                };
+                self.take(&rt, namespace_of(&obj), name_of(&obj));
+                if is_crd(&rt) {
+                    let group = obj["spec"]["group"].as_str().unwrap_or("");
+                    let plural = obj["spec"]["names"]["plural"].as_str().unwrap_or("");
+                    let key = crate::error::group_resource(group, plural);
+                    if self.registry.by_key(&key).is_some_and(|t| t.custom) {
+                        self.objects.remove(&key);
+                        self.registry.unregister(group, plural);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last step of a load: stored custom objects get the defaults of their schema, the
+    /// history starts empty at the loaded resourceVersion (older resumes get 410), and missing
+    /// default namespaces are created.
+    pub fn finish_load(&mut self) {
+        self.compacted_through = self.rv;
         // Stored objects are not revalidated, but read with the defaults of their schema.
-        let custom: Vec<Arc<ResourceType>> = s
+        let custom: Vec<Arc<ResourceType>> = self
             .registry
             .all()
             .iter()
@@ -1039,10 +1297,9 @@ impl State {
             .cloned()
             .collect();
         for t in custom {
-            s.default_stored(&t);
+            self.default_stored(&t);
         }
-        s.ensure_default_namespaces();
-        Ok(s)
+        self.ensure_default_namespaces();
     }
 }
 
@@ -1307,6 +1564,148 @@ mod tests {
         let r = State::restore(100, &snap).unwrap();
         let got = r.get(&wt, "default", "old").unwrap();
         assert_eq!(got["spec"], json!({"size": 99, "color": "red"}));
+    }
+
+    #[test]
+    fn a_quiet_kind_keeps_its_resumes_while_other_kinds_fill_the_window() {
+        let mut s = State::new(3);
+        let (cmt, _) = types(&s);
+        let secrets = s.registry.by_key("secrets").unwrap();
+        assert_eq!(s.take_touched(), ["namespaces"], "the default namespaces");
+        s.create(&cmt, Some("default"), cm("a", ""), false).unwrap();
+        let after_cm = s.rv;
+        let secret =
+            |n: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": n}});
+        s.create(&secrets, Some("default"), secret("s0"), false)
+            .unwrap();
+        let first_secret = s.rv;
+        assert_eq!(s.take_touched(), ["configmaps", "secrets"]);
+        for i in 1..5 {
+            s.create(&secrets, Some("default"), secret(&format!("s{i}")), false)
+                .unwrap();
+        }
+        assert_eq!(s.take_touched(), ["secrets"], "each kind once");
+        // The whole window is Secrets now: the cluster-wide view has expired...
+        assert!(s.events_after(after_cm).is_err());
+        // ...but a ConfigMap watch at the ConfigMap's RV missed nothing of its kind.
+        assert_eq!(
+            s.kind_events_after("configmaps", after_cm).unwrap().len(),
+            0
+        );
+        assert_eq!(s.expired_through("configmaps"), after_cm);
+        assert_eq!(
+            s.kind_events_after("configmaps", after_cm - 1),
+            Err(after_cm)
+        );
+        // Secrets read only Secrets, and expire as their own events fall out.
+        let recent = s.kind_events_after("secrets", s.rv - 2).unwrap();
+        assert_eq!(recent.len(), 2);
+        assert!(recent.iter().all(|e| e.res == "secrets"));
+        assert!(s.kind_events_after("secrets", first_secret).is_err());
+        // Compacting the history expires every kind.
+        s.compact();
+        assert_eq!(s.kind_events_after("configmaps", after_cm), Err(s.rv));
+    }
+
+    #[test]
+    fn lists_of_one_namespace_read_its_range_and_continue_across() {
+        let mut s = State::new(100);
+        let (cmt, nst) = types(&s);
+        for ns in ["a", "b", "c"] {
+            s.create(
+                &nst,
+                None,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                false,
+            )
+            .unwrap();
+            for n in ["x", "y"] {
+                s.create(&cmt, Some(ns), cm(n, ""), false).unwrap();
+            }
+        }
+        let names = |ns: Option<&str>, after: Option<&ObjKey>| -> Vec<String> {
+            s.list(&cmt, ns, after)
+                .map(|((ns, n), _)| format!("{ns}/{n}"))
+                .collect()
+        };
+        assert_eq!(names(Some("b"), None), ["b/x", "b/y"]);
+        assert_eq!(names(Some("b"), Some(&("b".into(), "x".into()))), ["b/y"]);
+        assert_eq!(
+            names(Some("b"), Some(&("a".into(), "y".into()))),
+            ["b/x", "b/y"]
+        );
+        assert!(names(Some("b"), Some(&("c".into(), "x".into()))).is_empty());
+        assert!(names(Some("zz"), None).is_empty());
+        assert_eq!(names(None, Some(&("b".into(), "y".into()))), ["c/x", "c/y"]);
+        assert_eq!(names(None, None).len(), 6);
+    }
+
+    #[test]
+    fn cluster_ips_stay_unique_through_deletes_and_restores() {
+        let mut s = State::new(100);
+        let svc = s.registry.by_key("services").unwrap();
+        let service = |n: &str, ip: Option<&str>| {
+            let mut o = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": n},
+                               "spec": {"ports": [{"port": 80}]}});
+            if let Some(ip) = ip {
+                o["spec"]["clusterIP"] = json!(ip);
+            }
+            o
+        };
+        let ip = |o: &Value| o["spec"]["clusterIP"].as_str().unwrap().to_string();
+        // One set by hand where the allocator would go next.
+        let fixed = s
+            .create(
+                &svc,
+                Some("default"),
+                service("fixed", Some("10.96.0.12")),
+                false,
+            )
+            .unwrap();
+        assert_eq!(ip(&fixed), "10.96.0.12");
+        let mut ips: Vec<String> = (0..4)
+            .map(|i| {
+                ip(&s
+                    .create(
+                        &svc,
+                        Some("default"),
+                        service(&format!("s{i}"), None),
+                        false,
+                    )
+                    .unwrap())
+            })
+            .collect();
+        ips.push(ip(&fixed));
+        let distinct: BTreeSet<&String> = ips.iter().collect();
+        assert_eq!(distinct.len(), ips.len(), "{ips:?}");
+        // A freed address may be handed out again, a held one never.
+        s.delete(&svc, "default", "s1", &Value::Null, false)
+            .unwrap();
+        let mut restored = State::restore(100, &s.snapshot()).unwrap();
+        let mut held: BTreeSet<String> = restored
+            .list(&svc, None, None)
+            .map(|(_, o)| ip(o))
+            .collect();
+        for i in 0..300 {
+            let o = restored
+                .create(
+                    &svc,
+                    Some("default"),
+                    service(&format!("n{i}"), None),
+                    false,
+                )
+                .unwrap();
+            assert!(held.insert(ip(&o)), "{} handed out twice", ip(&o));
+        }
+        let headless = restored
+            .create(
+                &svc,
+                Some("default"),
+                service("headless", Some("None")),
+                false,
+            )
+            .unwrap();
+        assert_eq!(ip(&headless), "None");
     }
 
     #[test]

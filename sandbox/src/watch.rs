@@ -6,10 +6,12 @@
 //!    `k8s.io/initial-events-end`; with a resourceVersion inside the history window the stream
 //!    resumes after it; an older one gets HTTP 200 plus one ERROR event carrying a 410 `Expired`
 //!    Status (the only signal that makes kube-runtime's watcher re-list);
-//! 2. loop: wake on every commit (a `tokio::sync::watch` of the latest resourceVersion), send the
-//!    matching events after the cursor, translating MODIFIED into ADDED/DELETED when an object
-//!    enters/leaves the selector; send BOOKMARKs every `bookmark_interval` when asked to;
-//!    a cursor that falls out of the window (a slow reader during a burst) also ends with 410;
+//! 2. loop: wake on every commit to the watched kind (a `tokio::sync::watch` per kind of the
+//!    latest resourceVersion; writes to other kinds do not wake it), send the matching events of
+//!    the kind after the cursor (read from the kind's own history, not the whole cluster's),
+//!    translating MODIFIED into ADDED/DELETED when an object enters/leaves the selector; send
+//!    BOOKMARKs every `bookmark_interval` when asked to; a cursor whose kind's events fell out
+//!    of the window (a slow reader during a burst) also ends with 410;
 //! 3. end after `timeoutSeconds`, on sandbox shutdown, or when the client goes away (the body is
 //!    dropped, which drops this stream).
 
@@ -79,7 +81,7 @@ pub fn watch_body(cluster: Arc<Cluster>, req: WatchRequest) -> Body {
     let now = Instant::now();
     let interval = cluster.opts.bookmark_interval;
     let w = Watcher {
-        rv_rx: cluster.subscribe(),
+        rv_rx: cluster.subscribe_kind(&req.rt.key()),
         shutdown: cluster.shutdown.clone(),
         key: req.rt.key(),
         deadline: now + req.timeout,
@@ -228,7 +230,7 @@ impl Watcher {
                 }
             }
             WatchStart::From(rv) => {
-                let compacted = state.compacted_through;
+                let compacted = state.expired_through(&self.key);
                 drop(state);
                 if rv < compacted {
                     self.push_expired(rv, compacted);
@@ -242,7 +244,7 @@ impl Watcher {
     fn collect(&mut self) {
         let cluster = Arc::clone(&self.cluster);
         let state = cluster.lock();
-        let events = match state.events_after(self.cursor) {
+        let events = match state.kind_events_after(&self.key, self.cursor) {
             Ok(e) => e,
             Err(oldest) => {
                 drop(state);
@@ -254,9 +256,6 @@ impl Watcher {
         self.cursor = self.cursor.max(state.rv);
         drop(state);
         for e in events {
-            if e.res != self.key {
-                continue;
-            }
             let now = self.matches(&e.obj);
             match e.etype {
                 EventType::Added if now => self.push_event("ADDED", &e.obj),
@@ -268,7 +267,7 @@ impl Watcher {
                         (false, true) => self.push_event("ADDED", &e.obj),
                         (true, false) => {
                             // Leaving the selector: the old object, stamped with this event's RV.
-                            let mut old = e.prev.clone().unwrap_or(Value::Null);
+                            let mut old = e.prev.as_deref().cloned().unwrap_or(Value::Null);
                             if let Some(m) = old.get_mut("metadata").and_then(Value::as_object_mut)
                             {
                                 m.insert("resourceVersion".into(), json!(e.rv.to_string()));

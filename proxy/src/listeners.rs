@@ -72,6 +72,7 @@ use tokio::task::JoinHandle;
 
 use crate::buffered::Buffered;
 use crate::gateway::{EAST_WEST, TlsConnInfo};
+use crate::lean::Driver;
 use crate::limits::{ClockHandle, ConnClock, ConnGate, Limits};
 use crate::mesh::{HandshakeFailure, Mesh, Verdict};
 use crate::state::Shared;
@@ -86,6 +87,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything an accept loop needs; `A` is the pingora app its connections go to.
 pub(crate) struct AcceptCtx<A> {
     pub app: Arc<A>,
+    /// The lean HTTP/1 driver (lean/); `None`: HTTP/1 requests go to `app` as well.
+    pub lean: Option<Arc<dyn Driver>>,
     pub shared: Arc<Shared>,
     pub shutdown: ShutdownWatch,
     pub tls: SslAcceptor,
@@ -419,7 +422,11 @@ async fn serve_http1<A: App>(stream: Stream, clock: &Arc<ConnClock>, ctx: &Accep
             session.set_keepalive(Some(keepalive_secs));
         }
         session.set_connection_user_context(Some(Box::new(ClockHandle(clock.clone()))));
-        let Some(reused) = ctx.app.process_new_http(session, &ctx.shutdown).await else {
+        let reused = match &ctx.lean {
+            Some(lean) => lean.process(session, &ctx.shutdown).await,
+            None => ctx.app.process_new_http(session, &ctx.shutdown).await,
+        };
+        let Some(reused) = reused else {
             return;
         };
         clock.idle();

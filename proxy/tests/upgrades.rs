@@ -19,7 +19,8 @@ async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
         .expect("test exceeded its time bound");
 }
 
-const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
 /// A proxy with `idle_timeout` in front of one byte-echoing backend; returns the listener port.
@@ -154,7 +155,10 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
         }
         assert!(start.elapsed() >= idle * 2);
         let closed = silent.await.unwrap().expect("an idle tunnel stayed open");
-        assert!(closed >= idle, "closed after {closed:?}, before the idle timeout");
+        assert!(
+            closed >= idle,
+            "closed after {closed:?}, before the idle timeout"
+        );
         // The busy one closes once it is silent too.
         let waited = closed_within(&mut busy, WAIT).await;
         let waited = waited.expect("the tunnel stayed open after going idle");

@@ -1,8 +1,11 @@
-//! The two pingora `ProxyHttp` applications: [`GatewayProxy`] on the Gateway listeners and
-//! [`EastWestProxy`] on the east-west listener. Each decides where a request goes in its own
-//! `request_filter`; from there on both hand the request to one [`Forwarder`] (upstream tries,
-//! failover, response handling, counters), so the two roles differ in nothing else: the
-//! `forwarding_proxy!` macro writes those shared `ProxyHttp` steps once for both.
+//! The two proxy roles: [`GatewayProxy`] on the Gateway listeners and [`EastWestProxy`] on the
+//! east-west listener. Each decides where a request goes in its own `request_filter` ([`Role`]);
+//! from there on both hand the request to one [`Forwarder`] (upstream tries, failover, response
+//! handling, counters), so the two roles differ in nothing else. Both request paths drive them:
+//! the lean HTTP/1 driver (`crate::lean`) calls [`Role`] and [`Forwarder`] directly, and for
+//! pingora-proxy's framework (HTTP/2, `--http1-path framework`) the `forwarding_proxy!` macro
+//! writes the `ProxyHttp` impl of a role once from the same methods. All of them work on
+//! pingora-core's server session ([`Downstream`]), which both paths have.
 //!
 //! ```text
 //! GatewayProxy::request_filter (route.rs)        EastWestProxy::request_filter (east_west.rs)

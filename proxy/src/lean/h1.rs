@@ -97,12 +97,12 @@ async fn pump(
     let mut request_done = session.is_body_done();
     // A retry replays what the client sent so far; a bodyless request ends here.
     let replay = session.get_retry_buffer();
-    if replay.is_some() || session.is_body_empty() {
-        if let Err(e) = send_body(up, replay.as_deref(), request_done).await {
-            upstream_reusable = false;
-            request_done = true;
-            send_error = Some(e);
-        }
+    if (replay.is_some() || session.is_body_empty())
+        && let Err(e) = send_body(up, replay.as_deref(), request_done).await
+    {
+        upstream_reusable = false;
+        request_done = true;
+        send_error = Some(e);
     }
     let mut response_done = false;
     // Bounded by the two messages: every turn reads a piece of one of them or ends with an

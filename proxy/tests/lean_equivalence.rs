@@ -339,3 +339,41 @@ async fn the_lean_and_the_framework_path_answer_the_catalogue_alike() {
     .await
     .expect("test exceeded its time bound");
 }
+
+/// Shutting down closes a kept-alive connection waiting for its next request at once on both
+/// paths (the proxy's drain would otherwise wait for it until its drain timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_kept_alive_connections_on_both_paths() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for path in [Http1Path::Lean, Http1Path::Framework] {
+            let (a, b) = (Echo::start("a").await, Echo::start("b").await);
+            let (p, port) = start(path, &a, &b).await;
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut buf = Vec::new();
+            s.write_all(b"GET /exact HTTP/1.1\r\nHost: gw.example\r\n\r\n")
+                .await
+                .unwrap();
+            let first = read_response(&mut s, &mut buf, false).await;
+            assert_eq!(
+                (first.status, first.headers["connection"].as_str()),
+                (200, "keep-alive"),
+                "{path:?}"
+            );
+            let started = std::time::Instant::now();
+            p.shutdown().await;
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "{path:?}: shutdown took {took:?}"
+            );
+            let mut rest = [0u8; 64];
+            let n = tokio::time::timeout(WAIT, s.read(&mut rest))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            assert_eq!(n, 0, "{path:?}: the idle connection is still open");
+        }
+    })
+    .await
+    .expect("test exceeded its time bound");
+}

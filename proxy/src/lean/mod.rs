@@ -116,7 +116,15 @@ impl<R: Role> LeanPath<R> {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let connection = session.take_connection_user_context();
-        if !read_head(&mut session).await {
+        let mut stop = shutdown.clone();
+        // Shutdown wakes a connection waiting for its next request (as pingora's
+        // `http_cleanup` does for the framework path); a head already buffered is read first.
+        let head = tokio::select! {
+            biased;
+            head = read_head(&mut session) => head,
+            _ = stop.wait_for(|stopping| *stopping) => false,
+        };
+        if !head {
             return None;
         }
         if *shutdown.borrow() {

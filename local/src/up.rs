@@ -934,6 +934,8 @@ async fn start_proxy(
             // The proxy's default timeouts and connection cap (docs/proxy.md).
             limits: Default::default(),
             edge: Default::default(),
+            // The lean HTTP/1 path, as `meridian proxy` by default.
+            http1_path: Default::default(),
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

@@ -230,6 +230,11 @@ pub struct ProxyArgs {
     /// Forwarding headers (edge.rs).
     #[command(flatten)]
     pub edge: crate::edge::EdgeArgs,
+    /// What serves HTTP/1 requests: `lean` (one task per connection, pingora-core's sessions
+    /// and connector driven directly) or `framework` (pingora-proxy's per-request machinery, the
+    /// reference the lean path is compared with).
+    #[arg(long, value_name = "lean|framework", value_enum, default_value_t = crate::Http1Path::Lean)]
+    pub http1_path: crate::Http1Path,
 }
 
 /// Runs `meridian proxy` until SIGTERM or Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -268,6 +273,7 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
             },
             limits: args.limits.limits(),
             edge: args.edge.config(),
+            http1_path: args.http1_path,
         })
         .await?;
         let client = match &source {

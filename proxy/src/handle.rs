@@ -58,6 +58,7 @@ use crate::drain::{GatewayEntry, GatewayTable};
 use crate::edge::{Edge, EdgeConfig};
 use crate::endpoints::Ejections;
 use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
+use crate::lean::{Driver, Http1Path, LeanPath};
 use crate::limits::Limits;
 use crate::listeners::{self, AcceptCtx, ListenerSet, Sockets};
 use crate::mesh::{HandshakeFailure, Mesh};
@@ -100,6 +101,9 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// Forwarding headers and loop guard (edge.rs).
     pub edge: EdgeConfig,
+    /// Which driver serves HTTP/1 requests: the lean one (lean/, default) or pingora-proxy's
+    /// framework, kept as the reference and for comparison (`--http1-path`).
+    pub http1_path: Http1Path,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -195,13 +199,17 @@ type GatewayApp = HttpProxy<GatewayProxy>;
 /// The east-west listener's pingora app.
 type EastWestApp = HttpProxy<EastWestProxy>;
 
-/// One pingora app over the shared state (both proxies hold it).
-fn app<SV: ProxyHttp>(proxy: SV, limits: &Limits) -> HttpProxy<SV> {
-    let conf = ServerConf {
+/// The server configuration of both request paths (upstream pool sizes, most tries).
+fn server_conf() -> ServerConf {
+    ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..ServerConf::default()
-    };
-    let mut app = HttpProxy::new(proxy, Arc::new(conf));
+    }
+}
+
+/// One pingora app over the shared state (both proxies hold it).
+fn app<SV: ProxyHttp>(proxy: SV, limits: &Limits) -> HttpProxy<SV> {
+    let mut app = HttpProxy::new(proxy, Arc::new(server_conf()));
     app.handle_init_modules();
     let mut options = HttpServerOptions::default();
     // Plain listeners accept HTTP/2 with prior knowledge as well as HTTP/1.1.
@@ -211,6 +219,19 @@ fn app<SV: ProxyHttp>(proxy: SV, limits: &Limits) -> HttpProxy<SV> {
     options.h2_idle_timeout = Some(limits.idle_timeout);
     app.server_options = Some(options);
     app
+}
+
+/// The HTTP/1 driver of a role: the lean one over its own instance of the role (both instances
+/// share `Shared`), or `None` for pingora-proxy's framework.
+fn http1_driver<R: crate::gateway::Role>(
+    path: Http1Path,
+    role: impl FnOnce() -> R,
+    limits: &Limits,
+) -> Option<Arc<dyn Driver>> {
+    match path {
+        Http1Path::Lean => Some(LeanPath::new(role(), &server_conf(), limits.idle_timeout)),
+        Http1Path::Framework => None,
+    }
 }
 
 /// Binds the east-west listener socket: a taken port fails the start before any task runs.
@@ -248,6 +269,7 @@ fn start_east_west(
     shared: &Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     active: Arc<AtomicUsize>,
+    http1_path: Http1Path,
 ) -> Result<EastWestListener, StartError> {
     let mesh = match &shared.hop {
         HopSecurity::Mesh(m) => Some(m.clone()),
@@ -265,6 +287,11 @@ fn start_east_west(
     }
     let accept = Arc::new(AcceptCtx {
         app: Arc::new(app(EastWestProxy::new(shared.clone()), &shared.limits)),
+        lean: http1_driver(
+            http1_path,
+            || EastWestProxy::new(shared.clone()),
+            &shared.limits,
+        ),
         shared: shared.clone(),
         shutdown,
         tls: listeners::east_west_acceptor()?,
@@ -366,6 +393,11 @@ impl ProxyHandle {
         let active = Arc::new(AtomicUsize::new(0));
         let accept = Arc::new(AcceptCtx {
             app: Arc::new(app(GatewayProxy::new(shared.clone()), &cfg.limits)),
+            lean: http1_driver(
+                cfg.http1_path,
+                || GatewayProxy::new(shared.clone()),
+                &cfg.limits,
+            ),
             shared: shared.clone(),
             shutdown: shutdown_rx.clone(),
             tls: listeners::tls_acceptor()?,
@@ -374,7 +406,7 @@ impl ProxyHandle {
             limits: cfg.limits,
         });
         let east_west = east_west_socket
-            .map(|socket| start_east_west(socket, &shared, shutdown_rx, active))
+            .map(|socket| start_east_west(socket, &shared, shutdown_rx, active, cfg.http1_path))
             .transpose()?;
         tokio::spawn(crate::health::run(shared.clone(), shutdown_tx.subscribe()));
         let admin = match cfg.admin {

@@ -6,13 +6,15 @@
 //! (file watcher or    │   (all or nothing; refusal keeps the old one)│        │
 //!  controller stream) └──────────────────────────────────────────────┘        │ load() per
 //!                                                                             │ request/handshake
-//! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HttpProxy<GatewayProxy>
-//!             gateway/route.rs: framing checks (gateway/framing.rs) ─ path normalised
+//! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HTTP/1: lean driver (lean/),
+//!             h2: HttpProxy<GatewayProxy>; both call GatewayProxy (gateway/route.rs):
+//!             framing checks (gateway/framing.rs) ─ path normalised
 //!             (gateway/path.rs; 400) ─ Via loop guard (edge.rs) ─ route ─ forwarding headers
 //!             (gateway/forwarded.rs) ─ filters
 //!             (gateway/filters.rs) ─ weighted backend
-//! remote proxy ─► east-west listener (mutual TLS, mesh.rs) ────► HttpProxy<EastWestProxy>
-//!             gateway/east_west.rs: the backend named in x-meridian-backend
+//! remote proxy ─► east-west listener (mutual TLS, mesh.rs) ─► lean driver / HttpProxy (h2),
+//!             both calling EastWestProxy (gateway/east_west.rs): the backend named in
+//!             x-meridian-backend
 //!          both ─► Forwarder (gateway/upstream.rs, gateway/response.rs): endpoint
 //!             (endpoints.rs) ─ upstream (pooled, h1 or h2c) ─ retries/failover ─ response
 //!             filters ─ served-by ─ traffic counters and metrics
@@ -21,8 +23,9 @@
 //! ```
 //!
 //! Flows:
-//! 1. `ProxyHandle::start` (handle.rs) builds the Gateway listeners' `HttpProxy<GatewayProxy>`,
-//!    with [`ProxyConfig::east_west`] the east-west listener and its `HttpProxy<EastWestProxy>`,
+//! 1. `ProxyHandle::start` (handle.rs) builds the Gateway listeners' `HttpProxy<GatewayProxy>`
+//!    and lean HTTP/1 driver ([`ProxyConfig::http1_path`]), with [`ProxyConfig::east_west`] the
+//!    east-west listener and its `HttpProxy<EastWestProxy>` and lean driver,
 //!    the health checker and the admin listener ([`StartError`] when it cannot).
 //! 2. `ProxyHandle::apply(snapshot)` compiles it, binds the sockets it adds, swaps the router,
 //!    closes the sockets it drops (connections in flight finish).
@@ -77,10 +80,23 @@
 //! listeners are never tried and a request carrying the proxy's own `Via` entry gets 508
 //! (edge.rs).
 //!
+//! Which code runs each request (docs/benchmarks.md, "Lean request path"): HTTP/1 requests on
+//! every listener (plain, TLS-terminated, east-west) go through the lean driver (lean/): the
+//! connection's own task reads the head with pingora-core's server session, calls the role's
+//! `request_filter` and the [`Forwarder`](gateway) steps in pingora-proxy's order, and moves
+//! body and response with pingora-core's connector and sessions, with no task or channel per
+//! request (pingora-proxy's per-request machinery cost about a third of the CPU per request).
+//! pingora stays where it wins or where we have nothing better: TLS termination (openssl), the
+//! HTTP/1 parser and writer, the upstream connection pool, and all of HTTP/2 (h2 and h2c
+//! clients go to `HttpProxy`, pingora-proxy's framework, which drives the same role hooks).
+//! `--http1-path framework` ([`Http1Path`]) sends HTTP/1 there too, as the reference.
+//!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
-//! need the request body to fit pingora's retry buffer; WebSocket upgrades pass through, but
-//! pingora 0.9.1 can tear an upgraded tunnel down right after the `101` when the backend answers
-//! very fast (cloudflare/pingora#946).
+//! need the request body to fit pingora's retry buffer; only WebSocket upgrades are forwarded (any
+//! other `Upgrade` reaches the backend as a plain request, as pingora-proxy does); upgraded
+//! connections are relayed by the lean path (lean/tunnel.rs; `--http1-path framework` relays them
+//! through pingora-proxy 0.9.1, which can lose the bytes after a fast backend's `101`,
+//! cloudflare/pingora#946).
 
 mod admin;
 pub mod budget;
@@ -94,6 +110,7 @@ mod gateway;
 mod handle;
 mod headers;
 mod health;
+mod lean;
 mod limits;
 mod listeners;
 mod mesh;
@@ -110,6 +127,7 @@ pub use controller::{follow_controller, follow_controller_with_state};
 pub use edge::{EdgeArgs, EdgeConfig};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle, StartError};
+pub use lean::Http1Path;
 pub use limits::{LimitArgs, Limits, OptionalDuration, parse_duration, raise_nofile_limit};
 pub use state_dir::StateDir;
 pub(crate) use watch::BIND_RETRY;

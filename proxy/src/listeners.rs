@@ -1,5 +1,6 @@
-//! Our own accept loops: one tokio task per listener socket, feeding connections to a pingora
-//! `HttpProxy` app (the Gateway listeners share one, the east-west listener has its own).
+//! Our own accept loops: one tokio task per listener socket, feeding HTTP/1 requests to the lean
+//! driver (lean/) and HTTP/2 connections to a pingora `HttpProxy` app (the Gateway listeners share
+//! one of each, the east-west listener has its own).
 //!
 //! pingora's `Server` cannot add services after it runs, but snapshots add and remove sockets at
 //! any time, so the proxy binds sockets itself:
@@ -15,23 +16,24 @@
 //!                  HTTPS ─► openssl handshake, certificate chosen by SNI from the current router,
 //!                           ALPN h2/http1.1, SNI kept in the SSL digest
 //!                  h2     ─► app.process_new (clock off: pingora's h2 idle timeout)
-//!                  HTTP/1 ─► our keep-alive loop: app.process_new_http per request, the clock
-//!                            handed to the request hooks (header read ─► busy), idle between
-//!                            requests
+//!                  HTTP/1 ─► our keep-alive loop: one call per request, in this task, to the
+//!                            lean driver (lean/; `--http1-path framework`: app.process_new_http),
+//!                            the clock handed to the request hooks (header read ─► busy), idle
+//!                            between requests
 //! ```
 //!
 //! The HTTP/1 loop is ours rather than pingora's `process_new` for two reasons: pingora's
 //! keep-alive wait is per read and unbounded once a client asks for keep-alive, and its h2c check
 //! waits for 24 bytes before answering anything (a 22-byte `OPTIONS / HTTP/1.0` health check hung).
 //!
-//! The east-west listener (for proxies of other networks) runs the same loop with its own app
-//! (`HttpProxy<EastWestProxy>`, gateway/east_west.rs), whatever the snapshot says: mutual TLS 1.3
-//! with the proxy's mesh identity (mesh.rs), ALPN h2/http1.1:
+//! The east-west listener (for proxies of other networks) runs the same loop with its own lean
+//! driver and app (`EastWestProxy`, gateway/east_west.rs), whatever the snapshot says: mutual TLS
+//! 1.3 with the proxy's mesh identity (mesh.rs), ALPN h2/http1.1:
 //!
 //! ```text
 //! EAST-WEST ─► openssl handshake; per handshake (certificate callback, `Mesh::accept`): our
 //!              current certificate, the current mesh bundle as trust store, a verify callback
-//!              admitting only proxies of other clusters ─► app.process_new
+//!              admitting only proxies of other clusters ─► HTTP/1 or h2 as above
 //!              failed ─► counted by reason (meridian_proxy_tls_handshake_failures_total), closed
 //! ```
 //!
@@ -72,6 +74,7 @@ use tokio::task::JoinHandle;
 
 use crate::buffered::Buffered;
 use crate::gateway::{EAST_WEST, TlsConnInfo};
+use crate::lean::Driver;
 use crate::limits::{ClockHandle, ConnClock, ConnGate, Limits};
 use crate::mesh::{HandshakeFailure, Mesh, Verdict};
 use crate::state::Shared;
@@ -86,6 +89,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything an accept loop needs; `A` is the pingora app its connections go to.
 pub(crate) struct AcceptCtx<A> {
     pub app: Arc<A>,
+    /// The lean HTTP/1 driver (lean/); `None`: HTTP/1 requests go to `app` as well.
+    pub lean: Option<Arc<dyn Driver>>,
     pub shared: Arc<Shared>,
     pub shutdown: ShutdownWatch,
     pub tls: SslAcceptor,
@@ -392,8 +397,9 @@ async fn serve_http<A: App>(stream: Stream, h2c: bool, clock: Arc<ConnClock>, ct
     serve_http1(stream, &clock, ctx).await;
 }
 
-/// pingora's HTTP/1 keep-alive loop with our deadlines: each request is one
-/// `process_new_http`; the connection's clock rides along as the connection's user context
+/// pingora's HTTP/1 keep-alive loop with our deadlines: each request is one call to the lean
+/// driver (or pingora-proxy's `process_new_http` on the framework path, same contract); the
+/// connection's clock rides along as the connection's user context
 /// (pingora hands it to `on_connection_reuse` once the header is read, which stops the header
 /// deadline), and the idle deadline runs between requests. pingora's own per-read keep-alive
 /// timeout is set too, to a value the clock always beats.
@@ -419,7 +425,11 @@ async fn serve_http1<A: App>(stream: Stream, clock: &Arc<ConnClock>, ctx: &Accep
             session.set_keepalive(Some(keepalive_secs));
         }
         session.set_connection_user_context(Some(Box::new(ClockHandle(clock.clone()))));
-        let Some(reused) = ctx.app.process_new_http(session, &ctx.shutdown).await else {
+        let reused = match &ctx.lean {
+            Some(lean) => lean.process(session, &ctx.shutdown).await,
+            None => ctx.app.process_new_http(session, &ctx.shutdown).await,
+        };
+        let Some(reused) = reused else {
             return;
         };
         clock.idle();

@@ -221,7 +221,7 @@ pub(super) struct Outcome {
 
 impl Ctx {
     /// A fresh context; pingora makes it right after reading the request head.
-    pub(super) fn new() -> Ctx {
+    pub(crate) fn new() -> Ctx {
         Ctx {
             routing: Routing::default(),
             upstream: None,

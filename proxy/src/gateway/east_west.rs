@@ -38,12 +38,11 @@ use meridian_model::snapshot::{Backend, BackendTarget, EastWestBackend, Endpoint
 use meridian_model::traffic::FailureKind;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Outcome, Target, Upstream};
 use super::{
-    BACKEND_HEADER, EAST_WEST, Forwarder, SERVED_BY_HEADER, refuse_loop, refuse_malformed, respond,
-    respond_text,
+    BACKEND_HEADER, Downstream, EAST_WEST, Forwarder, Role, SERVED_BY_HEADER, refuse_loop,
+    refuse_malformed, respond, respond_text,
 };
 use crate::drain::BackendDrain;
 use crate::endpoints;
@@ -72,7 +71,7 @@ impl EastWestProxy {
     /// The backend the request names (400 without, a 404 naming nothing when the served
     /// snapshot has no such east-west backend), its drain view (503 when every ready endpoint is drained), then the
     /// [`Forwarder`]'s path.
-    async fn serve_named(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn serve_named(&self, session: &mut Downstream, ctx: &mut Ctx) -> Result<bool> {
         let name = match named_backend(session.req_header()) {
             Ok(name) => name.to_string(),
             Err(why) => return respond_text(session, 400, why.to_string()).await,
@@ -214,7 +213,7 @@ impl Forwarder {
     /// endpoint; a 404 becomes a 503, as the client's route does exist.
     pub(super) fn east_west_refusal(
         &self,
-        session: &Session,
+        session: &Downstream,
         resp: &mut ResponseHeader,
         up: &mut Upstream,
         outcome: &mut Outcome,
@@ -255,12 +254,12 @@ impl Forwarder {
     }
 }
 
-forwarding_proxy!(EastWestProxy {
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+impl Role for EastWestProxy {
+    fn forwarder(&self) -> &Forwarder {
+        &self.fwd
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Downstream, ctx: &mut Ctx) -> Result<bool> {
         if let Some(side) = &self.fwd.shared.east_west {
             ctx.routing.listener = Some(side.listener.clone());
             ctx.routing.gateway = Some(side.gateway.clone());
@@ -274,10 +273,12 @@ forwarding_proxy!(EastWestProxy {
         self.serve_named(session, ctx).await
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.fwd.logging(session, e, ctx, EAST_WEST);
+    fn listener_label(&self, _ctx: &Ctx) -> String {
+        EAST_WEST.to_string()
     }
-});
+}
+
+forwarding_proxy!(EastWestProxy);
 
 #[cfg(test)]
 mod tests {

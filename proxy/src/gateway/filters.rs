@@ -13,10 +13,9 @@ use meridian_model::snapshot::{
 };
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::Session;
 
-use super::BACKEND_HEADER;
 use super::route::local_addr;
+use super::{BACKEND_HEADER, Downstream};
 use crate::drain::GatewayEntry;
 use crate::endpoints;
 use crate::headers::ReqEdit;
@@ -33,7 +32,7 @@ pub(super) fn request_host(req: &RequestHeader) -> Option<&str> {
 
 /// Writes a redirect for `r` (of the rule or backend `m` matched) and ends the request.
 pub(super) async fn redirect(
-    session: &mut Session,
+    session: &mut Downstream,
     r: &RequestRedirect,
     m: &RouteMatch,
 ) -> Result<bool> {
@@ -63,7 +62,7 @@ pub(super) async fn redirect(
     let mut resp = ResponseHeader::build(status, Some(2))?;
     resp.insert_header("location", location)?;
     resp.insert_header("content-length", "0")?;
-    session.write_response_header(Box::new(resp), true).await?;
+    session.write_response_header(Box::new(resp)).await?;
     Ok(true)
 }
 

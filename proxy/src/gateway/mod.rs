@@ -1,8 +1,11 @@
-//! The two pingora `ProxyHttp` applications: [`GatewayProxy`] on the Gateway listeners and
-//! [`EastWestProxy`] on the east-west listener. Each decides where a request goes in its own
-//! `request_filter`; from there on both hand the request to one [`Forwarder`] (upstream tries,
-//! failover, response handling, counters), so the two roles differ in nothing else: the
-//! `forwarding_proxy!` macro writes those shared `ProxyHttp` steps once for both.
+//! The two proxy roles: [`GatewayProxy`] on the Gateway listeners and [`EastWestProxy`] on the
+//! east-west listener. Each decides where a request goes in its own `request_filter` ([`Role`]);
+//! from there on both hand the request to one [`Forwarder`] (upstream tries, failover, response
+//! handling, counters), so the two roles differ in nothing else. Both request paths drive them:
+//! the lean HTTP/1 driver (`crate::lean`) calls [`Role`] and [`Forwarder`] directly, and for
+//! pingora-proxy's framework (HTTP/2, `--http1-path framework`) the `forwarding_proxy!` macro
+//! writes the `ProxyHttp` impl of a role once from the same methods. All of them work on
+//! pingora-core's server session ([`Downstream`]), which both paths have.
 //!
 //! ```text
 //! GatewayProxy::request_filter (route.rs)        EastWestProxy::request_filter (east_west.rs)
@@ -55,17 +58,38 @@
 //!   through (served_by_header) or strip it
 //! ```
 
-/// `impl ProxyHttp` for a role: the role's own methods (`new_ctx`, `request_filter`, `logging`)
+/// `impl ProxyHttp` for a [`Role`]: the role's own steps (`request_filter`, its listener label)
 /// plus every step both roles hand to their [`Forwarder`] unchanged (upstream choice, retries,
-/// response filters, failure answers). Written once here so the two roles cannot drift apart.
-/// The role's type needs a `fwd: Forwarder` field.
+/// response filters, failure answers). Written once here so the two roles cannot drift apart,
+/// and the lean HTTP/1 driver (`crate::lean`) calls the same [`Role`] and [`Forwarder`] methods
+/// in the same order, so both request paths share every decision.
 macro_rules! forwarding_proxy {
-    ($role:ty { $($own:tt)* }) => {
+    ($role:ty) => {
         #[async_trait::async_trait]
         impl pingora_proxy::ProxyHttp for $role {
             type CTX = super::ctx::Ctx;
 
-            $($own)*
+            fn new_ctx(&self) -> super::ctx::Ctx {
+                super::ctx::Ctx::new()
+            }
+
+            async fn request_filter(
+                &self,
+                session: &mut pingora_proxy::Session,
+                ctx: &mut super::ctx::Ctx,
+            ) -> pingora_error::Result<bool> {
+                super::Role::request_filter(self, session.as_downstream_mut(), ctx).await
+            }
+
+            async fn logging(
+                &self,
+                session: &mut pingora_proxy::Session,
+                e: Option<&pingora_error::Error>,
+                ctx: &mut super::ctx::Ctx,
+            ) {
+                let listener = super::Role::listener_label(self, ctx);
+                self.fwd.logging(session.as_downstream(), e, ctx, &listener);
+            }
 
             async fn upstream_peer(
                 &self,
@@ -94,7 +118,7 @@ macro_rules! forwarding_proxy {
                 client_reused: bool,
             ) -> Box<pingora_error::Error> {
                 self.fwd
-                    .error_while_proxy(peer, session, e, ctx, client_reused)
+                    .error_while_proxy(peer, session.as_downstream(), e, ctx, client_reused)
             }
 
             async fn upstream_request_filter(
@@ -112,7 +136,8 @@ macro_rules! forwarding_proxy {
                 resp: &mut pingora_http::ResponseHeader,
                 ctx: &mut super::ctx::Ctx,
             ) -> pingora_error::Result<()> {
-                self.fwd.upstream_response_filter(session, resp, ctx)
+                self.fwd
+                    .upstream_response_filter(session.as_downstream(), resp, ctx)
             }
 
             async fn response_filter(
@@ -131,7 +156,7 @@ macro_rules! forwarding_proxy {
                 e: &pingora_error::Error,
                 ctx: &mut super::ctx::Ctx,
             ) -> pingora_proxy::FailToProxy {
-                super::Forwarder::fail_to_proxy(session, e, ctx).await
+                super::Forwarder::fail_to_proxy(session.as_downstream_mut(), e, ctx).await
             }
 
             /// Called by pingora right after each HTTP/1 request header is read, with the
@@ -172,14 +197,37 @@ mod upstream;
 
 use std::time::Duration;
 
-use pingora_error::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
-
+pub(crate) use ctx::Ctx;
 pub use east_west::EastWestProxy;
 pub(crate) use east_west::east_west_rules;
+pub(crate) use framing::MAX_NOMINATIONS;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
 pub use route::GatewayProxy;
-use upstream::Forwarder;
+pub(crate) use upstream::Forwarder;
+
+/// The downstream HTTP session the roles and the [`Forwarder`] work on: pingora-core's server
+/// session. The framework path hands them the one inside its `pingora_proxy::Session`, the lean
+/// HTTP/1 driver (`crate::lean`) its own.
+pub(crate) type Downstream = pingora_core::protocols::http::ServerSession;
+
+/// What one proxy role does itself (the Gateway listeners' [`GatewayProxy`], the east-west
+/// listener's [`EastWestProxy`]); everything after `request_filter` is its [`Forwarder`]'s.
+pub(crate) trait Role: Send + Sync + 'static {
+    /// The role's [`Forwarder`] (upstream tries, response handling, counters).
+    fn forwarder(&self) -> &Forwarder;
+
+    /// Decides where the request goes (`Ok(false)`, with `ctx.upstream` set) or answers it
+    /// here (`Ok(true)`).
+    fn request_filter(
+        &self,
+        session: &mut Downstream,
+        ctx: &mut Ctx,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send;
+
+    /// The `listener` label of the request's metrics and log line.
+    fn listener_label(&self, ctx: &Ctx) -> String;
+}
 
 pub use meridian_model::headers::{BACKEND as BACKEND_HEADER, SERVED_BY as SERVED_BY_HEADER};
 /// `listener` and `route` metric labels of requests on the east-west listener start with this.
@@ -201,18 +249,17 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
 }
 
 /// Answers `code` with an empty body and ends the request.
-async fn respond(session: &mut Session, code: u16) -> Result<bool> {
+async fn respond(session: &mut Downstream, code: u16) -> Result<bool> {
     session.respond_error(code).await?;
     Ok(true)
 }
 
 /// Answers `code` with a plain-text reason and ends the request.
-async fn respond_text(session: &mut Session, code: u16, reason: String) -> Result<bool> {
+async fn respond_text(session: &mut Downstream, code: u16, reason: String) -> Result<bool> {
     let mut resp = ResponseHeader::build(code, Some(3))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, reason.len())?;
     session
-        .as_downstream_mut()
         .write_error_response(resp, bytes::Bytes::from(reason))
         .await?;
     Ok(true)
@@ -220,7 +267,7 @@ async fn respond_text(session: &mut Session, code: u16, reason: String) -> Resul
 
 /// Answers 508 Loop Detected (and closes) when the request already passed through this proxy
 /// (its `Via` holds our entry, edge.rs); `Ok(None)` otherwise.
-async fn refuse_loop(session: &mut Session, edge: &crate::edge::Edge) -> Result<Option<bool>> {
+async fn refuse_loop(session: &mut Downstream, edge: &crate::edge::Edge) -> Result<Option<bool>> {
     if !edge.looped(session.req_header()) {
         return Ok(None);
     }
@@ -231,7 +278,7 @@ async fn refuse_loop(session: &mut Session, edge: &crate::edge::Edge) -> Result<
 
 /// Refuses a request that fails the hygiene checks (headers.rs, framing.rs) and closes the connection after
 /// the answer; `Ok(None)` when the request passes.
-async fn refuse_malformed(session: &mut Session, what: &'static str) -> Result<Option<bool>> {
+async fn refuse_malformed(session: &mut Downstream, what: &'static str) -> Result<Option<bool>> {
     let req = session.req_header();
     let Err(refusal) = crate::headers::check_request(req).and_then(|()| framing::check(req)) else {
         return Ok(None);

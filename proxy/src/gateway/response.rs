@@ -21,10 +21,10 @@ use meridian_model::snapshot::{BackendTarget, Filter};
 use meridian_model::traffic::FailureKind;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::{FailToProxy, Session};
+use pingora_proxy::FailToProxy;
 
 use super::ctx::{Ctx, LatencyClock, Routing, Upstream};
-use super::{SERVED_BY_HEADER, east_west, ms, status_error};
+use super::{Downstream, SERVED_BY_HEADER, east_west, ms, status_error};
 use crate::endpoints;
 use crate::headers::RespEdit;
 
@@ -35,7 +35,7 @@ impl Forwarder {
     /// answered) or the request is retried.
     pub fn upstream_response_filter(
         &self,
-        session: &Session,
+        session: &Downstream,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -165,7 +165,7 @@ impl Forwarder {
 
     /// The request failed: answers the status that fits the error (unless something was sent
     /// already) and records the failure kind.
-    pub async fn fail_to_proxy(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    pub async fn fail_to_proxy(session: &mut Downstream, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let deadline_passed = ctx.deadline_passed();
         let code = error_status(e, deadline_passed);
         if ctx.outcome.failure.is_none() && !client_went_away(e) {
@@ -193,7 +193,7 @@ impl Forwarder {
     /// client disconnects included (a load test's closing connections alone make hundreds of
     /// lines), so both proxies suppress that and this reports failures instead, at a level that
     /// fits the cause.
-    pub fn logging(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, listener: &str) {
+    pub fn logging(&self, session: &Downstream, e: Option<&Error>, ctx: &Ctx, listener: &str) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -18,14 +18,13 @@ use meridian_model::snapshot::{
     Backend, BackendTarget, Endpoint, FailoverPolicy, Filter, Protocol,
 };
 use meridian_model::traffic::FailureKind;
-use pingora_error::{Error, Result};
-use pingora_proxy::Session;
+use pingora_error::Result;
 
 use super::ctx::{Ctx, Routing, Target};
 use super::filters::{self, request_host};
 use super::{
-    BACKEND_HEADER, Forwarder, TlsConnInfo, forwarded, framing, refuse_loop, refuse_malformed,
-    respond, respond_text,
+    BACKEND_HEADER, Downstream, Forwarder, Role, TlsConnInfo, forwarded, framing, refuse_loop,
+    refuse_malformed, respond, respond_text,
 };
 use crate::endpoints;
 use crate::headers::ReqHeaders;
@@ -47,7 +46,7 @@ impl GatewayProxy {
     /// `routing`; the status to answer when no rule matches.
     fn route(
         &self,
-        session: &Session,
+        session: &Downstream,
         routing: &mut Routing,
     ) -> std::result::Result<RouteMatch, u16> {
         let Some(served) = self.fwd.shared.served.load_full() else {
@@ -85,7 +84,7 @@ impl GatewayProxy {
     /// Runs `filters` (all but redirects) on the request.
     fn apply_filters(
         &self,
-        session: &mut Session,
+        session: &mut Downstream,
         filters: &[Filter],
         m: &RouteMatch,
         original_path: &str,
@@ -107,7 +106,7 @@ impl GatewayProxy {
     /// then the request goes upstream (`Ok(false)`) unless it was answered here.
     async fn serve_match(
         &self,
-        session: &mut Session,
+        session: &mut Downstream,
         ctx: &mut Ctx,
         m: RouteMatch,
     ) -> Result<bool> {
@@ -191,35 +190,30 @@ fn choose_backend(rule: &CompiledRule) -> std::result::Result<Chosen<'_>, (u16, 
 }
 
 /// The SNI of the TLS connection the request came on.
-fn connection_sni(session: &Session) -> Option<String> {
-    let digest = session.as_downstream().digest()?;
+fn connection_sni(session: &Downstream) -> Option<String> {
+    let digest = session.digest()?;
     let ssl = digest.ssl_digest.as_ref()?;
     ssl.extension.get::<TlsConnInfo>()?.sni.clone()
 }
 
 /// The local address of the connection (which listener socket).
-pub(super) fn local_addr(session: &Session) -> Option<SocketAddr> {
-    session
-        .as_downstream()
-        .server_addr()
-        .and_then(|a| a.as_inet())
-        .copied()
+pub(super) fn local_addr(session: &Downstream) -> Option<SocketAddr> {
+    session.server_addr().and_then(|a| a.as_inet()).copied()
 }
 
-forwarding_proxy!(GatewayProxy {
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+impl Role for GatewayProxy {
+    fn forwarder(&self) -> &Forwarder {
+        &self.fwd
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Downstream, ctx: &mut Ctx) -> Result<bool> {
         if let Some(answered) = refuse_malformed(session, "request refused").await? {
             return Ok(answered);
         }
         // Rules, filters and the backend all see the normal form of the path.
-        if let Err(e) = super::path::normalize_request(
-            session.req_header_mut(),
-            &self.fwd.shared.paths,
-        ) {
+        if let Err(e) =
+            super::path::normalize_request(session.req_header_mut(), &self.fwd.shared.paths)
+        {
             tracing::debug!(reason = %e, "request path refused");
             session.set_keepalive(None);
             return respond_text(session, 400, format!("{e}\n")).await;
@@ -236,26 +230,25 @@ forwarding_proxy!(GatewayProxy {
             Ok(m) => {
                 ctx.routing.rule = Some(m.rule.clone());
                 let peer = session
-                    .as_downstream()
                     .client_addr()
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip());
                 let https = m.listener.protocol == Protocol::Https;
                 let hops = self.fwd.shared.edge.xff_trusted_hops;
                 // Before the filters, so a filter (and a mirror copy) sees the final values.
-                ctx.routing.client =
-                    forwarded::apply(session.req_header_mut(), peer, https, hops);
+                ctx.routing.client = forwarded::apply(session.req_header_mut(), peer, https, hops);
                 self.serve_match(session, ctx, m).await
             }
             Err(code) => respond(session, code).await,
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let listener = match &ctx.routing.listener {
+    fn listener_label(&self, ctx: &Ctx) -> String {
+        match &ctx.routing.listener {
             Some(l) => format!("{}/{}/{}", l.gateway_namespace, l.gateway_name, l.name),
             None => String::new(),
-        };
-        self.fwd.logging(session, e, ctx, &listener);
+        }
     }
-});
+}
+
+forwarding_proxy!(GatewayProxy);

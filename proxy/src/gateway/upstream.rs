@@ -24,11 +24,10 @@ use pingora_core::protocols::TcpKeepalive;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 
 use super::ctx::{Allowance, Ctx, LatencyClock, Limits, Target, Try, Upstream};
 use super::response::client_went_away;
-use super::{ms, status_error};
+use super::{Downstream, ms, status_error};
 use crate::budget::DEFAULT_PERCENT;
 use crate::endpoints::{self, EndpointKey, NoEndpoint};
 use crate::state::{HopSecurity, Shared};
@@ -66,7 +65,7 @@ impl Forwarder {
     /// The upstream state of a request going to `target` (whose backend has `endpoints` and
     /// `failover`): deadline, per-try timeout and allowances. Counts the request for the retry
     /// budget.
-    pub fn start(
+    pub(super) fn start(
         &self,
         target: Target,
         endpoints: &[Endpoint],
@@ -279,7 +278,7 @@ impl Forwarder {
     pub fn error_while_proxy(
         &self,
         peer: &HttpPeer,
-        session: &mut Session,
+        session: &Downstream,
         e: Box<Error>,
         ctx: &mut Ctx,
         client_reused: bool,
@@ -290,7 +289,7 @@ impl Forwarder {
             e.set_retry(false);
             return e;
         }
-        let body_replayable = !session.as_ref().retry_buffer_truncated();
+        let body_replayable = !session.retry_buffer_truncated();
         let safe = body_replayable && session.req_header().method.is_idempotent();
         if let Some(up) = ctx.upstream.as_ref()
             && up.status_retry

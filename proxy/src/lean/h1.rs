@@ -1,0 +1,236 @@
+//! One try at an HTTP/1 upstream, in the connection's own task: the request head, then one
+//! `select!` loop that moves the request body up and the response down as either side is ready
+//! (a backend may answer before it has read the whole body), with no channel in between.
+//!
+//! ```text
+//! head (request.rs) ─ write upstream ─ retry buffering on (a retry replays the body)
+//! loop until request sent and response done:
+//!   upstream ready ─ head: Forwarder::upstream_response_filter (retry on status, outlier
+//!                     detection, east-west refusal) ─ a 101 must answer an upgrade request
+//!                     ─ unframed body? chunked ─ Forwarder::response_filter ─ write it, with
+//!                     the first body chunk when it is already buffered (one send)
+//!                  ─ body chunk / end: write it
+//!   client ready   ─ body chunk: write upstream (end: finish the body)
+//!                  ─ body done: watch for the client going away (ConnectionClosed)
+//! ```
+//!
+//! The upstream connection goes back to the pool only when both messages ended cleanly; a 101
+//! leaves both connections to the tunnel (tunnel.rs).
+
+use futures::FutureExt;
+use http::header;
+use pingora_core::protocols::http::HttpTask;
+use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+
+use super::request;
+use crate::gateway::{Ctx, Downstream, Forwarder};
+
+/// How an exchange ended.
+pub(super) struct Exchanged {
+    pub downstream_reusable: bool,
+    pub upstream_reusable: bool,
+    pub error: Option<Box<Error>>,
+    /// A 101 went downstream: both connections now belong to the tunnel.
+    pub upgraded: bool,
+}
+
+impl Exchanged {
+    fn failed(upstream_reusable: bool, error: Box<Error>) -> Exchanged {
+        Exchanged {
+            downstream_reusable: false,
+            upstream_reusable,
+            error: Some(error),
+            upgraded: false,
+        }
+    }
+}
+
+/// Sends the request to `up` and its response to the client.
+pub(super) async fn exchange(
+    fwd: &Forwarder,
+    session: &mut Downstream,
+    up: &mut ClientV1,
+    peer: &HttpPeer,
+    ctx: &mut Ctx,
+) -> Exchanged {
+    up.read_timeout = peer.options.read_timeout;
+    up.write_timeout = peer.options.write_timeout;
+    let head = match request::for_h1(fwd, session, ctx) {
+        Ok(head) => head,
+        // Nothing was written: the connection is as clean as it came.
+        Err(e) => return Exchanged::failed(true, e),
+    };
+    if let Err(e) = up.write_request_header(head).await {
+        return Exchanged::failed(false, e.into_up());
+    }
+    session.enable_retry_buffering();
+    match pump(fwd, session, up, ctx).await {
+        Ok(p) => Exchanged {
+            downstream_reusable: p.downstream_reusable,
+            upstream_reusable: p.upstream_reusable,
+            error: None,
+            upgraded: p.upgraded,
+        },
+        Err(e) => Exchanged::failed(false, e),
+    }
+}
+
+struct Pumped {
+    downstream_reusable: bool,
+    upstream_reusable: bool,
+    upgraded: bool,
+}
+
+async fn pump(
+    fwd: &Forwarder,
+    session: &mut Downstream,
+    up: &mut ClientV1,
+    ctx: &mut Ctx,
+) -> Result<Pumped> {
+    let mut upstream_reusable = true;
+    // An upstream write that failed: reported only if the response cannot be read either (a
+    // backend may refuse a body and still answer).
+    let mut send_error: Option<Box<Error>> = None;
+    let mut request_done = session.is_body_done();
+    // A retry replays what the client sent so far; a bodyless request ends here.
+    let replay = session.get_retry_buffer();
+    if (replay.is_some() || session.is_body_empty())
+        && let Err(e) = send_body(up, replay.as_deref(), request_done).await
+    {
+        upstream_reusable = false;
+        request_done = true;
+        send_error = Some(e);
+    }
+    let mut response_done = false;
+    // Bounded by the two messages: every turn reads a piece of one of them or ends with an
+    // error (the client's idle watch fails when it goes away or sends past its body).
+    while !(request_done && response_done) {
+        tokio::select! {
+            task = up.read_response_task(), if !response_done => {
+                let task = match task {
+                    Ok(t) => t,
+                    Err(e) => return Err(send_error.unwrap_or(e).into_up()),
+                };
+                match forward(fwd, session, up, ctx, task).await? {
+                    Forwarded::More => {}
+                    Forwarded::Done => response_done = true,
+                    Forwarded::Upgraded => {
+                        return Ok(Pumped {
+                            downstream_reusable: false,
+                            upstream_reusable: false,
+                            upgraded: true,
+                        });
+                    }
+                }
+            }
+            body = session.read_body_or_idle(request_done) => {
+                let body = body.map_err(|e| e.into_down())?;
+                let end = body.is_none() || session.is_body_done();
+                if send_error.is_none()
+                    && let Err(e) = send_body(up, body.as_deref(), end).await
+                {
+                    upstream_reusable = false;
+                    send_error = Some(e);
+                }
+                request_done = end;
+            }
+        }
+    }
+    // The request could not be sent whole: the client's connection holds unread body bytes.
+    Ok(Pumped {
+        downstream_reusable: send_error.is_none(),
+        upstream_reusable,
+        upgraded: false,
+    })
+}
+
+/// Writes a piece of the request body upstream; `end` finishes it (the last chunk).
+async fn send_body(up: &mut ClientV1, data: Option<&[u8]>, end: bool) -> Result<()> {
+    if let Some(d) = data.filter(|d| !d.is_empty()) {
+        up.write_body(d).await.map_err(|e| e.into_up())?;
+    }
+    if end {
+        up.finish_body().await.map_err(|e| e.into_up())?;
+    }
+    Ok(())
+}
+
+enum Forwarded {
+    More,
+    Done,
+    Upgraded,
+}
+
+/// Sends one piece of the response downstream, the head through the response hooks first.
+async fn forward(
+    fwd: &Forwarder,
+    session: &mut Downstream,
+    up: &mut ClientV1,
+    ctx: &mut Ctx,
+    task: HttpTask,
+) -> Result<Forwarded> {
+    let mut tasks = Vec::with_capacity(2);
+    let mut upgraded = false;
+    match task {
+        HttpTask::Header(mut head, end) => {
+            fwd.upstream_response_filter(session, &mut head, ctx)?;
+            if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                if !(up.was_upgraded() && session.is_upgrade(&head) == Some(true)) {
+                    return Err(Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "101 to a request that is no upgrade",
+                    )
+                    .into_up());
+                }
+                upgraded = true;
+            }
+            frame_downstream(session, &mut head, end);
+            Forwarder::response_filter(&mut head, ctx);
+            let informational = head.status.is_informational();
+            tasks.push(HttpTask::Header(head, end));
+            // The first body chunk usually came in the same read as the head: one send for both.
+            if !end
+                && !informational
+                && let Some(next) = up.read_response_task().now_or_never()
+            {
+                tasks.push(next.map_err(|e| e.into_up())?);
+            }
+        }
+        HttpTask::Trailer(_) => return Ok(Forwarded::More),
+        HttpTask::Failed(e) => return Err(e),
+        other => tasks.push(other),
+    }
+    let done = session
+        .response_duplex_vec(tasks)
+        .await
+        .map_err(|e| e.into_down())?;
+    Ok(if upgraded {
+        Forwarded::Upgraded
+    } else if done {
+        Forwarded::Done
+    } else {
+        Forwarded::More
+    })
+}
+
+/// A response without framing headers (close-delimited, HTTP/1.0 style) goes downstream
+/// chunked, so the client's connection can be kept.
+fn frame_downstream(session: &Downstream, head: &mut ResponseHeader, end: bool) {
+    let no_body = session.req_header().method == http::Method::HEAD
+        || matches!(head.status.as_u16(), 204 | 304);
+    if no_body
+        || end
+        || head.status.is_informational()
+        || head.headers.contains_key(header::TRANSFER_ENCODING)
+        || head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    head.set_version(http::Version::HTTP_11);
+    if let Err(e) = head.insert_header(header::TRANSFER_ENCODING, "chunked") {
+        tracing::debug!(error = %e, "response not converted to chunked");
+    }
+}

@@ -1,0 +1,311 @@
+//! The lean HTTP/1 request path: one request of a kept-alive HTTP/1 connection driven in the
+//! connection's own task, from the head to the logging, with pingora-core's server session
+//! downstream and its connector (pooled HTTP/1 or h2c sessions) upstream, and no framework in
+//! between: no task and no channels per request, no second copy of the head or the body.
+//!
+//! It replaces pingora-proxy's `HttpProxy::process_new_http` on HTTP/1 connections of the
+//! Gateway listeners (plain and TLS) and of the east-west listener ([`Http1Path::Lean`], the
+//! default; `meridian proxy --http1-path framework` keeps pingora-proxy's for comparison). Every
+//! decision is still the role's and the [`Forwarder`]'s: this module calls the same methods in
+//! the order pingora-proxy calls its `ProxyHttp` hooks, so routing, filters, retries, failover,
+//! ejection, counters and failure answers are one implementation for both paths.
+//!
+//! ```text
+//! listeners.rs serve_http1 ── one call per request ──► LeanPath::process
+//!   read head (400 malformed, 405 CONNECT) ─ shutting down? Connection: close
+//!   ─ clock: header read (limits.rs) ─ Role::request_filter ── answered? ─► logging ─ reuse
+//!   ─ tries (at most ServerConf::max_retries, 16, like pingora):
+//!       Forwarder::upstream_peer ─ connector (pool) ── failed ─► Forwarder::fail_to_connect
+//!       HTTP/1 upstream (h1.rs): head (request.rs) ─ request body and response in one select
+//!         loop: upstream_response_filter ─ response_filter ─ write head (+ the first body
+//!         chunk when it is already here) ─ body ─ back to the pool if clean
+//!       h2c upstream (h2.rs): head ─ body ─ response, in turn
+//!       failed ─► Forwarder::error_while_proxy: retry?
+//!   ─ Forwarder::fail_to_proxy (the answer when the last try failed)
+//!   ─ 101 Switching Protocols: tunnel.rs copies bytes both ways until both sides closed or the
+//!     idle timeout passes without a byte
+//!   ─ Forwarder::logging ─ the connection back to serve_http1 (kept alive) or closed
+//! ```
+//!
+//! What pingora-proxy does per request that this does not: a task and two channels per request
+//! (`proxy_1to1`'s `try_join!` of a downstream and an upstream half), module and cache hooks we
+//! do not use, and the request summary it formats for its own log lines.
+
+mod h1;
+mod h2;
+mod request;
+mod tunnel;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession as ClientSession;
+use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::upstreams::peer::Peer;
+use pingora_error::{Error, ErrorType};
+
+use crate::gateway::{Ctx, Downstream, Forwarder, Role};
+
+/// Which driver serves HTTP/1 requests (`meridian proxy --http1-path`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http1Path {
+    /// This module: one task per connection, pingora-core's sessions and connector.
+    #[default]
+    Lean,
+    /// pingora-proxy's `HttpProxy::process_new_http` (a task and channels per request).
+    Framework,
+}
+
+/// An HTTP/1 request driver as the accept loops hold it (one per role).
+pub(crate) trait Driver: Send + Sync {
+    /// Serves the next request of `session`'s connection; the connection back when it can take
+    /// another one (the same contract as pingora's `process_new_http`).
+    fn process<'a>(
+        &'a self,
+        session: Downstream,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>;
+}
+
+/// The lean driver of one role (Gateway or east-west) with its own upstream pool.
+pub(crate) struct LeanPath<R> {
+    role: R,
+    connector: Connector,
+    /// Most tries per request (pingora's `ServerConf::max_retries`; the Forwarder's allowances
+    /// bound it far sooner).
+    max_tries: usize,
+    /// No byte either way for this long closes an upgraded tunnel.
+    idle_timeout: Duration,
+}
+
+/// How one try ended.
+struct Tried {
+    /// The client connection can take another request.
+    downstream_reusable: bool,
+    error: Option<Box<Error>>,
+    /// The upstream connection of a 101 answer, for the tunnel.
+    upgraded: Option<ClientV1>,
+}
+
+impl<R: Role> LeanPath<R> {
+    /// The driver of `role`; `conf` is the server configuration of the framework app beside it,
+    /// so both paths pool upstream connections alike.
+    pub fn new(role: R, conf: &ServerConf, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(LeanPath {
+            role,
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            max_tries: conf.max_retries,
+            idle_timeout,
+        })
+    }
+
+    fn fwd(&self) -> &Forwarder {
+        self.role.forwarder()
+    }
+
+    async fn serve(
+        &self,
+        mut session: Downstream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let connection = session.take_connection_user_context();
+        let mut stop = shutdown.clone();
+        // Shutdown wakes a connection waiting for its next request (as pingora's
+        // `http_cleanup` does for the framework path); a head already buffered is read first.
+        let head = tokio::select! {
+            biased;
+            head = read_head(&mut session) => head,
+            _ = stop.wait_for(|stopping| *stopping) => false,
+        };
+        if !head {
+            return None;
+        }
+        if *shutdown.borrow() {
+            // Shutting down: this answer says `Connection: close`.
+            session.set_keepalive(None);
+        }
+        let mut ctx = Ctx::new();
+        if let Some(c) = connection {
+            crate::limits::header_read(c.as_ref());
+        }
+        match self.role.request_filter(&mut session, &mut ctx).await {
+            Ok(true) => return self.finish(session, &ctx, true, None).await,
+            Ok(false) => {}
+            Err(e) => {
+                Forwarder::fail_to_proxy(&mut session, &e, &mut ctx).await;
+                return self.finish(session, &ctx, false, Some(e)).await;
+            }
+        }
+        let mut reusable = false;
+        let mut error = None;
+        let mut upgraded = None;
+        for _ in 0..self.max_tries {
+            let tried = self.try_upstream(&mut session, &mut ctx).await;
+            reusable = tried.downstream_reusable;
+            upgraded = tried.upgraded;
+            match tried.error {
+                Some(e) => {
+                    let retry = e.retry();
+                    error = Some(e);
+                    if !retry {
+                        break;
+                    }
+                }
+                None => {
+                    error = None;
+                    break;
+                }
+            }
+        }
+        if let Some(e) = error.as_deref() {
+            Forwarder::fail_to_proxy(&mut session, e, &mut ctx).await;
+        }
+        if let Some(up) = upgraded {
+            let label = self.role.listener_label(&ctx);
+            self.fwd().logging(&session, error.as_deref(), &ctx, &label);
+            tunnel::run(session, up, self.idle_timeout).await;
+            return None;
+        }
+        self.finish(session, &ctx, reusable, error).await
+    }
+
+    /// One try: the endpoint, a pooled or new connection, the exchange.
+    async fn try_upstream(&self, session: &mut Downstream, ctx: &mut Ctx) -> Tried {
+        let fwd = self.fwd();
+        let peer = match fwd.upstream_peer(ctx).await {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        let (client, reused) = match self.connector.get_http_session(&*peer).await {
+            Ok(c) => c,
+            Err(mut e) => {
+                e.as_up();
+                return failed(fwd.fail_to_connect(&peer, ctx, e).into_up());
+            }
+        };
+        let (downstream_reusable, error, upgraded) = match client {
+            ClientSession::H1(mut up) => {
+                let done = h1::exchange(fwd, session, &mut up, &peer, ctx).await;
+                if done.upgraded {
+                    (false, None, Some(up))
+                } else {
+                    if done.upstream_reusable {
+                        self.connector
+                            .release_http_session(
+                                ClientSession::H1(up),
+                                &*peer,
+                                peer.idle_timeout(),
+                            )
+                            .await;
+                    }
+                    (done.downstream_reusable, done.error, None)
+                }
+            }
+            ClientSession::H2(mut up) => {
+                let (reusable, mut error) = h2::exchange(fwd, session, &mut up, &peer, ctx).await;
+                self.connector
+                    .release_http_session(ClientSession::H2(up), &*peer, peer.idle_timeout())
+                    .await;
+                if let Some(e) = error.as_mut()
+                    && matches!(e.etype(), ErrorType::H2Downgrade | ErrorType::InvalidH2)
+                {
+                    // An h2c backend has no HTTP/1 to fall back to.
+                    e.set_retry(false);
+                }
+                (reusable, error, None)
+            }
+            ClientSession::Custom(_) => (
+                false,
+                Some(Error::explain(
+                    ErrorType::InternalError,
+                    "no custom upstream protocol",
+                )),
+                None,
+            ),
+        };
+        Tried {
+            downstream_reusable,
+            error: error.map(|e| fwd.error_while_proxy(&peer, session, e, ctx, reused)),
+            upgraded,
+        }
+    }
+
+    /// Counts and logs the request, then hands the connection back if it may take another.
+    async fn finish(
+        &self,
+        mut session: Downstream,
+        ctx: &Ctx,
+        reusable: bool,
+        error: Option<Box<Error>>,
+    ) -> Option<ReusedHttpStream> {
+        let label = self.role.listener_label(ctx);
+        self.fwd().logging(&session, error.as_deref(), ctx, &label);
+        if let Some(e) = error {
+            session.on_proxy_failure(e);
+        }
+        if !reusable {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "response not finished");
+                None
+            }
+        }
+    }
+}
+
+impl<R: Role> Driver for LeanPath<R> {
+    fn process<'a>(
+        &'a self,
+        session: Downstream,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+        Box::pin(self.serve(session, shutdown))
+    }
+}
+
+fn failed(e: Box<Error>) -> Tried {
+    Tried {
+        downstream_reusable: false,
+        error: Some(e),
+        upgraded: None,
+    }
+}
+
+/// Reads the request head; `false` when there is none to serve (the client closed, or a head
+/// that cannot be parsed, answered 400, or CONNECT, answered 405; the connection is closed).
+async fn read_head(session: &mut Downstream) -> bool {
+    let refusal = match session.read_request().await {
+        Ok(true) if session.req_header().method == http::Method::CONNECT => {
+            // CONNECT tunnels are not proxied (nor are they by the framework path).
+            405
+        }
+        Ok(true) => return true,
+        Ok(false) => return false,
+        Err(e) if matches!(e.etype(), ErrorType::InvalidHTTPHeader) => {
+            tracing::debug!(error = %e, "malformed request head");
+            400
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no request head");
+            session.shutdown().await;
+            return false;
+        }
+    };
+    if let Err(e) = session.respond_error(refusal).await {
+        tracing::debug!(error = %e, "refusal not sent");
+    }
+    session.shutdown().await;
+    false
+}

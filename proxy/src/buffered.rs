@@ -22,6 +22,13 @@
 //! decides h2c or HTTP/1 as soon as the bytes received so far stop matching the HTTP/2 preface,
 //! so a request shorter than the preface (`OPTIONS / HTTP/1.0\r\n\r\n`, 22 bytes) is not held.
 //!
+//! A connection waiting for its client holds no buffer: both are allocated when first used and
+//! [`NextBytes::poll_next_bytes`] (the wait between requests, listeners.rs) releases them while
+//! nothing is pending. A read with no buffer allocated goes into an uninitialised buffer on the
+//! stack; only bytes that arrive get a heap buffer (filled without zeroing it first), so an idle
+//! keep-alive connection costs its socket, not 17 KiB of buffer (docs/benchmarks.md, "Memory per
+//! idle connection").
+//!
 //! With a connection clock ([`Buffered::with_clock`], limits.rs), every read that would wait
 //! first checks the clock's deadline (header or keep-alive idle timeout) and fails with
 //! `TimedOut` once it has passed; bytes arriving tell the clock that a request has begun.
@@ -29,6 +36,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -36,7 +44,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::tls::{SslDigest, SslStream, TlsRef};
 use pingora_core::protocols::{
     ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType,
@@ -58,12 +66,13 @@ pub(crate) const WRITE_CAPACITY: usize = 1460;
 /// A stream with a read buffer and a write buffer in front of it.
 pub(crate) struct Buffered<S: AsyncWrite + Unpin> {
     inner: S,
-    /// Allocated on the first read.
-    read: Box<[u8]>,
-    /// Unread bytes are `read[read_pos..read_end]`.
+    /// Unread bytes are `read[read_pos..]`. No capacity until bytes arrive (and again after
+    /// [`NextBytes::poll_next_bytes`] released it), then [`READ_CAPACITY`]; never zeroed, reads
+    /// go into its spare capacity.
+    read: Vec<u8>,
     read_pos: usize,
-    read_end: usize,
-    /// Unsent bytes are `write[write_pos..]`.
+    /// Unsent bytes are `write[write_pos..]`. No capacity until something is written (and again
+    /// after a release).
     write: Vec<u8>,
     write_pos: usize,
     /// The connection's deadlines (none without a clock).
@@ -76,9 +85,8 @@ impl<S: AsyncWrite + Unpin> Buffered<S> {
     pub(crate) fn new(inner: S) -> Self {
         Self {
             inner,
-            read: Box::default(),
+            read: Vec::new(),
             read_pos: 0,
-            read_end: 0,
             write: Vec::new(),
             write_pos: 0,
             clock: None,
@@ -135,10 +143,28 @@ impl<S: AsyncWrite + Unpin> Buffered<S> {
         }
     }
 
-    fn ensure_read_buffer(&mut self) {
-        if self.read.is_empty() {
-            self.read = vec![0; READ_CAPACITY].into_boxed_slice();
+    /// The bytes read but not consumed yet.
+    fn unread(&self) -> &[u8] {
+        &self.read[self.read_pos..]
+    }
+
+    /// Gives both buffers back to the allocator if they hold nothing: the connection is about
+    /// to wait for its client, maybe for a long time.
+    fn release_buffers(&mut self) {
+        if self.unread().is_empty() {
+            self.read = Vec::new();
+            self.read_pos = 0;
         }
+        if self.buffered_write().is_empty() {
+            self.write = Vec::new();
+            self.write_pos = 0;
+        }
+    }
+
+    /// Whether both buffers are released (for tests).
+    #[cfg(test)]
+    fn holds_no_buffer(&self) -> bool {
+        self.read.capacity() == 0 && self.write.capacity() == 0
     }
 }
 
@@ -158,21 +184,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
 
     /// Reads more into the read buffer (after what is there). `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.ensure_read_buffer();
-        if self.read_pos == self.read_end {
+        if self.unread().is_empty() {
+            self.read.clear();
             self.read_pos = 0;
-            self.read_end = 0;
-        } else if self.read_end == self.read.len() {
-            self.read.copy_within(self.read_pos..self.read_end, 0);
-            self.read_end -= self.read_pos;
+        } else if self.read.len() == self.read.capacity() {
+            self.read.drain(..self.read_pos);
             self.read_pos = 0;
         }
-        let mut rb = ReadBuf::new(&mut self.read[self.read_end..]);
-        let polled = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+        let polled = if self.read.capacity() == 0 {
+            self.poll_first_read(cx)
+        } else {
+            // Into the spare capacity; the callers never ask for more than READ_CAPACITY
+            // buffered bytes (`try_peek`, `sniff_h2c`), so there always is some.
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.read)
+        };
         match polled {
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                self.read_end += n;
+            Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.data_arrived();
                 }
@@ -185,6 +212,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
                 Poll::Pending
             }
         }
+    }
+
+    /// A read while no read buffer is allocated (a new connection, or one that waited for its
+    /// next request): into an uninitialised buffer on the stack, as large as the heap one, so it
+    /// still takes a whole TLS record or request header in one `recv`; only bytes that arrive
+    /// get a heap buffer, which they are copied into.
+    fn poll_first_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut first = [MaybeUninit::<u8>::uninit(); READ_CAPACITY];
+        let mut rb = ReadBuf::uninit(&mut first);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+        let got = rb.filled();
+        if !got.is_empty() {
+            self.read.reserve_exact(READ_CAPACITY);
+            self.read.extend_from_slice(got);
+        }
+        Poll::Ready(Ok(got.len()))
     }
 
     /// The read side is about to wait for the peer: make sure it has everything we wrote.
@@ -212,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
     pub(crate) async fn sniff_h2c(&mut self) -> io::Result<bool> {
         std::future::poll_fn(|cx| {
             loop {
-                let seen = &self.read[self.read_pos..self.read_end];
+                let seen = self.unread();
                 let n = seen.len().min(H2_PREFACE.len());
                 if seen[..n] != H2_PREFACE[..n] {
                     return Poll::Ready(Ok(false));
@@ -230,6 +273,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
     }
 }
 
+/// A downstream stream that can wait for its client's next bytes without holding buffers: what
+/// the HTTP/1 loop (listeners.rs) waits on between requests, before pingora allocates anything
+/// for the next one.
+pub(crate) trait NextBytes {
+    /// Ready with `Ok` once at least one byte (of plaintext, under TLS) is ready to be read;
+    /// buffers that hold nothing are released first. `Err` when the client closed the connection
+    /// or the connection clock's deadline passed (header or keep-alive idle timeout).
+    fn poll_next_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> NextBytes for Buffered<S> {
+    fn poll_next_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.unread().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.release_buffers();
+        // Waits without a buffer (`poll_first_read`); bytes that arrive are kept for pingora.
+        match ready!(self.poll_fill(cx))? {
+            0 => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Under TLS: plaintext OpenSSL already decrypted is ready at once; otherwise the next record
+/// is waited for on the buffered socket below. OpenSSL reads no further than the record it
+/// needs (no read-ahead), so nothing else can be pending above the socket's buffer.
+impl<S: AsyncRead + AsyncWrite + Unpin> NextBytes for SslStream<Buffered<S>> {
+    fn poll_next_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ssl().pending() > 0 {
+            return Poll::Ready(Ok(()));
+        }
+        self.get_mut().poll_next_bytes(cx)
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Buffered<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -237,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Buffered<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.read_pos == this.read_end && buf.remaining() >= READ_CAPACITY {
+        if this.unread().is_empty() && buf.remaining() >= READ_CAPACITY {
             let before = buf.filled().len();
             let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
             match &polled {
@@ -250,10 +329,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Buffered<S> {
             }
             return polled;
         }
-        if this.read_pos == this.read_end {
+        if this.unread().is_empty() {
             ready!(this.poll_fill(cx))?;
         }
-        let available = &this.read[this.read_pos..this.read_end];
+        let available = this.unread();
         let n = available.len().min(buf.remaining());
         buf.put_slice(&available[..n]);
         this.read_pos += n;
@@ -362,7 +441,7 @@ impl<S: AsyncWrite + Unpin + fmt::Debug> fmt::Debug for Buffered<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Buffered")
             .field("inner", &self.inner)
-            .field("read_buffered", &(self.read_end - self.read_pos))
+            .field("read_buffered", &self.unread().len())
             .field("write_buffered", &(self.write.len() - self.write_pos))
             .finish()
     }
@@ -375,7 +454,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> Peek for Buffered<S> {
             return Ok(false);
         }
         std::future::poll_fn(|cx| {
-            while self.read_end - self.read_pos < buf.len() {
+            while self.unread().len() < buf.len() {
                 if ready!(self.poll_fill(cx))? == 0 {
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::UnexpectedEof)));
                 }
@@ -449,5 +528,144 @@ impl<S: GetSocketDigest + AsyncWrite + Unpin> GetSocketDigest for Buffered<S> {
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
         self.inner.set_socket_digest(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+    use crate::limits::Limits;
+
+    /// Polls `stream`'s wait for its next bytes once.
+    fn poll_once<S: NextBytes>(stream: &mut S) -> Poll<io::Result<()>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        stream.poll_next_bytes(&mut cx)
+    }
+
+    /// A buffered server end whose client sent `request`, read whole, and got `response`.
+    async fn after_one_exchange(
+        request: &[u8],
+        response: &[u8],
+    ) -> (Buffered<DuplexStream>, DuplexStream) {
+        let (server, mut client) = duplex(64 * 1024);
+        let mut server = Buffered::new(server);
+        client.write_all(request).await.unwrap();
+        let mut got = vec![0; request.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, request);
+        server.write_all(response).await.unwrap();
+        server.flush().await.unwrap();
+        let mut answer = vec![0; response.len()];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, response);
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_next_request_holds_no_buffer() {
+        let (mut server, mut client) =
+            after_one_exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n").await;
+        assert!(!server.holds_no_buffer(), "the exchange used both buffers");
+        assert!(poll_once(&mut server).is_pending(), "nothing sent yet");
+        assert!(server.holds_no_buffer(), "waiting releases both buffers");
+
+        client
+            .write_all(b"GET /next HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let waited = std::future::poll_fn(|cx| server.poll_next_bytes(cx));
+        tokio::time::timeout(Duration::from_secs(5), waited)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!server.holds_no_buffer(), "arrived bytes are kept");
+        // The bytes that ended the wait are all still there for the request's reader.
+        let mut got = vec![0; b"GET /next HTTP/1.1\r\n\r\n".len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"GET /next HTTP/1.1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn bytes_already_buffered_end_the_wait_at_once_and_stay_buffered() {
+        let (server, mut client) = duplex(1024);
+        let mut server = Buffered::new(server);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b")
+            .await
+            .unwrap();
+        let mut first = vec![0; b"GET /a HTTP/1.1\r\n\r\n".len()];
+        server.read_exact(&mut first).await.unwrap();
+        // `/b` was read along with `/a` into the buffer.
+        assert!(matches!(poll_once(&mut server), Poll::Ready(Ok(()))));
+        assert!(!server.holds_no_buffer());
+        let mut rest = [0u8; 6];
+        server.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"GET /b");
+    }
+
+    #[tokio::test]
+    async fn a_client_closing_between_requests_ends_the_wait_with_an_error() {
+        let (mut server, client) = after_one_exchange(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        )
+        .await;
+        drop(client);
+        let waited = std::future::poll_fn(|cx| server.poll_next_bytes(cx));
+        let err = tokio::time::timeout(Duration::from_secs(5), waited)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_ends_at_the_keep_alive_idle_deadline() {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let clock = ConnClock::new(&limits);
+        let (server, _client) = duplex(1024);
+        let mut server = Buffered::new(server).with_clock(clock.clone());
+        clock.busy();
+        clock.idle();
+        let idle_at = tokio::time::Instant::now();
+        let err = std::future::poll_fn(|cx| server.poll_next_bytes(cx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(idle_at.elapsed(), Duration::from_secs(60));
+        assert!(server.holds_no_buffer());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_byte_of_the_next_request_starts_its_header_deadline() {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let clock = ConnClock::new(&limits);
+        let (server, mut client) = duplex(1024);
+        let mut server = Buffered::new(server).with_clock(clock.clone());
+        clock.busy();
+        clock.idle();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        client.write_all(b"G").await.unwrap();
+        std::future::poll_fn(|cx| server.poll_next_bytes(cx))
+            .await
+            .unwrap();
+        assert_eq!(
+            clock.deadline(),
+            Some(tokio::time::Instant::now() + Duration::from_secs(10))
+        );
     }
 }

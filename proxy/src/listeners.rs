@@ -16,15 +16,20 @@
 //!                  HTTPS ─► openssl handshake, certificate chosen by SNI from the current router,
 //!                           ALPN h2/http1.1, SNI kept in the SSL digest
 //!                  h2     ─► app.process_new (clock off: pingora's h2 idle timeout)
-//!                  HTTP/1 ─► our keep-alive loop: one call per request, in this task, to the
-//!                            lean driver (lean/; `--http1-path framework`: app.process_new_http),
-//!                            the clock handed to the request hooks (header read ─► busy), idle
+//!                  HTTP/1 ─► our keep-alive loop: wait for the request's first byte holding no
+//!                            buffer (`wait_for_next_request`), then one call per request, in this
+//!                            task, to the lean driver (lean/; `--http1-path framework`:
+//!                            app.process_new_http), the clock handed to the request hooks
+//!                            (header read ─► busy), idle
 //!                            between requests
 //! ```
 //!
-//! The HTTP/1 loop is ours rather than pingora's `process_new` for two reasons: pingora's
-//! keep-alive wait is per read and unbounded once a client asks for keep-alive, and its h2c check
-//! waits for 24 bytes before answering anything (a 22-byte `OPTIONS / HTTP/1.0` health check hung).
+//! The HTTP/1 loop is ours rather than pingora's `process_new` for three reasons: pingora's
+//! keep-alive wait is per read and unbounded once a client asks for keep-alive, its h2c check
+//! waits for 24 bytes before answering anything (a 22-byte `OPTIONS / HTTP/1.0` health check
+//! hung), and it waits for the next request inside a fresh session (its boxed session, header
+//! buffer and request future, ≈ 17 KiB per idle connection). Ours waits on the stream itself
+//! (buffered.rs, `NextBytes`) and builds the session once the client has sent something.
 //!
 //! The east-west listener (for proxies of other networks) runs the same loop with its own lean
 //! driver and app (`EastWestProxy`, gateway/east_west.rs), whatever the snapshot says: mutual TLS
@@ -53,15 +58,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_model::snapshot::Protocol;
-use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::ALPN;
 use pingora_core::protocols::SocketDigest;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::tls::TlsRef;
 use pingora_core::protocols::tls::server::handshake_with_callback;
-use pingora_core::protocols::{GetSocketDigest, Stream};
+use pingora_core::protocols::tls::{SslStream, TlsRef};
+use pingora_core::protocols::{GetSocketDigest, IO, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::tls::error::ErrorStack;
 use pingora_core::tls::ext;
@@ -72,7 +77,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::buffered::Buffered;
+use crate::buffered::{Buffered, NextBytes};
 use crate::gateway::{EAST_WEST, TlsConnInfo};
 use crate::lean::Driver;
 use crate::limits::{ClockHandle, ConnClock, ConnGate, Limits};
@@ -335,15 +340,18 @@ async fn serve_connection<A: App>(
     l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
     // The header deadline runs from the accept: a TLS handshake and an h2c sniff count too.
     let clock = ConnClock::new(&ctx.limits);
-    // Under TLS too, as pingora layers it: records are read whole and written together.
-    let mut l4 = Buffered::new(l4).with_clock(clock.clone());
+    // Under TLS too, as pingora layers it: records are read whole and written together. Boxed
+    // from here on (pingora takes streams boxed), so no future of the connection's task keeps a
+    // moved-out copy of it in its state.
+    let mut l4 = Box::new(Buffered::new(l4).with_clock(clock.clone()));
     let protocol = match &ctx.sockets {
         Sockets::EastWest(None) => Some(Protocol::Http),
         Sockets::EastWest(Some(mesh)) => {
-            let Some(s) = east_west_handshake(l4, addr, peer, mesh, ctx).await else {
+            // Boxed, like the Gateway handshake: its state is freed once it is done.
+            let Some(s) = Box::pin(east_west_handshake(*l4, addr, peer, mesh, ctx)).await else {
                 return;
             };
-            serve_http(s, false, clock, ctx).await;
+            serve_http(Box::new(s), false, clock, ctx).await;
             return;
         }
         Sockets::Gateway => ctx
@@ -362,22 +370,13 @@ async fn serve_connection<A: App>(
                     return;
                 }
             };
-            serve_http(Box::new(l4), h2c, clock, ctx).await;
+            serve_http(l4, h2c, clock, ctx).await;
         }
         Some(Protocol::Https) => {
-            let callbacks = CertByRouter {
-                shared: ctx.shared.clone(),
-                socket: addr,
-            };
-            let handshake = handshake_with_callback(&ctx.tls, l4, &callbacks);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                Ok(Ok(s)) => serve_http(Box::new(s), false, clock, ctx).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(socket = %addr, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    tracing::debug!(socket = %addr, "TLS handshake timed out");
-                }
+            // Boxed: the handshake's state (OpenSSL futures, the timeout's timer) would
+            // otherwise stay part of the connection's task, idle or not, for its whole life.
+            if let Some(s) = Box::pin(gateway_handshake(*l4, addr, ctx)).await {
+                serve_http(Box::new(s), false, clock, ctx).await;
             }
         }
         // The socket left the snapshot between accept and here.
@@ -385,9 +384,20 @@ async fn serve_connection<A: App>(
     }
 }
 
+/// An accepted stream as the HTTP loop gets it: plain (`Buffered<L4Stream>`) or TLS over it.
+/// The concrete type stays known (pingora gets it boxed for each request and hands it back), so
+/// the loop can wait on it between requests ([`NextBytes`]).
+pub(crate) trait Accepted: IO + NextBytes + 'static {}
+impl<T: IO + NextBytes + 'static> Accepted for T {}
+
 /// Serves a connection whose protocol is settled: HTTP/2 (`h2c`, or ALPN h2 after TLS) by
 /// pingora, HTTP/1 by [`serve_http1`].
-async fn serve_http<A: App>(stream: Stream, h2c: bool, clock: Arc<ConnClock>, ctx: &AcceptCtx<A>) {
+async fn serve_http<A: App, S: Accepted>(
+    stream: Box<S>,
+    h2c: bool,
+    clock: Arc<ConnClock>,
+    ctx: &AcceptCtx<A>,
+) {
     if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         // pingora's HTTP/2 idle timeout (server options) closes it when no stream is open.
         clock.off();
@@ -402,29 +412,30 @@ async fn serve_http<A: App>(stream: Stream, h2c: bool, clock: Arc<ConnClock>, ct
 /// connection's clock rides along as the connection's user context
 /// (pingora hands it to `on_connection_reuse` once the header is read, which stops the header
 /// deadline), and the idle deadline runs between requests. pingora's own per-read keep-alive
-/// timeout is set too, to a value the clock always beats.
-async fn serve_http1<A: App>(stream: Stream, clock: &Arc<ConnClock>, ctx: &AcceptCtx<A>) {
-    let keepalive_secs = ctx
-        .limits
-        .idle_timeout
-        .max(ctx.limits.header_timeout)
-        .as_secs()
-        .saturating_add(1);
-    let mut session = ServerSession::new_http1(stream);
-    session.set_keepalive_reuses_remaining(
-        ctx.app
-            .server_options()
-            .and_then(|o| o.keepalive_request_limit),
-    );
+/// timeout is set too, to a value the clock always beats. Before each request the loop waits
+/// for the client's first byte ([`wait_for_next_request`]), so a connection between requests
+/// holds no session and no buffer.
+async fn serve_http1<A: App, S: Accepted>(
+    mut stream: Box<S>,
+    clock: &Arc<ConnClock>,
+    ctx: &AcceptCtx<A>,
+) {
+    // What the previous request's session leaves for the next one (reuses remaining; never a
+    // pipelined prefix: pingora's pipelining stays off, so a request read past its end is not
+    // kept alive).
+    let mut settings: Option<HttpPersistentSettings> = None;
+    let mut shutdown = ctx.shutdown.clone();
     // One turn per request; ends when the client or a deadline closes the connection, or
     // pingora does not keep it (Connection: close, errors, shutdown).
+    let mut first = true;
     loop {
-        if *ctx.shutdown.borrow() {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(keepalive_secs));
+        if !wait_for_next_request(stream.as_mut(), &mut shutdown, first).await {
+            return;
         }
-        session.set_connection_user_context(Some(Box::new(ClockHandle(clock.clone()))));
+        first = false;
+        // Built in a function of its own: a session (≈ 700 bytes) held in this future would
+        // stay part of the connection's task between requests.
+        let session = request_session(stream, settings.take(), clock, ctx);
         let reused = match &ctx.lean {
             Some(lean) => lean.process(session, &ctx.shutdown).await,
             None => ctx.app.process_new_http(session, &ctx.shutdown).await,
@@ -433,10 +444,105 @@ async fn serve_http1<A: App>(stream: Stream, clock: &Arc<ConnClock>, ctx: &Accep
             return;
         };
         clock.idle();
-        let (stream, settings) = reused.consume();
-        session = ServerSession::new_http1(stream);
-        if let Some(settings) = settings {
-            settings.apply_to_session(&mut session);
+        let (reused, kept) = reused.consume();
+        settings = kept;
+        // The stream pingora hands back is the one it was given.
+        stream = match reused.into_any().downcast::<S>() {
+            Ok(s) => s,
+            Err(_) => {
+                tracing::warn!("pingora returned a different stream type; connection closed");
+                return;
+            }
+        };
+    }
+}
+
+/// The pingora session of the next request on `stream`: the previous session's `settings` (or
+/// the first request's reuse limit), our keep-alive (none while shutting down; pingora's
+/// per-read keep-alive timeout set to a value the clock always beats) and the connection's
+/// clock as user context.
+fn request_session<A: App>(
+    stream: Stream,
+    settings: Option<HttpPersistentSettings>,
+    clock: &Arc<ConnClock>,
+    ctx: &AcceptCtx<A>,
+) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    match settings {
+        Some(settings) => settings.apply_to_session(&mut session),
+        None => session.set_keepalive_reuses_remaining(
+            ctx.app
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+        ),
+    }
+    if *ctx.shutdown.borrow() {
+        session.set_keepalive(None);
+    } else {
+        let keepalive_secs = ctx
+            .limits
+            .idle_timeout
+            .max(ctx.limits.header_timeout)
+            .as_secs()
+            .saturating_add(1);
+        session.set_keepalive(Some(keepalive_secs));
+    }
+    session.set_connection_user_context(Some(Box::new(ClockHandle(clock.clone()))));
+    session
+}
+
+/// The wait before each request of an HTTP/1 connection: until the client's first byte, with
+/// no session and no buffer held (`NextBytes`), under the connection clock's deadline (header
+/// deadline from the accept for the first request, keep-alive idle timeout after). `false`:
+/// close the connection (the client closed it, the deadline passed, or, between requests, the
+/// proxy is shutting down; a first request is served during shutdown as pingora did).
+async fn wait_for_next_request<S: NextBytes>(
+    stream: &mut S,
+    shutdown: &mut ShutdownWatch,
+    first: bool,
+) -> bool {
+    let next = std::future::poll_fn(|cx| stream.poll_next_bytes(cx));
+    let shutting_down = async {
+        // A dropped sender (the handle is gone without a shutdown) never ends the wait.
+        if first || shutdown.wait_for(|down| *down).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        // Bytes already sent win over a shutdown (they are answered, with `Connection: close`).
+        biased;
+        next = next => match next {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection closed between requests");
+                false
+            }
+        },
+        () = shutting_down => false,
+    }
+}
+
+/// The TLS handshake of a Gateway HTTPS connection, the certificate chosen by SNI from the
+/// current router; `None` (logged) when it failed or timed out.
+async fn gateway_handshake<A: App>(
+    l4: Buffered<L4Stream>,
+    addr: SocketAddr,
+    ctx: &AcceptCtx<A>,
+) -> Option<SslStream<Buffered<L4Stream>>> {
+    let callbacks = CertByRouter {
+        shared: ctx.shared.clone(),
+        socket: addr,
+    };
+    let handshake = handshake_with_callback(&ctx.tls, l4, &callbacks);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(socket = %addr, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(socket = %addr, "TLS handshake timed out");
+            None
         }
     }
 }
@@ -449,14 +555,14 @@ async fn east_west_handshake<A: App>(
     peer: SocketAddr,
     mesh: &Arc<Mesh>,
     ctx: &AcceptCtx<A>,
-) -> Option<Stream> {
+) -> Option<SslStream<Buffered<L4Stream>>> {
     let callbacks = MeshAccept {
         mesh: mesh.clone(),
         verdict: Arc::new(Verdict::default()),
     };
     let handshake = handshake_with_callback(&ctx.tls, l4, &callbacks);
     let (reason, error) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(s)) => return Some(Box::new(s)),
+        Ok(Ok(s)) => return Some(s),
         Ok(Err(e)) => (
             callbacks
                 .verdict

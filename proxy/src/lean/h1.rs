@@ -108,7 +108,22 @@ async fn pump(
     // Bounded by the two messages: every turn reads a piece of one of them or ends with an
     // error (the client's idle watch fails when it goes away or sends past its body).
     while !(request_done && response_done) {
+        // Biased to the request body: body bytes that came with the head are taken before a
+        // response head goes downstream (a response written while the request body is still
+        // unread makes pingora close the client connection; the framework path reads first).
         tokio::select! {
+            biased;
+            body = session.read_body_or_idle(request_done) => {
+                let body = body.map_err(|e| e.into_down())?;
+                let end = body.is_none() || session.is_body_done();
+                if send_error.is_none()
+                    && let Err(e) = send_body(up, body.as_deref(), end).await
+                {
+                    upstream_reusable = false;
+                    send_error = Some(e);
+                }
+                request_done = end;
+            }
             task = up.read_response_task(), if !response_done => {
                 let task = match task {
                     Ok(t) => t,
@@ -125,17 +140,6 @@ async fn pump(
                         });
                     }
                 }
-            }
-            body = session.read_body_or_idle(request_done) => {
-                let body = body.map_err(|e| e.into_down())?;
-                let end = body.is_none() || session.is_body_done();
-                if send_error.is_none()
-                    && let Err(e) = send_body(up, body.as_deref(), end).await
-                {
-                    upstream_reusable = false;
-                    send_error = Some(e);
-                }
-                request_done = end;
             }
         }
     }

@@ -934,6 +934,8 @@ async fn start_proxy(
             // The proxy's default timeouts and connection cap (docs/proxy.md).
             limits: Default::default(),
             edge: Default::default(),
+            // Connections on this process's runtime, shared with the rest of `meridian up`.
+            workers: 0,
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

@@ -103,6 +103,7 @@ mod state;
 pub mod state_dir;
 mod traffic;
 mod watch;
+mod workers;
 
 pub use admin::AdminAuth;
 pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};

@@ -7,6 +7,7 @@
 //!  controller stream) └──────────────────────────────────────────────┘        │ load() per
 //!                                                                             │ request/handshake
 //! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HttpProxy<GatewayProxy>
+//!             on a worker's thread (workers.rs) or the caller's runtime
 //!             gateway/route.rs: framing checks (gateway/framing.rs) ─ path normalised
 //!             (gateway/path.rs; 400) ─ Via loop guard (edge.rs) ─ route ─ forwarding headers
 //!             (gateway/forwarded.rs) ─ filters
@@ -44,6 +45,12 @@
 //!    proxy restarting while the controller is down serves at once. `/ready` and
 //!    `meridian_proxy_snapshot_source` tell where the served snapshot came from (`file`,
 //!    `controller`, `disk`); docs/proxy.md has the operator's view.
+//!
+//! Workers ([`ProxyConfig::workers`], `meridian proxy --workers N`, default one per core): N
+//! threads with a current-thread runtime each, an `SO_REUSEPORT` socket per listener address and
+//! worker, and a pingora app (so an upstream pool) per worker; a connection, its upstream
+//! connection and its response stay on one thread (workers.rs, listeners.rs). Snapshots,
+//! health checks, the controller link and the admin listener stay on the caller's runtime.
 //!
 //! Endpoint health: connect failures eject at once (endpoints.rs) and an active health checker
 //! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones.

@@ -264,17 +264,14 @@ async fn admin_endpoints_answer() {
         // A request is counted once its response is on its way (pingora's logging phase): with
         // workers (MERIDIAN_TEST_WORKERS) that runs on another thread than this scrape.
         let metrics =
-            meridian_test_support::eventually_async("both requests counted", WAIT, || {
-                let fetch = fetch.clone();
-                async move {
-                    let (s, metrics) = fetch("/metrics").await;
-                    let counted = metrics.lines().any(|l| {
-                        l.starts_with("meridian_proxy_requests_total{") && l.ends_with(" 2")
-                    });
-                    match s == 200 && counted {
-                        true => Ok(metrics),
-                        false => Err(format!("{s}: {metrics}")),
-                    }
+            meridian_test_support::eventually_async("both requests counted", WAIT, || async move {
+                let (s, metrics) = fetch("/metrics").await;
+                let counted = metrics
+                    .lines()
+                    .any(|l| l.starts_with("meridian_proxy_requests_total{") && l.ends_with(" 2"));
+                match s == 200 && counted {
+                    true => Ok(metrics),
+                    false => Err(format!("{s}: {metrics}")),
                 }
             })
             .await;

@@ -644,6 +644,22 @@ mod tests {
     }
 
     #[test]
+    fn workers_default_to_one_per_core_and_zero_keeps_the_multi_thread_runtime() {
+        let cli = Cli::try_parse_from(["p", "--snapshot", "s.json"]).unwrap();
+        assert_eq!(cli.args.workers, None);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(super::workers(cli.args.workers), cores);
+        for (flag, n) in [("0", 0), ("1", 1), ("16", 16)] {
+            let cli = Cli::try_parse_from(["p", "--workers", flag]).unwrap();
+            assert_eq!(super::workers(cli.args.workers), n);
+        }
+        for bad in ["5000", "many"] {
+            let err = Cli::try_parse_from(["p", "--workers", bad]).err().unwrap();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
+    }
+
+    #[test]
     fn the_state_dir_goes_with_the_controller_only() {
         let err = Cli::try_parse_from(["p", "--state-dir", "/tmp/x"])
             .err()

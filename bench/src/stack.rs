@@ -1,8 +1,11 @@
 //! Starting the systems under test with equivalent configurations.
 //!
 //! One echo backend (`meridian echo`) serves every target. Each proxy gets one worker (nginx
-//! `worker_processes 1`, haproxy `nbthread 1`, Meridian and the backend with one tokio worker
-//! via `TOKIO_WORKER_THREADS=1`) and keeps connections to the backend alive. Two route shapes:
+//! `worker_processes 1`, haproxy `nbthread 1`, the backend with one tokio worker via
+//! `TOKIO_WORKER_THREADS=1`, Meridian with `proxy --workers 1`: one current-thread worker
+//! runtime, or for a binary without that flag, e.g. an older `--compare` one, its multi-thread
+//! runtime with `TOKIO_WORKER_THREADS=1`) and keeps connections to the backend alive. Two
+//! route shapes:
 //! - [`Routes::CatchAll`]: one route for every request (throughput, latency, TLS);
 //! - [`Routes::Hosts`]: `n` routes, route `i` for `Host: svc-i.bench`, each with its own backend
 //!   (upstream / backend section) pointing at the echo server (memory at scale).
@@ -136,6 +139,16 @@ impl Proxy {
     }
 }
 
+/// Whether the meridian binary `bin` knows `proxy --workers` (binaries built before it do not,
+/// and would refuse to start with it).
+fn has_workers_flag(bin: &Path) -> bool {
+    Command::new(bin)
+        .args(["proxy", "--help"])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--workers"))
+}
+
 fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
 }
@@ -170,6 +183,11 @@ pub fn start(
                 .args(["--admin", &format!("127.0.0.1:{admin}")])
                 .env("TOKIO_WORKER_THREADS", "1")
                 .env("MERIDIAN_LOG", "warn");
+            // One worker either way: `--workers 1` measured cheaper per request than the
+            // multi-thread runtime with one thread (docs/benchmarks.md, "Worker model").
+            if has_workers_flag(bin) {
+                cmd.args(["--workers", "1"]);
+            }
         }
         Kind::Nginx => {
             let conf = d.join("nginx.conf");

@@ -936,6 +936,8 @@ async fn start_proxy(
             edge: Default::default(),
             // The lean HTTP/1 path, as `meridian proxy` by default.
             http1_path: Default::default(),
+            // Connections on this process's runtime, shared with the rest of `meridian up`.
+            workers: 0,
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,

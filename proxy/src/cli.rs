@@ -6,7 +6,10 @@
 //! ```text
 //! run ─ admin_auth (--admin, --admin-token-file read, --admin-insecure)
 //!     ─ source (flags checked, --state-dir created; nothing started yet)
-//!     ─ soft RLIMIT_NOFILE raised to the hard limit (logged) ─ runtime
+//!     ─ soft RLIMIT_NOFILE raised to the hard limit (logged)
+//!     ─ runtimes (--workers): N > 0 worker threads serve connections, one current-thread
+//!       runtime each (workers.rs), and a current-thread runtime on this thread runs the rest;
+//!       0: one multi-thread runtime for everything
 //!     ─ ProxyHandle::start (identity: the CertStore below, for --east-west mTLS and the
 //!       meridian_proxy_certificate_expiry_seconds metric)
 //!     ─ --snapshot FILE: watch_file                       ─┐
@@ -215,6 +218,12 @@ pub struct ProxyArgs {
     /// address (`0.0.0.0:PORT`) the reported address is `--advertise-address` (an IP) with PORT.
     #[arg(long = "east-west", value_name = "ADDR")]
     pub east_west: Option<SocketAddr>,
+    /// Worker threads serving connections: each runs its own single-threaded runtime with its
+    /// own `SO_REUSEPORT` socket on every listener and its own upstream connection pool, so a
+    /// connection stays on one core. 0: one multi-thread runtime serves everything
+    /// (`TOKIO_WORKER_THREADS` threads, default one per core). Default: one per available core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub workers: Option<u16>,
     /// Merge runs of `/` in request paths (`//admin` is `/admin`) before routing and forwarding.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub merge_slashes: bool,
@@ -244,10 +253,21 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
     let source = source(&args)?;
     // Every connection costs a descriptor: the connection cap, not EMFILE, should bound a flood.
     raise_nofile_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("meridian-proxy")
-        .build()?;
+    let workers = workers(args.workers);
+    // With workers, this runtime only runs control work (applies, the controller link, health
+    // checks, the admin listener): one thread is plenty, and it stays off the workers' cores
+    // as much as the scheduler allows.
+    let runtime = match workers {
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("meridian-proxy")
+            .build()?,
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("meridian-proxy")
+            .build()?,
+    };
+    tracing::info!(workers, "starting");
     runtime.block_on(async move {
         let handle = ProxyHandle::start(ProxyConfig {
             admin: Some(args.admin),
@@ -274,6 +294,7 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
             limits: args.limits.limits(),
             edge: args.edge.config(),
             http1_path: args.http1_path,
+            workers,
         })
         .await?;
         let client = match &source {
@@ -320,6 +341,14 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The number of worker threads for `--workers`: as given, else one per available core.
+fn workers(flag: Option<u16>) -> usize {
+    match flag {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send to stop a process) and
@@ -617,6 +646,22 @@ mod tests {
                 clap::error::ErrorKind::ValueValidation,
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core_and_zero_keeps_the_multi_thread_runtime() {
+        let cli = Cli::try_parse_from(["p", "--snapshot", "s.json"]).unwrap();
+        assert_eq!(cli.args.workers, None);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(super::workers(cli.args.workers), cores);
+        for (flag, n) in [("0", 0), ("1", 1), ("16", 16)] {
+            let cli = Cli::try_parse_from(["p", "--workers", flag]).unwrap();
+            assert_eq!(super::workers(cli.args.workers), n);
+        }
+        for bad in ["5000", "many"] {
+            let err = Cli::try_parse_from(["p", "--workers", bad]).err().unwrap();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
         }
     }
 

@@ -15,11 +15,17 @@
 //!
 //! ```text
 //! start ─ metrics ─ hop security (identity? east-west without one fails the start)
-//!       ─ bind east-west (a taken port fails the start) ─ Shared
-//!       ─ HttpProxy<GatewayProxy> + accept context (sockets come with snapshots)
-//!       ─ HttpProxy<EastWestProxy> + its accept loop (with ProxyConfig::east_west)
-//!       ─ health checker task ─ admin listener
+//!       ─ worker threads (ProxyConfig::workers > 0; workers.rs)
+//!       ─ bind east-west, one socket per lane (a taken port fails the start) ─ Shared
+//!       ─ per lane: HttpProxy<GatewayProxy> + accept context (sockets come with snapshots)
+//!       ─ per lane: HttpProxy<EastWestProxy> + its accept loop (with ProxyConfig::east_west)
+//!       ─ health checker task ─ admin listener (both on the caller's runtime)
 //! ```
+//!
+//! A lane (listeners.rs) is where connections are served: the caller's runtime when
+//! [`ProxyConfig::workers`] is 0, else one per worker thread, each with its own pingora apps
+//! (so its own upstream connection pool) and its own `SO_REUSEPORT` socket on every listener
+//! address. `apply` binds every new address once per lane, all or nothing as before.
 //!
 //! With [`ProxyConfig::east_west`] the proxy also runs an east-west listener from the start: a
 //! second pingora app ([`EastWestProxy`](crate::gateway::EastWestProxy)) over the same shared
@@ -49,7 +55,7 @@ use pingora_core::tls::error::ErrorStack;
 use pingora_core::tls::pkey::PKey;
 use pingora_core::tls::x509::X509;
 use pingora_proxy::{HttpProxy, ProxyHttp};
-use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
@@ -60,12 +66,13 @@ use crate::endpoints::Ejections;
 use crate::gateway::{EAST_WEST, EastWestProxy, GatewayProxy};
 use crate::lean::{Driver, Http1Path, LeanPath};
 use crate::limits::Limits;
-use crate::listeners::{self, AcceptCtx, ListenerSet, Sockets};
+use crate::listeners::{self, AcceptCtx, Lane, ListenerSet, Sockets};
 use crate::mesh::{HandshakeFailure, Mesh};
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::state::{EastWestSide, HopSecurity, Served, Shared, TlsCert};
 use crate::traffic::{TrafficCollector, TrafficRegistry};
+use crate::workers::Workers;
 
 /// How long `shutdown` waits for connections in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,6 +111,12 @@ pub struct ProxyConfig {
     /// Which driver serves HTTP/1 requests: the lean one (lean/, default) or pingora-proxy's
     /// framework, kept as the reference and for comparison (`--http1-path`).
     pub http1_path: Http1Path,
+    /// Worker threads serving connections (workers.rs): 0 (the default) serves them on the
+    /// runtime that called [`ProxyHandle::start`]; N > 0 starts N threads, each with its own
+    /// current-thread runtime, its own `SO_REUSEPORT` socket on every listener address and its
+    /// own upstream connection pool, so a connection stays on one thread. Control work
+    /// (applies, health checks, the admin listener) stays on the caller's runtime either way.
+    pub workers: usize,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -148,19 +161,24 @@ impl ApplyError {
 /// A running proxy.
 pub struct ProxyHandle {
     shared: Arc<Shared>,
-    accept: Arc<AcceptCtx<GatewayApp>>,
+    /// The Gateway listeners' lanes: one, or one per worker.
+    lanes: Vec<Lane<GatewayApp>>,
+    /// Connections being served, on every lane and listener (for graceful shutdown).
+    active: Arc<AtomicUsize>,
     listeners: Mutex<Option<ListenerSet>>,
     bound: std::sync::Mutex<Vec<SocketAddr>>,
     shutdown_tx: watch::Sender<bool>,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
     east_west: Option<EastWestListener>,
+    /// The worker threads (`ProxyConfig::workers` > 0); dropping them stops them.
+    workers: Option<Workers>,
 }
 
 /// The running east-west listener.
 struct EastWestListener {
     /// The bound address.
     addr: SocketAddr,
-    accept: Arc<AcceptCtx<EastWestApp>>,
+    lanes: Vec<Lane<EastWestApp>>,
     set: Mutex<Option<ListenerSet>>,
 }
 
@@ -186,6 +204,14 @@ pub enum StartError {
     /// OpenSSL cannot set up the TLS acceptor.
     #[error(transparent)]
     Tls(#[from] ErrorStack),
+    /// The worker threads ([`ProxyConfig::workers`]) cannot be started.
+    #[error("cannot start {workers} worker threads: {error}")]
+    Workers {
+        /// How many were asked for.
+        workers: usize,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// An east-west listener was asked for without [`ProxyConfig::identity`].
     #[error(
         "east-west needs the mesh identity (a certificate from the controller): this proxy has \
@@ -234,14 +260,58 @@ fn http1_driver<R: crate::gateway::Role>(
     }
 }
 
-/// Binds the east-west listener socket: a taken port fails the start before any task runs.
-fn bind_east_west(addr: SocketAddr) -> Result<(SocketAddr, TcpListener), StartError> {
-    let listener = listeners::bind(addr).map_err(|error| StartError::Bind {
+/// Binds the east-west listener's sockets, one per lane: a taken port fails the start before
+/// any task runs.
+fn bind_east_west(
+    addr: SocketAddr,
+    lanes: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+    let sockets = listeners::bind_group(addr, lanes).map_err(|error| StartError::Bind {
         listener: "east-west",
         addr,
         error,
     })?;
-    Ok((listener.local_addr()?, listener))
+    let local = match sockets.first() {
+        Some(s) => s.local_addr()?,
+        None => addr,
+    };
+    Ok((local, sockets))
+}
+
+/// Where lanes run: the caller's runtime (one lane, `None`) or each worker's.
+fn lane_runtimes(workers: Option<&Workers>) -> Vec<Option<Handle>> {
+    match workers {
+        None => vec![None],
+        Some(w) => w.handles().iter().cloned().map(Some).collect(),
+    }
+}
+
+/// One lane per runtime, each with its own accept context from `ctx` (so its own pingora app
+/// and upstream pool); a worker's lane counts its connections under its index.
+fn lanes<A>(
+    runtimes: &[Option<Handle>],
+    shared: &Shared,
+    mut ctx: impl FnMut() -> AcceptCtx<A>,
+) -> Vec<Lane<A>> {
+    runtimes
+        .iter()
+        .enumerate()
+        .map(|(i, runtime)| {
+            let mut c = ctx();
+            if runtime.is_some() {
+                c.worker_accepted = Some(
+                    shared
+                        .metrics
+                        .worker_connections
+                        .with_label_values(&[i.to_string().as_str()]),
+                );
+            }
+            Lane {
+                runtime: runtime.clone(),
+                ctx: Arc::new(c),
+            }
+        })
+        .collect()
 }
 
 /// What requests on the east-west listener (bound at `local`) use in place of a Gateway
@@ -262,11 +332,13 @@ fn east_west_side(local: SocketAddr, traffic: &TrafficRegistry) -> Option<EastWe
     })
 }
 
-/// Starts the accept loop of the east-west listener, bound at `local` (asked for as `addr`):
-/// mutual TLS with the mesh identity, or plain HTTP with `Shared::hop` plaintext.
+/// Starts the accept loops of the east-west listener (one socket per lane), bound at `local`
+/// (asked for as `addr`): mutual TLS with the mesh identity, or plain HTTP with `Shared::hop`
+/// plaintext.
 fn start_east_west(
-    (addr, local, listener): (SocketAddr, SocketAddr, TcpListener),
+    (addr, local, sockets): (SocketAddr, SocketAddr, Vec<std::net::TcpListener>),
     shared: &Arc<Shared>,
+    runtimes: &[Option<Handle>],
     shutdown: watch::Receiver<bool>,
     active: Arc<AtomicUsize>,
     http1_path: Http1Path,
@@ -285,7 +357,8 @@ fn start_east_west(
                 .with_label_values(&[EAST_WEST, reason.label()]);
         }
     }
-    let accept = Arc::new(AcceptCtx {
+    let tls = listeners::east_west_acceptor()?;
+    let lanes = lanes(runtimes, shared, || AcceptCtx {
         app: Arc::new(app(EastWestProxy::new(shared.clone()), &shared.limits)),
         lean: http1_driver(
             http1_path,
@@ -293,18 +366,19 @@ fn start_east_west(
             &shared.limits,
         ),
         shared: shared.clone(),
-        shutdown,
-        tls: listeners::east_west_acceptor()?,
-        active,
-        sockets: Sockets::EastWest(mesh),
+        shutdown: shutdown.clone(),
+        tls: tls.clone(),
+        active: active.clone(),
+        sockets: Sockets::EastWest(mesh.clone()),
         limits: shared.limits,
+        worker_accepted: None,
     });
     let mut set = ListenerSet::default();
-    set.start(vec![(addr, listener)], &accept);
+    set.start(vec![(addr, sockets)], &lanes);
     tracing::info!(east_west = %local, "east-west listener up");
     Ok(EastWestListener {
         addr: local,
-        accept,
+        lanes,
         set: Mutex::new(Some(set)),
     })
 }
@@ -357,11 +431,18 @@ impl ProxyHandle {
         if let (Some(addr), HopSecurity::NoIdentity) = (cfg.east_west, &hop) {
             return Err(StartError::NoIdentity(addr));
         }
+        let workers = match cfg.workers {
+            0 => None,
+            n => {
+                Some(Workers::start(n).map_err(|error| StartError::Workers { workers: n, error })?)
+            }
+        };
+        let runtimes = lane_runtimes(workers.as_ref());
         // Bound first: a taken port fails the start before any task runs.
         let east_west_socket = match cfg.east_west {
             Some(addr) => {
-                let (local, listener) = bind_east_west(addr)?;
-                Some((addr, local, listener))
+                let (local, sockets) = bind_east_west(addr, runtimes.len())?;
+                Some((addr, local, sockets))
             }
             None => None,
         };
@@ -391,7 +472,8 @@ impl ProxyHandle {
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
-        let accept = Arc::new(AcceptCtx {
+        let tls = listeners::tls_acceptor()?;
+        let gateway_lanes = lanes(&runtimes, &shared, || AcceptCtx {
             app: Arc::new(app(GatewayProxy::new(shared.clone()), &cfg.limits)),
             lean: http1_driver(
                 cfg.http1_path,
@@ -400,13 +482,23 @@ impl ProxyHandle {
             ),
             shared: shared.clone(),
             shutdown: shutdown_rx.clone(),
-            tls: listeners::tls_acceptor()?,
+            tls: tls.clone(),
             active: active.clone(),
             sockets: Sockets::Gateway,
             limits: cfg.limits,
+            worker_accepted: None,
         });
         let east_west = east_west_socket
-            .map(|socket| start_east_west(socket, &shared, shutdown_rx, active, cfg.http1_path))
+            .map(|socket| {
+                start_east_west(
+                    socket,
+                    &shared,
+                    &runtimes,
+                    shutdown_rx,
+                    active.clone(),
+                    cfg.http1_path,
+                )
+            })
             .transpose()?;
         tokio::spawn(crate::health::run(shared.clone(), shutdown_tx.subscribe()));
         let admin = match cfg.admin {
@@ -423,12 +515,14 @@ impl ProxyHandle {
         };
         Ok(ProxyHandle {
             shared,
-            accept,
+            lanes: gateway_lanes,
+            active,
             listeners: Mutex::new(Some(ListenerSet::default())),
             bound: Default::default(),
             shutdown_tx,
             admin,
             east_west,
+            workers,
         })
     }
 
@@ -500,7 +594,7 @@ impl ProxyHandle {
 
         let mut fresh = Vec::new();
         for addr in set.missing(&wanted) {
-            match listeners::bind(addr) {
+            match listeners::bind_group(addr, self.lanes.len()) {
                 Ok(l) => fresh.push((addr, l)),
                 // Dropping `fresh` closes the sockets bound so far: all or nothing.
                 Err(e) => {
@@ -541,7 +635,7 @@ impl ProxyHandle {
         if let Some(old) = old {
             tokio::task::spawn_blocking(move || drop(old));
         }
-        set.start(fresh, &self.accept);
+        set.start(fresh, &self.lanes);
         set.retain(&wanted).await;
         *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = set.bound();
         Ok(generation)
@@ -670,7 +764,7 @@ impl ProxyHandle {
     }
 
     /// Stops accepting, lets connections in flight finish (up to a few seconds), stops the
-    /// admin listener.
+    /// admin listener, then the worker threads (if any).
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
         if let Some(mut set) = self.listeners.lock().await.take() {
@@ -681,19 +775,24 @@ impl ProxyHandle {
         {
             set.retain(&[]).await;
         }
-        // Wakes keep-alive connections waiting for their next request.
-        self.accept.app.http_cleanup().await;
+        // Wakes keep-alive connections waiting for their next request, on every lane.
+        for lane in &self.lanes {
+            lane.ctx.app.http_cleanup().await;
+        }
         if let Some(ew) = &self.east_west {
-            ew.accept.app.http_cleanup().await;
+            for lane in &ew.lanes {
+                lane.ctx.app.http_cleanup().await;
+            }
         }
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while self.accept.active.load(Ordering::Acquire) > 0
-            && tokio::time::Instant::now() < deadline
-        {
+        while self.active.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if let Some((_, task)) = self.admin {
             task.abort();
+        }
+        if let Some(workers) = self.workers {
+            workers.stop().await;
         }
     }
 }

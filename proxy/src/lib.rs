@@ -7,7 +7,8 @@
 //!  controller stream) └──────────────────────────────────────────────┘        │ load() per
 //!                                                                             │ request/handshake
 //! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HTTP/1: lean driver (lean/),
-//!             h2: HttpProxy<GatewayProxy>; both call GatewayProxy (gateway/route.rs):
+//!             h2: HttpProxy<GatewayProxy>; on a worker's thread (workers.rs) or the caller's
+//!             runtime; both call GatewayProxy (gateway/route.rs):
 //!             framing checks (gateway/framing.rs) ─ path normalised
 //!             (gateway/path.rs; 400) ─ Via loop guard (edge.rs) ─ route ─ forwarding headers
 //!             (gateway/forwarded.rs) ─ filters
@@ -47,6 +48,12 @@
 //!    proxy restarting while the controller is down serves at once. `/ready` and
 //!    `meridian_proxy_snapshot_source` tell where the served snapshot came from (`file`,
 //!    `controller`, `disk`); docs/proxy.md has the operator's view.
+//!
+//! Workers ([`ProxyConfig::workers`], `meridian proxy --workers N`, default one per core): N
+//! threads with a current-thread runtime each, an `SO_REUSEPORT` socket per listener address and
+//! worker, and a pingora app (so an upstream pool) per worker; a connection, its upstream
+//! connection and its response stay on one thread (workers.rs, listeners.rs). Snapshots,
+//! health checks, the controller link and the admin listener stay on the caller's runtime.
 //!
 //! Endpoint health: connect failures eject at once (endpoints.rs) and an active health checker
 //! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones.
@@ -120,6 +127,7 @@ mod state;
 pub mod state_dir;
 mod traffic;
 mod watch;
+mod workers;
 
 pub use admin::AdminAuth;
 pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};

@@ -281,11 +281,15 @@ pub(crate) fn header_read(context: &(dyn std::any::Any + Send + Sync)) {
     }
 }
 
-/// The connection cap of one listener socket and its two metrics.
+/// The connection cap of one listener address and its two metrics, shared by the accept loops
+/// of every lane (worker) serving that address.
 pub(crate) struct ConnGate {
     max: usize,
     open: IntGauge,
     shed: IntCounter,
+    /// Makes check-and-count one step when several lanes admit at once (uncontended with one
+    /// lane; held for two atomic operations).
+    admitting: std::sync::Mutex<()>,
 }
 
 /// One admitted connection; dropping it gives its place back.
@@ -306,13 +310,15 @@ impl ConnGate {
             max,
             open: metrics.connections_open.with_label_values(&[listener]),
             shed: metrics.connections_shed.with_label_values(&[listener]),
+            admitting: std::sync::Mutex::new(()),
         }
     }
 
-    /// A place for a connection just accepted, or `None` (counted as shed) when the socket
-    /// already has its maximum. Only the socket's accept loop calls this, so the check and the
-    /// increment cannot race with another admission.
+    /// A place for a connection just accepted, or `None` (counted as shed) when the address
+    /// already has its maximum. Admissions are serialised, so lanes admitting at once cannot
+    /// both take the last place; a place given back meanwhile only makes room.
     pub fn admit(&self) -> Option<Admitted> {
+        let _one_at_a_time = self.admitting.lock().unwrap_or_else(|p| p.into_inner());
         if usize::try_from(self.open.get()).unwrap_or(0) >= self.max {
             self.shed.inc();
             return None;

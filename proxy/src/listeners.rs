@@ -1,14 +1,21 @@
-//! Our own accept loops: one tokio task per listener socket, feeding HTTP/1 requests to the lean
-//! driver (lean/) and HTTP/2 connections to a pingora `HttpProxy` app (the Gateway listeners share
-//! one of each, the east-west listener has its own).
+//! Our own accept loops: one tokio task per listener socket and lane, feeding HTTP/1 requests to
+//! the lean driver (lean/) and HTTP/2 connections to a pingora `HttpProxy` app (the Gateway
+//! listeners share one of each per lane, the east-west listener has its own).
+//!
+//! A lane ([`Lane`]) is where connections run: the runtime that started the proxy (`workers: 0`,
+//! one lane), or one worker's current-thread runtime (workers.rs; one lane per worker, each with
+//! its own app and so its own upstream pool). Every listener address gets one socket per lane:
+//! with several lanes they are an `SO_REUSEPORT` group ([`bind_group`]) and the kernel spreads
+//! new connections over them; a connection is served on the lane whose socket accepted it.
 //!
 //! pingora's `Server` cannot add services after it runs, but snapshots add and remove sockets at
 //! any time, so the proxy binds sockets itself:
 //!
 //! ```text
-//! apply(snapshot) ── bind every new socket (all or nothing) ── swap the router ── start loops
-//!                                                                         └─ stop removed loops
-//! accept loop ── over --max-connections on this socket? close at once (counted, limits.rs)
+//! apply(snapshot) ── bind every new address, one socket per lane (all or nothing) ── swap the
+//!                    router ── start loops (one per socket, on its lane) ─ stop removed loops
+//! accept loop ── over --max-connections on this address (all lanes)? close at once (counted,
+//!                limits.rs)
 //!   ── TcpStream ─► pingora l4 Stream (+ socket digest: local address for routing)
 //!                  ─► read + write buffers with the connection clock (buffered.rs, limits.rs:
 //!                     header and keep-alive idle deadlines)
@@ -44,7 +51,8 @@
 //!
 //! A stopped loop first accepts what waits in the kernel's accept queue (`take_queued`: those
 //! clients completed a handshake and may have sent a request; closing would reset them), then
-//! closes its socket; connections it accepted keep running until they finish.
+//! closes its socket; connections it accepted keep running until they finish. With lanes every
+//! socket of the group has its own queue, and each lane's loop takes its own.
 //! The protocol of a socket is read from the current snapshot for every connection, so a socket
 //! that switches between HTTP and HTTPS needs no rebind.
 
@@ -73,7 +81,9 @@ use pingora_core::tls::ext;
 use pingora_core::tls::ssl::{
     AlpnError, NameType, SslAcceptor, SslMethod, SslVerifyMode, SslVersion, select_next_proto,
 };
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use prometheus::IntCounter;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -105,6 +115,26 @@ pub(crate) struct AcceptCtx<A> {
     pub sockets: Sockets,
     /// Timeouts and the connection cap of every socket of this context.
     pub limits: Limits,
+    /// Connections accepted on this context's lane when it is a worker
+    /// (`meridian_proxy_worker_connections_total{worker}`).
+    pub worker_accepted: Option<IntCounter>,
+}
+
+/// Where accept loops and their connections run: `runtime` `None` is the runtime calling
+/// [`ListenerSet::start`] (no workers), else one worker's runtime. `ctx` holds the lane's own
+/// pingora app, so its own upstream connection pool: two lanes never share a pooled connection.
+pub(crate) struct Lane<A> {
+    pub runtime: Option<Handle>,
+    pub ctx: Arc<AcceptCtx<A>>,
+}
+
+impl<A> Clone for Lane<A> {
+    fn clone(&self) -> Self {
+        Lane {
+            runtime: self.runtime.clone(),
+            ctx: self.ctx.clone(),
+        }
+    }
 }
 
 /// The sockets of an accept context.
@@ -142,23 +172,68 @@ pub(crate) fn east_west_acceptor() -> Result<SslAcceptor, ErrorStack> {
     Ok(b.build())
 }
 
-/// Binds a listener socket. `SO_REUSEADDR` lets a restarted proxy rebind a port in TIME_WAIT; it
-/// does not allow taking a port another process listens on.
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+/// Listen backlog of every listener socket (also the bound of `take_queued`).
+const BACKLOG: i32 = 1024;
+
+/// Binds `n` listener sockets on `addr` (at least one), non-blocking, ready for
+/// `TcpListener::from_std` on whichever runtime serves them. All or nothing: an error closes
+/// the ones bound so far.
+///
+/// `SO_REUSEADDR` lets a restarted proxy rebind a port in TIME_WAIT; it does not allow taking a
+/// port another process listens on. With `n > 1` the sockets form an `SO_REUSEPORT` group, but
+/// the first one is bound *without* `SO_REUSEPORT`, so the bind fails when anything holds the
+/// port, including another process's `SO_REUSEPORT` group we would otherwise have joined and
+/// shared connections with; only then is the option turned on (Linux checks it at `listen`,
+/// when the socket joins its group) and the others bound next to it, on the port the first
+/// got (port 0 in `addr` works). From then on Linux lets a process of the same effective uid
+/// (and only one) join the group too: docs/proxy.md, "Workers".
+pub(crate) fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = socket_for(addr)?;
+    first.bind(&addr.into())?;
+    let local = match first.local_addr()?.as_socket() {
+        Some(a) => a,
+        None => addr,
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    if n > 1 {
+        first.set_reuse_port(true)?;
+    }
+    first.listen(BACKLOG)?;
+    let mut group = vec![first];
+    for _ in 1..n {
+        let s = socket_for(local)?;
+        s.set_reuse_port(true)?;
+        s.bind(&local.into())?;
+        s.listen(BACKLOG)?;
+        group.push(s);
+    }
+    group
+        .into_iter()
+        .map(|s| {
+            s.set_nonblocking(true)?;
+            Ok(std::net::TcpListener::from(s))
+        })
+        .collect()
+}
+
+/// A TCP socket for `addr`'s family with `SO_REUSEADDR` (close-on-exec, as socket2 makes them).
+fn socket_for(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    Ok(s)
 }
 
 struct Running {
     bound: SocketAddr,
+    /// Stops every lane's loop of this address.
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// The running accept loops, keyed by the socket as the snapshot names it.
@@ -177,28 +252,56 @@ impl ListenerSet {
             .collect()
     }
 
-    /// Starts accept loops on freshly bound sockets.
+    /// Starts accept loops on freshly bound sockets: each address comes with one socket per lane
+    /// (`bind_group` with `lanes.len()`), and socket `i` is served on lane `i`.
     pub fn start<A: App>(
         &mut self,
-        bound: Vec<(SocketAddr, TcpListener)>,
-        ctx: &Arc<AcceptCtx<A>>,
+        bound: Vec<(SocketAddr, Vec<std::net::TcpListener>)>,
+        lanes: &[Lane<A>],
     ) {
-        for (addr, listener) in bound {
-            let local = listener.local_addr().unwrap_or(addr);
+        let Some(first) = lanes.first() else {
+            return;
+        };
+        for (addr, sockets) in bound {
+            let local = sockets
+                .first()
+                .and_then(|s| s.local_addr().ok())
+                .unwrap_or(addr);
             let (stop, stop_rx) = watch::channel(false);
-            let label = match ctx.sockets {
+            let label = match first.ctx.sockets {
                 Sockets::Gateway => addr.to_string(),
                 Sockets::EastWest(_) => EAST_WEST.to_string(),
             };
-            let gate = ConnGate::new(&ctx.shared.metrics, &label, ctx.limits.max_connections);
-            let task = tokio::spawn(accept_loop(listener, addr, gate, ctx.clone(), stop_rx));
-            tracing::info!(socket = %addr, "listening");
+            // One gate for the address: the cap holds across the lanes' sockets.
+            let gate = Arc::new(ConnGate::new(
+                &first.ctx.shared.metrics,
+                &label,
+                first.ctx.limits.max_connections,
+            ));
+            let tasks = sockets
+                .into_iter()
+                .zip(lanes)
+                .map(|(socket, lane)| {
+                    let accepting = accept_loop(
+                        socket,
+                        addr,
+                        gate.clone(),
+                        lane.ctx.clone(),
+                        stop_rx.clone(),
+                    );
+                    match &lane.runtime {
+                        Some(rt) => rt.spawn(accepting),
+                        None => tokio::spawn(accepting),
+                    }
+                })
+                .collect();
+            tracing::info!(socket = %addr, lanes = lanes.len(), "listening");
             self.running.insert(
                 addr,
                 Running {
                     bound: local,
                     stop,
-                    task,
+                    tasks,
                 },
             );
         }
@@ -215,8 +318,10 @@ impl ListenerSet {
         for addr in gone {
             if let Some(r) = self.running.remove(&addr) {
                 let _ = r.stop.send(true);
-                if let Err(e) = r.task.await {
-                    tracing::warn!(socket = %addr, error = %e, "accept loop ended abnormally");
+                for task in r.tasks {
+                    if let Err(e) = task.await {
+                        tracing::warn!(socket = %addr, error = %e, "accept loop ended abnormally");
+                    }
                 }
                 tracing::info!(socket = %addr, "stopped listening");
             }
@@ -231,13 +336,22 @@ impl ListenerSet {
     }
 }
 
+/// Accepts on one socket until stopped, serving each connection on the runtime this loop runs
+/// on (its lane). The socket is registered with that runtime here, so its wake-ups stay there.
 async fn accept_loop<A: App>(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
-    gate: ConnGate,
+    gate: Arc<ConnGate>,
     ctx: Arc<AcceptCtx<A>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(socket = %addr, error = %e, "cannot serve a bound socket; closed");
+            return;
+        }
+    };
     loop {
         tokio::select! {
             changed = stop.changed() => {
@@ -274,6 +388,9 @@ fn spawn_served<A: App>(
         tracing::debug!(socket = %addr, %peer, "connection shed: --max-connections reached");
         return;
     };
+    if let Some(accepted) = &ctx.worker_accepted {
+        accepted.inc();
+    }
     let ctx = ctx.clone();
     ctx.active.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
@@ -301,9 +418,9 @@ fn take_queued<A: App>(
         }
     };
     let mut taken = 0usize;
-    // Bounded by the listen backlog (1024, `bind`); the bound only guards against a queue that
+    // Bounded by the listen backlog (`BACKLOG`); the bound only guards against a queue that
     // refills as fast as it is read.
-    for _ in 0..=1024 {
+    for _ in 0..=BACKLOG {
         let Ok((std_tcp, peer)) = listener.accept() else {
             // WouldBlock (the queue is empty) or an error: close now either way.
             break;

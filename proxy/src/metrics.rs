@@ -116,6 +116,9 @@ pub struct Metrics {
     /// Connections closed right after the accept because their listener socket had
     /// `--max-connections` open, by listener socket.
     pub connections_shed: IntCounterVec,
+    /// Downstream connections accepted, by worker (`0`..`N-1`; only with `--workers N`, N > 0):
+    /// how evenly `SO_REUSEPORT` spreads them.
+    pub worker_connections: IntCounterVec,
 }
 
 impl Metrics {
@@ -230,6 +233,12 @@ impl Metrics {
                 "Connections closed at once because their listener socket had --max-connections \
                  open",
                 &["listener"],
+            )?,
+            worker_connections: counter_vec(
+                &r,
+                "meridian_proxy_worker_connections_total",
+                "Downstream connections accepted, by worker",
+                &["worker"],
             )?,
             registry: r,
         })

@@ -261,8 +261,20 @@ async fn admin_endpoints_answer() {
         );
         assert_eq!(get(&c, port, "/x", &[]).await.0, 200);
         assert_eq!(get(&c, port, "/x", &[]).await.0, 200);
-        let (s, metrics) = fetch("/metrics").await;
-        assert_eq!(s, 200);
+        // A request is counted once its response is on its way (pingora's logging phase): with
+        // workers (MERIDIAN_TEST_WORKERS) that runs on another thread than this scrape.
+        let metrics =
+            meridian_test_support::eventually_async("both requests counted", WAIT, || async move {
+                let (s, metrics) = fetch("/metrics").await;
+                let counted = metrics
+                    .lines()
+                    .any(|l| l.starts_with("meridian_proxy_requests_total{") && l.ends_with(" 2"));
+                match s == 200 && counted {
+                    true => Ok(metrics),
+                    false => Err(format!("{s}: {metrics}")),
+                }
+            })
+            .await;
         assert!(
             metrics.contains("meridian_proxy_snapshot_generation 7"),
             "{metrics}"

@@ -31,6 +31,7 @@ async fn serve(limits: Limits) -> (ProxyHandle, Echo, u16) {
     let p = ProxyHandle::start(ProxyConfig {
         admin: Some("127.0.0.1:0".parse().unwrap()),
         limits,
+        workers: workers(),
         ..Default::default()
     })
     .await

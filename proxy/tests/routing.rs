@@ -725,6 +725,7 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
         region: String::new(),
         zone: String::new(),
         east_west: None,
+        workers: None,
         state_dir: None,
         merge_slashes: true,
         escaped_slashes: meridian_model::path::EscapedSlashes::Keep,

@@ -84,10 +84,20 @@ pub fn snapshot(generation: u64, listeners: Vec<Value>) -> Snapshot {
     .unwrap()
 }
 
+/// Worker threads of the proxies these helpers start: `MERIDIAN_TEST_WORKERS` (e.g. `2` runs a
+/// whole test file on the worker model), else 0 (connections on the test's own runtime).
+pub fn workers() -> usize {
+    std::env::var("MERIDIAN_TEST_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Starts a proxy with an admin listener on an ephemeral port.
 pub async fn proxy() -> ProxyHandle {
     ProxyHandle::start(ProxyConfig {
         admin: Some("127.0.0.1:0".parse().unwrap()),
+        workers: workers(),
         ..Default::default()
     })
     .await

@@ -32,6 +32,7 @@ use meridian_controller::{
 use meridian_crds::mcs::ServiceExport;
 use meridian_crds::meridian::FailoverPolicy;
 use meridian_model::Snapshot;
+use meridian_model::snapshot::BackendTarget;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
@@ -82,7 +83,7 @@ fn put() -> impl Strategy<Value = Value> {
 fn focused() -> impl Strategy<Value = Value> {
     let backend = (
         select(&["web", "api"][..]),
-        proptest::option::of(select(NAMESPACES)),
+        proptest::option::of(select(&["app", "web"][..])),
         any::<bool>(),
         proptest::bool::weighted(0.2),
     )
@@ -107,7 +108,7 @@ fn focused() -> impl Strategy<Value = Value> {
         });
     let route = (
         0usize..6,
-        select(NAMESPACES),
+        select(&["app", "web"][..]),
         select(&["gw", "gw2"][..]),
         proptest::option::of(select(&["http", "https"][..])),
         prop::collection::vec(backend, 1..3),
@@ -129,10 +130,11 @@ fn focused() -> impl Strategy<Value = Value> {
                 },
             })
         });
-    let service = (select(NAMESPACES), select(&["web", "api"][..])).prop_map(|(ns, name)| {
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(Some(ns), name, 1),
+    let service =
+        (select(&["app", "web"][..]), select(&["web", "api"][..])).prop_map(|(ns, name)| {
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(Some(ns), name, 1),
                "spec": {"ports": [{"name": "http", "port": 80}]}})
-    });
+        });
     let slice = (
         select(NAMESPACES),
         select(&["web", "api"][..]),
@@ -167,13 +169,62 @@ fn focused() -> impl Strategy<Value = Value> {
                 },
             })
         });
+    let gateway = (any::<bool>(), any::<bool>()).prop_map(|(selector, https)| {
+        let from = if selector {
+            json!({"from": "Selector", "selector": {"matchLabels": {"team": "web"}}})
+        } else {
+            json!({"from": "All"})
+        };
+        let mut listeners = vec![json!({"name": "http", "port": 80, "protocol": "HTTP",
+                                        "allowedRoutes": {"namespaces": from}})];
+        if https {
+            listeners.push(json!({"name": "https", "port": 443, "protocol": "HTTPS",
+                                  "tls": {"certificateRefs": [{"name": "cert"}]}}));
+        }
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": meta(Some("infra"), "gw2", 1),
+            "spec": {"gatewayClassName": CLASS, "listeners": listeners},
+        })
+    });
+    let policy = (
+        0usize..2,
+        select(&["app", "web"][..]),
+        prop::collection::vec(
+            (
+                select(
+                    &[
+                        ("", "Service"),
+                        ("multicluster.x-k8s.io", "ServiceImport"),
+                        ("gateway.networking.k8s.io", "HTTPRoute"),
+                    ][..],
+                ),
+                select(&["web", "api", "route-0", "route-1", "route-2"][..]),
+            ),
+            1..3,
+        ),
+        0i64..3,
+    )
+        .prop_map(|(i, ns, targets, age)| {
+            let mut m = meta(Some(ns), &format!("fpolicy-{i}"), 1);
+            m["creationTimestamp"] = json!(format!("1970-01-01T00:2{age}:00Z"));
+            let targets: Vec<Value> = targets
+                .into_iter()
+                .map(|((g, k), n)| json!({"group": g, "kind": k, "name": n}))
+                .collect();
+            json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "FailoverPolicy", "metadata": m,
+                   "spec": {"targetRefs": targets, "retry": {"attempts": 2}}})
+        });
     prop_oneof![
         4 => route,
+        1 => gateway,
         2 => service,
         2 => slice,
         2 => grant,
         1 => service_export(),
         1 => (0usize..2).prop_flat_map(failover_policy),
+        2 => policy,
     ]
 }
 
@@ -190,13 +241,22 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// A world of two clusters and batches of steps.
-fn scenario() -> impl Strategy<Value = (Objects, Objects, Vec<Vec<Step>>)> {
+/// A world of two clusters (fuzz objects and focused ones) and batches of steps.
+type Scenario = (Objects, Objects, Vec<Vec<Step>>);
+
+fn scenario() -> impl Strategy<Value = Scenario> {
     (
         objects(),
+        prop::collection::vec(focused(), 0..10),
         objects(),
+        prop::collection::vec(focused(), 0..6),
         prop::collection::vec(prop::collection::vec(step(), 1..4), 1..12),
     )
+        .prop_map(|(mut east, east_more, mut west, west_more, batches)| {
+            east.0.extend(east_more);
+            west.0.extend(west_more);
+            (east, west, batches)
+        })
 }
 
 /// The world under test, what the test put into it, and the config overrides of the steps.
@@ -260,6 +320,13 @@ impl Harness {
     /// belonged and belongs to).
     fn put(&mut self, cluster: &'static str, v: &Value, changes: &mut Changes) {
         let Some(kind) = kind_of(v) else { return };
+        if kind == Kind::FailoverPolicy {
+            // The generated policies must decode, or no policy path is ever exercised.
+            assert!(
+                serde_json::from_value::<FailoverPolicy>(v.clone()).is_ok(),
+                "{v}"
+            );
+        }
         let key = key_of(v);
         let before = self.cluster(cluster).endpoint_slice_service(&key).cloned();
         if !apply(self.cluster(cluster), v) {
@@ -439,10 +506,12 @@ struct Reached {
     routes: usize,
     gateways: usize,
     served_routes: usize,
+    /// Served backends with a FailoverPolicy attached.
+    failover_backends: usize,
 }
 
 fn check(
-    (east, west, batches): &(Objects, Objects, Vec<Vec<Step>>),
+    (east, west, batches): &Scenario,
     reached: &RefCell<Reached>,
 ) -> Result<(), TestCaseError> {
     let mut h = Harness::new(east, west);
@@ -467,7 +536,9 @@ fn check(
             .update(&h.world, &cfg, &changes, &mut snapshots)
             .map_err(|f| TestCaseError::fail(format!("batch {i}: fell back: {f}")))?;
         let full = translate(&h.world, &cfg);
-        if serialized(&snapshots) != serialized(&full.snapshots) {
+        if serde_json::to_string(&snapshots).unwrap()
+            != serde_json::to_string(&full.snapshots).unwrap()
+        {
             return Err(TestCaseError::fail(format!(
                 "batch {i} {batch:?}: snapshots differ\nincremental:\n{}\nfull:\n{}",
                 serialized(&snapshots),
@@ -494,6 +565,23 @@ fn check(
         reached.passes += 1;
         reached.routes += pass.routes;
         reached.gateways += pass.gateways;
+        reached.failover_backends += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+            .flat_map(|r| &r.rules)
+            .flat_map(|r| &r.backends)
+            .filter(|b| {
+                matches!(
+                    &b.target,
+                    BackendTarget::Endpoints {
+                        failover: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
         reached.served_routes += snapshots
             .values()
             .flat_map(|s| &s.gateways)
@@ -526,12 +614,13 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes compared",
+        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared",
         reached.passes,
         started.elapsed().as_millis(),
         reached.routes,
         reached.gateways,
         reached.served_routes,
+        reached.failover_backends,
     );
     match result {
         Ok(()) => {}

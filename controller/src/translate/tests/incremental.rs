@@ -369,3 +369,38 @@ fn what_it_cannot_do_falls_back_to_full() {
 }
 
 const GATEWAY_GROUP_NAME: &str = crate::status::GATEWAY_GROUP;
+
+#[test]
+fn a_policy_change_translates_the_routes_of_its_targets() {
+    let mut w = big_world();
+    let (mut engine, cfg, mut snapshots) = seeded(&w);
+    let spec: meridian_crds::meridian::FailoverPolicySpec =
+        serde_yaml::from_str("targetRefs: [{group: '', kind: Service, name: svc-4}]").unwrap();
+    let mut p = meridian_crds::meridian::FailoverPolicy::new("p", spec);
+    p.metadata = meta(Some(APP), "p");
+    east(&mut w).apply(p);
+    let pass = step(
+        &mut engine,
+        &w,
+        &cfg,
+        &one(Kind::FailoverPolicy, ObjectKey::new(APP, "p")),
+        &mut snapshots,
+    );
+    assert_eq!(pass.routes, 1);
+    let with_policy = snapshots[CLUSTER].gateways[0].listeners[0]
+        .routes
+        .iter()
+        .flat_map(|r| &r.rules)
+        .flat_map(|r| &r.backends)
+        .filter(|b| {
+            matches!(
+                &b.target,
+                model::BackendTarget::Endpoints {
+                    failover: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(with_policy, 1);
+}

@@ -106,6 +106,7 @@ fn gateway(hostname: Option<&str>) -> Gateway {
                 port: 80,
                 protocol: "HTTP".into(),
                 hostname: hostname.map(str::to_string),
+                tls: None,
                 allowed_routes: Some(GatewayListenersAllowedRoutes {
                     namespaces: Some(GatewayListenersAllowedRoutesNamespaces {
                         from: Some(GatewayListenersAllowedRoutesNamespacesFrom::All),

@@ -42,6 +42,16 @@
 //! full translation orders it: Gateways by namespace/name, listeners in spec order, routes by
 //! namespace/name (binary search in each listener).
 //!
+//! Equal means equal for the same world and [`TranslateConfig`]. Between passes `cfg.now`
+//! moves: the status kept for an object not affected by a change carries the
+//! `lastTransitionTime` of the pass that computed it (when the transition was seen), where a
+//! full translation would stamp its own clock on a transition still pending.
+//!
+//! Cost outside the affected objects: the cluster's GatewayClasses and FailoverPolicies are
+//! recomputed every pass (few), the data-plane state and unconfirmed-status sets of the config
+//! are compared with the last pass's (one entry per Gateway, and per status write not yet seen
+//! in the index).
+//!
 //! What is not done incrementally — [`Incremental::update`] answers [`Fallback`] and the caller
 //! runs a full translation (which re-seeds everything):
 //! * before the first full pass;

@@ -32,7 +32,12 @@
 //! (the default) this step changes nothing.
 //!
 //! An EndpointSlice change alone does not need all this: [`refresh_endpoints`] patches the
-//! endpoint lists of the previous snapshots (and their east-west sections) in place.
+//! endpoint lists of the previous snapshots (and their east-west sections) in place. Other
+//! changes go through [`Incremental`] (module `incremental`, with the dependency index of module
+//! `deps`): only the routes and Gateways a change affects are translated again, with the same
+//! functions, and the previous output is patched; [`translate`] stays the reference it must
+//! equal (property test `tests/incremental_translate.rs`) and runs whenever the incremental path
+//! cannot (see [`Fallback`]).
 //!
 //! Snapshot generations: each snapshot carries `cfg.generations[cluster]` (0 when absent). The
 //! distribution layer compares contents and renumbers: translation neither knows nor needs to know

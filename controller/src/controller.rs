@@ -4,13 +4,17 @@
 //!  supervisor + watchers (per cluster) ──Msg──► reconcile loop (owns the World)
 //!                                                 1. apply changes; note what they touch
 //!                                                 2. after `debounce` of collecting:
-//!                                                    EndpointSlices only ─► refresh_endpoints
-//!                                                    anything else       ─► translate
+//!                                                    objects changed  ─► incremental translation
+//!                                                                        of what they affect
+//!                                                    EndpointSlices   ─► refresh_endpoints
+//!                                                    re-lists, members, reachability,
+//!                                                    what incremental cannot do ─► translate
 //!                                                    (status-only echoes of our own writes
 //!                                                     wait up to `status_recheck` instead)
 //!                                                 3. snapshots whose content changed ─► DataPlane::publish
 //!                                                 4. status updates ─► StatusWriter (per cluster)
-//!  DataPlane::changes() ──────────────────────────► (full translation: Programmed, addresses)
+//!  DataPlane::changes() ──────────────────────────► (incremental: the Gateways whose Programmed
+//!                                                     state or addresses changed)
 //!  Msg::Reachability(back) ──► StatusWriter::retry_now (failed writes go at once) + full pass
 //!  Msg::Member (ControllerHandle::members) ─► add: new index, writer + supervisor started
 //!                                             remove: writer + supervisor stopped, endpoints
@@ -26,7 +30,14 @@
 //! published for its proxies and no status is written to it; what the world holds for it
 //! (its endpoints in the other clusters' ServiceImports) goes once the endpoint grace ends.
 //!
-//! Every full pass also reports, for objects with a status of ours not yet seen in the index,
+//! Passes are incremental ([`Incremental`]: a dependency index says what a changed object
+//! affects, only that is translated again and the current snapshots are patched) whenever
+//! they can be; a full translation runs for re-lists (a watcher's initial list), member
+//! clusters joining or leaving, reachability changes, while a member cluster is unreachable,
+//! with several networks, and at least every [`FULL_EVERY`] as the reference. Metric
+//! `meridian_controller_translate_seconds{mode}`: `full`, `incremental`, `endpoints`.
+//!
+//! Every pass also reports, for objects with a status of ours not yet seen in the index,
 //! the status their copy already has; the writer then supersedes a write of ours that became
 //! outdated (`StatusWriter::settle`), so a status computed before a state change
 //! never lands after it.
@@ -57,8 +68,8 @@ use crate::drill::{DrillActuator, DrillShared, ManagerConfig, spawn_manager};
 use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::status::{StatusKind, StatusUpdate};
 use crate::translate::{
-    AddressPolicy, ClusterGatewayRef, EastWestListeners, MissingRemote, SUPPORTED_FEATURES,
-    TranslateConfig, UnreachableCluster, next_stale_expiry, refresh_endpoints, translate,
+    AddressPolicy, Changes, ClusterGatewayRef, EastWestListeners, Incremental, MissingRemote,
+    SUPPORTED_FEATURES, TranslateConfig, UnreachableCluster, next_stale_expiry, refresh_endpoints,
 };
 use crate::watch::{Msg, Touch, WatchCtx, supervise};
 use crate::world::{Kind, ObjectKey, World};
@@ -708,6 +719,18 @@ struct Reconciler {
     published: BTreeMap<String, Snapshot>,
     translated: bool,
     dirty_full: bool,
+    /// The data plane reported a change (Programmed, addresses): an incremental pass compares
+    /// what it reports with what the last pass used.
+    dirty_config: bool,
+    /// Objects changed since the last pass (incremental translation).
+    dirty_objects: Changes,
+    /// Objects whose status only changed since the last pass (translated at the re-check, or
+    /// with the next pass).
+    status_objects: Changes,
+    /// Incremental translation state, seeded by every full pass.
+    engine: Incremental,
+    /// When the last full pass ran: one runs at least every [`FULL_EVERY`].
+    last_full: Instant,
     /// A status-only change is waiting for the slower re-check.
     status_dirty: bool,
     dirty_services: BTreeMap<usize, BTreeSet<ObjectKey>>,
@@ -755,6 +778,10 @@ struct LoopInputs {
 /// How often deleted objects are forgotten by the status writers.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// Longest run of incremental passes: the next pass after this is a full translation (the
+/// reference), which also re-seeds the incremental state.
+pub const FULL_EVERY: Duration = Duration::from_secs(300);
+
 impl Reconciler {
     fn new(i: LoopInputs) -> Self {
         let clusters = i.names.len();
@@ -774,6 +801,11 @@ impl Reconciler {
             published: BTreeMap::new(),
             translated: false,
             dirty_full: false,
+            dirty_config: false,
+            dirty_objects: Changes::new(),
+            status_objects: Changes::new(),
+            engine: Incremental::new(),
+            last_full: Instant::now(),
             status_dirty: false,
             dirty_services: BTreeMap::new(),
             metrics: i.metrics,
@@ -829,7 +861,7 @@ impl Reconciler {
                     if changed.is_err() {
                         dp_open = false;
                     } else {
-                        self.dirty_full = true;
+                        self.dirty_config = true;
                         deadline.get_or_insert_with(|| Instant::now() + debounce);
                     }
                 }
@@ -1018,11 +1050,10 @@ impl Reconciler {
                 mutation,
                 list_done,
             } => {
-                let Some(state) = self
-                    .names
-                    .get(cluster)
-                    .and_then(|n| self.world.cluster_mut(n))
-                else {
+                let Some(name) = self.names.get(cluster) else {
+                    return false;
+                };
+                let Some(state) = self.world.cluster_mut(name) else {
                     return false;
                 };
                 let touch = mutation(state);
@@ -1034,12 +1065,17 @@ impl Reconciler {
                 }
                 let mut needed = match touch {
                     Touch::Nothing => false,
-                    Touch::StatusOnly => {
+                    Touch::StatusOnly(kind, key) => {
+                        self.status_objects.insert(name, kind, key);
                         self.status_dirty = true;
                         false
                     }
                     Touch::Full => {
                         self.dirty_full = true;
+                        true
+                    }
+                    Touch::Object(kind, key) => {
+                        self.dirty_objects.insert(name, kind, key);
                         true
                     }
                     Touch::Services(svcs) => {
@@ -1197,8 +1233,11 @@ impl Reconciler {
         !due.is_empty()
     }
 
-    /// One pass: a full translation when anything but EndpointSlices changed (or a status
-    /// re-check is due), else an endpoint refresh. A full pass settles pending status re-checks.
+    /// One pass: a full translation when something incremental translation cannot follow
+    /// happened (re-lists, members, reachability; or [`FULL_EVERY`] has passed), else an
+    /// incremental one for the changed objects, the data plane's reports and (at the re-check,
+    /// or with any other pass) status-only changes; then an endpoint refresh for the changed
+    /// EndpointSlices. A pass that cannot be incremental ([`crate::translate::Fallback`]) is full.
     ///
     /// While a member cluster is unreachable every pass is a full translation: only translation
     /// applies a FailoverPolicy's staleEndpointTTL (an endpoint refresh would bring back
@@ -1208,18 +1247,23 @@ impl Reconciler {
     /// endpoint refresh that refuses one, or any refresh while the status names some, is
     /// followed by a full pass.
     fn pass(&mut self, recheck_due: bool) {
-        if self.dirty_full
-            || recheck_due
+        let mut full = self.dirty_full
             || !self.translated
             || !self.unreachable.is_empty()
             || (self.endpoints_refused && !self.dirty_services.is_empty())
-        {
-            self.full_pass();
-            self.status_dirty = false;
-        } else if self.endpoints_pass() {
+            || self.last_full.elapsed() >= FULL_EVERY;
+        let objects = !self.dirty_objects.is_empty() || !self.status_objects.is_empty();
+        if !full && (objects || self.dirty_config || recheck_due) {
+            full = !self.incremental_pass();
+        }
+        if !full && !self.dirty_services.is_empty() {
+            full = self.endpoints_pass();
+        }
+        if full {
             self.full_pass();
         }
         self.dirty_full = false;
+        self.dirty_config = false;
         self.dirty_services.clear();
         self.publish_changed();
         let stale =
@@ -1270,7 +1314,12 @@ impl Reconciler {
     fn full_pass(&mut self) {
         let started = std::time::Instant::now();
         let cfg = self.translate_config();
-        let out = translate(&self.world, &cfg);
+        let out = self.engine.full(&self.world, &cfg);
+        self.last_full = Instant::now();
+        // Everything is translated: what was waiting for a pass is in this one.
+        self.dirty_objects = Changes::new();
+        self.status_objects = Changes::new();
+        self.status_dirty = false;
         self.east_west = cfg.east_west;
         self.note_missing(out.east_west_missing);
         self.endpoints_refused = out.endpoints_refused;
@@ -1388,6 +1437,44 @@ impl Reconciler {
                 }
             }
         }
+    }
+
+    /// Translates again what the changed objects and the data plane's reports affect, patching
+    /// the current snapshots, and hands the recomputed status to the writers. `false` when it
+    /// cannot ([`crate::translate::Fallback`]): a full pass must run.
+    fn incremental_pass(&mut self) -> bool {
+        let started = std::time::Instant::now();
+        let cfg = self.translate_config();
+        let mut changes = std::mem::take(&mut self.dirty_objects);
+        changes.extend(std::mem::take(&mut self.status_objects));
+        let pass = match self
+            .engine
+            .update(&self.world, &cfg, &changes, &mut self.current)
+        {
+            Ok(pass) => pass,
+            Err(why) => {
+                tracing::debug!(%why, "full translation instead of an incremental one");
+                return false;
+            }
+        };
+        self.status_dirty = false;
+        self.endpoints_refused = self.engine.endpoints_refused();
+        self.metrics
+            .translations
+            .with_label_values(&["incremental"])
+            .inc();
+        self.metrics
+            .translate_seconds
+            .with_label_values(&["incremental"])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::trace!(
+            objects = changes.len(),
+            routes = pass.routes,
+            gateways = pass.gateways,
+            "incremental translation"
+        );
+        self.submit_status(pass.status);
+        true
     }
 
     /// Refreshes the endpoints of the changed Services; `true` when the address policy refused

@@ -12,6 +12,8 @@
 //!    awaits.
 //! 2. [`translate`](mod@translate) — a pure function from the world to one snapshot per cluster and the status
 //!    every owned object should have. All Gateway API defaults are applied there.
+//!    [`Incremental`](translate::Incremental) re-translates only what changed objects affect
+//!    and patches the previous output, equal to a full translation.
 //! 3. [`refgrant`] — the single ReferenceGrant check every cross-namespace reference goes through.
 //! 4. [`status`] — status as data and the merge rules that keep writes idempotent.
 //!

@@ -70,7 +70,7 @@ pub struct Metrics {
     /// Status updates dropped before writing because the same status was already written or
     /// queued against the same object version, by cluster.
     pub status_skipped: IntCounterVec,
-    /// Translation passes by mode (`full`, `endpoints`).
+    /// Translation passes by mode (`full`, `incremental`, `endpoints`).
     pub translations: IntCounterVec,
     /// Translation time by mode.
     pub translate_seconds: HistogramVec,

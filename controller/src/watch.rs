@@ -73,14 +73,17 @@ pub const ALL_KINDS: [Kind; 12] = [
 pub(crate) enum Touch {
     /// Nothing translation reads.
     Nothing,
-    /// Anything: translate everything.
+    /// Anything: translate everything (a list or re-list replaced a whole kind).
     Full,
+    /// One object was added, modified or deleted: translate what it affects (incremental
+    /// translation; the reconcile loop falls back to a full one when it must).
+    Object(Kind, ObjectKey),
     /// Only the endpoints of these Services (EndpointSlice changes).
     Services(Vec<ObjectKey>),
-    /// Only the status (or metadata other than generation and uid) of a GatewayClass, Gateway or
-    /// HTTPRoute: snapshots cannot change, only whether a status still needs writing. Mostly the
-    /// echo of our own writes, so it is re-checked at a slower pace.
-    StatusOnly,
+    /// Only the status (or metadata other than generation and uid) of this GatewayClass,
+    /// Gateway, HTTPRoute or FailoverPolicy: snapshots cannot change, only whether a status still
+    /// needs writing. Mostly the echo of our own writes, so it is re-checked at a slower pace.
+    StatusOnly(Kind, ObjectKey),
 }
 
 /// A change to one cluster's index, applied by the reconcile loop.
@@ -488,15 +491,17 @@ fn apply_mutation<K: Indexed + Resource + Send + 'static>(obj: K) -> Mutation {
         if let Some(kind) = status_kind(K::KIND) {
             // Spec changes bump the generation; a new object under the same name has a new uid.
             let meta = obj.meta();
+            let Some(key) = obj.key() else {
+                return Touch::Nothing;
+            };
             let same_spec = meta.generation.is_some()
-                && obj
-                    .key()
-                    .and_then(|k| state.meta(kind, &k))
+                && state
+                    .meta(kind, &key)
                     .is_some_and(|old| old.generation == meta.generation && old.uid == meta.uid);
             return match (state.apply(obj), same_spec) {
                 (false, _) => Touch::Nothing,
-                (true, true) => Touch::StatusOnly,
-                (true, false) => Touch::Full,
+                (true, true) => Touch::StatusOnly(K::KIND, key),
+                (true, false) => Touch::Object(K::KIND, key),
             };
         }
         if K::KIND == Kind::FailoverDrill {
@@ -505,10 +510,9 @@ fn apply_mutation<K: Indexed + Resource + Send + 'static>(obj: K) -> Mutation {
             return Touch::Nothing;
         }
         if K::KIND != Kind::EndpointSlice {
-            return if state.apply(obj) {
-                Touch::Full
-            } else {
-                Touch::Nothing
+            return match obj.key() {
+                Some(key) if state.apply(obj) => Touch::Object(K::KIND, key),
+                _ => Touch::Nothing,
             };
         }
         let Some(key) = obj.key() else {
@@ -529,7 +533,7 @@ fn delete_mutation<K: Indexed + 'static>(key: ObjectKey) -> Mutation {
         }
         if K::KIND != Kind::EndpointSlice {
             state.delete::<K>(&key);
-            return Touch::Full;
+            return Touch::Object(K::KIND, key);
         }
         let before = state.endpoint_slice_service(&key).cloned();
         state.delete::<K>(&key);

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use gateway_api::gatewayclasses::{
     GatewayClass, GatewayClassSpec, GatewayClassStatus, GatewayClassStatusSupportedFeatures,
@@ -152,7 +153,7 @@ pub(crate) fn push_if_changed<T: serde::Serialize>(
 }
 
 /// Which namespaces may attach routes to a listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum AllowedNamespaces {
     Same,
     All,
@@ -161,7 +162,7 @@ pub(crate) enum AllowedNamespaces {
 }
 
 /// One listener during translation.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ListenerState {
     pub name: String,
     /// `spec.port` as written (compared with parentRef `port`).
@@ -217,10 +218,12 @@ impl ListenerState {
     }
 }
 
-/// One Gateway of an owned class during translation.
-pub(crate) struct GatewayState<'a> {
+/// One Gateway of an owned class during translation. Owned (the Gateway is shared with the
+/// index), so incremental translation can keep it between passes (module `incremental`).
+#[derive(Clone)]
+pub(crate) struct GatewayState {
     pub key: ObjectKey,
-    pub gateway: &'a Gateway,
+    pub gateway: Arc<Gateway>,
     pub generation: i64,
     /// Why the Gateway is not Accepted (before looking at listeners).
     pub problem: Option<Problem>,
@@ -234,10 +237,10 @@ pub(crate) struct GatewayState<'a> {
 }
 
 /// Validates every Gateway of an owned class.
-pub(crate) fn build_all<'a>(
-    ctx: &Ctx<'a>,
+pub(crate) fn build_all(
+    ctx: &Ctx<'_>,
     classes: &BTreeMap<String, bool>,
-) -> BTreeMap<ObjectKey, GatewayState<'a>> {
+) -> BTreeMap<ObjectKey, GatewayState> {
     let mut out = BTreeMap::new();
     for (key, gw) in &ctx.cluster.gateways {
         let Some(class_accepted) = classes.get(&gw.spec.gateway_class_name) else {
@@ -250,12 +253,7 @@ pub(crate) fn build_all<'a>(
 
 /// Validates one Gateway: its own problems, addresses, gateway-level references and
 /// listeners (with conflicts between them).
-fn build<'a>(
-    ctx: &Ctx<'a>,
-    key: &ObjectKey,
-    gw: &'a Gateway,
-    class_accepted: bool,
-) -> GatewayState<'a> {
+fn build(ctx: &Ctx<'_>, key: &ObjectKey, gw: &Arc<Gateway>, class_accepted: bool) -> GatewayState {
     let GatewaySpec {
         addresses,
         allowed_listeners: _, // ListenerSets are not supported; the default admits none.
@@ -287,7 +285,7 @@ fn build<'a>(
     detect_conflicts(&mut states);
     GatewayState {
         key: key.clone(),
-        gateway: gw,
+        gateway: Arc::clone(gw),
         generation: generation_of(&gw.metadata),
         problem,
         address_problem,
@@ -832,7 +830,7 @@ type SocketClaim = (Protocol, Option<String>, String);
 /// still be distinguishable, or the proxy refuses the whole cluster's snapshot. Unlike
 /// conflicts inside one Gateway, here the older Gateway (creation time, then namespace/name)
 /// keeps the socket and the newer listener is marked Conflicted and not served.
-pub(crate) fn detect_shared_socket_conflicts(gateways: &mut BTreeMap<ObjectKey, GatewayState<'_>>) {
+pub(crate) fn detect_shared_socket_conflicts(gateways: &mut BTreeMap<ObjectKey, GatewayState>) {
     let mut order: Vec<(i64, ObjectKey)> = gateways
         .iter()
         .map(|(k, g)| {
@@ -963,11 +961,31 @@ fn last_known_programmed(gateway: &Gateway, generation: i64) -> Cond {
 /// ```
 pub(crate) fn finish(
     ctx: &Ctx<'_>,
-    gw: GatewayState<'_>,
+    mut gw: GatewayState,
 ) -> (Option<model::Gateway>, Option<StatusUpdate>) {
+    let update = status(ctx, &gw);
+    let mut snapshot = entry(&gw);
+    if let Some(entry) = &mut snapshot {
+        let served = gw
+            .listeners
+            .iter_mut()
+            .filter(|l| l.served() && l.protocol.is_some());
+        for (out, l) in entry.listeners.iter_mut().zip(served) {
+            let mut routes = std::mem::take(&mut l.routes);
+            routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            out.routes = routes;
+        }
+    }
+    (snapshot, update)
+}
+
+/// The Gateway's status update (see [`finish`]), `None` when the indexed copy has it already.
+/// Reads the listeners' attached sets and, only while some member cluster is unreachable, their
+/// routes (for `StaleEndpoints`).
+pub(crate) fn status(ctx: &Ctx<'_>, gw: &GatewayState) -> Option<StatusUpdate> {
     let accepted = accepted_condition(gw.problem.as_ref(), &gw.listeners);
     let any_served = gw.listeners.iter().any(ListenerState::served);
-    let programmed = programmed_condition(ctx, &gw, accepted.status, any_served);
+    let programmed = programmed_condition(ctx, gw, accepted.status, any_served);
     // Only a Gateway that serves can serve stale endpoints.
     let serving = accepted.status && gw.address_problem.is_none();
     let stale_endpoints = serving
@@ -981,17 +999,30 @@ pub(crate) fn finish(
             )
         })
         .flatten();
-    let update = gateway_status_update(ctx, &gw, accepted, programmed, stale_endpoints);
-    let snapshot = match gw.addresses.first() {
-        Some(address) if serving && any_served => Some(snapshot_gateway(
-            gw.key.clone(),
-            gw.gateway,
-            *address,
-            gw.listeners,
-        )),
-        _ => None,
-    };
-    (snapshot, update)
+    gateway_status_update(ctx, gw, accepted, programmed, stale_endpoints)
+}
+
+/// The Gateway's snapshot entry without routes: its served listeners on its first address, or
+/// `None` when it is not served (not accepted, address problem, no address, nothing to serve).
+/// Depends on the Gateway alone, never on the routes attached to it.
+pub(crate) fn entry(gw: &GatewayState) -> Option<model::Gateway> {
+    let address = gw.addresses.first().filter(|_| serves(gw))?;
+    Some(snapshot_gateway(
+        gw.key.clone(),
+        &gw.gateway,
+        *address,
+        &gw.listeners,
+    ))
+}
+
+/// Whether the Gateway has a snapshot entry: accepted, without address problem, with an
+/// address and a listener to serve.
+pub(crate) fn serves(gw: &GatewayState) -> bool {
+    let accepted = accepted_condition(gw.problem.as_ref(), &gw.listeners);
+    accepted.status
+        && gw.address_problem.is_none()
+        && !gw.addresses.is_empty()
+        && gw.listeners.iter().any(ListenerState::served)
 }
 
 /// The Gateway's `Accepted`: its own problem first, then how many listeners are valid.
@@ -1020,7 +1051,7 @@ fn accepted_condition(problem: Option<&Problem>, listeners: &[ListenerState]) ->
 /// what the data plane reports for it.
 fn programmed_condition(
     ctx: &Ctx<'_>,
-    gw: &GatewayState<'_>,
+    gw: &GatewayState,
     accepted: bool,
     any_served: bool,
 ) -> Cond {
@@ -1070,7 +1101,7 @@ fn programmed_condition(
         ProgrammedState::Applied(_) => {
             Cond::new("Programmed", true, "Programmed", "served by the proxies")
         }
-        ProgrammedState::Unknown => last_known_programmed(gw.gateway, gw.generation),
+        ProgrammedState::Unknown => last_known_programmed(&gw.gateway, gw.generation),
     }
 }
 
@@ -1078,7 +1109,7 @@ fn programmed_condition(
 /// when it changed and the indexed copy is not stale.
 fn gateway_status_update(
     ctx: &Ctx<'_>,
-    gw: &GatewayState<'_>,
+    gw: &GatewayState,
     accepted: Cond,
     programmed: Cond,
     stale_endpoints: Option<Cond>,
@@ -1209,12 +1240,13 @@ fn listener_status(
     }
 }
 
-/// The snapshot entry: the served listeners on `address`, routes in name order.
+/// The snapshot entry: the served listeners on `address`, without routes (the caller puts
+/// them in, in name order).
 fn snapshot_gateway(
     key: ObjectKey,
     gateway: &Gateway,
     address: IpAddr,
-    listeners: Vec<ListenerState>,
+    listeners: &[ListenerState],
 ) -> model::Gateway {
     let mut out = model::Gateway {
         namespace: key.namespace,
@@ -1222,20 +1254,18 @@ fn snapshot_gateway(
         listeners: Vec::new(),
         served_by_header: served_by_header(gateway),
     };
-    for l in listeners.into_iter().filter(ListenerState::served) {
+    for l in listeners.iter().filter(|l| l.served()) {
         let Some(protocol) = l.protocol else { continue };
-        let mut routes = l.routes;
-        routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         out.listeners.push(model::Listener {
-            name: l.name,
+            name: l.name.clone(),
             address,
             port: l.port,
             protocol,
-            hostname: l.hostname,
-            tls: (protocol == Protocol::Https).then_some(ListenerTls {
-                certificates: l.certificates,
+            hostname: l.hostname.clone(),
+            tls: (protocol == Protocol::Https).then(|| ListenerTls {
+                certificates: l.certificates.clone(),
             }),
-            routes,
+            routes: Vec::new(),
         });
     }
     out

@@ -32,16 +32,23 @@
 //! (the default) this step changes nothing.
 //!
 //! An EndpointSlice change alone does not need all this: [`refresh_endpoints`] patches the
-//! endpoint lists of the previous snapshots (and their east-west sections) in place.
+//! endpoint lists of the previous snapshots (and their east-west sections) in place. Other
+//! changes go through [`Incremental`] (module `incremental`, with the dependency index of module
+//! `deps`): only the routes and Gateways a change affects are translated again, with the same
+//! functions, and the previous output is patched; [`translate`] stays the reference it must
+//! equal (property test `tests/incremental_translate.rs`) and runs whenever the incremental path
+//! cannot (see [`Fallback`]).
 //!
 //! Snapshot generations: each snapshot carries `cfg.generations[cluster]` (0 when absent). The
 //! distribution layer compares contents and renumbers: translation neither knows nor needs to know
 //! whether the content changed.
 
 mod backend;
+mod deps;
 mod east_west;
 mod failover;
 mod gateway;
+mod incremental;
 mod refresh;
 mod route;
 mod rules;
@@ -60,6 +67,7 @@ use crate::world::{ClusterName, ClusterState, World};
 pub use self::east_west::{EastWestListeners, MissingRemote};
 pub(crate) use self::failover::stale_endpoint_counts;
 pub use self::failover::{UnreachableCluster, next_stale_expiry};
+pub use self::incremental::{Changes, Fallback, Incremental, Pass};
 pub use self::refresh::{AddressPolicy, refresh_endpoints};
 pub use self::rules::{DurationError, parse_duration_ms};
 
@@ -215,6 +223,16 @@ impl Problem {
 
 /// Translates the whole world. Pure: no I/O, no clock but `cfg.now`.
 pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
+    translate_full(world, cfg, None)
+}
+
+/// [`translate`]; with `seed`, also records what incremental passes start from (module
+/// `incremental`) — the same code, so the reference and the seed cannot disagree.
+pub(crate) fn translate_full(
+    world: &World,
+    cfg: &TranslateConfig,
+    mut seed: Option<&mut incremental::Seed>,
+) -> Output {
     let mut out = Output::default();
     for (cluster_name, cluster) in &world.clusters {
         let ctx = Ctx {
@@ -223,23 +241,44 @@ pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
             cluster,
             cfg,
         };
-        let classes = gateway::classes(&ctx, &mut out.status);
+        let mut record = seed.is_some().then(incremental::ClusterCache::default);
+        let mut class_status = Vec::new();
+        let classes = gateway::classes(&ctx, &mut class_status);
         let mut gateways = gateway::build_all(&ctx, &classes);
         gateway::detect_shared_socket_conflicts(&mut gateways);
         let mut backends = backend::Cache::default();
+        let mut route_status = Vec::new();
         for (key, route) in &cluster.http_routes {
-            if let Some(update) = route::process(&ctx, key, route, &mut gateways, &mut backends) {
-                out.status.push(update);
+            let processed = route::process(&ctx, key, route, &mut gateways, &mut backends);
+            if let Some(r) = &mut record {
+                r.record_route(key, &processed, &gateways);
             }
+            route_status.extend(processed.update);
         }
+        if let Some(r) = &mut record {
+            r.record_rest(classes, &class_status, &gateways);
+        }
+        out.status.extend(class_status);
+        out.status.extend(route_status);
         let generation = cfg.generations.get(cluster_name).copied().unwrap_or(0);
         let mut snapshot = Snapshot::empty(generation);
         for gw in gateways.into_values() {
+            let key = gw.key.clone();
             let (served, update) = gateway::finish(&ctx, gw);
+            if let Some(r) = &mut record {
+                r.record_gateway_status(&key, update.as_ref());
+            }
             snapshot.gateways.extend(served);
             out.status.extend(update);
         }
-        failover::policy_status(&ctx, &mut out.status);
+        let mut policy_status = Vec::new();
+        failover::policy_status(&ctx, &mut policy_status);
+        if let (Some(r), Some(seed)) = (record, seed.as_deref_mut()) {
+            let mut r = r;
+            r.record_policy_status(&policy_status);
+            seed.clusters.insert(cluster_name.clone(), r);
+        }
+        out.status.extend(policy_status);
         out.snapshots.insert(cluster_name.clone(), snapshot);
         out.endpoints_refused |= backends.refused_any;
     }

@@ -43,7 +43,19 @@ struct ParentKey {
     port: Option<i32>,
 }
 
-/// Attaches one route and returns its status update, if its status must change.
+/// What processing one route gave, besides what it attached to the Gateways' listeners.
+#[derive(Debug, Default)]
+pub(crate) struct Processed {
+    /// The route's status update, if its status must change.
+    pub update: Option<StatusUpdate>,
+    /// The listeners it attached to: Gateway and listener index.
+    pub attached: Vec<(ObjectKey, usize)>,
+    /// The address policy refused some endpoint of its backends.
+    pub refused: bool,
+}
+
+/// Attaches one route: fills the listeners' attached sets and (served listeners) routes, and
+/// returns its status update and where it attached.
 ///
 /// ```text
 /// parentRefs naming our Gateways ─► rules translated once ─► route-level problem,
@@ -53,9 +65,9 @@ pub(crate) fn process(
     ctx: &Ctx<'_>,
     key: &ObjectKey,
     route: &HttpRoute,
-    gateways: &mut BTreeMap<ObjectKey, GatewayState<'_>>,
+    gateways: &mut BTreeMap<ObjectKey, GatewayState>,
     cache: &mut backend::Cache,
-) -> Option<StatusUpdate> {
+) -> Processed {
     let HttpRoute {
         metadata,
         spec,
@@ -75,8 +87,9 @@ pub(crate) fn process(
         .map(|s| s.parents.as_slice())
         .unwrap_or_default();
     let had_ours = existing.iter().any(|p| p.controller_name == controller);
+    let mut processed = Processed::default();
     if ours.is_empty() && !had_ours {
-        return None;
+        return processed;
     }
     let stale = is_stale(
         existing
@@ -92,6 +105,7 @@ pub(crate) fn process(
         translate_rules(ctx, &key.namespace, rules.as_ref(), cache)
     };
     super::failover::attach_route_policy(ctx, key, &mut translated.rules);
+    processed.refused = !translated.refused.is_empty();
     let route = RouteVerdict::new(
         hostnames.as_deref().unwrap_or_default(),
         translated,
@@ -106,12 +120,12 @@ pub(crate) fn process(
         .iter()
         .filter_map(|pk| {
             let gw = gateways.get_mut(&ObjectKey::new(pk.namespace.as_str(), pk.name.as_str()))?;
-            let accepted = attach(ctx, key, pk, gw, &route);
+            let accepted = attach(ctx, key, pk, gw, &route, &mut processed.attached);
             Some(parent_entry(ctx, pk, &route, accepted, generation))
         })
         .collect();
     if stale {
-        return None;
+        return processed;
     }
     let new_status = HttpRouteStatus {
         parents: merge_route_parents(existing, entries, controller, &key.namespace, ctx.cfg.now),
@@ -128,14 +142,15 @@ pub(crate) fn process(
         Some(&old_status),
         &new_status,
     );
-    out.pop()
+    processed.update = out.pop();
+    processed
 }
 
 /// The route's parentRefs that name a Gateway of ours, defaults applied, without repeats.
 fn our_parents(
     key: &ObjectKey,
     parent_refs: &[HttpRouteParentRefs],
-    gateways: &BTreeMap<ObjectKey, GatewayState<'_>>,
+    gateways: &BTreeMap<ObjectKey, GatewayState>,
 ) -> Vec<ParentKey> {
     let mut ours: Vec<ParentKey> = Vec::new();
     for p in parent_refs {
@@ -315,13 +330,15 @@ fn parent_entry(
     }
 }
 
-/// Attaches the route to the listeners `pk` selects; returns their names, or why it cannot.
+/// Attaches the route to the listeners `pk` selects (noting each newly attached one in
+/// `attached`); returns their names, or why it cannot.
 fn attach(
     ctx: &Ctx<'_>,
     key: &ObjectKey,
     pk: &ParentKey,
-    gw: &mut GatewayState<'_>,
+    gw: &mut GatewayState,
     route: &RouteVerdict,
+    attached: &mut Vec<(ObjectKey, usize)>,
 ) -> Result<Vec<String>, Problem> {
     let selected: Vec<usize> = (0..gw.listeners.len())
         .filter(|&i| {
@@ -384,7 +401,11 @@ fn attach(
     for (i, hostnames) in accepting {
         let l = &mut gw.listeners[i];
         names.push(l.name.clone());
-        if l.attached.insert(key.clone()) && l.served() {
+        if !l.attached.insert(key.clone()) {
+            continue;
+        }
+        attached.push((gw.key.clone(), i));
+        if l.served() {
             l.routes.push(model::Route {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),

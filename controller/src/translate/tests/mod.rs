@@ -6,6 +6,7 @@
 
 mod backends;
 mod gateways;
+mod incremental;
 mod networks;
 mod policies;
 mod routes;

@@ -1,0 +1,573 @@
+//! The dependency index: which translated objects read which indexed objects, so that a change
+//! re-translates only what it affects (module `incremental`).
+//!
+//! Per member cluster it keeps, for every object that refers to others, what it referred to at
+//! the last pass (*forward* entries), and the reverse maps built from them:
+//!
+//! ```text
+//! HTTPRoute ──parentRefs──────────────► Gateway (ns/name, whether it exists or not)
+//!           ──backendRefs, mirrors────► Service / ServiceImport (ns/name)
+//!           ──the cross-namespace ones► (HTTPRoute, from-ns, to-ns, to-kind) → to-name
+//! Gateway   ──gatewayClassName────────► GatewayClass
+//!           ──certificateRefs, client─► Secret (ns/name)
+//!           ──the cross-namespace ones► (Gateway, from-ns, to-ns, Secret) → to-name
+//! ReferenceGrant ─ from (kind, ns) × to (kind, name or any)   (forward only: the references it
+//!                                                               allows are looked up above)
+//! FailoverPolicy ─ targetRefs (group, kind, name)             (forward only)
+//! ```
+//!
+//! A change to one object is turned into [`Affected`] by [`DepIndex::change`]: the object's
+//! forward entries are replaced by what the world holds now, and what the old *and* the new
+//! entries reach is affected (a route that stops naming a Gateway changes that Gateway's
+//! `attachedRoutes`; a grant that loses a `from` entry revokes what it allowed). Entries are
+//! supersets where precision would cost more than it saves: a reference of an unsupported group
+//! or kind is indexed like a supported one.
+//!
+//! Who reads what outside this index: ServiceImport backends read Services, EndpointSlices and
+//! ServiceExports of *every* cluster (a Service or export change reaches routes of all
+//! clusters); listener `allowedRoutes` selectors read Namespace labels (a Namespace change
+//! reaches the routes of that namespace, when some listener of the cluster has a selector);
+//! FailoverPolicy status reads Services, HTTPRoutes, ServiceImports and exports (recomputed
+//! every pass: there are few policies).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gateway_api::gateways::{Gateway, GatewayTls, GatewayTlsBackend};
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
+use meridian_crds::meridian::FailoverPolicy;
+
+use super::backend::MCS_GROUP;
+use crate::status::GATEWAY_GROUP;
+use crate::world::{ClusterName, ClusterState, Kind, ObjectKey, World};
+
+/// A backend a route refers to: a Service of the route's cluster, or a ServiceImport (the
+/// Services of that name exported from any cluster).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Backend {
+    pub import: bool,
+    pub key: ObjectKey,
+}
+
+/// A cross-namespace reference family: referrer kind and namespace, target namespace and kind.
+type CrossKey = (&'static str, String, String, String);
+
+/// What one change affects, per member cluster.
+#[derive(Debug, Default)]
+pub(crate) struct Affected {
+    /// Routes to translate again.
+    pub routes: BTreeMap<ClusterName, BTreeSet<ObjectKey>>,
+    /// Gateways to validate again (listeners, references, status).
+    pub gateways: BTreeMap<ClusterName, BTreeSet<ObjectKey>>,
+    /// Clusters whose GatewayClasses changed (every Gateway is validated again).
+    pub classes: BTreeSet<ClusterName>,
+    /// Namespaces whose labels changed (routes there attach again where a selector reads them).
+    pub namespaces: BTreeMap<ClusterName, BTreeSet<String>>,
+}
+
+impl Affected {
+    fn route(&mut self, cluster: &str, key: ObjectKey) {
+        self.routes
+            .entry(cluster.to_string())
+            .or_default()
+            .insert(key);
+    }
+
+    fn gateway(&mut self, cluster: &str, key: ObjectKey) {
+        self.gateways
+            .entry(cluster.to_string())
+            .or_default()
+            .insert(key);
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct RouteRefs {
+    parents: Vec<ObjectKey>,
+    backends: Vec<Backend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct GatewayRefs {
+    class: String,
+    secrets: Vec<ObjectKey>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct GrantRefs {
+    /// `(kind, namespace)` of each `from` entry.
+    from: Vec<(String, String)>,
+    /// `(kind, name)` of each `to` entry (`None`: every name).
+    to: Vec<(String, Option<String>)>,
+}
+
+/// `(group, kind, name)` of a policy target.
+type Target = (String, String, String);
+
+/// One member cluster's entries.
+#[derive(Debug, Default)]
+struct ClusterDeps {
+    routes: BTreeMap<ObjectKey, RouteRefs>,
+    gateways: BTreeMap<ObjectKey, GatewayRefs>,
+    grants: BTreeMap<ObjectKey, GrantRefs>,
+    policies: BTreeMap<ObjectKey, Vec<Target>>,
+    /// Gateway → routes naming it in a parentRef.
+    by_parent: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Backend → routes referring to it.
+    by_backend: BTreeMap<Backend, BTreeSet<ObjectKey>>,
+    /// Cross-namespace references → target name → referrers (routes or Gateways).
+    cross: BTreeMap<CrossKey, BTreeMap<String, BTreeSet<ObjectKey>>>,
+    /// Secret → Gateways referring to it.
+    by_secret: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// GatewayClass → Gateways of that class.
+    by_class: BTreeMap<String, BTreeSet<ObjectKey>>,
+}
+
+/// The dependency index of every member cluster (module docs).
+#[derive(Debug, Default)]
+pub(crate) struct DepIndex {
+    clusters: BTreeMap<ClusterName, ClusterDeps>,
+}
+
+impl DepIndex {
+    /// The index of the whole world.
+    pub fn build(world: &World) -> Self {
+        let mut index = Self::default();
+        for (name, state) in &world.clusters {
+            let deps = index.clusters.entry(name.clone()).or_default();
+            for (key, route) in &state.http_routes {
+                deps.set_route(key, Some(route_refs(key, route)));
+            }
+            for (key, gw) in &state.gateways {
+                deps.set_gateway(key, Some(gateway_refs(key, gw)));
+            }
+            for (key, grant) in &state.reference_grants {
+                deps.grants.insert(key.clone(), grant_refs(grant));
+            }
+            for (key, policy) in &state.failover_policies {
+                deps.policies.insert(key.clone(), policy_targets(policy));
+            }
+        }
+        index
+    }
+
+    /// Routes of `cluster` naming Gateway `gateway` in a parentRef.
+    pub fn routes_naming(&self, cluster: &str, gateway: &ObjectKey) -> Vec<ObjectKey> {
+        self.clusters
+            .get(cluster)
+            .and_then(|d| d.by_parent.get(gateway))
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Re-indexes object `kind` `key` of `cluster` from what the world holds now (absent:
+    /// deleted) and notes in `affected` what its old and new references reach. EndpointSlice
+    /// changes are given by the key of the Service they belong to.
+    pub fn change(
+        &mut self,
+        world: &World,
+        cluster: &str,
+        kind: Kind,
+        key: &ObjectKey,
+        affected: &mut Affected,
+    ) {
+        let Some(state) = world.cluster(cluster) else {
+            return;
+        };
+        let deps = self.clusters.entry(cluster.to_string()).or_default();
+        match kind {
+            Kind::HttpRoute => {
+                let new = state.http_routes.get(key).map(|r| route_refs(key, r));
+                deps.set_route(key, new);
+                affected.route(cluster, key.clone());
+            }
+            Kind::Gateway => {
+                let new = state.gateways.get(key).map(|g| gateway_refs(key, g));
+                deps.set_gateway(key, new);
+                affected.gateway(cluster, key.clone());
+            }
+            Kind::GatewayClass => {
+                affected.classes.insert(cluster.to_string());
+                for gw in deps.by_class.get(&key.name).into_iter().flatten() {
+                    affected.gateway(cluster, gw.clone());
+                }
+            }
+            Kind::Secret => {
+                for gw in deps.by_secret.get(key).into_iter().flatten() {
+                    affected.gateway(cluster, gw.clone());
+                }
+            }
+            Kind::Namespace => {
+                affected
+                    .namespaces
+                    .entry(cluster.to_string())
+                    .or_default()
+                    .insert(key.name.clone());
+            }
+            Kind::ReferenceGrant => {
+                let new = state.reference_grants.get(key).map(|g| grant_refs(g));
+                let old = match &new {
+                    Some(n) => deps.grants.insert(key.clone(), n.clone()),
+                    None => deps.grants.remove(key),
+                };
+                for refs in old.iter().chain(new.iter()) {
+                    deps.granted(&key.namespace, refs, cluster, affected);
+                }
+            }
+            Kind::FailoverPolicy => {
+                let new = state.failover_policies.get(key).map(|p| policy_targets(p));
+                let old = match &new {
+                    Some(n) => deps.policies.insert(key.clone(), n.clone()),
+                    None => deps.policies.remove(key),
+                };
+                for (group, kind, name) in old.iter().chain(new.iter()).flatten() {
+                    let target = ObjectKey::new(key.namespace.as_str(), name.as_str());
+                    match (group.as_str(), kind.as_str()) {
+                        (GATEWAY_GROUP, "HTTPRoute") => affected.route(cluster, target),
+                        (g, k) => {
+                            let import = g == MCS_GROUP && k == "ServiceImport";
+                            let backend = Backend {
+                                import,
+                                key: target,
+                            };
+                            for r in deps.by_backend.get(&backend).into_iter().flatten() {
+                                affected.route(cluster, r.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            Kind::Service | Kind::EndpointSlice => {
+                let local = Backend {
+                    import: false,
+                    key: key.clone(),
+                };
+                for r in deps.by_backend.get(&local).into_iter().flatten() {
+                    affected.route(cluster, r.clone());
+                }
+                self.importers(key, affected);
+            }
+            Kind::ServiceExport => self.importers(key, affected),
+            // Read by FailoverPolicy status only (recomputed every pass), or never.
+            Kind::ServiceImport | Kind::FailoverDrill => {}
+        }
+    }
+
+    /// Routes of every cluster with a ServiceImport backend `key`.
+    fn importers(&self, key: &ObjectKey, affected: &mut Affected) {
+        let backend = Backend {
+            import: true,
+            key: key.clone(),
+        };
+        for (cluster, deps) in &self.clusters {
+            for r in deps.by_backend.get(&backend).into_iter().flatten() {
+                affected.route(cluster, r.clone());
+            }
+        }
+    }
+}
+
+impl ClusterDeps {
+    /// Replaces a route's forward entries (and their reverse ones).
+    fn set_route(&mut self, key: &ObjectKey, new: Option<RouteRefs>) {
+        if let Some(old) = self.routes.remove(key) {
+            for p in &old.parents {
+                remove(&mut self.by_parent, p, key);
+            }
+            for b in &old.backends {
+                remove(&mut self.by_backend, b, key);
+                if b.key.namespace != key.namespace {
+                    self.uncross(route_cross(key, b), &b.key.name, key);
+                }
+            }
+        }
+        let Some(new) = new else { return };
+        for p in &new.parents {
+            self.by_parent
+                .entry(p.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        for b in &new.backends {
+            self.by_backend
+                .entry(b.clone())
+                .or_default()
+                .insert(key.clone());
+            if b.key.namespace != key.namespace {
+                self.cross
+                    .entry(route_cross(key, b))
+                    .or_default()
+                    .entry(b.key.name.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        self.routes.insert(key.clone(), new);
+    }
+
+    /// Replaces a Gateway's forward entries (and their reverse ones).
+    fn set_gateway(&mut self, key: &ObjectKey, new: Option<GatewayRefs>) {
+        if let Some(old) = self.gateways.remove(key) {
+            remove(&mut self.by_class, &old.class, key);
+            for s in &old.secrets {
+                remove(&mut self.by_secret, s, key);
+                if s.namespace != key.namespace {
+                    self.uncross(secret_cross(key, s), &s.name, key);
+                }
+            }
+        }
+        let Some(new) = new else { return };
+        self.by_class
+            .entry(new.class.clone())
+            .or_default()
+            .insert(key.clone());
+        for s in &new.secrets {
+            self.by_secret
+                .entry(s.clone())
+                .or_default()
+                .insert(key.clone());
+            if s.namespace != key.namespace {
+                self.cross
+                    .entry(secret_cross(key, s))
+                    .or_default()
+                    .entry(s.name.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        self.gateways.insert(key.clone(), new);
+    }
+
+    fn uncross(&mut self, family: CrossKey, name: &str, referrer: &ObjectKey) {
+        if let Some(names) = self.cross.get_mut(&family) {
+            remove(names, name, referrer);
+            if names.is_empty() {
+                self.cross.remove(&family);
+            }
+        }
+    }
+
+    /// Notes the referrers whose references a grant in `namespace` with `refs` allows.
+    fn granted(&self, namespace: &str, refs: &GrantRefs, cluster: &str, affected: &mut Affected) {
+        for (from_kind, from_ns) in &refs.from {
+            let from_kind = match from_kind.as_str() {
+                "HTTPRoute" => "HTTPRoute",
+                "Gateway" => "Gateway",
+                _ => continue,
+            };
+            for (to_kind, to_name) in &refs.to {
+                let family = (
+                    from_kind,
+                    from_ns.clone(),
+                    namespace.to_string(),
+                    to_kind.clone(),
+                );
+                let Some(names) = self.cross.get(&family) else {
+                    continue;
+                };
+                let referrers = names
+                    .iter()
+                    .filter(|(n, _)| to_name.as_ref().is_none_or(|t| t == *n))
+                    .flat_map(|(_, r)| r);
+                for r in referrers {
+                    if from_kind == "HTTPRoute" {
+                        affected.route(cluster, r.clone());
+                    } else {
+                        affected.gateway(cluster, r.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Removes `value` from the set at `at`, and the set once empty.
+fn remove<K, Q>(map: &mut BTreeMap<K, BTreeSet<ObjectKey>>, at: &Q, value: &ObjectKey)
+where
+    K: Ord + std::borrow::Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    if let Some(set) = map.get_mut(at) {
+        set.remove(value);
+        if set.is_empty() {
+            map.remove(at);
+        }
+    }
+}
+
+fn route_cross(route: &ObjectKey, b: &Backend) -> CrossKey {
+    let kind = if b.import { "ServiceImport" } else { "Service" };
+    (
+        "HTTPRoute",
+        route.namespace.clone(),
+        b.key.namespace.clone(),
+        kind.to_string(),
+    )
+}
+
+fn secret_cross(gateway: &ObjectKey, secret: &ObjectKey) -> CrossKey {
+    (
+        "Gateway",
+        gateway.namespace.clone(),
+        secret.namespace.clone(),
+        "Secret".to_string(),
+    )
+}
+
+/// The Gateways a route names and the backends it refers to (rules, backendRef and rule
+/// mirrors), defaults applied as translation applies them.
+fn route_refs(key: &ObjectKey, route: &HttpRoute) -> RouteRefs {
+    let mut out = RouteRefs::default();
+    for p in route.spec.parent_refs.iter().flatten() {
+        if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
+            || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+        {
+            continue;
+        }
+        let gw = ObjectKey::new(
+            p.namespace.as_deref().unwrap_or(&key.namespace),
+            p.name.as_str(),
+        );
+        if !out.parents.contains(&gw) {
+            out.parents.push(gw);
+        }
+    }
+    let mut add =
+        |group: Option<&String>, kind: Option<&String>, ns: Option<&String>, name: &str| {
+            let import = match (
+                group.map_or("", String::as_str),
+                kind.map_or("Service", String::as_str),
+            ) {
+                ("", "Service") => false,
+                (MCS_GROUP, "ServiceImport") => true,
+                // Resolves to InvalidKind whatever the world holds.
+                _ => return,
+            };
+            let b = Backend {
+                import,
+                key: ObjectKey::new(ns.map_or(key.namespace.as_str(), String::as_str), name),
+            };
+            if !out.backends.contains(&b) {
+                out.backends.push(b);
+            }
+        };
+    for rule in route.spec.rules.iter().flatten() {
+        for f in rule.filters.iter().flatten() {
+            if let Some(m) = &f.request_mirror {
+                let b = &m.backend_ref;
+                add(
+                    b.group.as_ref(),
+                    b.kind.as_ref(),
+                    b.namespace.as_ref(),
+                    &b.name,
+                );
+            }
+        }
+        for b in rule.backend_refs.iter().flatten() {
+            add(
+                b.group.as_ref(),
+                b.kind.as_ref(),
+                b.namespace.as_ref(),
+                &b.name,
+            );
+            for f in b.filters.iter().flatten() {
+                if let Some(m) = &f.request_mirror {
+                    let b = &m.backend_ref;
+                    add(
+                        b.group.as_ref(),
+                        b.kind.as_ref(),
+                        b.namespace.as_ref(),
+                        &b.name,
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A Gateway's class and the Secrets it refers to (listener certificates, the backend client
+/// certificate), of any group and kind.
+fn gateway_refs(key: &ObjectKey, gw: &Gateway) -> GatewayRefs {
+    let mut secrets = Vec::new();
+    for l in &gw.spec.listeners {
+        for r in l
+            .tls
+            .iter()
+            .flat_map(|t| t.certificate_refs.iter().flatten())
+        {
+            secrets.push(ObjectKey::new(
+                r.namespace.as_deref().unwrap_or(&key.namespace),
+                r.name.as_str(),
+            ));
+        }
+    }
+    if let Some(GatewayTls {
+        backend: Some(GatewayTlsBackend {
+            client_certificate_ref: Some(r),
+        }),
+        ..
+    }) = &gw.spec.tls
+    {
+        secrets.push(ObjectKey::new(
+            r.namespace.as_deref().unwrap_or(&key.namespace),
+            r.name.as_str(),
+        ));
+    }
+    secrets.sort();
+    secrets.dedup();
+    GatewayRefs {
+        class: gw.spec.gateway_class_name.clone(),
+        secrets,
+    }
+}
+
+fn grant_refs(grant: &ReferenceGrant) -> GrantRefs {
+    GrantRefs {
+        from: grant
+            .spec
+            .from
+            .iter()
+            .map(|f| (f.kind.clone(), f.namespace.clone()))
+            .collect(),
+        to: grant
+            .spec
+            .to
+            .iter()
+            .map(|t| (t.kind.clone(), t.name.clone()))
+            .collect(),
+    }
+}
+
+fn policy_targets(policy: &FailoverPolicy) -> Vec<Target> {
+    policy
+        .spec
+        .target_refs
+        .iter()
+        .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
+        .collect()
+}
+
+/// Whether some listener of some Gateway of `state` admits routes by namespace selector (only
+/// then do Namespace labels matter to translation).
+pub(crate) fn reads_namespace_labels(
+    gateways: &BTreeMap<ObjectKey, super::gateway::GatewayState>,
+) -> bool {
+    gateways.values().any(|g| {
+        g.listeners
+            .iter()
+            .any(|l| matches!(l.allowed, super::gateway::AllowedNamespaces::Selector(_)))
+    })
+}
+
+/// The routes of `namespace` in `state` (Namespace changes).
+pub(crate) fn routes_in<'s>(
+    state: &'s ClusterState,
+    namespace: &'s str,
+) -> impl Iterator<Item = &'s ObjectKey> + 's {
+    state
+        .http_routes
+        .range(ObjectKey::new(namespace, "")..)
+        .take_while(move |(k, _)| k.namespace == namespace)
+        .map(|(k, _)| k)
+}

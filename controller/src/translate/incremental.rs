@@ -1,0 +1,787 @@
+//! Incremental translation: re-translate only what a change affects and patch the previous
+//! output, with the full translation ([`super::translate`]) as the reference it must equal.
+//!
+//! A full pass run through [`Incremental::full`] is the reference translation itself; on the
+//! way it keeps, per member cluster, what an incremental pass starts from:
+//!
+//! ```text
+//! GatewayClasses: which are ours and accepted          (recomputed every pass: few)
+//! Gateways:       validated state (listeners, conflicts, addresses) with each listener's
+//!                 attached routes — the aggregates behind attachedRoutes and the conditions
+//! routes:         where each attached (Gateway, listener), whether endpoints were refused
+//! status:         the pending update of every GatewayClass, route, Gateway and policy
+//! deps:           the dependency index (module `deps`)
+//! ```
+//!
+//! An incremental pass ([`Incremental::update`]) is given the objects that changed since the
+//! last pass and the current [`TranslateConfig`]:
+//!
+//! ```text
+//! changed objects ──deps──► routes, Gateways, namespaces affected
+//! config diff ────────────► Gateways whose data-plane state or addresses changed,
+//!                           objects whose unconfirmed-status entry came or went
+//! 1. classes recomputed; if they or any Gateway are affected, every Gateway of the cluster is
+//!    validated again (listeners of different Gateways conflict over sockets) and compared
+//!    with its kept state:
+//!      same                         → kept as is
+//!      same attachment view         → attached sets carried over, status recomputed, snapshot
+//!      (listeners routes select,      entry re-skeletoned with its routes moved over
+//!       served, entry present)
+//!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or attached
+//!                                     to it translated again
+//! 2. each affected route: detached from the listeners it attached to (and their snapshot
+//!    entries), translated again with route::process against the kept Gateways, attached,
+//!    its served copies inserted in name order
+//! 3. status of every Gateway a route attached to or left, and of every FailoverPolicy
+//! ```
+//!
+//! Cost grows with what the change touches: one route change translates that route and
+//! recomputes the status of its parent Gateways (counting attached routes from the kept sets);
+//! a Service change translates the routes using it; a status echo of a Gateway revalidates the
+//! cluster's few Gateways and recomputes that one's status. Snapshot order is kept exactly as a
+//! full translation orders it: Gateways by namespace/name, listeners in spec order, routes by
+//! namespace/name (binary search in each listener).
+//!
+//! Equal means equal for the same world and [`TranslateConfig`]. Between passes `cfg.now`
+//! moves: the status kept for an object not affected by a change carries the
+//! `lastTransitionTime` of the pass that computed it (when the transition was seen), where a
+//! full translation would stamp its own clock on a transition still pending.
+//!
+//! Cost outside the affected objects: the cluster's GatewayClasses and FailoverPolicies are
+//! recomputed every pass (few), the data-plane state and unconfirmed-status sets of the config
+//! are compared with the last pass's (one entry per Gateway, and per status write not yet seen
+//! in the index).
+//!
+//! What is not done incrementally — [`Incremental::update`] answers [`Fallback`] and the caller
+//! runs a full translation (which re-seeds everything):
+//! * before the first full pass;
+//! * member clusters joining or leaving (the cluster set differs from the last pass);
+//! * any member cluster unreachable (stale endpoints, staleEndpointTTL: they read every
+//!   served endpoint);
+//! * member clusters on more than one network (the east-west rewrite reads every snapshot),
+//!   and with it changes of the east-west listeners;
+//! * a change of the controller name, supported features or loopback policy.
+//!
+//! The caller also keeps running full passes for what it cannot describe as object changes:
+//! re-lists (a watcher's initial list), drills and drains do not go through translation at all.
+//! EndpointSlice changes take [`super::refresh_endpoints`] in the reconcile loop; given here
+//! (as the key of their Service) they translate the routes of that Service again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use meridian_model::Snapshot;
+use meridian_model::snapshot as model;
+
+use super::deps::{self, Affected, DepIndex};
+use super::gateway::{self, GatewayState, ListenerState};
+use super::{ClusterGatewayRef, Ctx, Output, ProgrammedState, TranslateConfig, backend, route};
+use crate::status::{StatusKind, StatusUpdate};
+use crate::world::{ClusterName, Kind, ObjectKey, World};
+
+/// Objects that changed since the last pass, per member cluster, by kind and key. An
+/// EndpointSlice change is recorded under the key of the Service it belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    objects: BTreeMap<ClusterName, BTreeSet<(Kind, ObjectKey)>>,
+}
+
+impl Changes {
+    /// No changes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Notes a change of object `kind` `key` in `cluster` (added, modified or deleted).
+    pub fn insert(&mut self, cluster: &str, kind: Kind, key: ObjectKey) {
+        self.objects
+            .entry(cluster.to_string())
+            .or_default()
+            .insert((kind, key));
+    }
+
+    /// Adds every change of `other`.
+    pub fn extend(&mut self, other: Changes) {
+        for (cluster, objects) in other.objects {
+            self.objects.entry(cluster).or_default().extend(objects);
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.objects.values().all(BTreeSet::is_empty)
+    }
+
+    /// Number of changed objects.
+    pub fn len(&self) -> usize {
+        self.objects.values().map(BTreeSet::len).sum()
+    }
+}
+
+/// Why an incremental pass cannot run; the caller runs a full translation instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Fallback {
+    /// No full translation seeded the caches yet.
+    #[error("no full translation yet")]
+    NotSeeded,
+    /// The member clusters differ from those of the last pass.
+    #[error("member clusters changed")]
+    Members,
+    /// Some member cluster is unreachable.
+    #[error("a member cluster is unreachable")]
+    Unreachable,
+    /// Member clusters are on several networks.
+    #[error("member clusters are on several networks")]
+    MultiNetwork,
+    /// Controller name, supported features or the loopback policy changed.
+    #[error("translation settings changed")]
+    Settings,
+}
+
+/// What the last pass translated with, besides the world.
+#[derive(Debug, Default)]
+struct Seen {
+    controller_name: String,
+    supported_features: Vec<String>,
+    allow_loopback_endpoints: bool,
+    programmed: BTreeMap<ClusterGatewayRef, ProgrammedState>,
+    addresses: BTreeMap<ClusterGatewayRef, Vec<IpAddr>>,
+    unconfirmed: BTreeMap<ClusterName, BTreeSet<(StatusKind, String, String)>>,
+}
+
+impl Seen {
+    fn of(cfg: &TranslateConfig) -> Self {
+        Self {
+            controller_name: cfg.controller_name.clone(),
+            supported_features: cfg.supported_features.clone(),
+            allow_loopback_endpoints: cfg.allow_loopback_endpoints,
+            programmed: cfg.programmed.clone(),
+            addresses: cfg.addresses.clone(),
+            unconfirmed: cfg.unconfirmed.clone(),
+        }
+    }
+}
+
+/// Where a route attached: Gateway, listener index and name.
+type Attachment = (ObjectKey, usize, String);
+
+/// What an incremental pass starts from in one member cluster (module docs).
+#[derive(Default)]
+pub(crate) struct ClusterCache {
+    classes: BTreeMap<String, bool>,
+    class_status: Vec<StatusUpdate>,
+    /// Validated Gateways with their listeners' attached sets (no routes).
+    gateways: BTreeMap<ObjectKey, GatewayState>,
+    gateway_status: BTreeMap<ObjectKey, StatusUpdate>,
+    /// Routes that attached somewhere.
+    attached: BTreeMap<ObjectKey, Vec<Attachment>>,
+    route_status: BTreeMap<ObjectKey, StatusUpdate>,
+    /// Routes whose endpoints the address policy refused.
+    refused: BTreeSet<ObjectKey>,
+    policy_status: Vec<StatusUpdate>,
+}
+
+/// A full translation's record of one cluster, kept by [`Incremental::full`].
+#[derive(Default)]
+pub(crate) struct Seed {
+    pub clusters: BTreeMap<ClusterName, ClusterCache>,
+}
+
+impl ClusterCache {
+    /// Notes one route processed by a full translation.
+    pub(crate) fn record_route(
+        &mut self,
+        key: &ObjectKey,
+        processed: &route::Processed,
+        gateways: &BTreeMap<ObjectKey, GatewayState>,
+    ) {
+        let attached: Vec<Attachment> = processed
+            .attached
+            .iter()
+            .filter_map(|(gw, i)| {
+                let l = gateways.get(gw)?.listeners.get(*i)?;
+                Some((gw.clone(), *i, l.name.clone()))
+            })
+            .collect();
+        if !attached.is_empty() {
+            self.attached.insert(key.clone(), attached);
+        }
+        if processed.refused {
+            self.refused.insert(key.clone());
+        }
+        if let Some(u) = &processed.update {
+            self.route_status.insert(key.clone(), u.clone());
+        }
+    }
+
+    /// Notes the classes, Gateways (before their routes are taken for the snapshot) and
+    /// status of a full translation.
+    pub(crate) fn record_rest(
+        &mut self,
+        classes: BTreeMap<String, bool>,
+        class_status: &[StatusUpdate],
+        gateways: &BTreeMap<ObjectKey, GatewayState>,
+    ) {
+        self.classes = classes;
+        self.class_status = class_status.to_vec();
+        self.gateways = gateways
+            .iter()
+            .map(|(k, g)| (k.clone(), without_routes(g)))
+            .collect();
+    }
+
+    pub(crate) fn record_gateway_status(&mut self, key: &ObjectKey, update: Option<&StatusUpdate>) {
+        if let Some(u) = update {
+            self.gateway_status.insert(key.clone(), u.clone());
+        }
+    }
+
+    pub(crate) fn record_policy_status(&mut self, updates: &[StatusUpdate]) {
+        self.policy_status = updates.to_vec();
+    }
+}
+
+/// Incremental translation state (module docs).
+#[derive(Default)]
+pub struct Incremental {
+    seeded: bool,
+    clusters: BTreeMap<ClusterName, ClusterCache>,
+    deps: DepIndex,
+    seen: Seen,
+}
+
+impl std::fmt::Debug for Incremental {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incremental")
+            .field("seeded", &self.seeded)
+            .field("clusters", &self.clusters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an incremental pass did.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// The status updates of the objects it recomputed (a subset of [`Incremental::status`]).
+    pub status: Vec<StatusUpdate>,
+    /// Routes translated again.
+    pub routes: usize,
+    /// Gateways whose status was recomputed.
+    pub gateways: usize,
+}
+
+impl Incremental {
+    /// Nothing kept yet: the first pass must be [`Incremental::full`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The full translation ([`super::translate`], the same code) of `world`, keeping what the
+    /// next incremental passes start from.
+    pub fn full(&mut self, world: &World, cfg: &TranslateConfig) -> Output {
+        let mut seed = Seed::default();
+        let out = super::translate_full(world, cfg, Some(&mut seed));
+        self.clusters = seed.clusters;
+        self.deps = DepIndex::build(world);
+        self.seen = Seen::of(cfg);
+        self.seeded = true;
+        out
+    }
+
+    /// Whether an incremental pass can run on `world` with `cfg`.
+    pub fn check(&self, world: &World, cfg: &TranslateConfig) -> Result<(), Fallback> {
+        if !self.seeded {
+            return Err(Fallback::NotSeeded);
+        }
+        if !world.clusters.keys().eq(self.clusters.keys()) {
+            return Err(Fallback::Members);
+        }
+        if !cfg.unreachable.is_empty() {
+            return Err(Fallback::Unreachable);
+        }
+        if world.multi_network() {
+            return Err(Fallback::MultiNetwork);
+        }
+        let s = &self.seen;
+        if s.controller_name != cfg.controller_name
+            || s.supported_features != cfg.supported_features
+            || s.allow_loopback_endpoints != cfg.allow_loopback_endpoints
+        {
+            return Err(Fallback::Settings);
+        }
+        Ok(())
+    }
+
+    /// Translates again what `changes` (and the differences of `cfg` from the last pass's)
+    /// affect, patching `snapshots` (the last pass's, as the caller keeps them) in place.
+    /// On [`Fallback`] nothing was changed: run [`Incremental::full`].
+    pub fn update(
+        &mut self,
+        world: &World,
+        cfg: &TranslateConfig,
+        changes: &Changes,
+        snapshots: &mut BTreeMap<ClusterName, Snapshot>,
+    ) -> Result<Pass, Fallback> {
+        self.check(world, cfg)?;
+        let mut affected = Affected::default();
+        for (cluster, objects) in &changes.objects {
+            for (kind, key) in objects {
+                self.deps.change(world, cluster, *kind, key, &mut affected);
+            }
+        }
+        self.config_diff(cfg, &mut affected);
+        self.seen = Seen::of(cfg);
+
+        let mut pass = Pass::default();
+        let empty = BTreeSet::new();
+        for (name, cluster) in &world.clusters {
+            let Some(cache) = self.clusters.get_mut(name) else {
+                continue;
+            };
+            let ctx = Ctx {
+                world,
+                cluster_name: name,
+                cluster,
+                cfg,
+            };
+            let generation = cfg.generations.get(name).copied().unwrap_or(0);
+            let snapshot = snapshots
+                .entry(name.clone())
+                .or_insert_with(|| Snapshot::empty(generation));
+            snapshot.generation = generation;
+            let dirty = Dirty {
+                classes: affected.classes.contains(name),
+                gateways: affected.gateways.get(name).unwrap_or(&empty),
+                routes: affected.routes.remove(name).unwrap_or_default(),
+                namespaces: affected.namespaces.get(name),
+            };
+            cache.update(&ctx, &self.deps, dirty, snapshot, &mut pass);
+        }
+        Ok(pass)
+    }
+
+    /// Gateways whose data-plane state or addresses changed, and objects whose unconfirmed
+    /// status entry came or went (their `settles` report changes).
+    fn config_diff(&self, cfg: &TranslateConfig, affected: &mut Affected) {
+        fn diff<V: PartialEq>(
+            old: &BTreeMap<ClusterGatewayRef, V>,
+            new: &BTreeMap<ClusterGatewayRef, V>,
+            affected: &mut Affected,
+        ) {
+            let keys: BTreeSet<&ClusterGatewayRef> = old.keys().chain(new.keys()).collect();
+            for r in keys {
+                if old.get(r) != new.get(r) {
+                    affected
+                        .gateways
+                        .entry(r.cluster.clone())
+                        .or_default()
+                        .insert(ObjectKey::new(
+                            r.gateway.namespace.as_str(),
+                            r.gateway.name.as_str(),
+                        ));
+                }
+            }
+        }
+        diff(&self.seen.programmed, &cfg.programmed, affected);
+        diff(&self.seen.addresses, &cfg.addresses, affected);
+        let empty = BTreeSet::new();
+        let clusters: BTreeSet<&ClusterName> = self
+            .seen
+            .unconfirmed
+            .keys()
+            .chain(cfg.unconfirmed.keys())
+            .collect();
+        for cluster in clusters {
+            let old = self.seen.unconfirmed.get(cluster).unwrap_or(&empty);
+            let new = cfg.unconfirmed.get(cluster).unwrap_or(&empty);
+            for (kind, ns, name) in old.symmetric_difference(new) {
+                let key = ObjectKey::new(ns.as_str(), name.as_str());
+                match kind {
+                    StatusKind::Gateway => {
+                        affected
+                            .gateways
+                            .entry(cluster.clone())
+                            .or_default()
+                            .insert(key);
+                    }
+                    StatusKind::HttpRoute => {
+                        affected
+                            .routes
+                            .entry(cluster.clone())
+                            .or_default()
+                            .insert(key);
+                    }
+                    // Recomputed every pass.
+                    StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+                }
+            }
+        }
+    }
+
+    /// Every status update a full translation of the same world would give, in its order:
+    /// by cluster, GatewayClasses, HTTPRoutes, Gateways, FailoverPolicies.
+    pub fn status(&self) -> Vec<StatusUpdate> {
+        let mut out = Vec::new();
+        for c in self.clusters.values() {
+            out.extend(c.class_status.iter().cloned());
+            out.extend(c.route_status.values().cloned());
+            out.extend(c.gateway_status.values().cloned());
+            out.extend(c.policy_status.iter().cloned());
+        }
+        out
+    }
+
+    /// Whether some route names endpoints the address policy refused
+    /// ([`Output::endpoints_refused`]).
+    pub fn endpoints_refused(&self) -> bool {
+        self.clusters.values().any(|c| !c.refused.is_empty())
+    }
+}
+
+/// What is affected in one cluster.
+struct Dirty<'a> {
+    classes: bool,
+    gateways: &'a BTreeSet<ObjectKey>,
+    routes: BTreeSet<ObjectKey>,
+    namespaces: Option<&'a BTreeSet<String>>,
+}
+
+impl ClusterCache {
+    fn update(
+        &mut self,
+        ctx: &Ctx<'_>,
+        deps: &DepIndex,
+        dirty: Dirty<'_>,
+        snapshot: &mut Snapshot,
+        pass: &mut Pass,
+    ) {
+        let Dirty {
+            classes: classes_changed,
+            gateways: gateways_dirty,
+            mut routes,
+            namespaces,
+        } = dirty;
+        // 1. Classes (few: always), then Gateways when anything they read changed.
+        let mut class_status = Vec::new();
+        let classes = gateway::classes(ctx, &mut class_status);
+        let revalidate = classes_changed || classes != self.classes || !gateways_dirty.is_empty();
+        self.classes = classes;
+        pass.status.extend(class_status.iter().cloned());
+        self.class_status = class_status;
+        let mut touched: BTreeSet<ObjectKey> = gateways_dirty.clone();
+        if revalidate {
+            self.revalidate(ctx, deps, snapshot, &mut routes, &mut touched);
+        }
+        if let Some(namespaces) = namespaces
+            && deps::reads_namespace_labels(&self.gateways)
+        {
+            for ns in namespaces {
+                routes.extend(deps::routes_in(ctx.cluster, ns).cloned());
+            }
+        }
+
+        // 2. Routes.
+        let mut backends = backend::Cache::default();
+        for key in &routes {
+            self.retranslate(ctx, key, &mut backends, snapshot, &mut touched, pass);
+        }
+        pass.routes += routes.len();
+
+        // 3. Status of the Gateways routes came to or left, and of the policies.
+        for key in &touched {
+            let update = self
+                .gateways
+                .get(key)
+                .and_then(|gw| gateway::status(ctx, gw));
+            match update {
+                Some(u) => {
+                    pass.status.push(u.clone());
+                    self.gateway_status.insert(key.clone(), u);
+                }
+                None => {
+                    self.gateway_status.remove(key);
+                }
+            }
+        }
+        pass.gateways += touched.len();
+        let mut policy_status = Vec::new();
+        super::failover::policy_status(ctx, &mut policy_status);
+        pass.status.extend(policy_status.iter().cloned());
+        self.policy_status = policy_status;
+    }
+
+    /// Validates every Gateway of the cluster again and reconciles it with the kept one
+    /// (module docs, step 1).
+    fn revalidate(
+        &mut self,
+        ctx: &Ctx<'_>,
+        deps: &DepIndex,
+        snapshot: &mut Snapshot,
+        routes: &mut BTreeSet<ObjectKey>,
+        touched: &mut BTreeSet<ObjectKey>,
+    ) {
+        let mut fresh = gateway::build_all(ctx, &self.classes);
+        gateway::detect_shared_socket_conflicts(&mut fresh);
+        let keys: BTreeSet<ObjectKey> = self.gateways.keys().chain(fresh.keys()).cloned().collect();
+        for key in keys {
+            let old = self.gateways.remove(&key);
+            let new = fresh.get_mut(&key);
+            match (old, new) {
+                (Some(old), Some(new)) if same_state(&old, new) => *new = old,
+                (Some(old), Some(new)) if attach_view(&old) == attach_view(new) => {
+                    for (n, o) in new.listeners.iter_mut().zip(old.listeners) {
+                        n.attached = o.attached;
+                    }
+                    touched.insert(key.clone());
+                    set_entry(snapshot, &key, gateway::entry(new), true);
+                }
+                (old, new) => {
+                    routes.extend(deps.routes_naming(ctx.cluster_name, &key));
+                    if let Some(old) = old {
+                        routes.extend(old.listeners.into_iter().flat_map(|l| l.attached));
+                    }
+                    match new {
+                        Some(new) => {
+                            touched.insert(key.clone());
+                            set_entry(snapshot, &key, gateway::entry(new), false);
+                        }
+                        None => {
+                            self.gateway_status.remove(&key);
+                            set_entry(snapshot, &key, None, false);
+                        }
+                    }
+                }
+            }
+        }
+        self.gateways = fresh;
+    }
+
+    /// Detaches a route from where it attached and translates it again (module docs, step 2).
+    fn retranslate(
+        &mut self,
+        ctx: &Ctx<'_>,
+        key: &ObjectKey,
+        backends: &mut backend::Cache,
+        snapshot: &mut Snapshot,
+        touched: &mut BTreeSet<ObjectKey>,
+        pass: &mut Pass,
+    ) {
+        for (gw, i, listener) in self.attached.remove(key).unwrap_or_default() {
+            if let Some(l) = self
+                .gateways
+                .get_mut(&gw)
+                .and_then(|g| g.listeners.get_mut(i))
+            {
+                l.attached.remove(key);
+            }
+            remove_route(snapshot, &gw, &listener, key);
+            touched.insert(gw);
+        }
+        self.refused.remove(key);
+        self.route_status.remove(key);
+        let Some(route) = ctx.cluster.http_routes.get(key) else {
+            return;
+        };
+        let processed = route::process(ctx, key, route, &mut self.gateways, backends);
+        let mut attached = Vec::with_capacity(processed.attached.len());
+        for (gw, i) in processed.attached {
+            if let Some(l) = self
+                .gateways
+                .get_mut(&gw)
+                .and_then(|g| g.listeners.get_mut(i))
+            {
+                for r in std::mem::take(&mut l.routes) {
+                    insert_route(snapshot, &gw, &l.name, r);
+                }
+                attached.push((gw.clone(), i, l.name.clone()));
+            }
+            touched.insert(gw);
+        }
+        if !attached.is_empty() {
+            self.attached.insert(key.clone(), attached);
+        }
+        if processed.refused {
+            self.refused.insert(key.clone());
+        }
+        if let Some(u) = processed.update {
+            pass.status.push(u.clone());
+            self.route_status.insert(key.clone(), u);
+        }
+    }
+}
+
+/// A Gateway's validated state without its routes (what [`ClusterCache`] keeps).
+fn without_routes(g: &GatewayState) -> GatewayState {
+    GatewayState {
+        key: g.key.clone(),
+        gateway: Arc::clone(&g.gateway),
+        generation: g.generation,
+        problem: g.problem.clone(),
+        address_problem: g.address_problem.clone(),
+        addresses: g.addresses.clone(),
+        listeners: g
+            .listeners
+            .iter()
+            .map(|l| ListenerState {
+                name: l.name.clone(),
+                spec_port: l.spec_port,
+                port: l.port,
+                protocol: l.protocol,
+                hostname: l.hostname.clone(),
+                accepted: l.accepted.clone(),
+                resolved: l.resolved.clone(),
+                conflicted: l.conflicted.clone(),
+                http_route_kind: l.http_route_kind,
+                allowed: l.allowed.clone(),
+                certificates: l.certificates.clone(),
+                attached: l.attached.clone(),
+                routes: Vec::new(),
+                has_status: l.has_status,
+            })
+            .collect(),
+        refs: g.refs.clone(),
+    }
+}
+
+/// Whether two validations of a Gateway agree in everything (the same indexed object, the same
+/// listeners), attached routes aside.
+fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
+    let same_listener = |x: &ListenerState, y: &ListenerState| {
+        x.name == y.name
+            && x.spec_port == y.spec_port
+            && x.port == y.port
+            && x.protocol == y.protocol
+            && x.hostname == y.hostname
+            && x.accepted == y.accepted
+            && x.resolved == y.resolved
+            && x.conflicted == y.conflicted
+            && x.http_route_kind == y.http_route_kind
+            && x.allowed == y.allowed
+            && x.certificates == y.certificates
+            && x.has_status == y.has_status
+    };
+    Arc::ptr_eq(&a.gateway, &b.gateway)
+        && a.key == b.key
+        && a.generation == b.generation
+        && a.problem == b.problem
+        && a.address_problem == b.address_problem
+        && a.addresses == b.addresses
+        && a.refs == b.refs
+        && a.listeners.len() == b.listeners.len()
+        && a.listeners
+            .iter()
+            .zip(&b.listeners)
+            .all(|(x, y)| same_listener(x, y))
+}
+
+/// What route attachment reads of a listener: name, has_status, port as written, HTTPRoute
+/// allowed, protocol known, allowed namespaces, hostname, served.
+type ListenerView<'a> = (
+    &'a str,
+    bool,
+    i32,
+    bool,
+    bool,
+    &'a gateway::AllowedNamespaces,
+    Option<&'a str>,
+    bool,
+);
+
+/// What route attachment (and where attached routes land) reads of a Gateway: when two
+/// validations agree on it, every route attaches to the same listeners with the same result.
+fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>) {
+    (
+        gateway::serves(g),
+        g.listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.name.as_str(),
+                    l.has_status,
+                    l.spec_port,
+                    l.http_route_kind,
+                    l.protocol.is_some(),
+                    &l.allowed,
+                    l.hostname.as_deref(),
+                    l.served(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Position of Gateway `key` in a snapshot (ordered by namespace, then name).
+fn find_gateway(snapshot: &Snapshot, key: &ObjectKey) -> Result<usize, usize> {
+    snapshot.gateways.binary_search_by(|g| {
+        (g.namespace.as_str(), g.name.as_str()).cmp(&(&key.namespace, &key.name))
+    })
+}
+
+/// Replaces (or removes, or inserts) Gateway `key`'s snapshot entry; with `keep_routes` the
+/// routes of the old entry move to the new one's listeners of the same name.
+fn set_entry(
+    snapshot: &mut Snapshot,
+    key: &ObjectKey,
+    new: Option<model::Gateway>,
+    keep_routes: bool,
+) {
+    match (find_gateway(snapshot, key), new) {
+        (Ok(i), None) => {
+            snapshot.gateways.remove(i);
+        }
+        (Err(_), None) => {}
+        (Ok(i), Some(mut new)) => {
+            if keep_routes {
+                let old = &mut snapshot.gateways[i];
+                for l in &mut new.listeners {
+                    if let Some(o) = old.listeners.iter_mut().find(|o| o.name == l.name) {
+                        l.routes = std::mem::take(&mut o.routes);
+                    }
+                }
+            }
+            snapshot.gateways[i] = new;
+        }
+        (Err(i), Some(new)) => snapshot.gateways.insert(i, new),
+    }
+}
+
+/// The routes of listener `listener` of Gateway `gw` in a snapshot, if it is there.
+fn listener_routes<'s>(
+    snapshot: &'s mut Snapshot,
+    gw: &ObjectKey,
+    listener: &str,
+) -> Option<&'s mut Vec<model::Route>> {
+    let i = find_gateway(snapshot, gw).ok()?;
+    snapshot.gateways[i]
+        .listeners
+        .iter_mut()
+        .find(|l| l.name == listener)
+        .map(|l| &mut l.routes)
+}
+
+fn route_position(routes: &[model::Route], key: &ObjectKey) -> Result<usize, usize> {
+    routes.binary_search_by(|r| {
+        (r.namespace.as_str(), r.name.as_str()).cmp(&(&key.namespace, &key.name))
+    })
+}
+
+/// Puts a served route in its place (namespace/name order) in a listener's routes.
+fn insert_route(snapshot: &mut Snapshot, gw: &ObjectKey, listener: &str, route: model::Route) {
+    let Some(routes) = listener_routes(snapshot, gw, listener) else {
+        return;
+    };
+    let key = ObjectKey::new(route.namespace.as_str(), route.name.as_str());
+    match route_position(routes, &key) {
+        Ok(i) => routes[i] = route,
+        Err(i) => routes.insert(i, route),
+    }
+}
+
+fn remove_route(snapshot: &mut Snapshot, gw: &ObjectKey, listener: &str, key: &ObjectKey) {
+    if let Some(routes) = listener_routes(snapshot, gw, listener)
+        && let Ok(i) = route_position(routes, key)
+    {
+        routes.remove(i);
+    }
+}

@@ -1,0 +1,636 @@
+//! Property: incremental translation equals the full translation after every step.
+//!
+//! A random world of two member clusters (generators shared with `fuzz_translate`, in
+//! `translate_worlds`) is translated in full through [`Incremental::full`]; then a random
+//! sequence of batches of changes is applied — Gateways, HTTPRoutes, Services, EndpointSlices,
+//! ReferenceGrants, FailoverPolicies and ServiceExports added, replaced and deleted, namespaces
+//! relabelled, the TLS Secret broken and mended, the status we computed landing on its object
+//! (the echo of our own writes), the data plane reporting another state for a Gateway, a status
+//! of ours becoming (un)confirmed. After every batch, [`Incremental::update`] with the batch's
+//! changes must give exactly what [`translate`] gives for the same world: snapshots equal byte
+//! for byte once serialized, the same status updates in the same order, the same
+//! `endpoints_refused`. The seed is fixed; `PROPTEST_CASES` lengthens the run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod translate_worlds;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use gateway_api::gateways::{Gateway, GatewayStatus};
+use gateway_api::httproutes::{HttpRoute, HttpRouteStatus};
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use meridian_controller::translate::{Changes, Incremental};
+use meridian_controller::{
+    ClusterGatewayRef, ClusterState, Kind, ObjectKey, ProgrammedState, StatusKind, TranslateConfig,
+    World, translate,
+};
+use meridian_crds::mcs::ServiceExport;
+use meridian_crds::meridian::FailoverPolicy;
+use meridian_model::Snapshot;
+use meridian_model::snapshot::BackendTarget;
+use proptest::prelude::*;
+use proptest::sample::select;
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
+use serde_json::{Value, json};
+
+use translate_worlds::*;
+
+const WEST: &str = "west";
+
+/// One change to the world or to what the data plane and the status writer report.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Add or replace an object (JSON, dropped if it does not decode).
+    Put { west: bool, object: Value },
+    /// Delete the `pick`-th (modulo) object the test put into that cluster.
+    Delete { west: bool, pick: usize },
+    /// Set or remove the `team` label of a namespace.
+    Label {
+        west: bool,
+        ns: &'static str,
+        team: Option<&'static str>,
+    },
+    /// Break or mend the `infra/cert` TLS Secret.
+    Secret { west: bool, valid: bool },
+    /// The `pick`-th pending status update lands on its object.
+    Echo { pick: usize },
+    /// The data plane reports another state for the `pick`-th Gateway.
+    Programmed { pick: usize, state: u8 },
+    /// The `pick`-th route or Gateway status becomes unconfirmed (or confirmed again).
+    Unconfirmed { pick: usize },
+}
+
+fn put() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => gateway(),
+        3 => (0usize..6).prop_flat_map(http_route),
+        1 => service(),
+        1 => (0usize..4).prop_flat_map(endpoint_slice),
+        1 => (0usize..3).prop_flat_map(reference_grant),
+        6 => focused(),
+    ]
+}
+
+/// Objects that reach each other more often than the fuzz vocabularies make them: routes of
+/// the Gateways every world has with Service and ServiceImport backends across namespaces,
+/// those Services with ready endpoints, exports of them, grants for those references, and
+/// policies targeting them.
+fn focused() -> impl Strategy<Value = Value> {
+    let backend = (
+        select(&["web", "api"][..]),
+        proptest::option::of(select(&["app", "web"][..])),
+        any::<bool>(),
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(|(name, ns, import, mirror)| {
+            let (group, kind) = if import {
+                ("multicluster.x-k8s.io", "ServiceImport")
+            } else {
+                ("", "Service")
+            };
+            let r = obj(vec![
+                ("name", Some(json!(name))),
+                ("namespace", ns.map(|n| json!(n))),
+                ("group", Some(json!(group))),
+                ("kind", Some(json!(kind))),
+                ("port", Some(json!(80))),
+            ]);
+            if mirror {
+                json!({"name": "web", "port": 80, "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": r}}]})
+            } else {
+                r
+            }
+        });
+    let route = (
+        0usize..6,
+        select(&["app", "web"][..]),
+        select(&["gw", "gw2"][..]),
+        proptest::option::of(select(&["http", "https"][..])),
+        prop::collection::vec(backend, 1..3),
+        1i64..3,
+    )
+        .prop_map(|(i, ns, gw, section, backends, generation)| {
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": meta(Some(ns), &format!("route-{i}"), generation),
+                "spec": {
+                    "parentRefs": [obj(vec![
+                        ("name", Some(json!(gw))),
+                        ("namespace", Some(json!("infra"))),
+                        ("sectionName", section.map(|s| json!(s))),
+                    ])],
+                    "hostnames": ["a.example.com"],
+                    "rules": [{"backendRefs": backends}],
+                },
+            })
+        });
+    let service =
+        (select(&["app", "web"][..]), select(&["web", "api"][..])).prop_map(|(ns, name)| {
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(Some(ns), name, 1),
+               "spec": {"ports": [{"name": "http", "port": 80}]}})
+        });
+    let slice = (
+        select(NAMESPACES),
+        select(&["web", "api"][..]),
+        0usize..2,
+        select(&["10.1.0.1", "10.1.0.2", "127.0.0.1"][..]),
+        any::<bool>(),
+    )
+        .prop_map(|(ns, svc, i, ip, ready)| {
+            let mut m = meta(Some(ns), &format!("{svc}-f{i}"), 1);
+            m["labels"] = json!({"kubernetes.io/service-name": svc});
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": m,
+                   "addressType": "IPv4",
+                   "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}}],
+                   "ports": [{"name": "http", "port": 8080}]})
+        });
+    let grant = (
+        0usize..3,
+        select(NAMESPACES),
+        select(NAMESPACES),
+        select(&["HTTPRoute", "Gateway"][..]),
+        select(&[("", "Service"), ("multicluster.x-k8s.io", "ServiceImport"), ("", "Secret")][..]),
+        proptest::option::of(select(&["web", "api", "cert"][..])),
+    )
+        .prop_map(|(i, ns, from_ns, from_kind, (group, kind), name)| {
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1beta1",
+                "kind": "ReferenceGrant",
+                "metadata": meta(Some(ns), &format!("fgrant-{i}"), 1),
+                "spec": {
+                    "from": [{"group": "gateway.networking.k8s.io", "kind": from_kind, "namespace": from_ns}],
+                    "to": [obj(vec![("group", Some(json!(group))), ("kind", Some(json!(kind))), ("name", name.map(|n| json!(n)))])],
+                },
+            })
+        });
+    let gateway = (any::<bool>(), any::<bool>()).prop_map(|(selector, https)| {
+        let from = if selector {
+            json!({"from": "Selector", "selector": {"matchLabels": {"team": "web"}}})
+        } else {
+            json!({"from": "All"})
+        };
+        let mut listeners = vec![json!({"name": "http", "port": 80, "protocol": "HTTP",
+                                        "allowedRoutes": {"namespaces": from}})];
+        if https {
+            listeners.push(json!({"name": "https", "port": 443, "protocol": "HTTPS",
+                                  "tls": {"certificateRefs": [{"name": "cert"}]}}));
+        }
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": meta(Some("infra"), "gw2", 1),
+            "spec": {"gatewayClassName": CLASS, "listeners": listeners},
+        })
+    });
+    let policy = (
+        0usize..2,
+        select(&["app", "web"][..]),
+        prop::collection::vec(
+            (
+                select(
+                    &[
+                        ("", "Service"),
+                        ("multicluster.x-k8s.io", "ServiceImport"),
+                        ("gateway.networking.k8s.io", "HTTPRoute"),
+                    ][..],
+                ),
+                select(&["web", "api", "route-0", "route-1", "route-2"][..]),
+            ),
+            1..3,
+        ),
+        0i64..3,
+    )
+        .prop_map(|(i, ns, targets, age)| {
+            let mut m = meta(Some(ns), &format!("fpolicy-{i}"), 1);
+            m["creationTimestamp"] = json!(format!("1970-01-01T00:2{age}:00Z"));
+            let targets: Vec<Value> = targets
+                .into_iter()
+                .map(|((g, k), n)| json!({"group": g, "kind": k, "name": n}))
+                .collect();
+            json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "FailoverPolicy", "metadata": m,
+                   "spec": {"targetRefs": targets, "retry": {"attempts": 2}}})
+        });
+    prop_oneof![
+        4 => route,
+        1 => gateway,
+        2 => service,
+        2 => slice,
+        2 => grant,
+        1 => service_export(),
+        1 => (0usize..2).prop_flat_map(failover_policy),
+        2 => policy,
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (proptest::bool::weighted(0.3), put()).prop_map(|(west, object)| Step::Put { west, object }),
+        3 => (proptest::bool::weighted(0.3), any::<usize>()).prop_map(|(west, pick)| Step::Delete { west, pick }),
+        1 => (any::<bool>(), select(NAMESPACES), proptest::option::of(select(&["web", "ops"][..])))
+            .prop_map(|(west, ns, team)| Step::Label { west, ns, team }),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(west, valid)| Step::Secret { west, valid }),
+        3 => any::<usize>().prop_map(|pick| Step::Echo { pick }),
+        1 => (any::<usize>(), 0u8..4).prop_map(|(pick, state)| Step::Programmed { pick, state }),
+        1 => any::<usize>().prop_map(|pick| Step::Unconfirmed { pick }),
+    ]
+}
+
+/// A world of two clusters (fuzz objects and focused ones) and batches of steps.
+type Scenario = (Objects, Objects, Vec<Vec<Step>>);
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (
+        objects(),
+        prop::collection::vec(focused(), 0..10),
+        objects(),
+        prop::collection::vec(focused(), 0..6),
+        prop::collection::vec(prop::collection::vec(step(), 1..4), 1..12),
+    )
+        .prop_map(|(mut east, east_more, mut west, west_more, batches)| {
+            east.0.extend(east_more);
+            west.0.extend(west_more);
+            (east, west, batches)
+        })
+}
+
+/// The world under test, what the test put into it, and the config overrides of the steps.
+struct Harness {
+    world: World,
+    /// Per cluster, `(kind, key)` of the objects the test put (for deletes).
+    put: BTreeMap<&'static str, Vec<(Kind, ObjectKey)>>,
+    programmed: BTreeMap<ClusterGatewayRef, ProgrammedState>,
+    unconfirmed: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
+}
+
+fn cluster_name(west: bool) -> &'static str {
+    if west { WEST } else { CLUSTER }
+}
+
+fn key_of(v: &Value) -> ObjectKey {
+    ObjectKey::new(
+        v["metadata"]["namespace"].as_str().unwrap_or_default(),
+        v["metadata"]["name"].as_str().unwrap_or_default(),
+    )
+}
+
+fn kind_of(v: &Value) -> Option<Kind> {
+    Some(match v["kind"].as_str()? {
+        "Gateway" => Kind::Gateway,
+        "HTTPRoute" => Kind::HttpRoute,
+        "Service" => Kind::Service,
+        "EndpointSlice" => Kind::EndpointSlice,
+        "ReferenceGrant" => Kind::ReferenceGrant,
+        "FailoverPolicy" => Kind::FailoverPolicy,
+        "ServiceExport" => Kind::ServiceExport,
+        _ => return None,
+    })
+}
+
+impl Harness {
+    fn new(east: &Objects, west: &Objects) -> Self {
+        let mut h = Self {
+            world: World::new(),
+            put: BTreeMap::new(),
+            programmed: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
+        };
+        for (name, objects) in [(CLUSTER, east), (WEST, west)] {
+            base_cluster(
+                h.world
+                    .add_cluster(name, "us-east", vec!["us-east-1a".into()]),
+            );
+            for v in &objects.0 {
+                h.put(name, v, &mut Changes::new());
+            }
+        }
+        h
+    }
+
+    fn cluster(&mut self, name: &str) -> &mut ClusterState {
+        self.world.cluster_mut(name).unwrap()
+    }
+
+    /// Indexes `v` in `cluster`, noting the change (an EndpointSlice's under the Services it
+    /// belonged and belongs to).
+    fn put(&mut self, cluster: &'static str, v: &Value, changes: &mut Changes) {
+        let Some(kind) = kind_of(v) else { return };
+        if kind == Kind::FailoverPolicy {
+            // The generated policies must decode, or no policy path is ever exercised.
+            assert!(
+                serde_json::from_value::<FailoverPolicy>(v.clone()).is_ok(),
+                "{v}"
+            );
+        }
+        let key = key_of(v);
+        let before = self.cluster(cluster).endpoint_slice_service(&key).cloned();
+        if !apply(self.cluster(cluster), v) {
+            return;
+        }
+        if kind == Kind::EndpointSlice {
+            let after = self.cluster(cluster).endpoint_slice_service(&key).cloned();
+            for svc in before.into_iter().chain(after) {
+                changes.insert(cluster, kind, svc);
+            }
+        } else {
+            changes.insert(cluster, kind, key.clone());
+        }
+        let put = self.put.entry(cluster).or_default();
+        if !put.contains(&(kind, key.clone())) {
+            put.push((kind, key));
+        }
+    }
+
+    fn delete(&mut self, cluster: &'static str, pick: usize, changes: &mut Changes) {
+        let Some(put) = self.put.get_mut(cluster).filter(|p| !p.is_empty()) else {
+            return;
+        };
+        let (kind, key) = put.remove(pick % put.len());
+        let c = self.cluster(cluster);
+        match kind {
+            Kind::Gateway => c.delete::<Gateway>(&key),
+            Kind::HttpRoute => c.delete::<HttpRoute>(&key),
+            Kind::Service => c.delete::<Service>(&key),
+            Kind::ReferenceGrant => c.delete::<ReferenceGrant>(&key),
+            Kind::FailoverPolicy => c.delete::<FailoverPolicy>(&key),
+            Kind::ServiceExport => c.delete::<ServiceExport>(&key),
+            Kind::EndpointSlice => {
+                if let Some(svc) = c.endpoint_slice_service(&key).cloned() {
+                    changes.insert(cluster, kind, svc);
+                }
+                c.delete::<EndpointSlice>(&key);
+                return;
+            }
+            _ => unreachable!("the test puts no {kind:?}"),
+        }
+        changes.insert(cluster, kind, key);
+    }
+
+    /// Gateways of every cluster, in order.
+    fn gateways(&self) -> Vec<ClusterGatewayRef> {
+        self.world
+            .clusters
+            .iter()
+            .flat_map(|(c, s)| {
+                s.gateways()
+                    .map(move |(k, _)| ClusterGatewayRef::new(c, &k.namespace, &k.name))
+            })
+            .collect()
+    }
+
+    fn step(
+        &mut self,
+        step: &Step,
+        pending: &[meridian_controller::StatusUpdate],
+        changes: &mut Changes,
+    ) {
+        match step {
+            Step::Put { west, object } => self.put(cluster_name(*west), object, changes),
+            Step::Delete { west, pick } => self.delete(cluster_name(*west), *pick, changes),
+            Step::Label { west, ns, team } => {
+                let cluster = cluster_name(*west);
+                let mut m = meta(None, ns, 1);
+                if let Some(t) = team {
+                    m["labels"] = json!({"team": t});
+                }
+                let n: Namespace = serde_json::from_value(json!({"metadata": m})).unwrap();
+                self.cluster(cluster).apply(n);
+                changes.insert(cluster, Kind::Namespace, ObjectKey::cluster_scoped(*ns));
+            }
+            Step::Secret { west, valid } => {
+                let cluster = cluster_name(*west);
+                self.cluster(cluster).apply(tls_secret("cert", *valid));
+                changes.insert(cluster, Kind::Secret, ObjectKey::new("infra", "cert"));
+            }
+            Step::Echo { pick } => {
+                if pending.is_empty() {
+                    return;
+                }
+                let u = &pending[pick % pending.len()];
+                let key = ObjectKey::new(u.namespace.clone().unwrap_or_default(), u.name.clone());
+                let c = self.world.cluster_mut(&u.cluster).unwrap();
+                match u.kind {
+                    StatusKind::HttpRoute => {
+                        // Deleted earlier in the batch: nothing lands.
+                        let Some(r) = c.http_route(&key) else { return };
+                        let mut r = r.as_ref().clone();
+                        r.status = Some(
+                            serde_json::from_value::<HttpRouteStatus>(u.status.clone()).unwrap(),
+                        );
+                        c.apply(r);
+                        changes.insert(&u.cluster, Kind::HttpRoute, key);
+                    }
+                    StatusKind::Gateway => {
+                        let Some((_, g)) = c.gateways().find(|(k, _)| **k == key) else {
+                            return;
+                        };
+                        let mut g = g.clone();
+                        g.status = Some(
+                            serde_json::from_value::<GatewayStatus>(u.status.clone()).unwrap(),
+                        );
+                        c.apply(g);
+                        changes.insert(&u.cluster, Kind::Gateway, key);
+                    }
+                    // Recomputed every pass: nothing an echo could leave stale.
+                    StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+                }
+            }
+            Step::Programmed { pick, state } => {
+                let gateways = self.gateways();
+                if gateways.is_empty() {
+                    return;
+                }
+                let state = match state {
+                    0 => ProgrammedState::Applied(1),
+                    1 => ProgrammedState::NoProxy,
+                    2 => ProgrammedState::Unknown,
+                    _ => ProgrammedState::Pending {
+                        waiting: vec!["proxy-1".into()],
+                    },
+                };
+                self.programmed
+                    .insert(gateways[pick % gateways.len()].clone(), state);
+            }
+            Step::Unconfirmed { pick } => {
+                let mut objects: Vec<(String, StatusKind, ObjectKey)> = Vec::new();
+                for (c, s) in &self.world.clusters {
+                    objects.extend(
+                        s.http_routes()
+                            .map(|(k, _)| (c.clone(), StatusKind::HttpRoute, k.clone())),
+                    );
+                    objects.extend(
+                        s.gateways()
+                            .map(|(k, _)| (c.clone(), StatusKind::Gateway, k.clone())),
+                    );
+                }
+                if objects.is_empty() {
+                    return;
+                }
+                let (cluster, kind, key) = objects.swap_remove(pick % objects.len());
+                let set = self.unconfirmed.entry(cluster).or_default();
+                let entry = (kind, key.namespace, key.name);
+                if !set.remove(&entry) {
+                    set.insert(entry);
+                }
+            }
+        }
+    }
+
+    /// The config of the fuzz test (every Gateway addressed and applied) with the steps'
+    /// overrides.
+    fn config(&self) -> TranslateConfig {
+        let mut cfg = config_of(&self.world);
+        for (r, state) in &self.programmed {
+            if cfg.programmed.contains_key(r) {
+                cfg.programmed.insert(r.clone(), state.clone());
+            }
+        }
+        cfg.unconfirmed = self.unconfirmed.clone();
+        cfg
+    }
+}
+
+fn serialized(snapshots: &BTreeMap<String, Snapshot>) -> String {
+    serde_json::to_string_pretty(snapshots).unwrap()
+}
+
+/// What the runs add up to, so a generator that stopped reaching the incremental paths shows.
+#[derive(Default)]
+struct Reached {
+    passes: u64,
+    routes: usize,
+    gateways: usize,
+    served_routes: usize,
+    /// Served backends with a FailoverPolicy attached.
+    failover_backends: usize,
+}
+
+fn check(
+    (east, west, batches): &Scenario,
+    reached: &RefCell<Reached>,
+) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(east, west);
+    let mut engine = Incremental::new();
+    let cfg = h.config();
+    let out = engine.full(&h.world, &cfg);
+    prop_assert_eq!(
+        &out,
+        &translate(&h.world, &cfg),
+        "the seeding pass is the full translation"
+    );
+    prop_assert_eq!(engine.status(), out.status.clone());
+    let mut snapshots = out.snapshots;
+    for (i, batch) in batches.iter().enumerate() {
+        let mut changes = Changes::new();
+        let pending = engine.status();
+        for step in batch {
+            h.step(step, &pending, &mut changes);
+        }
+        let cfg = h.config();
+        let pass = engine
+            .update(&h.world, &cfg, &changes, &mut snapshots)
+            .map_err(|f| TestCaseError::fail(format!("batch {i}: fell back: {f}")))?;
+        let full = translate(&h.world, &cfg);
+        if serde_json::to_string(&snapshots).unwrap()
+            != serde_json::to_string(&full.snapshots).unwrap()
+        {
+            return Err(TestCaseError::fail(format!(
+                "batch {i} {batch:?}: snapshots differ\nincremental:\n{}\nfull:\n{}",
+                serialized(&snapshots),
+                serialized(&full.snapshots)
+            )));
+        }
+        prop_assert_eq!(
+            engine.status(),
+            full.status.clone(),
+            "batch {}: status differs after {:?}",
+            i,
+            batch
+        );
+        prop_assert_eq!(engine.endpoints_refused(), full.endpoints_refused);
+        for u in &pass.status {
+            prop_assert!(
+                full.status.contains(u),
+                "batch {}: the pass reported an update the full translation does not have: {:?}",
+                i,
+                u
+            );
+        }
+        let mut reached = reached.borrow_mut();
+        reached.passes += 1;
+        reached.routes += pass.routes;
+        reached.gateways += pass.gateways;
+        reached.failover_backends += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+            .flat_map(|r| &r.rules)
+            .flat_map(|r| &r.backends)
+            .filter(|b| {
+                matches!(
+                    &b.target,
+                    BackendTarget::Endpoints {
+                        failover: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        reached.served_routes += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .map(|l| l.routes.len())
+            .sum::<usize>();
+    }
+    Ok(())
+}
+
+#[test]
+fn incremental_equals_full_after_every_change() {
+    let defaults = Config::default();
+    let mut runner = TestRunner::new(Config {
+        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+            defaults.cases
+        } else {
+            300
+        },
+        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+            defaults.rng_seed
+        } else {
+            RngSeed::Fixed(0x696e_6372_656d_656e)
+        },
+        failure_persistence: None,
+        ..defaults
+    });
+    let started = Instant::now();
+    let reached = RefCell::new(Reached::default());
+    let result = runner.run(&scenario(), |s| check(&s, &reached));
+    let reached = reached.into_inner();
+    println!(
+        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared",
+        reached.passes,
+        started.elapsed().as_millis(),
+        reached.routes,
+        reached.gateways,
+        reached.served_routes,
+        reached.failover_backends,
+    );
+    match result {
+        Ok(()) => {}
+        Err(TestError::Fail(why, value)) => panic!(
+            "incremental translation differs from the full one: {why}\nminimal input: {value:#?}"
+        ),
+        Err(TestError::Abort(why)) => panic!("aborted: {why}"),
+    }
+    assert!(
+        reached.served_routes > 0,
+        "no route ever reached a snapshot"
+    );
+}

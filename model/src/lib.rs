@@ -17,12 +17,17 @@
 //!    applying it, so a change travels as what it touches, not as the whole snapshot.
 //! 10. [`path`] — request path normalisation (dot segments, escapes, slashes) done before
 //!     routing, so rules and backends see the same path.
+//! 11. [`explain`] — what the proxies would do with one request (`meridian explain`): the
+//!     router's decision with the rules it beat, and the order a proxy at each locality tries
+//!     endpoints in ([`locality::plan`]/[`locality::select`], with `--fail` what-ifs); and the
+//!     per-backend view of `meridian status`.
 //!
 //! Besides the table tests, `tests/fuzz_*.rs` are property-based fuzz targets of the snapshot
 //! decoder, the router and the edge helpers (paths, hosts, query, header filters), with a corpus
 //! in `tests/corpus/` (docs/fuzzing.md).
 
 pub mod error_chain;
+pub mod explain;
 pub mod filters;
 pub mod gateway;
 pub mod headers;

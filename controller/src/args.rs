@@ -218,9 +218,15 @@ pub struct ControllerArgs {
     /// programmed as soon as its snapshot is computed (for demos and tests; nothing is served).
     #[arg(long = "static-address", value_name = "IP")]
     pub static_addresses: Vec<IpAddr>,
-    /// Admin listener with /healthz, /readyz and /metrics.
+    /// Admin listener with /healthz, /readyz and /metrics, and the read-only JSON of `meridian
+    /// status` / `meridian explain` under /v1/.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// File holding the bearer token /v1/ requests of the admin listener must carry (e.g. a
+    /// mounted Secret; trimmed, not empty). Without it /v1/ answers only on a loopback
+    /// listener.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// How long the endpoints of an unreachable member cluster keep being served (Gateway API
     /// duration, e.g. 5m). After that they are withdrawn until the cluster is back.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]

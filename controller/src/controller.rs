@@ -272,8 +272,12 @@ pub struct ControllerConfig {
     pub write_backoff_max: Duration,
     /// Status writes in flight at once per member cluster (each of a different object).
     pub status_write_concurrency: usize,
-    /// Admin listener (/healthz, /readyz, /metrics); port 0 picks one.
+    /// Admin listener (/healthz, /readyz, /metrics, and /v1/status, /v1/explain for `meridian
+    /// status` / `explain`); port 0 picks one.
     pub admin: Option<SocketAddr>,
+    /// Bearer token `/v1/` requests of the admin listener must carry; `None`: `/v1/` answers
+    /// only on a loopback listener ([`crate::inspect::admin::AdminAuth`]).
+    pub admin_token: Option<String>,
     /// Changes that touch only the status of our objects (mostly the echo of our own writes)
     /// are translated at most this often; anything else translates after `debounce`.
     pub status_recheck: Duration,
@@ -320,6 +324,7 @@ impl ControllerConfig {
             max_concurrent_drills: 4,
             write_gate: None,
             allow_loopback_endpoints: false,
+            admin_token: None,
         }
     }
 }
@@ -394,17 +399,22 @@ impl Controller {
             watch::channel(names.iter().map(|n| (n.clone(), false)).collect());
         let (passes_tx, passes_rx) = watch::channel(0u64);
         let mut tasks = Vec::new();
+        // Bounded: a burst of watch events waits for the loop instead of growing memory.
+        let (tx, rx) = mpsc::channel::<Msg>(4096);
         let admin_addr = match cfg.admin {
             Some(addr) => {
+                let admin = Admin {
+                    addr,
+                    token: cfg.admin_token.clone(),
+                    tx: tx.clone(),
+                };
                 let (local, task) =
-                    start_admin(addr, &metrics, ready_rx.clone(), shutdown_rx.clone()).await?;
+                    start_admin(admin, &metrics, ready_rx.clone(), shutdown_rx.clone()).await?;
                 tasks.push(task);
                 Some(local)
             }
             None => None,
         };
-        // Bounded: a burst of watch events waits for the loop instead of growing memory.
-        let (tx, rx) = mpsc::channel::<Msg>(4096);
         let spawner = Spawner {
             tx: tx.clone(),
             metrics: Arc::clone(&metrics),
@@ -499,9 +509,16 @@ impl Controller {
     }
 }
 
+/// Where the admin listener binds, its `/v1/` token and the way to the reconcile loop.
+struct Admin {
+    addr: SocketAddr,
+    token: Option<String>,
+    tx: mpsc::Sender<Msg>,
+}
+
 /// Binds the admin listener and starts serving it; returns its address and task.
 async fn start_admin(
-    addr: SocketAddr,
+    Admin { addr, token, tx }: Admin,
     metrics: &Arc<Metrics>,
     ready: watch::Receiver<Vec<(String, bool)>>,
     shutdown: watch::Receiver<bool>,
@@ -509,8 +526,23 @@ async fn start_admin(
     let admin = |source| StartError::Admin { addr, source };
     let listener = bind_admin(addr).await.map_err(admin)?;
     let local = listener.local_addr().map_err(admin)?;
-    let task = tokio::spawn(serve_admin(listener, Arc::clone(metrics), ready, shutdown));
-    tracing::info!(addr = %local, "admin listener (/healthz, /readyz, /metrics)");
+    let auth = crate::inspect::admin::AdminAuth::decide(local, token);
+    if auth == crate::inspect::admin::AdminAuth::Closed {
+        tracing::warn!(
+            addr = %local,
+            "admin listener is not on loopback and has no --admin-token-file: /v1/status and \
+             /v1/explain answer 403"
+        );
+    }
+    let inspector = crate::inspect::admin::Inspector { tx, auth };
+    let task = tokio::spawn(serve_admin(
+        listener,
+        Arc::clone(metrics),
+        ready,
+        inspector,
+        shutdown,
+    ));
+    tracing::info!(addr = %local, "admin listener (/healthz, /readyz, /metrics, /v1/status, /v1/explain)");
     Ok((local, task))
 }
 
@@ -977,13 +1009,17 @@ impl Reconciler {
             Msg::Reachability { cluster, .. }
             | Msg::Watching { cluster, .. }
             | Msg::Change { cluster, .. } => Some(*cluster),
-            Msg::Member(_) => None,
+            Msg::Member(_) | Msg::Inspect(_) => None,
         };
         if from.is_some_and(|i| !self.slots.get(i).is_some_and(|s| s.active)) {
             // From the supervisor of a cluster that left or reconnected since.
             return false;
         }
         match msg {
+            Msg::Inspect(ask) => {
+                self.inspect(ask);
+                false
+            }
             Msg::Member(change) => {
                 let result = match change.op {
                     MemberOp::Add(add) => {
@@ -1094,6 +1130,24 @@ impl Reconciler {
                 needed
             }
         }
+    }
+
+    /// Answers the admin listener (`meridian status` / `explain`) from the loop's state.
+    fn inspect(&self, ask: crate::inspect::InspectAsk) {
+        let view = crate::inspect::LoopView {
+            world: &self.world,
+            published: &self.published,
+            members: self
+                .active()
+                .map(|i| (self.names[i].as_str(), self.synced[i]))
+                .collect(),
+            unreachable: &self.unreachable,
+            data_plane: self.data_plane.as_ref(),
+            controller_name: &self.controller_name,
+            metrics: &self.metrics,
+        };
+        // The asker may have given up (its wait is bounded): nothing to do then.
+        let _ = ask.reply.send(crate::inspect::answer(&view, ask.ask));
     }
 
     /// Marks a cluster synced when nothing is pending; returns whether that just happened.
@@ -1581,6 +1635,14 @@ pub enum ServeError {
     /// Ctrl-C could not be waited for.
     #[error("waiting for Ctrl-C: {0}")]
     Signal(#[source] std::io::Error),
+    /// `--admin-token-file` cannot be read or is empty.
+    #[error("--admin-token-file {}: {reason}", path.display())]
+    AdminToken {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// `--distribution-bind` without any member cluster to keep the mesh CA in.
     #[error(
         "--distribution-bind needs a member cluster to keep the mesh CA Secret in (the first \
@@ -1698,6 +1760,7 @@ pub async fn serve(
     cfg.max_concurrent_drills = usize::from(args.max_concurrent_drills);
     cfg.status_write_concurrency = usize::from(args.status_write_concurrency);
     cfg.admin = args.metrics;
+    cfg.admin_token = admin_token(args.admin_token_file.as_deref())?;
     cfg.write_gate = gate;
     cfg.allow_loopback_endpoints = args.allow_loopback_endpoints;
     let handle = Controller::start(cfg).await?;
@@ -1753,6 +1816,23 @@ const MESH_CA_TIMEOUT: Duration = Duration::from_secs(60);
 /// the `--ca-secret` Secret of `home` (the first member), the TokenReview verifier and the pool
 /// address policy. There is no in-memory fallback: a CA that vanished on restart would strand
 /// every proxy holding a certificate of the old one.
+/// The admin token from `--admin-token-file` (trimmed; an empty file is an error).
+fn admin_token(path: Option<&std::path::Path>) -> Result<Option<String>, ServeError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let bad = |reason: String| ServeError::AdminToken {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(bad("empty; it must hold the admin token".into()));
+    }
+    Ok(Some(token.to_string()))
+}
+
 async fn prepare_mesh(
     args: &ControllerArgs,
     home: &MemberCluster,

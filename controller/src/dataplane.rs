@@ -58,6 +58,11 @@ pub trait DataPlane: Send + Sync + 'static {
     fn east_west(&self, _cluster: &str) -> Vec<(SocketAddr, String)> {
         Vec::new()
     }
+    /// The proxies the data plane knows (connected, or recently gone), with what they
+    /// acknowledged (`meridian status`); empty when it has none to report.
+    fn proxies(&self) -> Vec<crate::inspect::ProxyView> {
+        Vec::new()
+    }
     /// A member cluster joined while the controller runs (or reconnected with a new
     /// configuration), with the range its Gateways get their addresses from (`None`: the
     /// proxies' advertised addresses).

@@ -3,7 +3,8 @@
 //! acknowledged the generation that carries its latest content.
 //!
 //! Traffic counters the proxies report come back through [`DataPlane::traffic`]: the server's
-//! never-decreasing sum over the proxies of the Gateway's cluster.
+//! never-decreasing sum over the proxies of the Gateway's cluster. [`DataPlane::proxies`] is the
+//! server's registry (`meridian status`).
 //!
 //! East-west listeners (multi-network clusters) come from the proxies' hellos through
 //! [`DistributionServer::east_west`]; the server ticks [`DataPlane::changes`] whenever a proxy
@@ -392,6 +393,14 @@ impl DataPlane for DistributedDataPlane {
 
     fn east_west(&self, cluster: &str) -> Vec<(SocketAddr, String)> {
         self.server.east_west(cluster)
+    }
+
+    fn proxies(&self) -> Vec<crate::inspect::ProxyView> {
+        self.server
+            .state()
+            .into_iter()
+            .map(|p| crate::inspect::ProxyView::from_state(p, &self.server))
+            .collect()
     }
 
     fn cluster_added(&self, cluster: &str, pool: Option<addresses::AddressRange>) {

@@ -63,6 +63,7 @@ pub mod dataplane;
 pub mod distributed;
 pub mod drill;
 pub mod incluster;
+pub mod inspect;
 pub mod leader;
 pub mod members;
 pub mod mesh;

@@ -5,14 +5,17 @@
 //! Member-cluster health (the cluster-level circuit breaker): `meridian_member_cluster_reachable`,
 //! `meridian_member_cluster_seconds_since_contact` (computed at scrape time) and
 //! `meridian_member_cluster_stale_endpoints` (endpoints served from an unreachable cluster's
-//! last-known EndpointSlices), each by `cluster`.
+//! last-known EndpointSlices) and `meridian_member_cluster_api_latency_seconds` (duration of the
+//! last successful probe: one discovery round trip per API group), each by `cluster`.
 //!
 //! Multi-network clusters: `meridian_east_west_missing_backends{cluster}` counts the backends of
 //! a cluster's snapshot that lack the endpoints of some cluster on another network because no
 //! proxy of that cluster has an east-west listener (the controller logs which at debug level).
 //!
 //! The admin listener answers `/healthz` (the process runs), `/readyz` (every member cluster
-//! finished its initial sync at least once; the body lists each cluster) and `/metrics`.
+//! finished its initial sync at least once; the body lists each cluster) and `/metrics`, all
+//! without credentials, and the read-only JSON of `meridian status` and `meridian explain` under
+//! `/v1/` (module [`crate::inspect::admin`]: a bearer token, or a loopback listener).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -57,8 +60,13 @@ pub struct Metrics {
     /// published snapshots still serve from its last-known EndpointSlices while its API is
     /// unreachable (0 while it is reachable, and after the grace withdrew them).
     pub member_stale_endpoints: IntGaugeVec,
+    /// `meridian_member_cluster_api_latency_seconds{cluster}`: duration of the last successful
+    /// probe of a member cluster's API.
+    pub member_api_latency: GaugeVec,
     /// Last successful probe per member cluster (`None`: never reached).
     contacts: Mutex<BTreeMap<String, Option<Instant>>>,
+    /// Duration of the last successful probe per member cluster.
+    latencies: Mutex<BTreeMap<String, std::time::Duration>>,
     started: Instant,
     /// Status writes by cluster, kind and result (`ok`, `conflict`, `gone`, `invalid`,
     /// `error`, `timeout`).
@@ -174,6 +182,18 @@ struct MemberFamily {
     member_reachable: IntGaugeVec,
     member_seconds_since_contact: GaugeVec,
     member_stale_endpoints: IntGaugeVec,
+    member_api_latency: GaugeVec,
+}
+
+/// A member cluster's health as `meridian status` shows it ([`Metrics::member_health`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberHealth {
+    /// A probe ever succeeded.
+    pub contacted: bool,
+    /// Time since the last successful probe (since the controller started when never).
+    pub since_contact: Option<std::time::Duration>,
+    /// Duration of the last successful probe.
+    pub latency: Option<std::time::Duration>,
 }
 
 fn member_family(r: &Registry) -> prometheus::Result<MemberFamily> {
@@ -185,7 +205,16 @@ fn member_family(r: &Registry) -> prometheus::Result<MemberFamily> {
         &["cluster"],
     )?;
     r.register(Box::new(since_contact.clone()))?;
+    let api_latency = GaugeVec::new(
+        Opts::new(
+            "meridian_member_cluster_api_latency_seconds",
+            "Duration of the last successful API probe of a member cluster",
+        ),
+        &["cluster"],
+    )?;
+    r.register(Box::new(api_latency.clone()))?;
     Ok(MemberFamily {
+        member_api_latency: api_latency,
         cluster_reachable: gauge(
             r,
             "meridian_controller_cluster_reachable",
@@ -322,6 +351,7 @@ impl Metrics {
             member_reachable,
             member_seconds_since_contact,
             member_stale_endpoints,
+            member_api_latency,
         } = member_family(&r)?;
         let StatusFamily {
             status_writes,
@@ -347,7 +377,9 @@ impl Metrics {
             member_reachable,
             member_seconds_since_contact,
             member_stale_endpoints,
+            member_api_latency,
             contacts: Mutex::new(BTreeMap::new()),
+            latencies: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             status_writes,
             status_write_seconds,
@@ -384,6 +416,34 @@ impl Metrics {
             .insert(cluster.to_string(), Some(Instant::now()));
         self.cluster_reachable.with_label_values(&[cluster]).set(1);
         self.member_reachable.with_label_values(&[cluster]).set(1);
+    }
+
+    /// How long the last successful probe of `cluster` took.
+    pub fn member_api_latency(&self, cluster: &str, took: std::time::Duration) {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cluster.to_string(), took);
+        self.member_api_latency
+            .with_label_values(&[cluster])
+            .set(took.as_secs_f64());
+    }
+
+    /// Contact and probe latency of `cluster`; `None` for a cluster the controller does not
+    /// serve.
+    pub fn member_health(&self, cluster: &str) -> Option<MemberHealth> {
+        let contact = *self.lock_contacts().get(cluster)?;
+        let latency = self
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .copied();
+        Some(MemberHealth {
+            contacted: contact.is_some(),
+            since_contact: Some(contact.unwrap_or(self.started).elapsed()),
+            latency,
+        })
     }
 
     /// A failed probe of a member cluster's API.
@@ -462,11 +522,13 @@ impl Metrics {
 /// Readiness as the admin listener reports it: one line per cluster.
 pub(crate) type Readiness = watch::Receiver<Vec<(String, bool)>>;
 
-/// Serves the admin endpoints on `listener` until `shutdown` turns true.
+/// Serves the admin endpoints on `listener` until `shutdown` turns true; `/v1/` goes to
+/// `inspector` (`meridian status` / `explain`).
 pub(crate) async fn serve_admin(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    inspector: crate::inspect::admin::Inspector,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -483,9 +545,26 @@ pub(crate) async fn serve_admin(
         };
         let metrics = Arc::clone(&metrics);
         let readiness = readiness.clone();
+        let inspector = inspector.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let resp = admin_response(req.uri().path(), &metrics, &readiness);
-            async move { Ok::<_, Infallible>(resp) }
+            let metrics = Arc::clone(&metrics);
+            let readiness = readiness.clone();
+            let inspector = inspector.clone();
+            async move {
+                let path = req.uri().path();
+                let resp = if path.starts_with("/v1/") {
+                    let authorization = req
+                        .headers()
+                        .get(http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok());
+                    inspector
+                        .respond(req.method(), path, req.uri().query(), authorization)
+                        .await
+                } else {
+                    admin_response(path, &metrics, &readiness)
+                };
+                Ok::<_, Infallible>(resp)
+            }
         });
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()

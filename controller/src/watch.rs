@@ -113,6 +113,8 @@ pub(crate) enum Msg {
     },
     /// A member cluster joins, reconnects or leaves ([`crate::ControllerHandle::add_cluster`]).
     Member(Box<crate::controller::MemberChange>),
+    /// The admin listener asks what `meridian status` / `explain` show.
+    Inspect(crate::inspect::InspectAsk),
 }
 
 /// Settings shared by a cluster's supervisor and watchers.
@@ -231,9 +233,16 @@ pub(crate) async fn supervise(ctx: WatchCtx, mut shutdown: watch::Receiver<bool>
         withdrawn: false,
     };
     loop {
+        let probe_started = Instant::now();
         let probed = tokio::time::timeout(sup.ctx.probe_timeout, probe(&sup.ctx.client)).await;
         let went_on = match probed {
-            Ok(Ok(available)) => sup.reachable(&available).await,
+            Ok(Ok(available)) => {
+                // `meridian status` shows it as the cluster's API latency.
+                sup.ctx
+                    .metrics
+                    .member_api_latency(&sup.ctx.name, probe_started.elapsed());
+                sup.reachable(&available).await
+            }
             Ok(Err(e)) => sup.unreachable(Some(&e)).await,
             Err(_) => sup.unreachable(None).await,
         };

@@ -55,6 +55,8 @@ pub struct ProxyState {
     pub connected: bool,
     /// When it last said anything (hello, ack) or disconnected.
     pub last_seen: SystemTime,
+    /// When its current (or last) stream opened.
+    pub connected_since: SystemTime,
     /// Highest generation it acknowledged as applied on its current (or last) stream.
     pub acked_generation: Option<u64>,
     /// Its refusal of a generation newer than `acked_generation`, if any.
@@ -128,6 +130,8 @@ pub(super) struct ProxyEntry {
     pub(super) session: u64,
     pub(super) connected: bool,
     pub(super) last_seen: SystemTime,
+    /// When the current (or last) stream opened.
+    pub(super) connected_since: SystemTime,
     pub(super) acked: Option<u64>,
     pub(super) refusal: Option<Refusal>,
     /// Dropping it ends the feed task of this entry's stream.
@@ -152,6 +156,7 @@ impl ProxyEntry {
             address: self.hello.address.clone(),
             connected: self.connected,
             last_seen: self.last_seen,
+            connected_since: self.connected_since,
             acked_generation: self.acked,
             last_refusal: self.refusal.clone(),
         }
@@ -287,6 +292,7 @@ impl Inner {
             session,
             connected: true,
             last_seen: now,
+            connected_since: now,
             acked: None,
             refusal: None,
             kick: Some(kick),
@@ -384,6 +390,7 @@ pub(super) fn test_entry(id: &str, acked: Option<u64>, refusal: Option<(u64, &st
         session: 1,
         connected: true,
         last_seen: SystemTime::now(),
+        connected_since: SystemTime::now(),
         acked,
         refusal: refusal.map(|(generation, r)| Refusal {
             generation,

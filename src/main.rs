@@ -13,8 +13,15 @@
 //! meridian sandbox  --clusters a,b,c       local multi-cluster Kubernetes API
 //! meridian crds     [--write DIR]          print (or write) the CRDs Meridian installs
 //! meridian echo     --listen ADDR          demo backend that reports who served the request
+//! meridian status   [-o json] [--watch]    clusters, proxies, Gateways, backends (from the
+//!                                          controller's admin listener)
+//! meridian explain  --gateway NS/NAME --host H --path P [--fail REGION|ZONE|CLUSTER]
+//!                                          which rule and endpoints serve a request
 //! ```
-//! Still to come (tracked as issues): `status` and `explain`.
+//!
+//! Installed as `kubectl-meridian` (a symlink or copy on PATH), the same binary is the kubectl
+//! plugin: `kubectl meridian status` runs it with argv[0] `kubectl-meridian`, and help and
+//! errors then name the command `kubectl meridian`.
 //!
 //! This binary only dispatches: it parses the command line, sets up the process (allocator,
 //! transparent-huge-page opt-out, tracing, the async runtime) and calls the entry point of the
@@ -67,6 +74,33 @@ enum Command {
     Up(meridian_local::UpArgs),
     /// Fail a region, cluster or zone on purpose under load and report how traffic moved.
     Drill(meridian_drill::DrillArgs),
+    /// Clusters, proxies, Gateways and backends across every member cluster, from the
+    /// controller.
+    Status(meridian_controller::inspect::cli::StatusArgs),
+    /// Which listener, rule and endpoints would serve a request (and where it goes if a
+    /// region, zone or cluster fails), from the controller's live data; nothing is sent.
+    Explain(meridian_controller::inspect::cli::ExplainArgs),
+}
+
+/// The name the kubectl plugin is installed under (`kubectl meridian …` runs it).
+const KUBECTL_PLUGIN: &str = "kubectl-meridian";
+
+/// Parses the command line; invoked as the kubectl plugin, help and errors say
+/// `kubectl meridian`.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let as_plugin = std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == KUBECTL_PLUGIN);
+    if !as_plugin {
+        return Cli::parse();
+    }
+    let matches = Cli::command()
+        .name("kubectl meridian")
+        .bin_name("kubectl meridian")
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,12 +110,16 @@ fn main() -> anyhow::Result<()> {
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         eprintln!("note: could not opt out of transparent huge pages: {e}");
     }
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // `up` talks to a person through its own progress lines; component logs would drown them.
     init_tracing(
         if matches!(
             cli.command,
-            Command::Up(_) | Command::Drill(_) | Command::Cluster(_)
+            Command::Up(_)
+                | Command::Drill(_)
+                | Command::Cluster(_)
+                | Command::Status(_)
+                | Command::Explain(_)
         ) {
             "warn"
         } else {
@@ -116,6 +154,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Cluster(args) => {
             Ok(runtime()?.block_on(meridian_controller::members::cli::run(args))?)
+        }
+        Command::Status(args) => {
+            Ok(runtime()?.block_on(meridian_controller::inspect::cli::status(args))?)
+        }
+        Command::Explain(args) => {
+            Ok(runtime()?.block_on(meridian_controller::inspect::cli::explain(args))?)
         }
     }
 }

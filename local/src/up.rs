@@ -20,6 +20,9 @@
 //!    TokenReview bootstrap verifier, the per-region address pools as the address policy), start
 //!    the distribution server with it and the controller, and attach the mesh to the controller
 //!    (`start_controller`): the trust bundle ConfigMap `meridian-ca` lands in every cluster.
+//!    The controller's admin listener (127.0.0.1, `--controller-admin-port`) gets a random
+//!    token; both go to `DIR/admin.json` (mode 0600), where `meridian status` and `meridian
+//!    explain` find them without flags.
 //!    Then one proxy per cluster (`start_proxies`), bootstrapped like a real one: it waits for
 //!    its cluster's ConfigMap (its trust bundle), gets a ServiceAccount token for audience
 //!    `meridian` from the TokenRequest API, and its distribution client trades that token for a
@@ -84,7 +87,7 @@ pub enum UpError {
     /// The state directory could not be prepared.
     #[error("{doing} {}", path.display())]
     StateDir {
-        /// `creating state directory` or `removing`.
+        /// `creating state directory`, `removing` or `writing`.
         doing: &'static str,
         /// The directory.
         path: PathBuf,
@@ -256,6 +259,11 @@ pub struct UpArgs {
     /// Port of the distribution server proxies connect to.
     #[arg(long, default_value_t = 6600)]
     pub distribution_port: u16,
+    /// Port of the controller's admin listener on 127.0.0.1 (healthz, readyz, metrics and the
+    /// `/v1/` JSON of `meridian status` / `explain`); 0 picks a free one. Either way its URL and
+    /// token go to STATE_DIR/admin.json, where those commands find them.
+    #[arg(long, default_value_t = 0)]
+    pub controller_admin_port: u16,
     /// First proxy admin port (healthz, ready, config_dump, metrics); proxy i uses base + i.
     /// 0 picks free ports.
     #[arg(long, default_value_t = 15000)]
@@ -736,11 +744,19 @@ async fn start_controller(
         .collect();
     let mut controller_config = ControllerConfig::new(members, data_plane);
     controller_config.drill_actuator = Some(backends);
+    // `meridian status` / `explain` read the admin listener with this token (admin.json).
+    controller_config.admin = Some(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        args.controller_admin_port,
+    ));
+    let admin_token = format!("{:032x}", rand::random::<u128>());
+    controller_config.admin_token = Some(admin_token.clone());
     // The demo's backends listen on loopback addresses.
     controller_config.allow_loopback_endpoints = true;
     let controller = Controller::start(controller_config)
         .await
         .map_err(|e| UpError::Controller(e.into()))?;
+    write_admin_file(&args.state_dir, &controller, admin_token)?;
     let (stop_mesh, stop_rx) = watch::channel(false);
     let bundle_publisher = mesh
         .attach(controller.member_directory(), stop_rx)
@@ -761,6 +777,35 @@ async fn start_controller(
         bundle_publisher,
         stop_mesh,
     })
+}
+
+/// Writes `DIR/admin.json`: where the controller's admin listener is and its token, so
+/// `meridian status` / `explain` (and `kubectl meridian …`) work without flags.
+fn write_admin_file(
+    state_dir: &Path,
+    controller: &ControllerHandle,
+    token: String,
+) -> Result<(), UpError> {
+    let Some(addr) = controller.admin_addr() else {
+        return Ok(());
+    };
+    let endpoint = meridian_controller::inspect::cli::AdminEndpoint {
+        url: format!("http://{addr}"),
+        token: Some(token),
+    };
+    let path = endpoint
+        .write(state_dir)
+        .map_err(|source| UpError::StateDir {
+            doing: "writing",
+            path: state_dir.join(meridian_controller::inspect::cli::ADMIN_FILE),
+            source,
+        })?;
+    say(format!(
+        "controller: admin listener http://{addr}; `meridian status` and `meridian explain` \
+         read it from {}",
+        path.display()
+    ));
+    Ok(())
 }
 
 /// Every Gateway of a region gets its own address from 127.0.(10+i).0/24 (the first one
@@ -1113,6 +1158,24 @@ fn print_try(args: &UpArgs, plans: &[ClusterPlan], kubeconfig: &Path, proxies: &
             "  curl -s http://{}/config_dump    # what the {} proxy serves",
             p.admin, plans[0].name
         ));
+    }
+    let state = if args.state_dir == Path::new(".meridian") {
+        String::new()
+    } else {
+        format!(" --state-dir {}", args.state_dir.display())
+    };
+    say(format!(
+        "  meridian status{state}    # clusters, proxies, Gateways, backends and the tiers in use"
+    ));
+    if !args.no_demo {
+        say(format!(
+            "  meridian explain{state} --gateway demo/web --context {} --host demo --path / --fail {}    # where a request goes, and if a region fails",
+            plans[0].name, plans[0].region
+        ));
+        say(
+            "  kubectl meridian status    # the same as a kubectl plugin, once kubectl-meridian is on PATH: \
+             ln -s \"$(command -v meridian)\" ~/.local/bin/kubectl-meridian",
+        );
     }
     if !args.no_demo {
         say(format!(

@@ -320,9 +320,7 @@ impl ExplainQuery {
                 "host" => request.host = v,
                 "path" => {
                     if !v.starts_with('/') {
-                        return Err(Refusal::bad(format!(
-                            "path {v:?}: must start with \"/\""
-                        )));
+                        return Err(Refusal::bad(format!("path {v:?}: must start with \"/\"")));
                     }
                     request.path = v;
                 }
@@ -335,9 +333,10 @@ impl ExplainQuery {
                     request.method = v.to_ascii_uppercase();
                 }
                 "port" => {
-                    request.port = Some(v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(
-                        || Refusal::bad(format!("port {v:?}: expected 1 to 65535")),
-                    )?);
+                    request.port =
+                        Some(v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                            Refusal::bad(format!("port {v:?}: expected 1 to 65535"))
+                        })?);
                 }
                 "header" => {
                     if request.headers.len() == MAX_HEADERS {
@@ -550,7 +549,10 @@ mod tests {
         );
         assert_eq!(t.check(None).unwrap_err().status, StatusCode::UNAUTHORIZED);
         assert_eq!(
-            AdminAuth::Closed.check(Some("Bearer x")).unwrap_err().status,
+            AdminAuth::Closed
+                .check(Some("Bearer x"))
+                .unwrap_err()
+                .status,
             StatusCode::FORBIDDEN
         );
         assert!(AdminAuth::Loopback.check(None).is_ok());

@@ -164,7 +164,9 @@ pub fn parse_header(s: &str) -> Result<(String, String), String> {
         return Err(format!("{name:?} is not a valid HTTP header name"));
     }
     if http::HeaderValue::from_str(value).is_err() {
-        return Err(format!("the value of {name} is not a valid HTTP header value"));
+        return Err(format!(
+            "the value of {name} is not a valid HTTP header value"
+        ));
     }
     Ok((name.to_string(), value.to_string()))
 }
@@ -424,7 +426,8 @@ pub async fn status(args: StatusArgs) -> Result<(), InspectError> {
         let mut out = String::new();
         match args.output {
             Output::Json if args.watch => {
-                out = serde_json::to_string(&view).map_err(|e| InspectError::Decode(e.to_string()))?;
+                out = serde_json::to_string(&view)
+                    .map_err(|e| InspectError::Decode(e.to_string()))?;
                 out.push('\n');
             }
             Output::Json => {
@@ -528,7 +531,8 @@ pub fn render_status(v: &StatusView) -> String {
                 yes(c.reachable),
                 c.seconds_since_contact
                     .map_or("-".into(), |s| format!("{s:.1}s ago")),
-                c.api_latency_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
+                c.api_latency_ms
+                    .map_or("-".into(), |ms| format!("{ms:.1}ms")),
                 yes(c.synced),
                 c.unreachable_since.clone().unwrap_or_default(),
             ]
@@ -749,9 +753,16 @@ fn render_one(out: &mut String, e: &Explanation) {
     out.push_str(&format!(
         "  request   {} {}{}{} on port {}{}\n",
         r.method,
-        if r.host.is_empty() { "(no host)" } else { &r.host },
+        if r.host.is_empty() {
+            "(no host)"
+        } else {
+            &r.host
+        },
         r.path,
-        r.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default(),
+        r.query
+            .as_deref()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default(),
         r.port,
         if r.other_ports.is_empty() {
             String::new()
@@ -768,7 +779,10 @@ fn render_one(out: &mut String, e: &Explanation) {
                 "  rule      {} rule {}{}: {}\n",
                 rule.route,
                 rule.rule,
-                rule.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+                rule.name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
                 rule.why
             ));
             for m in &rule.matches {
@@ -801,7 +815,9 @@ fn render_one(out: &mut String, e: &Explanation) {
             out.push_str(&format!("            filter {}\n", compact(f)));
         }
         if let Some(reason) = &b.invalid {
-            out.push_str(&format!("            invalid ({reason}): the proxy answers 500\n"));
+            out.push_str(&format!(
+                "            invalid ({reason}): the proxy answers 500\n"
+            ));
         }
         for from in &b.from {
             render_locality(out, from);
@@ -880,7 +896,10 @@ mod tests {
 
     #[test]
     fn urls_and_headers_are_checked_with_clear_errors() {
-        assert_eq!(authority("http://127.0.0.1:9090/").unwrap(), "127.0.0.1:9090");
+        assert_eq!(
+            authority("http://127.0.0.1:9090/").unwrap(),
+            "127.0.0.1:9090"
+        );
         assert_eq!(authority("http://[::1]:9090").unwrap(), "[::1]:9090");
         for (bad, why) in [
             ("https://a:1", "plain HTTP"),
@@ -897,7 +916,11 @@ mod tests {
             ("x-canary".to_string(), "a=b".to_string())
         );
         assert!(parse_header("x-canary").unwrap_err().contains("NAME=VALUE"));
-        assert!(parse_header("bad name=1").unwrap_err().contains("header name"));
+        assert!(
+            parse_header("bad name=1")
+                .unwrap_err()
+                .contains("header name")
+        );
         assert!(parse_interval("500ms").is_err());
         assert!(parse_interval("2m").is_err());
         assert_eq!(parse_interval("5s").unwrap(), Duration::from_secs(5));

@@ -162,9 +162,11 @@ impl ProxyView {
                 generation: r.generation,
                 reason: r.reason,
             }),
-            gateways: p
-                .gateways
-                .map(|g| g.iter().map(|g| format!("{}/{}", g.namespace, g.name)).collect()),
+            gateways: p.gateways.map(|g| {
+                g.iter()
+                    .map(|g| format!("{}/{}", g.namespace, g.name))
+                    .collect()
+            }),
         }
     }
 }
@@ -347,7 +349,10 @@ pub(crate) fn answer(v: &LoopView<'_>, ask: Ask) -> Answer {
 /// region with an unknown zone (what a proxy there would see, zone preference aside).
 fn localities(cluster: &str, region: &str, proxies: &[ProxyView]) -> Vec<Locality> {
     let mut out: Vec<Locality> = Vec::new();
-    for p in proxies.iter().filter(|p| p.connected && p.cluster == cluster) {
+    for p in proxies
+        .iter()
+        .filter(|p| p.connected && p.cluster == cluster)
+    {
         let l = Locality {
             cluster: p.cluster.clone(),
             region: p.region.clone(),

@@ -661,9 +661,13 @@ pub fn render_status(v: &StatusView) -> String {
                     .iter()
                     .map(|z| {
                         format!(
-                            "{}/{} {}/{}{}",
-                            z.region,
-                            z.zone,
+                            "{} {}/{}{}",
+                            // Zone names usually carry their region; without a zone, the region.
+                            if z.zone.is_empty() {
+                                &z.region
+                            } else {
+                                &z.zone
+                            },
                             z.healthy,
                             z.endpoints,
                             if z.drained > 0 {
@@ -701,7 +705,7 @@ pub fn render_status(v: &StatusView) -> String {
         &[
             "CLUSTER",
             "BACKEND",
-            "HEALTHY/ENDPOINTS PER REGION/ZONE",
+            "HEALTHY/ENDPOINTS PER ZONE",
             "TIER IN USE (PROXY → TIER)",
         ],
         &rows,

@@ -1875,3 +1875,33 @@ fn member(
         .with_network(spec.network());
     Ok((cluster, write_client))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn admin_token_file_is_read_trimmed_and_must_not_be_empty() {
+        let dir = std::env::temp_dir().join(format!("meridian-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("token");
+        std::fs::write(&good, "  s3cret\n").unwrap();
+        assert_eq!(
+            super::admin_token(Some(&good)).unwrap().as_deref(),
+            Some("s3cret")
+        );
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let e = super::admin_token(Some(&empty)).unwrap_err().to_string();
+        assert!(
+            e.contains("--admin-token-file") && e.contains("empty"),
+            "{e}"
+        );
+        let e = super::admin_token(Some(&dir.join("missing")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing"), "{e}");
+        assert!(super::admin_token(None).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -40,6 +40,9 @@
 //! 11. [`drill`] — the FailoverDrill runner (drains into snapshots, guards from the data plane's
 //!     traffic counters, [`DrillActuator`] for kill/blackhole). Its [`DrillMode`] is the CRD's
 //!     `spec.mode` enum (`meridian_crds::meridian::DrillMode`), re-exported.
+//! 12. [`inspect`] — `meridian status` / `meridian explain`: read-only JSON on the admin
+//!     listener (`/v1/status`, `/v1/explain`; bearer token or loopback), answered by the
+//!     reconcile loop, and the CLI that fetches and renders it.
 //!
 //! ## What this crate owns and may depend on
 //!

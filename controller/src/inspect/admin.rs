@@ -192,7 +192,11 @@ impl Inspector {
                     let Answer::Snapshots(snapshots) = asked else {
                         return Err(internal());
                     };
-                    explain(&q, snapshots).map(|v| json(&v))
+                    // Compiling routers is CPU work: off the async workers.
+                    tokio::task::spawn_blocking(move || explain(&q, snapshots))
+                        .await
+                        .map_err(|_| internal())?
+                        .map(|v| json(&v))
                 }
                 _ => Err(Refusal::new(
                     StatusCode::NOT_FOUND,
@@ -244,7 +248,7 @@ impl Inspector {
 fn internal() -> Refusal {
     Refusal::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "the reconcile loop answered another question",
+        "internal error while answering (see the controller's log)",
     )
 }
 

@@ -31,9 +31,11 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 
 /// Which upstream pool the proxy keeps its backend connections in.
+// One value per process: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Upstream {
     /// pingora-core's `Connector` (an idle-watch task per pooled connection).
-    Pingora(Box<Connector>),
+    Pingora(Connector),
     /// A transport connector and a list of idle streams, checked only when taken.
     Own {
         transport: TransportConnector,
@@ -52,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     let listen: SocketAddr = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let backend: SocketAddr = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let upstream = match args.next().as_deref() {
-        None | Some("pingora") => Upstream::Pingora(Box::new(Connector::new(None))),
+        None | Some("pingora") => Upstream::Pingora(Connector::new(None)),
         Some("own") => Upstream::Own {
             transport: TransportConnector::new(None),
             idle: Mutex::default(),

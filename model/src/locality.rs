@@ -34,19 +34,22 @@ pub struct Locality {
 
 /// One preference tier: endpoint indices of one region (own zone and own region are separate
 /// tiers of the same region).
+///
+/// Borrowed from the endpoints and the proxy's locality: a plan is made for every try, so it
+/// copies no region name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tier {
+pub struct Tier<'a> {
     /// Region of every endpoint of the tier.
-    pub region: String,
+    pub region: &'a str,
     /// Endpoint indices.
     pub members: Vec<usize>,
 }
 
 /// The ranking of one backend's endpoints for one proxy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct Plan<'a> {
     /// Tiers, most preferred first; never empty tiers.
-    pub tiers: Vec<Tier>,
+    pub tiers: Vec<Tier<'a>>,
     /// `(tier index, percent)`: shares sent to another region's tier while it is eligible.
     pub weighted: Vec<(usize, u32)>,
     /// Spill rule (percent of a tier's endpoints that must not be ejected).
@@ -93,7 +96,11 @@ pub fn region_order<'a>(policy: Option<&'a FailoverPolicy>, region: &str) -> Vec
 
 /// Ranks `endpoints` for a proxy at `me`. Not-ready endpoints and endpoints outside the
 /// geo-fence are left out.
-pub fn plan(endpoints: &[Endpoint], me: &Locality, policy: Option<&FailoverPolicy>) -> Plan {
+pub fn plan<'a>(
+    endpoints: &'a [Endpoint],
+    me: &'a Locality,
+    policy: Option<&'a FailoverPolicy>,
+) -> Plan<'a> {
     let fence: &[String] = policy.map_or(&[], |p| p.geo_fence.as_slice());
     let allowed = |e: &Endpoint| e.ready && (fence.is_empty() || fence.contains(&e.region));
     let mut regions = region_order(policy, &me.region);
@@ -107,17 +114,17 @@ pub fn plan(endpoints: &[Endpoint], me: &Locality, policy: Option<&FailoverPolic
     others.dedup();
     regions.extend(others);
 
-    let mut tiers: Vec<Tier> = Vec::with_capacity(2 + regions.len());
+    let mut tiers: Vec<Tier<'_>> = Vec::with_capacity(2 + regions.len());
     tiers.push(Tier {
-        region: me.region.clone(),
+        region: &me.region,
         members: Vec::new(),
     });
     tiers.push(Tier {
-        region: me.region.clone(),
+        region: &me.region,
         members: Vec::new(),
     });
     tiers.extend(regions.iter().map(|r| Tier {
-        region: (*r).to_string(),
+        region: r,
         members: Vec::new(),
     }));
     for (i, e) in endpoints.iter().enumerate() {
@@ -147,7 +154,7 @@ pub fn plan(endpoints: &[Endpoint], me: &Locality, policy: Option<&FailoverPolic
             if w.region == me.region || w.percent == 0 {
                 continue;
             }
-            if let Some(t) = tiers.iter().position(|t| t.region == w.region) {
+            if let Some(t) = tiers.iter().position(|t| t.region == w.region.as_str()) {
                 weighted.push((t, w.percent.min(100)));
             }
         }
@@ -180,7 +187,7 @@ struct TierView {
 /// Picks one endpoint index for one try (see the module docs for the rules). `roll` returns
 /// uniform numbers in `[0, 1)`.
 pub fn select(
-    plan: &Plan,
+    plan: &Plan<'_>,
     avail: impl Fn(usize) -> Avail,
     roll: &mut impl FnMut() -> f64,
 ) -> Option<usize> {
@@ -228,10 +235,11 @@ pub fn select(
         }
     }
     // 2. First eligible tier, honouring slow start.
-    let eligible: Vec<&TierView> = views.iter().filter(|v| v.eligible).collect();
-    for (n, v) in eligible.iter().enumerate() {
+    let mut eligible = views.iter().filter(|v| v.eligible).peekable();
+    // Bounded by the tiers.
+    while let Some(v) = eligible.next() {
         let ramp = v.usable.iter().map(|(_, r)| r).sum::<f64>() / v.usable.len() as f64;
-        let last = n + 1 == eligible.len();
+        let last = eligible.peek().is_none();
         if !last && ramp < 1.0 && roll() >= ramp {
             continue;
         }
@@ -361,10 +369,11 @@ mod tests {
         };
         let eps = world();
         let regions = |region: &str| -> Vec<String> {
-            plan(&eps, &me(region, "a"), Some(&policy))
+            let me = me(region, "a");
+            plan(&eps, &me, Some(&policy))
                 .tiers
                 .iter()
-                .map(|t| t.region.clone())
+                .map(|t| t.region.to_string())
                 .collect()
         };
         assert_eq!(regions("us-east"), ["us-east", "us-east", "eu", "us-west"]);
@@ -380,7 +389,8 @@ mod tests {
             ..Default::default()
         };
         let eps = world();
-        let p = plan(&eps, &me("us-east", "a"), Some(&policy));
+        let me_p = me("us-east", "a");
+        let p = plan(&eps, &me_p, Some(&policy));
         assert_eq!(
             p.tiers
                 .iter()
@@ -409,7 +419,8 @@ mod tests {
     #[test]
     fn a_whole_region_ejected_falls_to_the_next_tier_not_panic_mode() {
         let eps = world();
-        let p = plan(&eps, &me("us-east", "a"), None);
+        let me_p = me("us-east", "a");
+        let p = plan(&eps, &me_p, None);
         // eu sorts before us-west alphabetically.
         let east_down = states(&[(0, ejected(1)), (1, ejected(2))]);
         for r in [0.0, 0.3, 0.99] {
@@ -435,11 +446,12 @@ mod tests {
             ep(3, "us-east", "a", true),
             ep(4, "us-west", "a", true),
         ];
-        let mut policy = FailoverPolicy {
+        let policy = FailoverPolicy {
             min_healthy_percent: 50,
             ..Default::default()
         };
-        let p = plan(&eps, &me("us-east", "a"), Some(&policy));
+        let me_p = me("us-east", "a");
+        let p = plan(&eps, &me_p, Some(&policy));
         // 1 of 3 healthy = 33 % < 50 %: spill to us-west.
         let two_down = states(&[(0, ejected(1)), (1, ejected(2))]);
         assert_eq!(select(&p, &two_down, &mut rolls(&[0.0])), Some(3));
@@ -450,8 +462,12 @@ mod tests {
             Some(1 | 2)
         ));
         // Without the rule the last healthy local endpoint keeps everything.
-        policy.min_healthy_percent = 0;
-        let p0 = plan(&eps, &me("us-east", "a"), Some(&policy));
+        let without = FailoverPolicy {
+            min_healthy_percent: 0,
+            ..policy.clone()
+        };
+        let me_p0 = me("us-east", "a");
+        let p0 = plan(&eps, &me_p0, Some(&without));
         assert_eq!(select(&p0, &two_down, &mut rolls(&[0.0])), Some(2));
         // Spill target also down: the spilled tier's last healthy endpoint still serves.
         let west_down_too = states(&[(0, ejected(1)), (1, ejected(2)), (3, ejected(3))]);
@@ -473,7 +489,8 @@ mod tests {
             ..Default::default()
         };
         let eps = world();
-        let p = plan(&eps, &me("us-east", ""), Some(&policy));
+        let me_p = me("us-east", "");
+        let p = plan(&eps, &me_p, Some(&policy));
         // No zone: tiers are us-east, us-west, eu.
         assert_eq!(p.weighted, vec![(2, 10)]);
         let healthy = states(&[]);
@@ -503,27 +520,31 @@ mod tests {
             Some(0)
         ));
         // Weights of other source regions do not apply.
-        let p_eu = plan(&eps, &me("eu", ""), Some(&policy));
+        let me_p_eu = me("eu", "");
+        let p_eu = plan(&eps, &me_p_eu, Some(&policy));
         assert!(p_eu.weighted.is_empty());
     }
 
     #[test]
     fn slow_start_returns_traffic_gradually() {
         let eps = world();
-        let p = plan(&eps, &me("us-east", "a"), None);
+        let me_p = me("us-east", "a");
+        let p = plan(&eps, &me_p, None);
         // Zone a is back at 25 % of its ramp: rolls ≥ 0.25 skip it.
         let ramping = states(&[(0, Avail::Usable { ramp: 0.25 })]);
         assert_eq!(select(&p, &ramping, &mut rolls(&[0.1, 0.0])), Some(0));
         assert_eq!(select(&p, &ramping, &mut rolls(&[0.6, 0.0])), Some(1));
         // The last eligible tier is never skipped.
-        let only = plan(&eps[..1], &me("us-east", "a"), None);
+        let me_only = me("us-east", "a");
+        let only = plan(&eps[..1], &me_only, None);
         assert_eq!(select(&only, &ramping, &mut rolls(&[0.99])), Some(0));
     }
 
     #[test]
     fn nothing_untried_left_is_none() {
         let eps = world();
-        let p = plan(&eps, &me("us-east", "a"), None);
+        let me_p = me("us-east", "a");
+        let p = plan(&eps, &me_p, None);
         let all = states(&(0..6).map(|i| (i, Avail::Tried)).collect::<Vec<_>>());
         assert_eq!(select(&p, &all, &mut rolls(&[0.0])), None);
         assert_eq!(select(&Plan::default(), &all, &mut rolls(&[0.0])), None);

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use http::HeaderValue;
 use http::header::VIA;
 use meridian_model::snapshot::Protocol;
 use pingora_http::RequestHeader;
@@ -65,15 +66,21 @@ pub(crate) struct Edge {
     pub xff_trusted_hops: u32,
     /// This proxy's `Via` entry, `1.1 meridian-<id>`.
     pub via: String,
+    /// `via` as a header value, made once (a request without `Via` gets a clone of it).
+    via_value: HeaderValue,
     /// The east-west listener's socket, when there is one.
     pub east_west: Option<SocketAddr>,
 }
 
 impl Edge {
     pub fn new(cfg: &EdgeConfig, east_west: Option<SocketAddr>) -> Edge {
+        let via = format!("1.1 meridian-{:08x}", rand::random::<u32>());
         Edge {
             xff_trusted_hops: cfg.xff_trusted_hops,
-            via: format!("1.1 meridian-{:08x}", rand::random::<u32>()),
+            // Its clones share one buffer (a reference count, no copy).
+            via_value: HeaderValue::from_maybe_shared(bytes::Bytes::from(via.clone()))
+                .unwrap_or_else(|_| HeaderValue::from_static("1.1 meridian")),
+            via,
             east_west,
         }
     }
@@ -90,16 +97,27 @@ impl Edge {
 
     /// Appends this proxy's `Via` entry to the request going upstream.
     pub fn add_via(&self, req: &mut RequestHeader) {
-        let old: Vec<&str> = req
+        let mut old = req
             .headers
             .get_all(VIA)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        let value = if old.is_empty() {
-            self.via.clone()
+            .peekable();
+        let value = if old.peek().is_none() {
+            // The usual case: a clone of the kept value shares its bytes (no allocation).
+            self.via_value.clone()
         } else {
-            format!("{}, {}", old.join(", "), self.via)
+            let mut list = String::new();
+            for v in old {
+                list.push_str(v);
+                list.push_str(", ");
+            }
+            list.push_str(&self.via);
+            match HeaderValue::try_from(list) {
+                Ok(v) => v,
+                // The old entries came from header values and ours is ASCII.
+                Err(_) => self.via_value.clone(),
+            }
         };
         if let Err(e) = req.insert_header(VIA, value) {
             tracing::debug!(error = %e, "via header not set");

@@ -15,7 +15,7 @@
 //! request itself in `request_filter` (refusal, no route, redirect, no backend).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use meridian_model::router::{CompiledRule, ListenerInfo};
@@ -43,15 +43,18 @@ pub(super) struct Routing {
     pub rule: Option<Arc<CompiledRule>>,
     /// The client address by the forwarding-header policy (forwarded.rs), for the log line.
     pub client: Option<std::net::IpAddr>,
+    /// `route_label`, formatted once: the upstream latency and the requests metric both use it.
+    route_label: OnceLock<String>,
 }
 
 impl Routing {
-    /// `namespace/route` of the matched rule (empty without one).
-    pub fn route_label(&self) -> String {
-        match &self.rule {
+    /// `namespace/route` of the matched rule (empty without one). Ask only once the rule is
+    /// set: the label is kept from the first call.
+    pub fn route_label(&self) -> &str {
+        self.route_label.get_or_init(|| match &self.rule {
             Some(r) => format!("{}/{}", r.route_namespace, r.route_name),
             None => String::new(),
-        }
+        })
     }
 }
 
@@ -240,7 +243,7 @@ impl Ctx {
     }
 
     /// `namespace/route` of the matched rule (empty without one).
-    pub(super) fn route_label(&self) -> String {
+    pub(super) fn route_label(&self) -> &str {
         self.routing.route_label()
     }
 

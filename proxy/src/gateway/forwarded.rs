@@ -18,6 +18,7 @@
 //! The east-west listener receives requests from other proxies of the mesh (mutual TLS) and
 //! leaves these headers as the sending proxy set them.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::HeaderValue;
@@ -25,6 +26,8 @@ use pingora_http::RequestHeader;
 
 const XFF: &str = "x-forwarded-for";
 const XFP: &str = "x-forwarded-proto";
+/// Room for the peer address in a new list (the longest IPv6 text is 45 bytes).
+const PEER_LEN: usize = 45;
 
 /// Applies the forwarding headers (module docs); returns the client address.
 pub(super) fn apply(
@@ -33,27 +36,37 @@ pub(super) fn apply(
     https: bool,
     trusted_hops: u32,
 ) -> Option<IpAddr> {
-    let received: Vec<String> = req
-        .headers
-        .get_all(XFF)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|e| e.trim().to_string())
-        .filter(|e| !e.is_empty())
-        .collect();
-    let client = client_address(&received, peer, trusted_hops);
-    if let Some(peer) = peer {
-        let mut list = received.join(", ");
-        if !list.is_empty() {
-            list.push_str(", ");
+    // Entries borrowed from the head: one String (the new list) per request, none per entry.
+    let mut list = String::new();
+    let client = {
+        let received: Vec<&str> = req
+            .headers
+            .get_all(XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        if peer.is_some() {
+            let len: usize = received.iter().map(|e| e.len() + 2).sum();
+            list.reserve(len + PEER_LEN);
+            for e in &received {
+                list.push_str(e);
+                list.push_str(", ");
+            }
         }
-        list.push_str(&peer.to_string());
-        match HeaderValue::from_str(&list) {
+        client_address(&received, peer, trusted_hops)
+    };
+    if let Some(peer) = peer {
+        // Writing to a String cannot fail.
+        let _ = write!(list, "{peer}");
+        // `HeaderValue` takes the String's buffer as it is (no copy).
+        match HeaderValue::try_from(list) {
             Ok(v) => set(req, XFF, v),
             // The received entries came from header values, so this cannot happen; keep going
             // with the peer alone rather than forward an unchecked list.
-            Err(_) => set(req, XFF, HeaderValue::from_str(&peer.to_string()).ok()),
+            Err(_) => set(req, XFF, HeaderValue::try_from(peer.to_string()).ok()),
         }
     }
     if trusted_hops == 0 || !req.headers.contains_key(XFP) {
@@ -71,7 +84,7 @@ fn set(req: &mut RequestHeader, name: &'static str, value: impl Into<Option<Head
 }
 
 /// The client address of the module docs.
-fn client_address(received: &[String], peer: Option<IpAddr>, trusted_hops: u32) -> Option<IpAddr> {
+fn client_address(received: &[&str], peer: Option<IpAddr>, trusted_hops: u32) -> Option<IpAddr> {
     let n = usize::try_from(trusted_hops).unwrap_or(usize::MAX);
     if n == 0 || received.is_empty() {
         return peer;

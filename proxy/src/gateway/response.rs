@@ -123,7 +123,7 @@ impl Forwarder {
             self.shared
                 .metrics
                 .upstream_latency
-                .with_label_values(&[&routing.route_label()])
+                .with_label_values(&[routing.route_label()])
                 .observe(start.elapsed().as_secs_f64());
         }
     }
@@ -217,13 +217,34 @@ impl Forwarder {
         if let Some(e) = e {
             log_failure(e, ctx, listener, failure, status);
         }
-        let status = status.to_string();
+        let mut digits = [0u8; 3];
         self.shared
             .metrics
             .requests
-            .with_label_values(&[listener, &ctx.route_label(), &status])
+            .with_label_values(&[
+                listener,
+                ctx.route_label(),
+                status_label(status, &mut digits),
+            ])
             .inc();
     }
+}
+
+/// The `status` label of `code` (0 when nothing was answered), written into `digits`: no
+/// String per request.
+fn status_label(code: u16, digits: &mut [u8; 3]) -> &str {
+    let code = code.min(999);
+    for (i, d) in digits.iter_mut().enumerate() {
+        let place = [100, 10, 1][i];
+        // A decimal digit: always ASCII.
+        *d = b'0' + u8::try_from(code / place % 10).unwrap_or(0);
+    }
+    let start = match code {
+        100.. => 0,
+        10..=99 => 1,
+        _ => 2,
+    };
+    std::str::from_utf8(&digits[start..]).unwrap_or("0")
 }
 
 /// The failure log line: debug for a client that went away, warn for the rest.
@@ -311,5 +332,19 @@ fn failure_kind(e: &Error, status_retry: bool, deadline_passed: bool) -> Option<
             ErrorSource::Downstream => None,
             ErrorSource::Internal | ErrorSource::Unset => Some(FailureKind::Other),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_the_codes_in_decimal() {
+        let mut digits = [0u8; 3];
+        for code in [0u16, 7, 42, 101, 200, 404, 503, 999] {
+            assert_eq!(status_label(code, &mut digits), code.to_string());
+        }
+        assert_eq!(status_label(1000, &mut digits), "999");
     }
 }

@@ -114,14 +114,14 @@ impl GatewayProxy {
         if let Some(r) = rule.redirect() {
             return filters::redirect(session, r, &m).await;
         }
-        let original_path = session.req_header().uri.path().to_string();
-        self.apply_filters(
-            session,
-            &rule.rule.filters,
-            &m,
-            &original_path,
-            &ctx.routing,
-        );
+        // The path before any filter, for the filters' prefix rewrites; copied only when a
+        // filter may need it (most rules have none).
+        let mut original_path = None;
+        if !rule.rule.filters.is_empty() {
+            let original = session.req_header().uri.path().to_string();
+            self.apply_filters(session, &rule.rule.filters, &m, &original, &ctx.routing);
+            original_path = Some(original);
+        }
         let chosen = match choose_backend(&rule) {
             Ok(chosen) => chosen,
             Err((code, kind)) => {
@@ -136,7 +136,12 @@ impl GatewayProxy {
         }) {
             return filters::redirect(session, r, &m).await;
         }
-        self.apply_filters(session, &backend.filters, &m, &original_path, &ctx.routing);
+        if !backend.filters.is_empty() {
+            // Without rule filters the path is still the original one.
+            let original =
+                original_path.unwrap_or_else(|| session.req_header().uri.path().to_string());
+            self.apply_filters(session, &backend.filters, &m, &original, &ctx.routing);
+        }
         let drain = ctx
             .routing
             .gateway

@@ -1,6 +1,7 @@
 //! The lean HTTP/1 request path: one request of a kept-alive HTTP/1 connection driven in the
 //! connection's own task, from the head to the logging, with pingora-core's server session
-//! downstream and its connector (pooled HTTP/1 or h2c sessions) upstream, and no framework in
+//! downstream and upstream its own pool of idle HTTP/1 connections (pool.rs) or pingora-core's
+//! connector for h2c sessions, and no framework in
 //! between: no task and no channels per request, no second copy of the head or the body.
 //!
 //! It replaces pingora-proxy's `HttpProxy::process_new_http` on HTTP/1 connections of the
@@ -15,7 +16,8 @@
 //!   read head (400 malformed, 405 CONNECT) ─ shutting down? Connection: close
 //!   ─ clock: header read (limits.rs) ─ Role::request_filter ── answered? ─► logging ─ reuse
 //!   ─ tries (at most ServerConf::max_retries, 16, like pingora):
-//!       Forwarder::upstream_peer ─ connector (pool) ── failed ─► Forwarder::fail_to_connect
+//!       Forwarder::upstream_peer ─ HTTP/1: pool.rs or a new connection, h2c: pingora's
+//!         connector ── failed ─► Forwarder::fail_to_connect
 //!       HTTP/1 upstream (h1.rs): head (request.rs) ─ request body and response in one select
 //!         loop: upstream_response_filter ─ response_filter ─ write head (+ the first body
 //!         chunk when it is already here) ─ body ─ back to the pool if clean
@@ -33,6 +35,7 @@
 
 mod h1;
 mod h2;
+mod pool;
 mod request;
 mod tunnel;
 
@@ -42,14 +45,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
-use pingora_core::connectors::ConnectorOptions;
 use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
+use pingora_core::protocols::ALPN;
 use pingora_core::protocols::http::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::upstreams::peer::Peer;
-use pingora_error::{Error, ErrorType};
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::{Error, ErrorType, Result};
 
 use crate::gateway::{Ctx, Downstream, Forwarder, Role};
 
@@ -77,6 +81,10 @@ pub(crate) trait Driver: Send + Sync {
 /// The lean driver of one role (Gateway or east-west) with its own upstream pool.
 pub(crate) struct LeanPath<R> {
     role: R,
+    /// New HTTP/1 upstream connections; idle ones wait in `pool`.
+    transport: TransportConnector,
+    pool: pool::Pool,
+    /// h2c upstream sessions (pingora's pool: one connection carries many streams).
     connector: Connector,
     /// Most tries per request (pingora's `ServerConf::max_retries`; the Forwarder's allowances
     /// bound it far sooner).
@@ -98,9 +106,12 @@ impl<R: Role> LeanPath<R> {
     /// The driver of `role`; `conf` is the server configuration of the framework app beside it,
     /// so both paths pool upstream connections alike.
     pub fn new(role: R, conf: &ServerConf, idle_timeout: Duration) -> Arc<Self> {
+        let options = ConnectorOptions::from_server_conf(conf);
         Arc::new(LeanPath {
             role,
-            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            pool: pool::Pool::new(options.keepalive_pool_size),
+            transport: TransportConnector::new(Some(options.clone())),
+            connector: Connector::new(Some(options)),
             max_tries: conf.max_retries,
             idle_timeout,
         })
@@ -183,7 +194,15 @@ impl<R: Role> LeanPath<R> {
             Ok(p) => p,
             Err(e) => return failed(e),
         };
-        let (client, reused) = match self.connector.get_http_session(&*peer).await {
+        let h2c = peer
+            .get_peer_options()
+            .is_some_and(|o| matches!(o.alpn, ALPN::H2));
+        let connected = if h2c {
+            self.connector.get_http_session(&*peer).await
+        } else {
+            self.h1_session(&peer).await
+        };
+        let (client, reused) = match connected {
             Ok(c) => c,
             Err(mut e) => {
                 e.as_up();
@@ -197,13 +216,11 @@ impl<R: Role> LeanPath<R> {
                     (false, None, Some(up))
                 } else {
                     if done.upstream_reusable {
-                        self.connector
-                            .release_http_session(
-                                ClientSession::H1(up),
-                                &*peer,
-                                peer.idle_timeout(),
-                            )
-                            .await;
+                        up.respect_keepalive();
+                        if let Some(stream) = up.reuse().await {
+                            self.pool
+                                .put(peer.reuse_hash(), stream, peer.idle_timeout());
+                        }
                     }
                     (done.downstream_reusable, done.error, None)
                 }
@@ -235,6 +252,21 @@ impl<R: Role> LeanPath<R> {
             error: error.map(|e| fwd.error_while_proxy(&peer, session, e, ctx, reused)),
             upgraded,
         }
+    }
+
+    /// An HTTP/1 session to `peer`: an idle pooled connection (`true`) or a new one.
+    async fn h1_session(&self, peer: &HttpPeer) -> Result<(ClientSession, bool)> {
+        if let Some(stream) = self.pool.take(peer.reuse_hash()) {
+            return Ok((
+                ClientSession::H1(ClientV1::new_with_options(stream, peer)),
+                true,
+            ));
+        }
+        let stream = self.transport.new_stream(peer).await?;
+        Ok((
+            ClientSession::H1(ClientV1::new_with_options(stream, peer)),
+            false,
+        ))
     }
 
     /// Counts and logs the request, then hands the connection back if it may take another.

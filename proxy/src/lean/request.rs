@@ -156,8 +156,12 @@ fn strip_hop_by_hop(req: &mut RequestHeader, http11: bool) -> Result<()> {
             req.remove_header(name);
         }
     }
-    for name in HOP_BY_HOP {
-        req.remove_header(*name);
+    // Most heads carry none of them: one pass over the few names present instead of a lookup
+    // per hop-by-hop name.
+    if req.headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+        for name in HOP_BY_HOP {
+            req.remove_header(*name);
+        }
     }
     if websocket {
         req.insert_header(header::CONNECTION, "Upgrade")?;

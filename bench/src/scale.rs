@@ -255,7 +255,9 @@ impl Run {
     fn start_controller(&mut self) -> anyhow::Result<()> {
         let log = self.dir.join("controller.log");
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("controller").arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd.arg("controller")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig);
         for c in &self.clusters {
             // Region named after the cluster: the proxies' certificates carry it.
             cmd.args(["--cluster", &format!("{0}@{0}", c.name)]);
@@ -276,8 +278,12 @@ impl Run {
             Ok(Conn::local(metrics_port).get("/readyz")?.ok())
         })?;
         for c in &self.clusters {
-            self.proxies
-                .push(start_proxy(&self.bin, &self.dir, c, self.distribution_port)?);
+            self.proxies.push(start_proxy(
+                &self.bin,
+                &self.dir,
+                c,
+                self.distribution_port,
+            )?);
         }
         Ok(())
     }
@@ -1257,9 +1263,9 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
     row(
         "controller RSS before → after the apply (MiB)".into(),
         &|f| {
-            let before = f
-                .rss_before_kib
-                .map_or("– (cold start)".into(), |b| format!("{:.0}", b as f64 / 1024.0));
+            let before = f.rss_before_kib.map_or("– (cold start)".into(), |b| {
+                format!("{:.0}", b as f64 / 1024.0)
+            });
             format!("{before} → {:.0}", f.rss_after_kib as f64 / 1024.0)
         },
     );

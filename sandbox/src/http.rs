@@ -103,7 +103,11 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
 
 pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = json_response(e.code, &e.to_status());
-    if let Some(secs) = e.details.as_ref().and_then(|d| d["retryAfterSeconds"].as_u64()) {
+    if let Some(secs) = e
+        .details
+        .as_ref()
+        .and_then(|d| d["retryAfterSeconds"].as_u64())
+    {
         r.headers_mut()
             .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
     }

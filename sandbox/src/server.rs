@@ -399,7 +399,10 @@ mod tests {
         });
         // Far less than JOURNAL_WAIT: still waiting for the log writer.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!waiting.is_finished(), "two events queued: the write must wait");
+        assert!(
+            !waiting.is_finished(),
+            "two events queued: the write must wait"
+        );
         let taken = c.take_journal();
         assert_eq!(taken.len(), 2, "the journal holds every committed event");
         waiting.await.unwrap().unwrap();

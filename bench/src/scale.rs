@@ -10,7 +10,11 @@
 //!   meridian proxy per cluster, bootstrapped like a real one (TokenRequest token, the trust
 //!     bundle the controller publishes in ConfigMap meridian-system/meridian-ca)
 //!   1. bulk apply: per cluster one Gateway + N × (Service, EndpointSlice, HTTPRoute), created by
-//!      --writers threads over keep-alive connections, into the running system → writes/s
+//!      --writers threads over keep-alive connections, into the running system → writes/s; a
+//!      sampler (every 100 ms: writes answered, CPU of the local API and of the controller) →
+//!      rate and CPU per write in the first, middle and last tenth (cost vs store size).
+//!      --cold-start: the world goes in before the controller starts, and 2. is timed from
+//!      the controller's start (its initial convergence)
 //!   2. convergence: until every Gateway is Programmed with attachedRoutes == N and every route
 //!      Accepted by us (status read from the API) → time from the first and from the last write
 //!   3. RSS after convergence, minus RSS before the apply, per route

@@ -10,7 +10,11 @@
 //!   meridian proxy per cluster, bootstrapped like a real one (TokenRequest token, the trust
 //!     bundle the controller publishes in ConfigMap meridian-system/meridian-ca)
 //!   1. bulk apply: per cluster one Gateway + N × (Service, EndpointSlice, HTTPRoute), created by
-//!      --writers threads over keep-alive connections, into the running system → writes/s
+//!      --writers threads over keep-alive connections, into the running system → writes/s; a
+//!      sampler (every 100 ms: writes answered, CPU of the local API and of the controller) →
+//!      rate and CPU per write in the first, middle and last tenth (cost vs store size).
+//!      --cold-start: the world goes in before the controller starts, and 2. is timed from
+//!      the controller's start (its initial convergence)
 //!   2. convergence: until every Gateway is Programmed with attachedRoutes == N and every route
 //!      Accepted by us (status read from the API) → time from the first and from the last write
 //!   3. RSS after convergence, minus RSS before the apply, per route
@@ -75,6 +79,11 @@ pub struct ScaleOpts {
     /// persists like `meridian up`.
     #[arg(long)]
     pub no_persist: bool,
+    /// Cold start instead: the whole world is applied into the local API before the controller
+    /// starts (the apply rate is then the local API's alone), and convergence is timed from the
+    /// controller's start — its initial convergence, status writes included.
+    #[arg(long)]
+    pub cold_start: bool,
 }
 
 /// Namespace of the generated world.
@@ -95,8 +104,13 @@ pub fn run(opts: &ScaleOpts, meridian: PathBuf, dir: &Path) -> anyhow::Result<()
         bins.push(("meridian-b".to_string(), c.clone()));
     }
     println!(
-        "## Controller at scale\n\n{} cluster(s); {} writers; {} changes per kind {} ms apart; \
+        "## Controller at scale\n\n{}{} cluster(s); {} writers; {} changes per kind {} ms apart; \
          local API persistence {}.\n",
+        if opts.cold_start {
+            "Cold start (world applied before the controller starts); "
+        } else {
+            ""
+        },
         opts.clusters,
         opts.writers,
         opts.changes,
@@ -131,23 +145,61 @@ struct Figures {
     /// (kind, p50 ms, p99 ms, samples, not served in time).
     served: Vec<(&'static str, f64, f64, usize, usize)>,
     idle_cpu_ms_per_s: f64,
-    rss_before_kib: u64,
+    /// `None` with `--cold-start` (the controller starts with the world in place).
+    rss_before_kib: Option<u64>,
     rss_after_kib: u64,
     routes_total: usize,
     /// (mode, count, sum s, p99 bucket bound s).
     translations: Vec<(String, u64, f64, Option<f64>)>,
     status_writes_ok: u64,
+    /// The apply's first, middle and last tenth (see [`apply_windows`]).
+    apply_windows: Vec<Window>,
+    /// `/proc/loadavg` at the start and at the end of the run (the machine is shared).
+    load_start: String,
+    load_end: String,
 }
+
+/// One stretch of the bulk apply: how fast it went and what each write cost while the store
+/// held `stored_from..stored_to` objects per cluster.
+#[derive(Debug, Clone, PartialEq)]
+struct Window {
+    stored_from: usize,
+    stored_to: usize,
+    writes_per_s: f64,
+    /// CPU of the local API's process per write (µs).
+    api_us_per_write: f64,
+    /// CPU of the controller per write (µs; 0 while it does not run).
+    controller_us_per_write: f64,
+}
+
+/// What the sampler saw at one moment of the bulk apply.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    /// Writes answered so far.
+    done: usize,
+    api_ticks: u64,
+    controller_ticks: u64,
+}
+
+/// How often the sampler looks during the bulk apply.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// The processes of one run, stopped on drop in field order: proxies and controller before the
 /// API (the API going away first would only make them log).
 struct Run {
-    _proxies: Vec<Guard>,
-    _controller: Guard,
-    _sandbox: Guard,
+    proxies: Vec<Guard>,
+    /// Started by [`Run::start_controller`] (before the apply, or after it with `--cold-start`).
+    controller: Option<Guard>,
+    sandbox: Guard,
     _echo: crate::stack::Backend,
+    /// The controller's pid (0 until it runs).
     controller_pid: u32,
     metrics_port: u16,
+    distribution_port: u16,
+    kubeconfig: PathBuf,
+    bin: PathBuf,
+    dir: PathBuf,
     /// Per cluster: name, API URL, Gateway listener port, extra listener port.
     clusters: Vec<ClusterRun>,
     echo_port: u16,
@@ -163,6 +215,7 @@ struct ClusterRun {
 }
 
 impl Run {
+    /// The echo backend and the local API with everything installed; no controller yet.
     fn start(
         opts: &ScaleOpts,
         bin: &Path,
@@ -184,57 +237,94 @@ impl Run {
                 extra_port: sys::free_port()?,
             });
         }
-        let distribution = sys::free_port()?;
-        let metrics_port = sys::free_port()?;
-        let log = dir.join("controller.log");
-        let mut cmd = Command::new(bin);
-        cmd.arg("controller").arg("--kubeconfig").arg(&kubeconfig);
-        for c in &clusters {
-            // Region named after the cluster: the proxies' certificates carry it.
-            cmd.args(["--cluster", &format!("{0}@{0}", c.name)]);
-        }
-        cmd.args(["--distribution-bind", &format!("127.0.0.1:{distribution}")])
-            .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
-            // Every EndpointSlice names the echo backend on loopback.
-            .arg("--allow-loopback-endpoints")
-            .env("MERIDIAN_LOG", "warn");
-        let controller = spawn(cmd, &log, "the controller")?;
-        let controller_pid = controller.0.id();
-        wait_for("the controller's /readyz", &log, || {
-            Ok(Conn::local(metrics_port).get("/readyz")?.ok())
-        })?;
-        let mut proxies = Vec::new();
-        for c in &clusters {
-            proxies.push(start_proxy(bin, dir, c, distribution)?);
-        }
         Ok(Run {
-            _proxies: proxies,
-            _controller: controller,
-            _sandbox: sandbox,
+            proxies: Vec::new(),
+            controller: None,
+            sandbox,
             echo_port: echo.port,
             _echo: echo,
-            controller_pid,
-            metrics_port,
+            controller_pid: 0,
+            metrics_port: sys::free_port()?,
+            distribution_port: sys::free_port()?,
+            kubeconfig,
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
             clusters,
             n,
             opts: opts.clone(),
         })
     }
 
+    /// `meridian controller` (until its /readyz answers), then one proxy per cluster.
+    fn start_controller(&mut self) -> anyhow::Result<()> {
+        let log = self.dir.join("controller.log");
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("controller")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig);
+        for c in &self.clusters {
+            // Region named after the cluster: the proxies' certificates carry it.
+            cmd.args(["--cluster", &format!("{0}@{0}", c.name)]);
+        }
+        cmd.args([
+            "--distribution-bind",
+            &format!("127.0.0.1:{}", self.distribution_port),
+        ])
+        .args(["--metrics", &format!("127.0.0.1:{}", self.metrics_port)])
+        // Every EndpointSlice names the echo backend on loopback.
+        .arg("--allow-loopback-endpoints")
+        .env("MERIDIAN_LOG", "warn");
+        let controller = spawn(cmd, &log, "the controller")?;
+        self.controller_pid = controller.0.id();
+        self.controller = Some(controller);
+        let metrics_port = self.metrics_port;
+        wait_for("the controller's /readyz", &log, || {
+            Ok(Conn::local(metrics_port).get("/readyz")?.ok())
+        })?;
+        for c in &self.clusters {
+            self.proxies.push(start_proxy(
+                &self.bin,
+                &self.dir,
+                c,
+                self.distribution_port,
+            )?);
+        }
+        Ok(())
+    }
+
     fn measure(&mut self) -> anyhow::Result<Figures> {
         let mut f = Figures {
             routes_total: self.n * self.clusters.len(),
+            load_start: sys::load(),
             ..Figures::default()
         };
-        settle_cpu(self.controller_pid);
-        f.rss_before_kib = sys::rss_kib(self.controller_pid).unwrap_or(0);
-
-        // 1. Bulk apply into the running system.
-        eprintln!("bulk apply of {} writes", self.writes());
-        let started = Instant::now();
-        let last_write = self.bulk_apply()?;
-        f.writes = self.writes();
-        f.apply_s = (last_write - started).as_secs_f64();
+        let started;
+        let last_write;
+        if self.opts.cold_start {
+            // 1. The world first, into the local API alone; then the controller.
+            eprintln!("bulk apply of {} writes (no controller)", self.writes());
+            let apply_start = Instant::now();
+            let (done, samples) = self.bulk_apply()?;
+            f.writes = self.writes();
+            f.apply_s = (done - apply_start).as_secs_f64();
+            f.apply_windows = apply_windows(&samples, f.writes, self.clusters.len());
+            eprintln!("starting the controller");
+            started = Instant::now();
+            last_write = started;
+            self.start_controller()?;
+        } else {
+            self.start_controller()?;
+            settle_cpu(self.controller_pid);
+            f.rss_before_kib = sys::rss_kib(self.controller_pid);
+            // 1. Bulk apply into the running system.
+            eprintln!("bulk apply of {} writes", self.writes());
+            started = Instant::now();
+            let (done, samples) = self.bulk_apply()?;
+            last_write = done;
+            f.writes = self.writes();
+            f.apply_s = (last_write - started).as_secs_f64();
+            f.apply_windows = apply_windows(&samples, f.writes, self.clusters.len());
+        }
 
         // 2. Convergence.
         eprintln!("waiting for convergence");
@@ -280,6 +370,7 @@ impl Run {
         f.status_writes_ok = sum_metric(&text, "meridian_controller_status_writes_total", |l| {
             l.get("result").map(String::as_str) == Some("ok")
         }) as u64;
+        f.load_end = sys::load();
         Ok(f)
     }
 
@@ -287,19 +378,29 @@ impl Run {
         self.clusters.len() * (1 + 3 * self.n)
     }
 
-    /// Creates the whole world with `--writers` threads; returns when the last write finished.
-    fn bulk_apply(&self) -> anyhow::Result<Instant> {
+    /// Creates the whole world with `--writers` threads; returns when the last write finished,
+    /// and what a sampler thread saw every [`SAMPLE_EVERY`] meanwhile (writes answered, CPU of
+    /// the local API and of the controller).
+    fn bulk_apply(&self) -> anyhow::Result<(Instant, Vec<Sample>)> {
         let total = self.writes();
         let next = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new((0usize, String::new())));
         let deadline = Instant::now() + Duration::from_secs(self.opts.timeout);
         let urls: Vec<String> = self.clusters.iter().map(|c| c.url.clone()).collect();
         let ports: Vec<u16> = self.clusters.iter().map(|c| c.port).collect();
         let (echo, per_cluster) = (self.echo_port, 1 + 3 * self.n);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (answered, stop) = (Arc::clone(&answered), Arc::clone(&stop));
+            let (api, controller) = (self.sandbox.0.id(), self.controller_pid);
+            std::thread::spawn(move || sample_apply(&answered, &stop, api, controller, deadline))
+        };
         let threads: Vec<_> = (0..self.opts.writers)
             .map(|_| {
-                let (next, failures, urls, ports) = (
+                let (next, answered, failures, urls, ports) = (
                     Arc::clone(&next),
+                    Arc::clone(&answered),
                     Arc::clone(&failures),
                     urls.clone(),
                     ports.clone(),
@@ -325,6 +426,7 @@ impl Run {
                         let (path, obj) = world_object(j, ports[cluster], echo);
                         let result = conns[cluster].create(&path, &obj);
                         last = Instant::now();
+                        answered.fetch_add(1, Ordering::Relaxed);
                         let err = match result {
                             Ok(a) if a.ok() => continue,
                             Ok(a) => format!("POST {path}: {} {}", a.status, a.text()),
@@ -351,6 +453,8 @@ impl Run {
                 Err(_) => first_error = first_error.or(Some(anyhow::anyhow!("a writer panicked"))),
             }
         }
+        stop.store(true, Ordering::Relaxed);
+        let samples = sampler.join().unwrap_or_default();
         if let Some(e) = first_error {
             return Err(e);
         }
@@ -358,7 +462,7 @@ impl Run {
         if f.0 > 0 {
             bail!("{} writes failed; first: {}", f.0, f.1);
         }
-        Ok(last)
+        Ok((last, samples))
     }
 
     /// Waits (at most `--timeout`) until every cluster's Gateway is Programmed with
@@ -643,6 +747,65 @@ fn route(i: usize) -> Value {
         "spec": {"parentRefs": [{"name": "gw"}],
                  "hostnames": [format!("r-{i}.scale")],
                  "rules": [{"backendRefs": [{"name": format!("svc-{i}"), "port": 80}]}]}})
+}
+
+/// Samples the bulk apply every [`SAMPLE_EVERY`] until `stop` (or `deadline`): writes answered,
+/// CPU ticks of the local API and of the controller (pid 0: not running). The first sample is
+/// taken at once, the last after `stop`.
+fn sample_apply(
+    answered: &AtomicUsize,
+    stop: &std::sync::atomic::AtomicBool,
+    api: u32,
+    controller: u32,
+    deadline: Instant,
+) -> Vec<Sample> {
+    let ticks = |pid: u32| {
+        if pid == 0 {
+            0
+        } else {
+            sys::cpu_ticks_tree(pid).unwrap_or(0)
+        }
+    };
+    let take = || Sample {
+        at: Instant::now(),
+        done: answered.load(Ordering::Relaxed),
+        api_ticks: ticks(api),
+        controller_ticks: ticks(controller),
+    };
+    let mut samples = vec![take()];
+    // Bounded by the deadline (the apply's own).
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        std::thread::sleep(SAMPLE_EVERY);
+        samples.push(take());
+    }
+    samples.push(take());
+    samples
+}
+
+/// The first, middle and last tenth of an apply of `total` writes into `clusters` clusters,
+/// from the sampler's samples: rate and CPU per write while the store grew through that tenth.
+/// Each window spans from the first sample at or past its start to the first at or past its end
+/// (so it is at least a tenth, give or take a sample period of writes).
+fn apply_windows(samples: &[Sample], total: usize, clusters: usize) -> Vec<Window> {
+    let at_least = |n: usize| samples.iter().find(|s| s.done >= n);
+    let per_cluster = total / clusters.max(1);
+    [0usize, 4, 9]
+        .iter()
+        .filter_map(|&tenth| {
+            let (from, to) = (total * tenth / 10, total * (tenth + 1) / 10);
+            let (a, b) = (at_least(from)?, at_least(to)?);
+            let writes = b.done.checked_sub(a.done).filter(|w| *w > 0)? as f64;
+            let secs = (b.at - a.at).as_secs_f64().max(1e-9);
+            let us = |ticks: u64| ticks as f64 * 1e6 / TICKS_PER_S / writes;
+            Some(Window {
+                stored_from: per_cluster * tenth / 10,
+                stored_to: per_cluster * (tenth + 1) / 10,
+                writes_per_s: writes / secs,
+                api_us_per_write: us(b.api_ticks.saturating_sub(a.api_ticks)),
+                controller_us_per_write: us(b.controller_ticks.saturating_sub(a.controller_ticks)),
+            })
+        })
+        .collect()
 }
 
 /// Programmed=True and the `http` listener's attachedRoutes == n.
@@ -1035,14 +1198,41 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
             f.apply_s
         )
     });
+    for (i, which) in ["first", "middle", "last"].iter().enumerate() {
+        row(
+            format!(
+                "bulk apply, {which} tenth: writes / s, local API CPU / write, controller CPU / \
+                 write (µs) (objects stored per cluster)"
+            ),
+            &|f| {
+                f.apply_windows.get(i).map_or("–".into(), |w| {
+                    format!(
+                        "{:.0}, {:.0}, {:.0} ({}–{})",
+                        w.writes_per_s,
+                        w.api_us_per_write,
+                        w.controller_us_per_write,
+                        w.stored_from,
+                        w.stored_to
+                    )
+                })
+            },
+        );
+    }
     let secs = |s: Option<f64>| s.map_or("not converged".to_string(), |s| format!("{s:.1} s"));
+    let from = if opts.cold_start {
+        "the controller's start"
+    } else {
+        "the first write"
+    };
     row(
-        "convergence from the first write (all Accepted, Programmed, attachedRoutes = N)".into(),
+        format!("convergence from {from} (all Accepted, Programmed, attachedRoutes = N)"),
         &|f| secs(f.converge_from_start_s),
     );
-    row("convergence after the last write".into(), &|f| {
-        secs(f.converge_from_last_write_s)
-    });
+    if !opts.cold_start {
+        row("convergence after the last write".into(), &|f| {
+            secs(f.converge_from_last_write_s)
+        });
+    }
     for (i, kind) in Change::ALL.iter().enumerate() {
         row(
             format!("controller CPU per change: {} (ms)", kind.label()),
@@ -1077,21 +1267,21 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
     row(
         "controller RSS before → after the apply (MiB)".into(),
         &|f| {
-            format!(
-                "{:.0} → {:.0}",
-                f.rss_before_kib as f64 / 1024.0,
-                f.rss_after_kib as f64 / 1024.0
-            )
+            let before = f.rss_before_kib.map_or("– (cold start)".into(), |b| {
+                format!("{:.0}", b as f64 / 1024.0)
+            });
+            format!("{before} → {:.0}", f.rss_after_kib as f64 / 1024.0)
         },
     );
     row(
         "controller RSS per route (KiB, growth / routes in all clusters)".into(),
         &|f| {
-            format!(
-                "{:.1}",
-                f.rss_after_kib.saturating_sub(f.rss_before_kib) as f64
-                    / f.routes_total.max(1) as f64
-            )
+            f.rss_before_kib.map_or("–".into(), |before| {
+                format!(
+                    "{:.1}",
+                    f.rss_after_kib.saturating_sub(before) as f64 / f.routes_total.max(1) as f64
+                )
+            })
         },
     );
     let modes: Vec<String> = {
@@ -1128,6 +1318,9 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
     }
     row("status writes ok".into(), &|f| {
         f.status_writes_ok.to_string()
+    });
+    row("load average at start / end (1, 5, 15 min)".into(), &|f| {
+        format!("{} / {}", f.load_start, f.load_end)
     });
 
     println!(
@@ -1189,6 +1382,43 @@ mod tests {
         let list = json!({"items": [parent(CONTROLLER_NAME, "True"),
             parent(CONTROLLER_NAME, "False"), parent("example.com/other", "True"), json!({})]});
         assert_eq!(accepted_routes(&list), 1);
+    }
+
+    #[test]
+    fn apply_windows_measure_the_first_middle_and_last_tenth() {
+        let t0 = Instant::now();
+        // 1000 writes into 2 clusters at 100 writes per 0.1 s, the local API using 1 tick per
+        // 10 writes at first and 2 per 10 writes from the middle on; the controller 1 per 100.
+        let mut api = 0;
+        let samples: Vec<Sample> = (0..=10)
+            .map(|i| {
+                if i > 0 {
+                    api += if i <= 5 { 10 } else { 20 };
+                }
+                Sample {
+                    at: t0 + Duration::from_millis(100 * i),
+                    done: 100 * i as usize,
+                    api_ticks: api,
+                    controller_ticks: i,
+                }
+            })
+            .collect();
+        let w = apply_windows(&samples, 1000, 2);
+        assert_eq!(w.len(), 3);
+        assert_eq!((w[0].stored_from, w[0].stored_to), (0, 50));
+        assert_eq!((w[1].stored_from, w[1].stored_to), (200, 250));
+        assert_eq!((w[2].stored_from, w[2].stored_to), (450, 500));
+        for x in &w {
+            assert!((x.writes_per_s - 1000.0).abs() < 1.0, "{x:?}");
+            // 1 tick (10 ms) per 100 writes.
+            assert!((x.controller_us_per_write - 100.0).abs() < 1.0, "{x:?}");
+        }
+        // 10 ticks (0.1 s) per 100 writes: 1 ms each; 2 ms once the store is larger.
+        assert!((w[0].api_us_per_write - 1000.0).abs() < 1.0, "{:?}", w[0]);
+        assert!((w[1].api_us_per_write - 1000.0).abs() < 1.0, "{:?}", w[1]);
+        assert!((w[2].api_us_per_write - 2000.0).abs() < 1.0, "{:?}", w[2]);
+        // An apply cut short has no last tenth.
+        assert_eq!(apply_windows(&samples[..6], 1000, 2).len(), 2);
     }
 
     #[test]

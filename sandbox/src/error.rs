@@ -186,6 +186,13 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 429: the server cannot take the request now; `retryAfterSeconds` says when to retry.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        let mut e = Self::new(429, "TooManyRequests", message);
+        e.details = Some(json!({"retryAfterSeconds": 1}));
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }

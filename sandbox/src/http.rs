@@ -102,7 +102,16 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(e.code, &e.to_status())
+    let mut r = json_response(e.code, &e.to_status());
+    if let Some(secs) = e
+        .details
+        .as_ref()
+        .and_then(|d| d["retryAfterSeconds"].as_u64())
+    {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
+    r
 }
 
 type Query = HashMap<String, String>;
@@ -340,6 +349,10 @@ async fn resource(
     let accept = header(&parts, ACCEPT).to_string();
     let format = Format::from_accept(&accept, q.get("includeObject").map(String::as_str));
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
+    if !dry_run && parts.method != Method::GET {
+        // A write that commits goes to the log: wait while the log writer is far behind.
+        cluster.room_to_write().await?;
+    }
     match (&parts.method, &t.name) {
         (&Method::POST, Some(name)) if t.token => {
             let body = read_object(&parts, body).await?;

@@ -355,6 +355,7 @@ impl Sandbox {
             history_window: cfg.history_window.max(1),
             bookmark_interval: cfg.bookmark_interval,
             hosts,
+            journal_limit: server::JOURNAL_LIMIT,
         };
         let mut sandbox = Sandbox {
             endpoints: Vec::new(),

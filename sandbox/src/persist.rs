@@ -14,6 +14,10 @@
 //! Flow (one [`Persister`] per cluster):
 //! 1. a committed write puts its event (shared with the watch history, nothing is copied) into
 //!    the state's journal ([`State::take_journal`]) and signals the cluster's `dirty` notify;
+//!    the journal is bounded: while it holds [`crate::server::ClusterOptions::journal_limit`]
+//!    events (the log writer is stuck, say in a compaction on a slow disk), new writes wait for
+//!    it to be taken ([`Cluster::room_to_write`]; 429 after [`crate::server::JOURNAL_WAIT`]),
+//!    so a writer faster than the disk cannot grow the sandbox's memory without bound;
 //! 2. the background task ([`run`]) wakes, waits [`BATCH_DELAY`] for more, takes the journal
 //!    (a pointer swap under the cluster lock) and appends one record per event to the log in one
 //!    `write`, off the lock: `put` with the stored object, `delete` with its last state;
@@ -582,7 +586,7 @@ impl Persister {
     fn step(&self, force: bool) -> Result<Option<Instant>, SandboxError> {
         let mut log = self.log();
         if !force && !log.broken {
-            let events = self.cluster.lock().take_journal();
+            let events = self.cluster.take_journal();
             log.append(&events)?;
         }
         let (due, idle_at) = log.compaction_due(Instant::now());
@@ -593,6 +597,7 @@ impl Persister {
                 let (rv, objects) = state.snapshot_objects();
                 (events, rv, objects)
             };
+            self.cluster.journal_taken();
             log.compact(rv, &objects, &events)?;
             return Ok(None);
         }

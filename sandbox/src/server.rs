@@ -49,7 +49,18 @@ pub struct ClusterOptions {
     pub bookmark_interval: Option<Duration>,
     /// Which `Host` and `Origin` values are answered (see [`crate::guard`]).
     pub hosts: crate::guard::HostPolicy,
+    /// Committed events that may wait for the log writer before writes wait for it
+    /// ([`Cluster::room_to_write`]; [`JOURNAL_LIMIT`] by default).
+    pub journal_limit: usize,
 }
+
+/// Default of [`ClusterOptions::journal_limit`]: far more than the log writer lets pile up
+/// while it keeps up (it takes the journal every few milliseconds), reached only while it is
+/// stuck (a compaction on a slow disk); about 100 bytes each, the objects are shared.
+pub const JOURNAL_LIMIT: usize = 50_000;
+
+/// Longest wait of a write for room in the journal before it is refused with 429.
+pub const JOURNAL_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Cluster {
     pub name: String,
@@ -61,6 +72,8 @@ pub struct Cluster {
     kind_rv: Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
     /// Signalled after every committed change (persistence debounces on it).
     pub dirty: Notify,
+    /// Signalled when the log writer took the journal: writes waiting for room go on.
+    journal_taken: Notify,
     pub shutdown: watch::Receiver<bool>,
     /// While set and in the future, every request gets the plain-text "starting" 404.
     starting_until: Mutex<Option<Instant>>,
@@ -85,6 +98,7 @@ impl Cluster {
             state: Mutex::new(state),
             kind_rv: Mutex::new(std::collections::HashMap::new()),
             dirty: Notify::new(),
+            journal_taken: Notify::new(),
             shutdown,
             starting_until: Mutex::new(None),
             tokens: Mutex::new(Tokens::default()),
@@ -158,6 +172,46 @@ impl Cluster {
             self.dirty.notify_one();
         }
         r
+    }
+
+    /// Back-pressure between writes and the log writer: waits while the journal holds
+    /// [`ClusterOptions::journal_limit`] events or more (the log writer fell behind), so the
+    /// queue between the store and the log stays bounded; after [`JOURNAL_WAIT`] the write is
+    /// refused with 429 `TooManyRequests` (clients retry those). Without persistence there is
+    /// no journal and no wait.
+    pub async fn room_to_write(&self) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + JOURNAL_WAIT;
+        // Bounded by the deadline: every pass waits for the log writer or gives up.
+        loop {
+            let taken = self.journal_taken.notified();
+            tokio::pin!(taken);
+            // Registered before looking, so a take between the look and the wait is not missed.
+            taken.as_mut().enable();
+            let queued = self.lock().journal_len();
+            if queued < self.opts.journal_limit {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, taken).await.is_err() {
+                return Err(ApiError::too_many_requests(format!(
+                    "the local API's log writer is behind ({queued} writes not yet on disk); \
+                     try again later"
+                )));
+            }
+        }
+    }
+
+    /// The committed events the log writer has not taken yet (see [`State::take_journal`]);
+    /// writes waiting for room go on.
+    pub fn take_journal(&self) -> Vec<Arc<crate::store::Event>> {
+        let events = self.lock().take_journal();
+        self.journal_taken();
+        events
+    }
+
+    /// Wakes the writes waiting for room: the journal was taken (also by a compaction, which
+    /// takes it under the same lock as the objects).
+    pub fn journal_taken(&self) {
+        self.journal_taken.notify_waiters();
     }
 
     /// Locks the cluster's credentials. Lock order: tokens before state.
@@ -297,4 +351,76 @@ pub async fn accept_loop(
     })
     .await;
     conns.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// A cluster whose journal nobody drains (no log writer runs) and takes `limit` events.
+    fn cluster(limit: usize) -> (Arc<Cluster>, watch::Sender<bool>) {
+        let mut state = State::new(100);
+        state.enable_journal();
+        let (tx, rx) = watch::channel(false);
+        let opts = ClusterOptions {
+            history_window: 100,
+            bookmark_interval: None,
+            hosts: crate::guard::HostPolicy::new(IpAddr::V4(Ipv4Addr::LOCALHOST), &[]).unwrap(),
+            journal_limit: limit,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        (
+            Arc::new(Cluster::new("c".into(), addr, opts, state, rx)),
+            tx,
+        )
+    }
+
+    fn create(c: &Cluster, name: &str) {
+        c.write(|s| {
+            let rt = s.registry.by_key("configmaps").unwrap();
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "default"}});
+            s.create(&rt, Some("default"), cm, false).unwrap();
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_wait_while_the_journal_is_full_and_go_on_when_it_is_taken() {
+        let (c, _shutdown) = cluster(2);
+        create(&c, "a");
+        c.room_to_write().await.unwrap();
+        create(&c, "b");
+        let waiting = tokio::spawn({
+            let c = Arc::clone(&c);
+            async move { c.room_to_write().await }
+        });
+        // Far less than JOURNAL_WAIT: still waiting for the log writer.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiting.is_finished(),
+            "two events queued: the write must wait"
+        );
+        let taken = c.take_journal();
+        assert_eq!(taken.len(), 2, "the journal holds every committed event");
+        waiting.await.unwrap().unwrap();
+        c.room_to_write().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_waiting_too_long_gets_429_with_a_retry_hint() {
+        let (c, _shutdown) = cluster(1);
+        create(&c, "a");
+        let started = tokio::time::Instant::now();
+        let e = c.room_to_write().await.unwrap_err();
+        assert_eq!((e.code, e.reason), (429, "TooManyRequests"));
+        assert!(started.elapsed() >= JOURNAL_WAIT);
+        assert_eq!(e.to_status()["details"]["retryAfterSeconds"], 1);
+        let r = crate::http::error_response(&e);
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "1");
+        // Nothing was lost: the event is still there for the log writer.
+        assert_eq!(c.take_journal().len(), 1);
+    }
 }

@@ -636,6 +636,11 @@ impl State {
         self.journal.get_or_insert_with(Vec::new);
     }
 
+    /// How many committed events wait for the log writer (0 without a journal).
+    pub fn journal_len(&self) -> usize {
+        self.journal.as_ref().map_or(0, Vec::len)
+    }
+
     /// The committed events the log writer has not taken yet, in resourceVersion order.
     pub fn take_journal(&mut self) -> Vec<Arc<Event>> {
         self.journal

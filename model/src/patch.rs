@@ -31,6 +31,14 @@
 //! suffix of a list, where a changed route costs one comparison) and by name in the middle (a
 //! hash map over the middle only), and compared with `==`, which stops at the first difference
 //! and is a plain memory walk for the equal ones. No hashing of whole routes, no serialization.
+//! Routes are shared between snapshots ([`Arc`], see [`crate::snapshot`]): a route both sides
+//! hold is equal by pointer, so the walk over a listener whose routes the producer did not
+//! touch compares pointers only, and only changed routes are compared and copied.
+//!
+//! A producer that made `next` from `prev` in place knows which Gateways it touched
+//! ([`Touched`]); [`diff_since`] and [`unchanged`] then look only at those (and at the Gateway
+//! names, to line the lists up), so their cost follows the change, not the snapshot. The
+//! incremental translation of the controller is such a producer.
 //! [`SnapshotPatch::apply`] checks the pieces against the snapshot (bounds, every base item used
 //! at most once) before it changes anything, so a patch that does not fit leaves the snapshot as
 //! it was; it then rebuilds only the lists the patch touches, moving the kept items (no clones).
@@ -38,13 +46,92 @@
 //! A proxy serving only some Gateways gets the patch of its own view:
 //! [`SnapshotPatch::for_gateways`] renumbers the Gateway-level pieces for the filtered base.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::GatewayRef;
-use crate::snapshot::{Drain, EastWestBackend, Gateway, Listener, Route, Snapshot};
+use crate::snapshot::{Drain, EastWestBackend, Gateway, Listener, Route, Snapshot, same_route};
+
+/// Which Gateways of a snapshot may differ from an earlier one it was made from: what a
+/// producer that patches its snapshots in place knows about its change. A Gateway that is
+/// neither in the set nor [`Touched::everything`] must be equal (and at the same place among
+/// the untouched ones) in both; added and removed Gateways are touched. Drains, east-west
+/// backends and the schema are always compared (they are small).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    everything: bool,
+    gateways: BTreeSet<GatewayRef>,
+}
+
+impl Touched {
+    /// Nothing touched.
+    pub fn nothing() -> Self {
+        Self::default()
+    }
+
+    /// Anything may differ (no knowledge: a whole new snapshot).
+    pub fn everything() -> Self {
+        Self {
+            everything: true,
+            gateways: BTreeSet::new(),
+        }
+    }
+
+    /// Notes that Gateway `namespace/name` may differ (its entry changed, came or went).
+    pub fn gateway(&mut self, namespace: &str, name: &str) {
+        if !self.everything && !self.may_differ(namespace, name) {
+            self.gateways.insert(GatewayRef::new(namespace, name));
+        }
+    }
+
+    /// Notes that anything may differ.
+    pub fn set_everything(&mut self) {
+        self.everything = true;
+        self.gateways.clear();
+    }
+
+    /// Adds what `other` touched.
+    pub fn extend(&mut self, other: &Touched) {
+        if other.everything {
+            self.set_everything();
+        } else if !self.everything {
+            self.gateways.extend(other.gateways.iter().cloned());
+        }
+    }
+
+    /// Whether nothing was touched.
+    pub fn is_nothing(&self) -> bool {
+        !self.everything && self.gateways.is_empty()
+    }
+
+    /// Whether anything may differ.
+    pub fn is_everything(&self) -> bool {
+        self.everything
+    }
+
+    /// The Gateways touched (`None`: everything).
+    pub fn gateways(&self) -> Option<&BTreeSet<GatewayRef>> {
+        (!self.everything).then_some(&self.gateways)
+    }
+
+    /// Whether Gateway `namespace/name` may differ.
+    pub fn may_differ(&self, namespace: &str, name: &str) -> bool {
+        if self.everything {
+            return true;
+        }
+        // Usually one or two: a scan is cheaper than building a key.
+        if self.gateways.len() <= 8 {
+            return self
+                .gateways
+                .iter()
+                .any(|g| g.namespace == namespace && g.name == name);
+        }
+        self.gateways.contains(&GatewayRef::new(namespace, name))
+    }
+}
 
 /// The change from one snapshot to the next, by Gateway, listener and route.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,7 +243,7 @@ impl SnapshotPatch {
         }
         check_gateways(&self.gateways, &snapshot.gateways)?;
         let old = std::mem::take(&mut snapshot.gateways);
-        snapshot.gateways = rebuild(old, self.gateways, edit_gateway);
+        snapshot.gateways = rebuild(old, self.gateways, edit_gateway, |g| g);
         if let Some(schema) = self.schema {
             snapshot.schema = schema;
         }
@@ -228,6 +315,13 @@ impl SnapshotPatch {
 
 /// The patch that turns `prev` into `next` (see the module docs).
 pub fn diff(prev: &Snapshot, next: &Snapshot) -> SnapshotPatch {
+    diff_since(prev, next, &Touched::everything())
+}
+
+/// [`diff`] for a `next` made from `prev` by a producer that touched only `touched`: Gateways
+/// outside it are kept without being compared. Equal to [`diff`] whenever `touched` keeps its
+/// contract (property-tested).
+pub fn diff_since(prev: &Snapshot, next: &Snapshot, touched: &Touched) -> SnapshotPatch {
     SnapshotPatch {
         base: prev.generation,
         generation: next.generation,
@@ -236,11 +330,36 @@ pub fn diff(prev: &Snapshot, next: &Snapshot) -> SnapshotPatch {
             &prev.gateways,
             &next.gateways,
             |g| (g.namespace.as_str(), g.name.as_str()),
+            |a, b| a.namespace == b.namespace && a.name == b.name,
+            |a, b| !touched.may_differ(&b.namespace, &b.name) || a == b,
             diff_gateway,
+            |g| Piece::Put(g.clone()),
         ),
         drains: (prev.drains != next.drains).then(|| next.drains.clone()),
         east_west: (prev.east_west != next.east_west).then(|| next.east_west.clone()),
     }
+}
+
+/// Whether `next`, made from `prev` by a producer that touched only `touched`, has the same
+/// content (generation aside): what [`diff_since`] would find nothing in, without building a
+/// patch.
+pub fn unchanged(prev: &Snapshot, next: &Snapshot, touched: &Touched) -> bool {
+    prev.schema == next.schema
+        && prev.drains == next.drains
+        && prev.east_west == next.east_west
+        && prev.gateways.len() == next.gateways.len()
+        && prev.gateways.iter().zip(&next.gateways).all(|(a, b)| {
+            // Untouched Gateways are equal; their names line the two lists up (a touched one
+            // that came or went shows as a name or content difference at the first place the
+            // lists differ).
+            if touched.may_differ(&a.namespace, &a.name)
+                || touched.may_differ(&b.namespace, &b.name)
+            {
+                a == b
+            } else {
+                a.namespace == b.namespace && a.name == b.name
+            }
+        })
 }
 
 /// A Gateway with the same name: always an edit (its identity did not change).
@@ -252,7 +371,10 @@ fn diff_gateway(at: usize, a: &Gateway, b: &Gateway) -> Piece<Gateway, GatewayEd
             &a.listeners,
             &b.listeners,
             |l| l.name.as_str(),
+            |a, b| a.name == b.name,
+            |a, b| a == b,
             diff_listener,
+            |l| Piece::Put(l.clone()),
         ),
     })
 }
@@ -286,22 +408,30 @@ fn diff_listener(at: usize, a: &Listener, b: &Listener) -> Piece<Listener, Liste
             routes,
             &b.routes,
             |r| (r.namespace.as_str(), r.name.as_str()),
-            |_, _, b| Piece::Put(b.clone()),
+            // A shared route is the same route: no need to look at its name.
+            |a, b| Arc::ptr_eq(a, b) || (a.namespace == b.namespace && a.name == b.name),
+            same_route,
+            |_, _, b| Piece::Put(Route::clone(b)),
+            |b| Piece::Put(Route::clone(b)),
         ),
     })
 }
 
 /// The pieces that rebuild `new` from `old`. Items are matched by position over the common
-/// prefix and suffix of names and by name (first unused occurrence) in between; a matched item
-/// that is equal is kept, a different one goes through `changed`, an unmatched one is put.
-fn diff_list<'a, T: PartialEq + Clone, E, K: Hash + Eq + 'a>(
+/// prefix and suffix of names (`same_key`: `key(a) == key(b)`, cheaper) and by name (first
+/// unused occurrence) in between; a matched item that is `same` is kept, a different one goes
+/// through `changed`, an unmatched one through `put`.
+fn diff_list<'a, T, U, E, K: Hash + Eq + 'a>(
     old: &'a [T],
     new: &'a [T],
     key: impl Fn(&'a T) -> K,
-    changed: impl Fn(usize, &'a T, &'a T) -> Piece<T, E>,
-) -> Vec<Piece<T, E>> {
+    same_key: impl Fn(&T, &T) -> bool,
+    same: impl Fn(&T, &T) -> bool,
+    changed: impl Fn(usize, &'a T, &'a T) -> Piece<U, E>,
+    put: impl Fn(&'a T) -> Piece<U, E>,
+) -> Vec<Piece<U, E>> {
     let mut out = Vec::new();
-    let same_at = |i: usize, j: usize| key(&old[i]) == key(&new[j]);
+    let same_at = |i: usize, j: usize| same_key(&old[i], &new[j]);
     let mut head = 0;
     while head < old.len() && head < new.len() && same_at(head, head) {
         head += 1;
@@ -313,8 +443,8 @@ fn diff_list<'a, T: PartialEq + Clone, E, K: Hash + Eq + 'a>(
     {
         tail += 1;
     }
-    let matched = |out: &mut Vec<Piece<T, E>>, i: usize, j: usize| {
-        if old[i] == new[j] {
+    let matched = |out: &mut Vec<Piece<U, E>>, i: usize, j: usize| {
+        if same(&old[i], &new[j]) {
             push_keep(out, i, 1);
         } else {
             out.push(changed(i, &old[i], &new[j]));
@@ -332,7 +462,7 @@ fn diff_list<'a, T: PartialEq + Clone, E, K: Hash + Eq + 'a>(
         for j in new_mid {
             match by_key.get_mut(&key(&new[j])).and_then(VecDeque::pop_front) {
                 Some(i) => matched(&mut out, i, j),
-                None => out.push(Piece::Put(new[j].clone())),
+                None => out.push(put(&new[j])),
             }
         }
     }
@@ -425,8 +555,14 @@ fn check_gateways(
     })
 }
 
-/// Rebuilds a checked list: kept items are moved out of `old`, edits applied with `edit`.
-fn rebuild<T, E: At>(old: Vec<T>, pieces: Vec<Piece<T, E>>, edit: impl Fn(T, E) -> T) -> Vec<T> {
+/// Rebuilds a checked list: kept items are moved out of `old`, edits applied with `edit`, put
+/// items turned into list items with `put`.
+fn rebuild<T, U, E: At>(
+    old: Vec<T>,
+    pieces: Vec<Piece<U, E>>,
+    edit: impl Fn(T, E) -> T,
+    put: impl Fn(U) -> T,
+) -> Vec<T> {
     let mut old: Vec<Option<T>> = old.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(pieces.len().max(old.len()));
     for piece in pieces {
@@ -439,7 +575,7 @@ fn rebuild<T, E: At>(old: Vec<T>, pieces: Vec<Piece<T, E>>, edit: impl Fn(T, E) 
                     out.push(edit(item, e));
                 }
             }
-            Piece::Put(item) => out.push(item),
+            Piece::Put(item) => out.push(put(item)),
         }
     }
     // Items no piece named (removed) are dropped with `old`.
@@ -474,12 +610,12 @@ fn edit_gateway(mut g: Gateway, e: GatewayEdit) -> Gateway {
         g.served_by_header = s;
     }
     let old = std::mem::take(&mut g.listeners);
-    g.listeners = rebuild(old, e.listeners, edit_listener);
+    g.listeners = rebuild(old, e.listeners, edit_listener, |l| l);
     g
 }
 
 fn edit_listener(mut l: Listener, e: ListenerEdit) -> Listener {
     let old = std::mem::take(&mut l.routes);
-    l.routes = rebuild(old, e.routes, |_, never: NoEdit| match never {});
+    l.routes = rebuild(old, e.routes, |_, never: NoEdit| match never {}, Arc::new);
     l
 }

@@ -133,6 +133,29 @@ impl Touched {
     }
 }
 
+/// What a publisher knows about a snapshot it publishes: the snapshot it published before
+/// (as it handed it over) and what it touched since. A receiver holding exactly `base`
+/// ([`Arc::ptr_eq`]) may look only at `touched`; any other receiver compares everything.
+#[derive(Clone, Copy, Debug)]
+pub struct Since<'a> {
+    /// The snapshot published before.
+    pub base: &'a Arc<Snapshot>,
+    /// What may differ from it.
+    pub touched: &'a Touched,
+}
+
+impl<'a> Since<'a> {
+    /// What may differ from `held`: [`Since::touched`] when `held` is the base, else
+    /// everything.
+    pub fn touched_from(since: Option<Since<'a>>, held: &Arc<Snapshot>) -> &'a Touched {
+        static EVERYTHING: std::sync::OnceLock<Touched> = std::sync::OnceLock::new();
+        match since {
+            Some(s) if Arc::ptr_eq(s.base, held) => s.touched,
+            _ => EVERYTHING.get_or_init(Touched::everything),
+        }
+    }
+}
+
 /// The change from one snapshot to the next, by Gateway, listener and route.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -385,6 +385,140 @@ pub fn unchanged(prev: &Snapshot, next: &Snapshot, touched: &Touched) -> bool {
         })
 }
 
+/// Makes `next` share with `base` every route of the `touched` Gateways that is equal in both
+/// (same Gateway, listener and route name and content), and returns the Gateways that really
+/// differ: as precise as a whole comparison, for the price of comparing the touched Gateways
+/// (routes already shared by pointer). After a full translation (everything touched, every
+/// route a new allocation) this turns the new snapshot into one that shares what did not
+/// change with the published one, so publishing and the memory see only the change; after an
+/// incremental pass it drops Gateways whose routes were translated again to the same result.
+/// Content and order of `next` are unchanged.
+pub fn share_unchanged(base: &Snapshot, next: &mut Snapshot, touched: &Touched) -> Touched {
+    if touched.is_nothing() {
+        return Touched::nothing();
+    }
+    type Name<'s> = (&'s str, &'s str);
+    // Base Gateways by name; `None` for a repeated name (never matched: it differs).
+    let mut in_base: HashMap<Name<'_>, Option<usize>> = HashMap::new();
+    for (i, g) in base.gateways.iter().enumerate() {
+        if touched.may_differ(&g.namespace, &g.name) {
+            in_base
+                .entry((g.namespace.as_str(), g.name.as_str()))
+                .and_modify(|e| *e = None)
+                .or_insert(Some(i));
+        }
+    }
+    let mut repeated_in_next = vec![false; next.gateways.len()];
+    {
+        let mut first: HashMap<Name<'_>, usize> = HashMap::new();
+        for (j, g) in next.gateways.iter().enumerate() {
+            if let Some(&k) = first.get(&(g.namespace.as_str(), g.name.as_str())) {
+                repeated_in_next[k] = true;
+                repeated_in_next[j] = true;
+            } else {
+                first.insert((g.namespace.as_str(), g.name.as_str()), j);
+            }
+        }
+    }
+    let mut differ = Touched::nothing();
+    let mut matched = vec![false; base.gateways.len()];
+    for (j, g) in next.gateways.iter_mut().enumerate() {
+        if !touched.may_differ(&g.namespace, &g.name) {
+            continue;
+        }
+        let i = in_base
+            .get(&(g.namespace.as_str(), g.name.as_str()))
+            .copied()
+            .flatten()
+            .filter(|_| !repeated_in_next[j]);
+        let Some(i) = i else {
+            differ.gateway(&g.namespace, &g.name);
+            continue;
+        };
+        matched[i] = true;
+        if !share_gateway(&base.gateways[i], g) {
+            differ.gateway(&g.namespace, &g.name);
+        }
+    }
+    for (i, g) in base.gateways.iter().enumerate() {
+        if !matched[i] && touched.may_differ(&g.namespace, &g.name) {
+            differ.gateway(&g.namespace, &g.name);
+        }
+    }
+    // The Gateways found equal must also be in the same order among the others (a reordered
+    // list is not described by names): otherwise say everything.
+    fn kept<'s>(s: &'s Snapshot, differ: &Touched) -> Vec<(&'s str, &'s str)> {
+        s.gateways
+            .iter()
+            .filter(|g| !differ.may_differ(&g.namespace, &g.name))
+            .map(|g| (g.namespace.as_str(), g.name.as_str()))
+            .collect()
+    }
+    if kept(base, &differ) != kept(next, &differ) {
+        return Touched::everything();
+    }
+    differ
+}
+
+/// Shares the equal routes of `a` with `b` (listeners paired by position and name); whether
+/// the two Gateways are equal afterwards.
+fn share_gateway(a: &Gateway, b: &mut Gateway) -> bool {
+    let mut same =
+        a.served_by_header == b.served_by_header && a.listeners.len() == b.listeners.len();
+    for (x, y) in a.listeners.iter().zip(&mut b.listeners) {
+        if x.name != y.name {
+            same = false;
+            continue;
+        }
+        same &= x.address == y.address
+            && x.port == y.port
+            && x.protocol == y.protocol
+            && x.hostname == y.hostname
+            && x.tls == y.tls;
+        same &= share_routes(&x.routes, &mut y.routes);
+    }
+    same
+}
+
+/// Points every route of `new` equal to one of `old` at `old`'s allocation (by position when
+/// the names line up, else by name); whether the lists are equal.
+fn share_routes(old: &[Arc<Route>], new: &mut [Arc<Route>]) -> bool {
+    let mut same = old.len() == new.len();
+    let mut unmatched = Vec::new();
+    for (k, r) in new.iter_mut().enumerate() {
+        match old.get(k) {
+            Some(o) if Arc::ptr_eq(o, r) => {}
+            Some(o) if o.namespace == r.namespace && o.name == r.name => {
+                if **o == **r {
+                    *r = Arc::clone(o);
+                } else {
+                    same = false;
+                }
+            }
+            _ => {
+                same = false;
+                unmatched.push(k);
+            }
+        }
+    }
+    if !unmatched.is_empty() {
+        // A route came or went and the positions moved: share the rest by name.
+        let by_name: HashMap<(&str, &str), &Arc<Route>> = old
+            .iter()
+            .map(|o| ((o.namespace.as_str(), o.name.as_str()), o))
+            .collect();
+        for k in unmatched {
+            let r = &new[k];
+            if let Some(o) = by_name.get(&(r.namespace.as_str(), r.name.as_str()))
+                && ***o == **r
+            {
+                new[k] = Arc::clone(o);
+            }
+        }
+    }
+    same
+}
+
 /// A Gateway with the same name: always an edit (its identity did not change).
 fn diff_gateway(at: usize, a: &Gateway, b: &Gateway) -> Piece<Gateway, GatewayEdit> {
     Piece::Edit(GatewayEdit {

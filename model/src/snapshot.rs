@@ -66,7 +66,19 @@ impl Snapshot {
     }
 
     /// Calls `f` on every backend of every rule, mirror backends (rule- and backend-level)
-    /// included. Every route becomes this snapshot's own (a route shared with another snapshot
+    /// included.
+    pub fn for_each_backend(&self, mut f: impl FnMut(&Backend)) {
+        for route in self
+            .gateways
+            .iter()
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+        {
+            for_each_route_backend(route, &mut f);
+        }
+    }
+
+    /// [`Snapshot::for_each_backend`], mutably. Every route becomes this snapshot's own (a route shared with another snapshot
     /// is copied first); to change only some, see [`Snapshot::set_endpoints`].
     pub fn for_each_backend_mut(&mut self, mut f: impl FnMut(&mut Backend)) {
         for route in self

@@ -21,7 +21,7 @@ mod fuzz_support;
 
 use meridian_model::GatewayRef;
 use meridian_model::patch::{
-    PatchError, Piece, SnapshotPatch, Touched, diff, diff_since, unchanged,
+    PatchError, Piece, SnapshotPatch, Touched, diff, diff_since, share_unchanged, unchanged,
 };
 use meridian_model::snapshot::*;
 use proptest::prelude::*;
@@ -385,6 +385,57 @@ fn applying_the_diff_gives_the_next_snapshot() {
                 unchanged(&prev, &next, &touched),
                 full.is_empty(prev.gateways.len())
             );
+            // Sharing the equal routes back (as after a full translation: nothing shared,
+            // anything may differ) gives a precise hint, the same content and the same patch.
+            for (mut shared, hint) in [
+                (next.clone(), touched.clone()),
+                (deep_copy(&next), Touched::everything()),
+            ] {
+                let precise = share_unchanged(&prev, &mut shared, &hint);
+                prop_assert_eq!(bytes(&shared), bytes(&next));
+                prop_assert_eq!(&diff_since(&prev, &shared, &precise), &full);
+                // Nothing only when nothing differs; and when nothing differs, nothing (as long
+                // as the names say which Gateway is which: repeated names always differ).
+                let unique = |s: &Snapshot| {
+                    let names: std::collections::BTreeSet<_> =
+                        s.gateways.iter().map(|g| (&g.namespace, &g.name)).collect();
+                    names.len() == s.gateways.len()
+                };
+                if precise.is_nothing() {
+                    prop_assert!(prev.gateways == next.gateways);
+                } else if unique(&prev) && unique(&next) {
+                    prop_assert!(prev.gateways != next.gateways, "{:?}", precise);
+                }
+                if !precise.is_everything() {
+                    // What it does not name is shared: those Gateways' routes are the base's.
+                    // (Gateways with a repeated name cannot be paired by name: left out.)
+                    let named = |s: &'_ Snapshot, b: &Gateway| -> Vec<usize> {
+                        (0..s.gateways.len())
+                            .filter(|&i| {
+                                s.gateways[i].namespace == b.namespace
+                                    && s.gateways[i].name == b.name
+                            })
+                            .collect()
+                    };
+                    for b in &shared.gateways {
+                        let (at, here) = (named(&prev, b), named(&shared, b));
+                        if !precise.may_differ(&b.namespace, &b.name)
+                            && at.len() == 1
+                            && here.len() == 1
+                        {
+                            let a = &prev.gateways[at[0]];
+                            for (x, y) in a.listeners.iter().zip(&b.listeners) {
+                                prop_assert!(
+                                    x.routes
+                                        .iter()
+                                        .zip(&y.routes)
+                                        .all(|(p, q)| Arc::ptr_eq(p, q))
+                                );
+                            }
+                        }
+                    }
+                }
+            }
             // Equal contents: an empty patch, which leaves the snapshot as it was.
             let patch = diff(&prev, &prev);
             prop_assert!(patch.is_empty(prev.gateways.len()));

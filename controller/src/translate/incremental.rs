@@ -72,6 +72,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use meridian_model::Snapshot;
+use meridian_model::patch::Touched;
 use meridian_model::snapshot as model;
 
 use super::deps::{self, Affected, DepIndex};
@@ -269,6 +270,11 @@ pub struct Pass {
     pub routes: usize,
     /// Gateways whose status was recomputed.
     pub gateways: usize,
+    /// Per member cluster, the Gateways whose snapshot entry it changed (replaced, added,
+    /// removed, or a route put in or taken out): every other Gateway of the snapshot is as it
+    /// was, its routes the same allocations. The publish path compares only these
+    /// ([`meridian_model::patch::diff_since`]).
+    pub touched: BTreeMap<ClusterName, Touched>,
 }
 
 impl Incremental {
@@ -356,7 +362,14 @@ impl Incremental {
                 routes: affected.routes.remove(name).unwrap_or_default(),
                 namespaces: affected.namespaces.get(name),
             };
-            cache.update(&ctx, &self.deps, dirty, snapshot, &mut pass);
+            let mut out = Out {
+                snapshot,
+                touched: Touched::nothing(),
+            };
+            cache.update(&ctx, &self.deps, dirty, &mut out, &mut pass);
+            if !out.touched.is_nothing() {
+                pass.touched.insert(name.clone(), out.touched);
+            }
         }
         Ok(pass)
     }
@@ -439,6 +452,12 @@ impl Incremental {
     }
 }
 
+/// One cluster's snapshot being patched, and the Gateways the patching touched.
+struct Out<'s> {
+    snapshot: &'s mut Snapshot,
+    touched: Touched,
+}
+
 /// What is affected in one cluster.
 struct Dirty<'a> {
     classes: bool,
@@ -453,7 +472,7 @@ impl ClusterCache {
         ctx: &Ctx<'_>,
         deps: &DepIndex,
         dirty: Dirty<'_>,
-        snapshot: &mut Snapshot,
+        snapshot: &mut Out<'_>,
         pass: &mut Pass,
     ) {
         let Dirty {
@@ -517,7 +536,7 @@ impl ClusterCache {
         &mut self,
         ctx: &Ctx<'_>,
         deps: &DepIndex,
-        snapshot: &mut Snapshot,
+        snapshot: &mut Out<'_>,
         routes: &mut BTreeSet<ObjectKey>,
         touched: &mut BTreeSet<ObjectKey>,
     ) {
@@ -563,7 +582,7 @@ impl ClusterCache {
         ctx: &Ctx<'_>,
         key: &ObjectKey,
         backends: &mut backend::Cache,
-        snapshot: &mut Snapshot,
+        snapshot: &mut Out<'_>,
         touched: &mut BTreeSet<ObjectKey>,
         pass: &mut Pass,
     ) {
@@ -720,17 +739,13 @@ fn find_gateway(snapshot: &Snapshot, key: &ObjectKey) -> Result<usize, usize> {
 
 /// Replaces (or removes, or inserts) Gateway `key`'s snapshot entry; with `keep_routes` the
 /// routes of the old entry move to the new one's listeners of the same name.
-fn set_entry(
-    snapshot: &mut Snapshot,
-    key: &ObjectKey,
-    new: Option<model::Gateway>,
-    keep_routes: bool,
-) {
+fn set_entry(out: &mut Out<'_>, key: &ObjectKey, new: Option<model::Gateway>, keep_routes: bool) {
+    let snapshot = &mut *out.snapshot;
     match (find_gateway(snapshot, key), new) {
         (Ok(i), None) => {
             snapshot.gateways.remove(i);
         }
-        (Err(_), None) => {}
+        (Err(_), None) => return,
         (Ok(i), Some(mut new)) => {
             if keep_routes {
                 let old = &mut snapshot.gateways[i];
@@ -744,31 +759,35 @@ fn set_entry(
         }
         (Err(i), Some(new)) => snapshot.gateways.insert(i, new),
     }
+    out.touched.gateway(&key.namespace, &key.name);
 }
 
-/// The routes of listener `listener` of Gateway `gw` in a snapshot, if it is there.
+/// The routes of listener `listener` of Gateway `gw` in a snapshot, if it is there; the
+/// Gateway is noted as touched.
 fn listener_routes<'s>(
-    snapshot: &'s mut Snapshot,
+    out: &'s mut Out<'_>,
     gw: &ObjectKey,
     listener: &str,
-) -> Option<&'s mut Vec<model::Route>> {
-    let i = find_gateway(snapshot, gw).ok()?;
-    snapshot.gateways[i]
+) -> Option<&'s mut Vec<Arc<model::Route>>> {
+    let i = find_gateway(out.snapshot, gw).ok()?;
+    let routes = out.snapshot.gateways[i]
         .listeners
         .iter_mut()
         .find(|l| l.name == listener)
-        .map(|l| &mut l.routes)
+        .map(|l| &mut l.routes)?;
+    out.touched.gateway(&gw.namespace, &gw.name);
+    Some(routes)
 }
 
-fn route_position(routes: &[model::Route], key: &ObjectKey) -> Result<usize, usize> {
+fn route_position(routes: &[Arc<model::Route>], key: &ObjectKey) -> Result<usize, usize> {
     routes.binary_search_by(|r| {
         (r.namespace.as_str(), r.name.as_str()).cmp(&(&key.namespace, &key.name))
     })
 }
 
 /// Puts a served route in its place (namespace/name order) in a listener's routes.
-fn insert_route(snapshot: &mut Snapshot, gw: &ObjectKey, listener: &str, route: model::Route) {
-    let Some(routes) = listener_routes(snapshot, gw, listener) else {
+fn insert_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, route: Arc<model::Route>) {
+    let Some(routes) = listener_routes(out, gw, listener) else {
         return;
     };
     let key = ObjectKey::new(route.namespace.as_str(), route.name.as_str());
@@ -778,8 +797,8 @@ fn insert_route(snapshot: &mut Snapshot, gw: &ObjectKey, listener: &str, route: 
     }
 }
 
-fn remove_route(snapshot: &mut Snapshot, gw: &ObjectKey, listener: &str, key: &ObjectKey) {
-    if let Some(routes) = listener_routes(snapshot, gw, listener)
+fn remove_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, key: &ObjectKey) {
+    if let Some(routes) = listener_routes(out, gw, listener)
         && let Ok(i) = route_position(routes, key)
     {
         routes.remove(i);

@@ -10,6 +10,12 @@
 //! changes must give exactly what [`translate`] gives for the same world: snapshots equal byte
 //! for byte once serialized, the same status updates in the same order, the same
 //! `endpoints_refused`. The seed is fixed; `PROPTEST_CASES` lengthens the run.
+//!
+//! The same run checks the publish path's hint: the snapshots before a batch (shared with the
+//! patched ones, as the reconcile loop's published copies are) against the patched ones, with
+//! the Gateways the pass reports as touched — the route-level patch built from the hint
+//! (`diff_since`), the endpoint delta from the hint, and the hint narrowed by
+//! `share_unchanged` all equal what comparing the whole snapshots gives.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,7 +37,9 @@ use meridian_controller::{
 };
 use meridian_crds::mcs::ServiceExport;
 use meridian_crds::meridian::FailoverPolicy;
+use meridian_distribution::protocol::{endpoint_delta, endpoint_delta_since};
 use meridian_model::Snapshot;
+use meridian_model::patch::{Touched, diff, diff_since, share_unchanged};
 use meridian_model::snapshot::BackendTarget;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -508,6 +516,37 @@ struct Reached {
     served_routes: usize,
     /// Served backends with a FailoverPolicy attached.
     failover_backends: usize,
+    /// Non-empty patches checked against the hint, and how many of those had a hint narrower
+    /// than everything.
+    patches: usize,
+    narrowed: usize,
+}
+
+/// The publish path's hint against the whole comparison, for one cluster's snapshot before
+/// (`prev`, sharing routes with `next` like a published copy) and after a pass.
+fn check_hint(
+    prev: &Snapshot,
+    next: &Snapshot,
+    touched: &Touched,
+    reached: &mut Reached,
+) -> Result<(), TestCaseError> {
+    let mut renumbered = next.clone();
+    renumbered.generation = prev.generation + 1;
+    let whole = diff(prev, &renumbered);
+    prop_assert_eq!(&diff_since(prev, &renumbered, touched), &whole);
+    prop_assert_eq!(
+        endpoint_delta_since(prev, &renumbered, touched),
+        endpoint_delta(prev, &renumbered)
+    );
+    let precise = share_unchanged(prev, &mut renumbered, touched);
+    prop_assert_eq!(&renumbered.gateways, &next.gateways);
+    prop_assert_eq!(&diff_since(prev, &renumbered, &precise), &whole);
+    prop_assert_eq!(precise.is_nothing(), prev.gateways == next.gateways);
+    if !whole.is_empty(prev.gateways.len()) {
+        reached.patches += 1;
+        reached.narrowed += usize::from(!touched.is_everything());
+    }
+    Ok(())
 }
 
 fn check(
@@ -526,6 +565,8 @@ fn check(
     prop_assert_eq!(engine.status(), out.status.clone());
     let mut snapshots = out.snapshots;
     for (i, batch) in batches.iter().enumerate() {
+        // What the reconcile loop would have published: shares every route with `snapshots`.
+        let published = snapshots.clone();
         let mut changes = Changes::new();
         let pending = engine.status();
         for step in batch {
@@ -553,6 +594,15 @@ fn check(
             batch
         );
         prop_assert_eq!(engine.endpoints_refused(), full.endpoints_refused);
+        let nothing = Touched::nothing();
+        for (cluster, next) in &snapshots {
+            let Some(prev) = published.get(cluster) else {
+                continue;
+            };
+            let touched = pass.touched.get(cluster).unwrap_or(&nothing);
+            check_hint(prev, next, touched, &mut reached.borrow_mut())
+                .map_err(|e| TestCaseError::fail(format!("batch {i} {batch:?}: hint: {e}")))?;
+        }
         for u in &pass.status {
             prop_assert!(
                 full.status.contains(u),
@@ -614,13 +664,15 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared",
+        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared; {} patches checked against the hint ({} narrower than everything)",
         reached.passes,
         started.elapsed().as_millis(),
         reached.routes,
         reached.gateways,
         reached.served_routes,
         reached.failover_backends,
+        reached.patches,
+        reached.narrowed,
     );
     match result {
         Ok(()) => {}
@@ -632,5 +684,10 @@ fn incremental_equals_full_after_every_change() {
     assert!(
         reached.served_routes > 0,
         "no route ever reached a snapshot"
+    );
+    assert!(
+        reached.narrowed > 100,
+        "the hint was rarely exercised: {} patches",
+        reached.narrowed
     );
 }

@@ -60,7 +60,12 @@
 //!   served endpoint);
 //! * member clusters on more than one network (the east-west rewrite reads every snapshot),
 //!   and with it changes of the east-west listeners;
-//! * a change of the controller name, supported features or loopback policy.
+//! * a change of the controller name, supported features or loopback policy;
+//! * a change that would translate most routes of a large cluster again ([`Fallback::Broad`]:
+//!   at least [`BROAD_MIN_ROUTES`] routes and more than [`BROAD_PERCENT`] % of them, e.g. a
+//!   listener hostname every route attaches through): one full translation is cheaper than
+//!   detaching, translating and inserting them one by one (measured, docs/benchmarks.md
+//!   "Incremental translation"). The estimate runs before anything is changed.
 //!
 //! The caller also keeps running full passes for what it cannot describe as object changes:
 //! re-lists (a watcher's initial list), drills and drains do not go through translation at all.
@@ -138,7 +143,20 @@ pub enum Fallback {
     /// Controller name, supported features or the loopback policy changed.
     #[error("translation settings changed")]
     Settings,
+    /// The change would translate most routes of a large cluster again.
+    #[error("the change translates most routes again")]
+    Broad,
 }
+
+/// Clusters with fewer routes never fall back for a broad change (the whole translation is
+/// cheap there anyway).
+pub const BROAD_MIN_ROUTES: usize = 1000;
+
+/// A change that would translate more than this share of a cluster's routes again (in percent)
+/// falls back to a full translation ([`Fallback::Broad`]). Per route, an incremental pass costs
+/// about what a full translation does (it also detaches and inserts each route), so the break
+/// even lies close to all of them; measured in docs/benchmarks.md "Incremental translation".
+pub const BROAD_PERCENT: usize = 60;
 
 /// What the last pass translated with, besides the world.
 #[derive(Debug, Default)]
@@ -244,12 +262,25 @@ impl ClusterCache {
 }
 
 /// Incremental translation state (module docs).
-#[derive(Default)]
 pub struct Incremental {
     seeded: bool,
     clusters: BTreeMap<ClusterName, ClusterCache>,
     deps: DepIndex,
     seen: Seen,
+    /// `(minimum routes, percent)` of [`Fallback::Broad`].
+    broad: (usize, usize),
+}
+
+impl Default for Incremental {
+    fn default() -> Self {
+        Self {
+            seeded: false,
+            clusters: BTreeMap::new(),
+            deps: DepIndex::default(),
+            seen: Seen::default(),
+            broad: (BROAD_MIN_ROUTES, BROAD_PERCENT),
+        }
+    }
 }
 
 impl std::fmt::Debug for Incremental {
@@ -281,6 +312,13 @@ impl Incremental {
     /// Nothing kept yet: the first pass must be [`Incremental::full`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets when a broad change falls back ([`Fallback::Broad`]): in clusters of at least
+    /// `min_routes` routes, when more than `percent` % of them would be translated again
+    /// (`usize::MAX` as either: never). Defaults: [`BROAD_MIN_ROUTES`], [`BROAD_PERCENT`].
+    pub fn set_broad_limit(&mut self, min_routes: usize, percent: usize) {
+        self.broad = (min_routes, percent);
     }
 
     /// The full translation ([`super::translate`], the same code) of `world`, keeping what the
@@ -321,7 +359,8 @@ impl Incremental {
 
     /// Translates again what `changes` (and the differences of `cfg` from the last pass's)
     /// affect, patching `snapshots` (the last pass's, as the caller keeps them) in place.
-    /// On [`Fallback`] nothing was changed: run [`Incremental::full`].
+    /// On [`Fallback`] the snapshots were not changed: run [`Incremental::full`] (which
+    /// re-seeds everything this pass may have started to note).
     pub fn update(
         &mut self,
         world: &World,
@@ -338,6 +377,7 @@ impl Incremental {
         }
         self.config_diff(cfg, &mut affected);
         self.seen = Seen::of(cfg);
+        self.check_broad(world, cfg, &affected)?;
 
         let mut pass = Pass::default();
         let empty = BTreeSet::new();
@@ -372,6 +412,34 @@ impl Incremental {
             }
         }
         Ok(pass)
+    }
+
+    /// [`Fallback::Broad`] when a large cluster would translate most of its routes again: counts
+    /// (an upper bound) the routes the pass would translate, before it changes anything.
+    fn check_broad(
+        &self,
+        world: &World,
+        cfg: &TranslateConfig,
+        affected: &Affected,
+    ) -> Result<(), Fallback> {
+        let (min_routes, percent) = self.broad;
+        for (name, cluster) in &world.clusters {
+            let total = cluster.http_routes.len();
+            let Some(cache) = self.clusters.get(name).filter(|_| total >= min_routes) else {
+                continue;
+            };
+            let ctx = Ctx {
+                world,
+                cluster_name: name,
+                cluster,
+                cfg,
+            };
+            let routes = cache.estimate(&ctx, &self.deps, affected);
+            if routes.saturating_mul(100) > total.saturating_mul(percent) {
+                return Err(Fallback::Broad);
+            }
+        }
+        Ok(())
     }
 
     /// Gateways whose data-plane state or addresses changed, and objects whose unconfirmed
@@ -467,6 +535,39 @@ struct Dirty<'a> {
 }
 
 impl ClusterCache {
+    /// How many routes [`ClusterCache::update`] would translate again for `affected` (an upper
+    /// bound: the sets it unites are counted apart), without changing anything.
+    fn estimate(&self, ctx: &Ctx<'_>, deps: &DepIndex, affected: &Affected) -> usize {
+        let name = ctx.cluster_name;
+        let mut n = affected.routes.get(name).map_or(0, BTreeSet::len);
+        let gateways_dirty = affected.gateways.get(name).is_some_and(|g| !g.is_empty());
+        let classes = gateway::classes(ctx, &mut Vec::new());
+        if affected.classes.contains(name) || classes != self.classes || gateways_dirty {
+            let mut fresh = gateway::build_all(ctx, &classes);
+            gateway::detect_shared_socket_conflicts(&mut fresh);
+            let keys: BTreeSet<&ObjectKey> = self.gateways.keys().chain(fresh.keys()).collect();
+            for key in keys {
+                let old = self.gateways.get(key);
+                let new = fresh.get(key);
+                if let (Some(old), Some(new)) = (old, new)
+                    && (same_state(old, new) || attach_view(old) == attach_view(new))
+                {
+                    continue;
+                }
+                n += deps.routes_naming(name, key).len();
+                n += old.map_or(0, |o| o.listeners.iter().map(|l| l.attached.len()).sum());
+            }
+        }
+        if let Some(namespaces) = affected.namespaces.get(name)
+            && deps::reads_namespace_labels(&self.gateways)
+        {
+            for ns in namespaces {
+                n += deps::routes_in(ctx.cluster, ns).count();
+            }
+        }
+        n
+    }
+
     fn update(
         &mut self,
         ctx: &Ctx<'_>,

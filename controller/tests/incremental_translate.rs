@@ -691,3 +691,89 @@ fn incremental_equals_full_after_every_change() {
         reached.narrowed
     );
 }
+
+/// A change that would translate most routes again falls back to a full translation
+/// (`Fallback::Broad`) before it changes anything; a narrow change in the same world does not.
+#[test]
+fn a_change_most_routes_see_falls_back_to_a_full_translation() {
+    let gateway = |hostname: Option<&str>, generation: i64| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": meta(Some("infra"), "gw", generation),
+            "spec": {"gatewayClassName": CLASS, "listeners": [obj(vec![
+                ("name", Some(json!("http"))), ("port", Some(json!(80))),
+                ("protocol", Some(json!("HTTP"))), ("hostname", hostname.map(|h| json!(h))),
+                ("allowedRoutes", Some(json!({"namespaces": {"from": "All"}}))),
+            ])]},
+        })
+    };
+    let route = |i: usize, generation: i64| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": meta(Some("app"), &format!("r{i}"), generation),
+            "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": format!("/{i}/{generation}")}}]}]},
+        })
+    };
+    let mut world = World::new();
+    let c = world.add_cluster(CLUSTER, "us-east", vec![]);
+    base_cluster(c);
+    assert!(apply(c, &gateway(None, 1)));
+    for i in 0..20 {
+        assert!(apply(c, &route(i, 1)));
+    }
+    let cfg = config_of(&world);
+    let mut engine = Incremental::new();
+    // Small world, same rule: 10 routes at least, more than half of them.
+    engine.set_broad_limit(10, 50);
+    let mut snapshots = engine.full(&world, &cfg).snapshots;
+
+    // One route: incremental.
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &route(3, 2)));
+    let mut changes = Changes::new();
+    changes.insert(CLUSTER, Kind::HttpRoute, ObjectKey::new("app", "r3"));
+    let pass = engine
+        .update(&world, &config_of(&world), &changes, &mut snapshots)
+        .unwrap();
+    assert_eq!(pass.routes, 1);
+    let full = translate(&world, &config_of(&world));
+    assert_eq!(
+        serde_json::to_string(&snapshots).unwrap(),
+        serde_json::to_string(&full.snapshots).unwrap()
+    );
+
+    // The listener every route attaches through: broad, and nothing changed yet.
+    let before = serde_json::to_string(&snapshots).unwrap();
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(Some("*.example.com"), 2)));
+    let mut changes = Changes::new();
+    changes.insert(CLUSTER, Kind::Gateway, ObjectKey::new("infra", "gw"));
+    let cfg = config_of(&world);
+    assert_eq!(
+        engine
+            .update(&world, &cfg, &changes, &mut snapshots)
+            .unwrap_err(),
+        meridian_controller::translate::Fallback::Broad
+    );
+    assert_eq!(serde_json::to_string(&snapshots).unwrap(), before);
+    // The caller's answer: a full translation, which seeds the next incremental pass.
+    let snapshots_full = engine.full(&world, &cfg).snapshots;
+    assert_eq!(snapshots_full, translate(&world, &cfg).snapshots);
+
+    // Without the limit the same change is incremental, with the same result.
+    let mut engine = Incremental::new();
+    engine.set_broad_limit(usize::MAX, usize::MAX);
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(None, 3)));
+    let cfg = config_of(&world);
+    let mut snapshots = engine.full(&world, &cfg).snapshots;
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(Some("*.example.com"), 4)));
+    let cfg = config_of(&world);
+    let pass = engine
+        .update(&world, &cfg, &changes, &mut snapshots)
+        .unwrap();
+    assert_eq!(pass.routes, 20);
+    assert_eq!(snapshots, translate(&world, &cfg).snapshots);
+}

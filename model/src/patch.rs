@@ -610,7 +610,16 @@ fn diff_list<'a, T, U, E, K: Hash + Eq + 'a>(
     for i in 0..head {
         matched(&mut out, i, i);
     }
-    let (old_mid, new_mid) = (head..old.len() - tail, head..new.len() - tail);
+    // In between, items that still line up are matched by position too (two changed routes
+    // far apart leave a long middle that needs no map); the map is built only for what is
+    // left after the first item that does not. Positional matching there picks what the map
+    // would (every earlier item of the middle is used), so the pieces are the same.
+    let mut mid = head;
+    while mid < old.len() - tail && mid < new.len() - tail && same_at(mid, mid) {
+        matched(&mut out, mid, mid);
+        mid += 1;
+    }
+    let (old_mid, new_mid) = (mid..old.len() - tail, mid..new.len() - tail);
     if !new_mid.is_empty() {
         let mut by_key: HashMap<K, VecDeque<usize>> = HashMap::new();
         for i in old_mid.clone() {

@@ -61,11 +61,12 @@
 //! * member clusters on more than one network (the east-west rewrite reads every snapshot),
 //!   and with it changes of the east-west listeners;
 //! * a change of the controller name, supported features or loopback policy;
-//! * a change that would translate most routes of a large cluster again ([`Fallback::Broad`]:
-//!   at least [`BROAD_MIN_ROUTES`] routes and more than [`BROAD_PERCENT`] % of them, e.g. a
-//!   listener hostname every route attaches through): one full translation is cheaper than
-//!   detaching, translating and inserting them one by one (measured, docs/benchmarks.md
-//!   "Incremental translation"). The estimate runs before anything is changed.
+//! * with [`Incremental::set_broad_limit`], a change that would translate more than a given
+//!   share of a large cluster's routes again ([`Fallback::Broad`]; the estimate runs before
+//!   anything is changed). Off by default: measured at 10k routes, re-attaching every route
+//!   incrementally (168 ms for a listener hostname change) costs no more than the full
+//!   translation that also seeds the incremental state (188 ms), now that routes move as
+//!   pointers (docs/benchmarks.md "Incremental translation").
 //!
 //! The caller also keeps running full passes for what it cannot describe as object changes:
 //! re-lists (a watcher's initial list), drills and drains do not go through translation at all.
@@ -147,16 +148,6 @@ pub enum Fallback {
     #[error("the change translates most routes again")]
     Broad,
 }
-
-/// Clusters with fewer routes never fall back for a broad change (the whole translation is
-/// cheap there anyway).
-pub const BROAD_MIN_ROUTES: usize = 1000;
-
-/// A change that would translate more than this share of a cluster's routes again (in percent)
-/// falls back to a full translation ([`Fallback::Broad`]). Per route, an incremental pass costs
-/// about what a full translation does (it also detaches and inserts each route), so the break
-/// even lies close to all of them; measured in docs/benchmarks.md "Incremental translation".
-pub const BROAD_PERCENT: usize = 60;
 
 /// What the last pass translated with, besides the world.
 #[derive(Debug, Default)]
@@ -267,7 +258,7 @@ pub struct Incremental {
     clusters: BTreeMap<ClusterName, ClusterCache>,
     deps: DepIndex,
     seen: Seen,
-    /// `(minimum routes, percent)` of [`Fallback::Broad`].
+    /// `(minimum routes, percent)` of [`Fallback::Broad`] (`usize::MAX`: never).
     broad: (usize, usize),
 }
 
@@ -278,7 +269,7 @@ impl Default for Incremental {
             clusters: BTreeMap::new(),
             deps: DepIndex::default(),
             seen: Seen::default(),
-            broad: (BROAD_MIN_ROUTES, BROAD_PERCENT),
+            broad: (usize::MAX, usize::MAX),
         }
     }
 }
@@ -316,7 +307,7 @@ impl Incremental {
 
     /// Sets when a broad change falls back ([`Fallback::Broad`]): in clusters of at least
     /// `min_routes` routes, when more than `percent` % of them would be translated again
-    /// (`usize::MAX` as either: never). Defaults: [`BROAD_MIN_ROUTES`], [`BROAD_PERCENT`].
+    /// (`usize::MAX` as either: never, the default; see the module docs for why).
     pub fn set_broad_limit(&mut self, min_routes: usize, percent: usize) {
         self.broad = (min_routes, percent);
     }

@@ -67,9 +67,7 @@ use crate::world::{ClusterName, ClusterState, World};
 pub use self::east_west::{EastWestListeners, MissingRemote};
 pub(crate) use self::failover::stale_endpoint_counts;
 pub use self::failover::{UnreachableCluster, next_stale_expiry};
-pub use self::incremental::{
-    BROAD_MIN_ROUTES, BROAD_PERCENT, Changes, Fallback, Incremental, Pass,
-};
+pub use self::incremental::{Changes, Fallback, Incremental, Pass};
 pub use self::refresh::{AddressPolicy, refresh_endpoints, refresh_endpoints_touched};
 pub use self::rules::{DurationError, parse_duration_ms};
 

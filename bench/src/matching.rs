@@ -81,6 +81,7 @@ fn snapshot(n: usize, shape: Shape) -> Snapshot {
                 ],
             }
         })
+        .map(Into::into)
         .collect();
     Snapshot {
         schema: SNAPSHOT_SCHEMA.into(),

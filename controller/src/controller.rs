@@ -12,6 +12,9 @@
 //!                                                    (status-only echoes of our own writes
 //!                                                     wait up to `status_recheck` instead)
 //!                                                 3. snapshots whose content changed ─► DataPlane::publish
+//!                                                    (only the Gateways the pass touched are
+//!                                                     compared; the published snapshot shares
+//!                                                     every other route with the new one)
 //!                                                 4. status updates ─► StatusWriter (per cluster)
 //!  DataPlane::changes() ──────────────────────────► (incremental: the Gateways whose Programmed
 //!                                                     state or addresses changed)
@@ -37,6 +40,16 @@
 //! with several networks, and at least every [`FULL_EVERY`] as the reference. Metric
 //! `meridian_controller_translate_seconds{mode}`: `full`, `incremental`, `endpoints`.
 //!
+//! Publishing follows the change, not the snapshot: every pass notes per cluster which Gateways
+//! of the current snapshot it touched ([`Touched`]; a full pass: everything). Snapshots share
+//! unchanged routes (`Arc`s, see `meridian_model::snapshot`), so `publish_changed` first points
+//! the routes of the touched Gateways that did not change at the published snapshot's
+//! ([`share_unchanged`]: after a full pass, one comparison of every route; after an
+//! incremental one, of the routes it translated again), which also tells it which Gateways
+//! really differ. Nothing: nothing is published. Else the snapshot is handed over as an `Arc`
+//! (a copy of pointers) with that narrowed hint, and the data plane's endpoint-delta check,
+//! route-level diff and encoding look only at those Gateways.
+//!
 //! Every pass also reports, for objects with a status of ours not yet seen in the index,
 //! the status their copy already has; the writer then supersedes a write of ours that became
 //! outdated (`StatusWriter::settle`), so a status computed before a state change
@@ -55,6 +68,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use meridian_model::Snapshot;
+use meridian_model::patch::{Since, Touched, share_unchanged};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -69,7 +83,8 @@ use crate::metrics::{Metrics, bind_admin, serve_admin};
 use crate::status::{StatusKind, StatusUpdate};
 use crate::translate::{
     AddressPolicy, Changes, ClusterGatewayRef, EastWestListeners, Incremental, MissingRemote,
-    SUPPORTED_FEATURES, TranslateConfig, UnreachableCluster, next_stale_expiry, refresh_endpoints,
+    SUPPORTED_FEATURES, TranslateConfig, UnreachableCluster, next_stale_expiry,
+    refresh_endpoints_touched,
 };
 use crate::watch::{Msg, Touch, WatchCtx, supervise};
 use crate::world::{Kind, ObjectKey, World};
@@ -747,8 +762,11 @@ struct Reconciler {
     controller_name: String,
     /// Latest computed snapshot per cluster.
     current: BTreeMap<String, Snapshot>,
-    /// Latest published snapshot per cluster.
-    published: BTreeMap<String, Snapshot>,
+    /// Latest published snapshot per cluster (what was handed to the data plane).
+    published: BTreeMap<String, Arc<Snapshot>>,
+    /// Per cluster, the Gateways of the current snapshot that may differ from the published
+    /// one (no entry: none); every other Gateway shares its routes with the published one.
+    touched: BTreeMap<String, Touched>,
     translated: bool,
     dirty_full: bool,
     /// The data plane reported a change (Programmed, addresses): an incremental pass compares
@@ -831,6 +849,7 @@ impl Reconciler {
             controller_name: i.controller_name,
             current: BTreeMap::new(),
             published: BTreeMap::new(),
+            touched: BTreeMap::new(),
             translated: false,
             dirty_full: false,
             dirty_config: false,
@@ -1275,6 +1294,7 @@ impl Reconciler {
             self.removals.remove(name);
             self.world.remove_cluster(name);
             self.current.remove(name);
+            self.touched.remove(name);
             self.east_west_missing.remove(name);
             tracing::info!(cluster = %name, "endpoint grace of the removed member cluster over: its endpoints are withdrawn");
         }
@@ -1320,8 +1340,10 @@ impl Reconciler {
         self.dirty_config = false;
         self.dirty_services.clear();
         self.publish_changed();
-        let stale =
-            crate::translate::stale_endpoint_counts(self.published.values(), &self.unreachable);
+        let stale = crate::translate::stale_endpoint_counts(
+            self.published.values().map(|s| &**s),
+            &self.unreachable,
+        );
         for name in self.active().map(|i| &self.names[i]) {
             let n = stale.get(name).copied().unwrap_or(0);
             self.metrics
@@ -1384,6 +1406,13 @@ impl Reconciler {
             .with_label_values(&["full"])
             .observe(started.elapsed().as_secs_f64());
         self.current = out.snapshots;
+        // Every route is a new allocation: `publish_changed` compares them all once and shares
+        // the unchanged ones with the published snapshots again.
+        self.touched = self
+            .current
+            .keys()
+            .map(|c| (c.clone(), Touched::everything()))
+            .collect();
         self.apply_drains();
         self.translated = true;
         self.submit_status(out.status);
@@ -1513,6 +1542,12 @@ impl Reconciler {
         };
         self.status_dirty = false;
         self.endpoints_refused = self.engine.endpoints_refused();
+        for (cluster, touched) in &pass.touched {
+            self.touched
+                .entry(cluster.clone())
+                .or_default()
+                .extend(touched);
+        }
         self.metrics
             .translations
             .with_label_values(&["incremental"])
@@ -1543,7 +1578,7 @@ impl Reconciler {
         for (i, services) in &self.dirty_services {
             let name = &self.names[*i];
             for svc in services {
-                refresh_endpoints(
+                let touched = refresh_endpoints_touched(
                     &self.world,
                     &mut self.current,
                     name,
@@ -1552,6 +1587,9 @@ impl Reconciler {
                     &mut missing,
                     &mut policy,
                 );
+                for (cluster, t) in touched {
+                    self.touched.entry(cluster).or_default().extend(&t);
+                }
             }
         }
         self.note_missing(missing);
@@ -1566,34 +1604,51 @@ impl Reconciler {
         policy.refused_seen
     }
 
-    /// Publishes every snapshot whose content differs from the last one published.
+    /// Publishes every snapshot whose content differs from the last one published: shares the
+    /// unchanged routes of the touched Gateways with the published snapshot, which also says
+    /// which Gateways differ (see the module docs); hands it over with that hint.
     fn publish_changed(&mut self) {
         let clusters: Vec<String> = self.current.keys().cloned().collect();
         let mut changed = Vec::new();
         for cluster in clusters {
             if !self.can_act(&cluster) {
+                // What it touched keeps adding up until the cluster acts.
                 continue;
             }
             let Some(snapshot) = self.current.get_mut(&cluster) else {
                 continue;
             };
+            let touched = self.touched.remove(&cluster).unwrap_or_default();
             let previous = self.published.get(&cluster);
-            if previous.is_some_and(|p| {
-                p.schema == snapshot.schema
-                    && p.gateways == snapshot.gateways
-                    && p.drains == snapshot.drains
-                    && p.east_west == snapshot.east_west
-            }) {
-                continue;
-            }
+            let differ = match previous {
+                Some(p) => {
+                    let differ = share_unchanged(p, snapshot, &touched);
+                    if differ.is_nothing()
+                        && p.schema == snapshot.schema
+                        && p.drains == snapshot.drains
+                        && p.east_west == snapshot.east_west
+                    {
+                        continue;
+                    }
+                    differ
+                }
+                None => Touched::everything(),
+            };
             snapshot.generation = previous.map_or(1, |p| p.generation + 1);
-            let snapshot = snapshot.clone();
+            // A copy of pointers: the routes are shared with `current` (and, where unchanged,
+            // with the previous published snapshot).
+            let snapshot = Arc::new(snapshot.clone());
             tracing::debug!(cluster = %cluster, generation = snapshot.generation, "publishing snapshot");
             self.metrics
                 .snapshots_published
                 .with_label_values(&[&cluster])
                 .inc();
-            self.data_plane.publish(&cluster, snapshot.clone());
+            let since = previous.map(|base| Since {
+                base,
+                touched: &differ,
+            });
+            self.data_plane
+                .publish(&cluster, Arc::clone(&snapshot), since);
             self.published.insert(cluster.clone(), snapshot);
             changed.push(cluster);
         }
@@ -1602,7 +1657,7 @@ impl Reconciler {
             self.drills.note_published(
                 changed
                     .iter()
-                    .filter_map(|c| self.published.get(c).map(|s| (c.as_str(), s))),
+                    .filter_map(|c| self.published.get(c).map(|s| (c.as_str(), Arc::clone(s)))),
             );
         }
     }

@@ -1,7 +1,7 @@
 //! The seam between the controller and whatever serves its snapshots to proxies.
 //!
 //! ```text
-//!  reconcile loop ── publish(cluster, snapshot) ──► DataPlane ──► proxies (distribution server)
+//!  reconcile loop ── publish(cluster, snapshot, since) ──► DataPlane ──► proxies (distribution server)
 //!        ▲                                             │
 //!        └── changes() ticks ◄── acks / addresses / ──┘
 //!            proxies with east-west listeners come and go
@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use meridian_model::Snapshot;
+use meridian_model::patch::Since;
 use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
@@ -31,8 +32,10 @@ use crate::translate::{ClusterGatewayRef, ProgrammedState};
 pub trait DataPlane: Send + Sync + 'static {
     /// Hands the latest snapshot of a member cluster's Gateways to the proxies serving it. Called
     /// only when the content changed; `snapshot.generation` increases with every call for the
-    /// same cluster.
-    fn publish(&self, cluster: &str, snapshot: Snapshot);
+    /// same cluster. `since`: the snapshot of the previous call for the cluster and the
+    /// Gateways that differ from it (the snapshots share their other routes), so the data
+    /// plane can find the change without comparing everything; `None` when there was none.
+    fn publish(&self, cluster: &str, snapshot: Arc<Snapshot>, since: Option<Since<'_>>);
     /// What the proxies report for a Gateway (drives `Programmed`).
     /// [`ProgrammedState::Unknown`] while the data plane cannot tell (after a restart, before the
     /// proxies reconnect): the Gateway then keeps the `Programmed` condition and addresses its
@@ -84,7 +87,7 @@ pub struct StaticDataPlane {
 struct StaticInner {
     addresses: Vec<IpAddr>,
     overrides: BTreeMap<ClusterGatewayRef, ProgrammedState>,
-    snapshots: BTreeMap<String, Snapshot>,
+    snapshots: BTreeMap<String, Arc<Snapshot>>,
     publish_counts: BTreeMap<String, u64>,
     /// Per cluster: the generation "proxies" stay at while acknowledgements are held.
     held_acks: BTreeMap<String, u64>,
@@ -112,7 +115,10 @@ impl StaticDataPlane {
 
     /// The latest snapshot published for a cluster.
     pub fn snapshot(&self, cluster: &str) -> Option<Snapshot> {
-        self.lock().snapshots.get(cluster).cloned()
+        self.lock()
+            .snapshots
+            .get(cluster)
+            .map(|s| Snapshot::clone(s))
     }
 
     /// How many snapshots were published for a cluster.
@@ -188,7 +194,7 @@ impl StaticDataPlane {
 }
 
 impl DataPlane for StaticDataPlane {
-    fn publish(&self, cluster: &str, snapshot: Snapshot) {
+    fn publish(&self, cluster: &str, snapshot: Arc<Snapshot>, _since: Option<Since<'_>>) {
         {
             let mut inner = self.lock();
             inner.snapshots.insert(cluster.to_string(), snapshot);
@@ -242,7 +248,7 @@ mod tests {
         let gw = ClusterGatewayRef::new("east", "ns", "gw");
         let mut changes = dp.changes();
         assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(0));
-        dp.publish("east", Snapshot::empty(3));
+        dp.publish("east", Arc::new(Snapshot::empty(3)), None);
         assert_eq!(dp.publish_count("east"), 1);
         assert_eq!(dp.snapshot("east").unwrap().generation, 3);
         assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(3));
@@ -271,9 +277,9 @@ mod tests {
     fn static_data_plane_holds_acks_and_reports_injected_traffic() {
         let dp = StaticDataPlane::new(vec![]);
         let gw = ClusterGatewayRef::new("east", "ns", "gw");
-        dp.publish("east", Snapshot::empty(4));
+        dp.publish("east", Arc::new(Snapshot::empty(4)), None);
         dp.hold_acks("east", true);
-        dp.publish("east", Snapshot::empty(5));
+        dp.publish("east", Arc::new(Snapshot::empty(5)), None);
         assert_eq!(dp.programmed(&gw), ProgrammedState::Applied(4));
         let other = ClusterGatewayRef::new("west", "ns", "gw");
         assert_eq!(dp.programmed(&other), ProgrammedState::Applied(0));

@@ -52,6 +52,7 @@ use meridian_distribution::pki::Ca;
 use meridian_distribution::server::{AddressPolicy, AnyAddress, BootstrapVerifier, ServerNames};
 use meridian_distribution::{DistributionServer, ServerConfig};
 use meridian_model::Snapshot;
+use meridian_model::patch::Since;
 use meridian_model::traffic::GatewayTraffic;
 use tokio::sync::watch;
 
@@ -313,8 +314,8 @@ async fn forward_changes(
 }
 
 impl DataPlane for DistributedDataPlane {
-    fn publish(&self, cluster: &str, snapshot: Snapshot) {
-        match self.server.publish(cluster, snapshot) {
+    fn publish(&self, cluster: &str, snapshot: Arc<Snapshot>, since: Option<Since<'_>>) {
+        match self.server.publish_since(cluster, snapshot, since) {
             Ok(p) => {
                 self.published
                     .lock()
@@ -469,7 +470,7 @@ mod tests {
             grace,
             Some(gate),
         );
-        dp.publish("east", Snapshot::empty(1));
+        dp.publish("east", Arc::new(Snapshot::empty(1)), None);
         // Long after the start-up grace: a follower still says Unknown.
         tokio::time::sleep(grace * 3).await;
         assert_eq!(dp.programmed(&gw("east")), ProgrammedState::Unknown);

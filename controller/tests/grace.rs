@@ -55,7 +55,7 @@ async fn a_gateway_is_unknown_until_the_grace_ends_then_the_truth_with_a_tick() 
     // Nothing published yet (Pending) and, once published, no proxy at all (NoProxy): both
     // are Unknown for the whole grace.
     assert_eq!(dp.programmed(&gw), ProgrammedState::Unknown);
-    dp.publish("east", snapshot());
+    dp.publish("east", std::sync::Arc::new(snapshot()), None);
     assert_eq!(dp.programmed(&gw), ProgrammedState::Unknown);
     // The publish itself may tick (the server's own change): take it.
     tokio::task::yield_now().await;
@@ -112,6 +112,6 @@ async fn every_cluster_shares_the_grace_and_it_ticks_once() {
 async fn without_a_grace_the_truth_comes_at_once() {
     let dp = data_plane(Duration::ZERO).await;
     let gw = ClusterGatewayRef::new("east", "infra", "gw");
-    dp.publish("east", snapshot());
+    dp.publish("east", std::sync::Arc::new(snapshot()), None);
     assert_eq!(dp.programmed(&gw), ProgrammedState::NoProxy);
 }

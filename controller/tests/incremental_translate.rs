@@ -10,6 +10,12 @@
 //! changes must give exactly what [`translate`] gives for the same world: snapshots equal byte
 //! for byte once serialized, the same status updates in the same order, the same
 //! `endpoints_refused`. The seed is fixed; `PROPTEST_CASES` lengthens the run.
+//!
+//! The same run checks the publish path's hint: the snapshots before a batch (shared with the
+//! patched ones, as the reconcile loop's published copies are) against the patched ones, with
+//! the Gateways the pass reports as touched — the route-level patch built from the hint
+//! (`diff_since`), the endpoint delta from the hint, and the hint narrowed by
+//! `share_unchanged` all equal what comparing the whole snapshots gives.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,7 +37,9 @@ use meridian_controller::{
 };
 use meridian_crds::mcs::ServiceExport;
 use meridian_crds::meridian::FailoverPolicy;
+use meridian_distribution::protocol::{endpoint_delta, endpoint_delta_since};
 use meridian_model::Snapshot;
+use meridian_model::patch::{Touched, diff, diff_since, share_unchanged};
 use meridian_model::snapshot::BackendTarget;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -508,6 +516,37 @@ struct Reached {
     served_routes: usize,
     /// Served backends with a FailoverPolicy attached.
     failover_backends: usize,
+    /// Non-empty patches checked against the hint, and how many of those had a hint narrower
+    /// than everything.
+    patches: usize,
+    narrowed: usize,
+}
+
+/// The publish path's hint against the whole comparison, for one cluster's snapshot before
+/// (`prev`, sharing routes with `next` like a published copy) and after a pass.
+fn check_hint(
+    prev: &Snapshot,
+    next: &Snapshot,
+    touched: &Touched,
+    reached: &mut Reached,
+) -> Result<(), TestCaseError> {
+    let mut renumbered = next.clone();
+    renumbered.generation = prev.generation + 1;
+    let whole = diff(prev, &renumbered);
+    prop_assert_eq!(&diff_since(prev, &renumbered, touched), &whole);
+    prop_assert_eq!(
+        endpoint_delta_since(prev, &renumbered, touched),
+        endpoint_delta(prev, &renumbered)
+    );
+    let precise = share_unchanged(prev, &mut renumbered, touched);
+    prop_assert_eq!(&renumbered.gateways, &next.gateways);
+    prop_assert_eq!(&diff_since(prev, &renumbered, &precise), &whole);
+    prop_assert_eq!(precise.is_nothing(), prev.gateways == next.gateways);
+    if !whole.is_empty(prev.gateways.len()) {
+        reached.patches += 1;
+        reached.narrowed += usize::from(!touched.is_everything());
+    }
+    Ok(())
 }
 
 fn check(
@@ -526,6 +565,8 @@ fn check(
     prop_assert_eq!(engine.status(), out.status.clone());
     let mut snapshots = out.snapshots;
     for (i, batch) in batches.iter().enumerate() {
+        // What the reconcile loop would have published: shares every route with `snapshots`.
+        let published = snapshots.clone();
         let mut changes = Changes::new();
         let pending = engine.status();
         for step in batch {
@@ -553,6 +594,15 @@ fn check(
             batch
         );
         prop_assert_eq!(engine.endpoints_refused(), full.endpoints_refused);
+        let nothing = Touched::nothing();
+        for (cluster, next) in &snapshots {
+            let Some(prev) = published.get(cluster) else {
+                continue;
+            };
+            let touched = pass.touched.get(cluster).unwrap_or(&nothing);
+            check_hint(prev, next, touched, &mut reached.borrow_mut())
+                .map_err(|e| TestCaseError::fail(format!("batch {i} {batch:?}: hint: {e}")))?;
+        }
         for u in &pass.status {
             prop_assert!(
                 full.status.contains(u),
@@ -614,13 +664,15 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared",
+        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared; {} patches checked against the hint ({} narrower than everything)",
         reached.passes,
         started.elapsed().as_millis(),
         reached.routes,
         reached.gateways,
         reached.served_routes,
         reached.failover_backends,
+        reached.patches,
+        reached.narrowed,
     );
     match result {
         Ok(()) => {}
@@ -633,4 +685,95 @@ fn incremental_equals_full_after_every_change() {
         reached.served_routes > 0,
         "no route ever reached a snapshot"
     );
+    assert!(
+        reached.narrowed > 100,
+        "the hint was rarely exercised: {} patches",
+        reached.narrowed
+    );
+}
+
+/// A change that would translate most routes again falls back to a full translation
+/// (`Fallback::Broad`) before it changes anything; a narrow change in the same world does not.
+#[test]
+fn a_change_most_routes_see_falls_back_to_a_full_translation() {
+    let gateway = |hostname: Option<&str>, generation: i64| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": meta(Some("infra"), "gw", generation),
+            "spec": {"gatewayClassName": CLASS, "listeners": [obj(vec![
+                ("name", Some(json!("http"))), ("port", Some(json!(80))),
+                ("protocol", Some(json!("HTTP"))), ("hostname", hostname.map(|h| json!(h))),
+                ("allowedRoutes", Some(json!({"namespaces": {"from": "All"}}))),
+            ])]},
+        })
+    };
+    let route = |i: usize, generation: i64| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": meta(Some("app"), &format!("r{i}"), generation),
+            "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": format!("/{i}/{generation}")}}]}]},
+        })
+    };
+    let mut world = World::new();
+    let c = world.add_cluster(CLUSTER, "us-east", vec![]);
+    base_cluster(c);
+    assert!(apply(c, &gateway(None, 1)));
+    for i in 0..20 {
+        assert!(apply(c, &route(i, 1)));
+    }
+    let cfg = config_of(&world);
+    let mut engine = Incremental::new();
+    // Small world, same rule: 10 routes at least, more than half of them.
+    engine.set_broad_limit(10, 50);
+    let mut snapshots = engine.full(&world, &cfg).snapshots;
+
+    // One route: incremental.
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &route(3, 2)));
+    let mut changes = Changes::new();
+    changes.insert(CLUSTER, Kind::HttpRoute, ObjectKey::new("app", "r3"));
+    let pass = engine
+        .update(&world, &config_of(&world), &changes, &mut snapshots)
+        .unwrap();
+    assert_eq!(pass.routes, 1);
+    let full = translate(&world, &config_of(&world));
+    assert_eq!(
+        serde_json::to_string(&snapshots).unwrap(),
+        serde_json::to_string(&full.snapshots).unwrap()
+    );
+
+    // The listener every route attaches through: broad, and nothing changed yet.
+    let before = serde_json::to_string(&snapshots).unwrap();
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(Some("*.example.com"), 2)));
+    let mut changes = Changes::new();
+    changes.insert(CLUSTER, Kind::Gateway, ObjectKey::new("infra", "gw"));
+    let cfg = config_of(&world);
+    assert_eq!(
+        engine
+            .update(&world, &cfg, &changes, &mut snapshots)
+            .unwrap_err(),
+        meridian_controller::translate::Fallback::Broad
+    );
+    assert_eq!(serde_json::to_string(&snapshots).unwrap(), before);
+    // The caller's answer: a full translation, which seeds the next incremental pass.
+    let snapshots_full = engine.full(&world, &cfg).snapshots;
+    assert_eq!(snapshots_full, translate(&world, &cfg).snapshots);
+
+    // Without the limit the same change is incremental, with the same result.
+    let mut engine = Incremental::new();
+    engine.set_broad_limit(usize::MAX, usize::MAX);
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(None, 3)));
+    let cfg = config_of(&world);
+    let mut snapshots = engine.full(&world, &cfg).snapshots;
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(Some("*.example.com"), 4)));
+    let cfg = config_of(&world);
+    let pass = engine
+        .update(&world, &cfg, &changes, &mut snapshots)
+        .unwrap();
+    assert_eq!(pass.routes, 20);
+    assert_eq!(snapshots, translate(&world, &cfg).snapshots);
 }

@@ -8,7 +8,11 @@
 //! - controller, before patches: `endpoint_delta` (fails: not endpoint-only) + encoding the whole
 //!   snapshot line;
 //! - controller, with patches: `endpoint_delta` + `patch::diff` + encoding the patch line, and
-//!   `DistributionServer::publish` as a whole (the same, plus numbering and storing);
+//!   `DistributionServer::publish` as a whole (the same, plus numbering and storing), for
+//!   snapshots built independently (no route shared);
+//! - the same as the controller publishes now: the next snapshot made from the previous one in
+//!   place (every other route shared, copy on write) with the Gateway it touched as the hint —
+//!   `endpoint_delta_since` + `diff_since` + encoding, and `DistributionServer::publish_since`;
 //! - bytes of each line;
 //! - proxy (client side), before: decoding the snapshot line; with patches: decoding the patch
 //!   line + applying it to the held snapshot + the copy handed to the target (as the client
@@ -25,12 +29,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_distribution::pki::{Ca, TrustDomain};
-use meridian_distribution::protocol::{Message, endpoint_delta};
+use meridian_distribution::protocol::{Message, endpoint_delta, endpoint_delta_since};
 use meridian_distribution::{DistributionServer, PublishKind, ServerConfig};
-use meridian_model::patch::{SnapshotPatch, diff};
+use meridian_model::patch::{Since, SnapshotPatch, Touched, diff, diff_since};
 use meridian_model::{Router, Snapshot};
 use serde::Serialize;
 use serde_json::json;
+
+// The allocator of the `meridian` binary: glibc's malloc adds milliseconds of chunk
+// consolidation to whatever runs after a big snapshot was freed.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `routes` HTTPRoutes on one listener; `changed` (if any) has path version `variant`.
 fn snapshot(routes: usize, changed: Option<(usize, usize)>) -> Snapshot {
@@ -93,6 +102,8 @@ struct Samples {
     diff: Vec<Duration>,
     new_publish: Vec<Duration>,
     server_publish: Vec<Duration>,
+    shared_publish: Vec<Duration>,
+    shared_server_publish: Vec<Duration>,
     full_bytes: usize,
     patch_bytes: usize,
     decode_full: Vec<Duration>,
@@ -110,10 +121,42 @@ async fn run(routes: usize, iterations: usize) -> anyhow::Result<()> {
     let mut prev = snapshot(routes, None);
     prev.generation = 1;
     srv.publish("c", prev.clone())?;
+    // The controller's way: one snapshot patched in place, published as an `Arc`.
+    let mut shared = Arc::new(prev.clone());
+    srv.publish_since("shared", Arc::clone(&shared), None)?;
+    let mut touched = Touched::nothing();
+    touched.gateway("bench", "gw");
+    let mut last_changed = 0;
     for i in 0..iterations {
         // Built before the clock starts; a different route each time.
-        let mut next = snapshot(routes, Some(((i * 7919) % routes, i + 1)));
+        let changed = (i * 7919) % routes;
+        let mut next = snapshot(routes, Some((changed, i + 1)));
         next.generation = prev.generation + 1;
+        let mut shared_next = Snapshot::clone(&shared);
+        shared_next.generation = next.generation;
+        // Like `next`: this route changed, the one changed last time is back to its old self.
+        for r in [changed, last_changed] {
+            shared_next.gateways[0].listeners[0].routes[r] =
+                Arc::clone(&next.gateways[0].listeners[0].routes[r]);
+        }
+        last_changed = changed;
+        let shared_next = Arc::new(shared_next);
+
+        // Controller, patch from the hint on shared snapshots.
+        let t = Instant::now();
+        assert!(endpoint_delta_since(&shared, &shared_next, &touched).is_none());
+        let hinted = diff_since(&shared, &shared_next, &touched);
+        let hinted_line = encode(&Line::Patch(&hinted));
+        s.shared_publish.push(t.elapsed());
+        let since = Since {
+            base: &srv.latest("shared").unwrap(),
+            touched: &touched,
+        };
+        let t = Instant::now();
+        let p = srv.publish_since("shared", Arc::clone(&shared_next), Some(since))?;
+        s.shared_server_publish.push(t.elapsed());
+        anyhow::ensure!(p.kind == PublishKind::Patch, "expected a patch");
+        shared = shared_next;
 
         // Controller, before patches: no endpoint delta, so the whole snapshot is encoded.
         let t = Instant::now();
@@ -131,6 +174,10 @@ async fn run(routes: usize, iterations: usize) -> anyhow::Result<()> {
         s.new_publish.push(t.elapsed());
         s.full_bytes = full.len();
         s.patch_bytes = line.len();
+        anyhow::ensure!(
+            hinted_line.len() == line.len(),
+            "the patch from the hint differs"
+        );
 
         // The server's publish as a whole.
         let copy = next.clone();
@@ -167,11 +214,13 @@ async fn run(routes: usize, iterations: usize) -> anyhow::Result<()> {
     }
     srv.shutdown().await;
     println!(
-        "| {routes} | {} | {} | {} | {} | {:.0} KB | {:.0} B | {} | {} | {} |",
+        "| {routes} | {} | {} | {} | {} | {} | {} | {:.0} KB | {:.0} B | {} | {} | {} |",
         ms(median(s.old_publish)),
         ms(median(s.new_publish)),
         ms(median(s.diff)),
         ms(median(s.server_publish)),
+        ms(median(s.shared_publish)),
+        ms(median(s.shared_server_publish)),
         s.full_bytes as f64 / 1e3,
         s.patch_bytes as f64,
         ms(median(s.decode_full)),
@@ -201,9 +250,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         println!("one route change, medians of {iterations}; ms unless stated");
         println!(
-            "| routes | controller, whole snapshot (endpoint check + encode) | controller, patch (endpoint check + diff + encode) | of which diff | server publish (patch) | snapshot line | patch line | proxy: decode snapshot | proxy: decode + apply patch + copy | compile (both) |"
+            "| routes | controller, whole snapshot (endpoint check + encode) | controller, patch (endpoint check + diff + encode) | of which diff | server publish (patch) | shared + hint: endpoint check + diff + encode | shared + hint: server publish_since | snapshot line | patch line | proxy: decode snapshot | proxy: decode + apply patch + copy | compile (both) |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         for &r in &routes {
             run(r, iterations).await?;
         }

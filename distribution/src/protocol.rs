@@ -15,10 +15,11 @@
 //! here because the wire carries it: `{"namespace": …, "name": …}`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use meridian_model::GatewayRef;
 use meridian_model::Snapshot;
-use meridian_model::patch::SnapshotPatch;
+use meridian_model::patch::{SnapshotPatch, Touched};
 use meridian_model::snapshot::{
     Backend, BackendProtocol, BackendTarget, Endpoint, Filter, Gateway, Listener, Route, Rule,
 };
@@ -254,14 +255,29 @@ pub fn patch_endpoints(snapshot: &mut Snapshot, changes: &[EndpointChange]) -> b
 /// contents are equal). `None` when anything else differs, or when two backends with one name
 /// would need different endpoint lists. Generations are ignored.
 pub fn endpoint_delta(old: &Snapshot, new: &Snapshot) -> Option<Vec<EndpointChange>> {
+    endpoint_delta_since(old, new, &Touched::everything())
+}
+
+/// [`endpoint_delta`] for a `new` made from `old` by a producer that touched only `touched`
+/// (see [`meridian_model::patch::Touched`]): the Gateways outside it, and the routes `new`
+/// shares with `old` ([`Arc::ptr_eq`]), are not compared. Since a delta is applied by backend
+/// name to every backend of that name, the backends of those routes are then checked for the
+/// changed names only (a walk over names, no comparison of contents).
+pub fn endpoint_delta_since(
+    old: &Snapshot,
+    new: &Snapshot,
+    touched: &Touched,
+) -> Option<Vec<EndpointChange>> {
     // Drains and east-west backends are not route endpoint lists: a change to them sends the
     // whole snapshot.
     if old.schema != new.schema || old.drains != new.drains || old.east_west != new.east_west {
         return None;
     }
     let mut d = Delta::default();
-    lockstep(&old.gateways, &new.gateways, |a, b| gateway(a, b, &mut d))?;
-    d.finish()
+    lockstep(&old.gateways, &new.gateways, |a, b| {
+        gateway(a, b, touched, &mut d)
+    })?;
+    d.finish(new)
 }
 
 /// Every backend name seen in the new snapshot with the endpoints it must have, and whether any
@@ -294,7 +310,9 @@ impl<'a> Delta<'a> {
         Some(())
     }
 
-    fn finish(self) -> Option<Vec<EndpointChange>> {
+    /// The changes; `None` when a backend of `new` the comparison skipped (a shared route, an
+    /// untouched Gateway) has a changed name but another endpoint list than the change gives it.
+    fn finish(self, new: &Snapshot) -> Option<Vec<EndpointChange>> {
         let mut out: Vec<EndpointChange> = self
             .seen
             .into_iter()
@@ -305,7 +323,41 @@ impl<'a> Delta<'a> {
                 endpoints: endpoints.to_vec(),
             })
             .collect();
+        if out.is_empty() {
+            return Some(out);
+        }
         out.sort_by(|a, b| a.backend.cmp(&b.backend));
+        // Every backend with a changed name gets the change's list: it must have it already.
+        // The compared ones were checked when recorded; checking them again is cheaper than
+        // telling them apart.
+        let by_name = |name: &str| {
+            out.binary_search_by(|c| c.backend.as_str().cmp(name))
+                .ok()
+                .map(|i| &out[i])
+        };
+        let mut consistent = true;
+        for route in new
+            .gateways
+            .iter()
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+        {
+            for_each_backend(route, &mut |b| {
+                // Invalid backends are not patched by name: only resolved ones matter.
+                if let BackendTarget::Endpoints {
+                    protocol,
+                    endpoints,
+                    ..
+                } = &b.target
+                    && let Some(c) = by_name(&b.name)
+                {
+                    consistent &= *protocol == c.protocol && *endpoints == c.endpoints;
+                }
+            });
+            if !consistent {
+                return None;
+            }
+        }
         Some(out)
     }
 }
@@ -324,7 +376,25 @@ fn same<T: PartialEq>(a: &T, b: &T) -> Option<()> {
 // The comparisons below destructure every struct, so a field added to the snapshot model is a
 // compile error here instead of a change silently sent as an endpoint delta.
 
-fn gateway<'a>(a: &Gateway, b: &'a Gateway, d: &mut Delta<'a>) -> Option<()> {
+/// Calls `f` on every backend of a route, mirror backends included.
+fn for_each_backend(route: &Route, f: &mut impl FnMut(&Backend)) {
+    fn mirrors(filters: &[Filter], f: &mut impl FnMut(&Backend)) {
+        for filter in filters {
+            if let Filter::RequestMirror(m) = filter {
+                f(&m.backend);
+            }
+        }
+    }
+    for rule in &route.rules {
+        mirrors(&rule.filters, f);
+        for b in &rule.backends {
+            mirrors(&b.filters, f);
+            f(b);
+        }
+    }
+}
+
+fn gateway<'a>(a: &Gateway, b: &'a Gateway, touched: &Touched, d: &mut Delta<'a>) -> Option<()> {
     let Gateway {
         namespace,
         name,
@@ -333,6 +403,10 @@ fn gateway<'a>(a: &Gateway, b: &'a Gateway, d: &mut Delta<'a>) -> Option<()> {
     } = a;
     same(namespace, &b.namespace)?;
     same(name, &b.name)?;
+    if !touched.may_differ(&b.namespace, &b.name) {
+        // Equal by the producer's word; its backends are checked in `Delta::finish`.
+        return Some(());
+    }
     same(served_by_header, &b.served_by_header)?;
     lockstep(listeners, &b.listeners, |x, y| listener(x, y, d))
 }
@@ -353,7 +427,13 @@ fn listener<'a>(a: &Listener, b: &'a Listener, d: &mut Delta<'a>) -> Option<()> 
     same(protocol, &b.protocol)?;
     same(hostname, &b.hostname)?;
     same(tls, &b.tls)?;
-    lockstep(routes, &b.routes, |x, y| route(x, y, d))
+    lockstep(routes, &b.routes, |x, y| {
+        if Arc::ptr_eq(x, y) {
+            // Shared: equal (its backends are checked in `Delta::finish`).
+            return Some(());
+        }
+        route(x, y, d)
+    })
 }
 
 fn route<'a>(a: &Route, b: &'a Route, d: &mut Delta<'a>) -> Option<()> {
@@ -495,15 +575,17 @@ mod tests {
         assert_eq!(endpoint_delta(&old, &new), None);
 
         let mut new = old.clone();
-        new.gateways[0].listeners[0].routes[0].rules[1].backends[0].weight = 5;
+        Arc::make_mut(&mut new.gateways[0].listeners[0].routes[0]).rules[1].backends[0].weight = 5;
         assert_eq!(endpoint_delta(&old, &new), None);
 
         let mut new = old.clone();
-        new.gateways[0].listeners[0].routes[0].rules.pop();
+        Arc::make_mut(&mut new.gateways[0].listeners[0].routes[0])
+            .rules
+            .pop();
         assert_eq!(endpoint_delta(&old, &new), None);
 
         let mut new = old.clone();
-        new.gateways[0].listeners[0].routes[0].rules[1].backends[1].target =
+        Arc::make_mut(&mut new.gateways[0].listeners[0].routes[0]).rules[1].backends[1].target =
             BackendTarget::Invalid {
                 reason: "RefNotPermitted".into(),
             };
@@ -516,11 +598,55 @@ mod tests {
         let mut new = old.clone();
         // Only the first occurrence of ns/a:80 changes: a by-name patch cannot express that.
         if let BackendTarget::Endpoints { endpoints, .. } =
-            &mut new.gateways[0].listeners[0].routes[0].rules[0].backends[0].target
+            &mut Arc::make_mut(&mut new.gateways[0].listeners[0].routes[0]).rules[0].backends[0]
+                .target
         {
             endpoints.push(serde_json::from_value(ep(3)).unwrap());
         }
         assert_eq!(endpoint_delta(&old, &new), None);
+    }
+
+    /// With a hint, shared routes and untouched Gateways are not compared, but a delta is
+    /// applied by name everywhere: a backend of a changed name there must already have the new
+    /// list.
+    #[test]
+    fn a_hinted_delta_still_checks_every_backend_of_a_changed_name() {
+        let mut old = snap(1, vec![ep(1)], vec![]);
+        // A second Gateway whose route shares backend ns/a:80.
+        let mut other = old.gateways[0].clone();
+        other.name = "other".into();
+        old.gateways.push(other);
+        let mut touched = Touched::nothing();
+        touched.gateway("ns", "gw");
+
+        // ns/a:80 changes in `gw` only: `other` would get the new list too. Not a delta.
+        let mut new = old.clone();
+        new.gateways[0]
+            .set_endpoints(|n| (n == "ns/a:80").then_some((BackendProtocol::Http1, &[][..])));
+        assert_eq!(endpoint_delta(&old, &new), None);
+        assert_eq!(endpoint_delta_since(&old, &new, &touched), None);
+
+        // Everywhere (as the controller's endpoint refresh does): a delta, hinted or not, and
+        // the routes that did not change stay shared.
+        let mut new = old.clone();
+        new.set_endpoints(|n| (n == "ns/a:80").then_some((BackendProtocol::Http1, &[][..])));
+        let mut all = Touched::nothing();
+        all.gateway("ns", "gw");
+        all.gateway("ns", "other");
+        let want = endpoint_delta(&old, &new).unwrap();
+        assert_eq!(want.len(), 1);
+        assert_eq!(endpoint_delta_since(&old, &new, &all), Some(want));
+
+        // Nothing changed: an empty delta without looking inside.
+        let same = old.clone();
+        assert_eq!(
+            endpoint_delta_since(&old, &same, &Touched::nothing()),
+            Some(vec![])
+        );
+        assert!(Arc::ptr_eq(
+            &same.gateways[1].listeners[0].routes[0],
+            &old.gateways[1].listeners[0].routes[0]
+        ));
     }
 
     #[test]

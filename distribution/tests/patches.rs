@@ -1,7 +1,10 @@
 //! Route-level snapshot patches on the stream: sent only after their base and only to clients
 //! that announce them, answered with the full snapshot when a patch does not fit, and, with real
 //! clients, proxies that end up holding exactly the controller's snapshot after a random run of
-//! changes (old-style clients beside them get full snapshots only). Loopback, bounded.
+//! changes (old-style clients beside them get full snapshots only). The random run publishes
+//! one cluster as the controller does (snapshots sharing their unchanged routes, with the
+//! Gateways each change touched: `publish_since`) and checks every publish against what the
+//! whole comparison gives. Loopback, bounded.
 #![allow(clippy::unwrap_used)]
 
 mod mesh;
@@ -16,7 +19,7 @@ use meridian_distribution::{
     ServerConfig, Target,
 };
 use meridian_model::Snapshot;
-use meridian_model::patch::SnapshotPatch;
+use meridian_model::patch::{Since, SnapshotPatch, Touched, diff, diff_since};
 use meridian_model::snapshot::{Gateway, Route};
 use serde_json::{Value, json};
 
@@ -164,10 +167,10 @@ async fn patches_follow_their_base_and_go_only_to_streams_that_announce_them() {
 
     // One route of `b` changes, one is added to `a`.
     let mut next = two_gateways(20);
-    next.gateways[1].listeners[0].routes[7].created_at = 9;
+    Arc::make_mut(&mut next.gateways[1].listeners[0].routes[7]).created_at = 9;
     next.gateways[0].listeners[0]
         .routes
-        .insert(3, route("new", 0, 80));
+        .insert(3, route("new", 0, 80).into());
     let p = srv.publish("east", next).unwrap();
     assert_eq!(p.kind, PublishKind::Patch);
     let latest = Snapshot::clone(&srv.latest("east").unwrap());
@@ -351,8 +354,9 @@ impl Rng {
 }
 
 /// One random change: a route added, changed, removed or moved; endpoints changed; a Gateway
-/// added or removed; a listener's port changed.
-fn change(s: &mut Snapshot, rng: &mut Rng, step: usize) {
+/// added or removed; a listener's port changed. Made in place (shared routes are copied on
+/// write), noting the Gateways it touches in `touched`.
+fn change(s: &mut Snapshot, rng: &mut Rng, step: usize, touched: &mut Touched) {
     let names = ["a", "b", "c"];
     if s.gateways.is_empty() || rng.below(12) == 0 {
         let name = names[rng.below(names.len())];
@@ -362,19 +366,21 @@ fn change(s: &mut Snapshot, rng: &mut Rng, step: usize) {
                 at,
                 gateway(name, 18000 + at as u16, vec![route("x", 0, 80)]),
             );
+            touched.gateway("ns", name);
         }
         return;
     }
     let g = rng.below(s.gateways.len());
+    touched.gateway("ns", &s.gateways[g].name);
     let routes = &mut s.gateways[g].listeners[0].routes;
     match rng.below(8) {
         0 | 1 => {
             let at = rng.below(routes.len() + 1);
-            routes.insert(at, route(&format!("r{step}"), 0, 80));
+            routes.insert(at, route(&format!("r{step}"), 0, 80).into());
         }
         2 | 3 if !routes.is_empty() => {
             let at = rng.below(routes.len());
-            routes[at].created_at += 1;
+            Arc::make_mut(&mut routes[at]).created_at += 1;
         }
         4 if !routes.is_empty() => {
             let at = rng.below(routes.len());
@@ -394,7 +400,7 @@ fn change(s: &mut Snapshot, rng: &mut Rng, step: usize) {
                 .map(|r| {
                     if r.name == name {
                         let created_at = r.created_at;
-                        route(&name, created_at, 81 + (step % 50) as u16)
+                        route(&name, created_at, 81 + (step % 50) as u16).into()
                     } else {
                         r
                     }
@@ -442,14 +448,46 @@ async fn proxies_hold_exactly_the_controllers_snapshot_after_random_changes() {
 
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut world = two_gateways(5);
+    let mut hinted = 0;
     for step in 0..60 {
+        let mut touched = Touched::nothing();
         if step > 0 {
             for _ in 0..=rng.below(3) {
-                change(&mut world, &mut rng, step);
+                change(&mut world, &mut rng, step, &mut touched);
             }
         }
         for cluster in ["east", "west"] {
-            let p = srv.publish(cluster, world.clone()).unwrap();
+            let p = if cluster == "east" {
+                // As the controller publishes: the hint is only used while the server holds
+                // the snapshot it was made from, and it must not change the outcome.
+                let base = srv.latest(cluster);
+                let next = Arc::new(world.clone());
+                if let Some(base) = &base {
+                    let mut renumbered = Snapshot::clone(&next);
+                    renumbered.generation = base.generation;
+                    let whole = diff(base, &renumbered);
+                    assert_eq!(
+                        diff_since(base, &renumbered, &touched),
+                        whole,
+                        "step {step}"
+                    );
+                    assert_eq!(
+                        meridian_distribution::protocol::endpoint_delta_since(
+                            base, &next, &touched
+                        ),
+                        meridian_distribution::protocol::endpoint_delta(base, &next),
+                        "step {step}"
+                    );
+                    hinted += 1;
+                }
+                let since = base.as_ref().map(|base| Since {
+                    base,
+                    touched: &touched,
+                });
+                srv.publish_since(cluster, next, since).unwrap()
+            } else {
+                srv.publish(cluster, world.clone()).unwrap()
+            };
             applied(&srv, cluster, p.generation).await;
             let latest = srv.latest(cluster).unwrap();
             if cluster == "east" {
@@ -472,6 +510,7 @@ async fn proxies_hold_exactly_the_controllers_snapshot_after_random_changes() {
             }
         }
     }
+    assert!(hinted >= 59);
     let m = srv.metrics_text();
     let count = |cluster: &str, kind: &str| {
         metric(

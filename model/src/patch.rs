@@ -31,6 +31,14 @@
 //! suffix of a list, where a changed route costs one comparison) and by name in the middle (a
 //! hash map over the middle only), and compared with `==`, which stops at the first difference
 //! and is a plain memory walk for the equal ones. No hashing of whole routes, no serialization.
+//! Routes are shared between snapshots ([`Arc`], see [`crate::snapshot`]): a route both sides
+//! hold is equal by pointer, so the walk over a listener whose routes the producer did not
+//! touch compares pointers only, and only changed routes are compared and copied.
+//!
+//! A producer that made `next` from `prev` in place knows which Gateways it touched
+//! ([`Touched`]); [`diff_since`] and [`unchanged`] then look only at those (and at the Gateway
+//! names, to line the lists up), so their cost follows the change, not the snapshot. The
+//! incremental translation of the controller is such a producer.
 //! [`SnapshotPatch::apply`] checks the pieces against the snapshot (bounds, every base item used
 //! at most once) before it changes anything, so a patch that does not fit leaves the snapshot as
 //! it was; it then rebuilds only the lists the patch touches, moving the kept items (no clones).
@@ -38,13 +46,115 @@
 //! A proxy serving only some Gateways gets the patch of its own view:
 //! [`SnapshotPatch::for_gateways`] renumbers the Gateway-level pieces for the filtered base.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::GatewayRef;
-use crate::snapshot::{Drain, EastWestBackend, Gateway, Listener, Route, Snapshot};
+use crate::snapshot::{Drain, EastWestBackend, Gateway, Listener, Route, Snapshot, same_route};
+
+/// Which Gateways of a snapshot may differ from an earlier one it was made from: what a
+/// producer that patches its snapshots in place knows about its change. A Gateway that is
+/// neither in the set nor [`Touched::everything`] must be equal (and at the same place among
+/// the untouched ones) in both; added and removed Gateways are touched. Drains, east-west
+/// backends and the schema are always compared (they are small).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    everything: bool,
+    gateways: BTreeSet<GatewayRef>,
+}
+
+impl Touched {
+    /// Nothing touched.
+    pub fn nothing() -> Self {
+        Self::default()
+    }
+
+    /// Anything may differ (no knowledge: a whole new snapshot).
+    pub fn everything() -> Self {
+        Self {
+            everything: true,
+            gateways: BTreeSet::new(),
+        }
+    }
+
+    /// Notes that Gateway `namespace/name` may differ (its entry changed, came or went).
+    pub fn gateway(&mut self, namespace: &str, name: &str) {
+        if !self.everything && !self.may_differ(namespace, name) {
+            self.gateways.insert(GatewayRef::new(namespace, name));
+        }
+    }
+
+    /// Notes that anything may differ.
+    pub fn set_everything(&mut self) {
+        self.everything = true;
+        self.gateways.clear();
+    }
+
+    /// Adds what `other` touched.
+    pub fn extend(&mut self, other: &Touched) {
+        if other.everything {
+            self.set_everything();
+        } else if !self.everything {
+            self.gateways.extend(other.gateways.iter().cloned());
+        }
+    }
+
+    /// Whether nothing was touched.
+    pub fn is_nothing(&self) -> bool {
+        !self.everything && self.gateways.is_empty()
+    }
+
+    /// Whether anything may differ.
+    pub fn is_everything(&self) -> bool {
+        self.everything
+    }
+
+    /// The Gateways touched (`None`: everything).
+    pub fn gateways(&self) -> Option<&BTreeSet<GatewayRef>> {
+        (!self.everything).then_some(&self.gateways)
+    }
+
+    /// Whether Gateway `namespace/name` may differ.
+    pub fn may_differ(&self, namespace: &str, name: &str) -> bool {
+        if self.everything {
+            return true;
+        }
+        // Usually one or two: a scan is cheaper than building a key.
+        if self.gateways.len() <= 8 {
+            return self
+                .gateways
+                .iter()
+                .any(|g| g.namespace == namespace && g.name == name);
+        }
+        self.gateways.contains(&GatewayRef::new(namespace, name))
+    }
+}
+
+/// What a publisher knows about a snapshot it publishes: the snapshot it published before
+/// (as it handed it over) and what it touched since. A receiver holding exactly `base`
+/// ([`Arc::ptr_eq`]) may look only at `touched`; any other receiver compares everything.
+#[derive(Clone, Copy, Debug)]
+pub struct Since<'a> {
+    /// The snapshot published before.
+    pub base: &'a Arc<Snapshot>,
+    /// What may differ from it.
+    pub touched: &'a Touched,
+}
+
+impl<'a> Since<'a> {
+    /// What may differ from `held`: [`Since::touched`] when `held` is the base, else
+    /// everything.
+    pub fn touched_from(since: Option<Since<'a>>, held: &Arc<Snapshot>) -> &'a Touched {
+        static EVERYTHING: std::sync::OnceLock<Touched> = std::sync::OnceLock::new();
+        match since {
+            Some(s) if Arc::ptr_eq(s.base, held) => s.touched,
+            _ => EVERYTHING.get_or_init(Touched::everything),
+        }
+    }
+}
 
 /// The change from one snapshot to the next, by Gateway, listener and route.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,7 +266,7 @@ impl SnapshotPatch {
         }
         check_gateways(&self.gateways, &snapshot.gateways)?;
         let old = std::mem::take(&mut snapshot.gateways);
-        snapshot.gateways = rebuild(old, self.gateways, edit_gateway);
+        snapshot.gateways = rebuild(old, self.gateways, edit_gateway, |g| g);
         if let Some(schema) = self.schema {
             snapshot.schema = schema;
         }
@@ -228,6 +338,13 @@ impl SnapshotPatch {
 
 /// The patch that turns `prev` into `next` (see the module docs).
 pub fn diff(prev: &Snapshot, next: &Snapshot) -> SnapshotPatch {
+    diff_since(prev, next, &Touched::everything())
+}
+
+/// [`diff`] for a `next` made from `prev` by a producer that touched only `touched`: Gateways
+/// outside it are kept without being compared. Equal to [`diff`] whenever `touched` keeps its
+/// contract (property-tested).
+pub fn diff_since(prev: &Snapshot, next: &Snapshot, touched: &Touched) -> SnapshotPatch {
     SnapshotPatch {
         base: prev.generation,
         generation: next.generation,
@@ -236,11 +353,170 @@ pub fn diff(prev: &Snapshot, next: &Snapshot) -> SnapshotPatch {
             &prev.gateways,
             &next.gateways,
             |g| (g.namespace.as_str(), g.name.as_str()),
+            |a, b| a.namespace == b.namespace && a.name == b.name,
+            |a, b| !touched.may_differ(&b.namespace, &b.name) || a == b,
             diff_gateway,
+            |g| Piece::Put(g.clone()),
         ),
         drains: (prev.drains != next.drains).then(|| next.drains.clone()),
         east_west: (prev.east_west != next.east_west).then(|| next.east_west.clone()),
     }
+}
+
+/// Whether `next`, made from `prev` by a producer that touched only `touched`, has the same
+/// content (generation aside): what [`diff_since`] would find nothing in, without building a
+/// patch.
+pub fn unchanged(prev: &Snapshot, next: &Snapshot, touched: &Touched) -> bool {
+    prev.schema == next.schema
+        && prev.drains == next.drains
+        && prev.east_west == next.east_west
+        && prev.gateways.len() == next.gateways.len()
+        && prev.gateways.iter().zip(&next.gateways).all(|(a, b)| {
+            // Untouched Gateways are equal; their names line the two lists up (a touched one
+            // that came or went shows as a name or content difference at the first place the
+            // lists differ).
+            if touched.may_differ(&a.namespace, &a.name)
+                || touched.may_differ(&b.namespace, &b.name)
+            {
+                a == b
+            } else {
+                a.namespace == b.namespace && a.name == b.name
+            }
+        })
+}
+
+/// Makes `next` share with `base` every route of the `touched` Gateways that is equal in both
+/// (same Gateway, listener and route name and content), and returns the Gateways that really
+/// differ: as precise as a whole comparison, for the price of comparing the touched Gateways
+/// (routes already shared by pointer). After a full translation (everything touched, every
+/// route a new allocation) this turns the new snapshot into one that shares what did not
+/// change with the published one, so publishing and the memory see only the change; after an
+/// incremental pass it drops Gateways whose routes were translated again to the same result.
+/// Content and order of `next` are unchanged.
+pub fn share_unchanged(base: &Snapshot, next: &mut Snapshot, touched: &Touched) -> Touched {
+    if touched.is_nothing() {
+        return Touched::nothing();
+    }
+    type Name<'s> = (&'s str, &'s str);
+    // Base Gateways by name; `None` for a repeated name (never matched: it differs).
+    let mut in_base: HashMap<Name<'_>, Option<usize>> = HashMap::new();
+    for (i, g) in base.gateways.iter().enumerate() {
+        if touched.may_differ(&g.namespace, &g.name) {
+            in_base
+                .entry((g.namespace.as_str(), g.name.as_str()))
+                .and_modify(|e| *e = None)
+                .or_insert(Some(i));
+        }
+    }
+    let mut repeated_in_next = vec![false; next.gateways.len()];
+    {
+        let mut first: HashMap<Name<'_>, usize> = HashMap::new();
+        for (j, g) in next.gateways.iter().enumerate() {
+            if let Some(&k) = first.get(&(g.namespace.as_str(), g.name.as_str())) {
+                repeated_in_next[k] = true;
+                repeated_in_next[j] = true;
+            } else {
+                first.insert((g.namespace.as_str(), g.name.as_str()), j);
+            }
+        }
+    }
+    let mut differ = Touched::nothing();
+    let mut matched = vec![false; base.gateways.len()];
+    for (j, g) in next.gateways.iter_mut().enumerate() {
+        if !touched.may_differ(&g.namespace, &g.name) {
+            continue;
+        }
+        let i = in_base
+            .get(&(g.namespace.as_str(), g.name.as_str()))
+            .copied()
+            .flatten()
+            .filter(|_| !repeated_in_next[j]);
+        let Some(i) = i else {
+            differ.gateway(&g.namespace, &g.name);
+            continue;
+        };
+        matched[i] = true;
+        if !share_gateway(&base.gateways[i], g) {
+            differ.gateway(&g.namespace, &g.name);
+        }
+    }
+    for (i, g) in base.gateways.iter().enumerate() {
+        if !matched[i] && touched.may_differ(&g.namespace, &g.name) {
+            differ.gateway(&g.namespace, &g.name);
+        }
+    }
+    // The Gateways found equal must also be in the same order among the others (a reordered
+    // list is not described by names): otherwise say everything.
+    fn kept<'s>(s: &'s Snapshot, differ: &Touched) -> Vec<(&'s str, &'s str)> {
+        s.gateways
+            .iter()
+            .filter(|g| !differ.may_differ(&g.namespace, &g.name))
+            .map(|g| (g.namespace.as_str(), g.name.as_str()))
+            .collect()
+    }
+    if kept(base, &differ) != kept(next, &differ) {
+        return Touched::everything();
+    }
+    differ
+}
+
+/// Shares the equal routes of `a` with `b` (listeners paired by position and name); whether
+/// the two Gateways are equal afterwards.
+fn share_gateway(a: &Gateway, b: &mut Gateway) -> bool {
+    let mut same =
+        a.served_by_header == b.served_by_header && a.listeners.len() == b.listeners.len();
+    for (x, y) in a.listeners.iter().zip(&mut b.listeners) {
+        if x.name != y.name {
+            same = false;
+            continue;
+        }
+        same &= x.address == y.address
+            && x.port == y.port
+            && x.protocol == y.protocol
+            && x.hostname == y.hostname
+            && x.tls == y.tls;
+        same &= share_routes(&x.routes, &mut y.routes);
+    }
+    same
+}
+
+/// Points every route of `new` equal to one of `old` at `old`'s allocation (by position when
+/// the names line up, else by name); whether the lists are equal.
+fn share_routes(old: &[Arc<Route>], new: &mut [Arc<Route>]) -> bool {
+    let mut same = old.len() == new.len();
+    let mut unmatched = Vec::new();
+    for (k, r) in new.iter_mut().enumerate() {
+        match old.get(k) {
+            Some(o) if Arc::ptr_eq(o, r) => {}
+            Some(o) if o.namespace == r.namespace && o.name == r.name => {
+                if **o == **r {
+                    *r = Arc::clone(o);
+                } else {
+                    same = false;
+                }
+            }
+            _ => {
+                same = false;
+                unmatched.push(k);
+            }
+        }
+    }
+    if !unmatched.is_empty() {
+        // A route came or went and the positions moved: share the rest by name.
+        let by_name: HashMap<(&str, &str), &Arc<Route>> = old
+            .iter()
+            .map(|o| ((o.namespace.as_str(), o.name.as_str()), o))
+            .collect();
+        for k in unmatched {
+            let r = &new[k];
+            if let Some(o) = by_name.get(&(r.namespace.as_str(), r.name.as_str()))
+                && ***o == **r
+            {
+                new[k] = Arc::clone(o);
+            }
+        }
+    }
+    same
 }
 
 /// A Gateway with the same name: always an edit (its identity did not change).
@@ -252,7 +528,10 @@ fn diff_gateway(at: usize, a: &Gateway, b: &Gateway) -> Piece<Gateway, GatewayEd
             &a.listeners,
             &b.listeners,
             |l| l.name.as_str(),
+            |a, b| a.name == b.name,
+            |a, b| a == b,
             diff_listener,
+            |l| Piece::Put(l.clone()),
         ),
     })
 }
@@ -286,22 +565,30 @@ fn diff_listener(at: usize, a: &Listener, b: &Listener) -> Piece<Listener, Liste
             routes,
             &b.routes,
             |r| (r.namespace.as_str(), r.name.as_str()),
-            |_, _, b| Piece::Put(b.clone()),
+            // A shared route is the same route: no need to look at its name.
+            |a, b| Arc::ptr_eq(a, b) || (a.namespace == b.namespace && a.name == b.name),
+            same_route,
+            |_, _, b| Piece::Put(Route::clone(b)),
+            |b| Piece::Put(Route::clone(b)),
         ),
     })
 }
 
 /// The pieces that rebuild `new` from `old`. Items are matched by position over the common
-/// prefix and suffix of names and by name (first unused occurrence) in between; a matched item
-/// that is equal is kept, a different one goes through `changed`, an unmatched one is put.
-fn diff_list<'a, T: PartialEq + Clone, E, K: Hash + Eq + 'a>(
+/// prefix and suffix of names (`same_key`: `key(a) == key(b)`, cheaper) and by name (first
+/// unused occurrence) in between; a matched item that is `same` is kept, a different one goes
+/// through `changed`, an unmatched one through `put`.
+fn diff_list<'a, T, U, E, K: Hash + Eq + 'a>(
     old: &'a [T],
     new: &'a [T],
     key: impl Fn(&'a T) -> K,
-    changed: impl Fn(usize, &'a T, &'a T) -> Piece<T, E>,
-) -> Vec<Piece<T, E>> {
+    same_key: impl Fn(&T, &T) -> bool,
+    same: impl Fn(&T, &T) -> bool,
+    changed: impl Fn(usize, &'a T, &'a T) -> Piece<U, E>,
+    put: impl Fn(&'a T) -> Piece<U, E>,
+) -> Vec<Piece<U, E>> {
     let mut out = Vec::new();
-    let same_at = |i: usize, j: usize| key(&old[i]) == key(&new[j]);
+    let same_at = |i: usize, j: usize| same_key(&old[i], &new[j]);
     let mut head = 0;
     while head < old.len() && head < new.len() && same_at(head, head) {
         head += 1;
@@ -313,8 +600,8 @@ fn diff_list<'a, T: PartialEq + Clone, E, K: Hash + Eq + 'a>(
     {
         tail += 1;
     }
-    let matched = |out: &mut Vec<Piece<T, E>>, i: usize, j: usize| {
-        if old[i] == new[j] {
+    let matched = |out: &mut Vec<Piece<U, E>>, i: usize, j: usize| {
+        if same(&old[i], &new[j]) {
             push_keep(out, i, 1);
         } else {
             out.push(changed(i, &old[i], &new[j]));
@@ -323,7 +610,16 @@ fn diff_list<'a, T: PartialEq + Clone, E, K: Hash + Eq + 'a>(
     for i in 0..head {
         matched(&mut out, i, i);
     }
-    let (old_mid, new_mid) = (head..old.len() - tail, head..new.len() - tail);
+    // In between, items that still line up are matched by position too (two changed routes
+    // far apart leave a long middle that needs no map); the map is built only for what is
+    // left after the first item that does not. Positional matching there picks what the map
+    // would (every earlier item of the middle is used), so the pieces are the same.
+    let mut mid = head;
+    while mid < old.len() - tail && mid < new.len() - tail && same_at(mid, mid) {
+        matched(&mut out, mid, mid);
+        mid += 1;
+    }
+    let (old_mid, new_mid) = (mid..old.len() - tail, mid..new.len() - tail);
     if !new_mid.is_empty() {
         let mut by_key: HashMap<K, VecDeque<usize>> = HashMap::new();
         for i in old_mid.clone() {
@@ -332,7 +628,7 @@ fn diff_list<'a, T: PartialEq + Clone, E, K: Hash + Eq + 'a>(
         for j in new_mid {
             match by_key.get_mut(&key(&new[j])).and_then(VecDeque::pop_front) {
                 Some(i) => matched(&mut out, i, j),
-                None => out.push(Piece::Put(new[j].clone())),
+                None => out.push(put(&new[j])),
             }
         }
     }
@@ -425,8 +721,14 @@ fn check_gateways(
     })
 }
 
-/// Rebuilds a checked list: kept items are moved out of `old`, edits applied with `edit`.
-fn rebuild<T, E: At>(old: Vec<T>, pieces: Vec<Piece<T, E>>, edit: impl Fn(T, E) -> T) -> Vec<T> {
+/// Rebuilds a checked list: kept items are moved out of `old`, edits applied with `edit`, put
+/// items turned into list items with `put`.
+fn rebuild<T, U, E: At>(
+    old: Vec<T>,
+    pieces: Vec<Piece<U, E>>,
+    edit: impl Fn(T, E) -> T,
+    put: impl Fn(U) -> T,
+) -> Vec<T> {
     let mut old: Vec<Option<T>> = old.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(pieces.len().max(old.len()));
     for piece in pieces {
@@ -439,7 +741,7 @@ fn rebuild<T, E: At>(old: Vec<T>, pieces: Vec<Piece<T, E>>, edit: impl Fn(T, E) 
                     out.push(edit(item, e));
                 }
             }
-            Piece::Put(item) => out.push(item),
+            Piece::Put(item) => out.push(put(item)),
         }
     }
     // Items no piece named (removed) are dropped with `old`.
@@ -474,12 +776,12 @@ fn edit_gateway(mut g: Gateway, e: GatewayEdit) -> Gateway {
         g.served_by_header = s;
     }
     let old = std::mem::take(&mut g.listeners);
-    g.listeners = rebuild(old, e.listeners, edit_listener);
+    g.listeners = rebuild(old, e.listeners, edit_listener, |l| l);
     g
 }
 
 fn edit_listener(mut l: Listener, e: ListenerEdit) -> Listener {
     let old = std::mem::take(&mut l.routes);
-    l.routes = rebuild(old, e.routes, |_, never: NoEdit| match never {});
+    l.routes = rebuild(old, e.routes, |_, never: NoEdit| match never {}, Arc::new);
     l
 }

@@ -647,7 +647,7 @@ struct HostIndex {
 impl HostIndex {
     fn build(
         listener: &ListenerInfo,
-        routes: &[Route],
+        routes: &[Arc<Route>],
         table: &mut RuleTable,
     ) -> Result<Self, SnapshotError> {
         let mut staged: HashMap<Option<String>, Vec<Entry>> = HashMap::new();

@@ -17,8 +17,15 @@
 //!           │           └─ …
 //!           └─ …
 //! ```
+//!
+//! Routes are held as [`Arc`]s: a snapshot made from an earlier one (the controller patches its
+//! snapshots in place, a proxy applies a patch) shares every route it did not change with it, so
+//! cloning a snapshot copies pointers, not routes, and [`Arc::ptr_eq`] is a cheap "unchanged"
+//! test (a shared route is only ever changed through [`Arc::make_mut`], which copies it first).
+//! On the wire a route is the route itself: the JSON shape does not show the sharing.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -60,55 +67,125 @@ impl Snapshot {
 
     /// Calls `f` on every backend of every rule, mirror backends (rule- and backend-level)
     /// included.
-    pub fn for_each_backend_mut(&mut self, mut f: impl FnMut(&mut Backend)) {
-        fn mirrors(filters: &mut [Filter], f: &mut impl FnMut(&mut Backend)) {
-            for filter in filters {
-                if let Filter::RequestMirror(m) = filter {
-                    f(&mut m.backend);
-                }
-            }
+    pub fn for_each_backend(&self, mut f: impl FnMut(&Backend)) {
+        for route in self
+            .gateways
+            .iter()
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+        {
+            for_each_route_backend(route, &mut f);
         }
-        for rule in self
+    }
+
+    /// [`Snapshot::for_each_backend`], mutably. Every route becomes this snapshot's own (a route shared with another snapshot
+    /// is copied first); to change only some, see [`Snapshot::set_endpoints`].
+    pub fn for_each_backend_mut(&mut self, mut f: impl FnMut(&mut Backend)) {
+        for route in self
             .gateways
             .iter_mut()
             .flat_map(|g| &mut g.listeners)
             .flat_map(|l| &mut l.routes)
-            .flat_map(|r| &mut r.rules)
         {
-            mirrors(&mut rule.filters, &mut f);
-            for b in &mut rule.backends {
-                mirrors(&mut b.filters, &mut f);
-                f(b);
-            }
+            for_each_route_backend_mut(Arc::make_mut(route), &mut f);
         }
     }
 
     /// Replaces protocol and endpoints of every resolved backend (mirrors included) for which
     /// `lookup(backend name)` answers; returns whether anything changed. This is the cheap path
-    /// for endpoint-only changes, shared by the controller and the distribution client.
+    /// for endpoint-only changes, shared by the controller and the distribution client. Only
+    /// the routes that change are copied (when shared); the others stay shared.
     pub fn set_endpoints<'a>(
         &mut self,
         lookup: impl Fn(&str) -> Option<(BackendProtocol, &'a [Endpoint])>,
     ) -> bool {
         let mut changed = false;
-        self.for_each_backend_mut(|b| {
-            let Some((protocol, eps)) = lookup(&b.name) else {
-                return;
-            };
-            if let BackendTarget::Endpoints {
-                protocol: p,
-                endpoints,
-                ..
-            } = &mut b.target
-                && (endpoints.as_slice() != eps || *p != protocol)
-            {
-                endpoints.clear();
-                endpoints.extend_from_slice(eps);
-                *p = protocol;
-                changed = true;
-            }
-        });
+        for g in &mut self.gateways {
+            changed |= g.set_endpoints(&lookup);
+        }
         changed
+    }
+}
+
+impl Gateway {
+    /// [`Snapshot::set_endpoints`] for this Gateway's routes only.
+    pub fn set_endpoints<'a>(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<(BackendProtocol, &'a [Endpoint])>,
+    ) -> bool {
+        let stale = |b: &Backend| match (&b.target, lookup(&b.name)) {
+            (
+                BackendTarget::Endpoints {
+                    protocol,
+                    endpoints,
+                    ..
+                },
+                Some((p, eps)),
+            ) => endpoints.as_slice() != eps || *protocol != p,
+            _ => false,
+        };
+        let mut changed = false;
+        for route in self.listeners.iter_mut().flat_map(|l| &mut l.routes) {
+            // Looked at first, copied only when something changes: a shared route that keeps its
+            // endpoints stays shared.
+            let mut any = false;
+            for_each_route_backend(route, |b| any |= stale(b));
+            if !any {
+                continue;
+            }
+            for_each_route_backend_mut(Arc::make_mut(route), &mut |b| {
+                if let BackendTarget::Endpoints {
+                    protocol: p,
+                    endpoints,
+                    ..
+                } = &mut b.target
+                    && let Some((protocol, eps)) = lookup(&b.name)
+                    && (endpoints.as_slice() != eps || *p != protocol)
+                {
+                    endpoints.clear();
+                    endpoints.extend_from_slice(eps);
+                    *p = protocol;
+                }
+            });
+            changed = true;
+        }
+        changed
+    }
+}
+
+/// Calls `f` on every backend of a route's rules, mirror backends included.
+fn for_each_route_backend(route: &Route, mut f: impl FnMut(&Backend)) {
+    fn mirrors(filters: &[Filter], f: &mut impl FnMut(&Backend)) {
+        for filter in filters {
+            if let Filter::RequestMirror(m) = filter {
+                f(&m.backend);
+            }
+        }
+    }
+    for rule in &route.rules {
+        mirrors(&rule.filters, &mut f);
+        for b in &rule.backends {
+            mirrors(&b.filters, &mut f);
+            f(b);
+        }
+    }
+}
+
+/// [`for_each_route_backend`], mutably.
+fn for_each_route_backend_mut(route: &mut Route, f: &mut impl FnMut(&mut Backend)) {
+    fn mirrors(filters: &mut [Filter], f: &mut impl FnMut(&mut Backend)) {
+        for filter in filters {
+            if let Filter::RequestMirror(m) = filter {
+                f(&mut m.backend);
+            }
+        }
+    }
+    for rule in &mut route.rules {
+        mirrors(&mut rule.filters, f);
+        for b in &mut rule.backends {
+            mirrors(&mut b.filters, f);
+            f(b);
+        }
     }
 }
 
@@ -141,7 +218,7 @@ pub enum Protocol {
 }
 
 /// One listener: a socket (address, port) plus an optional hostname.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
     /// Listener name (`sectionName`).
@@ -158,9 +235,64 @@ pub struct Listener {
     /// TLS material for HTTPS listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
-    /// Routes attached to this listener.
-    #[serde(default)]
-    pub routes: Vec<Route>,
+    /// Routes attached to this listener (shared between snapshots: see the module docs).
+    #[serde(default, with = "shared_seq")]
+    pub routes: Vec<Arc<Route>>,
+}
+
+impl PartialEq for Listener {
+    /// Field by field; a route shared by both sides ([`Arc::ptr_eq`]) is equal without looking
+    /// inside.
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured, so a field added to the listener is a compile error here.
+        let Listener {
+            name,
+            address,
+            port,
+            protocol,
+            hostname,
+            tls,
+            routes,
+        } = self;
+        *name == other.name
+            && *address == other.address
+            && *port == other.port
+            && *protocol == other.protocol
+            && *hostname == other.hostname
+            && *tls == other.tls
+            && same_routes(routes, &other.routes)
+    }
+}
+
+/// Whether two route lists are equal, shared routes compared by pointer only.
+pub fn same_routes(a: &[Arc<Route>], b: &[Arc<Route>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_route(x, y))
+}
+
+/// Whether two routes are equal: the same allocation, or equal content.
+pub fn same_route(a: &Arc<Route>, b: &Arc<Route>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+/// Serde for `Vec<Arc<T>>` as a plain sequence of `T` (serde's own `Arc` support needs its
+/// `rc` feature, which would rebuild every crate that uses serde for this one field).
+mod shared_seq {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &[Arc<T>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| &**x))
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Arc<T>>, D::Error> {
+        Ok(Vec::<T>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
 }
 
 /// TLS termination material of a listener.

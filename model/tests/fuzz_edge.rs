@@ -212,13 +212,16 @@ fn with_filter(f: Filter) -> Snapshot {
                 protocol: Protocol::Http,
                 hostname: None,
                 tls: None,
-                routes: vec![Route {
-                    namespace: "ns".to_string(),
-                    name: "r".to_string(),
-                    created_at: 0,
-                    hostnames: Vec::new(),
-                    rules: vec![rule],
-                }],
+                routes: vec![
+                    Route {
+                        namespace: "ns".to_string(),
+                        name: "r".to_string(),
+                        created_at: 0,
+                        hostnames: Vec::new(),
+                        rules: vec![rule],
+                    }
+                    .into(),
+                ],
             }],
             served_by_header: false,
         }],

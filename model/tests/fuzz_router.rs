@@ -147,7 +147,7 @@ fn snapshot_of(listener_host: Option<&str>, routes: Vec<Route>) -> Snapshot {
                 protocol: Protocol::Http,
                 hostname: listener_host.map(str::to_string),
                 tls: None,
-                routes,
+                routes: routes.into_iter().map(Into::into).collect(),
             }],
             served_by_header: false,
         }],

@@ -62,7 +62,8 @@ fn hostname_intersection_narrows_route_hostnames_to_each_listener() {
         l.routes.push(
             route("infra", "no-intersecting-hosts")
                 .hosts(&["specific.but.wrong.com", "wildcard.io"])
-                .rule(rule().path("/s5").to("v2")),
+                .rule(rule().path("/s5").to("v2"))
+                .into(),
         );
     }
     let g2 = gateway("infra", "gateway-without-hostname").listener(
@@ -385,12 +386,13 @@ fn https_listener_routes_by_sni_and_host() {
         l.routes.push(
             route("infra", "r1")
                 .host("example.org")
-                .rule(rule().to("v1")),
+                .rule(rule().to("v1"))
+                .into(),
         );
     }
     gw.listeners[1]
         .routes
-        .push(route("infra", "r2").rule(rule().to("v2")));
+        .push(route("infra", "r2").rule(rule().to("v2")).into());
     let router = compile(vec![gw]);
     check(
         &router,

@@ -141,6 +141,7 @@ fn listener(rng: &mut Rng, name: &str, port: u16, hostname: Option<&str>) -> Lis
                 .collect(),
             rules: (0..1 + rng.below(3)).map(|_| rule(rng)).collect(),
         })
+        .map(Arc::new)
         .collect();
     Listener {
         name: name.into(),
@@ -360,7 +361,10 @@ fn two_routes() -> Snapshot {
             protocol: Protocol::Http,
             hostname: None,
             tls: None,
-            routes: vec![route("a", "/a", "ns/a:80"), route("b", "/b", "ns/b:80")],
+            routes: vec![
+                route("a", "/a", "ns/a:80").into(),
+                route("b", "/b", "ns/b:80").into(),
+            ],
         }],
         served_by_header: false,
     }];

@@ -7,14 +7,22 @@
 //! Snapshots come from a small vocabulary (few names, so lists share, repeat and reorder items)
 //! and, as seeds, from the fuzz corpus's valid snapshots. `next` is either an independent
 //! snapshot or `prev` with a few edits (route put/changed/removed/moved, listener settings,
-//! Gateways added/removed/reordered, drains, east-west), the case the controller publishes.
+//! Gateways added/removed/reordered, drains, east-west), the case the controller publishes. An
+//! edited `next` shares its untouched routes with `prev` (copy on write, as in the controller)
+//! and comes with the Gateways the edits touched: the patch from that hint
+//! ([`diff_since`]) must equal the full diff, which must equal the diff of unshared deep copies,
+//! and [`unchanged`] must agree with the full comparison.
 #![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
 
 mod common;
 mod fuzz_support;
 
 use meridian_model::GatewayRef;
-use meridian_model::patch::{PatchError, Piece, SnapshotPatch, diff};
+use meridian_model::patch::{
+    PatchError, Piece, SnapshotPatch, Touched, diff, diff_since, share_unchanged, unchanged,
+};
 use meridian_model::snapshot::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -67,7 +75,7 @@ fn listener() -> impl Strategy<Value = Listener> {
         .prop_map(|(n, port, hostname, routes)| {
             let mut l = common::listener(&n, port);
             l.hostname = hostname;
-            l.routes = routes;
+            l.routes = routes.into_iter().map(Arc::new).collect();
             l
         })
 }
@@ -164,26 +172,42 @@ fn pick<T>(items: &mut [T], i: usize) -> Option<&mut T> {
     (n > 0).then(|| &mut items[i % n])
 }
 
-fn routes_of(s: &mut Snapshot, g: usize, l: usize) -> Option<&mut Vec<Route>> {
+/// The routes of listener `l` of Gateway `g`, noting the Gateway as touched.
+fn routes_of<'s>(
+    s: &'s mut Snapshot,
+    g: usize,
+    l: usize,
+    touched: &mut Touched,
+) -> Option<&'s mut Vec<Arc<Route>>> {
     let gw = pick(&mut s.gateways, g)?;
+    touched.gateway(&gw.namespace, &gw.name);
     Some(&mut pick(&mut gw.listeners, l)?.routes)
 }
 
-fn apply_edit(s: &mut Snapshot, e: Edit) {
+/// Gateway `g`, noted as touched.
+fn gateway_at<'s>(s: &'s mut Snapshot, g: usize, touched: &mut Touched) -> Option<&'s mut Gateway> {
+    let gw = pick(&mut s.gateways, g)?;
+    touched.gateway(&gw.namespace, &gw.name);
+    Some(gw)
+}
+
+/// Applies one edit, noting the Gateways it touches (a producer's hint).
+fn apply_edit(s: &mut Snapshot, e: Edit, touched: &mut Touched) {
     match e {
         Edit::PutRoute(g, l, r, x) => {
-            if let Some(routes) = routes_of(s, g, l) {
+            if let Some(routes) = routes_of(s, g, l, touched) {
                 let at = r % (routes.len() + 1);
-                routes.insert(at, x);
+                routes.insert(at, Arc::new(x));
             }
         }
         Edit::ChangeRoute(g, l, r, port) => {
-            if let Some(route) = routes_of(s, g, l).and_then(|rs| pick(rs, r)) {
-                route.created_at += i64::from(port) + 1;
+            if let Some(route) = routes_of(s, g, l, touched).and_then(|rs| pick(rs, r)) {
+                // Copy on write: the other snapshot keeps its route.
+                Arc::make_mut(route).created_at += i64::from(port) + 1;
             }
         }
         Edit::RemoveRoute(g, l, r) => {
-            if let Some(routes) = routes_of(s, g, l)
+            if let Some(routes) = routes_of(s, g, l, touched)
                 && !routes.is_empty()
             {
                 let at = r % routes.len();
@@ -191,7 +215,7 @@ fn apply_edit(s: &mut Snapshot, e: Edit) {
             }
         }
         Edit::MoveRoute(g, l, r, to) => {
-            if let Some(routes) = routes_of(s, g, l)
+            if let Some(routes) = routes_of(s, g, l, touched)
                 && !routes.is_empty()
             {
                 let x = routes.remove(r % routes.len());
@@ -200,20 +224,20 @@ fn apply_edit(s: &mut Snapshot, e: Edit) {
             }
         }
         Edit::ListenerPort(g, l, port) => {
-            if let Some(gw) = pick(&mut s.gateways, g)
+            if let Some(gw) = gateway_at(s, g, touched)
                 && let Some(li) = pick(&mut gw.listeners, l)
             {
                 li.port = port;
             }
         }
         Edit::PutListener(g, l, x) => {
-            if let Some(gw) = pick(&mut s.gateways, g) {
+            if let Some(gw) = gateway_at(s, g, touched) {
                 let at = l % (gw.listeners.len() + 1);
                 gw.listeners.insert(at, x);
             }
         }
         Edit::RemoveListener(g, l) => {
-            if let Some(gw) = pick(&mut s.gateways, g)
+            if let Some(gw) = gateway_at(s, g, touched)
                 && !gw.listeners.is_empty()
             {
                 let at = l % gw.listeners.len();
@@ -222,22 +246,26 @@ fn apply_edit(s: &mut Snapshot, e: Edit) {
         }
         Edit::PutGateway(g, x) => {
             let at = g % (s.gateways.len() + 1);
+            touched.gateway(&x.namespace, &x.name);
             s.gateways.insert(at, x);
         }
         Edit::RemoveGateway(g) => {
             if !s.gateways.is_empty() {
                 let at = g % s.gateways.len();
-                s.gateways.remove(at);
+                let gone = s.gateways.remove(at);
+                touched.gateway(&gone.namespace, &gone.name);
             }
         }
         Edit::SwapGateways(a, b) => {
             let n = s.gateways.len();
             if n > 0 {
+                gateway_at(s, a, touched);
+                gateway_at(s, b, touched);
                 s.gateways.swap(a % n, b % n);
             }
         }
         Edit::ServedBy(g) => {
-            if let Some(gw) = pick(&mut s.gateways, g) {
+            if let Some(gw) = gateway_at(s, g, touched) {
                 gw.served_by_header = !gw.served_by_header;
             }
         }
@@ -247,21 +275,38 @@ fn apply_edit(s: &mut Snapshot, e: Edit) {
     }
 }
 
-/// A previous snapshot and a next one: edited from it (mostly) or independent.
-fn pair() -> impl Strategy<Value = (Snapshot, Snapshot)> {
+/// A previous snapshot and a next one: edited from it (mostly; with the Gateways the edits
+/// touched) or independent (anything may differ).
+fn hinted_pair() -> impl Strategy<Value = (Snapshot, Snapshot, Touched)> {
     prop_oneof![
         4 => (snapshot(), prop::collection::vec(edit(), 0..6), 0u64..3).prop_map(
             |(prev, edits, step)| {
                 let mut next = prev.clone();
+                let mut touched = Touched::nothing();
                 next.generation += step;
                 for e in edits {
-                    apply_edit(&mut next, e);
+                    apply_edit(&mut next, e, &mut touched);
                 }
-                (prev, next)
+                (prev, next, touched)
             }
         ),
-        1 => (snapshot(), snapshot()),
+        1 => (snapshot(), snapshot()).prop_map(|(a, b)| (a, b, Touched::everything())),
     ]
+}
+
+fn pair() -> impl Strategy<Value = (Snapshot, Snapshot)> {
+    hinted_pair().prop_map(|(a, b, _)| (a, b))
+}
+
+/// The same snapshot with no route shared with any other (every route a fresh allocation).
+fn deep_copy(s: &Snapshot) -> Snapshot {
+    let mut c = s.clone();
+    for l in c.gateways.iter_mut().flat_map(|g| &mut g.listeners) {
+        for r in &mut l.routes {
+            *r = Arc::new(Route::clone(r));
+        }
+    }
+    c
 }
 
 fn bytes(s: &Snapshot) -> String {
@@ -322,16 +367,84 @@ fn check_pair(prev: &Snapshot, next: &Snapshot) -> Result<(), TestCaseError> {
 
 #[test]
 fn applying_the_diff_gives_the_next_snapshot() {
-    fuzz_support::run("patch", 512, REGRESSIONS, pair(), |(prev, next)| {
-        check_pair(&prev, &next)?;
-        // Equal contents: an empty patch, which leaves the snapshot as it was.
-        let patch = diff(&prev, &prev);
-        prop_assert!(patch.is_empty(prev.gateways.len()));
-        let mut same = prev.clone();
-        patch.apply(&mut same).unwrap();
-        prop_assert_eq!(&same, &prev);
-        Ok(())
-    });
+    fuzz_support::run(
+        "patch",
+        512,
+        REGRESSIONS,
+        hinted_pair(),
+        |(prev, next, touched)| {
+            check_pair(&prev, &next)?;
+            // The producer's hint changes nothing but the cost, and sharing nothing but the cost.
+            let full = diff(&prev, &next);
+            prop_assert_eq!(&diff_since(&prev, &next, &touched), &full);
+            prop_assert_eq!(&diff(&deep_copy(&prev), &deep_copy(&next)), &full);
+            let mut renumbered = prev.clone();
+            renumbered.generation = next.generation;
+            prop_assert_eq!(unchanged(&prev, &next, &touched), renumbered == next);
+            prop_assert_eq!(
+                unchanged(&prev, &next, &touched),
+                full.is_empty(prev.gateways.len())
+            );
+            // Sharing the equal routes back (as after a full translation: nothing shared,
+            // anything may differ) gives a precise hint, the same content and the same patch.
+            for (mut shared, hint) in [
+                (next.clone(), touched.clone()),
+                (deep_copy(&next), Touched::everything()),
+            ] {
+                let precise = share_unchanged(&prev, &mut shared, &hint);
+                prop_assert_eq!(bytes(&shared), bytes(&next));
+                prop_assert_eq!(&diff_since(&prev, &shared, &precise), &full);
+                // Nothing only when nothing differs; and when nothing differs, nothing (as long
+                // as the names say which Gateway is which: repeated names always differ).
+                let unique = |s: &Snapshot| {
+                    let names: std::collections::BTreeSet<_> =
+                        s.gateways.iter().map(|g| (&g.namespace, &g.name)).collect();
+                    names.len() == s.gateways.len()
+                };
+                if precise.is_nothing() {
+                    prop_assert!(prev.gateways == next.gateways);
+                } else if unique(&prev) && unique(&next) {
+                    prop_assert!(prev.gateways != next.gateways, "{:?}", precise);
+                }
+                if !precise.is_everything() {
+                    // What it does not name is shared: those Gateways' routes are the base's.
+                    // (Gateways with a repeated name cannot be paired by name: left out.)
+                    let named = |s: &'_ Snapshot, b: &Gateway| -> Vec<usize> {
+                        (0..s.gateways.len())
+                            .filter(|&i| {
+                                s.gateways[i].namespace == b.namespace
+                                    && s.gateways[i].name == b.name
+                            })
+                            .collect()
+                    };
+                    for b in &shared.gateways {
+                        let (at, here) = (named(&prev, b), named(&shared, b));
+                        if !precise.may_differ(&b.namespace, &b.name)
+                            && at.len() == 1
+                            && here.len() == 1
+                        {
+                            let a = &prev.gateways[at[0]];
+                            for (x, y) in a.listeners.iter().zip(&b.listeners) {
+                                prop_assert!(
+                                    x.routes
+                                        .iter()
+                                        .zip(&y.routes)
+                                        .all(|(p, q)| Arc::ptr_eq(p, q))
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            // Equal contents: an empty patch, which leaves the snapshot as it was.
+            let patch = diff(&prev, &prev);
+            prop_assert!(patch.is_empty(prev.gateways.len()));
+            let mut same = prev.clone();
+            patch.apply(&mut same).unwrap();
+            prop_assert_eq!(&same, &prev);
+            Ok(())
+        },
+    );
 }
 
 /// Corrupting one piece of a valid patch: either it still applies (then the result is what the
@@ -388,7 +501,7 @@ fn corpus_snapshots_diff_and_apply() {
             for l in &mut g.listeners {
                 l.routes.reverse();
                 if let Some(r) = l.routes.first_mut() {
-                    r.created_at += 1;
+                    Arc::make_mut(r).created_at += 1;
                 }
             }
         }
@@ -402,15 +515,16 @@ fn one_changed_route_travels_alone() {
     let mut prev = common::snapshot(vec![common::gateway("ns", "gw")]);
     let mut l = common::listener("http", 80);
     for i in 0..100 {
-        l.routes.push(common::route("ns", &format!("r{i:03}")));
+        l.routes
+            .push(common::route("ns", &format!("r{i:03}")).into());
     }
     prev.gateways[0].listeners.push(l);
     let mut next = prev.clone();
     next.generation = 2;
-    next.gateways[0].listeners[0].routes[50].created_at = 7;
+    Arc::make_mut(&mut next.gateways[0].listeners[0].routes[50]).created_at = 7;
     next.gateways[0].listeners[0]
         .routes
-        .insert(10, common::route("ns", "new"));
+        .insert(10, common::route("ns", "new").into());
     // Old r089 (at 90 after the insertion).
     next.gateways[0].listeners[0].routes.remove(90);
     let patch = diff(&prev, &next);

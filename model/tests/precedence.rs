@@ -11,7 +11,7 @@ use meridian_model::snapshot::Route;
 
 fn listener_with(routes: Vec<Route>) -> meridian_model::Router {
     let mut l = listener("http", 80);
-    l.routes = routes;
+    l.routes = routes.into_iter().map(Into::into).collect();
     compile(vec![gateway("infra", "same-namespace").listener(l)])
 }
 

@@ -917,6 +917,7 @@ mod tests {
                     ..Rule::default()
                 }],
             })
+            .map(Into::into)
             .collect();
         let mut s = Snapshot::empty(1);
         s.gateways = vec![SnapshotGateway {

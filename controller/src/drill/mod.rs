@@ -204,11 +204,11 @@ impl DrillShared {
     /// at once).
     pub(crate) fn note_published<'a>(
         &self,
-        snapshots: impl IntoIterator<Item = (&'a str, &'a Snapshot)>,
+        snapshots: impl IntoIterator<Item = (&'a str, Arc<Snapshot>)>,
     ) {
         let snapshots: Vec<(String, Arc<Snapshot>)> = snapshots
             .into_iter()
-            .map(|(c, s)| (c.to_string(), Arc::new(s.clone())))
+            .map(|(c, s)| (c.to_string(), s))
             .collect();
         self.published.send_modify(|m| m.extend(snapshots));
     }

@@ -753,13 +753,16 @@ mod tests {
                     protocol: Protocol::Http,
                     hostname: None,
                     tls: None,
-                    routes: vec![Route {
-                        namespace: ns.to_string(),
-                        name: "r".into(),
-                        created_at: 0,
-                        hostnames: vec![],
-                        rules: vec![rule],
-                    }],
+                    routes: vec![
+                        Route {
+                            namespace: ns.to_string(),
+                            name: "r".into(),
+                            created_at: 0,
+                            hostnames: vec![],
+                            rules: vec![rule],
+                        }
+                        .into(),
+                    ],
                 };
                 Gateway {
                     namespace: ns.to_string(),

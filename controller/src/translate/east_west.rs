@@ -33,6 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
+use meridian_model::patch::Touched;
 use meridian_model::snapshot::{
     BackendProtocol, BackendTarget, EastWestBackend, Endpoint, FailoverPolicy, Snapshot,
 };
@@ -193,7 +194,8 @@ pub(crate) fn apply(
 /// The endpoint-only path for one backend name: `raw` are its new endpoints as resolution
 /// produces them (every cluster's, direct). Patches every snapshot's copies of backend `name`
 /// for its network, the `name` entry of every east-west section, and `missing`; returns the
-/// clusters whose snapshot changed. Gives what [`apply`] gives after a full translation.
+/// clusters whose snapshot changed, with the Gateways each change touched (with several
+/// networks: everything). Gives what [`apply`] gives after a full translation.
 pub(crate) fn refresh(
     world: &World,
     listeners: &EastWestListeners,
@@ -202,16 +204,18 @@ pub(crate) fn refresh(
     protocol: BackendProtocol,
     raw: &[Endpoint],
     missing: &mut MissingRemote,
-) -> BTreeSet<ClusterName> {
-    let mut changed = BTreeSet::new();
+) -> BTreeMap<ClusterName, Touched> {
     if !world.multi_network() {
+        let mut changed = BTreeMap::new();
         for (c, snapshot) in snapshots.iter_mut() {
-            if snapshot.set_endpoints(|n| (n == name).then_some((protocol, raw))) {
-                changed.insert(c.clone());
+            let touched = super::refresh::set_endpoints(snapshot, name, protocol, raw);
+            if !touched.is_nothing() {
+                changed.insert(c.clone(), touched);
             }
         }
         return changed;
     }
+    let mut changed = BTreeSet::new();
     // Network → the policy its section entry carries (first found, see the module docs);
     // present when some other-network snapshot carrying `name` wants it.
     let mut wanted: BTreeMap<String, Option<FailoverPolicy>> = BTreeMap::new();
@@ -220,7 +224,7 @@ pub(crate) fn refresh(
         let l = localize(world, listeners, own, raw);
         let mut carries = false;
         let mut policy: Option<FailoverPolicy> = None;
-        snapshot.for_each_backend_mut(|b| {
+        snapshot.for_each_backend(|b| {
             if b.name != name {
                 return;
             }
@@ -249,6 +253,9 @@ pub(crate) fn refresh(
         world, snapshots, name, protocol, raw, &wanted,
     ));
     changed
+        .into_iter()
+        .map(|c| (c, Touched::everything()))
+        .collect()
 }
 
 /// Records what backend `name` of `cluster`'s snapshot lacks (nothing: forgets it).

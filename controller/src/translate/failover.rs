@@ -494,7 +494,7 @@ fn judge_targets(
 /// removes it).
 pub(crate) fn stale_endpoints_condition<'r>(
     ctx: &Ctx<'_>,
-    routes: impl IntoIterator<Item = &'r model::Route>,
+    routes: impl IntoIterator<Item = &'r std::sync::Arc<model::Route>>,
 ) -> Option<Cond> {
     let unreachable = &ctx.cfg.unreachable;
     if unreachable.is_empty() {
@@ -648,7 +648,7 @@ fn failback(f: &crd::Failback) -> Result<Box<model::Failback>, PolicyInvalid> {
 
 /// Calls `f` on every endpoint of every backend of `routes`, mirror backends included.
 fn for_each_endpoint<'r>(
-    routes: impl IntoIterator<Item = &'r model::Route>,
+    routes: impl IntoIterator<Item = &'r std::sync::Arc<model::Route>>,
     mut f: impl FnMut(&model::Endpoint),
 ) {
     let mut backend = |b: &model::Backend| {

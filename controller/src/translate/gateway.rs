@@ -183,7 +183,7 @@ pub(crate) struct ListenerState {
     /// Routes attached (Accepted) through this listener.
     pub attached: BTreeSet<ObjectKey>,
     /// Snapshot routes (only filled while the listener is served).
-    pub routes: Vec<model::Route>,
+    pub routes: Vec<Arc<model::Route>>,
     /// `false` for a second listener with an already used name: it gets no status entry.
     pub has_status: bool,
 }

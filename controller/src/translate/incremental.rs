@@ -60,7 +60,13 @@
 //!   served endpoint);
 //! * member clusters on more than one network (the east-west rewrite reads every snapshot),
 //!   and with it changes of the east-west listeners;
-//! * a change of the controller name, supported features or loopback policy.
+//! * a change of the controller name, supported features or loopback policy;
+//! * with [`Incremental::set_broad_limit`], a change that would translate more than a given
+//!   share of a large cluster's routes again ([`Fallback::Broad`]; the estimate runs before
+//!   anything is changed). Off by default: measured at 10k routes, re-attaching every route
+//!   incrementally (168 ms for a listener hostname change) costs no more than the full
+//!   translation that also seeds the incremental state (188 ms), now that routes move as
+//!   pointers (docs/benchmarks.md "Incremental translation").
 //!
 //! The caller also keeps running full passes for what it cannot describe as object changes:
 //! re-lists (a watcher's initial list), drills and drains do not go through translation at all.
@@ -72,6 +78,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use meridian_model::Snapshot;
+use meridian_model::patch::Touched;
 use meridian_model::snapshot as model;
 
 use super::deps::{self, Affected, DepIndex};
@@ -137,6 +144,9 @@ pub enum Fallback {
     /// Controller name, supported features or the loopback policy changed.
     #[error("translation settings changed")]
     Settings,
+    /// The change would translate most routes of a large cluster again.
+    #[error("the change translates most routes again")]
+    Broad,
 }
 
 /// What the last pass translated with, besides the world.
@@ -243,12 +253,25 @@ impl ClusterCache {
 }
 
 /// Incremental translation state (module docs).
-#[derive(Default)]
 pub struct Incremental {
     seeded: bool,
     clusters: BTreeMap<ClusterName, ClusterCache>,
     deps: DepIndex,
     seen: Seen,
+    /// `(minimum routes, percent)` of [`Fallback::Broad`] (`usize::MAX`: never).
+    broad: (usize, usize),
+}
+
+impl Default for Incremental {
+    fn default() -> Self {
+        Self {
+            seeded: false,
+            clusters: BTreeMap::new(),
+            deps: DepIndex::default(),
+            seen: Seen::default(),
+            broad: (usize::MAX, usize::MAX),
+        }
+    }
 }
 
 impl std::fmt::Debug for Incremental {
@@ -269,12 +292,24 @@ pub struct Pass {
     pub routes: usize,
     /// Gateways whose status was recomputed.
     pub gateways: usize,
+    /// Per member cluster, the Gateways whose snapshot entry it changed (replaced, added,
+    /// removed, or a route put in or taken out): every other Gateway of the snapshot is as it
+    /// was, its routes the same allocations. The publish path compares only these
+    /// ([`meridian_model::patch::diff_since`]).
+    pub touched: BTreeMap<ClusterName, Touched>,
 }
 
 impl Incremental {
     /// Nothing kept yet: the first pass must be [`Incremental::full`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets when a broad change falls back ([`Fallback::Broad`]): in clusters of at least
+    /// `min_routes` routes, when more than `percent` % of them would be translated again
+    /// (`usize::MAX` as either: never, the default; see the module docs for why).
+    pub fn set_broad_limit(&mut self, min_routes: usize, percent: usize) {
+        self.broad = (min_routes, percent);
     }
 
     /// The full translation ([`super::translate`], the same code) of `world`, keeping what the
@@ -315,7 +350,8 @@ impl Incremental {
 
     /// Translates again what `changes` (and the differences of `cfg` from the last pass's)
     /// affect, patching `snapshots` (the last pass's, as the caller keeps them) in place.
-    /// On [`Fallback`] nothing was changed: run [`Incremental::full`].
+    /// On [`Fallback`] the snapshots were not changed: run [`Incremental::full`] (which
+    /// re-seeds everything this pass may have started to note).
     pub fn update(
         &mut self,
         world: &World,
@@ -332,6 +368,7 @@ impl Incremental {
         }
         self.config_diff(cfg, &mut affected);
         self.seen = Seen::of(cfg);
+        self.check_broad(world, cfg, &affected)?;
 
         let mut pass = Pass::default();
         let empty = BTreeSet::new();
@@ -356,9 +393,44 @@ impl Incremental {
                 routes: affected.routes.remove(name).unwrap_or_default(),
                 namespaces: affected.namespaces.get(name),
             };
-            cache.update(&ctx, &self.deps, dirty, snapshot, &mut pass);
+            let mut out = Out {
+                snapshot,
+                touched: Touched::nothing(),
+            };
+            cache.update(&ctx, &self.deps, dirty, &mut out, &mut pass);
+            if !out.touched.is_nothing() {
+                pass.touched.insert(name.clone(), out.touched);
+            }
         }
         Ok(pass)
+    }
+
+    /// [`Fallback::Broad`] when a large cluster would translate most of its routes again: counts
+    /// (an upper bound) the routes the pass would translate, before it changes anything.
+    fn check_broad(
+        &self,
+        world: &World,
+        cfg: &TranslateConfig,
+        affected: &Affected,
+    ) -> Result<(), Fallback> {
+        let (min_routes, percent) = self.broad;
+        for (name, cluster) in &world.clusters {
+            let total = cluster.http_routes.len();
+            let Some(cache) = self.clusters.get(name).filter(|_| total >= min_routes) else {
+                continue;
+            };
+            let ctx = Ctx {
+                world,
+                cluster_name: name,
+                cluster,
+                cfg,
+            };
+            let routes = cache.estimate(&ctx, &self.deps, affected);
+            if routes.saturating_mul(100) > total.saturating_mul(percent) {
+                return Err(Fallback::Broad);
+            }
+        }
+        Ok(())
     }
 
     /// Gateways whose data-plane state or addresses changed, and objects whose unconfirmed
@@ -439,6 +511,12 @@ impl Incremental {
     }
 }
 
+/// One cluster's snapshot being patched, and the Gateways the patching touched.
+struct Out<'s> {
+    snapshot: &'s mut Snapshot,
+    touched: Touched,
+}
+
 /// What is affected in one cluster.
 struct Dirty<'a> {
     classes: bool,
@@ -448,12 +526,45 @@ struct Dirty<'a> {
 }
 
 impl ClusterCache {
+    /// How many routes [`ClusterCache::update`] would translate again for `affected` (an upper
+    /// bound: the sets it unites are counted apart), without changing anything.
+    fn estimate(&self, ctx: &Ctx<'_>, deps: &DepIndex, affected: &Affected) -> usize {
+        let name = ctx.cluster_name;
+        let mut n = affected.routes.get(name).map_or(0, BTreeSet::len);
+        let gateways_dirty = affected.gateways.get(name).is_some_and(|g| !g.is_empty());
+        let classes = gateway::classes(ctx, &mut Vec::new());
+        if affected.classes.contains(name) || classes != self.classes || gateways_dirty {
+            let mut fresh = gateway::build_all(ctx, &classes);
+            gateway::detect_shared_socket_conflicts(&mut fresh);
+            let keys: BTreeSet<&ObjectKey> = self.gateways.keys().chain(fresh.keys()).collect();
+            for key in keys {
+                let old = self.gateways.get(key);
+                let new = fresh.get(key);
+                if let (Some(old), Some(new)) = (old, new)
+                    && (same_state(old, new) || attach_view(old) == attach_view(new))
+                {
+                    continue;
+                }
+                n += deps.routes_naming(name, key).len();
+                n += old.map_or(0, |o| o.listeners.iter().map(|l| l.attached.len()).sum());
+            }
+        }
+        if let Some(namespaces) = affected.namespaces.get(name)
+            && deps::reads_namespace_labels(&self.gateways)
+        {
+            for ns in namespaces {
+                n += deps::routes_in(ctx.cluster, ns).count();
+            }
+        }
+        n
+    }
+
     fn update(
         &mut self,
         ctx: &Ctx<'_>,
         deps: &DepIndex,
         dirty: Dirty<'_>,
-        snapshot: &mut Snapshot,
+        snapshot: &mut Out<'_>,
         pass: &mut Pass,
     ) {
         let Dirty {
@@ -517,7 +628,7 @@ impl ClusterCache {
         &mut self,
         ctx: &Ctx<'_>,
         deps: &DepIndex,
-        snapshot: &mut Snapshot,
+        snapshot: &mut Out<'_>,
         routes: &mut BTreeSet<ObjectKey>,
         touched: &mut BTreeSet<ObjectKey>,
     ) {
@@ -563,7 +674,7 @@ impl ClusterCache {
         ctx: &Ctx<'_>,
         key: &ObjectKey,
         backends: &mut backend::Cache,
-        snapshot: &mut Snapshot,
+        snapshot: &mut Out<'_>,
         touched: &mut BTreeSet<ObjectKey>,
         pass: &mut Pass,
     ) {
@@ -720,17 +831,13 @@ fn find_gateway(snapshot: &Snapshot, key: &ObjectKey) -> Result<usize, usize> {
 
 /// Replaces (or removes, or inserts) Gateway `key`'s snapshot entry; with `keep_routes` the
 /// routes of the old entry move to the new one's listeners of the same name.
-fn set_entry(
-    snapshot: &mut Snapshot,
-    key: &ObjectKey,
-    new: Option<model::Gateway>,
-    keep_routes: bool,
-) {
+fn set_entry(out: &mut Out<'_>, key: &ObjectKey, new: Option<model::Gateway>, keep_routes: bool) {
+    let snapshot = &mut *out.snapshot;
     match (find_gateway(snapshot, key), new) {
         (Ok(i), None) => {
             snapshot.gateways.remove(i);
         }
-        (Err(_), None) => {}
+        (Err(_), None) => return,
         (Ok(i), Some(mut new)) => {
             if keep_routes {
                 let old = &mut snapshot.gateways[i];
@@ -744,31 +851,35 @@ fn set_entry(
         }
         (Err(i), Some(new)) => snapshot.gateways.insert(i, new),
     }
+    out.touched.gateway(&key.namespace, &key.name);
 }
 
-/// The routes of listener `listener` of Gateway `gw` in a snapshot, if it is there.
+/// The routes of listener `listener` of Gateway `gw` in a snapshot, if it is there; the
+/// Gateway is noted as touched.
 fn listener_routes<'s>(
-    snapshot: &'s mut Snapshot,
+    out: &'s mut Out<'_>,
     gw: &ObjectKey,
     listener: &str,
-) -> Option<&'s mut Vec<model::Route>> {
-    let i = find_gateway(snapshot, gw).ok()?;
-    snapshot.gateways[i]
+) -> Option<&'s mut Vec<Arc<model::Route>>> {
+    let i = find_gateway(out.snapshot, gw).ok()?;
+    let routes = out.snapshot.gateways[i]
         .listeners
         .iter_mut()
         .find(|l| l.name == listener)
-        .map(|l| &mut l.routes)
+        .map(|l| &mut l.routes)?;
+    out.touched.gateway(&gw.namespace, &gw.name);
+    Some(routes)
 }
 
-fn route_position(routes: &[model::Route], key: &ObjectKey) -> Result<usize, usize> {
+fn route_position(routes: &[Arc<model::Route>], key: &ObjectKey) -> Result<usize, usize> {
     routes.binary_search_by(|r| {
         (r.namespace.as_str(), r.name.as_str()).cmp(&(&key.namespace, &key.name))
     })
 }
 
 /// Puts a served route in its place (namespace/name order) in a listener's routes.
-fn insert_route(snapshot: &mut Snapshot, gw: &ObjectKey, listener: &str, route: model::Route) {
-    let Some(routes) = listener_routes(snapshot, gw, listener) else {
+fn insert_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, route: Arc<model::Route>) {
+    let Some(routes) = listener_routes(out, gw, listener) else {
         return;
     };
     let key = ObjectKey::new(route.namespace.as_str(), route.name.as_str());
@@ -778,8 +889,8 @@ fn insert_route(snapshot: &mut Snapshot, gw: &ObjectKey, listener: &str, route: 
     }
 }
 
-fn remove_route(snapshot: &mut Snapshot, gw: &ObjectKey, listener: &str, key: &ObjectKey) {
-    if let Some(routes) = listener_routes(snapshot, gw, listener)
+fn remove_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, key: &ObjectKey) {
+    if let Some(routes) = listener_routes(out, gw, listener)
         && let Ok(i) = route_position(routes, key)
     {
         routes.remove(i);

@@ -68,7 +68,7 @@ pub use self::east_west::{EastWestListeners, MissingRemote};
 pub(crate) use self::failover::stale_endpoint_counts;
 pub use self::failover::{UnreachableCluster, next_stale_expiry};
 pub use self::incremental::{Changes, Fallback, Incremental, Pass};
-pub use self::refresh::{AddressPolicy, refresh_endpoints};
+pub use self::refresh::{AddressPolicy, refresh_endpoints, refresh_endpoints_touched};
 pub use self::rules::{DurationError, parse_duration_ms};
 
 /// Default `spec.controllerName` of the GatewayClasses Meridian owns.

@@ -25,9 +25,14 @@
 //! Only backends that already resolved (`BackendTarget::Endpoints`) are touched, and mirror
 //! backends are included. Any other kind of change (Service, grant, export, route, Gateway, …)
 //! needs a full [`super::translate`]. The caller renumbers the snapshots that changed.
+//!
+//! Only the routes whose endpoints change are copied (snapshots share routes, see
+//! `meridian_model::snapshot`), and [`refresh_endpoints_touched`] says which Gateways of which
+//! snapshot changed, so publishing compares only those.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use meridian_model::patch::Touched;
 use meridian_model::snapshot::{BackendProtocol, Endpoint, Snapshot};
 
 use super::backend::{self, BackendRef, MCS_GROUP};
@@ -51,7 +56,26 @@ pub fn refresh_endpoints(
     missing: &mut MissingRemote,
     policy: &mut AddressPolicy,
 ) -> BTreeSet<ClusterName> {
-    let mut changed = BTreeSet::new();
+    refresh_endpoints_touched(
+        world, snapshots, cluster, service, listeners, missing, policy,
+    )
+    .into_keys()
+    .collect()
+}
+
+/// [`refresh_endpoints`], returning per changed cluster the Gateways of its snapshot that
+/// changed (every one with several networks: the east-west rewrite is not followed Gateway by
+/// Gateway).
+pub fn refresh_endpoints_touched(
+    world: &World,
+    snapshots: &mut BTreeMap<ClusterName, Snapshot>,
+    cluster: &str,
+    service: &ObjectKey,
+    listeners: &EastWestListeners,
+    missing: &mut MissingRemote,
+    policy: &mut AddressPolicy,
+) -> BTreeMap<ClusterName, Touched> {
+    let mut changed: BTreeMap<ClusterName, Touched> = BTreeMap::new();
     let Some(state) = world.cluster(cluster) else {
         return changed;
     };
@@ -77,9 +101,14 @@ pub fn refresh_endpoints(
         if let (Some(snapshot), Ok((protocol, eps))) = (
             snapshots.get_mut(cluster),
             backend::service_endpoints(cluster, state, service, port),
-        ) && patch(snapshot, &r.display(), protocol, &policy.admit(&eps))
-        {
-            changed.insert(cluster.to_string());
+        ) {
+            let touched = set_endpoints(snapshot, &r.display(), protocol, &policy.admit(&eps));
+            if !touched.is_nothing() {
+                changed
+                    .entry(cluster.to_string())
+                    .or_default()
+                    .extend(&touched);
+            }
         }
         if !exported {
             continue;
@@ -92,9 +121,11 @@ pub fn refresh_endpoints(
         let name = r.display();
         if let Ok((protocol, eps)) = backend::import_endpoints(world, service, port, &name) {
             let eps = policy.admit(&eps);
-            changed.extend(east_west::refresh(
-                world, listeners, snapshots, &name, protocol, &eps, missing,
-            ));
+            for (c, touched) in
+                east_west::refresh(world, listeners, snapshots, &name, protocol, &eps, missing)
+            {
+                changed.entry(c).or_default().extend(&touched);
+            }
         }
     }
     changed
@@ -119,7 +150,19 @@ impl AddressPolicy {
     }
 }
 
-/// Replaces the endpoints of every resolved backend named `name`; returns whether anything changed.
-fn patch(snapshot: &mut Snapshot, name: &str, protocol: BackendProtocol, eps: &[Endpoint]) -> bool {
-    snapshot.set_endpoints(|n| (n == name).then_some((protocol, eps)))
+/// Replaces the endpoints of every resolved backend named `name`; returns the Gateways where
+/// anything changed.
+pub(super) fn set_endpoints(
+    snapshot: &mut Snapshot,
+    name: &str,
+    protocol: BackendProtocol,
+    eps: &[Endpoint],
+) -> Touched {
+    let mut touched = Touched::nothing();
+    for g in &mut snapshot.gateways {
+        if g.set_endpoints(|n| (n == name).then_some((protocol, eps))) {
+            touched.gateway(&g.namespace, &g.name);
+        }
+    }
+    touched
 }

@@ -18,6 +18,7 @@
 //! entries always spell out group, kind and namespace.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteSpec, HttpRouteStatus, HttpRouteStatusParents,
@@ -406,13 +407,13 @@ fn attach(
         }
         attached.push((gw.key.clone(), i));
         if l.served() {
-            l.routes.push(model::Route {
+            l.routes.push(Arc::new(model::Route {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 created_at: route.created_at,
                 hostnames,
                 rules: route.translated.rules.clone(),
-            });
+            }));
         }
     }
     Ok(names)

@@ -796,13 +796,16 @@ fn check_with_proxy(rule: &Rule) -> Result<(), Problem> {
             protocol: Protocol::Http,
             hostname: None,
             tls: None,
-            routes: vec![Route {
-                namespace: "probe".to_string(),
-                name: "probe".to_string(),
-                created_at: 0,
-                hostnames: Vec::new(),
-                rules: vec![probe],
-            }],
+            routes: vec![
+                Route {
+                    namespace: "probe".to_string(),
+                    name: "probe".to_string(),
+                    created_at: 0,
+                    hostnames: Vec::new(),
+                    rules: vec![probe],
+                }
+                .into(),
+            ],
         }],
         served_by_header: false,
     });

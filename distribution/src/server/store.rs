@@ -2,13 +2,13 @@
 //!
 //! ```text
 //! publish ─► equal to the latest? ─yes─► Published{latest, Unchanged}
-//!              │ no
+//!              │ no             (with the publisher's Since: only what it touched is compared)
 //!              ▼
 //!            endpoints only? ─yes─► endpoint delta
 //!              │ no
 //!              ▼
-//!            patch::diff(latest, new) ─► keeps nothing, or no smaller than the latest's full
-//!              │                          line? ─yes─► full snapshot
+//!            patch::diff_since(latest, new) ─► keeps nothing, or no smaller than the latest's
+//!              │                                full line? ─yes─► full snapshot
 //!              ▼ patch
 //! publish_endpoints ─► endpoint delta
 //!
@@ -23,6 +23,14 @@
 //! stream serving only some Gateways gets the patch of its own view, encoded for it. The
 //! pending map remembers publish times until `programmed` settles each generation (propagation
 //! histogram); it is bounded by [`MAX_PENDING`].
+//!
+//! Cost of a publish: snapshots share their unchanged routes ([`meridian_model::snapshot`]), so
+//! the comparisons with the latest version skip every route both hold by pointer. A publisher
+//! that says what it touched since its previous snapshot ([`DistributionServer::publish_since`],
+//! the controller's incremental translation) has the comparisons look at those Gateways only,
+//! as long as the latest version is exactly that previous snapshot (pointer-equal; else
+//! everything is compared). The publisher's `Arc` is stored as is when it carries the generation
+//! the server gives it, so the next publish can refer to it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,12 +38,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use meridian_model::Snapshot;
-use meridian_model::patch::{self, SnapshotPatch};
+use meridian_model::patch::{self, Since, SnapshotPatch};
 use tokio::sync::watch;
 
 use super::{DistributionServer, Inner, lock};
 use crate::protocol::{
-    EndpointChange, EndpointsUpdate, GatewayRef, Outgoing, endpoint_delta, patch_endpoints,
+    EndpointChange, EndpointsUpdate, GatewayRef, Outgoing, endpoint_delta_since, patch_endpoints,
 };
 
 /// At most this many generations per cluster are tracked as pending.
@@ -306,12 +314,28 @@ impl DistributionServer {
     /// patches (unless the patch keeps nothing of the latest snapshot, or is no smaller than its
     /// already encoded full line: then as a full snapshot).
     pub fn publish(&self, cluster: &str, snapshot: Snapshot) -> Result<Published, PublishError> {
+        self.publish_since(cluster, Arc::new(snapshot), None)
+    }
+
+    /// [`DistributionServer::publish`] of a shared snapshot, with what the publisher knows about
+    /// its change (`since`: the snapshot it published before and what it touched since; see the
+    /// module docs). The result is the same as without `since`; only the cost differs.
+    pub fn publish_since(
+        &self,
+        cluster: &str,
+        snapshot: Arc<Snapshot>,
+        since: Option<Since<'_>>,
+    ) -> Result<Published, PublishError> {
         let entry = self.inner.cluster(cluster);
         let mut entry = lock(&entry);
         let prev = entry.latest.borrow().clone();
         let base = match &prev {
             None => Base::None,
-            Some(p) => match endpoint_delta(&p.snapshot, &snapshot) {
+            Some(p) => match endpoint_delta_since(
+                &p.snapshot,
+                &snapshot,
+                Since::touched_from(since, &p.snapshot),
+            ) {
                 Some(changes) if changes.is_empty() => {
                     return Ok(Published {
                         generation: p.generation,
@@ -320,7 +344,8 @@ impl DistributionServer {
                 }
                 Some(changes) => Base::Endpoints(p.generation, changes),
                 None => {
-                    let patch = patch::diff(&p.snapshot, &snapshot);
+                    let touched = Since::touched_from(since, &p.snapshot);
+                    let patch = patch::diff_since(&p.snapshot, &snapshot, touched);
                     if patch.keeps_nothing() {
                         Base::None
                     } else {
@@ -370,7 +395,7 @@ impl DistributionServer {
         self.inner.store(
             cluster,
             &mut entry,
-            snapshot,
+            Arc::new(snapshot),
             Base::Endpoints(prev.generation, changes),
         )
     }
@@ -410,11 +435,14 @@ impl Inner {
         &self,
         cluster: &str,
         entry: &mut ClusterEntry,
-        mut snapshot: Snapshot,
+        mut snapshot: Arc<Snapshot>,
         base: Base,
     ) -> Result<Published, PublishError> {
         let generation = next_generation(entry.last_generation, snapshot.generation);
-        snapshot.generation = generation;
+        if snapshot.generation != generation {
+            // Renumbered: a copy (routes stay shared), so the publisher's own is left as it was.
+            Arc::make_mut(&mut snapshot).generation = generation;
+        }
         let Encoded {
             kind,
             full_line,
@@ -435,7 +463,7 @@ impl Inner {
             .inc();
         let old = entry.latest.send_replace(Some(Arc::new(Version {
             generation,
-            snapshot: Arc::new(snapshot),
+            snapshot,
             full_line,
             change,
         })));

@@ -94,7 +94,7 @@ impl ListenerExt for Listener {
         self
     }
     fn route(mut self, r: Route) -> Self {
-        self.routes.push(r);
+        self.routes.push(r.into());
         self
     }
 }

@@ -637,7 +637,7 @@ fn set_aside(snapshot: &mut Snapshot, m: &RouteMatch) {
             for r in &mut l.routes {
                 if r.namespace == m.rule.route_namespace
                     && r.name == m.rule.route_name
-                    && let Some(rule) = r.rules.get_mut(m.rule.index)
+                    && let Some(rule) = std::sync::Arc::make_mut(r).rules.get_mut(m.rule.index)
                 {
                     rule.matches = vec![never.clone()];
                 }
@@ -714,7 +714,7 @@ pub fn walk(
             let kind = tier_kind(&tier.region, &tier.members, endpoints, me);
             TierView {
                 tier: t,
-                region: tier.region.clone(),
+                region: tier.region.to_string(),
                 kind,
                 why: tier_why(kind, &tier.region, me, policy, &order_of),
                 endpoints: tier
@@ -807,7 +807,7 @@ pub fn walk(
             .iter()
             .filter_map(|&(t, percent)| {
                 plan.tiers.get(t).map(|tier| WeightedView {
-                    region: tier.region.clone(),
+                    region: tier.region.to_string(),
                     percent,
                 })
             })
@@ -875,7 +875,7 @@ fn tier_why(
 /// Why the endpoint of tier `t` comes next. `left(i)`: endpoint `i` is healthy and not tried
 /// yet at this step.
 fn step_why(
-    plan: &locality::Plan,
+    plan: &locality::Plan<'_>,
     tiers: &[TierView],
     t: usize,
     first: bool,

@@ -711,12 +711,12 @@ pub fn walk(
         .iter()
         .enumerate()
         .map(|(t, tier)| {
-            let kind = tier_kind(&tier.region, &tier.members, endpoints, me);
+            let kind = tier_kind(tier.region, &tier.members, endpoints, me);
             TierView {
                 tier: t,
                 region: tier.region.to_string(),
                 kind,
-                why: tier_why(kind, &tier.region, me, policy, &order_of),
+                why: tier_why(kind, tier.region, me, policy, &order_of),
                 endpoints: tier
                     .members
                     .iter()

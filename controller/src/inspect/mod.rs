@@ -41,6 +41,7 @@ pub mod admin;
 pub mod cli;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use gateway_api::gateways::Gateway;
 use k8s_openapi::jiff::Timestamp;
@@ -299,7 +300,8 @@ pub(crate) enum Answer {
 pub(crate) struct ClusterSnapshot {
     pub cluster: String,
     pub region: String,
-    pub snapshot: Snapshot,
+    /// Shared with the loop's published map (no copy on the loop).
+    pub snapshot: Arc<Snapshot>,
     pub proxies: Vec<Locality>,
 }
 
@@ -312,7 +314,7 @@ pub(crate) struct InspectAsk {
 /// What the reconcile loop lends [`answer`].
 pub(crate) struct LoopView<'a> {
     pub world: &'a World,
-    pub published: &'a BTreeMap<String, Snapshot>,
+    pub published: &'a BTreeMap<String, Arc<Snapshot>>,
     /// Active member clusters with whether their initial sync is done.
     pub members: Vec<(&'a str, bool)>,
     pub unreachable: &'a BTreeMap<String, UnreachableCluster>,
@@ -383,7 +385,7 @@ fn status(v: &LoopView<'_>, proxies: Vec<ProxyView>) -> StatusView {
             continue;
         };
         clusters.push(cluster_view(v, name, state, synced, now));
-        let published = v.published.get(name);
+        let published = v.published.get(name).map(|s| &**s);
         gateways.extend(gateway_views(v, name, state, published));
         if let Some(s) = published {
             backends.push(ClusterBackends {

@@ -38,8 +38,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The `status` JSON once every proxy acknowledged the latest generation (right after `up` a
-/// publish may still be in flight).
+/// The `status` JSON once every proxy acknowledged the latest generation and every cluster's
+/// backends show the demo's six zones (right after `up` a publish may still be in flight, and the
+/// other clusters' exported endpoints may not have reached every cluster's ServiceImport yet).
 fn settled_status(dir: &Path) -> Value {
     let mut last = Value::Null;
     eventually_blocking(
@@ -55,6 +56,7 @@ fn settled_status(dir: &Path) -> Value {
                         && p["ackedGeneration"].is_u64()
                         && p["ackedGeneration"] == p["currentGeneration"]
                 })
+                && all_zones_known(&last)
             {
                 Ok(())
             } else {
@@ -63,6 +65,17 @@ fn settled_status(dir: &Path) -> Value {
         },
     );
     last
+}
+
+/// Every cluster's first backend lists endpoints in all six demo zones.
+fn all_zones_known(s: &Value) -> bool {
+    let clusters = s["backends"].as_array().cloned().unwrap_or_default();
+    clusters.len() == 3
+        && clusters.iter().all(|c| {
+            c["backends"][0]["zones"]
+                .as_array()
+                .is_some_and(|z| z.len() == 6)
+        })
 }
 
 fn check_status(s: &Value) {

@@ -69,6 +69,59 @@ fn known_flags(cmd: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// A container whose admin listener (`proxy --admin`, `controller --metrics`) is bound beyond
+/// loopback passes `--admin-token-file` naming a file in a mounted Secret, and the pod's
+/// `fsGroup` is its group, so the non-root process can read the root-owned Secret file.
+/// Without the token the controller's `/v1/` endpoints answer 403 on such an address.
+fn admin_listener_needs_a_readable_token(who: &str, pod: &Value, c: &Value) {
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let flag = |f: &str| args.iter().find_map(|a| a.strip_prefix(&format!("--{f}=")));
+    let admin = match args[0] {
+        "proxy" => flag("admin"),
+        "controller" => flag("metrics"),
+        _ => None,
+    };
+    let Some(admin) = admin else { return };
+    if admin.starts_with("127.") || admin.starts_with("[::1]") {
+        return;
+    }
+    let file = flag("admin-token-file")
+        .unwrap_or_else(|| panic!("{who}: admin listener {admin} without --admin-token-file"));
+    let (dir, _) = file.rsplit_once('/').unwrap();
+    let mount = c["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["mountPath"] == dir))
+        .unwrap_or_else(|| panic!("{who}: nothing is mounted at {dir} for {file}"));
+    assert_eq!(mount["readOnly"], true, "{who}: {dir}");
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == mount["name"]))
+        .unwrap_or_else(|| panic!("{who}: volume {} is missing", mount["name"]));
+    assert!(
+        volume["secret"]["secretName"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("-admin-token")),
+        "{who}: {file} is not from an admin-token Secret"
+    );
+    let mode = volume["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+    assert_eq!(
+        mode & 0o007,
+        0,
+        "{who}: the token must not be world-readable"
+    );
+    assert_ne!(mode & 0o040, 0, "{who}: the token must be group-readable");
+    let security = &pod["securityContext"];
+    assert!(
+        security["fsGroup"].is_u64() && security["fsGroup"] == security["runAsGroup"],
+        "{who}: fsGroup must be the process's group, or it cannot read the Secret"
+    );
+}
+
 #[test]
 fn every_overlay_renders_hardened_deployments_with_budgets_and_known_flags() {
     let mut controllers = 0;
@@ -131,6 +184,9 @@ fn every_overlay_renders_hardened_deployments_with_budgets_and_known_flags() {
                         args[0]
                     );
                 }
+            }
+            for c in containers {
+                admin_listener_needs_a_readable_token(&who, pod, c);
             }
             let labels = &d["spec"]["selector"]["matchLabels"];
             assert!(

@@ -985,8 +985,26 @@ async fn a_drill_stays_in_its_namespace_unless_a_reference_grant_allows_another(
     })
     .await;
 
-    // Without the grant in infra, naming infra/gw is refused and nothing is drained.
+    // Without the grant in infra, naming infra/gw is refused and nothing is drained. The drill
+    // is applied only once the controller has taken the grant's deletion from its watch: the
+    // two kinds come on separate watch streams, so a drill applied right after the delete could
+    // be seen first and start (then be aborted when the deletion arrives) — what a real API
+    // server allows too.
+    let grant_events = env
+        .ctl
+        .metrics()
+        .watch_events
+        .with_label_values(&["east", "ReferenceGrant"]);
+    let before = grant_events.get();
     delete::<ReferenceGrant>(&east, Some("infra"), "drills-from-app").await;
+    eventually_async("the grant's deletion watched", WAIT, || async {
+        if grant_events.get() > before {
+            Ok(())
+        } else {
+            Err("no ReferenceGrant event yet".to_string())
+        }
+    })
+    .await;
     apply::<FailoverDrill>(
         &east,
         drill("foreign", east_down("1s", json!({"window": "1s"}))),

@@ -112,6 +112,7 @@ mod cli;
 mod controller;
 pub mod drain;
 pub mod edge;
+mod failover;
 pub mod endpoints;
 mod gateway;
 mod handle;

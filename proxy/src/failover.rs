@@ -1,0 +1,3 @@
+//! placeholder
+#[derive(Default)]
+pub(crate) struct TierWatch;

@@ -70,15 +70,17 @@ const RESTORE_AT: Duration = Duration::from_secs(21);
 const LOAD_END: Duration = Duration::from_secs(25);
 /// An answer slower than this went through a timeout on the dead region first.
 const PROMPT: Duration = Duration::from_secs(1);
-/// Goal of issue 7: ≥ 95 % of the traffic on the next tier within this after the cut (met).
-const SHIFT_GOAL: Duration = Duration::from_secs(3);
-/// Goal of issue 7: 0 failed GETs (asserted below). A GET written into an idle pooled connection
-/// to the dead region at the moment of the cut gets no answer; the upstream TCP user timeout (2 s)
-/// kills that connection and the GET is retried on another endpoint.
-///
-/// Requests that open a new connection to the dead region wait for the proxy's connect timeout
-/// (2 s by default) before they are retried on the next tier; p99 during the cut is bounded by it.
-const MAX_P99_DURING_CUT: Duration = Duration::from_secs(3);
+/// Goal of issue 18: ≥ 95 % of the traffic on the next tier within this after the cut. Issue 7
+/// asked for 3 s; before hedging it took 1.8 s (a new connection into the dead region waited
+/// out the 2 s connect timeout before moving on).
+const SHIFT_GOAL: Duration = Duration::from_secs(1);
+/// Goal of issue 18: no request pays more than this at p99 for the dead region, and 0 failed
+/// GETs (asserted below). The lean path hedges a GET whose first try has not answered after
+/// the hedge delay (the backend's p95, at least 25 ms; lean/hedge.rs) to the next region, so
+/// neither a connect into the silent region nor a GET written into an idle pooled connection
+/// to it waits for a timeout. Before hedging, p99 during the cut was 2.02 s (the connect
+/// timeout).
+const MAX_P99_DURING_CUT: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------------------------------------
 // Environment checks and commands
@@ -667,7 +669,7 @@ async fn blackholed_region_fails_over_and_back() {
         let metrics = proxy.metrics_text();
         let counters: Vec<&str> = metrics
             .lines()
-            .filter(|l| !l.starts_with('#') && (l.contains("retries") || l.contains("ejections")))
+            .filter(|l| !l.starts_with('#') && (l.contains("retries") || l.contains("ejections") || l.contains("hedges")))
             .collect();
         let failed_desc: Vec<String> = failed
             .iter()
@@ -708,6 +710,14 @@ async fn blackholed_region_fails_over_and_back() {
             p99_cut <= MAX_P99_DURING_CUT,
             "p99 during the cut {p99_cut:?}"
         );
+        // The requests of the cut went through hedges, not timeouts.
+        let hedges_sent = metrics
+            .lines()
+            .find(|l| l.starts_with("meridian_proxy_hedges_total{event=\"sent\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(hedges_sent > 0, "no hedge was sent: {counters:?}");
         let failback = failback.expect("traffic never came back to us-east");
         assert!(failback <= Duration::from_secs(3), "failback {failback:?}");
         assert!(

@@ -124,6 +124,8 @@ fn backend_scope(backend: &str) -> u64 {
 struct Ejected {
     /// Global ejection order (smaller = longer ago).
     seq: u64,
+    /// When it was ejected (the failover time metric, failover.rs).
+    since: Instant,
     /// Not re-admitted before this, whatever the probes say.
     min_until: Instant,
     /// Consecutive successful probes since `min_until` (or since ejection).
@@ -228,6 +230,7 @@ impl Ejections {
             s.ejections = s.ejections.saturating_add(1);
             s.ejected = Some(Ejected {
                 seq: self.seq.fetch_add(1, Ordering::Relaxed),
+                since: now,
                 min_until: now + backoff(base, max, s.ejections),
                 probe_ok: 0,
                 ok_since: None,
@@ -252,6 +255,14 @@ impl Ejections {
         self.lock()
             .get(&addr.into())
             .is_some_and(|s| s.ejected.is_some())
+    }
+
+    /// When `addr` was ejected, if it is ejected right now.
+    pub fn ejected_since(&self, addr: impl Into<EndpointKey>) -> Option<Instant> {
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        Some(self.lock().get(&addr.into())?.ejected?.since)
     }
 
     /// Number of endpoints ejected right now.
@@ -421,17 +432,19 @@ pub enum NoEndpoint {
 /// ejected one this request already tried (never picked, counted as unhealthy by the spill rule,
 /// not a last resort), a drain-lifted one like an ejected one until its failback hysteresis is
 /// over and then like a slow-starting one. `backend` (the backend's name) scopes the health of
-/// east-west endpoints ([`EndpointKey`]).
+/// east-west endpoints ([`EndpointKey`]). `nearest`: the proxy's measured nearest-first region
+/// order (health.rs, [`locality::nearest_order`]; empty: alphabetical).
 pub fn choose(
     endpoints: &[Endpoint],
     backend: &str,
     me: &Locality,
+    nearest: &[String],
     policy: Option<&FailoverPolicy>,
     ejections: &Ejections,
     tried: &[SocketAddr],
     drain: Option<&BackendDrain>,
 ) -> Result<usize, NoEndpoint> {
-    let plan = locality::plan(endpoints, me, policy);
+    let plan = locality::plan(endpoints, me, policy, nearest);
     if plan.tiers.is_empty() {
         return Err(NoEndpoint::NoneReady);
     }
@@ -544,7 +557,7 @@ mod tests {
         e: &Ejections,
         tried: &[SocketAddr],
     ) -> Result<SocketAddr, NoEndpoint> {
-        super::choose(eps, "b", me, policy, e, tried, None).map(|i| address(eps, i).unwrap())
+        super::choose(eps, "b", me, &[], policy, e, tried, None).map(|i| address(eps, i).unwrap())
     }
 
     fn choose_drained(
@@ -554,7 +567,7 @@ mod tests {
         tried: &[SocketAddr],
         drain: &BackendDrain,
     ) -> Result<SocketAddr, NoEndpoint> {
-        super::choose(eps, "b", &me(), policy, e, tried, Some(drain))
+        super::choose(eps, "b", &me(), &[], policy, e, tried, Some(drain))
             .map(|i| address(eps, i).unwrap())
     }
 
@@ -747,7 +760,7 @@ mod tests {
         assert!(!e.is_ejected(EndpointKey::east_west(sa(1), "y")));
         assert!(!e.is_ejected(sa(1)), "nor is the address ejected as such");
         let pick = |backend: &str| {
-            super::choose(&eps, backend, &me(), None, &e, &[], None)
+            super::choose(&eps, backend, &me(), &[], None, &e, &[], None)
                 .map(|i| address(&eps, i).unwrap())
                 .unwrap()
         };

@@ -168,6 +168,7 @@ fn mirror_endpoint(
         endpoints,
         &m.backend.name,
         &shared.locality,
+        &shared.rtt.order(),
         failover.as_ref(),
         &shared.ejections,
         &[],

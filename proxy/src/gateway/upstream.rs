@@ -355,11 +355,13 @@ impl Forwarder {
             tried_or_refused.extend_from_slice(&up.tried);
             &tried_or_refused
         };
+        let nearest = self.shared.rtt.order();
         let choose = |tried: &[SocketAddr]| {
             endpoints::choose(
                 endpoints,
                 &backend.name,
                 &self.shared.locality,
+                &nearest,
                 failover.as_ref(),
                 &self.shared.ejections,
                 tried,

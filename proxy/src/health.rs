@@ -339,11 +339,16 @@ struct Probed {
 /// Feeds probe results to the ejection state (ejects and re-admits endpoints) and their
 /// connect times to the round trip per region.
 fn record_results(shared: &Shared, results: Vec<Probed>) {
-    shared.rtt.observe(
-        results
-            .iter()
-            .filter_map(|p| Some((p.region.as_str(), p.connect?))),
-    );
+    // One sample per region and round: the quickest connect of its endpoints. A late wake-up
+    // of this task only adds time to a measurement, so the minimum is the least disturbed one.
+    let mut quickest: BTreeMap<&str, Duration> = BTreeMap::new();
+    for p in &results {
+        if let Some(took) = p.connect {
+            let q = quickest.entry(p.region.as_str()).or_insert(took);
+            *q = (*q).min(took);
+        }
+    }
+    shared.rtt.observe(quickest.into_iter());
     for Probed { ok, keys, .. } in results {
         for (key, readmit) in keys {
             match shared.ejections.probe_result(key, ok, &readmit) {
@@ -387,7 +392,8 @@ impl ProbeRequest {
 /// Weight of a new connect time in a region's smoothed round trip.
 const RTT_ALPHA: f64 = 0.2;
 
-/// Smoothed connect round-trip time per region, from the health probes' connects, and the
+/// Smoothed connect round-trip time per region, from the health probes' connects (per round the
+/// quickest of the region's endpoints, then an EWMA with weight [`RTT_ALPHA`]), and the
 /// nearest-first order of the regions derived from it ([`locality::nearest_order`], with its
 /// hysteresis). Every try reads the order ([`RegionRtt::order`]); only the health checker
 /// writes, once per round.

@@ -121,7 +121,9 @@ pub fn nearest_order(previous: &[String], rtt: &BTreeMap<String, Duration>) -> V
     let new: Vec<String> = rtt.keys().filter(|r| !order.contains(r)).cloned().collect();
     order.extend(new);
     let clearly_nearer = |a: &str, b: &str| match (rtt.get(a), rtt.get(b)) {
-        (Some(a), Some(b)) => b.as_secs_f64() > a.as_secs_f64() * REORDER_RATIO && *b > *a + REORDER_MIN,
+        (Some(a), Some(b)) => {
+            b.as_secs_f64() > a.as_secs_f64() * REORDER_RATIO && *b > *a + REORDER_MIN
+        }
         _ => false,
     };
     // Bubble passes: a pair swaps only towards "clearly nearer first", and can never swap back
@@ -452,7 +454,11 @@ mod tests {
         let p = plan(&eps, &me_p, None, &[]);
         assert_eq!(regions(&p), ["us-east", "us-east", "eu", "us-west"]);
         // Measured nearest first; the own region's place in it does not matter.
-        let nearest = ["us-east".to_string(), "us-west".to_string(), "eu".to_string()];
+        let nearest = [
+            "us-east".to_string(),
+            "us-west".to_string(),
+            "eu".to_string(),
+        ];
         let p = plan(&eps, &me_p, None, &nearest);
         assert_eq!(regions(&p), ["us-east", "us-east", "us-west", "eu"]);
         // A region without a measurement comes after the measured ones.

@@ -102,7 +102,8 @@ impl TierWatch {
                 let Some(tier) = plan.tiers.get(b.rank) else {
                     return;
                 };
-                let Some(lost_at) = last_lost(shared, endpoints, &tier.members, &backend.name, drain)
+                let Some(lost_at) =
+                    last_lost(shared, endpoints, &tier.members, &backend.name, drain)
                 else {
                     // The active tier can still serve: a share, a retry or a hedge went on.
                     return;

@@ -443,7 +443,13 @@ impl RegionRtt {
     fn retain(&self, keep: impl Fn(&str) -> bool) {
         let mut ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
         ewma.retain(|r, _| keep(r));
-        let order: Vec<String> = self.order.load().iter().filter(|r| keep(r)).cloned().collect();
+        let order: Vec<String> = self
+            .order
+            .load()
+            .iter()
+            .filter(|r| keep(r))
+            .cloned()
+            .collect();
         self.order.store(Arc::new(order));
     }
 }

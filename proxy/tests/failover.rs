@@ -356,9 +356,7 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
         let events = |event: &str| {
             common::metric_sum(
                 &metrics,
-                &format!(
-                    "meridian_proxy_failover_events_total{{{backend_label},event=\"{event}\""
-                ),
+                &format!("meridian_proxy_failover_events_total{{{backend_label},event=\"{event}\""),
             )
         };
         // us-east (both zones) to eu-west, and back.
@@ -414,7 +412,10 @@ async fn gateway_health(admin: SocketAddr) -> (u16, serde_json::Value) {
         .await
         .unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
 }
 
 /// GETs `n` times; returns (status, region) pairs.

@@ -232,9 +232,7 @@ impl Forwarder {
         up.tried.truncate(before);
         let picked = picked.filter(|p| {
             p.key.addr != first
-                && skip_region.is_none_or(|r| {
-                    endpoints.get(p.index).is_some_and(|e| e.region != r)
-                })
+                && skip_region.is_none_or(|r| endpoints.get(p.index).is_some_and(|e| e.region != r))
         })?;
         if first_sent && !self.shared.budget.try_retry(up.left.budget_percent) {
             return None;
@@ -247,7 +245,11 @@ impl Forwarder {
             index: picked.index,
             remote_served_by: None,
         });
-        self.shared.metrics.hedges.with_label_values(&["sent"]).inc();
+        self.shared
+            .metrics
+            .hedges
+            .with_label_values(&["sent"])
+            .inc();
         self.count_retry("hedge");
         Some((Box::new(peer), Parked(parked)))
     }
@@ -269,7 +271,11 @@ impl Forwarder {
     /// its endpoint, as in fail_to_connect; the request waits for the other try.
     pub(crate) fn hedge_try_failed(&self, key: Option<EndpointKey>, e: &Error, connect: bool) {
         if connect && let Some(key) = key {
-            self.eject(key, e, "endpoint ejected after connect failure (hedged try)");
+            self.eject(
+                key,
+                e,
+                "endpoint ejected after connect failure (hedged try)",
+            );
         }
         tracing::debug!(error = %e, connect, "a hedged pair's try failed, the other goes on");
     }

@@ -393,7 +393,8 @@ async fn finish<R: Role>(
             if x.upstream_reusable {
                 up.respect_keepalive();
                 if let Some(stream) = up.reuse().await {
-                    path.pool.put(peer.reuse_hash(), stream, peer.idle_timeout());
+                    path.pool
+                        .put(peer.reuse_hash(), stream, peer.idle_timeout());
                 }
             }
             Tried {

@@ -416,6 +416,23 @@ impl Ejections {
     }
 }
 
+/// Where the proxy choosing stands: its locality, and the other regions nearest first as it
+/// measured them (health.rs, [`locality::nearest_order`]; empty: alphabetical).
+#[derive(Debug, Clone, Copy)]
+pub struct Vantage<'a> {
+    /// The proxy's locality.
+    pub me: &'a Locality,
+    /// Regions nearest first.
+    pub nearest: &'a [String],
+}
+
+impl<'a> Vantage<'a> {
+    /// `me` without a measured order.
+    pub fn at(me: &'a Locality) -> Self {
+        Vantage { me, nearest: &[] }
+    }
+}
+
 /// Why no endpoint could be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoEndpoint {
@@ -432,13 +449,11 @@ pub enum NoEndpoint {
 /// ejected one this request already tried (never picked, counted as unhealthy by the spill rule,
 /// not a last resort), a drain-lifted one like an ejected one until its failback hysteresis is
 /// over and then like a slow-starting one. `backend` (the backend's name) scopes the health of
-/// east-west endpoints ([`EndpointKey`]). `nearest`: the proxy's measured nearest-first region
-/// order (health.rs, [`locality::nearest_order`]; empty: alphabetical).
+/// east-west endpoints ([`EndpointKey`]).
 pub fn choose(
     endpoints: &[Endpoint],
     backend: &str,
-    me: &Locality,
-    nearest: &[String],
+    Vantage { me, nearest }: Vantage<'_>,
     policy: Option<&FailoverPolicy>,
     ejections: &Ejections,
     tried: &[SocketAddr],
@@ -557,7 +572,8 @@ mod tests {
         e: &Ejections,
         tried: &[SocketAddr],
     ) -> Result<SocketAddr, NoEndpoint> {
-        super::choose(eps, "b", me, &[], policy, e, tried, None).map(|i| address(eps, i).unwrap())
+        super::choose(eps, "b", Vantage::at(me), policy, e, tried, None)
+            .map(|i| address(eps, i).unwrap())
     }
 
     fn choose_drained(
@@ -567,7 +583,7 @@ mod tests {
         tried: &[SocketAddr],
         drain: &BackendDrain,
     ) -> Result<SocketAddr, NoEndpoint> {
-        super::choose(eps, "b", &me(), &[], policy, e, tried, Some(drain))
+        super::choose(eps, "b", Vantage::at(&me()), policy, e, tried, Some(drain))
             .map(|i| address(eps, i).unwrap())
     }
 
@@ -760,7 +776,7 @@ mod tests {
         assert!(!e.is_ejected(EndpointKey::east_west(sa(1), "y")));
         assert!(!e.is_ejected(sa(1)), "nor is the address ejected as such");
         let pick = |backend: &str| {
-            super::choose(&eps, backend, &me(), &[], None, &e, &[], None)
+            super::choose(&eps, backend, Vantage::at(&me()), None, &e, &[], None)
                 .map(|i| address(&eps, i).unwrap())
                 .unwrap()
         };

@@ -167,8 +167,10 @@ fn mirror_endpoint(
     endpoints::choose(
         endpoints,
         &m.backend.name,
-        &shared.locality,
-        &shared.rtt.order(),
+        endpoints::Vantage {
+            me: &shared.locality,
+            nearest: &shared.rtt.order(),
+        },
         failover.as_ref(),
         &shared.ejections,
         &[],

@@ -366,8 +366,10 @@ impl Forwarder {
             endpoints::choose(
                 endpoints,
                 &backend.name,
-                &self.shared.locality,
-                &nearest,
+                endpoints::Vantage {
+                    me: &self.shared.locality,
+                    nearest: &nearest,
+                },
                 failover.as_ref(),
                 &self.shared.ejections,
                 tried,

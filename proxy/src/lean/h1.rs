@@ -113,7 +113,18 @@ async fn pump(
     // backend may refuse a body and still answer).
     let mut send_error: Option<Box<Error>> = None;
     let mut request_done = session.is_body_done();
+    // A retry replays what the client sent so far; a bodyless request ends here.
+    let replay = session.get_retry_buffer();
+    if first.is_none()
+        && (replay.is_some() || session.is_body_empty())
+        && let Err(e) = send_body(up, replay.as_deref(), request_done).await
+    {
+        upstream_reusable = false;
+        request_done = true;
+        send_error = Some(e);
+    }
     let mut response_done = false;
+    // A hedged try (hedge.rs): the request went up whole, its first response piece is here.
     if let Some(task) = first {
         request_done = true;
         match forward(fwd, session, up, ctx, task).await? {
@@ -126,16 +137,6 @@ async fn pump(
                     upgraded: true,
                 });
             }
-        }
-    } else {
-        // A retry replays what the client sent so far; a bodyless request ends here.
-        let replay = session.get_retry_buffer();
-        if (replay.is_some() || session.is_body_empty())
-            && let Err(e) = send_body(up, replay.as_deref(), request_done).await
-        {
-            upstream_reusable = false;
-            request_done = true;
-            send_error = Some(e);
         }
     }
     // Bounded by the two messages: every turn reads a piece of one of them or ends with an

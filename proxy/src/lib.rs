@@ -62,8 +62,8 @@
 //! when no policy names them (`locality::nearest_order`, with hysteresis; `/config_dump`
 //! `nearestRegions`).
 //!
-//! Smarter failover (docs/operations.md): the lean HTTP/1 path hedges an idempotent bodyless
-//! request whose first try has not answered after an adaptive delay (lean/hedge.rs: the
+//! Smarter failover (docs/operations.md): the lean HTTP/1 path hedges an idempotent request
+//! (no body, or at most 16 KiB) whose first try has not answered after an adaptive delay (lean/hedge.rs: the
 //! backend's p95, 25–250 ms) to the next region, within the retry budget; the framework path
 //! does not hedge. failover.rs keeps the failover metrics (active tier per backend, failover and
 //! failback events, time to move) and answers the per-Gateway GSLB health endpoint's question

@@ -3,7 +3,9 @@
 //! next region (eu-west) answers at once.
 //!
 //! - a GET is hedged after the hedge delay and the fast answer wins (`hedges{won}`);
-//! - a POST, with or without a body, is never hedged: it waits for the slow endpoint;
+//! - a PUT with a small body is hedged too, the body sent by both tries;
+//! - a POST, with or without a body, is never hedged, nor is a PUT with a body larger than
+//!   what a hedge holds (16 KiB): they wait for the slow endpoint;
 //! - hedges stop once the proxy's retry budget is spent (20 % of the window's requests plus a
 //!   floor of 30): of many concurrent GETs, the ones beyond the budget wait for the slow one.
 #![allow(clippy::unwrap_used)]
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -35,6 +37,8 @@ struct Backend {
     addr: SocketAddr,
     region: &'static str,
     received: Arc<AtomicUsize>,
+    /// Request body bytes received, over all requests.
+    body_bytes: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,19 +48,22 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(AtomicUsize::new(0));
         let name = format!("{region}/{zone}");
-        let count = received.clone();
+        let body_bytes = Arc::new(AtomicUsize::new(0));
+        let (count, bytes) = (received.clone(), body_bytes.clone());
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (name, count) = (name.clone(), count.clone());
+                let (name, count, bytes) = (name.clone(), count.clone(), bytes.clone());
                 conns.spawn(async move {
-                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         count.fetch_add(1, Ordering::SeqCst);
-                        let name = name.clone();
+                        let (name, bytes) = (name.clone(), bytes.clone());
                         async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            bytes.fetch_add(body.len(), Ordering::SeqCst);
                             tokio::time::sleep(delay).await;
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
                         }
@@ -72,6 +79,7 @@ impl Backend {
             addr,
             region,
             received,
+            body_bytes,
             task,
         }
     }
@@ -129,7 +137,7 @@ async fn send(
     c: &reqwest::Client,
     port: u16,
     method: reqwest::Method,
-    body: Option<&'static str>,
+    body: Option<String>,
 ) -> (u16, String, Duration) {
     let started = Instant::now();
     let mut rb = c.request(method, format!("http://127.0.0.1:{port}/"));
@@ -176,6 +184,14 @@ async fn slow_first_endpoint_is_hedged_and_the_faster_answer_wins() {
     assert_eq!(status, 200);
     assert!(took < SLOW, "HEAD took {took:?}");
     assert_eq!(hedges(&proxy, "won"), 5.0);
+    // So is a PUT with a small body: read whole first, then sent by both tries.
+    let small = "y".repeat(1000);
+    let (status, body, took) = send(&c, port, reqwest::Method::PUT, Some(small)).await;
+    assert_eq!((status, body.as_str()), (200, "eu-west/a"));
+    assert!(took < SLOW, "PUT took {took:?}");
+    assert_eq!(slow.body_bytes.load(Ordering::SeqCst), 1000);
+    assert_eq!(fast.body_bytes.load(Ordering::SeqCst), 1000);
+    assert_eq!(hedges(&proxy, "won"), 6.0);
 
     proxy.shutdown().await;
     slow.task.abort();
@@ -186,16 +202,18 @@ async fn slow_first_endpoint_is_hedged_and_the_faster_answer_wins() {
 async fn post_is_never_hedged() {
     let (proxy, port, slow, fast) = setup().await;
     let c = common::client();
-    for body in [None, Some("payload")] {
-        let (status, text, took) = send(&c, port, reqwest::Method::POST, body).await;
+    for body in [None, Some("payload".to_string())] {
+        let (status, text, took) = send(&c, port, reqwest::Method::POST, body.clone()).await;
         assert_eq!(status, 200);
         assert_eq!(text, "us-east/a", "POST {body:?} waited for its only try");
         assert!(took >= SLOW, "POST {body:?} took {took:?}");
     }
-    // A PUT with a body is not hedged either (only bodyless requests are).
-    let (_, text, took) = send(&c, port, reqwest::Method::PUT, Some("x")).await;
+    // A PUT with a body larger than a hedge holds is not hedged either.
+    let large = "x".repeat(16 * 1024 + 1);
+    let (_, text, took) = send(&c, port, reqwest::Method::PUT, Some(large)).await;
     assert_eq!(text, "us-east/a");
     assert!(took >= SLOW);
+    assert_eq!(slow.body_bytes.load(Ordering::SeqCst), 7 + 16 * 1024 + 1);
     assert_eq!(fast.received.load(Ordering::SeqCst), 0);
     assert_eq!(hedges(&proxy, "sent"), 0.0);
     proxy.shutdown().await;

@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! serve's tries loop ─► try_upstream
-//!   eligible? GET/HEAD/OPTIONS/PUT/DELETE, no body, no upgrade, first try, HTTP/1 backend
-//!             with more than one ready endpoint (Forwarder::hedge_candidate) ─ no ─► the plain
-//!             try (LeanPath::try_upstream)
+//!   eligible? GET/HEAD/OPTIONS/PUT/DELETE, no upgrade, no body or a Content-Length body of
+//!             at most MAX_BODY (no Expect), first try, HTTP/1 backend with more than one ready
+//!             endpoint (Forwarder::hedge_candidate) ─ no ─► the plain try
+//!             (LeanPath::try_upstream)
+//!   a small body: read whole into the retry buffer first (both tries send it)
 //!   A = Forwarder::upstream_peer ─ head (request.rs) ─ attempt: connect (pool or new),
 //!       head, read the first response piece
 //!   A answers (or fails) within the delay ─► as a plain try
@@ -33,7 +35,7 @@
 //! ejected about one connect timeout after its first lost race.
 //!
 //! Only the lean path hedges; the framework path (`--http1-path framework`, and HTTP/2) does
-//! not. A request with a body (even a small one) never hedges: the body would have to be read
+//! not. A chunked body or one larger than [`MAX_BODY`] never hedges: it would have to be held
 //! whole before the first try.
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::http::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
@@ -58,6 +61,9 @@ pub const MIN_DELAY: Duration = Duration::from_millis(25);
 pub const MAX_DELAY: Duration = Duration::from_millis(250);
 /// Hedge delay of a backend with too little history.
 pub const DEFAULT_DELAY: Duration = Duration::from_millis(100);
+/// Largest request body a request may have and still hedge (read whole before the first try,
+/// sent by both tries).
+pub const MAX_BODY: usize = 16 * 1024;
 /// Latencies kept per backend.
 pub const SAMPLES: usize = 64;
 /// Latencies needed before the percentile replaces [`DEFAULT_DELAY`].
@@ -158,10 +164,19 @@ fn delay_of(samples: &[u32]) -> Duration {
     Duration::from_micros(u64::from(p95)).clamp(MIN_DELAY, MAX_DELAY)
 }
 
-/// Whether the client's request may be sent twice: an idempotent method, no body, no upgrade.
-fn eligible(session: &mut Downstream) -> bool {
-    use http::Method;
-    let m = &session.req_header().method;
+/// The body a hedged request may have.
+enum Body {
+    None,
+    /// A `Content-Length` body of at most [`MAX_BODY`] bytes: read whole before the first try.
+    Small,
+}
+
+/// Whether the client's request may be sent twice: an idempotent method, no upgrade, no body or
+/// a small one with a `Content-Length` (not chunked, no `Expect: 100-continue`: that client
+/// waits for an answer before it sends the body).
+fn eligible(session: &mut Downstream) -> Option<Body> {
+    use http::{Method, header};
+    let head = session.req_header();
     let idempotent = [
         Method::GET,
         Method::HEAD,
@@ -169,8 +184,41 @@ fn eligible(session: &mut Downstream) -> bool {
         Method::PUT,
         Method::DELETE,
     ]
-    .contains(m);
-    idempotent && !session.is_upgrade_req() && session.is_body_empty()
+    .contains(&head.method);
+    if !idempotent || session.is_upgrade_req() {
+        return None;
+    }
+    if session.is_body_empty() {
+        return Some(Body::None);
+    }
+    let head = session.req_header();
+    let small = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok())
+        .is_some_and(|n| n <= MAX_BODY);
+    let plain = !head.headers.contains_key(header::TRANSFER_ENCODING)
+        && !head.headers.contains_key(header::EXPECT);
+    (small && plain).then_some(Body::Small)
+}
+
+/// Reads a small request body whole into the session's retry buffer (a later plain try replays
+/// it from there, both hedged tries send it); an error when the client does not send it whole.
+async fn buffer_body(session: &mut Downstream) -> Result<Bytes, Box<Error>> {
+    session.enable_retry_buffering();
+    // Bounded: every turn reads a non-empty piece of a body of at most MAX_BODY bytes (or ends).
+    for _ in 0..=MAX_BODY {
+        if session.read_request_body().await?.is_none() || session.is_body_done() {
+            break;
+        }
+    }
+    match session.get_retry_buffer() {
+        Some(body) if session.is_body_done() && !session.retry_buffer_truncated() => Ok(body),
+        _ => Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "request body not read whole",
+        )),
+    }
 }
 
 /// One try of a hedged request, hedged if it does not answer in time (see the module docs);
@@ -181,9 +229,21 @@ pub(super) async fn try_upstream<R: Role>(
     ctx: &mut Ctx,
 ) -> Tried {
     let fwd = path.fwd();
-    let slot = match fwd.hedge_candidate(ctx) {
-        Some(backend) if eligible(session) => fwd.shared.hedging.slot(backend),
+    let (slot, body) = match (fwd.hedge_candidate(ctx), eligible(session)) {
+        (Some(backend), Some(body)) => (fwd.shared.hedging.slot(backend), body),
         _ => return path.try_upstream(session, ctx).await,
+    };
+    let body = match body {
+        Body::None => None,
+        Body::Small => match buffer_body(session).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                // The client's fault (gone, too slow, short): nothing to retry.
+                let mut e = e.into_down();
+                e.set_retry(false);
+                return failed(e);
+            }
+        },
     };
     let peer = match fwd.upstream_peer(ctx).await {
         Ok(p) => p,
@@ -199,7 +259,7 @@ pub(super) async fn try_upstream<R: Role>(
             };
         }
     };
-    let done = race(path, session, ctx, peer, head, &slot).await;
+    let done = race(path, session, ctx, (peer, head, body.as_deref()), &slot).await;
     finish(path, session, ctx, done).await
 }
 
@@ -238,9 +298,10 @@ async fn attempt<R: Role>(
     path: &LeanPath<R>,
     peer: Box<HttpPeer>,
     head: Box<RequestHeader>,
+    body: Option<&[u8]>,
     connected: &AtomicBool,
 ) -> Done {
-    let result = answer(path, &peer, head, connected).await;
+    let result = answer(path, &peer, head, body, connected).await;
     Done { peer, result }
 }
 
@@ -248,6 +309,7 @@ async fn answer<R: Role>(
     path: &LeanPath<R>,
     peer: &HttpPeer,
     head: Box<RequestHeader>,
+    body: Option<&[u8]>,
     connected: &AtomicBool,
 ) -> Result<Answered, Failed> {
     let (client, reused) = path.h1_session(peer).await.map_err(|mut e| {
@@ -263,7 +325,7 @@ async fn answer<R: Role>(
     up.write_timeout = peer.options.write_timeout;
     let sent = async {
         up.write_request_header(head).await?;
-        h1::send_body(&mut up, None, true).await
+        h1::send_body(&mut up, body, true).await
     };
     if let Err(e) = sent.await {
         return Err(Failed::Exchange(e.into_up(), reused));
@@ -281,8 +343,7 @@ async fn race<R: Role>(
     path: &LeanPath<R>,
     session: &mut Downstream,
     ctx: &mut Ctx,
-    peer: Box<HttpPeer>,
-    head: Box<RequestHeader>,
+    (peer, head, body): (Box<HttpPeer>, Box<RequestHeader>, Option<&[u8]>),
     slot: &Slot,
 ) -> Done {
     let fwd = path.fwd();
@@ -290,7 +351,7 @@ async fn race<R: Role>(
     let connected_a = AtomicBool::new(false);
     let connected_b = AtomicBool::new(false);
     let started = Instant::now();
-    let mut a = std::pin::pin!(attempt(path, peer, head, &connected_a));
+    let mut a = std::pin::pin!(attempt(path, peer, head, body, &connected_a));
     tokio::select! {
         biased;
         done = &mut a => {
@@ -319,7 +380,7 @@ async fn race<R: Role>(
     };
     // From here the context's current try is B, A is parked.
     let hedged = Instant::now();
-    let mut b = std::pin::pin!(attempt(path, peer_b, head_b, &connected_b));
+    let mut b = std::pin::pin!(attempt(path, peer_b, head_b, body, &connected_b));
     let (mut a_live, mut b_live) = (true, true);
     // Bounded: every turn ends one of the two tries, each bounded by its connect and read
     // timeouts; the second to end returns.

@@ -16,7 +16,7 @@
 //!   read head (400 malformed, 405 CONNECT) ─ shutting down? Connection: close
 //!   ─ clock: header read (limits.rs) ─ Role::request_filter ── answered? ─► logging ─ reuse
 //!   ─ tries (at most ServerConf::max_retries, 16, like pingora; hedge.rs races a second try
-//!     of an idempotent bodyless request when the first is slow to answer):
+//!     of an idempotent request without a large body when the first is slow to answer):
 //!       Forwarder::upstream_peer ─ HTTP/1: pool.rs or a new connection, h2c: pingora's
 //!         connector ── failed ─► Forwarder::fail_to_connect
 //!       HTTP/1 upstream (h1.rs): head (request.rs) ─ request body and response in one select
@@ -160,7 +160,7 @@ impl<R: Role> LeanPath<R> {
         let mut error = None;
         let mut upgraded = None;
         for _ in 0..self.max_tries {
-            // hedge.rs: a plain try, or a hedged one for idempotent bodyless requests.
+            // hedge.rs: a plain try, or a hedged one for idempotent requests.
             let tried = hedge::try_upstream(self, &mut session, &mut ctx).await;
             reusable = tried.downstream_reusable;
             upgraded = tried.upgraded;

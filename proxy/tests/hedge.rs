@@ -15,7 +15,7 @@ mod common;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +39,8 @@ struct Backend {
     received: Arc<AtomicUsize>,
     /// Request body bytes received, over all requests.
     body_bytes: Arc<AtomicUsize>,
+    /// Connections that carried a request (the health checker's probe connections carry none).
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -49,7 +51,8 @@ impl Backend {
         let received = Arc::new(AtomicUsize::new(0));
         let name = format!("{region}/{zone}");
         let body_bytes = Arc::new(AtomicUsize::new(0));
-        let (count, bytes) = (received.clone(), body_bytes.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (count, bytes, conns_seen) = (received.clone(), body_bytes.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -57,9 +60,13 @@ impl Backend {
                     continue;
                 };
                 let (name, count, bytes) = (name.clone(), count.clone(), bytes.clone());
+                let (conns_seen, first) = (conns_seen.clone(), Arc::new(AtomicBool::new(true)));
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         count.fetch_add(1, Ordering::SeqCst);
+                        if first.swap(false, Ordering::SeqCst) {
+                            conns_seen.fetch_add(1, Ordering::SeqCst);
+                        }
                         let (name, bytes) = (name.clone(), bytes.clone());
                         async move {
                             let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -80,6 +87,7 @@ impl Backend {
             region,
             received,
             body_bytes,
+            accepted,
             task,
         }
     }
@@ -192,6 +200,10 @@ async fn slow_first_endpoint_is_hedged_and_the_faster_answer_wins() {
     assert_eq!(slow.body_bytes.load(Ordering::SeqCst), 1000);
     assert_eq!(fast.body_bytes.load(Ordering::SeqCst), 1000);
     assert_eq!(hedges(&proxy, "won"), 6.0);
+    // Every loser's connection was closed, none went back to the pool: each of the six
+    // requests opened a new one to the slow endpoint.
+    assert_eq!(slow.accepted.load(Ordering::SeqCst), 6);
+    assert_eq!(slow.received.load(Ordering::SeqCst), 6);
 
     proxy.shutdown().await;
     slow.task.abort();

@@ -271,3 +271,33 @@ async fn hedging_stops_when_the_retry_budget_is_spent() {
     slow.task.abort();
     fast.task.abort();
 }
+
+/// A client that goes away while its GET waits for the slow endpoint ends the wait: no hedge is
+/// sent for nobody (the hedge delay without history is 100 ms; the client leaves at once).
+#[tokio::test]
+async fn no_hedge_for_a_client_that_went_away() {
+    use tokio::io::AsyncWriteExt;
+    let (proxy, port, slow, fast) = setup().await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The client leaves at once: the proxy reads the whole head, then the end of the stream,
+    // while the first try waits (or starts) at the slow endpoint.
+    drop(tcp);
+    // The proxy finishes the request (counted) without waiting for an answer or hedging.
+    let started = Instant::now();
+    common::eventually("the abandoned request finished", common::WAIT, || {
+        common::metric_sum(&proxy.metrics_text(), "meridian_proxy_requests_total") >= 1.0
+    })
+    .await;
+    assert!(started.elapsed() < SLOW, "{:?}", started.elapsed());
+    assert_eq!(hedges(&proxy, "sent"), 0.0);
+    assert_eq!(fast.received.load(Ordering::SeqCst), 0);
+    assert!(slow.received.load(Ordering::SeqCst) <= 1);
+    proxy.shutdown().await;
+    slow.task.abort();
+    fast.task.abort();
+}

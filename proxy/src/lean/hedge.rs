@@ -18,7 +18,8 @@
 //!     none ─► wait for A
 //!     B = attempt ─ race A and B: the first answer wins (hedges{won} when B), the other is
 //!       dropped: its connection is closed, never pooled; a try that fails while the other
-//!       runs ejects its endpoint on a connect failure and the race goes on
+//!       runs ejects its endpoint on a connect failure and the race goes on; a client that
+//!       goes away meanwhile ends it (both tries dropped, nothing retried, no hedge after)
 //!   winner ─► h1::resume: the response hooks and body as in any try ─ pooled if clean
 //! ```
 //!
@@ -259,8 +260,14 @@ pub(super) async fn try_upstream<R: Role>(
             };
         }
     };
-    let done = race(path, session, ctx, (peer, head, body.as_deref()), &slot).await;
-    finish(path, session, ctx, done).await
+    match race(path, session, ctx, (peer, head, body.as_deref()), &slot).await {
+        Ok(done) => finish(path, session, ctx, done).await,
+        // Nobody waits for an answer: both tries are dropped, nothing is retried.
+        Err(mut e) => {
+            e.set_retry(false);
+            failed(e)
+        }
+    }
 }
 
 /// A try's first response piece, with its connection.
@@ -338,44 +345,53 @@ async fn answer<R: Role>(
 
 /// Runs the first try, hedges it after the delay, and returns the try that answered first (or
 /// the last one to fail); that try is the context's current one. The other is dropped here,
-/// which closes its connection.
+/// which closes its connection. Meanwhile the client is watched as the exchange watches it
+/// (h1.rs): a client that goes away ends the race with its error, dropping both tries.
 async fn race<R: Role>(
     path: &LeanPath<R>,
     session: &mut Downstream,
     ctx: &mut Ctx,
     (peer, head, body): (Box<HttpPeer>, Box<RequestHeader>, Option<&[u8]>),
     slot: &Slot,
-) -> Done {
+) -> Result<Done, Box<Error>> {
     let fwd = path.fwd();
     // Declared before the tries that borrow them (dropped after them).
     let connected_a = AtomicBool::new(false);
     let connected_b = AtomicBool::new(false);
     let started = Instant::now();
     let mut a = std::pin::pin!(attempt(path, peer, head, body, &connected_a));
+    let delay = tokio::time::sleep(slot.delay());
     tokio::select! {
         biased;
         done = &mut a => {
             if done.result.is_ok() {
                 slot.observe(started.elapsed());
             }
-            return done;
+            return Ok(done);
         }
-        () = tokio::time::sleep(slot.delay()) => {}
+        gone = client_gone(session) => return Err(gone),
+        () = delay => {}
     }
     let Some((peer_b, mut parked)) = fwd.hedge_peer(ctx, connected_a.load(Ordering::Relaxed))
     else {
-        let done = a.await;
+        let done = tokio::select! {
+            done = &mut a => done,
+            gone = client_gone(session) => return Err(gone),
+        };
         if done.result.is_ok() {
             slot.observe(started.elapsed());
         }
-        return done;
+        return Ok(done);
     };
     let head_b = match request::for_h1(fwd, session, ctx) {
         Ok(h) => h,
         Err(e) => {
             tracing::debug!(error = %e, "hedged try not sent");
             Forwarder::hedge_swap(ctx, &mut parked);
-            return a.await;
+            return tokio::select! {
+                done = &mut a => Ok(done),
+                gone = client_gone(session) => Err(gone),
+            };
         }
     };
     // From here the context's current try is B, A is parked.
@@ -386,6 +402,7 @@ async fn race<R: Role>(
     // timeouts; the second to end returns.
     loop {
         tokio::select! {
+            gone = client_gone(session) => return Err(gone),
             done = &mut a, if a_live => {
                 a_live = false;
                 match &done.result {
@@ -395,11 +412,11 @@ async fn race<R: Role>(
                         if b_live && !connected_b.load(Ordering::Relaxed) {
                             fwd.hedge_lost_connecting(parked.key(), hedged);
                         }
-                        return done;
+                        return Ok(done);
                     }
                     Err(_) if !b_live => {
                         Forwarder::hedge_swap(ctx, &mut parked);
-                        return done;
+                        return Ok(done);
                     }
                     Err(f) => {
                         fwd.hedge_try_failed(parked.key(), f.error(), matches!(f, Failed::Connect(_)));
@@ -415,15 +432,27 @@ async fn race<R: Role>(
                         if a_live && !connected_a.load(Ordering::Relaxed) {
                             fwd.hedge_lost_connecting(parked.key(), started);
                         }
-                        return done;
+                        return Ok(done);
                     }
-                    Err(_) if !a_live => return done,
+                    Err(_) if !a_live => return Ok(done),
                     Err(f) => {
                         let key = Forwarder::current_key(ctx);
                         fwd.hedge_try_failed(key, f.error(), matches!(f, Failed::Connect(_)));
                     }
                 }
             }
+        }
+    }
+}
+
+/// Resolves when the client goes away (or sends bytes past its request) while the tries wait
+/// for an answer; stays pending otherwise.
+async fn client_gone(session: &mut Downstream) -> Box<Error> {
+    match session.read_body_or_idle(true).await {
+        Err(e) => e.into_down(),
+        // Bytes past the request: the exchange would fail on them too (h1.rs).
+        Ok(_) => {
+            Error::explain(ErrorType::ConnectionClosed, "client sent past its request").into_down()
         }
     }
 }

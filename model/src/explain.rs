@@ -704,7 +704,9 @@ pub fn walk(
             EndpointState::Healthy
         }
     };
-    let plan = locality::plan(endpoints, me, policy);
+    // No measured round trips here: other regions in the policy's order, else alphabetically (a
+    // proxy with measurements may order them nearest first; its admin /config_dump shows it).
+    let plan = locality::plan(endpoints, me, policy, &[]);
     let order_of = locality::region_order(policy, &me.region);
     let tiers: Vec<TierView> = plan
         .tiers

@@ -2,7 +2,8 @@
 //!
 //! A proxy knows its own (cluster, region, zone). [`plan`] ranks a backend's ready endpoints into
 //! tiers — same zone, then the rest of the same region, then other regions (in the policy's
-//! failover order for the proxy's region, else alphabetically so every proxy agrees) — after
+//! failover order for the proxy's region, else nearest first by the connect round trip the
+//! proxy measures, [`nearest_order`], else alphabetically so every proxy agrees) — after
 //! dropping endpoints outside the policy's geo-fence. [`select`] then picks one endpoint for one
 //! try, given each endpoint's state as the proxy sees it:
 //!
@@ -18,6 +19,9 @@
 //!
 //! There is no cap on how many endpoints may be ejected: a whole region can fail over.
 //! Randomness comes in as a closure, so every rule is tested with fixed rolls.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::snapshot::{Endpoint, FailoverPolicy};
 
@@ -94,12 +98,62 @@ pub fn region_order<'a>(policy: Option<&'a FailoverPolicy>, region: &str) -> Vec
     out
 }
 
+/// A region is moved ahead of one it follows in the nearest-first order only when its round
+/// trip is shorter by more than this share of the other's ...
+pub const REORDER_RATIO: f64 = 1.2;
+/// ... and by more than this (both, so near-equal regions do not flap).
+pub const REORDER_MIN: Duration = Duration::from_millis(2);
+
+/// The regions of `rtt` (smoothed connect round-trip time per region, as this proxy measures
+/// it), nearest first, starting from the `previous` order with hysteresis: a region moves ahead
+/// of another only when it is clearly nearer (shorter by more than [`REORDER_RATIO`] *and*
+/// [`REORDER_MIN`]). Regions new to the order start behind the known ones, alphabetically, so
+/// with nothing clearly nearer every proxy keeps the alphabetical order. Regions `rtt` does not
+/// have are left out.
+pub fn nearest_order(previous: &[String], rtt: &BTreeMap<String, Duration>) -> Vec<String> {
+    let mut order: Vec<String> = Vec::with_capacity(rtt.len());
+    for r in previous {
+        if rtt.contains_key(r) && !order.contains(r) {
+            order.push(r.clone());
+        }
+    }
+    // BTreeMap keys: alphabetical.
+    let new: Vec<String> = rtt.keys().filter(|r| !order.contains(r)).cloned().collect();
+    order.extend(new);
+    let clearly_nearer = |a: &str, b: &str| match (rtt.get(a), rtt.get(b)) {
+        (Some(a), Some(b)) => {
+            b.as_secs_f64() > a.as_secs_f64() * REORDER_RATIO && *b > *a + REORDER_MIN
+        }
+        _ => false,
+    };
+    // Bubble passes: a pair swaps only towards "clearly nearer first", and can never swap back
+    // (that would need each to be clearly nearer than the other), so at most n(n-1)/2 swaps
+    // happen and n passes end it.
+    for _ in 0..=order.len() {
+        let mut swapped = false;
+        for i in 1..order.len() {
+            if clearly_nearer(&order[i], &order[i - 1]) {
+                order.swap(i - 1, i);
+                swapped = true;
+            }
+        }
+        if !swapped {
+            break;
+        }
+    }
+    order
+}
+
 /// Ranks `endpoints` for a proxy at `me`. Not-ready endpoints and endpoints outside the
-/// geo-fence are left out.
+/// geo-fence are left out. Other regions come in the policy's failover order; those it does
+/// not name in `nearest` order (the proxy's measured nearest-first order, [`nearest_order`]),
+/// and those `nearest` does not have either alphabetically after them. An empty `nearest` (no
+/// measurement; `meridian explain`) gives the alphabetical order every proxy agrees on.
 pub fn plan<'a>(
     endpoints: &'a [Endpoint],
     me: &'a Locality,
     policy: Option<&'a FailoverPolicy>,
+    nearest: &[String],
 ) -> Plan<'a> {
     let fence: &[String] = policy.map_or(&[], |p| p.geo_fence.as_slice());
     let allowed = |e: &Endpoint| e.ready && (fence.is_empty() || fence.contains(&e.region));
@@ -112,6 +166,10 @@ pub fn plan<'a>(
         .collect();
     others.sort_unstable();
     others.dedup();
+    if !nearest.is_empty() {
+        // Stable: regions without a measurement keep their alphabetical order, last.
+        others.sort_by_key(|r| nearest.iter().position(|n| n == r).unwrap_or(usize::MAX));
+    }
     regions.extend(others);
 
     let mut tiers: Vec<Tier<'_>> = Vec::with_capacity(2 + regions.len());
@@ -172,7 +230,7 @@ pub fn tiers(
     me: &Locality,
     policy: Option<&FailoverPolicy>,
 ) -> Vec<Vec<usize>> {
-    plan(endpoints, me, policy)
+    plan(endpoints, me, policy, &[])
         .tiers
         .into_iter()
         .map(|t| t.members)
@@ -345,6 +403,78 @@ mod tests {
         );
     }
 
+    fn rtts(pairs: &[(&str, u64)]) -> BTreeMap<String, Duration> {
+        pairs
+            .iter()
+            .map(|(r, us)| (r.to_string(), Duration::from_micros(*us)))
+            .collect()
+    }
+
+    #[test]
+    fn nearest_order_needs_a_clear_difference_and_keeps_its_order() {
+        // Nothing measured, or nothing clearly nearer: alphabetical.
+        assert!(nearest_order(&[], &BTreeMap::new()).is_empty());
+        let close = rtts(&[("eu", 40_000), ("us-west", 39_000), ("ap", 41_000)]);
+        assert_eq!(nearest_order(&[], &close), ["ap", "eu", "us-west"]);
+        // 20 % shorter but not 2 ms: no move. 2 ms shorter but not 20 %: no move.
+        let small = rtts(&[("eu", 5_000), ("us-west", 3_500)]);
+        assert_eq!(nearest_order(&[], &small), ["eu", "us-west"]);
+        let slight = rtts(&[("eu", 40_000), ("us-west", 37_000)]);
+        assert_eq!(nearest_order(&[], &slight), ["eu", "us-west"]);
+        // Clearly nearer (both): moves ahead, all the way.
+        let clear = rtts(&[("ap", 90_000), ("eu", 60_000), ("us-west", 10_000)]);
+        assert_eq!(nearest_order(&[], &clear), ["us-west", "eu", "ap"]);
+        // Hysteresis: once ahead, a region stays ahead while the two are near-equal, in either
+        // direction.
+        let prev = nearest_order(&[], &clear);
+        let near_equal = rtts(&[("ap", 90_000), ("eu", 11_000), ("us-west", 10_500)]);
+        assert_eq!(nearest_order(&prev, &near_equal), ["us-west", "eu", "ap"]);
+        let swapped = rtts(&[("ap", 90_000), ("eu", 10_500), ("us-west", 11_000)]);
+        assert_eq!(nearest_order(&prev, &swapped), ["us-west", "eu", "ap"]);
+        // ... and moves back only when the other becomes clearly nearer.
+        let flipped = rtts(&[("ap", 90_000), ("eu", 10_000), ("us-west", 30_000)]);
+        assert_eq!(nearest_order(&prev, &flipped), ["eu", "us-west", "ap"]);
+        // A region without a measurement any more leaves the order; a new one starts behind
+        // the known ones and moves up only by being clearly nearer.
+        let changed = rtts(&[("eu", 11_000), ("ap", 9_000), ("sa", 500)]);
+        assert_eq!(
+            nearest_order(&["us-west".into(), "eu".into(), "ap".into()], &changed),
+            ["sa", "eu", "ap"]
+        );
+    }
+
+    #[test]
+    fn plan_orders_other_regions_nearest_first_unless_the_policy_names_them() {
+        let eps = world();
+        let me_p = me("us-east", "a");
+        let regions = |p: &Plan<'_>| -> Vec<String> {
+            p.tiers.iter().map(|t| t.region.to_string()).collect()
+        };
+        // No measurement: alphabetical (eu before us-west).
+        let p = plan(&eps, &me_p, None, &[]);
+        assert_eq!(regions(&p), ["us-east", "us-east", "eu", "us-west"]);
+        // Measured nearest first; the own region's place in it does not matter.
+        let nearest = [
+            "us-east".to_string(),
+            "us-west".to_string(),
+            "eu".to_string(),
+        ];
+        let p = plan(&eps, &me_p, None, &nearest);
+        assert_eq!(regions(&p), ["us-east", "us-east", "us-west", "eu"]);
+        // A region without a measurement comes after the measured ones.
+        let p = plan(&eps, &me_p, None, &["us-west".to_string()]);
+        assert_eq!(regions(&p), ["us-east", "us-east", "us-west", "eu"]);
+        let p = plan(&eps, &me_p, None, &["eu".to_string()]);
+        assert_eq!(regions(&p), ["us-east", "us-east", "eu", "us-west"]);
+        // A policy's explicit order wins over the measurement.
+        let policy = FailoverPolicy {
+            region_order: vec!["eu".into()],
+            ..Default::default()
+        };
+        let p = plan(&eps, &me_p, Some(&policy), &nearest);
+        assert_eq!(regions(&p), ["us-east", "us-east", "eu", "us-west"]);
+    }
+
     #[test]
     fn not_ready_endpoints_are_never_ranked() {
         let eps = vec![ep(1, "r", "z", false)];
@@ -370,7 +500,7 @@ mod tests {
         let eps = world();
         let regions = |region: &str| -> Vec<String> {
             let me = me(region, "a");
-            plan(&eps, &me, Some(&policy))
+            plan(&eps, &me, Some(&policy), &[])
                 .tiers
                 .iter()
                 .map(|t| t.region.to_string())
@@ -390,7 +520,7 @@ mod tests {
         };
         let eps = world();
         let me_p = me("us-east", "a");
-        let p = plan(&eps, &me_p, Some(&policy));
+        let p = plan(&eps, &me_p, Some(&policy), &[]);
         assert_eq!(
             p.tiers
                 .iter()
@@ -420,7 +550,7 @@ mod tests {
     fn a_whole_region_ejected_falls_to_the_next_tier_not_panic_mode() {
         let eps = world();
         let me_p = me("us-east", "a");
-        let p = plan(&eps, &me_p, None);
+        let p = plan(&eps, &me_p, None, &[]);
         // eu sorts before us-west alphabetically.
         let east_down = states(&[(0, ejected(1)), (1, ejected(2))]);
         for r in [0.0, 0.3, 0.99] {
@@ -451,7 +581,7 @@ mod tests {
             ..Default::default()
         };
         let me_p = me("us-east", "a");
-        let p = plan(&eps, &me_p, Some(&policy));
+        let p = plan(&eps, &me_p, Some(&policy), &[]);
         // 1 of 3 healthy = 33 % < 50 %: spill to us-west.
         let two_down = states(&[(0, ejected(1)), (1, ejected(2))]);
         assert_eq!(select(&p, &two_down, &mut rolls(&[0.0])), Some(3));
@@ -467,7 +597,7 @@ mod tests {
             ..policy.clone()
         };
         let me_p0 = me("us-east", "a");
-        let p0 = plan(&eps, &me_p0, Some(&without));
+        let p0 = plan(&eps, &me_p0, Some(&without), &[]);
         assert_eq!(select(&p0, &two_down, &mut rolls(&[0.0])), Some(2));
         // Spill target also down: the spilled tier's last healthy endpoint still serves.
         let west_down_too = states(&[(0, ejected(1)), (1, ejected(2)), (3, ejected(3))]);
@@ -490,7 +620,7 @@ mod tests {
         };
         let eps = world();
         let me_p = me("us-east", "");
-        let p = plan(&eps, &me_p, Some(&policy));
+        let p = plan(&eps, &me_p, Some(&policy), &[]);
         // No zone: tiers are us-east, us-west, eu.
         assert_eq!(p.weighted, vec![(2, 10)]);
         let healthy = states(&[]);
@@ -521,7 +651,7 @@ mod tests {
         ));
         // Weights of other source regions do not apply.
         let me_p_eu = me("eu", "");
-        let p_eu = plan(&eps, &me_p_eu, Some(&policy));
+        let p_eu = plan(&eps, &me_p_eu, Some(&policy), &[]);
         assert!(p_eu.weighted.is_empty());
     }
 
@@ -529,14 +659,14 @@ mod tests {
     fn slow_start_returns_traffic_gradually() {
         let eps = world();
         let me_p = me("us-east", "a");
-        let p = plan(&eps, &me_p, None);
+        let p = plan(&eps, &me_p, None, &[]);
         // Zone a is back at 25 % of its ramp: rolls ≥ 0.25 skip it.
         let ramping = states(&[(0, Avail::Usable { ramp: 0.25 })]);
         assert_eq!(select(&p, &ramping, &mut rolls(&[0.1, 0.0])), Some(0));
         assert_eq!(select(&p, &ramping, &mut rolls(&[0.6, 0.0])), Some(1));
         // The last eligible tier is never skipped.
         let me_only = me("us-east", "a");
-        let only = plan(&eps[..1], &me_only, None);
+        let only = plan(&eps[..1], &me_only, None, &[]);
         assert_eq!(select(&only, &ramping, &mut rolls(&[0.99])), Some(0));
     }
 
@@ -544,7 +674,7 @@ mod tests {
     fn nothing_untried_left_is_none() {
         let eps = world();
         let me_p = me("us-east", "a");
-        let p = plan(&eps, &me_p, None);
+        let p = plan(&eps, &me_p, None, &[]);
         let all = states(&(0..6).map(|i| (i, Avail::Tried)).collect::<Vec<_>>());
         assert_eq!(select(&p, &all, &mut rolls(&[0.0])), None);
         assert_eq!(select(&Plan::default(), &all, &mut rolls(&[0.0])), None);

@@ -9,8 +9,14 @@
 //! |                |                   | the state file (`stateFile` or null) and the mesh       |
 //! |                |                   | identity (`identity: {uri, notAfter, renewAt}` or null) |
 //! | `/config_dump` | with a token      | the served snapshot (secrets redacted), generation,     |
-//! |                |                   | source, error                                           |
+//! |                |                   | source, error, `nearestRegions` (measured failover      |
+//! |                |                   | order without a policy, with each region's round trip)  |
 //! | `/metrics`     | with a token      | Prometheus text                                         |
+//! | `/healthz/gateway/NS/NAME` | never | 200 when this region can serve the Gateway from its   |
+//! |                |                   | own endpoints, else 503 (404 unknown Gateway); JSON     |
+//! |                |                   | with the backends that have no local endpoint; for      |
+//! |                |                   | DNS/GSLB health checks (`?minPercent=P`: the share of   |
+//! |                |                   | backends that must be servable locally, default 100)    |
 //! | anything else  | with a token      | 404                                                     |
 //!
 //! Credentials: with [`AdminAuth::Token`] every path but `/healthz` and `/ready` (what kubelet
@@ -110,10 +116,20 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Paths answered without credentials: kubelet probes carry none.
+/// Paths answered without credentials: kubelet probes carry none, nor do the health checks of
+/// global load balancers (`/healthz/gateway/…`, which shows only Gateway and backend names and
+/// booleans).
 fn open_path(path: &str) -> bool {
-    matches!(path, "/healthz" | "/ready")
+    matches!(path, "/healthz" | "/ready") || path.starts_with(GSLB_PREFIX)
 }
+
+/// Prefix of the per-Gateway health endpoint for global load balancers.
+const GSLB_PREFIX: &str = "/healthz/gateway/";
+/// Longest path the Gateway health endpoint reads (a namespace and a name are at most 63 and
+/// 253 bytes).
+const GSLB_MAX_PATH: usize = GSLB_PREFIX.len() + 63 + 1 + 253;
+/// Most backends named in a 503's reason (the rest are counted).
+const GSLB_MAX_NAMED: usize = 32;
 
 /// The `path` label of a refused request: a known path, else `other` (the label set stays
 /// bounded whatever is asked for).
@@ -259,10 +275,12 @@ fn answer<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
                     "generation": generation,
                     "source": shared.source().as_ref().map(SnapshotSource::label),
                     "lastError": shared.last_error(),
+                    "nearestRegions": nearest_regions(shared),
                     "snapshot": snapshot,
                 }),
             )
         }
+        p if p.starts_with(GSLB_PREFIX) => gateway_health(p, req.uri().query(), shared),
         "/metrics" => match shared.metrics.render() {
             Ok(text) => reply(StatusCode::OK, "text/plain; version=0.0.4", text),
             Err(e) => reply(
@@ -277,6 +295,96 @@ fn answer<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
             "not found: try /healthz, /ready, /config_dump, /metrics\n".to_string(),
         ),
     }
+}
+
+/// `/config_dump`'s `nearestRegions`: the order in which this proxy fails over to other regions
+/// without a policy (health.rs: smoothed connect round trip of its probes, with hysteresis),
+/// each with its round trip in milliseconds.
+fn nearest_regions(shared: &Shared) -> Value {
+    let (rtt, order) = shared.rtt.view();
+    Value::Array(
+        order
+            .iter()
+            .map(|r| {
+                json!({
+                    "region": r,
+                    "rttMs": rtt.get(r).map(|d| d.as_secs_f64() * 1000.0),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `GET /healthz/gateway/NS/NAME[?minPercent=P]`: 200 when this proxy's region can serve the
+/// Gateway from local endpoints: at least `P` % (default 100) of the backends of its routes
+/// have a ready endpoint in this region that is neither ejected nor drained; else 503. The JSON
+/// names the Gateway, the region, the counts and the backends without a local endpoint;
+/// nothing else (no addresses). 404 for a Gateway this proxy does not serve, 400 for a path
+/// or query it cannot read.
+fn gateway_health(path: &str, query: Option<&str>, shared: &Shared) -> Response<Full<Bytes>> {
+    let bad = |why: &str| json_reply(StatusCode::BAD_REQUEST, &json!({ "error": why }));
+    if path.len() > GSLB_MAX_PATH || query.is_some_and(|q| q.len() > 64) {
+        return bad("path too long");
+    }
+    let Some((ns, name)) = path
+        .strip_prefix(GSLB_PREFIX)
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+    else {
+        return bad("expected /healthz/gateway/NAMESPACE/NAME");
+    };
+    let min_percent = match query.map(|q| q.strip_prefix("minPercent=").map(str::parse::<u32>)) {
+        None => 100,
+        Some(Some(Ok(p))) if p <= 100 => p,
+        Some(_) => return bad("expected ?minPercent=0..100"),
+    };
+    let region = shared.locality.region.as_str();
+    let gateway = format!("{ns}/{name}");
+    let served = shared.served.load_full();
+    let found = served.as_ref().and_then(|s| {
+        let gw = s
+            .router
+            .snapshot()
+            .gateways
+            .iter()
+            .find(|g| g.namespace == ns && g.name == name)?;
+        Some(crate::failover::local_backends(
+            shared,
+            gw,
+            s.gateways.gateway(ns, name),
+        ))
+    });
+    let Some(backends) = found else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({ "gateway": gateway, "region": region, "healthy": false,
+                     "reason": "this proxy does not serve the Gateway" }),
+        );
+    };
+    let total = backends.len();
+    let unservable: Vec<&str> = backends
+        .iter()
+        .filter(|(_, local)| !local)
+        .map(|(b, _)| b.as_str())
+        .collect();
+    let servable = total - unservable.len();
+    let healthy = servable * 100 >= total * min_percent as usize;
+    json_reply(
+        if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &json!({
+            "gateway": gateway,
+            "region": region,
+            "healthy": healthy,
+            "backends": total,
+            "servableLocally": servable,
+            "minPercent": min_percent,
+            "withoutLocalEndpoints": unservable.iter().take(GSLB_MAX_NAMED).collect::<Vec<_>>(),
+        }),
+    )
 }
 
 /// `/ready`'s `identity`: who the current certificate names and when it ends and is renewed;

@@ -124,6 +124,8 @@ fn backend_scope(backend: &str) -> u64 {
 struct Ejected {
     /// Global ejection order (smaller = longer ago).
     seq: u64,
+    /// When it was ejected (the failover time metric, failover.rs).
+    since: Instant,
     /// Not re-admitted before this, whatever the probes say.
     min_until: Instant,
     /// Consecutive successful probes since `min_until` (or since ejection).
@@ -228,6 +230,7 @@ impl Ejections {
             s.ejections = s.ejections.saturating_add(1);
             s.ejected = Some(Ejected {
                 seq: self.seq.fetch_add(1, Ordering::Relaxed),
+                since: now,
                 min_until: now + backoff(base, max, s.ejections),
                 probe_ok: 0,
                 ok_since: None,
@@ -252,6 +255,14 @@ impl Ejections {
         self.lock()
             .get(&addr.into())
             .is_some_and(|s| s.ejected.is_some())
+    }
+
+    /// When `addr` was ejected, if it is ejected right now.
+    pub fn ejected_since(&self, addr: impl Into<EndpointKey>) -> Option<Instant> {
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        Some(self.lock().get(&addr.into())?.ejected?.since)
     }
 
     /// Number of endpoints ejected right now.
@@ -405,6 +416,23 @@ impl Ejections {
     }
 }
 
+/// Where the proxy choosing stands: its locality, and the other regions nearest first as it
+/// measured them (health.rs, [`locality::nearest_order`]; empty: alphabetical).
+#[derive(Debug, Clone, Copy)]
+pub struct Vantage<'a> {
+    /// The proxy's locality.
+    pub me: &'a Locality,
+    /// Regions nearest first.
+    pub nearest: &'a [String],
+}
+
+impl<'a> Vantage<'a> {
+    /// `me` without a measured order.
+    pub fn at(me: &'a Locality) -> Self {
+        Vantage { me, nearest: &[] }
+    }
+}
+
 /// Why no endpoint could be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoEndpoint {
@@ -425,13 +453,13 @@ pub enum NoEndpoint {
 pub fn choose(
     endpoints: &[Endpoint],
     backend: &str,
-    me: &Locality,
+    Vantage { me, nearest }: Vantage<'_>,
     policy: Option<&FailoverPolicy>,
     ejections: &Ejections,
     tried: &[SocketAddr],
     drain: Option<&BackendDrain>,
 ) -> Result<usize, NoEndpoint> {
-    let plan = locality::plan(endpoints, me, policy);
+    let plan = locality::plan(endpoints, me, policy, nearest);
     if plan.tiers.is_empty() {
         return Err(NoEndpoint::NoneReady);
     }
@@ -544,7 +572,8 @@ mod tests {
         e: &Ejections,
         tried: &[SocketAddr],
     ) -> Result<SocketAddr, NoEndpoint> {
-        super::choose(eps, "b", me, policy, e, tried, None).map(|i| address(eps, i).unwrap())
+        super::choose(eps, "b", Vantage::at(me), policy, e, tried, None)
+            .map(|i| address(eps, i).unwrap())
     }
 
     fn choose_drained(
@@ -554,7 +583,7 @@ mod tests {
         tried: &[SocketAddr],
         drain: &BackendDrain,
     ) -> Result<SocketAddr, NoEndpoint> {
-        super::choose(eps, "b", &me(), policy, e, tried, Some(drain))
+        super::choose(eps, "b", Vantage::at(&me()), policy, e, tried, Some(drain))
             .map(|i| address(eps, i).unwrap())
     }
 
@@ -747,7 +776,7 @@ mod tests {
         assert!(!e.is_ejected(EndpointKey::east_west(sa(1), "y")));
         assert!(!e.is_ejected(sa(1)), "nor is the address ejected as such");
         let pick = |backend: &str| {
-            super::choose(&eps, backend, &me(), None, &e, &[], None)
+            super::choose(&eps, backend, Vantage::at(&me()), None, &e, &[], None)
                 .map(|i| address(&eps, i).unwrap())
                 .unwrap()
         };

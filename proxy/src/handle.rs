@@ -469,6 +469,9 @@ impl ProxyHandle {
                 &cfg.edge,
                 east_west_socket.as_ref().map(|(_, local, _)| *local),
             ),
+            hedging: Default::default(),
+            rtt: Default::default(),
+            tiers: Default::default(),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));

@@ -24,12 +24,14 @@
 //! endpoints of the snapshot's east-west backends (what this proxy serves to other networks) are
 //! probed like any other.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures::StreamExt;
+use meridian_model::locality;
 use meridian_model::snapshot::{
     Backend, BackendTarget, Endpoint, FailoverPolicy, Filter, Snapshot,
 };
@@ -64,6 +66,8 @@ pub(crate) struct Probe {
     pub east_west_backend: Option<String>,
     /// For an east-west endpoint: the cluster of the remote proxy (mutual TLS expects it).
     pub east_west_cluster: Option<String>,
+    /// Region of the endpoint: its connect time feeds that region's round trip ([`RegionRtt`]).
+    pub region: String,
 }
 
 impl Probe {
@@ -90,6 +94,7 @@ impl Probe {
             },
             east_west_backend: None,
             east_west_cluster: None,
+            region: String::new(),
         }
     }
 }
@@ -113,6 +118,7 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
                     p.east_west_backend = Some(backend.to_string());
                     p.east_west_cluster = Some(e.cluster.clone());
                 }
+                p.region.clone_from(&e.region);
                 p
             });
         }
@@ -158,9 +164,19 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
 /// One probe: connect (and GET the path) within the timeout. An east-west endpoint is a remote
 /// proxy's mutual TLS listener: the TLS handshake (with the same identity and expectations as a
 /// try, mesh.rs) is part of the connect, and the GET goes over it.
+#[cfg(test)]
 pub(crate) async fn probe(addr: SocketAddr, p: &Probe, hop: &HopSecurity) -> bool {
+    probe_timed(addr, p, hop).await.0
+}
+
+/// [`probe`], and how long its TCP connect took when it connected (the round trip of the SYN:
+/// the kernel answers it, so a busy backend does not inflate it).
+async fn probe_timed(addr: SocketAddr, p: &Probe, hop: &HopSecurity) -> (bool, Option<Duration>) {
+    let mut connect = None;
     let work = async {
+        let started = Instant::now();
         let tcp = TcpStream::connect(addr).await.ok()?;
+        connect = Some(started.elapsed());
         match (&p.east_west_cluster, hop) {
             (Some(cluster), HopSecurity::Mesh(mesh)) => {
                 let ssl = mesh.probe_ssl(cluster)?;
@@ -173,7 +189,8 @@ pub(crate) async fn probe(addr: SocketAddr, p: &Probe, hop: &HopSecurity) -> boo
             _ => http_probe(tcp, addr, p).await,
         }
     };
-    matches!(tokio::time::timeout(p.timeout, work).await, Ok(Some(true)))
+    let ok = matches!(tokio::time::timeout(p.timeout, work).await, Ok(Some(true)));
+    (ok, connect)
 }
 
 /// The HTTP part of a probe on a connected stream (`true` right away for a TCP probe).
@@ -263,6 +280,9 @@ impl Rounds {
             .ejections
             .retain_known(&|k: &EndpointKey| targets.contains_key(k));
         self.next.retain(|a, _| targets.contains_key(a));
+        shared
+            .rtt
+            .retain(|r| targets.values().any(|p| p.region == r));
     }
 
     /// The probes due at `now`, each scheduled again one interval later.
@@ -283,10 +303,7 @@ impl Rounds {
 /// Probes the `due` endpoints, at most [`MAX_IN_FLIGHT`] at a time: one connection per distinct
 /// probe, since the keys of one east-west endpoint (one per backend) share a TCP probe (a TCP
 /// connect says nothing about a backend). The result of each probe, with the keys it stands for.
-async fn probe_all(
-    due: Vec<(EndpointKey, Probe)>,
-    hop: &HopSecurity,
-) -> Vec<(bool, Vec<(EndpointKey, Readmit)>)> {
+async fn probe_all(due: Vec<(EndpointKey, Probe)>, hop: &HopSecurity) -> Vec<Probed> {
     let mut groups: HashMap<ProbeRequest, (Probe, Vec<(EndpointKey, Readmit)>)> = HashMap::new();
     for (key, p) in due {
         groups
@@ -296,15 +313,43 @@ async fn probe_all(
             .push((key, p.readmit));
     }
     futures::stream::iter(groups)
-        .map(|(req, (p, keys))| async move { (probe(req.addr, &p, hop).await, keys) })
+        .map(|(req, (p, keys))| async move {
+            let (ok, connect) = probe_timed(req.addr, &p, hop).await;
+            Probed {
+                ok,
+                connect,
+                region: p.region,
+                keys,
+            }
+        })
         .buffer_unordered(MAX_IN_FLIGHT)
         .collect()
         .await
 }
 
-/// Feeds probe results to the ejection state: ejects and re-admits endpoints.
-fn record_results(shared: &Shared, results: Vec<(bool, Vec<(EndpointKey, Readmit)>)>) {
-    for (ok, keys) in results {
+/// The result of one probe, with the keys it stands for.
+struct Probed {
+    ok: bool,
+    /// How long the TCP connect took (`None`: it did not connect).
+    connect: Option<Duration>,
+    region: String,
+    keys: Vec<(EndpointKey, Readmit)>,
+}
+
+/// Feeds probe results to the ejection state (ejects and re-admits endpoints) and their
+/// connect times to the round trip per region.
+fn record_results(shared: &Shared, results: Vec<Probed>) {
+    // One sample per region and round: the quickest connect of its endpoints. A late wake-up
+    // of this task only adds time to a measurement, so the minimum is the least disturbed one.
+    let mut quickest: BTreeMap<&str, Duration> = BTreeMap::new();
+    for p in &results {
+        if let Some(took) = p.connect {
+            let q = quickest.entry(p.region.as_str()).or_insert(took);
+            *q = (*q).min(took);
+        }
+    }
+    shared.rtt.observe(quickest.into_iter());
+    for Probed { ok, keys, .. } in results {
         for (key, readmit) in keys {
             match shared.ejections.probe_result(key, ok, &readmit) {
                 ProbeOutcome::Readmitted => {
@@ -341,6 +386,71 @@ impl ProbeRequest {
             backend: p.http_path.as_ref().and(p.east_west_backend.clone()),
             tls_cluster: p.east_west_cluster.clone(),
         }
+    }
+}
+
+/// Weight of a new connect time in a region's smoothed round trip.
+const RTT_ALPHA: f64 = 0.2;
+
+/// Smoothed connect round-trip time per region, from the health probes' connects (per round the
+/// quickest of the region's endpoints, then an EWMA with weight [`RTT_ALPHA`]), and the
+/// nearest-first order of the regions derived from it ([`locality::nearest_order`], with its
+/// hysteresis). Every try reads the order ([`RegionRtt::order`]); only the health checker
+/// writes, once per round.
+#[derive(Default)]
+pub(crate) struct RegionRtt {
+    ewma: Mutex<BTreeMap<String, Duration>>,
+    order: ArcSwap<Vec<String>>,
+}
+
+impl RegionRtt {
+    /// The regions nearest first (empty before the first measurement).
+    pub(crate) fn order(&self) -> arc_swap::Guard<Arc<Vec<String>>> {
+        self.order.load()
+    }
+
+    /// The smoothed round trip per region and the order, for the admin listener.
+    pub(crate) fn view(&self) -> (BTreeMap<String, Duration>, Arc<Vec<String>>) {
+        let ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (ewma, self.order.load_full())
+    }
+
+    /// Folds one round's connect times into the averages and recomputes the order.
+    pub(crate) fn observe<'a>(&self, samples: impl Iterator<Item = (&'a str, Duration)>) {
+        let mut ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        let mut any = false;
+        for (region, took) in samples {
+            any = true;
+            match ewma.get_mut(region) {
+                Some(avg) => {
+                    *avg = avg.mul_f64(1.0 - RTT_ALPHA) + took.mul_f64(RTT_ALPHA);
+                }
+                None => {
+                    ewma.insert(region.to_string(), took);
+                }
+            }
+        }
+        if any {
+            let order = locality::nearest_order(&self.order.load(), &ewma);
+            if **self.order.load() != order {
+                tracing::info!(?order, "nearest-first region order changed");
+                self.order.store(Arc::new(order));
+            }
+        }
+    }
+
+    /// Forgets the regions `keep` says no to (no endpoint of the served snapshot is there).
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        ewma.retain(|r, _| keep(r));
+        let order: Vec<String> = self
+            .order
+            .load()
+            .iter()
+            .filter(|r| keep(r))
+            .cloned()
+            .collect();
+        self.order.store(Arc::new(order));
     }
 }
 

@@ -19,7 +19,8 @@
 //!          both ─► Forwarder (gateway/upstream.rs, gateway/response.rs): endpoint
 //!             (endpoints.rs) ─ upstream (pooled, h1 or h2c) ─ retries/failover ─ response
 //!             filters ─ served-by ─ traffic counters and metrics
-//! admin.rs: /healthz /ready (open to probes), /config_dump /metrics (bearer token if set)
+//! admin.rs: /healthz /ready /healthz/gateway/NS/NAME (open to probes and GSLB health checks),
+//!           /config_dump /metrics (bearer token if set)
 //! state_dir.rs: the kept snapshot (--state-dir)
 //! ```
 //!
@@ -56,7 +57,17 @@
 //! health checks, the controller link and the admin listener stay on the caller's runtime.
 //!
 //! Endpoint health: connect failures eject at once (endpoints.rs) and an active health checker
-//! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones.
+//! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones. Its connect
+//! times give a smoothed round trip per region, which orders the other regions nearest first
+//! when no policy names them (`locality::nearest_order`, with hysteresis; `/config_dump`
+//! `nearestRegions`).
+//!
+//! Smarter failover (docs/operations.md): the lean HTTP/1 path hedges an idempotent request
+//! (no body, or at most 16 KiB) whose first try has not answered after an adaptive delay (lean/hedge.rs: the
+//! backend's p95, 25–250 ms) to the next region, within the retry budget; the framework path
+//! does not hedge. failover.rs keeps the failover metrics (active tier per backend, failover and
+//! failback events, time to move) and answers the per-Gateway GSLB health endpoint's question
+//! (can this region serve the Gateway from its own endpoints?).
 //!
 //! Failover drills: the snapshot's `drains` (drain.rs) make the endpoints they match look failed
 //! to the Gateways and backends they scope, without touching health state; lifting them brings
@@ -113,6 +124,7 @@ mod controller;
 pub mod drain;
 pub mod edge;
 pub mod endpoints;
+mod failover;
 mod gateway;
 mod handle;
 mod headers;

@@ -34,6 +34,11 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets of `meridian_proxy_failover_seconds`.
+const FAILOVER_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Registers `metric` in `registry` and hands it back.
 fn registered<M: Collector + Clone + 'static>(
     registry: &Registry,
@@ -119,6 +124,21 @@ pub struct Metrics {
     /// Downstream connections accepted, by worker (`0`..`N-1`; only with `--workers N`, N > 0):
     /// how evenly `SO_REUSEPORT` spreads them.
     pub worker_connections: IntCounterVec,
+    /// Hedged tries (lean HTTP/1 path, `lean/hedge.rs`), by event: `sent` (a second try went
+    /// out because the first had not answered after the hedge delay), `won` (the hedged try
+    /// answered first), `lost_connecting` (the first try was still connecting when the hedged
+    /// one answered).
+    pub hedges: IntCounterVec,
+    /// Failover events by backend, region (of this proxy) and kind: `failover` when the tier
+    /// answering a backend's requests moved away from the preferred one, `failback` when it
+    /// came back (failover.rs).
+    pub failover_events: IntCounterVec,
+    /// Preferred tier index answering a backend's requests, by backend and region of this proxy
+    /// (0 = own zone, or the first tier of the locality plan; larger = further away).
+    pub active_tier: IntGaugeVec,
+    /// Time from a locality losing its last healthy endpoint of a backend to the first request
+    /// of that backend answered by another tier.
+    pub failover_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -239,6 +259,38 @@ impl Metrics {
                 "meridian_proxy_worker_connections_total",
                 "Downstream connections accepted, by worker",
                 &["worker"],
+            )?,
+            hedges: counter_vec(
+                &r,
+                "meridian_proxy_hedges_total",
+                "Hedged upstream tries of idempotent requests, by event (sent, won, \
+                 lost_connecting)",
+                &["event"],
+            )?,
+            failover_events: counter_vec(
+                &r,
+                "meridian_proxy_failover_events_total",
+                "Moves of a backend's traffic away from its preferred tier (failover) and back \
+                 (failback)",
+                &["backend", "region", "event"],
+            )?,
+            active_tier: gauge_vec(
+                &r,
+                "meridian_proxy_active_tier",
+                "Tier of the locality plan answering a backend's requests now (0 = preferred)",
+                &["backend", "region"],
+            )?,
+            failover_seconds: registered(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "meridian_proxy_failover_seconds",
+                        "Time from a tier losing its last healthy endpoint of a backend to the \
+                         first request of that backend answered by another tier",
+                    )
+                    .buckets(FAILOVER_BUCKETS.to_vec()),
+                    &["backend"],
+                )?,
             )?,
             registry: r,
         })

@@ -83,6 +83,13 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// Forwarding-header settings and the loop guard (edge.rs).
     pub edge: crate::edge::Edge,
+    /// Hedging of the lean path (lean/hedge.rs): observed latencies per backend, loser checks.
+    pub hedging: crate::lean::hedge::Hedging,
+    /// Smoothed connect round-trip time per region from the health probes (health.rs), which
+    /// orders the other regions of the locality plan.
+    pub rtt: crate::health::RegionRtt,
+    /// Which tier answers each backend now, for the failover metrics (failover.rs).
+    pub tiers: crate::failover::TierWatch,
 }
 
 /// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).

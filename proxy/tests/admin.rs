@@ -213,3 +213,105 @@ async fn ready_shows_the_mesh_identity_without_key_material_and_readiness_ignore
     .await
     .unwrap();
 }
+
+/// The per-Gateway health endpoint for global load balancers answers without the token (their
+/// health checks cannot send one) and shows only names, counts and booleans: 200 when this
+/// region serves every backend from its own endpoints, 503 naming the backends it cannot, 404
+/// for a Gateway it does not serve, 400 for what it cannot read. Flipping on ejection and back
+/// is in failover.rs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_health_endpoint_is_open_and_says_only_what_a_gslb_needs() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let proxy = ProxyHandle::start(ProxyConfig {
+            admin: Some("127.0.0.2:0".parse().unwrap()),
+            admin_auth: AdminAuth::Token(TOKEN.to_string()),
+            locality: meridian_model::locality::Locality {
+                cluster: "east".into(),
+                region: "us-east".into(),
+                zone: "a".into(),
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let admin = proxy.admin_addr().unwrap();
+        let c = client();
+        let path = "/healthz/gateway/default/gw";
+        // Nothing served yet: not this proxy's Gateway.
+        let (status, _, body) = fetch(&c, admin, path, None).await;
+        assert_eq!(status, 404, "{body}");
+        let ep = |region: &str, port: u16| {
+            json!({"address": "127.0.0.1", "port": port, "cluster": region,
+                   "region": region, "zone": "a"})
+        };
+        // The local endpoint takes connections (the health probes must not eject it); the eu
+        // ones need not.
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local_port = listening.local_addr().unwrap().port();
+        let local = common::backend(
+            "default/local:80",
+            1,
+            vec![ep("us-east", local_port), ep("eu", 10)],
+        );
+        let remote = common::backend("default/remote:80", 1, vec![ep("eu", 11)]);
+        let port = free_port();
+        proxy
+            .apply(http_snapshot(
+                1,
+                port,
+                vec![
+                    common::prefix_rule("/a", vec![local.clone()]),
+                    common::prefix_rule("/b", vec![remote]),
+                ],
+            ))
+            .await
+            .unwrap();
+        let (status, _, body) = fetch(&c, admin, path, None).await;
+        assert_eq!(status, 503, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["healthy"], false);
+        assert_eq!(v["region"], "us-east");
+        assert_eq!(v["backends"], 2);
+        assert_eq!(v["servableLocally"], 1);
+        assert_eq!(v["withoutLocalEndpoints"], json!(["default/remote:80"]));
+        assert!(!body.contains("127.0.0.1"), "no addresses: {body}");
+        // A share: half the backends is enough with ?minPercent=50.
+        let (status, _, body) = fetch(&c, admin, &format!("{path}?minPercent=50"), None).await;
+        assert_eq!(status, 200, "{body}");
+        // Only local backends: 200 with the default (all of them).
+        proxy
+            .apply(http_snapshot(
+                2,
+                port,
+                vec![common::prefix_rule("/", vec![local])],
+            ))
+            .await
+            .unwrap();
+        let (status, _, body) = fetch(&c, admin, path, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["healthy"],
+            true
+        );
+        // Unknown Gateway, malformed path and query, too long a path.
+        let (status, _, _) = fetch(&c, admin, "/healthz/gateway/default/other", None).await;
+        assert_eq!(status, 404);
+        for bad in [
+            "/healthz/gateway/default".to_string(),
+            "/healthz/gateway/default/gw/extra".to_string(),
+            format!("{path}?minPercent=101"),
+            format!("{path}?other=1"),
+            format!("/healthz/gateway/default/{}", "g".repeat(400)),
+        ] {
+            let (status, _, body) = fetch(&c, admin, &bad, None).await;
+            assert_eq!(status, 400, "{bad}: {body}");
+        }
+        // The other protected paths still want the token.
+        let (status, _, _) = fetch(&c, admin, "/metrics", None).await;
+        assert_eq!(status, 401);
+        proxy.shutdown().await;
+        drop(listening);
+    })
+    .await
+    .unwrap();
+}

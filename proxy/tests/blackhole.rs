@@ -23,6 +23,15 @@
 //! the next tier seconds later does not count as "on the next tier"), latency during the cut, and
 //! failback after the restore.
 //!
+//! Since hedging (lean/hedge.rs) a GET whose first try has not answered after the hedge delay
+//! also goes to the next region, so the cut costs a request the hedge delay, not the connect
+//! timeout; the asserts hold issue 18's goals (p99 ≤ 500 ms, ≥ 95 % elsewhere within 1 s).
+//!
+//! The same namespace machinery shows *nearest region first*
+//! ([`nearest_region_by_measured_round_trip_comes_first`]): a namespace whose uplink is shaped
+//! (tbf) and kept busy by its child is tens of milliseconds away, and the proxy's health probes
+//! measure it.
+//!
 //! Skips with a printed reason when not root or when `ip`/`nft` are missing. Every namespace,
 //! veth and child process is removed by a drop guard, so a failing assertion cleans up too.
 #![allow(clippy::unwrap_used)]
@@ -52,6 +61,11 @@ use tokio::task::JoinSet;
 const CHILD_ENV: &str = "MERIDIAN_BLACKHOLE_CHILD";
 /// A backend child exits after this long even if nobody stops it.
 const CHILD_LIFETIME: Duration = Duration::from_secs(180);
+/// Set (to the root end's address) to make the backend child flood the namespace's uplink.
+const FLOOD_ENV: &str = "MERIDIAN_BLACKHOLE_FLOOD";
+/// Rate and queue of the shaped uplink of a *far* namespace ([`Netns::slow_down`]).
+const SHAPED_RATE: &str = "2mbit";
+const SHAPED_LATENCY: &str = "40ms";
 /// nftables table (inside the test's namespace only) that drops every packet.
 const NFT_TABLE: &str = "meridian_blackhole";
 
@@ -70,15 +84,17 @@ const RESTORE_AT: Duration = Duration::from_secs(21);
 const LOAD_END: Duration = Duration::from_secs(25);
 /// An answer slower than this went through a timeout on the dead region first.
 const PROMPT: Duration = Duration::from_secs(1);
-/// Goal of issue 7: ≥ 95 % of the traffic on the next tier within this after the cut (met).
-const SHIFT_GOAL: Duration = Duration::from_secs(3);
-/// Goal of issue 7: 0 failed GETs (asserted below). A GET written into an idle pooled connection
-/// to the dead region at the moment of the cut gets no answer; the upstream TCP user timeout (2 s)
-/// kills that connection and the GET is retried on another endpoint.
-///
-/// Requests that open a new connection to the dead region wait for the proxy's connect timeout
-/// (2 s by default) before they are retried on the next tier; p99 during the cut is bounded by it.
-const MAX_P99_DURING_CUT: Duration = Duration::from_secs(3);
+/// Goal of issue 18: ≥ 95 % of the traffic on the next tier within this after the cut. Issue 7
+/// asked for 3 s; before hedging it took 1.8 s (a new connection into the dead region waited
+/// out the 2 s connect timeout before moving on).
+const SHIFT_GOAL: Duration = Duration::from_secs(1);
+/// Goal of issue 18: no request pays more than this at p99 for the dead region, and 0 failed
+/// GETs (asserted below). The lean path hedges a GET whose first try has not answered after
+/// the hedge delay (the backend's p95, at least 25 ms; lean/hedge.rs) to the next region, so
+/// neither a connect into the silent region nor a GET written into an idle pooled connection
+/// to it waits for a timeout. Before hedging, p99 during the cut was 2.02 s (the connect
+/// timeout).
+const MAX_P99_DURING_CUT: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------------------------------------
 // Environment checks and commands
@@ -151,6 +167,7 @@ fn run_with_input(cmd: &str, args: &[&str], input: Option<&str>) -> Result<(), S
 struct Netns {
     name: String,
     host_if: String,
+    ns_if: String,
     /// Root-namespace end and namespace end of the /30.
     host_ip: Ipv4Addr,
     ns_ip: Ipv4Addr,
@@ -172,6 +189,7 @@ impl Netns {
         let ns = Netns {
             name: name.clone(),
             host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
             host_ip,
             ns_ip,
             children: Vec::new(),
@@ -208,6 +226,12 @@ impl Netns {
     /// Starts one child process inside the namespace serving one backend per name on the
     /// namespace's address; returns (name, address) per backend.
     fn spawn_backends(&mut self, names: &[&str]) -> Vec<(String, SocketAddr)> {
+        self.spawn_child(names, false)
+    }
+
+    /// [`Netns::spawn_backends`]; with `flood` the child also keeps the namespace's uplink busy
+    /// (see [`Netns::slow_down`]).
+    fn spawn_child(&mut self, names: &[&str], flood: bool) -> Vec<(String, SocketAddr)> {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name])
@@ -220,6 +244,14 @@ impl Netns {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, format!("{} {}", self.ns_ip, names.join(" ")))
+            .env(
+                FLOOD_ENV,
+                if flood {
+                    self.host_ip.to_string()
+                } else {
+                    String::new()
+                },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -262,6 +294,35 @@ impl Netns {
             "ip",
             &["netns", "exec", &self.name, "nft", "-f", "-"],
             Some(&rules),
+        )
+    }
+
+    /// Makes the namespace *far*: its uplink (the namespace end of the veth) is shaped to
+    /// [`SHAPED_RATE`] with up to [`SHAPED_LATENCY`] of queue, and a child started with
+    /// `flood` keeps that queue full, so every packet out of the namespace (a SYN-ACK too)
+    /// waits about that long. `tc netem` would say it directly, but kernels without the netem
+    /// module have tbf.
+    fn slow_down(&self) -> Result<(), String> {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                &self.ns_if,
+                "root",
+                "tbf",
+                "rate",
+                SHAPED_RATE,
+                "burst",
+                "4kb",
+                "latency",
+                SHAPED_LATENCY,
+            ],
         )
     }
 
@@ -399,6 +460,11 @@ fn namespace_backend_child() {
         .build()
         .unwrap();
     rt.block_on(async {
+        if let Ok(host) = std::env::var(FLOOD_ENV)
+            && let Ok(host) = host.parse::<Ipv4Addr>()
+        {
+            tokio::spawn(flood(host));
+        }
         for name in names {
             let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
             println!("LISTEN {name} {}", listener.local_addr().unwrap());
@@ -408,6 +474,23 @@ fn namespace_backend_child() {
         tokio::time::sleep(CHILD_LIFETIME).await;
     });
     std::process::exit(0);
+}
+
+/// Sends UDP datagrams to `host` (the discard port; nothing listens) at about twice
+/// [`SHAPED_RATE`], paced, until the child exits: the shaped uplink's queue stays full.
+async fn flood(host: Ipv4Addr) {
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    let datagram = [0u8; 1200];
+    // 4 Mbit/s: 1200 bytes every 2.4 ms; in bursts of 4 every ~10 ms.
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let end = CHILD_LIFETIME.as_millis() / 10;
+    for _ in 0..end {
+        tick.tick().await;
+        for _ in 0..4 {
+            // A full queue refuses some: that is the point.
+            let _ = socket.send_to(&datagram, (host, 9)).await;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -667,7 +750,10 @@ async fn blackholed_region_fails_over_and_back() {
         let metrics = proxy.metrics_text();
         let counters: Vec<&str> = metrics
             .lines()
-            .filter(|l| !l.starts_with('#') && (l.contains("retries") || l.contains("ejections")))
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("retries") || l.contains("ejections") || l.contains("hedges"))
+            })
             .collect();
         let failed_desc: Vec<String> = failed
             .iter()
@@ -708,6 +794,14 @@ async fn blackholed_region_fails_over_and_back() {
             p99_cut <= MAX_P99_DURING_CUT,
             "p99 during the cut {p99_cut:?}"
         );
+        // The requests of the cut went through hedges, not timeouts.
+        let hedges_sent = metrics
+            .lines()
+            .find(|l| l.starts_with("meridian_proxy_hedges_total{event=\"sent\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(hedges_sent > 0, "no hedge was sent: {counters:?}");
         let failback = failback.expect("traffic never came back to us-east");
         assert!(failback <= Duration::from_secs(3), "failback {failback:?}");
         assert!(
@@ -724,4 +818,104 @@ async fn blackholed_region_fails_over_and_back() {
     tokio::time::timeout(Duration::from_secs(90), run)
         .await
         .expect("blackhole test timed out");
+}
+
+/// Nearest region first: a proxy in eu-central without local endpoints, with ap-south behind a
+/// shaped, busy uplink (tens of ms of round trip) and us-west on loopback. Alphabetically
+/// ap-south would come first; the health probes' connect round trips put us-west first, the
+/// admin `/config_dump` shows the measured order, and the traffic goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nearest_region_by_measured_round_trip_comes_first() {
+    if let Some(why) = skip_reason() {
+        println!("skipping nearest-region test: {why}");
+        return;
+    }
+    let run = async {
+        let mut ns = match Netns::create(1) {
+            Ok(ns) => ns,
+            Err(e) => panic!("network namespace setup failed: {e}"),
+        };
+        if let Err(e) = ns.slow_down() {
+            println!("skipping nearest-region test: no tbf qdisc ({e})");
+            return;
+        }
+        let mut backends = ns.spawn_child(&["ap-south/a"], true);
+        let (name, addr, task) = loopback_backend("us-west/a").await;
+        backends.push((name, addr));
+        let proxy = ProxyHandle::start(ProxyConfig {
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            admin_auth: AdminAuth::None,
+            locality: Locality {
+                cluster: "central".into(),
+                region: "eu-central".into(),
+                zone: "a".into(),
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let admin = proxy.admin_addr().unwrap();
+        let port = common::free_port();
+        let endpoints: Vec<_> = backends
+            .iter()
+            .map(|(name, addr)| {
+                let (region, zone) = name.split_once('/').unwrap();
+                json!({"address": addr.ip().to_string(), "port": addr.port(),
+                       "cluster": region, "region": region, "zone": zone})
+            })
+            .collect();
+        let backend = json!({
+            "name": "default/echo:80 (ServiceImport)",
+            "weight": 1,
+            "target": {"type": "endpoints", "endpoints": endpoints},
+        });
+        proxy
+            .apply(common::http_snapshot(
+                1,
+                port,
+                vec![common::prefix_rule("/", vec![backend])],
+            ))
+            .await
+            .unwrap();
+        let c = common::client();
+        let order = meridian_test_support::eventually_async(
+            "us-west measured nearer than ap-south",
+            Duration::from_secs(20),
+            || async {
+                let v: serde_json::Value = serde_json::from_str(
+                    &c.get(format!("http://{admin}/config_dump"))
+                        .send()
+                        .await
+                        .ok()?
+                        .text()
+                        .await
+                        .ok()?,
+                )
+                .ok()?;
+                let order = v["nearestRegions"].clone();
+                let first = order.get(0)?["region"].as_str()?.to_string();
+                (first == "us-west" && order.as_array()?.len() == 2).then_some(order)
+            },
+        )
+        .await;
+        println!("nearest regions measured from eu-central: {order}");
+        let rtt = |i: usize| order[i]["rttMs"].as_f64().unwrap();
+        assert_eq!(order[1]["region"], "ap-south");
+        assert!(rtt(1) > rtt(0) * 1.2 && rtt(1) - rtt(0) > 2.0, "{order}");
+        for _ in 0..20 {
+            let r = c
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            assert_eq!(r.text().await.unwrap(), "us-west/a", "nearest region first");
+        }
+        proxy.shutdown().await;
+        task.abort();
+        drop(ns);
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("nearest-region test timed out");
 }

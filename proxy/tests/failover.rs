@@ -1,7 +1,10 @@
 //! Regional failover over real loopback sockets: three "regions" of backends, steady load through
 //! a proxy in us-east, every us-east backend stopped mid-run (connections cut, port closed), then
 //! restarted. Measures failed requests, time until ≥ 95 % of traffic is on the next tier, and the
-//! failback time (health check re-admission), and prints them.
+//! failback time (health check re-admission), and prints them. Along the way: the per-Gateway
+//! health endpoint for global load balancers (admin `/healthz/gateway/NS/NAME`) turns 503 when
+//! us-east's endpoints are ejected and 200 after the restart, and the failover metrics
+//! (events, time to move, active tier) are scraped from the admin `/metrics`.
 //!
 //! The run is driven by what the load sees, not by a wall-clock schedule: the kill comes once
 //! there is enough steady load, the restart once the next tier has answered enough requests,
@@ -32,6 +35,7 @@ use tokio::net::TcpSocket;
 use tokio::task::JoinSet;
 
 use common::eventually;
+use meridian_test_support::eventually_async;
 
 /// Bound of each phase of the run (steady load, shift, failback).
 const PHASE: Duration = Duration::from_secs(20);
@@ -171,7 +175,7 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
             backends.push(Backend::start(r, z).await);
         }
         let proxy = ProxyHandle::start(ProxyConfig {
-            admin: None,
+            admin: Some("127.0.0.1:0".parse().unwrap()),
             admin_auth: AdminAuth::None,
             locality: Locality {
                 cluster: "east".into(),
@@ -183,6 +187,7 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
         })
         .await
         .unwrap();
+        let admin = proxy.admin_addr().unwrap();
         let port = common::free_port();
         let backend = json!({
             "name": "default/echo:80 (ServiceImport)",
@@ -234,10 +239,28 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
             started_since(&samples, Duration::ZERO) >= 1000
         })
         .await;
+        // The GSLB health endpoint: us-east can serve the Gateway from its own endpoints.
+        let (status, gslb) = gateway_health(admin).await;
+        assert_eq!(status, 200, "{gslb}");
+        assert_eq!(gslb["healthy"], true);
+        assert_eq!(gslb["servableLocally"], 1);
         let killed = start.elapsed();
         for b in backends.iter().filter(|b| b.region == "us-east") {
             b.stop();
         }
+        // ... and says no once both us-east endpoints are ejected, naming the backend.
+        let down = eventually_async("GSLB health endpoint says 503", PHASE, || async {
+            let (status, v) = gateway_health(admin).await;
+            (status == 503).then_some(v)
+        })
+        .await;
+        assert_eq!(down["healthy"], false);
+        assert_eq!(down["region"], "us-east");
+        assert_eq!(
+            down["withoutLocalEndpoints"],
+            json!(["default/echo:80 (ServiceImport)"])
+        );
+        let gslb_down_after = start.elapsed() - killed;
         // The shift is judged from 1 s after the kill: run until that part has enough answers.
         let judged_from = killed + Duration::from_secs(1);
         eventually("load on the next tier after the kill", PHASE, || {
@@ -261,6 +284,12 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
                 .is_some()
         })
         .await;
+        // The GSLB endpoint comes back with the endpoints.
+        eventually_async("GSLB health endpoint says 200 again", PHASE, || async {
+            gateway_health(admin).await.0 == 200
+        })
+        .await;
+        let gslb_up_after = start.elapsed() - restarted;
         done.store(true, Ordering::Release);
         while clients.join_next().await.is_some() {}
         let stopped = start.elapsed();
@@ -296,17 +325,62 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
             .min();
         let (before_hit, before_n) = share(&samples, Duration::ZERO, killed, "us-east");
         let (after_hit, after_n) = share(&samples, judged_from, restarted, "eu-west");
-        let metrics = proxy.metrics_text();
+        // The failover metrics, scraped from the admin listener as Prometheus would.
+        let metrics = common::client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let retries: Vec<&str> = metrics
             .lines()
-            .filter(|l| !l.starts_with('#') && (l.contains("retries") || l.contains("ejections")))
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("retries")
+                        || l.contains("ejections")
+                        || l.contains("failover")
+                        || l.contains("active_tier"))
+            })
             .collect();
         println!(
             "failover: {total} requests, {} failed; before kill {before_hit}/{before_n} on us-east; \
              kill+1s..restart {after_hit}/{after_n} on eu-west; time-to-shift (≥95 % on next tier) \
              {shift:?}; failback: first us-east answer {first_back:?} after restart, ≥95 % back \
-             after {failback:?}; {retries:?}",
+             after {failback:?}; GSLB endpoint 503 {gslb_down_after:?} after the kill, 200 \
+             {gslb_up_after:?} after the restart; {retries:?}",
             failed.len()
+        );
+        let backend_label = "backend=\"default/echo:80 (ServiceImport)\"";
+        let events = |event: &str| {
+            common::metric_sum(
+                &metrics,
+                &format!("meridian_proxy_failover_events_total{{{backend_label},event=\"{event}\""),
+            )
+        };
+        // us-east (both zones) to eu-west, and back.
+        assert!(events("failover") >= 1.0, "{retries:?}");
+        assert!(events("failback") >= 1.0, "{retries:?}");
+        let moved = common::metric_sum(&metrics, "meridian_proxy_failover_seconds_count");
+        assert!(moved >= 1.0, "{retries:?}");
+        // Each move was observed within a second of the tier's last ejection.
+        let within_1s = common::metric_sum(
+            &metrics,
+            &format!("meridian_proxy_failover_seconds_bucket{{{backend_label},le=\"1\"}}"),
+        );
+        assert_eq!(within_1s, moved, "{retries:?}");
+        // Back on tier 0 (us-east, zone a): the one series of the backend says so.
+        let tier: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("meridian_proxy_active_tier{"))
+            .collect();
+        assert_eq!(
+            tier,
+            [format!(
+                "meridian_proxy_active_tier{{{backend_label},region=\"us-east\"}} 0"
+            )],
+            "{retries:?}"
         );
         assert!(before_n > 50 && after_n > 50, "too little load to judge");
         assert!(
@@ -328,6 +402,20 @@ async fn losing_a_region_costs_no_get_and_traffic_fails_back_after_the_health_ch
     tokio::time::timeout(Duration::from_secs(90), run)
         .await
         .expect("failover test timed out");
+}
+
+/// `GET /healthz/gateway/default/gw` on the admin listener (no token): status and JSON.
+async fn gateway_health(admin: SocketAddr) -> (u16, serde_json::Value) {
+    let r = common::client()
+        .get(format!("http://{admin}/healthz/gateway/default/gw"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
 }
 
 /// GETs `n` times; returns (status, region) pairs.

@@ -167,7 +167,10 @@ fn mirror_endpoint(
     endpoints::choose(
         endpoints,
         &m.backend.name,
-        &shared.locality,
+        endpoints::Vantage {
+            me: &shared.locality,
+            nearest: &shared.rtt.order(),
+        },
         failover.as_ref(),
         &shared.ejections,
         &[],

@@ -65,6 +65,11 @@ impl Forwarder {
                 return Err(e);
             }
             self.observe_latency(up, &ctx.routing);
+            // The failover metrics: which tier answers (failover.rs).
+            if let (Some(b), Some(t)) = (up.target.backend(), &up.current) {
+                let drain = up.target.drain.as_deref();
+                self.shared.tiers.served(&self.shared, b, t.index, drain);
+            }
         }
         ctx.outcome.answered = true;
         Ok(())

@@ -52,6 +52,16 @@ pub(crate) struct Forwarder {
     pub shared: Arc<Shared>,
 }
 
+/// The try a hedge set aside: of two tries in flight, the one that is not current.
+pub(crate) struct Parked(Option<Try>);
+
+impl Parked {
+    /// The health identity of the parked try's endpoint.
+    pub(crate) fn key(&self) -> Option<EndpointKey> {
+        self.0.as_ref().map(|t| t.key)
+    }
+}
+
 /// The endpoint picked for a try.
 struct Picked {
     index: usize,
@@ -146,12 +156,159 @@ impl Forwarder {
         if up.latency == LatencyClock::Idle {
             up.latency = LatencyClock::Running(Instant::now());
         }
+        Ok(Box::new(self.peer_of(up, &picked)))
+    }
+
+    /// The connection settings of a try at `picked`.
+    fn peer_of(&self, up: &Upstream, picked: &Picked) -> HttpPeer {
         let connect = self.shared.limits.connect_timeout;
-        let mut peer = peer(addr, up.try_budget(), connect, picked.protocol);
+        let mut peer = peer(picked.key.addr, up.try_budget(), connect, picked.protocol);
         if let Some(cluster) = &picked.east_west {
             self.secure_east_west(&mut peer, cluster);
         }
-        Ok(Box::new(peer))
+        peer
+    }
+
+    /// The backend's name when the request's next try may be hedged (lean/hedge.rs): it is the
+    /// first try, the backend speaks HTTP/1 (an h2c session is shared by many requests and not
+    /// closed on cancel) and has more than one ready endpoint.
+    pub(crate) fn hedge_candidate<'c>(&self, ctx: &'c Ctx) -> Option<&'c str> {
+        let up = ctx.upstream.as_ref()?;
+        if !up.tried.is_empty() {
+            return None;
+        }
+        let b = up.target.backend()?;
+        match &b.target {
+            BackendTarget::Endpoints {
+                protocol: BackendProtocol::Http1,
+                endpoints,
+                ..
+            } if endpoints::ready_count(endpoints) > 1 => Some(&b.name),
+            _ => None,
+        }
+    }
+
+    /// The endpoint of a hedged try beside the current one, which has not answered after the
+    /// hedge delay; `None` when the request may not hedge. The hedge goes to the next choice of
+    /// the locality plan, skipping the current endpoint and, when that one is in this proxy's
+    /// own region, the whole region (a silent region is a network event more often than one
+    /// silent endpoint). It spends one failover allowance, and a share of the retry budget when
+    /// `first_sent` (the first try's request went out, so the hedge duplicates work; a first
+    /// try still connecting has sent nothing, like a connect failover to an endpoint known
+    /// dead, fail_to_connect). The current try is parked in the returned [`Parked`]; the hedged
+    /// one becomes current.
+    pub(crate) fn hedge_peer(
+        &self,
+        ctx: &mut Ctx,
+        first_sent: bool,
+    ) -> Option<(Box<HttpPeer>, Parked)> {
+        let up = ctx.upstream.as_mut()?;
+        if up.left.failovers == 0 || up.deadline_passed() {
+            return None;
+        }
+        let current = up.current.as_ref()?;
+        let (first, first_index) = (current.key.addr, current.index);
+        // The rule is shared: a clone of its Arc lets `up.tried` change below.
+        let rule = up.target.rule.clone();
+        let backend = rule.rule.backends.get(up.target.index)?;
+        let BackendTarget::Endpoints { endpoints, .. } = &backend.target else {
+            return None;
+        };
+        let skip_region = endpoints
+            .get(first_index)
+            .map(|e| e.region.as_str())
+            .filter(|r| *r == self.shared.locality.region);
+        // The own region's endpoints count as tried for this choice only.
+        let before = up.tried.len();
+        if let Some(region) = skip_region {
+            up.tried.extend(
+                endpoints
+                    .iter()
+                    .filter(|e| e.region == region)
+                    .map(|e| SocketAddr::new(e.address, e.port)),
+            );
+        }
+        let picked = self.choose_endpoint(backend, up);
+        up.tried.truncate(before);
+        let picked = picked.filter(|p| {
+            p.key.addr != first
+                && skip_region.is_none_or(|r| endpoints.get(p.index).is_some_and(|e| e.region != r))
+        })?;
+        if first_sent && !self.shared.budget.try_retry(up.left.budget_percent) {
+            return None;
+        }
+        up.left.failovers -= 1;
+        up.tried.push(picked.key.addr);
+        let peer = self.peer_of(up, &picked);
+        let parked = up.current.replace(Try {
+            key: picked.key,
+            index: picked.index,
+            remote_served_by: None,
+        });
+        self.shared
+            .metrics
+            .hedges
+            .with_label_values(&["sent"])
+            .inc();
+        self.count_retry("hedge");
+        Some((Box::new(peer), Parked(parked)))
+    }
+
+    /// Swaps the current try with the parked one (the parked one answered first, or is the
+    /// one left when the other failed).
+    pub(crate) fn hedge_swap(ctx: &mut Ctx, parked: &mut Parked) {
+        if let Some(up) = ctx.upstream.as_mut() {
+            std::mem::swap(&mut up.current, &mut parked.0);
+        }
+    }
+
+    /// The health identity of the current try's endpoint.
+    pub(crate) fn current_key(ctx: &Ctx) -> Option<EndpointKey> {
+        Some(ctx.upstream.as_ref()?.current.as_ref()?.key)
+    }
+
+    /// A try of a hedged pair failed while the other is still in flight: a failed connect ejects
+    /// its endpoint, as in fail_to_connect; the request waits for the other try.
+    pub(crate) fn hedge_try_failed(&self, key: Option<EndpointKey>, e: &Error, connect: bool) {
+        if connect && let Some(key) = key {
+            self.eject(
+                key,
+                e,
+                "endpoint ejected after connect failure (hedged try)",
+            );
+        }
+        tracing::debug!(error = %e, connect, "a hedged pair's try failed, the other goes on");
+    }
+
+    /// A try that lost a hedge race while still connecting: it is judged as a connect timeout
+    /// only when the endpoint really does not accept a connection within what was left of the
+    /// connect timeout (one plain TCP connect in the background, at most one at a time per
+    /// endpoint). A loser that had connected is not judged: it was only slower.
+    pub(crate) fn hedge_lost_connecting(&self, key: Option<EndpointKey>, started: Instant) {
+        self.shared
+            .metrics
+            .hedges
+            .with_label_values(&["lost_connecting"])
+            .inc();
+        let Some(key) = key else { return };
+        let left = self
+            .shared
+            .limits
+            .connect_timeout
+            .saturating_sub(started.elapsed());
+        if self.shared.ejections.is_ejected(key) || !self.shared.hedging.begin_check(key) {
+            return;
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let connected =
+                tokio::time::timeout(left, tokio::net::TcpStream::connect(key.addr)).await;
+            if connected.is_err() && shared.ejections.eject(key) {
+                shared.metrics.ejections.inc();
+                tracing::info!(endpoint = %key, "endpoint ejected: no connect within the connect timeout (hedge loser)");
+            }
+            shared.hedging.end_check(key);
+        });
     }
 
     /// A try at a remote proxy's east-west listener in `cluster`: mutual TLS with our mesh
@@ -204,11 +361,15 @@ impl Forwarder {
             tried_or_refused.extend_from_slice(&up.tried);
             &tried_or_refused
         };
+        let nearest = self.shared.rtt.order();
         let choose = |tried: &[SocketAddr]| {
             endpoints::choose(
                 endpoints,
                 &backend.name,
-                &self.shared.locality,
+                endpoints::Vantage {
+                    me: &self.shared.locality,
+                    nearest: &nearest,
+                },
                 failover.as_ref(),
                 &self.shared.ejections,
                 tried,

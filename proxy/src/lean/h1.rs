@@ -67,7 +67,23 @@ pub(super) async fn exchange(
         return Exchanged::failed(false, e.into_up());
     }
     session.enable_retry_buffering();
-    match pump(fwd, session, up, ctx).await {
+    exchanged(pump(fwd, session, up, ctx, None).await)
+}
+
+/// Goes on with an exchange whose request went up whole and whose first response piece `first`
+/// was read already: a hedged try that answered first (hedge.rs).
+pub(super) async fn resume(
+    fwd: &Forwarder,
+    session: &mut Downstream,
+    up: &mut ClientV1,
+    ctx: &mut Ctx,
+    first: HttpTask,
+) -> Exchanged {
+    exchanged(pump(fwd, session, up, ctx, Some(first)).await)
+}
+
+fn exchanged(pumped: Result<Pumped>) -> Exchanged {
+    match pumped {
         Ok(p) => Exchanged {
             downstream_reusable: p.downstream_reusable,
             upstream_reusable: p.upstream_reusable,
@@ -84,11 +100,13 @@ struct Pumped {
     upgraded: bool,
 }
 
+/// `first`: the first response piece, already read (hedge.rs; the request went up whole).
 async fn pump(
     fwd: &Forwarder,
     session: &mut Downstream,
     up: &mut ClientV1,
     ctx: &mut Ctx,
+    first: Option<HttpTask>,
 ) -> Result<Pumped> {
     let mut upstream_reusable = true;
     // An upstream write that failed: reported only if the response cannot be read either (a
@@ -97,7 +115,8 @@ async fn pump(
     let mut request_done = session.is_body_done();
     // A retry replays what the client sent so far; a bodyless request ends here.
     let replay = session.get_retry_buffer();
-    if (replay.is_some() || session.is_body_empty())
+    if first.is_none()
+        && (replay.is_some() || session.is_body_empty())
         && let Err(e) = send_body(up, replay.as_deref(), request_done).await
     {
         upstream_reusable = false;
@@ -105,6 +124,21 @@ async fn pump(
         send_error = Some(e);
     }
     let mut response_done = false;
+    // A hedged try (hedge.rs): the request went up whole, its first response piece is here.
+    if let Some(task) = first {
+        request_done = true;
+        match forward(fwd, session, up, ctx, task).await? {
+            Forwarded::More => {}
+            Forwarded::Done => response_done = true,
+            Forwarded::Upgraded => {
+                return Ok(Pumped {
+                    downstream_reusable: false,
+                    upstream_reusable: false,
+                    upgraded: true,
+                });
+            }
+        }
+    }
     // Bounded by the two messages: every turn reads a piece of one of them or ends with an
     // error (the client's idle watch fails when it goes away or sends past its body).
     while !(request_done && response_done) {
@@ -152,7 +186,7 @@ async fn pump(
 }
 
 /// Writes a piece of the request body upstream; `end` finishes it (the last chunk).
-async fn send_body(up: &mut ClientV1, data: Option<&[u8]>, end: bool) -> Result<()> {
+pub(super) async fn send_body(up: &mut ClientV1, data: Option<&[u8]>, end: bool) -> Result<()> {
     if let Some(d) = data.filter(|d| !d.is_empty()) {
         up.write_body(d).await.map_err(|e| e.into_up())?;
     }

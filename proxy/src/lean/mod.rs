@@ -15,7 +15,8 @@
 //! listeners.rs serve_http1 ── one call per request ──► LeanPath::process
 //!   read head (400 malformed, 405 CONNECT) ─ shutting down? Connection: close
 //!   ─ clock: header read (limits.rs) ─ Role::request_filter ── answered? ─► logging ─ reuse
-//!   ─ tries (at most ServerConf::max_retries, 16, like pingora):
+//!   ─ tries (at most ServerConf::max_retries, 16, like pingora; hedge.rs races a second try
+//!     of an idempotent request without a large body when the first is slow to answer):
 //!       Forwarder::upstream_peer ─ HTTP/1: pool.rs or a new connection, h2c: pingora's
 //!         connector ── failed ─► Forwarder::fail_to_connect
 //!       HTTP/1 upstream (h1.rs): head (request.rs) ─ request body and response in one select
@@ -35,6 +36,7 @@
 
 mod h1;
 mod h2;
+pub(crate) mod hedge;
 mod pool;
 mod request;
 mod tunnel;
@@ -158,7 +160,8 @@ impl<R: Role> LeanPath<R> {
         let mut error = None;
         let mut upgraded = None;
         for _ in 0..self.max_tries {
-            let tried = self.try_upstream(&mut session, &mut ctx).await;
+            // hedge.rs: a plain try, or a hedged one for idempotent requests.
+            let tried = hedge::try_upstream(self, &mut session, &mut ctx).await;
             reusable = tried.downstream_reusable;
             upgraded = tried.upgraded;
             match tried.error {

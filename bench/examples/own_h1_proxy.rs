@@ -20,14 +20,21 @@
 //! bytes are there, a write per message), the task parks only when the socket is empty, and no
 //! socket is read to check it or shut down; no timeouts, routing, filters or counters.
 //!
+//! `heads` (the third argument) puts pingora's head types in between, as the lean path would
+//! keep them: each parsed head becomes a `pingora_http` `RequestHeader` / `ResponseHeader`
+//! (case-preserving header inserts), the request head is cloned for upstream (the lean path's
+//! request.rs does), and both heads are written from those types; `raw` (the default) writes
+//! them straight from the parsed bytes.
+//!
 //! `cargo build --release -p meridian-bench --example own_h1_proxy`, then
-//! `own_h1_proxy LISTEN BACKEND` (e.g. `127.0.0.1:18081 127.0.0.1:18080`).
+//! `own_h1_proxy LISTEN BACKEND [raw|heads]` (e.g. `127.0.0.1:18081 127.0.0.1:18080`).
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Buf, BytesMut};
+use pingora_http::{RequestHeader, ResponseHeader, header_value_from_slice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -41,25 +48,33 @@ const MAX_LINE: usize = 4096;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: own_h1_proxy LISTEN BACKEND";
+    let usage = "usage: own_h1_proxy LISTEN BACKEND [raw|heads]";
     let listen: SocketAddr = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let backend: SocketAddr = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
+    let heads = match args.next().as_deref() {
+        None | Some("raw") => false,
+        Some("heads") => true,
+        Some(_) => anyhow::bail!(usage),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(listen, backend))
+    rt.block_on(serve(listen, backend, heads))
 }
 
 struct Proxy {
     backend: SocketAddr,
+    /// Heads go through pingora_http's types (`heads`).
+    heads: bool,
     /// Idle upstream connections, checked only when a request finds them dead.
     idle: Mutex<Vec<Side>>,
 }
 
-async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
+async fn serve(listen: SocketAddr, backend: SocketAddr, heads: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let proxy = Arc::new(Proxy {
         backend,
+        heads,
         idle: Mutex::default(),
     });
     // Runs until the process is stopped (a benchmark target).
@@ -212,7 +227,11 @@ fn hop_by_hop(name: &str) -> bool {
 
 /// Parses a request head at the start of `buf` and writes the upstream head into `out`; `None`
 /// while it is incomplete.
-fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead>, &'static str> {
+fn parse_request(
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    heads: bool,
+) -> Result<Option<RequestHead>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -269,12 +288,85 @@ fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<RequestHead>, &
         (true, None) => Body::Chunked(Chunk::Size),
         (false, length) => Body::Length(length.unwrap_or(0)),
     };
+    if heads {
+        via_request_header(&req, out)?;
+    }
     Ok(Some(RequestHead {
         len,
         body,
         keep_alive,
         is_head: method == "HEAD",
     }))
+}
+
+/// `heads`: the request as pingora's `RequestHeader` (what the lean path's roles read), cloned
+/// for upstream without hop-by-hop headers and written from that clone into `out`.
+fn via_request_header(
+    req: &httparse::Request<'_, '_>,
+    out: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    let bad = |_| "head not representable";
+    let method = req.method.unwrap_or_default();
+    let path = req.path.unwrap_or_default();
+    let mut head =
+        RequestHeader::build(method, path.as_bytes(), Some(req.headers.len())).map_err(bad)?;
+    for h in req.headers.iter() {
+        head.append_header(h.name.to_string(), header_value_from_slice(h.value))
+            .map_err(bad)?;
+    }
+    let mut up = head.clone();
+    for name in ["connection", "keep-alive", "proxy-connection", "te"] {
+        if up.headers.contains_key(name) {
+            up.remove_header(name);
+        }
+    }
+    out.clear();
+    out.extend_from_slice(up.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(up.raw_path());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    up.header_to_h1_wire(out);
+    if upgrade(req.headers) {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// `heads`: the response as pingora's `ResponseHeader` (what the response hooks get), its
+/// status line and header lines written from it into `out` (the caller ends the head).
+fn via_response_header(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    out: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    let bad = |_| "head not representable";
+    let mut head = ResponseHeader::build(status, Some(resp.headers.len())).map_err(bad)?;
+    for h in resp.headers.iter() {
+        if hop_by_hop(h.name) {
+            continue;
+        }
+        head.append_header(h.name.to_string(), header_value_from_slice(h.value))
+            .map_err(bad)?;
+    }
+    out.clear();
+    let reason = head
+        .get_reason_phrase()
+        .or(head.status.canonical_reason())
+        .unwrap_or("");
+    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", head.status.as_u16());
+    head.header_to_h1_wire(out);
+    if upgrade(resp.headers) {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    Ok(())
+}
+
+/// The head asks to switch protocols (a `Connection: upgrade` token).
+fn upgrade(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection") && has_token(h.value, "upgrade"))
 }
 
 fn parse_length(value: &[u8]) -> Result<u64, &'static str> {
@@ -301,6 +393,7 @@ fn parse_response(
     buf: &[u8],
     out: &mut Vec<u8>,
     to_head: bool,
+    heads: bool,
 ) -> Result<Option<ResponseHead>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -358,6 +451,9 @@ fn parse_response(
     } else {
         Body::UntilClose
     };
+    if heads {
+        via_response_header(&resp, status, out)?;
+    }
     if matches!(body, Body::UntilClose) {
         // The client learns the end from the close.
         out.extend_from_slice(b"connection: close\r\n");
@@ -404,7 +500,7 @@ async fn connection(mut client: Side, proxy: Arc<Proxy>) {
     // Bounded by the client: every turn serves one request.
     loop {
         let head = loop {
-            match parse_request(&client.buf, &mut up_head) {
+            match parse_request(&client.buf, &mut up_head, proxy.heads) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => {
@@ -488,7 +584,7 @@ impl Proxy {
             })?;
         // Every turn reads a head; 1xx heads go down and the next one follows.
         let (up_keep_alive, closed) = loop {
-            let resp = match parse_response(&up.buf, down_head, head.is_head) {
+            let resp = match parse_response(&up.buf, down_head, head.is_head, self.heads) {
                 Ok(Some(resp)) => resp,
                 Ok(None) => match up.fill().await {
                     Ok(0) if reused && up.buf.is_empty() && no_body => {

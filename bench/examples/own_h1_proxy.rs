@@ -79,8 +79,21 @@ async fn serve(listen: SocketAddr, backend: SocketAddr, heads: bool) -> anyhow::
     });
     // Runs until the process is stopped (a benchmark target).
     loop {
-        let (tcp, _) = listener.accept().await?;
-        tcp.set_nodelay(true)?;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors or the like: the next accept may succeed, so wait a bit
+                // instead of spinning or stopping.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // A client that reset its connection before this point is no reason to stop.
+        if let Err(e) = tcp.set_nodelay(true) {
+            eprintln!("client: {e}");
+            continue;
+        }
         tokio::spawn(connection(Side::new(tcp), proxy.clone()));
     }
 }
@@ -559,23 +572,26 @@ impl Proxy {
         up_head: &mut Vec<u8>,
         down_head: &mut Vec<u8>,
     ) -> Result<bool, Failed> {
-        let (mut up, reused) = match self.take_idle() {
+        let (mut up, mut reused) = match self.take_idle() {
             Some(up) => (up, true),
             None => (self.connect().await.map_err(Failed::BeforeAnswer)?, false),
         };
         // The head with the body bytes already read: one write.
-        let head_len = up_head.len();
         let n = head
             .body
             .take(&client.buf)
             .map_err(|e| Failed::BadRequest(invalid(e)))?;
         up_head.extend_from_slice(&client.buf[..n]);
         client.buf.advance(n);
-        let no_body = head.body.done();
-        up.io
-            .write_all(up_head)
-            .await
-            .map_err(Failed::BeforeAnswer)?;
+        // The whole request is in `up_head`: it can go once more on a new connection when an
+        // idle one turns out to be closed by the backend.
+        let whole = head.body.done();
+        if let Err(e) = up.io.write_all(up_head).await {
+            if !(reused && whole) {
+                return Err(Failed::BeforeAnswer(e));
+            }
+            (up, reused) = (self.resend(up_head).await?, false);
+        }
         stream_body(&mut head.body, client, &mut up.io)
             .await
             .map_err(|e| match e.kind() {
@@ -587,15 +603,9 @@ impl Proxy {
             let resp = match parse_response(&up.buf, down_head, head.is_head, self.heads) {
                 Ok(Some(resp)) => resp,
                 Ok(None) => match up.fill().await {
-                    Ok(0) if reused && up.buf.is_empty() && no_body => {
-                        // The idle connection had been closed by the backend: once more on a
-                        // new one (the request is complete in `up_head`).
-                        up_head.truncate(head_len);
-                        up = self.connect().await.map_err(Failed::BeforeAnswer)?;
-                        up.io
-                            .write_all(up_head)
-                            .await
-                            .map_err(Failed::BeforeAnswer)?;
+                    Ok(0) | Err(_) if reused && up.buf.is_empty() && whole => {
+                        // The idle connection had been closed by the backend.
+                        (up, reused) = (self.resend(up_head).await?, false);
                         continue;
                     }
                     Ok(0) => {
@@ -647,6 +657,16 @@ impl Proxy {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
+    }
+
+    /// A new upstream connection with the whole request (`up_head`) written to it.
+    async fn resend(&self, up_head: &[u8]) -> Result<Side, Failed> {
+        let mut up = self.connect().await.map_err(Failed::BeforeAnswer)?;
+        up.io
+            .write_all(up_head)
+            .await
+            .map_err(Failed::BeforeAnswer)?;
+        Ok(up)
     }
 
     async fn connect(&self) -> io::Result<Side> {

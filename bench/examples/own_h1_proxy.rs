@@ -14,8 +14,11 @@
 //!
 //! Framing follows RFC 9112 section 6: Content-Length or chunked bodies are streamed (chunked
 //! bytes forwarded as they are, their sizes checked), a request with both Content-Length and
-//! Transfer-Encoding, a duplicate Content-Length or a bad chunk size is answered 400. A response
-//! with neither is read until the backend closes, and the client connection closes after it.
+//! Transfer-Encoding, a duplicate Content-Length, a Transfer-Encoding that does not end in
+//! chunked or a bad chunk size is answered 400. A response with neither is read until the
+//! backend closes, and the client connection closes after it. An idle upstream connection found
+//! closed (no byte of the answer yet) gets the request once more on a new connection when the
+//! whole request is still in the head buffer.
 //! Why this shape: every system call here is one nginx makes too (a read per message when the
 //! bytes are there, a write per message), the task parks only when the socket is empty, and no
 //! socket is read to check it or shut down; no timeouts, routing, filters or counters.

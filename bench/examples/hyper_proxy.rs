@@ -37,8 +37,20 @@ async fn serve(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build(connector);
     loop {
-        let (tcp, _) = listener.accept().await?;
-        tcp.set_nodelay(true)?;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors or the like: the next accept may succeed.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // A client that reset its connection before this point is no reason to stop.
+        if let Err(e) = tcp.set_nodelay(true) {
+            eprintln!("client: {e}");
+            continue;
+        }
         let client = client.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {

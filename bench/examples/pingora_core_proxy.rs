@@ -75,8 +75,20 @@ async fn serve(listen: SocketAddr, proxy: Arc<Proxy>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // Runs until the process is stopped (a benchmark target).
     loop {
-        let (tcp, _) = listener.accept().await?;
-        tcp.set_nodelay(true)?;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors or the like: the next accept may succeed.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // A client that reset its connection before this point is no reason to stop.
+        if let Err(e) = tcp.set_nodelay(true) {
+            eprintln!("client: {e}");
+            continue;
+        }
         let stream: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(tcp));
         tokio::spawn(connection(stream, proxy.clone()));
     }

@@ -105,6 +105,7 @@
 //! through pingora-proxy 0.9.1, which can lose the bytes after a fast backend's `101`,
 //! cloudflare/pingora#946).
 
+mod accesslog;
 mod admin;
 pub mod budget;
 mod buffered;
@@ -125,10 +126,12 @@ mod metrics;
 mod mirror;
 mod state;
 pub mod state_dir;
+mod trace;
 mod traffic;
 mod watch;
 mod workers;
 
+pub use accesslog::{AccessLogConfig, AccessLogError, AccessLogTarget};
 pub use admin::AdminAuth;
 pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};
 pub use controller::{follow_controller, follow_controller_with_state};
@@ -138,5 +141,6 @@ pub use handle::{ApplyError, ProxyConfig, ProxyHandle, StartError};
 pub use lean::Http1Path;
 pub use limits::{LimitArgs, Limits, OptionalDuration, parse_duration, raise_nofile_limit};
 pub use state_dir::StateDir;
+pub use trace::{TraceConfig, TraceError};
 pub(crate) use watch::BIND_RETRY;
 pub use watch::{WATCH_INTERVAL, decode, watch_file};

@@ -119,6 +119,9 @@ pub struct Metrics {
     /// Downstream connections accepted, by worker (`0`..`N-1`; only with `--workers N`, N > 0):
     /// how evenly `SO_REUSEPORT` spreads them.
     pub worker_connections: IntCounterVec,
+    /// Access log lines not written, by reason (`queue_full`: the writer was behind;
+    /// `write_error`).
+    pub access_log_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -239,6 +242,13 @@ impl Metrics {
                 "meridian_proxy_worker_connections_total",
                 "Downstream connections accepted, by worker",
                 &["worker"],
+            )?,
+            access_log_dropped: counter_vec(
+                &r,
+                "meridian_proxy_access_log_dropped_total",
+                "Access log lines dropped, by reason (queue_full: the writer was behind, the \
+                 request did not wait; write_error)",
+                &["reason"],
             )?,
             registry: r,
         })

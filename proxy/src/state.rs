@@ -83,6 +83,10 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// Forwarding-header settings and the loop guard (edge.rs).
     pub edge: crate::edge::Edge,
+    /// The access log's writer (`None`: off; accesslog.rs).
+    pub access_log: Option<crate::accesslog::AccessLog>,
+    /// The OTLP span exporter (`None`: no `--otlp-endpoint`; trace.rs).
+    pub spans: Option<crate::trace::Exporter>,
 }
 
 /// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).

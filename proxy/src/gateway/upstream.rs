@@ -26,6 +26,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
 
 use super::ctx::{Allowance, Ctx, LatencyClock, Limits, Target, Try, Upstream};
+use super::observe;
 use super::response::client_went_away;
 use super::{Downstream, ms, status_error};
 use crate::budget::DEFAULT_PERCENT;
@@ -148,6 +149,7 @@ impl Forwarder {
         }
         let connect = self.shared.limits.connect_timeout;
         let mut peer = peer(addr, up.try_budget(), connect, picked.protocol);
+        observe::try_started(ctx, addr, picked.index);
         if let Some(cluster) = &picked.east_west {
             self.secure_east_west(&mut peer, cluster);
         }
@@ -233,6 +235,7 @@ impl Forwarder {
     /// Ejects the endpoint that refused the connection and retries on another one while the
     /// allowances, the retry budget and the deadline allow.
     pub fn fail_to_connect(&self, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        observe::try_ended(ctx, None, Some(&e.etype().as_str()));
         let Some(up) = ctx.upstream.as_mut() else {
             e.set_retry(false);
             tracing::debug!(%peer, retry = false, "connect failed");
@@ -283,6 +286,7 @@ impl Forwarder {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        observe::try_ended(ctx, None, Some(&e.etype().as_str()));
         let mut e = e.more_context(format!("Peer: {peer}"));
         // Nobody is waiting for an answer: trying another endpoint only adds load.
         if client_went_away(&e) {
@@ -376,9 +380,11 @@ impl Forwarder {
     }
 
     /// Names the backend on a hop to a remote proxy's east-west listener (replacing whatever a
-    /// filter set); never sent anywhere else. Adds this proxy's `Via` entry (loop guard, edge.rs).
+    /// filter set); never sent anywhere else. Adds this proxy's `Via` entry (loop guard, edge.rs)
+    /// and, while observing, the try's `traceparent` (observe.rs).
     pub fn upstream_request_filter(&self, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         self.shared.edge.add_via(upstream);
+        Self::trace_upstream(upstream, ctx)?;
         if ctx.east_west_hop()
             && let Some(b) = ctx.backend()
         {

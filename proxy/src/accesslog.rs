@@ -279,7 +279,9 @@ impl Writer {
                 self.sink = sink;
                 tracing::info!("access log reopened");
             }
-            Err(e) => tracing::warn!(error = %e, "access log not reopened; writing on to the old file"),
+            Err(e) => {
+                tracing::warn!(error = %e, "access log not reopened; writing on to the old file")
+            }
         }
     }
 }

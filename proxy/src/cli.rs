@@ -246,7 +246,14 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "lean|framework", value_enum, default_value_t = crate::Http1Path::Lean)]
     pub http1_path: crate::Http1Path,
 
-    // ── Observability (accesslog.rs, trace.rs; docs/operations.md) ──
+    /// Access log and traces (accesslog.rs, trace.rs).
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// `meridian proxy`'s access log and trace flags (docs/operations.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ObserveArgs {
     /// Access log: one JSON line per request to `stdout`, to a file (appended, created if
     /// missing, reopened on SIGHUP for log rotation), or `off`. Written off the request path:
     /// when the writer falls behind, lines are dropped and counted
@@ -266,6 +273,36 @@ pub struct ProxyArgs {
     /// on, W3C `traceparent`/`tracestate` are propagated upstream.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+}
+
+impl Default for ObserveArgs {
+    /// Everything off, as without the flags.
+    fn default() -> Self {
+        ObserveArgs {
+            access_log: crate::AccessLogTarget::Off,
+            access_log_sample: 1.0,
+            access_log_query: false,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+impl ObserveArgs {
+    /// The access log settings of these flags.
+    pub fn access_log(&self) -> crate::AccessLogConfig {
+        crate::AccessLogConfig {
+            target: self.access_log.clone(),
+            sample: self.access_log_sample,
+            query: self.access_log_query,
+        }
+    }
+
+    /// The trace settings of these flags.
+    pub fn tracing(&self) -> crate::TraceConfig {
+        crate::TraceConfig {
+            otlp_endpoint: self.otlp_endpoint.clone(),
+        }
+    }
 }
 
 /// Runs `meridian proxy` until SIGTERM or Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -317,14 +354,8 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
             edge: args.edge.config(),
             http1_path: args.http1_path,
             workers,
-            access_log: crate::AccessLogConfig {
-                target: args.access_log.clone(),
-                sample: args.access_log_sample,
-                query: args.access_log_query,
-            },
-            tracing: crate::TraceConfig {
-                otlp_endpoint: args.otlp_endpoint.clone(),
-            },
+            access_log: args.observe.access_log(),
+            tracing: args.observe.tracing(),
         })
         .await?;
         let client = match &source {

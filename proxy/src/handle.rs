@@ -457,8 +457,10 @@ impl ProxyHandle {
             }
             None => None,
         };
-        let access_log =
-            crate::accesslog::AccessLog::start(&cfg.access_log, metrics.access_log_dropped.clone())?;
+        let access_log = crate::accesslog::AccessLog::start(
+            &cfg.access_log,
+            metrics.access_log_dropped.clone(),
+        )?;
         let spans = match &cfg.tracing.otlp_endpoint {
             Some(url) => Some(crate::trace::Exporter::start(
                 url,
@@ -796,7 +798,6 @@ impl ProxyHandle {
 
     /// Stops accepting, lets connections in flight finish (up to a few seconds), stops the
     /// admin listener, then the worker threads (if any), and exports the spans still queued.
-
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
         if let Some(mut set) = self.listeners.lock().await.take() {

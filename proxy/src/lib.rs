@@ -133,7 +133,7 @@ mod workers;
 
 pub use accesslog::{AccessLogConfig, AccessLogError, AccessLogTarget};
 pub use admin::AdminAuth;
-pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};
+pub use cli::{AdvertiseError, ObserveArgs, ProxyArgs, RunError, east_west_advertised, run};
 pub use controller::{follow_controller, follow_controller_with_state};
 pub use edge::{EdgeArgs, EdgeConfig};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};

@@ -71,7 +71,9 @@ pub struct TraceConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// `--otlp-endpoint` is not an http URL.
-    #[error("--otlp-endpoint {0}: not an http:// URL (OTLP over HTTP/protobuf, e.g. http://collector:4318)")]
+    #[error(
+        "--otlp-endpoint {0}: not an http:// URL (OTLP over HTTP/protobuf, e.g. http://collector:4318)"
+    )]
     Endpoint(String),
     /// The OTLP exporter refuses its settings.
     #[error("OTLP exporter: {0}")]
@@ -485,7 +487,10 @@ mod tests {
             [b"a=1".as_slice(), b"b=2".as_slice()].into_iter(),
         );
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.parent.map(|p| hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            t.parent.map(|p| hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         assert_ne!(t.span_id, [0; 8]);
         assert_eq!(t.state.as_deref(), Some("a=1,b=2"));
         let up = t.traceparent([1, 2, 3, 4, 5, 6, 7, 8]);

@@ -46,7 +46,8 @@ impl Forwarder {
             return;
         }
         let req = session.req_header();
-        let values = |name: &'static str| req.headers.get_all(name).into_iter().map(|v| v.as_bytes());
+        let values =
+            |name: &'static str| req.headers.get_all(name).into_iter().map(|v| v.as_bytes());
         let trace = RequestTrace::from_headers(values(TRACEPARENT), values(TRACESTATE));
         let sampled = log.is_some_and(|l| l.sampled());
         let (host, path) = if sampled {
@@ -70,7 +71,10 @@ impl Forwarder {
 
     /// Sets the trace headers of an upstream try: our `traceparent` (the try's span as the
     /// parent) replaces the client's, valid or not; `tracestate` only with a valid parent.
-    pub(super) fn trace_upstream(upstream: &mut RequestHeader, ctx: &Ctx) -> pingora_error::Result<()> {
+    pub(super) fn trace_upstream(
+        upstream: &mut RequestHeader,
+        ctx: &Ctx,
+    ) -> pingora_error::Result<()> {
         let Some(obs) = ctx.obs.as_deref() else {
             return Ok(());
         };
@@ -164,7 +168,10 @@ impl Forwarder {
         let mut attributes = vec![
             KeyValue::new("http.request.method", method.clone()),
             KeyValue::new("http.response.status_code", i64::from(status)),
-            KeyValue::new("meridian.attempts", i64::try_from(obs.tries.len()).unwrap_or(i64::MAX)),
+            KeyValue::new(
+                "meridian.attempts",
+                i64::try_from(obs.tries.len()).unwrap_or(i64::MAX),
+            ),
         ];
         if let Some(l) = ctx.routing.listener.as_deref() {
             attributes.push(KeyValue::new(
@@ -206,11 +213,20 @@ impl Forwarder {
                 KeyValue::new("server.port", i64::from(t.addr.port())),
             ];
             if let Some(w) = up.and_then(|u| self.where_of(u, Some(t.index))) {
-                attributes.push(KeyValue::new("meridian.endpoint.cluster", w.cluster.to_string()));
-                attributes.push(KeyValue::new("meridian.endpoint.region", w.region.to_string()));
+                attributes.push(KeyValue::new(
+                    "meridian.endpoint.cluster",
+                    w.cluster.to_string(),
+                ));
+                attributes.push(KeyValue::new(
+                    "meridian.endpoint.region",
+                    w.region.to_string(),
+                ));
                 attributes.push(KeyValue::new("meridian.endpoint.zone", w.zone.to_string()));
                 if let Some(tier) = w.tier {
-                    attributes.push(KeyValue::new("meridian.tier", i64::try_from(tier).unwrap_or(i64::MAX)));
+                    attributes.push(KeyValue::new(
+                        "meridian.tier",
+                        i64::try_from(tier).unwrap_or(i64::MAX),
+                    ));
                 }
             }
             if let Some(s) = t.status {
@@ -230,10 +246,11 @@ impl Forwarder {
                     start: t.start,
                     end: t.end.unwrap_or(end),
                     attributes,
-                    error: t
-                        .error
-                        .clone()
-                        .or_else(|| t.status.filter(|s| *s >= 500).map(|s| format!("status {s}"))),
+                    error: t.error.clone().or_else(|| {
+                        t.status
+                            .filter(|s| *s >= 500)
+                            .map(|s| format!("status {s}"))
+                    }),
                 },
             );
         }
@@ -309,7 +326,10 @@ pub(super) fn try_ended(ctx: &mut Ctx, status: Option<u16>, error: Option<&dyn s
 fn host(req: &RequestHeader) -> String {
     match req.headers.get(http::header::HOST) {
         Some(h) => String::from_utf8_lossy(h.as_bytes()).into_owned(),
-        None => req.uri.authority().map_or_else(String::new, |a| a.to_string()),
+        None => req
+            .uri
+            .authority()
+            .map_or_else(String::new, |a| a.to_string()),
     }
 }
 
@@ -326,4 +346,56 @@ fn path(req: &RequestHeader, query: bool) -> String {
 
 fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::accesslog::Line;
+
+    #[test]
+    fn path_drops_the_query_unless_asked_and_replaces_bad_bytes() {
+        let req = RequestHeader::build("GET", b"/a/\xff\"b?token=s", None).unwrap();
+        assert_eq!(path(&req, false), "/a/\u{fffd}\"b");
+        assert_eq!(path(&req, true), "/a/\u{fffd}\"b?token=s");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("host", http::HeaderValue::from_bytes(b"h\xfe\"").unwrap())
+            .unwrap();
+        assert_eq!(host(&req), "h\u{fffd}\"");
+    }
+
+    /// Whatever a field holds (newlines, quotes, control characters, replacement characters),
+    /// the encoded line is one line of valid JSON giving the same text back.
+    #[test]
+    fn hostile_fields_encode_as_one_json_line() {
+        let hostile = "a\nb\r\"c\\d\u{0}\u{1b}[31m\u{fffd}\u{2028}";
+        let line = Line {
+            time: String::new(),
+            gateway: hostile,
+            listener: hostile,
+            route: hostile,
+            rule: None,
+            method: hostile,
+            host: hostile,
+            path: hostile,
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            upstream_head_ms: None,
+            upstream: None,
+            tier: None,
+            attempts: 0,
+            failure: None,
+            trace_id: None,
+            span_id: None,
+            client: None,
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["path"], hostile);
+        assert_eq!(back["host"], hostile);
+    }
 }

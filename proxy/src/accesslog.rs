@@ -292,6 +292,8 @@ impl Writer {
 pub(crate) struct Line<'a> {
     /// When the request head was read (RFC 3339, UTC).
     pub time: String,
+    /// The cluster of the proxy that served the request (several proxies may share a file).
+    pub cluster: &'a str,
     /// `namespace/name` of the Gateway (`east-west` on the east-west listener).
     pub gateway: &'a str,
     pub listener: &'a str,

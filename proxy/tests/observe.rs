@@ -118,6 +118,11 @@ async fn every_field(path: Http1Path) {
         ProxyConfig {
             access_log: log_to(&log, 1.0),
             http1_path: path,
+            locality: meridian_model::locality::Locality {
+                cluster: "home".into(),
+                region: "us".into(),
+                zone: "us-1".into(),
+            },
             ..Default::default()
         },
     )
@@ -138,6 +143,7 @@ async fn every_field(path: Http1Path) {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("hunter2"), "a header value leaked: {text}");
     assert!(!text.contains("secret"), "the query leaked: {text}");
+    assert_eq!(line["cluster"], "home");
     assert_eq!(line["gateway"], "default/gw");
     assert_eq!(line["listener"], "http");
     assert_eq!(line["route"], "default/r");
@@ -158,6 +164,7 @@ async fn every_field(path: Http1Path) {
         line["upstream"],
         json!({"address": echo.addr.to_string(), "cluster": "c1", "region": "eu", "zone": "eu-1"})
     );
+    // The only region with endpoints, though not the proxy's: the first tier.
     assert_eq!(line["tier"], 0);
     assert_eq!(line["attempts"], 1);
     assert_eq!(line["failure"], Value::Null);

@@ -117,6 +117,7 @@ impl Forwarder {
             let req = session.req_header();
             log.write(&Line {
                 time: timestamp(obs.wall_start),
+                cluster: &self.shared.locality.cluster,
                 gateway: gateway.as_deref().unwrap_or(""),
                 listener: listener.map_or("", |l| l.name.as_str()),
                 route: ctx.route_label(),
@@ -372,6 +373,7 @@ mod tests {
         let hostile = "a\nb\r\"c\\d\u{0}\u{1b}[31m\u{fffd}\u{2028}";
         let line = Line {
             time: String::new(),
+            cluster: hostile,
             gateway: hostile,
             listener: hostile,
             route: hostile,

@@ -75,7 +75,10 @@ fn the_grafana_dashboard_queries_only_registered_metrics() {
         "meridian_controller_translate_seconds",
         "meridian_distribution_propagation_seconds",
     ] {
-        assert!(registered.contains(known), "{known} not found: {registered:?}");
+        assert!(
+            registered.contains(known),
+            "{known} not found: {registered:?}"
+        );
     }
 
     let panels = dashboard["panels"].as_array().unwrap();
@@ -84,7 +87,10 @@ fn the_grafana_dashboard_queries_only_registered_metrics() {
     let mut graphs = 0;
     for p in panels {
         let title = p["title"].as_str().unwrap();
-        assert!(ids.insert(p["id"].as_u64().unwrap()), "{title}: id repeated");
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "{title}: id repeated"
+        );
         for k in ["h", "w", "x", "y"] {
             assert!(p["gridPos"][k].as_u64().is_some(), "{title}: gridPos.{k}");
         }
@@ -100,7 +106,10 @@ fn the_grafana_dashboard_queries_only_registered_metrics() {
             assert!(t["refId"].as_str().is_some(), "{title}: refId");
             let expr = t["expr"].as_str().unwrap();
             let names = queried(expr);
-            assert!(!names.is_empty(), "{title}: {expr} queries no Meridian metric");
+            assert!(
+                !names.is_empty(),
+                "{title}: {expr} queries no Meridian metric"
+            );
             for name in names {
                 let base = ["_bucket", "_sum", "_count"]
                     .iter()

@@ -8,7 +8,7 @@
 //!     (meridian_proxy_access_log_dropped_total{reason="queue_full"}), the request never waits
 //! writer thread ─ takes lines, writes them to stdout or the file through a buffer, flushes when
 //!   the channel is empty ─ SIGHUP (reopen()) → the file is opened again (after logrotate moved
-//!   it) ─ a failed write is counted (reason="write_error") and logged once per burst
+//!   it) before the next line, or within IDLE_CHECK when idle ─ a failed write is counted (reason="write_error") and logged once per burst
 //!   ─ ends when the proxy is gone (every sender dropped), after writing what is queued
 //! ```
 //!
@@ -225,11 +225,10 @@ impl Writer {
     /// Writes lines until every sender is gone.
     fn run(mut self, rx: Receiver<Vec<u8>>) {
         loop {
-            if self.reopen.swap(false, Ordering::AcqRel) {
-                self.reopen_sink();
-            }
             match rx.recv_timeout(IDLE_CHECK) {
                 Ok(line) => {
+                    // A reopen asked before this line was queued applies to it.
+                    self.reopen_if_asked();
                     self.write(&line);
                     // Everything already queued, then one flush.
                     while let Ok(line) = rx.try_recv() {
@@ -237,7 +236,7 @@ impl Writer {
                     }
                     self.flush();
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => self.reopen_if_asked(),
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush();
                     return;
@@ -269,7 +268,10 @@ impl Writer {
         }
     }
 
-    fn reopen_sink(&mut self) {
+    fn reopen_if_asked(&mut self) {
+        if !self.reopen.swap(false, Ordering::AcqRel) {
+            return;
+        }
         if !matches!(self.target, AccessLogTarget::File(_)) {
             return;
         }
@@ -357,6 +359,73 @@ mod tests {
         assert!(parse_sample("-0.1").is_err());
         assert!(parse_sample("NaN").is_err());
         assert!(!AccessLogConfig::default().enabled());
+    }
+
+    fn line(path: &str) -> Line<'_> {
+        Line {
+            time: String::new(),
+            cluster: "",
+            gateway: "",
+            listener: "",
+            route: "",
+            rule: None,
+            method: "GET",
+            host: "",
+            path,
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            upstream_head_ms: None,
+            upstream: None,
+            tier: None,
+            attempts: 0,
+            failure: None,
+            trace_id: None,
+            span_id: None,
+            client: None,
+        }
+    }
+
+    /// Waits (bounded) until `path` holds `n` lines; returns them.
+    fn lines_of(path: &std::path::Path, n: usize) -> Vec<String> {
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() >= n {
+                return text.lines().map(str::to_string).collect();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{} never held {n} lines", path.display());
+    }
+
+    /// After a rotation moved the file, `reopen` (SIGHUP) makes the writer create it anew.
+    #[test]
+    fn reopen_writes_to_a_new_file_after_a_rotation() {
+        let dir = std::env::temp_dir().join(format!("meridian-accesslog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let rotated = dir.join("access.log.1");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&rotated);
+        let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["reason"]).unwrap();
+        let cfg = AccessLogConfig {
+            target: AccessLogTarget::File(path.clone()),
+            ..Default::default()
+        };
+        let log = AccessLog::start(&cfg, dropped.clone()).unwrap().unwrap();
+        log.write(&line("/before"));
+        assert!(lines_of(&path, 1)[0].contains("/before"));
+        std::fs::rename(&path, &rotated).unwrap();
+        // The writer reopens before the next line it takes.
+        log.reopen();
+        log.write(&line("/after"));
+        let fresh = lines_of(&path, 1);
+        assert_eq!(fresh.len(), 1);
+        assert!(fresh[0].contains("/after"), "{fresh:?}");
+        assert_eq!(lines_of(&rotated, 1).len(), 1);
+        assert_eq!(dropped.with_label_values(&["queue_full"]).get(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

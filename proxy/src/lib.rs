@@ -98,6 +98,14 @@
 //! clients go to `HttpProxy`, pingora-proxy's framework, which drives the same role hooks).
 //! `--http1-path framework` ([`Http1Path`]) sends HTTP/1 there too, as the reference.
 //!
+//! Observability (docs/operations.md, "Access logs", "Traces"): with [`ProxyConfig::access_log`]
+//! (`--access-log`) each finished request becomes one JSON line, encoded on the request's thread
+//! and written by a thread of its own behind a bounded queue (accesslog.rs; a full queue drops
+//! lines, counted); with [`ProxyConfig::tracing`] (`--otlp-endpoint`) its span and one span per
+//! upstream try go to the OpenTelemetry SDK's batch processor and OTLP/HTTP exporter (trace.rs).
+//! Either on, W3C `traceparent` is continued or started and sent upstream per try
+//! (gateway/observe.rs); both off, requests pay nothing for them.
+//!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; only WebSocket upgrades are forwarded (any
 //! other `Upgrade` reaches the backend as a plain request, as pingora-proxy does); upgraded

@@ -242,8 +242,10 @@ fn loop_nonzero<const N: usize>(make: impl Fn() -> [u8; N]) -> [u8; N] {
 }
 
 fn push_hex(s: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
 }
 

@@ -83,6 +83,40 @@ fn up_serves_every_region_from_its_own_backends() {
         assert_eq!(v["path"], "/hello");
     }
 
+    // Every request through the demo's proxies is a line in DIR/access.log, and up says so.
+    let log = dir.join("access.log");
+    let said = (0..50).find_map(|_| {
+        let line = up.lines.recv_timeout(Duration::from_millis(200)).ok()?;
+        line.contains("access.log").then_some(line)
+    });
+    let said = said.expect("up names its access log");
+    assert!(said.contains(&log.display().to_string()), "{said}");
+    let path = format!("/access-log-check-{}", std::process::id());
+    assert!(get_path("127.0.11.1", &format!("{path}?token=x")).starts_with("HTTP/1.1 200"));
+    let line: serde_json::Value = eventually_blocking(
+        "the request's access log line",
+        Duration::from_secs(10),
+        POLL,
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains(&path))
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        },
+    );
+    assert_eq!(line["cluster"], "west", "{line}");
+    assert_eq!(line["gateway"], "demo/web", "{line}");
+    assert_eq!(line["host"], "demo", "{line}");
+    assert_eq!(line["path"], path, "no query: {line}");
+    assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["upstream"]["region"], "us-west", "{line}");
+    assert_eq!(line["upstream"]["zone"], "us-west-a", "{line}");
+    assert_eq!(line["tier"], 0, "{line}");
+    assert_eq!(line["attempts"], 1, "{line}");
+    assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
+
     // The mesh identity, as a real install has it: the CA Secret in the first cluster only,
     // its certificate as the trust bundle ConfigMap in every cluster.
     let kubectl_in = |ctx: &str, args: &[&str]| {

@@ -23,7 +23,8 @@
 //!    The controller's admin listener (127.0.0.1, `--controller-admin-port`) gets a random
 //!    token; both go to `DIR/admin.json` (mode 0600), where `meridian status` and `meridian
 //!    explain` find them without flags.
-//!    Then one proxy per cluster (`start_proxies`), bootstrapped like a real one: it waits for
+//!    Then one proxy per cluster (`start_proxies`), each appending its access log to
+//!    `DIR/access.log` (one JSON line per request; printed with what to try), bootstrapped like a real one: it waits for
 //!    its cluster's ConfigMap (its trust bundle), gets a ServiceAccount token for audience
 //!    `meridian` from the TokenRequest API, and its distribution client trades that token for a
 //!    certificate naming its cluster, region, zone and proxy id (`POST /v1/certificate`, checked
@@ -983,6 +984,13 @@ async fn start_proxy(
             http1_path: Default::default(),
             // Connections on this process's runtime, shared with the rest of `meridian up`.
             workers: 0,
+            // Every proxy appends to the one `DIR/access.log` (each line written whole; the
+            // `cluster` field tells the proxies apart). No trace export: no collector here.
+            access_log: meridian_proxy::AccessLogConfig {
+                target: meridian_proxy::AccessLogTarget::File(access_log_path(args)),
+                ..Default::default()
+            },
+            tracing: Default::default(),
         })
         .await
         .map_err(|e| proxy_error(e.into()))?,
@@ -1131,6 +1139,14 @@ async fn wait_demo(
     Ok(())
 }
 
+/// `DIR/access.log`: where every proxy of `meridian up` writes its access log.
+pub fn access_log_path(args: &UpArgs) -> PathBuf {
+    args.state_dir.join(ACCESS_LOG)
+}
+
+/// The access log's file name in the state directory.
+pub const ACCESS_LOG: &str = "access.log";
+
 /// What to try now.
 fn print_try(args: &UpArgs, plans: &[ClusterPlan], kubeconfig: &Path, proxies: &[Proxy]) {
     let kc = kubeconfig.display();
@@ -1159,6 +1175,10 @@ fn print_try(args: &UpArgs, plans: &[ClusterPlan], kubeconfig: &Path, proxies: &
             p.admin, plans[0].name
         ));
     }
+    say(format!(
+        "  tail -f {}    # access log: one JSON line per request through the proxies",
+        access_log_path(args).display()
+    ));
     let state = if args.state_dir == Path::new(".meridian") {
         String::new()
     } else {

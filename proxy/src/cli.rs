@@ -20,6 +20,7 @@
 //!       use) and renews it there
 //!       ─ follow_controller, or with --state-dir DIR follow_controller_with_state (serves
 //!         the kept snapshot at once, keeps every applied one)
+//! SIGHUP ─ the access log file is reopened (after logrotate moved it)
 //! SIGTERM / Ctrl-C ─ shutdown: stop accepting (sockets closed) ─ in-flight requests finish
 //!                    (at most DRAIN_TIMEOUT) ─ exit 0
 //! ```
@@ -244,6 +245,64 @@ pub struct ProxyArgs {
     /// reference the lean path is compared with).
     #[arg(long, value_name = "lean|framework", value_enum, default_value_t = crate::Http1Path::Lean)]
     pub http1_path: crate::Http1Path,
+
+    /// Access log and traces (accesslog.rs, trace.rs).
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// `meridian proxy`'s access log and trace flags (docs/operations.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ObserveArgs {
+    /// Access log: one JSON line per request to `stdout`, to a file (appended, created if
+    /// missing, reopened on SIGHUP for log rotation), or `off`. Written off the request path:
+    /// when the writer falls behind, lines are dropped and counted
+    /// (`meridian_proxy_access_log_dropped_total`), requests never wait.
+    #[arg(long, value_name = "PATH|stdout|off", default_value = "off")]
+    pub access_log: crate::AccessLogTarget,
+    /// Share of requests that get an access log line, from 0 (none) to 1 (all).
+    #[arg(long, value_name = "RATE", default_value_t = 1.0, value_parser = crate::accesslog::parse_sample)]
+    pub access_log_sample: f64,
+    /// Log the query string with the path (off by default: queries often carry tokens).
+    #[arg(long)]
+    pub access_log_query: bool,
+    /// Export a span per request and per upstream try with OpenTelemetry OTLP over
+    /// HTTP/protobuf to this collector (`http://host:4318`; `/v1/traces` is added to a URL
+    /// without a path). Batched on a thread of its own with a bounded queue: a slow or absent
+    /// collector costs spans, never request time. Off by default. With it or the access log
+    /// on, W3C `traceparent`/`tracestate` are propagated upstream.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for ObserveArgs {
+    /// Everything off, as without the flags.
+    fn default() -> Self {
+        ObserveArgs {
+            access_log: crate::AccessLogTarget::Off,
+            access_log_sample: 1.0,
+            access_log_query: false,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+impl ObserveArgs {
+    /// The access log settings of these flags.
+    pub fn access_log(&self) -> crate::AccessLogConfig {
+        crate::AccessLogConfig {
+            target: self.access_log.clone(),
+            sample: self.access_log_sample,
+            query: self.access_log_query,
+        }
+    }
+
+    /// The trace settings of these flags.
+    pub fn tracing(&self) -> crate::TraceConfig {
+        crate::TraceConfig {
+            otlp_endpoint: self.otlp_endpoint.clone(),
+        }
+    }
 }
 
 /// Runs `meridian proxy` until SIGTERM or Ctrl-C: builds its own tokio runtime, then serves the snapshot
@@ -295,6 +354,8 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
             edge: args.edge.config(),
             http1_path: args.http1_path,
             workers,
+            access_log: args.observe.access_log(),
+            tracing: args.observe.tracing(),
         })
         .await?;
         let client = match &source {
@@ -331,8 +392,20 @@ pub fn run(args: ProxyArgs) -> Result<(), RunError> {
                 (Source::Controller { .. }, None) => {}
             }
         };
+        let reopen = async {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::warn!("cannot wait for SIGHUP: the access log file is never reopened");
+                return std::future::pending::<()>().await;
+            };
+            while hup.recv().await.is_some() {
+                handle.reopen_access_log();
+            }
+        };
         tokio::select! {
             () = serve => {}
+            () = reopen => {}
             signal = stop_signal() => {
                 tracing::info!(signal, "shutting down: listeners close, requests in flight finish");
             }

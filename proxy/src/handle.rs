@@ -117,6 +117,11 @@ pub struct ProxyConfig {
     /// own upstream connection pool, so a connection stays on one thread. Control work
     /// (applies, health checks, the admin listener) stays on the caller's runtime either way.
     pub workers: usize,
+    /// Access log: target, sampling, query strings (accesslog.rs; default off).
+    pub access_log: crate::accesslog::AccessLogConfig,
+    /// Trace export (trace.rs; default off). Trace headers are handled while the access log or
+    /// the export is on.
+    pub tracing: crate::trace::TraceConfig,
 }
 
 /// Why a snapshot was refused. The previous snapshot keeps serving.
@@ -218,6 +223,12 @@ pub enum StartError {
          none, so it cannot open the east-west listener {0}"
     )]
     NoIdentity(SocketAddr),
+    /// The access log file cannot be opened.
+    #[error(transparent)]
+    AccessLog(#[from] crate::accesslog::AccessLogError),
+    /// The trace exporter cannot start.
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
 }
 
 /// The Gateway listeners' pingora app.
@@ -446,6 +457,18 @@ impl ProxyHandle {
             }
             None => None,
         };
+        let access_log = crate::accesslog::AccessLog::start(
+            &cfg.access_log,
+            metrics.access_log_dropped.clone(),
+        )?;
+        let spans = match &cfg.tracing.otlp_endpoint {
+            Some(url) => Some(crate::trace::Exporter::start(
+                url,
+                &cfg.locality,
+                tokio::runtime::Handle::current(),
+            )?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             served: Default::default(),
             mirror: Mirror::new(metrics.clone()),
@@ -472,6 +495,8 @@ impl ProxyHandle {
             hedging: Default::default(),
             rtt: Default::default(),
             tiers: Default::default(),
+            access_log,
+            spans,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
@@ -766,8 +791,16 @@ impl ProxyHandle {
         self.shared.metrics.render().unwrap_or_default()
     }
 
+    /// Opens the access log file again (SIGHUP after a rotation); nothing when it logs
+    /// elsewhere or is off.
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.shared.access_log {
+            log.reopen();
+        }
+    }
+
     /// Stops accepting, lets connections in flight finish (up to a few seconds), stops the
-    /// admin listener, then the worker threads (if any).
+    /// admin listener, then the worker threads (if any), and exports the spans still queued.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
         if let Some(mut set) = self.listeners.lock().await.take() {
@@ -796,6 +829,17 @@ impl ProxyHandle {
         }
         if let Some(workers) = self.workers {
             workers.stop().await;
+        }
+        if self.shared.spans.is_some() {
+            // The flush waits for the export, whose HTTP request runs on this runtime: wait
+            // from a blocking thread so the runtime stays free to run it.
+            let shared = self.shared.clone();
+            let flushed = tokio::task::spawn_blocking(move || {
+                if let Some(spans) = &shared.spans {
+                    spans.flush();
+                }
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
         }
     }
 }

@@ -109,6 +109,14 @@
 //! clients go to `HttpProxy`, pingora-proxy's framework, which drives the same role hooks).
 //! `--http1-path framework` ([`Http1Path`]) sends HTTP/1 there too, as the reference.
 //!
+//! Observability (docs/operations.md, "Access logs", "Traces"): with [`ProxyConfig::access_log`]
+//! (`--access-log`) each finished request becomes one JSON line, encoded on the request's thread
+//! and written by a thread of its own behind a bounded queue (accesslog.rs; a full queue drops
+//! lines, counted); with [`ProxyConfig::tracing`] (`--otlp-endpoint`) its span and one span per
+//! upstream try go to the OpenTelemetry SDK's batch processor and OTLP/HTTP exporter (trace.rs).
+//! Either on, W3C `traceparent` is continued or started and sent upstream per try
+//! (gateway/observe.rs); both off, requests pay nothing for them.
+//!
 //! Limits today: mirror copies carry no body; retries (on a listed status or an upstream error)
 //! need the request body to fit pingora's retry buffer; only WebSocket upgrades are forwarded (any
 //! other `Upgrade` reaches the backend as a plain request, as pingora-proxy does); upgraded
@@ -116,6 +124,7 @@
 //! through pingora-proxy 0.9.1, which can lose the bytes after a fast backend's `101`,
 //! cloudflare/pingora#946).
 
+mod accesslog;
 mod admin;
 pub mod budget;
 mod buffered;
@@ -137,12 +146,14 @@ mod metrics;
 mod mirror;
 mod state;
 pub mod state_dir;
+mod trace;
 mod traffic;
 mod watch;
 mod workers;
 
+pub use accesslog::{AccessLogConfig, AccessLogError, AccessLogTarget};
 pub use admin::AdminAuth;
-pub use cli::{AdvertiseError, ProxyArgs, RunError, east_west_advertised, run};
+pub use cli::{AdvertiseError, ObserveArgs, ProxyArgs, RunError, east_west_advertised, run};
 pub use controller::{follow_controller, follow_controller_with_state};
 pub use edge::{EdgeArgs, EdgeConfig};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};
@@ -150,5 +161,6 @@ pub use handle::{ApplyError, ProxyConfig, ProxyHandle, StartError};
 pub use lean::Http1Path;
 pub use limits::{LimitArgs, Limits, OptionalDuration, parse_duration, raise_nofile_limit};
 pub use state_dir::StateDir;
+pub use trace::{TraceConfig, TraceError};
 pub(crate) use watch::BIND_RETRY;
 pub use watch::{WATCH_INTERVAL, decode, watch_file};

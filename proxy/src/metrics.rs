@@ -139,6 +139,9 @@ pub struct Metrics {
     /// Time from a locality losing its last healthy endpoint of a backend to the first request
     /// of that backend answered by another tier.
     pub failover_seconds: HistogramVec,
+    /// Access log lines not written, by reason (`queue_full`: the writer was behind;
+    /// `write_error`).
+    pub access_log_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -291,6 +294,13 @@ impl Metrics {
                     .buckets(FAILOVER_BUCKETS.to_vec()),
                     &["backend"],
                 )?,
+            )?,
+            access_log_dropped: counter_vec(
+                &r,
+                "meridian_proxy_access_log_dropped_total",
+                "Access log lines dropped, by reason (queue_full: the writer was behind, the \
+                 request did not wait; write_error)",
+                &["reason"],
             )?,
             registry: r,
         })

@@ -90,6 +90,10 @@ pub(crate) struct Shared {
     pub rtt: crate::health::RegionRtt,
     /// Which tier answers each backend now, for the failover metrics (failover.rs).
     pub tiers: crate::failover::TierWatch,
+    /// The access log's writer (`None`: off; accesslog.rs).
+    pub access_log: Option<crate::accesslog::AccessLog>,
+    /// The OTLP span exporter (`None`: no `--otlp-endpoint`; trace.rs).
+    pub spans: Option<crate::trace::Exporter>,
 }
 
 /// Where the served snapshot came from (`/ready` `source`, `meridian_proxy_snapshot_source`).

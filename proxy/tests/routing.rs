@@ -732,6 +732,7 @@ fn run_without_a_snapshot_explains_the_missing_flag() {
         limits: Default::default(),
         edge: Default::default(),
         http1_path: Default::default(),
+        observe: Default::default(),
     };
     let err = meridian_proxy::run(args.clone()).unwrap_err();
     assert!(err.to_string().contains("--snapshot FILE"), "{err}");

@@ -6,8 +6,11 @@
 //!     ├ upstream: Option<Upstream>   the chosen backend (Target), time limits, retry
 //!     │                              allowances, the tries so far; set when the request goes
 //!     │                              upstream (request_filter), updated by the upstream hooks
-//!     └ outcome: Outcome             start, response head time, answered by an endpoint,
-//!                                    failure kind (response hooks; read by logging)
+//!     ├ outcome: Outcome             start, response head time, answered by an endpoint,
+//!     │                              failure kind (response hooks; read by logging)
+//!     └ obs: Option<Box<Observed>>   trace context, the tries' spans and the access log's
+//!                                    host and path (observe.rs); `None` while access logs
+//!                                    and tracing are off, so the request pays nothing for them
 //! ```
 //!
 //! The matched rule is an `Arc` of the router's, cloned once, so a snapshot swap in the middle of
@@ -16,7 +19,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use meridian_model::router::{CompiledRule, ListenerInfo};
 use meridian_model::snapshot::{Backend, BackendTarget, Endpoint};
@@ -24,12 +27,46 @@ use meridian_model::traffic::FailureKind;
 
 use crate::drain::{BackendDrain, GatewayEntry};
 use crate::endpoints::EndpointKey;
+use crate::trace::RequestTrace;
 
 /// Per-request state (the `CTX` of both `ProxyHttp` implementations).
 pub struct Ctx {
     pub(super) routing: Routing,
     pub(super) upstream: Option<Upstream>,
     pub(super) outcome: Outcome,
+    pub(super) obs: Option<Box<Observed>>,
+}
+
+/// What the access log and the trace keep of a request (observe.rs).
+pub(super) struct Observed {
+    /// Wall-clock time of the request head (log line, span start).
+    pub wall_start: SystemTime,
+    /// This request gets an access log line (sampled).
+    pub log: bool,
+    /// The Host as received (logged only), before any filter.
+    pub host: String,
+    /// The path as received, before normalisation and rewrites; the query only when the log
+    /// asks for it.
+    pub path: String,
+    pub trace: RequestTrace,
+    /// When the first try started (the upstream head duration).
+    pub first_try: Option<Instant>,
+    /// Every try, in order: its span.
+    pub tries: Vec<TrySpan>,
+}
+
+/// One upstream try's span.
+pub(super) struct TrySpan {
+    pub span_id: [u8; 8],
+    pub start: SystemTime,
+    pub end: Option<SystemTime>,
+    pub addr: SocketAddr,
+    /// Index of the endpoint in the backend's endpoints.
+    pub index: usize,
+    /// The status of the response head, when one came.
+    pub status: Option<u16>,
+    /// Why the try failed, when it did.
+    pub error: Option<String>,
 }
 
 /// What routing found: where the request came in and the rule that matched.
@@ -234,6 +271,7 @@ impl Ctx {
                 answered: false,
                 failure: None,
             },
+            obs: None,
         }
     }
 

@@ -260,6 +260,7 @@ impl Role for EastWestProxy {
     }
 
     async fn request_filter(&self, session: &mut Downstream, ctx: &mut Ctx) -> Result<bool> {
+        self.fwd.begin(session, ctx);
         if let Some(side) = &self.fwd.shared.east_west {
             ctx.routing.listener = Some(side.listener.clone());
             ctx.routing.gateway = Some(side.gateway.clone());

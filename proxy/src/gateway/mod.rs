@@ -35,7 +35,9 @@
 //!                   ResponseHeaderModifier (rule, then backend)
 //! fail_to_proxy  ── 504 on timeouts, 503 on upstream failures; failure kind for the counters
 //! logging        ── metrics, per-Gateway traffic counters (region that answered, failure kind,
-//!                   latency head to head), the failure log line
+//!                   latency head to head), the failure log line, the access log line and the
+//!                   request's spans (observe.rs: trace context from request_filter on, a span
+//!                   per try, `traceparent` on each upstream try)
 //! ```
 //!
 //! East-west (multi-network clusters): the receiving end is [`EastWestProxy`]; the sending end
@@ -190,6 +192,7 @@ mod east_west;
 mod filters;
 mod forwarded;
 mod framing;
+mod observe;
 mod path;
 mod response;
 mod route;

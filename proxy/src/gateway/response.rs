@@ -11,7 +11,8 @@
 //! response_filter ─ strip a hop's served-by ─ served-by (Gateway switch, endpoint answers)
 //!                 ─ ResponseHeaderModifier: rule, then backend
 //! fail_to_proxy ─ status for the error (504/503/…) ─ failure kind ─ answer if nothing was sent
-//! logging ─ failure kind ─ Gateway traffic counters ─ failure log line ─ requests metric
+//! logging ─ failure kind ─ Gateway traffic counters ─ failure log line ─ access log line and
+//!           spans (observe.rs, when on) ─ requests metric
 //! ```
 
 use std::time::Instant;
@@ -44,6 +45,7 @@ impl Forwarder {
             ctx.outcome.answered = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
             return Ok(());
         }
+        super::observe::try_ended(ctx, Some(resp.status.as_u16()), None);
         if let Some(up) = ctx.upstream.as_mut() {
             if up.deadline_passed() {
                 // The whole-request deadline covers the wait for the response header: a header
@@ -222,6 +224,7 @@ impl Forwarder {
         if let Some(e) = e {
             log_failure(e, ctx, listener, failure, status);
         }
+        self.finish_observed(session, ctx, status, failure);
         let mut digits = [0u8; 3];
         self.shared
             .metrics

@@ -212,6 +212,7 @@ impl Role for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Downstream, ctx: &mut Ctx) -> Result<bool> {
+        self.fwd.begin(session, ctx);
         if let Some(answered) = refuse_malformed(session, "request refused").await? {
             return Ok(answered);
         }

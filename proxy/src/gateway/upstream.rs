@@ -26,6 +26,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
 
 use super::ctx::{Allowance, Ctx, LatencyClock, Limits, Target, Try, Upstream};
+use super::observe;
 use super::response::client_went_away;
 use super::{Downstream, ms, status_error};
 use crate::budget::DEFAULT_PERCENT;
@@ -156,7 +157,9 @@ impl Forwarder {
         if up.latency == LatencyClock::Idle {
             up.latency = LatencyClock::Running(Instant::now());
         }
-        Ok(Box::new(self.peer_of(up, &picked)))
+        let peer = self.peer_of(up, &picked);
+        observe::try_started(ctx, addr, picked.index);
+        Ok(Box::new(peer))
     }
 
     /// The connection settings of a try at `picked`.
@@ -251,6 +254,7 @@ impl Forwarder {
             .with_label_values(&["sent"])
             .inc();
         self.count_retry("hedge");
+        observe::try_started(ctx, picked.key.addr, picked.index);
         Some((Box::new(peer), Parked(parked)))
     }
 
@@ -394,6 +398,7 @@ impl Forwarder {
     /// Ejects the endpoint that refused the connection and retries on another one while the
     /// allowances, the retry budget and the deadline allow.
     pub fn fail_to_connect(&self, peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        observe::try_ended(ctx, None, Some(&e.etype().as_str()));
         let Some(up) = ctx.upstream.as_mut() else {
             e.set_retry(false);
             tracing::debug!(%peer, retry = false, "connect failed");
@@ -444,6 +449,7 @@ impl Forwarder {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        observe::try_ended(ctx, None, Some(&e.etype().as_str()));
         let mut e = e.more_context(format!("Peer: {peer}"));
         // Nobody is waiting for an answer: trying another endpoint only adds load.
         if client_went_away(&e) {
@@ -537,9 +543,11 @@ impl Forwarder {
     }
 
     /// Names the backend on a hop to a remote proxy's east-west listener (replacing whatever a
-    /// filter set); never sent anywhere else. Adds this proxy's `Via` entry (loop guard, edge.rs).
+    /// filter set); never sent anywhere else. Adds this proxy's `Via` entry (loop guard, edge.rs)
+    /// and, while observing, the try's `traceparent` (observe.rs).
     pub fn upstream_request_filter(&self, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         self.shared.edge.add_via(upstream);
+        Self::trace_upstream(upstream, ctx)?;
         if ctx.east_west_hop()
             && let Some(b) = ctx.backend()
         {

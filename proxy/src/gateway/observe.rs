@@ -271,7 +271,14 @@ impl Forwarder {
             return None;
         };
         let e = endpoints.get(index)?;
-        let plan = locality::plan(endpoints, &self.shared.locality, failover.as_ref());
+        // The order the choice used: this proxy's measured nearest regions (health.rs).
+        let nearest = self.shared.rtt.order();
+        let plan = locality::plan(
+            endpoints,
+            &self.shared.locality,
+            failover.as_ref(),
+            &nearest,
+        );
         let tier = plan.tiers.iter().position(|t| t.members.contains(&index));
         let mut w = Where {
             address: std::net::SocketAddr::new(e.address, e.port).to_string(),

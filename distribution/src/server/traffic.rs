@@ -37,7 +37,7 @@ use meridian_model::traffic::{GatewayTraffic, LATENCY_BOUNDS_US};
 
 use super::registry::UnknownProxy;
 use super::{DistributionServer, Inner, MAX_GATEWAYS, lock};
-use crate::protocol::{GatewayRef, TrafficReport};
+use crate::protocol::{GatewayRef, MAX_EJECTED, MAX_REGIONS, ProxyHealth, TrafficReport};
 
 /// Cumulative traffic counters per Gateway.
 pub(super) type Counters = BTreeMap<GatewayRef, GatewayTraffic>;
@@ -95,6 +95,14 @@ impl Implausible {
 /// Why a traffic report is refused: `400` with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(super) enum InvalidTrafficReport {
+    /// The health view is malformed or too large.
+    #[error("proxy {proxy}: health.{what}")]
+    Health {
+        /// The sender.
+        proxy: String,
+        /// What is wrong, with where.
+        what: String,
+    },
     /// Empty or longer than a Kubernetes name.
     #[error("proxyId must be 1 to 253 characters")]
     ProxyId,
@@ -140,9 +148,68 @@ impl InvalidTrafficReport {
                 "requests by region" => "regions",
                 _ => "latency",
             },
+            InvalidTrafficReport::Health { .. } => "health",
             _ => "invalid",
         }
     }
+}
+
+/// Longest backend or region name accepted in a health view.
+const MAX_NAME: usize = 1024;
+
+/// Checks the health view of a report: bounded, names non-empty, addresses `ip:port`, times
+/// RFC 3339, round trips finite and not negative.
+fn check_health(h: &ProxyHealth) -> Result<(), String> {
+    if h.nearest_regions.len() > MAX_REGIONS {
+        return Err(format!(
+            "nearestRegions: {} regions, at most {MAX_REGIONS}",
+            h.nearest_regions.len()
+        ));
+    }
+    for (i, r) in h.nearest_regions.iter().enumerate() {
+        if r.region.is_empty() || r.region.len() > MAX_NAME {
+            return Err(format!(
+                "nearestRegions[{i}].region: must be 1 to {MAX_NAME} characters"
+            ));
+        }
+        if r.rtt_ms.is_some_and(|ms| !ms.is_finite() || ms < 0.0) {
+            return Err(format!(
+                "nearestRegions[{i}].rttMs: must be a finite number of milliseconds, not negative"
+            ));
+        }
+        if h.nearest_regions[..i].iter().any(|o| o.region == r.region) {
+            return Err(format!(
+                "nearestRegions[{i}]: region {:?} is listed twice",
+                r.region
+            ));
+        }
+    }
+    if h.ejected.len() > MAX_EJECTED {
+        return Err(format!(
+            "ejected: {} endpoints, at most {MAX_EJECTED} (send the first ones and \"truncated\": true)",
+            h.ejected.len()
+        ));
+    }
+    for (i, e) in h.ejected.iter().enumerate() {
+        if e.backend.is_empty() || e.backend.len() > MAX_NAME {
+            return Err(format!(
+                "ejected[{i}].backend: must be 1 to {MAX_NAME} characters"
+            ));
+        }
+        if e.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "ejected[{i}].address {:?}: expected IP:PORT",
+                e.address.chars().take(64).collect::<String>()
+            ));
+        }
+        if e.since.parse::<jiff::Timestamp>().is_err() {
+            return Err(format!(
+                "ejected[{i}].since {:?}: expected an RFC 3339 time, e.g. 2026-12-06T12:01:00Z",
+                e.since.chars().take(64).collect::<String>()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A saturating sum (counters come from the network).
@@ -159,6 +226,12 @@ pub(super) fn check_traffic(r: &TrafficReport) -> Result<(), InvalidTrafficRepor
     }
     if r.gateways.len() > MAX_GATEWAYS {
         return Err(InvalidTrafficReport::TooManyGateways);
+    }
+    if let Some(h) = &r.health {
+        check_health(h).map_err(|what| InvalidTrafficReport::Health {
+            proxy: r.proxy_id.clone(),
+            what,
+        })?;
     }
     let mut seen = HashSet::new();
     let max = LATENCY_BOUNDS_US.len() + 1;
@@ -246,6 +319,9 @@ impl Inner {
             at: now,
         });
         p.last_seen = SystemTime::now();
+        // The latest view replaces the previous one; a report without one (an older proxy)
+        // leaves none.
+        p.health = report.health;
         let mut restarted = false;
         let mut folded = Vec::new();
         for (gw, before) in std::mem::take(&mut p.traffic) {
@@ -394,6 +470,7 @@ mod tests {
                 name: "web".into(),
                 traffic: counters(requests),
             }],
+            health: None,
         }
     }
 

@@ -197,7 +197,7 @@ pub use client::{
 pub use meridian_model::gateway::{GatewayRef, ProgrammedState, ProxyRefusal};
 pub use protocol::{
     Ack, AckResult, EjectedEndpoint, EjectionReason, EndpointChange, GatewayTrafficReport, Hello,
-    ProxyHealth, RegionRtt, TrafficReport,
+    NearestRegion, ProxyHealth, TrafficReport,
 };
 pub use server::{
     DistributionServer, NOT_LEADER, ProxyState, PublishError, PublishKind, Published, Refusal,

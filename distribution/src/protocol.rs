@@ -235,7 +235,7 @@ pub struct ProxyHealth {
     /// Other regions nearest first as this proxy orders them (its smoothed connect round trip,
     /// with hysteresis); empty before its first measurement.
     #[serde(default)]
-    pub nearest_regions: Vec<RegionRtt>,
+    pub nearest_regions: Vec<NearestRegion>,
     /// Endpoints ejected right now, per backend (at most [`MAX_EJECTED`]).
     #[serde(default)]
     pub ejected: Vec<EjectedEndpoint>,
@@ -247,7 +247,7 @@ pub struct ProxyHealth {
 /// One region of [`ProxyHealth::nearest_regions`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RegionRtt {
+pub struct NearestRegion {
     /// Region.
     pub region: String,
     /// Smoothed connect round trip, milliseconds (`None`: not measured).
@@ -826,6 +826,76 @@ mod tests {
             })
             .unwrap()
             .contains("resync")
+        );
+    }
+
+    fn health() -> ProxyHealth {
+        ProxyHealth {
+            nearest_regions: vec![NearestRegion {
+                region: "us-west".into(),
+                rtt_ms: Some(31.5),
+            }],
+            ejected: vec![EjectedEndpoint {
+                backend: "ns/a:80".into(),
+                address: "10.0.0.1:8080".into(),
+                since: "2026-12-06T12:01:00Z".into(),
+                reason: EjectionReason::Probe,
+                failures: 5,
+            }],
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn health_views_round_trip_and_old_peers_on_either_side_still_talk() {
+        let report = TrafficReport {
+            proxy_id: "p".into(),
+            gateways: vec![],
+            health: Some(health()),
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            text,
+            r#"{"proxyId":"p","gateways":[],"health":{"nearestRegions":[{"region":"us-west","rttMs":31.5}],"ejected":[{"backend":"ns/a:80","address":"10.0.0.1:8080","since":"2026-12-06T12:01:00Z","reason":"probe","failures":5}]}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<TrafficReport>(&text).unwrap(),
+            report
+        );
+
+        // An older proxy's report: no health, and none is made up.
+        let old: TrafficReport = serde_json::from_str(r#"{"proxyId":"p","gateways":[]}"#).unwrap();
+        assert_eq!(old.health, None);
+        assert!(
+            !serde_json::to_string(&old).unwrap().contains("health"),
+            "nothing sent without a view"
+        );
+
+        // An older server reads a new report as the struct it knows: the same counters.
+        #[derive(Deserialize, PartialEq, Debug)]
+        #[serde(rename_all = "camelCase")]
+        struct OldReport {
+            proxy_id: String,
+            #[serde(default)]
+            gateways: Vec<GatewayTrafficReport>,
+        }
+        let read: OldReport = serde_json::from_str(&text).unwrap();
+        assert_eq!((read.proxy_id.as_str(), read.gateways.len()), ("p", 0));
+
+        // A newer proxy's unknown reason does not cost the report.
+        let newer = text.replace(r#""reason":"probe""#, r#""reason":"outlier2""#);
+        let read: TrafficReport = serde_json::from_str(&newer).unwrap();
+        assert_eq!(
+            read.health.unwrap().ejected[0].reason,
+            EjectionReason::Other
+        );
+        // Truncation is said when it happened.
+        let mut cut = health();
+        cut.truncated = true;
+        assert!(
+            serde_json::to_string(&cut)
+                .unwrap()
+                .ends_with(r#""truncated":true}"#)
         );
     }
 

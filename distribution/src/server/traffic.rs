@@ -681,6 +681,104 @@ mod tests {
         assert_eq!(srv.traffic("c", &web).unwrap().requests, 7);
     }
 
+    fn with_health(ejected: usize) -> TrafficReport {
+        use crate::protocol::{EjectedEndpoint, EjectionReason, NearestRegion};
+        // Counters stay equal across the test's reports: only the view changes.
+        let mut r = report("east-1", 2);
+        r.health = Some(ProxyHealth {
+            nearest_regions: vec![NearestRegion {
+                region: "us-west".into(),
+                rtt_ms: Some(3.5),
+            }],
+            ejected: (0..ejected)
+                .map(|i| EjectedEndpoint {
+                    backend: "ns/a:80".into(),
+                    address: format!("10.0.{}.{}:80", i / 250, i % 250),
+                    since: "2026-12-06T12:01:00Z".into(),
+                    reason: EjectionReason::Passive,
+                    failures: 1,
+                })
+                .collect(),
+            truncated: false,
+        });
+        r
+    }
+
+    #[test]
+    fn health_views_are_bounded_and_checked_naming_the_proxy() {
+        assert_eq!(check_traffic(&with_health(MAX_EJECTED)), Ok(()));
+        let refused = |r: &TrafficReport| check_traffic(r).unwrap_err().to_string();
+        let too_many = refused(&with_health(MAX_EJECTED + 1));
+        assert!(
+            too_many.starts_with("proxy east-1: health.ejected: 1001 endpoints, at most 1000"),
+            "{too_many}"
+        );
+        assert_eq!(
+            check_traffic(&with_health(MAX_EJECTED + 1))
+                .unwrap_err()
+                .reason(),
+            "health"
+        );
+        let bad = |f: &dyn Fn(&mut ProxyHealth)| {
+            let mut r = with_health(2);
+            f(r.health.as_mut().unwrap());
+            refused(&r)
+        };
+        assert_eq!(
+            bad(&|h| h.ejected[1].address = "10.0.0.1".into()),
+            "proxy east-1: health.ejected[1].address \"10.0.0.1\": expected IP:PORT"
+        );
+        assert!(
+            bad(&|h| h.ejected[0].since = "yesterday".into())
+                .contains("health.ejected[0].since \"yesterday\": expected an RFC 3339 time")
+        );
+        assert!(bad(&|h| h.ejected[0].backend.clear()).contains("ejected[0].backend"));
+        assert!(bad(&|h| h.nearest_regions[0].rtt_ms = Some(-1.0)).contains("rttMs"));
+        assert!(bad(&|h| h.nearest_regions[0].rtt_ms = Some(f64::NAN)).contains("rttMs"));
+        assert!(
+            bad(&|h| h.nearest_regions.push(h.nearest_regions[0].clone())).contains("listed twice")
+        );
+        assert!(
+            bad(&|h| {
+                h.nearest_regions = (0..=MAX_REGIONS)
+                    .map(|i| crate::protocol::NearestRegion {
+                        region: format!("r{i}"),
+                        rtt_ms: None,
+                    })
+                    .collect()
+            })
+            .contains("at most 256")
+        );
+    }
+
+    /// The latest view per proxy is kept, replaced by the next report, and dropped when the
+    /// proxy's stream closes; a refused report changes nothing.
+    #[tokio::test]
+    async fn the_latest_health_view_is_kept_while_the_proxy_is_connected() {
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), test_ca());
+        let srv = DistributionServer::start(cfg).await.unwrap();
+        let inner = &srv.inner;
+        let health_of = |id: &str| {
+            srv.state()
+                .into_iter()
+                .find(|p| p.proxy_id == id)
+                .and_then(|p| p.health)
+        };
+        let (session, _kicked, _resync) = inner.connect(&entry("east-1", None, None).hello);
+        assert_eq!(health_of("east-1"), None);
+        inner.report(with_health(2)).unwrap();
+        assert_eq!(health_of("east-1").unwrap().ejected.len(), 2);
+        inner.report(with_health(1)).unwrap();
+        assert_eq!(health_of("east-1").unwrap().ejected.len(), 1);
+        // An older proxy's report (no view) leaves none.
+        inner.report(report("east-1", 2)).unwrap();
+        assert_eq!(health_of("east-1"), None);
+        inner.report(with_health(1)).unwrap();
+        inner.disconnect("east-1", session);
+        let gone = srv.state().into_iter().find(|p| p.proxy_id == "east-1");
+        assert!(gone.is_some_and(|p| !p.connected && p.health.is_none()));
+    }
+
     #[test]
     fn reports_are_checked() {
         let mut r = report("a", 1);

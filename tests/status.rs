@@ -53,6 +53,8 @@ fn settled_status(dir: &Path) -> Value {
             if proxies.len() == 3
                 && proxies.iter().all(|p| {
                     p["connected"] == true
+                        // Each proxy reports its own health view with its traffic counters.
+                        && p["healthReported"] == true
                         && p["ackedGeneration"].is_u64()
                         && p["ackedGeneration"] == p["currentGeneration"]
                 })
@@ -108,6 +110,19 @@ fn check_status(s: &Value) {
     assert_eq!(proxy["zone"], "us-east-a");
     assert_eq!(proxy["address"], "127.0.10.1");
     assert!(proxy["connectedSince"].as_str().unwrap().contains('T'));
+    // The proxy's own view: its measured region order (values on loopback are all near 0 ms,
+    // so no order is asserted) and how many endpoints it ejected.
+    let nearest = proxy["nearestRegions"].as_array().unwrap();
+    assert!(nearest.len() <= 2, "{proxy}");
+    for r in nearest {
+        assert!(
+            ["us-west", "eu-central"].contains(&r["region"].as_str().unwrap()),
+            "{r}"
+        );
+        assert!(r["rttMs"].as_f64().is_none_or(|ms| ms >= 0.0), "{r}");
+    }
+    assert!(proxy["ejectedEndpoints"].is_u64(), "{proxy}");
+    assert_eq!(proxy["ejectedTruncated"], false);
 
     for (cluster, address) in [
         ("east", "127.0.10.1"),
@@ -147,7 +162,9 @@ fn check_status(s: &Value) {
             (Some(1), Some(1)),
             "{z}"
         );
+        assert!(z["ejected"].is_u64(), "{z}");
     }
+    assert!(echo["ejected"].is_array(), "{echo}");
     // East's proxy (zone us-east-a) serves from its own zone.
     let tier = &echo["tiers"][0];
     assert_eq!(tier["zone"], "us-east-a", "{echo}");
@@ -197,18 +214,26 @@ fn check_explain(dir: &Path) {
         .iter()
         .map(|s| s["endpoint"]["zone"].as_str().unwrap())
         .collect();
+    // Own zone, own region, then the other regions in the order east's proxy measured (on
+    // loopback every round trip is near 0 ms: which region comes first is not asserted).
+    assert_eq!(order[..2], ["us-east-a", "us-east-b"]);
+    let mut others = order[2..].to_vec();
+    others.sort();
     assert_eq!(
-        order,
-        [
-            "us-east-a",
-            "us-east-b",
-            "eu-central-a",
-            "eu-central-b",
-            "us-west-a",
-            "us-west-b"
-        ]
+        others,
+        ["eu-central-a", "eu-central-b", "us-west-a", "us-west-b"]
+    );
+    assert_eq!(
+        order[2][..7],
+        order[3][..7],
+        "a region's zones stay together"
     );
     assert_eq!(from["order"][0]["endpoint"]["address"], "127.0.100.1:8080");
+    let source = from["regionOrder"]["source"].as_str().unwrap();
+    assert!(["measured", "alphabetical"].contains(&source), "{from}");
+    if source == "measured" {
+        assert_eq!(from["regionOrder"]["measuredBy"], "east-proxy");
+    }
 
     // --fail us-east: the region's endpoints are ejected and east's proxy is down with them;
     // the request goes to the next region, eu-central (alphabetical: no FailoverPolicy).
@@ -222,7 +247,11 @@ fn check_explain(dir: &Path) {
     let from = &e["backends"][0]["from"][0];
     assert_eq!(from["proxyFailed"], true);
     let first = &from["order"][0];
-    assert_eq!(first["endpoint"]["region"], "eu-central");
+    assert_eq!(
+        first["endpoint"]["region"], from["tiers"][2]["region"],
+        "the first other region of the proxy's order"
+    );
+    assert_ne!(first["endpoint"]["region"], "us-east");
     assert_eq!(first["endpoint"]["state"], "healthy");
     assert_eq!(first["tier"], 2);
     let last = from["order"].as_array().unwrap().last().unwrap();
@@ -259,13 +288,15 @@ fn check_explain(dir: &Path) {
             )
         })
         .collect();
+    // East goes to another region (which one is the proxy's measurement on loopback).
+    assert_eq!(by_cluster[0].0, "east");
+    assert!(
+        ["eu-central", "us-west"].contains(&by_cluster[0].1),
+        "{by_cluster:?}"
+    );
     assert_eq!(
-        by_cluster,
-        [
-            ("east", "eu-central"),
-            ("west", "us-west"),
-            ("central", "eu-central")
-        ]
+        by_cluster[1..],
+        [("west", "us-west"), ("central", "eu-central")]
     );
 
     // Text output names the same decision.
@@ -284,6 +315,7 @@ fn check_explain(dir: &Path) {
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(text.contains("what if us-east (region) fails"), "{text}");
     assert!(text.contains("demo/echo rule 0"), "{text}");
+    assert!(text.contains("other regions: "), "{text}");
 }
 
 fn check_errors(dir: &Path) {
@@ -434,6 +466,8 @@ fn status_and_explain_on_the_demo() {
         "BACKENDS",
         "east-proxy",
         "tier 0 zone",
+        "NEAREST REGIONS (RTT)",
+        "EJECTED",
     ] {
         assert!(text.contains(section), "{section} missing:\n{text}");
     }

@@ -13,8 +13,9 @@
 //! │                              │  endpoints, │  ping                ▼                    │
 //! │                              ◄─ /v1/ack ───┼─ Ack{proxyId, generation, applied|refused,│
 //! │                              │             │      resync}                              │
-//! │  traffic(cluster, gateway)   ◄─ /v1/traffic┼─ TrafficReport{proxyId, gateways} every 1s│
-//! │   (Σ proxies + retired)      │             │   (Target::traffic, when it changed)      │
+//! │  traffic(cluster, gateway)   ◄─ /v1/traffic┼─ TrafficReport{proxyId, gateways, health} │
+//! │   (Σ proxies + retired)      │             │   every 1 s when it changed               │
+//! │  state()[..].health          │             │   (Target::traffic, Target::health)       │
 //! └──────────────────────────────┘             └──────────────────────────────────────────┘
 //! ```
 //!
@@ -96,7 +97,15 @@
 //!    `400` for a body that does not decode, lists a Gateway twice or carries implausible
 //!    counters (more failures, requests by region or latency samples than requests; a decrease
 //!    within one stream; growth above [`server::MAX_REQUESTS_PER_SECOND`]), `413` past 1 MiB.
-//!    Counters are cumulative since the proxy started. (Bodies of `/v1/stream` and `/v1/ack` are
+//!    Counters are cumulative since the proxy started. An optional `"health"` carries the
+//!    proxy's own view: `{"nearestRegions":[{"region","rttMs"}],"ejected":[{"backend","address",
+//!    "since","reason":"probe"|"passive","failures"}],"truncated"}` (at most
+//!    [`protocol::MAX_REGIONS`] regions and [`protocol::MAX_EJECTED`] endpoints; a proxy with
+//!    more sends the first ones and `"truncated":true`). A malformed one (too many entries, an
+//!    address that is not `ip:port`, a time that is not RFC 3339, a negative round trip) refuses
+//!    the whole report with `400` naming the proxy and the field. The server keeps the latest
+//!    view per proxy ([`ProxyState::health`]) until the proxy's stream closes; older servers
+//!    ignore the field and older proxies omit it. (Bodies of `/v1/stream` and `/v1/ack` are
 //!    bounded at 64 KiB, also `413`.)
 //!
 //! # Traffic
@@ -186,7 +195,10 @@ pub use client::{
     BootstrapCredential, Client, ClientConfig, ClientError, ClientStatus, Refused, Target,
 };
 pub use meridian_model::gateway::{GatewayRef, ProgrammedState, ProxyRefusal};
-pub use protocol::{Ack, AckResult, EndpointChange, GatewayTrafficReport, Hello, TrafficReport};
+pub use protocol::{
+    Ack, AckResult, EjectedEndpoint, EjectionReason, EndpointChange, GatewayTrafficReport, Hello,
+    NearestRegion, ProxyHealth, TrafficReport,
+};
 pub use server::{
     DistributionServer, NOT_LEADER, ProxyState, PublishError, PublishKind, Published, Refusal,
     ServerConfig, ServerError, ServerNames,

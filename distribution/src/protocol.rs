@@ -207,7 +207,7 @@ pub struct Ack {
 
 /// Body of `POST /v1/traffic`: a proxy's cumulative counters per Gateway it serves (sent about
 /// once a second; feeds drill guards and timelines in the controller).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficReport {
     /// The proxy (as in its [`Hello`]).
@@ -215,6 +215,85 @@ pub struct TrafficReport {
     /// Counters per Gateway, cumulative since the proxy started.
     #[serde(default)]
     pub gateways: Vec<GatewayTrafficReport>,
+    /// The proxy's own health view (measured region order, ejected endpoints). Absent from
+    /// older proxies; older servers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ProxyHealth>,
+}
+
+/// At most this many ejected endpoints in one [`ProxyHealth`]; a proxy with more sends the
+/// first ones and `truncated`.
+pub const MAX_EJECTED: usize = 1_000;
+/// At most this many regions in [`ProxyHealth::nearest_regions`].
+pub const MAX_REGIONS: usize = 256;
+
+/// A proxy's health view in a [`TrafficReport`]: what it measures and whom it ejected, so that
+/// `meridian status` and `explain` can show the proxies' view next to the controller's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyHealth {
+    /// Other regions nearest first as this proxy orders them (its smoothed connect round trip,
+    /// with hysteresis); empty before its first measurement.
+    #[serde(default)]
+    pub nearest_regions: Vec<NearestRegion>,
+    /// Endpoints ejected right now, per backend (at most [`MAX_EJECTED`]).
+    #[serde(default)]
+    pub ejected: Vec<EjectedEndpoint>,
+    /// More endpoints were ejected than `ejected` lists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// One region of [`ProxyHealth::nearest_regions`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NearestRegion {
+    /// Region.
+    pub region: String,
+    /// Smoothed connect round trip, milliseconds (`None`: not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+/// Why a proxy ejected an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EjectionReason {
+    /// Its active health checks failed.
+    Probe,
+    /// Requests failed at it (connect refused, reset or timed out; consecutive 5xx).
+    Passive,
+    /// A reason this version does not know (a newer proxy).
+    #[serde(other)]
+    Other,
+}
+
+impl EjectionReason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EjectionReason::Probe => "probe",
+            EjectionReason::Passive => "passive",
+            EjectionReason::Other => "other",
+        }
+    }
+}
+
+/// An endpoint a proxy ejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EjectedEndpoint {
+    /// Backend name as in the snapshot (`ns/svc:port`, ...).
+    pub backend: String,
+    /// `ip:port`.
+    pub address: String,
+    /// When it was ejected (RFC 3339).
+    pub since: String,
+    /// What ejected it.
+    pub reason: EjectionReason,
+    /// Failures that ejected it and failed probes since.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 /// One Gateway's counters in a [`TrafficReport`].
@@ -747,6 +826,76 @@ mod tests {
             })
             .unwrap()
             .contains("resync")
+        );
+    }
+
+    fn health() -> ProxyHealth {
+        ProxyHealth {
+            nearest_regions: vec![NearestRegion {
+                region: "us-west".into(),
+                rtt_ms: Some(31.5),
+            }],
+            ejected: vec![EjectedEndpoint {
+                backend: "ns/a:80".into(),
+                address: "10.0.0.1:8080".into(),
+                since: "2026-12-06T12:01:00Z".into(),
+                reason: EjectionReason::Probe,
+                failures: 5,
+            }],
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn health_views_round_trip_and_old_peers_on_either_side_still_talk() {
+        let report = TrafficReport {
+            proxy_id: "p".into(),
+            gateways: vec![],
+            health: Some(health()),
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            text,
+            r#"{"proxyId":"p","gateways":[],"health":{"nearestRegions":[{"region":"us-west","rttMs":31.5}],"ejected":[{"backend":"ns/a:80","address":"10.0.0.1:8080","since":"2026-12-06T12:01:00Z","reason":"probe","failures":5}]}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<TrafficReport>(&text).unwrap(),
+            report
+        );
+
+        // An older proxy's report: no health, and none is made up.
+        let old: TrafficReport = serde_json::from_str(r#"{"proxyId":"p","gateways":[]}"#).unwrap();
+        assert_eq!(old.health, None);
+        assert!(
+            !serde_json::to_string(&old).unwrap().contains("health"),
+            "nothing sent without a view"
+        );
+
+        // An older server reads a new report as the struct it knows: the same counters.
+        #[derive(Deserialize, PartialEq, Debug)]
+        #[serde(rename_all = "camelCase")]
+        struct OldReport {
+            proxy_id: String,
+            #[serde(default)]
+            gateways: Vec<GatewayTrafficReport>,
+        }
+        let read: OldReport = serde_json::from_str(&text).unwrap();
+        assert_eq!((read.proxy_id.as_str(), read.gateways.len()), ("p", 0));
+
+        // A newer proxy's unknown reason does not cost the report.
+        let newer = text.replace(r#""reason":"probe""#, r#""reason":"outlier2""#);
+        let read: TrafficReport = serde_json::from_str(&newer).unwrap();
+        assert_eq!(
+            read.health.unwrap().ejected[0].reason,
+            EjectionReason::Other
+        );
+        // Truncation is said when it happened.
+        let mut cut = health();
+        cut.truncated = true;
+        assert!(
+            serde_json::to_string(&cut)
+                .unwrap()
+                .ends_with(r#""truncated":true}"#)
         );
     }
 

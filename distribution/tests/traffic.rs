@@ -291,6 +291,7 @@ async fn report(srv: &DistributionServer, id: &str, gateways: Vec<GatewayTraffic
     let body = TrafficReport {
         proxy_id: id.into(),
         gateways,
+        health: None,
     };
     let r = Https::proxy(&hello(id, "east"))
         .post(

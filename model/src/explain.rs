@@ -12,7 +12,9 @@
 //!               per proxy locality serving the Gateway:
 //!                 locality::plan ─► tiers (zone, region, failover order, geo-fence)
 //!                 locality::select, again and again ─► the order endpoints are tried in
-//!                   (drained: never; failed by --fail: ejected, so only a last resort)
+//!                   (drained: never; failed by --fail or ejected by the reporting
+//!                    proxies: ejected, so only a last resort; their measured region order
+//!                    passed to plan)
 //! ```
 //!
 //! Nothing here re-implements a decision: routing is [`Router::route`] and the endpoint order is
@@ -21,10 +23,14 @@
 //! its health checks ejected, an endpoint already in the order like one this request tried. The
 //! reasons ("why") are derived afterwards from the inputs of those decisions.
 //!
-//! What this cannot see: the proxies' own health view (passive ejections, active health checks,
-//! slow start after failback). The snapshot says what the EndpointSlices and drills say; a
-//! region whose endpoints the proxies ejected but whose EndpointSlices are ready still shows as
-//! healthy here. `--fail` answers exactly that question for a locality you name.
+//! The proxies' own health view comes in as plain inputs ([`Vantage`], from what they report to
+//! the controller): an endpoint a proxy ejected (its health checks or failed requests) looks to
+//! `select` as it does on that proxy — ejected, a last resort, the one ejected longest ago first
+//! — and a proxy's measured nearest-first order of other regions is passed to `plan` as the
+//! proxy passes it. Every view says where its region order came from ([`OrderSource`]). Without
+//! reports ([`explain`], [`backends`]) the snapshot is all there is: what EndpointSlices and
+//! drills say, other regions alphabetically. Slow start after failback is not reported.
+//! `--fail` answers the what-if for a locality you name.
 //!
 //! [`backends`] is the status view: per backend, endpoints per region and zone, and the tier
 //! each proxy locality uses now (the first step of the same walk).
@@ -95,6 +101,133 @@ impl Failure {
             || l.region == self.name
             || (!l.zone.is_empty() && l.zone == self.name)
     }
+}
+
+/// What the proxies at one locality report about their own view of health (plain inputs: the
+/// controller passes what the proxies sent it; see `docs/operations.md`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Vantage {
+    /// Where the proxies run.
+    pub locality: Locality,
+    /// The other regions nearest first as one of these proxies measured them (`None`: no
+    /// reporting proxy has measured anything; policy, then alphabetical order).
+    pub measured: Option<MeasuredOrder>,
+    /// Endpoints the locality's proxies ejected, oldest ejection first (that order decides the
+    /// last resort, as the proxy's own ejection order does).
+    pub ejected: Vec<Ejection>,
+}
+
+impl From<Locality> for Vantage {
+    fn from(locality: Locality) -> Self {
+        Vantage {
+            locality,
+            measured: None,
+            ejected: Vec::new(),
+        }
+    }
+}
+
+impl Vantage {
+    /// The ejections of `address` as an endpoint of `backend`, and the position of the first
+    /// one in the oldest-first list.
+    fn ejections_of(&self, backend: &str, address: &str) -> (Option<usize>, Vec<EjectedBy>) {
+        let mut first = None;
+        let mut by = Vec::new();
+        for (i, e) in self.ejected.iter().enumerate() {
+            if e.backend == backend && e.address == address {
+                first.get_or_insert(i);
+                by.push(EjectedBy::from(e));
+            }
+        }
+        (first, by)
+    }
+}
+
+/// A proxy's measured nearest-first order of other regions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeasuredOrder {
+    /// The proxy that measured it.
+    pub proxy: String,
+    /// Regions nearest first, with the smoothed connect round trip in ms when known.
+    pub regions: Vec<RegionRttView>,
+}
+
+/// An endpoint one proxy ejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ejection {
+    /// The backend (as named in the snapshot).
+    pub backend: String,
+    /// `ip:port`.
+    pub address: String,
+    /// The proxy that ejected it.
+    pub proxy: String,
+    /// `probe` or `passive`.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub since: String,
+    /// Failures that ejected it and failed probes since.
+    pub failures: u32,
+}
+
+/// One region of a measured order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionRttView {
+    /// Region.
+    pub region: String,
+    /// Smoothed connect round trip, ms.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Who ejected an endpoint, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EjectedBy {
+    /// The proxy.
+    pub proxy: String,
+    /// `probe` (its health checks) or `passive` (failed requests).
+    pub reason: String,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Failures that ejected it and failed probes since.
+    pub failures: u32,
+}
+
+impl From<&Ejection> for EjectedBy {
+    fn from(e: &Ejection) -> Self {
+        EjectedBy {
+            proxy: e.proxy.clone(),
+            reason: e.reason.clone(),
+            since: e.since.clone(),
+            failures: e.failures,
+        }
+    }
+}
+
+/// Where the order of other regions comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OrderSource {
+    /// The FailoverPolicy's order (regions it does not name alphabetically after them).
+    Policy,
+    /// The FailoverPolicy's order, then the regions it does not name as a proxy measured them.
+    PolicyThenMeasured,
+    /// Nearest first as a proxy measured them.
+    Measured,
+    /// Alphabetically (no policy order, no measurement).
+    Alphabetical,
+}
+
+/// How a locality orders the other regions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionOrderView {
+    /// Where the order comes from.
+    pub source: OrderSource,
+    /// The proxy whose measurement is used, if one is.
+    pub measured_by: Option<String>,
+    /// Its measured order (nearest first), empty without one.
+    pub nearest_regions: Vec<RegionRttView>,
 }
 
 /// Why a request cannot be explained.
@@ -254,6 +387,8 @@ pub struct LocalityView {
     pub weighted: Vec<WeightedView>,
     /// Spill rule: percent of a tier's endpoints that must be healthy for it to serve.
     pub min_healthy_percent: u32,
+    /// Where the order of other regions comes from.
+    pub region_order: RegionOrderView,
     /// The endpoints in the order the proxy tries them (each retry takes the next).
     pub order: Vec<StepView>,
     /// The order was cut at [`MAX_ORDER`] steps.
@@ -312,6 +447,8 @@ pub enum EndpointState {
     Drained,
     /// In the `--fail` locality (ejected: only a last resort).
     Failed,
+    /// Ejected by the reporting proxies (health checks or failed requests): only a last resort.
+    Ejected,
     /// EndpointSlice says not ready (never chosen).
     NotReady,
     /// Outside the policy's geo-fence (never chosen).
@@ -334,6 +471,9 @@ pub struct EndpointView {
     pub east_west: bool,
     /// Its state.
     pub state: EndpointState,
+    /// The reporting proxies that ejected it (absent when none did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ejected_by: Vec<EjectedBy>,
 }
 
 /// One step of the order.
@@ -349,12 +489,26 @@ pub struct StepView {
 }
 
 /// Explains `req` sent to `gateway` as the proxies at `proxies` serve `snapshot`, with
-/// `fail` treated as failed.
+/// `fail` treated as failed, without any proxy's own health view ([`explain_seen`]).
 pub fn explain(
     snapshot: &Snapshot,
     gateway: &GatewayRef,
     req: &ExplainRequest,
     proxies: &[Locality],
+    fail: Option<&Failure>,
+) -> Result<Explanation, ExplainError> {
+    let views: Vec<Vantage> = proxies.iter().cloned().map(Vantage::from).collect();
+    explain_seen(snapshot, gateway, req, &views, fail)
+}
+
+/// [`explain`] with what the proxies at each locality report: their ejected endpoints are
+/// ejected here too (a last resort, with who ejected them, why and since when), and their
+/// measured nearest-first order of other regions replaces the alphabetical one.
+pub fn explain_seen(
+    snapshot: &Snapshot,
+    gateway: &GatewayRef,
+    req: &ExplainRequest,
+    proxies: &[Vantage],
     fail: Option<&Failure>,
 ) -> Result<Explanation, ExplainError> {
     let gw = snapshot
@@ -651,7 +805,7 @@ fn backend_view(
     gateway: &str,
     b: &Backend,
     total_weight: f64,
-    proxies: &[Locality],
+    proxies: &[Vantage],
     fail: Option<&Failure>,
 ) -> BackendView {
     let mut view = BackendView {
@@ -676,38 +830,73 @@ fn backend_view(
             let drained = |e: &Endpoint| snapshot.is_drained(gateway, &b.name, e);
             view.from = proxies
                 .iter()
-                .map(|me| walk(endpoints, failover.as_ref(), me, &drained, fail))
+                .map(|me| walk(endpoints, failover.as_ref(), &b.name, me, &drained, fail))
                 .collect();
         }
     }
     view
 }
 
-/// The tiers of `endpoints` for a proxy at `me` and the order it tries them in: the proxy's
-/// [`locality::plan`] and, step after step, its [`locality::select`] with the endpoints
-/// already listed marked tried. `drained` endpoints are never chosen; endpoints hit by `fail`
-/// are ejected (a last resort once nothing else is left, as in the proxy).
+/// The tiers of backend `backend`'s `endpoints` for the proxies at `view` and the order they
+/// try them in: the proxy's [`locality::plan`] (with their measured region order, if any) and,
+/// step after step, its [`locality::select`] with the endpoints already listed marked tried.
+/// `drained` endpoints are never chosen; endpoints hit by `fail` or ejected by the proxies are
+/// ejected (a last resort once nothing else is left, the one ejected longest ago first, as in
+/// the proxy).
 pub fn walk(
     endpoints: &[Endpoint],
     policy: Option<&FailoverPolicy>,
-    me: &Locality,
+    backend: &str,
+    view: &Vantage,
     drained: &dyn Fn(&Endpoint) -> bool,
     fail: Option<&Failure>,
 ) -> LocalityView {
+    let me = &view.locality;
     let failed = |e: &Endpoint| fail.is_some_and(|f| f.hits_endpoint(e));
-    let state = |e: &Endpoint| {
+    let ejections: Vec<(Option<usize>, Vec<EjectedBy>)> = endpoints
+        .iter()
+        .map(|e| view.ejections_of(backend, &SocketAddr::new(e.address, e.port).to_string()))
+        .collect();
+    let state_at = |i: usize| {
+        let e = &endpoints[i];
         if drained(e) {
             EndpointState::Drained
         } else if failed(e) {
             EndpointState::Failed
+        } else if ejections[i].0.is_some() {
+            EndpointState::Ejected
         } else {
             EndpointState::Healthy
         }
     };
-    // No measured round trips here: other regions in the policy's order, else alphabetically (a
-    // proxy with measurements may order them nearest first; its admin /config_dump shows it).
-    let plan = locality::plan(endpoints, me, policy, &[]);
+    let endpoint_at = |i: usize, state: EndpointState| {
+        let mut v = endpoint_view(&endpoints[i], state);
+        v.ejected_by = ejections[i].1.clone();
+        v
+    };
+    // Other regions: the policy's order, then the measured one of a reporting proxy, then
+    // alphabetically (what `locality::plan` does with the proxy's own measurement).
+    let nearest: Vec<String> = view
+        .measured
+        .iter()
+        .flat_map(|m| m.regions.iter().map(|r| r.region.clone()))
+        .collect();
+    let plan = locality::plan(endpoints, me, policy, &nearest);
     let order_of = locality::region_order(policy, &me.region);
+    let region_order = RegionOrderView {
+        source: match (order_of.is_empty(), nearest.is_empty()) {
+            (false, true) => OrderSource::Policy,
+            (false, false) => OrderSource::PolicyThenMeasured,
+            (true, false) => OrderSource::Measured,
+            (true, true) => OrderSource::Alphabetical,
+        },
+        measured_by: view.measured.as_ref().map(|m| m.proxy.clone()),
+        nearest_regions: view
+            .measured
+            .as_ref()
+            .map(|m| m.regions.clone())
+            .unwrap_or_default(),
+    };
     let tiers: Vec<TierView> = plan
         .tiers
         .iter()
@@ -718,11 +907,11 @@ pub fn walk(
                 tier: t,
                 region: tier.region.to_string(),
                 kind,
-                why: tier_why(kind, tier.region, me, policy, &order_of),
+                why: tier_why(kind, tier.region, me, policy, &order_of, view),
                 endpoints: tier
                     .members
                     .iter()
-                    .map(|&i| endpoint_view(&endpoints[i], state(&endpoints[i])))
+                    .map(|&i| endpoint_at(i, state_at(i)))
                     .collect(),
             }
         })
@@ -761,12 +950,15 @@ pub fn walk(
             let was_tried = tried.contains(&i);
             if drained(e) {
                 Avail::TriedEjected
-            } else if failed(e) {
+            } else if failed(e) || ejections[i].0.is_some() {
                 if was_tried {
                     Avail::TriedEjected
                 } else {
+                    // Ejected by a proxy: its place in the oldest-first list; failed by
+                    // `--fail` only: after those, in endpoint order.
+                    let at = ejections[i].0.unwrap_or(view.ejected.len() + i);
                     Avail::Ejected {
-                        ejected_at: i as u64,
+                        ejected_at: at as u64,
                     }
                 }
             } else if was_tried {
@@ -781,20 +973,12 @@ pub fn walk(
         let Some(t) = tier_of(i) else {
             break;
         };
-        let left = |j: usize| {
-            !tried.contains(&j) && state(&endpoints[j]) == EndpointState::Healthy && j != i
-        };
-        let why = step_why(
-            &ordered,
-            &tiers,
-            t,
-            order.is_empty(),
-            state(&endpoints[i]),
-            &left,
-        );
+        let left =
+            |j: usize| !tried.contains(&j) && state_at(j) == EndpointState::Healthy && j != i;
+        let why = step_why(&ordered, &tiers, t, order.is_empty(), state_at(i), &left);
         tried.push(i);
         order.push(StepView {
-            endpoint: endpoint_view(&endpoints[i], state(&endpoints[i])),
+            endpoint: endpoint_at(i, state_at(i)),
             tier: t,
             why,
         });
@@ -815,6 +999,7 @@ pub fn walk(
             })
             .collect(),
         min_healthy_percent: plan.min_healthy_percent,
+        region_order,
         status: order.is_empty().then_some(503),
         tiers,
         order,
@@ -831,6 +1016,7 @@ fn endpoint_view(e: &Endpoint, state: EndpointState) -> EndpointView {
         zone: e.zone.clone(),
         east_west: e.east_west,
         state,
+        ejected_by: Vec::new(),
     }
 }
 
@@ -850,7 +1036,20 @@ fn tier_why(
     me: &Locality,
     policy: Option<&FailoverPolicy>,
     order: &[&str],
+    view: &Vantage,
 ) -> String {
+    let measured = view.measured.as_ref().and_then(|m| {
+        let p = m.regions.iter().position(|r| r.region == region)?;
+        let rtt = m.regions[p]
+            .rtt_ms
+            .map(|ms| format!(", {ms} ms"))
+            .unwrap_or_default();
+        Some(format!(
+            "position {} in the nearest-first order proxy {} measured (connect round trip{rtt})",
+            p + 1,
+            m.proxy
+        ))
+    });
     match kind {
         TierKind::Zone => format!("same zone as the proxy ({})", me.zone),
         TierKind::Region => format!("same region as the proxy ({}), other zones", me.region),
@@ -864,12 +1063,25 @@ fn tier_why(
                 };
                 format!("other region, position {} in {source}", p + 1)
             }
-            None if order.is_empty() => {
-                "other region; no failover order for this region, so other regions go \
-                 alphabetically"
-                    .to_string()
-            }
-            None => "other region not in the failover order: after it, alphabetically".to_string(),
+            None => match (&measured, view.measured.as_ref()) {
+                (Some(m), _) if order.is_empty() => {
+                    format!("other region; no failover order for this region: {m}")
+                }
+                (Some(m), _) => format!("other region not in the failover order: after it, {m}"),
+                (None, Some(m)) => format!(
+                    "other region proxy {} has not measured: after the measured ones, \
+                     alphabetically",
+                    m.proxy
+                ),
+                (None, None) if order.is_empty() => {
+                    "other region; no failover order for this region and no measured order \
+                     reported, so other regions go alphabetically"
+                        .to_string()
+                }
+                (None, None) => {
+                    "other region not in the failover order: after it, alphabetically".to_string()
+                }
+            },
         },
     }
 }
@@ -891,10 +1103,10 @@ fn step_why(
         TierKind::Failover => "failover",
     };
     let place = format!("tier {t} ({kind}, {})", tier.region);
-    if state == EndpointState::Failed {
+    if matches!(state, EndpointState::Failed | EndpointState::Ejected) {
         return format!(
-            "{place}: last resort; every endpoint left is failed, and the proxy then tries the \
-             one ejected longest ago rather than none"
+            "{place}: last resort; every endpoint left is failed or ejected, and the proxy then \
+             tries the one ejected longest ago rather than none"
         );
     }
     let lead = if first {
@@ -916,7 +1128,7 @@ fn step_why(
             plan.min_healthy_percent
         ));
     } else if t > 0 && first {
-        why.push_str("; nothing usable in the tiers before it (drained or failed)");
+        why.push_str("; nothing usable in the tiers before it (drained, failed or ejected)");
     }
     why
 }
@@ -935,6 +1147,25 @@ pub struct ZoneHealth {
     pub healthy: usize,
     /// Drained by a FailoverDrill.
     pub drained: usize,
+    /// Ejected by at least one reporting proxy (counted in `healthy` too: the controller's
+    /// view and the proxies' view side by side).
+    pub ejected: usize,
+}
+
+/// An endpoint of a backend that proxies ejected, as `meridian status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EjectedEndpointView {
+    /// `ip:port`.
+    pub address: String,
+    /// Member cluster of the endpoint.
+    pub cluster: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// Which proxies ejected it, why and since when.
+    pub by: Vec<EjectedBy>,
 }
 
 /// The tier a proxy locality uses now for a backend.
@@ -967,12 +1198,21 @@ pub struct BackendSummary {
     pub zones: Vec<ZoneHealth>,
     /// Per proxy locality, the tier it uses now.
     pub tiers: Vec<TierInUse>,
+    /// Endpoints the reporting proxies ejected, by region and zone.
+    pub ejected: Vec<EjectedEndpointView>,
 }
 
 /// Every backend of `snapshot` (rules and mirrors, once per name): endpoints per region and
 /// zone and the tier each of `proxies` uses now. Drains count when they name the backend (any
 /// Gateway).
 pub fn backends(snapshot: &Snapshot, proxies: &[Locality]) -> Vec<BackendSummary> {
+    let views: Vec<Vantage> = proxies.iter().cloned().map(Vantage::from).collect();
+    backends_seen(snapshot, &views)
+}
+
+/// [`backends`] with the proxies' own views: the tier in use skips what they ejected (and
+/// follows their measured region order), and each backend lists the endpoints they ejected.
+pub fn backends_seen(snapshot: &Snapshot, proxies: &[Vantage]) -> Vec<BackendSummary> {
     let mut seen: BTreeMap<&str, &Backend> = BTreeMap::new();
     for gw in &snapshot.gateways {
         for l in &gw.listeners {
@@ -994,7 +1234,7 @@ pub fn backends(snapshot: &Snapshot, proxies: &[Locality]) -> Vec<BackendSummary
         .collect()
 }
 
-fn backend_summary(snapshot: &Snapshot, b: &Backend, proxies: &[Locality]) -> BackendSummary {
+fn backend_summary(snapshot: &Snapshot, b: &Backend, proxies: &[Vantage]) -> BackendSummary {
     let (endpoints, policy) = match &b.target {
         BackendTarget::Invalid { reason } => {
             return BackendSummary {
@@ -1002,6 +1242,7 @@ fn backend_summary(snapshot: &Snapshot, b: &Backend, proxies: &[Locality]) -> Ba
                 invalid: Some(reason.clone()),
                 zones: Vec::new(),
                 tiers: Vec::new(),
+                ejected: Vec::new(),
             };
         }
         BackendTarget::Endpoints {
@@ -1017,7 +1258,29 @@ fn backend_summary(snapshot: &Snapshot, b: &Backend, proxies: &[Locality]) -> Ba
             .any(|d| (d.backends.is_empty() || d.backends.contains(&b.name)) && d.matches(e))
     };
     let mut zones: BTreeMap<(String, String), ZoneHealth> = BTreeMap::new();
+    let mut ejected: BTreeMap<(String, String, String), EjectedEndpointView> = BTreeMap::new();
     for e in endpoints {
+        let address = SocketAddr::new(e.address, e.port).to_string();
+        let by: Vec<EjectedBy> = proxies
+            .iter()
+            .flat_map(|v| v.ejections_of(&b.name, &address).1)
+            .collect();
+        if !by.is_empty() {
+            let entry = ejected
+                .entry((e.region.clone(), e.zone.clone(), address.clone()))
+                .or_insert_with(|| EjectedEndpointView {
+                    address,
+                    cluster: e.cluster.clone(),
+                    region: e.region.clone(),
+                    zone: e.zone.clone(),
+                    by: Vec::new(),
+                });
+            for x in by {
+                if !entry.by.contains(&x) {
+                    entry.by.push(x);
+                }
+            }
+        }
         let z = zones
             .entry((e.region.clone(), e.zone.clone()))
             .or_insert_with(|| ZoneHealth {
@@ -1026,8 +1289,16 @@ fn backend_summary(snapshot: &Snapshot, b: &Backend, proxies: &[Locality]) -> Ba
                 endpoints: 0,
                 healthy: 0,
                 drained: 0,
+                ejected: 0,
             });
         z.endpoints += 1;
+        if ejected.contains_key(&(
+            e.region.clone(),
+            e.zone.clone(),
+            SocketAddr::new(e.address, e.port).to_string(),
+        )) {
+            z.ejected += 1;
+        }
         if drained(e) {
             z.drained += 1;
         } else if e.ready {
@@ -1036,8 +1307,9 @@ fn backend_summary(snapshot: &Snapshot, b: &Backend, proxies: &[Locality]) -> Ba
     }
     let tiers = proxies
         .iter()
-        .map(|me| {
-            let view = walk(endpoints, policy, me, &drained, None);
+        .map(|v| {
+            let me = &v.locality;
+            let view = walk(endpoints, policy, &b.name, v, &drained, None);
             let first = view.order.first();
             TierInUse {
                 cluster: me.cluster.clone(),
@@ -1054,5 +1326,6 @@ fn backend_summary(snapshot: &Snapshot, b: &Backend, proxies: &[Locality]) -> Ba
         invalid: None,
         zones: zones.into_values().collect(),
         tiers,
+        ejected: ejected.into_values().collect(),
     }
 }

@@ -5,8 +5,9 @@
 
 use meridian_model::GatewayRef;
 use meridian_model::explain::{
-    EndpointState, ExplainError, ExplainRequest, Explanation, Failure, LocalityView, TierKind,
-    backends, explain,
+    Ejection, EndpointState, ExplainError, ExplainRequest, Explanation, Failure, LocalityView,
+    MeasuredOrder, OrderSource, RegionRttView, TierKind, Vantage, backends, backends_seen, explain,
+    explain_seen,
 };
 use meridian_model::locality::Locality;
 use meridian_model::snapshot::Snapshot;
@@ -522,4 +523,168 @@ fn status_summary_counts_endpoints_per_zone_and_names_the_tier_in_use() {
     assert_eq!(echo.tiers[0].kind, Some(TierKind::Region));
     assert_eq!(echo.tiers[0].serving_region.as_deref(), Some("us-east"));
     assert_eq!(echo.tiers[1].kind, Some(TierKind::Zone));
+}
+
+/// The proxies' reports of us-east: us-west measured nearer than eu-central, and both us-east
+/// endpoints ejected (zone a by probes, zone b by failed requests, later).
+fn reported_east() -> Vantage {
+    let ejection = |address: &str, reason: &str, since: &str, failures: u32| Ejection {
+        backend: "demo/echo:80".into(),
+        address: address.into(),
+        proxy: "east-1".into(),
+        reason: reason.into(),
+        since: since.into(),
+        failures,
+    };
+    Vantage {
+        locality: east(),
+        measured: Some(MeasuredOrder {
+            proxy: "east-1".into(),
+            regions: vec![
+                RegionRttView {
+                    region: "us-west".into(),
+                    rtt_ms: Some(31.5),
+                },
+                RegionRttView {
+                    region: "eu-central".into(),
+                    rtt_ms: Some(92.0),
+                },
+            ],
+        }),
+        ejected: vec![
+            ejection("127.0.100.1:8080", "probe", "2026-12-06T12:01:00Z", 5),
+            ejection("127.0.100.2:8080", "passive", "2026-12-06T12:02:00Z", 1),
+        ],
+    }
+}
+
+#[test]
+fn the_proxies_measured_order_replaces_the_alphabetical_one_and_says_so() {
+    let mut view = reported_east();
+    view.ejected.clear();
+    let e = explain_seen(&demo(), &gw(), &req("demo", "/"), &[view], None).unwrap();
+    let f = from(&e);
+    assert_eq!(
+        zones(&order(&e)),
+        [
+            "us-east-a",
+            "us-east-b",
+            "us-west-a",
+            "us-west-b",
+            "eu-central-a",
+            "eu-central-b"
+        ]
+    );
+    assert_eq!(f.region_order.source, OrderSource::Measured);
+    assert_eq!(f.region_order.measured_by.as_deref(), Some("east-1"));
+    assert_eq!(f.region_order.nearest_regions.len(), 2);
+    assert!(
+        f.tiers[2]
+            .why
+            .contains("nearest-first order proxy east-1 measured")
+            && f.tiers[2].why.contains("31.5 ms"),
+        "{}",
+        f.tiers[2].why
+    );
+    // Without reports: alphabetical, and said so.
+    let plain = run(&demo(), &req("demo", "/"), &[east()], None);
+    assert_eq!(from(&plain).region_order.source, OrderSource::Alphabetical);
+    assert_eq!(from(&plain).region_order.measured_by, None);
+    // A policy's order still wins; the regions it leaves out follow as measured.
+    let policy = json!({"failover": [{"from": "us-east", "to": ["eu-central"]}]});
+    let s = snapshot(policy, json!([]), demo_endpoints());
+    let e = explain_seen(&s, &gw(), &req("demo", "/"), &[reported_east()], None).unwrap();
+    assert_eq!(
+        from(&e).region_order.source,
+        OrderSource::PolicyThenMeasured
+    );
+    let regions: Vec<&str> = from(&e).tiers.iter().map(|t| t.region.as_str()).collect();
+    assert_eq!(regions, ["us-east", "us-east", "eu-central", "us-west"]);
+    assert!(
+        from(&e).tiers[3]
+            .why
+            .contains("not in the failover order: after it, position 1"),
+        "{}",
+        from(&e).tiers[3].why
+    );
+}
+
+#[test]
+fn endpoints_the_proxies_ejected_are_skipped_like_select_skips_them_and_say_who_and_since() {
+    let e = explain_seen(&demo(), &gw(), &req("demo", "/"), &[reported_east()], None).unwrap();
+    let f = from(&e);
+    let steps = order(&e);
+    assert_eq!(
+        zones(&steps),
+        [
+            "us-west-a",
+            "us-west-b",
+            "eu-central-a",
+            "eu-central-b",
+            // The last resort, the one ejected longest ago first.
+            "us-east-a",
+            "us-east-b"
+        ]
+    );
+    assert_eq!(steps[4].1, EndpointState::Ejected);
+    assert!(
+        f.order[0]
+            .why
+            .contains("nothing usable in the tiers before it"),
+        "{}",
+        f.order[0].why
+    );
+    assert!(f.order[4].why.contains("last resort"), "{}", f.order[4].why);
+    let by = &f.order[4].endpoint.ejected_by;
+    assert_eq!(by.len(), 1);
+    assert_eq!(
+        (
+            by[0].proxy.as_str(),
+            by[0].reason.as_str(),
+            by[0].since.as_str(),
+            by[0].failures
+        ),
+        ("east-1", "probe", "2026-12-06T12:01:00Z", 5)
+    );
+    // Another backend's ejection of the same address does not count here.
+    let mut other = reported_east();
+    for x in &mut other.ejected {
+        x.backend = "demo/api:80".into();
+    }
+    let e = explain_seen(&demo(), &gw(), &req("demo", "/"), &[other], None).unwrap();
+    assert_eq!(order(&e)[0].0, "us-east-a");
+    assert_eq!(order(&e)[0].1, EndpointState::Healthy);
+    // JSON: the field is there when ejected, absent otherwise.
+    let json = serde_json::to_value(&f.order[4].endpoint).unwrap();
+    assert_eq!(json["state"], "ejected");
+    assert_eq!(json["ejectedBy"][0]["since"], "2026-12-06T12:01:00Z");
+    assert!(
+        serde_json::to_value(&f.order[0].endpoint).unwrap()["ejectedBy"].is_null(),
+        "absent when not ejected"
+    );
+}
+
+#[test]
+fn the_status_summary_counts_and_lists_what_the_proxies_ejected() {
+    let summary = backends_seen(&demo(), &[reported_east()]);
+    let echo = summary.iter().find(|b| b.name == "demo/echo:80").unwrap();
+    let east_a = echo.zones.iter().find(|z| z.zone == "us-east-a").unwrap();
+    assert_eq!((east_a.healthy, east_a.ejected), (1, 1));
+    let ejected: Vec<(&str, &str)> = echo
+        .ejected
+        .iter()
+        .map(|x| (x.address.as_str(), x.by[0].reason.as_str()))
+        .collect();
+    assert_eq!(
+        ejected,
+        [
+            ("127.0.100.1:8080", "probe"),
+            ("127.0.100.2:8080", "passive")
+        ]
+    );
+    // The tier in use skips the ejected region and follows the measured order.
+    assert_eq!(echo.tiers[0].serving_region.as_deref(), Some("us-west"));
+    let api = summary.iter().find(|b| b.name == "demo/api:80").unwrap();
+    assert!(api.ejected.is_empty());
+    assert_eq!(api.tiers[0].serving_region.as_deref(), Some("us-east"));
 }

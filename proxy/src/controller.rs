@@ -8,7 +8,10 @@
 //! its held snapshot and arrives here as that whole snapshot, through [`ProxyHandle::apply`]
 //! (and is persisted whole like any other). The connection status lands on `/ready` (`controller`) and in
 //! `meridian_proxy_controller_connected`; the served snapshot never depends on it. The client
-//! reports the per-Gateway traffic counters ([`ProxyHandle::traffic`]) back to the controller.
+//! reports the per-Gateway traffic counters ([`ProxyHandle::traffic`]) back to the controller,
+//! with the proxy's health view ([`ProxyHandle::health`]: its measured nearest-first region
+//! order and the endpoints it ejected, with when, why and how many failures), so `meridian
+//! status` and `explain` can show what the proxies see.
 //!
 //! With a state directory ([`follow_controller_with_state`], `--state-dir DIR`), the proxy
 //! survives a restart while the controller is unreachable:
@@ -33,7 +36,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Weak};
 
 use meridian_distribution::{
-    Client, ClientStatus, EndpointChange, GatewayTrafficReport, Refused, Target,
+    Client, ClientStatus, EndpointChange, GatewayTrafficReport, ProxyHealth, Refused, Target,
 };
 use meridian_model::{Snapshot, SnapshotError};
 use tokio::sync::watch;
@@ -95,6 +98,10 @@ impl Target for ProxyHandle {
 
     fn traffic(&self) -> Vec<GatewayTrafficReport> {
         ProxyHandle::traffic(self)
+    }
+
+    fn health(&self) -> Option<ProxyHealth> {
+        Some(ProxyHandle::health(self))
     }
 }
 
@@ -260,6 +267,10 @@ impl Target for Persisting<'_> {
 
     fn traffic(&self) -> Vec<GatewayTrafficReport> {
         Target::traffic(self.handle)
+    }
+
+    fn health(&self) -> Option<ProxyHealth> {
+        Target::health(self.handle)
     }
 }
 

@@ -32,7 +32,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use meridian_model::locality::{self, Avail, Locality};
 use meridian_model::snapshot::{Endpoint, FailoverPolicy};
@@ -132,6 +132,32 @@ struct Ejected {
     probe_ok: u32,
     /// When the current run of successful probes started.
     ok_since: Option<Instant>,
+    /// Wall-clock time of the ejection (reported to the controller).
+    at: SystemTime,
+    /// What ejected it.
+    cause: Cause,
+    /// The failures that ejected it, plus failed probes since.
+    failures: u32,
+}
+
+/// What ejected an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Failed active health checks.
+    Probe,
+    /// Failed requests (connect refused, reset or timed out; consecutive 5xx).
+    Passive,
+}
+
+/// An ejection as [`Ejections::ejected_now`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectionInfo {
+    /// Wall-clock time of the ejection.
+    pub since: SystemTime,
+    /// What ejected it.
+    pub cause: Cause,
+    /// The failures that ejected it, plus failed probes since.
+    pub failures: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -217,10 +243,16 @@ impl Ejections {
         base: Duration,
         max: Duration,
     ) -> bool {
+        self.eject_as(addr.into(), base, max, Cause::Passive)
+    }
+
+    fn eject_as(&self, addr: EndpointKey, base: Duration, max: Duration, cause: Cause) -> bool {
         let now = Instant::now();
         let mut map = self.lock();
-        let s = map.entry(addr.into()).or_default();
+        let s = map.entry(addr).or_default();
         let fresh = s.ejected.is_none();
+        // The run of failures that led here (a connect failure is one).
+        let failures = s.probe_fail.max(s.consecutive_5xx).max(1);
         if fresh {
             if s.readmitted
                 .is_some_and(|(at, _)| now.duration_since(at) >= BACKOFF_RESET)
@@ -234,6 +266,9 @@ impl Ejections {
                 min_until: now + backoff(base, max, s.ejections),
                 probe_ok: 0,
                 ok_since: None,
+                at: SystemTime::now(),
+                cause,
+                failures,
             });
         }
         s.probe_fail = 0;
@@ -268,6 +303,31 @@ impl Ejections {
     /// Number of endpoints ejected right now.
     pub fn count(&self) -> usize {
         self.lock().values().filter(|s| s.ejected.is_some()).count()
+    }
+
+    /// Every endpoint ejected right now, with when, why and how many failures (read-only: the
+    /// health view reported to the controller).
+    pub fn ejected_now(&self) -> Vec<(EndpointKey, EjectionInfo)> {
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let mut out: Vec<(EndpointKey, EjectionInfo)> = self
+            .lock()
+            .iter()
+            .filter_map(|(k, s)| {
+                let e = s.ejected?;
+                Some((
+                    *k,
+                    EjectionInfo {
+                        since: e.at,
+                        cause: e.cause,
+                        failures: e.failures,
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
     }
 
     /// Records one active probe result.
@@ -306,6 +366,7 @@ impl Ejections {
                 (Some(e), false) => {
                     e.probe_ok = 0;
                     e.ok_since = None;
+                    e.failures = e.failures.saturating_add(1);
                     ProbeOutcome::Unchanged
                 }
                 (None, true) => {
@@ -324,7 +385,7 @@ impl Ejections {
         };
         drop(map);
         if out == ProbeOutcome::Ejected {
-            self.eject(addr);
+            self.eject_as(addr, BASE_EJECTION, MAX_EJECTION, Cause::Probe);
         } else {
             self.tidy(now);
         }

@@ -786,6 +786,13 @@ impl ProxyHandle {
         self.shared.traffic.reports()
     }
 
+    /// This proxy's health view: its measured nearest-first region order and the endpoints it
+    /// ejected right now, per backend (reported to the controller with the traffic counters;
+    /// `meridian status` and `explain` show it).
+    pub fn health(&self) -> meridian_distribution::ProxyHealth {
+        crate::health::report(&self.shared)
+    }
+
     /// The Prometheus text of this proxy's metrics.
     pub fn metrics_text(&self) -> String {
         self.shared.metrics.render().unwrap_or_default()

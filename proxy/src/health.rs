@@ -40,9 +40,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::endpoints::{EndpointKey, ProbeOutcome, Readmit};
+use crate::endpoints::{Cause, EjectionInfo, EndpointKey, ProbeOutcome, Readmit};
 use crate::gateway::BACKEND_HEADER;
 use crate::state::{HopSecurity, Shared};
+use meridian_distribution::protocol::{
+    EjectedEndpoint, EjectionReason, MAX_EJECTED, MAX_REGIONS, NearestRegion, ProxyHealth,
+};
 
 /// Probe interval without a policy.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -454,10 +457,192 @@ impl RegionRtt {
     }
 }
 
+/// The proxy's health view for the controller (`Target::health`, sent with the traffic
+/// report): the measured nearest-first order of other regions with their round trips (rounded
+/// to 0.1 ms, so noise does not make every report new), and every endpoint ejected right now,
+/// per backend of the served snapshot that lists it (routes and mirrors), oldest ejection
+/// first, at most [`MAX_EJECTED`] (then `truncated`). Read-only; walks the snapshot only while
+/// something is ejected.
+pub(crate) fn report(shared: &Shared) -> ProxyHealth {
+    let (rtt, order) = shared.rtt.view();
+    let nearest_regions = order
+        .iter()
+        .take(MAX_REGIONS)
+        .map(|r| NearestRegion {
+            region: r.clone(),
+            rtt_ms: rtt
+                .get(r)
+                .map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0),
+        })
+        .collect();
+    let mut out = ProxyHealth {
+        nearest_regions,
+        ejected: Vec::new(),
+        truncated: false,
+    };
+    let ejected: HashMap<EndpointKey, EjectionInfo> =
+        shared.ejections.ejected_now().into_iter().collect();
+    let Some(served) = shared.served.load_full() else {
+        return out;
+    };
+    if ejected.is_empty() {
+        return out;
+    }
+    let mut found: Vec<(EjectionInfo, EjectedEndpoint)> = Vec::new();
+    let mut seen: std::collections::HashSet<(String, EndpointKey)> =
+        std::collections::HashSet::new();
+    let mut visit = |b: &Backend| {
+        let BackendTarget::Endpoints { endpoints, .. } = &b.target else {
+            return;
+        };
+        for e in endpoints {
+            let key = EndpointKey::of(e, &b.name);
+            let Some(info) = ejected.get(&key) else {
+                continue;
+            };
+            if !seen.insert((b.name.clone(), key)) {
+                continue;
+            }
+            let since = jiff::Timestamp::try_from(info.since)
+                .ok()
+                .and_then(|t| jiff::Timestamp::from_second(t.as_second()).ok())
+                .map_or_else(
+                    || jiff::Timestamp::UNIX_EPOCH.to_string(),
+                    |t| t.to_string(),
+                );
+            found.push((
+                *info,
+                EjectedEndpoint {
+                    backend: b.name.clone(),
+                    address: key.addr.to_string(),
+                    since,
+                    reason: match info.cause {
+                        Cause::Probe => EjectionReason::Probe,
+                        Cause::Passive => EjectionReason::Passive,
+                    },
+                    failures: info.failures,
+                },
+            ));
+        }
+    };
+    for gw in &served.router.snapshot().gateways {
+        for l in &gw.listeners {
+            for r in &l.routes {
+                for rule in &r.rules {
+                    let mirrors = rule
+                        .filters
+                        .iter()
+                        .chain(rule.backends.iter().flat_map(|b| b.filters.iter()));
+                    for f in mirrors {
+                        if let Filter::RequestMirror(m) = f {
+                            visit(&m.backend);
+                        }
+                    }
+                    for b in &rule.backends {
+                        visit(b);
+                    }
+                }
+            }
+        }
+    }
+    found.sort_by(|(a, x), (b, y)| {
+        (a.since, &x.backend, &x.address).cmp(&(b.since, &y.backend, &y.address))
+    });
+    out.truncated = found.len() > MAX_EJECTED;
+    out.ejected = found
+        .into_iter()
+        .take(MAX_EJECTED)
+        .map(|(_, e)| e)
+        .collect();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The report names each ejected endpoint under every backend that lists it, with why and
+    /// how many failures, oldest first; the measured order comes with its round trips.
+    #[tokio::test]
+    async fn the_health_report_lists_ejections_per_backend_and_the_measured_order() {
+        let h = crate::ProxyHandle::start(crate::ProxyConfig::default())
+            .await
+            .unwrap();
+        let port = meridian_test_support::free_port();
+        let ep = |ip: &str, region: &str| {
+            serde_json::json!({"address": ip, "port": 80, "cluster": "c", "region": region,
+                               "zone": format!("{region}-a")})
+        };
+        let backend = |name: &str, eps: serde_json::Value| serde_json::json!({"name": name, "target": {"type": "endpoints", "endpoints": eps}});
+        let snapshot: Snapshot = serde_json::from_value(serde_json::json!({
+            "schema": meridian_model::snapshot::SNAPSHOT_SCHEMA,
+            "generation": 1,
+            "gateways": [{"namespace": "ns", "name": "gw", "listeners": [{
+                "name": "http", "address": "127.0.0.1", "port": port, "protocol": "HTTP",
+                "routes": [{"namespace": "ns", "name": "r", "rules": [{"backends": [
+                    backend("ns/a:80", serde_json::json!([ep("10.0.0.1", "r1"), ep("10.0.0.2", "r2")])),
+                    backend("ns/b:80", serde_json::json!([ep("10.0.0.2", "r2")])),
+                ]}]}]
+            }]}]
+        }))
+        .unwrap();
+        h.apply(snapshot).await.unwrap();
+        let shared = h.shared();
+        let empty = h.health();
+        assert!(empty.ejected.is_empty() && empty.nearest_regions.is_empty());
+
+        let one: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let two: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        assert!(shared.ejections.eject(one));
+        let readmit = Readmit::default();
+        for _ in 0..2 {
+            shared.ejections.probe_result(two, false, &readmit);
+        }
+        // Failed probes while ejected count too.
+        shared.ejections.probe_result(two, false, &readmit);
+        shared.rtt.observe(
+            [
+                ("r2", Duration::from_micros(1_234)),
+                ("r1", Duration::from_millis(20)),
+            ]
+            .into_iter(),
+        );
+
+        let view = h.health();
+        assert_eq!(
+            view.nearest_regions,
+            vec![
+                NearestRegion {
+                    region: "r2".into(),
+                    rtt_ms: Some(1.2)
+                },
+                NearestRegion {
+                    region: "r1".into(),
+                    rtt_ms: Some(20.0)
+                },
+            ]
+        );
+        let listed: Vec<(&str, &str, EjectionReason, u32)> = view
+            .ejected
+            .iter()
+            .map(|e| (e.backend.as_str(), e.address.as_str(), e.reason, e.failures))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("ns/a:80", "10.0.0.1:80", EjectionReason::Passive, 1),
+                ("ns/a:80", "10.0.0.2:80", EjectionReason::Probe, 3),
+                ("ns/b:80", "10.0.0.2:80", EjectionReason::Probe, 3),
+            ]
+        );
+        assert!(!view.truncated);
+        for e in &view.ejected {
+            let t: jiff::Timestamp = e.since.parse().unwrap();
+            assert!((jiff::Timestamp::now() - t).get_seconds().abs() < 60, "{t}");
+        }
+        h.shutdown().await;
+    }
 
     #[tokio::test]
     async fn http_probes_of_an_east_west_endpoint_name_the_backend() {

@@ -60,7 +60,9 @@
 //! (health.rs, TCP by default) probes every endpoint, re-admitting ejected ones. Its connect
 //! times give a smoothed round trip per region, which orders the other regions nearest first
 //! when no policy names them (`locality::nearest_order`, with hysteresis; `/config_dump`
-//! `nearestRegions`).
+//! `nearestRegions`). That order and the endpoints ejected right now (with when, why and how
+//! many failures: `health::report`) go to the controller with the traffic counters, for
+//! `meridian status` and `explain`.
 //!
 //! Smarter failover (docs/operations.md): the lean HTTP/1 path hedges an idempotent request
 //! (no body, or at most 16 KiB) whose first try has not answered after an adaptive delay (lean/hedge.rs: the

@@ -455,7 +455,7 @@ fn explain(q: &ExplainQuery, snapshots: Vec<ClusterSnapshot>) -> Result<ExplainV
     let failure = q.fail.as_deref().map(Failure::new);
     let mut clusters = Vec::new();
     for s in serving {
-        let explanation = meridian_model::explain::explain(
+        let explanation = meridian_model::explain::explain_seen(
             &s.snapshot,
             &q.gateway,
             &q.request,
@@ -481,7 +481,7 @@ fn failed_view(name: &str, snapshots: &[ClusterSnapshot]) -> Result<FailedView, 
     for s in snapshots {
         clusters.insert(s.cluster.clone());
         regions.insert(s.region.clone());
-        for p in &s.proxies {
+        for p in s.proxies.iter().map(|v| &v.locality) {
             regions.insert(p.region.clone());
             if !p.zone.is_empty() {
                 zones.insert(p.zone.clone());

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use meridian_model::GatewayRef;
-use meridian_model::explain::{EndpointState, Explanation, LocalityView};
+use meridian_model::explain::{EndpointState, Explanation, LocalityView, OrderSource};
 use serde::{Deserialize, Serialize};
 
 use super::{ExplainView, StatusView};
@@ -572,6 +572,12 @@ pub fn render_status(v: &StatusView) -> String {
                 } else {
                     format!("disconnected (last seen {})", p.last_seen)
                 },
+                nearest(&p.nearest_regions, p.health_reported),
+                match p.ejected_endpoints {
+                    None => "-".into(),
+                    Some(n) if p.ejected_truncated => format!("{n}+"),
+                    Some(n) => n.to_string(),
+                },
                 p.refused
                     .as_ref()
                     .map(|r| format!("refused {}: {}", r.generation, r.reason))
@@ -588,6 +594,8 @@ pub fn render_status(v: &StatusView) -> String {
             "ADDRESS",
             "ACKED/CURRENT",
             "CONNECTED SINCE",
+            "NEAREST REGIONS (RTT)",
+            "EJECTED",
             "",
         ],
         &rows,
@@ -670,10 +678,11 @@ pub fn render_status(v: &StatusView) -> String {
                             },
                             z.healthy,
                             z.endpoints,
-                            if z.drained > 0 {
-                                format!(" ({} drained)", z.drained)
-                            } else {
-                                String::new()
+                            match (z.drained, z.ejected) {
+                                (0, 0) => String::new(),
+                                (d, 0) => format!(" ({d} drained)"),
+                                (0, e) => format!(" ({e} ejected by proxies)"),
+                                (d, e) => format!(" ({d} drained, {e} ejected by proxies)"),
                             }
                         )
                     })
@@ -710,7 +719,63 @@ pub fn render_status(v: &StatusView) -> String {
         ],
         &rows,
     ));
+    let mut rows = Vec::new();
+    for cb in &v.backends {
+        for b in &cb.backends {
+            for x in &b.ejected {
+                rows.push(vec![
+                    cb.cluster.clone(),
+                    b.name.clone(),
+                    x.region.clone(),
+                    format!("{} ({})", x.address, x.zone),
+                    x.by.iter().map(ejected_by).collect::<Vec<_>>().join("; "),
+                ]);
+            }
+        }
+    }
+    if !rows.is_empty() {
+        out.push_str(
+            "
+EJECTED BY PROXIES
+",
+        );
+        out.push_str(&table(
+            &["CLUSTER", "BACKEND", "REGION", "ENDPOINT", "BY"],
+            &rows,
+        ));
+    }
     out
+}
+
+/// A proxy's measured order: `us-west 31.5ms, eu-central 92ms`; `-` when it reported none.
+fn nearest(regions: &[meridian_model::explain::RegionRttView], reported: bool) -> String {
+    if regions.is_empty() {
+        return if reported {
+            "not measured".into()
+        } else {
+            "-".into()
+        };
+    }
+    regions
+        .iter()
+        .map(|r| match r.rtt_ms {
+            Some(ms) => format!("{} {ms}ms", r.region),
+            None => r.region.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `east-1 (probe since 2026-12-06T12:01:00Z, 5 failures)`.
+fn ejected_by(b: &meridian_model::explain::EjectedBy) -> String {
+    format!(
+        "{} ({} since {}, {} failure{})",
+        b.proxy,
+        b.reason,
+        b.since,
+        b.failures,
+        if b.failures == 1 { "" } else { "s" }
+    )
 }
 
 fn kind_name(k: meridian_model::explain::TierKind) -> &'static str {
@@ -726,6 +791,7 @@ fn state_name(s: EndpointState) -> &'static str {
         EndpointState::Healthy => "healthy",
         EndpointState::Drained => "drained",
         EndpointState::Failed => "failed",
+        EndpointState::Ejected => "ejected",
         EndpointState::NotReady => "not ready",
         EndpointState::OutsideGeoFence => "outside geo-fence",
     }
@@ -845,6 +911,23 @@ fn render_locality(out: &mut String, l: &LocalityView) {
             ""
         }
     ));
+    let o = &l.region_order;
+    let measured_by = o.measured_by.as_deref().unwrap_or("?");
+    let from = match o.source {
+        OrderSource::Policy => "the FailoverPolicy's order".to_string(),
+        OrderSource::PolicyThenMeasured => format!(
+            "the FailoverPolicy's order, then as proxy {measured_by} measured ({})",
+            nearest(&o.nearest_regions, true)
+        ),
+        OrderSource::Measured => format!(
+            "nearest first as proxy {measured_by} measured ({})",
+            nearest(&o.nearest_regions, true)
+        ),
+        OrderSource::Alphabetical => {
+            "alphabetical (no policy order, no measured order reported)".to_string()
+        }
+    };
+    out.push_str(&format!("      other regions: {from}\n"));
     for w in &l.weighted {
         out.push_str(&format!(
             "      {}% of requests go to {} while it is eligible (policy weight)\n",
@@ -871,6 +954,9 @@ fn render_locality(out: &mut String, l: &LocalityView) {
             state_name(s.endpoint.state),
             s.why
         ));
+        for b in &s.endpoint.ejected_by {
+            out.push_str(&format!("          ejected on {}\n", ejected_by(b)));
+        }
     }
     if l.order_truncated {
         out.push_str("      … (order cut)\n");

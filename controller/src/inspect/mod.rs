@@ -33,9 +33,12 @@
 //! - per backend of each cluster's snapshot: endpoints per region and zone (ready, drained) and
 //!   the tier each proxy locality uses now ([`meridian_model::explain::backends`]).
 //!
-//! Health is the controller's view: EndpointSlice readiness, drills' drains and member-cluster
-//! reachability. The proxies' passive ejections and health checks are not reported to the
-//! controller, so an endpoint they ejected still shows as healthy here.
+//! Health is two views side by side. The controller's: EndpointSlice readiness, drills' drains
+//! and member-cluster reachability. The proxies': each connected proxy reports, with its
+//! traffic counters, its measured nearest-first region order and the endpoints it ejected
+//! (health checks or failed requests; `ProxyState::health` of the distribution server). Status
+//! shows them per proxy and per backend; explain and the tier in use treat an endpoint the
+//! locality's proxies ejected as ejected and use their measured order ([`vantages`]).
 
 pub mod admin;
 pub mod cli;
@@ -46,7 +49,9 @@ use std::sync::Arc;
 use gateway_api::gateways::Gateway;
 use k8s_openapi::jiff::Timestamp;
 use meridian_model::Snapshot;
-use meridian_model::explain::{BackendSummary, Explanation};
+use meridian_model::explain::{
+    BackendSummary, Ejection, Explanation, MeasuredOrder, RegionRttView, Vantage,
+};
 use meridian_model::locality::Locality;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -101,7 +106,7 @@ pub struct ClusterView {
 }
 
 /// One proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyView {
     /// Proxy id.
@@ -128,6 +133,23 @@ pub struct ProxyView {
     pub refused: Option<RefusalView>,
     /// Gateways it serves (`None`: all of its cluster's).
     pub gateways: Option<Vec<String>>,
+    /// Whether it reported its own health view (newer proxies, while connected).
+    #[serde(default)]
+    pub health_reported: bool,
+    /// Other regions nearest first as it measures them, with round trips (empty: not measured
+    /// or not reported).
+    #[serde(default)]
+    pub nearest_regions: Vec<RegionRttView>,
+    /// How many endpoints it ejected right now (`None`: no health view reported).
+    #[serde(default)]
+    pub ejected_endpoints: Option<usize>,
+    /// It ejected more endpoints than it could report (the count is a lower bound).
+    #[serde(default)]
+    pub ejected_truncated: bool,
+    /// The endpoints it ejected (shown per backend in [`StatusView::backends`]; not repeated
+    /// here).
+    #[serde(skip)]
+    pub ejected: Vec<meridian_distribution::EjectedEndpoint>,
 }
 
 impl ProxyView {
@@ -168,6 +190,19 @@ impl ProxyView {
                     .map(|g| format!("{}/{}", g.namespace, g.name))
                     .collect()
             }),
+            health_reported: p.health.is_some(),
+            nearest_regions: p
+                .health
+                .iter()
+                .flat_map(|h| &h.nearest_regions)
+                .map(|r| RegionRttView {
+                    region: r.region.clone(),
+                    rtt_ms: r.rtt_ms,
+                })
+                .collect(),
+            ejected_endpoints: p.health.as_ref().map(|h| h.ejected.len()),
+            ejected_truncated: p.health.as_ref().is_some_and(|h| h.truncated),
+            ejected: p.health.map(|h| h.ejected).unwrap_or_default(),
         }
     }
 }
@@ -296,13 +331,13 @@ pub(crate) enum Answer {
     Snapshots(Vec<ClusterSnapshot>),
 }
 
-/// A cluster's published snapshot and the localities of its proxies.
+/// A cluster's published snapshot and the localities of its proxies with what they report.
 pub(crate) struct ClusterSnapshot {
     pub cluster: String,
     pub region: String,
     /// Shared with the loop's published map (no copy on the loop).
     pub snapshot: Arc<Snapshot>,
-    pub proxies: Vec<Locality>,
+    pub proxies: Vec<Vantage>,
 }
 
 /// A question for the reconcile loop ([`crate::watch::Msg::Inspect`]).
@@ -336,7 +371,7 @@ pub(crate) fn answer(v: &LoopView<'_>, ask: Ask) -> Answer {
                     let snapshot = v.published.get(*name)?.clone();
                     let region = v.world.cluster(name)?.region.clone();
                     Some(ClusterSnapshot {
-                        proxies: localities(name, &region, &proxies),
+                        proxies: vantages(name, &region, &proxies),
                         cluster: name.to_string(),
                         region,
                         snapshot,
@@ -347,31 +382,67 @@ pub(crate) fn answer(v: &LoopView<'_>, ask: Ask) -> Answer {
     }
 }
 
-/// The distinct localities of the connected proxies of `cluster`; without any, the cluster's
-/// region with an unknown zone (what a proxy there would see, zone preference aside).
-fn localities(cluster: &str, region: &str, proxies: &[ProxyView]) -> Vec<Locality> {
-    let mut out: Vec<Locality> = Vec::new();
-    for p in proxies
+/// The distinct localities of the connected proxies of `cluster`, each with what its proxies
+/// report: the measured region order of the first of them (by id) that measured one, and every
+/// endpoint any of them ejected, oldest first. Without any proxy, the cluster's region with an
+/// unknown zone (what a proxy there would see, zone preference aside) and no reports.
+pub(crate) fn vantages(cluster: &str, region: &str, proxies: &[ProxyView]) -> Vec<Vantage> {
+    let mut out: Vec<Vantage> = Vec::new();
+    let mut connected: Vec<&ProxyView> = proxies
         .iter()
         .filter(|p| p.connected && p.cluster == cluster)
-    {
+        .collect();
+    connected.sort_by(|a, b| a.id.cmp(&b.id));
+    for p in connected {
         let l = Locality {
             cluster: p.cluster.clone(),
             region: p.region.clone(),
             zone: p.zone.clone(),
         };
-        if !out.contains(&l) {
-            out.push(l);
+        let at = match out.iter().position(|v| v.locality == l) {
+            Some(i) => i,
+            None => {
+                out.push(Vantage::from(l));
+                out.len() - 1
+            }
+        };
+        let v = &mut out[at];
+        if v.measured.is_none() && !p.nearest_regions.is_empty() {
+            v.measured = Some(MeasuredOrder {
+                proxy: p.id.clone(),
+                regions: p.nearest_regions.clone(),
+            });
         }
+        v.ejected.extend(p.ejected.iter().map(|e| Ejection {
+            backend: e.backend.clone(),
+            address: e.address.clone(),
+            proxy: p.id.clone(),
+            reason: e.reason.as_str().to_string(),
+            since: e.since.clone(),
+            failures: e.failures,
+        }));
+    }
+    for v in &mut out {
+        // Oldest first (the last-resort order); the server checked every time parses.
+        v.ejected.sort_by_cached_key(|e| {
+            (
+                e.since.parse::<Timestamp>().ok(),
+                e.backend.clone(),
+                e.address.clone(),
+                e.proxy.clone(),
+            )
+        });
     }
     if out.is_empty() {
-        out.push(Locality {
+        out.push(Vantage::from(Locality {
             cluster: cluster.to_string(),
             region: region.to_string(),
             zone: String::new(),
-        });
+        }));
     }
-    out.sort_by(|a, b| (&a.region, &a.zone).cmp(&(&b.region, &b.zone)));
+    out.sort_by(|a, b| {
+        (&a.locality.region, &a.locality.zone).cmp(&(&b.locality.region, &b.locality.zone))
+    });
     out
 }
 
@@ -390,9 +461,9 @@ fn status(v: &LoopView<'_>, proxies: Vec<ProxyView>) -> StatusView {
         if let Some(s) = published {
             backends.push(ClusterBackends {
                 cluster: name.to_string(),
-                backends: meridian_model::explain::backends(
+                backends: meridian_model::explain::backends_seen(
                     s,
-                    &localities(name, &state.region, &proxies),
+                    &vantages(name, &state.region, &proxies),
                 ),
             });
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use meridian_model::Snapshot;
 
 use super::ClientStatus;
-use crate::protocol::{EndpointChange, GatewayTrafficReport};
+use crate::protocol::{EndpointChange, GatewayTrafficReport, ProxyHealth};
 
 /// Why a target refused a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,5 +49,11 @@ pub trait Target: Send + Sync {
     /// (`POST /v1/traffic`). Targets that count nothing report nothing.
     fn traffic(&self) -> Vec<GatewayTrafficReport> {
         Vec::new()
+    }
+
+    /// The target's own health view (measured region order, ejected endpoints), sent with the
+    /// traffic report when it changed. Targets without one report `None`.
+    fn health(&self) -> Option<ProxyHealth> {
+        None
     }
 }

@@ -1,5 +1,6 @@
-//! Traffic reports: while a stream is open, the target's cumulative counters go to
-//! `POST /v1/traffic` every `traffic_interval` when they changed since the last accepted report.
+//! Traffic reports: while a stream is open, the target's cumulative counters and its health view
+//! ([`Target::health`]) go to `POST /v1/traffic` every `traffic_interval` when either changed
+//! since the last accepted report.
 //!
 //! A report that fails is logged at debug and not retried: the next tick sends the then-current
 //! counters, which include everything (they are cumulative).
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use super::stream::body_text;
 use super::{Client, ClientError, Target, error_chain};
-use crate::protocol::{GatewayTrafficReport, TrafficReport};
+use crate::protocol::{GatewayTrafficReport, ProxyHealth, TrafficReport};
 
 /// Bound of one traffic report request.
 const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -25,19 +26,26 @@ impl Client {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Per stream: a new stream may reach a server that has never seen our counters.
-        let mut last_sent: Option<Vec<GatewayTrafficReport>> = None;
+        let mut last_sent: Option<(Vec<GatewayTrafficReport>, Option<ProxyHealth>)> = None;
         loop {
             tick.tick().await;
             let gateways = target.traffic();
-            if gateways.is_empty() || last_sent.as_ref() == Some(&gateways) {
+            let health = target.health();
+            let nothing = gateways.is_empty() && health.is_none();
+            if nothing
+                || last_sent
+                    .as_ref()
+                    .is_some_and(|(g, h)| *g == gateways && *h == health)
+            {
                 continue;
             }
             let report = TrafficReport {
                 proxy_id: self.cfg.hello.proxy_id.clone(),
                 gateways,
+                health,
             };
             match self.send_traffic(&report).await {
-                Ok(()) => last_sent = Some(report.gateways),
+                Ok(()) => last_sent = Some((report.gateways, report.health)),
                 Err(e) => {
                     tracing::debug!(error = %e, "traffic report not delivered; retrying next tick")
                 }

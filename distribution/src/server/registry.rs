@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::traffic::Counters;
 use super::{DistributionServer, Inner, MAX_GATEWAYS, lock};
-use crate::protocol::{Ack, AckResult, GatewayRef, Hello};
+use crate::protocol::{Ack, AckResult, GatewayRef, Hello, ProxyHealth};
 
 /// Disconnected proxies are forgotten after this long.
 pub(super) const FORGET_AFTER: Duration = Duration::from_secs(600);
@@ -37,7 +37,7 @@ pub struct Refusal {
 }
 
 /// What the server knows about one proxy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyState {
     /// Its id.
     pub proxy_id: String,
@@ -61,6 +61,9 @@ pub struct ProxyState {
     pub acked_generation: Option<u64>,
     /// Its refusal of a generation newer than `acked_generation`, if any.
     pub last_refusal: Option<Refusal>,
+    /// Its latest health view (measured region order, ejected endpoints) while its stream is
+    /// open; `None` before its first report with one (or from an older proxy).
+    pub health: Option<ProxyHealth>,
 }
 
 /// A request naming a proxy id without an open (or recent) stream: `404`.
@@ -143,6 +146,9 @@ pub(super) struct ProxyEntry {
     pub(super) traffic: Counters,
     /// When that report came (`None`: no report yet).
     pub(super) reported: Option<Reported>,
+    /// The health view of its latest report on the open stream (dropped when it disconnects:
+    /// a view nobody refreshes is not live).
+    pub(super) health: Option<ProxyHealth>,
 }
 
 impl ProxyEntry {
@@ -159,6 +165,7 @@ impl ProxyEntry {
             connected_since: self.connected_since,
             acked_generation: self.acked,
             last_refusal: self.refusal.clone(),
+            health: self.health.clone(),
         }
     }
 
@@ -299,6 +306,7 @@ impl Inner {
             resyncs,
             traffic,
             reported,
+            health: None,
         };
         if let Some(old) = proxies.insert(hello.proxy_id.clone(), entry)
             && old.hello.cluster != hello.cluster
@@ -324,6 +332,7 @@ impl Inner {
         }
         p.connected = false;
         p.kick = None;
+        p.health = None;
         p.last_seen = SystemTime::now();
         let cluster = p.hello.cluster.clone();
         self.recount(&proxies, &cluster);
@@ -400,6 +409,7 @@ pub(super) fn test_entry(id: &str, acked: Option<u64>, refusal: Option<(u64, &st
         resyncs: watch::channel(0).0,
         traffic: Counters::new(),
         reported: None,
+        health: None,
     }
 }
 

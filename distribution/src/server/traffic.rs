@@ -37,7 +37,7 @@ use meridian_model::traffic::{GatewayTraffic, LATENCY_BOUNDS_US};
 
 use super::registry::UnknownProxy;
 use super::{DistributionServer, Inner, MAX_GATEWAYS, lock};
-use crate::protocol::{GatewayRef, TrafficReport};
+use crate::protocol::{GatewayRef, MAX_EJECTED, MAX_REGIONS, ProxyHealth, TrafficReport};
 
 /// Cumulative traffic counters per Gateway.
 pub(super) type Counters = BTreeMap<GatewayRef, GatewayTraffic>;
@@ -95,6 +95,14 @@ impl Implausible {
 /// Why a traffic report is refused: `400` with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(super) enum InvalidTrafficReport {
+    /// The health view is malformed or too large.
+    #[error("proxy {proxy}: health.{what}")]
+    Health {
+        /// The sender.
+        proxy: String,
+        /// What is wrong, with where.
+        what: String,
+    },
     /// Empty or longer than a Kubernetes name.
     #[error("proxyId must be 1 to 253 characters")]
     ProxyId,
@@ -140,9 +148,68 @@ impl InvalidTrafficReport {
                 "requests by region" => "regions",
                 _ => "latency",
             },
+            InvalidTrafficReport::Health { .. } => "health",
             _ => "invalid",
         }
     }
+}
+
+/// Longest backend or region name accepted in a health view.
+const MAX_NAME: usize = 1024;
+
+/// Checks the health view of a report: bounded, names non-empty, addresses `ip:port`, times
+/// RFC 3339, round trips finite and not negative.
+fn check_health(h: &ProxyHealth) -> Result<(), String> {
+    if h.nearest_regions.len() > MAX_REGIONS {
+        return Err(format!(
+            "nearestRegions: {} regions, at most {MAX_REGIONS}",
+            h.nearest_regions.len()
+        ));
+    }
+    for (i, r) in h.nearest_regions.iter().enumerate() {
+        if r.region.is_empty() || r.region.len() > MAX_NAME {
+            return Err(format!(
+                "nearestRegions[{i}].region: must be 1 to {MAX_NAME} characters"
+            ));
+        }
+        if r.rtt_ms.is_some_and(|ms| !ms.is_finite() || ms < 0.0) {
+            return Err(format!(
+                "nearestRegions[{i}].rttMs: must be a finite number of milliseconds, not negative"
+            ));
+        }
+        if h.nearest_regions[..i].iter().any(|o| o.region == r.region) {
+            return Err(format!(
+                "nearestRegions[{i}]: region {:?} is listed twice",
+                r.region
+            ));
+        }
+    }
+    if h.ejected.len() > MAX_EJECTED {
+        return Err(format!(
+            "ejected: {} endpoints, at most {MAX_EJECTED} (send the first ones and \"truncated\": true)",
+            h.ejected.len()
+        ));
+    }
+    for (i, e) in h.ejected.iter().enumerate() {
+        if e.backend.is_empty() || e.backend.len() > MAX_NAME {
+            return Err(format!(
+                "ejected[{i}].backend: must be 1 to {MAX_NAME} characters"
+            ));
+        }
+        if e.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "ejected[{i}].address {:?}: expected IP:PORT",
+                e.address.chars().take(64).collect::<String>()
+            ));
+        }
+        if e.since.parse::<jiff::Timestamp>().is_err() {
+            return Err(format!(
+                "ejected[{i}].since {:?}: expected an RFC 3339 time, e.g. 2026-12-06T12:01:00Z",
+                e.since.chars().take(64).collect::<String>()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A saturating sum (counters come from the network).
@@ -159,6 +226,12 @@ pub(super) fn check_traffic(r: &TrafficReport) -> Result<(), InvalidTrafficRepor
     }
     if r.gateways.len() > MAX_GATEWAYS {
         return Err(InvalidTrafficReport::TooManyGateways);
+    }
+    if let Some(h) = &r.health {
+        check_health(h).map_err(|what| InvalidTrafficReport::Health {
+            proxy: r.proxy_id.clone(),
+            what,
+        })?;
     }
     let mut seen = HashSet::new();
     let max = LATENCY_BOUNDS_US.len() + 1;
@@ -246,6 +319,9 @@ impl Inner {
             at: now,
         });
         p.last_seen = SystemTime::now();
+        // The latest view replaces the previous one; a report without one (an older proxy)
+        // leaves none.
+        p.health = report.health;
         let mut restarted = false;
         let mut folded = Vec::new();
         for (gw, before) in std::mem::take(&mut p.traffic) {
@@ -394,6 +470,7 @@ mod tests {
                 name: "web".into(),
                 traffic: counters(requests),
             }],
+            health: None,
         }
     }
 
@@ -602,6 +679,104 @@ mod tests {
         let _ = inner.connect(&entry("a", None, None).hello);
         inner.report(report("a", 2)).unwrap();
         assert_eq!(srv.traffic("c", &web).unwrap().requests, 7);
+    }
+
+    fn with_health(ejected: usize) -> TrafficReport {
+        use crate::protocol::{EjectedEndpoint, EjectionReason, NearestRegion};
+        // Counters stay equal across the test's reports: only the view changes.
+        let mut r = report("east-1", 2);
+        r.health = Some(ProxyHealth {
+            nearest_regions: vec![NearestRegion {
+                region: "us-west".into(),
+                rtt_ms: Some(3.5),
+            }],
+            ejected: (0..ejected)
+                .map(|i| EjectedEndpoint {
+                    backend: "ns/a:80".into(),
+                    address: format!("10.0.{}.{}:80", i / 250, i % 250),
+                    since: "2026-12-06T12:01:00Z".into(),
+                    reason: EjectionReason::Passive,
+                    failures: 1,
+                })
+                .collect(),
+            truncated: false,
+        });
+        r
+    }
+
+    #[test]
+    fn health_views_are_bounded_and_checked_naming_the_proxy() {
+        assert_eq!(check_traffic(&with_health(MAX_EJECTED)), Ok(()));
+        let refused = |r: &TrafficReport| check_traffic(r).unwrap_err().to_string();
+        let too_many = refused(&with_health(MAX_EJECTED + 1));
+        assert!(
+            too_many.starts_with("proxy east-1: health.ejected: 1001 endpoints, at most 1000"),
+            "{too_many}"
+        );
+        assert_eq!(
+            check_traffic(&with_health(MAX_EJECTED + 1))
+                .unwrap_err()
+                .reason(),
+            "health"
+        );
+        let bad = |f: &dyn Fn(&mut ProxyHealth)| {
+            let mut r = with_health(2);
+            f(r.health.as_mut().unwrap());
+            refused(&r)
+        };
+        assert_eq!(
+            bad(&|h| h.ejected[1].address = "10.0.0.1".into()),
+            "proxy east-1: health.ejected[1].address \"10.0.0.1\": expected IP:PORT"
+        );
+        assert!(
+            bad(&|h| h.ejected[0].since = "yesterday".into())
+                .contains("health.ejected[0].since \"yesterday\": expected an RFC 3339 time")
+        );
+        assert!(bad(&|h| h.ejected[0].backend.clear()).contains("ejected[0].backend"));
+        assert!(bad(&|h| h.nearest_regions[0].rtt_ms = Some(-1.0)).contains("rttMs"));
+        assert!(bad(&|h| h.nearest_regions[0].rtt_ms = Some(f64::NAN)).contains("rttMs"));
+        assert!(
+            bad(&|h| h.nearest_regions.push(h.nearest_regions[0].clone())).contains("listed twice")
+        );
+        assert!(
+            bad(&|h| {
+                h.nearest_regions = (0..=MAX_REGIONS)
+                    .map(|i| crate::protocol::NearestRegion {
+                        region: format!("r{i}"),
+                        rtt_ms: None,
+                    })
+                    .collect()
+            })
+            .contains("at most 256")
+        );
+    }
+
+    /// The latest view per proxy is kept, replaced by the next report, and dropped when the
+    /// proxy's stream closes; a refused report changes nothing.
+    #[tokio::test]
+    async fn the_latest_health_view_is_kept_while_the_proxy_is_connected() {
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), test_ca());
+        let srv = DistributionServer::start(cfg).await.unwrap();
+        let inner = &srv.inner;
+        let health_of = |id: &str| {
+            srv.state()
+                .into_iter()
+                .find(|p| p.proxy_id == id)
+                .and_then(|p| p.health)
+        };
+        let (session, _kicked, _resync) = inner.connect(&entry("east-1", None, None).hello);
+        assert_eq!(health_of("east-1"), None);
+        inner.report(with_health(2)).unwrap();
+        assert_eq!(health_of("east-1").unwrap().ejected.len(), 2);
+        inner.report(with_health(1)).unwrap();
+        assert_eq!(health_of("east-1").unwrap().ejected.len(), 1);
+        // An older proxy's report (no view) leaves none.
+        inner.report(report("east-1", 2)).unwrap();
+        assert_eq!(health_of("east-1"), None);
+        inner.report(with_health(1)).unwrap();
+        inner.disconnect("east-1", session);
+        let gone = srv.state().into_iter().find(|p| p.proxy_id == "east-1");
+        assert!(gone.is_some_and(|p| !p.connected && p.health.is_none()));
     }
 
     #[test]

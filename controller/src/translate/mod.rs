@@ -125,6 +125,9 @@ impl ClusterGatewayRef {
     }
 }
 
+/// Per member cluster, status objects by (kind, namespace — `""` for cluster-scoped — name).
+pub type StatusObjects = BTreeMap<ClusterName, BTreeSet<(StatusKind, String, String)>>;
+
 /// Inputs of translation that are not Kubernetes objects.
 #[derive(Clone, Debug)]
 pub struct TranslateConfig {
@@ -157,12 +160,12 @@ pub struct TranslateConfig {
     /// [`StatusUpdate::settles`] set, so a write computed earlier can be superseded.
     /// Shared (`Arc`): the reconcile loop keeps it in step with its writers and hands the same
     /// set to every pass.
-    pub unconfirmed: Arc<BTreeMap<ClusterName, BTreeSet<(StatusKind, String, String)>>>,
+    pub unconfirmed: Arc<StatusObjects>,
     /// A hint for [`Incremental::update`]: per cluster, every object whose membership in
     /// `unconfirmed` may differ from the config of the previous pass (full or incremental) of
     /// the same [`Incremental`] — more is harmless, fewer is wrong. `None`: the incremental
     /// translation compares the whole sets. The full translation does not read it.
-    pub unconfirmed_changed: Option<BTreeMap<ClusterName, BTreeSet<(StatusKind, String, String)>>>,
+    pub unconfirmed_changed: Option<StatusObjects>,
     /// Loopback endpoint addresses are kept (`--allow-loopback-endpoints`: `meridian up` and
     /// tests with local backends). Without it they are refused like link-local, unspecified and
     /// multicast ones (module `backend`, "Endpoint address policy").

@@ -14,7 +14,8 @@
 //!      sampler (every 100 ms: writes answered, CPU of the local API and of the controller) →
 //!      rate and CPU per write in the first, middle and last tenth (cost vs store size).
 //!      --cold-start: the world goes in before the controller starts, and 2. is timed from
-//!      the controller's start (its initial convergence)
+//!      the controller's start (its initial convergence), with the CPU the controller and the
+//!      local API used until then
 //!   2. convergence: until every Gateway is Programmed with attachedRoutes == N and every route
 //!      Accepted by us (status read from the API) → time from the first and from the last write
 //!   3. RSS after convergence, minus RSS before the apply, per route

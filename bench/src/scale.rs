@@ -14,7 +14,8 @@
 //!      sampler (every 100 ms: writes answered, CPU of the local API and of the controller) →
 //!      rate and CPU per write in the first, middle and last tenth (cost vs store size).
 //!      --cold-start: the world goes in before the controller starts, and 2. is timed from
-//!      the controller's start (its initial convergence)
+//!      the controller's start (its initial convergence), with the CPU the controller and the
+//!      local API used until then
 //!   2. convergence: until every Gateway is Programmed with attachedRoutes == N and every route
 //!      Accepted by us (status read from the API) → time from the first and from the last write
 //!   3. RSS after convergence, minus RSS before the apply, per route
@@ -140,6 +141,9 @@ struct Figures {
     apply_s: f64,
     converge_from_start_s: Option<f64>,
     converge_from_last_write_s: Option<f64>,
+    /// With `--cold-start`: CPU seconds the controller and the local API used from the
+    /// controller's start until convergence (less sensitive to a loaded machine than the time).
+    converge_cpu_s: Option<(f64, f64)>,
     /// (kind, ms of controller CPU per change, changes made).
     cpu_per_change: Vec<(&'static str, f64, usize)>,
     /// (kind, p50 ms, p99 ms, samples, not served in time).
@@ -300,6 +304,7 @@ impl Run {
         };
         let started;
         let last_write;
+        let mut api_ticks_at_start = None;
         if self.opts.cold_start {
             // 1. The world first, into the local API alone; then the controller.
             eprintln!("bulk apply of {} writes (no controller)", self.writes());
@@ -311,6 +316,7 @@ impl Run {
             eprintln!("starting the controller");
             started = Instant::now();
             last_write = started;
+            api_ticks_at_start = sys::cpu_ticks_tree(self.sandbox.0.id());
             self.start_controller()?;
         } else {
             self.start_controller()?;
@@ -329,6 +335,14 @@ impl Run {
         // 2. Convergence.
         eprintln!("waiting for convergence");
         if let Some(done) = self.converge()? {
+            if let (Some(api_before), Some(api), Some(controller)) = (
+                api_ticks_at_start,
+                sys::cpu_ticks_tree(self.sandbox.0.id()),
+                sys::cpu_ticks_tree(self.controller_pid),
+            ) {
+                let s = |ticks: u64| ticks as f64 / TICKS_PER_S;
+                f.converge_cpu_s = Some((s(controller), s(api.saturating_sub(api_before))));
+            }
             f.converge_from_start_s = Some((done - started).as_secs_f64());
             f.converge_from_last_write_s =
                 Some(done.saturating_duration_since(last_write).as_secs_f64());
@@ -1232,6 +1246,14 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
         row("convergence after the last write".into(), &|f| {
             secs(f.converge_from_last_write_s)
         });
+    } else {
+        row(
+            "CPU until convergence: controller, local API (s)".into(),
+            &|f| {
+                f.converge_cpu_s
+                    .map_or("–".to_string(), |(c, a)| format!("{c:.1}, {a:.1}"))
+            },
+        );
     }
     for (i, kind) in Change::ALL.iter().enumerate() {
         row(

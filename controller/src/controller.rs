@@ -59,7 +59,16 @@
 //! every kind it serves has been listed — and, so that a ServiceImport does not briefly lose the
 //! endpoints of clusters still listing, once every cluster is synced or `startup_grace` has
 //! passed since start. An unreachable cluster therefore delays the others by at most
-//! `startup_grace`, and afterwards not at all.
+//! `startup_grace`, and afterwards not at all. While no cluster acts, passes do not translate
+//! (nothing would use the result): at a cold start the world is translated once, when the last
+//! cluster's initial sync completes, not once per cluster's list.
+//!
+//! Status bookkeeping per pass follows what changed, not how many writes are outstanding (tens
+//! of thousands at a cold start): translation reads the writers' unconfirmed objects from a
+//! mirror the loop keeps from each writer's changes since the last pass
+//! ([`StatusWriter::take_unconfirmed_changes`], handed on as
+//! `TranslateConfig::unconfirmed_changed`), and the writers retire confirmed objects among those
+//! whose indexed copy changed or whose write finished ([`StatusWriter::retire_among`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -806,7 +815,23 @@ struct Reconciler {
     /// The last full pass named refused endpoints in some route's status: endpoint changes
     /// need full passes until it names none (translate::AddressPolicy).
     endpoints_refused: bool,
+    /// The writers' unconfirmed objects per active cluster (`TranslateConfig::unconfirmed`),
+    /// kept in step from what changed in each writer since the last pass
+    /// ([`StatusWriter::take_unconfirmed_changes`]) instead of copied whole every pass.
+    unconfirmed: Arc<BTreeMap<String, BTreeSet<StatusKey>>>,
+    /// The mirror above must be rebuilt from the writers (at start and when the member
+    /// clusters change: writers come and go).
+    unconfirmed_resync: bool,
+    /// Per cluster index, status objects whose indexed copy changed since that cluster's
+    /// writer last retired what the watch has seen ([`StatusWriter::retire_among`]).
+    rv_changed: BTreeMap<usize, BTreeSet<StatusKey>>,
+    /// Cluster indexes whose index was re-listed (or emptied) since: every unconfirmed object
+    /// of theirs is looked at ([`StatusWriter::retire_seen`]).
+    rv_relisted: BTreeSet<usize>,
 }
+
+/// A status object as the writers key it: kind, namespace (`""` for cluster-scoped), name.
+type StatusKey = (StatusKind, String, String);
 
 /// What the reconcile loop is given at start; the rest of its state starts empty.
 struct LoopInputs {
@@ -871,6 +896,10 @@ impl Reconciler {
             stale_expiry: None,
             east_west: EastWestListeners::new(),
             east_west_missing: MissingRemote::new(),
+            unconfirmed: Arc::new(BTreeMap::new()),
+            unconfirmed_resync: true,
+            rv_changed: BTreeMap::new(),
+            rv_relisted: BTreeSet::new(),
         }
     }
 
@@ -1112,6 +1141,7 @@ impl Reconciler {
                     return false;
                 };
                 let touch = mutation(state);
+                note_rv_change(&mut self.rv_changed, &mut self.rv_relisted, cluster, &touch);
                 if kind == Kind::FailoverDrill {
                     self.drills.set_drills(&self.world);
                 }
@@ -1254,6 +1284,7 @@ impl Reconciler {
         tracing::info!(cluster = %cluster.name, region = %cluster.region, network = %cluster.network, replace, "member cluster added at run time");
         self.send_readiness();
         self.dirty_full = true;
+        self.unconfirmed_resync = true;
         Ok(())
     }
 
@@ -1277,6 +1308,7 @@ impl Reconciler {
         tracing::info!(cluster = %name, ?grace, "member cluster removed: watchers and status writes stopped; its endpoints are withdrawn after the endpoint grace");
         self.send_readiness();
         self.dirty_full = true;
+        self.unconfirmed_resync = true;
         Ok(())
     }
 
@@ -1321,6 +1353,15 @@ impl Reconciler {
     /// endpoint refresh that refuses one, or any refresh while the status names some, is
     /// followed by a full pass.
     fn pass(&mut self, recheck_due: bool) {
+        if !self.active().any(|i| self.can_act(&self.names[i])) {
+            // Nobody acts yet (clusters still listing, within the startup grace): what a
+            // translation gives would be neither published nor written, and at a cold start
+            // each cluster's initial sync would translate the whole world again. The pass that
+            // lets the first cluster act (its sync, or the end of the grace) translates
+            // everything once; what changed until then waits for it.
+            self.dirty_full = true;
+            return;
+        }
         let mut full = self.dirty_full
             || !self.translated
             || !self.unreachable.is_empty()
@@ -1421,7 +1462,7 @@ impl Reconciler {
     /// What translation needs besides the world: per Gateway the data plane's state and
     /// addresses, the published generations, statuses of ours not yet seen, east-west
     /// listeners (with several networks) and unreachable clusters.
-    fn translate_config(&self) -> TranslateConfig {
+    fn translate_config(&mut self) -> TranslateConfig {
         let mut cfg = TranslateConfig {
             controller_name: self.controller_name.clone(),
             supported_features: SUPPORTED_FEATURES.iter().map(|s| s.to_string()).collect(),
@@ -1450,13 +1491,7 @@ impl Reconciler {
             .iter()
             .map(|(c, s)| (c.clone(), s.generation))
             .collect();
-        for i in self.active() {
-            let keys = self.slots[i].writer.unconfirmed();
-            if !keys.is_empty() {
-                cfg.unconfirmed
-                    .insert(self.names[i].clone(), keys.into_iter().collect());
-            }
-        }
+        self.sync_unconfirmed(&mut cfg);
         if self.world.multi_network() {
             for name in self.active().map(|i| &self.names[i]) {
                 let listeners = self.data_plane.east_west(name);
@@ -1466,6 +1501,54 @@ impl Reconciler {
             }
         }
         cfg
+    }
+
+    /// Brings the mirror of the writers' unconfirmed objects up to date and hands it to `cfg`
+    /// (a pointer: the last pass's config is gone, so the mirror is changed in place), with what
+    /// changed since the last pass as `unconfirmed_changed` — or, on a resync, without that hint
+    /// (the incremental translation then compares the whole sets).
+    fn sync_unconfirmed(&mut self, cfg: &mut TranslateConfig) {
+        let active: Vec<usize> = self.active().collect();
+        if std::mem::take(&mut self.unconfirmed_resync) {
+            let mut all = BTreeMap::new();
+            for &i in &active {
+                let w = &self.slots[i].writer;
+                // Taken before the copy: a change after it is in the next pass's hint.
+                w.take_unconfirmed_changes();
+                let keys = w.unconfirmed();
+                if !keys.is_empty() {
+                    all.insert(self.names[i].clone(), keys.into_iter().collect());
+                }
+            }
+            self.unconfirmed = Arc::new(all);
+            cfg.unconfirmed = Arc::clone(&self.unconfirmed);
+            cfg.unconfirmed_changed = None;
+            return;
+        }
+        let mirror = Arc::make_mut(&mut self.unconfirmed);
+        let mut changed: BTreeMap<String, BTreeSet<StatusKey>> = BTreeMap::new();
+        for &i in &active {
+            let name = &self.names[i];
+            let changes = self.slots[i].writer.take_unconfirmed_changes();
+            if changes.is_empty() {
+                continue;
+            }
+            let set = mirror.entry(name.clone()).or_default();
+            let noted = changed.entry(name.clone()).or_default();
+            for (key, now) in changes {
+                if now {
+                    set.insert(key.clone());
+                } else {
+                    set.remove(&key);
+                }
+                noted.insert(key);
+            }
+            if set.is_empty() {
+                mirror.remove(name);
+            }
+        }
+        cfg.unconfirmed = Arc::clone(&self.unconfirmed);
+        cfg.unconfirmed_changed = Some(changed);
     }
 
     /// Hands each status update to its cluster's writer (with the indexed resourceVersion
@@ -1498,17 +1581,26 @@ impl Reconciler {
                 self.slots[i].writer.submit(update, source_rv, route);
             }
         }
-        for i in self.active() {
+        let acting: Vec<usize> = self
+            .active()
+            .filter(|&i| self.can_act(&self.names[i]))
+            .collect();
+        for i in acting {
+            // What changed since this writer last retired (kept until it acts).
+            let changed = self.rv_changed.remove(&i).unwrap_or_default();
+            let relisted = self.rv_relisted.remove(&i);
             let w = &self.slots[i].writer;
-            if !self.can_act(&self.names[i]) {
-                continue;
-            }
             if let Some(state) = self.world.cluster(&self.names[i]) {
-                w.retire_seen(|kind, ns, name| {
+                let current_rv = |kind, ns: &str, name: &str| {
                     state
                         .resource_version(kind, &ObjectKey::new(ns, name))
                         .map(str::to_string)
-                });
+                };
+                if relisted {
+                    w.retire_seen(current_rv);
+                } else {
+                    w.retire_among(&changed, current_rv);
+                }
             }
         }
         if self.last_prune.elapsed() >= PRUNE_EVERY {
@@ -1660,6 +1752,32 @@ impl Reconciler {
                     .filter_map(|c| self.published.get(c).map(|s| (c.as_str(), Arc::clone(s)))),
             );
         }
+    }
+}
+
+/// Notes a status object whose indexed copy changed (or a re-list) in cluster index `cluster`,
+/// for retiring what the watch has seen ([`Reconciler::submit_status`]).
+fn note_rv_change(
+    changed: &mut BTreeMap<usize, BTreeSet<StatusKey>>,
+    relisted: &mut BTreeSet<usize>,
+    cluster: usize,
+    touch: &Touch,
+) {
+    match touch {
+        Touch::StatusOnly(kind, key) | Touch::Object(kind, key) => {
+            if let Some(kind) = StatusKind::of(*kind) {
+                changed.entry(cluster).or_default().insert((
+                    kind,
+                    key.namespace.clone(),
+                    key.name.clone(),
+                ));
+            }
+        }
+        Touch::Full => {
+            relisted.insert(cluster);
+            changed.remove(&cluster);
+        }
+        Touch::Nothing | Touch::Services(_) => {}
     }
 }
 

@@ -484,20 +484,10 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     ))
 }
 
-fn status_kind(kind: Kind) -> Option<StatusKind> {
-    match kind {
-        Kind::GatewayClass => Some(StatusKind::GatewayClass),
-        Kind::Gateway => Some(StatusKind::Gateway),
-        Kind::HttpRoute => Some(StatusKind::HttpRoute),
-        Kind::FailoverPolicy => Some(StatusKind::FailoverPolicy),
-        _ => None,
-    }
-}
-
 /// An apply, with the Services whose endpoints it may change.
 fn apply_mutation<K: Indexed + Resource + Send + 'static>(obj: K) -> Mutation {
     Box::new(move |state: &mut ClusterState| {
-        if let Some(kind) = status_kind(K::KIND) {
+        if let Some(kind) = StatusKind::of(K::KIND) {
             // Spec changes bump the generation; a new object under the same name has a new uid.
             let meta = obj.meta();
             let Some(key) = obj.key() else {

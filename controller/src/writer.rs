@@ -204,10 +204,57 @@ struct State {
     /// writes of one object at once).
     in_flight: BTreeSet<WriteKey>,
     /// Objects with a status of ours not yet seen in the index (see [`StatusWriter::settle`]).
+    /// Changed only through [`State::unconfirm`] and [`State::confirm`], which note the key in
+    /// `unconfirmed_changed`.
     unconfirmed: BTreeSet<WriteKey>,
+    /// Keys that came into or left `unconfirmed` since the reconcile loop last asked
+    /// ([`StatusWriter::take_unconfirmed_changes`]): it mirrors the set from these instead of
+    /// copying the whole set (thousands of keys at a cold start) every pass.
+    unconfirmed_changed: BTreeSet<WriteKey>,
+    /// Unconfirmed keys whose write left `in_flight` since the last [`StatusWriter::retire_among`]:
+    /// with the objects whose indexed copy changed, the only ones that can have become retirable.
+    settled: BTreeSet<WriteKey>,
 }
 
 impl State {
+    /// `key` has a status of ours not yet seen in the index.
+    fn unconfirm(&mut self, key: &WriteKey) {
+        if self.unconfirmed.insert(key.clone()) {
+            self.unconfirmed_changed.insert(key.clone());
+        }
+    }
+
+    /// `key` has nothing of ours waiting to be seen any more.
+    fn confirm(&mut self, key: &WriteKey) {
+        if self.unconfirmed.remove(key) {
+            self.unconfirmed_changed.insert(key.clone());
+        }
+    }
+
+    /// Keeps the unconfirmed keys for which `keep` holds, noting the others as changed.
+    fn retain_unconfirmed(&mut self, mut keep: impl FnMut(&State, &WriteKey) -> bool) {
+        let gone: Vec<WriteKey> = self
+            .unconfirmed
+            .iter()
+            .filter(|k| !keep(self, k))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.confirm(k);
+        }
+    }
+
+    /// Whether `key` stays unconfirmed: a write of it queued or under way, or the indexed copy
+    /// (`current_rv`) still the one our status was computed against.
+    fn still_unconfirmed(&self, key: &WriteKey, current_rv: Option<String>) -> bool {
+        self.pending.contains_key(key)
+            || self.in_flight.contains(key)
+            || self
+                .recent
+                .get(key)
+                .is_some_and(|r| r.source_rv == current_rv)
+    }
+
     /// Queues `job` for `key`, replacing a job queued for it.
     fn put(&mut self, key: WriteKey, job: Job) {
         let when = job.not_before;
@@ -382,7 +429,7 @@ impl StatusWriter {
                 since,
             },
         );
-        state.unconfirmed.insert(key.clone());
+        state.unconfirm(&key);
         state.put(
             key,
             Job {
@@ -426,7 +473,7 @@ impl StatusWriter {
         if never_sent {
             state.take(&key);
             state.recent.remove(&key);
-            state.unconfirmed.remove(&key);
+            state.confirm(&key);
             self.metrics
                 .status_pending
                 .with_label_values(&[&self.cluster])
@@ -453,25 +500,51 @@ impl StatusWriter {
         self.lock().unconfirmed.iter().cloned().collect()
     }
 
+    /// The keys that came into or left [`StatusWriter::unconfirmed`] since the last call, each
+    /// with whether it is unconfirmed now.
+    pub fn take_unconfirmed_changes(&self) -> Vec<((StatusKind, String, String), bool)> {
+        let mut state = self.lock();
+        let changed = std::mem::take(&mut state.unconfirmed_changed);
+        changed
+            .into_iter()
+            .map(|k| {
+                let now = state.unconfirmed.contains(&k);
+                (k, now)
+            })
+            .collect()
+    }
+
     /// Forgets unconfirmed objects whose indexed copy moved past the one our status was computed
     /// against (`current_rv`: the copy's resourceVersion now, `None` when gone) and that have
-    /// no write queued or under way.
+    /// no write queued or under way. Looks at every unconfirmed object; see
+    /// [`StatusWriter::retire_among`] for the one a pass uses.
     pub fn retire_seen(&self, current_rv: impl Fn(StatusKind, &str, &str) -> Option<String>) {
         let mut state = self.lock();
-        let State {
-            pending,
-            recent,
-            in_flight,
-            unconfirmed,
-            ..
-        } = &mut *state;
-        unconfirmed.retain(|k| {
-            pending.contains_key(k)
-                || in_flight.contains(k)
-                || recent
-                    .get(k)
-                    .is_some_and(|r| r.source_rv == current_rv(k.0, &k.1, &k.2))
-        });
+        state.settled.clear();
+        state.retain_unconfirmed(|s, k| s.still_unconfirmed(k, current_rv(k.0, &k.1, &k.2)));
+    }
+
+    /// [`StatusWriter::retire_seen`] for the objects that can have become retirable since the
+    /// last call: those whose indexed copy changed (`changed`, as the reconcile loop saw them
+    /// from the watch) and those whose write finished since. An unconfirmed object stays so
+    /// while a write of it is queued or under way and while its copy is the one the status was
+    /// computed against; only a finished write or a new copy can change either, so the result is
+    /// the whole scan's at the cost of what changed.
+    pub fn retire_among<'k>(
+        &self,
+        changed: impl IntoIterator<Item = &'k (StatusKind, String, String)>,
+        current_rv: impl Fn(StatusKind, &str, &str) -> Option<String>,
+    ) {
+        let mut state = self.lock();
+        let mut candidates = std::mem::take(&mut state.settled);
+        candidates.extend(changed.into_iter().cloned());
+        for k in &candidates {
+            if state.unconfirmed.contains(k)
+                && !state.still_unconfirmed(k, current_rv(k.0, &k.1, &k.2))
+            {
+                state.confirm(k);
+            }
+        }
     }
 
     /// Retries every failed write now instead of after its backoff: the cluster's API answers
@@ -486,12 +559,7 @@ impl StatusWriter {
     pub fn prune(&self, keep: impl Fn(StatusKind, &str, &str) -> bool) {
         let mut state = self.lock();
         state.recent.retain(|(k, ns, n), _| keep(*k, ns, n));
-        let State {
-            recent,
-            unconfirmed,
-            ..
-        } = &mut *state;
-        unconfirmed.retain(|k| recent.contains_key(k));
+        state.retain_unconfirmed(|s, k| s.recent.contains_key(k));
     }
 
     /// Updates waiting (including ones backing off).
@@ -517,6 +585,9 @@ impl StatusWriter {
     ) {
         let mut state = self.lock();
         state.in_flight.remove(&key);
+        if state.unconfirmed.contains(&key) {
+            state.settled.insert(key.clone());
+        }
         match result {
             Ok(()) => {
                 if state.retry_failed_now() {
@@ -533,7 +604,7 @@ impl StatusWriter {
             Err(_) => {
                 // Dropped for good: nothing of ours waits to be seen.
                 if !state.pending.contains_key(&key) {
-                    state.unconfirmed.remove(&key);
+                    state.confirm(&key);
                 }
             }
         }
@@ -1171,6 +1242,107 @@ mod tests {
         assert_eq!(w.unconfirmed().len(), 1, "copy not moved yet");
         w.retire_seen(|_, _, _| Some("6".into()));
         assert!(w.unconfirmed().is_empty());
+    }
+
+    /// `retire_among` (what the reconcile loop uses: only the objects whose copy changed, and
+    /// the writes that finished) retires exactly what the whole scan of `retire_seen` does, and
+    /// `take_unconfirmed_changes` lets a mirror follow the unconfirmed set; over a pseudo-random
+    /// run of submits, settles, write outcomes, watch echoes and prunes, on two writers given the
+    /// same steps (the clock paused, so both pick their jobs in the same order).
+    #[tokio::test(start_paused = true)]
+    async fn retiring_among_the_changed_objects_equals_the_whole_scan() {
+        let (whole, among) = (writer(), writer());
+        let mut mirror: BTreeSet<WriteKey> = BTreeSet::new();
+        // Per object: the indexed copy's resourceVersion (`None`: gone).
+        let mut rvs: BTreeMap<String, Option<u32>> = BTreeMap::new();
+        let mut changed: BTreeSet<WriteKey> = BTreeSet::new();
+        let mut seed: u64 = 0x5eed;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let (mut retired, mut steps_with_unconfirmed) = (0, 0);
+        for step in 0..3000 {
+            let name = names[next(names.len() as u64) as usize];
+            let rv = |rvs: &BTreeMap<String, Option<u32>>, n: &str| {
+                rvs.get(n).copied().flatten().map(|v| v.to_string())
+            };
+            let reason = ["Ready", "Pending", "Invalid"][next(3) as usize];
+            match next(7) {
+                0 | 1 => {
+                    let u = update(name, 1, reason);
+                    assert_eq!(
+                        whole.submit(u.clone(), rv(&rvs, name), None),
+                        among.submit(u, rv(&rvs, name), None)
+                    );
+                }
+                2 => {
+                    let u = update(name, 1, reason);
+                    assert_eq!(
+                        whole.settle(u.clone(), rv(&rvs, name), None),
+                        among.settle(u, rv(&rvs, name), None)
+                    );
+                }
+                3 => {
+                    let outcome = match next(4) {
+                        0 => Err(WriteError::Timeout),
+                        1 => Err(WriteError::Gone),
+                        _ => Ok(()),
+                    };
+                    let picked: Vec<Option<WriteKey>> = [&whole, &among]
+                        .into_iter()
+                        .map(|w| {
+                            let (key, job) = w.next_job().ok()?;
+                            w.finish(key.clone(), job, &outcome, Duration::from_millis(1));
+                            Some(key)
+                        })
+                        .collect();
+                    assert_eq!(picked[0], picked[1], "both writers pick the same job");
+                }
+                4 | 5 => {
+                    // A watch event: the copy changes (or goes).
+                    let v = rvs.entry(name.to_string()).or_insert(Some(0));
+                    *v = if next(8) == 0 {
+                        None
+                    } else {
+                        Some(v.unwrap_or(0) + 1)
+                    };
+                    changed.insert((StatusKind::Gateway, "ns".into(), name.into()));
+                }
+                _ => {
+                    if next(10) == 0 {
+                        let keep = |_: StatusKind, _: &str, n: &str| rvs.get(n) != Some(&None);
+                        whole.prune(keep);
+                        among.prune(keep);
+                    }
+                    let current = |_: StatusKind, _: &str, n: &str| rv(&rvs, n);
+                    let before = whole.unconfirmed().len();
+                    whole.retire_seen(current);
+                    among.retire_among(&changed, current);
+                    changed.clear();
+                    retired += before - whole.unconfirmed().len();
+                }
+            }
+            assert_eq!(whole.unconfirmed(), among.unconfirmed(), "step {step}");
+            for (key, now) in among.take_unconfirmed_changes() {
+                if now {
+                    mirror.insert(key);
+                } else {
+                    mirror.remove(&key);
+                }
+            }
+            assert_eq!(
+                mirror.iter().cloned().collect::<Vec<_>>(),
+                among.unconfirmed(),
+                "step {step}: the mirror"
+            );
+            steps_with_unconfirmed += usize::from(!mirror.is_empty());
+        }
+        assert!(retired > 50, "the run retires objects ({retired})");
+        assert!(steps_with_unconfirmed > 1000, "{steps_with_unconfirmed}");
     }
 
     #[test]

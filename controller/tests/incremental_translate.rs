@@ -274,6 +274,8 @@ struct Harness {
     put: BTreeMap<&'static str, Vec<(Kind, ObjectKey)>>,
     programmed: BTreeMap<ClusterGatewayRef, ProgrammedState>,
     unconfirmed: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
+    /// The entries of `unconfirmed` toggled since the last [`Harness::config`] (its hint).
+    toggled: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
 }
 
 fn cluster_name(west: bool) -> &'static str {
@@ -307,6 +309,7 @@ impl Harness {
             put: BTreeMap::new(),
             programmed: BTreeMap::new(),
             unconfirmed: BTreeMap::new(),
+            toggled: BTreeMap::new(),
         };
         for (name, objects) in [(CLUSTER, east), (WEST, west)] {
             base_cluster(
@@ -480,25 +483,29 @@ impl Harness {
                     return;
                 }
                 let (cluster, kind, key) = objects.swap_remove(pick % objects.len());
-                let set = self.unconfirmed.entry(cluster).or_default();
+                let set = self.unconfirmed.entry(cluster.clone()).or_default();
                 let entry = (kind, key.namespace, key.name);
                 if !set.remove(&entry) {
-                    set.insert(entry);
+                    set.insert(entry.clone());
                 }
+                self.toggled.entry(cluster).or_default().insert(entry);
             }
         }
     }
 
     /// The config of the fuzz test (every Gateway addressed and applied) with the steps'
-    /// overrides.
-    fn config(&self) -> TranslateConfig {
+    /// overrides; with `hint`, naming the unconfirmed entries toggled since the last config
+    /// (as the reconcile loop does), else leaving the incremental pass to compare them whole.
+    fn config(&mut self, hint: bool) -> TranslateConfig {
         let mut cfg = config_of(&self.world);
         for (r, state) in &self.programmed {
             if cfg.programmed.contains_key(r) {
                 cfg.programmed.insert(r.clone(), state.clone());
             }
         }
-        cfg.unconfirmed = self.unconfirmed.clone();
+        cfg.unconfirmed = std::sync::Arc::new(self.unconfirmed.clone());
+        let toggled = std::mem::take(&mut self.toggled);
+        cfg.unconfirmed_changed = hint.then_some(toggled);
         cfg
     }
 }
@@ -555,7 +562,7 @@ fn check(
 ) -> Result<(), TestCaseError> {
     let mut h = Harness::new(east, west);
     let mut engine = Incremental::new();
-    let cfg = h.config();
+    let cfg = h.config(false);
     let out = engine.full(&h.world, &cfg);
     prop_assert_eq!(
         &out,
@@ -572,7 +579,8 @@ fn check(
         for step in batch {
             h.step(step, &pending, &mut changes);
         }
-        let cfg = h.config();
+        // Every other pass with the loop's hint of what changed in the unconfirmed sets.
+        let cfg = h.config(i % 2 == 1);
         let pass = engine
             .update(&h.world, &cfg, &changes, &mut snapshots)
             .map_err(|f| TestCaseError::fail(format!("batch {i}: fell back: {f}")))?;

@@ -480,43 +480,61 @@ fn share_gateway(a: &Gateway, b: &mut Gateway) -> bool {
     same
 }
 
-/// Points every route of `new` equal to one of `old` at `old`'s allocation (by position when
-/// the names line up, else by name); whether the lists are equal.
+/// Points every route of `new` equal to one of `old` at `old`'s allocation (by position over
+/// the common prefix and suffix of names, by name in between); whether the lists are equal.
+///
+/// A route coming or going shifts every position after it: matching the prefix and the suffix
+/// by position (as [`diff_list`] does) keeps that a walk over pointers, and a route already
+/// shared ([`Arc::ptr_eq`]) is never compared by content. Only the middle (what lies between the
+/// first and the last difference) is matched through a map of names.
 fn share_routes(old: &[Arc<Route>], new: &mut [Arc<Route>]) -> bool {
+    fn same_name(o: &Arc<Route>, r: &Arc<Route>) -> bool {
+        Arc::ptr_eq(o, r) || (o.namespace == r.namespace && o.name == r.name)
+    }
+    // Points `r` at `o` when equal; whether they are.
+    fn share(o: &Arc<Route>, r: &mut Arc<Route>) -> bool {
+        if Arc::ptr_eq(o, r) {
+            return true;
+        }
+        if **o == **r {
+            *r = Arc::clone(o);
+            return true;
+        }
+        false
+    }
     let mut same = old.len() == new.len();
-    let mut unmatched = Vec::new();
-    for (k, r) in new.iter_mut().enumerate() {
-        match old.get(k) {
-            Some(o) if Arc::ptr_eq(o, r) => {}
-            Some(o) if o.namespace == r.namespace && o.name == r.name => {
-                if **o == **r {
-                    *r = Arc::clone(o);
-                } else {
-                    same = false;
-                }
-            }
-            _ => {
-                same = false;
-                unmatched.push(k);
-            }
+    let mut head = 0;
+    while head < old.len() && head < new.len() && same_name(&old[head], &new[head]) {
+        same &= share(&old[head], &mut new[head]);
+        head += 1;
+    }
+    let mut tail = 0;
+    while tail < old.len() - head
+        && tail < new.len() - head
+        && same_name(&old[old.len() - 1 - tail], &new[new.len() - 1 - tail])
+    {
+        let (i, j) = (old.len() - 1 - tail, new.len() - 1 - tail);
+        same &= share(&old[i], &mut new[j]);
+        tail += 1;
+    }
+    let old_mid = &old[head..old.len() - tail];
+    let new_len = new.len();
+    let new_mid = &mut new[head..new_len - tail];
+    if old_mid.is_empty() && new_mid.is_empty() {
+        return same;
+    }
+    // Names differ at the first and last position of the middle: not equal. Share the rest by
+    // name.
+    let by_name: HashMap<(&str, &str), &Arc<Route>> = old_mid
+        .iter()
+        .map(|o| ((o.namespace.as_str(), o.name.as_str()), o))
+        .collect();
+    for r in new_mid {
+        if let Some(o) = by_name.get(&(r.namespace.as_str(), r.name.as_str())) {
+            share(o, r);
         }
     }
-    if !unmatched.is_empty() {
-        // A route came or went and the positions moved: share the rest by name.
-        let by_name: HashMap<(&str, &str), &Arc<Route>> = old
-            .iter()
-            .map(|o| ((o.namespace.as_str(), o.name.as_str()), o))
-            .collect();
-        for k in unmatched {
-            let r = &new[k];
-            if let Some(o) = by_name.get(&(r.namespace.as_str(), r.name.as_str()))
-                && ***o == **r
-            {
-                new[k] = Arc::clone(o);
-            }
-        }
-    }
-    same
+    false
 }
 
 /// A Gateway with the same name: always an edit (its identity did not change).

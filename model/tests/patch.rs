@@ -544,3 +544,41 @@ fn one_changed_route_travels_alone() {
     patch.apply(&mut got).unwrap();
     assert_eq!(got, next);
 }
+
+#[test]
+fn sharing_back_after_an_insertion_shares_every_other_route() {
+    // A translation that copies every route (no pointer shared) and puts a new route in the
+    // middle: every other route is pointed back at the base's allocation, and only the new one
+    // is named as a difference.
+    let mut prev = common::snapshot(vec![common::gateway("ns", "gw")]);
+    let mut l = common::listener("http", 80);
+    for i in 0..100 {
+        l.routes
+            .push(common::route("ns", &format!("r{i:03}")).into());
+    }
+    prev.gateways[0].listeners.push(l);
+    let mut next = deep_copy(&prev);
+    let routes = &mut next.gateways[0].listeners[0].routes;
+    routes.insert(40, common::route("ns", "r039a").into());
+    // And one changed far from it, and one removed: the middle between them is matched by name.
+    Arc::make_mut(&mut routes[70]).created_at = 7;
+    routes.remove(20);
+    let expected = bytes(&next);
+    let differ = share_unchanged(&prev, &mut next, &Touched::everything());
+    assert_eq!(bytes(&next), expected, "content unchanged");
+    assert!(differ.may_differ("ns", "gw"));
+    let old = &prev.gateways[0].listeners[0].routes;
+    let shared = next.gateways[0].listeners[0]
+        .routes
+        .iter()
+        .filter(|r| old.iter().any(|o| Arc::ptr_eq(o, r)))
+        .count();
+    // 100 routes, one removed, one changed; the new one has no counterpart.
+    assert_eq!(shared, 98);
+    // Equal lists: nothing differs, and everything is shared.
+    let mut again = deep_copy(&prev);
+    assert!(share_unchanged(&prev, &mut again, &Touched::everything()).is_nothing());
+    for (o, r) in old.iter().zip(&again.gateways[0].listeners[0].routes) {
+        assert!(Arc::ptr_eq(o, r));
+    }
+}

@@ -857,7 +857,8 @@ fn list(
         let mut items = Vec::new();
         let mut next_key = None;
         let mut remaining = 0usize;
-        for (key, obj) in state.list(&t.rt, t.ns.as_deref(), after.as_ref()) {
+        // Pointers only under the lock: the objects are encoded (or copied to convert) after.
+        for (key, obj) in state.list_shared(&t.rt, t.ns.as_deref(), after.as_ref()) {
             if !labels.matches(obj) || !fields.matches(obj) {
                 continue;
             }
@@ -865,7 +866,7 @@ fn list(
                 remaining += 1;
                 continue;
             }
-            items.push(obj.clone());
+            items.push(Arc::clone(obj));
             next_key = Some(key.clone());
         }
         let more = if remaining > 0 { next_key } else { None };
@@ -876,9 +877,12 @@ fn list(
         meta["continue"] = json!(encode_continue(&k));
         meta["remainingItemCount"] = json!(remaining);
     }
+    if format == Format::Object {
+        return Ok(object_list(t, &meta, &items));
+    }
     let items: Vec<Value> = items
         .into_iter()
-        .map(|o| to_version(o, &t.rt, &t.version))
+        .map(|o| to_version(Value::clone(&o), &t.rt, &t.version))
         .collect();
     Ok(match format {
         Format::Table(include) => {
@@ -903,6 +907,36 @@ fn list(
             }),
         ),
     })
+}
+
+/// A `<Kind>List` of `items`, encoded straight from the stored objects: one already in the
+/// asked version (the usual case) is written as it is, without the copy converting it takes.
+fn object_list(t: &Target, meta: &Value, items: &[Arc<Value>]) -> Response<Body> {
+    let api_version = t.rt.api_version(&t.version);
+    let head = json!({
+        "kind": t.rt.list_kind,
+        "apiVersion": api_version,
+        "metadata": meta,
+    });
+    let mut out = head.to_string().into_bytes();
+    // `{...}` of the head without its closing brace, then the items.
+    out.pop();
+    out.extend_from_slice(b",\"items\":[");
+    for (i, o) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let versioned = o.get("kind").and_then(Value::as_str) == Some(t.rt.kind.as_str())
+            && o.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str());
+        // Encoding a `Value` into a Vec cannot fail (its map keys are strings).
+        let _ = if versioned {
+            serde_json::to_writer(&mut out, &**o)
+        } else {
+            serde_json::to_writer(&mut out, &to_version(Value::clone(o), &t.rt, &t.version))
+        };
+    }
+    out.extend_from_slice(b"]}");
+    response(200, "application/json", full(out))
 }
 
 fn watch(

@@ -563,6 +563,30 @@ impl State {
             .map(|(k, o)| (k, &**o))
     }
 
+    /// [`State::list`] with the objects as shared pointers: a lister copies pointers under the
+    /// lock and encodes after it.
+    pub fn list_shared<'a>(
+        &'a self,
+        rt: &ResourceType,
+        ns: Option<&'a str>,
+        after: Option<&'a ObjKey>,
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
+        use std::ops::Bound;
+        let lower = match (after, ns) {
+            (Some(k), Some(n)) if k.0.as_str() < n => {
+                Bound::Included((n.to_string(), String::new()))
+            }
+            (Some(k), _) => Bound::Excluded(k.clone()),
+            (None, Some(n)) => Bound::Included((n.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        self.objects
+            .get(&rt.key())
+            .into_iter()
+            .flat_map(move |m| m.range((lower.clone(), Bound::Unbounded)))
+            .take_while(move |((ons, _), _)| ns.is_none_or(|n| n == ons))
+    }
+
     /// Every stored object with the resourceVersion it is current at, CRDs first (what a
     /// snapshot holds). Clones pointers only, so the lock is held briefly; the caller encodes.
     pub fn snapshot_objects(&self) -> (u64, Vec<Arc<Value>>) {

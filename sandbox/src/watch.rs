@@ -163,6 +163,24 @@ impl Watcher {
     }
 
     fn push_event(&mut self, etype: &str, obj: &Value) {
+        if self.req.format == Format::Object && self.already_versioned(obj) {
+            // The stored object is what the watcher asked for: encoded as it is, without the
+            // copy (a whole object per event) that converting or wrapping it would take.
+            let mut line = Vec::with_capacity(512);
+            line.extend_from_slice(b"{\"type\":");
+            // Writing JSON into a Vec fails only on a map with non-string keys: never in a Value.
+            let written = serde_json::to_writer(&mut line, etype)
+                .and_then(|()| {
+                    line.extend_from_slice(b",\"object\":");
+                    serde_json::to_writer(&mut line, obj)
+                })
+                .is_ok();
+            if written {
+                line.extend_from_slice(b"}\n");
+                self.pending.push_back(Bytes::from(line));
+                return;
+            }
+        }
         let obj = to_version(obj.clone(), &self.req.rt, &self.req.version);
         let object = match self.req.format {
             Format::Metadata => table::partial_metadata(&obj),
@@ -179,6 +197,15 @@ impl Watcher {
             Format::Object => obj,
         };
         self.push_line(&json!({"type": etype, "object": object}));
+    }
+
+    /// Whether `obj` already carries the watched version's `apiVersion` and `kind` (what
+    /// [`to_version`] would set).
+    fn already_versioned(&self, obj: &Value) -> bool {
+        let rt = &self.req.rt;
+        obj.get("kind").and_then(Value::as_str) == Some(rt.kind.as_str())
+            && obj.get("apiVersion").and_then(Value::as_str)
+                == Some(rt.api_version(&self.req.version).as_str())
     }
 
     fn push_line(&mut self, v: &Value) {

@@ -110,7 +110,7 @@ pub(crate) fn classes(ctx: &Ctx<'_>, out: &mut Vec<StatusUpdate>) -> BTreeMap<St
 /// Serializes `new` and queues it when it differs from `old` beyond timestamps (or, for an
 /// object with an unconfirmed status of ours, reports it as [`StatusUpdate::settles`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn push_if_changed<T: serde::Serialize>(
+pub(crate) fn push_if_changed<T: serde::Serialize + PartialEq>(
     ctx: &Ctx<'_>,
     out: &mut Vec<StatusUpdate>,
     kind: StatusKind,
@@ -120,26 +120,34 @@ pub(crate) fn push_if_changed<T: serde::Serialize>(
     old: Option<&T>,
     new: &T,
 ) {
-    let Ok(new) = serde_json::to_value(new) else {
-        // Status types are plain data; serialization cannot fail. Stay silent rather than panic.
-        return;
-    };
-    let old = old.and_then(|o| serde_json::to_value(o).ok());
-    let settles = old.as_ref().is_some_and(|o| eq_ignoring_time(o, &new));
-    if settles {
+    let unconfirmed = || {
         let key = (
             kind,
             namespace.unwrap_or_default().to_string(),
             name.to_string(),
         );
-        let unconfirmed = ctx
-            .cfg
+        ctx.cfg
             .unconfirmed
             .get(ctx.cluster_name)
-            .is_some_and(|keys| keys.contains(&key));
-        if !unconfirmed {
-            return;
-        }
+            .is_some_and(|keys| keys.contains(&key))
+    };
+    // The usual case once a status is written (every echo of our own write translated again):
+    // the copy says exactly this, timestamps included. Equal as typed values means equal as
+    // JSON, so neither side has to be serialized to tell.
+    let identical = old.is_some_and(|o| o == new);
+    if identical && !unconfirmed() {
+        return;
+    }
+    let Ok(new) = serde_json::to_value(new) else {
+        // Status types are plain data; serialization cannot fail. Stay silent rather than panic.
+        return;
+    };
+    let settles = identical
+        || old
+            .and_then(|o| serde_json::to_value(o).ok())
+            .is_some_and(|o| eq_ignoring_time(&o, &new));
+    if settles && !identical && !unconfirmed() {
+        return;
     }
     out.push(StatusUpdate {
         cluster: ctx.cluster_name.to_string(),

@@ -48,9 +48,10 @@
 //! full translation would stamp its own clock on a transition still pending.
 //!
 //! Cost outside the affected objects: the cluster's GatewayClasses and FailoverPolicies are
-//! recomputed every pass (few), the data-plane state and unconfirmed-status sets of the config
-//! are compared with the last pass's (one entry per Gateway, and per status write not yet seen
-//! in the index).
+//! recomputed every pass (few), the data-plane state of the config is compared with the last
+//! pass's (one entry per Gateway), and so are its unconfirmed-status sets: whole (one entry per
+//! status write not yet seen in the index) unless the config names what changed in them since
+//! ([`TranslateConfig::unconfirmed_changed`], as the reconcile loop does), then only that.
 //!
 //! What is not done incrementally — [`Incremental::update`] answers [`Fallback`] and the caller
 //! runs a full translation (which re-seeds everything):
@@ -162,14 +163,22 @@ struct Seen {
 
 impl Seen {
     fn of(cfg: &TranslateConfig) -> Self {
-        Self {
-            controller_name: cfg.controller_name.clone(),
-            supported_features: cfg.supported_features.clone(),
-            allow_loopback_endpoints: cfg.allow_loopback_endpoints,
-            programmed: cfg.programmed.clone(),
-            addresses: cfg.addresses.clone(),
-            unconfirmed: cfg.unconfirmed.clone(),
-        }
+        let mut seen = Self {
+            unconfirmed: (*cfg.unconfirmed).clone(),
+            ..Self::default()
+        };
+        seen.note(cfg);
+        seen
+    }
+
+    /// Takes everything but the unconfirmed sets from `cfg` (those are kept in step by
+    /// [`Incremental::config_diff`]).
+    fn note(&mut self, cfg: &TranslateConfig) {
+        self.controller_name.clone_from(&cfg.controller_name);
+        self.supported_features.clone_from(&cfg.supported_features);
+        self.allow_loopback_endpoints = cfg.allow_loopback_endpoints;
+        self.programmed.clone_from(&cfg.programmed);
+        self.addresses.clone_from(&cfg.addresses);
     }
 }
 
@@ -367,7 +376,7 @@ impl Incremental {
             }
         }
         self.config_diff(cfg, &mut affected);
-        self.seen = Seen::of(cfg);
+        self.seen.note(cfg);
         self.check_broad(world, cfg, &affected)?;
 
         let mut pass = Pass::default();
@@ -434,8 +443,11 @@ impl Incremental {
     }
 
     /// Gateways whose data-plane state or addresses changed, and objects whose unconfirmed
-    /// status entry came or went (their `settles` report changes).
-    fn config_diff(&self, cfg: &TranslateConfig, affected: &mut Affected) {
+    /// status entry came or went (their `settles` report changes); brings the kept unconfirmed
+    /// sets up to `cfg`'s. With `cfg.unconfirmed_changed` only the objects it names are looked
+    /// at (the reconcile loop's case: a cold start has thousands unconfirmed, a pass changes a
+    /// few hundred of them), else the whole sets are compared.
+    fn config_diff(&mut self, cfg: &TranslateConfig, affected: &mut Affected) {
         fn diff<V: PartialEq>(
             old: &BTreeMap<ClusterGatewayRef, V>,
             new: &BTreeMap<ClusterGatewayRef, V>,
@@ -457,36 +469,56 @@ impl Incremental {
         }
         diff(&self.seen.programmed, &cfg.programmed, affected);
         diff(&self.seen.addresses, &cfg.addresses, affected);
-        let empty = BTreeSet::new();
-        let clusters: BTreeSet<&ClusterName> = self
-            .seen
-            .unconfirmed
-            .keys()
-            .chain(cfg.unconfirmed.keys())
-            .collect();
-        for cluster in clusters {
-            let old = self.seen.unconfirmed.get(cluster).unwrap_or(&empty);
-            let new = cfg.unconfirmed.get(cluster).unwrap_or(&empty);
-            for (kind, ns, name) in old.symmetric_difference(new) {
-                let key = ObjectKey::new(ns.as_str(), name.as_str());
-                match kind {
-                    StatusKind::Gateway => {
-                        affected
-                            .gateways
-                            .entry(cluster.clone())
-                            .or_default()
-                            .insert(key);
+        let mut changed: Vec<(ClusterName, (StatusKind, String, String))> = Vec::new();
+        match &cfg.unconfirmed_changed {
+            Some(hint) => {
+                for (cluster, keys) in hint {
+                    let new = cfg.unconfirmed.get(cluster);
+                    let old = self.seen.unconfirmed.entry(cluster.clone()).or_default();
+                    for key in keys {
+                        let now = new.is_some_and(|s| s.contains(key));
+                        let was = if now {
+                            !old.insert(key.clone())
+                        } else {
+                            old.remove(key)
+                        };
+                        if now != was {
+                            changed.push((cluster.clone(), key.clone()));
+                        }
                     }
-                    StatusKind::HttpRoute => {
-                        affected
-                            .routes
-                            .entry(cluster.clone())
-                            .or_default()
-                            .insert(key);
-                    }
-                    // Recomputed every pass.
-                    StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
                 }
+                self.seen.unconfirmed.retain(|_, s| !s.is_empty());
+            }
+            None => {
+                let empty = BTreeSet::new();
+                let clusters: BTreeSet<&ClusterName> = self
+                    .seen
+                    .unconfirmed
+                    .keys()
+                    .chain(cfg.unconfirmed.keys())
+                    .collect();
+                for cluster in clusters {
+                    let old = self.seen.unconfirmed.get(cluster).unwrap_or(&empty);
+                    let new = cfg.unconfirmed.get(cluster).unwrap_or(&empty);
+                    changed.extend(
+                        old.symmetric_difference(new)
+                            .map(|k| (cluster.clone(), k.clone())),
+                    );
+                }
+                self.seen.unconfirmed = (*cfg.unconfirmed).clone();
+            }
+        }
+        for (cluster, (kind, ns, name)) in changed {
+            let key = ObjectKey::new(ns, name);
+            match kind {
+                StatusKind::Gateway => {
+                    affected.gateways.entry(cluster).or_default().insert(key);
+                }
+                StatusKind::HttpRoute => {
+                    affected.routes.entry(cluster).or_default().insert(key);
+                }
+                // Recomputed every pass.
+                StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
             }
         }
     }

@@ -56,6 +56,7 @@ mod selector;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use meridian_model::Snapshot;
@@ -124,6 +125,9 @@ impl ClusterGatewayRef {
     }
 }
 
+/// Per member cluster, status objects by (kind, namespace — `""` for cluster-scoped — name).
+pub type StatusObjects = BTreeMap<ClusterName, BTreeSet<(StatusKind, String, String)>>;
+
 /// Inputs of translation that are not Kubernetes objects.
 #[derive(Clone, Debug)]
 pub struct TranslateConfig {
@@ -154,7 +158,14 @@ pub struct TranslateConfig {
     /// Per cluster, objects (kind, namespace, name) with a status of ours the index has not
     /// shown yet. For these, a status equal to the indexed copy is reported too, with
     /// [`StatusUpdate::settles`] set, so a write computed earlier can be superseded.
-    pub unconfirmed: BTreeMap<ClusterName, BTreeSet<(StatusKind, String, String)>>,
+    /// Shared (`Arc`): the reconcile loop keeps it in step with its writers and hands the same
+    /// set to every pass.
+    pub unconfirmed: Arc<StatusObjects>,
+    /// A hint for [`Incremental::update`]: per cluster, every object whose membership in
+    /// `unconfirmed` may differ from the config of the previous pass (full or incremental) of
+    /// the same [`Incremental`] — more is harmless, fewer is wrong. `None`: the incremental
+    /// translation compares the whole sets. The full translation does not read it.
+    pub unconfirmed_changed: Option<StatusObjects>,
     /// Loopback endpoint addresses are kept (`--allow-loopback-endpoints`: `meridian up` and
     /// tests with local backends). Without it they are refused like link-local, unspecified and
     /// multicast ones (module `backend`, "Endpoint address policy").
@@ -172,7 +183,8 @@ impl Default for TranslateConfig {
             now: Timestamp::UNIX_EPOCH,
             unreachable: BTreeMap::new(),
             east_west: EastWestListeners::new(),
-            unconfirmed: BTreeMap::new(),
+            unconfirmed: Arc::new(BTreeMap::new()),
+            unconfirmed_changed: None,
             allow_loopback_endpoints: false,
         }
     }

@@ -736,3 +736,25 @@ fn shipped_gateway_class_controller_name_is_immutable() {
     bad["spec"]["controllerName"] = json!("no-slash");
     assert!(admit(&schema, &gw_write("GatewayClass"), None, &mut bad).is_err());
 }
+
+#[test]
+fn cel_standard_library_is_built_once_and_serves_every_check() {
+    // One environment for the process: the second check reuses the first one's.
+    let first = cel::stdlib();
+    let schema = widget_schema();
+    let bad = widget(json!({"address": "not-an-ip", "name": "bad"}));
+    let good = widget(json!({"address": "10.0.0.1", "name": "ok"}));
+    for _ in 0..3 {
+        // isIP (ours, on top of the shared environment) and the standard operators both still
+        // decide, on every check.
+        let out = cel::check(&schema, &bad, None, validate::Scope::All);
+        let messages: Vec<String> = out.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(out.errors.len(), 2, "{messages:?}");
+        assert!(
+            cel::check(&schema, &good, None, validate::Scope::All)
+                .errors
+                .is_empty()
+        );
+    }
+    assert!(std::sync::Arc::ptr_eq(&first, &cel::stdlib()));
+}

@@ -107,9 +107,10 @@ pub const REORDER_MIN: Duration = Duration::from_millis(2);
 /// The regions of `rtt` (smoothed connect round-trip time per region, as this proxy measures
 /// it), nearest first, starting from the `previous` order with hysteresis: a region moves ahead
 /// of another only when it is clearly nearer (shorter by more than [`REORDER_RATIO`] *and*
-/// [`REORDER_MIN`]). Regions new to the order start behind the known ones, alphabetically, so
-/// with nothing clearly nearer every proxy keeps the alphabetical order. Regions `rtt` does not
-/// have are left out.
+/// [`REORDER_MIN`]). A region new to the order takes its alphabetical place among the known
+/// ones it is near-equal to (or goes ahead of the first one it is clearly nearer than), so with
+/// nothing clearly nearer every proxy keeps the alphabetical order, whenever it first measured
+/// each region. Regions `rtt` does not have are left out.
 pub fn nearest_order(previous: &[String], rtt: &BTreeMap<String, Duration>) -> Vec<String> {
     let mut order: Vec<String> = Vec::with_capacity(rtt.len());
     for r in previous {
@@ -117,15 +118,27 @@ pub fn nearest_order(previous: &[String], rtt: &BTreeMap<String, Duration>) -> V
             order.push(r.clone());
         }
     }
-    // BTreeMap keys: alphabetical.
-    let new: Vec<String> = rtt.keys().filter(|r| !order.contains(r)).cloned().collect();
-    order.extend(new);
     let clearly_nearer = |a: &str, b: &str| match (rtt.get(a), rtt.get(b)) {
         (Some(a), Some(b)) => {
             b.as_secs_f64() > a.as_secs_f64() * REORDER_RATIO && *b > *a + REORDER_MIN
         }
         _ => false,
     };
+    // A region new to the order (BTreeMap keys: alphabetically) takes its alphabetical place
+    // among the known ones it is near-equal to, or goes ahead of the first one it is clearly
+    // nearer than: a region that joins late must not queue behind a near-equal one only
+    // because it was measured later, or proxies that saw the regions appear in a different
+    // order would disagree.
+    let new: Vec<String> = rtt.keys().filter(|r| !order.contains(r)).cloned().collect();
+    for n in new {
+        let at = order
+            .iter()
+            .position(|k| {
+                clearly_nearer(&n, k) || (n.as_str() < k.as_str() && !clearly_nearer(k, &n))
+            })
+            .unwrap_or(order.len());
+        order.insert(at, n);
+    }
     // Bubble passes: a pair swaps only towards "clearly nearer first", and can never swap back
     // (that would need each to be clearly nearer than the other), so at most n(n-1)/2 swaps
     // happen and n passes end it.
@@ -434,12 +447,32 @@ mod tests {
         // ... and moves back only when the other becomes clearly nearer.
         let flipped = rtts(&[("ap", 90_000), ("eu", 10_000), ("us-west", 30_000)]);
         assert_eq!(nearest_order(&prev, &flipped), ["eu", "us-west", "ap"]);
-        // A region without a measurement any more leaves the order; a new one starts behind
-        // the known ones and moves up only by being clearly nearer.
+        // A region without a measurement any more leaves the order; a new one goes ahead of
+        // the regions it is clearly nearer than ...
         let changed = rtts(&[("eu", 11_000), ("ap", 9_000), ("sa", 500)]);
         assert_eq!(
             nearest_order(&["us-west".into(), "eu".into(), "ap".into()], &changed),
             ["sa", "eu", "ap"]
+        );
+        // ... and, near-equal, takes its alphabetical place: a region that joins later than
+        // another does not queue behind it for that reason (every proxy agrees).
+        let joined = rtts(&[("eu-north", 150), ("us-west", 140)]);
+        assert_eq!(
+            nearest_order(&["us-west".into()], &joined),
+            ["eu-north", "us-west"]
+        );
+        // Clearly farther, it stays behind.
+        let far = rtts(&[("eu-north", 40_000), ("us-west", 140)]);
+        assert_eq!(
+            nearest_order(&["us-west".into()], &far),
+            ["us-west", "eu-north"]
+        );
+        // Among a known order that is not alphabetical, it goes before the first known
+        // region it precedes alphabetically and is not clearly farther than.
+        let mixed = rtts(&[("us-west", 1_000), ("eu", 30_000), ("ca", 29_000)]);
+        assert_eq!(
+            nearest_order(&["us-west".into(), "eu".into()], &mixed),
+            ["us-west", "ca", "eu"]
         );
     }
 

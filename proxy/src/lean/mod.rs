@@ -34,6 +34,7 @@
 //! (`proxy_1to1`'s `try_join!` of a downstream and an upstream half), module and cache hooks we
 //! do not use, and the request summary it formats for its own log lines.
 
+mod codec;
 mod h1;
 mod h2;
 pub(crate) mod hedge;

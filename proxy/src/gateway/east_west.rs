@@ -71,7 +71,7 @@ impl EastWestProxy {
     /// The backend the request names (400 without, a 404 naming nothing when the served
     /// snapshot has no such east-west backend), its drain view (503 when every ready endpoint is drained), then the
     /// [`Forwarder`]'s path.
-    async fn serve_named(&self, session: &mut Downstream, ctx: &mut Ctx) -> Result<bool> {
+    async fn serve_named(&self, session: &mut impl Downstream, ctx: &mut Ctx) -> Result<bool> {
         let name = match named_backend(session.req_header()) {
             Ok(name) => name.to_string(),
             Err(why) => return respond_text(session, 400, why.to_string()).await,
@@ -213,7 +213,7 @@ impl Forwarder {
     /// endpoint; a 404 becomes a 503, as the client's route does exist.
     pub(super) fn east_west_refusal(
         &self,
-        session: &Downstream,
+        session: &impl Downstream,
         resp: &mut ResponseHeader,
         up: &mut Upstream,
         outcome: &mut Outcome,
@@ -259,7 +259,7 @@ impl Role for EastWestProxy {
         &self.fwd
     }
 
-    async fn request_filter(&self, session: &mut Downstream, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut impl Downstream, ctx: &mut Ctx) -> Result<bool> {
         self.fwd.begin(session, ctx);
         if let Some(side) = &self.fwd.shared.east_west {
             ctx.routing.listener = Some(side.listener.clone());

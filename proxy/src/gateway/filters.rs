@@ -32,7 +32,7 @@ pub(super) fn request_host(req: &RequestHeader) -> Option<&str> {
 
 /// Writes a redirect for `r` (of the rule or backend `m` matched) and ends the request.
 pub(super) async fn redirect(
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     r: &RequestRedirect,
     m: &RouteMatch,
 ) -> Result<bool> {

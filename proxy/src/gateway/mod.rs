@@ -4,8 +4,9 @@
 //! handling, counters), so the two roles differ in nothing else. Both request paths drive them:
 //! the lean HTTP/1 driver (`crate::lean`) calls [`Role`] and [`Forwarder`] directly, and for
 //! pingora-proxy's framework (HTTP/2, `--http1-path framework`) the `forwarding_proxy!` macro
-//! writes the `ProxyHttp` impl of a role once from the same methods. All of them work on
-//! pingora-core's server session ([`Downstream`]), which both paths have.
+//! writes the `ProxyHttp` impl of a role once from the same methods. All of them work on the
+//! [`Downstream`] trait (downstream.rs), implemented by pingora-core's server session, which
+//! both paths have.
 //!
 //! ```text
 //! GatewayProxy::request_filter (route.rs)        EastWestProxy::request_filter (east_west.rs)
@@ -188,6 +189,7 @@ macro_rules! forwarding_proxy {
 }
 
 mod ctx;
+mod downstream;
 mod east_west;
 mod filters;
 mod forwarded;
@@ -201,6 +203,9 @@ mod upstream;
 use std::time::Duration;
 
 pub(crate) use ctx::Ctx;
+/// The downstream HTTP session the roles and the [`Forwarder`] work on (downstream.rs): today
+/// pingora-core's server session, which both request paths have.
+pub(crate) use downstream::Downstream;
 pub use east_west::EastWestProxy;
 pub(crate) use east_west::east_west_rules;
 pub(crate) use framing::MAX_NOMINATIONS;
@@ -208,11 +213,6 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 pub use route::GatewayProxy;
 pub(crate) use upstream::Forwarder;
-
-/// The downstream HTTP session the roles and the [`Forwarder`] work on: pingora-core's server
-/// session. The framework path hands them the one inside its `pingora_proxy::Session`, the lean
-/// HTTP/1 driver (`crate::lean`) its own.
-pub(crate) type Downstream = pingora_core::protocols::http::ServerSession;
 
 /// What one proxy role does itself (the Gateway listeners' [`GatewayProxy`], the east-west
 /// listener's [`EastWestProxy`]); everything after `request_filter` is its [`Forwarder`]'s.
@@ -224,7 +224,7 @@ pub(crate) trait Role: Send + Sync + 'static {
     /// here (`Ok(true)`).
     fn request_filter(
         &self,
-        session: &mut Downstream,
+        session: &mut impl Downstream,
         ctx: &mut Ctx,
     ) -> impl std::future::Future<Output = Result<bool>> + Send;
 
@@ -252,13 +252,13 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
 }
 
 /// Answers `code` with an empty body and ends the request.
-async fn respond(session: &mut Downstream, code: u16) -> Result<bool> {
+async fn respond(session: &mut impl Downstream, code: u16) -> Result<bool> {
     session.respond_error(code).await?;
     Ok(true)
 }
 
 /// Answers `code` with a plain-text reason and ends the request.
-async fn respond_text(session: &mut Downstream, code: u16, reason: String) -> Result<bool> {
+async fn respond_text(session: &mut impl Downstream, code: u16, reason: String) -> Result<bool> {
     let mut resp = ResponseHeader::build(code, Some(3))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, reason.len())?;
@@ -270,7 +270,10 @@ async fn respond_text(session: &mut Downstream, code: u16, reason: String) -> Re
 
 /// Answers 508 Loop Detected (and closes) when the request already passed through this proxy
 /// (its `Via` holds our entry, edge.rs); `Ok(None)` otherwise.
-async fn refuse_loop(session: &mut Downstream, edge: &crate::edge::Edge) -> Result<Option<bool>> {
+async fn refuse_loop(
+    session: &mut impl Downstream,
+    edge: &crate::edge::Edge,
+) -> Result<Option<bool>> {
     if !edge.looped(session.req_header()) {
         return Ok(None);
     }
@@ -281,7 +284,10 @@ async fn refuse_loop(session: &mut Downstream, edge: &crate::edge::Edge) -> Resu
 
 /// Refuses a request that fails the hygiene checks (headers.rs, framing.rs) and closes the connection after
 /// the answer; `Ok(None)` when the request passes.
-async fn refuse_malformed(session: &mut Downstream, what: &'static str) -> Result<Option<bool>> {
+async fn refuse_malformed(
+    session: &mut impl Downstream,
+    what: &'static str,
+) -> Result<Option<bool>> {
     let req = session.req_header();
     let Err(refusal) = crate::headers::check_request(req).and_then(|()| framing::check(req)) else {
         return Ok(None);

@@ -40,7 +40,7 @@ struct Where<'a> {
 impl Forwarder {
     /// Starts observing a request, if access logs or tracing are on: its trace context, and for
     /// a request the log samples, its Host and path as received.
-    pub(super) fn begin(&self, session: &Downstream, ctx: &mut Ctx) {
+    pub(super) fn begin(&self, session: &impl Downstream, ctx: &mut Ctx) {
         let log = self.shared.access_log.as_ref();
         if log.is_none() && self.shared.spans.is_none() {
             return;
@@ -92,7 +92,7 @@ impl Forwarder {
     /// Writes the request's access log line and exports its spans (see [`Self::begin`]).
     pub(super) fn finish_observed(
         &self,
-        session: &Downstream,
+        session: &impl Downstream,
         ctx: &Ctx,
         status: u16,
         failure: Option<FailureKind>,
@@ -156,7 +156,7 @@ impl Forwarder {
     fn export_spans(
         &self,
         spans: &trace::Exporter,
-        session: &Downstream,
+        session: &impl Downstream,
         ctx: &Ctx,
         obs: &Observed,
         end: SystemTime,

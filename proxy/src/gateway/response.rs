@@ -36,7 +36,7 @@ impl Forwarder {
     /// answered) or the request is retried.
     pub fn upstream_response_filter(
         &self,
-        session: &Downstream,
+        session: &impl Downstream,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -172,7 +172,11 @@ impl Forwarder {
 
     /// The request failed: answers the status that fits the error (unless something was sent
     /// already) and records the failure kind.
-    pub async fn fail_to_proxy(session: &mut Downstream, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    pub async fn fail_to_proxy(
+        session: &mut impl Downstream,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> FailToProxy {
         let deadline_passed = ctx.deadline_passed();
         let code = error_status(e, deadline_passed);
         if ctx.outcome.failure.is_none() && !client_went_away(e) {
@@ -200,7 +204,7 @@ impl Forwarder {
     /// client disconnects included (a load test's closing connections alone make hundreds of
     /// lines), so both proxies suppress that and this reports failures instead, at a level that
     /// fits the cause.
-    pub fn logging(&self, session: &Downstream, e: Option<&Error>, ctx: &Ctx, listener: &str) {
+    pub fn logging(&self, session: &impl Downstream, e: Option<&Error>, ctx: &Ctx, listener: &str) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

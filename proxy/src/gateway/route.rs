@@ -46,7 +46,7 @@ impl GatewayProxy {
     /// `routing`; the status to answer when no rule matches.
     fn route(
         &self,
-        session: &Downstream,
+        session: &impl Downstream,
         routing: &mut Routing,
     ) -> std::result::Result<RouteMatch, u16> {
         let Some(served) = self.fwd.shared.served.load_full() else {
@@ -84,7 +84,7 @@ impl GatewayProxy {
     /// Runs `filters` (all but redirects) on the request.
     fn apply_filters(
         &self,
-        session: &mut Downstream,
+        session: &mut impl Downstream,
         filters: &[Filter],
         m: &RouteMatch,
         original_path: &str,
@@ -106,7 +106,7 @@ impl GatewayProxy {
     /// then the request goes upstream (`Ok(false)`) unless it was answered here.
     async fn serve_match(
         &self,
-        session: &mut Downstream,
+        session: &mut impl Downstream,
         ctx: &mut Ctx,
         m: RouteMatch,
     ) -> Result<bool> {
@@ -195,14 +195,14 @@ fn choose_backend(rule: &CompiledRule) -> std::result::Result<Chosen<'_>, (u16, 
 }
 
 /// The SNI of the TLS connection the request came on.
-fn connection_sni(session: &Downstream) -> Option<String> {
+fn connection_sni(session: &impl Downstream) -> Option<String> {
     let digest = session.digest()?;
     let ssl = digest.ssl_digest.as_ref()?;
     ssl.extension.get::<TlsConnInfo>()?.sni.clone()
 }
 
 /// The local address of the connection (which listener socket).
-pub(super) fn local_addr(session: &Downstream) -> Option<SocketAddr> {
+pub(super) fn local_addr(session: &impl Downstream) -> Option<SocketAddr> {
     session.server_addr().and_then(|a| a.as_inet()).copied()
 }
 
@@ -211,7 +211,7 @@ impl Role for GatewayProxy {
         &self.fwd
     }
 
-    async fn request_filter(&self, session: &mut Downstream, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut impl Downstream, ctx: &mut Ctx) -> Result<bool> {
         self.fwd.begin(session, ctx);
         if let Some(answered) = refuse_malformed(session, "request refused").await? {
             return Ok(answered);

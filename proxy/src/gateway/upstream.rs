@@ -444,7 +444,7 @@ impl Forwarder {
     pub fn error_while_proxy(
         &self,
         peer: &HttpPeer,
-        session: &Downstream,
+        session: &impl Downstream,
         e: Box<Error>,
         ctx: &mut Ctx,
         client_reused: bool,

@@ -51,7 +51,7 @@ impl Exchanged {
 /// Sends the request to `up` and its response to the client.
 pub(super) async fn exchange(
     fwd: &Forwarder,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     up: &mut ClientV1,
     peer: &HttpPeer,
     ctx: &mut Ctx,
@@ -74,7 +74,7 @@ pub(super) async fn exchange(
 /// was read already: a hedged try that answered first (hedge.rs).
 pub(super) async fn resume(
     fwd: &Forwarder,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     up: &mut ClientV1,
     ctx: &mut Ctx,
     first: HttpTask,
@@ -103,7 +103,7 @@ struct Pumped {
 /// `first`: the first response piece, already read (hedge.rs; the request went up whole).
 async fn pump(
     fwd: &Forwarder,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     up: &mut ClientV1,
     ctx: &mut Ctx,
     first: Option<HttpTask>,
@@ -205,7 +205,7 @@ enum Forwarded {
 /// Sends one piece of the response downstream, the head through the response hooks first.
 async fn forward(
     fwd: &Forwarder,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     up: &mut ClientV1,
     ctx: &mut Ctx,
     task: HttpTask,
@@ -256,7 +256,7 @@ async fn forward(
 
 /// A response without framing headers (close-delimited, HTTP/1.0 style) goes downstream
 /// chunked, so the client's connection can be kept.
-fn frame_downstream(session: &Downstream, head: &mut ResponseHeader, end: bool) {
+fn frame_downstream(session: &impl Downstream, head: &mut ResponseHeader, end: bool) {
     let no_body = session.req_header().method == http::Method::HEAD
         || matches!(head.status.as_u16(), 204 | 304);
     if no_body

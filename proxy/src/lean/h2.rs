@@ -22,7 +22,7 @@ use crate::gateway::{Ctx, Downstream, Forwarder};
 /// connection can take another request, and the error that ended the try.
 pub(super) async fn exchange(
     fwd: &Forwarder,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     up: &mut Http2Session,
     peer: &HttpPeer,
     ctx: &mut Ctx,
@@ -37,7 +37,7 @@ pub(super) async fn exchange(
 
 async fn run(
     fwd: &Forwarder,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     up: &mut Http2Session,
     ctx: &mut Ctx,
 ) -> Result<()> {
@@ -93,7 +93,7 @@ async fn run(
 }
 
 /// The request body: what a previous try buffered, then the rest as the client sends it.
-async fn send_body(session: &mut Downstream, up: &mut Http2Session) -> Result<()> {
+async fn send_body(session: &mut impl Downstream, up: &mut Http2Session) -> Result<()> {
     if let Some(replay) = session.get_retry_buffer() {
         let end = session.is_body_done();
         up.write_request_body(replay, end)

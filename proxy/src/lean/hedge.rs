@@ -175,7 +175,7 @@ enum Body {
 /// Whether the client's request may be sent twice: an idempotent method, no upgrade, no body or
 /// a small one with a `Content-Length` (not chunked, no `Expect: 100-continue`: that client
 /// waits for an answer before it sends the body).
-fn eligible(session: &mut Downstream) -> Option<Body> {
+fn eligible(session: &mut impl Downstream) -> Option<Body> {
     use http::{Method, header};
     let head = session.req_header();
     let idempotent = [
@@ -205,7 +205,7 @@ fn eligible(session: &mut Downstream) -> Option<Body> {
 
 /// Reads a small request body whole into the session's retry buffer (a later plain try replays
 /// it from there, both hedged tries send it); an error when the client does not send it whole.
-async fn buffer_body(session: &mut Downstream) -> Result<Bytes, Box<Error>> {
+async fn buffer_body(session: &mut impl Downstream) -> Result<Bytes, Box<Error>> {
     session.enable_retry_buffering();
     // Bounded: every turn reads a non-empty piece of a body of at most MAX_BODY bytes (or ends).
     for _ in 0..=MAX_BODY {
@@ -226,7 +226,7 @@ async fn buffer_body(session: &mut Downstream) -> Result<Bytes, Box<Error>> {
 /// a request that may not hedge gets the plain try.
 pub(super) async fn try_upstream<R: Role>(
     path: &LeanPath<R>,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     ctx: &mut Ctx,
 ) -> Tried {
     let fwd = path.fwd();
@@ -349,7 +349,7 @@ async fn answer<R: Role>(
 /// (h1.rs): a client that goes away ends the race with its error, dropping both tries.
 async fn race<R: Role>(
     path: &LeanPath<R>,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     ctx: &mut Ctx,
     (peer, head, body): (Box<HttpPeer>, Box<RequestHeader>, Option<&[u8]>),
     slot: &Slot,
@@ -447,7 +447,7 @@ async fn race<R: Role>(
 
 /// Resolves when the client goes away (or sends bytes past its request) while the tries wait
 /// for an answer; stays pending otherwise.
-async fn client_gone(session: &mut Downstream) -> Box<Error> {
+async fn client_gone(session: &mut impl Downstream) -> Box<Error> {
     match session.read_body_or_idle(true).await {
         Err(e) => e.into_down(),
         // Bytes past the request: the exchange would fail on them too (h1.rs).
@@ -460,7 +460,7 @@ async fn client_gone(session: &mut Downstream) -> Box<Error> {
 /// The rest of the try that won (or failed last), as the plain try does it.
 async fn finish<R: Role>(
     path: &LeanPath<R>,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     ctx: &mut Ctx,
     done: Done,
 ) -> Tried {

@@ -34,6 +34,7 @@
 //! (`proxy_1to1`'s `try_join!` of a downstream and an upstream half), module and cache hooks we
 //! do not use, and the request summary it formats for its own log lines.
 
+mod codec;
 mod h1;
 mod h2;
 pub(crate) mod hedge;
@@ -50,6 +51,7 @@ use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::ALPN;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::http::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
 use pingora_core::server::ShutdownWatch;
@@ -75,7 +77,7 @@ pub(crate) trait Driver: Send + Sync {
     /// another one (the same contract as pingora's `process_new_http`).
     fn process<'a>(
         &'a self,
-        session: Downstream,
+        session: ServerSession,
         shutdown: &'a ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>;
 }
@@ -125,7 +127,7 @@ impl<R: Role> LeanPath<R> {
 
     async fn serve(
         &self,
-        mut session: Downstream,
+        mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let connection = session.take_connection_user_context();
@@ -191,7 +193,7 @@ impl<R: Role> LeanPath<R> {
     }
 
     /// One try: the endpoint, a pooled or new connection, the exchange.
-    async fn try_upstream(&self, session: &mut Downstream, ctx: &mut Ctx) -> Tried {
+    async fn try_upstream(&self, session: &mut impl Downstream, ctx: &mut Ctx) -> Tried {
         let fwd = self.fwd();
         let peer = match fwd.upstream_peer(ctx).await {
             Ok(p) => p,
@@ -275,7 +277,7 @@ impl<R: Role> LeanPath<R> {
     /// Counts and logs the request, then hands the connection back if it may take another.
     async fn finish(
         &self,
-        mut session: Downstream,
+        mut session: ServerSession,
         ctx: &Ctx,
         reusable: bool,
         error: Option<Box<Error>>,
@@ -303,7 +305,7 @@ impl<R: Role> LeanPath<R> {
 impl<R: Role> Driver for LeanPath<R> {
     fn process<'a>(
         &'a self,
-        session: Downstream,
+        session: ServerSession,
         shutdown: &'a ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
         Box::pin(self.serve(session, shutdown))
@@ -320,7 +322,7 @@ fn failed(e: Box<Error>) -> Tried {
 
 /// Reads the request head; `false` when there is none to serve (the client closed, or a head
 /// that cannot be parsed, answered 400, or CONNECT, answered 405; the connection is closed).
-async fn read_head(session: &mut Downstream) -> bool {
+async fn read_head(session: &mut impl Downstream) -> bool {
     let refusal = match session.read_request().await {
         Ok(true) if session.req_header().method == http::Method::CONNECT => {
             // CONNECT tunnels are not proxied (nor are they by the framework path).

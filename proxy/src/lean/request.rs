@@ -48,7 +48,7 @@ fn invalid(why: &'static str) -> Box<Error> {
 /// filter broke is ours (internal).
 pub(super) fn for_h1(
     fwd: &Forwarder,
-    session: &mut Downstream,
+    session: &mut impl Downstream,
     ctx: &Ctx,
 ) -> Result<Box<RequestHeader>> {
     let mut req = Box::new(session.req_header().clone());
@@ -77,7 +77,7 @@ pub(super) fn for_h1(
 /// `:scheme http`, `:authority` from Host (which HTTP/2 does not carry).
 pub(super) fn for_h2(
     fwd: &Forwarder,
-    session: &Downstream,
+    session: &impl Downstream,
     ctx: &Ctx,
 ) -> Result<Box<RequestHeader>> {
     let mut req = Box::new(session.req_header().clone());

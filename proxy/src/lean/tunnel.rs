@@ -21,6 +21,8 @@ use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use pingora_core::protocols::http::ServerSession;
+
 use crate::gateway::Downstream;
 
 /// Copy buffer per direction.
@@ -29,7 +31,7 @@ const CHUNK: usize = 16 * 1024;
 const MAX_LEFTOVER_PIECES: usize = 64;
 
 /// Relays bytes between the client of `session` and the backend of `up` until both are done.
-pub(super) async fn run(session: Downstream, up: ClientV1, idle: Duration) {
+pub(super) async fn run(session: ServerSession, up: ClientV1, idle: Duration) {
     let (mut session, mut up) = (session, up);
     let (to_up, client_ended) = match client_leftovers(&mut session) {
         Ok(l) => l,
@@ -45,7 +47,7 @@ pub(super) async fn run(session: Downstream, up: ClientV1, idle: Duration) {
             return;
         }
     };
-    let Downstream::H1(client) = session else {
+    let ServerSession::H1(client) = session else {
         return;
     };
     let tunnel = Tunnel {
@@ -62,7 +64,7 @@ pub(super) async fn run(session: Downstream, up: ClientV1, idle: Duration) {
 }
 
 /// The client's bytes that arrived after its request head, without waiting for more.
-fn client_leftovers(session: &mut Downstream) -> pingora_error::Result<(BytesMut, bool)> {
+fn client_leftovers(session: &mut impl Downstream) -> pingora_error::Result<(BytesMut, bool)> {
     let mut got = BytesMut::new();
     for _ in 0..MAX_LEFTOVER_PIECES {
         match session.read_request_body().now_or_never() {

@@ -1,0 +1,55 @@
+//! Our own HTTP/1 downstream codec (work in progress, not wired in): the parsing half of a
+//! session that will implement [`Downstream`](crate::gateway::Downstream) without pingora-core's
+//! server session, whose per-request cost docs/benchmarks.md ("Own HTTP/1 codec") measured.
+//!
+//! ```text
+//! bytes from the client ─► head.rs: parse_head (httparse in place) ─► pingora_http RequestHeader
+//!                                     + BodyFraming (length / chunked / none), smuggling rules
+//!                        ─► chunked.rs: ChunkedDecoder strips chunk framing off the body
+//! ```
+//!
+//! Nothing outside this module's tests calls it yet; the next steps (a session type, the
+//! `--http1-path own` switch, off by default) are in HANDOFF.md of the h1codec branch.
+
+// Not reachable from the binary until the session type and its switch exist (see above).
+#![cfg_attr(not(test), allow(dead_code))]
+
+pub(crate) mod chunked;
+pub(crate) mod head;
+
+/// Why bytes from the client are not a request we serve; each maps to the answer (400 or 431)
+/// the session writes before it closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CodecError {
+    /// The head is not HTTP/1 (httparse refused it, or it is not UTF-8 where it must be).
+    Malformed(&'static str),
+    /// The head is longer than [`head::MAX_HEAD`] or has more than [`head::MAX_HEADERS`] fields.
+    TooLarge,
+    /// Framing that two parties could read differently (request smuggling): refused.
+    Ambiguous(&'static str),
+    /// A chunked body whose framing is broken.
+    BadChunk(&'static str),
+}
+
+impl CodecError {
+    /// The status the client is answered with.
+    pub(crate) fn status(self) -> u16 {
+        match self {
+            CodecError::TooLarge => 431,
+            _ => 400,
+        }
+    }
+}
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodecError::Malformed(why) => write!(f, "malformed request head: {why}"),
+            CodecError::TooLarge => f.write_str("request head too large"),
+            CodecError::Ambiguous(why) => write!(f, "ambiguous request framing: {why}"),
+            CodecError::BadChunk(why) => write!(f, "bad chunked body: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}

@@ -1,4 +1,4 @@
-//! examples/grafana-dashboard.json is a valid Grafana dashboard whose queries use only metrics
+//! examples/grafana/meridian.json is a valid Grafana dashboard whose queries use only metrics
 //! the code registers.
 //!
 //! ```text
@@ -59,7 +59,7 @@ fn queried(expr: &str) -> Vec<String> {
 
 #[test]
 fn the_grafana_dashboard_queries_only_registered_metrics() {
-    let text = std::fs::read_to_string("examples/grafana-dashboard.json").unwrap();
+    let text = std::fs::read_to_string("examples/grafana/meridian.json").unwrap();
     let dashboard: Value = serde_json::from_str(&text).unwrap();
     assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(dashboard["uid"].as_str().is_some_and(|t| !t.is_empty()));

@@ -545,22 +545,7 @@ impl State {
         ns: Option<&'a str>,
         after: Option<&'a ObjKey>,
     ) -> impl Iterator<Item = (&'a ObjKey, &'a Value)> + 'a {
-        use std::ops::Bound;
-        // Keys sort by namespace first: one namespace is the range from ("ns", "") on.
-        let lower = match (after, ns) {
-            (Some(k), Some(n)) if k.0.as_str() < n => {
-                Bound::Included((n.to_string(), String::new()))
-            }
-            (Some(k), _) => Bound::Excluded(k.clone()),
-            (None, Some(n)) => Bound::Included((n.to_string(), String::new())),
-            (None, None) => Bound::Unbounded,
-        };
-        self.objects
-            .get(&rt.key())
-            .into_iter()
-            .flat_map(move |m| m.range((lower.clone(), Bound::Unbounded)))
-            .take_while(move |((ons, _), _)| ns.is_none_or(|n| n == ons))
-            .map(|(k, o)| (k, &**o))
+        self.list_shared(rt, ns, after).map(|(k, o)| (k, &**o))
     }
 
     /// [`State::list`] with the objects as shared pointers: a lister copies pointers under the
@@ -572,6 +557,7 @@ impl State {
         after: Option<&'a ObjKey>,
     ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
         use std::ops::Bound;
+        // Keys sort by namespace first: one namespace is the range from ("ns", "") on.
         let lower = match (after, ns) {
             (Some(k), Some(n)) if k.0.as_str() < n => {
                 Bound::Included((n.to_string(), String::new()))

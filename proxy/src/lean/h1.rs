@@ -100,6 +100,15 @@ struct Pumped {
     upgraded: bool,
 }
 
+impl Pumped {
+    /// A 101 went down: both connections now belong to the tunnel (tunnel.rs).
+    const UPGRADED: Pumped = Pumped {
+        downstream_reusable: false,
+        upstream_reusable: false,
+        upgraded: true,
+    };
+}
+
 /// `first`: the first response piece, already read (hedge.rs; the request went up whole).
 async fn pump(
     fwd: &Forwarder,
@@ -130,13 +139,7 @@ async fn pump(
         match forward(fwd, session, up, ctx, task).await? {
             Forwarded::More => {}
             Forwarded::Done => response_done = true,
-            Forwarded::Upgraded => {
-                return Ok(Pumped {
-                    downstream_reusable: false,
-                    upstream_reusable: false,
-                    upgraded: true,
-                });
-            }
+            Forwarded::Upgraded => return Ok(Pumped::UPGRADED),
         }
     }
     // Bounded by the two messages: every turn reads a piece of one of them or ends with an
@@ -166,13 +169,7 @@ async fn pump(
                 match forward(fwd, session, up, ctx, task).await? {
                     Forwarded::More => {}
                     Forwarded::Done => response_done = true,
-                    Forwarded::Upgraded => {
-                        return Ok(Pumped {
-                            downstream_reusable: false,
-                            upstream_reusable: false,
-                            upgraded: true,
-                        });
-                    }
+                    Forwarded::Upgraded => return Ok(Pumped::UPGRADED),
                 }
             }
         }

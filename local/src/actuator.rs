@@ -494,6 +494,20 @@ mod tests {
         }
     }
 
+    /// Starts `zone`'s echo backend on a port that was free a moment ago. Tests run in
+    /// parallel, so another may take the port in between: then another port, a few times.
+    async fn start_free(lb: &LocalBackends, zone: &str) -> u16 {
+        let mut last = None;
+        for _ in 0..10 {
+            let port = free_port();
+            match lb.start(echo(zone, port)).await {
+                Ok(()) => return port,
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("no port for {zone}: {last:?}");
+    }
+
     fn get(addr: SocketAddr) -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         s.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -512,10 +526,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn kill_closes_listener_and_connections_and_restore_reopens() {
-        let (pa, pb) = (free_port(), free_port());
         let lb = LocalBackends::new();
-        lb.start(echo("us-east-a", pa)).await.unwrap();
-        lb.start(echo("us-east-b", pb)).await.unwrap();
+        let pa = start_free(&lb, "us-east-a").await;
+        let pb = start_free(&lb, "us-east-b").await;
         let a = SocketAddr::from(([127, 0, 0, 1], pa));
         let b = SocketAddr::from(([127, 0, 0, 1], pb));
         assert!(get(a).unwrap().contains(r#""zone":"us-east-a""#));
@@ -560,7 +573,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--no-demo"), "{err}");
-        lb.start(echo("us-east-a", free_port())).await.unwrap();
+        start_free(&lb, "us-east-a").await;
         let err = lb
             .fail_target(DrillMode::Kill, &region("mars"))
             .await
@@ -591,9 +604,8 @@ mod tests {
             eprintln!("SKIP: blackhole needs root and nft");
             return;
         }
-        let port = free_port();
         let lb = LocalBackends::new();
-        lb.start(echo("us-east-a", port)).await.unwrap();
+        let port = start_free(&lb, "us-east-a").await;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let msg = lb
             .fail_target(DrillMode::Blackhole, &region("us-east"))

@@ -244,6 +244,39 @@ pub struct ProxyHealth {
     pub truncated: bool,
 }
 
+impl ProxyHealth {
+    /// Whether `other` tells the controller nothing new: the same region order, the same ejected
+    /// endpoints, and every round trip within [`RTT_SLACK_MS`] or [`RTT_SLACK_SHARE`] of this
+    /// one. Round trips drift by tenths of a millisecond all the time; without the slack an idle
+    /// proxy would send a report every interval for noise alone.
+    pub fn same_view(&self, other: &ProxyHealth) -> bool {
+        self.ejected == other.ejected
+            && self.truncated == other.truncated
+            && self.nearest_regions.len() == other.nearest_regions.len()
+            && self
+                .nearest_regions
+                .iter()
+                .zip(&other.nearest_regions)
+                .all(|(a, b)| a.region == b.region && rtt_close(a.rtt_ms, b.rtt_ms))
+    }
+}
+
+/// Round trips closer than this many milliseconds are the same in [`ProxyHealth::same_view`].
+pub const RTT_SLACK_MS: f64 = 1.0;
+/// Round trips within this share of each other are the same in [`ProxyHealth::same_view`].
+pub const RTT_SLACK_SHARE: f64 = 0.2;
+
+fn rtt_close(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let d = (a - b).abs();
+            d <= RTT_SLACK_MS || d <= RTT_SLACK_SHARE * a.abs().max(b.abs())
+        }
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// One region of [`ProxyHealth::nearest_regions`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -844,6 +877,35 @@ mod tests {
             }],
             truncated: false,
         }
+    }
+
+    #[test]
+    fn round_trip_noise_is_the_same_view_and_a_new_order_or_ejection_is_not() {
+        let base = health();
+        let mut noisy = base.clone();
+        noisy.nearest_regions[0].rtt_ms = Some(31.9);
+        assert!(base.same_view(&noisy), "0.4 ms of drift is noise");
+        let mut slower = base.clone();
+        slower.nearest_regions[0].rtt_ms = Some(45.0);
+        assert!(!base.same_view(&slower), "14 ms (44 %) slower is news");
+        let mut unmeasured = base.clone();
+        unmeasured.nearest_regions[0].rtt_ms = None;
+        assert!(!base.same_view(&unmeasured));
+        let mut reordered = base.clone();
+        reordered.nearest_regions.push(NearestRegion {
+            region: "eu-west".into(),
+            rtt_ms: Some(80.0),
+        });
+        assert!(!base.same_view(&reordered));
+        let mut healed = base.clone();
+        healed.ejected.clear();
+        assert!(!base.same_view(&healed));
+        // Small round trips: a whole millisecond is still noise on loopback.
+        let mut fast = base.clone();
+        fast.nearest_regions[0].rtt_ms = Some(0.2);
+        let mut fast2 = fast.clone();
+        fast2.nearest_regions[0].rtt_ms = Some(1.1);
+        assert!(fast.same_view(&fast2));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Traffic reports: while a stream is open, the target's cumulative counters and its health view
 //! ([`Target::health`]) go to `POST /v1/traffic` every `traffic_interval` when either changed
-//! since the last accepted report.
+//! since the last accepted report (the health view by [`ProxyHealth::same_view`]: round-trip
+//! noise alone is no change).
 //!
 //! A report that fails is logged at debug and not retried: the next tick sends the then-current
 //! counters, which include everything (they are cumulative).
@@ -35,7 +36,7 @@ impl Client {
             if nothing
                 || last_sent
                     .as_ref()
-                    .is_some_and(|(g, h)| *g == gateways && *h == health)
+                    .is_some_and(|(g, h)| *g == gateways && same_health(h, &health))
             {
                 continue;
             }
@@ -68,5 +69,13 @@ impl Client {
         }
         let body = body_text(resp.into_body(), Duration::from_secs(1)).await;
         Err(ClientError::Status { status, body })
+    }
+}
+
+fn same_health(sent: &Option<ProxyHealth>, now: &Option<ProxyHealth>) -> bool {
+    match (sent, now) {
+        (Some(a), Some(b)) => a.same_view(b),
+        (None, None) => true,
+        _ => false,
     }
 }

@@ -101,8 +101,18 @@ impl Backend {
 /// A proxy in us-east/a routing `/` to one backend with the slow us-east and the fast eu-west
 /// endpoint; its listener port.
 async fn setup() -> (ProxyHandle, u16, Backend, Backend) {
-    let slow = Backend::start("us-east", "a", SLOW).await;
-    let fast = Backend::start("eu-west", "a", Duration::ZERO).await;
+    setup_with(SLOW, Duration::ZERO, ProxyConfig::default()).await
+}
+
+/// [`setup`] with the us-east endpoint answering after `local`, the eu-west one after `remote`,
+/// and the rest of the proxy's configuration from `cfg`.
+async fn setup_with(
+    local: Duration,
+    remote: Duration,
+    cfg: ProxyConfig,
+) -> (ProxyHandle, u16, Backend, Backend) {
+    let slow = Backend::start("us-east", "a", local).await;
+    let fast = Backend::start("eu-west", "a", remote).await;
     let proxy = ProxyHandle::start(ProxyConfig {
         admin: None,
         admin_auth: AdminAuth::None,
@@ -112,7 +122,7 @@ async fn setup() -> (ProxyHandle, u16, Backend, Backend) {
             zone: "a".into(),
         },
         workers: common::workers(),
-        ..Default::default()
+        ..cfg
     })
     .await
     .unwrap();
@@ -208,6 +218,72 @@ async fn slow_first_endpoint_is_hedged_and_the_faster_answer_wins() {
     proxy.shutdown().await;
     slow.task.abort();
     fast.task.abort();
+}
+
+/// The spans of a hedged pair: each try's span records its own outcome, whichever try wins.
+#[tokio::test]
+async fn each_try_of_a_hedged_pair_has_its_own_span_outcome() {
+    use common::otlp::{attribute, otlp_receiver};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Attr;
+    let (receiver, spans) = otlp_receiver().await;
+    let traced = || ProxyConfig {
+        tracing: meridian_proxy::TraceConfig {
+            otlp_endpoint: Some(format!("http://{receiver}")),
+        },
+        ..Default::default()
+    };
+    // The first try (us-east) answers after the hedge delay (100 ms without history) but long
+    // before the hedge (eu-west): the FIRST try wins, the current try having moved to the hedge
+    // and back.
+    let (proxy, port, first, hedge) = setup_with(
+        Duration::from_millis(300),
+        Duration::from_millis(1500),
+        traced(),
+    )
+    .await;
+    let c = common::client();
+    let (status, body, _) = send(&c, port, reqwest::Method::GET, None).await;
+    assert_eq!((status, body.as_str()), (200, "us-east/a"));
+    assert_eq!(hedges(&proxy, "sent"), 1.0);
+    assert_eq!(hedges(&proxy, "won"), 0.0);
+    let port_of =
+        |s: &opentelemetry_proto::tonic::trace::v1::Span| match attribute(s, "server.port") {
+            Some(Attr::IntValue(p)) => Some(*p),
+            _ => None,
+        };
+    let tries = common::eventually("both try spans at the receiver", common::WAIT, || {
+        let spans = spans.lock().unwrap();
+        let tries: Vec<_> = spans.iter().filter(|s| s.kind == 3).cloned().collect();
+        (tries.len() == 2).then_some(tries)
+    })
+    .await;
+    let winner = tries
+        .iter()
+        .find(|s| port_of(s) == Some(i64::from(first.addr.port())))
+        .unwrap();
+    let loser = tries
+        .iter()
+        .find(|s| port_of(s) == Some(i64::from(hedge.addr.port())))
+        .unwrap();
+    assert_eq!(
+        attribute(winner, "http.response.status_code"),
+        Some(&Attr::IntValue(200)),
+        "{winner:?}"
+    );
+    assert_eq!(attribute(winner, "error.type"), None, "{winner:?}");
+    assert_eq!(
+        attribute(loser, "http.response.status_code"),
+        None,
+        "{loser:?}"
+    );
+    assert_eq!(
+        attribute(loser, "error.type"),
+        Some(&Attr::StringValue("hedge lost".into())),
+        "{loser:?}"
+    );
+    proxy.shutdown().await;
+    first.task.abort();
+    hedge.task.abort();
 }
 
 #[tokio::test]

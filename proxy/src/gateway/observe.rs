@@ -330,6 +330,32 @@ pub(super) fn try_ended(ctx: &mut Ctx, status: Option<u16>, error: Option<&dyn s
     t.error = error.map(ToString::to_string);
 }
 
+/// A hedge swapped which of its two tries is current (upstream.rs `hedge_swap`): the current
+/// try's span stays the last, so [`try_ended`] records the answer on the try that gave it.
+pub(super) fn hedge_swapped(ctx: &mut Ctx) {
+    if let Some(obs) = ctx.obs.as_deref_mut()
+        && let n @ 2.. = obs.tries.len()
+    {
+        obs.tries.swap(n - 1, n - 2);
+    }
+}
+
+/// The other try of a hedged pair (not the current one) ended: it lost the race, failed, or
+/// was never sent. Its span ends now with `why`; a span already ended keeps what it has.
+pub(super) fn hedge_other_ended(ctx: &mut Ctx, why: &dyn std::fmt::Display) {
+    let Some(obs) = ctx.obs.as_deref_mut() else {
+        return;
+    };
+    let Some(n) = obs.tries.len().checked_sub(2) else {
+        return;
+    };
+    let t = &mut obs.tries[n];
+    if t.end.is_none() {
+        t.end = Some(SystemTime::now());
+        t.error = Some(why.to_string());
+    }
+}
+
 /// The Host of the request as received (lossy for non-UTF-8 bytes), else the target's authority.
 fn host(req: &RequestHeader) -> String {
     match req.headers.get(http::header::HOST) {

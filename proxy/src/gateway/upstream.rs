@@ -264,6 +264,19 @@ impl Forwarder {
         if let Some(up) = ctx.upstream.as_mut() {
             std::mem::swap(&mut up.current, &mut parked.0);
         }
+        observe::hedge_swapped(ctx);
+    }
+
+    /// The parked try of a hedged pair ended (`why`: it lost the race, failed or was never
+    /// sent); its span records that. The current try's span is untouched.
+    pub(crate) fn hedge_parked_ended(ctx: &mut Ctx, why: &dyn std::fmt::Display) {
+        observe::hedge_other_ended(ctx, why);
+    }
+
+    /// The current try of a hedged pair failed while the parked one goes on: its span ends
+    /// with `why`.
+    pub(crate) fn hedge_current_ended(ctx: &mut Ctx, why: &dyn std::fmt::Display) {
+        observe::try_ended(ctx, None, Some(why));
     }
 
     /// The health identity of the current try's endpoint.

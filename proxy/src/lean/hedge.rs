@@ -56,6 +56,9 @@ use super::{LeanPath, Tried, failed, h1, request};
 use crate::endpoints::EndpointKey;
 use crate::gateway::{Ctx, Downstream, Forwarder, Role};
 
+/// What the span of the try that lost a hedge race records (it was cancelled, not failed).
+const HEDGE_LOST: &str = "hedge lost";
+
 /// Shortest hedge delay.
 pub const MIN_DELAY: Duration = Duration::from_millis(25);
 /// Longest hedge delay.
@@ -388,6 +391,7 @@ async fn race<R: Role>(
         Err(e) => {
             tracing::debug!(error = %e, "hedged try not sent");
             Forwarder::hedge_swap(ctx, &mut parked);
+            Forwarder::hedge_parked_ended(ctx, &"hedge not sent");
             return tokio::select! {
                 done = &mut a => Ok(done),
                 gone = client_gone(session) => Err(gone),
@@ -408,6 +412,9 @@ async fn race<R: Role>(
                 match &done.result {
                     Ok(_) => {
                         Forwarder::hedge_swap(ctx, &mut parked);
+                        if b_live {
+                            Forwarder::hedge_parked_ended(ctx, &HEDGE_LOST);
+                        }
                         slot.observe(started.elapsed());
                         if b_live && !connected_b.load(Ordering::Relaxed) {
                             fwd.hedge_lost_connecting(parked.key(), hedged);
@@ -420,6 +427,7 @@ async fn race<R: Role>(
                     }
                     Err(f) => {
                         fwd.hedge_try_failed(parked.key(), f.error(), matches!(f, Failed::Connect(_)));
+                        Forwarder::hedge_parked_ended(ctx, &f.error().etype().as_str());
                     }
                 }
             }
@@ -428,6 +436,9 @@ async fn race<R: Role>(
                 match &done.result {
                     Ok(_) => {
                         fwd.shared.metrics.hedges.with_label_values(&["won"]).inc();
+                        if a_live {
+                            Forwarder::hedge_parked_ended(ctx, &HEDGE_LOST);
+                        }
                         slot.observe(hedged.elapsed());
                         if a_live && !connected_a.load(Ordering::Relaxed) {
                             fwd.hedge_lost_connecting(parked.key(), started);
@@ -438,6 +449,9 @@ async fn race<R: Role>(
                     Err(f) => {
                         let key = Forwarder::current_key(ctx);
                         fwd.hedge_try_failed(key, f.error(), matches!(f, Failed::Connect(_)));
+                        // B (current) ends its span now; A's answer or failure goes on A's
+                        // span once A is current again.
+                        Forwarder::hedge_current_ended(ctx, &f.error().etype().as_str());
                     }
                 }
             }

@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use meridian_model::snapshot::Protocol;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::listeners::TlsAccept;
@@ -90,7 +91,7 @@ use tokio::task::JoinHandle;
 
 use crate::buffered::{Buffered, NextBytes};
 use crate::gateway::{EAST_WEST, TlsConnInfo};
-use crate::lean::Driver;
+use crate::lean::{Driver, OwnSession};
 use crate::limits::{ClockHandle, ConnClock, ConnGate, Limits};
 use crate::mesh::{HandshakeFailure, Mesh, Verdict};
 use crate::state::Shared;
@@ -107,6 +108,9 @@ pub(crate) struct AcceptCtx<A> {
     pub app: Arc<A>,
     /// The lean HTTP/1 driver (lean/); `None`: HTTP/1 requests go to `app` as well.
     pub lean: Option<Arc<dyn Driver>>,
+    /// The lean driver reads and answers requests with our own HTTP/1 codec
+    /// (`--http1-path own`) instead of pingora-core's server session.
+    pub own_codec: bool,
     pub shared: Arc<Shared>,
     pub shutdown: ShutdownWatch,
     pub tls: SslAcceptor,
@@ -548,6 +552,12 @@ async fn serve_http1<A: App, S: Accepted>(
     clock: &Arc<ConnClock>,
     ctx: &AcceptCtx<A>,
 ) {
+    if ctx.own_codec
+        && let Some(lean) = &ctx.lean
+    {
+        serve_own_http1(stream, clock, lean.as_ref(), ctx).await;
+        return;
+    }
     // What the previous request's session leaves for the next one (reuses remaining; never a
     // pipelined prefix: pingora's pipelining stays off, so a request read past its end is not
     // kept alive).
@@ -579,6 +589,49 @@ async fn serve_http1<A: App, S: Accepted>(
             Ok(s) => s,
             Err(_) => {
                 tracing::warn!("pingora returned a different stream type; connection closed");
+                return;
+            }
+        };
+    }
+}
+
+/// The keep-alive loop of `--http1-path own`: the same waits and deadlines as
+/// [`serve_http1`], each request an [`OwnSession`] of the lean driver. The session hands back
+/// the stream and the bytes it read past its request (a pipelined request, served next without
+/// waiting); between requests the connection holds neither session nor buffer.
+async fn serve_own_http1<A: App, S: Accepted>(
+    mut stream: Box<S>,
+    clock: &Arc<ConnClock>,
+    lean: &dyn Driver,
+    ctx: &AcceptCtx<A>,
+) {
+    let mut leftover = BytesMut::new();
+    let mut reuses = ctx
+        .app
+        .server_options()
+        .and_then(|o| o.keepalive_request_limit);
+    let mut shutdown = ctx.shutdown.clone();
+    let mut first = true;
+    // One turn per request; ends when the client or a deadline closes the connection, or the
+    // session does not keep it (Connection: close, errors, shutdown).
+    loop {
+        if leftover.is_empty()
+            && !wait_for_next_request(stream.as_mut(), &mut shutdown, first).await
+        {
+            return;
+        }
+        first = false;
+        let session = OwnSession::new(stream, leftover, reuses, Some(clock.clone()));
+        let Some(kept) = lean.process_own(session, &ctx.shutdown).await else {
+            return;
+        };
+        clock.idle();
+        leftover = kept.leftover;
+        reuses = kept.reuses_remaining;
+        stream = match kept.stream.into_any().downcast::<S>() {
+            Ok(s) => s,
+            Err(_) => {
+                tracing::warn!("the session returned a different stream type; connection closed");
                 return;
             }
         };

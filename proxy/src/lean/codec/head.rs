@@ -134,9 +134,8 @@ fn parse_in(buf: &[u8]) -> Result<Option<Head>, Refused> {
             for value in field.value.split(|&b| b == b',') {
                 match parse_length(value.trim_ascii()) {
                     Ok(n) if length.is_some_and(|l| l != n) => {
-                        length_error = Some(CodecError::Ambiguous(
-                            "differing Content-Length values",
-                        ));
+                        length_error =
+                            Some(CodecError::Ambiguous("differing Content-Length values"));
                     }
                     Ok(n) => length = Some(n),
                     Err(e) => length_error = Some(e),
@@ -212,11 +211,9 @@ fn escape_target(head: &[u8]) -> Option<Vec<u8>> {
     }
     let start = method + 1;
     // The target runs to the last " HTTP/<digit>" of the line.
-    let end = (start + 1..line.len())
-        .rev()
-        .find(|&at| {
-            line[at..].starts_with(b" HTTP/") && line.get(at + 6).is_some_and(u8::is_ascii_digit)
-        })?;
+    let end = (start + 1..line.len()).rev().find(|&at| {
+        line[at..].starts_with(b" HTTP/") && line.get(at + 6).is_some_and(u8::is_ascii_digit)
+    })?;
     let target = &line[start..end];
     // A target that is not UTF-8 stays refused.
     std::str::from_utf8(target).ok()?;
@@ -346,14 +343,14 @@ mod tests {
 
     #[test]
     fn chunked_with_a_length_frames_by_chunks_without_the_length_and_closes() {
-        let h = parsed(
-            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
+        let h =
+            parsed("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(h.body, BodyFraming::Chunked);
         assert!(h.close);
         assert!(!h.header.headers.contains_key(CONTENT_LENGTH));
         // A bad length does not matter when chunked frames the body.
-        let h = parsed("POST / HTTP/1.1\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let h =
+            parsed("POST / HTTP/1.1\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(h.body, BodyFraming::Chunked);
         assert!(!parsed("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n").close);
     }
@@ -365,7 +362,10 @@ mod tests {
         for i in 0..MAX_HEADERS {
             raw.push_str(&format!("X-{i}: v\r\n"));
         }
-        assert_eq!(parsed(&(raw.clone() + "\r\n")).header.headers.len(), MAX_HEADERS);
+        assert_eq!(
+            parsed(&(raw.clone() + "\r\n")).header.headers.len(),
+            MAX_HEADERS
+        );
         raw.push_str("X-One-More: v\r\n\r\n");
         assert_eq!(refused(&raw), CodecError::TooLarge);
         // Fields just under the role's 64 KiB plus a long request line: parsed, as pingora does.
@@ -385,9 +385,17 @@ mod tests {
         assert_eq!(&raw.as_bytes()[head.len..], b"NEXT");
         assert_eq!(head.header.headers.get("host").unwrap(), "x");
         // Still incomplete after encoding: more bytes are awaited.
-        assert!(parse_head(b"GET /a b HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert!(
+            parse_head(b"GET /a b HTTP/1.1\r\nHost: x\r\n")
+                .unwrap()
+                .is_none()
+        );
         // Nothing to encode, or no request line: 400.
-        for bad in ["GET /a HTTP/1.x\r\n\r\n", "GET /a b HTTP/x\r\n\r\n", " /a HTTP/1.1\r\n\r\n"] {
+        for bad in [
+            "GET /a HTTP/1.x\r\n\r\n",
+            "GET /a b HTTP/x\r\n\r\n",
+            " /a HTTP/1.1\r\n\r\n",
+        ] {
             let e = refused(bad);
             assert!(matches!(e, CodecError::Malformed(_)), "{bad:?}: {e:?}");
         }

@@ -11,11 +11,11 @@
 //! Nothing outside this module's tests calls it yet; the next steps (a session type, the
 //! `--http1-path own` switch, off by default) are in HANDOFF.md of the h1codec branch.
 
-// Not reachable from the binary until the session type and its switch exist (see above).
-#![cfg_attr(not(test), allow(dead_code))]
-
 pub(crate) mod chunked;
 pub(crate) mod head;
+mod session;
+
+pub(crate) use session::{HEAD_TOO_LARGE, Kept, OwnSession};
 
 /// Why bytes from the client are not a request we serve; each maps to the answer (400 or 431)
 /// the session writes before it closes the connection.

@@ -66,9 +66,9 @@ use crate::gateway::{Ctx, Downstream, Forwarder, Role};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Http1Path {
     /// This module: one task per connection, pingora-core's server sessions downstream.
-    #[default]
     Lean,
     /// This module with our own HTTP/1 codec downstream (codec/: [`OwnSession`]).
+    #[default]
     Own,
     /// pingora-proxy's `HttpProxy::process_new_http` (a task and channels per request).
     Framework,

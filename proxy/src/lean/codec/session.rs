@@ -779,3 +779,266 @@ impl Connection for OwnSession {
         Some(self.stream)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use pingora_core::protocols::l4::stream::Stream as L4Stream;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A session on one end of a loopback connection, the client on the other.
+    async fn pair(leftover: &[u8]) -> (OwnSession, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let stream: Stream = Box::new(L4Stream::from(server));
+        let session = OwnSession::new(stream, BytesMut::from(leftover), None, None);
+        (session, client)
+    }
+
+    /// What the client receives until the proxy closes or `until` has arrived.
+    async fn received(client: &mut TcpStream, until: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Bounded by the timeout: a missing answer fails the test instead of hanging it.
+        let read = async {
+            while !String::from_utf8_lossy(&got).contains(until) {
+                let n = client.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap();
+        String::from_utf8(got).unwrap()
+    }
+
+    fn ok(len: usize) -> Box<ResponseHeader> {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("content-length", len).unwrap();
+        Box::new(h)
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_served_in_turn_from_the_leftover_bytes() {
+        let (mut s, mut client) = pair(b"").await;
+        client
+            .write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(s.read_request().await.unwrap());
+        assert_eq!(s.req_header().uri.path(), "/a");
+        assert_eq!(&s.read_request_body().await.unwrap().unwrap()[..], b"hello");
+        assert!(s.is_body_done());
+        assert_eq!(s.read_request_body().await.unwrap(), None);
+        s.response_duplex_vec(vec![
+            HttpTask::Header(ok(2), false),
+            HttpTask::Body(Some(Bytes::from_static(b"ok")), true),
+        ])
+        .await
+        .unwrap();
+        let kept = s.finish().await.unwrap();
+        assert!(kept.leftover.starts_with(b"GET /b"));
+        let answer = received(&mut client, "ok").await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("Connection: keep-alive\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+        let mut next = OwnSession::new(kept.stream, kept.leftover, None, None);
+        assert!(next.read_request().await.unwrap());
+        assert_eq!(next.req_header().uri.path(), "/b");
+        assert!(next.is_body_empty());
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_split_anywhere_is_decoded_and_kept_for_a_retry() {
+        let (mut s, mut client) = pair(b"").await;
+        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let (head, body) = raw.split_at(50);
+        client.write_all(head).await.unwrap();
+        assert!(s.read_request().await.unwrap());
+        s.enable_retry_buffering();
+        let write = async {
+            for piece in body.chunks(3) {
+                client.write_all(piece).await.unwrap();
+                client.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        };
+        let read = async {
+            let mut got = Vec::new();
+            // Bounded by the body's length: every piece is non-empty until the end.
+            for _ in 0..body.len() {
+                match s.read_request_body().await.unwrap() {
+                    Some(piece) => got.extend_from_slice(&piece),
+                    None => break,
+                }
+            }
+            got
+        };
+        let ((), got) = tokio::join!(write, read);
+        assert_eq!(got, b"hello world");
+        assert!(s.is_body_done());
+        assert_eq!(&s.get_retry_buffer().unwrap()[..], b"hello world");
+        assert_eq!(s.body_bytes_read(), 11);
+    }
+
+    #[tokio::test]
+    async fn a_body_beyond_the_retry_limit_truncates_the_retry_buffer() {
+        let (mut s, mut client) = pair(b"").await;
+        let len = RETRY_LIMIT + 1;
+        let mut raw = format!("PUT / HTTP/1.1\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        raw.resize(raw.len() + len, b'x');
+        let write = client.write_all(&raw);
+        let read = async {
+            assert!(s.read_request().await.unwrap());
+            s.enable_retry_buffering();
+            let mut n = 0;
+            // Bounded: every piece is non-empty until the declared length.
+            for _ in 0..len {
+                match s.read_request_body().await.unwrap() {
+                    Some(piece) => n += piece.len(),
+                    None => break,
+                }
+            }
+            n
+        };
+        let (written, n) = tokio::join!(write, read);
+        written.unwrap();
+        assert_eq!(n, len);
+        assert!(s.retry_buffer_truncated());
+        assert_eq!(s.get_retry_buffer(), None);
+    }
+
+    #[tokio::test]
+    async fn an_unframed_response_to_a_http10_client_is_close_delimited() {
+        let (mut s, mut client) = pair(b"GET / HTTP/1.0\r\n\r\n").await;
+        assert!(s.read_request().await.unwrap());
+        let head = Box::new(ResponseHeader::build(200, None).unwrap());
+        s.response_duplex_vec(vec![
+            HttpTask::Header(head, false),
+            HttpTask::Body(Some(Bytes::from_static(b"abc")), true),
+        ])
+        .await
+        .unwrap();
+        assert!(
+            s.finish().await.is_none(),
+            "a close-delimited body ends the connection"
+        );
+        let answer = received(&mut client, "\u{0}").await;
+        assert!(answer.contains("Connection: close\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nabc"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn chunked_responses_are_framed_and_head_and_204_carry_no_body() {
+        let (mut s, mut client) = pair(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(s.read_request().await.unwrap());
+        let mut head = ResponseHeader::build(200, None).unwrap();
+        head.insert_header("transfer-encoding", "chunked").unwrap();
+        s.write_response_header(Box::new(head)).await.unwrap();
+        s.write_response_body(Bytes::from_static(b"hello"), false)
+            .await
+            .unwrap();
+        s.write_response_body(Bytes::new(), true).await.unwrap();
+        assert_eq!(s.body_bytes_sent(), 5);
+        let answer = received(&mut client, "0\r\n\r\n").await;
+        assert!(
+            answer.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            "{answer}"
+        );
+
+        for (request, status) in [
+            ("HEAD / HTTP/1.1\r\n\r\n", 200),
+            ("GET / HTTP/1.1\r\n\r\n", 204),
+        ] {
+            let (mut s, mut client) = pair(request.as_bytes()).await;
+            assert!(s.read_request().await.unwrap());
+            let mut head = ResponseHeader::build(status, None).unwrap();
+            head.insert_header("content-length", "10").unwrap();
+            let done = s
+                .response_duplex_vec(vec![
+                    HttpTask::Header(Box::new(head), false),
+                    HttpTask::Body(Some(Bytes::from_static(b"0123456789")), false),
+                ])
+                .await
+                .unwrap();
+            assert!(
+                done,
+                "{request:?}: a bodyless response is complete with its head"
+            );
+            drop(s);
+            let answer = received(&mut client, "\u{0}").await;
+            assert!(answer.ends_with("\r\n\r\n"), "{request:?}: {answer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_answer_keeps_early_bytes_and_notices_a_close() {
+        let (mut s, mut client) = pair(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(s.read_request().await.unwrap());
+        client.write_all(b"GET /next").await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), s.read_body_or_idle(true));
+        assert!(
+            waited.await.is_err(),
+            "bytes of a next request are no reason to stop"
+        );
+        assert!(s.buf.starts_with(b"GET /next"));
+
+        let (mut s, client) = pair(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(s.read_request().await.unwrap());
+        drop(client);
+        let e = s.read_body_or_idle(true).await.unwrap_err();
+        assert_eq!(*e.etype(), ErrorType::ConnectionClosed);
+        assert!(!s.will_keepalive());
+    }
+
+    #[tokio::test]
+    async fn keep_alive_follows_the_version_and_connection() {
+        for (request, keep) in [
+            ("GET / HTTP/1.1\r\n\r\n", true),
+            ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            ("GET / HTTP/1.0\r\n\r\n", false),
+            ("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+            ),
+        ] {
+            let (mut s, _client) = pair(request.as_bytes()).await;
+            assert!(s.read_request().await.unwrap());
+            assert_eq!(s.will_keepalive(), keep, "{request:?}");
+            // The server's keep-alive never overrides a client's close.
+            s.set_keepalive(Some(60));
+            assert_eq!(s.will_keepalive(), keep, "{request:?}");
+            s.set_keepalive(None);
+            assert!(!s.will_keepalive());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_head_is_too_large_and_garbage_malformed() {
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..300 {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let (mut s, _client) = pair(&raw).await;
+        let e = s.read_request().await.unwrap_err();
+        assert_eq!(*e.etype(), HEAD_TOO_LARGE);
+        let (mut s, _client) = pair(b"\x01\x02 nonsense\r\n\r\n").await;
+        let e = s.read_request().await.unwrap_err();
+        assert_eq!(*e.etype(), ErrorType::InvalidHTTPHeader);
+        // A client that closes before sending anything is no error.
+        let (mut s, client) = pair(b"").await;
+        drop(client);
+        assert!(!s.read_request().await.unwrap());
+    }
+}

@@ -97,8 +97,8 @@ pub(crate) struct OwnSession {
     body_empty: bool,
     retry: Option<BytesMut>,
     retry_truncated: bool,
-    /// What the client's `Connection` header says (`None`: nothing about keep-alive).
-    client_keepalive: Option<bool>,
+    /// The client's request allows keep-alive (version, `Connection`, framing).
+    client_keepalive: bool,
     keepalive: bool,
     /// Requests this connection may still serve after this one (`None`: no limit).
     reuses_remaining: Option<u32>,
@@ -144,7 +144,7 @@ impl OwnSession {
             body_empty: true,
             retry: None,
             retry_truncated: false,
-            client_keepalive: None,
+            client_keepalive: false,
             keepalive: false,
             reuses_remaining,
             half_closed: false,
@@ -170,11 +170,10 @@ impl OwnSession {
             BodyFraming::Length(n) => Reading::Length(n),
             BodyFraming::Chunked => Reading::Chunked(ChunkedDecoder::new()),
         };
-        self.client_keepalive = connection_keepalive(&self.req);
-        self.keepalive = self
-            .client_keepalive
+        self.client_keepalive = connection_keepalive(&self.req)
             .unwrap_or(self.req.version == Version::HTTP_11)
             && !head.close;
+        self.keepalive = self.client_keepalive;
         // An absolute-form target and `Host` must agree, `Host` must be single, no userinfo.
         validate_request_authority(&self.req)
     }
@@ -604,8 +603,9 @@ impl Downstream for OwnSession {
     }
 
     fn set_keepalive(&mut self, duration: Option<u64>) {
-        // A client's `Connection: close` stays.
-        self.keepalive = duration.is_some() && self.client_keepalive != Some(false);
+        // The proxy may close a connection the client would keep, never keep one the client
+        // did not ask to keep (pingora-core only respects an explicit `Connection: close`).
+        self.keepalive = duration.is_some() && self.client_keepalive;
     }
 
     async fn respond_error(&mut self, code: u16) -> Result<()> {
@@ -1015,7 +1015,7 @@ mod tests {
             let (mut s, _client) = pair(request.as_bytes()).await;
             assert!(s.read_request().await.unwrap());
             assert_eq!(s.will_keepalive(), keep, "{request:?}");
-            // The server's keep-alive never overrides a client's close.
+            // The server's keep-alive never overrides the client's wish.
             s.set_keepalive(Some(60));
             assert_eq!(s.will_keepalive(), keep, "{request:?}");
             s.set_keepalive(None);

@@ -217,7 +217,7 @@ fn escape_target(head: &[u8]) -> Option<Vec<u8>> {
     let target = &line[start..end];
     // A target that is not UTF-8 stays refused.
     std::str::from_utf8(target).ok()?;
-    let refused = |b: u8| b < 0x20 || b >= 0x7f || matches!(b, b' ' | b'"' | b'<' | b'>');
+    let refused = |b: u8| !(0x20..0x7f).contains(&b) || matches!(b, b' ' | b'"' | b'<' | b'>');
     if !target.iter().any(|&b| refused(b)) {
         return None;
     }

@@ -433,7 +433,7 @@ fn response_framing(head: &ResponseHeader) -> Writing {
         .headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
-        .last()
+        .next_back()
     {
         let last = te
             .as_bytes()

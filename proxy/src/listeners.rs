@@ -25,10 +25,11 @@
 //!                  h2     ─► app.process_new (clock off: pingora's h2 idle timeout)
 //!                  HTTP/1 ─► our keep-alive loop: wait for the request's first byte holding no
 //!                            buffer (`wait_for_next_request`), then one call per request, in this
-//!                            task, to the lean driver (lean/; `--http1-path framework`:
+//!                            task, to the lean driver (lean/) with an OwnSession (our codec,
+//!                            default; it hands back the stream and any pipelined bytes) or a
+//!                            pingora ServerSession (`--http1-path lean`; `framework`:
 //!                            app.process_new_http), the clock handed to the request hooks
-//!                            (header read ─► busy), idle
-//!                            between requests
+//!                            (header read ─► busy), idle between requests
 //! ```
 //!
 //! The HTTP/1 loop is ours rather than pingora's `process_new` for three reasons: pingora's

@@ -1,19 +1,26 @@
 //! The lean HTTP/1 request path: one request of a kept-alive HTTP/1 connection driven in the
-//! connection's own task, from the head to the logging, with pingora-core's server session
-//! downstream and upstream its own pool of idle HTTP/1 connections (pool.rs) or pingora-core's
-//! connector for h2c sessions, and no framework in
-//! between: no task and no channels per request, no second copy of the head or the body.
+//! connection's own task, from the head to the logging, with our own HTTP/1 codec downstream
+//! (codec/: [`OwnSession`], [`Http1Path::Own`], the default) or pingora-core's server session
+//! ([`Http1Path::Lean`]), and upstream its own pool of idle HTTP/1 connections (pool.rs) or
+//! pingora-core's connector for h2c sessions, and no framework in between: no task and no
+//! channels per request, no second copy of the head or the body.
+//!
+//! The driver is written once, generic over the client side: [`Connection`] (the
+//! [`Downstream`] calls the roles make, plus reading the clock, `finish` and the raw stream for a
+//! tunnel) is implemented by both sessions, and each accept loop calls [`Driver::process_own`]
+//! or [`Driver::process`] with the one it built (listeners.rs). Plain, TLS-terminated and
+//! east-west mTLS connections take the same codec: it reads and writes pingora's `Stream`.
 //!
 //! It replaces pingora-proxy's `HttpProxy::process_new_http` on HTTP/1 connections of the
-//! Gateway listeners (plain and TLS) and of the east-west listener ([`Http1Path::Lean`], the
-//! default; `meridian proxy --http1-path framework` keeps pingora-proxy's for comparison). Every
+//! Gateway listeners (plain and TLS) and of the east-west listener (`meridian proxy
+//! --http1-path framework` keeps pingora-proxy's for comparison). Every
 //! decision is still the role's and the [`Forwarder`]'s: this module calls the same methods in
 //! the order pingora-proxy calls its `ProxyHttp` hooks, so routing, filters, retries, failover,
 //! ejection, counters and failure answers are one implementation for both paths.
 //!
 //! ```text
-//! listeners.rs serve_http1 ── one call per request ──► LeanPath::process
-//!   read head (400 malformed, 405 CONNECT) ─ shutting down? Connection: close
+//! listeners.rs serve_http1 ── one call per request ──► LeanPath::process(_own)
+//!   read head (400 malformed, 431 above the parse limits, 405 CONNECT) ─ shutting down? Connection: close
 //!   ─ clock: header read (limits.rs) ─ Role::request_filter ── answered? ─► logging ─ reuse
 //!   ─ tries (at most ServerConf::max_retries, 16, like pingora; hedge.rs races a second try
 //!     of an idempotent request without a large body when the first is slow to answer):
@@ -27,7 +34,8 @@
 //!   ─ Forwarder::fail_to_proxy (the answer when the last try failed)
 //!   ─ 101 Switching Protocols: tunnel.rs copies bytes both ways until both sides closed or the
 //!     idle timeout passes without a byte
-//!   ─ Forwarder::logging ─ the connection back to serve_http1 (kept alive) or closed
+//!   ─ Forwarder::logging ─ the connection back to serve_http1 (kept alive) or closed; on the
+//!     own codec with the bytes read past the request, so a pipelined request is served next
 //! ```
 //!
 //! What pingora-proxy does per request that this does not: a task and two channels per request

@@ -334,7 +334,7 @@ impl OwnSession {
             }
             Writing::UntilClose => data,
             Writing::Chunked if !data.is_empty() => {
-                out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                put_chunk_size(data.len(), out);
                 self.emit(data, out).await?;
                 out.extend_from_slice(b"\r\n");
                 self.bytes_sent += data.len();
@@ -404,6 +404,24 @@ impl OwnSession {
         self.write(&out).await?;
         self.flush().await
     }
+}
+
+/// Writes a chunk-size line (`len` in hex, CRLF) without allocating.
+fn put_chunk_size(len: usize, out: &mut BytesMut) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut digits = [0u8; 2 * std::mem::size_of::<usize>()];
+    let mut at = digits.len();
+    let mut n = len;
+    for _ in 0..digits.len() {
+        at -= 1;
+        digits[at] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What `Connection` says about keep-alive: `close` wins, then `keep-alive`.
@@ -998,6 +1016,20 @@ mod tests {
         let e = s.read_body_or_idle(true).await.unwrap_err();
         assert_eq!(*e.etype(), ErrorType::ConnectionClosed);
         assert!(!s.will_keepalive());
+    }
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for (len, line) in [
+            (1, "1\r\n"),
+            (255, "FF\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "FFFFFFFFFFFFFFFF\r\n"),
+        ] {
+            let mut out = BytesMut::new();
+            put_chunk_size(len, &mut out);
+            assert_eq!(&out[..], line.as_bytes());
+        }
     }
 
     #[tokio::test]

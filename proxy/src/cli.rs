@@ -240,10 +240,11 @@ pub struct ProxyArgs {
     /// Forwarding headers (edge.rs).
     #[command(flatten)]
     pub edge: crate::edge::EdgeArgs,
-    /// What serves HTTP/1 requests: `lean` (one task per connection, pingora-core's sessions
-    /// and connector driven directly) or `framework` (pingora-proxy's per-request machinery, the
-    /// reference the lean path is compared with).
-    #[arg(long, value_name = "lean|framework", value_enum, default_value_t = crate::Http1Path::Lean)]
+    /// What serves HTTP/1 requests: `own` (one task per connection, our own HTTP/1 codec for the
+    /// client side, pingora-core's connector upstream), `lean` (the same driver on pingora-core's
+    /// server session) or `framework` (pingora-proxy's per-request machinery, the reference both
+    /// are compared with).
+    #[arg(long, value_name = "own|lean|framework", value_enum, default_value_t = crate::Http1Path::Own)]
     pub http1_path: crate::Http1Path,
 
     /// Access log and traces (accesslog.rs, trace.rs).

@@ -108,8 +108,9 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// Forwarding headers and loop guard (edge.rs).
     pub edge: EdgeConfig,
-    /// Which driver serves HTTP/1 requests: the lean one (lean/, default) or pingora-proxy's
-    /// framework, kept as the reference and for comparison (`--http1-path`).
+    /// Which driver serves HTTP/1 requests: the lean one (lean/) on pingora-core's sessions
+    /// (default) or on our own codec, or pingora-proxy's framework, kept as the reference and
+    /// for comparison (`--http1-path`).
     pub http1_path: Http1Path,
     /// Worker threads serving connections (workers.rs): 0 (the default) serves them on the
     /// runtime that called [`ProxyHandle::start`]; N > 0 starts N threads, each with its own
@@ -266,7 +267,9 @@ fn http1_driver<R: crate::gateway::Role>(
     limits: &Limits,
 ) -> Option<Arc<dyn Driver>> {
     match path {
-        Http1Path::Lean => Some(LeanPath::new(role(), &server_conf(), limits.idle_timeout)),
+        Http1Path::Lean | Http1Path::Own => {
+            Some(LeanPath::new(role(), &server_conf(), limits.idle_timeout))
+        }
         Http1Path::Framework => None,
     }
 }
@@ -376,6 +379,7 @@ fn start_east_west(
             || EastWestProxy::new(shared.clone()),
             &shared.limits,
         ),
+        own_codec: http1_path == Http1Path::Own,
         shared: shared.clone(),
         shutdown: shutdown.clone(),
         tls: tls.clone(),
@@ -508,6 +512,7 @@ impl ProxyHandle {
                 || GatewayProxy::new(shared.clone()),
                 &cfg.limits,
             ),
+            own_codec: cfg.http1_path == Http1Path::Own,
             shared: shared.clone(),
             shutdown: shutdown_rx.clone(),
             tls: tls.clone(),

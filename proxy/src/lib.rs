@@ -102,12 +102,13 @@
 //!
 //! Which code runs each request (docs/benchmarks.md, "Lean request path"): HTTP/1 requests on
 //! every listener (plain, TLS-terminated, east-west) go through the lean driver (lean/): the
-//! connection's own task reads the head with pingora-core's server session, calls the role's
+//! connection's own task reads the head with our own HTTP/1 codec (lean/codec/; `--http1-path
+//! lean`: pingora-core's server session), calls the role's
 //! `request_filter` and the [`Forwarder`](gateway) steps in pingora-proxy's order, and moves
-//! body and response with pingora-core's connector and sessions, with no task or channel per
-//! request (pingora-proxy's per-request machinery cost about a third of the CPU per request).
+//! body and response with pingora-core's connector and upstream sessions, with no task or channel
+//! per request (pingora-proxy's per-request machinery cost about a third of the CPU per request).
 //! pingora stays where it wins or where we have nothing better: TLS termination (openssl), the
-//! HTTP/1 parser and writer, the upstream connection pool, and all of HTTP/2 (h2 and h2c
+//! upstream HTTP/1 session, h2c upstream connections, and all of HTTP/2 (h2 and h2c
 //! clients go to `HttpProxy`, pingora-proxy's framework, which drives the same role hooks).
 //! `--http1-path framework` ([`Http1Path`]) sends HTTP/1 there too, as the reference.
 //!

@@ -25,10 +25,11 @@
 //!                  h2     ─► app.process_new (clock off: pingora's h2 idle timeout)
 //!                  HTTP/1 ─► our keep-alive loop: wait for the request's first byte holding no
 //!                            buffer (`wait_for_next_request`), then one call per request, in this
-//!                            task, to the lean driver (lean/; `--http1-path framework`:
+//!                            task, to the lean driver (lean/) with an OwnSession (our codec,
+//!                            default; it hands back the stream and any pipelined bytes) or a
+//!                            pingora ServerSession (`--http1-path lean`; `framework`:
 //!                            app.process_new_http), the clock handed to the request hooks
-//!                            (header read ─► busy), idle
-//!                            between requests
+//!                            (header read ─► busy), idle between requests
 //! ```
 //!
 //! The HTTP/1 loop is ours rather than pingora's `process_new` for three reasons: pingora's
@@ -65,6 +66,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use meridian_model::snapshot::Protocol;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::listeners::TlsAccept;
@@ -90,7 +92,7 @@ use tokio::task::JoinHandle;
 
 use crate::buffered::{Buffered, NextBytes};
 use crate::gateway::{EAST_WEST, TlsConnInfo};
-use crate::lean::Driver;
+use crate::lean::{Driver, OwnSession};
 use crate::limits::{ClockHandle, ConnClock, ConnGate, Limits};
 use crate::mesh::{HandshakeFailure, Mesh, Verdict};
 use crate::state::Shared;
@@ -107,6 +109,9 @@ pub(crate) struct AcceptCtx<A> {
     pub app: Arc<A>,
     /// The lean HTTP/1 driver (lean/); `None`: HTTP/1 requests go to `app` as well.
     pub lean: Option<Arc<dyn Driver>>,
+    /// The lean driver reads and answers requests with our own HTTP/1 codec
+    /// (`--http1-path own`) instead of pingora-core's server session.
+    pub own_codec: bool,
     pub shared: Arc<Shared>,
     pub shutdown: ShutdownWatch,
     pub tls: SslAcceptor,
@@ -548,6 +553,12 @@ async fn serve_http1<A: App, S: Accepted>(
     clock: &Arc<ConnClock>,
     ctx: &AcceptCtx<A>,
 ) {
+    if ctx.own_codec
+        && let Some(lean) = &ctx.lean
+    {
+        serve_own_http1(stream, clock, lean.as_ref(), ctx).await;
+        return;
+    }
     // What the previous request's session leaves for the next one (reuses remaining; never a
     // pipelined prefix: pingora's pipelining stays off, so a request read past its end is not
     // kept alive).
@@ -579,6 +590,49 @@ async fn serve_http1<A: App, S: Accepted>(
             Ok(s) => s,
             Err(_) => {
                 tracing::warn!("pingora returned a different stream type; connection closed");
+                return;
+            }
+        };
+    }
+}
+
+/// The keep-alive loop of `--http1-path own`: the same waits and deadlines as
+/// [`serve_http1`], each request an [`OwnSession`] of the lean driver. The session hands back
+/// the stream and the bytes it read past its request (a pipelined request, served next without
+/// waiting); between requests the connection holds neither session nor buffer.
+async fn serve_own_http1<A: App, S: Accepted>(
+    mut stream: Box<S>,
+    clock: &Arc<ConnClock>,
+    lean: &dyn Driver,
+    ctx: &AcceptCtx<A>,
+) {
+    let mut leftover = BytesMut::new();
+    let mut reuses = ctx
+        .app
+        .server_options()
+        .and_then(|o| o.keepalive_request_limit);
+    let mut shutdown = ctx.shutdown.clone();
+    let mut first = true;
+    // One turn per request; ends when the client or a deadline closes the connection, or the
+    // session does not keep it (Connection: close, errors, shutdown).
+    loop {
+        if leftover.is_empty()
+            && !wait_for_next_request(stream.as_mut(), &mut shutdown, first).await
+        {
+            return;
+        }
+        first = false;
+        let session = OwnSession::new(stream, leftover, reuses, Some(clock.clone()));
+        let Some(kept) = lean.process_own(session, &ctx.shutdown).await else {
+            return;
+        };
+        clock.idle();
+        leftover = kept.leftover;
+        reuses = kept.reuses_remaining;
+        stream = match kept.stream.into_any().downcast::<S>() {
+            Ok(s) => s,
+            Err(_) => {
+                tracing::warn!("the session returned a different stream type; connection closed");
                 return;
             }
         };

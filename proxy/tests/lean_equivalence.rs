@@ -1,5 +1,5 @@
-//! The lean HTTP/1 path and pingora-proxy's framework path give the same answers: one proxy of
-//! each (`ProxyConfig::http1_path`), the same snapshot (but for the listener port) over the same
+//! The lean HTTP/1 path (on pingora-core's sessions and on our own codec) and pingora-proxy's
+//! framework path give the same answers: one proxy of each (`ProxyConfig::http1_path`), the same snapshot (but for the listener port) over the same
 //! backends, the same raw requests. For every request the status, the body, the response headers
 //! that matter and what the backend saw (method, path, headers, body) must be equal, once the
 //! values that differ by nature (the listener port, each proxy's `Via` id, `Date`) are masked.
@@ -293,10 +293,10 @@ fn seen(e: &Echo, port: u16) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lean_and_the_framework_path_answer_the_catalogue_alike() {
+async fn the_lean_the_own_codec_and_the_framework_path_answer_the_catalogue_alike() {
     tokio::time::timeout(Duration::from_secs(120), async {
         let mut results = Vec::new();
-        for path in [Http1Path::Lean, Http1Path::Framework] {
+        for path in [Http1Path::Lean, Http1Path::Framework, Http1Path::Own] {
             let (a, b) = (Echo::start("a").await, Echo::start("b").await);
             let (p, port) = start(path, &a, &b).await;
             let mut answers = Vec::new();
@@ -316,15 +316,17 @@ async fn the_lean_and_the_framework_path_answer_the_catalogue_alike() {
             results.push((answers, seen(&a, port), seen(&b, port)));
             p.shutdown().await;
         }
-        let (lean, framework) = (&results[0], &results[1]);
-        let mut asked = REQUESTS.iter().flat_map(|c| c.iter());
-        for (l, f) in lean.0.iter().zip(&framework.0) {
-            let request = asked.next().unwrap();
-            assert_eq!(l, f, "lean vs framework answer to {request:?}");
+        let (lean, framework, own) = (&results[0], &results[1], &results[2]);
+        for (other, name) in [(framework, "framework"), (own, "own codec")] {
+            let mut asked = REQUESTS.iter().flat_map(|c| c.iter());
+            for (l, o) in lean.0.iter().zip(&other.0) {
+                let request = asked.next().unwrap();
+                assert_eq!(l, o, "lean vs {name}: answer to {request:?}");
+            }
+            assert_eq!(lean.0.len(), other.0.len(), "lean vs {name}: answers");
+            assert_eq!(lean.1, other.1, "lean vs {name}: what backend a saw");
+            assert_eq!(lean.2, other.2, "lean vs {name}: what backend b saw");
         }
-        assert_eq!(lean.0.len(), framework.0.len());
-        assert_eq!(lean.1, framework.1, "what backend a saw");
-        assert_eq!(lean.2, framework.2, "what backend b saw");
         // The catalogue exercises what it claims to: answers from both backends, the proxy's own
         // refusals, redirects, a retried request and a timeout.
         let statuses: Vec<u16> = lean.0.iter().map(|a| a.status).collect();
@@ -343,9 +345,9 @@ async fn the_lean_and_the_framework_path_answer_the_catalogue_alike() {
 /// Shutting down closes a kept-alive connection waiting for its next request at once on both
 /// paths (the proxy's drain would otherwise wait for it until its drain timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_closes_idle_kept_alive_connections_on_both_paths() {
+async fn shutdown_closes_idle_kept_alive_connections_on_every_path() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        for path in [Http1Path::Lean, Http1Path::Framework] {
+        for path in [Http1Path::Lean, Http1Path::Own, Http1Path::Framework] {
             let (a, b) = (Echo::start("a").await, Echo::start("b").await);
             let (p, port) = start(path, &a, &b).await;
             let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();

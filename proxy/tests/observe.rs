@@ -95,6 +95,11 @@ async fn a_request_gets_a_line_with_every_field() {
 }
 
 #[tokio::test]
+async fn a_request_on_the_own_codec_gets_the_same_line() {
+    every_field(Http1Path::Own).await;
+}
+
+#[tokio::test]
 async fn a_request_on_the_framework_path_gets_the_same_line() {
     every_field(Http1Path::Framework).await;
 }

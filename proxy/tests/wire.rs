@@ -279,6 +279,48 @@ async fn request_split_across_packets_is_read_whole() {
     .await;
 }
 
+/// Pipelining (RFC 9112 section 9.3.2) on our own codec (`--http1-path own`): requests sent
+/// back to back in one write, one with a body, are answered in order on the same connection
+/// (pingora-core's session, `--http1-path lean`, closes after the first instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    bounded(async {
+        let echo = Echo::start("pipe").await;
+        let port = free_port();
+        let p = meridian_proxy::ProxyHandle::start(meridian_proxy::ProxyConfig {
+            http1_path: meridian_proxy::Http1Path::Own,
+            workers: workers(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        p.apply(http_snapshot(
+            1,
+            port,
+            vec![prefix_rule("/", vec![echo_backend(&echo, 1)])],
+        ))
+        .await
+        .unwrap();
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let all = format!(
+            "{}POST /two HTTP/1.1\r\nhost: wire.test\r\ncontent-length: 5\r\n\r\nhello{}",
+            get_request("/one", ""),
+            get_request("/three", "")
+        );
+        tcp.write_all(all.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        for path in ["/one", "/two", "/three"] {
+            let r = read_response(&mut tcp, &mut buf).await;
+            assert_eq!(r.status, 200, "{path}");
+            assert_eq!(r.json()["path"], path);
+            assert_eq!(r.header("connection"), Some("keep-alive"), "{path}");
+        }
+        assert_eq!(echo.count(), 3);
+        p.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_both_ways_arrive_whole_on_a_kept_alive_connection() {
     bounded(async {

@@ -1,19 +1,26 @@
 //! The lean HTTP/1 request path: one request of a kept-alive HTTP/1 connection driven in the
-//! connection's own task, from the head to the logging, with pingora-core's server session
-//! downstream and upstream its own pool of idle HTTP/1 connections (pool.rs) or pingora-core's
-//! connector for h2c sessions, and no framework in
-//! between: no task and no channels per request, no second copy of the head or the body.
+//! connection's own task, from the head to the logging, with our own HTTP/1 codec downstream
+//! (codec/: [`OwnSession`], [`Http1Path::Own`], the default) or pingora-core's server session
+//! ([`Http1Path::Lean`]), and upstream its own pool of idle HTTP/1 connections (pool.rs) or
+//! pingora-core's connector for h2c sessions, and no framework in between: no task and no
+//! channels per request, no second copy of the head or the body.
+//!
+//! The driver is written once, generic over the client side: [`Connection`] (the
+//! [`Downstream`] calls the roles make, plus reading the clock, `finish` and the raw stream for a
+//! tunnel) is implemented by both sessions, and each accept loop calls [`Driver::process_own`]
+//! or [`Driver::process`] with the one it built (listeners.rs). Plain, TLS-terminated and
+//! east-west mTLS connections take the same codec: it reads and writes pingora's `Stream`.
 //!
 //! It replaces pingora-proxy's `HttpProxy::process_new_http` on HTTP/1 connections of the
-//! Gateway listeners (plain and TLS) and of the east-west listener ([`Http1Path::Lean`], the
-//! default; `meridian proxy --http1-path framework` keeps pingora-proxy's for comparison). Every
+//! Gateway listeners (plain and TLS) and of the east-west listener (`meridian proxy
+//! --http1-path framework` keeps pingora-proxy's for comparison). Every
 //! decision is still the role's and the [`Forwarder`]'s: this module calls the same methods in
 //! the order pingora-proxy calls its `ProxyHttp` hooks, so routing, filters, retries, failover,
 //! ejection, counters and failure answers are one implementation for both paths.
 //!
 //! ```text
-//! listeners.rs serve_http1 ── one call per request ──► LeanPath::process
-//!   read head (400 malformed, 405 CONNECT) ─ shutting down? Connection: close
+//! listeners.rs serve_http1 ── one call per request ──► LeanPath::process(_own)
+//!   read head (400 malformed, 431 above the parse limits, 405 CONNECT) ─ shutting down? Connection: close
 //!   ─ clock: header read (limits.rs) ─ Role::request_filter ── answered? ─► logging ─ reuse
 //!   ─ tries (at most ServerConf::max_retries, 16, like pingora; hedge.rs races a second try
 //!     of an idempotent request without a large body when the first is slow to answer):
@@ -27,14 +34,15 @@
 //!   ─ Forwarder::fail_to_proxy (the answer when the last try failed)
 //!   ─ 101 Switching Protocols: tunnel.rs copies bytes both ways until both sides closed or the
 //!     idle timeout passes without a byte
-//!   ─ Forwarder::logging ─ the connection back to serve_http1 (kept alive) or closed
+//!   ─ Forwarder::logging ─ the connection back to serve_http1 (kept alive) or closed; on the
+//!     own codec with the bytes read past the request, so a pipelined request is served next
 //! ```
 //!
 //! What pingora-proxy does per request that this does not: a task and two channels per request
 //! (`proxy_1to1`'s `try_join!` of a downstream and an upstream half), module and cache hooks we
 //! do not use, and the request summary it formats for its own log lines.
 
-mod codec;
+pub(crate) mod codec;
 mod h1;
 mod h2;
 pub(crate) mod hedge;
@@ -50,25 +58,81 @@ use std::time::Duration;
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
-use pingora_core::protocols::ALPN;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::http::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
+use pingora_core::protocols::{ALPN, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 
+pub(crate) use self::codec::{Kept, OwnSession};
 use crate::gateway::{Ctx, Downstream, Forwarder, Role};
 
 /// Which driver serves HTTP/1 requests (`meridian proxy --http1-path`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Http1Path {
-    /// This module: one task per connection, pingora-core's sessions and connector.
-    #[default]
+    /// This module: one task per connection, pingora-core's server sessions downstream.
     Lean,
+    /// This module with our own HTTP/1 codec downstream (codec/: [`OwnSession`]).
+    #[default]
+    Own,
     /// pingora-proxy's `HttpProxy::process_new_http` (a task and channels per request).
     Framework,
+}
+
+/// A client connection's side of one request as the driver owns it: the [`Downstream`] calls
+/// plus what happens around the request (pingora-core's `ServerSession`, or our [`OwnSession`]).
+pub(crate) trait Connection: Downstream + Sized + Send + 'static {
+    /// What a connection that may take another request is handed back as.
+    type Reused: Send;
+
+    /// The request head has been read: the connection clock's header deadline stops.
+    fn header_read(&mut self);
+
+    /// The request failed (the answer, if any, is written).
+    fn on_proxy_failure(&mut self, e: Box<Error>);
+
+    /// Ends the response; the connection back when it may take another request.
+    fn finish(self) -> impl Future<Output = Option<Self::Reused>> + Send;
+
+    /// The raw stream, for an upgraded connection's tunnel (after its leftovers were read
+    /// through [`Downstream::read_request_body`]).
+    fn into_stream(self) -> Option<Stream>;
+}
+
+impl Connection for ServerSession {
+    type Reused = ReusedHttpStream;
+
+    fn header_read(&mut self) {
+        if let Some(c) = self.take_connection_user_context() {
+            crate::limits::header_read(c.as_ref());
+        }
+    }
+
+    fn on_proxy_failure(&mut self, e: Box<Error>) {
+        ServerSession::on_proxy_failure(self, e);
+    }
+
+    async fn finish(self) -> Option<ReusedHttpStream> {
+        let settings = HttpPersistentSettings::for_session(&self);
+        match ServerSession::finish(self).await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "response not finished");
+                None
+            }
+        }
+    }
+
+    fn into_stream(self) -> Option<Stream> {
+        match self {
+            ServerSession::H1(client) => Some(client.into_inner()),
+            _ => None,
+        }
+    }
 }
 
 /// An HTTP/1 request driver as the accept loops hold it (one per role).
@@ -80,6 +144,14 @@ pub(crate) trait Driver: Send + Sync {
         session: ServerSession,
         shutdown: &'a ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>;
+
+    /// The same on our own codec (`--http1-path own`): the stream and any bytes read past the
+    /// request come back.
+    fn process_own<'a>(
+        &'a self,
+        session: OwnSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<Kept>> + Send + 'a>>;
 }
 
 /// The lean driver of one role (Gateway or east-west) with its own upstream pool.
@@ -125,12 +197,11 @@ impl<R: Role> LeanPath<R> {
         self.role.forwarder()
     }
 
-    async fn serve(
+    async fn serve<S: Connection>(
         &self,
-        mut session: ServerSession,
+        mut session: S,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let connection = session.take_connection_user_context();
+    ) -> Option<S::Reused> {
         let mut stop = shutdown.clone();
         // Shutdown wakes a connection waiting for its next request (as pingora's
         // `http_cleanup` does for the framework path); a head already buffered is read first.
@@ -147,9 +218,7 @@ impl<R: Role> LeanPath<R> {
             session.set_keepalive(None);
         }
         let mut ctx = Ctx::new();
-        if let Some(c) = connection {
-            crate::limits::header_read(c.as_ref());
-        }
+        session.header_read();
         match self.role.request_filter(&mut session, &mut ctx).await {
             Ok(true) => return self.finish(session, &ctx, true, None).await,
             Ok(false) => {}
@@ -275,13 +344,13 @@ impl<R: Role> LeanPath<R> {
     }
 
     /// Counts and logs the request, then hands the connection back if it may take another.
-    async fn finish(
+    async fn finish<S: Connection>(
         &self,
-        mut session: ServerSession,
+        mut session: S,
         ctx: &Ctx,
         reusable: bool,
         error: Option<Box<Error>>,
-    ) -> Option<ReusedHttpStream> {
+    ) -> Option<S::Reused> {
         let label = self.role.listener_label(ctx);
         self.fwd().logging(&session, error.as_deref(), ctx, &label);
         if let Some(e) = error {
@@ -290,15 +359,7 @@ impl<R: Role> LeanPath<R> {
         if !reusable {
             return None;
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "response not finished");
-                None
-            }
-        }
+        session.finish().await
     }
 }
 
@@ -308,6 +369,14 @@ impl<R: Role> Driver for LeanPath<R> {
         session: ServerSession,
         shutdown: &'a ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+        Box::pin(self.serve(session, shutdown))
+    }
+
+    fn process_own<'a>(
+        &'a self,
+        session: OwnSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<Kept>> + Send + 'a>> {
         Box::pin(self.serve(session, shutdown))
     }
 }
@@ -333,6 +402,10 @@ async fn read_head(session: &mut impl Downstream) -> bool {
         Err(e) if matches!(e.etype(), ErrorType::InvalidHTTPHeader) => {
             tracing::debug!(error = %e, "malformed request head");
             400
+        }
+        Err(e) if *e.etype() == codec::HEAD_TOO_LARGE => {
+            tracing::debug!(error = %e, "request head too large");
+            431
         }
         Err(e) => {
             tracing::debug!(error = %e, "no request head");

@@ -21,8 +21,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use pingora_core::protocols::http::ServerSession;
-
+use super::Connection;
 use crate::gateway::Downstream;
 
 /// Copy buffer per direction.
@@ -31,7 +30,7 @@ const CHUNK: usize = 16 * 1024;
 const MAX_LEFTOVER_PIECES: usize = 64;
 
 /// Relays bytes between the client of `session` and the backend of `up` until both are done.
-pub(super) async fn run(session: ServerSession, up: ClientV1, idle: Duration) {
+pub(super) async fn run(session: impl Connection, up: ClientV1, idle: Duration) {
     let (mut session, mut up) = (session, up);
     let (to_up, client_ended) = match client_leftovers(&mut session) {
         Ok(l) => l,
@@ -47,11 +46,11 @@ pub(super) async fn run(session: ServerSession, up: ClientV1, idle: Duration) {
             return;
         }
     };
-    let ServerSession::H1(client) = session else {
+    let Some(client) = session.into_stream() else {
         return;
     };
     let tunnel = Tunnel {
-        client: client.into_inner(),
+        client,
         backend: up.into_inner(),
         idle,
     };

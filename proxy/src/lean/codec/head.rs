@@ -9,17 +9,32 @@
 //! - `Transfer-Encoding` on an HTTP/1.0 request: refused (1.0 has no chunked framing);
 //! - several `Content-Length` fields, or one with several values, that differ: refused; equal
 //!   ones are one length;
-//! - a `Content-Length` that is not all digits (sign, space, empty) or overflows: refused.
+//! - a `Content-Length` that is not all digits (sign, space, empty) or overflows: refused;
+//! - `Transfer-Encoding` and `Content-Length` together: the body is framed by the chunked coding,
+//!   `Content-Length` is dropped and the connection closes after the response (RFC 9112 section
+//!   6.1), so nothing can hide behind the body (what pingora-core's session does too; the role's
+//!   `headers::check_request` then refuses the request outright).
+//!
+//! Limits are pingora-core's (so both HTTP/1 paths answer alike): a head of at most
+//! [`MAX_HEAD`] bytes and [`MAX_HEADERS`] fields is parsed; beyond that the client gets 431. The
+//! role's own, tighter limits (`headers::MAX_HEADERS`, `headers::MAX_HEADER_BYTES`: 431) apply
+//! afterwards on both paths.
+//!
+//! A request target with bytes httparse refuses (a space, `"`, `<`, `>`, controls, non-ASCII)
+//! gets a second chance, as on pingora's path: those bytes are percent-encoded and the head is
+//! parsed again; only a head that still does not parse is answered 400.
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_http::RequestHeader;
 
 use super::CodecError;
 
-/// Longest request head read (request line and fields, up to the empty line).
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a request head.
-pub(crate) const MAX_HEADERS: usize = 128;
+/// Longest request head read (request line and fields, up to the empty line): pingora-core's
+/// limit (1 MiB less a byte), far above the role's 64 KiB of field bytes, so that limit decides.
+pub(crate) const MAX_HEAD: usize = 1024 * 1024 - 1;
+/// Most header fields parsed in a request head (pingora-core's); the role refuses more than
+/// `headers::MAX_HEADERS` (100) afterwards.
+pub(crate) const MAX_HEADERS: usize = 256;
 
 /// How the request body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,25 +54,69 @@ pub(crate) struct Head {
     /// Bytes of the buffer the head took; the body (or the next request) starts there.
     pub len: usize,
     pub body: BodyFraming,
+    /// The connection must close after this request (`Transfer-Encoding` and
+    /// `Content-Length` came together).
+    pub close: bool,
 }
 
 /// Parses the request head at the start of `buf`; `Ok(None)` while it is incomplete (read
 /// more and call again with the longer buffer).
 pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, CodecError> {
+    match parse_in(buf) {
+        Err(Refused::Target) => {}
+        Err(Refused::Codec(e)) => return Err(e),
+        Ok(head) => return Ok(head),
+    }
+    // The request target has bytes httparse refuses: encode them in a copy of the head (the
+    // body and any pipelined request after it stay where they are) and parse that.
+    let end = head_end(buf).unwrap_or(buf.len());
+    let malformed = CodecError::Malformed("not an HTTP/1 request head");
+    let escaped = escape_target(&buf[..end]).ok_or(malformed)?;
+    let grown = escaped.len() - end;
+    match parse_in(&escaped) {
+        Ok(Some(mut head)) => {
+            // `len` counts bytes of the connection's buffer, not of the escaped copy.
+            head.len -= grown;
+            Ok(Some(head))
+        }
+        Ok(None) if buf.len() > MAX_HEAD => Err(CodecError::TooLarge),
+        Ok(None) => Ok(None),
+        Err(Refused::Target) => Err(malformed),
+        Err(Refused::Codec(e)) => Err(e),
+    }
+}
+
+/// Why [`parse_in`] refused a head.
+enum Refused {
+    /// httparse refused a token or the version: maybe a request target to encode.
+    Target,
+    Codec(CodecError),
+}
+
+impl From<CodecError> for Refused {
+    fn from(e: CodecError) -> Self {
+        Refused::Codec(e)
+    }
+}
+
+fn parse_in(buf: &[u8]) -> Result<Option<Head>, Refused> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(CodecError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(CodecError::TooLarge.into());
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooLarge),
-        Err(_) => return Err(CodecError::Malformed("not an HTTP/1 request head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooLarge.into()),
+        Err(httparse::Error::Token | httparse::Error::Version) => return Err(Refused::Target),
+        Err(_) => return Err(CodecError::Malformed("not an HTTP/1 request head").into()),
     };
     if len > MAX_HEAD {
-        return Err(CodecError::TooLarge);
+        return Err(CodecError::TooLarge.into());
     }
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(CodecError::Malformed("incomplete request line"));
+        return Err(CodecError::Malformed("incomplete request line").into());
     };
     let mut header = RequestHeader::build(method, path.as_bytes(), Some(req.headers.len()))
         .map_err(|_| CodecError::Malformed("invalid method or target"))?;
@@ -67,15 +126,20 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, CodecError> {
         http::Version::HTTP_11
     });
     let mut length: Option<u64> = None;
+    let mut length_error: Option<CodecError> = None;
     let mut transfer_encoding: Option<bool> = None;
     for field in req.headers.iter() {
         if field.name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str()) {
+            // Checked below, only when no Transfer-Encoding overrides it.
             for value in field.value.split(|&b| b == b',') {
-                let n = parse_length(value.trim_ascii())?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(CodecError::Ambiguous("differing Content-Length values"));
+                match parse_length(value.trim_ascii()) {
+                    Ok(n) if length.is_some_and(|l| l != n) => {
+                        length_error =
+                            Some(CodecError::Ambiguous("differing Content-Length values"));
+                    }
+                    Ok(n) => length = Some(n),
+                    Err(e) => length_error = Some(e),
                 }
-                length = Some(n);
             }
         } else if field.name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str()) {
             // Only the last coding of the last field decides whether the body is chunked.
@@ -91,25 +155,84 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, CodecError> {
             .append_header(field.name.to_string(), field.value)
             .map_err(|_| CodecError::Malformed("invalid header field"))?;
     }
-    let body = match (transfer_encoding, length) {
-        (Some(_), Some(_)) => {
-            return Err(CodecError::Ambiguous(
-                "both Transfer-Encoding and Content-Length",
-            ));
+    let mut close = false;
+    let body = match transfer_encoding {
+        Some(_) if minor == 0 => {
+            return Err(CodecError::Ambiguous("Transfer-Encoding on HTTP/1.0").into());
         }
-        (Some(_), None) if minor == 0 => {
-            return Err(CodecError::Ambiguous("Transfer-Encoding on HTTP/1.0"));
+        Some(false) => {
+            return Err(CodecError::Ambiguous("Transfer-Encoding does not end in chunked").into());
         }
-        (Some(false), None) => {
-            return Err(CodecError::Ambiguous(
-                "Transfer-Encoding does not end in chunked",
-            ));
+        Some(true) => {
+            if header.headers.contains_key(CONTENT_LENGTH) {
+                // Chunked wins; the length goes, and so does the connection afterwards.
+                header.remove_header(&CONTENT_LENGTH);
+                close = true;
+            }
+            BodyFraming::Chunked
         }
-        (Some(true), None) => BodyFraming::Chunked,
-        (None, Some(n)) if n > 0 => BodyFraming::Length(n),
-        (None, _) => BodyFraming::Empty,
+        None => {
+            if let Some(e) = length_error {
+                return Err(e.into());
+            }
+            match length {
+                Some(n) if n > 0 => BodyFraming::Length(n),
+                _ => BodyFraming::Empty,
+            }
+        }
     };
-    Ok(Some(Head { header, len, body }))
+    Ok(Some(Head {
+        header,
+        len,
+        body,
+        close,
+    }))
+}
+
+/// Where the head in `buf` ends (past its empty line), if it is whole.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// `head` with its request target's refused bytes percent-encoded (controls, space, `"`, `<`,
+/// `>`, non-ASCII); `None` when the first line is no `METHOD target HTTP/x[.y]` or nothing
+/// needed encoding (parsing again would refuse it again).
+fn escape_target(head: &[u8]) -> Option<Vec<u8>> {
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = &head[..line_end];
+    let method = line
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+        .count();
+    if method == 0 || line.get(method) != Some(&b' ') {
+        return None;
+    }
+    let start = method + 1;
+    // The target runs to the last " HTTP/<digit>" of the line.
+    let end = (start + 1..line.len()).rev().find(|&at| {
+        line[at..].starts_with(b" HTTP/") && line.get(at + 6).is_some_and(u8::is_ascii_digit)
+    })?;
+    let target = &line[start..end];
+    // A target that is not UTF-8 stays refused.
+    std::str::from_utf8(target).ok()?;
+    let refused = |b: u8| !(0x20..0x7f).contains(&b) || matches!(b, b' ' | b'"' | b'<' | b'>');
+    if !target.iter().any(|&b| refused(b)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(head.len() + 2 * target.len());
+    out.extend_from_slice(&head[..start]);
+    for &b in target {
+        if refused(b) {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        } else {
+            out.push(b);
+        }
+    }
+    out.extend_from_slice(&head[end..]);
+    Some(out)
 }
 
 /// A `Content-Length` value: digits only (no sign, no space inside), within u64.
@@ -204,7 +327,6 @@ mod tests {
     #[test]
     fn smuggling_shapes_are_refused() {
         for raw in [
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
@@ -216,6 +338,66 @@ mod tests {
             let e = refused(raw);
             assert!(matches!(e, CodecError::Ambiguous(_)), "{raw:?}: {e:?}");
             assert_eq!(e.status(), 400);
+        }
+    }
+
+    #[test]
+    fn chunked_with_a_length_frames_by_chunks_without_the_length_and_closes() {
+        let h =
+            parsed("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Chunked);
+        assert!(h.close);
+        assert!(!h.header.headers.contains_key(CONTENT_LENGTH));
+        // A bad length does not matter when chunked frames the body.
+        let h =
+            parsed("POST / HTTP/1.1\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(h.body, BodyFraming::Chunked);
+        assert!(!parsed("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n").close);
+    }
+
+    #[test]
+    fn limits_are_pingoras() {
+        // As many fields as pingora parses: accepted here (the role refuses above 100).
+        let mut raw = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..MAX_HEADERS {
+            raw.push_str(&format!("X-{i}: v\r\n"));
+        }
+        assert_eq!(
+            parsed(&(raw.clone() + "\r\n")).header.headers.len(),
+            MAX_HEADERS
+        );
+        raw.push_str("X-One-More: v\r\n\r\n");
+        assert_eq!(refused(&raw), CodecError::TooLarge);
+        // Fields just under the role's 64 KiB plus a long request line: parsed, as pingora does.
+        let target = format!("/{}", "t".repeat(8 * 1024));
+        let value = "v".repeat(64 * 1024 - 10);
+        let raw = format!("GET {target} HTTP/1.1\r\nX-Big: {value}\r\n\r\n");
+        assert!(raw.len() > 64 * 1024);
+        assert_eq!(parsed(&raw).header.uri.path(), target);
+    }
+
+    #[test]
+    fn a_target_with_refused_bytes_is_encoded_and_parsed_again() {
+        let raw = "GET /a b\"c<d>\u{e9} HTTP/1.1\r\nHost: x\r\n\r\nNEXT";
+        let head = parsed(raw);
+        assert_eq!(head.header.uri.path(), "/a%20b%22c%3Cd%3E%C3%A9");
+        // `len` is the original head's length: the next request starts right after it.
+        assert_eq!(&raw.as_bytes()[head.len..], b"NEXT");
+        assert_eq!(head.header.headers.get("host").unwrap(), "x");
+        // Still incomplete after encoding: more bytes are awaited.
+        assert!(
+            parse_head(b"GET /a b HTTP/1.1\r\nHost: x\r\n")
+                .unwrap()
+                .is_none()
+        );
+        // Nothing to encode, or no request line: 400.
+        for bad in [
+            "GET /a HTTP/1.x\r\n\r\n",
+            "GET /a b HTTP/x\r\n\r\n",
+            " /a HTTP/1.1\r\n\r\n",
+        ] {
+            let e = refused(bad);
+            assert!(matches!(e, CodecError::Malformed(_)), "{bad:?}: {e:?}");
         }
     }
 }

@@ -1,21 +1,21 @@
-//! Our own HTTP/1 downstream codec (work in progress, not wired in): the parsing half of a
-//! session that will implement [`Downstream`](crate::gateway::Downstream) without pingora-core's
-//! server session, whose per-request cost docs/benchmarks.md ("Own HTTP/1 codec") measured.
+//! Our own HTTP/1 downstream codec: the client side of the lean driver's requests
+//! (`--http1-path own`, the default) without pingora-core's server session, whose per-request
+//! cost docs/benchmarks.md ("Own HTTP/1 codec") measured.
 //!
 //! ```text
 //! bytes from the client ─► head.rs: parse_head (httparse in place) ─► pingora_http RequestHeader
-//!                                     + BodyFraming (length / chunked / none), smuggling rules
+//!                                     + BodyFraming (length / chunked / none), smuggling rules,
+//!                                     pingora-core's limits, request-target encoding retry
 //!                        ─► chunked.rs: ChunkedDecoder strips chunk framing off the body
+//! session.rs: OwnSession over pingora's Stream (plain, TLS, mTLS): Downstream + Connection;
+//!             body, retry buffer, keep-alive, response framing, leftovers for the next request
 //! ```
-//!
-//! Nothing outside this module's tests calls it yet; the next steps (a session type, the
-//! `--http1-path own` switch, off by default) are in HANDOFF.md of the h1codec branch.
-
-// Not reachable from the binary until the session type and its switch exist (see above).
-#![cfg_attr(not(test), allow(dead_code))]
 
 pub(crate) mod chunked;
 pub(crate) mod head;
+mod session;
+
+pub(crate) use session::{HEAD_TOO_LARGE, Kept, OwnSession};
 
 /// Why bytes from the client are not a request we serve; each maps to the answer (400 or 431)
 /// the session writes before it closes the connection.
@@ -23,7 +23,8 @@ pub(crate) mod head;
 pub(crate) enum CodecError {
     /// The head is not HTTP/1 (httparse refused it, or it is not UTF-8 where it must be).
     Malformed(&'static str),
-    /// The head is longer than [`head::MAX_HEAD`] or has more than [`head::MAX_HEADERS`] fields.
+    /// The head is longer than [`head::MAX_HEAD`] or has more than [`head::MAX_HEADERS`] fields
+    /// (431, the error type [`HEAD_TOO_LARGE`]).
     TooLarge,
     /// Framing that two parties could read differently (request smuggling): refused.
     Ambiguous(&'static str),

@@ -11,6 +11,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/otlp.rs"]
+mod otlp;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -223,8 +225,8 @@ async fn slow_first_endpoint_is_hedged_and_the_faster_answer_wins() {
 /// The spans of a hedged pair: each try's span records its own outcome, whichever try wins.
 #[tokio::test]
 async fn each_try_of_a_hedged_pair_has_its_own_span_outcome() {
-    use common::otlp::{attribute, otlp_receiver};
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Attr;
+    use otlp::{attribute, otlp_receiver};
     let (receiver, spans) = otlp_receiver().await;
     let traced = || ProxyConfig {
         tracing: meridian_proxy::TraceConfig {

@@ -7,15 +7,18 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+/// Only the trace tests need an OTLP receiver (and its protobuf crates).
+#[path = "common/otlp.rs"]
+mod otlp;
 
 use std::path::Path;
 
-use common::otlp::{attribute, hex, otlp_receiver};
 use common::*;
 use meridian_proxy::{
     AccessLogConfig, AccessLogTarget, Http1Path, ProxyConfig, ProxyHandle, TraceConfig,
 };
 use meridian_test_support::ScratchDir;
+use otlp::{attribute, hex, otlp_receiver};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 pub mod mesh;
-pub mod otlp;
 
 // Not every test binary that includes this module uses all of these.
 #[allow(unused_imports)]

@@ -42,6 +42,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod live;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -323,12 +324,15 @@ pub(crate) enum Ask {
         /// `None`: every active cluster.
         cluster: Option<String>,
     },
+    /// Everything of [`live::LiveData`]: the status, each Gateway's counters and the drills.
+    Live,
 }
 
 /// The loop's answer.
 pub(crate) enum Answer {
     Status(Box<StatusView>),
     Snapshots(Vec<ClusterSnapshot>),
+    Live(Box<live::LiveData>),
 }
 
 /// A cluster's published snapshot and the localities of its proxies with what they report.
@@ -363,6 +367,7 @@ pub(crate) fn answer(v: &LoopView<'_>, ask: Ask) -> Answer {
     let proxies = v.data_plane.proxies();
     match ask {
         Ask::Status => Answer::Status(Box::new(status(v, proxies))),
+        Ask::Live => Answer::Live(Box::new(live::data(v, status(v, proxies)))),
         Ask::Snapshots { cluster } => Answer::Snapshots(
             v.members
                 .iter()

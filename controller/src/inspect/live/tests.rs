@@ -328,7 +328,7 @@ async fn credentials_are_those_of_the_status_endpoint() {
     let (snap, _) = c.event(0, "snapshot").await;
     assert_eq!(snap["canStartDrills"], true);
     assert!(snap["readOnlyReason"].is_null());
-    assert_eq!(h.asks.load(Ordering::SeqCst) > 0, true);
+    assert!(h.asks.load(Ordering::SeqCst) > 0);
 }
 
 #[tokio::test]
@@ -386,27 +386,46 @@ async fn drills_start_only_on_a_token_listener_and_bad_requests_say_why() {
     assert_eq!(c.status().await, 413);
 }
 
-#[test]
-fn drill_requests_are_checked_before_anything_is_created() {
-    let clients = BTreeMap::new();
-    let ask = |json: serde_json::Value| serde_json::from_value::<StartDrill>(json).unwrap();
+#[tokio::test]
+async fn drill_requests_are_checked_before_anything_is_created() {
+    // A client that is never used: only its name counts here.
+    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let clients = BTreeMap::from([("east".to_string(), kube::Client::try_from(config).unwrap())]);
     let base = serde_json::json!({
         "cluster": "east", "namespace": "demo", "gateway": "web",
         "target": {"region": "us-east"}, "mode": "kill", "duration": "20s"
     });
-    let known = |c: &BTreeMap<String, kube::Client>, a: &StartDrill| {
-        a.drill(c, "live-x".into()).map_err(|r| format!("{r:?}"))
+    let check = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        change(&mut v);
+        let ask: StartDrill = serde_json::from_value(v).unwrap();
+        ask.drill(&clients, "live-x".into())
     };
-    assert!(
-        known(&clients, &ask(base.clone()))
-            .unwrap_err()
-            .contains("not a member")
+
+    let d = check(&|_| {}).unwrap();
+    assert_eq!(d.metadata.name.as_deref(), Some("live-x"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some("demo"));
+    assert_eq!(d.spec.target.region.as_deref(), Some("us-east"));
+    assert_eq!(d.spec.mode, Some(DrillMode::Kill));
+    assert_eq!(d.spec.duration.as_deref(), Some("20s"));
+    let scope = d.spec.scope.unwrap();
+    assert_eq!(scope.gateways.len(), 1);
+    assert_eq!(scope.gateways[0].name, "web");
+    assert_eq!(
+        d.metadata.labels.unwrap()["app.kubernetes.io/created-by"],
+        "meridian-live-view"
     );
-    let names: Vec<String> = vec!["east".into()];
-    assert!(check_known("east", names.iter()).is_ok());
-    assert!(check_name("namespace", "Demo").is_err());
-    assert!(check_name("namespace", "").is_err());
-    assert!(check_name("gateway", "web-1.a").is_ok());
+
+    let refused =
+        |change: &dyn Fn(&mut serde_json::Value)| format!("{:?}", check(change).unwrap_err());
+    assert!(refused(&|v| v["cluster"] = "north".into()).contains("known: east"));
+    assert!(refused(&|v| v["namespace"] = "Demo".into()).contains("namespace"));
+    assert!(refused(&|v| v["gateway"] = "".into()).contains("gateway"));
+    assert!(refused(&|v| v["target"] = serde_json::json!({})).contains("name a cluster"));
+    assert!(refused(&|v| v["target"]["zone"] = "a b".into()).contains("target.zone"));
+    assert!(refused(&|v| v["duration"] = "soon".into()).contains("duration"));
+    assert!(refused(&|v| v["duration"] = "0s".into()).contains("at most 1h"));
+    assert!(refused(&|v| v["duration"] = "2h".into()).contains("at most 1h"));
 }
 
 #[test]

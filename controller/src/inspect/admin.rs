@@ -6,6 +6,8 @@
 //! | `/v1/explain`  | [`ExplainView`]; query: `gateway=NS/NAME` (required), `cluster`, `host`,  |
 //! |                | `path` (default `/`), `method` (default `GET`), `header=NAME:VALUE`       |
 //! |                | (repeatable), `port`, `fail=CLUSTER|REGION|ZONE`                          |
+//! | `/v1/events`   | the live view's event stream ([`super::live`])                            |
+//! | `POST /v1/drills` | a drill started from the live view (token listeners only)              |
 //!
 //! Credentials ([`AdminAuth`]): with a token (`meridian controller --admin-token-file`), every
 //! `/v1/` request needs `Authorization: Bearer <token>`, compared in constant time, else `401`
@@ -202,7 +204,7 @@ impl Inspector {
                 }
                 _ => Err(Refusal::new(
                     StatusCode::NOT_FOUND,
-                    "unknown path: /v1/status or /v1/explain",
+                    "unknown path: /v1/status, /v1/explain or /v1/events",
                 )),
             }
         }

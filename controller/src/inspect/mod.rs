@@ -14,6 +14,10 @@
 //!              explain: the snapshots + proxy localities ─► meridian_model::explain (off the loop)
 //! ```
 //!
+//! The live view ([`live`]: the web page `/ui` and its Server-Sent Events `/v1/events`) asks the
+//! same loop for the same status plus each Gateway's counters and the drills (`Ask::Live`), once
+//! per second for all open pages, and only while one is open.
+//!
 //! The reconcile loop owns the world and never locks it, so the admin listener asks it with a
 //! message and waits (bounded) for the answer; the loop only copies what is asked. Explain runs
 //! the model's pure [`meridian_model::explain::explain`] on a copy of the cluster's published

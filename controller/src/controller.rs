@@ -431,10 +431,16 @@ impl Controller {
                     addr,
                     token: cfg.admin_token.clone(),
                     tx: tx.clone(),
+                    // The live view creates drills (`POST /v1/drills`) in the Gateway's cluster.
+                    clients: cfg
+                        .clusters
+                        .iter()
+                        .map(|c| (c.name.clone(), c.client.clone()))
+                        .collect(),
                 };
-                let (local, task) =
+                let (local, admin_tasks) =
                     start_admin(admin, &metrics, ready_rx.clone(), shutdown_rx.clone()).await?;
-                tasks.push(task);
+                tasks.extend(admin_tasks);
                 Some(local)
             }
             None => None,
@@ -533,20 +539,28 @@ impl Controller {
     }
 }
 
-/// Where the admin listener binds, its `/v1/` token and the way to the reconcile loop.
+/// Where the admin listener binds, its `/v1/` token, the way to the reconcile loop and the
+/// member clusters' clients (for drills started from the live view).
 struct Admin {
     addr: SocketAddr,
     token: Option<String>,
     tx: mpsc::Sender<Msg>,
+    clients: BTreeMap<String, kube::Client>,
 }
 
-/// Binds the admin listener and starts serving it; returns its address and task.
+/// Binds the admin listener and starts serving it and the live view's hub; returns its address
+/// and tasks.
 async fn start_admin(
-    Admin { addr, token, tx }: Admin,
+    Admin {
+        addr,
+        token,
+        tx,
+        clients,
+    }: Admin,
     metrics: &Arc<Metrics>,
     ready: watch::Receiver<Vec<(String, bool)>>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+) -> Result<(SocketAddr, Vec<JoinHandle<()>>), StartError> {
     let admin = |source| StartError::Admin { addr, source };
     let listener = bind_admin(addr).await.map_err(admin)?;
     let local = listener.local_addr().map_err(admin)?;
@@ -558,7 +572,14 @@ async fn start_admin(
              /v1/explain answer 403"
         );
     }
-    let inspector = crate::inspect::admin::Inspector { tx, auth };
+    let live = crate::inspect::live::Live::new(
+        auth.clone(),
+        tx.clone(),
+        clients,
+        crate::inspect::live::LiveConfig::default(),
+    );
+    let hub = tokio::spawn(Arc::clone(&live).run(shutdown.clone()));
+    let inspector = crate::inspect::admin::Inspector { tx, auth, live };
     let task = tokio::spawn(serve_admin(
         listener,
         Arc::clone(metrics),
@@ -566,8 +587,8 @@ async fn start_admin(
         inspector,
         shutdown,
     ));
-    tracing::info!(addr = %local, "admin listener (/healthz, /readyz, /metrics, /v1/status, /v1/explain)");
-    Ok((local, task))
+    tracing::info!(addr = %local, "admin listener (/healthz, /readyz, /metrics, /v1/status, /v1/explain, /v1/events, live view /ui)");
+    Ok((local, vec![task, hub]))
 }
 
 /// Adds a member cluster to the world (or updates its region, zones and network, keeping what

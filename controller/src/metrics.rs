@@ -546,12 +546,22 @@ pub(crate) async fn serve_admin(
         let metrics = Arc::clone(&metrics);
         let readiness = readiness.clone();
         let inspector = inspector.clone();
+        // Set when the connection serves a live view event stream (longer-lived by design).
+        let streaming_conn = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streaming_svc = Arc::clone(&streaming_conn);
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let metrics = Arc::clone(&metrics);
             let readiness = readiness.clone();
             let inspector = inspector.clone();
+            let streaming = Arc::clone(&streaming_svc);
             async move {
                 let path = req.uri().path();
+                if crate::inspect::live::Live::owns(path) {
+                    if path == "/v1/events" {
+                        streaming.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok::<_, Infallible>(inspector.live.respond(req).await);
+                }
                 let resp = if path.starts_with("/v1/") {
                     let authorization = req
                         .headers()
@@ -563,7 +573,7 @@ pub(crate) async fn serve_admin(
                 } else {
                     admin_response(path, &metrics, &readiness)
                 };
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(resp.map(http_body_util::BodyExt::boxed_unsync))
             }
         });
         tokio::spawn(async move {
@@ -571,8 +581,18 @@ pub(crate) async fn serve_admin(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
-            // Bounded: a scraper that never finishes is cut off.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+            tokio::pin!(conn);
+            // Bounded: a scraper that never finishes is cut off. A live view's event stream
+            // ends by itself (`live::STREAM_LIFETIME`); this longer bound is for one whose
+            // client stopped reading.
+            let cut = tokio::time::timeout(std::time::Duration::from_secs(30), &mut conn).await;
+            if cut.is_err() && streaming_conn.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = tokio::time::timeout(
+                    crate::inspect::live::STREAM_LIFETIME + std::time::Duration::from_secs(30),
+                    conn,
+                )
+                .await;
+            }
         });
     }
 }

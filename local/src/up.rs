@@ -22,7 +22,8 @@
 //!    (`start_controller`): the trust bundle ConfigMap `meridian-ca` lands in every cluster.
 //!    The controller's admin listener (127.0.0.1, `--controller-admin-port`) gets a random
 //!    token; both go to `DIR/admin.json` (mode 0600), where `meridian status` and `meridian
-//!    explain` find them without flags.
+//!    explain` find them without flags. The live view's URL (`/ui`, the token in its fragment)
+//!    is printed with what to try.
 //!    Then one proxy per cluster (`start_proxies`), each appending its access log to
 //!    `DIR/access.log` (one JSON line per request; printed with what to try), bootstrapped like a real one: it waits for
 //!    its cluster's ConfigMap (its trust bundle), gets a ServiceAccount token for audience
@@ -524,7 +525,13 @@ pub async fn run(args: UpArgs) -> Result<(), UpError> {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut p.report).await;
         }
     }
-    print_try(&args, &plans, &kubeconfig, &proxies);
+    print_try(
+        &args,
+        &plans,
+        &kubeconfig,
+        &proxies,
+        control.live_url.as_deref(),
+    );
 
     tokio::signal::ctrl_c().await.map_err(UpError::Signal)?;
     stop(sandbox, clients, &backends, control, proxies).await;
@@ -668,6 +675,8 @@ struct Control {
     controller: ControllerHandle,
     /// `https://` URL of the distribution server.
     url: String,
+    /// The live view's URL with the admin token in its fragment (`None`: no admin listener).
+    live_url: Option<String>,
     /// Publishes the trust bundle ConfigMap to every cluster until `stop_mesh` turns true.
     bundle_publisher: tokio::task::JoinHandle<()>,
     stop_mesh: watch::Sender<bool>,
@@ -757,7 +766,7 @@ async fn start_controller(
     let controller = Controller::start(controller_config)
         .await
         .map_err(|e| UpError::Controller(e.into()))?;
-    write_admin_file(&args.state_dir, &controller, admin_token)?;
+    let live_url = write_admin_file(&args.state_dir, &controller, admin_token)?;
     let (stop_mesh, stop_rx) = watch::channel(false);
     let bundle_publisher = mesh
         .attach(controller.member_directory(), stop_rx)
@@ -775,21 +784,25 @@ async fn start_controller(
         server,
         controller,
         url,
+        live_url,
         bundle_publisher,
         stop_mesh,
     })
 }
 
 /// Writes `DIR/admin.json`: where the controller's admin listener is and its token, so
-/// `meridian status` / `explain` (and `kubectl meridian …`) work without flags.
+/// `meridian status` / `explain` (and `kubectl meridian …`) work without flags. Returns the live
+/// view's URL, the token in its fragment: the browser never sends a fragment, and the page moves
+/// the token into the tab's sessionStorage and out of the address bar.
 fn write_admin_file(
     state_dir: &Path,
     controller: &ControllerHandle,
     token: String,
-) -> Result<(), UpError> {
+) -> Result<Option<String>, UpError> {
     let Some(addr) = controller.admin_addr() else {
-        return Ok(());
+        return Ok(None);
     };
+    let live_url = format!("http://{addr}/ui#token={token}");
     let endpoint = meridian_controller::inspect::cli::AdminEndpoint {
         url: format!("http://{addr}"),
         token: Some(token),
@@ -806,7 +819,7 @@ fn write_admin_file(
          read it from {}",
         path.display()
     ));
-    Ok(())
+    Ok(Some(live_url))
 }
 
 /// Every Gateway of a region gets its own address from 127.0.(10+i).0/24 (the first one
@@ -1148,10 +1161,22 @@ pub fn access_log_path(args: &UpArgs) -> PathBuf {
 pub const ACCESS_LOG: &str = "access.log";
 
 /// What to try now.
-fn print_try(args: &UpArgs, plans: &[ClusterPlan], kubeconfig: &Path, proxies: &[Proxy]) {
+fn print_try(
+    args: &UpArgs,
+    plans: &[ClusterPlan],
+    kubeconfig: &Path,
+    proxies: &[Proxy],
+    live_url: Option<&str>,
+) {
     let kc = kubeconfig.display();
     say("");
     say("Meridian is up. Try:");
+    if let Some(url) = live_url {
+        // "live view: URL" is also what tests look for.
+        say(format!(
+            "  live view: {url}    # regions, traffic, failover and drills in a browser"
+        ));
+    }
     say(format!(
         "  kubectl --kubeconfig {kc} --context {} get gateways -A",
         plans[0].name

@@ -6,6 +6,8 @@
 //! | `/v1/explain`  | [`ExplainView`]; query: `gateway=NS/NAME` (required), `cluster`, `host`,  |
 //! |                | `path` (default `/`), `method` (default `GET`), `header=NAME:VALUE`       |
 //! |                | (repeatable), `port`, `fail=CLUSTER|REGION|ZONE`                          |
+//! | `/v1/events`   | the live view's event stream ([`super::live`])                            |
+//! | `POST /v1/drills` | a drill started from the live view (token listeners only)              |
 //!
 //! Credentials ([`AdminAuth`]): with a token (`meridian controller --admin-token-file`), every
 //! `/v1/` request needs `Authorization: Bearer <token>`, compared in constant time, else `401`
@@ -78,7 +80,7 @@ impl AdminAuth {
     }
 
     /// Refuses a request without the credentials this listener wants.
-    fn check(&self, authorization: Option<&str>) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, authorization: Option<&str>) -> Result<(), Refusal> {
         match self {
             AdminAuth::Loopback => Ok(()),
             AdminAuth::Closed => Err(Refusal::new(
@@ -129,14 +131,14 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Refusal {
             status,
             message: message.into(),
         }
     }
 
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -146,6 +148,8 @@ impl Refusal {
 pub(crate) struct Inspector {
     pub tx: mpsc::Sender<Msg>,
     pub auth: AdminAuth,
+    /// The live view (`/ui`, `/v1/events`, `POST /v1/drills`).
+    pub live: std::sync::Arc<super::live::Live>,
 }
 
 impl Inspector {
@@ -179,7 +183,7 @@ impl Inspector {
                     }
                     match self.ask(Ask::Status).await? {
                         Answer::Status(s) => Ok(json(&s)),
-                        Answer::Snapshots(_) => Err(internal()),
+                        Answer::Snapshots(_) | Answer::Live(_) => Err(internal()),
                     }
                 }
                 "/v1/explain" => {
@@ -200,7 +204,7 @@ impl Inspector {
                 }
                 _ => Err(Refusal::new(
                     StatusCode::NOT_FOUND,
-                    "unknown path: /v1/status or /v1/explain",
+                    "unknown path: /v1/status, /v1/explain or /v1/events",
                 )),
             }
         }
@@ -212,36 +216,38 @@ impl Inspector {
     }
 
     async fn ask(&self, ask: Ask) -> Result<Answer, Refusal> {
-        let (reply, answer) = oneshot::channel();
-        let busy = || {
-            Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the controller's reconcile loop did not answer within {LOOP_WAIT:?}"),
-            )
-        };
-        let sent = tokio::time::timeout(
-            LOOP_WAIT,
-            self.tx.send(Msg::Inspect(InspectAsk { ask, reply })),
+        ask_loop(&self.tx, ask).await
+    }
+}
+
+/// Asks the reconcile loop, waiting at most [`LOOP_WAIT`] to send and as long for the answer.
+pub(crate) async fn ask_loop(tx: &mpsc::Sender<Msg>, ask: Ask) -> Result<Answer, Refusal> {
+    let (reply, answer) = oneshot::channel();
+    let busy = || {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the controller's reconcile loop did not answer within {LOOP_WAIT:?}"),
         )
-        .await;
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the controller is stopping",
-                ));
-            }
-            Err(_) => return Err(busy()),
-        }
-        match tokio::time::timeout(LOOP_WAIT, answer).await {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(_)) => Err(Refusal::new(
+    };
+    let sent =
+        tokio::time::timeout(LOOP_WAIT, tx.send(Msg::Inspect(InspectAsk { ask, reply }))).await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the controller is stopping",
-            )),
-            Err(_) => Err(busy()),
+            ));
         }
+        Err(_) => return Err(busy()),
+    }
+    match tokio::time::timeout(LOOP_WAIT, answer).await {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(_)) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is stopping",
+        )),
+        Err(_) => Err(busy()),
     }
 }
 
@@ -262,7 +268,7 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
     }
 }
 
-fn error_response(r: &Refusal) -> Response<Full<Bytes>> {
+pub(crate) fn error_response(r: &Refusal) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": r.message }).to_string();
     let mut resp = with_type(r.status, body.into_bytes());
     if r.status == StatusCode::UNAUTHORIZED {

@@ -14,6 +14,10 @@
 //!              explain: the snapshots + proxy localities ─► meridian_model::explain (off the loop)
 //! ```
 //!
+//! The live view ([`live`]: the web page `/ui` and its Server-Sent Events `/v1/events`) asks the
+//! same loop for the same status plus each Gateway's counters and the drills (`Ask::Live`), once
+//! per second for all open pages, and only while one is open.
+//!
 //! The reconcile loop owns the world and never locks it, so the admin listener asks it with a
 //! message and waits (bounded) for the answer; the loop only copies what is asked. Explain runs
 //! the model's pure [`meridian_model::explain::explain`] on a copy of the cluster's published
@@ -42,6 +46,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod live;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -323,12 +328,15 @@ pub(crate) enum Ask {
         /// `None`: every active cluster.
         cluster: Option<String>,
     },
+    /// Everything of [`live::LiveData`]: the status, each Gateway's counters and the drills.
+    Live,
 }
 
 /// The loop's answer.
 pub(crate) enum Answer {
     Status(Box<StatusView>),
     Snapshots(Vec<ClusterSnapshot>),
+    Live(Box<live::LiveData>),
 }
 
 /// A cluster's published snapshot and the localities of its proxies with what they report.
@@ -363,6 +371,7 @@ pub(crate) fn answer(v: &LoopView<'_>, ask: Ask) -> Answer {
     let proxies = v.data_plane.proxies();
     match ask {
         Ask::Status => Answer::Status(Box::new(status(v, proxies))),
+        Ask::Live => Answer::Live(Box::new(live::data(v, status(v, proxies)))),
         Ask::Snapshots { cluster } => Answer::Snapshots(
             v.members
                 .iter()

@@ -1151,10 +1151,15 @@ impl Reconciler {
                 let mut needed = match touch {
                     Touch::Nothing => false,
                     Touch::StatusOnly(kind, key) => {
-                        self.status_objects.insert(name, kind, key);
-                        self.status_dirty = true;
+                        // The echo of what the last pass computed waits for the next pass (which
+                        // translates nothing for it); any other status change is re-checked.
+                        if !self.engine.is_echo(&self.world, name, kind, &key) {
+                            self.status_dirty = true;
+                        }
+                        self.status_objects.insert_status(name, kind, key);
                         false
                     }
+                    Touch::Version(..) => false,
                     Touch::Full => {
                         self.dirty_full = true;
                         true
@@ -1764,7 +1769,7 @@ fn note_rv_change(
     touch: &Touch,
 ) {
     match touch {
-        Touch::StatusOnly(kind, key) | Touch::Object(kind, key) => {
+        Touch::StatusOnly(kind, key) | Touch::Object(kind, key) | Touch::Version(kind, key) => {
             if let Some(kind) = StatusKind::of(*kind) {
                 changed.entry(cluster).or_default().insert((
                     kind,

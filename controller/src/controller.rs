@@ -1151,15 +1151,29 @@ impl Reconciler {
                 let mut needed = match touch {
                     Touch::Nothing => false,
                     Touch::StatusOnly(kind, key) => {
-                        // The echo of what the last pass computed waits for the next pass (which
-                        // translates nothing for it); any other status change is re-checked.
-                        if !self.engine.is_echo(&self.world, name, kind, &key) {
+                        // The echo of what the last pass computed starts no pass: the next one
+                        // (for whatever reason) only notes it, translating nothing. Any other
+                        // status change is translated at the re-check.
+                        let outcome = if self.engine.is_echo(&self.world, name, kind, &key) {
+                            "echo"
+                        } else {
                             self.status_dirty = true;
-                        }
+                            "status"
+                        };
+                        self.metrics
+                            .status_events
+                            .with_label_values(&[outcome])
+                            .inc();
                         self.status_objects.insert_status(name, kind, key);
                         false
                     }
-                    Touch::Version(..) => false,
+                    Touch::Version(..) => {
+                        self.metrics
+                            .status_events
+                            .with_label_values(&["unread"])
+                            .inc();
+                        false
+                    }
                     Touch::Full => {
                         self.dirty_full = true;
                         true

@@ -701,6 +701,82 @@ mod tests {
     }
 
     #[test]
+    fn revisions_follow_what_translation_reads() {
+        let mut c = ClusterState::default();
+        let route = |f: &dyn Fn(&mut HttpRoute)| {
+            let mut r = HttpRoute {
+                metadata: ObjectMeta {
+                    namespace: Some("ns".into()),
+                    name: Some("r".into()),
+                    uid: Some("u1".into()),
+                    generation: Some(1),
+                    resource_version: Some("1".into()),
+                    ..Default::default()
+                },
+                spec: Default::default(),
+                status: None,
+            };
+            f(&mut r);
+            r
+        };
+        let key = ObjectKey::new("ns", "r");
+        let revision = |c: &ClusterState, r: &HttpRoute| HttpRoute::revision(c, &key, r);
+        assert_eq!(revision(&c, &route(&|_| {})), Revision::Changed, "new");
+        c.apply(route(&|_| {}));
+        let cases: [(&str, &dyn Fn(&mut HttpRoute), Revision); 8] = [
+            ("same", &|_| {}, Revision::Version),
+            (
+                "resourceVersion, managedFields",
+                &|r| {
+                    r.metadata.resource_version = Some("2".into());
+                    r.metadata.managed_fields = Some(vec![Default::default()]);
+                },
+                Revision::Version,
+            ),
+            (
+                "labels",
+                &|r| r.metadata.labels = Some(BTreeMap::from([("a".into(), "b".into())])),
+                Revision::Version,
+            ),
+            (
+                "status",
+                &|r| r.status = Some(Default::default()),
+                Revision::Status,
+            ),
+            (
+                "annotations",
+                &|r| r.metadata.annotations = Some(BTreeMap::from([("a".into(), "b".into())])),
+                Revision::Changed,
+            ),
+            (
+                "uid (recreated)",
+                &|r| r.metadata.uid = Some("u2".into()),
+                Revision::Changed,
+            ),
+            (
+                "generation",
+                &|r| r.metadata.generation = Some(2),
+                Revision::Changed,
+            ),
+            (
+                "spec",
+                &|r| r.spec.hostnames = Some(vec!["a.example".into()]),
+                Revision::Changed,
+            ),
+        ];
+        for (what, change, want) in cases {
+            assert_eq!(revision(&c, &route(change)), want, "{what}");
+        }
+        // Kinds without a status of ours: always a change.
+        let s = slice("ns", "s1", Some("a"));
+        c.apply(s.clone());
+        assert_eq!(
+            EndpointSlice::revision(&c, &ObjectKey::new("ns", "s1"), &s),
+            Revision::Changed
+        );
+    }
+
+    #[test]
     fn reset_drops_objects_missing_from_the_relist() {
         let mut c = ClusterState::default();
         c.apply(slice("ns", "s1", Some("a")));

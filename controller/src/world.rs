@@ -723,7 +723,8 @@ mod tests {
         let revision = |c: &ClusterState, r: &HttpRoute| HttpRoute::revision(c, &key, r);
         assert_eq!(revision(&c, &route(&|_| {})), Revision::Changed, "new");
         c.apply(route(&|_| {}));
-        let cases: [(&str, &dyn Fn(&mut HttpRoute), Revision); 8] = [
+        type Edit<'a> = &'a dyn Fn(&mut HttpRoute);
+        let cases: [(&str, Edit<'_>, Revision); 8] = [
             ("same", &|_| {}, Revision::Version),
             (
                 "resourceVersion, managedFields",

@@ -450,7 +450,8 @@ impl Harness {
                         let Some(r) = c.http_route(&key) else { return };
                         let mut r = r.as_ref().clone();
                         r.status = Some(
-                            serde_json::from_value::<HttpRouteStatus>(u.status.clone()).unwrap(),
+                            serde_json::from_value::<HttpRouteStatus>(Value::clone(&u.status))
+                                .unwrap(),
                         );
                         r.metadata.resource_version = Some(format!("echo-{pick}"));
                         revise(c, &u.cluster, r, changes);
@@ -461,7 +462,8 @@ impl Harness {
                         };
                         let mut g = g.clone();
                         g.status = Some(
-                            serde_json::from_value::<GatewayStatus>(u.status.clone()).unwrap(),
+                            serde_json::from_value::<GatewayStatus>(Value::clone(&u.status))
+                                .unwrap(),
                         );
                         g.metadata.resource_version = Some(format!("echo-{pick}"));
                         revise(c, &u.cluster, g, changes);

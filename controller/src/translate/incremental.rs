@@ -617,7 +617,7 @@ impl Incremental {
     ) -> bool {
         fn carries<T: serde::Serialize>(status: Option<&T>, kept: Option<&StatusUpdate>) -> bool {
             match (status, kept) {
-                (Some(s), Some(u)) => serde_json::to_value(s).is_ok_and(|v| v == u.status),
+                (Some(s), Some(u)) => serde_json::to_value(s).is_ok_and(|v| v == *u.status),
                 _ => false,
             }
         }

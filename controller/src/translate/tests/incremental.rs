@@ -197,7 +197,7 @@ fn a_gateway_status_echo_keeps_every_attachment() {
         .unwrap();
     let key = ObjectKey::new(INFRA, "gw");
     let mut g = east(&mut w).gateways.get(&key).unwrap().as_ref().clone();
-    g.status = Some(serde_json::from_value(update.status).unwrap());
+    g.status = Some(serde_json::from_value(Value::clone(&update.status)).unwrap());
     east(&mut w).apply(g);
     let pass = step(
         &mut engine,

@@ -93,7 +93,6 @@ use crate::status::{StatusKind, StatusUpdate};
 use crate::translate::{
     AddressPolicy, Changes, ClusterGatewayRef, EastWestListeners, Incremental, MissingRemote,
     SUPPORTED_FEATURES, TranslateConfig, UnreachableCluster, next_stale_expiry,
-    refresh_endpoints_touched,
 };
 use crate::watch::{Msg, Touch, WatchCtx, supervise};
 use crate::world::{Kind, ObjectKey, World};
@@ -1689,7 +1688,10 @@ impl Reconciler {
         for (i, services) in &self.dirty_services {
             let name = &self.names[*i];
             for svc in services {
-                let touched = refresh_endpoints_touched(
+                // The routes naming the Service are found through the engine's index (it
+                // produced the current snapshots: an endpoints pass follows a successful
+                // incremental or full one).
+                let touched = self.engine.refresh_endpoints(
                     &self.world,
                     &mut self.current,
                     name,

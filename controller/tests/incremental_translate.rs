@@ -31,7 +31,9 @@ use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
-use meridian_controller::translate::{Changes, Incremental};
+use meridian_controller::translate::{
+    AddressPolicy, Changes, EastWestListeners, Incremental, MissingRemote,
+};
 use meridian_controller::{
     ClusterGatewayRef, ClusterState, Indexed, Kind, ObjectKey, ProgrammedState, Revision,
     StatusKind, TranslateConfig, World, translate,
@@ -154,8 +156,9 @@ fn focused() -> impl Strategy<Value = Value> {
             json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(Some(ns), name, 1),
                "spec": {"ports": [{"name": "http", "port": 80}]}})
         });
+    // In the namespaces of the focused Services, so that served routes get endpoints.
     let slice = (
-        select(NAMESPACES),
+        select(&["app", "web"][..]),
         select(&["web", "api"][..]),
         0usize..2,
         select(&["10.1.0.1", "10.1.0.2", "127.0.0.1"][..]),
@@ -239,7 +242,7 @@ fn focused() -> impl Strategy<Value = Value> {
         4 => route,
         1 => gateway,
         2 => service,
-        2 => slice,
+        4 => slice,
         2 => grant,
         1 => service_export(),
         1 => (0usize..2).prop_flat_map(failover_policy),
@@ -289,6 +292,9 @@ struct Harness {
     unconfirmed: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
     /// The entries of `unconfirmed` toggled since the last [`Harness::config`] (its hint).
     toggled: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
+    /// EndpointSlice changes go to [`Incremental::refresh_endpoints`] (the reconcile loop's
+    /// endpoints pass), as `(cluster, Service)`, instead of into the batch's changes.
+    by_refresh: Option<Vec<(&'static str, ObjectKey)>>,
 }
 
 fn cluster_name(west: bool) -> &'static str {
@@ -323,6 +329,7 @@ impl Harness {
             programmed: BTreeMap::new(),
             unconfirmed: BTreeMap::new(),
             toggled: BTreeMap::new(),
+            by_refresh: None,
         };
         for (name, objects) in [(CLUSTER, east), (WEST, west)] {
             base_cluster(
@@ -365,7 +372,7 @@ impl Harness {
         } else if kind == Kind::EndpointSlice {
             let after = self.cluster(cluster).endpoint_slice_service(&key).cloned();
             for svc in before.into_iter().chain(after) {
-                changes.insert(cluster, kind, svc);
+                self.slice_changed(cluster, svc, changes);
             }
         } else {
             changes.insert(cluster, kind, key.clone());
@@ -390,15 +397,24 @@ impl Harness {
             Kind::FailoverPolicy => c.delete::<FailoverPolicy>(&key),
             Kind::ServiceExport => c.delete::<ServiceExport>(&key),
             Kind::EndpointSlice => {
-                if let Some(svc) = c.endpoint_slice_service(&key).cloned() {
-                    changes.insert(cluster, kind, svc);
-                }
+                let svc = c.endpoint_slice_service(&key).cloned();
                 c.delete::<EndpointSlice>(&key);
+                if let Some(svc) = svc {
+                    self.slice_changed(cluster, svc, changes);
+                }
                 return;
             }
             _ => unreachable!("the test puts no {kind:?}"),
         }
         changes.insert(cluster, kind, key);
+    }
+
+    /// Notes that the slices of Service `svc` changed: for the refresh, or as a change.
+    fn slice_changed(&mut self, cluster: &'static str, svc: ObjectKey, changes: &mut Changes) {
+        match &mut self.by_refresh {
+            Some(refresh) => refresh.push((cluster, svc)),
+            None => changes.insert(cluster, Kind::EndpointSlice, svc),
+        }
     }
 
     /// Gateways of every cluster, in order.
@@ -664,6 +680,12 @@ struct Reached {
     passes: u64,
     /// Status changes recognised as the echo of our own write (nothing translated).
     echoes: usize,
+    /// Services whose endpoints the indexed refresh looked at, and how many of those changed
+    /// some snapshot.
+    refreshed: usize,
+    refresh_changed: usize,
+    /// Served backends with endpoints.
+    endpoint_backends: usize,
     routes: usize,
     gateways: usize,
     served_routes: usize,
@@ -722,14 +744,48 @@ fn check(
         let published = snapshots.clone();
         let mut changes = Changes::new();
         let pending = engine.status();
+        // Two batches in three, EndpointSlice changes take the reconcile loop's endpoints pass
+        // (unless the last pass named refused endpoints: the loop translates in full then).
+        let refresh = i % 3 != 1 && !engine.endpoints_refused();
+        h.by_refresh = refresh.then(Vec::new);
         for step in batch {
             h.step(step, &pending, &mut changes);
         }
         // Every other pass with the loop's hint of what changed in the unconfirmed sets.
         let cfg = h.config(i % 2 == 1);
-        let pass = engine
+        let mut pass = engine
             .update(&h.world, &cfg, &changes, &mut snapshots)
             .map_err(|f| TestCaseError::fail(format!("batch {i}: fell back: {f}")))?;
+        if let Some(services) = h.by_refresh.take() {
+            let mut policy = AddressPolicy {
+                allow_loopback: cfg.allow_loopback_endpoints,
+                refused_seen: false,
+            };
+            for (cluster, svc) in &services {
+                let touched = engine.refresh_endpoints(
+                    &h.world,
+                    &mut snapshots,
+                    cluster,
+                    svc,
+                    &EastWestListeners::new(),
+                    &mut MissingRemote::new(),
+                    &mut policy,
+                );
+                reached.borrow_mut().refresh_changed += usize::from(!touched.is_empty());
+                for (c, t) in touched {
+                    pass.touched.entry(c).or_default().extend(&t);
+                }
+            }
+            reached.borrow_mut().refreshed += services.len();
+            if policy.refused_seen {
+                // Refused endpoints must be named in route status: the loop translates in full.
+                snapshots = engine.full(&h.world, &cfg).snapshots;
+                pass.touched = snapshots
+                    .keys()
+                    .map(|c| (c.clone(), Touched::everything()))
+                    .collect();
+            }
+        }
         let full = translate(&h.world, &cfg);
         if serde_json::to_string(&snapshots).unwrap()
             != serde_json::to_string(&full.snapshots).unwrap()
@@ -787,6 +843,15 @@ fn check(
                 )
             })
             .count();
+        reached.endpoint_backends += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+            .flat_map(|r| &r.rules)
+            .flat_map(|r| &r.backends)
+            .filter(|b| matches!(&b.target, BackendTarget::Endpoints { endpoints, .. } if !endpoints.is_empty()))
+            .count();
         reached.served_routes += snapshots
             .values()
             .flat_map(|s| &s.gateways)
@@ -819,14 +884,17 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} echoes; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared; {} patches checked against the hint ({} narrower than everything)",
+        "incremental translate: {} passes in {} ms; {} echoes; {} endpoint refreshes ({} changing a snapshot); {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} with endpoints) compared; {} patches checked against the hint ({} narrower than everything)",
         reached.passes,
         started.elapsed().as_millis(),
         reached.echoes,
+        reached.refreshed,
+        reached.refresh_changed,
         reached.routes,
         reached.gateways,
         reached.served_routes,
         reached.failover_backends,
+        reached.endpoint_backends,
         reached.patches,
         reached.narrowed,
     );
@@ -840,6 +908,11 @@ fn incremental_equals_full_after_every_change() {
     assert!(
         reached.served_routes > 0,
         "no route ever reached a snapshot"
+    );
+    assert!(
+        reached.refreshed > 50,
+        "the endpoint refresh was rarely exercised: {}",
+        reached.refreshed
     );
     assert!(
         reached.echoes > 100,

@@ -745,6 +745,43 @@ impl Incremental {
         out
     }
 
+    /// [`super::refresh_endpoints_touched`] for the snapshots this engine produced (the last
+    /// pass's, as the caller keeps them): the routes naming the Service (and, when exported, the
+    /// ServiceImport of its name) are found through the dependency index and where they
+    /// attached, so only those are looked at — not every route of every snapshot. Before the
+    /// first full pass, and with several networks, every route is looked at.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refresh_endpoints(
+        &self,
+        world: &World,
+        snapshots: &mut BTreeMap<ClusterName, Snapshot>,
+        cluster: &str,
+        service: &ObjectKey,
+        listeners: &super::EastWestListeners,
+        missing: &mut super::MissingRemote,
+        policy: &mut super::AddressPolicy,
+    ) -> BTreeMap<ClusterName, Touched> {
+        let locate = |c: &str, import: bool| -> Option<super::refresh::Places> {
+            let backend = deps::Backend {
+                import,
+                key: service.clone(),
+            };
+            let cache = self.clusters.get(c)?;
+            let mut places = Vec::new();
+            for route in self.deps.routes_using(c, &backend) {
+                for (gw, _, listener) in cache.attached.get(route).into_iter().flatten() {
+                    places.push((gw.clone(), listener.clone(), route.clone()));
+                }
+            }
+            Some(places)
+        };
+        let indexed: Option<&super::refresh::Locate<'_>> =
+            if self.seeded { Some(&locate) } else { None };
+        super::refresh::refresh_in(
+            world, snapshots, cluster, service, listeners, missing, policy, indexed,
+        )
+    }
+
     /// Whether some route names endpoints the address policy refused
     /// ([`Output::endpoints_refused`]).
     pub fn endpoints_refused(&self) -> bool {

@@ -443,7 +443,7 @@ fn echoes_and_unconfirmed_changes_of_our_writes_translate_nothing() {
             (u.kind, ns, u.name.clone())
         })
         .collect();
-    let mut set_unconfirmed = |cfg: &mut TranslateConfig, on: bool| {
+    let set_unconfirmed = |cfg: &mut TranslateConfig, on: bool| {
         let set = if on { keys.clone() } else { BTreeSet::new() };
         cfg.unconfirmed = Arc::new(BTreeMap::from([(CLUSTER.to_string(), set)]));
         cfg.unconfirmed_changed = Some(BTreeMap::from([(CLUSTER.to_string(), keys.clone())]));

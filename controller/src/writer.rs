@@ -43,6 +43,10 @@
 //! Leader election: writes start only while the gate is open; a write in flight when it closes
 //! hands its job back unchanged, for the next leader term.
 //!
+//! Statuses are shared, not copied: [`StatusUpdate::status`] is an `Arc`, held by the queued job
+//! and by the record of what was accepted for the object (below) alike, and a
+//! server-side apply body is serialized straight from it.
+//!
 //! Translation emits a status only when it differs from the indexed copy, and that copy lags
 //! behind our own writes until the watch delivers them. The writer therefore remembers, per
 //! object, the last status it accepted and the `resourceVersion` of the copy it was computed

@@ -35,6 +35,18 @@
 //! 3. status of every Gateway a route attached to or left, and of every FailoverPolicy
 //! ```
 //!
+//! Status-only changes ([`Changes::insert_status`]: nothing translation reads changed but the
+//! status) are mostly the echo of our own writes. When the copy's status equals the update the
+//! engine keeps for the object, translating it again would compute that same status, find the
+//! copy saying it and only settle; so nothing is translated: the kept update becomes a settling
+//! report while the object is unconfirmed and goes otherwise (a route whose status has no entry
+//! of ours any more is not reported at all), and a Gateway's kept state points at the new copy.
+//! Not for a Gateway whose data-plane state is unknown (its validation then reads its status).
+//! Likewise an object entering or leaving the unconfirmed sets changes only whether a settling
+//! report is made: a kept write is made either way, a kept settling report goes when the object
+//! is confirmed, and only an object with no kept update that becomes unconfirmed is translated
+//! again (only translation can tell whether its copy already says what we want).
+//!
 //! Cost grows with what the change touches: one route change translates that route and
 //! recomputes the status of its parent Gateways (counting attached routes from the kept sets);
 //! a Service change translates the routes using it; a status echo of a Gateway revalidates the
@@ -71,8 +83,9 @@
 //!
 //! The caller also keeps running full passes for what it cannot describe as object changes:
 //! re-lists (a watcher's initial list), drills and drains do not go through translation at all.
-//! EndpointSlice changes take [`super::refresh_endpoints`] in the reconcile loop; given here
-//! (as the key of their Service) they translate the routes of that Service again.
+//! EndpointSlice changes take [`Incremental::refresh_endpoints`] in the reconcile loop (the
+//! endpoint refresh, looking only at the routes the dependency index says name the Service);
+//! given here (as the key of their Service) they translate the routes of that Service again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -28,7 +28,11 @@
 //!
 //! Only the routes whose endpoints change are copied (snapshots share routes, see
 //! `meridian_model::snapshot`), and [`refresh_endpoints_touched`] says which Gateways of which
-//! snapshot changed, so publishing compares only those.
+//! snapshot changed, so publishing compares only those. [`refresh_endpoints_touched`] looks at
+//! every route of every snapshot; the reconcile loop goes through
+//! [`super::Incremental::refresh_endpoints`], which names the routes referring to the Service
+//! (or its ServiceImport) from its dependency index with where each attached, so that only
+//! those are looked at (one network; with several the east-west rewrite reads every snapshot).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -78,8 +78,9 @@
 //! computed, it is our echo — no pass is started for it, and the next pass (for whatever reason)
 //! only notes it (`Changes::insert_status`); any other status change is translated at the
 //! re-check. Metric `meridian_controller_status_events_total{outcome}`: `echo`, `status`,
-//! `unread`. A route create thus costs one incremental pass, not three (its two writes' echoes
-//! and their unconfirmed entries used to translate the route and the Gateway again).
+//! `unread`. A route create thus costs one incremental pass, not two (the status re-check used
+//! to translate the route and the Gateway again for their writes' echoes and unconfirmed
+//! entries).
 //!
 //! Status bookkeeping per pass follows what changed, not how many writes are outstanding (tens
 //! of thousands at a cold start): translation reads the writers' unconfirmed objects from a

@@ -235,8 +235,10 @@ fn echo(world: &mut World, updates: &[StatusUpdate]) -> Result<(), String> {
         match u.kind {
             StatusKind::HttpRoute => {
                 let mut r = c.http_route(&key).ok_or("route")?.as_ref().clone();
-                r.status =
-                    Some(serde_json::from_value(u.status.clone()).map_err(|e| e.to_string())?);
+                r.status = Some(
+                    serde_json::from_value(serde_json::Value::clone(&u.status))
+                        .map_err(|e| e.to_string())?,
+                );
                 c.apply(r);
             }
             StatusKind::Gateway => {
@@ -246,8 +248,10 @@ fn echo(world: &mut World, updates: &[StatusUpdate]) -> Result<(), String> {
                     .ok_or("gateway")?
                     .1
                     .clone();
-                g.status =
-                    Some(serde_json::from_value(u.status.clone()).map_err(|e| e.to_string())?);
+                g.status = Some(
+                    serde_json::from_value(serde_json::Value::clone(&u.status))
+                        .map_err(|e| e.to_string())?,
+                );
                 c.apply(g);
             }
             StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}

@@ -9,8 +9,11 @@
 //!                                                    EndpointSlices   ─► refresh_endpoints
 //!                                                    re-lists, members, reachability,
 //!                                                    what incremental cannot do ─► translate
-//!                                                    (status-only echoes of our own writes
-//!                                                     wait up to `status_recheck` instead)
+//!                                                    (the echo of our own status write starts
+//!                                                     no pass and translates nothing; another
+//!                                                     status-only change waits up to
+//!                                                     `status_recheck`; a change of what
+//!                                                     translation does not read, nothing)
 //!                                                 3. snapshots whose content changed ─► DataPlane::publish
 //!                                                    (only the Gateways the pass touched are
 //!                                                     compared; the published snapshot shares
@@ -32,6 +35,10 @@
 //! and a reconnect gets a new index. A cluster that left is not acted for: nothing more is
 //! published for its proxies and no status is written to it; what the world holds for it
 //! (its endpoints in the other clusters' ServiceImports) goes once the endpoint grace ends.
+//!
+//! EndpointSlice changes take the endpoints pass: [`Incremental::refresh_endpoints`] patches the
+//! endpoints of the routes naming the Service (or its ServiceImport), found through the engine's
+//! dependency index and where those routes attached — not by scanning every route.
 //!
 //! Passes are incremental ([`Incremental`]: a dependency index says what a changed object
 //! affects, only that is translated again and the current snapshots are patched) whenever
@@ -63,6 +70,18 @@
 //! (nothing would use the result): at a cold start the world is translated once, when the last
 //! cluster's initial sync completes, not once per cluster's list.
 //!
+//! Our own status writes come back as watch events. The watcher sorts each new version of a
+//! status-bearing object by what translation reads of it ([`crate::Revision`]): a change of
+//! labels, resourceVersion or managedFields alone changes nothing translation reads and only
+//! reaches the writers' bookkeeping; a status-only change is asked of the incremental engine
+//! ([`Incremental::is_echo`]): when the copy now carries exactly the status the last pass
+//! computed, it is our echo — no pass is started for it, and the next pass (for whatever reason)
+//! only notes it (`Changes::insert_status`); any other status change is translated at the
+//! re-check. Metric `meridian_controller_status_events_total{outcome}`: `echo`, `status`,
+//! `unread`. A route create thus costs one incremental pass, not two (the status re-check used
+//! to translate the route and the Gateway again for their writes' echoes and unconfirmed
+//! entries).
+//!
 //! Status bookkeeping per pass follows what changed, not how many writes are outstanding (tens
 //! of thousands at a cold start): translation reads the writers' unconfirmed objects from a
 //! mirror the loop keeps from each writer's changes since the last pass
@@ -93,7 +112,6 @@ use crate::status::{StatusKind, StatusUpdate};
 use crate::translate::{
     AddressPolicy, Changes, ClusterGatewayRef, EastWestListeners, Incremental, MissingRemote,
     SUPPORTED_FEATURES, TranslateConfig, UnreachableCluster, next_stale_expiry,
-    refresh_endpoints_touched,
 };
 use crate::watch::{Msg, Touch, WatchCtx, supervise};
 use crate::world::{Kind, ObjectKey, World};
@@ -1172,8 +1190,27 @@ impl Reconciler {
                 let mut needed = match touch {
                     Touch::Nothing => false,
                     Touch::StatusOnly(kind, key) => {
-                        self.status_objects.insert(name, kind, key);
-                        self.status_dirty = true;
+                        // The echo of what the last pass computed starts no pass: the next one
+                        // (for whatever reason) only notes it, translating nothing. Any other
+                        // status change is translated at the re-check.
+                        let outcome = if self.engine.is_echo(&self.world, name, kind, &key) {
+                            "echo"
+                        } else {
+                            self.status_dirty = true;
+                            "status"
+                        };
+                        self.metrics
+                            .status_events
+                            .with_label_values(&[outcome])
+                            .inc();
+                        self.status_objects.insert_status(name, kind, key);
+                        false
+                    }
+                    Touch::Version(..) => {
+                        self.metrics
+                            .status_events
+                            .with_label_values(&["unread"])
+                            .inc();
                         false
                     }
                     Touch::Full => {
@@ -1691,7 +1728,10 @@ impl Reconciler {
         for (i, services) in &self.dirty_services {
             let name = &self.names[*i];
             for svc in services {
-                let touched = refresh_endpoints_touched(
+                // The routes naming the Service are found through the engine's index (it
+                // produced the current snapshots: an endpoints pass follows a successful
+                // incremental or full one).
+                let touched = self.engine.refresh_endpoints(
                     &self.world,
                     &mut self.current,
                     name,
@@ -1785,7 +1825,7 @@ fn note_rv_change(
     touch: &Touch,
 ) {
     match touch {
-        Touch::StatusOnly(kind, key) | Touch::Object(kind, key) => {
+        Touch::StatusOnly(kind, key) | Touch::Object(kind, key) | Touch::Version(kind, key) => {
             if let Some(kind) = StatusKind::of(*kind) {
                 changed.entry(cluster).or_default().insert((
                     kind,

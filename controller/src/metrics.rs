@@ -82,6 +82,11 @@ pub struct Metrics {
     pub translations: IntCounterVec,
     /// Translation time by mode.
     pub translate_seconds: HistogramVec,
+    /// Watch events of GatewayClasses, Gateways, HTTPRoutes and FailoverPolicies that changed
+    /// nothing translation reads besides the status, by outcome: `echo` (the status the last
+    /// pass computed: nothing translated), `status` (another status: translated at the
+    /// re-check), `unread` (not even the status: only what translation does not read).
+    pub status_events: IntCounterVec,
     /// Snapshots handed to the data plane, by cluster.
     pub snapshots_published: IntCounterVec,
     /// FailoverDrills in the member clusters by `status.phase` (`Pending` includes drills
@@ -278,6 +283,7 @@ fn status_family(r: &Registry) -> prometheus::Result<StatusFamily> {
 struct PassFamily {
     translations: IntCounterVec,
     translate_seconds: HistogramVec,
+    status_events: IntCounterVec,
     snapshots_published: IntCounterVec,
     east_west_missing: IntGaugeVec,
 }
@@ -295,6 +301,12 @@ fn pass_family(r: &Registry) -> prometheus::Result<PassFamily> {
             "meridian_controller_translate_seconds",
             "Translation time",
             &["mode"],
+        )?,
+        status_events: counter(
+            r,
+            "meridian_controller_status_events_total",
+            "Watch events that changed only the status (echo, status) or nothing translation reads (unread)",
+            &["outcome"],
         )?,
         snapshots_published: counter(
             r,
@@ -362,6 +374,7 @@ impl Metrics {
         let PassFamily {
             translations,
             translate_seconds,
+            status_events,
             snapshots_published,
             east_west_missing,
         } = pass_family(&r)?;
@@ -387,6 +400,7 @@ impl Metrics {
             status_skipped,
             translations,
             translate_seconds,
+            status_events,
             snapshots_published,
             drills,
             drains,

@@ -29,6 +29,7 @@ use gateway_api::httproutes::{HttpRouteStatusParents, HttpRouteStatusParentsPare
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
+use std::sync::Arc;
 
 use crate::world::ClusterName;
 
@@ -108,7 +109,9 @@ pub struct StatusUpdate {
     /// `metadata.generation` the status was computed for.
     pub generation: i64,
     /// The complete new `status` object (for HTTPRoute: including other controllers' parents).
-    pub status: Value,
+    /// Shared, not copied, between the incremental engine's kept updates, the pass's report and
+    /// the writer's queued job and its record of what it wrote.
+    pub status: Arc<Value>,
     /// `true`: the indexed copy already carries this status; it is reported only because a
     /// status of ours computed against that copy is not confirmed yet
     /// ([`TranslateConfig::unconfirmed`](crate::TranslateConfig::unconfirmed)), which this one

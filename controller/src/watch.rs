@@ -50,7 +50,7 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::status::StatusKind;
 use crate::translate::UnreachableCluster;
-use crate::world::{ClusterState, Indexed, Kind, ObjectKey};
+use crate::world::{ClusterState, Indexed, Kind, ObjectKey, Revision};
 
 /// Every kind the controller watches, in start order.
 pub const ALL_KINDS: [Kind; 12] = [
@@ -80,10 +80,16 @@ pub(crate) enum Touch {
     Object(Kind, ObjectKey),
     /// Only the endpoints of these Services (EndpointSlice changes).
     Services(Vec<ObjectKey>),
-    /// Only the status (or metadata other than generation and uid) of this GatewayClass,
-    /// Gateway, HTTPRoute or FailoverPolicy: snapshots cannot change, only whether a status still
-    /// needs writing. Mostly the echo of our own writes, so it is re-checked at a slower pace.
+    /// Only the status of this GatewayClass, Gateway, HTTPRoute or FailoverPolicy
+    /// ([`Revision::Status`]): snapshots cannot change, only whether a status still needs
+    /// writing. Mostly the echo of our own writes: the reconcile loop asks the incremental
+    /// engine whether it carries exactly what the last pass computed (then nothing is
+    /// translated); any other status change is re-checked at a slower pace.
     StatusOnly(Kind, ObjectKey),
+    /// Nothing translation reads of this status-bearing object changed ([`Revision::Version`]:
+    /// resourceVersion, managedFields, labels, …): only the status writer's bookkeeping (which
+    /// copy a status was computed against) needs to know.
+    Version(Kind, ObjectKey),
 }
 
 /// A change to one cluster's index, applied by the reconcile loop.
@@ -487,20 +493,18 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 /// An apply, with the Services whose endpoints it may change.
 fn apply_mutation<K: Indexed + Resource + Send + 'static>(obj: K) -> Mutation {
     Box::new(move |state: &mut ClusterState| {
-        if let Some(kind) = StatusKind::of(K::KIND) {
-            // Spec changes bump the generation; a new object under the same name has a new uid.
-            let meta = obj.meta();
+        if StatusKind::of(K::KIND).is_some() {
             let Some(key) = obj.key() else {
                 return Touch::Nothing;
             };
-            let same_spec = meta.generation.is_some()
-                && state
-                    .meta(kind, &key)
-                    .is_some_and(|old| old.generation == meta.generation && old.uid == meta.uid);
-            return match (state.apply(obj), same_spec) {
-                (false, _) => Touch::Nothing,
-                (true, true) => Touch::StatusOnly(K::KIND, key),
-                (true, false) => Touch::Object(K::KIND, key),
+            let revision = K::revision(state, &key, &obj);
+            if !state.apply(obj) {
+                return Touch::Nothing;
+            }
+            return match revision {
+                Revision::Changed => Touch::Object(K::KIND, key),
+                Revision::Status => Touch::StatusOnly(K::KIND, key),
+                Revision::Version => Touch::Version(K::KIND, key),
             };
         }
         if K::KIND == Kind::FailoverDrill {

@@ -27,6 +27,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
 use meridian_crds::meridian::{FailoverDrill, FailoverPolicy};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use crate::status::StatusKind;
 
 /// Name of a member cluster, as given on the command line.
@@ -61,15 +63,11 @@ impl ObjectKey {
         Self::new("", name)
     }
 
-    fn namespaced_of(
-        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ) -> Option<Self> {
+    fn namespaced_of(meta: &ObjectMeta) -> Option<Self> {
         Some(Self::new(meta.namespace.clone()?, meta.name.clone()?))
     }
 
-    fn cluster_scoped_of(
-        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ) -> Option<Self> {
+    fn cluster_scoped_of(meta: &ObjectMeta) -> Option<Self> {
         Some(Self::cluster_scoped(meta.name.clone()?))
     }
 }
@@ -197,6 +195,81 @@ pub trait Indexed: Sized {
     fn remove(state: &mut ClusterState, key: &ObjectKey);
     /// Removes every object of this kind.
     fn clear(state: &mut ClusterState);
+    /// How `new` differs from the copy indexed under `key` ([`Revision`]); kinds without a
+    /// status of ours always answer [`Revision::Changed`].
+    fn revision(_state: &ClusterState, _key: &ObjectKey, _new: &Self) -> Revision {
+        Revision::Changed
+    }
+}
+
+/// How a new version of a status-bearing object (GatewayClass, Gateway, HTTPRoute,
+/// FailoverPolicy) differs from the indexed copy, measured by what translation reads.
+///
+/// Translation reads of these objects their `spec`, their `status` (merged into the status it
+/// writes, the staleness check, a Gateway's last known addresses and `Programmed` condition)
+/// and of their metadata `name`, `namespace`, `generation`, `creationTimestamp` (route and
+/// Gateway tie-breakers) and `annotations` (the Gateway's served-by header); `uid` and
+/// `deletionTimestamp` are compared too (a new object under the same name is a new object).
+/// Everything else — `resourceVersion`, `managedFields`, `labels`, `finalizers`,
+/// `ownerReferences`, `generateName`, `selfLink`, `deletionGracePeriodSeconds` — is read by
+/// nothing in translation, so a change there alone is [`Revision::Version`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revision {
+    /// New, or something translation reads besides the status differs.
+    Changed,
+    /// Only the status differs (mostly the echo of one of our own writes).
+    Status,
+    /// Nothing translation reads differs (status included): a new resourceVersion only, as far
+    /// as translation is concerned.
+    Version,
+}
+
+impl Revision {
+    /// Compares two versions of an object given as (metadata, spec, status).
+    fn of<Spec: PartialEq, Status: PartialEq>(
+        old: Option<(&ObjectMeta, &Spec, &Option<Status>)>,
+        new: (&ObjectMeta, &Spec, &Option<Status>),
+    ) -> Self {
+        let Some(old) = old else {
+            return Self::Changed;
+        };
+        if !same_read_metadata(old.0, new.0) || old.1 != new.1 {
+            Self::Changed
+        } else if old.2 != new.2 {
+            Self::Status
+        } else {
+            Self::Version
+        }
+    }
+}
+
+/// Whether two metadata agree in every field translation reads ([`Revision`]). Destructured
+/// whole so that a new field of `ObjectMeta` has to be sorted into one list or the other.
+fn same_read_metadata(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    let ObjectMeta {
+        annotations,
+        creation_timestamp,
+        deletion_grace_period_seconds: _,
+        deletion_timestamp,
+        finalizers: _,
+        generate_name: _,
+        generation,
+        labels: _,
+        managed_fields: _,
+        name,
+        namespace,
+        owner_references: _,
+        resource_version: _,
+        self_link: _,
+        uid,
+    } = a;
+    *annotations == b.annotations
+        && *creation_timestamp == b.creation_timestamp
+        && *deletion_timestamp == b.deletion_timestamp
+        && *generation == b.generation
+        && *name == b.name
+        && *namespace == b.namespace
+        && *uid == b.uid
 }
 
 impl ClusterState {
@@ -290,11 +363,7 @@ impl ClusterState {
     }
 
     /// Metadata of the indexed copy of a status-bearing object.
-    pub fn meta(
-        &self,
-        kind: StatusKind,
-        key: &ObjectKey,
-    ) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> {
+    pub fn meta(&self, kind: StatusKind, key: &ObjectKey) -> Option<&ObjectMeta> {
         Some(match kind {
             StatusKind::GatewayClass => &self.gateway_classes.get(&key.name)?.metadata,
             StatusKind::Gateway => &self.gateways.get(key)?.metadata,
@@ -402,7 +471,23 @@ impl World {
 // --- per-kind index plumbing -------------------------------------------------------------------
 
 macro_rules! simple_index {
+    ($ty:ty, $kind:expr, $field:ident, $key:ident, status) => {
+        simple_index!($ty, $kind, $field, $key, {
+            fn revision(state: &ClusterState, key: &ObjectKey, new: &Self) -> Revision {
+                Revision::of(
+                    state
+                        .$field
+                        .get(key)
+                        .map(|o| (&o.metadata, &o.spec, &o.status)),
+                    (&new.metadata, &new.spec, &new.status),
+                )
+            }
+        });
+    };
     ($ty:ty, $kind:expr, $field:ident, $key:ident) => {
+        simple_index!($ty, $kind, $field, $key, {});
+    };
+    ($ty:ty, $kind:expr, $field:ident, $key:ident, { $($extra:item)* }) => {
         impl Indexed for $ty {
             const KIND: Kind = $kind;
             fn key(&self) -> Option<ObjectKey> {
@@ -417,12 +502,19 @@ macro_rules! simple_index {
             fn clear(state: &mut ClusterState) {
                 state.$field.clear();
             }
+            $($extra)*
         }
     };
 }
 
-simple_index!(Gateway, Kind::Gateway, gateways, namespaced_of);
-simple_index!(HttpRoute, Kind::HttpRoute, http_routes, namespaced_of);
+simple_index!(Gateway, Kind::Gateway, gateways, namespaced_of, status);
+simple_index!(
+    HttpRoute,
+    Kind::HttpRoute,
+    http_routes,
+    namespaced_of,
+    status
+);
 simple_index!(
     ReferenceGrant,
     Kind::ReferenceGrant,
@@ -440,7 +532,8 @@ simple_index!(
     FailoverPolicy,
     Kind::FailoverPolicy,
     failover_policies,
-    namespaced_of
+    namespaced_of,
+    status
 );
 simple_index!(
     FailoverDrill,
@@ -462,6 +555,15 @@ impl Indexed for GatewayClass {
     }
     fn clear(state: &mut ClusterState) {
         state.gateway_classes.clear();
+    }
+    fn revision(state: &ClusterState, key: &ObjectKey, new: &Self) -> Revision {
+        Revision::of(
+            state
+                .gateway_classes
+                .get(&key.name)
+                .map(|o| (&o.metadata, &o.spec, &o.status)),
+            (&new.metadata, &new.spec, &new.status),
+        )
     }
 }
 
@@ -562,7 +664,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn slice(ns: &str, name: &str, svc: Option<&str>) -> EndpointSlice {
         EndpointSlice {
@@ -597,6 +698,83 @@ mod tests {
         c.delete::<EndpointSlice>(&ObjectKey::new("ns", "s2"));
         assert_eq!(c.endpoint_slices_of(&a).count(), 0);
         assert!(c.endpoint_slices.is_empty());
+    }
+
+    #[test]
+    fn revisions_follow_what_translation_reads() {
+        let mut c = ClusterState::default();
+        let route = |f: &dyn Fn(&mut HttpRoute)| {
+            let mut r = HttpRoute {
+                metadata: ObjectMeta {
+                    namespace: Some("ns".into()),
+                    name: Some("r".into()),
+                    uid: Some("u1".into()),
+                    generation: Some(1),
+                    resource_version: Some("1".into()),
+                    ..Default::default()
+                },
+                spec: Default::default(),
+                status: None,
+            };
+            f(&mut r);
+            r
+        };
+        let key = ObjectKey::new("ns", "r");
+        let revision = |c: &ClusterState, r: &HttpRoute| HttpRoute::revision(c, &key, r);
+        assert_eq!(revision(&c, &route(&|_| {})), Revision::Changed, "new");
+        c.apply(route(&|_| {}));
+        type Edit<'a> = &'a dyn Fn(&mut HttpRoute);
+        let cases: [(&str, Edit<'_>, Revision); 8] = [
+            ("same", &|_| {}, Revision::Version),
+            (
+                "resourceVersion, managedFields",
+                &|r| {
+                    r.metadata.resource_version = Some("2".into());
+                    r.metadata.managed_fields = Some(vec![Default::default()]);
+                },
+                Revision::Version,
+            ),
+            (
+                "labels",
+                &|r| r.metadata.labels = Some(BTreeMap::from([("a".into(), "b".into())])),
+                Revision::Version,
+            ),
+            (
+                "status",
+                &|r| r.status = Some(Default::default()),
+                Revision::Status,
+            ),
+            (
+                "annotations",
+                &|r| r.metadata.annotations = Some(BTreeMap::from([("a".into(), "b".into())])),
+                Revision::Changed,
+            ),
+            (
+                "uid (recreated)",
+                &|r| r.metadata.uid = Some("u2".into()),
+                Revision::Changed,
+            ),
+            (
+                "generation",
+                &|r| r.metadata.generation = Some(2),
+                Revision::Changed,
+            ),
+            (
+                "spec",
+                &|r| r.spec.hostnames = Some(vec!["a.example".into()]),
+                Revision::Changed,
+            ),
+        ];
+        for (what, change, want) in cases {
+            assert_eq!(revision(&c, &route(change)), want, "{what}");
+        }
+        // Kinds without a status of ours: always a change.
+        let s = slice("ns", "s1", Some("a"));
+        c.apply(s.clone());
+        assert_eq!(
+            EndpointSlice::revision(&c, &ObjectKey::new("ns", "s1"), &s),
+            Revision::Changed
+        );
     }
 
     #[test]

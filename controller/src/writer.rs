@@ -43,6 +43,10 @@
 //! Leader election: writes start only while the gate is open; a write in flight when it closes
 //! hands its job back unchanged, for the next leader term.
 //!
+//! Statuses are shared, not copied: [`StatusUpdate::status`] is an `Arc`, held by the queued job
+//! and by the record of what was accepted for the object (below) alike, and a
+//! server-side apply body is serialized straight from it.
+//!
 //! Translation emits a status only when it differs from the indexed copy, and that copy lags
 //! behind our own writes until the watch delivers them. The writer therefore remembers, per
 //! object, the last status it accepted and the `resourceVersion` of the copy it was computed
@@ -183,7 +187,7 @@ struct Attempt {
 struct Recent {
     source_rv: Option<String>,
     generation: i64,
-    status: Value,
+    status: Arc<Value>,
     same_writes: u32,
     since: Instant,
 }
@@ -424,7 +428,8 @@ impl StatusWriter {
             Recent {
                 source_rv,
                 generation: update.generation,
-                status: update.status.clone(),
+                // Shared with the queued job: no copy of the status per queued write.
+                status: Arc::clone(&update.status),
                 same_writes,
                 since,
             },
@@ -847,16 +852,16 @@ async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(
                 }
                 _ => api_for::<Gateway>(client, u.namespace.as_deref()),
             };
-            let mut metadata = json!({ "name": u.name });
-            if let Some(ns) = &u.namespace {
-                metadata["namespace"] = json!(ns);
-            }
-            let body = json!({
-                "apiVersion": u.kind.api_version(),
-                "kind": u.kind.kind(),
-                "metadata": metadata,
-                "status": u.status,
-            });
+            // Serialized straight from the shared status (no copy into a JSON body).
+            let body = ApplyStatus {
+                api_version: u.kind.api_version(),
+                kind: u.kind.kind(),
+                metadata: ApplyMeta {
+                    name: &u.name,
+                    namespace: u.namespace.as_deref(),
+                },
+                status: &u.status,
+            };
             let pp = PatchParams::apply(FIELD_MANAGER).force();
             api.patch_status(&u.name, &pp, &Patch::Apply(&body))
                 .await
@@ -868,6 +873,23 @@ async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(
         }
         StatusKind::HttpRoute => write_route(client, cfg, job).await,
     }
+}
+
+/// The body of a status server-side apply.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyStatus<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: ApplyMeta<'a>,
+    status: &'a Value,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ApplyMeta<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
 }
 
 /// Read-modify-write of `status.parents`: first on the indexed copy, then on fresh reads.
@@ -884,7 +906,7 @@ async fn write_route(
         Some(route) if job.attempts == 0 => {
             let mut v = serde_json::to_value(route.as_ref())
                 .map_err(|e| WriteError::Invalid(format!("encoding route: {e}")))?;
-            v["status"] = u.status.clone();
+            v["status"] = Value::clone(&u.status);
             let mut obj: DynamicObject = serde_json::from_value(v)
                 .map_err(|e| WriteError::Invalid(format!("encoding route: {e}")))?;
             obj.types = Some(kube::api::TypeMeta {
@@ -983,10 +1005,34 @@ mod tests {
             namespace: Some("ns".into()),
             name: name.into(),
             generation,
-            status: json!({"conditions": [{"type": "Accepted", "reason": reason,
-                "lastTransitionTime": "2024-01-01T00:00:00Z"}]}),
+            status: Arc::new(json!({"conditions": [{"type": "Accepted", "reason": reason,
+                "lastTransitionTime": "2024-01-01T00:00:00Z"}]})),
             settles: false,
         }
+    }
+
+    /// A queued status is not copied: the job and the writer's record of what it wrote share
+    /// the submitted one, which stays as submitted.
+    #[test]
+    fn a_queued_status_is_shared_not_copied() {
+        let w = StatusWriter::new("east".into(), Arc::new(Metrics::new().unwrap()));
+        let u = update("a", 1, "X");
+        let submitted = Arc::clone(&u.status);
+        let before = Value::clone(&submitted);
+        assert!(w.submit(u, Some("10".into()), None));
+        let state = w.lock();
+        let key = (StatusKind::Gateway, "ns".to_string(), "a".to_string());
+        let job = &state.pending[&key].update.status;
+        let recent = &state.recent[&key].status;
+        assert!(
+            Arc::ptr_eq(job, &submitted),
+            "the job holds the submitted status"
+        );
+        assert!(Arc::ptr_eq(recent, &submitted), "so does the record");
+        // The submitted value, the job's 1 and the record's 1: three owners, one value.
+        assert_eq!(Arc::strong_count(&submitted), 3);
+        assert_eq!(**job, before);
+        assert_eq!(**recent, before);
     }
 
     #[test]
@@ -1085,7 +1131,7 @@ mod tests {
             name: "r".into(),
             generation: 1,
             // Computed against the outdated copy: only our entry.
-            status: json!({"parents": [parent(me, "gw")]}),
+            status: Arc::new(json!({"parents": [parent(me, "gw")]})),
             settles: false,
         };
         let rv = indexed.metadata.resource_version.clone();
@@ -1407,6 +1453,39 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Against the sandbox: a Gateway status is applied exactly as submitted (the apply body is
+    /// serialized from the shared status), and the submitted status is unchanged by the write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_written_status_is_the_submitted_one() {
+        let (sb, client) = gateway_api_sandbox().await;
+        create_gateway(&client).await;
+        let w = writer();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(w.clone().run(
+            client.clone(),
+            cfg(Duration::from_secs(5)),
+            stop_rx,
+        ));
+        let status = json!({"conditions": [{"type": "Accepted", "status": "True",
+            "reason": "Accepted", "message": "ok", "observedGeneration": 1,
+            "lastTransitionTime": "2024-01-01T00:00:00Z"}]});
+        let u = StatusUpdate {
+            namespace: Some("default".into()),
+            status: Arc::new(status.clone()),
+            ..update("gw", 1, "Accepted")
+        };
+        let submitted = Arc::clone(&u.status);
+        w.submit(u, None, None);
+        wait_until("the write", || writes(&w, "ok") == 1).await;
+        let api = api_for::<Gateway>(&client, Some("default"));
+        let stored = api.get("gw").await.unwrap();
+        assert_eq!(stored.data["status"], status);
+        assert_eq!(*submitted, status);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        sb.shutdown().await;
     }
 
     /// Against the sandbox: a write while the API server is "starting" (plain-text 404) is kept

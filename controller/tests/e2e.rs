@@ -986,3 +986,128 @@ async fn deleting_a_reference_grant_revokes_access() {
     eventually_async("revoked", WAIT, || state("False", "RefNotPermitted", 0)).await;
     env.shutdown().await;
 }
+
+/// Route create: one translation; the two status writes it causes (route, Gateway) come back
+/// as watch events that are recognised as our own echo and translate nothing. What translation
+/// does not read (a label) translates nothing either; what it reads besides the spec (the
+/// Gateway's served-by annotation) and a status someone else changed are translated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_of_our_own_status_writes_translates_nothing() {
+    let env = start_env(&[&["east"]], |_| true, |_| {}).await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    let east = env.c("east");
+    let m = env.ctl.metrics();
+    let events = |outcome: &str| m.status_events.with_label_values(&[outcome]).get();
+    let translations = || {
+        ["full", "incremental", "endpoints"]
+            .iter()
+            .map(|mode| m.translations.with_label_values(&[mode]).get())
+            .sum::<u64>()
+    };
+    setup_gateway(east).await;
+    eventually_async("Gateway Accepted", WAIT, || async {
+        let gw = gateway(east, "infra", "gw").await;
+        let conds = gw.status.and_then(|s| s.conditions).unwrap_or_default();
+        csr(&conds, "Accepted")
+            .filter(|c| c.0 == "True")
+            .ok_or(format!("{conds:?}"))
+    })
+    .await;
+    // Every write of the setup landed and came back.
+    settles("status writes", WAIT, Duration::from_millis(500), || {
+        write_attempts(&env)
+    })
+    .await;
+    let echoes = events("echo");
+    let before = translations();
+
+    apply::<HttpRoute>(
+        east,
+        route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80)),
+    )
+    .await;
+    eventually_async("route Accepted, Gateway counting it", WAIT, || async {
+        let accepted = our_parent(east, "app", "web").await?.0;
+        let gw = gateway(east, "infra", "gw").await;
+        let attached: Vec<i32> = gw
+            .status
+            .and_then(|s| s.listeners)
+            .unwrap_or_default()
+            .iter()
+            .map(|l| l.attached_routes)
+            .collect();
+        if accepted.0 == "True" && attached == [1] {
+            Ok(())
+        } else {
+            Err(format!("{accepted:?}, attachedRoutes {attached:?}"))
+        }
+    })
+    .await;
+    eventually("both echoes recognised", WAIT, || {
+        (events("echo") >= echoes + 2).then_some(()).ok_or(format!(
+            "{} echoes, {} other status events",
+            events("echo") - echoes,
+            events("status")
+        ))
+    })
+    .await;
+    let after = translations();
+    assert_eq!(
+        after - before,
+        1,
+        "a route create is one translation, its echoes none"
+    );
+    holds_for(
+        "no translation for the echoes",
+        Duration::from_secs(1),
+        || translations() == after,
+    )
+    .await;
+
+    // A label is read by nothing in translation.
+    let unread = events("unread");
+    let mut labelled = route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80));
+    labelled["metadata"]["labels"] = json!({"team": "web"});
+    apply::<HttpRoute>(east, labelled).await;
+    eventually("the label change seen", WAIT, || events("unread") > unread).await;
+    holds_for(
+        "no translation for a label",
+        Duration::from_millis(500),
+        || translations() == after,
+    )
+    .await;
+
+    // The served-by annotation of a Gateway is read: translated, and it reaches the snapshot.
+    let mut annotated = gateway_obj("infra", "gw", CLASS);
+    annotated["metadata"]["annotations"] = json!({"meridian.dev/served-by-header": "true"});
+    apply::<Gateway>(east, annotated).await;
+    eventually("served-by header in the snapshot", WAIT, || {
+        env.dp
+            .snapshot("east")
+            .is_some_and(|s| s.gateways.iter().any(|g| g.served_by_header))
+    })
+    .await;
+    assert!(translations() > after, "the annotation was not translated");
+
+    // Someone else clears the route's status: not our echo, so it is translated and written
+    // again.
+    let status_events = events("status");
+    Api::<HttpRoute>::namespaced(east.clone(), "app")
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"parents": []}})),
+        )
+        .await
+        .unwrap();
+    eventually_async("our status written again", WAIT, || async {
+        our_parent(east, "app", "web").await.map(|p| p.0.0)
+    })
+    .await;
+    assert!(
+        events("status") > status_events,
+        "the foreign change was not seen as one"
+    );
+
+    env.shutdown().await;
+}

@@ -26,14 +26,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use gateway_api::gateways::{Gateway, GatewayStatus};
-use gateway_api::httproutes::{HttpRoute, HttpRouteStatus};
+use gateway_api::httproutes::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use meridian_controller::translate::{Changes, Incremental};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use meridian_controller::translate::{
+    AddressPolicy, Changes, EastWestListeners, Incremental, MissingRemote,
+};
 use meridian_controller::{
-    ClusterGatewayRef, ClusterState, Kind, ObjectKey, ProgrammedState, StatusKind, TranslateConfig,
-    World, translate,
+    ClusterGatewayRef, ClusterState, Indexed, Kind, ObjectKey, ProgrammedState, Revision,
+    StatusKind, TranslateConfig, World, translate,
 };
 use meridian_crds::mcs::ServiceExport;
 use meridian_crds::meridian::FailoverPolicy;
@@ -44,11 +47,15 @@ use meridian_model::snapshot::BackendTarget;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use translate_worlds::*;
 
 const WEST: &str = "west";
+
+/// The Gateway annotation translation reads (`x-meridian-served-by`).
+const SERVED_BY_ANNOTATION: &str = "meridian.dev/served-by-header";
 
 /// One change to the world or to what the data plane and the status writer report.
 #[derive(Clone, Debug)]
@@ -69,8 +76,14 @@ enum Step {
     Echo { pick: usize },
     /// The data plane reports another state for the `pick`-th Gateway.
     Programmed { pick: usize, state: u8 },
-    /// The `pick`-th route or Gateway status becomes unconfirmed (or confirmed again).
-    Unconfirmed { pick: usize },
+    /// The `pick`-th route or Gateway status becomes unconfirmed (or confirmed again); with
+    /// `pending`, the `pick`-th object with a pending status update (a write of ours whose echo
+    /// may land, or a settling report).
+    Unconfirmed { pick: usize, pending: bool },
+    /// The `pick`-th route or Gateway gets a new version that differs in what translation does
+    /// not read (labels; resourceVersion and managedFields), in annotations, or in its status
+    /// (cleared; another controller's entry added): noted as the watcher classifies it.
+    Revise { pick: usize, what: u8 },
 }
 
 fn put() -> impl Strategy<Value = Value> {
@@ -143,8 +156,9 @@ fn focused() -> impl Strategy<Value = Value> {
             json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(Some(ns), name, 1),
                "spec": {"ports": [{"name": "http", "port": 80}]}})
         });
+    // In the namespaces of the focused Services, so that served routes get endpoints.
     let slice = (
-        select(NAMESPACES),
+        select(&["app", "web"][..]),
         select(&["web", "api"][..]),
         0usize..2,
         select(&["10.1.0.1", "10.1.0.2", "127.0.0.1"][..]),
@@ -228,7 +242,7 @@ fn focused() -> impl Strategy<Value = Value> {
         4 => route,
         1 => gateway,
         2 => service,
-        2 => slice,
+        4 => slice,
         2 => grant,
         1 => service_export(),
         1 => (0usize..2).prop_flat_map(failover_policy),
@@ -245,7 +259,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (any::<bool>(), any::<bool>()).prop_map(|(west, valid)| Step::Secret { west, valid }),
         3 => any::<usize>().prop_map(|pick| Step::Echo { pick }),
         1 => (any::<usize>(), 0u8..4).prop_map(|(pick, state)| Step::Programmed { pick, state }),
-        1 => any::<usize>().prop_map(|pick| Step::Unconfirmed { pick }),
+        2 => (any::<usize>(), any::<bool>())
+            .prop_map(|(pick, pending)| Step::Unconfirmed { pick, pending }),
+        2 => (any::<usize>(), 0u8..5).prop_map(|(pick, what)| Step::Revise { pick, what }),
     ]
 }
 
@@ -276,6 +292,9 @@ struct Harness {
     unconfirmed: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
     /// The entries of `unconfirmed` toggled since the last [`Harness::config`] (its hint).
     toggled: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
+    /// EndpointSlice changes go to [`Incremental::refresh_endpoints`] (the reconcile loop's
+    /// endpoints pass), as `(cluster, Service)`, instead of into the batch's changes.
+    by_refresh: Option<Vec<(&'static str, ObjectKey)>>,
 }
 
 fn cluster_name(west: bool) -> &'static str {
@@ -310,6 +329,7 @@ impl Harness {
             programmed: BTreeMap::new(),
             unconfirmed: BTreeMap::new(),
             toggled: BTreeMap::new(),
+            by_refresh: None,
         };
         for (name, objects) in [(CLUSTER, east), (WEST, west)] {
             base_cluster(
@@ -340,13 +360,19 @@ impl Harness {
         }
         let key = key_of(v);
         let before = self.cluster(cluster).endpoint_slice_service(&key).cloned();
+        let revision = revision_of(self.cluster(cluster), v);
         if !apply(self.cluster(cluster), v) {
             return;
         }
-        if kind == Kind::EndpointSlice {
+        if revision != Revision::Changed {
+            // As the watcher notes it (`watch::apply_mutation`).
+            if revision == Revision::Status {
+                changes.insert_status(cluster, kind, key.clone());
+            }
+        } else if kind == Kind::EndpointSlice {
             let after = self.cluster(cluster).endpoint_slice_service(&key).cloned();
             for svc in before.into_iter().chain(after) {
-                changes.insert(cluster, kind, svc);
+                self.slice_changed(cluster, svc, changes);
             }
         } else {
             changes.insert(cluster, kind, key.clone());
@@ -371,15 +397,24 @@ impl Harness {
             Kind::FailoverPolicy => c.delete::<FailoverPolicy>(&key),
             Kind::ServiceExport => c.delete::<ServiceExport>(&key),
             Kind::EndpointSlice => {
-                if let Some(svc) = c.endpoint_slice_service(&key).cloned() {
-                    changes.insert(cluster, kind, svc);
-                }
+                let svc = c.endpoint_slice_service(&key).cloned();
                 c.delete::<EndpointSlice>(&key);
+                if let Some(svc) = svc {
+                    self.slice_changed(cluster, svc, changes);
+                }
                 return;
             }
             _ => unreachable!("the test puts no {kind:?}"),
         }
         changes.insert(cluster, kind, key);
+    }
+
+    /// Notes that the slices of Service `svc` changed: for the refresh, or as a change.
+    fn slice_changed(&mut self, cluster: &'static str, svc: ObjectKey, changes: &mut Changes) {
+        match &mut self.by_refresh {
+            Some(refresh) => refresh.push((cluster, svc)),
+            None => changes.insert(cluster, Kind::EndpointSlice, svc),
+        }
     }
 
     /// Gateways of every cluster, in order.
@@ -431,10 +466,11 @@ impl Harness {
                         let Some(r) = c.http_route(&key) else { return };
                         let mut r = r.as_ref().clone();
                         r.status = Some(
-                            serde_json::from_value::<HttpRouteStatus>(u.status.clone()).unwrap(),
+                            serde_json::from_value::<HttpRouteStatus>(Value::clone(&u.status))
+                                .unwrap(),
                         );
-                        c.apply(r);
-                        changes.insert(&u.cluster, Kind::HttpRoute, key);
+                        r.metadata.resource_version = Some(format!("echo-{pick}"));
+                        revise(c, &u.cluster, r, changes);
                     }
                     StatusKind::Gateway => {
                         let Some((_, g)) = c.gateways().find(|(k, _)| **k == key) else {
@@ -442,10 +478,11 @@ impl Harness {
                         };
                         let mut g = g.clone();
                         g.status = Some(
-                            serde_json::from_value::<GatewayStatus>(u.status.clone()).unwrap(),
+                            serde_json::from_value::<GatewayStatus>(Value::clone(&u.status))
+                                .unwrap(),
                         );
-                        c.apply(g);
-                        changes.insert(&u.cluster, Kind::Gateway, key);
+                        g.metadata.resource_version = Some(format!("echo-{pick}"));
+                        revise(c, &u.cluster, g, changes);
                     }
                     // Recomputed every pass: nothing an echo could leave stale.
                     StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
@@ -467,9 +504,90 @@ impl Harness {
                 self.programmed
                     .insert(gateways[pick % gateways.len()].clone(), state);
             }
-            Step::Unconfirmed { pick } => {
-                let mut objects: Vec<(String, StatusKind, ObjectKey)> = Vec::new();
+            Step::Revise { pick, what } => {
+                let mut objects: Vec<(String, Kind, ObjectKey)> = Vec::new();
                 for (c, s) in &self.world.clusters {
+                    objects.extend(
+                        s.http_routes()
+                            .map(|(k, _)| (c.clone(), Kind::HttpRoute, k.clone())),
+                    );
+                    objects.extend(
+                        s.gateways()
+                            .map(|(k, _)| (c.clone(), Kind::Gateway, k.clone())),
+                    );
+                }
+                if objects.is_empty() {
+                    return;
+                }
+                let (cluster, kind, key) = objects.swap_remove(pick % objects.len());
+                let c = self.world.cluster_mut(&cluster).unwrap();
+                let revise_meta = |m: &mut ObjectMeta| match what {
+                    0 => {
+                        m.labels
+                            .get_or_insert_default()
+                            .insert("revision".into(), pick.to_string());
+                    }
+                    1 => {
+                        m.resource_version = Some(format!("rv-{pick}"));
+                        m.managed_fields = Some(vec![ManagedFieldsEntry {
+                            manager: Some(format!("m-{pick}")),
+                            ..Default::default()
+                        }]);
+                    }
+                    2 => {
+                        let a = m.annotations.get_or_insert_default();
+                        if a.remove(SERVED_BY_ANNOTATION).is_none() {
+                            a.insert(SERVED_BY_ANNOTATION.into(), "true".into());
+                        }
+                    }
+                    _ => {}
+                };
+                if kind == Kind::HttpRoute {
+                    let mut r = c.http_route(&key).unwrap().as_ref().clone();
+                    revise_meta(&mut r.metadata);
+                    match what {
+                        3 => r.status = None,
+                        4 => r
+                            .status
+                            .get_or_insert_default()
+                            .parents
+                            .push(foreign_parent()),
+                        _ => {}
+                    }
+                    revise(c, &cluster, r, changes);
+                } else {
+                    let (_, g) = c.gateways().find(|(k, _)| **k == key).unwrap();
+                    let mut g = g.clone();
+                    revise_meta(&mut g.metadata);
+                    match what {
+                        3 => g.status = None,
+                        4 => g.status = Some(GatewayStatus::default()),
+                        _ => {}
+                    }
+                    revise(c, &cluster, g, changes);
+                }
+            }
+            Step::Unconfirmed { pick, pending: p } => {
+                let mut objects: Vec<(String, StatusKind, ObjectKey)> = Vec::new();
+                if *p {
+                    objects.extend(
+                        pending
+                            .iter()
+                            .filter(|u| {
+                                matches!(u.kind, StatusKind::HttpRoute | StatusKind::Gateway)
+                            })
+                            .map(|u| {
+                                let key = ObjectKey::new(
+                                    u.namespace.clone().unwrap_or_default(),
+                                    u.name.clone(),
+                                );
+                                (u.cluster.clone(), u.kind, key)
+                            }),
+                    );
+                }
+                // Without pending updates (or not asked to pick among them): any object.
+                let any = objects.is_empty();
+                for (c, s) in self.world.clusters.iter().filter(|_| any) {
                     objects.extend(
                         s.http_routes()
                             .map(|(k, _)| (c.clone(), StatusKind::HttpRoute, k.clone())),
@@ -510,14 +628,64 @@ impl Harness {
     }
 }
 
+/// How the watcher would classify `v` against what `c` holds (status-bearing kinds; every
+/// other kind, and an object that does not decode, is [`Revision::Changed`]).
+fn revision_of(c: &ClusterState, v: &Value) -> Revision {
+    fn of<T: DeserializeOwned + Indexed>(c: &ClusterState, v: &Value) -> Revision {
+        match serde_json::from_value::<T>(v.clone()) {
+            Ok(o) => o
+                .key()
+                .map_or(Revision::Changed, |k| T::revision(c, &k, &o)),
+            Err(_) => Revision::Changed,
+        }
+    }
+    match v["kind"].as_str() {
+        Some("Gateway") => of::<Gateway>(c, v),
+        Some("HTTPRoute") => of::<HttpRoute>(c, v),
+        Some("FailoverPolicy") => of::<FailoverPolicy>(c, v),
+        _ => Revision::Changed,
+    }
+}
+
+/// Indexes a new version of a status-bearing object, noting the change as the watcher does.
+fn revise<K: Indexed>(c: &mut ClusterState, cluster: &str, obj: K, changes: &mut Changes) {
+    let key = obj.key().unwrap();
+    let revision = K::revision(c, &key, &obj);
+    c.apply(obj);
+    match revision {
+        Revision::Changed => changes.insert(cluster, K::KIND, key),
+        Revision::Status => changes.insert_status(cluster, K::KIND, key),
+        Revision::Version => {}
+    }
+}
+
 fn serialized(snapshots: &BTreeMap<String, Snapshot>) -> String {
     serde_json::to_string_pretty(snapshots).unwrap()
+}
+
+/// A parent entry of another controller (translation keeps it in place).
+fn foreign_parent() -> HttpRouteStatusParents {
+    serde_json::from_value(json!({
+        "controllerName": "example.com/other",
+        "parentRef": {"name": "gw", "namespace": "infra"},
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "lastTransitionTime": "1970-01-01T00:00:01Z", "observedGeneration": 1}],
+    }))
+    .unwrap()
 }
 
 /// What the runs add up to, so a generator that stopped reaching the incremental paths shows.
 #[derive(Default)]
 struct Reached {
     passes: u64,
+    /// Status changes recognised as the echo of our own write (nothing translated).
+    echoes: usize,
+    /// Services whose endpoints the indexed refresh looked at, and how many of those changed
+    /// some snapshot.
+    refreshed: usize,
+    refresh_changed: usize,
+    /// Served backends with endpoints.
+    endpoint_backends: usize,
     routes: usize,
     gateways: usize,
     served_routes: usize,
@@ -576,14 +744,48 @@ fn check(
         let published = snapshots.clone();
         let mut changes = Changes::new();
         let pending = engine.status();
+        // Two batches in three, EndpointSlice changes take the reconcile loop's endpoints pass
+        // (unless the last pass named refused endpoints: the loop translates in full then).
+        let refresh = i % 3 != 1 && !engine.endpoints_refused();
+        h.by_refresh = refresh.then(Vec::new);
         for step in batch {
             h.step(step, &pending, &mut changes);
         }
         // Every other pass with the loop's hint of what changed in the unconfirmed sets.
         let cfg = h.config(i % 2 == 1);
-        let pass = engine
+        let mut pass = engine
             .update(&h.world, &cfg, &changes, &mut snapshots)
             .map_err(|f| TestCaseError::fail(format!("batch {i}: fell back: {f}")))?;
+        if let Some(services) = h.by_refresh.take() {
+            let mut policy = AddressPolicy {
+                allow_loopback: cfg.allow_loopback_endpoints,
+                refused_seen: false,
+            };
+            for (cluster, svc) in &services {
+                let touched = engine.refresh_endpoints(
+                    &h.world,
+                    &mut snapshots,
+                    cluster,
+                    svc,
+                    &EastWestListeners::new(),
+                    &mut MissingRemote::new(),
+                    &mut policy,
+                );
+                reached.borrow_mut().refresh_changed += usize::from(!touched.is_empty());
+                for (c, t) in touched {
+                    pass.touched.entry(c).or_default().extend(&t);
+                }
+            }
+            reached.borrow_mut().refreshed += services.len();
+            if policy.refused_seen {
+                // Refused endpoints must be named in route status: the loop translates in full.
+                snapshots = engine.full(&h.world, &cfg).snapshots;
+                pass.touched = snapshots
+                    .keys()
+                    .map(|c| (c.clone(), Touched::everything()))
+                    .collect();
+            }
+        }
         let full = translate(&h.world, &cfg);
         if serde_json::to_string(&snapshots).unwrap()
             != serde_json::to_string(&full.snapshots).unwrap()
@@ -621,6 +823,7 @@ fn check(
         }
         let mut reached = reached.borrow_mut();
         reached.passes += 1;
+        reached.echoes += pass.echoes;
         reached.routes += pass.routes;
         reached.gateways += pass.gateways;
         reached.failover_backends += snapshots
@@ -639,6 +842,15 @@ fn check(
                     }
                 )
             })
+            .count();
+        reached.endpoint_backends += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+            .flat_map(|r| &r.rules)
+            .flat_map(|r| &r.backends)
+            .filter(|b| matches!(&b.target, BackendTarget::Endpoints { endpoints, .. } if !endpoints.is_empty()))
             .count();
         reached.served_routes += snapshots
             .values()
@@ -672,13 +884,17 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared; {} patches checked against the hint ({} narrower than everything)",
+        "incremental translate: {} passes in {} ms; {} echoes; {} endpoint refreshes ({} changing a snapshot); {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} with endpoints) compared; {} patches checked against the hint ({} narrower than everything)",
         reached.passes,
         started.elapsed().as_millis(),
+        reached.echoes,
+        reached.refreshed,
+        reached.refresh_changed,
         reached.routes,
         reached.gateways,
         reached.served_routes,
         reached.failover_backends,
+        reached.endpoint_backends,
         reached.patches,
         reached.narrowed,
     );
@@ -692,6 +908,16 @@ fn incremental_equals_full_after_every_change() {
     assert!(
         reached.served_routes > 0,
         "no route ever reached a snapshot"
+    );
+    assert!(
+        reached.refreshed > 50,
+        "the endpoint refresh was rarely exercised: {}",
+        reached.refreshed
+    );
+    assert!(
+        reached.echoes > 100,
+        "echoes of our own writes were rarely recognised: {}",
+        reached.echoes
     );
     assert!(
         reached.narrowed > 100,

@@ -113,44 +113,52 @@ impl Gateway {
         &mut self,
         lookup: impl Fn(&str) -> Option<(BackendProtocol, &'a [Endpoint])>,
     ) -> bool {
-        let stale = |b: &Backend| match (&b.target, lookup(&b.name)) {
-            (
-                BackendTarget::Endpoints {
-                    protocol,
-                    endpoints,
-                    ..
-                },
-                Some((p, eps)),
-            ) => endpoints.as_slice() != eps || *protocol != p,
-            _ => false,
-        };
         let mut changed = false;
         for route in self.listeners.iter_mut().flat_map(|l| &mut l.routes) {
-            // Looked at first, copied only when something changes: a shared route that keeps its
-            // endpoints stays shared.
-            let mut any = false;
-            for_each_route_backend(route, |b| any |= stale(b));
-            if !any {
-                continue;
-            }
-            for_each_route_backend_mut(Arc::make_mut(route), &mut |b| {
-                if let BackendTarget::Endpoints {
-                    protocol: p,
-                    endpoints,
-                    ..
-                } = &mut b.target
-                    && let Some((protocol, eps)) = lookup(&b.name)
-                    && (endpoints.as_slice() != eps || *p != protocol)
-                {
-                    endpoints.clear();
-                    endpoints.extend_from_slice(eps);
-                    *p = protocol;
-                }
-            });
-            changed = true;
+            changed |= set_route_endpoints(route, &lookup);
         }
         changed
     }
+}
+
+/// [`Snapshot::set_endpoints`] for one route (the controller's endpoint refresh finds the
+/// routes naming a backend through its own index). Copied only when something changes: a
+/// shared route that keeps its endpoints stays shared. Returns whether anything changed.
+pub fn set_route_endpoints<'a>(
+    route: &mut Arc<Route>,
+    lookup: &impl Fn(&str) -> Option<(BackendProtocol, &'a [Endpoint])>,
+) -> bool {
+    let stale = |b: &Backend| match (&b.target, lookup(&b.name)) {
+        (
+            BackendTarget::Endpoints {
+                protocol,
+                endpoints,
+                ..
+            },
+            Some((p, eps)),
+        ) => endpoints.as_slice() != eps || *protocol != p,
+        _ => false,
+    };
+    let mut any = false;
+    for_each_route_backend(route, |b| any |= stale(b));
+    if !any {
+        return false;
+    }
+    for_each_route_backend_mut(Arc::make_mut(route), &mut |b| {
+        if let BackendTarget::Endpoints {
+            protocol: p,
+            endpoints,
+            ..
+        } = &mut b.target
+            && let Some((protocol, eps)) = lookup(&b.name)
+            && (endpoints.as_slice() != eps || *p != protocol)
+        {
+            endpoints.clear();
+            endpoints.extend_from_slice(eps);
+            *p = protocol;
+        }
+    });
+    true
 }
 
 /// Calls `f` on every backend of a route's rules, mirror backends included.

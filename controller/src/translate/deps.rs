@@ -160,6 +160,15 @@ impl DepIndex {
             .unwrap_or_default()
     }
 
+    /// Routes of `cluster` referring to `backend` (rules, backendRef and rule mirrors).
+    pub fn routes_using(&self, cluster: &str, backend: &Backend) -> Vec<&ObjectKey> {
+        self.clusters
+            .get(cluster)
+            .and_then(|d| d.by_backend.get(backend))
+            .map(|s| s.iter().collect())
+            .unwrap_or_default()
+    }
+
     /// Re-indexes object `kind` `key` of `cluster` from what the world holds now (absent:
     /// deleted) and notes in `affected` what its old and new references reach. EndpointSlice
     /// changes are given by the key of the Service they belong to.

@@ -155,7 +155,7 @@ pub(crate) fn push_if_changed<T: serde::Serialize + PartialEq>(
         namespace: namespace.map(str::to_string),
         name: name.to_string(),
         generation,
-        status: new,
+        status: std::sync::Arc::new(new),
         settles,
     });
 }

@@ -35,6 +35,18 @@
 //! 3. status of every Gateway a route attached to or left, and of every FailoverPolicy
 //! ```
 //!
+//! Status-only changes ([`Changes::insert_status`]: nothing translation reads changed but the
+//! status) are mostly the echo of our own writes. When the copy's status equals the update the
+//! engine keeps for the object, translating it again would compute that same status, find the
+//! copy saying it and only settle; so nothing is translated: the kept update becomes a settling
+//! report while the object is unconfirmed and goes otherwise (a route whose status has no entry
+//! of ours any more is not reported at all), and a Gateway's kept state points at the new copy.
+//! Not for a Gateway whose data-plane state is unknown (its validation then reads its status).
+//! Likewise an object entering or leaving the unconfirmed sets changes only whether a settling
+//! report is made: a kept write is made either way, a kept settling report goes when the object
+//! is confirmed, and only an object with no kept update that becomes unconfirmed is translated
+//! again (only translation can tell whether its copy already says what we want).
+//!
 //! Cost grows with what the change touches: one route change translates that route and
 //! recomputes the status of its parent Gateways (counting attached routes from the kept sets);
 //! a Service change translates the routes using it; a status echo of a Gateway revalidates the
@@ -71,8 +83,9 @@
 //!
 //! The caller also keeps running full passes for what it cannot describe as object changes:
 //! re-lists (a watcher's initial list), drills and drains do not go through translation at all.
-//! EndpointSlice changes take [`super::refresh_endpoints`] in the reconcile loop; given here
-//! (as the key of their Service) they translate the routes of that Service again.
+//! EndpointSlice changes take [`Incremental::refresh_endpoints`] in the reconcile loop (the
+//! endpoint refresh, looking only at the routes the dependency index says name the Service);
+//! given here (as the key of their Service) they translate the routes of that Service again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -81,6 +94,7 @@ use std::sync::Arc;
 use meridian_model::Snapshot;
 use meridian_model::patch::Touched;
 use meridian_model::snapshot as model;
+use serde_json::Value;
 
 use super::deps::{self, Affected, DepIndex};
 use super::gateway::{self, GatewayState, ListenerState};
@@ -93,6 +107,8 @@ use crate::world::{ClusterName, Kind, ObjectKey, World};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     objects: BTreeMap<ClusterName, BTreeSet<(Kind, ObjectKey)>>,
+    /// Status-bearing objects of which only the status changed ([`Changes::insert_status`]).
+    statuses: BTreeMap<ClusterName, BTreeSet<(Kind, ObjectKey)>>,
 }
 
 impl Changes {
@@ -109,21 +125,48 @@ impl Changes {
             .insert((kind, key));
     }
 
+    /// Notes that only the status of GatewayClass, Gateway, HTTPRoute or FailoverPolicy `key`
+    /// in `cluster` changed (nothing else translation reads, see [`crate::Revision`]). When the
+    /// indexed copy now carries exactly the status the last pass computed for it — the echo of
+    /// our own write — [`Incremental::update`] translates nothing for it; any other status
+    /// change is translated like [`Changes::insert`].
+    pub fn insert_status(&mut self, cluster: &str, kind: Kind, key: ObjectKey) {
+        self.statuses
+            .entry(cluster.to_string())
+            .or_default()
+            .insert((kind, key));
+    }
+
     /// Adds every change of `other`.
     pub fn extend(&mut self, other: Changes) {
         for (cluster, objects) in other.objects {
             self.objects.entry(cluster).or_default().extend(objects);
+        }
+        for (cluster, statuses) in other.statuses {
+            self.statuses.entry(cluster).or_default().extend(statuses);
         }
     }
 
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
         self.objects.values().all(BTreeSet::is_empty)
+            && self.statuses.values().all(BTreeSet::is_empty)
     }
 
-    /// Number of changed objects.
+    /// Number of changed objects (status-only changes included).
     pub fn len(&self) -> usize {
-        self.objects.values().map(BTreeSet::len).sum()
+        self.objects
+            .values()
+            .chain(self.statuses.values())
+            .map(BTreeSet::len)
+            .sum()
+    }
+
+    /// Whether `kind` `key` of `cluster` is noted as changed beyond its status.
+    fn has_object(&self, cluster: &str, kind: Kind, key: &ObjectKey) -> bool {
+        self.objects
+            .get(cluster)
+            .is_some_and(|o| o.contains(&(kind, key.clone())))
     }
 }
 
@@ -301,6 +344,9 @@ pub struct Pass {
     pub routes: usize,
     /// Gateways whose status was recomputed.
     pub gateways: usize,
+    /// Status-only changes that were the echo of what the last pass computed: nothing was
+    /// translated for them ([`Changes::insert_status`]).
+    pub echoes: usize,
     /// Per member cluster, the Gateways whose snapshot entry it changed (replaced, added,
     /// removed, or a route put in or taken out): every other Gateway of the snapshot is as it
     /// was, its routes the same allocations. The publish path compares only these
@@ -375,11 +421,33 @@ impl Incremental {
                 self.deps.change(world, cluster, *kind, key, &mut affected);
             }
         }
+        // Status-only changes: the echo of what the last pass computed translates nothing (its
+        // kept update learns the echo below, once the unconfirmed sets are current); any other
+        // status change translates its object again.
+        let mut echoes: Vec<(&ClusterName, Kind, &ObjectKey)> = Vec::new();
+        for (cluster, statuses) in &changes.statuses {
+            for (kind, key) in statuses {
+                if changes.has_object(cluster, *kind, key) {
+                    continue;
+                }
+                if self.echo_of(world, cluster, *kind, key, &cfg.programmed) {
+                    echoes.push((cluster, *kind, key));
+                } else {
+                    self.deps.change(world, cluster, *kind, key, &mut affected);
+                }
+            }
+        }
         self.config_diff(cfg, &mut affected);
         self.seen.note(cfg);
         self.check_broad(world, cfg, &affected)?;
+        for &(cluster, kind, key) in &echoes {
+            self.learn_echo(world, cfg, cluster, kind, key, &affected);
+        }
 
-        let mut pass = Pass::default();
+        let mut pass = Pass {
+            echoes: echoes.len(),
+            ..Pass::default()
+        };
         let empty = BTreeSet::new();
         for (name, cluster) in &world.clusters {
             let Some(cache) = self.clusters.get_mut(name) else {
@@ -508,18 +576,172 @@ impl Incremental {
                 self.seen.unconfirmed = (*cfg.unconfirmed).clone();
             }
         }
-        for (cluster, (kind, ns, name)) in changed {
+        // What a membership change does to an object's status update (`push_if_changed`): a
+        // write (`settles == false`) is made whatever the membership; a settling report is
+        // made only while the object is unconfirmed; with no update kept, only a translation
+        // can tell whether the copy says what we want (then it would settle).
+        for (cluster, entry) in changed {
+            let now = cfg
+                .unconfirmed
+                .get(&cluster)
+                .is_some_and(|s| s.contains(&entry));
+            let (kind, ns, name) = entry;
             let key = ObjectKey::new(ns, name);
-            match kind {
-                StatusKind::Gateway => {
-                    affected.gateways.entry(cluster).or_default().insert(key);
-                }
-                StatusKind::HttpRoute => {
-                    affected.routes.entry(cluster).or_default().insert(key);
-                }
+            let Some(cache) = self.clusters.get_mut(&cluster) else {
+                continue;
+            };
+            let kept = match kind {
+                StatusKind::Gateway => &mut cache.gateway_status,
+                StatusKind::HttpRoute => &mut cache.route_status,
                 // Recomputed every pass.
-                StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+                StatusKind::GatewayClass | StatusKind::FailoverPolicy => continue,
+            };
+            match kept.get(&key).map(|u| u.settles) {
+                Some(false) => {}
+                Some(true) => {
+                    if !now {
+                        kept.remove(&key);
+                    }
+                }
+                None if !now => {}
+                None => {
+                    let set = match kind {
+                        StatusKind::Gateway => &mut affected.gateways,
+                        _ => &mut affected.routes,
+                    };
+                    set.entry(cluster).or_default().insert(key);
+                }
             }
+        }
+    }
+
+    /// Whether the indexed copy of status-bearing object `kind` `key` of `cluster` carries
+    /// exactly the status the last pass computed for it (the update it keeps), so that
+    /// translating it again would compute the same status, find the copy already saying it
+    /// and only settle ([`Changes::insert_status`]). `false` for a Gateway whose data-plane
+    /// state is unknown: its validation then reads its status (last known addresses).
+    fn echo_of(
+        &self,
+        world: &World,
+        cluster: &str,
+        kind: Kind,
+        key: &ObjectKey,
+        programmed: &BTreeMap<ClusterGatewayRef, ProgrammedState>,
+    ) -> bool {
+        fn carries<T: serde::Serialize>(status: Option<&T>, kept: Option<&StatusUpdate>) -> bool {
+            match (status, kept) {
+                (Some(s), Some(u)) => serde_json::to_value(s).is_ok_and(|v| v == *u.status),
+                _ => false,
+            }
+        }
+        if !self.seeded {
+            return false;
+        }
+        let (Some(state), Some(cache)) = (world.cluster(cluster), self.clusters.get(cluster))
+        else {
+            return false;
+        };
+        match kind {
+            Kind::HttpRoute => {
+                let Some(route) = state.http_routes.get(key) else {
+                    return false;
+                };
+                // Translation merges into the copy's status, or into an empty one.
+                let empty = gateway_api::httproutes::HttpRouteStatus::default();
+                carries(
+                    Some(route.status.as_ref().unwrap_or(&empty)),
+                    cache.route_status.get(key),
+                )
+            }
+            Kind::Gateway => {
+                let gref = ClusterGatewayRef::new(cluster, &key.namespace, &key.name);
+                if programmed.get(&gref) == Some(&ProgrammedState::Unknown) {
+                    return false;
+                }
+                carries(
+                    state.gateways.get(key).and_then(|g| g.status.as_ref()),
+                    cache.gateway_status.get(key),
+                )
+            }
+            Kind::GatewayClass => carries(
+                state
+                    .gateway_classes
+                    .get(&key.name)
+                    .and_then(|c| c.status.as_ref()),
+                cache.class_status.iter().find(|u| u.name == key.name),
+            ),
+            Kind::FailoverPolicy => carries(
+                state
+                    .failover_policies
+                    .get(key)
+                    .and_then(|p| p.status.as_ref()),
+                cache.policy_status.iter().find(|u| {
+                    u.name == key.name && u.namespace.as_deref() == Some(key.namespace.as_str())
+                }),
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether the indexed copy of `kind` `key` of `cluster` is the echo of the status the last
+    /// pass computed for it ([`Changes::insert_status`]): the reconcile loop starts no pass for
+    /// such a change.
+    pub fn is_echo(&self, world: &World, cluster: &str, kind: Kind, key: &ObjectKey) -> bool {
+        self.echo_of(world, cluster, kind, key, &self.seen.programmed)
+    }
+
+    /// What translating an echoed object again would change, without translating it: its
+    /// update now only settles (reported while the object is unconfirmed, else dropped), and a
+    /// Gateway's kept state points at the new copy. Objects this pass translates anyway are
+    /// left to it.
+    fn learn_echo(
+        &mut self,
+        world: &World,
+        cfg: &TranslateConfig,
+        cluster: &ClusterName,
+        kind: Kind,
+        key: &ObjectKey,
+        affected: &Affected,
+    ) {
+        let Some(cache) = self.clusters.get_mut(cluster) else {
+            return;
+        };
+        let in_set = |m: &BTreeMap<ClusterName, BTreeSet<ObjectKey>>| {
+            m.get(cluster).is_some_and(|s| s.contains(key))
+        };
+        let kept = match kind {
+            Kind::HttpRoute if !in_set(&affected.routes) => &mut cache.route_status,
+            Kind::Gateway if !in_set(&affected.gateways) => {
+                if let (Some(state), Some(gw)) = (
+                    cache.gateways.get_mut(key),
+                    world.cluster(cluster).and_then(|c| c.gateways.get(key)),
+                ) {
+                    state.gateway = Arc::clone(gw);
+                }
+                &mut cache.gateway_status
+            }
+            // Classes and policies are recomputed every pass; affected objects are translated.
+            _ => return,
+        };
+        let Some(status_kind) = StatusKind::of(kind) else {
+            return;
+        };
+        let unconfirmed = cfg
+            .unconfirmed
+            .get(cluster)
+            .is_some_and(|s| s.contains(&(status_kind, key.namespace.clone(), key.name.clone())));
+        // A route whose status carries no entry of ours (it names none of our Gateways any
+        // more, and our entries were just taken out) is not ours to report on at all.
+        let ours = kind != Kind::HttpRoute
+            || kept
+                .get(key)
+                .is_some_and(|u| route_has_entry_of(u, &cfg.controller_name));
+        if unconfirmed && ours {
+            if let Some(u) = kept.get_mut(key) {
+                u.settles = true;
+            }
+        } else {
+            kept.remove(key);
         }
     }
 
@@ -536,11 +758,59 @@ impl Incremental {
         out
     }
 
+    /// [`super::refresh_endpoints_touched`] for the snapshots this engine produced (the last
+    /// pass's, as the caller keeps them): the routes naming the Service (and, when exported, the
+    /// ServiceImport of its name) are found through the dependency index and where they
+    /// attached, so only those are looked at — not every route of every snapshot. Before the
+    /// first full pass, and with several networks, every route is looked at.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refresh_endpoints(
+        &self,
+        world: &World,
+        snapshots: &mut BTreeMap<ClusterName, Snapshot>,
+        cluster: &str,
+        service: &ObjectKey,
+        listeners: &super::EastWestListeners,
+        missing: &mut super::MissingRemote,
+        policy: &mut super::AddressPolicy,
+    ) -> BTreeMap<ClusterName, Touched> {
+        let locate = |c: &str, import: bool| -> Option<super::refresh::Places> {
+            let backend = deps::Backend {
+                import,
+                key: service.clone(),
+            };
+            let cache = self.clusters.get(c)?;
+            let mut places = Vec::new();
+            for route in self.deps.routes_using(c, &backend) {
+                for (gw, _, listener) in cache.attached.get(route).into_iter().flatten() {
+                    places.push((gw.clone(), listener.clone(), route.clone()));
+                }
+            }
+            Some(places)
+        };
+        let indexed: Option<&super::refresh::Locate<'_>> =
+            if self.seeded { Some(&locate) } else { None };
+        super::refresh::refresh_in(
+            world, snapshots, cluster, service, listeners, missing, policy, indexed,
+        )
+    }
+
     /// Whether some route names endpoints the address policy refused
     /// ([`Output::endpoints_refused`]).
     pub fn endpoints_refused(&self) -> bool {
         self.clusters.values().any(|c| !c.refused.is_empty())
     }
+}
+
+/// Whether a route status update carries a `status.parents` entry of `controller`.
+fn route_has_entry_of(u: &StatusUpdate, controller: &str) -> bool {
+    u.status
+        .get("parents")
+        .and_then(Value::as_array)
+        .is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.get("controllerName").and_then(Value::as_str) == Some(controller))
+        })
 }
 
 /// One cluster's snapshot being patched, and the Gateways the patching touched.

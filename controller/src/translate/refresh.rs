@@ -28,12 +28,16 @@
 //!
 //! Only the routes whose endpoints change are copied (snapshots share routes, see
 //! `meridian_model::snapshot`), and [`refresh_endpoints_touched`] says which Gateways of which
-//! snapshot changed, so publishing compares only those.
+//! snapshot changed, so publishing compares only those. [`refresh_endpoints_touched`] looks at
+//! every route of every snapshot; the reconcile loop goes through
+//! [`super::Incremental::refresh_endpoints`], which names the routes referring to the Service
+//! (or its ServiceImport) from its dependency index with where each attached, so that only
+//! those are looked at (one network; with several the east-west rewrite reads every snapshot).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_model::patch::Touched;
-use meridian_model::snapshot::{BackendProtocol, Endpoint, Snapshot};
+use meridian_model::snapshot::{BackendProtocol, Endpoint, Snapshot, set_route_endpoints};
 
 use super::backend::{self, BackendRef, MCS_GROUP};
 use super::east_west::{self, EastWestListeners, MissingRemote};
@@ -75,6 +79,36 @@ pub fn refresh_endpoints_touched(
     missing: &mut MissingRemote,
     policy: &mut AddressPolicy,
 ) -> BTreeMap<ClusterName, Touched> {
+    refresh_in(
+        world, snapshots, cluster, service, listeners, missing, policy, None,
+    )
+}
+
+/// Where in one cluster's snapshot the routes naming a backend are: `(Gateway, listener name,
+/// route)` for every listener each one attached to (a superset is fine: only backends of the
+/// refreshed name change).
+pub(crate) type Places = Vec<(ObjectKey, String, ObjectKey)>;
+
+/// The routes of a cluster (first argument) naming the refreshed Service (`false`) or the
+/// ServiceImport of its name (`true`), from the incremental engine's index; `None` when the
+/// index does not know that cluster's snapshot (then every route of it is looked at).
+pub(crate) type Locate<'a> = dyn Fn(&str, bool) -> Option<Places> + 'a;
+
+/// [`refresh_endpoints_touched`]; with `locate`, only the routes it names are looked at instead
+/// of every route of every snapshot (single network only: the east-west rewrite reads whole
+/// snapshots).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn refresh_in(
+    world: &World,
+    snapshots: &mut BTreeMap<ClusterName, Snapshot>,
+    cluster: &str,
+    service: &ObjectKey,
+    listeners: &EastWestListeners,
+    missing: &mut MissingRemote,
+    policy: &mut AddressPolicy,
+    locate: Option<&Locate<'_>>,
+) -> BTreeMap<ClusterName, Touched> {
+    let locate = locate.filter(|_| !world.multi_network());
     let mut changed: BTreeMap<ClusterName, Touched> = BTreeMap::new();
     let Some(state) = world.cluster(cluster) else {
         return changed;
@@ -102,7 +136,11 @@ pub fn refresh_endpoints_touched(
             snapshots.get_mut(cluster),
             backend::service_endpoints(cluster, state, service, port),
         ) {
-            let touched = set_endpoints(snapshot, &r.display(), protocol, &policy.admit(&eps));
+            let eps = policy.admit(&eps);
+            let touched = match locate.and_then(|l| l(cluster, false)) {
+                Some(places) => set_endpoints_at(snapshot, &places, &r.display(), protocol, &eps),
+                None => set_endpoints(snapshot, &r.display(), protocol, &eps),
+            };
             if !touched.is_nothing() {
                 changed
                     .entry(cluster.to_string())
@@ -121,9 +159,25 @@ pub fn refresh_endpoints_touched(
         let name = r.display();
         if let Ok((protocol, eps)) = backend::import_endpoints(world, service, port, &name) {
             let eps = policy.admit(&eps);
-            for (c, touched) in
-                east_west::refresh(world, listeners, snapshots, &name, protocol, &eps, missing)
-            {
+            let touched = match locate {
+                Some(locate) => snapshots
+                    .iter_mut()
+                    .map(|(c, snapshot)| {
+                        let t = match locate(c, true) {
+                            Some(places) => {
+                                set_endpoints_at(snapshot, &places, &name, protocol, &eps)
+                            }
+                            None => set_endpoints(snapshot, &name, protocol, &eps),
+                        };
+                        (c.clone(), t)
+                    })
+                    .filter(|(_, t)| !t.is_nothing())
+                    .collect(),
+                None => {
+                    east_west::refresh(world, listeners, snapshots, &name, protocol, &eps, missing)
+                }
+            };
+            for (c, touched) in touched {
                 changed.entry(c).or_default().extend(&touched);
             }
         }
@@ -148,6 +202,39 @@ impl AddressPolicy {
         self.refused_seen |= !refused.is_empty();
         kept
     }
+}
+
+/// [`set_endpoints`] for the routes at `places` only (binary searches: Gateways and routes are
+/// in name order).
+fn set_endpoints_at(
+    snapshot: &mut Snapshot,
+    places: &[(ObjectKey, String, ObjectKey)],
+    name: &str,
+    protocol: BackendProtocol,
+    eps: &[Endpoint],
+) -> Touched {
+    let mut touched = Touched::nothing();
+    let lookup = |n: &str| (n == name).then_some((protocol, eps));
+    for (gw, listener, route) in places {
+        let Ok(g) = snapshot.gateways.binary_search_by(|g| {
+            (g.namespace.as_str(), g.name.as_str()).cmp(&(&gw.namespace, &gw.name))
+        }) else {
+            continue;
+        };
+        let g = &mut snapshot.gateways[g];
+        let Some(l) = g.listeners.iter_mut().find(|l| l.name == *listener) else {
+            continue;
+        };
+        let Ok(i) = l.routes.binary_search_by(|r| {
+            (r.namespace.as_str(), r.name.as_str()).cmp(&(&route.namespace, &route.name))
+        }) else {
+            continue;
+        };
+        if set_route_endpoints(&mut l.routes[i], &lookup) {
+            touched.gateway(&g.namespace, &g.name);
+        }
+    }
+    touched
 }
 
 /// Replaces the endpoints of every resolved backend named `name`; returns the Gateways where

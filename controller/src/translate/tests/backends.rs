@@ -496,6 +496,83 @@ fn endpoint_refresh_matches_a_full_translation() {
     );
 }
 
+/// The incremental engine's endpoint refresh finds the routes naming a Service through its
+/// index: the same snapshots as a full translation, and a route naming another Service is
+/// neither looked at nor copied (still the same allocation as before).
+#[test]
+fn indexed_endpoint_refresh_matches_a_full_translation() {
+    let mut w = three_clusters();
+    let c = w.cluster_mut("central").unwrap();
+    c.apply(svc("shop", "other", &[(Some("http"), 80, None)]));
+    c.apply(route(
+        "shop",
+        "elsewhere",
+        vec![parent(GW)],
+        &[],
+        vec![to(vec![backend("other", 80)])],
+    ));
+    let cfg = cfg(&w);
+    let mut engine = crate::translate::Incremental::new();
+    let mut snapshots = engine.full(&w, &cfg).snapshots;
+    let key = crate::ObjectKey::new("shop", "cart");
+    let route_of = |s: &BTreeMap<String, model::Snapshot>, name: &str| {
+        std::sync::Arc::clone(
+            s["central"].gateways[0].listeners[0]
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .unwrap(),
+        )
+    };
+    let elsewhere = route_of(&snapshots, "elsewhere");
+    let refresh_indexed = |w: &World, snapshots: &mut BTreeMap<String, model::Snapshot>, c| {
+        let mut missing = MissingRemote::new();
+        let changed = engine.refresh_endpoints(
+            w,
+            snapshots,
+            c,
+            &key,
+            &EastWestListeners::new(),
+            &mut missing,
+            &mut crate::translate::AddressPolicy::default(),
+        );
+        assert!(missing.is_empty());
+        changed.into_keys().collect::<Vec<_>>()
+    };
+
+    // East's exported slice: the import backend in central.
+    w.cluster_mut("east").unwrap().apply(slice(
+        "shop",
+        "cart-1",
+        "cart",
+        (Some("http"), 8080),
+        &[("10.20.0.2", Some(false), Some("us-east-1b"))],
+    ));
+    assert_eq!(refresh_indexed(&w, &mut snapshots, "east"), ["central"]);
+    assert_eq!(snapshots, translate(&w, &cfg).snapshots);
+    // Central's own slice: the local backend.
+    w.cluster_mut("central").unwrap().apply(slice(
+        "shop",
+        "cart-1",
+        "cart",
+        (Some("http"), 8080),
+        &[("10.10.0.9", None, None)],
+    ));
+    assert_eq!(refresh_indexed(&w, &mut snapshots, "central"), ["central"]);
+    let full = translate(&w, &cfg).snapshots;
+    assert_eq!(snapshots, full);
+    assert_eq!(
+        addrs(&endpoints_in(&full, "central", "local", 0)),
+        ["10.10.0.9:8080"]
+    );
+    assert!(
+        std::sync::Arc::ptr_eq(&elsewhere, &route_of(&snapshots, "elsewhere")),
+        "a route of another Service was copied"
+    );
+    // Nothing changed: nothing reported.
+    assert!(refresh_indexed(&w, &mut snapshots, "central").is_empty());
+}
+
 /// [`refresh_endpoints`] for one network: no east-west listeners, nothing left out.
 fn refresh(
     w: &World,

@@ -197,7 +197,7 @@ fn a_gateway_status_echo_keeps_every_attachment() {
         .unwrap();
     let key = ObjectKey::new(INFRA, "gw");
     let mut g = east(&mut w).gateways.get(&key).unwrap().as_ref().clone();
-    g.status = Some(serde_json::from_value(update.status).unwrap());
+    g.status = Some(serde_json::from_value(Value::clone(&update.status)).unwrap());
     east(&mut w).apply(g);
     let pass = step(
         &mut engine,
@@ -403,4 +403,106 @@ fn a_policy_change_translates_the_routes_of_its_targets() {
         })
         .count();
     assert_eq!(with_policy, 1);
+}
+
+/// A route create costs one route translation; what follows it — its status and the Gateway's
+/// becoming unconfirmed (the writes queued), their echoes landing, the writes confirmed —
+/// translates nothing. A status someone else changed is translated again.
+#[test]
+fn echoes_and_unconfirmed_changes_of_our_writes_translate_nothing() {
+    let mut w = big_world();
+    let (mut engine, mut cfg, mut snapshots) = seeded(&w);
+    let new = ObjectKey::new(APP, "new");
+    east(&mut w).apply(route(
+        APP,
+        "new",
+        vec![parent_in(INFRA, "gw")],
+        &[],
+        vec![to(vec![backend("svc-1", 80)])],
+    ));
+    let pass = step(
+        &mut engine,
+        &w,
+        &cfg,
+        &one(Kind::HttpRoute, new.clone()),
+        &mut snapshots,
+    );
+    assert_eq!((pass.routes, pass.gateways), (1, 1));
+    // The route's and the Gateway's (classes are recomputed every pass).
+    let written: Vec<StatusUpdate> = pass
+        .status
+        .iter()
+        .filter(|u| u.kind != StatusKind::GatewayClass)
+        .cloned()
+        .collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    let keys: BTreeSet<(StatusKind, String, String)> = written
+        .iter()
+        .map(|u| {
+            let ns = u.namespace.clone().unwrap_or_default();
+            (u.kind, ns, u.name.clone())
+        })
+        .collect();
+    let set_unconfirmed = |cfg: &mut TranslateConfig, on: bool| {
+        let set = if on { keys.clone() } else { BTreeSet::new() };
+        cfg.unconfirmed = Arc::new(BTreeMap::from([(CLUSTER.to_string(), set)]));
+        cfg.unconfirmed_changed = Some(BTreeMap::from([(CLUSTER.to_string(), keys.clone())]));
+    };
+
+    // The writes are queued: unconfirmed.
+    set_unconfirmed(&mut cfg, true);
+    let pass = step(&mut engine, &w, &cfg, &Changes::new(), &mut snapshots);
+    assert_eq!((pass.routes, pass.gateways), (0, 0));
+
+    // Their echoes land.
+    let mut echoes = Changes::new();
+    for u in &written {
+        let key = ObjectKey::new(u.namespace.clone().unwrap_or_default(), u.name.clone());
+        let c = east(&mut w);
+        match u.kind {
+            StatusKind::HttpRoute => {
+                let mut r = c.http_routes[&key].as_ref().clone();
+                r.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
+                c.apply(r);
+                echoes.insert_status(CLUSTER, Kind::HttpRoute, key);
+            }
+            _ => {
+                let mut g = c.gateways[&key].as_ref().clone();
+                g.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
+                c.apply(g);
+                echoes.insert_status(CLUSTER, Kind::Gateway, key);
+            }
+        }
+    }
+    cfg.unconfirmed_changed = Some(BTreeMap::new());
+    let pass = step(&mut engine, &w, &cfg, &echoes, &mut snapshots);
+    assert_eq!((pass.routes, pass.gateways, pass.echoes), (0, 0, 2));
+    assert_eq!(
+        engine.status().iter().filter(|u| u.settles).count(),
+        2,
+        "still unconfirmed: reported as settling"
+    );
+
+    // The writer sees them: confirmed.
+    set_unconfirmed(&mut cfg, false);
+    let pass = step(&mut engine, &w, &cfg, &Changes::new(), &mut snapshots);
+    assert_eq!((pass.routes, pass.gateways), (0, 0));
+    assert!(
+        !engine
+            .status()
+            .iter()
+            .any(|u| u.name == "new" || u.kind == StatusKind::Gateway),
+        "nothing left to write or settle"
+    );
+
+    // Someone clears the route's status: not an echo, translated (and written) again.
+    let mut r = east(&mut w).http_routes[&new].as_ref().clone();
+    r.status = None;
+    east(&mut w).apply(r);
+    cfg.unconfirmed_changed = Some(BTreeMap::new());
+    let mut cleared = Changes::new();
+    cleared.insert_status(CLUSTER, Kind::HttpRoute, new.clone());
+    let pass = step(&mut engine, &w, &cfg, &cleared, &mut snapshots);
+    assert_eq!((pass.routes, pass.echoes), (1, 0));
+    assert!(pass.status.iter().any(|u| u.name == "new" && !u.settles));
 }

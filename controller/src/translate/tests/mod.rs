@@ -406,7 +406,7 @@ pub fn run(w: &World, cfg: &TranslateConfig) -> Output {
             u.name
         );
         // Other controllers' route parents are theirs to stamp.
-        let mut ours = u.status.clone();
+        let mut ours = Value::clone(&u.status);
         if let Some(parents) = ours.get_mut("parents").and_then(Value::as_array_mut) {
             parents.retain(|p| p["controllerName"] == CONTROLLER_NAME);
         }
@@ -459,22 +459,22 @@ pub fn write_back(w: &mut World, out: &Output) {
         match u.kind {
             StatusKind::GatewayClass => {
                 let mut o = (*c.gateway_classes[&u.name]).clone();
-                o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }
             StatusKind::Gateway => {
                 let mut o = (*c.gateways[&key]).clone();
-                o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }
             StatusKind::HttpRoute => {
                 let mut o = (*c.http_routes[&key]).clone();
-                o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }
             StatusKind::FailoverPolicy => {
                 let mut o = (*c.failover_policies[&key]).clone();
-                o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }
         }

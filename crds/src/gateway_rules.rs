@@ -804,10 +804,7 @@ fn grpc_route_match(e: &mut SchemaEditor<'_>, m: &str) {
     .at(&format!("{m}.method.type"), &[Default(json!("Exact"))])
     .at(&format!("{m}.method.service"), &[MaxLength(1024)])
     .at(&format!("{m}.method.method"), &[MaxLength(1024)])
-    .at(
-        &format!("{m}.headers"),
-        &[MaxItems(16), ListMap(&["name"])],
-    )
+    .at(&format!("{m}.headers"), &[MaxItems(16), ListMap(&["name"])])
     .at(&format!("{m}.headers[].name"), &header_name())
     .at(&format!("{m}.headers[].type"), &[Default(json!("Exact"))])
     .at(

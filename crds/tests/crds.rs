@@ -1174,7 +1174,11 @@ fn grpc_route_has_standard_validation_and_defaults() {
     assert_eq!(node(&s, &format!("{method}.type"))["default"], "Exact");
     assert_eq!(node(&s, &format!("{method}.service"))["maxLength"], 1024);
     assert_eq!(node(&s, &format!("{method}.method"))["maxLength"], 1024);
-    assert!(has_rule(&s, method, "has(self.service) || has(self.method)"));
+    assert!(has_rule(
+        &s,
+        method,
+        "has(self.service) || has(self.method)"
+    ));
     assert!(has_rule(&s, method, "self.service.matches("));
     assert!(has_rule(&s, method, "self.method.matches("));
     assert_eq!(node(&s, "spec.rules[].matches[].headers")["maxItems"], 16);
@@ -1188,10 +1192,7 @@ fn grpc_route_has_standard_validation_and_defaults() {
         "f.type == 'RequestHeaderModifier'"
     ));
     assert!(has_rule(&s, "spec.rules[].filters[]", "requestMirror"));
-    assert_eq!(
-        node(&s, "spec.rules[].backendRefs[].weight")["default"],
-        1
-    );
+    assert_eq!(node(&s, "spec.rules[].backendRefs[].weight")["default"], 1);
     assert_eq!(
         node(&s, "spec.rules[].backendRefs[].weight")["maximum"],
         1_000_000.0

@@ -96,6 +96,7 @@ fn a_match() -> impl Strategy<Value = Match> {
                 .map(|(name, value, kind)| QueryParamMatch { name, value, kind })
                 .collect(),
             method: method.map(str::to_string),
+            grpc: None,
         })
 }
 

@@ -95,7 +95,7 @@ pub use translate::{
     MissingRemote, Output, ProgrammedState, ProxyRefusal, SUPPORTED_FEATURES, TranslateConfig,
     refresh_endpoints, translate,
 };
-pub use world::{ClusterName, ClusterState, Indexed, Kind, ObjectKey, World};
+pub use world::{ClusterName, ClusterState, Indexed, Kind, ObjectKey, RouteKey, RouteKind, World};
 
 /// Resolves once a shutdown flag turns true (or its sender is gone). Returns `()` so that no
 /// non-`Send` borrow guard lives in the futures that `select!` on it.

@@ -20,12 +20,15 @@ use std::sync::Arc;
 
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
 use meridian_crds::meridian::{FailoverDrill, FailoverPolicy};
+
+pub use meridian_model::snapshot::RouteKind;
 
 use crate::status::StatusKind;
 
@@ -84,6 +87,57 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// A route in the index: HTTPRoutes and GRPCRoutes are told apart by kind (the two may share a
+/// namespace and name). Ordered by kind first, HTTPRoutes before GRPCRoutes, as translation
+/// visits them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    /// HTTPRoute or GRPCRoute.
+    pub kind: RouteKind,
+    /// Namespace and name.
+    pub key: ObjectKey,
+}
+
+impl RouteKey {
+    /// An HTTPRoute's key.
+    pub fn http(key: ObjectKey) -> Self {
+        Self {
+            kind: RouteKind::Http,
+            key,
+        }
+    }
+
+    /// A GRPCRoute's key.
+    pub fn grpc(key: ObjectKey) -> Self {
+        Self {
+            kind: RouteKind::Grpc,
+            key,
+        }
+    }
+
+    /// The index kind.
+    pub fn index_kind(&self) -> Kind {
+        match self.kind {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+        }
+    }
+
+    /// The status kind.
+    pub fn status_kind(&self) -> StatusKind {
+        match self.kind {
+            RouteKind::Http => StatusKind::HttpRoute,
+            RouteKind::Grpc => StatusKind::GrpcRoute,
+        }
+    }
+}
+
+impl std::fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.key)
+    }
+}
+
 /// The certificate material of a Secret, as text. `None` when the key is absent or not UTF-8.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct TlsSecret {
@@ -136,6 +190,8 @@ pub enum Kind {
     Gateway,
     /// `gateway.networking.k8s.io/HTTPRoute`.
     HttpRoute,
+    /// `gateway.networking.k8s.io/GRPCRoute`.
+    GrpcRoute,
     /// `gateway.networking.k8s.io/ReferenceGrant`.
     ReferenceGrant,
     /// Core Namespace (labels only).
@@ -170,6 +226,7 @@ pub struct ClusterState {
     pub(crate) gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub(crate) gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
     pub(crate) http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    pub(crate) grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
     pub(crate) reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     pub(crate) namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub(crate) services: BTreeMap<ObjectKey, Arc<Service>>,
@@ -272,6 +329,16 @@ impl ClusterState {
         self.http_routes.iter().map(|(k, v)| (k, v.as_ref()))
     }
 
+    /// The GRPCRoutes of this cluster, in key order.
+    pub fn grpc_routes(&self) -> impl Iterator<Item = (&ObjectKey, &GrpcRoute)> {
+        self.grpc_routes.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// A GRPCRoute by key (the status writer replaces its status on this copy).
+    pub fn grpc_route(&self, key: &ObjectKey) -> Option<&Arc<GrpcRoute>> {
+        self.grpc_routes.get(key)
+    }
+
     /// The Gateways of this cluster, in key order.
     pub fn gateways(&self) -> impl Iterator<Item = (&ObjectKey, &Gateway)> {
         self.gateways.iter().map(|(k, v)| (k, v.as_ref()))
@@ -299,8 +366,17 @@ impl ClusterState {
             StatusKind::GatewayClass => &self.gateway_classes.get(&key.name)?.metadata,
             StatusKind::Gateway => &self.gateways.get(key)?.metadata,
             StatusKind::HttpRoute => &self.http_routes.get(key)?.metadata,
+            StatusKind::GrpcRoute => &self.grpc_routes.get(key)?.metadata,
             StatusKind::FailoverPolicy => &self.failover_policies.get(key)?.metadata,
         })
+    }
+
+    /// Whether a route is present in the index.
+    pub fn has_route(&self, route: &RouteKey) -> bool {
+        match route.kind {
+            RouteKind::Http => self.http_routes.contains_key(&route.key),
+            RouteKind::Grpc => self.grpc_routes.contains_key(&route.key),
+        }
     }
 
     /// Whether a status-bearing object is present in the index.
@@ -309,6 +385,7 @@ impl ClusterState {
             StatusKind::GatewayClass => self.gateway_classes.contains_key(&key.name),
             StatusKind::Gateway => self.gateways.contains_key(key),
             StatusKind::HttpRoute => self.http_routes.contains_key(key),
+            StatusKind::GrpcRoute => self.grpc_routes.contains_key(key),
             StatusKind::FailoverPolicy => self.failover_policies.contains_key(key),
         }
     }
@@ -330,6 +407,7 @@ impl ClusterState {
             (Kind::GatewayClass, self.gateway_classes.len()),
             (Kind::Gateway, self.gateways.len()),
             (Kind::HttpRoute, self.http_routes.len()),
+            (Kind::GrpcRoute, self.grpc_routes.len()),
             (Kind::ReferenceGrant, self.reference_grants.len()),
             (Kind::Namespace, self.namespaces.len()),
             (Kind::Service, self.services.len()),
@@ -423,6 +501,7 @@ macro_rules! simple_index {
 
 simple_index!(Gateway, Kind::Gateway, gateways, namespaced_of);
 simple_index!(HttpRoute, Kind::HttpRoute, http_routes, namespaced_of);
+simple_index!(GrpcRoute, Kind::GrpcRoute, grpc_routes, namespaced_of);
 simple_index!(
     ReferenceGrant,
     Kind::ReferenceGrant,

@@ -2,7 +2,8 @@
 //!
 //! A random world of two member clusters (generators shared with `fuzz_translate`, in
 //! `translate_worlds`) is translated in full through [`Incremental::full`]; then a random
-//! sequence of batches of changes is applied — Gateways, HTTPRoutes, Services, EndpointSlices,
+//! sequence of batches of changes is applied — Gateways, HTTPRoutes, GRPCRoutes (sharing names
+//! with the HTTPRoutes, and with their hostnames), Services, EndpointSlices,
 //! ReferenceGrants, FailoverPolicies and ServiceExports added, replaced and deleted, namespaces
 //! relabelled, the TLS Secret broken and mended, the status we computed landing on its object
 //! (the echo of our own writes), the data plane reporting another state for a Gateway, a status
@@ -26,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use gateway_api::gateways::{Gateway, GatewayStatus};
+use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteStatus};
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatus};
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -77,6 +79,7 @@ fn put() -> impl Strategy<Value = Value> {
     prop_oneof![
         2 => gateway(),
         3 => (0usize..6).prop_flat_map(http_route),
+        2 => (0usize..4).prop_flat_map(grpc_route),
         1 => service(),
         1 => (0usize..4).prop_flat_map(endpoint_slice),
         1 => (0usize..3).prop_flat_map(reference_grant),
@@ -121,12 +124,18 @@ fn focused() -> impl Strategy<Value = Value> {
         proptest::option::of(select(&["http", "https"][..])),
         prop::collection::vec(backend, 1..3),
         1i64..3,
+        // GRPCRoutes of the same names and hostname, older or newer: the two kinds conflict.
+        proptest::option::weighted(0.3, 0i64..3),
     )
-        .prop_map(|(i, ns, gw, section, backends, generation)| {
+        .prop_map(|(i, ns, gw, section, backends, generation, grpc_age)| {
+            let mut m = meta(Some(ns), &format!("route-{i}"), generation);
+            if let Some(age) = grpc_age {
+                m["creationTimestamp"] = json!(format!("1970-01-01T00:1{}:40Z", 5 + age));
+            }
             json!({
                 "apiVersion": "gateway.networking.k8s.io/v1",
-                "kind": "HTTPRoute",
-                "metadata": meta(Some(ns), &format!("route-{i}"), generation),
+                "kind": if grpc_age.is_some() { "GRPCRoute" } else { "HTTPRoute" },
+                "metadata": m,
                 "spec": {
                     "parentRefs": [obj(vec![
                         ("name", Some(json!(gw))),
@@ -293,6 +302,7 @@ fn kind_of(v: &Value) -> Option<Kind> {
     Some(match v["kind"].as_str()? {
         "Gateway" => Kind::Gateway,
         "HTTPRoute" => Kind::HttpRoute,
+        "GRPCRoute" => Kind::GrpcRoute,
         "Service" => Kind::Service,
         "EndpointSlice" => Kind::EndpointSlice,
         "ReferenceGrant" => Kind::ReferenceGrant,
@@ -366,6 +376,7 @@ impl Harness {
         match kind {
             Kind::Gateway => c.delete::<Gateway>(&key),
             Kind::HttpRoute => c.delete::<HttpRoute>(&key),
+            Kind::GrpcRoute => c.delete::<GrpcRoute>(&key),
             Kind::Service => c.delete::<Service>(&key),
             Kind::ReferenceGrant => c.delete::<ReferenceGrant>(&key),
             Kind::FailoverPolicy => c.delete::<FailoverPolicy>(&key),
@@ -436,6 +447,15 @@ impl Harness {
                         c.apply(r);
                         changes.insert(&u.cluster, Kind::HttpRoute, key);
                     }
+                    StatusKind::GrpcRoute => {
+                        let Some(r) = c.grpc_route(&key) else { return };
+                        let mut r = r.as_ref().clone();
+                        r.status = Some(
+                            serde_json::from_value::<GrpcRouteStatus>(u.status.clone()).unwrap(),
+                        );
+                        c.apply(r);
+                        changes.insert(&u.cluster, Kind::GrpcRoute, key);
+                    }
                     StatusKind::Gateway => {
                         let Some((_, g)) = c.gateways().find(|(k, _)| **k == key) else {
                             return;
@@ -473,6 +493,10 @@ impl Harness {
                     objects.extend(
                         s.http_routes()
                             .map(|(k, _)| (c.clone(), StatusKind::HttpRoute, k.clone())),
+                    );
+                    objects.extend(
+                        s.grpc_routes()
+                            .map(|(k, _)| (c.clone(), StatusKind::GrpcRoute, k.clone())),
                     );
                     objects.extend(
                         s.gateways()
@@ -527,6 +551,9 @@ struct Reached {
     /// than everything.
     patches: usize,
     narrowed: usize,
+    /// Served GRPCRoutes, and route status updates refusing a route for one of the other kind.
+    served_grpc_routes: usize,
+    kind_conflicts: usize,
 }
 
 /// The publish path's hint against the whole comparison, for one cluster's snapshot before
@@ -646,6 +673,18 @@ fn check(
             .flat_map(|g| &g.listeners)
             .map(|l| l.routes.len())
             .sum::<usize>();
+        reached.served_grpc_routes += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+            .filter(|r| r.kind == meridian_model::snapshot::RouteKind::Grpc)
+            .count();
+        reached.kind_conflicts += full
+            .status
+            .iter()
+            .filter(|u| u.status.to_string().contains("a route of the other kind"))
+            .count();
     }
     Ok(())
 }
@@ -672,13 +711,15 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy) compared; {} patches checked against the hint ({} narrower than everything)",
+        "incremental translate: {} passes in {} ms; {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} GRPCRoutes) compared; {} HTTPRoute/GRPCRoute conflicts; {} patches checked against the hint ({} narrower than everything)",
         reached.passes,
         started.elapsed().as_millis(),
         reached.routes,
         reached.gateways,
         reached.served_routes,
         reached.failover_backends,
+        reached.served_grpc_routes,
+        reached.kind_conflicts,
         reached.patches,
         reached.narrowed,
     );
@@ -692,6 +733,14 @@ fn incremental_equals_full_after_every_change() {
     assert!(
         reached.served_routes > 0,
         "no route ever reached a snapshot"
+    );
+    assert!(
+        reached.served_grpc_routes > 0,
+        "no GRPCRoute ever reached a snapshot"
+    );
+    assert!(
+        reached.kind_conflicts > 0,
+        "no HTTPRoute/GRPCRoute conflict was ever decided"
     );
     assert!(
         reached.narrowed > 100,

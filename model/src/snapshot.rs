@@ -323,14 +323,18 @@ impl std::fmt::Debug for Certificate {
     }
 }
 
-/// An HTTPRoute as attached to one listener.
+/// An HTTPRoute or GRPCRoute as attached to one listener.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
-    /// Namespace of the HTTPRoute.
+    /// Namespace of the route.
     pub namespace: String,
-    /// Name of the HTTPRoute.
+    /// Name of the route.
     pub name: String,
+    /// Which kind of route (an HTTPRoute and a GRPCRoute may share a namespace and name; a
+    /// listener orders its routes by namespace, name, then kind).
+    #[serde(default, skip_serializing_if = "RouteKind::is_http")]
+    pub kind: RouteKind,
     /// Creation time in seconds since the epoch (precedence: older wins).
     #[serde(default)]
     pub created_at: i64,
@@ -343,7 +347,36 @@ pub struct Route {
     pub rules: Vec<Rule>,
 }
 
-/// One HTTPRoute rule.
+/// The Gateway API kind a snapshot route was translated from.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum RouteKind {
+    /// `HTTPRoute`.
+    #[default]
+    #[serde(rename = "HTTPRoute")]
+    Http,
+    /// `GRPCRoute`.
+    #[serde(rename = "GRPCRoute")]
+    Grpc,
+}
+
+impl RouteKind {
+    /// Whether this is [`RouteKind::Http`] (the default, left out of the wire form).
+    pub fn is_http(&self) -> bool {
+        *self == RouteKind::Http
+    }
+
+    /// The Gateway API kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// One route rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {

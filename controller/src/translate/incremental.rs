@@ -9,6 +9,9 @@
 //! Gateways:       validated state (listeners, conflicts, addresses) with each listener's
 //!                 attached routes — the aggregates behind attachedRoutes and the conditions
 //! routes:         where each attached (Gateway, listener), whether endpoints were refused
+//!                 (HTTPRoutes and GRPCRoutes, told apart by kind)
+//! conflicts:      the listeners each route loses to a route of the other kind (module
+//!                 `conflict`)
 //! status:         the pending update of every GatewayClass, route, Gateway and policy
 //! deps:           the dependency index (module `deps`)
 //! ```
@@ -29,7 +32,10 @@
 //!       served, entry present)
 //!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or attached
 //!                                     to it translated again
-//! 2. each affected route: detached from the listeners it attached to (and their snapshot
+//! 2. with routes of both kinds in the cluster, the HTTPRoute/GRPCRoute conflicts are computed
+//!    again (they read only route specs and Gateways) and every route whose blocked listeners
+//!    changed joins the affected ones;
+//!    each affected route: detached from the listeners it attached to (and their snapshot
 //!    entries), translated again with route::process against the kept Gateways, attached,
 //!    its served copies inserted in name order
 //! 3. status of every Gateway a route attached to or left, and of every FailoverPolicy
@@ -82,11 +88,12 @@ use meridian_model::Snapshot;
 use meridian_model::patch::Touched;
 use meridian_model::snapshot as model;
 
+use super::conflict::{self, Conflicts};
 use super::deps::{self, Affected, DepIndex};
 use super::gateway::{self, GatewayState, ListenerState};
 use super::{ClusterGatewayRef, Ctx, Output, ProgrammedState, TranslateConfig, backend, route};
 use crate::status::{StatusKind, StatusUpdate};
-use crate::world::{ClusterName, Kind, ObjectKey, World};
+use crate::world::{ClusterName, Kind, ObjectKey, RouteKey, RouteKind, World};
 
 /// Objects that changed since the last pass, per member cluster, by kind and key. An
 /// EndpointSlice change is recorded under the key of the Service it belongs to.
@@ -194,10 +201,12 @@ pub(crate) struct ClusterCache {
     gateways: BTreeMap<ObjectKey, GatewayState>,
     gateway_status: BTreeMap<ObjectKey, StatusUpdate>,
     /// Routes that attached somewhere.
-    attached: BTreeMap<ObjectKey, Vec<Attachment>>,
-    route_status: BTreeMap<ObjectKey, StatusUpdate>,
+    attached: BTreeMap<RouteKey, Vec<Attachment>>,
+    route_status: BTreeMap<RouteKey, StatusUpdate>,
     /// Routes whose endpoints the address policy refused.
-    refused: BTreeSet<ObjectKey>,
+    refused: BTreeSet<RouteKey>,
+    /// HTTPRoute/GRPCRoute conflicts of the last pass.
+    conflicts: Conflicts,
     policy_status: Vec<StatusUpdate>,
 }
 
@@ -211,7 +220,7 @@ impl ClusterCache {
     /// Notes one route processed by a full translation.
     pub(crate) fn record_route(
         &mut self,
-        key: &ObjectKey,
+        key: &RouteKey,
         processed: &route::Processed,
         gateways: &BTreeMap<ObjectKey, GatewayState>,
     ) {
@@ -241,7 +250,9 @@ impl ClusterCache {
         classes: BTreeMap<String, bool>,
         class_status: &[StatusUpdate],
         gateways: &BTreeMap<ObjectKey, GatewayState>,
+        conflicts: Conflicts,
     ) {
+        self.conflicts = conflicts;
         self.classes = classes;
         self.class_status = class_status.to_vec();
         self.gateways = gateways
@@ -424,7 +435,7 @@ impl Incremental {
     ) -> Result<(), Fallback> {
         let (min_routes, percent) = self.broad;
         for (name, cluster) in &world.clusters {
-            let total = cluster.http_routes.len();
+            let total = cluster.http_routes.len() + cluster.grpc_routes.len();
             let Some(cache) = self.clusters.get(name).filter(|_| total >= min_routes) else {
                 continue;
             };
@@ -515,7 +526,18 @@ impl Incremental {
                     affected.gateways.entry(cluster).or_default().insert(key);
                 }
                 StatusKind::HttpRoute => {
-                    affected.routes.entry(cluster).or_default().insert(key);
+                    affected
+                        .routes
+                        .entry(cluster)
+                        .or_default()
+                        .insert(RouteKey::http(key));
+                }
+                StatusKind::GrpcRoute => {
+                    affected
+                        .routes
+                        .entry(cluster)
+                        .or_default()
+                        .insert(RouteKey::grpc(key));
                 }
                 // Recomputed every pass.
                 StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
@@ -524,7 +546,7 @@ impl Incremental {
     }
 
     /// Every status update a full translation of the same world would give, in its order:
-    /// by cluster, GatewayClasses, HTTPRoutes, Gateways, FailoverPolicies.
+    /// by cluster, GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways, FailoverPolicies.
     pub fn status(&self) -> Vec<StatusUpdate> {
         let mut out = Vec::new();
         for c in self.clusters.values() {
@@ -553,7 +575,7 @@ struct Out<'s> {
 struct Dirty<'a> {
     classes: bool,
     gateways: &'a BTreeSet<ObjectKey>,
-    routes: BTreeSet<ObjectKey>,
+    routes: BTreeSet<RouteKey>,
     namespaces: Option<&'a BTreeSet<String>>,
 }
 
@@ -620,11 +642,21 @@ impl ClusterCache {
             && deps::reads_namespace_labels(&self.gateways)
         {
             for ns in namespaces {
-                routes.extend(deps::routes_in(ctx.cluster, ns).cloned());
+                routes.extend(deps::routes_in(ctx.cluster, ns));
             }
         }
 
-        // 2. Routes.
+        // 2. Routes: first those whose HTTPRoute/GRPCRoute conflicts changed.
+        let conflicts = conflict::compute(ctx, &self.gateways);
+        if conflicts != self.conflicts {
+            let keys: BTreeSet<&RouteKey> = conflicts.keys().chain(self.conflicts.keys()).collect();
+            for key in keys {
+                if conflicts.get(key) != self.conflicts.get(key) {
+                    routes.insert(key.clone());
+                }
+            }
+            self.conflicts = conflicts;
+        }
         let mut backends = backend::Cache::default();
         for key in &routes {
             self.retranslate(ctx, key, &mut backends, snapshot, &mut touched, pass);
@@ -661,7 +693,7 @@ impl ClusterCache {
         ctx: &Ctx<'_>,
         deps: &DepIndex,
         snapshot: &mut Out<'_>,
-        routes: &mut BTreeSet<ObjectKey>,
+        routes: &mut BTreeSet<RouteKey>,
         touched: &mut BTreeSet<ObjectKey>,
     ) {
         let mut fresh = gateway::build_all(ctx, &self.classes);
@@ -704,7 +736,7 @@ impl ClusterCache {
     fn retranslate(
         &mut self,
         ctx: &Ctx<'_>,
-        key: &ObjectKey,
+        key: &RouteKey,
         backends: &mut backend::Cache,
         snapshot: &mut Out<'_>,
         touched: &mut BTreeSet<ObjectKey>,
@@ -723,10 +755,29 @@ impl ClusterCache {
         }
         self.refused.remove(key);
         self.route_status.remove(key);
-        let Some(route) = ctx.cluster.http_routes.get(key) else {
+        let src = match key.kind {
+            RouteKind::Http => ctx
+                .cluster
+                .http_routes
+                .get(&key.key)
+                .map(|r| route::RouteSource::http(r)),
+            RouteKind::Grpc => ctx
+                .cluster
+                .grpc_routes
+                .get(&key.key)
+                .map(|r| route::RouteSource::grpc(r)),
+        };
+        let Some(src) = src else {
             return;
         };
-        let processed = route::process(ctx, key, route, &mut self.gateways, backends);
+        let processed = route::process(
+            ctx,
+            key,
+            &src,
+            &mut self.gateways,
+            backends,
+            self.conflicts.get(key),
+        );
         let mut attached = Vec::with_capacity(processed.attached.len());
         for (gw, i) in processed.attached {
             if let Some(l) = self
@@ -776,6 +827,7 @@ fn without_routes(g: &GatewayState) -> GatewayState {
                 resolved: l.resolved.clone(),
                 conflicted: l.conflicted.clone(),
                 http_route_kind: l.http_route_kind,
+                grpc_route_kind: l.grpc_route_kind,
                 allowed: l.allowed.clone(),
                 certificates: l.certificates.clone(),
                 attached: l.attached.clone(),
@@ -800,6 +852,7 @@ fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
             && x.resolved == y.resolved
             && x.conflicted == y.conflicted
             && x.http_route_kind == y.http_route_kind
+            && x.grpc_route_kind == y.grpc_route_kind
             && x.allowed == y.allowed
             && x.certificates == y.certificates
             && x.has_status == y.has_status
@@ -819,12 +872,12 @@ fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
 }
 
 /// What route attachment reads of a listener: name, has_status, port as written, HTTPRoute
-/// allowed, protocol known, allowed namespaces, hostname, served.
+/// and GRPCRoute allowed, protocol known, allowed namespaces, hostname, served.
 type ListenerView<'a> = (
     &'a str,
     bool,
     i32,
-    bool,
+    (bool, bool),
     bool,
     &'a gateway::AllowedNamespaces,
     Option<&'a str>,
@@ -843,7 +896,7 @@ fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>) {
                     l.name.as_str(),
                     l.has_status,
                     l.spec_port,
-                    l.http_route_kind,
+                    (l.http_route_kind, l.grpc_route_kind),
                     l.protocol.is_some(),
                     &l.allowed,
                     l.hostname.as_deref(),
@@ -903,9 +956,14 @@ fn listener_routes<'s>(
     Some(routes)
 }
 
-fn route_position(routes: &[Arc<model::Route>], key: &ObjectKey) -> Result<usize, usize> {
+/// Position of a route in a listener's routes (ordered by namespace, name, kind).
+fn route_position(routes: &[Arc<model::Route>], key: &RouteKey) -> Result<usize, usize> {
     routes.binary_search_by(|r| {
-        (r.namespace.as_str(), r.name.as_str()).cmp(&(&key.namespace, &key.name))
+        (r.namespace.as_str(), r.name.as_str(), r.kind).cmp(&(
+            key.key.namespace.as_str(),
+            key.key.name.as_str(),
+            key.kind,
+        ))
     })
 }
 
@@ -914,14 +972,17 @@ fn insert_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, route: Arc<mo
     let Some(routes) = listener_routes(out, gw, listener) else {
         return;
     };
-    let key = ObjectKey::new(route.namespace.as_str(), route.name.as_str());
+    let key = RouteKey {
+        kind: route.kind,
+        key: ObjectKey::new(route.namespace.as_str(), route.name.as_str()),
+    };
     match route_position(routes, &key) {
         Ok(i) => routes[i] = route,
         Err(i) => routes.insert(i, route),
     }
 }
 
-fn remove_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, key: &ObjectKey) {
+fn remove_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, key: &RouteKey) {
     if let Some(routes) = listener_routes(out, gw, listener)
         && let Ok(i) = route_position(routes, key)
     {

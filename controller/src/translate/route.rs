@@ -58,7 +58,7 @@ pub(crate) struct RouteSource<'a> {
     pub hostnames: &'a [String],
     pub parent_refs: Cow<'a, [HttpRouteParentRefs]>,
     /// `None`: omitted (HTTPRoute: the default rule).
-    pub rules: Option<Cow<'a, Vec<HttpRouteRules>>>,
+    pub rules: Option<Cow<'a, [HttpRouteRules]>>,
     /// GRPCRoute: per rule, the problem that drops it before translation.
     pub invalid: Vec<Option<Problem>>,
     /// GRPCRoute: per rule, per match, the method condition.
@@ -75,7 +75,7 @@ impl<'a> RouteSource<'a> {
             metadata: &route.metadata,
             hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
             parent_refs: Cow::Borrowed(route.spec.parent_refs.as_deref().unwrap_or_default()),
-            rules: route.spec.rules.as_ref().map(Cow::Borrowed),
+            rules: route.spec.rules.as_deref().map(Cow::Borrowed),
             invalid: Vec::new(),
             methods: Vec::new(),
             status: Cow::Borrowed(

@@ -66,7 +66,7 @@ pub(crate) fn translate_rules(
     ctx: &Ctx<'_>,
     kind: RouteKind,
     namespace: &str,
-    rules: Option<&Vec<HttpRouteRules>>,
+    rules: Option<&[HttpRouteRules]>,
     invalid: &[Option<Problem>],
     cache: &mut backend::Cache,
 ) -> RouteRules {

@@ -166,7 +166,7 @@ async fn gateway_route_status_and_snapshot() {
                 .flatten()
                 .map(|k| k.kind.as_str())
                 .collect();
-            if kinds != ["HTTPRoute"] {
+            if kinds != ["HTTPRoute", "GRPCRoute"] {
                 return Err(format!("supportedKinds {kinds:?}"));
             }
             Ok(())

@@ -881,6 +881,36 @@ mod tests {
     }
 
     #[test]
+    fn grpc_routes_are_sorted_by_what_translation_reads_too() {
+        let mut c = ClusterState::default();
+        let route = GrpcRoute {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("r".into()),
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec: Default::default(),
+            status: None,
+        };
+        let key = ObjectKey::new("ns", "r");
+        assert_eq!(GrpcRoute::revision(&c, &key, &route), Revision::Changed);
+        c.apply(route.clone());
+        let mut labelled = route.clone();
+        labelled.metadata.labels = Some(BTreeMap::from([("a".into(), "b".into())]));
+        assert_eq!(GrpcRoute::revision(&c, &key, &labelled), Revision::Version);
+        let mut status = route.clone();
+        status.status = Some(Default::default());
+        assert_eq!(GrpcRoute::revision(&c, &key, &status), Revision::Status);
+        let mut spec = route;
+        spec.spec.hostnames = Some(vec!["a.example".into()]);
+        assert_eq!(GrpcRoute::revision(&c, &key, &spec), Revision::Changed);
+        // An HTTPRoute of the same name is another object.
+        assert!(!c.has_route(&RouteKey::http(key.clone())));
+        assert!(c.has_route(&RouteKey::grpc(key)));
+    }
+
+    #[test]
     fn reset_drops_objects_missing_from_the_relist() {
         let mut c = ClusterState::default();
         c.apply(slice("ns", "s1", Some("a")));

@@ -27,9 +27,9 @@
 //! Before each case every status the controller writes is wiped, the Lease deleted and a fresh
 //! drill created, so that every path (watchers, status writes, drill status and Events, Lease
 //! create, get and update) runs in every case. The one rare path, `get` on `httproutes/status`
-//! (a route status write re-reads the route only when its first attempt failed), is forced: the
-//! route's spec changes and the API answers like a starting server for a moment, so the write
-//! fails once and its retry re-reads.
+//! and `grpcroutes/status` (a route status write re-reads the route only when its first attempt
+//! failed), is forced: the routes' specs change and the API answers like a starting server for
+//! a moment, so the writes fail once and their retries re-read.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -239,7 +239,7 @@ impl Part {
 
     /// Whether this part is only used after a failed route status write (see the module doc).
     fn rare(&self) -> bool {
-        // The rule covers GRPCRoute status too; the forced HTTPRoute re-read proves `get`.
+        // The rule covers GRPCRoute status too: both routes are forced to re-read.
         matches!(&self.cut, Cut::Verb(v) if v == "get")
             && self.resources.iter().any(|r| r == "httproutes/status")
     }
@@ -604,6 +604,14 @@ impl World {
             json!({"spec": {"hostnames": ["echo.example.com", format!("r{round}.example.com")]}});
         dyn_api::<HttpRoute>(&self.admin, Some("app"))
             .patch("web", &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .unwrap();
+        // The GRPCRoute too: its status is written once at the start and, its echo translating
+        // nothing, never again unless its spec changes.
+        let body =
+            json!({"spec": {"hostnames": ["grpc.example.org", format!("g{round}.example.org")]}});
+        dyn_api::<GrpcRoute>(&self.admin, Some("app"))
+            .patch("grpc", &PatchParams::default(), &Patch::Merge(&body))
             .await
             .unwrap();
         self.sb

@@ -54,6 +54,7 @@ fn snapshot(n: usize, shape: Shape) -> Snapshot {
             Route {
                 namespace: "bench".into(),
                 name: format!("route-{i}"),
+                kind: Default::default(),
                 created_at: i as i64,
                 hostnames,
                 rules: vec![

@@ -1630,7 +1630,14 @@ impl Reconciler {
                 .and_then(|s| s.resource_version(update.kind, &key))
                 .map(str::to_string);
             let route = match update.kind {
-                StatusKind::HttpRoute => state.and_then(|s| s.http_route(&key)).cloned(),
+                StatusKind::HttpRoute => state
+                    .and_then(|s| s.http_route(&key))
+                    .cloned()
+                    .map(crate::writer::RouteCopy::Http),
+                StatusKind::GrpcRoute => state
+                    .and_then(|s| s.grpc_route(&key))
+                    .cloned()
+                    .map(crate::writer::RouteCopy::Grpc),
                 _ => None,
             };
             if update.settles {

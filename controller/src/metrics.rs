@@ -503,7 +503,7 @@ impl Metrics {
 
     /// Successful status writes of a cluster so far (all kinds).
     pub fn status_writes_ok(&self, cluster: &str) -> u64 {
-        ["GatewayClass", "Gateway", "HTTPRoute"]
+        ["GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute"]
             .iter()
             .map(|k| {
                 self.status_writes

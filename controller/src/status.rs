@@ -1,17 +1,17 @@
 //! Status as data: what translation wants written, and the pure merge rules that make writes
 //! idempotent.
 //!
-//! Kinds with a status: GatewayClass, Gateway, HTTPRoute and Meridian's FailoverPolicy (its
+//! Kinds with a status: GatewayClass, Gateway, HTTPRoute, GRPCRoute and Meridian's FailoverPolicy (its
 //! `status.conditions` + `status.targets`, in the cluster where the policy lives).
 //!
 //! Translation builds the desired status of every object it owns and merges it with the copy it
 //! has in the index ([`merge_conditions`], [`merge_route_parents`]); a [`StatusUpdate`] is emitted
 //! only when the result differs from that copy by more than timestamps ([`eq_ignoring_time`]). The
 //! writer (one per cluster) sends it — SSA for GatewayClass, Gateway and FailoverPolicy, whose
-//! status only we write; read-modify-write for HTTPRoute, whose `status.parents` list is atomic and shared with
+//! status only we write; read-modify-write for HTTPRoute and GRPCRoute, whose `status.parents` list is atomic and shared with
 //! other controllers, re-running [`merge_route_parents`] on the freshly read object.
 //!
-//! For HTTPRoute, [`StatusUpdate::status`] holds the merged list computed against the indexed
+//! For routes (both kinds share the `status.parents` shape), [`StatusUpdate::status`] holds the merged list computed against the indexed
 //! copy. When the write hits a conflict (409), the writer re-reads the route, takes our entries
 //! out of the update ([`StatusUpdate::route_parents_of`]) and merges them again with
 //! [`merge_route_parents`] over the fresh list, so entries another controller wrote meanwhile
@@ -51,6 +51,8 @@ pub enum StatusKind {
     Gateway,
     /// HTTPRoute.
     HttpRoute,
+    /// GRPCRoute (same `status.parents` shape and write path as HTTPRoute).
+    GrpcRoute,
     /// `meridian.dev` FailoverPolicy.
     FailoverPolicy,
 }
@@ -63,9 +65,15 @@ impl StatusKind {
             Kind::GatewayClass => Some(Self::GatewayClass),
             Kind::Gateway => Some(Self::Gateway),
             Kind::HttpRoute => Some(Self::HttpRoute),
+            Kind::GrpcRoute => Some(Self::GrpcRoute),
             Kind::FailoverPolicy => Some(Self::FailoverPolicy),
             _ => None,
         }
+    }
+
+    /// HTTPRoute or GRPCRoute.
+    pub fn is_route(self) -> bool {
+        matches!(self, StatusKind::HttpRoute | StatusKind::GrpcRoute)
     }
 
     /// `apiVersion` to send with a status patch.
@@ -82,6 +90,7 @@ impl StatusKind {
             StatusKind::GatewayClass => "GatewayClass",
             StatusKind::Gateway => "Gateway",
             StatusKind::HttpRoute => "HTTPRoute",
+            StatusKind::GrpcRoute => "GRPCRoute",
             StatusKind::FailoverPolicy => "FailoverPolicy",
         }
     }
@@ -120,10 +129,17 @@ pub struct StatusUpdate {
 }
 
 impl StatusUpdate {
-    /// For an HTTPRoute update: the parent entries written by `controller` (to re-merge them over
+    /// Whether this is the status of a route (HTTPRoute or GRPCRoute: `status.parents`, written
+    /// by read-merge-replace).
+    pub fn is_route(&self) -> bool {
+        self.kind.is_route()
+    }
+
+    /// For a route update: the parent entries written by `controller` (to re-merge them over
     /// a freshly read route after a conflict). Empty for other kinds or undecodable values.
+    /// GRPCRoute parents decode as HTTPRoute's type: the two have one JSON shape.
     pub fn route_parents_of(&self, controller: &str) -> Vec<HttpRouteStatusParents> {
-        if self.kind != StatusKind::HttpRoute {
+        if !self.is_route() {
             return Vec::new();
         }
         let parents = self.status.get("parents").cloned().unwrap_or(Value::Null);

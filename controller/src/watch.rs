@@ -31,6 +31,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
@@ -53,7 +54,7 @@ use crate::translate::UnreachableCluster;
 use crate::world::{ClusterState, Indexed, Kind, ObjectKey, Revision};
 
 /// Every kind the controller watches, in start order.
-pub const ALL_KINDS: [Kind; 12] = [
+pub const ALL_KINDS: [Kind; 13] = [
     Kind::Namespace,
     Kind::Service,
     Kind::EndpointSlice,
@@ -61,6 +62,7 @@ pub const ALL_KINDS: [Kind; 12] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::HttpRoute,
+    Kind::GrpcRoute,
     Kind::ReferenceGrant,
     Kind::ServiceExport,
     Kind::ServiceImport,
@@ -80,7 +82,7 @@ pub(crate) enum Touch {
     Object(Kind, ObjectKey),
     /// Only the endpoints of these Services (EndpointSlice changes).
     Services(Vec<ObjectKey>),
-    /// Only the status of this GatewayClass, Gateway, HTTPRoute or FailoverPolicy
+    /// Only the status of this GatewayClass, Gateway, HTTPRoute, GRPCRoute or FailoverPolicy
     /// ([`Revision::Status`]): snapshots cannot change, only whether a status still needs
     /// writing. Mostly the echo of our own writes: the reconcile loop asks the incremental
     /// engine whether it carries exactly what the last pass computed (then nothing is
@@ -150,6 +152,7 @@ fn resource_of(kind: Kind) -> (String, String) {
         Kind::GatewayClass => of::<GatewayClass>(),
         Kind::Gateway => of::<Gateway>(),
         Kind::HttpRoute => of::<HttpRoute>(),
+        Kind::GrpcRoute => of::<GrpcRoute>(),
         Kind::ReferenceGrant => of::<ReferenceGrant>(),
         Kind::Namespace => of::<Namespace>(),
         Kind::Service => of::<Service>(),
@@ -176,6 +179,7 @@ pub(crate) fn kind_label(kind: Kind) -> &'static str {
         Kind::GatewayClass => "GatewayClass",
         Kind::Gateway => "Gateway",
         Kind::HttpRoute => "HTTPRoute",
+        Kind::GrpcRoute => "GRPCRoute",
         Kind::ReferenceGrant => "ReferenceGrant",
         Kind::Namespace => "Namespace",
         Kind::Service => "Service",
@@ -446,6 +450,7 @@ async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
         Kind::GatewayClass => clear::<GatewayClass>(),
         Kind::Gateway => clear::<Gateway>(),
         Kind::HttpRoute => clear::<HttpRoute>(),
+        Kind::GrpcRoute => clear::<GrpcRoute>(),
         Kind::ReferenceGrant => clear::<ReferenceGrant>(),
         Kind::Namespace => clear::<Namespace>(),
         Kind::Service => clear::<Service>(),
@@ -470,6 +475,7 @@ fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
         Kind::GatewayClass => tokio::spawn(run_watcher::<GatewayClass>(ctx)),
         Kind::Gateway => tokio::spawn(run_watcher::<Gateway>(ctx)),
         Kind::HttpRoute => tokio::spawn(run_watcher::<HttpRoute>(ctx)),
+        Kind::GrpcRoute => tokio::spawn(run_watcher::<GrpcRoute>(ctx)),
         Kind::ReferenceGrant => tokio::spawn(run_watcher::<ReferenceGrant>(ctx)),
         Kind::Namespace => tokio::spawn(run_watcher::<Namespace>(ctx)),
         Kind::Service => tokio::spawn(run_watcher::<Service>(ctx)),

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
@@ -28,6 +29,8 @@ use meridian_crds::mcs::{ServiceExport, ServiceImport};
 use meridian_crds::meridian::{FailoverDrill, FailoverPolicy};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use meridian_model::snapshot::RouteKind;
 
 use crate::status::StatusKind;
 
@@ -79,6 +82,75 @@ impl std::fmt::Display for ObjectKey {
         } else {
             write!(f, "{}/{}", self.namespace, self.name)
         }
+    }
+}
+
+/// A route in the index: HTTPRoutes and GRPCRoutes are told apart by kind (the two may share a
+/// namespace and name). Ordered by kind first, HTTPRoutes before GRPCRoutes, as translation
+/// visits them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    /// HTTPRoute or GRPCRoute.
+    pub kind: RouteKind,
+    /// Namespace and name.
+    pub key: ObjectKey,
+}
+
+impl RouteKey {
+    /// An HTTPRoute's key.
+    pub fn http(key: ObjectKey) -> Self {
+        Self {
+            kind: RouteKind::Http,
+            key,
+        }
+    }
+
+    /// A GRPCRoute's key.
+    pub fn grpc(key: ObjectKey) -> Self {
+        Self {
+            kind: RouteKind::Grpc,
+            key,
+        }
+    }
+
+    /// The route key of an index kind's object (`None`: not a route kind).
+    pub fn of_kind(kind: Kind, key: ObjectKey) -> Option<Self> {
+        match kind {
+            Kind::HttpRoute => Some(Self::http(key)),
+            Kind::GrpcRoute => Some(Self::grpc(key)),
+            _ => None,
+        }
+    }
+
+    /// The route key of a status kind's object (`None`: not a route kind).
+    pub fn of_status(kind: StatusKind, key: ObjectKey) -> Option<Self> {
+        match kind {
+            StatusKind::HttpRoute => Some(Self::http(key)),
+            StatusKind::GrpcRoute => Some(Self::grpc(key)),
+            _ => None,
+        }
+    }
+
+    /// The index kind.
+    pub fn index_kind(&self) -> Kind {
+        match self.kind {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+        }
+    }
+
+    /// The status kind.
+    pub fn status_kind(&self) -> StatusKind {
+        match self.kind {
+            RouteKind::Http => StatusKind::HttpRoute,
+            RouteKind::Grpc => StatusKind::GrpcRoute,
+        }
+    }
+}
+
+impl std::fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.key)
     }
 }
 
@@ -134,6 +206,8 @@ pub enum Kind {
     Gateway,
     /// `gateway.networking.k8s.io/HTTPRoute`.
     HttpRoute,
+    /// `gateway.networking.k8s.io/GRPCRoute`.
+    GrpcRoute,
     /// `gateway.networking.k8s.io/ReferenceGrant`.
     ReferenceGrant,
     /// Core Namespace (labels only).
@@ -168,6 +242,7 @@ pub struct ClusterState {
     pub(crate) gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub(crate) gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
     pub(crate) http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    pub(crate) grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
     pub(crate) reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     pub(crate) namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub(crate) services: BTreeMap<ObjectKey, Arc<Service>>,
@@ -202,7 +277,7 @@ pub trait Indexed: Sized {
     }
 }
 
-/// How a new version of a status-bearing object (GatewayClass, Gateway, HTTPRoute,
+/// How a new version of a status-bearing object (GatewayClass, Gateway, HTTPRoute, GRPCRoute,
 /// FailoverPolicy) differs from the indexed copy, measured by what translation reads.
 ///
 /// Translation reads of these objects their `spec`, their `status` (merged into the status it
@@ -345,6 +420,16 @@ impl ClusterState {
         self.http_routes.iter().map(|(k, v)| (k, v.as_ref()))
     }
 
+    /// The GRPCRoutes of this cluster, in key order.
+    pub fn grpc_routes(&self) -> impl Iterator<Item = (&ObjectKey, &GrpcRoute)> {
+        self.grpc_routes.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// A GRPCRoute by key (the status writer replaces its status on this copy).
+    pub fn grpc_route(&self, key: &ObjectKey) -> Option<&Arc<GrpcRoute>> {
+        self.grpc_routes.get(key)
+    }
+
     /// The Gateways of this cluster, in key order.
     pub fn gateways(&self) -> impl Iterator<Item = (&ObjectKey, &Gateway)> {
         self.gateways.iter().map(|(k, v)| (k, v.as_ref()))
@@ -368,8 +453,17 @@ impl ClusterState {
             StatusKind::GatewayClass => &self.gateway_classes.get(&key.name)?.metadata,
             StatusKind::Gateway => &self.gateways.get(key)?.metadata,
             StatusKind::HttpRoute => &self.http_routes.get(key)?.metadata,
+            StatusKind::GrpcRoute => &self.grpc_routes.get(key)?.metadata,
             StatusKind::FailoverPolicy => &self.failover_policies.get(key)?.metadata,
         })
+    }
+
+    /// Whether a route is present in the index.
+    pub fn has_route(&self, route: &RouteKey) -> bool {
+        match route.kind {
+            RouteKind::Http => self.http_routes.contains_key(&route.key),
+            RouteKind::Grpc => self.grpc_routes.contains_key(&route.key),
+        }
     }
 
     /// Whether a status-bearing object is present in the index.
@@ -378,6 +472,7 @@ impl ClusterState {
             StatusKind::GatewayClass => self.gateway_classes.contains_key(&key.name),
             StatusKind::Gateway => self.gateways.contains_key(key),
             StatusKind::HttpRoute => self.http_routes.contains_key(key),
+            StatusKind::GrpcRoute => self.grpc_routes.contains_key(key),
             StatusKind::FailoverPolicy => self.failover_policies.contains_key(key),
         }
     }
@@ -399,6 +494,7 @@ impl ClusterState {
             (Kind::GatewayClass, self.gateway_classes.len()),
             (Kind::Gateway, self.gateways.len()),
             (Kind::HttpRoute, self.http_routes.len()),
+            (Kind::GrpcRoute, self.grpc_routes.len()),
             (Kind::ReferenceGrant, self.reference_grants.len()),
             (Kind::Namespace, self.namespaces.len()),
             (Kind::Service, self.services.len()),
@@ -512,6 +608,13 @@ simple_index!(
     HttpRoute,
     Kind::HttpRoute,
     http_routes,
+    namespaced_of,
+    status
+);
+simple_index!(
+    GrpcRoute,
+    Kind::GrpcRoute,
+    grpc_routes,
     namespaced_of,
     status
 );
@@ -775,6 +878,36 @@ mod tests {
             EndpointSlice::revision(&c, &ObjectKey::new("ns", "s1"), &s),
             Revision::Changed
         );
+    }
+
+    #[test]
+    fn grpc_routes_are_sorted_by_what_translation_reads_too() {
+        let mut c = ClusterState::default();
+        let route = GrpcRoute {
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("r".into()),
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec: Default::default(),
+            status: None,
+        };
+        let key = ObjectKey::new("ns", "r");
+        assert_eq!(GrpcRoute::revision(&c, &key, &route), Revision::Changed);
+        c.apply(route.clone());
+        let mut labelled = route.clone();
+        labelled.metadata.labels = Some(BTreeMap::from([("a".into(), "b".into())]));
+        assert_eq!(GrpcRoute::revision(&c, &key, &labelled), Revision::Version);
+        let mut status = route.clone();
+        status.status = Some(Default::default());
+        assert_eq!(GrpcRoute::revision(&c, &key, &status), Revision::Status);
+        let mut spec = route;
+        spec.spec.hostnames = Some(vec!["a.example".into()]);
+        assert_eq!(GrpcRoute::revision(&c, &key, &spec), Revision::Changed);
+        // An HTTPRoute of the same name is another object.
+        assert!(!c.has_route(&RouteKey::http(key.clone())));
+        assert!(c.has_route(&RouteKey::grpc(key)));
     }
 
     #[test]

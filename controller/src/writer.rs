@@ -65,10 +65,11 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParents};
 use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Api, Resource as _};
 use meridian_crds::meridian::FailoverPolicy;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
@@ -167,9 +168,33 @@ async fn gate_closed(gate: &mut Option<watch::Receiver<bool>>) {
 
 type WriteKey = (StatusKind, String, String);
 
+/// The indexed copy of a route whose status is written (read-merge-replace starts from it).
+#[derive(Clone, Debug)]
+pub enum RouteCopy {
+    /// An HTTPRoute.
+    Http(Arc<HttpRoute>),
+    /// A GRPCRoute.
+    Grpc(Arc<GrpcRoute>),
+}
+
+impl RouteCopy {
+    fn to_value(&self) -> serde_json::Result<Value> {
+        match self {
+            RouteCopy::Http(r) => serde_json::to_value(r.as_ref()),
+            RouteCopy::Grpc(r) => serde_json::to_value(r.as_ref()),
+        }
+    }
+}
+
+impl From<Arc<HttpRoute>> for RouteCopy {
+    fn from(r: Arc<HttpRoute>) -> Self {
+        RouteCopy::Http(r)
+    }
+}
+
 struct Job {
     update: StatusUpdate,
-    route: Option<Arc<HttpRoute>>,
+    route: Option<RouteCopy>,
     attempts: u32,
     not_before: Instant,
 }
@@ -354,7 +379,7 @@ impl StatusWriter {
         &self,
         update: StatusUpdate,
         source_rv: Option<String>,
-        route: Option<Arc<HttpRoute>>,
+        route: Option<RouteCopy>,
     ) -> bool {
         let key = key_of(&update);
         let mut state = self.lock();
@@ -419,7 +444,7 @@ impl StatusWriter {
         key: WriteKey,
         update: StatusUpdate,
         source_rv: Option<String>,
-        route: Option<Arc<HttpRoute>>,
+        route: Option<RouteCopy>,
         same_writes: u32,
         since: Instant,
     ) {
@@ -458,7 +483,7 @@ impl StatusWriter {
         &self,
         update: StatusUpdate,
         source_rv: Option<String>,
-        route: Option<Arc<HttpRoute>>,
+        route: Option<RouteCopy>,
     ) -> bool {
         let key = key_of(&update);
         let mut state = self.lock();
@@ -871,7 +896,7 @@ async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(
                     Classified::Other(e) => e,
                 })
         }
-        StatusKind::HttpRoute => write_route(client, cfg, job).await,
+        StatusKind::HttpRoute | StatusKind::GrpcRoute => write_route(client, cfg, job).await,
     }
 }
 
@@ -900,18 +925,22 @@ async fn write_route(
 ) -> Result<(), WriteError> {
     let u = &job.update;
     let namespace = u.namespace.as_deref().unwrap_or_default();
-    let api = api_for::<HttpRoute>(client, Some(namespace));
+    let api = match u.kind {
+        StatusKind::GrpcRoute => api_for::<GrpcRoute>(client, Some(namespace)),
+        _ => api_for::<HttpRoute>(client, Some(namespace)),
+    };
     // The indexed copy (with its resourceVersion) carrying the status translation merged.
     let mut obj = match &job.route {
         Some(route) if job.attempts == 0 => {
-            let mut v = serde_json::to_value(route.as_ref())
+            let mut v = route
+                .to_value()
                 .map_err(|e| WriteError::Invalid(format!("encoding route: {e}")))?;
             v["status"] = Value::clone(&u.status);
             let mut obj: DynamicObject = serde_json::from_value(v)
                 .map_err(|e| WriteError::Invalid(format!("encoding route: {e}")))?;
             obj.types = Some(kube::api::TypeMeta {
-                api_version: HttpRoute::api_version(&()).into_owned(),
-                kind: HttpRoute::kind(&()).into_owned(),
+                api_version: u.kind.api_version().to_string(),
+                kind: u.kind.kind().to_string(),
             });
             Some(obj)
         }
@@ -1135,7 +1164,7 @@ mod tests {
             settles: false,
         };
         let rv = indexed.metadata.resource_version.clone();
-        assert!(writer.submit(update, rv, Some(Arc::new(indexed))));
+        assert!(writer.submit(update, rv, Some(Arc::new(indexed).into())));
         let (stop_tx, stop_rx) = watch::channel(false);
         let cfg = WriterConfig {
             controller_name: me.into(),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -166,7 +167,7 @@ async fn gateway_route_status_and_snapshot() {
                 .flatten()
                 .map(|k| k.kind.as_str())
                 .collect();
-            if kinds != ["HTTPRoute"] {
+            if kinds != ["HTTPRoute", "GRPCRoute"] {
                 return Err(format!("supportedKinds {kinds:?}"));
             }
             Ok(())
@@ -987,8 +988,9 @@ async fn deleting_a_reference_grant_revokes_access() {
     env.shutdown().await;
 }
 
-/// Route create: one translation; the two status writes it causes (route, Gateway) come back
-/// as watch events that are recognised as our own echo and translate nothing. What translation
+/// Route create (an HTTPRoute, then a GRPCRoute): one translation; the two status writes it
+/// causes (route, Gateway) come back as watch events that are recognised as our own echo and
+/// translate nothing. What translation
 /// does not read (a label) translates nothing either; what it reads besides the spec (the
 /// Gateway's served-by annotation) and a status someone else changed are translated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1059,6 +1061,68 @@ async fn the_echo_of_our_own_status_writes_translates_nothing() {
     );
     holds_for(
         "no translation for the echoes",
+        Duration::from_secs(1),
+        || translations() == after,
+    )
+    .await;
+
+    // A GRPCRoute (another hostname: no conflict with the HTTPRoute) the same: one
+    // translation, and the echoes of its status and of the Gateway's new count none.
+    let echoes = events("echo");
+    apply::<GrpcRoute>(
+        east,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "rpc", "namespace": "app"},
+            "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}],
+                     "hostnames": ["rpc.example.com"],
+                     "rules": [{"backendRefs": [service_ref("echo", 80)]}]}}),
+    )
+    .await;
+    eventually_async(
+        "GRPCRoute Accepted, Gateway counting both",
+        WAIT,
+        || async {
+            let r = Api::<GrpcRoute>::namespaced(east.clone(), "app")
+                .get("rpc")
+                .await
+                .map_err(|e| e.to_string())?;
+            let parents = r.status.map(|s| s.parents).unwrap_or_default();
+            let accepted = parents
+                .iter()
+                .find(|p| p.controller_name == ME)
+                .and_then(|p| csr(&p.conditions, "Accepted"));
+            let attached: Vec<i32> = gateway(east, "infra", "gw")
+                .await
+                .status
+                .and_then(|s| s.listeners)
+                .unwrap_or_default()
+                .iter()
+                .map(|l| l.attached_routes)
+                .collect();
+            if accepted.as_ref().is_some_and(|a| a.0 == "True") && attached == [2] {
+                Ok(())
+            } else {
+                Err(format!("{accepted:?}, attachedRoutes {attached:?}"))
+            }
+        },
+    )
+    .await;
+    eventually("both GRPCRoute echoes recognised", WAIT, || {
+        (events("echo") >= echoes + 2).then_some(()).ok_or(format!(
+            "{} echoes, {} other status events",
+            events("echo") - echoes,
+            events("status")
+        ))
+    })
+    .await;
+    assert_eq!(
+        translations() - after,
+        1,
+        "a GRPCRoute create is one translation, its echoes none"
+    );
+    let after = translations();
+    holds_for(
+        "no translation for the GRPCRoute's echoes",
         Duration::from_secs(1),
         || translations() == after,
     )

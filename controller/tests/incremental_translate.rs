@@ -2,7 +2,8 @@
 //!
 //! A random world of two member clusters (generators shared with `fuzz_translate`, in
 //! `translate_worlds`) is translated in full through [`Incremental::full`]; then a random
-//! sequence of batches of changes is applied — Gateways, HTTPRoutes, Services, EndpointSlices,
+//! sequence of batches of changes is applied — Gateways, HTTPRoutes, GRPCRoutes (sharing names
+//! with the HTTPRoutes, and with their hostnames), Services, EndpointSlices,
 //! ReferenceGrants, FailoverPolicies and ServiceExports added, replaced and deleted, namespaces
 //! relabelled, the TLS Secret broken and mended, the status we computed landing on its object
 //! (the echo of our own writes), the data plane reporting another state for a Gateway, a status
@@ -26,7 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use gateway_api::gateways::{Gateway, GatewayStatus};
-use gateway_api::httproutes::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
+use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteStatus};
+use gateway_api::httproutes::{HttpRoute, HttpRouteStatus};
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -90,6 +92,7 @@ fn put() -> impl Strategy<Value = Value> {
     prop_oneof![
         2 => gateway(),
         3 => (0usize..6).prop_flat_map(http_route),
+        2 => (0usize..4).prop_flat_map(grpc_route),
         1 => service(),
         1 => (0usize..4).prop_flat_map(endpoint_slice),
         1 => (0usize..3).prop_flat_map(reference_grant),
@@ -134,12 +137,18 @@ fn focused() -> impl Strategy<Value = Value> {
         proptest::option::of(select(&["http", "https"][..])),
         prop::collection::vec(backend, 1..3),
         1i64..3,
+        // GRPCRoutes of the same names and hostname, older or newer: the two kinds conflict.
+        proptest::option::weighted(0.3, 0i64..3),
     )
-        .prop_map(|(i, ns, gw, section, backends, generation)| {
+        .prop_map(|(i, ns, gw, section, backends, generation, grpc_age)| {
+            let mut m = meta(Some(ns), &format!("route-{i}"), generation);
+            if let Some(age) = grpc_age {
+                m["creationTimestamp"] = json!(format!("1970-01-01T00:1{}:40Z", 5 + age));
+            }
             json!({
                 "apiVersion": "gateway.networking.k8s.io/v1",
-                "kind": "HTTPRoute",
-                "metadata": meta(Some(ns), &format!("route-{i}"), generation),
+                "kind": if grpc_age.is_some() { "GRPCRoute" } else { "HTTPRoute" },
+                "metadata": m,
                 "spec": {
                     "parentRefs": [obj(vec![
                         ("name", Some(json!(gw))),
@@ -295,6 +304,8 @@ struct Harness {
     /// EndpointSlice changes go to [`Incremental::refresh_endpoints`] (the reconcile loop's
     /// endpoints pass), as `(cluster, Service)`, instead of into the batch's changes.
     by_refresh: Option<Vec<(&'static str, ObjectKey)>>,
+    /// GRPCRoutes an echo step landed a status of ours on, as `(cluster, route)`.
+    grpc_echoed: Vec<(String, ObjectKey)>,
 }
 
 fn cluster_name(west: bool) -> &'static str {
@@ -312,6 +323,7 @@ fn kind_of(v: &Value) -> Option<Kind> {
     Some(match v["kind"].as_str()? {
         "Gateway" => Kind::Gateway,
         "HTTPRoute" => Kind::HttpRoute,
+        "GRPCRoute" => Kind::GrpcRoute,
         "Service" => Kind::Service,
         "EndpointSlice" => Kind::EndpointSlice,
         "ReferenceGrant" => Kind::ReferenceGrant,
@@ -330,6 +342,7 @@ impl Harness {
             unconfirmed: BTreeMap::new(),
             toggled: BTreeMap::new(),
             by_refresh: None,
+            grpc_echoed: Vec::new(),
         };
         for (name, objects) in [(CLUSTER, east), (WEST, west)] {
             base_cluster(
@@ -392,6 +405,7 @@ impl Harness {
         match kind {
             Kind::Gateway => c.delete::<Gateway>(&key),
             Kind::HttpRoute => c.delete::<HttpRoute>(&key),
+            Kind::GrpcRoute => c.delete::<GrpcRoute>(&key),
             Kind::Service => c.delete::<Service>(&key),
             Kind::ReferenceGrant => c.delete::<ReferenceGrant>(&key),
             Kind::FailoverPolicy => c.delete::<FailoverPolicy>(&key),
@@ -472,6 +486,17 @@ impl Harness {
                         r.metadata.resource_version = Some(format!("echo-{pick}"));
                         revise(c, &u.cluster, r, changes);
                     }
+                    StatusKind::GrpcRoute => {
+                        let Some(r) = c.grpc_route(&key) else { return };
+                        let mut r = r.as_ref().clone();
+                        r.status = Some(
+                            serde_json::from_value::<GrpcRouteStatus>(Value::clone(&u.status))
+                                .unwrap(),
+                        );
+                        r.metadata.resource_version = Some(format!("echo-{pick}"));
+                        revise(c, &u.cluster, r, changes);
+                        self.grpc_echoed.push((u.cluster.clone(), key));
+                    }
                     StatusKind::Gateway => {
                         let Some((_, g)) = c.gateways().find(|(k, _)| **k == key) else {
                             return;
@@ -510,6 +535,10 @@ impl Harness {
                     objects.extend(
                         s.http_routes()
                             .map(|(k, _)| (c.clone(), Kind::HttpRoute, k.clone())),
+                    );
+                    objects.extend(
+                        s.grpc_routes()
+                            .map(|(k, _)| (c.clone(), Kind::GrpcRoute, k.clone())),
                     );
                     objects.extend(
                         s.gateways()
@@ -555,6 +584,19 @@ impl Harness {
                         _ => {}
                     }
                     revise(c, &cluster, r, changes);
+                } else if kind == Kind::GrpcRoute {
+                    let mut r = c.grpc_route(&key).unwrap().as_ref().clone();
+                    revise_meta(&mut r.metadata);
+                    match what {
+                        3 => r.status = None,
+                        4 => r
+                            .status
+                            .get_or_insert_default()
+                            .parents
+                            .push(foreign_parent()),
+                        _ => {}
+                    }
+                    revise(c, &cluster, r, changes);
                 } else {
                     let (_, g) = c.gateways().find(|(k, _)| **k == key).unwrap();
                     let mut g = g.clone();
@@ -574,7 +616,12 @@ impl Harness {
                         pending
                             .iter()
                             .filter(|u| {
-                                matches!(u.kind, StatusKind::HttpRoute | StatusKind::Gateway)
+                                matches!(
+                                    u.kind,
+                                    StatusKind::HttpRoute
+                                        | StatusKind::GrpcRoute
+                                        | StatusKind::Gateway
+                                )
                             })
                             .map(|u| {
                                 let key = ObjectKey::new(
@@ -591,6 +638,10 @@ impl Harness {
                     objects.extend(
                         s.http_routes()
                             .map(|(k, _)| (c.clone(), StatusKind::HttpRoute, k.clone())),
+                    );
+                    objects.extend(
+                        s.grpc_routes()
+                            .map(|(k, _)| (c.clone(), StatusKind::GrpcRoute, k.clone())),
                     );
                     objects.extend(
                         s.gateways()
@@ -642,6 +693,7 @@ fn revision_of(c: &ClusterState, v: &Value) -> Revision {
     match v["kind"].as_str() {
         Some("Gateway") => of::<Gateway>(c, v),
         Some("HTTPRoute") => of::<HttpRoute>(c, v),
+        Some("GRPCRoute") => of::<GrpcRoute>(c, v),
         Some("FailoverPolicy") => of::<FailoverPolicy>(c, v),
         _ => Revision::Changed,
     }
@@ -663,8 +715,9 @@ fn serialized(snapshots: &BTreeMap<String, Snapshot>) -> String {
     serde_json::to_string_pretty(snapshots).unwrap()
 }
 
-/// A parent entry of another controller (translation keeps it in place).
-fn foreign_parent() -> HttpRouteStatusParents {
+/// A parent entry of another controller (translation keeps it in place), as an HTTPRoute's or
+/// a GRPCRoute's (the same JSON).
+fn foreign_parent<T: DeserializeOwned>() -> T {
     serde_json::from_value(json!({
         "controllerName": "example.com/other",
         "parentRef": {"name": "gw", "namespace": "infra"},
@@ -678,8 +731,10 @@ fn foreign_parent() -> HttpRouteStatusParents {
 #[derive(Default)]
 struct Reached {
     passes: u64,
-    /// Status changes recognised as the echo of our own write (nothing translated).
+    /// Status changes recognised as the echo of our own write (nothing translated), and how
+    /// many of those were of a GRPCRoute.
     echoes: usize,
+    grpc_echoes: usize,
     /// Services whose endpoints the indexed refresh looked at, and how many of those changed
     /// some snapshot.
     refreshed: usize,
@@ -695,6 +750,9 @@ struct Reached {
     /// than everything.
     patches: usize,
     narrowed: usize,
+    /// Served GRPCRoutes, and route status updates refusing a route for one of the other kind.
+    served_grpc_routes: usize,
+    kind_conflicts: usize,
 }
 
 /// The publish path's hint against the whole comparison, for one cluster's snapshot before
@@ -751,6 +809,10 @@ fn check(
         for step in batch {
             h.step(step, &pending, &mut changes);
         }
+        let grpc_echoes = std::mem::take(&mut h.grpc_echoed)
+            .iter()
+            .filter(|(c, k)| engine.is_echo(&h.world, c, Kind::GrpcRoute, k))
+            .count();
         // Every other pass with the loop's hint of what changed in the unconfirmed sets.
         let cfg = h.config(i % 2 == 1);
         let mut pass = engine
@@ -824,6 +886,7 @@ fn check(
         let mut reached = reached.borrow_mut();
         reached.passes += 1;
         reached.echoes += pass.echoes;
+        reached.grpc_echoes += grpc_echoes;
         reached.routes += pass.routes;
         reached.gateways += pass.gateways;
         reached.failover_backends += snapshots
@@ -858,6 +921,18 @@ fn check(
             .flat_map(|g| &g.listeners)
             .map(|l| l.routes.len())
             .sum::<usize>();
+        reached.served_grpc_routes += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+            .filter(|r| r.kind == meridian_model::snapshot::RouteKind::Grpc)
+            .count();
+        reached.kind_conflicts += full
+            .status
+            .iter()
+            .filter(|u| u.status.to_string().contains("a route of the other kind"))
+            .count();
     }
     Ok(())
 }
@@ -884,10 +959,11 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} echoes; {} endpoint refreshes ({} changing a snapshot); {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} with endpoints) compared; {} patches checked against the hint ({} narrower than everything)",
+        "incremental translate: {} passes in {} ms; {} echoes ({} of GRPCRoute status); {} endpoint refreshes ({} changing a snapshot); {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} with endpoints, {} GRPCRoutes) compared; {} HTTPRoute/GRPCRoute conflicts; {} patches checked against the hint ({} narrower than everything)",
         reached.passes,
         started.elapsed().as_millis(),
         reached.echoes,
+        reached.grpc_echoes,
         reached.refreshed,
         reached.refresh_changed,
         reached.routes,
@@ -895,6 +971,8 @@ fn incremental_equals_full_after_every_change() {
         reached.served_routes,
         reached.failover_backends,
         reached.endpoint_backends,
+        reached.served_grpc_routes,
+        reached.kind_conflicts,
         reached.patches,
         reached.narrowed,
     );
@@ -918,6 +996,18 @@ fn incremental_equals_full_after_every_change() {
         reached.echoes > 100,
         "echoes of our own writes were rarely recognised: {}",
         reached.echoes
+    );
+    assert!(
+        reached.grpc_echoes > 0,
+        "no echo of a GRPCRoute status write was ever recognised"
+    );
+    assert!(
+        reached.served_grpc_routes > 0,
+        "no GRPCRoute ever reached a snapshot"
+    );
+    assert!(
+        reached.kind_conflicts > 0,
+        "no HTTPRoute/GRPCRoute conflict was ever decided"
     );
     assert!(
         reached.narrowed > 100,

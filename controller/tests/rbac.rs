@@ -10,8 +10,8 @@
 //!
 //!  1. full roles: the demo (GatewayClass, Gateway with HTTP and HTTPS listeners whose Secret is
 //!     in another namespace behind a ReferenceGrant, HTTPRoute to a Service with an
-//!     EndpointSlice, ServiceExport, ServiceImport, FailoverPolicy, a FailoverDrill run to the
-//!     end) reaches its status, a route write that has to re-read the route works, and the
+//!     EndpointSlice, a GRPCRoute to the same Service, ServiceExport, ServiceImport,
+//!     FailoverPolicy, a FailoverDrill run to the end) reaches its status, a route write that has to re-read the route works, and the
 //!     sandbox's audit of refused requests (`Sandbox::denials`) has nothing for the controller.
 //!  2. minimality: for every rule of both roles, every resource of a rule and every verb of a
 //!     rule with several verbs, the role without that part, a fresh controller and elector, and
@@ -27,9 +27,9 @@
 //! Before each case every status the controller writes is wiped, the Lease deleted and a fresh
 //! drill created, so that every path (watchers, status writes, drill status and Events, Lease
 //! create, get and update) runs in every case. The one rare path, `get` on `httproutes/status`
-//! (a route status write re-reads the route only when its first attempt failed), is forced: the
-//! route's spec changes and the API answers like a starting server for a moment, so the write
-//! fails once and its retry re-reads.
+//! and `grpcroutes/status` (a route status write re-reads the route only when its first attempt
+//! failed), is forced: the routes' specs change and the API answers like a starting server for
+//! a moment, so the writes fail once and their retries re-read.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,6 +42,7 @@ use std::time::Duration;
 use common::*;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::ByteString;
@@ -238,7 +239,9 @@ impl Part {
 
     /// Whether this part is only used after a failed route status write (see the module doc).
     fn rare(&self) -> bool {
-        matches!(&self.cut, Cut::Verb(v) if v == "get") && self.resources == ["httproutes/status"]
+        // The rule covers GRPCRoute status too: both routes are forced to re-read.
+        matches!(&self.cut, Cut::Verb(v) if v == "get")
+            && self.resources.iter().any(|r| r == "httproutes/status")
     }
 
     fn describe(&self) -> String {
@@ -437,6 +440,15 @@ async fn demo(c: &Client) {
         route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80)),
     )
     .await;
+    apply::<GrpcRoute>(
+        c,
+        json!({"apiVersion": api_version::<GrpcRoute>(), "kind": "GRPCRoute",
+            "metadata": {"name": "grpc", "namespace": "app"},
+            "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}],
+                     "hostnames": ["grpc.example.org"],
+                     "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}}),
+    )
+    .await;
     apply::<FailoverPolicy>(
         c,
         json!({"apiVersion": api_version::<FailoverPolicy>(), "kind": "FailoverPolicy",
@@ -571,6 +583,10 @@ impl World {
             .patch_status("web", &pp, &Patch::Merge(&wipe(json!({"parents": []}))))
             .await
             .unwrap();
+        dyn_api::<GrpcRoute>(&self.admin, Some("app"))
+            .patch_status("grpc", &pp, &Patch::Merge(&wipe(json!({"parents": []}))))
+            .await
+            .unwrap();
         let leases = Api::<Lease>::namespaced(self.admin.clone(), &self.m.namespace);
         if leases.get_opt(LEASE_NAME).await.unwrap().is_some() {
             leases
@@ -588,6 +604,14 @@ impl World {
             json!({"spec": {"hostnames": ["echo.example.com", format!("r{round}.example.com")]}});
         dyn_api::<HttpRoute>(&self.admin, Some("app"))
             .patch("web", &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .unwrap();
+        // The GRPCRoute too: its status is written once at the start and, its echo translating
+        // nothing, never again unless its spec changes.
+        let body =
+            json!({"spec": {"hostnames": ["grpc.example.org", format!("g{round}.example.org")]}});
+        dyn_api::<GrpcRoute>(&self.admin, Some("app"))
+            .patch("grpc", &PatchParams::default(), &Patch::Merge(&body))
             .await
             .unwrap();
         self.sb
@@ -664,6 +688,24 @@ async fn full_roles_suffice(w: &World) {
         (a.0 == "True" && r.0 == "True")
             .then_some(())
             .ok_or(format!("{a:?} {r:?}"))
+    })
+    .await;
+    eventually_async("GRPCRoute Accepted", WAIT, || async {
+        let r = Api::<GrpcRoute>::namespaced(c.clone(), "app")
+            .get("grpc")
+            .await
+            .unwrap();
+        let ours: Vec<Option<(String, String)>> = r
+            .status
+            .map(|s| s.parents)
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.controller_name == ME)
+            .map(|p| cond(&p.conditions, "Accepted").map(|c| (c.status.clone(), c.reason.clone())))
+            .collect();
+        (ours == [Some(("True".to_string(), "Accepted".to_string()))])
+            .then_some(())
+            .ok_or(format!("{ours:?}"))
     })
     .await;
     eventually_async("FailoverPolicy Accepted", WAIT, || async {

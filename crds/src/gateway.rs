@@ -11,7 +11,7 @@
 //!    validation, defaults and CEL rules.
 
 use gateway_api::{
-    gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
+    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -51,7 +51,11 @@ struct Decoration {
     lists: &'static [(&'static str, ListType)],
 }
 
-/// GatewayClass, Gateway, HTTPRoute and ReferenceGrant, in that order.
+/// Kinds upstream serves as `v1` only (no `v1beta1` alias): GRPCRoute went from `v1alpha2`
+/// (experimental channel) straight to `v1`.
+const V1_ONLY: &[&str] = &["GRPCRoute"];
+
+/// GatewayClass, Gateway, HTTPRoute, GRPCRoute and ReferenceGrant, in that order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     crds_and_misses().0
 }
@@ -66,7 +70,9 @@ pub fn crds_and_misses() -> (Vec<CustomResourceDefinition>, Vec<String>) {
             strip_nulls(&mut crd, &[]);
             misses.extend(crate::gateway_rules::apply(&mut crd));
             // Last, so the alias inherits columns, markers and validation from the storage version.
-            add_served_alias_version(&mut crd, LEGACY_VERSION);
+            if !V1_ONLY.contains(&crd.spec.names.kind.as_str()) {
+                add_served_alias_version(&mut crd, LEGACY_VERSION);
+            }
             crd
         })
         .collect();
@@ -127,6 +133,21 @@ fn undecorated_validation() -> Vec<CustomResourceDefinition> {
             HttpRoute::crd(),
             Decoration {
                 description: "Rules that match HTTP requests by host, path, method, headers and query, and send them to backends.",
+                short_names: &[],
+                columns: vec![
+                    column("Hostnames", "string", ".spec.hostnames", 0),
+                    age_column(),
+                ],
+                lists: &[
+                    ("status.parents", ListType::Atomic),
+                    ("status.parents[].conditions", ListType::Map(&["type"])),
+                ],
+            },
+        ),
+        decorate(
+            GrpcRoute::crd(),
+            Decoration {
+                description: "Rules that match gRPC calls by host, service, method and headers, and send them to backends.",
                 short_names: &[],
                 columns: vec![
                     column("Hostnames", "string", ".spec.hostnames", 0),

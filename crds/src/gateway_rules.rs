@@ -52,6 +52,12 @@ const CONDITION_TYPE: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0
 /// metav1.Condition `reason`: CamelCase-ish, starting with a letter.
 const CONDITION_REASON: &str = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$";
 
+/// A fully qualified gRPC service name (`pkg.Service`, optionally with a leading dot), letters
+/// compared without regard to case.
+const GRPC_SERVICE: &str = r"^(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$";
+/// A gRPC method name: an identifier.
+const GRPC_METHOD: &str = r"^[A-Za-z_][A-Za-z_0-9]*$";
+
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 const HTTP_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -101,6 +107,7 @@ pub fn apply(crd: &mut CustomResourceDefinition) -> Vec<String> {
         "GatewayClass" => gateway_class(&mut e),
         "Gateway" => gateway(&mut e),
         "HTTPRoute" => http_route(&mut e),
+        "GRPCRoute" => grpc_route(&mut e),
         "ReferenceGrant" => reference_grant(&mut e),
         _ => {}
     }
@@ -716,6 +723,139 @@ fn http_route_match(e: &mut SchemaEditor<'_>, m: &str) {
         &[MinLength(1), MaxLength(1024)],
     )
     .at(&format!("{m}.method"), &[Enum(HTTP_METHODS)]);
+}
+
+/// GRPCRoute: parents and hostnames as for HTTPRoute; rules with gRPC method and header
+/// matches, the four filters GRPCRoute has, backends and status.
+fn grpc_route(e: &mut SchemaEditor<'_>) {
+    http_route_parents(e);
+    e.at("spec.hostnames", &[MaxItems(16)])
+        .at("spec.hostnames[]", &hostname());
+    // Same bounds as HTTPRoute; unlike HTTPRoute there is no default rule (an omitted list
+    // matches every call, which the controller implements).
+    let total = (0..16)
+        .map(|i| {
+            format!("(size(self) > {i} && has(self[{i}].matches) ? size(self[{i}].matches) : 0)")
+        })
+        .collect::<Vec<_>>()
+        .join(" + ");
+    e.at(
+        "spec.rules",
+        &[
+            MaxItems(16),
+            rule(
+                format!("{total} <= 128"),
+                "a route may have at most 128 matches over all its rules",
+            ),
+            rule(
+                "self.all(a, !has(a.name) || self.exists_one(b, has(b.name) && a.name == b.name))",
+                "rule names must be unique within a route",
+            ),
+        ],
+    );
+    let r = "spec.rules[]";
+    e.at(&format!("{r}.name"), &section_name())
+        .at(&format!("{r}.matches"), &[MaxItems(64)]);
+    grpc_route_match(e, &format!("{r}.matches[]"));
+    grpc_filters(e, &format!("{r}.filters"));
+    e.at(&format!("{r}.backendRefs"), &[MaxItems(16)]).at(
+        &format!("{r}.backendRefs[].weight"),
+        &[Default(json!(1)), Minimum(0), Maximum(1_000_000)],
+    );
+    backend_object_ref(e, &format!("{r}.backendRefs[]"));
+    grpc_filters(e, &format!("{r}.backendRefs[].filters"));
+
+    e.at("status.parents", &[MaxItems(32)]).at(
+        "status.parents[].controllerName",
+        &[MinLength(1), MaxLength(253), Pattern(CONTROLLER_NAME)],
+    );
+    parent_ref(e, "status.parents[].parentRef");
+    conditions(e, "status.parents[].conditions", Some(1));
+}
+
+/// One GRPCRoute match `m`: the method matcher (type `Exact` by default; service and method
+/// names checked only for `Exact`, a `RegularExpression` is the implementation's to judge) and
+/// header matchers.
+fn grpc_route_match(e: &mut SchemaEditor<'_>, m: &str) {
+    let exact = "(!has(self.type) || self.type == 'Exact')";
+    e.at(
+        &format!("{m}.method"),
+        &[
+            rule(
+                "has(self.service) || has(self.method)",
+                "a method match needs service, method or both",
+            ),
+            rule(
+                format!(
+                    "{exact} && has(self.service) ? self.service.matches('{}') : true",
+                    cel_string(GRPC_SERVICE)
+                ),
+                "an Exact service must be a gRPC service name (dot-separated identifiers)",
+            ),
+            rule(
+                format!(
+                    "{exact} && has(self.method) ? self.method.matches('{}') : true",
+                    cel_string(GRPC_METHOD)
+                ),
+                "an Exact method must be a gRPC method name (an identifier)",
+            ),
+        ],
+    )
+    .at(&format!("{m}.method.type"), &[Default(json!("Exact"))])
+    .at(&format!("{m}.method.service"), &[MaxLength(1024)])
+    .at(&format!("{m}.method.method"), &[MaxLength(1024)])
+    .at(&format!("{m}.headers"), &[MaxItems(16), ListMap(&["name"])])
+    .at(&format!("{m}.headers[].name"), &header_name())
+    .at(&format!("{m}.headers[].type"), &[Default(json!("Exact"))])
+    .at(
+        &format!("{m}.headers[].value"),
+        &[MinLength(1), MaxLength(4096)],
+    );
+}
+
+/// `s` as the body of a single-quoted CEL string literal (backslashes escaped).
+fn cel_string(s: &str) -> String {
+    s.replace('\\', "\\\\")
+}
+
+/// A GRPCRoute filter list (rule-level or per backendRef): the header modifiers once each,
+/// RequestMirror and ExtensionRef; GRPCRoute has no redirect, rewrite or CORS filter.
+fn grpc_filters(e: &mut SchemaEditor<'_>, path: &str) {
+    const GRPC_FILTERS: &[&str] = &[
+        "RequestHeaderModifier",
+        "ResponseHeaderModifier",
+        "RequestMirror",
+        "ExtensionRef",
+    ];
+    let mut list = vec![MaxItems(16)];
+    for (ty, message) in SINGLE_FILTERS {
+        if ty.ends_with("HeaderModifier") {
+            list.push(rule(
+                format!("self.filter(f, f.type == '{ty}').size() <= 1"),
+                message,
+            ));
+        }
+    }
+    e.at(path, &list);
+    let item = format!("{path}[]");
+    let item_rules: Vec<Check> = FILTER_FIELDS
+        .iter()
+        .filter(|(ty, _, _)| GRPC_FILTERS.contains(ty))
+        .map(|(ty, field, message)| {
+            rule(
+                format!("self.type == '{ty}' ? has(self.{field}) : !has(self.{field})"),
+                message,
+            )
+        })
+        .collect();
+    e.at(&item, &item_rules);
+    header_modifier(e, &format!("{item}.requestHeaderModifier"));
+    header_modifier(e, &format!("{item}.responseHeaderModifier"));
+    request_mirror(e, &format!("{item}.requestMirror"));
+    let ext = format!("{item}.extensionRef");
+    e.at(&format!("{ext}.group"), &group())
+        .at(&format!("{ext}.kind"), &kind())
+        .at(&format!("{ext}.name"), &name());
 }
 
 fn reference_grant(e: &mut SchemaEditor<'_>) {

@@ -125,6 +125,10 @@ fn gateway_api_printer_columns_match_upstream() {
         "HTTPRoute",
         &[("Hostnames", "string", ".spec.hostnames", 0), age],
     );
+    assert_columns(
+        "GRPCRoute",
+        &[("Hostnames", "string", ".spec.hostnames", 0), age],
+    );
     assert_columns("ReferenceGrant", &[age]);
 }
 
@@ -169,6 +173,13 @@ fn names_short_names_categories_and_scope() {
         (
             "HTTPRoute",
             "httproutes",
+            &[],
+            Some("gateway-api"),
+            "Namespaced",
+        ),
+        (
+            "GRPCRoute",
+            "grpcroutes",
             &[],
             Some("gateway-api"),
             "Namespaced",
@@ -227,6 +238,7 @@ fn all_crds_has_stable_order_and_unique_names() {
             "GatewayClass",
             "Gateway",
             "HTTPRoute",
+            "GRPCRoute",
             "ReferenceGrant",
             "ServiceExport",
             "ServiceImport",
@@ -275,6 +287,11 @@ fn gateway_api_serves_v1beta1_with_v1_schema_and_v1_storage() {
             .iter()
             .map(|v| (v.name.as_str(), v.served, v.storage))
             .collect();
+        if kind == "GRPCRoute" {
+            // Upstream serves GRPCRoute as v1 only (it was v1alpha2 before, never v1beta1).
+            assert_eq!(versions, [("v1", true, true)], "{kind}");
+            continue;
+        }
         assert_eq!(
             versions,
             [("v1", true, true), ("v1beta1", true, false)],
@@ -338,6 +355,7 @@ fn status_subresource_where_expected() {
         ("GatewayClass", true),
         ("Gateway", true),
         ("HTTPRoute", true),
+        ("GRPCRoute", true),
         ("ReferenceGrant", false),
         ("ServiceExport", true),
         ("ServiceImport", true),
@@ -520,6 +538,8 @@ fn ssa_list_markers_for_status_lists() {
         ("Gateway", "status.listeners[].conditions", map("type")),
         ("HTTPRoute", "status.parents", atomic.clone()),
         ("HTTPRoute", "status.parents[].conditions", map("type")),
+        ("GRPCRoute", "status.parents", atomic.clone()),
+        ("GRPCRoute", "status.parents[].conditions", map("type")),
         ("ServiceExport", "status.conditions", map("type")),
         ("ServiceImport", "spec.ports", atomic.clone()),
         ("ServiceImport", "status.clusters", map("cluster")),
@@ -1135,6 +1155,49 @@ fn http_route_has_standard_validation_and_defaults() {
     ));
     assert_eq!(node(&s, "status.parents")["maxItems"], 32);
     assert_eq!(node(&s, "status.parents[].conditions")["minItems"], 1);
+}
+
+#[test]
+fn grpc_route_has_standard_validation_and_defaults() {
+    let s = schema_of(&by_kind("GRPCRoute"), "v1");
+    assert_eq!(node(&s, "spec.parentRefs")["maxItems"], 32);
+    assert_eq!(node(&s, "spec.parentRefs[].kind")["default"], "Gateway");
+    assert_eq!(node(&s, "spec.hostnames")["maxItems"], 16);
+    let rules = node(&s, "spec.rules");
+    assert_eq!(rules["maxItems"], 16);
+    // No default rule: an omitted list matches every call (the controller's job).
+    assert!(rules.get("default").is_none(), "{rules}");
+    assert!(has_rule(&s, "spec.rules", "<= 128"));
+    assert!(has_rule(&s, "spec.rules", "exists_one"));
+    assert_eq!(node(&s, "spec.rules[].matches")["maxItems"], 64);
+    let method = "spec.rules[].matches[].method";
+    assert_eq!(node(&s, &format!("{method}.type"))["default"], "Exact");
+    assert_eq!(node(&s, &format!("{method}.service"))["maxLength"], 1024);
+    assert_eq!(node(&s, &format!("{method}.method"))["maxLength"], 1024);
+    assert!(has_rule(
+        &s,
+        method,
+        "has(self.service) || has(self.method)"
+    ));
+    assert!(has_rule(&s, method, "self.service.matches("));
+    assert!(has_rule(&s, method, "self.method.matches("));
+    assert_eq!(node(&s, "spec.rules[].matches[].headers")["maxItems"], 16);
+    assert_eq!(
+        node(&s, "spec.rules[].matches[].headers[].value")["maxLength"],
+        4096
+    );
+    assert!(has_rule(
+        &s,
+        "spec.rules[].filters",
+        "f.type == 'RequestHeaderModifier'"
+    ));
+    assert!(has_rule(&s, "spec.rules[].filters[]", "requestMirror"));
+    assert_eq!(node(&s, "spec.rules[].backendRefs[].weight")["default"], 1);
+    assert_eq!(
+        node(&s, "spec.rules[].backendRefs[].weight")["maximum"],
+        1_000_000.0
+    );
+    assert_eq!(node(&s, "status.parents")["maxItems"], 32);
 }
 
 #[test]

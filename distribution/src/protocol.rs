@@ -552,12 +552,14 @@ fn route<'a>(a: &Route, b: &'a Route, d: &mut Delta<'a>) -> Option<()> {
     let Route {
         namespace,
         name,
+        kind,
         created_at,
         hostnames,
         rules,
     } = a;
     same(namespace, &b.namespace)?;
     same(name, &b.name)?;
+    same(kind, &b.kind)?;
     same(created_at, &b.created_at)?;
     same(hostnames, &b.hostnames)?;
     lockstep(rules, &b.rules, |x, y| rule(x, y, d))

@@ -785,6 +785,7 @@ fn set_aside(snapshot: &mut Snapshot, m: &RouteMatch) {
         }],
         query_params: Vec::new(),
         method: None,
+        grpc: None,
     };
     for gw in &mut snapshot.gateways {
         for l in &mut gw.listeners {

@@ -16,7 +16,13 @@
 //!
 //! Precedence inside a bucket is the Gateway API order: exact path > regex > longest prefix >
 //! method > more headers > more query params > older route > route `namespace/name` > rule order >
-//! match order. Host specificity ranks above all of these (spec: "characters in a matching
+//! match order. GRPCRoute matches ([`Match::grpc`]) rank by the GRPCRoute order instead: more
+//! characters of service, then of method (a regular expression counts its pattern's characters;
+//! on equal counts an exact condition ranks first: regex precedence is left to implementations),
+//! then more headers, then the same route and rule tie-breakers. The spec forbids merging the two
+//! kinds, and the controller never attaches an HTTPRoute and a GRPCRoute with overlapping
+//! hostnames to one listener, so a bucket holds one kind in practice; if it held both, HTTP
+//! matches would rank first. Host specificity ranks above all of these (spec: "characters in a matching
 //! non-wildcard hostname"), which the bucket walk implements: a more specific bucket is tried
 //! first and a less specific one only when nothing in it matches.
 //!
@@ -732,11 +738,7 @@ impl HostIndex {
 /// Sort key of one (route, rule, match); smaller sorts first and wins.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct PrecedenceKey {
-    path_kind: u8,
-    path_len: Reverse<usize>,
-    no_method: bool,
-    headers: Reverse<usize>,
-    query: Reverse<usize>,
+    specificity: Specific,
     created_at: i64,
     namespace: String,
     name: String,
@@ -744,19 +746,56 @@ struct PrecedenceKey {
     matcher: usize,
 }
 
-impl PrecedenceKey {
-    fn new(route: &Route, rule: usize, matcher: usize, m: &Match) -> Self {
+/// How specific a match is, by the rules of its route kind (smaller wins).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Specific {
+    /// HTTPRoute: path kind (exact, regex, prefix), path length, method, headers, query.
+    Http {
+        path_kind: u8,
+        path_len: Reverse<usize>,
+        no_method: bool,
+        headers: Reverse<usize>,
+        query: Reverse<usize>,
+    },
+    /// GRPCRoute: service characters, method characters, exact before regex, headers.
+    Grpc {
+        service: Reverse<usize>,
+        method: Reverse<usize>,
+        regex: bool,
+        headers: Reverse<usize>,
+    },
+}
+
+impl Specific {
+    fn of(m: &Match) -> Self {
+        if let Some(g) = &m.grpc {
+            let chars = |p: &Option<String>| p.as_deref().map_or(0, |s| s.chars().count());
+            return Specific::Grpc {
+                service: Reverse(chars(&g.service)),
+                method: Reverse(chars(&g.method)),
+                regex: g.kind == ValueMatchType::RegularExpression,
+                headers: Reverse(m.headers.len()),
+            };
+        }
         let (path_kind, path_len) = match &m.path {
             PathMatch::Exact(p) => (0, p.len()),
             PathMatch::RegularExpression(p) => (1, p.len()),
             PathMatch::PathPrefix(p) => (2, normalize_prefix(p).len()),
         };
-        Self {
+        Specific::Http {
             path_kind,
             path_len: Reverse(path_len),
             no_method: m.method.is_none(),
             headers: Reverse(m.headers.len()),
             query: Reverse(m.query_params.len()),
+        }
+    }
+}
+
+impl PrecedenceKey {
+    fn new(route: &Route, rule: usize, matcher: usize, m: &Match) -> Self {
+        Self {
+            specificity: Specific::of(m),
             created_at: route.created_at,
             namespace: route.namespace.clone(),
             name: route.name.clone(),

@@ -331,14 +331,18 @@ impl std::fmt::Debug for Certificate {
     }
 }
 
-/// An HTTPRoute as attached to one listener.
+/// An HTTPRoute or GRPCRoute as attached to one listener.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
-    /// Namespace of the HTTPRoute.
+    /// Namespace of the route.
     pub namespace: String,
-    /// Name of the HTTPRoute.
+    /// Name of the route.
     pub name: String,
+    /// Which kind of route (an HTTPRoute and a GRPCRoute may share a namespace and name; a
+    /// listener orders its routes by namespace, name, then kind).
+    #[serde(default, skip_serializing_if = "RouteKind::is_http")]
+    pub kind: RouteKind,
     /// Creation time in seconds since the epoch (precedence: older wins).
     #[serde(default)]
     pub created_at: i64,
@@ -351,7 +355,36 @@ pub struct Route {
     pub rules: Vec<Rule>,
 }
 
-/// One HTTPRoute rule.
+/// The Gateway API kind a snapshot route was translated from.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum RouteKind {
+    /// `HTTPRoute`.
+    #[default]
+    #[serde(rename = "HTTPRoute")]
+    Http,
+    /// `GRPCRoute`.
+    #[serde(rename = "GRPCRoute")]
+    Grpc,
+}
+
+impl RouteKind {
+    /// Whether this is [`RouteKind::Http`] (the default, left out of the wire form).
+    pub fn is_http(&self) -> bool {
+        *self == RouteKind::Http
+    }
+
+    /// The Gateway API kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// One route rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
@@ -376,6 +409,13 @@ pub struct Rule {
 }
 
 /// A request match; all its conditions must hold. The default is the implicit `PathPrefix /`.
+///
+/// A GRPCRoute match is the same conditions plus [`Match::grpc`]: the controller writes the
+/// gRPC method condition as `method: POST` and the path [`GrpcMethodMatch::path_match`] gives,
+/// and keeps the condition itself in `grpc` so the router can rank it by the GRPCRoute rules
+/// (service, then method, then headers) instead of HTTPRoute's. Every match of a GRPCRoute rule
+/// carries `grpc` (a match without a method condition has `service` and `method` both `None`),
+/// which is how the proxy tells a gRPC rule from an HTTP one ([`Rule::is_grpc`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Match {
@@ -391,6 +431,51 @@ pub struct Match {
     /// HTTP method, exact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// The gRPC method condition of a GRPCRoute match (see the type docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcMethodMatch>,
+}
+
+/// A GRPCRoute method condition: service and/or method, exact or regular expressions. Both
+/// `None` matches every call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    /// How `service` and `method` are compared.
+    #[serde(default, rename = "type")]
+    pub kind: ValueMatchType,
+    /// Fully qualified service name (`pkg.Service`), or a pattern for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Method name, or a pattern for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+impl GrpcMethodMatch {
+    /// The path condition for this method condition: a gRPC call's path is
+    /// `/<service>/<method>`. Exact with both parts is an exact path; anything else is a
+    /// regular expression over the whole path (an absent part matches any non-empty segment;
+    /// exact parts are escaped); neither part is the `/` prefix (every call).
+    pub fn path_match(&self) -> PathMatch {
+        const ANY: &str = "[^/]+";
+        let part = |p: &Option<String>| -> String {
+            match (p, self.kind) {
+                (None, _) => ANY.to_string(),
+                (Some(v), ValueMatchType::Exact) => regex::escape(v),
+                (Some(v), ValueMatchType::RegularExpression) => format!("(?:{v})"),
+            }
+        };
+        match (&self.service, &self.method, self.kind) {
+            (None, None, _) => PathMatch::default(),
+            (Some(s), Some(m), ValueMatchType::Exact) => PathMatch::Exact(format!("/{s}/{m}")),
+            _ => PathMatch::RegularExpression(format!(
+                "/{}/{}",
+                part(&self.service),
+                part(&self.method)
+            )),
+        }
+    }
 }
 
 /// Path condition.
@@ -408,6 +493,14 @@ pub enum PathMatch {
 impl Default for PathMatch {
     fn default() -> Self {
         PathMatch::PathPrefix("/".to_string())
+    }
+}
+
+impl Rule {
+    /// Whether the rule comes from a GRPCRoute (its matches carry [`Match::grpc`]): the proxy
+    /// answers its errors as gRPC statuses and never retries or hedges a call once it was sent.
+    pub fn is_grpc(&self) -> bool {
+        self.matches.iter().any(|m| m.grpc.is_some())
     }
 }
 

@@ -216,6 +216,7 @@ fn with_filter(f: Filter) -> Snapshot {
                     Route {
                         namespace: "ns".to_string(),
                         name: "r".to_string(),
+                        kind: Default::default(),
                         created_at: 0,
                         hostnames: Vec::new(),
                         rules: vec![rule],

@@ -96,6 +96,7 @@ fn a_match() -> impl Strategy<Value = Match> {
                 .map(|(name, value, kind)| QueryParamMatch { name, value, kind })
                 .collect(),
             method: method.map(str::to_string),
+            grpc: None,
         })
 }
 
@@ -121,6 +122,7 @@ fn a_route(i: usize) -> impl Strategy<Value = Route> {
         .prop_map(move |(ns, name, created_at, hosts, rules)| Route {
             namespace: ns.to_string(),
             name: format!("{name}-{i}"),
+            kind: Default::default(),
             created_at,
             hostnames: hosts.into_iter().map(str::to_string).collect(),
             rules: rules
@@ -322,6 +324,7 @@ fn exact_path_beats_prefix() {
                 routes.push(Route {
                     namespace: "ns-a".to_string(),
                     name,
+                    kind: Default::default(),
                     created_at: age,
                     hostnames: Vec::new(),
                     rules: vec![rule],

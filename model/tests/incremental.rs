@@ -135,6 +135,7 @@ fn listener(rng: &mut Rng, name: &str, port: u16, hostname: Option<&str>) -> Lis
         .map(|i| Route {
             namespace: "ns".into(),
             name: format!("{name}-r{i}"),
+            kind: Default::default(),
             created_at: rng.below(3) as i64,
             hostnames: (0..rng.below(3))
                 .map(|_| rng.pick(&HOSTS).to_string())
@@ -330,6 +331,7 @@ fn two_routes() -> Snapshot {
     let route = |name: &str, path: &str, backend: &str| Route {
         namespace: "ns".into(),
         name: name.into(),
+        kind: Default::default(),
         created_at: 0,
         hostnames: Vec::new(),
         rules: vec![Rule {

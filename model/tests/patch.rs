@@ -47,6 +47,7 @@ fn route() -> impl Strategy<Value = Route> {
         .prop_map(|(ns, n, created_at, hosts, rules)| Route {
             namespace: ns,
             name: n,
+            kind: Default::default(),
             created_at,
             hostnames: hosts.into_iter().map(String::from).collect(),
             rules: rules

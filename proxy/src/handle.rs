@@ -957,6 +957,7 @@ mod tests {
             .map(|i| Route {
                 namespace: "ns".into(),
                 name: format!("r{i}"),
+                kind: Default::default(),
                 created_at: 0,
                 hostnames: Vec::new(),
                 rules: vec![Rule {

@@ -1,4 +1,5 @@
-//! Meridian's data plane: a pingora proxy serving HTTPRoute semantics from a snapshot.
+//! Meridian's data plane: a pingora proxy serving HTTPRoute and GRPCRoute semantics from a
+//! snapshot (gRPC specifics: gateway/grpc.rs).
 //!
 //! ```text
 //!                     ┌──────────────── ProxyHandle ────────────────┐

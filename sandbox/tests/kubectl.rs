@@ -833,5 +833,95 @@ async fn kubectl_create_generators_list_apply_and_explain() {
     let out = k.ok(&["explain", "secrets"]).await;
     assert!(out.contains("built-in kind"), "{out}");
 
+    // GRPCRoute: served from its CRD, listed with HOSTNAMES and AGE, validated by the server.
+    let file = format!(
+        "{}/../crds/grpcroutes.gateway.networking.k8s.io.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    k.ok(&["apply", "--server-side", "-f", &file]).await;
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/grpcroutes.gateway.networking.k8s.io",
+    ])
+    .await;
+    dir.write("grpc.yaml", GRPC_ROUTE);
+    let out = k.ok(&["apply", "-f", &path("grpc.yaml")]).await;
+    assert!(
+        out.contains("grpcroute.gateway.networking.k8s.io/echo created"),
+        "{out}"
+    );
+    let out = k.ok(&["get", "grpcroutes"]).await;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "HOSTNAMES", "AGE"], "{out}");
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..2], ["echo", "[\"grpc.example.com\"]"], "{out}");
+    let stored = get_json(&["grpcroute", "echo"]).await;
+    assert_eq!(
+        stored["spec"]["rules"][0]["matches"][0]["method"]["type"], "Exact",
+        "the server applies the CRD's defaults"
+    );
+    dir.write("bad-grpc.yaml", BAD_GRPC_ROUTE);
+    let bad = k.run(&["apply", "-f", &path("bad-grpc.yaml")]).await;
+    assert!(!bad.ok, "an invalid GRPCRoute was accepted: {}", bad.stdout);
+    for want in [
+        "The GRPCRoute \"bad\" is invalid",
+        "spec.rules[0].matches[0].method",
+        "needs service, method or both",
+        "must be a gRPC method name",
+    ] {
+        assert!(bad.stderr.contains(want), "lacks {want:?}: {}", bad.stderr);
+    }
+    assert!(
+        k.run(&["get", "grpcroute", "bad"])
+            .await
+            .stderr
+            .contains("not found")
+    );
+
     sb.shutdown().await;
 }
+
+const GRPC_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: echo
+spec:
+  parentRefs:
+  - name: listed
+  hostnames: ["grpc.example.com"]
+  rules:
+  - matches:
+    - method:
+        service: demo.Echo
+        method: Say
+    backendRefs:
+    - name: echo
+      port: 9000
+"#;
+
+const BAD_GRPC_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: bad
+spec:
+  parentRefs:
+  - name: listed
+  rules:
+  - matches:
+    - method:
+        type: Exact
+    - method:
+        method: "not/a.method"
+"#;

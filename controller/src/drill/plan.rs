@@ -757,6 +757,7 @@ mod tests {
                         Route {
                             namespace: ns.to_string(),
                             name: "r".into(),
+                            kind: Default::default(),
                             created_at: 0,
                             hostnames: vec![],
                             rules: vec![rule],

@@ -38,7 +38,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{
     Endpoint as SliceEndpoint, EndpointConditions, EndpointPort,
 };
-use meridian_model::snapshot::{BackendProtocol, BackendTarget, Endpoint};
+use meridian_model::snapshot::{BackendProtocol, BackendTarget, Endpoint, RouteKind};
 
 use super::{Ctx, Problem};
 use crate::refgrant::{self, RefFrom, RefTo};
@@ -83,6 +83,9 @@ pub(crate) struct Cache {
     pub refused: Vec<String>,
     /// Whether the address policy refused any endpoint in this pass.
     pub refused_any: bool,
+    /// Kind of the route whose references are being resolved (the ReferenceGrant `from` kind);
+    /// set by rule translation for each route.
+    pub referrer: RouteKind,
 }
 
 /// Why an endpoint address is never a backend (module docs), `None` when it may be one.
@@ -128,7 +131,7 @@ pub(crate) fn admit(endpoints: &[Endpoint], allow_loopback: bool) -> (Vec<Endpoi
     (kept, refused)
 }
 
-/// Resolves a reference made by an HTTPRoute in `route_namespace`. Endpoints the address policy
+/// Resolves a reference made by a route (of kind `cache.referrer`) in `route_namespace`. Endpoints the address policy
 /// refuses are left out and named in `cache.refused` (`<backend>: <address> (why), …`), which
 /// the route's translation takes after each route.
 pub(crate) fn resolve(
@@ -154,7 +157,7 @@ pub(crate) fn resolve(
     }
     let from = RefFrom {
         group: GATEWAY_GROUP,
-        kind: "HTTPRoute",
+        kind: cache.referrer.as_str(),
         namespace: route_namespace,
     };
     let to = RefTo {
@@ -167,9 +170,10 @@ pub(crate) fn resolve(
         return Err(Problem::new(
             "RefNotPermitted",
             format!(
-                "backendRef {}: no ReferenceGrant in namespace {:?} allows HTTPRoutes from {:?}",
+                "backendRef {}: no ReferenceGrant in namespace {:?} allows {}s from {:?}",
                 r.display(),
                 r.namespace,
+                cache.referrer.as_str(),
                 route_namespace
             ),
         ));

@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! HTTPRoute ──parentRefs──────────────► Gateway (ns/name, whether it exists or not)
-//!           ──backendRefs, mirrors────► Service / ServiceImport (ns/name)
-//!           ──the cross-namespace ones► (HTTPRoute, from-ns, to-ns, to-kind) → to-name
+//! GRPCRoute ──backendRefs, mirrors────► Service / ServiceImport (ns/name)
+//!           ──the cross-namespace ones► (route kind, from-ns, to-ns, to-kind) → to-name
 //! Gateway   ──gatewayClassName────────► GatewayClass
 //!           ──certificateRefs, client─► Secret (ns/name)
 //!           ──the cross-namespace ones► (Gateway, from-ns, to-ns, Secret) → to-name
@@ -28,18 +28,20 @@
 //! clusters); listener `allowedRoutes` selectors read Namespace labels (a Namespace change
 //! reaches the routes of that namespace, when some listener of the cluster has a selector);
 //! FailoverPolicy status reads Services, HTTPRoutes, ServiceImports and exports (recomputed
-//! every pass: there are few policies).
+//! every pass: there are few policies). An HTTPRoute against GRPCRoute hostname conflict
+//! (module `conflict`) reads other routes: the incremental pass recomputes those conflicts and
+//! re-translates the routes whose outcome they change, so nothing is indexed for it here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use gateway_api::gateways::{Gateway, GatewayTls, GatewayTlsBackend};
-use gateway_api::httproutes::HttpRoute;
+use gateway_api::httproutes::{HttpRouteParentRefs, HttpRouteRules};
 use gateway_api::referencegrants::ReferenceGrant;
 use meridian_crds::meridian::FailoverPolicy;
 
 use super::backend::MCS_GROUP;
 use crate::status::GATEWAY_GROUP;
-use crate::world::{ClusterName, ClusterState, Kind, ObjectKey, World};
+use crate::world::{ClusterName, ClusterState, Kind, ObjectKey, RouteKey, RouteKind, World};
 
 /// A backend a route refers to: a Service of the route's cluster, or a ServiceImport (the
 /// Services of that name exported from any cluster).
@@ -56,7 +58,7 @@ type CrossKey = (&'static str, String, String, String);
 #[derive(Debug, Default)]
 pub(crate) struct Affected {
     /// Routes to translate again.
-    pub routes: BTreeMap<ClusterName, BTreeSet<ObjectKey>>,
+    pub routes: BTreeMap<ClusterName, BTreeSet<RouteKey>>,
     /// Gateways to validate again (listeners, references, status).
     pub gateways: BTreeMap<ClusterName, BTreeSet<ObjectKey>>,
     /// Clusters whose GatewayClasses changed (every Gateway is validated again).
@@ -66,7 +68,7 @@ pub(crate) struct Affected {
 }
 
 impl Affected {
-    fn route(&mut self, cluster: &str, key: ObjectKey) {
+    fn route(&mut self, cluster: &str, key: RouteKey) {
         self.routes
             .entry(cluster.to_string())
             .or_default()
@@ -107,15 +109,16 @@ type Target = (String, String, String);
 /// One member cluster's entries.
 #[derive(Debug, Default)]
 struct ClusterDeps {
-    routes: BTreeMap<ObjectKey, RouteRefs>,
+    routes: BTreeMap<RouteKey, RouteRefs>,
     gateways: BTreeMap<ObjectKey, GatewayRefs>,
     grants: BTreeMap<ObjectKey, GrantRefs>,
     policies: BTreeMap<ObjectKey, Vec<Target>>,
     /// Gateway → routes naming it in a parentRef.
-    by_parent: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    by_parent: BTreeMap<ObjectKey, BTreeSet<RouteKey>>,
     /// Backend → routes referring to it.
-    by_backend: BTreeMap<Backend, BTreeSet<ObjectKey>>,
-    /// Cross-namespace references → target name → referrers (routes or Gateways).
+    by_backend: BTreeMap<Backend, BTreeSet<RouteKey>>,
+    /// Cross-namespace references → target name → referrers (routes or Gateways, the
+    /// family's first element says which kind).
     cross: BTreeMap<CrossKey, BTreeMap<String, BTreeSet<ObjectKey>>>,
     /// Secret → Gateways referring to it.
     by_secret: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
@@ -136,7 +139,14 @@ impl DepIndex {
         for (name, state) in &world.clusters {
             let deps = index.clusters.entry(name.clone()).or_default();
             for (key, route) in &state.http_routes {
-                deps.set_route(key, Some(route_refs(key, route)));
+                let key = RouteKey::http(key.clone());
+                let refs = http_route_refs(&key, route);
+                deps.set_route(&key, Some(refs));
+            }
+            for (key, route) in &state.grpc_routes {
+                let key = RouteKey::grpc(key.clone());
+                let refs = grpc_route_refs(&key, route);
+                deps.set_route(&key, Some(refs));
             }
             for (key, gw) in &state.gateways {
                 deps.set_gateway(key, Some(gateway_refs(key, gw)));
@@ -152,7 +162,7 @@ impl DepIndex {
     }
 
     /// Routes of `cluster` naming Gateway `gateway` in a parentRef.
-    pub fn routes_naming(&self, cluster: &str, gateway: &ObjectKey) -> Vec<ObjectKey> {
+    pub fn routes_naming(&self, cluster: &str, gateway: &ObjectKey) -> Vec<RouteKey> {
         self.clusters
             .get(cluster)
             .and_then(|d| d.by_parent.get(gateway))
@@ -161,7 +171,7 @@ impl DepIndex {
     }
 
     /// Routes of `cluster` referring to `backend` (rules, backendRef and rule mirrors).
-    pub fn routes_using(&self, cluster: &str, backend: &Backend) -> Vec<&ObjectKey> {
+    pub fn routes_using(&self, cluster: &str, backend: &Backend) -> Vec<&RouteKey> {
         self.clusters
             .get(cluster)
             .and_then(|d| d.by_backend.get(backend))
@@ -186,9 +196,22 @@ impl DepIndex {
         let deps = self.clusters.entry(cluster.to_string()).or_default();
         match kind {
             Kind::HttpRoute => {
-                let new = state.http_routes.get(key).map(|r| route_refs(key, r));
-                deps.set_route(key, new);
-                affected.route(cluster, key.clone());
+                let key = RouteKey::http(key.clone());
+                let new = state
+                    .http_routes
+                    .get(&key.key)
+                    .map(|r| http_route_refs(&key, r));
+                deps.set_route(&key, new);
+                affected.route(cluster, key);
+            }
+            Kind::GrpcRoute => {
+                let key = RouteKey::grpc(key.clone());
+                let new = state
+                    .grpc_routes
+                    .get(&key.key)
+                    .map(|r| grpc_route_refs(&key, r));
+                deps.set_route(&key, new);
+                affected.route(cluster, key);
             }
             Kind::Gateway => {
                 let new = state.gateways.get(key).map(|g| gateway_refs(key, g));
@@ -232,7 +255,9 @@ impl DepIndex {
                 for (group, kind, name) in old.iter().chain(new.iter()).flatten() {
                     let target = ObjectKey::new(key.namespace.as_str(), name.as_str());
                     match (group.as_str(), kind.as_str()) {
-                        (GATEWAY_GROUP, "HTTPRoute") => affected.route(cluster, target),
+                        (GATEWAY_GROUP, "HTTPRoute") => {
+                            affected.route(cluster, RouteKey::http(target))
+                        }
                         (g, k) => {
                             let import = g == MCS_GROUP && k == "ServiceImport";
                             let backend = Backend {
@@ -278,15 +303,15 @@ impl DepIndex {
 
 impl ClusterDeps {
     /// Replaces a route's forward entries (and their reverse ones).
-    fn set_route(&mut self, key: &ObjectKey, new: Option<RouteRefs>) {
+    fn set_route(&mut self, key: &RouteKey, new: Option<RouteRefs>) {
         if let Some(old) = self.routes.remove(key) {
             for p in &old.parents {
                 remove(&mut self.by_parent, p, key);
             }
             for b in &old.backends {
                 remove(&mut self.by_backend, b, key);
-                if b.key.namespace != key.namespace {
-                    self.uncross(route_cross(key, b), &b.key.name, key);
+                if b.key.namespace != key.key.namespace {
+                    self.uncross(route_cross(key, b), &b.key.name, &key.key);
                 }
             }
         }
@@ -302,13 +327,13 @@ impl ClusterDeps {
                 .entry(b.clone())
                 .or_default()
                 .insert(key.clone());
-            if b.key.namespace != key.namespace {
+            if b.key.namespace != key.key.namespace {
                 self.cross
                     .entry(route_cross(key, b))
                     .or_default()
                     .entry(b.key.name.clone())
                     .or_default()
-                    .insert(key.clone());
+                    .insert(key.key.clone());
             }
         }
         self.routes.insert(key.clone(), new);
@@ -361,6 +386,7 @@ impl ClusterDeps {
         for (from_kind, from_ns) in &refs.from {
             let from_kind = match from_kind.as_str() {
                 "HTTPRoute" => "HTTPRoute",
+                "GRPCRoute" => "GRPCRoute",
                 "Gateway" => "Gateway",
                 _ => continue,
             };
@@ -379,10 +405,10 @@ impl ClusterDeps {
                     .filter(|(n, _)| to_name.as_ref().is_none_or(|t| t == *n))
                     .flat_map(|(_, r)| r);
                 for r in referrers {
-                    if from_kind == "HTTPRoute" {
-                        affected.route(cluster, r.clone());
-                    } else {
-                        affected.gateway(cluster, r.clone());
+                    match from_kind {
+                        "HTTPRoute" => affected.route(cluster, RouteKey::http(r.clone())),
+                        "GRPCRoute" => affected.route(cluster, RouteKey::grpc(r.clone())),
+                        _ => affected.gateway(cluster, r.clone()),
                     }
                 }
             }
@@ -391,7 +417,7 @@ impl ClusterDeps {
 }
 
 /// Removes `value` from the set at `at`, and the set once empty.
-fn remove<K, Q>(map: &mut BTreeMap<K, BTreeSet<ObjectKey>>, at: &Q, value: &ObjectKey)
+fn remove<K, Q, V: Ord>(map: &mut BTreeMap<K, BTreeSet<V>>, at: &Q, value: &V)
 where
     K: Ord + std::borrow::Borrow<Q>,
     Q: Ord + ?Sized,
@@ -404,11 +430,11 @@ where
     }
 }
 
-fn route_cross(route: &ObjectKey, b: &Backend) -> CrossKey {
+fn route_cross(route: &RouteKey, b: &Backend) -> CrossKey {
     let kind = if b.import { "ServiceImport" } else { "Service" };
     (
-        "HTTPRoute",
-        route.namespace.clone(),
+        route.kind.as_str(),
+        route.key.namespace.clone(),
         b.key.namespace.clone(),
         kind.to_string(),
     )
@@ -423,11 +449,29 @@ fn secret_cross(gateway: &ObjectKey, secret: &ObjectKey) -> CrossKey {
     )
 }
 
+fn http_route_refs(key: &RouteKey, route: &gateway_api::httproutes::HttpRoute) -> RouteRefs {
+    route_refs(
+        &key.key,
+        route.spec.parent_refs.as_deref().unwrap_or_default(),
+        route.spec.rules.as_deref().unwrap_or_default(),
+    )
+}
+
+/// A GRPCRoute's references, read from its conversion (module `grpc`): the same defaults.
+fn grpc_route_refs(key: &RouteKey, route: &gateway_api::grpcroutes::GrpcRoute) -> RouteRefs {
+    let c = super::grpc::convert(route);
+    route_refs(&key.key, &c.parent_refs, &c.rules)
+}
+
 /// The Gateways a route names and the backends it refers to (rules, backendRef and rule
 /// mirrors), defaults applied as translation applies them.
-fn route_refs(key: &ObjectKey, route: &HttpRoute) -> RouteRefs {
+fn route_refs(
+    key: &ObjectKey,
+    parent_refs: &[HttpRouteParentRefs],
+    rules: &[HttpRouteRules],
+) -> RouteRefs {
     let mut out = RouteRefs::default();
-    for p in route.spec.parent_refs.iter().flatten() {
+    for p in parent_refs {
         if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
             || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
         {
@@ -460,7 +504,7 @@ fn route_refs(key: &ObjectKey, route: &HttpRoute) -> RouteRefs {
                 out.backends.push(b);
             }
         };
-    for rule in route.spec.rules.iter().flatten() {
+    for rule in rules {
         for f in rule.filters.iter().flatten() {
             if let Some(m) = &f.request_mirror {
                 let b = &m.backend_ref;
@@ -569,14 +613,23 @@ pub(crate) fn reads_namespace_labels(
     })
 }
 
-/// The routes of `namespace` in `state` (Namespace changes).
+/// The routes of `namespace` in `state`, of both kinds (Namespace changes).
 pub(crate) fn routes_in<'s>(
     state: &'s ClusterState,
     namespace: &'s str,
-) -> impl Iterator<Item = &'s ObjectKey> + 's {
-    state
+) -> impl Iterator<Item = RouteKey> + 's {
+    let http = state
         .http_routes
         .range(ObjectKey::new(namespace, "")..)
         .take_while(move |(k, _)| k.namespace == namespace)
-        .map(|(k, _)| k)
+        .map(|(k, _)| RouteKey::http(k.clone()));
+    let grpc = state
+        .grpc_routes
+        .range(ObjectKey::new(namespace, "")..)
+        .take_while(move |(k, _)| k.namespace == namespace)
+        .map(|(k, _)| RouteKey {
+            kind: RouteKind::Grpc,
+            key: k.clone(),
+        });
+    http.chain(grpc)
 }

@@ -92,7 +92,14 @@ pub(crate) fn backend_target(
 }
 
 /// Gives every backend of `route`'s rules that has no policy yet the policy targeting the route.
-pub(crate) fn attach_route_policy(ctx: &Ctx<'_>, route: &ObjectKey, rules: &mut [model::Rule]) {
+/// Policies target HTTPRoutes only (`TARGET_KINDS`): a GRPCRoute's backends get the policies of
+/// their Services and ServiceImports.
+pub(crate) fn attach_route_policy(
+    ctx: &Ctx<'_>,
+    kind: model::RouteKind,
+    route: &ObjectKey,
+    rules: &mut [model::Rule],
+) {
     if ctx.cluster.failover_policies.is_empty() {
         return;
     }
@@ -100,7 +107,7 @@ pub(crate) fn attach_route_policy(ctx: &Ctx<'_>, route: &ObjectKey, rules: &mut 
         ctx.cluster,
         &route.namespace,
         GATEWAY_GROUP,
-        "HTTPRoute",
+        kind.as_str(),
         &route.name,
     ) else {
         return;
@@ -884,7 +891,12 @@ mod tests {
             cluster: &world.clusters["east"],
             cfg: &cfg,
         };
-        attach_route_policy(&ctx, &ObjectKey::new("demo", "web"), &mut rules);
+        attach_route_policy(
+            &ctx,
+            model::RouteKind::Http,
+            &ObjectKey::new("demo", "web"),
+            &mut rules,
+        );
         let policies: Vec<Option<model::FailoverPolicy>> = rules[0]
             .backends
             .iter()
@@ -902,7 +914,12 @@ mod tests {
         // Another route: untouched.
         let mut other = rules.clone();
         other[0].backends = vec![backend(None)];
-        attach_route_policy(&ctx, &ObjectKey::new("demo", "api"), &mut other);
+        attach_route_policy(
+            &ctx,
+            model::RouteKind::Http,
+            &ObjectKey::new("demo", "api"),
+            &mut other,
+        );
         assert!(matches!(
             &other[0].backends[0].target,
             model::BackendTarget::Endpoints { failover: None, .. }

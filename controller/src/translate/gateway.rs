@@ -12,7 +12,11 @@
 //! A listener is *valid* when Accepted, ResolvedRefs and not Conflicted; it is *served* when it
 //! is Accepted, not Conflicted and has what the proxy needs to bind it (an HTTPS listener needs at
 //! least one usable certificate). A listener whose only fault is an unsupported route kind next to
-//! `HTTPRoute` is still served.
+//! `HTTPRoute` or `GRPCRoute` is still served. HTTP and HTTPS listeners take both kinds by
+//! default (`supportedKinds` lists both); `allowedRoutes.kinds` narrows them.
+//!
+//! Routes in a served listener are ordered by namespace, name, then kind (an HTTPRoute and a
+//! GRPCRoute may share a name), as module `incremental` keeps them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -23,7 +27,7 @@ use gateway_api::gatewayclasses::{
 };
 use gateway_api::gateways::*;
 use meridian_model::hostname;
-use meridian_model::snapshot::{self as model, Certificate, ListenerTls, Protocol};
+use meridian_model::snapshot::{self as model, Certificate, ListenerTls, Protocol, RouteKind};
 
 use super::selector::Selector;
 use super::{ClusterGatewayRef, Ctx, Problem, ProgrammedState, generation_of};
@@ -32,7 +36,7 @@ use crate::status::{
     Cond, GATEWAY_GROUP, StatusKind, StatusUpdate, eq_ignoring_time, is_stale, merge_conditions,
     stamp_all,
 };
-use crate::world::{ClusterState, ObjectKey};
+use crate::world::{ClusterState, ObjectKey, RouteKey};
 
 /// Computes the status of our GatewayClasses and returns them with whether each is accepted.
 pub(crate) fn classes(ctx: &Ctx<'_>, out: &mut Vec<StatusUpdate>) -> BTreeMap<String, bool> {
@@ -184,12 +188,14 @@ pub(crate) struct ListenerState {
     pub accepted: Option<Problem>,
     pub resolved: Option<Problem>,
     pub conflicted: Option<Problem>,
-    /// Whether HTTPRoute is among the supported kinds (the only kind we support).
+    /// Whether HTTPRoute is among the listener's route kinds.
     pub http_route_kind: bool,
+    /// Whether GRPCRoute is among the listener's route kinds.
+    pub grpc_route_kind: bool,
     pub allowed: AllowedNamespaces,
     pub certificates: Vec<Certificate>,
     /// Routes attached (Accepted) through this listener.
-    pub attached: BTreeSet<ObjectKey>,
+    pub attached: BTreeSet<RouteKey>,
     /// Snapshot routes (only filled while the listener is served).
     pub routes: Vec<Arc<model::Route>>,
     /// `false` for a second listener with an already used name: it gets no status entry.
@@ -213,6 +219,15 @@ impl ListenerState {
                 Some(Protocol::Https) => !self.certificates.is_empty(),
                 None => false,
             }
+    }
+
+    /// Whether routes of `kind` may attach, per `allowedRoutes.kinds` (or the protocol's
+    /// defaults: both kinds on HTTP and HTTPS).
+    pub fn allows_kind(&self, kind: RouteKind) -> bool {
+        match kind {
+            RouteKind::Http => self.http_route_kind,
+            RouteKind::Grpc => self.grpc_route_kind,
+        }
     }
 
     /// Whether routes of `route_ns` may attach, per `allowedRoutes.namespaces`.
@@ -485,6 +500,7 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
         resolved: None,
         conflicted: None,
         http_route_kind: false,
+        grpc_route_kind: false,
         allowed: AllowedNamespaces::Same,
         certificates: Vec::new(),
         attached: BTreeSet::new(),
@@ -520,7 +536,7 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
         .as_ref()
         .and_then(|a| a.kinds.as_deref())
         .unwrap_or_default();
-    (st.http_route_kind, st.resolved) = allowed_kinds(kinds);
+    (st.http_route_kind, st.grpc_route_kind, st.resolved) = allowed_kinds(kinds);
     st.allowed = allowed_namespaces(allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()));
     if st.protocol == Some(Protocol::Https) && st.accepted.is_none() {
         let refs = tls
@@ -567,32 +583,34 @@ fn tls_problem(protocol: Option<Protocol>, tls: Option<&GatewayListenersTls>) ->
     }
 }
 
-/// `allowedRoutes.kinds` (empty: the protocol's default, HTTPRoute): whether HTTPRoute is
-/// among them, and the `InvalidRouteKinds` problem naming the others.
-fn allowed_kinds(kinds: &[GatewayListenersAllowedRoutesKinds]) -> (bool, Option<Problem>) {
+/// `allowedRoutes.kinds` (empty: the protocol's defaults, HTTPRoute and GRPCRoute): whether
+/// HTTPRoute and GRPCRoute are among them, and the `InvalidRouteKinds` problem naming the
+/// others.
+fn allowed_kinds(kinds: &[GatewayListenersAllowedRoutesKinds]) -> (bool, bool, Option<Problem>) {
     if kinds.is_empty() {
-        return (true, None);
+        return (true, true, None);
     }
     let mut http_route = false;
+    let mut grpc_route = false;
     let mut invalid = Vec::new();
     for GatewayListenersAllowedRoutesKinds { group, kind } in kinds {
         let group = group.as_deref().unwrap_or(GATEWAY_GROUP);
-        if group == GATEWAY_GROUP && kind == "HTTPRoute" {
-            http_route = true;
-        } else {
-            invalid.push(format!("{kind}.{group}"));
+        match (group, kind.as_str()) {
+            (GATEWAY_GROUP, "HTTPRoute") => http_route = true,
+            (GATEWAY_GROUP, "GRPCRoute") => grpc_route = true,
+            _ => invalid.push(format!("{kind}.{group}")),
         }
     }
     let problem = (!invalid.is_empty()).then(|| {
         Problem::new(
             "InvalidRouteKinds",
             format!(
-                "route kind(s) {} are not supported (HTTPRoute is)",
+                "route kind(s) {} are not supported (HTTPRoute and GRPCRoute are)",
                 invalid.join(", ")
             ),
         )
     });
-    (http_route, problem)
+    (http_route, grpc_route, problem)
 }
 
 /// `allowedRoutes.namespaces` (default `Same`).
@@ -980,7 +998,9 @@ pub(crate) fn finish(
             .filter(|l| l.served() && l.protocol.is_some());
         for (out, l) in entry.listeners.iter_mut().zip(served) {
             let mut routes = std::mem::take(&mut l.routes);
-            routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            routes.sort_by(|a, b| {
+                (&a.namespace, &a.name, a.kind).cmp(&(&b.namespace, &b.name, b.kind))
+            });
             out.routes = routes;
         }
     }
@@ -1232,11 +1252,18 @@ fn listener_status(
         .find(|o| o.name == l.name)
         .map(|o| o.conditions.as_slice())
         .unwrap_or_default();
-    let supported_kinds = if l.http_route_kind && l.protocol.is_some() {
-        vec![GatewayStatusListenersSupportedKinds {
+    let supported_kinds = if l.protocol.is_some() {
+        [
+            (l.http_route_kind, RouteKind::Http),
+            (l.grpc_route_kind, RouteKind::Grpc),
+        ]
+        .into_iter()
+        .filter(|(allowed, _)| *allowed)
+        .map(|(_, kind)| GatewayStatusListenersSupportedKinds {
             group: Some(GATEWAY_GROUP.to_string()),
-            kind: "HTTPRoute".to_string(),
-        }]
+            kind: kind.as_str().to_string(),
+        })
+        .collect()
     } else {
         Vec::new()
     };

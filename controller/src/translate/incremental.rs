@@ -9,6 +9,9 @@
 //! Gateways:       validated state (listeners, conflicts, addresses) with each listener's
 //!                 attached routes — the aggregates behind attachedRoutes and the conditions
 //! routes:         where each attached (Gateway, listener), whether endpoints were refused
+//!                 (HTTPRoutes and GRPCRoutes, told apart by kind)
+//! conflicts:      the listeners each route loses to a route of the other kind (module
+//!                 `conflict`)
 //! status:         the pending update of every GatewayClass, route, Gateway and policy
 //! deps:           the dependency index (module `deps`)
 //! ```
@@ -29,7 +32,10 @@
 //!       served, entry present)
 //!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or attached
 //!                                     to it translated again
-//! 2. each affected route: detached from the listeners it attached to (and their snapshot
+//! 2. with routes of both kinds in the cluster, the HTTPRoute/GRPCRoute conflicts are computed
+//!    again (they read only route specs and Gateways) and every route whose blocked listeners
+//!    changed joins the affected ones;
+//!    each affected route: detached from the listeners it attached to (and their snapshot
 //!    entries), translated again with route::process against the kept Gateways, attached,
 //!    its served copies inserted in name order
 //! 3. status of every Gateway a route attached to or left, and of every FailoverPolicy
@@ -96,11 +102,12 @@ use meridian_model::patch::Touched;
 use meridian_model::snapshot as model;
 use serde_json::Value;
 
+use super::conflict::{self, Conflicts};
 use super::deps::{self, Affected, DepIndex};
 use super::gateway::{self, GatewayState, ListenerState};
 use super::{ClusterGatewayRef, Ctx, Output, ProgrammedState, TranslateConfig, backend, route};
 use crate::status::{StatusKind, StatusUpdate};
-use crate::world::{ClusterName, Kind, ObjectKey, World};
+use crate::world::{ClusterName, Kind, ObjectKey, RouteKey, RouteKind, World};
 
 /// Objects that changed since the last pass, per member cluster, by kind and key. An
 /// EndpointSlice change is recorded under the key of the Service it belongs to.
@@ -125,8 +132,8 @@ impl Changes {
             .insert((kind, key));
     }
 
-    /// Notes that only the status of GatewayClass, Gateway, HTTPRoute or FailoverPolicy `key`
-    /// in `cluster` changed (nothing else translation reads, see [`crate::Revision`]). When the
+    /// Notes that only the status of GatewayClass, Gateway, HTTPRoute, GRPCRoute or
+    /// FailoverPolicy `key` in `cluster` changed (nothing else translation reads, see [`crate::Revision`]). When the
     /// indexed copy now carries exactly the status the last pass computed for it — the echo of
     /// our own write — [`Incremental::update`] translates nothing for it; any other status
     /// change is translated like [`Changes::insert`].
@@ -237,10 +244,12 @@ pub(crate) struct ClusterCache {
     gateways: BTreeMap<ObjectKey, GatewayState>,
     gateway_status: BTreeMap<ObjectKey, StatusUpdate>,
     /// Routes that attached somewhere.
-    attached: BTreeMap<ObjectKey, Vec<Attachment>>,
-    route_status: BTreeMap<ObjectKey, StatusUpdate>,
+    attached: BTreeMap<RouteKey, Vec<Attachment>>,
+    route_status: BTreeMap<RouteKey, StatusUpdate>,
     /// Routes whose endpoints the address policy refused.
-    refused: BTreeSet<ObjectKey>,
+    refused: BTreeSet<RouteKey>,
+    /// HTTPRoute/GRPCRoute conflicts of the last pass.
+    conflicts: Conflicts,
     policy_status: Vec<StatusUpdate>,
 }
 
@@ -254,7 +263,7 @@ impl ClusterCache {
     /// Notes one route processed by a full translation.
     pub(crate) fn record_route(
         &mut self,
-        key: &ObjectKey,
+        key: &RouteKey,
         processed: &route::Processed,
         gateways: &BTreeMap<ObjectKey, GatewayState>,
     ) {
@@ -284,7 +293,9 @@ impl ClusterCache {
         classes: BTreeMap<String, bool>,
         class_status: &[StatusUpdate],
         gateways: &BTreeMap<ObjectKey, GatewayState>,
+        conflicts: Conflicts,
     ) {
+        self.conflicts = conflicts;
         self.classes = classes;
         self.class_status = class_status.to_vec();
         self.gateways = gateways
@@ -492,7 +503,7 @@ impl Incremental {
     ) -> Result<(), Fallback> {
         let (min_routes, percent) = self.broad;
         for (name, cluster) in &world.clusters {
-            let total = cluster.http_routes.len();
+            let total = cluster.http_routes.len() + cluster.grpc_routes.len();
             let Some(cache) = self.clusters.get(name).filter(|_| total >= min_routes) else {
                 continue;
             };
@@ -576,10 +587,8 @@ impl Incremental {
                 self.seen.unconfirmed = (*cfg.unconfirmed).clone();
             }
         }
-        // What a membership change does to an object's status update (`push_if_changed`): a
-        // write (`settles == false`) is made whatever the membership; a settling report is
-        // made only while the object is unconfirmed; with no update kept, only a translation
-        // can tell whether the copy says what we want (then it would settle).
+        // A membership change translates again only an object with no update kept
+        // (`membership_changed`).
         for (cluster, entry) in changed {
             let now = cfg
                 .unconfirmed
@@ -590,27 +599,22 @@ impl Incremental {
             let Some(cache) = self.clusters.get_mut(&cluster) else {
                 continue;
             };
-            let kept = match kind {
-                StatusKind::Gateway => &mut cache.gateway_status,
-                StatusKind::HttpRoute => &mut cache.route_status,
-                // Recomputed every pass.
-                StatusKind::GatewayClass | StatusKind::FailoverPolicy => continue,
-            };
-            match kept.get(&key).map(|u| u.settles) {
-                Some(false) => {}
-                Some(true) => {
-                    if !now {
-                        kept.remove(&key);
+            match kind {
+                StatusKind::Gateway => {
+                    if membership_changed(&mut cache.gateway_status, &key, now) {
+                        affected.gateways.entry(cluster).or_default().insert(key);
                     }
                 }
-                None if !now => {}
-                None => {
-                    let set = match kind {
-                        StatusKind::Gateway => &mut affected.gateways,
-                        _ => &mut affected.routes,
+                StatusKind::HttpRoute | StatusKind::GrpcRoute => {
+                    let Some(route) = RouteKey::of_status(kind, key) else {
+                        continue;
                     };
-                    set.entry(cluster).or_default().insert(key);
+                    if membership_changed(&mut cache.route_status, &route, now) {
+                        affected.routes.entry(cluster).or_default().insert(route);
+                    }
                 }
+                // Recomputed every pass.
+                StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
             }
         }
     }
@@ -650,7 +654,21 @@ impl Incremental {
                 let empty = gateway_api::httproutes::HttpRouteStatus::default();
                 carries(
                     Some(route.status.as_ref().unwrap_or(&empty)),
-                    cache.route_status.get(key),
+                    cache.route_status.get(&RouteKey::http(key.clone())),
+                )
+            }
+            Kind::GrpcRoute => {
+                let Some(route) = state.grpc_routes.get(key) else {
+                    return false;
+                };
+                // Translation reads a GRPCRoute's status converted to the HTTPRoute shape
+                // (module `grpc`) and merges into that.
+                let status = gateway_api::httproutes::HttpRouteStatus {
+                    parents: super::grpc::status_parents(route),
+                };
+                carries(
+                    Some(&status),
+                    cache.route_status.get(&RouteKey::grpc(key.clone())),
                 )
             }
             Kind::Gateway => {
@@ -706,23 +724,6 @@ impl Incremental {
         let Some(cache) = self.clusters.get_mut(cluster) else {
             return;
         };
-        let in_set = |m: &BTreeMap<ClusterName, BTreeSet<ObjectKey>>| {
-            m.get(cluster).is_some_and(|s| s.contains(key))
-        };
-        let kept = match kind {
-            Kind::HttpRoute if !in_set(&affected.routes) => &mut cache.route_status,
-            Kind::Gateway if !in_set(&affected.gateways) => {
-                if let (Some(state), Some(gw)) = (
-                    cache.gateways.get_mut(key),
-                    world.cluster(cluster).and_then(|c| c.gateways.get(key)),
-                ) {
-                    state.gateway = Arc::clone(gw);
-                }
-                &mut cache.gateway_status
-            }
-            // Classes and policies are recomputed every pass; affected objects are translated.
-            _ => return,
-        };
         let Some(status_kind) = StatusKind::of(kind) else {
             return;
         };
@@ -730,23 +731,49 @@ impl Incremental {
             .unconfirmed
             .get(cluster)
             .is_some_and(|s| s.contains(&(status_kind, key.namespace.clone(), key.name.clone())));
-        // A route whose status carries no entry of ours (it names none of our Gateways any
-        // more, and our entries were just taken out) is not ours to report on at all.
-        let ours = kind != Kind::HttpRoute
-            || kept
-                .get(key)
-                .is_some_and(|u| route_has_entry_of(u, &cfg.controller_name));
-        if unconfirmed && ours {
-            if let Some(u) = kept.get_mut(key) {
-                u.settles = true;
+        match kind {
+            Kind::HttpRoute | Kind::GrpcRoute => {
+                let Some(route) = RouteKey::of_kind(kind, key.clone()) else {
+                    return;
+                };
+                if affected
+                    .routes
+                    .get(cluster)
+                    .is_some_and(|s| s.contains(&route))
+                {
+                    return;
+                }
+                // A route whose status carries no entry of ours (it names none of our Gateways
+                // any more, and our entries were just taken out) is not ours to report on at all.
+                let ours = cache
+                    .route_status
+                    .get(&route)
+                    .is_some_and(|u| route_has_entry_of(u, &cfg.controller_name));
+                settle_echo(&mut cache.route_status, &route, unconfirmed && ours);
             }
-        } else {
-            kept.remove(key);
+            Kind::Gateway => {
+                if affected
+                    .gateways
+                    .get(cluster)
+                    .is_some_and(|s| s.contains(key))
+                {
+                    return;
+                }
+                if let (Some(state), Some(gw)) = (
+                    cache.gateways.get_mut(key),
+                    world.cluster(cluster).and_then(|c| c.gateways.get(key)),
+                ) {
+                    state.gateway = Arc::clone(gw);
+                }
+                settle_echo(&mut cache.gateway_status, key, unconfirmed);
+            }
+            // Classes and policies are recomputed every pass.
+            _ => {}
         }
     }
 
     /// Every status update a full translation of the same world would give, in its order:
-    /// by cluster, GatewayClasses, HTTPRoutes, Gateways, FailoverPolicies.
+    /// by cluster, GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways, FailoverPolicies.
     pub fn status(&self) -> Vec<StatusUpdate> {
         let mut out = Vec::new();
         for c in self.clusters.values() {
@@ -802,6 +829,40 @@ impl Incremental {
     }
 }
 
+/// What an unconfirmed-set membership change does to an object's kept status update
+/// (`push_if_changed`): a write (`settles == false`) is made whatever the membership; a
+/// settling report is made only while the object is unconfirmed (dropped when it leaves the
+/// set); with no update kept, only a translation can tell whether the copy says what we want
+/// (then it would settle). `true`: translate the object again.
+fn membership_changed<K: Ord>(
+    kept: &mut BTreeMap<K, StatusUpdate>,
+    key: &K,
+    unconfirmed: bool,
+) -> bool {
+    match kept.get(key).map(|u| u.settles) {
+        Some(false) => false,
+        Some(true) => {
+            if !unconfirmed {
+                kept.remove(key);
+            }
+            false
+        }
+        None => unconfirmed,
+    }
+}
+
+/// The kept update of an echoed object: it now only settles, reported while `report` (the
+/// object is unconfirmed, and for a route its status still has an entry of ours), else gone.
+fn settle_echo<K: Ord>(kept: &mut BTreeMap<K, StatusUpdate>, key: &K, report: bool) {
+    if report {
+        if let Some(u) = kept.get_mut(key) {
+            u.settles = true;
+        }
+    } else {
+        kept.remove(key);
+    }
+}
+
 /// Whether a route status update carries a `status.parents` entry of `controller`.
 fn route_has_entry_of(u: &StatusUpdate, controller: &str) -> bool {
     u.status
@@ -823,7 +884,7 @@ struct Out<'s> {
 struct Dirty<'a> {
     classes: bool,
     gateways: &'a BTreeSet<ObjectKey>,
-    routes: BTreeSet<ObjectKey>,
+    routes: BTreeSet<RouteKey>,
     namespaces: Option<&'a BTreeSet<String>>,
 }
 
@@ -890,11 +951,21 @@ impl ClusterCache {
             && deps::reads_namespace_labels(&self.gateways)
         {
             for ns in namespaces {
-                routes.extend(deps::routes_in(ctx.cluster, ns).cloned());
+                routes.extend(deps::routes_in(ctx.cluster, ns));
             }
         }
 
-        // 2. Routes.
+        // 2. Routes: first those whose HTTPRoute/GRPCRoute conflicts changed.
+        let conflicts = conflict::compute(ctx, &self.gateways);
+        if conflicts != self.conflicts {
+            let keys: BTreeSet<&RouteKey> = conflicts.keys().chain(self.conflicts.keys()).collect();
+            for key in keys {
+                if conflicts.get(key) != self.conflicts.get(key) {
+                    routes.insert(key.clone());
+                }
+            }
+            self.conflicts = conflicts;
+        }
         let mut backends = backend::Cache::default();
         for key in &routes {
             self.retranslate(ctx, key, &mut backends, snapshot, &mut touched, pass);
@@ -931,7 +1002,7 @@ impl ClusterCache {
         ctx: &Ctx<'_>,
         deps: &DepIndex,
         snapshot: &mut Out<'_>,
-        routes: &mut BTreeSet<ObjectKey>,
+        routes: &mut BTreeSet<RouteKey>,
         touched: &mut BTreeSet<ObjectKey>,
     ) {
         let mut fresh = gateway::build_all(ctx, &self.classes);
@@ -974,7 +1045,7 @@ impl ClusterCache {
     fn retranslate(
         &mut self,
         ctx: &Ctx<'_>,
-        key: &ObjectKey,
+        key: &RouteKey,
         backends: &mut backend::Cache,
         snapshot: &mut Out<'_>,
         touched: &mut BTreeSet<ObjectKey>,
@@ -993,10 +1064,29 @@ impl ClusterCache {
         }
         self.refused.remove(key);
         self.route_status.remove(key);
-        let Some(route) = ctx.cluster.http_routes.get(key) else {
+        let src = match key.kind {
+            RouteKind::Http => ctx
+                .cluster
+                .http_routes
+                .get(&key.key)
+                .map(|r| route::RouteSource::http(r)),
+            RouteKind::Grpc => ctx
+                .cluster
+                .grpc_routes
+                .get(&key.key)
+                .map(|r| route::RouteSource::grpc(r)),
+        };
+        let Some(src) = src else {
             return;
         };
-        let processed = route::process(ctx, key, route, &mut self.gateways, backends);
+        let processed = route::process(
+            ctx,
+            key,
+            &src,
+            &mut self.gateways,
+            backends,
+            self.conflicts.get(key),
+        );
         let mut attached = Vec::with_capacity(processed.attached.len());
         for (gw, i) in processed.attached {
             if let Some(l) = self
@@ -1046,6 +1136,7 @@ fn without_routes(g: &GatewayState) -> GatewayState {
                 resolved: l.resolved.clone(),
                 conflicted: l.conflicted.clone(),
                 http_route_kind: l.http_route_kind,
+                grpc_route_kind: l.grpc_route_kind,
                 allowed: l.allowed.clone(),
                 certificates: l.certificates.clone(),
                 attached: l.attached.clone(),
@@ -1070,6 +1161,7 @@ fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
             && x.resolved == y.resolved
             && x.conflicted == y.conflicted
             && x.http_route_kind == y.http_route_kind
+            && x.grpc_route_kind == y.grpc_route_kind
             && x.allowed == y.allowed
             && x.certificates == y.certificates
             && x.has_status == y.has_status
@@ -1089,12 +1181,12 @@ fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
 }
 
 /// What route attachment reads of a listener: name, has_status, port as written, HTTPRoute
-/// allowed, protocol known, allowed namespaces, hostname, served.
+/// and GRPCRoute allowed, protocol known, allowed namespaces, hostname, served.
 type ListenerView<'a> = (
     &'a str,
     bool,
     i32,
-    bool,
+    (bool, bool),
     bool,
     &'a gateway::AllowedNamespaces,
     Option<&'a str>,
@@ -1113,7 +1205,7 @@ fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>) {
                     l.name.as_str(),
                     l.has_status,
                     l.spec_port,
-                    l.http_route_kind,
+                    (l.http_route_kind, l.grpc_route_kind),
                     l.protocol.is_some(),
                     &l.allowed,
                     l.hostname.as_deref(),
@@ -1173,9 +1265,14 @@ fn listener_routes<'s>(
     Some(routes)
 }
 
-fn route_position(routes: &[Arc<model::Route>], key: &ObjectKey) -> Result<usize, usize> {
+/// Position of a route in a listener's routes (ordered by namespace, name, kind).
+fn route_position(routes: &[Arc<model::Route>], key: &RouteKey) -> Result<usize, usize> {
     routes.binary_search_by(|r| {
-        (r.namespace.as_str(), r.name.as_str()).cmp(&(&key.namespace, &key.name))
+        (r.namespace.as_str(), r.name.as_str(), r.kind).cmp(&(
+            key.key.namespace.as_str(),
+            key.key.name.as_str(),
+            key.kind,
+        ))
     })
 }
 
@@ -1184,14 +1281,17 @@ fn insert_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, route: Arc<mo
     let Some(routes) = listener_routes(out, gw, listener) else {
         return;
     };
-    let key = ObjectKey::new(route.namespace.as_str(), route.name.as_str());
+    let key = RouteKey {
+        kind: route.kind,
+        key: ObjectKey::new(route.namespace.as_str(), route.name.as_str()),
+    };
     match route_position(routes, &key) {
         Ok(i) => routes[i] = route,
         Err(i) => routes.insert(i, route),
     }
 }
 
-fn remove_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, key: &ObjectKey) {
+fn remove_route(out: &mut Out<'_>, gw: &ObjectKey, listener: &str, key: &RouteKey) {
     if let Some(routes) = listener_routes(out, gw, listener)
         && let Ok(i) = route_position(routes, key)
     {

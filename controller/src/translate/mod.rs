@@ -5,9 +5,11 @@
 //! World ──┬─ cluster A ──► 1. GatewayClasses with our controllerName   ──► class status
 //!         │                2. their Gateways: listeners validated,       ──► (gateway status, step 4)
 //!         │                   TLS refs resolved, conflicts found
-//!         │                3. HTTPRoutes: parentRefs → listeners          ──► route status
-//!         │                   (sectionName/port, allowedRoutes, hostnames),
-//!         │                   rules with defaults, backends → endpoints
+//!         │                3. HTTPRoutes, then GRPCRoutes (converted to the  ──► route status
+//!         │                   same shapes, module `grpc`): parentRefs → listeners
+//!         │                   (sectionName/port, allowedRoutes kinds and namespaces,
+//!         │                   hostnames, HTTPRoute/GRPCRoute hostname conflicts: module
+//!         │                   `conflict`), rules with defaults, backends → endpoints
 //!         │                   (Service: this cluster; ServiceImport: every exporting cluster)
 //!         │                4. Gateways: attachedRoutes, Accepted/Programmed ──► gateway status
 //!         │                   served listeners ──► Snapshot for cluster A
@@ -44,10 +46,12 @@
 //! whether the content changed.
 
 mod backend;
+mod conflict;
 mod deps;
 mod east_west;
 mod failover;
 mod gateway;
+mod grpc;
 mod incremental;
 mod refresh;
 mod route;
@@ -63,7 +67,7 @@ use meridian_model::Snapshot;
 pub use meridian_model::gateway::{GatewayRef, ProgrammedState, ProxyRefusal};
 
 use crate::status::{StatusKind, StatusUpdate};
-use crate::world::{ClusterName, ClusterState, World};
+use crate::world::{ClusterName, ClusterState, RouteKey, World};
 
 pub use self::east_west::{EastWestListeners, MissingRemote};
 pub(crate) use self::failover::stale_endpoint_counts;
@@ -81,6 +85,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
+    "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
+    "GRPCRouteRequestHeaderModifier",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -197,7 +204,7 @@ pub struct Output {
     /// classes in that cluster.
     pub snapshots: BTreeMap<ClusterName, Snapshot>,
     /// Status writes whose content differs (ignoring timestamps) from the indexed copy, ordered
-    /// by cluster, then GatewayClasses, HTTPRoutes, Gateways and FailoverPolicies.
+    /// by cluster, then GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways and FailoverPolicies.
     pub status: Vec<StatusUpdate>,
     /// Per cluster, the backends whose endpoints in clusters of another network were left out
     /// of its snapshot because those clusters have no proxy with an east-west listener (empty
@@ -260,15 +267,33 @@ pub(crate) fn translate_full(
         gateway::detect_shared_socket_conflicts(&mut gateways);
         let mut backends = backend::Cache::default();
         let mut route_status = Vec::new();
-        for (key, route) in &cluster.http_routes {
-            let processed = route::process(&ctx, key, route, &mut gateways, &mut backends);
+        let conflicts = conflict::compute(&ctx, &gateways);
+        let routes = cluster
+            .http_routes
+            .iter()
+            .map(|(k, r)| (RouteKey::http(k.clone()), route::RouteSource::http(r)))
+            .chain(
+                cluster
+                    .grpc_routes
+                    .iter()
+                    .map(|(k, r)| (RouteKey::grpc(k.clone()), route::RouteSource::grpc(r))),
+            );
+        for (key, src) in routes {
+            let processed = route::process(
+                &ctx,
+                &key,
+                &src,
+                &mut gateways,
+                &mut backends,
+                conflicts.get(&key),
+            );
             if let Some(r) = &mut record {
-                r.record_route(key, &processed, &gateways);
+                r.record_route(&key, &processed, &gateways);
             }
             route_status.extend(processed.update);
         }
         if let Some(r) = &mut record {
-            r.record_rest(classes, &class_status, &gateways);
+            r.record_rest(classes, &class_status, &gateways, conflicts);
         }
         out.status.extend(class_status);
         out.status.extend(route_status);

@@ -41,7 +41,7 @@ use meridian_model::snapshot::{BackendProtocol, Endpoint, Snapshot, set_route_en
 
 use super::backend::{self, BackendRef, MCS_GROUP};
 use super::east_west::{self, EastWestListeners, MissingRemote};
-use crate::world::{ClusterName, ObjectKey, World};
+use crate::world::{ClusterName, ObjectKey, RouteKey, World};
 
 /// Recomputes, in place, the endpoints of every backend that resolves through Service `service`
 /// of member cluster `cluster`, after its EndpointSlices changed. `listeners` are the east-west
@@ -87,7 +87,7 @@ pub fn refresh_endpoints_touched(
 /// Where in one cluster's snapshot the routes naming a backend are: `(Gateway, listener name,
 /// route)` for every listener each one attached to (a superset is fine: only backends of the
 /// refreshed name change).
-pub(crate) type Places = Vec<(ObjectKey, String, ObjectKey)>;
+pub(crate) type Places = Vec<(ObjectKey, String, RouteKey)>;
 
 /// The routes of a cluster (first argument) naming the refreshed Service (`false`) or the
 /// ServiceImport of its name (`true`), from the incremental engine's index; `None` when the
@@ -208,7 +208,7 @@ impl AddressPolicy {
 /// in name order).
 fn set_endpoints_at(
     snapshot: &mut Snapshot,
-    places: &[(ObjectKey, String, ObjectKey)],
+    places: &[(ObjectKey, String, RouteKey)],
     name: &str,
     protocol: BackendProtocol,
     eps: &[Endpoint],
@@ -225,8 +225,14 @@ fn set_endpoints_at(
         let Some(l) = g.listeners.iter_mut().find(|l| l.name == *listener) else {
             continue;
         };
+        // A listener's routes are in (namespace, name, kind) order: an HTTPRoute and a
+        // GRPCRoute may share a name.
         let Ok(i) = l.routes.binary_search_by(|r| {
-            (r.namespace.as_str(), r.name.as_str()).cmp(&(&route.namespace, &route.name))
+            (r.namespace.as_str(), r.name.as_str(), r.kind).cmp(&(
+                route.key.namespace.as_str(),
+                route.key.name.as_str(),
+                route.kind,
+            ))
         }) else {
             continue;
         };

@@ -1,4 +1,5 @@
-//! HTTPRoute attachment and `status.parents`.
+//! Route attachment and `status.parents`, for HTTPRoutes and GRPCRoutes alike (a GRPCRoute
+//! arrives converted to the HTTPRoute shapes, module `grpc`; [`RouteSource`] holds either).
 //!
 //! For each parentRef (defaults: group `gateway.networking.k8s.io`, kind `Gateway`, namespace the
 //! route's) that names a Gateway of ours:
@@ -9,7 +10,11 @@
 //!    `NotAllowedByListeners`;
 //! 3. of those, the ones whose hostname intersects the route's hostnames; none ⇒
 //!    `NoMatchingListenerHostname`;
-//! 4. a route whose rules are all invalid (or whose hostnames are invalid) ⇒ `UnsupportedValue`
+//! 4. of those, the ones where no route of the other kind (HTTPRoute against GRPCRoute) with an
+//!    overlapping hostname takes precedence (the GRPCRoute spec: exactly one of the two is
+//!    accepted, the older, then the first by `namespace/name`; module `conflict`); none ⇒
+//!    `NotAllowedByListeners` naming the route that won;
+//! 5. a route whose rules are all invalid (or whose hostnames are invalid) ⇒ `UnsupportedValue`
 //!    (or `IncompatibleFilters`), otherwise `Accepted=True` and the route is attached to each
 //!    remaining listener: counted in its `attachedRoutes` (even if the listener is not served)
 //!    and, when served, added with its hostnames narrowed to the listener's.
@@ -17,31 +22,95 @@
 //! `ResolvedRefs` and `PartiallyInvalid` come from rule translation, done once per route. Parent
 //! entries always spell out group, kind and namespace.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::{
-    HttpRoute, HttpRouteParentRefs, HttpRouteSpec, HttpRouteStatus, HttpRouteStatusParents,
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteStatus, HttpRouteStatusParents,
     HttpRouteStatusParentsParentRef,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meridian_model::hostname;
-use meridian_model::snapshot as model;
+use meridian_model::snapshot::{self as model, GrpcMethodMatch, RouteKind};
 
+use super::conflict::Blocked;
 use super::gateway::{GatewayState, push_if_changed};
 use super::rules::{RouteRules, translate_rules};
-use super::{Ctx, Problem, backend, generation_of};
-use crate::status::{
-    Cond, GATEWAY_GROUP, StatusKind, StatusUpdate, is_stale, merge_route_parents, stamp_all,
-};
-use crate::world::ObjectKey;
+use super::{Ctx, Problem, backend, generation_of, grpc};
+use crate::status::{Cond, GATEWAY_GROUP, StatusUpdate, is_stale, merge_route_parents, stamp_all};
+use crate::world::{ObjectKey, RouteKey};
 
 /// A parentRef with defaults applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct ParentKey {
-    namespace: String,
-    name: String,
-    section_name: Option<String>,
-    port: Option<i32>,
+pub(crate) struct ParentKey {
+    pub namespace: String,
+    pub name: String,
+    pub section_name: Option<String>,
+    pub port: Option<i32>,
+}
+
+/// What translation reads of a route, whichever its kind.
+pub(crate) struct RouteSource<'a> {
+    pub kind: RouteKind,
+    pub metadata: &'a ObjectMeta,
+    pub hostnames: &'a [String],
+    pub parent_refs: Cow<'a, [HttpRouteParentRefs]>,
+    /// `None`: omitted (HTTPRoute: the default rule).
+    pub rules: Option<Cow<'a, [HttpRouteRules]>>,
+    /// GRPCRoute: per rule, the problem that drops it before translation.
+    pub invalid: Vec<Option<Problem>>,
+    /// GRPCRoute: per rule, per match, the method condition.
+    pub methods: Vec<Vec<GrpcMethodMatch>>,
+    /// `status.parents`, every controller's.
+    pub status: Cow<'a, [HttpRouteStatusParents]>,
+}
+
+impl<'a> RouteSource<'a> {
+    /// An HTTPRoute, borrowed.
+    pub fn http(route: &'a HttpRoute) -> Self {
+        Self {
+            kind: RouteKind::Http,
+            metadata: &route.metadata,
+            hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
+            parent_refs: Cow::Borrowed(route.spec.parent_refs.as_deref().unwrap_or_default()),
+            rules: route.spec.rules.as_deref().map(Cow::Borrowed),
+            invalid: Vec::new(),
+            methods: Vec::new(),
+            status: Cow::Borrowed(
+                route
+                    .status
+                    .as_ref()
+                    .map(|s| s.parents.as_slice())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// A GRPCRoute, converted (module `grpc`).
+    pub fn grpc(route: &'a GrpcRoute) -> Self {
+        let c = grpc::convert(route);
+        Self {
+            kind: RouteKind::Grpc,
+            metadata: &route.metadata,
+            hostnames: route.spec.hostnames.as_deref().unwrap_or_default(),
+            parent_refs: Cow::Owned(c.parent_refs),
+            rules: Some(Cow::Owned(c.rules)),
+            invalid: c.invalid,
+            methods: c.methods,
+            status: Cow::Owned(c.status),
+        }
+    }
+
+    /// Creation time in seconds (0 when unset).
+    pub fn created_at(&self) -> i64 {
+        self.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(0)
+    }
 }
 
 /// What processing one route gave, besides what it attached to the Gateways' listeners.
@@ -56,7 +125,8 @@ pub(crate) struct Processed {
 }
 
 /// Attaches one route: fills the listeners' attached sets and (served listeners) routes, and
-/// returns its status update and where it attached.
+/// returns its status update and where it attached. `blocked` are the listeners a route of the
+/// other kind holds against it (module `conflict`).
 ///
 /// ```text
 /// parentRefs naming our Gateways ─► rules translated once ─► route-level problem,
@@ -64,29 +134,17 @@ pub(crate) struct Processed {
 /// ```
 pub(crate) fn process(
     ctx: &Ctx<'_>,
-    key: &ObjectKey,
-    route: &HttpRoute,
+    key: &RouteKey,
+    src: &RouteSource<'_>,
     gateways: &mut BTreeMap<ObjectKey, GatewayState>,
     cache: &mut backend::Cache,
+    blocked: Option<&Blocked>,
 ) -> Processed {
-    let HttpRoute {
-        metadata,
-        spec,
-        status,
-    } = route;
-    let HttpRouteSpec {
-        hostnames,
-        parent_refs,
-        rules,
-    } = spec;
     let controller = ctx.cfg.controller_name.as_str();
-    let generation = generation_of(metadata);
+    let generation = generation_of(src.metadata);
 
-    let ours = our_parents(key, parent_refs.as_deref().unwrap_or_default(), gateways);
-    let existing: &[HttpRouteStatusParents] = status
-        .as_ref()
-        .map(|s| s.parents.as_slice())
-        .unwrap_or_default();
+    let ours = our_parents(&key.key, &src.parent_refs, gateways);
+    let existing: &[HttpRouteStatusParents] = &src.status;
     let had_ours = existing.iter().any(|p| p.controller_name == controller);
     let mut processed = Processed::default();
     if ours.is_empty() && !had_ours {
@@ -103,25 +161,29 @@ pub(crate) fn process(
     let mut translated = if ours.is_empty() {
         RouteRules::default()
     } else {
-        translate_rules(ctx, &key.namespace, rules.as_ref(), cache)
+        let mut t = translate_rules(
+            ctx,
+            src.kind,
+            &key.key.namespace,
+            src.rules.as_deref(),
+            &src.invalid,
+            cache,
+        );
+        if src.kind == RouteKind::Grpc {
+            let dropped: Vec<usize> = t.dropped.iter().map(|(i, _)| *i).collect();
+            grpc::mark_rules(&mut t.rules, &dropped, &src.methods);
+        }
+        t
     };
-    super::failover::attach_route_policy(ctx, key, &mut translated.rules);
+    super::failover::attach_route_policy(ctx, src.kind, &key.key, &mut translated.rules);
     processed.refused = !translated.refused.is_empty();
-    let route = RouteVerdict::new(
-        hostnames.as_deref().unwrap_or_default(),
-        translated,
-        metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(0),
-    );
+    let route = RouteVerdict::new(src.hostnames, translated, src.created_at());
     // Attach even when the indexed status is stale: the listeners count the route either way.
     let entries: Vec<HttpRouteStatusParents> = ours
         .iter()
         .filter_map(|pk| {
             let gw = gateways.get_mut(&ObjectKey::new(pk.namespace.as_str(), pk.name.as_str()))?;
-            let accepted = attach(ctx, key, pk, gw, &route, &mut processed.attached);
+            let accepted = attach(ctx, key, pk, gw, &route, blocked, &mut processed.attached);
             Some(parent_entry(ctx, pk, &route, accepted, generation))
         })
         .collect();
@@ -129,16 +191,24 @@ pub(crate) fn process(
         return processed;
     }
     let new_status = HttpRouteStatus {
-        parents: merge_route_parents(existing, entries, controller, &key.namespace, ctx.cfg.now),
+        parents: merge_route_parents(
+            existing,
+            entries,
+            controller,
+            &key.key.namespace,
+            ctx.cfg.now,
+        ),
     };
     let mut out = Vec::new();
-    let old_status = status.clone().unwrap_or_default();
+    let old_status = HttpRouteStatus {
+        parents: existing.to_vec(),
+    };
     push_if_changed(
         ctx,
         &mut out,
-        StatusKind::HttpRoute,
-        Some(&key.namespace),
-        &key.name,
+        key.status_kind(),
+        Some(&key.key.namespace),
+        &key.key.name,
         generation,
         Some(&old_status),
         &new_status,
@@ -148,7 +218,7 @@ pub(crate) fn process(
 }
 
 /// The route's parentRefs that name a Gateway of ours, defaults applied, without repeats.
-fn our_parents(
+pub(crate) fn our_parents(
     key: &ObjectKey,
     parent_refs: &[HttpRouteParentRefs],
     gateways: &BTreeMap<ObjectKey, GatewayState>,
@@ -184,7 +254,7 @@ fn our_parents(
 }
 
 /// What holds for a route whatever parent it attaches to.
-struct RouteVerdict {
+pub(crate) struct RouteVerdict {
     /// Lower-cased `spec.hostnames`.
     hostnames: Vec<String>,
     /// Why the route cannot be accepted anywhere (invalid hostname, every rule invalid).
@@ -331,16 +401,16 @@ fn parent_entry(
     }
 }
 
-/// Attaches the route to the listeners `pk` selects (noting each newly attached one in
-/// `attached`); returns their names, or why it cannot.
-fn attach(
+/// The listeners of `gw` that `pk` selects and that admit the route (kind, namespace,
+/// hostnames: steps 1–3 of the module docs), each with the route's hostnames narrowed to it; or
+/// why there are none. Pure: module `conflict` asks it too.
+pub(crate) fn eligible_listeners(
     ctx: &Ctx<'_>,
-    key: &ObjectKey,
+    key: &RouteKey,
+    hostnames: &[String],
     pk: &ParentKey,
-    gw: &mut GatewayState,
-    route: &RouteVerdict,
-    attached: &mut Vec<(ObjectKey, usize)>,
-) -> Result<Vec<String>, Problem> {
+    gw: &GatewayState,
+) -> Result<Vec<(usize, Vec<String>)>, Problem> {
     let selected: Vec<usize> = (0..gw.listeners.len())
         .filter(|&i| {
             let l = &gw.listeners[i];
@@ -365,25 +435,26 @@ fn attach(
         .into_iter()
         .filter(|&i| {
             let l = &gw.listeners[i];
-            l.http_route_kind
+            l.allows_kind(key.kind)
                 && l.protocol.is_some()
-                && l.admits(&key.namespace, &gw.key.namespace, ctx.cluster)
+                && l.admits(&key.key.namespace, &gw.key.namespace, ctx.cluster)
         })
         .collect();
     if allowed.is_empty() {
         return Err(Problem::new(
             "NotAllowedByListeners",
             format!(
-                "no selected listener of Gateway {} allows HTTPRoutes from namespace {:?}",
-                gw.key, key.namespace
+                "no selected listener of Gateway {} allows {}s from namespace {:?}",
+                gw.key,
+                key.kind.as_str(),
+                key.key.namespace
             ),
         ));
     }
     let accepting: Vec<(usize, Vec<String>)> = allowed
         .into_iter()
         .filter_map(|i| {
-            effective_hostnames(gw.listeners[i].hostname.as_deref(), &route.hostnames)
-                .map(|h| (i, h))
+            effective_hostnames(gw.listeners[i].hostname.as_deref(), hostnames).map(|h| (i, h))
         })
         .collect();
     if accepting.is_empty() {
@@ -394,6 +465,43 @@ fn attach(
                 gw.key
             ),
         ));
+    }
+    Ok(accepting)
+}
+
+/// Attaches the route to the listeners `pk` selects (noting each newly attached one in
+/// `attached`); returns their names, or why it cannot.
+fn attach(
+    ctx: &Ctx<'_>,
+    key: &RouteKey,
+    pk: &ParentKey,
+    gw: &mut GatewayState,
+    route: &RouteVerdict,
+    blocked: Option<&Blocked>,
+    attached: &mut Vec<(ObjectKey, usize)>,
+) -> Result<Vec<String>, Problem> {
+    let mut accepting = eligible_listeners(ctx, key, &route.hostnames, pk, gw)?;
+    if let Some(blocked) = blocked {
+        let mut winners = Vec::new();
+        accepting.retain(|(i, _)| match blocked.get(&(gw.key.clone(), *i)) {
+            Some(winner) => {
+                winners.push(format!("{} on listener {}", winner, gw.listeners[*i].name));
+                false
+            }
+            None => true,
+        });
+        if accepting.is_empty() {
+            return Err(Problem::new(
+                "NotAllowedByListeners",
+                format!(
+                    "the selected listeners of Gateway {} already serve a route of the other \
+                     kind for an overlapping hostname, which takes precedence (older, or first \
+                     by namespace/name): {}",
+                    gw.key,
+                    winners.join(", ")
+                ),
+            ));
+        }
     }
     if let Some(p) = &route.problem {
         return Err(p.clone());
@@ -408,8 +516,9 @@ fn attach(
         attached.push((gw.key.clone(), i));
         if l.served() {
             l.routes.push(Arc::new(model::Route {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: key.key.namespace.clone(),
+                name: key.key.name.clone(),
+                kind: key.kind,
                 created_at: route.created_at,
                 hostnames,
                 rules: route.translated.rules.clone(),

@@ -1,4 +1,5 @@
-//! HTTPRoute rules → snapshot rules, with every API default applied.
+//! Route rules → snapshot rules, with every API default applied. HTTPRoute rules as they are;
+//! GRPCRoute rules after module `grpc` converted them to the same shapes.
 //!
 //! Defaults (the CRDs we install carry none): omitted `rules` ⇒ one rule matching `PathPrefix /`;
 //! a match without `path` ⇒ `PathPrefix /`; path type `PathPrefix`, value `/`; header and query
@@ -32,7 +33,7 @@ use meridian_model::Router;
 use meridian_model::snapshot::{
     Backend, BackendTarget, Filter, Gateway, HeaderMatch, HeaderModifier, HeaderValue, Listener,
     Match, PathMatch, PathModifier, Protocol, QueryParamMatch, RequestMirror, RequestRedirect,
-    Route, Rule, Snapshot, Timeouts, UrlRewrite, ValueMatchType,
+    Route, RouteKind, Rule, Snapshot, Timeouts, UrlRewrite, ValueMatchType,
 };
 
 use super::backend::{self, BackendRef};
@@ -59,13 +60,17 @@ fn unsupported(message: impl Into<String>) -> Problem {
     Problem::new("UnsupportedValue", message)
 }
 
-/// Translates the rules of a route in `namespace`.
+/// Translates the rules of a route of kind `kind` in `namespace`. `invalid[i]`, when given,
+/// drops rule `i` before translation (what a GRPCRoute's conversion found, module `grpc`).
 pub(crate) fn translate_rules(
     ctx: &Ctx<'_>,
+    kind: RouteKind,
     namespace: &str,
-    rules: Option<&Vec<HttpRouteRules>>,
+    rules: Option<&[HttpRouteRules]>,
+    invalid: &[Option<Problem>],
     cache: &mut backend::Cache,
 ) -> RouteRules {
+    cache.referrer = kind;
     let default_rule = [HttpRouteRules::default()];
     let rules: &[HttpRouteRules] = match rules {
         Some(r) => r,
@@ -76,6 +81,10 @@ pub(crate) fn translate_rules(
         ..RouteRules::default()
     };
     for (idx, rule) in rules.iter().enumerate() {
+        if let Some(Some(p)) = invalid.get(idx) {
+            out.dropped.push((idx, p.clone()));
+            continue;
+        }
         let mut unresolved = Vec::new();
         let mut degraded = Vec::new();
         match translate_rule(
@@ -283,6 +292,7 @@ fn translate_match(m: &HttpRouteRulesMatches) -> Result<Match, Problem> {
             .map(query_param_match)
             .collect(),
         method: method.as_ref().map(|m| method_name(m).to_string()),
+        grpc: None,
     })
 }
 
@@ -800,6 +810,7 @@ fn check_with_proxy(rule: &Rule) -> Result<(), Problem> {
                 Route {
                     namespace: "probe".to_string(),
                     name: "probe".to_string(),
+                    kind: Default::default(),
                     created_at: 0,
                     hostnames: Vec::new(),
                     rules: vec![probe],

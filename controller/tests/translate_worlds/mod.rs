@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
@@ -154,7 +155,7 @@ pub fn any_listener() -> impl Strategy<Value = Value> {
         )),
         opt(s(&["Terminate", "Passthrough"])),
         opt(s(&["All", "Same", "Selector", "Bogus"])),
-        opt(s(&["HTTPRoute", "TCPRoute"])),
+        opt(s(&["HTTPRoute", "GRPCRoute", "TCPRoute"])),
     )
         .prop_map(|(name, port, protocol, hostname, cert, mode, from, kind)| {
             obj(vec![
@@ -417,6 +418,110 @@ pub fn http_route(i: usize) -> impl Strategy<Value = Value> {
         })
 }
 
+/// A gRPC method condition: exact service and/or method (valid or not), regular expressions,
+/// nothing at all.
+pub fn grpc_method() -> impl Strategy<Value = Value> {
+    (
+        opt(s(&["Exact", "RegularExpression"])),
+        opt(s(&[
+            "pkg.Echo",
+            "pkg.Other",
+            ".pkg.Echo",
+            "pkg/Echo",
+            "pkg\\..*",
+            "(",
+        ])),
+        opt(s(&["Say", "Stream", "Say.Hi", "S.*", ""])),
+    )
+        .prop_map(|(t, service, method)| {
+            obj(vec![
+                ("type", t.map(|t| json!(t))),
+                ("service", service.map(|v| json!(v))),
+                ("method", method.map(|v| json!(v))),
+            ])
+        })
+}
+
+pub fn grpc_rule() -> impl Strategy<Value = Value> {
+    let a_match = (
+        opt(grpc_method()),
+        prop::collection::vec(value_match(), 0..2),
+    )
+        .prop_map(|(method, headers)| {
+            obj(vec![
+                ("method", method),
+                ("headers", (!headers.is_empty()).then(|| json!(headers))),
+            ])
+        });
+    // The filters GRPCRoute has (a redirect is not one: the object does not decode).
+    let filter = prop_oneof![
+        header_modifier().prop_map(|m| json!({"type": "RequestHeaderModifier", "requestHeaderModifier": m})),
+        header_modifier().prop_map(|m| json!({"type": "ResponseHeaderModifier", "responseHeaderModifier": m})),
+        s(SERVICES).prop_map(|svc| json!({"type": "RequestMirror", "requestMirror": {"backendRef": {"name": svc, "port": 80}}})),
+        Just(json!({"type": "ExtensionRef", "extensionRef": {"group": "x.io", "kind": "K", "name": "n"}})),
+    ];
+    (
+        prop::collection::vec(a_match, 0..3),
+        prop::collection::vec(filter, 0..2),
+        prop::collection::vec(backend_ref(), 0..3),
+        opt(s(&["one", "two"])),
+    )
+        .prop_map(|(matches, filters, backends, name)| {
+            // Backend filters are HTTPRoute's vocabulary: keep only what GRPCRoute has.
+            let backends: Vec<Value> = backends
+                .into_iter()
+                .map(|mut b| {
+                    if let Some(o) = b.as_object_mut() {
+                        o.remove("filters");
+                    }
+                    b
+                })
+                .collect();
+            obj(vec![
+                ("matches", (!matches.is_empty()).then(|| json!(matches))),
+                ("filters", (!filters.is_empty()).then(|| json!(filters))),
+                (
+                    "backendRefs",
+                    (!backends.is_empty()).then(|| json!(backends)),
+                ),
+                ("name", name.map(|n| json!(n))),
+            ])
+        })
+}
+
+/// A GRPCRoute named like the HTTPRoutes (`route-i`: the two kinds share names), older or
+/// newer than them, so HTTPRoute/GRPCRoute hostname conflicts and same-name routes occur.
+pub fn grpc_route(i: usize) -> impl Strategy<Value = Value> {
+    (
+        prop_oneof![2 => Just("infra"), 1 => s(NAMESPACES)],
+        prop::collection::vec(parent_ref(), 0..3),
+        prop_oneof![2 => Just(Vec::new()), 1 => prop::collection::vec(s(HOSTS), 1..3)],
+        opt(prop::collection::vec(grpc_rule(), 0..3)),
+        1i64..4,
+        s(&[
+            "1970-01-01T00:10:00Z",
+            "1970-01-01T00:16:40Z",
+            "1970-01-01T00:20:00Z",
+        ]),
+    )
+        .prop_map(
+            move |(ns, parents, hostnames, rules, generation, created)| {
+                let mut m = meta(Some(ns), &format!("route-{i}"), generation);
+                m["creationTimestamp"] = json!(created);
+                json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "GRPCRoute",
+                    "metadata": m,
+                    "spec": obj(vec![
+                        ("parentRefs", Some(json!(parents))),
+                        ("hostnames", (!hostnames.is_empty()).then(|| json!(hostnames))),
+                        ("rules", rules.map(|r| json!(r))),
+                    ]),
+                })
+            },
+        )
+}
+
 pub fn service() -> impl Strategy<Value = Value> {
     (
         s(NAMESPACES),
@@ -468,7 +573,7 @@ pub fn reference_grant(i: usize) -> impl Strategy<Value = Value> {
     (
         s(NAMESPACES),
         s(NAMESPACES),
-        s(&["HTTPRoute", "Gateway"]),
+        s(&["HTTPRoute", "GRPCRoute", "Gateway"]),
         s(&["Service", "Secret"]),
         opt(s(&["web", "api", "cert"])),
     )
@@ -496,8 +601,9 @@ pub fn objects() -> impl Strategy<Value = Objects> {
         prop::collection::vec(service(), 0..5),
         (0usize..4).prop_flat_map(|n| (0..n).map(endpoint_slice).collect::<Vec<_>>()),
         (0usize..3).prop_flat_map(|n| (0..n).map(reference_grant).collect::<Vec<_>>()),
+        (0usize..3).prop_flat_map(|n| (0..n).map(grpc_route).collect::<Vec<_>>()),
     )
-        .prop_map(|(g, r, s, e, rg)| {
+        .prop_map(|(g, r, s, e, rg, gr)| {
             // Every world starts with one plain Gateway most routes name (a generated Gateway of
             // the same name replaces it), so generated rules reach the snapshot.
             let base = json!({
@@ -516,7 +622,8 @@ pub fn objects() -> impl Strategy<Value = Objects> {
                 .chain(r)
                 .chain(s)
                 .chain(e)
-                .chain(rg);
+                .chain(rg)
+                .chain(gr);
             Objects(objects.collect())
         })
 }
@@ -630,6 +737,7 @@ pub fn apply(c: &mut ClusterState, v: &Value) -> bool {
     match v["kind"].as_str() {
         Some("Gateway") => put::<Gateway>(c, v),
         Some("HTTPRoute") => put::<HttpRoute>(c, v),
+        Some("GRPCRoute") => put::<GrpcRoute>(c, v),
         Some("Service") => put::<Service>(c, v),
         Some("EndpointSlice") => put::<EndpointSlice>(c, v),
         Some("ReferenceGrant") => put::<ReferenceGrant>(c, v),

@@ -103,6 +103,7 @@ pub fn route(ns: &str, name: &str) -> Route {
     Route {
         namespace: ns.to_string(),
         name: name.to_string(),
+        kind: Default::default(),
         created_at: 0,
         hostnames: Vec::new(),
         rules: Vec::new(),

@@ -35,6 +35,12 @@
 //! response_filter ─ x-meridian-served-by (Gateway served_by_header, endpoint responses only);
 //!                   ResponseHeaderModifier (rule, then backend)
 //! fail_to_proxy  ── 504 on timeouts, 503 on upstream failures; failure kind for the counters
+//!                   (a gRPC call gets grpc-status UNAVAILABLE / DEADLINE_EXCEEDED instead, and
+//!                   the 500/503 answered in request_filter too: grpc.rs)
+//!
+//! GRPCRoute rules (grpc.rs): h2c to their backends whatever the Service's appProtocol; a try
+//! is repeated (failover to the next endpoint or locality) only when it failed before the
+//! request was sent.
 //! logging        ── metrics, per-Gateway traffic counters (region that answered, failure kind,
 //!                   latency head to head), the failure log line, the access log line and the
 //!                   request's spans (observe.rs: trace context from request_filter on, a span
@@ -194,6 +200,7 @@ mod east_west;
 mod filters;
 mod forwarded;
 mod framing;
+mod grpc;
 mod observe;
 mod path;
 mod response;
@@ -251,10 +258,25 @@ fn status_error(code: u16, why: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(code), why)
 }
 
-/// Answers `code` with an empty body and ends the request.
+/// Answers `code` with an empty body and ends the request (a gRPC call gets the matching
+/// gRPC status instead, grpc.rs).
 async fn respond(session: &mut impl Downstream, code: u16) -> Result<bool> {
-    session.respond_error(code).await?;
+    respond_status(session, code).await?;
     Ok(true)
+}
+
+/// Answers `code` with an empty body, or for a gRPC call the trailers-only response of the
+/// matching gRPC status when there is one (grpc.rs).
+async fn respond_status(session: &mut impl Downstream, code: u16) -> Result<()> {
+    if grpc::is_grpc_call(session.req_header())
+        && let Some((status, message)) = grpc::status_for(code)
+    {
+        let resp = grpc::trailers_only(status, message)?;
+        return session
+            .write_error_response(resp, bytes::Bytes::new())
+            .await;
+    }
+    session.respond_error(code).await
 }
 
 /// Answers `code` with a plain-text reason and ends the request.

@@ -189,7 +189,7 @@ impl Forwarder {
             code
         };
         if code > 0
-            && let Err(err) = session.respond_error(code).await
+            && let Err(err) = super::respond_status(session, code).await
         {
             tracing::debug!(error = %err, "could not send the error response");
         }

@@ -28,7 +28,7 @@ use pingora_http::RequestHeader;
 use super::ctx::{Allowance, Ctx, LatencyClock, Limits, Target, Try, Upstream};
 use super::observe;
 use super::response::client_went_away;
-use super::{Downstream, ms, status_error};
+use super::{Downstream, grpc, ms, status_error};
 use crate::budget::DEFAULT_PERCENT;
 use crate::endpoints::{self, EndpointKey, NoEndpoint};
 use crate::state::{HopSecurity, Shared};
@@ -108,7 +108,13 @@ impl Forwarder {
             .filter(|&a| a > 0)
             .unwrap_or(MAX_CONNECT_FAILOVER);
         let left = Allowance {
-            retries: rule.retry.as_ref().map_or(0, |r| r.attempts),
+            // gRPC rules: no rule retries (they repeat a sent call), failovers before sending
+            // only (grpc.rs).
+            retries: if grpc::retries_after_send(rule) {
+                rule.retry.as_ref().map_or(0, |r| r.attempts)
+            } else {
+                0
+            },
             failovers: ready.saturating_sub(1).min(attempts),
             budget_percent: retry
                 .map(|r| r.budget_percent)
@@ -173,11 +179,11 @@ impl Forwarder {
     }
 
     /// The backend's name when the request's next try may be hedged (lean/hedge.rs): it is the
-    /// first try, the backend speaks HTTP/1 (an h2c session is shared by many requests and not
+    /// first try of a rule that is not gRPC's (grpc.rs), the backend speaks HTTP/1 (an h2c session is shared by many requests and not
     /// closed on cancel) and has more than one ready endpoint.
     pub(crate) fn hedge_candidate<'c>(&self, ctx: &'c Ctx) -> Option<&'c str> {
         let up = ctx.upstream.as_ref()?;
-        if !up.tried.is_empty() {
+        if !up.tried.is_empty() || !grpc::retries_after_send(&up.target.rule.rule) {
             return None;
         }
         let b = up.target.backend()?;
@@ -400,10 +406,16 @@ impl Forwarder {
         };
         let index = index.ok()?;
         let e = endpoints.get(index)?;
+        // gRPC is HTTP/2: a gRPC rule's backend gets h2c whatever its Service says (grpc.rs).
+        let protocol = if up.target.rule.rule.is_grpc() {
+            BackendProtocol::H2c
+        } else {
+            *protocol
+        };
         Some(Picked {
             index,
             key: EndpointKey::of(e, &backend.name),
-            protocol: *protocol,
+            protocol,
             east_west: e.east_west.then(|| e.cluster.clone()),
         })
     }
@@ -469,7 +481,13 @@ impl Forwarder {
             e.set_retry(false);
             return e;
         }
-        let body_replayable = !session.retry_buffer_truncated();
+        // A gRPC rule's call is never repeated once it was sent (grpc.rs); a try that failed
+        // before that went through `fail_to_connect`.
+        let repeatable = ctx
+            .upstream
+            .as_ref()
+            .is_none_or(|up| grpc::retries_after_send(&up.target.rule.rule));
+        let body_replayable = repeatable && !session.retry_buffer_truncated();
         let safe = body_replayable && session.req_header().method.is_idempotent();
         if let Some(up) = ctx.upstream.as_ref()
             && up.status_retry

@@ -758,3 +758,121 @@ fn cel_standard_library_is_built_once_and_serves_every_check() {
     }
     assert!(std::sync::Arc::ptr_eq(&first, &cel::stdlib()));
 }
+
+fn grpc_route() -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "g", "namespace": "default"},
+        "spec": {
+        "parentRefs": [{"name": "gw"}],
+        "hostnames": ["grpc.example.com"],
+        "rules": [
+            {"name": "exact",
+             "matches": [{"method": {"service": "pkg.v1.Echo", "method": "Say"},
+                          "headers": [{"name": "x-version", "value": "2"}]},
+                         {"method": {"method": "Stream"}}],
+             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}]}}],
+             "backendRefs": [{"name": "echo", "port": 9000}]},
+            {"matches": [{"method": {"type": "RegularExpression", "service": "pkg\\..*", "method": "[A-Z].*"}}],
+             "backendRefs": [{"name": "echo", "port": 9000, "weight": 3}]}
+        ]
+    }})
+}
+
+#[test]
+fn shipped_grpc_route_rules_default_and_accept() {
+    let Some(schema) = shipped_schema("grpcroutes.gateway.networking.k8s.io") else {
+        eprintln!("SKIPPED: no shipped GRPCRoute CRD");
+        return;
+    };
+    let mut route = grpc_route();
+    admit(&schema, &gw_write("GRPCRoute"), None, &mut route).unwrap();
+    let outcome = cel::check(&schema, &route, None, validate::Scope::All);
+    assert!(outcome.failures.is_empty(), "{:#?}", outcome.failures);
+    assert!(outcome.errors.is_empty(), "{:#?}", outcome.errors);
+    let m = &route["spec"]["rules"][0]["matches"];
+    assert_eq!(m[0]["method"]["type"], "Exact");
+    assert_eq!(m[0]["headers"][0]["type"], "Exact");
+    assert_eq!(route["spec"]["rules"][0]["backendRefs"][0]["weight"], 1);
+    assert_eq!(
+        route["spec"]["rules"][0]["backendRefs"][0]["kind"],
+        "Service"
+    );
+    // No rule defaulting: an omitted list stays omitted (it matches every call).
+    let mut bare = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "r"}, "spec": {"parentRefs": [{"name": "gw"}]}});
+    admit(&schema, &gw_write("GRPCRoute"), None, &mut bare).unwrap();
+    assert!(bare["spec"].get("rules").is_none(), "{bare}");
+}
+
+#[test]
+fn shipped_grpc_route_rules_refuse_what_upstream_refuses() {
+    let Some(schema) = shipped_schema("grpcroutes.gateway.networking.k8s.io") else {
+        eprintln!("SKIPPED: no shipped GRPCRoute CRD");
+        return;
+    };
+    let cases: &[Case] = &[
+        (
+            |r| r["spec"]["rules"][0]["matches"][1]["method"] = json!({"type": "Exact"}),
+            "spec.rules[0].matches[1].method",
+            "needs service, method or both",
+        ),
+        (
+            |r| r["spec"]["rules"][0]["matches"][0]["method"]["service"] = json!("pkg/Echo"),
+            "spec.rules[0].matches[0].method",
+            "must be a gRPC service name",
+        ),
+        (
+            |r| r["spec"]["rules"][0]["matches"][0]["method"]["method"] = json!("Say.Hi"),
+            "spec.rules[0].matches[0].method",
+            "must be a gRPC method name",
+        ),
+        (
+            |r| r["spec"]["rules"][0]["matches"][0]["headers"][0]["name"] = json!("bad header"),
+            "spec.rules[0].matches[0].headers[0].name",
+            "should match",
+        ),
+        (
+            |r| {
+                r["spec"]["rules"][0]["filters"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"type": "RequestHeaderModifier", "requestHeaderModifier": {}}))
+            },
+            "spec.rules[0].filters",
+            "RequestHeaderModifier filter may appear only once",
+        ),
+        (
+            |r| {
+                r["spec"]["rules"][0]["filters"][0] =
+                    json!({"type": "RequestMirror", "requestHeaderModifier": {}})
+            },
+            "spec.rules[0].filters[0]",
+            "requestMirror must be set exactly when type is RequestMirror",
+        ),
+        (
+            |r| r["spec"]["rules"][1]["name"] = json!("exact"),
+            "spec.rules",
+            "rule names must be unique",
+        ),
+        (
+            |r| r["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(1_000_001),
+            "spec.rules[1].backendRefs[0].weight",
+            "1000000",
+        ),
+    ];
+    for (i, (mutate, field, text)) in cases.iter().enumerate() {
+        let mut route = grpc_route();
+        mutate(&mut route);
+        let e = admit(&schema, &gw_write("GRPCRoute"), None, &mut route)
+            .expect_err(&format!("case {i} ({field}) was accepted"));
+        let got = causes(&e);
+        assert!(
+            got.iter().any(|(_, f, m)| f == field && m.contains(text)),
+            "case {i}: want {field} ~ {text:?}, got {got:#?}"
+        );
+    }
+    // A regular expression is not held to the Exact name patterns.
+    let mut route = grpc_route();
+    route["spec"]["rules"][1]["matches"][0]["method"]["service"] = json!("pkg/.*");
+    admit(&schema, &gw_write("GRPCRoute"), None, &mut route).unwrap();
+}

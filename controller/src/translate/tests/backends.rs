@@ -573,6 +573,86 @@ fn indexed_endpoint_refresh_matches_a_full_translation() {
     assert!(refresh_indexed(&w, &mut snapshots, "central").is_empty());
 }
 
+/// The indexed refresh finds the GRPCRoutes naming a Service too, also next to an HTTPRoute of
+/// the same name on the same listener (a listener's routes are in namespace, name, kind order):
+/// the GRPCRoute gets the new endpoints, the HTTPRoute (another Service) is not copied.
+#[test]
+fn indexed_endpoint_refresh_finds_grpc_routes() {
+    use meridian_model::snapshot::RouteKind;
+    use std::sync::Arc;
+
+    let mut w = three_clusters();
+    let c = w.cluster_mut("central").unwrap();
+    c.apply(svc("shop", "other", &[(Some("http"), 80, None)]));
+    c.apply(gw("shop", "rpc-gw", vec![http("http", 81)]));
+    c.apply(route(
+        "shop",
+        "rpc",
+        vec![parent("rpc-gw")],
+        &["web.example"],
+        vec![to(vec![backend("other", 80)])],
+    ));
+    c.apply(gateway_api::grpcroutes::GrpcRoute {
+        metadata: meta(Some("shop"), "rpc"),
+        spec: serde_json::from_value(serde_json::json!({
+            "parentRefs": [{"name": "rpc-gw"}],
+            "hostnames": ["rpc.example"],
+            "rules": [{"backendRefs": [{"name": "cart", "port": 80}]}],
+        }))
+        .unwrap(),
+        status: None,
+    });
+    let cfg = cfg(&w);
+    let mut engine = crate::translate::Incremental::new();
+    let mut snapshots = engine.full(&w, &cfg).snapshots;
+    let routes = |s: &BTreeMap<String, model::Snapshot>| {
+        s["central"]
+            .gateways
+            .iter()
+            .find(|g| g.name == "rpc-gw")
+            .unwrap()
+            .listeners[0]
+            .routes
+            .clone()
+    };
+    let before = routes(&snapshots);
+    assert_eq!(
+        before
+            .iter()
+            .map(|r| (r.name.as_str(), r.kind))
+            .collect::<Vec<_>>(),
+        [("rpc", RouteKind::Http), ("rpc", RouteKind::Grpc)]
+    );
+
+    w.cluster_mut("central").unwrap().apply(slice(
+        "shop",
+        "cart-1",
+        "cart",
+        (Some("http"), 8080),
+        &[("10.10.0.9", None, None)],
+    ));
+    let changed = engine.refresh_endpoints(
+        &w,
+        &mut snapshots,
+        "central",
+        &crate::ObjectKey::new("shop", "cart"),
+        &EastWestListeners::new(),
+        &mut MissingRemote::new(),
+        &mut crate::translate::AddressPolicy::default(),
+    );
+    assert_eq!(changed.into_keys().collect::<Vec<_>>(), ["central"]);
+    assert_eq!(snapshots, translate(&w, &cfg).snapshots);
+    let after = routes(&snapshots);
+    assert!(
+        Arc::ptr_eq(&before[0], &after[0]),
+        "the HTTPRoute of another Service was copied"
+    );
+    assert!(
+        !Arc::ptr_eq(&before[1], &after[1]),
+        "the GRPCRoute was not refreshed"
+    );
+}
+
 /// [`refresh_endpoints`] for one network: no east-west listeners, nothing left out.
 fn refresh(
     w: &World,

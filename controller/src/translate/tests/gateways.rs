@@ -128,7 +128,7 @@ fn accepted_gateway_is_programmed_with_a_typed_address() {
     is(l, "Conflicted", "False", "NoConflicts");
     assert_eq!(
         supported_kinds(&out, INFRA, "same-namespace", "http"),
-        ["gateway.networking.k8s.io/HTTPRoute"]
+        BOTH_KINDS
     );
     let sl = snap_listener(&out, INFRA, "same-namespace", "http").unwrap();
     assert_eq!(
@@ -214,10 +214,7 @@ fn listener_unsupported_protocol() {
         "True",
         "Accepted",
     );
-    assert_eq!(
-        supported_kinds(&out, INFRA, "g2", "http"),
-        ["gateway.networking.k8s.io/HTTPRoute"]
-    );
+    assert_eq!(supported_kinds(&out, INFRA, "g2", "http"), BOTH_KINDS);
     is(
         listener(&out, INFRA, "g2", "unsupported"),
         "Accepted",
@@ -354,11 +351,7 @@ fn invalid_tls_configuration() {
         let st = listener(&out, INFRA, "g", l);
         is(st, "ResolvedRefs", "False", "InvalidCertificateRef");
         is(st, "Programmed", "False", "Invalid");
-        assert_eq!(
-            supported_kinds(&out, INFRA, "g", l),
-            ["gateway.networking.k8s.io/HTTPRoute"],
-            "{l}"
-        );
+        assert_eq!(supported_kinds(&out, INFRA, "g", l), BOTH_KINDS, "{l}");
         // Routes still count on listeners that cannot be served.
         assert_eq!(attached(&out, INFRA, "g", l), 1, "{l}");
     }

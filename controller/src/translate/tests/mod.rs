@@ -6,6 +6,7 @@
 
 mod backends;
 mod gateways;
+mod grpc;
 mod incremental;
 mod networks;
 mod policies;
@@ -428,6 +429,7 @@ fn object_generation(w: &World, u: &crate::StatusUpdate) -> i64 {
         StatusKind::GatewayClass => c.gateway_classes[&u.name].metadata.generation,
         StatusKind::Gateway => c.gateways[&key].metadata.generation,
         StatusKind::HttpRoute => c.http_routes[&key].metadata.generation,
+        StatusKind::GrpcRoute => c.grpc_routes[&key].metadata.generation,
         StatusKind::FailoverPolicy => c.failover_policies[&key].metadata.generation,
     }
     .unwrap_or(0)
@@ -469,6 +471,11 @@ pub fn write_back(w: &mut World, out: &Output) {
             }
             StatusKind::HttpRoute => {
                 let mut o = (*c.http_routes[&key]).clone();
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
+                c.apply(o);
+            }
+            StatusKind::GrpcRoute => {
+                let mut o = (*c.grpc_routes[&key]).clone();
                 o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }
@@ -552,6 +559,12 @@ pub fn listener<'a>(out: &'a Output, ns: &str, gw: &str, l: &str) -> &'a Value {
 pub fn attached(out: &Output, ns: &str, gw: &str, l: &str) -> i64 {
     listener(out, ns, gw, l)["attachedRoutes"].as_i64().unwrap()
 }
+
+/// `supportedKinds` of an HTTP or HTTPS listener without `allowedRoutes.kinds`.
+pub const BOTH_KINDS: [&str; 2] = [
+    "gateway.networking.k8s.io/HTTPRoute",
+    "gateway.networking.k8s.io/GRPCRoute",
+];
 
 pub fn supported_kinds(out: &Output, ns: &str, gw: &str, l: &str) -> Vec<String> {
     listener(out, ns, gw, l)["supportedKinds"]

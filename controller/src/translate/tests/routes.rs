@@ -110,10 +110,7 @@ fn hostname_intersection() {
         let st = listener(&out, INFRA, "g1", l);
         is(st, "Accepted", "True", "Accepted");
         is(st, "ResolvedRefs", "True", "ResolvedRefs");
-        assert_eq!(
-            supported_kinds(&out, INFRA, "g1", l),
-            ["gateway.networking.k8s.io/HTTPRoute"]
-        );
+        assert_eq!(supported_kinds(&out, INFRA, "g1", l), BOTH_KINDS);
     }
     let e = route_parent(&out, INFRA, "e", INFRA, "g1");
     is(e, "Accepted", "False", "NoMatchingListenerHostname");

@@ -1,0 +1,140 @@
+//! HTTPRoute against GRPCRoute on one listener.
+//!
+//! The GRPCRoute spec: when an HTTPRoute and a GRPCRoute attach to the same listener and their
+//! hostnames overlap, exactly one of them is accepted there — the older (creation timestamp),
+//! then the one first by `namespace/name`; the other gets `Accepted=False` for that parent
+//! (module `route` words it, reason `NotAllowedByListeners`). Routes of one kind never
+//! conflict with each other this way (their rules merge by precedence).
+//!
+//! ```text
+//! every route of both kinds ─► listeners it is eligible for (route::eligible_listeners:
+//!                              parentRef selection, allowedRoutes, hostname intersection)
+//!                              with its hostnames narrowed to each
+//! per listener: each (HTTPRoute, GRPCRoute) pair whose narrowed hostnames overlap
+//!               ─► the later one is blocked there, naming the earlier
+//! ```
+//!
+//! Eligibility deliberately ignores what rule translation finds (a route whose every rule is
+//! invalid still holds its hostnames): it depends only on the routes' specs and the Gateways,
+//! never on another route's outcome, so the result is the same whatever order routes are
+//! translated in, and an incremental pass can recompute it and re-translate exactly the routes
+//! whose blocked listeners changed. Nothing is computed in a cluster with routes of one kind only.
+
+use std::collections::BTreeMap;
+
+use meridian_model::hostname;
+
+use super::Ctx;
+use super::gateway::GatewayState;
+use super::route::{RouteSource, eligible_listeners, our_parents};
+use crate::world::{ObjectKey, RouteKey};
+
+/// Listeners (Gateway, listener index) a route may not attach to, with the route that holds
+/// each (for the status message).
+pub(crate) type Blocked = BTreeMap<(ObjectKey, usize), String>;
+
+/// Per route, the listeners it loses to a route of the other kind (only routes that lose
+/// somewhere are listed).
+pub(crate) type Conflicts = BTreeMap<RouteKey, Blocked>;
+
+struct Candidate {
+    key: RouteKey,
+    created_at: i64,
+    /// Hostnames narrowed to the listener; empty = every host the listener accepts.
+    hostnames: Vec<String>,
+}
+
+impl Candidate {
+    /// Precedence between the two kinds: older first, then `namespace/name`.
+    fn rank(&self) -> (i64, &str, &str, &RouteKey) {
+        (
+            self.created_at,
+            &self.key.key.namespace,
+            &self.key.key.name,
+            &self.key,
+        )
+    }
+}
+
+/// Computes the conflicts of one cluster against its validated Gateways (module docs).
+pub(crate) fn compute(ctx: &Ctx<'_>, gateways: &BTreeMap<ObjectKey, GatewayState>) -> Conflicts {
+    let mut out = Conflicts::new();
+    if ctx.cluster.http_routes.is_empty() || ctx.cluster.grpc_routes.is_empty() {
+        return out;
+    }
+    let mut per_listener: BTreeMap<(ObjectKey, usize), Vec<Candidate>> = BTreeMap::new();
+    let mut add = |key: RouteKey, src: RouteSource<'_>| {
+        let hostnames: Vec<String> = src
+            .hostnames
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        for pk in our_parents(&key.key, &src.parent_refs, gateways) {
+            let Some(gw) = gateways.get(&ObjectKey::new(pk.namespace.as_str(), pk.name.as_str()))
+            else {
+                continue;
+            };
+            let Ok(listeners) = eligible_listeners(ctx, &key, &hostnames, &pk, gw) else {
+                continue;
+            };
+            for (i, narrowed) in listeners {
+                per_listener
+                    .entry((gw.key.clone(), i))
+                    .or_default()
+                    .push(Candidate {
+                        key: key.clone(),
+                        created_at: src.created_at(),
+                        hostnames: narrowed,
+                    });
+            }
+        }
+    };
+    for (k, r) in &ctx.cluster.http_routes {
+        add(RouteKey::http(k.clone()), RouteSource::http(r));
+    }
+    for (k, r) in &ctx.cluster.grpc_routes {
+        add(RouteKey::grpc(k.clone()), RouteSource::grpc(r));
+    }
+    for (listener, candidates) in per_listener {
+        let (http, grpc): (Vec<&Candidate>, Vec<&Candidate>) = candidates
+            .iter()
+            .partition(|c| c.key.kind == meridian_model::snapshot::RouteKind::Http);
+        for h in &http {
+            for g in &grpc {
+                if !overlap(&h.hostnames, &g.hostnames) {
+                    continue;
+                }
+                let (winner, loser) = if h.rank() <= g.rank() { (h, g) } else { (g, h) };
+                out.entry(loser.key.clone())
+                    .or_default()
+                    .entry(listener.clone())
+                    .or_insert_with(|| winner.key.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Whether two hostname sets narrowed to one listener share a host (empty = all of them).
+fn overlap(a: &[String], b: &[String]) -> bool {
+    a.is_empty()
+        || b.is_empty()
+        || a.iter()
+            .any(|x| b.iter().any(|y| hostname::intersect(Some(x), y).is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlap;
+
+    #[test]
+    fn hostname_sets_overlap() {
+        let s = |v: &[&str]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        assert!(overlap(&s(&[]), &s(&["a.example.com"])));
+        assert!(overlap(&s(&["*.example.com"]), &s(&["a.example.com"])));
+        assert!(overlap(&s(&["a.example.com"]), &s(&["*.example.com"])));
+        assert!(overlap(&s(&["*.example.com"]), &s(&["*.a.example.com"])));
+        assert!(!overlap(&s(&["a.example.com"]), &s(&["b.example.com"])));
+        assert!(!overlap(&s(&["*.example.com"]), &s(&["example.com"])));
+    }
+}

@@ -1236,8 +1236,16 @@ fn backend_tls_policy_has_standard_validation() {
         "no wildcard"
     );
     assert!(has_rule(&s, "spec.validation.hostname", "isIP"));
-    assert!(has_rule(&s, "spec.validation", "!(has(self.caCertificateRefs)"));
-    assert!(has_rule(&s, "spec.validation", "|| (has(self.wellKnownCACertificates)"));
+    assert!(has_rule(
+        &s,
+        "spec.validation",
+        "!(has(self.caCertificateRefs)"
+    ));
+    assert!(has_rule(
+        &s,
+        "spec.validation",
+        "|| (has(self.wellKnownCACertificates)"
+    ));
     assert_eq!(
         node(&s, "spec.validation.wellKnownCACertificates")["enum"],
         serde_json::json!(["System"])

@@ -84,6 +84,7 @@ pub enum ActuatorError {
         listen: SocketAddr,
         /// Why, with its causes.
         reason: String,
+        tls: None,
     },
     /// The backend did not start listening in time.
     #[error("{name} did not accept connections on {listen} within {within:?}")]
@@ -280,6 +281,7 @@ impl LocalBackends {
         self.backends.lock().await.push(Backend {
             args,
             running: Some(running),
+            tls: None,
         });
         Ok(())
     }

@@ -107,6 +107,7 @@ fn backend(name: String) -> Backend {
         target: BackendTarget::Invalid {
             reason: "fuzz".to_string(),
         },
+        tls: None,
     }
 }
 

@@ -173,6 +173,7 @@ fn translate_rule(
             target: BackendTarget::Invalid {
                 reason: "UnsupportedFilter".to_string(),
             },
+            tls: None,
         }];
     }
     check_with_proxy(&rule)?;
@@ -256,6 +257,7 @@ fn translate_backend(
         weight,
         filters: out_filters,
         target,
+        tls: None,
     })
 }
 
@@ -614,6 +616,7 @@ fn translate_mirror(
             weight: 1,
             filters: Vec::new(),
             target,
+            tls: None,
         },
         percent,
     })
@@ -766,8 +769,8 @@ fn check_with_proxy(rule: &Rule) -> Result<(), Problem> {
             target: BackendTarget::Invalid {
                 reason: String::new(),
             },
+            tls: None,
         }
-    }
     fn strip_filter(f: &Filter) -> Filter {
         match f {
             Filter::RequestMirror(m) => Filter::RequestMirror(RequestMirror {

@@ -1,8 +1,10 @@
 //! Status as data: what translation wants written, and the pure merge rules that make writes
 //! idempotent.
 //!
-//! Kinds with a status: GatewayClass, Gateway, HTTPRoute and Meridian's FailoverPolicy (its
-//! `status.conditions` + `status.targets`, in the cluster where the policy lives).
+//! Kinds with a status: GatewayClass, Gateway, HTTPRoute, BackendTLSPolicy (`status.ancestors`:
+//! one entry per Gateway whose routes use a target; other controllers' entries are kept) and
+//! Meridian's FailoverPolicy (its `status.conditions` + `status.targets`, in the cluster where
+//! the policy lives).
 //!
 //! Translation builds the desired status of every object it owns and merges it with the copy it
 //! has in the index ([`merge_conditions`], [`merge_route_parents`]); a [`StatusUpdate`] is emitted
@@ -52,6 +54,8 @@ pub enum StatusKind {
     HttpRoute,
     /// `meridian.dev` FailoverPolicy.
     FailoverPolicy,
+    /// BackendTLSPolicy (`status.ancestors`).
+    BackendTlsPolicy,
 }
 
 impl StatusKind {
@@ -63,6 +67,7 @@ impl StatusKind {
             Kind::Gateway => Some(Self::Gateway),
             Kind::HttpRoute => Some(Self::HttpRoute),
             Kind::FailoverPolicy => Some(Self::FailoverPolicy),
+            Kind::BackendTlsPolicy => Some(Self::BackendTlsPolicy),
             _ => None,
         }
     }
@@ -82,6 +87,7 @@ impl StatusKind {
             StatusKind::Gateway => "Gateway",
             StatusKind::HttpRoute => "HTTPRoute",
             StatusKind::FailoverPolicy => "FailoverPolicy",
+            StatusKind::BackendTlsPolicy => "BackendTLSPolicy",
         }
     }
 }

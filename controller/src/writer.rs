@@ -59,6 +59,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParents};
@@ -839,9 +840,15 @@ fn api_for<K: kube::Resource<DynamicType = ()>>(
 async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(), WriteError> {
     let u = &job.update;
     match u.kind {
-        StatusKind::GatewayClass | StatusKind::Gateway | StatusKind::FailoverPolicy => {
+        StatusKind::GatewayClass
+        | StatusKind::Gateway
+        | StatusKind::FailoverPolicy
+        | StatusKind::BackendTlsPolicy => {
             let api = match u.kind {
                 StatusKind::GatewayClass => api_for::<GatewayClass>(client, None),
+                StatusKind::BackendTlsPolicy => {
+                    api_for::<BackendTlsPolicy>(client, u.namespace.as_deref())
+                }
                 StatusKind::FailoverPolicy => {
                     api_for::<FailoverPolicy>(client, u.namespace.as_deref())
                 }

@@ -518,7 +518,9 @@ impl Incremental {
                     affected.routes.entry(cluster).or_default().insert(key);
                 }
                 // Recomputed every pass.
-                StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+                StatusKind::GatewayClass
+                | StatusKind::FailoverPolicy
+                | StatusKind::BackendTlsPolicy => {}
             }
         }
     }
@@ -650,6 +652,7 @@ impl ClusterCache {
         pass.gateways += touched.len();
         let mut policy_status = Vec::new();
         super::failover::policy_status(ctx, &mut policy_status);
+        super::backend_tls::policy_status(ctx, &mut policy_status);
         pass.status.extend(policy_status.iter().cloned());
         self.policy_status = policy_status;
     }

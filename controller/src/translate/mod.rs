@@ -44,6 +44,7 @@
 //! whether the content changed.
 
 mod backend;
+mod backend_tls;
 mod deps;
 mod east_west;
 mod failover;
@@ -285,6 +286,7 @@ pub(crate) fn translate_full(
         }
         let mut policy_status = Vec::new();
         failover::policy_status(&ctx, &mut policy_status);
+        backend_tls::policy_status(&ctx, &mut policy_status);
         if let (Some(r), Some(seed)) = (record, seed.as_deref_mut()) {
             let mut r = r;
             r.record_policy_status(&policy_status);

@@ -448,7 +448,9 @@ impl Harness {
                         changes.insert(&u.cluster, Kind::Gateway, key);
                     }
                     // Recomputed every pass: nothing an echo could leave stale.
-                    StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+                    StatusKind::GatewayClass
+                    | StatusKind::FailoverPolicy
+                    | StatusKind::BackendTlsPolicy => {}
                 }
             }
             Step::Programmed { pick, state } => {

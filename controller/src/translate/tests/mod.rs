@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backend_tls;
 mod backends;
 mod gateways;
 mod incremental;
@@ -429,6 +430,7 @@ fn object_generation(w: &World, u: &crate::StatusUpdate) -> i64 {
         StatusKind::Gateway => c.gateways[&key].metadata.generation,
         StatusKind::HttpRoute => c.http_routes[&key].metadata.generation,
         StatusKind::FailoverPolicy => c.failover_policies[&key].metadata.generation,
+        StatusKind::BackendTlsPolicy => c.backend_tls_policies[&key].metadata.generation,
     }
     .unwrap_or(0)
 }
@@ -474,6 +476,11 @@ pub fn write_back(w: &mut World, out: &Output) {
             }
             StatusKind::FailoverPolicy => {
                 let mut o = (*c.failover_policies[&key]).clone();
+                o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                c.apply(o);
+            }
+            StatusKind::BackendTlsPolicy => {
+                let mut o = (*c.backend_tls_policies[&key]).clone();
                 o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
                 c.apply(o);
             }

@@ -79,6 +79,7 @@ pub const CONTROLLER_NAME: &str = "meridian.dev/gateway-controller";
 /// Features the data plane implements, as reported in `GatewayClass.status.supportedFeatures`.
 /// Conservative: a feature is listed only when the proxy implements it end to end.
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",

@@ -112,7 +112,6 @@ pub fn backend(meridian: &Path, dir: &Path) -> anyhow::Result<Backend> {
     Ok(Backend {
         port,
         _guard: guard,
-        tls: None,
     })
 }
 

@@ -250,7 +250,9 @@ fn echo(world: &mut World, updates: &[StatusUpdate]) -> Result<(), String> {
                     Some(serde_json::from_value(u.status.clone()).map_err(|e| e.to_string())?);
                 c.apply(g);
             }
-            StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+            StatusKind::GatewayClass
+            | StatusKind::FailoverPolicy
+            | StatusKind::BackendTlsPolicy => {}
         }
     }
     Ok(())

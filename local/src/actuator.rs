@@ -84,7 +84,6 @@ pub enum ActuatorError {
         listen: SocketAddr,
         /// Why, with its causes.
         reason: String,
-        tls: None,
     },
     /// The backend did not start listening in time.
     #[error("{name} did not accept connections on {listen} within {within:?}")]
@@ -281,7 +280,6 @@ impl LocalBackends {
         self.backends.lock().await.push(Backend {
             args,
             running: Some(running),
-            tls: None,
         });
         Ok(())
     }

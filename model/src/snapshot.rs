@@ -598,9 +598,9 @@ pub struct Backend {
     /// TLS to the endpoints (a BackendTLSPolicy applies); `None`: cleartext. Left out of the
     /// JSON when `None`, so snapshots without TLS backends read the same as before; a proxy that
     /// predates the field refuses a snapshot that has one (`deny_unknown_fields`) rather than
-    /// sending that backend's traffic in cleartext.
+    /// sending that backend's traffic in cleartext. Boxed: most backends have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<BackendTls>,
+    pub tls: Option<Box<BackendTls>>,
 }
 
 fn default_weight() -> u32 {

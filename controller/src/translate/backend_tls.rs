@@ -489,7 +489,7 @@ fn ancestors_by_service(ctx: &Ctx<'_>) -> BTreeMap<ObjectKey, BTreeSet<ObjectKey
         }
         for rule in route.spec.rules.iter().flatten() {
             for b in rule.backend_refs.iter().flatten() {
-                if b.group.as_deref().unwrap_or("") != ""
+                if !b.group.as_deref().unwrap_or("").is_empty()
                     || b.kind.as_deref().unwrap_or("Service") != "Service"
                 {
                     continue;

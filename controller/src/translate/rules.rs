@@ -264,10 +264,12 @@ fn resolve_with_tls(
     r: BackendRef<'_>,
     cache: &mut backend::Cache,
     unresolved: &mut Vec<Problem>,
-) -> (BackendTarget, Option<BackendTls>) {
+) -> (BackendTarget, Option<Box<BackendTls>>) {
     let resolved = backend::resolve(ctx, namespace, r, cache).and_then(|t| {
         let tls = match (r.group, r.kind) {
-            ("", "Service") => super::backend_tls::for_service(ctx, r.namespace, r.name, r.port)?,
+            ("", "Service") => {
+                super::backend_tls::for_service(ctx, r.namespace, r.name, r.port)?.map(Box::new)
+            }
             _ => None,
         };
         Ok((t, tls))

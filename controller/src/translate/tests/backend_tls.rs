@@ -97,11 +97,11 @@ fn backend_tls_policy() {
     assert!(matches!(b.target, model::BackendTarget::Endpoints { .. }));
     assert_eq!(
         b.tls,
-        Some(model::BackendTls {
+        Some(Box::new(model::BackendTls {
             hostname: "abc.example.com".into(),
             ca_pem: Some(PEM.into()),
             subject_alt_names: vec![],
-        })
+        }))
     );
     let a = ancestor(&out, "tls");
     is(&a, "Accepted", "True", "Accepted");

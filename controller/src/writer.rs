@@ -7,8 +7,9 @@
 //! writer task: while fewer than `concurrency` writes are in flight (--status-write-concurrency,
 //!     default 8): take the due job with the earliest time whose object has no write in flight
 //!     ─► write (bounded by a timeout), concurrently with the others
-//!     GatewayClass, Gateway, FailoverPolicy: server-side apply of `status` (field manager
-//!         `meridian`, force)
+//!     GatewayClass, Gateway, BackendTLSPolicy, FailoverPolicy: server-side apply of `status`
+//!         (field manager `meridian`, force; a BackendTLSPolicy's status carries the other
+//!         controllers' ancestors as they were)
 //!     HTTPRoute: PUT …/status of the indexed copy (its resourceVersion guards the write);
 //!                on 409: GET, re-merge our parents over the fresh list, PUT again (≤ 3 times)
 //!     ok ─► done │ NotFound Status / 422 / newer generation ─► dropped

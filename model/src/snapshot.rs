@@ -13,7 +13,8 @@
 //! Snapshot ─┬─ Gateway ─┬─ Listener (address, port, protocol, hostname, TLS)
 //!           │           │     └─ Route (hostnames already intersected with the listener's)
 //!           │           │           └─ Rule (matches, filters, timeouts, retry)
-//!           │           │                 └─ Backend (weight, filters, endpoints | invalid reason)
+//!           │           │                 └─ Backend (weight, filters, endpoints | invalid reason,
+//!           │           │                             TLS to the endpoints)
 //!           │           └─ …
 //!           └─ …
 //! ```

@@ -614,7 +614,9 @@ impl Incremental {
                     }
                 }
                 // Recomputed every pass.
-                StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+                StatusKind::GatewayClass
+                | StatusKind::FailoverPolicy
+                | StatusKind::BackendTlsPolicy => {}
             }
         }
     }
@@ -991,6 +993,7 @@ impl ClusterCache {
         pass.gateways += touched.len();
         let mut policy_status = Vec::new();
         super::failover::policy_status(ctx, &mut policy_status);
+        super::backend_tls::policy_status(ctx, &mut policy_status);
         pass.status.extend(policy_status.iter().cloned());
         self.policy_status = policy_status;
     }

@@ -46,6 +46,7 @@
 //! whether the content changed.
 
 mod backend;
+mod backend_tls;
 mod conflict;
 mod deps;
 mod east_west;
@@ -82,6 +83,7 @@ pub const CONTROLLER_NAME: &str = "meridian.dev/gateway-controller";
 /// Features the data plane implements, as reported in `GatewayClass.status.supportedFeatures`.
 /// Conservative: a feature is listed only when the proxy implements it end to end.
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
@@ -310,6 +312,7 @@ pub(crate) fn translate_full(
         }
         let mut policy_status = Vec::new();
         failover::policy_status(&ctx, &mut policy_status);
+        backend_tls::policy_status(&ctx, &mut policy_status);
         if let (Some(r), Some(seed)) = (record, seed.as_deref_mut()) {
             let mut r = r;
             r.record_policy_status(&policy_status);

@@ -291,7 +291,7 @@ pub trait Indexed: Sized {
 }
 
 /// How a new version of a status-bearing object (GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-/// FailoverPolicy) differs from the indexed copy, measured by what translation reads.
+/// FailoverPolicy, BackendTLSPolicy) differs from the indexed copy, measured by what translation reads.
 ///
 /// Translation reads of these objects their `spec`, their `status` (merged into the status it
 /// writes, the staleness check, a Gateway's last known addresses and `Programmed` condition)
@@ -659,7 +659,8 @@ simple_index!(
     BackendTlsPolicy,
     Kind::BackendTlsPolicy,
     backend_tls_policies,
-    namespaced_of
+    namespaced_of,
+    status
 );
 simple_index!(
     FailoverDrill,

@@ -37,6 +37,7 @@ use gateway_api::backendtlspolicies::{
     BackendTlsPolicyValidation, BackendTlsPolicyValidationCaCertificateRefs,
     BackendTlsPolicyValidationSubjectAltNames, BackendTlsPolicyValidationSubjectAltNamesType,
 };
+use gateway_api::httproutes::{HttpRouteParentRefs, HttpRouteRules};
 use meridian_model::snapshot::{BackendTls, SubjectAltName};
 
 use super::{Ctx, Problem, generation_of};
@@ -454,8 +455,42 @@ fn missing_target(cluster: &ClusterState, key: &ObjectKey, p: &BackendTlsPolicy)
     None
 }
 
-/// Service → the Gateways (of owned classes) that routes referring to it attach to.
+/// Service → the Gateways (of owned classes) that routes (HTTPRoutes and GRPCRoutes) referring
+/// to it attach to.
 fn ancestors_by_service(ctx: &Ctx<'_>) -> BTreeMap<ObjectKey, BTreeSet<ObjectKey>> {
+    let cluster = ctx.cluster;
+    let mut out: BTreeMap<ObjectKey, BTreeSet<ObjectKey>> = BTreeMap::new();
+    for (rkey, route) in &cluster.http_routes {
+        note_ancestors(
+            ctx,
+            rkey,
+            route.spec.parent_refs.iter().flatten(),
+            route.spec.rules.iter().flatten(),
+            &mut out,
+        );
+    }
+    for (rkey, route) in &cluster.grpc_routes {
+        // The HTTPRoute shapes of module `grpc` (same parentRef and backendRef fields).
+        let converted = super::grpc::convert(route);
+        note_ancestors(
+            ctx,
+            rkey,
+            converted.parent_refs.iter(),
+            converted.rules.iter(),
+            &mut out,
+        );
+    }
+    out
+}
+
+/// Adds the owned Gateways route `rkey` attaches to under every Service its rules refer to.
+fn note_ancestors<'a>(
+    ctx: &Ctx<'_>,
+    rkey: &ObjectKey,
+    parent_refs: impl Iterator<Item = &'a HttpRouteParentRefs>,
+    rules: impl Iterator<Item = &'a HttpRouteRules>,
+    out: &mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+) {
     let cluster = ctx.cluster;
     let owned = |gw: &ObjectKey| {
         cluster.gateways.get(gw).is_some_and(|g| {
@@ -465,42 +500,34 @@ fn ancestors_by_service(ctx: &Ctx<'_>) -> BTreeMap<ObjectKey, BTreeSet<ObjectKey
                 .is_some_and(|c| c.spec.controller_name == ctx.cfg.controller_name)
         })
     };
-    let mut out: BTreeMap<ObjectKey, BTreeSet<ObjectKey>> = BTreeMap::new();
-    for (rkey, route) in &cluster.http_routes {
-        let parents: Vec<ObjectKey> = route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter(|p| {
-                p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-                    && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-            })
-            .map(|p| {
-                ObjectKey::new(
-                    p.namespace.as_deref().unwrap_or(&rkey.namespace),
-                    p.name.as_str(),
-                )
-            })
-            .filter(|g| owned(g))
-            .collect();
-        if parents.is_empty() {
-            continue;
-        }
-        for rule in route.spec.rules.iter().flatten() {
-            for b in rule.backend_refs.iter().flatten() {
-                if !b.group.as_deref().unwrap_or("").is_empty()
-                    || b.kind.as_deref().unwrap_or("Service") != "Service"
-                {
-                    continue;
-                }
-                let svc = ObjectKey::new(
-                    b.namespace.as_deref().unwrap_or(&rkey.namespace),
-                    b.name.as_str(),
-                );
-                out.entry(svc).or_default().extend(parents.iter().cloned());
+    let parents: Vec<ObjectKey> = parent_refs
+        .filter(|p| {
+            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+        })
+        .map(|p| {
+            ObjectKey::new(
+                p.namespace.as_deref().unwrap_or(&rkey.namespace),
+                p.name.as_str(),
+            )
+        })
+        .filter(|g| owned(g))
+        .collect();
+    if parents.is_empty() {
+        return;
+    }
+    for rule in rules {
+        for b in rule.backend_refs.iter().flatten() {
+            if !b.group.as_deref().unwrap_or("").is_empty()
+                || b.kind.as_deref().unwrap_or("Service") != "Service"
+            {
+                continue;
             }
+            let svc = ObjectKey::new(
+                b.namespace.as_deref().unwrap_or(&rkey.namespace),
+                b.name.as_str(),
+            );
+            out.entry(svc).or_default().extend(parents.iter().cloned());
         }
     }
-    out
 }

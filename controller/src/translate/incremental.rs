@@ -696,7 +696,21 @@ impl Incremental {
                     .get(key)
                     .and_then(|p| p.status.as_ref()),
                 cache.policy_status.iter().find(|u| {
-                    u.name == key.name && u.namespace.as_deref() == Some(key.namespace.as_str())
+                    u.kind == StatusKind::FailoverPolicy
+                        && u.name == key.name
+                        && u.namespace.as_deref() == Some(key.namespace.as_str())
+                }),
+            ),
+            // Kept beside FailoverPolicy's (module `backend_tls`, recomputed every pass).
+            Kind::BackendTlsPolicy => carries(
+                state
+                    .backend_tls_policies
+                    .get(key)
+                    .and_then(|p| p.status.as_ref()),
+                cache.policy_status.iter().find(|u| {
+                    u.kind == StatusKind::BackendTlsPolicy
+                        && u.name == key.name
+                        && u.namespace.as_deref() == Some(key.namespace.as_str())
                 }),
             ),
             _ => false,

@@ -488,7 +488,7 @@ pub fn write_back(w: &mut World, out: &Output) {
             }
             StatusKind::BackendTlsPolicy => {
                 let mut o = (*c.backend_tls_policies[&key]).clone();
-                o.status = Some(serde_json::from_value(u.status.clone()).unwrap());
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }
         }

@@ -789,7 +789,8 @@ impl Incremental {
     }
 
     /// Every status update a full translation of the same world would give, in its order:
-    /// by cluster, GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways, FailoverPolicies.
+    /// by cluster, GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways, FailoverPolicies,
+    /// BackendTLSPolicies.
     pub fn status(&self) -> Vec<StatusUpdate> {
         let mut out = Vec::new();
         for c in self.clusters.values() {

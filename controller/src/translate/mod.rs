@@ -206,7 +206,8 @@ pub struct Output {
     /// classes in that cluster.
     pub snapshots: BTreeMap<ClusterName, Snapshot>,
     /// Status writes whose content differs (ignoring timestamps) from the indexed copy, ordered
-    /// by cluster, then GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways and FailoverPolicies.
+    /// by cluster, then GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways, FailoverPolicies and
+    /// BackendTLSPolicies.
     pub status: Vec<StatusUpdate>,
     /// Per cluster, the backends whose endpoints in clusters of another network were left out
     /// of its snapshot because those clusters have no proxy with an east-west listener (empty

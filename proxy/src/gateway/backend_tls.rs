@@ -8,7 +8,8 @@
 //!                                                     pingora always adds the SNI)
 //!                             URI SANs, or several  → not verifiable here: the try fails (502)
 //!                                                     rather than trusting any name
-//!           ALPN: http/1.1, h2 for an h2c backend (HTTP/2 over TLS)
+//!           ALPN: http/1.1; only h2 for an h2c backend and for every gRPC rule's backend
+//!           (HTTP/2 over TLS; a server choosing no ALPN gets HTTP/1.1, pingora's fallback)
 //! ```
 //!
 //! Pooled connections are keyed by pingora's `reuse_hash` (address, scheme, SNI, verification

@@ -143,6 +143,40 @@ fn backend_tls_policy_well_known_ca_is_the_system_store() {
     is(&ancestor(&out, "system"), "Accepted", "True", "Accepted");
 }
 
+/// A GRPCRoute's backend gets the policy's TLS like an HTTPRoute's, and a Gateway only a
+/// GRPCRoute attaches to is an ancestor of the policy.
+#[test]
+fn backend_tls_policy_applies_to_grpc_route_backends() {
+    let mut w = base();
+    let c = east(&mut w);
+    let mut m = meta(Some(INFRA), "rpc");
+    m.creation_timestamp = Some(Time(Timestamp::from_second(1_000).unwrap()));
+    c.apply(gateway_api::grpcroutes::GrpcRoute {
+        metadata: m,
+        spec: serde_json::from_value(serde_json::json!({
+            "parentRefs": [{"name": GW}],
+            "rules": [{"backendRefs": [{"name": "infra-backend-v1", "port": 8080}]}],
+        }))
+        .unwrap(),
+        status: None,
+    });
+    c.apply(config_map("ca", &[("ca.crt", PEM)]));
+    c.apply(simple("tls", 100));
+    let out = run(&w, &cfg(&w));
+    let r = snap_route(&out, INFRA, GW, "http", "rpc");
+    assert_eq!(r.kind, model::RouteKind::Grpc);
+    assert_eq!(
+        r.rules[0].backends[0]
+            .tls
+            .as_deref()
+            .map(|t| t.hostname.as_str()),
+        Some("abc.example.com")
+    );
+    let a = ancestor(&out, "tls");
+    is(&a, "Accepted", "True", "Accepted");
+    is(&a, "ResolvedRefs", "True", "ResolvedRefs");
+}
+
 #[test]
 fn backend_tls_policy_conflict_resolution() {
     let mut w = world_with_route();

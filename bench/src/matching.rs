@@ -41,6 +41,7 @@ fn backend(i: usize) -> Backend {
             }],
             failover: None,
         },
+        tls: None,
     }
 }
 

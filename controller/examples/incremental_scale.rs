@@ -262,7 +262,9 @@ fn echo(world: &mut World, updates: &[StatusUpdate]) -> Result<(), String> {
                 );
                 c.apply(g);
             }
-            StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+            StatusKind::GatewayClass
+            | StatusKind::FailoverPolicy
+            | StatusKind::BackendTlsPolicy => {}
         }
     }
     Ok(())

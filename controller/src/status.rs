@@ -1,8 +1,10 @@
 //! Status as data: what translation wants written, and the pure merge rules that make writes
 //! idempotent.
 //!
-//! Kinds with a status: GatewayClass, Gateway, HTTPRoute, GRPCRoute and Meridian's FailoverPolicy (its
-//! `status.conditions` + `status.targets`, in the cluster where the policy lives).
+//! Kinds with a status: GatewayClass, Gateway, HTTPRoute, GRPCRoute, BackendTLSPolicy
+//! (`status.ancestors`: one entry per Gateway whose routes use a target; other controllers'
+//! entries are kept) and Meridian's FailoverPolicy (its `status.conditions` + `status.targets`,
+//! in the cluster where the policy lives).
 //!
 //! Translation builds the desired status of every object it owns and merges it with the copy it
 //! has in the index ([`merge_conditions`], [`merge_route_parents`]); a [`StatusUpdate`] is emitted
@@ -55,6 +57,8 @@ pub enum StatusKind {
     GrpcRoute,
     /// `meridian.dev` FailoverPolicy.
     FailoverPolicy,
+    /// BackendTLSPolicy (`status.ancestors`).
+    BackendTlsPolicy,
 }
 
 impl StatusKind {
@@ -67,6 +71,7 @@ impl StatusKind {
             Kind::HttpRoute => Some(Self::HttpRoute),
             Kind::GrpcRoute => Some(Self::GrpcRoute),
             Kind::FailoverPolicy => Some(Self::FailoverPolicy),
+            Kind::BackendTlsPolicy => Some(Self::BackendTlsPolicy),
             _ => None,
         }
     }
@@ -92,6 +97,7 @@ impl StatusKind {
             StatusKind::HttpRoute => "HTTPRoute",
             StatusKind::GrpcRoute => "GRPCRoute",
             StatusKind::FailoverPolicy => "FailoverPolicy",
+            StatusKind::BackendTlsPolicy => "BackendTLSPolicy",
         }
     }
 }

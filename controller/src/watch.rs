@@ -29,12 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::core::DeserializeGuard;
@@ -54,7 +55,7 @@ use crate::translate::UnreachableCluster;
 use crate::world::{ClusterState, Indexed, Kind, ObjectKey, Revision};
 
 /// Every kind the controller watches, in start order.
-pub const ALL_KINDS: [Kind; 13] = [
+pub const ALL_KINDS: [Kind; 15] = [
     Kind::Namespace,
     Kind::Service,
     Kind::EndpointSlice,
@@ -68,6 +69,8 @@ pub const ALL_KINDS: [Kind; 13] = [
     Kind::ServiceImport,
     Kind::FailoverPolicy,
     Kind::FailoverDrill,
+    Kind::ConfigMap,
+    Kind::BackendTlsPolicy,
 ];
 
 /// What an index change may affect, so the reconcile loop can skip a full translation.
@@ -82,8 +85,8 @@ pub(crate) enum Touch {
     Object(Kind, ObjectKey),
     /// Only the endpoints of these Services (EndpointSlice changes).
     Services(Vec<ObjectKey>),
-    /// Only the status of this GatewayClass, Gateway, HTTPRoute, GRPCRoute or FailoverPolicy
-    /// ([`Revision::Status`]): snapshots cannot change, only whether a status still needs
+    /// Only the status of this GatewayClass, Gateway, HTTPRoute, GRPCRoute, FailoverPolicy or
+    /// BackendTLSPolicy ([`Revision::Status`]): snapshots cannot change, only whether a status still needs
     /// writing. Mostly the echo of our own writes: the reconcile loop asks the incremental
     /// engine whether it carries exactly what the last pass computed (then nothing is
     /// translated); any other status change is re-checked at a slower pace.
@@ -162,6 +165,8 @@ fn resource_of(kind: Kind) -> (String, String) {
         Kind::ServiceImport => of::<ServiceImport>(),
         Kind::FailoverPolicy => of::<FailoverPolicy>(),
         Kind::FailoverDrill => of::<FailoverDrill>(),
+        Kind::BackendTlsPolicy => of::<BackendTlsPolicy>(),
+        Kind::ConfigMap => of::<ConfigMap>(),
     }
 }
 
@@ -169,7 +174,7 @@ fn resource_of(kind: Kind) -> (String, String) {
 fn is_builtin(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Namespace | Kind::Service | Kind::EndpointSlice | Kind::Secret
+        Kind::Namespace | Kind::Service | Kind::EndpointSlice | Kind::Secret | Kind::ConfigMap
     )
 }
 
@@ -189,6 +194,8 @@ pub(crate) fn kind_label(kind: Kind) -> &'static str {
         Kind::ServiceImport => "ServiceImport",
         Kind::FailoverPolicy => "FailoverPolicy",
         Kind::FailoverDrill => "FailoverDrill",
+        Kind::BackendTlsPolicy => "BackendTLSPolicy",
+        Kind::ConfigMap => "ConfigMap",
     }
 }
 
@@ -460,6 +467,8 @@ async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
         Kind::ServiceImport => clear::<ServiceImport>(),
         Kind::FailoverPolicy => clear::<FailoverPolicy>(),
         Kind::FailoverDrill => clear::<FailoverDrill>(),
+        Kind::BackendTlsPolicy => clear::<BackendTlsPolicy>(),
+        Kind::ConfigMap => clear::<ConfigMap>(),
     };
     let msg = Msg::Change {
         cluster: ctx.cluster,
@@ -485,6 +494,8 @@ fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
         Kind::ServiceImport => tokio::spawn(run_watcher::<ServiceImport>(ctx)),
         Kind::FailoverPolicy => tokio::spawn(run_watcher::<FailoverPolicy>(ctx)),
         Kind::FailoverDrill => tokio::spawn(run_watcher::<FailoverDrill>(ctx)),
+        Kind::BackendTlsPolicy => tokio::spawn(run_watcher::<BackendTlsPolicy>(ctx)),
+        Kind::ConfigMap => tokio::spawn(run_watcher::<ConfigMap>(ctx)),
     }
 }
 

@@ -13,17 +13,20 @@
 //!
 //! Objects are stored as `Arc`s so a translation pass can be handed a cheap clone of the world.
 //! Secrets are reduced to their `tls.crt`/`tls.key` text on the way in: private keys of Secrets
-//! that are not certificates never stay in memory.
+//! that are not certificates never stay in memory. ConfigMaps are reduced to their `ca.crt` text
+//! (the only key a BackendTLSPolicy reads); ConfigMaps without one are kept as empty entries so
+//! "exists but has no `ca.crt`" and "does not exist" stay apart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
 use meridian_crds::meridian::{FailoverDrill, FailoverPolicy};
@@ -39,6 +42,9 @@ pub type ClusterName = String;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The ConfigMap key a BackendTLSPolicy's CA bundle is read from.
+pub const CA_CERT_KEY: &str = "ca.crt";
 
 /// The label the API server puts on every Namespace with its own name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -226,6 +232,10 @@ pub enum Kind {
     FailoverPolicy,
     /// `meridian.dev/FailoverDrill` (read by the drill runner, never by translation).
     FailoverDrill,
+    /// `gateway.networking.k8s.io/BackendTLSPolicy`.
+    BackendTlsPolicy,
+    /// Core ConfigMap (`ca.crt` only).
+    ConfigMap,
 }
 
 /// Everything translation knows about one member cluster.
@@ -255,6 +265,9 @@ pub struct ClusterState {
     pub(crate) service_imports: BTreeMap<ObjectKey, Arc<ServiceImport>>,
     pub(crate) failover_policies: BTreeMap<ObjectKey, Arc<FailoverPolicy>>,
     pub(crate) failover_drills: BTreeMap<ObjectKey, Arc<FailoverDrill>>,
+    pub(crate) backend_tls_policies: BTreeMap<ObjectKey, Arc<BackendTlsPolicy>>,
+    /// ConfigMap key → its `ca.crt` (`None`: the ConfigMap has no such key).
+    pub(crate) config_maps: BTreeMap<ObjectKey, Option<String>>,
 }
 
 /// A kind the index can hold. The three [`ClusterState`] methods are generic over it so a watcher
@@ -278,7 +291,7 @@ pub trait Indexed: Sized {
 }
 
 /// How a new version of a status-bearing object (GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-/// FailoverPolicy) differs from the indexed copy, measured by what translation reads.
+/// FailoverPolicy, BackendTLSPolicy) differs from the indexed copy, measured by what translation reads.
 ///
 /// Translation reads of these objects their `spec`, their `status` (merged into the status it
 /// writes, the staleness check, a Gateway's last known addresses and `Programmed` condition)
@@ -455,6 +468,7 @@ impl ClusterState {
             StatusKind::HttpRoute => &self.http_routes.get(key)?.metadata,
             StatusKind::GrpcRoute => &self.grpc_routes.get(key)?.metadata,
             StatusKind::FailoverPolicy => &self.failover_policies.get(key)?.metadata,
+            StatusKind::BackendTlsPolicy => &self.backend_tls_policies.get(key)?.metadata,
         })
     }
 
@@ -474,6 +488,7 @@ impl ClusterState {
             StatusKind::HttpRoute => self.http_routes.contains_key(key),
             StatusKind::GrpcRoute => self.grpc_routes.contains_key(key),
             StatusKind::FailoverPolicy => self.failover_policies.contains_key(key),
+            StatusKind::BackendTlsPolicy => self.backend_tls_policies.contains_key(key),
         }
     }
 
@@ -504,6 +519,8 @@ impl ClusterState {
             (Kind::ServiceImport, self.service_imports.len()),
             (Kind::FailoverPolicy, self.failover_policies.len()),
             (Kind::FailoverDrill, self.failover_drills.len()),
+            (Kind::BackendTlsPolicy, self.backend_tls_policies.len()),
+            (Kind::ConfigMap, self.config_maps.len()),
         ])
     }
 }
@@ -639,6 +656,13 @@ simple_index!(
     status
 );
 simple_index!(
+    BackendTlsPolicy,
+    Kind::BackendTlsPolicy,
+    backend_tls_policies,
+    namespaced_of,
+    status
+);
+simple_index!(
     FailoverDrill,
     Kind::FailoverDrill,
     failover_drills,
@@ -700,6 +724,23 @@ impl Indexed for Secret {
     }
     fn clear(state: &mut ClusterState) {
         state.secrets.clear();
+    }
+}
+
+impl Indexed for ConfigMap {
+    const KIND: Kind = Kind::ConfigMap;
+    fn key(&self) -> Option<ObjectKey> {
+        ObjectKey::namespaced_of(&self.metadata)
+    }
+    fn insert(state: &mut ClusterState, key: ObjectKey, obj: Self) {
+        let ca = obj.data.and_then(|mut d| d.remove(CA_CERT_KEY));
+        state.config_maps.insert(key, ca);
+    }
+    fn remove(state: &mut ClusterState, key: &ObjectKey) {
+        state.config_maps.remove(key);
+    }
+    fn clear(state: &mut ClusterState) {
+        state.config_maps.clear();
     }
 }
 

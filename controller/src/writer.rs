@@ -7,8 +7,9 @@
 //! writer task: while fewer than `concurrency` writes are in flight (--status-write-concurrency,
 //!     default 8): take the due job with the earliest time whose object has no write in flight
 //!     ─► write (bounded by a timeout), concurrently with the others
-//!     GatewayClass, Gateway, FailoverPolicy: server-side apply of `status` (field manager
-//!         `meridian`, force)
+//!     GatewayClass, Gateway, BackendTLSPolicy, FailoverPolicy: server-side apply of `status`
+//!         (field manager `meridian`, force; a BackendTLSPolicy's status carries the other
+//!         controllers' ancestors as they were)
 //!     HTTPRoute: PUT …/status of the indexed copy (its resourceVersion guards the write);
 //!                on 409: GET, re-merge our parents over the fresh list, PUT again (≤ 3 times)
 //!     ok ─► done │ NotFound Status / 422 / newer generation ─► dropped
@@ -63,6 +64,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
@@ -869,9 +871,15 @@ fn api_for<K: kube::Resource<DynamicType = ()>>(
 async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(), WriteError> {
     let u = &job.update;
     match u.kind {
-        StatusKind::GatewayClass | StatusKind::Gateway | StatusKind::FailoverPolicy => {
+        StatusKind::GatewayClass
+        | StatusKind::Gateway
+        | StatusKind::FailoverPolicy
+        | StatusKind::BackendTlsPolicy => {
             let api = match u.kind {
                 StatusKind::GatewayClass => api_for::<GatewayClass>(client, None),
+                StatusKind::BackendTlsPolicy => {
+                    api_for::<BackendTlsPolicy>(client, u.namespace.as_deref())
+                }
                 StatusKind::FailoverPolicy => {
                     api_for::<FailoverPolicy>(client, u.namespace.as_deref())
                 }

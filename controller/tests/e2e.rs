@@ -1175,3 +1175,88 @@ async fn the_echo_of_our_own_status_writes_translates_nothing() {
 
     env.shutdown().await;
 }
+
+/// BackendTLSPolicy end to end: the policy's status is written per ancestor Gateway, a missing
+/// CA ConfigMap makes the route's backend invalid (ResolvedRefs=False on the route, no `tls`
+/// in the snapshot), and creating the ConfigMap brings the backend's TLS settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_policy_status_and_snapshot() {
+    use gateway_api::backendtlspolicies::BackendTlsPolicy;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let env = start_env(&[&["east"]], |_| true, |_| {}).await;
+    env.ctl.wait_ready(WAIT).await.unwrap();
+    let east = env.c("east");
+    setup_gateway(east).await;
+    apply::<Service>(east, service("app", "echo")).await;
+    apply::<EndpointSlice>(east, slice("app", "echo-x", "echo", &["10.5.0.1"], "a")).await;
+    apply::<HttpRoute>(
+        east,
+        route_obj("app", "web", ("infra", "gw"), service_ref("echo", 80)),
+    )
+    .await;
+    apply::<BackendTlsPolicy>(
+        east,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "echo-tls", "namespace": "app"},
+            "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+                     "validation": {"hostname": "echo.internal.example.com",
+                                    "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "echo-ca"}]}}}),
+    )
+    .await;
+    let state = |accepted: &'static str, route_rr: &'static str, tls: bool| {
+        let dp = env.dp.clone();
+        async move {
+            let p = Api::<BackendTlsPolicy>::namespaced(east.clone(), "app")
+                .get("echo-tls")
+                .await
+                .map_err(|e| e.to_string())?;
+            let ancestors = p.status.map(|s| s.ancestors).unwrap_or_default();
+            let [a] = ancestors.as_slice() else {
+                return Err(format!("ancestors: {ancestors:?}"));
+            };
+            let got_accepted = csr(&a.conditions, "Accepted").ok_or("no Accepted")?;
+            let route_state = our_parent(east, "app", "web").await?;
+            let backend_tls = dp.snapshot("east").is_some_and(|s| {
+                s.gateways.iter().any(|g| {
+                    g.listeners.iter().any(|l| {
+                        l.routes.iter().any(|r| {
+                            r.rules
+                                .iter()
+                                .any(|rule| rule.backends.iter().any(|b| b.tls.is_some()))
+                        })
+                    })
+                })
+            });
+            let ok = a.ancestor_ref.name == "gw"
+                && a.ancestor_ref.namespace.as_deref() == Some("infra")
+                && got_accepted.1 == accepted
+                && got_accepted.2 == Some(1)
+                && route_state.1.1 == route_rr
+                && backend_tls == tls;
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "policy {got_accepted:?}, route {route_state:?}, tls in snapshot {backend_tls}"
+                ))
+            }
+        }
+    };
+    eventually_async("CA ConfigMap missing", WAIT, || {
+        state("NoValidCACertificate", "NoValidCACertificate", false)
+    })
+    .await;
+    apply::<ConfigMap>(
+        east,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "echo-ca", "namespace": "app"},
+            "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"}}),
+    )
+    .await;
+    eventually_async("CA ConfigMap present", WAIT, || {
+        state("Accepted", "ResolvedRefs", true)
+    })
+    .await;
+    assert_no_write_storm(&env).await;
+    env.shutdown().await;
+}

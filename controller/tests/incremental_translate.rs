@@ -26,11 +26,12 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gateways::{Gateway, GatewayStatus};
 use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteStatus};
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatus};
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use meridian_controller::translate::{
@@ -247,6 +248,46 @@ fn focused() -> impl Strategy<Value = Value> {
             json!({"apiVersion": "meridian.dev/v1alpha1", "kind": "FailoverPolicy", "metadata": m,
                    "spec": {"targetRefs": targets, "retry": {"attempts": 2}}})
         });
+    // BackendTLSPolicies on the Services above (whole or by port name, some conflicting, some
+    // with a CA ref of the wrong kind or to a ConfigMap that may be missing or broken).
+    let tls_policy = (
+        0usize..3,
+        select(&["app", "web"][..]),
+        select(&["web", "api"][..]),
+        proptest::option::of(select(&["http", "grpc"][..])),
+        select(&[("", "ConfigMap", "ca"), ("", "ConfigMap", "ca2"), ("", "Secret", "ca")][..]),
+        0i64..3,
+        1i64..3,
+    )
+        .prop_map(|(i, ns, svc, section, (group, kind, ca), age, generation)| {
+            let mut m = meta(Some(ns), &format!("btls-{i}"), generation);
+            m["creationTimestamp"] = json!(format!("1970-01-01T00:2{age}:00Z"));
+            let target = obj(vec![
+                ("group", Some(json!(""))),
+                ("kind", Some(json!("Service"))),
+                ("name", Some(json!(svc))),
+                ("sectionName", section.map(|s| json!(s))),
+            ]);
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+                   "metadata": m,
+                   "spec": {"targetRefs": [target],
+                            "validation": {"hostname": format!("{svc}.example.com"),
+                                           "caCertificateRefs": [{"group": group, "kind": kind, "name": ca}]}}})
+        });
+    let config_map = (
+        select(&["app", "web"][..]),
+        select(&["ca", "ca2"][..]),
+        any::<bool>(),
+    )
+        .prop_map(|(ns, name, valid)| {
+            let pem = if valid {
+                "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
+            } else {
+                "not a certificate"
+            };
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(Some(ns), name, 1),
+                   "data": {"ca.crt": pem}})
+        });
     prop_oneof![
         4 => route,
         1 => gateway,
@@ -256,6 +297,8 @@ fn focused() -> impl Strategy<Value = Value> {
         1 => service_export(),
         1 => (0usize..2).prop_flat_map(failover_policy),
         2 => policy,
+        2 => tls_policy,
+        1 => config_map,
     ]
 }
 
@@ -329,6 +372,8 @@ fn kind_of(v: &Value) -> Option<Kind> {
         "ReferenceGrant" => Kind::ReferenceGrant,
         "FailoverPolicy" => Kind::FailoverPolicy,
         "ServiceExport" => Kind::ServiceExport,
+        "BackendTLSPolicy" => Kind::BackendTlsPolicy,
+        "ConfigMap" => Kind::ConfigMap,
         _ => return None,
     })
 }
@@ -371,6 +416,12 @@ impl Harness {
                 "{v}"
             );
         }
+        if kind == Kind::BackendTlsPolicy {
+            assert!(
+                serde_json::from_value::<BackendTlsPolicy>(v.clone()).is_ok(),
+                "{v}"
+            );
+        }
         let key = key_of(v);
         let before = self.cluster(cluster).endpoint_slice_service(&key).cloned();
         let revision = revision_of(self.cluster(cluster), v);
@@ -410,6 +461,8 @@ impl Harness {
             Kind::ReferenceGrant => c.delete::<ReferenceGrant>(&key),
             Kind::FailoverPolicy => c.delete::<FailoverPolicy>(&key),
             Kind::ServiceExport => c.delete::<ServiceExport>(&key),
+            Kind::BackendTlsPolicy => c.delete::<BackendTlsPolicy>(&key),
+            Kind::ConfigMap => c.delete::<ConfigMap>(&key),
             Kind::EndpointSlice => {
                 let svc = c.endpoint_slice_service(&key).cloned();
                 c.delete::<EndpointSlice>(&key);
@@ -510,7 +563,9 @@ impl Harness {
                         revise(c, &u.cluster, g, changes);
                     }
                     // Recomputed every pass: nothing an echo could leave stale.
-                    StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+                    StatusKind::GatewayClass
+                    | StatusKind::FailoverPolicy
+                    | StatusKind::BackendTlsPolicy => {}
                 }
             }
             Step::Programmed { pick, state } => {

@@ -11,7 +11,8 @@
 //!  1. full roles: the demo (GatewayClass, Gateway with HTTP and HTTPS listeners whose Secret is
 //!     in another namespace behind a ReferenceGrant, HTTPRoute to a Service with an
 //!     EndpointSlice, a GRPCRoute to the same Service, ServiceExport, ServiceImport,
-//!     FailoverPolicy, a FailoverDrill run to the end) reaches its status, a route write that has to re-read the route works, and the
+//!     FailoverPolicy, a BackendTLSPolicy with its CA ConfigMap, a FailoverDrill run to the end)
+//!     reaches its status, a route write that has to re-read the route works, and the
 //!     sandbox's audit of refused requests (`Sandbox::denials`) has nothing for the controller.
 //!  2. minimality: for every rule of both roles, every resource of a rule and every verb of a
 //!     rule with several verbs, the role without that part, a fresh controller and elector, and
@@ -40,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
@@ -47,7 +49,7 @@ use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -457,6 +459,23 @@ async fn demo(c: &Client) {
                                      "name": "echo"}]}}),
     )
     .await;
+    apply::<ConfigMap>(
+        c,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "echo-ca", "namespace": "app"},
+            "data": {"ca.crt": pem("CERTIFICATE")}}),
+    )
+    .await;
+    apply::<BackendTlsPolicy>(
+        c,
+        json!({"apiVersion": api_version::<BackendTlsPolicy>(), "kind": "BackendTLSPolicy",
+            "metadata": {"name": "echo-tls", "namespace": "app"},
+            "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+                     "validation": {"hostname": "echo.app.example.com",
+                                    "caCertificateRefs": [{"group": "", "kind": "ConfigMap",
+                                                           "name": "echo-ca"}]}}}),
+    )
+    .await;
 }
 
 async fn setup() -> World {
@@ -587,6 +606,14 @@ impl World {
             .patch_status("grpc", &pp, &Patch::Merge(&wipe(json!({"parents": []}))))
             .await
             .unwrap();
+        dyn_api::<BackendTlsPolicy>(&self.admin, Some("app"))
+            .patch_status(
+                "echo-tls",
+                &pp,
+                &Patch::Merge(&wipe(json!({"ancestors": []}))),
+            )
+            .await
+            .unwrap();
         let leases = Api::<Lease>::namespaced(self.admin.clone(), &self.m.namespace);
         if leases.get_opt(LEASE_NAME).await.unwrap().is_some() {
             leases
@@ -714,6 +741,20 @@ async fn full_roles_suffice(w: &World) {
             .await
             .unwrap();
         let got = condition_of(p.status.map(|s| s.conditions), "Accepted")?;
+        (got.0 == "True").then_some(()).ok_or(format!("{got:?}"))
+    })
+    .await;
+    eventually_async("BackendTLSPolicy Accepted for gw", WAIT, || async {
+        let p = Api::<BackendTlsPolicy>::namespaced(c.clone(), "app")
+            .get("echo-tls")
+            .await
+            .unwrap();
+        let ancestors = p.status.map(|s| s.ancestors).unwrap_or_default();
+        let got = ancestors
+            .iter()
+            .find(|a| a.ancestor_ref.name == "gw")
+            .map(|a| condition_of(Some(a.conditions.clone()), "Accepted"))
+            .ok_or(format!("ancestors {ancestors:?}"))??;
         (got.0 == "True").then_some(()).ok_or(format!("{got:?}"))
     })
     .await;

@@ -11,8 +11,8 @@
 //!    validation, defaults and CEL rules.
 
 use gateway_api::{
-    gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute, httproutes::HttpRoute,
-    referencegrants::ReferenceGrant,
+    backendtlspolicies::BackendTlsPolicy, gatewayclasses::GatewayClass, gateways::Gateway,
+    grpcroutes::GrpcRoute, httproutes::HttpRoute, referencegrants::ReferenceGrant,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition,
@@ -51,11 +51,13 @@ struct Decoration {
     lists: &'static [(&'static str, ListType)],
 }
 
-/// Kinds upstream serves as `v1` only (no `v1beta1` alias): GRPCRoute went from `v1alpha2`
-/// (experimental channel) straight to `v1`.
+/// Kinds in [`undecorated_validation`] that upstream serves as `v1` only (no `v1beta1` alias):
+/// GRPCRoute went from `v1alpha2` (experimental channel) straight to `v1`. BackendTLSPolicy,
+/// also `v1` only, comes from [`v1_only`].
 const V1_ONLY: &[&str] = &["GRPCRoute"];
 
-/// GatewayClass, Gateway, HTTPRoute, GRPCRoute and ReferenceGrant, in that order.
+/// GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant and BackendTLSPolicy, in that
+/// order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     crds_and_misses().0
 }
@@ -64,19 +66,38 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// types changed under us).
 pub fn crds_and_misses() -> (Vec<CustomResourceDefinition>, Vec<String>) {
     let mut misses = Vec::new();
-    let crds = undecorated_validation()
-        .into_iter()
-        .map(|mut crd| {
-            strip_nulls(&mut crd, &[]);
-            misses.extend(crate::gateway_rules::apply(&mut crd));
-            // Last, so the alias inherits columns, markers and validation from the storage version.
-            if !V1_ONLY.contains(&crd.spec.names.kind.as_str()) {
-                add_served_alias_version(&mut crd, LEGACY_VERSION);
-            }
-            crd
-        })
-        .collect();
+    let mut crds = Vec::new();
+    for mut crd in undecorated_validation() {
+        strip_nulls(&mut crd, &[]);
+        misses.extend(crate::gateway_rules::apply(&mut crd));
+        // Last, so the alias inherits columns, markers and validation from the storage version.
+        if !V1_ONLY.contains(&crd.spec.names.kind.as_str()) {
+            add_served_alias_version(&mut crd, LEGACY_VERSION);
+        }
+        crds.push(crd);
+    }
+    for mut crd in v1_only() {
+        strip_nulls(&mut crd, &[]);
+        misses.extend(crate::gateway_rules::apply(&mut crd));
+        crds.push(crd);
+    }
     (crds, misses)
+}
+
+/// Kinds that upstream serves only as `v1` (no `v1beta1` alias): BackendTLSPolicy.
+fn v1_only() -> Vec<CustomResourceDefinition> {
+    vec![decorate(
+        BackendTlsPolicy::crd(),
+        Decoration {
+            description: "How a Gateway connects to a backend Service over TLS: the name to send and verify, and the CA to trust.",
+            short_names: &["btlspolicy"],
+            columns: vec![age_column()],
+            lists: &[
+                ("status.ancestors", ListType::Atomic),
+                ("status.ancestors[].conditions", ListType::Map(&["type"])),
+            ],
+        },
+    )]
 }
 
 fn undecorated_validation() -> Vec<CustomResourceDefinition> {

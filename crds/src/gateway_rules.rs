@@ -109,6 +109,7 @@ pub fn apply(crd: &mut CustomResourceDefinition) -> Vec<String> {
         "HTTPRoute" => http_route(&mut e),
         "GRPCRoute" => grpc_route(&mut e),
         "ReferenceGrant" => reference_grant(&mut e),
+        "BackendTLSPolicy" => backend_tls_policy(&mut e),
         _ => {}
     }
     e.into_misses()
@@ -867,4 +868,98 @@ fn reference_grant(e: &mut SchemaEditor<'_>) {
         .at("spec.to[].group", &group())
         .at("spec.to[].kind", &kind())
         .at("spec.to[].name", &name());
+}
+
+/// `subjectAltNames[].uri`: an absolute URI (scheme, then anything but whitespace).
+const SAN_URI: &str = r"^[a-zA-Z][a-zA-Z0-9+.-]*:[^\s]+$";
+
+/// BackendTLSPolicy: up to 16 Service targets (unique per section), a precise hostname, a CA
+/// from ConfigMaps or the system trust store (exactly one of the two), typed subject alt names.
+fn backend_tls_policy(e: &mut SchemaEditor<'_>) {
+    let same_target = "a.group == b.group && a.kind == b.kind && a.name == b.name";
+    e.at(
+        "spec.targetRefs",
+        &[
+            MinItems(1),
+            MaxItems(16),
+            rule(
+                format!(
+                    "self.all(a, self.all(b, {same_target} ? (has(a.sectionName) && a.sectionName != '') == (has(b.sectionName) && b.sectionName != '') : true))"
+                ),
+                "sectionName must be set on every targetRef when several refer to the same target",
+            ),
+            rule(
+                format!(
+                    "self.all(a, self.exists_one(b, {same_target} && (has(a.sectionName) ? a.sectionName : '') == (has(b.sectionName) ? b.sectionName : '')))"
+                ),
+                "targetRefs to the same target must name distinct sections",
+            ),
+        ],
+    )
+    .at(
+        "spec.targetRefs[]",
+        &[rule(
+            "self.group == '' && self.kind == 'Service'",
+            "a targetRef must refer to a core Service (group \"\", kind Service)",
+        )],
+    )
+    .at("spec.targetRefs[].group", &group())
+    .at("spec.targetRefs[].kind", &kind())
+    .at("spec.targetRefs[].name", &name())
+    .at("spec.targetRefs[].sectionName", &section_name())
+    .at("spec.options", &[MaxProperties(16)]);
+
+    let v = "spec.validation";
+    e.at(
+        v,
+        &[
+            rule(
+                "!(has(self.caCertificateRefs) && size(self.caCertificateRefs) > 0 && has(self.wellKnownCACertificates) && self.wellKnownCACertificates != '')",
+                "caCertificateRefs and wellKnownCACertificates may not both be set",
+            ),
+            rule(
+                "(has(self.caCertificateRefs) && size(self.caCertificateRefs) > 0) || (has(self.wellKnownCACertificates) && self.wellKnownCACertificates != '')",
+                "one of caCertificateRefs or wellKnownCACertificates must be set",
+            ),
+        ],
+    )
+    .at(
+        &format!("{v}.hostname"),
+        &with(
+            vec![rule("!isIP(self)", "hostname must be a DNS name, not an IP address")],
+            precise_hostname(),
+        ),
+    )
+    .at(&format!("{v}.caCertificateRefs"), &[MaxItems(8)])
+    .at(&format!("{v}.caCertificateRefs[].group"), &group())
+    .at(&format!("{v}.caCertificateRefs[].kind"), &kind())
+    .at(&format!("{v}.caCertificateRefs[].name"), &name())
+    .at(&format!("{v}.wellKnownCACertificates"), &[Enum(&["System"])])
+    .at(&format!("{v}.subjectAltNames"), &[MaxItems(5)])
+    .at(
+        &format!("{v}.subjectAltNames[]"),
+        &[
+            rule(
+                "self.type == 'Hostname' ? has(self.hostname) && self.hostname != '' : !has(self.hostname) || self.hostname == ''",
+                "hostname must be set exactly when type is Hostname",
+            ),
+            rule(
+                "self.type == 'URI' ? has(self.uri) && self.uri != '' : !has(self.uri) || self.uri == ''",
+                "uri must be set exactly when type is URI",
+            ),
+        ],
+    )
+    .at(&format!("{v}.subjectAltNames[].type"), &[Enum(&["Hostname", "URI"])])
+    .at(&format!("{v}.subjectAltNames[].hostname"), &hostname())
+    .at(
+        &format!("{v}.subjectAltNames[].uri"),
+        &[MaxLength(253), Pattern(SAN_URI)],
+    );
+
+    e.at("status.ancestors", &[MaxItems(16)]).at(
+        "status.ancestors[].controllerName",
+        &[MinLength(1), MaxLength(253), Pattern(CONTROLLER_NAME)],
+    );
+    parent_ref(e, "status.ancestors[].ancestorRef");
+    conditions(e, "status.ancestors[].conditions", Some(1));
 }

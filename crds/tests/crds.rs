@@ -130,6 +130,7 @@ fn gateway_api_printer_columns_match_upstream() {
         &[("Hostnames", "string", ".spec.hostnames", 0), age],
     );
     assert_columns("ReferenceGrant", &[age]);
+    assert_columns("BackendTLSPolicy", &[age]);
 }
 
 #[test]
@@ -192,6 +193,13 @@ fn names_short_names_categories_and_scope() {
             "Namespaced",
         ),
         (
+            "BackendTLSPolicy",
+            "backendtlspolicies",
+            &["btlspolicy"],
+            Some("gateway-api"),
+            "Namespaced",
+        ),
+        (
             "ServiceExport",
             "serviceexports",
             &["svcex"],
@@ -240,6 +248,7 @@ fn all_crds_has_stable_order_and_unique_names() {
             "HTTPRoute",
             "GRPCRoute",
             "ReferenceGrant",
+            "BackendTLSPolicy",
             "ServiceExport",
             "ServiceImport",
             "FailoverPolicy",
@@ -281,6 +290,12 @@ fn every_crd_has_exactly_one_storage_version_and_all_are_served() {
 fn gateway_api_serves_v1beta1_with_v1_schema_and_v1_storage() {
     for crd in gateway_api_crds() {
         let kind = &crd.spec.names.kind;
+        if kind == "BackendTLSPolicy" {
+            // Upstream serves it as v1 only (it never had a v1beta1).
+            let versions: Vec<_> = crd.spec.versions.iter().map(|v| v.name.as_str()).collect();
+            assert_eq!(versions, ["v1"], "{kind}");
+            continue;
+        }
         let versions: Vec<_> = crd
             .spec
             .versions
@@ -1255,4 +1270,60 @@ fn defaults_are_valid_against_their_own_schema_shape() {
         }
     }
     assert!(seen >= 20, "only {seen} defaults");
+}
+
+#[test]
+fn backend_tls_policy_has_standard_validation() {
+    let crd = by_kind("BackendTLSPolicy");
+    assert!(
+        crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .is_some_and(|s| s.status.is_some()),
+        "status subresource"
+    );
+    let s = schema_of(&crd, "v1");
+    assert_eq!(node(&s, "spec.targetRefs")["minItems"], 1);
+    assert_eq!(node(&s, "spec.targetRefs")["maxItems"], 16);
+    assert!(has_rule(&s, "spec.targetRefs[]", "self.kind == 'Service'"));
+    assert!(has_rule(&s, "spec.targetRefs", "exists_one"));
+    assert_eq!(node(&s, "spec.targetRefs[].sectionName")["maxLength"], 253);
+    let required = |path: &str| -> Vec<String> {
+        serde_json::from_value(node(&s, path)["required"].clone()).unwrap_or_default()
+    };
+    assert!(required("spec").contains(&"targetRefs".to_string()));
+    assert!(required("spec.validation").contains(&"hostname".to_string()));
+    let hostname = node(&s, "spec.validation.hostname");
+    assert!(
+        !hostname["pattern"].as_str().unwrap().contains(r"\*"),
+        "no wildcard"
+    );
+    assert!(has_rule(&s, "spec.validation.hostname", "isIP"));
+    assert!(has_rule(
+        &s,
+        "spec.validation",
+        "!(has(self.caCertificateRefs)"
+    ));
+    assert!(has_rule(
+        &s,
+        "spec.validation",
+        "|| (has(self.wellKnownCACertificates)"
+    ));
+    assert_eq!(
+        node(&s, "spec.validation.wellKnownCACertificates")["enum"],
+        serde_json::json!(["System"])
+    );
+    assert_eq!(node(&s, "spec.validation.caCertificateRefs")["maxItems"], 8);
+    assert_eq!(node(&s, "spec.validation.subjectAltNames")["maxItems"], 5);
+    assert!(has_rule(
+        &s,
+        "spec.validation.subjectAltNames[]",
+        "self.type == 'URI'"
+    ));
+    assert_eq!(node(&s, "status.ancestors")["maxItems"], 16);
+    assert_eq!(
+        node(&s, "status.ancestors")["x-kubernetes-list-type"],
+        "atomic"
+    );
+    assert_eq!(node(&s, "status.ancestors[].conditions")["minItems"], 1);
 }

@@ -598,8 +598,10 @@ fn backend<'a>(a: &Backend, b: &'a Backend, d: &mut Delta<'a>) -> Option<()> {
         weight,
         filters,
         target,
+        tls,
     } = a;
     same(name, &b.name)?;
+    same(tls, &b.tls)?;
     same(weight, &b.weight)?;
     lockstep(filters, &b.filters, |x, y| filter(x, y, d))?;
     match (target, &b.target) {

@@ -13,7 +13,8 @@
 //! Snapshot ─┬─ Gateway ─┬─ Listener (address, port, protocol, hostname, TLS)
 //!           │           │     └─ Route (hostnames already intersected with the listener's)
 //!           │           │           └─ Rule (matches, filters, timeouts, retry)
-//!           │           │                 └─ Backend (weight, filters, endpoints | invalid reason)
+//!           │           │                 └─ Backend (weight, filters, endpoints | invalid reason,
+//!           │           │                             TLS to the endpoints)
 //!           │           └─ …
 //!           └─ …
 //! ```
@@ -696,10 +697,43 @@ pub struct Backend {
     pub filters: Vec<Filter>,
     /// Endpoints, or why the reference is invalid.
     pub target: BackendTarget,
+    /// TLS to the endpoints (a BackendTLSPolicy applies); `None`: cleartext. Left out of the
+    /// JSON when `None`, so snapshots without TLS backends read the same as before; a proxy that
+    /// predates the field refuses a snapshot that has one (`deny_unknown_fields`) rather than
+    /// sending that backend's traffic in cleartext. Boxed: most backends have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<BackendTls>>,
 }
 
 fn default_weight() -> u32 {
     1
+}
+
+/// How the proxy originates TLS to a backend's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTls {
+    /// SNI sent in the handshake, and the name the server certificate must carry unless
+    /// [`BackendTls::subject_alt_names`] is non-empty.
+    pub hostname: String,
+    /// PEM bundle of the CAs that may sign the server certificate; `None`: the system's trust
+    /// store (`wellKnownCACertificates: System`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// When non-empty, the server certificate must carry one of these instead of
+    /// [`BackendTls::hostname`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// A subject alternative name a backend's certificate may be verified against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum SubjectAltName {
+    /// A DNS name (may be a `*.` wildcard).
+    Hostname(String),
+    /// A URI (e.g. a SPIFFE ID).
+    Uri(String),
 }
 
 /// What a backend reference resolved to.

@@ -108,6 +108,7 @@ fn backend(name: String) -> Backend {
         target: BackendTarget::Invalid {
             reason: "fuzz".to_string(),
         },
+        tls: None,
     }
 }
 

@@ -85,6 +85,7 @@ fn backend(rng: &mut Rng, mirrors: bool) -> Backend {
         weight: rng.below(4) as u32,
         filters,
         target,
+        tls: None,
     }
 }
 
@@ -348,6 +349,7 @@ fn two_routes() -> Snapshot {
                     endpoints: vec![ep(1)],
                     failover: None,
                 },
+                tls: None,
             }],
             ..Rule::default()
         }],

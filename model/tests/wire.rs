@@ -151,3 +151,45 @@ fn unknown_fields_and_unknown_tags_are_refused() {
         );
     }
 }
+
+/// `Backend.tls`: its JSON shape, absent from backends without it (older snapshots and older
+/// proxies read the same document), and a proxy that does not know it refuses the snapshot
+/// rather than dropping it (here: a misspelt field inside `tls` is refused the same way).
+#[test]
+fn backend_tls_shape_and_compatibility() {
+    let with_tls = DOC.replacen(
+        r#""name": "app/api:8080", "weight": 3,"#,
+        r#""name": "app/api:8080", "weight": 3,
+           "tls": {"hostname": "api.internal", "caPem": "-----BEGIN CERTIFICATE-----\n",
+                   "subjectAltNames": [{"hostname": "*.internal"}, {"uri": "spiffe://td/sa/api"}]},"#,
+        1,
+    );
+    assert_ne!(with_tls, DOC);
+    assert!(
+        meridian_model::load(&with_tls).is_ok(),
+        "the proxy takes it"
+    );
+    let s: Snapshot = serde_json::from_str(&with_tls).unwrap();
+    let b = &s.gateways[0].listeners[0].routes[0].rules[0].backends[0];
+    assert_eq!(
+        b.tls.as_deref(),
+        Some(&BackendTls {
+            hostname: "api.internal".into(),
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
+            subject_alt_names: vec![
+                SubjectAltName::Hostname("*.internal".into()),
+                SubjectAltName::Uri("spiffe://td/sa/api".into()),
+            ],
+        })
+    );
+    // Round trip keeps it; a backend without it serialises without the key.
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), s);
+    let plain: Snapshot = serde_json::from_str(DOC).unwrap();
+    let b = &plain.gateways[0].listeners[0].routes[0].rules[0].backends[1];
+    assert_eq!(b.tls, None);
+    assert!(!serde_json::to_string(b).unwrap().contains("tls"));
+    // Unknown fields inside tls are refused, like everywhere in the snapshot.
+    let typo = with_tls.replacen("\"caPem\"", "\"ca\"", 1);
+    assert!(meridian_model::load(&typo).is_err());
+}

@@ -949,6 +949,7 @@ mod tests {
                 endpoints: endpoints(rng, false),
                 failover: None,
             },
+            tls: None,
         }
     }
 

@@ -110,6 +110,7 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
         endpoints: &[Endpoint],
         failover: Option<&FailoverPolicy>,
         backend: &str,
+        tls: bool,
     ) {
         let mut probe = None;
         for e in endpoints.iter().filter(|e| e.ready) {
@@ -117,6 +118,10 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
                 let mut p = probe
                     .get_or_insert_with(|| Probe::from_policy(failover))
                     .clone();
+                if tls && !e.east_west {
+                    // A TLS backend is never sent cleartext: TCP connect probes only.
+                    p.http_path = None;
+                }
                 if e.east_west {
                     p.east_west_backend = Some(backend.to_string());
                     p.east_west_cluster = Some(e.cluster.clone());
@@ -133,7 +138,7 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
             ..
         } = &b.target
         {
-            add_endpoints(out, endpoints, failover.as_ref(), &b.name);
+            add_endpoints(out, endpoints, failover.as_ref(), &b.name, b.tls.is_some());
         }
         for f in &b.filters {
             if let Filter::RequestMirror(m) = f {
@@ -159,7 +164,13 @@ pub(crate) fn targets(snapshot: &Snapshot) -> HashMap<EndpointKey, Probe> {
         }
     }
     for b in &snapshot.east_west {
-        add_endpoints(&mut out, &b.endpoints, b.failover.as_deref(), &b.name);
+        add_endpoints(
+            &mut out,
+            &b.endpoints,
+            b.failover.as_deref(),
+            &b.name,
+            false,
+        );
     }
     out
 }

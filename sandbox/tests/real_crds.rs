@@ -302,6 +302,58 @@ async fn kubectl_applies_the_shipped_crd_directory() {
         err.contains("spec.listeners: Invalid value: \"array\": tls.mode of an HTTPS listener must be Terminate"),
         "{err}"
     );
+
+    // BackendTLSPolicy: a valid one applies and lists with its AGE column; the standard
+    // channel's rules refuse both CA sources at once, an IP as hostname and a non-Service target.
+    let policy = |name: &str, target_kind: &str, hostname: &str, well_known: bool| {
+        let well_known = if well_known {
+            "\n    wellKnownCACertificates: System"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  targetRefs:\n  - {{group: \"\", kind: {target_kind}, name: backend}}\n  validation:\n    hostname: {hostname}\n\
+             \x20   caCertificateRefs:\n    - {{group: \"\", kind: ConfigMap, name: backend-ca}}{well_known}\n"
+        )
+    };
+    let good = manifest(
+        "btls.yaml",
+        &policy("btls", "Service", "backend.example.com", false),
+    );
+    let (ok, out, err) = kubectl(vec!["apply".into(), "-f".into(), good]).await;
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, err) = kubectl(vec!["get".into(), "backendtlspolicies".into()]).await;
+    assert!(ok, "{err}");
+    let header = out.lines().next().unwrap_or_default();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "AGE"],
+        "{out}"
+    );
+    assert!(out.contains("btls "), "{out}");
+    for (file, body, message) in [
+        (
+            "btls-both.yaml",
+            policy("both", "Service", "backend.example.com", true),
+            "caCertificateRefs and wellKnownCACertificates may not both be set",
+        ),
+        (
+            "btls-ip.yaml",
+            policy("ip", "Service", "10.0.0.1", false),
+            "hostname must be a DNS name, not an IP address",
+        ),
+        (
+            "btls-kind.yaml",
+            policy("kind", "Deployment", "backend.example.com", false),
+            "a targetRef must refer to a core Service",
+        ),
+    ] {
+        let path = manifest(file, &body);
+        let (ok, out, err) = kubectl(vec!["apply".into(), "-f".into(), path]).await;
+        assert!(!ok, "accepted {file}: {out}");
+        assert!(err.contains(message), "{file}: {err}");
+    }
     sb.shutdown().await;
 }
 

@@ -743,6 +743,7 @@ mod tests {
                             endpoints: eps.clone(),
                             failover: None,
                         },
+                        tls: None,
                     }],
                     ..Rule::default()
                 };

@@ -14,6 +14,9 @@
 //! ReferenceGrant ─ from (kind, ns) × to (kind, name or any)   (forward only: the references it
 //!                                                               allows are looked up above)
 //! FailoverPolicy ─ targetRefs (group, kind, name)             (forward only)
+//! BackendTLSPolicy ─ targetRefs (Service names), caCertificateRefs (ConfigMap names)
+//!                                                             (forward only: a ConfigMap change
+//!                                                              looks up the policies naming it)
 //! ```
 //!
 //! A change to one object is turned into [`Affected`] by [`DepIndex::change`]: the object's
@@ -27,10 +30,11 @@
 //! ServiceExports of *every* cluster (a Service or export change reaches routes of all
 //! clusters); listener `allowedRoutes` selectors read Namespace labels (a Namespace change
 //! reaches the routes of that namespace, when some listener of the cluster has a selector);
-//! FailoverPolicy status reads Services, HTTPRoutes, ServiceImports and exports (recomputed
-//! every pass: there are few policies). An HTTPRoute against GRPCRoute hostname conflict
-//! (module `conflict`) reads other routes: the incremental pass recomputes those conflicts and
-//! re-translates the routes whose outcome they change, so nothing is indexed for it here.
+//! FailoverPolicy and BackendTLSPolicy status read Services, HTTPRoutes, GRPCRoutes,
+//! ServiceImports and exports (recomputed every pass: there are few policies). An HTTPRoute
+//! against GRPCRoute hostname conflict (module `conflict`) reads other routes: the incremental
+//! pass recomputes those conflicts and re-translates the routes whose outcome they change, so
+//! nothing is indexed for it here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -106,6 +110,9 @@ struct GrantRefs {
 /// `(group, kind, name)` of a policy target.
 type Target = (String, String, String);
 
+/// What a BackendTLSPolicy reads: target Service names and CA ConfigMap names.
+type TlsPolicyRefs = (Vec<String>, Vec<String>);
+
 /// One member cluster's entries.
 #[derive(Debug, Default)]
 struct ClusterDeps {
@@ -113,6 +120,8 @@ struct ClusterDeps {
     gateways: BTreeMap<ObjectKey, GatewayRefs>,
     grants: BTreeMap<ObjectKey, GrantRefs>,
     policies: BTreeMap<ObjectKey, Vec<Target>>,
+    /// BackendTLSPolicy → (target Service names, CA ConfigMap names), same namespace.
+    tls_policies: BTreeMap<ObjectKey, TlsPolicyRefs>,
     /// Gateway → routes naming it in a parentRef.
     by_parent: BTreeMap<ObjectKey, BTreeSet<RouteKey>>,
     /// Backend → routes referring to it.
@@ -156,6 +165,10 @@ impl DepIndex {
             }
             for (key, policy) in &state.failover_policies {
                 deps.policies.insert(key.clone(), policy_targets(policy));
+            }
+            for (key, policy) in &state.backend_tls_policies {
+                deps.tls_policies
+                    .insert(key.clone(), super::backend_tls::policy_refs(policy));
             }
         }
         index
@@ -271,6 +284,32 @@ impl DepIndex {
                     }
                 }
             }
+            Kind::BackendTlsPolicy => {
+                let new = state
+                    .backend_tls_policies
+                    .get(key)
+                    .map(|p| super::backend_tls::policy_refs(p));
+                let old = match &new {
+                    Some(n) => deps.tls_policies.insert(key.clone(), n.clone()),
+                    None => deps.tls_policies.remove(key),
+                };
+                let services: BTreeSet<&String> =
+                    old.iter().chain(new.iter()).flat_map(|r| &r.0).collect();
+                for name in services {
+                    deps.service_users(&key.namespace, name, cluster, affected);
+                }
+            }
+            Kind::ConfigMap => {
+                let services: BTreeSet<&String> = deps
+                    .tls_policies
+                    .iter()
+                    .filter(|(p, (_, cms))| p.namespace == key.namespace && cms.contains(&key.name))
+                    .flat_map(|(_, (svcs, _))| svcs)
+                    .collect();
+                for name in services {
+                    deps.service_users(&key.namespace, name, cluster, affected);
+                }
+            }
             Kind::Service | Kind::EndpointSlice => {
                 let local = Backend {
                     import: false,
@@ -302,6 +341,17 @@ impl DepIndex {
 }
 
 impl ClusterDeps {
+    /// Notes the routes using Service `namespace/name` (of this cluster) as affected.
+    fn service_users(&self, namespace: &str, name: &str, cluster: &str, affected: &mut Affected) {
+        let backend = Backend {
+            import: false,
+            key: ObjectKey::new(namespace, name),
+        };
+        for r in self.by_backend.get(&backend).into_iter().flatten() {
+            affected.route(cluster, r.clone());
+        }
+    }
+
     /// Replaces a route's forward entries (and their reverse ones).
     fn set_route(&mut self, key: &RouteKey, new: Option<RouteRefs>) {
         if let Some(old) = self.routes.remove(key) {

@@ -880,6 +880,7 @@ mod tests {
                 endpoints: vec![],
                 failover,
             },
+            tls: None,
         };
         let mut rules: Vec<model::Rule> =
             vec![serde_json::from_value(serde_json::json!({})).unwrap()];

@@ -614,7 +614,9 @@ impl Incremental {
                     }
                 }
                 // Recomputed every pass.
-                StatusKind::GatewayClass | StatusKind::FailoverPolicy => {}
+                StatusKind::GatewayClass
+                | StatusKind::FailoverPolicy
+                | StatusKind::BackendTlsPolicy => {}
             }
         }
     }
@@ -694,7 +696,21 @@ impl Incremental {
                     .get(key)
                     .and_then(|p| p.status.as_ref()),
                 cache.policy_status.iter().find(|u| {
-                    u.name == key.name && u.namespace.as_deref() == Some(key.namespace.as_str())
+                    u.kind == StatusKind::FailoverPolicy
+                        && u.name == key.name
+                        && u.namespace.as_deref() == Some(key.namespace.as_str())
+                }),
+            ),
+            // Kept beside FailoverPolicy's (module `backend_tls`, recomputed every pass).
+            Kind::BackendTlsPolicy => carries(
+                state
+                    .backend_tls_policies
+                    .get(key)
+                    .and_then(|p| p.status.as_ref()),
+                cache.policy_status.iter().find(|u| {
+                    u.kind == StatusKind::BackendTlsPolicy
+                        && u.name == key.name
+                        && u.namespace.as_deref() == Some(key.namespace.as_str())
                 }),
             ),
             _ => false,
@@ -773,7 +789,8 @@ impl Incremental {
     }
 
     /// Every status update a full translation of the same world would give, in its order:
-    /// by cluster, GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways, FailoverPolicies.
+    /// by cluster, GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways, FailoverPolicies,
+    /// BackendTLSPolicies.
     pub fn status(&self) -> Vec<StatusUpdate> {
         let mut out = Vec::new();
         for c in self.clusters.values() {
@@ -991,6 +1008,7 @@ impl ClusterCache {
         pass.gateways += touched.len();
         let mut policy_status = Vec::new();
         super::failover::policy_status(ctx, &mut policy_status);
+        super::backend_tls::policy_status(ctx, &mut policy_status);
         pass.status.extend(policy_status.iter().cloned());
         self.policy_status = policy_status;
     }

@@ -46,6 +46,7 @@
 //! whether the content changed.
 
 mod backend;
+mod backend_tls;
 mod conflict;
 mod deps;
 mod east_west;
@@ -82,6 +83,7 @@ pub const CONTROLLER_NAME: &str = "meridian.dev/gateway-controller";
 /// Features the data plane implements, as reported in `GatewayClass.status.supportedFeatures`.
 /// Conservative: a feature is listed only when the proxy implements it end to end.
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
@@ -204,7 +206,8 @@ pub struct Output {
     /// classes in that cluster.
     pub snapshots: BTreeMap<ClusterName, Snapshot>,
     /// Status writes whose content differs (ignoring timestamps) from the indexed copy, ordered
-    /// by cluster, then GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways and FailoverPolicies.
+    /// by cluster, then GatewayClasses, HTTPRoutes, GRPCRoutes, Gateways, FailoverPolicies and
+    /// BackendTLSPolicies.
     pub status: Vec<StatusUpdate>,
     /// Per cluster, the backends whose endpoints in clusters of another network were left out
     /// of its snapshot because those clusters have no proxy with an east-west listener (empty
@@ -310,6 +313,7 @@ pub(crate) fn translate_full(
         }
         let mut policy_status = Vec::new();
         failover::policy_status(&ctx, &mut policy_status);
+        backend_tls::policy_status(&ctx, &mut policy_status);
         if let (Some(r), Some(seed)) = (record, seed.as_deref_mut()) {
             let mut r = r;
             r.record_policy_status(&policy_status);

@@ -31,9 +31,9 @@ use std::str::FromStr;
 use gateway_api::httproutes::*;
 use meridian_model::Router;
 use meridian_model::snapshot::{
-    Backend, BackendTarget, Filter, Gateway, HeaderMatch, HeaderModifier, HeaderValue, Listener,
-    Match, PathMatch, PathModifier, Protocol, QueryParamMatch, RequestMirror, RequestRedirect,
-    Route, RouteKind, Rule, Snapshot, Timeouts, UrlRewrite, ValueMatchType,
+    Backend, BackendTarget, BackendTls, Filter, Gateway, HeaderMatch, HeaderModifier, HeaderValue,
+    Listener, Match, PathMatch, PathModifier, Protocol, QueryParamMatch, RequestMirror,
+    RequestRedirect, Route, RouteKind, Rule, Snapshot, Timeouts, UrlRewrite, ValueMatchType,
 };
 
 use super::backend::{self, BackendRef};
@@ -182,6 +182,7 @@ fn translate_rule(
             target: BackendTarget::Invalid {
                 reason: "UnsupportedFilter".to_string(),
             },
+            tls: None,
         }];
     }
     check_with_proxy(&rule)?;
@@ -241,31 +242,55 @@ fn translate_backend(
         }
     }
     check_filter_set(&out_filters)?;
-    let target = if let Some(what) = unsupported_filter {
+    let (target, tls) = if let Some(what) = unsupported_filter {
         degraded.push(format!(
             "Dropped Rule {idx} backend {}: filter {what} is not supported; its share of requests gets 500",
             r.display()
         ));
         out_filters.clear();
-        BackendTarget::Invalid {
+        let target = BackendTarget::Invalid {
             reason: "UnsupportedFilter".to_string(),
-        }
+        };
+        (target, None)
     } else {
-        match backend::resolve(ctx, namespace, r, cache) {
-            Ok(t) => t,
-            Err(p) => {
-                let reason = p.reason.to_string();
-                unresolved.push(p);
-                BackendTarget::Invalid { reason }
-            }
-        }
+        resolve_with_tls(ctx, namespace, r, cache, unresolved)
     };
     Ok(Backend {
         name: r.display(),
         weight,
         filters: out_filters,
         target,
+        tls,
     })
+}
+
+/// Resolves a backend and, for a Service, the BackendTLSPolicy that applies to it. A reference
+/// that does not resolve, or a policy that cannot be met, makes the backend Invalid (500, never
+/// cleartext to a backend that expects TLS) and is noted in `unresolved`.
+fn resolve_with_tls(
+    ctx: &Ctx<'_>,
+    namespace: &str,
+    r: BackendRef<'_>,
+    cache: &mut backend::Cache,
+    unresolved: &mut Vec<Problem>,
+) -> (BackendTarget, Option<Box<BackendTls>>) {
+    let resolved = backend::resolve(ctx, namespace, r, cache).and_then(|t| {
+        let tls = match (r.group, r.kind) {
+            ("", "Service") => {
+                super::backend_tls::for_service(ctx, r.namespace, r.name, r.port)?.map(Box::new)
+            }
+            _ => None,
+        };
+        Ok((t, tls))
+    });
+    match resolved {
+        Ok(ok) => ok,
+        Err(p) => {
+            let reason = p.reason.to_string();
+            unresolved.push(p);
+            (BackendTarget::Invalid { reason }, None)
+        }
+    }
 }
 
 /// BackendRef filters have their own generated types with the same shape as rule filters; one
@@ -610,20 +635,14 @@ fn translate_mirror(
         name,
         port: *port,
     };
-    let target = match backend::resolve(ctx, namespace, r, cache) {
-        Ok(t) => t,
-        Err(p) => {
-            let reason = p.reason.to_string();
-            unresolved.push(p);
-            BackendTarget::Invalid { reason }
-        }
-    };
+    let (target, tls) = resolve_with_tls(ctx, namespace, r, cache, unresolved);
     Ok(RequestMirror {
         backend: Backend {
             name: r.display(),
             weight: 1,
             filters: Vec::new(),
             target,
+            tls,
         },
         percent,
     })
@@ -776,6 +795,7 @@ fn check_with_proxy(rule: &Rule) -> Result<(), Problem> {
             target: BackendTarget::Invalid {
                 reason: String::new(),
             },
+            tls: None,
         }
     }
     fn strip_filter(f: &Filter) -> Filter {

@@ -7,12 +7,13 @@
 
 use std::net::IpAddr;
 
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use meridian_controller::{
@@ -743,6 +744,8 @@ pub fn apply(c: &mut ClusterState, v: &Value) -> bool {
         Some("ReferenceGrant") => put::<ReferenceGrant>(c, v),
         Some("FailoverPolicy") => put::<FailoverPolicy>(c, v),
         Some("ServiceExport") => put::<ServiceExport>(c, v),
+        Some("BackendTLSPolicy") => put::<BackendTlsPolicy>(c, v),
+        Some("ConfigMap") => put::<ConfigMap>(c, v),
         _ => false,
     }
 }

@@ -159,6 +159,7 @@ pub fn backend(name: &str, weight: u32) -> Backend {
             }],
             failover: None,
         },
+        tls: None,
     }
 }
 

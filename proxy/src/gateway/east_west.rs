@@ -179,6 +179,7 @@ pub(crate) fn east_west_rules(backends: &[EastWestBackend]) -> HashMap<String, A
                             endpoints: b.endpoints.clone(),
                             failover: b.failover.as_deref().cloned(),
                         },
+                        tls: None,
                     }],
                     ..Rule::default()
                 },

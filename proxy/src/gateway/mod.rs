@@ -194,6 +194,7 @@ macro_rules! forwarding_proxy {
     };
 }
 
+mod backend_tls;
 mod ctx;
 mod downstream;
 mod east_west;

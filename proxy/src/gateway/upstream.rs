@@ -7,7 +7,8 @@
 //!         (backend's failover policy; ready, undrained endpoints bound them)
 //! upstream_peer ─ back off (pending retry) ─ deadline? 504 ─ choose_endpoint (locality tier,
 //!                 skipping ejected, drained and tried ones; all tried → start over) ─ peer
-//!                 (an east-west endpoint: mutual TLS to `<cluster>.proxy.<trust domain>`)
+//!                 (an east-west endpoint: mutual TLS to `<cluster>.proxy.<trust domain>`;
+//!                 a backend with `tls`: verified TLS to it, module `backend_tls`)
 //! fail_to_connect ─ eject ─ failover (budgeted) or rule retry (with back-off) or give up
 //! error_while_proxy ─ client gone? give up ─ our status marker? ─ pingora's stale-connection
 //!                     retry ─ eject on a reset of a fresh connection ─ rule retry ─ failover
@@ -174,6 +175,8 @@ impl Forwarder {
         let mut peer = peer(picked.key.addr, up.try_budget(), connect, picked.protocol);
         if let Some(cluster) = &picked.east_west {
             self.secure_east_west(&mut peer, cluster);
+        } else if let Some(tls) = up.target.backend().and_then(|b| b.tls.as_ref()) {
+            super::backend_tls::secure(&mut peer, tls);
         }
         peer
     }

@@ -555,3 +555,84 @@ fn create_echo_confirm(kind: Kind) {
     assert_eq!((pass.routes, pass.echoes), (1, 0));
     assert!(pass.status.iter().any(|u| u.name == "new" && !u.settles));
 }
+
+/// A BackendTLSPolicy reaches the HTTPRoutes and the GRPCRoutes of its target Service (both get
+/// `tls`, equal to a full translation), and the echo of the policy's own status write is
+/// recognised and translates nothing, like a FailoverPolicy's.
+#[test]
+fn a_backend_tls_policy_reaches_http_and_grpc_routes_and_its_echo_translates_nothing() {
+    let mut w = big_world();
+    east(&mut w).apply(gw(
+        INFRA,
+        "rpc",
+        vec![from(
+            http("grpc", 9090),
+            GatewayListenersAllowedRoutesNamespacesFrom::All,
+        )],
+    ));
+    east(&mut w).apply(gateway_api::grpcroutes::GrpcRoute {
+        metadata: meta(Some(APP), "rpc"),
+        spec: serde_json::from_value(serde_json::json!({
+            "parentRefs": [{"name": "rpc", "namespace": INFRA}],
+            "rules": [{"backendRefs": [{"name": "svc-4", "port": 80}]}],
+        }))
+        .unwrap(),
+        status: None,
+    });
+    let (mut engine, cfg, mut snapshots) = seeded(&w);
+    let spec: gateway_api::backendtlspolicies::BackendTlsPolicySpec = serde_yaml::from_str(
+        "targetRefs: [{group: '', kind: Service, name: svc-4}]\n\
+         validation: {hostname: svc.example.com, wellKnownCACertificates: System}\n",
+    )
+    .unwrap();
+    let mut p = gateway_api::backendtlspolicies::BackendTlsPolicy::new("tls", spec);
+    p.metadata = meta(Some(APP), "tls");
+    east(&mut w).apply(p);
+    let key = ObjectKey::new(APP, "tls");
+    let pass = step(
+        &mut engine,
+        &w,
+        &cfg,
+        &one(Kind::BackendTlsPolicy, key.clone()),
+        &mut snapshots,
+    );
+    assert_eq!(pass.routes, 2, "the HTTPRoute and the GRPCRoute to svc-4");
+    let with_tls: Vec<model::RouteKind> = snapshots[CLUSTER]
+        .gateways
+        .iter()
+        .flat_map(|g| &g.listeners)
+        .flat_map(|l| &l.routes)
+        .filter(|r| {
+            r.rules.iter().flat_map(|r| &r.backends).any(|b| {
+                b.tls
+                    .as_ref()
+                    .is_some_and(|t| t.hostname == "svc.example.com")
+            })
+        })
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        with_tls,
+        [model::RouteKind::Http, model::RouteKind::Grpc],
+        "both kinds of route get TLS to the targeted Service"
+    );
+    // The policy's status (one ancestor per Gateway: both routes count) is written; its echo
+    // translates nothing.
+    let written = pass
+        .status
+        .iter()
+        .find(|u| u.kind == StatusKind::BackendTlsPolicy)
+        .cloned()
+        .unwrap();
+    assert_eq!(written.status["ancestors"].as_array().unwrap().len(), 2);
+    assert!(!engine.is_echo(&w, CLUSTER, Kind::BackendTlsPolicy, &key));
+    let c = east(&mut w);
+    let mut echoed = c.backend_tls_policies[&key].as_ref().clone();
+    echoed.status = Some(serde_json::from_value(Value::clone(&written.status)).unwrap());
+    c.apply(echoed);
+    assert!(engine.is_echo(&w, CLUSTER, Kind::BackendTlsPolicy, &key));
+    let mut echoes = Changes::new();
+    echoes.insert_status(CLUSTER, Kind::BackendTlsPolicy, key);
+    let pass = step(&mut engine, &w, &cfg, &echoes, &mut snapshots);
+    assert_eq!((pass.routes, pass.gateways, pass.echoes), (0, 0, 1));
+}

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backend_tls;
 mod backends;
 mod gateways;
 mod grpc;
@@ -431,6 +432,7 @@ fn object_generation(w: &World, u: &crate::StatusUpdate) -> i64 {
         StatusKind::HttpRoute => c.http_routes[&key].metadata.generation,
         StatusKind::GrpcRoute => c.grpc_routes[&key].metadata.generation,
         StatusKind::FailoverPolicy => c.failover_policies[&key].metadata.generation,
+        StatusKind::BackendTlsPolicy => c.backend_tls_policies[&key].metadata.generation,
     }
     .unwrap_or(0)
 }
@@ -481,6 +483,11 @@ pub fn write_back(w: &mut World, out: &Output) {
             }
             StatusKind::FailoverPolicy => {
                 let mut o = (*c.failover_policies[&key]).clone();
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
+                c.apply(o);
+            }
+            StatusKind::BackendTlsPolicy => {
+                let mut o = (*c.backend_tls_policies[&key]).clone();
                 o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }

@@ -105,7 +105,11 @@ fn assert_clean_failover(run: &Run, mode: &str) {
     );
     assert!(f["timeToDetectMs"].is_number(), "{mode}");
     // After the restore, traffic came back to the local region.
-    assert!(f["failbackMs"].is_number(), "{mode}: failback: {f}");
+    assert!(
+        f["failbackMs"].is_number(),
+        "{mode}: no failback within the after window; bins after the restore:\n{}\nfigures: {f}",
+        bins_after_restore(r)
+    );
     let east_after = num(&f["after"]["shareByRegion"]["us-east"]);
     assert!(
         east_after >= 50.0,
@@ -122,6 +126,38 @@ fn assert_clean_failover(run: &Run, mode: &str) {
     // One area per serving region: home, and wherever traffic went (no policy: any region).
     assert!(svg.matches(r#"class="area""#).count() >= 2, "{svg}");
     assert!(svg.contains(r#"data-series="us-east""#));
+}
+
+/// The report's 250 ms bins from the restore moment on, one line each ("+250 ms us-east 20
+/// us-west 5 failed 0"), and the controller's timeline: what a failed failback check prints.
+fn bins_after_restore(r: &serde_json::Value) -> String {
+    let restore = r["moments"]["restoreMs"].as_f64().unwrap_or(f64::MAX);
+    let mut out = Vec::new();
+    for b in r["bins"].as_array().into_iter().flatten() {
+        let start = b["startMs"].as_f64().unwrap_or(0.0);
+        if start + 250.0 < restore {
+            continue;
+        }
+        let regions = b["byRegion"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        out.push(format!(
+            "  {:+.0} ms {regions} failed {}",
+            start - restore,
+            b["failed"]
+        ));
+    }
+    out.push(format!(
+        "  moments {}; controller timeline {}",
+        r["moments"], r["drill"]["status"]["timeline"]
+    ));
+    out.join("\n")
 }
 
 fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str], stdin: Option<&str>) -> String {

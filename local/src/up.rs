@@ -412,7 +412,17 @@ async fn wait_programmed(
                         .as_ref()
                         .and_then(|s| s.conditions.as_ref())
                         .and_then(|cs| cs.iter().find(|c| c.type_ == "Programmed").cloned());
+                    // The demo's HTTPRoute must be attached too: a Gateway is Programmed as soon
+                    // as its listeners are served, which can be before the route is translated.
+                    let attached: i32 = gw
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.listeners.as_ref())
+                        .map_or(0, |ls| ls.iter().map(|l| l.attached_routes).sum());
                     match cond {
+                        Some(c) if c.status == "True" && attached == 0 => {
+                            "Programmed, waiting for the demo route to attach".to_string()
+                        }
                         Some(c) if c.status == "True" => {
                             done[i] = true;
                             let addr = gw
@@ -447,11 +457,28 @@ async fn wait_programmed(
     Ok(())
 }
 
-/// Sends one request to each region's Gateway address and reports who answered.
+/// How long the startup probe of one region keeps asking while the answer is a 404 or 503.
+const PROBE_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Sends a request to each region's Gateway address and reports who answered. The route's
+/// status can be written a moment before the proxy applies the snapshot that serves it, so a
+/// 404 or 503 (no route, no endpoint yet) is asked again, a few times, before it is printed.
 async fn probe_regions(plans: &[ClusterPlan]) {
     for c in plans {
         let addr = SocketAddr::new(IpAddr::V4(c.proxy_address), 80);
-        let answer = match http_get(addr).await {
+        let deadline = Instant::now() + PROBE_PATIENCE;
+        let mut pause = Duration::from_millis(20);
+        let result = loop {
+            let r = http_get(addr).await;
+            let transient =
+                matches!(&r, Err(NoAnswer::Status(s)) if s.contains(" 404") || s.contains(" 503"));
+            if !transient || Instant::now() + pause > deadline {
+                break r;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        };
+        let answer = match result {
             Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["name"].as_str().map(str::to_string))

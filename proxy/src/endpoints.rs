@@ -10,8 +10,10 @@
 //! Health ([`Ejections`]) has two inputs:
 //! - passive: a connect refusal, reset or timeout (or N consecutive 5xx with outlier detection)
 //!   ejects the endpoint at once, for a minimum time that doubles on each repeated ejection
-//!   ([`BASE_EJECTION`] … [`MAX_EJECTION`]; the count resets once an endpoint has stayed healthy
-//!   for [`BACKOFF_RESET`]);
+//!   ([`BASE_EJECTION`] … [`MAX_EJECTION`]). Each [`BACKOFF_DECAY`] an endpoint stays admitted
+//!   undoes one doubling, and [`BACKOFF_RESET`] undoes them all: a flapping endpoint stays out
+//!   longer and longer, while one that failed twice a minute apart (a region down in two
+//!   drills) is out for the base time again;
 //! - active: the health checker (`health.rs`) probes every known endpoint. An ejected endpoint is
 //!   re-admitted only after its minimum time is over *and* probes succeed (for the failback
 //!   hysteresis, if any); failed probes of a healthy endpoint eject it.
@@ -46,6 +48,17 @@ pub const BASE_EJECTION: Duration = Duration::from_secs(1);
 pub const MAX_EJECTION: Duration = Duration::from_secs(30);
 /// An endpoint healthy this long after re-admission starts its backoff from scratch.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// Each stretch this long that an endpoint stays admitted undoes one doubling of its backoff.
+pub const BACKOFF_DECAY: Duration = Duration::from_secs(10);
+
+/// The backoff count an endpoint re-admitted `admitted` ago starts its next ejection from.
+fn decayed(ejections: u32, admitted: Duration) -> u32 {
+    if admitted >= BACKOFF_RESET {
+        return 0;
+    }
+    let steps = admitted.as_millis() / BACKOFF_DECAY.as_millis();
+    ejections.saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX))
+}
 /// Kept for callers that eject for a fixed time.
 pub const EJECTION_TIME: Duration = BASE_EJECTION;
 
@@ -254,10 +267,8 @@ impl Ejections {
         // The run of failures that led here (a connect failure is one).
         let failures = s.probe_fail.max(s.consecutive_5xx).max(1);
         if fresh {
-            if s.readmitted
-                .is_some_and(|(at, _)| now.duration_since(at) >= BACKOFF_RESET)
-            {
-                s.ejections = 0;
+            if let Some((at, _)) = s.readmitted {
+                s.ejections = decayed(s.ejections, now.duration_since(at));
             }
             s.ejections = s.ejections.saturating_add(1);
             s.ejected = Some(Ejected {
@@ -886,6 +897,43 @@ mod tests {
         assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Unchanged);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Readmitted);
+    }
+
+    #[test]
+    fn backoff_decays_while_an_endpoint_stays_admitted() {
+        assert_eq!(decayed(4, Duration::from_secs(3)), 4, "flapping: no decay");
+        assert_eq!(decayed(4, BACKOFF_DECAY), 3);
+        assert_eq!(decayed(4, BACKOFF_DECAY * 2 + Duration::from_secs(1)), 2);
+        assert_eq!(decayed(1, BACKOFF_DECAY * 2), 0);
+        assert_eq!(decayed(9, BACKOFF_RESET), 0);
+        // Through the state: an endpoint ejected four times, then admitted for 12 s (two kill
+        // drills a dozen seconds apart), is out for 2^(4-1) = 8 s on its next ejection.
+        let e = Ejections::default();
+        let cfg = Readmit::default();
+        e.eject(sa(1));
+        {
+            let mut map = e.lock();
+            let s = map.get_mut(&EndpointKey::from(sa(1))).unwrap();
+            s.ejections = 4;
+            s.ejected = None;
+            s.readmitted = Some((
+                Instant::now().checked_sub(Duration::from_secs(12)).unwrap(),
+                Duration::ZERO,
+            ));
+        }
+        e.eject(sa(1));
+        let min = {
+            let map = e.lock();
+            let s = &map[&EndpointKey::from(sa(1))];
+            assert_eq!(s.ejections, 4, "one doubling undone, one added");
+            s.ejected.unwrap().min_until
+        };
+        let left = min.saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_secs(7) && left <= Duration::from_secs(8),
+            "{left:?}"
+        );
+        assert_eq!(e.probe_result(sa(1), true, &cfg), ProbeOutcome::Unchanged);
     }
 
     #[test]

@@ -269,8 +269,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
 /// The health checker's memory between ticks: what to probe and when each probe is due.
 #[derive(Default)]
 struct Rounds {
-    /// Identity of the served state the targets come from.
-    seen: Option<usize>,
+    /// The served state the targets come from. A `Weak`, not an address: it keeps the
+    /// allocation, so a later state can never sit at the same address and pass for the one
+    /// seen (two snapshots within one tick could otherwise leave the checker on the targets of
+    /// the first for good: no probes, no re-admission).
+    seen: Option<std::sync::Weak<crate::state::Served>>,
     targets: HashMap<EndpointKey, Probe>,
     next: HashMap<EndpointKey, Instant>,
 }
@@ -280,11 +283,15 @@ impl Rounds {
     /// and schedule of endpoints it no longer has.
     fn refresh_targets(&mut self, shared: &Shared) {
         let served = shared.served.load_full();
-        let id = served.as_ref().map(|s| Arc::as_ptr(s) as usize);
-        if id == self.seen {
+        let same = match (&self.seen, &served) {
+            (Some(seen), Some(now)) => std::ptr::eq(seen.as_ptr(), Arc::as_ptr(now)),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
             return;
         }
-        self.seen = id;
+        self.seen = served.as_ref().map(Arc::downgrade);
         self.targets = served
             .as_ref()
             .map(|s| targets(s.router.snapshot()))
@@ -572,6 +579,66 @@ pub(crate) fn report(shared: &Shared) -> ProxyHealth {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A new snapshot's endpoints become the checker's targets even when its served state sits
+    /// where the one seen last sat (an allocator reuses a freed block of the same size at once):
+    /// the checker must not take it for the state it has seen, or it probes the old targets for
+    /// good and never re-admits an endpoint the new snapshot has.
+    #[tokio::test]
+    async fn a_state_at_the_address_of_the_last_seen_one_is_still_new() {
+        let h = crate::ProxyHandle::start(crate::ProxyConfig::default())
+            .await
+            .unwrap();
+        let port = meridian_test_support::free_port();
+        let snapshot = |generation: u64, ip: &str| -> Snapshot {
+            serde_json::from_value(serde_json::json!({
+                "schema": meridian_model::snapshot::SNAPSHOT_SCHEMA,
+                "generation": generation,
+                "gateways": [{"namespace": "ns", "name": "gw", "listeners": [{
+                    "name": "http", "address": "127.0.0.1", "port": port, "protocol": "HTTP",
+                    "routes": [{"namespace": "ns", "name": "r", "rules": [{"backends": [
+                        {"name": "ns/a:80", "target": {"type": "endpoints", "endpoints": [
+                            {"address": ip, "port": 80, "cluster": "c", "region": "r1", "zone": "r1-a"}
+                        ]}}
+                    ]}]}]
+                }]}]
+            }))
+            .unwrap()
+        };
+        let shared = h.shared();
+        // The two served states, taken out of their Arcs so this thread decides when each
+        // allocation is freed and made.
+        let take = |generation, ip| {
+            let h = &h;
+            let shared = &shared;
+            async move {
+                h.apply(snapshot(generation, ip)).await.unwrap();
+                let arc = shared.served.swap(None).unwrap();
+                Arc::try_unwrap(arc).ok().unwrap()
+            }
+        };
+        let first = take(1, "10.0.0.1").await;
+        let second = take(2, "10.0.0.2").await;
+        let mut rounds = Rounds::default();
+        shared.served.store(Some(Arc::new(first)));
+        rounds.refresh_targets(shared);
+        let addrs = |r: &Rounds| {
+            r.targets
+                .keys()
+                .map(|k| k.addr.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(addrs(&rounds), ["10.0.0.1:80"]);
+        // Free the first state's block, then allocate the second's: the same block, unless
+        // something still holds it.
+        let first = Arc::try_unwrap(shared.served.swap(None).unwrap())
+            .ok()
+            .unwrap();
+        shared.served.store(Some(Arc::new(second)));
+        rounds.refresh_targets(shared);
+        assert_eq!(addrs(&rounds), ["10.0.0.2:80"]);
+        drop(first);
+    }
 
     /// The report names each ejected endpoint under every backend that lists it, with why and
     /// how many failures, oldest first; the measured order comes with its round trips.

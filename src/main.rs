@@ -103,7 +103,22 @@ fn parse_cli() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, one per line; never a backtrace (RUST_BACKTRACE is for panics,
+            // and a refused bind or a bad kubeconfig is not one).
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // mimalloc's arenas backed by transparent huge pages cost ~8 MiB of RSS and ~9 KiB per route
     // at 1k routes; without THP the CPU gain stays (docs/benchmarks.md, "Allocator"). Failing is
     // harmless: the process only uses more memory.

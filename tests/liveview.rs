@@ -228,6 +228,15 @@ async fn drive(chromium: &str, port: u16, url: &str, dir: &ScratchDir) {
         |v| share(v, "us-east") >= 90.0,
     )
     .await;
+    // Per zone too: east's proxy (zone us-east-a) is served from its own zone.
+    wait_js(
+        &c,
+        "zone us-east-a serving east's load",
+        Duration::from_secs(10),
+        "return [...document.querySelectorAll('tr[data-serving-zone]')].map(e => e.dataset.servingZone)",
+        |v| v.as_array().is_some_and(|a| a.iter().any(|z| z == "us-east-a")),
+    )
+    .await;
     // The drill fails us-east: the page shows it running with its fail marker.
     let fail_seen = {
         wait_js(

@@ -456,6 +456,29 @@ async fn bad_traffic_requests_get_clear_errors() {
     .await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.contains("buckets"));
+    // More answers by zone than requests, or zones without bound: refused.
+    let r = post(
+        json!({"proxyId": "p1", "gateways": [{"namespace": "ns", "name": "web",
+            "traffic": {"requests": 2, "byRegion": {"r": 2}, "byZone": {"r/a": 2, "r/b": 1}}}]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .contains("requests by zone (3) exceed requests (2)")
+    );
+    let zones: serde_json::Map<String, serde_json::Value> =
+        (0..1025).map(|i| (format!("r/z{i}"), json!(0))).collect();
+    let r = post(
+        json!({"proxyId": "p1", "gateways": [{"namespace": "ns", "name": "web",
+            "traffic": {"requests": 1, "byZone": zones}}]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.contains("1025 zones, at most 1024"));
     // Past 1 MiB: refused without being buffered.
     let r = post("x".repeat(2 * 1024 * 1024)).await;
     assert_eq!(r.status(), 413);

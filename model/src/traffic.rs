@@ -128,6 +128,11 @@ impl Histogram {
     }
 }
 
+/// The key of [`GatewayTraffic::by_zone`]: `region/zone`.
+pub fn zone_key(region: &str, zone: &str) -> String {
+    format!("{region}/{zone}")
+}
+
 /// Cumulative counters of one Gateway on one proxy (or merged over several).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -139,6 +144,10 @@ pub struct GatewayTraffic {
     /// answered itself (redirects, 404, failures) are not here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_region: BTreeMap<String, u64>,
+    /// The same requests per zone of the endpoint, keyed `region/zone` (absent from older
+    /// proxies, and for endpoints whose zone is not known).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_zone: BTreeMap<String, u64>,
     /// Failed requests per kind.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed: BTreeMap<FailureKind, u64>,
@@ -151,9 +160,29 @@ impl GatewayTraffic {
     /// Records one finished request: `region` of the endpoint that answered (if any), the
     /// failure (if any) and the latency.
     pub fn record(&mut self, region: Option<&str>, failure: Option<FailureKind>, latency_us: u64) {
+        self.record_zone(region, None, failure, latency_us);
+    }
+
+    /// [`GatewayTraffic::record`] with the zone of the endpoint that answered, when known.
+    pub fn record_zone(
+        &mut self,
+        region: Option<&str>,
+        zone: Option<&str>,
+        failure: Option<FailureKind>,
+        latency_us: u64,
+    ) {
         self.requests += 1;
         if let Some(r) = region {
             *self.by_region.entry(r.to_string()).or_default() += 1;
+            if let Some(z) = zone.filter(|z| !z.is_empty()) {
+                let key = zone_key(r, z);
+                match self.by_zone.get_mut(&key) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.by_zone.insert(key, 1);
+                    }
+                }
+            }
         }
         if let Some(f) = failure {
             *self.failed.entry(f).or_default() += 1;
@@ -171,6 +200,9 @@ impl GatewayTraffic {
         self.requests += other.requests;
         for (r, n) in &other.by_region {
             *self.by_region.entry(r.clone()).or_default() += n;
+        }
+        for (z, n) in &other.by_zone {
+            *self.by_zone.entry(z.clone()).or_default() += n;
         }
         for (k, n) in &other.failed {
             *self.failed.entry(*k).or_default() += n;
@@ -191,6 +223,12 @@ impl GatewayTraffic {
                 .by_region
                 .iter()
                 .map(|(r, n)| (r.clone(), sub(*n, earlier.by_region.get(r))))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            by_zone: self
+                .by_zone
+                .iter()
+                .map(|(z, n)| (z.clone(), sub(*n, earlier.by_zone.get(z))))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             failed: self
@@ -269,6 +307,38 @@ mod tests {
         let mut fresh = GatewayTraffic::default();
         fresh.record(Some("us-east"), None, 100);
         assert_eq!(fresh.since(&t1), fresh);
+    }
+
+    #[test]
+    fn zones_are_counted_under_their_region_and_follow_since_and_merge() {
+        let mut t0 = GatewayTraffic::default();
+        t0.record_zone(Some("us-east"), Some("us-east-a"), None, 300);
+        t0.record_zone(Some("us-east"), Some(""), None, 300);
+        t0.record_zone(None, Some("us-east-a"), Some(FailureKind::Connect), 300);
+        assert_eq!(t0.by_region.get("us-east"), Some(&2));
+        assert_eq!(
+            t0.by_zone.iter().collect::<Vec<_>>(),
+            [(&"us-east/us-east-a".to_string(), &1)],
+            "an empty zone, or no region, counts under no zone"
+        );
+        let mut t1 = t0.clone();
+        t1.record_zone(Some("us-east"), Some("us-east-b"), None, 300);
+        t1.record_zone(Some("us-west"), Some("us-west-a"), None, 300);
+        let d = t1.since(&t0);
+        assert_eq!(
+            d.by_zone.keys().collect::<Vec<_>>(),
+            ["us-east/us-east-b", "us-west/us-west-a"]
+        );
+        let mut m = t0.clone();
+        m.merge(&t1);
+        assert_eq!(m.by_zone.get("us-east/us-east-a"), Some(&2));
+        // Older proxies send no zones: the field is optional both ways.
+        let json = serde_json::to_value(GatewayTraffic::default()).unwrap();
+        assert!(json.get("byZone").is_none());
+        let old: GatewayTraffic =
+            serde_json::from_value(serde_json::json!({"requests": 1, "byRegion": {"r": 1}}))
+                .unwrap();
+        assert!(old.by_zone.is_empty());
     }
 
     #[test]

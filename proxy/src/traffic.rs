@@ -31,8 +31,15 @@ use prometheus::{IntCounterVec, Opts};
 pub(crate) struct TrafficCell(Mutex<GatewayTraffic>);
 
 impl TrafficCell {
-    /// Counts one finished request. Allocates only the first time a region is seen.
-    pub fn record(&self, region: Option<&str>, failure: Option<FailureKind>, latency_us: u64) {
+    /// Counts one finished request: the region and zone of the endpoint that answered, if one
+    /// did. Allocates only the first time a region (or zone) is seen.
+    pub fn record(
+        &self,
+        region: Option<&str>,
+        zone: Option<&str>,
+        failure: Option<FailureKind>,
+        latency_us: u64,
+    ) {
         let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
         t.requests += 1;
         if let Some(r) = region {
@@ -40,6 +47,21 @@ impl TrafficCell {
                 Some(n) => *n += 1,
                 None => {
                     t.by_region.insert(r.to_string(), 1);
+                }
+            }
+            if let Some(z) = zone.filter(|z| !z.is_empty()) {
+                // Looked up without building the key: `region/zone` is made once per zone.
+                let found = t.by_zone.iter_mut().find(|(k, _)| {
+                    k.len() == r.len() + 1 + z.len()
+                        && k.starts_with(r)
+                        && k.ends_with(z)
+                        && k.as_bytes()[r.len()] == b'/'
+                });
+                match found {
+                    Some((_, n)) => *n += 1,
+                    None => {
+                        t.by_zone.insert(meridian_model::traffic::zone_key(r, z), 1);
+                    }
                 }
             }
         }
@@ -223,12 +245,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn zones_are_counted_under_their_own_region() {
+        let cell = TrafficCell::default();
+        // One zone name in two regions, and a region whose name is a prefix of another's.
+        for (r, z) in [
+            ("us", "a"),
+            ("us", "a"),
+            ("us-east", "a"),
+            ("us-east", "a"),
+            ("us-east", "a"),
+            ("us", "east/a"),
+        ] {
+            cell.record(Some(r), Some(z), None, 1);
+        }
+        cell.record(Some("us"), Some(""), None, 1);
+        let t = cell.get();
+        let zones: Vec<(&str, u64)> = t.by_zone.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        assert_eq!(zones, [("us-east/a", 3), ("us/a", 2), ("us/east/a", 1)]);
+        assert_eq!(t.by_region.get("us"), Some(&4));
+    }
+
+    #[test]
     fn cells_survive_keep_and_unserved_gateways_are_dropped() {
         let reg = Arc::new(TrafficRegistry::default());
         let cells = reg.keep([("ns", "a"), ("ns", "b")]);
-        cells[0].record(Some("us-east"), None, 100);
-        cells[0].record(None, Some(FailureKind::NoEndpoint), 100);
-        cells[1].record(Some("eu"), Some(FailureKind::Upstream5xx), 100);
+        cells[0].record(Some("us-east"), Some("us-east-a"), None, 100);
+        cells[0].record(None, None, Some(FailureKind::NoEndpoint), 100);
+        cells[1].record(Some("eu"), None, Some(FailureKind::Upstream5xx), 100);
         // The next snapshot serves `a` and `c`: `a` keeps counting, `b` is gone.
         let again = reg.keep([("ns", "a"), ("ns", "c")]);
         assert!(Arc::ptr_eq(&cells[0], &again[0]));
@@ -237,6 +280,10 @@ mod tests {
         assert_eq!(names, ["a", "c"]);
         assert_eq!(reports[0].traffic.requests, 2);
         assert_eq!(reports[0].traffic.by_region.get("us-east"), Some(&1));
+        assert_eq!(
+            reports[0].traffic.by_zone.get("us-east/us-east-a"),
+            Some(&1)
+        );
         assert_eq!(reports[0].traffic.failures(), 1);
         assert_eq!(reports[1].traffic, GatewayTraffic::default());
 

@@ -112,6 +112,14 @@ pub(super) enum InvalidTrafficReport {
     /// A Gateway without namespace or name.
     #[error("every gateway needs a namespace and a name")]
     Unnamed,
+    /// More than [`MAX_ZONES`] zones for one Gateway.
+    #[error("gateway {gateway}: {zones} zones, at most {MAX_ZONES}")]
+    TooManyZones {
+        /// The Gateway.
+        gateway: GatewayRef,
+        /// Zones sent.
+        zones: usize,
+    },
     /// One Gateway twice: which counters would count?
     #[error("gateway {0} is listed twice")]
     Duplicate(GatewayRef),
@@ -146,6 +154,7 @@ impl InvalidTrafficReport {
             InvalidTrafficReport::Inconsistent { what, .. } => match *what {
                 "failures" => "failures",
                 "requests by region" => "regions",
+                "requests by zone" => "zones",
                 _ => "latency",
             },
             InvalidTrafficReport::Health { .. } => "health",
@@ -153,6 +162,9 @@ impl InvalidTrafficReport {
         }
     }
 }
+
+/// Most zones one Gateway's counters may name in a report (`by_zone`).
+pub const MAX_ZONES: usize = 1024;
 
 /// Longest backend or region name accepted in a health view.
 const MAX_NAME: usize = 1024;
@@ -252,9 +264,16 @@ pub(super) fn check_traffic(r: &TrafficReport) -> Result<(), InvalidTrafficRepor
             });
         }
         let t = &g.traffic;
+        if t.by_zone.len() > MAX_ZONES {
+            return Err(InvalidTrafficReport::TooManyZones {
+                gateway: gateway(),
+                zones: t.by_zone.len(),
+            });
+        }
         for (what, count) in [
             ("failures", saturating_sum(t.failed.values())),
             ("requests by region", saturating_sum(t.by_region.values())),
+            ("requests by zone", saturating_sum(t.by_zone.values())),
             ("latency samples", saturating_sum(&t.latency.counts)),
         ] {
             if count > t.requests {
@@ -415,6 +434,10 @@ fn accumulate(into: &mut GatewayTraffic, from: &GatewayTraffic) {
         let e = into.by_region.entry(r.clone()).or_default();
         *e = e.saturating_add(*n);
     }
+    for (z, n) in &from.by_zone {
+        let e = into.by_zone.entry(z.clone()).or_default();
+        *e = e.saturating_add(*n);
+    }
     for (k, n) in &from.failed {
         let e = into.failed.entry(*k).or_default();
         *e = e.saturating_add(*n);
@@ -431,6 +454,10 @@ fn went_down(now: &GatewayTraffic, before: &GatewayTraffic) -> bool {
             .by_region
             .iter()
             .any(|(r, b)| below(now.by_region.get(r), b))
+        || before
+            .by_zone
+            .iter()
+            .any(|(z, b)| below(now.by_zone.get(z), b))
         || before
             .failed
             .iter()

@@ -245,6 +245,14 @@ impl Upstream {
         }
         self.current_endpoint().map(|e| e.region.as_str())
     }
+
+    /// The zone of the endpoint of the last try.
+    fn zone(&self) -> Option<&str> {
+        if let Some(remote) = self.current.as_ref()?.remote_served_by.as_ref() {
+            return remote.split('/').nth(2);
+        }
+        self.current_endpoint().map(|e| e.zone.as_str())
+    }
 }
 
 /// What went downstream, for the traffic counters and the log line.
@@ -316,10 +324,14 @@ impl Ctx {
     }
 
     /// The region of the endpoint that answered, for the traffic counters.
-    pub(super) fn answered_region(&self) -> Option<&str> {
+    /// Region and zone of the endpoint whose response went downstream (behind an east-west hop:
+    /// what the remote proxy says), `(None, None)` when the proxy answered itself.
+    pub(super) fn answered_locality(&self) -> (Option<&str>, Option<&str>) {
         if !self.outcome.answered {
-            return None;
+            return (None, None);
         }
-        self.upstream.as_ref()?.region()
+        self.upstream
+            .as_ref()
+            .map_or((None, None), |u| (u.region(), u.zone()))
     }
 }

@@ -216,14 +216,14 @@ impl Forwarder {
             None => None,
         };
         if let Some(g) = &ctx.routing.gateway {
-            let region = ctx.answered_region();
+            let (region, zone) = ctx.answered_locality();
             let head = ctx.outcome.head_at.unwrap_or_else(Instant::now);
             let latency_us = u64::try_from(
                 head.saturating_duration_since(ctx.outcome.started)
                     .as_micros(),
             )
             .unwrap_or(u64::MAX);
-            g.traffic.record(region, failure, latency_us);
+            g.traffic.record(region, zone, failure, latency_us);
         }
         if let Some(e) = e {
             log_failure(e, ctx, listener, failure, status);

@@ -104,6 +104,8 @@ pub struct GatewayCounters {
     pub requests: u64,
     /// Requests answered by an endpoint, per region of that endpoint.
     pub by_region: BTreeMap<String, u64>,
+    /// The same per zone of the endpoint, keyed `region/zone` (from proxies that report zones).
+    pub by_zone: BTreeMap<String, u64>,
     /// Failed requests (5xx the proxy answered or passed on).
     pub failed: u64,
 }
@@ -148,6 +150,7 @@ pub(crate) fn data(v: &LoopView<'_>, status: StatusView) -> LiveData {
                 requests: t.requests,
                 failed: t.failures(),
                 by_region: t.by_region,
+                by_zone: t.by_zone,
             })
         })
         .collect();

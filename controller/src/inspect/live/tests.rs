@@ -57,6 +57,7 @@ fn sample_data(requests: u64) -> LiveData {
             name: "web".into(),
             requests,
             by_region: BTreeMap::from([("us-east".to_string(), requests)]),
+            by_zone: BTreeMap::from([("us-east/us-east-a".to_string(), requests)]),
             failed: 0,
         }],
         drills: vec![],
@@ -216,6 +217,7 @@ async fn a_stream_starts_with_a_snapshot_and_sends_an_update_when_the_data_chang
     let (update, _) = c.event(end, "update").await;
     assert_eq!(update["traffic"][0]["requests"], 42);
     assert_eq!(update["traffic"][0]["byRegion"]["us-east"], 42);
+    assert_eq!(update["traffic"][0]["byZone"]["us-east/us-east-a"], 42);
     assert!(update["seq"].as_u64().unwrap() > first_seq);
 }
 

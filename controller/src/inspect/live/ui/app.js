@@ -131,13 +131,14 @@
 
   // ---- data --------------------------------------------------------------------------------
   function counters(frame, gw) {
-    const c = { requests: 0, failed: 0, byRegion: {}, clusters: [] };
+    const c = { requests: 0, failed: 0, byRegion: {}, byZone: {}, clusters: [] };
     for (const t of frame.traffic) {
       if (`${t.namespace}/${t.name}` !== gw) continue;
       c.requests += t.requests;
       c.failed += t.failed;
       c.clusters.push(t);
       for (const [r, n] of Object.entries(t.byRegion)) c.byRegion[r] = (c.byRegion[r] || 0) + n;
+      for (const [z, n] of Object.entries(t.byZone || {})) c.byZone[z] = (c.byZone[z] || 0) + n;
     }
     return c;
   }
@@ -149,9 +150,13 @@
     if (dt <= 0) return;
     // A proxy restart resets its counters: a negative delta counts as nothing.
     const rate = (a, b) => Math.max(0, (a - b) / dt);
-    const s = { at: now, total: rate(cur.requests, p.requests), failed: rate(cur.failed, p.failed), byRegion: {} };
+    const s = { at: now, total: rate(cur.requests, p.requests), failed: rate(cur.failed, p.failed), byRegion: {}, byZone: {} };
     for (const r of new Set([...Object.keys(cur.byRegion), ...Object.keys(p.byRegion)])) {
       s.byRegion[r] = rate(cur.byRegion[r] || 0, p.byRegion[r] || 0);
+    }
+    // Zones keep only the latest rates (the chart stacks regions): no history per zone.
+    for (const z of Object.keys(cur.byZone)) {
+      s.byZone[z] = rate(cur.byZone[z] || 0, p.byZone[z] || 0);
     }
     st.samples.push(s);
     while (st.samples.length > MAX_SAMPLES) st.samples.shift();
@@ -244,16 +249,26 @@
     const rows = regions.map((r) => {
       const v = s.byRegion[r] || 0;
       const share = served > 0 ? (100 * v) / served : 0;
+      // The region's zones that answered in the last interval, under it.
+      const zones = Object.keys(s.byZone || {}).filter((k) => k.startsWith(`${r}/`) && s.byZone[k] > 0).sort();
+      const zoneRows = zones.map((k) => {
+        const zv = s.byZone[k];
+        const zshare = served > 0 ? (100 * zv) / served : 0;
+        const zone = k.slice(r.length + 1);
+        return `<tr class="zone" data-serving-zone="${esc(zone)}"><td>zone ${esc(zone)}</td>
+          <td class="num">${fmt(zv)}</td><td class="num">${fmt(zshare, 0)} %</td>
+          <td><svg width="200" height="8" aria-hidden="true"><rect width="${(2 * zshare).toFixed(1)}" height="8" fill="${color(r)}" fill-opacity="0.6"/></svg></td></tr>`;
+      }).join('');
       return `<tr data-serving-region="${esc(r)}"><td>${swatch(color(r))}${esc(r)}</td>
         <td class="num">${fmt(v)}</td><td class="num" id="share-${esc(r)}">${fmt(share, 0)} %</td>
-        <td><svg width="200" height="12" aria-hidden="true"><rect width="${(2 * share).toFixed(1)}" height="12" fill="${color(r)}"/></svg></td></tr>`;
+        <td><svg width="200" height="12" aria-hidden="true"><rect width="${(2 * share).toFixed(1)}" height="12" fill="${color(r)}"/></svg></td></tr>${zoneRows}`;
     }).join('');
     const errPct = s.total > 0 ? (100 * s.failed) / s.total : 0;
     const byCluster = counters(f, st.gateway).clusters.map((t) => {
       const zones = f.status.proxies.filter((p) => p.cluster === t.cluster && p.connected).map((p) => p.zone);
       return `${esc(t.cluster)} (zones ${esc([...new Set(zones)].join(', ') || '–')}): ${t.requests} requests, ${t.failed} failed since start`;
     }).join('<br>');
-    $('traffic').innerHTML = `<table><thead><tr><th>serving region</th><th>req/s</th><th>share</th><th></th></tr></thead><tbody>${rows}</tbody></table>
+    $('traffic').innerHTML = `<table><thead><tr><th>serving region / zone</th><th>req/s</th><th>share</th><th></th></tr></thead><tbody>${rows}</tbody></table>
       <p>total <strong id="rate-total">${fmt(s.total)}</strong> req/s ·
       errors <strong id="rate-errors" class="${s.failed > 0 ? 'bad' : ''}">${fmt(s.failed)}</strong>/s (${fmt(errPct)} %)</p>
       <p class="hint">Received by the proxies of: ${byCluster || '–'}</p>`;

@@ -291,6 +291,27 @@ async fn drive(chromium: &str, port: u16, url: &str, dir: &ScratchDir) {
     )
     .await;
 
+    // Reloaded after the drill (the page has no samples of it now): the picture of its traffic
+    // comes from what the controller sampled, not only its moments.
+    c.refresh().await.unwrap();
+    let pic = wait_js(
+        &c,
+        "the finished drill's traffic picture after a reload",
+        Duration::from_secs(15),
+        "const d = document.querySelector('.drill[data-phase=Succeeded]');\
+         const svg = d && d.querySelector('svg[aria-label*=\"requests per second\"]');\
+         const p = svg && svg.querySelector('polygon');\
+         return p ? p.points.numberOfItems / 2 : 0",
+        // The controller sampled the drill each second for its baseline, its 8 s and the
+        // window after (11 points here); the reloaded page's own samples within the drill's
+        // window (it ended moments ago, and the window reaches 5 s past the end) are fewer.
+        |v| v.as_u64().is_some_and(|n| n >= 8),
+    )
+    .await;
+    println!(
+        "live view: after a reload the finished drill is drawn from the controller's series ({pic} samples)"
+    );
+
     // Starting a drill from the page: the button asks first, then the drill exists.
     c.find(Locator::Css("#drill-duration"))
         .await

@@ -443,12 +443,14 @@ impl Controller {
         let mut tasks = Vec::new();
         // Bounded: a burst of watch events waits for the loop instead of growing memory.
         let (tx, rx) = mpsc::channel::<Msg>(4096);
+        let drills = DrillShared::new(Arc::clone(&metrics));
         let admin_addr = match cfg.admin {
             Some(addr) => {
                 let admin = Admin {
                     addr,
                     token: cfg.admin_token.clone(),
                     tx: tx.clone(),
+                    drill_series: Arc::clone(drills.series()),
                     // The live view creates drills (`POST /v1/drills`) in the Gateway's cluster.
                     clients: cfg
                         .clusters
@@ -503,7 +505,6 @@ impl Controller {
             add_to_world(&mut world, c);
             slots.push(spawner.spawn(i, c, write_client));
         }
-        let drills = DrillShared::new(Arc::clone(&metrics));
         tasks.push(spawn_manager(
             ManagerConfig {
                 shared: Arc::clone(&drills),
@@ -564,6 +565,8 @@ struct Admin {
     token: Option<String>,
     tx: mpsc::Sender<Msg>,
     clients: BTreeMap<String, kube::Client>,
+    /// The drills' traffic for the live view's pictures.
+    drill_series: Arc<crate::drill::DrillSeries>,
 }
 
 /// Binds the admin listener and starts serving it and the live view's hub; returns its address
@@ -574,6 +577,7 @@ async fn start_admin(
         token,
         tx,
         clients,
+        drill_series,
     }: Admin,
     metrics: &Arc<Metrics>,
     ready: watch::Receiver<Vec<(String, bool)>>,
@@ -595,7 +599,8 @@ async fn start_admin(
         tx.clone(),
         clients,
         crate::inspect::live::LiveConfig::default(),
-    );
+    )
+    .with_drill_series(drill_series);
     let hub = tokio::spawn(Arc::clone(&live).run(shutdown.clone()));
     let inspector = crate::inspect::admin::Inspector { tx, auth, live };
     let task = tokio::spawn(serve_admin(

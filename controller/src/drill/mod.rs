@@ -45,6 +45,7 @@ mod manager;
 mod plan;
 mod report;
 mod runner;
+mod series;
 mod traffic;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,7 @@ use crate::metrics::Metrics;
 use crate::world::{ObjectKey, World};
 
 pub(crate) use manager::{ManagerConfig, spawn_manager};
+pub(crate) use series::{DrillSeries, MAX_DRILLS as SERIES_DRILLS};
 
 /// The locality a drill fails; every set field must match an endpoint's locality.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -157,6 +159,8 @@ pub(crate) struct DrillShared {
     /// ReferenceGrants per member cluster (what lets a drill name other namespaces).
     grants: watch::Sender<Arc<BTreeMap<String, Arc<Grants>>>>,
     metrics: Arc<Metrics>,
+    /// The traffic of the last drills, for the live view.
+    series: Arc<DrillSeries>,
 }
 
 impl DrillShared {
@@ -167,7 +171,13 @@ impl DrillShared {
             drills: watch::channel(DrillSet::default()).0,
             grants: watch::channel(Arc::default()).0,
             metrics,
+            series: Arc::default(),
         })
+    }
+
+    /// The traffic series of the last drills (the runners write, the live view reads).
+    pub(crate) fn series(&self) -> &Arc<DrillSeries> {
+        &self.series
     }
 
     /// The drains every snapshot must carry now.

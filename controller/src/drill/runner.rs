@@ -222,6 +222,7 @@ impl Run {
             ..plan.clone()
         };
         let mut samples = Samples::default();
+        self.ctx.shared.series().start(&self.key);
         let Some(baseline) = self.baseline(&mut samples, plan).await else {
             return;
         };
@@ -513,6 +514,10 @@ impl Run {
                 total.merge(&t);
             }
         }
+        self.ctx
+            .shared
+            .series()
+            .record(&self.key, std::time::SystemTime::now(), &total);
         samples.push(Instant::now(), total);
     }
 

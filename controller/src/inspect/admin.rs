@@ -258,7 +258,7 @@ fn internal() -> Refusal {
     )
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(v) {
         Ok(body) => with_type(StatusCode::OK, body),
         Err(e) => error_response(&Refusal::new(

@@ -271,6 +271,8 @@ pub(crate) struct Live {
     /// Where `POST /v1/drills` creates drills: member cluster name → client.
     clients: BTreeMap<String, kube::Client>,
     cfg: LiveConfig,
+    /// The traffic of the last drills (`GET /v1/drills/series`); empty without drill runners.
+    series: Arc<crate::drill::DrillSeries>,
 }
 
 impl Live {
@@ -288,7 +290,23 @@ impl Live {
             slots: Arc::new(Semaphore::new(cfg.max_clients)),
             clients,
             cfg,
+            series: Arc::default(),
         })
+    }
+
+    /// The same live view, reading the drills' traffic series from `series`.
+    pub(crate) fn with_drill_series(
+        self: Arc<Self>,
+        series: Arc<crate::drill::DrillSeries>,
+    ) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut live) => {
+                live.series = series;
+                Arc::new(live)
+            }
+            // Shared already (nobody does that before serving): keep it as it is.
+            Err(live) => live,
+        }
     }
 
     /// The hub: while at least one stream is open, asks the loop every period and publishes
@@ -356,7 +374,10 @@ impl Live {
 
     /// Whether this path is the live view's.
     pub(crate) fn owns(path: &str) -> bool {
-        matches!(path, "/ui" | "/ui/" | "/v1/events" | "/v1/drills") || path.starts_with("/ui/")
+        matches!(
+            path,
+            "/ui" | "/ui/" | "/v1/events" | "/v1/drills" | "/v1/drills/series"
+        ) || path.starts_with("/ui/")
     }
 
     /// Answers a live view request (`owns(path)` is true).
@@ -390,10 +411,65 @@ impl Live {
                     }
                 }
             }
+            "/v1/drills/series" => {
+                if method != http::Method::GET {
+                    Err(only("GET"))
+                } else {
+                    self.auth
+                        .check(authorization.as_deref())
+                        .and_then(|()| self.drill_series(req.uri().query().unwrap_or("")))
+                }
+            }
             _ if method != http::Method::GET => Err(only("GET")),
             _ => static_file(&path),
         };
         result.unwrap_or_else(|r| error_response(&r).map(|b| b.boxed_unsync()))
+    }
+
+    /// `GET /v1/drills/series?cluster=C&namespace=N&name=D`: the traffic samples of a drill this
+    /// controller ran (cumulative counters, one a second), for pictures of past drills.
+    fn drill_series(&self, query: &str) -> Result<Response<AdminBody>, Refusal> {
+        let mut want: BTreeMap<&str, String> = BTreeMap::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = meridian_model::router::percent_decode(v).into_owned();
+            if v.len() > 253 {
+                return Err(Refusal::bad(format!("{k}: longer than 253 bytes")));
+            }
+            match k {
+                "cluster" => want.insert("cluster", v),
+                "namespace" => want.insert("namespace", v),
+                "name" => want.insert("name", v),
+                other => {
+                    return Err(Refusal::bad(format!(
+                        "/v1/drills/series takes cluster, namespace and name, not {other:?}"
+                    )));
+                }
+            };
+        }
+        let mut take = |what: &str| {
+            want.remove(what).filter(|v| !v.is_empty()).ok_or_else(|| {
+                Refusal::bad(format!(
+                    "/v1/drills/series needs {what}: ?cluster=C&namespace=N&name=DRILL"
+                ))
+            })
+        };
+        let key = crate::drill::DrillKey {
+            cluster: take("cluster")?,
+            namespace: take("namespace")?,
+            name: take("name")?,
+        };
+        let points = self.series.get(&key).ok_or_else(|| {
+            Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no traffic series for drill {key}: this controller keeps those of the last \
+                     {} drills it ran since it started",
+                    crate::drill::SERIES_DRILLS
+                ),
+            )
+        })?;
+        Ok(super::admin::json(&serde_json::json!({ "points": points })).map(|b| b.boxed_unsync()))
     }
 
     /// Opens an event stream, or refuses when every slot is taken.

@@ -73,6 +73,14 @@ struct Harness {
 }
 
 async fn start(auth: AdminAuth, cfg: LiveConfig) -> Harness {
+    start_with(auth, cfg, Arc::default()).await
+}
+
+async fn start_with(
+    auth: AdminAuth,
+    cfg: LiveConfig,
+    series: Arc<crate::drill::DrillSeries>,
+) -> Harness {
     let (tx, mut rx) = mpsc::channel::<Msg>(16);
     let data = Arc::new(Mutex::new(sample_data(0)));
     let asks = Arc::new(AtomicUsize::new(0));
@@ -94,7 +102,7 @@ async fn start(auth: AdminAuth, cfg: LiveConfig) -> Harness {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let live = Live::new(auth.clone(), tx.clone(), BTreeMap::new(), cfg);
+    let live = Live::new(auth.clone(), tx.clone(), BTreeMap::new(), cfg).with_drill_series(series);
     tokio::spawn(Arc::clone(&live).run(shutdown.clone()));
     let (_ready_tx, ready) = watch::channel(vec![("east".to_string(), true)]);
     tokio::spawn(crate::metrics::serve_admin(
@@ -474,4 +482,93 @@ fn clock_fields_do_not_count_as_a_change() {
     assert_eq!(comparable(&a), comparable(&b));
     b.traffic[0].requests = 2;
     assert_ne!(comparable(&a), comparable(&b));
+}
+
+/// The body of a finished answer (read to the end: the listener closes after `Connection:
+/// close`, and a JSON answer is short).
+async fn body_of(c: &mut Client) -> serde_json::Value {
+    let head_end = c.until(0, "\r\n\r\n").await + 4;
+    let len: usize = c.buf[..head_end]
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.buf.len() < head_end + len {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout_at(deadline, c.s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        c.buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    serde_json::from_str(&c.buf[head_end..head_end + len]).unwrap()
+}
+
+#[tokio::test]
+async fn a_past_drills_traffic_is_served_for_its_picture() {
+    let series: Arc<crate::drill::DrillSeries> = Arc::default();
+    let key = crate::drill::DrillKey {
+        cluster: "east".into(),
+        namespace: "demo".into(),
+        name: "drill-1".into(),
+    };
+    series.start(&key);
+    let mut t = meridian_model::traffic::GatewayTraffic::default();
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    for i in 0..3u64 {
+        t.record(Some("us-east"), None, 100);
+        series.record(&key, at + Duration::from_secs(i), &t);
+    }
+    let h = start_with(
+        AdminAuth::Token("s3cret".into()),
+        fast(),
+        Arc::clone(&series),
+    )
+    .await;
+    let path = "/v1/drills/series?cluster=east&namespace=demo&name=drill-1";
+
+    let mut c = Client::get(h.addr, path, None).await;
+    assert_eq!(c.status().await, 401, "{}", c.buf);
+    let mut c = Client::get(h.addr, path, Some("s3cret")).await;
+    assert_eq!(c.status().await, 200, "{}", c.buf);
+    let v = body_of(&mut c).await;
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3);
+    assert_eq!(points[2]["atMs"], 1_700_000_002_000u64);
+    assert_eq!(points[2]["requests"], 3);
+    assert_eq!(points[2]["byRegion"]["us-east"], 3);
+
+    let mut c = Client::get(
+        h.addr,
+        "/v1/drills/series?cluster=east&namespace=demo&name=other",
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(c.status().await, 404);
+    assert!(
+        body_of(&mut c).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("last 16 drills")
+    );
+    let mut c = Client::get(h.addr, "/v1/drills/series?cluster=east", Some("s3cret")).await;
+    assert_eq!(c.status().await, 400);
+    assert!(
+        body_of(&mut c).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs namespace")
+    );
+    let mut c = Client::get(h.addr, "/v1/drills/series?bogus=1", Some("s3cret")).await;
+    assert_eq!(c.status().await, 400);
+    let mut c = Client::request(h.addr, "POST", path, Some("s3cret"), "").await;
+    assert_eq!(c.status().await, 405);
 }

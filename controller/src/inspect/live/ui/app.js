@@ -24,6 +24,7 @@
     gateway: '',
     prev: null, // {at, requests, failed, byRegion}
     samples: [], // {at, total, failed, byRegion: {region: req/s}}
+    series: {}, // finished drills' samples from the controller, by drill (see drillSeries)
     lastFrameAt: 0,
     regions: [],
     confirm: null,
@@ -341,6 +342,9 @@
 
   function renderDrills(f) {
     renderDrillStart(f);
+    // Forget the series of drills that are gone (the page may stay open for days).
+    const live = new Set(f.drills.map((d) => `${d.cluster}/${d.namespace}/${d.name}/${(d.status || {}).startTime || d.created}`));
+    for (const k of Object.keys(st.series)) if (!live.has(k)) delete st.series[k];
     const html = f.drills.map((d) => {
       const s = d.status || {};
       const phase = s.phase || 'Pending';
@@ -350,9 +354,12 @@
       const start = Date.parse(s.startTime || d.created);
       const end = s.completionTime ? Date.parse(s.completionTime) : Date.now();
       const during = st.samples.filter((x) => x.at >= start - 5000 && x.at <= end + 5000);
-      const pic = during.length >= 2
-        ? chart(during, markers({ drills: [d] }), `Drill ${d.name}: requests per second by serving region`)
-        : timeline(d);
+      const title = `Drill ${d.name}: requests per second by serving region`;
+      const kept = running ? null : drillSeries(d);
+      let pic;
+      if (during.length >= 2 && (!kept || kept.length < during.length)) pic = chart(during, markers({ drills: [d] }), title);
+      else if (kept && kept.length >= 2) pic = chart(kept, markers({ drills: [d] }), title);
+      else pic = timeline(d);
       const fig = s.figures;
       const figures = fig ? figuresTable(fig) : '';
       const steps = (s.timeline || []).map((e) => `<li><time>${esc(e.time)}</time> <strong>${esc(e.type)}</strong> ${esc(e.message)}</li>`).join('');
@@ -366,7 +373,36 @@
     $('drills').innerHTML = html || '<p>No drills yet.</p>';
   }
 
-  // Without samples of our own (the page was not open then): the drill's moments on a time line.
+  // A finished drill's traffic as the controller sampled it (GET /v1/drills/series), fetched
+  // once per drill and kept: rates between consecutive cumulative points, like the live ones.
+  // null while unknown; an empty list when the controller has none (then the moments only).
+  function drillSeries(d) {
+    const key = `${d.cluster}/${d.namespace}/${d.name}/${(d.status || {}).startTime || d.created}`;
+    if (key in st.series) return st.series[key];
+    st.series[key] = null;
+    const q = new URLSearchParams({ cluster: d.cluster, namespace: d.namespace, name: d.name });
+    fetch(`/v1/drills/series?${q}`, { headers: headers() })
+      .then((r) => (r.ok ? r.json() : { points: [] }))
+      .then((v) => {
+        const pts = v.points || [];
+        const out = [];
+        for (let i = 1; i < pts.length; i++) {
+          const a = pts[i - 1], b = pts[i];
+          const dt = (b.atMs - a.atMs) / 1000;
+          if (dt <= 0) continue;
+          const rate = (x, y) => Math.max(0, (x - y) / dt);
+          const byRegion = {};
+          for (const r of Object.keys(b.byRegion || {})) byRegion[r] = rate(b.byRegion[r], (a.byRegion || {})[r] || 0);
+          out.push({ at: b.atMs, total: rate(b.requests, a.requests), failed: rate(b.failed, a.failed), byRegion });
+        }
+        st.series[key] = out;
+        if (st.frame) render();
+      })
+      .catch(() => { st.series[key] = []; });
+    return null;
+  }
+
+  // Without samples (the page was not open then, the controller kept none): the drill's moments.
   function timeline(d) {
     const s = d.status || {};
     const entries = (s.timeline || []).map((e) => ({ at: Date.parse(e.time), type: e.type }));

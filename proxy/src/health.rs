@@ -298,6 +298,10 @@ impl Rounds {
             .unwrap_or_default();
         let targets = &self.targets;
         shared
+            .metrics
+            .health_targets
+            .set(i64::try_from(targets.len()).unwrap_or(i64::MAX));
+        shared
             .ejections
             .retain_known(&|k: &EndpointKey| targets.contains_key(k));
         self.next.retain(|a, _| targets.contains_key(a));
@@ -371,6 +375,11 @@ fn record_results(shared: &Shared, results: Vec<Probed>) {
     }
     shared.rtt.observe(quickest.into_iter());
     for Probed { ok, keys, .. } in results {
+        shared
+            .metrics
+            .health_probes
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
         for (key, readmit) in keys {
             match shared.ejections.probe_result(key, ok, &readmit) {
                 ProbeOutcome::Readmitted => {
@@ -637,6 +646,7 @@ mod tests {
         shared.served.store(Some(Arc::new(second)));
         rounds.refresh_targets(shared);
         assert_eq!(addrs(&rounds), ["10.0.0.2:80"]);
+        assert_eq!(shared.metrics.health_targets.get(), 1);
         drop(first);
     }
 

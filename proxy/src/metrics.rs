@@ -94,6 +94,11 @@ pub struct Metrics {
     pub mirror_sent: IntCounter,
     /// Endpoints ejected after connect failures.
     pub ejections: IntCounter,
+    /// Health probes sent, by result (`ok`, `failed`).
+    pub health_probes: IntCounterVec,
+    /// Endpoints the health checker probes (those of the served snapshot). Zero while the
+    /// snapshot has endpoints means the checker does not see it: nothing would be re-admitted.
+    pub health_targets: IntGauge,
     /// Upstream tries retried, by reason (`connect`, `status`, `error`).
     pub retries: IntCounterVec,
     /// 1 while a controller stream is open (`--controller` mode), else 0.
@@ -187,6 +192,17 @@ impl Metrics {
                 &r,
                 "meridian_proxy_endpoint_ejections_total",
                 "Endpoints ejected after a connect failure",
+            )?,
+            health_probes: counter_vec(
+                &r,
+                "meridian_proxy_health_probes_total",
+                "Active health probes, by result",
+                &["result"],
+            )?,
+            health_targets: gauge(
+                &r,
+                "meridian_proxy_health_targets",
+                "Endpoints the active health checker probes",
             )?,
             retries: counter_vec(
                 &r,

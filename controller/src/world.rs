@@ -37,6 +37,9 @@ pub use meridian_model::snapshot::RouteKind;
 
 use crate::status::StatusKind;
 
+mod http_route_extras;
+pub use http_route_extras::{HttpRouteWithExtras, RouteExtras};
+
 /// Name of a member cluster, as given on the command line.
 pub type ClusterName = String;
 
@@ -252,6 +255,9 @@ pub struct ClusterState {
     pub(crate) gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub(crate) gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
     pub(crate) http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    /// The experimental rule fields of the HTTPRoutes that use them (module
+    /// `http_route_extras`).
+    pub(crate) http_route_extras: BTreeMap<ObjectKey, RouteExtras>,
     pub(crate) grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
     pub(crate) reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     pub(crate) namespaces: BTreeMap<String, BTreeMap<String, String>>,

@@ -263,7 +263,12 @@ mod tests {
                 codes: Some(vec![500, 502]),
             })
         );
-        let sp = got[2].as_ref().unwrap().session_persistence.clone().unwrap();
+        let sp = got[2]
+            .as_ref()
+            .unwrap()
+            .session_persistence
+            .clone()
+            .unwrap();
         assert_eq!(sp.kind.as_deref(), Some("Header"));
         assert_eq!(
             sp.cookie_config.unwrap().lifetime_type.as_deref(),

@@ -9,7 +9,8 @@
 //!                          ─ outlier detection ─ listed status with retries left? retry
 //!                          ─ upstream latency (once) ─ answered
 //! response_filter ─ strip a hop's served-by ─ served-by (Gateway switch, endpoint answers)
-//!                 ─ ResponseHeaderModifier: rule, then backend
+//!                 ─ ResponseHeaderModifier: rule, then backend ─ CORS headers (Vary: Origin;
+//!                   allow-origin/-credentials/expose-headers for an allowed Origin)
 //! fail_to_proxy ─ status for the error (504/503/…) ─ failure kind ─ answer if nothing was sent
 //! logging ─ failure kind ─ Gateway traffic counters ─ failure log line ─ access log line and
 //!           spans (observe.rs, when on) ─ requests metric
@@ -167,6 +168,9 @@ impl Forwarder {
             if let Filter::ResponseHeaderModifier(hm) = f {
                 filters::apply_header_modifier(hm, &mut RespEdit(resp));
             }
+        }
+        if let Some(c) = super::filters::rule_cors(&rule.rule.filters) {
+            super::filters::cors_response(resp, c, ctx.routing.cors_origin.as_deref());
         }
     }
 

@@ -5,7 +5,8 @@
 //! request_filter ─ hygiene, framing ─ path normalisation (path.rs; 400) ─ own Via entry? 508
 //!                ─ drop Connection-nominated headers ─ route (served router)
 //!                ─ forwarding headers (forwarded.rs)
-//!                ─ rule redirect? ─ rule filters
+//!                ─ rule redirect? ─ CORS preflight? 204 (its Origin kept for the response)
+//!                ─ rule filters
 //!                ─ choose_backend (weighted; 500/503) ─ backend redirect? ─ backend filters
 //!                ─ Forwarder::start (limits, allowances)
 //! ```
@@ -113,6 +114,13 @@ impl GatewayProxy {
         let rule = m.rule.clone();
         if let Some(r) = rule.redirect() {
             return filters::redirect(session, r, &m).await;
+        }
+        if let Some(c) = filters::rule_cors(&rule.rule.filters) {
+            match filters::cors_request(session, c).await? {
+                Ok(origin) => ctx.routing.cors_origin = origin,
+                // A preflight, answered.
+                Err(()) => return Ok(true),
+            }
         }
         // The path before any filter, for the filters' prefix rewrites; copied only when a
         // filter may need it (most rules have none).

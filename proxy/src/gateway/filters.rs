@@ -113,7 +113,7 @@ pub(super) async fn cors_request(
         resp.insert_header(name, value)?;
     }
     resp.insert_header("vary", "Origin")?;
-    resp.insert_header("content-length", "0")?;
+    // A 204 has no body and carries no Content-Length.
     session.write_response_header(Box::new(resp)).await?;
     Ok(Err(()))
 }

@@ -485,3 +485,139 @@ async fn cors_catalogue_over_http1_and_h2() {
     })
     .await;
 }
+
+// --- Session persistence ----------------------------------------------------------------------
+
+/// The `name=value` part of the session cookie an answer sets, if any.
+fn set_cookie(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
+
+/// A rule to a backend of three echo endpoints with sessions `sp`.
+fn sticky_rule(echoes: &[&Echo], sp: Value) -> Value {
+    let eps: Vec<Value> = echoes.iter().map(|e| e.endpoint()).collect();
+    let mut three = backend("three", 1, eps);
+    // One 5xx ejects an endpoint (for a long time: the test must see it stay out).
+    three["target"]["failover"] = json!({"outlierDetection": {
+        "consecutive5xx": 1, "baseEjectionMs": 60_000}});
+    let mut rule = prefix_rule("/", vec![three]);
+    rule["sessionPersistence"] = sp;
+    rule
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_sessions_stick_move_on_ejection_and_ignore_forgeries() {
+    bounded(async {
+        let (a, b, c3) = (
+            Echo::start("a").await,
+            Echo::start("b").await,
+            Echo::start("c").await,
+        );
+        let port = free_port();
+        let p = proxy().await;
+        p.apply(http_snapshot(
+            1,
+            port,
+            vec![sticky_rule(&[&a, &b, &c3], json!({"name": "sid"}))],
+        ))
+        .await
+        .unwrap();
+        let c = client();
+        let (s, hd, body) = get(&c, port, "/", &[]).await;
+        assert_eq!(s, 200);
+        let first = body["name"].as_str().unwrap().to_string();
+        let cookie = set_cookie(&hd, "sid").expect("the first answer starts a session");
+        let raw = hd.get("set-cookie").unwrap().to_str().unwrap();
+        assert!(
+            raw.contains("HttpOnly") && !raw.contains("Max-Age"),
+            "{raw}"
+        );
+        assert!(!cookie.contains("127.0.0.1"), "opaque token: {cookie}");
+        // Twenty requests of the session: the same endpoint, no new cookie.
+        for i in 0..20 {
+            let (s, hd, body) = get(&c, port, "/", &[("cookie", &cookie)]).await;
+            assert_eq!(
+                (s, body["name"].as_str()),
+                (200, Some(first.as_str())),
+                "{i}"
+            );
+            assert_eq!(set_cookie(&hd, "sid"), None, "{i}");
+        }
+        // Forged tokens are ignored: normal choice and a fresh cookie, no error.
+        let value = cookie.split_once('=').unwrap().1.to_string();
+        let mut flipped = value.clone().into_bytes();
+        flipped[3] = if flipped[3] == b'0' { b'1' } else { b'0' };
+        for forged in [
+            format!("sid={}", String::from_utf8(flipped).unwrap()),
+            "sid=garbage".to_string(),
+            format!("sid={}", "f".repeat(4000)),
+        ] {
+            let (s, hd, _) = get(&c, port, "/", &[("cookie", &forged)]).await;
+            assert_eq!(s, 200);
+            assert!(set_cookie(&hd, "sid").is_some(), "{forged}");
+        }
+        // The session's endpoint is ejected (outlier detection: one 5xx); the next request of
+        // the session is served elsewhere and the answer moves the session.
+        let (s, _, _) = get(
+            &c,
+            port,
+            "/",
+            &[("cookie", &cookie), ("x-echo-status", "503")],
+        )
+        .await;
+        assert_eq!(s, 503);
+        let (s, hd, body) = get(&c, port, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(s, 200);
+        let second = body["name"].as_str().unwrap().to_string();
+        assert_ne!(second, first);
+        let moved = set_cookie(&hd, "sid").expect("a moved session gets a new cookie");
+        for _ in 0..10 {
+            let (_, hd, body) = get(&c, port, "/", &[("cookie", &moved)]).await;
+            assert_eq!(body["name"].as_str(), Some(second.as_str()));
+            assert_eq!(set_cookie(&hd, "sid"), None);
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_sessions_and_permanent_cookies() {
+    bounded(async {
+        let (a, b) = (Echo::start("a").await, Echo::start("b").await);
+        let port = free_port();
+        let p = proxy().await;
+        let rules = vec![
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/h"}}],
+                   "backends": [backend("two", 1, vec![a.endpoint(), b.endpoint()])],
+                   "sessionPersistence": {"name": "x-session", "kind": "Header"}}),
+            json!({"matches": [{"path": {"type": "pathPrefix", "value": "/p"}}],
+                   "backends": [backend("two", 1, vec![a.endpoint(), b.endpoint()])],
+                   "sessionPersistence": {"name": "keep", "permanent": true,
+                                          "absoluteTimeoutMs": 3_600_000}}),
+        ];
+        p.apply(http_snapshot(1, port, rules)).await.unwrap();
+        let c = client();
+        let (_, hd, body) = get(&c, port, "/h", &[]).await;
+        let token = hd.get("x-session").unwrap().to_str().unwrap().to_string();
+        let first = body["name"].as_str().unwrap().to_string();
+        for _ in 0..20 {
+            let (_, _, body) = get(&c, port, "/h", &[("x-session", &token)]).await;
+            assert_eq!(body["name"].as_str(), Some(first.as_str()));
+        }
+        // A token of the /h rule does not steer the /p rule.
+        let (_, hd, _) = get(&c, port, "/p", &[("cookie", &format!("keep={token}"))]).await;
+        let raw = hd.get("set-cookie").unwrap().to_str().unwrap();
+        assert!(
+            raw.contains("Max-Age=3600") || raw.contains("Max-Age=3599"),
+            "{raw}"
+        );
+        p.shutdown().await;
+    })
+    .await;
+}

@@ -363,7 +363,11 @@ async fn the_lean_the_own_codec_and_the_framework_path_answer_the_catalogue_alik
             .0
             .iter()
             .filter(|a| a.headers.contains_key("vary"))
-            .map(|a| a.headers.get("access-control-allow-origin").map(String::as_str))
+            .map(|a| {
+                a.headers
+                    .get("access-control-allow-origin")
+                    .map(String::as_str)
+            })
             .collect();
         assert_eq!(
             origins,

@@ -82,6 +82,8 @@ pub(super) struct Routing {
     pub client: Option<std::net::IpAddr>,
     /// The `Origin` of a request matched by a rule with a CORS filter (for the response).
     pub cors_origin: Option<String>,
+    /// The request's valid session token (rule with session persistence; session.rs).
+    pub sticky: Option<super::session::Sticky>,
     /// `route_label`, formatted once: the upstream latency and the requests metric both use it.
     route_label: OnceLock<String>,
 }
@@ -167,6 +169,8 @@ pub(super) struct Upstream {
     /// The last upstream error is our own "retry on status" marker.
     pub status_retry: bool,
     pub latency: LatencyClock,
+    /// The endpoint (index in the backend) a session token asks for (session.rs).
+    pub sticky: Option<usize>,
 }
 
 impl Upstream {
@@ -180,6 +184,7 @@ impl Upstream {
             backoff: None,
             status_retry: false,
             latency: LatencyClock::Idle,
+            sticky: None,
         }
     }
 

@@ -128,7 +128,8 @@ pub fn preflight_headers(
         out.push((ALLOW_HEADERS, allow_headers));
     }
     // A credentialed `*` cannot be spelled out before there is a response; leave it off.
-    if !cors.expose_headers.is_empty() && !(cors.allow_credentials && star(&cors.expose_headers)) {
+    let credentialed_star = cors.allow_credentials && star(&cors.expose_headers);
+    if !cors.expose_headers.is_empty() && !credentialed_star {
         out.push((EXPOSE_HEADERS, cors.expose_headers.join(", ")));
     }
     out.push((MAX_AGE, cors.max_age.to_string()));

@@ -15,7 +15,9 @@
 //! Secrets are reduced to their `tls.crt`/`tls.key` text on the way in: private keys of Secrets
 //! that are not certificates never stay in memory. ConfigMaps are reduced to their `ca.crt` text
 //! (the only key a BackendTLSPolicy reads); ConfigMaps without one are kept as empty entries so
-//! "exists but has no `ca.crt`" and "does not exist" stay apart.
+//! "exists but has no `ca.crt`" and "does not exist" stay apart. HTTPRoutes come from the
+//! watcher as [`HttpRouteWithExtras`]: the standard type plus the experimental rule fields we
+//! implement, indexed side by side (module `http_route_extras`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -17,8 +17,13 @@
 //! * as a last line, every kept rule is compiled by the proxy's own router
 //!   ([`meridian_model::Router::compile`]), so a snapshot is never refused because of one route.
 //!
-//! Filters the data plane does not implement (`ExtensionRef`, `CORS`, and `RequestRedirect` /
-//! `URLRewrite` inside a backendRef) must not be skipped (spec: requests they would have handled
+//! The experimental rule fields `retry` and `sessionPersistence` (read beside the standard type,
+//! `crate::world::HttpRouteWithExtras`) and the `CORS` filter are translated with their
+//! defaults (retry attempts 2, session name `meridian-session`, CORS `maxAge` 5); their invalid
+//! values drop the rule with **UnsupportedValue** like any other.
+//!
+//! Filters the data plane does not implement (`ExtensionRef`, and `RequestRedirect` /
+//! `URLRewrite` / `CORS` inside a backendRef) must not be skipped (spec: requests they would have handled
 //! get an error), so the rule — or that backend — is kept with an invalid target: its requests
 //! get 500, and the route reports `PartiallyInvalid`.
 //!

@@ -157,4 +157,28 @@ mod tests {
         state.delete::<HttpRouteWithExtras>(&key);
         assert!(state.http_route_extras.is_empty() && state.http_routes.is_empty());
     }
+
+    /// The watcher decodes objects through `Deserialize`: both halves come from one document.
+    #[test]
+    fn deserialize_reads_both_halves() {
+        let text = r#"{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"namespace": "ns", "name": "r"},
+            "spec": {"hostnames": ["a.example"], "rules": [
+                {"backendRefs": [{"name": "s", "port": 80}],
+                 "sessionPersistence": {"sessionName": "s", "type": "Header"}}]}}"#;
+        let r: HttpRouteWithExtras = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            r.route.spec.hostnames.as_deref(),
+            Some(&["a.example".to_string()][..])
+        );
+        let sp = r.extras[0]
+            .as_ref()
+            .unwrap()
+            .session_persistence
+            .as_ref()
+            .unwrap();
+        assert_eq!(sp.kind.as_deref(), Some("Header"));
+        // A broken standard field still fails the whole object, as before.
+        assert!(serde_json::from_str::<HttpRouteWithExtras>(r#"{"spec": 1}"#).is_err());
+    }
 }

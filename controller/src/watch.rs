@@ -52,7 +52,7 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::status::StatusKind;
 use crate::translate::UnreachableCluster;
-use crate::world::{ClusterState, Indexed, Kind, ObjectKey, Revision};
+use crate::world::{ClusterState, HttpRouteWithExtras, Indexed, Kind, ObjectKey, Revision};
 
 /// Every kind the controller watches, in start order.
 pub const ALL_KINDS: [Kind; 15] = [
@@ -456,7 +456,7 @@ async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
     let mutation = match kind {
         Kind::GatewayClass => clear::<GatewayClass>(),
         Kind::Gateway => clear::<Gateway>(),
-        Kind::HttpRoute => clear::<HttpRoute>(),
+        Kind::HttpRoute => clear::<HttpRouteWithExtras>(),
         Kind::GrpcRoute => clear::<GrpcRoute>(),
         Kind::ReferenceGrant => clear::<ReferenceGrant>(),
         Kind::Namespace => clear::<Namespace>(),
@@ -483,7 +483,8 @@ fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
     match kind {
         Kind::GatewayClass => tokio::spawn(run_watcher::<GatewayClass>(ctx)),
         Kind::Gateway => tokio::spawn(run_watcher::<Gateway>(ctx)),
-        Kind::HttpRoute => tokio::spawn(run_watcher::<HttpRoute>(ctx)),
+        // The standard type plus the experimental rule fields we implement.
+        Kind::HttpRoute => tokio::spawn(run_watcher::<HttpRouteWithExtras>(ctx)),
         Kind::GrpcRoute => tokio::spawn(run_watcher::<GrpcRoute>(ctx)),
         Kind::ReferenceGrant => tokio::spawn(run_watcher::<ReferenceGrant>(ctx)),
         Kind::Namespace => tokio::spawn(run_watcher::<Namespace>(ctx)),

@@ -15,7 +15,9 @@
 //! Secrets are reduced to their `tls.crt`/`tls.key` text on the way in: private keys of Secrets
 //! that are not certificates never stay in memory. ConfigMaps are reduced to their `ca.crt` text
 //! (the only key a BackendTLSPolicy reads); ConfigMaps without one are kept as empty entries so
-//! "exists but has no `ca.crt`" and "does not exist" stay apart.
+//! "exists but has no `ca.crt`" and "does not exist" stay apart. HTTPRoutes come from the
+//! watcher as [`HttpRouteWithExtras`]: the standard type plus the experimental rule fields we
+//! implement, indexed side by side (module `http_route_extras`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,6 +38,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use meridian_model::snapshot::RouteKind;
 
 use crate::status::StatusKind;
+
+mod http_route_extras;
+pub use http_route_extras::{HttpRouteWithExtras, RouteExtras};
 
 /// Name of a member cluster, as given on the command line.
 pub type ClusterName = String;
@@ -252,6 +257,9 @@ pub struct ClusterState {
     pub(crate) gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub(crate) gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
     pub(crate) http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    /// The experimental rule fields of the HTTPRoutes that use them (module
+    /// `http_route_extras`).
+    pub(crate) http_route_extras: BTreeMap<ObjectKey, RouteExtras>,
     pub(crate) grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
     pub(crate) reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     pub(crate) namespaces: BTreeMap<String, BTreeMap<String, String>>,

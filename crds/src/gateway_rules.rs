@@ -15,7 +15,9 @@
 //! are collected (see [`crate::schema_edit_misses`]) so a `gateway-api` upgrade that renames a
 //! field fails the tests instead of dropping validation.
 //!
-//! Deliberately left out: rules that only the experimental channel has, and the rule that an
+//! Deliberately left out: rules that only the experimental channel has (except for the two
+//! experimental HTTPRoute rule fields we implement, whose schema and validation
+//! `crate::rule_extras` writes), and the rule that an
 //! HTTPS listener must carry `tls` (it was proposed for v1.6 and reverted before release; the
 //! released CRDs only require a mode on TLS listeners and mode `Terminate` on HTTPS ones; a
 //! controller reports an HTTPS listener without certificates in its status instead).

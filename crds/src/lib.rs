@@ -14,7 +14,8 @@
 //! ranges, redirect status codes, `default`s (listener `allowedRoutes`, parentRef and backendRef
 //! group/kind, backendRef weight, the catch-all rule and `PathPrefix /` match, ...) and the CEL
 //! rules (`x-kubernetes-validations`) on listeners, filters, paths, gRPC method matches and
-//! parentRefs. The tests
+//! parentRefs. HTTPRoute also carries the experimental-channel rule fields `retry` and
+//! `sessionPersistence` ([`rule_extras`]), which Meridian implements. The tests
 //! fail when a rule names a field that does not exist ([`schema_edit_misses`]).
 //!
 //! ```text
@@ -31,6 +32,7 @@ mod gateway;
 mod gateway_rules;
 pub mod mcs;
 pub mod meridian;
+pub mod rule_extras;
 pub mod schema;
 
 use std::path::{Path, PathBuf};

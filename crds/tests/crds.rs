@@ -1327,3 +1327,41 @@ fn backend_tls_policy_has_standard_validation() {
     );
     assert_eq!(node(&s, "status.ancestors[].conditions")["minItems"], 1);
 }
+
+/// HTTPRoute rules carry the experimental `retry` and `sessionPersistence` fields Meridian
+/// implements, in every served version, validated like the experimental schema; the standard
+/// fields beside them are unchanged.
+#[test]
+fn http_route_rules_accept_retry_and_session_persistence() {
+    let crd = by_kind("HTTPRoute");
+    for version in ["v1", "v1beta1"] {
+        let s = schema_of(&crd, version);
+        let codes = node(&s, "spec.rules[].retry.codes[]");
+        assert_eq!(
+            (codes["minimum"].as_f64(), codes["maximum"].as_f64()),
+            (Some(400.0), Some(599.0))
+        );
+        assert_eq!(
+            node(&s, "spec.rules[].retry.attempts")["minimum"].as_f64(),
+            Some(0.0)
+        );
+        assert!(node(&s, "spec.rules[].retry.backoff")["pattern"].is_string());
+        assert_eq!(
+            node(&s, "spec.rules[].sessionPersistence.type")["enum"],
+            json!(["Cookie", "Header"])
+        );
+        assert_eq!(
+            node(
+                &s,
+                "spec.rules[].sessionPersistence.cookieConfig.lifetimeType"
+            )["enum"],
+            json!(["Permanent", "Session"])
+        );
+        let rules = node(&s, "spec.rules[].sessionPersistence")["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(rules, 2, "{version}");
+        assert!(node(&s, "spec.rules[].timeouts.request").is_object());
+    }
+}

@@ -573,11 +573,13 @@ fn rule<'a>(a: &Rule, b: &'a Rule, d: &mut Delta<'a>) -> Option<()> {
         backends,
         timeouts,
         retry,
+        session_persistence,
     } = a;
     same(name, &b.name)?;
     same(matches, &b.matches)?;
     same(timeouts, &b.timeouts)?;
     same(retry, &b.retry)?;
+    same(session_persistence, &b.session_persistence)?;
     lockstep(filters, &b.filters, |x, y| filter(x, y, d))?;
     lockstep(backends, &b.backends, |x, y| backend(x, y, d))
 }

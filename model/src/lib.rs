@@ -26,6 +26,7 @@
 //! decoder, the router and the edge helpers (paths, hosts, query, header filters), with a corpus
 //! in `tests/corpus/` (docs/fuzzing.md).
 
+pub mod cors;
 pub mod error_chain;
 pub mod explain;
 pub mod filters;

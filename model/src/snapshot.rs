@@ -12,7 +12,7 @@
 //! ```text
 //! Snapshot ─┬─ Gateway ─┬─ Listener (address, port, protocol, hostname, TLS)
 //!           │           │     └─ Route (hostnames already intersected with the listener's)
-//!           │           │           └─ Rule (matches, filters, timeouts, retry)
+//!           │           │           └─ Rule (matches, filters, timeouts, retry, session persistence)
 //!           │           │                 └─ Backend (weight, filters, endpoints | invalid reason,
 //!           │           │                             TLS to the endpoints)
 //!           │           └─ …
@@ -407,6 +407,9 @@ pub struct Rule {
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// Session persistence: requests of one session go to the endpoint that served its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<SessionPersistence>,
 }
 
 /// A request match; all its conditions must hold. The default is the implicit `PathPrefix /`.
@@ -557,6 +560,69 @@ pub enum Filter {
     UrlRewrite(UrlRewrite),
     /// Sends a fire-and-forget copy of the request to another backend.
     RequestMirror(RequestMirror),
+    /// Cross-origin resource sharing: the proxy answers preflights and adds the
+    /// `Access-Control-*` headers to actual responses.
+    Cors(Cors),
+}
+
+/// A CORS filter (HTTPRoute `CORS`), defaults applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cors {
+    /// Allowed origins: `*`, an exact `scheme://host[:port]`, or a host with `*` wildcards
+    /// (`https://*.bar.com`, where `*` spans one or more labels).
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Allowed methods (`*`: any).
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers (`*`: any).
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers scripts may read (`*`: any).
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Whether credentialed requests are allowed.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a preflight answer may be cached, in seconds.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age: u32,
+}
+
+fn default_cors_max_age() -> u32 {
+    5
+}
+
+/// How a session is carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SessionKind {
+    /// A cookie set on the first answer.
+    #[default]
+    Cookie,
+    /// A response header the client repeats as a request header.
+    Header,
+}
+
+/// Session persistence of a rule, defaults applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionPersistence {
+    /// Cookie or header name.
+    pub name: String,
+    /// Cookie or header.
+    #[serde(default)]
+    pub kind: SessionKind,
+    /// The session ends this long after its first request (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute_timeout_ms: Option<u64>,
+    /// The session ends after this long without a request (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// The cookie is permanent (`Max-Age` = the absolute timeout) rather than a browser-session
+    /// cookie.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 /// Header edits: `set` replaces, `add` appends (joined with `,`), `remove` deletes.
@@ -667,7 +733,7 @@ pub struct Retry {
     /// Response codes that are retried (connection errors always are when attempts > 0).
     #[serde(default)]
     pub codes: Vec<u16>,
-    /// Pause between tries.
+    /// Minimum pause before each retry; the proxy adds up to half of it again as jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_ms: Option<u64>,
 }

@@ -238,6 +238,28 @@ fn validate_route(listener_loc: &str, r: &Route) -> Result<(), SnapshotError> {
                 format!("retry attempts {} exceed the limit of 10", retry.attempts),
             ));
         }
+        if let Some(code) = rule
+            .retry
+            .iter()
+            .flat_map(|r| &r.codes)
+            .find(|c| !(400..=599).contains(*c))
+        {
+            return Err(invalid(
+                &loc,
+                format!("retry code {code} is not in 400-599"),
+            ));
+        }
+        if let Some(sp) = &rule.session_persistence
+            && (sp.name.is_empty() || sp.name.len() > 128 || !sp.name.bytes().all(is_token_byte))
+        {
+            return Err(invalid(
+                &loc,
+                format!(
+                    "session name {:?} is not a token of 1-128 characters",
+                    sp.name
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -321,6 +343,23 @@ fn validate_filters(loc: &str, filters: &[Filter], rule: &Rule) -> Result<(), Sn
                     ));
                 }
                 validate_backend(loc, &m.backend, rule)?;
+            }
+            Filter::Cors(c) => {
+                for h in c.allow_headers.iter().chain(&c.expose_headers) {
+                    if h != "*" && (h.is_empty() || !h.bytes().all(is_token_byte)) {
+                        return Err(invalid(loc, format!("CORS header name {h:?} is invalid")));
+                    }
+                }
+                for m in &c.allow_methods {
+                    if m != "*" && (m.is_empty() || !m.bytes().all(is_token_byte)) {
+                        return Err(invalid(loc, format!("CORS method {m:?} is invalid")));
+                    }
+                }
+                for o in &c.allow_origins {
+                    if o.is_empty() || !o.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(invalid(loc, format!("CORS origin {o:?} is invalid")));
+                    }
+                }
             }
         }
     }

@@ -18,11 +18,18 @@ use tokio::net::TcpStream;
 
 /// Response headers compared (the rest is either fixed by the proxy or differs by nature).
 const COMPARED: &[&str] = &[
+    "access-control-allow-credentials",
+    "access-control-allow-headers",
+    "access-control-allow-methods",
+    "access-control-allow-origin",
+    "access-control-expose-headers",
+    "access-control-max-age",
     "connection",
     "content-length",
     "content-type",
     "location",
     "transfer-encoding",
+    "vary",
     "x-meridian-served-by",
     "x-resp-add",
     "x-resp-remove",
@@ -182,6 +189,11 @@ fn catalogue(a: &Echo, b: &Echo) -> Vec<Value> {
         json!({"matches": [{"path": {"type": "pathPrefix", "value": "/timeout"}}],
                "timeouts": {"requestMs": 100},
                "backends": [echo_backend(a, 1)]}),
+        json!({"matches": [{"path": {"type": "pathPrefix", "value": "/cors"}}],
+               "filters": [{"type": "cors", "allowOrigins": ["https://*.foo.com"],
+                            "allowMethods": ["GET", "PUT"], "allowHeaders": ["x-a"],
+                            "exposeHeaders": ["x-b"], "allowCredentials": true, "maxAge": 60}],
+               "backends": [echo_backend(a, 1)]}),
         prefix_rule("/any", vec![echo_backend(a, 1)]),
     ]
 }
@@ -211,6 +223,14 @@ const REQUESTS: &[&[&str]] = &[
     ],
     &["GET /retry HTTP/1.1\r\nHost: gw.example\r\nX-Echo-Status: 418\r\n\r\n"],
     &["GET /timeout?delay=1000 HTTP/1.1\r\nHost: gw.example\r\n\r\n"],
+    &[
+        "OPTIONS /cors HTTP/1.1\r\nHost: gw.example\r\nOrigin: https://www.foo.com\r\n\
+       Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: x-a\r\n\r\n",
+        "OPTIONS /cors HTTP/1.1\r\nHost: gw.example\r\nOrigin: https://foo.evil\r\n\
+       Access-Control-Request-Method: PUT\r\n\r\n",
+        "GET /cors HTTP/1.1\r\nHost: gw.example\r\nOrigin: https://a.b.foo.com\r\n\r\n",
+        "GET /cors HTTP/1.1\r\nHost: gw.example\r\nOrigin: https://foo.evil\r\n\r\n",
+    ],
     &["HEAD /any HTTP/1.1\r\nHost: gw.example\r\n\r\n"],
     &["GET /any HTTP/1.1\r\nHost: gw.example\r\nX-Echo-Status: 204\r\n\r\n"],
     &["GET /any HTTP/1.1\r\nHost: gw.example\r\nX-Echo-Status: 304\r\n\r\n"],
@@ -337,6 +357,27 @@ async fn the_lean_the_own_codec_and_the_framework_path_answer_the_catalogue_alik
             );
         }
         assert!(!lean.1.is_empty() && !lean.2.is_empty());
+        // The CORS preflight was answered by the proxy with the allow headers, the refused
+        // origin's without them.
+        let origins: Vec<Option<&str>> = lean
+            .0
+            .iter()
+            .filter(|a| a.headers.contains_key("vary"))
+            .map(|a| {
+                a.headers
+                    .get("access-control-allow-origin")
+                    .map(String::as_str)
+            })
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                Some("https://www.foo.com"),
+                None,
+                Some("https://a.b.foo.com"),
+                None
+            ]
+        );
     })
     .await
     .expect("test exceeded its time bound");

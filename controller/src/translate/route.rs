@@ -161,12 +161,18 @@ pub(crate) fn process(
     let mut translated = if ours.is_empty() {
         RouteRules::default()
     } else {
+        // The experimental rule fields (retry, sessionPersistence) exist on HTTPRoutes only.
+        let extras = match src.kind {
+            RouteKind::Http => ctx.cluster.http_route_extras.get(&key.key).map(|e| &e[..]),
+            RouteKind::Grpc => None,
+        };
         let mut t = translate_rules(
             ctx,
             src.kind,
             &key.key.namespace,
             src.rules.as_deref(),
             &src.invalid,
+            extras.unwrap_or_default(),
             cache,
         );
         if src.kind == RouteKind::Grpc {

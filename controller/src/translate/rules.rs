@@ -17,8 +17,13 @@
 //! * as a last line, every kept rule is compiled by the proxy's own router
 //!   ([`meridian_model::Router::compile`]), so a snapshot is never refused because of one route.
 //!
-//! Filters the data plane does not implement (`ExtensionRef`, `CORS`, and `RequestRedirect` /
-//! `URLRewrite` inside a backendRef) must not be skipped (spec: requests they would have handled
+//! The experimental rule fields `retry` and `sessionPersistence` (read beside the standard type,
+//! `crate::world::HttpRouteWithExtras`) and the `CORS` filter are translated with their
+//! defaults (retry attempts 2, session name `meridian-session`, CORS `maxAge` 5); their invalid
+//! values drop the rule with **UnsupportedValue** like any other.
+//!
+//! Filters the data plane does not implement (`ExtensionRef`, and `RequestRedirect` /
+//! `URLRewrite` / `CORS` inside a backendRef) must not be skipped (spec: requests they would have handled
 //! get an error), so the rule — or that backend — is kept with an invalid target: its requests
 //! get 500, and the route reports `PartiallyInvalid`.
 //!
@@ -29,11 +34,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use gateway_api::httproutes::*;
+use meridian_crds::rule_extras::{RuleExtras, RuleRetry, RuleSessionPersistence};
 use meridian_model::Router;
 use meridian_model::snapshot::{
-    Backend, BackendTarget, BackendTls, Filter, Gateway, HeaderMatch, HeaderModifier, HeaderValue,
-    Listener, Match, PathMatch, PathModifier, Protocol, QueryParamMatch, RequestMirror,
-    RequestRedirect, Route, RouteKind, Rule, Snapshot, Timeouts, UrlRewrite, ValueMatchType,
+    Backend, BackendTarget, BackendTls, Cors, Filter, Gateway, HeaderMatch, HeaderModifier,
+    HeaderValue, Listener, Match, PathMatch, PathModifier, Protocol, QueryParamMatch,
+    RequestMirror, RequestRedirect, Retry, Route, RouteKind, Rule, SessionKind, SessionPersistence,
+    Snapshot, Timeouts, UrlRewrite, ValueMatchType,
 };
 
 use super::backend::{self, BackendRef};
@@ -62,12 +69,15 @@ fn unsupported(message: impl Into<String>) -> Problem {
 
 /// Translates the rules of a route of kind `kind` in `namespace`. `invalid[i]`, when given,
 /// drops rule `i` before translation (what a GRPCRoute's conversion found, module `grpc`).
+/// `extras[i]`, when given, are rule `i`'s experimental fields (HTTPRoute `retry` and
+/// `sessionPersistence`, or why they could not be read).
 pub(crate) fn translate_rules(
     ctx: &Ctx<'_>,
     kind: RouteKind,
     namespace: &str,
     rules: Option<&[HttpRouteRules]>,
     invalid: &[Option<Problem>],
+    extras: &[Result<RuleExtras, String>],
     cache: &mut backend::Cache,
 ) -> RouteRules {
     cache.referrer = kind;
@@ -87,7 +97,7 @@ pub(crate) fn translate_rules(
         }
         let mut unresolved = Vec::new();
         let mut degraded = Vec::new();
-        match translate_rule(
+        let translated = translate_rule(
             ctx,
             namespace,
             idx,
@@ -95,7 +105,24 @@ pub(crate) fn translate_rules(
             cache,
             &mut unresolved,
             &mut degraded,
-        ) {
+        )
+        .and_then(|mut r| {
+            match extras.get(idx) {
+                Some(Ok(x)) => {
+                    r.retry = x.retry.as_ref().map(translate_retry).transpose()?;
+                    r.session_persistence = x
+                        .session_persistence
+                        .as_ref()
+                        .map(translate_session_persistence)
+                        .transpose()?;
+                    check_with_proxy(&r)?;
+                }
+                Some(Err(why)) => return Err(unsupported(why.clone())),
+                None => {}
+            }
+            Ok(r)
+        });
+        match translated {
             Ok(r) => {
                 out.rules.push(r);
                 out.unresolved.extend(unresolved);
@@ -168,6 +195,7 @@ fn translate_rule(
         backends,
         timeouts,
         retry: None,
+        session_persistence: None,
     };
     if let Some(what) = unsupported_filter {
         // The filter must not be skipped: every request of this rule gets 500 instead.
@@ -230,7 +258,11 @@ fn translate_backend(
     for f in filters.iter().flatten() {
         let f = as_rule_filter(f)?;
         match f.r#type {
-            HttpRouteRulesFiltersType::RequestRedirect | HttpRouteRulesFiltersType::UrlRewrite => {
+            // Answered before a backend is chosen (redirect, CORS preflight) or changing what
+            // chose it (rewrite): only rule-level.
+            HttpRouteRulesFiltersType::RequestRedirect
+            | HttpRouteRulesFiltersType::UrlRewrite
+            | HttpRouteRulesFiltersType::Cors => {
                 unsupported_filter = Some(format!("{:?} in a backendRef", f.r#type));
                 continue;
             }
@@ -418,6 +450,163 @@ pub enum DurationError {
     TooLong(String),
 }
 
+/// Retries when `retry` gives no `attempts` (the spec leaves the number to implementations).
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+
+/// Most retries a rule may ask for (the proxy refuses more, `meridian_model::validate`).
+const MAX_RETRY_ATTEMPTS: i64 = 10;
+
+/// `rules[].retry` (experimental channel): attempts 0–10 (default
+/// [`DEFAULT_RETRY_ATTEMPTS`]), codes 400–599, backoff a Gateway API duration (`0s`: none).
+fn translate_retry(r: &RuleRetry) -> Result<Retry, Problem> {
+    let attempts = match r.attempts {
+        None => DEFAULT_RETRY_ATTEMPTS,
+        Some(a) if (0..=MAX_RETRY_ATTEMPTS).contains(&a) => a as u32,
+        Some(a) => {
+            return Err(unsupported(format!(
+                "retry.attempts {a} is outside 0–{MAX_RETRY_ATTEMPTS}"
+            )));
+        }
+    };
+    let mut codes = Vec::new();
+    for &c in r.codes.iter().flatten() {
+        match u16::try_from(c).ok().filter(|c| (400..=599).contains(c)) {
+            Some(c) if !codes.contains(&c) => codes.push(c),
+            Some(_) => {}
+            None => {
+                return Err(unsupported(format!(
+                    "retry.codes: {c} is not an error status (400–599)"
+                )));
+            }
+        }
+    }
+    let backoff_ms = match &r.backoff {
+        None => None,
+        Some(b) => parse_duration_ms(b).map_err(|e| unsupported(format!("retry.backoff: {e}")))?,
+    };
+    Ok(Retry {
+        attempts,
+        codes,
+        backoff_ms,
+    })
+}
+
+/// The session name when `sessionName` is not given.
+pub const DEFAULT_SESSION_NAME: &str = "meridian-session";
+
+/// `rules[].sessionPersistence` (experimental channel): type `Cookie` (default) or `Header`,
+/// the name a token (≤ 128 characters), `cookieConfig` only for cookies, lifetime `Permanent`
+/// only with an `absoluteTimeout`.
+fn translate_session_persistence(
+    sp: &RuleSessionPersistence,
+) -> Result<SessionPersistence, Problem> {
+    let kind = match sp.kind.as_deref() {
+        None | Some("Cookie") => SessionKind::Cookie,
+        Some("Header") => SessionKind::Header,
+        Some(other) => {
+            return Err(unsupported(format!(
+                "sessionPersistence.type {other:?} is not Cookie or Header"
+            )));
+        }
+    };
+    let name = sp
+        .session_name
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SESSION_NAME.to_string());
+    let duration = |field: &str, v: &Option<String>| -> Result<Option<u64>, Problem> {
+        match v {
+            None => Ok(None),
+            Some(s) => parse_duration_ms(s)
+                .map_err(|e| unsupported(format!("sessionPersistence.{field}: {e}"))),
+        }
+    };
+    let absolute_timeout_ms = duration("absoluteTimeout", &sp.absolute_timeout)?;
+    let idle_timeout_ms = duration("idleTimeout", &sp.idle_timeout)?;
+    let lifetime = sp
+        .cookie_config
+        .as_ref()
+        .and_then(|c| c.lifetime_type.as_deref());
+    if sp.cookie_config.is_some() && kind == SessionKind::Header {
+        return Err(unsupported(
+            "sessionPersistence.cookieConfig may only be set with type Cookie",
+        ));
+    }
+    let permanent = match lifetime {
+        None | Some("Session") => false,
+        Some("Permanent") if absolute_timeout_ms.is_some() => true,
+        Some("Permanent") => {
+            return Err(unsupported(
+                "sessionPersistence.cookieConfig.lifetimeType Permanent needs an absoluteTimeout",
+            ));
+        }
+        Some(other) => {
+            return Err(unsupported(format!(
+                "sessionPersistence.cookieConfig.lifetimeType {other:?} is not Permanent or Session"
+            )));
+        }
+    };
+    Ok(SessionPersistence {
+        name,
+        kind,
+        absolute_timeout_ms,
+        idle_timeout_ms,
+        permanent,
+    })
+}
+
+/// A CORS filter, defaults applied (`maxAge` 5 s): origins `*` or `scheme://host[:port]`
+/// (the host may hold `*` wildcards), a `*` method only alone, `maxAge` at least 1.
+fn translate_cors(c: &HttpRouteRulesFiltersCors) -> Result<Cors, Problem> {
+    let HttpRouteRulesFiltersCors {
+        allow_credentials,
+        allow_headers,
+        allow_methods,
+        allow_origins,
+        expose_headers,
+        max_age,
+    } = c;
+    let origins = allow_origins.clone().unwrap_or_default();
+    for o in &origins {
+        let ok = o == "*"
+            || o.split_once("://").is_some_and(|(scheme, authority)| {
+                !scheme.is_empty()
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                    && !authority.is_empty()
+                    && !authority
+                        .bytes()
+                        .any(|b| b"/?#@ ".contains(&b) || b.is_ascii_control())
+            });
+        if !ok {
+            return Err(unsupported(format!(
+                "CORS allowOrigins {o:?} is not * or scheme://host[:port]"
+            )));
+        }
+    }
+    let methods = allow_methods.clone().unwrap_or_default();
+    if methods.len() > 1 && methods.iter().any(|m| m == "*") {
+        return Err(unsupported(
+            "CORS allowMethods: * must be the only method when present",
+        ));
+    }
+    let max_age = match max_age {
+        None => 5,
+        Some(a) if *a >= 1 => *a as u32,
+        Some(a) => {
+            return Err(unsupported(format!("CORS maxAge {a} is below 1")));
+        }
+    };
+    Ok(Cors {
+        allow_origins: origins,
+        allow_methods: methods,
+        allow_headers: allow_headers.clone().unwrap_or_default(),
+        expose_headers: expose_headers.clone().unwrap_or_default(),
+        allow_credentials: allow_credentials.unwrap_or(false),
+        max_age,
+    })
+}
+
 fn translate_timeouts(t: Option<&HttpRouteRulesTimeouts>) -> Result<Timeouts, Problem> {
     let Some(HttpRouteRulesTimeouts {
         backend_request,
@@ -511,8 +700,8 @@ fn missing(ty: &str, field: &str) -> Problem {
     unsupported(format!("filter type {ty} without its {field:?} field"))
 }
 
-/// One route filter: the model's filter, a filter the proxy does not implement (CORS,
-/// ExtensionRef: reported, not applied), or why the filter is invalid. A mirror's unresolved
+/// One route filter: the model's filter, a filter the proxy does not implement (ExtensionRef:
+/// reported, not applied), or why the filter is invalid. A mirror's unresolved
 /// backend goes to `unresolved` (the filter stays, its target invalid).
 fn translate_filter(
     ctx: &Ctx<'_>,
@@ -522,7 +711,7 @@ fn translate_filter(
     unresolved: &mut Vec<Problem>,
 ) -> Result<Translated, Problem> {
     let HttpRouteRulesFilters {
-        cors: _,
+        cors,
         extension_ref,
         request_header_modifier,
         request_mirror,
@@ -577,7 +766,10 @@ fn translate_filter(
             };
             return Ok(Translated::Unsupported(what));
         }
-        HttpRouteRulesFiltersType::Cors => return Ok(Translated::Unsupported("CORS".to_string())),
+        HttpRouteRulesFiltersType::Cors => {
+            let c = cors.as_ref().ok_or_else(|| missing("CORS", "cors"))?;
+            Filter::Cors(translate_cors(c)?)
+        }
     }))
 }
 
@@ -774,6 +966,7 @@ fn check_filter_set(filters: &[Filter]) -> Result<(), Problem> {
         ),
         ("RequestRedirect", redirects),
         ("URLRewrite", rewrites),
+        ("CORS", count(|f| matches!(f, Filter::Cors(_)))),
     ] {
         if n > 1 {
             return Err(unsupported(format!(
@@ -814,6 +1007,7 @@ fn check_with_proxy(rule: &Rule) -> Result<(), Problem> {
         backends: rule.backends.iter().map(strip).collect(),
         timeouts: rule.timeouts.clone(),
         retry: rule.retry.clone(),
+        session_persistence: rule.session_persistence.clone(),
     };
     let mut snapshot = Snapshot::empty(0);
     snapshot.gateways.push(Gateway {

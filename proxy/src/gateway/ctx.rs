@@ -80,6 +80,10 @@ pub(super) struct Routing {
     pub rule: Option<Arc<CompiledRule>>,
     /// The client address by the forwarding-header policy (forwarded.rs), for the log line.
     pub client: Option<std::net::IpAddr>,
+    /// The `Origin` of a request matched by a rule with a CORS filter (for the response).
+    pub cors_origin: Option<String>,
+    /// The request's valid session token (rule with session persistence; session.rs).
+    pub sticky: Option<super::session::Sticky>,
     /// `route_label`, formatted once: the upstream latency and the requests metric both use it.
     route_label: OnceLock<String>,
 }
@@ -165,6 +169,8 @@ pub(super) struct Upstream {
     /// The last upstream error is our own "retry on status" marker.
     pub status_retry: bool,
     pub latency: LatencyClock,
+    /// The endpoint (index in the backend) a session token asks for (session.rs).
+    pub sticky: Option<usize>,
 }
 
 impl Upstream {
@@ -178,6 +184,7 @@ impl Upstream {
             backoff: None,
             status_retry: false,
             latency: LatencyClock::Idle,
+            sticky: None,
         }
     }
 
@@ -197,15 +204,16 @@ impl Upstream {
         }
     }
 
-    /// The matched rule's pause between retries.
+    /// The matched rule's pause before a retry: at least its `backoff` (the spec's minimum),
+    /// plus a random jitter of up to half of it, so the retries of many clients failed at once
+    /// do not arrive together.
     pub fn retry_backoff(&self) -> Option<Duration> {
-        self.target
-            .rule
-            .rule
-            .retry
-            .as_ref()
-            .and_then(|r| r.backoff_ms)
-            .map(Duration::from_millis)
+        let ms = self.target.rule.rule.retry.as_ref()?.backoff_ms?;
+        let jitter = match ms / 2 {
+            0 => 0,
+            half => rand::random::<u64>() % (half + 1),
+        };
+        Some(Duration::from_millis(ms.saturating_add(jitter)))
     }
 
     /// The endpoint of the last try.

@@ -6,10 +6,12 @@
 
 use std::net::SocketAddr;
 
+use meridian_model::cors;
 use meridian_model::filters::{self, RedirectContext};
 use meridian_model::router::RouteMatch;
 use meridian_model::snapshot::{
-    BackendProtocol, BackendTarget, Filter, Protocol, RequestMirror, RequestRedirect, UrlRewrite,
+    BackendProtocol, BackendTarget, Cors, Filter, Protocol, RequestMirror, RequestRedirect,
+    UrlRewrite,
 };
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -66,6 +68,89 @@ pub(super) async fn redirect(
     Ok(true)
 }
 
+/// The rule's CORS filter, if it has one.
+pub(super) fn rule_cors(filters: &[Filter]) -> Option<&Cors> {
+    filters.iter().find_map(|f| match f {
+        Filter::Cors(c) => Some(c),
+        _ => None,
+    })
+}
+
+/// What a CORS rule does with a request before it goes upstream: a preflight is answered here
+/// (204; the allow headers only when the origin is allowed), an actual request's `Origin` is
+/// kept for the response (`Ok(Some(origin))`).
+pub(super) async fn cors_request(
+    session: &mut impl Downstream,
+    c: &Cors,
+) -> Result<std::result::Result<Option<String>, ()>> {
+    let req = session.req_header();
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let origin = header("origin");
+    let request_method = header(cors::REQUEST_METHOD);
+    if !cors::is_preflight(
+        req.method.as_str(),
+        origin.as_deref(),
+        request_method.as_deref(),
+    ) {
+        return Ok(Ok(origin));
+    }
+    let (Some(origin), Some(method)) = (origin, request_method) else {
+        return Ok(Ok(None));
+    };
+    let headers = cors::preflight_headers(
+        c,
+        &origin,
+        &method,
+        header(cors::REQUEST_HEADERS).as_deref(),
+    );
+    let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
+    for (name, value) in headers {
+        resp.insert_header(name, value)?;
+    }
+    resp.insert_header("vary", "Origin")?;
+    // A 204 has no body and carries no Content-Length.
+    session.write_response_header(Box::new(resp)).await?;
+    Ok(Err(()))
+}
+
+/// Adds a CORS rule's headers to an actual response: `Vary: Origin` always, the allow and
+/// expose headers when the request's `origin` is allowed (replacing the backend's own).
+pub(super) fn cors_response(resp: &mut ResponseHeader, c: &Cors, origin: Option<&str>) {
+    let vary = match resp.headers.get("vary").and_then(|v| v.to_str().ok()) {
+        Some(v)
+            if v.split(',')
+                .any(|x| x.trim().eq_ignore_ascii_case("origin")) =>
+        {
+            None
+        }
+        Some(v) if !v.trim().is_empty() => Some(format!("{v}, Origin")),
+        _ => Some("Origin".to_string()),
+    };
+    if let Some(v) = vary
+        && let Err(e) = resp.insert_header("vary", v)
+    {
+        tracing::debug!(error = %e, "vary header not added");
+    }
+    let Some(origin) = origin else {
+        return;
+    };
+    let names: Vec<String> = resp
+        .headers
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .collect();
+    for (name, value) in cors::actual_headers(c, origin, names.iter().map(String::as_str)) {
+        if let Err(e) = resp.insert_header(name, value) {
+            tracing::debug!(error = %e, header = name, "CORS header not added");
+        }
+    }
+}
+
 /// Applies one request-side filter (not redirects). `original_path` is the path the router
 /// matched, which prefix rewrites are relative to.
 pub(super) fn apply_request_filter(
@@ -82,8 +167,9 @@ pub(super) fn apply_request_filter(
         }
         Filter::UrlRewrite(r) => rewrite(req, r, original_path, matched_prefix),
         Filter::RequestMirror(m) => mirror(shared, req, m, gateway),
-        // Response edits run in `response_filter`; redirects are handled by the caller.
-        Filter::ResponseHeaderModifier(_) | Filter::RequestRedirect(_) => {}
+        // Response edits run in `response_filter`; redirects and CORS preflights are handled by
+        // the caller, CORS response headers in `response_filter`.
+        Filter::ResponseHeaderModifier(_) | Filter::RequestRedirect(_) | Filter::Cors(_) => {}
     }
 }
 

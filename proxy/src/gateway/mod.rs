@@ -20,7 +20,9 @@
 //!   rule RequestRedirect → 3xx + Location            drained by a drill → 503, no served-by
 //!   rule filters in order: header edits, URL
 //!     rewrite, mirror (filters.rs)
-//!   weighted backend pick: none/weight 0/Invalid
+//!   session token (session.rs)? its backend and
+//!     endpoint preferred; else the weighted
+//!     backend pick: none/weight 0/Invalid
 //!     → 500, no ready endpoint → 503
 //!   backend filters (same kinds, redirect included)
 //!                 └──────────── Forwarder::start: Ctx.upstream (ctx.rs) ────────────┘
@@ -206,6 +208,7 @@ mod observe;
 mod path;
 mod response;
 mod route;
+mod session;
 mod upstream;
 
 use std::time::Duration;

@@ -9,7 +9,9 @@
 //!                          ─ outlier detection ─ listed status with retries left? retry
 //!                          ─ upstream latency (once) ─ answered
 //! response_filter ─ strip a hop's served-by ─ served-by (Gateway switch, endpoint answers)
-//!                 ─ ResponseHeaderModifier: rule, then backend
+//!                 ─ session token for a new or moved session (session.rs)
+//!                 ─ ResponseHeaderModifier: rule, then backend ─ CORS headers (Vary: Origin;
+//!                   allow-origin/-credentials/expose-headers for an allowed Origin)
 //! fail_to_proxy ─ status for the error (504/503/…) ─ failure kind ─ answer if nothing was sent
 //! logging ─ failure kind ─ Gateway traffic counters ─ failure log line ─ access log line and
 //!           spans (observe.rs, when on) ─ requests metric
@@ -157,6 +159,20 @@ impl Forwarder {
         let Some(rule) = &ctx.routing.rule else {
             return;
         };
+        // An endpoint's answer on a rule with session persistence: the session's token.
+        if rule.rule.session_persistence.is_some()
+            && ctx.outcome.answered
+            && let Some(up) = &ctx.upstream
+            && let Some(t) = &up.current
+        {
+            super::session::set_on_response(
+                resp,
+                rule,
+                ctx.routing.sticky,
+                up.target.index,
+                t.index,
+            );
+        }
         let backend_filters = ctx.backend().map(|b| b.filters.as_slice());
         for f in rule
             .rule
@@ -167,6 +183,9 @@ impl Forwarder {
             if let Filter::ResponseHeaderModifier(hm) = f {
                 filters::apply_header_modifier(hm, &mut RespEdit(resp));
             }
+        }
+        if let Some(c) = super::filters::rule_cors(&rule.rule.filters) {
+            super::filters::cors_response(resp, c, ctx.routing.cors_origin.as_deref());
         }
     }
 

@@ -5,8 +5,10 @@
 //! request_filter ─ hygiene, framing ─ path normalisation (path.rs; 400) ─ own Via entry? 508
 //!                ─ drop Connection-nominated headers ─ route (served router)
 //!                ─ forwarding headers (forwarded.rs)
-//!                ─ rule redirect? ─ rule filters
-//!                ─ choose_backend (weighted; 500/503) ─ backend redirect? ─ backend filters
+//!                ─ rule redirect? ─ CORS preflight? 204 (its Origin kept for the response)
+//!                ─ rule filters
+//!                ─ session token? its backend (session.rs) : choose_backend (weighted;
+//!                  500/503) ─ backend redirect? ─ backend filters
 //!                ─ Forwarder::start (limits, allowances)
 //! ```
 
@@ -114,6 +116,13 @@ impl GatewayProxy {
         if let Some(r) = rule.redirect() {
             return filters::redirect(session, r, &m).await;
         }
+        if let Some(c) = filters::rule_cors(&rule.rule.filters) {
+            match filters::cors_request(session, c).await? {
+                Ok(origin) => ctx.routing.cors_origin = origin,
+                // A preflight, answered.
+                Err(()) => return Ok(true),
+            }
+        }
         // The path before any filter, for the filters' prefix rewrites; copied only when a
         // filter may need it (most rules have none).
         let mut original_path = None;
@@ -122,7 +131,18 @@ impl GatewayProxy {
             self.apply_filters(session, &rule.rule.filters, &m, &original, &ctx.routing);
             original_path = Some(original);
         }
-        let chosen = match choose_backend(&rule) {
+        // A valid session token picks its backend (when still usable) instead of the weights.
+        let sticky = rule
+            .rule
+            .session_persistence
+            .as_ref()
+            .and_then(|_| super::session::of_request(&rule, session.req_header()));
+        ctx.routing.sticky = sticky;
+        let chosen = match sticky.and_then(|s| sticky_backend(&rule, s.backend)) {
+            Some(chosen) => Ok(chosen),
+            None => choose_backend(&rule),
+        };
+        let chosen = match chosen {
             Ok(chosen) => chosen,
             Err((code, kind)) => {
                 ctx.fail(kind);
@@ -152,7 +172,11 @@ impl GatewayProxy {
             index: chosen.index,
             drain,
         };
-        ctx.upstream = Some(self.fwd.start(target, chosen.endpoints, chosen.failover));
+        let mut up = self.fwd.start(target, chosen.endpoints, chosen.failover);
+        up.sticky = sticky
+            .filter(|s| s.backend == chosen.index)
+            .map(|s| s.endpoint);
+        ctx.upstream = Some(up);
         Ok(false)
     }
 }
@@ -192,6 +216,25 @@ fn choose_backend(rule: &CompiledRule) -> std::result::Result<Chosen<'_>, (u16, 
         endpoints,
         failover,
     })
+}
+
+/// Backend `index` of the rule for a session that names it: only while it has a weight, is
+/// valid and has a ready endpoint (else the session starts over with the weighted pick).
+fn sticky_backend(rule: &CompiledRule, index: usize) -> Option<Chosen<'_>> {
+    let backend = rule.rule.backends.get(index).filter(|b| b.weight > 0)?;
+    match &backend.target {
+        BackendTarget::Endpoints {
+            endpoints,
+            failover,
+            ..
+        } if endpoints::ready_count(endpoints) > 0 => Some(Chosen {
+            index,
+            backend,
+            endpoints,
+            failover: failover.as_ref(),
+        }),
+        _ => None,
+    }
 }
 
 /// The SNI of the TLS connection the request came on.

@@ -5,8 +5,9 @@
 //! ```text
 //! start ─ deadline, per-try timeout (rule) ─ retries (rule) ─ failovers and budget share
 //!         (backend's failover policy; ready, undrained endpoints bound them)
-//! upstream_peer ─ back off (pending retry) ─ deadline? 504 ─ choose_endpoint (locality tier,
-//!                 skipping ejected, drained and tried ones; all tried → start over) ─ peer
+//! upstream_peer ─ back off (pending retry) ─ deadline? 504 ─ choose_endpoint (a session's
+//!                 endpoint while usable, session.rs; else locality tier, skipping ejected,
+//!                 drained and tried ones; all tried → start over) ─ peer
 //!                 (an east-west endpoint: mutual TLS to `<cluster>.proxy.<trust domain>`;
 //!                 a backend with `tls`: verified TLS to it, module `backend_tls`)
 //! fail_to_connect ─ eject ─ failover (budgeted) or rule retry (with back-off) or give up
@@ -387,6 +388,12 @@ impl Forwarder {
             tried_or_refused.extend_from_slice(&up.tried);
             &tried_or_refused
         };
+        if let Some(i) = up.sticky.filter(|_| up.tried.is_empty())
+            && let Some(e) = endpoints.get(i)
+            && self.sticky_usable(e, backend, failover.as_ref(), up, &refused)
+        {
+            return Some(self.picked(i, e, backend, *protocol, up));
+        }
         let nearest = self.shared.rtt.order();
         let choose = |tried: &[SocketAddr]| {
             endpoints::choose(
@@ -409,18 +416,57 @@ impl Forwarder {
         };
         let index = index.ok()?;
         let e = endpoints.get(index)?;
+        Some(self.picked(index, e, backend, *protocol, up))
+    }
+
+    /// The pick of endpoint `index` (`e`) of `backend`.
+    fn picked(
+        &self,
+        index: usize,
+        e: &Endpoint,
+        backend: &Backend,
+        protocol: BackendProtocol,
+        up: &Upstream,
+    ) -> Picked {
         // gRPC is HTTP/2: a gRPC rule's backend gets h2c whatever its Service says (grpc.rs).
         let protocol = if up.target.rule.rule.is_grpc() {
             BackendProtocol::H2c
         } else {
-            *protocol
+            protocol
         };
-        Some(Picked {
+        Picked {
             index,
             key: EndpointKey::of(e, &backend.name),
             protocol,
             east_west: e.east_west.then(|| e.cluster.clone()),
-        })
+        }
+    }
+
+    /// Whether a session's endpoint `e` may serve it: ready, not ejected, not drained (or held
+    /// after a drain), not refused by the address policy, inside the backend's geo-fence.
+    fn sticky_usable(
+        &self,
+        e: &Endpoint,
+        backend: &Backend,
+        failover: Option<&FailoverPolicy>,
+        up: &Upstream,
+        refused: &[SocketAddr],
+    ) -> bool {
+        let addr = SocketAddr::new(e.address, e.port);
+        let drained = up.target.drain.as_deref().is_some_and(|d| {
+            !matches!(
+                d.state(&addr, Instant::now()),
+                crate::drain::DrainState::Clear
+            )
+        });
+        e.ready
+            && !drained
+            && !refused.contains(&addr)
+            && !self
+                .shared
+                .ejections
+                .is_ejected(EndpointKey::of(e, &backend.name))
+            && failover.is_none_or(|f| f.geo_fence.is_empty() || f.geo_fence.contains(&e.region))
     }
 
     /// Ejects the endpoint that refused the connection and retries on another one while the

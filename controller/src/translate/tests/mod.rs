@@ -12,6 +12,7 @@ mod incremental;
 mod networks;
 mod policies;
 mod routes;
+mod rule_extras;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

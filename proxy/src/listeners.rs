@@ -512,6 +512,8 @@ async fn serve_connection<A: App>(
                 serve_http(Box::new(s), false, clock, ctx).await;
             }
         }
+        // Passthrough sockets are served before the stream is wrapped (above).
+        Some(Protocol::Tls) => {}
         // The socket left the snapshot between accept and here.
         None => {}
     }

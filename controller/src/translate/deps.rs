@@ -157,6 +157,11 @@ impl DepIndex {
                 let refs = grpc_route_refs(&key, route);
                 deps.set_route(&key, Some(refs));
             }
+            for (key, route) in &state.tls_routes {
+                let key = RouteKey::tls(key.clone());
+                let refs = tls_route_refs(&key, route);
+                deps.set_route(&key, Some(refs));
+            }
             for (key, gw) in &state.gateways {
                 deps.set_gateway(key, Some(gateway_refs(key, gw)));
             }
@@ -223,6 +228,15 @@ impl DepIndex {
                     .grpc_routes
                     .get(&key.key)
                     .map(|r| grpc_route_refs(&key, r));
+                deps.set_route(&key, new);
+                affected.route(cluster, key);
+            }
+            Kind::TlsRoute => {
+                let key = RouteKey::tls(key.clone());
+                let new = state
+                    .tls_routes
+                    .get(&key.key)
+                    .map(|r| tls_route_refs(&key, r));
                 deps.set_route(&key, new);
                 affected.route(cluster, key);
             }
@@ -437,6 +451,7 @@ impl ClusterDeps {
             let from_kind = match from_kind.as_str() {
                 "HTTPRoute" => "HTTPRoute",
                 "GRPCRoute" => "GRPCRoute",
+                "TLSRoute" => "TLSRoute",
                 "Gateway" => "Gateway",
                 _ => continue,
             };
@@ -458,6 +473,7 @@ impl ClusterDeps {
                     match from_kind {
                         "HTTPRoute" => affected.route(cluster, RouteKey::http(r.clone())),
                         "GRPCRoute" => affected.route(cluster, RouteKey::grpc(r.clone())),
+                        "TLSRoute" => affected.route(cluster, RouteKey::tls(r.clone())),
                         _ => affected.gateway(cluster, r.clone()),
                     }
                 }
@@ -510,6 +526,12 @@ fn http_route_refs(key: &RouteKey, route: &gateway_api::httproutes::HttpRoute) -
 /// A GRPCRoute's references, read from its conversion (module `grpc`): the same defaults.
 fn grpc_route_refs(key: &RouteKey, route: &gateway_api::grpcroutes::GrpcRoute) -> RouteRefs {
     let c = super::grpc::convert(route);
+    route_refs(&key.key, &c.parent_refs, &c.rules)
+}
+
+/// A TLSRoute's references, read from its conversion (module `tls`): the same defaults.
+fn tls_route_refs(key: &RouteKey, route: &gateway_api::tlsroutes::TlsRoute) -> RouteRefs {
+    let c = super::tls::convert(route);
     route_refs(&key.key, &c.parent_refs, &c.rules)
 }
 
@@ -681,5 +703,10 @@ pub(crate) fn routes_in<'s>(
             kind: RouteKind::Grpc,
             key: k.clone(),
         });
-    http.chain(grpc)
+    let tls = state
+        .tls_routes
+        .range(ObjectKey::new(namespace, "")..)
+        .take_while(move |(k, _)| k.namespace == namespace)
+        .map(|(k, _)| RouteKey::tls(k.clone()));
+    http.chain(grpc).chain(tls)
 }

@@ -58,6 +58,7 @@ mod refresh;
 mod route;
 mod rules;
 mod selector;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -280,6 +281,12 @@ pub(crate) fn translate_full(
                     .grpc_routes
                     .iter()
                     .map(|(k, r)| (RouteKey::grpc(k.clone()), route::RouteSource::grpc(r))),
+            )
+            .chain(
+                cluster
+                    .tls_routes
+                    .iter()
+                    .map(|(k, r)| (RouteKey::tls(k.clone()), route::RouteSource::tls(r))),
             );
         for (key, src) in routes {
             let processed = route::process(

@@ -202,36 +202,38 @@ fn focused() -> impl Strategy<Value = Value> {
                 },
             })
         });
-    let gateway = (any::<bool>(), any::<bool>(), 0u8..3).prop_map(|(selector, https, tls)| {
-        let from = if selector {
-            json!({"from": "Selector", "selector": {"matchLabels": {"team": "web"}}})
-        } else {
-            json!({"from": "All"})
-        };
-        let mut listeners = vec![json!({"name": "http", "port": 80, "protocol": "HTTP",
+    let gateway = (any::<bool>(), any::<bool>(), select(&[0u8, 1, 1, 2][..])).prop_map(
+        |(selector, https, tls)| {
+            let from = if selector {
+                json!({"from": "Selector", "selector": {"matchLabels": {"team": "web"}}})
+            } else {
+                json!({"from": "All"})
+            };
+            let mut listeners = vec![json!({"name": "http", "port": 80, "protocol": "HTTP",
                                         "allowedRoutes": {"namespaces": from}})];
-        if https {
-            listeners.push(json!({"name": "https", "port": 443, "protocol": "HTTPS",
+            if https {
+                listeners.push(json!({"name": "https", "port": 443, "protocol": "HTTPS",
                                   "tls": {"certificateRefs": [{"name": "cert"}]}}));
-        }
-        // A passthrough listener (TLSRoutes attach), or one in the unsupported Terminate mode.
-        match tls {
-            1 => listeners.push(json!({"name": "tls", "port": 8443, "protocol": "TLS",
+            }
+            // A passthrough listener (TLSRoutes attach), or one in the unsupported Terminate mode.
+            match tls {
+                1 => listeners.push(json!({"name": "tls", "port": 8443, "protocol": "TLS",
                                        "hostname": "*.example.com",
                                        "tls": {"mode": "Passthrough"},
                                        "allowedRoutes": {"namespaces": {"from": "All"}}})),
-            2 => listeners.push(json!({"name": "tls", "port": 8443, "protocol": "TLS",
+                2 => listeners.push(json!({"name": "tls", "port": 8443, "protocol": "TLS",
                                        "tls": {"mode": "Terminate",
                                                "certificateRefs": [{"name": "cert"}]}})),
-            _ => {}
-        }
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "Gateway",
-            "metadata": meta(Some("infra"), "gw2", 1),
-            "spec": {"gatewayClassName": CLASS, "listeners": listeners},
-        })
-    });
+                _ => {}
+            }
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": meta(Some("infra"), "gw2", 1),
+                "spec": {"gatewayClassName": CLASS, "listeners": listeners},
+            })
+        },
+    );
     let policy = (
         0usize..2,
         select(&["app", "web"][..]),
@@ -310,6 +312,7 @@ fn focused() -> impl Strategy<Value = Value> {
             select(
                 &[
                     "a.example.com",
+                    "a.example.com",
                     "b.example.com",
                     "*.example.com",
                     "other.org",
@@ -345,8 +348,8 @@ fn focused() -> impl Strategy<Value = Value> {
         });
     prop_oneof![
         4 => route,
-        3 => tls_route,
-        1 => gateway,
+        4 => tls_route,
+        2 => gateway,
         2 => service,
         4 => slice,
         2 => grant,

@@ -148,6 +148,7 @@ mod listeners;
 mod mesh;
 mod metrics;
 mod mirror;
+mod passthrough;
 mod state;
 pub mod state_dir;
 mod trace;

@@ -468,6 +468,19 @@ async fn serve_connection<A: App>(
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    if matches!(ctx.sockets, Sockets::Gateway)
+        && ctx
+            .shared
+            .served
+            .load()
+            .as_ref()
+            .and_then(|s| s.protocol(addr))
+            == Some(Protocol::Tls)
+    {
+        // TLS passthrough: the raw stream, no HTTP clock or buffers (passthrough/mod.rs).
+        crate::passthrough::serve(tcp, addr, peer, &ctx.shared).await;
+        return;
+    }
     let fd = tcp.as_raw_fd();
     let mut l4 = L4Stream::from(tcp);
     l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
@@ -512,7 +525,8 @@ async fn serve_connection<A: App>(
                 serve_http(Box::new(s), false, clock, ctx).await;
             }
         }
-        // Passthrough sockets are served before the stream is wrapped (above).
+        // Passthrough sockets are served before the stream is wrapped (above); one that turned
+        // passthrough between the two reads is closed.
         Some(Protocol::Tls) => {}
         // The socket left the snapshot between accept and here.
         None => {}

@@ -5,11 +5,13 @@
 //! World ──┬─ cluster A ──► 1. GatewayClasses with our controllerName   ──► class status
 //!         │                2. their Gateways: listeners validated,       ──► (gateway status, step 4)
 //!         │                   TLS refs resolved, conflicts found
-//!         │                3. HTTPRoutes, then GRPCRoutes (converted to the  ──► route status
-//!         │                   same shapes, module `grpc`): parentRefs → listeners
+//!         │                3. HTTPRoutes, GRPCRoutes, then TLSRoutes     ──► route status
+//!         │                   (converted to the same shapes, modules `grpc`
+//!         │                   and `tls`): parentRefs → listeners
 //!         │                   (sectionName/port, allowedRoutes kinds and namespaces,
-//!         │                   hostnames, HTTPRoute/GRPCRoute hostname conflicts: module
-//!         │                   `conflict`), rules with defaults, backends → endpoints
+//!         │                   hostnames, HTTPRoute/GRPCRoute hostname conflicts and
+//!         │                   TLSRoutes sharing a hostname: module `conflict`),
+//!         │                   rules with defaults, backends → endpoints
 //!         │                   (Service: this cluster; ServiceImport: every exporting cluster)
 //!         │                4. Gateways: attachedRoutes, Accepted/Programmed ──► gateway status
 //!         │                   served listeners ──► Snapshot for cluster A
@@ -109,6 +111,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
+    // Passthrough only: TLSRouteModeTerminate and TLSRouteModeMixed are not claimed.
+    "TLSRoute",
 ];
 
 /// A Gateway in a member cluster: the cluster, and the Gateway's [`GatewayRef`] there (the name

@@ -146,6 +146,11 @@ fn simple_same_namespace() {
         "infra/tls-backend:443"
     );
     assert_eq!(connect(&out, "tls", "other.example.com"), "closed");
+    // The class claims TLSRoute (passthrough), not the Terminate mode.
+    let features =
+        status(&out, StatusKind::GatewayClass, None, CLASS)["supportedFeatures"].to_string();
+    assert!(features.contains("\"TLSRoute\""), "{features}");
+    assert!(!features.contains("TLSRouteModeTerminate"), "{features}");
 }
 
 #[test]

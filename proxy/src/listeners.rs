@@ -16,6 +16,8 @@
 //!                    router ── start loops (one per socket, on its lane) ─ stop removed loops
 //! accept loop ── over --max-connections on this address (all lanes)? close at once (counted,
 //!                limits.rs)
+//!   ── TLS passthrough socket (snapshot protocol TLS) ─► passthrough/ with the raw TcpStream
+//!                (ClientHello, SNI route, endpoint, splice; none of the HTTP machinery below)
 //!   ── TcpStream ─► pingora l4 Stream (+ socket digest: local address for routing)
 //!                  ─► read + write buffers with the connection clock (buffered.rs, limits.rs:
 //!                     header and keep-alive idle deadlines)

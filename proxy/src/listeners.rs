@@ -480,7 +480,8 @@ async fn serve_connection<A: App>(
             == Some(Protocol::Tls)
     {
         // TLS passthrough: the raw stream, no HTTP clock or buffers (passthrough/mod.rs).
-        crate::passthrough::serve(tcp, addr, peer, &ctx.shared).await;
+        // Boxed: its state would otherwise be part of every connection's task, HTTP ones too.
+        Box::pin(crate::passthrough::serve(tcp, addr, peer, &ctx.shared)).await;
         return;
     }
     let fd = tcp.as_raw_fd();

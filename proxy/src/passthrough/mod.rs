@@ -194,7 +194,8 @@ async fn read_client_hello(
 ) -> Result<(Vec<u8>, String), Outcome> {
     let deadline = Instant::now() + within;
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
+    // On the heap: the future of a relayed connection stays small for its whole life.
+    let mut chunk = vec![0u8; 4096];
     // Every round reads at least one byte or returns; the buffer never exceeds MAX_HELLO.
     loop {
         match client_hello::parse(&buf) {

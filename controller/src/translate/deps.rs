@@ -7,6 +7,7 @@
 //! ```text
 //! HTTPRoute ──parentRefs──────────────► Gateway (ns/name, whether it exists or not)
 //! GRPCRoute ──backendRefs, mirrors────► Service / ServiceImport (ns/name)
+//! TLSRoute
 //!           ──the cross-namespace ones► (route kind, from-ns, to-ns, to-kind) → to-name
 //! Gateway   ──gatewayClassName────────► GatewayClass
 //!           ──certificateRefs, client─► Secret (ns/name)
@@ -32,7 +33,8 @@
 //! reaches the routes of that namespace, when some listener of the cluster has a selector);
 //! FailoverPolicy and BackendTLSPolicy status read Services, HTTPRoutes, GRPCRoutes,
 //! ServiceImports and exports (recomputed every pass: there are few policies). An HTTPRoute
-//! against GRPCRoute hostname conflict (module `conflict`) reads other routes: the incremental
+//! against GRPCRoute hostname conflict, and TLSRoutes sharing a hostname (module `conflict`),
+//! read other routes: the incremental
 //! pass recomputes those conflicts and re-translates the routes whose outcome they change, so
 //! nothing is indexed for it here.
 
@@ -685,7 +687,7 @@ pub(crate) fn reads_namespace_labels(
     })
 }
 
-/// The routes of `namespace` in `state`, of both kinds (Namespace changes).
+/// The routes of `namespace` in `state`, of every kind (Namespace changes).
 pub(crate) fn routes_in<'s>(
     state: &'s ClusterState,
     namespace: &'s str,

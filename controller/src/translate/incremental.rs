@@ -9,9 +9,9 @@
 //! Gateways:       validated state (listeners, conflicts, addresses) with each listener's
 //!                 attached routes — the aggregates behind attachedRoutes and the conditions
 //! routes:         where each attached (Gateway, listener), whether endpoints were refused
-//!                 (HTTPRoutes and GRPCRoutes, told apart by kind)
-//! conflicts:      the listeners each route loses to a route of the other kind (module
-//!                 `conflict`)
+//!                 (HTTPRoutes, GRPCRoutes and TLSRoutes, told apart by kind)
+//! conflicts:      the listeners each route loses to a route of the other kind, or (TLSRoute)
+//!                 to older TLSRoutes holding all its hostnames (module `conflict`)
 //! status:         the pending update of every GatewayClass, route, Gateway and policy
 //! deps:           the dependency index (module `deps`)
 //! ```
@@ -32,7 +32,7 @@
 //!       served, entry present)
 //!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or attached
 //!                                     to it translated again
-//! 2. with routes of both kinds in the cluster, the HTTPRoute/GRPCRoute conflicts are computed
+//! 2. with routes of both kinds (or two TLSRoutes) in the cluster, the conflicts are computed
 //!    again (they read only route specs and Gateways) and every route whose blocked listeners
 //!    changed joins the affected ones;
 //!    each affected route: detached from the listeners it attached to (and their snapshot

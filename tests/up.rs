@@ -246,7 +246,7 @@ fn up_serves_every_region_from_its_own_backends() {
             String::from_utf8_lossy(&out.stderr)
         );
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            for kind in ["httproute", "grpcroute"] {
+            for kind in ["httproute", "grpcroute", "tlsroute"] {
                 if let Some(name) = line.strip_prefix(&format!("{kind}.gateway.networking.k8s.io/"))
                 {
                     routes.push((kind, name.split_whitespace().next().unwrap().to_string()));
@@ -261,6 +261,10 @@ fn up_serves_every_region_from_its_own_backends() {
     assert!(
         routes.iter().any(|(k, _)| *k == "grpcroute"),
         "examples define a GRPCRoute: {routes:?}"
+    );
+    assert!(
+        routes.iter().any(|(k, _)| *k == "tlsroute"),
+        "examples define a TLSRoute: {routes:?}"
     );
     let jsonpath = r#"-o=jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}"#;
     for (kind, route) in &routes {

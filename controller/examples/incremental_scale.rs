@@ -249,6 +249,14 @@ fn echo(world: &mut World, updates: &[StatusUpdate]) -> Result<(), String> {
                 );
                 c.apply(r);
             }
+            StatusKind::TlsRoute => {
+                let mut r = c.tls_route(&key).ok_or("route")?.as_ref().clone();
+                r.status = Some(
+                    serde_json::from_value(serde_json::Value::clone(&u.status))
+                        .map_err(|e| e.to_string())?,
+                );
+                c.apply(r);
+            }
             StatusKind::Gateway => {
                 let mut g = c
                     .gateways()

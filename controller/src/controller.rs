@@ -1643,6 +1643,10 @@ impl Reconciler {
                     .and_then(|s| s.grpc_route(&key))
                     .cloned()
                     .map(crate::writer::RouteCopy::Grpc),
+                StatusKind::TlsRoute => state
+                    .and_then(|s| s.tls_route(&key))
+                    .cloned()
+                    .map(crate::writer::RouteCopy::Tls),
                 _ => None,
             };
             if update.settles {

@@ -24,7 +24,7 @@
 //! 6. [`controller`](mod@controller) — the reconcile loop (debounce, translate or refresh endpoints,
 //!    publish, submit status), [`Controller::start`] and [`run`];
 //! 7. `writer` — one status writer per cluster, several writes in flight (of different objects)
-//!    (SSA for GatewayClass/Gateway, read-modify-write for HTTPRoute and GRPCRoute parents, retries that resume as soon as the API answers again, outdated writes
+//!    (SSA for GatewayClass/Gateway, read-modify-write for HTTPRoute, GRPCRoute and TLSRoute parents, retries that resume as soon as the API answers again, outdated writes
 //!    superseded, no write storms; [`for_status_writes`] gives its client short timeouts);
 //! 8. [`dataplane`] — the [`DataPlane`] seam to the distribution server, and [`StaticDataPlane`];
 //!    [`distributed`] — [`DistributedDataPlane`], that seam over the distribution server

@@ -503,14 +503,20 @@ impl Metrics {
 
     /// Successful status writes of a cluster so far (all kinds).
     pub fn status_writes_ok(&self, cluster: &str) -> u64 {
-        ["GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute"]
-            .iter()
-            .map(|k| {
-                self.status_writes
-                    .with_label_values(&[cluster, k, "ok"])
-                    .get()
-            })
-            .sum()
+        [
+            "GatewayClass",
+            "Gateway",
+            "HTTPRoute",
+            "GRPCRoute",
+            "TLSRoute",
+        ]
+        .iter()
+        .map(|k| {
+            self.status_writes
+                .with_label_values(&[cluster, k, "ok"])
+                .get()
+        })
+        .sum()
     }
 
     /// Status write attempts of a cluster so far (all kinds and results).

@@ -1,7 +1,7 @@
 //! Status as data: what translation wants written, and the pure merge rules that make writes
 //! idempotent.
 //!
-//! Kinds with a status: GatewayClass, Gateway, HTTPRoute, GRPCRoute, BackendTLSPolicy
+//! Kinds with a status: GatewayClass, Gateway, HTTPRoute, GRPCRoute, TLSRoute, BackendTLSPolicy
 //! (`status.ancestors`: one entry per Gateway whose routes use a target; other controllers'
 //! entries are kept) and Meridian's FailoverPolicy (its `status.conditions` + `status.targets`,
 //! in the cluster where the policy lives).
@@ -10,10 +10,10 @@
 //! has in the index ([`merge_conditions`], [`merge_route_parents`]); a [`StatusUpdate`] is emitted
 //! only when the result differs from that copy by more than timestamps ([`eq_ignoring_time`]). The
 //! writer (one per cluster) sends it — SSA for GatewayClass, Gateway and FailoverPolicy, whose
-//! status only we write; read-modify-write for HTTPRoute and GRPCRoute, whose `status.parents` list is atomic and shared with
+//! status only we write; read-modify-write for HTTPRoute, GRPCRoute and TLSRoute, whose `status.parents` list is atomic and shared with
 //! other controllers, re-running [`merge_route_parents`] on the freshly read object.
 //!
-//! For routes (both kinds share the `status.parents` shape), [`StatusUpdate::status`] holds the merged list computed against the indexed
+//! For routes (all three kinds share the `status.parents` shape), [`StatusUpdate::status`] holds the merged list computed against the indexed
 //! copy. When the write hits a conflict (409), the writer re-reads the route, takes our entries
 //! out of the update ([`StatusUpdate::route_parents_of`]) and merges them again with
 //! [`merge_route_parents`] over the fresh list, so entries another controller wrote meanwhile
@@ -55,6 +55,8 @@ pub enum StatusKind {
     HttpRoute,
     /// GRPCRoute (same `status.parents` shape and write path as HTTPRoute).
     GrpcRoute,
+    /// TLSRoute (same `status.parents` shape and write path as HTTPRoute).
+    TlsRoute,
     /// `meridian.dev` FailoverPolicy.
     FailoverPolicy,
     /// BackendTLSPolicy (`status.ancestors`).
@@ -70,15 +72,19 @@ impl StatusKind {
             Kind::Gateway => Some(Self::Gateway),
             Kind::HttpRoute => Some(Self::HttpRoute),
             Kind::GrpcRoute => Some(Self::GrpcRoute),
+            Kind::TlsRoute => Some(Self::TlsRoute),
             Kind::FailoverPolicy => Some(Self::FailoverPolicy),
             Kind::BackendTlsPolicy => Some(Self::BackendTlsPolicy),
             _ => None,
         }
     }
 
-    /// HTTPRoute or GRPCRoute.
+    /// HTTPRoute, GRPCRoute or TLSRoute.
     pub fn is_route(self) -> bool {
-        matches!(self, StatusKind::HttpRoute | StatusKind::GrpcRoute)
+        matches!(
+            self,
+            StatusKind::HttpRoute | StatusKind::GrpcRoute | StatusKind::TlsRoute
+        )
     }
 
     /// `apiVersion` to send with a status patch.
@@ -96,6 +102,7 @@ impl StatusKind {
             StatusKind::Gateway => "Gateway",
             StatusKind::HttpRoute => "HTTPRoute",
             StatusKind::GrpcRoute => "GRPCRoute",
+            StatusKind::TlsRoute => "TLSRoute",
             StatusKind::FailoverPolicy => "FailoverPolicy",
             StatusKind::BackendTlsPolicy => "BackendTLSPolicy",
         }
@@ -135,7 +142,7 @@ pub struct StatusUpdate {
 }
 
 impl StatusUpdate {
-    /// Whether this is the status of a route (HTTPRoute or GRPCRoute: `status.parents`, written
+    /// Whether this is the status of a route (HTTPRoute, GRPCRoute or TLSRoute: `status.parents`, written
     /// by read-merge-replace).
     pub fn is_route(&self) -> bool {
         self.kind.is_route()

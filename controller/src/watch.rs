@@ -35,6 +35,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -55,7 +56,7 @@ use crate::translate::UnreachableCluster;
 use crate::world::{ClusterState, HttpRouteWithExtras, Indexed, Kind, ObjectKey, Revision};
 
 /// Every kind the controller watches, in start order.
-pub const ALL_KINDS: [Kind; 15] = [
+pub const ALL_KINDS: [Kind; 16] = [
     Kind::Namespace,
     Kind::Service,
     Kind::EndpointSlice,
@@ -64,6 +65,7 @@ pub const ALL_KINDS: [Kind; 15] = [
     Kind::Gateway,
     Kind::HttpRoute,
     Kind::GrpcRoute,
+    Kind::TlsRoute,
     Kind::ReferenceGrant,
     Kind::ServiceExport,
     Kind::ServiceImport,
@@ -85,7 +87,7 @@ pub(crate) enum Touch {
     Object(Kind, ObjectKey),
     /// Only the endpoints of these Services (EndpointSlice changes).
     Services(Vec<ObjectKey>),
-    /// Only the status of this GatewayClass, Gateway, HTTPRoute, GRPCRoute, FailoverPolicy or
+    /// Only the status of this GatewayClass, Gateway, HTTPRoute, GRPCRoute, TLSRoute, FailoverPolicy or
     /// BackendTLSPolicy ([`Revision::Status`]): snapshots cannot change, only whether a status still needs
     /// writing. Mostly the echo of our own writes: the reconcile loop asks the incremental
     /// engine whether it carries exactly what the last pass computed (then nothing is
@@ -156,6 +158,7 @@ fn resource_of(kind: Kind) -> (String, String) {
         Kind::Gateway => of::<Gateway>(),
         Kind::HttpRoute => of::<HttpRoute>(),
         Kind::GrpcRoute => of::<GrpcRoute>(),
+        Kind::TlsRoute => of::<TlsRoute>(),
         Kind::ReferenceGrant => of::<ReferenceGrant>(),
         Kind::Namespace => of::<Namespace>(),
         Kind::Service => of::<Service>(),
@@ -185,6 +188,7 @@ pub(crate) fn kind_label(kind: Kind) -> &'static str {
         Kind::Gateway => "Gateway",
         Kind::HttpRoute => "HTTPRoute",
         Kind::GrpcRoute => "GRPCRoute",
+        Kind::TlsRoute => "TLSRoute",
         Kind::ReferenceGrant => "ReferenceGrant",
         Kind::Namespace => "Namespace",
         Kind::Service => "Service",
@@ -458,6 +462,7 @@ async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
         Kind::Gateway => clear::<Gateway>(),
         Kind::HttpRoute => clear::<HttpRouteWithExtras>(),
         Kind::GrpcRoute => clear::<GrpcRoute>(),
+        Kind::TlsRoute => clear::<TlsRoute>(),
         Kind::ReferenceGrant => clear::<ReferenceGrant>(),
         Kind::Namespace => clear::<Namespace>(),
         Kind::Service => clear::<Service>(),
@@ -486,6 +491,7 @@ fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
         // The standard type plus the experimental rule fields we implement.
         Kind::HttpRoute => tokio::spawn(run_watcher::<HttpRouteWithExtras>(ctx)),
         Kind::GrpcRoute => tokio::spawn(run_watcher::<GrpcRoute>(ctx)),
+        Kind::TlsRoute => tokio::spawn(run_watcher::<TlsRoute>(ctx)),
         Kind::ReferenceGrant => tokio::spawn(run_watcher::<ReferenceGrant>(ctx)),
         Kind::Namespace => tokio::spawn(run_watcher::<Namespace>(ctx)),
         Kind::Service => tokio::spawn(run_watcher::<Service>(ctx)),

@@ -28,6 +28,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meridian_crds::mcs::{ServiceExport, ServiceImport};
@@ -96,12 +97,12 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-/// A route in the index: HTTPRoutes and GRPCRoutes are told apart by kind (the two may share a
-/// namespace and name). Ordered by kind first, HTTPRoutes before GRPCRoutes, as translation
-/// visits them.
+/// A route in the index: HTTPRoutes, GRPCRoutes and TLSRoutes are told apart by kind (they may
+/// share a namespace and name). Ordered by kind first, HTTPRoutes, GRPCRoutes, then TLSRoutes,
+/// as translation visits them.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteKey {
-    /// HTTPRoute or GRPCRoute.
+    /// HTTPRoute, GRPCRoute or TLSRoute.
     pub kind: RouteKind,
     /// Namespace and name.
     pub key: ObjectKey,
@@ -124,11 +125,20 @@ impl RouteKey {
         }
     }
 
+    /// A TLSRoute's key.
+    pub fn tls(key: ObjectKey) -> Self {
+        Self {
+            kind: RouteKind::Tls,
+            key,
+        }
+    }
+
     /// The route key of an index kind's object (`None`: not a route kind).
     pub fn of_kind(kind: Kind, key: ObjectKey) -> Option<Self> {
         match kind {
             Kind::HttpRoute => Some(Self::http(key)),
             Kind::GrpcRoute => Some(Self::grpc(key)),
+            Kind::TlsRoute => Some(Self::tls(key)),
             _ => None,
         }
     }
@@ -138,6 +148,7 @@ impl RouteKey {
         match kind {
             StatusKind::HttpRoute => Some(Self::http(key)),
             StatusKind::GrpcRoute => Some(Self::grpc(key)),
+            StatusKind::TlsRoute => Some(Self::tls(key)),
             _ => None,
         }
     }
@@ -147,6 +158,7 @@ impl RouteKey {
         match self.kind {
             RouteKind::Http => Kind::HttpRoute,
             RouteKind::Grpc => Kind::GrpcRoute,
+            RouteKind::Tls => Kind::TlsRoute,
         }
     }
 
@@ -155,6 +167,7 @@ impl RouteKey {
         match self.kind {
             RouteKind::Http => StatusKind::HttpRoute,
             RouteKind::Grpc => StatusKind::GrpcRoute,
+            RouteKind::Tls => StatusKind::TlsRoute,
         }
     }
 }
@@ -219,6 +232,8 @@ pub enum Kind {
     HttpRoute,
     /// `gateway.networking.k8s.io/GRPCRoute`.
     GrpcRoute,
+    /// `gateway.networking.k8s.io/TLSRoute`.
+    TlsRoute,
     /// `gateway.networking.k8s.io/ReferenceGrant`.
     ReferenceGrant,
     /// Core Namespace (labels only).
@@ -261,6 +276,7 @@ pub struct ClusterState {
     /// `http_route_extras`).
     pub(crate) http_route_extras: BTreeMap<ObjectKey, RouteExtras>,
     pub(crate) grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
+    pub(crate) tls_routes: BTreeMap<ObjectKey, Arc<TlsRoute>>,
     pub(crate) reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     pub(crate) namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub(crate) services: BTreeMap<ObjectKey, Arc<Service>>,
@@ -299,7 +315,7 @@ pub trait Indexed: Sized {
 }
 
 /// How a new version of a status-bearing object (GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-/// FailoverPolicy, BackendTLSPolicy) differs from the indexed copy, measured by what translation reads.
+/// TLSRoute, FailoverPolicy, BackendTLSPolicy) differs from the indexed copy, measured by what translation reads.
 ///
 /// Translation reads of these objects their `spec`, their `status` (merged into the status it
 /// writes, the staleness check, a Gateway's last known addresses and `Programmed` condition)
@@ -451,6 +467,16 @@ impl ClusterState {
         self.grpc_routes.get(key)
     }
 
+    /// The TLSRoutes of this cluster, in key order.
+    pub fn tls_routes(&self) -> impl Iterator<Item = (&ObjectKey, &TlsRoute)> {
+        self.tls_routes.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
+    /// A TLSRoute by key (the status writer replaces its status on this copy).
+    pub fn tls_route(&self, key: &ObjectKey) -> Option<&Arc<TlsRoute>> {
+        self.tls_routes.get(key)
+    }
+
     /// The Gateways of this cluster, in key order.
     pub fn gateways(&self) -> impl Iterator<Item = (&ObjectKey, &Gateway)> {
         self.gateways.iter().map(|(k, v)| (k, v.as_ref()))
@@ -475,6 +501,7 @@ impl ClusterState {
             StatusKind::Gateway => &self.gateways.get(key)?.metadata,
             StatusKind::HttpRoute => &self.http_routes.get(key)?.metadata,
             StatusKind::GrpcRoute => &self.grpc_routes.get(key)?.metadata,
+            StatusKind::TlsRoute => &self.tls_routes.get(key)?.metadata,
             StatusKind::FailoverPolicy => &self.failover_policies.get(key)?.metadata,
             StatusKind::BackendTlsPolicy => &self.backend_tls_policies.get(key)?.metadata,
         })
@@ -485,6 +512,7 @@ impl ClusterState {
         match route.kind {
             RouteKind::Http => self.http_routes.contains_key(&route.key),
             RouteKind::Grpc => self.grpc_routes.contains_key(&route.key),
+            RouteKind::Tls => self.tls_routes.contains_key(&route.key),
         }
     }
 
@@ -495,6 +523,7 @@ impl ClusterState {
             StatusKind::Gateway => self.gateways.contains_key(key),
             StatusKind::HttpRoute => self.http_routes.contains_key(key),
             StatusKind::GrpcRoute => self.grpc_routes.contains_key(key),
+            StatusKind::TlsRoute => self.tls_routes.contains_key(key),
             StatusKind::FailoverPolicy => self.failover_policies.contains_key(key),
             StatusKind::BackendTlsPolicy => self.backend_tls_policies.contains_key(key),
         }
@@ -518,6 +547,7 @@ impl ClusterState {
             (Kind::Gateway, self.gateways.len()),
             (Kind::HttpRoute, self.http_routes.len()),
             (Kind::GrpcRoute, self.grpc_routes.len()),
+            (Kind::TlsRoute, self.tls_routes.len()),
             (Kind::ReferenceGrant, self.reference_grants.len()),
             (Kind::Namespace, self.namespaces.len()),
             (Kind::Service, self.services.len()),
@@ -643,6 +673,7 @@ simple_index!(
     namespaced_of,
     status
 );
+simple_index!(TlsRoute, Kind::TlsRoute, tls_routes, namespaced_of, status);
 simple_index!(
     ReferenceGrant,
     Kind::ReferenceGrant,

@@ -69,6 +69,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParents};
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
@@ -177,6 +178,8 @@ pub enum RouteCopy {
     Http(Arc<HttpRoute>),
     /// A GRPCRoute.
     Grpc(Arc<GrpcRoute>),
+    /// A TLSRoute.
+    Tls(Arc<TlsRoute>),
 }
 
 impl RouteCopy {
@@ -184,6 +187,7 @@ impl RouteCopy {
         match self {
             RouteCopy::Http(r) => serde_json::to_value(r.as_ref()),
             RouteCopy::Grpc(r) => serde_json::to_value(r.as_ref()),
+            RouteCopy::Tls(r) => serde_json::to_value(r.as_ref()),
         }
     }
 }
@@ -904,7 +908,9 @@ async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(
                     Classified::Other(e) => e,
                 })
         }
-        StatusKind::HttpRoute | StatusKind::GrpcRoute => write_route(client, cfg, job).await,
+        StatusKind::HttpRoute | StatusKind::GrpcRoute | StatusKind::TlsRoute => {
+            write_route(client, cfg, job).await
+        }
     }
 }
 
@@ -935,6 +941,7 @@ async fn write_route(
     let namespace = u.namespace.as_deref().unwrap_or_default();
     let api = match u.kind {
         StatusKind::GrpcRoute => api_for::<GrpcRoute>(client, Some(namespace)),
+        StatusKind::TlsRoute => api_for::<TlsRoute>(client, Some(namespace)),
         _ => api_for::<HttpRoute>(client, Some(namespace)),
     };
     // The indexed copy (with its resourceVersion) carrying the status translation merged.

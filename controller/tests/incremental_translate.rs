@@ -31,6 +31,7 @@ use gateway_api::gateways::{Gateway, GatewayStatus};
 use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteStatus};
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatus};
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::{TlsRoute, TlsRouteStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
@@ -186,7 +187,7 @@ fn focused() -> impl Strategy<Value = Value> {
         0usize..3,
         select(NAMESPACES),
         select(NAMESPACES),
-        select(&["HTTPRoute", "Gateway"][..]),
+        select(&["HTTPRoute", "TLSRoute", "Gateway"][..]),
         select(&[("", "Service"), ("multicluster.x-k8s.io", "ServiceImport"), ("", "Secret")][..]),
         proptest::option::of(select(&["web", "api", "cert"][..])),
     )
@@ -201,25 +202,38 @@ fn focused() -> impl Strategy<Value = Value> {
                 },
             })
         });
-    let gateway = (any::<bool>(), any::<bool>()).prop_map(|(selector, https)| {
-        let from = if selector {
-            json!({"from": "Selector", "selector": {"matchLabels": {"team": "web"}}})
-        } else {
-            json!({"from": "All"})
-        };
-        let mut listeners = vec![json!({"name": "http", "port": 80, "protocol": "HTTP",
+    let gateway = (any::<bool>(), any::<bool>(), select(&[0u8, 1, 1, 2][..])).prop_map(
+        |(selector, https, tls)| {
+            let from = if selector {
+                json!({"from": "Selector", "selector": {"matchLabels": {"team": "web"}}})
+            } else {
+                json!({"from": "All"})
+            };
+            let mut listeners = vec![json!({"name": "http", "port": 80, "protocol": "HTTP",
                                         "allowedRoutes": {"namespaces": from}})];
-        if https {
-            listeners.push(json!({"name": "https", "port": 443, "protocol": "HTTPS",
+            if https {
+                listeners.push(json!({"name": "https", "port": 443, "protocol": "HTTPS",
                                   "tls": {"certificateRefs": [{"name": "cert"}]}}));
-        }
-        json!({
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "Gateway",
-            "metadata": meta(Some("infra"), "gw2", 1),
-            "spec": {"gatewayClassName": CLASS, "listeners": listeners},
-        })
-    });
+            }
+            // A passthrough listener (TLSRoutes attach), or one in the unsupported Terminate mode.
+            match tls {
+                1 => listeners.push(json!({"name": "tls", "port": 8443, "protocol": "TLS",
+                                       "hostname": "*.example.com",
+                                       "tls": {"mode": "Passthrough"},
+                                       "allowedRoutes": {"namespaces": {"from": "All"}}})),
+                2 => listeners.push(json!({"name": "tls", "port": 8443, "protocol": "TLS",
+                                       "tls": {"mode": "Terminate",
+                                               "certificateRefs": [{"name": "cert"}]}})),
+                _ => {}
+            }
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": meta(Some("infra"), "gw2", 1),
+                "spec": {"gatewayClassName": CLASS, "listeners": listeners},
+            })
+        },
+    );
     let policy = (
         0usize..2,
         select(&["app", "web"][..]),
@@ -288,9 +302,54 @@ fn focused() -> impl Strategy<Value = Value> {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(Some(ns), name, 1),
                    "data": {"ca.crt": pem}})
         });
+    // TLSRoutes on gw2's passthrough listener: overlapping hostnames and ages, so that the older
+    // route holds a shared hostname and a route with every hostname held is blocked.
+    let tls_route = (
+        0usize..3,
+        select(&["app", "web"][..]),
+        proptest::option::of(select(&["tls", "http"][..])),
+        prop::collection::vec(
+            select(
+                &[
+                    "a.example.com",
+                    "a.example.com",
+                    "b.example.com",
+                    "*.example.com",
+                    "other.org",
+                ][..],
+            ),
+            1..3,
+        ),
+        prop::collection::vec((select(&["web", "api"][..]), 0u32..3), 1..3),
+        0i64..3,
+        1i64..3,
+    )
+        .prop_map(|(i, ns, section, hostnames, backends, age, generation)| {
+            let mut m = meta(Some(ns), &format!("tls-{i}"), generation);
+            m["creationTimestamp"] = json!(format!("1970-01-01T00:1{age}:00Z"));
+            let backends: Vec<Value> = backends
+                .into_iter()
+                .map(|(name, weight)| json!({"name": name, "port": 80, "weight": weight}))
+                .collect();
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "TLSRoute",
+                "metadata": m,
+                "spec": {
+                    "parentRefs": [obj(vec![
+                        ("name", Some(json!("gw2"))),
+                        ("namespace", Some(json!("infra"))),
+                        ("sectionName", section.map(|s| json!(s))),
+                    ])],
+                    "hostnames": hostnames,
+                    "rules": [{"backendRefs": backends}],
+                },
+            })
+        });
     prop_oneof![
         4 => route,
-        1 => gateway,
+        4 => tls_route,
+        2 => gateway,
         2 => service,
         4 => slice,
         2 => grant,
@@ -349,6 +408,7 @@ struct Harness {
     by_refresh: Option<Vec<(&'static str, ObjectKey)>>,
     /// GRPCRoutes an echo step landed a status of ours on, as `(cluster, route)`.
     grpc_echoed: Vec<(String, ObjectKey)>,
+    tls_echoed: Vec<(String, ObjectKey)>,
 }
 
 fn cluster_name(west: bool) -> &'static str {
@@ -367,6 +427,7 @@ fn kind_of(v: &Value) -> Option<Kind> {
         "Gateway" => Kind::Gateway,
         "HTTPRoute" => Kind::HttpRoute,
         "GRPCRoute" => Kind::GrpcRoute,
+        "TLSRoute" => Kind::TlsRoute,
         "Service" => Kind::Service,
         "EndpointSlice" => Kind::EndpointSlice,
         "ReferenceGrant" => Kind::ReferenceGrant,
@@ -388,6 +449,7 @@ impl Harness {
             toggled: BTreeMap::new(),
             by_refresh: None,
             grpc_echoed: Vec::new(),
+            tls_echoed: Vec::new(),
         };
         for (name, objects) in [(CLUSTER, east), (WEST, west)] {
             base_cluster(
@@ -457,6 +519,7 @@ impl Harness {
             Kind::Gateway => c.delete::<Gateway>(&key),
             Kind::HttpRoute => c.delete::<HttpRoute>(&key),
             Kind::GrpcRoute => c.delete::<GrpcRoute>(&key),
+            Kind::TlsRoute => c.delete::<TlsRoute>(&key),
             Kind::Service => c.delete::<Service>(&key),
             Kind::ReferenceGrant => c.delete::<ReferenceGrant>(&key),
             Kind::FailoverPolicy => c.delete::<FailoverPolicy>(&key),
@@ -550,6 +613,17 @@ impl Harness {
                         revise(c, &u.cluster, r, changes);
                         self.grpc_echoed.push((u.cluster.clone(), key));
                     }
+                    StatusKind::TlsRoute => {
+                        let Some(r) = c.tls_route(&key) else { return };
+                        let mut r = r.as_ref().clone();
+                        r.status = Some(
+                            serde_json::from_value::<TlsRouteStatus>(Value::clone(&u.status))
+                                .unwrap(),
+                        );
+                        r.metadata.resource_version = Some(format!("echo-{pick}"));
+                        revise(c, &u.cluster, r, changes);
+                        self.tls_echoed.push((u.cluster.clone(), key));
+                    }
                     StatusKind::Gateway => {
                         let Some((_, g)) = c.gateways().find(|(k, _)| **k == key) else {
                             return;
@@ -594,6 +668,10 @@ impl Harness {
                     objects.extend(
                         s.grpc_routes()
                             .map(|(k, _)| (c.clone(), Kind::GrpcRoute, k.clone())),
+                    );
+                    objects.extend(
+                        s.tls_routes()
+                            .map(|(k, _)| (c.clone(), Kind::TlsRoute, k.clone())),
                     );
                     objects.extend(
                         s.gateways()
@@ -652,6 +730,19 @@ impl Harness {
                         _ => {}
                     }
                     revise(c, &cluster, r, changes);
+                } else if kind == Kind::TlsRoute {
+                    let mut r = c.tls_route(&key).unwrap().as_ref().clone();
+                    revise_meta(&mut r.metadata);
+                    match what {
+                        3 => r.status = None,
+                        4 => r
+                            .status
+                            .get_or_insert_default()
+                            .parents
+                            .push(foreign_parent()),
+                        _ => {}
+                    }
+                    revise(c, &cluster, r, changes);
                 } else {
                     let (_, g) = c.gateways().find(|(k, _)| **k == key).unwrap();
                     let mut g = g.clone();
@@ -675,6 +766,7 @@ impl Harness {
                                     u.kind,
                                     StatusKind::HttpRoute
                                         | StatusKind::GrpcRoute
+                                        | StatusKind::TlsRoute
                                         | StatusKind::Gateway
                                 )
                             })
@@ -697,6 +789,10 @@ impl Harness {
                     objects.extend(
                         s.grpc_routes()
                             .map(|(k, _)| (c.clone(), StatusKind::GrpcRoute, k.clone())),
+                    );
+                    objects.extend(
+                        s.tls_routes()
+                            .map(|(k, _)| (c.clone(), StatusKind::TlsRoute, k.clone())),
                     );
                     objects.extend(
                         s.gateways()
@@ -749,6 +845,7 @@ fn revision_of(c: &ClusterState, v: &Value) -> Revision {
         Some("Gateway") => of::<Gateway>(c, v),
         Some("HTTPRoute") => of::<HttpRoute>(c, v),
         Some("GRPCRoute") => of::<GrpcRoute>(c, v),
+        Some("TLSRoute") => of::<TlsRoute>(c, v),
         Some("FailoverPolicy") => of::<FailoverPolicy>(c, v),
         _ => Revision::Changed,
     }
@@ -790,6 +887,7 @@ struct Reached {
     /// many of those were of a GRPCRoute.
     echoes: usize,
     grpc_echoes: usize,
+    tls_echoes: usize,
     /// Services whose endpoints the indexed refresh looked at, and how many of those changed
     /// some snapshot.
     refreshed: usize,
@@ -808,6 +906,9 @@ struct Reached {
     /// Served GRPCRoutes, and route status updates refusing a route for one of the other kind.
     served_grpc_routes: usize,
     kind_conflicts: usize,
+    /// Served TLSRoutes, and TLSRoutes refused because older ones hold every hostname.
+    served_tls_routes: usize,
+    tls_conflicts: usize,
 }
 
 /// The publish path's hint against the whole comparison, for one cluster's snapshot before
@@ -867,6 +968,10 @@ fn check(
         let grpc_echoes = std::mem::take(&mut h.grpc_echoed)
             .iter()
             .filter(|(c, k)| engine.is_echo(&h.world, c, Kind::GrpcRoute, k))
+            .count();
+        let tls_echoes = std::mem::take(&mut h.tls_echoed)
+            .iter()
+            .filter(|(c, k)| engine.is_echo(&h.world, c, Kind::TlsRoute, k))
             .count();
         // Every other pass with the loop's hint of what changed in the unconfirmed sets.
         let cfg = h.config(i % 2 == 1);
@@ -942,6 +1047,7 @@ fn check(
         reached.passes += 1;
         reached.echoes += pass.echoes;
         reached.grpc_echoes += grpc_echoes;
+        reached.tls_echoes += tls_echoes;
         reached.routes += pass.routes;
         reached.gateways += pass.gateways;
         reached.failover_backends += snapshots
@@ -988,6 +1094,22 @@ fn check(
             .iter()
             .filter(|u| u.status.to_string().contains("a route of the other kind"))
             .count();
+        reached.served_tls_routes += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.routes)
+            .filter(|r| r.kind == meridian_model::snapshot::RouteKind::Tls)
+            .count();
+        reached.tls_conflicts += full
+            .status
+            .iter()
+            .filter(|u| {
+                u.status
+                    .to_string()
+                    .contains("is held by an older TLSRoute")
+            })
+            .count();
     }
     Ok(())
 }
@@ -1014,7 +1136,7 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} echoes ({} of GRPCRoute status); {} endpoint refreshes ({} changing a snapshot); {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} with endpoints, {} GRPCRoutes) compared; {} HTTPRoute/GRPCRoute conflicts; {} patches checked against the hint ({} narrower than everything)",
+        "incremental translate: {} passes in {} ms; {} echoes ({} of GRPCRoute status); {} endpoint refreshes ({} changing a snapshot); {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} with endpoints, {} GRPCRoutes) compared; {} HTTPRoute/GRPCRoute conflicts; {} served TLSRoutes, {} TLSRoute conflicts, {} TLSRoute echoes; {} patches checked against the hint ({} narrower than everything)",
         reached.passes,
         started.elapsed().as_millis(),
         reached.echoes,
@@ -1028,6 +1150,9 @@ fn incremental_equals_full_after_every_change() {
         reached.endpoint_backends,
         reached.served_grpc_routes,
         reached.kind_conflicts,
+        reached.served_tls_routes,
+        reached.tls_conflicts,
+        reached.tls_echoes,
         reached.patches,
         reached.narrowed,
     );
@@ -1063,6 +1188,18 @@ fn incremental_equals_full_after_every_change() {
     assert!(
         reached.kind_conflicts > 0,
         "no HTTPRoute/GRPCRoute conflict was ever decided"
+    );
+    assert!(
+        reached.served_tls_routes > 0,
+        "no TLSRoute ever reached a snapshot"
+    );
+    assert!(
+        reached.tls_conflicts > 0,
+        "no TLSRoute hostname conflict was ever decided"
+    );
+    assert!(
+        reached.tls_echoes > 0,
+        "no echo of a TLSRoute status write was ever recognised"
     );
     assert!(
         reached.narrowed > 100,

@@ -10,7 +10,8 @@
 //!
 //!  1. full roles: the demo (GatewayClass, Gateway with HTTP and HTTPS listeners whose Secret is
 //!     in another namespace behind a ReferenceGrant, HTTPRoute to a Service with an
-//!     EndpointSlice, a GRPCRoute to the same Service, ServiceExport, ServiceImport,
+//!     EndpointSlice, a GRPCRoute to the same Service, a TLSRoute (refused by the Gateway's
+//!     listeners, but its status is written all the same), ServiceExport, ServiceImport,
 //!     FailoverPolicy, a BackendTLSPolicy with its CA ConfigMap, a FailoverDrill run to the end)
 //!     reaches its status, a route write that has to re-read the route works, and the
 //!     sandbox's audit of refused requests (`Sandbox::denials`) has nothing for the controller.
@@ -27,8 +28,8 @@
 //!
 //! Before each case every status the controller writes is wiped, the Lease deleted and a fresh
 //! drill created, so that every path (watchers, status writes, drill status and Events, Lease
-//! create, get and update) runs in every case. The one rare path, `get` on `httproutes/status`
-//! and `grpcroutes/status` (a route status write re-reads the route only when its first attempt
+//! create, get and update) runs in every case. The one rare path, `get` on `httproutes/status`,
+//! `grpcroutes/status` and `tlsroutes/status` (a route status write re-reads the route only when its first attempt
 //! failed), is forced: the routes' specs change and the API answers like a starting server for
 //! a moment, so the writes fail once and their retries re-read.
 
@@ -47,6 +48,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
@@ -451,6 +453,15 @@ async fn demo(c: &Client) {
                      "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}}),
     )
     .await;
+    apply::<TlsRoute>(
+        c,
+        json!({"apiVersion": api_version::<TlsRoute>(), "kind": "TLSRoute",
+            "metadata": {"name": "tls", "namespace": "app"},
+            "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}],
+                     "hostnames": ["tls.example.org"],
+                     "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}}),
+    )
+    .await;
     apply::<FailoverPolicy>(
         c,
         json!({"apiVersion": api_version::<FailoverPolicy>(), "kind": "FailoverPolicy",
@@ -606,6 +617,10 @@ impl World {
             .patch_status("grpc", &pp, &Patch::Merge(&wipe(json!({"parents": []}))))
             .await
             .unwrap();
+        dyn_api::<TlsRoute>(&self.admin, Some("app"))
+            .patch_status("tls", &pp, &Patch::Merge(&wipe(json!({"parents": []}))))
+            .await
+            .unwrap();
         dyn_api::<BackendTlsPolicy>(&self.admin, Some("app"))
             .patch_status(
                 "echo-tls",
@@ -639,6 +654,12 @@ impl World {
             json!({"spec": {"hostnames": ["grpc.example.org", format!("g{round}.example.org")]}});
         dyn_api::<GrpcRoute>(&self.admin, Some("app"))
             .patch("grpc", &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .unwrap();
+        let body =
+            json!({"spec": {"hostnames": ["tls.example.org", format!("t{round}.example.org")]}});
+        dyn_api::<TlsRoute>(&self.admin, Some("app"))
+            .patch("tls", &PatchParams::default(), &Patch::Merge(&body))
             .await
             .unwrap();
         self.sb
@@ -733,6 +754,29 @@ async fn full_roles_suffice(w: &World) {
         (ours == [Some(("True".to_string(), "Accepted".to_string()))])
             .then_some(())
             .ok_or(format!("{ours:?}"))
+    })
+    .await;
+    eventually_async("TLSRoute status written", WAIT, || async {
+        let r = Api::<TlsRoute>::namespaced(c.clone(), "app")
+            .get("tls")
+            .await
+            .unwrap();
+        let ours: Vec<Option<(String, String)>> = r
+            .status
+            .map(|s| s.parents)
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.controller_name == ME)
+            .map(|p| cond(&p.conditions, "Accepted").map(|c| (c.status.clone(), c.reason.clone())))
+            .collect();
+        // The Gateway has no passthrough listener: refused, and said so.
+        (ours
+            == [Some((
+                "False".to_string(),
+                "NotAllowedByListeners".to_string(),
+            ))])
+        .then_some(())
+        .ok_or(format!("{ours:?}"))
     })
     .await;
     eventually_async("FailoverPolicy Accepted", WAIT, || async {

@@ -13,6 +13,7 @@
 use gateway_api::{
     backendtlspolicies::BackendTlsPolicy, gatewayclasses::GatewayClass, gateways::Gateway,
     grpcroutes::GrpcRoute, httproutes::HttpRoute, referencegrants::ReferenceGrant,
+    tlsroutes::TlsRoute,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition,
@@ -52,12 +53,12 @@ struct Decoration {
 }
 
 /// Kinds in [`undecorated_validation`] that upstream serves as `v1` only (no `v1beta1` alias):
-/// GRPCRoute went from `v1alpha2` (experimental channel) straight to `v1`. BackendTLSPolicy,
-/// also `v1` only, comes from [`v1_only`].
+/// GRPCRoute went from `v1alpha2` (experimental channel) straight to `v1`. TLSRoute and
+/// BackendTLSPolicy, also `v1` only, come from [`v1_only`].
 const V1_ONLY: &[&str] = &["GRPCRoute"];
 
-/// GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant and BackendTLSPolicy, in that
-/// order.
+/// GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, TLSRoute and BackendTLSPolicy,
+/// in that order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     crds_and_misses().0
 }
@@ -87,20 +88,38 @@ pub fn crds_and_misses() -> (Vec<CustomResourceDefinition>, Vec<String>) {
     (crds, misses)
 }
 
-/// Kinds that upstream serves only as `v1` (no `v1beta1` alias): BackendTLSPolicy.
+/// Kinds that upstream serves only as `v1` (no `v1beta1` alias): TLSRoute (standard channel
+/// since v1.5, `v1alpha2` in the experimental channel before) and BackendTLSPolicy.
 fn v1_only() -> Vec<CustomResourceDefinition> {
-    vec![decorate(
-        BackendTlsPolicy::crd(),
-        Decoration {
-            description: "How a Gateway connects to a backend Service over TLS: the name to send and verify, and the CA to trust.",
-            short_names: &["btlspolicy"],
-            columns: vec![age_column()],
-            lists: &[
-                ("status.ancestors", ListType::Atomic),
-                ("status.ancestors[].conditions", ListType::Map(&["type"])),
-            ],
-        },
-    )]
+    vec![
+        decorate(
+            TlsRoute::crd(),
+            Decoration {
+                description: "Rules that send TLS connections, chosen by the SNI of their ClientHello, to backends without terminating them.",
+                short_names: &[],
+                columns: vec![
+                    column("Hostnames", "string", ".spec.hostnames", 0),
+                    age_column(),
+                ],
+                lists: &[
+                    ("status.parents", ListType::Atomic),
+                    ("status.parents[].conditions", ListType::Map(&["type"])),
+                ],
+            },
+        ),
+        decorate(
+            BackendTlsPolicy::crd(),
+            Decoration {
+                description: "How a Gateway connects to a backend Service over TLS: the name to send and verify, and the CA to trust.",
+                short_names: &["btlspolicy"],
+                columns: vec![age_column()],
+                lists: &[
+                    ("status.ancestors", ListType::Atomic),
+                    ("status.ancestors[].conditions", ListType::Map(&["type"])),
+                ],
+            },
+        ),
+    ]
 }
 
 fn undecorated_validation() -> Vec<CustomResourceDefinition> {

@@ -112,6 +112,7 @@ pub fn apply(crd: &mut CustomResourceDefinition) -> Vec<String> {
         "GRPCRoute" => grpc_route(&mut e),
         "ReferenceGrant" => reference_grant(&mut e),
         "BackendTLSPolicy" => backend_tls_policy(&mut e),
+        "TLSRoute" => tls_route(&mut e),
         _ => {}
     }
     e.into_misses()
@@ -859,6 +860,50 @@ fn grpc_filters(e: &mut SchemaEditor<'_>, path: &str) {
     e.at(&format!("{ext}.group"), &group())
         .at(&format!("{ext}.kind"), &kind())
         .at(&format!("{ext}.name"), &name());
+}
+
+/// TLSRoute (v1): parents as for HTTPRoute; 1 to 16 SNI hostnames (a leading `*.` label at
+/// most, never an IP address: SNI carries no IPs); exactly one rule (v1 has no matches, so a
+/// second rule could never be chosen) with 1 to 16 backends, each a Service with a port unless
+/// another kind is named; status as for the other routes.
+fn tls_route(e: &mut SchemaEditor<'_>) {
+    http_route_parents(e);
+    e.at("spec.hostnames", &[MinItems(1), MaxItems(16)]).at(
+        "spec.hostnames[]",
+        &with(
+            vec![rule(
+                "!isIP(self)",
+                "a TLSRoute hostname must be a DNS name, not an IP address",
+            )],
+            hostname(),
+        ),
+    );
+    e.at(
+        "spec.rules",
+        &[
+            MinItems(1),
+            MaxItems(1),
+            rule(
+                "self.all(a, !has(a.name) || self.exists_one(b, has(b.name) && a.name == b.name))",
+                "rule names must be unique within a route",
+            ),
+        ],
+    );
+    let r = "spec.rules[]";
+    e.at(&format!("{r}.name"), &section_name())
+        .at(&format!("{r}.backendRefs"), &[MinItems(1), MaxItems(16)])
+        .at(
+            &format!("{r}.backendRefs[].weight"),
+            &[Default(json!(1)), Minimum(0), Maximum(1_000_000)],
+        );
+    backend_object_ref(e, &format!("{r}.backendRefs[]"));
+
+    e.at("status.parents", &[MaxItems(32)]).at(
+        "status.parents[].controllerName",
+        &[MinLength(1), MaxLength(253), Pattern(CONTROLLER_NAME)],
+    );
+    parent_ref(e, "status.parents[].parentRef");
+    conditions(e, "status.parents[].conditions", Some(1));
 }
 
 fn reference_grant(e: &mut SchemaEditor<'_>) {

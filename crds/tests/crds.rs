@@ -130,6 +130,10 @@ fn gateway_api_printer_columns_match_upstream() {
         &[("Hostnames", "string", ".spec.hostnames", 0), age],
     );
     assert_columns("ReferenceGrant", &[age]);
+    assert_columns(
+        "TLSRoute",
+        &[("Hostnames", "string", ".spec.hostnames", 0), age],
+    );
     assert_columns("BackendTLSPolicy", &[age]);
 }
 
@@ -193,6 +197,13 @@ fn names_short_names_categories_and_scope() {
             "Namespaced",
         ),
         (
+            "TLSRoute",
+            "tlsroutes",
+            &[],
+            Some("gateway-api"),
+            "Namespaced",
+        ),
+        (
             "BackendTLSPolicy",
             "backendtlspolicies",
             &["btlspolicy"],
@@ -248,6 +259,7 @@ fn all_crds_has_stable_order_and_unique_names() {
             "HTTPRoute",
             "GRPCRoute",
             "ReferenceGrant",
+            "TLSRoute",
             "BackendTLSPolicy",
             "ServiceExport",
             "ServiceImport",
@@ -302,8 +314,8 @@ fn gateway_api_serves_v1beta1_with_v1_schema_and_v1_storage() {
             .iter()
             .map(|v| (v.name.as_str(), v.served, v.storage))
             .collect();
-        if kind == "GRPCRoute" {
-            // Upstream serves GRPCRoute as v1 only (it was v1alpha2 before, never v1beta1).
+        if kind == "GRPCRoute" || kind == "TLSRoute" {
+            // Upstream serves these as v1 only (they were v1alpha2 before, never v1beta1).
             assert_eq!(versions, [("v1", true, true)], "{kind}");
             continue;
         }
@@ -371,6 +383,7 @@ fn status_subresource_where_expected() {
         ("Gateway", true),
         ("HTTPRoute", true),
         ("GRPCRoute", true),
+        ("TLSRoute", true),
         ("ReferenceGrant", false),
         ("ServiceExport", true),
         ("ServiceImport", true),
@@ -555,6 +568,8 @@ fn ssa_list_markers_for_status_lists() {
         ("HTTPRoute", "status.parents[].conditions", map("type")),
         ("GRPCRoute", "status.parents", atomic.clone()),
         ("GRPCRoute", "status.parents[].conditions", map("type")),
+        ("TLSRoute", "status.parents", atomic.clone()),
+        ("TLSRoute", "status.parents[].conditions", map("type")),
         ("ServiceExport", "status.conditions", map("type")),
         ("ServiceImport", "spec.ports", atomic.clone()),
         ("ServiceImport", "status.clusters", map("cluster")),
@@ -1213,6 +1228,48 @@ fn grpc_route_has_standard_validation_and_defaults() {
         1_000_000.0
     );
     assert_eq!(node(&s, "status.parents")["maxItems"], 32);
+}
+
+#[test]
+fn tls_route_has_standard_validation_and_defaults() {
+    let s = schema_of(&by_kind("TLSRoute"), "v1");
+    let required = |path: &str| -> Vec<String> {
+        serde_json::from_value(node(&s, path)["required"].clone()).unwrap()
+    };
+    assert!(required("spec").contains(&"hostnames".to_string()));
+    assert!(required("spec").contains(&"rules".to_string()));
+    assert_eq!(node(&s, "spec.parentRefs")["maxItems"], 32);
+    assert_eq!(node(&s, "spec.parentRefs[].kind")["default"], "Gateway");
+    assert!(has_rule(&s, "spec.parentRefs", "exists_one"));
+    let hostnames = node(&s, "spec.hostnames");
+    assert_eq!(hostnames["minItems"], 1);
+    assert_eq!(hostnames["maxItems"], 16);
+    assert!(has_rule(&s, "spec.hostnames[]", "!isIP(self)"));
+    // The same DNS-name-or-leading-wildcard pattern as HTTPRoute's hostnames.
+    let http = schema_of(&by_kind("HTTPRoute"), "v1");
+    assert_eq!(
+        node(&s, "spec.hostnames[]")["pattern"],
+        node(&http, "spec.hostnames[]")["pattern"]
+    );
+    // v1: exactly one rule, 1..16 backends, each a Service with a port by default.
+    let rules = node(&s, "spec.rules");
+    assert_eq!(rules["minItems"], 1);
+    assert_eq!(rules["maxItems"], 1);
+    let backends = node(&s, "spec.rules[].backendRefs");
+    assert_eq!(backends["minItems"], 1);
+    assert_eq!(backends["maxItems"], 16);
+    assert_eq!(
+        node(&s, "spec.rules[].backendRefs[].kind")["default"],
+        "Service"
+    );
+    assert!(has_rule(&s, "spec.rules[].backendRefs[]", "has(self.port)"));
+    assert_eq!(node(&s, "spec.rules[].backendRefs[].weight")["default"], 1);
+    assert_eq!(
+        node(&s, "spec.rules[].backendRefs[].weight")["maximum"],
+        1_000_000.0
+    );
+    assert_eq!(node(&s, "status.parents")["maxItems"], 32);
+    assert_eq!(node(&s, "status.parents[].conditions")["minItems"], 1);
 }
 
 #[test]

@@ -675,6 +675,7 @@ fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Http => "HTTP",
         Protocol::Https => "HTTPS",
+        Protocol::Tls => "TLS",
     }
 }
 

@@ -21,6 +21,8 @@
 //!     router's decision with the rules it beat, and the order a proxy at each locality tries
 //!     endpoints in ([`locality::plan`]/[`locality::select`], with `--fail` what-ifs); and the
 //!     per-backend view of `meridian status`.
+//! 12. [`sni`] — TLS passthrough: the TLSRoute rule for a ClientHello's server name (the
+//!     router's host ranking, exact before the longest wildcard suffix).
 //!
 //! Besides the table tests, `tests/fuzz_*.rs` are property-based fuzz targets of the snapshot
 //! decoder, the router and the edge helpers (paths, hosts, query, header filters), with a corpus
@@ -38,6 +40,7 @@ pub mod patch;
 pub mod path;
 pub mod router;
 pub mod snapshot;
+pub mod sni;
 pub mod traffic;
 pub mod validate;
 

@@ -224,6 +224,11 @@ pub enum Protocol {
     Http,
     /// TLS-terminated HTTP/1.1 and HTTP/2.
     Https,
+    /// TLS passthrough (a Gateway listener of protocol `TLS`, `tls.mode: Passthrough`): the
+    /// proxy reads the ClientHello's SNI, picks a [`RouteKind::Tls`] route by it ([`crate::sni`])
+    /// and splices the still-encrypted connection to an endpoint; it never terminates TLS. Such a
+    /// listener carries no TLS material and only TLSRoute routes.
+    Tls,
 }
 
 /// One listener: a socket (address, port) plus an optional hostname.
@@ -332,7 +337,8 @@ impl std::fmt::Debug for Certificate {
     }
 }
 
-/// An HTTPRoute or GRPCRoute as attached to one listener.
+/// An HTTPRoute, GRPCRoute or TLSRoute as attached to one listener. A TLSRoute is one rule
+/// without matches, filters or timeouts: its backends (the proxy picks one per connection).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
@@ -368,6 +374,9 @@ pub enum RouteKind {
     /// `GRPCRoute`.
     #[serde(rename = "GRPCRoute")]
     Grpc,
+    /// `TLSRoute` (passthrough: only on [`Protocol::Tls`] listeners).
+    #[serde(rename = "TLSRoute")]
+    Tls,
 }
 
 impl RouteKind {
@@ -381,6 +390,7 @@ impl RouteKind {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tls => "TLSRoute",
         }
     }
 }

@@ -93,6 +93,7 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
             validate_listener(&loc, l)?;
             claim_socket(&mut sockets, &loc, l)?;
             for r in &l.routes {
+                validate_route_kind(&loc, l, r)?;
                 validate_route(&loc, r)?;
             }
         }
@@ -158,7 +159,55 @@ fn validate_listener(loc: &str, l: &Listener) -> Result<(), SnapshotError> {
         }
         (Protocol::Http, Some(_)) => Err(invalid(loc, "HTTP listener must not carry TLS material")),
         (Protocol::Http, None) => Ok(()),
+        (Protocol::Tls, Some(_)) => Err(invalid(
+            loc,
+            "TLS passthrough listener must not carry TLS material (it never terminates TLS)",
+        )),
+        (Protocol::Tls, None) => Ok(()),
     }
+}
+
+/// TLSRoutes only on passthrough listeners and nothing else there; a TLSRoute is one rule of
+/// backends (no matches, filters, timeouts or retry: nothing of HTTP applies to it).
+fn validate_route_kind(loc: &str, l: &Listener, r: &Route) -> Result<(), SnapshotError> {
+    let loc = format!("{loc} route {}/{}", r.namespace, r.name);
+    match (l.protocol, r.kind) {
+        (Protocol::Tls, RouteKind::Tls) => {}
+        (Protocol::Tls, k) => {
+            return Err(invalid(
+                &loc,
+                format!(
+                    "a {} cannot attach to a TLS passthrough listener",
+                    k.as_str()
+                ),
+            ));
+        }
+        (_, RouteKind::Tls) => {
+            return Err(invalid(
+                &loc,
+                "a TLSRoute attaches only to a TLS passthrough listener",
+            ));
+        }
+        _ => return Ok(()),
+    }
+    let [rule] = r.rules.as_slice() else {
+        return Err(invalid(&loc, "a TLSRoute has exactly one rule"));
+    };
+    if !rule.matches.is_empty()
+        || !rule.filters.is_empty()
+        || rule.retry.is_some()
+        || rule.timeouts != Timeouts::default()
+        || rule
+            .backends
+            .iter()
+            .any(|b| !b.filters.is_empty() || b.tls.is_some())
+    {
+        return Err(invalid(
+            &loc,
+            "a TLSRoute rule has only backends (no matches, filters, timeouts, retry or backend TLS)",
+        ));
+    }
+    Ok(())
 }
 
 /// The listeners seen so far on each socket: location, protocol, lower-cased hostname.

@@ -320,7 +320,7 @@ fn redirect_for(router: &Router, r: &Req) -> (u16, String) {
     let ctx = RedirectContext {
         scheme: match m.listener.protocol {
             Protocol::Http => "http",
-            Protocol::Https => "https",
+            Protocol::Https | Protocol::Tls => "https",
         },
         host: &host,
         listener_port: m.listener.port,

@@ -1,5 +1,7 @@
 //! Meridian's data plane: a pingora proxy serving HTTPRoute and GRPCRoute semantics from a
-//! snapshot (gRPC specifics: gateway/grpc.rs).
+//! snapshot (gRPC specifics: gateway/grpc.rs), and TLSRoute passthrough (passthrough/: the
+//! ClientHello's SNI picks the route, the encrypted bytes are relayed to an endpoint chosen
+//! like an HTTP one; TLS is never terminated).
 //!
 //! ```text
 //!                     ┌──────────────── ProxyHandle ────────────────┐
@@ -7,7 +9,9 @@
 //! (file watcher or    │   (all or nothing; refusal keeps the old one)│        │
 //!  controller stream) └──────────────────────────────────────────────┘        │ load() per
 //!                                                                             │ request/handshake
-//! client ─► accept loop per socket (listeners.rs) ─ TLS by SNI ─► HTTP/1: lean driver (lean/),
+//! client ─► accept loop per socket (listeners.rs) ─ passthrough socket? ─► passthrough/
+//!             (ClientHello, SNI route, endpoint, splice)
+//!          ─ TLS by SNI ─► HTTP/1: lean driver (lean/),
 //!             h2: HttpProxy<GatewayProxy>; on a worker's thread (workers.rs) or the caller's
 //!             runtime; both call GatewayProxy (gateway/route.rs):
 //!             framing checks (gateway/framing.rs) ─ path normalised
@@ -148,6 +152,7 @@ mod listeners;
 mod mesh;
 mod metrics;
 mod mirror;
+mod passthrough;
 mod state;
 pub mod state_dir;
 mod trace;

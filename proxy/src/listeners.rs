@@ -16,6 +16,8 @@
 //!                    router ── start loops (one per socket, on its lane) ─ stop removed loops
 //! accept loop ── over --max-connections on this address (all lanes)? close at once (counted,
 //!                limits.rs)
+//!   ── TLS passthrough socket (snapshot protocol TLS) ─► passthrough/ with the raw TcpStream
+//!                (ClientHello, SNI route, endpoint, splice; none of the HTTP machinery below)
 //!   ── TcpStream ─► pingora l4 Stream (+ socket digest: local address for routing)
 //!                  ─► read + write buffers with the connection clock (buffered.rs, limits.rs:
 //!                     header and keep-alive idle deadlines)
@@ -468,6 +470,20 @@ async fn serve_connection<A: App>(
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    if matches!(ctx.sockets, Sockets::Gateway)
+        && ctx
+            .shared
+            .served
+            .load()
+            .as_ref()
+            .and_then(|s| s.protocol(addr))
+            == Some(Protocol::Tls)
+    {
+        // TLS passthrough: the raw stream, no HTTP clock or buffers (passthrough/mod.rs).
+        // Boxed: its state would otherwise be part of every connection's task, HTTP ones too.
+        Box::pin(crate::passthrough::serve(tcp, addr, peer, &ctx.shared)).await;
+        return;
+    }
     let fd = tcp.as_raw_fd();
     let mut l4 = L4Stream::from(tcp);
     l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
@@ -512,6 +528,9 @@ async fn serve_connection<A: App>(
                 serve_http(Box::new(s), false, clock, ctx).await;
             }
         }
+        // Passthrough sockets are served before the stream is wrapped (above); one that turned
+        // passthrough between the two reads is closed.
+        Some(Protocol::Tls) => {}
         // The socket left the snapshot between accept and here.
         None => {}
     }

@@ -121,6 +121,9 @@ pub struct Metrics {
     /// Refused TLS handshakes, by listener (`east-west`) and reason (`no-certificate`,
     /// `unknown-ca`, `wrong-identity`, `other`).
     pub tls_handshake_failures: IntCounterVec,
+    /// TLS passthrough connections by how they ended (`relayed`, `no_route`, `invalid`, …;
+    /// passthrough/mod.rs).
+    pub passthrough_connections: IntCounterVec,
     /// Downstream connections open, by listener socket (`ip:port`, or `east-west`).
     pub connections_open: IntGaugeVec,
     /// Connections closed right after the accept because their listener socket had
@@ -259,6 +262,14 @@ impl Metrics {
                 "TLS handshakes refused, by listener and reason (no-certificate, unknown-ca, \
                  wrong-identity, other)",
                 &["listener", "reason"],
+            )?,
+            passthrough_connections: counter_vec(
+                &r,
+                "meridian_proxy_passthrough_connections_total",
+                "TLS passthrough connections by result (relayed, idle, timeout, invalid, \
+                 too_large, no_server_name, bad_server_name, no_route, no_backend, \
+                 connect_failed, closed)",
+                &["result"],
             )?,
             connections_open: gauge_vec(
                 &r,

@@ -890,6 +890,81 @@ async fn kubectl_create_generators_list_apply_and_explain() {
             .contains("not found")
     );
 
+    // TLSRoute: served from its CRD (v1 only), listed with HOSTNAMES and AGE, validated by the
+    // server (hostnames required, no IP, exactly one rule, a Service backend needs a port).
+    let file = format!(
+        "{}/../crds/tlsroutes.gateway.networking.k8s.io.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    k.ok(&["apply", "--server-side", "-f", &file]).await;
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/tlsroutes.gateway.networking.k8s.io",
+    ])
+    .await;
+    dir.write("tls.yaml", TLS_ROUTE);
+    let out = k.ok(&["apply", "-f", &path("tls.yaml")]).await;
+    assert!(
+        out.contains("tlsroute.gateway.networking.k8s.io/passthrough created"),
+        "{out}"
+    );
+    let out = k.ok(&["get", "tlsroutes"]).await;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "HOSTNAMES", "AGE"], "{out}");
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..2], ["passthrough", "[\"tls.example.com\"]"], "{out}");
+    let stored = get_json(&["tlsroute", "passthrough"]).await;
+    assert_eq!(
+        stored["spec"]["rules"][0]["backendRefs"][0]["weight"], 1,
+        "the server applies the CRD's defaults"
+    );
+    assert_eq!(stored["spec"]["parentRefs"][0]["kind"], "Gateway");
+    for (i, (manifest, want)) in [
+        (BAD_TLS_ROUTE_IP, "not an IP address"),
+        (BAD_TLS_ROUTE_RULES, "must have at most 1 items"),
+        (
+            BAD_TLS_ROUTE_PORT,
+            "port is required when referring to a Service",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = format!("bad-tls-{i}.yaml");
+        dir.write(&file, manifest);
+        let bad = k.run(&["apply", "-f", &path(&file)]).await;
+        assert!(!bad.ok, "an invalid TLSRoute was accepted: {}", bad.stdout);
+        for want in ["The TLSRoute \"bad\" is invalid", want] {
+            assert!(bad.stderr.contains(want), "lacks {want:?}: {}", bad.stderr);
+        }
+        assert!(
+            k.run(&["get", "tlsroute", "bad"])
+                .await
+                .stderr
+                .contains("not found")
+        );
+    }
+    dir.write("nameless-tls.yaml", NAMELESS_TLS_ROUTE);
+    let bad = k.run(&["apply", "-f", &path("nameless-tls.yaml")]).await;
+    assert!(
+        !bad.ok,
+        "a TLSRoute without hostnames was accepted: {}",
+        bad.stdout
+    );
+    assert!(bad.stderr.contains("spec.hostnames"), "{}", bad.stderr);
+
     sb.shutdown().await;
 }
 
@@ -924,4 +999,76 @@ spec:
         type: Exact
     - method:
         method: "not/a.method"
+"#;
+
+const TLS_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata:
+  name: passthrough
+spec:
+  parentRefs:
+  - name: listed
+    sectionName: tls
+  hostnames: ["tls.example.com"]
+  rules:
+  - backendRefs:
+    - name: echo
+      port: 8443
+"#;
+
+const BAD_TLS_ROUTE_IP: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata:
+  name: bad
+spec:
+  parentRefs:
+  - name: listed
+  hostnames: ["10.0.0.1"]
+  rules:
+  - backendRefs:
+    - name: echo
+      port: 8443
+"#;
+
+const BAD_TLS_ROUTE_RULES: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata:
+  name: bad
+spec:
+  parentRefs:
+  - name: listed
+  hostnames: ["tls.example.com"]
+  rules:
+  - backendRefs:
+    - name: echo
+      port: 8443
+  - backendRefs:
+    - name: echo
+      port: 8443
+"#;
+
+const BAD_TLS_ROUTE_PORT: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata:
+  name: bad
+spec:
+  parentRefs:
+  - name: listed
+  hostnames: ["tls.example.com"]
+  rules:
+  - backendRefs:
+    - name: echo
+"#;
+
+const NAMELESS_TLS_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata:
+  name: nameless
+spec:
+  parentRefs:
+  - name: listed
+  rules:
+  - backendRefs:
+    - name: echo
+      port: 8443
 "#;

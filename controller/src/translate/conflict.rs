@@ -1,4 +1,4 @@
-//! HTTPRoute against GRPCRoute on one listener.
+//! HTTPRoute against GRPCRoute, and TLSRoute against TLSRoute, on one listener.
 //!
 //! The GRPCRoute spec: when an HTTPRoute and a GRPCRoute attach to the same listener and their
 //! hostnames overlap, exactly one of them is accepted there — the older (creation timestamp),
@@ -19,6 +19,14 @@
 //! never on another route's outcome, so the result is the same whatever order routes are
 //! translated in, and an incremental pass can recompute it and re-translate exactly the routes
 //! whose blocked listeners changed. Nothing is computed in a cluster with routes of one kind only.
+//!
+//! TLSRoutes (passthrough listeners) compete per hostname: of the TLSRoutes naming one
+//! (narrowed) hostname on a listener, the older (creation timestamp, then `namespace/name`) holds
+//! it. A TLSRoute whose every hostname is held by older ones is blocked on that listener; one
+//! that keeps some hostname attaches, and the proxy's router sends a shared hostname to the
+//! older route (its tie-breaker is the same order), so each hostname has exactly one owner.
+//! A wildcard and a name it covers are not a conflict: the more specific one wins its name, as
+//! for HTTPRoute hostnames.
 
 use std::collections::BTreeMap;
 
@@ -59,7 +67,8 @@ impl Candidate {
 /// Computes the conflicts of one cluster against its validated Gateways (module docs).
 pub(crate) fn compute(ctx: &Ctx<'_>, gateways: &BTreeMap<ObjectKey, GatewayState>) -> Conflicts {
     let mut out = Conflicts::new();
-    if ctx.cluster.http_routes.is_empty() || ctx.cluster.grpc_routes.is_empty() {
+    let kinds_meet = !ctx.cluster.http_routes.is_empty() && !ctx.cluster.grpc_routes.is_empty();
+    if !kinds_meet && ctx.cluster.tls_routes.len() < 2 {
         return out;
     }
     let mut per_listener: BTreeMap<(ObjectKey, usize), Vec<Candidate>> = BTreeMap::new();
@@ -89,15 +98,24 @@ pub(crate) fn compute(ctx: &Ctx<'_>, gateways: &BTreeMap<ObjectKey, GatewayState
             }
         }
     };
-    for (k, r) in &ctx.cluster.http_routes {
-        add(RouteKey::http(k.clone()), RouteSource::http(r));
+    if kinds_meet {
+        for (k, r) in &ctx.cluster.http_routes {
+            add(RouteKey::http(k.clone()), RouteSource::http(r));
+        }
+        for (k, r) in &ctx.cluster.grpc_routes {
+            add(RouteKey::grpc(k.clone()), RouteSource::grpc(r));
+        }
     }
-    for (k, r) in &ctx.cluster.grpc_routes {
-        add(RouteKey::grpc(k.clone()), RouteSource::grpc(r));
+    if ctx.cluster.tls_routes.len() >= 2 {
+        for (k, r) in &ctx.cluster.tls_routes {
+            add(RouteKey::tls(k.clone()), RouteSource::tls(r));
+        }
     }
     for (listener, candidates) in per_listener {
+        tls_holders(&listener, &candidates, &mut out);
         let (http, grpc): (Vec<&Candidate>, Vec<&Candidate>) = candidates
             .iter()
+            .filter(|c| c.key.kind != meridian_model::snapshot::RouteKind::Tls)
             .partition(|c| c.key.kind == meridian_model::snapshot::RouteKind::Http);
         for h in &http {
             for g in &grpc {
@@ -113,6 +131,43 @@ pub(crate) fn compute(ctx: &Ctx<'_>, gateways: &BTreeMap<ObjectKey, GatewayState
         }
     }
     out
+}
+
+/// TLSRoutes on one listener: older first, each hostname held by the first route naming it; a
+/// route left with no hostname of its own is blocked, naming the route holding its first one.
+fn tls_holders(listener: &(ObjectKey, usize), candidates: &[Candidate], out: &mut Conflicts) {
+    let mut tls: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.key.kind == meridian_model::snapshot::RouteKind::Tls)
+        .collect();
+    if tls.len() < 2 {
+        return;
+    }
+    tls.sort_by(|a, b| a.rank().cmp(&b.rank()));
+    // Narrowed hostname ("" = every host of the listener) → the route holding it.
+    let mut held: BTreeMap<&str, &RouteKey> = BTreeMap::new();
+    for c in tls {
+        let names: Vec<&str> = if c.hostnames.is_empty() {
+            vec![""]
+        } else {
+            c.hostnames.iter().map(String::as_str).collect()
+        };
+        if let Some(holder) = names
+            .iter()
+            .map(|h| held.get(h))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|holders| holders.first().copied())
+        {
+            out.entry(c.key.clone())
+                .or_default()
+                .entry(listener.clone())
+                .or_insert_with(|| holder.to_string());
+            continue;
+        }
+        for h in names {
+            held.entry(h).or_insert(&c.key);
+        }
+    }
 }
 
 /// Whether two hostname sets narrowed to one listener share a host (empty = all of them).

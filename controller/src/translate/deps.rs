@@ -7,6 +7,7 @@
 //! ```text
 //! HTTPRoute ──parentRefs──────────────► Gateway (ns/name, whether it exists or not)
 //! GRPCRoute ──backendRefs, mirrors────► Service / ServiceImport (ns/name)
+//! TLSRoute
 //!           ──the cross-namespace ones► (route kind, from-ns, to-ns, to-kind) → to-name
 //! Gateway   ──gatewayClassName────────► GatewayClass
 //!           ──certificateRefs, client─► Secret (ns/name)
@@ -32,7 +33,8 @@
 //! reaches the routes of that namespace, when some listener of the cluster has a selector);
 //! FailoverPolicy and BackendTLSPolicy status read Services, HTTPRoutes, GRPCRoutes,
 //! ServiceImports and exports (recomputed every pass: there are few policies). An HTTPRoute
-//! against GRPCRoute hostname conflict (module `conflict`) reads other routes: the incremental
+//! against GRPCRoute hostname conflict, and TLSRoutes sharing a hostname (module `conflict`),
+//! read other routes: the incremental
 //! pass recomputes those conflicts and re-translates the routes whose outcome they change, so
 //! nothing is indexed for it here.
 
@@ -157,6 +159,11 @@ impl DepIndex {
                 let refs = grpc_route_refs(&key, route);
                 deps.set_route(&key, Some(refs));
             }
+            for (key, route) in &state.tls_routes {
+                let key = RouteKey::tls(key.clone());
+                let refs = tls_route_refs(&key, route);
+                deps.set_route(&key, Some(refs));
+            }
             for (key, gw) in &state.gateways {
                 deps.set_gateway(key, Some(gateway_refs(key, gw)));
             }
@@ -223,6 +230,15 @@ impl DepIndex {
                     .grpc_routes
                     .get(&key.key)
                     .map(|r| grpc_route_refs(&key, r));
+                deps.set_route(&key, new);
+                affected.route(cluster, key);
+            }
+            Kind::TlsRoute => {
+                let key = RouteKey::tls(key.clone());
+                let new = state
+                    .tls_routes
+                    .get(&key.key)
+                    .map(|r| tls_route_refs(&key, r));
                 deps.set_route(&key, new);
                 affected.route(cluster, key);
             }
@@ -437,6 +453,7 @@ impl ClusterDeps {
             let from_kind = match from_kind.as_str() {
                 "HTTPRoute" => "HTTPRoute",
                 "GRPCRoute" => "GRPCRoute",
+                "TLSRoute" => "TLSRoute",
                 "Gateway" => "Gateway",
                 _ => continue,
             };
@@ -458,6 +475,7 @@ impl ClusterDeps {
                     match from_kind {
                         "HTTPRoute" => affected.route(cluster, RouteKey::http(r.clone())),
                         "GRPCRoute" => affected.route(cluster, RouteKey::grpc(r.clone())),
+                        "TLSRoute" => affected.route(cluster, RouteKey::tls(r.clone())),
                         _ => affected.gateway(cluster, r.clone()),
                     }
                 }
@@ -510,6 +528,12 @@ fn http_route_refs(key: &RouteKey, route: &gateway_api::httproutes::HttpRoute) -
 /// A GRPCRoute's references, read from its conversion (module `grpc`): the same defaults.
 fn grpc_route_refs(key: &RouteKey, route: &gateway_api::grpcroutes::GrpcRoute) -> RouteRefs {
     let c = super::grpc::convert(route);
+    route_refs(&key.key, &c.parent_refs, &c.rules)
+}
+
+/// A TLSRoute's references, read from its conversion (module `tls`): the same defaults.
+fn tls_route_refs(key: &RouteKey, route: &gateway_api::tlsroutes::TlsRoute) -> RouteRefs {
+    let c = super::tls::convert(route);
     route_refs(&key.key, &c.parent_refs, &c.rules)
 }
 
@@ -663,7 +687,7 @@ pub(crate) fn reads_namespace_labels(
     })
 }
 
-/// The routes of `namespace` in `state`, of both kinds (Namespace changes).
+/// The routes of `namespace` in `state`, of every kind (Namespace changes).
 pub(crate) fn routes_in<'s>(
     state: &'s ClusterState,
     namespace: &'s str,
@@ -681,5 +705,10 @@ pub(crate) fn routes_in<'s>(
             kind: RouteKind::Grpc,
             key: k.clone(),
         });
-    http.chain(grpc)
+    let tls = state
+        .tls_routes
+        .range(ObjectKey::new(namespace, "")..)
+        .take_while(move |(k, _)| k.namespace == namespace)
+        .map(|(k, _)| RouteKey::tls(k.clone()));
+    http.chain(grpc).chain(tls)
 }

@@ -12,8 +12,15 @@
 //! A listener is *valid* when Accepted, ResolvedRefs and not Conflicted; it is *served* when it
 //! is Accepted, not Conflicted and has what the proxy needs to bind it (an HTTPS listener needs at
 //! least one usable certificate). A listener whose only fault is an unsupported route kind next to
-//! `HTTPRoute` or `GRPCRoute` is still served. HTTP and HTTPS listeners take both kinds by
+//! a supported one is still served. HTTP and HTTPS listeners take HTTPRoute and GRPCRoute by
 //! default (`supportedKinds` lists both); `allowedRoutes.kinds` narrows them.
+//!
+//! A `TLS` listener with `tls.mode: Passthrough` is served as [`Protocol::Tls`]: it takes
+//! TLSRoutes only (its default and only kind; HTTPRoute or GRPCRoute named there are
+//! `InvalidRouteKinds`), needs no certificate (`certificateRefs` are not read: the proxy never
+//! terminates its connections). `tls.mode: Terminate` on a `TLS` listener (TLSRoute's
+//! extended `TLSRouteModeTerminate`, which we do not claim) is `Accepted=False/UnsupportedValue`
+//! with no supported kinds, so nothing attaches to it.
 //!
 //! Routes in a served listener are ordered by namespace, name, then kind (an HTTPRoute and a
 //! GRPCRoute may share a name), as module `incremental` keeps them.
@@ -192,6 +199,8 @@ pub(crate) struct ListenerState {
     pub http_route_kind: bool,
     /// Whether GRPCRoute is among the listener's route kinds.
     pub grpc_route_kind: bool,
+    /// Whether TLSRoute is among the listener's route kinds (passthrough listeners only).
+    pub tls_route_kind: bool,
     pub allowed: AllowedNamespaces,
     pub certificates: Vec<Certificate>,
     /// Routes attached (Accepted) through this listener.
@@ -217,16 +226,18 @@ impl ListenerState {
             && match self.protocol {
                 Some(Protocol::Http) => true,
                 Some(Protocol::Https) => !self.certificates.is_empty(),
+                Some(Protocol::Tls) => true,
                 None => false,
             }
     }
 
     /// Whether routes of `kind` may attach, per `allowedRoutes.kinds` (or the protocol's
-    /// defaults: both kinds on HTTP and HTTPS).
+    /// defaults: HTTPRoute and GRPCRoute on HTTP and HTTPS, TLSRoute on TLS passthrough).
     pub fn allows_kind(&self, kind: RouteKind) -> bool {
         match kind {
             RouteKind::Http => self.http_route_kind,
             RouteKind::Grpc => self.grpc_route_kind,
+            RouteKind::Tls => self.tls_route_kind,
         }
     }
 
@@ -501,6 +512,7 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
         conflicted: None,
         http_route_kind: false,
         grpc_route_kind: false,
+        tls_route_kind: false,
         allowed: AllowedNamespaces::Same,
         certificates: Vec::new(),
         attached: BTreeSet::new(),
@@ -510,10 +522,29 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
     st.protocol = match protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
+        "TLS" => match tls.as_ref().and_then(|t| t.mode.as_ref()) {
+            Some(GatewayListenersTlsMode::Passthrough) => Some(Protocol::Tls),
+            mode => {
+                // Terminate (also the API's default mode) would need TLSRouteModeTerminate.
+                let what = if mode.is_some() {
+                    "Terminate"
+                } else {
+                    "omitted (Terminate)"
+                };
+                st.accepted = Some(Problem::new(
+                    "UnsupportedValue",
+                    format!(
+                        "tls.mode {what} is not supported on a TLS listener: only Passthrough \
+                         (TLSRoute in Terminate mode is not implemented)"
+                    ),
+                ));
+                return st;
+            }
+        },
         other => {
             st.accepted = Some(Problem::new(
                 "UnsupportedProtocol",
-                format!("protocol {other:?} is not supported (HTTP and HTTPS are)"),
+                format!("protocol {other:?} is not supported (HTTP, HTTPS and TLS are)"),
             ));
             return st;
         }
@@ -536,7 +567,11 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
         .as_ref()
         .and_then(|a| a.kinds.as_deref())
         .unwrap_or_default();
-    (st.http_route_kind, st.grpc_route_kind, st.resolved) = allowed_kinds(kinds);
+    if st.protocol == Some(Protocol::Tls) {
+        (st.tls_route_kind, st.resolved) = passthrough_kinds(kinds);
+    } else {
+        (st.http_route_kind, st.grpc_route_kind, st.resolved) = allowed_kinds(kinds);
+    }
     st.allowed = allowed_namespaces(allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()));
     if st.protocol == Some(Protocol::Https) && st.accepted.is_none() {
         let refs = tls
@@ -611,6 +646,34 @@ fn allowed_kinds(kinds: &[GatewayListenersAllowedRoutesKinds]) -> (bool, bool, O
         )
     });
     (http_route, grpc_route, problem)
+}
+
+/// `allowedRoutes.kinds` of a passthrough listener (empty: TLSRoute): whether TLSRoute is among
+/// them, and the `InvalidRouteKinds` problem naming the others (HTTPRoute and GRPCRoute too:
+/// a passthrough listener has no request to route).
+fn passthrough_kinds(kinds: &[GatewayListenersAllowedRoutesKinds]) -> (bool, Option<Problem>) {
+    if kinds.is_empty() {
+        return (true, None);
+    }
+    let mut tls_route = false;
+    let mut invalid = Vec::new();
+    for GatewayListenersAllowedRoutesKinds { group, kind } in kinds {
+        let group = group.as_deref().unwrap_or(GATEWAY_GROUP);
+        match (group, kind.as_str()) {
+            (GATEWAY_GROUP, "TLSRoute") => tls_route = true,
+            _ => invalid.push(format!("{kind}.{group}")),
+        }
+    }
+    let problem = (!invalid.is_empty()).then(|| {
+        Problem::new(
+            "InvalidRouteKinds",
+            format!(
+                "route kind(s) {} are not supported on a TLS passthrough listener (TLSRoute is)",
+                invalid.join(", ")
+            ),
+        )
+    });
+    (tls_route, problem)
 }
 
 /// `allowedRoutes.namespaces` (default `Same`).
@@ -813,6 +876,7 @@ fn detect_conflicts(listeners: &mut [ListenerState]) {
             .iter()
             .map(|&i| match listeners[i].protocol {
                 Some(Protocol::Https) => "HTTPS",
+                Some(Protocol::Tls) => "TLS",
                 _ => "HTTP",
             })
             .collect();
@@ -1256,6 +1320,7 @@ fn listener_status(
         [
             (l.http_route_kind, RouteKind::Http),
             (l.grpc_route_kind, RouteKind::Grpc),
+            (l.tls_route_kind, RouteKind::Tls),
         ]
         .into_iter()
         .filter(|(allowed, _)| *allowed)

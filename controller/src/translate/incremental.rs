@@ -9,9 +9,9 @@
 //! Gateways:       validated state (listeners, conflicts, addresses) with each listener's
 //!                 attached routes — the aggregates behind attachedRoutes and the conditions
 //! routes:         where each attached (Gateway, listener), whether endpoints were refused
-//!                 (HTTPRoutes and GRPCRoutes, told apart by kind)
-//! conflicts:      the listeners each route loses to a route of the other kind (module
-//!                 `conflict`)
+//!                 (HTTPRoutes, GRPCRoutes and TLSRoutes, told apart by kind)
+//! conflicts:      the listeners each route loses to a route of the other kind, or (TLSRoute)
+//!                 to older TLSRoutes holding all its hostnames (module `conflict`)
 //! status:         the pending update of every GatewayClass, route, Gateway and policy
 //! deps:           the dependency index (module `deps`)
 //! ```
@@ -32,7 +32,7 @@
 //!       served, entry present)
 //!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or attached
 //!                                     to it translated again
-//! 2. with routes of both kinds in the cluster, the HTTPRoute/GRPCRoute conflicts are computed
+//! 2. with routes of both kinds (or two TLSRoutes) in the cluster, the conflicts are computed
 //!    again (they read only route specs and Gateways) and every route whose blocked listeners
 //!    changed joins the affected ones;
 //!    each affected route: detached from the listeners it attached to (and their snapshot
@@ -503,7 +503,8 @@ impl Incremental {
     ) -> Result<(), Fallback> {
         let (min_routes, percent) = self.broad;
         for (name, cluster) in &world.clusters {
-            let total = cluster.http_routes.len() + cluster.grpc_routes.len();
+            let total =
+                cluster.http_routes.len() + cluster.grpc_routes.len() + cluster.tls_routes.len();
             let Some(cache) = self.clusters.get(name).filter(|_| total >= min_routes) else {
                 continue;
             };
@@ -605,7 +606,7 @@ impl Incremental {
                         affected.gateways.entry(cluster).or_default().insert(key);
                     }
                 }
-                StatusKind::HttpRoute | StatusKind::GrpcRoute => {
+                StatusKind::HttpRoute | StatusKind::GrpcRoute | StatusKind::TlsRoute => {
                     let Some(route) = RouteKey::of_status(kind, key) else {
                         continue;
                     };
@@ -671,6 +672,19 @@ impl Incremental {
                 carries(
                     Some(&status),
                     cache.route_status.get(&RouteKey::grpc(key.clone())),
+                )
+            }
+            Kind::TlsRoute => {
+                let Some(route) = state.tls_routes.get(key) else {
+                    return false;
+                };
+                // Read converted to the HTTPRoute shape (module `tls`), like a GRPCRoute's.
+                let status = gateway_api::httproutes::HttpRouteStatus {
+                    parents: super::tls::status_parents(route),
+                };
+                carries(
+                    Some(&status),
+                    cache.route_status.get(&RouteKey::tls(key.clone())),
                 )
             }
             Kind::Gateway => {
@@ -748,7 +762,7 @@ impl Incremental {
             .get(cluster)
             .is_some_and(|s| s.contains(&(status_kind, key.namespace.clone(), key.name.clone())));
         match kind {
-            Kind::HttpRoute | Kind::GrpcRoute => {
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => {
                 let Some(route) = RouteKey::of_kind(kind, key.clone()) else {
                     return;
                 };
@@ -1093,6 +1107,11 @@ impl ClusterCache {
                 .grpc_routes
                 .get(&key.key)
                 .map(|r| route::RouteSource::grpc(r)),
+            RouteKind::Tls => ctx
+                .cluster
+                .tls_routes
+                .get(&key.key)
+                .map(|r| route::RouteSource::tls(r)),
         };
         let Some(src) = src else {
             return;
@@ -1155,6 +1174,7 @@ fn without_routes(g: &GatewayState) -> GatewayState {
                 conflicted: l.conflicted.clone(),
                 http_route_kind: l.http_route_kind,
                 grpc_route_kind: l.grpc_route_kind,
+                tls_route_kind: l.tls_route_kind,
                 allowed: l.allowed.clone(),
                 certificates: l.certificates.clone(),
                 attached: l.attached.clone(),
@@ -1180,6 +1200,7 @@ fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
             && x.conflicted == y.conflicted
             && x.http_route_kind == y.http_route_kind
             && x.grpc_route_kind == y.grpc_route_kind
+            && x.tls_route_kind == y.tls_route_kind
             && x.allowed == y.allowed
             && x.certificates == y.certificates
             && x.has_status == y.has_status
@@ -1198,13 +1219,13 @@ fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
             .all(|(x, y)| same_listener(x, y))
 }
 
-/// What route attachment reads of a listener: name, has_status, port as written, HTTPRoute
-/// and GRPCRoute allowed, protocol known, allowed namespaces, hostname, served.
+/// What route attachment reads of a listener: name, has_status, port as written, HTTPRoute,
+/// GRPCRoute and TLSRoute allowed, protocol known, allowed namespaces, hostname, served.
 type ListenerView<'a> = (
     &'a str,
     bool,
     i32,
-    (bool, bool),
+    (bool, bool, bool),
     bool,
     &'a gateway::AllowedNamespaces,
     Option<&'a str>,
@@ -1223,7 +1244,7 @@ fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>) {
                     l.name.as_str(),
                     l.has_status,
                     l.spec_port,
-                    (l.http_route_kind, l.grpc_route_kind),
+                    (l.http_route_kind, l.grpc_route_kind, l.tls_route_kind),
                     l.protocol.is_some(),
                     &l.allowed,
                     l.hostname.as_deref(),

@@ -5,11 +5,13 @@
 //! World ──┬─ cluster A ──► 1. GatewayClasses with our controllerName   ──► class status
 //!         │                2. their Gateways: listeners validated,       ──► (gateway status, step 4)
 //!         │                   TLS refs resolved, conflicts found
-//!         │                3. HTTPRoutes, then GRPCRoutes (converted to the  ──► route status
-//!         │                   same shapes, module `grpc`): parentRefs → listeners
+//!         │                3. HTTPRoutes, GRPCRoutes, then TLSRoutes     ──► route status
+//!         │                   (converted to the same shapes, modules `grpc`
+//!         │                   and `tls`): parentRefs → listeners
 //!         │                   (sectionName/port, allowedRoutes kinds and namespaces,
-//!         │                   hostnames, HTTPRoute/GRPCRoute hostname conflicts: module
-//!         │                   `conflict`), rules with defaults, backends → endpoints
+//!         │                   hostnames, HTTPRoute/GRPCRoute hostname conflicts and
+//!         │                   TLSRoutes sharing a hostname: module `conflict`),
+//!         │                   rules with defaults, backends → endpoints
 //!         │                   (Service: this cluster; ServiceImport: every exporting cluster)
 //!         │                4. Gateways: attachedRoutes, Accepted/Programmed ──► gateway status
 //!         │                   served listeners ──► Snapshot for cluster A
@@ -58,6 +60,7 @@ mod refresh;
 mod route;
 mod rules;
 mod selector;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -112,6 +115,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRetryConnectionError",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
+    // Passthrough only: TLSRouteModeTerminate and TLSRouteModeMixed are not claimed.
+    "TLSRoute",
 ];
 
 /// A Gateway in a member cluster: the cluster, and the Gateway's [`GatewayRef`] there (the name
@@ -284,6 +289,12 @@ pub(crate) fn translate_full(
                     .grpc_routes
                     .iter()
                     .map(|(k, r)| (RouteKey::grpc(k.clone()), route::RouteSource::grpc(r))),
+            )
+            .chain(
+                cluster
+                    .tls_routes
+                    .iter()
+                    .map(|(k, r)| (RouteKey::tls(k.clone()), route::RouteSource::tls(r))),
             );
         for (key, src) in routes {
             let processed = route::process(

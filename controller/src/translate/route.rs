@@ -1,5 +1,6 @@
-//! Route attachment and `status.parents`, for HTTPRoutes and GRPCRoutes alike (a GRPCRoute
-//! arrives converted to the HTTPRoute shapes, module `grpc`; [`RouteSource`] holds either).
+//! Route attachment and `status.parents`, for HTTPRoutes, GRPCRoutes and TLSRoutes alike (a
+//! GRPCRoute arrives converted to the HTTPRoute shapes, module `grpc`, a TLSRoute likewise,
+//! module `tls`; [`RouteSource`] holds any of them).
 //!
 //! For each parentRef (defaults: group `gateway.networking.k8s.io`, kind `Gateway`, namespace the
 //! route's) that names a Gateway of ours:
@@ -12,7 +13,8 @@
 //!    `NoMatchingListenerHostname`;
 //! 4. of those, the ones where no route of the other kind (HTTPRoute against GRPCRoute) with an
 //!    overlapping hostname takes precedence (the GRPCRoute spec: exactly one of the two is
-//!    accepted, the older, then the first by `namespace/name`; module `conflict`); none ⇒
+//!    accepted, the older, then the first by `namespace/name`; module `conflict`), and where
+//!    older TLSRoutes do not already hold every hostname of a TLSRoute; none ⇒
 //!    `NotAllowedByListeners` naming the route that won;
 //! 5. a route whose rules are all invalid (or whose hostnames are invalid) ⇒ `UnsupportedValue`
 //!    (or `IncompatibleFilters`), otherwise `Accepted=True` and the route is attached to each
@@ -31,6 +33,7 @@ use gateway_api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteStatus, HttpRouteStatusParents,
     HttpRouteStatusParentsParentRef,
 };
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meridian_model::hostname;
 use meridian_model::snapshot::{self as model, GrpcMethodMatch, RouteKind};
@@ -38,7 +41,7 @@ use meridian_model::snapshot::{self as model, GrpcMethodMatch, RouteKind};
 use super::conflict::Blocked;
 use super::gateway::{GatewayState, push_if_changed};
 use super::rules::{RouteRules, translate_rules};
-use super::{Ctx, Problem, backend, generation_of, grpc};
+use super::{Ctx, Problem, backend, generation_of, grpc, tls};
 use crate::status::{Cond, GATEWAY_GROUP, StatusUpdate, is_stale, merge_route_parents, stamp_all};
 use crate::world::{ObjectKey, RouteKey};
 
@@ -99,6 +102,21 @@ impl<'a> RouteSource<'a> {
             rules: Some(Cow::Owned(c.rules)),
             invalid: c.invalid,
             methods: c.methods,
+            status: Cow::Owned(c.status),
+        }
+    }
+
+    /// A TLSRoute, converted (module `tls`).
+    pub fn tls(route: &'a TlsRoute) -> Self {
+        let c = tls::convert(route);
+        Self {
+            kind: RouteKind::Tls,
+            metadata: &route.metadata,
+            hostnames: &route.spec.hostnames,
+            parent_refs: Cow::Owned(c.parent_refs),
+            rules: Some(Cow::Owned(c.rules)),
+            invalid: c.invalid,
+            methods: Vec::new(),
             status: Cow::Owned(c.status),
         }
     }
@@ -178,6 +196,9 @@ pub(crate) fn process(
         if src.kind == RouteKind::Grpc {
             let dropped: Vec<usize> = t.dropped.iter().map(|(i, _)| *i).collect();
             grpc::mark_rules(&mut t.rules, &dropped, &src.methods);
+        }
+        if src.kind == RouteKind::Tls {
+            tls::passthrough_rules(&mut t.rules);
         }
         t
     };
@@ -496,6 +517,17 @@ fn attach(
             }
             None => true,
         });
+        if accepting.is_empty() && key.kind == RouteKind::Tls {
+            return Err(Problem::new(
+                "NotAllowedByListeners",
+                format!(
+                    "on the selected listeners of Gateway {} every hostname of this TLSRoute \
+                     is held by an older TLSRoute (older, or first by namespace/name): {}",
+                    gw.key,
+                    winners.join(", ")
+                ),
+            ));
+        }
         if accepting.is_empty() {
             return Err(Problem::new(
                 "NotAllowedByListeners",

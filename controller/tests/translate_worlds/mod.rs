@@ -13,6 +13,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
@@ -739,6 +740,7 @@ pub fn apply(c: &mut ClusterState, v: &Value) -> bool {
         Some("Gateway") => put::<Gateway>(c, v),
         Some("HTTPRoute") => put::<HttpRoute>(c, v),
         Some("GRPCRoute") => put::<GrpcRoute>(c, v),
+        Some("TLSRoute") => put::<TlsRoute>(c, v),
         Some("Service") => put::<Service>(c, v),
         Some("EndpointSlice") => put::<EndpointSlice>(c, v),
         Some("ReferenceGrant") => put::<ReferenceGrant>(c, v),

@@ -46,7 +46,8 @@ pub(super) async fn redirect(
         .unwrap_or_default();
     let scheme = match m.listener.protocol {
         Protocol::Http => "http",
-        Protocol::Https => "https",
+        // A passthrough listener never reaches request filters; named for completeness.
+        Protocol::Https | Protocol::Tls => "https",
     };
     let path = req.uri.path().to_string();
     let query = req.uri.query().map(str::to_string);

@@ -876,3 +876,89 @@ fn shipped_grpc_route_rules_refuse_what_upstream_refuses() {
     route["spec"]["rules"][1]["matches"][0]["method"]["service"] = json!("pkg/.*");
     admit(&schema, &gw_write("GRPCRoute"), None, &mut route).unwrap();
 }
+
+fn tls_route() -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TLSRoute",
+    "metadata": {"name": "r", "namespace": "default"},
+    "spec": {
+        "parentRefs": [{"name": "gw", "sectionName": "tls"}],
+        "hostnames": ["a.example.com", "*.b.example.com"],
+        "rules": [{"name": "main", "backendRefs": [{"name": "echo", "port": 8443},
+                                                    {"name": "echo2", "port": 8443, "weight": 3}]}]
+    }})
+}
+
+#[test]
+fn shipped_tls_route_rules_default_and_refuse_what_upstream_refuses() {
+    let Some(schema) = shipped_schema("tlsroutes.gateway.networking.k8s.io") else {
+        eprintln!("SKIPPED: no shipped TLSRoute CRD");
+        return;
+    };
+    let mut route = tls_route();
+    admit(&schema, &gw_write("TLSRoute"), None, &mut route).unwrap();
+    let outcome = cel::check(&schema, &route, None, validate::Scope::All);
+    assert!(outcome.failures.is_empty(), "{:#?}", outcome.failures);
+    assert!(outcome.errors.is_empty(), "{:#?}", outcome.errors);
+    let b = &route["spec"]["rules"][0]["backendRefs"];
+    assert_eq!(b[0]["weight"], 1);
+    assert_eq!(b[0]["kind"], "Service");
+    assert_eq!(b[0]["group"], "");
+    assert_eq!(route["spec"]["parentRefs"][0]["kind"], "Gateway");
+
+    let cases: &[Case] = &[
+        (
+            |r| r["spec"]["hostnames"][0] = json!("10.1.2.3"),
+            "spec.hostnames[0]",
+            "not an IP address",
+        ),
+        (
+            |r| r["spec"]["hostnames"][0] = json!("a.*.example.com"),
+            "spec.hostnames[0]",
+            "should match",
+        ),
+        (
+            |r| r["spec"]["hostnames"] = json!([]),
+            "spec.hostnames",
+            "at least 1",
+        ),
+        (
+            |r| {
+                let rule = r["spec"]["rules"][0].clone();
+                r["spec"]["rules"].as_array_mut().unwrap().push(rule)
+            },
+            "spec.rules",
+            "at most 1",
+        ),
+        (
+            |r| r["spec"]["rules"][0]["backendRefs"] = json!([]),
+            "spec.rules[0].backendRefs",
+            "at least 1",
+        ),
+        (
+            |r| {
+                r["spec"]["rules"][0]["backendRefs"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("port");
+            },
+            "spec.rules[0].backendRefs[0]",
+            "port is required when referring to a Service",
+        ),
+        (
+            |r| r["spec"]["rules"][0]["backendRefs"][1]["weight"] = json!(1_000_001),
+            "spec.rules[0].backendRefs[1].weight",
+            "1000000",
+        ),
+    ];
+    for (i, (mutate, field, text)) in cases.iter().enumerate() {
+        let mut route = tls_route();
+        mutate(&mut route);
+        let e = admit(&schema, &gw_write("TLSRoute"), None, &mut route)
+            .expect_err(&format!("case {i} ({field}) was accepted"));
+        let got = causes(&e);
+        assert!(
+            got.iter().any(|(_, f, m)| f == field && m.contains(text)),
+            "case {i}: want {field} ~ {text:?}, got {got:#?}"
+        );
+    }
+}

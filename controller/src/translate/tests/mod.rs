@@ -13,6 +13,7 @@ mod networks;
 mod policies;
 mod routes;
 mod rule_extras;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -432,6 +433,7 @@ fn object_generation(w: &World, u: &crate::StatusUpdate) -> i64 {
         StatusKind::Gateway => c.gateways[&key].metadata.generation,
         StatusKind::HttpRoute => c.http_routes[&key].metadata.generation,
         StatusKind::GrpcRoute => c.grpc_routes[&key].metadata.generation,
+        StatusKind::TlsRoute => c.tls_routes[&key].metadata.generation,
         StatusKind::FailoverPolicy => c.failover_policies[&key].metadata.generation,
         StatusKind::BackendTlsPolicy => c.backend_tls_policies[&key].metadata.generation,
     }
@@ -479,6 +481,11 @@ pub fn write_back(w: &mut World, out: &Output) {
             }
             StatusKind::GrpcRoute => {
                 let mut o = (*c.grpc_routes[&key]).clone();
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
+                c.apply(o);
+            }
+            StatusKind::TlsRoute => {
+                let mut o = (*c.tls_routes[&key]).clone();
                 o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }

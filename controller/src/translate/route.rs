@@ -182,7 +182,7 @@ pub(crate) fn process(
         // The experimental rule fields (retry, sessionPersistence) exist on HTTPRoutes only.
         let extras = match src.kind {
             RouteKind::Http => ctx.cluster.http_route_extras.get(&key.key).map(|e| &e[..]),
-            RouteKind::Grpc => None,
+            RouteKind::Grpc | RouteKind::Tls => None,
         };
         let mut t = translate_rules(
             ctx,

@@ -600,7 +600,8 @@ async fn start_admin(
         clients,
         crate::inspect::live::LiveConfig::default(),
     )
-    .with_drill_series(drill_series);
+    .with_drill_series(drill_series)
+    .with_stream_gauge(metrics.live_streams.clone());
     let hub = tokio::spawn(Arc::clone(&live).run(shutdown.clone()));
     let inspector = crate::inspect::admin::Inspector { tx, auth, live };
     let task = tokio::spawn(serve_admin(

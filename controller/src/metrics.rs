@@ -94,6 +94,8 @@ pub struct Metrics {
     pub drills: IntGaugeVec,
     /// Drains the drill runner currently puts into every snapshot.
     pub drains: prometheus::IntGauge,
+    /// Live view event streams open on the admin listener.
+    pub live_streams: prometheus::IntGauge,
     /// `meridian_east_west_missing_backends{cluster}`: backends of the cluster's snapshot that
     /// lack the endpoints of some cluster on another network, because no proxy of that cluster
     /// has an east-west listener (always 0 with one network).
@@ -351,6 +353,11 @@ impl Metrics {
     /// Registers every metric in a fresh registry, family by family.
     pub fn new() -> prometheus::Result<Self> {
         let r = Registry::new();
+        let live_streams = prometheus::IntGauge::new(
+            "meridian_controller_live_streams",
+            "Live view event streams open on the admin listener",
+        )?;
+        r.register(Box::new(live_streams.clone()))?;
         let WatchFamily {
             watch_events,
             watch_errors,
@@ -404,6 +411,7 @@ impl Metrics {
             snapshots_published,
             drills,
             drains,
+            live_streams,
             east_west_missing,
         })
     }

@@ -273,6 +273,34 @@ pub(crate) struct Live {
     cfg: LiveConfig,
     /// The traffic of the last drills (`GET /v1/drills/series`); empty without drill runners.
     series: Arc<crate::drill::DrillSeries>,
+    /// `meridian_controller_live_streams`, when the listener exports metrics.
+    streams: Option<prometheus::IntGauge>,
+}
+
+/// One open event stream's place: its semaphore permit, counted in the streams gauge while held.
+pub(super) struct StreamSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl StreamSlot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, gauge: Option<prometheus::IntGauge>) -> Self {
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        StreamSlot {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
 }
 
 impl Live {
@@ -291,7 +319,19 @@ impl Live {
             clients,
             cfg,
             series: Arc::default(),
+            streams: None,
         })
+    }
+
+    /// The same live view, counting its open streams in `gauge`.
+    pub(crate) fn with_stream_gauge(self: Arc<Self>, gauge: prometheus::IntGauge) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut live) => {
+                live.streams = Some(gauge);
+                Arc::new(live)
+            }
+            Err(live) => live,
+        }
     }
 
     /// The same live view, reading the drills' traffic series from `series`.
@@ -484,6 +524,7 @@ impl Live {
                 ),
             )
         })?;
+        let slot = StreamSlot::new(slot, self.streams.clone());
         let rx = self.frames.subscribe();
         self.wake.notify_one();
         let body = sse::stream(rx, slot, &self.cfg);

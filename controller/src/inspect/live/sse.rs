@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame as BodyFrame;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{AdminBody, Frame, LiveConfig};
@@ -29,13 +29,13 @@ struct State {
     keep_alive: Interval,
     ends: Instant,
     period: std::time::Duration,
-    _slot: OwnedSemaphorePermit,
+    _slot: super::StreamSlot,
 }
 
 /// The body of one event stream.
 pub(super) fn stream(
     rx: watch::Receiver<Option<Frame>>,
-    slot: OwnedSemaphorePermit,
+    slot: super::StreamSlot,
     cfg: &LiveConfig,
 ) -> AdminBody {
     let mut keep_alive = tokio::time::interval_at(Instant::now() + cfg.keep_alive, cfg.keep_alive);

@@ -69,6 +69,8 @@ struct Harness {
     addr: std::net::SocketAddr,
     data: Arc<Mutex<LiveData>>,
     asks: Arc<AtomicUsize>,
+    /// `meridian_controller_live_streams` of this listener.
+    streams: prometheus::IntGauge,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -102,7 +104,10 @@ async fn start_with(
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let live = Live::new(auth.clone(), tx.clone(), BTreeMap::new(), cfg).with_drill_series(series);
+    let streams = prometheus::IntGauge::new("live_streams", "open streams").unwrap();
+    let live = Live::new(auth.clone(), tx.clone(), BTreeMap::new(), cfg)
+        .with_drill_series(series)
+        .with_stream_gauge(streams.clone());
     tokio::spawn(Arc::clone(&live).run(shutdown.clone()));
     let (_ready_tx, ready) = watch::channel(vec![("east".to_string(), true)]);
     tokio::spawn(crate::metrics::serve_admin(
@@ -116,6 +121,7 @@ async fn start_with(
         addr,
         data,
         asks,
+        streams,
         _shutdown: shutdown_tx,
     }
 }
@@ -266,6 +272,7 @@ async fn clients_beyond_the_limit_get_503_and_a_freed_slot_is_reused() {
     let mut c = Client::get(h.addr, "/v1/events", None).await;
     assert_eq!(c.status().await, 503);
     c.until(0, "live views are open already").await;
+    assert_eq!(h.streams.get(), 2, "the refused one is not counted");
     drop(a);
     // The slot comes back when the server notices the closed connection (its next write).
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -274,6 +281,7 @@ async fn clients_beyond_the_limit_get_503_and_a_freed_slot_is_reused() {
         let mut d = Client::get(h.addr, "/v1/events", None).await;
         if d.status().await == 200 {
             d.event(0, "snapshot").await;
+            assert_eq!(h.streams.get(), 2, "a closed stream is no longer counted");
             break;
         }
         assert!(

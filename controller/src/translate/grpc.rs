@@ -31,10 +31,8 @@ use gateway_api::httproutes::{
     HttpRouteRulesMatchesPathType, HttpRouteStatusParents,
 };
 use meridian_model::snapshot::{GrpcMethodMatch, PathMatch, Rule, ValueMatchType};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use super::Problem;
+use super::{Problem, recast, recast_all};
 
 /// A GRPCRoute in HTTPRoute shapes, with what only gRPC has.
 #[derive(Clone, Debug, Default)]
@@ -50,24 +48,11 @@ pub(crate) struct Converted {
     pub status: Vec<HttpRouteStatusParents>,
 }
 
-/// Same JSON, another generated type.
-fn recast<A: Serialize, B: DeserializeOwned>(a: &A) -> Result<B, String> {
-    serde_json::to_value(a)
-        .and_then(serde_json::from_value)
-        .map_err(|e| e.to_string())
-}
-
 /// Converts a GRPCRoute (module docs). Parent refs or status entries that do not convert are
 /// left out (they cannot: the shapes are equal; a failure would be a `gateway-api` change).
 pub(crate) fn convert(route: &GrpcRoute) -> Converted {
     let mut out = Converted {
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(|p| recast(p).ok())
-            .collect(),
+        parent_refs: recast_all(route.spec.parent_refs.iter().flatten()),
         status: status_parents(route),
         ..Converted::default()
     };
@@ -88,12 +73,7 @@ pub(crate) fn convert(route: &GrpcRoute) -> Converted {
 /// A GRPCRoute's `status.parents` (any controller's) in the HTTPRoute shape, as translation
 /// reads and merges them; entries that do not convert are left out (see [`convert`]).
 pub(crate) fn status_parents(route: &GrpcRoute) -> Vec<HttpRouteStatusParents> {
-    route
-        .status
-        .iter()
-        .flat_map(|s| &s.parents)
-        .filter_map(|p| recast(p).ok())
-        .collect()
+    recast_all(route.status.iter().flat_map(|s| &s.parents))
 }
 
 fn convert_rule(rule: &GrpcRouteRules) -> (HttpRouteRules, Vec<GrpcMethodMatch>, Option<Problem>) {

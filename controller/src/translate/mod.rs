@@ -351,3 +351,21 @@ pub(crate) fn generation_of(
 
 #[cfg(test)]
 mod tests;
+
+/// The same JSON read as another generated type: GRPCRoute and TLSRoute parts are read in their
+/// HTTPRoute shapes (parent refs, backend refs, status parents are equal in JSON).
+pub(crate) fn recast<A: serde::Serialize, B: serde::de::DeserializeOwned>(
+    a: &A,
+) -> Result<B, String> {
+    serde_json::to_value(a)
+        .and_then(serde_json::from_value)
+        .map_err(|e| e.to_string())
+}
+
+/// [`recast`] of each item, leaving out those that do not convert (a failure would be a
+/// `gateway-api` change of one of the shapes).
+pub(crate) fn recast_all<'a, A: serde::Serialize + 'a, B: serde::de::DeserializeOwned>(
+    items: impl IntoIterator<Item = &'a A>,
+) -> Vec<B> {
+    items.into_iter().filter_map(|a| recast(a).ok()).collect()
+}

@@ -26,10 +26,8 @@ use gateway_api::httproutes::{
 };
 use gateway_api::tlsroutes::{TlsRoute, TlsRouteRules};
 use meridian_model::snapshot::{Rule, Timeouts};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use super::Problem;
+use super::{Problem, recast, recast_all};
 
 /// A TLSRoute in HTTPRoute shapes.
 #[derive(Clone, Debug, Default)]
@@ -42,24 +40,11 @@ pub(crate) struct Converted {
     pub status: Vec<HttpRouteStatusParents>,
 }
 
-/// Same JSON, another generated type.
-fn recast<A: Serialize, B: DeserializeOwned>(a: &A) -> Result<B, String> {
-    serde_json::to_value(a)
-        .and_then(serde_json::from_value)
-        .map_err(|e| e.to_string())
-}
-
 /// Converts a TLSRoute (module docs). Parent refs or status entries that do not convert are
 /// left out (the shapes are equal; a failure would be a `gateway-api` change).
 pub(crate) fn convert(route: &TlsRoute) -> Converted {
     let mut out = Converted {
-        parent_refs: route
-            .spec
-            .parent_refs
-            .iter()
-            .flatten()
-            .filter_map(|p| recast(p).ok())
-            .collect(),
+        parent_refs: recast_all(route.spec.parent_refs.iter().flatten()),
         status: status_parents(route),
         ..Converted::default()
     };
@@ -79,12 +64,7 @@ pub(crate) fn convert(route: &TlsRoute) -> Converted {
 
 /// A TLSRoute's `status.parents` (any controller's) in the HTTPRoute shape.
 pub(crate) fn status_parents(route: &TlsRoute) -> Vec<HttpRouteStatusParents> {
-    route
-        .status
-        .iter()
-        .flat_map(|s| &s.parents)
-        .filter_map(|p| recast(p).ok())
-        .collect()
+    recast_all(route.status.iter().flat_map(|s| &s.parents))
 }
 
 fn convert_rule(rule: &TlsRouteRules) -> (HttpRouteRules, Option<Problem>) {

@@ -443,6 +443,18 @@ impl Controller {
         let mut tasks = Vec::new();
         // Bounded: a burst of watch events waits for the loop instead of growing memory.
         let (tx, rx) = mpsc::channel::<Msg>(4096);
+        let (directory_tx, directory_rx) = watch::channel(
+            cfg.clusters
+                .iter()
+                .map(|c| {
+                    let entry = MemberEntry {
+                        cluster: c.clone(),
+                        pool: None,
+                    };
+                    (c.name.clone(), entry)
+                })
+                .collect::<MemberDirectory>(),
+        );
         let drills = DrillShared::new(Arc::clone(&metrics));
         let admin_addr = match cfg.admin {
             Some(addr) => {
@@ -451,12 +463,9 @@ impl Controller {
                     token: cfg.admin_token.clone(),
                     tx: tx.clone(),
                     drill_series: Arc::clone(drills.series()),
-                    // The live view creates drills (`POST /v1/drills`) in the Gateway's cluster.
-                    clients: cfg
-                        .clusters
-                        .iter()
-                        .map(|c| (c.name.clone(), c.client.clone()))
-                        .collect(),
+                    // The live view creates drills (`POST /v1/drills`) in the Gateway's cluster:
+                    // any member, those joined later included.
+                    members: directory_rx.clone(),
                 };
                 let (local, admin_tasks) =
                     start_admin(admin, &metrics, ready_rx.clone(), shutdown_rx.clone()).await?;
@@ -482,18 +491,6 @@ impl Controller {
             endpoint_grace: cfg.endpoint_grace,
             shutdown: shutdown_rx.clone(),
         };
-        let (directory_tx, directory_rx) = watch::channel(
-            cfg.clusters
-                .iter()
-                .map(|c| {
-                    let entry = MemberEntry {
-                        cluster: c.clone(),
-                        pool: None,
-                    };
-                    (c.name.clone(), entry)
-                })
-                .collect::<MemberDirectory>(),
-        );
         let mut world = World::new();
         let mut slots = Vec::new();
         for (i, c) in cfg.clusters.iter().enumerate() {
@@ -564,7 +561,7 @@ struct Admin {
     addr: SocketAddr,
     token: Option<String>,
     tx: mpsc::Sender<Msg>,
-    clients: BTreeMap<String, kube::Client>,
+    members: watch::Receiver<MemberDirectory>,
     /// The drills' traffic for the live view's pictures.
     drill_series: Arc<crate::drill::DrillSeries>,
 }
@@ -576,7 +573,7 @@ async fn start_admin(
         addr,
         token,
         tx,
-        clients,
+        members,
         drill_series,
     }: Admin,
     metrics: &Arc<Metrics>,
@@ -597,9 +594,10 @@ async fn start_admin(
     let live = crate::inspect::live::Live::new(
         auth.clone(),
         tx.clone(),
-        clients,
+        BTreeMap::new(),
         crate::inspect::live::LiveConfig::default(),
     )
+    .with_members(members)
     .with_drill_series(drill_series)
     .with_stream_gauge(metrics.live_streams.clone());
     let hub = tokio::spawn(Arc::clone(&live).run(shutdown.clone()));

@@ -275,6 +275,9 @@ pub(crate) struct Live {
     series: Arc<crate::drill::DrillSeries>,
     /// `meridian_controller_live_streams`, when the listener exports metrics.
     streams: Option<prometheus::IntGauge>,
+    /// The member clusters as they are now (clusters joined after the start included); when
+    /// set, drills are created through their clients instead of `clients`.
+    members: Option<watch::Receiver<crate::controller::MemberDirectory>>,
 }
 
 /// One open event stream's place: its semaphore permit, counted in the streams gauge while held.
@@ -320,7 +323,34 @@ impl Live {
             cfg,
             series: Arc::default(),
             streams: None,
+            members: None,
         })
+    }
+
+    /// The same live view, creating drills in the members `members` lists at that moment.
+    pub(crate) fn with_members(
+        self: Arc<Self>,
+        members: watch::Receiver<crate::controller::MemberDirectory>,
+    ) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut live) => {
+                live.members = Some(members);
+                Arc::new(live)
+            }
+            Err(live) => live,
+        }
+    }
+
+    /// The client of each member cluster a drill may be created in, as of now.
+    fn clients(&self) -> BTreeMap<String, kube::Client> {
+        match &self.members {
+            Some(m) => m
+                .borrow()
+                .iter()
+                .map(|(name, e)| (name.clone(), e.cluster.client.clone()))
+                .collect(),
+            None => self.clients.clone(),
+        }
     }
 
     /// The same live view, counting its open streams in `gauge`.
@@ -565,8 +595,9 @@ impl Live {
                  {{\"region\"|\"cluster\"|\"zone\"}}, \"mode\", \"duration\"}}"
             ))
         })?;
-        let drill = ask.drill(&self.clients, jiff_now_name())?;
-        let Some(client) = self.clients.get(&ask.cluster) else {
+        let clients = self.clients();
+        let drill = ask.drill(&clients, jiff_now_name())?;
+        let Some(client) = clients.get(&ask.cluster) else {
             return Err(internal_refusal());
         };
         let api: kube::Api<FailoverDrill> = kube::Api::namespaced(client.clone(), &ask.namespace);

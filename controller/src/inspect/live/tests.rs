@@ -580,3 +580,33 @@ async fn a_past_drills_traffic_is_served_for_its_picture() {
     let mut c = Client::request(h.addr, "POST", path, Some("s3cret"), "").await;
     assert_eq!(c.status().await, 405);
 }
+
+#[tokio::test]
+async fn drills_can_be_created_in_clusters_that_joined_after_the_start() {
+    let client = || {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    };
+    let entry = |name: &str| crate::controller::MemberEntry {
+        cluster: crate::controller::MemberCluster::new(name, "r", vec![], client()),
+        pool: None,
+    };
+    let (members_tx, members) = watch::channel(crate::controller::MemberDirectory::from([(
+        "east".to_string(),
+        entry("east"),
+    )]));
+    let (tx, _rx) = mpsc::channel::<Msg>(1);
+    let live =
+        Live::new(AdminAuth::Token("t".into()), tx, BTreeMap::new(), fast()).with_members(members);
+    assert_eq!(live.clients().keys().collect::<Vec<_>>(), ["east"]);
+    // `meridian cluster add west` while the page is open.
+    members_tx.send_modify(|d| {
+        d.insert("west".to_string(), entry("west"));
+    });
+    assert_eq!(live.clients().keys().collect::<Vec<_>>(), ["east", "west"]);
+    let ask: StartDrill = serde_json::from_value(serde_json::json!({
+        "cluster": "west", "namespace": "demo", "gateway": "web", "target": {"region": "r"}
+    }))
+    .unwrap();
+    assert!(ask.drill(&live.clients(), "live-x".into()).is_ok());
+}

@@ -132,7 +132,8 @@ impl Echo {
 struct Server {
     region: &'static str,
     addr: SocketAddr,
-    tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tells the server task to stop, and its handle (it ends once every connection is closed).
+    tasks: Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Server {
@@ -142,10 +143,15 @@ impl Server {
         let echo = Echo {
             region: region.into(),
         };
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = &mut stopped => break,
+                };
+                let Ok((stream, _)) = accepted else {
                     break;
                 };
                 let echo = echo.clone();
@@ -160,18 +166,23 @@ impl Server {
                         .await;
                 });
             }
-            // Dropping `conns` (when this task is aborted) aborts every connection.
+            // Killed: the listener goes, and every connection is aborted and gone before the
+            // task ends (so a call after `kill` returns cannot reach this server).
+            drop(listener);
+            conns.shutdown().await;
         });
         Arc::new(Server {
             region,
             addr,
-            tasks: Mutex::new(Some(task)),
+            tasks: Mutex::new(Some((stop, task))),
         })
     }
 
-    fn kill(&self) {
-        if let Some(t) = self.tasks.lock().unwrap().take() {
-            t.abort();
+    async fn kill(&self) {
+        let taken = self.tasks.lock().unwrap().take();
+        if let Some((stop, task)) = taken {
+            let _ = stop.send(());
+            task.await.unwrap();
         }
     }
 
@@ -306,7 +317,7 @@ async fn unary_and_streaming_calls_fail_over_between_regions() {
         let mut stream = count(&mut c, 200).await.unwrap();
         let first = stream.message().await.unwrap().unwrap();
         assert_eq!(String::from_utf8(first).unwrap(), "us-east:0");
-        east.kill();
+        east.kill().await;
         let ended = tokio::time::timeout(Duration::from_secs(10), async {
             let mut after = 0;
             loop {
@@ -356,7 +367,7 @@ async fn unary_and_streaming_calls_fail_over_between_regions() {
         assert_eq!(got, ["us-west:0", "us-west:1", "us-west:2"]);
 
         // Nowhere left: UNAVAILABLE with the proxy's reason, in a trailers-only response.
-        west.kill();
+        west.kill().await;
         let status = {
             let mut last = None;
             for _ in 0..20 {

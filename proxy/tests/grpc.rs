@@ -133,8 +133,14 @@ struct Server {
     region: &'static str,
     addr: SocketAddr,
     /// Tells the server task to stop, and its handle (it ends once every connection is closed).
-    tasks: Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+    tasks: Mutex<Option<Running>>,
 }
+
+/// A running server's stop signal and task.
+type Running = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
 
 impl Server {
     async fn start(region: &'static str) -> Arc<Server> {

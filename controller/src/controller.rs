@@ -600,6 +600,7 @@ async fn start_admin(
     .with_members(members)
     .with_drill_series(drill_series)
     .with_stream_gauge(metrics.live_streams.clone());
+    let live = Arc::new(live);
     let hub = tokio::spawn(Arc::clone(&live).run(shutdown.clone()));
     let inspector = crate::inspect::admin::Inspector { tx, auth, live };
     let task = tokio::spawn(serve_admin(

@@ -312,8 +312,8 @@ impl Live {
         tx: mpsc::Sender<Msg>,
         clients: BTreeMap<String, kube::Client>,
         cfg: LiveConfig,
-    ) -> Arc<Self> {
-        Arc::new(Live {
+    ) -> Self {
+        Live {
             auth,
             tx,
             frames: watch::channel(None).0,
@@ -324,21 +324,16 @@ impl Live {
             series: Arc::default(),
             streams: None,
             members: None,
-        })
+        }
     }
 
     /// The same live view, creating drills in the members `members` lists at that moment.
     pub(crate) fn with_members(
-        self: Arc<Self>,
+        mut self,
         members: watch::Receiver<crate::controller::MemberDirectory>,
-    ) -> Arc<Self> {
-        match Arc::try_unwrap(self) {
-            Ok(mut live) => {
-                live.members = Some(members);
-                Arc::new(live)
-            }
-            Err(live) => live,
-        }
+    ) -> Self {
+        self.members = Some(members);
+        self
     }
 
     /// The client of each member cluster a drill may be created in, as of now.
@@ -354,29 +349,15 @@ impl Live {
     }
 
     /// The same live view, counting its open streams in `gauge`.
-    pub(crate) fn with_stream_gauge(self: Arc<Self>, gauge: prometheus::IntGauge) -> Arc<Self> {
-        match Arc::try_unwrap(self) {
-            Ok(mut live) => {
-                live.streams = Some(gauge);
-                Arc::new(live)
-            }
-            Err(live) => live,
-        }
+    pub(crate) fn with_stream_gauge(mut self, gauge: prometheus::IntGauge) -> Self {
+        self.streams = Some(gauge);
+        self
     }
 
     /// The same live view, reading the drills' traffic series from `series`.
-    pub(crate) fn with_drill_series(
-        self: Arc<Self>,
-        series: Arc<crate::drill::DrillSeries>,
-    ) -> Arc<Self> {
-        match Arc::try_unwrap(self) {
-            Ok(mut live) => {
-                live.series = series;
-                Arc::new(live)
-            }
-            // Shared already (nobody does that before serving): keep it as it is.
-            Err(live) => live,
-        }
+    pub(crate) fn with_drill_series(mut self, series: Arc<crate::drill::DrillSeries>) -> Self {
+        self.series = series;
+        self
     }
 
     /// The hub: while at least one stream is open, asks the loop every period and publishes

@@ -108,6 +108,7 @@ async fn start_with(
     let live = Live::new(auth.clone(), tx.clone(), BTreeMap::new(), cfg)
         .with_drill_series(series)
         .with_stream_gauge(streams.clone());
+    let live = Arc::new(live);
     tokio::spawn(Arc::clone(&live).run(shutdown.clone()));
     let (_ready_tx, ready) = watch::channel(vec![("east".to_string(), true)]);
     tokio::spawn(crate::metrics::serve_admin(

@@ -7,7 +7,8 @@
 //!                                 ▼                    └─ renew certificate (forever) ┘ only follow does
 //!                 ▼
 //!            ClientError::Unauthorized / Status
-//! follow: frames (+ every frame already received) ─► lines ─► batch ─► handle each:
+//! reader task: frames ─► lines ─► channel (read ahead while the target applies)
+//! follow: the next line + every line already read ─► batch ─► handle each:
 //!           ├─ welcome: connected, idle bound = 3 pings + 1 s
 //!           ├─ ping: nothing
 //!           ├─ snapshot: held already applied? ack : replace the held snapshot (deferred)
@@ -27,14 +28,11 @@
 //! therefore handled before the target is given the result, once; the acknowledgement of the
 //! newest generation covers the ones before it (the server counts "acked it or newer").
 
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use hyper::body::Body;
 use tokio::time::Instant;
 
 use super::apply::Held;
@@ -94,52 +92,41 @@ impl Client {
     }
 
     /// Reads the stream's lines until it ends.
+    ///
+    /// A reader task splits the body into lines while the target applies: what arrived
+    /// meanwhile is then handled as one batch (the target gets the end state once, see
+    /// `Held::deferred`), so a proxy slower than the changes catches up instead of falling
+    /// further behind. The reader holds at most [`READ_AHEAD`] lines; beyond that the stream
+    /// pushes back and the server's feed skips to its newest version.
     async fn follow<T: Target>(
         &self,
-        mut body: hyper::body::Incoming,
+        body: hyper::body::Incoming,
         target: &T,
         held: &mut Held,
         attempt: &mut u32,
     ) -> Result<(), ClientError> {
-        let mut buf = BytesMut::new();
-        let mut scanned = 0;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let reader = AbortOnDrop(tokio::spawn(read_lines(body, tx)));
         let mut idle = WELCOME_TIMEOUT;
         loop {
             let retry_at = held.retry_at();
             tokio::select! {
-                frame = tokio::time::timeout(idle, body.frame()) => {
-                    let frame = frame
+                first = tokio::time::timeout(idle, rx.recv()) => {
+                    let first = first
                         .map_err(|_| ClientError::Silent(idle))?
-                        .ok_or(ClientError::Closed)?
-                        .map_err(|e| ClientError::Connection(error_chain(&e)))?;
-                    let Ok(data) = frame.into_data() else { continue };
-                    buf.extend_from_slice(&data);
-                    // What arrived while the last apply ran is handled as one batch: the target
-                    // gets the end state once (see `Held::deferred`), so a proxy slower than
-                    // the changes catches up instead of falling further behind.
+                        .ok_or(ClientError::Closed)?;
                     let mut ended = None;
-                    while buf.len() <= MAX_LINE {
-                        match ready_frame(&mut body).await {
-                            Some(Some(Ok(f))) => {
-                                if let Ok(d) = f.into_data() {
-                                    buf.extend_from_slice(&d);
-                                }
-                            }
-                            Some(Some(Err(e))) => {
-                                ended = Some(ClientError::Connection(error_chain(&e)));
-                                break;
-                            }
-                            Some(None) => {
-                                ended = Some(ClientError::Closed);
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
                     let mut batch = Vec::new();
-                    while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
-                        batch.push(buf.split_to(scanned + pos + 1).freeze());
-                        scanned = 0;
+                    let mut next = Some(first);
+                    while let Some(item) = next.take() {
+                        match item {
+                            Ok(line) => batch.push(line),
+                            Err(e) => {
+                                ended = Some(e);
+                                break;
+                            }
+                        }
+                        next = rx.try_recv().ok();
                     }
                     let handled = self.handle_batch(batch, target, held).await;
                     if let Some(ping) = handled? {
@@ -147,13 +134,8 @@ impl Client {
                         *attempt = 0;
                     }
                     if let Some(e) = ended {
+                        drop(reader);
                         return Err(e);
-                    }
-                    scanned = buf.len();
-                    if buf.len() > MAX_LINE {
-                        return Err(ClientError::Protocol(format!(
-                            "a stream line exceeds {MAX_LINE} bytes"
-                        )));
                     }
                 }
                 () = sleep_until_opt(retry_at) => self.retry(target, held).await,
@@ -360,15 +342,60 @@ pub(super) async fn body_text(body: hyper::body::Incoming, within: Duration) -> 
         .unwrap_or_default()
 }
 
-/// The body's next frame if one is there already (`None`: it would have to wait).
-async fn ready_frame(
-    body: &mut hyper::body::Incoming,
-) -> Option<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-    std::future::poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
-        Poll::Ready(frame) => Poll::Ready(Some(frame)),
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await
+/// Splits the stream body into lines for [`Client::follow`]; the last item is the error that
+/// ended the stream.
+async fn read_lines(
+    mut body: hyper::body::Incoming,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, ClientError>>,
+) {
+    let mut buf = BytesMut::new();
+    let mut scanned = 0;
+    loop {
+        let data = match body.frame().await {
+            None => Err(ClientError::Closed),
+            Some(Err(e)) => Err(ClientError::Connection(error_chain(&e))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => Ok(d),
+                Err(_) => continue,
+            },
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        buf.extend_from_slice(&data);
+        while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(scanned + pos + 1).freeze();
+            scanned = 0;
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        scanned = buf.len();
+        if buf.len() > MAX_LINE {
+            let _ = tx
+                .send(Err(ClientError::Protocol(format!(
+                    "a stream line exceeds {MAX_LINE} bytes"
+                ))))
+                .await;
+            return;
+        }
+    }
+}
+
+/// Stream lines read ahead of the one being handled.
+const READ_AHEAD: usize = 1024;
+
+/// Aborts the reader task when the stream is left.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sleeps until `at`, or forever without one.

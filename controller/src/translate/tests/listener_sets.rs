@@ -556,7 +556,7 @@ fn listener_set_hostname_conflict() {
     is(newer, "Programmed", "False", "ListenersNotValid");
     // The Gateway's own listener is untouched and the refused set is not counted.
     is(
-        listener(&out, INFRA, GW, "http"),
+        super::listener(&out, INFRA, GW, "http"),
         "Conflicted",
         "False",
         "NoConflicts",
@@ -624,7 +624,7 @@ fn listener_set_protocol_conflict() {
     is(lost, "Accepted", "False", "ProtocolConflict");
     is(lost, "Programmed", "False", "Invalid");
     is(
-        listener(&out, INFRA, GW, "http"),
+        super::listener(&out, INFRA, GW, "http"),
         "Conflicted",
         "False",
         "NoConflicts",

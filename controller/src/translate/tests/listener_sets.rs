@@ -130,7 +130,16 @@ fn get(out: &Output, port: u16, host: &str, path: &str) -> String {
     };
     match router.route(&req) {
         Decision::Matched(m) => match m.rule.rule.backends.as_slice() {
-            [one] => one.name.rsplit('/').next().unwrap().to_string(),
+            // `namespace/name:port`.
+            [one] => one
+                .name
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string(),
             _ => "several".to_string(),
         },
         Decision::NotFound { .. } => "404".to_string(),

@@ -19,15 +19,23 @@ fn get(addr: &str) -> String {
 }
 
 fn get_path(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect((addr, 80)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    get_port_path(addr, 80, path)
+}
+
+fn get_port_path(addr: &str, port: u16, path: &str) -> String {
+    try_get(addr, port, path).unwrap()
+}
+
+/// `GET path` on `addr:port`; the error when the connection fails (a listener not bound yet).
+fn try_get(addr: &str, port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect((addr, port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
+    )?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 #[test]
@@ -266,6 +274,10 @@ fn up_serves_every_region_from_its_own_backends() {
         routes.iter().any(|(k, _)| *k == "tlsroute"),
         "examples define a TLSRoute: {routes:?}"
     );
+    assert!(
+        routes.contains(&("httproute", "team".to_string())),
+        "examples define an HTTPRoute on a ListenerSet: {routes:?}"
+    );
     let jsonpath = r#"-o=jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}"#;
     for (kind, route) in &routes {
         eventually_blocking(
@@ -283,6 +295,62 @@ fn up_serves_every_region_from_its_own_backends() {
             },
         );
     }
+
+    // examples/listenerset.yaml: the ListenerSet is attached to Gateway `shared` and its
+    // listener on port 8080 is served on that Gateway's address, reaching the echo backends.
+    let address = eventually_blocking(
+        "the ListenerSet Accepted and Programmed, its Gateway Programmed with an address",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let set = kubectl(&[
+                "get",
+                "listenerset",
+                "-n",
+                "demo",
+                "team-listeners",
+                r#"-o=jsonpath={.status.conditions[?(@.type=="Accepted")].status} {.status.conditions[?(@.type=="Programmed")].status} {.status.listeners[0].attachedRoutes}"#,
+            ]);
+            let set = String::from_utf8_lossy(&set.stdout).to_string();
+            if set != "True True 1" {
+                return Err(format!("ListenerSet: {set:?}"));
+            }
+            let gw = kubectl(&[
+                "get",
+                "gateway",
+                "-n",
+                "demo",
+                "shared",
+                r#"-o=jsonpath={.status.attachedListenerSets} {.status.addresses[0].value}"#,
+            ]);
+            let gw = String::from_utf8_lossy(&gw.stdout).to_string();
+            match gw.strip_prefix("1 ") {
+                Some(addr) if !addr.trim().is_empty() => Ok(addr.trim().to_string()),
+                _ => Err(format!("Gateway: {gw:?}")),
+            }
+        },
+    );
+    let answer = eventually_blocking(
+        "a request through the ListenerSet's listener answered",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let answer = try_get(&address, 8080, "/team").map_err(|e| e.to_string())?;
+            if answer.starts_with("HTTP/1.1 200") {
+                Ok(answer)
+            } else {
+                Err(answer)
+            }
+        },
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        v["region"], "us-east",
+        "served in east's own region: {body}"
+    );
+    // The Gateway's own port 80 has no route for /team: the listeners are kept apart.
+    assert!(get_port_path(&address, 80, "/team").starts_with("HTTP/1.1 404"));
 
     // A second Gateway in the same region gets its own address, so it can listen on port 80 too.
     let second = r#"

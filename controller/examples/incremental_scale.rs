@@ -272,7 +272,8 @@ fn echo(world: &mut World, updates: &[StatusUpdate]) -> Result<(), String> {
             }
             StatusKind::GatewayClass
             | StatusKind::FailoverPolicy
-            | StatusKind::BackendTlsPolicy => {}
+            | StatusKind::BackendTlsPolicy
+            | StatusKind::ListenerSet => {}
         }
     }
     Ok(())

@@ -517,6 +517,7 @@ impl Metrics {
             "HTTPRoute",
             "GRPCRoute",
             "TLSRoute",
+            "ListenerSet",
         ]
         .iter()
         .map(|k| {

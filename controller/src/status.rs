@@ -1,7 +1,7 @@
 //! Status as data: what translation wants written, and the pure merge rules that make writes
 //! idempotent.
 //!
-//! Kinds with a status: GatewayClass, Gateway, HTTPRoute, GRPCRoute, TLSRoute, BackendTLSPolicy
+//! Kinds with a status: GatewayClass, Gateway, ListenerSet, HTTPRoute, GRPCRoute, TLSRoute, BackendTLSPolicy
 //! (`status.ancestors`: one entry per Gateway whose routes use a target; other controllers'
 //! entries are kept) and Meridian's FailoverPolicy (its `status.conditions` + `status.targets`,
 //! in the cluster where the policy lives).
@@ -61,6 +61,8 @@ pub enum StatusKind {
     FailoverPolicy,
     /// BackendTLSPolicy (`status.ancestors`).
     BackendTlsPolicy,
+    /// ListenerSet (`status.conditions` + `status.listeners`, like a Gateway's; only we write it).
+    ListenerSet,
 }
 
 impl StatusKind {
@@ -75,6 +77,7 @@ impl StatusKind {
             Kind::TlsRoute => Some(Self::TlsRoute),
             Kind::FailoverPolicy => Some(Self::FailoverPolicy),
             Kind::BackendTlsPolicy => Some(Self::BackendTlsPolicy),
+            Kind::ListenerSet => Some(Self::ListenerSet),
             _ => None,
         }
     }
@@ -105,6 +108,7 @@ impl StatusKind {
             StatusKind::TlsRoute => "TLSRoute",
             StatusKind::FailoverPolicy => "FailoverPolicy",
             StatusKind::BackendTlsPolicy => "BackendTLSPolicy",
+            StatusKind::ListenerSet => "ListenerSet",
         }
     }
 }

@@ -34,6 +34,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::listenersets::ListenerSet;
 use gateway_api::referencegrants::ReferenceGrant;
 use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
@@ -56,7 +57,7 @@ use crate::translate::UnreachableCluster;
 use crate::world::{ClusterState, HttpRouteWithExtras, Indexed, Kind, ObjectKey, Revision};
 
 /// Every kind the controller watches, in start order.
-pub const ALL_KINDS: [Kind; 16] = [
+pub const ALL_KINDS: [Kind; 17] = [
     Kind::Namespace,
     Kind::Service,
     Kind::EndpointSlice,
@@ -66,6 +67,7 @@ pub const ALL_KINDS: [Kind; 16] = [
     Kind::HttpRoute,
     Kind::GrpcRoute,
     Kind::TlsRoute,
+    Kind::ListenerSet,
     Kind::ReferenceGrant,
     Kind::ServiceExport,
     Kind::ServiceImport,
@@ -159,6 +161,7 @@ fn resource_of(kind: Kind) -> (String, String) {
         Kind::HttpRoute => of::<HttpRoute>(),
         Kind::GrpcRoute => of::<GrpcRoute>(),
         Kind::TlsRoute => of::<TlsRoute>(),
+        Kind::ListenerSet => of::<ListenerSet>(),
         Kind::ReferenceGrant => of::<ReferenceGrant>(),
         Kind::Namespace => of::<Namespace>(),
         Kind::Service => of::<Service>(),
@@ -189,6 +192,7 @@ pub(crate) fn kind_label(kind: Kind) -> &'static str {
         Kind::HttpRoute => "HTTPRoute",
         Kind::GrpcRoute => "GRPCRoute",
         Kind::TlsRoute => "TLSRoute",
+        Kind::ListenerSet => "ListenerSet",
         Kind::ReferenceGrant => "ReferenceGrant",
         Kind::Namespace => "Namespace",
         Kind::Service => "Service",
@@ -463,6 +467,7 @@ async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
         Kind::HttpRoute => clear::<HttpRouteWithExtras>(),
         Kind::GrpcRoute => clear::<GrpcRoute>(),
         Kind::TlsRoute => clear::<TlsRoute>(),
+        Kind::ListenerSet => clear::<ListenerSet>(),
         Kind::ReferenceGrant => clear::<ReferenceGrant>(),
         Kind::Namespace => clear::<Namespace>(),
         Kind::Service => clear::<Service>(),
@@ -492,6 +497,7 @@ fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
         Kind::HttpRoute => tokio::spawn(run_watcher::<HttpRouteWithExtras>(ctx)),
         Kind::GrpcRoute => tokio::spawn(run_watcher::<GrpcRoute>(ctx)),
         Kind::TlsRoute => tokio::spawn(run_watcher::<TlsRoute>(ctx)),
+        Kind::ListenerSet => tokio::spawn(run_watcher::<ListenerSet>(ctx)),
         Kind::ReferenceGrant => tokio::spawn(run_watcher::<ReferenceGrant>(ctx)),
         Kind::Namespace => tokio::spawn(run_watcher::<Namespace>(ctx)),
         Kind::Service => tokio::spawn(run_watcher::<Service>(ctx)),

@@ -27,6 +27,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::listenersets::ListenerSet;
 use gateway_api::referencegrants::ReferenceGrant;
 use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
@@ -234,6 +235,8 @@ pub enum Kind {
     GrpcRoute,
     /// `gateway.networking.k8s.io/TLSRoute`.
     TlsRoute,
+    /// `gateway.networking.k8s.io/ListenerSet`.
+    ListenerSet,
     /// `gateway.networking.k8s.io/ReferenceGrant`.
     ReferenceGrant,
     /// Core Namespace (labels only).
@@ -277,6 +280,7 @@ pub struct ClusterState {
     pub(crate) http_route_extras: BTreeMap<ObjectKey, RouteExtras>,
     pub(crate) grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
     pub(crate) tls_routes: BTreeMap<ObjectKey, Arc<TlsRoute>>,
+    pub(crate) listener_sets: BTreeMap<ObjectKey, Arc<ListenerSet>>,
     pub(crate) reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     pub(crate) namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub(crate) services: BTreeMap<ObjectKey, Arc<Service>>,
@@ -472,6 +476,11 @@ impl ClusterState {
         self.tls_routes.iter().map(|(k, v)| (k, v.as_ref()))
     }
 
+    /// The ListenerSets of this cluster, in key order.
+    pub fn listener_sets(&self) -> impl Iterator<Item = (&ObjectKey, &ListenerSet)> {
+        self.listener_sets.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
     /// A TLSRoute by key (the status writer replaces its status on this copy).
     pub fn tls_route(&self, key: &ObjectKey) -> Option<&Arc<TlsRoute>> {
         self.tls_routes.get(key)
@@ -504,6 +513,7 @@ impl ClusterState {
             StatusKind::TlsRoute => &self.tls_routes.get(key)?.metadata,
             StatusKind::FailoverPolicy => &self.failover_policies.get(key)?.metadata,
             StatusKind::BackendTlsPolicy => &self.backend_tls_policies.get(key)?.metadata,
+            StatusKind::ListenerSet => &self.listener_sets.get(key)?.metadata,
         })
     }
 
@@ -526,6 +536,7 @@ impl ClusterState {
             StatusKind::TlsRoute => self.tls_routes.contains_key(key),
             StatusKind::FailoverPolicy => self.failover_policies.contains_key(key),
             StatusKind::BackendTlsPolicy => self.backend_tls_policies.contains_key(key),
+            StatusKind::ListenerSet => self.listener_sets.contains_key(key),
         }
     }
 
@@ -548,6 +559,7 @@ impl ClusterState {
             (Kind::HttpRoute, self.http_routes.len()),
             (Kind::GrpcRoute, self.grpc_routes.len()),
             (Kind::TlsRoute, self.tls_routes.len()),
+            (Kind::ListenerSet, self.listener_sets.len()),
             (Kind::ReferenceGrant, self.reference_grants.len()),
             (Kind::Namespace, self.namespaces.len()),
             (Kind::Service, self.services.len()),
@@ -674,6 +686,13 @@ simple_index!(
     status
 );
 simple_index!(TlsRoute, Kind::TlsRoute, tls_routes, namespaced_of, status);
+simple_index!(
+    ListenerSet,
+    Kind::ListenerSet,
+    listener_sets,
+    namespaced_of,
+    status
+);
 simple_index!(
     ReferenceGrant,
     Kind::ReferenceGrant,

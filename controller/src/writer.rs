@@ -69,6 +69,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParents};
+use gateway_api::listenersets::ListenerSet;
 use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -878,8 +879,10 @@ async fn write(client: &kube::Client, cfg: &WriterConfig, job: &Job) -> Result<(
         StatusKind::GatewayClass
         | StatusKind::Gateway
         | StatusKind::FailoverPolicy
-        | StatusKind::BackendTlsPolicy => {
+        | StatusKind::BackendTlsPolicy
+        | StatusKind::ListenerSet => {
             let api = match u.kind {
+                StatusKind::ListenerSet => api_for::<ListenerSet>(client, u.namespace.as_deref()),
                 StatusKind::GatewayClass => api_for::<GatewayClass>(client, None),
                 StatusKind::BackendTlsPolicy => {
                     api_for::<BackendTlsPolicy>(client, u.namespace.as_deref())

@@ -2,8 +2,10 @@
 //!
 //! A random world of two member clusters (generators shared with `fuzz_translate`, in
 //! `translate_worlds`) is translated in full through [`Incremental::full`]; then a random
-//! sequence of batches of changes is applied — Gateways, HTTPRoutes, GRPCRoutes (sharing names
-//! with the HTTPRoutes, and with their hostnames), Services, EndpointSlices,
+//! sequence of batches of changes is applied — Gateways (admitting ListenerSets or not),
+//! ListenerSets adding listeners to them (new ports, and ports and hostnames of the Gateway's own
+//! or of other sets, which lose), HTTPRoutes (some attaching to a ListenerSet), GRPCRoutes
+//! (sharing names with the HTTPRoutes, and with their hostnames), Services, EndpointSlices,
 //! ReferenceGrants, FailoverPolicies and ServiceExports added, replaced and deleted, namespaces
 //! relabelled, the TLS Secret broken and mended, the status we computed landing on its object
 //! (the echo of our own writes), the data plane reporting another state for a Gateway, a status
@@ -30,6 +32,7 @@ use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gateways::{Gateway, GatewayStatus};
 use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteStatus};
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatus};
+use gateway_api::listenersets::{ListenerSet, ListenerSetStatus};
 use gateway_api::referencegrants::ReferenceGrant;
 use gateway_api::tlsroutes::{TlsRoute, TlsRouteStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
@@ -135,8 +138,8 @@ fn focused() -> impl Strategy<Value = Value> {
     let route = (
         0usize..6,
         select(&["app", "web"][..]),
-        select(&["gw", "gw2"][..]),
-        proptest::option::of(select(&["http", "https"][..])),
+        select(&["gw", "gw2", "gw2", "ls-0"][..]),
+        proptest::option::of(select(&["http", "https", "extra"][..])),
         prop::collection::vec(backend, 1..3),
         1i64..3,
         // GRPCRoutes of the same names and hostname, older or newer: the two kinds conflict.
@@ -154,7 +157,8 @@ fn focused() -> impl Strategy<Value = Value> {
                 "spec": {
                     "parentRefs": [obj(vec![
                         ("name", Some(json!(gw))),
-                        ("namespace", Some(json!("infra"))),
+                        ("namespace", Some(json!(if gw == "ls-0" { "app" } else { "infra" }))),
+                        ("kind", gw.starts_with("ls-").then(|| json!("ListenerSet"))),
                         ("sectionName", section.map(|s| json!(s))),
                     ])],
                     "hostnames": ["a.example.com"],
@@ -202,8 +206,13 @@ fn focused() -> impl Strategy<Value = Value> {
                 },
             })
         });
-    let gateway = (any::<bool>(), any::<bool>(), select(&[0u8, 1, 1, 2][..])).prop_map(
-        |(selector, https, tls)| {
+    let gateway = (
+        any::<bool>(),
+        any::<bool>(),
+        select(&[0u8, 1, 1, 2][..]),
+        proptest::option::of(select(&["All", "Same", "None", "Selector"][..])),
+    )
+        .prop_map(|(selector, https, tls, allowed)| {
             let from = if selector {
                 json!({"from": "Selector", "selector": {"matchLabels": {"team": "web"}}})
             } else {
@@ -226,14 +235,56 @@ fn focused() -> impl Strategy<Value = Value> {
                                                "certificateRefs": [{"name": "cert"}]}})),
                 _ => {}
             }
+            let mut spec = json!({"gatewayClassName": CLASS, "listeners": listeners});
+            if let Some(from) = allowed {
+                spec["allowedListeners"] = json!({"namespaces": {"from": from,
+                    "selector": {"matchLabels": {"team": "web"}}}});
+            }
             json!({
                 "apiVersion": "gateway.networking.k8s.io/v1",
                 "kind": "Gateway",
                 "metadata": meta(Some("infra"), "gw2", 1),
-                "spec": {"gatewayClassName": CLASS, "listeners": listeners},
+                "spec": spec,
             })
-        },
-    );
+        });
+    // ListenerSets naming gw2 (or gw): a new port, or the port of one of gw2's own listeners
+    // (same hostname or protocol: it loses), older or newer than each other.
+    let listener_set = (
+        0usize..2,
+        select(&["app", "web", "infra"][..]),
+        select(&["gw2", "gw2", "gw"][..]),
+        select(
+            &[
+                (8080, "HTTP", None),
+                (80, "HTTP", None),
+                (80, "HTTP", Some("a.example.com")),
+                (443, "HTTP", None),
+                (8080, "HTTP", Some("*.example.com")),
+            ][..],
+        ),
+        0i64..3,
+        1i64..3,
+    )
+        .prop_map(|(i, ns, gw, (port, protocol, hostname), age, generation)| {
+            let mut m = meta(Some(ns), &format!("ls-{i}"), generation);
+            m["creationTimestamp"] = json!(format!("1970-01-01T00:1{age}:20Z"));
+            let listener = obj(vec![
+                ("name", Some(json!("extra"))),
+                ("port", Some(json!(port))),
+                ("protocol", Some(json!(protocol))),
+                ("hostname", hostname.map(|h| json!(h))),
+                (
+                    "allowedRoutes",
+                    Some(json!({"namespaces": {"from": "All"}})),
+                ),
+            ]);
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "ListenerSet",
+                "metadata": m,
+                "spec": {"parentRef": {"name": gw, "namespace": "infra"}, "listeners": [listener]},
+            })
+        });
     let policy = (
         0usize..2,
         select(&["app", "web"][..]),
@@ -350,6 +401,8 @@ fn focused() -> impl Strategy<Value = Value> {
         4 => route,
         4 => tls_route,
         2 => gateway,
+        // Rare: every pass with a ListenerSet in the world is a full one.
+        1 => listener_set,
         2 => service,
         4 => slice,
         2 => grant,
@@ -428,6 +481,7 @@ fn kind_of(v: &Value) -> Option<Kind> {
         "HTTPRoute" => Kind::HttpRoute,
         "GRPCRoute" => Kind::GrpcRoute,
         "TLSRoute" => Kind::TlsRoute,
+        "ListenerSet" => Kind::ListenerSet,
         "Service" => Kind::Service,
         "EndpointSlice" => Kind::EndpointSlice,
         "ReferenceGrant" => Kind::ReferenceGrant,
@@ -520,6 +574,7 @@ impl Harness {
             Kind::HttpRoute => c.delete::<HttpRoute>(&key),
             Kind::GrpcRoute => c.delete::<GrpcRoute>(&key),
             Kind::TlsRoute => c.delete::<TlsRoute>(&key),
+            Kind::ListenerSet => c.delete::<ListenerSet>(&key),
             Kind::Service => c.delete::<Service>(&key),
             Kind::ReferenceGrant => c.delete::<ReferenceGrant>(&key),
             Kind::FailoverPolicy => c.delete::<FailoverPolicy>(&key),
@@ -635,6 +690,18 @@ impl Harness {
                         );
                         g.metadata.resource_version = Some(format!("echo-{pick}"));
                         revise(c, &u.cluster, g, changes);
+                    }
+                    StatusKind::ListenerSet => {
+                        let Some((_, s)) = c.listener_sets().find(|(k, _)| **k == key) else {
+                            return;
+                        };
+                        let mut s = s.clone();
+                        s.status = Some(
+                            serde_json::from_value::<ListenerSetStatus>(Value::clone(&u.status))
+                                .unwrap(),
+                        );
+                        s.metadata.resource_version = Some(format!("echo-{pick}"));
+                        revise(c, &u.cluster, s, changes);
                     }
                     // Recomputed every pass: nothing an echo could leave stale.
                     StatusKind::GatewayClass
@@ -846,6 +913,7 @@ fn revision_of(c: &ClusterState, v: &Value) -> Revision {
         Some("HTTPRoute") => of::<HttpRoute>(c, v),
         Some("GRPCRoute") => of::<GrpcRoute>(c, v),
         Some("TLSRoute") => of::<TlsRoute>(c, v),
+        Some("ListenerSet") => of::<ListenerSet>(c, v),
         Some("FailoverPolicy") => of::<FailoverPolicy>(c, v),
         _ => Revision::Changed,
     }
@@ -909,6 +977,10 @@ struct Reached {
     /// Served TLSRoutes, and TLSRoutes refused because older ones hold every hostname.
     served_tls_routes: usize,
     tls_conflicts: usize,
+    /// Served listeners of ListenerSets, and ListenerSet listeners that lost their port to an
+    /// earlier listener.
+    served_set_listeners: usize,
+    set_conflicts: usize,
 }
 
 /// The publish path's hint against the whole comparison, for one cluster's snapshot before
@@ -1094,6 +1166,20 @@ fn check(
             .iter()
             .filter(|u| u.status.to_string().contains("a route of the other kind"))
             .count();
+        reached.served_set_listeners += snapshots
+            .values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .filter(|l| l.name.contains('/'))
+            .count();
+        reached.set_conflicts += full
+            .status
+            .iter()
+            .filter(|u| {
+                u.kind == StatusKind::ListenerSet
+                    && u.status.to_string().contains("takes precedence")
+            })
+            .count();
         reached.served_tls_routes += snapshots
             .values()
             .flat_map(|s| &s.gateways)
@@ -1200,6 +1286,14 @@ fn incremental_equals_full_after_every_change() {
     assert!(
         reached.tls_echoes > 0,
         "no echo of a TLSRoute status write was ever recognised"
+    );
+    assert!(
+        reached.served_set_listeners > 0,
+        "no ListenerSet listener was ever served"
+    );
+    assert!(
+        reached.set_conflicts > 0,
+        "no ListenerSet listener ever lost its port to an earlier listener"
     );
     assert!(
         reached.narrowed > 100,

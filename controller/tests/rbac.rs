@@ -11,7 +11,8 @@
 //!  1. full roles: the demo (GatewayClass, Gateway with HTTP and HTTPS listeners whose Secret is
 //!     in another namespace behind a ReferenceGrant, HTTPRoute to a Service with an
 //!     EndpointSlice, a GRPCRoute to the same Service, a TLSRoute (refused by the Gateway's
-//!     listeners, but its status is written all the same), ServiceExport, ServiceImport,
+//!     listeners, but its status is written all the same), a ListenerSet (the Gateway does not
+//!     admit it: NotAllowed, written all the same), ServiceExport, ServiceImport,
 //!     FailoverPolicy, a BackendTLSPolicy with its CA ConfigMap, a FailoverDrill run to the end)
 //!     reaches its status, a route write that has to re-read the route works, and the
 //!     sandbox's audit of refused requests (`Sandbox::denials`) has nothing for the controller.
@@ -47,6 +48,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::listenersets::ListenerSet;
 use gateway_api::referencegrants::ReferenceGrant;
 use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::ByteString;
@@ -453,6 +455,14 @@ async fn demo(c: &Client) {
                      "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]}}),
     )
     .await;
+    apply::<ListenerSet>(
+        c,
+        json!({"apiVersion": api_version::<ListenerSet>(), "kind": "ListenerSet",
+            "metadata": {"name": "team", "namespace": "infra"},
+            "spec": {"parentRef": {"name": "gw"},
+                     "listeners": [{"name": "extra", "port": 8080, "protocol": "HTTP"}]}}),
+    )
+    .await;
     apply::<TlsRoute>(
         c,
         json!({"apiVersion": api_version::<TlsRoute>(), "kind": "TLSRoute",
@@ -607,6 +617,10 @@ impl World {
             .unwrap();
         dyn_api::<FailoverPolicy>(&self.admin, Some("app"))
             .patch_status("echo", &pp, &Patch::Merge(&conditions))
+            .await
+            .unwrap();
+        dyn_api::<ListenerSet>(&self.admin, Some("infra"))
+            .patch_status("team", &pp, &Patch::Merge(&conditions))
             .await
             .unwrap();
         dyn_api::<HttpRoute>(&self.admin, Some("app"))
@@ -777,6 +791,18 @@ async fn full_roles_suffice(w: &World) {
             ))])
         .then_some(())
         .ok_or(format!("{ours:?}"))
+    })
+    .await;
+    eventually_async("ListenerSet status written", WAIT, || async {
+        let s = Api::<ListenerSet>::namespaced(c.clone(), "infra")
+            .get("team")
+            .await
+            .unwrap();
+        // The Gateway has no allowedListeners: refused, and said so.
+        let got = condition_of(s.status.and_then(|s| s.conditions), "Accepted")?;
+        (got == ("False".to_string(), "NotAllowed".to_string()))
+            .then_some(())
+            .ok_or(format!("{got:?}"))
     })
     .await;
     eventually_async("FailoverPolicy Accepted", WAIT, || async {

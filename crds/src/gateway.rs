@@ -12,8 +12,8 @@
 
 use gateway_api::{
     backendtlspolicies::BackendTlsPolicy, gatewayclasses::GatewayClass, gateways::Gateway,
-    grpcroutes::GrpcRoute, httproutes::HttpRoute, referencegrants::ReferenceGrant,
-    tlsroutes::TlsRoute,
+    grpcroutes::GrpcRoute, httproutes::HttpRoute, listenersets::ListenerSet,
+    referencegrants::ReferenceGrant, tlsroutes::TlsRoute,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition,
@@ -57,8 +57,8 @@ struct Decoration {
 /// BackendTLSPolicy, also `v1` only, come from [`v1_only`].
 const V1_ONLY: &[&str] = &["GRPCRoute"];
 
-/// GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, TLSRoute and BackendTLSPolicy,
-/// in that order.
+/// GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, ListenerSet, TLSRoute and
+/// BackendTLSPolicy, in that order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     crds_and_misses().0
 }
@@ -88,10 +88,39 @@ pub fn crds_and_misses() -> (Vec<CustomResourceDefinition>, Vec<String>) {
     (crds, misses)
 }
 
-/// Kinds that upstream serves only as `v1` (no `v1beta1` alias): TLSRoute (standard channel
-/// since v1.5, `v1alpha2` in the experimental channel before) and BackendTLSPolicy.
+/// Kinds that upstream serves only as `v1` (no `v1beta1` alias): TLSRoute and ListenerSet
+/// (standard channel since v1.5, experimental before) and BackendTLSPolicy.
 fn v1_only() -> Vec<CustomResourceDefinition> {
     vec![
+        decorate(
+            ListenerSet::crd(),
+            Decoration {
+                description: "Listeners added to a Gateway from another object (and namespace), when the Gateway's allowedListeners admits them.",
+                short_names: &["lset"],
+                columns: vec![
+                    column(
+                        "Accepted",
+                        "string",
+                        r#".status.conditions[?(@.type=="Accepted")].status"#,
+                        0,
+                    ),
+                    column(
+                        "Programmed",
+                        "string",
+                        r#".status.conditions[?(@.type=="Programmed")].status"#,
+                        0,
+                    ),
+                    age_column(),
+                ],
+                lists: &[
+                    ("spec.listeners", ListType::Map(&["name"])),
+                    ("status.conditions", ListType::Map(&["type"])),
+                    ("status.listeners", ListType::Map(&["name"])),
+                    ("status.listeners[].conditions", ListType::Map(&["type"])),
+                    ("status.listeners[].supportedKinds", ListType::Atomic),
+                ],
+            },
+        ),
         decorate(
             TlsRoute::crd(),
             Decoration {

@@ -113,6 +113,7 @@ pub fn apply(crd: &mut CustomResourceDefinition) -> Vec<String> {
         "ReferenceGrant" => reference_grant(&mut e),
         "BackendTLSPolicy" => backend_tls_policy(&mut e),
         "TLSRoute" => tls_route(&mut e),
+        "ListenerSet" => listener_set(&mut e),
         _ => {}
     }
     e.into_misses()
@@ -182,7 +183,7 @@ fn secret_ref(e: &mut SchemaEditor<'_>, path: &str) {
 /// Gateway: class name, listeners, ListenerSets, addresses, infrastructure and status.
 fn gateway(e: &mut SchemaEditor<'_>) {
     e.at("spec.gatewayClassName", &name());
-    gateway_listener_list(e);
+    gateway_listener_list(e, "listener names must be unique within a Gateway");
     gateway_listener("spec.listeners[]", e);
 
     // Which ListenerSets may attach: none unless the Gateway says so.
@@ -211,8 +212,8 @@ fn gateway(e: &mut SchemaEditor<'_>) {
     conditions(e, "status.listeners[].conditions", None);
 }
 
-/// Listeners, as a list: bounds and the cross-listener rules.
-fn gateway_listener_list(e: &mut SchemaEditor<'_>) {
+/// Listeners, as a list (a Gateway's or a ListenerSet's): bounds and the cross-listener rules.
+fn gateway_listener_list(e: &mut SchemaEditor<'_>, unique_names: &'static str) {
     e.at(
         "spec.listeners",
         &[
@@ -236,7 +237,7 @@ fn gateway_listener_list(e: &mut SchemaEditor<'_>) {
             ),
             rule(
                 "self.all(a, self.exists_one(b, a.name == b.name))",
-                "listener names must be unique within a Gateway",
+                unique_names,
             ),
             rule(
                 "self.all(a, self.exists_one(b, a.port == b.port && a.protocol == b.protocol && (has(a.hostname) ? has(b.hostname) && a.hostname == b.hostname : !has(b.hostname))))",
@@ -277,6 +278,33 @@ fn gateway_listener(l: &str, e: &mut SchemaEditor<'_>) {
         )
         .at(&format!("{l}.allowedRoutes.kinds[].kind"), &kind());
     secret_ref(e, &format!("{l}.tls.certificateRefs[]"));
+}
+
+/// ListenerSet (v1): a parentRef to one Gateway (group and kind default to the Gateway's, a
+/// namespace may be given) and 1 to 64 listeners under the same rules as a Gateway's; status
+/// as a Gateway's (conditions, listeners).
+fn listener_set(e: &mut SchemaEditor<'_>) {
+    e.at(
+        "spec.parentRef.group",
+        &with(vec![Default(json!(GATEWAY_GROUP))], group()),
+    )
+    .at(
+        "spec.parentRef.kind",
+        &with(vec![Default(json!("Gateway"))], kind()),
+    )
+    .at("spec.parentRef.name", &name())
+    .at("spec.parentRef.namespace", &namespace());
+    gateway_listener_list(e, "listener names must be unique within a ListenerSet");
+    gateway_listener("spec.listeners[]", e);
+
+    e.at("status.listeners", &[MaxItems(64)])
+        .at("status.listeners[].name", &section_name())
+        .at("status.listeners[].attachedRoutes", &[Minimum(0)])
+        .at("status.listeners[].supportedKinds", &[MaxItems(8)])
+        .at("status.listeners[].supportedKinds[].group", &group())
+        .at("status.listeners[].supportedKinds[].kind", &kind());
+    conditions(e, "status.conditions", None);
+    conditions(e, "status.listeners[].conditions", None);
 }
 
 /// `spec.addresses`: unique values, IP addresses or DNS names by type.

@@ -9,7 +9,7 @@
 //! renders for `Option<T>` (a real server refuses an enum containing `null`; upstream marks
 //! optional fields by leaving them out of `required`), for every CRD; and `gateway_rules` adds
 //! the Gateway API standard channel's validation to GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-//! ReferenceGrant, TLSRoute and BackendTLSPolicy: name/hostname/path/header lengths and patterns, list
+//! ReferenceGrant, ListenerSet, TLSRoute and BackendTLSPolicy: name/hostname/path/header lengths and patterns, list
 //! bounds, port and weight
 //! ranges, redirect status codes, `default`s (listener `allowedRoutes`, parentRef and backendRef
 //! group/kind, backendRef weight, the catch-all rule and `PathPrefix /` match, ...) and the CEL
@@ -72,9 +72,9 @@ pub enum Error {
     },
 }
 
-/// GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, TLSRoute and BackendTLSPolicy
-/// (standard channel, storage version `v1`, `v1beta1` also served except for GRPCRoute, TLSRoute
-/// and BackendTLSPolicy, which upstream serves as `v1` only), decorated with upstream's printer
+/// GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, ListenerSet, TLSRoute and
+/// BackendTLSPolicy (standard channel, storage version `v1`, `v1beta1` also served except for
+/// GRPCRoute, ListenerSet, TLSRoute and BackendTLSPolicy, which upstream serves as `v1` only), decorated with upstream's printer
 /// columns, short names, category
 /// `gateway-api`, bundle annotations and SSA list markers.
 pub fn gateway_api_crds() -> Vec<CustomResourceDefinition> {

@@ -131,6 +131,24 @@ fn gateway_api_printer_columns_match_upstream() {
     );
     assert_columns("ReferenceGrant", &[age]);
     assert_columns(
+        "ListenerSet",
+        &[
+            (
+                "Accepted",
+                "string",
+                r#".status.conditions[?(@.type=="Accepted")].status"#,
+                0,
+            ),
+            (
+                "Programmed",
+                "string",
+                r#".status.conditions[?(@.type=="Programmed")].status"#,
+                0,
+            ),
+            age,
+        ],
+    );
+    assert_columns(
         "TLSRoute",
         &[("Hostnames", "string", ".spec.hostnames", 0), age],
     );
@@ -197,6 +215,13 @@ fn names_short_names_categories_and_scope() {
             "Namespaced",
         ),
         (
+            "ListenerSet",
+            "listenersets",
+            &["lset"],
+            Some("gateway-api"),
+            "Namespaced",
+        ),
+        (
             "TLSRoute",
             "tlsroutes",
             &[],
@@ -259,6 +284,7 @@ fn all_crds_has_stable_order_and_unique_names() {
             "HTTPRoute",
             "GRPCRoute",
             "ReferenceGrant",
+            "ListenerSet",
             "TLSRoute",
             "BackendTLSPolicy",
             "ServiceExport",
@@ -314,7 +340,7 @@ fn gateway_api_serves_v1beta1_with_v1_schema_and_v1_storage() {
             .iter()
             .map(|v| (v.name.as_str(), v.served, v.storage))
             .collect();
-        if kind == "GRPCRoute" || kind == "TLSRoute" {
+        if kind == "GRPCRoute" || kind == "TLSRoute" || kind == "ListenerSet" {
             // Upstream serves these as v1 only (they were v1alpha2 before, never v1beta1).
             assert_eq!(versions, [("v1", true, true)], "{kind}");
             continue;
@@ -384,6 +410,7 @@ fn status_subresource_where_expected() {
         ("HTTPRoute", true),
         ("GRPCRoute", true),
         ("TLSRoute", true),
+        ("ListenerSet", true),
         ("ReferenceGrant", false),
         ("ServiceExport", true),
         ("ServiceImport", true),
@@ -568,6 +595,9 @@ fn ssa_list_markers_for_status_lists() {
         ("HTTPRoute", "status.parents[].conditions", map("type")),
         ("GRPCRoute", "status.parents", atomic.clone()),
         ("GRPCRoute", "status.parents[].conditions", map("type")),
+        ("ListenerSet", "status.conditions", map("type")),
+        ("ListenerSet", "status.listeners", map("name")),
+        ("ListenerSet", "status.listeners[].conditions", map("type")),
         ("TLSRoute", "status.parents", atomic.clone()),
         ("TLSRoute", "status.parents[].conditions", map("type")),
         ("ServiceExport", "status.conditions", map("type")),
@@ -1270,6 +1300,50 @@ fn tls_route_has_standard_validation_and_defaults() {
     );
     assert_eq!(node(&s, "status.parents")["maxItems"], 32);
     assert_eq!(node(&s, "status.parents[].conditions")["minItems"], 1);
+}
+
+#[test]
+fn listener_set_has_standard_validation_and_defaults() {
+    let s = schema_of(&by_kind("ListenerSet"), "v1");
+    let required = |path: &str| -> Vec<String> {
+        serde_json::from_value(node(&s, path)["required"].clone()).unwrap()
+    };
+    assert!(required("spec").contains(&"parentRef".to_string()));
+    assert!(required("spec").contains(&"listeners".to_string()));
+    assert_eq!(node(&s, "spec.parentRef.kind")["default"], "Gateway");
+    assert_eq!(
+        node(&s, "spec.parentRef.group")["default"],
+        "gateway.networking.k8s.io"
+    );
+    let listeners = node(&s, "spec.listeners");
+    assert_eq!(listeners["minItems"], 1);
+    assert_eq!(listeners["maxItems"], 64);
+    assert!(has_rule(&s, "spec.listeners", "a.name == b.name"));
+    assert!(has_rule(&s, "spec.listeners", "a.port == b.port"));
+    // The same listener field checks as a Gateway's.
+    let gw = schema_of(&by_kind("Gateway"), "v1");
+    for f in ["name", "hostname", "port", "protocol"] {
+        let path = format!("spec.listeners[].{f}");
+        for check in ["pattern", "minLength", "maxLength", "minimum", "maximum"] {
+            assert_eq!(
+                node(&s, &path)[check],
+                node(&gw, &path)[check],
+                "{path} {check}"
+            );
+        }
+    }
+    assert!(node(&s, "spec.listeners[].hostname")["pattern"].is_string());
+    assert_eq!(node(&s, "spec.listeners[].port")["maximum"], 65535.0);
+    assert_eq!(
+        node(&s, "spec.listeners[].allowedRoutes.namespaces.from")["default"],
+        "Same"
+    );
+    assert_eq!(node(&s, "status.listeners")["maxItems"], 64);
+    // The Gateway admits no ListenerSet unless it says so.
+    assert_eq!(
+        node(&gw, "spec.allowedListeners.namespaces.from")["default"],
+        "None"
+    );
 }
 
 #[test]

@@ -965,8 +965,147 @@ async fn kubectl_create_generators_list_apply_and_explain() {
     );
     assert!(bad.stderr.contains("spec.hostnames"), "{}", bad.stderr);
 
+    // ListenerSet: served from its CRD (v1 only), listed with ACCEPTED, PROGRAMMED and AGE,
+    // defaulted (parentRef kind, allowedRoutes) and validated by the server (listener names
+    // unique, at least one listener, port range, hostname format).
+    let file = format!(
+        "{}/../crds/listenersets.gateway.networking.k8s.io.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    k.ok(&["apply", "--server-side", "-f", &file]).await;
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/listenersets.gateway.networking.k8s.io",
+    ])
+    .await;
+    dir.write("lset.yaml", LISTENER_SET);
+    let out = k.ok(&["apply", "-f", &path("lset.yaml")]).await;
+    assert!(
+        out.contains("listenerset.gateway.networking.k8s.io/extra created"),
+        "{out}"
+    );
+    let out = k.ok(&["get", "listenersets"]).await;
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "ACCEPTED", "PROGRAMMED", "AGE"], "{out}");
+    assert!(k.ok(&["get", "lset", "extra"]).await.contains("extra"));
+    let stored = get_json(&["listenerset", "extra"]).await;
+    assert_eq!(stored["spec"]["parentRef"]["kind"], "Gateway");
+    assert_eq!(
+        stored["spec"]["parentRef"]["group"],
+        "gateway.networking.k8s.io"
+    );
+    assert_eq!(
+        stored["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["from"],
+        "Same"
+    );
+    for (i, (manifest, want)) in [
+        (
+            BAD_LISTENER_SET_NAMES,
+            "listener names must be unique within a ListenerSet",
+        ),
+        (BAD_LISTENER_SET_PORT, "spec.listeners[0].port"),
+        (BAD_LISTENER_SET_HOSTNAME, "spec.listeners[0].hostname"),
+        (BAD_LISTENER_SET_EMPTY, "spec.listeners"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let file = format!("bad-lset-{i}.yaml");
+        dir.write(&file, manifest);
+        let bad = k.run(&["apply", "-f", &path(&file)]).await;
+        assert!(
+            !bad.ok,
+            "an invalid ListenerSet was accepted: {}",
+            bad.stdout
+        );
+        for want in ["The ListenerSet \"bad\" is invalid", want] {
+            assert!(bad.stderr.contains(want), "lacks {want:?}: {}", bad.stderr);
+        }
+        assert!(
+            k.run(&["get", "listenerset", "bad"])
+                .await
+                .stderr
+                .contains("not found")
+        );
+    }
+
     sb.shutdown().await;
 }
+
+const LISTENER_SET: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata:
+  name: extra
+spec:
+  parentRef:
+    name: listed
+  listeners:
+  - name: extra
+    port: 8080
+    protocol: HTTP
+    hostname: extra.example.com
+"#;
+
+const BAD_LISTENER_SET_NAMES: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata:
+  name: bad
+spec:
+  parentRef:
+    name: listed
+  listeners:
+  - name: same
+    port: 8080
+    protocol: HTTP
+  - name: same
+    port: 8081
+    protocol: HTTP
+"#;
+
+const BAD_LISTENER_SET_PORT: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata:
+  name: bad
+spec:
+  parentRef:
+    name: listed
+  listeners:
+  - name: extra
+    port: 70000
+    protocol: HTTP
+"#;
+
+const BAD_LISTENER_SET_HOSTNAME: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata:
+  name: bad
+spec:
+  parentRef:
+    name: listed
+  listeners:
+  - name: extra
+    port: 8080
+    protocol: HTTP
+    hostname: "Not_A.Host"
+"#;
+
+const BAD_LISTENER_SET_EMPTY: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata:
+  name: bad
+spec:
+  parentRef:
+    name: listed
+  listeners: []
+"#;
 
 const GRPC_ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute

@@ -78,9 +78,8 @@ pub(crate) fn compute(ctx: &Ctx<'_>, gateways: &BTreeMap<ObjectKey, GatewayState
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        for pk in our_parents(&key.key, &src.parent_refs, gateways) {
-            let Some(gw) = gateways.get(&ObjectKey::new(pk.namespace.as_str(), pk.name.as_str()))
-            else {
+        for pk in our_parents(ctx, &key.key, &src.parent_refs, gateways) {
+            let Some(gw) = gateways.get(&pk.gateway) else {
                 continue;
             };
             let Ok(listeners) = eligible_listeners(ctx, &key, &hostnames, &pk, gw) else {

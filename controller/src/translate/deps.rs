@@ -242,6 +242,17 @@ impl DepIndex {
                 deps.set_route(&key, new);
                 affected.route(cluster, key);
             }
+            // A pass with ListenerSets in the world (or at the last pass) is a full one
+            // (`Fallback::ListenerSets`), so the set's old Gateway never needs finding here.
+            Kind::ListenerSet => {
+                if let Some(gw) = state
+                    .listener_sets
+                    .get(key)
+                    .and_then(|s| super::listener_set::parent_gateway(key, s))
+                {
+                    affected.gateway(cluster, gw);
+                }
+            }
             Kind::Gateway => {
                 let new = state.gateways.get(key).map(|g| gateway_refs(key, g));
                 deps.set_gateway(key, new);

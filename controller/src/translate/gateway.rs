@@ -36,6 +36,7 @@ use gateway_api::gateways::*;
 use meridian_model::hostname;
 use meridian_model::snapshot::{self as model, Certificate, ListenerTls, Protocol, RouteKind};
 
+use super::listener_set::{self, SetState};
 use super::selector::Selector;
 use super::{ClusterGatewayRef, Ctx, Problem, ProgrammedState, generation_of};
 use crate::refgrant::{self, RefFrom, RefTo};
@@ -209,10 +210,15 @@ pub(crate) struct ListenerState {
     pub routes: Vec<Arc<model::Route>>,
     /// `false` for a second listener with an already used name: it gets no status entry.
     pub has_status: bool,
+    /// `None`: declared by the Gateway; `Some(i)`: by its attached ListenerSet `sets[i]`.
+    pub set: Option<usize>,
+    /// Namespace of the object declaring the listener: `allowedRoutes` `Same` means this one,
+    /// and certificateRefs without a namespace resolve in it.
+    pub home: String,
 }
 
 impl ListenerState {
-    fn valid(&self) -> bool {
+    pub fn valid(&self) -> bool {
         self.has_status
             && self.accepted.is_none()
             && self.resolved.is_none()
@@ -241,10 +247,11 @@ impl ListenerState {
         }
     }
 
-    /// Whether routes of `route_ns` may attach, per `allowedRoutes.namespaces`.
-    pub fn admits(&self, route_ns: &str, gateway_ns: &str, cluster: &ClusterState) -> bool {
+    /// Whether routes of `route_ns` may attach, per `allowedRoutes.namespaces` (`Same`: the
+    /// namespace of the Gateway or ListenerSet declaring the listener).
+    pub fn admits(&self, route_ns: &str, cluster: &ClusterState) -> bool {
         match &self.allowed {
-            AllowedNamespaces::Same => route_ns == gateway_ns,
+            AllowedNamespaces::Same => route_ns == self.home,
             AllowedNamespaces::All => true,
             AllowedNamespaces::Selector(None) => false,
             AllowedNamespaces::Selector(Some(s)) => s.matches(&cluster.namespace_labels(route_ns)),
@@ -268,6 +275,9 @@ pub(crate) struct GatewayState {
     /// Gateway-level references (the backend client certificate): `None` when there are none,
     /// `Some(None)` when they resolve.
     pub refs: Option<Option<Problem>>,
+    /// The ListenerSets whose parentRef names this Gateway, in precedence order (creation time,
+    /// then namespace/name; module `listener_set`). Only the allowed ones add listeners.
+    pub sets: Vec<SetState>,
 }
 
 /// Validates every Gateway of an owned class.
@@ -276,21 +286,29 @@ pub(crate) fn build_all(
     classes: &BTreeMap<String, bool>,
 ) -> BTreeMap<ObjectKey, GatewayState> {
     let mut out = BTreeMap::new();
+    let mut sets = listener_set::by_gateway(ctx.cluster);
     for (key, gw) in &ctx.cluster.gateways {
         let Some(class_accepted) = classes.get(&gw.spec.gateway_class_name) else {
             continue;
         };
-        out.insert(key.clone(), build(ctx, key, gw, *class_accepted));
+        let sets = sets.remove(key).unwrap_or_default();
+        out.insert(key.clone(), build(ctx, key, gw, *class_accepted, sets));
     }
     out
 }
 
 /// Validates one Gateway: its own problems, addresses, gateway-level references and
 /// listeners (with conflicts between them).
-fn build(ctx: &Ctx<'_>, key: &ObjectKey, gw: &Arc<Gateway>, class_accepted: bool) -> GatewayState {
+fn build(
+    ctx: &Ctx<'_>,
+    key: &ObjectKey,
+    gw: &Arc<Gateway>,
+    class_accepted: bool,
+    mut sets: Vec<SetState>,
+) -> GatewayState {
     let GatewaySpec {
         addresses,
-        allowed_listeners: _, // ListenerSets are not supported; the default admits none.
+        allowed_listeners,
         gateway_class_name: _,
         infrastructure: _,
         listeners,
@@ -311,12 +329,19 @@ fn build(ctx: &Ctx<'_>, key: &ObjectKey, gw: &Arc<Gateway>, class_accepted: bool
     let mut states: Vec<ListenerState> = listeners
         .iter()
         .map(|l| {
-            let mut st = build_listener(ctx, &key.namespace, l);
+            let mut st = build_listener(ctx, ListenerOwner::gateway(&key.namespace), l);
             st.has_status = seen.insert(l.name.clone());
             st
         })
         .collect();
     detect_conflicts(&mut states);
+    listener_set::add_listeners(
+        ctx,
+        &key.namespace,
+        allowed_listeners.as_ref(),
+        &mut sets,
+        &mut states,
+    );
     GatewayState {
         key: key.clone(),
         gateway: Arc::clone(gw),
@@ -326,6 +351,7 @@ fn build(ctx: &Ctx<'_>, key: &ObjectKey, gw: &Arc<Gateway>, class_accepted: bool
         addresses: addrs,
         listeners: states,
         refs: backend_client_certificate(ctx, key, tls.as_ref()),
+        sets,
     }
 }
 
@@ -394,7 +420,15 @@ fn backend_client_certificate(
         namespace: namespace.as_deref().unwrap_or(&key.namespace),
         name,
     };
-    Some(resolve_secret(ctx, &key.namespace, r, "InvalidClientCertificateRef").err())
+    Some(
+        resolve_secret(
+            ctx,
+            ListenerOwner::gateway(&key.namespace),
+            r,
+            "InvalidClientCertificateRef",
+        )
+        .err(),
+    )
 }
 
 /// While the data plane cannot tell ([`ProgrammedState::Unknown`]: after a controller restart,
@@ -492,7 +526,11 @@ fn resolve_addresses(
 
 /// Validates one listener: protocol, port, hostname and TLS fit (`Accepted`), allowed route
 /// kinds and certificates (`ResolvedRefs`), and which namespaces may attach.
-fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerState {
+pub(crate) fn build_listener(
+    ctx: &Ctx<'_>,
+    owner: ListenerOwner<'_>,
+    l: &GatewayListeners,
+) -> ListenerState {
     let GatewayListeners {
         allowed_routes,
         hostname,
@@ -518,6 +556,8 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
         attached: BTreeSet::new(),
         routes: Vec::new(),
         has_status: true,
+        set: None,
+        home: owner.namespace.to_string(),
     };
     st.protocol = match protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
@@ -578,7 +618,7 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
             .as_ref()
             .and_then(|t| t.certificate_refs.as_deref())
             .unwrap_or_default();
-        let (certs, problem) = resolve_certificates(ctx, gw_ns, refs);
+        let (certs, problem) = resolve_certificates(ctx, owner, refs);
         st.certificates = certs;
         if let Some(p) = problem {
             // A certificate problem is what keeps the listener from serving: report it first.
@@ -586,6 +626,25 @@ fn build_listener(ctx: &Ctx<'_>, gw_ns: &str, l: &GatewayListeners) -> ListenerS
         }
     }
     st
+}
+
+/// The object declaring a listener, as certificate references see it: ReferenceGrants are
+/// matched against its kind and namespace, and a reference without namespace means its own.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ListenerOwner<'a> {
+    /// `Gateway` or `ListenerSet`.
+    pub kind: &'static str,
+    pub namespace: &'a str,
+}
+
+impl<'a> ListenerOwner<'a> {
+    /// A Gateway in `namespace`.
+    pub fn gateway(namespace: &'a str) -> Self {
+        Self {
+            kind: "Gateway",
+            namespace,
+        }
+    }
 }
 
 /// A listener hostname that is no DNS name or wildcard.
@@ -704,7 +763,7 @@ fn allowed_namespaces(
 /// Resolves certificateRefs; returns the usable certificates and the first problem.
 fn resolve_certificates(
     ctx: &Ctx<'_>,
-    gw_ns: &str,
+    owner: ListenerOwner<'_>,
     refs: &[GatewayListenersTlsCertificateRefs],
 ) -> (Vec<Certificate>, Option<Problem>) {
     if refs.is_empty() {
@@ -729,10 +788,10 @@ fn resolve_certificates(
             field: "certificateRef",
             group: group.as_deref().unwrap_or(""),
             kind: kind.as_deref().unwrap_or("Secret"),
-            namespace: namespace.as_deref().unwrap_or(gw_ns),
+            namespace: namespace.as_deref().unwrap_or(owner.namespace),
             name,
         };
-        match resolve_secret(ctx, gw_ns, r, "InvalidCertificateRef") {
+        match resolve_secret(ctx, owner, r, "InvalidCertificateRef") {
             Ok(c) => certs.push(c),
             Err(p) => {
                 problem.get_or_insert(p);
@@ -753,11 +812,11 @@ struct SecretRef<'a> {
     name: &'a str,
 }
 
-/// Resolves a Gateway's reference to a `kubernetes.io/tls`-shaped Secret. Every failure but a
-/// missing grant (`RefNotPermitted`) is reported with `invalid_reason`.
+/// Resolves a Gateway's (or ListenerSet's) reference to a `kubernetes.io/tls`-shaped Secret.
+/// Every failure but a missing grant (`RefNotPermitted`) is reported with `invalid_reason`.
 fn resolve_secret(
     ctx: &Ctx<'_>,
-    gw_ns: &str,
+    owner: ListenerOwner<'_>,
     r: SecretRef<'_>,
     invalid_reason: &'static str,
 ) -> Result<Certificate, Problem> {
@@ -776,9 +835,10 @@ fn resolve_secret(
             ),
         ));
     }
+    let gw_ns = owner.namespace;
     let from = RefFrom {
         group: GATEWAY_GROUP,
-        kind: "Gateway",
+        kind: owner.kind,
         namespace: gw_ns,
     };
     let to = RefTo {
@@ -791,7 +851,8 @@ fn resolve_secret(
         return Err(Problem::new(
             "RefNotPermitted",
             format!(
-                "{field} {ns}/{name}: no ReferenceGrant in namespace {ns:?} allows Gateways from {gw_ns:?}"
+                "{field} {ns}/{name}: no ReferenceGrant in namespace {ns:?} allows {}s from {gw_ns:?}",
+                owner.kind
             ),
         ));
     }
@@ -859,7 +920,7 @@ pub(crate) fn has_pem_block(text: &str, label_ok: impl Fn(&str) -> bool) -> bool
 /// Marks listeners that cannot be told apart: same port with different protocols
 /// (ProtocolConflict), or same port, protocol and hostname (HostnameConflict). No listener of a
 /// conflicting set wins.
-fn detect_conflicts(listeners: &mut [ListenerState]) {
+pub(crate) fn detect_conflicts(listeners: &mut [ListenerState]) {
     let candidates: Vec<usize> = (0..listeners.len())
         .filter(|&i| {
             listeners[i].has_status
@@ -1075,9 +1136,7 @@ pub(crate) fn finish(
 /// Reads the listeners' attached sets and, only while some member cluster is unreachable, their
 /// routes (for `StaleEndpoints`).
 pub(crate) fn status(ctx: &Ctx<'_>, gw: &GatewayState) -> Option<StatusUpdate> {
-    let accepted = accepted_condition(gw.problem.as_ref(), &gw.listeners);
-    let any_served = gw.listeners.iter().any(ListenerState::served);
-    let programmed = programmed_condition(ctx, gw, accepted.status, any_served);
+    let (accepted, programmed) = conditions(ctx, gw);
     // Only a Gateway that serves can serve stale endpoints.
     let serving = accepted.status && gw.address_problem.is_none();
     let stale_endpoints = serving
@@ -1094,6 +1153,14 @@ pub(crate) fn status(ctx: &Ctx<'_>, gw: &GatewayState) -> Option<StatusUpdate> {
     gateway_status_update(ctx, gw, accepted, programmed, stale_endpoints)
 }
 
+/// The Gateway's `Accepted` and `Programmed` (its ListenerSets read them too).
+pub(crate) fn conditions(ctx: &Ctx<'_>, gw: &GatewayState) -> (Cond, Cond) {
+    let accepted = accepted_condition(gw.problem.as_ref(), &gw.listeners);
+    let any_served = gw.listeners.iter().any(ListenerState::served);
+    let programmed = programmed_condition(ctx, gw, accepted.status, any_served);
+    (accepted, programmed)
+}
+
 /// The Gateway's snapshot entry without routes: its served listeners on its first address, or
 /// `None` when it is not served (not accepted, address problem, no address, nothing to serve).
 /// Depends on the Gateway alone, never on the routes attached to it.
@@ -1104,6 +1171,7 @@ pub(crate) fn entry(gw: &GatewayState) -> Option<model::Gateway> {
         &gw.gateway,
         *address,
         &gw.listeners,
+        &gw.sets,
     ))
 }
 
@@ -1117,12 +1185,16 @@ pub(crate) fn serves(gw: &GatewayState) -> bool {
         && gw.listeners.iter().any(ListenerState::served)
 }
 
-/// The Gateway's `Accepted`: its own problem first, then how many listeners are valid.
+/// The Gateway's `Accepted`: its own problem first, then how many of its own listeners are
+/// valid (those of ListenerSets count on the ListenerSet; a Gateway declaring none, serving only
+/// ListenerSets' listeners, is accepted).
 fn accepted_condition(problem: Option<&Problem>, listeners: &[ListenerState]) -> Cond {
-    let valid = listeners.iter().filter(|l| l.valid()).count();
-    let all = listeners.len();
+    let own = listeners.iter().filter(|l| l.set.is_none());
+    let valid = own.clone().filter(|l| l.valid()).count();
+    let all = own.count();
     match problem {
         Some(p) => Cond::new("Accepted", false, p.reason, p.message.clone()),
+        None if all == 0 => Cond::new("Accepted", true, "Accepted", "Gateway accepted"),
         None if valid == 0 => Cond::new(
             "Accepted",
             false,
@@ -1207,6 +1279,7 @@ fn gateway_status_update(
     stale_endpoints: Option<Cond>,
 ) -> Option<StatusUpdate> {
     let (now, generation) = (ctx.cfg.now, gw.generation);
+    let attached_sets = super::listener_set::attached_count(gw, accepted.status);
     let old_status = gw.gateway.status.as_ref();
     let old_listeners = old_status
         .and_then(|s| s.listeners.as_deref())
@@ -1222,7 +1295,7 @@ fn gateway_status_update(
     let listener_status: Vec<GatewayStatusListeners> = gw
         .listeners
         .iter()
-        .filter(|l| l.has_status)
+        .filter(|l| l.has_status && l.set.is_none())
         .map(|l| {
             listener_status(
                 l,
@@ -1253,7 +1326,7 @@ fn gateway_status_update(
                 })
                 .collect()
         }),
-        attached_listener_sets: None,
+        attached_listener_sets: Some(attached_sets),
         conditions: Some(merge_conditions(
             old_conditions,
             stamp_all(conditions, generation, now),
@@ -1276,7 +1349,7 @@ fn gateway_status_update(
 }
 
 /// One listener's status entry: its own conditions, `Programmed` following the Gateway's.
-fn listener_status(
+pub(crate) fn listener_status(
     l: &ListenerState,
     old_listeners: &[GatewayStatusListeners],
     gateway_accepted: bool,
@@ -1347,6 +1420,7 @@ fn snapshot_gateway(
     gateway: &Gateway,
     address: IpAddr,
     listeners: &[ListenerState],
+    sets: &[SetState],
 ) -> model::Gateway {
     let mut out = model::Gateway {
         namespace: key.namespace,
@@ -1357,7 +1431,15 @@ fn snapshot_gateway(
     for l in listeners.iter().filter(|l| l.served()) {
         let Some(protocol) = l.protocol else { continue };
         out.listeners.push(model::Listener {
-            name: l.name.clone(),
+            name: match l.set {
+                None => l.name.clone(),
+                // Listener names are unique per Gateway and per ListenerSet only; a `/` cannot
+                // occur in a listener name, so these never meet the Gateway's own.
+                Some(i) => match sets.get(i) {
+                    Some(s) => format!("{}/{}/{}", s.key.namespace, s.key.name, l.name),
+                    None => l.name.clone(),
+                },
+            },
             address,
             port: l.port,
             protocol,

@@ -80,6 +80,9 @@
 //! * member clusters on more than one network (the east-west rewrite reads every snapshot),
 //!   and with it changes of the east-west listeners;
 //! * a change of the controller name, supported features or loopback policy;
+//! * ListenerSets in the world, now or at the last pass ([`Fallback::ListenerSets`]): a set's
+//!   listeners join its Gateway's and routes attach to them by kind ListenerSet, which the kept
+//!   state and the dependency index do not follow yet, so every pass with them is full;
 //! * with [`Incremental::set_broad_limit`], a change that would translate more than a given
 //!   share of a large cluster's routes again ([`Fallback::Broad`]; the estimate runs before
 //!   anything is changed). Off by default: measured at 10k routes, re-attaching every route
@@ -198,6 +201,10 @@ pub enum Fallback {
     /// The change would translate most routes of a large cluster again.
     #[error("the change translates most routes again")]
     Broad,
+    /// ListenerSets exist (or existed at the last pass): their listeners join their Gateways'
+    /// and routes attach to them by kind ListenerSet, which the kept state does not track yet.
+    #[error("ListenerSets are translated in full")]
+    ListenerSets,
 }
 
 /// What the last pass translated with, besides the world.
@@ -243,6 +250,9 @@ pub(crate) struct ClusterCache {
     /// Validated Gateways with their listeners' attached sets (no routes).
     gateways: BTreeMap<ObjectKey, GatewayState>,
     gateway_status: BTreeMap<ObjectKey, StatusUpdate>,
+    /// Per Gateway, the status updates of its ListenerSets (only full passes have any:
+    /// [`Fallback::ListenerSets`]).
+    set_status: BTreeMap<ObjectKey, Vec<StatusUpdate>>,
     /// Routes that attached somewhere.
     attached: BTreeMap<RouteKey, Vec<Attachment>>,
     route_status: BTreeMap<RouteKey, StatusUpdate>,
@@ -304,9 +314,17 @@ impl ClusterCache {
             .collect();
     }
 
-    pub(crate) fn record_gateway_status(&mut self, key: &ObjectKey, update: Option<&StatusUpdate>) {
+    pub(crate) fn record_gateway_status(
+        &mut self,
+        key: &ObjectKey,
+        update: Option<&StatusUpdate>,
+        set_updates: &[StatusUpdate],
+    ) {
         if let Some(u) = update {
             self.gateway_status.insert(key.clone(), u.clone());
+        }
+        if !set_updates.is_empty() {
+            self.set_status.insert(key.clone(), set_updates.to_vec());
         }
     }
 
@@ -315,9 +333,16 @@ impl ClusterCache {
     }
 }
 
+/// Whether some cluster of `world` holds a ListenerSet.
+fn has_listener_sets(world: &World) -> bool {
+    world.clusters.values().any(|c| !c.listener_sets.is_empty())
+}
+
 /// Incremental translation state (module docs).
 pub struct Incremental {
     seeded: bool,
+    /// Some cluster had ListenerSets at the last full pass ([`Fallback::ListenerSets`]).
+    had_listener_sets: bool,
     clusters: BTreeMap<ClusterName, ClusterCache>,
     deps: DepIndex,
     seen: Seen,
@@ -329,6 +354,7 @@ impl Default for Incremental {
     fn default() -> Self {
         Self {
             seeded: false,
+            had_listener_sets: false,
             clusters: BTreeMap::new(),
             deps: DepIndex::default(),
             seen: Seen::default(),
@@ -387,6 +413,7 @@ impl Incremental {
         self.deps = DepIndex::build(world);
         self.seen = Seen::of(cfg);
         self.seeded = true;
+        self.had_listener_sets = has_listener_sets(world);
         out
     }
 
@@ -403,6 +430,9 @@ impl Incremental {
         }
         if world.multi_network() {
             return Err(Fallback::MultiNetwork);
+        }
+        if self.had_listener_sets || has_listener_sets(world) {
+            return Err(Fallback::ListenerSets);
         }
         let s = &self.seen;
         if s.controller_name != cfg.controller_name
@@ -617,7 +647,8 @@ impl Incremental {
                 // Recomputed every pass.
                 StatusKind::GatewayClass
                 | StatusKind::FailoverPolicy
-                | StatusKind::BackendTlsPolicy => {}
+                | StatusKind::BackendTlsPolicy
+                | StatusKind::ListenerSet => {}
             }
         }
     }
@@ -810,7 +841,13 @@ impl Incremental {
         for c in self.clusters.values() {
             out.extend(c.class_status.iter().cloned());
             out.extend(c.route_status.values().cloned());
-            out.extend(c.gateway_status.values().cloned());
+            // Each Gateway's update, then its ListenerSets', as translation emits them.
+            let gateways: BTreeSet<&ObjectKey> =
+                c.gateway_status.keys().chain(c.set_status.keys()).collect();
+            for key in gateways {
+                out.extend(c.gateway_status.get(key).cloned());
+                out.extend(c.set_status.get(key).into_iter().flatten().cloned());
+            }
             out.extend(c.policy_status.iter().cloned());
         }
         out
@@ -1180,9 +1217,12 @@ fn without_routes(g: &GatewayState) -> GatewayState {
                 attached: l.attached.clone(),
                 routes: Vec::new(),
                 has_status: l.has_status,
+                set: l.set,
+                home: l.home.clone(),
             })
             .collect(),
         refs: g.refs.clone(),
+        sets: g.sets.clone(),
     }
 }
 

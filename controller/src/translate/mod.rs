@@ -56,6 +56,7 @@ mod failover;
 mod gateway;
 mod grpc;
 mod incremental;
+mod listener_set;
 mod refresh;
 mod route;
 mod rules;
@@ -114,6 +115,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteRetryBackendTimeout",
     "HTTPRouteRetryConnectionError",
     "HTTPRouteSchemeRedirect",
+    "ListenerSet",
     "ReferenceGrant",
     // Passthrough only: TLSRouteModeTerminate and TLSRouteModeMixed are not claimed.
     "TLSRoute",
@@ -319,12 +321,14 @@ pub(crate) fn translate_full(
         let mut snapshot = Snapshot::empty(generation);
         for gw in gateways.into_values() {
             let key = gw.key.clone();
+            let set_updates = listener_set::statuses(&ctx, &gw);
             let (served, update) = gateway::finish(&ctx, gw);
             if let Some(r) = &mut record {
-                r.record_gateway_status(&key, update.as_ref());
+                r.record_gateway_status(&key, update.as_ref(), &set_updates);
             }
             snapshot.gateways.extend(served);
             out.status.extend(update);
+            out.status.extend(set_updates);
         }
         let mut policy_status = Vec::new();
         failover::policy_status(&ctx, &mut policy_status);

@@ -48,10 +48,27 @@ use crate::world::{ObjectKey, RouteKey};
 /// A parentRef with defaults applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ParentKey {
+    /// `Gateway` or `ListenerSet`.
+    pub kind: &'static str,
     pub namespace: String,
     pub name: String,
     pub section_name: Option<String>,
     pub port: Option<i32>,
+    /// The Gateway whose listeners the parent selects: the parent itself, or the Gateway the
+    /// ListenerSet names.
+    pub gateway: ObjectKey,
+}
+
+impl ParentKey {
+    /// The parent's own key (a Gateway's or a ListenerSet's).
+    fn own_key(&self) -> ObjectKey {
+        ObjectKey::new(self.namespace.as_str(), self.name.as_str())
+    }
+
+    /// `Gateway ns/name` or `ListenerSet ns/name`, for messages.
+    fn describe(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
 }
 
 /// What translation reads of a route, whichever its kind.
@@ -161,7 +178,7 @@ pub(crate) fn process(
     let controller = ctx.cfg.controller_name.as_str();
     let generation = generation_of(src.metadata);
 
-    let ours = our_parents(&key.key, &src.parent_refs, gateways);
+    let ours = our_parents(ctx, &key.key, &src.parent_refs, gateways);
     let existing: &[HttpRouteStatusParents] = &src.status;
     let had_ours = existing.iter().any(|p| p.controller_name == controller);
     let mut processed = Processed::default();
@@ -209,7 +226,7 @@ pub(crate) fn process(
     let entries: Vec<HttpRouteStatusParents> = ours
         .iter()
         .filter_map(|pk| {
-            let gw = gateways.get_mut(&ObjectKey::new(pk.namespace.as_str(), pk.name.as_str()))?;
+            let gw = gateways.get_mut(&pk.gateway)?;
             let accepted = attach(ctx, key, pk, gw, &route, blocked, &mut processed.attached);
             Some(parent_entry(ctx, pk, &route, accepted, generation))
         })
@@ -244,8 +261,10 @@ pub(crate) fn process(
     processed
 }
 
-/// The route's parentRefs that name a Gateway of ours, defaults applied, without repeats.
+/// The route's parentRefs that name a Gateway of ours, or a ListenerSet naming one, defaults
+/// applied, without repeats.
 pub(crate) fn our_parents(
+    ctx: &Ctx<'_>,
     key: &ObjectKey,
     parent_refs: &[HttpRouteParentRefs],
     gateways: &BTreeMap<ObjectKey, GatewayState>,
@@ -260,20 +279,35 @@ pub(crate) fn our_parents(
             port,
             section_name,
         } = p;
-        if group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
-            || kind.as_deref().unwrap_or("Gateway") != "Gateway"
-        {
+        if group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP {
             continue;
         }
+        let parent_ns = namespace.as_deref().unwrap_or(&key.namespace);
+        let own = ObjectKey::new(parent_ns, name.as_str());
+        let (kind, gateway) = match kind.as_deref().unwrap_or("Gateway") {
+            "Gateway" => ("Gateway", own),
+            "ListenerSet" => {
+                let Some(gw) = ctx
+                    .cluster
+                    .listener_sets
+                    .get(&own)
+                    .and_then(|set| super::listener_set::parent_gateway(&own, set))
+                else {
+                    continue;
+                };
+                ("ListenerSet", gw)
+            }
+            _ => continue,
+        };
         let pk = ParentKey {
-            namespace: namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+            kind,
+            namespace: parent_ns.to_string(),
             name: name.clone(),
             section_name: section_name.clone(),
             port: *port,
+            gateway,
         };
-        if gateways.contains_key(&ObjectKey::new(pk.namespace.as_str(), pk.name.as_str()))
-            && !ours.contains(&pk)
-        {
+        if gateways.contains_key(&pk.gateway) && !ours.contains(&pk) {
             ours.push(pk);
         }
     }
@@ -419,7 +453,7 @@ fn parent_entry(
         controller_name: ctx.cfg.controller_name.clone(),
         parent_ref: HttpRouteStatusParentsParentRef {
             group: Some(GATEWAY_GROUP.to_string()),
-            kind: Some("Gateway".to_string()),
+            kind: Some(pk.kind.to_string()),
             name: pk.name.clone(),
             namespace: Some(pk.namespace.clone()),
             port: pk.port,
@@ -438,10 +472,37 @@ pub(crate) fn eligible_listeners(
     pk: &ParentKey,
     gw: &GatewayState,
 ) -> Result<Vec<(usize, Vec<String>)>, Problem> {
+    // A Gateway parent selects only the Gateway's own listeners, a ListenerSet parent only the
+    // set's (and none while the set is not attached).
+    let set = match pk.kind {
+        "ListenerSet" => {
+            let i = super::listener_set::index_of(gw, &pk.own_key()).ok_or_else(|| {
+                Problem::new(
+                    "NoMatchingParent",
+                    format!("{} does not name Gateway {}", pk.describe(), gw.key),
+                )
+            })?;
+            if let Some(p) = &gw.sets[i].problem {
+                return Err(Problem::new(
+                    "NoMatchingParent",
+                    format!(
+                        "{} is not attached to Gateway {} ({}: {})",
+                        pk.describe(),
+                        gw.key,
+                        p.reason,
+                        p.message
+                    ),
+                ));
+            }
+            Some(i)
+        }
+        _ => None,
+    };
     let selected: Vec<usize> = (0..gw.listeners.len())
         .filter(|&i| {
             let l = &gw.listeners[i];
             l.has_status
+                && l.set == set
                 && pk.section_name.as_ref().is_none_or(|s| *s == l.name)
                 && pk.port.is_none_or(|p| p == l.spec_port)
         })
@@ -455,7 +516,7 @@ pub(crate) fn eligible_listeners(
         };
         return Err(Problem::new(
             "NoMatchingParent",
-            format!("Gateway {} has no listener {what}", gw.key),
+            format!("{} has no listener {what}", pk.describe()),
         ));
     }
     let allowed: Vec<usize> = selected
@@ -464,15 +525,15 @@ pub(crate) fn eligible_listeners(
             let l = &gw.listeners[i];
             l.allows_kind(key.kind)
                 && l.protocol.is_some()
-                && l.admits(&key.key.namespace, &gw.key.namespace, ctx.cluster)
+                && l.admits(&key.key.namespace, ctx.cluster)
         })
         .collect();
     if allowed.is_empty() {
         return Err(Problem::new(
             "NotAllowedByListeners",
             format!(
-                "no selected listener of Gateway {} allows {}s from namespace {:?}",
-                gw.key,
+                "no selected listener of {} allows {}s from namespace {:?}",
+                pk.describe(),
                 key.kind.as_str(),
                 key.key.namespace
             ),
@@ -488,8 +549,8 @@ pub(crate) fn eligible_listeners(
         return Err(Problem::new(
             "NoMatchingListenerHostname",
             format!(
-                "no hostname of the route intersects a selected listener of Gateway {}",
-                gw.key
+                "no hostname of the route intersects a selected listener of {}",
+                pk.describe()
             ),
         ));
     }

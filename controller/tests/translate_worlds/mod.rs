@@ -12,6 +12,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::listenersets::ListenerSet;
 use gateway_api::referencegrants::ReferenceGrant;
 use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
@@ -741,6 +742,7 @@ pub fn apply(c: &mut ClusterState, v: &Value) -> bool {
         Some("HTTPRoute") => put::<HttpRoute>(c, v),
         Some("GRPCRoute") => put::<GrpcRoute>(c, v),
         Some("TLSRoute") => put::<TlsRoute>(c, v),
+        Some("ListenerSet") => put::<ListenerSet>(c, v),
         Some("Service") => put::<Service>(c, v),
         Some("EndpointSlice") => put::<EndpointSlice>(c, v),
         Some("ReferenceGrant") => put::<ReferenceGrant>(c, v),

@@ -962,3 +962,102 @@ fn shipped_tls_route_rules_default_and_refuse_what_upstream_refuses() {
         );
     }
 }
+
+fn listener_set() -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
+    "metadata": {"name": "ls", "namespace": "default"},
+    "spec": {
+        "parentRef": {"name": "gw"},
+        "listeners": [
+            {"name": "a", "port": 8080, "protocol": "HTTP", "hostname": "a.example.com"},
+            {"name": "b", "port": 8443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}
+        ]
+    }})
+}
+
+#[test]
+fn shipped_listener_set_rules_default_and_refuse_what_upstream_refuses() {
+    let Some(schema) = shipped_schema("listenersets.gateway.networking.k8s.io") else {
+        eprintln!("SKIPPED: no shipped ListenerSet CRD");
+        return;
+    };
+    let mut set = listener_set();
+    admit(&schema, &gw_write("ListenerSet"), None, &mut set).unwrap();
+    let outcome = cel::check(&schema, &set, None, validate::Scope::All);
+    assert!(outcome.failures.is_empty(), "{:#?}", outcome.failures);
+    assert!(outcome.errors.is_empty(), "{:#?}", outcome.errors);
+    assert_eq!(set["spec"]["parentRef"]["kind"], "Gateway");
+    assert_eq!(
+        set["spec"]["parentRef"]["group"],
+        "gateway.networking.k8s.io"
+    );
+    assert_eq!(
+        set["spec"]["listeners"][0]["allowedRoutes"]["namespaces"]["from"],
+        "Same"
+    );
+
+    let cases: &[Case] = &[
+        (
+            |s| s["spec"]["listeners"][1]["name"] = json!("a"),
+            "spec.listeners",
+            "listener names must be unique within a ListenerSet",
+        ),
+        (
+            |s| s["spec"]["listeners"][0]["port"] = json!(0),
+            "spec.listeners[0].port",
+            "greater than or equal to 1",
+        ),
+        (
+            |s| s["spec"]["listeners"][0]["port"] = json!(65536),
+            "spec.listeners[0].port",
+            "65535",
+        ),
+        (
+            |s| s["spec"]["listeners"][0]["hostname"] = json!("A_B.example.com"),
+            "spec.listeners[0].hostname",
+            "should match",
+        ),
+        (
+            |s| s["spec"]["listeners"] = json!([]),
+            "spec.listeners",
+            "at least 1",
+        ),
+        (
+            |s| {
+                let l = s["spec"]["listeners"][0].clone();
+                let all: Vec<Value> = (0..65)
+                    .map(|i| {
+                        let mut l = l.clone();
+                        l["name"] = json!(format!("l{i}"));
+                        l["port"] = json!(1000 + i);
+                        l
+                    })
+                    .collect();
+                s["spec"]["listeners"] = json!(all);
+            },
+            "spec.listeners",
+            "at most 64",
+        ),
+        (
+            |s| {
+                s["spec"]["listeners"][1]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("tls");
+            },
+            "spec.listeners",
+            "a TLS listener needs tls with a mode",
+        ),
+    ];
+    for (i, (mutate, field, text)) in cases.iter().enumerate() {
+        let mut set = listener_set();
+        mutate(&mut set);
+        let e = admit(&schema, &gw_write("ListenerSet"), None, &mut set)
+            .expect_err(&format!("case {i} ({field}) was accepted"));
+        let got = causes(&e);
+        assert!(
+            got.iter().any(|(_, f, m)| f == field && m.contains(text)),
+            "case {i}: want {field} ~ {text:?}, got {got:#?}"
+        );
+    }
+}

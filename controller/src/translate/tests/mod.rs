@@ -9,6 +9,7 @@ mod backends;
 mod gateways;
 mod grpc;
 mod incremental;
+mod listener_sets;
 mod networks;
 mod policies;
 mod routes;
@@ -436,6 +437,7 @@ fn object_generation(w: &World, u: &crate::StatusUpdate) -> i64 {
         StatusKind::TlsRoute => c.tls_routes[&key].metadata.generation,
         StatusKind::FailoverPolicy => c.failover_policies[&key].metadata.generation,
         StatusKind::BackendTlsPolicy => c.backend_tls_policies[&key].metadata.generation,
+        StatusKind::ListenerSet => c.listener_sets[&key].metadata.generation,
     }
     .unwrap_or(0)
 }
@@ -496,6 +498,11 @@ pub fn write_back(w: &mut World, out: &Output) {
             }
             StatusKind::BackendTlsPolicy => {
                 let mut o = (*c.backend_tls_policies[&key]).clone();
+                o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
+                c.apply(o);
+            }
+            StatusKind::ListenerSet => {
+                let mut o = (*c.listener_sets[&key]).clone();
                 o.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
                 c.apply(o);
             }

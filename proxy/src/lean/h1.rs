@@ -20,11 +20,11 @@
 use futures::FutureExt;
 use http::header;
 use pingora_core::protocols::http::HttpTask;
-use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
+use super::codec::OwnClient;
 use super::request;
 use crate::gateway::{Ctx, Downstream, Forwarder};
 
@@ -52,7 +52,7 @@ impl Exchanged {
 pub(super) async fn exchange(
     fwd: &Forwarder,
     session: &mut impl Downstream,
-    up: &mut ClientV1,
+    up: &mut OwnClient,
     peer: &HttpPeer,
     ctx: &mut Ctx,
 ) -> Exchanged {
@@ -75,7 +75,7 @@ pub(super) async fn exchange(
 pub(super) async fn resume(
     fwd: &Forwarder,
     session: &mut impl Downstream,
-    up: &mut ClientV1,
+    up: &mut OwnClient,
     ctx: &mut Ctx,
     first: HttpTask,
 ) -> Exchanged {
@@ -113,7 +113,7 @@ impl Pumped {
 async fn pump(
     fwd: &Forwarder,
     session: &mut impl Downstream,
-    up: &mut ClientV1,
+    up: &mut OwnClient,
     ctx: &mut Ctx,
     first: Option<HttpTask>,
 ) -> Result<Pumped> {
@@ -183,7 +183,7 @@ async fn pump(
 }
 
 /// Writes a piece of the request body upstream; `end` finishes it (the last chunk).
-pub(super) async fn send_body(up: &mut ClientV1, data: Option<&[u8]>, end: bool) -> Result<()> {
+pub(super) async fn send_body(up: &mut OwnClient, data: Option<&[u8]>, end: bool) -> Result<()> {
     if let Some(d) = data.filter(|d| !d.is_empty()) {
         up.write_body(d).await.map_err(|e| e.into_up())?;
     }
@@ -203,7 +203,7 @@ enum Forwarded {
 async fn forward(
     fwd: &Forwarder,
     session: &mut impl Downstream,
-    up: &mut ClientV1,
+    up: &mut OwnClient,
     ctx: &mut Ctx,
     task: HttpTask,
 ) -> Result<Forwarded> {

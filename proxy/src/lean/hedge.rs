@@ -46,12 +46,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora_core::protocols::http::HttpTask;
-use pingora_core::protocols::http::client::HttpSession as ClientSession;
-use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
 use pingora_http::RequestHeader;
 
+use super::codec::OwnClient;
 use super::{LeanPath, Tried, failed, h1, request};
 use crate::endpoints::EndpointKey;
 use crate::gateway::{Ctx, Downstream, Forwarder, Role};
@@ -275,7 +274,7 @@ pub(super) async fn try_upstream<R: Role>(
 
 /// A try's first response piece, with its connection.
 struct Answered {
-    up: ClientV1,
+    up: OwnClient,
     first: HttpTask,
     /// The connection came from the pool.
     reused: bool,
@@ -322,14 +321,10 @@ async fn answer<R: Role>(
     body: Option<&[u8]>,
     connected: &AtomicBool,
 ) -> Result<Answered, Failed> {
-    let (client, reused) = path.h1_session(peer).await.map_err(|mut e| {
+    let (mut up, reused) = path.h1_session(peer).await.map_err(|mut e| {
         e.as_up();
         Failed::Connect(e)
     })?;
-    let ClientSession::H1(mut up) = client else {
-        let e = Error::explain(ErrorType::InternalError, "hedged try without HTTP/1");
-        return Err(Failed::Exchange(e, reused));
-    };
     connected.store(true, Ordering::Relaxed);
     up.read_timeout = peer.options.read_timeout;
     up.write_timeout = peer.options.write_timeout;

@@ -60,13 +60,13 @@ use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::http::client::HttpSession as ClientSession;
-use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
 use pingora_core::protocols::{ALPN, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 
+use self::codec::OwnClient;
 pub(crate) use self::codec::{Kept, OwnSession};
 use crate::gateway::{Ctx, Downstream, Forwarder, Role};
 
@@ -175,7 +175,7 @@ struct Tried {
     downstream_reusable: bool,
     error: Option<Box<Error>>,
     /// The upstream connection of a 101 answer, for the tunnel.
-    upgraded: Option<ClientV1>,
+    upgraded: Option<OwnClient>,
 }
 
 impl<R: Role> LeanPath<R> {
@@ -272,9 +272,14 @@ impl<R: Role> LeanPath<R> {
             .get_peer_options()
             .is_some_and(|o| matches!(o.alpn, ALPN::H2));
         let connected = if h2c {
-            self.connector.get_http_session(&*peer).await
+            self.connector
+                .get_http_session(&*peer)
+                .await
+                .map(|(c, reused)| (upstream(c, &peer), reused))
         } else {
-            self.h1_session(&peer).await
+            self.h1_session(&peer)
+                .await
+                .map(|(c, reused)| (Upstream::H1(c), reused))
         };
         let (client, reused) = match connected {
             Ok(c) => c,
@@ -284,7 +289,7 @@ impl<R: Role> LeanPath<R> {
             }
         };
         let (downstream_reusable, error, upgraded) = match client {
-            ClientSession::H1(mut up) => {
+            Upstream::H1(mut up) => {
                 let done = h1::exchange(fwd, session, &mut up, &peer, ctx).await;
                 if done.upgraded {
                     (false, None, Some(up))
@@ -299,7 +304,7 @@ impl<R: Role> LeanPath<R> {
                     (done.downstream_reusable, done.error, None)
                 }
             }
-            ClientSession::H2(mut up) => {
+            Upstream::H2(mut up) => {
                 let (reusable, mut error) = h2::exchange(fwd, session, &mut up, &peer, ctx).await;
                 self.connector
                     .release_http_session(ClientSession::H2(up), &*peer, peer.idle_timeout())
@@ -312,7 +317,7 @@ impl<R: Role> LeanPath<R> {
                 }
                 (reusable, error, None)
             }
-            ClientSession::Custom(_) => (
+            Upstream::Unsupported => (
                 false,
                 Some(Error::explain(
                     ErrorType::InternalError,
@@ -328,19 +333,14 @@ impl<R: Role> LeanPath<R> {
         }
     }
 
-    /// An HTTP/1 session to `peer`: an idle pooled connection (`true`) or a new one.
-    async fn h1_session(&self, peer: &HttpPeer) -> Result<(ClientSession, bool)> {
+    /// An HTTP/1 session to `peer` on our own client codec: an idle pooled connection
+    /// (`true`) or a new one.
+    async fn h1_session(&self, peer: &HttpPeer) -> Result<(OwnClient, bool)> {
         if let Some(stream) = self.pool.take(peer.reuse_hash()) {
-            return Ok((
-                ClientSession::H1(ClientV1::new_with_options(stream, peer)),
-                true,
-            ));
+            return Ok((own_client(stream, peer), true));
         }
         let stream = self.transport.new_stream(peer).await?;
-        Ok((
-            ClientSession::H1(ClientV1::new_with_options(stream, peer)),
-            false,
-        ))
+        Ok((own_client(stream, peer), false))
     }
 
     /// Counts and logs the request, then hands the connection back if it may take another.
@@ -379,6 +379,31 @@ impl<R: Role> Driver for LeanPath<R> {
     ) -> Pin<Box<dyn Future<Output = Option<Kept>> + Send + 'a>> {
         Box::pin(self.serve(session, shutdown))
     }
+}
+
+/// An upstream session as the driver runs it: HTTP/1 on our own client codec (codec/client.rs),
+/// HTTP/2 on pingora-core's.
+enum Upstream {
+    H1(OwnClient),
+    H2(pingora_core::protocols::http::v2::client::Http2Session),
+    Unsupported,
+}
+
+/// What pingora's connector handed out for an h2c peer, as the driver runs it (an HTTP/1
+/// session there, should the connector ever fall back, goes on our codec).
+fn upstream(session: ClientSession, peer: &HttpPeer) -> Upstream {
+    match session {
+        ClientSession::H2(s) => Upstream::H2(s),
+        ClientSession::H1(s) => Upstream::H1(own_client(s.into_inner(), peer)),
+        ClientSession::Custom(_) => Upstream::Unsupported,
+    }
+}
+
+fn own_client(stream: Stream, peer: &HttpPeer) -> OwnClient {
+    let allow_invalid_length = peer
+        .get_peer_options()
+        .is_some_and(|o| o.allow_h1_response_invalid_content_length);
+    OwnClient::new(stream, allow_invalid_length)
 }
 
 fn failed(e: Box<Error>) -> Tried {

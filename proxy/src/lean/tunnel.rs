@@ -18,10 +18,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::FutureExt;
 use pingora_core::protocols::Stream;
-use pingora_core::protocols::http::v1::client::HttpSession as ClientV1;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Connection;
+use super::codec::OwnClient;
 use crate::gateway::Downstream;
 
 /// Copy buffer per direction.
@@ -30,8 +30,8 @@ const CHUNK: usize = 16 * 1024;
 const MAX_LEFTOVER_PIECES: usize = 64;
 
 /// Relays bytes between the client of `session` and the backend of `up` until both are done.
-pub(super) async fn run(session: impl Connection, up: ClientV1, idle: Duration) {
-    let (mut session, mut up) = (session, up);
+pub(super) async fn run(session: impl Connection, up: OwnClient, idle: Duration) {
+    let mut session = session;
     let (to_up, client_ended) = match client_leftovers(&mut session) {
         Ok(l) => l,
         Err(e) => {
@@ -39,19 +39,15 @@ pub(super) async fn run(session: impl Connection, up: ClientV1, idle: Duration) 
             return;
         }
     };
-    let (to_client, backend_ended) = match backend_leftovers(&mut up) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgraded backend connection failed");
-            return;
-        }
-    };
+    // The backend's bytes read past its 101 (its end of stream, if it came, the relay finds).
+    let (backend, to_client) = up.into_parts();
+    let backend_ended = false;
     let Some(client) = session.into_stream() else {
         return;
     };
     let tunnel = Tunnel {
         client,
-        backend: up.into_inner(),
+        backend,
         idle,
     };
     if let Err(e) = tunnel
@@ -67,20 +63,6 @@ fn client_leftovers(session: &mut impl Downstream) -> pingora_error::Result<(Byt
     let mut got = BytesMut::new();
     for _ in 0..MAX_LEFTOVER_PIECES {
         match session.read_request_body().now_or_never() {
-            None => return Ok((got, false)),
-            Some(Ok(Some(b))) => got.extend_from_slice(&b),
-            Some(Ok(None)) => return Ok((got, true)),
-            Some(Err(e)) => return Err(e),
-        }
-    }
-    Ok((got, false))
-}
-
-/// The backend's bytes that arrived after its 101, without waiting for more.
-fn backend_leftovers(up: &mut ClientV1) -> pingora_error::Result<(BytesMut, bool)> {
-    let mut got = BytesMut::new();
-    for _ in 0..MAX_LEFTOVER_PIECES {
-        match up.read_body_bytes().now_or_never() {
             None => return Ok((got, false)),
             Some(Ok(Some(b))) => got.extend_from_slice(&b),
             Some(Ok(None)) => return Ok((got, true)),

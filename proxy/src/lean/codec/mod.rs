@@ -1,5 +1,6 @@
-//! Our own HTTP/1 downstream codec: the client side of the lean driver's requests
-//! (`--http1-path own`, the default) without pingora-core's server session, whose per-request
+//! Our own HTTP/1 codec: the client side of the lean driver's requests (`--http1-path own`, the
+//! default) without pingora-core's server session, and the backend side of every lean path's
+//! HTTP/1 tries without its client session (client.rs), whose per-request
 //! cost docs/benchmarks.md ("Own HTTP/1 codec") measured.
 //!
 //! ```text
@@ -9,12 +10,16 @@
 //!                        ─► chunked.rs: ChunkedDecoder strips chunk framing off the body
 //! session.rs: OwnSession over pingora's Stream (plain, TLS, mTLS): Downstream + Connection;
 //!             body, retry buffer, keep-alive, response framing, leftovers for the next request
+//! client.rs:  OwnClient, the upstream side: request head and body framing, response heads
+//!             (1xx, final) and bodies (length / chunked / until close), keep-alive for the pool
 //! ```
 
 pub(crate) mod chunked;
+mod client;
 pub(crate) mod head;
 mod session;
 
+pub(crate) use client::OwnClient;
 pub(crate) use session::{HEAD_TOO_LARGE, Kept, OwnSession};
 
 /// Why bytes from the client are not a request we serve; each maps to the answer (400 or 431)

@@ -307,7 +307,7 @@ impl<R: Role> LeanPath<R> {
             Upstream::H2(mut up) => {
                 let (reusable, mut error) = h2::exchange(fwd, session, &mut up, &peer, ctx).await;
                 self.connector
-                    .release_http_session(ClientSession::H2(up), &*peer, peer.idle_timeout())
+                    .release_http_session(ClientSession::H2(*up), &*peer, peer.idle_timeout())
                     .await;
                 if let Some(e) = error.as_mut()
                     && matches!(e.etype(), ErrorType::H2Downgrade | ErrorType::InvalidH2)
@@ -385,7 +385,7 @@ impl<R: Role> Driver for LeanPath<R> {
 /// HTTP/2 on pingora-core's.
 enum Upstream {
     H1(OwnClient),
-    H2(pingora_core::protocols::http::v2::client::Http2Session),
+    H2(Box<pingora_core::protocols::http::v2::client::Http2Session>),
     Unsupported,
 }
 
@@ -393,7 +393,7 @@ enum Upstream {
 /// session there, should the connector ever fall back, goes on our codec).
 fn upstream(session: ClientSession, peer: &HttpPeer) -> Upstream {
     match session {
-        ClientSession::H2(s) => Upstream::H2(s),
+        ClientSession::H2(s) => Upstream::H2(Box::new(s)),
         ClientSession::H1(s) => Upstream::H1(own_client(s.into_inner(), peer)),
         ClientSession::Custom(_) => Upstream::Unsupported,
     }

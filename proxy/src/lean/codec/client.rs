@@ -15,12 +15,11 @@
 //!   nothing was read past the response, and version and `Connection` allow it
 //! ```
 //!
-//! What it saves against pingora-core's session (docs/benchmarks.md, "Own upstream client"):
-//! the head is not copied into a second buffer before parsing, header names and values are
-//! slices of the one frozen head, no per-response body buffer is allocated (pieces are split
-//! off the read buffer), and the request head is encoded into a buffer reused across requests
-//! of a pooled connection. The rules (keep-alive, retryable errors, framing, limits) are
-//! pingora-core 0.9.1's, so both paths treat backends alike.
+//! What it saves against pingora-core's session (docs/benchmarks.md, "Session 11: own upstream
+//! HTTP/1 client session"): the head is not copied into a second buffer before parsing, header
+//! names and values are slices of the one frozen head, and no body buffer is allocated per
+//! response (pieces are split off the read buffer). The rules (keep-alive, retryable errors,
+//! framing, limits) are pingora-core 0.9.1's, so both paths treat backends alike.
 
 use std::io::ErrorKind;
 use std::time::Duration;
@@ -34,7 +33,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::ChunkedDecoder;
-use super::head::MAX_HEADERS;
+use super::head::{MAX_HEADERS, parse_length};
 
 /// Longest response head read (pingora-core's limit for responses).
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024 - 1;
@@ -620,7 +619,7 @@ impl Lengths {
         self.single = !self.seen && !field.contains(&b',');
         self.seen = true;
         for token in field.split(|&b| b == b',') {
-            match parse_length(token.trim_ascii()) {
+            match parse_length(token.trim_ascii()).ok() {
                 Some(n) if self.value.is_some_and(|v| v != n) => {
                     self.error = Some("differing Content-Length values");
                 }
@@ -636,16 +635,6 @@ impl Lengths {
             None => Ok(self.value),
         }
     }
-}
-
-/// Digits only (no sign, no inner space), within u64.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
 }
 
 #[cfg(test)]

@@ -236,7 +236,7 @@ fn escape_target(head: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A `Content-Length` value: digits only (no sign, no space inside), within u64.
-fn parse_length(value: &[u8]) -> Result<u64, CodecError> {
+pub(crate) fn parse_length(value: &[u8]) -> Result<u64, CodecError> {
     const BAD: CodecError = CodecError::Ambiguous("invalid Content-Length");
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return Err(BAD);

@@ -24,7 +24,7 @@
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Version, header};
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::HttpTask;
@@ -32,6 +32,7 @@ use pingora_error::{Error, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::body::{BodyState, Take};
 use super::chunked::ChunkedDecoder;
 use super::head::{MAX_HEADERS, parse_length};
 
@@ -52,19 +53,6 @@ enum Sending {
     Done,
 }
 
-/// Where the response body stands.
-#[derive(Debug)]
-enum Receiving {
-    /// No final response head yet (none read, or only 1xx ones).
-    Head,
-    /// This many bytes are still to come.
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// Until the backend closes (no framing, an unknown coding, or after a 101).
-    UntilClose,
-    Done,
-}
-
 /// One HTTP/1 exchange with a backend on our own codec.
 pub(crate) struct OwnClient {
     stream: Stream,
@@ -76,7 +64,10 @@ pub(crate) struct OwnClient {
     /// (the peer's `allow_h1_response_invalid_content_length`).
     allow_invalid_length: bool,
     sending: Sending,
-    receiving: Receiving,
+    /// No final response head yet (none read, or only 1xx ones).
+    awaiting_head: bool,
+    /// The response body, once the final head set its framing.
+    receiving: BodyState,
     /// The request went out with `HEAD`: its response has no body whatever it says.
     head_request: bool,
     /// The request asked for an upgrade (`Connection: upgrade` + `Upgrade`).
@@ -113,7 +104,8 @@ impl OwnClient {
             write_timeout: None,
             allow_invalid_length,
             sending: Sending::Done,
-            receiving: Receiving::Head,
+            awaiting_head: true,
+            receiving: BodyState::Done,
             head_request: false,
             upgrade_request: false,
             request_keepalive: None,
@@ -236,25 +228,22 @@ impl OwnClient {
     /// The next piece of the response: a head (1xx ones first, then the final one, with
     /// whether the body already ended), body pieces, then [`HttpTask::Done`].
     pub(crate) async fn read_response_task(&mut self) -> Result<HttpTask> {
-        match self.receiving {
-            Receiving::Head => {
-                let head = self.read_head().await?;
-                Ok(HttpTask::Header(
-                    head,
-                    matches!(self.receiving, Receiving::Done),
-                ))
-            }
-            Receiving::Done => Ok(HttpTask::Done),
-            _ => {
-                let piece = self.read_piece().await?;
-                let end = matches!(self.receiving, Receiving::Done);
-                Ok(if self.upgraded {
-                    HttpTask::UpgradedBody(piece, end)
-                } else {
-                    HttpTask::Body(piece, end)
-                })
-            }
+        if self.awaiting_head {
+            let head = self.read_head().await?;
+            // A 1xx head leaves the final one still to come.
+            let end = !self.awaiting_head && self.receiving.is_done();
+            return Ok(HttpTask::Header(head, end));
         }
+        if self.receiving.is_done() {
+            return Ok(HttpTask::Done);
+        }
+        let piece = self.read_piece().await?;
+        let end = self.receiving.is_done();
+        Ok(if self.upgraded {
+            HttpTask::UpgradedBody(piece, end)
+        } else {
+            HttpTask::Body(piece, end)
+        })
     }
 
     /// Reads and parses the next response head; sets the body's framing for a final one.
@@ -364,35 +353,36 @@ impl OwnClient {
             head.remove_header(&header::CONTENT_LENGTH);
         }
         let mut close_delimited = false;
+        self.awaiting_head = false;
         self.receiving = if self.head_request
             || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
         {
-            Receiving::Done
+            BodyState::Done
         } else if status == StatusCode::SWITCHING_PROTOCOLS {
             // Everything after a 101 to an upgrade request is the upgraded protocol's (the
             // tunnel takes it with `into_parts`); a 101 to any other request is refused by the
             // driver.
             self.upgraded = self.upgrade_request;
             close_delimited = true;
-            Receiving::UntilClose
+            BodyState::UntilClose
         } else {
             match transfer_encoding {
-                Some(true) => Receiving::Chunked(ChunkedDecoder::new()),
+                Some(true) => BodyState::Chunked(ChunkedDecoder::new()),
                 Some(false) => {
                     close_delimited = true;
-                    Receiving::UntilClose
+                    BodyState::UntilClose
                 }
                 None => match lengths.framing() {
-                    Ok(Some(0)) => Receiving::Done,
-                    Ok(Some(n)) => Receiving::Length(n),
+                    Ok(Some(0)) => BodyState::Done,
+                    Ok(Some(n)) => BodyState::Length(n),
                     Ok(None) => {
                         close_delimited = true;
-                        Receiving::UntilClose
+                        BodyState::UntilClose
                     }
                     Err(why) if self.allow_invalid_length && lengths.single => {
                         tracing::debug!(why, "invalid Content-Length read as close-delimited");
                         close_delimited = true;
-                        Receiving::UntilClose
+                        BodyState::UntilClose
                     }
                     Err(why) => return Error::e_explain(ErrorType::InvalidHTTPHeader, why),
                 },
@@ -405,7 +395,7 @@ impl OwnClient {
             transfer_encoding: transfer_encoding.is_some(),
             close_delimited,
         });
-        if matches!(self.receiving, Receiving::Done) && !self.buf.is_empty() {
+        if self.receiving.is_done() && !self.buf.is_empty() {
             self.overread = true;
         }
         Ok(Some(head))
@@ -413,51 +403,26 @@ impl OwnClient {
 
     /// The next body piece by its framing; `None` at the end of a close-delimited body.
     async fn read_piece(&mut self) -> Result<Option<Bytes>> {
-        // Bounded: every turn takes bytes from the buffer, reads at least one more, or returns.
+        if self.awaiting_head {
+            return Ok(None);
+        }
+        // Bounded: every turn takes a piece, ends, or reads at least one more byte.
         loop {
-            if !self.buf.is_empty() {
-                match &mut self.receiving {
-                    Receiving::Head | Receiving::Done => return Ok(None),
-                    Receiving::Length(left) => {
-                        let n = self
-                            .buf
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= n as u64;
-                        if *left == 0 {
-                            self.receiving = Receiving::Done;
-                            self.overread = self.buf.len() > n;
-                        }
-                        return Ok(Some(self.buf.split_to(n).freeze()));
-                    }
-                    Receiving::UntilClose => return Ok(Some(self.buf.split().freeze())),
-                    Receiving::Chunked(decoder) => {
-                        let mut data = BytesMut::with_capacity(self.buf.len());
-                        let used = decoder.decode(&self.buf, &mut data).map_err(|e| {
-                            Error::explain(ErrorType::InvalidHTTPHeader, e.to_string())
-                        })?;
-                        self.buf.advance(used);
-                        if decoder.is_done() {
-                            self.receiving = Receiving::Done;
-                            self.overread = !self.buf.is_empty();
-                        }
-                        if !data.is_empty() {
-                            return Ok(Some(data.freeze()));
-                        }
-                        if matches!(self.receiving, Receiving::Done) {
-                            return Ok(None);
-                        }
-                        if used > 0 && !self.buf.is_empty() {
-                            continue;
-                        }
-                    }
-                }
-            } else if matches!(self.receiving, Receiving::Done | Receiving::Head) {
-                return Ok(None);
+            let taken = self
+                .receiving
+                .take(&mut self.buf)
+                .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
+            if self.receiving.is_done() && !self.buf.is_empty() {
+                // Bytes behind the response's end: the backend said more than one response.
+                self.overread = true;
+            }
+            match taken {
+                Take::Piece(piece) => return Ok(Some(piece)),
+                Take::End => return Ok(None),
+                Take::More => {}
             }
             if self.fill("while reading response body").await? == 0 {
-                if matches!(self.receiving, Receiving::UntilClose) {
-                    self.receiving = Receiving::Done;
+                if self.receiving.at_close() {
                     return Ok(None);
                 }
                 return Error::e_explain(
@@ -499,7 +464,8 @@ impl OwnClient {
     /// The stream for the pool when the exchange ended cleanly and keep-alive allows it;
     /// otherwise the connection is shut down.
     pub(crate) async fn reuse(mut self) -> Option<Stream> {
-        let clean = matches!(self.receiving, Receiving::Done)
+        let clean = !self.awaiting_head
+            && self.receiving.is_done()
             && self.sending == Sending::Done
             && self.buf.is_empty();
         if self.keepalive && clean {

@@ -14,6 +14,7 @@
 //!             (1xx, final) and bodies (length / chunked / until close), keep-alive for the pool
 //! ```
 
+mod body;
 pub(crate) mod chunked;
 mod client;
 pub(crate) mod head;

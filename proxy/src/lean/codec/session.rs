@@ -38,6 +38,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::CodecError;
+use super::body::{BodyState, Take};
 use super::chunked::ChunkedDecoder;
 use super::head::{BodyFraming, parse_head};
 use crate::gateway::Downstream;
@@ -59,17 +60,6 @@ const COALESCE: usize = 16 * 1024;
 /// Most unread request body drained before a kept-alive connection takes its next request; a
 /// longer rest closes the connection instead.
 const MAX_DRAIN: usize = 1024 * 1024;
-
-/// Where the request body stands.
-#[derive(Debug)]
-enum Reading {
-    /// This many bytes are still to come.
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// After a 101: everything until the client closes.
-    UntilClose,
-    Done,
-}
 
 /// How the response body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +83,7 @@ pub(crate) struct OwnSession {
     buf: BytesMut,
     digest: Digest,
     req: RequestHeader,
-    reading: Reading,
+    reading: BodyState,
     body_empty: bool,
     retry: Option<BytesMut>,
     retry_truncated: bool,
@@ -140,7 +130,7 @@ impl OwnSession {
             buf: leftover,
             digest,
             req: RequestHeader::from(http::Request::new(()).into_parts().0),
-            reading: Reading::Done,
+            reading: BodyState::Done,
             body_empty: true,
             retry: None,
             retry_truncated: false,
@@ -166,9 +156,9 @@ impl OwnSession {
         self.req = head.header;
         self.body_empty = head.body == BodyFraming::Empty;
         self.reading = match head.body {
-            BodyFraming::Empty => Reading::Done,
-            BodyFraming::Length(n) => Reading::Length(n),
-            BodyFraming::Chunked => Reading::Chunked(ChunkedDecoder::new()),
+            BodyFraming::Empty => BodyState::Done,
+            BodyFraming::Length(n) => BodyState::Length(n),
+            BodyFraming::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
         };
         self.client_keepalive = connection_keepalive(&self.req)
             .unwrap_or(self.req.version == Version::HTTP_11)
@@ -187,47 +177,17 @@ impl OwnSession {
 
     /// The next piece of the body by its framing (no timeout, no accounting).
     async fn read_piece(&mut self) -> Result<Option<Bytes>> {
-        // Bounded: every turn takes bytes from the buffer, reads at least one more byte, or
-        // returns (the client's end of stream ends it).
+        // Bounded: every turn takes a piece, ends, or reads at least one more byte (the
+        // client's end of stream ends it).
         loop {
-            if !self.buf.is_empty() {
-                match &mut self.reading {
-                    Reading::Done => return Ok(None),
-                    Reading::Length(left) => {
-                        let n = self
-                            .buf
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= n as u64;
-                        if *left == 0 {
-                            self.reading = Reading::Done;
-                        }
-                        return Ok(Some(self.buf.split_to(n).freeze()));
-                    }
-                    Reading::UntilClose => return Ok(Some(self.buf.split().freeze())),
-                    Reading::Chunked(decoder) => {
-                        let mut data = BytesMut::with_capacity(self.buf.len());
-                        let used = decoder.decode(&self.buf, &mut data).map_err(|e| {
-                            Error::explain(ErrorType::InvalidHTTPHeader, e.to_string())
-                        })?;
-                        self.buf.advance(used);
-                        if decoder.is_done() {
-                            self.reading = Reading::Done;
-                        }
-                        if !data.is_empty() {
-                            return Ok(Some(data.freeze()));
-                        }
-                        if matches!(self.reading, Reading::Done) {
-                            return Ok(None);
-                        }
-                        if used > 0 && !self.buf.is_empty() {
-                            // Framing taken off; what is left may decode further.
-                            continue;
-                        }
-                    }
-                }
-            } else if matches!(self.reading, Reading::Done) {
-                return Ok(None);
+            match self
+                .reading
+                .take(&mut self.buf)
+                .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?
+            {
+                Take::Piece(piece) => return Ok(Some(piece)),
+                Take::End => return Ok(None),
+                Take::More => {}
             }
             self.reserve();
             let n = self
@@ -236,8 +196,7 @@ impl OwnSession {
                 .await
                 .or_err(ErrorType::ReadError, "reading the request body")?;
             if n == 0 {
-                if matches!(self.reading, Reading::UntilClose) {
-                    self.reading = Reading::Done;
+                if self.reading.at_close() {
                     return Ok(None);
                 }
                 return Error::e_explain(
@@ -257,7 +216,7 @@ impl OwnSession {
             tracing::debug!("a response head was already written; another one is dropped");
             return Ok(false);
         }
-        if !matches!(self.reading, Reading::Done) {
+        if !matches!(self.reading, BodyState::Done) {
             // Answered before the request was read whole: the unread rest would be taken for
             // the next request.
             self.keepalive = false;
@@ -275,7 +234,7 @@ impl OwnSession {
             } else if self.is_upgrade(&head) == Some(true) {
                 // Everything after the 101 is the upgraded protocol's, both ways.
                 self.upgraded = true;
-                self.reading = Reading::UntilClose;
+                self.reading = BodyState::UntilClose;
                 Writing::UntilClose
             } else {
                 response_framing(&head)
@@ -553,7 +512,7 @@ impl Downstream for OwnSession {
     }
 
     async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
-        if !(no_body_expected || matches!(self.reading, Reading::Done)) {
+        if !(no_body_expected || matches!(self.reading, BodyState::Done)) {
             return self.read_request_body().await;
         }
         let why = if self.written.is_none() {
@@ -583,7 +542,7 @@ impl Downstream for OwnSession {
     }
 
     fn is_body_done(&mut self) -> bool {
-        matches!(self.reading, Reading::Done)
+        matches!(self.reading, BodyState::Done)
     }
 
     fn is_body_empty(&mut self) -> bool {
@@ -765,7 +724,7 @@ impl Connection for OwnSession {
         }
         // Bounded by MAX_DRAIN: a longer unread body closes the connection instead.
         let mut drained = 0;
-        while !matches!(self.reading, Reading::Done) {
+        while !matches!(self.reading, BodyState::Done) {
             match self.read_request_body().await {
                 Ok(Some(piece)) => {
                     drained += piece.len();

@@ -1468,3 +1468,103 @@ fn a_change_most_routes_see_falls_back_to_a_full_translation() {
     assert_eq!(pass.routes, 20);
     assert_eq!(snapshots, translate(&world, &cfg).snapshots);
 }
+
+/// A large cluster with one ListenerSet: a route change and a change of the set are
+/// incremental (only what they reach is translated again) and equal the full translation; the
+/// run prints what each costs against a full pass. Routes default to 2,000 (debug builds);
+/// `LISTENER_SET_SCALE_ROUTES` sets another count (10,000 for the docs' figure).
+#[test]
+fn a_listener_set_in_a_large_cluster_keeps_passes_incremental() {
+    let routes: usize = std::env::var("LISTENER_SET_SCALE_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let gateway = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": meta(Some("infra"), "gw", 1),
+        "spec": {"gatewayClassName": CLASS,
+                 "allowedListeners": {"namespaces": {"from": "All"}},
+                 "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                                "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+    });
+    let set = |port: i64, generation: i64| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
+            "metadata": meta(Some("app"), "ls", generation),
+            "spec": {"parentRef": {"name": "gw", "namespace": "infra"},
+                     "listeners": [{"name": "extra", "port": port, "protocol": "HTTP",
+                                    "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+        })
+    };
+    // Every tenth route attaches to the set, the others to the Gateway.
+    let route = |i: usize, generation: i64| {
+        let parent = if i.is_multiple_of(10) {
+            json!({"kind": "ListenerSet", "name": "ls", "namespace": "app"})
+        } else {
+            json!({"name": "gw", "namespace": "infra"})
+        };
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": meta(Some("app"), &format!("r{i}"), generation),
+            "spec": {"parentRefs": [parent],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": format!("/{i}/{generation}")}}]}]},
+        })
+    };
+    let mut world = World::new();
+    let c = world.add_cluster(CLUSTER, "us-east", vec![]);
+    base_cluster(c);
+    assert!(apply(c, &gateway));
+    assert!(apply(c, &set(8080, 1)));
+    for i in 0..routes {
+        assert!(apply(c, &route(i, 1)));
+    }
+    let cfg = config_of(&world);
+    let mut engine = Incremental::new();
+    let started = Instant::now();
+    let mut snapshots = engine.full(&world, &cfg).snapshots;
+    let full_ms = started.elapsed().as_secs_f64() * 1e3;
+    let served = |s: &BTreeMap<String, Snapshot>| -> usize {
+        s.values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .map(|l| l.routes.len())
+            .sum()
+    };
+    assert_eq!(served(&snapshots), routes, "every route is served");
+
+    let mut pass = |world: &World, kind: Kind, key: ObjectKey| {
+        let mut changes = Changes::new();
+        changes.insert(CLUSTER, kind, key);
+        let cfg = config_of(world);
+        let started = Instant::now();
+        let pass = engine
+            .update(world, &cfg, &changes, &mut snapshots)
+            .unwrap();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let full = translate(world, &cfg);
+        assert_eq!(
+            serde_json::to_string(&snapshots).unwrap(),
+            serde_json::to_string(&full.snapshots).unwrap()
+        );
+        assert_eq!(engine.status(), full.status);
+        (pass.routes, ms)
+    };
+    // A route on the Gateway, then one on the set: that route only.
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &route(1, 2)));
+    let (n, gw_route_ms) = pass(&world, Kind::HttpRoute, ObjectKey::new("app", "r1"));
+    assert_eq!(n, 1);
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &route(10, 2)));
+    let (n, set_route_ms) = pass(&world, Kind::HttpRoute, ObjectKey::new("app", "r10"));
+    assert_eq!(n, 1);
+    // The set's listener moves to another port: the routes on the set only (the Gateway's own
+    // listeners did not change).
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &set(8081, 2)));
+    let (n, set_ms) = pass(&world, Kind::ListenerSet, ObjectKey::new("app", "ls"));
+    assert_eq!(n, routes.div_ceil(10), "the routes naming the set");
+    println!(
+        "{routes} routes, one ListenerSet: full pass {full_ms:.1} ms; incremental: route on the Gateway {gw_route_ms:.2} ms, route on the set {set_route_ms:.2} ms, set listener change {set_ms:.1} ms ({n} routes)"
+    );
+}

@@ -37,6 +37,9 @@
 //!      (listeners routes select,      entry re-skeletoned with its routes moved over
 //!       served, entry present, the
 //!       sets and why they add none)
+//!      same own listeners (only     → like the above for the Gateway's own listeners; routes
+//!       its sets' side changed)       naming one of its ListenerSets (before or now) or
+//!                                     attached to a set's listener translated again
 //!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or one of its
 //!                                     ListenerSets (before or now), or attached to it,
 //!                                     translated again
@@ -1069,9 +1072,16 @@ impl ClusterCache {
                 {
                     continue;
                 }
-                n += deps.routes_naming(name, key).len();
                 let sets = old.into_iter().chain(new).flat_map(|g| &g.sets);
                 n += deps.routes_naming_sets(name, sets.map(|s| &s.key)).len();
+                if let (Some(old), Some(new)) = (old, new)
+                    && own_view(old) == own_view(new)
+                {
+                    let on_sets = old.listeners.iter().filter(|l| l.set.is_some());
+                    n += on_sets.map(|l| l.attached.len()).sum::<usize>();
+                    continue;
+                }
+                n += deps.routes_naming(name, key).len();
                 n += old.map_or(0, |o| o.listeners.iter().map(|l| l.attached.len()).sum());
             }
         }
@@ -1192,6 +1202,21 @@ impl ClusterCache {
                 (Some(old), Some(new)) if attach_view(&old) == attach_view(new) => {
                     for (n, o) in new.listeners.iter_mut().zip(old.listeners) {
                         n.attached = o.attached;
+                    }
+                    touched.insert(key.clone());
+                    set_entry(snapshot, &key, gateway::entry(new), true);
+                }
+                // Only its ListenerSets' side changed: routes through its own listeners keep
+                // their attachments (own listeners come first: the same indices); routes
+                // naming a set, or attached to a set's listener, are translated again.
+                (Some(old), Some(new)) if own_view(&old) == own_view(new) => {
+                    let sets = old.sets.iter().chain(&new.sets).map(|s| &s.key);
+                    routes.extend(deps.routes_naming_sets(ctx.cluster_name, sets));
+                    for (i, o) in old.listeners.into_iter().enumerate() {
+                        match new.listeners.get_mut(i) {
+                            Some(n) if o.set.is_none() => n.attached = o.attached,
+                            _ => routes.extend(o.attached),
+                        }
                     }
                     touched.insert(key.clone());
                     set_entry(snapshot, &key, gateway::entry(new), true);
@@ -1424,6 +1449,14 @@ fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>, Vec<SetView<'_
             .map(|s| (&s.key, s.problem.as_ref()))
             .collect(),
     )
+}
+
+/// What a route naming the Gateway itself reads of it: [`attach_view`] of the Gateway's own
+/// listeners (a Gateway parentRef selects only those; ListenerSets' listeners follow them).
+fn own_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>, Vec<SetView<'_>>) {
+    let (serves, mut listeners, _) = attach_view(g);
+    listeners.retain(|l| l.8.is_none());
+    (serves, listeners, Vec::new())
 }
 
 /// Position of Gateway `key` in a snapshot (ordered by namespace, then name).

@@ -39,7 +39,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use meridian_controller::translate::{
-    AddressPolicy, Changes, EastWestListeners, Fallback, Incremental, MissingRemote, Pass,
+    AddressPolicy, Changes, EastWestListeners, Incremental, MissingRemote,
 };
 use meridian_controller::{
     ClusterGatewayRef, ClusterState, Indexed, Kind, ObjectKey, ProgrammedState, Revision,
@@ -191,7 +191,7 @@ fn focused() -> impl Strategy<Value = Value> {
         0usize..3,
         select(NAMESPACES),
         select(NAMESPACES),
-        select(&["HTTPRoute", "TLSRoute", "Gateway"][..]),
+        select(&["HTTPRoute", "TLSRoute", "Gateway", "ListenerSet"][..]),
         select(&[("", "Service"), ("multicluster.x-k8s.io", "ServiceImport"), ("", "Secret")][..]),
         proptest::option::of(select(&["web", "api", "cert"][..])),
     )
@@ -247,12 +247,12 @@ fn focused() -> impl Strategy<Value = Value> {
                 "spec": spec,
             })
         });
-    // ListenerSets naming gw2 (or gw): a new port, or the port of one of gw2's own listeners
-    // (same hostname or protocol: it loses), older or newer than each other.
-    let listener_set = (
-        0usize..2,
-        select(&["app", "web", "infra"][..]),
-        select(&["gw2", "gw2", "gw"][..]),
+    // ListenerSets naming gw2 (or gw, or a Gateway that does not exist: parentRefs move): a
+    // new port, or the port of one of gw2's own listeners (same hostname or protocol: it
+    // loses), older or newer than each other; sometimes a second listener (conflicts inside the
+    // set), an HTTPS one with the `infra/cert` Secret (cross-namespace from `app`/`web`: a
+    // ReferenceGrant `from: ListenerSet` decides), routes admitted by namespace selector.
+    let set_listener = (
         select(
             &[
                 (8080, "HTTP", None),
@@ -260,29 +260,60 @@ fn focused() -> impl Strategy<Value = Value> {
                 (80, "HTTP", Some("a.example.com")),
                 (443, "HTTP", None),
                 (8080, "HTTP", Some("*.example.com")),
+                (8443, "HTTPS", Some("a.example.com")),
+                (443, "HTTPS", None),
             ][..],
         ),
-        0i64..3,
-        1i64..3,
+        proptest::bool::weighted(0.25),
     )
-        .prop_map(|(i, ns, gw, (port, protocol, hostname), age, generation)| {
-            let mut m = meta(Some(ns), &format!("ls-{i}"), generation);
-            m["creationTimestamp"] = json!(format!("1970-01-01T00:1{age}:20Z"));
-            let listener = obj(vec![
-                ("name", Some(json!("extra"))),
+        .prop_map(|((port, protocol, hostname), selector)| {
+            let from = if selector {
+                json!({"from": "Selector", "selector": {"matchLabels": {"team": "web"}}})
+            } else {
+                json!({"from": "All"})
+            };
+            obj(vec![
+                (
+                    "name",
+                    Some(json!(if protocol == "HTTPS" {
+                        "secure"
+                    } else {
+                        "extra"
+                    })),
+                ),
                 ("port", Some(json!(port))),
                 ("protocol", Some(json!(protocol))),
                 ("hostname", hostname.map(|h| json!(h))),
                 (
-                    "allowedRoutes",
-                    Some(json!({"namespaces": {"from": "All"}})),
+                    "tls",
+                    (protocol == "HTTPS").then(
+                        || json!({"certificateRefs": [{"name": "cert", "namespace": "infra"}]}),
+                    ),
                 ),
-            ]);
+                ("allowedRoutes", Some(json!({"namespaces": from}))),
+            ])
+        });
+    let listener_set = (
+        0usize..2,
+        select(&["app", "web", "infra"][..]),
+        select(&["gw2", "gw2", "gw2", "gw", "gw3"][..]),
+        prop::collection::vec(set_listener, 1..3),
+        0i64..3,
+        1i64..3,
+    )
+        .prop_map(|(i, ns, gw, mut listeners, age, generation)| {
+            // Listener names are unique in a set (the API server refuses a duplicate).
+            if listeners.len() == 2 && listeners[0]["name"] == listeners[1]["name"] {
+                let name = format!("{}-2", listeners[1]["name"].as_str().unwrap_or_default());
+                listeners[1]["name"] = json!(name);
+            }
+            let mut m = meta(Some(ns), &format!("ls-{i}"), generation);
+            m["creationTimestamp"] = json!(format!("1970-01-01T00:1{age}:20Z"));
             json!({
                 "apiVersion": "gateway.networking.k8s.io/v1",
                 "kind": "ListenerSet",
                 "metadata": m,
-                "spec": {"parentRef": {"name": gw, "namespace": "infra"}, "listeners": [listener]},
+                "spec": {"parentRef": {"name": gw, "namespace": "infra"}, "listeners": listeners},
             })
         });
     let policy = (
@@ -401,8 +432,7 @@ fn focused() -> impl Strategy<Value = Value> {
         4 => route,
         4 => tls_route,
         2 => gateway,
-        // Rare: every pass with a ListenerSet in the world is a full one.
-        1 => listener_set,
+        3 => listener_set,
         2 => service,
         4 => slice,
         2 => grant,
@@ -462,6 +492,7 @@ struct Harness {
     /// GRPCRoutes an echo step landed a status of ours on, as `(cluster, route)`.
     grpc_echoed: Vec<(String, ObjectKey)>,
     tls_echoed: Vec<(String, ObjectKey)>,
+    set_echoed: Vec<(String, ObjectKey)>,
 }
 
 fn cluster_name(west: bool) -> &'static str {
@@ -504,6 +535,7 @@ impl Harness {
             by_refresh: None,
             grpc_echoed: Vec::new(),
             tls_echoed: Vec::new(),
+            set_echoed: Vec::new(),
         };
         for (name, objects) in [(CLUSTER, east), (WEST, west)] {
             base_cluster(
@@ -702,6 +734,7 @@ impl Harness {
                         );
                         s.metadata.resource_version = Some(format!("echo-{pick}"));
                         revise(c, &u.cluster, s, changes);
+                        self.set_echoed.push((u.cluster.clone(), key));
                     }
                     // Recomputed every pass: nothing an echo could leave stale.
                     StatusKind::GatewayClass
@@ -835,6 +868,7 @@ impl Harness {
                                         | StatusKind::GrpcRoute
                                         | StatusKind::TlsRoute
                                         | StatusKind::Gateway
+                                        | StatusKind::ListenerSet
                                 )
                             })
                             .map(|u| {
@@ -864,6 +898,10 @@ impl Harness {
                     objects.extend(
                         s.gateways()
                             .map(|(k, _)| (c.clone(), StatusKind::Gateway, k.clone())),
+                    );
+                    objects.extend(
+                        s.listener_sets()
+                            .map(|(k, _)| (c.clone(), StatusKind::ListenerSet, k.clone())),
                     );
                 }
                 if objects.is_empty() {
@@ -951,8 +989,12 @@ fn foreign_parent<T: DeserializeOwned>() -> T {
 #[derive(Default)]
 struct Reached {
     passes: u64,
-    /// Passes that were full because ListenerSets were in the world (`Fallback::ListenerSets`).
-    listener_set_fallbacks: usize,
+    /// Incremental passes over a world with ListenerSets.
+    set_passes: usize,
+    /// ListenerSet status updates the incremental passes recomputed, and echoes of ListenerSet
+    /// status writes recognised.
+    set_updates: usize,
+    set_echoes: usize,
     /// Status changes recognised as the echo of our own write (nothing translated), and how
     /// many of those were of a GRPCRoute.
     echoes: usize,
@@ -1047,28 +1089,24 @@ fn check(
             .iter()
             .filter(|(c, k)| engine.is_echo(&h.world, c, Kind::TlsRoute, k))
             .count();
+        let set_echoes = std::mem::take(&mut h.set_echoed)
+            .iter()
+            .filter(|(c, k)| engine.is_echo(&h.world, c, Kind::ListenerSet, k))
+            .count();
         // Every other pass with the loop's hint of what changed in the unconfirmed sets.
         let cfg = h.config(i % 2 == 1);
+        let with_sets = h
+            .world
+            .clusters
+            .values()
+            .any(|c| c.listener_sets().next().is_some());
         let mut pass = match engine.update(&h.world, &cfg, &changes, &mut snapshots) {
             Ok(pass) => pass,
-            // A world with ListenerSets (now or at the last pass) is translated in full, as the
-            // controller does on this fallback: the full pass seeds the engine again and
-            // touches every Gateway; the comparisons below still run (full against full).
-            Err(Fallback::ListenerSets) => {
-                snapshots = engine.full(&h.world, &cfg).snapshots;
-                reached.borrow_mut().listener_set_fallbacks += 1;
-                Pass {
-                    touched: snapshots
-                        .keys()
-                        .map(|c| (c.clone(), Touched::everything()))
-                        .collect(),
-                    ..Pass::default()
-                }
-            }
             Err(f) => {
                 return Err(TestCaseError::fail(format!("batch {i}: fell back: {f}")));
             }
         };
+        reached.borrow_mut().set_passes += usize::from(with_sets);
         if let Some(services) = h.by_refresh.take() {
             let mut policy = AddressPolicy {
                 allow_loopback: cfg.allow_loopback_endpoints,
@@ -1136,6 +1174,12 @@ fn check(
         }
         let mut reached = reached.borrow_mut();
         reached.passes += 1;
+        reached.set_updates += pass
+            .status
+            .iter()
+            .filter(|u| u.kind == StatusKind::ListenerSet)
+            .count();
+        reached.set_echoes += set_echoes;
         reached.echoes += pass.echoes;
         reached.grpc_echoes += grpc_echoes;
         reached.tls_echoes += tls_echoes;
@@ -1241,7 +1285,7 @@ fn incremental_equals_full_after_every_change() {
     let result = runner.run(&scenario(), |s| check(&s, &reached));
     let reached = reached.into_inner();
     println!(
-        "incremental translate: {} passes in {} ms; {} echoes ({} of GRPCRoute status); {} endpoint refreshes ({} changing a snapshot); {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} with endpoints, {} GRPCRoutes) compared; {} HTTPRoute/GRPCRoute conflicts; {} served TLSRoutes, {} TLSRoute conflicts, {} TLSRoute echoes; {} patches checked against the hint ({} narrower than everything); {} full passes for ListenerSets",
+        "incremental translate: {} passes in {} ms; {} echoes ({} of GRPCRoute status); {} endpoint refreshes ({} changing a snapshot); {} routes and {} gateways recomputed, {} served routes ({} backends with a policy, {} with endpoints, {} GRPCRoutes) compared; {} HTTPRoute/GRPCRoute conflicts; {} served TLSRoutes, {} TLSRoute conflicts, {} TLSRoute echoes; {} patches checked against the hint ({} narrower than everything); {} passes with ListenerSets ({} set updates recomputed, {} set echoes, {} served set listeners, {} set listener conflicts)",
         reached.passes,
         started.elapsed().as_millis(),
         reached.echoes,
@@ -1260,7 +1304,11 @@ fn incremental_equals_full_after_every_change() {
         reached.tls_echoes,
         reached.patches,
         reached.narrowed,
-        reached.listener_set_fallbacks,
+        reached.set_passes,
+        reached.set_updates,
+        reached.set_echoes,
+        reached.served_set_listeners,
+        reached.set_conflicts,
     );
     match result {
         Ok(()) => {}
@@ -1314,6 +1362,19 @@ fn incremental_equals_full_after_every_change() {
     assert!(
         reached.set_conflicts > 0,
         "no ListenerSet listener ever lost its port to an earlier listener"
+    );
+    assert!(
+        reached.set_passes > 100,
+        "worlds with ListenerSets were rarely translated incrementally: {}",
+        reached.set_passes
+    );
+    assert!(
+        reached.set_updates > 0,
+        "no incremental pass ever recomputed a ListenerSet status"
+    );
+    assert!(
+        reached.set_echoes > 0,
+        "no echo of a ListenerSet status write was ever recognised"
     );
     assert!(
         reached.narrowed > 100,
@@ -1406,4 +1467,104 @@ fn a_change_most_routes_see_falls_back_to_a_full_translation() {
         .unwrap();
     assert_eq!(pass.routes, 20);
     assert_eq!(snapshots, translate(&world, &cfg).snapshots);
+}
+
+/// A large cluster with one ListenerSet: a route change and a change of the set are
+/// incremental (only what they reach is translated again) and equal the full translation; the
+/// run prints what each costs against a full pass. Routes default to 2,000 (debug builds);
+/// `LISTENER_SET_SCALE_ROUTES` sets another count (10,000 for the docs' figure).
+#[test]
+fn a_listener_set_in_a_large_cluster_keeps_passes_incremental() {
+    let routes: usize = std::env::var("LISTENER_SET_SCALE_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let gateway = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": meta(Some("infra"), "gw", 1),
+        "spec": {"gatewayClassName": CLASS,
+                 "allowedListeners": {"namespaces": {"from": "All"}},
+                 "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                                "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+    });
+    let set = |port: i64, generation: i64| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
+            "metadata": meta(Some("app"), "ls", generation),
+            "spec": {"parentRef": {"name": "gw", "namespace": "infra"},
+                     "listeners": [{"name": "extra", "port": port, "protocol": "HTTP",
+                                    "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+        })
+    };
+    // Every tenth route attaches to the set, the others to the Gateway.
+    let route = |i: usize, generation: i64| {
+        let parent = if i.is_multiple_of(10) {
+            json!({"kind": "ListenerSet", "name": "ls", "namespace": "app"})
+        } else {
+            json!({"name": "gw", "namespace": "infra"})
+        };
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": meta(Some("app"), &format!("r{i}"), generation),
+            "spec": {"parentRefs": [parent],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": format!("/{i}/{generation}")}}]}]},
+        })
+    };
+    let mut world = World::new();
+    let c = world.add_cluster(CLUSTER, "us-east", vec![]);
+    base_cluster(c);
+    assert!(apply(c, &gateway));
+    assert!(apply(c, &set(8080, 1)));
+    for i in 0..routes {
+        assert!(apply(c, &route(i, 1)));
+    }
+    let cfg = config_of(&world);
+    let mut engine = Incremental::new();
+    let started = Instant::now();
+    let mut snapshots = engine.full(&world, &cfg).snapshots;
+    let full_ms = started.elapsed().as_secs_f64() * 1e3;
+    let served = |s: &BTreeMap<String, Snapshot>| -> usize {
+        s.values()
+            .flat_map(|s| &s.gateways)
+            .flat_map(|g| &g.listeners)
+            .map(|l| l.routes.len())
+            .sum()
+    };
+    assert_eq!(served(&snapshots), routes, "every route is served");
+
+    let mut pass = |world: &World, kind: Kind, key: ObjectKey| {
+        let mut changes = Changes::new();
+        changes.insert(CLUSTER, kind, key);
+        let cfg = config_of(world);
+        let started = Instant::now();
+        let pass = engine
+            .update(world, &cfg, &changes, &mut snapshots)
+            .unwrap();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let full = translate(world, &cfg);
+        assert_eq!(
+            serde_json::to_string(&snapshots).unwrap(),
+            serde_json::to_string(&full.snapshots).unwrap()
+        );
+        assert_eq!(engine.status(), full.status);
+        (pass.routes, ms)
+    };
+    // A route on the Gateway, then one on the set: that route only.
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &route(1, 2)));
+    let (n, gw_route_ms) = pass(&world, Kind::HttpRoute, ObjectKey::new("app", "r1"));
+    assert_eq!(n, 1);
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &route(10, 2)));
+    let (n, set_route_ms) = pass(&world, Kind::HttpRoute, ObjectKey::new("app", "r10"));
+    assert_eq!(n, 1);
+    // The set's listener moves to another port: the routes on the set only (the Gateway's own
+    // listeners did not change).
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &set(8081, 2)));
+    let (n, set_ms) = pass(&world, Kind::ListenerSet, ObjectKey::new("app", "ls"));
+    assert_eq!(n, routes.div_ceil(10), "the routes naming the set");
+    println!(
+        "{routes} routes, one ListenerSet: full pass {full_ms:.1} ms; incremental: route on the Gateway {gw_route_ms:.2} ms, route on the set {set_route_ms:.2} ms, set listener change {set_ms:.1} ms ({n} routes)"
+    );
 }

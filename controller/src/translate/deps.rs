@@ -6,12 +6,16 @@
 //!
 //! ```text
 //! HTTPRoute ──parentRefs──────────────► Gateway (ns/name, whether it exists or not)
+//!                                       ListenerSet (ns/name, kind ListenerSet)
 //! GRPCRoute ──backendRefs, mirrors────► Service / ServiceImport (ns/name)
 //! TLSRoute
 //!           ──the cross-namespace ones► (route kind, from-ns, to-ns, to-kind) → to-name
 //! Gateway   ──gatewayClassName────────► GatewayClass
 //!           ──certificateRefs, client─► Secret (ns/name)
 //!           ──the cross-namespace ones► (Gateway, from-ns, to-ns, Secret) → to-name
+//! ListenerSet ──parentRef─────────────► Gateway (the set's listeners are validated with it)
+//!           ──certificateRefs─────────► Secret (ns/name)
+//!           ──the cross-namespace ones► (ListenerSet, from-ns, to-ns, Secret) → to-name
 //! ReferenceGrant ─ from (kind, ns) × to (kind, name or any)   (forward only: the references it
 //!                                                               allows are looked up above)
 //! FailoverPolicy ─ targetRefs (group, kind, name)             (forward only)
@@ -23,14 +27,20 @@
 //! A change to one object is turned into [`Affected`] by [`DepIndex::change`]: the object's
 //! forward entries are replaced by what the world holds now, and what the old *and* the new
 //! entries reach is affected (a route that stops naming a Gateway changes that Gateway's
-//! `attachedRoutes`; a grant that loses a `from` entry revokes what it allowed). Entries are
+//! `attachedRoutes`; a grant that loses a `from` entry revokes what it allowed; a ListenerSet
+//! whose parentRef moves leaves one Gateway and joins another). A ListenerSet is validated as
+//! part of the Gateway it names, so whatever reaches a set (its own change, a Secret or
+//! ReferenceGrant it reads) affects that Gateway, and a set change also affects the routes
+//! naming the set (which Gateway they reach through it follows its parentRef). Entries are
 //! supersets where precision would cost more than it saves: a reference of an unsupported group
 //! or kind is indexed like a supported one.
 //!
 //! Who reads what outside this index: ServiceImport backends read Services, EndpointSlices and
 //! ServiceExports of *every* cluster (a Service or export change reaches routes of all
 //! clusters); listener `allowedRoutes` selectors read Namespace labels (a Namespace change
-//! reaches the routes of that namespace, when some listener of the cluster has a selector);
+//! reaches the routes of that namespace, when some listener of the cluster has a selector; and
+//! `allowedListeners` selectors read them too: the incremental pass validates the Gateways
+//! again when some Gateway admits ListenerSets by selector);
 //! FailoverPolicy and BackendTLSPolicy status read Services, HTTPRoutes, GRPCRoutes,
 //! ServiceImports and exports (recomputed every pass: there are few policies). An HTTPRoute
 //! against GRPCRoute hostname conflict, and TLSRoutes sharing a hostname (module `conflict`),
@@ -40,8 +50,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gateway_api::gateways::{Gateway, GatewayTls, GatewayTlsBackend};
+use gateway_api::gateways::{Gateway, GatewayListeners, GatewayTls, GatewayTlsBackend};
 use gateway_api::httproutes::{HttpRouteParentRefs, HttpRouteRules};
+use gateway_api::listenersets::ListenerSet;
 use gateway_api::referencegrants::ReferenceGrant;
 use meridian_crds::meridian::FailoverPolicy;
 
@@ -92,7 +103,16 @@ impl Affected {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct RouteRefs {
     parents: Vec<ObjectKey>,
+    /// parentRefs of kind ListenerSet.
+    sets: Vec<ObjectKey>,
     backends: Vec<Backend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct SetRefs {
+    /// The Gateway its parentRef names (`None`: another kind).
+    gateway: Option<ObjectKey>,
+    secrets: Vec<ObjectKey>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,12 +144,18 @@ struct ClusterDeps {
     policies: BTreeMap<ObjectKey, Vec<Target>>,
     /// BackendTLSPolicy → (target Service names, CA ConfigMap names), same namespace.
     tls_policies: BTreeMap<ObjectKey, TlsPolicyRefs>,
+    /// ListenerSet → its parent Gateway and the Secrets it refers to.
+    sets: BTreeMap<ObjectKey, SetRefs>,
     /// Gateway → routes naming it in a parentRef.
     by_parent: BTreeMap<ObjectKey, BTreeSet<RouteKey>>,
+    /// ListenerSet → routes naming it in a parentRef.
+    by_set_parent: BTreeMap<ObjectKey, BTreeSet<RouteKey>>,
+    /// Secret → ListenerSets referring to it.
+    by_set_secret: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Backend → routes referring to it.
     by_backend: BTreeMap<Backend, BTreeSet<RouteKey>>,
-    /// Cross-namespace references → target name → referrers (routes or Gateways, the
-    /// family's first element says which kind).
+    /// Cross-namespace references → target name → referrers (routes, Gateways or
+    /// ListenerSets, the family's first element says which kind).
     cross: BTreeMap<CrossKey, BTreeMap<String, BTreeSet<ObjectKey>>>,
     /// Secret → Gateways referring to it.
     by_secret: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
@@ -167,6 +193,9 @@ impl DepIndex {
             for (key, gw) in &state.gateways {
                 deps.set_gateway(key, Some(gateway_refs(key, gw)));
             }
+            for (key, set) in &state.listener_sets {
+                deps.set_listener_set(key, Some(set_refs(key, set)));
+            }
             for (key, grant) in &state.reference_grants {
                 deps.grants.insert(key.clone(), grant_refs(grant));
             }
@@ -188,6 +217,27 @@ impl DepIndex {
             .and_then(|d| d.by_parent.get(gateway))
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Routes of `cluster` naming one of ListenerSets `sets` in a parentRef.
+    pub fn routes_naming_sets<'k>(
+        &self,
+        cluster: &str,
+        sets: impl IntoIterator<Item = &'k ObjectKey>,
+    ) -> BTreeSet<RouteKey> {
+        let Some(d) = self.clusters.get(cluster) else {
+            return BTreeSet::new();
+        };
+        sets.into_iter()
+            .filter_map(|s| d.by_set_parent.get(s))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// The Gateway ListenerSet `set` of `cluster` named at the last indexing.
+    pub fn set_gateway(&self, cluster: &str, set: &ObjectKey) -> Option<&ObjectKey> {
+        self.clusters.get(cluster)?.sets.get(set)?.gateway.as_ref()
     }
 
     /// Routes of `cluster` referring to `backend` (rules, backendRef and rule mirrors).
@@ -242,15 +292,20 @@ impl DepIndex {
                 deps.set_route(&key, new);
                 affected.route(cluster, key);
             }
-            // A pass with ListenerSets in the world (or at the last pass) is a full one
-            // (`Fallback::ListenerSets`), so the set's old Gateway never needs finding here.
+            // The set's listeners are validated with the Gateway it names now and the one it
+            // named before; routes naming the set reach a Gateway through it.
             Kind::ListenerSet => {
-                if let Some(gw) = state
-                    .listener_sets
-                    .get(key)
-                    .and_then(|s| super::listener_set::parent_gateway(key, s))
+                let new = state.listener_sets.get(key).map(|s| set_refs(key, s));
+                let old = deps.set_listener_set(key, new.clone());
+                for gw in old
+                    .iter()
+                    .chain(new.iter())
+                    .filter_map(|r| r.gateway.clone())
                 {
                     affected.gateway(cluster, gw);
+                }
+                for r in deps.by_set_parent.get(key).into_iter().flatten() {
+                    affected.route(cluster, r.clone());
                 }
             }
             Kind::Gateway => {
@@ -267,6 +322,9 @@ impl DepIndex {
             Kind::Secret => {
                 for gw in deps.by_secret.get(key).into_iter().flatten() {
                     affected.gateway(cluster, gw.clone());
+                }
+                for set in deps.by_set_secret.get(key).into_iter().flatten() {
+                    deps.set_affects(set, cluster, affected);
                 }
             }
             Kind::Namespace => {
@@ -368,6 +426,14 @@ impl DepIndex {
 }
 
 impl ClusterDeps {
+    /// Notes the Gateway ListenerSet `set` names as affected (its listeners are validated
+    /// with it).
+    fn set_affects(&self, set: &ObjectKey, cluster: &str, affected: &mut Affected) {
+        if let Some(gw) = self.sets.get(set).and_then(|r| r.gateway.clone()) {
+            affected.gateway(cluster, gw);
+        }
+    }
+
     /// Notes the routes using Service `namespace/name` (of this cluster) as affected.
     fn service_users(&self, namespace: &str, name: &str, cluster: &str, affected: &mut Affected) {
         let backend = Backend {
@@ -385,6 +451,9 @@ impl ClusterDeps {
             for p in &old.parents {
                 remove(&mut self.by_parent, p, key);
             }
+            for p in &old.sets {
+                remove(&mut self.by_set_parent, p, key);
+            }
             for b in &old.backends {
                 remove(&mut self.by_backend, b, key);
                 if b.key.namespace != key.key.namespace {
@@ -395,6 +464,12 @@ impl ClusterDeps {
         let Some(new) = new else { return };
         for p in &new.parents {
             self.by_parent
+                .entry(p.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        for p in &new.sets {
+            self.by_set_parent
                 .entry(p.clone())
                 .or_default()
                 .insert(key.clone());
@@ -449,6 +524,34 @@ impl ClusterDeps {
         self.gateways.insert(key.clone(), new);
     }
 
+    /// Replaces a ListenerSet's forward entries (and their reverse ones); returns the old ones.
+    fn set_listener_set(&mut self, key: &ObjectKey, new: Option<SetRefs>) -> Option<SetRefs> {
+        let old = self.sets.remove(key);
+        for s in old.iter().flat_map(|o| &o.secrets) {
+            remove(&mut self.by_set_secret, s, key);
+            if s.namespace != key.namespace {
+                self.uncross(set_secret_cross(key, s), &s.name, key);
+            }
+        }
+        let Some(new) = new else { return old };
+        for s in &new.secrets {
+            self.by_set_secret
+                .entry(s.clone())
+                .or_default()
+                .insert(key.clone());
+            if s.namespace != key.namespace {
+                self.cross
+                    .entry(set_secret_cross(key, s))
+                    .or_default()
+                    .entry(s.name.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        self.sets.insert(key.clone(), new);
+        old
+    }
+
     fn uncross(&mut self, family: CrossKey, name: &str, referrer: &ObjectKey) {
         if let Some(names) = self.cross.get_mut(&family) {
             remove(names, name, referrer);
@@ -466,6 +569,7 @@ impl ClusterDeps {
                 "GRPCRoute" => "GRPCRoute",
                 "TLSRoute" => "TLSRoute",
                 "Gateway" => "Gateway",
+                "ListenerSet" => "ListenerSet",
                 _ => continue,
             };
             for (to_kind, to_name) in &refs.to {
@@ -487,6 +591,7 @@ impl ClusterDeps {
                         "HTTPRoute" => affected.route(cluster, RouteKey::http(r.clone())),
                         "GRPCRoute" => affected.route(cluster, RouteKey::grpc(r.clone())),
                         "TLSRoute" => affected.route(cluster, RouteKey::tls(r.clone())),
+                        "ListenerSet" => self.set_affects(r, cluster, affected),
                         _ => affected.gateway(cluster, r.clone()),
                     }
                 }
@@ -528,6 +633,15 @@ fn secret_cross(gateway: &ObjectKey, secret: &ObjectKey) -> CrossKey {
     )
 }
 
+fn set_secret_cross(set: &ObjectKey, secret: &ObjectKey) -> CrossKey {
+    (
+        "ListenerSet",
+        set.namespace.clone(),
+        secret.namespace.clone(),
+        "Secret".to_string(),
+    )
+}
+
 fn http_route_refs(key: &RouteKey, route: &gateway_api::httproutes::HttpRoute) -> RouteRefs {
     route_refs(
         &key.key,
@@ -557,17 +671,20 @@ fn route_refs(
 ) -> RouteRefs {
     let mut out = RouteRefs::default();
     for p in parent_refs {
-        if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
-            || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
-        {
+        if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP {
             continue;
         }
-        let gw = ObjectKey::new(
+        let parents = match p.kind.as_deref().unwrap_or("Gateway") {
+            "Gateway" => &mut out.parents,
+            "ListenerSet" => &mut out.sets,
+            _ => continue,
+        };
+        let parent = ObjectKey::new(
             p.namespace.as_deref().unwrap_or(&key.namespace),
             p.name.as_str(),
         );
-        if !out.parents.contains(&gw) {
-            out.parents.push(gw);
+        if !parents.contains(&parent) {
+            parents.push(parent);
         }
     }
     let mut add =
@@ -660,6 +777,32 @@ fn gateway_refs(key: &ObjectKey, gw: &Gateway) -> GatewayRefs {
     }
 }
 
+/// A ListenerSet's parent Gateway and the Secrets its listeners refer to (of any group and
+/// kind), read from the JSON both listener shapes share.
+fn set_refs(key: &ObjectKey, set: &ListenerSet) -> SetRefs {
+    let listeners: Vec<GatewayListeners> = super::recast(&set.spec.listeners).unwrap_or_default();
+    let mut secrets: Vec<ObjectKey> = listeners
+        .iter()
+        .flat_map(|l| {
+            l.tls
+                .iter()
+                .flat_map(|t| t.certificate_refs.iter().flatten())
+        })
+        .map(|r| {
+            ObjectKey::new(
+                r.namespace.as_deref().unwrap_or(&key.namespace),
+                r.name.as_str(),
+            )
+        })
+        .collect();
+    secrets.sort();
+    secrets.dedup();
+    SetRefs {
+        gateway: super::listener_set::parent_gateway(key, set),
+        secrets,
+    }
+}
+
 fn grant_refs(grant: &ReferenceGrant) -> GrantRefs {
     GrantRefs {
         from: grant
@@ -696,6 +839,22 @@ pub(crate) fn reads_namespace_labels(
             .iter()
             .any(|l| matches!(l.allowed, super::gateway::AllowedNamespaces::Selector(_)))
     })
+}
+
+/// Whether some Gateway of `state` admits ListenerSets by namespace selector while the cluster
+/// has ListenerSets (only then do Namespace labels matter to which sets attach).
+pub(crate) fn sets_read_namespace_labels(state: &ClusterState) -> bool {
+    !state.listener_sets.is_empty()
+        && state.gateways.values().any(|g| {
+            matches!(
+                g.spec
+                    .allowed_listeners
+                    .as_ref()
+                    .and_then(|a| a.namespaces.as_ref())
+                    .and_then(|n| n.from.as_ref()),
+                Some(gateway_api::gateways::GatewayAllowedListenersNamespacesFrom::Selector)
+            )
+        })
 }
 
 /// The routes of `namespace` in `state`, of every kind (Namespace changes).

@@ -1413,6 +1413,17 @@ pub(crate) fn listener_status(
     }
 }
 
+/// A listener's name in the snapshot: its own for the Gateway's listeners,
+/// `<namespace>/<set>/<listener>` for a ListenerSet's (listener names are unique per Gateway
+/// and per ListenerSet only; a `/` cannot occur in a listener name, so these never meet the
+/// Gateway's own).
+pub(crate) fn snapshot_name(l: &ListenerState, sets: &[SetState]) -> String {
+    match l.set.and_then(|i| sets.get(i)) {
+        None => l.name.clone(),
+        Some(s) => format!("{}/{}/{}", s.key.namespace, s.key.name, l.name),
+    }
+}
+
 /// The snapshot entry: the served listeners on `address`, without routes (the caller puts
 /// them in, in name order).
 fn snapshot_gateway(
@@ -1431,15 +1442,7 @@ fn snapshot_gateway(
     for l in listeners.iter().filter(|l| l.served()) {
         let Some(protocol) = l.protocol else { continue };
         out.listeners.push(model::Listener {
-            name: match l.set {
-                None => l.name.clone(),
-                // Listener names are unique per Gateway and per ListenerSet only; a `/` cannot
-                // occur in a listener name, so these never meet the Gateway's own.
-                Some(i) => match sets.get(i) {
-                    Some(s) => format!("{}/{}/{}", s.key.namespace, s.key.name, l.name),
-                    None => l.name.clone(),
-                },
-            },
+            name: snapshot_name(l, sets),
             address,
             port: l.port,
             protocol,

@@ -7,12 +7,15 @@
 //! ```text
 //! GatewayClasses: which are ours and accepted          (recomputed every pass: few)
 //! Gateways:       validated state (listeners, conflicts, addresses) with each listener's
-//!                 attached routes — the aggregates behind attachedRoutes and the conditions
+//!                 attached routes — the aggregates behind attachedRoutes and the conditions;
+//!                 a Gateway's ListenerSets are part of it (module `listener_set`: their
+//!                 listeners follow the Gateway's own, each marked with its set)
 //! routes:         where each attached (Gateway, listener), whether endpoints were refused
 //!                 (HTTPRoutes, GRPCRoutes and TLSRoutes, told apart by kind)
 //! conflicts:      the listeners each route loses to a route of the other kind, or (TLSRoute)
 //!                 to older TLSRoutes holding all its hostnames (module `conflict`)
-//! status:         the pending update of every GatewayClass, route, Gateway and policy
+//! status:         the pending update of every GatewayClass, route, Gateway (with its
+//!                 ListenerSets') and policy
 //! deps:           the dependency index (module `deps`)
 //! ```
 //!
@@ -20,25 +23,35 @@
 //! last pass and the current [`TranslateConfig`]:
 //!
 //! ```text
-//! changed objects ──deps──► routes, Gateways, namespaces affected
+//! changed objects ──deps──► routes, Gateways, namespaces affected (a ListenerSet change: the
+//!                           Gateway it names and the one it named, and the routes naming it)
 //! config diff ────────────► Gateways whose data-plane state or addresses changed,
 //!                           objects whose unconfirmed-status entry came or went
-//! 1. classes recomputed; if they or any Gateway are affected, every Gateway of the cluster is
-//!    validated again (listeners of different Gateways conflict over sockets) and compared
-//!    with its kept state:
-//!      same                         → kept as is
+//! 1. classes recomputed; if they or any Gateway are affected (or a namespace's labels changed
+//!    while some Gateway admits ListenerSets by selector), every Gateway of the cluster is
+//!    validated again with its ListenerSets (listeners of different Gateways conflict over
+//!    sockets) and compared with its kept state:
+//!      same (same objects, sets     → kept as is
+//!       and listeners)
 //!      same attachment view         → attached sets carried over, status recomputed, snapshot
 //!      (listeners routes select,      entry re-skeletoned with its routes moved over
-//!       served, entry present)
-//!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or attached
-//!                                     to it translated again
+//!       served, entry present, the
+//!       sets and why they add none)
+//!      same own listeners (only     → like the above for the Gateway's own listeners; routes
+//!       its sets' side changed)       naming one of its ListenerSets (before or now) or
+//!                                     attached to a set's listener translated again
+//!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or one of its
+//!                                     ListenerSets (before or now), or attached to it,
+//!                                     translated again
 //! 2. with routes of both kinds (or two TLSRoutes) in the cluster, the conflicts are computed
 //!    again (they read only route specs and Gateways) and every route whose blocked listeners
 //!    changed joins the affected ones;
 //!    each affected route: detached from the listeners it attached to (and their snapshot
 //!    entries), translated again with route::process against the kept Gateways, attached,
 //!    its served copies inserted in name order
-//! 3. status of every Gateway a route attached to or left, and of every FailoverPolicy
+//! 3. status of every Gateway a route attached to or left, or validated differently, with its
+//!    ListenerSets' (they read its conditions and their listeners' attached routes), and of
+//!    every FailoverPolicy
 //! ```
 //!
 //! Status-only changes ([`Changes::insert_status`]: nothing translation reads changed but the
@@ -48,6 +61,8 @@
 //! report while the object is unconfirmed and goes otherwise (a route whose status has no entry
 //! of ours any more is not reported at all), and a Gateway's kept state points at the new copy.
 //! Not for a Gateway whose data-plane state is unknown (its validation then reads its status).
+//! A ListenerSet's echo is recognised against the update its Gateway keeps for it, and the kept
+//! Gateway then reads the set from the new copy.
 //! Likewise an object entering or leaving the unconfirmed sets changes only whether a settling
 //! report is made: a kept write is made either way, a kept settling report goes when the object
 //! is confirmed, and only an object with no kept update that becomes unconfirmed is translated
@@ -80,9 +95,6 @@
 //! * member clusters on more than one network (the east-west rewrite reads every snapshot),
 //!   and with it changes of the east-west listeners;
 //! * a change of the controller name, supported features or loopback policy;
-//! * ListenerSets in the world, now or at the last pass ([`Fallback::ListenerSets`]): a set's
-//!   listeners join its Gateway's and routes attach to them by kind ListenerSet, which the kept
-//!   state and the dependency index do not follow yet, so every pass with them is full;
 //! * with [`Incremental::set_broad_limit`], a change that would translate more than a given
 //!   share of a large cluster's routes again ([`Fallback::Broad`]; the estimate runs before
 //!   anything is changed). Off by default: measured at 10k routes, re-attaching every route
@@ -108,7 +120,10 @@ use serde_json::Value;
 use super::conflict::{self, Conflicts};
 use super::deps::{self, Affected, DepIndex};
 use super::gateway::{self, GatewayState, ListenerState};
-use super::{ClusterGatewayRef, Ctx, Output, ProgrammedState, TranslateConfig, backend, route};
+use super::listener_set::SetState;
+use super::{
+    ClusterGatewayRef, Ctx, Output, ProgrammedState, TranslateConfig, backend, listener_set, route,
+};
 use crate::status::{StatusKind, StatusUpdate};
 use crate::world::{ClusterName, Kind, ObjectKey, RouteKey, RouteKind, World};
 
@@ -201,10 +216,6 @@ pub enum Fallback {
     /// The change would translate most routes of a large cluster again.
     #[error("the change translates most routes again")]
     Broad,
-    /// ListenerSets exist (or existed at the last pass): their listeners join their Gateways'
-    /// and routes attach to them by kind ListenerSet, which the kept state does not track yet.
-    #[error("ListenerSets are translated in full")]
-    ListenerSets,
 }
 
 /// What the last pass translated with, besides the world.
@@ -239,7 +250,8 @@ impl Seen {
     }
 }
 
-/// Where a route attached: Gateway, listener index and name.
+/// Where a route attached: Gateway, listener index and name in the snapshot
+/// ([`gateway::snapshot_name`]: a ListenerSet's listeners are named after the set there).
 type Attachment = (ObjectKey, usize, String);
 
 /// What an incremental pass starts from in one member cluster (module docs).
@@ -250,8 +262,7 @@ pub(crate) struct ClusterCache {
     /// Validated Gateways with their listeners' attached sets (no routes).
     gateways: BTreeMap<ObjectKey, GatewayState>,
     gateway_status: BTreeMap<ObjectKey, StatusUpdate>,
-    /// Per Gateway, the status updates of its ListenerSets (only full passes have any:
-    /// [`Fallback::ListenerSets`]).
+    /// Per Gateway, the status updates of its ListenerSets (recomputed with the Gateway's).
     set_status: BTreeMap<ObjectKey, Vec<StatusUpdate>>,
     /// Routes that attached somewhere.
     attached: BTreeMap<RouteKey, Vec<Attachment>>,
@@ -281,8 +292,9 @@ impl ClusterCache {
             .attached
             .iter()
             .filter_map(|(gw, i)| {
-                let l = gateways.get(gw)?.listeners.get(*i)?;
-                Some((gw.clone(), *i, l.name.clone()))
+                let g = gateways.get(gw)?;
+                let l = g.listeners.get(*i)?;
+                Some((gw.clone(), *i, gateway::snapshot_name(l, &g.sets)))
             })
             .collect();
         if !attached.is_empty() {
@@ -328,21 +340,30 @@ impl ClusterCache {
         }
     }
 
+    /// The Gateway whose kept status updates hold ListenerSet `set`'s.
+    fn set_holder(&self, set: &ObjectKey) -> Option<ObjectKey> {
+        self.set_status
+            .iter()
+            .find(|(_, v)| v.iter().any(|u| is_set_update(u, set)))
+            .map(|(gw, _)| gw.clone())
+    }
+
+    /// The kept status update of ListenerSet `set`.
+    fn set_update(&self, set: &ObjectKey) -> Option<&StatusUpdate> {
+        self.set_status
+            .values()
+            .flatten()
+            .find(|u| is_set_update(u, set))
+    }
+
     pub(crate) fn record_policy_status(&mut self, updates: &[StatusUpdate]) {
         self.policy_status = updates.to_vec();
     }
 }
 
-/// Whether some cluster of `world` holds a ListenerSet.
-fn has_listener_sets(world: &World) -> bool {
-    world.clusters.values().any(|c| !c.listener_sets.is_empty())
-}
-
 /// Incremental translation state (module docs).
 pub struct Incremental {
     seeded: bool,
-    /// Some cluster had ListenerSets at the last full pass ([`Fallback::ListenerSets`]).
-    had_listener_sets: bool,
     clusters: BTreeMap<ClusterName, ClusterCache>,
     deps: DepIndex,
     seen: Seen,
@@ -354,7 +375,6 @@ impl Default for Incremental {
     fn default() -> Self {
         Self {
             seeded: false,
-            had_listener_sets: false,
             clusters: BTreeMap::new(),
             deps: DepIndex::default(),
             seen: Seen::default(),
@@ -413,7 +433,6 @@ impl Incremental {
         self.deps = DepIndex::build(world);
         self.seen = Seen::of(cfg);
         self.seeded = true;
-        self.had_listener_sets = has_listener_sets(world);
         out
     }
 
@@ -430,9 +449,6 @@ impl Incremental {
         }
         if world.multi_network() {
             return Err(Fallback::MultiNetwork);
-        }
-        if self.had_listener_sets || has_listener_sets(world) {
-            return Err(Fallback::ListenerSets);
         }
         let s = &self.seen;
         if s.controller_name != cfg.controller_name
@@ -644,11 +660,30 @@ impl Incremental {
                         affected.routes.entry(cluster).or_default().insert(route);
                     }
                 }
+                // Kept with its Gateway's: translating it again is validating that Gateway.
+                StatusKind::ListenerSet => match cache.set_holder(&key) {
+                    Some(gw) => {
+                        if let Some(kept) = cache.set_status.get_mut(&gw) {
+                            remove_settled_set(kept, &key, now);
+                            if kept.is_empty() {
+                                cache.set_status.remove(&gw);
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(gw) = self.deps.set_gateway(&cluster, &key).filter(|_| now) {
+                            affected
+                                .gateways
+                                .entry(cluster)
+                                .or_default()
+                                .insert(gw.clone());
+                        }
+                    }
+                },
                 // Recomputed every pass.
                 StatusKind::GatewayClass
                 | StatusKind::FailoverPolicy
-                | StatusKind::BackendTlsPolicy
-                | StatusKind::ListenerSet => {}
+                | StatusKind::BackendTlsPolicy => {}
             }
         }
     }
@@ -746,6 +781,11 @@ impl Incremental {
                         && u.namespace.as_deref() == Some(key.namespace.as_str())
                 }),
             ),
+            // Kept with the Gateway the set attaches to.
+            Kind::ListenerSet => carries(
+                state.listener_sets.get(key).and_then(|s| s.status.as_ref()),
+                cache.set_update(key),
+            ),
             // Kept beside FailoverPolicy's (module `backend_tls`, recomputed every pass).
             Kind::BackendTlsPolicy => carries(
                 state
@@ -827,6 +867,41 @@ impl Incremental {
                     state.gateway = Arc::clone(gw);
                 }
                 settle_echo(&mut cache.gateway_status, key, unconfirmed);
+            }
+            Kind::ListenerSet => {
+                let Some(gw) = cache.set_holder(key) else {
+                    return;
+                };
+                if affected
+                    .gateways
+                    .get(cluster)
+                    .is_some_and(|s| s.contains(&gw))
+                {
+                    return;
+                }
+                // The kept Gateway reads the set's status from the new copy from now on.
+                if let (Some(state), Some(set)) = (
+                    cache.gateways.get_mut(&gw),
+                    world
+                        .cluster(cluster)
+                        .and_then(|c| c.listener_sets.get(key)),
+                ) && let Some(s) = state.sets.iter_mut().find(|s| s.key == *key)
+                {
+                    s.set = Arc::clone(set);
+                }
+                if let Some(updates) = cache.set_status.get_mut(&gw) {
+                    let at = updates.iter().position(|u| is_set_update(u, key));
+                    match at {
+                        Some(i) if unconfirmed => updates[i].settles = true,
+                        Some(i) => {
+                            updates.remove(i);
+                        }
+                        None => {}
+                    }
+                    if updates.is_empty() {
+                        cache.set_status.remove(&gw);
+                    }
+                }
             }
             // Classes and policies are recomputed every pass.
             _ => {}
@@ -919,6 +994,21 @@ fn membership_changed<K: Ord>(
     }
 }
 
+/// [`membership_changed`] for ListenerSet `set` whose update its Gateway keeps: a settling
+/// report goes when the set is confirmed, a write stays.
+fn remove_settled_set(kept: &mut Vec<StatusUpdate>, set: &ObjectKey, unconfirmed: bool) {
+    if !unconfirmed {
+        kept.retain(|u| !(u.settles && is_set_update(u, set)));
+    }
+}
+
+/// Whether `u` is the status update of ListenerSet `set`.
+fn is_set_update(u: &StatusUpdate, set: &ObjectKey) -> bool {
+    u.kind == StatusKind::ListenerSet
+        && u.name == set.name
+        && u.namespace.as_deref() == Some(set.namespace.as_str())
+}
+
 /// The kept update of an echoed object: it now only settles, reported while `report` (the
 /// object is unconfirmed, and for a route its status still has an entry of ours), else gone.
 fn settle_echo<K: Ord>(kept: &mut BTreeMap<K, StatusUpdate>, key: &K, report: bool) {
@@ -963,8 +1053,14 @@ impl ClusterCache {
         let name = ctx.cluster_name;
         let mut n = affected.routes.get(name).map_or(0, BTreeSet::len);
         let gateways_dirty = affected.gateways.get(name).is_some_and(|g| !g.is_empty());
+        let set_labels = affected.namespaces.get(name).is_some_and(|n| !n.is_empty())
+            && deps::sets_read_namespace_labels(ctx.cluster);
         let classes = gateway::classes(ctx, &mut Vec::new());
-        if affected.classes.contains(name) || classes != self.classes || gateways_dirty {
+        if affected.classes.contains(name)
+            || classes != self.classes
+            || gateways_dirty
+            || set_labels
+        {
             let mut fresh = gateway::build_all(ctx, &classes);
             gateway::detect_shared_socket_conflicts(&mut fresh);
             let keys: BTreeSet<&ObjectKey> = self.gateways.keys().chain(fresh.keys()).collect();
@@ -974,6 +1070,15 @@ impl ClusterCache {
                 if let (Some(old), Some(new)) = (old, new)
                     && (same_state(old, new) || attach_view(old) == attach_view(new))
                 {
+                    continue;
+                }
+                let sets = old.into_iter().chain(new).flat_map(|g| &g.sets);
+                n += deps.routes_naming_sets(name, sets.map(|s| &s.key)).len();
+                if let (Some(old), Some(new)) = (old, new)
+                    && own_view(old) == own_view(new)
+                {
+                    let on_sets = old.listeners.iter().filter(|l| l.set.is_some());
+                    n += on_sets.map(|l| l.attached.len()).sum::<usize>();
                     continue;
                 }
                 n += deps.routes_naming(name, key).len();
@@ -1007,7 +1112,11 @@ impl ClusterCache {
         // 1. Classes (few: always), then Gateways when anything they read changed.
         let mut class_status = Vec::new();
         let classes = gateway::classes(ctx, &mut class_status);
-        let revalidate = classes_changed || classes != self.classes || !gateways_dirty.is_empty();
+        // Namespace labels decide which ListenerSets a selector admits.
+        let set_labels = namespaces.is_some_and(|n| !n.is_empty())
+            && deps::sets_read_namespace_labels(ctx.cluster);
+        let revalidate =
+            classes_changed || classes != self.classes || !gateways_dirty.is_empty() || set_labels;
         self.classes = classes;
         pass.status.extend(class_status.iter().cloned());
         self.class_status = class_status;
@@ -1042,17 +1151,25 @@ impl ClusterCache {
 
         // 3. Status of the Gateways routes came to or left, and of the policies.
         for key in &touched {
-            let update = self
-                .gateways
-                .get(key)
-                .and_then(|gw| gateway::status(ctx, gw));
-            match update {
+            let gw = self.gateways.get(key);
+            match gw.and_then(|gw| gateway::status(ctx, gw)) {
                 Some(u) => {
                     pass.status.push(u.clone());
                     self.gateway_status.insert(key.clone(), u);
                 }
                 None => {
                     self.gateway_status.remove(key);
+                }
+            }
+            // Its ListenerSets' status reads the Gateway's conditions and listeners.
+            let sets = gw.map(|gw| listener_set::statuses(ctx, gw));
+            match sets.filter(|s| !s.is_empty()) {
+                Some(updates) => {
+                    pass.status.extend(updates.iter().cloned());
+                    self.set_status.insert(key.clone(), updates);
+                }
+                None => {
+                    self.set_status.remove(key);
                 }
             }
         }
@@ -1089,8 +1206,26 @@ impl ClusterCache {
                     touched.insert(key.clone());
                     set_entry(snapshot, &key, gateway::entry(new), true);
                 }
+                // Only its ListenerSets' side changed: routes through its own listeners keep
+                // their attachments (own listeners come first: the same indices); routes
+                // naming a set, or attached to a set's listener, are translated again.
+                (Some(old), Some(new)) if own_view(&old) == own_view(new) => {
+                    let sets = old.sets.iter().chain(&new.sets).map(|s| &s.key);
+                    routes.extend(deps.routes_naming_sets(ctx.cluster_name, sets));
+                    for (i, o) in old.listeners.into_iter().enumerate() {
+                        match new.listeners.get_mut(i) {
+                            Some(n) if o.set.is_none() => n.attached = o.attached,
+                            _ => routes.extend(o.attached),
+                        }
+                    }
+                    touched.insert(key.clone());
+                    set_entry(snapshot, &key, gateway::entry(new), true);
+                }
                 (old, new) => {
                     routes.extend(deps.routes_naming(ctx.cluster_name, &key));
+                    // Routes naming its ListenerSets (before and now) reach it through them.
+                    let sets = old.iter().chain(new.as_deref()).flat_map(|g| &g.sets);
+                    routes.extend(deps.routes_naming_sets(ctx.cluster_name, sets.map(|s| &s.key)));
                     if let Some(old) = old {
                         routes.extend(old.listeners.into_iter().flat_map(|l| l.attached));
                     }
@@ -1101,6 +1236,7 @@ impl ClusterCache {
                         }
                         None => {
                             self.gateway_status.remove(&key);
+                            self.set_status.remove(&key);
                             set_entry(snapshot, &key, None, false);
                         }
                     }
@@ -1163,15 +1299,14 @@ impl ClusterCache {
         );
         let mut attached = Vec::with_capacity(processed.attached.len());
         for (gw, i) in processed.attached {
-            if let Some(l) = self
-                .gateways
-                .get_mut(&gw)
-                .and_then(|g| g.listeners.get_mut(i))
+            if let Some(g) = self.gateways.get_mut(&gw)
+                && let Some(l) = g.listeners.get_mut(i)
             {
+                let name = gateway::snapshot_name(l, &g.sets);
                 for r in std::mem::take(&mut l.routes) {
-                    insert_route(snapshot, &gw, &l.name, r);
+                    insert_route(snapshot, &gw, &name, r);
                 }
-                attached.push((gw.clone(), i, l.name.clone()));
+                attached.push((gw.clone(), i, name));
             }
             touched.insert(gw);
         }
@@ -1226,8 +1361,8 @@ fn without_routes(g: &GatewayState) -> GatewayState {
     }
 }
 
-/// Whether two validations of a Gateway agree in everything (the same indexed object, the same
-/// listeners), attached routes aside.
+/// Whether two validations of a Gateway agree in everything (the same indexed objects — the
+/// Gateway and its ListenerSets —, the same listeners), attached routes aside.
 fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
     let same_listener = |x: &ListenerState, y: &ListenerState| {
         x.name == y.name
@@ -1244,6 +1379,14 @@ fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
             && x.allowed == y.allowed
             && x.certificates == y.certificates
             && x.has_status == y.has_status
+            && x.set == y.set
+            && x.home == y.home
+    };
+    let same_set = |x: &SetState, y: &SetState| {
+        x.key == y.key
+            && Arc::ptr_eq(&x.set, &y.set)
+            && x.generation == y.generation
+            && x.problem == y.problem
     };
     Arc::ptr_eq(&a.gateway, &b.gateway)
         && a.key == b.key
@@ -1257,24 +1400,32 @@ fn same_state(a: &GatewayState, b: &GatewayState) -> bool {
             .iter()
             .zip(&b.listeners)
             .all(|(x, y)| same_listener(x, y))
+        && a.sets.len() == b.sets.len()
+        && a.sets.iter().zip(&b.sets).all(|(x, y)| same_set(x, y))
 }
 
 /// What route attachment reads of a listener: name, has_status, port as written, HTTPRoute,
-/// GRPCRoute and TLSRoute allowed, protocol known, allowed namespaces, hostname, served.
+/// GRPCRoute and TLSRoute allowed, protocol known, allowed namespaces and the namespace `Same`
+/// means, hostname, served, the ListenerSet declaring it.
 type ListenerView<'a> = (
     &'a str,
     bool,
     i32,
     (bool, bool, bool),
     bool,
-    &'a gateway::AllowedNamespaces,
+    (&'a gateway::AllowedNamespaces, &'a str),
     Option<&'a str>,
     bool,
+    Option<usize>,
 );
+
+/// What route attachment reads of a ListenerSet: which it is (a route names it), and why it
+/// adds no listener (the route's status says so).
+type SetView<'a> = (&'a ObjectKey, Option<&'a super::Problem>);
 
 /// What route attachment (and where attached routes land) reads of a Gateway: when two
 /// validations agree on it, every route attaches to the same listeners with the same result.
-fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>) {
+fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>, Vec<SetView<'_>>) {
     (
         gateway::serves(g),
         g.listeners
@@ -1286,13 +1437,26 @@ fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>) {
                     l.spec_port,
                     (l.http_route_kind, l.grpc_route_kind, l.tls_route_kind),
                     l.protocol.is_some(),
-                    &l.allowed,
+                    (&l.allowed, l.home.as_str()),
                     l.hostname.as_deref(),
                     l.served(),
+                    l.set,
                 )
             })
             .collect(),
+        g.sets
+            .iter()
+            .map(|s| (&s.key, s.problem.as_ref()))
+            .collect(),
     )
+}
+
+/// What a route naming the Gateway itself reads of it: [`attach_view`] of the Gateway's own
+/// listeners (a Gateway parentRef selects only those; ListenerSets' listeners follow them).
+fn own_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>, Vec<SetView<'_>>) {
+    let (serves, mut listeners, _) = attach_view(g);
+    listeners.retain(|l| l.8.is_none());
+    (serves, listeners, Vec::new())
 }
 
 /// Position of Gateway `key` in a snapshot (ordered by namespace, then name).

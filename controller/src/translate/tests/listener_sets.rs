@@ -902,3 +902,141 @@ fn listener_set_status_follows_generation_and_parent() {
 fn listener_set_is_a_supported_feature() {
     assert!(SUPPORTED_FEATURES.contains(&"ListenerSet"));
 }
+
+/// A ListenerSet change in a cluster of many Gateways re-translates only the Gateway(s) it
+/// names (and named) and the routes reaching them, incrementally, and equals the full
+/// translation after every step.
+#[test]
+fn listener_set_change_retranslates_only_its_gateway() {
+    use crate::translate::{Changes, Incremental};
+    use crate::world::{Kind, ObjectKey};
+
+    const OTHERS: usize = 20;
+    let mut w = world_with(Some(json!({"from": "All"})));
+    let c = east(&mut w);
+    for i in 0..OTHERS {
+        let name = format!("other-{i}");
+        c.apply(gw(
+            INFRA,
+            &name,
+            vec![from(
+                http("http", 80),
+                GatewayListenersAllowedRoutesNamespacesFrom::All,
+            )],
+        ));
+        c.apply(route(
+            INFRA,
+            &format!("r-{i}"),
+            vec![parent(&name)],
+            &[],
+            vec![to(vec![backend("infra-backend-v1", 8080)])],
+        ));
+    }
+    // Every Gateway with an address (the config is made after they all exist).
+    let cfg = cfg(&w);
+    let mut engine = Incremental::new();
+    let mut snapshots = engine.full(&w, &cfg).snapshots;
+
+    // One pass: incremental, equal to the full translation, and what it touched.
+    let mut pass = |w: &World, kind: Kind, key: ObjectKey| {
+        let mut changes = Changes::new();
+        changes.insert(CLUSTER, kind, key);
+        let pass = engine.update(w, &cfg, &changes, &mut snapshots).unwrap();
+        let full = run(w, &cfg);
+        assert_eq!(
+            serde_json::to_string(&snapshots).unwrap(),
+            serde_json::to_string(&full.snapshots).unwrap()
+        );
+        assert_eq!(engine.status(), full.status);
+        let touched: Vec<String> = pass.touched[CLUSTER]
+            .gateways()
+            .expect("some Gateways, not everything")
+            .iter()
+            .map(|g| g.name.clone())
+            .collect();
+        (pass, touched, full)
+    };
+    let set_key = ObjectKey::new(INFRA, "extra");
+
+    // The set arrives: only its Gateway is validated again and gets a status; no route names
+    // the Gateway or the set yet.
+    east(&mut w).apply(set(
+        INFRA,
+        "extra",
+        1_000,
+        json!([listener("foo", 8080, None)]),
+    ));
+    let (p, touched, full) = pass(&w, Kind::ListenerSet, set_key.clone());
+    assert_eq!(touched, vec![GW.to_string()]);
+    assert_eq!((p.gateways, p.routes), (1, 0));
+    is(
+        set_status(&full, INFRA, "extra"),
+        "Accepted",
+        "True",
+        "Accepted",
+    );
+    assert!(
+        p.status
+            .iter()
+            .any(|u| u.kind == StatusKind::ListenerSet && u.name == "extra"),
+        "the incremental pass reports the set's status"
+    );
+    assert!(served(&full, INFRA, "extra", "foo").is_some());
+
+    // A route attaching to the set: that route and the set's Gateway.
+    east(&mut w).apply(route(
+        INFRA,
+        "to-set",
+        vec![set_parent(INFRA, "extra", None)],
+        &[],
+        vec![to(vec![backend("infra-backend-v2", 8080)])],
+    ));
+    let (p, touched, full) = pass(&w, Kind::HttpRoute, ObjectKey::new(INFRA, "to-set"));
+    assert_eq!(touched, vec![GW.to_string()]);
+    assert_eq!((p.gateways, p.routes), (1, 1));
+    assert_eq!(
+        set_listener(&full, INFRA, "extra", "foo")["attachedRoutes"],
+        1
+    );
+
+    // A listener edit: the set's Gateway and the route naming the set, nothing else.
+    east(&mut w).apply(set(
+        INFRA,
+        "extra",
+        1_000,
+        json!([listener("foo", 8081, None)]),
+    ));
+    let (p, touched, _) = pass(&w, Kind::ListenerSet, set_key.clone());
+    assert_eq!(touched, vec![GW.to_string()]);
+    assert_eq!((p.gateways, p.routes), (1, 1));
+
+    // The parentRef moves to other-3 (which admits no sets): both Gateways and the route
+    // naming the set; other-3's own route stays (its Gateway's own listeners did not change).
+    let mut moved = set(INFRA, "extra", 1_000, json!([listener("foo", 8081, None)]));
+    moved.spec.parent_ref.name = "other-3".into();
+    east(&mut w).apply(moved);
+    let (p, mut touched, full) = pass(&w, Kind::ListenerSet, set_key.clone());
+    touched.sort();
+    assert_eq!(touched, vec![GW.to_string(), "other-3".to_string()]);
+    assert_eq!(p.gateways, 2);
+    assert_eq!(p.routes, 1, "the route naming the set");
+    is(
+        set_status(&full, INFRA, "extra"),
+        "Accepted",
+        "False",
+        "NotAllowed",
+    );
+    assert_eq!(attached_sets(&full), 0);
+
+    // Deleted: only other-3 (which it named last) is validated again.
+    east(&mut w).delete::<ListenerSet>(&set_key);
+    let (p, touched, full) = pass(&w, Kind::ListenerSet, set_key);
+    assert_eq!(touched, vec!["other-3".to_string()]);
+    assert_eq!(p.gateways, 1);
+    assert!(!has_status(
+        &full,
+        StatusKind::ListenerSet,
+        Some(INFRA),
+        "extra"
+    ));
+}

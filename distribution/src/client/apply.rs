@@ -32,6 +32,9 @@ pub(super) struct Held {
     pub(super) desired: Option<Snapshot>,
     /// Whether `desired` is what the target serves.
     pub(super) applied: bool,
+    /// `desired` changed and is to be applied once the lines that arrived together are all
+    /// handled: a proxy that fell behind applies the newest state once, not every step to it.
+    pub(super) deferred: bool,
     /// When to try applying `desired` again, with the interval and the reason it failed last
     /// time.
     retry: Option<(Instant, Duration, String)>,
@@ -48,10 +51,17 @@ impl Held {
         self.retry.as_ref().map(|(at, _, _)| *at)
     }
 
+    /// `desired` changed: the target is to be given it (by the batch's end).
+    pub(super) fn defer(&mut self) {
+        self.applied = false;
+        self.deferred = true;
+    }
+
     /// Forgets what the controller wants (it sent something we cannot decode).
     pub(super) fn forget(&mut self) {
         self.desired = None;
         self.applied = false;
+        self.deferred = false;
         self.retry = None;
     }
 
@@ -67,6 +77,7 @@ impl Held {
 impl Client {
     /// Applies `held.desired` and acknowledges the outcome.
     pub(super) async fn apply_desired<T: Target>(&self, target: &T, held: &mut Held) {
+        held.deferred = false;
         let Some(snapshot) = held.desired.clone() else {
             return;
         };

@@ -15,9 +15,12 @@
 //!           ├─ endpoints: on our base? target serves it and nothing deferred? fast path ─► ack
 //!           │             : patch the held snapshot (deferred)
 //!           ├─ patch: on our base? patch the held snapshot (deferred)
-//!           │         else NACK, held snapshot untouched
-//!           └─ undecodable: a snapshot/delta? NACK it : protocol error
-//!         end of batch: anything deferred? apply the held snapshot once ─► ack its generation
+//!           │         else apply what is deferred, then NACK; held snapshot untouched
+//!           └─ undecodable: a snapshot/delta? apply what is deferred, then NACK it
+//!                           : protocol error
+//!         end of batch (or a line ending the stream): anything deferred? apply_desired
+//!           ─► ack its generation (refused? fall back to the newest state of the batch the
+//!              target takes, ack it, and NACK the refused one last)
 //!         a transient refusal's retry timer fires ─► apply the held snapshot again
 //! ```
 //!
@@ -27,6 +30,12 @@
 //! (seconds at 50k routes with a change every 100 ms). Every line already received is
 //! therefore handled before the target is given the result, once; the acknowledgement of the
 //! newest generation covers the ones before it (the server counts "acked it or newer").
+//!
+//! A batch ends where applying its lines one by one would have ended: every state goes to the
+//! target through the one path ([`Client::apply_desired`], so a persisting target keeps what it
+//! applied, a refusal is recorded and acknowledged the same way), a line that is refused on its
+//! own (undecodable, a patch on another base) first lets the lines before it be applied, and a
+//! refused newest state falls back to the newest earlier state of the batch the target takes.
 
 use std::time::Duration;
 
@@ -35,7 +44,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::apply::Held;
+use super::apply::{Held, drop_off_workers};
 use super::{Client, ClientError, Target, error_chain};
 use meridian_model::patch::SnapshotPatch;
 
@@ -197,10 +206,13 @@ impl Client {
                     self.acked(s.generation, target).await;
                 } else {
                     let old = held.desired.replace(*s);
-                    held.defer();
-                    // A big snapshot takes tens of ms to free: not on the runtime's workers.
-                    if let Some(old) = old {
-                        tokio::task::spawn_blocking(move || drop(old));
+                    // Kept when an earlier line of the batch made it (the target has not been
+                    // given it); else freed off the workers (tens of ms for a big one).
+                    if held.deferred {
+                        held.defer(old);
+                    } else {
+                        held.defer(None);
+                        drop_off_workers(old.into_iter().collect());
                     }
                 }
             }
@@ -215,6 +227,7 @@ impl Client {
     /// nothing.
     async fn patch<T: Target>(&self, p: SnapshotPatch, target: &T, held: &mut Held) {
         let generation = p.generation;
+        let before = held.before_change();
         let result = match held.desired.as_mut() {
             Some(desired) => p.apply(desired).map_err(|e| e.to_string()),
             None => Err(format!(
@@ -223,8 +236,13 @@ impl Client {
             )),
         };
         match result {
-            Ok(()) => held.defer(),
+            Ok(()) => held.defer(before),
             Err(e) => {
+                // What earlier lines of the batch asked for is served (and acknowledged) first,
+                // as if each line had been applied on its own.
+                if held.deferred {
+                    self.apply_desired(target, held).await;
+                }
                 let reason = format!("patch to generation {generation} does not apply: {e}");
                 tracing::warn!(%reason, "patch refused; the controller sends the full snapshot");
                 target.refuse(&reason);
@@ -277,8 +295,9 @@ impl Client {
             }
             None => {
                 // Patched in place: it is what the controller wants, whatever apply says.
+                let before = held.before_change();
                 held.patch(&u);
-                held.defer();
+                held.defer(before);
             }
         }
         Ok(())

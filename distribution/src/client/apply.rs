@@ -4,6 +4,8 @@
 //! ```text
 //! apply_desired ─► Target::apply ─► outcome ─┬─ Ok: applied, ack Applied, status.generation
 //!                                            └─ Refused: ack Refused; retry_after? ─► retry
+//!   refused, and the batch passed through earlier states (Held::passed)? first: apply them
+//!   newest first until one is taken ─► ack Applied; then the refused one again ─► outcome
 //! retry (timer) ─► Target::apply ─► Ok: ack Applied │ Refused: ack only when the reason changed
 //! ack ─► POST /v1/ack, up to ACK_TRIES tries of ACK_TIMEOUT (a lost ack is repaired by the
 //!        resync after the next reconnect); a 503 (the request reached a follower replica

@@ -156,6 +156,13 @@ struct Figures {
     /// (mode, count, sum s, p99 bucket bound s).
     translations: Vec<(String, u64, f64, Option<f64>)>,
     status_writes_ok: u64,
+    /// Publish → every proxy of cluster c0 acknowledged, over the whole run (the
+    /// `meridian_distribution_propagation_seconds` histogram): (cluster, count, sum s, p99
+    /// bucket bound s).
+    propagation: Option<(String, u64, f64, Option<f64>)>,
+    /// Stream messages sent to the proxies of every cluster, by kind (a full snapshot after
+    /// the first one per stream means a proxy missed a patch's base).
+    sent_messages: Vec<(&'static str, u64)>,
     /// The apply's first, middle and last tenth (see [`apply_windows`]).
     apply_windows: Vec<Window>,
     /// `/proc/loadavg` at the start and at the end of the run (the machine is shared).
@@ -381,6 +388,19 @@ impl Run {
         let metrics = Conn::local(self.metrics_port).get("/metrics")?;
         let text = String::from_utf8_lossy(&metrics.body);
         f.translations = translations(&text);
+        f.propagation = histograms(
+            &text,
+            "meridian_distribution_propagation_seconds",
+            "cluster",
+        )
+        .into_iter()
+        .find(|h| h.0 == self.clusters[0].name);
+        for kind in ["snapshot", "patch", "endpoints"] {
+            let sent = sum_metric(&text, "meridian_distribution_sent_messages_total", |l| {
+                l.get("kind").map(String::as_str) == Some(kind)
+            });
+            f.sent_messages.push((kind, sent as u64));
+        }
         f.status_writes_ok = sum_metric(&text, "meridian_controller_status_writes_total", |l| {
             l.get("result").map(String::as_str) == Some("ok")
         }) as u64;
@@ -938,19 +958,27 @@ fn sum_metric(text: &str, name: &str, keep: impl Fn(&BTreeMap<String, String>) -
 
 /// Per translation mode: count, total seconds, and the bucket bound holding the 99th percentile.
 fn translations(text: &str) -> Vec<(String, u64, f64, Option<f64>)> {
-    const NAME: &str = "meridian_controller_translate_seconds";
+    histograms(text, "meridian_controller_translate_seconds", "mode")
+}
+
+/// Per value of `label` of histogram `metric`: count, total seconds, and the bucket bound
+/// holding the 99th percentile (values with no observation left out).
+fn histograms(text: &str, metric: &str, label: &str) -> Vec<(String, u64, f64, Option<f64>)> {
     /// Count, sum, and (bound, cumulative count) per bucket.
     type Histogram = (u64, f64, Vec<(f64, f64)>);
     let mut modes: BTreeMap<String, Histogram> = BTreeMap::new();
     for (name, labels, value) in text.lines().filter_map(sample) {
-        let Some(mode) = labels.get("mode") else {
+        let Some(rest) = name.strip_prefix(metric) else {
+            continue;
+        };
+        let Some(mode) = labels.get(label) else {
             continue;
         };
         let e = modes.entry(mode.clone()).or_default();
-        match name.strip_prefix(NAME) {
-            Some("_count") => e.0 = value as u64,
-            Some("_sum") => e.1 = value,
-            Some("_bucket") => {
+        match rest {
+            "_count" => e.0 = value as u64,
+            "_sum" => e.1 = value,
+            "_bucket" => {
                 let le = match labels.get("le").map(String::as_str) {
                     Some("+Inf") => f64::INFINITY,
                     Some(le) => le.parse().unwrap_or(f64::INFINITY),
@@ -1338,6 +1366,36 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
             },
         );
     }
+    row(
+        "publish → c0's proxy acknowledged, whole run: count, mean, p99 ≤ (ms)".into(),
+        &|f| {
+            f.propagation
+                .as_ref()
+                .map_or("–".into(), |(_, count, sum, p99)| {
+                    let p99 = p99.map_or("–".into(), |b| {
+                        if b.is_infinite() {
+                            "+Inf".into()
+                        } else {
+                            ms(b * 1000.0)
+                        }
+                    });
+                    format!(
+                        "{count}, {}, {p99}",
+                        ms(sum * 1000.0 / (*count).max(1) as f64)
+                    )
+                })
+        },
+    );
+    row(
+        "stream messages sent, all proxies: snapshot / patch / endpoints".into(),
+        &|f| {
+            f.sent_messages
+                .iter()
+                .map(|(_, n)| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")
+        },
+    );
     row("status writes ok".into(), &|f| {
         f.status_writes_ok.to_string()
     });

@@ -278,3 +278,139 @@ async fn a_patch_on_another_base_is_refused_with_a_resync_and_changes_nothing() 
     .await
     .expect("test exceeded its time bound");
 }
+
+/// A target that takes a while: each apply waits while the gate is closed (as a proxy compiling
+/// a big router does, so the lines sent meanwhile arrive together), refuses the generations in
+/// `refuses`, and serves the last snapshot it took.
+struct Gated {
+    open: tokio::sync::watch::Sender<bool>,
+    started: mpsc::UnboundedSender<u64>,
+    refuses: Vec<u64>,
+    serving: Mutex<Option<u64>>,
+    tried: Mutex<Vec<u64>>,
+}
+
+impl Target for Gated {
+    async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
+        let g = snapshot.generation;
+        self.tried.lock().unwrap().push(g);
+        let _ = self.started.send(g);
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
+        if self.refuses.contains(&g) {
+            return Err(Refused {
+                reason: format!("generation {g} is not servable"),
+                retry_after: None,
+            });
+        }
+        *self.serving.lock().unwrap() = Some(g);
+        Ok(g)
+    }
+}
+
+fn snap(generation: u64) -> String {
+    format!(
+        "{{\"snapshot\":{{\"schema\":\"meridian.dev/snapshot/v1\",\"generation\":{generation},\"gateways\":[]}}}}\n"
+    )
+}
+
+/// `(generation, status)` of the next ack.
+async fn ack_of(rx: &mut mpsc::UnboundedReceiver<Seen>) -> (u64, String) {
+    let ack = next_ack(rx).await;
+    (
+        ack["generation"].as_u64().unwrap(),
+        ack["result"]["status"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_that_arrive_during_an_apply_end_where_applying_them_one_by_one_would() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (url, mut rx) = fake().await;
+        let hello = Hello {
+            proxy_id: "p1".into(),
+            cluster: "east".into(),
+            region: "r1".into(),
+            zone: "z1".into(),
+            gateways: None,
+            address: None,
+            east_west: None,
+        };
+        let identity = mesh::store_for(&hello);
+        let mut cfg = ClientConfig::new(url, hello, identity, None);
+        cfg.traffic_interval = Duration::ZERO;
+        let client = Arc::new(Client::new(cfg).unwrap());
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let target = Arc::new(Gated {
+            open: tokio::sync::watch::Sender::new(true),
+            started: started_tx,
+            refuses: vec![8, 10],
+            serving: Mutex::new(None),
+            tried: Mutex::new(Vec::new()),
+        });
+        let (c, t) = (client.clone(), target.clone());
+        let task = tokio::spawn(async move {
+            let _ = c.run(&*t).await;
+        });
+        let mut s = next_stream(&mut rx).await;
+        s.write_all(snap(5).as_bytes()).await.unwrap();
+        assert_eq!(ack_of(&mut rx).await, (5, "applied".into()));
+
+        // Sends `first`, holds its apply, sends `rest` in one write and lets the applies go once
+        // the client has had time to read them: they are handled as one batch. (Had they not
+        // arrived in time, each would be applied in turn: the outcome asserted is the same.)
+        let mut during_an_apply = async |first: u64, rest: &[u8]| {
+            target.open.send_replace(false);
+            s.write_all(snap(first).as_bytes()).await.unwrap();
+            while started.recv().await != Some(first) {}
+            s.write_all(rest).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            target.open.send_replace(true);
+        };
+
+        // A good snapshot then one the target refuses: the good one serves and is acknowledged,
+        // then the refusal, as line by line.
+        during_an_apply(6, format!("{}{}", snap(7), snap(8)).as_bytes()).await;
+        assert_eq!(ack_of(&mut rx).await, (6, "applied".into()));
+        assert_eq!(ack_of(&mut rx).await, (7, "applied".into()));
+        assert_eq!(ack_of(&mut rx).await, (8, "refused".into()));
+        assert_eq!(*target.serving.lock().unwrap(), Some(7));
+
+        // A refused snapshot then a good one: the good one serves (the refused one may go
+        // unacknowledged: the newer ack covers it).
+        during_an_apply(9, format!("{}{}", snap(10), snap(11)).as_bytes()).await;
+        assert_eq!(ack_of(&mut rx).await, (9, "applied".into()));
+        let mut last = ack_of(&mut rx).await;
+        if last == (10, "refused".into()) {
+            last = ack_of(&mut rx).await;
+        }
+        assert_eq!(last, (11, "applied".into()));
+        assert_eq!(*target.serving.lock().unwrap(), Some(11));
+
+        // A good snapshot then a patch on a base the client does not hold: the good one is
+        // applied and acknowledged before the patch is refused with a resync.
+        during_an_apply(
+            12,
+            format!(
+                "{}{{\"patch\":{{\"base\":99,\"generation\":14,\"gateways\":[]}}}}\n",
+                snap(13)
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(ack_of(&mut rx).await, (12, "applied".into()));
+        assert_eq!(ack_of(&mut rx).await, (13, "applied".into()));
+        let ack = next_ack(&mut rx).await;
+        assert_eq!(
+            (ack["generation"].as_u64(), ack["resync"].as_bool()),
+            (Some(14), Some(true)),
+            "{ack}"
+        );
+        assert_eq!(*target.serving.lock().unwrap(), Some(13));
+        println!("applies tried: {:?}", target.tried.lock().unwrap());
+        drop(s);
+        task.abort();
+    })
+    .await
+    .expect("test exceeded its time bound");
+}

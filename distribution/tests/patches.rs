@@ -536,3 +536,142 @@ async fn proxies_hold_exactly_the_controllers_snapshot_after_random_changes() {
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn a_stream_that_missed_versions_gets_the_patch_from_the_version_it_holds() {
+    let srv = server().await;
+    let g1 = srv.publish("east", two_gateways(20)).unwrap().generation;
+    let (h_new, h_old, h_b) = (
+        hello("new", "east", None),
+        hello("old", "east", None),
+        hello("only-b", "east", Some(vec!["ns/b"])),
+    );
+    let mut new = Stream::open(&srv, &h_new, &["patch"]).await;
+    let mut old = Stream::open(&srv, &h_old, &[]).await;
+    let mut just_b = Stream::open(&srv, &h_b, &["patch"]).await;
+    let base = decode_snapshot(&new.next().await);
+    assert_eq!(base.generation, g1);
+    assert_eq!(decode_snapshot(&old.next().await).generation, g1);
+    let base_b = decode_snapshot(&just_b.next().await);
+
+    // Three versions published back to back (the feeds cannot run in between on this
+    // single-threaded runtime): an endpoint-only change, a route change in `b`, a route added to
+    // `a`. Each feed sees only the last one, whose own change is based on the one before.
+    let mut next = two_gateways(20);
+    next.gateways[0].listeners[0].routes[2] = route("a2", 0, 81).into();
+    let g2 = srv.publish("east", next.clone()).unwrap();
+    assert_eq!(g2.kind, PublishKind::Endpoints);
+    Arc::make_mut(&mut next.gateways[1].listeners[0].routes[7]).created_at = 9;
+    assert_eq!(
+        srv.publish("east", next.clone()).unwrap().kind,
+        PublishKind::Patch
+    );
+    next.gateways[0].listeners[0]
+        .routes
+        .insert(3, route("new", 0, 80).into());
+    let g4 = srv.publish("east", next).unwrap();
+    assert_eq!(g4.kind, PublishKind::Patch);
+    let latest = Snapshot::clone(&srv.latest("east").unwrap());
+
+    // One patch from g1 to g4, carrying the three changed routes only.
+    let line = new.next().await;
+    let patch = decode_patch(&line);
+    assert_eq!((patch.base, patch.generation), (g1, g4.generation));
+    assert_eq!(line.to_string().matches("\"put\"").count(), 3, "{line}");
+    let mut got = base;
+    patch.apply(&mut got).unwrap();
+    assert_eq!(got, latest);
+
+    // The filtered stream: the patch of its own view, from what it holds.
+    let patch = decode_patch(&just_b.next().await);
+    assert_eq!((patch.base, patch.generation), (g1, g4.generation));
+    let mut got = base_b;
+    patch.apply(&mut got).unwrap();
+    assert_eq!(got, only(&latest, "b"));
+
+    // A client without patches still gets the snapshot.
+    assert_eq!(decode_snapshot(&old.next().await), latest);
+
+    let m = srv.metrics_text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"meridian_distribution_sent_messages_total{cluster="east",kind="snapshot"}"#
+        ),
+        Some(4.0),
+        "three on connect, one to the client without patches: {m}"
+    );
+}
+
+/// Applies slowly (as a proxy compiling a big router does) and counts its applies.
+struct Slow {
+    serving: Mutex<Option<Snapshot>>,
+    applies: Mutex<u32>,
+    takes: Duration,
+}
+
+impl Target for Slow {
+    async fn apply(&self, snapshot: Snapshot) -> Result<u64, Refused> {
+        tokio::time::sleep(self.takes).await;
+        let g = snapshot.generation;
+        *self.serving.lock().unwrap() = Some(snapshot);
+        *self.applies.lock().unwrap() += 1;
+        Ok(g)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_slower_than_the_changes_applies_what_arrived_meanwhile_once() {
+    let srv = server().await;
+    let hello = hello("slow", "east", None);
+    let identity = mesh::store_for(&hello);
+    let mut cfg = ClientConfig::new(
+        format!("https://{}", srv.local_addr()),
+        hello,
+        identity,
+        None,
+    );
+    cfg.traffic_interval = Duration::ZERO;
+    let client = Client::new(cfg).unwrap();
+    let target = Arc::new(Slow {
+        serving: Mutex::new(None),
+        applies: Mutex::new(0),
+        takes: Duration::from_millis(300),
+    });
+    let t = target.clone();
+    let task = tokio::spawn(async move {
+        let _ = client.run(&*t).await;
+    });
+    let mut world = two_gateways(50);
+    let g = srv.publish("east", world.clone()).unwrap().generation;
+    applied(&srv, "east", g).await;
+    assert_eq!(*target.applies.lock().unwrap(), 1);
+
+    // Twelve route changes 25 ms apart: ~one apply's time for all of them. Applied one by one
+    // they would take twelve applies (3.6 s); the proxy catches up instead.
+    let mut last = g;
+    for step in 0..12 {
+        Arc::make_mut(&mut world.gateways[step % 2].listeners[0].routes[step]).created_at += 1;
+        last = srv.publish("east", world.clone()).unwrap().generation;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    applied(&srv, "east", last).await;
+    let applies = *target.applies.lock().unwrap() - 1;
+    assert!(
+        (1..=4).contains(&applies),
+        "{applies} applies for 12 changes"
+    );
+    assert_eq!(
+        target.serving.lock().unwrap().as_ref(),
+        Some(&*srv.latest("east").unwrap())
+    );
+    assert_eq!(
+        metric(
+            &srv.metrics_text(),
+            r#"meridian_distribution_patch_fallbacks_total{cluster="east"}"#
+        ),
+        None,
+        "no patch failed to fit"
+    );
+    task.abort();
+}

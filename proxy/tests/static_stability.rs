@@ -322,6 +322,57 @@ async fn a_restart_while_the_controller_is_down_serves_the_kept_snapshot_until_i
     .await;
 }
 
+/// Route changes published faster than the proxy applies them reach the client in batches (it
+/// applies what arrived meanwhile once): every applied batch goes through the same persisting
+/// path, so the file ends with the last change and `/ready` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_applied_in_batches_are_kept_on_disk() {
+    bounded(async {
+        let echo = Echo::start("app").await;
+        let port = free_port();
+        let dir = TempDir::new("batches");
+        let srv = server_on("127.0.0.1:0".parse().unwrap()).await;
+        srv.publish(CLUSTER, app_snapshot(1, port, &echo)).unwrap();
+        let run = Running::start(srv.local_addr(), dir.path()).await;
+        run.wait_ready("generation 1 kept", |_, r| {
+            r["stateFile"]["generation"] == 1
+        })
+        .await;
+        let mut last = 1;
+        for n in 0..40 {
+            let rules = vec![
+                prefix_rule(
+                    &format!("/v{n}"),
+                    vec![backend("default/app:80", 1, vec![echo.endpoint()])],
+                ),
+                prefix_rule(
+                    "/",
+                    vec![backend("default/app:80", 1, vec![echo.endpoint()])],
+                ),
+            ];
+            last = srv
+                .publish(CLUSTER, http_snapshot(last + 1, port, rules))
+                .unwrap()
+                .generation;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ready = run
+            .wait_ready("the last change kept", |_, r| {
+                r["generation"] == last && r["stateFile"]["generation"] == last
+            })
+            .await;
+        assert!(ready["stateFile"]["writtenAt"].is_string(), "{ready}");
+        assert_eq!(kept_generation(dir.path()), Some(last));
+        assert_eq!(
+            srv.programmed(CLUSTER, last),
+            ProgrammedState::Applied(last)
+        );
+        assert_eq!(answered_on(port).await.as_deref(), Some("app"));
+        run.stop().await;
+    })
+    .await;
+}
+
 /// Runs a proxy with the controller down over `dir` and checks that the kept file was refused
 /// with `result`: nothing served, `/ready` 503, the file moved aside unchanged.
 async fn refused_on_start(dir: &Path, port: u16, result: &str, reason: &str) {

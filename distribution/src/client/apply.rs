@@ -4,6 +4,8 @@
 //! ```text
 //! apply_desired ─► Target::apply ─► outcome ─┬─ Ok: applied, ack Applied, status.generation
 //!                                            └─ Refused: ack Refused; retry_after? ─► retry
+//!   refused, and the batch passed through earlier states (Held::passed)? first: apply them
+//!   newest first until one is taken ─► ack Applied; then the refused one again ─► outcome
 //! retry (timer) ─► Target::apply ─► Ok: ack Applied │ Refused: ack only when the reason changed
 //! ack ─► POST /v1/ack, up to ACK_TRIES tries of ACK_TIMEOUT (a lost ack is repaired by the
 //!        resync after the next reconnect); a 503 (the request reached a follower replica
@@ -24,6 +26,10 @@ use crate::protocol::{Ack, AckResult, EndpointsUpdate, patch_endpoints};
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries per acknowledgement.
 const ACK_TRIES: u32 = 5;
+/// States of one batch kept to fall back to (each shares its routes with the held snapshot: a
+/// few hundred kB at 50k routes). A batch whose newest this many states are all refused falls
+/// back to what the target served before it.
+const PASSED_KEPT: usize = 16;
 
 /// What survives reconnects.
 #[derive(Default)]
@@ -32,6 +38,13 @@ pub(super) struct Held {
     pub(super) desired: Option<Snapshot>,
     /// Whether `desired` is what the target serves.
     pub(super) applied: bool,
+    /// `desired` changed and is to be applied once the lines that arrived together are all
+    /// handled: a proxy that fell behind applies the newest state once, not every step to it.
+    pub(super) deferred: bool,
+    /// The states this batch passed through before `desired`, oldest first (at most
+    /// [`PASSED_KEPT`]): had each line been applied in turn, the target would serve the newest
+    /// of them it takes when it refuses `desired`, so [`Client::apply_desired`] falls back to it.
+    passed: Vec<Snapshot>,
     /// When to try applying `desired` again, with the interval and the reason it failed last
     /// time.
     retry: Option<(Instant, Duration, String)>,
@@ -48,10 +61,36 @@ impl Held {
         self.retry.as_ref().map(|(at, _, _)| *at)
     }
 
+    /// What `desired` is before a line changes it, to keep when the change succeeds: a state of
+    /// this batch the target has not been given yet (`None` when the target was given it, or
+    /// nothing is held).
+    pub(super) fn before_change(&self) -> Option<Snapshot> {
+        if self.deferred {
+            self.desired.clone()
+        } else {
+            None
+        }
+    }
+
+    /// `desired` changed from `before` ([`Held::before_change`]): the target is to be given it
+    /// by the batch's end, and `before` is kept to fall back to.
+    pub(super) fn defer(&mut self, before: Option<Snapshot>) {
+        if let Some(before) = before {
+            if self.passed.len() == PASSED_KEPT {
+                drop_off_workers(vec![self.passed.remove(0)]);
+            }
+            self.passed.push(before);
+        }
+        self.applied = false;
+        self.deferred = true;
+    }
+
     /// Forgets what the controller wants (it sent something we cannot decode).
     pub(super) fn forget(&mut self) {
         self.desired = None;
         self.applied = false;
+        self.deferred = false;
+        drop_off_workers(std::mem::take(&mut self.passed));
         self.retry = None;
     }
 
@@ -64,15 +103,54 @@ impl Held {
     }
 }
 
+/// Frees snapshots on the blocking pool: a big one takes tens of ms to free, not on the
+/// runtime's workers.
+pub(super) fn drop_off_workers(s: Vec<Snapshot>) {
+    if !s.is_empty() {
+        tokio::task::spawn_blocking(move || drop(s));
+    }
+}
+
 impl Client {
-    /// Applies `held.desired` and acknowledges the outcome.
+    /// Applies `held.desired` and acknowledges the outcome: the one path by which what the
+    /// stream's lines asked for reaches the target (a batch of one line or of many).
+    ///
+    /// When the target refuses it and the batch passed through other states, the target ends
+    /// as if each line had been applied in turn: the newest earlier state it takes is applied
+    /// and acknowledged, then `desired` is given again so that its refusal is the one recorded
+    /// and acknowledged last (and a transient one retried), exactly as in the line-by-line order.
     pub(super) async fn apply_desired<T: Target>(&self, target: &T, held: &mut Held) {
+        held.deferred = false;
+        let passed = std::mem::take(&mut held.passed);
         let Some(snapshot) = held.desired.clone() else {
+            drop_off_workers(passed);
             return;
         };
         let generation = snapshot.generation;
-        let result = target.apply(snapshot).await;
+        let again = (!passed.is_empty()).then(|| snapshot.clone());
+        let mut result = target.apply(snapshot).await;
+        if let (Err(_), Some(again)) = (&result, again)
+            && self.serve_newest_taken(passed, target).await
+        {
+            result = target.apply(again).await;
+        }
         self.outcome(generation, result, target, held).await;
+    }
+
+    /// Applies the states of `passed` newest first until the target takes one, and
+    /// acknowledges that one; whether one was taken.
+    async fn serve_newest_taken<T: Target>(&self, mut passed: Vec<Snapshot>, target: &T) -> bool {
+        let mut taken = false;
+        while let Some(s) = passed.pop() {
+            let generation = s.generation;
+            if target.apply(s).await.is_ok() {
+                self.acked(generation, target).await;
+                taken = true;
+                break;
+            }
+        }
+        drop_off_workers(passed);
+        taken
     }
 
     /// Records and acknowledges what applying `generation` gave.

@@ -53,6 +53,12 @@
 //! the held snapshot and what the target serves stay as they were, and the server answers the
 //! refusal with the full snapshot.
 //!
+//! Lines that arrive while the target applies are handled together (module `stream`): the held
+//! snapshot takes every change and the target is given the result once, through the same apply,
+//! acknowledgement and persistence as a single line; a batch ends where applying its lines one
+//! by one would have ended (a refused newest state falls back to the newest earlier one the
+//! target takes).
+//!
 //! The client never stops its target: while the controller is gone the target keeps serving what
 //! it last applied (static stability). Across reconnects it keeps the last snapshot it received, so
 //! a resync that sends the same content is acknowledged without re-applying it.
@@ -64,7 +70,7 @@
 //! | this one | [`ClientConfig`], [`ClientStatus`], [`ClientError`], the reconnect loop ([`Client::run`]) and its backoff, building requests |
 //! | `target` | the [`Target`] trait and [`Refused`] |
 //! | `stream` | one stream: opening it, splitting lines, decoding and acting on each message |
-//! | `apply` | what survives reconnects (`Held`), applying, retrying transient refusals, acks |
+//! | `apply` | what survives reconnects (`Held`), applying (one path for a batch of any size), retrying transient refusals, acks |
 //! | `traffic` | the traffic reports sent beside the stream |
 //! | `identity` | the proxy's certificate: bootstrap, renewal, [`BootstrapCredential`] |
 //! | `tls` | the HTTPS clients presenting the current certificate |

@@ -145,15 +145,19 @@ impl LineKind {
 }
 
 impl Version {
-    /// The line to send to a stream whose last version was `sent`, that serves `gateways`
-    /// (`None`: all) and applies patches or not: the delta or patch when it holds the base, else
-    /// the (filtered) snapshot.
+    /// The line to send to a stream whose last version was `sent` (its generation and snapshot),
+    /// that serves `gateways` (`None`: all) and applies patches or not: the delta or patch when
+    /// it holds the base; for a stream that applies patches and holds an older version (it
+    /// missed versions while its proxy was busy), the patch from that version; else the
+    /// (filtered) snapshot.
     pub(super) fn line_for(
         &self,
-        sent: Option<u64>,
+        sent: Option<(u64, &Snapshot)>,
         gateways: Option<&[GatewayRef]>,
         patches: bool,
     ) -> Result<(Bytes, LineKind), serde_json::Error> {
+        let held = sent;
+        let sent = sent.map(|(g, _)| g);
         match &self.change {
             Some(Change::Endpoints { base, line }) if sent == Some(*base) => {
                 return Ok((line.clone(), LineKind::Endpoints));
@@ -176,6 +180,12 @@ impl Version {
                 return Ok((l, LineKind::Patch));
             }
             _ => {}
+        }
+        if patches
+            && let Some((_, held)) = held
+            && let Some(l) = self.patch_from(held, gateways)?
+        {
+            return Ok((l, LineKind::Patch));
         }
         let Some(only) = gateways else {
             if let Some(l) = self.full_line.get() {
@@ -202,6 +212,44 @@ impl Version {
             east_west: self.snapshot.east_west.clone(),
         };
         Ok((line(&Outgoing::Snapshot(&filtered))?, LineKind::Snapshot))
+    }
+}
+
+impl Version {
+    /// The patch line from `held` (an older version a stream holds) to this one, for a stream
+    /// serving `gateways`; `None` when the patch keeps nothing of `held` or is no smaller than
+    /// the full line already encoded. Routes are shared between versions, so the diff compares
+    /// pointers for every route no version in between changed.
+    fn patch_from(
+        &self,
+        held: &Snapshot,
+        gateways: Option<&[GatewayRef]>,
+    ) -> Result<Option<Bytes>, serde_json::Error> {
+        let patch = patch::diff(held, &self.snapshot);
+        if patch.keeps_nothing() {
+            return Ok(None);
+        }
+        let l = match gateways {
+            None => line(&Outgoing::Patch(&patch))?,
+            Some(only) => {
+                let base_gateways: Vec<GatewayRef> = held
+                    .gateways
+                    .iter()
+                    .map(|g| GatewayRef::new(&g.namespace, &g.name))
+                    .collect();
+                let mine = patch.for_gateways(&base_gateways, |ns, name| {
+                    only.iter().any(|r| r.namespace == ns && r.name == name)
+                });
+                line(&Outgoing::Patch(&mine))?
+            }
+        };
+        let smaller = self.full_line.get().is_none_or(|f| l.len() < f.len());
+        Ok(smaller.then_some(l))
+    }
+
+    /// The snapshot of this version.
+    pub(super) fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
     }
 }
 

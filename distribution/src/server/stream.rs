@@ -14,8 +14,10 @@
 //! The channel between the feed and the body holds a few lines: a proxy that does not read
 //! blocks the feed, which then skips to the newest version instead of queueing every one.
 //!
-//! Patches go only to a stream whose hello announced `patch`, and only when the last version
-//! sent on it is the patch's base. A proxy refusing a patch that does not fit what it holds
+//! Patches go only to a stream whose hello announced `patch`: the version's own patch when the
+//! last version sent on it is the patch's base, else (the feed skipped versions while the proxy
+//! was slow to read, or the version is an endpoint delta from a version the stream never got)
+//! a patch from the snapshot the stream was last sent, computed for it. A proxy refusing a patch that does not fit what it holds
 //! (`resync` in its ack) gets the current version as a full snapshot right away, and patches
 //! again from there. A patch whose *content* the proxy refuses (a port it cannot bind) needs no
 //! resync: the proxy holds the patched snapshot, keeps serving its last good one and retries
@@ -37,6 +39,7 @@ use super::Inner;
 use super::http::ResBody;
 use super::store::{LineKind, Version, line};
 use crate::protocol::{Hello, Outgoing, STREAM_CONTENT_TYPE, Welcome};
+use meridian_model::Snapshot;
 
 /// A stream whose proxy does not take a line for this long is closed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,6 +113,9 @@ struct Sent {
     generation: Option<u64>,
     /// Whether a patch was sent since the last full snapshot.
     patched: bool,
+    /// The snapshot of the last version sent: a stream that missed versions gets the patch
+    /// from it (shares its routes with the current version; held only while the stream lives).
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 /// What became of a new version.
@@ -235,11 +241,8 @@ impl Feed {
         if sent.generation == Some(v.generation) {
             return Outcome::Nothing;
         }
-        match v.line_for(
-            sent.generation,
-            self.hello.gateways.as_deref(),
-            self.patches,
-        ) {
+        let held = sent.generation.zip(sent.snapshot.as_deref());
+        match v.line_for(held, self.hello.gateways.as_deref(), self.patches) {
             Ok((l, kind)) => {
                 let labels = [self.hello.cluster.as_str(), kind.label()];
                 self.inner
@@ -254,6 +257,14 @@ impl Feed {
                     .inc();
                 let taken = self.send(l).await;
                 sent.generation = Some(v.generation);
+                let old = sent.snapshot.replace(v.snapshot().clone());
+                // The last holder of an old snapshot frees it off the runtime's workers (tens of
+                // ms for a big one that shares nothing with the new version).
+                if let Some(old) = old
+                    && Arc::strong_count(&old) == 1
+                {
+                    tokio::task::spawn_blocking(move || drop(old));
+                }
                 match kind {
                     LineKind::Patch => sent.patched = true,
                     LineKind::Snapshot => sent.patched = false,

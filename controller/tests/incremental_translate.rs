@@ -81,7 +81,9 @@ enum Step {
     Secret { west: bool, valid: bool },
     /// The `pick`-th pending status update lands on its object.
     Echo { pick: usize },
-    /// The data plane reports another state for the `pick`-th Gateway.
+    /// The data plane reports another state for the `pick`-th Gateway; states 4 and 5 take
+    /// its address away (no proxy serves it yet, as at a cold start: no snapshot entry) and give
+    /// it back.
     Programmed { pick: usize, state: u8 },
     /// The `pick`-th route or Gateway status becomes unconfirmed (or confirmed again); with
     /// `pending`, the `pick`-th object with a pending status update (a write of ours whose echo
@@ -452,7 +454,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(west, ns, team)| Step::Label { west, ns, team }),
         1 => (any::<bool>(), any::<bool>()).prop_map(|(west, valid)| Step::Secret { west, valid }),
         3 => any::<usize>().prop_map(|pick| Step::Echo { pick }),
-        1 => (any::<usize>(), 0u8..4).prop_map(|(pick, state)| Step::Programmed { pick, state }),
+        1 => (any::<usize>(), 0u8..6).prop_map(|(pick, state)| Step::Programmed { pick, state }),
         2 => (any::<usize>(), any::<bool>())
             .prop_map(|(pick, pending)| Step::Unconfirmed { pick, pending }),
         2 => (any::<usize>(), 0u8..5).prop_map(|(pick, what)| Step::Revise { pick, what }),
@@ -483,6 +485,8 @@ struct Harness {
     /// Per cluster, `(kind, key)` of the objects the test put (for deletes).
     put: BTreeMap<&'static str, Vec<(Kind, ObjectKey)>>,
     programmed: BTreeMap<ClusterGatewayRef, ProgrammedState>,
+    /// Gateways the data plane gives no address (`Programmed` steps 4 and 5).
+    unaddressed: BTreeSet<ClusterGatewayRef>,
     unconfirmed: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
     /// The entries of `unconfirmed` toggled since the last [`Harness::config`] (its hint).
     toggled: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
@@ -530,6 +534,7 @@ impl Harness {
             world: World::new(),
             put: BTreeMap::new(),
             programmed: BTreeMap::new(),
+            unaddressed: BTreeSet::new(),
             unconfirmed: BTreeMap::new(),
             toggled: BTreeMap::new(),
             by_refresh: None,
@@ -747,6 +752,18 @@ impl Harness {
                 if gateways.is_empty() {
                     return;
                 }
+                let gw = gateways[pick % gateways.len()].clone();
+                match state {
+                    4 => {
+                        self.unaddressed.insert(gw);
+                        return;
+                    }
+                    5 => {
+                        self.unaddressed.remove(&gw);
+                        return;
+                    }
+                    _ => {}
+                }
                 let state = match state {
                     0 => ProgrammedState::Applied(1),
                     1 => ProgrammedState::NoProxy,
@@ -927,6 +944,9 @@ impl Harness {
             if cfg.programmed.contains_key(r) {
                 cfg.programmed.insert(r.clone(), state.clone());
             }
+        }
+        for r in &self.unaddressed {
+            cfg.addresses.remove(r);
         }
         cfg.unconfirmed = std::sync::Arc::new(self.unconfirmed.clone());
         let toggled = std::mem::take(&mut self.toggled);

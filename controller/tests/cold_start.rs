@@ -148,6 +148,16 @@ async fn cold_start_echoes_translate_no_route() {
     for l in metrics.lines().filter(|l| l.contains("status_events")) {
         println!("{l}");
     }
+    // Echoes of our writes, the address arriving and the Programmed flip: no route is
+    // translated again after the first full pass (its echoes are recognised).
+    assert_eq!(
+        routes_translated, 0.0,
+        "routes translated again after the full pass"
+    );
+    assert!(
+        incremental >= 1.0,
+        "the address and the flip were incremental passes"
+    );
     ctl.shutdown().await;
     sb.shutdown().await;
 }

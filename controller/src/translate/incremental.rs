@@ -34,9 +34,9 @@
 //!      same (same objects, sets     → kept as is
 //!       and listeners)
 //!      same attachment view         → attached sets carried over, status recomputed, snapshot
-//!      (listeners routes select,      entry re-skeletoned with its routes moved over
-//!       served, entry present, the
-//!       sets and why they add none)
+//!      (listeners routes select,      entry re-skeletoned with its routes moved over (also
+//!       served, the sets and why      when it comes to serve or stops: see below)
+//!       they add none)
 //!      same own listeners (only     → like the above for the Gateway's own listeners; routes
 //!       its sets' side changed)       naming one of its ListenerSets (before or now) or
 //!                                     attached to a set's listener translated again
@@ -53,6 +53,14 @@
 //!    ListenerSets' (they read its conditions and their listeners' attached routes), and of
 //!    every FailoverPolicy
 //! ```
+//!
+//! Gateways without snapshot entry (no address yet, e.g. at a cold start until a proxy
+//! connects; not accepted; an address problem): the routes attached to them are kept aside, per
+//! snapshot listener, as the entry would hold them, and patched like an entry. When such a
+//! Gateway comes to serve with the same attachment view they move into its new entry (and out
+//! again when it stops), so a proxy connecting translates no route. An endpoint refresh patches
+//! only snapshots: the routes kept aside that use the refreshed Service are translated again by
+//! the next incremental pass.
 //!
 //! Status-only changes ([`Changes::insert_status`]: nothing translation reads changed but the
 //! status) are mostly the echo of our own writes. When the copy's status equals the update the

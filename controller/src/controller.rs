@@ -1722,10 +1722,22 @@ impl Reconciler {
             .translate_seconds
             .with_label_values(&["incremental"])
             .observe(started.elapsed().as_secs_f64());
-        tracing::trace!(
+        self.metrics
+            .incremental_objects
+            .with_label_values(&["route"])
+            .inc_by(pass.routes as u64);
+        self.metrics
+            .incremental_objects
+            .with_label_values(&["gateway"])
+            .inc_by(pass.gateways as u64);
+        tracing::debug!(
             objects = changes.len(),
+            by_kind = ?changes.by_kind(),
+            echoes = pass.echoes,
             routes = pass.routes,
             gateways = pass.gateways,
+            status = pass.status.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
             "incremental translation"
         );
         self.submit_status(pass.status);

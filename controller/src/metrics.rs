@@ -82,6 +82,10 @@ pub struct Metrics {
     pub translations: IntCounterVec,
     /// Translation time by mode.
     pub translate_seconds: HistogramVec,
+    /// What incremental passes translated again, by object (`route`: routes translated again;
+    /// `gateway`: Gateways whose status was recomputed): with `translations{mode="incremental"}`,
+    /// what an incremental pass costs on average.
+    pub incremental_objects: IntCounterVec,
     /// Watch events of GatewayClasses, Gateways, HTTPRoutes and FailoverPolicies that changed
     /// nothing translation reads besides the status, by outcome: `echo` (the status the last
     /// pass computed: nothing translated), `status` (another status: translated at the
@@ -285,6 +289,7 @@ fn status_family(r: &Registry) -> prometheus::Result<StatusFamily> {
 struct PassFamily {
     translations: IntCounterVec,
     translate_seconds: HistogramVec,
+    incremental_objects: IntCounterVec,
     status_events: IntCounterVec,
     snapshots_published: IntCounterVec,
     east_west_missing: IntGaugeVec,
@@ -303,6 +308,12 @@ fn pass_family(r: &Registry) -> prometheus::Result<PassFamily> {
             "meridian_controller_translate_seconds",
             "Translation time",
             &["mode"],
+        )?,
+        incremental_objects: counter(
+            r,
+            "meridian_controller_incremental_objects_total",
+            "Objects incremental passes translated again (route) or recomputed the status of (gateway)",
+            &["object"],
         )?,
         status_events: counter(
             r,
@@ -381,6 +392,7 @@ impl Metrics {
         let PassFamily {
             translations,
             translate_seconds,
+            incremental_objects,
             status_events,
             snapshots_published,
             east_west_missing,
@@ -407,6 +419,7 @@ impl Metrics {
             status_skipped,
             translations,
             translate_seconds,
+            incremental_objects,
             status_events,
             snapshots_published,
             drills,

@@ -81,7 +81,9 @@ enum Step {
     Secret { west: bool, valid: bool },
     /// The `pick`-th pending status update lands on its object.
     Echo { pick: usize },
-    /// The data plane reports another state for the `pick`-th Gateway.
+    /// The data plane reports another state for the `pick`-th Gateway; states 4 and 5 take
+    /// its address away (no proxy serves it yet, as at a cold start: no snapshot entry) and give
+    /// it back.
     Programmed { pick: usize, state: u8 },
     /// The `pick`-th route or Gateway status becomes unconfirmed (or confirmed again); with
     /// `pending`, the `pick`-th object with a pending status update (a write of ours whose echo
@@ -452,7 +454,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(west, ns, team)| Step::Label { west, ns, team }),
         1 => (any::<bool>(), any::<bool>()).prop_map(|(west, valid)| Step::Secret { west, valid }),
         3 => any::<usize>().prop_map(|pick| Step::Echo { pick }),
-        1 => (any::<usize>(), 0u8..4).prop_map(|(pick, state)| Step::Programmed { pick, state }),
+        1 => (any::<usize>(), 0u8..6).prop_map(|(pick, state)| Step::Programmed { pick, state }),
         2 => (any::<usize>(), any::<bool>())
             .prop_map(|(pick, pending)| Step::Unconfirmed { pick, pending }),
         2 => (any::<usize>(), 0u8..5).prop_map(|(pick, what)| Step::Revise { pick, what }),
@@ -483,6 +485,8 @@ struct Harness {
     /// Per cluster, `(kind, key)` of the objects the test put (for deletes).
     put: BTreeMap<&'static str, Vec<(Kind, ObjectKey)>>,
     programmed: BTreeMap<ClusterGatewayRef, ProgrammedState>,
+    /// Gateways the data plane gives no address (`Programmed` steps 4 and 5).
+    unaddressed: BTreeSet<ClusterGatewayRef>,
     unconfirmed: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
     /// The entries of `unconfirmed` toggled since the last [`Harness::config`] (its hint).
     toggled: BTreeMap<String, BTreeSet<(StatusKind, String, String)>>,
@@ -530,6 +534,7 @@ impl Harness {
             world: World::new(),
             put: BTreeMap::new(),
             programmed: BTreeMap::new(),
+            unaddressed: BTreeSet::new(),
             unconfirmed: BTreeMap::new(),
             toggled: BTreeMap::new(),
             by_refresh: None,
@@ -747,6 +752,18 @@ impl Harness {
                 if gateways.is_empty() {
                     return;
                 }
+                let gw = gateways[pick % gateways.len()].clone();
+                match state {
+                    4 => {
+                        self.unaddressed.insert(gw);
+                        return;
+                    }
+                    5 => {
+                        self.unaddressed.remove(&gw);
+                        return;
+                    }
+                    _ => {}
+                }
                 let state = match state {
                     0 => ProgrammedState::Applied(1),
                     1 => ProgrammedState::NoProxy,
@@ -927,6 +944,9 @@ impl Harness {
             if cfg.programmed.contains_key(r) {
                 cfg.programmed.insert(r.clone(), state.clone());
             }
+        }
+        for r in &self.unaddressed {
+            cfg.addresses.remove(r);
         }
         cfg.unconfirmed = std::sync::Arc::new(self.unconfirmed.clone());
         let toggled = std::mem::take(&mut self.toggled);
@@ -1567,4 +1587,198 @@ fn a_listener_set_in_a_large_cluster_keeps_passes_incremental() {
     println!(
         "{routes} routes, one ListenerSet: full pass {full_ms:.1} ms; incremental: route on the Gateway {gw_route_ms:.2} ms, route on the set {set_route_ms:.2} ms, set listener change {set_ms:.1} ms ({n} routes)"
     );
+}
+
+/// A cold start: the first full pass finds the Gateway without an address (no proxy has
+/// connected yet: no snapshot entry), then sees the echoes of the statuses it wrote, the proxy
+/// connecting (an address: the Gateway comes to serve) while the data plane cannot tell yet,
+/// and its acknowledgement. None of these translates a route again, and each step equals the
+/// full translation. Routes default to 300; `COLD_START_ROUTES` sets another count.
+#[test]
+fn a_cold_start_translates_no_route_after_the_first_full_pass() {
+    let routes: usize = std::env::var("COLD_START_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let gateway = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": meta(Some("infra"), "gw", 1),
+        "spec": {"gatewayClassName": CLASS,
+                 "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                                "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+    });
+    let route = |i: usize| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": meta(Some("app"), &format!("r{i}"), 1),
+            "spec": {"parentRefs": [{"name": "gw", "namespace": "infra"}],
+                     "hostnames": [format!("h{i}.example.com")],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": format!("/{i}")}}]}]},
+        })
+    };
+    let mut world = World::new();
+    let c = world.add_cluster(CLUSTER, "us-east", vec![]);
+    base_cluster(c);
+    assert!(apply(c, &gateway));
+    for i in 0..routes {
+        assert!(apply(c, &route(i)));
+    }
+    let gw = ClusterGatewayRef::new(CLUSTER, "infra", "gw");
+    // No proxy yet: no address, and within the reconnect grace the state is Unknown.
+    let config = |world: &World, address: bool, state: ProgrammedState| {
+        let mut cfg = config_of(world);
+        if !address {
+            cfg.addresses.clear();
+        }
+        cfg.programmed.insert(gw.clone(), state);
+        cfg
+    };
+    let mut engine = Incremental::new();
+    let cfg = config(&world, false, ProgrammedState::Unknown);
+    let mut snapshots = engine.full(&world, &cfg).snapshots;
+    assert!(
+        snapshots[CLUSTER].gateways.is_empty(),
+        "no address: no entry"
+    );
+    let check = |engine: &mut Incremental,
+                 snapshots: &mut BTreeMap<String, Snapshot>,
+                 world: &World,
+                 cfg: &TranslateConfig,
+                 changes: &Changes,
+                 what: &str| {
+        let pass = engine.update(world, cfg, changes, snapshots).unwrap();
+        let full = translate(world, cfg);
+        assert_eq!(
+            serde_json::to_string(&*snapshots).unwrap(),
+            serde_json::to_string(&full.snapshots).unwrap(),
+            "{what}"
+        );
+        assert_eq!(pass.routes, 0, "{what}: routes translated again");
+        (pass, engine.status())
+    };
+
+    // The echoes of every status written: each object now carries what the pass computed.
+    let echo = |world: &mut World, updates: &[meridian_controller::StatusUpdate]| {
+        let mut changes = Changes::new();
+        let c = world.cluster_mut(CLUSTER).unwrap();
+        for u in updates {
+            let key = ObjectKey::new(u.namespace.clone().unwrap_or_default(), u.name.clone());
+            match u.kind {
+                StatusKind::HttpRoute => {
+                    let mut r = c.http_route(&key).unwrap().as_ref().clone();
+                    r.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
+                    revise(c, CLUSTER, r, &mut changes);
+                }
+                StatusKind::Gateway => {
+                    let mut g = c
+                        .gateways()
+                        .find(|(k, _)| **k == key)
+                        .map(|(_, g)| g.clone())
+                        .unwrap();
+                    g.status = Some(serde_json::from_value(Value::clone(&u.status)).unwrap());
+                    revise(c, CLUSTER, g, &mut changes);
+                }
+                _ => {}
+            }
+        }
+        changes
+    };
+    let written = engine.status();
+    assert_eq!(
+        written
+            .iter()
+            .filter(|u| u.kind == StatusKind::HttpRoute)
+            .count(),
+        routes
+    );
+    let changes = echo(&mut world, &written);
+    let (pass, _) = check(
+        &mut engine,
+        &mut snapshots,
+        &world,
+        &cfg,
+        &changes,
+        "echoes",
+    );
+    assert_eq!(
+        pass.echoes, routes,
+        "every route status recognised as our echo"
+    );
+
+    // The proxy connects: an address, the data plane still in its grace.
+    let cfg = config(&world, true, ProgrammedState::Unknown);
+    let (pass, status) = check(
+        &mut engine,
+        &mut snapshots,
+        &world,
+        &cfg,
+        &Changes::new(),
+        "address",
+    );
+    assert_eq!(pass.gateways, 1);
+    let served: usize = snapshots[CLUSTER]
+        .gateways
+        .iter()
+        .flat_map(|g| &g.listeners)
+        .map(|l| l.routes.len())
+        .sum();
+    assert_eq!(
+        served, routes,
+        "every route served once the Gateway has its address"
+    );
+    // Its status echo (read while Unknown: not recognised, the Gateway is validated again).
+    let changes = echo(
+        &mut world,
+        &status
+            .into_iter()
+            .filter(|u| u.kind == StatusKind::Gateway)
+            .collect::<Vec<_>>(),
+    );
+    let (_, _) = check(
+        &mut engine,
+        &mut snapshots,
+        &world,
+        &cfg,
+        &changes,
+        "Gateway echo in the grace",
+    );
+    // The proxy acknowledges (Pending, then Applied), each flip followed by its echo.
+    for state in [ProgrammedState::pending(), ProgrammedState::Applied(2)] {
+        let cfg = config(&world, true, state);
+        let (_, status) = check(
+            &mut engine,
+            &mut snapshots,
+            &world,
+            &cfg,
+            &Changes::new(),
+            "Programmed flip",
+        );
+        let changes = echo(
+            &mut world,
+            &status
+                .into_iter()
+                .filter(|u| u.kind == StatusKind::Gateway)
+                .collect::<Vec<_>>(),
+        );
+        let (pass, _) = check(
+            &mut engine,
+            &mut snapshots,
+            &world,
+            &cfg,
+            &changes,
+            "Programmed echo",
+        );
+        assert_eq!(pass.gateways, 0, "the Gateway's echo recomputes nothing");
+    }
+    // The proxy leaves: no address, no entry; the routes stay attached.
+    let cfg = config(&world, false, ProgrammedState::NoProxy);
+    check(
+        &mut engine,
+        &mut snapshots,
+        &world,
+        &cfg,
+        &Changes::new(),
+        "address gone",
+    );
+    assert!(snapshots[CLUSTER].gateways.is_empty());
 }

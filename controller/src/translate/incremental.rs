@@ -34,9 +34,9 @@
 //!      same (same objects, sets     → kept as is
 //!       and listeners)
 //!      same attachment view         → attached sets carried over, status recomputed, snapshot
-//!      (listeners routes select,      entry re-skeletoned with its routes moved over
-//!       served, entry present, the
-//!       sets and why they add none)
+//!      (listeners routes select,      entry re-skeletoned with its routes moved over (also
+//!       served, the sets and why      when it comes to serve or stops: see below)
+//!       they add none)
 //!      same own listeners (only     → like the above for the Gateway's own listeners; routes
 //!       its sets' side changed)       naming one of its ListenerSets (before or now) or
 //!                                     attached to a set's listener translated again
@@ -53,6 +53,14 @@
 //!    ListenerSets' (they read its conditions and their listeners' attached routes), and of
 //!    every FailoverPolicy
 //! ```
+//!
+//! Gateways without snapshot entry (no address yet, e.g. at a cold start until a proxy
+//! connects; not accepted; an address problem): the routes attached to them are kept aside, per
+//! snapshot listener, as the entry would hold them, and patched like an entry. When such a
+//! Gateway comes to serve with the same attachment view they move into its new entry (and out
+//! again when it stops), so a proxy connecting translates no route. An endpoint refresh patches
+//! only snapshots: the routes kept aside that use the refreshed Service are translated again by
+//! the next incremental pass.
 //!
 //! Status-only changes ([`Changes::insert_status`]: nothing translation reads changed but the
 //! status) are mostly the echo of our own writes. When the copy's status equals the update the
@@ -187,6 +195,19 @@ impl Changes {
             .sum()
     }
 
+    /// Per kind, how many objects changed beyond their status and how many only in their
+    /// status (what a pass was given, for its log line).
+    pub fn by_kind(&self) -> BTreeMap<Kind, (usize, usize)> {
+        let mut out: BTreeMap<Kind, (usize, usize)> = BTreeMap::new();
+        for (kind, _) in self.objects.values().flatten() {
+            out.entry(*kind).or_default().0 += 1;
+        }
+        for (kind, _) in self.statuses.values().flatten() {
+            out.entry(*kind).or_default().1 += 1;
+        }
+        out
+    }
+
     /// Whether `kind` `key` of `cluster` is noted as changed beyond its status.
     fn has_object(&self, cluster: &str, kind: Kind, key: &ObjectKey) -> bool {
         self.objects
@@ -272,7 +293,18 @@ pub(crate) struct ClusterCache {
     /// HTTPRoute/GRPCRoute conflicts of the last pass.
     conflicts: Conflicts,
     policy_status: Vec<StatusUpdate>,
+    /// The routes of Gateways that have no snapshot entry (no address yet, e.g. until a proxy
+    /// connects at a cold start): per Gateway, per snapshot listener name, what its entry would
+    /// hold. When the Gateway comes to serve with the same attachment view, they move into the
+    /// new entry instead of every route being translated again.
+    hidden: Hidden,
+    /// Routes whose copies in `hidden` may be outdated (an endpoint refresh patches only the
+    /// snapshots): translated again by the next incremental pass.
+    requeued: BTreeSet<RouteKey>,
 }
+
+/// Routes of Gateways without snapshot entry, per Gateway and snapshot listener name.
+type Hidden = BTreeMap<ObjectKey, BTreeMap<String, Vec<Arc<model::Route>>>>;
 
 /// A full translation's record of one cluster, kept by [`Incremental::full`].
 #[derive(Default)]
@@ -324,6 +356,26 @@ impl ClusterCache {
             .iter()
             .map(|(k, g)| (k.clone(), without_routes(g)))
             .collect();
+    }
+
+    /// Notes the routes of Gateway `gw` (about to be finished) when it has no snapshot entry.
+    pub(crate) fn record_hidden(&mut self, gw: &GatewayState) {
+        if gateway::serves(gw) {
+            return;
+        }
+        let listeners = gw
+            .listeners
+            .iter()
+            .filter(|l| l.served() && l.protocol.is_some())
+            .map(|l| {
+                let mut routes = l.routes.clone();
+                routes.sort_by(|a, b| {
+                    (&a.namespace, &a.name, a.kind).cmp(&(&b.namespace, &b.name, b.kind))
+                });
+                (gateway::snapshot_name(l, &gw.sets), routes)
+            })
+            .collect();
+        self.hidden.insert(gw.key.clone(), listeners);
     }
 
     pub(crate) fn record_gateway_status(
@@ -527,13 +579,17 @@ impl Incremental {
                 routes: affected.routes.remove(name).unwrap_or_default(),
                 namespaces: affected.namespaces.get(name),
             };
+            let mut hidden = std::mem::take(&mut cache.hidden);
             let mut out = Out {
                 snapshot,
                 touched: Touched::nothing(),
+                hidden: &mut hidden,
             };
             cache.update(&ctx, &self.deps, dirty, &mut out, &mut pass);
-            if !out.touched.is_nothing() {
-                pass.touched.insert(name.clone(), out.touched);
+            let touched = out.touched;
+            cache.hidden = hidden;
+            if !touched.is_nothing() {
+                pass.touched.insert(name.clone(), touched);
             }
         }
         Ok(pass)
@@ -935,7 +991,7 @@ impl Incremental {
     /// first full pass, and with several networks, every route is looked at.
     #[allow(clippy::too_many_arguments)]
     pub fn refresh_endpoints(
-        &self,
+        &mut self,
         world: &World,
         snapshots: &mut BTreeMap<ClusterName, Snapshot>,
         cluster: &str,
@@ -960,9 +1016,38 @@ impl Incremental {
         };
         let indexed: Option<&super::refresh::Locate<'_>> =
             if self.seeded { Some(&locate) } else { None };
-        super::refresh::refresh_in(
+        let touched = super::refresh::refresh_in(
             world, snapshots, cluster, service, listeners, missing, policy, indexed,
-        )
+        );
+        // Routes kept aside for Gateways without snapshot entry are not refreshed: they are
+        // translated again by the next incremental pass (before they can move into an entry).
+        for import in [false, true] {
+            let backend = deps::Backend {
+                import,
+                key: service.clone(),
+            };
+            for c in self.clusters.keys().cloned().collect::<Vec<_>>() {
+                let routes: Vec<RouteKey> = self
+                    .deps
+                    .routes_using(&c, &backend)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                let Some(cache) = self.clusters.get_mut(&c) else {
+                    continue;
+                };
+                for route in routes {
+                    let hidden = cache
+                        .attached
+                        .get(&route)
+                        .is_some_and(|a| a.iter().any(|(gw, _, _)| cache.hidden.contains_key(gw)));
+                    if hidden {
+                        cache.requeued.insert(route);
+                    }
+                }
+            }
+        }
+        touched
     }
 
     /// Whether some route names endpoints the address policy refused
@@ -1036,6 +1121,8 @@ fn route_has_entry_of(u: &StatusUpdate, controller: &str) -> bool {
 struct Out<'s> {
     snapshot: &'s mut Snapshot,
     touched: Touched,
+    /// The cluster's [`ClusterCache::hidden`] entries, patched like the snapshot's.
+    hidden: &'s mut Hidden,
 }
 
 /// What is affected in one cluster.
@@ -1120,6 +1207,7 @@ impl ClusterCache {
         self.classes = classes;
         pass.status.extend(class_status.iter().cloned());
         self.class_status = class_status;
+        routes.extend(std::mem::take(&mut self.requeued));
         let mut touched: BTreeSet<ObjectKey> = gateways_dirty.clone();
         if revalidate {
             self.revalidate(ctx, deps, snapshot, &mut routes, &mut touched);
@@ -1204,7 +1292,7 @@ impl ClusterCache {
                         n.attached = o.attached;
                     }
                     touched.insert(key.clone());
-                    set_entry(snapshot, &key, gateway::entry(new), true);
+                    set_entry(snapshot, &key, Some(new), true);
                 }
                 // Only its ListenerSets' side changed: routes through its own listeners keep
                 // their attachments (own listeners come first: the same indices); routes
@@ -1219,7 +1307,7 @@ impl ClusterCache {
                         }
                     }
                     touched.insert(key.clone());
-                    set_entry(snapshot, &key, gateway::entry(new), true);
+                    set_entry(snapshot, &key, Some(new), true);
                 }
                 (old, new) => {
                     routes.extend(deps.routes_naming(ctx.cluster_name, &key));
@@ -1232,7 +1320,7 @@ impl ClusterCache {
                     match new {
                         Some(new) => {
                             touched.insert(key.clone());
-                            set_entry(snapshot, &key, gateway::entry(new), false);
+                            set_entry(snapshot, &key, Some(new), false);
                         }
                         None => {
                             self.gateway_status.remove(&key);
@@ -1425,9 +1513,11 @@ type SetView<'a> = (&'a ObjectKey, Option<&'a super::Problem>);
 
 /// What route attachment (and where attached routes land) reads of a Gateway: when two
 /// validations agree on it, every route attaches to the same listeners with the same result.
-fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>, Vec<SetView<'_>>) {
+/// Whether the Gateway serves (has a snapshot entry) is not part of it: the routes of a Gateway
+/// without entry are kept aside ([`ClusterCache::hidden`]) and move into its entry when it
+/// comes to serve (a proxy connecting gives it its address), and back when it stops.
+fn attach_view(g: &GatewayState) -> (Vec<ListenerView<'_>>, Vec<SetView<'_>>) {
     (
-        gateway::serves(g),
         g.listeners
             .iter()
             .map(|l| {
@@ -1453,10 +1543,10 @@ fn attach_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>, Vec<SetView<'_
 
 /// What a route naming the Gateway itself reads of it: [`attach_view`] of the Gateway's own
 /// listeners (a Gateway parentRef selects only those; ListenerSets' listeners follow them).
-fn own_view(g: &GatewayState) -> (bool, Vec<ListenerView<'_>>, Vec<SetView<'_>>) {
-    let (serves, mut listeners, _) = attach_view(g);
+fn own_view(g: &GatewayState) -> (Vec<ListenerView<'_>>, Vec<SetView<'_>>) {
+    let (mut listeners, _) = attach_view(g);
     listeners.retain(|l| l.8.is_none());
-    (serves, listeners, Vec::new())
+    (listeners, Vec::new())
 }
 
 /// Position of Gateway `key` in a snapshot (ordered by namespace, then name).
@@ -1466,29 +1556,52 @@ fn find_gateway(snapshot: &Snapshot, key: &ObjectKey) -> Result<usize, usize> {
     })
 }
 
-/// Replaces (or removes, or inserts) Gateway `key`'s snapshot entry; with `keep_routes` the
-/// routes of the old entry move to the new one's listeners of the same name.
-fn set_entry(out: &mut Out<'_>, key: &ObjectKey, new: Option<model::Gateway>, keep_routes: bool) {
+/// Replaces (or removes, or inserts) Gateway `key`'s snapshot entry for its new validated state
+/// `gw` (`None`: gone); a Gateway that does not serve keeps its routes in `out.hidden` instead.
+/// With `keep_routes` the routes of the old entry (or hidden routes) move to the new one's
+/// listeners of the same name.
+fn set_entry(out: &mut Out<'_>, key: &ObjectKey, gw: Option<&GatewayState>, keep_routes: bool) {
+    let mut old = out.hidden.remove(key).unwrap_or_default();
     let snapshot = &mut *out.snapshot;
-    match (find_gateway(snapshot, key), new) {
-        (Ok(i), None) => {
-            snapshot.gateways.remove(i);
-        }
-        (Err(_), None) => return,
-        (Ok(i), Some(mut new)) => {
-            if keep_routes {
-                let old = &mut snapshot.gateways[i];
-                for l in &mut new.listeners {
-                    if let Some(o) = old.listeners.iter_mut().find(|o| o.name == l.name) {
-                        l.routes = std::mem::take(&mut o.routes);
-                    }
+    let at = find_gateway(snapshot, key);
+    if let Ok(i) = at {
+        let entry = snapshot.gateways.remove(i);
+        out.touched.gateway(&key.namespace, &key.name);
+        old = entry
+            .listeners
+            .into_iter()
+            .map(|l| (l.name, l.routes))
+            .collect();
+    }
+    if !keep_routes {
+        old.clear();
+    }
+    let Some(gw) = gw else { return };
+    match gateway::entry(gw) {
+        Some(mut new) => {
+            for l in &mut new.listeners {
+                if let Some(routes) = old.remove(&l.name) {
+                    l.routes = routes;
                 }
             }
-            snapshot.gateways[i] = new;
+            let i = at.unwrap_or_else(|i| i);
+            snapshot.gateways.insert(i, new);
+            out.touched.gateway(&key.namespace, &key.name);
         }
-        (Err(i), Some(new)) => snapshot.gateways.insert(i, new),
+        None => {
+            let listeners = gw
+                .listeners
+                .iter()
+                .filter(|l| l.served() && l.protocol.is_some())
+                .map(|l| {
+                    let name = gateway::snapshot_name(l, &gw.sets);
+                    let routes = old.remove(&name).unwrap_or_default();
+                    (name, routes)
+                })
+                .collect();
+            out.hidden.insert(key.clone(), listeners);
+        }
     }
-    out.touched.gateway(&key.namespace, &key.name);
 }
 
 /// The routes of listener `listener` of Gateway `gw` in a snapshot, if it is there; the
@@ -1498,7 +1611,10 @@ fn listener_routes<'s>(
     gw: &ObjectKey,
     listener: &str,
 ) -> Option<&'s mut Vec<Arc<model::Route>>> {
-    let i = find_gateway(out.snapshot, gw).ok()?;
+    let Ok(i) = find_gateway(out.snapshot, gw) else {
+        // No snapshot entry: the Gateway's hidden routes, if it has that listener.
+        return out.hidden.get_mut(gw)?.get_mut(listener);
+    };
     let routes = out.snapshot.gateways[i]
         .listeners
         .iter_mut()

@@ -322,6 +322,9 @@ pub(crate) fn translate_full(
         for gw in gateways.into_values() {
             let key = gw.key.clone();
             let set_updates = listener_set::statuses(&ctx, &gw);
+            if let Some(r) = &mut record {
+                r.record_hidden(&gw);
+            }
             let (served, update) = gateway::finish(&ctx, gw);
             if let Some(r) = &mut record {
                 r.record_gateway_status(&key, update.as_ref(), &set_updates);

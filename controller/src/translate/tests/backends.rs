@@ -525,7 +525,7 @@ fn indexed_endpoint_refresh_matches_a_full_translation() {
         )
     };
     let elsewhere = route_of(&snapshots, "elsewhere");
-    let refresh_indexed = |w: &World, snapshots: &mut BTreeMap<String, model::Snapshot>, c| {
+    let mut refresh_indexed = |w: &World, snapshots: &mut BTreeMap<String, model::Snapshot>, c| {
         let mut missing = MissingRemote::new();
         let changed = engine.refresh_endpoints(
             w,

@@ -18,7 +18,8 @@
 //! watches wake; Service cluster IPs come from an index of the allocated ones, not a scan of
 //! every Service.
 //!
-//! The history window is shared by the cluster (`history_window` events in all), but how far
+//! The history window is shared by the cluster (`history_window` events in all, and beyond that
+//! count every event younger than the retention age, up to a cap: [`State::set_retention`]), but how far
 //! back a watch may resume is tracked per kind, as a real API server's watch cache does per
 //! resource: trimming the window expires a kind's resumes only once one of *its* events falls
 //! out, so a quiet kind's watch is not sent 410 because other kinds were busy.

@@ -149,6 +149,11 @@ pub struct SandboxConfig {
     /// Events kept per cluster for watch resumption. A watch of a kind resuming from before
     /// that kind's oldest kept event gets 410 Expired (writes to other kinds do not expire it).
     pub history_window: usize,
+    /// Events younger than this are kept past `history_window` (up to [`HISTORY_CAP`] per
+    /// cluster), as a real API server keeps at least 75 s in its watch cache: a watch that falls
+    /// behind during a write burst resumes instead of re-listing. `Duration::ZERO`: the count
+    /// alone decides.
+    pub history_min_age: Duration,
     /// Interval of BOOKMARK events on watches that allow them; `None` disables them.
     pub bookmark_interval: Option<Duration>,
     /// RBAC for every request, not only for ServiceAccount tokens: requests without credentials
@@ -161,6 +166,10 @@ pub struct SandboxConfig {
     pub allowed_hosts: Vec<String>,
 }
 
+/// The most events a cluster keeps for watch resumption however young they are (a real API
+/// server's watch cache holds at most 100 × 1024 events per resource).
+pub const HISTORY_CAP: usize = 100 * 1024;
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
@@ -170,6 +179,7 @@ impl Default for SandboxConfig {
             state_dir: None,
             kubeconfig_path: None,
             history_window: 10_000,
+            history_min_age: Duration::from_secs(75),
             bookmark_interval: Some(Duration::from_secs(30)),
             enforce_rbac: false,
             allowed_hosts: Vec::new(),
@@ -410,13 +420,14 @@ impl Sandbox {
             .await
             .map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
-        let (state, loaded) = match &cfg.state_dir {
+        let (mut state, loaded) = match &cfg.state_dir {
             Some(dir) => persist::load(dir, name, opts.history_window)?,
             None => (
                 store::State::new(opts.history_window),
                 persist::Loaded::default(),
             ),
         };
+        state.set_retention(cfg.history_min_age, HISTORY_CAP);
         let cluster = Arc::new(Cluster::new(
             name.to_string(),
             addr,

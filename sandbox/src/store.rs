@@ -18,7 +18,8 @@
 //! watches wake; Service cluster IPs come from an index of the allocated ones, not a scan of
 //! every Service.
 //!
-//! The history window is shared by the cluster (`history_window` events in all), but how far
+//! The history window is shared by the cluster (`history_window` events in all, and beyond that
+//! count every event younger than the retention age, up to a cap: [`State::set_retention`]), but how far
 //! back a watch may resume is tracked per kind, as a real API server's watch cache does per
 //! resource: trimming the window expires a kind's resumes only once one of *its* events falls
 //! out, so a quiet kind's watch is not sent 410 because other kinds were busy.
@@ -34,6 +35,7 @@ use crate::util::{meta_mut, meta_str, name_of, namespace_of, now_rfc3339, random
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `(namespace, name)`; the namespace is "" for cluster-scoped objects.
 pub type ObjKey = (String, String);
@@ -66,6 +68,9 @@ pub struct Event {
     pub obj: Arc<Value>,
     /// The object before a MODIFIED change, so selector watches can turn it into ADDED/DELETED.
     pub prev: Option<Arc<Value>>,
+    /// When it was committed: the window keeps young events beyond its count (see
+    /// [`State::set_retention`]).
+    pub at: Instant,
 }
 
 /// Which part of an object a write may change.
@@ -112,6 +117,10 @@ pub struct State {
     /// The resourceVersion of the last event (of any kind) that fell out of the window.
     trimmed_through: u64,
     history_window: usize,
+    /// Events younger than this stay in the window past `history_window`, up to
+    /// `history_cap` events (see [`State::set_retention`]).
+    history_min_age: Duration,
+    history_cap: usize,
     /// Kinds written since the last [`State::take_touched`] (a handful per write).
     touched: Vec<String>,
     /// Committed events the log writer has not taken yet; `None` when not persisting.
@@ -473,6 +482,8 @@ impl State {
             compacted_through: 0,
             trimmed_through: 0,
             history_window: history_window.max(1),
+            history_min_age: Duration::ZERO,
+            history_cap: history_window.max(1),
             touched: Vec::new(),
             journal: None,
             cluster_ips: BTreeSet::new(),
@@ -628,6 +639,16 @@ impl State {
         Ok(h.events.range(start..).cloned().collect())
     }
 
+    /// Keeps events younger than `min_age` in the window even past its count, up to `cap`
+    /// events in all. A real API server sizes its watch cache this way (per resource: at least
+    /// the last 75 s of events, at most 100 × 1024), so a watch that falls a few seconds behind
+    /// during a write burst resumes instead of getting 410 and re-listing everything; a count
+    /// alone expires such a watch as soon as the burst outgrows it.
+    pub fn set_retention(&mut self, min_age: Duration, cap: usize) {
+        self.history_min_age = min_age;
+        self.history_cap = cap.max(self.history_window);
+    }
+
     /// Drops all history up to the current resourceVersion (used by tests to force 410s).
     pub fn compact(&mut self) {
         self.history.clear();
@@ -678,6 +699,7 @@ impl State {
             etype,
             obj,
             prev,
+            at: Instant::now(),
         });
         if let Some(j) = &mut self.journal {
             j.push(Arc::clone(&event));
@@ -692,6 +714,13 @@ impl State {
             .events
             .push_back(event);
         while self.history.len() > self.history_window {
+            let young = self
+                .history
+                .front()
+                .is_some_and(|e| e.at.elapsed() < self.history_min_age);
+            if young && self.history.len() <= self.history_cap {
+                break;
+            }
             let Some(old) = self.history.pop_front() else {
                 break;
             };
@@ -1538,6 +1567,35 @@ mod tests {
         }
         assert!(s.events_after(1).is_err());
         assert_eq!(s.events_after(s.rv - 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn young_events_outlast_the_count_up_to_the_cap() {
+        let mut s = State::new(3);
+        s.set_retention(Duration::from_secs(75), 6);
+        let (cmt, _) = types(&s);
+        let start = s.rv;
+        for i in 0..6 {
+            s.create(&cmt, Some("default"), cm(&format!("c{i}"), ""), false)
+                .unwrap();
+        }
+        // Past the count of 3 but all young: a watch from before the burst misses nothing.
+        assert_eq!(s.events_after(start).map(|e| e.len()), Ok(6));
+        assert_eq!(s.kind_events_after("configmaps", start).unwrap().len(), 6);
+        // The cap bounds the window however young its events are.
+        s.create(&cmt, Some("default"), cm("c6", ""), false)
+            .unwrap();
+        assert!(s.kind_events_after("configmaps", start).is_err());
+        assert_eq!(
+            s.kind_events_after("configmaps", start + 1).unwrap().len(),
+            6
+        );
+        // Without an age floor the count alone decides, as before.
+        s.set_retention(Duration::ZERO, 6);
+        s.create(&cmt, Some("default"), cm("c7", ""), false)
+            .unwrap();
+        assert_eq!(s.events_after(s.rv - 3).unwrap().len(), 3);
+        assert!(s.events_after(s.rv - 4).is_err());
     }
 
     #[test]

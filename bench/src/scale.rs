@@ -1347,22 +1347,12 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
         row(
             format!("translations `{mode}`: count, mean, p99 ≤ (ms)"),
             &|f| {
-                f.translations.iter().find(|t| &t.0 == mode).map_or(
-                    "–".into(),
-                    |(_, count, sum, p99)| {
-                        let p99 = p99.map_or("–".into(), |b| {
-                            if b.is_infinite() {
-                                "+Inf".into()
-                            } else {
-                                ms(b * 1000.0)
-                            }
-                        });
-                        format!(
-                            "{count}, {}, {p99}",
-                            ms(sum * 1000.0 / (*count).max(1) as f64)
-                        )
-                    },
-                )
+                f.translations
+                    .iter()
+                    .find(|t| &t.0 == mode)
+                    .map_or("–".into(), |(_, count, sum, p99)| {
+                        count_mean_p99(*count, *sum, *p99)
+                    })
             },
         );
     }
@@ -1372,17 +1362,7 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
             f.propagation
                 .as_ref()
                 .map_or("–".into(), |(_, count, sum, p99)| {
-                    let p99 = p99.map_or("–".into(), |b| {
-                        if b.is_infinite() {
-                            "+Inf".into()
-                        } else {
-                            ms(b * 1000.0)
-                        }
-                    });
-                    format!(
-                        "{count}, {}, {p99}",
-                        ms(sum * 1000.0 / (*count).max(1) as f64)
-                    )
+                    count_mean_p99(*count, *sum, *p99)
                 })
         },
     );
@@ -1421,6 +1401,18 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
         println!("| {label} | {} |", cells.join(" | "));
     }
     println!();
+}
+
+/// A histogram's row cell: count, mean and the p99 bucket bound, in ms (seconds in).
+fn count_mean_p99(count: u64, sum: f64, p99: Option<f64>) -> String {
+    let p99 = p99.map_or("–".into(), |b| {
+        if b.is_infinite() {
+            "+Inf".into()
+        } else {
+            ms(b * 1000.0)
+        }
+    });
+    format!("{count}, {}, {p99}", ms(sum * 1000.0 / count.max(1) as f64))
 }
 
 #[cfg(test)]

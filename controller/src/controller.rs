@@ -435,6 +435,9 @@ impl Controller {
     pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, StartError> {
         check_unique_names(cfg.clusters.iter().map(|c| c.name.as_str()))?;
         let metrics = Arc::new(Metrics::new().map_err(StartError::Metrics)?);
+        if let Some(r) = cfg.data_plane.metrics_registry() {
+            metrics.serve_also(r);
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let names: Vec<String> = cfg.clusters.iter().map(|c| c.name.clone()).collect();
         let (ready_tx, ready_rx) =

@@ -73,6 +73,11 @@ pub trait DataPlane: Send + Sync + 'static {
     /// A member cluster left: nothing more is published for it (its proxies keep serving
     /// what they have) and its address pool is released.
     fn cluster_removed(&self, _cluster: &str) {}
+    /// The data plane's own metrics, served on the controller's `/metrics` next to the
+    /// controller's (`None`: it has none).
+    fn metrics_registry(&self) -> Option<prometheus::Registry> {
+        None
+    }
 }
 
 /// A [`DataPlane`] without proxies: fixed addresses, instant "acknowledgement", and a record of

@@ -421,6 +421,10 @@ impl DataPlane for DistributedDataPlane {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(cluster);
     }
+
+    fn metrics_registry(&self) -> Option<prometheus::Registry> {
+        Some(self.server.registry().clone())
+    }
 }
 
 #[cfg(test)]
@@ -454,6 +458,30 @@ mod tests {
 
     fn gw(cluster: &str) -> ClusterGatewayRef {
         ClusterGatewayRef::new(cluster.to_string(), "infra".to_string(), "gw".to_string())
+    }
+
+    /// The distribution server's metrics (publish → acknowledged, stream messages) are served
+    /// on the controller's `/metrics`: the data plane hands its registry over.
+    #[tokio::test]
+    async fn the_controllers_metrics_include_the_distribution_servers() {
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), test_ca());
+        let server = Arc::new(DistributionServer::start(cfg).await.unwrap());
+        let dp = DistributedDataPlane::with_pools(server, AddressPools::default());
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        metrics.serve_also(
+            dp.metrics_registry()
+                .expect("the distributed data plane has metrics"),
+        );
+        dp.publish("east", Arc::new(Snapshot::empty(1)), None);
+        let text = metrics.encode();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("meridian_distribution_published_total{")
+                    && l.contains("cluster=\"east\"")),
+            "{text}"
+        );
+        // The controller's own families are still there.
+        assert!(text.contains("meridian_controller_"), "{text}");
     }
 
     /// A follower judges nothing (no proxies follow it); becoming the leader starts the

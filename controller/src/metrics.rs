@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,6 +36,9 @@ use tokio::sync::watch;
 /// The controller's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Registries of other parts of this process served on the same `/metrics` (the
+    /// distribution server's: publish → acknowledged, stream messages), gathered at encode time.
+    also: Mutex<Vec<Registry>>,
     /// Watch events applied to the index, by cluster and kind.
     pub watch_events: IntCounterVec,
     /// Watch stream errors (each followed by a backoff), by cluster and kind.
@@ -400,6 +403,7 @@ impl Metrics {
         let DrillFamily { drills, drains } = drill_family(&r)?;
         Ok(Self {
             registry: r,
+            also: Mutex::new(Vec::new()),
             watch_events,
             watch_errors,
             decode_errors,
@@ -512,11 +516,29 @@ impl Metrics {
         &self.registry
     }
 
-    /// The metrics in Prometheus text format.
+    /// Serves another registry's metrics on this `/metrics` too (its families must not share
+    /// names with ours; the distribution server's are all `meridian_distribution_*`).
+    pub fn serve_also(&self, registry: Registry) {
+        self.also
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(registry);
+    }
+
+    /// The metrics in Prometheus text format (ours, then those of [`Metrics::serve_also`]).
     pub fn encode(&self) -> String {
         self.refresh_contact_ages();
+        let mut families = self.registry.gather();
+        for r in self
+            .also
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            families.extend(r.gather());
+        }
         let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             return format!("# encoding metrics failed: {e}\n");
         }
         String::from_utf8_lossy(&buf).into_owned()

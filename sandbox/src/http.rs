@@ -105,7 +105,7 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
 /// version already (the usual case; no copy, no encoding), else a converted copy.
 fn object_response(code: u16, t: &Target, obj: Arc<Stored>) -> Response<Body> {
     if in_version(&obj, &t.rt, &t.version) {
-        let body = Full::new(obj.json().clone()).boxed_unsync();
+        let body = Full::new(obj.json()).boxed_unsync();
         return response(code, "application/json", body);
     }
     json_response(code, &to_version(Stored::unshare(obj), &t.rt, &t.version))
@@ -953,7 +953,7 @@ fn object_list(t: &Target, meta: &Value, items: &[Arc<Stored>]) -> Response<Body
             out.push(b',');
         }
         if versioned(o) {
-            out.extend_from_slice(o.json());
+            out.extend_from_slice(&o.json());
         } else {
             // Encoding a `Value` into a Vec cannot fail (its map keys are strings).
             let converted = to_version(o.value().clone(), &t.rt, &t.version);

@@ -206,7 +206,7 @@ pub fn encode_record(out: &mut Vec<u8>, event: &Event) {
     out.extend_from_slice(&[0; 8]);
     // Writing into a Vec cannot fail.
     let _ = write!(out, "{{\"rv\":{},\"op\":\"{op}\",\"object\":", event.rv);
-    out.extend_from_slice(object);
+    out.extend_from_slice(&object);
     out.push(b'}');
     let payload = &out[start + 8..];
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
@@ -226,7 +226,7 @@ pub fn encode_snapshot(rv: u64, objects: &[Arc<Stored>]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(o.json());
+        out.extend_from_slice(&o.json());
     }
     out.extend_from_slice(b"]}");
     out
@@ -703,6 +703,56 @@ mod tests {
         let w = json!({"apiVersion": "example.com/v1", "kind": "Widget",
                        "metadata": {"name": format!("{tag}-w")}, "spec": {"size": 3}});
         s.create(&widgets, Some("default"), w, false).unwrap();
+    }
+
+    #[test]
+    fn records_and_snapshots_are_the_bytes_serde_writes_for_them() {
+        let mut s = State::new(100);
+        s.enable_journal();
+        some_writes(&mut s, "x");
+        let events = s.take_journal();
+        assert!(events.iter().any(|e| e.etype == EventType::Deleted));
+        for e in &events {
+            let mut framed = Vec::new();
+            encode_record(&mut framed, e);
+            let op = if e.etype == EventType::Deleted {
+                "delete"
+            } else {
+                "put"
+            };
+            let want = serde_json::to_vec(&RecordOut {
+                rv: e.rv,
+                op,
+                object: e.obj.value(),
+            })
+            .unwrap();
+            assert!(
+                framed[8..] == want[..],
+                "{}",
+                String::from_utf8_lossy(&framed)
+            );
+            assert_eq!(framed[..4], (want.len() as u32).to_le_bytes());
+            assert_eq!(framed[4..8], crc32fast::hash(&want).to_le_bytes());
+        }
+        // The snapshot as the struct the log writer serialised before (field order included).
+        #[derive(Serialize)]
+        struct SnapshotOut<'a> {
+            #[serde(rename = "resourceVersion")]
+            resource_version: String,
+            objects: Vec<&'a Value>,
+        }
+        let (rv, objects) = s.snapshot_objects();
+        let want = serde_json::to_string(&SnapshotOut {
+            resource_version: rv.to_string(),
+            objects: objects.iter().map(|o| o.value()).collect(),
+        })
+        .unwrap();
+        let got = String::from_utf8(encode_snapshot(rv, &objects)).unwrap();
+        assert!(got == want, "{got}\n!=\n{want}");
+        assert_eq!(
+            String::from_utf8(encode_snapshot(7, &[])).unwrap(),
+            r#"{"resourceVersion":"7","objects":[]}"#
+        );
     }
 
     /// Writes through a [`Log`] as the background task does: the journal after every write.

@@ -37,7 +37,7 @@ use crate::util::{meta_mut, meta_str, name_of, namespace_of, now_rfc3339, random
 use bytes::Bytes;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// `(namespace, name)`; the namespace is "" for cluster-scoped objects.
@@ -70,18 +70,32 @@ impl EventType {
 /// from it is byte-for-byte what encoding the `Value` in place gave.
 ///
 /// A version is immutable once shared; the only way to change the object ([`Stored::value_mut`])
-/// needs it exclusively and drops the encoding.
-#[derive(Debug, Clone)]
+/// needs it exclusively and drops the encoding. A version that stops being the live one drops
+/// its encoding too ([`Stored::forget_json`]): the watch history keeps it (as the object of its
+/// own event and as the `prev` of the next) for watchers that fall behind, which seldom need its
+/// bytes again, so a write burst does not hold two copies (object and bytes) of every version
+/// it replaced.
+#[derive(Debug)]
 pub struct Stored {
     value: Value,
-    json: OnceLock<Bytes>,
+    /// Made on first use, under this lock so that concurrent readers encode once.
+    json: Mutex<Option<Bytes>>,
+}
+
+impl Clone for Stored {
+    fn clone(&self) -> Stored {
+        Stored {
+            value: self.value.clone(),
+            json: Mutex::new(self.cached()),
+        }
+    }
 }
 
 impl Stored {
     pub fn new(value: Value) -> Stored {
         Stored {
             value,
-            json: OnceLock::new(),
+            json: Mutex::new(None),
         }
     }
 
@@ -89,17 +103,36 @@ impl Stored {
         &self.value
     }
 
-    /// The object encoded as compact JSON, made on the first call.
-    pub fn json(&self) -> &Bytes {
+    fn slot(&self) -> MutexGuard<'_, Option<Bytes>> {
+        self.json.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self) -> Option<Bytes> {
+        self.slot().clone()
+    }
+
+    /// The object encoded as compact JSON (shared bytes), made on the first call.
+    pub fn json(&self) -> Bytes {
         // `Value`'s Display is serde_json's compact encoder (it cannot fail: map keys are
         // strings).
-        self.json
-            .get_or_init(|| Bytes::from(self.value.to_string().into_bytes()))
+        self.slot()
+            .get_or_insert_with(|| Bytes::from(self.value.to_string().into_bytes()))
+            .clone()
+    }
+
+    /// Drops the encoding (made again if asked for): the version was replaced.
+    pub fn forget_json(&self) {
+        self.slot().take();
+    }
+
+    /// Whether the encoding is held now.
+    pub fn has_json(&self) -> bool {
+        self.slot().is_some()
     }
 
     /// The object to change; the encoding (now stale) is dropped.
     pub fn value_mut(&mut self) -> &mut Value {
-        self.json = OnceLock::new();
+        *self.json.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         &mut self.value
     }
 
@@ -439,15 +472,31 @@ fn name_from_url(new: &mut Value, name: &str) -> Result<(), ApiError> {
 fn update_candidate(rt: &ResourceType, old: &Value, mut new: Value, mode: WriteMode) -> Value {
     let mut cand = match mode {
         WriteMode::Status => {
-            let mut c = old.clone();
-            if let Value::Object(m) = &mut c {
-                match new.get("status") {
-                    Some(s) => m.insert("status".into(), s.clone()),
-                    None => m.remove("status"),
-                };
+            // The live object without its status (not copied only to be replaced), then the
+            // body's status and managedFields, moved out of the body.
+            let mut c = match old {
+                Value::Object(m) => Value::Object(
+                    m.iter()
+                        .filter(|(k, _)| *k != "status")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            let (status, mf) = match &mut new {
+                Value::Object(m) => (
+                    m.remove("status"),
+                    m.get_mut("metadata")
+                        .and_then(Value::as_object_mut)
+                        .and_then(|meta| meta.remove("managedFields")),
+                ),
+                _ => (None, None),
+            };
+            if let (Value::Object(m), Some(s)) = (&mut c, status) {
+                m.insert("status".into(), s);
             }
-            if let Some(mf) = new.get("metadata").and_then(|m| m.get("managedFields")) {
-                meta_mut(&mut c).insert("managedFields".into(), mf.clone());
+            if let Some(mf) = mf {
+                meta_mut(&mut c).insert("managedFields".into(), mf);
             }
             c
         }
@@ -472,7 +521,11 @@ fn update_candidate(rt: &ResourceType, old: &Value, mut new: Value, mode: WriteM
 /// Metadata clients cannot change on update comes from the live object (managedFields too, when
 /// the write sent none).
 fn keep_server_metadata(old: &Value, cand: &mut Value) {
-    let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let none = serde_json::Map::new();
+    let old_meta = old
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&none);
     let meta = meta_mut(cand);
     for k in [
         "uid",
@@ -483,6 +536,8 @@ fn keep_server_metadata(old: &Value, cand: &mut Value) {
         "resourceVersion",
     ] {
         match old_meta.get(k) {
+            // A status write's metadata is the live one already: nothing to copy.
+            Some(v) if meta.get(k) == Some(v) => None,
             Some(v) => meta.insert(k.into(), v.clone()),
             None => meta.remove(k),
         };
@@ -822,6 +877,9 @@ impl State {
         if is_service(rt) {
             self.index_cluster_ip(old.as_deref().map(Stored::value), Some(&obj));
         }
+        if let Some(old) = old {
+            old.forget_json();
+        }
         obj
     }
 
@@ -834,6 +892,9 @@ impl State {
         }
         if is_service(rt) {
             self.index_cluster_ip(v.as_deref().map(Stored::value), None);
+        }
+        if let Some(v) = &v {
+            v.forget_json();
         }
         v
     }
@@ -1527,6 +1588,76 @@ mod tests {
             s.registry.by_key("configmaps").unwrap(),
             s.registry.by_key("namespaces").unwrap(),
         )
+    }
+
+    #[test]
+    fn a_version_is_encoded_once_and_a_replaced_one_drops_its_bytes() {
+        let mut s = State::new(100);
+        let (cmt, _) = types(&s);
+        let live = s
+            .create_shared(&cmt, Some("default"), cm("a", ""), false)
+            .unwrap();
+        assert!(!live.has_json());
+        let bytes = live.json();
+        // What serde_json writes for the object, and the same shared bytes every time.
+        assert_eq!(bytes, serde_json::to_vec(live.value()).unwrap());
+        assert_eq!(live.json().as_ptr(), bytes.as_ptr());
+        let mut changed = live.value().clone();
+        changed["data"]["a"] = json!("2");
+        let new = s
+            .update_shared(&cmt, Some("default"), "a", changed, WriteMode::Main, false)
+            .unwrap();
+        // The replaced version keeps its object (for the history) but not its bytes; asked
+        // again, it encodes the same bytes.
+        assert!(!live.has_json());
+        assert_eq!(live.json(), bytes);
+        let v: Value = serde_json::from_slice(&new.json()).unwrap();
+        assert_eq!(&v, new.value());
+        assert_eq!(v["data"]["a"], "2");
+        // A no-op write answers with the live version itself.
+        let same = s
+            .update_shared(
+                &cmt,
+                Some("default"),
+                "a",
+                new.value().clone(),
+                WriteMode::Main,
+                false,
+            )
+            .unwrap();
+        assert!(Arc::ptr_eq(&same, &new));
+        // Changing an object drops its (stale) encoding.
+        let mut copy = (*new).clone();
+        copy.value_mut()["data"]["a"] = json!("3");
+        let v: Value = serde_json::from_slice(&copy.json()).unwrap();
+        assert_eq!(v["data"]["a"], "3");
+    }
+
+    #[test]
+    fn a_status_write_keeps_everything_else_of_the_live_object() {
+        let mut s = State::new(100);
+        let nst = s.registry.by_key("namespaces").unwrap();
+        let live = s.get(&nst, "", "default").unwrap().clone();
+        let body = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "default", "labels": {"ignored": "yes"}, "managedFields": [{"manager": "m"}]},
+            "spec": {"finalizers": ["ignored"]},
+            "status": {"phase": "Active", "extra": "x"}});
+        let out = s
+            .update(&nst, None, "default", body, WriteMode::Status, false)
+            .unwrap();
+        assert_eq!(out["status"], json!({"phase": "Active", "extra": "x"}));
+        assert_eq!(out["metadata"]["labels"], live["metadata"]["labels"]);
+        assert_eq!(out["metadata"]["uid"], live["metadata"]["uid"]);
+        assert_eq!(out["metadata"]["managedFields"], json!([{"manager": "m"}]));
+        assert_eq!(out.get("spec"), live.get("spec"));
+        assert_ne!(rv_of(&out), rv_of(&live));
+        // A status write without status removes it.
+        let body =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        let out = s
+            .update(&nst, None, "default", body, WriteMode::Status, false)
+            .unwrap();
+        assert!(out.get("status").is_none_or(|st| st.get("extra").is_none()));
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl Watcher {
             line.extend_from_slice(b"{\"type\":\"");
             line.extend_from_slice(etype.as_bytes());
             line.extend_from_slice(b"\",\"object\":");
-            line.extend_from_slice(json);
+            line.extend_from_slice(&json);
             line.extend_from_slice(b"}\n");
             self.pending.push_back(Bytes::from(line));
             return;

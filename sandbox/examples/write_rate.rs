@@ -8,9 +8,17 @@
 //! how far it got), the cumulative time at each `--mark`, then how long the shutdown flush took.
 //! Every answer must be 201; anything else stops the run with an error.
 //!
+//! With `--cold-start`, the creates are followed by what a controller's cold start asks of the
+//! local API (issue #20): a watch of HTTPRoutes from the current resourceVersion, `--lists` full
+//! lists of them, then one status PUT per HTTPRoute (the same writers), until the watch has seen
+//! every MODIFIED event. Each phase prints its wall time and the CPU time the process used (the
+//! client's share is small: its bodies are encoded before the clock starts), and the end prints
+//! the resident memory.
+//!
 //! How to run (release build; it is a measurement):
 //!   cargo run --release -p meridian-sandbox --example write_rate -- --objects 30000 --writers 8
 //!   cargo run --release -p meridian-sandbox --example write_rate -- --objects 30000 --persist
+//!   cargo run --release -p meridian-sandbox --example write_rate -- --objects 30000 --persist --cold-start
 //!
 //! Figures are only comparable on the same machine under the same load.
 
@@ -44,6 +52,12 @@ struct Cli {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// After the creates: a watch, `--lists` lists and a status PUT per HTTPRoute.
+    #[arg(long)]
+    cold_start: bool,
+    /// Full lists of the HTTPRoutes in the cold-start phase.
+    #[arg(long, default_value_t = 3)]
+    lists: usize,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -66,10 +80,21 @@ impl Conn {
         })
     }
 
-    /// Sends one request and returns the status code (the answer body is read and dropped).
+    /// Sends one POST and returns the status code (the answer body is read and dropped).
     async fn post(&mut self, path: &str, content_type: &str, body: &[u8]) -> Result<u16, Error> {
+        self.send("POST", path, content_type, body).await
+    }
+
+    /// Sends one request and returns the status code (the answer body is in `self.body`).
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<u16, Error> {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         let s = self.io.get_mut();
@@ -104,7 +129,7 @@ impl Conn {
         self.io.read_exact(&mut self.body).await?;
         if status >= 300 {
             return Err(format!(
-                "POST {path}: {status} {}",
+                "{method} {path}: {status} {}",
                 String::from_utf8_lossy(&self.body)
             )
             .into());
@@ -261,6 +286,9 @@ async fn main() -> Result<(), Error> {
         elapsed.as_secs_f64(),
         cli.objects as f64 / elapsed.as_secs_f64()
     );
+    if cli.cold_start {
+        cold_start(addr, &cli).await?;
+    }
     let flush = Instant::now();
     sb.shutdown().await;
     println!(
@@ -275,5 +303,146 @@ async fn main() -> Result<(), Error> {
         println!("  state dir: {} bytes", size);
         std::fs::remove_dir_all(&dir)?;
     }
+    Ok(())
+}
+
+const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes";
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Clock ticks are 100 per second on Linux.
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
+/// A line of `/proc/self/status` (`VmRSS`, `VmHWM`), as printed there.
+fn proc_status(key: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// Prints a phase's wall and CPU time.
+fn phase(name: &str, wall: Instant, cpu: f64) {
+    println!(
+        "  {name}: {:.2} s wall, {:.2} s CPU",
+        wall.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu
+    );
+}
+
+/// The status a controller writes for route `n`.
+fn route_status(n: usize) -> Value {
+    let cond = |t: &str| {
+        json!({"type": t, "status": "True", "reason": t, "message": format!("route-{n} {t}"),
+               "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"})
+    };
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": format!("route-{n}"), "namespace": "default"},
+           "status": {"parents": [{"parentRef": {"group": "gateway.networking.k8s.io",
+                                                  "kind": "Gateway", "name": "gw"},
+                                   "controllerName": "example.com/meridian",
+                                   "conditions": [cond("Accepted"), cond("ResolvedRefs")]}]}})
+}
+
+/// The cold-start phases (see the module docs): watch, lists, one status PUT per HTTPRoute.
+async fn cold_start(addr: SocketAddr, cli: &Cli) -> Result<(), Error> {
+    let routes = cli.objects / 3;
+    let mut conn = Conn::open(addr).await?;
+    conn.send("GET", &format!("{ROUTES}?limit=1"), "application/json", b"")
+        .await?;
+    let listed: Value = serde_json::from_slice(&conn.body)?;
+    let rv = listed["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+
+    // The watch: counts MODIFIED lines until every route's status arrived.
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!(
+                "GET {ROUTES}?watch=1&resourceVersion={rv} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let watcher = tokio::spawn(async move {
+        let mut r = BufReader::new(stream);
+        let (mut line, mut seen, mut bytes) = (String::new(), 0usize, 0usize);
+        while seen < routes {
+            line.clear();
+            if r.read_line(&mut line).await? == 0 {
+                return Err::<(usize, usize), Error>("watch closed early".into());
+            }
+            bytes += line.len();
+            if line.contains("\"type\":\"MODIFIED\"") {
+                seen += 1;
+            }
+        }
+        Ok((seen, bytes))
+    });
+
+    println!("cold start: {routes} HTTPRoutes");
+    let (wall, cpu) = (Instant::now(), cpu_seconds());
+    let mut list_bytes = 0;
+    for _ in 0..cli.lists {
+        conn.send("GET", ROUTES, "application/json", b"").await?;
+        list_bytes = conn.body.len();
+    }
+    phase(
+        &format!("{} lists of {routes} ({list_bytes} bytes each)", cli.lists),
+        wall,
+        cpu,
+    );
+
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..routes)
+            .map(|n| serde_json::to_vec(&route_status(n)))
+            .collect::<Result<_, _>>()?,
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let (wall, cpu) = (Instant::now(), cpu_seconds());
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..cli.writers.max(1) {
+        let (next, bodies) = (next.clone(), bodies.clone());
+        writers.spawn(async move {
+            let mut conn = Conn::open(addr).await?;
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(n) else {
+                    return Ok::<(), Error>(());
+                };
+                let path = format!("{ROUTES}/route-{n}/status");
+                conn.send("PUT", &path, "application/json", body).await?;
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r??;
+    }
+    phase(&format!("{routes} status PUTs"), wall, cpu);
+    let (seen, bytes) = watcher.await??;
+    phase(
+        &format!("  ... and the watch saw all {seen} ({bytes} bytes)"),
+        wall,
+        cpu,
+    );
+    println!(
+        "  memory: VmRSS {}, VmHWM {}",
+        proc_status("VmRSS"),
+        proc_status("VmHWM")
+    );
     Ok(())
 }

@@ -38,7 +38,7 @@ use crate::rbac::{self, RequestAttributes, ResourceAttributes};
 use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::{Body, Cluster};
-use crate::store::{DeleteOutcome, ObjKey, WriteMode, to_version};
+use crate::store::{DeleteOutcome, ObjKey, Stored, WriteMode, in_version, to_version};
 use crate::table::{self, Format};
 use crate::watch::{WatchRequest, WatchStart, watch_body};
 use bytes::Bytes;
@@ -99,6 +99,16 @@ fn response(code: u16, content_type: &str, body: Body) -> Response<Body> {
 
 fn json_response(code: u16, v: &Value) -> Response<Body> {
     response(code, "application/json", full(v.to_string().into_bytes()))
+}
+
+/// A stored object in the version `t` asks for: its stored encoding as it is when it is in that
+/// version already (the usual case; no copy, no encoding), else a converted copy.
+fn object_response(code: u16, t: &Target, obj: Arc<Stored>) -> Response<Body> {
+    if in_version(&obj, &t.rt, &t.version) {
+        let body = Full::new(obj.json()).boxed_unsync();
+        return response(code, "application/json", body);
+    }
+    json_response(code, &to_version(Stored::unshare(obj), &t.rt, &t.version))
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
@@ -366,9 +376,11 @@ async fn resource(
             let obj = read_object(&parts, body).await?;
             let fv = field_validation(&q)?;
             let created = cluster.write(|s| {
-                s.with_field_validation(fv, |s| s.create(&t.rt, t.ns.as_deref(), obj, dry_run))
+                s.with_field_validation(fv, |s| {
+                    s.create_shared(&t.rt, t.ns.as_deref(), obj, dry_run)
+                })
             })?;
-            Ok(json_response(201, &to_version(created, &t.rt, &t.version)))
+            Ok(object_response(201, &t, created))
         }
         (&Method::PUT, Some(name)) => {
             let obj = read_object(&parts, body).await?;
@@ -380,10 +392,10 @@ async fn resource(
             let fv = field_validation(&q)?;
             let updated = cluster.write(|s| {
                 s.with_field_validation(fv, |s| {
-                    s.update(&t.rt, t.ns.as_deref(), name, obj, mode, dry_run)
+                    s.update_shared(&t.rt, t.ns.as_deref(), name, obj, mode, dry_run)
                 })
             })?;
-            Ok(json_response(200, &to_version(updated, &t.rt, &t.version)))
+            Ok(object_response(200, &t, updated))
         }
         (&Method::PATCH, Some(name)) => {
             let kind = PatchKind::from_content_type(header(&parts, CONTENT_TYPE))?;
@@ -777,10 +789,12 @@ fn get(
 ) -> Result<Response<Body>, ApiError> {
     let obj = cluster
         .lock()
-        .get(&t.rt, t.ns.as_deref().unwrap_or(""), name)
-        .cloned()
+        .get_shared(&t.rt, t.ns.as_deref().unwrap_or(""), name)
         .ok_or_else(|| ApiError::not_found(&t.rt.group, &t.rt.plural, name))?;
-    let obj = to_version(obj, &t.rt, &t.version);
+    if format == Format::Object {
+        return Ok(object_response(200, t, obj));
+    }
+    let obj = to_version(Stored::unshare(obj), &t.rt, &t.version);
     Ok(match format {
         Format::Metadata => json_response(200, &table::partial_metadata(&obj)),
         Format::Table(include) => {
@@ -882,7 +896,7 @@ fn list(
     }
     let items: Vec<Value> = items
         .into_iter()
-        .map(|o| to_version(Value::clone(&o), &t.rt, &t.version))
+        .map(|o| to_version(o.value().clone(), &t.rt, &t.version))
         .collect();
     Ok(match format {
         Format::Table(include) => {
@@ -909,16 +923,28 @@ fn list(
     })
 }
 
-/// A `<Kind>List` of `items`, encoded straight from the stored objects: one already in the
-/// asked version (the usual case) is written as it is, without the copy converting it takes.
-fn object_list(t: &Target, meta: &Value, items: &[Arc<Value>]) -> Response<Body> {
+/// A `<Kind>List` of `items`, built from the stored objects' encodings: one already in the
+/// asked version (the usual case) is copied in as it is, without encoding it again or the copy
+/// converting it takes.
+fn object_list(t: &Target, meta: &Value, items: &[Arc<Stored>]) -> Response<Body> {
     let api_version = t.rt.api_version(&t.version);
     let head = json!({
         "kind": t.rt.list_kind,
         "apiVersion": api_version,
         "metadata": meta,
     });
+    let versioned = |o: &Value| {
+        o.get("kind").and_then(Value::as_str) == Some(t.rt.kind.as_str())
+            && o.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str())
+    };
     let mut out = head.to_string().into_bytes();
+    // One allocation for the whole body (the encodings are made here if nothing made them yet).
+    let sizes: usize = items
+        .iter()
+        .filter(|o| versioned(o))
+        .map(|o| o.json().len() + 1)
+        .sum();
+    out.reserve(sizes + 16);
     // `{...}` of the head without its closing brace, then the items.
     out.pop();
     out.extend_from_slice(b",\"items\":[");
@@ -926,14 +952,13 @@ fn object_list(t: &Target, meta: &Value, items: &[Arc<Value>]) -> Response<Body>
         if i > 0 {
             out.push(b',');
         }
-        let versioned = o.get("kind").and_then(Value::as_str) == Some(t.rt.kind.as_str())
-            && o.get("apiVersion").and_then(Value::as_str) == Some(api_version.as_str());
-        // Encoding a `Value` into a Vec cannot fail (its map keys are strings).
-        let _ = if versioned {
-            serde_json::to_writer(&mut out, &**o)
+        if versioned(o) {
+            out.extend_from_slice(&o.json());
         } else {
-            serde_json::to_writer(&mut out, &to_version(Value::clone(o), &t.rt, &t.version))
-        };
+            // Encoding a `Value` into a Vec cannot fail (its map keys are strings).
+            let converted = to_version(o.value().clone(), &t.rt, &t.version);
+            let _ = serde_json::to_writer(&mut out, &converted);
+        }
     }
     out.extend_from_slice(b"]}");
     response(200, "application/json", full(out))

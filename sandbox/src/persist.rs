@@ -58,8 +58,10 @@
 
 use crate::SandboxError;
 use crate::server::Cluster;
-use crate::store::{Event, EventType, ReplayOp, State};
-use serde::{Deserialize, Serialize};
+use crate::store::{Event, EventType, ReplayOp, State, Stored};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 use serde_json::Value;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -172,7 +174,9 @@ pub fn log_file(dir: &Path, cluster: &str) -> PathBuf {
     dir.join(format!("{cluster}.log"))
 }
 
-/// One log record as written (borrowing the event's object).
+/// One log record as it is written, for the tests' reference encoding ([`encode_record`]
+/// writes the same bytes around the object's stored encoding).
+#[cfg(test)]
 #[derive(Serialize)]
 struct RecordOut<'a> {
     rv: u64,
@@ -188,31 +192,44 @@ struct RecordIn {
     object: Value,
 }
 
-/// Appends one framed record for `event` to `out`.
+/// Appends one framed record for `event` to `out`. The payload is
+/// `{"rv":N,"op":"put"|"delete","object":` + the object's stored encoding + `}`: the bytes
+/// serde writes for the record, without encoding the object again.
 pub fn encode_record(out: &mut Vec<u8>, event: &Event) {
     let op = match event.etype {
         EventType::Added | EventType::Modified => "put",
         EventType::Deleted => "delete",
     };
-    let record = RecordOut {
-        rv: event.rv,
-        op,
-        object: &event.obj,
-    };
+    let object = event.obj.json();
     let start = out.len();
+    out.reserve(8 + 48 + object.len());
     out.extend_from_slice(&[0; 8]);
-    // Encoding a `Value` into memory cannot fail; if it ever did, the record is left out
-    // rather than written half.
-    if let Err(e) = serde_json::to_writer(&mut *out, &record) {
-        tracing::warn!(rv = event.rv, error = %e, "could not encode a log record");
-        out.truncate(start);
-        return;
-    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{{\"rv\":{},\"op\":\"{op}\",\"object\":", event.rv);
+    out.extend_from_slice(&object);
+    out.push(b'}');
     let payload = &out[start + 8..];
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let crc = crc32fast::hash(payload);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A snapshot file's bytes: `{"resourceVersion":"N","objects":[...]}` with each object's
+/// stored encoding (what [`State::snapshot`] holds, without encoding the objects again).
+pub fn encode_snapshot(rv: u64, objects: &[Arc<Stored>]) -> Vec<u8> {
+    let size: usize = objects.iter().map(|o| o.json().len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 48);
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{{\"resourceVersion\":\"{rv}\",\"objects\":[");
+    for (i, o) in objects.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&o.json());
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// What [`decode_log`] found.
@@ -506,29 +523,13 @@ impl Log {
     pub fn compact(
         &mut self,
         rv: u64,
-        objects: &[Arc<Value>],
+        objects: &[Arc<Stored>],
         pending: &[Arc<Event>],
     ) -> Result<(), SandboxError> {
         let started = Instant::now();
-        #[derive(Serialize)]
-        struct SnapshotOut<'a> {
-            #[serde(rename = "resourceVersion")]
-            resource_version: String,
-            objects: Vec<&'a Value>,
-        }
-        let snap = SnapshotOut {
-            resource_version: rv.to_string(),
-            objects: objects.iter().map(|o| &**o).collect(),
-        };
-        let written = serde_json::to_vec(&snap)
-            .map_err(|source| SandboxError::StateEncode {
-                cluster: self.cluster.clone(),
-                source,
-            })
-            .and_then(|bytes| {
-                write_private_with(&state_file(&self.dir, &self.cluster), &bytes, true)
-                    .map(|()| bytes.len() as u64)
-            });
+        let bytes = encode_snapshot(rv, objects);
+        let written = write_private_with(&state_file(&self.dir, &self.cluster), &bytes, true)
+            .map(|()| bytes.len() as u64);
         let bytes = match written {
             Ok(b) => b,
             Err(e) => {
@@ -702,6 +703,56 @@ mod tests {
         let w = json!({"apiVersion": "example.com/v1", "kind": "Widget",
                        "metadata": {"name": format!("{tag}-w")}, "spec": {"size": 3}});
         s.create(&widgets, Some("default"), w, false).unwrap();
+    }
+
+    #[test]
+    fn records_and_snapshots_are_the_bytes_serde_writes_for_them() {
+        let mut s = State::new(100);
+        s.enable_journal();
+        some_writes(&mut s, "x");
+        let events = s.take_journal();
+        assert!(events.iter().any(|e| e.etype == EventType::Deleted));
+        for e in &events {
+            let mut framed = Vec::new();
+            encode_record(&mut framed, e);
+            let op = if e.etype == EventType::Deleted {
+                "delete"
+            } else {
+                "put"
+            };
+            let want = serde_json::to_vec(&RecordOut {
+                rv: e.rv,
+                op,
+                object: e.obj.value(),
+            })
+            .unwrap();
+            assert!(
+                framed[8..] == want[..],
+                "{}",
+                String::from_utf8_lossy(&framed)
+            );
+            assert_eq!(framed[..4], (want.len() as u32).to_le_bytes());
+            assert_eq!(framed[4..8], crc32fast::hash(&want).to_le_bytes());
+        }
+        // The snapshot as the struct the log writer serialised before (field order included).
+        #[derive(Serialize)]
+        struct SnapshotOut<'a> {
+            #[serde(rename = "resourceVersion")]
+            resource_version: String,
+            objects: Vec<&'a Value>,
+        }
+        let (rv, objects) = s.snapshot_objects();
+        let want = serde_json::to_string(&SnapshotOut {
+            resource_version: rv.to_string(),
+            objects: objects.iter().map(|o| o.value()).collect(),
+        })
+        .unwrap();
+        let got = String::from_utf8(encode_snapshot(rv, &objects)).unwrap();
+        assert!(got == want, "{got}\n!=\n{want}");
+        assert_eq!(
+            String::from_utf8(encode_snapshot(7, &[])).unwrap(),
+            r#"{"resourceVersion":"7","objects":[]}"#
+        );
     }
 
     /// Writes through a [`Log`] as the background task does: the journal after every write.

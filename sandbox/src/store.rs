@@ -10,10 +10,12 @@
 //!    persists, to the journal the log writer drains (see `persist`).
 //!
 //! Cost per write does not grow with the store (issue #20): objects are kept per kind, each
-//! kind in a `BTreeMap` by `(namespace, name)`, as `Arc<Value>` shared with the history events
+//! kind in a `BTreeMap` by `(namespace, name)`, as `Arc<Stored>` shared with the history events
 //! (a write clones its object once, a snapshot for persistence clones pointers, not objects);
 //! a list or watch of one kind reads only that kind's map, and of one namespace only that
-//! namespace's key range; the history is indexed by kind, so a watch collects only its kind's
+//! namespace's key range; each stored object version is encoded to JSON at most once
+//! ([`Stored::json`]), and lists, responses, watch events and log records copy those bytes
+//! instead of serialising the object again; the history is indexed by kind, so a watch collects only its kind's
 //! events, and the kinds a write touched are reported ([`State::take_touched`]) so only their
 //! watches wake; Service cluster IPs come from an index of the allocated ones, not a scan of
 //! every Service.
@@ -32,9 +34,10 @@
 use crate::error::ApiError;
 use crate::registry::{Registry, ResourceType, crd_to_type};
 use crate::util::{meta_mut, meta_str, name_of, namespace_of, now_rfc3339, random_suffix};
+use bytes::Bytes;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// `(namespace, name)`; the namespace is "" for cluster-scoped objects.
@@ -57,6 +60,106 @@ impl EventType {
     }
 }
 
+/// One stored object version: the object, and its JSON encoding once something needed it.
+///
+/// Why: the same version is sent many times (every list, the write's response, one watch event
+/// per watcher, the persistence log, snapshots), and serialising a `Value` was a fifth of the
+/// local API's CPU in a cold start (issue #20). The encoding is made on first use, off the
+/// cluster lock (whoever reads the version first pays, once), and shared: every later reader
+/// copies bytes. It is exactly what `serde_json` writes for the `Value`, so any output built
+/// from it is byte-for-byte what encoding the `Value` in place gave.
+///
+/// A version is immutable once shared; the only way to change the object ([`Stored::value_mut`])
+/// needs it exclusively and drops the encoding. A version that stops being the live one drops
+/// its encoding too ([`Stored::forget_json`]): the watch history keeps it (as the object of its
+/// own event and as the `prev` of the next) for watchers that fall behind, which seldom need its
+/// bytes again, so a write burst does not hold two copies (object and bytes) of every version
+/// it replaced.
+#[derive(Debug)]
+pub struct Stored {
+    value: Value,
+    /// Made on first use, under this lock so that concurrent readers encode once.
+    json: Mutex<Option<Bytes>>,
+}
+
+impl Clone for Stored {
+    fn clone(&self) -> Stored {
+        Stored {
+            value: self.value.clone(),
+            json: Mutex::new(self.cached()),
+        }
+    }
+}
+
+impl Stored {
+    pub fn new(value: Value) -> Stored {
+        Stored {
+            value,
+            json: Mutex::new(None),
+        }
+    }
+
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Bytes>> {
+        self.json.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self) -> Option<Bytes> {
+        self.slot().clone()
+    }
+
+    /// The object encoded as compact JSON (shared bytes), made on the first call.
+    pub fn json(&self) -> Bytes {
+        // `Value`'s Display is serde_json's compact encoder (it cannot fail: map keys are
+        // strings).
+        self.slot()
+            .get_or_insert_with(|| Bytes::from(self.value.to_string().into_bytes()))
+            .clone()
+    }
+
+    /// Drops the encoding (made again if asked for): the version was replaced.
+    pub fn forget_json(&self) {
+        self.slot().take();
+    }
+
+    /// Whether the encoding is held now.
+    pub fn has_json(&self) -> bool {
+        self.slot().is_some()
+    }
+
+    /// The object to change; the encoding (now stale) is dropped.
+    pub fn value_mut(&mut self) -> &mut Value {
+        *self.json.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        &mut self.value
+    }
+
+    pub fn into_value(self) -> Value {
+        self.value
+    }
+
+    /// The object of a shared version: moved out if this was the last pointer, else copied.
+    pub fn unshare(this: Arc<Stored>) -> Value {
+        Arc::unwrap_or_clone(this).value
+    }
+}
+
+impl std::ops::Deref for Stored {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl PartialEq for Stored {
+    fn eq(&self, other: &Stored) -> bool {
+        self.value == other.value
+    }
+}
+
 /// One change, as kept in the history window (and handed to the log writer).
 #[derive(Debug, PartialEq)]
 pub struct Event {
@@ -65,9 +168,9 @@ pub struct Event {
     pub res: String,
     pub etype: EventType,
     /// The object after the change (for DELETED: the last state, with the deletion's RV).
-    pub obj: Arc<Value>,
+    pub obj: Arc<Stored>,
     /// The object before a MODIFIED change, so selector watches can turn it into ADDED/DELETED.
-    pub prev: Option<Arc<Value>>,
+    pub prev: Option<Arc<Stored>>,
     /// When it was committed: the window keeps young events beyond its count (see
     /// [`State::set_retention`]).
     pub at: Instant,
@@ -106,7 +209,7 @@ pub struct State {
     pub rv: u64,
     pub registry: Registry,
     /// Per kind (type key), per `(namespace, name)`.
-    objects: BTreeMap<String, BTreeMap<ObjKey, Arc<Value>>>,
+    objects: BTreeMap<String, BTreeMap<ObjKey, Arc<Stored>>>,
     /// The window, all kinds in resourceVersion order (it decides what falls out).
     history: VecDeque<Arc<Event>>,
     /// The same events by kind, so a watch reads only its own.
@@ -195,6 +298,13 @@ pub fn to_version(mut obj: Value, rt: &ResourceType, version: &str) -> Value {
         m.insert("kind".into(), json!(rt.kind));
     }
     obj
+}
+
+/// Whether `obj` already says what [`to_version`] would set: `apiVersion` of `version` of the
+/// type and its `kind` (then its stored encoding can be sent as it is).
+pub fn in_version(obj: &Value, rt: &ResourceType, version: &str) -> bool {
+    obj.get("kind").and_then(Value::as_str) == Some(rt.kind.as_str())
+        && obj.get("apiVersion").and_then(Value::as_str) == Some(rt.api_version(version).as_str())
 }
 
 /// Whether the change from `old` to `new` bumps `metadata.generation`: a `spec` change, or for
@@ -362,15 +472,31 @@ fn name_from_url(new: &mut Value, name: &str) -> Result<(), ApiError> {
 fn update_candidate(rt: &ResourceType, old: &Value, mut new: Value, mode: WriteMode) -> Value {
     let mut cand = match mode {
         WriteMode::Status => {
-            let mut c = old.clone();
-            if let Value::Object(m) = &mut c {
-                match new.get("status") {
-                    Some(s) => m.insert("status".into(), s.clone()),
-                    None => m.remove("status"),
-                };
+            // The live object without its status (not copied only to be replaced), then the
+            // body's status and managedFields, moved out of the body.
+            let mut c = match old {
+                Value::Object(m) => Value::Object(
+                    m.iter()
+                        .filter(|(k, _)| *k != "status")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            let (status, mf) = match &mut new {
+                Value::Object(m) => (
+                    m.remove("status"),
+                    m.get_mut("metadata")
+                        .and_then(Value::as_object_mut)
+                        .and_then(|meta| meta.remove("managedFields")),
+                ),
+                _ => (None, None),
+            };
+            if let (Value::Object(m), Some(s)) = (&mut c, status) {
+                m.insert("status".into(), s);
             }
-            if let Some(mf) = new.get("metadata").and_then(|m| m.get("managedFields")) {
-                meta_mut(&mut c).insert("managedFields".into(), mf.clone());
+            if let Some(mf) = mf {
+                meta_mut(&mut c).insert("managedFields".into(), mf);
             }
             c
         }
@@ -395,7 +521,11 @@ fn update_candidate(rt: &ResourceType, old: &Value, mut new: Value, mode: WriteM
 /// Metadata clients cannot change on update comes from the live object (managedFields too, when
 /// the write sent none).
 fn keep_server_metadata(old: &Value, cand: &mut Value) {
-    let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let none = serde_json::Map::new();
+    let old_meta = old
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&none);
     let meta = meta_mut(cand);
     for k in [
         "uid",
@@ -406,6 +536,8 @@ fn keep_server_metadata(old: &Value, cand: &mut Value) {
         "resourceVersion",
     ] {
         match old_meta.get(k) {
+            // A status write's metadata is the live one already: nothing to copy.
+            Some(v) if meta.get(k) == Some(v) => None,
             Some(v) => meta.insert(k.into(), v.clone()),
             None => meta.remove(k),
         };
@@ -528,7 +660,7 @@ impl State {
         if let Some(objs) = self.objects.get_mut(&rt.key()) {
             for obj in objs.values_mut() {
                 // Copies an object only while a history event still shares it.
-                crate::schema::apply_defaults(&schema, Arc::make_mut(obj));
+                crate::schema::apply_defaults(&schema, Arc::make_mut(obj).value_mut());
             }
         }
     }
@@ -537,11 +669,11 @@ impl State {
         self.objects
             .get(&rt.key())?
             .get(&(ns.to_string(), name.to_string()))
-            .map(|o| &**o)
+            .map(|o| o.value())
     }
 
     /// The stored object itself (shared, not copied).
-    fn get_shared(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<Arc<Value>> {
+    pub fn get_shared(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<Arc<Stored>> {
         self.objects
             .get(&rt.key())?
             .get(&(ns.to_string(), name.to_string()))
@@ -556,7 +688,7 @@ impl State {
         ns: Option<&'a str>,
         after: Option<&'a ObjKey>,
     ) -> impl Iterator<Item = (&'a ObjKey, &'a Value)> + 'a {
-        self.list_shared(rt, ns, after).map(|(k, o)| (k, &**o))
+        self.list_shared(rt, ns, after).map(|(k, o)| (k, o.value()))
     }
 
     /// [`State::list`] with the objects as shared pointers: a lister copies pointers under the
@@ -566,7 +698,7 @@ impl State {
         rt: &ResourceType,
         ns: Option<&'a str>,
         after: Option<&'a ObjKey>,
-    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Value>)> + 'a {
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Stored>)> + 'a {
         use std::ops::Bound;
         // Keys sort by namespace first: one namespace is the range from ("ns", "") on.
         let lower = match (after, ns) {
@@ -586,7 +718,7 @@ impl State {
 
     /// Every stored object with the resourceVersion it is current at, CRDs first (what a
     /// snapshot holds). Clones pointers only, so the lock is held briefly; the caller encodes.
-    pub fn snapshot_objects(&self) -> (u64, Vec<Arc<Value>>) {
+    pub fn snapshot_objects(&self) -> (u64, Vec<Arc<Stored>>) {
         const CRD_KEY: &str = "customresourcedefinitions.apiextensions.k8s.io";
         let crds = self
             .objects
@@ -689,8 +821,8 @@ impl State {
         &mut self,
         rt: &ResourceType,
         etype: EventType,
-        obj: Arc<Value>,
-        prev: Option<Arc<Value>>,
+        obj: Arc<Stored>,
+        prev: Option<Arc<Stored>>,
     ) {
         let res = rt.key();
         let event = Arc::new(Event {
@@ -734,21 +866,24 @@ impl State {
     }
 
     /// Stores `obj` (replacing the object of the same name) and returns the shared copy.
-    fn store(&mut self, rt: &ResourceType, obj: Value) -> Arc<Value> {
+    fn store(&mut self, rt: &ResourceType, obj: Value) -> Arc<Stored> {
         let key = (namespace_of(&obj).to_string(), name_of(&obj).to_string());
-        let obj = Arc::new(obj);
+        let obj = Arc::new(Stored::new(obj));
         let old = self
             .objects
             .entry(rt.key())
             .or_default()
             .insert(key, Arc::clone(&obj));
         if is_service(rt) {
-            self.index_cluster_ip(old.as_deref(), Some(&obj));
+            self.index_cluster_ip(old.as_deref().map(Stored::value), Some(&obj));
+        }
+        if let Some(old) = old {
+            old.forget_json();
         }
         obj
     }
 
-    fn take(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Option<Arc<Value>> {
+    fn take(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Option<Arc<Stored>> {
         let key = rt.key();
         let map = self.objects.get_mut(&key)?;
         let v = map.remove(&(ns.to_string(), name.to_string()));
@@ -756,7 +891,10 @@ impl State {
             self.objects.remove(&key);
         }
         if is_service(rt) {
-            self.index_cluster_ip(v.as_deref(), None);
+            self.index_cluster_ip(v.as_deref().map(Stored::value), None);
+        }
+        if let Some(v) = &v {
+            v.forget_json();
         }
         v
     }
@@ -819,9 +957,22 @@ impl State {
         &mut self,
         rt: &ResourceType,
         url_ns: Option<&str>,
-        mut obj: Value,
+        obj: Value,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        self.create_shared(rt, url_ns, obj, dry_run)
+            .map(Stored::unshare)
+    }
+
+    /// [`State::create`] answering with the stored version itself (a dry run: a version of its
+    /// own), so the response reuses its encoding.
+    pub fn create_shared(
+        &mut self,
+        rt: &ResourceType,
+        url_ns: Option<&str>,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Arc<Stored>, ApiError> {
         check_type(rt, &obj)?;
         check_metadata(&obj)?;
         let version = version_of(&obj).to_string();
@@ -875,7 +1026,7 @@ impl State {
         crate::schema::admit_object(rt, &version, WriteMode::Main, fv, None, &mut obj)?;
         self.defaults_on_write(rt, None, &mut obj)?;
         if dry_run {
-            return Ok(obj);
+            return Ok(Arc::new(Stored::new(obj)));
         }
         let rv = self.next_rv();
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
@@ -884,7 +1035,7 @@ impl State {
         if is_crd(rt) {
             self.register_crd(&stored)?;
         }
-        Ok((*stored).clone())
+        Ok(stored)
     }
 
     /// Server-owned defaults and kind hooks applied to every write of a kind.
@@ -987,10 +1138,25 @@ impl State {
         rt: &ResourceType,
         url_ns: Option<&str>,
         name: &str,
-        mut new: Value,
+        new: Value,
         mode: WriteMode,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        self.update_shared(rt, url_ns, name, new, mode, dry_run)
+            .map(Stored::unshare)
+    }
+
+    /// [`State::update`] answering with the stored version itself (a no-op write: the live
+    /// one; a dry run: a version of its own), so the response reuses its encoding.
+    pub fn update_shared(
+        &mut self,
+        rt: &ResourceType,
+        url_ns: Option<&str>,
+        name: &str,
+        mut new: Value,
+        mode: WriteMode,
+        dry_run: bool,
+    ) -> Result<Arc<Stored>, ApiError> {
         check_type(rt, &new)?;
         check_metadata(&new)?;
         let version = version_of(&new).to_string();
@@ -1016,11 +1182,11 @@ impl State {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             meta_mut(&mut cand).insert("generation".into(), json!(g));
         }
-        if cand == *old {
-            return Ok(Arc::unwrap_or_clone(old));
+        if cand == *old.value() {
+            return Ok(old);
         }
         if dry_run {
-            return Ok(cand);
+            return Ok(Arc::new(Stored::new(cand)));
         }
         self.commit_update(rt, &ns, name, old, cand)
     }
@@ -1033,18 +1199,18 @@ impl State {
         rt: &ResourceType,
         ns: &str,
         name: &str,
-        old: Arc<Value>,
+        old: Arc<Stored>,
         mut cand: Value,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         let rv = self.next_rv();
         meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
         let deleting = !meta_str(&cand, "deletionTimestamp").is_empty() && finalizers_empty(&cand);
         if deleting && !is_namespace(rt) {
             self.take(rt, ns, name);
-            let gone = Arc::new(cand);
+            let gone = Arc::new(Stored::new(cand));
             self.record(rt, EventType::Deleted, Arc::clone(&gone), Some(old));
             self.after_remove(rt, &gone);
-            return Ok((*gone).clone());
+            return Ok(gone);
         }
         let stored = self.store(rt, cand);
         self.record(rt, EventType::Modified, Arc::clone(&stored), Some(old));
@@ -1053,12 +1219,9 @@ impl State {
         }
         if is_namespace(rt) {
             self.maybe_finalize_namespace(name);
-            return Ok(self
-                .get(rt, "", name)
-                .cloned()
-                .unwrap_or_else(|| (*stored).clone()));
+            return Ok(self.get_shared(rt, "", name).unwrap_or(stored));
         }
-        Ok((*stored).clone())
+        Ok(stored)
     }
 
     /// DELETE of one object. `opts` is the DeleteOptions body (may be `null`). A namespace starts
@@ -1109,7 +1272,12 @@ impl State {
         let rv = self.next_rv();
         meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
         let stored = self.store(rt, cand.clone());
-        self.record(rt, EventType::Modified, stored, Some(Arc::new(obj)));
+        self.record(
+            rt,
+            EventType::Modified,
+            stored,
+            Some(Arc::new(Stored::new(obj))),
+        );
         cand
     }
 
@@ -1141,7 +1309,12 @@ impl State {
             let rv = self.next_rv();
             meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv.to_string()));
             let stored = self.store(rt, cand.clone());
-            self.record(rt, EventType::Modified, stored, Some(Arc::new(old)));
+            self.record(
+                rt,
+                EventType::Modified,
+                stored,
+                Some(Arc::new(Stored::new(old))),
+            );
         }
         self.delete_namespace_contents(name);
         self.maybe_finalize_namespace(name);
@@ -1156,13 +1329,13 @@ impl State {
         let Some(prev) = self.take(rt, ns, name) else {
             return Value::Null;
         };
-        let mut obj = (*prev).clone();
+        let mut obj = prev.value().clone();
         let rv = self.next_rv();
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
-        let obj = Arc::new(obj);
+        let obj = Arc::new(Stored::new(obj));
         self.record(rt, EventType::Deleted, Arc::clone(&obj), Some(prev));
         self.after_remove(rt, &obj);
-        Arc::unwrap_or_clone(obj)
+        Stored::unshare(obj)
     }
 
     fn after_remove(&mut self, rt: &ResourceType, obj: &Value) {
@@ -1235,7 +1408,7 @@ impl State {
     /// Every stored object (CRDs first, so a restore can register their types before their objects).
     pub fn snapshot(&self) -> Value {
         let (rv, objs) = self.snapshot_objects();
-        let objs: Vec<Value> = objs.iter().map(|o| (**o).clone()).collect();
+        let objs: Vec<Value> = objs.iter().map(|o| o.value().clone()).collect();
         json!({"resourceVersion": rv.to_string(), "objects": objs})
     }
 
@@ -1415,6 +1588,76 @@ mod tests {
             s.registry.by_key("configmaps").unwrap(),
             s.registry.by_key("namespaces").unwrap(),
         )
+    }
+
+    #[test]
+    fn a_version_is_encoded_once_and_a_replaced_one_drops_its_bytes() {
+        let mut s = State::new(100);
+        let (cmt, _) = types(&s);
+        let live = s
+            .create_shared(&cmt, Some("default"), cm("a", ""), false)
+            .unwrap();
+        assert!(!live.has_json());
+        let bytes = live.json();
+        // What serde_json writes for the object, and the same shared bytes every time.
+        assert_eq!(bytes, serde_json::to_vec(live.value()).unwrap());
+        assert_eq!(live.json().as_ptr(), bytes.as_ptr());
+        let mut changed = live.value().clone();
+        changed["data"]["a"] = json!("2");
+        let new = s
+            .update_shared(&cmt, Some("default"), "a", changed, WriteMode::Main, false)
+            .unwrap();
+        // The replaced version keeps its object (for the history) but not its bytes; asked
+        // again, it encodes the same bytes.
+        assert!(!live.has_json());
+        assert_eq!(live.json(), bytes);
+        let v: Value = serde_json::from_slice(&new.json()).unwrap();
+        assert_eq!(&v, new.value());
+        assert_eq!(v["data"]["a"], "2");
+        // A no-op write answers with the live version itself.
+        let same = s
+            .update_shared(
+                &cmt,
+                Some("default"),
+                "a",
+                new.value().clone(),
+                WriteMode::Main,
+                false,
+            )
+            .unwrap();
+        assert!(Arc::ptr_eq(&same, &new));
+        // Changing an object drops its (stale) encoding.
+        let mut copy = (*new).clone();
+        copy.value_mut()["data"]["a"] = json!("3");
+        let v: Value = serde_json::from_slice(&copy.json()).unwrap();
+        assert_eq!(v["data"]["a"], "3");
+    }
+
+    #[test]
+    fn a_status_write_keeps_everything_else_of_the_live_object() {
+        let mut s = State::new(100);
+        let nst = s.registry.by_key("namespaces").unwrap();
+        let live = s.get(&nst, "", "default").unwrap().clone();
+        let body = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "default", "labels": {"ignored": "yes"}, "managedFields": [{"manager": "m"}]},
+            "spec": {"finalizers": ["ignored"]},
+            "status": {"phase": "Active", "extra": "x"}});
+        let out = s
+            .update(&nst, None, "default", body, WriteMode::Status, false)
+            .unwrap();
+        assert_eq!(out["status"], json!({"phase": "Active", "extra": "x"}));
+        assert_eq!(out["metadata"]["labels"], live["metadata"]["labels"]);
+        assert_eq!(out["metadata"]["uid"], live["metadata"]["uid"]);
+        assert_eq!(out["metadata"]["managedFields"], json!([{"manager": "m"}]));
+        assert_eq!(out.get("spec"), live.get("spec"));
+        assert_ne!(rv_of(&out), rv_of(&live));
+        // A status write without status removes it.
+        let body =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        let out = s
+            .update(&nst, None, "default", body, WriteMode::Status, false)
+            .unwrap();
+        assert!(out.get("status").is_none_or(|st| st.get("extra").is_none()));
     }
 
     #[test]

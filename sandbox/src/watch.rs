@@ -18,7 +18,7 @@
 use crate::registry::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::{Body, Cluster};
-use crate::store::{EventType, to_version};
+use crate::store::{EventType, Stored, in_version, to_version};
 use crate::table::{self, Format};
 use crate::util::namespace_of;
 use bytes::Bytes;
@@ -162,25 +162,27 @@ impl Watcher {
             && self.req.fields.matches(obj)
     }
 
-    fn push_event(&mut self, etype: &str, obj: &Value) {
-        if self.req.format == Format::Object && self.already_versioned(obj) {
-            // The stored object is what the watcher asked for: encoded as it is, without the
-            // copy (a whole object per event) that converting or wrapping it would take.
-            let mut line = Vec::with_capacity(512);
-            line.extend_from_slice(b"{\"type\":");
-            // Writing JSON into a Vec fails only on a map with non-string keys: never in a Value.
-            let written = serde_json::to_writer(&mut line, etype)
-                .and_then(|()| {
-                    line.extend_from_slice(b",\"object\":");
-                    serde_json::to_writer(&mut line, obj)
-                })
-                .is_ok();
-            if written {
-                line.extend_from_slice(b"}\n");
-                self.pending.push_back(Bytes::from(line));
-                return;
-            }
+    /// An event of a stored object version.
+    fn push_event(&mut self, etype: &str, obj: &Stored) {
+        if self.req.format == Format::Object && in_version(obj, &self.req.rt, &self.req.version) {
+            // The stored object is what the watcher asked for: its stored encoding framed as
+            // an event, without encoding it again or the copy converting it would take. `etype`
+            // is one of the event type names, which need no escaping.
+            let json = obj.json();
+            let mut line = Vec::with_capacity(json.len() + 32);
+            line.extend_from_slice(b"{\"type\":\"");
+            line.extend_from_slice(etype.as_bytes());
+            line.extend_from_slice(b"\",\"object\":");
+            line.extend_from_slice(&json);
+            line.extend_from_slice(b"}\n");
+            self.pending.push_back(Bytes::from(line));
+            return;
         }
+        self.push_value_event(etype, obj);
+    }
+
+    /// An event of an object that is not a stored version (or must be converted or wrapped).
+    fn push_value_event(&mut self, etype: &str, obj: &Value) {
         let obj = to_version(obj.clone(), &self.req.rt, &self.req.version);
         let object = match self.req.format {
             Format::Metadata => table::partial_metadata(&obj),
@@ -197,15 +199,6 @@ impl Watcher {
             Format::Object => obj,
         };
         self.push_line(&json!({"type": etype, "object": object}));
-    }
-
-    /// Whether `obj` already carries the watched version's `apiVersion` and `kind` (what
-    /// [`to_version`] would set).
-    fn already_versioned(&self, obj: &Value) -> bool {
-        let rt = &self.req.rt;
-        obj.get("kind").and_then(Value::as_str) == Some(rt.kind.as_str())
-            && obj.get("apiVersion").and_then(Value::as_str)
-                == Some(rt.api_version(&self.req.version).as_str())
     }
 
     fn push_line(&mut self, v: &Value) {
@@ -241,8 +234,9 @@ impl Watcher {
         let state = cluster.lock();
         match self.req.start {
             WatchStart::Current | WatchStart::InitialEvents => {
-                let objs: Vec<Value> = state
-                    .list(&self.req.rt, self.req.namespace.as_deref(), None)
+                // Pointers only under the lock: the events are encoded after it.
+                let objs: Vec<Arc<Stored>> = state
+                    .list_shared(&self.req.rt, self.req.namespace.as_deref(), None)
                     .map(|(_, o)| o)
                     .filter(|o| self.matches(o))
                     .cloned()
@@ -294,12 +288,13 @@ impl Watcher {
                         (false, true) => self.push_event("ADDED", &e.obj),
                         (true, false) => {
                             // Leaving the selector: the old object, stamped with this event's RV.
-                            let mut old = e.prev.as_deref().cloned().unwrap_or(Value::Null);
+                            let mut old =
+                                e.prev.as_deref().map_or(Value::Null, |p| p.value().clone());
                             if let Some(m) = old.get_mut("metadata").and_then(Value::as_object_mut)
                             {
                                 m.insert("resourceVersion".into(), json!(e.rv.to_string()));
                             }
-                            self.push_event("DELETED", &old);
+                            self.push_value_event("DELETED", &old);
                         }
                         (false, false) => {}
                     }

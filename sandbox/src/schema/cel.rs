@@ -194,15 +194,26 @@ pub fn check(root: &Node, obj: &Value, old: Option<&Value>, scope: Scope) -> Out
     let Value::Object(map) = obj else {
         return out;
     };
+    // Most writes touch no field with rules (a status write of a kind whose rules are on spec):
+    // then no CEL context is built and nothing is walked.
+    let covered =
+        |k: &String| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") && scope.covers(k);
+    if !map
+        .keys()
+        .filter(|k| covered(k))
+        .any(|k| root.properties.get(k).is_some_and(|n| n.rules_below))
+    {
+        return out;
+    }
     let mut base = cel::Context::with_env(stdlib());
     if let Err(e) = base.add_function("isIP", is_ip) {
         tracing::warn!(error = %e, "isIP unavailable to CEL rules");
     }
     for (k, child) in map {
-        if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || !scope.covers(k) {
+        if !covered(k) {
             continue;
         }
-        if let Some(sub) = root.properties.get(k) {
+        if let Some(sub) = root.properties.get(k).filter(|n| n.rules_below) {
             let mut path = vec![Seg::Field(k.clone())];
             walk(
                 &base,
@@ -259,10 +270,13 @@ fn walk(
             for (k, child) in m {
                 let old_child = old.and_then(|o| o.get(k));
                 if let Some(sub) = n.properties.get(k) {
+                    if !sub.rules_below {
+                        continue;
+                    }
                     path.push(Seg::Field(k.clone()));
                     walk(base, sub, child, old_child, path, out);
                     path.pop();
-                } else if let Some(sub) = n.additional.as_deref() {
+                } else if let Some(sub) = n.additional.as_deref().filter(|n| n.rules_below) {
                     path.push(Seg::Key(k.clone()));
                     walk(base, sub, child, old_child, path, out);
                     path.pop();
@@ -270,7 +284,7 @@ fn walk(
             }
         }
         Value::Array(items) => {
-            let Some(item_node) = n.items.as_deref() else {
+            let Some(item_node) = n.items.as_deref().filter(|n| n.rules_below) else {
                 return;
             };
             let old_items = old.and_then(Value::as_array);

@@ -14,51 +14,71 @@ use serde_json::Value;
 
 const ROOT_KEEP: &[&str] = &["apiVersion", "kind", "metadata"];
 
+/// Where a value being pruned is: a chain of steps up to the root, borrowed from the object
+/// itself, so walking it allocates nothing; the path is built ([`Up::path`]) only for an
+/// unknown field.
+pub enum Up<'a> {
+    Root,
+    Field(&'a Up<'a>, &'a str),
+    Key(&'a Up<'a>, &'a str),
+    Index(&'a Up<'a>, usize),
+}
+
+impl Up<'_> {
+    /// The steps from the root to here.
+    pub fn path(&self) -> Vec<Seg> {
+        let mut out = Vec::new();
+        let mut at = self;
+        loop {
+            at = match at {
+                Up::Root => break,
+                Up::Field(up, f) => {
+                    out.push(Seg::Field(f.to_string()));
+                    up
+                }
+                Up::Key(up, k) => {
+                    out.push(Seg::Key(k.to_string()));
+                    up
+                }
+                Up::Index(up, i) => {
+                    out.push(Seg::Index(*i));
+                    up
+                }
+            };
+        }
+        out.reverse();
+        out
+    }
+}
+
 /// Removes fields `node` does not declare; their paths are pushed to `unknown`.
-pub fn prune(
-    v: &mut Value,
-    node: &Node,
-    path: &mut Vec<Seg>,
-    root: bool,
-    unknown: &mut Vec<String>,
-) {
+pub fn prune(v: &mut Value, node: &Node, up: &Up<'_>, root: bool, unknown: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
             let keep_meta = root || node.embedded;
             let drop_unknown = node.prunes_unknown();
-            let keys: Vec<String> = map.keys().cloned().collect();
-            for k in keys {
+            let mut gone = Vec::new();
+            for (k, child) in map.iter_mut() {
                 if keep_meta && ROOT_KEEP.contains(&k.as_str()) {
                     continue;
                 }
-                let sub = node.properties.get(&k).or(node.additional.as_deref());
-                match (sub, map.get_mut(&k)) {
-                    (Some(sub), Some(child)) => {
-                        let seg = if node.properties.contains_key(&k) {
-                            Seg::Field(k.clone())
-                        } else {
-                            Seg::Key(k.clone())
-                        };
-                        path.push(seg);
-                        prune(child, sub, path, false, unknown);
-                        path.pop();
-                    }
-                    (None, _) if drop_unknown => {
-                        path.push(Seg::Field(k.clone()));
-                        unknown.push(path_string(path));
-                        path.pop();
-                        map.remove(&k);
-                    }
-                    _ => {}
+                if let Some(sub) = node.properties.get(k) {
+                    prune(child, sub, &Up::Field(up, k), false, unknown);
+                } else if let Some(sub) = node.additional.as_deref() {
+                    prune(child, sub, &Up::Key(up, k), false, unknown);
+                } else if drop_unknown {
+                    unknown.push(path_string(&Up::Field(up, k).path()));
+                    gone.push(k.clone());
                 }
+            }
+            for k in gone {
+                map.remove(&k);
             }
         }
         Value::Array(items) => {
             if let Some(item_node) = node.items.as_deref() {
                 for (i, item) in items.iter_mut().enumerate() {
-                    path.push(Seg::Index(i));
-                    prune(item, item_node, path, false, unknown);
-                    path.pop();
+                    prune(item, item_node, &Up::Index(up, i), false, unknown);
                 }
             }
         }

@@ -113,6 +113,8 @@ pub struct Node {
     pub int_or_string: bool,
     pub list: Option<ListKind>,
     pub rules: Vec<cel::Rule>,
+    /// Whether this node or one below it has CEL rules (the rule walk skips subtrees without).
+    pub rules_below: bool,
 }
 
 fn u64_at(s: &Value, k: &str) -> Option<u64> {
@@ -218,6 +220,10 @@ impl Node {
             n.list = Some(list_kind(s));
         }
         n.rules = compile_rules(s, path);
+        n.rules_below = !n.rules.is_empty()
+            || n.properties.values().any(|c| c.rules_below)
+            || n.additional.as_ref().is_some_and(|c| c.rules_below)
+            || n.items.as_ref().is_some_and(|c| c.rules_below);
         n
     }
 
@@ -336,7 +342,7 @@ fn admit_in_place(
     obj: &mut Value,
 ) -> Result<(), ApiError> {
     let mut unknown = Vec::new();
-    defaults::prune(obj, schema, &mut Vec::new(), true, &mut unknown);
+    defaults::prune(obj, schema, &defaults::Up::Root, true, &mut unknown);
     if w.field_validation == FieldValidation::Strict && !unknown.is_empty() {
         let list = unknown
             .iter()
@@ -370,7 +376,7 @@ fn admit_in_place(
     Err(invalid(w.group, w.kind, &name, &errors))
 }
 
-/// The store's hook: [`admit`] for custom objects of a type whose CRD has a schema for
+/// The store's hook: [`admit`] (in place: a refused `obj` is left half-admitted) for custom objects of a type whose CRD has a schema for
 /// `version` (or, failing that, for the storage version); a no-op for everything else.
 pub fn admit_object(
     rt: &crate::registry::ResourceType,
@@ -398,7 +404,8 @@ pub fn admit_object(
         mode,
         field_validation,
     };
-    admit(schema, &w, old, obj)
+    // In place, without [`admit`]'s copy: the store drops its candidate when a write is refused.
+    admit_in_place(schema, &w, old, obj)
 }
 
 /// Fills schema defaults into a stored object (what a real server does when reading from

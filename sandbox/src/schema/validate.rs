@@ -260,13 +260,14 @@ impl At<'_, '_> {
     /// stops here (nothing else is said about such a value).
     fn check_null_and_type(&mut self) -> bool {
         let (n, v) = (self.n, self.v);
-        let p = path_string(self.path);
+        // The path is rendered only for an error: most values pass.
+        let p = || path_string(self.path);
         if v.is_null() {
             if !(n.nullable || n.preserve_unknown && n.ty.is_none()) {
                 let ty = n.ty.as_deref().unwrap_or("object");
                 self.push(FieldErrorKind::TypeInvalid(
                     "\"null\"".into(),
-                    format!("{p} in body must be of type {ty}: \"null\""),
+                    format!("{} in body must be of type {ty}: \"null\"", p()),
                 ));
             }
             return false;
@@ -276,7 +277,8 @@ impl At<'_, '_> {
                 self.push(FieldErrorKind::TypeInvalid(
                     render(v),
                     format!(
-                        "{p} in body must be of type integer,string: \"{}\"",
+                        "{} in body must be of type integer,string: \"{}\"",
+                        p(),
                         type_name(v)
                     ),
                 ));
@@ -287,7 +289,7 @@ impl At<'_, '_> {
         {
             self.push(FieldErrorKind::TypeInvalid(
                 render(v),
-                format!("{p} in body must be of type {ty}: \"{}\"", type_name(v)),
+                format!("{} in body must be of type {ty}: \"{}\"", p(), type_name(v)),
             ));
             return false;
         }

@@ -759,7 +759,8 @@ impl StatusWriter {
             .status_writes
             .with_label_values(&[&self.cluster, kind, result_label(&result)])
             .inc();
-        let object = format!("{}/{}", key.1, key.2);
+        // Formatted only if a line is logged (most writes log nothing at the default level).
+        let object = ObjectName(&key);
         let mut delay = Duration::ZERO;
         match &result {
             Ok(()) => tracing::debug!(cluster = %self.cluster, kind, %object, "status written"),
@@ -785,6 +786,15 @@ impl StatusWriter {
             }
         }
         self.finish(key, job, &result, delay);
+    }
+}
+
+/// `namespace/name` of a write's object, for log lines.
+struct ObjectName<'a>(&'a WriteKey);
+
+impl std::fmt::Display for ObjectName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0.1, self.0.2)
     }
 }
 
@@ -971,7 +981,8 @@ async fn write_route(
 ) -> Result<(), WriteError> {
     let u = &job.update;
     let namespace = u.namespace.as_deref().unwrap_or_default();
-    let api = match u.kind {
+    // The Api of a re-read is made only on a conflict (rare); the first PUT needs the path.
+    let api = || match u.kind {
         StatusKind::GrpcRoute => api_for::<GrpcRoute>(client, Some(namespace)),
         StatusKind::TlsRoute => api_for::<TlsRoute>(client, Some(namespace)),
         _ => api_for::<HttpRoute>(client, Some(namespace)),
@@ -994,7 +1005,7 @@ async fn write_route(
     for _ in 0..MAX_CONFLICTS {
         let target = match body.take() {
             Some(b) => b,
-            None => match remerge(&api, cfg, u).await? {
+            None => match remerge(&api(), cfg, u).await? {
                 Some(o) => serde_json::to_vec(&o)
                     .map_err(|e| WriteError::Invalid(format!("encoding route: {e}")))?,
                 None => return Ok(()),

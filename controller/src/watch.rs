@@ -41,6 +41,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
@@ -54,7 +55,9 @@ use tokio::time::Instant;
 use crate::metrics::Metrics;
 use crate::status::StatusKind;
 use crate::translate::UnreachableCluster;
-use crate::world::{ClusterState, HttpRouteWithExtras, Indexed, Kind, ObjectKey, Revision};
+use crate::world::{
+    ClusterState, HttpRouteWire, HttpRouteWithExtras, Indexed, Kind, ObjectKey, Revision,
+};
 
 /// Every kind the controller watches, in start order.
 pub const ALL_KINDS: [Kind; 17] = [
@@ -490,25 +493,39 @@ async fn forget_kind(ctx: &WatchCtx, kind: Kind) -> bool {
 }
 
 fn spawn_watcher(kind: Kind, ctx: WatchCtx) -> JoinHandle<()> {
+    fn guarded<K>(ctx: WatchCtx) -> JoinHandle<()>
+    where
+        K: Indexed
+            + Resource<DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        tokio::spawn(run_watcher::<K, DeserializeGuard<K>>(ctx))
+    }
     match kind {
-        Kind::GatewayClass => tokio::spawn(run_watcher::<GatewayClass>(ctx)),
-        Kind::Gateway => tokio::spawn(run_watcher::<Gateway>(ctx)),
-        // The standard type plus the experimental rule fields we implement.
-        Kind::HttpRoute => tokio::spawn(run_watcher::<HttpRouteWithExtras>(ctx)),
-        Kind::GrpcRoute => tokio::spawn(run_watcher::<GrpcRoute>(ctx)),
-        Kind::TlsRoute => tokio::spawn(run_watcher::<TlsRoute>(ctx)),
-        Kind::ListenerSet => tokio::spawn(run_watcher::<ListenerSet>(ctx)),
-        Kind::ReferenceGrant => tokio::spawn(run_watcher::<ReferenceGrant>(ctx)),
-        Kind::Namespace => tokio::spawn(run_watcher::<Namespace>(ctx)),
-        Kind::Service => tokio::spawn(run_watcher::<Service>(ctx)),
-        Kind::EndpointSlice => tokio::spawn(run_watcher::<EndpointSlice>(ctx)),
-        Kind::Secret => tokio::spawn(run_watcher::<Secret>(ctx)),
-        Kind::ServiceExport => tokio::spawn(run_watcher::<ServiceExport>(ctx)),
-        Kind::ServiceImport => tokio::spawn(run_watcher::<ServiceImport>(ctx)),
-        Kind::FailoverPolicy => tokio::spawn(run_watcher::<FailoverPolicy>(ctx)),
-        Kind::FailoverDrill => tokio::spawn(run_watcher::<FailoverDrill>(ctx)),
-        Kind::BackendTlsPolicy => tokio::spawn(run_watcher::<BackendTlsPolicy>(ctx)),
-        Kind::ConfigMap => tokio::spawn(run_watcher::<ConfigMap>(ctx)),
+        Kind::GatewayClass => guarded::<GatewayClass>(ctx),
+        Kind::Gateway => guarded::<Gateway>(ctx),
+        // The standard type plus the experimental rule fields we implement, decoded by its own
+        // wire type (one pass, see `HttpRouteWire`) instead of kube's guard.
+        Kind::HttpRoute => tokio::spawn(run_watcher::<HttpRouteWithExtras, HttpRouteWire>(ctx)),
+        Kind::GrpcRoute => guarded::<GrpcRoute>(ctx),
+        Kind::TlsRoute => guarded::<TlsRoute>(ctx),
+        Kind::ListenerSet => guarded::<ListenerSet>(ctx),
+        Kind::ReferenceGrant => guarded::<ReferenceGrant>(ctx),
+        Kind::Namespace => guarded::<Namespace>(ctx),
+        Kind::Service => guarded::<Service>(ctx),
+        Kind::EndpointSlice => guarded::<EndpointSlice>(ctx),
+        Kind::Secret => guarded::<Secret>(ctx),
+        Kind::ServiceExport => guarded::<ServiceExport>(ctx),
+        Kind::ServiceImport => guarded::<ServiceImport>(ctx),
+        Kind::FailoverPolicy => guarded::<FailoverPolicy>(ctx),
+        Kind::FailoverDrill => guarded::<FailoverDrill>(ctx),
+        Kind::BackendTlsPolicy => guarded::<BackendTlsPolicy>(ctx),
+        Kind::ConfigMap => guarded::<ConfigMap>(ctx),
     }
 }
 
@@ -574,17 +591,37 @@ fn delete_mutation<K: Indexed + 'static>(key: ObjectKey) -> Mutation {
     })
 }
 
-/// Watches one kind in one cluster until aborted.
-async fn run_watcher<K>(ctx: WatchCtx)
+/// How objects of a kind come off the wire: a type that decodes whenever the object's
+/// metadata does, holding the object or why it does not decode (kube's `DeserializeGuard` for
+/// most kinds; HTTPRoutes have their own, see [`HttpRouteWire`]).
+pub(crate) trait Wire<K>:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    /// The object, or why it does not decode with the metadata that could be read (boxed:
+    /// only the rare object that does not decode pays for it).
+    fn into_object(self) -> Result<K, Box<InvalidObject>>;
+}
+
+impl<K> Wire<K> for DeserializeGuard<K>
 where
-    K: Indexed
-        + Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    fn into_object(self) -> Result<K, Box<InvalidObject>> {
+        self.0.map_err(Box::new)
+    }
+}
+
+impl Wire<HttpRouteWithExtras> for HttpRouteWire {
+    fn into_object(self) -> Result<HttpRouteWithExtras, Box<InvalidObject>> {
+        self.0.map_err(Box::new)
+    }
+}
+
+/// Watches one kind in one cluster until aborted, its objects decoded through `W`.
+async fn run_watcher<K, W>(ctx: WatchCtx)
+where
+    K: Indexed + Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+    W: Wire<K>,
 {
     let kind = K::KIND;
     let label = kind_label(kind);
@@ -592,10 +629,10 @@ where
         .metrics
         .watch_events
         .with_label_values(&[&ctx.name, label]);
-    let api: Api<DeserializeGuard<K>> = Api::all(ctx.client.clone());
+    let api: Api<W> = Api::all(ctx.client.clone());
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
-    let mut mapper = EventMapper::<K>::new(&ctx);
+    let mut mapper = EventMapper::<K, W>::new(&ctx);
     while let Some(event) = stream.next().await {
         let Some((mutation, list_done)) = mapper.map(event) else {
             continue;
@@ -616,18 +653,20 @@ where
 /// Turns a kind's watch events into index mutations: the objects of a (re-)list are collected
 /// and replace the kind's objects at once; objects that do not decode are counted, logged and
 /// left out (an update that stops decoding removes the object).
-struct EventMapper<'a, K> {
+struct EventMapper<'a, K, W> {
     ctx: &'a WatchCtx,
     label: &'static str,
     /// Objects of the list in progress.
     buffer: Vec<K>,
     errors: prometheus::IntCounter,
     decode_errors: prometheus::IntCounter,
+    wire: std::marker::PhantomData<fn(W)>,
 }
 
-impl<'a, K> EventMapper<'a, K>
+impl<'a, K, W> EventMapper<'a, K, W>
 where
     K: Indexed + Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+    W: Wire<K>,
 {
     fn new(ctx: &'a WatchCtx) -> Self {
         let label = kind_label(K::KIND);
@@ -638,15 +677,13 @@ where
             buffer: Vec::new(),
             errors: m.watch_errors.with_label_values(&[&ctx.name, label]),
             decode_errors: m.decode_errors.with_label_values(&[&ctx.name, label]),
+            wire: std::marker::PhantomData,
         }
     }
 
     /// The mutation an event brings and whether it completes a list; `None` for events that
     /// change nothing yet (list in progress, undecodable, watch errors).
-    fn map(
-        &mut self,
-        event: Result<Event<DeserializeGuard<K>>, watcher::Error>,
-    ) -> Option<(Mutation, bool)> {
+    fn map(&mut self, event: Result<Event<W>, watcher::Error>) -> Option<(Mutation, bool)> {
         let (name, label) = (&self.ctx.name, self.label);
         match event {
             Ok(Event::Init) => {
@@ -686,8 +723,8 @@ where
     }
 
     /// The object, or (it does not decode) its key if it has one.
-    fn decode(&self, obj: DeserializeGuard<K>) -> Result<K, Option<ObjectKey>> {
-        obj.0.map_err(|invalid| {
+    fn decode(&self, obj: W) -> Result<K, Option<ObjectKey>> {
+        obj.into_object().map_err(|invalid| {
             self.decode_errors.inc();
             let key = key_of(&invalid.metadata);
             tracing::warn!(

@@ -60,6 +60,7 @@ mod listener_set;
 mod refresh;
 mod route;
 mod rules;
+mod same_json;
 mod selector;
 mod tls;
 

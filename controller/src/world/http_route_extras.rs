@@ -13,9 +13,12 @@
 
 use std::sync::Arc;
 
-use gateway_api::httproutes::HttpRoute;
+use gateway_api::httproutes::{HttpRoute, HttpRouteSpec, HttpRouteStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use kube::core::error_boundary::InvalidObject;
 use meridian_crds::rule_extras::RuleExtras;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::{ClusterState, Indexed, Kind, ObjectKey, Revision};
@@ -39,12 +42,163 @@ impl HttpRouteWithExtras {
         let route = serde_json::from_value(value)?;
         Ok(Self { route, extras })
     }
+
+    /// The route from its already separated parts: the typed metadata and the `spec` and
+    /// `status` subtrees (each decoded once, by value, into the typed route).
+    fn from_parts(
+        metadata: ObjectMeta,
+        spec: serde_json::Value,
+        status: Option<serde_json::Value>,
+    ) -> Result<Self, Box<InvalidObject>> {
+        // `of_route` reads `/spec/rules`: the spec is moved under a one-member object and back
+        // (no copy of it).
+        let mut holder =
+            serde_json::Value::Object(serde_json::Map::from_iter([("spec".to_string(), spec)]));
+        let extras = RuleExtras::of_route(&holder);
+        let spec = holder["spec"].take();
+        let spec: HttpRouteSpec = match serde_json::from_value(spec) {
+            Ok(s) => s,
+            Err(e) => return Err(invalid(format!("spec: {e}"), metadata)),
+        };
+        let status: Option<HttpRouteStatus> = match status.map(serde_json::from_value) {
+            None => None,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return Err(invalid(format!("status: {e}"), metadata)),
+        };
+        Ok(Self {
+            route: HttpRoute {
+                metadata,
+                spec,
+                status,
+            },
+            extras,
+        })
+    }
+}
+
+/// Why an object does not decode, boxed: built only for the rare object that does not.
+fn invalid(error: String, metadata: ObjectMeta) -> Box<InvalidObject> {
+    Box::new(InvalidObject { error, metadata })
+}
+
+/// An HTTPRoute as the watcher decodes it: the route with its extras, or why it does not decode
+/// together with its metadata (so an update that stops decoding can remove the indexed copy).
+///
+/// Decoding never fails for a well-formed JSON object with readable metadata, like kube's
+/// `DeserializeGuard`, but in one pass over the object: `metadata` is read straight into its
+/// typed form, only `spec` and `status` go through a JSON tree (needed for the extras, and to
+/// keep the metadata when they do not decode), and every other member is skipped. The guard
+/// buffers the whole object, copies that buffer, converts it into a JSON tree and then decodes.
+#[derive(Clone, Debug)]
+pub struct HttpRouteWire(pub Result<HttpRouteWithExtras, InvalidObject>);
+
+/// The members of an HTTPRoute the wire decoding reads.
+enum Member {
+    Metadata,
+    Spec,
+    Status,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = Member;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Member, E> {
+                Ok(match v {
+                    "metadata" => Member::Metadata,
+                    "spec" => Member::Spec,
+                    "status" => Member::Status,
+                    _ => Member::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(Name)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpRouteWire {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = HttpRouteWire;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an HTTPRoute object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HttpRouteWire, A::Error> {
+                let (mut metadata, mut spec, mut status) = (None, None, None);
+                while let Some(member) = map.next_key::<Member>()? {
+                    match member {
+                        // Unreadable metadata fails the object, as it fails the guard: there
+                        // is no key to act on.
+                        Member::Metadata => metadata = Some(map.next_value::<ObjectMeta>()?),
+                        Member::Spec => spec = Some(map.next_value::<serde_json::Value>()?),
+                        Member::Status => {
+                            status = map.next_value::<Option<serde_json::Value>>()?;
+                        }
+                        Member::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let decoded = match (metadata, spec) {
+                    (None, _) => Err(invalid(
+                        "missing field `metadata`".to_string(),
+                        ObjectMeta::default(),
+                    )),
+                    (Some(metadata), None) => {
+                        Err(invalid("missing field `spec`".to_string(), metadata))
+                    }
+                    (Some(metadata), Some(spec)) => {
+                        HttpRouteWithExtras::from_parts(metadata, spec, status)
+                    }
+                };
+                Ok(HttpRouteWire(decoded.map_err(|invalid| *invalid)))
+            }
+        }
+        d.deserialize_map(Object)
+    }
 }
 
 impl<'de> Deserialize<'de> for HttpRouteWithExtras {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(d)?;
-        Self::from_json(value).map_err(serde::de::Error::custom)
+        HttpRouteWire::deserialize(d)?
+            .0
+            .map_err(|invalid| serde::de::Error::custom(invalid.error))
+    }
+}
+
+impl Resource for HttpRouteWire {
+    type DynamicType = ();
+    type Scope = <HttpRoute as Resource>::Scope;
+
+    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+        HttpRoute::kind(dt)
+    }
+    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+        HttpRoute::group(dt)
+    }
+    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+        HttpRoute::version(dt)
+    }
+    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+        HttpRoute::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        match &self.0 {
+            Ok(r) => &r.route.metadata,
+            Err(invalid) => &invalid.metadata,
+        }
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match &mut self.0 {
+            Ok(r) => &mut r.route.metadata,
+            Err(invalid) => &mut invalid.metadata,
+        }
     }
 }
 
@@ -64,10 +218,10 @@ impl Resource for HttpRouteWithExtras {
     fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
         HttpRoute::plural(dt)
     }
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    fn meta(&self) -> &ObjectMeta {
         &self.route.metadata
     }
-    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.route.metadata
     }
 }
@@ -180,5 +334,226 @@ mod tests {
         assert_eq!(sp.kind.as_deref(), Some("Header"));
         // A broken standard field still fails the whole object, as before.
         assert!(serde_json::from_str::<HttpRouteWithExtras>(r#"{"spec": 1}"#).is_err());
+    }
+
+    fn sample(i: usize) -> serde_json::Value {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"namespace": "ns", "name": format!("r{i}"), "generation": 2,
+                "resourceVersion": format!("{}", 100 + i), "labels": {"app": "a"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [format!("h{i}.example")],
+                "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/a"}}],
+                     "backendRefs": [{"name": "s", "port": 80, "weight": 1}],
+                     "retry": {"attempts": 2, "codes": [503]}},
+                    {"backendRefs": [{"name": "t", "port": 8080}]}]},
+            "status": {"parents": [{"controllerName": "meridian.dev/gateway-controller",
+                "parentRef": {"name": "gw"},
+                "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                    "message": "", "observedGeneration": 2,
+                    "lastTransitionTime": "2024-01-01T00:00:00Z"}]}]},
+        })
+    }
+
+    /// The one-pass wire decoding reads what decoding the whole JSON tree reads: the typed
+    /// route (metadata, spec, status) and the extras per rule; members it does not know are
+    /// skipped.
+    #[test]
+    fn the_wire_decoding_equals_the_tree_decoding() {
+        let mut v = sample(1);
+        v["somethingNew"] = json!({"a": [1, 2]});
+        let text = v.to_string();
+        let tree = HttpRouteWithExtras::from_json(v).unwrap();
+        let wire: HttpRouteWire = serde_json::from_str(&text).unwrap();
+        let wire = wire.0.unwrap();
+        assert_eq!(wire.route, tree.route);
+        assert_eq!(wire.extras, tree.extras);
+        assert_eq!(wire.extras.len(), 2);
+        assert!(wire.extras[0].as_ref().unwrap().retry.is_some());
+        assert!(wire.route.status.is_some());
+        // No status, and a null one, read as none.
+        for status in [None, Some(json!(null))] {
+            let mut v = sample(2);
+            match status {
+                None => {
+                    v.as_object_mut().unwrap().remove("status");
+                }
+                Some(s) => v["status"] = s,
+            }
+            let wire: HttpRouteWire = serde_json::from_str(&v.to_string()).unwrap();
+            assert_eq!(wire.0.unwrap().route.status, None);
+        }
+    }
+
+    /// An HTTPRoute whose spec or status does not decode is not an error of the list or the
+    /// watch event around it: it comes out as invalid, with its metadata (the watcher removes
+    /// it by that key), whatever order the event's members come in (an event with `object`
+    /// before `type` is buffered by serde before the route is decoded).
+    #[test]
+    fn an_undecodable_route_keeps_its_metadata_and_spares_the_others() {
+        let mut bad_spec = sample(1);
+        bad_spec["spec"]["rules"] = json!("not a list");
+        let mut bad_status = sample(2);
+        bad_status["status"]["parents"] = json!(7);
+        let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {},
+            "items": [sample(0), bad_spec, bad_status, sample(3)]});
+        let list: kube::core::ObjectList<HttpRouteWire> =
+            serde_json::from_str(&list.to_string()).unwrap();
+        let outcome: Vec<(Option<String>, bool)> = list
+            .items
+            .iter()
+            .map(|w| (w.meta().name.clone(), w.0.is_ok()))
+            .collect();
+        assert_eq!(
+            outcome,
+            vec![
+                (Some("r0".into()), true),
+                (Some("r1".into()), false),
+                (Some("r2".into()), false),
+                (Some("r3".into()), true),
+            ]
+        );
+        let err = list.items[1].0.as_ref().unwrap_err();
+        assert!(err.error.starts_with("spec: "), "{}", err.error);
+        assert_eq!(err.metadata.namespace.as_deref(), Some("ns"));
+        assert!(
+            list.items[2]
+                .0
+                .as_ref()
+                .unwrap_err()
+                .error
+                .starts_with("status: ")
+        );
+
+        let mut bad = sample(4);
+        bad["spec"]["hostnames"] = json!(3);
+        let object = bad.to_string();
+        for text in [
+            format!(r#"{{"type":"MODIFIED","object":{object}}}"#),
+            format!(r#"{{"object":{object},"type":"MODIFIED"}}"#),
+        ] {
+            let event: kube::core::WatchEvent<HttpRouteWire> = serde_json::from_str(&text).unwrap();
+            let kube::core::WatchEvent::Modified(w) = event else {
+                panic!("not a MODIFIED event: {text}");
+            };
+            assert_eq!(w.meta().name.as_deref(), Some("r4"));
+            assert!(w.0.is_err());
+        }
+        // Without metadata there is nothing to act on: invalid, without a name.
+        let w: HttpRouteWire = serde_json::from_str(r#"{"spec": {}}"#).unwrap();
+        assert!(w.0.is_err() && w.meta().name.is_none());
+        // Not an object at all: an error, as for the guard.
+        assert!(serde_json::from_str::<HttpRouteWire>("[1]").is_err());
+    }
+
+    /// The watcher's HTTPRoute decoding before the wire type: kube's guard around a decoding
+    /// through a whole JSON tree.
+    #[derive(Clone, Debug)]
+    struct TreeDecoded(#[allow(dead_code)] HttpRouteWithExtras);
+
+    impl<'de> Deserialize<'de> for TreeDecoded {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let value = serde_json::Value::deserialize(d)?;
+            HttpRouteWithExtras::from_json(value)
+                .map(TreeDecoded)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+
+    impl Resource for TreeDecoded {
+        type DynamicType = ();
+        type Scope = <HttpRoute as Resource>::Scope;
+        fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+            HttpRoute::kind(dt)
+        }
+        fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+            HttpRoute::group(dt)
+        }
+        fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+            HttpRoute::version(dt)
+        }
+        fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+            HttpRoute::plural(dt)
+        }
+        fn meta(&self) -> &ObjectMeta {
+            &self.0.route.metadata
+        }
+        fn meta_mut(&mut self) -> &mut ObjectMeta {
+            &mut self.0.route.metadata
+        }
+    }
+
+    /// Measurement, not a check (`--ignored --nocapture`): decoding a list of N HTTPRoutes and
+    /// N watch events (both member orders) through kube's guard around a tree decoding (before)
+    /// and through [`HttpRouteWire`] (now).
+    #[test]
+    #[ignore = "measurement"]
+    fn measure_route_decoding() {
+        use kube::core::{DeserializeGuard, ObjectList, WatchEvent};
+        use std::time::Instant;
+        let n: usize = std::env::var("N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        let items: Vec<serde_json::Value> = (0..n).map(sample).collect();
+        let list =
+            json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}).to_string();
+        let events = |type_first: bool| -> Vec<String> {
+            items
+                .iter()
+                .map(|o| match type_first {
+                    true => format!(r#"{{"type":"MODIFIED","object":{o}}}"#),
+                    false => format!(r#"{{"object":{o},"type":"MODIFIED"}}"#),
+                })
+                .collect()
+        };
+        fn time<T>(what: &str, n: usize, f: impl FnOnce() -> T) {
+            let t = Instant::now();
+            let out = f();
+            let took = t.elapsed();
+            drop(out);
+            println!(
+                "{what}: {took:?} ({:.1} us/route)",
+                took.as_secs_f64() * 1e6 / n as f64
+            );
+        }
+        for round in 0..2 {
+            println!("round {round}");
+            time("list, guard + tree", n, || {
+                serde_json::from_str::<ObjectList<DeserializeGuard<TreeDecoded>>>(&list).unwrap()
+            });
+            time("list, wire", n, || {
+                serde_json::from_str::<ObjectList<HttpRouteWire>>(&list).unwrap()
+            });
+            for type_first in [true, false] {
+                let lines = events(type_first);
+                time(
+                    &format!("events (type first: {type_first}), guard + tree"),
+                    n,
+                    || {
+                        lines
+                            .iter()
+                            .map(|l| {
+                                serde_json::from_str::<WatchEvent<DeserializeGuard<TreeDecoded>>>(l)
+                                    .unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                    },
+                );
+                time(
+                    &format!("events (type first: {type_first}), wire"),
+                    n,
+                    || {
+                        lines
+                            .iter()
+                            .map(|l| serde_json::from_str::<WatchEvent<HttpRouteWire>>(l).unwrap())
+                            .collect::<Vec<_>>()
+                    },
+                );
+            }
+        }
     }
 }

@@ -172,22 +172,30 @@ impl<'de> Deserialize<'de> for HttpRouteWithExtras {
     }
 }
 
-impl Resource for HttpRouteWire {
-    type DynamicType = ();
-    type Scope = <HttpRoute as Resource>::Scope;
+/// The type half of `Resource` for the HTTPRoute wrappers: the standard HTTPRoute's kind,
+/// group, version and plural (the watcher's URL and the object's identity are the HTTPRoute's).
+macro_rules! http_route_type {
+    () => {
+        type DynamicType = ();
+        type Scope = <HttpRoute as Resource>::Scope;
 
-    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
-        HttpRoute::kind(dt)
-    }
-    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
-        HttpRoute::group(dt)
-    }
-    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
-        HttpRoute::version(dt)
-    }
-    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
-        HttpRoute::plural(dt)
-    }
+        fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+            HttpRoute::kind(dt)
+        }
+        fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+            HttpRoute::group(dt)
+        }
+        fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+            HttpRoute::version(dt)
+        }
+        fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+            HttpRoute::plural(dt)
+        }
+    };
+}
+
+impl Resource for HttpRouteWire {
+    http_route_type!();
     fn meta(&self) -> &ObjectMeta {
         match &self.0 {
             Ok(r) => &r.route.metadata,
@@ -203,21 +211,7 @@ impl Resource for HttpRouteWire {
 }
 
 impl Resource for HttpRouteWithExtras {
-    type DynamicType = ();
-    type Scope = <HttpRoute as Resource>::Scope;
-
-    fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
-        HttpRoute::kind(dt)
-    }
-    fn group(dt: &()) -> std::borrow::Cow<'_, str> {
-        HttpRoute::group(dt)
-    }
-    fn version(dt: &()) -> std::borrow::Cow<'_, str> {
-        HttpRoute::version(dt)
-    }
-    fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
-        HttpRoute::plural(dt)
-    }
+    http_route_type!();
     fn meta(&self) -> &ObjectMeta {
         &self.route.metadata
     }

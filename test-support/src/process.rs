@@ -172,9 +172,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// `sh -c script` with SIGINT at its default: a non-interactive shell cannot trap a signal
+    /// that was ignored when it started, and a test run launched in the background (`cmd &`
+    /// without job control) inherits SIGINT ignored, which would make the SIGINT test fail.
     fn sh(script: &str) -> Child {
-        Command::new("sh")
-            .args(["-c", script])
+        Command::new("env")
+            .args(["--default-signal=INT", "sh", "-c", script])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap()

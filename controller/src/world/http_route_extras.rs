@@ -458,20 +458,7 @@ mod tests {
     }
 
     impl Resource for TreeDecoded {
-        type DynamicType = ();
-        type Scope = <HttpRoute as Resource>::Scope;
-        fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
-            HttpRoute::kind(dt)
-        }
-        fn group(dt: &()) -> std::borrow::Cow<'_, str> {
-            HttpRoute::group(dt)
-        }
-        fn version(dt: &()) -> std::borrow::Cow<'_, str> {
-            HttpRoute::version(dt)
-        }
-        fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
-            HttpRoute::plural(dt)
-        }
+        http_route_type!();
         fn meta(&self) -> &ObjectMeta {
             &self.0.route.metadata
         }

@@ -88,37 +88,26 @@ struct Fields<'a> {
     seen: usize,
 }
 
-impl ser::SerializeSeq for Elements<'_> {
-    type Ok = ();
-    type Error = Outcome;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Outcome> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Outcome> {
-        Elements::end(self)
-    }
+/// Sequences, tuples and tuple structs all compare element by element.
+macro_rules! elements_compound {
+    ($($trait:ident: $method:ident;)+) => {$(
+        impl ser::$trait for Elements<'_> {
+            type Ok = ();
+            type Error = Outcome;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Outcome> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Outcome> {
+                Elements::end(self)
+            }
+        }
+    )+};
 }
 
-impl ser::SerializeTuple for Elements<'_> {
-    type Ok = ();
-    type Error = Outcome;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Outcome> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Outcome> {
-        Elements::end(self)
-    }
-}
-
-impl ser::SerializeTupleStruct for Elements<'_> {
-    type Ok = ();
-    type Error = Outcome;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Outcome> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Outcome> {
-        Elements::end(self)
-    }
+elements_compound! {
+    SerializeSeq: serialize_element;
+    SerializeTuple: serialize_element;
+    SerializeTupleStruct: serialize_field;
 }
 
 impl ser::SerializeStruct for Fields<'_> {

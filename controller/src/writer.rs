@@ -185,40 +185,34 @@ pub enum RouteCopy {
 }
 
 impl RouteCopy {
-    /// The PUT body of a status write: this copy (its metadata with the resourceVersion that
-    /// guards the write, and its spec) carrying `status`, serialized straight from the borrowed
-    /// parts. No JSON tree of the route is built.
+    /// The PUT body of a status write: this copy's metadata (with the resourceVersion that
+    /// guards the write) carrying `status`, serialized straight from the borrowed parts. No
+    /// JSON tree of the route is built, and no spec is sent: an update of the status
+    /// subresource takes everything but `status` from the stored object (the API server copies
+    /// the stored object and sets only the new status), so the spec would be encoded, sent and
+    /// decoded for nothing.
     fn status_body(&self, kind: StatusKind, status: &Value) -> serde_json::Result<Vec<u8>> {
-        fn body<S: serde::Serialize>(
-            kind: StatusKind,
-            metadata: &ObjectMeta,
-            spec: &S,
-            status: &Value,
-        ) -> serde_json::Result<Vec<u8>> {
-            serde_json::to_vec(&RouteStatusBody {
-                api_version: kind.api_version(),
-                kind: kind.kind(),
-                metadata,
-                spec,
-                status,
-            })
-        }
-        match self {
-            RouteCopy::Http(r) => body(kind, &r.metadata, &r.spec, status),
-            RouteCopy::Grpc(r) => body(kind, &r.metadata, &r.spec, status),
-            RouteCopy::Tls(r) => body(kind, &r.metadata, &r.spec, status),
-        }
+        let metadata = match self {
+            RouteCopy::Http(r) => &r.metadata,
+            RouteCopy::Grpc(r) => &r.metadata,
+            RouteCopy::Tls(r) => &r.metadata,
+        };
+        serde_json::to_vec(&RouteStatusBody {
+            api_version: kind.api_version(),
+            kind: kind.kind(),
+            metadata,
+            status,
+        })
     }
 }
 
 /// The body of a route status PUT, borrowed from the indexed copy and the computed status.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct RouteStatusBody<'a, S> {
+struct RouteStatusBody<'a> {
     api_version: &'static str,
     kind: &'static str,
     metadata: &'a ObjectMeta,
-    spec: &'a S,
     status: &'a Value,
 }
 
@@ -1167,6 +1161,83 @@ mod tests {
         assert_eq!(written, MAX_SAME_WRITES);
         // A new generation starts over.
         assert!(w.submit(update("a", 2, "X"), Some("99".into()), None));
+    }
+
+    /// A route status write from the current copy sends no spec (the status subresource takes
+    /// everything but `status` from the stored object): the write lands at the first attempt
+    /// and the stored route keeps its spec.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_status_write_keeps_the_stored_spec() {
+        use kube::api::PostParams;
+
+        let sb =
+            meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
+                .await
+                .unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new(sb.clusters()[0].url.parse().unwrap()))
+                .unwrap();
+        let crds: Api<meridian_crds::CustomResourceDefinition> = Api::all(client.clone());
+        for crd in meridian_crds::gateway_api_crds() {
+            crds.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        let routes: Api<HttpRoute> = Api::namespaced(client.clone(), "default");
+        let route: HttpRoute = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "default"},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["a.example"]}}))
+        .unwrap();
+        let indexed = routes.create(&PostParams::default(), &route).await.unwrap();
+        let me = "meridian.dev/gateway-controller";
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let writer = StatusWriter::new("east".into(), Arc::clone(&metrics));
+        let status = json!({"parents": [{
+            "controllerName": me,
+            "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"},
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                "message": "", "observedGeneration": 1,
+                "lastTransitionTime": "2024-01-01T00:00:00Z"}]}]});
+        let update = StatusUpdate {
+            cluster: "east".into(),
+            kind: StatusKind::HttpRoute,
+            namespace: Some("default".into()),
+            name: "r".into(),
+            generation: 1,
+            status: Arc::new(status),
+            settles: false,
+        };
+        let rv = indexed.metadata.resource_version.clone();
+        assert!(writer.submit(update, rv, Some(Arc::new(indexed.clone()).into())));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cfg = WriterConfig {
+            controller_name: me.into(),
+            timeout: Duration::from_secs(5),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            write_gate: None,
+            concurrency: 4,
+        };
+        let task = tokio::spawn(writer.clone().run(client.clone(), cfg, stop_rx));
+        let ok = || {
+            metrics
+                .status_writes
+                .with_label_values(&["east", "HTTPRoute", "ok"])
+                .get()
+        };
+        wait_until("the write booked", || ok() >= 1).await;
+        let stored = routes.get("r").await.unwrap();
+        let parents = stored.status.map(|s| s.parents).unwrap_or_default();
+        assert_eq!(parents.len(), 1, "{parents:?}");
+        assert_eq!(parents[0].controller_name, me);
+        assert_eq!(stored.spec, indexed.spec, "the spec is kept");
+        assert_eq!(
+            metrics.status_write_attempts("east"),
+            1,
+            "written at the first attempt, no conflict re-read"
+        );
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        sb.shutdown().await;
     }
 
     /// A route write against an outdated copy hits 409, re-reads, and merges our entry next to

@@ -1163,36 +1163,6 @@ mod tests {
         assert!(w.submit(update("a", 2, "X"), Some("99".into()), None));
     }
 
-    /// A local API with one cluster `east` and the Gateway API CRDs installed, and a client of it.
-    async fn sandbox_with_gateway_api() -> (meridian_sandbox::Sandbox, kube::Client) {
-        let sb =
-            meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
-                .await
-                .unwrap();
-        let client =
-            kube::Client::try_from(kube::Config::new(sb.clusters()[0].url.parse().unwrap()))
-                .unwrap();
-        let crds: Api<meridian_crds::CustomResourceDefinition> = Api::all(client.clone());
-        for crd in meridian_crds::gateway_api_crds() {
-            crds.create(&kube::api::PostParams::default(), &crd)
-                .await
-                .unwrap();
-        }
-        (sb, client)
-    }
-
-    /// A writer configuration with short timeouts and backoff for tests against the local API.
-    fn quick_config(controller_name: &str) -> WriterConfig {
-        WriterConfig {
-            controller_name: controller_name.into(),
-            timeout: Duration::from_secs(5),
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(200),
-            write_gate: None,
-            concurrency: 4,
-        }
-    }
-
     /// A route status write from the current copy sends no spec (the status subresource takes
     /// everything but `status` from the stored object): the write lands at the first attempt
     /// and the stored route keeps its spec.
@@ -1200,7 +1170,7 @@ mod tests {
     async fn a_route_status_write_keeps_the_stored_spec() {
         use kube::api::PostParams;
 
-        let (sb, client) = sandbox_with_gateway_api().await;
+        let (sb, client) = gateway_api_sandbox().await;
         let routes: Api<HttpRoute> = Api::namespaced(client.clone(), "default");
         let route: HttpRoute = serde_json::from_value(json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -1229,7 +1199,7 @@ mod tests {
         let rv = indexed.metadata.resource_version.clone();
         assert!(writer.submit(update, rv, Some(Arc::new(indexed.clone()).into())));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let cfg = quick_config(me);
+        let cfg = cfg(Duration::from_secs(5));
         let task = tokio::spawn(writer.clone().run(client.clone(), cfg, stop_rx));
         let ok = || {
             metrics
@@ -1261,7 +1231,7 @@ mod tests {
         use gateway_api::httproutes::HttpRouteStatusParentsParentRef;
         use kube::api::PostParams;
 
-        let (sb, client) = sandbox_with_gateway_api().await;
+        let (sb, client) = gateway_api_sandbox().await;
         let routes: Api<HttpRoute> = Api::namespaced(client.clone(), "default");
         let route: HttpRoute = serde_json::from_value(json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -1310,7 +1280,7 @@ mod tests {
         let rv = indexed.metadata.resource_version.clone();
         assert!(writer.submit(update, rv, Some(Arc::new(indexed).into())));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let cfg = quick_config(me);
+        let cfg = cfg(Duration::from_secs(5));
         let task = tokio::spawn(writer.clone().run(client.clone(), cfg, stop_rx));
         let deadline = Instant::now() + Duration::from_secs(20);
         let parents = loop {
@@ -1684,8 +1654,21 @@ mod tests {
         gws
     }
 
+    /// A local API with one cluster `east` and the Gateway API CRDs installed, and a client of it.
     async fn gateway_api_sandbox() -> (meridian_sandbox::Sandbox, kube::Client) {
-        let (sb, client) = sandbox_with_gateway_api().await;
+        let sb =
+            meridian_sandbox::Sandbox::start(meridian_sandbox::SandboxConfig::ephemeral(&["east"]))
+                .await
+                .unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new(sb.clusters()[0].url.parse().unwrap()))
+                .unwrap();
+        let crds: Api<meridian_crds::CustomResourceDefinition> = Api::all(client.clone());
+        for crd in meridian_crds::gateway_api_crds() {
+            crds.create(&kube::api::PostParams::default(), &crd)
+                .await
+                .unwrap();
+        }
         (sb, client)
     }
 

@@ -909,12 +909,18 @@ async fn case(w: &World, n: usize, part: &Part) -> Vec<Refused> {
     };
     let (must, verbs) = (&must, &verbs);
     let mut round = 0;
+    // For a failure message that tells a controller that never led (no writes at all) from
+    // forced re-reads that never reached a status GET.
+    let gate = run.elector.write_gate();
+    let forced = std::sync::atomic::AtomicUsize::new(0);
+    let (gate, forced) = (&gate, &forced);
     eventually_async(&part.describe(), CASE_WAIT, || {
         round += 1;
         let rare = part.rare() && round % 10 == 1;
         async move {
             if rare {
                 w.force_route_reread(round).await;
+                forced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let got = w.refused_since(from);
             let missing: Vec<&&String> = must
@@ -925,7 +931,10 @@ async fn case(w: &World, n: usize, part: &Part) -> Vec<Refused> {
                 Ok(got)
             } else {
                 Err(format!(
-                    "no 403 yet on {missing:?} {verbs:?}; refused so far: {got:?}"
+                    "no 403 yet on {missing:?} {verbs:?}; refused so far: {got:?}; leading: \
+                     {}; forced re-reads: {}",
+                    *gate.borrow(),
+                    forced.load(std::sync::atomic::Ordering::Relaxed)
                 ))
             }
         }

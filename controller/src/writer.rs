@@ -71,7 +71,6 @@ use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParents};
 use gateway_api::listenersets::ListenerSet;
 use gateway_api::tlsroutes::TlsRoute;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Resource};
@@ -185,12 +184,13 @@ pub enum RouteCopy {
 }
 
 impl RouteCopy {
-    /// The PUT body of a status write: this copy's metadata (with the resourceVersion that
+    /// The PUT body of a status write: this copy's name, namespace and resourceVersion (which
     /// guards the write) carrying `status`, serialized straight from the borrowed parts. No
-    /// JSON tree of the route is built, and no spec is sent: an update of the status
-    /// subresource takes everything but `status` from the stored object (the API server copies
-    /// the stored object and sets only the new status), so the spec would be encoded, sent and
-    /// decoded for nothing.
+    /// JSON tree of the route is built, and neither the spec nor the rest of the metadata is
+    /// sent: an update of the status subresource takes everything but `status` from the stored
+    /// object (the API server copies the stored object, checks the resourceVersion and sets
+    /// only the new status; managedFields are the server's), so labels, annotations,
+    /// managedFields and the spec would be encoded, sent and decoded for nothing.
     fn status_body(&self, kind: StatusKind, status: &Value) -> serde_json::Result<Vec<u8>> {
         let metadata = match self {
             RouteCopy::Http(r) => &r.metadata,
@@ -200,7 +200,11 @@ impl RouteCopy {
         serde_json::to_vec(&RouteStatusBody {
             api_version: kind.api_version(),
             kind: kind.kind(),
-            metadata,
+            metadata: StatusMeta {
+                name: metadata.name.as_deref(),
+                namespace: metadata.namespace.as_deref(),
+                resource_version: metadata.resource_version.as_deref(),
+            },
             status,
         })
     }
@@ -212,8 +216,20 @@ impl RouteCopy {
 struct RouteStatusBody<'a> {
     api_version: &'static str,
     kind: &'static str,
-    metadata: &'a ObjectMeta,
+    metadata: StatusMeta<'a>,
     status: &'a Value,
+}
+
+/// The metadata a status PUT needs: which object, and the resourceVersion it was read at.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusMeta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource_version: Option<&'a str>,
 }
 
 impl From<Arc<HttpRoute>> for RouteCopy {
@@ -1167,17 +1183,28 @@ mod tests {
     /// everything but `status` from the stored object): the write lands at the first attempt
     /// and the stored route keeps its spec.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_route_status_write_keeps_the_stored_spec() {
+    async fn a_route_status_write_keeps_the_stored_spec_and_metadata() {
         use kube::api::PostParams;
 
         let (sb, client) = gateway_api_sandbox().await;
         let routes: Api<HttpRoute> = Api::namespaced(client.clone(), "default");
         let route: HttpRoute = serde_json::from_value(json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "r", "namespace": "default"},
+            "metadata": {"name": "r", "namespace": "default",
+                "labels": {"team": "a"}, "annotations": {"note": "kept"}},
             "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["a.example"]}}))
         .unwrap();
         let indexed = routes.create(&PostParams::default(), &route).await.unwrap();
+        let body = RouteCopy::from(Arc::new(indexed.clone()))
+            .status_body(StatusKind::HttpRoute, &json!({"parents": []}))
+            .unwrap();
+        let sent: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            sent["metadata"],
+            json!({"name": "r", "namespace": "default",
+                "resourceVersion": indexed.metadata.resource_version.clone().unwrap()}),
+            "only what names the object and guards the write"
+        );
         let me = "meridian.dev/gateway-controller";
         let metrics = Arc::new(Metrics::new().unwrap());
         let writer = StatusWriter::new("east".into(), Arc::clone(&metrics));
@@ -1213,6 +1240,14 @@ mod tests {
         assert_eq!(parents.len(), 1, "{parents:?}");
         assert_eq!(parents[0].controller_name, me);
         assert_eq!(stored.spec, indexed.spec, "the spec is kept");
+        assert_eq!(
+            stored.metadata.labels, indexed.metadata.labels,
+            "labels kept"
+        );
+        assert_eq!(
+            stored.metadata.annotations, indexed.metadata.annotations,
+            "annotations kept"
+        );
         assert_eq!(
             metrics.status_write_attempts("east"),
             1,

@@ -262,172 +262,92 @@ pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
 
 /// [`translate`]; with `seed`, also records what incremental passes start from (module
 /// `incremental`) — the same code, so the reference and the seed cannot disagree.
-///
-/// Clusters translate independently of each other (each reads the whole world, writes only its
-/// own snapshot, statuses and record), so with several clusters they run on scoped threads, at
-/// most one per core; the results are joined in cluster order, so the output is the same as one
-/// cluster after another. East-west wiring, which spans clusters, runs after.
 pub(crate) fn translate_full(
     world: &World,
     cfg: &TranslateConfig,
     mut seed: Option<&mut incremental::Seed>,
 ) -> Output {
-    let record = seed.is_some();
-    let clusters: Vec<(&ClusterName, &ClusterState)> = world.clusters.iter().collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(clusters.len());
-    let translated: Vec<ClusterOutput> = if threads <= 1 {
-        clusters
-            .iter()
-            .map(|(name, cluster)| translate_cluster(world, cfg, name, cluster, record))
-            .collect()
-    } else {
-        // Clusters are dealt to the threads round-robin; each thread's results come back in
-        // its clusters' order and are put back into the world's order below.
-        let mut slots: Vec<Option<ClusterOutput>> = clusters.iter().map(|_| None).collect();
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let clusters = &clusters;
-                    scope.spawn(move || {
-                        clusters
-                            .iter()
-                            .enumerate()
-                            .skip(t)
-                            .step_by(threads)
-                            .map(|(i, (name, cluster))| {
-                                (i, translate_cluster(world, cfg, name, cluster, record))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for handle in handles {
-                match handle.join() {
-                    Ok(done) => {
-                        for (i, one) in done {
-                            slots[i] = Some(one);
-                        }
-                    }
-                    // A panic in translation is a bug; it surfaces as it would have without
-                    // the threads.
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-        });
-        slots.into_iter().flatten().collect()
-    };
     let mut out = Output::default();
-    for ((cluster_name, _), one) in clusters.iter().zip(translated) {
-        out.status.extend(one.status);
-        out.snapshots.insert((*cluster_name).clone(), one.snapshot);
-        out.endpoints_refused |= one.endpoints_refused;
-        if let (Some(r), Some(seed)) = (one.record, seed.as_deref_mut()) {
-            seed.clusters.insert((*cluster_name).clone(), r);
+    for (cluster_name, cluster) in &world.clusters {
+        let ctx = Ctx {
+            world,
+            cluster_name,
+            cluster,
+            cfg,
+        };
+        let mut record = seed.is_some().then(incremental::ClusterCache::default);
+        let mut class_status = Vec::new();
+        let classes = gateway::classes(&ctx, &mut class_status);
+        let mut gateways = gateway::build_all(&ctx, &classes);
+        gateway::detect_shared_socket_conflicts(&mut gateways);
+        let mut backends = backend::Cache::default();
+        let mut route_status = Vec::new();
+        let conflicts = conflict::compute(&ctx, &gateways);
+        let routes = cluster
+            .http_routes
+            .iter()
+            .map(|(k, r)| (RouteKey::http(k.clone()), route::RouteSource::http(r)))
+            .chain(
+                cluster
+                    .grpc_routes
+                    .iter()
+                    .map(|(k, r)| (RouteKey::grpc(k.clone()), route::RouteSource::grpc(r))),
+            )
+            .chain(
+                cluster
+                    .tls_routes
+                    .iter()
+                    .map(|(k, r)| (RouteKey::tls(k.clone()), route::RouteSource::tls(r))),
+            );
+        for (key, src) in routes {
+            let processed = route::process(
+                &ctx,
+                &key,
+                &src,
+                &mut gateways,
+                &mut backends,
+                conflicts.get(&key),
+            );
+            if let Some(r) = &mut record {
+                r.record_route(&key, &processed, &gateways);
+            }
+            route_status.extend(processed.update);
         }
+        if let Some(r) = &mut record {
+            r.record_rest(classes, &class_status, &gateways, conflicts);
+        }
+        out.status.extend(class_status);
+        out.status.extend(route_status);
+        let generation = cfg.generations.get(cluster_name).copied().unwrap_or(0);
+        let mut snapshot = Snapshot::empty(generation);
+        for gw in gateways.into_values() {
+            let key = gw.key.clone();
+            let set_updates = listener_set::statuses(&ctx, &gw);
+            if let Some(r) = &mut record {
+                r.record_hidden(&gw);
+            }
+            let (served, update) = gateway::finish(&ctx, gw);
+            if let Some(r) = &mut record {
+                r.record_gateway_status(&key, update.as_ref(), &set_updates);
+            }
+            snapshot.gateways.extend(served);
+            out.status.extend(update);
+            out.status.extend(set_updates);
+        }
+        let mut policy_status = Vec::new();
+        failover::policy_status(&ctx, &mut policy_status);
+        backend_tls::policy_status(&ctx, &mut policy_status);
+        if let (Some(r), Some(seed)) = (record, seed.as_deref_mut()) {
+            let mut r = r;
+            r.record_policy_status(&policy_status);
+            seed.clusters.insert(cluster_name.clone(), r);
+        }
+        out.status.extend(policy_status);
+        out.snapshots.insert(cluster_name.clone(), snapshot);
+        out.endpoints_refused |= backends.refused_any;
     }
     out.east_west_missing = east_west::apply(world, &cfg.east_west, &mut out.snapshots);
     out
-}
-
-/// What a full translation makes of one cluster.
-struct ClusterOutput {
-    snapshot: Snapshot,
-    /// In the order [`Output::status`] documents for one cluster.
-    status: Vec<StatusUpdate>,
-    endpoints_refused: bool,
-    /// The record incremental passes start from, when asked for.
-    record: Option<incremental::ClusterCache>,
-}
-
-/// One cluster of [`translate_full`].
-fn translate_cluster(
-    world: &World,
-    cfg: &TranslateConfig,
-    cluster_name: &str,
-    cluster: &ClusterState,
-    record: bool,
-) -> ClusterOutput {
-    let ctx = Ctx {
-        world,
-        cluster_name,
-        cluster,
-        cfg,
-    };
-    let mut record = record.then(incremental::ClusterCache::default);
-    let mut status = Vec::new();
-    let mut class_status = Vec::new();
-    let classes = gateway::classes(&ctx, &mut class_status);
-    let mut gateways = gateway::build_all(&ctx, &classes);
-    gateway::detect_shared_socket_conflicts(&mut gateways);
-    let mut backends = backend::Cache::default();
-    let mut route_status = Vec::new();
-    let conflicts = conflict::compute(&ctx, &gateways);
-    let routes = cluster
-        .http_routes
-        .iter()
-        .map(|(k, r)| (RouteKey::http(k.clone()), route::RouteSource::http(r)))
-        .chain(
-            cluster
-                .grpc_routes
-                .iter()
-                .map(|(k, r)| (RouteKey::grpc(k.clone()), route::RouteSource::grpc(r))),
-        )
-        .chain(
-            cluster
-                .tls_routes
-                .iter()
-                .map(|(k, r)| (RouteKey::tls(k.clone()), route::RouteSource::tls(r))),
-        );
-    for (key, src) in routes {
-        let processed = route::process(
-            &ctx,
-            &key,
-            &src,
-            &mut gateways,
-            &mut backends,
-            conflicts.get(&key),
-        );
-        if let Some(r) = &mut record {
-            r.record_route(&key, &processed, &gateways);
-        }
-        route_status.extend(processed.update);
-    }
-    if let Some(r) = &mut record {
-        r.record_rest(classes, &class_status, &gateways, conflicts);
-    }
-    status.extend(class_status);
-    status.extend(route_status);
-    let generation = cfg.generations.get(cluster_name).copied().unwrap_or(0);
-    let mut snapshot = Snapshot::empty(generation);
-    for gw in gateways.into_values() {
-        let key = gw.key.clone();
-        let set_updates = listener_set::statuses(&ctx, &gw);
-        if let Some(r) = &mut record {
-            r.record_hidden(&gw);
-        }
-        let (served, update) = gateway::finish(&ctx, gw);
-        if let Some(r) = &mut record {
-            r.record_gateway_status(&key, update.as_ref(), &set_updates);
-        }
-        snapshot.gateways.extend(served);
-        status.extend(update);
-        status.extend(set_updates);
-    }
-    let mut policy_status = Vec::new();
-    failover::policy_status(&ctx, &mut policy_status);
-    backend_tls::policy_status(&ctx, &mut policy_status);
-    if let Some(r) = &mut record {
-        r.record_policy_status(&policy_status);
-    }
-    status.extend(policy_status);
-    ClusterOutput {
-        snapshot,
-        status,
-        endpoints_refused: backends.refused_any,
-        record,
-    }
 }
 
 /// `metadata.generation`, 0 when unset (objects not read from an API server).

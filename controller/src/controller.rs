@@ -1497,7 +1497,18 @@ impl Reconciler {
     fn full_pass(&mut self) {
         let started = std::time::Instant::now();
         let cfg = self.translate_config();
-        let out = self.engine.full(&self.world, &cfg);
+        // Each cluster's status goes to its writer as soon as the cluster is translated: the
+        // writes (on other runtime threads, and the API server's) overlap the translation of
+        // the clusters after it — at a cold start the full pass is the one long step before
+        // thousands of writes. The engine is moved out for the pass so the sink can read the
+        // rest of `self`.
+        let mut engine = std::mem::replace(&mut self.engine, Incremental::new());
+        let out = {
+            let this = &*self;
+            let mut sink = |updates: Vec<StatusUpdate>| this.submit_updates(updates);
+            engine.full_with(&self.world, &cfg, Some(&mut sink))
+        };
+        self.engine = engine;
         self.last_full = Instant::now();
         // Everything is translated: what was waiting for a pass is in this one.
         self.dirty_objects = Changes::new();
@@ -1621,6 +1632,12 @@ impl Reconciler {
     /// and, for routes, the indexed copy to merge into); then lets the writers retire what
     /// the watch has seen and, once a minute, forget deleted objects.
     fn submit_status(&mut self, updates: Vec<StatusUpdate>) {
+        self.submit_updates(updates);
+        self.retire_and_prune();
+    }
+
+    /// The first half of [`Self::submit_status`]: each update to its cluster's writer.
+    fn submit_updates(&self, updates: Vec<StatusUpdate>) {
         for update in updates {
             if !self.can_act(&update.cluster) {
                 // Written once the cluster acts: that triggers a full pass which emits it again.
@@ -1658,6 +1675,11 @@ impl Reconciler {
                 self.slots[i].writer.submit(update, source_rv, route);
             }
         }
+    }
+
+    /// The second half of [`Self::submit_status`]: writers retire what the world moved past,
+    /// and now and then forget objects gone.
+    fn retire_and_prune(&mut self) {
         let acting: Vec<usize> = self
             .active()
             .filter(|&i| self.can_act(&self.names[i]))

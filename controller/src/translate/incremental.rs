@@ -479,8 +479,19 @@ impl Incremental {
     /// The full translation ([`super::translate`], the same code) of `world`, keeping what the
     /// next incremental passes start from.
     pub fn full(&mut self, world: &World, cfg: &TranslateConfig) -> Output {
+        self.full_with(world, cfg, None)
+    }
+
+    /// [`Self::full`], handing each cluster's status to `sink` as soon as that cluster is
+    /// translated (`Output::status` then stays empty).
+    pub(crate) fn full_with(
+        &mut self,
+        world: &World,
+        cfg: &TranslateConfig,
+        sink: Option<super::StatusSink<'_>>,
+    ) -> Output {
         let mut seed = Seed::default();
-        let out = super::translate_full(world, cfg, Some(&mut seed));
+        let out = super::translate_full(world, cfg, Some(&mut seed), sink);
         self.clusters = seed.clusters;
         self.deps = DepIndex::build(world);
         self.seen = Seen::of(cfg);

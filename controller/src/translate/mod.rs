@@ -257,18 +257,27 @@ impl Problem {
 
 /// Translates the whole world. Pure: no I/O, no clock but `cfg.now`.
 pub fn translate(world: &World, cfg: &TranslateConfig) -> Output {
-    translate_full(world, cfg, None)
+    translate_full(world, cfg, None, None)
 }
+
+/// Where a full translation hands each cluster's status as soon as that cluster is done
+/// (instead of in [`Output::status`]), so writes can start while later clusters translate.
+pub(crate) type StatusSink<'a> = &'a mut dyn FnMut(Vec<StatusUpdate>);
 
 /// [`translate`]; with `seed`, also records what incremental passes start from (module
 /// `incremental`) — the same code, so the reference and the seed cannot disagree.
+///
+/// With `sink`, each cluster's status goes there when the cluster is done, in the order
+/// [`Output::status`] documents, and `Output::status` stays empty.
 pub(crate) fn translate_full(
     world: &World,
     cfg: &TranslateConfig,
     mut seed: Option<&mut incremental::Seed>,
+    mut sink: Option<StatusSink<'_>>,
 ) -> Output {
     let mut out = Output::default();
     for (cluster_name, cluster) in &world.clusters {
+        let mut status = Vec::new();
         let ctx = Ctx {
             world,
             cluster_name,
@@ -316,8 +325,8 @@ pub(crate) fn translate_full(
         if let Some(r) = &mut record {
             r.record_rest(classes, &class_status, &gateways, conflicts);
         }
-        out.status.extend(class_status);
-        out.status.extend(route_status);
+        status.extend(class_status);
+        status.extend(route_status);
         let generation = cfg.generations.get(cluster_name).copied().unwrap_or(0);
         let mut snapshot = Snapshot::empty(generation);
         for gw in gateways.into_values() {
@@ -331,8 +340,8 @@ pub(crate) fn translate_full(
                 r.record_gateway_status(&key, update.as_ref(), &set_updates);
             }
             snapshot.gateways.extend(served);
-            out.status.extend(update);
-            out.status.extend(set_updates);
+            status.extend(update);
+            status.extend(set_updates);
         }
         let mut policy_status = Vec::new();
         failover::policy_status(&ctx, &mut policy_status);
@@ -342,9 +351,13 @@ pub(crate) fn translate_full(
             r.record_policy_status(&policy_status);
             seed.clusters.insert(cluster_name.clone(), r);
         }
-        out.status.extend(policy_status);
+        status.extend(policy_status);
         out.snapshots.insert(cluster_name.clone(), snapshot);
         out.endpoints_refused |= backends.refused_any;
+        match sink.as_deref_mut() {
+            Some(sink) => sink(status),
+            None => out.status.extend(status),
+        }
     }
     out.east_west_missing = east_west::apply(world, &cfg.east_west, &mut out.snapshots);
     out

@@ -372,3 +372,43 @@ fn stale_endpoint_ttl_drops_an_unreachable_clusters_endpoints_for_its_targets() 
     assert!(message(p, "Accepted").contains("staleEndpointTTL"));
     assert_eq!(endpoint_clusters(&out), ["east", "west"], "no TTL applies");
 }
+
+/// A full translation with a status sink hands each cluster's status over as soon as that
+/// cluster is done: one batch per cluster, together the same updates in the same order as
+/// `Output::status` without a sink, and the same snapshots.
+#[test]
+fn a_status_sink_gets_each_clusters_status_in_order() {
+    let mut w = two_clusters();
+    let c = w.cluster_mut("west").unwrap();
+    c.apply(class(CLASS, CONTROLLER_NAME));
+    c.apply(namespace(INFRA, &[]));
+    c.apply(namespace(APP, &[]));
+    c.apply(gw(
+        INFRA,
+        GW,
+        vec![from(
+            http("http", 80),
+            GatewayListenersAllowedRoutesNamespacesFrom::All,
+        )],
+    ));
+    c.apply(route(
+        APP,
+        "web",
+        vec![parent_in(INFRA, GW)],
+        &[],
+        vec![to(vec![backend("echo", 80)])],
+    ));
+    let cfg = cfg(&w);
+    let reference = crate::translate::translate(&w, &cfg);
+    let mut batches: Vec<Vec<crate::StatusUpdate>> = Vec::new();
+    let out = crate::translate::translate_full(&w, &cfg, None, Some(&mut |b| batches.push(b)));
+    assert!(out.status.is_empty(), "{:?}", out.status);
+    assert_eq!(batches.len(), 2);
+    for (batch, cluster) in batches.iter().zip(["east", "west"]) {
+        assert!(batch.iter().any(|u| u.kind == StatusKind::HttpRoute));
+        assert!(batch.iter().all(|u| u.cluster == cluster), "{batch:?}");
+    }
+    let flat: Vec<_> = batches.into_iter().flatten().collect();
+    assert_eq!(flat, reference.status);
+    assert_eq!(out.snapshots, reference.snapshots);
+}

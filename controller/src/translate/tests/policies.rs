@@ -24,6 +24,18 @@ fn import_target(name: &str) -> String {
     format!("targetRefs: [{{group: multicluster.x-k8s.io, kind: ServiceImport, name: {name}}}]\n")
 }
 
+/// Our Gateway `infra/gw` with one HTTP listener that admits routes from every namespace.
+fn open_gateway() -> Gateway {
+    gw(
+        INFRA,
+        GW,
+        vec![from(
+            http("http", 80),
+            GatewayListenersAllowedRoutesNamespacesFrom::All,
+        )],
+    )
+}
+
 /// `east` (our Gateway, a route to the ServiceImport `app/echo`) and `west`; both export
 /// `app/echo`, each with one endpoint.
 fn two_clusters() -> World {
@@ -49,14 +61,7 @@ fn two_clusters() -> World {
         });
     }
     let c = east(&mut w);
-    c.apply(gw(
-        INFRA,
-        GW,
-        vec![from(
-            http("http", 80),
-            GatewayListenersAllowedRoutesNamespacesFrom::All,
-        )],
-    ));
+    c.apply(open_gateway());
     let import = HttpRouteRulesBackendRefs {
         group: Some("multicluster.x-k8s.io".into()),
         kind: Some("ServiceImport".into()),
@@ -383,14 +388,7 @@ fn a_status_sink_gets_each_clusters_status_in_order() {
     c.apply(class(CLASS, CONTROLLER_NAME));
     c.apply(namespace(INFRA, &[]));
     c.apply(namespace(APP, &[]));
-    c.apply(gw(
-        INFRA,
-        GW,
-        vec![from(
-            http("http", 80),
-            GatewayListenersAllowedRoutesNamespacesFrom::All,
-        )],
-    ));
+    c.apply(open_gateway());
     c.apply(route(
         APP,
         "web",

@@ -1179,9 +1179,10 @@ mod tests {
         assert!(w.submit(update("a", 2, "X"), Some("99".into()), None));
     }
 
-    /// A route status write from the current copy sends no spec (the status subresource takes
-    /// everything but `status` from the stored object): the write lands at the first attempt
-    /// and the stored route keeps its spec.
+    /// A route status write from the current copy sends no spec and of the metadata only what
+    /// names the object and guards the write (the status subresource takes everything but
+    /// `status` from the stored object): the write lands at the first attempt and the stored
+    /// route keeps its spec, labels and annotations.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_route_status_write_keeps_the_stored_spec_and_metadata() {
         use kube::api::PostParams;

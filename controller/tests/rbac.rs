@@ -656,26 +656,41 @@ impl World {
     /// Changes the route's spec (a new status is due) and makes the API answer like a starting
     /// server for a moment: the status write fails once and its retry re-reads the route.
     async fn force_route_reread(&self, round: usize) {
-        let body =
-            json!({"spec": {"hostnames": ["echo.example.com", format!("r{round}.example.com")]}});
-        dyn_api::<HttpRoute>(&self.admin, Some("app"))
-            .patch("web", &PatchParams::default(), &Patch::Merge(&body))
-            .await
-            .unwrap();
-        // The GRPCRoute too: its status is written once at the start and, its echo translating
-        // nothing, never again unless its spec changes.
-        let body =
-            json!({"spec": {"hostnames": ["grpc.example.org", format!("g{round}.example.org")]}});
-        dyn_api::<GrpcRoute>(&self.admin, Some("app"))
-            .patch("grpc", &PatchParams::default(), &Patch::Merge(&body))
-            .await
-            .unwrap();
-        let body =
-            json!({"spec": {"hostnames": ["tls.example.org", format!("t{round}.example.org")]}});
-        dyn_api::<TlsRoute>(&self.admin, Some("app"))
-            .patch("tls", &PatchParams::default(), &Patch::Merge(&body))
-            .await
-            .unwrap();
+        // The route patched last is the one whose write surely comes after the API starts
+        // answering "starting" (its event, pass and PUT take longer than the in-process switch
+        // right after its patch); the others may be written before it. So the order rotates
+        // with every forced round: over three rounds each route is patched last once.
+        let last = (round / 10) % 3;
+        for k in 1..=3 {
+            match (last + k) % 3 {
+                0 => {
+                    let body = json!({"spec": {"hostnames":
+                        ["echo.example.com", format!("r{round}.example.com")]}});
+                    dyn_api::<HttpRoute>(&self.admin, Some("app"))
+                        .patch("web", &PatchParams::default(), &Patch::Merge(&body))
+                        .await
+                        .unwrap();
+                }
+                // The GRPCRoute too: its status is written once at the start and, its echo
+                // translating nothing, never again unless its spec changes.
+                1 => {
+                    let body = json!({"spec": {"hostnames":
+                        ["grpc.example.org", format!("g{round}.example.org")]}});
+                    dyn_api::<GrpcRoute>(&self.admin, Some("app"))
+                        .patch("grpc", &PatchParams::default(), &Patch::Merge(&body))
+                        .await
+                        .unwrap();
+                }
+                _ => {
+                    let body = json!({"spec": {"hostnames":
+                        ["tls.example.org", format!("t{round}.example.org")]}});
+                    dyn_api::<TlsRoute>(&self.admin, Some("app"))
+                        .patch("tls", &PatchParams::default(), &Patch::Merge(&body))
+                        .await
+                        .unwrap();
+                }
+            }
+        }
         self.sb
             .set_starting(CLUSTER, Some(Duration::from_millis(300)))
             .unwrap();

@@ -662,34 +662,39 @@ impl World {
         // with every forced round: over three rounds each route is patched last once.
         let last = (round / 10) % 3;
         for k in 1..=3 {
-            match (last + k) % 3 {
-                0 => {
-                    let body = json!({"spec": {"hostnames":
-                        ["echo.example.com", format!("r{round}.example.com")]}});
-                    dyn_api::<HttpRoute>(&self.admin, Some("app"))
-                        .patch("web", &PatchParams::default(), &Patch::Merge(&body))
-                        .await
-                        .unwrap();
-                }
-                // The GRPCRoute too: its status is written once at the start and, its echo
-                // translating nothing, never again unless its spec changes.
-                1 => {
-                    let body = json!({"spec": {"hostnames":
-                        ["grpc.example.org", format!("g{round}.example.org")]}});
-                    dyn_api::<GrpcRoute>(&self.admin, Some("app"))
-                        .patch("grpc", &PatchParams::default(), &Patch::Merge(&body))
-                        .await
-                        .unwrap();
-                }
-                _ => {
-                    let body = json!({"spec": {"hostnames":
-                        ["tls.example.org", format!("t{round}.example.org")]}});
-                    dyn_api::<TlsRoute>(&self.admin, Some("app"))
-                        .patch("tls", &PatchParams::default(), &Patch::Merge(&body))
-                        .await
-                        .unwrap();
-                }
-            }
+            // Each patch adds a host naming the round, so the spec (and generation) changes.
+            // The GRPCRoute and TLSRoute too: their statuses are written once at the start and,
+            // their echoes translating nothing, never again unless their specs change.
+            let (name, hosts, api) = match (last + k) % 3 {
+                0 => (
+                    "web",
+                    [
+                        "echo.example.com".to_string(),
+                        format!("r{round}.example.com"),
+                    ],
+                    dyn_api::<HttpRoute>(&self.admin, Some("app")),
+                ),
+                1 => (
+                    "grpc",
+                    [
+                        "grpc.example.org".to_string(),
+                        format!("g{round}.example.org"),
+                    ],
+                    dyn_api::<GrpcRoute>(&self.admin, Some("app")),
+                ),
+                _ => (
+                    "tls",
+                    [
+                        "tls.example.org".to_string(),
+                        format!("t{round}.example.org"),
+                    ],
+                    dyn_api::<TlsRoute>(&self.admin, Some("app")),
+                ),
+            };
+            let body = json!({"spec": {"hostnames": hosts}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+                .unwrap();
         }
         self.sb
             .set_starting(CLUSTER, Some(Duration::from_millis(300)))

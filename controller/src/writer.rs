@@ -1185,17 +1185,14 @@ mod tests {
     /// route keeps its spec, labels and annotations.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_route_status_write_keeps_the_stored_spec_and_metadata() {
-        use kube::api::PostParams;
-
         let (sb, client) = gateway_api_sandbox().await;
         let routes: Api<HttpRoute> = Api::namespaced(client.clone(), "default");
-        let route: HttpRoute = serde_json::from_value(json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "r", "namespace": "default",
-                "labels": {"team": "a"}, "annotations": {"note": "kept"}},
-            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["a.example"]}}))
-        .unwrap();
-        let indexed = routes.create(&PostParams::default(), &route).await.unwrap();
+        let indexed = create_route(
+            &routes,
+            json!({"labels": {"team": "a"}, "annotations": {"note": "kept"}}),
+            json!({"parentRefs": [{"name": "gw"}], "hostnames": ["a.example"]}),
+        )
+        .await;
         let body = RouteCopy::from(Arc::new(indexed.clone()))
             .status_body(StatusKind::HttpRoute, &json!({"parents": []}))
             .unwrap();
@@ -1259,6 +1256,20 @@ mod tests {
         sb.shutdown().await;
     }
 
+    /// Creates the HTTPRoute `default/r` with `metadata` (besides name and namespace) and
+    /// `spec`; returns it as stored.
+    async fn create_route(routes: &Api<HttpRoute>, metadata: Value, spec: Value) -> HttpRoute {
+        let mut meta = json!({"name": "r", "namespace": "default"});
+        if let (Some(m), Value::Object(extra)) = (meta.as_object_mut(), metadata) {
+            m.extend(extra);
+        }
+        let route: HttpRoute = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": meta, "spec": spec}))
+        .unwrap();
+        routes.create(&PostParams::default(), &route).await.unwrap()
+    }
+
     /// A route write against an outdated copy hits 409, re-reads, and merges our entry next to
     /// the one another controller wrote meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1269,12 +1280,8 @@ mod tests {
 
         let (sb, client) = gateway_api_sandbox().await;
         let routes: Api<HttpRoute> = Api::namespaced(client.clone(), "default");
-        let route: HttpRoute = serde_json::from_value(json!({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "r", "namespace": "default"},
-            "spec": {"parentRefs": [{"name": "gw"}]}}))
-        .unwrap();
-        let indexed = routes.create(&PostParams::default(), &route).await.unwrap();
+        let indexed =
+            create_route(&routes, json!({}), json!({"parentRefs": [{"name": "gw"}]})).await;
 
         // Someone else writes its parent entry: our indexed copy is now outdated.
         let parent = |controller: &str, gw: &str| HttpRouteStatusParents {

@@ -1226,12 +1226,7 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let cfg = cfg(Duration::from_secs(5));
         let task = tokio::spawn(writer.clone().run(client.clone(), cfg, stop_rx));
-        let ok = || {
-            metrics
-                .status_writes
-                .with_label_values(&["east", "HTTPRoute", "ok"])
-                .get()
-        };
+        let ok = || http_route_writes_ok(&metrics);
         wait_until("the write booked", || ok() >= 1).await;
         let stored = routes.get("r").await.unwrap();
         let parents = stored.status.map(|s| s.parents).unwrap_or_default();
@@ -1254,6 +1249,14 @@ mod tests {
         stop_tx.send(true).unwrap();
         task.await.unwrap();
         sb.shutdown().await;
+    }
+
+    /// HTTPRoute status writes in cluster `east` that succeeded.
+    fn http_route_writes_ok(metrics: &Metrics) -> u64 {
+        metrics
+            .status_writes
+            .with_label_values(&["east", "HTTPRoute", "ok"])
+            .get()
     }
 
     /// Creates the HTTPRoute `default/r` with `metadata` (besides name and namespace) and
@@ -1345,12 +1348,7 @@ mod tests {
         assert_eq!(names, vec![("example.com/other", "theirs"), (me, "gw")]);
         assert_eq!(writer.pending(), 0);
         // The stored status can be read before the writer has booked the answer to its PUT.
-        let ok = || {
-            metrics
-                .status_writes
-                .with_label_values(&["east", "HTTPRoute", "ok"])
-                .get()
-        };
+        let ok = || http_route_writes_ok(&metrics);
         wait_until("the write booked", || ok() >= 1).await;
         assert_eq!(ok(), 1, "one write, after the re-read");
         stop_tx.send(true).unwrap();
@@ -1422,12 +1420,7 @@ mod tests {
             };
             assert!(w.submit(u, rv, Some(Arc::new(r).into())));
         }
-        let ok = || {
-            metrics
-                .status_writes
-                .with_label_values(&["east", "HTTPRoute", "ok"])
-                .get()
-        };
+        let ok = || http_route_writes_ok(&metrics);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (cpu0, t0) = (process_cpu(), Instant::now());
         let mut config = cfg(Duration::from_secs(10));

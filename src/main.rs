@@ -119,13 +119,18 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
+    let cli = parse_cli();
     // mimalloc's arenas backed by transparent huge pages cost ~8 MiB of RSS and ~9 KiB per route
     // at 1k routes; without THP the CPU gain stays (docs/benchmarks.md, "Allocator"). Failing is
-    // harmless: the process only uses more memory.
-    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+    // harmless: the process only uses more memory. The local API alone keeps THP: its memory
+    // grows with every write it keeps (object versions, watch history), and first touches of
+    // fresh 4 KiB pages were a tenth of its CPU in a cold start's status writes (issue #20),
+    // while its RSS has no budget.
+    if !matches!(cli.command, Command::Sandbox(_))
+        && let Err(e) = nix::sys::prctl::set_thp_disable(true)
+    {
         eprintln!("note: could not opt out of transparent huge pages: {e}");
     }
-    let cli = parse_cli();
     // `up` talks to a person through its own progress lines; component logs would drown them.
     init_tracing(
         if matches!(

@@ -557,6 +557,13 @@ async fn status_subresource_generation_and_ssa_condition_merge() {
     assert_eq!(st.data["spec"]["gatewayClassName"], "meridian");
     assert_eq!(st.data["status"]["addresses"][0]["value"], "10.1.1.1");
     assert_eq!(st.metadata.generation, Some(1));
+    // The same status again changes nothing: no new resourceVersion.
+    let same = gws
+        .replace_status("gw", &PostParams::default(), &st)
+        .await
+        .unwrap();
+    assert_eq!(same.resource_version(), st.resource_version());
+    assert_eq!(same.data, st.data);
 
     // The main resource ignores status; a spec change bumps generation, a label change does not.
     let mut obj = gws.get("gw").await.unwrap();

@@ -62,12 +62,7 @@ pub fn prune(v: &mut Value, node: &Node, up: &Up<'_>, root: bool, unknown: &mut 
                 if keep_meta && ROOT_KEEP.contains(&k.as_str()) {
                     continue;
                 }
-                if let Some(sub) = node.properties.get(k) {
-                    prune(child, sub, &Up::Field(up, k), false, unknown);
-                } else if let Some(sub) = node.additional.as_deref() {
-                    prune(child, sub, &Up::Key(up, k), false, unknown);
-                } else if drop_unknown {
-                    unknown.push(path_string(&Up::Field(up, k).path()));
+                if !prune_member(k, child, node, up, drop_unknown, unknown) {
                     gone.push(k.clone());
                 }
             }
@@ -86,27 +81,77 @@ pub fn prune(v: &mut Value, node: &Node, up: &Up<'_>, root: bool, unknown: &mut 
     }
 }
 
+/// Prunes the member `k` (value `child`) of an object whose schema is `node`; false when the
+/// member is unknown and must go.
+fn prune_member(
+    k: &str,
+    child: &mut Value,
+    node: &Node,
+    up: &Up<'_>,
+    drop_unknown: bool,
+    unknown: &mut Vec<String>,
+) -> bool {
+    if let Some(sub) = node.properties.get(k) {
+        prune(child, sub, &Up::Field(up, k), false, unknown);
+    } else if let Some(sub) = node.additional.as_deref() {
+        prune(child, sub, &Up::Key(up, k), false, unknown);
+    } else if drop_unknown {
+        unknown.push(path_string(&Up::Field(up, k).path()));
+        return false;
+    }
+    true
+}
+
+/// A property's default when it is absent, or `null` while not nullable (such a `null` without
+/// a default is dropped).
+fn default_property(map: &mut serde_json::Map<String, Value>, k: &str, prop: &Node) {
+    match map.get(k) {
+        None => {
+            if let Some(d) = &prop.default {
+                map.insert(k.to_string(), d.clone());
+            }
+        }
+        Some(Value::Null) if !prop.nullable => match &prop.default {
+            Some(d) => {
+                map.insert(k.to_string(), d.clone());
+            }
+            None => {
+                map.remove(k);
+            }
+        },
+        Some(_) => {}
+    }
+}
+
+/// [`prune`] then [`apply`] for one member of an object (`root` its schema) and nothing else of
+/// it: a status write, where everything but `status` is the stored object, admitted when it
+/// was written. The member is pruned, and defaulted, exactly as the walk of the whole object
+/// would.
+pub fn admit_member(obj: &mut Value, root: &Node, k: &str, unknown: &mut Vec<String>) {
+    let Value::Object(map) = obj else {
+        return;
+    };
+    if let Some(child) = map.get_mut(k)
+        && !prune_member(k, child, root, &Up::Root, root.prunes_unknown(), unknown)
+    {
+        map.remove(k);
+    }
+    if let Some(prop) = root.properties.get(k) {
+        default_property(map, k, prop);
+    }
+    if let Some(child) = map.get_mut(k)
+        && let Some(sub) = root.properties.get(k).or(root.additional.as_deref())
+    {
+        apply(child, sub);
+    }
+}
+
 /// Applies `default`s (and drops non-nullable nulls) below `v`.
 pub fn apply(v: &mut Value, node: &Node) {
     match v {
         Value::Object(map) => {
             for (k, prop) in &node.properties {
-                match map.get(k) {
-                    None => {
-                        if let Some(d) = &prop.default {
-                            map.insert(k.clone(), d.clone());
-                        }
-                    }
-                    Some(Value::Null) if !prop.nullable => match &prop.default {
-                        Some(d) => {
-                            map.insert(k.clone(), d.clone());
-                        }
-                        None => {
-                            map.remove(k);
-                        }
-                    },
-                    Some(_) => {}
-                }
+                default_property(map, k, prop);
             }
             for (k, child) in map.iter_mut() {
                 if let Some(sub) = node.properties.get(k).or(node.additional.as_deref()) {

@@ -342,7 +342,18 @@ fn admit_in_place(
     obj: &mut Value,
 ) -> Result<(), ApiError> {
     let mut unknown = Vec::new();
-    defaults::prune(obj, schema, &defaults::Up::Root, true, &mut unknown);
+    match w.mode {
+        // Only `status` is new in a status write (the store takes the rest from the stored
+        // object, admitted when it was written): pruning and defaulting the rest again would
+        // walk the whole spec for nothing, on every status write.
+        WriteMode::Status if old.is_some() => {
+            defaults::admit_member(obj, schema, "status", &mut unknown);
+        }
+        _ => {
+            defaults::prune(obj, schema, &defaults::Up::Root, true, &mut unknown);
+            defaults::apply(obj, schema);
+        }
+    }
     if w.field_validation == FieldValidation::Strict && !unknown.is_empty() {
         let list = unknown
             .iter()
@@ -355,7 +366,6 @@ fn admit_in_place(
             v = w.version
         )));
     }
-    defaults::apply(obj, schema);
     let scope = match (w.mode, w.status_subresource) {
         (WriteMode::Status, _) => validate::Scope::OnlyStatus,
         (WriteMode::Main, true) => validate::Scope::AllButStatus,

@@ -283,6 +283,74 @@ fn main_writes_skip_status_and_status_writes_check_only_status() {
 }
 
 #[test]
+fn a_status_update_admits_its_status_as_a_whole_walk_would_and_nothing_else() {
+    let schema = Node::compile(
+        &json!({"type": "object", "properties": {
+            "spec": {"type": "object", "properties": {
+                "size": {"type": "integer"}, "color": {"type": "string", "default": "red"}}},
+            "status": {"type": "object", "properties": {
+                "phase": {"type": "string", "default": "Pending"},
+                "parents": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "weight": {"type": "integer", "default": 1}}}}}}}}),
+        "",
+    );
+    let old = widget(json!({"size": 3, "color": "red"}));
+    let whole_walk = |obj: &Value| {
+        let mut obj = obj.clone();
+        defaults::prune(
+            &mut obj,
+            &schema,
+            &defaults::Up::Root,
+            true,
+            &mut Vec::new(),
+        );
+        defaults::apply(&mut obj, &schema);
+        obj
+    };
+    let status_write = write(WriteMode::Status, FieldValidation::Warn);
+    for status in [
+        json!({"parents": [{"name": "a", "extra": true}], "bogus": 1}),
+        json!({"phase": "Ready"}),
+        Value::Null,
+    ] {
+        let mut cand = old.clone();
+        cand["status"] = status.clone();
+        let expected = whole_walk(&cand);
+        admit(&schema, &status_write, Some(&old), &mut cand).unwrap();
+        assert_eq!(cand, expected, "status {status}");
+    }
+    let mut cand = old.clone();
+    cand["status"] = json!({"parents": [{"name": "a", "extra": true}]});
+    admit(&schema, &status_write, Some(&old), &mut cand).unwrap();
+    assert_eq!(
+        cand["status"],
+        json!({"phase": "Pending", "parents": [{"name": "a", "weight": 1}]})
+    );
+    // Only the status is walked: the spec stays as stored (admitted when it was written).
+    let mut stored_long_ago = old.clone();
+    stored_long_ago["spec"]["retired"] = json!(true);
+    let mut cand = stored_long_ago.clone();
+    cand["status"] = json!({"phase": "Ready"});
+    admit(&schema, &status_write, Some(&stored_long_ago), &mut cand).unwrap();
+    assert_eq!(cand["spec"], stored_long_ago["spec"]);
+    // Unknown status fields are still refused under Strict, named by their path.
+    let mut cand = old.clone();
+    cand["status"] = json!({"bogus": 1});
+    let e = admit(
+        &schema,
+        &write(WriteMode::Status, FieldValidation::Strict),
+        Some(&old),
+        &mut cand,
+    )
+    .unwrap_err();
+    assert!(
+        e.message.ends_with("unknown field \"status.bogus\""),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
 fn updates_ratchet_unchanged_invalid_values() {
     let schema = widget_schema();
     // Stored before the rule existed: size 100 is out of range.

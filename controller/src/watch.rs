@@ -28,7 +28,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::Stream as _;
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
@@ -56,7 +56,8 @@ use crate::metrics::Metrics;
 use crate::status::StatusKind;
 use crate::translate::UnreachableCluster;
 use crate::world::{
-    ClusterState, HttpRouteWire, HttpRouteWithExtras, Indexed, Kind, ObjectKey, Revision,
+    ClusterState, DeliveredSpecs, HttpRouteWire, HttpRouteWithExtras, Indexed, Kind, ObjectKey,
+    Revision,
 };
 
 /// Every kind the controller watches, in start order.
@@ -600,6 +601,13 @@ pub(crate) trait Wire<K>:
     /// The object, or why it does not decode with the metadata that could be read (boxed:
     /// only the rare object that does not decode pays for it).
     fn into_object(self) -> Result<K, Box<InvalidObject>>;
+
+    /// Notes what the watcher delivered (HTTPRoutes keep their spec for the echoes; see
+    /// [`DeliveredSpecs`]): `Some(obj)` delivered, `None` the object under `key` is gone.
+    fn delivered(_specs: &mut DeliveredSpecs, _key: &ObjectKey, _obj: Option<&K>) {}
+
+    /// Notes a completed (re-)list: its objects are all there is.
+    fn listed(_specs: &mut DeliveredSpecs, _objs: &[K]) {}
 }
 
 impl<K> Wire<K> for DeserializeGuard<K>
@@ -614,6 +622,20 @@ where
 impl Wire<HttpRouteWithExtras> for HttpRouteWire {
     fn into_object(self) -> Result<HttpRouteWithExtras, Box<InvalidObject>> {
         self.0.map_err(Box::new)
+    }
+
+    fn delivered(specs: &mut DeliveredSpecs, key: &ObjectKey, obj: Option<&HttpRouteWithExtras>) {
+        match obj {
+            Some(route) => specs.keep(route),
+            None => specs.forget(&key.namespace, &key.name),
+        }
+    }
+
+    fn listed(specs: &mut DeliveredSpecs, objs: &[HttpRouteWithExtras]) {
+        specs.keep_only(objs);
+        for route in objs {
+            specs.keep(route);
+        }
     }
 }
 
@@ -633,8 +655,16 @@ where
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut mapper = EventMapper::<K, W>::new(&ctx);
-    while let Some(event) = stream.next().await {
-        let Some((mutation, list_done)) = mapper.map(event) else {
+    // kube decodes each event within the poll of the stream: the delivered specs are lent to
+    // the decoding for exactly that long.
+    let mut delivered = DeliveredSpecs::default();
+    loop {
+        let next =
+            std::future::poll_fn(|cx| delivered.lend(|| stream.as_mut().poll_next(cx))).await;
+        let Some(event) = next else {
+            break;
+        };
+        let Some((mutation, list_done)) = mapper.map(event, &mut delivered) else {
             continue;
         };
         events.inc();
@@ -683,7 +713,11 @@ where
 
     /// The mutation an event brings and whether it completes a list; `None` for events that
     /// change nothing yet (list in progress, undecodable, watch errors).
-    fn map(&mut self, event: Result<Event<W>, watcher::Error>) -> Option<(Mutation, bool)> {
+    fn map(
+        &mut self,
+        event: Result<Event<W>, watcher::Error>,
+        delivered: &mut DeliveredSpecs,
+    ) -> Option<(Mutation, bool)> {
         let (name, label) = (&self.ctx.name, self.label);
         match event {
             Ok(Event::Init) => {
@@ -698,6 +732,7 @@ where
             }
             Ok(Event::InitDone) => {
                 let objs = std::mem::take(&mut self.buffer);
+                W::listed(delivered, &objs);
                 let n = objs.len();
                 tracing::debug!(cluster = %name, kind = label, objects = n, "listed");
                 let reset: Mutation = Box::new(move |state: &mut ClusterState| {
@@ -707,13 +742,22 @@ where
                 Some((reset, true))
             }
             Ok(Event::Apply(obj)) => match self.decode(obj) {
-                Ok(obj) => Some((apply_mutation(obj), false)),
-                Err(Some(key)) => Some((delete_mutation::<K>(key), false)),
+                Ok(obj) => {
+                    if let Some(key) = obj.key() {
+                        W::delivered(delivered, &key, Some(&obj));
+                    }
+                    Some((apply_mutation(obj), false))
+                }
+                Err(Some(key)) => {
+                    W::delivered(delivered, &key, None);
+                    Some((delete_mutation::<K>(key), false))
+                }
                 Err(None) => None,
             },
-            Ok(Event::Delete(obj)) => {
-                key_of(obj.meta()).map(|key| (delete_mutation::<K>(key), false))
-            }
+            Ok(Event::Delete(obj)) => key_of(obj.meta()).map(|key| {
+                W::delivered(delivered, &key, None);
+                (delete_mutation::<K>(key), false)
+            }),
             Err(e) => {
                 self.errors.inc();
                 tracing::warn!(cluster = %name, kind = label, error = %e, "watch failed; backing off");

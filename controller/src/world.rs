@@ -42,7 +42,7 @@ pub use meridian_model::snapshot::RouteKind;
 use crate::status::StatusKind;
 
 mod http_route_extras;
-pub use http_route_extras::{HttpRouteWire, HttpRouteWithExtras, RouteExtras};
+pub use http_route_extras::{DeliveredSpecs, HttpRouteWire, HttpRouteWithExtras, RouteExtras};
 
 /// Name of a member cluster, as given on the command line.
 pub type ClusterName = String;

@@ -31,8 +31,9 @@
 //! drill created, so that every path (watchers, status writes, drill status and Events, Lease
 //! create, get and update) runs in every case. The one rare path, `get` on `httproutes/status`,
 //! `grpcroutes/status` and `tlsroutes/status` (a route status write re-reads the route only when its first attempt
-//! failed), is forced: the routes' specs change and the API answers like a starting server for
-//! a moment, so the writes fail once and their retries re-read.
+//! failed), is forced: the API is set to answer the next status write of each route kind with
+//! 409 Conflict and the routes' specs change, so each route's next status write conflicts and
+//! is re-read at once (the writer's answer to a 409), whatever the timing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -653,19 +654,21 @@ impl World {
         apply::<FailoverDrill>(&self.admin, drill(drill_name)).await;
     }
 
-    /// Changes the route's spec (a new status is due) and makes the API answer like a starting
-    /// server for a moment: the status write fails once and its retry re-reads the route.
+    /// Arms one 409 Conflict for the next status write of each route kind, then changes the
+    /// routes' specs (a new status is due): each route's status write conflicts and the writer
+    /// re-reads the route (`get` on its status) before it writes again.
     async fn force_route_reread(&self, round: usize) {
-        // The route patched last is the one whose write surely comes after the API starts
-        // answering "starting" (its event, pass and PUT take longer than the in-process switch
-        // right after its patch); the others may be written before it. So the order rotates
-        // with every forced round: over three rounds each route is patched last once.
-        let last = (round / 10) % 3;
+        // Armed before the patches, so no route's new status can be written before its conflict.
+        for plural in ["httproutes", "grpcroutes", "tlsroutes"] {
+            self.sb
+                .conflict_status_writes(CLUSTER, "gateway.networking.k8s.io", plural, 1)
+                .unwrap();
+        }
         for k in 1..=3 {
             // Each patch adds a host naming the round, so the spec (and generation) changes.
             // The GRPCRoute and TLSRoute too: their statuses are written once at the start and,
             // their echoes translating nothing, never again unless their specs change.
-            let (name, hosts, api) = match (last + k) % 3 {
+            let (name, hosts, api) = match k % 3 {
                 0 => (
                     "web",
                     [
@@ -696,9 +699,6 @@ impl World {
                 .await
                 .unwrap();
         }
-        self.sb
-            .set_starting(CLUSTER, Some(Duration::from_millis(300)))
-            .unwrap();
     }
 }
 
@@ -985,7 +985,11 @@ async fn case(w: &World, n: usize, part: &Part) -> Vec<Refused> {
         .unwrap();
     run.elector.shutdown().await;
     run.ctl.shutdown().await;
-    w.sb.set_starting(CLUSTER, Some(Duration::ZERO)).unwrap();
+    // A conflict armed for a route kind whose write never came must not reach the next case.
+    for plural in ["httproutes", "grpcroutes", "tlsroutes"] {
+        w.sb.conflict_status_writes(CLUSTER, "gateway.networking.k8s.io", plural, 0)
+            .unwrap();
+    }
     let mut got = w.refused_since(from);
     let outside: Vec<&Refused> = got.iter().filter(|d| !part.covers(d)).collect();
     assert!(

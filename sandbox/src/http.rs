@@ -173,6 +173,9 @@ async fn route(cluster: Arc<Cluster>, req: Request<Incoming>) -> Result<Response
             return Err(e);
         }
     }
+    if let Some(conflict) = cluster.take_status_conflict(&parts.method, &s) {
+        return Err(conflict);
+    }
     let get_only = |v: Option<Value>| -> Result<Response<Body>, ApiError> {
         if parts.method != Method::GET {
             return Err(ApiError::method_not_allowed());

@@ -694,6 +694,21 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Makes the next `count` writes of the `status` of `group`/`plural` objects in `cluster`
+    /// answer 409 Conflict (after authorization; nothing is stored), as a real API server
+    /// answers a write that lost a race with another; `count` replaces what was left, 0 ends it.
+    pub fn conflict_status_writes(
+        &self,
+        cluster: &str,
+        group: &str,
+        plural: &str,
+        count: u32,
+    ) -> Result<(), SandboxError> {
+        let i = self.index(cluster)?;
+        self.clusters[i].conflict_status_writes(group, plural, count);
+        Ok(())
+    }
+
     /// Stops listeners and watches, then flushes persistence.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);

@@ -81,6 +81,8 @@ pub struct Cluster {
     tokens: Mutex<Tokens>,
     /// The last requests RBAC refused, oldest first (an audit trail for tests and operators).
     denials: Mutex<std::collections::VecDeque<crate::rbac::Denial>>,
+    /// Status writes to answer with 409 Conflict, by (group, plural): how many are left.
+    status_conflicts: Mutex<std::collections::HashMap<(String, String), u32>>,
 }
 
 impl Cluster {
@@ -103,7 +105,56 @@ impl Cluster {
             starting_until: Mutex::new(None),
             tokens: Mutex::new(Tokens::default()),
             denials: Mutex::new(std::collections::VecDeque::new()),
+            status_conflicts: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Makes the next `count` writes (PUT or PATCH) of the `status` of objects of
+    /// `group`/`plural` answer 409 Conflict, after authentication and authorization, as a real
+    /// API server answers a write whose resourceVersion is no longer the stored one; nothing
+    /// is stored. `count` replaces what was left (0 ends it).
+    pub fn conflict_status_writes(&self, group: &str, plural: &str, count: u32) {
+        let mut left = self
+            .status_conflicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (group.to_string(), plural.to_string());
+        if count == 0 {
+            left.remove(&key);
+        } else {
+            left.insert(key, count);
+        }
+    }
+
+    /// The 409 for this request if it is a status write [`Cluster::conflict_status_writes`]
+    /// still has a conflict for (counting it off); `segs` is the decoded path.
+    pub fn take_status_conflict(
+        &self,
+        method: &hyper::Method,
+        segs: &[&str],
+    ) -> Option<crate::error::ApiError> {
+        if !matches!(*method, hyper::Method::PUT | hyper::Method::PATCH) {
+            return None;
+        }
+        let group = match segs {
+            ["api", ..] => "",
+            ["apis", g, ..] => g,
+            _ => return None,
+        };
+        let [.., plural, name, "status"] = segs else {
+            return None;
+        };
+        let mut left = self
+            .status_conflicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (group.to_string(), plural.to_string());
+        let n = left.get_mut(&key)?;
+        *n -= 1;
+        if *n == 0 {
+            left.remove(&key);
+        }
+        Some(crate::error::ApiError::conflict(group, plural, name))
     }
 
     /// Remembers a refused request; only the last [`crate::rbac::DENIALS_KEPT`] are kept.

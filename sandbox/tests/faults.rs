@@ -1,5 +1,6 @@
-//! Fault injection: a cluster's API stopped, restarted on the same address with its objects, and
-//! answering like a starting kube-apiserver (plain-text `404 page not found`).
+//! Fault injection: a cluster's API stopped, restarted on the same address with its objects,
+//! answering like a starting kube-apiserver (plain-text `404 page not found`), and refusing a
+//! given number of status writes with 409 Conflict.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -158,4 +159,60 @@ async fn a_persisted_cluster_is_flushed_when_stopped() {
     assert!(cms.get("kept").await.is_ok());
     sb.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn armed_status_conflicts_refuse_that_many_status_writes_and_store_nothing() {
+    let sb = start(&["east"]).await;
+    let client = kube_client(&sb.clusters()[0].url);
+    install_gateway_crd(&client).await;
+    let gws = gateways(&client, "default");
+    gws.create(&PostParams::default(), &gateway("gw", "meridian"))
+        .await
+        .unwrap();
+    sb.conflict_status_writes("east", "gateway.networking.k8s.io", "gateways", 2)
+        .unwrap();
+    let mut obj = gws.get("gw").await.unwrap();
+    obj.data["status"] = json!({"addresses": [{"value": "10.1.1.1"}]});
+    let before = obj.metadata.resource_version.clone();
+    for _ in 0..2 {
+        match gws.replace_status("gw", &PostParams::default(), &obj).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+                assert_eq!(
+                    s.message,
+                    "Operation cannot be fulfilled on gateways.gateway.networking.k8s.io \"gw\": \
+                     the object has been modified; please apply your changes to the latest \
+                     version and try again"
+                );
+            }
+            other => panic!("expected a 409, got {other:?}"),
+        }
+    }
+    // Nothing was stored, and the read was not refused.
+    let stored = gws.get("gw").await.unwrap();
+    assert_eq!(stored.metadata.resource_version, before);
+    assert!(
+        stored
+            .data
+            .get("status")
+            .is_none_or(|s| s.get("addresses").is_none())
+    );
+    // The third write is the server's own again.
+    let written = gws
+        .replace_status("gw", &PostParams::default(), &obj)
+        .await
+        .unwrap();
+    assert_eq!(written.data["status"]["addresses"][0]["value"], "10.1.1.1");
+    // Armed again and disarmed: nothing is refused.
+    sb.conflict_status_writes("east", "gateway.networking.k8s.io", "gateways", 5)
+        .unwrap();
+    sb.conflict_status_writes("east", "gateway.networking.k8s.io", "gateways", 0)
+        .unwrap();
+    let mut again = written.clone();
+    again.data["status"]["addresses"][0]["value"] = json!("10.2.2.2");
+    gws.replace_status("gw", &PostParams::default(), &again)
+        .await
+        .unwrap();
+    sb.shutdown().await;
 }

@@ -64,22 +64,30 @@ impl HttpRouteWithExtras {
         Ok(Self { route, extras })
     }
 
-    /// The route from its already separated parts: the typed metadata and the `spec` and
-    /// `status` subtrees (each decoded once, by value, into the typed route).
+    /// The route from its already separated parts: the typed metadata, the `spec` (its JSON
+    /// subtree, decoded by value into the typed spec, or the one kept for an echo) and the
+    /// `status` subtree.
     fn from_parts(
         metadata: ObjectMeta,
-        spec: serde_json::Value,
+        spec: SpecPart<'_>,
         status: Option<serde_json::Value>,
     ) -> Result<Self, Box<InvalidObject>> {
-        // `of_route` reads `/spec/rules`: the spec is moved under a one-member object and back
-        // (no copy of it).
-        let mut holder =
-            serde_json::Value::Object(serde_json::Map::from_iter([("spec".to_string(), spec)]));
-        let extras = RuleExtras::of_route(&holder);
-        let spec = holder["spec"].take();
-        let spec: HttpRouteSpec = match serde_json::from_value(spec) {
-            Ok(s) => s,
-            Err(e) => return Err(invalid(format!("spec: {e}"), metadata)),
+        let (spec, extras) = match spec {
+            SpecPart::Kept(kept) => (kept.0.clone(), kept.1.clone()),
+            SpecPart::Json(spec) => {
+                // `of_route` reads `/spec/rules`: the spec is moved under a one-member object
+                // and back (no copy of it).
+                let mut holder = serde_json::Value::Object(serde_json::Map::from_iter([(
+                    "spec".to_string(),
+                    spec,
+                )]));
+                let extras = RuleExtras::of_route(&holder);
+                let spec = holder["spec"].take();
+                match serde_json::from_value::<HttpRouteSpec>(spec) {
+                    Ok(s) => (s, extras),
+                    Err(e) => return Err(invalid(format!("spec: {e}"), metadata)),
+                }
+            }
         };
         let status: Option<HttpRouteStatus> = match status.map(serde_json::from_value) {
             None => None,
@@ -95,6 +103,14 @@ impl HttpRouteWithExtras {
             extras,
         })
     }
+}
+
+/// Where a route's spec comes from when it is built from its parts.
+enum SpecPart<'a> {
+    /// The event's `spec` subtree.
+    Json(serde_json::Value),
+    /// The spec and extras kept for an echo ([`DeliveredSpecs`]).
+    Kept(&'a KeptSpec),
 }
 
 /// A delivered route's spec and extras, as kept for its echoes.
@@ -190,29 +206,6 @@ impl DeliveredSpecs {
     }
 }
 
-impl HttpRouteWithExtras {
-    /// An echo: the kept spec and extras with the event's metadata and status.
-    fn with_kept_spec(
-        metadata: ObjectMeta,
-        kept: &KeptSpec,
-        status: Option<serde_json::Value>,
-    ) -> Result<Self, Box<InvalidObject>> {
-        let status: Option<HttpRouteStatus> = match status.map(serde_json::from_value) {
-            None => None,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => return Err(invalid(format!("status: {e}"), metadata)),
-        };
-        Ok(Self {
-            route: HttpRoute {
-                metadata,
-                spec: kept.0.clone(),
-                status,
-            },
-            extras: kept.1.clone(),
-        })
-    }
-}
-
 /// Why an object does not decode, boxed: built only for the rare object that does not.
 fn invalid(error: String, metadata: ObjectMeta) -> Box<InvalidObject> {
     Box::new(InvalidObject { error, metadata })
@@ -298,11 +291,13 @@ impl<'de> Deserialize<'de> for HttpRouteWire {
                         ObjectMeta::default(),
                     )),
                     (Some(metadata), None) => match kept {
-                        Some(kept) => HttpRouteWithExtras::with_kept_spec(metadata, &kept, status),
+                        Some(kept) => {
+                            HttpRouteWithExtras::from_parts(metadata, SpecPart::Kept(&kept), status)
+                        }
                         None => Err(invalid("missing field `spec`".to_string(), metadata)),
                     },
                     (Some(metadata), Some(spec)) => {
-                        HttpRouteWithExtras::from_parts(metadata, spec, status)
+                        HttpRouteWithExtras::from_parts(metadata, SpecPart::Json(spec), status)
                     }
                 };
                 Ok(HttpRouteWire(decoded.map_err(|invalid| *invalid)))

@@ -313,8 +313,6 @@ pub fn in_version(obj: &Value, rt: &ResourceType, version: &str) -> bool {
         && obj.get("apiVersion").and_then(Value::as_str) == Some(rt.api_version(version).as_str())
 }
 
-/// Whether the change from `old` to `new` bumps `metadata.generation`: a `spec` change, or for
-/// kinds without spec any change outside metadata and status.
 /// Whether two objects are equal in every top-level member but `spec`.
 fn same_but_spec(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -326,6 +324,8 @@ fn same_but_spec(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Whether the change from `old` to `new` bumps `metadata.generation`: a `spec` change, or for
+/// kinds without spec any change outside metadata and status.
 fn generation_changed(old: &Value, new: &Value) -> bool {
     if old.get("spec").is_some() || new.get("spec").is_some() {
         return old.get("spec") != new.get("spec");

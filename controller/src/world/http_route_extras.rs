@@ -116,11 +116,12 @@ enum SpecPart<'a> {
 /// A delivered route's spec and extras, as kept for its echoes.
 type KeptSpec = Arc<(HttpRouteSpec, Vec<Result<RuleExtras, String>>)>;
 
-/// Per route (namespace, name): the uid, generation, spec and extras a watcher delivered last
-/// (see the module docs). Only HTTPRoute watchers fill it.
+/// Per route (by namespace, then name): the uid, generation, spec and extras a watcher delivered
+/// last (see the module docs). Only HTTPRoute watchers fill it. Nested maps so an event's
+/// lookup borrows its names instead of building a key.
 #[derive(Default)]
 pub struct DeliveredSpecs {
-    by_key: HashMap<(String, String), (String, i64, KeptSpec)>,
+    by_namespace: HashMap<String, HashMap<String, (String, i64, KeptSpec)>>,
 }
 
 thread_local! {
@@ -151,28 +152,32 @@ impl DeliveredSpecs {
         let (Some(ns), Some(name)) = (m.namespace.as_ref(), m.name.as_ref()) else {
             return;
         };
-        let key = (ns.clone(), name.clone());
-        match (m.uid.as_ref(), m.generation) {
-            (Some(uid), Some(generation)) => {
-                if let Some((u, g, _)) = self.by_key.get(&key)
-                    && u == uid
-                    && *g == generation
-                {
-                    return;
-                }
-                let spec = Arc::new((r.route.spec.clone(), r.extras.clone()));
-                self.by_key.insert(key, (uid.clone(), generation, spec));
-            }
-            _ => {
-                self.by_key.remove(&key);
-            }
+        let (Some(uid), Some(generation)) = (m.uid.as_ref(), m.generation) else {
+            self.forget(ns, name);
+            return;
+        };
+        // An echo of what is kept: nothing to do (the common case, without allocating).
+        if let Some((u, g, _)) = self.by_namespace.get(ns).and_then(|n| n.get(name))
+            && u == uid
+            && *g == generation
+        {
+            return;
         }
+        let spec = Arc::new((r.route.spec.clone(), r.extras.clone()));
+        self.by_namespace
+            .entry(ns.clone())
+            .or_default()
+            .insert(name.clone(), (uid.clone(), generation, spec));
     }
 
     /// Forgets a route (deleted, or it no longer decodes).
     pub fn forget(&mut self, namespace: &str, name: &str) {
-        self.by_key
-            .remove(&(namespace.to_string(), name.to_string()));
+        if let Some(names) = self.by_namespace.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_namespace.remove(namespace);
+            }
+        }
     }
 
     /// Keeps only the routes a (re-)list delivered: the others are gone.
@@ -184,8 +189,10 @@ impl DeliveredSpecs {
                 Some((m.namespace.as_deref()?, m.name.as_deref()?))
             })
             .collect();
-        self.by_key
-            .retain(|(ns, name), _| live.contains(&(ns.as_str(), name.as_str())));
+        self.by_namespace.retain(|ns, names| {
+            names.retain(|name, _| live.contains(&(ns.as_str(), name.as_str())));
+            !names.is_empty()
+        });
     }
 
     /// The kept spec of the route `m` names, when `m` has the kept uid and generation (read
@@ -195,14 +202,14 @@ impl DeliveredSpecs {
         let (uid, generation) = (m.uid.as_ref()?, m.generation?);
         LENT.with(|l| {
             let lent = l.borrow();
-            let (u, g, spec) = lent.as_ref()?.by_key.get(&(ns.clone(), name.clone()))?;
+            let (u, g, spec) = lent.as_ref()?.by_namespace.get(ns)?.get(name)?;
             (u == uid && *g == generation).then(|| Arc::clone(spec))
         })
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_namespace.values().map(HashMap::len).sum()
     }
 }
 
@@ -508,6 +515,20 @@ mod tests {
         );
         specs.keep(&first);
         specs.keep_only(&[]);
+        assert_eq!(specs.len(), 0);
+        // A re-list keeps exactly its routes, whatever their namespace.
+        let mut elsewhere = first.clone();
+        elsewhere.route.metadata.namespace = Some("other".into());
+        specs.keep(&first);
+        specs.keep(&elsewhere);
+        assert_eq!(specs.len(), 2);
+        specs.keep_only(std::slice::from_ref(&elsewhere));
+        assert_eq!(specs.len(), 1);
+        assert_eq!(
+            host(&decode(&mut specs, text("u1", 1, "f.example"))),
+            "f.example"
+        );
+        specs.forget("other", "r");
         assert_eq!(specs.len(), 0);
         // A route without uid or generation is never kept.
         let mut anonymous = first.clone();

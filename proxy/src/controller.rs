@@ -107,7 +107,8 @@ impl Target for ProxyHandle {
 
 /// Follows the controller behind `client` forever, programming `handle` with what it sends.
 pub async fn follow_controller(handle: &ProxyHandle, client: &Client) -> Infallible {
-    follow(handle, client, handle).await
+    announce(handle, client);
+    client.run(handle).await
 }
 
 /// [`follow_controller`] with a state directory (`--state-dir`): first serves the snapshot kept
@@ -120,6 +121,9 @@ pub async fn follow_controller_with_state(
     client: &Client,
     state: &StateDir,
 ) -> Infallible {
+    // The controller link is shown before a kept snapshot is served, so `/ready` never says
+    // ready without it.
+    announce(handle, client);
     restore(handle, state).await;
     let (tick, ticks) = watch::channel(0u64);
     let target = Persisting {
@@ -127,18 +131,18 @@ pub async fn follow_controller_with_state(
         applied: tick,
     };
     tokio::select! {
-        never = follow(handle, client, &target) => never,
+        never = client.run(&target) => never,
         never = keep_written(handle, state, ticks) => never,
     }
 }
 
-async fn follow<T: Target>(handle: &ProxyHandle, client: &Client, target: &T) -> Infallible {
+/// Shows the controller link `/ready` reports, not connected yet.
+fn announce(handle: &ProxyHandle, client: &Client) {
     handle.shared().set_controller(Some(ControllerLink {
         url: client.url().to_string(),
         connected: false,
         last_error: None,
     }));
-    client.run(target).await
 }
 
 /// Loads the state file and serves it when it passes its checks; a refused one is moved aside.
@@ -162,13 +166,15 @@ async fn restore(handle: &ProxyHandle, state: &StateDir) {
         }
         Ok(Some(restored)) => {
             let header = restored.header;
+            // Recorded before the snapshot is served, so `/ready` never says ready from an
+            // unknown source; taken back if the snapshot is refused.
+            shared.set_source(SnapshotSource::Disk(RestoredFrom {
+                path: path.display().to_string(),
+                generation: header.generation,
+                written_at: header.written_at.clone(),
+            }));
             match handle.apply(restored.snapshot).await {
                 Ok(generation) => {
-                    shared.set_source(SnapshotSource::Disk(RestoredFrom {
-                        path: path.display().to_string(),
-                        generation,
-                        written_at: header.written_at.clone(),
-                    }));
                     tracing::warn!(
                         path = %path.display(),
                         generation,
@@ -178,6 +184,7 @@ async fn restore(handle: &ProxyHandle, state: &StateDir) {
                     "ok"
                 }
                 Err(e) => {
+                    shared.clear_source();
                     // Intact but not servable now (e.g. a port still taken): kept in place,
                     // the next start may serve it, the controller's next snapshot replaces it.
                     shared.update_state_file(|s| {

@@ -197,13 +197,24 @@ impl Shared {
 
     /// Records where the served snapshot now comes from (gauge: 1 for it, 0 for the others).
     pub fn set_source(&self, source: SnapshotSource) {
+        self.record_source(Some(source));
+    }
+
+    /// Records that no snapshot source is known (a restore that was refused).
+    pub fn clear_source(&self) {
+        self.record_source(None);
+    }
+
+    fn record_source(&self, source: Option<SnapshotSource>) {
         for label in SnapshotSource::LABELS {
             self.metrics
                 .snapshot_source
                 .with_label_values(&[label])
-                .set(i64::from(label == source.label()));
+                .set(i64::from(
+                    source.as_ref().is_some_and(|s| label == s.label()),
+                ));
         }
-        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = source;
     }
 
     pub fn state_file(&self) -> Option<StateFileStatus> {

@@ -556,7 +556,7 @@ pub fn explain_seen(
     } else {
         req.method.to_ascii_uppercase()
     };
-    let host = hostname::normalize_host(&req.host);
+    let host = hostname::normalize_host(&req.host).into_owned();
     let pairs: Vec<(&str, &str)> = req
         .headers
         .iter()

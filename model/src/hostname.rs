@@ -8,8 +8,9 @@
 use std::cmp::Ordering;
 
 /// Strips a port from a Host header value (`example.com:8080` → `example.com`, `[::1]:80` →
-/// `[::1]`) and lower-cases it.
-pub fn normalize_host(host: &str) -> String {
+/// `[::1]`) and lower-cases it. Borrowed when nothing needs lower-casing (the usual Host of a
+/// request, so routing one allocates nothing here).
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let host = host.trim();
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         // IPv6 literal: keep the brackets, drop anything after `]`.
@@ -23,7 +24,12 @@ pub fn normalize_host(host: &str) -> String {
             _ => host,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 /// Whether `pattern` (exact or `*.suffix`) matches the concrete `host`.

@@ -23,6 +23,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use crate::snapshot::{Endpoint, FailoverPolicy};
 
 /// Where a proxy runs.
@@ -45,15 +47,16 @@ pub struct Locality {
 pub struct Tier<'a> {
     /// Region of every endpoint of the tier.
     pub region: &'a str,
-    /// Endpoint indices.
-    pub members: Vec<usize>,
+    /// Endpoint indices (inline up to eight).
+    pub members: SmallVec<[usize; 8]>,
 }
 
 /// The ranking of one backend's endpoints for one proxy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan<'a> {
-    /// Tiers, most preferred first; never empty tiers.
-    pub tiers: Vec<Tier<'a>>,
+    /// Tiers, most preferred first; never empty tiers. Inline up to four (a plan is made for
+    /// every try of every request: the usual one allocates nothing).
+    pub tiers: SmallVec<[Tier<'a>; 4]>,
     /// `(tier index, percent)`: shares sent to another region's tier while it is eligible.
     pub weighted: Vec<(usize, u32)>,
     /// Spill rule (percent of a tier's endpoints that must not be ejected).
@@ -185,18 +188,18 @@ pub fn plan<'a>(
     }
     regions.extend(others);
 
-    let mut tiers: Vec<Tier<'_>> = Vec::with_capacity(2 + regions.len());
+    let mut tiers: SmallVec<[Tier<'_>; 4]> = SmallVec::with_capacity(2 + regions.len());
     tiers.push(Tier {
         region: &me.region,
-        members: Vec::new(),
+        members: SmallVec::new(),
     });
     tiers.push(Tier {
         region: &me.region,
-        members: Vec::new(),
+        members: SmallVec::new(),
     });
     tiers.extend(regions.iter().map(|r| Tier {
         region: r,
-        members: Vec::new(),
+        members: SmallVec::new(),
     }));
     for (i, e) in endpoints.iter().enumerate() {
         if !allowed(e) {
@@ -246,12 +249,12 @@ pub fn tiers(
     plan(endpoints, me, policy, &[])
         .tiers
         .into_iter()
-        .map(|t| t.members)
+        .map(|t| t.members.into_vec())
         .collect()
 }
 
 struct TierView {
-    usable: Vec<(usize, f64)>,
+    usable: SmallVec<[(usize, f64); 8]>,
     eligible: bool,
 }
 
@@ -262,11 +265,11 @@ pub fn select(
     avail: impl Fn(usize) -> Avail,
     roll: &mut impl FnMut() -> f64,
 ) -> Option<usize> {
-    let views: Vec<TierView> = plan
+    let views: SmallVec<[TierView; 4]> = plan
         .tiers
         .iter()
         .map(|t| {
-            let mut usable = Vec::new();
+            let mut usable = SmallVec::new();
             let mut healthy = 0usize;
             for &i in &t.members {
                 match avail(i) {
@@ -557,7 +560,7 @@ mod tests {
         assert_eq!(
             p.tiers
                 .iter()
-                .map(|t| t.members.clone())
+                .map(|t| t.members.to_vec())
                 .collect::<Vec<_>>(),
             vec![vec![0], vec![1], vec![2, 3]]
         );

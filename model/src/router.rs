@@ -163,6 +163,9 @@ pub struct CompiledRule {
     pub route_namespace: String,
     /// Route name.
     pub route_name: String,
+    /// `namespace/name`, the route's label in metrics and logs: formatted when the rule is
+    /// compiled, so a request borrows it instead of formatting it.
+    pub route_label: String,
     /// Index of the rule in the route.
     pub index: usize,
     /// The rule.
@@ -185,6 +188,7 @@ impl CompiledRule {
         Self {
             route_namespace: route.namespace.clone(),
             route_name: route.name.clone(),
+            route_label: format!("{}/{}", route.namespace, route.name),
             index,
             rule: rule.clone(),
             cumulative_weights,
@@ -980,7 +984,8 @@ impl Bucket {
         if self.entries.is_empty() {
             return None;
         }
-        let mut candidates: Vec<u32> = Vec::new();
+        // Inline for the usual handful of candidate rules: no heap per request.
+        let mut candidates: smallvec::SmallVec<[u32; 16]> = smallvec::SmallVec::new();
         if let Some(ids) = self.exact.get(req.path) {
             candidates.extend_from_slice(ids);
         }

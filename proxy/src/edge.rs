@@ -119,7 +119,9 @@ impl Edge {
                 Err(_) => self.via_value.clone(),
             }
         };
-        if let Err(e) = req.insert_header(VIA, value) {
+        // Named by a static string: pingora has no title-case form of `VIA` and would copy the
+        // name for every request (and send it lower-case).
+        if let Err(e) = req.insert_header("Via", value) {
             tracing::debug!(error = %e, "via header not set");
         }
     }

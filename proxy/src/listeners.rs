@@ -632,6 +632,7 @@ async fn serve_own_http1<A: App, S: Accepted>(
         .and_then(|o| o.keepalive_request_limit);
     let mut shutdown = ctx.shutdown.clone();
     let mut first = true;
+    let mut digest = None;
     // One turn per request; ends when the client or a deadline closes the connection, or the
     // session does not keep it (Connection: close, errors, shutdown).
     loop {
@@ -641,13 +642,14 @@ async fn serve_own_http1<A: App, S: Accepted>(
             return;
         }
         first = false;
-        let session = OwnSession::new(stream, leftover, reuses, Some(clock.clone()));
+        let session = OwnSession::new(stream, leftover, reuses, digest, Some(clock.clone()));
         let Some(kept) = lean.process_own(session, &ctx.shutdown).await else {
             return;
         };
         clock.idle();
         leftover = kept.leftover;
         reuses = kept.reuses_remaining;
+        digest = Some(kept.digest);
         stream = match kept.stream.into_any().downcast::<S>() {
             Ok(s) => s,
             Err(_) => {

@@ -18,7 +18,7 @@
 //! request itself in `request_filter` (refusal, no route, redirect, no backend).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use meridian_model::router::{CompiledRule, ListenerInfo};
@@ -84,18 +84,13 @@ pub(super) struct Routing {
     pub cors_origin: Option<String>,
     /// The request's valid session token (rule with session persistence; session.rs).
     pub sticky: Option<super::session::Sticky>,
-    /// `route_label`, formatted once: the upstream latency and the requests metric both use it.
-    route_label: OnceLock<String>,
 }
 
 impl Routing {
-    /// `namespace/route` of the matched rule (empty without one). Ask only once the rule is
-    /// set: the label is kept from the first call.
+    /// `namespace/route` of the matched rule (empty without one), formatted when the rule was
+    /// compiled.
     pub fn route_label(&self) -> &str {
-        self.route_label.get_or_init(|| match &self.rule {
-            Some(r) => format!("{}/{}", r.route_namespace, r.route_name),
-            None => String::new(),
-        })
+        self.rule.as_deref().map_or("", |r| r.route_label.as_str())
     }
 }
 

@@ -168,6 +168,7 @@ pub(crate) fn east_west_rules(backends: &[EastWestBackend]) -> HashMap<String, A
             let rule = CompiledRule {
                 route_namespace: EAST_WEST.to_string(),
                 route_name: b.name.clone(),
+                route_label: format!("{EAST_WEST}/{}", b.name),
                 index: 0,
                 rule: Rule {
                     backends: vec![Backend {

@@ -42,7 +42,7 @@ pub(super) async fn redirect(
     let req = session.req_header();
     let host = request_host(req)
         .map(meridian_model::hostname::normalize_host)
-        .or_else(|| local.map(|l| l.ip().to_string()))
+        .or_else(|| local.map(|l| l.ip().to_string().into()))
         .unwrap_or_default();
     let scheme = match m.listener.protocol {
         Protocol::Http => "http",

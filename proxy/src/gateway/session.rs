@@ -241,6 +241,7 @@ mod tests {
         CompiledRule {
             route_namespace: "ns".into(),
             route_name: "r".into(),
+            route_label: "ns/r".into(),
             index,
             rule,
             cumulative_weights: vec![1, 2],

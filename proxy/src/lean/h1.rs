@@ -58,12 +58,12 @@ pub(super) async fn exchange(
 ) -> Exchanged {
     up.read_timeout = peer.options.read_timeout;
     up.write_timeout = peer.options.write_timeout;
-    let head = match request::for_h1(fwd, session, ctx) {
-        Ok(head) => head,
+    let written = match request::for_h1(fwd, session, ctx) {
+        Ok(head) => up.write_request_header(&head).await,
         // Nothing was written: the connection is as clean as it came.
         Err(e) => return Exchanged::failed(true, e),
     };
-    if let Err(e) = up.write_request_header(head).await {
+    if let Err(e) = written {
         return Exchanged::failed(false, e.into_up());
     }
     session.enable_retry_buffering();

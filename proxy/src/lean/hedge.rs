@@ -253,7 +253,7 @@ pub(super) async fn try_upstream<R: Role>(
         Err(e) => return failed(e),
     };
     let head = match request::for_h1(fwd, session, ctx) {
-        Ok(h) => h,
+        Ok(h) => Box::new(h),
         Err(e) => {
             return Tried {
                 downstream_reusable: false,
@@ -329,7 +329,7 @@ async fn answer<R: Role>(
     up.read_timeout = peer.options.read_timeout;
     up.write_timeout = peer.options.write_timeout;
     let sent = async {
-        up.write_request_header(head).await?;
+        up.write_request_header(&head).await?;
         h1::send_body(&mut up, body, true).await
     };
     if let Err(e) = sent.await {
@@ -382,7 +382,7 @@ async fn race<R: Role>(
         return Ok(done);
     };
     let head_b = match request::for_h1(fwd, session, ctx) {
-        Ok(h) => h,
+        Ok(h) => Box::new(h),
         Err(e) => {
             tracing::debug!(error = %e, "hedged try not sent");
             Forwarder::hedge_swap(ctx, &mut parked);

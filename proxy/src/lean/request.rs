@@ -50,8 +50,8 @@ pub(super) fn for_h1(
     fwd: &Forwarder,
     session: &mut impl Downstream,
     ctx: &Ctx,
-) -> Result<Box<RequestHeader>> {
-    let mut req = Box::new(session.req_header().clone());
+) -> Result<RequestHeader> {
+    let mut req = session.req_header().clone();
     let had_host = req.headers.contains_key(header::HOST);
     let http11 = req.version == Version::HTTP_11;
     req.set_version(Version::HTTP_11);

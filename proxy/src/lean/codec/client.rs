@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Version, header};
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::HttpTask;
-use pingora_error::{Error, ErrorType, Result, RetryType};
+use pingora_error::{Error, ErrorType, OrErr, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -118,14 +118,35 @@ impl OwnClient {
 
     /// Sends the request head; the body (if its framing announces one) follows with
     /// [`write_body`](Self::write_body) and [`finish_body`](Self::finish_body).
-    pub(crate) async fn write_request_header(&mut self, req: Box<RequestHeader>) -> Result<()> {
-        let mut out = BytesMut::with_capacity(256 + 48 * req.headers.len());
-        encode_request(&req, &mut out)?;
+    pub(crate) async fn write_request_header(&mut self, req: &RequestHeader) -> Result<()> {
+        // Encoded in the read buffer, which holds nothing before the response (a new session),
+        // sized for the reads that follow: the head and the response share one allocation.
+        let mut out = if self.buf.is_empty() {
+            std::mem::take(&mut self.buf)
+        } else {
+            BytesMut::new()
+        };
+        out.clear();
+        out.reserve((256 + 48 * req.headers.len()).max(READ_SPACE));
+        let encoded = encode_request(req, &mut out);
+        let result = match encoded {
+            Ok(()) => self.write_head(&out, req).await,
+            Err(e) => Err(e),
+        };
+        if self.buf.is_empty() {
+            out.clear();
+            self.buf = out;
+        }
+        result
+    }
+
+    /// Sends an encoded request head and takes note of what it asks for.
+    async fn write_head(&mut self, out: &[u8], req: &RequestHeader) -> Result<()> {
         self.head_request = req.method == Method::HEAD;
-        self.upgrade_request = is_upgrade_request(&req);
+        self.upgrade_request = is_upgrade_request(req);
         self.request_keepalive = connection_keepalive(req.headers.get_all(header::CONNECTION));
-        self.sending = request_framing(&req);
-        self.write(&out, "while writing request headers").await
+        self.sending = request_framing(req);
+        self.write(out, "while writing request headers").await
     }
 
     /// Writes a piece of the request body by its framing. Bytes past a `Content-Length` are
@@ -299,17 +320,25 @@ impl OwnClient {
         };
         // Offsets into the buffer, so the fields can be cut out of the frozen head below
         // without copying them.
+        // On the stack: no allocation per response for them.
         let base = self.buf.as_ptr() as usize;
-        let mut spans: Vec<((usize, usize), (usize, usize))> =
-            Vec::with_capacity(resp.headers.len());
-        for f in resp.headers.iter() {
+        let mut spans = [((0usize, 0usize), (0usize, 0usize)); MAX_HEADERS];
+        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
             let name = f.name.as_ptr() as usize - base;
             let value = f.value.as_ptr() as usize - base;
-            spans.push(((name, f.name.len()), (value, f.value.len())));
+            *span = ((name, f.name.len()), (value, f.value.len()));
         }
-        let reason = resp.reason.map(str::to_owned);
+        let fields = resp.headers.len();
+        let status = StatusCode::from_u16(code)
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid status code")?;
+        // Only a phrase other than the status's own is kept (and copied).
+        let reason = resp
+            .reason
+            .filter(|r| Some(*r) != status.canonical_reason())
+            .map(str::to_owned);
         let head_bytes = self.buf.split_to(len).freeze();
-        let mut head = Box::new(ResponseHeader::build(code, Some(spans.len()))?);
+        // Room for the fields the response filters add (served-by, header filters, `Date`).
+        let mut head = Box::new(ResponseHeader::build(status, Some(fields + 4))?);
         head.set_version(if minor == 0 {
             Version::HTTP_10
         } else {
@@ -319,7 +348,7 @@ impl OwnClient {
         let mut lengths = Lengths::default();
         let mut transfer_encoding: Option<bool> = None;
         let mut keepalive = None;
-        for ((n, nl), (v, vl)) in spans {
+        for &((n, nl), (v, vl)) in &spans[..fields] {
             let name = head_bytes.slice(n..n + nl);
             let value = head_bytes.slice(v..v + vl);
             if name.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str().as_bytes()) {
@@ -667,7 +696,7 @@ mod tests {
     #[tokio::test]
     async fn a_get_goes_up_as_written_and_a_length_framed_answer_keeps_the_connection() {
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/a?b=1")).await.unwrap();
+        c.write_request_header(&get("/a?b=1")).await.unwrap();
         c.finish_body().await.unwrap();
         let want = b"GET /a?b=1 HTTP/1.1\r\nHost: backend\r\n\r\n";
         assert_eq!(received(&mut s, want.len()).await, want);
@@ -687,7 +716,7 @@ mod tests {
         let answer: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
         for cut in [1, 20, 45, 50, 60, answer.len() - 1] {
             let (mut c, mut s) = pair().await;
-            c.write_request_header(get("/")).await.unwrap();
+            c.write_request_header(&get("/")).await.unwrap();
             let (first, rest) = answer.split_at(cut);
             let task = tokio::spawn(async move {
                 s.write_all(first).await.unwrap();
@@ -708,7 +737,7 @@ mod tests {
     #[tokio::test]
     async fn an_unframed_answer_ends_at_close_and_is_not_reused() {
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/")).await.unwrap();
+        c.write_request_header(&get("/")).await.unwrap();
         let want = b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n";
         assert_eq!(received(&mut s, want.len()).await, want);
         s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
@@ -727,7 +756,7 @@ mod tests {
             let (mut c, mut s) = pair().await;
             let mut req = get("/");
             req.set_method(method.parse().unwrap());
-            c.write_request_header(req).await.unwrap();
+            c.write_request_header(&req).await.unwrap();
             let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 10\r\n\r\n");
             s.write_all(answer.as_bytes()).await.unwrap();
             match c.read_response_task().await.unwrap() {
@@ -745,7 +774,7 @@ mod tests {
     #[tokio::test]
     async fn informational_heads_come_before_the_final_one() {
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/")).await.unwrap();
+        c.write_request_header(&get("/")).await.unwrap();
         s.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             .await
             .unwrap();
@@ -766,7 +795,7 @@ mod tests {
     #[tokio::test]
     async fn ambiguous_lengths_are_refused_and_equal_ones_are_one() {
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/")).await.unwrap();
+        c.write_request_header(&get("/")).await.unwrap();
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
             .await
             .unwrap();
@@ -774,7 +803,7 @@ mod tests {
         assert_eq!(*e.etype(), ErrorType::InvalidHTTPHeader);
 
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/")).await.unwrap();
+        c.write_request_header(&get("/")).await.unwrap();
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc")
             .await
             .unwrap();
@@ -782,7 +811,7 @@ mod tests {
 
         // Transfer-Encoding beats Content-Length, which is dropped from the head.
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/")).await.unwrap();
+        c.write_request_header(&get("/")).await.unwrap();
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n")
             .await
             .unwrap();
@@ -794,7 +823,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_past_the_response_keep_the_connection_out_of_the_pool() {
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/")).await.unwrap();
+        c.write_request_header(&get("/")).await.unwrap();
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
             .await
             .unwrap();
@@ -818,7 +847,7 @@ mod tests {
             ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
         ] {
             let (mut c, mut s) = pair().await;
-            c.write_request_header(get("/")).await.unwrap();
+            c.write_request_header(&get("/")).await.unwrap();
             s.write_all(answer.as_bytes()).await.unwrap();
             whole(&mut c).await;
             c.respect_keepalive();
@@ -828,7 +857,7 @@ mod tests {
         let (mut c, mut s) = pair().await;
         let mut req = get("/");
         req.insert_header("Connection", "close").unwrap();
-        c.write_request_header(req).await.unwrap();
+        c.write_request_header(&req).await.unwrap();
         s.write_all(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
@@ -843,7 +872,7 @@ mod tests {
         let mut req = get("/");
         req.set_method(Method::POST);
         req.insert_header("Transfer-Encoding", "chunked").unwrap();
-        c.write_request_header(req).await.unwrap();
+        c.write_request_header(&req).await.unwrap();
         c.write_body(b"hello").await.unwrap();
         c.write_body(b"").await.unwrap();
         c.finish_body().await.unwrap();
@@ -854,7 +883,7 @@ mod tests {
         let mut req = get("/");
         req.set_method(Method::POST);
         req.insert_header("Content-Length", "3").unwrap();
-        c.write_request_header(req).await.unwrap();
+        c.write_request_header(&req).await.unwrap();
         c.write_body(b"ab").await.unwrap();
         assert!(
             c.finish_body().await.is_err(),
@@ -869,7 +898,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_pooled_connection_is_retryable_and_a_garbled_head_is_not() {
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/")).await.unwrap();
+        c.write_request_header(&get("/")).await.unwrap();
         let want = b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n";
         // Read first: a socket closed with unread bytes answers with a reset, not an end.
         assert_eq!(received(&mut s, want.len()).await, want);
@@ -879,7 +908,7 @@ mod tests {
         assert!(matches!(e.retry, RetryType::ReusedOnly));
 
         let (mut c, mut s) = pair().await;
-        c.write_request_header(get("/")).await.unwrap();
+        c.write_request_header(&get("/")).await.unwrap();
         s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
         let e = c.read_response_task().await.unwrap_err();
         assert_eq!(*e.etype(), ErrorType::InvalidHTTPHeader);
@@ -891,7 +920,7 @@ mod tests {
         let mut req = get("/ws");
         req.insert_header("Connection", "Upgrade").unwrap();
         req.insert_header("Upgrade", "websocket").unwrap();
-        c.write_request_header(req).await.unwrap();
+        c.write_request_header(&req).await.unwrap();
         s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi")
             .await
             .unwrap();
@@ -909,7 +938,7 @@ mod tests {
         let (mut c, _s) = pair().await;
         let mut req = get("/");
         req.set_version(Version::HTTP_2);
-        let e = c.write_request_header(req).await.unwrap_err();
+        let e = c.write_request_header(&req).await.unwrap_err();
         assert_eq!(*e.etype(), ErrorType::InvalidHTTPHeader);
     }
 }

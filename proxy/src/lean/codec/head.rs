@@ -24,7 +24,9 @@
 //! gets a second chance, as on pingora's path: those bytes are percent-encoded and the head is
 //! parsed again; only a head that still does not parse is answered 400.
 
+use bytes::{Buf, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderValue, Method};
 use pingora_http::RequestHeader;
 
 use super::CodecError;
@@ -51,7 +53,7 @@ pub(crate) enum BodyFraming {
 #[derive(Debug)]
 pub(crate) struct Head {
     pub header: RequestHeader,
-    /// Bytes of the buffer the head took; the body (or the next request) starts there.
+    /// Bytes the head took off the front of the connection's buffer.
     pub len: usize,
     pub body: BodyFraming,
     /// The connection must close after this request (`Transfer-Encoding` and
@@ -59,9 +61,10 @@ pub(crate) struct Head {
     pub close: bool,
 }
 
-/// Parses the request head at the start of `buf`; `Ok(None)` while it is incomplete (read
-/// more and call again with the longer buffer).
-pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, CodecError> {
+/// Parses the request head at the start of `buf` and takes it off `buf` (which then starts at
+/// the body, or at the next request); `Ok(None)` while it is incomplete (read more and call
+/// again), with nothing taken.
+pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, CodecError> {
     match parse_in(buf) {
         Err(Refused::Target) => {}
         Err(Refused::Codec(e)) => return Err(e),
@@ -73,10 +76,12 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, CodecError> {
     let malformed = CodecError::Malformed("not an HTTP/1 request head");
     let escaped = escape_target(&buf[..end]).ok_or(malformed)?;
     let grown = escaped.len() - end;
-    match parse_in(&escaped) {
+    let mut copy = BytesMut::from(&escaped[..]);
+    match parse_in(&mut copy) {
         Ok(Some(mut head)) => {
             // `len` counts bytes of the connection's buffer, not of the escaped copy.
             head.len -= grown;
+            buf.advance(head.len);
             Ok(Some(head))
         }
         Ok(None) if buf.len() > MAX_HEAD => Err(CodecError::TooLarge),
@@ -99,27 +104,69 @@ impl From<CodecError> for Refused {
     }
 }
 
-fn parse_in(buf: &[u8]) -> Result<Option<Head>, Refused> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+/// Where a header field lies in the head: `(start, len)` of its name and of its value.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    fn of(part: (u32, u32)) -> std::ops::Range<usize> {
+        part.0 as usize..(part.0 + part.1) as usize
+    }
+}
+
+/// Fields added to a request on its way upstream (forwarding headers, `Via`, the backend's
+/// header filters): room made for them when the head's maps are built, so they do not grow.
+const ROOM_FOR_ADDED_FIELDS: usize = 6;
+
+/// Parses the head at the start of `buf`; on success the head is split off `buf` and frozen, and
+/// the request's field names and values are slices of it (no copy, no allocation per field
+/// beyond a non-standard name's lower-cased form).
+fn parse_in(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
+    let mut spans = [Span::default(); MAX_HEADERS];
+    // Offsets only, so the borrow of `buf` ends before the head is split off it.
+    let (len, fields, method, target, minor) = {
+        let bytes: &[u8] = buf;
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut fields);
+        let len = match req.parse(bytes) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if bytes.len() > MAX_HEAD => {
+                return Err(CodecError::TooLarge.into());
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooLarge.into()),
+            Err(httparse::Error::Token | httparse::Error::Version) => return Err(Refused::Target),
+            Err(_) => return Err(CodecError::Malformed("not an HTTP/1 request head").into()),
+        };
+        if len > MAX_HEAD {
             return Err(CodecError::TooLarge.into());
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(CodecError::TooLarge.into()),
-        Err(httparse::Error::Token | httparse::Error::Version) => return Err(Refused::Target),
-        Err(_) => return Err(CodecError::Malformed("not an HTTP/1 request head").into()),
+        let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+            return Err(CodecError::Malformed("incomplete request line").into());
+        };
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| CodecError::Malformed("invalid method or target"))?;
+        // Every slice httparse hands out lies inside `bytes`, which is at most MAX_HEAD long.
+        let base = bytes.as_ptr() as usize;
+        let at = |part: &[u8]| ((part.as_ptr() as usize - base) as u32, part.len() as u32);
+        for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
+            *span = Span {
+                name: at(field.name.as_bytes()),
+                value: at(field.value),
+            };
+        }
+        (len, req.headers.len(), method, at(path.as_bytes()), minor)
     };
-    if len > MAX_HEAD {
-        return Err(CodecError::TooLarge.into());
-    }
-    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(CodecError::Malformed("incomplete request line").into());
-    };
-    let mut header = RequestHeader::build(method, path.as_bytes(), Some(req.headers.len()))
-        .map_err(|_| CodecError::Malformed("invalid method or target"))?;
+    let head = buf.split_to(len).freeze();
+    let mut header = RequestHeader::build(
+        method,
+        &head[Span::of(target)],
+        Some(fields + ROOM_FOR_ADDED_FIELDS),
+    )
+    .map_err(|_| CodecError::Malformed("invalid method or target"))?;
     header.set_version(if minor == 0 {
         http::Version::HTTP_10
     } else {
@@ -128,10 +175,12 @@ fn parse_in(buf: &[u8]) -> Result<Option<Head>, Refused> {
     let mut length: Option<u64> = None;
     let mut length_error: Option<CodecError> = None;
     let mut transfer_encoding: Option<bool> = None;
-    for field in req.headers.iter() {
-        if field.name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str()) {
+    for span in &spans[..fields] {
+        let name = head.slice(Span::of(span.name));
+        let value = head.slice(Span::of(span.value));
+        if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str().as_bytes()) {
             // Checked below, only when no Transfer-Encoding overrides it.
-            for value in field.value.split(|&b| b == b',') {
+            for value in value.split(|&b| b == b',') {
                 match parse_length(value.trim_ascii()) {
                     Ok(n) if length.is_some_and(|l| l != n) => {
                         length_error =
@@ -141,18 +190,20 @@ fn parse_in(buf: &[u8]) -> Result<Option<Head>, Refused> {
                     Err(e) => length_error = Some(e),
                 }
             }
-        } else if field.name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str()) {
+        } else if name.eq_ignore_ascii_case(TRANSFER_ENCODING.as_str().as_bytes()) {
             // Only the last coding of the last field decides whether the body is chunked.
-            let last = field
-                .value
+            let last = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .map(<[u8]>::trim_ascii)
                 .unwrap_or_default();
             transfer_encoding = Some(last.eq_ignore_ascii_case(b"chunked"));
         }
+        // The same check as `HeaderValue::from_bytes`, without its copy.
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| CodecError::Malformed("invalid header field"))?;
         header
-            .append_header(field.name.to_string(), field.value)
+            .append_header(name, value)
             .map_err(|_| CodecError::Malformed("invalid header field"))?;
     }
     let mut close = false;
@@ -255,11 +306,11 @@ mod tests {
     use super::*;
 
     fn parsed(raw: &str) -> Head {
-        parse_head(raw.as_bytes()).unwrap().unwrap()
+        parse_head(&mut BytesMut::from(raw)).unwrap().unwrap()
     }
 
     fn refused(raw: &str) -> CodecError {
-        parse_head(raw.as_bytes()).unwrap_err()
+        parse_head(&mut BytesMut::from(raw)).unwrap_err()
     }
 
     #[test]
@@ -273,20 +324,27 @@ mod tests {
         assert_eq!(head.header.version, http::Version::HTTP_11);
         assert_eq!(head.header.headers.get_all("x-two").iter().count(), 2);
         assert_eq!(head.body, BodyFraming::Empty);
+        // Names keep the client's case on the way out (they are slices of the head).
+        let mut wire = Vec::new();
+        head.header.header_to_h1_wire(&mut wire);
+        assert_eq!(wire, b"Host: x\r\nX-Two: 1\r\nX-Two: 2\r\n");
     }
 
     #[test]
     fn an_incomplete_head_asks_for_more_and_an_endless_one_is_too_large() {
-        assert!(
-            parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n")
-                .unwrap()
-                .is_none()
-        );
+        // Nothing is taken off the buffer while the head is partial.
+        let partial = &b"GET / HTTP/1.1\r\nHost: x\r\n"[..];
+        let mut buf = BytesMut::from(partial);
+        assert!(parse_head(&mut buf).unwrap().is_none());
+        assert_eq!(&buf[..], partial);
         let mut endless = b"GET / HTTP/1.1\r\n".to_vec();
         while endless.len() <= MAX_HEAD {
             endless.extend_from_slice(b"X-Pad: 0123456789abcdef\r\n");
         }
-        assert_eq!(parse_head(&endless).unwrap_err(), CodecError::TooLarge);
+        assert_eq!(
+            parse_head(&mut BytesMut::from(&endless[..])).unwrap_err(),
+            CodecError::TooLarge
+        );
         assert_eq!(CodecError::TooLarge.status(), 431);
     }
 
@@ -379,17 +437,19 @@ mod tests {
     #[test]
     fn a_target_with_refused_bytes_is_encoded_and_parsed_again() {
         let raw = "GET /a b\"c<d>\u{e9} HTTP/1.1\r\nHost: x\r\n\r\nNEXT";
-        let head = parsed(raw);
+        let mut buf = BytesMut::from(raw);
+        let head = parse_head(&mut buf).unwrap().unwrap();
         assert_eq!(head.header.uri.path(), "/a%20b%22c%3Cd%3E%C3%A9");
-        // `len` is the original head's length: the next request starts right after it.
+        // `len` is the original head's length, and that much left the buffer: the next request
+        // starts right after it.
         assert_eq!(&raw.as_bytes()[head.len..], b"NEXT");
+        assert_eq!(&buf[..], b"NEXT");
         assert_eq!(head.header.headers.get("host").unwrap(), "x");
-        // Still incomplete after encoding: more bytes are awaited.
-        assert!(
-            parse_head(b"GET /a b HTTP/1.1\r\nHost: x\r\n")
-                .unwrap()
-                .is_none()
-        );
+        // Still incomplete after encoding: more bytes are awaited, none taken.
+        let partial = &b"GET /a b HTTP/1.1\r\nHost: x\r\n"[..];
+        let mut buf = BytesMut::from(partial);
+        assert!(parse_head(&mut buf).unwrap().is_none());
+        assert_eq!(&buf[..], partial);
         // Nothing to encode, or no request line: 400.
         for bad in [
             "GET /a HTTP/1.x\r\n\r\n",

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Version, header};
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::http::authority::validate_request_authority;
@@ -107,24 +107,30 @@ pub(crate) struct Kept {
     /// Bytes already read past this request (a pipelined request's); empty ones hold no memory.
     pub leftover: BytesMut,
     pub reuses_remaining: Option<u32>,
+    /// The connection's digest (addresses, TLS, timing): the same for every request of it, so
+    /// it is made once per connection rather than once per request.
+    pub digest: Digest,
 }
 
 impl OwnSession {
     /// The session of the next request on `stream`; `leftover` are bytes the previous request
     /// read past its end, `reuses_remaining` how many more requests the connection may serve
-    /// after this one, `clock` the connection's deadlines (told when the head is read).
+    /// after this one, `clock` the connection's deadlines (told when the head is read),
+    /// `digest` the one the previous request of the connection kept (`None`: read it from the
+    /// stream).
     pub(crate) fn new(
         stream: Stream,
         leftover: BytesMut,
         reuses_remaining: Option<u32>,
+        digest: Option<Digest>,
         clock: Option<Arc<ConnClock>>,
     ) -> Self {
-        let digest = Digest {
+        let digest = digest.unwrap_or_else(|| Digest {
             ssl_digest: stream.get_ssl_digest(),
             timing_digest: stream.get_timing_digest(),
             proxy_digest: stream.get_proxy_digest(),
             socket_digest: stream.get_socket_digest(),
-        };
+        });
         OwnSession {
             stream,
             buf: leftover,
@@ -448,9 +454,8 @@ impl Downstream for OwnSession {
         // longer than its limit.
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&self.buf) {
+                match parse_head(&mut self.buf) {
                     Ok(Some(head)) => {
-                        self.buf.advance(head.len);
                         self.start(head)?;
                         return Ok(true);
                     }
@@ -749,6 +754,7 @@ impl Connection for OwnSession {
             stream: self.stream,
             leftover,
             reuses_remaining: self.reuses_remaining.map(|n| n.saturating_sub(1)),
+            digest: self.digest,
         })
     }
 
@@ -774,7 +780,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let stream: Stream = Box::new(L4Stream::from(server));
-        let session = OwnSession::new(stream, BytesMut::from(leftover), None, None);
+        let session = OwnSession::new(stream, BytesMut::from(leftover), None, None, None);
         (session, client)
     }
 
@@ -828,7 +834,7 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.contains("Connection: keep-alive\r\n"), "{answer}");
         assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
-        let mut next = OwnSession::new(kept.stream, kept.leftover, None, None);
+        let mut next = OwnSession::new(kept.stream, kept.leftover, None, Some(kept.digest), None);
         assert!(next.read_request().await.unwrap());
         assert_eq!(next.req_header().uri.path(), "/b");
         assert!(next.is_body_empty());

@@ -43,6 +43,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, SslStream, TlsRef};
 use pingora_core::protocols::{
@@ -69,12 +70,15 @@ pub(crate) struct Buffered<S: AsyncWrite + Unpin> {
     /// Unread bytes are `read[read_pos..]`. No capacity until bytes arrive (and again after
     /// [`NextBytes::poll_next_bytes`] released it), then [`READ_CAPACITY`]; never zeroed, reads
     /// go into its spare capacity.
-    read: Vec<u8>,
+    read: BytesMut,
     read_pos: usize,
     /// Unsent bytes are `write[write_pos..]`. No capacity until something is written (and again
     /// after a release).
     write: Vec<u8>,
     write_pos: usize,
+    /// Writes go straight to the stream while nothing is buffered: the reader above coalesces
+    /// its own writes (our HTTP/1 codec), so a copy into the write buffer would only cost.
+    write_through: bool,
     /// The connection's deadlines (none without a clock).
     clock: Option<Arc<ConnClock>>,
     /// Armed at the clock's deadline while a read waits.
@@ -85,10 +89,11 @@ impl<S: AsyncWrite + Unpin> Buffered<S> {
     pub(crate) fn new(inner: S) -> Self {
         Self {
             inner,
-            read: Vec::new(),
+            read: BytesMut::new(),
             read_pos: 0,
             write: Vec::new(),
             write_pos: 0,
+            write_through: false,
             clock: None,
             timer: None,
         }
@@ -152,7 +157,7 @@ impl<S: AsyncWrite + Unpin> Buffered<S> {
     /// to wait for its client, maybe for a long time.
     fn release_buffers(&mut self) {
         if self.unread().is_empty() {
-            self.read = Vec::new();
+            self.read = BytesMut::new();
             self.read_pos = 0;
         }
         if self.buffered_write().is_empty() {
@@ -188,8 +193,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
             self.read.clear();
             self.read_pos = 0;
         } else if self.read.len() == self.read.capacity() {
-            self.read.drain(..self.read_pos);
+            // Drops the consumed front and asks for that much room again: the reserve moves the
+            // rest back to the start of the buffer (no allocation while the consumed part is at
+            // least as long as the rest; otherwise the buffer grows, as a Vec's drain did not).
+            let consumed = self.read_pos;
+            self.read.advance(consumed);
             self.read_pos = 0;
+            self.read.reserve(consumed);
         }
         let polled = if self.read.capacity() == 0 {
             self.poll_first_read(cx)
@@ -224,7 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Buffered<S> {
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
         let got = rb.filled();
         if !got.is_empty() {
-            self.read.reserve_exact(READ_CAPACITY);
+            self.read.reserve(READ_CAPACITY);
             self.read.extend_from_slice(got);
         }
         Poll::Ready(Ok(got.len()))
@@ -281,9 +291,26 @@ pub(crate) trait NextBytes {
     /// buffers that hold nothing are released first. `Err` when the client closed the connection
     /// or the connection clock's deadline passed (header or keep-alive idle timeout).
     fn poll_next_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// For a reader that buffers by itself (our own HTTP/1 codec), which takes over: hands it the
+    /// bytes read ahead (the next request's first bytes) in the buffer they were read into, so
+    /// they are not copied again, and from now on writes go straight out while nothing is
+    /// buffered. Nothing to take under TLS (the bytes below it are records still to decrypt),
+    /// where writes stay buffered (OpenSSL writes a record in pieces).
+    fn take_buffering(&mut self) -> BytesMut {
+        BytesMut::new()
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> NextBytes for Buffered<S> {
+    fn take_buffering(&mut self) -> BytesMut {
+        self.write_through = true;
+        let mut ahead = std::mem::take(&mut self.read);
+        ahead.advance(self.read_pos);
+        self.read_pos = 0;
+        ahead
+    }
+
     fn poll_next_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.unread().is_empty() {
             return Poll::Ready(Ok(()));
@@ -355,6 +382,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Buffered<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.write_through && this.buffered_write().is_empty() {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if this.buffered_write().len() + total <= WRITE_CAPACITY {
             if this.write.capacity() == 0 {
@@ -607,6 +637,33 @@ mod tests {
         let mut rest = [0u8; 6];
         server.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"GET /b");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_buffers_itself_takes_the_read_ahead_and_writes_go_straight_out() {
+        let (server, mut client) = duplex(1024);
+        let mut server = Buffered::new(server);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b")
+            .await
+            .unwrap();
+        let waited = std::future::poll_fn(|cx| server.poll_next_bytes(cx));
+        tokio::time::timeout(Duration::from_secs(5), waited)
+            .await
+            .unwrap()
+            .unwrap();
+        let ahead = server.take_buffering();
+        assert_eq!(&ahead[..], b"GET /a HTTP/1.1\r\n\r\nGET /b");
+        assert!(server.holds_no_buffer(), "the bytes left with the buffer");
+        // Not kept for a flush: the client has it at once.
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert!(server.holds_no_buffer(), "nothing was buffered");
+        let mut got = [0u8; 19];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"HTTP/1.1 200 OK\r\n\r\n");
     }
 
     #[tokio::test]

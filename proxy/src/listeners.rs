@@ -642,6 +642,10 @@ async fn serve_own_http1<A: App, S: Accepted>(
             return;
         }
         first = false;
+        if leftover.is_empty() {
+            // The bytes the wait read, in the buffer they came in (nothing to copy).
+            leftover = stream.take_buffering();
+        }
         let session = OwnSession::new(stream, leftover, reuses, digest, Some(clock.clone()));
         let Some(kept) = lean.process_own(session, &ctx.shutdown).await else {
             return;

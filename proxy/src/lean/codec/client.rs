@@ -22,6 +22,7 @@
 //! framing, limits) are pingora-core 0.9.1's, so both paths treat backends alike.
 
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -30,6 +31,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::HttpTask;
 use pingora_error::{Error, ErrorType, OrErr, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyState, Take};
@@ -52,6 +54,9 @@ enum Sending {
     Chunked,
     Done,
 }
+
+/// Where a response field lies in the buffer: `(start, len)` of its name and of its value.
+type FieldSpan = ((usize, usize), (usize, usize));
 
 /// One HTTP/1 exchange with a backend on our own codec.
 pub(crate) struct OwnClient {
@@ -298,13 +303,15 @@ impl OwnClient {
 
     /// Parses a head at the start of the buffer; `None` while it is partial.
     fn parse_head(&mut self) -> Result<Option<Box<ResponseHeader>>> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut fields);
+        // Not initialised up front (256 empty fields cost more than parsing a short head).
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
         let mut config = httparse::ParserConfig::default();
         // What pingora-core's client accepts from backends.
         config.allow_spaces_after_header_name_in_responses(true);
         config.allow_obsolete_multiline_headers_in_responses(true);
-        let len = match config.parse_response(&mut resp, &self.buf) {
+        let len = match config.parse_response_with_uninit_headers(&mut resp, &self.buf, &mut fields)
+        {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => {
@@ -320,15 +327,18 @@ impl OwnClient {
         };
         // Offsets into the buffer, so the fields can be cut out of the frozen head below
         // without copying them.
-        // On the stack: no allocation per response for them.
+        // Inline for the usual few fields: no allocation per response for them.
         let base = self.buf.as_ptr() as usize;
-        let mut spans = [((0usize, 0usize), (0usize, 0usize)); MAX_HEADERS];
-        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = f.name.as_ptr() as usize - base;
-            let value = f.value.as_ptr() as usize - base;
-            *span = ((name, f.name.len()), (value, f.value.len()));
-        }
-        let fields = resp.headers.len();
+        let spans: SmallVec<[FieldSpan; 24]> = resp
+            .headers
+            .iter()
+            .map(|f| {
+                let name = f.name.as_ptr() as usize - base;
+                let value = f.value.as_ptr() as usize - base;
+                ((name, f.name.len()), (value, f.value.len()))
+            })
+            .collect();
+        let fields = spans.len();
         let status = StatusCode::from_u16(code)
             .or_err(ErrorType::InvalidHTTPHeader, "invalid status code")?;
         // Only a phrase other than the status's own is kept (and copied).
@@ -348,7 +358,7 @@ impl OwnClient {
         let mut lengths = Lengths::default();
         let mut transfer_encoding: Option<bool> = None;
         let mut keepalive = None;
-        for &((n, nl), (v, vl)) in &spans[..fields] {
+        for &((n, nl), (v, vl)) in &spans {
             let name = head_bytes.slice(n..n + nl);
             let value = head_bytes.slice(v..v + vl);
             if name.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str().as_bytes()) {

@@ -24,10 +24,13 @@
 //! gets a second chance, as on pingora's path: those bytes are percent-encoded and the head is
 //! parsed again; only a head that still does not parse is answered 400.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Method};
 use pingora_http::RequestHeader;
+use smallvec::SmallVec;
 
 use super::CodecError;
 
@@ -105,7 +108,7 @@ impl From<CodecError> for Refused {
 }
 
 /// Where a header field lies in the head: `(start, len)` of its name and of its value.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
@@ -125,13 +128,15 @@ const ROOM_FOR_ADDED_FIELDS: usize = 6;
 /// the request's field names and values are slices of it (no copy, no allocation per field
 /// beyond a non-standard name's lower-cased form).
 fn parse_in(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
-    let mut spans = [Span::default(); MAX_HEADERS];
+    // Inline for the usual few fields. Neither this nor httparse's field array is initialised
+    // up front: writing 256 empty fields cost more than parsing a short head.
+    let mut spans: SmallVec<[Span; 24]> = SmallVec::new();
     // Offsets only, so the borrow of `buf` ends before the head is split off it.
-    let (len, fields, method, target, minor) = {
+    let (len, method, target, minor) = {
         let bytes: &[u8] = buf;
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut fields);
-        let len = match req.parse(bytes) {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(bytes, &mut fields) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if bytes.len() > MAX_HEAD => {
                 return Err(CodecError::TooLarge.into());
@@ -152,19 +157,17 @@ fn parse_in(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         // Every slice httparse hands out lies inside `bytes`, which is at most MAX_HEAD long.
         let base = bytes.as_ptr() as usize;
         let at = |part: &[u8]| ((part.as_ptr() as usize - base) as u32, part.len() as u32);
-        for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
-            *span = Span {
-                name: at(field.name.as_bytes()),
-                value: at(field.value),
-            };
-        }
-        (len, req.headers.len(), method, at(path.as_bytes()), minor)
+        spans.extend(req.headers.iter().map(|field| Span {
+            name: at(field.name.as_bytes()),
+            value: at(field.value),
+        }));
+        (len, method, at(path.as_bytes()), minor)
     };
     let head = buf.split_to(len).freeze();
     let mut header = RequestHeader::build(
         method,
         &head[Span::of(target)],
-        Some(fields + ROOM_FOR_ADDED_FIELDS),
+        Some(spans.len() + ROOM_FOR_ADDED_FIELDS),
     )
     .map_err(|_| CodecError::Malformed("invalid method or target"))?;
     header.set_version(if minor == 0 {
@@ -175,7 +178,7 @@ fn parse_in(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let mut length: Option<u64> = None;
     let mut length_error: Option<CodecError> = None;
     let mut transfer_encoding: Option<bool> = None;
-    for span in &spans[..fields] {
+    for span in &spans {
         let name = head.slice(Span::of(span.name));
         let value = head.slice(Span::of(span.value));
         if name.eq_ignore_ascii_case(CONTENT_LENGTH.as_str().as_bytes()) {

@@ -578,6 +578,15 @@ mod tests {
         stream.poll_next_bytes(&mut cx)
     }
 
+    /// Waits (at most 5 s) until `stream`'s next bytes are there.
+    async fn next_bytes<S: NextBytes>(stream: &mut S) {
+        let waited = std::future::poll_fn(|cx| stream.poll_next_bytes(cx));
+        tokio::time::timeout(Duration::from_secs(5), waited)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     /// A buffered server end whose client sent `request`, read whole, and got `response`.
     async fn after_one_exchange(
         request: &[u8],
@@ -609,11 +618,7 @@ mod tests {
             .write_all(b"GET /next HTTP/1.1\r\n\r\n")
             .await
             .unwrap();
-        let waited = std::future::poll_fn(|cx| server.poll_next_bytes(cx));
-        tokio::time::timeout(Duration::from_secs(5), waited)
-            .await
-            .unwrap()
-            .unwrap();
+        next_bytes(&mut server).await;
         assert!(!server.holds_no_buffer(), "arrived bytes are kept");
         // The bytes that ended the wait are all still there for the request's reader.
         let mut got = vec![0; b"GET /next HTTP/1.1\r\n\r\n".len()];
@@ -647,11 +652,7 @@ mod tests {
             .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b")
             .await
             .unwrap();
-        let waited = std::future::poll_fn(|cx| server.poll_next_bytes(cx));
-        tokio::time::timeout(Duration::from_secs(5), waited)
-            .await
-            .unwrap()
-            .unwrap();
+        next_bytes(&mut server).await;
         let ahead = server.take_buffering();
         assert_eq!(&ahead[..], b"GET /a HTTP/1.1\r\n\r\nGET /b");
         assert!(server.holds_no_buffer(), "the bytes left with the buffer");

@@ -155,8 +155,8 @@ pub(super) struct Upstream {
     pub target: Target,
     pub limits: Limits,
     pub left: Allowance,
-    /// Every address tried so far (repeats included).
-    pub tried: Vec<SocketAddr>,
+    /// Every address tried so far (repeats included); inline for the usual few tries.
+    pub tried: smallvec::SmallVec<[SocketAddr; 4]>,
     /// The last try.
     pub current: Option<Try>,
     /// A retry is pending: back off this long before the next try.
@@ -174,7 +174,7 @@ impl Upstream {
             target,
             limits,
             left,
-            tried: Vec::new(),
+            tried: smallvec::SmallVec::new(),
             current: None,
             backoff: None,
             status_retry: false,

@@ -17,6 +17,12 @@
 //! read that would block first sends what is buffered (the peer may be waiting for it before it
 //! says anything more), and dropping the stream sends what it can without waiting.
 //!
+//! Our own HTTP/1 codec buffers by itself, so on plain connections it takes over
+//! ([`NextBytes::take_buffering`]): it gets the bytes read during the keep-alive wait in the
+//! buffer they arrived in (parsed there, not copied), and writes go straight to the socket while
+//! nothing is buffered (the codec already puts a response head and its first body bytes in one
+//! write). pingora's sessions and TLS keep both buffers.
+//!
 //! Reads fill a buffer of [`READ_CAPACITY`] bytes; reads at least that large bypass it. `Peek` (the
 //! h2c preface check) looks into the read buffer without consuming it; [`Buffered::sniff_h2c`]
 //! decides h2c or HTTP/1 as soon as the bytes received so far stop matching the HTTP/2 preface,

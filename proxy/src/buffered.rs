@@ -584,6 +584,13 @@ mod tests {
         stream.poll_next_bytes(&mut cx)
     }
 
+    /// A buffered server end whose client has sent `bytes` (none read yet).
+    async fn client_sent(bytes: &[u8]) -> (Buffered<DuplexStream>, DuplexStream) {
+        let (server, mut client) = duplex(1024);
+        client.write_all(bytes).await.unwrap();
+        (Buffered::new(server), client)
+    }
+
     /// Waits (at most 5 s) until `stream`'s next bytes are there.
     async fn next_bytes<S: NextBytes>(stream: &mut S) {
         let waited = std::future::poll_fn(|cx| stream.poll_next_bytes(cx));
@@ -634,12 +641,7 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_already_buffered_end_the_wait_at_once_and_stay_buffered() {
-        let (server, mut client) = duplex(1024);
-        let mut server = Buffered::new(server);
-        client
-            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b")
-            .await
-            .unwrap();
+        let (mut server, _client) = client_sent(b"GET /a HTTP/1.1\r\n\r\nGET /b").await;
         let mut first = vec![0; b"GET /a HTTP/1.1\r\n\r\n".len()];
         server.read_exact(&mut first).await.unwrap();
         // `/b` was read along with `/a` into the buffer.
@@ -652,12 +654,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_that_buffers_itself_takes_the_read_ahead_and_writes_go_straight_out() {
-        let (server, mut client) = duplex(1024);
-        let mut server = Buffered::new(server);
-        client
-            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b")
-            .await
-            .unwrap();
+        let (mut server, mut client) = client_sent(b"GET /a HTTP/1.1\r\n\r\nGET /b").await;
         next_bytes(&mut server).await;
         let ahead = server.take_buffering();
         assert_eq!(&ahead[..], b"GET /a HTTP/1.1\r\n\r\nGET /b");

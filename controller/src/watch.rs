@@ -680,6 +680,15 @@ where
     }
 }
 
+/// `obj` as the index keeps it: without its managedFields. Nothing the controller does reads
+/// them (translation, status and the writer's bookkeeping all ignore them), and on a real
+/// cluster they are often the largest part of an object's metadata (an entry per field manager
+/// with its whole field set), held for every watched object for the controller's lifetime.
+fn without_managed_fields<K: Resource>(mut obj: K) -> K {
+    obj.meta_mut().managed_fields = None;
+    obj
+}
+
 /// Turns a kind's watch events into index mutations: the objects of a (re-)list are collected
 /// and replace the kind's objects at once; objects that do not decode are counted, logged and
 /// left out (an update that stops decoding removes the object).
@@ -768,17 +777,50 @@ where
 
     /// The object, or (it does not decode) its key if it has one.
     fn decode(&self, obj: W) -> Result<K, Option<ObjectKey>> {
-        obj.into_object().map_err(|invalid| {
-            self.decode_errors.inc();
-            let key = key_of(&invalid.metadata);
-            tracing::warn!(
-                cluster = %self.ctx.name,
-                kind = self.label,
-                object = %key.as_ref().map(ToString::to_string).unwrap_or_default(),
-                error = %invalid.error,
-                "object does not decode; left out of the index"
-            );
-            key
-        })
+        obj.into_object()
+            .map(without_managed_fields)
+            .map_err(|invalid| {
+                self.decode_errors.inc();
+                let key = key_of(&invalid.metadata);
+                tracing::warn!(
+                    cluster = %self.ctx.name,
+                    kind = self.label,
+                    object = %key.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    error = %invalid.error,
+                    "object does not decode; left out of the index"
+                );
+                key
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_index_keeps_no_managed_fields_and_everything_else() {
+        let svc: Service = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "a", "namespace": "ns", "resourceVersion": "7", "labels": {"x": "y"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                    "apiVersion": "v1", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:ports": {}}}}]
+            },
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        assert!(svc.metadata.managed_fields.is_some());
+        let kept = without_managed_fields(svc.clone());
+        assert_eq!(kept.metadata.managed_fields, None);
+        let mut expected = svc;
+        expected.metadata.managed_fields = None;
+        assert_eq!(kept, expected);
     }
 }

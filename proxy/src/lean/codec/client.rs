@@ -126,19 +126,18 @@ impl OwnClient {
     pub(crate) async fn write_request_header(&mut self, req: &RequestHeader) -> Result<()> {
         // Encoded in the read buffer, which holds nothing before the response (a new session),
         // sized for the reads that follow: the head and the response share one allocation.
-        let mut out = if self.buf.is_empty() {
+        let reuse = self.buf.is_empty();
+        let mut out = if reuse {
             std::mem::take(&mut self.buf)
         } else {
             BytesMut::new()
         };
-        out.clear();
         out.reserve((256 + 48 * req.headers.len()).max(READ_SPACE));
-        let encoded = encode_request(req, &mut out);
-        let result = match encoded {
+        let result = match encode_request(req, &mut out) {
             Ok(()) => self.write_head(&out, req).await,
             Err(e) => Err(e),
         };
-        if self.buf.is_empty() {
+        if reuse {
             out.clear();
             self.buf = out;
         }

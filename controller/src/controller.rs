@@ -77,7 +77,10 @@
 //! ([`Incremental::is_echo`]): when the copy now carries exactly the status the last pass
 //! computed, it is our echo — no pass is started for it, and the next pass (for whatever reason)
 //! only notes it (`Changes::insert_status`); any other status change is translated at the
-//! re-check. Metric `meridian_controller_status_events_total{outcome}`: `echo`, `status`,
+//! re-check. Noting costs a few µs per echo (unconfirmed sets, the writers' retirement), so
+//! echoes left waiting (after a cold start: one per status written) get a pass of their own
+//! once events pause for `ECHO_QUIET` — not the next real change's pass, whose apply → served
+//! time they would add to (gauge `meridian_controller_status_events_waiting`). Metric `meridian_controller_status_events_total{outcome}`: `echo`, `status`,
 //! `unread`. A route create thus costs one incremental pass, not two (the status re-check used
 //! to translate the route and the Gateway again for their writes' echoes and unconfirmed
 //! entries).
@@ -904,6 +907,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// reference), which also re-seeds the incremental state.
 pub const FULL_EVERY: Duration = Duration::from_secs(300);
 
+/// Echoes of our status writes start no pass, but each is noted by the next one (the
+/// unconfirmed sets, the writers retiring what they wrote): after a cold start that is tens of
+/// thousands, ~5 µs each, which the first real change would pay for in its apply → served time.
+/// So once no event has come for `ECHO_QUIET` (or `ECHO_SETTLE_MAX` after the first waiting
+/// echo, under a steady stream) and no pass is due, a pass runs for them alone.
+const ECHO_QUIET: Duration = Duration::from_millis(250);
+const ECHO_SETTLE_MAX: Duration = Duration::from_secs(5);
+
 impl Reconciler {
     fn new(i: LoopInputs) -> Self {
         let clusters = i.names.len();
@@ -963,11 +974,14 @@ impl Reconciler {
         // `deadline`: changes that need a pass soon; `recheck`: status-only changes.
         let mut deadline: Option<Instant> = None;
         let mut recheck: Option<Instant> = None;
+        // Echoes waiting for a pass: when to run one for them, and since when they wait.
+        let mut settle: Option<(Instant, Instant)> = None;
         let grace_end = self.started + self.startup_grace;
         let mut grace_pending = true;
         loop {
             let wake = deadline;
             let wake_recheck = recheck;
+            let wake_settle = settle.map(|(at, _)| at);
             let wake_removal = self.removals.values().min().copied();
             let wake_expiry = self.stale_expiry.map(|t| {
                 let wait = t.duration_since(Timestamp::now());
@@ -976,11 +990,26 @@ impl Reconciler {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => {
+                        let waiting = !self.status_objects.is_empty();
                         if self.handle(msg) {
                             deadline.get_or_insert_with(|| Instant::now() + debounce);
                         } else if self.status_dirty {
                             recheck.get_or_insert_with(|| Instant::now() + status_recheck);
                         }
+                        self.metrics
+                            .status_events_waiting
+                            .set(i64::try_from(self.status_objects.len()).unwrap_or(i64::MAX));
+                        settle = if self.status_objects.is_empty() {
+                            None
+                        } else {
+                            let now = Instant::now();
+                            // Since the first echo no pass has noted (a pass empties them).
+                            let since = match settle {
+                                Some((_, since)) if waiting => since,
+                                _ => now,
+                            };
+                            Some(((now + ECHO_QUIET).min(since + ECHO_SETTLE_MAX), since))
+                        };
                     }
                     None => return,
                 },
@@ -1008,6 +1037,13 @@ impl Reconciler {
                 _ = async { if let Some(t) = wake_recheck { tokio::time::sleep_until(t).await } }, if wake_recheck.is_some() => {
                     recheck = None;
                     self.pass(true);
+                }
+                _ = async { if let Some(t) = wake_settle { tokio::time::sleep_until(t).await } }, if wake_settle.is_some() => {
+                    settle = None;
+                    // A pass already due notes them anyway.
+                    if deadline.is_none() && recheck.is_none() && !self.status_objects.is_empty() {
+                        self.pass(false);
+                    }
                 }
                 _ = async { if let Some(t) = wake_expiry { tokio::time::sleep_until(t).await } }, if wake_expiry.is_some() => {
                     self.stale_expiry = None;
@@ -1463,6 +1499,9 @@ impl Reconciler {
                 .with_label_values(&[name])
                 .set(i64::try_from(missing).unwrap_or(i64::MAX));
         }
+        self.metrics
+            .status_events_waiting
+            .set(i64::try_from(self.status_objects.len()).unwrap_or(i64::MAX));
         self.passes_tx.send_modify(|n| *n += 1);
     }
 
@@ -1719,6 +1758,8 @@ impl Reconciler {
     fn incremental_pass(&mut self) -> bool {
         let started = std::time::Instant::now();
         let cfg = self.translate_config();
+        // Nothing but status-only changes, all of them echoes (any other sets `status_dirty`).
+        let echoes_only = self.dirty_objects.is_empty() && !self.dirty_config && !self.status_dirty;
         let mut changes = std::mem::take(&mut self.dirty_objects);
         changes.extend(std::mem::take(&mut self.status_objects));
         let pass = match self
@@ -1739,13 +1780,14 @@ impl Reconciler {
                 .or_default()
                 .extend(touched);
         }
-        self.metrics
-            .translations
-            .with_label_values(&["incremental"])
-            .inc();
+        // A pass for echoes alone translated no object (at most a Gateway's status is
+        // recomputed, now that its write is confirmed): counted apart, so that `incremental`
+        // stays the passes for changes.
+        let mode = if echoes_only { "echoes" } else { "incremental" };
+        self.metrics.translations.with_label_values(&[mode]).inc();
         self.metrics
             .translate_seconds
-            .with_label_values(&["incremental"])
+            .with_label_values(&[mode])
             .observe(started.elapsed().as_secs_f64());
         self.metrics
             .incremental_objects

@@ -81,7 +81,8 @@ pub struct Metrics {
     /// Status updates dropped before writing because the same status was already written or
     /// queued against the same object version, by cluster.
     pub status_skipped: IntCounterVec,
-    /// Translation passes by mode (`full`, `incremental`, `endpoints`).
+    /// Translation passes by mode (`full`, `incremental`, `endpoints`; `echoes`: a pass that
+    /// only noted echoes of our status writes and translated nothing).
     pub translations: IntCounterVec,
     /// Translation time by mode.
     pub translate_seconds: HistogramVec,
@@ -94,6 +95,9 @@ pub struct Metrics {
     /// pass computed: nothing translated), `status` (another status: translated at the
     /// re-check), `unread` (not even the status: only what translation does not read).
     pub status_events: IntCounterVec,
+    /// Status-only changes (mostly echoes) that no pass has taken yet: the bookkeeping the next
+    /// pass owes them (a pass runs for them alone once the events stop for a moment).
+    pub status_events_waiting: prometheus::IntGauge,
     /// Snapshots handed to the data plane, by cluster.
     pub snapshots_published: IntCounterVec,
     /// FailoverDrills in the member clusters by `status.phase` (`Pending` includes drills
@@ -294,16 +298,23 @@ struct PassFamily {
     translate_seconds: HistogramVec,
     incremental_objects: IntCounterVec,
     status_events: IntCounterVec,
+    status_events_waiting: prometheus::IntGauge,
     snapshots_published: IntCounterVec,
     east_west_missing: IntGaugeVec,
 }
 
 fn pass_family(r: &Registry) -> prometheus::Result<PassFamily> {
+    let status_events_waiting = prometheus::IntGauge::new(
+        "meridian_controller_status_events_waiting",
+        "Status-only changes (mostly echoes of our writes) not yet taken by a pass",
+    )?;
+    r.register(Box::new(status_events_waiting.clone()))?;
     Ok(PassFamily {
+        status_events_waiting,
         translations: counter(
             r,
             "meridian_controller_translations_total",
-            "Translation passes",
+            "Translation passes (echoes: passes that only noted echoes of our status writes)",
             &["mode"],
         )?,
         translate_seconds: histogram(
@@ -397,6 +408,7 @@ impl Metrics {
             translate_seconds,
             incremental_objects,
             status_events,
+            status_events_waiting,
             snapshots_published,
             east_west_missing,
         } = pass_family(&r)?;
@@ -425,6 +437,7 @@ impl Metrics {
             translate_seconds,
             incremental_objects,
             status_events,
+            status_events_waiting,
             snapshots_published,
             drills,
             drains,

@@ -3,7 +3,8 @@
 //! once, writes every status, and then sees the echoes of its own writes and the Gateway's
 //! `Programmed` flip. Those must cost passes proportional to what changed: the metrics' count
 //! of incremental passes and the per-pass log (`MERIDIAN_LOG=meridian_controller::controller=debug`)
-//! show what each did. Routes default to 300 (debug builds); `COLD_START_ROUTES` sets another
+//! show what each did. Echoes left waiting once the writes are done are noted by a pass of
+//! their own, not by the next change's. Routes default to 300 (debug builds); `COLD_START_ROUTES` sets another
 //! count.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -117,6 +118,14 @@ async fn cold_start_echoes_translate_no_route() {
     let converged = started.elapsed();
     // Let the last echoes arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // No change comes after them: the echoes waiting to be noted get a pass of their own (the
+    // first real change must not pay for them), which translates nothing (asserted below).
+    meridian_test_support::eventually(
+        "the echoes noted without another change",
+        Duration::from_secs(10),
+        || ctl.metrics().status_events_waiting.get() == 0,
+    )
+    .await;
     let metrics = ctl.metrics().encode();
     let count = |label: &str| -> f64 {
         metrics

@@ -23,7 +23,10 @@
 //!      every kind); controller utime+stime from /proc before and after (after its CPU is quiet
 //!      again) / changes; route create / update: time until c0's proxy answers 200 for the new
 //!      host (polled on a thread per change, while the next changes stream in)
-//!   5. translate-seconds histograms from the controller's /metrics
+//!   5. --changes route creates again, while a thread streams route, Service and EndpointSlice
+//!      updates over every cluster at --stream-rate per second: apply → served with other
+//!      changes streaming in, and controller CPU per change of the mix
+//!   6. translate-seconds histograms from the controller's /metrics
 //! ```
 //!
 //! Real processes of the meridian binary, so `--compare OLD` measures an older build the same
@@ -85,6 +88,11 @@ pub struct ScaleOpts {
     /// controller's start — its initial convergence, status writes included.
     #[arg(long)]
     pub cold_start: bool,
+    /// Changes per second streamed in (route updates, Service updates and EndpointSlice
+    /// updates in turn, over every cluster) while `--changes` route creates are measured once
+    /// more after step 4: apply → served with other changes streaming in (0: skip that step).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub stream_rate: u16,
 }
 
 /// Namespace of the generated world.
@@ -95,6 +103,10 @@ const CONTROLLER_NAME: &str = "meridian.dev/gateway-controller";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of the wait for one change to be served.
 const SERVED_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound of the streamed changes of step 5 (they stop earlier, once the creates are served).
+const STREAM_MAX: usize = 20_000;
+/// Names of step 5's objects start here (`new-{j}` routes of step 4 are below).
+const STREAM_OFFSET: usize = 1_000_000;
 /// Clock ticks per second of /proc/PID/stat's utime and stime.
 const TICKS_PER_S: f64 = 100.0;
 
@@ -148,6 +160,8 @@ struct Figures {
     cpu_per_change: Vec<(&'static str, f64, usize)>,
     /// (kind, p50 ms, p99 ms, samples, not served in time).
     served: Vec<(&'static str, f64, f64, usize, usize)>,
+    /// Step 5, route creates while other changes stream in.
+    streamed: Option<Streamed>,
     idle_cpu_ms_per_s: f64,
     /// `None` with `--cold-start` (the controller starts with the world in place).
     rss_before_kib: Option<u64>,
@@ -168,6 +182,19 @@ struct Figures {
     /// `/proc/loadavg` at the start and at the end of the run (the machine is shared).
     load_start: String,
     load_end: String,
+}
+
+/// Route creates measured while other changes stream in (step 5).
+#[derive(Debug, Clone)]
+struct Streamed {
+    /// Streamed changes per second, as made (the target is `--stream-rate`).
+    rate: f64,
+    /// Changes streamed meanwhile.
+    streamed: usize,
+    /// Apply → served of the creates: p50 ms, p99 ms, samples, not served in time.
+    served: (f64, f64, usize, usize),
+    /// Controller CPU per change, creates and streamed changes together (ms).
+    cpu_ms: f64,
 }
 
 /// One stretch of the bulk apply: how fast it went and what each write cost while the store
@@ -388,7 +415,16 @@ impl Run {
             }
         }
 
-        // 5. The controller's own figures.
+        // 5. Route creates while other changes stream in.
+        if self.opts.stream_rate > 0 {
+            eprintln!(
+                "changes: HTTPRoute create while {} changes/s stream in",
+                self.opts.stream_rate
+            );
+            f.streamed = Some(self.streaming()?);
+        }
+
+        // 6. The controller's own figures.
         let metrics = Conn::local(self.metrics_port).get("/metrics")?;
         let text = String::from_utf8_lossy(&metrics.body);
         f.translations = translations(&text);
@@ -622,17 +658,33 @@ impl Run {
     /// [`SERVED_TIMEOUT`].
     #[allow(clippy::type_complexity)]
     fn changes(&self, kind: Change) -> anyhow::Result<(f64, usize, Option<(Vec<f64>, usize)>)> {
-        let c = &self.clusters[0];
-        let mut api = Conn::new(&c.url)?;
         let k = usize::from(self.opts.changes);
-        let spacing = Duration::from_millis(self.opts.spacing_ms);
         settle_cpu(self.controller_pid);
         let before = sys::cpu_ticks_tree(self.controller_pid).context("controller gone")?;
-        // At most one poller per change, each bounded by SERVED_TIMEOUT.
+        let pollers = self.make_changes(kind, 0)?;
+        let (samples, missed) = served_samples(pollers);
+        settle_cpu(self.controller_pid);
+        let after = sys::cpu_ticks_tree(self.controller_pid).context("controller gone")?;
+        let cpu_ms = (after - before) as f64 * 1000.0 / TICKS_PER_S / k as f64;
+        let served = kind.served().then_some((samples, missed));
+        Ok((cpu_ms, k, served))
+    }
+
+    /// Makes `--changes` changes of `kind` in cluster c0 (numbered from `offset`), one every
+    /// `--spacing-ms`; for a change that makes a host servable, a thread polling c0's proxy
+    /// until it is served (bounded by [`SERVED_TIMEOUT`]) answers apply → served in ms.
+    fn make_changes(
+        &self,
+        kind: Change,
+        offset: usize,
+    ) -> anyhow::Result<Vec<std::thread::JoinHandle<Option<f64>>>> {
+        let c = &self.clusters[0];
+        let mut api = Conn::new(&c.url)?;
+        let spacing = Duration::from_millis(self.opts.spacing_ms);
         let mut pollers = Vec::new();
-        for j in 0..k {
+        for j in 0..usize::from(self.opts.changes) {
             let t0 = Instant::now();
-            let (path, verb, obj, host) = kind.write(j, self.n, c, self.echo_port);
+            let (path, verb, obj, host) = kind.write(offset + j, self.n, c, self.echo_port);
             let a = match verb {
                 Verb::Create => api.create(&path, &obj)?,
                 Verb::Patch => api.merge_patch(&path, &obj)?,
@@ -651,20 +703,99 @@ impl Run {
                 std::thread::sleep(rest);
             }
         }
-        let mut samples = Vec::new();
-        let mut missed = 0;
-        for p in pollers {
-            match p.join() {
-                Ok(Some(ms)) => samples.push(ms),
-                _ => missed += 1,
-            }
-        }
+        Ok(pollers)
+    }
+
+    /// Step 5: `--changes` route creates in c0, measured as in step 4, while a thread streams
+    /// route, Service and EndpointSlice updates over every cluster at `--stream-rate` per
+    /// second until the last create is served (bounded by [`STREAM_MAX`] changes).
+    fn streaming(&self) -> anyhow::Result<Streamed> {
+        const KINDS: [Change; 3] = [
+            Change::RouteUpdate,
+            Change::ServiceUpdate,
+            Change::SliceUpdate,
+        ];
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let every = Duration::from_secs_f64(1.0 / f64::from(self.opts.stream_rate.max(1)));
+        settle_cpu(self.controller_pid);
+        let before = sys::cpu_ticks_tree(self.controller_pid).context("controller gone")?;
+        let start = Instant::now();
+        let (served, streamed) = std::thread::scope(|scope| -> anyhow::Result<_> {
+            let streamer = scope.spawn(|| -> anyhow::Result<usize> {
+                let mut conns = self
+                    .clusters
+                    .iter()
+                    .map(|c| Conn::new(&c.url))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let mut made = 0;
+                while made < STREAM_MAX && !stop.load(Ordering::Relaxed) {
+                    let kind = KINDS[made % KINDS.len()];
+                    let ci = (made / KINDS.len()) % conns.len();
+                    let (path, verb, obj, _) = kind.write(
+                        STREAM_OFFSET + made,
+                        self.n,
+                        &self.clusters[ci],
+                        self.echo_port,
+                    );
+                    let a = match verb {
+                        Verb::Create => conns[ci].create(&path, &obj)?,
+                        Verb::Patch => conns[ci].merge_patch(&path, &obj)?,
+                    };
+                    if !a.ok() {
+                        bail!(
+                            "streamed {} {path}: {} {}",
+                            kind.label(),
+                            a.status,
+                            a.text()
+                        );
+                    }
+                    made += 1;
+                    let due = start + every.mul_f64(made as f64);
+                    if let Some(rest) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(rest);
+                    }
+                }
+                Ok(made)
+            });
+            let pollers = self.make_changes(Change::RouteCreate, STREAM_OFFSET);
+            let served = pollers.map(served_samples);
+            stop.store(true, Ordering::Relaxed);
+            let streamed = streamer
+                .join()
+                .map_err(|_| anyhow::anyhow!("the streaming thread panicked"))??;
+            Ok((served?, streamed))
+        })?;
+        let secs = start.elapsed().as_secs_f64();
         settle_cpu(self.controller_pid);
         let after = sys::cpu_ticks_tree(self.controller_pid).context("controller gone")?;
-        let cpu_ms = (after - before) as f64 * 1000.0 / TICKS_PER_S / k as f64;
-        let served = kind.served().then_some((samples, missed));
-        Ok((cpu_ms, k, served))
+        let (mut samples, missed) = served;
+        samples.sort_by(f64::total_cmp);
+        let creates = usize::from(self.opts.changes);
+        Ok(Streamed {
+            rate: streamed as f64 / secs,
+            streamed,
+            served: (
+                quantile(&samples, 0.5),
+                quantile(&samples, 0.99),
+                samples.len(),
+                missed,
+            ),
+            cpu_ms: (after - before) as f64 * 1000.0 / TICKS_PER_S / (creates + streamed) as f64,
+        })
     }
+}
+
+/// The apply → served samples of the pollers (ms) and how many were not served in time.
+fn served_samples(pollers: Vec<std::thread::JoinHandle<Option<f64>>>) -> (Vec<f64>, usize) {
+    let mut samples = Vec::new();
+    let mut missed = 0;
+    for p in pollers {
+        match p.join() {
+            Ok(Some(ms)) => samples.push(ms),
+            _ => missed += 1,
+        }
+    }
+    (samples, missed)
 }
 
 /// The kinds of change measured one after the other.
@@ -1368,6 +1499,32 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
             },
         );
     }
+    row(
+        "apply → served: HTTPRoute create while other changes stream in, p50 / p99 (ms) \
+         (changes streamed, at /s)"
+            .into(),
+        &|f| {
+            f.streamed.as_ref().map_or("–".into(), |s| {
+                let (p50, p99, _, missed) = s.served;
+                let missed = if missed > 0 {
+                    format!(", {missed} not served in {SERVED_TIMEOUT:?}")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} / {} ({} at {:.0}/s{missed})",
+                    ms(p50),
+                    ms(p99),
+                    s.streamed,
+                    s.rate
+                )
+            })
+        },
+    );
+    row(
+        "controller CPU per change while streaming, creates and streamed together (ms)".into(),
+        &|f| f.streamed.as_ref().map_or("–".into(), |s| ms(s.cpu_ms)),
+    );
     row("controller idle CPU (ms/s)".into(), &|f| {
         ms(f.idle_cpu_ms_per_s)
     });

@@ -990,26 +990,29 @@ impl Reconciler {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => {
-                        let waiting = !self.status_objects.is_empty();
+                        let waited = self.status_objects.len();
                         if self.handle(msg) {
                             deadline.get_or_insert_with(|| Instant::now() + debounce);
                         } else if self.status_dirty {
                             recheck.get_or_insert_with(|| Instant::now() + status_recheck);
                         }
+                        let waiting = self.status_objects.len();
                         self.metrics
                             .status_events_waiting
-                            .set(i64::try_from(self.status_objects.len()).unwrap_or(i64::MAX));
-                        settle = if self.status_objects.is_empty() {
-                            None
-                        } else {
+                            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+                        // Quiet means no new echo (other messages, say the writers' reports,
+                        // keep coming while the echoes have stopped).
+                        if waiting == 0 {
+                            settle = None;
+                        } else if waiting != waited || settle.is_none() {
                             let now = Instant::now();
                             // Since the first echo no pass has noted (a pass empties them).
                             let since = match settle {
-                                Some((_, since)) if waiting => since,
+                                Some((_, since)) if waited > 0 => since,
                                 _ => now,
                             };
-                            Some(((now + ECHO_QUIET).min(since + ECHO_SETTLE_MAX), since))
-                        };
+                            settle = Some(((now + ECHO_QUIET).min(since + ECHO_SETTLE_MAX), since));
+                        }
                     }
                     None => return,
                 },

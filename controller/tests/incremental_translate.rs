@@ -1782,3 +1782,103 @@ fn a_cold_start_translates_no_route_after_the_first_full_pass() {
     );
     assert!(snapshots[CLUSTER].gateways.is_empty());
 }
+
+#[test]
+fn a_listener_change_translates_only_the_routes_it_can_take() {
+    let gateway = |generation: i64, extra: Option<Value>, http_hostname: Option<&str>| {
+        let mut http = json!({"name": "http", "port": 80, "protocol": "HTTP",
+                              "allowedRoutes": {"namespaces": {"from": "All"}}});
+        if let Some(h) = http_hostname {
+            http["hostname"] = json!(h);
+        }
+        let listeners: Vec<Value> = std::iter::once(http).chain(extra).collect();
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": meta(Some("infra"), "gw", generation),
+            "spec": {"gatewayClassName": CLASS, "listeners": listeners},
+        })
+    };
+    let extra = |hostname: &str| {
+        json!({"name": "extra", "port": 8080, "protocol": "HTTP", "hostname": hostname,
+               "allowedRoutes": {"namespaces": {"from": "All"}}})
+    };
+    let route = |name: &str, hostnames: Value, section: Option<&str>| {
+        let mut parent = json!({"name": "gw", "namespace": "infra"});
+        if let Some(s) = section {
+            parent["sectionName"] = json!(s);
+        }
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": meta(Some("app"), name, 1),
+            "spec": {"parentRefs": [parent], "hostnames": hostnames,
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": format!("/{name}")}}]}]},
+        })
+    };
+    const N: usize = 40;
+    let mut world = World::new();
+    let c = world.add_cluster(CLUSTER, "us-east", vec![]);
+    base_cluster(c);
+    assert!(apply(c, &gateway(1, None, None)));
+    for i in 0..N {
+        assert!(apply(
+            c,
+            &route(&format!("r{i}"), json!([format!("r{i}.example.com")]), None)
+        ));
+    }
+    // Every host (no hostnames), and one pinned to the `http` listener by name.
+    assert!(apply(c, &route("wild", json!([]), None)));
+    assert!(apply(
+        c,
+        &route("pinned", json!(["r7.example.com"]), Some("http"))
+    ));
+    let cfg = config_of(&world);
+    let mut engine = Incremental::new();
+    let mut snapshots = engine.full(&world, &cfg).snapshots;
+    let mut gateway_pass = |world: &World| {
+        let mut changes = Changes::new();
+        changes.insert(CLUSTER, Kind::Gateway, ObjectKey::new("infra", "gw"));
+        let cfg = config_of(world);
+        let pass = engine
+            .update(world, &cfg, &changes, &mut snapshots)
+            .unwrap();
+        let full = translate(world, &cfg);
+        assert_eq!(
+            serde_json::to_string(&snapshots).unwrap(),
+            serde_json::to_string(&full.snapshots).unwrap()
+        );
+        assert_eq!(engine.status(), full.status);
+        pass.routes
+    };
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    // A listener added for one route's host: that route and the one without hostnames may
+    // attach to it; the route pinned to `http` and the others keep what they have.
+    assert!(apply(c, &gateway(2, Some(extra("r7.example.com")), None)));
+    assert_eq!(gateway_pass(&world), 2, "listener added");
+    // Its hostname changes: the two attached to it go again, the new host's route joins.
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(3, Some(extra("r9.example.com")), None)));
+    assert_eq!(gateway_pass(&world), 3, "listener changed");
+    // A host no route has: only the two attached to it.
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(
+        c,
+        &gateway(4, Some(extra("nobody.example.com")), None)
+    ));
+    assert_eq!(
+        gateway_pass(&world),
+        2,
+        "listener changed to a host no route has"
+    );
+    // Removed: the one attached to it.
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(5, None, None)));
+    assert_eq!(gateway_pass(&world), 1, "listener removed");
+    // The listener every route is attached to changes: every route goes again.
+    let c = world.cluster_mut(CLUSTER).unwrap();
+    assert!(apply(c, &gateway(6, None, Some("*.example.com"))));
+    assert_eq!(
+        gateway_pass(&world),
+        N + 2,
+        "the routes' own listener changed"
+    );
+}

@@ -40,6 +40,13 @@
 //!      same own listeners (only     → like the above for the Gateway's own listeners; routes
 //!       its sets' side changed)       naming one of its ListenerSets (before or now) or
 //!                                     attached to a set's listener translated again
+//!      only own listeners changed   → listeners with the same view (by index) keep their
+//!       (added, removed, or another   attached routes; translated again: routes attached to
+//!       view at an index; no sets)    a changed or removed listener, and routes naming it
+//!                                     unless attached through their one parentRef to it only
+//!                                     on unchanged listeners with no changed listener that
+//!                                     might take them (selection, hostnames): a listener
+//!                                     added for one host costs the routes of that host
 //!      otherwise (new, gone, …)     → entry rebuilt empty, every route naming it or one of its
 //!                                     ListenerSets (before or now), or attached to it,
 //!                                     translated again
@@ -1321,6 +1328,38 @@ impl ClusterCache {
                     touched.insert(key.clone());
                     set_entry(snapshot, &key, Some(new), true);
                 }
+                // Only its own listeners changed (added, removed, or another view at the same
+                // index), no ListenerSets: listeners with the same view keep their attached
+                // routes; a route is translated again when it attached to a changed listener,
+                // or a changed one might take it, or it is not simply attached (module docs).
+                (Some(old), Some(new)) if old.sets.is_empty() && new.sets.is_empty() => {
+                    let same: Vec<bool> = {
+                        let (was, now) = (attach_view(&old).0, attach_view(new).0);
+                        (0..was.len().max(now.len()))
+                            .map(|i| matches!((was.get(i), now.get(i)), (Some(a), Some(b)) if a == b))
+                            .collect()
+                    };
+                    let changed: Vec<&ListenerState> = new
+                        .listeners
+                        .iter()
+                        .zip(&same)
+                        .filter(|(_, same)| !**same)
+                        .map(|(l, _)| l)
+                        .collect();
+                    for r in deps.routes_naming(ctx.cluster_name, &key) {
+                        if !self.keeps_attachment(ctx, &r, &key, &same, &changed) {
+                            routes.insert(r);
+                        }
+                    }
+                    for (i, o) in old.listeners.into_iter().enumerate() {
+                        match new.listeners.get_mut(i) {
+                            Some(n) if same[i] => n.attached = o.attached,
+                            _ => routes.extend(o.attached),
+                        }
+                    }
+                    touched.insert(key.clone());
+                    set_entry(snapshot, &key, Some(new), true);
+                }
                 (old, new) => {
                     routes.extend(deps.routes_naming(ctx.cluster_name, &key));
                     // Routes naming its ListenerSets (before and now) reach it through them.
@@ -1344,6 +1383,69 @@ impl ClusterCache {
             }
         }
         self.gateways = fresh;
+    }
+
+    /// Whether HTTPRoute `r` keeps what it has on Gateway `gw` when only the Gateway's listeners
+    /// at the indices where `same` is `false` changed (`changed`: those now there): it names
+    /// the Gateway in exactly one parentRef (and no ListenerSet), is attached through it only to
+    /// listeners that stayed the same, and no changed listener might accept it. Then its status
+    /// (`Accepted` through the listeners it keeps) and its snapshot routes are what translating
+    /// it again would give. Other route kinds are translated again.
+    fn keeps_attachment(
+        &self,
+        ctx: &Ctx<'_>,
+        r: &RouteKey,
+        gw: &ObjectKey,
+        same: &[bool],
+        changed: &[&ListenerState],
+    ) -> bool {
+        let Some(route) = (r.kind == RouteKind::Http)
+            .then(|| ctx.cluster.http_routes.get(&r.key))
+            .flatten()
+        else {
+            return false;
+        };
+        let on_gw: Vec<usize> = self
+            .attached
+            .get(r)
+            .into_iter()
+            .flatten()
+            .filter(|(g, _, _)| g == gw)
+            .map(|(_, i, _)| *i)
+            .collect();
+        if on_gw.is_empty()
+            || on_gw
+                .iter()
+                .any(|&i| !same.get(i).copied().unwrap_or(false))
+        {
+            return false;
+        }
+        let mut naming = None;
+        for p in route.spec.parent_refs.iter().flatten() {
+            if p.group.as_deref().unwrap_or(crate::status::GATEWAY_GROUP)
+                != crate::status::GATEWAY_GROUP
+            {
+                continue;
+            }
+            match p.kind.as_deref().unwrap_or("Gateway") {
+                "Gateway" => {
+                    let ns = p.namespace.as_deref().unwrap_or(&r.key.namespace);
+                    if ns == gw.namespace && p.name == gw.name {
+                        if naming.is_some() {
+                            return false;
+                        }
+                        naming = Some(p);
+                    }
+                }
+                "ListenerSet" => return false,
+                _ => {}
+            }
+        }
+        let Some(p) = naming else { return false };
+        let hostnames = route.spec.hostnames.as_deref().unwrap_or_default();
+        !changed
+            .iter()
+            .any(|l| route::may_accept(l, p.section_name.as_deref(), p.port, hostnames))
     }
 
     /// Detaches a route from where it attached and translates it again (module docs, step 2).

@@ -39,7 +39,7 @@ use meridian_model::hostname;
 use meridian_model::snapshot::{self as model, GrpcMethodMatch, RouteKind};
 
 use super::conflict::Blocked;
-use super::gateway::{GatewayState, push_if_changed};
+use super::gateway::{GatewayState, ListenerState, push_if_changed};
 use super::rules::{RouteRules, translate_rules};
 use super::{Ctx, Problem, backend, generation_of, grpc, tls};
 use crate::status::{Cond, GATEWAY_GROUP, StatusUpdate, is_stale, merge_route_parents, stamp_all};
@@ -625,6 +625,25 @@ fn attach(
         }
     }
     Ok(names)
+}
+
+/// Whether Gateway listener `l` might accept a route through a parentRef naming its Gateway
+/// with `section_name` and `port`: steps 1 and 3 of the module docs (selection, hostnames).
+/// Step 2 (kind, namespace) is not looked at, so `true` may be wrong; `false` never is.
+pub(crate) fn may_accept(
+    l: &ListenerState,
+    section_name: Option<&str>,
+    port: Option<i32>,
+    hostnames: &[String],
+) -> bool {
+    l.has_status
+        && l.set.is_none()
+        && section_name.is_none_or(|s| s == l.name)
+        && port.is_none_or(|p| p == l.spec_port)
+        && (hostnames.is_empty()
+            || hostnames.iter().any(|h| {
+                hostname::intersect(l.hostname.as_deref(), &h.to_ascii_lowercase()).is_some()
+            }))
 }
 
 /// The route's hostnames as seen through a listener: `Some(vec![])` = every host the listener

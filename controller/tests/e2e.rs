@@ -52,10 +52,18 @@ fn write_attempts(env: &Env) -> u64 {
         .sum()
 }
 
-/// Waits until no status write happens for 500 ms, then asserts that neither a status write
-/// nor a reconcile pass happens for 2 s more (checked throughout, not only at the end).
+/// Waits until no status write happens for 500 ms and no echo waits for its pass (it comes
+/// 250 ms after the last echo, which a loaded machine may deliver late), then asserts that
+/// neither a status write nor a reconcile pass happens for 2 s more (checked throughout, not
+/// only at the end).
 async fn assert_no_write_storm(env: &Env) {
     let quiet = Duration::from_millis(500);
+    settles("status writes", WAIT, quiet, || write_attempts(env)).await;
+    eventually("the echoes noted", WAIT, || {
+        env.ctl.metrics().status_events_waiting.get() == 0
+    })
+    .await;
+    // Writes the echoes' pass may have started (a confirmed Gateway's status again) are over.
     let before = settles("status writes", WAIT, quiet, || write_attempts(env)).await;
     let passes = env.ctl.passes();
     holds_for(

@@ -80,8 +80,9 @@
 //! re-check. Noting costs a few µs per echo (unconfirmed sets, the writers' retirement), so
 //! echoes left waiting (after a cold start: one per status written) get a pass of their own
 //! once events pause for `ECHO_QUIET` — not the next real change's pass, whose apply → served
-//! time they would add to (gauge `meridian_controller_status_events_waiting`). Metric `meridian_controller_status_events_total{outcome}`: `echo`, `status`,
-//! `unread`. A route create thus costs one incremental pass, not two (the status re-check used
+//! time they would add to — unless passes are full translations then (a member unreachable):
+//! gauge `meridian_controller_status_events_waiting`, passes counted as mode `echoes`. Metric
+//! `meridian_controller_status_events_total{outcome}`: `echo`, `status`, `unread`. A route create thus costs one incremental pass, not two (the status re-check used
 //! to translate the route and the Gateway again for their writes' echoes and unconfirmed
 //! entries).
 //!
@@ -1043,8 +1044,17 @@ impl Reconciler {
                 }
                 _ = async { if let Some(t) = wake_settle { tokio::time::sleep_until(t).await } }, if wake_settle.is_some() => {
                     settle = None;
-                    // A pass already due notes them anyway.
-                    if deadline.is_none() && recheck.is_none() && !self.status_objects.is_empty() {
+                    // A pass already due notes them anyway. While passes are full translations
+                    // (a member unreachable, nothing translated yet) the echoes wait for the
+                    // next one as before: noting them is not worth a full pass.
+                    let incremental = self.translated
+                        && !self.dirty_full
+                        && self.unreachable.is_empty();
+                    if deadline.is_none()
+                        && recheck.is_none()
+                        && incremental
+                        && !self.status_objects.is_empty()
+                    {
                         self.pass(false);
                     }
                 }

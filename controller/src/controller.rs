@@ -82,9 +82,9 @@
 //! once events pause for `ECHO_QUIET` — not the next real change's pass, whose apply → served
 //! time they would add to — unless passes are full translations then (a member unreachable):
 //! gauge `meridian_controller_status_events_waiting`, passes counted as mode `echoes`. Metric
-//! `meridian_controller_status_events_total{outcome}`: `echo`, `status`, `unread`. A route create thus costs one incremental pass, not two (the status re-check used
-//! to translate the route and the Gateway again for their writes' echoes and unconfirmed
-//! entries).
+//! `meridian_controller_status_events_total{outcome}`: `echo`, `status`, `unread`. A route
+//! create thus costs one incremental pass, not two (the status re-check used to translate the
+//! route and the Gateway again for their writes' echoes and unconfirmed entries).
 //!
 //! Status bookkeeping per pass follows what changed, not how many writes are outstanding (tens
 //! of thousands at a cold start): translation reads the writers' unconfirmed objects from a
@@ -911,8 +911,8 @@ pub const FULL_EVERY: Duration = Duration::from_secs(300);
 /// Echoes of our status writes start no pass, but each is noted by the next one (the
 /// unconfirmed sets, the writers retiring what they wrote): after a cold start that is tens of
 /// thousands, ~5 µs each, which the first real change would pay for in its apply → served time.
-/// So once no event has come for `ECHO_QUIET` (or `ECHO_SETTLE_MAX` after the first waiting
-/// echo, under a steady stream) and no pass is due, a pass runs for them alone.
+/// So once no new echo has come for `ECHO_QUIET` (or `ECHO_SETTLE_MAX` after the first waiting
+/// one, under a steady stream) and no pass is due, a pass runs for them alone.
 const ECHO_QUIET: Duration = Duration::from_millis(250);
 const ECHO_SETTLE_MAX: Duration = Duration::from_secs(5);
 
@@ -1772,7 +1772,10 @@ impl Reconciler {
         let started = std::time::Instant::now();
         let cfg = self.translate_config();
         // Nothing but status-only changes, all of them echoes (any other sets `status_dirty`).
-        let echoes_only = self.dirty_objects.is_empty() && !self.dirty_config && !self.status_dirty;
+        let echoes_only = self.dirty_objects.is_empty()
+            && !self.dirty_config
+            && !self.status_dirty
+            && !self.status_objects.is_empty();
         let mut changes = std::mem::take(&mut self.dirty_objects);
         changes.extend(std::mem::take(&mut self.status_objects));
         let pass = match self

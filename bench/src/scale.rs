@@ -158,8 +158,8 @@ struct Figures {
     converge_cpu_s: Option<(f64, f64)>,
     /// (kind, ms of controller CPU per change, changes made).
     cpu_per_change: Vec<(&'static str, f64, usize)>,
-    /// (kind, p50 ms, p99 ms, samples, not served in time).
-    served: Vec<(&'static str, f64, f64, usize, usize)>,
+    /// Apply → served of the route kinds.
+    served: Vec<(&'static str, Served)>,
     /// Step 5, route creates while other changes stream in.
     streamed: Option<Streamed>,
     idle_cpu_ms_per_s: f64,
@@ -184,6 +184,27 @@ struct Figures {
     load_end: String,
 }
 
+/// Apply → served of one kind of change: p50 and p99 (ms), and how many were not served
+/// within [`SERVED_TIMEOUT`].
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    p50: f64,
+    p99: f64,
+    missed: usize,
+}
+
+impl Served {
+    /// `p50 / p99`, and the misses when there were any.
+    fn cell(&self) -> String {
+        let missed = if self.missed > 0 {
+            format!(" ({} not served in {SERVED_TIMEOUT:?})", self.missed)
+        } else {
+            String::new()
+        };
+        format!("{} / {}{missed}", ms(self.p50), ms(self.p99))
+    }
+}
+
 /// Route creates measured while other changes stream in (step 5).
 #[derive(Debug, Clone)]
 struct Streamed {
@@ -191,8 +212,8 @@ struct Streamed {
     rate: f64,
     /// Changes streamed meanwhile.
     streamed: usize,
-    /// Apply → served of the creates: p50 ms, p99 ms, samples, not served in time.
-    served: (f64, f64, usize, usize),
+    /// Apply → served of the creates.
+    served: Served,
     /// Controller CPU per change, creates and streamed changes together (ms).
     cpu_ms: f64,
 }
@@ -403,15 +424,8 @@ impl Run {
             eprintln!("changes: {}", kind.label());
             let (cpu_ms, made, served) = self.changes(kind)?;
             f.cpu_per_change.push((kind.label(), cpu_ms, made));
-            if let Some((mut samples, missed)) = served {
-                samples.sort_by(f64::total_cmp);
-                f.served.push((
-                    kind.label(),
-                    quantile(&samples, 0.5),
-                    quantile(&samples, 0.99),
-                    samples.len(),
-                    missed,
-                ));
+            if let Some(served) = served {
+                f.served.push((kind.label(), served));
             }
         }
 
@@ -654,20 +668,17 @@ impl Run {
     /// `--changes` changes of `kind` in cluster c0, one every `--spacing-ms` whatever kind (a
     /// route change's apply → served time is polled on a thread of its own, so the next change
     /// does not wait for it): controller CPU per change (ms), changes made, and for route
-    /// changes the apply → served samples (ms) and how many were not served within
-    /// [`SERVED_TIMEOUT`].
-    #[allow(clippy::type_complexity)]
-    fn changes(&self, kind: Change) -> anyhow::Result<(f64, usize, Option<(Vec<f64>, usize)>)> {
+    /// changes apply → served.
+    fn changes(&self, kind: Change) -> anyhow::Result<(f64, usize, Option<Served>)> {
         let k = usize::from(self.opts.changes);
         settle_cpu(self.controller_pid);
         let before = sys::cpu_ticks_tree(self.controller_pid).context("controller gone")?;
         let pollers = self.make_changes(kind, 0)?;
-        let (samples, missed) = served_samples(pollers);
+        let served = served_of(pollers);
         settle_cpu(self.controller_pid);
         let after = sys::cpu_ticks_tree(self.controller_pid).context("controller gone")?;
         let cpu_ms = (after - before) as f64 * 1000.0 / TICKS_PER_S / k as f64;
-        let served = kind.served().then_some((samples, missed));
-        Ok((cpu_ms, k, served))
+        Ok((cpu_ms, k, kind.served().then_some(served)))
     }
 
     /// Makes `--changes` changes of `kind` in cluster c0 (numbered from `offset`), one every
@@ -758,7 +769,7 @@ impl Run {
                 Ok(made)
             });
             let pollers = self.make_changes(Change::RouteCreate, STREAM_OFFSET);
-            let served = pollers.map(served_samples);
+            let served = pollers.map(served_of);
             stop.store(true, Ordering::Relaxed);
             let streamed = streamer
                 .join()
@@ -768,25 +779,18 @@ impl Run {
         let secs = start.elapsed().as_secs_f64();
         settle_cpu(self.controller_pid);
         let after = sys::cpu_ticks_tree(self.controller_pid).context("controller gone")?;
-        let (mut samples, missed) = served;
-        samples.sort_by(f64::total_cmp);
         let creates = usize::from(self.opts.changes);
         Ok(Streamed {
             rate: streamed as f64 / secs,
             streamed,
-            served: (
-                quantile(&samples, 0.5),
-                quantile(&samples, 0.99),
-                samples.len(),
-                missed,
-            ),
+            served,
             cpu_ms: (after - before) as f64 * 1000.0 / TICKS_PER_S / (creates + streamed) as f64,
         })
     }
 }
 
-/// The apply → served samples of the pollers (ms) and how many were not served in time.
-fn served_samples(pollers: Vec<std::thread::JoinHandle<Option<f64>>>) -> (Vec<f64>, usize) {
+/// Apply → served from the pollers' answers (ms; `None`: not served in time).
+fn served_of(pollers: Vec<std::thread::JoinHandle<Option<f64>>>) -> Served {
     let mut samples = Vec::new();
     let mut missed = 0;
     for p in pollers {
@@ -795,7 +799,12 @@ fn served_samples(pollers: Vec<std::thread::JoinHandle<Option<f64>>>) -> (Vec<f6
             _ => missed += 1,
         }
     }
-    (samples, missed)
+    samples.sort_by(f64::total_cmp);
+    Served {
+        p50: quantile(&samples, 0.5),
+        p99: quantile(&samples, 0.99),
+        missed,
+    }
 }
 
 /// The kinds of change measured one after the other.
@@ -1485,17 +1494,10 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
         row(
             format!("apply → served: {} p50 / p99 (ms)", kind.label()),
             &|f| {
-                f.served.iter().find(|s| s.0 == kind.label()).map_or(
-                    "–".into(),
-                    |(_, p50, p99, _, missed)| {
-                        let missed = if *missed > 0 {
-                            format!(" ({missed} not served in {SERVED_TIMEOUT:?})")
-                        } else {
-                            String::new()
-                        };
-                        format!("{} / {}{missed}", ms(*p50), ms(*p99))
-                    },
-                )
+                f.served
+                    .iter()
+                    .find(|s| s.0 == kind.label())
+                    .map_or("–".into(), |(_, served)| served.cell())
             },
         );
     }
@@ -1505,19 +1507,7 @@ fn print_table(n: usize, opts: &ScaleOpts, columns: &[(String, Figures)]) {
             .into(),
         &|f| {
             f.streamed.as_ref().map_or("–".into(), |s| {
-                let (p50, p99, _, missed) = s.served;
-                let missed = if missed > 0 {
-                    format!(", {missed} not served in {SERVED_TIMEOUT:?}")
-                } else {
-                    String::new()
-                };
-                format!(
-                    "{} / {} ({} at {:.0}/s{missed})",
-                    ms(p50),
-                    ms(p99),
-                    s.streamed,
-                    s.rate
-                )
+                format!("{} ({} at {:.0}/s)", s.served.cell(), s.streamed, s.rate)
             })
         },
     );

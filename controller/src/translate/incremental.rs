@@ -1405,39 +1405,27 @@ impl ClusterCache {
         else {
             return false;
         };
-        let on_gw: Vec<usize> = self
+        let mut on_gw = self
             .attached
             .get(r)
             .into_iter()
             .flatten()
             .filter(|(g, _, _)| g == gw)
-            .map(|(_, i, _)| *i)
-            .collect();
-        if on_gw.is_empty()
-            || on_gw
-                .iter()
-                .any(|&i| !same.get(i).copied().unwrap_or(false))
+            .peekable();
+        if on_gw.peek().is_none() || on_gw.any(|(_, i, _)| !same.get(*i).copied().unwrap_or(false))
         {
             return false;
         }
         let mut naming = None;
         for p in route.spec.parent_refs.iter().flatten() {
-            if p.group.as_deref().unwrap_or(crate::status::GATEWAY_GROUP)
-                != crate::status::GATEWAY_GROUP
-            {
-                continue;
-            }
-            match p.kind.as_deref().unwrap_or("Gateway") {
-                "Gateway" => {
-                    let ns = p.namespace.as_deref().unwrap_or(&r.key.namespace);
-                    if ns == gw.namespace && p.name == gw.name {
-                        if naming.is_some() {
-                            return false;
-                        }
-                        naming = Some(p);
+            match route::parent_target(p, &r.key.namespace) {
+                Some(("Gateway", ns, name)) if ns == gw.namespace && name == gw.name => {
+                    if naming.is_some() {
+                        return false;
                     }
+                    naming = Some(p);
                 }
-                "ListenerSet" => return false,
+                Some(("ListenerSet", _, _)) => return false,
                 _ => {}
             }
         }

@@ -261,6 +261,21 @@ pub(crate) fn process(
     processed
 }
 
+/// What parentRef `p` of a route in `route_ns` names, defaults applied: its kind, namespace
+/// and name; `None` for a group other than the Gateway API's.
+pub(crate) fn parent_target<'a>(
+    p: &'a HttpRouteParentRefs,
+    route_ns: &'a str,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    (p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP).then(|| {
+        (
+            p.kind.as_deref().unwrap_or("Gateway"),
+            p.namespace.as_deref().unwrap_or(route_ns),
+            p.name.as_str(),
+        )
+    })
+}
+
 /// The route's parentRefs that name a Gateway of ours, or a ListenerSet naming one, defaults
 /// applied, without repeats.
 pub(crate) fn our_parents(
@@ -271,20 +286,11 @@ pub(crate) fn our_parents(
 ) -> Vec<ParentKey> {
     let mut ours: Vec<ParentKey> = Vec::new();
     for p in parent_refs {
-        let HttpRouteParentRefs {
-            group,
-            kind,
-            name,
-            namespace,
-            port,
-            section_name,
-        } = p;
-        if group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP {
+        let Some((kind, parent_ns, name)) = parent_target(p, &key.namespace) else {
             continue;
-        }
-        let parent_ns = namespace.as_deref().unwrap_or(&key.namespace);
-        let own = ObjectKey::new(parent_ns, name.as_str());
-        let (kind, gateway) = match kind.as_deref().unwrap_or("Gateway") {
+        };
+        let own = ObjectKey::new(parent_ns, name);
+        let (kind, gateway) = match kind {
             "Gateway" => ("Gateway", own),
             "ListenerSet" => {
                 let Some(gw) = ctx
@@ -302,9 +308,9 @@ pub(crate) fn our_parents(
         let pk = ParentKey {
             kind,
             namespace: parent_ns.to_string(),
-            name: name.clone(),
-            section_name: section_name.clone(),
-            port: *port,
+            name: name.to_string(),
+            section_name: p.section_name.clone(),
+            port: p.port,
             gateway,
         };
         if gateways.contains_key(&pk.gateway) && !ours.contains(&pk) {

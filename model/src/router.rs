@@ -154,6 +154,9 @@ pub struct ListenerInfo {
     pub protocol: Protocol,
     /// Listener hostname.
     pub hostname: Option<String>,
+    /// `gateway namespace/gateway name/listener name`, the listener's label in metrics and logs:
+    /// formatted when the listener is compiled, so a request borrows it instead of formatting it.
+    pub label: String,
 }
 
 /// A rule ready for the proxy: the rule as in the snapshot plus precomputed backend weights.
@@ -600,6 +603,7 @@ impl PortIndex {
                 port: l.port,
                 protocol: l.protocol,
                 hostname: l.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+                label: format!("{}/{}/{}", gw.namespace, gw.name, l.name),
             });
             // Validation already refused two listeners with the same hostname on one socket.
             match info.hostname.as_deref() {

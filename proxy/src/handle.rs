@@ -341,6 +341,7 @@ fn east_west_side(local: SocketAddr, traffic: &TrafficRegistry) -> Option<EastWe
             port: local.port(),
             protocol: Protocol::Http,
             hostname: None,
+            label: EAST_WEST.to_string(),
         }),
         gateway: Arc::new(GatewayEntry::undrained(true, cell.clone())),
     })

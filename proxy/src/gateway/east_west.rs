@@ -276,8 +276,8 @@ impl Role for EastWestProxy {
         self.serve_named(session, ctx).await
     }
 
-    fn listener_label(&self, _ctx: &Ctx) -> String {
-        EAST_WEST.to_string()
+    fn listener_label<'c>(&self, _ctx: &'c Ctx) -> &'c str {
+        EAST_WEST
     }
 }
 

@@ -99,7 +99,7 @@ macro_rules! forwarding_proxy {
                 ctx: &mut super::ctx::Ctx,
             ) {
                 let listener = super::Role::listener_label(self, ctx);
-                self.fwd.logging(session.as_downstream(), e, ctx, &listener);
+                self.fwd.logging(session.as_downstream(), e, ctx, listener);
             }
 
             async fn upstream_peer(
@@ -240,7 +240,7 @@ pub(crate) trait Role: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<bool>> + Send;
 
     /// The `listener` label of the request's metrics and log line.
-    fn listener_label(&self, ctx: &Ctx) -> String;
+    fn listener_label<'c>(&self, ctx: &'c Ctx) -> &'c str;
 }
 
 pub use meridian_model::headers::{BACKEND as BACKEND_HEADER, SERVED_BY as SERVED_BY_HEADER};

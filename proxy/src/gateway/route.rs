@@ -292,11 +292,11 @@ impl Role for GatewayProxy {
         }
     }
 
-    fn listener_label(&self, ctx: &Ctx) -> String {
-        match &ctx.routing.listener {
-            Some(l) => format!("{}/{}/{}", l.gateway_namespace, l.gateway_name, l.name),
-            None => String::new(),
-        }
+    fn listener_label<'c>(&self, ctx: &'c Ctx) -> &'c str {
+        ctx.routing
+            .listener
+            .as_ref()
+            .map_or("", |l| l.label.as_str())
     }
 }
 

@@ -254,7 +254,7 @@ impl<R: Role> LeanPath<R> {
         }
         if let Some(up) = upgraded {
             let label = self.role.listener_label(&ctx);
-            self.fwd().logging(&session, error.as_deref(), &ctx, &label);
+            self.fwd().logging(&session, error.as_deref(), &ctx, label);
             tunnel::run(session, up, self.idle_timeout).await;
             return None;
         }
@@ -352,7 +352,7 @@ impl<R: Role> LeanPath<R> {
         error: Option<Box<Error>>,
     ) -> Option<S::Reused> {
         let label = self.role.listener_label(ctx);
-        self.fwd().logging(&session, error.as_deref(), ctx, &label);
+        self.fwd().logging(&session, error.as_deref(), ctx, label);
         if let Some(e) = error {
             session.on_proxy_failure(e);
         }

@@ -167,7 +167,7 @@ pub use controller::{follow_controller, follow_controller_with_state};
 pub use edge::{EdgeArgs, EdgeConfig};
 pub use gateway::{BACKEND_HEADER, SERVED_BY_HEADER};
 pub use handle::{ApplyError, ProxyConfig, ProxyHandle, StartError};
-pub use lean::Http1Path;
+pub use lean::{HeaderCase, Http1Path};
 pub use limits::{LimitArgs, Limits, OptionalDuration, parse_duration, raise_nofile_limit};
 pub use state_dir::StateDir;
 pub use trace::{TraceConfig, TraceError};

@@ -633,6 +633,7 @@ async fn serve_own_http1<A: App, S: Accepted>(
     let mut shutdown = ctx.shutdown.clone();
     let mut first = true;
     let mut digest = None;
+    let case = ctx.shared.edge.header_case;
     // One turn per request; ends when the client or a deadline closes the connection, or the
     // session does not keep it (Connection: close, errors, shutdown).
     loop {
@@ -646,7 +647,8 @@ async fn serve_own_http1<A: App, S: Accepted>(
             // The bytes the wait read, in the buffer they came in (nothing to copy).
             leftover = stream.take_buffering();
         }
-        let session = OwnSession::new(stream, leftover, reuses, digest, Some(clock.clone()));
+        let session = OwnSession::new(stream, leftover, reuses, digest, Some(clock.clone()))
+            .header_case(case);
         let Some(kept) = lean.process_own(session, &ctx.shutdown).await else {
             return;
         };

@@ -34,6 +34,7 @@ async fn proxy_with_hops(hops: u32) -> ProxyHandle {
         admin: Some("127.0.0.1:0".parse().unwrap()),
         edge: EdgeConfig {
             xff_trusted_hops: hops,
+            ..Default::default()
         },
         ..Default::default()
     })

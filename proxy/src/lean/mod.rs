@@ -66,6 +66,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 
+pub use self::codec::HeaderCase;
 use self::codec::OwnClient;
 pub(crate) use self::codec::{Kept, OwnSession};
 use crate::gateway::{Ctx, Downstream, Forwarder, Role};
@@ -197,6 +198,11 @@ impl<R: Role> LeanPath<R> {
         self.role.forwarder()
     }
 
+    /// How backends' response heads are parsed (`--header-case`).
+    fn header_case(&self) -> HeaderCase {
+        self.fwd().shared.edge.header_case
+    }
+
     async fn serve<S: Connection>(
         &self,
         mut session: S,
@@ -275,7 +281,7 @@ impl<R: Role> LeanPath<R> {
             self.connector
                 .get_http_session(&*peer)
                 .await
-                .map(|(c, reused)| (upstream(c, &peer), reused))
+                .map(|(c, reused)| (upstream(c, &peer, self.header_case()), reused))
         } else {
             self.h1_session(&peer)
                 .await
@@ -337,10 +343,10 @@ impl<R: Role> LeanPath<R> {
     /// (`true`) or a new one.
     async fn h1_session(&self, peer: &HttpPeer) -> Result<(OwnClient, bool)> {
         if let Some(stream) = self.pool.take(peer.reuse_hash()) {
-            return Ok((own_client(stream, peer), true));
+            return Ok((own_client(stream, peer, self.header_case()), true));
         }
         let stream = self.transport.new_stream(peer).await?;
-        Ok((own_client(stream, peer), false))
+        Ok((own_client(stream, peer, self.header_case()), false))
     }
 
     /// Counts and logs the request, then hands the connection back if it may take another.
@@ -391,19 +397,19 @@ enum Upstream {
 
 /// What pingora's connector handed out for an h2c peer, as the driver runs it (an HTTP/1
 /// session there, should the connector ever fall back, goes on our codec).
-fn upstream(session: ClientSession, peer: &HttpPeer) -> Upstream {
+fn upstream(session: ClientSession, peer: &HttpPeer, case: HeaderCase) -> Upstream {
     match session {
         ClientSession::H2(s) => Upstream::H2(Box::new(s)),
-        ClientSession::H1(s) => Upstream::H1(own_client(s.into_inner(), peer)),
+        ClientSession::H1(s) => Upstream::H1(own_client(s.into_inner(), peer, case)),
         ClientSession::Custom(_) => Upstream::Unsupported,
     }
 }
 
-fn own_client(stream: Stream, peer: &HttpPeer) -> OwnClient {
+fn own_client(stream: Stream, peer: &HttpPeer, case: HeaderCase) -> OwnClient {
     let allow_invalid_length = peer
         .get_peer_options()
         .is_some_and(|o| o.allow_h1_response_invalid_content_length);
-    OwnClient::new(stream, allow_invalid_length)
+    OwnClient::new(stream, allow_invalid_length).header_case(case)
 }
 
 fn failed(e: Box<Error>) -> Tried {

@@ -34,6 +34,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::HeaderCase;
 use super::body::{BodyState, Take};
 use super::chunked::ChunkedDecoder;
 use super::head::{MAX_HEADERS, parse_length};
@@ -85,6 +86,8 @@ pub(crate) struct OwnClient {
     /// response; the connection is not reused.
     overread: bool,
     keepalive: bool,
+    /// How response heads are parsed: with or without the names' spelling.
+    case: HeaderCase,
 }
 
 /// What keep-alive needs of the final response head.
@@ -118,7 +121,14 @@ impl OwnClient {
             upgraded: false,
             overread: false,
             keepalive: false,
+            case: HeaderCase::default(),
         }
+    }
+
+    /// Parses this connection's response heads with `case` (the default: [`HeaderCase::Lower`]).
+    pub(crate) fn header_case(mut self, case: HeaderCase) -> Self {
+        self.case = case;
+        self
     }
 
     /// Sends the request head; the body (if its framing announces one) follows with
@@ -347,7 +357,11 @@ impl OwnClient {
             .map(str::to_owned);
         let head_bytes = self.buf.split_to(len).freeze();
         // Room for the fields the response filters add (served-by, header filters, `Date`).
-        let mut head = Box::new(ResponseHeader::build(status, Some(fields + 4))?);
+        let room = Some(fields + 4);
+        let mut head = Box::new(match self.case {
+            HeaderCase::Lower => ResponseHeader::build_no_case(status, room)?,
+            HeaderCase::Preserve => ResponseHeader::build(status, room)?,
+        });
         head.set_version(if minor == 0 {
             Version::HTTP_10
         } else {

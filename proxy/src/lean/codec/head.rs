@@ -32,7 +32,7 @@ use http::{HeaderValue, Method};
 use pingora_http::RequestHeader;
 use smallvec::SmallVec;
 
-use super::CodecError;
+use super::{CodecError, HeaderCase};
 
 /// Longest request head read (request line and fields, up to the empty line): pingora-core's
 /// limit (1 MiB less a byte), far above the role's 64 KiB of field bytes, so that limit decides.
@@ -67,8 +67,8 @@ pub(crate) struct Head {
 /// Parses the request head at the start of `buf` and takes it off `buf` (which then starts at
 /// the body, or at the next request); `Ok(None)` while it is incomplete (read more and call
 /// again), with nothing taken.
-pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, CodecError> {
-    match parse_in(buf) {
+pub(crate) fn parse_head(buf: &mut BytesMut, case: HeaderCase) -> Result<Option<Head>, CodecError> {
+    match parse_in(buf, case) {
         Err(Refused::Target) => {}
         Err(Refused::Codec(e)) => return Err(e),
         Ok(head) => return Ok(head),
@@ -80,7 +80,7 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, CodecError>
     let escaped = escape_target(&buf[..end]).ok_or(malformed)?;
     let grown = escaped.len() - end;
     let mut copy = BytesMut::from(&escaped[..]);
-    match parse_in(&mut copy) {
+    match parse_in(&mut copy, case) {
         Ok(Some(mut head)) => {
             // `len` counts bytes of the connection's buffer, not of the escaped copy.
             head.len -= grown;
@@ -127,7 +127,7 @@ const ROOM_FOR_ADDED_FIELDS: usize = 6;
 /// Parses the head at the start of `buf`; on success the head is split off `buf` and frozen, and
 /// the request's field names and values are slices of it (no copy, no allocation per field
 /// beyond a non-standard name's lower-cased form).
-fn parse_in(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
+fn parse_in(buf: &mut BytesMut, case: HeaderCase) -> Result<Option<Head>, Refused> {
     // Inline for the usual few fields. Neither this nor httparse's field array is initialised
     // up front: writing 256 empty fields cost more than parsing a short head.
     let mut spans: SmallVec<[Span; 24]> = SmallVec::new();
@@ -164,11 +164,12 @@ fn parse_in(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         (len, method, at(path.as_bytes()), minor)
     };
     let head = buf.split_to(len).freeze();
-    let mut header = RequestHeader::build(
-        method,
-        &head[Span::of(target)],
-        Some(spans.len() + ROOM_FOR_ADDED_FIELDS),
-    )
+    let target = &head[Span::of(target)];
+    let room = Some(spans.len() + ROOM_FOR_ADDED_FIELDS);
+    let mut header = match case {
+        HeaderCase::Lower => RequestHeader::build_no_case(method, target, room),
+        HeaderCase::Preserve => RequestHeader::build(method, target, room),
+    }
     .map_err(|_| CodecError::Malformed("invalid method or target"))?;
     header.set_version(if minor == 0 {
         http::Version::HTTP_10
@@ -309,11 +310,13 @@ mod tests {
     use super::*;
 
     fn parsed(raw: &str) -> Head {
-        parse_head(&mut BytesMut::from(raw)).unwrap().unwrap()
+        parse_head(&mut BytesMut::from(raw), HeaderCase::Preserve)
+            .unwrap()
+            .unwrap()
     }
 
     fn refused(raw: &str) -> CodecError {
-        parse_head(&mut BytesMut::from(raw)).unwrap_err()
+        parse_head(&mut BytesMut::from(raw), HeaderCase::Preserve).unwrap_err()
     }
 
     #[test]
@@ -331,6 +334,14 @@ mod tests {
         let mut wire = Vec::new();
         head.header.header_to_h1_wire(&mut wire);
         assert_eq!(wire, b"Host: x\r\nX-Two: 1\r\nX-Two: 2\r\n");
+        // Without the case map they go out in lower case, the same fields in the same order.
+        let lower = parse_head(&mut BytesMut::from(raw), HeaderCase::Lower)
+            .unwrap()
+            .unwrap();
+        assert_eq!(lower.len, head.len);
+        let mut wire = Vec::new();
+        lower.header.header_to_h1_wire(&mut wire);
+        assert_eq!(wire, b"host: x\r\nx-two: 1\r\nx-two: 2\r\n");
     }
 
     #[test]
@@ -338,14 +349,18 @@ mod tests {
         // Nothing is taken off the buffer while the head is partial.
         let partial = &b"GET / HTTP/1.1\r\nHost: x\r\n"[..];
         let mut buf = BytesMut::from(partial);
-        assert!(parse_head(&mut buf).unwrap().is_none());
+        assert!(
+            parse_head(&mut buf, HeaderCase::Preserve)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(&buf[..], partial);
         let mut endless = b"GET / HTTP/1.1\r\n".to_vec();
         while endless.len() <= MAX_HEAD {
             endless.extend_from_slice(b"X-Pad: 0123456789abcdef\r\n");
         }
         assert_eq!(
-            parse_head(&mut BytesMut::from(&endless[..])).unwrap_err(),
+            parse_head(&mut BytesMut::from(&endless[..]), HeaderCase::Preserve).unwrap_err(),
             CodecError::TooLarge
         );
         assert_eq!(CodecError::TooLarge.status(), 431);
@@ -441,7 +456,7 @@ mod tests {
     fn a_target_with_refused_bytes_is_encoded_and_parsed_again() {
         let raw = "GET /a b\"c<d>\u{e9} HTTP/1.1\r\nHost: x\r\n\r\nNEXT";
         let mut buf = BytesMut::from(raw);
-        let head = parse_head(&mut buf).unwrap().unwrap();
+        let head = parse_head(&mut buf, HeaderCase::Preserve).unwrap().unwrap();
         assert_eq!(head.header.uri.path(), "/a%20b%22c%3Cd%3E%C3%A9");
         // `len` is the original head's length, and that much left the buffer: the next request
         // starts right after it.
@@ -451,7 +466,11 @@ mod tests {
         // Still incomplete after encoding: more bytes are awaited, none taken.
         let partial = &b"GET /a b HTTP/1.1\r\nHost: x\r\n"[..];
         let mut buf = BytesMut::from(partial);
-        assert!(parse_head(&mut buf).unwrap().is_none());
+        assert!(
+            parse_head(&mut buf, HeaderCase::Preserve)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(&buf[..], partial);
         // Nothing to encode, or no request line: 400.
         for bad in [

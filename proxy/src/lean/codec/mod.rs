@@ -21,6 +21,23 @@ pub(crate) mod head;
 mod session;
 
 pub(crate) use client::OwnClient;
+
+/// How our codec spells the header names it writes (`meridian proxy --header-case`).
+///
+/// HTTP/1 field names are case-insensitive (RFC 9110 section 5.1) and HTTP/2 and 3 carry them in
+/// lower case; keeping each name's spelling as received costs a second map per head (pingora's
+/// case map: built while parsing, cloned with the head, walked when writing, dropped), 11 % of
+/// the user-space instructions of a proxied request (docs/benchmarks.md, "Session 18").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeaderCase {
+    /// Names go out in lower case, as Envoy (so most Gateway API implementations) and haproxy
+    /// write them.
+    #[default]
+    Lower,
+    /// Names go out as the client or backend spelled them (nginx's behaviour; names Meridian
+    /// adds are lower case either way). For peers that wrongly match names case-sensitively.
+    Preserve,
+}
 pub(crate) use session::{HEAD_TOO_LARGE, Kept, OwnSession};
 
 /// Why bytes from the client are not a request we serve; each maps to the answer (400 or 431)

@@ -37,10 +37,10 @@ use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::CodecError;
 use super::body::{BodyState, Take};
 use super::chunked::ChunkedDecoder;
 use super::head::{BodyFraming, parse_head};
+use super::{CodecError, HeaderCase};
 use crate::gateway::Downstream;
 use crate::lean::Connection;
 use crate::limits::ConnClock;
@@ -99,6 +99,9 @@ pub(crate) struct OwnSession {
     bytes_read: usize,
     bytes_sent: usize,
     clock: Option<Arc<ConnClock>>,
+    /// How request heads are parsed: with or without the names' spelling (the response heads
+    /// the roles hand us keep what they were built with).
+    case: HeaderCase,
 }
 
 /// What a kept-alive connection hands to the next request.
@@ -150,7 +153,14 @@ impl OwnSession {
             bytes_read: 0,
             bytes_sent: 0,
             clock,
+            case: HeaderCase::default(),
         }
+    }
+
+    /// Parses this connection's request heads with `case` (the default: [`HeaderCase::Lower`]).
+    pub(crate) fn header_case(mut self, case: HeaderCase) -> Self {
+        self.case = case;
+        self
     }
 
     fn will_keepalive(&self) -> bool {
@@ -454,7 +464,7 @@ impl Downstream for OwnSession {
         // longer than its limit.
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf) {
+                match parse_head(&mut self.buf, self.case) {
                     Ok(Some(head)) => {
                         self.start(head)?;
                         return Ok(true);

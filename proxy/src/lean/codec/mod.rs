@@ -34,8 +34,8 @@ pub enum HeaderCase {
     /// write them.
     #[default]
     Lower,
-    /// Names go out as the client or backend spelled them (nginx's behaviour; names Meridian
-    /// adds are lower case either way). For peers that wrongly match names case-sensitively.
+    /// Names go out as the client or backend spelled them (nginx's behaviour), for peers that
+    /// wrongly match names case-sensitively.
     Preserve,
 }
 pub(crate) use session::{HEAD_TOO_LARGE, Kept, OwnSession};

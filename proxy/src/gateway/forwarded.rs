@@ -18,14 +18,18 @@
 //! The east-west listener receives requests from other proxies of the mesh (mutual TLS) and
 //! leaves these headers as the sending proxy set them.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 
-const XFF: &str = "x-forwarded-for";
-const XFP: &str = "x-forwarded-proto";
+use crate::headers::push_ip;
+
+/// The names as constants: looked up without parsing text on every request.
+const XFF: HeaderName = HeaderName::from_static(XFF_TEXT);
+const XFP: HeaderName = HeaderName::from_static(XFP_TEXT);
+const XFF_TEXT: &str = "x-forwarded-for";
+const XFP_TEXT: &str = "x-forwarded-proto";
 /// Room for the peer address in a new list (the longest IPv6 text is 45 bytes).
 const PEER_LEN: usize = 45;
 
@@ -41,7 +45,7 @@ pub(super) fn apply(
     let client = {
         let received: Vec<&str> = req
             .headers
-            .get_all(XFF)
+            .get_all(&XFF)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -59,19 +63,18 @@ pub(super) fn apply(
         client_address(&received, peer, trusted_hops)
     };
     if let Some(peer) = peer {
-        // Writing to a String cannot fail.
-        let _ = write!(list, "{peer}");
+        push_ip(&mut list, peer);
         // `HeaderValue` takes the String's buffer as it is (no copy).
         match HeaderValue::try_from(list) {
-            Ok(v) => set(req, XFF, v),
+            Ok(v) => set(req, XFF_TEXT, v),
             // The received entries came from header values, so this cannot happen; keep going
             // with the peer alone rather than forward an unchecked list.
-            Err(_) => set(req, XFF, HeaderValue::try_from(peer.to_string()).ok()),
+            Err(_) => set(req, XFF_TEXT, HeaderValue::try_from(peer.to_string()).ok()),
         }
     }
-    if trusted_hops == 0 || !req.headers.contains_key(XFP) {
+    if trusted_hops == 0 || !req.headers.contains_key(&XFP) {
         let proto = if https { "https" } else { "http" };
-        set(req, XFP, Some(HeaderValue::from_static(proto)));
+        set(req, XFP_TEXT, Some(HeaderValue::from_static(proto)));
     }
     client
 }

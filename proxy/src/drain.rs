@@ -52,6 +52,7 @@
 //! far beyond what the drill asked for. Such a drill still drains the remote proxies of the
 //! target locality on the sending side.
 
+use foldhash::fast::RandomState as FastHash;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -179,7 +180,9 @@ impl GatewayEntry {
 /// Every Gateway of one served snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct GatewayTable {
-    by_ns: HashMap<String, HashMap<String, Arc<GatewayEntry>>>,
+    /// Looked up twice per request (routing, drains): foldhash, not SipHash (the names are the
+    /// snapshot's, not a client's).
+    by_ns: HashMap<String, HashMap<String, Arc<GatewayEntry>, FastHash>, FastHash>,
     /// Drain views of the snapshot's east-west backends (by name) that have drained or
     /// returning endpoints.
     east_west: HashMap<String, Arc<BackendDrain>>,

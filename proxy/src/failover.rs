@@ -41,7 +41,8 @@ const MAX_BACKENDS: usize = 4096;
 /// The active tier of each backend ([`crate::state::Shared::tiers`]).
 #[derive(Default)]
 pub(crate) struct TierWatch {
-    active: Mutex<HashMap<String, Active>>,
+    /// Looked up once per response by backend name (the snapshot's, not a client's): foldhash.
+    active: Mutex<HashMap<String, Active, foldhash::fast::RandomState>>,
 }
 
 /// A backend's active tier.

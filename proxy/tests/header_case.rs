@@ -71,7 +71,10 @@ async fn proxy_with(case: Option<HeaderCase>, backend: SocketAddr) -> (ProxyHand
     p.apply(http_snapshot(
         1,
         port,
-        vec![prefix_rule("/", vec![common::backend("b", 1, vec![target])])],
+        vec![prefix_rule(
+            "/",
+            vec![common::backend("b", 1, vec![target])],
+        )],
     ))
     .await
     .unwrap();
@@ -91,8 +94,7 @@ async fn exchange(case: Option<HeaderCase>) -> (String, String) {
     let (backend, mut heads) = recording_backend().await;
     let (_proxy, port) = proxy_with(case, backend).await;
     let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request =
-        "GET /x HTTP/1.1\r\nHost: case.test\r\nX-Client-Token: c1\r\nAccept: */*\r\n\r\n";
+    let request = "GET /x HTTP/1.1\r\nHost: case.test\r\nX-Client-Token: c1\r\nAccept: */*\r\n\r\n";
     tokio::time::timeout(TEST_TIMEOUT, async {
         client.write_all(request.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -114,10 +116,16 @@ async fn names_go_out_in_lower_case_by_default_and_as_spelled_when_preserved() {
     assert!(fields(&up).contains(&"x-client-token: c1"), "{up}");
     assert!(fields(&up).contains(&"host: case.test"), "{up}");
     assert!(fields(&down).contains(&"x-backend-token: t1"), "{down}");
-    assert!(fields(&down).contains(&"content-type: text/plain"), "{down}");
+    assert!(
+        fields(&down).contains(&"content-type: text/plain"),
+        "{down}"
+    );
 
     let (up_kept, down_kept) = exchange(Some(HeaderCase::Preserve)).await;
-    assert!(fields(&up_kept).contains(&"X-Client-Token: c1"), "{up_kept}");
+    assert!(
+        fields(&up_kept).contains(&"X-Client-Token: c1"),
+        "{up_kept}"
+    );
     assert!(fields(&up_kept).contains(&"Host: case.test"), "{up_kept}");
     assert!(
         fields(&down_kept).contains(&"X-Backend-Token: t1"),
@@ -134,7 +142,13 @@ async fn names_go_out_in_lower_case_by_default_and_as_spelled_when_preserved() {
         fields(head)
             .into_iter()
             .map(|l| l.to_ascii_lowercase())
-            .map(|l| if l.starts_with("via:") { "via".into() } else { l })
+            .map(|l| {
+                if l.starts_with("via:") {
+                    "via".into()
+                } else {
+                    l
+                }
+            })
             .filter(|l| !l.starts_with("date:"))
             .collect()
     };

@@ -51,7 +51,8 @@ pub(super) struct Pool {
 
 #[derive(Default)]
 struct Lists {
-    by_peer: HashMap<u64, Vec<Idle>>,
+    /// Keyed by a hash already: foldhash mixes it cheaply (SipHash cost more per request).
+    by_peer: HashMap<u64, Vec<Idle>, foldhash::fast::RandomState>,
     total: usize,
 }
 

@@ -162,6 +162,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
     #[test]
     fn addresses_are_written_as_display_writes_them() {
         for ip in [

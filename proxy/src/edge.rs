@@ -42,11 +42,12 @@ pub struct EdgeArgs {
     /// The peer address is always appended, and with 0 X-Forwarded-Proto is always replaced.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub xff_trusted_hops: u32,
-    /// How forwarded header names are spelled on HTTP/1: `lower` (the default, as Envoy and
-    /// haproxy write them; HTTP/2 and 3 only have lower case) or `preserve` (as the client or
-    /// backend sent them, for peers that wrongly compare names case-sensitively). Costs about a
-    /// tenth of the proxy's user-space work per request when preserved.
-    #[arg(long, value_enum, default_value_t = crate::HeaderCase::Lower, value_name = "lower|preserve")]
+    /// How forwarded header names are spelled on HTTP/1: `normalize` (the default: common fields
+    /// such as Host and Content-Type capitalised as usual, every other name in lower case, as
+    /// Envoy and haproxy write them; HTTP/2 and 3 only have lower case) or `preserve` (as the
+    /// client or backend sent them, for peers that wrongly compare names case-sensitively).
+    /// Preserving costs about a tenth of the proxy's user-space work per request.
+    #[arg(long, value_enum, default_value_t = crate::HeaderCase::Normalize, value_name = "normalize|preserve")]
     pub header_case: crate::HeaderCase,
 }
 

@@ -125,7 +125,7 @@ impl OwnClient {
         }
     }
 
-    /// Parses this connection's response heads with `case` (the default: [`HeaderCase::Lower`]).
+    /// Parses this connection's response heads with `case` (the default: [`HeaderCase::Normalize`]).
     pub(crate) fn header_case(mut self, case: HeaderCase) -> Self {
         self.case = case;
         self
@@ -359,7 +359,7 @@ impl OwnClient {
         // Room for the fields the response filters add (served-by, header filters, `Date`).
         let room = Some(fields + 4);
         let mut head = Box::new(match self.case {
-            HeaderCase::Lower => ResponseHeader::build_no_case(status, room)?,
+            HeaderCase::Normalize => ResponseHeader::build_no_case(status, room)?,
             HeaderCase::Preserve => ResponseHeader::build(status, room)?,
         });
         head.set_version(if minor == 0 {

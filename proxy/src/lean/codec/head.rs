@@ -167,7 +167,7 @@ fn parse_in(buf: &mut BytesMut, case: HeaderCase) -> Result<Option<Head>, Refuse
     let target = &head[Span::of(target)];
     let room = Some(spans.len() + ROOM_FOR_ADDED_FIELDS);
     let mut header = match case {
-        HeaderCase::Lower => RequestHeader::build_no_case(method, target, room),
+        HeaderCase::Normalize => RequestHeader::build_no_case(method, target, room),
         HeaderCase::Preserve => RequestHeader::build(method, target, room),
     }
     .map_err(|_| CodecError::Malformed("invalid method or target"))?;
@@ -334,14 +334,15 @@ mod tests {
         let mut wire = Vec::new();
         head.header.header_to_h1_wire(&mut wire);
         assert_eq!(wire, b"Host: x\r\nX-Two: 1\r\nX-Two: 2\r\n");
-        // Without the case map they go out in lower case, the same fields in the same order.
-        let lower = parse_head(&mut BytesMut::from(raw), HeaderCase::Lower)
+        // Without the case map the common fields go out capitalised as usual and the others in
+        // lower case: the same fields in the same order.
+        let lower = parse_head(&mut BytesMut::from(raw), HeaderCase::Normalize)
             .unwrap()
             .unwrap();
         assert_eq!(lower.len, head.len);
         let mut wire = Vec::new();
         lower.header.header_to_h1_wire(&mut wire);
-        assert_eq!(wire, b"host: x\r\nx-two: 1\r\nx-two: 2\r\n");
+        assert_eq!(wire, b"Host: x\r\nx-two: 1\r\nx-two: 2\r\n");
     }
 
     #[test]

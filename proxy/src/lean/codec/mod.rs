@@ -30,10 +30,12 @@ pub(crate) use client::OwnClient;
 /// the user-space instructions of a proxied request (docs/benchmarks.md, "Session 18").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum HeaderCase {
-    /// Names go out in lower case, as Envoy (so most Gateway API implementations) and haproxy
-    /// write them.
+    /// Names go out as pingora writes heads without a case map: the common fields in their
+    /// usual capitals (`Host`, `Content-Type`, `Content-Length`, `Date`, `Connection`,
+    /// `Transfer-Encoding`, `Server`, `Set-Cookie`, `Cache-Control`, `Age`, `Accept-Ranges`,
+    /// `Content-Encoding`), every other name in lower case (as Envoy and haproxy write them).
     #[default]
-    Lower,
+    Normalize,
     /// Names go out as the client or backend spelled them (nginx's behaviour), for peers that
     /// wrongly match names case-sensitively.
     Preserve,

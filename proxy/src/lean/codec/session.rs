@@ -157,7 +157,7 @@ impl OwnSession {
         }
     }
 
-    /// Parses this connection's request heads with `case` (the default: [`HeaderCase::Lower`]).
+    /// Parses this connection's request heads with `case` (the default: [`HeaderCase::Normalize`]).
     pub(crate) fn header_case(mut self, case: HeaderCase) -> Self {
         self.case = case;
         self

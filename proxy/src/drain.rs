@@ -52,12 +52,12 @@
 //! far beyond what the drill asked for. Such a drill still drains the remote proxies of the
 //! target locality on the sending side.
 
-use foldhash::fast::RandomState as FastHash;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState as FastHash;
 use meridian_model::snapshot::{
     Backend, BackendTarget, Drain, FailoverPolicy, Filter, Gateway, Snapshot,
 };

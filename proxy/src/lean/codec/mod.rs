@@ -26,8 +26,8 @@ pub(crate) use client::OwnClient;
 ///
 /// HTTP/1 field names are case-insensitive (RFC 9110 section 5.1) and HTTP/2 and 3 carry them in
 /// lower case; keeping each name's spelling as received costs a second map per head (pingora's
-/// case map: built while parsing, cloned with the head, walked when writing, dropped), 11 % of
-/// the user-space instructions of a proxied request (docs/benchmarks.md, "Session 18").
+/// case map: built while parsing, cloned with the head, walked when writing, dropped), about 9 %
+/// of the user-space instructions of a proxied request (docs/benchmarks.md, "Session 18").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum HeaderCase {
     /// Names go out as pingora writes heads without a case map: the common fields in their

@@ -23,6 +23,8 @@ use http::header::VIA;
 use meridian_model::snapshot::Protocol;
 use pingora_http::RequestHeader;
 
+use crate::headers::UpstreamFields;
+
 /// Edge settings given to [`crate::ProxyHandle::start`].
 #[derive(Debug, Clone, Default)]
 pub struct EdgeConfig {
@@ -110,32 +112,29 @@ impl Edge {
     }
 
     /// Appends this proxy's `Via` entry to the request going upstream.
-    pub fn add_via(&self, req: &mut RequestHeader) {
-        let mut old = req
-            .headers
-            .get_all(VIA)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .peekable();
-        let value = if old.peek().is_none() {
-            // The usual case: a clone of the kept value shares its bytes (no allocation).
-            self.via_value.clone()
-        } else {
-            let mut list = String::new();
-            for v in old {
-                list.push_str(v);
-                list.push_str(", ");
-            }
-            list.push_str(&self.via);
-            match HeaderValue::try_from(list) {
-                Ok(v) => v,
-                // The old entries came from header values and ours is ASCII.
-                Err(_) => self.via_value.clone(),
+    pub fn add_via(&self, req: &mut impl UpstreamFields) {
+        let value = {
+            let mut old = req.values(&VIA).filter_map(|v| v.to_str().ok()).peekable();
+            if old.peek().is_none() {
+                // The usual case: a clone of the kept value shares its bytes (no allocation).
+                self.via_value.clone()
+            } else {
+                let mut list = String::new();
+                for v in old {
+                    list.push_str(v);
+                    list.push_str(", ");
+                }
+                list.push_str(&self.via);
+                match HeaderValue::try_from(list) {
+                    Ok(v) => v,
+                    // The old entries came from header values and ours is ASCII.
+                    Err(_) => self.via_value.clone(),
+                }
             }
         };
-        // Named by a static string: pingora has no title-case form of `VIA` and would copy the
-        // name for every request (and send it lower-case).
-        if let Err(e) = req.insert_header("Via", value) {
+        // Spelled `Via` where names keep their spelling (pingora has no title-case form of
+        // `VIA`).
+        if let Err(e) = req.set(&VIA, Some("Via"), value) {
             tracing::debug!(error = %e, "via header not set");
         }
     }

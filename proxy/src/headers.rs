@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 
+use http::{HeaderName, HeaderValue};
 use meridian_model::filters::HeaderEdit;
 use meridian_model::router::HeaderSource;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -43,6 +44,51 @@ pub struct ReqHeaders<'a>(pub &'a RequestHeader);
 impl HeaderSource for ReqHeaders<'_> {
     fn header(&self, lower_name: &str) -> Option<Cow<'_, str>> {
         joined(&self.0.headers, lower_name)
+    }
+}
+
+/// The fields of a request on its way upstream, as the upstream hooks
+/// (`Forwarder::upstream_request_filter`) read and edit them: pingora's `RequestHeader` on the
+/// framework path and for h2c backends, or the lean path's edits over the client's own head
+/// (lean/request.rs), which sends the client's fields without copying them into a second map.
+/// Edits behave as `http::HeaderMap`'s: a field set in place of existing ones takes the first
+/// one's position, a removed and set again one goes last.
+pub trait UpstreamFields {
+    /// The values of `name`, in order.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> + 'a;
+
+    /// `name` gets `value` alone; `spelled` is how an HTTP/1 head that keeps the names'
+    /// spelling writes it (`None`: as pingora writes a name it has no spelling for).
+    fn set(
+        &mut self,
+        name: &HeaderName,
+        spelled: Option<&'static str>,
+        value: HeaderValue,
+    ) -> pingora_error::Result<()>;
+
+    /// Every value of `name` goes.
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl UpstreamFields for RequestHeader {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a HeaderValue> + 'a {
+        self.headers.get_all(name).iter()
+    }
+
+    fn set(
+        &mut self,
+        name: &HeaderName,
+        spelled: Option<&'static str>,
+        value: HeaderValue,
+    ) -> pingora_error::Result<()> {
+        match spelled {
+            Some(s) => self.insert_header(s, value),
+            None => self.insert_header(name.clone(), value),
+        }
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
     }
 }
 

@@ -15,17 +15,24 @@
 use std::borrow::Cow;
 use std::time::{Instant, SystemTime};
 
+use http::{HeaderName, HeaderValue};
 use meridian_model::locality;
 use meridian_model::snapshot::BackendTarget;
 use meridian_model::traffic::FailureKind;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
+use pingora_error::{ErrorType, OrErr};
 use pingora_http::RequestHeader;
 
 use super::ctx::{Ctx, Observed, TrySpan, Upstream};
 use super::{Downstream, Forwarder};
 use crate::accesslog::{Line, UpstreamField, timestamp};
+use crate::headers::UpstreamFields;
 use crate::trace::{self, RequestTrace, SpanRecord, TRACEPARENT, TRACESTATE};
+
+/// The trace context's fields as names (the hooks edit upstream heads by name).
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+const TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
 
 /// Where an upstream endpoint is: address, cluster, region, zone (behind an east-west hop: what
 /// the remote proxy says), and its locality tier.
@@ -72,19 +79,25 @@ impl Forwarder {
     /// Sets the trace headers of an upstream try: our `traceparent` (the try's span as the
     /// parent) replaces the client's, valid or not; `tracestate` only with a valid parent.
     pub(super) fn trace_upstream(
-        upstream: &mut RequestHeader,
+        upstream: &mut impl UpstreamFields,
         ctx: &Ctx,
     ) -> pingora_error::Result<()> {
         let Some(obs) = ctx.obs.as_deref() else {
             return Ok(());
         };
         let span = obs.tries.last().map_or(obs.trace.span_id, |t| t.span_id);
-        upstream.insert_header(TRACEPARENT, obs.trace.traceparent(span))?;
+        let traceparent = HeaderValue::try_from(obs.trace.traceparent(span)).or_err(
+            ErrorType::InternalError,
+            "traceparent is not a header value",
+        )?;
+        upstream.set(&TRACEPARENT_NAME, None, traceparent)?;
         match &obs.trace.state {
-            Some(s) => upstream.insert_header(TRACESTATE, s.as_str())?,
-            None => {
-                upstream.remove_header(TRACESTATE);
+            Some(s) => {
+                let state = HeaderValue::try_from(s.as_str())
+                    .or_err(ErrorType::InternalError, "tracestate is not a header value")?;
+                upstream.set(&TRACESTATE_NAME, None, state)?;
             }
+            None => upstream.remove(&TRACESTATE_NAME),
         }
         Ok(())
     }

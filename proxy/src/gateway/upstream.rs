@@ -20,12 +20,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::{HeaderName, HeaderValue};
 use meridian_model::snapshot::{Backend, BackendProtocol, BackendTarget, Endpoint, FailoverPolicy};
 use meridian_model::traffic::FailureKind;
 use pingora_core::protocols::TcpKeepalive;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 
 use super::ctx::{Allowance, Ctx, LatencyClock, Limits, Target, Try, Upstream};
 use super::observe;
@@ -33,6 +33,7 @@ use super::response::client_went_away;
 use super::{Downstream, grpc, ms, status_error};
 use crate::budget::DEFAULT_PERCENT;
 use crate::endpoints::{self, EndpointKey, NoEndpoint};
+use crate::headers::UpstreamFields;
 use crate::state::{HopSecurity, Shared};
 
 // The connect timeout (`Limits::connect_timeout`, `--backend-connect-timeout`) defaults to 2 s: a
@@ -625,19 +626,30 @@ impl Forwarder {
     /// Names the backend on a hop to a remote proxy's east-west listener (replacing whatever a
     /// filter set); never sent anywhere else. Adds this proxy's `Via` entry (loop guard, edge.rs)
     /// and, while observing, the try's `traceparent` (observe.rs).
-    pub fn upstream_request_filter(&self, upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    pub fn upstream_request_filter(
+        &self,
+        upstream: &mut impl UpstreamFields,
+        ctx: &Ctx,
+    ) -> Result<()> {
         self.shared.edge.add_via(upstream);
         Self::trace_upstream(upstream, ctx)?;
         if ctx.east_west_hop()
             && let Some(b) = ctx.backend()
         {
-            upstream.insert_header(super::BACKEND_HEADER, b.name.as_str())?;
+            let name = HeaderValue::try_from(b.name.as_str()).or_err(
+                ErrorType::InternalError,
+                "backend name is not a header value",
+            )?;
+            upstream.set(&BACKEND_NAME, None, name)?;
         } else {
-            upstream.remove_header(super::BACKEND_HEADER);
+            upstream.remove(&BACKEND_NAME);
         }
         Ok(())
     }
 }
+
+/// The backend's name on a hop to a remote proxy, as a header name.
+const BACKEND_NAME: HeaderName = HeaderName::from_static(super::BACKEND_HEADER);
 
 /// Waits out a pending retry back-off, never past the request deadline.
 async fn back_off(up: &mut Upstream) {

@@ -48,9 +48,9 @@ use bytes::Bytes;
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
-use pingora_http::RequestHeader;
 
 use super::codec::OwnClient;
+use super::codec::wire::Encoded;
 use super::{LeanPath, Tried, failed, h1, request};
 use crate::endpoints::EndpointKey;
 use crate::gateway::{Ctx, Downstream, Forwarder, Role};
@@ -252,7 +252,7 @@ pub(super) async fn try_upstream<R: Role>(
         Ok(p) => p,
         Err(e) => return failed(e),
     };
-    let head = match request::for_h1(fwd, session, ctx) {
+    let head = match request::for_h1(fwd, session, ctx).and_then(|h| Encoded::of(&h)) {
         Ok(h) => Box::new(h),
         Err(e) => {
             return Tried {
@@ -306,7 +306,7 @@ struct Done {
 async fn attempt<R: Role>(
     path: &LeanPath<R>,
     peer: Box<HttpPeer>,
-    head: Box<RequestHeader>,
+    head: Box<Encoded>,
     body: Option<&[u8]>,
     connected: &AtomicBool,
 ) -> Done {
@@ -317,7 +317,7 @@ async fn attempt<R: Role>(
 async fn answer<R: Role>(
     path: &LeanPath<R>,
     peer: &HttpPeer,
-    head: Box<RequestHeader>,
+    head: Box<Encoded>,
     body: Option<&[u8]>,
     connected: &AtomicBool,
 ) -> Result<Answered, Failed> {
@@ -349,7 +349,7 @@ async fn race<R: Role>(
     path: &LeanPath<R>,
     session: &mut impl Downstream,
     ctx: &mut Ctx,
-    (peer, head, body): (Box<HttpPeer>, Box<RequestHeader>, Option<&[u8]>),
+    (peer, head, body): (Box<HttpPeer>, Box<Encoded>, Option<&[u8]>),
     slot: &Slot,
 ) -> Result<Done, Box<Error>> {
     let fwd = path.fwd();
@@ -381,7 +381,7 @@ async fn race<R: Role>(
         }
         return Ok(done);
     };
-    let head_b = match request::for_h1(fwd, session, ctx) {
+    let head_b = match request::for_h1(fwd, session, ctx).and_then(|h| Encoded::of(&h)) {
         Ok(h) => Box::new(h),
         Err(e) => {
             tracing::debug!(error = %e, "hedged try not sent");

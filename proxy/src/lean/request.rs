@@ -15,6 +15,7 @@
 //! `H1UpgradePolicy::WebSocketOnly`): another `Upgrade` token reaches the backend as a plain
 //! request, which answers it without switching.
 
+use bytes::BytesMut;
 use http::header::{self, HeaderName};
 use http::{HeaderValue, Version};
 use pingora_core::protocols::http::authority::{
@@ -22,8 +23,11 @@ use pingora_core::protocols::http::authority::{
 };
 use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::RequestHeader;
+use smallvec::SmallVec;
 
+use super::codec::wire::{self, HeadFacts, WireHead, titled};
 use crate::gateway::{Ctx, Downstream, Forwarder};
+use crate::headers::UpstreamFields;
 
 /// Hop-by-hop headers no upstream request carries.
 const HOP_BY_HOP: &[&str] = &[
@@ -46,7 +50,53 @@ fn invalid(why: &'static str) -> Box<Error> {
 /// The head of a try at an HTTP/1 upstream. Errors are classified as the framework path
 /// classifies them: a client head that cannot be forwarded is the client's (downstream), one a
 /// filter broke is ours (internal).
-pub(super) fn for_h1(
+///
+/// An origin-form target (the usual case) goes up as edits over the client's head
+/// ([`Overlay`]): the same fields in the same order as a copy edited in place would give,
+/// without the copy. Any other target (absolute form, `*`) goes the long way, on a copy.
+pub(super) fn for_h1<'a>(
+    fwd: &Forwarder,
+    session: &'a mut impl Downstream,
+    ctx: &Ctx,
+) -> Result<Upward<'a>> {
+    if session.req_header().uri.authority().is_some()
+        || session.req_header().raw_path().first() != Some(&b'/')
+    {
+        return for_h1_copied(fwd, session, ctx).map(|h| Upward::Copied(Box::new(h)));
+    }
+    let body = !session.is_body_empty();
+    let base = session.req_header();
+    let mut up = Overlay::new(base);
+    let http11 = base.version == Version::HTTP_11;
+    let strip = hop_by_hop(base, http11).map_err(|e| e.into_down())?;
+    strip.apply(&mut up).map_err(|e| e.into_down())?;
+    fwd.upstream_request_filter(&mut up, ctx)?;
+    // What follow_host, host_from_target and validate_request_authority check of an
+    // origin-form head (nothing in it to rewrite): one Host at most, without userinfo.
+    {
+        let mut hosts = up.values(&header::HOST);
+        if hosts.next().is_some_and(|h| h.as_bytes().contains(&b'@')) {
+            return Err(invalid("userinfo in Host").into_in());
+        }
+        if hosts.next().is_some() {
+            return Err(invalid("multiple Host header fields").into_in());
+        }
+    }
+    if body
+        && up.values(&header::CONTENT_LENGTH).next().is_none()
+        && up.values(&header::TRANSFER_ENCODING).next().is_none()
+    {
+        up.set(
+            &header::TRANSFER_ENCODING,
+            None,
+            HeaderValue::from_static("chunked"),
+        )?;
+    }
+    Ok(Upward::Over(up))
+}
+
+/// [`for_h1`] on a copy of the client's head, edited in place.
+fn for_h1_copied(
     fwd: &Forwarder,
     session: &mut impl Downstream,
     ctx: &Ctx,
@@ -55,7 +105,8 @@ pub(super) fn for_h1(
     let had_host = req.headers.contains_key(header::HOST);
     let http11 = req.version == Version::HTTP_11;
     req.set_version(Version::HTTP_11);
-    strip_hop_by_hop(&mut req, http11).map_err(|e| e.into_down())?;
+    let strip = hop_by_hop(&req, http11).map_err(|e| e.into_down())?;
+    strip.apply(&mut req).map_err(|e| e.into_down())?;
     fwd.upstream_request_filter(&mut req, ctx)?;
     follow_host(&mut req).map_err(|e| e.into_in())?;
     // A Host-less HTTP/1.0 request in origin form stays without one.
@@ -73,6 +124,162 @@ pub(super) fn for_h1(
     Ok(req)
 }
 
+/// The head of a try at an HTTP/1 upstream, ready to be encoded.
+pub(super) enum Upward<'a> {
+    /// Edits over the client's head.
+    Over(Overlay<'a>),
+    /// A copy of it, edited.
+    Copied(Box<RequestHeader>),
+}
+
+impl WireHead for Upward<'_> {
+    fn encode(&self, out: &mut BytesMut) -> Result<HeadFacts> {
+        match self {
+            Upward::Over(o) => o.encode(out),
+            Upward::Copied(h) => h.encode(out),
+        }
+    }
+
+    fn size_hint(&self) -> usize {
+        match self {
+            Upward::Over(o) => o.size_hint(),
+            Upward::Copied(h) => h.size_hint(),
+        }
+    }
+}
+
+/// A field an [`Overlay`] sends that the client's head does not have as it is.
+struct SetField {
+    name: HeaderName,
+    spelled: Option<&'static str>,
+    value: HeaderValue,
+    /// Sent where the client's first field of this name was (it replaced those fields).
+    in_place: bool,
+}
+
+/// The upstream head as edits over the client's: its fields minus `dropped`, with `set` in
+/// place of the first dropped field of their name or after the client's fields. Edits follow
+/// `http::HeaderMap`'s rules (see [`UpstreamFields`]), so the fields and their order are those
+/// of a copy edited in place; the request line is the client's method and target with
+/// HTTP/1.1.
+pub(super) struct Overlay<'a> {
+    base: &'a RequestHeader,
+    /// Names of the client's fields that are not sent as they are.
+    dropped: SmallVec<[HeaderName; 4]>,
+    set: SmallVec<[SetField; 4]>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(base: &'a RequestHeader) -> Self {
+        Overlay {
+            base,
+            dropped: SmallVec::new(),
+            set: SmallVec::new(),
+        }
+    }
+
+    fn is_dropped(&self, name: &HeaderName) -> bool {
+        self.dropped.iter().any(|d| d == name)
+    }
+
+    /// Writes `f` as a head without the names' spelling writes it, or with (`preserve`).
+    fn put(f: &SetField, preserve: bool, out: &mut BytesMut, facts: &mut HeadFacts) {
+        let name = match f.spelled {
+            Some(s) if preserve => s,
+            _ => titled(&f.name),
+        };
+        wire::field(name.as_bytes(), f.value.as_bytes(), out);
+        facts.field(&f.name, f.value.as_bytes());
+    }
+}
+
+impl UpstreamFields for Overlay<'_> {
+    fn values<'b>(&'b self, name: &'b HeaderName) -> impl Iterator<Item = &'b HeaderValue> + 'b {
+        let base = (!self.is_dropped(name)).then(|| self.base.headers.get_all(name).iter());
+        base.into_iter().flatten().chain(
+            self.set
+                .iter()
+                .filter(move |f| f.name == *name)
+                .map(|f| &f.value),
+        )
+    }
+
+    fn set(
+        &mut self,
+        name: &HeaderName,
+        spelled: Option<&'static str>,
+        value: HeaderValue,
+    ) -> Result<()> {
+        if let Some(at) = self.set.iter().position(|f| f.name == *name) {
+            // Set before: it keeps its place and becomes the only value.
+            let first = &mut self.set[at];
+            first.value = value;
+            first.spelled = spelled;
+            let mut i = 0;
+            self.set.retain(|f| {
+                i += 1;
+                i - 1 <= at || f.name != *name
+            });
+            return Ok(());
+        }
+        let in_place = !self.is_dropped(name) && self.base.headers.contains_key(name);
+        if in_place {
+            self.dropped.push(name.clone());
+        }
+        self.set.push(SetField {
+            name: name.clone(),
+            spelled,
+            value,
+            in_place,
+        });
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &HeaderName) {
+        self.set.retain(|f| f.name != *name);
+        if !self.is_dropped(name) {
+            self.dropped.push(name.clone());
+        }
+    }
+}
+
+impl WireHead for Overlay<'_> {
+    fn encode(&self, out: &mut BytesMut) -> Result<HeadFacts> {
+        let base = self.base;
+        wire::request_line(&base.method, base.raw_path(), Version::HTTP_11, out)?;
+        let mut facts = HeadFacts::new(&base.method);
+        let preserve = base.has_case();
+        let mut spelled = base.case_header_iter();
+        // A name's fields come one after another (HeaderMap keeps a name's values together).
+        let mut previous: Option<&HeaderName> = None;
+        for (name, value) in &base.headers {
+            let case = spelled.next().map(|(c, _)| c.as_slice());
+            let first_of_name = previous != Some(name);
+            previous = Some(name);
+            if self.is_dropped(name) {
+                if first_of_name
+                    && let Some(f) = self.set.iter().find(|f| f.in_place && f.name == *name)
+                {
+                    Self::put(f, preserve, out, &mut facts);
+                }
+                continue;
+            }
+            let written = case.unwrap_or_else(|| titled(name).as_bytes());
+            wire::field(written, value.as_bytes(), out);
+            facts.field(name, value.as_bytes());
+        }
+        for f in self.set.iter().filter(|f| !f.in_place) {
+            Self::put(f, preserve, out, &mut facts);
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(facts)
+    }
+
+    fn size_hint(&self) -> usize {
+        256 + 48 * (self.base.headers.len() + self.set.len())
+    }
+}
+
 /// The head of a try at an h2c upstream: the HTTP/1 head's fields without the hop-by-hop ones,
 /// `:scheme http`, `:authority` from Host (which HTTP/2 does not carry).
 pub(super) fn for_h2(
@@ -84,9 +291,10 @@ pub(super) fn for_h2(
     if !req.raw_path_is_utf8() {
         return Err(invalid("a non-UTF-8 target cannot be forwarded over HTTP/2").into_down());
     }
-    strip_hop_by_hop(&mut req, false).map_err(|e| e.into_down())?;
+    let strip = hop_by_hop(&req, false).map_err(|e| e.into_down())?;
+    strip.apply(&mut *req).map_err(|e| e.into_down())?;
     req.set_version(Version::HTTP_2);
-    fwd.upstream_request_filter(&mut req, ctx)?;
+    fwd.upstream_request_filter(&mut *req, ctx)?;
     follow_host(&mut req).map_err(|e| e.into_in())?;
     validate_request_authority(&req).map_err(|e| e.into_in())?;
     let target_authority = raw_target_authority(req.raw_path())
@@ -117,57 +325,78 @@ pub(super) fn for_h2(
     Ok(req)
 }
 
-/// Removes the headers `Connection` nominates and the standard hop-by-hop ones; a WebSocket
-/// upgrade from an HTTP/1.1 client keeps exactly `Connection: Upgrade` and `Upgrade: websocket`.
-/// The nominations were checked by the role already (framing.rs: tokens, at most nine, no
+/// What [`hop_by_hop`] takes off a head going upstream.
+struct Strip {
+    /// The client's fields that go: those `Connection` nominates and the standard hop-by-hop
+    /// ones it has.
+    names: SmallVec<[HeaderName; 4]>,
+    /// A WebSocket upgrade from an HTTP/1.1 client: `Connection: Upgrade` and `Upgrade:
+    /// websocket` go up again.
+    websocket: bool,
+}
+
+/// The headers `Connection` nominates and the standard hop-by-hop ones; a WebSocket upgrade
+/// from an HTTP/1.1 client keeps exactly `Connection: Upgrade` and `Upgrade: websocket`. The
+/// nominations were checked by the role already (framing.rs: tokens, at most nine, no
 /// protected names); checked again here so this cannot forward a forbidden one.
-fn strip_hop_by_hop(req: &mut RequestHeader, http11: bool) -> Result<()> {
+fn hop_by_hop(req: &RequestHeader, http11: bool) -> Result<Strip> {
     let websocket = http11
         && req
             .headers
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if req.headers.contains_key(header::CONNECTION) {
-        let mut nominated: Vec<HeaderName> = Vec::new();
-        for token in req
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
-        {
-            if nominated.len() >= crate::gateway::MAX_NOMINATIONS {
-                return Err(invalid("too many Connection options"));
-            }
-            let name = HeaderName::from_bytes(token).or_err(
-                ErrorType::InvalidHTTPHeader,
-                "Connection option is not a token",
+    let mut names: SmallVec<[HeaderName; 4]> = SmallVec::new();
+    for token in req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+    {
+        if names.len() >= crate::gateway::MAX_NOMINATIONS {
+            return Err(invalid("too many Connection options"));
+        }
+        let name = HeaderName::from_bytes(token).or_err(
+            ErrorType::InvalidHTTPHeader,
+            "Connection option is not a token",
+        )?;
+        if matches!(
+            name.as_str(),
+            "host" | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
+        ) {
+            return Err(invalid("Connection nominates a protected header"));
+        }
+        names.push(name);
+    }
+    // One pass over the few names present instead of a lookup per hop-by-hop name.
+    for name in req.headers.keys() {
+        if HOP_BY_HOP.contains(&name.as_str()) && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    Ok(Strip { names, websocket })
+}
+
+impl Strip {
+    fn apply(self, req: &mut impl UpstreamFields) -> Result<()> {
+        for name in &self.names {
+            req.remove(name);
+        }
+        if self.websocket {
+            req.set(
+                &header::CONNECTION,
+                None,
+                HeaderValue::from_static("Upgrade"),
             )?;
-            if matches!(
-                name.as_str(),
-                "host" | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
-            ) {
-                return Err(invalid("Connection nominates a protected header"));
-            }
-            nominated.push(name);
+            req.set(
+                &header::UPGRADE,
+                None,
+                HeaderValue::from_static("websocket"),
+            )?;
         }
-        for name in &nominated {
-            req.remove_header(name);
-        }
+        Ok(())
     }
-    // Most heads carry none of them: one pass over the few names present instead of a lookup
-    // per hop-by-hop name.
-    if req.headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
-        for name in HOP_BY_HOP {
-            req.remove_header(*name);
-        }
-    }
-    if websocket {
-        req.insert_header(header::CONNECTION, "Upgrade")?;
-        req.insert_header(header::UPGRADE, "websocket")?;
-    }
-    Ok(())
 }
 
 /// A target with an authority (absolute form) takes the Host a filter may have set, so target and
@@ -284,6 +513,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn strip_hop_by_hop(req: &mut RequestHeader, http11: bool) -> Result<()> {
+        hop_by_hop(req, http11)?.apply(req)
+    }
+
     fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
         for (n, v) in headers {
@@ -362,5 +595,132 @@ mod tests {
             "/?x=1"
         );
         assert_eq!(h2_path(&req("http://h/p", &[])).unwrap().as_str(), "/p");
+    }
+
+    /// One edit of an upstream head, applied alike to a copy and to an overlay.
+    #[derive(Clone, Copy)]
+    enum Edit {
+        Set(&'static str, Option<&'static str>, &'static str),
+        Remove(&'static str),
+        Strip(bool),
+    }
+
+    fn apply(edits: &[Edit], head: &mut impl UpstreamFields, base: &RequestHeader) {
+        for e in edits {
+            match *e {
+                Edit::Set(n, spelled, v) => head
+                    .set(
+                        &HeaderName::from_static(n),
+                        spelled,
+                        HeaderValue::from_static(v),
+                    )
+                    .unwrap(),
+                Edit::Remove(n) => head.remove(&HeaderName::from_static(n)),
+                Edit::Strip(http11) => hop_by_hop(base, http11).unwrap().apply(head).unwrap(),
+            }
+        }
+    }
+
+    /// The head's lines, the request line first, then the fields stably sorted by name.
+    fn by_name(head: &str) -> Vec<String> {
+        let mut lines: Vec<String> = head.split("\r\n").map(str::to_string).collect();
+        lines[1..].sort_by_key(|l| l.split(':').next().unwrap_or("").to_ascii_lowercase());
+        lines
+    }
+
+    /// The overlay sends what a copy of the client's head, edited in place, sends: the same
+    /// bytes (fields, order, spelling) and the same facts, with and without the names'
+    /// spelling kept.
+    #[test]
+    fn an_overlay_encodes_as_an_edited_copy() {
+        let heads: &[&[(&str, &str)]] = &[
+            &[("Host", "a"), ("User-Agent", "t"), ("Accept", "*/*")],
+            &[
+                ("host", "a"),
+                ("Connection", "keep-alive, X-Gw"),
+                ("x-gw", "1"),
+                ("Via", "1.1 other"),
+                ("X-Multi", "1"),
+                ("x-multi", "2"),
+                ("Content-Length", "3"),
+                ("TE", "trailers"),
+            ],
+            &[
+                ("Host", "a"),
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("X-Meridian-Backend", "spoofed"),
+                ("tracestate", "k=v"),
+            ],
+            &[],
+        ];
+        let edits: &[&[Edit]] = &[
+            &[],
+            &[
+                Edit::Strip(true),
+                Edit::Set("via", Some("Via"), "1.1 meridian"),
+                Edit::Set("traceparent", None, "00-1-2-01"),
+                Edit::Remove("tracestate"),
+                Edit::Remove("x-meridian-backend"),
+            ],
+            &[
+                Edit::Strip(false),
+                Edit::Set("x-meridian-backend", None, "ns/svc:80"),
+                Edit::Set("transfer-encoding", None, "chunked"),
+            ],
+            &[
+                Edit::Set("x-multi", Some("X-MULTI"), "3"),
+                Edit::Set("x-new", None, "1"),
+                Edit::Set("x-new", Some("X-New"), "2"),
+                Edit::Remove("host"),
+                Edit::Set("host", None, "b"),
+                Edit::Set("via", None, "x"),
+                Edit::Remove("via"),
+            ],
+        ];
+        for preserve in [false, true] {
+            for fields in heads {
+                let mut base = if preserve {
+                    RequestHeader::build("GET", b"/p?q", None).unwrap()
+                } else {
+                    RequestHeader::build_no_case("GET", b"/p?q", None).unwrap()
+                };
+                base.set_version(Version::HTTP_10);
+                for (n, v) in *fields {
+                    base.append_header(n.to_string(), *v).unwrap();
+                }
+                for edit in edits {
+                    let mut copy = base.clone();
+                    copy.set_version(Version::HTTP_11);
+                    apply(edit, &mut copy, &base);
+                    let mut over = Overlay::new(&base);
+                    apply(edit, &mut over, &base);
+                    for name in ["host", "via", "x-multi", "connection", "x-new"] {
+                        let name = HeaderName::from_static(name);
+                        assert!(
+                            copy.values(&name).eq(over.values(&name)),
+                            "{name} of {fields:?} after {} edits",
+                            edit.len()
+                        );
+                    }
+                    let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+                    let fa = copy.encode(&mut a).unwrap();
+                    let fb = over.encode(&mut b).unwrap();
+                    let (a, b) = (String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+                    // Same request line and fields, each name's values in the same order.
+                    // Across names the copy's order is HeaderMap's (a removal moves its last
+                    // field into the gap); the overlay keeps the client's.
+                    assert_eq!(by_name(&a), by_name(&b), "preserve {preserve}, {fields:?}");
+                    assert_eq!(format!("{fa:?}"), format!("{fb:?}"));
+                    let mut at = 0;
+                    for (n, v) in *fields {
+                        if let Some(pos) = b.find(&format!("\r\n{n}: {v}\r\n")) {
+                            assert!(pos >= at, "{n} out of the client's order in {b:?}");
+                            at = pos;
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -26,18 +26,19 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, StatusCode, Version, header};
+use http::{StatusCode, Version, header};
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::HttpTask;
 use pingora_error::{Error, ErrorType, OrErr, Result, RetryType};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::HeaderCase;
 use super::body::{BodyState, Take};
 use super::chunked::ChunkedDecoder;
-use super::head::{MAX_HEADERS, parse_length};
+use super::head::MAX_HEADERS;
+use super::wire::{HeadFacts, Lengths, Sending, WireHead, connection_tokens};
 
 /// Longest response head read (pingora-core's limit for responses).
 const MAX_RESPONSE_HEAD: usize = 1024 * 1024 - 1;
@@ -46,15 +47,6 @@ const READ_SPACE: usize = 4096;
 /// Body pieces up to this size are framed into one buffer with their chunk framing; larger ones
 /// are written as they are between the framing.
 const COALESCE: usize = 16 * 1024;
-
-/// How the request body goes on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sending {
-    /// This many bytes are still to go.
-    Length(u64),
-    Chunked,
-    Done,
-}
 
 /// Where a response field lies in the buffer: `(start, len)` of its name and of its value.
 type FieldSpan = ((usize, usize), (usize, usize));
@@ -133,7 +125,10 @@ impl OwnClient {
 
     /// Sends the request head; the body (if its framing announces one) follows with
     /// [`write_body`](Self::write_body) and [`finish_body`](Self::finish_body).
-    pub(crate) async fn write_request_header(&mut self, req: &RequestHeader) -> Result<()> {
+    pub(crate) async fn write_request_header<H: WireHead + ?Sized>(
+        &mut self,
+        req: &H,
+    ) -> Result<()> {
         // Encoded in the read buffer, which holds nothing before the response (a new session),
         // sized for the reads that follow: the head and the response share one allocation.
         let reuse = self.buf.is_empty();
@@ -142,9 +137,9 @@ impl OwnClient {
         } else {
             BytesMut::new()
         };
-        out.reserve((256 + 48 * req.headers.len()).max(READ_SPACE));
-        let result = match encode_request(req, &mut out) {
-            Ok(()) => self.write_head(&out, req).await,
+        out.reserve(req.size_hint().max(READ_SPACE));
+        let result = match req.encode(&mut out) {
+            Ok(facts) => self.write_head(&out, &facts).await,
             Err(e) => Err(e),
         };
         if reuse {
@@ -155,11 +150,11 @@ impl OwnClient {
     }
 
     /// Sends an encoded request head and takes note of what it asks for.
-    async fn write_head(&mut self, out: &[u8], req: &RequestHeader) -> Result<()> {
-        self.head_request = req.method == Method::HEAD;
-        self.upgrade_request = is_upgrade_request(req);
-        self.request_keepalive = connection_keepalive(req.headers.get_all(header::CONNECTION));
-        self.sending = request_framing(req);
+    async fn write_head(&mut self, out: &[u8], facts: &HeadFacts) -> Result<()> {
+        self.head_request = facts.head_request;
+        self.upgrade_request = facts.upgrade();
+        self.request_keepalive = facts.keepalive;
+        self.sending = facts.sending();
         self.write(out, "while writing request headers").await
     }
 
@@ -534,133 +529,14 @@ impl OwnClient {
     }
 }
 
-/// The request line and fields, as pingora-core writes them (case kept, no reordering).
-fn encode_request(req: &RequestHeader, out: &mut BytesMut) -> Result<()> {
-    let path = req.raw_path();
-    // Bytes that must never be in a request target (RFC 9112 section 3.2).
-    if path.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r' | b' ')) {
-        return Error::e_explain(
-            ErrorType::InvalidHTTPHeader,
-            "request-line contains forbidden delimiter bytes",
-        );
-    }
-    let version: &[u8] = match req.version {
-        Version::HTTP_10 => b" HTTP/1.0\r\n",
-        Version::HTTP_11 => b" HTTP/1.1\r\n",
-        _ => {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "request version other than HTTP/1.x to an HTTP/1 backend",
-            );
-        }
-    };
-    out.extend_from_slice(req.method.as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(path);
-    out.extend_from_slice(version);
-    req.header_to_h1_wire(out);
-    out.extend_from_slice(b"\r\n");
-    Ok(())
-}
-
-/// The request body's framing: chunked wins over a length; no framing is no body (requests are
-/// never close-delimited).
-fn request_framing(req: &RequestHeader) -> Sending {
-    let chunked = req
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-    if chunked {
-        return Sending::Chunked;
-    }
-    let mut lengths = Lengths::default();
-    for v in req.headers.get_all(header::CONTENT_LENGTH) {
-        lengths.add(v.as_bytes());
-    }
-    match lengths.framing() {
-        Ok(Some(n)) if n > 0 => Sending::Length(n),
-        _ => Sending::Done,
-    }
-}
-
-fn is_upgrade_request(req: &RequestHeader) -> bool {
-    req.headers.contains_key(header::UPGRADE)
-        && req
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"upgrade"))
-}
-
-/// `Some(false)` when a `Connection` field says close, `Some(true)` when one says keep-alive.
-fn connection_keepalive<'a>(
-    values: impl IntoIterator<Item = &'a http::HeaderValue>,
-) -> Option<bool> {
-    values
-        .into_iter()
-        .filter_map(|v| connection_tokens(v.as_bytes()))
-        .reduce(|a, b| a && b)
-}
-
-fn connection_tokens(value: &[u8]) -> Option<bool> {
-    if has_token(value, b"close") {
-        Some(false)
-    } else if has_token(value, b"keep-alive") {
-        Some(true)
-    } else {
-        None
-    }
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// `Content-Length` fields of one message: equal values (also comma-joined) are one length;
-/// differing or malformed ones are an error.
-#[derive(Default)]
-struct Lengths {
-    value: Option<u64>,
-    error: Option<&'static str>,
-    seen: bool,
-    /// Exactly one field with one token (a peer may read it as close-delimited if invalid).
-    single: bool,
-}
-
-impl Lengths {
-    fn add(&mut self, field: &[u8]) {
-        self.single = !self.seen && !field.contains(&b',');
-        self.seen = true;
-        for token in field.split(|&b| b == b',') {
-            match parse_length(token.trim_ascii()).ok() {
-                Some(n) if self.value.is_some_and(|v| v != n) => {
-                    self.error = Some("differing Content-Length values");
-                }
-                Some(n) => self.value = Some(n),
-                None => self.error = Some("invalid Content-Length"),
-            }
-        }
-    }
-
-    fn framing(&self) -> std::result::Result<Option<u64>, &'static str> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Ok(self.value),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use http::Method;
     use pingora_core::protocols::l4::stream::Stream as L4;
+    use pingora_http::RequestHeader;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 

@@ -19,6 +19,7 @@ pub(crate) mod chunked;
 mod client;
 pub(crate) mod head;
 mod session;
+pub(crate) mod wire;
 
 pub(crate) use client::OwnClient;
 

@@ -51,6 +51,8 @@ mod request;
 mod tunnel;
 
 use std::future::Future;
+
+use futures::future::Either;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,8 +280,8 @@ impl<R: Role> LeanPath<R> {
             .get_peer_options()
             .is_some_and(|o| matches!(o.alpn, ALPN::H2));
         let connected = if h2c {
-            self.connector
-                .get_http_session(&*peer)
+            // Boxed for the same reason as a new HTTP/1 connection (h1_session).
+            Box::pin(self.connector.get_http_session(&*peer))
                 .await
                 .map(|(c, reused)| (upstream(c, &peer, self.header_case()), reused))
         } else {
@@ -310,17 +312,10 @@ impl<R: Role> LeanPath<R> {
                     (done.downstream_reusable, done.error, None)
                 }
             }
-            Upstream::H2(mut up) => {
-                let (reusable, mut error) = h2::exchange(fwd, session, &mut up, &peer, ctx).await;
-                self.connector
-                    .release_http_session(ClientSession::H2(*up), &*peer, peer.idle_timeout())
-                    .await;
-                if let Some(e) = error.as_mut()
-                    && matches!(e.etype(), ErrorType::H2Downgrade | ErrorType::InvalidH2)
-                {
-                    // An h2c backend has no HTTP/1 to fall back to.
-                    e.set_retry(false);
-                }
+            Upstream::H2(up) => {
+                // Boxed: h2c backends are the exception, and their exchange's state would
+                // otherwise make every request's future larger (h1_session).
+                let (reusable, error) = Box::pin(self.h2_try(session, up, &peer, ctx)).await;
                 (reusable, error, None)
             }
             Upstream::Unsupported => (
@@ -339,33 +334,60 @@ impl<R: Role> LeanPath<R> {
         }
     }
 
+    /// The exchange of a try at an h2c backend; the session goes back to pingora's pool.
+    async fn h2_try(
+        &self,
+        session: &mut impl Downstream,
+        mut up: Box<pingora_core::protocols::http::v2::client::Http2Session>,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+    ) -> (bool, Option<Box<Error>>) {
+        let (reusable, mut error) = h2::exchange(self.fwd(), session, &mut up, peer, ctx).await;
+        self.connector
+            .release_http_session(ClientSession::H2(*up), peer, peer.idle_timeout())
+            .await;
+        if let Some(e) = error.as_mut()
+            && matches!(e.etype(), ErrorType::H2Downgrade | ErrorType::InvalidH2)
+        {
+            // An h2c backend has no HTTP/1 to fall back to.
+            e.set_retry(false);
+        }
+        (reusable, error)
+    }
+
     /// An HTTP/1 session to `peer` on our own client codec: an idle pooled connection
     /// (`true`) or a new one.
     async fn h1_session(&self, peer: &HttpPeer) -> Result<(OwnClient, bool)> {
         if let Some(stream) = self.pool.take(peer.reuse_hash()) {
             return Ok((own_client(stream, peer, self.header_case()), true));
         }
-        let stream = self.transport.new_stream(peer).await?;
+        // Boxed: connecting (TCP, TLS) is the largest state of a try, and a future holds room
+        // for its largest state; inline, every request's future would carry it, pooled
+        // connection or not (docs/benchmarks.md, "Session 19").
+        let stream = Box::pin(self.transport.new_stream(peer)).await?;
         Ok((own_client(stream, peer, self.header_case()), false))
     }
 
     /// Counts and logs the request, then hands the connection back if it may take another.
-    async fn finish<S: Connection>(
+    /// Not an `async fn`: its future would hold the session beside the session's own
+    /// `finish`, which takes it (the request's future is as large as its largest state).
+    fn finish<S: Connection>(
         &self,
         mut session: S,
         ctx: &Ctx,
         reusable: bool,
         error: Option<Box<Error>>,
-    ) -> Option<S::Reused> {
+    ) -> impl Future<Output = Option<S::Reused>> + Send + use<S, R> {
         let label = self.role.listener_label(ctx);
         self.fwd().logging(&session, error.as_deref(), ctx, label);
         if let Some(e) = error {
             session.on_proxy_failure(e);
         }
-        if !reusable {
-            return None;
+        if reusable {
+            Either::Left(session.finish())
+        } else {
+            Either::Right(std::future::ready(None))
         }
-        session.finish().await
     }
 }
 

@@ -125,6 +125,9 @@ fn for_h1_copied(
 }
 
 /// The head of a try at an HTTP/1 upstream, ready to be encoded.
+// The overlay is the usual variant and lives for one try: boxing it would cost the allocation
+// it saves.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Upward<'a> {
     /// Edits over the client's head.
     Over(Overlay<'a>),

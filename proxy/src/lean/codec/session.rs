@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, StatusCode, Version, header};
+use http::{HeaderValue, Method, StatusCode, Version, header};
 use pingora_core::protocols::http::HttpTask;
 use pingora_core::protocols::http::authority::validate_request_authority;
 use pingora_core::protocols::http::date::get_cached_date;
@@ -40,6 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::body::{BodyState, Take};
 use super::chunked::ChunkedDecoder;
 use super::head::{BodyFraming, parse_head};
+use super::wire;
 use super::{CodecError, HeaderCase};
 use crate::gateway::Downstream;
 use crate::lean::Connection;
@@ -93,6 +94,8 @@ pub(crate) struct OwnSession {
     /// Requests this connection may still serve after this one (`None`: no limit).
     reuses_remaining: Option<u32>,
     half_closed: bool,
+    /// The response head as the hooks left it (our `Date` and `Connection` were written
+    /// beside it, not into it: put_fields).
     written: Option<Box<ResponseHeader>>,
     writing: Writing,
     upgraded: bool,
@@ -225,7 +228,7 @@ impl OwnSession {
 
     /// Writes the response head into `out`; `false` when it is not to be written (a second
     /// final head).
-    fn put_head(&mut self, mut head: Box<ResponseHeader>, out: &mut BytesMut) -> Result<bool> {
+    fn put_head(&mut self, head: Box<ResponseHeader>, out: &mut BytesMut) -> Result<bool> {
         if let Some(written) = &self.written
             && (!written.status.is_informational() || self.upgraded)
         {
@@ -259,15 +262,18 @@ impl OwnSession {
                 self.keepalive = false;
             }
         }
-        if !status.is_informational() {
-            head.insert_header(header::DATE, get_cached_date())?;
+        // A final head gets our `Date` and `Connection`, in place of the backend's (where its
+        // first one was) or after its fields, as `insert_header` would put them; written
+        // straight into `out` instead of into the head's map (two name conversions and map
+        // edits per response).
+        let ours = (!status.is_informational()).then(|| {
             let connection = if self.will_keepalive() {
                 "keep-alive"
             } else {
                 "close"
             };
-            head.insert_header(header::CONNECTION, connection)?;
-        }
+            (get_cached_date(), HeaderValue::from_static(connection))
+        });
         let version: &[u8] = match head.version {
             Version::HTTP_10 => b"HTTP/1.0 ",
             Version::HTTP_11 => b"HTTP/1.1 ",
@@ -285,7 +291,10 @@ impl OwnSession {
             out.extend_from_slice(reason.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
-        head.header_to_h1_wire(out);
+        match &ours {
+            None => head.header_to_h1_wire(out),
+            Some((date, connection)) => put_fields(&head, date, connection, out),
+        }
         out.extend_from_slice(b"\r\n");
         if let Writing::Length(0) = self.writing {
             self.writing = Writing::Done;
@@ -378,6 +387,45 @@ impl OwnSession {
         self.put_end(&mut out);
         self.write(&out).await?;
         self.flush().await
+    }
+}
+
+/// Writes `head`'s fields with `date` and `connection` in place of its own `Date` and
+/// `Connection` (at the first of each), or after them: the bytes `insert_header` of both and
+/// `header_to_h1_wire` give, names spelled as the head's case map says or as pingora writes a
+/// name without one.
+fn put_fields(
+    head: &ResponseHeader,
+    date: &HeaderValue,
+    connection: &HeaderValue,
+    out: &mut BytesMut,
+) {
+    let (mut date_sent, mut connection_sent) = (false, false);
+    let mut spelled = head.case_header_iter();
+    for (name, value) in &head.headers {
+        let case = spelled.next().map(|(c, _)| c.as_slice());
+        let ours = if *name == header::DATE {
+            Some((std::mem::replace(&mut date_sent, true), date))
+        } else if *name == header::CONNECTION {
+            Some((std::mem::replace(&mut connection_sent, true), connection))
+        } else {
+            None
+        };
+        match ours {
+            // A second field of the name: gone, as `insert_header` leaves one.
+            Some((true, _)) => {}
+            Some((false, v)) => wire::field(wire::titled(name).as_bytes(), v.as_bytes(), out),
+            None => {
+                let written = case.unwrap_or_else(|| wire::titled(name).as_bytes());
+                wire::field(written, value.as_bytes(), out);
+            }
+        }
+    }
+    if !date_sent {
+        wire::field(b"Date", date.as_bytes(), out);
+    }
+    if !connection_sent {
+        wire::field(b"Connection", connection.as_bytes(), out);
     }
 }
 
@@ -1047,5 +1095,44 @@ mod tests {
         let (mut s, client) = pair(b"").await;
         drop(client);
         assert!(!s.read_request().await.unwrap());
+    }
+
+    /// Our `Date` and `Connection` go where `insert_header` puts them, with the bytes
+    /// `header_to_h1_wire` writes, with and without the names' spelling kept.
+    #[test]
+    fn date_and_connection_are_written_as_inserted() {
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[("Content-Type", "text/plain"), ("X-A", "1")],
+            &[
+                ("connection", "close"),
+                ("X-A", "1"),
+                ("DATE", "yesterday"),
+                ("x-a", "2"),
+                ("date", "again"),
+            ],
+        ];
+        let date = HeaderValue::from_static("Tue, 08 Dec 2026 00:00:00 GMT");
+        let connection = HeaderValue::from_static("keep-alive");
+        for preserve in [false, true] {
+            for fields in heads {
+                let mut head = if preserve {
+                    ResponseHeader::build(200, None).unwrap()
+                } else {
+                    ResponseHeader::build_no_case(200, None).unwrap()
+                };
+                for (n, v) in *fields {
+                    head.append_header(n.to_string(), *v).unwrap();
+                }
+                let mut ours = BytesMut::new();
+                put_fields(&head, &date, &connection, &mut ours);
+                head.insert_header(header::DATE, date.clone()).unwrap();
+                head.insert_header(header::CONNECTION, connection.clone())
+                    .unwrap();
+                let mut theirs = BytesMut::new();
+                head.header_to_h1_wire(&mut theirs);
+                assert_eq!(ours, theirs, "preserve {preserve}, {fields:?}");
+            }
+        }
     }
 }

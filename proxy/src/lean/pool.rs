@@ -86,9 +86,15 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let Lists { by_peer, total } = &mut *idle;
         let list = by_peer.entry(key).or_default();
-        let before = list.len();
-        list.retain(|c| !c.expired(now));
-        *total -= before - list.len();
+        // Oldest first, and one peer's connections share its idle timeout: the expired ones
+        // are a prefix. Only that prefix is looked at (a scan of the whole list cost every
+        // request as many clock subtractions as the peer had idle connections); `take`
+        // checks each connection's age again anyway.
+        let expired = list.iter().take_while(|c| c.expired(now)).count();
+        if expired > 0 {
+            list.drain(..expired);
+            *total -= expired;
+        }
         list.push(Idle {
             key,
             stream,
@@ -173,6 +179,25 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(pool.take(3).is_none(), "sent bytes nobody asked for");
+    }
+
+    /// Expired connections leave the pool when the next one of their peer is kept, so they
+    /// do not count against its size.
+    #[tokio::test]
+    async fn keeping_a_connection_drops_the_expired_ones_of_its_peer() {
+        let pool = Pool::new(8);
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let (c, peer) = connection().await;
+            pool.put(1, c, Some(Duration::from_millis(1)));
+            peers.push(peer);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (c, _peer) = connection().await;
+        pool.put(1, c, MINUTE);
+        assert_eq!(pool.idle.lock().unwrap().total, 1);
+        assert!(pool.take(1).is_some());
+        assert!(pool.take(1).is_none());
     }
 
     #[tokio::test]

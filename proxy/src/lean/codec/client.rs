@@ -351,8 +351,10 @@ impl OwnClient {
             .filter(|r| Some(*r) != status.canonical_reason())
             .map(str::to_owned);
         let head_bytes = self.buf.split_to(len).freeze();
-        // Room for the fields the response filters add (served-by, header filters, `Date`).
-        let room = Some(fields + 4);
+        // Room for the field the response filters add (served-by); our `Date` and
+        // `Connection` are written beside the head, not into it (session.rs, put_fields), and
+        // a route's header filters that add fields grow it.
+        let room = Some(fields + 1);
         let mut head = Box::new(match self.case {
             HeaderCase::Normalize => ResponseHeader::build_no_case(status, room)?,
             HeaderCase::Preserve => ResponseHeader::build(status, room)?,

@@ -2,13 +2,16 @@
 //! (pingora-proxy 0.9) builds it, so a backend cannot tell the two paths apart:
 //!
 //! ```text
-//! client head ─ clone ─ HTTP/1.1 ─ hop-by-hop headers out (RFC 9110 §7.6.1: Connection, the
-//!   headers it nominates, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-*,
-//!   HTTP2-Settings); a WebSocket upgrade gets `Connection: Upgrade` + `Upgrade: websocket` back
-//!   ─ Forwarder::upstream_request_filter (Via, x-meridian-backend)
+//! client head ─ HTTP/1 origin-form target: an Overlay (edits beside the client's head, which
+//!   is not copied) │ otherwise: a clone ─ HTTP/1.1 ─ hop-by-hop headers out (RFC 9110 §7.6.1:
+//!   Connection, the headers it nominates, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade,
+//!   Proxy-*, HTTP2-Settings); a WebSocket upgrade gets `Connection: Upgrade` + `Upgrade:
+//!   websocket` back ─ Forwarder::upstream_request_filter (Via, trace context,
+//!   x-meridian-backend; through `headers::UpstreamFields`, which both implement)
 //!   ─ authority: a target with one (absolute form) follows a Host a filter set, and Host follows
-//!     the target ─ a body without framing headers goes chunked
-//! HTTP/1 upstream: as is          h2c upstream: :authority from Host, Host removed
+//!     the target; an origin-form one needs at most one Host without userinfo ─ a body without
+//!     framing headers goes chunked
+//! HTTP/1 upstream: encoded by codec/wire.rs    h2c upstream: :authority from Host, Host removed
 //! ```
 //!
 //! Only WebSocket upgrades are forwarded, as on the framework path (pingora's default
@@ -52,8 +55,8 @@ fn invalid(why: &'static str) -> Box<Error> {
 /// filter broke is ours (internal).
 ///
 /// An origin-form target (the usual case) goes up as edits over the client's head
-/// ([`Overlay`]): the same fields in the same order as a copy edited in place would give,
-/// without the copy. Any other target (absolute form, `*`) goes the long way, on a copy.
+/// ([`Overlay`]): the fields a copy edited in place would give, without the copy. Any other
+/// target (absolute form, `*`) goes the long way, on a copy.
 pub(super) fn for_h1<'a>(
     fwd: &Forwarder,
     session: &'a mut impl Downstream,
@@ -162,9 +165,10 @@ struct SetField {
 
 /// The upstream head as edits over the client's: its fields minus `dropped`, with `set` in
 /// place of the first dropped field of their name or after the client's fields. Edits follow
-/// `http::HeaderMap`'s rules (see [`UpstreamFields`]), so the fields and their order are those
-/// of a copy edited in place; the request line is the client's method and target with
-/// HTTP/1.1.
+/// `http::HeaderMap`'s rules (see [`UpstreamFields`]), so the fields, and each name's values in
+/// their order, are those of a copy edited in place; across names the client's order is kept
+/// (a copy's map moves its last field into a removed one's place). The request line is the
+/// client's method and target with HTTP/1.1.
 pub(super) struct Overlay<'a> {
     base: &'a RequestHeader,
     /// Names of the client's fields that are not sent as they are.

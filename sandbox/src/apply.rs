@@ -96,7 +96,27 @@ pub fn server_side_apply(
 
     // 4. managedFields.
     me.record(&mut result, entries, &applied["apiVersion"]);
+    // kube-apiserver ignores a change of managedFields timestamps alone: re-applying the same
+    // object is no write (no new resourceVersion, no watch event), whichever second it lands in.
+    if let Some(l) = live
+        && without_times(l) == without_times(&result)
+    {
+        return Ok(l.clone());
+    }
     Ok(result)
+}
+
+/// `obj` without the `time` of its managedFields entries.
+fn without_times(obj: &Value) -> Value {
+    let mut obj = obj.clone();
+    if let Some(Value::Array(entries)) = obj.pointer_mut("/metadata/managedFields") {
+        for e in entries {
+            if let Value::Object(e) = e {
+                e.remove("time");
+            }
+        }
+    }
+    obj
 }
 
 /// An apply body is an object with `apiVersion` and `kind`.
@@ -661,6 +681,25 @@ mod tests {
         server_side_apply(&t, Some(&a), &body(1), "m2", false, WriteMode::Main).unwrap();
         let f = server_side_apply(&t, Some(&a), &body(2), "m2", true, WriteMode::Main).unwrap();
         assert_eq!(f["spec"]["port"], 2);
+    }
+
+    /// Re-applying the same object in a later second changes nothing (its entry keeps its
+    /// time); applying a change stamps the entry anew.
+    #[test]
+    fn a_repeated_apply_changes_nothing_not_even_the_time() {
+        let mut t = gw_type();
+        t.status_subresource = false;
+        let body = |v: i64| json!({"apiVersion": "v1", "kind": "Gateway", "metadata": {"name": "g"}, "spec": {"port": v}});
+        let mut live = server_side_apply(&t, None, &body(1), "m1", false, WriteMode::Main).unwrap();
+        let old_time = json!("2020-01-01T00:00:00Z");
+        live["metadata"]["managedFields"][0]["time"] = old_time.clone();
+        let again =
+            server_side_apply(&t, Some(&live), &body(1), "m1", false, WriteMode::Main).unwrap();
+        assert_eq!(again, live);
+        let changed =
+            server_side_apply(&t, Some(&live), &body(2), "m1", false, WriteMode::Main).unwrap();
+        assert_eq!(changed["spec"]["port"], 2);
+        assert_ne!(changed["metadata"]["managedFields"][0]["time"], old_time);
     }
 
     #[test]

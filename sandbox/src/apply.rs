@@ -11,7 +11,9 @@
 //! 3. The applied object is merged into the live one (map-lists item by item), then fields the
 //!    manager applied last time but not now, and that no other apply manager owns, are removed.
 //! 4. `metadata.managedFields` records one `Apply` entry per (manager, subresource) in the real
-//!    FieldsV1 format.
+//!    FieldsV1 format, stamped with the current second; a result that differs from the live
+//!    object only in those stamps is the live object (kube-apiserver ignores such a change), so
+//!    re-applying the same object writes nothing.
 //!
 //! Simplifications: only apply managers are tracked (PUT/merge-patch writers own nothing, so their
 //! fields never conflict and are never removed by apply); conflicts are checked on leaves only.

@@ -12,6 +12,8 @@
 //!             body, retry buffer, keep-alive, response framing, leftovers for the next request
 //! client.rs:  OwnClient, the upstream side: request head and body framing, response heads
 //!             (1xx, final) and bodies (length / chunked / until close), keep-alive for the pool
+//! wire.rs:    request heads as bytes (WireHead: a RequestHeader, the lean path's Overlay of the
+//!             client's head, or one encoded ahead for a hedged pair) and what their fields say
 //! ```
 
 mod body;

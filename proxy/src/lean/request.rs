@@ -217,16 +217,11 @@ impl UpstreamFields for Overlay<'_> {
         spelled: Option<&'static str>,
         value: HeaderValue,
     ) -> Result<()> {
-        if let Some(at) = self.set.iter().position(|f| f.name == *name) {
-            // Set before: it keeps its place and becomes the only value.
-            let first = &mut self.set[at];
-            first.value = value;
-            first.spelled = spelled;
-            let mut i = 0;
-            self.set.retain(|f| {
-                i += 1;
-                i - 1 <= at || f.name != *name
-            });
+        // `set` holds at most one field per name (this replaces it, `remove` drops it).
+        if let Some(f) = self.set.iter_mut().find(|f| f.name == *name) {
+            // Set before: it keeps its place with the new value.
+            f.value = value;
+            f.spelled = spelled;
             return Ok(());
         }
         let in_place = !self.is_dropped(name) && self.base.headers.contains_key(name);

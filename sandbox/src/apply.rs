@@ -101,24 +101,37 @@ pub fn server_side_apply(
     // kube-apiserver ignores a change of managedFields timestamps alone: re-applying the same
     // object is no write (no new resourceVersion, no watch event), whichever second it lands in.
     if let Some(l) = live
-        && without_times(l) == without_times(&result)
+        && same_but_times(l, &result)
     {
         return Ok(l.clone());
     }
     Ok(result)
 }
 
-/// `obj` without the `time` of its managedFields entries.
-fn without_times(obj: &Value) -> Value {
-    let mut obj = obj.clone();
-    if let Some(Value::Array(entries)) = obj.pointer_mut("/metadata/managedFields") {
-        for e in entries {
-            if let Value::Object(e) = e {
-                e.remove("time");
+/// `a` and `b` are equal but for the `time` of their managedFields entries (compared in place:
+/// this runs on every apply to an existing object).
+fn same_but_times(a: &Value, b: &Value) -> bool {
+    eq_except(a, b, "metadata")
+        && eq_except(&a["metadata"], &b["metadata"], "managedFields")
+        && match (managed_fields(a), managed_fields(b)) {
+            (Some(Value::Array(x)), Some(Value::Array(y))) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq_except(p, q, "time"))
             }
+            (x, y) => x == y,
         }
-    }
-    obj
+}
+
+fn managed_fields(obj: &Value) -> Option<&Value> {
+    obj.pointer("/metadata/managedFields")
+}
+
+/// Two objects with the same members apart from `skip` (other values: plain equality).
+fn eq_except(a: &Value, b: &Value, skip: &str) -> bool {
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        return a == b;
+    };
+    let others = |m: &Map<String, Value>| m.keys().filter(|k| *k != skip).count();
+    others(a) == others(b) && a.iter().all(|(k, v)| k == skip || b.get(k) == Some(v))
 }
 
 /// An apply body is an object with `apiVersion` and `kind`.
